@@ -1,0 +1,170 @@
+import type { QmqError } from '../../common/errors'
+import type { StartPositionValue } from '../../common/protocol/commands'
+import type { RecordHeader } from '../../common/record'
+
+/**
+ * The broker's storage contract: what the broker server (src/broker/server) may ask of the store.
+ * The store owns durability and every piece of consumer state (cursors, pull logs, acks, leases,
+ * redelivery times, delivery counts, dead letters); the server owns sockets, long polls and metrics.
+ * Nothing here touches the network.
+ */
+
+/** A record as received: the verified bytes (stored as they are) and its routing header. */
+export interface AppendInput {
+  bytes: Buffer
+  header: RecordHeader
+}
+
+export interface AppendResult {
+  /** The subject's sequence of the stored record (of the first copy, for a duplicate). */
+  sequence: number
+  /** True when the id was already stored within the dedupe window: nothing new was written. */
+  duplicate: boolean
+}
+
+/** One message handed to a consumer. */
+export interface StoredMessage {
+  subject: string
+  sequence: number
+  /** 1 on the first delivery to this group; kept across restarts. */
+  deliveryCount: number
+  /** The stored record bytes, to be sent as they are. */
+  record: Buffer
+}
+
+export interface PullOptions {
+  subject: string
+  group: string
+  consumerId: string
+  maxMessages: number
+  /** Soft cap on record bytes; at least one message is returned when any is available. */
+  maxBytes: number
+  /** Every consumer id gets every message (own cursor per consumerId); no redelivery between consumers. */
+  broadcast: boolean
+  /** Acked on delivery: never redelivered. */
+  atMostOnce: boolean
+  /** Tag filter; empty = all messages. Non-matching messages are skipped (acked) for this group. */
+  tags: readonly string[]
+  tagsAll: boolean
+  /** Where a group that has no cursor yet starts. */
+  start: StartPositionValue
+  startTime: number
+  /**
+   * True on a consumer's first pull after it (re)connects: messages it still holds (unacked, lease
+   * not expired) are handed back first, before anything new.
+   */
+  resumeHeld?: boolean
+}
+
+export interface NackOptions {
+  /** Redeliver after this long; undefined = exponential backoff with jitter from the delivery count. */
+  retryAfterMs?: number
+  /** Dead-letter now, whatever the delivery count. */
+  deadLetter?: boolean
+}
+
+export interface BacklogInfo {
+  subject: string
+  group: string
+  /** Messages stored after the group's cursor (not yet handed to anyone). */
+  pending: number
+  /** Handed out and not yet acked (including those waiting for redelivery). */
+  inFlight: number
+  /** Waiting for their redeliver-after time. */
+  retrying: number
+  deadLettered: number
+  /** Last sequence of the subject, and the group's cursor (next sequence to hand out). */
+  maxSequence: number
+  cursor: number
+}
+
+export interface DeadLetter {
+  subject: string
+  group: string
+  sequence: number
+  deliveryCount: number
+  /** When it was dead-lettered (ms since epoch). */
+  deadAt: number
+  record: Buffer
+}
+
+export type CursorPosition = { kind: 'earliest' } | { kind: 'latest' } | { kind: 'timestamp'; timeMs: number }
+
+/** What recovery found and did, reported once on open (and logged by the store). */
+export interface RecoveryReport {
+  /** Message-log bytes dropped from a torn or corrupt tail, per segment file. */
+  truncated: { file: string; offset: number; droppedBytes: number; reason: string }[]
+  /** Consume logs rebuilt (missing or short) from the message log. */
+  rebuiltConsumeLogs: string[]
+  /** Records replayed from the message log after the last checkpoint. */
+  replayedRecords: number
+  /** Action-log entries replayed after the last checkpoint. */
+  replayedActions: number
+  durationMs: number
+}
+
+export type AvailableListener = (subject: string) => void
+
+export interface MessageStore {
+  /** Recovers from disk; must be called (and awaited) before anything else. */
+  open(): Promise<RecoveryReport>
+  /** Flushes, writes a checkpoint and closes files. Later calls fail with QMQ_ERR_STORE_CLOSED. */
+  close(): Promise<void>
+
+  /**
+   * Appends a batch. Resolves once the records are durable under the flush policy ('sync': after a
+   * shared fdatasync; 'async': after the write), one result per input in order. Rejects as a whole
+   * with a retriable QmqError (QMQ_ERR_DISK_FULL, QMQ_ERR_STORE_IO) when nothing could be stored.
+   */
+  append(records: readonly AppendInput[]): Promise<AppendResult[]>
+
+  /**
+   * Hands the next messages to a consumer without waiting: held messages first when resumeHeld,
+   * then redeliveries that are due, then new messages from the group's cursor. Records the
+   * hand-out in the action log. Never returns a message a crash could still lose.
+   */
+  pull(options: PullOptions): Promise<StoredMessage[]>
+
+  /** Acks held messages in any order; returns how many were held by this consumer. */
+  ack(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    broadcast?: boolean,
+  ): Promise<number>
+
+  /** Gives messages back for redelivery (or dead letter); returns how many were held. */
+  nack(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    options?: NackOptions,
+  ): Promise<number>
+
+  /** Extends the leases of a consumer's held messages. */
+  heartbeat(consumerId: string, subscriptions: readonly { subject: string; group: string }[]): void
+
+  /**
+   * Called when a subject may have something new to pull: appends made durable, a redelivery that
+   * came due, a lease that expired. Long polls wait on this. Returns an unsubscribe function.
+   */
+  onAvailable(listener: AvailableListener): () => void
+
+  subjects(): string[]
+  /** Backlog of every (subject, group), or of one subject / one group. */
+  backlog(subject?: string, group?: string): BacklogInfo[]
+  /** Operator reset of a group's cursor. In-flight messages stay in flight. */
+  resetCursor(subject: string, group: string, position: CursorPosition): Promise<void>
+
+  listDeadLetters(
+    subject: string,
+    group: string,
+    options?: { limit?: number; afterSequence?: number },
+  ): Promise<DeadLetter[]>
+  /** Makes dead letters deliverable to their group again (same message id, delivery count reset). */
+  redriveDeadLetters(subject: string, group: string, sequences?: readonly number[]): Promise<number>
+}
+
+export type { QmqError }

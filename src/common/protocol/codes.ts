@@ -1,0 +1,37 @@
+/**
+ * Request codes (frame header `code`). Append-only: a code is never reused for another request.
+ * 1-19: data path (broker and delay server), 20-49: admin, 50-99: replication (later).
+ */
+export const RequestCode = {
+  /** Append records. Broker: real-time (and due) messages; delay server: delayed messages. */
+  SEND: 1,
+  /** Take the next messages of a subject for a consumer of a group (long poll). */
+  PULL: 2,
+  /** Acknowledge messages by sequence, in any order. */
+  ACK: 3,
+  /** Give messages back for redelivery after a backoff, or dead-letter them now. */
+  NACK: 4,
+  /** Keep a consumer's leases alive without pulling. */
+  HEARTBEAT: 5,
+  /** Delay server: cancel pending delayed messages by id. */
+  CANCEL: 6,
+  /** Round trip with an empty body; answers at once (liveness probes, latency checks). */
+  PING: 7,
+
+  ADMIN_BACKLOG: 20,
+  ADMIN_RESET_CURSOR: 21,
+  ADMIN_DLQ_LIST: 22,
+  ADMIN_DLQ_REDRIVE: 23,
+  ADMIN_SUBJECTS: 24,
+} as const
+
+export type RequestCodeName = keyof typeof RequestCode
+export type RequestCodeValue = (typeof RequestCode)[RequestCodeName]
+
+const NAMES = new Map<number, RequestCodeName>(
+  (Object.entries(RequestCode) as [RequestCodeName, number][]).map(([k, v]) => [v, k]),
+)
+
+export function requestCodeName(code: number): RequestCodeName | undefined {
+  return NAMES.get(code)
+}

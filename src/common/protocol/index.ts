@@ -1,0 +1,4 @@
+export * from './buffer'
+export * from './codes'
+export * from './commands'
+export * from './frame'

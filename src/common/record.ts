@@ -1,0 +1,408 @@
+import { crc32c } from './crc32c'
+import { QmqError } from './errors'
+import { MAX_SUBJECT_BYTES, validateSubject } from './names'
+
+/**
+ * The message record: ONE byte layout on the wire (SEND bodies, PULL answers) and in the broker's
+ * and delay server's message logs. The broker verifies the CRC on receipt and appends the bytes as
+ * they are; a pull answer sends the stored bytes as they are. Big-endian.
+ *
+ *   offset  size  field
+ *   0       4     length         u32: whole record, including this field
+ *   4       4     crc            u32: CRC32C of bytes [8, length)
+ *   8       1     version        u8: RECORD_VERSION (1)
+ *   9       1     flags          u8: bit0 DELAYED (scheduleAt is set), bit1 HAS_BODY, bit2 BODY_UTF8
+ *                                    (the body was given as a string); other bits must be 0
+ *   10      1     tagCount       u8: 0..MAX_TAGS
+ *   11      1     reserved       u8: 0
+ *   12      8     createdAt      i64: ms since the Unix epoch
+ *   20      8     scheduleAt     i64: ms since the Unix epoch when DELAYED, else 0
+ *   28      2     idLength       u16: 1..MAX_ID_BYTES
+ *   30      2     subjectLength  u16: 1..MAX_SUBJECT_BYTES
+ *   32            id             UTF-8
+ *                 subject        UTF-8
+ *                 tags           tagCount x (u16 length 1..MAX_TAG_BYTES, UTF-8)
+ *                 propsLength    u32: bytes of the properties block that follows
+ *                 properties     u16 count 0..MAX_PROPERTIES, count x (u16 keyLength, key, u32 valueLength, value)
+ *                 bodyLength     u32 (0 when there is no body)
+ *                 body           bytes
+ *
+ * Everything a broker routes and filters on (subject, tags, schedule time) sits before the
+ * properties, so `readRecordHeader()` gets it without touching properties or body.
+ * The delivery count is not part of the record: it belongs to (consumer group, delivery), so the
+ * PULL answer carries it next to each record (see protocol/commands.ts).
+ */
+export const RECORD_VERSION = 1
+export const RECORD_FIXED_BYTES = 32
+/** Smallest possible record: fixed part + 1-byte id + 1-byte subject + propsLength + count + bodyLength. */
+export const MIN_RECORD_BYTES = RECORD_FIXED_BYTES + 2 + 4 + 2 + 4
+
+export const FLAG_DELAYED = 0x01
+export const FLAG_HAS_BODY = 0x02
+export const FLAG_BODY_UTF8 = 0x04
+const KNOWN_RECORD_FLAGS = FLAG_DELAYED | FLAG_HAS_BODY | FLAG_BODY_UTF8
+
+export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024 // 4 MiB, whole record
+export const MAX_ID_BYTES = 128
+export const MAX_TAGS = 10
+export const MAX_TAG_BYTES = 128
+export const MAX_PROPERTIES = 256
+export const MAX_PROPERTY_KEY_BYTES = 256
+
+/** A message as a record holds it. */
+export interface MessageRecord {
+  id: string
+  subject: string
+  /** ms since epoch */
+  createdAt: number
+  /** ms since epoch; undefined for a real-time message */
+  scheduleAt?: number | undefined
+  tags: string[]
+  properties: Map<string, string>
+  /** A string when the producer gave a string, a Buffer when binary, undefined when there is none. */
+  body?: Buffer | string | undefined
+}
+
+/** What a broker needs to route and filter: decoded without properties or body. */
+export interface RecordHeader {
+  length: number
+  flags: number
+  createdAt: number
+  /** 0 when not delayed */
+  scheduleAt: number
+  id: string
+  subject: string
+  tags: string[]
+  /** Offset (relative to the record start) of the propsLength field. */
+  propertiesOffset: number
+}
+
+export interface RecordLimits {
+  maxMessageBytes?: number
+}
+
+const TWO_32 = 0x1_0000_0000
+
+/** Writes a safe integer as a big-endian two's-complement i64 without BigInt (hot path). */
+function writeI64(buf: Buffer, v: number, o: number): void {
+  const hi = Math.floor(v / TWO_32)
+  buf.writeInt32BE(hi, o)
+  buf.writeUInt32BE(v - hi * TWO_32, o + 4)
+}
+
+function readI64(buf: Buffer, o: number): number {
+  return buf.readInt32BE(o) * TWO_32 + buf.readUInt32BE(o + 4)
+}
+
+// Short strings (ids, subjects, tags, property keys) are mostly ASCII: handling them in JS avoids a
+// call into C++ per string, which dominates for strings this small. Anything else takes the Buffer path.
+const SHORT = 64
+
+function utf8Length(s: string): number {
+  if (s.length > SHORT) return Buffer.byteLength(s, 'utf8')
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return Buffer.byteLength(s, 'utf8')
+  return s.length
+}
+
+/** Writes s (whose UTF-8 length is n) at o; returns n. */
+function writeUtf8(buf: Buffer, s: string, o: number, n: number): number {
+  if (n === s.length && n <= SHORT) {
+    for (let i = 0; i < n; i++) buf[o + i] = s.charCodeAt(i)
+    return n
+  }
+  return buf.write(s, o, n, 'utf8')
+}
+
+function readUtf8(buf: Buffer, start: number, end: number): string {
+  const n = end - start
+  if (n <= SHORT) {
+    let ascii = true
+    for (let i = start; i < end; i++) {
+      if ((buf[i] as number) > 0x7f) {
+        ascii = false
+        break
+      }
+    }
+    if (ascii) return buf.toString('latin1', start, end)
+  }
+  return buf.toString('utf8', start, end)
+}
+
+function fail(code: 'QMQ_ERR_RECORD_MALFORMED' | 'QMQ_ERR_RECORD_TRUNCATED', message: string): never {
+  throw new QmqError(code, message)
+}
+
+/** Encodes a record. Validates every limit; throws a QmqError with the matching code. */
+export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buffer {
+  const maxMessageBytes = limits.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
+  const idBytes = utf8Length(msg.id)
+  if (idBytes === 0 || idBytes > MAX_ID_BYTES) {
+    throw new QmqError(
+      'QMQ_ERR_MESSAGE_ID_INVALID',
+      `message id is ${idBytes} bytes; it must be 1 to ${MAX_ID_BYTES}`,
+    )
+  }
+  validateSubject(msg.subject)
+  const subjectBytes = utf8Length(msg.subject)
+  if (msg.tags.length > MAX_TAGS) {
+    throw new QmqError('QMQ_ERR_TOO_MANY_TAGS', `${msg.tags.length} tags; the maximum is ${MAX_TAGS}`)
+  }
+  let size = RECORD_FIXED_BYTES + idBytes + subjectBytes
+  const tagLens: number[] = []
+  for (const tag of msg.tags) {
+    const n = utf8Length(tag)
+    if (n === 0 || n > MAX_TAG_BYTES) {
+      throw new QmqError('QMQ_ERR_TAG_INVALID', `tag is ${n} bytes; it must be 1 to ${MAX_TAG_BYTES}`)
+    }
+    tagLens.push(n)
+    size += 2 + n
+  }
+  if (msg.properties.size > MAX_PROPERTIES) {
+    throw new QmqError(
+      'QMQ_ERR_TOO_MANY_PROPERTIES',
+      `${msg.properties.size} properties; the maximum is ${MAX_PROPERTIES}`,
+    )
+  }
+  let propsBytes = 2
+  const propLens: number[] = []
+  for (const [k, v] of msg.properties) {
+    const kn = utf8Length(k)
+    if (kn === 0 || kn > MAX_PROPERTY_KEY_BYTES) {
+      throw new QmqError(
+        'QMQ_ERR_PROPERTY_INVALID',
+        `property key is ${kn} bytes; it must be 1 to ${MAX_PROPERTY_KEY_BYTES}`,
+      )
+    }
+    const vn = utf8Length(v)
+    propLens.push(kn, vn)
+    propsBytes += 2 + kn + 4 + vn
+  }
+  size += 4 + propsBytes
+  const body = msg.body
+  const bodyIsString = typeof body === 'string'
+  const bodyBytes = body === undefined ? 0 : bodyIsString ? Buffer.byteLength(body, 'utf8') : body.length
+  size += 4 + bodyBytes
+  if (size > maxMessageBytes) {
+    throw new QmqError(
+      'QMQ_ERR_MESSAGE_TOO_LARGE',
+      `message record is ${size} bytes; the maximum is ${maxMessageBytes}`,
+      {
+        details: { size, maxMessageBytes },
+      },
+    )
+  }
+  const delayed = msg.scheduleAt !== undefined
+  if (delayed && !Number.isSafeInteger(msg.scheduleAt)) {
+    throw new QmqError('QMQ_ERR_SCHEDULE_INVALID', `schedule time ${msg.scheduleAt} is not an integer of ms`)
+  }
+  if (!Number.isSafeInteger(msg.createdAt)) {
+    throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `created time ${msg.createdAt} is not an integer of ms`)
+  }
+  const flags =
+    (delayed ? FLAG_DELAYED : 0) |
+    (body !== undefined ? FLAG_HAS_BODY : 0) |
+    (bodyIsString ? FLAG_BODY_UTF8 : 0)
+
+  const buf = Buffer.allocUnsafe(size)
+  buf.writeUInt32BE(size, 0)
+  buf.writeUInt8(RECORD_VERSION, 8)
+  buf.writeUInt8(flags, 9)
+  buf.writeUInt8(msg.tags.length, 10)
+  buf.writeUInt8(0, 11)
+  writeI64(buf, msg.createdAt, 12)
+  writeI64(buf, delayed ? (msg.scheduleAt as number) : 0, 20)
+  buf.writeUInt16BE(idBytes, 28)
+  buf.writeUInt16BE(subjectBytes, 30)
+  let o = RECORD_FIXED_BYTES
+  o += writeUtf8(buf, msg.id, o, idBytes)
+  o += writeUtf8(buf, msg.subject, o, subjectBytes)
+  for (let i = 0; i < msg.tags.length; i++) {
+    const n = tagLens[i] as number
+    buf.writeUInt16BE(n, o)
+    o += 2
+    o += writeUtf8(buf, msg.tags[i] as string, o, n)
+  }
+  buf.writeUInt32BE(propsBytes, o)
+  o += 4
+  buf.writeUInt16BE(msg.properties.size, o)
+  o += 2
+  let p = 0
+  for (const [k, v] of msg.properties) {
+    const kn = propLens[p++] as number
+    const vn = propLens[p++] as number
+    buf.writeUInt16BE(kn, o)
+    o += 2
+    o += writeUtf8(buf, k, o, kn)
+    buf.writeUInt32BE(vn, o)
+    o += 4
+    if (vn > 0) o += writeUtf8(buf, v, o, vn)
+  }
+  buf.writeUInt32BE(bodyBytes, o)
+  o += 4
+  if (bodyIsString) o += buf.write(body, o, bodyBytes, 'utf8')
+  else if (body !== undefined) {
+    body.copy(buf, o)
+    o += bodyBytes
+  }
+  buf.writeUInt32BE(crc32c(buf.subarray(8, size)), 4)
+  return buf
+}
+
+/**
+ * Checks the framing of the record at `offset` (length within bounds, version, CRC) and returns its
+ * length. `end` bounds the bytes that belong to the caller (a frame body, a segment's valid region).
+ */
+export function verifyRecord(buf: Buffer, offset = 0, end = buf.length, limits: RecordLimits = {}): number {
+  const maxMessageBytes = limits.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
+  const available = end - offset
+  if (available < 4)
+    fail('QMQ_ERR_RECORD_TRUNCATED', `record length field is cut off (${available} bytes left)`)
+  const length = buf.readUInt32BE(offset)
+  if (length < MIN_RECORD_BYTES)
+    fail('QMQ_ERR_RECORD_MALFORMED', `record length ${length} is below the minimum ${MIN_RECORD_BYTES}`)
+  if (length > maxMessageBytes) {
+    throw new QmqError(
+      'QMQ_ERR_MESSAGE_TOO_LARGE',
+      `record of ${length} bytes exceeds the maximum of ${maxMessageBytes}`,
+    )
+  }
+  if (length > available)
+    fail('QMQ_ERR_RECORD_TRUNCATED', `record of ${length} bytes but only ${available} bytes left`)
+  const stored = buf.readUInt32BE(offset + 4)
+  const actual = crc32c(buf.subarray(offset + 8, offset + length))
+  if (stored !== actual) {
+    throw new QmqError(
+      'QMQ_ERR_CRC_MISMATCH',
+      `record CRC32C is 0x${actual.toString(16)} but 0x${stored.toString(16)} was stored`,
+      {
+        details: { offset },
+      },
+    )
+  }
+  const version = buf.readUInt8(offset + 8)
+  if (version !== RECORD_VERSION) {
+    throw new QmqError('QMQ_ERR_UNSUPPORTED_RECORD_VERSION', `record version ${version} is not supported`)
+  }
+  return length
+}
+
+/** Reads a u16-length-prefixed UTF-8 string from inside [.., limit). */
+function readStr16(buf: Buffer, o: number, limit: number, what: string, max: number): [string, number] {
+  if (o + 2 > limit) fail('QMQ_ERR_RECORD_MALFORMED', `${what} length points past the end of the record`)
+  const n = buf.readUInt16BE(o)
+  if (n === 0 || n > max) fail('QMQ_ERR_RECORD_MALFORMED', `${what} is ${n} bytes; it must be 1 to ${max}`)
+  if (o + 2 + n > limit) fail('QMQ_ERR_RECORD_MALFORMED', `${what} points past the end of the record`)
+  return [readUtf8(buf, o + 2, o + 2 + n), o + 2 + n]
+}
+
+/**
+ * Decodes what routing needs (id, subject, tags, times) without properties or body.
+ * With `verify` (default true) checks length and CRC first.
+ */
+export function readRecordHeader(
+  buf: Buffer,
+  offset = 0,
+  options: { verify?: boolean; end?: number } & RecordLimits = {},
+): RecordHeader {
+  const end = options.end ?? buf.length
+  const length = options.verify === false ? buf.readUInt32BE(offset) : verifyRecord(buf, offset, end, options)
+  if (options.verify === false && (length < MIN_RECORD_BYTES || offset + length > end)) {
+    fail('QMQ_ERR_RECORD_TRUNCATED', `record of ${length} bytes does not fit in ${end - offset} bytes`)
+  }
+  const limit = offset + length
+  const flags = buf.readUInt8(offset + 9)
+  if ((flags & ~KNOWN_RECORD_FLAGS) !== 0)
+    fail('QMQ_ERR_RECORD_MALFORMED', `unknown record flags 0x${flags.toString(16)}`)
+  const tagCount = buf.readUInt8(offset + 10)
+  if (tagCount > MAX_TAGS) {
+    throw new QmqError('QMQ_ERR_TOO_MANY_TAGS', `record has ${tagCount} tags; the maximum is ${MAX_TAGS}`)
+  }
+  const createdAt = readI64(buf, offset + 12)
+  const scheduleAt = readI64(buf, offset + 20)
+  const idLength = buf.readUInt16BE(offset + 28)
+  const subjectLength = buf.readUInt16BE(offset + 30)
+  if (idLength === 0 || idLength > MAX_ID_BYTES) {
+    throw new QmqError(
+      'QMQ_ERR_MESSAGE_ID_INVALID',
+      `record id is ${idLength} bytes; it must be 1 to ${MAX_ID_BYTES}`,
+    )
+  }
+  if (subjectLength === 0 || subjectLength > MAX_SUBJECT_BYTES) {
+    throw new QmqError(
+      'QMQ_ERR_SUBJECT_INVALID',
+      `record subject is ${subjectLength} bytes; it must be 1 to ${MAX_SUBJECT_BYTES}`,
+    )
+  }
+  let o = offset + RECORD_FIXED_BYTES
+  if (o + idLength + subjectLength > limit)
+    fail('QMQ_ERR_RECORD_MALFORMED', 'id and subject point past the end of the record')
+  const id = readUtf8(buf, o, o + idLength)
+  o += idLength
+  const subject = readUtf8(buf, o, o + subjectLength)
+  o += subjectLength
+  const tags: string[] = []
+  for (let i = 0; i < tagCount; i++) {
+    const [tag, next] = readStr16(buf, o, limit, 'tag', MAX_TAG_BYTES)
+    tags.push(tag)
+    o = next
+  }
+  return { length, flags, createdAt, scheduleAt, id, subject, tags, propertiesOffset: o - offset }
+}
+
+/** Decodes a whole record. With `verify` (default true) checks length and CRC first. */
+export function decodeRecord(
+  buf: Buffer,
+  offset = 0,
+  options: { verify?: boolean; end?: number } & RecordLimits = {},
+): MessageRecord {
+  const h = readRecordHeader(buf, offset, options)
+  const limit = offset + h.length
+  let o = offset + h.propertiesOffset
+  if (o + 4 > limit) fail('QMQ_ERR_RECORD_MALFORMED', 'properties length points past the end of the record')
+  const propsLength = buf.readUInt32BE(o)
+  o += 4
+  const propsEnd = o + propsLength
+  if (propsLength < 2 || propsEnd > limit)
+    fail('QMQ_ERR_RECORD_MALFORMED', 'properties block points past the end of the record')
+  const count = buf.readUInt16BE(o)
+  o += 2
+  if (count > MAX_PROPERTIES) {
+    throw new QmqError(
+      'QMQ_ERR_TOO_MANY_PROPERTIES',
+      `record has ${count} properties; the maximum is ${MAX_PROPERTIES}`,
+    )
+  }
+  const properties = new Map<string, string>()
+  for (let i = 0; i < count; i++) {
+    const [key, next] = readStr16(buf, o, propsEnd, 'property key', MAX_PROPERTY_KEY_BYTES)
+    o = next
+    if (o + 4 > propsEnd)
+      fail('QMQ_ERR_RECORD_MALFORMED', 'property value length points past the properties block')
+    const vn = buf.readUInt32BE(o)
+    o += 4
+    if (vn > propsEnd - o) fail('QMQ_ERR_RECORD_MALFORMED', 'property value points past the properties block')
+    properties.set(key, readUtf8(buf, o, o + vn))
+    o += vn
+  }
+  if (o !== propsEnd) fail('QMQ_ERR_RECORD_MALFORMED', 'properties block length does not match its entries')
+  if (o + 4 > limit) fail('QMQ_ERR_RECORD_MALFORMED', 'body length points past the end of the record')
+  const bodyLength = buf.readUInt32BE(o)
+  o += 4
+  if (o + bodyLength !== limit)
+    fail('QMQ_ERR_RECORD_MALFORMED', 'body length does not match the record length')
+  let body: Buffer | string | undefined
+  if (h.flags & FLAG_HAS_BODY) {
+    body = h.flags & FLAG_BODY_UTF8 ? buf.toString('utf8', o, limit) : Buffer.from(buf.subarray(o, limit))
+  } else if (bodyLength !== 0) {
+    fail('QMQ_ERR_RECORD_MALFORMED', 'record without a body has a non-zero body length')
+  }
+  return {
+    id: h.id,
+    subject: h.subject,
+    createdAt: h.createdAt,
+    scheduleAt: h.flags & FLAG_DELAYED ? h.scheduleAt : undefined,
+    tags: h.tags,
+    properties,
+    body,
+  }
+}

@@ -1,0 +1,154 @@
+import t from 'tap'
+import { crc32c } from '../../src/common/crc32c'
+import { QmqError } from '../../src/common/errors'
+import {
+  decodeRecord,
+  encodeRecord,
+  FLAG_DELAYED,
+  MAX_TAGS,
+  type MessageRecord,
+  readRecordHeader,
+  RECORD_FIXED_BYTES,
+  verifyRecord,
+} from '../../src/common/record'
+import { prng, randomMessage } from '../helpers/messages'
+
+/** Re-seals a record after a test edits it, so the CRC passes and the edit itself is what gets checked. */
+function reseal(buf: Buffer): Buffer {
+  buf.writeUInt32BE(crc32c(buf.subarray(8)), 4)
+  return buf
+}
+
+function sample(): MessageRecord {
+  return {
+    id: 'm-1',
+    subject: 'order.created',
+    createdAt: 1_700_000_000_123,
+    scheduleAt: 1_700_000_360_000,
+    tags: ['vip', 'cn'],
+    properties: new Map([
+      ['orderId', '42'],
+      ['empty', ''],
+    ]),
+    body: 'hello',
+  }
+}
+
+t.test('record - round trip of many random messages', async (t) => {
+  const rand = prng(1234)
+  for (let i = 0; i < 3000; i++) {
+    const m = randomMessage(rand)
+    const buf = encodeRecord(m)
+    const back = decodeRecord(buf)
+    const expectBody = m.body === undefined ? undefined : m.body
+    if (
+      back.id !== m.id ||
+      back.subject !== m.subject ||
+      back.createdAt !== m.createdAt ||
+      back.scheduleAt !== m.scheduleAt ||
+      JSON.stringify(back.tags) !== JSON.stringify(m.tags) ||
+      JSON.stringify([...back.properties]) !== JSON.stringify([...m.properties]) ||
+      (Buffer.isBuffer(expectBody)
+        ? !Buffer.isBuffer(back.body) || !expectBody.equals(back.body)
+        : back.body !== expectBody)
+    ) {
+      t.fail(`message ${i} did not round-trip`)
+      return
+    }
+  }
+  t.pass('3000 random messages round-trip')
+})
+
+t.test('record - the header is readable without properties or body', async (t) => {
+  const buf = encodeRecord(sample())
+  const h = readRecordHeader(buf)
+  t.equal(h.length, buf.length)
+  t.equal(h.subject, 'order.created')
+  t.equal(h.id, 'm-1')
+  t.same(h.tags, ['vip', 'cn'])
+  t.equal(h.scheduleAt, 1_700_000_360_000)
+  t.ok(h.flags & FLAG_DELAYED)
+  // Corrupt the properties and body region (and reseal): the header still reads, the full decode fails.
+  const bad = Buffer.from(buf)
+  bad.writeUInt32BE(0xffffffff, h.propertiesOffset)
+  reseal(bad)
+  t.equal(readRecordHeader(bad).subject, 'order.created')
+  t.throws(() => decodeRecord(bad), { code: 'QMQ_ERR_RECORD_MALFORMED' })
+})
+
+t.test('record - a record inside a larger buffer decodes at its offset', async (t) => {
+  const a = encodeRecord(sample())
+  const b = encodeRecord({ ...sample(), id: 'm-2', body: Buffer.from([1, 2, 3]) })
+  const all = Buffer.concat([a, b])
+  t.equal(verifyRecord(all, a.length), b.length)
+  const back = decodeRecord(all, a.length)
+  t.equal(back.id, 'm-2')
+  t.same(back.body, Buffer.from([1, 2, 3]))
+})
+
+t.test('record - malformed input gives its documented code, never an untyped error', async (t) => {
+  const good = encodeRecord(sample())
+  const cases: [string, Buffer, string][] = []
+  cases.push(['truncated', good.subarray(0, good.length - 1), 'QMQ_ERR_RECORD_TRUNCATED'])
+  cases.push(['length field cut', good.subarray(0, 3), 'QMQ_ERR_RECORD_TRUNCATED'])
+  const flipped = Buffer.from(good)
+  flipped[good.length - 2] = (flipped[good.length - 2] as number) ^ 0x10
+  cases.push(['flipped bit', flipped, 'QMQ_ERR_CRC_MISMATCH'])
+  const tooShort = Buffer.from(good)
+  tooShort.writeUInt32BE(10, 0)
+  cases.push(['length below minimum', tooShort, 'QMQ_ERR_RECORD_MALFORMED'])
+  const tooLong = Buffer.from(good)
+  tooLong.writeUInt32BE(0x7fffffff, 0)
+  cases.push(['length beyond max message', tooLong, 'QMQ_ERR_MESSAGE_TOO_LARGE'])
+  const manyTags = reseal(Buffer.from(good).fill(MAX_TAGS + 1, 10, 11))
+  cases.push(['too many tags', manyTags, 'QMQ_ERR_TOO_MANY_TAGS'])
+  const longSubject = Buffer.from(good)
+  longSubject.writeUInt16BE(5000, 30)
+  cases.push(['over-long subject', reseal(longSubject), 'QMQ_ERR_SUBJECT_INVALID'])
+  const subjectPastEnd = Buffer.from(good)
+  subjectPastEnd.writeUInt16BE(199, 30)
+  cases.push(['subject points past the end', reseal(subjectPastEnd), 'QMQ_ERR_RECORD_MALFORMED'])
+  const tagPastEnd = Buffer.from(good)
+  tagPastEnd.writeUInt16BE(100, RECORD_FIXED_BYTES + 3 + 13)
+  cases.push(['tag points past the end', reseal(tagPastEnd), 'QMQ_ERR_RECORD_MALFORMED'])
+  const badVersion = reseal(Buffer.from(good).fill(7, 8, 9))
+  cases.push(['unknown version', badVersion, 'QMQ_ERR_UNSUPPORTED_RECORD_VERSION'])
+  const badFlags = reseal(Buffer.from(good).fill(0x80, 9, 10))
+  cases.push(['unknown flags', badFlags, 'QMQ_ERR_RECORD_MALFORMED'])
+  const noId = Buffer.from(good)
+  noId.writeUInt16BE(0, 28)
+  cases.push(['empty id', reseal(noId), 'QMQ_ERR_MESSAGE_ID_INVALID'])
+  const h = readRecordHeader(good)
+  const propCount = Buffer.from(good)
+  propCount.writeUInt16BE(60000, h.propertiesOffset + 4)
+  cases.push(['too many properties', reseal(propCount), 'QMQ_ERR_TOO_MANY_PROPERTIES'])
+  const propPastEnd = Buffer.from(good)
+  propPastEnd.writeUInt16BE(3, h.propertiesOffset + 4)
+  cases.push(['property count beyond the block', reseal(propPastEnd), 'QMQ_ERR_RECORD_MALFORMED'])
+  for (const [name, buf, code] of cases) {
+    try {
+      decodeRecord(buf)
+      t.fail(`${name}: decoded`)
+    } catch (err) {
+      t.ok(err instanceof QmqError, `${name}: a QmqError`)
+      t.equal((err as QmqError).code, code, name)
+    }
+  }
+})
+
+t.test('record - encoding validates limits', async (t) => {
+  t.throws(() => encodeRecord({ ...sample(), tags: Array.from({ length: 11 }, (_, i) => `t${i}`) }), {
+    code: 'QMQ_ERR_TOO_MANY_TAGS',
+  })
+  t.throws(() => encodeRecord({ ...sample(), subject: 'x'.repeat(201) }), { code: 'QMQ_ERR_SUBJECT_INVALID' })
+  t.throws(() => encodeRecord({ ...sample(), subject: 'has space' }), { code: 'QMQ_ERR_SUBJECT_INVALID' })
+  t.throws(() => encodeRecord({ ...sample(), id: '' }), { code: 'QMQ_ERR_MESSAGE_ID_INVALID' })
+  t.throws(() => encodeRecord({ ...sample(), tags: [''] }), { code: 'QMQ_ERR_TAG_INVALID' })
+  t.throws(() => encodeRecord({ ...sample(), properties: new Map([['', 'v']]) }), {
+    code: 'QMQ_ERR_PROPERTY_INVALID',
+  })
+  t.throws(() => encodeRecord({ ...sample(), body: Buffer.alloc(2048) }, { maxMessageBytes: 1024 }), {
+    code: 'QMQ_ERR_MESSAGE_TOO_LARGE',
+  })
+  t.throws(() => encodeRecord({ ...sample(), scheduleAt: 1.5 }), { code: 'QMQ_ERR_SCHEDULE_INVALID' })
+})
