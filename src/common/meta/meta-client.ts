@@ -1,0 +1,365 @@
+import { Pool } from 'undici'
+import { isErrorCode } from '../error-codes'
+import { QmqError } from '../errors'
+import {
+  type AddressesResponse,
+  type ClientHeartbeatRequest,
+  type ClientHeartbeatResponse,
+  type ClientInfo,
+  type ClientKind,
+  type ConsumersResponse,
+  type GroupInfo,
+  type GroupsResponse,
+  type HealthResponse,
+  META_PATHS,
+  type ReadOnlyRequest,
+  type ReadOnlyResponse,
+  type ReadOnlySetting,
+  type RouteQuery,
+  type RouteResponse,
+  type ServerHeartbeatRequest,
+  type ServerHeartbeatResponse,
+  type SubjectInfo,
+  type SubjectsResponse,
+} from './types'
+
+/**
+ * Typed HTTP client of the metaserver API (docs/metaserver-api.md), on undici keep-alive pools.
+ * Used by brokers and delay servers (heartbeats), the SDK (routes, client heartbeats) and the CLI.
+ *
+ * Errors are always QmqError:
+ * - an error answer `{ code, message }` becomes that code (e.g. QMQ_ERR_NO_ROUTE, QMQ_ERR_UNAUTHORIZED);
+ * - a refused connection, a reset, a timeout, a 5xx without a qmq body or an unreadable answer
+ *   becomes QMQ_ERR_METASERVER_UNAVAILABLE (retriable).
+ * Every call is bounded by `timeoutMs` (connect included): a down metaserver never makes a caller hang.
+ *
+ * With several metaserver addresses, a call that finds one unavailable tries the next (each at most
+ * once per call). Every call of this API is idempotent, so this is safe.
+ */
+
+export const DEFAULT_META_TIMEOUT_MS = 2_000 // whole request, connect included
+export const DEFAULT_META_CONNECT_TIMEOUT_MS = 1_000
+export const DEFAULT_META_MAX_RESPONSE_BYTES = 8 * 1024 * 1024 // admin lists can be large
+export const DEFAULT_META_CONNECTIONS = 4 // per metaserver
+export const DEFAULT_META_ADDRESS_REFRESH_MS = 60_000
+
+export interface MetaClientOptions {
+  /**
+   * Either a metaserver base URL (`http://127.0.0.1:8080`) or the discovery URL
+   * (`http://lb:8080/meta/address`). With the discovery URL, the client asks it for the list of
+   * metaservers first and again at most every `addressRefreshMs` or when all of them fail.
+   */
+  url: string
+  /** Sent as `Authorization: Bearer <token>` (admin write endpoints need it). */
+  adminToken?: string
+  timeoutMs?: number
+  connectTimeoutMs?: number
+  maxResponseBytes?: number
+  connections?: number
+  addressRefreshMs?: number
+}
+
+interface CallOptions {
+  method: 'GET' | 'POST'
+  path: string
+  body?: unknown
+  /** Which metaserver origin to use; default: the current address list with failover. */
+  origin?: string
+}
+
+function normalizeBase(url: string): string {
+  let parsed: URL
+  try {
+    parsed = new URL(url.includes('://') ? url : `http://${url}`)
+  } catch (err) {
+    throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `metaserver URL ${JSON.stringify(url)} is not a URL`, {
+      cause: err,
+    })
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new QmqError(
+      'QMQ_ERR_INVALID_ARGUMENT',
+      `metaserver URL ${JSON.stringify(url)} must be http or https`,
+    )
+  }
+  return parsed.origin
+}
+
+function unavailable(origin: string, reason: string, cause?: unknown): QmqError {
+  return new QmqError('QMQ_ERR_METASERVER_UNAVAILABLE', `metaserver ${origin} unavailable: ${reason}`, {
+    cause,
+    details: { origin },
+  })
+}
+
+export class MetaClient {
+  private readonly timeoutMs: number
+  private readonly connectTimeoutMs: number
+  private readonly maxResponseBytes: number
+  private readonly connections: number
+  private readonly addressRefreshMs: number
+  private readonly adminToken: string | undefined
+  /** Origin of the discovery URL, when one was given. */
+  private readonly discoveryOrigin: string | undefined
+  private readonly pools = new Map<string, Pool>()
+  private addresses: string[]
+  private current = 0
+  private addressesFetchedAt = 0
+  private closed = false
+
+  constructor(options: MetaClientOptions) {
+    const path = (() => {
+      try {
+        return new URL(options.url.includes('://') ? options.url : `http://${options.url}`).pathname
+      } catch {
+        return '/'
+      }
+    })()
+    const origin = normalizeBase(options.url)
+    this.discoveryOrigin = path.replace(/\/+$/, '') === META_PATHS.address ? origin : undefined
+    this.addresses = [origin]
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_META_TIMEOUT_MS
+    this.connectTimeoutMs = Math.min(
+      options.connectTimeoutMs ?? DEFAULT_META_CONNECT_TIMEOUT_MS,
+      this.timeoutMs,
+    )
+    this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_META_MAX_RESPONSE_BYTES
+    this.connections = options.connections ?? DEFAULT_META_CONNECTIONS
+    this.addressRefreshMs = options.addressRefreshMs ?? DEFAULT_META_ADDRESS_REFRESH_MS
+    this.adminToken = options.adminToken
+  }
+
+  /** The metaserver base URLs currently in use. */
+  get knownAddresses(): readonly string[] {
+    return this.addresses
+  }
+
+  /** GET /meta/address on the discovery URL (or the configured metaserver): the metaservers to use. */
+  async getAddresses(): Promise<string[]> {
+    const res = await this.call<AddressesResponse>({
+      method: 'GET',
+      path: META_PATHS.address,
+      origin: this.discoveryOrigin ?? this.addresses[this.current],
+    })
+    if (!Array.isArray(res.addresses))
+      throw unavailable(this.discoveryOrigin ?? '', 'address answer has no list')
+    return res.addresses
+  }
+
+  /** Asks the discovery URL again and switches to the answered metaservers. */
+  async refreshAddresses(): Promise<readonly string[]> {
+    const list = await this.getAddresses()
+    const origins: string[] = []
+    for (const a of list) {
+      try {
+        origins.push(normalizeBase(a))
+      } catch {
+        // a bad entry is skipped; the others still work
+      }
+    }
+    if (origins.length > 0) {
+      this.addresses = origins
+      this.current = 0
+    }
+    this.addressesFetchedAt = Date.now()
+    return this.addresses
+  }
+
+  /** POST /meta/heartbeat: register or keep alive a broker/delay server. */
+  heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse> {
+    return this.call({ method: 'POST', path: META_PATHS.serverHeartbeat, body: req })
+  }
+
+  /** GET /meta/route: the groups of a subject for a producer, consumer or delay producer. */
+  route(query: RouteQuery): Promise<RouteResponse> {
+    const params = new URLSearchParams({ subject: query.subject, kind: query.kind })
+    if (query.group !== undefined) params.set('group', query.group)
+    if (query.clientId !== undefined) params.set('clientId', query.clientId)
+    return this.call({ method: 'GET', path: `${META_PATHS.route}?${params.toString()}` })
+  }
+
+  /** POST /meta/client/heartbeat: a producer/consumer is online (or offline) for some subjects. */
+  clientHeartbeat(req: ClientHeartbeatRequest): Promise<ClientHeartbeatResponse> {
+    return this.call({ method: 'POST', path: META_PATHS.clientHeartbeat, body: req })
+  }
+
+  async listSubjects(): Promise<SubjectInfo[]> {
+    return (await this.call<SubjectsResponse>({ method: 'GET', path: META_PATHS.adminSubjects })).subjects
+  }
+
+  getSubject(subject: string): Promise<SubjectInfo> {
+    return this.call({ method: 'GET', path: `${META_PATHS.adminSubjects}/${encodeURIComponent(subject)}` })
+  }
+
+  /** Adds `group` to the subject's route (assigning the subject first if it has no route). Needs the token. */
+  extendSubject(subject: string, group: string): Promise<SubjectInfo> {
+    return this.call({
+      method: 'POST',
+      path: `${META_PATHS.adminSubjects}/${encodeURIComponent(subject)}/groups`,
+      body: { group },
+    })
+  }
+
+  async listGroups(): Promise<GroupInfo[]> {
+    return (await this.call<GroupsResponse>({ method: 'GET', path: META_PATHS.adminGroups })).groups
+  }
+
+  getGroup(name: string): Promise<GroupInfo> {
+    return this.call({ method: 'GET', path: `${META_PATHS.adminGroups}/${encodeURIComponent(name)}` })
+  }
+
+  async listReadOnly(): Promise<ReadOnlySetting[]> {
+    return (await this.call<ReadOnlyResponse>({ method: 'GET', path: META_PATHS.adminReadOnly })).settings
+  }
+
+  /** Marks or unmarks a group read-only for producers (of one subject or all). Needs the token. */
+  async setReadOnly(req: ReadOnlyRequest): Promise<ReadOnlySetting[]> {
+    return (await this.call<ReadOnlyResponse>({ method: 'POST', path: META_PATHS.adminReadOnly, body: req }))
+      .settings
+  }
+
+  async listConsumers(
+    filter: { subject?: string; consumerGroup?: string; kind?: ClientKind } = {},
+  ): Promise<ClientInfo[]> {
+    const params = new URLSearchParams()
+    if (filter.subject !== undefined) params.set('subject', filter.subject)
+    if (filter.consumerGroup !== undefined) params.set('consumerGroup', filter.consumerGroup)
+    if (filter.kind !== undefined) params.set('kind', filter.kind)
+    const q = params.toString()
+    const path = q.length > 0 ? `${META_PATHS.adminConsumers}?${q}` : META_PATHS.adminConsumers
+    return (await this.call<ConsumersResponse>({ method: 'GET', path })).consumers
+  }
+
+  health(): Promise<HealthResponse> {
+    return this.call({ method: 'GET', path: META_PATHS.health })
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    const pools = [...this.pools.values()]
+    this.pools.clear()
+    await Promise.all(pools.map((p) => p.close().catch(() => p.destroy())))
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private pool(origin: string): Pool {
+    let pool = this.pools.get(origin)
+    if (pool === undefined) {
+      pool = new Pool(origin, {
+        connections: this.connections,
+        pipelining: 1,
+        keepAliveTimeout: 30_000,
+        connect: { timeout: this.connectTimeoutMs },
+        headersTimeout: this.timeoutMs,
+        bodyTimeout: this.timeoutMs,
+      })
+      this.pools.set(origin, pool)
+    }
+    return pool
+  }
+
+  private async call<T>(opts: CallOptions): Promise<T> {
+    if (this.closed) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'metaserver client is closed')
+    if (opts.origin !== undefined) return this.callOnce<T>(opts.origin, opts)
+    if (
+      this.discoveryOrigin !== undefined &&
+      (this.addressesFetchedAt === 0 || Date.now() - this.addressesFetchedAt > this.addressRefreshMs)
+    ) {
+      // A failed discovery keeps the last known list (clients keep working on what they had).
+      await this.refreshAddresses().catch(() => {
+        this.addressesFetchedAt = Date.now()
+      })
+    }
+    let lastErr: QmqError | undefined
+    for (let attempt = 0; attempt < this.addresses.length; attempt++) {
+      const index = (this.current + attempt) % this.addresses.length
+      const origin = this.addresses[index]
+      if (origin === undefined) break
+      try {
+        const out = await this.callOnce<T>(origin, opts)
+        this.current = index
+        return out
+      } catch (err) {
+        if (!(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_UNAVAILABLE') throw err
+        lastErr = err
+      }
+    }
+    if (this.discoveryOrigin !== undefined) this.addressesFetchedAt = 0 // ask discovery again next time
+    throw lastErr ?? unavailable('(none)', 'no metaserver address')
+  }
+
+  private async callOnce<T>(origin: string, opts: CallOptions): Promise<T> {
+    const headers: Record<string, string> = { accept: 'application/json' }
+    let body: string | undefined
+    if (opts.body !== undefined) {
+      body = JSON.stringify(opts.body)
+      headers['content-type'] = 'application/json'
+    }
+    if (this.adminToken !== undefined) headers.authorization = `Bearer ${this.adminToken}`
+    let statusCode: number
+    let text: string
+    try {
+      const res = await this.pool(origin).request({
+        method: opts.method,
+        path: opts.path,
+        headers,
+        body,
+        signal: AbortSignal.timeout(this.timeoutMs),
+      })
+      statusCode = res.statusCode
+      text = await this.readBounded(res.body, origin)
+    } catch (err) {
+      if (err instanceof QmqError) throw err
+      const reason =
+        err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err)
+      throw unavailable(origin, reason, err)
+    }
+    let parsed: unknown
+    try {
+      parsed = text.length === 0 ? undefined : JSON.parse(text)
+    } catch (err) {
+      if (statusCode >= 500 || statusCode < 400) {
+        throw unavailable(origin, `answer to ${opts.path} is not JSON (HTTP ${statusCode})`, err)
+      }
+    }
+    if (statusCode >= 200 && statusCode < 300) {
+      if (parsed === null || typeof parsed !== 'object') {
+        throw unavailable(origin, `answer to ${opts.path} is not a JSON object`)
+      }
+      return parsed as T
+    }
+    const errBody = parsed as { code?: unknown; message?: unknown; details?: unknown } | undefined
+    if (errBody !== undefined && typeof errBody.code === 'string' && isErrorCode(errBody.code)) {
+      const message = typeof errBody.message === 'string' ? errBody.message : undefined
+      throw new QmqError(errBody.code, message, { details: { origin, httpStatus: statusCode } })
+    }
+    if (statusCode >= 500) throw unavailable(origin, `HTTP ${statusCode}`)
+    throw new QmqError(
+      statusCode === 401 || statusCode === 403
+        ? 'QMQ_ERR_UNAUTHORIZED'
+        : statusCode === 404
+          ? 'QMQ_ERR_NOT_FOUND'
+          : 'QMQ_ERR_INVALID_ARGUMENT',
+      `metaserver ${origin} answered HTTP ${statusCode} to ${opts.method} ${opts.path}: ${text.slice(0, 200)}`,
+      { details: { origin, httpStatus: statusCode } },
+    )
+  }
+
+  private async readBounded(
+    body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown },
+    origin: string,
+  ): Promise<string> {
+    const chunks: Buffer[] = []
+    let size = 0
+    for await (const chunk of body) {
+      size += chunk.length
+      if (size > this.maxResponseBytes) {
+        body.destroy()
+        throw unavailable(origin, `answer is larger than ${this.maxResponseBytes} bytes`)
+      }
+      chunks.push(chunk)
+    }
+    return Buffer.concat(chunks, size).toString('utf8')
+  }
+}

@@ -1,0 +1,110 @@
+import {
+  boolean,
+  integer,
+  type OptionsSchema,
+  optionalString,
+  resolveOptions,
+  string,
+  stringList,
+} from '../common/config'
+
+export const DEFAULT_METASERVER_PORT = 8080
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000
+export const DEFAULT_LAST_SEEN_WRITE_INTERVAL_MS = 1_000
+export const DEFAULT_CLIENT_HEARTBEAT_INTERVAL_MS = 20_000
+export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
+export const DEFAULT_MIN_GROUPS_PER_SUBJECT = 2
+export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 // 1 MiB
+
+export interface MetaserverOptions {
+  host: string
+  port: number
+  dataDir: string
+  adminToken: string | undefined
+  advertisedAddresses: readonly string[]
+  heartbeatIntervalMs: number
+  heartbeatTimeoutMs: number
+  lastSeenWriteIntervalMs: number
+  clientHeartbeatIntervalMs: number
+  clientTimeoutMs: number
+  minGroupsPerSubject: number
+  extendOnOutage: boolean
+  maxBodyBytes: number
+  reloadIntervalMs: number
+}
+
+/** The CLI maps `--data-dir` / `QMQ_METASERVER_DATA_DIR` etc. onto these keys (config.optionsFromEnv). */
+export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
+  host: string({ default: '127.0.0.1', minLength: 1, doc: 'Address to bind the HTTP server to' }),
+  port: integer({
+    default: DEFAULT_METASERVER_PORT,
+    min: 0,
+    max: 65535,
+    doc: 'HTTP port (0 = any free port)',
+  }),
+  dataDir: string({ default: './data/metaserver', minLength: 1, doc: 'Directory of meta.db (SQLite)' }),
+  adminToken: optionalString({
+    doc: 'Bearer token required by admin write endpoints; when unset, admin writes are refused',
+  }),
+  advertisedAddresses: stringList({
+    default: [],
+    doc: 'Metaserver base URLs answered by GET /meta/address (empty = this server own address)',
+  }),
+  heartbeatIntervalMs: integer({
+    default: DEFAULT_HEARTBEAT_INTERVAL_MS,
+    min: 10,
+    max: 600_000,
+    doc: 'Heartbeat interval asked of brokers and delay servers',
+  }),
+  heartbeatTimeoutMs: integer({
+    default: DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    min: 20,
+    max: 3_600_000,
+    doc: 'A group whose master is silent this long leaves the routes',
+  }),
+  lastSeenWriteIntervalMs: integer({
+    default: DEFAULT_LAST_SEEN_WRITE_INTERVAL_MS,
+    min: 0,
+    max: 60_000,
+    doc: 'Persist a server last-seen time at most this often (state changes are written at once)',
+  }),
+  clientHeartbeatIntervalMs: integer({
+    default: DEFAULT_CLIENT_HEARTBEAT_INTERVAL_MS,
+    min: 10,
+    max: 600_000,
+    doc: 'Heartbeat interval asked of producers and consumers',
+  }),
+  clientTimeoutMs: integer({
+    default: DEFAULT_CLIENT_TIMEOUT_MS,
+    min: 20,
+    max: 3_600_000,
+    doc: 'A client entry silent this long is dropped from the registry',
+  }),
+  minGroupsPerSubject: integer({
+    default: DEFAULT_MIN_GROUPS_PER_SUBJECT,
+    min: 1,
+    max: 64,
+    doc: 'Broker groups a new subject is assigned to (fewer only if fewer are available)',
+  }),
+  extendOnOutage: boolean({
+    default: true,
+    doc: 'When all groups of a route are dead or read-only, add one alive writable group for producers',
+  }),
+  maxBodyBytes: integer({
+    default: DEFAULT_MAX_BODY_BYTES,
+    min: 1024,
+    max: 64 * 1024 * 1024,
+    doc: 'Largest accepted request body',
+  }),
+  reloadIntervalMs: integer({
+    default: 0,
+    min: 0,
+    max: 3_600_000,
+    doc: 'Reload routes, marks and last-seen times from the store this often (0 = never); set it when several metaservers share one store',
+  }),
+}
+
+export function resolveMetaserverOptions(input: unknown = {}): Readonly<MetaserverOptions> {
+  return resolveOptions('metaserver', metaserverOptionsSchema, input)
+}

@@ -1,0 +1,625 @@
+import type { Clock } from '../common/clock'
+import { QmqError } from '../common/errors'
+import type { Logger } from '../common/logger'
+import type {
+  ClientHeartbeatRequest,
+  ClientHeartbeatResponse,
+  ClientInfo,
+  ClientKind,
+  GroupInfo,
+  GroupKind,
+  ReadOnlySetting,
+  RouteGroup,
+  RouteResponse,
+  ServerHeartbeatRequest,
+  ServerHeartbeatResponse,
+  ServerLoad,
+  ServerRole,
+  SubjectInfo,
+} from '../common/meta/types'
+import type { MetaserverOptions } from './options'
+import { type ClientFilter, ClientRegistry } from './client-registry'
+import type { MetaStore, StoredRoute } from './store'
+
+/**
+ * The metaserver's logic: group registry and liveness, subject placement, routes, read-only marks,
+ * client registry. Inputs are already validated (http-server.ts does that).
+ *
+ * State lives in memory, written through to the MetaStore, and is rebuilt from the store at start.
+ * Liveness is computed, never stored as a flag: alive = lastSeen(master) > 0 and
+ * now - lastSeen(master) <= heartbeatTimeoutMs. Last-seen times are persisted, so a restarted
+ * metaserver knows at once which groups died while it was down.
+ */
+
+const ALL_SUBJECTS = '*'
+const RETRY_PREFIXES = ['%DEAD_RETRY%', '%RETRY%']
+
+interface ServerState {
+  role: ServerRole
+  address: string
+  httpAddress: string | undefined
+  lastSeenAt: number
+  /** lastSeenAt as last written to the store. */
+  persistedAt: number
+}
+
+interface GroupState {
+  name: string
+  kind: GroupKind
+  firstSeenAt: number
+  load: ServerLoad
+  servers: Map<ServerRole, ServerState>
+  /** Alive as last observed by the sweep (for transition logs and metrics). */
+  wasAlive: boolean
+}
+
+export interface LivenessTransition {
+  group: string
+  alive: boolean
+}
+
+/** `%DEAD_RETRY%<subject>%<group>` -> `<subject>`; any other subject as it is. */
+export function realSubject(subject: string): string {
+  for (const prefix of RETRY_PREFIXES) {
+    if (!subject.startsWith(prefix)) continue
+    const rest = subject.slice(prefix.length)
+    const cut = rest.lastIndexOf('%')
+    const real = cut > 0 ? rest.slice(0, cut) : rest
+    return real.length > 0 ? real : subject
+  }
+  return subject
+}
+
+export class MetaService {
+  private readonly groups = new Map<string, GroupState>()
+  private readonly routes = new Map<string, StoredRoute>()
+  /** group -> subjects it is read-only for ('*' = all), with the time of the mark. */
+  private readonly readOnly = new Map<string, Map<string, number>>()
+  /** group -> number of routes that include it. */
+  private readonly subjectCounts = new Map<string, number>()
+  private readonly clients: ClientRegistry
+  /** Placement in flight per subject, so concurrent first lookups share one. */
+  private readonly pendingAssign = new Map<string, Promise<StoredRoute>>()
+  private delayRotation = 0
+  /** Counters read by metrics. */
+  assignments = 0
+
+  constructor(
+    private readonly options: Readonly<MetaserverOptions>,
+    private readonly store: MetaStore,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+  ) {
+    this.clients = new ClientRegistry(options, store, log)
+  }
+
+  /** Builds the in-memory view from the store. */
+  async load(): Promise<void> {
+    const snap = await this.store.loadAll()
+    for (const g of snap.groups) {
+      this.groups.set(g.name, {
+        name: g.name,
+        kind: g.kind,
+        firstSeenAt: g.firstSeenAt,
+        load: g.load,
+        servers: new Map(),
+        wasAlive: false,
+      })
+    }
+    for (const s of snap.servers) {
+      const g = this.groups.get(s.group)
+      if (g === undefined) continue
+      g.servers.set(s.role, { ...s, persistedAt: s.lastSeenAt })
+    }
+    for (const r of snap.routes) this.setRoute(r)
+    for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
+    this.clients.merge(snap.clients)
+    const now = this.clock.now()
+    for (const g of this.groups.values()) {
+      g.wasAlive = this.isAlive(g, now)
+      const lastSeen = g.servers.get('master')?.lastSeenAt ?? 0
+      this.log.info(
+        {
+          group: g.name,
+          kind: g.kind,
+          alive: g.wasAlive,
+          lastSeenAgoMs: lastSeen > 0 ? now - lastSeen : null,
+        },
+        g.wasAlive ? 'group loaded: alive' : 'group loaded: dead (no recent heartbeat)',
+      )
+    }
+  }
+
+  /**
+   * Merges the store's state into memory, for several metaservers sharing one store: routes with a
+   * higher version replace ours, read-only marks are taken as stored, and a server's last-seen time is
+   * the later of ours and the stored one (a heartbeat to any metaserver keeps a group alive for all).
+   */
+  async refresh(): Promise<void> {
+    const snap = await this.store.loadAll()
+    for (const g of snap.groups) {
+      const mine = this.groups.get(g.name)
+      if (mine === undefined) {
+        this.groups.set(g.name, { ...g, servers: new Map(), wasAlive: false })
+      } else if (mine.kind === g.kind) mine.load = g.load
+    }
+    for (const s of snap.servers) {
+      const g = this.groups.get(s.group)
+      if (g === undefined) continue
+      const mine = g.servers.get(s.role)
+      if (mine === undefined) g.servers.set(s.role, { ...s, persistedAt: s.lastSeenAt })
+      else if (s.lastSeenAt > mine.lastSeenAt) {
+        mine.lastSeenAt = s.lastSeenAt
+        mine.persistedAt = Math.max(mine.persistedAt, s.lastSeenAt)
+        mine.address = s.address
+        mine.httpAddress = s.httpAddress
+      }
+    }
+    for (const r of snap.routes) this.setRoute(r)
+    this.readOnly.clear()
+    for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
+    this.clients.merge(snap.clients)
+  }
+
+  // ---------------------------------------------------------------- liveness
+
+  private isAlive(g: GroupState, now: number): boolean {
+    const master = g.servers.get('master')
+    return (
+      master !== undefined &&
+      master.lastSeenAt > 0 &&
+      now - master.lastSeenAt <= this.options.heartbeatTimeoutMs
+    )
+  }
+
+  isGroupAlive(name: string): boolean {
+    const g = this.groups.get(name)
+    return g !== undefined && this.isAlive(g, this.clock.now())
+  }
+
+  /** Finds groups whose liveness changed since the last sweep (logged, counted by the caller). */
+  sweepLiveness(): LivenessTransition[] {
+    const now = this.clock.now()
+    const out: LivenessTransition[] = []
+    for (const g of this.groups.values()) {
+      const alive = this.isAlive(g, now)
+      if (alive === g.wasAlive) continue
+      g.wasAlive = alive
+      out.push({ group: g.name, alive })
+      if (alive) this.log.info({ group: g.name }, 'group is alive again: back in routes')
+      else {
+        const lastSeen = g.servers.get('master')?.lastSeenAt ?? 0
+        this.log.warn(
+          { group: g.name, lastSeenAgoMs: now - lastSeen },
+          'group heartbeats stopped: out of routes',
+        )
+      }
+    }
+    return out
+  }
+
+  async heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse> {
+    const now = this.clock.now()
+    let g = this.groups.get(req.group)
+    if (g !== undefined && g.kind !== req.kind) {
+      throw new QmqError(
+        'QMQ_ERR_GROUP_CONFLICT',
+        `group ${JSON.stringify(req.group)} is registered as a ${g.kind} group; a ${req.kind} server cannot join it`,
+      )
+    }
+    let changed = false
+    const isNew = g === undefined
+    if (g === undefined) {
+      g = { name: req.group, kind: req.kind, firstSeenAt: now, load: {}, servers: new Map(), wasAlive: false }
+      this.groups.set(req.group, g)
+      changed = true
+      this.log.info(
+        { group: req.group, kind: req.kind, role: req.role, address: req.address },
+        'new group registered',
+      )
+    }
+    if (req.load !== undefined) g.load = req.load
+    const offline = req.state === 'offline'
+    const wasAlive = this.isAlive(g, now)
+    let server = g.servers.get(req.role)
+    if (server === undefined) {
+      server = {
+        role: req.role,
+        address: req.address,
+        httpAddress: req.httpAddress,
+        lastSeenAt: 0,
+        persistedAt: -1,
+      }
+      g.servers.set(req.role, server)
+      changed = true
+    }
+    if (server.address !== req.address || server.httpAddress !== req.httpAddress) {
+      if (server.address !== req.address && req.role === 'master' && wasAlive) {
+        this.log.warn(
+          { group: g.name, from: server.address, to: req.address },
+          'master address changed while alive',
+        )
+      }
+      server.address = req.address
+      server.httpAddress = req.httpAddress
+      changed = true
+    }
+    server.lastSeenAt = offline ? 0 : now
+    if (req.role === 'master' && wasAlive !== this.isAlive(g, now)) changed = true
+    if (isNew) g.wasAlive = this.isAlive(g, now) // registration is not a liveness transition
+    if (offline) this.log.info({ group: g.name, role: req.role }, 'server went offline')
+    if (changed || offline || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
+      await this.store.recordHeartbeat(
+        { name: g.name, kind: g.kind, firstSeenAt: g.firstSeenAt, load: g.load },
+        {
+          group: g.name,
+          role: req.role,
+          address: server.address,
+          httpAddress: server.httpAddress,
+          lastSeenAt: server.lastSeenAt,
+        },
+      )
+      server.persistedAt = server.lastSeenAt
+    }
+    const marks = this.readOnly.get(g.name)
+    return {
+      group: g.name,
+      heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+      heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
+      readOnly: marks?.has(ALL_SUBJECTS) ?? false,
+      readOnlySubjects: marks === undefined ? [] : [...marks.keys()].filter((s) => s !== ALL_SUBJECTS),
+      serverTime: now,
+    }
+  }
+
+  // ---------------------------------------------------------------- routes and placement
+
+  private setRoute(r: StoredRoute): void {
+    const old = this.routes.get(r.subject)
+    if (old !== undefined && old.version >= r.version) return
+    for (const name of old?.groups ?? [])
+      this.subjectCounts.set(name, (this.subjectCounts.get(name) ?? 1) - 1)
+    for (const name of r.groups) this.subjectCounts.set(name, (this.subjectCounts.get(name) ?? 0) + 1)
+    this.routes.set(r.subject, r)
+  }
+
+  private readOnlyOf(group: string): Map<string, number> {
+    let m = this.readOnly.get(group)
+    if (m === undefined) {
+      m = new Map()
+      this.readOnly.set(group, m)
+    }
+    return m
+  }
+
+  private isReadOnly(group: string, subject: string): boolean {
+    const m = this.readOnly.get(group)
+    return m !== undefined && (m.has(ALL_SUBJECTS) || m.has(subject))
+  }
+
+  /** Alive broker groups that take new subjects, least loaded first, excluding `exclude`. */
+  private placementCandidates(exclude: readonly string[], now: number): string[] {
+    const out: GroupState[] = []
+    for (const g of this.groups.values()) {
+      if (g.kind !== 'broker' || exclude.includes(g.name) || !this.isAlive(g, now)) continue
+      if (this.readOnly.get(g.name)?.has(ALL_SUBJECTS)) continue
+      out.push(g)
+    }
+    out.sort(
+      (a, b) =>
+        (this.subjectCounts.get(a.name) ?? 0) - (this.subjectCounts.get(b.name) ?? 0) ||
+        (a.load.messagesInPerSecond ?? 0) - (b.load.messagesInPerSecond ?? 0) ||
+        (a.load.backlog ?? 0) - (b.load.backlog ?? 0) ||
+        (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+    )
+    return out.map((g) => g.name)
+  }
+
+  /** The stored route of a subject, assigning one on first use (concurrent callers share it). */
+  private async ensureRoute(subject: string): Promise<StoredRoute> {
+    const existing = this.routes.get(subject)
+    if (existing !== undefined) return existing
+    let pending = this.pendingAssign.get(subject)
+    if (pending === undefined) {
+      pending = this.assign(subject).finally(() => this.pendingAssign.delete(subject))
+      this.pendingAssign.set(subject, pending)
+    }
+    return pending
+  }
+
+  private async assign(subject: string): Promise<StoredRoute> {
+    const now = this.clock.now()
+    const chosen = this.placementCandidates([], now).slice(0, this.options.minGroupsPerSubject)
+    if (chosen.length === 0) {
+      throw new QmqError(
+        'QMQ_ERR_NO_ROUTE',
+        `no alive writable broker group to place subject ${JSON.stringify(subject)}`,
+        {
+          details: { subject },
+        },
+      )
+    }
+    const stored = await this.store.assignRouteIfAbsent(subject, chosen, now)
+    this.setRoute(stored)
+    this.assignments++
+    this.log.info({ subject, groups: stored.groups }, 'subject placed')
+    return stored
+  }
+
+  /** Adds groups to a route with compare-and-set, retrying on a concurrent change. */
+  private async addGroups(
+    subject: string,
+    pick: (route: StoredRoute) => string[],
+    why: string,
+  ): Promise<StoredRoute> {
+    let route = await this.ensureRoute(subject)
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const extra = pick(route).filter((g) => !route.groups.includes(g))
+      if (extra.length === 0) return route
+      const updated = await this.store.updateRoute(
+        subject,
+        [...route.groups, ...extra],
+        route.version,
+        this.clock.now(),
+      )
+      if (updated !== undefined) {
+        this.setRoute(updated)
+        this.log.info({ subject, added: extra, groups: updated.groups, why }, 'route extended')
+        return updated
+      }
+      const fresh = await this.store.getRoute(subject)
+      if (fresh === undefined) break
+      this.setRoute(fresh)
+      route = fresh
+    }
+    return this.routes.get(subject) ?? route
+  }
+
+  /** Answers a route query; see RouteQuery in common/meta/types.ts. */
+  async route(subject: string, kind: ClientKind): Promise<RouteResponse> {
+    const now = this.clock.now()
+    if (kind === 'delay-producer') return this.delayRoute(subject, now)
+    const routeSubject = realSubject(subject)
+    let route = await this.ensureRoute(routeSubject)
+    const min = this.options.minGroupsPerSubject
+    if (route.groups.length < min) {
+      const candidates = this.placementCandidates(route.groups, now)
+      if (candidates.length > 0) {
+        route = await this.addGroups(
+          routeSubject,
+          (r) => candidates.slice(0, Math.max(0, min - r.groups.length)),
+          'top-up',
+        )
+      }
+    }
+    let groups = this.routeGroups(route, kind, now)
+    if (groups.length === 0 && kind === 'producer' && this.options.extendOnOutage) {
+      const candidates = this.placementCandidates(route.groups, now)
+      if (candidates.length > 0) {
+        route = await this.addGroups(routeSubject, () => candidates.slice(0, 1), 'outage')
+        groups = this.routeGroups(route, kind, now)
+      }
+    }
+    if (groups.length === 0) {
+      throw new QmqError(
+        'QMQ_ERR_NO_ROUTE',
+        `no alive ${kind === 'producer' ? 'writable ' : ''}group serves subject ${JSON.stringify(routeSubject)} (route: ${route.groups.join(', ')})`,
+        { details: { subject: routeSubject, groups: route.groups } },
+      )
+    }
+    return {
+      subject,
+      routeSubject,
+      kind,
+      groups,
+      version: route.version,
+      updatedAt: route.updatedAt,
+      serverTime: now,
+    }
+  }
+
+  private routeGroups(route: StoredRoute, kind: ClientKind, now: number): RouteGroup[] {
+    const out: RouteGroup[] = []
+    for (const name of route.groups) {
+      const g = this.groups.get(name)
+      if (g === undefined || !this.isAlive(g, now)) continue
+      const readOnly = this.isReadOnly(name, route.subject)
+      if (readOnly && kind === 'producer') continue
+      out.push(this.routeGroup(g, readOnly ? 'r' : 'rw'))
+    }
+    return out
+  }
+
+  private routeGroup(g: GroupState, state: 'rw' | 'r'): RouteGroup {
+    const master = g.servers.get('master')
+    const rg: RouteGroup = { name: g.name, address: master?.address ?? '', state }
+    if (master?.httpAddress !== undefined) rg.httpAddress = master.httpAddress
+    return rg
+  }
+
+  private delayRoute(subject: string, now: number): RouteResponse {
+    const alive: GroupState[] = []
+    for (const g of this.groups.values()) {
+      if (g.kind === 'delay' && this.isAlive(g, now) && !this.isReadOnly(g.name, subject)) alive.push(g)
+    }
+    if (alive.length === 0) {
+      throw new QmqError('QMQ_ERR_NO_ROUTE', 'no alive writable delay group', { details: { subject } })
+    }
+    alive.sort((a, b) => (a.name < b.name ? -1 : 1))
+    const start = this.delayRotation++ % alive.length
+    const groups = [...alive.slice(start), ...alive.slice(0, start)].map((g) => this.routeGroup(g, 'rw'))
+    return {
+      subject,
+      routeSubject: subject,
+      kind: 'delay-producer',
+      groups,
+      version: 0,
+      updatedAt: 0,
+      serverTime: now,
+    }
+  }
+
+  // ---------------------------------------------------------------- admin
+
+  private requireGroup(name: string): GroupState {
+    const g = this.groups.get(name)
+    if (g === undefined) {
+      throw new QmqError(
+        'QMQ_ERR_NOT_FOUND',
+        `unknown group ${JSON.stringify(name)}: it has never sent a heartbeat`,
+      )
+    }
+    return g
+  }
+
+  async extendSubject(subject: string, group: string): Promise<SubjectInfo> {
+    const g = this.requireGroup(group)
+    if (g.kind !== 'broker') {
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `group ${JSON.stringify(group)} is a delay group; routes hold broker groups`,
+      )
+    }
+    const route = await this.addGroups(realSubject(subject), () => [group], 'admin')
+    return this.subjectInfo(route)
+  }
+
+  async setReadOnly(
+    group: string,
+    subject: string | undefined,
+    readOnly: boolean,
+  ): Promise<ReadOnlySetting[]> {
+    this.requireGroup(group)
+    const target = subject === undefined || subject === '' ? ALL_SUBJECTS : subject
+    const now = this.clock.now()
+    await this.store.setReadOnly(group, target, readOnly, now)
+    const marks = this.readOnlyOf(group)
+    if (readOnly) {
+      if (!marks.has(target)) marks.set(target, now)
+    } else marks.delete(target)
+    this.log.info({ group, subject: target, readOnly }, 'read-only mark changed')
+    return this.listReadOnly()
+  }
+
+  listReadOnly(): ReadOnlySetting[] {
+    const out: ReadOnlySetting[] = []
+    for (const [group, marks] of this.readOnly) {
+      for (const [subject, createdAt] of marks) out.push({ group, subject, createdAt })
+    }
+    return out.sort((a, b) => (a.group + a.subject < b.group + b.subject ? -1 : 1))
+  }
+
+  private subjectInfo(r: StoredRoute): SubjectInfo {
+    return {
+      subject: r.subject,
+      groups: [...r.groups],
+      version: r.version,
+      createdAt: r.createdAt,
+      updatedAt: r.updatedAt,
+    }
+  }
+
+  listSubjects(): SubjectInfo[] {
+    return [...this.routes.values()]
+      .map((r) => this.subjectInfo(r))
+      .sort((a, b) => (a.subject < b.subject ? -1 : 1))
+  }
+
+  getSubject(subject: string): SubjectInfo {
+    const r = this.routes.get(realSubject(subject))
+    if (r === undefined)
+      throw new QmqError('QMQ_ERR_NOT_FOUND', `subject ${JSON.stringify(subject)} has no route yet`)
+    return this.subjectInfo(r)
+  }
+
+  private groupInfo(g: GroupState, now: number): GroupInfo {
+    const master = g.servers.get('master')
+    const marks = this.readOnly.get(g.name)
+    const info: GroupInfo = {
+      name: g.name,
+      kind: g.kind,
+      address: master?.address ?? '',
+      alive: this.isAlive(g, now),
+      lastSeenAt: master?.lastSeenAt ?? 0,
+      firstSeenAt: g.firstSeenAt,
+      readOnly: marks?.has(ALL_SUBJECTS) ?? false,
+      readOnlySubjects: marks === undefined ? [] : [...marks.keys()].filter((s) => s !== ALL_SUBJECTS),
+      subjects: this.subjectCounts.get(g.name) ?? 0,
+      load: g.load,
+      servers: [...g.servers.values()].map((s) => {
+        const out: GroupInfo['servers'][number] = {
+          role: s.role,
+          address: s.address,
+          lastSeenAt: s.lastSeenAt,
+          alive: s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs,
+        }
+        if (s.httpAddress !== undefined) out.httpAddress = s.httpAddress
+        return out
+      }),
+    }
+    if (master?.httpAddress !== undefined) info.httpAddress = master.httpAddress
+    return info
+  }
+
+  listGroups(): GroupInfo[] {
+    const now = this.clock.now()
+    return [...this.groups.values()]
+      .map((g) => this.groupInfo(g, now))
+      .sort((a, b) => (a.name < b.name ? -1 : 1))
+  }
+
+  getGroup(name: string): GroupInfo {
+    return this.groupInfo(this.requireGroup(name), this.clock.now())
+  }
+
+  counts(): {
+    groups: Record<GroupKind, number>
+    alive: Record<GroupKind, number>
+    subjects: number
+    clients: number
+  } {
+    const now = this.clock.now()
+    const groups = { broker: 0, delay: 0 }
+    const alive = { broker: 0, delay: 0 }
+    for (const g of this.groups.values()) {
+      groups[g.kind]++
+      if (this.isAlive(g, now)) alive[g.kind]++
+    }
+    return { groups, alive, subjects: this.routes.size, clients: this.clients.countOnline(now) }
+  }
+
+  // ---------------------------------------------------------------- clients
+
+  async clientHeartbeat(req: ClientHeartbeatRequest): Promise<ClientHeartbeatResponse> {
+    const now = this.clock.now()
+    await this.clients.record(req, now)
+    const routes: RouteResponse[] = []
+    if (req.includeRoutes === true && req.state !== 'offline') {
+      const seen = new Set<string>()
+      for (const sub of req.subscriptions) {
+        if (seen.has(sub.subject)) continue
+        seen.add(sub.subject)
+        try {
+          routes.push(await this.route(sub.subject, req.kind))
+        } catch (err) {
+          if (!(err instanceof QmqError) || err.code !== 'QMQ_ERR_NO_ROUTE') throw err
+        }
+      }
+    }
+    return {
+      heartbeatIntervalMs: this.options.clientHeartbeatIntervalMs,
+      clientTimeoutMs: this.options.clientTimeoutMs,
+      routes,
+      serverTime: now,
+    }
+  }
+
+  /** Drops client entries silent for clientTimeoutMs; answers how many. */
+  expireClients(): Promise<number> {
+    return this.clients.expire(this.clock.now())
+  }
+
+  listClients(filter: ClientFilter): ClientInfo[] {
+    return this.clients.list(filter, this.clock.now())
+  }
+}

@@ -1,0 +1,329 @@
+import Database from 'better-sqlite3'
+import { QmqError } from '../common/errors'
+import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
+import type {
+  MetaSnapshot,
+  MetaStore,
+  StoredClient,
+  StoredGroup,
+  StoredReadOnly,
+  StoredRoute,
+  StoredServer,
+} from './store'
+
+/**
+ * MetaStore on better-sqlite3 (one file, WAL mode). Every method runs synchronously inside the
+ * process, so SQLite transactions plus the single thread make `assignRouteIfAbsent` and `updateRoute`
+ * atomic; they are written as SQL a PostgreSQL store can mirror (INSERT ... ON CONFLICT DO NOTHING,
+ * UPDATE ... WHERE version = ?).
+ *
+ * Schema version 1:
+ *   schema_version(version)
+ *   groups(name PK, kind 'broker'|'delay', first_seen_at, load_json, updated_at)
+ *   servers(group_name, role 'master'|'slave', address 'host:port', http_address, last_seen_at; PK(group_name, role))
+ *   subject_routes(subject PK, groups_json '["g1","g2"]', version, created_at, updated_at)
+ *   readonly_settings(group_name, subject ('*' = all); PK(group_name, subject), created_at)
+ *   clients(client_id, kind, subject, consumer_group ('' for producers), app_code, last_seen_at;
+ *           PK(client_id, kind, subject, consumer_group))
+ */
+export const SQLITE_SCHEMA_VERSION = 1
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS groups (
+  name TEXT PRIMARY KEY, kind TEXT NOT NULL, first_seen_at INTEGER NOT NULL,
+  load_json TEXT NOT NULL DEFAULT '{}', updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS servers (
+  group_name TEXT NOT NULL, role TEXT NOT NULL, address TEXT NOT NULL, http_address TEXT,
+  last_seen_at INTEGER NOT NULL, PRIMARY KEY (group_name, role)
+);
+CREATE TABLE IF NOT EXISTS subject_routes (
+  subject TEXT PRIMARY KEY, groups_json TEXT NOT NULL, version INTEGER NOT NULL,
+  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readonly_settings (
+  group_name TEXT NOT NULL, subject TEXT NOT NULL, created_at INTEGER NOT NULL,
+  PRIMARY KEY (group_name, subject)
+);
+CREATE TABLE IF NOT EXISTS clients (
+  client_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, consumer_group TEXT NOT NULL,
+  app_code TEXT NOT NULL, last_seen_at INTEGER NOT NULL,
+  PRIMARY KEY (client_id, kind, subject, consumer_group)
+);
+CREATE INDEX IF NOT EXISTS clients_last_seen ON clients (last_seen_at);
+`
+
+interface RouteRow {
+  subject: string
+  groups_json: string
+  version: number
+  created_at: number
+  updated_at: number
+}
+
+function parseGroups(json: string): string[] {
+  const v: unknown = JSON.parse(json)
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []
+}
+
+function toRoute(row: RouteRow): StoredRoute {
+  return {
+    subject: row.subject,
+    groups: parseGroups(row.groups_json),
+    version: row.version,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  }
+}
+
+function parseLoad(json: string): ServerLoad {
+  try {
+    const v: unknown = JSON.parse(json)
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as ServerLoad) : {}
+  } catch {
+    return {}
+  }
+}
+
+function storeError(err: unknown, what: string): QmqError {
+  if (err instanceof QmqError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: ${message}`, { cause: err })
+}
+
+export class SqliteMetaStore implements MetaStore {
+  private readonly db: Database.Database
+  private readonly stmts
+  private closed = false
+
+  /** `file` is a path (created if missing) or ':memory:'. */
+  constructor(file: string) {
+    try {
+      this.db = new Database(file)
+      this.db.pragma('journal_mode = WAL')
+      this.db.pragma('synchronous = NORMAL')
+      this.db.pragma('busy_timeout = 5000')
+      this.db.exec(SCHEMA)
+      const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
+        v: number | null
+      }
+      if (row.v === null)
+        this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SQLITE_SCHEMA_VERSION)
+      else if (row.v > SQLITE_SCHEMA_VERSION) {
+        throw new QmqError(
+          'QMQ_ERR_METASERVER_STORE',
+          `${file} has schema version ${row.v}, newer than this metaserver's ${SQLITE_SCHEMA_VERSION}; upgrade qmq`,
+        )
+      }
+    } catch (err) {
+      throw storeError(err, `cannot open metaserver database ${file}`)
+    }
+    const db = this.db
+    this.stmts = {
+      allGroups: db.prepare('SELECT name, kind, first_seen_at, load_json FROM groups'),
+      allServers: db.prepare('SELECT group_name, role, address, http_address, last_seen_at FROM servers'),
+      allRoutes: db.prepare(
+        'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes',
+      ),
+      allReadOnly: db.prepare('SELECT group_name, subject, created_at FROM readonly_settings'),
+      allClients: db.prepare(
+        'SELECT client_id, kind, subject, consumer_group, app_code, last_seen_at FROM clients',
+      ),
+      upsertGroup: db.prepare(
+        `INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET load_json = excluded.load_json, updated_at = excluded.updated_at`,
+      ),
+      upsertServer: db.prepare(
+        `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+           http_address = excluded.http_address, last_seen_at = excluded.last_seen_at`,
+      ),
+      getRoute: db.prepare(
+        'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes WHERE subject = ?',
+      ),
+      insertRoute: db.prepare(
+        `INSERT INTO subject_routes (subject, groups_json, version, created_at, updated_at) VALUES (?, ?, 1, ?, ?)
+         ON CONFLICT (subject) DO NOTHING`,
+      ),
+      casRoute: db.prepare(
+        'UPDATE subject_routes SET groups_json = ?, version = version + 1, updated_at = ? WHERE subject = ? AND version = ?',
+      ),
+      insertReadOnly: db.prepare(
+        'INSERT INTO readonly_settings (group_name, subject, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING',
+      ),
+      deleteReadOnly: db.prepare('DELETE FROM readonly_settings WHERE group_name = ? AND subject = ?'),
+      upsertClient: db.prepare(
+        `INSERT INTO clients (client_id, kind, subject, consumer_group, app_code, last_seen_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (client_id, kind, subject, consumer_group) DO UPDATE SET
+           app_code = excluded.app_code, last_seen_at = excluded.last_seen_at`,
+      ),
+      deleteClient: db.prepare(
+        'DELETE FROM clients WHERE client_id = ? AND kind = ? AND subject = ? AND consumer_group = ?',
+      ),
+      expireClients: db.prepare('DELETE FROM clients WHERE last_seen_at < ?'),
+    }
+  }
+
+  private run<T>(what: string, fn: () => T): Promise<T> {
+    if (this.closed)
+      return Promise.reject(new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: store is closed`))
+    try {
+      return Promise.resolve(fn())
+    } catch (err) {
+      return Promise.reject(storeError(err, what))
+    }
+  }
+
+  loadAll(): Promise<MetaSnapshot> {
+    return this.run('load metadata', () => {
+      const s = this.stmts
+      const groups = (
+        s.allGroups.all() as { name: string; kind: string; first_seen_at: number; load_json: string }[]
+      ).map(
+        (r): StoredGroup => ({
+          name: r.name,
+          kind: r.kind as GroupKind,
+          firstSeenAt: r.first_seen_at,
+          load: parseLoad(r.load_json),
+        }),
+      )
+      const servers = (
+        s.allServers.all() as {
+          group_name: string
+          role: string
+          address: string
+          http_address: string | null
+          last_seen_at: number
+        }[]
+      ).map(
+        (r): StoredServer => ({
+          group: r.group_name,
+          role: r.role as ServerRole,
+          address: r.address,
+          httpAddress: r.http_address ?? undefined,
+          lastSeenAt: r.last_seen_at,
+        }),
+      )
+      const routes = (s.allRoutes.all() as RouteRow[]).map(toRoute)
+      const readOnly = (
+        s.allReadOnly.all() as { group_name: string; subject: string; created_at: number }[]
+      ).map((r): StoredReadOnly => ({ group: r.group_name, subject: r.subject, createdAt: r.created_at }))
+      const clients = (
+        s.allClients.all() as {
+          client_id: string
+          kind: string
+          subject: string
+          consumer_group: string
+          app_code: string
+          last_seen_at: number
+        }[]
+      ).map(
+        (r): StoredClient => ({
+          clientId: r.client_id,
+          kind: r.kind as ClientKind,
+          subject: r.subject,
+          consumerGroup: r.consumer_group,
+          appCode: r.app_code,
+          lastSeenAt: r.last_seen_at,
+        }),
+      )
+      return { groups, servers, routes, readOnly, clients }
+    })
+  }
+
+  recordHeartbeat(group: StoredGroup, server: StoredServer): Promise<void> {
+    return this.run(`record heartbeat of ${group.name}`, () => {
+      this.db.transaction(() => {
+        this.stmts.upsertGroup.run(
+          group.name,
+          group.kind,
+          group.firstSeenAt,
+          JSON.stringify(group.load),
+          server.lastSeenAt,
+        )
+        this.stmts.upsertServer.run(
+          server.group,
+          server.role,
+          server.address,
+          server.httpAddress ?? null,
+          server.lastSeenAt,
+        )
+      })()
+    })
+  }
+
+  getRoute(subject: string): Promise<StoredRoute | undefined> {
+    return this.run(`read route of ${subject}`, () => {
+      const row = this.stmts.getRoute.get(subject) as RouteRow | undefined
+      return row === undefined ? undefined : toRoute(row)
+    })
+  }
+
+  assignRouteIfAbsent(subject: string, groups: readonly string[], now: number): Promise<StoredRoute> {
+    return this.run(`assign route of ${subject}`, () =>
+      this.db
+        .transaction(() => {
+          this.stmts.insertRoute.run(subject, JSON.stringify(groups), now, now)
+          return toRoute(this.stmts.getRoute.get(subject) as RouteRow)
+        })
+        .immediate(),
+    )
+  }
+
+  updateRoute(
+    subject: string,
+    groups: readonly string[],
+    expectedVersion: number,
+    now: number,
+  ): Promise<StoredRoute | undefined> {
+    return this.run(`update route of ${subject}`, () =>
+      this.db
+        .transaction(() => {
+          const changed = this.stmts.casRoute.run(
+            JSON.stringify(groups),
+            now,
+            subject,
+            expectedVersion,
+          ).changes
+          if (changed === 0) return undefined
+          return toRoute(this.stmts.getRoute.get(subject) as RouteRow)
+        })
+        .immediate(),
+    )
+  }
+
+  setReadOnly(group: string, subject: string, readOnly: boolean, now: number): Promise<void> {
+    return this.run(`set read-only of ${group}`, () => {
+      if (readOnly) this.stmts.insertReadOnly.run(group, subject, now)
+      else this.stmts.deleteReadOnly.run(group, subject)
+    })
+  }
+
+  upsertClient(c: StoredClient): Promise<void> {
+    return this.run(`record client ${c.clientId}`, () => {
+      this.stmts.upsertClient.run(c.clientId, c.kind, c.subject, c.consumerGroup, c.appCode, c.lastSeenAt)
+    })
+  }
+
+  deleteClient(c: Pick<StoredClient, 'clientId' | 'kind' | 'subject' | 'consumerGroup'>): Promise<void> {
+    return this.run(`delete client ${c.clientId}`, () => {
+      this.stmts.deleteClient.run(c.clientId, c.kind, c.subject, c.consumerGroup)
+    })
+  }
+
+  deleteClientsSeenBefore(before: number): Promise<number> {
+    return this.run('expire clients', () => this.stmts.expireClients.run(before).changes)
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve()
+    this.closed = true
+    try {
+      this.db.close()
+    } catch {
+      // closing twice or a failed close leaves nothing to do
+    }
+    return Promise.resolve()
+  }
+}
