@@ -15,7 +15,13 @@ const write = args.includes('--write') || !quick
 const filters = args.filter((a) => !a.startsWith('--'))
 
 const files = readdirSync(__dirname)
-  .filter((f) => f.endsWith('.ts') && !['run.ts', 'common.ts'].includes(f) && !f.startsWith('_'))
+  .filter(
+    (f) =>
+      f.endsWith('.ts') &&
+      !['run.ts', 'common.ts'].includes(f) &&
+      !f.startsWith('_') &&
+      !/-(child|common)\.ts$/.test(f),
+  )
   .filter((f) => filters.length === 0 || filters.some((w) => f.includes(w)))
   .sort()
 

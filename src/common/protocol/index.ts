@@ -1,3 +1,4 @@
+export * from './admin'
 export * from './buffer'
 export * from './codes'
 export * from './commands'

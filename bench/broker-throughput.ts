@@ -1,0 +1,392 @@
+/**
+ * Broker macro benchmark over loopback, 1 KiB messages, the broker in its own process (flush 'sync'):
+ * - produce throughput with 1 and 4 producers (batches of 100, BENCH_IN_FLIGHT (8) batches in flight per producer),
+ * - consume throughput from a backlog with 1 and 4 consumers (pull 1000 + ack),
+ * - publish-to-deliver latency p50/p99/p999 at a fixed 10k msgs/s with a long-polling consumer,
+ * - backlog drain time with a 5 ms handler for 1, 2, 4, 8 and 16 consumers.
+ * Targets: >= 150k msgs/s produced with 4 producers, >= 150k msgs/s consumed, p99 < 5 ms at 10k msgs/s,
+ * 16 consumers drain >= 12x faster than one.
+ * Knobs: BENCH_QUICK=1 (or --quick) for a short run; BROKER_FLUSH=async to compare.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { RawClient } from '../test/helpers/raw-client'
+import { RequestCode } from '../src/common/protocol/codes'
+import {
+  decodePullResponse,
+  decodeSendResponse,
+  encodeAckRequest,
+  encodePullRequest,
+  encodeSendRequest,
+  type PullRequest,
+  StartPosition,
+} from '../src/common/protocol/commands'
+import { encodeRecord } from '../src/common/record'
+import { quick, report } from './common'
+
+const BENCH = 'broker'
+const flush = process.env.BROKER_FLUSH === 'async' ? 'async' : 'sync'
+const BODY = Buffer.alloc(1024 - 80, 0x61) // record of about 1 KiB
+let idSeq = 0
+
+function record(subject: string, body: Buffer = BODY): Buffer {
+  return encodeRecord({
+    id: `b${process.pid}-${idSeq++}`,
+    subject,
+    createdAt: Date.now(),
+    tags: [],
+    properties: new Map(),
+    body,
+  })
+}
+
+function startBroker(dataDir: string): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', join(__dirname, 'broker-child.ts'), dataDir, JSON.stringify({ flush })],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  return new Promise((resolve, reject) => {
+    let out = ''
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString()
+      const nl = out.indexOf('\n')
+      if (nl >= 0) resolve({ child, port: (JSON.parse(out.slice(0, nl)) as { port: number }).port })
+    })
+    child.once('exit', (code) => reject(new Error(`broker exited with ${code}`)))
+  })
+}
+
+function pullReq(p: Partial<PullRequest> & { subject: string; group: string; consumerId: string }): Buffer {
+  return encodePullRequest({
+    maxMessages: 1000,
+    maxBytes: 0,
+    timeoutMs: 0,
+    broadcast: false,
+    atMostOnce: false,
+    tagsAll: false,
+    start: StartPosition.EARLIEST,
+    startTime: 0,
+    tags: [],
+    ...p,
+  })
+}
+
+async function sendBatch(c: RawClient, records: Buffer[]): Promise<void> {
+  const res = decodeSendResponse(await c.call(RequestCode.SEND, encodeSendRequest(records)))
+  for (const r of res) if (r.status !== 0) throw new Error(`send failed: ${r.status} ${r.message}`)
+}
+
+/** `producers` connections each send `perProducer` messages, `inFlight` batches of `batch` at a time. */
+async function produce(
+  port: number,
+  subject: string,
+  producers: number,
+  perProducer: number,
+): Promise<number> {
+  const batch = 100
+  const inFlight = Number(process.env.BENCH_IN_FLIGHT ?? 8)
+  const clients = await Promise.all(Array.from({ length: producers }, () => RawClient.connect(port)))
+  // Records are encoded before the clock starts: the figure is the broker's, not the client's CRC work.
+  const batches = clients.map(() => {
+    const out: Buffer[][] = []
+    for (let sent = 0; sent < perProducer; sent += batch) {
+      out.push(Array.from({ length: Math.min(batch, perProducer - sent) }, () => record(subject)))
+    }
+    return out
+  })
+  const started = performance.now()
+  await Promise.all(
+    clients.map(async (c, p) => {
+      const mine = batches[p] as Buffer[][]
+      let next = 0
+      const lane = async () => {
+        while (next < mine.length) {
+          await sendBatch(c, mine[next++] as Buffer[])
+        }
+      }
+      await Promise.all(Array.from({ length: inFlight }, lane))
+    }),
+  )
+  const seconds = (performance.now() - started) / 1000
+  for (const c of clients) c.destroy()
+  return (producers * perProducer) / seconds
+}
+
+/** `consumers` connections of one group drain `total` messages. */
+async function consume(
+  port: number,
+  subject: string,
+  group: string,
+  consumers: number,
+  total: number,
+): Promise<number> {
+  const clients = await Promise.all(Array.from({ length: consumers }, () => RawClient.connect(port)))
+  let got = 0
+  const started = performance.now()
+  await Promise.all(
+    clients.map(async (c, i) => {
+      while (got < total) {
+        const sequences = pulledSequences(
+          await c.call(RequestCode.PULL, pullReq({ subject, group, consumerId: `c${i}`, timeoutMs: 100 })),
+        )
+        if (sequences.length === 0) continue
+        got += sequences.length
+        await c.call(
+          RequestCode.ACK,
+          encodeAckRequest({ subject, group, consumerId: `c${i}`, broadcast: false, sequences }),
+        )
+      }
+    }),
+  )
+  const seconds = (performance.now() - started) / 1000
+  for (const c of clients) c.destroy()
+  return total / seconds
+}
+
+/**
+ * The sequences of a PULL answer, read from its entry table only: the throughput figure is the
+ * broker's; decoding and CRC-checking every record is the client's work (measured by the codec bench).
+ */
+function pulledSequences(body: Buffer): number[] {
+  const count = body.readUInt32BE(0)
+  const out: number[] = []
+  for (let i = 0, o = 4; i < count; i++, o += 10)
+    out.push(body.readUInt32BE(o) * 0x1_0000_0000 + body.readUInt32BE(o + 4))
+  return out
+}
+
+/** Sequence and message id of each record of a PULL answer, read without decoding the records. */
+function pulledIds(body: Buffer): { sequence: number; id: string }[] {
+  const count = body.readUInt32BE(0)
+  const out: { sequence: number; id: string }[] = []
+  let rec = 4 + count * 10
+  for (let i = 0, o = 4; i < count; i++, o += 10) {
+    const idLength = body.readUInt16BE(rec + 28)
+    out.push({
+      sequence: body.readUInt32BE(o) * 0x1_0000_0000 + body.readUInt32BE(o + 4),
+      id: body.toString('utf8', rec + 32, rec + 32 + idLength),
+    })
+    rec += body.readUInt32BE(rec)
+  }
+  return out
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? Number.NaN
+}
+
+/** Sends at `rate` msgs/s for `seconds`; a long-polling consumer measures publish-to-deliver latency. */
+async function latency(port: number, rate: number, seconds: number): Promise<number[]> {
+  const subject = 'latency'
+  const producer = await RawClient.connect(port)
+  const consumer = await RawClient.connect(port)
+  const sentAt = new Map<string, number>()
+  const samples: number[] = []
+  // Create the group at the end of the subject before producing.
+  await consumer.call(
+    RequestCode.PULL,
+    pullReq({ subject, group: 'lat', consumerId: 'c', start: StartPosition.LATEST }),
+  )
+  let producing = true
+  const acks: Promise<Buffer>[] = []
+  const total = Math.floor(rate * seconds)
+  const consumerLoop = (async () => {
+    while (producing || samples.length < total) {
+      const body = await consumer.call(
+        RequestCode.PULL,
+        pullReq({ subject, group: 'lat', consumerId: 'c', timeoutMs: 500, start: StartPosition.LATEST }),
+      )
+      const now = performance.now()
+      const msgs = pulledIds(body)
+      if (msgs.length === 0 && !producing) break
+      for (const m of msgs) {
+        const t0 = sentAt.get(m.id)
+        if (t0 !== undefined) samples.push(now - t0)
+      }
+      // Acks are pipelined (not awaited), as the SDK does: the next PULL goes out at once.
+      if (msgs.length > 0)
+        acks.push(
+          consumer.call(
+            RequestCode.ACK,
+            encodeAckRequest({
+              subject,
+              group: 'lat',
+              consumerId: 'c',
+              broadcast: false,
+              sequences: msgs.map((m) => m.sequence),
+            }),
+          ),
+        )
+    }
+    await Promise.all(acks)
+  })()
+  // Encoded ahead: the bench process must keep the pace without competing with the broker for CPU.
+  const now0 = Date.now()
+  const prepared = Array.from({ length: total }, (_, i) =>
+    encodeRecord({ id: `lat-${i}`, subject, createdAt: now0, tags: [], properties: new Map(), body: BODY }),
+  )
+  const started = performance.now()
+  let sent = 0
+  const pending: Promise<void>[] = []
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * rate))
+    if (due > sent) {
+      const recs: Buffer[] = []
+      const at = performance.now()
+      for (; sent < due; sent++) {
+        recs.push(prepared[sent] as Buffer)
+        sentAt.set(`lat-${sent}`, at)
+      }
+      pending.push(sendBatch(producer, recs))
+    }
+    await new Promise((r) => setImmediate(r))
+  }
+  await Promise.all(pending)
+  producing = false
+  await consumerLoop
+  producer.destroy()
+  consumer.destroy()
+  return samples.sort((a, b) => a - b)
+}
+
+/** Time for `consumers` consumers with a 5 ms handler to drain `total` messages of `subject`. */
+async function drain(port: number, subject: string, consumers: number, total: number): Promise<number> {
+  const group = `drain${consumers}`
+  const clients = await Promise.all(Array.from({ length: consumers }, () => RawClient.connect(port)))
+  let handled = 0
+  const started = performance.now()
+  await Promise.all(
+    clients.map(async (c, i) => {
+      while (handled < total) {
+        const msgs = decodePullResponse(
+          await c.call(
+            RequestCode.PULL,
+            pullReq({ subject, group, consumerId: `d${i}`, maxMessages: 5, timeoutMs: 50 }),
+          ),
+        )
+        for (const m of msgs) {
+          await new Promise((r) => setTimeout(r, 5))
+          handled++
+          await c.call(
+            RequestCode.ACK,
+            encodeAckRequest({
+              subject,
+              group,
+              consumerId: `d${i}`,
+              broadcast: false,
+              sequences: [m.sequence],
+            }),
+          )
+        }
+      }
+    }),
+  )
+  const seconds = (performance.now() - started) / 1000
+  for (const c of clients) c.destroy()
+  return seconds
+}
+
+const parts = (process.env.BENCH_PARTS ?? 'produce,consume,latency,drain').split(',')
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'qmq-bench-broker-'))
+  const { child, port } = await startBroker(dir)
+  try {
+    const n = quick ? 20_000 : 100_000
+    if (parts.includes('produce')) {
+      report({
+        bench: BENCH,
+        metric: `produce 1 producer (flush ${flush})`,
+        value: Math.round(await produce(port, 'p1', 1, n)),
+        unit: 'msgs/s',
+      })
+      report({
+        bench: BENCH,
+        metric: `produce 4 producers (flush ${flush})`,
+        value: Math.round(await produce(port, 'p4', 4, n / 2)),
+        unit: 'msgs/s',
+        target: '>= 150000',
+      })
+    }
+    if (parts.includes('consume')) {
+      if (!parts.includes('produce')) await produce(port, 'p4', 4, n / 2)
+      // Consume the 4-producer backlog (2n messages) with fresh groups.
+      report({
+        bench: BENCH,
+        metric: 'consume from backlog, 1 consumer',
+        value: Math.round(await consume(port, 'p4', 'one', 1, 2 * n)),
+        unit: 'msgs/s',
+        target: '>= 150000',
+      })
+      report({
+        bench: BENCH,
+        metric: 'consume from backlog, 4 consumers',
+        value: Math.round(await consume(port, 'p4', 'four', 4, 2 * n)),
+        unit: 'msgs/s',
+        target: '>= 150000',
+      })
+    }
+    if (parts.includes('latency')) {
+      const lat = await latency(port, 10_000, quick ? 2 : 5)
+      report({
+        bench: BENCH,
+        metric: 'publish-to-deliver p50 at 10k msgs/s',
+        value: +percentile(lat, 0.5).toFixed(3),
+        unit: 'ms',
+      })
+      report({
+        bench: BENCH,
+        metric: 'publish-to-deliver p99 at 10k msgs/s',
+        value: +percentile(lat, 0.99).toFixed(3),
+        unit: 'ms',
+        target: '< 5',
+      })
+      report({
+        bench: BENCH,
+        metric: 'publish-to-deliver p999 at 10k msgs/s',
+        value: +percentile(lat, 0.999).toFixed(3),
+        unit: 'ms',
+      })
+    }
+    if (parts.includes('drain')) {
+      const backlog = quick ? 400 : 1000
+      const producer = await RawClient.connect(port)
+      for (let i = 0; i < backlog; i += 100)
+        await sendBatch(
+          producer,
+          Array.from({ length: 100 }, () => record('drain', BODY.subarray(0, 64))),
+        )
+      producer.destroy()
+      let one = 0
+      for (const consumers of [1, 2, 4, 8, 16]) {
+        const seconds = await drain(port, 'drain', consumers, backlog)
+        if (consumers === 1) one = seconds
+        report({
+          bench: BENCH,
+          metric: `drain ${backlog} msgs, 5 ms handler, ${consumers} consumers`,
+          value: +seconds.toFixed(3),
+          unit: 's',
+        })
+        if (consumers === 16)
+          report({
+            bench: BENCH,
+            metric: 'drain speedup 16 consumers vs 1',
+            value: +(one / seconds).toFixed(2),
+            unit: 'x',
+            target: '>= 12',
+          })
+      }
+    }
+  } finally {
+    child.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`)
+  process.exit(1)
+})

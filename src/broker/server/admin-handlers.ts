@@ -1,0 +1,63 @@
+import { QmqError } from '../../common/errors'
+import {
+  decodeBacklogRequest,
+  decodeDlqListRequest,
+  decodeDlqRedriveRequest,
+  decodeResetCursorRequest,
+  encodeBacklogResponse,
+  encodeDlqListResponse,
+  encodeSubjectsResponse,
+  ResetPosition,
+} from '../../common/protocol/admin'
+import { RequestCode } from '../../common/protocol/codes'
+import { encodeCountResponse } from '../../common/protocol/commands'
+import type { CursorPosition } from '../store/types'
+import type { ResponseBody } from './connection'
+import type { ServerContext } from './handlers'
+
+/** Admin requests (codes 20-29); wire grammar in src/common/protocol/admin.ts. */
+export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer): Promise<ResponseBody> {
+  switch (code) {
+    case RequestCode.ADMIN_SUBJECTS: {
+      if (body.length !== 0) throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'ADMIN_SUBJECTS takes no body')
+      return encodeSubjectsResponse(ctx.store.subjects())
+    }
+    case RequestCode.ADMIN_BACKLOG: {
+      const req = decodeBacklogRequest(body)
+      return encodeBacklogResponse(ctx.store.backlog(req.subject, req.group))
+    }
+    case RequestCode.ADMIN_RESET_CURSOR: {
+      const req = decodeResetCursorRequest(body)
+      const position: CursorPosition =
+        req.position === ResetPosition.EARLIEST
+          ? { kind: 'earliest' }
+          : req.position === ResetPosition.LATEST
+            ? { kind: 'latest' }
+            : { kind: 'timestamp', timeMs: req.timeMs }
+      await ctx.store.resetCursor(req.subject, req.group, position)
+      ctx.log.info({ subject: req.subject, group: req.group, position }, 'cursor reset by an operator')
+      ctx.polls.notify(req.subject)
+      return []
+    }
+    case RequestCode.ADMIN_DLQ_LIST: {
+      const req = decodeDlqListRequest(body)
+      const list = await ctx.store.listDeadLetters(req.subject, req.group, {
+        limit: req.limit,
+        afterSequence: req.afterSequence < 0 ? undefined : req.afterSequence,
+      })
+      return encodeDlqListResponse(list)
+    }
+    case RequestCode.ADMIN_DLQ_REDRIVE: {
+      const req = decodeDlqRedriveRequest(body)
+      const n = await ctx.store.redriveDeadLetters(req.subject, req.group, req.sequences)
+      if (n > 0) {
+        ctx.metrics.redriven.inc({ subject: req.subject, group: req.group }, n)
+        ctx.log.info({ subject: req.subject, group: req.group, redriven: n }, 'dead letters redriven')
+        ctx.polls.notify(req.subject)
+      }
+      return encodeCountResponse(n)
+    }
+    default:
+      throw new QmqError('QMQ_ERR_UNKNOWN_REQUEST', `unknown admin request code ${code}`)
+  }
+}

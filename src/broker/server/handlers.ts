@@ -1,0 +1,247 @@
+import { QmqError, toQmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import { validateSubject } from '../../common/names'
+import { RequestCode, requestCodeName } from '../../common/protocol/codes'
+import {
+  decodeAckRequest,
+  decodeHeartbeatRequest,
+  decodeNackRequest,
+  decodePullRequest,
+  decodeSendRequest,
+  encodeCountResponse,
+  encodePullResponse,
+  encodeSendResponse,
+  type SendResult,
+} from '../../common/protocol/commands'
+import type { Frame } from '../../common/protocol/frame'
+import type { AppendInput, MessageStore, PullOptions, StoredMessage } from '../store/types'
+import { handleAdmin } from './admin-handlers'
+import type { Connection, ResponseBody } from './connection'
+import type { LongPollRegistry } from './long-poll'
+import type { BrokerMetrics } from './metrics'
+
+/** What request handlers need from the broker; one per Broker instance. */
+export interface ServerContext {
+  store: MessageStore
+  metrics: BrokerMetrics
+  polls: LongPollRegistry
+  log: Logger
+  limits: {
+    maxMessageBytes: number
+    /** Server cap on a PULL's maxBytes (0 in a request = this cap). */
+    maxPullBytes: number
+    /** Server cap on a PULL's long-poll wait. */
+    maxPollMs: number
+  }
+  /** Producer writes refused (metaserver read-only marks): every subject, or some. */
+  readOnly: { all: boolean; subjects: ReadonlySet<string> }
+  /** True while the broker is closing: new work is refused with QMQ_ERR_SHUTTING_DOWN. */
+  isClosing: () => boolean
+  /** Plain counters for the metaserver's load report. */
+  stats: { received: number }
+}
+
+const EMPTY: readonly Buffer[] = []
+
+export function createFrameHandler(
+  ctx: ServerContext,
+): (frame: Frame, conn: Connection) => Promise<ResponseBody> {
+  return async (frame, conn) => {
+    const started = process.hrtime.bigint()
+    const name = requestCodeName(frame.code) ?? 'UNKNOWN'
+    let status = 0
+    try {
+      return await route(ctx, frame, conn)
+    } catch (err) {
+      const qerr = toQmqError(err)
+      status = qerr.status
+      ctx.metrics.protocolErrors.inc({ code: qerr.code })
+      throw qerr
+    } finally {
+      ctx.metrics.requests.inc({ request: name, status: String(status) })
+      ctx.metrics.requestSeconds.observe({ request: name }, Number(process.hrtime.bigint() - started) / 1e9)
+    }
+  }
+}
+
+function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
+  switch (frame.code) {
+    case RequestCode.PING:
+      return Promise.resolve(EMPTY)
+    case RequestCode.SEND:
+      return handleSend(ctx, frame.body)
+    case RequestCode.PULL:
+      return handlePull(ctx, frame.body, conn)
+    case RequestCode.ACK:
+      return handleAck(ctx, frame.body)
+    case RequestCode.NACK:
+      return handleNack(ctx, frame.body)
+    case RequestCode.HEARTBEAT:
+      return handleHeartbeat(ctx, frame.body)
+    case RequestCode.ADMIN_BACKLOG:
+    case RequestCode.ADMIN_RESET_CURSOR:
+    case RequestCode.ADMIN_DLQ_LIST:
+    case RequestCode.ADMIN_DLQ_REDRIVE:
+    case RequestCode.ADMIN_SUBJECTS:
+      return handleAdmin(ctx, frame.code, frame.body)
+    default: {
+      const known = requestCodeName(frame.code)
+      throw new QmqError(
+        'QMQ_ERR_UNKNOWN_REQUEST',
+        known === undefined
+          ? `unknown request code ${frame.code}`
+          : `request ${known} (${frame.code}) is not served by a broker`,
+      )
+    }
+  }
+}
+
+// SEND: every record is checked on its own (framing, CRC, subject name, read-only marks); the good
+// ones are appended together and answered once the store made them durable. A store failure (disk
+// full, I/O) gives every good record of the batch that retriable status: nothing of it was stored.
+async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+  if (ctx.isClosing()) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+  const items = decodeSendRequest(body, { maxMessageBytes: ctx.limits.maxMessageBytes })
+  const results: SendResult[] = new Array(items.length)
+  const inputs: AppendInput[] = []
+  const positions: number[] = []
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i]
+    if (item === undefined) continue
+    let err = item.error
+    const header = item.header
+    if (err === undefined && header !== undefined) {
+      try {
+        validateSubject(header.subject)
+        if (ctx.readOnly.all || ctx.readOnly.subjects.has(header.subject)) {
+          err = new QmqError('QMQ_ERR_READ_ONLY', `this broker group is read-only for ${header.subject}`)
+        }
+      } catch (e) {
+        err = toQmqError(e, 'QMQ_ERR_SUBJECT_INVALID')
+      }
+    }
+    if (err !== undefined || header === undefined) {
+      const e = err ?? new QmqError('QMQ_ERR_RECORD_MALFORMED')
+      ctx.metrics.rejected.inc({ code: e.code })
+      results[i] = { status: e.status, message: e.message }
+      continue
+    }
+    inputs.push({ bytes: item.bytes, header })
+    positions.push(i)
+  }
+  if (inputs.length > 0) {
+    const started = process.hrtime.bigint()
+    try {
+      const stored = await ctx.store.append(inputs)
+      ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
+      for (let j = 0; j < positions.length; j++) {
+        const r = stored[j]
+        const input = inputs[j] as AppendInput
+        const subject = input.header.subject
+        if (r?.duplicate) ctx.metrics.duplicates.inc({ subject })
+        else {
+          ctx.metrics.received.inc({ subject })
+          ctx.stats.received++
+          ctx.metrics.receivedBytes.inc({ subject }, input.bytes.length)
+        }
+        results[positions[j] as number] = { status: 0, message: r?.duplicate ? 'duplicate' : '' }
+      }
+    } catch (e) {
+      const err = toQmqError(e, 'QMQ_ERR_STORE_IO')
+      if (err.code === 'QMQ_ERR_INTERNAL' || err.code === 'QMQ_ERR_STORE_IO')
+        ctx.log.error(err, 'append failed')
+      ctx.metrics.rejected.inc({ code: err.code }, positions.length)
+      for (const p of positions) results[p] = { status: err.status, message: err.message }
+    }
+  }
+  return encodeSendResponse(results)
+}
+
+async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
+  const req = decodePullRequest(body)
+  const maxBytes =
+    req.maxBytes === 0 ? ctx.limits.maxPullBytes : Math.min(req.maxBytes, ctx.limits.maxPullBytes)
+  const timeoutMs = Math.min(req.timeoutMs, ctx.limits.maxPollMs)
+  const consumerKey = `${req.subject}\u0000${req.group}\u0000${req.consumerId}`
+  const options: PullOptions = {
+    subject: req.subject,
+    group: req.group,
+    consumerId: req.consumerId,
+    maxMessages: req.maxMessages,
+    maxBytes,
+    broadcast: req.broadcast,
+    atMostOnce: req.atMostOnce,
+    tags: req.tags,
+    tagsAll: req.tagsAll,
+    start: req.start,
+    startTime: req.startTime,
+    resumeHeld: !conn.pulledKeys.has(consumerKey),
+  }
+  conn.pulledKeys.add(consumerKey)
+  const epochBefore = ctx.polls.epoch(req.subject)
+  let messages = await ctx.store.pull(options)
+  if (messages.length === 0 && timeoutMs > 0 && !ctx.isClosing() && !conn.isClosed) {
+    const again: PullOptions = { ...options, resumeHeld: false }
+    // Consumers that see the subject the same way share a view: one empty pull stands for all of them.
+    const viewKey = [
+      req.group,
+      req.broadcast ? req.consumerId : '',
+      req.tagsAll ? 'all' : 'any',
+      ...[...req.tags].sort(),
+    ].join('\u0000')
+    messages = await ctx.polls.wait({
+      subject: req.subject,
+      viewKey,
+      timeoutMs,
+      epochBefore,
+      attempt: () => ctx.store.pull(again),
+      isAlive: () => !conn.isClosed,
+    })
+  }
+  countPulled(ctx, req.subject, req.group, messages)
+  return encodePullResponse(messages)
+}
+
+function countPulled(ctx: ServerContext, subject: string, group: string, messages: StoredMessage[]): void {
+  if (messages.length === 0) return
+  let bytes = 0
+  let redelivered = 0
+  for (const m of messages) {
+    bytes += m.record.length
+    if (m.deliveryCount > 1) redelivered++
+  }
+  const labels = { subject, group }
+  ctx.metrics.pulled.inc(labels, messages.length)
+  ctx.metrics.pulledBytes.inc(labels, bytes)
+  if (redelivered > 0) ctx.metrics.redelivered.inc(labels, redelivered)
+}
+
+async function handleAck(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+  const req = decodeAckRequest(body)
+  const n = await ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast)
+  if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, group: req.group }, n)
+  return encodeCountResponse(n)
+}
+
+async function handleNack(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+  const req = decodeNackRequest(body)
+  const n = await ctx.store.nack(req.subject, req.group, req.consumerId, req.sequences, {
+    retryAfterMs: req.retryAfterMs > 0 ? req.retryAfterMs : undefined,
+    deadLetter: req.deadLetter,
+  })
+  if (n > 0) {
+    const labels = { subject: req.subject, group: req.group }
+    ctx.metrics.nacked.inc(labels, n)
+    if (req.deadLetter) ctx.metrics.deadLetteredByNack.inc(labels, n)
+  }
+  return encodeCountResponse(n)
+}
+
+async function handleHeartbeat(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+  const req = decodeHeartbeatRequest(body)
+  ctx.store.heartbeat(
+    req.consumerId,
+    req.subscriptions.map((s) => ({ subject: s.subject, group: s.group })),
+  )
+  return EMPTY
+}

@@ -1,0 +1,76 @@
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Logger } from '../../common/logger'
+import { type Registry, renderMetrics } from '../../common/metrics'
+
+/**
+ * The broker's HTTP port: `GET /metrics` (Prometheus text) and `GET /health` (JSON). Nothing else.
+ */
+export interface BrokerHealth {
+  status: 'ok' | 'closing'
+  group: string
+  role: string
+  address: string
+  uptimeMs: number
+  connections: number
+  subjects: number
+  longPollWaiters: number
+  metaserver: { configured: boolean; lastHeartbeatOkAt: number; lastError: string | undefined }
+}
+
+export class BrokerHttpServer {
+  private readonly server: Server
+  private readonly log: Logger
+
+  constructor(registry: Registry, health: () => BrokerHealth, log: Logger) {
+    this.log = log
+    this.server = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0]
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { 'content-type': 'application/json', allow: 'GET' })
+        res.end(JSON.stringify({ code: 'QMQ_ERR_METHOD_NOT_ALLOWED', status: 205, message: 'use GET' }))
+        return
+      }
+      if (path === '/metrics') {
+        renderMetrics(registry).then(
+          ({ contentType, body }) => {
+            res.writeHead(200, { 'content-type': contentType })
+            res.end(body)
+          },
+          (err: unknown) => {
+            this.log.error(err instanceof Error ? err : { err }, 'metrics failed')
+            res.writeHead(500, { 'content-type': 'text/plain' })
+            res.end('metrics failed')
+          },
+        )
+        return
+      }
+      if (path === '/health') {
+        const h = health()
+        res.writeHead(h.status === 'ok' ? 200 : 503, { 'content-type': 'application/json' })
+        res.end(JSON.stringify(h))
+        return
+      }
+      res.writeHead(404, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ code: 'QMQ_ERR_NOT_FOUND', status: 27, message: `no route ${path}` }))
+    })
+    this.server.keepAliveTimeout = 5_000
+  }
+
+  listen(host: string, port: number): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen({ host, port }, () => {
+        this.server.removeListener('error', reject)
+        resolve(this.server.address() as AddressInfo)
+      })
+    })
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve())
+      this.server.closeAllConnections()
+    })
+  }
+}

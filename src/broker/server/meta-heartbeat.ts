@@ -1,0 +1,106 @@
+import { toQmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import type { ServerHeartbeatRequest, ServerHeartbeatResponse, ServerLoad } from '../../common/meta/types'
+
+/**
+ * Registers the broker with the metaserver and keeps it alive: a heartbeat at start, then every
+ * `heartbeatIntervalMs` (the metaserver's answer wins over the configured default). A failed
+ * heartbeat is logged once per outage and retried at the next tick; the broker keeps serving
+ * clients meanwhile (they work on cached routes). On close, one 'offline' heartbeat (best effort)
+ * takes the group out of routes at once.
+ *
+ * The answer also carries read-only marks, handed to `onReadOnly` (SEND then refuses those subjects).
+ */
+export interface HeartbeatClient {
+  heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse>
+}
+
+export interface MetaHeartbeatOptions {
+  group: string
+  role: 'master' | 'slave'
+  address: string
+  httpAddress: string | undefined
+  intervalMs: number
+  load: () => ServerLoad
+  onReadOnly: (all: boolean, subjects: readonly string[]) => void
+}
+
+export class MetaHeartbeat {
+  private readonly client: HeartbeatClient
+  private readonly options: MetaHeartbeatOptions
+  private readonly log: Logger
+  private timer: NodeJS.Timeout | undefined
+  private intervalMs: number
+  private stopped = false
+  private inFlight: Promise<void> | undefined
+  private failing = false
+  lastOkAt = 0
+  lastError: string | undefined
+
+  constructor(client: HeartbeatClient, options: MetaHeartbeatOptions, log: Logger) {
+    this.client = client
+    this.options = options
+    this.intervalMs = options.intervalMs
+    this.log = log.child({ component: 'meta-heartbeat' })
+  }
+
+  /** Sends the first heartbeat (without waiting for it to succeed) and starts the loop. */
+  start(): void {
+    this.tick()
+  }
+
+  private tick(): void {
+    if (this.stopped) return
+    this.inFlight = this.send('online').finally(() => {
+      this.inFlight = undefined
+      if (this.stopped) return
+      this.timer = setTimeout(() => this.tick(), this.intervalMs)
+      this.timer.unref()
+    })
+  }
+
+  private request(state: 'online' | 'offline'): ServerHeartbeatRequest {
+    const req: ServerHeartbeatRequest = {
+      group: this.options.group,
+      kind: 'broker',
+      role: this.options.role,
+      address: this.options.address,
+      state,
+      load: this.options.load(),
+    }
+    if (this.options.httpAddress !== undefined) req.httpAddress = this.options.httpAddress
+    return req
+  }
+
+  private async send(state: 'online' | 'offline'): Promise<void> {
+    try {
+      const res = await this.client.heartbeat(this.request(state))
+      this.lastOkAt = Date.now()
+      this.lastError = undefined
+      if (this.failing) this.log.info('metaserver reachable again')
+      this.failing = false
+      if (Number.isFinite(res.heartbeatIntervalMs) && res.heartbeatIntervalMs > 0) {
+        this.intervalMs = Math.max(100, res.heartbeatIntervalMs)
+      }
+      this.options.onReadOnly(
+        res.readOnly === true,
+        Array.isArray(res.readOnlySubjects) ? res.readOnlySubjects : [],
+      )
+    } catch (err) {
+      const e = toQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE')
+      this.lastError = e.message
+      if (!this.failing)
+        this.log.warn({ code: e.code, reason: e.message }, 'metaserver heartbeat failed; still serving')
+      this.failing = true
+    }
+  }
+
+  /** Stops the loop and sends one 'offline' heartbeat (errors ignored). */
+  async stop(): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    if (this.inFlight !== undefined) await this.inFlight
+    await this.send('offline')
+  }
+}

@@ -1,0 +1,197 @@
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import type { BacklogInfo } from '../store/types'
+
+/**
+ * The broker server's Prometheus metrics, all on the broker instance's own registry.
+ * Counters count messages (not requests) unless the name says otherwise.
+ */
+export class BrokerMetrics {
+  readonly received: Counter<'subject'>
+  readonly receivedBytes: Counter<'subject'>
+  readonly duplicates: Counter<'subject'>
+  readonly rejected: Counter<'code'>
+  readonly pulled: Counter<'subject' | 'group'>
+  readonly pulledBytes: Counter<'subject' | 'group'>
+  readonly redelivered: Counter<'subject' | 'group'>
+  readonly acked: Counter<'subject' | 'group'>
+  readonly nacked: Counter<'subject' | 'group'>
+  readonly deadLetteredByNack: Counter<'subject' | 'group'>
+  readonly redriven: Counter<'subject' | 'group'>
+  readonly requests: Counter<'request' | 'status'>
+  readonly requestSeconds: Histogram<'request'>
+  readonly appendSeconds: Histogram
+  readonly connections: Gauge
+  readonly connectionsTotal: Counter
+  readonly protocolErrors: Counter<'code'>
+  readonly longPollWaiters: Gauge
+  readonly backlogPending: Gauge<'subject' | 'group'>
+  readonly backlogInFlight: Gauge<'subject' | 'group'>
+  readonly backlogRetrying: Gauge<'subject' | 'group'>
+  readonly deadLetters: Gauge<'subject' | 'group'>
+
+  constructor(
+    registry: Registry,
+    sources: { backlog: () => BacklogInfo[]; waiters: () => number; connections: () => number },
+  ) {
+    const registers = [registry]
+    const sg = ['subject', 'group'] as const
+    this.received = new Counter({
+      name: 'qmq_broker_messages_received_total',
+      help: 'Messages stored (duplicates excluded)',
+      labelNames: ['subject'],
+      registers,
+    })
+    this.receivedBytes = new Counter({
+      name: 'qmq_broker_bytes_received_total',
+      help: 'Record bytes stored (duplicates excluded)',
+      labelNames: ['subject'],
+      registers,
+    })
+    this.duplicates = new Counter({
+      name: 'qmq_broker_messages_duplicate_total',
+      help: 'Messages received again within the dedupe window (stored once)',
+      labelNames: ['subject'],
+      registers,
+    })
+    this.rejected = new Counter({
+      name: 'qmq_broker_messages_rejected_total',
+      help: 'Records of SEND requests that were not stored, by error code',
+      labelNames: ['code'],
+      registers,
+    })
+    this.pulled = new Counter({
+      name: 'qmq_broker_messages_pulled_total',
+      help: 'Messages handed to consumers (redeliveries included)',
+      labelNames: sg,
+      registers,
+    })
+    this.pulledBytes = new Counter({
+      name: 'qmq_broker_bytes_pulled_total',
+      help: 'Record bytes handed to consumers',
+      labelNames: sg,
+      registers,
+    })
+    this.redelivered = new Counter({
+      name: 'qmq_broker_messages_redelivered_total',
+      help: 'Messages handed out with a delivery count above 1',
+      labelNames: sg,
+      registers,
+    })
+    this.acked = new Counter({
+      name: 'qmq_broker_messages_acked_total',
+      help: 'Messages acked',
+      labelNames: sg,
+      registers,
+    })
+    this.nacked = new Counter({
+      name: 'qmq_broker_messages_nacked_total',
+      help: 'Messages given back for redelivery or dead-lettered by a NACK',
+      labelNames: sg,
+      registers,
+    })
+    this.deadLetteredByNack = new Counter({
+      name: 'qmq_broker_messages_dead_lettered_total',
+      help: 'Messages dead-lettered at once by a NACK with DEAD_LETTER (retry exhaustion: see qmq_broker_dead_letters)',
+      labelNames: sg,
+      registers,
+    })
+    this.redriven = new Counter({
+      name: 'qmq_broker_messages_redriven_total',
+      help: 'Dead letters made deliverable again',
+      labelNames: sg,
+      registers,
+    })
+    this.requests = new Counter({
+      name: 'qmq_broker_requests_total',
+      help: 'Requests answered, by request and status (0 = ok)',
+      labelNames: ['request', 'status'],
+      registers,
+    })
+    this.requestSeconds = new Histogram({
+      name: 'qmq_broker_request_seconds',
+      help: 'Time to answer a request (long polls included)',
+      labelNames: ['request'],
+      buckets: [...LATENCY_BUCKETS_SECONDS],
+      registers,
+    })
+    this.appendSeconds = new Histogram({
+      name: 'qmq_broker_append_seconds',
+      help: 'Time for the store to make a SEND batch durable (write + shared fsync under flush sync)',
+      buckets: [...LATENCY_BUCKETS_SECONDS],
+      registers,
+    })
+    this.connections = new Gauge({
+      name: 'qmq_broker_connections',
+      help: 'Open client connections',
+      registers,
+      collect() {
+        this.set(sources.connections())
+      },
+    })
+    this.connectionsTotal = new Counter({
+      name: 'qmq_broker_connections_total',
+      help: 'Client connections accepted',
+      registers,
+    })
+    this.protocolErrors = new Counter({
+      name: 'qmq_broker_protocol_errors_total',
+      help: 'Requests answered with an error, and streams closed as untrustworthy, by code',
+      labelNames: ['code'],
+      registers,
+    })
+    this.longPollWaiters = new Gauge({
+      name: 'qmq_broker_long_poll_waiters',
+      help: 'PULL requests waiting for messages',
+      registers,
+      collect() {
+        this.set(sources.waiters())
+      },
+    })
+    // Backlog gauges: read from the store at scrape time, one snapshot for all four.
+    let snapshot: BacklogInfo[] = []
+    let snapshotAt = -1
+    const backlog = (): BacklogInfo[] => {
+      const now = Date.now()
+      if (now - snapshotAt > 100) {
+        try {
+          snapshot = sources.backlog()
+        } catch {
+          snapshot = []
+        }
+        snapshotAt = now
+      }
+      return snapshot
+    }
+    const backlogGauge = (name: string, help: string, pick: (b: BacklogInfo) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: sg,
+        registers,
+        collect() {
+          this.reset()
+          for (const b of backlog()) this.set({ subject: b.subject, group: b.group }, pick(b))
+        },
+      })
+    this.backlogPending = backlogGauge(
+      'qmq_broker_backlog_messages',
+      'Messages stored after the group cursor, not yet handed out',
+      (b) => b.pending,
+    )
+    this.backlogInFlight = backlogGauge(
+      'qmq_broker_in_flight_messages',
+      'Messages handed out and not yet acked (retrying included)',
+      (b) => b.inFlight,
+    )
+    this.backlogRetrying = backlogGauge(
+      'qmq_broker_retrying_messages',
+      'Messages waiting for their redeliver-after time',
+      (b) => b.retrying,
+    )
+    this.deadLetters = backlogGauge(
+      'qmq_broker_dead_letters',
+      'Dead letters of the group (listable and redrivable)',
+      (b) => b.deadLettered,
+    )
+  }
+}

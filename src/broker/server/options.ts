@@ -1,0 +1,139 @@
+import { integer, oneOf, type OptionsSchema, optionalString, string } from '../../common/config'
+import { DEFAULT_MAX_FRAME_BYTES } from '../../common/protocol/frame'
+import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
+
+/**
+ * Options of the broker's network side (the store has its own; `Broker` takes both, see broker.ts).
+ * Every key maps onto a `qmq broker` flag of the same name in kebab-case (`--data-dir`, `--http-port`)
+ * and onto an environment variable `QMQ_BROKER_<KEY>` (`QMQ_BROKER_DATA_DIR`).
+ */
+export const DEFAULT_BROKER_PORT = 20881
+export const DEFAULT_BROKER_HTTP_PORT = 20882
+export const DEFAULT_MAX_IN_FLIGHT = 256 // requests per connection, long polls included
+export const DEFAULT_WRITE_HIGH_WATER_BYTES = 8 * 1024 * 1024 // unsent answers per connection
+export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000
+export const DEFAULT_FIRST_FRAME_TIMEOUT_MS = 10_000
+export const DEFAULT_MAX_POLL_MS = 30_000
+export const DEFAULT_MAX_PULL_BYTES = 4 * 1024 * 1024
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5_000 // until the metaserver says otherwise
+export const DEFAULT_CLOSE_TIMEOUT_MS = 5_000
+export const DEFAULT_MAX_CONNECTIONS = 10_000
+
+export interface BrokerServerOptions {
+  group: string
+  role: 'master' | 'slave'
+  host: string
+  port: number
+  advertisedHost: string | undefined
+  httpHost: string
+  httpPort: number
+  dataDir: string
+  metaserver: string | undefined
+  heartbeatIntervalMs: number
+  maxFrameBytes: number
+  maxMessageBytes: number
+  maxConnections: number
+  maxInFlightPerConnection: number
+  writeHighWaterBytes: number
+  idleTimeoutMs: number
+  firstFrameTimeoutMs: number
+  maxPollMs: number
+  maxPullBytes: number
+  closeTimeoutMs: number
+}
+
+const NAME = /^[^\s/\\%]+$/
+
+export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
+  group: string({
+    default: 'broker-1',
+    minLength: 1,
+    pattern: NAME,
+    doc: 'Broker group name this broker serves and registers under',
+  }),
+  role: oneOf({ default: 'master', values: ['master', 'slave'], doc: 'Role inside the broker group' }),
+  host: string({ default: '127.0.0.1', minLength: 1, doc: 'Address the TCP port binds to' }),
+  port: integer({ default: DEFAULT_BROKER_PORT, min: 0, max: 65_535, doc: 'TCP port (0 = any free port)' }),
+  advertisedHost: optionalString({
+    doc: 'Host clients are told to connect to (registered with the metaserver); default: host',
+  }),
+  httpHost: string({
+    default: '127.0.0.1',
+    minLength: 1,
+    doc: 'Address the HTTP port (/metrics, /health) binds to',
+  }),
+  httpPort: integer({
+    default: DEFAULT_BROKER_HTTP_PORT,
+    min: -1,
+    max: 65_535,
+    doc: 'HTTP port for /metrics and /health (0 = any free port, -1 = no HTTP server)',
+  }),
+  dataDir: string({
+    default: './data/broker',
+    minLength: 1,
+    doc: 'Directory of the message, consume and action logs',
+  }),
+  metaserver: optionalString({
+    doc: 'Metaserver URL (http://host:port or http://host:port/meta/address); none = run standalone',
+  }),
+  heartbeatIntervalMs: integer({
+    default: DEFAULT_HEARTBEAT_INTERVAL_MS,
+    min: 100,
+    max: 600_000,
+    doc: 'Metaserver heartbeat interval until the metaserver answers its own',
+  }),
+  maxFrameBytes: integer({
+    default: DEFAULT_MAX_FRAME_BYTES,
+    min: 64 * 1024,
+    max: 1024 * 1024 * 1024,
+    doc: 'Largest frame accepted, header included; a larger one closes the connection',
+  }),
+  maxMessageBytes: integer({
+    default: DEFAULT_MAX_MESSAGE_BYTES,
+    min: 1024,
+    max: 512 * 1024 * 1024,
+    doc: 'Largest message record accepted',
+  }),
+  maxConnections: integer({
+    default: DEFAULT_MAX_CONNECTIONS,
+    min: 1,
+    doc: 'Open connections accepted at once',
+  }),
+  maxInFlightPerConnection: integer({
+    default: DEFAULT_MAX_IN_FLIGHT,
+    min: 1,
+    max: 100_000,
+    doc: 'Requests of one connection handled at once (long polls included); reading pauses beyond',
+  }),
+  writeHighWaterBytes: integer({
+    default: DEFAULT_WRITE_HIGH_WATER_BYTES,
+    min: 16 * 1024,
+    doc: 'Unsent answer bytes of one connection above which its requests stop being read',
+  }),
+  idleTimeoutMs: integer({
+    default: DEFAULT_IDLE_TIMEOUT_MS,
+    min: 0,
+    doc: 'Close a connection silent this long with nothing in flight (0 = never)',
+  }),
+  firstFrameTimeoutMs: integer({
+    default: DEFAULT_FIRST_FRAME_TIMEOUT_MS,
+    min: 0,
+    doc: 'Close a connection that sends no complete frame this long after connecting (0 = never)',
+  }),
+  maxPollMs: integer({
+    default: DEFAULT_MAX_POLL_MS,
+    min: 0,
+    max: 3_600_000,
+    doc: 'Server cap on a PULL long-poll wait',
+  }),
+  maxPullBytes: integer({
+    default: DEFAULT_MAX_PULL_BYTES,
+    min: 1024,
+    doc: 'Server cap on the record bytes of one PULL answer (at least one message is always sent)',
+  }),
+  closeTimeoutMs: integer({
+    default: DEFAULT_CLOSE_TIMEOUT_MS,
+    min: 0,
+    doc: 'On close, how long requests in flight may take to answer before sockets are destroyed',
+  }),
+}

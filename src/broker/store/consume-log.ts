@@ -1,0 +1,238 @@
+import { createHash } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import type { FsIo } from './fs-io'
+import { readI64, writeI64 } from './i64'
+import { SegmentLog } from './segment-log'
+
+/**
+ * The consume log of one subject: entry N describes the subject's sequence N. Fixed width, so the
+ * entry of sequence N sits at logical offset N * ENTRY_BYTES of the subject's segmented log
+ * (`consumelog/<subject dir>/<base>.log`, plus a `SUBJECT` file holding the subject's name).
+ *
+ * Entry layout (big-endian), written by `push()`:
+ *
+ *   offset  size  field
+ *   0       8     offset    i64: logical message-log offset of the record (after its frame); -1 = hole
+ *   8       4     size      u32: record bytes; 0 = hole
+ *   12      8     storedAt  i64: ms since epoch
+ *   20      4     tagMask   u32: tag bloom bits (tag-hash.ts)
+ *
+ * A hole stands for a sequence whose message was cut off by recovery (a damaged segment); readers
+ * skip it. The log is derived data: recovery truncates it to the last checkpointed length and
+ * rebuilds the rest from the message log; a missing or short one is rebuilt from the start.
+ * Recent entries stay in memory (`cacheEntries`); older ones are read with positional reads.
+ * Entries are pushed only once their message is visible under the flush policy.
+ */
+export const ENTRY_BYTES = 24
+
+export interface ConsumeEntry {
+  seq: number
+  offset: number
+  size: number
+  storedAt: number
+  tagMask: number
+}
+
+export function subjectDirName(subject: string): string {
+  let enc = encodeURIComponent(subject).replace(/^\./, '%2E')
+  if (enc.length > 180) enc = `h-${createHash('sha256').update(subject).digest('hex')}`
+  return enc
+}
+
+export interface ConsumeLogOptions {
+  root: string
+  subject: string
+  entriesPerSegment: number
+  cacheEntries: number
+  io?: FsIo
+}
+
+export class ConsumeLog {
+  readonly subject: string
+  readonly log: SegmentLog
+  private readonly cacheEntries: number
+  /** In-memory entries for sequences [memBase, memBase + memCount). */
+  private mem: Buffer
+  private memBase: number
+  private memCount = 0
+  private flushing: Promise<void> | undefined
+
+  constructor(opts: ConsumeLogOptions) {
+    this.subject = opts.subject
+    this.cacheEntries = opts.cacheEntries
+    const dir = path.join(opts.root, subjectDirName(opts.subject))
+    fs.mkdirSync(dir, { recursive: true })
+    const marker = path.join(dir, 'SUBJECT')
+    if (!fs.existsSync(marker)) fs.writeFileSync(marker, opts.subject)
+    this.log = SegmentLog.open({
+      dir,
+      segmentBytes: opts.entriesPerSegment * ENTRY_BYTES,
+      ...(opts.io ? { io: opts.io } : {}),
+    })
+    this.mem = Buffer.allocUnsafe(1024 * ENTRY_BYTES)
+    this.memBase = this.fileEntries
+  }
+
+  /** Subjects found under `root` (from their SUBJECT files). */
+  static discover(root: string): string[] {
+    if (!fs.existsSync(root)) return []
+    const out: string[] = []
+    for (const name of fs.readdirSync(root)) {
+      const marker = path.join(root, name, 'SUBJECT')
+      if (fs.existsSync(marker)) out.push(fs.readFileSync(marker, 'utf8'))
+    }
+    return out
+  }
+
+  /** Whole entries in the files (a partial trailing entry does not count). */
+  get fileEntries(): number {
+    return Math.floor(this.log.endOffset / ENTRY_BYTES)
+  }
+
+  /** First retained sequence. */
+  get startSeq(): number {
+    return Math.ceil(this.log.startOffset / ENTRY_BYTES)
+  }
+
+  /** Next sequence (= number of sequences ever assigned and visible). */
+  get nextSeq(): number {
+    return this.memBase + this.memCount
+  }
+
+  /** Cuts the log to `seq` entries (files and memory); the next push is sequence `seq`. */
+  async truncate(seq: number): Promise<void> {
+    await this.flushing
+    await this.log.truncate(seq * ENTRY_BYTES)
+    this.memBase = seq
+    this.memCount = 0
+  }
+
+  push(offset: number, size: number, storedAt: number, tagMask: number): number {
+    if (this.memCount * ENTRY_BYTES >= this.mem.length) {
+      const bigger = Buffer.allocUnsafe(this.mem.length * 2)
+      this.mem.copy(bigger, 0, 0, this.memCount * ENTRY_BYTES)
+      this.mem = bigger
+    }
+    const o = this.memCount * ENTRY_BYTES
+    writeI64(this.mem, offset, o)
+    this.mem.writeUInt32BE(size, o + 8)
+    writeI64(this.mem, storedAt, o + 12)
+    this.mem.writeUInt32BE(tagMask >>> 0, o + 20)
+    this.memCount++
+    return this.memBase + this.memCount - 1
+  }
+
+  /** Pushes holes up to (not including) `seq`. */
+  fillTo(seq: number): void {
+    while (this.nextSeq < seq) this.push(-1, 0, 0, 0)
+  }
+
+  /** Writes in-memory entries that are not in the files yet, then trims memory. */
+  flush(): Promise<void> {
+    if (!this.flushing) {
+      this.flushing = this.doFlush().finally(() => {
+        this.flushing = undefined
+      })
+    }
+    return this.flushing
+  }
+
+  private async doFlush(): Promise<void> {
+    for (;;) {
+      const fileEnd = this.fileEntries
+      const end = this.nextSeq
+      if (fileEnd >= end) break
+      const from = (fileEnd - this.memBase) * ENTRY_BYTES
+      const to = this.memCount * ENTRY_BYTES
+      // Copy: the memory buffer may be compacted or regrown while the write is in flight.
+      const chunk = Buffer.from(this.mem.subarray(from, to))
+      await this.log.appendv([chunk], chunk.length)
+    }
+    this.trim()
+  }
+
+  private trim(): void {
+    const keepFrom = Math.min(this.fileEntries, this.nextSeq - this.cacheEntries)
+    const drop = keepFrom - this.memBase
+    if (drop <= 0 || drop < this.memCount / 2) return
+    this.mem.copy(this.mem, 0, drop * ENTRY_BYTES, this.memCount * ENTRY_BYTES)
+    this.memBase += drop
+    this.memCount -= drop
+  }
+
+  async sync(): Promise<void> {
+    await this.flush()
+    await this.log.sync()
+  }
+
+  /**
+   * Raw entries for sequences [seq, seq + count) clipped to what exists; returns the buffer and the
+   * first sequence it holds.
+   */
+  async readRaw(seq: number, count: number): Promise<{ seq: number; buf: Buffer }> {
+    const from = Math.max(seq, this.startSeq)
+    const to = Math.min(seq + count, this.nextSeq)
+    if (to <= from) return { seq: from, buf: Buffer.alloc(0) }
+    if (from >= this.memBase) {
+      return {
+        seq: from,
+        buf: Buffer.from(
+          this.mem.subarray((from - this.memBase) * ENTRY_BYTES, (to - this.memBase) * ENTRY_BYTES),
+        ),
+      }
+    }
+    // Older entries: positional read from the files, within one segment.
+    const off = from * ENTRY_BYTES
+    const segEnd = Math.min(this.log.segmentEnd(off), this.memBase * ENTRY_BYTES)
+    const fileTo = Math.min(to * ENTRY_BYTES, segEnd)
+    if (fileTo <= off) return { seq: from, buf: Buffer.alloc(0) }
+    const buf = await this.log.read(off, fileTo - off)
+    return { seq: from, buf: buf.subarray(0, Math.floor(buf.length / ENTRY_BYTES) * ENTRY_BYTES) }
+  }
+
+  async read(seq: number, count: number): Promise<ConsumeEntry[]> {
+    const { seq: first, buf } = await this.readRaw(seq, count)
+    const out: ConsumeEntry[] = []
+    for (let i = 0; i * ENTRY_BYTES < buf.length; i++) out.push(decodeEntry(buf, i * ENTRY_BYTES, first + i))
+    return out
+  }
+
+  async entry(seq: number): Promise<ConsumeEntry | undefined> {
+    const [e] = await this.read(seq, 1)
+    return e && e.seq === seq ? e : undefined
+  }
+
+  /** First sequence in [startSeq, nextSeq) whose entry satisfies `pred` (monotonic), or nextSeq. */
+  async search(pred: (e: ConsumeEntry) => boolean): Promise<number> {
+    let lo = this.startSeq
+    let hi = this.nextSeq
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2)
+      const e = await this.entry(mid)
+      // A hole counts as "not yet": holes are rare and sit between valid entries.
+      if (e && e.size > 0 && pred(e)) hi = mid
+      else lo = mid + 1
+    }
+    return lo
+  }
+
+  /** Deletes whole segments holding only sequences below `seq`. */
+  deleteBefore(seq: number): void {
+    this.log.deleteBefore(seq * ENTRY_BYTES)
+  }
+
+  close(): void {
+    this.log.close()
+  }
+}
+
+export function decodeEntry(buf: Buffer, o: number, seq: number): ConsumeEntry {
+  return {
+    seq,
+    offset: readI64(buf, o),
+    size: buf.readUInt32BE(o + 8),
+    storedAt: readI64(buf, o + 12),
+    tagMask: buf.readUInt32BE(o + 20),
+  }
+}

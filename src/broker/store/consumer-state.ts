@@ -1,0 +1,411 @@
+import { type Action, ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ActionType } from './action-log'
+
+/**
+ * In-memory consumer progress of every (subject, group), changed only by `apply(action)` (live and
+ * on replay alike). Memory is proportional to what is in flight, not to what was consumed:
+ *
+ * - `cursor`: next sequence of the subject never handed to this group. Everything below it is either
+ *   acked (not stored at all) or listed in `inflight`.
+ * - `inflight`: handed out and not acked: seq -> { delivery count, holder, state, redeliverAt }.
+ *   A consumer's pull log is its `held` set (rebuilt from PULL/ACK/NACK/EXPIRE actions).
+ * - `ready`: sequences due for redelivery (retry time passed, lease expired, redriven), FIFO.
+ * - `retry`: min-heap of (redeliverAt, seq) of nacked messages waiting for their time.
+ * - `dead`: dead letters of this group: seq -> { delivery count, deadAt }; the message stays where
+ *   it is in the message log (no copy).
+ * - `broadcast`: for broadcast consumption, one cursor per consumer id; nothing is held.
+ */
+export const HELD = 0
+export const RETRY = 1
+export const READY = 2
+export type InflightState = typeof HELD | typeof RETRY | typeof READY
+
+export interface Inflight {
+  dc: number
+  holder: string | undefined
+  state: InflightState
+  dueAt: number
+}
+
+export interface ConsumerEntry {
+  held: Set<number>
+  /** ms since epoch; not persisted: every consumer gets a fresh lease when the store opens. */
+  leaseUntil: number
+}
+
+/** Binary min-heap of (dueAt, seq). */
+class RetryHeap {
+  private due: number[] = []
+  private seq: number[] = []
+  get size(): number {
+    return this.due.length
+  }
+  peekDue(): number {
+    return this.due[0] ?? Number.POSITIVE_INFINITY
+  }
+  push(dueAt: number, s: number): void {
+    const d = this.due
+    const q = this.seq
+    let i = d.length
+    d.push(dueAt)
+    q.push(s)
+    while (i > 0) {
+      const p = (i - 1) >> 1
+      if ((d[p] as number) <= dueAt) break
+      d[i] = d[p] as number
+      q[i] = q[p] as number
+      i = p
+    }
+    d[i] = dueAt
+    q[i] = s
+  }
+  pop(): [number, number] | undefined {
+    const d = this.due
+    const q = this.seq
+    if (d.length === 0) return undefined
+    const top: [number, number] = [d[0] as number, q[0] as number]
+    const lastD = d.pop() as number
+    const lastQ = q.pop() as number
+    const n = d.length
+    if (n > 0) {
+      let i = 0
+      for (;;) {
+        let c = 2 * i + 1
+        if (c >= n) break
+        if (c + 1 < n && (d[c + 1] as number) < (d[c] as number)) c++
+        if ((d[c] as number) >= lastD) break
+        d[i] = d[c] as number
+        q[i] = q[c] as number
+        i = c
+      }
+      d[i] = lastD
+      q[i] = lastQ
+    }
+    return top
+  }
+}
+
+export interface GroupSnapshot {
+  subject: string
+  group: string
+  cursor: number
+  created: boolean
+  /** Flattened [seq, dc, state, dueAt, holderIndex(-1 none)] */
+  inflight: number[]
+  holders: string[]
+  /** Flattened [seq, dc, deadAt] */
+  dead: number[]
+  broadcast: [string, number][]
+}
+
+export class GroupState {
+  readonly subject: string
+  readonly group: string
+  cursor = 0
+  /** True once the group's start cursor was recorded (CURSOR) or it pulled: cursor 0 is a real cursor. */
+  created = false
+  readonly inflight = new Map<number, Inflight>()
+  private ready: number[] = []
+  private readyHead = 0
+  private readonly retry = new RetryHeap()
+  readonly dead = new Map<number, { dc: number; deadAt: number }>()
+  readonly consumers = new Map<string, ConsumerEntry>()
+  readonly broadcast = new Map<string, number>()
+
+  constructor(subject: string, group: string) {
+    this.subject = subject
+    this.group = group
+  }
+
+  consumer(id: string, now?: number, leaseMs?: number): ConsumerEntry {
+    let c = this.consumers.get(id)
+    if (!c) {
+      c = { held: new Set(), leaseUntil: 0 }
+      this.consumers.set(id, c)
+    }
+    if (now !== undefined && leaseMs !== undefined) c.leaseUntil = now + leaseMs
+    return c
+  }
+
+  private pushReady(seq: number): void {
+    this.ready.push(seq)
+  }
+
+  /** Next sequence ready for redelivery (validated: stale queue entries are skipped). */
+  popReady(): number | undefined {
+    while (this.readyHead < this.ready.length) {
+      const s = this.ready[this.readyHead++] as number
+      if (this.readyHead > 1024 && this.readyHead * 2 > this.ready.length) {
+        this.ready = this.ready.slice(this.readyHead)
+        this.readyHead = 0
+      }
+      if (this.inflight.get(s)?.state === READY) return s
+    }
+    return undefined
+  }
+
+  /** Puts back sequences popped by popReady but not handed out (front of the queue). */
+  unpopReady(seqs: number[]): void {
+    if (seqs.length === 0) return
+    this.ready = [...seqs, ...this.ready.slice(this.readyHead)]
+    this.readyHead = 0
+  }
+
+  get readyCount(): number {
+    let n = 0
+    for (let i = this.readyHead; i < this.ready.length; i++) {
+      if (this.inflight.get(this.ready[i] as number)?.state === READY) n++
+    }
+    return n
+  }
+
+  /** Moves retries whose time has come to the ready queue; returns how many. */
+  promoteDue(now: number): number {
+    let n = 0
+    while (this.retry.size > 0 && this.retry.peekDue() <= now) {
+      const [due, seq] = this.retry.pop() as [number, number]
+      const f = this.inflight.get(seq)
+      if (f && f.state === RETRY && f.dueAt === due) {
+        f.state = READY
+        f.dueAt = 0
+        this.pushReady(seq)
+        n++
+      }
+    }
+    return n
+  }
+
+  nextDue(): number {
+    return this.retry.peekDue()
+  }
+
+  private release(seq: number, f: Inflight): void {
+    if (f.holder !== undefined) this.consumers.get(f.holder)?.held.delete(seq)
+    f.holder = undefined
+  }
+
+  /** Applies one action; returns the number of sequences it affected that `consumerId` held. */
+  apply(a: Action): number {
+    switch (a.type) {
+      case ActionType.CURSOR:
+        if (a.flags & ACTION_FLAG_BROADCAST) this.broadcast.set(a.consumerId, a.cursor)
+        else {
+          this.cursor = a.cursor
+          this.created = true
+        }
+        return 0
+      case ActionType.PULL: {
+        if (a.flags & ACTION_FLAG_BROADCAST) {
+          if (a.cursor >= 0) this.broadcast.set(a.consumerId, a.cursor)
+          return 0
+        }
+        this.created = true
+        if (a.cursor >= 0) this.cursor = a.cursor
+        if (a.flags & ACTION_FLAG_AT_MOST_ONCE) {
+          for (const s of a.seqs) {
+            const f = this.inflight.get(s)
+            if (f) {
+              this.release(s, f)
+              this.inflight.delete(s)
+            }
+          }
+          return a.seqs.length
+        }
+        const c = this.consumer(a.consumerId)
+        for (const s of a.seqs) {
+          const f = this.inflight.get(s)
+          if (f) {
+            this.release(s, f)
+            f.dc++
+            f.holder = a.consumerId
+            f.state = HELD
+            f.dueAt = 0
+          } else {
+            this.inflight.set(s, { dc: 1, holder: a.consumerId, state: HELD, dueAt: 0 })
+          }
+          c.held.add(s)
+        }
+        return a.seqs.length
+      }
+      case ActionType.ACK: {
+        let n = 0
+        for (const s of a.seqs) {
+          const f = this.inflight.get(s)
+          if (!f) continue
+          if (f.holder === a.consumerId) n++
+          else if (f.holder !== undefined) continue // held by another consumer now: its ack counts
+          this.release(s, f)
+          this.inflight.delete(s)
+        }
+        return n
+      }
+      case ActionType.NACK: {
+        let n = 0
+        const due = a.dueAts ?? []
+        for (let i = 0; i < a.seqs.length; i++) {
+          const s = a.seqs[i] as number
+          const f = this.inflight.get(s)
+          if (!f || f.holder !== a.consumerId) continue
+          n++
+          this.release(s, f)
+          const d = due[i] ?? -1
+          if (d < 0) {
+            this.inflight.delete(s)
+            this.dead.set(s, { dc: f.dc, deadAt: a.time })
+          } else {
+            f.state = RETRY
+            f.dueAt = d
+            this.retry.push(d, s)
+          }
+        }
+        return n
+      }
+      case ActionType.EXPIRE: {
+        const c = this.consumers.get(a.consumerId)
+        if (!c) return 0
+        const held = [...c.held].sort((x, y) => x - y)
+        for (const s of held) {
+          const f = this.inflight.get(s)
+          if (!f) continue
+          f.holder = undefined
+          f.state = READY
+          this.pushReady(s)
+        }
+        c.held.clear()
+        return held.length
+      }
+      case ActionType.REDRIVE: {
+        let n = 0
+        for (const s of a.seqs) {
+          if (!this.dead.delete(s)) continue
+          this.inflight.set(s, { dc: 0, holder: undefined, state: READY, dueAt: 0 })
+          this.pushReady(s)
+          n++
+        }
+        return n
+      }
+      default:
+        return 0
+    }
+  }
+
+  /** Consumers whose lease ended while holding messages. */
+  expiredConsumers(now: number): string[] {
+    const out: string[] = []
+    for (const [id, c] of this.consumers) {
+      if (c.leaseUntil <= now && c.held.size > 0) out.push(id)
+      else if (c.leaseUntil <= now && c.held.size === 0) this.consumers.delete(id)
+    }
+    return out
+  }
+
+  counts(): { inFlight: number; retrying: number } {
+    let retrying = 0
+    for (const f of this.inflight.values()) if (f.state === RETRY) retrying++
+    return { inFlight: this.inflight.size, retrying }
+  }
+
+  snapshot(): GroupSnapshot {
+    const holders: string[] = []
+    const holderIdx = new Map<string, number>()
+    const inflight: number[] = []
+    for (const [s, f] of this.inflight) {
+      let h = -1
+      if (f.holder !== undefined) {
+        h = holderIdx.get(f.holder) ?? -1
+        if (h < 0) {
+          h = holders.length
+          holders.push(f.holder)
+          holderIdx.set(f.holder, h)
+        }
+      }
+      inflight.push(s, f.dc, f.state, f.dueAt, h)
+    }
+    const dead: number[] = []
+    for (const [s, d] of this.dead) dead.push(s, d.dc, d.deadAt)
+    return {
+      subject: this.subject,
+      group: this.group,
+      cursor: this.cursor,
+      created: this.created,
+      inflight,
+      holders,
+      dead,
+      broadcast: [...this.broadcast],
+    }
+  }
+
+  static restore(snap: GroupSnapshot): GroupState {
+    const g = new GroupState(snap.subject, snap.group)
+    g.cursor = snap.cursor
+    g.created = snap.created
+    const fl = snap.inflight
+    for (let i = 0; i + 4 < fl.length; i += 5) {
+      const seq = fl[i] as number
+      const h = fl[i + 4] as number
+      const holder = h >= 0 ? snap.holders[h] : undefined
+      const state = fl[i + 2] as InflightState
+      const f: Inflight = { dc: fl[i + 1] as number, holder, state, dueAt: fl[i + 3] as number }
+      g.inflight.set(seq, f)
+      if (holder !== undefined) g.consumer(holder).held.add(seq)
+      if (state === READY) g.pushReady(seq)
+      else if (state === RETRY) g.retry.push(f.dueAt, seq)
+    }
+    for (let i = 0; i + 2 < snap.dead.length; i += 3) {
+      g.dead.set(snap.dead[i] as number, {
+        dc: snap.dead[i + 1] as number,
+        deadAt: snap.dead[i + 2] as number,
+      })
+    }
+    for (const [id, c] of snap.broadcast) g.broadcast.set(id, c)
+    return g
+  }
+}
+
+/** Every group of every subject. */
+export class ConsumerState {
+  readonly groups = new Map<string, Map<string, GroupState>>()
+
+  get(subject: string, group: string): GroupState | undefined {
+    return this.groups.get(subject)?.get(group)
+  }
+
+  getOrCreate(subject: string, group: string): GroupState {
+    let m = this.groups.get(subject)
+    if (!m) {
+      m = new Map()
+      this.groups.set(subject, m)
+    }
+    let g = m.get(group)
+    if (!g) {
+      g = new GroupState(subject, group)
+      m.set(group, g)
+    }
+    return g
+  }
+
+  apply(a: Action): number {
+    if (a.type === ActionType.MARK) return 0
+    return this.getOrCreate(a.subject, a.group).apply(a)
+  }
+
+  *all(): IterableIterator<GroupState> {
+    for (const m of this.groups.values()) yield* m.values()
+  }
+
+  snapshot(): GroupSnapshot[] {
+    return [...this.all()].map((g) => g.snapshot())
+  }
+
+  static restore(snaps: readonly GroupSnapshot[]): ConsumerState {
+    const s = new ConsumerState()
+    for (const snap of snaps) {
+      let m = s.groups.get(snap.subject)
+      if (!m) {
+        m = new Map()
+        s.groups.set(snap.subject, m)
+      }
+      m.set(snap.group, GroupState.restore(snap))
+    }
+    return s
+  }
+}

@@ -1,0 +1,559 @@
+import path from 'node:path'
+import { type Clock, systemClock } from '../../common/clock'
+import { QmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import { silentLogger } from '../../common/logger'
+import type { Registry } from '../../common/metrics'
+import { StartPosition } from '../../common/protocol/commands'
+import { type Action, ActionLog, ActionType } from './action-log'
+import { writeCheckpoint } from './checkpoint'
+import { ConsumerState, type GroupState } from './consumer-state'
+import { DedupeIndex } from './dedupe'
+import type { FsIo } from './fs-io'
+import { type AppendItem, MessageLog } from './message-log'
+import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
+import { pullMessages } from './pull'
+import { recoverStore } from './recovery'
+import { runRetention } from './retention'
+import { createStoreMetrics, type StoreMetrics } from './store-metrics'
+import { readSeqs, Subjects, type SubjectState } from './subjects'
+import { tagMask } from './tag-hash'
+import type {
+  AppendInput,
+  AppendResult,
+  AvailableListener,
+  BacklogInfo,
+  CursorPosition,
+  DeadLetter,
+  MessageStore,
+  NackOptions,
+  PullOptions,
+  RecoveryReport,
+  StoredMessage,
+} from './types'
+
+/**
+ * The broker's file-based MessageStore (see types.ts for the contract, docs/storage.md for the
+ * layouts and guarantees). Layout under `dataDir`:
+ *   messagelog/<base>.log      message log (message-log.ts)
+ *   consumelog/<subject>/...   one consume log per subject (consume-log.ts)
+ *   actionlog/<base>.log       consumer progress (action-log.ts, consumer-state.ts)
+ *   checkpoint/checkpoint.json (checkpoint.ts)
+ */
+export interface FileMessageStoreOptions extends Partial<MessageStoreOptions> {
+  clock?: Clock
+  logger?: Logger
+  registry?: Registry
+  /** Fault injection for tests; defaults to node:fs. */
+  io?: FsIo
+}
+
+export class FileMessageStore implements MessageStore {
+  readonly options: Readonly<MessageStoreOptions>
+  readonly clock: Clock
+  readonly log: Logger
+  readonly metrics: StoreMetrics
+  readonly io: FsIo | undefined
+  readonly dirs: { message: string; consume: string; action: string; checkpoint: string }
+  mlog!: MessageLog
+  alog!: ActionLog
+  subjectsIndex!: Subjects
+  state = new ConsumerState()
+  readonly dedupe: DedupeIndex
+  recoveryReport: RecoveryReport | undefined
+  private listeners = new Set<AvailableListener>()
+  private timers: NodeJS.Timeout[] = []
+  private opened = false
+  private closed = false
+  private locks = new WeakMap<GroupState, Promise<unknown>>()
+  private checkpointing: Promise<void> | undefined
+  private retaining: Promise<number> | undefined
+
+  constructor(options: FileMessageStoreOptions = {}) {
+    const { clock, logger, registry, io, ...rest } = options
+    this.options = resolveMessageStoreOptions(rest)
+    this.clock = clock ?? systemClock
+    this.log = (logger ?? silentLogger).child({ component: 'store' })
+    this.metrics = createStoreMetrics(registry)
+    this.io = io
+    const root = this.options.dataDir
+    this.dirs = {
+      message: path.join(root, 'messagelog'),
+      consume: path.join(root, 'consumelog'),
+      action: path.join(root, 'actionlog'),
+      checkpoint: path.join(root, 'checkpoint'),
+    }
+    this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
+  }
+
+  async open(): Promise<RecoveryReport> {
+    if (this.opened) throw new QmqError('QMQ_ERR_INTERNAL', 'store already opened')
+    this.opened = true
+    const o = this.options
+    const ioOpt = this.io ? { io: this.io } : {}
+    this.subjectsIndex = new Subjects({
+      root: this.dirs.consume,
+      entriesPerSegment: o.consumeLogSegmentEntries,
+      cacheEntries: o.consumeLogCacheEntries,
+      ...ioOpt,
+    })
+    this.mlog = new MessageLog({
+      dir: this.dirs.message,
+      segmentBytes: o.segmentBytes,
+      flush: o.flush,
+      hotCacheBytes: o.hotCacheBytes,
+      maxMessageBytes: o.maxMessageBytes,
+      now: () => this.clock.now(),
+      observe: (what, s, b) => this.metrics.io(what, s, b),
+      hooks: {
+        prepare: (items) => this.prepare(items),
+        rollback: (items) => this.rollback(items),
+        committed: (items) => this.committed(items),
+      },
+      ...ioOpt,
+    })
+    this.alog = new ActionLog({
+      dir: this.dirs.action,
+      segmentBytes: o.actionLogSegmentBytes,
+      flush: o.actionFlush,
+      onError: (err) => this.log.error({ err }, 'action log write failed; keeping the actions queued'),
+      ...ioOpt,
+    })
+    const report = await recoverStore(this)
+    this.recoveryReport = report
+    await this.checkpoint()
+    this.mlog.startSyncTimer(o.flushIntervalMs)
+    this.every(o.sweepIntervalMs, () => this.sweep())
+    this.every(o.checkpointIntervalMs, () => {
+      this.checkpoint().catch((err) => this.log.warn({ err }, 'checkpoint failed'))
+    })
+    this.every(o.retentionCheckIntervalMs, () => {
+      this.runRetention().catch((err) => this.log.warn({ err }, 'retention failed'))
+    })
+    if (o.flush === 'async' || o.actionFlush === 'async') {
+      this.every(o.flushIntervalMs, () => {
+        if (o.actionFlush === 'async') this.alog.sync().catch(() => undefined)
+      })
+    }
+    return report
+  }
+
+  private every(ms: number, fn: () => void): void {
+    const t = setInterval(fn, ms)
+    t.unref()
+    this.timers.push(t)
+  }
+
+  private ensureOpen(): void {
+    if (!this.opened || this.closed) throw new QmqError('QMQ_ERR_STORE_CLOSED')
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.ensureOpen()
+    for (const t of this.timers) clearInterval(t)
+    await this.mlog.idle()
+    try {
+      await this.checkpoint()
+    } catch (err) {
+      this.log.warn({ err }, 'final checkpoint failed')
+    }
+    this.closed = true
+    await this.mlog.close()
+    await this.alog.close()
+    this.subjectsIndex.close()
+  }
+
+  /** Stops everything without flushing, syncing or checkpointing: what a crash leaves (tests, benchmarks). */
+  abandon(): void {
+    this.closed = true
+    for (const t of this.timers) clearInterval(t)
+    this.mlog.abandon()
+    this.alog.abandon()
+  }
+
+  // ---- appends ----
+
+  async append(records: readonly AppendInput[]): Promise<AppendResult[]> {
+    this.ensureOpen()
+    if (records.length === 0) return []
+    const t0 = process.hrtime.bigint()
+    const items: AppendItem[] = new Array(records.length)
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i] as AppendInput
+      items[i] = {
+        record: r.bytes,
+        subject: r.header.subject,
+        id: r.header.id,
+        tagMask: tagMask(r.header.tags),
+        seq: -1,
+        skip: false,
+        offset: -1,
+        storedAt: 0,
+      }
+    }
+    await this.mlog.append(items)
+    this.metrics.appendSeconds(Number(process.hrtime.bigint() - t0) / 1e9)
+    const out: AppendResult[] = new Array(items.length)
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i] as AppendItem
+      out[i] = { sequence: it.seq, duplicate: it.skip }
+    }
+    return out
+  }
+
+  private prepare(items: AppendItem[]): void {
+    const dedupe = this.dedupe.enabled
+    const inBatch = dedupe ? new DedupeIndex(1, Number.MAX_SAFE_INTEGER) : undefined
+    for (const it of items) {
+      if (inBatch) {
+        const seen = this.dedupe.get(it.subject, it.id) ?? inBatch.get(it.subject, it.id)
+        if (seen !== undefined) {
+          it.skip = true
+          it.seq = seen
+          continue
+        }
+      }
+      const s = this.subjectsIndex.getOrCreate(it.subject)
+      it.skip = false
+      it.seq = s.nextSeq++
+      inBatch?.add(it.subject, it.id, it.seq, 0)
+    }
+  }
+
+  private rollback(items: AppendItem[]): void {
+    for (const it of items) {
+      if (it.skip) continue
+      const s = this.subjectsIndex.get(it.subject)
+      if (s && it.seq < s.nextSeq) s.nextSeq = it.seq
+    }
+  }
+
+  private committed(items: AppendItem[]): void {
+    const touched = new Set<SubjectState>()
+    let stored = 0
+    for (const it of items) {
+      if (it.skip) continue
+      const s = this.subjectsIndex.getOrCreate(it.subject)
+      s.consume.push(it.offset, it.record.length, it.storedAt, it.tagMask)
+      if (this.dedupe.enabled) this.dedupe.add(it.subject, it.id, it.seq, it.storedAt)
+      touched.add(s)
+      stored++
+    }
+    this.metrics.appended(stored, items.length - stored)
+    for (const s of touched) {
+      s.consume.flush().catch((err) => this.log.warn({ err, subject: s.name }, 'consume log write failed'))
+      this.notify(s.name)
+    }
+  }
+
+  // ---- consumption ----
+
+  onAvailable(listener: AvailableListener): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  notify(subject: string): void {
+    for (const l of this.listeners) {
+      try {
+        l(subject)
+      } catch (err) {
+        this.log.warn({ err }, 'onAvailable listener threw')
+      }
+    }
+  }
+
+  /** Serializes pulls and cursor resets of one group (internal). */
+  withLock<T>(g: GroupState, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(g) ?? Promise.resolve()
+    const p = prev.then(fn, fn)
+    this.locks.set(
+      g,
+      p.catch(() => undefined),
+    )
+    return p
+  }
+
+  /** Applies an action to the state and queues it for the action log. */
+  record(a: Action): { affected: number; written: Promise<number> } {
+    const affected = this.state.apply(a)
+    const written = this.alog.write(a)
+    // Failed writes stay queued and are retried in order; callers that care await `written`.
+    written.catch(() => undefined)
+    return { affected, written }
+  }
+
+  action(
+    type: Action['type'],
+    subject: string,
+    group: string,
+    consumerId: string,
+    extra: Partial<Action> = {},
+  ): Action {
+    return {
+      type,
+      flags: 0,
+      time: this.clock.now(),
+      subject,
+      group,
+      consumerId,
+      cursor: -1,
+      seqs: [],
+      ...extra,
+    }
+  }
+
+  async startCursor(subject: string, start: number, startTime: number): Promise<number> {
+    const s = this.subjectsIndex.get(subject)
+    if (!s) return 0
+    if (start === StartPosition.EARLIEST) return s.lowSeq
+    if (start === StartPosition.TIMESTAMP) return s.consume.search((e) => e.storedAt >= startTime)
+    return s.consume.nextSeq
+  }
+
+  /** See MessageStore.pull; the algorithm is in pull.ts. */
+  pull(o: PullOptions): Promise<StoredMessage[]> {
+    this.ensureOpen()
+    return pullMessages(this, o)
+  }
+
+  async ack(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    broadcast = false,
+  ): Promise<number> {
+    this.ensureOpen()
+    if (broadcast) return sequences.length
+    const g = this.state.get(subject, group)
+    if (!g || sequences.length === 0) return 0
+    const c = g.consumers.get(consumerId)
+    if (c) c.leaseUntil = this.clock.now() + this.options.leaseMs
+    const { affected, written } = this.record(
+      this.action(ActionType.ACK, subject, group, consumerId, { seqs: [...sequences] }),
+    )
+    await written.catch(() => undefined)
+    return affected
+  }
+
+  /** Redeliver-after delay for a message delivered `dc` times: doubling from retryBaseMs, capped, jittered. */
+  backoffMs(dc: number): number {
+    const o = this.options
+    const base = Math.min(o.retryBaseMs * 2 ** Math.max(0, dc - 1), o.retryMaxMs)
+    return Math.max(0, Math.round(base * (1 + o.retryJitter * (2 * Math.random() - 1))))
+  }
+
+  async nack(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    options: NackOptions = {},
+  ): Promise<number> {
+    this.ensureOpen()
+    const g = this.state.get(subject, group)
+    if (!g) return 0
+    const now = this.clock.now()
+    const c = g.consumers.get(consumerId)
+    if (c) c.leaseUntil = now + this.options.leaseMs
+    const seqs: number[] = []
+    const dueAts: number[] = []
+    for (const seq of sequences) {
+      const f = g.inflight.get(seq)
+      if (!f || f.holder !== consumerId) continue
+      seqs.push(seq)
+      const dead = options.deadLetter === true || f.dc >= this.options.maxRetries
+      dueAts.push(dead ? -1 : now + (options.retryAfterMs ?? this.backoffMs(f.dc)))
+    }
+    if (seqs.length === 0) return 0
+    const { affected, written } = this.record(
+      this.action(ActionType.NACK, subject, group, consumerId, { seqs, dueAts }),
+    )
+    if (g.promoteDue(now) > 0) this.notify(subject)
+    await written.catch(() => undefined)
+    return affected
+  }
+
+  heartbeat(consumerId: string, subscriptions: readonly { subject: string; group: string }[]): void {
+    const until = this.clock.now() + this.options.leaseMs
+    for (const sub of subscriptions) {
+      const c = this.state.get(sub.subject, sub.group)?.consumers.get(consumerId)
+      if (c) c.leaseUntil = until
+    }
+  }
+
+  /** Lease expiry and due retries of every group (the store's timer runs it; tests may call it). */
+  sweep(): void {
+    if (this.closed || !this.opened) return
+    const now = this.clock.now()
+    for (const g of this.state.all()) this.sweepGroup(g, now)
+    this.dedupe.expire(now)
+  }
+
+  sweepGroup(g: GroupState, now: number): void {
+    let n = g.promoteDue(now)
+    for (const id of g.expiredConsumers(now)) {
+      const { affected, written } = this.record(this.action(ActionType.EXPIRE, g.subject, g.group, id))
+      written.catch(() => undefined)
+      n += affected
+      this.log.info(
+        { subject: g.subject, group: g.group, consumerId: id, messages: affected },
+        'consumer lease expired',
+      )
+    }
+    if (n > 0) this.notify(g.subject)
+  }
+
+  // ---- admin ----
+
+  subjects(): string[] {
+    return [...this.subjectsIndex.map.keys()].sort()
+  }
+
+  backlog(subject?: string, group?: string): BacklogInfo[] {
+    const out: BacklogInfo[] = []
+    for (const g of this.state.all()) {
+      if (subject !== undefined && g.subject !== subject) continue
+      if (group !== undefined && g.group !== group) continue
+      const s = this.subjectsIndex.get(g.subject)
+      const next = s ? s.consume.nextSeq : 0
+      const { inFlight, retrying } = g.counts()
+      out.push({
+        subject: g.subject,
+        group: g.group,
+        pending: Math.max(0, next - Math.max(g.cursor, s ? s.lowSeq : 0)),
+        inFlight,
+        retrying,
+        deadLettered: g.dead.size,
+        maxSequence: next - 1,
+        cursor: g.cursor,
+      })
+    }
+    return out
+  }
+
+  async resetCursor(subject: string, group: string, position: CursorPosition): Promise<void> {
+    this.ensureOpen()
+    const g = this.state.getOrCreate(subject, group)
+    let written: Promise<number> | undefined
+    await this.withLock(g, async () => {
+      const start =
+        position.kind === 'earliest'
+          ? StartPosition.EARLIEST
+          : position.kind === 'latest'
+            ? StartPosition.LATEST
+            : StartPosition.TIMESTAMP
+      const cursor = await this.startCursor(
+        subject,
+        start,
+        position.kind === 'timestamp' ? position.timeMs : 0,
+      )
+      written = this.record(this.action(ActionType.CURSOR, subject, group, '', { cursor })).written
+    })
+    await written
+    this.notify(subject)
+  }
+
+  async listDeadLetters(
+    subject: string,
+    group: string,
+    options: { limit?: number; afterSequence?: number } = {},
+  ): Promise<DeadLetter[]> {
+    this.ensureOpen()
+    const g = this.state.get(subject, group)
+    const s = this.subjectsIndex.get(subject)
+    if (!g || !s) return []
+    const after = options.afterSequence ?? -1
+    const seqs = [...g.dead.keys()]
+      .filter((q) => q > after)
+      .sort((a, b) => a - b)
+      .slice(0, options.limit ?? 100)
+    const recs = await readSeqs(this.mlog, s, seqs)
+    const out: DeadLetter[] = []
+    for (let i = 0; i < seqs.length; i++) {
+      const rec = recs[i]
+      const d = g.dead.get(seqs[i] as number)
+      if (!rec || !d) continue
+      out.push({
+        subject,
+        group,
+        sequence: seqs[i] as number,
+        deliveryCount: d.dc,
+        deadAt: d.deadAt,
+        record: rec,
+      })
+    }
+    return out
+  }
+
+  async redriveDeadLetters(subject: string, group: string, sequences?: readonly number[]): Promise<number> {
+    this.ensureOpen()
+    const g = this.state.get(subject, group)
+    if (!g) return 0
+    const seqs = (sequences ?? [...g.dead.keys()]).filter((q) => g.dead.has(q)).sort((a, b) => a - b)
+    if (seqs.length === 0) return 0
+    const { affected, written } = this.record(this.action(ActionType.REDRIVE, subject, group, '', { seqs }))
+    await written.catch(() => undefined)
+    this.notify(subject)
+    return affected
+  }
+
+  // ---- checkpoints and retention ----
+
+  /** Writes a checkpoint now (also run by a timer and on close). */
+  checkpoint(): Promise<void> {
+    if (!this.checkpointing) {
+      this.checkpointing = this.doCheckpoint().finally(() => {
+        this.checkpointing = undefined
+      })
+    }
+    return this.checkpointing
+  }
+
+  private async doCheckpoint(): Promise<void> {
+    // Snapshot instant (synchronous): message-log position with the consume-log lengths that match
+    // it, the consumer state, and a MARK queued behind every action applied so far.
+    const messageLogOffset = this.mlog.committedEnd
+    const subjects: Record<string, number> = {}
+    for (const s of this.subjectsIndex.map.values()) subjects[s.name] = s.consume.nextSeq
+    const groups = this.state.snapshot()
+    const mark = this.alog.write(this.action(ActionType.MARK, '', '', ''))
+    await this.mlog.syncNow()
+    for (const s of this.subjectsIndex.map.values()) await s.consume.sync()
+    const actionLogOffset = await mark
+    await this.alog.sync()
+    await writeCheckpoint(this.dirs.checkpoint, {
+      version: 1,
+      createdAt: this.clock.now(),
+      messageLogOffset,
+      actionLogOffset,
+      subjects,
+      groups,
+    })
+    // Actions before the checkpoint are no longer needed.
+    this.alog.log.deleteBefore(actionLogOffset)
+  }
+
+  /** Runs retention now (also run by a timer); returns the number of segments deleted. */
+  runRetention(): Promise<number> {
+    if (!this.retaining) {
+      this.retaining = runRetention(this).finally(() => {
+        this.retaining = undefined
+      })
+    }
+    return this.retaining
+  }
+}
+
+export function createMessageStore(options: FileMessageStoreOptions = {}): FileMessageStore {
+  return new FileMessageStore(options)
+}
+
+/** Creates and opens a store; the recovery report is on `store.recoveryReport`. */
+export async function openMessageStore(options: FileMessageStoreOptions = {}): Promise<FileMessageStore> {
+  const store = new FileMessageStore(options)
+  await store.open()
+  return store
+}

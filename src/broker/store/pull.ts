@@ -1,0 +1,158 @@
+import { validateConsumerId, validateGroup, validateSubject } from '../../common/names'
+import { ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ActionType } from './action-log'
+import { HELD, READY } from './consumer-state'
+import type { FileMessageStore } from './file-message-store'
+import { readSeqs, scanNew } from './subjects'
+import type { PullOptions, StoredMessage } from './types'
+
+function limits(store: FileMessageStore, o: PullOptions, max: number, maxBytes = o.maxBytes) {
+  return { maxMessages: max, maxBytes: Math.max(1, maxBytes), maxScan: store.options.maxScanPerPull }
+}
+
+/**
+ * A pull, under the group's lock: (1) with resumeHeld, what the consumer still holds (no new
+ * delivery); (2) redeliveries that are due; (3) new messages from the group's cursor (tag filter:
+ * mask, then record header). One PULL action records the hand-out and the new cursor; it is applied
+ * before the lock is released and awaited (written) before the messages are returned.
+ */
+export async function pullMessages(store: FileMessageStore, o: PullOptions): Promise<StoredMessage[]> {
+  validateSubject(o.subject)
+  validateGroup(o.group)
+  validateConsumerId(o.consumerId)
+  const max = Math.max(1, Math.floor(o.maxMessages))
+  const g = store.state.getOrCreate(o.subject, o.group)
+  let written: Promise<number> | undefined
+  const out = await store.withLock(g, async () => {
+    const now = store.clock.now()
+    if (o.broadcast) {
+      let cursor = g.broadcast.get(o.consumerId)
+      if (cursor === undefined) {
+        cursor = await store.startCursor(o.subject, o.start, o.startTime)
+        store.record(
+          store.action(ActionType.CURSOR, o.subject, o.group, o.consumerId, {
+            cursor,
+            flags: ACTION_FLAG_BROADCAST,
+          }),
+        )
+      }
+      const s = store.subjectsIndex.get(o.subject)
+      if (!s) return []
+      const { picked, next } = await scanNew(store.mlog, s, cursor, limits(store, o, max), o)
+      if (next !== cursor) {
+        written = store.record(
+          store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
+            cursor: next,
+            flags: ACTION_FLAG_BROADCAST,
+          }),
+        ).written
+      }
+      return picked.map((p) => ({
+        subject: o.subject,
+        sequence: p.seq,
+        deliveryCount: 1,
+        record: p.record,
+      }))
+    }
+    if (!g.created) {
+      const cursor = await store.startCursor(o.subject, o.start, o.startTime)
+      store.record(store.action(ActionType.CURSOR, o.subject, o.group, '', { cursor }))
+    }
+    const consumer = g.consumer(o.consumerId, now, store.options.leaseMs)
+    store.sweepGroup(g, now)
+    const s = store.subjectsIndex.get(o.subject)
+    const result: StoredMessage[] = []
+    let bytes = 0
+    // 1. What this consumer still holds (it reconnected): handed back, no new delivery.
+    if (o.resumeHeld && s && consumer.held.size > 0) {
+      const held = [...consumer.held].sort((a, b) => a - b).slice(0, max)
+      const recs = await readSeqs(store.mlog, s, held)
+      for (let i = 0; i < held.length; i++) {
+        const rec = recs[i]
+        const f = g.inflight.get(held[i] as number)
+        if (!rec || !f || f.holder !== o.consumerId || f.state !== HELD) continue
+        result.push({ subject: o.subject, sequence: held[i] as number, deliveryCount: f.dc, record: rec })
+        bytes += rec.length
+      }
+    }
+    // 2. Redeliveries that are due.
+    const redeliver: number[] = []
+    const redeliverRecs: Buffer[] = []
+    if (s) {
+      const popped: number[] = []
+      while (result.length + popped.length < max) {
+        const seq = g.popReady()
+        if (seq === undefined) break
+        popped.push(seq)
+      }
+      if (popped.length > 0) {
+        const recs = await readSeqs(store.mlog, s, popped)
+        const gone: number[] = []
+        const back: number[] = []
+        for (let i = 0; i < popped.length; i++) {
+          const seq = popped[i] as number
+          const rec = recs[i]
+          if (g.inflight.get(seq)?.state !== READY) continue // acked meanwhile
+          if (!rec) gone.push(seq)
+          else if (bytes >= o.maxBytes && result.length + redeliver.length > 0) back.push(seq)
+          else {
+            redeliver.push(seq)
+            redeliverRecs.push(rec)
+            bytes += rec.length
+          }
+        }
+        g.unpopReady(back)
+        // Messages removed by retention cannot be redelivered: drop them from the group.
+        if (gone.length > 0)
+          store.record(store.action(ActionType.ACK, o.subject, o.group, '', { seqs: gone }))
+      }
+    }
+    // 3. New messages from the group's cursor.
+    let next = -1
+    let fresh: { seq: number; record: Buffer }[] = []
+    const room = max - result.length - redeliver.length
+    if (s && room > 0 && bytes < o.maxBytes) {
+      const scanned = await scanNew(store.mlog, s, g.cursor, limits(store, o, room, o.maxBytes - bytes), o)
+      fresh = scanned.picked
+      if (scanned.next !== g.cursor) next = scanned.next
+    }
+    const seqs = [...redeliver, ...fresh.map((f) => f.seq)]
+    if (seqs.length === 0 && next < 0) return result
+    const dcs = seqs.map((seq) => (g.inflight.get(seq)?.dc ?? 0) + 1)
+    written = store.record(
+      store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
+        cursor: next,
+        seqs,
+        flags: o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0,
+      }),
+    ).written
+    for (let i = 0; i < redeliver.length; i++) {
+      const seq = redeliver[i] as number
+      result.push({
+        subject: o.subject,
+        sequence: seq,
+        deliveryCount: dcs[i] as number,
+        record: redeliverRecs[i] as Buffer,
+      })
+    }
+    for (let i = 0; i < fresh.length; i++) {
+      const f = fresh[i] as { seq: number; record: Buffer }
+      result.push({
+        subject: o.subject,
+        sequence: f.seq,
+        deliveryCount: dcs[redeliver.length + i] as number,
+        record: f.record,
+      })
+    }
+    return result
+  })
+  if (written) {
+    try {
+      await written
+    } catch (err) {
+      // At-most-once must not hand out what it could not record; otherwise the hand-out stays
+      // queued for the action log and the messages are delivered (at-least-once holds).
+      if (o.atMostOnce) throw err
+    }
+  }
+  return out
+}

@@ -1,0 +1,83 @@
+import { Counter, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+
+/** The store's Prometheus metrics; all no-ops when no registry is given. */
+export interface StoreMetrics {
+  appendSeconds(seconds: number): void
+  io(what: 'write' | 'sync', seconds: number, bytes: number): void
+  appended(messages: number, duplicates: number): void
+  retention(segments: number, bytes: number, unconsumed: number): void
+}
+
+export const noMetrics: StoreMetrics = {
+  appendSeconds: () => undefined,
+  io: () => undefined,
+  appended: () => undefined,
+  retention: () => undefined,
+}
+
+export function createStoreMetrics(registry: Registry | undefined): StoreMetrics {
+  if (!registry) return noMetrics
+  const registers = [registry]
+  const append = new Histogram({
+    name: 'qmq_store_append_seconds',
+    help: 'Time from append() to its resolution (includes the shared fdatasync under flush sync)',
+    buckets: [...LATENCY_BUCKETS_SECONDS],
+    registers,
+  })
+  const write = new Histogram({
+    name: 'qmq_store_write_seconds',
+    help: 'Duration of one group-commit writev of the message log',
+    buckets: [...LATENCY_BUCKETS_SECONDS],
+    registers,
+  })
+  const fsync = new Histogram({
+    name: 'qmq_store_fsync_seconds',
+    help: 'Duration of one fdatasync of the message log',
+    buckets: [...LATENCY_BUCKETS_SECONDS],
+    registers,
+  })
+  const bytes = new Counter({
+    name: 'qmq_store_written_bytes_total',
+    help: 'Message-log bytes written',
+    registers,
+  })
+  const messages = new Counter({ name: 'qmq_store_messages_total', help: 'Messages stored', registers })
+  const dups = new Counter({
+    name: 'qmq_store_duplicates_total',
+    help: 'Appends answered from the dedupe window (not stored again)',
+    registers,
+  })
+  const retSegments = new Counter({
+    name: 'qmq_store_retention_segments_total',
+    help: 'Message-log segments deleted by retention',
+    registers,
+  })
+  const retBytes = new Counter({
+    name: 'qmq_store_retention_bytes_total',
+    help: 'Message-log bytes deleted by retention',
+    registers,
+  })
+  const unconsumed = new Counter({
+    name: 'qmq_store_retention_unconsumed_messages_total',
+    help: 'Messages deleted by retention before every consumer group had consumed them',
+    registers,
+  })
+  return {
+    appendSeconds: (s) => append.observe(s),
+    io: (what, s, b) => {
+      if (what === 'write') {
+        write.observe(s)
+        bytes.inc(b)
+      } else fsync.observe(s)
+    },
+    appended: (m, d) => {
+      if (m > 0) messages.inc(m)
+      if (d > 0) dups.inc(d)
+    },
+    retention: (segs, b, u) => {
+      retSegments.inc(segs)
+      retBytes.inc(b)
+      if (u > 0) unconsumed.inc(u)
+    },
+  }
+}

@@ -1,0 +1,158 @@
+import { readRecordHeader } from '../../common/record'
+import { ConsumeLog, type ConsumeEntry } from './consume-log'
+import type { FsIo } from './fs-io'
+import type { MessageLog } from './message-log'
+import { maskMayMatch, tagBits, tagsMatch } from './tag-hash'
+
+/** One subject: its consume log and the next sequence to assign (ahead of the log while a batch is in flight). */
+export class SubjectState {
+  readonly name: string
+  readonly consume: ConsumeLog
+  nextSeq: number
+  /** First sequence whose message is still stored (retention moves it). */
+  lowSeq: number
+
+  constructor(name: string, consume: ConsumeLog) {
+    this.name = name
+    this.consume = consume
+    this.nextSeq = consume.nextSeq
+    this.lowSeq = consume.startSeq
+  }
+}
+
+export interface SubjectsOptions {
+  root: string
+  entriesPerSegment: number
+  cacheEntries: number
+  io?: FsIo
+}
+
+export class Subjects {
+  readonly map = new Map<string, SubjectState>()
+  private readonly opts: SubjectsOptions
+
+  constructor(opts: SubjectsOptions) {
+    this.opts = opts
+  }
+
+  get(name: string): SubjectState | undefined {
+    return this.map.get(name)
+  }
+
+  getOrCreate(name: string): SubjectState {
+    let s = this.map.get(name)
+    if (!s) {
+      s = new SubjectState(
+        name,
+        new ConsumeLog({
+          root: this.opts.root,
+          subject: name,
+          entriesPerSegment: this.opts.entriesPerSegment,
+          cacheEntries: this.opts.cacheEntries,
+          ...(this.opts.io ? { io: this.opts.io } : {}),
+        }),
+      )
+      this.map.set(name, s)
+    }
+    return s
+  }
+
+  close(): void {
+    for (const s of this.map.values()) s.consume.close()
+  }
+}
+
+export interface Picked {
+  seq: number
+  record: Buffer
+}
+
+export interface ScanFilter {
+  tags: readonly string[]
+  tagsAll: boolean
+}
+
+/**
+ * Reads a subject's messages from sequence `from` for a pull: consume-log entries first (memory or
+ * positional reads), tag pre-check on the entry's mask, then the records (hot cache or coalesced
+ * positional reads) and the exact tag check on the record header. Returns what matched and the
+ * sequence after the last examined entry (non-matching and deleted messages are passed over).
+ */
+export async function scanNew(
+  mlog: MessageLog,
+  s: SubjectState,
+  from: number,
+  limits: { maxMessages: number; maxBytes: number; maxScan: number },
+  filter: ScanFilter,
+): Promise<{ picked: Picked[]; next: number }> {
+  const picked: Picked[] = []
+  let cursor = Math.max(from, s.lowSeq)
+  const end = s.consume.nextSeq
+  const bits = filter.tags.map(tagBits)
+  const filtered = bits.length > 0
+  let bytes = 0
+  let scanned = 0
+  while (
+    cursor < end &&
+    picked.length < limits.maxMessages &&
+    bytes < limits.maxBytes &&
+    scanned < limits.maxScan
+  ) {
+    const want = filtered
+      ? Math.min(1024, end - cursor)
+      : Math.min(limits.maxMessages - picked.length, end - cursor)
+    const entries = await s.consume.read(cursor, Math.min(want, limits.maxScan - scanned))
+    if (entries.length === 0) break
+    // Candidates after the mask check, at most what is still wanted (+ slack for false positives).
+    const room = limits.maxMessages - picked.length + (filtered ? 8 : 0)
+    const candidates: ConsumeEntry[] = []
+    for (const e of entries) {
+      if (candidates.length >= room) break
+      if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) candidates.push(e)
+    }
+    const records = await mlog.readMany(candidates)
+    let ci = 0
+    let stop = false
+    for (const e of entries) {
+      const isCandidate = ci < candidates.length && candidates[ci] === e
+      if (!isCandidate && e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) break // not read yet
+      scanned++
+      cursor = e.seq + 1
+      if (!isCandidate) continue
+      const rec = records[ci++]
+      if (!rec) continue // deleted by retention
+      if (
+        filtered &&
+        !tagsMatch(readRecordHeader(rec, 0, { verify: false }).tags, filter.tags, filter.tagsAll)
+      )
+        continue
+      picked.push({ seq: e.seq, record: rec })
+      bytes += rec.length
+      if (picked.length >= limits.maxMessages || bytes >= limits.maxBytes) {
+        stop = true
+        break
+      }
+    }
+    if (stop) break
+  }
+  return { picked, next: cursor }
+}
+
+/** Records of given sequences (redeliveries, dead letters); undefined where the message is gone. */
+export async function readSeqs(
+  mlog: MessageLog,
+  s: SubjectState,
+  seqs: readonly number[],
+): Promise<(Buffer | undefined)[]> {
+  const entries: ({ offset: number; size: number } | undefined)[] = []
+  for (const seq of seqs) {
+    const e = seq >= s.lowSeq ? await s.consume.entry(seq) : undefined
+    entries.push(e && e.size > 0 ? e : undefined)
+  }
+  const present = entries.filter((e): e is { offset: number; size: number } => e !== undefined)
+  const recs = await mlog.readMany(present)
+  const out: (Buffer | undefined)[] = []
+  let k = 0
+  for (const e of entries) out.push(e ? recs[k++] : undefined)
+  return out
+}

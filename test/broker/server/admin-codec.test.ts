@@ -1,0 +1,83 @@
+import t from 'tap'
+import {
+  decodeBacklogRequest,
+  decodeBacklogResponse,
+  decodeDlqListRequest,
+  decodeDlqListResponse,
+  decodeDlqRedriveRequest,
+  decodeResetCursorRequest,
+  decodeSubjectsResponse,
+  encodeBacklogRequest,
+  encodeBacklogResponse,
+  encodeDlqListRequest,
+  encodeDlqListResponse,
+  encodeDlqRedriveRequest,
+  encodeResetCursorRequest,
+  encodeSubjectsResponse,
+  ResetPosition,
+} from '../../../src/common/protocol/admin'
+import { encodeRecord } from '../../../src/common/record'
+import { message } from './ops'
+
+t.test('admin codec - every request and answer round-trips', async (t) => {
+  t.same(decodeSubjectsResponse(encodeSubjectsResponse(['a', 'b.c'])), ['a', 'b.c'])
+  t.same(decodeBacklogRequest(encodeBacklogRequest({})), { subject: undefined, group: undefined })
+  t.same(decodeBacklogRequest(encodeBacklogRequest({ subject: 's', group: 'g' })), {
+    subject: 's',
+    group: 'g',
+  })
+  const entry = {
+    subject: 's',
+    group: 'g',
+    pending: 1,
+    inFlight: 2,
+    retrying: 3,
+    deadLettered: 4,
+    maxSequence: 2 ** 40,
+    cursor: 7,
+  }
+  t.same(decodeBacklogResponse(encodeBacklogResponse([entry])), [entry])
+  const reset = { subject: 's', group: 'g', position: ResetPosition.TIMESTAMP, timeMs: 1_700_000_000_000 }
+  t.same(decodeResetCursorRequest(encodeResetCursorRequest(reset)), reset)
+  const list = { subject: 's', group: 'g', limit: 50, afterSequence: -1 }
+  t.same(decodeDlqListRequest(encodeDlqListRequest(list)), list)
+  const rec = encodeRecord(message('s', 'dead'))
+  const parts = encodeDlqListResponse([{ sequence: 9, deliveryCount: 17, deadAt: 123, record: rec }])
+  const decoded = decodeDlqListResponse(Buffer.concat(parts))
+  t.equal(decoded[0]?.record.id, 'dead')
+  t.equal(decoded[0]?.deliveryCount, 17)
+  t.same(decodeDlqRedriveRequest(encodeDlqRedriveRequest({ subject: 's', group: 'g' })), {
+    subject: 's',
+    group: 'g',
+    sequences: undefined,
+  })
+  t.same(decodeDlqRedriveRequest(encodeDlqRedriveRequest({ subject: 's', group: 'g', sequences: [1, 5] })), {
+    subject: 's',
+    group: 'g',
+    sequences: [1, 5],
+  })
+})
+
+t.test('admin codec - bad requests get stable codes', async (t) => {
+  t.throws(() => decodeBacklogRequest(Buffer.from([0, 3, 0x61])), { code: 'QMQ_ERR_PAYLOAD_MALFORMED' })
+  t.throws(() => decodeBacklogRequest(encodeBacklogRequest({ subject: 'a b' })), {
+    code: 'QMQ_ERR_SUBJECT_INVALID',
+  })
+  t.throws(
+    () =>
+      decodeDlqListRequest(encodeDlqListRequest({ subject: 's', group: 'g', limit: 0, afterSequence: -1 })),
+    {
+      code: 'QMQ_ERR_INVALID_ARGUMENT',
+    },
+  )
+  const badPos = encodeResetCursorRequest({
+    subject: 's',
+    group: 'g',
+    position: ResetPosition.EARLIEST,
+    timeMs: 0,
+  })
+  badPos[6] = 9
+  t.throws(() => decodeResetCursorRequest(badPos), { code: 'QMQ_ERR_INVALID_ARGUMENT' })
+  const extra = Buffer.concat([encodeBacklogRequest({}), Buffer.from([1])])
+  t.throws(() => decodeBacklogRequest(extra), { code: 'QMQ_ERR_PAYLOAD_MALFORMED' })
+})

@@ -1,0 +1,278 @@
+import t from 'tap'
+import { RequestCode } from '../../../src/common/protocol/codes'
+import {
+  decodeBacklogResponse,
+  decodeDlqListResponse,
+  decodeSubjectsResponse,
+  encodeBacklogRequest,
+  encodeDlqListRequest,
+  encodeDlqRedriveRequest,
+  encodeResetCursorRequest,
+  ResetPosition,
+} from '../../../src/common/protocol/admin'
+import { decodeCountResponse } from '../../../src/common/protocol/commands'
+import { RawClient } from '../../helpers/raw-client'
+import { ack, heartbeat, message, nack, pull, sendOk } from './ops'
+import { startBroker } from './start-broker'
+
+t.test(
+  'semantics - a consumer that vanishes hands its unacked messages to another within lease + 1 s',
+  async (t) => {
+    const leaseMs = 1_000
+    const b = await startBroker(t, { leaseMs })
+    const gone = await RawClient.connect(b.port)
+    const other = await RawClient.connect(b.port)
+    t.teardown(() => other.destroy())
+    await sendOk(
+      other,
+      Array.from({ length: 10 }, (_, i) => message('s', `m${i}`)),
+    )
+    const held = await pull(gone, { subject: 's', group: 'g', consumerId: 'gone' })
+    t.equal(held.length, 10)
+    await ack(gone, {
+      subject: 's',
+      group: 'g',
+      consumerId: 'gone',
+      sequences: [held[0]?.sequence as number],
+    })
+    gone.destroy()
+    const vanishedAt = Date.now()
+    const taken: string[] = []
+    while (taken.length < 9 && Date.now() - vanishedAt < leaseMs + 3_000) {
+      const msgs = await pull(other, { subject: 's', group: 'g', consumerId: 'other', timeoutMs: 500 })
+      for (const m of msgs) taken.push(m.record.id)
+    }
+    const elapsed = Date.now() - vanishedAt
+    t.same(
+      taken.sort(),
+      held
+        .slice(1)
+        .map((m) => m.record.id)
+        .sort(),
+      'the unacked ones, not the acked one',
+    )
+    t.ok(elapsed <= leaseMs + 1_000, `handed over after ${elapsed} ms`)
+  },
+)
+
+t.test('semantics - HEARTBEAT keeps leases of a slow consumer alive', async (t) => {
+  const leaseMs = 600
+  const b = await startBroker(t, { leaseMs })
+  const slow = await RawClient.connect(b.port)
+  const other = await RawClient.connect(b.port)
+  t.teardown(() => {
+    slow.destroy()
+    other.destroy()
+  })
+  await sendOk(other, [message('s', 'x')])
+  const [m] = await pull(slow, { subject: 's', group: 'g', consumerId: 'slow' })
+  for (let i = 0; i < 4; i++) {
+    await new Promise((r) => setTimeout(r, 250))
+    await heartbeat(slow, 'slow', 's', 'g')
+  }
+  t.same(
+    await pull(other, { subject: 's', group: 'g', consumerId: 'other' }),
+    [],
+    'still held by the slow one',
+  )
+  t.equal(
+    await ack(slow, { subject: 's', group: 'g', consumerId: 'slow', sequences: [m?.sequence as number] }),
+    1,
+  )
+})
+
+t.test('semantics - dead letter after maxRetries, listed, then redriven with the same id', async (t) => {
+  const b = await startBroker(t, { maxRetries: 3 })
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('pay', 'poison'), message('pay', 'fine')])
+  let deliveries = 0
+  for (let i = 0; i < 10; i++) {
+    const msgs = await pull(c, { subject: 'pay', group: 'g', consumerId: 'c', timeoutMs: 500 })
+    for (const m of msgs) {
+      if (m.record.id === 'fine')
+        await ack(c, { subject: 'pay', group: 'g', consumerId: 'c', sequences: [m.sequence] })
+      else {
+        deliveries++
+        t.equal(m.deliveryCount, deliveries, 'delivery count grows')
+        await nack(c, {
+          subject: 'pay',
+          group: 'g',
+          consumerId: 'c',
+          sequences: [m.sequence],
+          retryAfterMs: 1,
+        })
+      }
+    }
+    if (msgs.length === 0 && deliveries > 0) break
+  }
+  t.ok(deliveries >= 3 && deliveries <= 4, `delivered ${deliveries} times, then dead-lettered`)
+  const dlq = decodeDlqListResponse(
+    await c.call(
+      RequestCode.ADMIN_DLQ_LIST,
+      encodeDlqListRequest({ subject: 'pay', group: 'g', limit: 10, afterSequence: -1 }),
+    ),
+  )
+  t.equal(dlq.length, 1)
+  t.equal(dlq[0]?.record.id, 'poison')
+  const backlog = decodeBacklogResponse(
+    await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'pay', group: 'g' })),
+  )
+  t.equal(backlog[0]?.deadLettered, 1)
+  const redriven = decodeCountResponse(
+    await c.call(RequestCode.ADMIN_DLQ_REDRIVE, encodeDlqRedriveRequest({ subject: 'pay', group: 'g' })),
+  )
+  t.equal(redriven, 1)
+  const back = await pull(c, { subject: 'pay', group: 'g', consumerId: 'c', timeoutMs: 2_000 })
+  t.equal(back[0]?.record.id, 'poison', 'same id')
+  t.equal(back[0]?.deliveryCount, 1, 'fresh delivery count')
+})
+
+t.test('semantics - NACK with DEAD_LETTER dead-letters at once', async (t) => {
+  const b = await startBroker(t)
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('s', 'bad')])
+  const [m] = await pull(c, { subject: 's', group: 'g', consumerId: 'c' })
+  t.equal(
+    await nack(c, {
+      subject: 's',
+      group: 'g',
+      consumerId: 'c',
+      sequences: [m?.sequence as number],
+      deadLetter: true,
+    }),
+    1,
+  )
+  const dlq = decodeDlqListResponse(
+    await c.call(
+      RequestCode.ADMIN_DLQ_LIST,
+      encodeDlqListRequest({ subject: 's', group: 'g', limit: 10, afterSequence: -1 }),
+    ),
+  )
+  t.equal(dlq[0]?.record.id, 'bad')
+})
+
+t.test('semantics - broadcast: every consumer id gets every message', async (t) => {
+  const b = await startBroker(t)
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('cfg', 'v1'), message('cfg', 'v2')])
+  for (const id of ['host-a', 'host-b', 'host-c']) {
+    const got = await pull(c, { subject: 'cfg', group: 'cache', consumerId: id, broadcast: true })
+    t.same(
+      got.map((m) => m.record.id),
+      ['v1', 'v2'],
+      `${id} gets all`,
+    )
+    await ack(c, {
+      subject: 'cfg',
+      group: 'cache',
+      consumerId: id,
+      sequences: got.map((m) => m.sequence),
+      broadcast: true,
+    })
+  }
+  await sendOk(c, [message('cfg', 'v3')])
+  const again = await pull(c, { subject: 'cfg', group: 'cache', consumerId: 'host-a', broadcast: true })
+  t.same(
+    again.map((m) => m.record.id),
+    ['v3'],
+    'the instance name keeps its position',
+  )
+})
+
+t.test('semantics - tag filters, any-of and all-of', async (t) => {
+  const b = await startBroker(t)
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [
+    message('t', 'red', 'x', ['red']),
+    message('t', 'blue', 'x', ['blue']),
+    message('t', 'red-big', 'x', ['red', 'big']),
+    message('t', 'none', 'x', []),
+  ])
+  const any = await pull(c, { subject: 't', group: 'any', consumerId: 'c', tags: ['red', 'blue'] })
+  t.same(
+    any.map((m) => m.record.id),
+    ['red', 'blue', 'red-big'],
+  )
+  const all = await pull(c, {
+    subject: 't',
+    group: 'all',
+    consumerId: 'c',
+    tags: ['red', 'big'],
+    tagsAll: true,
+  })
+  t.same(
+    all.map((m) => m.record.id),
+    ['red-big'],
+  )
+})
+
+t.test('semantics - at-most-once: never redelivered', async (t) => {
+  const b = await startBroker(t, { leaseMs: 300 })
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('s', 'once')])
+  const got = await pull(c, { subject: 's', group: 'g', consumerId: 'c', atMostOnce: true })
+  t.equal(got.length, 1)
+  const later = await pull(c, {
+    subject: 's',
+    group: 'g',
+    consumerId: 'other',
+    atMostOnce: true,
+    timeoutMs: 700,
+  })
+  t.same(later, [])
+})
+
+t.test('semantics - admin: subjects, backlog and cursor reset', async (t) => {
+  const b = await startBroker(t)
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(
+    c,
+    Array.from({ length: 4 }, (_, i) => message('a1', `m${i}`)),
+  )
+  const got = await pull(c, { subject: 'a1', group: 'g', consumerId: 'c', maxMessages: 4 })
+  await ack(c, { subject: 'a1', group: 'g', consumerId: 'c', sequences: got.map((m) => m.sequence) })
+  t.ok(decodeSubjectsResponse(await c.call(RequestCode.ADMIN_SUBJECTS)).includes('a1'))
+  let backlog = decodeBacklogResponse(
+    await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'a1' })),
+  )
+  t.equal(backlog[0]?.pending, 0)
+  await c.call(
+    RequestCode.ADMIN_RESET_CURSOR,
+    encodeResetCursorRequest({ subject: 'a1', group: 'g', position: ResetPosition.EARLIEST, timeMs: 0 }),
+  )
+  backlog = decodeBacklogResponse(
+    await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'a1', group: 'g' })),
+  )
+  t.equal(backlog[0]?.pending, 4, 'backtracked')
+  const replay = await pull(c, { subject: 'a1', group: 'g', consumerId: 'c', maxMessages: 10 })
+  t.same(
+    replay.map((m) => m.record.id),
+    ['m0', 'm1', 'm2', 'm3'],
+  )
+})
+
+t.test('semantics - a consumer that reconnects with the same id first gets back what it holds', async (t) => {
+  const b = await startBroker(t)
+  const first = await RawClient.connect(b.port)
+  await sendOk(
+    first,
+    Array.from({ length: 5 }, (_, i) => message('s', `m${i}`)),
+  )
+  const held = await pull(first, { subject: 's', group: 'g', consumerId: 'stable', maxMessages: 3 })
+  t.equal(held.length, 3)
+  first.destroy()
+  const again = await RawClient.connect(b.port)
+  t.teardown(() => again.destroy())
+  const back = await pull(again, { subject: 's', group: 'g', consumerId: 'stable', maxMessages: 3 })
+  t.same(
+    back.map((m) => m.record.id),
+    held.map((m) => m.record.id),
+    'the held ones come back first',
+  )
+})

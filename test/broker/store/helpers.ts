@@ -1,0 +1,55 @@
+import type { ManualClock } from '../../../src/common/clock'
+import { decodeRecord, encodeRecord, readRecordHeader } from '../../../src/common/record'
+import { type FileMessageStoreOptions, openMessageStore } from '../../../src/broker/store'
+import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
+import type { AppendInput, PullOptions } from '../../../src/broker/store/types'
+
+let counter = 0
+
+export function rec(
+  subject: string,
+  opts: { id?: string; tags?: string[]; body?: string | Buffer } = {},
+): AppendInput {
+  const bytes = encodeRecord({
+    id: opts.id ?? `id-${process.pid}-${++counter}`,
+    subject,
+    createdAt: 1_700_000_000_000,
+    tags: opts.tags ?? [],
+    properties: new Map(),
+    body: opts.body ?? `body ${counter}`,
+  })
+  return { bytes, header: readRecordHeader(bytes) }
+}
+
+export function bodyOf(record: Buffer): string {
+  return String(decodeRecord(record).body)
+}
+
+export function pullOpts(
+  subject: string,
+  group: string,
+  consumerId: string,
+  extra: Partial<PullOptions> = {},
+): PullOptions {
+  return {
+    subject,
+    group,
+    consumerId,
+    maxMessages: 100,
+    maxBytes: 16 * 1024 * 1024,
+    broadcast: false,
+    atMostOnce: false,
+    tags: [],
+    tagsAll: false,
+    start: 1, // EARLIEST
+    startTime: 0,
+    ...extra,
+  }
+}
+
+export async function open(
+  dataDir: string,
+  extra: FileMessageStoreOptions & { clock?: ManualClock } = {},
+): Promise<FileMessageStore> {
+  return openMessageStore({ dataDir, segmentBytes: 64 * 1024, ...extra })
+}
