@@ -207,7 +207,9 @@ export class Broker {
         const addr = await http.listen(o.httpHost, o.httpPort)
         this.http = http
         httpPort = addr.port
-        httpAddress = `${o.httpHost}:${addr.port}`
+        // Announce an address others can reach: a wildcard bind is reached through the advertised host.
+        const wildcard = o.httpHost === '0.0.0.0' || o.httpHost === '::'
+        httpAddress = `${wildcard ? host : o.httpHost}:${addr.port}`
       }
       this.current = {
         address: `${host}:${tcpAddress.port}`,
