@@ -1,0 +1,67 @@
+import type { PulledMessage } from '../../common/protocol/commands'
+import { Message } from '../producer/message'
+import type { AckSender } from './ack-sender'
+
+/** Options of `ConsumedMessage.nack()`. */
+export interface NackOptions {
+  /** Redeliver after this long instead of the broker's exponential backoff. */
+  retryAfterMs?: number
+  /** Skip the remaining retries: the message goes to the dead-letter subject now. */
+  deadLetter?: boolean
+}
+
+/**
+ * A message handed to a consumer. Besides the Message getters it knows where it came from and can
+ * be settled explicitly: `ack()` (done) or `nack()` (redeliver later, or dead-letter). Decorated
+ * handlers need neither: returning acks, throwing nacks. Settling twice is a no-op.
+ */
+export class ConsumedMessage extends Message {
+  private settled = false
+
+  /** @internal */
+  constructor(
+    pulled: PulledMessage,
+    private readonly acks: AckSender | undefined,
+    private readonly brokerGroup: string,
+    private readonly consumerGroup: string,
+  ) {
+    super(pulled.record, { deliveryCount: pulled.deliveryCount, readOnly: true })
+    this.sequence = pulled.sequence
+  }
+
+  /** The subject's sequence on its broker group. */
+  readonly sequence: number
+
+  /** The broker group the message was pulled from. */
+  getBrokerGroup(): string {
+    return this.brokerGroup
+  }
+
+  getConsumerGroup(): string {
+    return this.consumerGroup
+  }
+
+  /** Whether ack() or nack() was called (by you or by the SDK). */
+  isSettled(): boolean {
+    return this.settled
+  }
+
+  /** Acknowledges the message; resolves when the broker confirmed it. */
+  ack(): Promise<void> {
+    if (this.settled || this.acks === undefined) return Promise.resolve()
+    this.settled = true
+    return this.acks.ack(this.sequence)
+  }
+
+  /** Gives the message back for redelivery after a backoff (or dead-letters it with `deadLetter`). */
+  nack(options: NackOptions = {}): Promise<void> {
+    if (this.settled || this.acks === undefined) return Promise.resolve()
+    this.settled = true
+    return this.acks.nack(this.sequence, options)
+  }
+
+  /** @internal Marks the message settled without sending anything (consume-at-most-once). */
+  markSettled(): void {
+    this.settled = true
+  }
+}

@@ -1,0 +1,346 @@
+import { integer, type OptionsSchema, optionalString, resolveOptions } from '../../common/config'
+import { QmqError } from '../../common/errors'
+import { type Logger, silentLogger } from '../../common/logger'
+import { validateConsumerId } from '../../common/names'
+import { RequestCode } from '../../common/protocol/codes'
+import { encodeHeartbeatRequest } from '../../common/protocol/commands'
+import { defaultInstanceName } from '../client-id'
+import {
+  type ClientRuntime,
+  type CommonClientOptions,
+  closeRuntime,
+  commonClientSchema,
+  createRuntime,
+  requireMetaServer,
+} from '../options'
+import {
+  consumerBindings,
+  type MessageHandler,
+  type QmqConsumerOptions,
+  validateConsumerOptions,
+} from './decorators'
+import { PullConsumer, type PullConsumerOptions } from './pull-consumer'
+import { type ConsumerContext, Subscription, type SubscriptionSpec } from './subscription'
+
+export interface ConsumerOptions extends CommonClientOptions {
+  /** Id of this consumer in its groups (default: clientId, i.e. `hostname@pid@random`). */
+  consumerId: string | undefined
+  /** Broadcast identity; must survive redeploys of the same instance (default: the hostname). */
+  instanceName: string | undefined
+  /** Default handlers running at once per subscription. */
+  concurrency: number
+  /** Default messages held ahead of handlers per subscription (0 = 10 x concurrency). */
+  prefetch: number
+  /** Largest number of messages asked for in one PULL. */
+  pullBatchSize: number
+  /** Long-poll wait of a PULL (the broker answers when messages arrive or after this). */
+  pullTimeoutMs: number
+  /** Extra time a PULL request gets beyond its long-poll wait. */
+  pullRequestMarginMs: number
+  /** Deadline of ACK, NACK and HEARTBEAT requests. */
+  requestTimeoutMs: number
+  /** Largest number of sequences in one ACK request. */
+  ackBatchSize: number
+  /** Default maxRetries of subscriptions. */
+  maxRetries: number
+  /** HEARTBEAT to every broker this often (keeps the leases of held messages). */
+  heartbeatIntervalMs: number
+  /** Bound on close(): waiting for handlers is not bounded, flushing acks is. */
+  closeTimeoutMs: number
+}
+
+export const consumerSchema: OptionsSchema<ConsumerOptions> = {
+  ...commonClientSchema,
+  consumerId: optionalString({ doc: 'consumer id; default: clientId' }),
+  instanceName: optionalString({ doc: 'broadcast instance name; default: hostname' }),
+  concurrency: integer({ default: 20, min: 1, max: 10_000, doc: 'handlers at once per subscription' }),
+  prefetch: integer({ default: 0, min: 0, max: 100_000, doc: 'messages held ahead (0 = 10 x concurrency)' }),
+  pullBatchSize: integer({ default: 256, min: 1, max: 10_000, doc: 'messages per PULL' }),
+  pullTimeoutMs: integer({ default: 2_000, min: 0, max: 60_000, doc: 'long-poll wait (ms)' }),
+  pullRequestMarginMs: integer({ default: 5_000, min: 100, doc: 'PULL deadline beyond the wait (ms)' }),
+  requestTimeoutMs: integer({ default: 5_000, min: 10, doc: 'ACK/NACK/HEARTBEAT deadline (ms)' }),
+  ackBatchSize: integer({ default: 2_000, min: 1, max: 100_000, doc: 'sequences per ACK' }),
+  maxRetries: integer({ default: 16, min: 1, max: 65_535, doc: 'deliveries before dead letter' }),
+  heartbeatIntervalMs: integer({ default: 10_000, min: 100, doc: 'broker heartbeat interval (ms)' }),
+  closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'ack flush bound on close (ms)' }),
+}
+
+export type ConsumerInit = Partial<ConsumerOptions> & { logger?: Logger }
+
+/**
+ * QMQ's MessageConsumerProvider: register decorated instances (or add listeners), start(), close().
+ *
+ * @example
+ * const consumer = new MessageConsumerProvider({ appCode: 'billing', metaServer })
+ * consumer.register(new OrderListener())
+ * await consumer.start()
+ * // ...
+ * await consumer.close()
+ */
+export class MessageConsumerProvider {
+  private input: Record<string, unknown>
+  private readonly log: Logger
+  private opts: Readonly<ConsumerOptions> | undefined
+  private rt: ClientRuntime | undefined
+  private ctx: ConsumerContext | undefined
+  private readonly specs: SubscriptionSpec[] = []
+  private readonly subscriptions: Subscription[] = []
+  private readonly pullConsumers = new Map<string, PullConsumer>()
+  private heartbeatTimer: NodeJS.Timeout | undefined
+  private metaHeartbeatTimer: NodeJS.Timeout | undefined
+  private started = false
+  private closePromise: Promise<void> | undefined
+
+  constructor(options: ConsumerInit = {}) {
+    const { logger, ...rest } = options
+    this.input = { ...rest }
+    this.log = (logger ?? silentLogger).child({ component: 'qmq-consumer' })
+  }
+
+  setAppCode(appCode: string): void {
+    this.input.appCode = appCode
+  }
+
+  setMetaServer(metaServer: string): void {
+    this.input.metaServer = metaServer
+  }
+
+  /** Checks options and prepares discovery and connections (start() calls it). Contacts nobody. */
+  async init(): Promise<void> {
+    this.initSync()
+  }
+
+  /** The id this consumer uses in its groups. */
+  get consumerId(): string | undefined {
+    return this.ctx?.consumerId
+  }
+
+  /** Registers every `@QmqConsumer` method of the instances. Before or after start(). */
+  register(...instances: object[]): this {
+    for (const instance of instances) {
+      const bindings = consumerBindings(instance)
+      if (bindings.length === 0) {
+        throw new QmqError(
+          'QMQ_ERR_INVALID_ARGUMENT',
+          `${instance?.constructor?.name ?? 'object'} has no @QmqConsumer methods`,
+        )
+      }
+      for (const b of bindings)
+        this.addListener(b.options.subject, b.options.consumerGroup, b.handler, b.options, b.name)
+    }
+    return this
+  }
+
+  /** QMQ's addListener: `handler` receives the messages of `subject` for `consumerGroup`. */
+  addListener(
+    subject: string,
+    consumerGroup: string | undefined,
+    handler: MessageHandler,
+    options: Omit<QmqConsumerOptions, 'subject' | 'consumerGroup'> = {},
+    name = 'listener',
+  ): this {
+    if (this.closePromise) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'consumer provider is closed')
+    const full: QmqConsumerOptions = { ...options, subject }
+    if (consumerGroup !== undefined) full.consumerGroup = consumerGroup
+    validateConsumerOptions(full)
+    const o = this.initSync()
+    const group = consumerGroup ?? o.appCode
+    if (
+      this.specs.some(
+        (s) => s.subject === subject && s.group === group && s.broadcast === !!options.isBroadcast,
+      )
+    ) {
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `subject ${subject} already has a handler for group ${group}`,
+      )
+    }
+    const concurrency = options.concurrency ?? o.concurrency
+    const spec: SubscriptionSpec = {
+      subject,
+      group,
+      handler,
+      name,
+      consumeMostOnce: !!options.consumeMostOnce,
+      broadcast: !!options.isBroadcast,
+      concurrency,
+      prefetch: options.prefetch ?? (o.prefetch > 0 ? o.prefetch : concurrency * 10),
+      tags: options.tags ? [...options.tags] : [],
+      tagsAll: options.tagType === 'all',
+      maxRetries: options.maxRetries ?? o.maxRetries,
+      startFrom: options.startFrom ?? 'latest',
+    }
+    this.specs.push(spec)
+    if (this.started)
+      void this.startSubscription(spec).catch((err: unknown) =>
+        this.log.error(err as Error, 'subscription failed to start'),
+      )
+    return this
+  }
+
+  /**
+   * Looks up the route of every subscription (bounded by firstLookupTimeoutMs) and starts pulling.
+   * If a route cannot be found, everything started is stopped again and start() rejects.
+   */
+  async start(): Promise<void> {
+    if (this.closePromise) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'consumer provider is closed')
+    if (this.started) return
+    this.initSync()
+    this.started = true
+    try {
+      await Promise.all(this.specs.map((s) => this.startSubscription(s)))
+    } catch (err) {
+      this.started = false
+      const subs = this.subscriptions.splice(0)
+      await Promise.all(subs.map((s) => s.stop(Date.now() + 1_000)))
+      throw err
+    }
+    this.startHeartbeats()
+  }
+
+  /** QMQ's pull API: a consumer you call `pull()` on (one per subject and group). */
+  getOrCreatePullConsumer(
+    subject: string,
+    consumerGroup: string,
+    options: PullConsumerOptions = {},
+  ): PullConsumer {
+    if (this.closePromise) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'consumer provider is closed')
+    this.initSync()
+    const key = `${subject}\u0000${consumerGroup}\u0000${options.isBroadcast ? 1 : 0}`
+    let pc = this.pullConsumers.get(key)
+    if (pc === undefined) {
+      pc = new PullConsumer(subject, consumerGroup, options, this.ctx as ConsumerContext)
+      this.pullConsumers.set(key, pc)
+      this.startHeartbeats()
+    }
+    return pc
+  }
+
+  /**
+   * Stops pulling, waits for running handlers (and for the messages already pulled to be handled),
+   * flushes acks (bounded by closeTimeoutMs), says goodbye to the metaserver and closes connections.
+   * Nothing is left running afterwards. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closePromise ??= (async () => {
+      if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
+      if (this.metaHeartbeatTimer) clearTimeout(this.metaHeartbeatTimer)
+      const rt = this.rt
+      if (rt === undefined) return
+      const deadline = Date.now() + (this.opts as ConsumerOptions).closeTimeoutMs
+      await Promise.all([
+        ...this.subscriptions.map((s) => s.stop(deadline)),
+        ...[...this.pullConsumers.values()].map((p) => p.close(deadline)),
+      ])
+      await this.metaHeartbeat('offline').catch(() => {})
+      await closeRuntime(rt)
+    })()
+    return this.closePromise
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private initSync(): Readonly<ConsumerOptions> {
+    if (this.opts !== undefined) return this.opts
+    const opts = resolveOptions('consumer', consumerSchema, this.input)
+    requireMetaServer('consumer', opts)
+    const rt = createRuntime(opts, this.log)
+    const consumerId = validateConsumerId(opts.consumerId ?? rt.clientId)
+    const instanceName = validateConsumerId(opts.instanceName ?? defaultInstanceName())
+    this.opts = opts
+    this.rt = rt
+    this.ctx = {
+      rt,
+      consumerId,
+      instanceName,
+      pullBatchSize: opts.pullBatchSize,
+      pullTimeoutMs: opts.pullTimeoutMs,
+      pullRequestMarginMs: opts.pullRequestMarginMs,
+      requestTimeoutMs: opts.requestTimeoutMs,
+      ackBatchSize: opts.ackBatchSize,
+      log: this.log,
+    }
+    return opts
+  }
+
+  private async startSubscription(spec: SubscriptionSpec): Promise<void> {
+    const sub = new Subscription(spec, this.ctx as ConsumerContext)
+    await sub.start()
+    this.subscriptions.push(sub)
+  }
+
+  private startHeartbeats(): void {
+    const o = this.opts as ConsumerOptions
+    if (this.heartbeatTimer === undefined) {
+      this.heartbeatTimer = setInterval(() => this.brokerHeartbeats(), o.heartbeatIntervalMs)
+      this.heartbeatTimer.unref()
+    }
+    if (this.metaHeartbeatTimer === undefined) this.scheduleMetaHeartbeat(0)
+  }
+
+  /** HEARTBEAT to every broker a subscription pulls from, listing what this consumer holds there. */
+  private brokerHeartbeats(): void {
+    const rt = this.rt as ClientRuntime
+    const ctx = this.ctx as ConsumerContext
+    const byAddress = new Map<string, { subject: string; group: string; broadcast: boolean }[]>()
+    for (const s of this.subscriptions) {
+      if (s.spec.consumeMostOnce) continue
+      for (const g of s.brokerGroups) {
+        let list = byAddress.get(g.address)
+        if (list === undefined) {
+          list = []
+          byAddress.set(g.address, list)
+        }
+        list.push({ subject: s.spec.subject, group: s.spec.group, broadcast: s.spec.broadcast })
+      }
+    }
+    for (const [address, subscriptions] of byAddress) {
+      // Broadcast subscriptions are held under the instance name; send them in their own heartbeat.
+      for (const broadcast of [false, true]) {
+        const subs = subscriptions.filter((s) => s.broadcast === broadcast)
+        if (subs.length === 0) continue
+        const body = encodeHeartbeatRequest({
+          consumerId: broadcast ? ctx.instanceName : ctx.consumerId,
+          subscriptions: subs,
+        })
+        rt.pool
+          .get(address)
+          .request(RequestCode.HEARTBEAT, body, {
+            timeoutMs: (this.opts as ConsumerOptions).requestTimeoutMs,
+          })
+          .catch((err: unknown) =>
+            this.log.debug({ address, err: (err as Error).message }, 'heartbeat failed'),
+          )
+      }
+    }
+  }
+
+  private scheduleMetaHeartbeat(ms: number): void {
+    if (this.closePromise) return
+    this.metaHeartbeatTimer = setTimeout(() => {
+      this.metaHeartbeat('online')
+        .then((interval) => this.scheduleMetaHeartbeat(interval))
+        .catch(() => this.scheduleMetaHeartbeat(20_000))
+    }, ms)
+    this.metaHeartbeatTimer.unref()
+  }
+
+  /** Registers this consumer's subscriptions with the metaserver (QMQ's CLIENT_REGISTER). */
+  private async metaHeartbeat(state: 'online' | 'offline'): Promise<number> {
+    const rt = this.rt as ClientRuntime
+    const o = this.opts as ConsumerOptions
+    const subscriptions = [
+      ...this.specs.map((s) => ({ subject: s.subject, consumerGroup: s.group })),
+      ...[...this.pullConsumers.values()].map((p) => ({ subject: p.subject, consumerGroup: p.group })),
+    ]
+    if (subscriptions.length === 0) return 20_000
+    const res = await rt.meta.clientHeartbeat({
+      clientId: (this.ctx as ConsumerContext).consumerId,
+      appCode: o.appCode,
+      kind: 'consumer',
+      state,
+      subscriptions,
+    })
+    return Math.max(1_000, res.heartbeatIntervalMs || 20_000)
+  }
+}

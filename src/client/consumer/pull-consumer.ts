@@ -1,0 +1,179 @@
+import { QmqError, toQmqError } from '../../common/errors'
+import type { RouteGroup } from '../../common/meta/types'
+import { validateGroup, validateSubject } from '../../common/names'
+import { RequestCode } from '../../common/protocol/codes'
+import {
+  decodePullResponse,
+  encodePullRequest,
+  MAX_PULL_MESSAGES,
+  type PulledMessage,
+  StartPosition,
+} from '../../common/protocol/commands'
+import { sleep } from '../retry'
+import { AckSender } from './ack-sender'
+import { ConsumedMessage } from './consumed-message'
+import type { ConsumerContext } from './subscription'
+
+/** Options of `getOrCreatePullConsumer(subject, group, options)`. */
+export interface PullConsumerOptions {
+  isBroadcast?: boolean
+  tags?: string[]
+  tagType?: 'any' | 'all'
+  startFrom?: 'latest' | 'earliest'
+}
+
+/**
+ * QMQ's pull API: `pull(max, timeoutMs)` returns up to `max` messages, waiting up to `timeoutMs` for
+ * the first; each message is settled with `ack()` or `nack()`. Iterating with `for await` pulls
+ * batches and yields messages one by one until the consumer (or its provider) is closed.
+ *
+ * A pull asks every broker group of the subject at once and returns as soon as one has messages.
+ * Messages that arrive from the others afterwards are kept for the next pull (they are held for this
+ * consumer by the broker, so call pull() again or close() soon; the broker hands unacked messages
+ * to others when the consumer's lease ends).
+ */
+export class PullConsumer implements AsyncIterable<ConsumedMessage> {
+  private readonly buffered: ConsumedMessage[] = []
+  private readonly inFlight = new Map<string, Promise<void>>()
+  private readonly acks = new Map<string, AckSender>()
+  private readonly abort = new AbortController()
+  private readonly wireConsumerId: string
+  private arrivals: (() => void)[] = []
+  private closed = false
+
+  /** @internal use provider.getOrCreatePullConsumer() */
+  constructor(
+    readonly subject: string,
+    readonly group: string,
+    private readonly options: PullConsumerOptions,
+    private readonly ctx: ConsumerContext,
+  ) {
+    validateSubject(subject)
+    validateGroup(group)
+    this.wireConsumerId = options.isBroadcast ? ctx.instanceName : ctx.consumerId
+  }
+
+  /**
+   * Up to `max` messages; waits at most `timeoutMs` for the first one (QMQ requires >= 1000 ms; any
+   * value >= 0 works here). Resolves with an empty array when nothing came in time.
+   */
+  async pull(max: number, timeoutMs: number): Promise<ConsumedMessage[]> {
+    if (this.closed) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'pull consumer is closed')
+    if (!Number.isSafeInteger(max) || max < 1 || max > MAX_PULL_MESSAGES) {
+      throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `max must be 1 to ${MAX_PULL_MESSAGES} (got ${max})`)
+    }
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) {
+      throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `timeoutMs must be >= 0 (got ${timeoutMs})`)
+    }
+    if (this.buffered.length > 0) return this.buffered.splice(0, max)
+    const groups = await this.ctx.rt.routes.get('consumer', this.subject, this.group)
+    const deadline = Date.now() + timeoutMs
+    for (const g of groups) {
+      if (!this.inFlight.has(g.name)) this.startPull(g, max, timeoutMs)
+    }
+    while (this.buffered.length === 0 && !this.closed) {
+      const left = deadline - Date.now()
+      if (left <= 0 && this.inFlight.size === 0) break
+      if (this.inFlight.size === 0) {
+        // every group answered empty before the deadline (e.g. errors): ask again after a pause
+        await sleep(Math.min(left, 100), this.abort.signal)
+        if (Date.now() >= deadline) break
+        for (const g of groups) this.startPull(g, max, Math.max(0, deadline - Date.now()))
+        continue
+      }
+      await new Promise<void>((resolve) => this.arrivals.push(resolve))
+      if (Date.now() >= deadline && this.buffered.length === 0 && this.inFlight.size === 0) break
+    }
+    return this.buffered.splice(0, max)
+  }
+
+  /** Yields messages until closed; pulls batches of `batchSize` with long polls of `timeoutMs`. */
+  async *messages(options: { batchSize?: number; timeoutMs?: number } = {}): AsyncGenerator<ConsumedMessage> {
+    const batch = options.batchSize ?? this.ctx.pullBatchSize
+    const timeout = options.timeoutMs ?? this.ctx.pullTimeoutMs
+    while (!this.closed) {
+      let got: ConsumedMessage[]
+      try {
+        got = await this.pull(batch, timeout)
+      } catch (err) {
+        if (this.closed) return
+        throw err
+      }
+      for (const m of got) yield m
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<ConsumedMessage> {
+    return this.messages()
+  }
+
+  /** Stops pulling, waits for pulls in flight, flushes acks. Messages not yet returned stay unacked. */
+  async close(deadline = Date.now() + 10_000): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.abort.abort()
+    this.wake()
+    await Promise.all(this.inFlight.values())
+    await Promise.all([...this.acks.values()].map((a) => a.flush(deadline)))
+    for (const a of this.acks.values()) a.close()
+  }
+
+  private acksFor(g: RouteGroup): AckSender {
+    let a = this.acks.get(g.name)
+    if (a === undefined) {
+      a = new AckSender(
+        () => this.ctx.rt.pool.get(g.address),
+        {
+          subject: this.subject,
+          group: this.group,
+          consumerId: this.wireConsumerId,
+          broadcast: !!this.options.isBroadcast,
+        },
+        { maxBatch: this.ctx.ackBatchSize, requestTimeoutMs: this.ctx.requestTimeoutMs, log: this.ctx.log },
+      )
+      this.acks.set(g.name, a)
+    }
+    return a
+  }
+
+  private startPull(g: RouteGroup, max: number, timeoutMs: number): void {
+    const body = encodePullRequest({
+      subject: this.subject,
+      group: this.group,
+      consumerId: this.wireConsumerId,
+      maxMessages: max,
+      maxBytes: 8 * 1024 * 1024,
+      timeoutMs: Math.round(timeoutMs),
+      broadcast: !!this.options.isBroadcast,
+      atMostOnce: false,
+      tagsAll: this.options.tagType === 'all',
+      start: this.options.startFrom === 'earliest' ? StartPosition.EARLIEST : StartPosition.LATEST,
+      startTime: 0,
+      tags: this.options.tags ?? [],
+    })
+    const p = this.ctx.rt.pool
+      .get(g.address)
+      .request(RequestCode.PULL, body, { timeoutMs: timeoutMs + this.ctx.pullRequestMarginMs })
+      .then(
+        (frame) => {
+          const pulled: PulledMessage[] = decodePullResponse(frame.body)
+          const acks = this.acksFor(g)
+          for (const m of pulled) this.buffered.push(new ConsumedMessage(m, acks, g.name, this.group))
+        },
+        (err: unknown) => {
+          this.ctx.log.debug({ brokerGroup: g.name, err: toQmqError(err).message }, 'pull failed')
+        },
+      )
+      .finally(() => {
+        this.inFlight.delete(g.name)
+        this.wake()
+      })
+    this.inFlight.set(g.name, p)
+  }
+
+  private wake(): void {
+    const w = this.arrivals
+    this.arrivals = []
+    for (const f of w) f()
+  }
+}

@@ -1,0 +1,373 @@
+import { toQmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import type { RouteGroup } from '../../common/meta/types'
+import { RequestCode } from '../../common/protocol/codes'
+import {
+  decodePullResponse,
+  encodePullRequest,
+  MAX_PULL_MESSAGES,
+  type PulledMessage,
+  StartPosition,
+} from '../../common/protocol/commands'
+import type { ClientRuntime } from '../options'
+import { Backoff, sleep } from '../retry'
+import { AckSender } from './ack-sender'
+import { ConsumedMessage } from './consumed-message'
+import { isNonRetriable, type MessageHandler } from './decorators'
+
+/** What every subscription and pull consumer of one provider share. */
+export interface ConsumerContext {
+  rt: ClientRuntime
+  consumerId: string
+  instanceName: string
+  pullBatchSize: number
+  pullTimeoutMs: number
+  /** Extra time a PULL request gets beyond its long-poll wait before it counts as timed out. */
+  pullRequestMarginMs: number
+  requestTimeoutMs: number
+  ackBatchSize: number
+  log: Logger
+}
+
+export interface SubscriptionSpec {
+  subject: string
+  group: string
+  handler: MessageHandler
+  name: string
+  consumeMostOnce: boolean
+  broadcast: boolean
+  concurrency: number
+  prefetch: number
+  tags: string[]
+  tagsAll: boolean
+  maxRetries: number
+  startFrom: 'latest' | 'earliest'
+}
+
+/**
+ * One (subject, consumer group) handled by a handler: one pull loop per broker group of the subject,
+ * a shared bounded buffer, and at most `concurrency` handlers running.
+ *
+ * Flow control: a pull loop reserves room before it pulls (room = prefetch - buffered - running -
+ * reserved), so however many broker groups there are, the messages held by this process never
+ * exceed `prefetch`. A loop with no room waits until at least half a batch is free.
+ *
+ * Outcome of a handler: return = ack; throw = nack (the broker redelivers after its backoff);
+ * NonRetriableError, or a failure on delivery number maxRetries or later = nack with DEAD_LETTER.
+ * A message delivered more than maxRetries times is dead-lettered without running the handler.
+ * With consumeMostOnce the broker acks on delivery and the SDK neither acks nor nacks; a message
+ * that comes again anyway (deliveryCount > 1) is dropped.
+ */
+export class Subscription {
+  private readonly loops = new Map<string, PullLoop>()
+  private readonly acks = new Map<string, AckSender>()
+  private buffer: ConsumedMessage[] = []
+  private head = 0
+  private running = 0
+  private reserved = 0
+  private roomWaiters: (() => void)[] = []
+  private idleWaiters: (() => void)[] = []
+  private unsubscribe: (() => void) | undefined
+  readonly abort = new AbortController()
+  readonly log: Logger
+  readonly wireConsumerId: string
+  private readonly minPull: number
+
+  constructor(
+    readonly spec: SubscriptionSpec,
+    readonly ctx: ConsumerContext,
+  ) {
+    this.log = ctx.log.child({ subject: spec.subject, consumerGroup: spec.group })
+    this.wireConsumerId = spec.broadcast ? ctx.instanceName : ctx.consumerId
+    this.minPull = Math.max(1, Math.floor(Math.min(ctx.pullBatchSize, spec.prefetch) / 2))
+  }
+
+  get stopping(): boolean {
+    return this.abort.signal.aborted
+  }
+
+  /** Broker groups this subscription pulls from. */
+  get brokerGroups(): RouteGroup[] {
+    return [...this.loops.values()].map((l) => l.group)
+  }
+
+  /** Looks the route up (bounded) and starts one pull loop per broker group. */
+  async start(): Promise<void> {
+    const groups = await this.ctx.rt.routes.get('consumer', this.spec.subject, this.spec.group)
+    this.addGroups(groups)
+    // The first pull of each loop answers at once; waiting for it means the broker knows the group
+    // (and fixed its start position) when start() resolves, so nothing sent afterwards is missed.
+    await Promise.all([...this.loops.values()].map((l) => l.firstPull))
+    this.unsubscribe = this.ctx.rt.routes.onChange((q, g) => {
+      if (q.kind === 'consumer' && q.subject === this.spec.subject && q.group === this.spec.group)
+        this.addGroups(g)
+    })
+  }
+
+  /** Starts loops for new groups; a group that left the route keeps its loop (it may hold a backlog). */
+  addGroups(groups: readonly RouteGroup[]): void {
+    if (this.stopping) return
+    for (const g of groups) {
+      const loop = this.loops.get(g.name)
+      if (loop !== undefined) {
+        loop.group = g
+        continue
+      }
+      const l = new PullLoop(this, g)
+      this.loops.set(g.name, l)
+      l.start()
+    }
+  }
+
+  acksFor(group: RouteGroup): AckSender {
+    let a = this.acks.get(group.name)
+    if (a === undefined) {
+      a = new AckSender(
+        () => this.ctx.rt.pool.get((this.loops.get(group.name)?.group ?? group).address),
+        {
+          subject: this.spec.subject,
+          group: this.spec.group,
+          consumerId: this.wireConsumerId,
+          broadcast: this.spec.broadcast,
+        },
+        { maxBatch: this.ctx.ackBatchSize, requestTimeoutMs: this.ctx.requestTimeoutMs, log: this.log },
+      )
+      this.acks.set(group.name, a)
+    }
+    return a
+  }
+
+  // ------------------------------------------------------------------ flow control
+
+  room(): number {
+    return this.spec.prefetch - (this.buffer.length - this.head) - this.running - this.reserved
+  }
+
+  /** Reserves up to `max` messages of room, waiting until at least half a batch is free. 0 = stopping. */
+  async reserve(max: number): Promise<number> {
+    // A loop takes at most its fair share of the prefetch, so a loop long-polling an idle broker
+    // group never starves the loops of busy ones.
+    const share = (): number => Math.max(1, Math.ceil(this.spec.prefetch / Math.max(1, this.loops.size)))
+    while (!this.stopping && this.room() < Math.min(this.minPull, max, share())) {
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve))
+    }
+    if (this.stopping) return 0
+    const n = Math.min(max, this.room(), share())
+    this.reserved += n
+    return n
+  }
+
+  release(n: number): void {
+    this.reserved -= n
+    this.wakeRoom()
+  }
+
+  private wakeRoom(): void {
+    if (this.roomWaiters.length === 0) return
+    const share = Math.max(1, Math.ceil(this.spec.prefetch / Math.max(1, this.loops.size)))
+    if (!this.stopping && this.room() < Math.min(this.minPull, share)) return
+    const w = this.roomWaiters
+    this.roomWaiters = []
+    for (const f of w) f()
+  }
+
+  // ------------------------------------------------------------------ dispatch
+
+  /** Takes a pull's messages (the caller released its reservation first). */
+  deliver(group: RouteGroup, pulled: PulledMessage[]): void {
+    const atMostOnce = this.spec.consumeMostOnce
+    const acks = atMostOnce ? undefined : this.acksFor(group)
+    for (const p of pulled) {
+      const m = new ConsumedMessage(p, acks, group.name, this.spec.group)
+      if (atMostOnce) {
+        m.markSettled()
+        if (p.deliveryCount > 1) continue
+      } else if (p.deliveryCount > this.spec.maxRetries) {
+        this.log.warn(
+          { messageId: m.getMessageId(), deliveryCount: p.deliveryCount },
+          'message exceeded maxRetries; dead-lettered without running the handler',
+        )
+        void m.nack({ deadLetter: true })
+        continue
+      }
+      this.buffer.push(m)
+    }
+    this.pump()
+  }
+
+  private pumping = false
+
+  private pump(): void {
+    // Synchronous handlers finish inside run(): without this guard pump -> run -> finish -> pump
+    // would recurse once per message.
+    if (this.pumping) return
+    this.pumping = true
+    try {
+      this.drain()
+    } finally {
+      this.pumping = false
+    }
+  }
+
+  private drain(): void {
+    while (this.running < this.spec.concurrency && this.head < this.buffer.length) {
+      const m = this.buffer[this.head] as ConsumedMessage
+      this.buffer[this.head++] = undefined as unknown as ConsumedMessage
+      if (this.head === this.buffer.length) {
+        this.buffer = []
+        this.head = 0
+      } else if (this.head > 1024) {
+        this.buffer = this.buffer.slice(this.head)
+        this.head = 0
+      }
+      this.run(m)
+    }
+  }
+
+  private run(m: ConsumedMessage): void {
+    this.running++
+    let r: unknown
+    try {
+      r = this.spec.handler(m)
+    } catch (err) {
+      this.finish(m, err, true)
+      return
+    }
+    if (r !== null && typeof r === 'object' && typeof (r as PromiseLike<unknown>).then === 'function') {
+      ;(r as PromiseLike<unknown>).then(
+        () => this.finish(m, undefined, false),
+        (err: unknown) => this.finish(m, err, true),
+      )
+    } else this.finish(m, undefined, false)
+  }
+
+  private finish(m: ConsumedMessage, err: unknown, failed: boolean): void {
+    this.running--
+    if (!m.isSettled()) {
+      if (!failed) void m.ack()
+      else {
+        const dead = isNonRetriable(err) || m.getDeliveryCount() >= this.spec.maxRetries
+        this.log.warn(
+          {
+            messageId: m.getMessageId(),
+            deliveryCount: m.getDeliveryCount(),
+            err: err instanceof Error ? err.message : String(err),
+            deadLetter: dead,
+          },
+          dead ? 'handler failed; message dead-lettered' : 'handler failed; message will be redelivered',
+        )
+        void m.nack({ deadLetter: dead })
+      }
+    } else if (failed && this.spec.consumeMostOnce) {
+      this.log.warn(
+        { messageId: m.getMessageId(), err: String(err) },
+        'handler failed (consumeMostOnce: dropped)',
+      )
+    }
+    this.pump()
+    this.wakeRoom()
+    if (this.running === 0 && this.head >= this.buffer.length && this.idleWaiters.length > 0) {
+      const w = this.idleWaiters
+      this.idleWaiters = []
+      for (const f of w) f()
+    }
+  }
+
+  /**
+   * Stops pulling, lets the pulls in flight come back (bounded by the long-poll wait), runs every
+   * message already held through its handler, then flushes acks (bounded by `deadline`).
+   */
+  async stop(deadline: number): Promise<void> {
+    this.unsubscribe?.()
+    this.abort.abort()
+    this.wakeRoom()
+    await Promise.all([...this.loops.values()].map((l) => l.done))
+    if (this.running > 0 || this.head < this.buffer.length) {
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
+    }
+    await Promise.all([...this.acks.values()].map((a) => a.flush(deadline)))
+    for (const a of this.acks.values()) a.close()
+  }
+}
+
+/** One long-polling pull loop of a subscription against one broker group. */
+export class PullLoop {
+  done: Promise<void> = Promise.resolve()
+  /** Settles after the first pull came back (or failed). */
+  readonly firstPull: Promise<void>
+  private firstPullDone: () => void = () => {}
+
+  constructor(
+    private readonly sub: Subscription,
+    public group: RouteGroup,
+  ) {
+    this.firstPull = new Promise((resolve) => {
+      this.firstPullDone = resolve
+    })
+  }
+
+  start(): void {
+    this.done = this.run().catch((err: unknown) => {
+      this.sub.log.error(err as Error, 'pull loop crashed')
+      this.firstPullDone()
+    })
+  }
+
+  private async run(): Promise<void> {
+    const { sub } = this
+    const { ctx, spec } = sub
+    const backoff = new Backoff({ initialMs: 100, maxMs: 5_000 })
+    let first = true
+    while (!sub.stopping) {
+      const n = await sub.reserve(Math.min(ctx.pullBatchSize, MAX_PULL_MESSAGES))
+      if (n === 0) break
+      let pulled: PulledMessage[]
+      try {
+        const body = encodePullRequest({
+          subject: spec.subject,
+          group: spec.group,
+          consumerId: sub.wireConsumerId,
+          maxMessages: n,
+          maxBytes: 8 * 1024 * 1024,
+          timeoutMs: first ? 0 : ctx.pullTimeoutMs,
+          broadcast: spec.broadcast,
+          atMostOnce: spec.consumeMostOnce,
+          tagsAll: spec.tagsAll,
+          start: spec.startFrom === 'earliest' ? StartPosition.EARLIEST : StartPosition.LATEST,
+          startTime: 0,
+          tags: spec.tags,
+        })
+        const frame = await ctx.rt.pool.get(this.group.address).request(RequestCode.PULL, body, {
+          timeoutMs: ctx.pullTimeoutMs + ctx.pullRequestMarginMs,
+        })
+        pulled = decodePullResponse(frame.body)
+      } catch (e) {
+        sub.release(n)
+        if (first) {
+          first = false
+          this.firstPullDone()
+        }
+        if (sub.stopping) break
+        const err = toQmqError(e)
+        const wait = backoff.next()
+        sub.log.debug({ brokerGroup: this.group.name, err: err.message, retryInMs: wait }, 'pull failed')
+        await sleep(wait, sub.abort.signal)
+        continue
+      }
+      backoff.reset()
+      sub.release(n)
+      if (pulled.length > 0) {
+        try {
+          sub.deliver(this.group, pulled)
+        } catch (err) {
+          sub.log.error(err as Error, 'delivering pulled messages failed')
+        }
+      }
+      if (first) {
+        first = false
+        this.firstPullDone()
+      }
+    }
+    this.firstPullDone()
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * qmq client SDK: the package root (`import { ... } from 'qmq'`). Everything public is listed here,
+ * explicitly; anything not exported from this file is internal.
+ */
+
+// Producer
+export {
+  MessageProducerProvider,
+  type MessageSendStateListener,
+  MIN_DELAY_MS,
+  type ProducerInit,
+  type ProducerOptions,
+  type SendResult,
+} from './producer/producer'
+export { Message, type PropertyValue, RESERVED_PROPERTY_PREFIX, TimeUnit } from './producer/message'
+
+// Consumer
+export {
+  type ConsumerInit,
+  type ConsumerOptions,
+  MessageConsumerProvider,
+} from './consumer/consumer-provider'
+export {
+  type MessageHandler,
+  NonRetriableError,
+  QmqConsumer,
+  type QmqConsumerOptions,
+} from './consumer/decorators'
+export { ConsumedMessage, type NackOptions } from './consumer/consumed-message'
+export { PullConsumer, type PullConsumerOptions } from './consumer/pull-consumer'
+
+// Shared
+export type { CommonClientOptions } from './options'
+export { type ErrorCode, isQmqError, QmqError } from '../common/errors'
+export { createLogger, type Logger, type LogLevel } from '../common/logger'

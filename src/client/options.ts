@@ -1,0 +1,94 @@
+import { integer, type OptionsSchema, optionalString, string } from '../common/config'
+import { QmqError } from '../common/errors'
+import type { Logger } from '../common/logger'
+import { MetaClient } from '../common/meta/meta-client'
+import { defaultClientId } from './client-id'
+import { RouteCache } from './meta/route-cache'
+import { ConnectionPool } from './transport/connection-pool'
+
+/** Options every qmq client (producer, consumer) takes. */
+export interface CommonClientOptions {
+  /** Your application's name, for operators (QMQ's appCode). */
+  appCode: string
+  /** The discovery URL `http://host:port/meta/address` (or a metaserver base URL). */
+  metaServer: string
+  /** Identity of this client; default `hostname@pid@random`. */
+  clientId: string | undefined
+  /** How often cached routes are asked for again. */
+  routeRefreshMs: number
+  /** Bound on the first route lookup of a subject when the metaserver does not answer. */
+  firstLookupTimeoutMs: number
+  /** Bound on one metaserver HTTP request. */
+  metaTimeoutMs: number
+  connectTimeoutMs: number
+  /** Requests on the wire per broker connection; more wait in the connection's queue. */
+  maxInFlightPerConnection: number
+  reconnectInitialMs: number
+  reconnectMaxMs: number
+}
+
+export const commonClientSchema: OptionsSchema<CommonClientOptions> = {
+  appCode: string({ default: '', doc: 'application name (QMQ appCode)' }),
+  metaServer: string({ default: '', doc: 'discovery URL http://host:port/meta/address' }),
+  clientId: optionalString({ doc: 'client id; default hostname@pid@random' }),
+  routeRefreshMs: integer({ default: 30_000, min: 100, doc: 'route refresh interval (ms)' }),
+  firstLookupTimeoutMs: integer({ default: 5_000, min: 10, doc: 'first route lookup bound (ms)' }),
+  metaTimeoutMs: integer({ default: 2_000, min: 10, doc: 'one metaserver request bound (ms)' }),
+  connectTimeoutMs: integer({ default: 3_000, min: 10, doc: 'TCP connect timeout (ms)' }),
+  maxInFlightPerConnection: integer({ default: 1_024, min: 1, doc: 'requests on the wire per connection' }),
+  reconnectInitialMs: integer({ default: 100, min: 1, doc: 'first reconnect backoff (ms)' }),
+  reconnectMaxMs: integer({ default: 10_000, min: 1, doc: 'largest reconnect backoff (ms)' }),
+}
+
+/** What a started client holds: one metaserver client, one route cache, one connection per server. */
+export interface ClientRuntime {
+  clientId: string
+  meta: MetaClient
+  routes: RouteCache
+  pool: ConnectionPool
+}
+
+export function requireMetaServer(component: string, o: CommonClientOptions): void {
+  if (o.metaServer.length === 0) {
+    throw new QmqError(
+      'QMQ_ERR_CONFIG_INVALID',
+      `${component}: metaServer is required (e.g. http://127.0.0.1:8080/meta/address)`,
+    )
+  }
+  if (o.appCode.length === 0) {
+    throw new QmqError(
+      'QMQ_ERR_CONFIG_INVALID',
+      `${component}: appCode is required (your application's name)`,
+    )
+  }
+}
+
+export function createRuntime(o: CommonClientOptions, log: Logger): ClientRuntime {
+  const clientId = o.clientId ?? defaultClientId()
+  const meta = new MetaClient({
+    url: o.metaServer,
+    timeoutMs: Math.min(o.metaTimeoutMs, o.firstLookupTimeoutMs),
+    connectTimeoutMs: Math.min(1_000, o.metaTimeoutMs),
+    connections: 2,
+  })
+  const routes = new RouteCache({
+    meta,
+    clientId,
+    refreshIntervalMs: o.routeRefreshMs,
+    firstLookupTimeoutMs: o.firstLookupTimeoutMs,
+    logger: log,
+  })
+  const pool = new ConnectionPool({
+    connectTimeoutMs: o.connectTimeoutMs,
+    maxInFlight: o.maxInFlightPerConnection,
+    reconnectInitialMs: o.reconnectInitialMs,
+    reconnectMaxMs: o.reconnectMaxMs,
+    logger: log,
+  })
+  return { clientId, meta, routes, pool }
+}
+
+export async function closeRuntime(rt: ClientRuntime): Promise<void> {
+  rt.routes.close()
+  await Promise.all([rt.pool.close(), rt.meta.close()])
+}

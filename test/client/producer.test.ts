@@ -1,0 +1,190 @@
+import t from 'tap'
+import { isQmqError, type QmqError } from '../../src/common/errors'
+import { MessageProducerProvider } from '../../src/client/producer/producer'
+import { type Message, TimeUnit } from '../../src/client/producer/message'
+import { startFakeCluster } from './helpers/fake-cluster'
+
+async function setup(t: { teardown: (fn: () => unknown) => void }, extra: Record<string, unknown> = {}) {
+  const cluster = await startFakeCluster()
+  const producer = new MessageProducerProvider({
+    appCode: 'test-app',
+    metaServer: cluster.meta.url,
+    ...extra,
+  })
+  await producer.init()
+  t.teardown(async () => {
+    await producer.close()
+    await cluster.close()
+  })
+  return { cluster, producer }
+}
+
+t.test('producer - QMQ usage: generateMessage, setProperty, sendMessage with a listener', async (t) => {
+  const { cluster, producer } = await setup(t)
+  const message = producer.generateMessage('qmq_subject')
+  message.setProperty('key', 'value')
+  message
+    .setProperty('n', 42)
+    .setProperty('big', 2n ** 60n)
+    .setProperty('flag', true)
+  message.setProperty('when', new Date(1_700_000_000_000))
+  message.addTag('vip').setBody('hello')
+  const outcome = await new Promise<string>((resolve) => {
+    void producer.sendMessage(message, {
+      onSuccess: (m: Message) => resolve(`ok ${m.getMessageId()}`),
+      onFailed: (_m: Message, e: QmqError) => resolve(`failed ${e.code}`),
+    })
+  })
+  t.equal(outcome, `ok ${message.getMessageId()}`)
+  const stored = [...cluster.a.stored('qmq_subject'), ...cluster.b.stored('qmq_subject')]
+  t.equal(stored.length, 1)
+  const r = stored[0]
+  t.equal(r?.properties.get('key'), 'value')
+  t.equal(r?.properties.get('n'), '42')
+  t.equal(r?.properties.get('big'), String(2n ** 60n))
+  t.equal(r?.properties.get('qmq_appCode'), 'test-app')
+  t.same(r?.tags, ['vip'])
+  t.equal(r?.body, 'hello')
+})
+
+t.test('producer - sendMessage returns a promise with the storing group', async (t) => {
+  const { producer } = await setup(t)
+  const m = producer.generateMessage('s1')
+  const r = await producer.sendMessage(m)
+  t.equal(r.messageId, m.getMessageId())
+  t.match(r.group, /^broker-[ab]$/)
+})
+
+t.test('producer - batches many messages into few SEND requests, spread over groups', async (t) => {
+  const { cluster, producer } = await setup(t, { batchSize: 50 })
+  const sends = Array.from({ length: 1000 }, (_, i) =>
+    producer.sendMessage(producer.generateMessage('bulk').setBody(Buffer.alloc(100, i))),
+  )
+  await Promise.all(sends)
+  t.equal(cluster.a.stored('bulk').length + cluster.b.stored('bulk').length, 1000)
+  t.ok(cluster.a.sendRequests + cluster.b.sendRequests <= 25, 'at most 1000/50 (+slack) requests')
+  t.ok(cluster.a.stored('bulk').length > 0 && cluster.b.stored('bulk').length > 0, 'both groups used')
+})
+
+t.test('producer - a full send queue fails with a clear error', async (t) => {
+  const { producer } = await setup(t, { maxQueueSize: 5 })
+  const ok = Array.from({ length: 5 }, () => producer.sendMessage(producer.generateMessage('q')))
+  const err = await producer.sendMessage(producer.generateMessage('q')).catch((e: unknown) => e)
+  t.ok(isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL'))
+  t.match((err as Error).message, /maxQueueSize 5/)
+  await Promise.all(ok)
+  await producer.sendMessage(producer.generateMessage('q'))
+})
+
+t.test('producer - a stopped group: sends fail over to the other and none is lost', async (t) => {
+  const { cluster, producer } = await setup(t, { reconnectInitialMs: 1000 })
+  await producer.sendMessage(producer.generateMessage('fo')) // routes cached with both groups
+  await cluster.b.stop()
+  const all = await Promise.all(
+    Array.from({ length: 200 }, () => producer.sendMessage(producer.generateMessage('fo'))),
+  )
+  t.ok(all.every((r) => r.group === 'broker-a'))
+  t.equal(cluster.a.stored('fo').length + cluster.b.stored('fo').length, 201)
+})
+
+t.test('producer - retriable refusals go to another group; non-retriable ones fail at once', async (t) => {
+  const { cluster, producer } = await setup(t)
+  cluster.a.sendStatus = 24 // BUSY (retriable)
+  const results = await Promise.all(
+    Array.from({ length: 20 }, () => producer.sendMessage(producer.generateMessage('r'))),
+  )
+  t.ok(results.every((r) => r.group === 'broker-b'))
+  cluster.a.sendStatus = 19 // INVALID_ARGUMENT (not retriable)
+  cluster.b.sendStatus = 19
+  await t.rejects(producer.sendMessage(producer.generateMessage('r')), { code: 'QMQ_ERR_INVALID_ARGUMENT' })
+})
+
+t.test('producer - every group failing: bounded by maxAttempts, and the breaker opens', async (t) => {
+  const { cluster, producer } = await setup(t, {
+    maxAttempts: 3,
+    circuitFailureThreshold: 2,
+    circuitOpenMs: 60_000,
+  })
+  cluster.a.sendStatus = 24
+  cluster.b.sendStatus = 24
+  const err = await producer.sendMessage(producer.generateMessage('cb')).catch((e: unknown) => e)
+  t.ok(isQmqError(err))
+  t.match((err as Error).message, /after 3 attempt/)
+  // the breakers of both groups are open now (status errors count as failures only in transport;
+  // stop both brokers to trip them)
+  await cluster.a.stop()
+  await cluster.b.stop()
+  for (let i = 0; i < 3; i++) await producer.sendMessage(producer.generateMessage('cb')).catch(() => {})
+  const open = await producer.sendMessage(producer.generateMessage('cb')).catch((e: unknown) => e)
+  t.ok(isQmqError(open, 'QMQ_ERR_CIRCUIT_OPEN'), `got ${(open as Error).message}`)
+})
+
+t.test('producer - delayed messages go to a delay group', async (t) => {
+  const { cluster, producer } = await setup(t)
+  const m = producer.generateMessage('qmq_delay_subject')
+  m.setProperty('key', 'value')
+  m.setDelayTime(600, TimeUnit.MILLISECONDS)
+  const r = await producer.sendMessage(m)
+  t.equal(r.group, 'delay-1')
+  t.equal(cluster.a.stored('qmq_delay_subject').length, 0)
+  await new Promise((res) => setTimeout(res, 700))
+  t.equal(cluster.a.stored('qmq_delay_subject').length, 1)
+  const d = producer.generateMessage('qmq_delay_subject').setDelayTime(new Date(Date.now() + 100))
+  t.match((await producer.sendMessage(d)).group, /^broker-/, 'less than 500 ms ahead is real-time')
+})
+
+t.test('producer - invalid input fails fast with typed errors', async (t) => {
+  const { producer } = await setup(t)
+  t.throws(() => producer.generateMessage('bad subject'), { code: 'QMQ_ERR_SUBJECT_INVALID' })
+  const m = producer.generateMessage('ok')
+  t.throws(() => m.setProperty('qmq_times', 1), { code: 'QMQ_ERR_PROPERTY_INVALID' })
+  t.throws(() => m.setDelayTime(-1, TimeUnit.SECONDS), { code: 'QMQ_ERR_SCHEDULE_INVALID' })
+  for (let i = 0; i < 10; i++) m.addTag(`t${i}`)
+  t.throws(() => m.addTag('t10'), { code: 'QMQ_ERR_TOO_MANY_TAGS' })
+  const big = producer.generateMessage('ok').setBody(Buffer.alloc(5 * 1024 * 1024))
+  await t.rejects(producer.sendMessage(big), { code: 'QMQ_ERR_MESSAGE_TOO_LARGE' })
+})
+
+t.test('producer - not initialized, and closed', async (t) => {
+  const p = new MessageProducerProvider()
+  await t.rejects(p.sendMessage(p.generateMessage('x')), { code: 'QMQ_ERR_NOT_INITIALIZED' })
+  await t.rejects(p.init(), { code: 'QMQ_ERR_CONFIG_INVALID' })
+  const q = new MessageProducerProvider()
+  q.setAppCode('app')
+  q.setMetaServer('http://127.0.0.1:1/meta/address')
+  await q.init()
+  await q.close()
+  await t.rejects(q.sendMessage(q.generateMessage('x')), { code: 'QMQ_ERR_CLIENT_CLOSED' })
+  await t.rejects(new MessageProducerProvider({ batchSise: 3 } as never).init(), {
+    code: 'QMQ_ERR_CONFIG_INVALID',
+    message: /did you mean batchSize/,
+  })
+})
+
+t.test('producer - close() flushes queued messages before closing', async (t) => {
+  const cluster = await startFakeCluster()
+  t.teardown(() => cluster.close())
+  const producer = new MessageProducerProvider({ appCode: 'a', metaServer: cluster.meta.url, lingerMs: 200 })
+  await producer.init()
+  const ps = Array.from({ length: 30 }, () => producer.sendMessage(producer.generateMessage('flush')))
+  await producer.close()
+  t.equal(producer.queueSize, 0)
+  const res = await Promise.all(ps)
+  t.equal(res.length, 30)
+  t.equal(cluster.a.stored('flush').length + cluster.b.stored('flush').length, 30)
+})
+
+t.test(
+  'producer - metaserver down: cached routes keep working; a new subject fails within the bound',
+  async (t) => {
+    const { cluster, producer } = await setup(t, { firstLookupTimeoutMs: 300, metaTimeoutMs: 200 })
+    await producer.sendMessage(producer.generateMessage('known'))
+    await cluster.meta.stop()
+    await producer.sendMessage(producer.generateMessage('known'))
+    const started = Date.now()
+    const err = await producer.sendMessage(producer.generateMessage('unknown')).catch((e: unknown) => e)
+    t.ok(isQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE'), String(err))
+    t.match((err as Error).message, /subject unknown/)
+    t.ok(Date.now() - started < 5_000, 'bounded')
+  },
+)
