@@ -1,0 +1,315 @@
+import http from 'node:http'
+import net from 'node:net'
+import { type Clock, systemClock } from '../common/clock'
+import { QmqError } from '../common/errors'
+import { type Logger, silentLogger } from '../common/logger'
+import { MetaClient } from '../common/meta/meta-client'
+import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
+import { validateGroup } from '../common/names'
+import { Dispatcher } from './dispatch/dispatcher'
+import { BrokerSender, MetaRouteProvider, type RouteProvider, type Sender } from './dispatch/sender'
+import { createDelayMetrics, type DelayMetrics } from './metrics'
+import { type DelayOptions, resolveDelayOptions } from './options'
+import { DelayStore } from './store/delay-store'
+import { handleConnection } from './tcp-handler'
+
+export { delayOptionsSchema, type DelayOptions, resolveDelayOptions } from './options'
+
+/**
+ * The delay server: receives delayed messages over TCP (SEND, CANCEL, PING), stores them
+ * (DelayStore), and when they are due sends them to their subject's broker groups (Dispatcher).
+ * Registers with the metaserver as a group of kind 'delay' and heartbeats.
+ *
+ *   const server = new DelayServer({ port: 0, dataDir, metaserver: url })
+ *   await server.start(); ... server.port ...; await server.close()
+ *
+ * A new DelayServer on the same dataDir resumes: pending messages are kept, delivered ones are not
+ * sent again (except those delivered in the last checkpoint interval before a crash).
+ */
+export interface DelayServerDeps {
+  clock?: Clock
+  logger?: Logger
+  registry?: Registry
+  /** Replaces the TCP broker sender (tests). */
+  sender?: Sender
+  /** Routes when there is no metaserver, or to override it. */
+  routes?: RouteProvider
+  /** Close client connections silent this long (default 5 min). */
+  idleTimeoutMs?: number
+}
+
+const DEFAULT_IDLE_TIMEOUT_MS = 300_000
+const LOADER_INTERVAL_MS = 200
+const DEFAULT_HEARTBEAT_MS = 3_000
+
+export class DelayServer {
+  readonly options: Readonly<DelayOptions>
+  readonly registry: Registry
+  readonly metrics: DelayMetrics
+  private readonly clock: Clock
+  private readonly log: Logger
+  private readonly deps: DelayServerDeps
+  private tcp: net.Server | undefined
+  private httpServer: http.Server | undefined
+  private meta: MetaClient | undefined
+  private sender: Sender | undefined
+  private storeRef: DelayStore | undefined
+  private dispatcherRef: Dispatcher | undefined
+  private readonly sockets = new Set<net.Socket>()
+  private timers: NodeJS.Timeout[] = []
+  private heartbeatTimer: NodeJS.Timeout | undefined
+  private loadingNow = false
+  private started = false
+  private closing: Promise<void> | undefined
+  private loadLabels = 0
+
+  constructor(options: Partial<DelayOptions> = {}, deps: DelayServerDeps = {}) {
+    this.options = resolveDelayOptions(options)
+    validateGroup(this.options.group)
+    this.deps = deps
+    this.clock = deps.clock ?? systemClock
+    this.log = (deps.logger ?? silentLogger).child({ service: 'delay', group: this.options.group })
+    this.registry =
+      deps.registry ?? createRegistry({ defaultLabels: { service: 'delay', group: this.options.group } })
+    this.metrics = createDelayMetrics(this.registry, {
+      store: () => this.storeRef,
+      dispatcher: () => this.dispatcherRef,
+    })
+  }
+
+  get store(): DelayStore {
+    if (this.storeRef === undefined) throw new QmqError('QMQ_ERR_INTERNAL', 'delay server not started')
+    return this.storeRef
+  }
+
+  get dispatcher(): Dispatcher {
+    if (this.dispatcherRef === undefined) throw new QmqError('QMQ_ERR_INTERNAL', 'delay server not started')
+    return this.dispatcherRef
+  }
+
+  /** The bound TCP port. */
+  get port(): number {
+    const a = this.tcp?.address()
+    return typeof a === 'object' && a !== null ? a.port : 0
+  }
+
+  /** `host:port` announced to the metaserver and clients. */
+  get address(): string {
+    return this.options.advertisedAddress ?? `${this.options.host}:${this.port}`
+  }
+
+  get httpPort(): number {
+    const a = this.httpServer?.address()
+    return typeof a === 'object' && a !== null ? a.port : -1
+  }
+
+  async start(): Promise<void> {
+    if (this.started) throw new QmqError('QMQ_ERR_INTERNAL', 'delay server already started')
+    this.started = true
+    const o = this.options
+    const store = await DelayStore.open({
+      dataDir: o.dataDir,
+      clock: this.clock,
+      log: this.log,
+      bucketMinutes: o.bucketMinutes,
+      horizonMs: o.horizonMs,
+      loadAheadMs: o.loadAheadMs,
+      tickMs: o.tickMs,
+      wheelSize: o.wheelSize,
+      segmentBytes: o.segmentBytes,
+      maxMessageBytes: o.maxMessageBytes,
+      fsync: o.fsync,
+    })
+    this.storeRef = store
+    store.onLoaded = (start, frames, ms) => {
+      this.metrics.bucketLoad.observe(ms / 1000)
+      if (++this.loadLabels > 48) {
+        this.metrics.bucketLoadLast.reset()
+        this.loadLabels = 1
+      }
+      this.metrics.bucketLoadLast.set({ bucket: new Date(start).toISOString() }, ms / 1000)
+      this.log.info(
+        { bucket: new Date(start).toISOString(), frames, ms: Math.round(ms) },
+        'bucket loaded into the wheel',
+      )
+    }
+    for (const r of store.recoveryReports) this.log.warn(r, 'recovery dropped data')
+
+    if (o.metaserver !== undefined) this.meta = new MetaClient({ url: o.metaserver })
+    let routes = this.deps.routes
+    if (routes === undefined && this.meta !== undefined) {
+      routes = new MetaRouteProvider(this.meta, o.routeTtlMs, `delay:${o.group}`)
+    }
+    this.sender =
+      this.deps.sender ??
+      new BrokerSender({
+        routes: routes ?? {
+          groups: async () => {
+            throw new QmqError('QMQ_ERR_NO_ROUTE', 'delay server has neither a metaserver nor static routes')
+          },
+        },
+        timeoutMs: o.sendTimeoutMs,
+        log: this.log,
+        maxFrameBytes: o.maxFrameBytes,
+      })
+    this.dispatcherRef = new Dispatcher({
+      store,
+      sender: this.sender,
+      clock: this.clock,
+      log: this.log,
+      batch: o.dispatchBatch,
+      inFlight: o.dispatchInFlight,
+      retryInitialMs: o.retryInitialMs,
+      retryMaxMs: o.retryMaxMs,
+      onDelivered: (lateMs) => {
+        this.metrics.dispatched.inc()
+        this.metrics.lateness.observe(Math.max(0, lateMs) / 1000)
+      },
+      onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
+    })
+
+    const tcp = net.createServer((socket) => {
+      this.sockets.add(socket)
+      socket.on('close', () => this.sockets.delete(socket))
+      handleConnection(socket, {
+        store,
+        metrics: this.metrics,
+        log: this.log,
+        maxFrameBytes: o.maxFrameBytes,
+        maxMessageBytes: o.maxMessageBytes,
+        idleTimeoutMs: this.deps.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      })
+    })
+    this.tcp = tcp
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject)
+      tcp.listen(o.port, o.host, () => {
+        tcp.off('error', reject)
+        resolve()
+      })
+    })
+    if (o.httpPort >= 0) await this.startHttp()
+
+    this.timers.push(setInterval(() => this.dispatcherRef?.tick(), o.tickMs))
+    this.timers.push(setInterval(() => this.loadBuckets(), LOADER_INTERVAL_MS))
+    this.timers.push(
+      setInterval(() => {
+        this.storeRef?.checkpoint().catch((err: unknown) => this.log.error({ err }, 'checkpoint failed'))
+      }, o.checkpointIntervalMs),
+    )
+    for (const t of this.timers) t.unref()
+    this.dispatcherRef.tick()
+    if (this.meta !== undefined) await this.heartbeat(true)
+    this.log.info({ address: this.address, dataDir: o.dataDir }, 'delay server started')
+  }
+
+  private loadBuckets(): void {
+    if (this.loadingNow || this.storeRef === undefined) return
+    this.loadingNow = true
+    this.storeRef
+      .loadDue()
+      .catch((err: unknown) => this.log.error({ err }, 'bucket load failed'))
+      .finally(() => {
+        this.loadingNow = false
+      })
+  }
+
+  /** Sends one heartbeat and schedules the next. The first one failing does not stop the start. */
+  private async heartbeat(first = false): Promise<void> {
+    const meta = this.meta
+    if (meta === undefined || this.closing !== undefined) return
+    let nextMs = DEFAULT_HEARTBEAT_MS
+    try {
+      const stats = this.storeRef?.stats()
+      const res = await meta.heartbeat({
+        group: this.options.group,
+        kind: 'delay',
+        role: 'master',
+        address: this.address,
+        ...(this.httpServer ? { httpAddress: `${this.options.host}:${this.httpPort}` } : {}),
+        load: { backlog: stats?.pending ?? 0 },
+      })
+      nextMs = res.heartbeatIntervalMs
+    } catch (err) {
+      nextMs = 1_000
+      this.log[first ? 'warn' : 'debug']({ err }, 'metaserver heartbeat failed')
+    }
+    if (this.closing !== undefined) return
+    this.heartbeatTimer = setTimeout(() => void this.heartbeat(), nextMs)
+    this.heartbeatTimer.unref()
+  }
+
+  private async startHttp(): Promise<void> {
+    const server = http.createServer((req, res) => {
+      const url = req.url ?? '/'
+      if (req.method === 'GET' && url.startsWith('/metrics')) {
+        renderMetrics(this.registry).then(
+          ({ contentType, body }) => {
+            res.writeHead(200, { 'content-type': contentType })
+            res.end(body)
+          },
+          (err: unknown) => {
+            res.writeHead(500)
+            res.end(String(err))
+          },
+        )
+        return
+      }
+      if (req.method === 'GET' && url.startsWith('/health')) {
+        const stats = this.storeRef?.stats()
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ status: 'ok', group: this.options.group, address: this.address, ...stats }))
+        return
+      }
+      res.writeHead(404, { 'content-type': 'application/json' })
+      res.end(JSON.stringify(new QmqError('QMQ_ERR_NOT_FOUND', `no such path ${url}`).toJSON()))
+    })
+    this.httpServer = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(this.options.httpPort, this.options.host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+  }
+
+  /** Stops taking requests, lets in-flight dispatches settle, syncs everything. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose()
+    return this.closing
+  }
+
+  private async doClose(): Promise<void> {
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
+    const tcp = this.tcp
+    if (tcp !== undefined) {
+      const closed = new Promise<void>((resolve) => tcp.close(() => resolve()))
+      for (const s of this.sockets) s.destroy()
+      await closed
+    }
+    if (this.httpServer !== undefined) {
+      const h = this.httpServer
+      h.closeAllConnections()
+      await new Promise<void>((resolve) => h.close(() => resolve()))
+    }
+    await this.dispatcherRef?.close()
+    await this.sender?.close()
+    await this.storeRef?.close()
+    if (this.meta !== undefined) {
+      await this.meta
+        .heartbeat({
+          group: this.options.group,
+          kind: 'delay',
+          role: 'master',
+          address: this.address,
+          state: 'offline',
+        })
+        .catch(() => {})
+      await this.meta.close()
+    }
+    this.log.info('delay server closed')
+  }
+}

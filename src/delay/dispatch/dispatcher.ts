@@ -1,0 +1,253 @@
+import type { Clock } from '../../common/clock'
+import { crc32c } from '../../common/crc32c'
+import type { QmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import type { DelayStore } from '../store/delay-store'
+import { FRAME_HEADER_BYTES } from '../store/schedule-log'
+import { EntryRing } from './entry-ring'
+import type { Sender } from './sender'
+
+/**
+ * Sends due messages to their subject's brokers, oldest first, and records each delivery.
+ *
+ *   wheel.advance ─> ready ring ─> pump: read frames (contiguous ones in one read), skip cancelled,
+ *   group by subject ─> Sender.send (at most `inFlight` requests) ─> per record:
+ *     stored  ─> store.markDelivered (dispatch log), lateness observed
+ *     failed  ─> the subject's retry ring; the subject backs off (exponential, capped, forever)
+ *
+ * While a subject has entries waiting to be retried, its newly due entries queue behind them (so they
+ * keep their order and a down broker is probed by one request at a time, not hammered). When a probe
+ * succeeds the backoff resets and the retry ring drains at full speed. Nothing is ever dropped: a
+ * message leaves the rings only when a broker acknowledged it or it was cancelled.
+ */
+export interface DispatcherOptions {
+  store: DelayStore
+  sender: Sender
+  clock: Clock
+  log: Logger
+  batch: number
+  inFlight: number
+  retryInitialMs: number
+  retryMaxMs: number
+  /** Observed per delivered message: ms from due time to broker ack. */
+  onDelivered?: (latenessMs: number) => void
+  onFailed?: (subject: string, err: QmqError | Error, records: number) => void
+}
+
+interface Retry {
+  ring: EntryRing
+  attempt: number
+  resumeAt: number
+  probing: boolean
+}
+
+interface Item {
+  due: number
+  offset: number
+  slot: number
+  length: number
+  record: Buffer
+  idHash: number
+}
+
+export class Dispatcher {
+  private readonly ready = new EntryRing(4096)
+  private readonly retries = new Map<string, Retry>()
+  private inFlight = 0
+  private closed = false
+  private idleWaiters: (() => void)[] = []
+  readonly onDue = (due: number, offset: number, slot: number, length: number): void => {
+    this.ready.push(due, offset, slot, length)
+  }
+
+  constructor(private readonly o: DispatcherOptions) {}
+
+  /** Entries waiting: ready + retrying + in flight requests. */
+  get backlog(): number {
+    let n = this.ready.size
+    for (const r of this.retries.values()) n += r.ring.size
+    return n
+  }
+
+  get requestsInFlight(): number {
+    return this.inFlight
+  }
+
+  /** Moves due wheel entries to the ready ring and starts sends. */
+  tick(): void {
+    if (this.closed) return
+    this.o.store.advance(this.o.clock.now(), this.onDue)
+    this.pump()
+  }
+
+  pump(): void {
+    while (!this.closed && this.inFlight < this.o.inFlight) {
+      if (this.pumpRetry()) continue
+      if (this.ready.size === 0) break
+      this.pumpReady()
+    }
+    if (this.inFlight === 0 && this.backlog === 0) this.notifyIdle()
+  }
+
+  /** Starts one probe/drain batch of a subject whose backoff has passed; true if one was started. */
+  private pumpRetry(): boolean {
+    const now = this.o.clock.now()
+    for (const [subject, r] of this.retries) {
+      if (r.probing || r.resumeAt > now || r.ring.size === 0) continue
+      const n = Math.min(r.ring.size, this.o.batch)
+      const items = this.readItems(r.ring, n)
+      r.ring.shift(n)
+      if (items.length === 0) continue
+      r.probing = true
+      this.start(subject, items)
+      return true
+    }
+    return false
+  }
+
+  /** Takes a batch off the ready ring and sends it, grouped by subject. */
+  private pumpReady(): void {
+    const n = Math.min(this.ready.size, this.o.batch)
+    const items = this.readItems(this.ready, n)
+    this.ready.shift(n)
+    const bySubject = new Map<string, Item[]>()
+    for (const it of items) {
+      const subject = recordSubject(it.record)
+      let list = bySubject.get(subject)
+      if (list === undefined) {
+        list = []
+        bySubject.set(subject, list)
+      }
+      list.push(it)
+    }
+    for (const [subject, list] of bySubject) {
+      const r = this.retries.get(subject)
+      if (r !== undefined && r.ring.size + (r.probing ? 1 : 0) > 0) {
+        // Keep order behind what is already waiting for this subject.
+        for (const it of list) r.ring.push(it.due, it.offset, it.slot, it.length)
+        continue
+      }
+      this.start(subject, list)
+    }
+  }
+
+  /** Reads the frames of the first n entries of a ring (contiguous frames in one read), skipping cancelled ones. */
+  private readItems(ring: EntryRing, n: number): Item[] {
+    const out: Item[] = []
+    let k = 0
+    while (k < n) {
+      // A run: same bucket, each frame right after the previous one.
+      const slot = ring.slotAt(k)
+      const start = ring.offsetAt(k)
+      let end = start + ring.lengthAt(k)
+      let j = k + 1
+      while (j < n && ring.slotAt(j) === slot && ring.offsetAt(j) === end && end - start < 4 * 1024 * 1024) {
+        end += ring.lengthAt(j)
+        j++
+      }
+      const buf = this.o.store.readFrames(slot, start, end - start)
+      for (let m = k; m < j; m++) {
+        const at = ring.offsetAt(m) - start
+        const length = ring.lengthAt(m)
+        const record = buf.subarray(at + FRAME_HEADER_BYTES, at + length)
+        const idLen = record.readUInt16BE(28)
+        const idBytes = record.subarray(32, 32 + idLen)
+        const idHash = crc32c(idBytes)
+        if (this.o.store.isCancelled(idBytes.toString('utf8'))) {
+          this.o.store.markDelivered(slot, ring.offsetAt(m), idHash)
+          continue
+        }
+        out.push({ due: ring.dueAt(m), offset: ring.offsetAt(m), slot, length, record, idHash })
+      }
+      k = j
+    }
+    return out
+  }
+
+  private start(subject: string, items: Item[]): void {
+    this.inFlight++
+    this.o.sender
+      .send(
+        subject,
+        items.map((it) => it.record),
+      )
+      .then(
+        (results) => this.finish(subject, items, results, undefined),
+        (err: QmqError | Error) => this.finish(subject, items, undefined, err),
+      )
+      .catch((err: unknown) => this.o.log.error({ err }, 'dispatcher bookkeeping failed'))
+  }
+
+  private finish(
+    subject: string,
+    items: Item[],
+    results: (QmqError | undefined)[] | undefined,
+    err: QmqError | Error | undefined,
+  ): void {
+    this.inFlight--
+    const now = this.o.clock.now()
+    let failed = 0
+    let firstErr: QmqError | Error | undefined = err
+    let r = this.retries.get(subject)
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i] as Item
+      const res = results === undefined ? err : results[i]
+      if (res === undefined) {
+        this.o.store.markDelivered(it.slot, it.offset, it.idHash)
+        this.o.onDelivered?.(now - it.due)
+        continue
+      }
+      failed++
+      firstErr ??= res
+      if (r === undefined) {
+        r = { ring: new EntryRing(64), attempt: 0, resumeAt: 0, probing: false }
+        this.retries.set(subject, r)
+      }
+      r.ring.push(it.due, it.offset, it.slot, it.length)
+    }
+    if (r !== undefined) {
+      r.probing = false
+      if (failed > 0) {
+        const base = Math.min(this.o.retryMaxMs, this.o.retryInitialMs * 2 ** Math.min(r.attempt, 30))
+        r.resumeAt = now + Math.round(base * (0.5 + Math.random() * 0.5))
+        r.attempt++
+        this.o.onFailed?.(subject, firstErr as QmqError | Error, failed)
+        this.o.log.warn(
+          { subject, failed, attempt: r.attempt, retryInMs: r.resumeAt - now, err: firstErr },
+          'dispatch failed; will retry',
+        )
+      } else {
+        r.attempt = 0
+        r.resumeAt = 0
+        if (r.ring.size === 0) this.retries.delete(subject)
+      }
+    }
+    if (!this.closed) this.pump()
+  }
+
+  /** Resolves when nothing is queued or in flight (tests). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0 && this.backlog === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  private notifyIdle(): void {
+    const w = this.idleWaiters
+    this.idleWaiters = []
+    for (const f of w) f()
+  }
+
+  /** Stops sending; waits (bounded) for requests in flight to settle so their acks are recorded. */
+  async close(timeoutMs = 5_000): Promise<void> {
+    this.closed = true
+    const until = Date.now() + timeoutMs
+    while (this.inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
+/** The subject of a record (record.ts: id at 32, subject after it). */
+export function recordSubject(record: Buffer): string {
+  const idLen = record.readUInt16BE(28)
+  const subjectLen = record.readUInt16BE(30)
+  return record.toString('utf8', 32 + idLen, 32 + idLen + subjectLen)
+}

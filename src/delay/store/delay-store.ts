@@ -1,0 +1,520 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import type { Clock } from '../../common/clock'
+import { crc32c } from '../../common/crc32c'
+import { fsError, QmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import { FLAG_DELAYED, type RecordHeader } from '../../common/record'
+import { type DueCallback, HashWheel } from '../wheel/hash-wheel'
+import {
+  Bucket,
+  DISPATCH_DIR,
+  frameScheduleAt,
+  recordIdRange,
+  recordScheduleAt,
+  SCHEDULE_DIR,
+  SCHEDULE_SUFFIX,
+} from './bucket'
+import { CancelLog } from './cancel-log'
+import { IdHashSet } from './id-hash-set'
+import { MessageLog } from './message-log'
+import { FRAME_HEADER_BYTES } from './schedule-log'
+
+/**
+ * The delay server's storage: message log -> schedule logs (one per time bucket) -> wheel.
+ *
+ *   SEND ─> verify (DELAYED flag, schedule time within the horizon) ─> message log (group commit,
+ *   fdatasync) ─> filed into the schedule log of bucket(scheduleAt) ─> ack
+ *   loader: buckets starting before now + loadAheadMs ─> their pending frames' index into the wheel
+ *   wheel.advance(now) ─> dispatcher ─> broker ack ─> markDelivered ─> dispatch log
+ *
+ * Durability: a SEND is acknowledged once its record is in the message log and synced. Schedule and
+ * dispatch logs are written behind and synced at each checkpoint, which then records the message-log
+ * offset up to which every record is durably filed (`checkpoint.json`); a restart replays the message
+ * log from there (a bucket skips records whose message-log offset it already holds). Message-log
+ * segments wholly below the checkpoint are deleted.
+ *
+ * A bucket whose time has passed, fully loaded, with nothing pending, is deleted at a checkpoint.
+ * A record for a bucket that no longer exists (a past time) recreates it: it is loaded at once.
+ *
+ * Pending ids: a multiset of 32-bit id hashes (IdHashSet) answers CANCEL; it is rebuilt at start by
+ * scanning every schedule log (which also verifies every frame's CRC and cuts bad tails).
+ */
+export interface DelayStoreOptions {
+  dataDir: string
+  clock: Clock
+  log: Logger
+  bucketMinutes: number
+  horizonMs: number
+  loadAheadMs: number
+  tickMs: number
+  wheelSize: number
+  segmentBytes: number
+  maxMessageBytes: number
+  fsync: boolean
+}
+
+export interface AcceptItem {
+  bytes: Buffer
+  header?: RecordHeader | undefined
+  error?: QmqError | undefined
+}
+
+const META_FILE = 'meta.json'
+const CHECKPOINT_FILE = 'checkpoint.json'
+const CANCEL_FILE = 'cancel.log'
+const MESSAGE_DIR = 'message'
+const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
+
+export interface StoreStats {
+  buckets: number
+  pending: number
+  wheelSize: number
+  wheelBytes: number
+  idSetBytes: number
+}
+
+export class DelayStore {
+  readonly options: DelayStoreOptions
+  readonly bucketMs: number
+  readonly wheel: HashWheel
+  private readonly log: Logger
+  private readonly clock: Clock
+  private readonly messageLog: MessageLog
+  private readonly cancels: CancelLog
+  private readonly ids = new IdHashSet(1 << 16)
+  private readonly buckets = new Map<number, Bucket>()
+  private readonly slots: (Bucket | undefined)[] = []
+  private readonly freeSlots: number[] = []
+  /** Starts of buckets in state 'disk', ascending (the loader takes from the front). */
+  private unloaded: number[] = []
+  private readonly dirty = new Set<Bucket>()
+  /** Every message-log record below this offset is filed in a schedule log (maybe not yet synced). */
+  private filedOffset = 0
+  private checkpointOffset = 0
+  private closed = false
+  private checkpointRun: Promise<void> | undefined
+  /** Called after a bucket finished loading: (bucket start, frames loaded, ms). */
+  onLoaded: (start: number, frames: number, ms: number) => void = () => {}
+  /** Reports of dropped data (torn tails, corrupt frames), for tests and metrics. */
+  readonly recoveryReports: { file: string; offset: number; droppedBytes: number }[] = []
+
+  private constructor(options: DelayStoreOptions) {
+    this.options = options
+    this.log = options.log
+    this.clock = options.clock
+    this.bucketMs = options.bucketMinutes * 60_000
+    this.wheel = new HashWheel(options.clock.now(), { tickMs: options.tickMs, wheelSize: options.wheelSize })
+    this.messageLog = new MessageLog({
+      dir: path.join(options.dataDir, MESSAGE_DIR),
+      segmentBytes: options.segmentBytes,
+      fsync: options.fsync,
+      maxMessageBytes: options.maxMessageBytes,
+      log: options.log,
+    })
+    this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log)
+  }
+
+  static async open(options: DelayStoreOptions): Promise<DelayStore> {
+    const store = new DelayStore(options)
+    try {
+      await store.init()
+    } catch (err) {
+      throw err instanceof QmqError ? err : fsError(err, `opening delay store ${options.dataDir}`)
+    }
+    return store
+  }
+
+  private async init(): Promise<void> {
+    const dir = this.options.dataDir
+    for (const d of [dir, path.join(dir, SCHEDULE_DIR), path.join(dir, DISPATCH_DIR)])
+      fs.mkdirSync(d, { recursive: true })
+    this.checkMeta()
+    this.cancels.open(this.clock.now(), this.options.horizonMs + TOMBSTONE_MARGIN_MS)
+    this.checkpointOffset = this.readCheckpoint()
+    this.filedOffset = this.checkpointOffset
+    await this.scanBuckets()
+    this.messageLog.onDurable = (bytes, offset) => this.file(bytes, offset, false)
+    const { truncatedBytes } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
+      this.file(bytes, offset, true),
+    )
+    if (truncatedBytes > 0) {
+      this.recoveryReports.push({
+        file: MESSAGE_DIR,
+        offset: this.messageLog.endOffset,
+        droppedBytes: truncatedBytes,
+      })
+    }
+    this.filedOffset = Math.max(this.filedOffset, this.messageLog.endOffset)
+    await this.checkpoint()
+    await this.loadDue()
+  }
+
+  private checkMeta(): void {
+    const file = path.join(this.options.dataDir, META_FILE)
+    if (fs.existsSync(file)) {
+      const meta = JSON.parse(fs.readFileSync(file, 'utf8')) as { bucketMinutes?: number }
+      if (meta.bucketMinutes !== this.options.bucketMinutes) {
+        throw new QmqError(
+          'QMQ_ERR_CONFIG_INVALID',
+          `bucketMinutes is ${this.options.bucketMinutes} but the data dir ${this.options.dataDir} was written with ${meta.bucketMinutes}; it cannot change once used`,
+        )
+      }
+      return
+    }
+    writeFileAtomic(file, JSON.stringify({ version: 1, bucketMinutes: this.options.bucketMinutes }))
+  }
+
+  private readCheckpoint(): number {
+    const file = path.join(this.options.dataDir, CHECKPOINT_FILE)
+    if (!fs.existsSync(file)) return 0
+    try {
+      const cp = JSON.parse(fs.readFileSync(file, 'utf8')) as { messageLogOffset?: unknown }
+      if (typeof cp.messageLogOffset === 'number' && Number.isSafeInteger(cp.messageLogOffset))
+        return cp.messageLogOffset
+    } catch {
+      // fall through: replay everything (safe: buckets skip what they already hold)
+    }
+    this.log.warn({ file }, 'checkpoint unreadable; replaying the whole message log')
+    return 0
+  }
+
+  /** Start: verify every schedule log, count frames and deliveries, rebuild the pending-id set. */
+  private async scanBuckets(): Promise<void> {
+    const dir = path.join(this.options.dataDir, SCHEDULE_DIR)
+    const starts = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith(SCHEDULE_SUFFIX))
+      .map((f) => Number(f.slice(0, -SCHEDULE_SUFFIX.length)))
+      .filter((n) => Number.isSafeInteger(n))
+      .sort((a, b) => a - b)
+    for (const start of starts) {
+      const b = this.bucket(
+        start,
+        fs.statSync(path.join(dir, `${String(start).padStart(13, '0')}${SCHEDULE_SUFFIX}`)).size,
+        false,
+      )
+      const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+      let d = 0
+      const res = await b.schedule.scan(
+        0,
+        Number.POSITIVE_INFINITY,
+        (f) => {
+          while (d < dispatched.length && (dispatched[d] as number) < f.offset) d++
+          if (d < dispatched.length && dispatched[d] === f.offset) {
+            b.done++
+            return
+          }
+          const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
+          this.ids.add(crc32c(f.frame.subarray(s, e)))
+        },
+        false,
+      )
+      b.total = res.count
+      b.maxMsgOffset = res.maxMsgOffset
+      if (res.goodBytes < res.fileBytes) {
+        this.report(b.schedule.file, res.goodBytes, res.fileBytes - res.goodBytes)
+        b.schedule.truncate(res.goodBytes)
+      }
+      b.schedule.close()
+    }
+  }
+
+  private report(file: string, offset: number, droppedBytes: number): void {
+    this.recoveryReports.push({ file, offset, droppedBytes })
+    this.log.warn({ file, offset, droppedBytes }, 'delay store: torn or corrupt tail truncated')
+  }
+
+  /** The bucket starting at `start`, created when missing. */
+  private bucket(start: number, size = 0, live = true): Bucket {
+    let b = this.buckets.get(start)
+    if (b !== undefined) return b
+    const slot = this.freeSlots.pop() ?? this.slots.length
+    b = new Bucket(this.options.dataDir, start, this.bucketMs, slot, size, this.options.maxMessageBytes)
+    this.slots[slot] = b
+    this.buckets.set(start, b)
+    if (live && start <= this.clock.now() + this.options.loadAheadMs) {
+      // A new bucket already in the load window: nothing on disk to load, appends go to the wheel.
+      b.state = 'loaded'
+    } else {
+      insertSorted(this.unloaded, start)
+    }
+    return b
+  }
+
+  bucketStart(t: number): number {
+    return Math.floor(t / this.bucketMs) * this.bucketMs
+  }
+
+  /** Files a durable message-log record into its bucket (and the wheel when the bucket is loaded). */
+  private file(bytes: Buffer, msgOffset: number, replay: boolean): void {
+    const end = msgOffset + bytes.length
+    if (end > this.filedOffset) this.filedOffset = end
+    const scheduleAt = recordScheduleAt(bytes)
+    const b = this.bucket(this.bucketStart(scheduleAt))
+    if (replay && msgOffset <= b.maxMsgOffset) return
+    const { offset, length } = b.schedule.append(bytes, msgOffset)
+    b.total++
+    b.maxMsgOffset = msgOffset
+    this.markDirty(b)
+    const [s, e] = recordIdRange(bytes, 0)
+    this.ids.add(crc32c(bytes.subarray(s, e)))
+    if (b.state !== 'disk') this.wheel.add(scheduleAt, offset, b.slot, length)
+  }
+
+  private markDirty(b: Bucket): void {
+    if (!b.dirty) {
+      b.dirty = true
+      this.dirty.add(b)
+    }
+  }
+
+  /**
+   * Checks and stores delayed messages; resolves with one result per item (undefined = stored).
+   * Errors: the item's own decode error; QMQ_ERR_NOT_DELAYED without a schedule time;
+   * QMQ_ERR_SCHEDULE_INVALID for a negative time; QMQ_ERR_DELAY_TOO_FAR beyond now + horizonMs;
+   * store errors (QMQ_ERR_DISK_FULL, QMQ_ERR_STORE_IO, retriable) when the write fails.
+   */
+  accept(items: readonly AcceptItem[]): Promise<(QmqError | undefined)[]> {
+    const now = this.clock.now()
+    const limit = now + this.options.horizonMs
+    return Promise.all(
+      items.map(async (item): Promise<QmqError | undefined> => {
+        if (this.closed) return new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
+        if (item.error) return item.error
+        const h = item.header
+        if (h === undefined) return new QmqError('QMQ_ERR_RECORD_MALFORMED', 'record has no readable header')
+        if ((h.flags & FLAG_DELAYED) === 0) {
+          return new QmqError(
+            'QMQ_ERR_NOT_DELAYED',
+            `message ${h.id} has no schedule time (DELAYED flag unset)`,
+          )
+        }
+        if (!Number.isSafeInteger(h.scheduleAt) || h.scheduleAt < 0) {
+          return new QmqError(
+            'QMQ_ERR_SCHEDULE_INVALID',
+            `schedule time ${h.scheduleAt} of message ${h.id} is negative`,
+            {
+              details: { scheduleAt: h.scheduleAt },
+            },
+          )
+        }
+        if (h.scheduleAt > limit) {
+          return new QmqError(
+            'QMQ_ERR_DELAY_TOO_FAR',
+            `schedule time ${new Date(h.scheduleAt).toISOString()} of message ${h.id} is beyond the horizon ${new Date(limit).toISOString()} (now + ${this.options.horizonMs} ms)`,
+            {
+              details: { scheduleAt: h.scheduleAt, horizonMs: this.options.horizonMs, latestAllowed: limit },
+            },
+          )
+        }
+        try {
+          await this.messageLog.append(item.bytes)
+          return undefined
+        } catch (err) {
+          return err instanceof QmqError ? err : fsError(err, 'delay message log append')
+        }
+      }),
+    )
+  }
+
+  /**
+   * Cancels pending messages by id. Answers per id whether it was pending (as far as the id-hash set
+   * tells: a false "true" has probability ~pending/2^32); a tombstone is recorded for every pending
+   * one, durably, and a message with a tombstone is never dispatched.
+   */
+  cancel(ids: readonly string[]): boolean[] {
+    const out: boolean[] = []
+    const record: string[] = []
+    for (const id of ids) {
+      const pending = !this.cancels.has(id) && this.ids.has(crc32c(Buffer.from(id, 'utf8')))
+      out.push(pending)
+      if (pending) record.push(id)
+    }
+    try {
+      this.cancels.add(record, this.clock.now())
+    } catch (err) {
+      throw fsError(err, 'cancel log append')
+    }
+    return out
+  }
+
+  isCancelled(id: string): boolean {
+    return this.cancels.has(id)
+  }
+
+  /** Fires due wheel entries: (due, schedule offset, bucket slot, frame length). */
+  advance(now: number, onDue: DueCallback, limit?: number): number {
+    return this.wheel.advance(now, onDue, limit)
+  }
+
+  bucketAt(slot: number): Bucket | undefined {
+    return this.slots[slot]
+  }
+
+  /** Reads frames [offset, offset + length) of a bucket's schedule log (contiguous frames at once). */
+  readFrames(slot: number, offset: number, length: number): Buffer {
+    const b = this.slots[slot]
+    if (b === undefined) throw new QmqError('QMQ_ERR_INTERNAL', `no bucket in slot ${slot}`)
+    return b.schedule.read(offset, length)
+  }
+
+  /** A frame was delivered (broker ack) or skipped as cancelled: never send it again. */
+  markDelivered(slot: number, offset: number, idHash: number): void {
+    const b = this.slots[slot]
+    if (b === undefined) return
+    b.dispatch.append(offset)
+    b.done++
+    this.ids.delete(idHash)
+    this.markDirty(b)
+  }
+
+  /** Loads every bucket that starts within the load window (awaits the loads it starts). */
+  async loadDue(): Promise<void> {
+    const horizon = this.clock.now() + this.options.loadAheadMs
+    const loads: Promise<void>[] = []
+    while (this.unloaded.length > 0 && (this.unloaded[0] as number) <= horizon) {
+      const start = this.unloaded.shift() as number
+      const b = this.buckets.get(start)
+      if (b === undefined || b.state !== 'disk') continue
+      loads.push(this.load(b))
+    }
+    await Promise.all(loads)
+  }
+
+  private async load(b: Bucket): Promise<void> {
+    const t0 = performance.now()
+    b.state = 'loading'
+    const snapshot = b.schedule.size
+    const framesBelow = b.total // frames appended while loading are counted on top
+    b.loadedUpTo = snapshot
+    const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+    let d = 0
+    let frames = 0
+    const res = await b.schedule.scan(0, snapshot, (f) => {
+      while (d < dispatched.length && (dispatched[d] as number) < f.offset) d++
+      if (d < dispatched.length && dispatched[d] === f.offset) return
+      const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
+      if (this.cancels.tombstones.size > 0 && this.cancels.has(f.frame.toString('utf8', s, e))) {
+        this.markDelivered(b.slot, f.offset, crc32c(f.frame.subarray(s, e)))
+        return
+      }
+      this.wheel.add(frameScheduleAt(f.frame), f.offset, b.slot, f.length)
+      frames++
+    })
+    if (res.goodBytes < snapshot) {
+      // Corrupted after the start scan (bit rot): the frames after it cannot be found any more.
+      this.report(b.schedule.file, res.goodBytes, snapshot - res.goodBytes)
+      b.total -= Math.max(0, framesBelow - res.count)
+    }
+    if (this.closed) return
+    b.state = 'loaded'
+    b.loadMs = performance.now() - t0
+    this.onLoaded(b.start, frames, b.loadMs)
+  }
+
+  /**
+   * Syncs dirty schedule and dispatch logs (fdatasync in parallel, off the event loop), records the
+   * replay checkpoint, deletes message-log segments below it and buckets that are finished.
+   * Runs one at a time: a call while one runs waits for it and returns.
+   */
+  checkpoint(): Promise<void> {
+    this.checkpointRun ??= this.runCheckpoint().finally(() => {
+      this.checkpointRun = undefined
+    })
+    return this.checkpointRun
+  }
+
+  private async runCheckpoint(): Promise<void> {
+    const cp = this.filedOffset
+    const dirty = [...this.dirty]
+    this.dirty.clear()
+    for (const b of dirty) b.dirty = false
+    try {
+      await Promise.all(dirty.map((b) => Promise.all([b.schedule.syncAsync(), b.dispatch.syncAsync()])))
+    } catch (err) {
+      for (const b of dirty) this.markDirty(b)
+      throw fsError(err, 'delay checkpoint sync')
+    }
+    for (const b of dirty) {
+      // File descriptors are kept for live buckets only.
+      if (b.state === 'disk' && !b.dirty) {
+        b.schedule.release()
+        b.dispatch.release()
+      }
+    }
+    if (cp !== this.checkpointOffset) {
+      writeFileAtomic(
+        path.join(this.options.dataDir, CHECKPOINT_FILE),
+        JSON.stringify({ messageLogOffset: cp }),
+      )
+      this.checkpointOffset = cp
+      this.messageLog.deleteBefore(cp)
+    }
+    const now = this.clock.now()
+    for (const b of this.buckets.values()) {
+      if (b.state === 'loaded' && b.pending === 0 && b.end <= now) this.dropBucket(b)
+    }
+  }
+
+  private dropBucket(b: Bucket): void {
+    this.dirty.delete(b)
+    b.schedule.remove()
+    b.dispatch.remove()
+    this.buckets.delete(b.start)
+    this.slots[b.slot] = undefined
+    this.freeSlots.push(b.slot)
+  }
+
+  /** Pending messages per bucket start (metrics). */
+  pendingByBucket(): [number, number][] {
+    const out: [number, number][] = []
+    for (const b of this.buckets.values()) out.push([b.start, b.pending])
+    return out
+  }
+
+  stats(): StoreStats {
+    let pending = 0
+    for (const b of this.buckets.values()) pending += b.pending
+    return {
+      buckets: this.buckets.size,
+      pending,
+      wheelSize: this.wheel.size,
+      wheelBytes: this.wheel.memoryBytes,
+      idSetBytes: this.ids.memoryBytes,
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    await this.messageLog.close()
+    this.closed = true
+    await this.checkpoint() // may be one that started before the last appends
+    await this.checkpoint()
+    for (const b of this.buckets.values()) {
+      b.schedule.close()
+      b.dispatch.close()
+    }
+    this.cancels.close()
+  }
+}
+
+function insertSorted(arr: number[], v: number): void {
+  let lo = 0
+  let hi = arr.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((arr[mid] as number) < v) lo = mid + 1
+    else hi = mid
+  }
+  arr.splice(lo, 0, v)
+}
+
+function writeFileAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp`
+  const fd = fs.openSync(tmp, 'w')
+  fs.writeSync(fd, text)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  fs.renameSync(tmp, file)
+}

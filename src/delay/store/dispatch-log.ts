@@ -1,0 +1,126 @@
+import fs from 'node:fs'
+import { crc32c } from '../../common/crc32c'
+import { dropBytes } from './schedule-log'
+
+/**
+ * A dispatch log: which frames of one bucket's schedule log were delivered to a broker (or skipped
+ * as cancelled). One file per bucket, `dispatch/<bucket start, 13 digits>.disp`, fixed-width entries:
+ *
+ *   0  u32  offHi   schedule-log offset of the frame, high 32 bits
+ *   4  u32  offLo   ... low 32 bits
+ *   8  u32  crc     CRC32C of bytes [0, 8) (a zero-filled or torn tail never reads as offset 0)
+ *
+ * An entry is appended only after the broker acknowledged the message. Entries are buffered and
+ * written + fdatasynced at each checkpoint: losing the last ones in a crash means those messages are
+ * sent again after the restart (at-least-once; the broker's dedupe by message id absorbs them).
+ * Reading stops at the first bad entry and cuts the file there.
+ */
+export const DISPATCH_ENTRY_BYTES = 12
+
+export class DispatchLog {
+  readonly file: string
+  private fd = -1
+  private flushed = 0
+  private pending: Buffer[] = []
+  private pendingBytes = 0
+  private dirty = false
+
+  constructor(file: string) {
+    this.file = file
+  }
+
+  private open(): number {
+    if (this.fd < 0) {
+      this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
+      this.flushed = fs.fstatSync(this.fd).size
+    }
+    return this.fd
+  }
+
+  /** Every valid dispatched offset, sorted ascending; cuts a bad tail. `report` gets dropped bytes. */
+  readAll(report?: (droppedBytes: number) => void): Float64Array {
+    if (!fs.existsSync(this.file)) return new Float64Array(0)
+    const buf = fs.readFileSync(this.file)
+    const n = Math.floor(buf.length / DISPATCH_ENTRY_BYTES)
+    const out = new Float64Array(n)
+    let k = 0
+    for (; k < n; k++) {
+      const at = k * DISPATCH_ENTRY_BYTES
+      if (crc32c(buf.subarray(at, at + 8)) !== buf.readUInt32BE(at + 8)) break
+      out[k] = buf.readUInt32BE(at) * 0x1_0000_0000 + buf.readUInt32BE(at + 4)
+    }
+    const good = k * DISPATCH_ENTRY_BYTES
+    if (good < buf.length) {
+      report?.(buf.length - good)
+      const fd = this.open()
+      fs.ftruncateSync(fd, good)
+      this.flushed = good
+    }
+    return out.subarray(0, k).sort()
+  }
+
+  append(offset: number): void {
+    const e = Buffer.allocUnsafe(DISPATCH_ENTRY_BYTES)
+    e.writeUInt32BE(Math.floor(offset / 0x1_0000_0000), 0)
+    e.writeUInt32BE(offset >>> 0, 4)
+    e.writeUInt32BE(crc32c(e.subarray(0, 8)), 8)
+    this.pending.push(e)
+    this.pendingBytes += DISPATCH_ENTRY_BYTES
+    this.dirty = true
+  }
+
+  /** Writes buffered entries and fdatasyncs them. */
+  sync(): void {
+    if (!this.dirty) return
+    fs.fdatasyncSync(this.write())
+    this.dirty = false
+  }
+
+  /** Writes buffered entries now and fdatasyncs them off the event loop. */
+  syncAsync(): Promise<void> {
+    if (!this.dirty) return Promise.resolve()
+    const fd = this.write()
+    this.dirty = false
+    return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
+  }
+
+  private write(): number {
+    const fd = this.open()
+    let parts = this.pending
+    let left = this.pendingBytes
+    let pos = this.flushed
+    while (left > 0) {
+      const n = fs.writevSync(fd, parts, pos)
+      pos += n
+      left -= n
+      if (left > 0) parts = dropBytes(parts, n)
+    }
+    this.flushed = pos
+    this.pending = []
+    this.pendingBytes = 0
+    return fd
+  }
+
+  /** Closes the file descriptor when nothing is unsynced. */
+  release(): void {
+    if (!this.dirty && this.fd >= 0) {
+      fs.closeSync(this.fd)
+      this.fd = -1
+    }
+  }
+
+  close(): void {
+    if (this.dirty) this.sync()
+    if (this.fd >= 0) fs.closeSync(this.fd)
+    this.fd = -1
+  }
+
+  remove(): void {
+    this.pending = []
+    this.pendingBytes = 0
+    this.dirty = false
+    if (this.fd >= 0) fs.closeSync(this.fd)
+    this.fd = -1
+    fs.rmSync(this.file, { force: true })
+  }
+}

@@ -1,0 +1,269 @@
+import fs from 'node:fs'
+import { crc32c } from '../../common/crc32c'
+import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
+
+/**
+ * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
+ * bucket, `schedule/<bucket start, ms since epoch, 13 digits>.sched`. An offset is a byte position in
+ * the file; the wheel and the dispatch log refer to messages by it.
+ *
+ * Frame layout (big-endian):
+ *   0   u32  length      whole frame, this field included (= 16 + record length)
+ *   4   u32  crc         CRC32C of bytes [8, length)
+ *   8   u32  msgHi       message-log offset of the record, high 32 bits
+ *   12  u32  msgLo       ... low 32 bits  (replay skips records a bucket already holds)
+ *   16  ...  record      the message record as received (common/record.ts), its own CRC included
+ *
+ * Appends are buffered in memory and written by flush() (when the buffer passes FLUSH_BYTES, before a
+ * read that needs them, and at each checkpoint); sync() makes them durable. The message log is the
+ * durable copy until then: the replay checkpoint only moves past a record once its bucket is synced.
+ */
+export const FRAME_HEADER_BYTES = 16
+const FLUSH_BYTES = 64 * 1024
+const SCAN_CHUNK_BYTES = 4 * 1024 * 1024
+
+export interface FrameInfo {
+  /** Offset of the frame in the file. */
+  offset: number
+  /** Frame length (header + record). */
+  length: number
+  msgOffset: number
+  /** The whole frame; a view valid only during the callback. */
+  frame: Buffer
+}
+
+export interface ScanResult {
+  /** Length of the good prefix. */
+  goodBytes: number
+  /** Size of the file when scanned. */
+  fileBytes: number
+  count: number
+  maxMsgOffset: number
+}
+
+export function encodeFrameHeader(record: Buffer, msgOffset: number): Buffer {
+  const h = Buffer.allocUnsafe(FRAME_HEADER_BYTES)
+  h.writeUInt32BE(FRAME_HEADER_BYTES + record.length, 0)
+  h.writeUInt32BE(Math.floor(msgOffset / 0x1_0000_0000), 8)
+  h.writeUInt32BE(msgOffset >>> 0, 12)
+  h.writeUInt32BE(crc32c(record, crc32c(h.subarray(8, 16))), 4)
+  return h
+}
+
+/** Checks the frame at `pos` of `buf` (within `end`); returns its length or -1 when it is bad. */
+export function checkFrame(buf: Buffer, pos: number, end: number, maxMessageBytes: number): number {
+  if (end - pos < FRAME_HEADER_BYTES + MIN_RECORD_BYTES) return -1
+  const length = buf.readUInt32BE(pos)
+  if (length < FRAME_HEADER_BYTES + MIN_RECORD_BYTES || length > FRAME_HEADER_BYTES + maxMessageBytes)
+    return -1
+  if (pos + length > end) return -1
+  const crc = crc32c(buf.subarray(pos + 8, pos + length))
+  if (crc !== buf.readUInt32BE(pos + 4)) return -1
+  try {
+    if (
+      verifyRecord(buf, pos + FRAME_HEADER_BYTES, pos + length, { maxMessageBytes }) !==
+      length - FRAME_HEADER_BYTES
+    )
+      return -1
+  } catch {
+    return -1
+  }
+  return length
+}
+
+export class ScheduleLog {
+  readonly file: string
+  private readonly maxMessageBytes: number
+  private fd = -1
+  /** Bytes in the file (flushed). */
+  private flushed = 0
+  private pending: Buffer[] = []
+  private pendingBytes = 0
+  private dirty = false
+
+  constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES) {
+    this.file = file
+    this.flushed = size
+    this.maxMessageBytes = maxMessageBytes
+  }
+
+  /** Logical size: flushed plus buffered bytes (the offset the next frame gets). */
+  get size(): number {
+    return this.flushed + this.pendingBytes
+  }
+
+  get isOpen(): boolean {
+    return this.fd >= 0
+  }
+
+  private open(): number {
+    if (this.fd < 0) this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
+    return this.fd
+  }
+
+  /** Buffers a frame; returns its offset and length. */
+  append(record: Buffer, msgOffset: number): { offset: number; length: number } {
+    const offset = this.size
+    const header = encodeFrameHeader(record, msgOffset)
+    this.pending.push(header, record)
+    this.pendingBytes += header.length + record.length
+    this.dirty = true
+    if (this.pendingBytes >= FLUSH_BYTES) this.flush()
+    return { offset, length: header.length + record.length }
+  }
+
+  flush(): void {
+    if (this.pendingBytes === 0) return
+    const fd = this.open()
+    let parts = this.pending
+    let left = this.pendingBytes
+    let pos = this.flushed
+    while (left > 0) {
+      const n = fs.writevSync(fd, parts, pos)
+      pos += n
+      left -= n
+      if (left > 0) parts = dropBytes(parts, n)
+    }
+    this.flushed += this.pendingBytes
+    this.pending = []
+    this.pendingBytes = 0
+  }
+
+  /** Flushes and fdatasyncs if anything was appended since the last sync. */
+  sync(): void {
+    if (!this.dirty) return
+    this.flush()
+    fs.fdatasyncSync(this.open())
+    this.dirty = false
+  }
+
+  /**
+   * Flushes now and fdatasyncs off the event loop. Frames appended while the sync runs are not
+   * covered by it (they keep the log dirty for the next one).
+   */
+  syncAsync(): Promise<void> {
+    if (!this.dirty) return Promise.resolve()
+    this.flush()
+    this.dirty = false
+    const fd = this.open()
+    return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
+  }
+
+  /** Closes the file descriptor when nothing is unsynced (it is reopened on the next append or read). */
+  release(): void {
+    if (!this.dirty && this.pendingBytes === 0 && this.fd >= 0) {
+      fs.closeSync(this.fd)
+      this.fd = -1
+    }
+  }
+
+  /** Reads `length` bytes at `offset` (flushing first if they are still buffered). */
+  read(offset: number, length: number, into?: Buffer): Buffer {
+    if (offset + length > this.flushed) this.flush()
+    const buf = into ?? Buffer.allocUnsafe(length)
+    let got = 0
+    const fd = this.open()
+    while (got < length) {
+      const n = fs.readSync(fd, buf, got, length - got, offset + got)
+      if (n === 0) throw new Error(`schedule log ${this.file} ends before ${offset + length}`)
+      got += n
+    }
+    return buf
+  }
+
+  /**
+   * Scans frames in [from, to) (to defaults to the flushed size), verifying each; calls onFrame for
+   * the good ones and stops at the first bad one. Async: yields to the event loop between chunks so a
+   * large bucket loads without stalling dispatch.
+   */
+  async scan(
+    from: number,
+    to: number,
+    onFrame: (f: FrameInfo) => void,
+    yieldEvery = true,
+  ): Promise<ScanResult> {
+    this.flush()
+    const end = Math.min(to, this.flushed)
+    const fd = this.open()
+    let buf = Buffer.allocUnsafe(SCAN_CHUNK_BYTES)
+    let bufStart = from
+    let bufLen = 0
+    let pos = from
+    let count = 0
+    let maxMsgOffset = -1
+    for (;;) {
+      if (pos >= end) break
+      const avail = bufStart + bufLen - pos
+      const need =
+        avail >= 4 ? Math.max(buf.readUInt32BE(pos - bufStart), FRAME_HEADER_BYTES) : FRAME_HEADER_BYTES
+      if (need > FRAME_HEADER_BYTES + this.maxMessageBytes) break // a lying length: corrupt
+      if (need > avail) {
+        if (pos + need > end) break // torn: the frame runs past the end of the file
+        // Refill: keep the partial frame, grow the buffer when the frame is larger than it.
+        if (need > buf.length) {
+          const bigger = Buffer.allocUnsafe(need)
+          buf.copy(bigger, 0, pos - bufStart, pos - bufStart + avail)
+          buf = bigger
+        } else buf.copy(buf, 0, pos - bufStart, pos - bufStart + avail)
+        bufStart = pos
+        bufLen = avail
+        const want = Math.min(buf.length - bufLen, end - (bufStart + bufLen))
+        const n = want > 0 ? fs.readSync(fd, buf, bufLen, want, bufStart + bufLen) : 0
+        if (n === 0) break
+        bufLen += n
+        if (yieldEvery) await new Promise((r) => setImmediate(r))
+        continue
+      }
+      const ok = checkFrame(buf, pos - bufStart, bufLen, this.maxMessageBytes)
+      if (ok < 0) break
+      const at = pos - bufStart
+      const msgOffset = buf.readUInt32BE(at + 8) * 0x1_0000_0000 + buf.readUInt32BE(at + 12)
+      if (msgOffset > maxMsgOffset) maxMsgOffset = msgOffset
+      onFrame({ offset: pos, length: ok, msgOffset, frame: buf.subarray(at, at + ok) })
+      count++
+      pos += ok
+    }
+    return { goodBytes: pos, fileBytes: this.flushed, count, maxMsgOffset }
+  }
+
+  /** Cuts the file at `length` (recovery of a torn or corrupt tail). */
+  truncate(length: number): void {
+    this.flush()
+    fs.ftruncateSync(this.open(), length)
+    fs.fdatasyncSync(this.open())
+    this.flushed = length
+  }
+
+  close(): void {
+    this.flush()
+    if (this.fd >= 0) {
+      if (this.dirty) fs.fdatasyncSync(this.fd)
+      this.dirty = false
+      fs.closeSync(this.fd)
+      this.fd = -1
+    }
+  }
+
+  /** Closes and deletes the file. */
+  remove(): void {
+    this.pending = []
+    this.pendingBytes = 0
+    this.dirty = false
+    if (this.fd >= 0) fs.closeSync(this.fd)
+    this.fd = -1
+    fs.rmSync(this.file, { force: true })
+  }
+}
+
+export function dropBytes(parts: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = []
+  for (const p of parts) {
+    if (n >= p.length) {
+      n -= p.length
+      continue
+    }
+    out.push(n > 0 ? p.subarray(n) : p)
+    n = 0
+  }
+  return out
+}
