@@ -1,0 +1,73 @@
+import { QmqError } from '../common/errors'
+import { MetaClient } from '../common/meta/meta-client'
+import type { GroupInfo } from '../common/meta/types'
+import type { Frame } from '../common/protocol/frame'
+import { Connection } from '../client/transport/connection'
+import { type ParsedArgs, stringFlag } from './args'
+
+/**
+ * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
+ * requests of the TCP protocol). `--metaserver URL` or QMQ_METASERVER picks the metaserver (default
+ * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent to metaserver admin writes.
+ */
+export const DEFAULT_METASERVER_URL = 'http://127.0.0.1:8080'
+const REQUEST_TIMEOUT_MS = 10_000
+
+export class ClusterAdmin {
+  readonly meta: MetaClient
+  private readonly connections = new Map<string, Connection>()
+
+  constructor(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv = process.env) {
+    const url = stringFlag(flags, 'metaserver') ?? env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
+    const adminToken = stringFlag(flags, 'token') ?? env.QMQ_ADMIN_TOKEN
+    this.meta = new MetaClient({ url, ...(adminToken ? { adminToken } : {}), timeoutMs: 5_000 })
+  }
+
+  /** Alive broker groups (kind 'broker'), optionally only those of a subject's route. */
+  async brokerGroups(subject?: string): Promise<GroupInfo[]> {
+    const groups = (await this.meta.listGroups()).filter(
+      (g) => g.kind === 'broker' && g.alive && g.address !== '',
+    )
+    if (subject === undefined) return groups
+    let route: string[]
+    try {
+      route = (await this.meta.getSubject(subject)).groups
+    } catch (err) {
+      if (err instanceof QmqError && err.code === 'QMQ_ERR_NOT_FOUND') return []
+      throw err
+    }
+    return groups.filter((g) => route.includes(g.name))
+  }
+
+  /** One admin request to a broker; rejects with the broker's QmqError. */
+  request(address: string, code: number, body: Buffer | readonly Buffer[]): Promise<Frame> {
+    let c = this.connections.get(address)
+    if (c === undefined) {
+      c = new Connection({ address, requestTimeoutMs: REQUEST_TIMEOUT_MS })
+      this.connections.set(address, c)
+    }
+    return c.request(code, body)
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.connections.values()].map((c) => c.close()))
+    await this.meta.close()
+  }
+}
+
+/** Runs fn with a ClusterAdmin and always closes it. */
+export async function withCluster<T>(
+  flags: ParsedArgs['flags'],
+  fn: (c: ClusterAdmin) => Promise<T>,
+): Promise<T> {
+  const cluster = new ClusterAdmin(flags)
+  try {
+    return await fn(cluster)
+  } finally {
+    await cluster.close()
+  }
+}
+
+export const CLUSTER_FLAGS_HELP = `  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
+  --token TOKEN      admin token for metaserver writes [QMQ_ADMIN_TOKEN]
+  --json             print JSON instead of a table`

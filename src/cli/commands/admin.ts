@@ -1,0 +1,330 @@
+import { QmqError } from '../../common/errors'
+import {
+  type BacklogEntry,
+  decodeBacklogResponse,
+  decodeDlqListResponse,
+  encodeBacklogRequest,
+  encodeDlqListRequest,
+  encodeDlqRedriveRequest,
+  encodeResetCursorRequest,
+  ResetPosition,
+  type ResetPositionValue,
+} from '../../common/protocol/admin'
+import { RequestCode } from '../../common/protocol/codes'
+import { decodeCountResponse } from '../../common/protocol/commands'
+import { listFlag, parseArgs, stringFlag } from '../args'
+import { CLUSTER_FLAGS_HELP, type ClusterAdmin, withCluster } from '../cluster'
+import { table, time } from '../table'
+import type { Command } from './command'
+
+/**
+ * Operator commands: what the metaserver knows (subjects, groups, consumers) and what the brokers
+ * hold (backlog, cursors, dead letters). Tables for people, `--json` for scripts.
+ */
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text()}\n`)
+}
+
+function need(value: string | undefined, what: string, usage: string): string {
+  if (value === undefined || value.length === 0)
+    throw new QmqError('QMQ_ERR_USAGE', `missing ${what}\n${usage}`)
+  return value
+}
+
+function adminCommand(
+  name: string,
+  summary: string,
+  usage: string,
+  extraHelp: string,
+  body: (cluster: ClusterAdmin, args: ReturnType<typeof parseArgs>, json: boolean) => Promise<number>,
+  parse: Parameters<typeof parseArgs>[1] = {},
+): Command {
+  return {
+    name,
+    summary,
+    help: () =>
+      `Usage: ${usage}\n\n${summary}.\n\nOptions:\n${extraHelp ? `${extraHelp}\n` : ''}${CLUSTER_FLAGS_HELP}`,
+    run: async (argv) => {
+      const args = parseArgs(argv, parse)
+      return withCluster(args.flags, (cluster) => body(cluster, args, args.flags.json === true))
+    },
+  }
+}
+
+export const subjectsCommand = adminCommand(
+  'subjects',
+  'List subjects and the broker groups of their routes',
+  'qmq subjects [--json]',
+  '',
+  async (cluster, _args, json) => {
+    const subjects = await cluster.meta.listSubjects()
+    print(json, subjects, () =>
+      table(
+        ['SUBJECT', 'GROUPS', 'VERSION', 'UPDATED'],
+        subjects.map((s) => [s.subject, s.groups.join(','), s.version, time(s.updatedAt)]),
+        '(no subjects yet)',
+      ),
+    )
+    return 0
+  },
+)
+
+export const groupsCommand = adminCommand(
+  'groups',
+  'List broker and delay groups with liveness, read-only marks and load',
+  'qmq groups [--json]',
+  '',
+  async (cluster, _args, json) => {
+    const groups = await cluster.meta.listGroups()
+    print(json, groups, () =>
+      table(
+        ['GROUP', 'KIND', 'ADDRESS', 'ALIVE', 'READ-ONLY', 'SUBJECTS', 'LAST SEEN'],
+        groups.map((g) => [
+          g.name,
+          g.kind,
+          g.address || '-',
+          g.alive ? 'yes' : 'NO',
+          g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
+          g.subjects,
+          time(g.lastSeenAt),
+        ]),
+        '(no groups have registered)',
+      ),
+    )
+    return 0
+  },
+)
+
+export const consumersCommand = adminCommand(
+  'consumers',
+  'List producers and consumers registered with the metaserver',
+  'qmq consumers [--subject S] [--group G] [--json]',
+  '  --subject S        only this subject\n  --group G          only this consumer group',
+  async (cluster, { flags }, json) => {
+    const subject = stringFlag(flags, 'subject')
+    const consumerGroup = stringFlag(flags, 'group')
+    const consumers = await cluster.meta.listConsumers({
+      ...(subject ? { subject } : {}),
+      ...(consumerGroup ? { consumerGroup } : {}),
+    })
+    print(json, consumers, () =>
+      table(
+        ['CLIENT', 'APP', 'KIND', 'SUBJECT', 'GROUP', 'ONLINE', 'LAST SEEN'],
+        consumers.map((c) => [
+          c.clientId,
+          c.appCode,
+          c.kind,
+          c.subject,
+          c.consumerGroup || '-',
+          c.online ? 'yes' : 'no',
+          time(c.lastSeenAt),
+        ]),
+        '(no clients registered)',
+      ),
+    )
+    return 0
+  },
+)
+
+export const backlogCommand = adminCommand(
+  'backlog',
+  'Show the backlog of consumer groups on every broker group: pending, in flight, retrying, dead',
+  'qmq backlog [subject] [consumer-group] [--json]',
+  '',
+  async (cluster, { positionals }, json) => {
+    const [subject, group] = positionals
+    const brokers = await cluster.brokerGroups(subject)
+    const rows: (BacklogEntry & { brokerGroup: string })[] = []
+    for (const b of brokers) {
+      const frame = await cluster.request(
+        b.address,
+        RequestCode.ADMIN_BACKLOG,
+        encodeBacklogRequest({ subject, group }),
+      )
+      for (const e of decodeBacklogResponse(frame.body)) rows.push({ brokerGroup: b.name, ...e })
+    }
+    print(json, rows, () =>
+      table(
+        [
+          'BROKER GROUP',
+          'SUBJECT',
+          'CONSUMER GROUP',
+          'PENDING',
+          'IN FLIGHT',
+          'RETRYING',
+          'DEAD',
+          'CURSOR',
+          'MAX SEQ',
+        ],
+        rows.map((r) => [
+          r.brokerGroup,
+          r.subject,
+          r.group,
+          r.pending,
+          r.inFlight,
+          r.retrying,
+          r.deadLettered,
+          r.cursor,
+          r.maxSequence,
+        ]),
+        '(no consumer groups)',
+      ),
+    )
+    return 0
+  },
+)
+
+function parsePosition(to: string): { position: ResetPositionValue; timeMs: number } {
+  if (to === 'earliest') return { position: ResetPosition.EARLIEST, timeMs: 0 }
+  if (to === 'latest') return { position: ResetPosition.LATEST, timeMs: 0 }
+  const t = /^\d+$/.test(to) ? Number(to) : Date.parse(to)
+  if (!Number.isFinite(t)) {
+    throw new QmqError(
+      'QMQ_ERR_USAGE',
+      `--to must be earliest, latest, an ISO time or ms since epoch (got ${JSON.stringify(to)})`,
+    )
+  }
+  return { position: ResetPosition.TIMESTAMP, timeMs: t }
+}
+
+const RESET_USAGE = 'qmq reset-cursor <subject> <consumer-group> --to earliest|latest|<time>'
+export const resetCursorCommand = adminCommand(
+  'reset-cursor',
+  "Move a consumer group's cursor on every broker group of a subject (messages in flight stay in flight)",
+  RESET_USAGE,
+  '  --to WHERE         earliest, latest, an ISO time (2026-11-21T10:00:00Z) or ms since epoch',
+  async (cluster, { positionals, flags }, json) => {
+    const subject = need(positionals[0], 'subject', RESET_USAGE)
+    const group = need(positionals[1], 'consumer group', RESET_USAGE)
+    const { position, timeMs } = parsePosition(need(stringFlag(flags, 'to'), '--to', RESET_USAGE))
+    const brokers = await cluster.brokerGroups(subject)
+    if (brokers.length === 0)
+      throw new QmqError('QMQ_ERR_NOT_FOUND', `no alive broker group serves ${subject}`)
+    for (const b of brokers) {
+      await cluster.request(
+        b.address,
+        RequestCode.ADMIN_RESET_CURSOR,
+        encodeResetCursorRequest({ subject, group, position, timeMs }),
+      )
+    }
+    const done = {
+      subject,
+      group,
+      position: Object.keys(ResetPosition)[position],
+      timeMs,
+      brokerGroups: brokers.map((b) => b.name),
+    }
+    print(
+      json,
+      done,
+      () => `reset ${group} on ${subject} to ${stringFlag(flags, 'to')} on ${done.brokerGroups.join(', ')}`,
+    )
+    return 0
+  },
+)
+
+const DLQ_USAGE = `qmq dlq list <subject> --group G [--limit N]
+       qmq dlq show <subject> --group G --sequence N [--broker-group B]
+       qmq dlq redrive <subject> --group G (--sequence N ... --broker-group B | --all)`
+export const dlqCommand = adminCommand(
+  'dlq',
+  "List, inspect and redrive a consumer group's dead letters (%DEAD_RETRY%<subject>%<group>)",
+  DLQ_USAGE,
+  '  --group G          the consumer group\n  --limit N          at most N per broker group (default 100)\n  --sequence N       a dead letter by its sequence (repeatable)\n  --broker-group B   the broker group holding it (sequences are per broker group)\n  --all              redrive every dead letter of the group',
+  async (cluster, { positionals, flags }, json) => {
+    const [action, subjectArg] = positionals
+    const subject = need(subjectArg, 'subject', DLQ_USAGE)
+    const group = need(stringFlag(flags, 'group'), '--group', DLQ_USAGE)
+    const only = stringFlag(flags, 'brokerGroup')
+    const brokers = (await cluster.brokerGroups(subject)).filter((b) => only === undefined || b.name === only)
+    const sequences = listFlag(flags, 'sequence').map((s) => {
+      const n = Number(s)
+      if (!Number.isSafeInteger(n) || n < 0)
+        throw new QmqError('QMQ_ERR_USAGE', `--sequence must be a whole number (got ${s})`)
+      return n
+    })
+    if (action === 'list' || action === 'show') {
+      const limit = Number(stringFlag(flags, 'limit') ?? (action === 'show' ? 10_000 : 100))
+      const out: {
+        brokerGroup: string
+        sequence: number
+        deliveryCount: number
+        deadAt: number
+        id: string
+        tags: string[]
+        properties: Record<string, string>
+        body?: string
+      }[] = []
+      for (const b of brokers) {
+        const frame = await cluster.request(
+          b.address,
+          RequestCode.ADMIN_DLQ_LIST,
+          encodeDlqListRequest({ subject, group, limit, afterSequence: -1 }),
+        )
+        for (const d of decodeDlqListResponse(frame.body)) {
+          if (action === 'show' && !sequences.includes(d.sequence)) continue
+          const body = d.record.body
+          out.push({
+            brokerGroup: b.name,
+            sequence: d.sequence,
+            deliveryCount: d.deliveryCount,
+            deadAt: d.deadAt,
+            id: d.record.id,
+            tags: d.record.tags,
+            properties: Object.fromEntries(d.record.properties),
+            ...(action === 'show' && body !== undefined
+              ? { body: typeof body === 'string' ? body : `base64:${body.toString('base64')}` }
+              : {}),
+          })
+        }
+      }
+      if (action === 'show') {
+        if (sequences.length === 0)
+          throw new QmqError('QMQ_ERR_USAGE', `dlq show needs --sequence\n${DLQ_USAGE}`)
+        print(json, out, () =>
+          out.length === 0 ? '(not found)' : out.map((o) => JSON.stringify(o, null, 2)).join('\n'),
+        )
+        return out.length === 0 ? 1 : 0
+      }
+      print(json, out, () =>
+        table(
+          ['BROKER GROUP', 'SEQUENCE', 'MESSAGE ID', 'DELIVERIES', 'DEAD AT', 'TAGS'],
+          out.map((o) => [
+            o.brokerGroup,
+            o.sequence,
+            o.id,
+            o.deliveryCount,
+            time(o.deadAt),
+            o.tags.join(','),
+          ]),
+          '(no dead letters)',
+        ),
+      )
+      return 0
+    }
+    if (action === 'redrive') {
+      const all = flags.all === true
+      if (!all && sequences.length === 0)
+        throw new QmqError('QMQ_ERR_USAGE', `redrive needs --sequence or --all\n${DLQ_USAGE}`)
+      if (!all && brokers.length > 1) {
+        throw new QmqError(
+          'QMQ_ERR_USAGE',
+          'sequences are per broker group: add --broker-group (see qmq dlq list)',
+        )
+      }
+      let redriven = 0
+      for (const b of brokers) {
+        const frame = await cluster.request(
+          b.address,
+          RequestCode.ADMIN_DLQ_REDRIVE,
+          encodeDlqRedriveRequest({ subject, group, sequences: all ? undefined : sequences }),
+        )
+        redriven += decodeCountResponse(frame.body)
+      }
+      print(json, { redriven }, () => `redrove ${redriven} dead letter(s) of ${group} on ${subject}`)
+      return 0
+    }
+    throw new QmqError('QMQ_ERR_USAGE', `unknown dlq action ${JSON.stringify(action ?? '')}\n${DLQ_USAGE}`)
+  },
+  { booleans: ['all'], repeatable: ['sequence'] },
+)

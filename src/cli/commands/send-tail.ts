@@ -1,0 +1,201 @@
+import { readFileSync } from 'node:fs'
+import { QmqError } from '../../common/errors'
+import type { ConsumedMessage } from '../../client/consumer/consumed-message'
+import { listFlag, parseArgs, stringFlag } from '../args'
+import { DEFAULT_METASERVER_URL } from '../cluster'
+import { parseDuration } from '../table'
+import type { Command } from './command'
+
+/**
+ * `qmq send` and `qmq tail`: produce and watch messages from the command line through the SDK, as
+ * an application would. They use the metaserver given by --metaserver / QMQ_METASERVER.
+ */
+function metaServerOf(flags: ReturnType<typeof parseArgs>['flags']): string {
+  return stringFlag(flags, 'metaserver') ?? process.env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
+}
+
+function positiveInt(raw: string | undefined, fallback: number, what: string): number {
+  if (raw === undefined) return fallback
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new QmqError('QMQ_ERR_USAGE', `${what} must be a whole number >= 1 (got ${raw})`)
+  return n
+}
+
+const SEND_USAGE =
+  'qmq send <subject> [--body TEXT | --body-file FILE] [--property k=v]... [--tag T]... [--delay 30s | --at TIME] [--count N]'
+
+export const sendCommand: Command = {
+  name: 'send',
+  summary: 'Send messages to a subject (properties, tags, body, delay)',
+  help: () => `Usage: ${SEND_USAGE}
+
+Send one message (or --count copies) to a subject through the producer SDK and print its id.
+
+Options:
+  --body TEXT        message body (a string)
+  --body-file FILE   message body read from a file (binary)
+  --property K=V     a property (repeatable)
+  --tag T            a tag consumers can filter on (repeatable, at most 10)
+  --delay DURATION   deliver later: 1500ms, 30s, 5m, 2h, 3d (through a delay group)
+  --at TIME          deliver at an ISO time (through a delay group)
+  --count N          send N messages (property "n" numbers them); progress goes to stderr
+  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
+  --json             print the result as JSON`,
+  run: async (argv) => {
+    const { positionals, flags } = parseArgs(argv, { repeatable: ['property', 'tag'] })
+    const subject = positionals[0]
+    if (subject === undefined) throw new QmqError('QMQ_ERR_USAGE', `missing subject\nUsage: ${SEND_USAGE}`)
+    const count = positiveInt(stringFlag(flags, 'count'), 1, '--count')
+    const bodyText = stringFlag(flags, 'body')
+    const bodyFile = stringFlag(flags, 'bodyFile')
+    if (bodyText !== undefined && bodyFile !== undefined)
+      throw new QmqError('QMQ_ERR_USAGE', 'give --body or --body-file, not both')
+    const body = bodyFile !== undefined ? readFileSync(bodyFile) : bodyText
+    const properties = listFlag(flags, 'property').map((kv) => {
+      const eq = kv.indexOf('=')
+      if (eq <= 0)
+        throw new QmqError('QMQ_ERR_USAGE', `--property must be key=value (got ${JSON.stringify(kv)})`)
+      return [kv.slice(0, eq), kv.slice(eq + 1)] as const
+    })
+    const tags = listFlag(flags, 'tag')
+    const delayRaw = stringFlag(flags, 'delay')
+    const atRaw = stringFlag(flags, 'at')
+    let at: Date | undefined
+    if (delayRaw !== undefined && atRaw !== undefined)
+      throw new QmqError('QMQ_ERR_USAGE', 'give --delay or --at, not both')
+    if (delayRaw !== undefined) {
+      const ms = parseDuration(delayRaw)
+      if (ms === undefined)
+        throw new QmqError(
+          'QMQ_ERR_USAGE',
+          `--delay must look like 1500ms, 30s, 5m, 2h or 3d (got ${delayRaw})`,
+        )
+      at = new Date(Date.now() + ms)
+    }
+    if (atRaw !== undefined) {
+      at = new Date(atRaw)
+      if (Number.isNaN(at.getTime()))
+        throw new QmqError('QMQ_ERR_USAGE', `--at must be an ISO time (got ${atRaw})`)
+    }
+
+    const { MessageProducerProvider } = require('../../client') as typeof import('../../client')
+    const producer = new MessageProducerProvider({ appCode: 'qmq-cli', metaServer: metaServerOf(flags) })
+    await producer.init()
+    const ids: string[] = []
+    let done = 0
+    const started = Date.now()
+    const progress =
+      count >= 1000 ? setInterval(() => process.stderr.write(`sent ${done}/${count}\n`), 1000) : undefined
+    try {
+      const window: Promise<unknown>[] = []
+      for (let i = 0; i < count; i++) {
+        const m = producer.generateMessage(subject)
+        for (const [k, v] of properties) m.setProperty(k, v)
+        if (count > 1) m.setProperty('n', i)
+        for (const tag of tags) m.addTag(tag)
+        if (body !== undefined) m.setBody(body)
+        if (at !== undefined) m.setDelayTime(at)
+        if (ids.length < 1000) ids.push(m.getMessageId())
+        window.push(
+          producer.sendMessage(m).then(() => {
+            done++
+          }),
+        )
+        if (window.length >= 1000) await Promise.all(window.splice(0))
+      }
+      await Promise.all(window)
+    } finally {
+      if (progress) clearInterval(progress)
+      await producer.close()
+    }
+    const result = {
+      subject,
+      sent: done,
+      ids: count <= 1000 ? ids : undefined,
+      ms: Date.now() - started,
+      ...(at ? { deliverAt: at.toISOString() } : {}),
+    }
+    if (flags.json === true) process.stdout.write(`${JSON.stringify(result)}\n`)
+    else if (count === 1) process.stdout.write(`${ids[0]}${at ? ` (due ${at.toISOString()})` : ''}\n`)
+    else process.stdout.write(`sent ${done} messages to ${subject} in ${result.ms} ms\n`)
+    return 0
+  },
+}
+
+const TAIL_USAGE = 'qmq tail <subject> --group G [--count N] [--from earliest|latest] [--no-ack] [--json]'
+
+function describe(m: ConsumedMessage): Record<string, unknown> {
+  const body = m.getBody()
+  return {
+    id: m.getMessageId(),
+    subject: m.getSubject(),
+    createdAt: m.getCreatedTime().toISOString(),
+    deliveryCount: m.getDeliveryCount(),
+    tags: m.getTags(),
+    properties: Object.fromEntries(m.getProperties()),
+    ...(body === undefined ? {} : { body: m.getStringBody() ?? `base64:${body.toString('base64')}` }),
+  }
+}
+
+export const tailCommand: Command = {
+  name: 'tail',
+  summary: 'Print messages of a subject as a consumer group receives them',
+  help: () => `Usage: ${TAIL_USAGE}
+
+Consume a subject as a member of consumer group G and print each message. By default messages are
+acked (the group moves on): to watch without taking messages from a running group, use a new group
+name. Stops after --count messages or on Ctrl-C.
+
+Options:
+  --group G          consumer group (required)
+  --count N          stop after N messages
+  --from WHERE       where a NEW group starts: latest (default) or earliest
+  --no-ack           do not ack: the messages come back to the group after its lease
+  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
+  --json             one JSON object per message`,
+  run: async (argv) => {
+    const { positionals, flags } = parseArgs(argv)
+    const subject = positionals[0]
+    const group = stringFlag(flags, 'group')
+    if (subject === undefined || group === undefined)
+      throw new QmqError('QMQ_ERR_USAGE', `missing subject or --group\nUsage: ${TAIL_USAGE}`)
+    const limit = positiveInt(stringFlag(flags, 'count'), Number.MAX_SAFE_INTEGER, '--count')
+    const from = stringFlag(flags, 'from') ?? 'latest'
+    if (from !== 'latest' && from !== 'earliest')
+      throw new QmqError('QMQ_ERR_USAGE', `--from must be latest or earliest (got ${from})`)
+    const ack = flags.ack !== false
+
+    const { MessageConsumerProvider } = require('../../client') as typeof import('../../client')
+    const consumer = new MessageConsumerProvider({ appCode: 'qmq-cli', metaServer: metaServerOf(flags) })
+    await consumer.init()
+    const pull = consumer.getOrCreatePullConsumer(subject, group, { startFrom: from })
+    let stop = false
+    const onSignal = () => {
+      stop = true
+    }
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+    let seen = 0
+    try {
+      while (!stop && seen < limit) {
+        const batch = await pull.pull(Math.min(100, limit - seen), 1000)
+        for (const m of batch) {
+          seen++
+          const d = describe(m)
+          process.stdout.write(
+            flags.json === true
+              ? `${JSON.stringify(d)}\n`
+              : `${d.createdAt} ${d.id} tags=[${(d.tags as string[]).join(',')}] ${JSON.stringify(d.properties)}${d.body === undefined ? '' : ` body=${JSON.stringify(String(d.body).slice(0, 200))}`}\n`,
+          )
+          if (ack) await m.ack()
+        }
+      }
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+      await consumer.close()
+    }
+    return 0
+  },
+}

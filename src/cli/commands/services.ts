@@ -1,0 +1,115 @@
+import type { OptionsSchema } from '../../common/config'
+import { createLogger } from '../../common/logger'
+import { parseArgs } from '../args'
+import { optionsHelp, resolveServiceOptions } from '../service-options'
+import type { Command } from './command'
+
+/**
+ * `qmq metaserver|broker|delay`: start one service in the foreground until SIGINT/SIGTERM, then close
+ * it cleanly (answers in flight, flushes, checkpoints). Options come from flags, environment, a JSON
+ * config file and defaults (see service-options.ts). The modules are loaded lazily so that
+ * `qmq --help` and the admin commands start fast.
+ */
+interface Service {
+  start(): Promise<unknown>
+  close(): Promise<void>
+}
+
+interface ServiceSpec<T> {
+  name: string
+  summary: string
+  envPrefix: string
+  schema: () => OptionsSchema<T>
+  create: (options: Readonly<T>) => Service
+  describe: (service: Service) => Record<string, unknown>
+}
+
+function serviceCommand<T>(spec: ServiceSpec<T>): Command {
+  return {
+    name: spec.name,
+    summary: spec.summary,
+    help: () =>
+      `Usage: qmq ${spec.name} [options]\n\n${spec.summary}.\n\nOptions (flag, environment variable, or key of a JSON file given with --config FILE):\n${optionsHelp(spec.schema(), spec.envPrefix)}\n  --config FILE    JSON object of options; flags and environment win over it`,
+    run: async (argv) => {
+      const { flags } = parseArgs(argv)
+      const options = resolveServiceOptions(spec.name, spec.schema(), flags, spec.envPrefix)
+      const service = spec.create(options)
+      const log = createLogger().child({ service: spec.name })
+      await service.start()
+      log.info(spec.describe(service), `${spec.name} started`)
+      await new Promise<void>((resolve) => {
+        let closing = false
+        const stop = (signal: string) => {
+          if (closing) {
+            log.warn({ signal }, 'second signal: exiting without a clean close')
+            process.exit(1)
+          }
+          closing = true
+          log.info({ signal }, `${spec.name} closing`)
+          service.close().then(
+            () => resolve(),
+            (err: unknown) => {
+              log.error(err as Error, 'close failed')
+              process.exitCode = 1
+              resolve()
+            },
+          )
+        }
+        process.once('SIGINT', () => stop('SIGINT'))
+        process.once('SIGTERM', () => stop('SIGTERM'))
+        // Started by `qmq dev` with an IPC channel: close when the parent goes away.
+        if (process.channel) {
+          process.channel.unref()
+          process.once('disconnect', () => stop('parent exited'))
+        }
+      })
+      log.info(`${spec.name} stopped`)
+      return 0
+    },
+  }
+}
+
+export const metaserverCommand = serviceCommand({
+  name: 'metaserver',
+  summary: 'Start a metaserver: HTTP discovery, registration and liveness of groups, subject placement',
+  envPrefix: 'QMQ_METASERVER_',
+  schema: () => require('../../metaserver/options').metaserverOptionsSchema,
+  create: (options) => {
+    const { Metaserver } = require('../../metaserver/main') as typeof import('../../metaserver/main')
+    return new Metaserver(options)
+  },
+  describe: (s) => {
+    const m = s as import('../../metaserver/main').Metaserver
+    return { url: m.url, metaAddress: `${m.url}/meta/address`, dataDir: m.options.dataDir }
+  },
+})
+
+export const brokerCommand = serviceCommand({
+  name: 'broker',
+  summary: 'Start a broker (the master of a broker group): real-time messages over TCP',
+  envPrefix: 'QMQ_BROKER_',
+  schema: () => (require('../../broker/broker') as typeof import('../../broker/broker')).brokerOptionsSchema,
+  create: (options) => {
+    const { Broker } = require('../../broker/broker') as typeof import('../../broker/broker')
+    return new Broker(options)
+  },
+  describe: (s) => {
+    const b = s as import('../../broker/broker').Broker
+    return { group: b.options.group, ...b.addresses, dataDir: b.options.dataDir }
+  },
+})
+
+export const delayCommand = serviceCommand({
+  name: 'delay',
+  summary: 'Start a delay server (the master of a delay group): messages due up to 2 years ahead',
+  envPrefix: 'QMQ_DELAY_',
+  schema: () => (require('../../delay/options') as typeof import('../../delay/options')).delayOptionsSchema,
+  create: (options) => {
+    const { DelayServer } = require('../../delay/delay-server') as typeof import('../../delay/delay-server')
+    return new DelayServer(options)
+  },
+  describe: (s) => {
+    const d = s as import('../../delay/delay-server').DelayServer
+    return { group: d.options.group, address: d.address, httpPort: d.httpPort, dataDir: d.options.dataDir }
+  },
+})
