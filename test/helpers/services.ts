@@ -1,0 +1,101 @@
+import { join } from 'node:path'
+import type { Test } from 'tap'
+import {
+  type ChildService,
+  type ChildServiceOptions,
+  startChildService,
+  stopChildService,
+} from '../../src/cli/child-service'
+
+/**
+ * Real qmq services as child processes, started through the CLI exactly as an operator would, for
+ * end-to-end and crash tests. Every service is stopped (SIGKILL if need be) at teardown.
+ */
+export interface RunningService {
+  child: ChildService
+  info: Record<string, unknown>
+  /** The TCP `host:port` (broker, delay) or base URL (metaserver). */
+  address: string
+}
+
+const echo: ChildServiceOptions['onLine'] =
+  process.env.QMQ_TEST_VERBOSE === '1' ? (line) => process.stderr.write(`${line}\n`) : undefined
+
+export async function startService(t: Test, name: string, args: string[]): Promise<RunningService> {
+  const child = startChildService(name, args, echo ? { onLine: echo } : {})
+  t.teardown(async () => {
+    if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
+    await child.exited
+  })
+  const info = await child.started
+  const address = String(info.url ?? info.address)
+  return { child, info, address }
+}
+
+export async function startMetaserver(t: Test, dataDir: string, port = 0): Promise<RunningService> {
+  return startService(t, 'metaserver', [
+    'metaserver',
+    '--port',
+    String(port),
+    '--data-dir',
+    join(dataDir, 'metaserver'),
+    '--heartbeat-timeout-ms',
+    '3000',
+    '--heartbeat-interval-ms',
+    '500',
+  ])
+}
+
+export async function startBroker(
+  t: Test,
+  dataDir: string,
+  group: string,
+  meta: string,
+  port = 0,
+): Promise<RunningService> {
+  return startService(t, group, [
+    'broker',
+    '--group',
+    group,
+    '--port',
+    String(port),
+    '--http-port',
+    '-1',
+    '--data-dir',
+    join(dataDir, group),
+    '--metaserver',
+    meta,
+  ])
+}
+
+export async function startDelay(
+  t: Test,
+  dataDir: string,
+  group: string,
+  meta: string,
+  port = 0,
+): Promise<RunningService> {
+  return startService(t, group, [
+    'delay',
+    '--group',
+    group,
+    '--port',
+    String(port),
+    '--data-dir',
+    join(dataDir, group),
+    '--metaserver',
+    meta,
+  ])
+}
+
+/** The port a service bound (to restart it on the same address). */
+export function portOf(s: RunningService): number {
+  return Number(s.address.slice(s.address.lastIndexOf(':') + 1))
+}
+
+export async function kill9(s: RunningService): Promise<void> {
+  s.child.proc.kill('SIGKILL')
+  await s.child.exited
+}
+
+export { stopChildService }
