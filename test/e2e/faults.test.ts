@@ -90,7 +90,11 @@ t.test('faults - with the metaserver stopped, produce and consume go on from cac
   const first = producer.generateMessage('faults.meta')
   await producer.sendMessage(first)
   const acked = new Set<string>([first.getMessageId()])
-  await pull.pull(1, 200)
+  const got = new Set<string>()
+  for (const m of await pull.pull(1, 1000)) {
+    got.add(m.getMessageId())
+    await m.ack()
+  }
   await kill9(meta)
 
   for (let i = 0; i < 300; i++) {
@@ -98,7 +102,6 @@ t.test('faults - with the metaserver stopped, produce and consume go on from cac
     await producer.sendMessage(m)
     acked.add(m.getMessageId())
   }
-  const got = new Set<string>()
   const deadline = Date.now() + 30_000
   while ([...acked].some((id) => !got.has(id)) && Date.now() < deadline) {
     for (const m of await pull.pull(100, 500)) {
