@@ -25,6 +25,21 @@ const files = readdirSync(__dirname)
   .filter((f) => filters.length === 0 || filters.some((w) => f.includes(w)))
   .sort()
 
+// Size knobs of the benchmarks: the issues' full sizes by default, small ones for --quick.
+// Anything already set in the environment wins.
+const SIZES: Record<string, string> = quick
+  ? {
+      BENCH_SECONDS: '1',
+      BENCH_DURATION_MS: '1000',
+      BENCH_READ_BYTES: String(64 * 1024 * 1024),
+      BENCH_REOPEN_BYTES: String(64 * 1024 * 1024),
+    }
+  : {
+      BENCH_REOPEN_BYTES: String(2 * 1024 * 1024 * 1024),
+      DELAY_BENCH_PENDING: '10000000',
+      DELAY_BENCH_BURST: '1000000',
+    }
+
 const results: (BenchResult & { file: string })[] = []
 const failures: string[] = []
 for (const file of files) {
@@ -36,7 +51,7 @@ for (const file of files) {
     {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, BENCH_QUICK: quick ? '1' : '0' },
+      env: { ...SIZES, ...process.env, BENCH_QUICK: quick ? '1' : '0' },
       maxBuffer: 64 * 1024 * 1024,
     },
   )
