@@ -46,46 +46,47 @@ export async function startMetaserver(t: Test, dataDir: string, port = 0): Promi
   ])
 }
 
-export async function startBroker(
+async function startGroup(
   t: Test,
+  kind: 'broker' | 'delay',
   dataDir: string,
   group: string,
   meta: string,
-  port = 0,
+  port: number,
 ): Promise<RunningService> {
-  return startService(t, group, [
-    'broker',
+  const args = [
+    kind,
     '--group',
     group,
     '--port',
     String(port),
-    '--http-port',
-    '-1',
     '--data-dir',
     join(dataDir, group),
     '--metaserver',
     meta,
-  ])
+  ]
+  if (kind === 'broker') args.push('--http-port', '-1')
+  return startService(t, group, args)
 }
 
-export async function startDelay(
+export function startBroker(
   t: Test,
   dataDir: string,
   group: string,
   meta: string,
   port = 0,
 ): Promise<RunningService> {
-  return startService(t, group, [
-    'delay',
-    '--group',
-    group,
-    '--port',
-    String(port),
-    '--data-dir',
-    join(dataDir, group),
-    '--metaserver',
-    meta,
-  ])
+  return startGroup(t, 'broker', dataDir, group, meta, port)
+}
+
+export function startDelay(
+  t: Test,
+  dataDir: string,
+  group: string,
+  meta: string,
+  port = 0,
+): Promise<RunningService> {
+  return startGroup(t, 'delay', dataDir, group, meta, port)
 }
 
 /** The port a service bound (to restart it on the same address). */

@@ -137,53 +137,18 @@ export const devCommand: Command = {
         return 0
       }
       const metaUrl = String(metaInfo.url)
-      const services: ChildService[] = []
-      for (let k = 0; k < brokers; k++) {
-        const port = portPlus(brokerPort, 10 * k)
-        const name = `broker-${k + 1}`
-        services.push(
-          startChild(
-            name,
-            [
-              'broker',
-              '--group',
-              name,
-              '--port',
-              String(port),
-              '--http-port',
-              String(portPlus(port, 1)),
-              '--data-dir',
-              join(dataDir, name),
-              '--metaserver',
-              metaUrl,
-            ],
-            verbose,
-          ),
-        )
+      // Group k of a kind listens on base + 10(k-1), its HTTP port one above.
+      const group = (kind: 'broker' | 'delay', k: number, basePort: number): ChildService => {
+        const name = `${kind}-${k + 1}`
+        const port = portPlus(basePort, 10 * k)
+        const args = [kind, '--group', name, '--port', String(port), '--http-port', String(portPlus(port, 1))]
+        args.push('--data-dir', join(dataDir, name), '--metaserver', metaUrl)
+        return startChild(name, args, verbose)
       }
-      for (let k = 0; k < delays; k++) {
-        const port = portPlus(delayPort, 10 * k)
-        const name = `delay-${k + 1}`
-        services.push(
-          startChild(
-            name,
-            [
-              'delay',
-              '--group',
-              name,
-              '--port',
-              String(port),
-              '--http-port',
-              String(portPlus(port, 1)),
-              '--data-dir',
-              join(dataDir, name),
-              '--metaserver',
-              metaUrl,
-            ],
-            verbose,
-          ),
-        )
-      }
+      const services: ChildService[] = [
+        ...Array.from({ length: brokers }, (_, k) => group('broker', k, brokerPort)),
+        ...Array.from({ length: delays }, (_, k) => group('delay', k, delayPort)),
+      ]
       children.push(...services)
       const infos = await Promise.race([
         Promise.all(services.map((s) => s.started)),
