@@ -6,10 +6,11 @@
  * - backlog drain time with a 5 ms handler for 1, 2, 4, 8 and 16 consumers.
  * Targets: >= 150k msgs/s produced with 4 producers, >= 150k msgs/s consumed, p99 < 5 ms at 10k msgs/s,
  * 16 consumers drain >= 12x faster than one.
- * Knobs: BENCH_QUICK=1 (or --quick) for a short run; BROKER_FLUSH=async to compare.
+ * Knobs: BENCH_QUICK=1 (or --quick) for a short run; BROKER_FLUSH=async to compare; BENCH_PARTS
+ * (produce,consume,latency,drain); BROKER_NODE_ARGS (node flags of the broker process, e.g. --cpu-prof).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RawClient } from '../test/helpers/raw-client'
@@ -45,7 +46,15 @@ function record(subject: string, body: Buffer = BODY): Buffer {
 function startBroker(dataDir: string): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', join(__dirname, 'broker-child.ts'), dataDir, JSON.stringify({ flush })],
+    [
+      // e.g. BROKER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the broker process
+      ...(process.env.BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''),
+      '--import',
+      'tsx',
+      join(__dirname, 'broker-child.ts'),
+      dataDir,
+      JSON.stringify({ flush }),
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   )
   return new Promise((resolve, reject) => {
@@ -242,7 +251,9 @@ async function latency(port: number, rate: number, seconds: number): Promise<num
       }
       pending.push(sendBatch(producer, recs))
     }
-    await new Promise((r) => setImmediate(r))
+    // Paced by a 1 ms timer (what is due goes out as one SEND, as the SDK batches): spinning on
+    // setImmediate would burn a core the broker needs on a small machine and measure the starvation.
+    await new Promise((r) => setTimeout(r, 1))
   }
   await Promise.all(pending)
   producing = false
@@ -291,43 +302,73 @@ async function drain(port: number, subject: string, consumers: number, total: nu
 
 const parts = (process.env.BENCH_PARTS ?? 'produce,consume,latency,drain').split(',')
 
+/** CPU time (user + system, ms) the broker process used so far, from /proc; undefined elsewhere. */
+function cpuMs(pid: number | undefined): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100 // utime + stime, in 100 Hz ticks
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Runs a phase of `messages` messages; reports its rate and, beside it, the broker's CPU time per
+ * message (steadier than the rate on a shared machine).
+ */
+async function phase(
+  child: ChildProcess,
+  metric: string,
+  messages: number,
+  run: () => Promise<number>,
+  target?: string,
+): Promise<void> {
+  const before = cpuMs(child.pid)
+  const rate = await run()
+  const after = cpuMs(child.pid)
+  report({ bench: BENCH, metric, value: Math.round(rate), unit: 'msgs/s', ...(target ? { target } : {}) })
+  if (before !== undefined && after !== undefined)
+    report({
+      bench: BENCH,
+      metric: `${metric}: broker CPU per message`,
+      value: +(((after - before) * 1000) / messages).toFixed(2),
+      unit: 'us',
+    })
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'qmq-bench-broker-'))
   const { child, port } = await startBroker(dir)
   try {
     const n = quick ? 20_000 : 100_000
     if (parts.includes('produce')) {
-      report({
-        bench: BENCH,
-        metric: `produce 1 producer (flush ${flush})`,
-        value: Math.round(await produce(port, 'p1', 1, n)),
-        unit: 'msgs/s',
-      })
-      report({
-        bench: BENCH,
-        metric: `produce 4 producers (flush ${flush})`,
-        value: Math.round(await produce(port, 'p4', 4, n / 2)),
-        unit: 'msgs/s',
-        target: '>= 150000',
-      })
+      await phase(child, `produce 1 producer (flush ${flush})`, n, () => produce(port, 'p1', 1, n))
+      await phase(
+        child,
+        `produce 4 producers (flush ${flush})`,
+        2 * n,
+        () => produce(port, 'p4', 4, n / 2),
+        '>= 150000',
+      )
     }
     if (parts.includes('consume')) {
       if (!parts.includes('produce')) await produce(port, 'p4', 4, n / 2)
       // Consume the 4-producer backlog (2n messages) with fresh groups.
-      report({
-        bench: BENCH,
-        metric: 'consume from backlog, 1 consumer',
-        value: Math.round(await consume(port, 'p4', 'one', 1, 2 * n)),
-        unit: 'msgs/s',
-        target: '>= 150000',
-      })
-      report({
-        bench: BENCH,
-        metric: 'consume from backlog, 4 consumers',
-        value: Math.round(await consume(port, 'p4', 'four', 4, 2 * n)),
-        unit: 'msgs/s',
-        target: '>= 150000',
-      })
+      await phase(
+        child,
+        'consume from backlog, 1 consumer',
+        2 * n,
+        () => consume(port, 'p4', 'one', 1, 2 * n),
+        '>= 150000',
+      )
+      await phase(
+        child,
+        'consume from backlog, 4 consumers',
+        2 * n,
+        () => consume(port, 'p4', 'four', 4, 2 * n),
+        '>= 150000',
+      )
     }
     if (parts.includes('latency')) {
       const lat = await latency(port, 10_000, quick ? 2 : 5)
@@ -381,7 +422,12 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    child.kill('SIGKILL')
+    // A graceful stop (so that `NODE_OPTIONS=--cpu-prof` can write the broker's profile), SIGKILL if slow.
+    const exited = new Promise((r) => child.once('exit', r))
+    child.kill('SIGTERM')
+    const killer = setTimeout(() => child.kill('SIGKILL'), 10_000)
+    await exited
+    clearTimeout(killer)
     rmSync(dir, { recursive: true, force: true })
   }
 }

@@ -24,38 +24,37 @@ export function tmpDir(name: string): string {
 const ID_DIGITS = 12
 
 /**
- * A pool of 1 KiB records whose ids are rewritten in place (and CRC recomputed) before each use, so
- * the store's dedupe sees distinct ids without the harness encoding every message. The pool is much
- * larger than what can be in flight, so a buffer is never rewritten before its write completed.
+ * 1 KiB records with distinct ids, as a SEND body brings them: each `take(n)` returns n records laid
+ * out in one fresh buffer (the store keeps the buffers it is given; a socket read is never reused
+ * either). A template is copied, its id rewritten and its CRC recomputed: the store's dedupe sees
+ * distinct ids without the harness encoding every message.
  */
 export class RecordPool {
-  private readonly recs: AppendInput[] = []
-  private next = 0
+  private readonly template: Buffer
+  private readonly header: RecordHeader
   private counter = 0
-  constructor(subject: string, size: number, bodyBytes = 1024 - 80) {
-    const body = Buffer.alloc(bodyBytes, 0x61)
-    for (let i = 0; i < size; i++) {
-      const bytes = encodeRecord({
-        id: 'x'.repeat(ID_DIGITS),
-        subject,
-        createdAt: Date.now(),
-        tags: [],
-        properties: new Map(),
-        body,
-      })
-      const header: RecordHeader = readRecordHeader(bytes)
-      this.recs.push({ bytes, header })
-    }
+  constructor(subject: string, _size = 0, bodyBytes = 1024 - 80) {
+    this.template = encodeRecord({
+      id: 'x'.repeat(ID_DIGITS),
+      subject,
+      createdAt: Date.now(),
+      tags: [],
+      properties: new Map(),
+      body: Buffer.alloc(bodyBytes, 0x61),
+    })
+    this.header = readRecordHeader(this.template)
   }
   take(n: number): AppendInput[] {
-    const out: AppendInput[] = []
+    const size = this.template.length
+    const buf = Buffer.allocUnsafe(n * size)
+    const out: AppendInput[] = new Array(n)
     for (let i = 0; i < n; i++) {
-      const r = this.recs[this.next] as AppendInput
-      this.next = (this.next + 1) % this.recs.length
+      const bytes = buf.subarray(i * size, (i + 1) * size)
+      bytes.set(this.template)
       const id = String(this.counter++).padStart(ID_DIGITS, '0')
-      r.bytes.write(id, 32, ID_DIGITS, 'latin1')
-      r.bytes.writeUInt32BE(crc32c(r.bytes.subarray(8)), 4)
-      out.push({ bytes: r.bytes, header: { ...r.header, id } })
+      bytes.write(id, 32, ID_DIGITS, 'latin1')
+      bytes.writeUInt32BE(crc32c(bytes.subarray(8)), 4)
+      out[i] = { bytes, header: { ...this.header, id } }
     }
     return out
   }

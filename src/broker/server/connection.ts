@@ -73,6 +73,7 @@ export class Connection {
   private readonly queued: Frame[] = []
   private inFlight = 0
   private readPaused = false
+  private corked = false
   private sawFrame = false
   private closing = false
   private closed = false
@@ -215,14 +216,19 @@ export class Connection {
       length,
     )
     const s = this.socket
-    if (parts.length === 0) {
-      s.write(header)
-      return
+    // Answers finished in the same turn of the event loop (one fdatasync acknowledges many SENDs of a
+    // connection; one wake answers many long polls) leave in one writev: the socket stays corked
+    // until the current tick's callbacks and promise jobs have run.
+    if (!this.corked) {
+      this.corked = true
+      s.cork()
+      process.nextTick(() => {
+        this.corked = false
+        s.uncork()
+      })
     }
-    s.cork()
     s.write(header)
     for (const p of parts) if (p.length > 0) s.write(p)
-    s.uncork()
   }
 
   /** Pauses reading while over the in-flight cap or the write high-water mark; resumes otherwise. */

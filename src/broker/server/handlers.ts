@@ -42,6 +42,8 @@ export interface ServerContext {
 }
 
 const EMPTY: readonly Buffer[] = []
+const STORED: SendResult = { status: 0, message: '' }
+const DUPLICATE: SendResult = { status: 0, message: 'duplicate' }
 
 export function createFrameHandler(
   ctx: ServerContext,
@@ -105,6 +107,8 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
   const results: SendResult[] = new Array(items.length)
   const inputs: AppendInput[] = []
   const positions: number[] = []
+  // A SEND usually carries one subject: validate each distinct name once.
+  let validSubject: string | undefined
   for (let i = 0; i < items.length; i++) {
     const item = items[i]
     if (item === undefined) continue
@@ -112,7 +116,10 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
     const header = item.header
     if (err === undefined && header !== undefined) {
       try {
-        validateSubject(header.subject)
+        if (header.subject !== validSubject) {
+          validateSubject(header.subject)
+          validSubject = header.subject
+        }
         if (ctx.readOnly.all || ctx.readOnly.subjects.has(header.subject)) {
           err = new QmqError('QMQ_ERR_READ_ONLY', `this broker group is read-only for ${header.subject}`)
         }
@@ -134,18 +141,38 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
     try {
       const stored = await ctx.store.append(inputs)
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
+      // Counters per run of one subject (a labelled inc costs a label lookup: once per run, not per record).
+      let runSubject = ''
+      let runMessages = 0
+      let runBytes = 0
+      let runDuplicates = 0
+      const flushRun = () => {
+        if (runMessages > 0) {
+          ctx.metrics.received.inc({ subject: runSubject }, runMessages)
+          ctx.metrics.receivedBytes.inc({ subject: runSubject }, runBytes)
+        }
+        if (runDuplicates > 0) ctx.metrics.duplicates.inc({ subject: runSubject }, runDuplicates)
+        runMessages = 0
+        runBytes = 0
+        runDuplicates = 0
+      }
       for (let j = 0; j < positions.length; j++) {
         const r = stored[j]
         const input = inputs[j] as AppendInput
         const subject = input.header.subject
-        if (r?.duplicate) ctx.metrics.duplicates.inc({ subject })
-        else {
-          ctx.metrics.received.inc({ subject })
-          ctx.stats.received++
-          ctx.metrics.receivedBytes.inc({ subject }, input.bytes.length)
+        if (subject !== runSubject) {
+          flushRun()
+          runSubject = subject
         }
-        results[positions[j] as number] = { status: 0, message: r?.duplicate ? 'duplicate' : '' }
+        if (r?.duplicate) runDuplicates++
+        else {
+          runMessages++
+          ctx.stats.received++
+          runBytes += input.bytes.length
+        }
+        results[positions[j] as number] = r?.duplicate ? DUPLICATE : STORED
       }
+      flushRun()
     } catch (e) {
       const err = toQmqError(e, 'QMQ_ERR_STORE_IO')
       if (err.code === 'QMQ_ERR_INTERNAL' || err.code === 'QMQ_ERR_STORE_IO')

@@ -1,26 +1,59 @@
 /**
- * Message ids stored recently, per subject: (subject, id) -> the subject sequence of the first copy.
- * Entries are kept in insertion (= time) order; the oldest go when they leave the window or when
- * the count passes `maxEntries`. One map per subject (no concatenated keys on the hot path).
+ * Message ids stored recently: (subject, id) -> the subject sequence of the first copy.
+ *
+ * No strings and no Maps on the hot path. The key of a record is its own bytes [28, 32 + idLength +
+ * subjectLength): the idLength and subjectLength fields, then the id and the subject (the common record
+ * layout, src/common/record.ts), so two keys are equal exactly when (subject, id) are. `keyEnd()`
+ * finds it in a record.
+ *
+ * Layout, all typed arrays:
+ * - a **ring** of entries in insertion (= time) order, indexed by entry number & ringMask: the key's
+ *   32-bit hash, sequence, time, key position in the arena, key length and the table slot it sits in.
+ *   The oldest entries leave from the head (window expiry, `maxEntries`, arena space); a failed batch
+ *   removes the newest from the tail (`rollbackTo`).
+ * - an **open-addressing table** (linear probing, load <= 1/2) of ring indexes + 1 (0 = empty) with
+ *   the hash beside them. Deletion shifts the following run back (no tombstones).
+ * - an **arena**: the key bytes, a ring buffer in the same order as the entries. A hash match is
+ *   confirmed by comparing bytes, so a collision never makes a new message a "duplicate".
+ *
+ * Everything grows by doubling, up to `maxEntries` entries (and an arena of maxEntries x 64 bytes,
+ * at least 1 MiB); past that the oldest entries are forgotten first.
  */
+const MIN_RING = 64 * 1024
+const KEY_START = 28
+
 export class DedupeIndex {
-  private readonly bySubject = new Map<string, Map<string, number>>()
-  /**
-   * Ids, their subject maps and insertion times in insertion order (arrays + head). The oldest entry
-   * is taken from here, not with `map.keys().next()`, which scans the deleted slots V8 keeps at the
-   * front of a map.
-   */
-  private ids: string[] = []
-  private maps: Map<string, number>[] = []
-  private times: number[] = []
-  private head = 0
-  private count = 0
   private readonly windowMs: number
   private readonly maxEntries: number
+  private readonly maxRing: number
+  private readonly maxArena: number
+  // Ring of entries: absolute entry numbers [head, tail); index = number & ringMask.
+  private ringMask = -1
+  private rHash = new Uint32Array(0)
+  private rSeq = new Float64Array(0)
+  private rTime = new Float64Array(0)
+  private rKeyOff = new Float64Array(0)
+  private rKeyLen = new Uint16Array(0)
+  private rSlot = new Int32Array(0)
+  private head = 0
+  private tail = 0
+  // Table: slot i holds [2i] ring index + 1 (0 = empty) and [2i + 1] the hash (side by side: one
+  // cache line per probe).
+  private tMask = -1
+  private tab = new Int32Array(0)
+  // Arena: key bytes at absolute positions; physical = position & (arena.length - 1).
+  private arena = Buffer.alloc(0)
+  private arenaPos = 0
 
   constructor(windowMs: number, maxEntries: number) {
     this.windowMs = windowMs
     this.maxEntries = maxEntries
+    let r = MIN_RING
+    while (r < maxEntries && r < 2 ** 30) r *= 2
+    this.maxRing = r
+    let a = 1024 * 1024
+    while (a < Math.min(maxEntries * 64, 2 ** 30)) a *= 2
+    this.maxArena = a
   }
 
   get enabled(): boolean {
@@ -28,44 +61,241 @@ export class DedupeIndex {
   }
 
   get size(): number {
-    return this.count
+    return this.tail - this.head
   }
 
-  get(subject: string, id: string): number | undefined {
-    return this.bySubject.get(subject)?.get(id)
+  /** Position after the newest entry: `rollbackTo(mark)` removes what was added after it. */
+  get mark(): number {
+    return this.tail
   }
 
-  add(subject: string, id: string, seq: number, time: number): void {
-    if (!this.enabled) return
-    let m = this.bySubject.get(subject)
-    if (!m) {
-      m = new Map()
-      this.bySubject.set(subject, m)
+  /** End of the dedupe key of the record at `pos` (the key is [pos + 28, end)). */
+  static keyEnd(rec: Buffer, pos: number): number {
+    return pos + 32 + rec.readUInt16BE(pos + 28) + rec.readUInt16BE(pos + 30)
+  }
+
+  /** Sequence stored for the key of the record at `pos`, or -1. */
+  find(rec: Buffer, pos: number): number {
+    if (this.tail === this.head) return -1
+    return this.lookup(rec, pos + KEY_START, DedupeIndex.keyEnd(rec, pos), hashOf(rec, pos))
+  }
+
+  /**
+   * The sequence stored for the key of the record at `pos`; when there is none, adds it with `seq`
+   * and returns -1 (one hash, one probe).
+   */
+  findOrAdd(rec: Buffer, pos: number, seq: number, time: number): number {
+    const start = pos + KEY_START
+    const end = DedupeIndex.keyEnd(rec, pos)
+    const h = hashBytes(rec, start, end)
+    if (this.tail !== this.head) {
+      const found = this.lookup(rec, start, end, h)
+      if (found >= 0) return found
     }
-    if (m.has(id)) return
-    m.set(id, seq)
-    this.ids.push(id)
-    this.maps.push(m)
-    this.times.push(time)
-    this.count++
-    if (this.count > this.maxEntries) this.dropOldest()
+    this.insertKey(rec, start, end, h, seq, time)
+    return -1
+  }
+
+  /** Adds the key of the record at `pos` (the caller checked with `find` that it is absent). */
+  add(rec: Buffer, pos: number, seq: number, time: number): void {
+    const start = pos + KEY_START
+    const end = DedupeIndex.keyEnd(rec, pos)
+    this.insertKey(rec, start, end, hashBytes(rec, start, end), seq, time)
+  }
+
+  private lookup(rec: Buffer, start: number, end: number, h: number): number {
+    const mask = this.tMask
+    const amask = this.arena.length - 1
+    const len = end - start
+    const tab = this.tab
+    const hs = h | 0
+    let i = h & mask
+    for (;;) {
+      const ref = tab[2 * i] as number
+      if (ref === 0) return -1
+      if (tab[2 * i + 1] === hs) {
+        const ri = ref - 1
+        if (this.rKeyLen[ri] === len) {
+          const off = (this.rKeyOff[ri] as number) & amask
+          if (this.arena.compare(rec, start, end, off, off + len) === 0) return this.rSeq[ri] as number
+        }
+      }
+      i = (i + 1) & mask
+    }
+  }
+
+  private insertKey(rec: Buffer, start: number, end: number, h: number, seq: number, time: number): void {
+    if (!this.enabled) return
+    const len = end - start
+    if (this.tail - this.head >= this.maxEntries) this.dropOldest()
+    if (this.tail - this.head > this.ringMask) this.growRing()
+    const keyOff = this.reserveArena(len)
+    const arena = this.arena
+    const at = keyOff & (arena.length - 1)
+    // Keys are short: a loop beats Buffer#copy's per-call overhead.
+    if (len <= 64) for (let k = 0; k < len; k++) arena[at + k] = rec[start + k] as number
+    else rec.copy(arena, at, start, end)
+    const ri = this.tail & this.ringMask
+    this.tail++
+    this.rHash[ri] = h
+    this.rSeq[ri] = seq
+    this.rTime[ri] = time
+    this.rKeyOff[ri] = keyOff
+    this.rKeyLen[ri] = len
+    this.arenaPos = keyOff + len
+    this.insert(ri, h)
+  }
+
+  /** Removes the entries added after `mark` (newest first): a batch that could not be stored. */
+  rollbackTo(mark: number): void {
+    while (this.tail > Math.max(mark, this.head)) {
+      this.tail--
+      const ri = this.tail & this.ringMask
+      this.remove(this.rSlot[ri] as number)
+      this.arenaPos = this.rKeyOff[ri] as number
+    }
+  }
+
+  /** Forgets entries older than the window. */
+  expire(now: number): void {
+    const limit = now - this.windowMs
+    while (this.head < this.tail && (this.rTime[this.head & this.ringMask] as number) < limit)
+      this.dropOldest()
   }
 
   private dropOldest(): void {
-    if (this.head >= this.ids.length) return
-    ;(this.maps[this.head] as Map<string, number>).delete(this.ids[this.head] as string)
+    if (this.head >= this.tail) return
+    const ri = this.head & this.ringMask
+    this.remove(this.rSlot[ri] as number)
     this.head++
-    this.count--
-    if (this.head > 65536 && this.head * 2 > this.ids.length) {
-      this.ids = this.ids.slice(this.head)
-      this.maps = this.maps.slice(this.head)
-      this.times = this.times.slice(this.head)
-      this.head = 0
+  }
+
+  private insert(ri: number, h: number): void {
+    const mask = this.tMask
+    const tab = this.tab
+    let i = h & mask
+    while (tab[2 * i] !== 0) i = (i + 1) & mask
+    tab[2 * i] = ri + 1
+    tab[2 * i + 1] = h
+    this.rSlot[ri] = i
+  }
+
+  /** Empties slot `i`, shifting back the entries of the run after it that may move (linear probing). */
+  private remove(i: number): void {
+    const mask = this.tMask
+    const tab = this.tab
+    let hole = i
+    let j = i
+    for (;;) {
+      j = (j + 1) & mask
+      const ref = tab[2 * j] as number
+      if (ref === 0) break
+      const home = (tab[2 * j + 1] as number) & mask
+      // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
+      const stays = hole <= j ? hole < home && home <= j : hole < home || home <= j
+      if (stays) continue
+      tab[2 * hole] = ref
+      tab[2 * hole + 1] = tab[2 * j + 1] as number
+      this.rSlot[ref - 1] = hole
+      hole = j
+    }
+    tab[2 * hole] = 0
+  }
+
+  /** Absolute arena position for `len` key bytes that do not straddle the arena's end. */
+  private reserveArena(len: number): number {
+    for (;;) {
+      const cap = this.arena.length
+      let pos = this.arenaPos
+      if (cap > 0 && (pos % cap) + len > cap) pos = Math.ceil(pos / cap) * cap
+      const oldest = this.head < this.tail ? (this.rKeyOff[this.head & this.ringMask] as number) : pos
+      if (cap > 0 && pos + len - oldest <= cap) return pos
+      if (cap < this.maxArena || cap === 0) this.growArena()
+      else this.dropOldest()
     }
   }
 
-  expire(now: number): void {
-    const limit = now - this.windowMs
-    while (this.head < this.times.length && (this.times[this.head] as number) < limit) this.dropOldest()
+  private growArena(): void {
+    const old = this.arena
+    if (old.length === 0) {
+      this.arena = Buffer.allocUnsafe(64 * 1024)
+      return
+    }
+    // A live byte at absolute position p sits at p & (cap - 1) and moves to p & (2 cap - 1): the same
+    // place or cap further. Two copies of the old arena put every live byte where it belongs.
+    const next = Buffer.allocUnsafe(old.length * 2)
+    next.set(old, 0)
+    next.set(old, old.length)
+    this.arena = next
   }
+
+  private growRing(): void {
+    const size = this.ringMask < 0 ? MIN_RING : Math.min((this.ringMask + 1) * 2, this.maxRing)
+    const oldMask = this.ringMask
+    const hash = new Uint32Array(size)
+    const seq = new Float64Array(size)
+    const time = new Float64Array(size)
+    const keyOff = new Float64Array(size)
+    const keyLen = new Uint16Array(size)
+    const mask = size - 1
+    for (let n = this.head; n < this.tail; n++) {
+      const o = n & oldMask
+      const ni = n & mask
+      hash[ni] = this.rHash[o] as number
+      seq[ni] = this.rSeq[o] as number
+      time[ni] = this.rTime[o] as number
+      keyOff[ni] = this.rKeyOff[o] as number
+      keyLen[ni] = this.rKeyLen[o] as number
+    }
+    this.rHash = hash
+    this.rSeq = seq
+    this.rTime = time
+    this.rKeyOff = keyOff
+    this.rKeyLen = keyLen
+    this.rSlot = new Int32Array(size)
+    this.ringMask = mask
+    // The table holds ring indexes: rebuild it, twice the ring's size.
+    this.tab = new Int32Array(size * 4)
+    this.tMask = size * 2 - 1
+    for (let n = this.head; n < this.tail; n++) this.insert(n & mask, hash[n & mask] as number)
+  }
+}
+
+function hashOf(rec: Buffer, pos: number): number {
+  return hashBytes(rec, pos + KEY_START, DedupeIndex.keyEnd(rec, pos))
+}
+
+/** murmur3 (x86, 32-bit) of bytes [start, end). */
+export function hashBytes(b: Buffer, start: number, end: number): number {
+  let h = 0x9747b28c
+  let i = start
+  const stop = end - 3
+  for (; i < stop; i += 4) {
+    let k =
+      (b[i] as number) |
+      ((b[i + 1] as number) << 8) |
+      ((b[i + 2] as number) << 16) |
+      ((b[i + 3] as number) << 24)
+    k = Math.imul(k, 0xcc9e2d51)
+    k = (k << 15) | (k >>> 17)
+    h ^= Math.imul(k, 0x1b873593)
+    h = (h << 13) | (h >>> 19)
+    h = (Math.imul(h, 5) + 0xe6546b64) | 0
+  }
+  const rest = end - i
+  if (rest > 0) {
+    let k = b[i] as number
+    if (rest > 1) k |= (b[i + 1] as number) << 8
+    if (rest > 2) k |= (b[i + 2] as number) << 16
+    k = Math.imul(k, 0xcc9e2d51)
+    k = (k << 15) | (k >>> 17)
+    h ^= Math.imul(k, 0x1b873593)
+  }
+  h ^= end - start
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
 }

@@ -106,8 +106,8 @@ export class FileMessageStore implements MessageStore {
       now: () => this.clock.now(),
       observe: (what, s, b) => this.metrics.io(what, s, b),
       hooks: {
-        prepare: (items) => this.prepare(items),
-        rollback: (items) => this.rollback(items),
+        prepare: (items, storedAt) => this.prepare(items, storedAt),
+        rollback: (items, mark) => this.rollback(items, mark),
         committed: (items) => this.committed(items),
       },
       ...ioOpt,
@@ -184,7 +184,6 @@ export class FileMessageStore implements MessageStore {
       items[i] = {
         record: r.bytes,
         subject: r.header.subject,
-        id: r.header.id,
         tagMask: tagMask(r.header.tags),
         seq: -1,
         skip: false,
@@ -202,26 +201,34 @@ export class FileMessageStore implements MessageStore {
     return out
   }
 
-  private prepare(items: AppendItem[]): void {
-    const dedupe = this.dedupe.enabled
-    const inBatch = dedupe ? new DedupeIndex(1, Number.MAX_SAFE_INTEGER) : undefined
+  /**
+   * Sequences and dedupe, when a batch is formed. Every stored item enters the dedupe index at once
+   * (so a duplicate in the same batch, or in a later batch formed while this one is being written,
+   * is answered with this item's sequence; it is acknowledged after this batch, in log order). Returns
+   * the dedupe index's mark for `rollback`.
+   */
+  private prepare(items: AppendItem[], storedAt: number): number {
+    const dedupe = this.dedupe.enabled ? this.dedupe : undefined
+    const mark = this.dedupe.mark
+    let last: SubjectState | undefined
     for (const it of items) {
-      if (inBatch) {
-        const seen = this.dedupe.get(it.subject, it.id) ?? inBatch.get(it.subject, it.id)
-        if (seen !== undefined) {
-          it.skip = true
-          it.seq = seen
-          continue
-        }
+      const s =
+        last !== undefined && last.name === it.subject ? last : this.subjectsIndex.getOrCreate(it.subject)
+      last = s
+      const seen = dedupe ? dedupe.findOrAdd(it.record, 0, s.nextSeq, storedAt) : -1
+      if (seen >= 0) {
+        it.skip = true
+        it.seq = seen
+        continue
       }
-      const s = this.subjectsIndex.getOrCreate(it.subject)
       it.skip = false
       it.seq = s.nextSeq++
-      inBatch?.add(it.subject, it.id, it.seq, 0)
     }
+    return mark
   }
 
-  private rollback(items: AppendItem[]): void {
+  private rollback(items: AppendItem[], mark: number): void {
+    this.dedupe.rollbackTo(mark)
     for (const it of items) {
       if (it.skip) continue
       const s = this.subjectsIndex.get(it.subject)
@@ -230,14 +237,19 @@ export class FileMessageStore implements MessageStore {
   }
 
   private committed(items: AppendItem[]): void {
-    const touched = new Set<SubjectState>()
     let stored = 0
+    let last: SubjectState | undefined
+    // Subjects of the batch, in order of first appearance (usually one).
+    const touched: SubjectState[] = []
     for (const it of items) {
       if (it.skip) continue
-      const s = this.subjectsIndex.getOrCreate(it.subject)
+      let s = last
+      if (s === undefined || s.name !== it.subject) {
+        s = this.subjectsIndex.getOrCreate(it.subject)
+        last = s
+        if (!touched.includes(s)) touched.push(s)
+      }
       s.consume.push(it.offset, it.record.length, it.storedAt, it.tagMask)
-      if (this.dedupe.enabled) this.dedupe.add(it.subject, it.id, it.seq, it.storedAt)
-      touched.add(s)
       stored++
     }
     this.metrics.appended(stored, items.length - stored)

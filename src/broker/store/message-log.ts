@@ -22,10 +22,19 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *   32            record     the common message record (src/common/record.ts), byte for byte as received,
  *                            with its own length and CRC32C over everything after its CRC field
  *
- * Group commit: every `append()` made in the same turn of the event loop joins one batch, written
- * with one `writev`; with flush 'sync' the batch is acknowledged after one `fdatasync`, with 'async'
- * right after the write (a timer syncs every `flushIntervalMs`). One batch is in flight at a time;
- * appends that arrive meanwhile form the next batch, so batches grow with load.
+ * Pipelined group commit: every `append()` made in the same turn of the event loop joins one batch.
+ * A batch is formed (sequences assigned, duplicates marked, frame headers built) when the previous
+ * batch's write completes, and written with one `writev` of its frame headers and the received record
+ * buffers as they are (no copy). One write is in flight at a time, so batches grow with load.
+ * - 'async': a batch is acknowledged right after its write (a timer syncs every `flushIntervalMs`).
+ * - 'sync': writes and fdatasyncs overlap. While batch N's fdatasync is in flight, batch N+1 is formed
+ *   and written; when the fdatasync returns, the batches whose writes completed before it started are
+ *   acknowledged (in log order) and one fdatasync starts for every batch written meanwhile. A batch is
+ *   never acknowledged (nor visible to pulls) before an fdatasync that started after its write ended.
+ * Batches are acknowledged and made visible (`hooks.committed`) strictly in log order. When a write
+ * fails, its batch alone is rejected (the segment log truncates the partial write). When an fdatasync
+ * fails, no new batch is formed until the write in flight is back; then every batch not yet synced is
+ * cut off the log and rejected, newest first (`hooks.rollback`).
  */
 export const FRAME_BYTES = 32
 export const FRAME_TYPE_MESSAGE = 1
@@ -34,7 +43,6 @@ export const FRAME_VERSION = 1
 export interface AppendItem {
   record: Buffer
   subject: string
-  id: string
   tagMask: number
   /** Set by `prepare` (the subject's sequence) unless the item is a duplicate. */
   seq: number
@@ -46,10 +54,13 @@ export interface AppendItem {
 }
 
 export interface MessageLogHooks {
-  /** Called synchronously when a batch is formed: assign sequences, mark duplicates. */
-  prepare(items: AppendItem[], storedAt: number): void
+  /**
+   * Called synchronously when a batch is formed: assign sequences, mark duplicates. Returns a token
+   * handed back to `rollback` (batches are rolled back newest first).
+   */
+  prepare(items: AppendItem[], storedAt: number): number
   /** The batch could not be stored: undo what prepare did. */
-  rollback(items: AppendItem[]): void
+  rollback(items: AppendItem[], token: number): void
   /** The batch is visible under the flush policy (written, and synced for 'sync'). In log order. */
   committed(items: AppendItem[]): void
 }
@@ -71,6 +82,25 @@ interface Request {
   items: AppendItem[]
   resolve: () => void
   reject: (err: unknown) => void
+}
+
+/** A formed batch, from its formation to its acknowledgement. */
+interface Batch {
+  reqs: Request[]
+  items: AppendItem[]
+  /** Frame header, record, frame header, record... (stored items only). */
+  bufs: Buffer[]
+  bytes: number
+  /** Log offset of the first byte, once written. */
+  start: number
+  token: number
+}
+
+/** Records of one acknowledged batch kept in memory: `recs[i]` is the record at offset `offs[i]`. */
+interface HotBatch {
+  offs: number[]
+  recs: Buffer[]
+  bytes: number
 }
 
 /**
@@ -138,22 +168,29 @@ export function readFrame(buf: Buffer, pos: number): FrameFields {
   }
 }
 
+const EVICTED: HotBatch = { offs: [], recs: [], bytes: 0 }
+
 export class MessageLog {
   readonly log: SegmentLog
   private readonly opts: MessageLogOptions
   private queue: Request[] = []
-  private running = false
   private scheduled = false
   private closed = false
-  /** Records recently written, by record offset: pulls of the hot tail never touch the disk. */
-  private readonly hot = new Map<number, Buffer>()
-  private hotBytes = 0
+  /** The batch whose write is in flight. */
+  private writing: Batch | undefined
+  /** 'async': written, not yet acknowledged. 'sync': written, not covered by an fdatasync yet. */
+  private written: Batch[] = []
+  /** 'sync': the batches the fdatasync in flight covers. */
+  private syncing: Batch[] | undefined
+  /** 'sync': an fdatasync failed; set until every unsynced batch is cut off and rejected. */
+  private syncError: { err: unknown } | undefined
   /**
-   * Offsets in insertion order, for eviction. (Taking the oldest with `map.keys().next()` would scan
-   * the deleted slots V8 keeps at the front of the map: quadratic.)
+   * Recent records, a FIFO of acknowledged batches (pulls of the hot tail never touch the disk). The
+   * records are the buffers the appends gave: the store keeps them, callers must not modify them.
    */
-  private hotOrder: number[] = []
+  private hot: HotBatch[] = []
   private hotHead = 0
+  private hotBytes = 0
   /** End of the log known to be on stable storage. */
   durableEnd: number
   /** End of the last batch passed to `hooks.committed` (every record below it is visible). */
@@ -218,11 +255,13 @@ export class MessageLog {
     if (this.closed) return Promise.reject(new QmqError('QMQ_ERR_STORE_CLOSED'))
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ items, resolve, reject })
-      if (!this.running && !this.scheduled) {
+      // Appends of this turn of the event loop form one batch; while a write is in flight they wait
+      // for it (its completion forms the next batch at once).
+      if (!this.scheduled && this.writing === undefined) {
         this.scheduled = true
         setImmediate(() => {
           this.scheduled = false
-          void this.run()
+          this.pump()
         })
       }
     })
@@ -230,117 +269,236 @@ export class MessageLog {
 
   /** Resolves once every append made so far has settled. */
   idle(): Promise<void> {
-    if (!this.running && !this.scheduled && this.queue.length === 0) return Promise.resolve()
+    if (this.isIdle()) return Promise.resolve()
     return new Promise((resolve) => this.idleWaiters.push(resolve))
   }
 
-  private async run(): Promise<void> {
-    if (this.running) return
-    this.running = true
-    try {
-      while (this.queue.length > 0) {
-        const reqs = this.queue
-        this.queue = []
-        await this.writeBatch(reqs)
-      }
-    } finally {
-      this.running = false
-      const waiters = this.idleWaiters
-      this.idleWaiters = []
-      for (const w of waiters) w()
-    }
+  private isIdle(): boolean {
+    return (
+      !this.scheduled &&
+      this.queue.length === 0 &&
+      this.writing === undefined &&
+      this.written.length === 0 &&
+      this.syncing === undefined &&
+      this.syncError === undefined
+    )
   }
 
-  private async writeBatch(reqs: Request[]): Promise<void> {
+  private checkIdle(): void {
+    if (this.idleWaiters.length === 0 || !this.isIdle()) return
+    const waiters = this.idleWaiters
+    this.idleWaiters = []
+    for (const w of waiters) w()
+  }
+
+  /** Forms the next batch from the queue and writes it, unless a write is in flight. */
+  private pump(): void {
+    while (this.writing === undefined && this.syncError === undefined && this.queue.length > 0) {
+      const batch = this.form()
+      if (batch.bytes === 0) {
+        // Only duplicates: nothing to write, acknowledged in order behind the batches before it.
+        batch.start = this.log.endOffset
+        this.written.push(batch)
+        continue
+      }
+      this.writing = batch
+      void this.write(batch)
+    }
+    if (this.opts.flush === 'sync') this.startSync()
+    else this.ackWritten()
+    this.checkIdle()
+  }
+
+  private form(): Batch {
+    const reqs = this.queue
+    this.queue = []
     const items: AppendItem[] = []
     for (const r of reqs) for (const it of r.items) items.push(it)
     const storedAt = this.opts.now()
-    this.opts.hooks.prepare(items, storedAt)
-    // The whole batch is copied into one buffer: one write, no per-message Buffer objects, and the
-    // hot cache keeps slices of it (not the callers' buffers, which may be slices of socket reads).
+    const token = this.opts.hooks.prepare(items, storedAt)
+    let n = 0
+    for (const it of items) if (!it.skip) n++
+    // One buffer holds every frame header of the batch; the records are written as they are.
+    const headers = Buffer.allocUnsafe(n * FRAME_BYTES)
+    const bufs: Buffer[] = new Array(n * 2)
     let bytes = 0
-    for (const it of items) if (!it.skip) bytes += FRAME_BYTES + it.record.length
-    const batch = Buffer.allocUnsafe(bytes)
-    let o = 0
+    let k = 0
     for (const it of items) {
       if (it.skip) continue
       it.storedAt = storedAt
-      writeFrameHeader(batch, o, it.record.length, it.tagMask, it.seq, storedAt)
-      it.record.copy(batch, o + FRAME_BYTES)
-      o += FRAME_BYTES + it.record.length
+      const o = k * FRAME_BYTES
+      writeFrameHeader(headers, o, it.record.length, it.tagMask, it.seq, storedAt)
+      bufs[2 * k] = headers.subarray(o, o + FRAME_BYTES)
+      bufs[2 * k + 1] = it.record
+      bytes += FRAME_BYTES + it.record.length
+      k++
     }
-    const bufs = [batch]
-    if (bytes > 0) {
-      const t0 = process.hrtime.bigint()
-      let start: number
-      try {
-        start = await this.log.appendv(bufs, bytes)
-      } catch (err) {
-        this.fail(reqs, items, err)
-        return
-      }
-      this.opts.observe?.('write', Number(process.hrtime.bigint() - t0) / 1e9, bytes)
-      let off = start
-      for (const it of items) {
-        if (it.skip) continue
-        it.offset = off + FRAME_BYTES
-        off += FRAME_BYTES + it.record.length
-      }
-      if (this.opts.flush === 'sync') {
-        const t1 = process.hrtime.bigint()
-        try {
-          await this.log.sync()
-        } catch (err) {
-          // After a failed fdatasync the written pages cannot be trusted: cut them off again.
-          await this.log.truncate(start).catch(() => undefined)
-          this.fail(reqs, items, err)
-          return
+    return { reqs, items, bufs, bytes, start: -1, token }
+  }
+
+  private async write(batch: Batch): Promise<void> {
+    const t0 = process.hrtime.bigint()
+    try {
+      batch.start = await this.log.appendv(batch.bufs, batch.bytes)
+    } catch (err) {
+      this.writing = undefined
+      // Only this batch (the newest) is affected: the segment log cut its partial write.
+      this.reject([batch], err)
+      if (this.syncError !== undefined) this.failUnsynced()
+      else this.pump()
+      return
+    }
+    this.opts.observe?.('write', Number(process.hrtime.bigint() - t0) / 1e9, batch.bytes)
+    batch.bufs = []
+    let off = batch.start
+    for (const it of batch.items) {
+      if (it.skip) continue
+      it.offset = off + FRAME_BYTES
+      off += FRAME_BYTES + it.record.length
+    }
+    this.writing = undefined
+    this.written.push(batch)
+    if (this.syncError !== undefined) this.failUnsynced()
+    // Next batch first (its write overlaps this batch's acknowledgement or fdatasync).
+    else this.pump()
+  }
+
+  /** 'async': acknowledges every written batch, in order. */
+  private ackWritten(): void {
+    const done = this.written
+    if (done.length === 0) return
+    this.written = []
+    for (const b of done) this.ack(b)
+  }
+
+  /** 'sync': one fdatasync for every batch written so far, unless one is in flight. */
+  private startSync(): void {
+    if (this.syncing !== undefined || this.syncError !== undefined || this.written.length === 0) return
+    const covered = this.written
+    this.written = []
+    this.syncing = covered
+    let bytes = 0
+    for (const b of covered) bytes += b.bytes
+    const t0 = process.hrtime.bigint()
+    this.log.sync().then(
+      () => {
+        this.opts.observe?.('sync', Number(process.hrtime.bigint() - t0) / 1e9, bytes)
+        this.syncing = undefined
+        for (const b of covered) {
+          const end = b.start + b.bytes
+          if (end > this.durableEnd) this.durableEnd = end
+          this.ack(b)
         }
-        this.opts.observe?.('sync', Number(process.hrtime.bigint() - t1) / 1e9, bytes)
-        this.durableEnd = this.log.endOffset
-      }
-      for (const it of items) {
-        if (it.skip) continue
-        const rel = it.offset - start
-        this.cache(it.offset, batch.subarray(rel, rel + it.record.length))
-      }
-      this.committedEnd = start + bytes
+        this.startSync()
+        this.checkIdle()
+      },
+      (err: unknown) => {
+        // The written pages cannot be trusted: every batch not synced yet goes (after the write in
+        // flight, if any, is back).
+        this.syncError = { err }
+        this.written = [...covered, ...this.written]
+        this.syncing = undefined
+        if (this.writing === undefined) this.failUnsynced()
+      },
+    )
+  }
+
+  /** After a failed fdatasync: cuts every written, unsynced batch off the log and rejects them. */
+  private failUnsynced(): void {
+    const failed = this.written
+    const err = (this.syncError as { err: unknown }).err
+    this.written = []
+    let cut = Number.POSITIVE_INFINITY
+    for (const b of failed) if (b.bytes > 0) cut = Math.min(cut, b.start)
+    const done = () => {
+      this.syncError = undefined
+      this.reject(failed, err)
+      this.pump()
     }
-    this.opts.hooks.committed(items)
-    for (const r of reqs) r.resolve()
+    if (cut === Number.POSITIVE_INFINITY) done()
+    else this.log.truncate(cut).then(done, done)
   }
 
-  private fail(reqs: Request[], items: AppendItem[], err: unknown): void {
-    this.opts.hooks.rollback(items)
-    for (const r of reqs) r.reject(err)
+  /** Rolls back and rejects batches (newest first). */
+  private reject(batches: Batch[], err: unknown): void {
+    for (let i = batches.length - 1; i >= 0; i--) {
+      const b = batches[i] as Batch
+      this.opts.hooks.rollback(b.items, b.token)
+    }
+    for (const b of batches) for (const r of b.reqs) r.reject(err)
   }
 
-  private cache(offset: number, record: Buffer): void {
+  private ack(b: Batch): void {
+    if (b.bytes > 0) {
+      this.cache(b)
+      this.committedEnd = b.start + b.bytes
+    }
+    this.opts.hooks.committed(b.items)
+    for (const r of b.reqs) r.resolve()
+  }
+
+  private cache(b: Batch): void {
     const max = this.opts.hotCacheBytes
     if (max <= 0) return
-    this.hot.set(offset, record)
-    this.hotOrder.push(offset)
-    this.hotBytes += record.length
-    while (this.hotBytes > max && this.hotHead < this.hotOrder.length) this.evictOne()
+    const offs: number[] = []
+    const recs: Buffer[] = []
+    let bytes = 0
+    for (const it of b.items) {
+      if (it.skip) continue
+      offs.push(it.offset)
+      recs.push(it.record)
+      bytes += it.record.length
+    }
+    this.hot.push({ offs, recs, bytes })
+    this.hotBytes += bytes
+    while (this.hotBytes > max && this.hotHead < this.hot.length) this.evictOne()
   }
 
   private evictOne(): void {
-    const off = this.hotOrder[this.hotHead++] as number
-    const rec = this.hot.get(off)
-    if (rec) {
-      this.hot.delete(off)
-      this.hotBytes -= rec.length
-    }
-    if (this.hotHead > 65536 && this.hotHead * 2 > this.hotOrder.length) {
-      this.hotOrder = this.hotOrder.slice(this.hotHead)
+    const b = this.hot[this.hotHead] as HotBatch
+    this.hot[this.hotHead] = EVICTED
+    this.hotHead++
+    this.hotBytes -= b.bytes
+    if (this.hotHead > 1024 && this.hotHead * 2 > this.hot.length) {
+      this.hot = this.hot.slice(this.hotHead)
       this.hotHead = 0
     }
   }
 
   /** Drops cached records below `offset` (retention). */
   evictBefore(offset: number): void {
-    while (this.hotHead < this.hotOrder.length && (this.hotOrder[this.hotHead] as number) < offset)
+    while (this.hotHead < this.hot.length) {
+      const b = this.hot[this.hotHead] as HotBatch
+      const last = b.offs[b.offs.length - 1]
+      if (last !== undefined && last >= offset) break
       this.evictOne()
+    }
+  }
+
+  /** The cached record at `offset`, if any. */
+  private hotGet(offset: number): Buffer | undefined {
+    const hot = this.hot
+    let lo = this.hotHead
+    let hi = hot.length - 1
+    if (lo > hi || offset < ((hot[lo] as HotBatch).offs[0] ?? Number.POSITIVE_INFINITY)) return undefined
+    // Last batch whose first offset is <= offset.
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1
+      if (((hot[mid] as HotBatch).offs[0] as number) <= offset) lo = mid
+      else hi = mid - 1
+    }
+    const b = hot[lo] as HotBatch
+    const offs = b.offs
+    let a = 0
+    let z = offs.length - 1
+    while (a <= z) {
+      const mid = (a + z) >>> 1
+      const v = offs[mid] as number
+      if (v === offset) return b.recs[mid]
+      if (v < offset) a = mid + 1
+      else z = mid - 1
+    }
+    return undefined
   }
 
   /**
@@ -356,7 +514,7 @@ export class MessageLog {
     const start = this.log.startOffset
     while (i < locs.length) {
       const loc = locs[i] as { offset: number; size: number }
-      const hot = this.hot.get(loc.offset)
+      const hot = this.hotGet(loc.offset)
       if (hot) {
         out[i++] = hot
         continue
@@ -371,9 +529,9 @@ export class MessageLog {
       let end = loc.offset + loc.size
       while (j < locs.length) {
         const n = locs[j] as { offset: number; size: number }
-        if (this.hot.has(n.offset)) break
         if (n.offset < end || n.offset - end > MAX_GAP) break
         if (n.offset + n.size > segEnd || n.offset + n.size - loc.offset > MAX_SPAN) break
+        if (this.hotGet(n.offset) !== undefined) break
         end = n.offset + n.size
         j++
       }
@@ -395,9 +553,9 @@ export class MessageLog {
     await this.idle()
     await this.syncNow().catch(() => undefined)
     this.log.close()
-    this.hot.clear()
-    this.hotOrder = []
+    this.hot = []
     this.hotHead = 0
+    this.hotBytes = 0
   }
 
   /** Stops without syncing or waiting: what a crash leaves behind (tests). */

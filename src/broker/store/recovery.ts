@@ -75,8 +75,11 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     (buf, pos, length, offset) => {
       const f = readFrame(buf, pos)
       const h = readRecordHeader(buf, pos + FRAME_BYTES, { verify: false, end: pos + length })
-      if (offset >= dedupeFrom && f.storedAt >= dedupeLimit)
-        store.dedupe.add(h.subject, h.id, f.seq, f.storedAt)
+      if (offset >= dedupeFrom && f.storedAt >= dedupeLimit) {
+        // The first copy wins (a later one was stored when the first had left the window).
+        const rec = pos + FRAME_BYTES
+        if (store.dedupe.find(buf, rec) < 0) store.dedupe.add(buf, rec, f.seq, f.storedAt)
+      }
       if (offset < replayFrom || (offset < M && !rebuild.has(h.subject))) return
       visitReplay(h.subject, f, offset, length)
     },

@@ -17,7 +17,8 @@ import { type FsIo, fsyncDir, nodeFsIo } from './fs-io'
  *   So records never span segments, and a segment always starts at a record boundary: recovery can
  *   skip from a damaged segment to the next one.
  * - Writers are serialized by the caller (one write in flight at a time); reads are positional and
- *   can run at any time, concurrently with writes.
+ *   can run at any time, concurrently with writes, and so can `sync()` (fdatasync covers the writes
+ *   completed before it started: the message log writes batch N+1 while batch N is being synced).
  * - A failed write is undone (the file is truncated back to where the batch started) so the log never
  *   holds a partial batch; `endOffset` is unchanged and the next append can retry.
  */
@@ -72,6 +73,8 @@ export class SegmentLog {
   private readonly io: FsIo
   private segs: Segment[] = []
   private writing = false
+  private syncing: Promise<void> | undefined
+  private syncAgain: Promise<void> | undefined
 
   private constructor(opts: SegmentLogOptions) {
     this.dir = opts.dir
@@ -269,8 +272,31 @@ export class SegmentLog {
     return seg
   }
 
-  /** fdatasyncs every segment with unsynced writes. */
-  async sync(): Promise<void> {
+  /**
+   * fdatasyncs every segment with unsynced writes. Syncs never overlap: a call made while one is in
+   * flight waits for it and then shares one more sync (the running one may have started before the
+   * caller's writes completed), so a resolved `sync()` always covers every write completed before it
+   * was called.
+   */
+  sync(): Promise<void> {
+    if (this.syncing === undefined) {
+      this.syncing = this.doSync().finally(() => {
+        this.syncing = undefined
+      })
+      return this.syncing
+    }
+    if (this.syncAgain === undefined) {
+      this.syncAgain = this.syncing
+        .catch(() => undefined)
+        .then(() => {
+          this.syncAgain = undefined
+          return this.sync()
+        })
+    }
+    return this.syncAgain
+  }
+
+  private async doSync(): Promise<void> {
     for (const seg of this.segs) {
       if (!seg.dirty) continue
       seg.dirty = false

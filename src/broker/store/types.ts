@@ -9,7 +9,11 @@ import type { RecordHeader } from '../../common/record'
  * Nothing here touches the network.
  */
 
-/** A record as received: the verified bytes (stored as they are) and its routing header. */
+/**
+ * A record as received: the verified bytes (stored as they are) and its routing header. The store
+ * writes `bytes` without copying and keeps them to serve pulls of recent messages: the caller must not
+ * modify them after `append()` (the server's are slices of socket reads, which are never reused).
+ */
 export interface AppendInput {
   bytes: Buffer
   header: RecordHeader

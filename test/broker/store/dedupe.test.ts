@@ -1,0 +1,94 @@
+import t from 'tap'
+import { encodeRecord } from '../../../src/common/record'
+import { DedupeIndex, hashBytes } from '../../../src/broker/store/dedupe'
+
+function rec(subject: string, id: string): Buffer {
+  return encodeRecord({ id, subject, createdAt: 1, tags: [], properties: new Map(), body: undefined })
+}
+
+t.test('dedupe - (subject, id) keys: same id in another subject is a different key', async (t) => {
+  const d = new DedupeIndex(60_000, 1000)
+  t.equal(d.findOrAdd(rec('a', 'x1'), 0, 7, 0), -1)
+  t.equal(d.findOrAdd(rec('a', 'x1'), 0, 99, 0), 7, 'the first copy wins')
+  t.equal(d.find(rec('b', 'x1'), 0), -1, 'other subject')
+  // Same concatenated bytes, different split between id and subject.
+  t.equal(d.find(rec('1', 'ax'), 0), -1)
+  t.equal(d.find(rec('x1a', 'a'), 0), -1)
+  // A key embedded in a larger buffer (a SEND body) is found at its position.
+  const r = rec('a', 'x1')
+  const body = Buffer.concat([Buffer.alloc(13, 7), r])
+  t.equal(d.find(body, 13), 7)
+  t.equal(d.size, 1)
+})
+
+t.test('dedupe - many keys: every stored key found, no false positives, survives growth', async (t) => {
+  const d = new DedupeIndex(60_000, 1_000_000)
+  const n = 20_000
+  let added = 0
+  for (let i = 0; i < n; i++) if (d.findOrAdd(rec(`s${i % 7}`, `id-${i}`), 0, i, 0) === -1) added++
+  t.equal(added, n)
+  let found = 0
+  let wrong = 0
+  for (let i = 0; i < n; i++) if (d.find(rec(`s${i % 7}`, `id-${i}`), 0) === i) found++
+  for (let i = 0; i < n; i++) if (d.find(rec(`s${(i + 1) % 7}`, `id-${i}`), 0) >= 0) wrong++
+  t.equal(found, n)
+  t.equal(wrong, 0)
+})
+
+t.test('dedupe - maxEntries forgets the oldest; deletions keep probe runs intact', async (t) => {
+  const d = new DedupeIndex(60_000, 500)
+  for (let i = 0; i < 5000; i++) d.findOrAdd(rec('s', `k${i}`), 0, i, i)
+  t.equal(d.size, 500)
+  for (let i = 0; i < 4500; i++) if (d.find(rec('s', `k${i}`), 0) !== -1) t.fail(`k${i} should be forgotten`)
+  for (let i = 4500; i < 5000; i++) if (d.find(rec('s', `k${i}`), 0) !== i) t.fail(`k${i} lost`)
+  t.pass('checked')
+})
+
+t.test('dedupe - window expiry and rollback of the newest entries', async (t) => {
+  const d = new DedupeIndex(1000, 10_000)
+  for (let i = 0; i < 100; i++) d.findOrAdd(rec('s', `k${i}`), 0, i, i * 100)
+  d.expire(5000 + 1000) // keeps times >= 5000
+  t.equal(d.size, 50)
+  t.equal(d.find(rec('s', 'k49'), 0), -1)
+  t.equal(d.find(rec('s', 'k50'), 0), 50)
+  const mark = d.mark
+  for (let i = 100; i < 120; i++) d.findOrAdd(rec('s', `k${i}`), 0, i, 10_000)
+  t.equal(d.find(rec('s', 'k110'), 0), 110)
+  d.rollbackTo(mark)
+  t.equal(d.size, 50)
+  t.equal(d.find(rec('s', 'k110'), 0), -1, 'rolled back')
+  t.equal(d.find(rec('s', 'k99'), 0), 99, 'older entries kept')
+  t.equal(d.findOrAdd(rec('s', 'k110'), 0, 500, 10_000), -1, 'can be added again')
+  t.equal(d.find(rec('s', 'k110'), 0), 500)
+})
+
+t.test('dedupe - long keys and a small arena: the arena wraps and the oldest go', async (t) => {
+  const d = new DedupeIndex(60_000, 100_000)
+  const long = 'x'.repeat(120)
+  for (let i = 0; i < 30_000; i++) d.findOrAdd(rec(`subject.${i % 3}`, `${long}${i}`), 0, i, 0)
+  let ok = 0
+  for (let i = 29_000; i < 30_000; i++) if (d.find(rec(`subject.${i % 3}`, `${long}${i}`), 0) === i) ok++
+  t.equal(ok, 1000, 'recent long keys found')
+  t.equal(d.find(rec('subject.0', `${long}x`), 0), -1)
+})
+
+t.test('dedupe - disabled index stores nothing', async (t) => {
+  const d = new DedupeIndex(0, 100)
+  t.equal(d.enabled, false)
+  t.equal(d.findOrAdd(rec('s', 'a'), 0, 1, 0), -1)
+  t.equal(d.find(rec('s', 'a'), 0), -1)
+})
+
+t.test('dedupe - every byte of the key counts in the hash (whole words and the 1-3 byte tail)', async (t) => {
+  for (const len of [1, 2, 3, 4, 5, 6, 7, 8, 13]) {
+    const a = Buffer.alloc(len, 0x41)
+    const seen = new Set<number>([hashBytes(a, 0, len)])
+    for (let i = 0; i < len; i++) {
+      const b = Buffer.from(a)
+      b[i] = 0x42
+      seen.add(hashBytes(b, 0, len))
+    }
+    t.equal(seen.size, len + 1, `length ${len}`)
+  }
+  t.not(hashBytes(Buffer.from('ab'), 0, 1), hashBytes(Buffer.from('ab'), 0, 2), 'length counts')
+})
