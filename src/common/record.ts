@@ -59,7 +59,11 @@ export interface MessageRecord {
   scheduleAt?: number | undefined
   tags: string[]
   properties: Map<string, string>
-  /** A string when the producer gave a string, a Buffer when binary, undefined when there is none. */
+  /**
+   * A string when the producer gave a string, a Buffer when binary, undefined when there is none.
+   * decodeRecord() returns a binary body as a view into the decoded bytes (no copy): it keeps those
+   * bytes alive, so copy it to keep it long after the rest is gone.
+   */
   body?: Buffer | string | undefined
 }
 
@@ -116,14 +120,13 @@ function writeUtf8(buf: Buffer, s: string, o: number, n: number): number {
 function readUtf8(buf: Buffer, start: number, end: number): string {
   const n = end - start
   if (n <= SHORT) {
-    let ascii = true
+    let s = ''
     for (let i = start; i < end; i++) {
-      if ((buf[i] as number) > 0x7f) {
-        ascii = false
-        break
-      }
+      const c = buf[i] as number
+      if (c > 0x7f) return buf.toString('utf8', start, end)
+      s += String.fromCharCode(c)
     }
-    if (ascii) return buf.toString('latin1', start, end)
+    return s
   }
   return buf.toString('utf8', start, end)
 }
@@ -392,7 +395,8 @@ export function decodeRecord(
     fail('QMQ_ERR_RECORD_MALFORMED', 'body length does not match the record length')
   let body: Buffer | string | undefined
   if (h.flags & FLAG_HAS_BODY) {
-    body = h.flags & FLAG_BODY_UTF8 ? buf.toString('utf8', o, limit) : Buffer.from(buf.subarray(o, limit))
+    // A view, not a copy: the bytes come from a frame or segment read that nothing writes to again.
+    body = h.flags & FLAG_BODY_UTF8 ? buf.toString('utf8', o, limit) : buf.subarray(o, limit)
   } else if (bodyLength !== 0) {
     fail('QMQ_ERR_RECORD_MALFORMED', 'record without a body has a non-zero body length')
   }
