@@ -133,6 +133,64 @@ t.test('producer - delayed messages go to a delay group', async (t) => {
   t.match((await producer.sendMessage(d)).group, /^broker-/, 'less than 500 ms ahead is real-time')
 })
 
+t.test(
+  'producer - listeners: room is made before onSuccess; a throwing listener harms nothing',
+  async (t) => {
+    const { producer } = await setup(t, { maxQueueSize: 5 })
+    const total = 40
+    let ok = 0
+    let failed = 0
+    let sent = 0
+    await new Promise<void>((resolve) => {
+      const listener = {
+        onSuccess(): void {
+          if (++ok + failed === total) resolve()
+          else if (sent < total) send()
+          if (ok % 3 === 0) throw new Error('listener bug')
+        },
+        onFailed(_m: Message, e: QmqError): void {
+          failed++
+          t.fail(`unexpected failure ${e.code}`)
+          if (ok + failed === total) resolve()
+        },
+      }
+      const send = (): void => {
+        sent++
+        void producer.sendMessage(producer.generateMessage('qmq_listener').setBody(`m${sent}`), listener)
+      }
+      for (let i = 0; i < 5; i++) send()
+    })
+    t.equal(ok, total, 'every send from inside onSuccess found room (maxQueueSize 5)')
+    t.equal(producer.queueSize, 0)
+    await producer.close()
+    const refused = await new Promise<string>((resolve) => {
+      const r = producer.sendMessage(producer.generateMessage('qmq_listener'), {
+        onSuccess: () => resolve('ok'),
+        onFailed: (_m, e) => resolve(e.code),
+      })
+      t.ok(r instanceof Promise, 'the ignored promise of a refused send is still returned')
+    })
+    t.equal(refused, 'QMQ_ERR_CLIENT_CLOSED')
+  },
+)
+
+t.test('producer - the delay lane carries several subjects; each result names its own', async (t) => {
+  const { producer } = await setup(t)
+  const sends = ['qmq_delay_a', 'qmq_delay_b', 'qmq_delay_a'].map((s) =>
+    producer.sendMessage(producer.generateMessage(s).setDelayTime(10, TimeUnit.SECONDS)),
+  )
+  const results = await Promise.all(sends)
+  t.same(
+    results.map((r) => [r.subject, r.group]),
+    [
+      ['qmq_delay_a', 'delay-1'],
+      ['qmq_delay_b', 'delay-1'],
+      ['qmq_delay_a', 'delay-1'],
+    ],
+  )
+  t.equal(producer.queueSize, 0)
+})
+
 t.test('producer - invalid input fails fast with typed errors', async (t) => {
   const { producer } = await setup(t)
   t.throws(() => producer.generateMessage('bad subject'), { code: 'QMQ_ERR_SUBJECT_INVALID' })

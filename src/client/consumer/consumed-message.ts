@@ -1,4 +1,4 @@
-import type { PulledMessage } from '../../common/protocol/commands'
+import { FLAG_DELAYED, type RecordHeader } from '../../common/record'
 import { Message } from '../producer/message'
 import type { AckSender } from './ack-sender'
 
@@ -10,6 +10,9 @@ export interface NackOptions {
   deadLetter?: boolean
 }
 
+/** Stands in for the properties of a received message until they are decoded (never exposed). */
+const NOT_DECODED = new Map<string, string>()
+
 /**
  * A message handed to a consumer. Besides the Message getters it knows where it came from and can
  * be settled explicitly: `ack()` (done) or `nack()` (redeliver later, or dead-letter). Decorated
@@ -18,15 +21,32 @@ export interface NackOptions {
 export class ConsumedMessage extends Message {
   private settled = false
 
-  /** @internal */
+  /**
+   * @internal From a pulled record whose CRC was verified: `header` is its routing header and `bytes`
+   * the record; properties and body are decoded from `bytes` when first asked for.
+   */
   constructor(
-    pulled: PulledMessage,
+    sequence: number,
+    deliveryCount: number,
+    header: RecordHeader,
+    bytes: Buffer,
     private readonly acks: AckSender | undefined,
     private readonly brokerGroup: string,
     private readonly consumerGroup: string,
   ) {
-    super(pulled.record, { deliveryCount: pulled.deliveryCount, readOnly: true })
-    this.sequence = pulled.sequence
+    super(
+      {
+        id: header.id,
+        subject: header.subject,
+        createdAt: header.createdAt,
+        scheduleAt: header.flags & FLAG_DELAYED ? header.scheduleAt : undefined,
+        tags: header.tags,
+        properties: NOT_DECODED,
+        body: undefined,
+      },
+      { deliveryCount, readOnly: true, undecoded: bytes },
+    )
+    this.sequence = sequence
   }
 
   /** The subject's sequence on its broker group. */

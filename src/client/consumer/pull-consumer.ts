@@ -2,17 +2,12 @@ import { QmqError, toQmqError } from '../../common/errors'
 import type { RouteGroup } from '../../common/meta/types'
 import { validateGroup, validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
-import {
-  decodePullResponse,
-  encodePullRequest,
-  MAX_PULL_MESSAGES,
-  type PulledMessage,
-  StartPosition,
-} from '../../common/protocol/commands'
+import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
 import { sleep } from '../retry'
 import { AckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
-import type { ConsumerContext } from './subscription'
+import { readPullAnswer } from './pull-decode'
+import { type ConsumerContext, PULL_MAX_BYTES } from './subscription'
 
 /** Options of `getOrCreatePullConsumer(subject, group, options)`. */
 export interface PullConsumerOptions {
@@ -142,7 +137,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       group: this.group,
       consumerId: this.wireConsumerId,
       maxMessages: max,
-      maxBytes: 8 * 1024 * 1024,
+      maxBytes: PULL_MAX_BYTES,
       timeoutMs: Math.round(timeoutMs),
       broadcast: !!this.options.isBroadcast,
       atMostOnce: false,
@@ -156,9 +151,12 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       .request(RequestCode.PULL, body, { timeoutMs: timeoutMs + this.ctx.pullRequestMarginMs })
       .then(
         (frame) => {
-          const pulled: PulledMessage[] = decodePullResponse(frame.body)
           const acks = this.acksFor(g)
-          for (const m of pulled) this.buffered.push(new ConsumedMessage(m, acks, g.name, this.group))
+          readPullAnswer(frame.body, (sequence, deliveryCount, header, bytes) => {
+            this.buffered.push(
+              new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, g.name, this.group),
+            )
+          })
         },
         (err: unknown) => {
           this.ctx.log.debug({ brokerGroup: g.name, err: toQmqError(err).message }, 'pull failed')

@@ -2,18 +2,25 @@ import { toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import type { RouteGroup } from '../../common/meta/types'
 import { RequestCode } from '../../common/protocol/codes'
-import {
-  decodePullResponse,
-  encodePullRequest,
-  MAX_PULL_MESSAGES,
-  type PulledMessage,
-  StartPosition,
-} from '../../common/protocol/commands'
+import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
 import type { ClientRuntime } from '../options'
 import { Backoff, sleep } from '../retry'
 import { AckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
 import { isNonRetriable, type MessageHandler } from './decorators'
+import { readPullAnswer } from './pull-decode'
+
+/**
+ * PULL requests each loop keeps in flight against its broker group: while the handlers work through
+ * one answer, the broker already reads the next (the broker serves one consumer's pulls in turn).
+ */
+export const PULLS_IN_FLIGHT = 2
+/**
+ * Soft cap on the record bytes of one PULL answer. Larger answers only cost more: the frame is
+ * copied together from the socket's 64 KiB reads into one fresh buffer; two answers of 1 MiB in
+ * flight keep a broker group's pipe full.
+ */
+export const PULL_MAX_BYTES = 1024 * 1024
 
 /** What every subscription and pull consumer of one provider share. */
 export interface ConsumerContext {
@@ -79,7 +86,7 @@ export class Subscription {
   ) {
     this.log = ctx.log.child({ subject: spec.subject, consumerGroup: spec.group })
     this.wireConsumerId = spec.broadcast ? ctx.instanceName : ctx.consumerId
-    this.minPull = Math.max(1, Math.floor(Math.min(ctx.pullBatchSize, spec.prefetch) / 2))
+    this.minPull = Math.max(1, Math.floor(Math.min(ctx.pullBatchSize, spec.prefetch / PULLS_IN_FLIGHT) / 2))
   }
 
   get stopping(): boolean {
@@ -139,6 +146,11 @@ export class Subscription {
 
   // ------------------------------------------------------------------ flow control
 
+  /** The most room one pull may hold, so every loop (and each of its pulls) gets its share. */
+  private share(): number {
+    return Math.max(1, Math.ceil(this.spec.prefetch / (Math.max(1, this.loops.size) * PULLS_IN_FLIGHT)))
+  }
+
   room(): number {
     return this.spec.prefetch - (this.buffer.length - this.head) - this.running - this.reserved
   }
@@ -147,12 +159,11 @@ export class Subscription {
   async reserve(max: number): Promise<number> {
     // A loop takes at most its fair share of the prefetch, so a loop long-polling an idle broker
     // group never starves the loops of busy ones.
-    const share = (): number => Math.max(1, Math.ceil(this.spec.prefetch / Math.max(1, this.loops.size)))
-    while (!this.stopping && this.room() < Math.min(this.minPull, max, share())) {
+    while (!this.stopping && this.room() < Math.min(this.minPull, max, this.share())) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve))
     }
     if (this.stopping) return 0
-    const n = Math.min(max, this.room(), share())
+    const n = Math.min(max, this.room(), this.share())
     this.reserved += n
     return n
   }
@@ -164,8 +175,7 @@ export class Subscription {
 
   private wakeRoom(): void {
     if (this.roomWaiters.length === 0) return
-    const share = Math.max(1, Math.ceil(this.spec.prefetch / Math.max(1, this.loops.size)))
-    if (!this.stopping && this.room() < Math.min(this.minPull, share)) return
+    if (!this.stopping && this.room() < Math.min(this.minPull, this.share())) return
     const w = this.roomWaiters
     this.roomWaiters = []
     for (const f of w) f()
@@ -174,25 +184,28 @@ export class Subscription {
   // ------------------------------------------------------------------ dispatch
 
   /** Takes a pull's messages (the caller released its reservation first). */
-  deliver(group: RouteGroup, pulled: PulledMessage[]): void {
+  /** Verifies a PULL answer and takes its messages; throws (taking none) when the answer is malformed. */
+  deliver(group: RouteGroup, body: Buffer): void {
     const atMostOnce = this.spec.consumeMostOnce
     const acks = atMostOnce ? undefined : this.acksFor(group)
-    for (const p of pulled) {
-      const m = new ConsumedMessage(p, acks, group.name, this.spec.group)
+    const consumerGroup = this.spec.group
+    const maxRetries = this.spec.maxRetries
+    const n = readPullAnswer(body, (sequence, deliveryCount, header, bytes) => {
+      const m = new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, group.name, consumerGroup)
       if (atMostOnce) {
         m.markSettled()
-        if (p.deliveryCount > 1) continue
-      } else if (p.deliveryCount > this.spec.maxRetries) {
+        if (deliveryCount > 1) return
+      } else if (deliveryCount > maxRetries) {
         this.log.warn(
-          { messageId: m.getMessageId(), deliveryCount: p.deliveryCount },
+          { messageId: m.getMessageId(), deliveryCount },
           'message exceeded maxRetries; dead-lettered without running the handler',
         )
         void m.nack({ deadLetter: true })
-        continue
+        return
       }
       this.buffer.push(m)
-    }
-    this.pump()
+    })
+    if (n > 0) this.pump()
   }
 
   private pumping = false
@@ -290,7 +303,10 @@ export class Subscription {
   }
 }
 
-/** One long-polling pull loop of a subscription against one broker group. */
+/**
+ * One long-polling pull loop of a subscription against one broker group: PULLS_IN_FLIGHT workers,
+ * each pulling in turn, so a PULL is always on its way while the handlers run.
+ */
 export class PullLoop {
   done: Promise<void> = Promise.resolve()
   /** Settles after the first pull came back (or failed). */
@@ -307,10 +323,16 @@ export class PullLoop {
   }
 
   start(): void {
-    this.done = this.run().catch((err: unknown) => {
-      this.sub.log.error(err as Error, 'pull loop crashed')
-      this.firstPullDone()
-    })
+    const workers: Promise<void>[] = []
+    for (let i = 0; i < PULLS_IN_FLIGHT; i++) {
+      workers.push(
+        this.run().catch((err: unknown) => {
+          this.sub.log.error(err as Error, 'pull loop crashed')
+          this.firstPullDone()
+        }),
+      )
+    }
+    this.done = Promise.all(workers).then(() => {})
   }
 
   private async run(): Promise<void> {
@@ -321,14 +343,14 @@ export class PullLoop {
     while (!sub.stopping) {
       const n = await sub.reserve(Math.min(ctx.pullBatchSize, MAX_PULL_MESSAGES))
       if (n === 0) break
-      let pulled: PulledMessage[]
+      let reserved = true
       try {
         const body = encodePullRequest({
           subject: spec.subject,
           group: spec.group,
           consumerId: sub.wireConsumerId,
           maxMessages: n,
-          maxBytes: 8 * 1024 * 1024,
+          maxBytes: PULL_MAX_BYTES,
           timeoutMs: first ? 0 : ctx.pullTimeoutMs,
           broadcast: spec.broadcast,
           atMostOnce: spec.consumeMostOnce,
@@ -340,9 +362,11 @@ export class PullLoop {
         const frame = await ctx.rt.pool.get(this.group.address).request(RequestCode.PULL, body, {
           timeoutMs: ctx.pullTimeoutMs + ctx.pullRequestMarginMs,
         })
-        pulled = decodePullResponse(frame.body)
-      } catch (e) {
+        reserved = false
         sub.release(n)
+        sub.deliver(this.group, frame.body)
+      } catch (e) {
+        if (reserved) sub.release(n)
         if (first) {
           first = false
           this.firstPullDone()
@@ -355,14 +379,6 @@ export class PullLoop {
         continue
       }
       backoff.reset()
-      sub.release(n)
-      if (pulled.length > 0) {
-        try {
-          sub.deliver(this.group, pulled)
-        } catch (err) {
-          sub.log.error(err as Error, 'delivering pulled messages failed')
-        }
-      }
       if (first) {
         first = false
         this.firstPullDone()

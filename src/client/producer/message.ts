@@ -1,6 +1,6 @@
 import { QmqError } from '../../common/errors'
 import { newMessageId } from '../../common/ids'
-import { MAX_TAG_BYTES, MAX_TAGS, type MessageRecord } from '../../common/record'
+import { decodeRecord, MAX_TAG_BYTES, MAX_TAGS, type MessageRecord } from '../../common/record'
 
 /** Units of `Message.setDelayTime(n, unit)`, as QMQ's `java.util.concurrent.TimeUnit`. */
 export enum TimeUnit {
@@ -63,13 +63,23 @@ export class Message {
   /** @internal */ protected readonly createdAt: number
   /** @internal */ protected scheduleAt: number | undefined
   /** @internal */ protected readonly tags: string[]
-  /** @internal */ protected readonly properties: Map<string, string>
-  /** @internal */ protected body: Buffer | string | undefined
+  /** @internal Use props(): a received message decodes it on first use. */
+  protected properties: Map<string, string>
+  /** @internal Use bodyValue(): a received message decodes it on first use. */
+  protected body: Buffer | string | undefined
+  /**
+   * @internal The verified record bytes of a received message whose properties and body are not
+   * decoded yet (a view into the PULL answer; dropped once decoded).
+   */
+  protected undecoded: Buffer | undefined
   /** @internal */ protected deliveryCount: number
   /** @internal */ protected readOnly: boolean
 
   /** Use `producer.generateMessage(subject)`; this constructor is for the SDK and tests. */
-  constructor(record: MessageRecord, options: { deliveryCount?: number; readOnly?: boolean } = {}) {
+  constructor(
+    record: MessageRecord,
+    options: { deliveryCount?: number; readOnly?: boolean; undecoded?: Buffer } = {},
+  ) {
     this.id = record.id
     this.subject = record.subject
     this.createdAt = record.createdAt
@@ -79,6 +89,31 @@ export class Message {
     this.body = record.body
     this.deliveryCount = options.deliveryCount ?? 0
     this.readOnly = options.readOnly ?? false
+    this.undecoded = options.undecoded
+  }
+
+  /** @internal The properties, decoding them first when the message was received lazily. */
+  protected props(): Map<string, string> {
+    if (this.undecoded !== undefined) this.decodeRest()
+    return this.properties
+  }
+
+  /** @internal The body, decoding it first when the message was received lazily. */
+  protected bodyValue(): Buffer | string | undefined {
+    if (this.undecoded !== undefined) this.decodeRest()
+    return this.body
+  }
+
+  /**
+   * Decodes properties and body of a received record (its CRC was verified when it was pulled). A
+   * binary body is copied out, so the message no longer holds the PULL answer's bytes.
+   */
+  private decodeRest(): void {
+    const bytes = this.undecoded as Buffer
+    const r = decodeRecord(bytes, 0, { verify: false })
+    this.undecoded = undefined
+    this.properties = r.properties
+    this.body = r.body
   }
 
   /** A new message with a fresh id (what `generateMessage` does). */
@@ -131,36 +166,36 @@ export class Message {
     if (key.startsWith(RESERVED_PROPERTY_PREFIX)) {
       throw new QmqError('QMQ_ERR_PROPERTY_INVALID', `property key ${key} is reserved (prefix qmq_)`)
     }
-    this.properties.set(key, toPropertyString(key, value))
+    this.props().set(key, toPropertyString(key, value))
     return this
   }
 
   /** @internal Sets a reserved property (SDK only). */
   setReservedProperty(key: string, value: string): void {
-    this.properties.set(key, value)
+    this.props().set(key, value)
   }
 
   removeProperty(key: string): boolean {
     this.checkWritable()
-    return this.properties.delete(key)
+    return this.props().delete(key)
   }
 
   hasProperty(key: string): boolean {
-    return this.properties.has(key)
+    return this.props().has(key)
   }
 
   /** All properties (including the SDK's `qmq_` ones), read-only. */
   getProperties(): ReadonlyMap<string, string> {
-    return this.properties
+    return this.props()
   }
 
   getStringProperty(key: string): string | undefined {
-    return this.properties.get(key)
+    return this.props().get(key)
   }
 
   /** The property as an integer; undefined when absent; throws QMQ_ERR_PROPERTY_INVALID when not one. */
   getIntProperty(key: string): number | undefined {
-    const s = this.properties.get(key)
+    const s = this.props().get(key)
     if (s === undefined) return undefined
     const n = Number(s)
     if (s.trim() === '' || !Number.isSafeInteger(n)) this.badProperty(key, s, 'an integer')
@@ -169,7 +204,7 @@ export class Message {
 
   /** The property as a bigint (QMQ's long); undefined when absent. */
   getLongProperty(key: string): bigint | undefined {
-    const s = this.properties.get(key)
+    const s = this.props().get(key)
     if (s === undefined) return undefined
     try {
       if (!/^[-+]?\d+$/.test(s.trim())) throw new Error('not an integer')
@@ -181,7 +216,7 @@ export class Message {
 
   /** The property as a number (any finite value); undefined when absent. */
   getNumberProperty(key: string): number | undefined {
-    const s = this.properties.get(key)
+    const s = this.props().get(key)
     if (s === undefined) return undefined
     const n = Number(s)
     if (s.trim() === '' || !Number.isFinite(n)) this.badProperty(key, s, 'a number')
@@ -190,14 +225,14 @@ export class Message {
 
   /** `"true"` is true, anything else false (as Java's Boolean.valueOf); undefined when absent. */
   getBooleanProperty(key: string): boolean | undefined {
-    const s = this.properties.get(key)
+    const s = this.props().get(key)
     if (s === undefined) return undefined
     return s.toLowerCase() === 'true'
   }
 
   /** A property set from a Date (stored as ms since the epoch); undefined when absent. */
   getDateProperty(key: string): Date | undefined {
-    const s = this.properties.get(key)
+    const s = this.props().get(key)
     if (s === undefined) return undefined
     const n = Number(s)
     if (s.trim() !== '' && Number.isFinite(n)) return new Date(n)
@@ -217,14 +252,16 @@ export class Message {
 
   /** The body as bytes (a text body is encoded as UTF-8); undefined when there is none. */
   getBody(): Buffer | undefined {
-    if (this.body === undefined) return undefined
-    return typeof this.body === 'string' ? Buffer.from(this.body, 'utf8') : this.body
+    const body = this.bodyValue()
+    if (body === undefined) return undefined
+    return typeof body === 'string' ? Buffer.from(body, 'utf8') : body
   }
 
   /** The body as text (a binary body is decoded as UTF-8); undefined when there is none. */
   getStringBody(): string | undefined {
-    if (this.body === undefined) return undefined
-    return typeof this.body === 'string' ? this.body : this.body.toString('utf8')
+    const body = this.bodyValue()
+    if (body === undefined) return undefined
+    return typeof body === 'string' ? body : body.toString('utf8')
   }
 
   /** Adds a tag (at most 10; consumers can filter on tags broker-side). */
@@ -278,6 +315,15 @@ export class Message {
     return this.scheduleAt === undefined ? undefined : new Date(this.scheduleAt)
   }
 
+  /**
+   * @internal What the producer encodes: the message itself, whose own fields are named and typed as
+   * a MessageRecord's (no record object per send); a copy for a received message not decoded yet.
+   */
+  encodable(): MessageRecord {
+    if (this.undecoded !== undefined) return this.toRecord()
+    return this as unknown as MessageRecord
+  }
+
   /** @internal The record this message encodes to (shared maps: encode before changing it again). */
   toRecord(): MessageRecord {
     return {
@@ -286,9 +332,14 @@ export class Message {
       createdAt: this.createdAt,
       scheduleAt: this.scheduleAt,
       tags: this.tags,
-      properties: this.properties,
-      body: this.body,
+      properties: this.props(),
+      body: this.bodyValue(),
     }
+  }
+
+  /** @internal The schedule time in ms (no Date allocated); undefined for real-time messages. */
+  scheduleAtMs(): number | undefined {
+    return this.scheduleAt
   }
 
   /** @internal Drops a schedule time too close to matter (sent as real-time). */
@@ -303,7 +354,7 @@ export class Message {
       createdTime: this.createdAt,
       scheduleReceiveTime: this.scheduleAt,
       tags: this.tags,
-      properties: Object.fromEntries(this.properties),
+      properties: Object.fromEntries(this.props()),
       deliveryCount: this.deliveryCount,
     }
   }

@@ -63,6 +63,21 @@ export const producerSchema: OptionsSchema<ProducerOptions> = {
   circuitOpenMs: integer({ default: 5_000, min: 1, doc: 'open breaker duration (ms)' }),
 }
 
+/**
+ * True when a SEND answer holds exactly `expected` results, all status 0 (stored, or a duplicate of
+ * a stored one). A fast path over decodeSendResponse (layout in src/common/protocol/commands.ts:
+ * u32 count, count x (u16 status, u16 length, message)): anything else goes to the full decoder.
+ */
+function allStored(body: Buffer, expected: number): boolean {
+  if (body.length < 4 || body.readUInt32BE(0) !== expected) return false
+  let o = 4
+  for (let i = 0; i < expected; i++) {
+    if (o + 4 > body.length || body.readUInt16BE(o) !== 0) return false
+    o += 4 + body.readUInt16BE(o + 2)
+  }
+  return o === body.length
+}
+
 /** Messages delayed by less than this are sent as real-time messages (as QMQ). */
 export const MIN_DELAY_MS = 500
 
@@ -80,14 +95,63 @@ export interface SendResult {
   group: string
 }
 
-interface Pending {
-  message: Message
-  bytes: Buffer
-  deadline: number
-  attempts: number
-  resolve: (r: SendResult) => void
-  reject: (e: QmqError) => void
+// Promise capabilities of a new Pending, handed out by one shared executor: a send then allocates no
+// closure of its own (only the promise and its resolving functions).
+let nextResolve: (r: SendResult) => void = () => {}
+let nextReject: (e: QmqError) => void = () => {}
+function captureExecutor(resolve: (r: SendResult) => void, reject: (e: QmqError) => void): void {
+  nextResolve = resolve
+  nextReject = reject
 }
+
+/**
+ * One accepted message until it settles. It keeps the encoded record and the id, not the Message:
+ * the Message (its property map, tags, body) becomes garbage as soon as it is encoded.
+ */
+class Pending {
+  readonly promise: Promise<SendResult>
+  readonly resolve: (r: SendResult) => void
+  readonly reject: (e: QmqError) => void
+  attempts = 0
+  /** QMQ's listener, called on settlement (with the message, kept only then). */
+  listener: MessageSendStateListener | undefined = undefined
+  message: Message | undefined = undefined
+  constructor(
+    readonly id: string,
+    /** Its own subject: the delay lane carries messages of every subject. */
+    readonly subject: string,
+    readonly bytes: Buffer,
+    readonly deadline: number,
+  ) {
+    this.promise = new Promise<SendResult>(captureExecutor)
+    this.resolve = nextResolve
+    this.reject = nextReject
+  }
+
+  succeed(r: SendResult, log: Logger): void {
+    this.resolve(r)
+    const l = this.listener
+    if (l === undefined) return
+    try {
+      l.onSuccess(this.message as Message)
+    } catch (err) {
+      log.error(err as Error, 'send listener threw')
+    }
+  }
+
+  fail(e: QmqError, log: Logger): void {
+    this.reject(e)
+    const l = this.listener
+    if (l === undefined) return
+    try {
+      l.onFailed(this.message as Message, e)
+    } catch (err) {
+      log.error(err as Error, 'send listener threw')
+    }
+  }
+}
+
+function ignore(): void {}
 
 interface Lane {
   key: string
@@ -98,6 +162,8 @@ interface Lane {
   timer: NodeJS.Timeout | undefined
   immediate: NodeJS.Immediate | undefined
   next: number
+  /** `flushLane(this)`, made once (the lane's timer callback). */
+  flush: () => void
 }
 
 export type ProducerInit = Partial<ProducerOptions> & { logger?: Logger }
@@ -107,8 +173,13 @@ export class MessageProducerProvider {
   private readonly log: Logger
   private opts: Readonly<ProducerOptions> | undefined
   private rt: ClientRuntime | undefined
+  /** Real-time lanes by subject. */
   private readonly lanes = new Map<string, Lane>()
+  /** The one lane of all delayed messages. */
+  private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** Subjects generateMessage() already validated (bounded). */
+  private readonly validSubjects = new Set<string>()
   private unsettled = 0
   private idleWaiters: (() => void)[] = []
   private closing = false
@@ -152,7 +223,11 @@ export class MessageProducerProvider {
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */
   generateMessage(subject: string): Message {
-    validateSubject(subject)
+    if (!this.validSubjects.has(subject)) {
+      validateSubject(subject)
+      if (this.validSubjects.size >= 1_024) this.validSubjects.clear()
+      this.validSubjects.add(subject)
+    }
     const m = Message.create(subject)
     const appCode = this.opts?.appCode ?? this.input.appCode
     if (typeof appCode === 'string' && appCode.length > 0) m.setReservedProperty(APP_CODE_PROPERTY, appCode)
@@ -165,20 +240,13 @@ export class MessageProducerProvider {
    * returned promise may be ignored safely (its rejection is handled).
    */
   sendMessage(message: Message, listener?: MessageSendStateListener): Promise<SendResult> {
-    const p = this.send(message)
-    if (listener !== undefined) {
-      p.then(
-        () => listener.onSuccess(message),
-        (err: QmqError) => listener.onFailed(message, err),
-      ).catch((err: unknown) => this.log.error(err as Error, 'send listener threw'))
-      p.catch(() => {})
-    }
-    return p
+    return this.send(message, listener)
   }
 
   /** Sends every queued message now and resolves when all accepted messages are settled. */
   async flush(): Promise<void> {
     for (const lane of this.lanes.values()) this.flushLane(lane)
+    if (this.delayLane !== undefined) this.flushLane(this.delayLane)
     if (this.unsettled === 0) return
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
   }
@@ -199,79 +267,115 @@ export class MessageProducerProvider {
 
   // ------------------------------------------------------------------ internals
 
-  private send(message: Message): Promise<SendResult> {
-    if (this.closing) return Promise.reject(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed'))
+  private send(message: Message, listener: MessageSendStateListener | undefined): Promise<SendResult> {
+    if (this.closing) {
+      return this.refuse(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed'), message, listener)
+    }
     const opts = this.opts
     if (opts === undefined || this.rt === undefined) {
-      return Promise.reject(
+      return this.refuse(
         new QmqError('QMQ_ERR_NOT_INITIALIZED', 'producer: call init() before sendMessage()'),
+        message,
+        listener,
       )
     }
     if (!(message instanceof Message)) {
-      return Promise.reject(
+      return this.refuse(
         new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'sendMessage() takes a Message from generateMessage()'),
+        message,
+        listener,
       )
     }
     if (this.unsettled >= opts.maxQueueSize) {
-      return Promise.reject(
+      return this.refuse(
         new QmqError(
           'QMQ_ERR_SEND_QUEUE_FULL',
           `send queue is full: ${this.unsettled} messages are not settled yet (maxQueueSize ${opts.maxQueueSize}); ` +
             'wait for earlier sends or raise maxQueueSize',
           { details: { maxQueueSize: opts.maxQueueSize } },
         ),
+        message,
+        listener,
       )
     }
-    const scheduleAt = message.getScheduleReceiveTime()?.getTime()
+    const scheduleAt = message.scheduleAtMs()
     const delayed = scheduleAt !== undefined && scheduleAt - Date.now() >= MIN_DELAY_MS
     if (scheduleAt !== undefined && !delayed) message.clearDelay()
     let bytes: Buffer
     try {
-      bytes = encodeRecord(message.toRecord())
+      bytes = encodeRecord(message.encodable())
     } catch (err) {
-      return Promise.reject(toQmqError(err, 'QMQ_ERR_INVALID_ARGUMENT'))
+      return this.refuse(toQmqError(err, 'QMQ_ERR_INVALID_ARGUMENT'), message, listener)
     }
-    return new Promise<SendResult>((resolve, reject) => {
-      const subject = message.getSubject()
-      const kind: ClientKind = delayed ? 'delay-producer' : 'producer'
-      const key = delayed ? 'delay' : subject
-      let lane = this.lanes.get(key)
-      if (lane === undefined) {
-        lane = {
-          key,
-          kind,
-          subject,
-          queue: [],
-          queuedBytes: 0,
-          timer: undefined,
-          immediate: undefined,
-          next: Math.floor(Math.random() * 1024),
-        }
-        this.lanes.set(key, lane)
-      }
-      this.unsettled++
-      lane.queue.push({
-        message,
-        bytes,
-        deadline: Date.now() + opts.sendTimeoutMs,
-        attempts: 0,
-        resolve: (r) => {
-          this.settled()
-          resolve(r)
-        },
-        reject: (e) => {
-          this.settled()
-          reject(e)
-        },
-      })
-      lane.queuedBytes += bytes.length
-      if (lane.queue.length >= opts.batchSize || lane.queuedBytes >= opts.batchBytes) this.flushLane(lane)
-      else this.scheduleLane(lane)
-    })
+    const subject = message.getSubject()
+    let lane = delayed ? this.delayLane : this.lanes.get(subject)
+    if (lane === undefined) lane = this.newLane(delayed, subject)
+    const p = new Pending(message.getMessageId(), subject, bytes, Date.now() + opts.sendTimeoutMs)
+    if (listener !== undefined) {
+      p.listener = listener
+      p.message = message
+      p.promise.catch(ignore) // with a listener the promise may be ignored
+    }
+    this.unsettled++
+    lane.queue.push(p)
+    lane.queuedBytes += bytes.length
+    if (lane.queue.length >= opts.batchSize || lane.queuedBytes >= opts.batchBytes) this.flushLane(lane)
+    else if (lane.timer === undefined && lane.immediate === undefined) this.scheduleLane(lane)
+    return p.promise
   }
 
-  private settled(): void {
-    if (--this.unsettled === 0 && this.idleWaiters.length > 0) {
+  /** A send refused before it was queued: a rejected promise, and the listener told (asynchronously). */
+  private refuse(
+    err: QmqError,
+    message: Message,
+    listener: MessageSendStateListener | undefined,
+  ): Promise<SendResult> {
+    const p = Promise.reject(err)
+    if (listener !== undefined) {
+      p.catch(ignore)
+      queueMicrotask(() => {
+        try {
+          listener.onFailed(message, err)
+        } catch (e) {
+          this.log.error(e as Error, 'send listener threw')
+        }
+      })
+    }
+    return p
+  }
+
+  private newLane(delayed: boolean, subject: string): Lane {
+    const lane: Lane = {
+      key: delayed ? 'delay' : subject,
+      kind: delayed ? 'delay-producer' : 'producer',
+      subject,
+      queue: [],
+      queuedBytes: 0,
+      timer: undefined,
+      immediate: undefined,
+      next: Math.floor(Math.random() * 1024),
+      flush: () => this.flushLane(lane),
+    }
+    if (delayed) this.delayLane = lane
+    else this.lanes.set(subject, lane)
+    return lane
+  }
+
+  // A message leaves the count before its promise settles and its listener runs, so a listener (or a
+  // continuation) that sends the next message sees the room it made.
+  private succeed(p: Pending, r: SendResult): void {
+    this.unsettled--
+    p.succeed(r, this.log)
+  }
+
+  private fail(p: Pending, e: QmqError): void {
+    this.unsettled--
+    p.fail(e, this.log)
+  }
+
+  /** Wakes flush()/close() once nothing is unsettled (called once per batch, not per message). */
+  private wakeIdle(): void {
+    if (this.unsettled === 0 && this.idleWaiters.length > 0) {
       const w = this.idleWaiters
       this.idleWaiters = []
       for (const f of w) f()
@@ -281,8 +385,8 @@ export class MessageProducerProvider {
   private scheduleLane(lane: Lane): void {
     if (lane.timer !== undefined || lane.immediate !== undefined) return
     const linger = this.opts?.lingerMs ?? 0
-    if (linger === 0) lane.immediate = setImmediate(() => this.flushLane(lane))
-    else lane.timer = setTimeout(() => this.flushLane(lane), linger)
+    if (linger === 0) lane.immediate = setImmediate(lane.flush)
+    else lane.timer = setTimeout(lane.flush, linger)
   }
 
   private flushLane(lane: Lane): void {
@@ -300,9 +404,13 @@ export class MessageProducerProvider {
         bytes += b
         n++
       }
-      const batch = lane.queue.splice(0, n)
+      let batch: Pending[]
+      if (n === lane.queue.length) {
+        batch = lane.queue
+        lane.queue = []
+      } else batch = lane.queue.splice(0, n)
       lane.queuedBytes -= bytes
-      void this.dispatch(lane, batch, new Set())
+      this.dispatch(lane, batch, new Set())
     }
   }
 
@@ -336,18 +444,42 @@ export class MessageProducerProvider {
     return undefined
   }
 
-  private async dispatch(lane: Lane, batch: Pending[], tried: Set<string>): Promise<void> {
+  /**
+   * Sends a batch to one of its route's groups. With the route cached this happens synchronously, so
+   * a full batch reaches the socket while the caller is still producing (no wait for the event loop).
+   */
+  private dispatch(lane: Lane, batch: Pending[], tried: Set<string>): void {
     const rt = this.rt as ClientRuntime
-    const opts = this.opts as ProducerOptions
-    let groups: RouteGroup[]
-    try {
-      groups = await rt.routes.get(lane.kind, lane.subject)
-    } catch (err) {
-      // The first lookup already retried within its own bound (firstLookupTimeoutMs): fail now.
-      const e = toQmqError(err)
-      for (const p of batch) p.reject(e)
+    const cached = rt.routes.peek(lane.kind, lane.subject)
+    if (cached !== undefined) {
+      void this.sendBatch(lane, batch, tried, cached)
       return
     }
+    let lookup: Promise<RouteGroup[]>
+    try {
+      lookup = rt.routes.get(lane.kind, lane.subject)
+    } catch (err) {
+      lookup = Promise.reject(err)
+    }
+    lookup.then(
+      (groups) => this.sendBatch(lane, batch, tried, groups),
+      (err: unknown) => {
+        // The first lookup already retried within its own bound (firstLookupTimeoutMs): fail now.
+        const e = toQmqError(err)
+        for (const p of batch) this.fail(p, e)
+        this.wakeIdle()
+      },
+    )
+  }
+
+  private async sendBatch(
+    lane: Lane,
+    batch: Pending[],
+    tried: Set<string>,
+    groups: readonly RouteGroup[],
+  ): Promise<void> {
+    const rt = this.rt as ClientRuntime
+    const opts = this.opts as ProducerOptions
     const group = this.pick(lane, groups, tried)
     if (group === undefined) {
       const err = new QmqError(
@@ -361,14 +493,15 @@ export class MessageProducerProvider {
     const breaker = this.breaker(group.name)
     const minDeadline = batch.reduce((m, p) => Math.min(m, p.deadline), Number.POSITIVE_INFINITY)
     const timeoutMs = Math.max(1, Math.min(opts.requestTimeoutMs, minDeadline - Date.now()))
-    let results: { status: number; message: string }[]
+    let results: { status: number; message: string }[] | undefined
     try {
       const conn = rt.pool.get(group.address)
-      const frame = await conn.request(RequestCode.SEND, encodeSendRequest(batch.map((p) => p.bytes)), {
-        timeoutMs,
-      })
-      results = decodeSendResponse(frame.body)
-      if (results.length !== batch.length) {
+      const records: Buffer[] = new Array(batch.length)
+      for (let i = 0; i < batch.length; i++) records[i] = (batch[i] as Pending).bytes
+      const frame = await conn.request(RequestCode.SEND, encodeSendRequest(records), { timeoutMs })
+      // Common case: every record stored; read the statuses without building a result per record.
+      if (!allStored(frame.body, batch.length)) results = decodeSendResponse(frame.body)
+      if (results !== undefined && results.length !== batch.length) {
         throw new QmqError(
           'QMQ_ERR_PAYLOAD_MALFORMED',
           `SEND answer has ${results.length} results for ${batch.length} records`,
@@ -384,13 +517,22 @@ export class MessageProducerProvider {
       return
     }
     breaker.onSuccess()
+    const groupName = group.name
+    if (results === undefined) {
+      for (let i = 0; i < batch.length; i++) {
+        const p = batch[i] as Pending
+        this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
+      }
+      this.wakeIdle()
+      return
+    }
     const retry: Pending[] = []
     let retryErr: QmqError | undefined
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
       const r = results[i] as { status: number; message: string }
       if (r.status === 0) {
-        p.resolve({ messageId: p.message.getMessageId(), subject: p.message.getSubject(), group: group.name })
+        this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
         continue
       }
       const err = QmqError.fromStatus(r.status, r.message)
@@ -398,9 +540,10 @@ export class MessageProducerProvider {
         retry.push(p)
         retryErr = err
       } else {
-        p.reject(this.finalError(p, err))
+        this.fail(p, this.finalError(p, err))
       }
     }
+    this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
       this.retryOrFail(lane, retry, retryErr as QmqError, tried)
@@ -411,7 +554,7 @@ export class MessageProducerProvider {
     if (p.attempts <= 1 && !err.retriable) return err
     return new QmqError(
       err.code,
-      `message ${p.message.getMessageId()} of subject ${p.message.getSubject()} not sent after ${p.attempts} attempt(s): ${err.message}`,
+      `message ${p.id} of subject ${p.subject} not sent after ${p.attempts} attempt(s): ${err.message}`,
       { cause: err, details: { attempts: p.attempts } },
     )
   }
@@ -423,20 +566,21 @@ export class MessageProducerProvider {
     for (const p of batch) {
       p.attempts++
       if (!isRetriable(err) || p.attempts >= opts.maxAttempts || now >= p.deadline)
-        p.reject(this.finalError(p, err))
+        this.fail(p, this.finalError(p, err))
       else again.push(p)
     }
+    this.wakeIdle()
     if (again.length === 0) return
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)
     if (untried) {
-      void this.dispatch(lane, again, tried)
+      this.dispatch(lane, again, tried)
       return
     }
     // Every group was tried: wait a little, ask for the route again, start a new round.
     const delay = backoffDelay(Math.min(10, (again[0] as Pending).attempts), { initialMs: 20, maxMs: 1_000 })
     if (this.rt !== undefined && groups.length > 0)
       void this.rt.routes.refresh(lane.kind, lane.subject).catch(() => {})
-    setTimeout(() => void this.dispatch(lane, again, new Set()), delay)
+    setTimeout(() => this.dispatch(lane, again, new Set()), delay)
   }
 }

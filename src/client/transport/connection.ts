@@ -21,7 +21,9 @@ import { Backoff } from '../retry'
  * - Every request has a deadline counted from the moment it was asked for (queue time included);
  *   when it passes the caller gets QMQ_ERR_TIMEOUT and a late answer is dropped.
  * - Frames written in one turn of the event loop go out together: the first write schedules a
- *   microtask that corks the socket, writes every queued frame and uncorks (one writev).
+ *   microtask that corks the socket, writes every queued frame and uncorks (one writev). Once
+ *   WRITE_THROUGH_BYTES are waiting they are written at once instead, so a caller that produces for
+ *   a long synchronous stretch keeps the peer busy.
  *   When `socket.write()` returns false, nothing more is moved from the pending queue to the wire
  *   until 'drain': the pending queue, not the socket buffer, absorbs a burst.
  * - Connects lazily on the first request. A failed connect or a dropped connection fails the
@@ -49,6 +51,10 @@ export const DEFAULT_MAX_IN_FLIGHT = 1_024
 export const DEFAULT_MAX_PENDING = 100_000
 export const DEFAULT_RECONNECT_INITIAL_MS = 100
 export const DEFAULT_RECONNECT_MAX_MS = 10_000
+/** Frames waiting to be written are written at once (not at the end of the turn) from this size on. */
+export const WRITE_THROUGH_BYTES = 64 * 1024
+/** Buffers smaller than this are coalesced (copied) into one before they are written. */
+export const COALESCE_BELOW_BYTES = 4 * 1024
 
 export interface RequestOptions {
   timeoutMs?: number
@@ -101,6 +107,7 @@ export class Connection {
   private queueHead = 0
   /** Frames ready to write in the next flush (already counted in inFlight). */
   private out: Buffer[] = []
+  private outBytes = 0
   private flushScheduled = false
   private writable = true
   /** No connect attempt before this time (ms since epoch) after a failure. */
@@ -274,6 +281,7 @@ export class Connection {
     this.socket = undefined
     this.decoder = undefined
     this.out = []
+    this.outBytes = 0
     this.flushScheduled = false
     const waiters = this.closeWaiters
     this.closeWaiters = []
@@ -341,9 +349,13 @@ export class Connection {
       this.inFlight.set(p.id, p)
       const header = Buffer.allocUnsafe(HEADER_BYTES)
       writeFrameHeader(header, 0, { flags: 0, code: p.code, status: 0, requestId: p.id }, p.bodyLength)
-      this.out.push(header, ...p.parts)
+      this.out.push(header)
+      for (const part of p.parts) this.out.push(part)
+      this.outBytes += HEADER_BYTES + p.bodyLength
       p.parts = []
-      if (!this.flushScheduled) {
+      // A large frame goes out now: the peer starts on it while the caller keeps producing.
+      if (this.outBytes >= WRITE_THROUGH_BYTES) this.flush()
+      else if (!this.flushScheduled) {
         this.flushScheduled = true
         queueMicrotask(() => this.flush())
       }
@@ -359,10 +371,26 @@ export class Connection {
     const socket = this.socket
     const out = this.out
     this.out = []
+    this.outBytes = 0
     if (socket === undefined || out.length === 0) return
+    // The stream machinery costs per buffer written: runs of small buffers (frame headers, records
+    // of small messages) are copied into one; large ones are written as they are (writev).
     socket.cork()
     let ok = true
-    for (const b of out) ok = socket.write(b)
+    let runStart = 0
+    let runBytes = 0
+    for (let i = 0; i <= out.length; i++) {
+      const b = out[i]
+      if (b !== undefined && b.length < COALESCE_BELOW_BYTES) {
+        runBytes += b.length
+        continue
+      }
+      if (i - runStart === 1) ok = socket.write(out[runStart] as Buffer)
+      else if (i > runStart) ok = socket.write(Buffer.concat(out.slice(runStart, i), runBytes))
+      if (b !== undefined) ok = socket.write(b)
+      runStart = i + 1
+      runBytes = 0
+    }
     socket.uncork()
     if (!ok) this.writable = false
   }
