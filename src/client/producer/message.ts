@@ -113,7 +113,9 @@ export class Message {
     const r = decodeRecord(bytes, 0, { verify: false })
     this.undecoded = undefined
     this.properties = r.properties
-    this.body = r.body
+    // decodeRecord hands a binary body out as a view of the answer: copy it, so this message
+    // does not keep the whole PULL answer alive.
+    this.body = Buffer.isBuffer(r.body) ? Buffer.from(r.body) : r.body
   }
 
   /** A new message with a fresh id (what `generateMessage` does). */
