@@ -77,9 +77,11 @@ if (write) {
     '',
     `Machine: ${machine()}. The machines are shared and noisy: compare figures from one run, side by side.`,
     '',
-    '| benchmark | metric | value | unit | target |',
-    '| --- | --- | ---: | --- | --- |',
-    ...results.map((r) => `| ${r.file} | ${r.metric} | ${r.value} | ${r.unit} | ${r.target ?? ''} |`),
+    '| file | benchmark | metric | value | unit | target |',
+    '| --- | --- | --- | ---: | --- | --- |',
+    ...results.map(
+      (r) => `| ${r.file} | ${r.bench} | ${r.metric} | ${r.value} | ${r.unit} | ${r.target ?? ''} |`,
+    ),
     '',
   ]
   if (failures.length > 0) lines.push('Failures:', '', ...failures.map((f) => `- ${f}`), '')
