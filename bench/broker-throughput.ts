@@ -11,6 +11,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { RawClient } from '../test/helpers/raw-client'
@@ -59,10 +60,22 @@ function startBroker(dataDir: string): Promise<{ child: ChildProcess; port: numb
   )
   return new Promise((resolve, reject) => {
     let out = ''
+    let started = false
     child.stdout?.on('data', (d: Buffer) => {
+      // Lines other than the port line (e.g. --trace-gc output) go to our stderr, not to the results.
+      if (started) return void process.stderr.write(d)
       out += d.toString()
-      const nl = out.indexOf('\n')
-      if (nl >= 0) resolve({ child, port: (JSON.parse(out.slice(0, nl)) as { port: number }).port })
+      for (let nl = out.indexOf('\n'); nl >= 0 && !started; nl = out.indexOf('\n')) {
+        const line = out.slice(0, nl)
+        out = out.slice(nl + 1)
+        if (!line.startsWith('{"port":')) {
+          process.stderr.write(`${line}\n`)
+          continue
+        }
+        started = true
+        if (out.length > 0) process.stderr.write(out)
+        resolve({ child, port: (JSON.parse(line) as { port: number }).port })
+      }
     })
     child.once('exit', (code) => reject(new Error(`broker exited with ${code}`)))
   })
@@ -201,6 +214,13 @@ async function latency(port: number, rate: number, seconds: number): Promise<num
   )
   let producing = true
   const acks: Promise<Buffer>[] = []
+  // BENCH_LOOP_STATS=1: the client's own event-loop delay, SEND round trips and pacing gaps (to tell
+  // a tail made by this process from one made by the broker).
+  const diag = process.env.BENCH_LOOP_STATS === '1'
+  const loop = diag ? monitorEventLoopDelay({ resolution: 1 }) : undefined
+  loop?.enable()
+  const sendRtt: number[] = []
+  const gaps: number[] = []
   const total = Math.floor(rate * seconds)
   const consumerLoop = (async () => {
     while (producing || samples.length < total) {
@@ -249,17 +269,36 @@ async function latency(port: number, rate: number, seconds: number): Promise<num
         recs.push(prepared[sent] as Buffer)
         sentAt.set(`lat-${sent}`, at)
       }
-      pending.push(sendBatch(producer, recs))
+      const p = sendBatch(producer, recs)
+      if (diag) void p.then(() => sendRtt.push(performance.now() - at))
+      pending.push(p)
     }
+    const before = performance.now()
     // Paced by a 1 ms timer (what is due goes out as one SEND, as the SDK batches): spinning on
     // setImmediate would burn a core the broker needs on a small machine and measure the starvation.
     await new Promise((r) => setTimeout(r, 1))
+    if (diag) gaps.push(performance.now() - before)
   }
   await Promise.all(pending)
   producing = false
   await consumerLoop
   producer.destroy()
   consumer.destroy()
+  if (loop !== undefined) {
+    loop.disable()
+    const pct = (a: number[]) => {
+      a.sort((x, y) => x - y)
+      return [0.5, 0.9, 0.99, 0.999, 1].map((p) => +percentile(a, p === 1 ? 0.99999 : p).toFixed(2))
+    }
+    const ms = (n: number) => +(n / 1e6).toFixed(2)
+    process.stderr.write(
+      `${JSON.stringify({
+        clientLoopDelayMs: [50, 90, 99, 99.9].map((p) => ms(loop.percentile(p))).concat(ms(loop.max)),
+        sendRttMs_p50_p90_p99_p999_max: pct(sendRtt),
+        paceGapMs_p50_p90_p99_p999_max: pct(gaps),
+      })}\n`,
+    )
+  }
   return samples.sort((a, b) => a - b)
 }
 
