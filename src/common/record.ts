@@ -87,11 +87,25 @@ export interface RecordLimits {
 
 const TWO_32 = 0x1_0000_0000
 
+// Byte stores for writeRecord: Buffer#writeUInt32BE and friends check their arguments on every call,
+// several times the cost of the stores themselves on this path (the plan already bounds each value).
+function put16(buf: Buffer, v: number, o: number): void {
+  buf[o] = v >>> 8
+  buf[o + 1] = v
+}
+
+function put32(buf: Buffer, v: number, o: number): void {
+  buf[o] = v >>> 24
+  buf[o + 1] = v >>> 16
+  buf[o + 2] = v >>> 8
+  buf[o + 3] = v
+}
+
 /** Writes a safe integer as a big-endian two's-complement i64 without BigInt (hot path). */
-function writeI64(buf: Buffer, v: number, o: number): void {
+function putI64(buf: Buffer, v: number, o: number): void {
   const hi = Math.floor(v / TWO_32)
-  buf.writeInt32BE(hi, o)
-  buf.writeUInt32BE(v - hi * TWO_32, o + 4)
+  put32(buf, hi | 0, o)
+  put32(buf, v - hi * TWO_32, o + 4)
 }
 
 function readI64(buf: Buffer, o: number): number {
@@ -135,8 +149,39 @@ function fail(code: 'QMQ_ERR_RECORD_MALFORMED' | 'QMQ_ERR_RECORD_TRUNCATED', mes
   throw new QmqError(code, message)
 }
 
-/** Encodes a record. Validates every limit; throws a QmqError with the matching code. */
-export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buffer {
+/**
+ * Everything `writeRecord` needs besides the message: the lengths `planRecord` computed (each
+ * string's UTF-8 length once) after validating every limit. Valid only for the message it was made
+ * from, as long as that message does not change.
+ */
+export interface RecordPlan {
+  /** Bytes of the whole record. */
+  size: number
+  flags: number
+  idBytes: number
+  subjectBytes: number
+  /** Bytes of the properties block (count + entries), the value of propsLength. */
+  propsBytes: number
+  bodyBytes: number
+  /** UTF-8 lengths: each tag's, then each property's key and value, in iteration order. */
+  lens: number[]
+}
+
+/** A fresh plan to hand to `planRecord` for reuse (a hot loop then allocates no plan per record). */
+export function newRecordPlan(): RecordPlan {
+  return { size: 0, flags: 0, idBytes: 0, subjectBytes: 0, propsBytes: 0, bodyBytes: 0, lens: [] }
+}
+
+// The last subject that passed validateSubject and its UTF-8 length: producers send run after run of
+// the same subject, and a string cannot change.
+let lastSubject = ''
+let lastSubjectBytes = 0
+
+/**
+ * Validates a message against every record limit and computes its layout; throws a QmqError with the
+ * matching code. Fills `into` when given (reused: its `lens` array is overwritten), else a new plan.
+ */
+export function planRecord(msg: MessageRecord, limits: RecordLimits = {}, into?: RecordPlan): RecordPlan {
   const maxMessageBytes = limits.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
   const idBytes = utf8Length(msg.id)
   if (idBytes === 0 || idBytes > MAX_ID_BYTES) {
@@ -145,19 +190,28 @@ export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buf
       `message id is ${idBytes} bytes; it must be 1 to ${MAX_ID_BYTES}`,
     )
   }
-  validateSubject(msg.subject)
-  const subjectBytes = utf8Length(msg.subject)
-  if (msg.tags.length > MAX_TAGS) {
-    throw new QmqError('QMQ_ERR_TOO_MANY_TAGS', `${msg.tags.length} tags; the maximum is ${MAX_TAGS}`)
+  let subjectBytes: number
+  if (msg.subject === lastSubject && lastSubject !== '') subjectBytes = lastSubjectBytes
+  else {
+    validateSubject(msg.subject)
+    subjectBytes = utf8Length(msg.subject)
+    lastSubject = msg.subject
+    lastSubjectBytes = subjectBytes
   }
+  const tags = msg.tags
+  if (tags.length > MAX_TAGS) {
+    throw new QmqError('QMQ_ERR_TOO_MANY_TAGS', `${tags.length} tags; the maximum is ${MAX_TAGS}`)
+  }
+  const plan = into ?? newRecordPlan()
+  const lens = plan.lens
+  lens.length = 0
   let size = RECORD_FIXED_BYTES + idBytes + subjectBytes
-  const tagLens: number[] = []
-  for (const tag of msg.tags) {
-    const n = utf8Length(tag)
+  for (let i = 0; i < tags.length; i++) {
+    const n = utf8Length(tags[i] as string)
     if (n === 0 || n > MAX_TAG_BYTES) {
       throw new QmqError('QMQ_ERR_TAG_INVALID', `tag is ${n} bytes; it must be 1 to ${MAX_TAG_BYTES}`)
     }
-    tagLens.push(n)
+    lens.push(n)
     size += 2 + n
   }
   if (msg.properties.size > MAX_PROPERTIES) {
@@ -167,7 +221,6 @@ export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buf
     )
   }
   let propsBytes = 2
-  const propLens: number[] = []
   for (const [k, v] of msg.properties) {
     const kn = utf8Length(k)
     if (kn === 0 || kn > MAX_PROPERTY_KEY_BYTES) {
@@ -177,7 +230,7 @@ export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buf
       )
     }
     const vn = utf8Length(v)
-    propLens.push(kn, vn)
+    lens.push(kn, vn)
     propsBytes += 2 + kn + 4 + vn
   }
   size += 4 + propsBytes
@@ -201,55 +254,95 @@ export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buf
   if (!Number.isSafeInteger(msg.createdAt)) {
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `created time ${msg.createdAt} is not an integer of ms`)
   }
-  const flags =
+  plan.size = size
+  plan.flags =
     (delayed ? FLAG_DELAYED : 0) |
     (body !== undefined ? FLAG_HAS_BODY : 0) |
     (bodyIsString ? FLAG_BODY_UTF8 : 0)
+  plan.idBytes = idBytes
+  plan.subjectBytes = subjectBytes
+  plan.propsBytes = propsBytes
+  plan.bodyBytes = bodyBytes
+  return plan
+}
 
-  const buf = Buffer.allocUnsafe(size)
-  buf.writeUInt32BE(size, 0)
-  buf.writeUInt8(RECORD_VERSION, 8)
-  buf.writeUInt8(flags, 9)
-  buf.writeUInt8(msg.tags.length, 10)
-  buf.writeUInt8(0, 11)
-  writeI64(buf, msg.createdAt, 12)
-  writeI64(buf, delayed ? (msg.scheduleAt as number) : 0, 20)
-  buf.writeUInt16BE(idBytes, 28)
-  buf.writeUInt16BE(subjectBytes, 30)
-  let o = RECORD_FIXED_BYTES
-  o += writeUtf8(buf, msg.id, o, idBytes)
-  o += writeUtf8(buf, msg.subject, o, subjectBytes)
-  for (let i = 0; i < msg.tags.length; i++) {
-    const n = tagLens[i] as number
-    buf.writeUInt16BE(n, o)
-    o += 2
-    o += writeUtf8(buf, msg.tags[i] as string, o, n)
+/**
+ * Writes the record `plan` describes (CRC included) at `offset` of `target`, which must have
+ * `plan.size` bytes there; returns the bytes written (`plan.size`). `msg` must be the message the plan
+ * was made from, unchanged since: the plan's lengths are what gets written.
+ */
+export function writeRecord(plan: RecordPlan, msg: MessageRecord, target: Buffer, offset = 0): number {
+  const size = plan.size
+  if (offset < 0 || offset + size > target.length) {
+    throw new QmqError(
+      'QMQ_ERR_INVALID_ARGUMENT',
+      `record of ${size} bytes does not fit at offset ${offset} of a ${target.length}-byte buffer`,
+    )
   }
-  buf.writeUInt32BE(propsBytes, o)
-  o += 4
-  buf.writeUInt16BE(msg.properties.size, o)
-  o += 2
+  const buf = target
+  const lens = plan.lens
+  const tags = msg.tags
+  put32(buf, size, offset)
+  buf[offset + 8] = RECORD_VERSION
+  buf[offset + 9] = plan.flags
+  buf[offset + 10] = tags.length
+  buf[offset + 11] = 0
+  putI64(buf, msg.createdAt, offset + 12)
+  putI64(buf, plan.flags & FLAG_DELAYED ? (msg.scheduleAt as number) : 0, offset + 20)
+  put16(buf, plan.idBytes, offset + 28)
+  put16(buf, plan.subjectBytes, offset + 30)
+  let o = offset + RECORD_FIXED_BYTES
+  o += writeUtf8(buf, msg.id, o, plan.idBytes)
+  o += writeUtf8(buf, msg.subject, o, plan.subjectBytes)
   let p = 0
+  for (let i = 0; i < tags.length; i++) {
+    const n = lens[p++] as number
+    put16(buf, n, o)
+    o += 2
+    o += writeUtf8(buf, tags[i] as string, o, n)
+  }
+  put32(buf, plan.propsBytes, o)
+  o += 4
+  put16(buf, msg.properties.size, o)
+  o += 2
   for (const [k, v] of msg.properties) {
-    const kn = propLens[p++] as number
-    const vn = propLens[p++] as number
-    buf.writeUInt16BE(kn, o)
+    const kn = lens[p++] as number
+    const vn = lens[p++] as number
+    put16(buf, kn, o)
     o += 2
     o += writeUtf8(buf, k, o, kn)
-    buf.writeUInt32BE(vn, o)
+    put32(buf, vn, o)
     o += 4
     if (vn > 0) o += writeUtf8(buf, v, o, vn)
   }
-  buf.writeUInt32BE(bodyBytes, o)
+  const bodyBytes = plan.bodyBytes
+  put32(buf, bodyBytes, o)
   o += 4
-  if (bodyIsString) o += buf.write(body, o, bodyBytes, 'utf8')
+  const body = msg.body
+  if (typeof body === 'string') o += buf.write(body, o, bodyBytes, 'utf8')
   else if (body !== undefined) {
-    body.copy(buf, o)
-    o += bodyBytes
+    // TypedArray.set is a memmove inside V8, cheaper than Buffer#copy's call into C++ for small bodies.
+    buf.set(body, o)
+    o += body.length
   }
-  buf.writeUInt32BE(crc32c(buf.subarray(8, size)), 4)
+  if (o !== offset + size) {
+    // Best effort: catches a body that changed size; a message must simply not change in between.
+    throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'the message changed between planRecord and writeRecord')
+  }
+  put32(buf, crc32c(buf.subarray(offset + 8, offset + size)), offset + 4)
+  return size
+}
+
+/** Encodes a record into a new Buffer. Validates every limit; throws a QmqError with the matching code. */
+export function encodeRecord(msg: MessageRecord, limits: RecordLimits = {}): Buffer {
+  const plan = planRecord(msg, limits, scratchPlan)
+  const buf = Buffer.allocUnsafe(plan.size)
+  writeRecord(plan, msg, buf, 0)
   return buf
 }
+
+// encodeRecord's plan, reused (planning and writing happen in one synchronous call).
+const scratchPlan = newRecordPlan()
 
 /**
  * Checks the framing of the record at `offset` (length within bounds, version, CRC) and returns its

@@ -1,8 +1,13 @@
+import { createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isQmqError, type QmqError } from '../../src/common/errors'
 import { MessageProducerProvider } from '../../src/client/producer/producer'
 import { type Message, TimeUnit } from '../../src/client/producer/message'
-import { startFakeCluster } from './helpers/fake-cluster'
+import { RequestCode } from '../../src/common/protocol/codes'
+import { decodeSendRequest, encodeSendResponse } from '../../src/common/protocol/commands'
+import { encodeFrame, FLAG_RESPONSE, FrameDecoder } from '../../src/common/protocol/frame'
+import { decodeRecord, type MessageRecord } from '../../src/common/record'
+import { type FakeBroker, FakeMetaserver, startFakeCluster } from './helpers/fake-cluster'
 
 async function setup(t: { teardown: (fn: () => unknown) => void }, extra: Record<string, unknown> = {}) {
   const cluster = await startFakeCluster()
@@ -246,3 +251,113 @@ t.test(
     t.ok(Date.now() - started < 5_000, 'bounded')
   },
 )
+
+t.test('producer - changing a message after sendMessage changes nothing that is sent', async (t) => {
+  const { cluster, producer } = await setup(t, { lingerMs: 50 })
+  const body = Buffer.from('original body')
+  const m = producer.generateMessage('mut').setProperty('k', 'v1').addTag('t1').setBody(body)
+  const sent = producer.sendMessage(m)
+  // still queued (lingerMs): change everything the user can reach
+  m.setProperty('k', 'v2').setProperty('extra', 'x').addTag('t2').setDelayTime(1, TimeUnit.HOURS)
+  body.fill(0x7a)
+  m.setBody('another body')
+  await sent
+  const stored = [...cluster.a.stored('mut'), ...cluster.b.stored('mut')]
+  t.equal(stored.length, 1)
+  const r = stored[0] as MessageRecord
+  t.equal(r.properties.get('k'), 'v1')
+  t.notOk(r.properties.has('extra'))
+  t.same(r.tags, ['t1'])
+  t.equal(r.scheduleAt, undefined)
+  t.same(r.body, Buffer.from('original body'))
+})
+
+/**
+ * A one-group broker that refuses every other record of its first SEND with BUSY (retriable) and
+ * stores everything else: the producer must resend just the refused subset, intact.
+ */
+async function partialRefusalBroker(t: { teardown: (fn: () => unknown) => void }) {
+  const stored: MessageRecord[] = []
+  const requestSizes: number[] = []
+  const sockets = new Set<Socket>()
+  const server = createServer((socket) => {
+    sockets.add(socket)
+    socket.on('error', () => {})
+    const decoder = new FrameDecoder()
+    socket.on('data', (chunk) => {
+      for (const f of decoder.push(chunk)) {
+        if (f.code !== RequestCode.SEND) continue
+        const items = decodeSendRequest(Buffer.from(f.body))
+        const first = requestSizes.length === 0
+        requestSizes.push(items.length)
+        const results = items.map((item, i) => {
+          if (item.error) return { status: item.error.status, message: item.error.message }
+          if (first && i % 2 === 1) return { status: 24, message: 'busy' }
+          stored.push(decodeRecord(item.bytes))
+          return { status: 0, message: '' }
+        })
+        const head = { flags: FLAG_RESPONSE, code: f.code, status: 0, requestId: f.requestId }
+        socket.write(encodeFrame(head, encodeSendResponse(results)))
+      }
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const a = server.address()
+  if (a === null || typeof a === 'string') throw new Error('no address')
+  const group = {
+    name: 'partial',
+    routeGroup: { name: 'partial', address: `127.0.0.1:${a.port}`, state: 'rw' },
+    running: true,
+  }
+  const meta = await new FakeMetaserver(() => [group as unknown as FakeBroker]).start()
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+    await meta.stop()
+  })
+  return { stored, requestSizes, metaUrl: meta.url }
+}
+
+t.test('producer - a batch partly refused: only the refused records go again, intact', async (t) => {
+  const broker = await partialRefusalBroker(t)
+  const producer = new MessageProducerProvider({ appCode: 'p', metaServer: broker.metaUrl, lingerMs: 20 })
+  await producer.init()
+  t.teardown(() => producer.close())
+  const messages = Array.from({ length: 10 }, (_, i) =>
+    producer
+      .generateMessage('part')
+      .setProperty('i', i)
+      .setBody(Buffer.alloc(300 + i, i)),
+  )
+  const results = await Promise.all(messages.map((m) => producer.sendMessage(m)))
+  t.same(
+    results.map((r) => r.messageId),
+    messages.map((m) => m.getMessageId()),
+  )
+  t.same(broker.requestSizes, [10, 5], 'one batch, then the 5 refused records')
+  t.equal(broker.stored.length, 10)
+  const byId = new Map(broker.stored.map((r) => [r.id, r]))
+  messages.forEach((m, i) => {
+    const r = byId.get(m.getMessageId())
+    t.equal(r?.properties.get('i'), String(i))
+    t.same(r?.body, Buffer.alloc(300 + i, i))
+  })
+})
+
+t.test("producer - generated messages share the SDK properties, never one another's changes", async (t) => {
+  const { cluster, producer } = await setup(t)
+  const m1 = producer.generateMessage('shared')
+  const m2 = producer.generateMessage('shared')
+  m1.setProperty('a', '1')
+  m1.removeProperty('qmq_appCode')
+  t.notOk(m2.hasProperty('a'))
+  t.equal(m2.getStringProperty('qmq_appCode'), 'test-app')
+  const m3 = producer.generateMessage('shared')
+  t.same([...m3.getProperties()], [['qmq_appCode', 'test-app']])
+  await Promise.all([m1, m2, m3].map((m) => producer.sendMessage(m)))
+  const stored = new Map(
+    [...cluster.a.stored('shared'), ...cluster.b.stored('shared')].map((r) => [r.id, r.properties]),
+  )
+  t.same([...(stored.get(m1.getMessageId()) ?? [])], [['a', '1']])
+  t.same([...(stored.get(m2.getMessageId()) ?? [])], [['qmq_appCode', 'test-app']])
+})

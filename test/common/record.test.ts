@@ -7,9 +7,12 @@ import {
   FLAG_DELAYED,
   MAX_TAGS,
   type MessageRecord,
+  newRecordPlan,
+  planRecord,
   readRecordHeader,
   RECORD_FIXED_BYTES,
   verifyRecord,
+  writeRecord,
 } from '../../src/common/record'
 import { prng, randomMessage } from '../helpers/messages'
 
@@ -151,4 +154,95 @@ t.test('record - encoding validates limits', async (t) => {
     code: 'QMQ_ERR_MESSAGE_TOO_LARGE',
   })
   t.throws(() => encodeRecord({ ...sample(), scheduleAt: 1.5 }), { code: 'QMQ_ERR_SCHEDULE_INVALID' })
+})
+
+t.test(
+  'record - writeRecord at an offset of a larger buffer yields exactly the encodeRecord bytes',
+  async (t) => {
+    const rand = prng(99)
+    const plan = newRecordPlan() // reused across records, as the producer does
+    const target = Buffer.alloc(64 * 1024, 0xee)
+    let offset = 0
+    const written: { offset: number; expected: Buffer }[] = []
+    const messages = [sample(), { ...sample(), body: Buffer.from([0, 1, 2, 0xff]), scheduleAt: undefined }]
+    for (let i = 0; i < 200; i++) messages.push(randomMessage(rand))
+    for (const m of messages) {
+      const expected = encodeRecord(m)
+      const p = planRecord(m, {}, plan)
+      t.equal(p, plan, 'fills the plan it is given')
+      if (p.size !== expected.length) {
+        t.fail(`plan size ${p.size} != encoded ${expected.length}`)
+        return
+      }
+      if (offset + p.size > target.length) break
+      t.equal(writeRecord(p, m, target, offset), expected.length)
+      written.push({ offset, expected })
+      offset += expected.length + 3 // leave gaps: nothing outside the record may be touched
+    }
+    t.ok(written.length > 20, `${written.length} records written`)
+    let prevEnd = 0
+    for (const w of written) {
+      t.ok(
+        target.subarray(prevEnd, w.offset).every((b) => b === 0xee),
+        'bytes between records untouched',
+      )
+      if (!target.subarray(w.offset, w.offset + w.expected.length).equals(w.expected)) {
+        t.fail(`record at ${w.offset} differs from encodeRecord`)
+        return
+      }
+      t.same(decodeRecord(target, w.offset), decodeRecord(w.expected))
+      prevEnd = w.offset + w.expected.length
+    }
+    t.ok(
+      target.subarray(prevEnd).every((b) => b === 0xee),
+      'bytes after the last record untouched',
+    )
+  },
+)
+
+t.test(
+  'record - planRecord validates like encodeRecord; writeRecord refuses a buffer too small',
+  async (t) => {
+    t.throws(() => planRecord({ ...sample(), subject: '' }), { code: 'QMQ_ERR_SUBJECT_INVALID' })
+    // a valid subject is remembered; an invalid one after it is still refused
+    planRecord(sample())
+    t.throws(() => planRecord({ ...sample(), subject: 'bad subject' }), { code: 'QMQ_ERR_SUBJECT_INVALID' })
+    t.throws(() => planRecord({ ...sample(), id: '' }), { code: 'QMQ_ERR_MESSAGE_ID_INVALID' })
+    t.throws(() => planRecord({ ...sample(), body: Buffer.alloc(2000) }, { maxMessageBytes: 1024 }), {
+      code: 'QMQ_ERR_MESSAGE_TOO_LARGE',
+    })
+    const m = sample()
+    const plan = planRecord(m)
+    t.throws(() => writeRecord(plan, m, Buffer.alloc(plan.size + 10), 11), {
+      code: 'QMQ_ERR_INVALID_ARGUMENT',
+    })
+    t.throws(
+      () => writeRecord(plan, { ...m, body: Buffer.from('hello, longer') }, Buffer.alloc(plan.size + 100)),
+      {
+        code: 'QMQ_ERR_INVALID_ARGUMENT',
+      },
+    )
+  },
+)
+
+t.test('record - the byte layout is pinned (bytes of the original encoder)', async (t) => {
+  t.equal(
+    encodeRecord(sample()).toString('hex'),
+    '00000062ecd2fe23010702000000018bcfe5687b0000018bcfeae6400003000d6d2d316f726465722e63726561746564' +
+      '00037669700002636e0000001c000200076f7264657249640000000234320005656d707479000000000000000568656c6c6f',
+  )
+  // negative times (two's complement i64), a binary body, no tags or properties
+  const m: MessageRecord = {
+    id: 'x',
+    subject: 's',
+    createdAt: -1_234_567_890_123,
+    scheduleAt: -5,
+    tags: [],
+    properties: new Map(),
+    body: Buffer.from([1, 2, 3]),
+  }
+  t.equal(
+    encodeRecord(m).toString('hex'),
+    '0000002f669b9e6a01030000fffffee08e04fb35fffffffffffffffb00010001787300000002000000000003010203',
+  )
 })

@@ -74,11 +74,21 @@ export class Message {
   protected undecoded: Buffer | undefined
   /** @internal */ protected deliveryCount: number
   /** @internal */ protected readOnly: boolean
+  /**
+   * @internal `properties` is a map shared with other messages (the producer's appCode-only map):
+   * copied before the first change.
+   */
+  protected sharedProperties: boolean
 
   /** Use `producer.generateMessage(subject)`; this constructor is for the SDK and tests. */
   constructor(
     record: MessageRecord,
-    options: { deliveryCount?: number; readOnly?: boolean; undecoded?: Buffer } = {},
+    options: {
+      deliveryCount?: number
+      readOnly?: boolean
+      undecoded?: Buffer
+      sharedProperties?: boolean
+    } = {},
   ) {
     this.id = record.id
     this.subject = record.subject
@@ -90,11 +100,21 @@ export class Message {
     this.deliveryCount = options.deliveryCount ?? 0
     this.readOnly = options.readOnly ?? false
     this.undecoded = options.undecoded
+    this.sharedProperties = options.sharedProperties ?? false
   }
 
   /** @internal The properties, decoding them first when the message was received lazily. */
   protected props(): Map<string, string> {
     if (this.undecoded !== undefined) this.decodeRest()
+    return this.properties
+  }
+
+  /** @internal The properties to change: this message's own map (copying a shared one first). */
+  private ownProps(): Map<string, string> {
+    const m = this.props()
+    if (!this.sharedProperties) return m
+    this.sharedProperties = false
+    this.properties = new Map(m)
     return this.properties
   }
 
@@ -118,15 +138,22 @@ export class Message {
     this.body = Buffer.isBuffer(r.body) ? Buffer.from(r.body) : r.body
   }
 
-  /** A new message with a fresh id (what `generateMessage` does). */
-  static create(subject: string): Message {
-    return new Message({
-      id: newMessageId(),
-      subject,
-      createdAt: Date.now(),
-      tags: [],
-      properties: new Map(),
-    })
+  /**
+   * A new message with a fresh id (what `generateMessage` does). `properties`, when given, are its first
+   * properties, shared (not copied) until the message changes one: the producer's map of SDK properties
+   * (qmq_appCode), made once rather than per message.
+   */
+  static create(subject: string, properties?: ReadonlyMap<string, string>): Message {
+    return new Message(
+      {
+        id: newMessageId(),
+        subject,
+        createdAt: Date.now(),
+        tags: [],
+        properties: properties === undefined ? new Map() : (properties as Map<string, string>),
+      },
+      { sharedProperties: properties !== undefined },
+    )
   }
 
   getMessageId(): string {
@@ -168,18 +195,18 @@ export class Message {
     if (key.startsWith(RESERVED_PROPERTY_PREFIX)) {
       throw new QmqError('QMQ_ERR_PROPERTY_INVALID', `property key ${key} is reserved (prefix qmq_)`)
     }
-    this.props().set(key, toPropertyString(key, value))
+    this.ownProps().set(key, toPropertyString(key, value))
     return this
   }
 
   /** @internal Sets a reserved property (SDK only). */
   setReservedProperty(key: string, value: string): void {
-    this.props().set(key, value)
+    this.ownProps().set(key, value)
   }
 
   removeProperty(key: string): boolean {
     this.checkWritable()
-    return this.props().delete(key)
+    return this.ownProps().delete(key)
   }
 
   hasProperty(key: string): boolean {

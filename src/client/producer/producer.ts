@@ -4,8 +4,8 @@ import { type Logger, silentLogger } from '../../common/logger'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
-import { decodeSendResponse, encodeSendRequest } from '../../common/protocol/commands'
-import { encodeRecord } from '../../common/record'
+import { decodeSendResponse } from '../../common/protocol/commands'
+import { newRecordPlan, planRecord, type RecordPlan, writeRecord } from '../../common/record'
 import {
   type ClientRuntime,
   type CommonClientOptions,
@@ -15,15 +15,17 @@ import {
   requireMetaServer,
 } from '../options'
 import { backoffDelay, isRetriable } from '../retry'
+import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch } from './batch'
 import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
 
 /**
  * The producer: QMQ's MessageProducerProvider.
  *
- * sendMessage() encodes the message at once (bad input fails then), puts it in a per-subject lane and
- * returns. A lane is flushed as one SEND request when it holds `batchSize` messages or `batchBytes`
- * bytes, or `lingerMs` after its first message. Each batch goes to one of the subject's broker groups
+ * sendMessage() encodes the message at once (bad input fails then) straight into the open batch of
+ * its per-subject lane (batch.ts: the batch's buffer is the SEND body) and returns. A lane is flushed
+ * as one SEND request when it holds `batchSize` messages or `batchBytes` bytes, or `lingerMs` after
+ * its first message. Each batch goes to one of the subject's broker groups
  * (round robin over groups whose circuit breaker is closed); delayed messages go to a delay group.
  * Records refused with a retriable status, and whole batches that failed in transport, are sent again
  * to another group (the broker dedupes by message id, so a resend is safe) until `maxAttempts` or
@@ -95,70 +97,14 @@ export interface SendResult {
   group: string
 }
 
-// Promise capabilities of a new Pending, handed out by one shared executor: a send then allocates no
-// closure of its own (only the promise and its resolving functions).
-let nextResolve: (r: SendResult) => void = () => {}
-let nextReject: (e: QmqError) => void = () => {}
-function captureExecutor(resolve: (r: SendResult) => void, reject: (e: QmqError) => void): void {
-  nextResolve = resolve
-  nextReject = reject
-}
-
-/**
- * One accepted message until it settles. It keeps the encoded record and the id, not the Message:
- * the Message (its property map, tags, body) becomes garbage as soon as it is encoded.
- */
-class Pending {
-  readonly promise: Promise<SendResult>
-  readonly resolve: (r: SendResult) => void
-  readonly reject: (e: QmqError) => void
-  attempts = 0
-  /** QMQ's listener, called on settlement (with the message, kept only then). */
-  listener: MessageSendStateListener | undefined = undefined
-  message: Message | undefined = undefined
-  constructor(
-    readonly id: string,
-    /** Its own subject: the delay lane carries messages of every subject. */
-    readonly subject: string,
-    readonly bytes: Buffer,
-    readonly deadline: number,
-  ) {
-    this.promise = new Promise<SendResult>(captureExecutor)
-    this.resolve = nextResolve
-    this.reject = nextReject
-  }
-
-  succeed(r: SendResult, log: Logger): void {
-    this.resolve(r)
-    const l = this.listener
-    if (l === undefined) return
-    try {
-      l.onSuccess(this.message as Message)
-    } catch (err) {
-      log.error(err as Error, 'send listener threw')
-    }
-  }
-
-  fail(e: QmqError, log: Logger): void {
-    this.reject(e)
-    const l = this.listener
-    if (l === undefined) return
-    try {
-      l.onFailed(this.message as Message, e)
-    } catch (err) {
-      log.error(err as Error, 'send listener threw')
-    }
-  }
-}
-
 function ignore(): void {}
 
 interface Lane {
   key: string
   kind: ClientKind
   subject: string
-  queue: Pending[]
-  queuedBytes: number
+  /** The batch being filled (records written in place at send time). */
+  open: OpenBatch
   timer: NodeJS.Timeout | undefined
   immediate: NodeJS.Immediate | undefined
   next: number
@@ -178,9 +124,15 @@ export class MessageProducerProvider {
   /** The one lane of all delayed messages. */
   private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** The SDK's properties of every generated message, shared by them until one is changed. */
+  private baseProperties: ReadonlyMap<string, string> | undefined
   /** Subjects generateMessage() already validated (bounded). */
   private readonly validSubjects = new Set<string>()
   private unsettled = 0
+  /** send()'s record plan, reused (planned and written in the same synchronous call). */
+  private readonly plan: RecordPlan = newRecordPlan()
+  /** Memory of answered batches, for the next ones (shared by the lanes). */
+  private readonly buffers = new BatchBufferPool()
   private idleWaiters: (() => void)[] = []
   private closing = false
   private closePromise: Promise<void> | undefined
@@ -228,10 +180,14 @@ export class MessageProducerProvider {
       if (this.validSubjects.size >= 1_024) this.validSubjects.clear()
       this.validSubjects.add(subject)
     }
-    const m = Message.create(subject)
     const appCode = this.opts?.appCode ?? this.input.appCode
-    if (typeof appCode === 'string' && appCode.length > 0) m.setReservedProperty(APP_CODE_PROPERTY, appCode)
-    return m
+    if (typeof appCode !== 'string' || appCode.length === 0) return Message.create(subject)
+    let base = this.baseProperties
+    if (base === undefined || base.get(APP_CODE_PROPERTY) !== appCode) {
+      base = new Map([[APP_CODE_PROPERTY, appCode]])
+      this.baseProperties = base
+    }
+    return Message.create(subject, base)
   }
 
   /**
@@ -261,6 +217,7 @@ export class MessageProducerProvider {
       if (this.rt === undefined) return
       await this.flush()
       await closeRuntime(this.rt)
+      this.buffers.clear()
     })()
     return this.closePromise
   }
@@ -301,25 +258,38 @@ export class MessageProducerProvider {
     const scheduleAt = message.scheduleAtMs()
     const delayed = scheduleAt !== undefined && scheduleAt - Date.now() >= MIN_DELAY_MS
     if (scheduleAt !== undefined && !delayed) message.clearDelay()
-    let bytes: Buffer
+    const record = message.encodable()
+    let plan: RecordPlan
     try {
-      bytes = encodeRecord(message.encodable())
+      plan = planRecord(record, undefined, this.plan)
     } catch (err) {
       return this.refuse(toQmqError(err, 'QMQ_ERR_INVALID_ARGUMENT'), message, listener)
     }
     const subject = message.getSubject()
     let lane = delayed ? this.delayLane : this.lanes.get(subject)
     if (lane === undefined) lane = this.newLane(delayed, subject)
-    const p = new Pending(message.getMessageId(), subject, bytes, Date.now() + opts.sendTimeoutMs)
+    const size = plan.size
+    let open = lane.open
+    // A record that would take the batch past batchBytes starts the next one (a record alone may be
+    // bigger: it goes on its own).
+    if (open.items.length > 0 && open.recordBytes + size > opts.batchBytes) {
+      this.flushLane(lane)
+      open = lane.open
+    }
+    // The record is written now, as it is now: changing the message afterwards changes nothing sent.
+    const buf = open.room(size, BATCH_HEAD_BYTES + opts.batchBytes)
+    const offset = open.used
+    writeRecord(plan, record, buf, offset)
+    open.used = offset + size
+    const p = new Pending(message.getMessageId(), subject, buf, offset, size, Date.now() + opts.sendTimeoutMs)
     if (listener !== undefined) {
       p.listener = listener
       p.message = message
       p.promise.catch(ignore) // with a listener the promise may be ignored
     }
     this.unsettled++
-    lane.queue.push(p)
-    lane.queuedBytes += bytes.length
-    if (lane.queue.length >= opts.batchSize || lane.queuedBytes >= opts.batchBytes) this.flushLane(lane)
+    open.items.push(p)
+    if (open.items.length >= opts.batchSize || open.recordBytes >= opts.batchBytes) this.flushLane(lane)
     else if (lane.timer === undefined && lane.immediate === undefined) this.scheduleLane(lane)
     return p.promise
   }
@@ -349,8 +319,7 @@ export class MessageProducerProvider {
       key: delayed ? 'delay' : subject,
       kind: delayed ? 'delay-producer' : 'producer',
       subject,
-      queue: [],
-      queuedBytes: 0,
+      open: new OpenBatch(this.buffers),
       timer: undefined,
       immediate: undefined,
       next: Math.floor(Math.random() * 1024),
@@ -394,24 +363,9 @@ export class MessageProducerProvider {
     if (lane.immediate !== undefined) clearImmediate(lane.immediate)
     lane.timer = undefined
     lane.immediate = undefined
-    const opts = this.opts as ProducerOptions
-    while (lane.queue.length > 0) {
-      let n = 0
-      let bytes = 0
-      while (n < lane.queue.length && n < opts.batchSize) {
-        const b = (lane.queue[n] as Pending).bytes.length
-        if (n > 0 && bytes + b > opts.batchBytes) break
-        bytes += b
-        n++
-      }
-      let batch: Pending[]
-      if (n === lane.queue.length) {
-        batch = lane.queue
-        lane.queue = []
-      } else batch = lane.queue.splice(0, n)
-      lane.queuedBytes -= bytes
-      this.dispatch(lane, batch, new Set())
-    }
+    if (lane.open.items.length === 0) return
+    const { items, body } = lane.open.seal()
+    this.dispatch(lane, items, body, new Set())
   }
 
   private breaker(group: string): CircuitBreaker {
@@ -448,11 +402,11 @@ export class MessageProducerProvider {
    * Sends a batch to one of its route's groups. With the route cached this happens synchronously, so
    * a full batch reaches the socket while the caller is still producing (no wait for the event loop).
    */
-  private dispatch(lane: Lane, batch: Pending[], tried: Set<string>): void {
+  private dispatch(lane: Lane, batch: Pending[], body: Buffer, tried: Set<string>): void {
     const rt = this.rt as ClientRuntime
     const cached = rt.routes.peek(lane.kind, lane.subject)
     if (cached !== undefined) {
-      void this.sendBatch(lane, batch, tried, cached)
+      void this.sendBatch(lane, batch, body, tried, cached)
       return
     }
     let lookup: Promise<RouteGroup[]>
@@ -462,7 +416,7 @@ export class MessageProducerProvider {
       lookup = Promise.reject(err)
     }
     lookup.then(
-      (groups) => this.sendBatch(lane, batch, tried, groups),
+      (groups) => this.sendBatch(lane, batch, body, tried, groups),
       (err: unknown) => {
         // The first lookup already retried within its own bound (firstLookupTimeoutMs): fail now.
         const e = toQmqError(err)
@@ -475,6 +429,8 @@ export class MessageProducerProvider {
   private async sendBatch(
     lane: Lane,
     batch: Pending[],
+    /** The SEND body of exactly `batch`: count, then their records in order. */
+    body: Buffer,
     tried: Set<string>,
     groups: readonly RouteGroup[],
   ): Promise<void> {
@@ -486,7 +442,7 @@ export class MessageProducerProvider {
         'QMQ_ERR_CIRCUIT_OPEN',
         `every group of subject ${lane.subject} has an open circuit breaker (${groups.map((g) => g.name).join(', ')})`,
       )
-      this.retryOrFail(lane, batch, err, tried)
+      this.retryOrFail(lane, batch, body, err, tried)
       return
     }
     tried.add(group.name)
@@ -496,9 +452,7 @@ export class MessageProducerProvider {
     let results: { status: number; message: string }[] | undefined
     try {
       const conn = rt.pool.get(group.address)
-      const records: Buffer[] = new Array(batch.length)
-      for (let i = 0; i < batch.length; i++) records[i] = (batch[i] as Pending).bytes
-      const frame = await conn.request(RequestCode.SEND, encodeSendRequest(records), { timeoutMs })
+      const frame = await conn.request(RequestCode.SEND, body, { timeoutMs })
       // Common case: every record stored; read the statuses without building a result per record.
       if (!allStored(frame.body, batch.length)) results = decodeSendResponse(frame.body)
       if (results !== undefined && results.length !== batch.length) {
@@ -513,12 +467,14 @@ export class MessageProducerProvider {
       else breaker.onSuccess() // the group answered; the request itself was wrong
       this.log.debug({ group: group.name, err: err.message, n: batch.length }, 'send failed')
       if (err.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
-      this.retryOrFail(lane, batch, err, tried)
+      this.retryOrFail(lane, batch, body, err, tried)
       return
     }
     breaker.onSuccess()
     const groupName = group.name
     if (results === undefined) {
+      // Sent once and answered: nothing reads the body any more (see BatchBufferPool).
+      if ((batch[0] as Pending).attempts === 0) this.buffers.give(body)
       for (let i = 0; i < batch.length; i++) {
         const p = batch[i] as Pending
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
@@ -546,7 +502,7 @@ export class MessageProducerProvider {
     this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
-      this.retryOrFail(lane, retry, retryErr as QmqError, tried)
+      this.retryOrFail(lane, retry, undefined, retryErr as QmqError, tried)
     }
   }
 
@@ -559,7 +515,14 @@ export class MessageProducerProvider {
     )
   }
 
-  private retryOrFail(lane: Lane, batch: Pending[], err: QmqError, tried: Set<string>): void {
+  /** `body` is the SEND body of exactly `batch` when there is one (reused when all of it goes again). */
+  private retryOrFail(
+    lane: Lane,
+    batch: Pending[],
+    body: Buffer | undefined,
+    err: QmqError,
+    tried: Set<string>,
+  ): void {
     const opts = this.opts as ProducerOptions
     const now = Date.now()
     const again: Pending[] = []
@@ -571,16 +534,17 @@ export class MessageProducerProvider {
     }
     this.wakeIdle()
     if (again.length === 0) return
+    const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)
     if (untried) {
-      this.dispatch(lane, again, tried)
+      this.dispatch(lane, again, againBody, tried)
       return
     }
     // Every group was tried: wait a little, ask for the route again, start a new round.
     const delay = backoffDelay(Math.min(10, (again[0] as Pending).attempts), { initialMs: 20, maxMs: 1_000 })
     if (this.rt !== undefined && groups.length > 0)
       void this.rt.routes.refresh(lane.kind, lane.subject).catch(() => {})
-    setTimeout(() => this.dispatch(lane, again, new Set()), delay)
+    setTimeout(() => this.dispatch(lane, again, againBody, new Set()), delay)
   }
 }
