@@ -5,7 +5,7 @@
  * --write is given). `npm run bench -- codec store` runs only files whose name contains a word given.
  */
 import { spawnSync } from 'node:child_process'
-import { readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { type BenchResult, machine } from './common'
 
@@ -69,7 +69,12 @@ for (const file of files) {
   process.stderr.write(`  (${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
 }
 
+// Hand-written notes between these markers in docs/benchmarks.md survive a rerun.
+const NOTES = /<!-- notes -->[\s\S]*?<!-- \/notes -->/
+
 if (write) {
+  const docPath = join(__dirname, '..', 'docs', 'benchmarks.md')
+  const notes = existsSync(docPath) ? (readFileSync(docPath, 'utf8').match(NOTES)?.[0] ?? '') : ''
   const lines = [
     '# Benchmarks',
     '',
@@ -77,6 +82,7 @@ if (write) {
     '',
     `Machine: ${machine()}. The machines are shared and noisy: compare figures from one run, side by side.`,
     '',
+    ...(notes ? [notes, ''] : []),
     '| file | benchmark | metric | value | unit | target |',
     '| --- | --- | --- | ---: | --- | --- |',
     ...results.map(
@@ -85,7 +91,7 @@ if (write) {
     '',
   ]
   if (failures.length > 0) lines.push('Failures:', '', ...failures.map((f) => `- ${f}`), '')
-  writeFileSync(join(__dirname, '..', 'docs', 'benchmarks.md'), lines.join('\n'))
+  writeFileSync(docPath, lines.join('\n'))
   process.stderr.write('\nwrote docs/benchmarks.md\n')
 }
 if (failures.length > 0) {
