@@ -7,18 +7,18 @@ import {
   decodeHeartbeatRequest,
   decodeNackRequest,
   decodePullRequest,
-  decodeSendRequest,
   encodeCountResponse,
   encodePullResponse,
   encodeSendResponse,
   type SendResult,
 } from '../../common/protocol/commands'
 import type { Frame } from '../../common/protocol/frame'
-import type { AppendInput, MessageStore, PullOptions, StoredMessage } from '../store/types'
+import type { AppendInput, AppendResult, MessageStore, PullOptions, StoredMessage } from '../store/types'
 import { handleAdmin } from './admin-handlers'
 import type { Connection, ResponseBody } from './connection'
 import type { LongPollRegistry } from './long-poll'
 import type { BrokerMetrics } from './metrics'
+import { decodeSend } from './send-decoder'
 
 /** What request handlers need from the broker; one per Broker instance. */
 export interface ServerContext {
@@ -101,87 +101,136 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
 // SEND: every record is checked on its own (framing, CRC, subject name, read-only marks); the good
 // ones are appended together and answered once the store made them durable. A store failure (disk
 // full, I/O) gives every good record of the batch that retriable status: nothing of it was stored.
+// Per record this allocates only the record's view and one object (send-decoder.ts); the answer of
+// a batch whose records were all stored is written without a result object per record.
 async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
   if (ctx.isClosing()) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
-  const items = decodeSendRequest(body, { maxMessageBytes: ctx.limits.maxMessageBytes })
-  const results: SendResult[] = new Array(items.length)
-  const inputs: AppendInput[] = []
-  const positions: number[] = []
-  // A SEND usually carries one subject: validate each distinct name once.
-  let validSubject: string | undefined
-  for (let i = 0; i < items.length; i++) {
-    const item = items[i]
-    if (item === undefined) continue
-    let err = item.error
-    const header = item.header
-    if (err === undefined && header !== undefined) {
-      try {
-        if (header.subject !== validSubject) {
-          validateSubject(header.subject)
-          validSubject = header.subject
-        }
-        if (ctx.readOnly.all || ctx.readOnly.subjects.has(header.subject)) {
-          err = new QmqError('QMQ_ERR_READ_ONLY', `this broker group is read-only for ${header.subject}`)
-        }
-      } catch (e) {
-        err = toQmqError(e, 'QMQ_ERR_SUBJECT_INVALID')
-      }
+  const {
+    count,
+    inputs: decoded,
+    errors: decodeErrors,
+  } = decodeSend(body, {
+    maxMessageBytes: ctx.limits.maxMessageBytes,
+  })
+  let errors = decodeErrors
+  let inputs = decoded
+  // A SEND usually carries one subject (one shared string): validate each distinct name once.
+  let checked: string | undefined
+  let refused = false
+  for (let j = 0; j < inputs.length; j++) {
+    const subject = (inputs[j] as AppendInput).header.subject
+    if (subject === checked) continue
+    checked = subject
+    if (!subjectOk(ctx, subject)) {
+      refused = true
+      break
     }
-    if (err !== undefined || header === undefined) {
-      const e = err ?? new QmqError('QMQ_ERR_RECORD_MALFORMED')
-      ctx.metrics.rejected.inc({ code: e.code })
-      results[i] = { status: e.status, message: e.message }
-      continue
-    }
-    inputs.push({ bytes: item.bytes, header })
-    positions.push(i)
   }
+  if (refused) {
+    // Rare: some records name an invalid or read-only subject. Sort them out one by one.
+    if (errors === undefined) errors = new Array(count)
+    const kept: AppendInput[] = []
+    let j = 0
+    for (let i = 0; i < count; i++) {
+      if (errors[i] !== undefined) continue
+      const input = inputs[j++] as AppendInput
+      const err = subjectError(ctx, input.header.subject)
+      if (err === undefined) kept.push(input)
+      else errors[i] = err
+    }
+    inputs = kept
+  }
+  if (errors !== undefined) {
+    for (const e of errors) if (e !== undefined) ctx.metrics.rejected.inc({ code: e.code })
+  }
+  let stored: AppendResult[] = []
+  let storeError: QmqError | undefined
   if (inputs.length > 0) {
     const started = process.hrtime.bigint()
     try {
-      const stored = await ctx.store.append(inputs)
+      stored = await ctx.store.append(inputs)
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
-      // Counters per run of one subject (a labelled inc costs a label lookup: once per run, not per record).
-      let runSubject = ''
-      let runMessages = 0
-      let runBytes = 0
-      let runDuplicates = 0
-      const flushRun = () => {
-        if (runMessages > 0) {
-          ctx.metrics.received.inc({ subject: runSubject }, runMessages)
-          ctx.metrics.receivedBytes.inc({ subject: runSubject }, runBytes)
-        }
-        if (runDuplicates > 0) ctx.metrics.duplicates.inc({ subject: runSubject }, runDuplicates)
-        runMessages = 0
-        runBytes = 0
-        runDuplicates = 0
-      }
-      for (let j = 0; j < positions.length; j++) {
-        const r = stored[j]
-        const input = inputs[j] as AppendInput
-        const subject = input.header.subject
-        if (subject !== runSubject) {
-          flushRun()
-          runSubject = subject
-        }
-        if (r?.duplicate) runDuplicates++
-        else {
-          runMessages++
-          ctx.stats.received++
-          runBytes += input.bytes.length
-        }
-        results[positions[j] as number] = r?.duplicate ? DUPLICATE : STORED
-      }
-      flushRun()
+      countReceived(ctx, inputs, stored)
     } catch (e) {
-      const err = toQmqError(e, 'QMQ_ERR_STORE_IO')
-      if (err.code === 'QMQ_ERR_INTERNAL' || err.code === 'QMQ_ERR_STORE_IO')
-        ctx.log.error(err, 'append failed')
-      ctx.metrics.rejected.inc({ code: err.code }, positions.length)
-      for (const p of positions) results[p] = { status: err.status, message: err.message }
+      storeError = toQmqError(e, 'QMQ_ERR_STORE_IO')
+      if (storeError.code === 'QMQ_ERR_INTERNAL' || storeError.code === 'QMQ_ERR_STORE_IO')
+        ctx.log.error(storeError, 'append failed')
+      ctx.metrics.rejected.inc({ code: storeError.code }, inputs.length)
     }
   }
+  if (errors === undefined && storeError === undefined) return encodeStored(stored)
+  const results: SendResult[] = new Array(count)
+  let j = 0
+  for (let i = 0; i < count; i++) {
+    const e = errors?.[i]
+    if (e !== undefined) results[i] = { status: e.status, message: e.message }
+    else if (storeError !== undefined) results[i] = { status: storeError.status, message: storeError.message }
+    else results[i] = stored[j++]?.duplicate ? DUPLICATE : STORED
+  }
   return encodeSendResponse(results)
+}
+
+function subjectOk(ctx: ServerContext, subject: string): boolean {
+  return subjectError(ctx, subject) === undefined
+}
+
+function subjectError(ctx: ServerContext, subject: string): QmqError | undefined {
+  try {
+    validateSubject(subject)
+  } catch (e) {
+    return toQmqError(e, 'QMQ_ERR_SUBJECT_INVALID')
+  }
+  if (ctx.readOnly.all || ctx.readOnly.subjects.has(subject))
+    return new QmqError('QMQ_ERR_READ_ONLY', `this broker group is read-only for ${subject}`)
+  return undefined
+}
+
+/** Counters per run of one subject (a labelled inc costs a label hash: once per run, not per record). */
+function countReceived(ctx: ServerContext, inputs: readonly AppendInput[], stored: readonly AppendResult[]) {
+  let runSubject = ''
+  let runMessages = 0
+  let runBytes = 0
+  let runDuplicates = 0
+  for (let j = 0; j <= inputs.length; j++) {
+    const input = inputs[j]
+    const subject = input === undefined ? '' : input.header.subject
+    if (subject !== runSubject || input === undefined) {
+      if (runMessages > 0) {
+        ctx.metrics.received.inc({ subject: runSubject }, runMessages)
+        ctx.metrics.receivedBytes.inc({ subject: runSubject }, runBytes)
+        ctx.stats.received += runMessages
+      }
+      if (runDuplicates > 0) ctx.metrics.duplicates.inc({ subject: runSubject }, runDuplicates)
+      if (input === undefined) break
+      runSubject = subject
+      runMessages = 0
+      runBytes = 0
+      runDuplicates = 0
+    }
+    if (stored[j]?.duplicate) runDuplicates++
+    else {
+      runMessages++
+      runBytes += input.bytes.length
+    }
+  }
+}
+
+// SEND response (commands.ts): u32 count, then per record u16 status + str16 message. Every record
+// stored: status 0 and '' (4 zero bytes), or 0 and 'duplicate'.
+const DUPLICATE_ENTRY = Buffer.from([0, 0, 0, 9, ...Buffer.from('duplicate')])
+
+function encodeStored(stored: readonly AppendResult[]): Buffer {
+  let duplicates = 0
+  for (let i = 0; i < stored.length; i++) if ((stored[i] as AppendResult).duplicate) duplicates++
+  const out = Buffer.alloc(4 + stored.length * 4 + duplicates * (DUPLICATE_ENTRY.length - 4))
+  out.writeUInt32BE(stored.length, 0)
+  if (duplicates === 0) return out
+  let o = 4
+  for (let i = 0; i < stored.length; i++) {
+    if ((stored[i] as AppendResult).duplicate) o += DUPLICATE_ENTRY.copy(out, o)
+    else o += 4
+  }
+  return out
 }
 
 async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
