@@ -200,6 +200,8 @@ export class GroupState {
         }
         this.created = true
         if (a.cursor >= 0) this.cursor = a.cursor
+        // A dead letter handed out again (a cursor reset re-read it) is no longer dead.
+        if (this.dead.size > 0) for (const s of a.seqs) this.dead.delete(s)
         if (a.flags & ACTION_FLAG_AT_MOST_ONCE) {
           for (const s of a.seqs) {
             const f = this.inflight.get(s)

@@ -5,7 +5,7 @@ import type { Logger } from '../../common/logger'
 import { silentLogger } from '../../common/logger'
 import type { Registry } from '../../common/metrics'
 import { StartPosition } from '../../common/protocol/commands'
-import { type Action, ActionLog, ActionType } from './action-log'
+import { type Action, ACTION_FLAG_BROADCAST, ActionLog, ActionType } from './action-log'
 import { writeCheckpoint } from './checkpoint'
 import { ConsumerState, type GroupState } from './consumer-state'
 import { DedupeIndex } from './dedupe'
@@ -432,15 +432,18 @@ export class FileMessageStore implements MessageStore {
       const s = this.subjectsIndex.get(g.subject)
       const next = s ? s.consume.nextSeq : 0
       const { inFlight, retrying } = g.counts()
+      // A broadcast-only group never moves its group cursor: report its slowest consumer's.
+      let cursor = g.cursor
+      if (!g.created && g.broadcast.size > 0) cursor = Math.min(...g.broadcast.values())
       out.push({
         subject: g.subject,
         group: g.group,
-        pending: Math.max(0, next - Math.max(g.cursor, s ? s.lowSeq : 0)),
+        pending: Math.max(0, next - Math.max(cursor, s ? s.lowSeq : 0)),
         inFlight,
         retrying,
         deadLettered: g.dead.size,
         maxSequence: next - 1,
-        cursor: g.cursor,
+        cursor,
       })
     }
     return out
@@ -462,7 +465,15 @@ export class FileMessageStore implements MessageStore {
         start,
         position.kind === 'timestamp' ? position.timeMs : 0,
       )
-      written = this.record(this.action(ActionType.CURSOR, subject, group, '', { cursor })).written
+      // A broadcast group has one cursor per consumer id: the reset moves every one of them (and
+      // leaves it broadcast-only: its group cursor would never move again, see backlog and retention).
+      if (g.created || g.broadcast.size === 0)
+        written = this.record(this.action(ActionType.CURSOR, subject, group, '', { cursor })).written
+      for (const id of [...g.broadcast.keys()]) {
+        written = this.record(
+          this.action(ActionType.CURSOR, subject, group, id, { cursor, flags: ACTION_FLAG_BROADCAST }),
+        ).written
+      }
     })
     await written
     this.notify(subject)
@@ -477,7 +488,9 @@ export class FileMessageStore implements MessageStore {
     const g = this.state.get(subject, group)
     const s = this.subjectsIndex.get(subject)
     if (!g || !s) return []
-    const after = options.afterSequence ?? -1
+    // Dead letters below lowSeq lost their message to retention (they are pruned by it); skip them
+    // before the limit, or they would fill a page and hide the ones after them.
+    const after = Math.max(options.afterSequence ?? -1, s.lowSeq - 1)
     const seqs = [...g.dead.keys()]
       .filter((q) => q > after)
       .sort((a, b) => a - b)

@@ -66,54 +66,83 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
     if (o.resumeHeld && s && consumer.held.size > 0) {
       const held = [...consumer.held].sort((a, b) => a - b).slice(0, max)
       const recs = await readSeqs(store.mlog, s, held)
+      const gone: number[] = []
       for (let i = 0; i < held.length; i++) {
         const rec = recs[i]
         const f = g.inflight.get(held[i] as number)
-        if (!rec || !f || f.holder !== o.consumerId || f.state !== HELD) continue
+        if (!f || f.holder !== o.consumerId || f.state !== HELD) continue
+        if (!rec) {
+          gone.push(held[i] as number)
+          continue
+        }
         result.push({ subject: o.subject, sequence: held[i] as number, deliveryCount: f.dc, record: rec })
         bytes += rec.length
       }
+      // Held messages removed by retention can never be handed back (so never acked): drop them,
+      // or they would stay in flight for as long as this consumer keeps its lease.
+      if (gone.length > 0)
+        store.record(store.action(ActionType.ACK, o.subject, o.group, o.consumerId, { seqs: gone }))
     }
-    // 2. Redeliveries that are due.
+    // 2. Redeliveries that are due. What is popped off the ready queue is on no queue until the PULL
+    // records it: if a read fails before that, it goes back (or it would never be redelivered).
     const redeliver: number[] = []
     const redeliverRecs: Buffer[] = []
-    if (s) {
-      const popped: number[] = []
-      while (result.length + popped.length < max) {
-        const seq = g.popReady()
-        if (seq === undefined) break
-        popped.push(seq)
-      }
-      if (popped.length > 0) {
-        const recs = await readSeqs(store.mlog, s, popped)
-        const gone: number[] = []
-        const back: number[] = []
-        for (let i = 0; i < popped.length; i++) {
-          const seq = popped[i] as number
-          const rec = recs[i]
-          if (g.inflight.get(seq)?.state !== READY) continue // acked meanwhile
-          if (!rec) gone.push(seq)
-          else if (bytes >= o.maxBytes && result.length + redeliver.length > 0) back.push(seq)
-          else {
-            redeliver.push(seq)
-            redeliverRecs.push(rec)
-            bytes += rec.length
-          }
-        }
-        g.unpopReady(back)
-        // Messages removed by retention cannot be redelivered: drop them from the group.
-        if (gone.length > 0)
-          store.record(store.action(ActionType.ACK, o.subject, o.group, '', { seqs: gone }))
-      }
-    }
-    // 3. New messages from the group's cursor.
+    let unrecorded: number[] = []
     let next = -1
     let fresh: { seq: number; record: Buffer }[] = []
-    const room = max - result.length - redeliver.length
-    if (s && room > 0 && bytes < o.maxBytes) {
-      const scanned = await scanNew(store.mlog, s, g.cursor, limits(store, o, room, o.maxBytes - bytes), o)
-      fresh = scanned.picked
-      if (scanned.next !== g.cursor) next = scanned.next
+    try {
+      if (s) {
+        const popped: number[] = []
+        while (result.length + popped.length < max) {
+          const seq = g.popReady()
+          if (seq === undefined) break
+          popped.push(seq)
+        }
+        unrecorded = popped
+        if (popped.length > 0) {
+          const recs = await readSeqs(store.mlog, s, popped)
+          const gone: number[] = []
+          const back: number[] = []
+          for (let i = 0; i < popped.length; i++) {
+            const seq = popped[i] as number
+            const rec = recs[i]
+            if (g.inflight.get(seq)?.state !== READY) continue // acked meanwhile
+            if (!rec) gone.push(seq)
+            else if (bytes >= o.maxBytes && result.length + redeliver.length > 0) back.push(seq)
+            else {
+              redeliver.push(seq)
+              redeliverRecs.push(rec)
+              bytes += rec.length
+            }
+          }
+          g.unpopReady(back)
+          unrecorded = redeliver
+          // Messages removed by retention cannot be redelivered: drop them from the group.
+          if (gone.length > 0)
+            store.record(store.action(ActionType.ACK, o.subject, o.group, '', { seqs: gone }))
+        }
+      }
+      // 3. New messages from the group's cursor.
+      const room = max - result.length - redeliver.length
+      if (s && room > 0 && bytes < o.maxBytes) {
+        const scanned = await scanNew(store.mlog, s, g.cursor, limits(store, o, room, o.maxBytes - bytes), o)
+        // After a cursor reset the scan can meet messages this pull already hands out (held and resumed,
+        // or due for redelivery): each goes out once, by the earlier path.
+        const taken = new Set<number>([...result.map((m) => m.sequence), ...redeliver])
+        fresh = taken.size > 0 ? scanned.picked.filter((p) => !taken.has(p.seq)) : scanned.picked
+        if (scanned.next !== g.cursor) next = scanned.next
+      }
+    } catch (err) {
+      g.unpopReady(unrecorded.filter((q) => g.inflight.get(q)?.state === READY))
+      throw err
+    }
+    // An ack may have come while the scan above awaited (a READY message is acked by anyone, e.g.
+    // its former holder whose lease ended): hand out only what is still waiting for redelivery, or an
+    // acked message would go out again as a first delivery.
+    for (let i = redeliver.length - 1; i >= 0; i--) {
+      if (g.inflight.get(redeliver[i] as number)?.state === READY) continue
+      redeliver.splice(i, 1)
+      redeliverRecs.splice(i, 1)
     }
     const seqs = [...redeliver, ...fresh.map((f) => f.seq)]
     if (seqs.length === 0 && next < 0) return result

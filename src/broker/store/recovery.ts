@@ -140,7 +140,10 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
       if (f.holder !== undefined) g.consumers.get(f.holder)?.held.delete(seq)
       g.inflight.delete(seq)
     }
-    for (const seq of g.dead.keys()) if (seq >= next) g.dead.delete(seq)
+    // Dead letters past the log end were lost with its tail; those below lowSeq lost their message
+    // to retention (which prunes them live too).
+    const low = store.subjectsIndex.get(g.subject)?.lowSeq ?? 0
+    for (const seq of [...g.dead.keys()]) if (seq >= next || seq < low) g.dead.delete(seq)
     for (const c of g.consumers.values()) c.leaseUntil = now + o.leaseMs
     g.promoteDue(now)
   }

@@ -44,7 +44,8 @@ export async function runRetention(store: FileMessageStore): Promise<number> {
       let minCursor = Number.POSITIVE_INFINITY
       const pending = new Set<number>()
       for (const g of groups.values()) {
-        minCursor = Math.min(minCursor, g.cursor)
+        // A broadcast-only group has no group cursor (it stays 0): only its consumers' count.
+        if (g.created || g.broadcast.size === 0) minCursor = Math.min(minCursor, g.cursor)
         for (const c of g.broadcast.values()) minCursor = Math.min(minCursor, c)
         for (const seq of g.inflight.keys()) if (seq >= prevLow && seq < first) pending.add(seq)
         for (const seq of g.dead.keys()) if (seq >= prevLow && seq < first) pending.add(seq)
@@ -53,6 +54,10 @@ export async function runRetention(store: FileMessageStore): Promise<number> {
       let n = Math.max(0, first - from)
       for (const seq of pending) if (seq < from) n++
       unconsumed += n
+      // Dead letters whose message is gone can be neither inspected nor redriven: drop them (recovery
+      // does the same, so the state after a restart agrees without an action).
+      for (const g of groups.values())
+        for (const seq of [...g.dead.keys()]) if (seq < first) g.dead.delete(seq)
     }
     s.consume.deleteBefore(first)
   }
