@@ -1,4 +1,5 @@
 import type { QmqError } from '../../common/errors'
+import type { BacklogEntry } from '../../common/protocol/admin'
 import type { StartPositionValue } from '../../common/protocol/commands'
 import type { RecordHeader } from '../../common/record'
 
@@ -67,20 +68,8 @@ export interface NackOptions {
   deadLetter?: boolean
 }
 
-export interface BacklogInfo {
-  subject: string
-  group: string
-  /** Messages stored after the group's cursor (not yet handed to anyone). */
-  pending: number
-  /** Handed out and not yet acked (including those waiting for redelivery). */
-  inFlight: number
-  /** Waiting for their redeliver-after time. */
-  retrying: number
-  deadLettered: number
-  /** Last sequence of the subject, and the group's cursor (next sequence to hand out). */
-  maxSequence: number
-  cursor: number
-}
+/** Backlog figures of a (subject, group): the same shape as the ADMIN_BACKLOG answer carries. */
+export type BacklogInfo = BacklogEntry
 
 export interface DeadLetter {
   subject: string

@@ -51,13 +51,18 @@ export interface BacklogRequest {
   group?: string | undefined
 }
 
+/** The backlog of one consumer group of one subject on one broker group (the store answers these). */
 export interface BacklogEntry {
   subject: string
   group: string
+  /** Messages stored after the group's cursor (not yet handed to anyone). */
   pending: number
+  /** Handed out and not yet acked (including those waiting for redelivery). */
   inFlight: number
+  /** Waiting for their redeliver-after time. */
   retrying: number
   deadLettered: number
+  /** Last sequence of the subject, and the group's cursor (next sequence to hand out). */
   maxSequence: number
   cursor: number
 }

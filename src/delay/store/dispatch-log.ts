@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import { crc32c } from '../../common/crc32c'
-import { dropBytes } from './schedule-log'
+import { dropBytes } from './parts'
 
 /**
  * A dispatch log: which frames of one bucket's schedule log were delivered to a broker (or skipped

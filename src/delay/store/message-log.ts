@@ -3,6 +3,7 @@ import path from 'node:path'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { DEFAULT_MAX_MESSAGE_BYTES, verifyRecord } from '../../common/record'
+import { dropBytes } from './parts'
 
 /**
  * The delay server's message log: every accepted delayed message, in arrival order, in segment files
@@ -252,7 +253,7 @@ export class MessageLog {
         while (written < bytes) {
           written += fs.writevSync(
             this.fd,
-            written === 0 ? parts : sliceParts(parts, written),
+            written === 0 ? parts : dropBytes(parts, written),
             position + written,
           )
         }
@@ -296,17 +297,4 @@ export class MessageLog {
       this.fd = -1
     }
   }
-}
-
-function sliceParts(parts: Buffer[], skip: number): Buffer[] {
-  const out: Buffer[] = []
-  for (const p of parts) {
-    if (skip >= p.length) {
-      skip -= p.length
-      continue
-    }
-    out.push(skip > 0 ? p.subarray(skip) : p)
-    skip = 0
-  }
-  return out
 }

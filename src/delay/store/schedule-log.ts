@@ -1,6 +1,7 @@
 import fs from 'node:fs'
 import { crc32c } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
+import { dropBytes } from './parts'
 
 /**
  * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
@@ -253,17 +254,4 @@ export class ScheduleLog {
     this.fd = -1
     fs.rmSync(this.file, { force: true })
   }
-}
-
-export function dropBytes(parts: Buffer[], n: number): Buffer[] {
-  const out: Buffer[] = []
-  for (const p of parts) {
-    if (n >= p.length) {
-      n -= p.length
-      continue
-    }
-    out.push(n > 0 ? p.subarray(n) : p)
-    n = 0
-  }
-  return out
 }

@@ -2,9 +2,10 @@ import { connect } from 'node:net'
 import t from 'tap'
 import { ERROR_CODES } from '../../../src/common/error-codes'
 import { RequestCode } from '../../../src/common/protocol/codes'
-import { encodePullRequest, StartPosition } from '../../../src/common/protocol/commands'
+import { encodePullRequest } from '../../../src/common/protocol/commands'
 import { encodeFrame, encodeFrameHeader, FRAME_MAGIC, FrameDecoder } from '../../../src/common/protocol/frame'
 import { RawClient } from '../../helpers/raw-client'
+import { pullRequest } from './ops'
 import { startBroker } from './start-broker'
 
 t.test('connection - PING answers with an empty body, many in flight on one connection', async (t) => {
@@ -45,20 +46,7 @@ t.test(
     t.teardown(() => c.destroy())
     const short = await c.request(RequestCode.PULL, Buffer.from([0, 5, 1]))
     t.equal(short.status, ERROR_CODES.QMQ_ERR_PAYLOAD_MALFORMED.status)
-    const pull = {
-      subject: 'bad subject',
-      group: 'g',
-      consumerId: 'c',
-      maxMessages: 1,
-      maxBytes: 0,
-      timeoutMs: 0,
-      broadcast: false,
-      atMostOnce: false,
-      tagsAll: false,
-      start: StartPosition.EARLIEST,
-      startTime: 0,
-      tags: [],
-    }
+    const pull = pullRequest({ subject: 'bad subject', group: 'g', consumerId: 'c', maxMessages: 1 })
     const badSubject = await c.request(RequestCode.PULL, encodePullRequest(pull))
     t.equal(badSubject.status, ERROR_CODES.QMQ_ERR_SUBJECT_INVALID.status)
     const badGroup = await c.request(
