@@ -1,6 +1,6 @@
 import { integer, type OptionsSchema, optionalString, resolveOptions } from '../../common/config'
 import { QmqError } from '../../common/errors'
-import { type Logger, silentLogger } from '../../common/logger'
+import type { Logger } from '../../common/logger'
 import { validateConsumerId } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodeHeartbeatRequest } from '../../common/protocol/commands'
@@ -21,6 +21,7 @@ import {
 } from './decorators'
 import { PullConsumer, type PullConsumerOptions } from './pull-consumer'
 import { type ConsumerContext, Subscription, type SubscriptionSpec } from './subscription'
+import { ClientBase } from '../client-base'
 
 export interface ConsumerOptions extends CommonClientOptions {
   /** Id of this consumer in its groups (default: clientId, i.e. `hostname@pid@random`). */
@@ -77,9 +78,7 @@ export type ConsumerInit = Partial<ConsumerOptions> & { logger?: Logger }
  * // ...
  * await consumer.close()
  */
-export class MessageConsumerProvider {
-  private input: Record<string, unknown>
-  private readonly log: Logger
+export class MessageConsumerProvider extends ClientBase {
   private opts: Readonly<ConsumerOptions> | undefined
   private rt: ClientRuntime | undefined
   private ctx: ConsumerContext | undefined
@@ -92,17 +91,7 @@ export class MessageConsumerProvider {
   private closePromise: Promise<void> | undefined
 
   constructor(options: ConsumerInit = {}) {
-    const { logger, ...rest } = options
-    this.input = { ...rest }
-    this.log = (logger ?? silentLogger).child({ component: 'qmq-consumer' })
-  }
-
-  setAppCode(appCode: string): void {
-    this.input.appCode = appCode
-  }
-
-  setMetaServer(metaServer: string): void {
-    this.input.metaServer = metaServer
+    super(options, 'qmq-consumer')
   }
 
   /** Checks options and prepares discovery and connections (start() calls it). Contacts nobody. */

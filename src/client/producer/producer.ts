@@ -1,6 +1,6 @@
 import { integer, type OptionsSchema, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
-import { type Logger, silentLogger } from '../../common/logger'
+import type { Logger } from '../../common/logger'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
@@ -18,6 +18,7 @@ import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch } from './batch'
 import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
+import { ClientBase } from '../client-base'
 
 /**
  * The producer: QMQ's MessageProducerProvider.
@@ -114,9 +115,7 @@ interface Lane {
 
 export type ProducerInit = Partial<ProducerOptions> & { logger?: Logger }
 
-export class MessageProducerProvider {
-  private input: Record<string, unknown>
-  private readonly log: Logger
+export class MessageProducerProvider extends ClientBase {
   private opts: Readonly<ProducerOptions> | undefined
   private rt: ClientRuntime | undefined
   /** Real-time lanes by subject. */
@@ -138,19 +137,7 @@ export class MessageProducerProvider {
   private closePromise: Promise<void> | undefined
 
   constructor(options: ProducerInit = {}) {
-    const { logger, ...rest } = options
-    this.input = { ...rest }
-    this.log = (logger ?? silentLogger).child({ component: 'qmq-producer' })
-  }
-
-  /** QMQ setter; call before init(). */
-  setAppCode(appCode: string): void {
-    this.input.appCode = appCode
-  }
-
-  /** QMQ setter (`http://host:port/meta/address`); call before init(). */
-  setMetaServer(metaServer: string): void {
-    this.input.metaServer = metaServer
+    super(options, 'qmq-producer')
   }
 
   /** Checks the options and prepares discovery and connections. Contacts nobody yet. */
