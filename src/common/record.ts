@@ -445,6 +445,83 @@ export function readRecordHeader(
   return { length, flags, createdAt, scheduleAt, id, subject, tags, propertiesOffset: o - offset }
 }
 
+/**
+ * The routing header of a record whose subject is decoded and whose id and times are read from the
+ * bytes only when asked (readRecordRouting). Holds the record's bytes.
+ */
+class LazyRecordHeader implements RecordHeader {
+  readonly length: number
+  readonly tags: string[] = []
+  readonly propertiesOffset: number
+
+  constructor(
+    readonly bytes: Buffer,
+    readonly flags: number,
+    readonly subject: string,
+    private readonly idLength: number,
+    readonly subjectLength: number,
+  ) {
+    this.length = bytes.length
+    this.propertiesOffset = RECORD_FIXED_BYTES + idLength + subjectLength
+  }
+
+  get id(): string {
+    return readUtf8(this.bytes, RECORD_FIXED_BYTES, RECORD_FIXED_BYTES + this.idLength)
+  }
+
+  get createdAt(): number {
+    return readI64(this.bytes, 12)
+  }
+
+  get scheduleAt(): number {
+    return readI64(this.bytes, 20)
+  }
+
+  /** True when this record's subject bytes equal `other`'s (so its subject string can be shared). */
+  sameSubjectBytes(bytes: Buffer, at: number, length: number): boolean {
+    if (length !== this.subjectLength) return false
+    const mine = RECORD_FIXED_BYTES + this.idLength
+    for (let i = 0; i < length; i++) if (this.bytes[mine + i] !== bytes[at + i]) return false
+    return true
+  }
+}
+
+/**
+ * What a broker needs to route a received record, as cheaply as possible: verifies it exactly as
+ * readRecordHeader does (length, CRC, version), then, for the common case (no tags, known flags),
+ * decodes only the subject; id and times are read from the bytes when asked. Records out of the
+ * common case get readRecordHeader's answer and errors. `previous` (the header of the record before,
+ * from this function) lets a run of records with the same subject bytes share one subject string.
+ * `bytes` must hold exactly the record.
+ */
+export function readRecordRouting(
+  bytes: Buffer,
+  limits: RecordLimits = {},
+  previous?: RecordHeader,
+): RecordHeader {
+  const length = verifyRecord(bytes, 0, bytes.length, limits)
+  const flags = bytes[9] as number
+  const idLength = bytes.readUInt16BE(28)
+  const subjectLength = bytes.readUInt16BE(30)
+  if (
+    (flags & ~KNOWN_RECORD_FLAGS) !== 0 ||
+    bytes[10] !== 0 ||
+    idLength === 0 ||
+    idLength > MAX_ID_BYTES ||
+    subjectLength === 0 ||
+    subjectLength > MAX_SUBJECT_BYTES ||
+    RECORD_FIXED_BYTES + idLength + subjectLength > length
+  ) {
+    return readRecordHeader(bytes, 0, { ...limits, verify: false })
+  }
+  const at = RECORD_FIXED_BYTES + idLength
+  const subject =
+    previous instanceof LazyRecordHeader && previous.sameSubjectBytes(bytes, at, subjectLength)
+      ? previous.subject
+      : readUtf8(bytes, at, at + subjectLength)
+  return new LazyRecordHeader(bytes, flags, subject, idLength, subjectLength)
+}
+
 /** Decodes a whole record. With `verify` (default true) checks length and CRC first. */
 export function decodeRecord(
   buf: Buffer,

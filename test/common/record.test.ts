@@ -10,6 +10,7 @@ import {
   newRecordPlan,
   planRecord,
   readRecordHeader,
+  readRecordRouting,
   RECORD_FIXED_BYTES,
   verifyRecord,
   writeRecord,
@@ -246,3 +247,39 @@ t.test('record - the byte layout is pinned (bytes of the original encoder)', asy
     '0000002f669b9e6a01030000fffffee08e04fb35fffffffffffffffb00010001787300000002000000000003010203',
   )
 })
+
+t.test(
+  'record - readRecordRouting answers what readRecordHeader answers, and shares equal subjects',
+  async (t) => {
+    const rand = prng(77)
+    let previous: ReturnType<typeof readRecordRouting> | undefined
+    for (let i = 0; i < 2000; i++) {
+      const m = randomMessage(rand)
+      if (i % 3 === 0) m.tags = []
+      const buf = encodeRecord(m)
+      const want = readRecordHeader(buf)
+      const got = readRecordRouting(buf, {}, previous)
+      const fields = (h: typeof want) => [
+        h.length,
+        h.flags,
+        h.createdAt,
+        h.scheduleAt,
+        h.id,
+        h.subject,
+        h.tags,
+        h.propertiesOffset,
+      ]
+      if (JSON.stringify(fields(got)) !== JSON.stringify(fields(want))) {
+        t.fail(`record ${i} differs`)
+        return
+      }
+      previous = got
+    }
+    const a = readRecordRouting(encodeRecord({ ...sample(), tags: [] }))
+    const b = readRecordRouting(encodeRecord({ ...sample(), id: 'm-2', tags: [] }), {}, a)
+    t.equal(b.subject, a.subject)
+    const bad = encodeRecord({ ...sample(), tags: [] })
+    bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1
+    t.throws(() => readRecordRouting(bad), { code: 'QMQ_ERR_CRC_MISMATCH' })
+  },
+)

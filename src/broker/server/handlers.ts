@@ -101,7 +101,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
 // SEND: every record is checked on its own (framing, CRC, subject name, read-only marks); the good
 // ones are appended together and answered once the store made them durable. A store failure (disk
 // full, I/O) gives every good record of the batch that retriable status: nothing of it was stored.
-// Per record this allocates only the record's view and one object (send-decoder.ts); the answer of
+// Per record this allocates the record's view, its routing header and the store's input (send-decoder.ts); the answer of
 // a batch whose records were all stored is written without a result object per record.
 async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
   if (ctx.isClosing()) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
