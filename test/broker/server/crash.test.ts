@@ -1,25 +1,21 @@
-import { type ChildProcess, spawn } from 'node:child_process'
-import path from 'node:path'
 import t from 'tap'
+import { type ChildService, startChildService } from '../../../src/cli/child-service'
 import { RawClient } from '../../helpers/raw-client'
 import { ack, message, pull, send } from './ops'
 
-const CHILD = path.join(__dirname, 'broker-child.ts')
-
-function spawnBroker(dataDir: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CHILD, dataDir], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  return new Promise((resolve, reject) => {
-    let out = ''
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString()
-      const line = out.split('\n')[0]
-      if (out.includes('\n') && line !== undefined)
-        resolve({ child, port: (JSON.parse(line) as { port: number }).port })
-    })
-    child.once('exit', (code) => reject(new Error(`broker child exited with ${code}`)))
-  })
+/** A broker in its own process, started as an operator would (`qmq broker`), on `dataDir`. */
+async function spawnBroker(dataDir: string): Promise<{ child: ChildService['proc']; port: number }> {
+  const service = startChildService('broker', [
+    'broker',
+    '--port',
+    '0',
+    '--http-port',
+    '-1',
+    '--data-dir',
+    dataDir,
+  ])
+  const info = await service.started
+  return { child: service.proc, port: Number(info.port) }
 }
 
 t.test('crash - a broker killed with SIGKILL mid-stream loses nothing it acknowledged', async (t) => {
