@@ -1,32 +1,11 @@
 import t, { type Test } from 'tap'
 import { ManualClock } from '../../src/common/clock'
-import { silentLogger } from '../../src/common/logger'
-import { MetaClient } from '../../src/common/meta/meta-client'
-import type { ServerHeartbeatRequest } from '../../src/common/meta/types'
-import { Metaserver } from '../../src/metaserver/main'
+import { HEARTBEAT_TIMEOUT_MS, hb, startWithClient } from './helpers'
 
-const TIMEOUT_MS = 10_000
+const TIMEOUT_MS = HEARTBEAT_TIMEOUT_MS
 
-async function start(t: Test, dataDir: string, clock: ManualClock, extra: Record<string, unknown> = {}) {
-  const server = new Metaserver(
-    { port: 0, dataDir, adminToken: 'tok', heartbeatTimeoutMs: TIMEOUT_MS, ...extra },
-    { clock, logger: silentLogger },
-  )
-  await server.start()
-  const client = new MetaClient({ url: server.url, adminToken: 'tok' })
-  t.teardown(async () => {
-    await client.close()
-    await server.close()
-  })
-  return { server, client }
-}
-
-function hb(
-  group: string,
-  port: number,
-  extra: Partial<ServerHeartbeatRequest> = {},
-): ServerHeartbeatRequest {
-  return { group, kind: 'broker', role: 'master', address: `127.0.0.1:${port}`, ...extra }
+function start(t: Test, dataDir: string, clock: ManualClock, extra: Record<string, unknown> = {}) {
+  return startWithClient(t, { dataDir, clock, extra })
 }
 
 const names = (r: { groups: { name: string }[] }) => r.groups.map((g) => g.name).sort()

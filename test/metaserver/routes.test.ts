@@ -1,34 +1,12 @@
 import t, { type Test } from 'tap'
-import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
-import type { ServerHeartbeatRequest } from '../../src/common/meta/types'
 import { deadLetterSubject } from '../../src/common/names'
 import { Metaserver, startMetaserver } from '../../src/metaserver/main'
+import { hb, startWithClient } from './helpers'
 
-const TOKEN = 'test-token'
-
-async function start(t: Test, extra: Record<string, unknown> = {}) {
-  const clock = new ManualClock()
-  const server = new Metaserver(
-    { port: 0, dataDir: t.testdir(), adminToken: TOKEN, heartbeatTimeoutMs: 10_000, ...extra },
-    { clock, logger: silentLogger },
-  )
-  await server.start()
-  const client = new MetaClient({ url: server.url, adminToken: TOKEN })
-  t.teardown(async () => {
-    await client.close()
-    await server.close()
-  })
-  return { server, client, clock }
-}
-
-function hb(
-  group: string,
-  port: number,
-  extra: Partial<ServerHeartbeatRequest> = {},
-): ServerHeartbeatRequest {
-  return { group, kind: 'broker', role: 'master', address: `127.0.0.1:${port}`, ...extra }
+function start(t: Test, extra: Record<string, unknown> = {}) {
+  return startWithClient(t, { extra })
 }
 
 t.test('metaserver - a heartbeat registers a group with no manual step', async (t) => {
