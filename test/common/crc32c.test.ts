@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
-import { crc32c, crc32cImplementation, crc32cJs } from '../../src/common/crc32c'
+import { crc32c, crc32cImplementation, crc32cJs, crc32cRange } from '../../src/common/crc32c'
 
 t.test('crc32c - check values', async (t) => {
   t.equal(crc32c(Buffer.from('123456789')), 0xe3069283)
@@ -28,6 +28,26 @@ t.test('crc32c - native and JS agree on random inputs of every length, and chain
   t.equal(crc32c(big), crc32cJs(big))
   t.pass('all lengths agree')
 })
+
+t.test(
+  'crc32c - crc32cRange equals crc32c of the same bytes, short ranges (JS) and long (native)',
+  async (t) => {
+    const buf = randomBytes(400)
+    let checked = 0
+    for (let start = 0; start < 40; start += 3) {
+      for (let len = 0; len < 200; len += 7) {
+        const end = start + len
+        const expected = crc32c(buf.subarray(start, end))
+        if (crc32cRange(buf, start, end) !== expected) t.fail(`[${start}, ${end}) differs`)
+        const seed = crc32c(buf.subarray(0, start))
+        if (crc32cRange(buf, start, end, seed) !== crc32c(buf.subarray(0, end)))
+          t.fail(`seeded [${start}, ${end})`)
+        checked++
+      }
+    }
+    t.ok(checked > 100, `${checked} ranges agree`)
+  },
+)
 
 t.test('crc32c - a flipped bit changes the checksum', async (t) => {
   const b = randomBytes(1024)
