@@ -3,6 +3,7 @@ import { QmqError } from '../../common/errors'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
+import { HotCache, type HotEntry } from './hot-cache'
 import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
 
 /**
@@ -91,19 +92,14 @@ interface Request {
 interface Batch {
   reqs: Request[]
   items: AppendItem[]
-  /** Frame header, record, frame header, record... (stored items only). */
-  bufs: Buffer[]
+  /** Frame header, record, frame header, record... (stored items only); empty when none. */
+  data: Buffer
+  /** Its space in the hot cache, when it was laid out there. */
+  hot: HotEntry | undefined
   bytes: number
   /** Log offset of the first byte, once written. */
   start: number
   token: number
-}
-
-/** Records of one acknowledged batch kept in memory: `recs[i]` is the record at offset `offs[i]`. */
-interface HotBatch {
-  offs: number[]
-  recs: Buffer[]
-  bytes: number
 }
 
 /**
@@ -171,7 +167,7 @@ export function readFrame(buf: Buffer, pos: number): FrameFields {
   }
 }
 
-const EVICTED: HotBatch = { offs: [], recs: [], bytes: 0 }
+const EMPTY = Buffer.alloc(0)
 
 export class MessageLog {
   readonly log: SegmentLog
@@ -187,13 +183,8 @@ export class MessageLog {
   private syncing: Batch[] | undefined
   /** 'sync': an fdatasync failed; set until every unsynced batch is cut off and rejected. */
   private syncError: { err: unknown } | undefined
-  /**
-   * Recent records, a FIFO of acknowledged batches (pulls of the hot tail never touch the disk). The
-   * records are the buffers the appends gave: the store keeps them, callers must not modify them.
-   */
-  private hot: HotBatch[] = []
-  private hotHead = 0
-  private hotBytes = 0
+  /** The newest batches as written, for pulls of the hot tail (hot-cache.ts). */
+  private readonly hot: HotCache
   /** End of the log known to be on stable storage. */
   durableEnd: number
   /** End of the last batch passed to `hooks.committed` (every record below it is visible). */
@@ -205,6 +196,7 @@ export class MessageLog {
 
   constructor(opts: MessageLogOptions) {
     this.opts = opts
+    this.hot = new HotCache(opts.hotCacheBytes)
     this.log = SegmentLog.open({
       dir: opts.dir,
       segmentBytes: opts.segmentBytes,
@@ -325,8 +317,10 @@ export class MessageLog {
     for (const it of items) if (!it.skip) bytes += FRAME_BYTES + it.record.length
     // The batch is laid out in one buffer (frame header, record, frame header, record...) and written
     // as one piece: copying a record costs less than handing the kernel two pieces per message. The
-    // records themselves stay what the store keeps (the hot cache holds the received buffers).
-    const out = this.takeBatchBuffer(bytes)
+    // buffer is the batch's space in the hot cache when there is room there (the cache then serves it
+    // to pulls once acknowledged), else a buffer reused from batch to batch.
+    const hot = this.hot.reserve(bytes)
+    const out = hot !== undefined ? hot.buf : this.takeBatchBuffer(bytes)
     let o = 0
     for (const it of items) {
       if (it.skip) continue
@@ -336,7 +330,7 @@ export class MessageLog {
       out.set(rec, o + FRAME_BYTES)
       o += FRAME_BYTES + rec.length
     }
-    return { reqs, items, bufs: bytes > 0 ? [out.subarray(0, bytes)] : [], bytes, start: -1, token }
+    return { reqs, items, data: out.subarray(0, bytes), hot: hot?.entry, bytes, start: -1, token }
   }
 
   /** A buffer of at least `bytes` for the next batch: a recycled one when it is big enough. */
@@ -349,11 +343,11 @@ export class MessageLog {
     return Buffer.allocUnsafeSlow(Math.max(bytes, MIN_BATCH_BUFFER_BYTES))
   }
 
-  /** Takes back the buffer of a batch whose write is over (it is not referenced anywhere else). */
+  /** Takes back the buffer of a batch whose write is over (unless it lives in the hot cache). */
   private recycleBatchBuffer(batch: Batch): void {
-    const view = batch.bufs[0]
-    batch.bufs = []
-    if (view === undefined) return
+    const view = batch.data
+    batch.data = EMPTY
+    if (batch.hot !== undefined || view.length === 0) return
     const whole = Buffer.from(view.buffer, view.byteOffset, view.buffer.byteLength - view.byteOffset)
     if (whole.length > MAX_RECYCLED_BATCH_BYTES) return
     if (this.spareBatchBuffer === undefined || this.spareBatchBuffer.length < whole.length)
@@ -363,7 +357,7 @@ export class MessageLog {
   private async write(batch: Batch): Promise<void> {
     const t0 = process.hrtime.bigint()
     try {
-      batch.start = await this.log.appendv(batch.bufs, batch.bytes)
+      batch.start = await this.log.appendv([batch.data], batch.bytes)
     } catch (err) {
       this.writing = undefined
       // Only this batch (the newest) is affected: the segment log cut its partial write.
@@ -447,6 +441,7 @@ export class MessageLog {
   private reject(batches: Batch[], err: unknown): void {
     for (let i = batches.length - 1; i >= 0; i--) {
       const b = batches[i] as Batch
+      if (b.hot !== undefined) this.hot.cancel(b.hot)
       this.opts.hooks.rollback(b.items, b.token)
     }
     for (const b of batches) for (const r of b.reqs) r.reject(err)
@@ -462,67 +457,12 @@ export class MessageLog {
   }
 
   private cache(b: Batch): void {
-    const max = this.opts.hotCacheBytes
-    if (max <= 0) return
-    const offs: number[] = []
-    const recs: Buffer[] = []
-    let bytes = 0
-    for (const it of b.items) {
-      if (it.skip) continue
-      offs.push(it.offset)
-      recs.push(it.record)
-      bytes += it.record.length
-    }
-    this.hot.push({ offs, recs, bytes })
-    this.hotBytes += bytes
-    while (this.hotBytes > max && this.hotHead < this.hot.length) this.evictOne()
-  }
-
-  private evictOne(): void {
-    const b = this.hot[this.hotHead] as HotBatch
-    this.hot[this.hotHead] = EVICTED
-    this.hotHead++
-    this.hotBytes -= b.bytes
-    if (this.hotHead > 1024 && this.hotHead * 2 > this.hot.length) {
-      this.hot = this.hot.slice(this.hotHead)
-      this.hotHead = 0
-    }
+    if (b.hot !== undefined) this.hot.commit(b.hot, b.start)
   }
 
   /** Drops cached records below `offset` (retention). */
   evictBefore(offset: number): void {
-    while (this.hotHead < this.hot.length) {
-      const b = this.hot[this.hotHead] as HotBatch
-      const last = b.offs[b.offs.length - 1]
-      if (last !== undefined && last >= offset) break
-      this.evictOne()
-    }
-  }
-
-  /** The cached record at `offset`, if any. */
-  private hotGet(offset: number): Buffer | undefined {
-    const hot = this.hot
-    let lo = this.hotHead
-    let hi = hot.length - 1
-    if (lo > hi || offset < ((hot[lo] as HotBatch).offs[0] ?? Number.POSITIVE_INFINITY)) return undefined
-    // Last batch whose first offset is <= offset.
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1
-      if (((hot[mid] as HotBatch).offs[0] as number) <= offset) lo = mid
-      else hi = mid - 1
-    }
-    const b = hot[lo] as HotBatch
-    const offs = b.offs
-    let a = 0
-    let z = offs.length - 1
-    while (a <= z) {
-      const mid = (a + z) >>> 1
-      const v = offs[mid] as number
-      if (v === offset) return b.recs[mid]
-      if (v < offset) a = mid + 1
-      else z = mid - 1
-    }
-    return undefined
+    this.hot.evictBefore(offset)
   }
 
   /**
@@ -538,9 +478,9 @@ export class MessageLog {
     const start = this.log.startOffset
     while (i < locs.length) {
       const loc = locs[i] as { offset: number; size: number }
-      const hot = this.hotGet(loc.offset)
+      const hot = this.hot.get(loc.offset, loc.size)
       if (hot) {
-        out[i++] = hot
+        i = this.copyHot(locs, i, hot, out)
         continue
       }
       if (loc.offset < start || !this.log.contains(loc.offset)) {
@@ -555,7 +495,7 @@ export class MessageLog {
         const n = locs[j] as { offset: number; size: number }
         if (n.offset < end || n.offset - end > MAX_GAP) break
         if (n.offset + n.size > segEnd || n.offset + n.size - loc.offset > MAX_SPAN) break
-        if (this.hotGet(n.offset) !== undefined) break
+        if (this.hot.get(n.offset, n.size) !== undefined) break
         end = n.offset + n.size
         j++
       }
@@ -570,6 +510,38 @@ export class MessageLog {
     return out
   }
 
+  /**
+   * Copies the hot record `first` (at `locs[i]`) and the hot records right after it out of the ring
+   * into one new buffer: the ring's space is reused once a batch is reclaimed, while a caller may keep
+   * the records for long (a pull answer queued behind a slow socket). Returns the next index to read.
+   */
+  private copyHot(
+    locs: readonly { offset: number; size: number }[],
+    i: number,
+    first: Buffer,
+    out: (Buffer | undefined)[],
+  ): number {
+    const views = [first]
+    let total = first.length
+    let j = i + 1
+    for (; j < locs.length; j++) {
+      const n = locs[j] as { offset: number; size: number }
+      const v = this.hot.get(n.offset, n.size)
+      if (v === undefined) break
+      views.push(v)
+      total += v.length
+    }
+    const copy = Buffer.allocUnsafe(total)
+    let o = 0
+    for (let k = 0; k < views.length; k++) {
+      const v = views[k] as Buffer
+      copy.set(v, o)
+      out[i + k] = copy.subarray(o, o + v.length)
+      o += v.length
+    }
+    return j
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
@@ -577,9 +549,7 @@ export class MessageLog {
     await this.idle()
     await this.syncNow().catch(() => undefined)
     this.log.close()
-    this.hot = []
-    this.hotHead = 0
-    this.hotBytes = 0
+    this.hot.clear()
   }
 
   /** Stops without syncing or waiting: what a crash leaves behind (tests). */

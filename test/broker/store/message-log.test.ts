@@ -160,3 +160,32 @@ t.test('store - segments roll at segmentBytes and reads span them', async (t) =>
   t.equal(got.length, 50)
   t.equal(bodyOf(got[49]?.record as Buffer), `${'x'.repeat(300)}49`)
 })
+
+t.test(
+  'store - records pulled from the hot cache stay intact while the cache reuses its memory',
+  async (t) => {
+    const store = await open(t.testdir(), { hotCacheBytes: 32 * 1024 })
+    t.teardown(() => store.close())
+    const body = (i: number) => `${String(i).padStart(6, '0')}${'x'.repeat(500)}`
+    await store.append([rec('h', { body: body(0) }), rec('h', { body: body(1) })])
+    const held = await store.pull(pullOpts('h', 'g', 'c'))
+    t.same(
+      held.map((m) => bodyOf(m.record)),
+      [body(0), body(1)],
+      'served (from memory)',
+    )
+    // Many times the cache's size afterwards: its ring wraps over the space those records came from.
+    for (let i = 2; i < 400; i++) await store.append([rec('h', { body: body(i) })])
+    t.same(
+      held.map((m) => bodyOf(m.record)),
+      [body(0), body(1)],
+      'records a caller still holds are not overwritten',
+    )
+    const rest = await store.pull(pullOpts('h', 'g', 'c', { maxMessages: 1000 }))
+    t.equal(rest.length, 398)
+    t.ok(
+      rest.every((m, k) => bodyOf(m.record) === body(k + 2)),
+      'newer records read back correctly (from memory and from disk)',
+    )
+  },
+)
