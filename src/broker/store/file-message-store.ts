@@ -67,6 +67,8 @@ export class FileMessageStore implements MessageStore {
   private closed = false
   private locks = new WeakMap<GroupState, Promise<unknown>>()
   private checkpointing: Promise<void> | undefined
+  /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
+  private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
 
   constructor(options: FileMessageStoreOptions = {}) {
@@ -557,8 +559,9 @@ export class FileMessageStore implements MessageStore {
       subjects,
       groups,
     })
-    // Actions before the checkpoint are no longer needed.
-    this.alog.log.deleteBefore(actionLogOffset)
+    // Actions before the previous checkpoint are no longer needed (that one is recovery's fallback).
+    if (this.previousActionLogOffset > 0) this.alog.log.deleteBefore(this.previousActionLogOffset)
+    this.previousActionLogOffset = actionLogOffset
   }
 
   /** Runs retention now (also run by a timer); returns the number of segments deleted. */

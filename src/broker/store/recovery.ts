@@ -1,5 +1,5 @@
 import { readRecordHeader } from '../../common/record'
-import { type Checkpoint, readCheckpoint } from './checkpoint'
+import { type Checkpoint, loadCheckpoint } from './checkpoint'
 import { ConsumeLog } from './consume-log'
 import { ConsumerState } from './consumer-state'
 import type { FileMessageStore } from './file-message-store'
@@ -23,11 +23,17 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   const t0 = Date.now()
   const o = store.options
   const now = store.clock.now()
-  let cp: Checkpoint | undefined
-  try {
-    cp = readCheckpoint(store.dirs.checkpoint)
-  } catch (err) {
-    store.log.error({ err }, 'checkpoint unreadable; recovering from the start of the logs')
+  const loaded = loadCheckpoint(store.dirs.checkpoint)
+  const cp: Checkpoint | undefined = loaded.checkpoint
+  if (loaded.source === 'previous') {
+    store.log.warn({ problems: loaded.problems }, 'checkpoint unusable; recovering from the previous one')
+  } else if (loaded.source === 'none' && store.alog.log.startOffset > 0) {
+    // No usable checkpoint while the action log's first segments are gone: the consumer progress they
+    // held (acks, hand-outs, retry times before that point) cannot be rebuilt.
+    store.log.error(
+      { problems: loaded.problems, actionLogStart: store.alog.log.startOffset },
+      'no usable checkpoint and the action log does not start at 0: consumer progress before it is lost',
+    )
   }
   const M = cp?.messageLogOffset ?? 0
   const rebuild = new Set<string>()
@@ -148,6 +154,8 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     g.promoteDue(now)
   }
   const report: RecoveryReport = {
+    checkpoint: loaded.source,
+    checkpointProblems: loaded.problems,
     truncated,
     rebuiltConsumeLogs: rebuilt,
     replayedRecords,

@@ -85,6 +85,13 @@ export type CursorPosition = { kind: 'earliest' } | { kind: 'latest' } | { kind:
 
 /** What recovery found and did, reported once on open (and logged by the store). */
 export interface RecoveryReport {
+  /**
+   * The checkpoint recovery started from: the current one, the previous one (the current one was
+   * unreadable, or missing after a crash between the two renames), or none (a new store).
+   */
+  checkpoint: 'current' | 'previous' | 'none'
+  /** Why the checkpoints not used could not be (empty when the current one was used). */
+  checkpointProblems: string[]
   /** Message-log bytes dropped from a torn or corrupt tail, per segment file. */
   truncated: { file: string; offset: number; droppedBytes: number; reason: string }[]
   /** Consume logs rebuilt (missing or short) from the message log. */
