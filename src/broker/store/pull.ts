@@ -75,6 +75,9 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           gone.push(held[i] as number)
           continue
         }
+        // maxBytes bounds this part as it does the others (one message may go past it); the rest
+        // comes back with the next pull.
+        if (result.length > 0 && bytes >= o.maxBytes) break
         result.push({ subject: o.subject, sequence: held[i] as number, deliveryCount: f.dc, record: rec })
         bytes += rec.length
       }

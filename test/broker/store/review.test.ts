@@ -276,3 +276,27 @@ t.test('store review - a pull that fails on a read error does not strand due red
     'the due redelivery is still handed out',
   )
 })
+
+t.test(
+  'store review - a resumeHeld pull keeps to maxBytes; the rest comes with the next pulls',
+  async (t) => {
+    const store = await open(t.testdir())
+    t.teardown(() => store.close())
+    for (let i = 0; i < 6; i++) await store.append([rec('rb', { body: big(i) })])
+    t.equal((await store.pull(pullOpts('rb', 'g', 'c', { maxMessages: 6 }))).length, 6)
+    const size = (await store.pull(pullOpts('rb', 'g', 'c', { resumeHeld: true, maxMessages: 1 })))[0]?.record
+      .length as number
+    const seen: number[] = []
+    for (let round = 0; round < 6 && seen.length < 6; round++) {
+      const got = await store.pull(pullOpts('rb', 'g', 'c', { resumeHeld: true, maxBytes: 2 * size }))
+      t.ok(
+        got.length >= 1 && got.length <= 2,
+        `round ${round}: ${got.length} messages within 2 records' bytes`,
+      )
+      const seqs = got.map((m) => m.sequence)
+      seen.push(...seqs)
+      await store.ack('rb', 'g', 'c', seqs)
+    }
+    t.same(seen, [0, 1, 2, 3, 4, 5], 'every held message comes back, in order, once')
+  },
+)
