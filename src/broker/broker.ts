@@ -164,6 +164,7 @@ export class Broker {
         readOnly: this.readOnly,
         isClosing: () => this.state === 'closing',
         stats: this.stats,
+        adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
       }
       const tcp = new TcpServer(
         {
@@ -244,6 +245,10 @@ export class Broker {
       this.startedAt = Date.now()
       this.state = 'running'
       this.log.info({ ...this.current }, 'broker listening')
+      if (o.adminToken === undefined)
+        this.log.warn(
+          'no adminToken configured: cursor resets and dead-letter redrives are not authenticated',
+        )
       return this.current
     } catch (err) {
       this.state = 'running'

@@ -8,18 +8,22 @@ import { type ParsedArgs, stringFlag } from './args'
 /**
  * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
  * requests of the TCP protocol). `--metaserver URL` or QMQ_METASERVER picks the metaserver (default
- * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent to metaserver admin writes.
+ * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent with admin writes (the metaserver's
+ * and the brokers' cursor resets and dead-letter redrives).
  */
 export const DEFAULT_METASERVER_URL = 'http://127.0.0.1:8080'
 const REQUEST_TIMEOUT_MS = 10_000
 
 export class ClusterAdmin {
   readonly meta: MetaClient
+  /** Sent with admin writes; undefined = none given. */
+  readonly adminToken: string | undefined
   private readonly connections = new Map<string, Connection>()
 
   constructor(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv = process.env) {
     const url = stringFlag(flags, 'metaserver') ?? env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
     const adminToken = stringFlag(flags, 'token') ?? env.QMQ_ADMIN_TOKEN
+    this.adminToken = adminToken === '' ? undefined : adminToken
     this.meta = new MetaClient({ url, ...(adminToken ? { adminToken } : {}), timeoutMs: 5_000 })
   }
 
@@ -69,5 +73,5 @@ export async function withCluster<T>(
 }
 
 export const CLUSTER_FLAGS_HELP = `  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --token TOKEN      admin token for metaserver writes [QMQ_ADMIN_TOKEN]
+  --token TOKEN      admin token for metaserver writes and broker cursor resets and redrives [QMQ_ADMIN_TOKEN]
   --json             print JSON instead of a table`

@@ -1,3 +1,4 @@
+import { timingSafeEqual } from 'node:crypto'
 import { QmqError } from '../../common/errors'
 import {
   decodeBacklogRequest,
@@ -15,6 +16,24 @@ import type { CursorPosition } from '../store/types'
 import type { ResponseBody } from './connection'
 import type { ServerContext } from './handlers'
 
+/**
+ * Admin writes change what consumer groups receive: with an adminToken configured they must carry it.
+ * (Reads, like the data path, are open to whoever reaches the port: keep broker ports private.)
+ */
+function requireAdminToken(ctx: ServerContext, given: string | undefined, what: string): void {
+  const want = ctx.adminToken
+  if (want === undefined) return
+  const got = Buffer.from(given ?? '', 'utf8')
+  if (got.length !== want.length || !timingSafeEqual(got, want)) {
+    throw new QmqError(
+      'QMQ_ERR_UNAUTHORIZED',
+      given
+        ? `wrong admin token for ${what}`
+        : `${what} needs the broker's admin token (qmq --token or QMQ_ADMIN_TOKEN)`,
+    )
+  }
+}
+
 /** Admin requests (codes 20-29); wire grammar in src/common/protocol/admin.ts. */
 export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer): Promise<ResponseBody> {
   switch (code) {
@@ -28,6 +47,7 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_RESET_CURSOR: {
       const req = decodeResetCursorRequest(body)
+      requireAdminToken(ctx, req.token, 'a cursor reset')
       const position: CursorPosition =
         req.position === ResetPosition.EARLIEST
           ? { kind: 'earliest' }
@@ -49,6 +69,7 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_DLQ_REDRIVE: {
       const req = decodeDlqRedriveRequest(body)
+      requireAdminToken(ctx, req.token, 'a dead-letter redrive')
       const n = await ctx.store.redriveDeadLetters(req.subject, req.group, req.sequences)
       if (n > 0) {
         ctx.metrics.redriven.inc({ subject: req.subject, group: req.group }, n)

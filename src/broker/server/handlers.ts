@@ -39,6 +39,8 @@ export interface ServerContext {
   isClosing: () => boolean
   /** Plain counters for the metaserver's load report. */
   stats: { received: number }
+  /** The token admin writes must carry (UTF-8); undefined = not checked. */
+  adminToken: Buffer | undefined
 }
 
 const EMPTY: readonly Buffer[] = []

@@ -40,6 +40,7 @@ export interface BrokerServerOptions {
   maxPollMs: number
   maxPullBytes: number
   closeTimeoutMs: number
+  adminToken: string | undefined
 }
 
 const NAME = /^[^\s/\\%]+$/
@@ -135,5 +136,8 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
     default: DEFAULT_CLOSE_TIMEOUT_MS,
     min: 0,
     doc: 'On close, how long requests in flight may take to answer before sockets are destroyed',
+  }),
+  adminToken: optionalString({
+    doc: 'Token admin writes (cursor reset, dead-letter redrive) must carry; unset = not checked',
   }),
 }

@@ -204,7 +204,7 @@ export const resetCursorCommand = adminCommand(
       await cluster.request(
         b.address,
         RequestCode.ADMIN_RESET_CURSOR,
-        encodeResetCursorRequest({ subject, group, position, timeMs }),
+        encodeResetCursorRequest({ subject, group, position, timeMs, token: cluster.adminToken }),
       )
     }
     const done = {
@@ -317,7 +317,12 @@ export const dlqCommand = adminCommand(
         const frame = await cluster.request(
           b.address,
           RequestCode.ADMIN_DLQ_REDRIVE,
-          encodeDlqRedriveRequest({ subject, group, sequences: all ? undefined : sequences }),
+          encodeDlqRedriveRequest({
+            subject,
+            group,
+            sequences: all ? undefined : sequences,
+            token: cluster.adminToken,
+          }),
         )
         redriven += decodeCountResponse(frame.body)
       }

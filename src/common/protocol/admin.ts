@@ -124,6 +124,7 @@ export function decodeBacklogResponse(body: Buffer): BacklogEntry[] {
 //   str16 group
 //   u8    position                 0 LATEST, 1 EARLIEST, 2 TIMESTAMP (same values as PULL's start)
 //   i64   timeMs                   ms since epoch, used when position = TIMESTAMP
+//   str16 token                    the broker's adminToken ('' = none); may be absent (= '')
 // ADMIN_RESET_CURSOR response
 //   (empty body)
 // Messages already handed out stay in flight; only what the group takes next changes.
@@ -135,10 +136,23 @@ export interface ResetCursorRequest {
   group: string
   position: ResetPositionValue
   timeMs: number
+  /** The broker's admin token, when it has one. */
+  token?: string | undefined
 }
 
 export function encodeResetCursorRequest(req: ResetCursorRequest): Buffer {
-  return new PayloadWriter(64).str16(req.subject).str16(req.group).u8(req.position).i64(req.timeMs).finish()
+  return new PayloadWriter(64)
+    .str16(req.subject)
+    .str16(req.group)
+    .u8(req.position)
+    .i64(req.timeMs)
+    .str16(req.token ?? '')
+    .finish()
+}
+
+/** The trailing admin token of a request ('' when the request ends before it). */
+function readToken(r: PayloadReader): string {
+  return r.remaining > 0 ? r.str16('token') : ''
 }
 
 export function decodeResetCursorRequest(body: Buffer): ResetCursorRequest {
@@ -148,8 +162,9 @@ export function decodeResetCursorRequest(body: Buffer): ResetCursorRequest {
   const position = r.u8('position')
   if (position > 2) throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `unknown cursor position ${position}`)
   const timeMs = r.i64('timeMs')
+  const token = readToken(r)
   r.done('ADMIN_RESET_CURSOR request')
-  return { subject, group, position: position as ResetPositionValue, timeMs }
+  return { subject, group, position: position as ResetPositionValue, timeMs, token }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -248,6 +263,7 @@ export function decodeDlqListResponse(body: Buffer, limits: RecordLimits = {}): 
 //   u8    flags                    bit0 ALL: redrive every dead letter of (subject, group); the list is then empty
 //   u32   count
 //   count x u64 sequence
+//   str16 token                    the broker's adminToken ('' = none); may be absent (= '')
 // ADMIN_DLQ_REDRIVE response
 //   u32   redriven                 how many are deliverable to the group again (same message id,
 //                                  delivery count reset)
@@ -258,6 +274,8 @@ export interface DlqRedriveRequest {
   group: string
   /** undefined = all */
   sequences?: number[] | undefined
+  /** The broker's admin token, when it has one. */
+  token?: string | undefined
 }
 
 export function encodeDlqRedriveRequest(req: DlqRedriveRequest): Buffer {
@@ -268,6 +286,7 @@ export function encodeDlqRedriveRequest(req: DlqRedriveRequest): Buffer {
     .u8(req.sequences === undefined ? REDRIVE_FLAG_ALL : 0)
   w.u32(seqs.length)
   for (const s of seqs) w.u64(s)
+  w.str16(req.token ?? '')
   return w.finish()
 }
 
@@ -281,9 +300,10 @@ export function decodeDlqRedriveRequest(body: Buffer): DlqRedriveRequest {
   const count = r.count(r.u32('sequence count'), 8, 'sequence')
   const sequences: number[] = []
   for (let i = 0; i < count; i++) sequences.push(r.u64('sequence'))
+  const token = readToken(r)
   r.done('ADMIN_DLQ_REDRIVE request')
   const all = (flags & REDRIVE_FLAG_ALL) !== 0
   if (all && sequences.length > 0)
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'ADMIN_DLQ_REDRIVE with ALL must not list sequences')
-  return { subject, group, sequences: all ? undefined : sequences }
+  return { subject, group, sequences: all ? undefined : sequences, token }
 }

@@ -37,8 +37,23 @@ t.test('admin codec - every request and answer round-trips', async (t) => {
     cursor: 7,
   }
   t.same(decodeBacklogResponse(encodeBacklogResponse([entry])), [entry])
-  const reset = { subject: 's', group: 'g', position: ResetPosition.TIMESTAMP, timeMs: 1_700_000_000_000 }
+  const reset = {
+    subject: 's',
+    group: 'g',
+    position: ResetPosition.TIMESTAMP,
+    timeMs: 1_700_000_000_000,
+    token: 'sésame',
+  }
   t.same(decodeResetCursorRequest(encodeResetCursorRequest(reset)), reset)
+  const { token: _, ...noToken } = reset
+  t.same(
+    decodeResetCursorRequest(encodeResetCursorRequest(noToken)),
+    { ...noToken, token: '' },
+    'no token = ""',
+  )
+  // A request from before tokens (it ends after timeMs) still decodes.
+  const legacy = encodeResetCursorRequest(noToken)
+  t.same(decodeResetCursorRequest(legacy.subarray(0, legacy.length - 2)), { ...noToken, token: '' })
   const list = { subject: 's', group: 'g', limit: 50, afterSequence: -1 }
   t.same(decodeDlqListRequest(encodeDlqListRequest(list)), list)
   const rec = encodeRecord(message('s', 'dead'))
@@ -50,12 +65,19 @@ t.test('admin codec - every request and answer round-trips', async (t) => {
     subject: 's',
     group: 'g',
     sequences: undefined,
+    token: '',
   })
-  t.same(decodeDlqRedriveRequest(encodeDlqRedriveRequest({ subject: 's', group: 'g', sequences: [1, 5] })), {
-    subject: 's',
-    group: 'g',
-    sequences: [1, 5],
-  })
+  t.same(
+    decodeDlqRedriveRequest(
+      encodeDlqRedriveRequest({ subject: 's', group: 'g', sequences: [1, 5], token: 'k' }),
+    ),
+    {
+      subject: 's',
+      group: 'g',
+      sequences: [1, 5],
+      token: 'k',
+    },
+  )
 })
 
 t.test('admin codec - bad requests get stable codes', async (t) => {

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { ERROR_CODES } from '../../../src/common/errors'
 import { RequestCode } from '../../../src/common/protocol/codes'
 import {
   decodeBacklogResponse,
@@ -274,5 +275,58 @@ t.test('semantics - a consumer that reconnects with the same id first gets back 
     back.map((m) => m.record.id),
     held.map((m) => m.record.id),
     'the held ones come back first',
+  )
+})
+
+t.test('semantics - with an adminToken, cursor resets and redrives need it; reads do not', async (t) => {
+  const b = await startBroker(t, { adminToken: 'open sesame' })
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('tok', 'm0')])
+  const got = await pull(c, { subject: 'tok', group: 'g', consumerId: 'c', maxMessages: 1 })
+  await ack(c, { subject: 'tok', group: 'g', consumerId: 'c', sequences: got.map((m) => m.sequence) })
+  const resetBody = (token?: string) =>
+    encodeResetCursorRequest({
+      subject: 'tok',
+      group: 'g',
+      position: ResetPosition.EARLIEST,
+      timeMs: 0,
+      token,
+    })
+  const unauthorized = ERROR_CODES.QMQ_ERR_UNAUTHORIZED.status
+  const none = await c.request(RequestCode.ADMIN_RESET_CURSOR, resetBody())
+  t.equal(none.status, unauthorized, 'no token: refused')
+  t.match(none.message, /admin token/)
+  const wrong = await c.request(RequestCode.ADMIN_RESET_CURSOR, resetBody('open sesame!'))
+  t.equal(wrong.status, unauthorized, 'wrong token: refused')
+  const redrive = await c.request(
+    RequestCode.ADMIN_DLQ_REDRIVE,
+    encodeDlqRedriveRequest({ subject: 'tok', group: 'g' }),
+  )
+  t.equal(redrive.status, unauthorized, 'a redrive without the token: refused')
+  t.equal(
+    decodeBacklogResponse(
+      await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'tok', group: 'g' })),
+    )[0]?.cursor,
+    1,
+    'reads need no token; the refused reset changed nothing',
+  )
+  await c.call(RequestCode.ADMIN_RESET_CURSOR, resetBody('open sesame'))
+  t.equal(
+    decodeBacklogResponse(
+      await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'tok', group: 'g' })),
+    )[0]?.cursor,
+    0,
+    'with the token the reset is done',
+  )
+  t.equal(
+    decodeCountResponse(
+      await c.call(
+        RequestCode.ADMIN_DLQ_REDRIVE,
+        encodeDlqRedriveRequest({ subject: 'tok', group: 'g', token: 'open sesame' }),
+      ),
+    ),
+    0,
+    'and so is a redrive',
   )
 })
