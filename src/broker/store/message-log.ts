@@ -320,7 +320,7 @@ export class MessageLog {
     // buffer is the batch's space in the hot cache when there is room there (the cache then serves it
     // to pulls once acknowledged), else a buffer reused from batch to batch.
     const hot = this.hot.reserve(bytes)
-    const out = hot !== undefined ? hot.buf : this.takeBatchBuffer(bytes)
+    const out = hot !== undefined ? hot.buf : bytes === 0 ? EMPTY : this.takeBatchBuffer(bytes)
     let o = 0
     for (const it of items) {
       if (it.skip) continue
