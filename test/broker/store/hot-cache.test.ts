@@ -1,26 +1,15 @@
 import t from 'tap'
 import { type HotEntry, HotCache } from '../../../src/broker/store/hot-cache'
+import { prng } from '../../helpers/messages'
 
 // The ring hands out space, batches commit in order or are cancelled newest first, and a read returns
 // exactly the bytes written for that log offset or nothing: never another batch's bytes.
-
-/** Deterministic PRNG (mulberry32) so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 t.test('hot cache - random reserve / commit / cancel / evict against a model', async (t) => {
   let checks = 0
   let hits = 0
   for (let seed = 1; seed <= 40; seed++) {
-    const rand = rng(seed)
+    const rand = prng(seed)
     const cap = 256 + Math.floor(rand() * 4096)
     const cache = new HotCache(cap)
     /** Reserved, not yet committed (oldest first). */
