@@ -3,7 +3,7 @@
  *
  *   node --import tsx bench/client-throughput.ts [--messages 300000] [--body-bytes 1024] [--fake]
  *     [--window 10000] [--batch-size N] [--linger-ms N] [--pull-batch-size 1000] [--prefetch 4000]
- *     [--rounds 3] [--produce-only] [--no-tuned]
+ *     [--rounds 3] [--produce-only] [--no-tuned] [--quick]
  *
  * Options are the SDK defaults except where docs/client.md ("Tuning for throughput") recommends
  * otherwise for a high-volume subject: the consumer pulls 1000 messages at a time with a prefetch of
@@ -31,6 +31,7 @@ import { Broker } from '../src/broker/broker'
 import { MessageConsumerProvider, MessageProducerProvider } from '../src/client'
 import { silentLogger } from '../src/common/logger'
 import { MetaClient } from '../src/common/meta/meta-client'
+import { quick } from './common'
 import { Metaserver } from '../src/metaserver/main'
 import { FakeBroker, FakeMetaserver } from '../test/client/helpers/fake-cluster'
 
@@ -125,8 +126,9 @@ if (process.argv.includes('--batch-size')) producerOptions.batchSize = arg('batc
 if (process.argv.includes('--linger-ms')) producerOptions.lingerMs = arg('linger-ms', 1)
 
 async function main(): Promise<void> {
-  const total = arg('messages', 300_000)
-  const rounds = Math.max(1, arg('rounds', 3))
+  // --quick (npm run bench -- --quick): a smoke run, one short round, no tuned run.
+  const total = arg('messages', quick ? 50_000 : 300_000)
+  const rounds = Math.max(1, arg('rounds', quick ? 1 : 3))
   const bodyBytes = arg('body-bytes', 1024)
   const cluster = fork(__filename, ['--child', ...(process.argv.includes('--fake') ? ['--fake'] : [])], {
     // The broker runs with node's defaults whatever flags this (client) process was given.
@@ -284,7 +286,7 @@ if (process.argv.includes('--child')) void child()
 else
   main().then(
     () => {
-      if (!process.argv.includes('--no-tuned') && !process.argv.includes('--fake'))
+      if (!quick && !process.argv.includes('--no-tuned') && !process.argv.includes('--fake'))
         process.exitCode = tunedRun()
     },
     (err: unknown) => {
