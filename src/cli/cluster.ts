@@ -73,5 +73,5 @@ export async function withCluster<T>(
 }
 
 export const CLUSTER_FLAGS_HELP = `  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --token TOKEN      admin token for metaserver writes and broker cursor resets and redrives [QMQ_ADMIN_TOKEN]
+  --token TOKEN      admin token for metaserver and broker admin writes [QMQ_ADMIN_TOKEN]
   --json             print JSON instead of a table`

@@ -154,6 +154,12 @@ export const ERROR_CODES = {
     message: 'Stored data is corrupt',
   },
   QMQ_ERR_STORE_CLOSED: { status: 103, retriable: true, httpStatus: 503, message: 'Store is closed' },
+  QMQ_ERR_GROUP_ACTIVE: {
+    status: 104,
+    retriable: true,
+    httpStatus: 409,
+    message: 'Consumer group has active consumers',
+  },
 
   // ---- 150-199: broker server ----
   QMQ_ERR_READ_ONLY: {

@@ -132,6 +132,16 @@ t.test('local cluster - qmq dev serves a round trip and stops cleanly on SIGINT'
     'billing consumed and acked everything',
   )
   t.match(await qmq('dlq', 'list', 'e2e.orders', '--group', 'billing'), /no dead letters/)
+  // billing's consumer has just closed: its lease still runs, so the group cannot be forgotten yet.
+  await t.rejects(qmq('forget-group', 'e2e.orders', 'billing'), {
+    code: 1,
+    stderr: /QMQ_ERR_GROUP_ACTIVE/,
+  })
+  t.same(
+    JSON.parse(await qmq('forget-group', 'e2e.orders', 'nobody', '--json')),
+    { subject: 'e2e.orders', group: 'nobody', brokerGroups: [] },
+    'forgetting a group nobody knows changes nothing',
+  )
 
   dev.kill('SIGINT')
   t.equal(await exited, 0, 'qmq dev exits 0 after Ctrl-C')

@@ -4,6 +4,7 @@ import {
   decodeBacklogRequest,
   decodeDlqListRequest,
   decodeDlqRedriveRequest,
+  decodeForgetGroupRequest,
   decodeResetCursorRequest,
   encodeBacklogResponse,
   encodeDlqListResponse,
@@ -17,7 +18,8 @@ import type { ResponseBody } from './connection'
 import type { ServerContext } from './handlers'
 
 /**
- * Admin writes change what consumer groups receive: with an adminToken configured they must carry it.
+ * Admin writes change what consumer groups receive (cursor reset, redrive, forgetting a group): with
+ * an adminToken configured they must carry it.
  * (Reads, like the data path, are open to whoever reaches the port: keep broker ports private.)
  */
 function requireAdminToken(ctx: ServerContext, given: string | undefined, what: string): void {
@@ -77,6 +79,14 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
         ctx.polls.notify(req.subject)
       }
       return encodeCountResponse(n)
+    }
+    case RequestCode.ADMIN_FORGET_GROUP: {
+      const req = decodeForgetGroupRequest(body)
+      requireAdminToken(ctx, req.token, 'forgetting a consumer group')
+      const forgotten = await ctx.store.forgetGroup(req.subject, req.group)
+      if (forgotten)
+        ctx.log.info({ subject: req.subject, group: req.group }, 'consumer group forgotten by an operator')
+      return encodeCountResponse(forgotten ? 1 : 0)
     }
     default:
       throw new QmqError('QMQ_ERR_UNKNOWN_REQUEST', `unknown admin request code ${code}`)

@@ -87,6 +87,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
     case RequestCode.ADMIN_DLQ_LIST:
     case RequestCode.ADMIN_DLQ_REDRIVE:
     case RequestCode.ADMIN_SUBJECTS:
+    case RequestCode.ADMIN_FORGET_GROUP:
       return handleAdmin(ctx, frame.code, frame.body)
     default: {
       const known = requestCodeName(frame.code)

@@ -29,8 +29,18 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *     CURSOR   i64 cursor   (creates the group / broadcast consumer, or an operator reset)
  *     REDRIVE  u32 n, n x (i64 firstSeq, u32 count)   dead letters made deliverable again
  *     MARK     (none) written by a checkpoint: replay starts after it
+ *     FORGET   (none) the group is removed with all its state (an operator's `forgetGroup`)
  */
-export const ActionType = { PULL: 1, ACK: 2, NACK: 3, EXPIRE: 4, CURSOR: 5, REDRIVE: 6, MARK: 7 } as const
+export const ActionType = {
+  PULL: 1,
+  ACK: 2,
+  NACK: 3,
+  EXPIRE: 4,
+  CURSOR: 5,
+  REDRIVE: 6,
+  MARK: 7,
+  FORGET: 8,
+} as const
 export type ActionTypeValue = (typeof ActionType)[keyof typeof ActionType]
 
 export const ACTION_FLAG_BROADCAST = 0x01

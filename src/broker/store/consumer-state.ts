@@ -387,7 +387,16 @@ export class ConsumerState {
 
   apply(a: Action): number {
     if (a.type === ActionType.MARK) return 0
+    if (a.type === ActionType.FORGET) return this.forget(a.subject, a.group) ? 1 : 0
     return this.getOrCreate(a.subject, a.group).apply(a)
+  }
+
+  /** Removes a group and everything it held; true when it existed. */
+  private forget(subject: string, group: string): boolean {
+    const m = this.groups.get(subject)
+    if (!m?.delete(group)) return false
+    if (m.size === 0) this.groups.delete(subject)
+    return true
   }
 
   *all(): IterableIterator<GroupState> {

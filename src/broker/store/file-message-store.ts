@@ -527,6 +527,29 @@ export class FileMessageStore implements MessageStore {
     return affected
   }
 
+  async forgetGroup(subject: string, group: string): Promise<boolean> {
+    this.ensureOpen()
+    const g = this.state.get(subject, group)
+    if (!g) return false
+    return this.withLock(g, async () => {
+      if (this.state.get(subject, group) !== g) return false // forgotten while waiting for the lock
+      const now = this.clock.now()
+      const active = [...g.consumers.entries()].filter(([, c]) => c.leaseUntil > now).map(([id]) => id)
+      if (active.length > 0) {
+        throw new QmqError(
+          'QMQ_ERR_GROUP_ACTIVE',
+          `group ${group} of ${subject} has ${active.length} active consumer(s) (${active.slice(0, 5).join(', ')}); ` +
+            `stop them, or wait for their leases to end (leaseMs ${this.options.leaseMs})`,
+          { details: { consumers: active.slice(0, 100) } },
+        )
+      }
+      const { written } = this.record(this.action(ActionType.FORGET, subject, group, ''))
+      await written
+      this.log.info({ subject, group }, 'consumer group forgotten')
+      return true
+    })
+  }
+
   // ---- checkpoints and retention ----
 
   /** Writes a checkpoint now (also run by a timer and on close). */

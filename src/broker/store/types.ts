@@ -165,6 +165,12 @@ export interface MessageStore {
   ): Promise<DeadLetter[]>
   /** Makes dead letters deliverable to their group again (same message id, delivery count reset). */
   redriveDeadLetters(subject: string, group: string, sequences?: readonly number[]): Promise<number>
+  /**
+   * Removes a consumer group of a subject with all its state (cursor, messages in flight, retries,
+   * dead letters, broadcast cursors): for groups nobody uses any more. Refused with
+   * QMQ_ERR_GROUP_ACTIVE while a consumer of the group holds a lease. False when there is no such group.
+   */
+  forgetGroup(subject: string, group: string): Promise<boolean>
 }
 
 export type { QmqError }

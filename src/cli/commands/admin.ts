@@ -6,6 +6,7 @@ import {
   encodeBacklogRequest,
   encodeDlqListRequest,
   encodeDlqRedriveRequest,
+  encodeForgetGroupRequest,
   encodeResetCursorRequest,
   ResetPosition,
   type ResetPositionValue,
@@ -218,6 +219,35 @@ export const resetCursorCommand = adminCommand(
       json,
       done,
       () => `reset ${group} on ${subject} to ${stringFlag(flags, 'to')} on ${done.brokerGroups.join(', ')}`,
+    )
+    return 0
+  },
+)
+
+const FORGET_USAGE = 'qmq forget-group <subject> <consumer-group>'
+export const forgetGroupCommand = adminCommand(
+  'forget-group',
+  'Remove a consumer group (cursor, messages in flight, dead letters) from every broker group; refused while it is in use',
+  FORGET_USAGE,
+  '',
+  async (cluster, { positionals }, json) => {
+    const subject = need(positionals[0], 'subject', FORGET_USAGE)
+    const group = need(positionals[1], 'consumer group', FORGET_USAGE)
+    // Every alive broker group, not only the subject's route: a mistyped subject has none.
+    const brokers = await cluster.brokerGroups()
+    const forgottenOn: string[] = []
+    for (const b of brokers) {
+      const frame = await cluster.request(
+        b.address,
+        RequestCode.ADMIN_FORGET_GROUP,
+        encodeForgetGroupRequest({ subject, group, token: cluster.adminToken }),
+      )
+      if (decodeCountResponse(frame.body) > 0) forgottenOn.push(b.name)
+    }
+    print(json, { subject, group, brokerGroups: forgottenOn }, () =>
+      forgottenOn.length === 0
+        ? `no broker group knows ${group} on ${subject}`
+        : `forgot ${group} on ${subject} on ${forgottenOn.join(', ')}`,
     )
     return 0
   },

@@ -307,3 +307,34 @@ export function decodeDlqRedriveRequest(body: Buffer): DlqRedriveRequest {
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'ADMIN_DLQ_REDRIVE with ALL must not list sequences')
   return { subject, group, sequences: all ? undefined : sequences, token }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ADMIN_FORGET_GROUP request
+//   str16 subject
+//   str16 group
+//   str16 token                    the broker's adminToken ('' = none)
+// ADMIN_FORGET_GROUP response
+//   u32   forgotten                1 if the group existed and is gone, 0 if there was none
+// Refused with QMQ_ERR_GROUP_ACTIVE while a consumer of the group holds a lease.
+export interface ForgetGroupRequest {
+  subject: string
+  group: string
+  token?: string | undefined
+}
+
+export function encodeForgetGroupRequest(req: ForgetGroupRequest): Buffer {
+  return new PayloadWriter(64)
+    .str16(req.subject)
+    .str16(req.group)
+    .str16(req.token ?? '')
+    .finish()
+}
+
+export function decodeForgetGroupRequest(body: Buffer): ForgetGroupRequest {
+  const r = new PayloadReader(body)
+  const subject = validateSubject(r.str16('subject'))
+  const group = validateGroup(r.str16('group'))
+  const token = readToken(r)
+  r.done('ADMIN_FORGET_GROUP request')
+  return { subject, group, token }
+}

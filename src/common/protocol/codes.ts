@@ -23,6 +23,7 @@ export const RequestCode = {
   ADMIN_DLQ_LIST: 22,
   ADMIN_DLQ_REDRIVE: 23,
   ADMIN_SUBJECTS: 24,
+  ADMIN_FORGET_GROUP: 25,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

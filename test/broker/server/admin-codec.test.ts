@@ -5,6 +5,7 @@ import {
   decodeDlqListRequest,
   decodeDlqListResponse,
   decodeDlqRedriveRequest,
+  decodeForgetGroupRequest,
   decodeResetCursorRequest,
   decodeSubjectsResponse,
   encodeBacklogRequest,
@@ -12,6 +13,7 @@ import {
   encodeDlqListRequest,
   encodeDlqListResponse,
   encodeDlqRedriveRequest,
+  encodeForgetGroupRequest,
   encodeResetCursorRequest,
   encodeSubjectsResponse,
   ResetPosition,
@@ -78,6 +80,19 @@ t.test('admin codec - every request and answer round-trips', async (t) => {
       token: 'k',
     },
   )
+})
+
+t.test('admin codec - ADMIN_FORGET_GROUP round trip and bad names', async (t) => {
+  const req = { subject: 's.x', group: 'g', token: 'k' }
+  t.same(decodeForgetGroupRequest(encodeForgetGroupRequest(req)), req)
+  t.same(decodeForgetGroupRequest(encodeForgetGroupRequest({ subject: 's', group: 'g' })), {
+    subject: 's',
+    group: 'g',
+    token: '',
+  })
+  t.throws(() => decodeForgetGroupRequest(encodeForgetGroupRequest({ subject: 's', group: 'a/b' })), {
+    code: 'QMQ_ERR_GROUP_INVALID',
+  })
 })
 
 t.test('admin codec - bad requests get stable codes', async (t) => {

@@ -8,6 +8,7 @@ import {
   encodeBacklogRequest,
   encodeDlqListRequest,
   encodeDlqRedriveRequest,
+  encodeForgetGroupRequest,
   encodeResetCursorRequest,
   ResetPosition,
 } from '../../../src/common/protocol/admin'
@@ -328,5 +329,33 @@ t.test('semantics - with an adminToken, cursor resets and redrives need it; read
     ),
     0,
     'and so is a redrive',
+  )
+})
+
+t.test('semantics - admin: forget a consumer group (token, refused while active)', async (t) => {
+  const b = await startBroker(t, { adminToken: 'tk', leaseMs: 1000 })
+  const c = await RawClient.connect(b.port)
+  t.teardown(() => c.destroy())
+  await sendOk(c, [message('fg', 'm0'), message('fg', 'm1')])
+  await pull(c, { subject: 'fg', group: 'old', consumerId: 'c', maxMessages: 1 })
+  const forget = (token?: string) =>
+    c.request(
+      RequestCode.ADMIN_FORGET_GROUP,
+      encodeForgetGroupRequest({ subject: 'fg', group: 'old', token }),
+    )
+  t.equal((await forget()).status, ERROR_CODES.QMQ_ERR_UNAUTHORIZED.status, 'the token is required')
+  const busy = await forget('tk')
+  t.equal(busy.status, ERROR_CODES.QMQ_ERR_GROUP_ACTIVE.status, 'refused while its consumer holds a lease')
+  t.match(busy.message, /active consumer/)
+  // The lease ends (no heartbeat): the broker's sweep hands the message back, then the group can go.
+  await new Promise((r) => setTimeout(r, 1600))
+  const done = await forget('tk')
+  t.equal(done.status, 0)
+  t.equal(decodeCountResponse(done.body), 1, 'forgotten')
+  t.equal(decodeCountResponse((await forget('tk')).body), 0, 'nothing left to forget')
+  t.same(
+    decodeBacklogResponse(await c.call(RequestCode.ADMIN_BACKLOG, encodeBacklogRequest({ subject: 'fg' }))),
+    [],
+    'no group left on the subject',
   )
 })
