@@ -545,7 +545,6 @@ export class FileMessageStore implements MessageStore {
       }
       const { written } = this.record(this.action(ActionType.FORGET, subject, group, ''))
       await written
-      this.log.info({ subject, group }, 'consumer group forgotten')
       return true
     })
   }
