@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import { crc32c } from '../../common/crc32c'
-import { dropBytes } from './parts'
+import { BufferedFile } from './buffered-file'
 
 /**
  * A dispatch log: which frames of one bucket's schedule log were delivered to a broker (or skipped
@@ -18,23 +18,14 @@ import { dropBytes } from './parts'
 export const DISPATCH_ENTRY_BYTES = 12
 
 export class DispatchLog {
-  readonly file: string
-  private fd = -1
-  private flushed = 0
-  private pending: Buffer[] = []
-  private pendingBytes = 0
-  private dirty = false
+  private readonly out: BufferedFile
 
   constructor(file: string) {
-    this.file = file
+    this.out = new BufferedFile(file)
   }
 
-  private open(): number {
-    if (this.fd < 0) {
-      this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
-      this.flushed = fs.fstatSync(this.fd).size
-    }
-    return this.fd
+  get file(): string {
+    return this.out.file
   }
 
   /** Every valid dispatched offset, sorted ascending; cuts a bad tail. `report` gets dropped bytes. */
@@ -52,9 +43,7 @@ export class DispatchLog {
     const good = k * DISPATCH_ENTRY_BYTES
     if (good < buf.length) {
       report?.(buf.length - good)
-      const fd = this.open()
-      fs.ftruncateSync(fd, good)
-      this.flushed = good
+      this.out.truncate(good)
     }
     return out.subarray(0, k).sort()
   }
@@ -64,63 +53,29 @@ export class DispatchLog {
     e.writeUInt32BE(Math.floor(offset / 0x1_0000_0000), 0)
     e.writeUInt32BE(offset >>> 0, 4)
     e.writeUInt32BE(crc32c(e.subarray(0, 8)), 8)
-    this.pending.push(e)
-    this.pendingBytes += DISPATCH_ENTRY_BYTES
-    this.dirty = true
+    this.out.append(e)
   }
 
   /** Writes buffered entries and fdatasyncs them. */
   sync(): void {
-    if (!this.dirty) return
-    fs.fdatasyncSync(this.write())
-    this.dirty = false
+    this.out.sync()
   }
 
   /** Writes buffered entries now and fdatasyncs them off the event loop. */
   syncAsync(): Promise<void> {
-    if (!this.dirty) return Promise.resolve()
-    const fd = this.write()
-    this.dirty = false
-    return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
-  }
-
-  private write(): number {
-    const fd = this.open()
-    let parts = this.pending
-    let left = this.pendingBytes
-    let pos = this.flushed
-    while (left > 0) {
-      const n = fs.writevSync(fd, parts, pos)
-      pos += n
-      left -= n
-      if (left > 0) parts = dropBytes(parts, n)
-    }
-    this.flushed = pos
-    this.pending = []
-    this.pendingBytes = 0
-    return fd
+    return this.out.syncAsync()
   }
 
   /** Closes the file descriptor when nothing is unsynced. */
   release(): void {
-    if (!this.dirty && this.fd >= 0) {
-      fs.closeSync(this.fd)
-      this.fd = -1
-    }
+    this.out.release()
   }
 
   close(): void {
-    if (this.dirty) this.sync()
-    if (this.fd >= 0) fs.closeSync(this.fd)
-    this.fd = -1
+    this.out.close()
   }
 
   remove(): void {
-    this.pending = []
-    this.pendingBytes = 0
-    this.dirty = false
-    if (this.fd >= 0) fs.closeSync(this.fd)
-    this.fd = -1
-    fs.rmSync(this.file, { force: true })
+    this.out.remove()
   }
 }

@@ -3,7 +3,7 @@ import path from 'node:path'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { DEFAULT_MAX_MESSAGE_BYTES, verifyRecord } from '../../common/record'
-import { dropBytes } from './parts'
+import { writevFullySync } from './buffered-file'
 
 /**
  * The delay server's message log: every accepted delayed message, in arrival order, in segment files
@@ -249,14 +249,7 @@ export class MessageLog {
       }
       const position = start - this.activeBase
       try {
-        let written = 0
-        while (written < bytes) {
-          written += fs.writevSync(
-            this.fd,
-            written === 0 ? parts : dropBytes(parts, written),
-            position + written,
-          )
-        }
+        writevFullySync(this.fd, parts, bytes, position)
       } catch (err) {
         fs.ftruncateSync(this.fd, position)
         throw err

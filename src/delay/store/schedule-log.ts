@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import { crc32c } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
-import { dropBytes } from './parts'
+import { BufferedFile } from './buffered-file'
 
 /**
  * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
@@ -73,69 +73,43 @@ export function checkFrame(buf: Buffer, pos: number, end: number, maxMessageByte
 }
 
 export class ScheduleLog {
-  readonly file: string
   private readonly maxMessageBytes: number
-  private fd = -1
-  /** Bytes in the file (flushed). */
-  private flushed = 0
-  private pending: Buffer[] = []
-  private pendingBytes = 0
-  private dirty = false
+  private readonly out: BufferedFile
 
   constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES) {
-    this.file = file
-    this.flushed = size
+    this.out = new BufferedFile(file, size)
     this.maxMessageBytes = maxMessageBytes
+  }
+
+  get file(): string {
+    return this.out.file
   }
 
   /** Logical size: flushed plus buffered bytes (the offset the next frame gets). */
   get size(): number {
-    return this.flushed + this.pendingBytes
+    return this.out.size
   }
 
   get isOpen(): boolean {
-    return this.fd >= 0
-  }
-
-  private open(): number {
-    if (this.fd < 0) this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
-    return this.fd
+    return this.out.isOpen
   }
 
   /** Buffers a frame; returns its offset and length. */
   append(record: Buffer, msgOffset: number): { offset: number; length: number } {
     const offset = this.size
     const header = encodeFrameHeader(record, msgOffset)
-    this.pending.push(header, record)
-    this.pendingBytes += header.length + record.length
-    this.dirty = true
-    if (this.pendingBytes >= FLUSH_BYTES) this.flush()
+    this.out.append(header, record)
+    if (this.out.bufferedBytes >= FLUSH_BYTES) this.out.flush()
     return { offset, length: header.length + record.length }
   }
 
   flush(): void {
-    if (this.pendingBytes === 0) return
-    const fd = this.open()
-    let parts = this.pending
-    let left = this.pendingBytes
-    let pos = this.flushed
-    while (left > 0) {
-      const n = fs.writevSync(fd, parts, pos)
-      pos += n
-      left -= n
-      if (left > 0) parts = dropBytes(parts, n)
-    }
-    this.flushed += this.pendingBytes
-    this.pending = []
-    this.pendingBytes = 0
+    this.out.flush()
   }
 
   /** Flushes and fdatasyncs if anything was appended since the last sync. */
   sync(): void {
-    if (!this.dirty) return
-    this.flush()
-    fs.fdatasyncSync(this.open())
-    this.dirty = false
+    this.out.sync()
   }
 
   /**
@@ -143,27 +117,20 @@ export class ScheduleLog {
    * covered by it (they keep the log dirty for the next one).
    */
   syncAsync(): Promise<void> {
-    if (!this.dirty) return Promise.resolve()
-    this.flush()
-    this.dirty = false
-    const fd = this.open()
-    return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
+    return this.out.syncAsync()
   }
 
   /** Closes the file descriptor when nothing is unsynced (it is reopened on the next append or read). */
   release(): void {
-    if (!this.dirty && this.pendingBytes === 0 && this.fd >= 0) {
-      fs.closeSync(this.fd)
-      this.fd = -1
-    }
+    this.out.release()
   }
 
   /** Reads `length` bytes at `offset` (flushing first if they are still buffered). */
   read(offset: number, length: number, into?: Buffer): Buffer {
-    if (offset + length > this.flushed) this.flush()
+    if (offset + length > this.out.flushed) this.out.flush()
     const buf = into ?? Buffer.allocUnsafe(length)
     let got = 0
-    const fd = this.open()
+    const fd = this.out.open()
     while (got < length) {
       const n = fs.readSync(fd, buf, got, length - got, offset + got)
       if (n === 0) throw new Error(`schedule log ${this.file} ends before ${offset + length}`)
@@ -183,9 +150,9 @@ export class ScheduleLog {
     onFrame: (f: FrameInfo) => void,
     yieldEvery = true,
   ): Promise<ScanResult> {
-    this.flush()
-    const end = Math.min(to, this.flushed)
-    const fd = this.open()
+    this.out.flush()
+    const end = Math.min(to, this.out.flushed)
+    const fd = this.out.open()
     let buf = Buffer.allocUnsafe(SCAN_CHUNK_BYTES)
     let bufStart = from
     let bufLen = 0
@@ -224,34 +191,20 @@ export class ScheduleLog {
       count++
       pos += ok
     }
-    return { goodBytes: pos, fileBytes: this.flushed, count, maxMsgOffset }
+    return { goodBytes: pos, fileBytes: this.out.flushed, count, maxMsgOffset }
   }
 
   /** Cuts the file at `length` (recovery of a torn or corrupt tail). */
   truncate(length: number): void {
-    this.flush()
-    fs.ftruncateSync(this.open(), length)
-    fs.fdatasyncSync(this.open())
-    this.flushed = length
+    this.out.truncate(length)
   }
 
   close(): void {
-    this.flush()
-    if (this.fd >= 0) {
-      if (this.dirty) fs.fdatasyncSync(this.fd)
-      this.dirty = false
-      fs.closeSync(this.fd)
-      this.fd = -1
-    }
+    this.out.close()
   }
 
   /** Closes and deletes the file. */
   remove(): void {
-    this.pending = []
-    this.pendingBytes = 0
-    this.dirty = false
-    if (this.fd >= 0) fs.closeSync(this.fd)
-    this.fd = -1
-    fs.rmSync(this.file, { force: true })
+    this.out.remove()
   }
 }
