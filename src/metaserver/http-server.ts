@@ -1,10 +1,10 @@
-import { timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { ERROR_CODES, QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
 import { validateGroup, validateSubject } from '../common/names'
+import { tokenMatches } from '../common/token'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -152,8 +152,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     }
     const header = req.headers.authorization ?? ''
     const m = /^Bearer\s+(.+)$/i.exec(header)
-    const given = Buffer.from(m?.[1]?.trim() ?? '', 'utf8')
-    if (given.length !== tokenBuf.length || !timingSafeEqual(given, tokenBuf)) {
+    if (!tokenMatches(m?.[1]?.trim(), tokenBuf)) {
       throw new QmqError(
         'QMQ_ERR_UNAUTHORIZED',
         m === null ? 'missing "Authorization: Bearer <token>" header' : 'wrong admin token',

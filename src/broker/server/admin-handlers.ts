@@ -1,4 +1,3 @@
-import { timingSafeEqual } from 'node:crypto'
 import { QmqError } from '../../common/errors'
 import {
   decodeBacklogRequest,
@@ -13,6 +12,7 @@ import {
 } from '../../common/protocol/admin'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodeCountResponse } from '../../common/protocol/commands'
+import { tokenMatches } from '../../common/token'
 import type { CursorPosition } from '../store/types'
 import type { ResponseBody } from './connection'
 import type { ServerContext } from './handlers'
@@ -25,8 +25,7 @@ import type { ServerContext } from './handlers'
 function requireAdminToken(ctx: ServerContext, given: string | undefined, what: string): void {
   const want = ctx.adminToken
   if (want === undefined) return
-  const got = Buffer.from(given ?? '', 'utf8')
-  if (got.length !== want.length || !timingSafeEqual(got, want)) {
+  if (!tokenMatches(given, want)) {
     throw new QmqError(
       'QMQ_ERR_UNAUTHORIZED',
       given
