@@ -89,18 +89,22 @@ const native = loadNative()
 
 export const crc32cImplementation: 'native' | 'js' = native ? 'native' : 'js'
 
-/** CRC32C of `data`, continuing from `seed` (the CRC of what came before; 0 to start). */
-export const crc32c: Crc32cFn = native ?? crc32cJs
-
 /**
- * Below this many bytes the JS loop beats a call into the native module (its call overhead, and the
- * view `crc32c` needs, cost more than the table lookups; measured on x64).
+ * Below this many bytes the JS loop beats a call into the native module (its call overhead costs more
+ * than the table lookups; measured on x64): short inputs (ids, frame headers) stay in JS.
  */
 const NATIVE_MIN_BYTES = 48
 
+/** CRC32C of `data`, continuing from `seed` (the CRC of what came before; 0 to start). */
+export const crc32c: Crc32cFn =
+  native === undefined
+    ? crc32cJs
+    : (data, seed = 0) =>
+        data.length < NATIVE_MIN_BYTES ? crc32cJsRange(data, 0, data.length, seed) : native(data, seed)
+
 /**
- * CRC32C of bytes [start, end) of `buf` without making a view when the range is short: for small
- * fixed fields (frame headers) computed once per message on hot paths.
+ * CRC32C of bytes [start, end) of `buf`, without making a view when the range is short: for small
+ * fields (frame headers, ids) checksummed once per message on hot paths.
  */
 export function crc32cRange(buf: Uint8Array, start: number, end: number, seed = 0): number {
   if (end - start < NATIVE_MIN_BYTES || native === undefined) return crc32cJsRange(buf, start, end, seed)

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Clock } from '../../common/clock'
-import { crc32c } from '../../common/crc32c'
+import { crc32c, crc32cRange } from '../../common/crc32c'
 import { fsError, QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { FLAG_DELAYED, type RecordHeader } from '../../common/record'
@@ -206,7 +206,7 @@ export class DelayStore {
             return
           }
           const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
-          this.ids.add(crc32c(f.frame.subarray(s, e)))
+          this.ids.add(crc32cRange(f.frame, s, e))
         },
         false,
       )
@@ -258,7 +258,7 @@ export class DelayStore {
     b.maxMsgOffset = msgOffset
     this.markDirty(b)
     const [s, e] = recordIdRange(bytes, 0)
-    this.ids.add(crc32c(bytes.subarray(s, e)))
+    this.ids.add(crc32cRange(bytes, s, e))
     if (b.state !== 'disk') this.wheel.add(scheduleAt, offset, b.slot, length)
   }
 
@@ -396,7 +396,7 @@ export class DelayStore {
       if (d < dispatched.length && dispatched[d] === f.offset) return
       const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
       if (this.cancels.tombstones.size > 0 && this.cancels.has(f.frame.toString('utf8', s, e))) {
-        this.markDelivered(b.slot, f.offset, crc32c(f.frame.subarray(s, e)))
+        this.markDelivered(b.slot, f.offset, crc32cRange(f.frame, s, e))
         return
       }
       this.wheel.add(frameScheduleAt(f.frame), f.offset, b.slot, f.length)

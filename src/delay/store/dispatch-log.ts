@@ -1,5 +1,5 @@
 import fs from 'node:fs'
-import { crc32c } from '../../common/crc32c'
+import { crc32cRange } from '../../common/crc32c'
 import { BufferedFile } from './buffered-file'
 
 /**
@@ -37,7 +37,7 @@ export class DispatchLog {
     let k = 0
     for (; k < n; k++) {
       const at = k * DISPATCH_ENTRY_BYTES
-      if (crc32c(buf.subarray(at, at + 8)) !== buf.readUInt32BE(at + 8)) break
+      if (crc32cRange(buf, at, at + 8) !== buf.readUInt32BE(at + 8)) break
       out[k] = buf.readUInt32BE(at) * 0x1_0000_0000 + buf.readUInt32BE(at + 4)
     }
     const good = k * DISPATCH_ENTRY_BYTES
@@ -52,7 +52,7 @@ export class DispatchLog {
     const e = Buffer.allocUnsafe(DISPATCH_ENTRY_BYTES)
     e.writeUInt32BE(Math.floor(offset / 0x1_0000_0000), 0)
     e.writeUInt32BE(offset >>> 0, 4)
-    e.writeUInt32BE(crc32c(e.subarray(0, 8)), 8)
+    e.writeUInt32BE(crc32cRange(e, 0, 8), 8)
     this.out.append(e)
   }
 

@@ -1,5 +1,5 @@
 import fs from 'node:fs'
-import { crc32c } from '../../common/crc32c'
+import { crc32c, crc32cRange } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import { BufferedFile } from './buffered-file'
 
@@ -47,7 +47,7 @@ export function encodeFrameHeader(record: Buffer, msgOffset: number): Buffer {
   h.writeUInt32BE(FRAME_HEADER_BYTES + record.length, 0)
   h.writeUInt32BE(Math.floor(msgOffset / 0x1_0000_0000), 8)
   h.writeUInt32BE(msgOffset >>> 0, 12)
-  h.writeUInt32BE(crc32c(record, crc32c(h.subarray(8, 16))), 4)
+  h.writeUInt32BE(crc32c(record, crc32cRange(h, 8, 16)), 4)
   return h
 }
 
