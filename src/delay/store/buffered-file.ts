@@ -57,10 +57,6 @@ export class BufferedFile {
     return this.flushed + this.pendingBytes
   }
 
-  get isOpen(): boolean {
-    return this.fd >= 0
-  }
-
   get bufferedBytes(): number {
     return this.pendingBytes
   }

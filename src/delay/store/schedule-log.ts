@@ -90,10 +90,6 @@ export class ScheduleLog {
     return this.out.size
   }
 
-  get isOpen(): boolean {
-    return this.out.isOpen
-  }
-
   /** Buffers a frame; returns its offset and length. */
   append(record: Buffer, msgOffset: number): { offset: number; length: number } {
     const offset = this.size
