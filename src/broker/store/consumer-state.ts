@@ -1,4 +1,5 @@
 import { type Action, ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ActionType } from './action-log'
+import { MinHeap } from './min-heap'
 
 /**
  * In-memory consumer progress of every (subject, group), changed only by `apply(action)` (live and
@@ -32,58 +33,6 @@ export interface ConsumerEntry {
   leaseUntil: number
 }
 
-/** Binary min-heap of (dueAt, seq). */
-class RetryHeap {
-  private due: number[] = []
-  private seq: number[] = []
-  get size(): number {
-    return this.due.length
-  }
-  peekDue(): number {
-    return this.due[0] ?? Number.POSITIVE_INFINITY
-  }
-  push(dueAt: number, s: number): void {
-    const d = this.due
-    const q = this.seq
-    let i = d.length
-    d.push(dueAt)
-    q.push(s)
-    while (i > 0) {
-      const p = (i - 1) >> 1
-      if ((d[p] as number) <= dueAt) break
-      d[i] = d[p] as number
-      q[i] = q[p] as number
-      i = p
-    }
-    d[i] = dueAt
-    q[i] = s
-  }
-  pop(): [number, number] | undefined {
-    const d = this.due
-    const q = this.seq
-    if (d.length === 0) return undefined
-    const top: [number, number] = [d[0] as number, q[0] as number]
-    const lastD = d.pop() as number
-    const lastQ = q.pop() as number
-    const n = d.length
-    if (n > 0) {
-      let i = 0
-      for (;;) {
-        let c = 2 * i + 1
-        if (c >= n) break
-        if (c + 1 < n && (d[c + 1] as number) < (d[c] as number)) c++
-        if ((d[c] as number) >= lastD) break
-        d[i] = d[c] as number
-        q[i] = q[c] as number
-        i = c
-      }
-      d[i] = lastD
-      q[i] = lastQ
-    }
-    return top
-  }
-}
-
 export interface GroupSnapshot {
   subject: string
   group: string
@@ -106,7 +55,7 @@ export class GroupState {
   readonly inflight = new Map<number, Inflight>()
   private ready: number[] = []
   private readyHead = 0
-  private readonly retry = new RetryHeap()
+  private readonly retry = new MinHeap<number>()
   readonly dead = new Map<number, { dc: number; deadAt: number }>()
   readonly consumers = new Map<string, ConsumerEntry>()
   readonly broadcast = new Map<string, number>()
@@ -161,7 +110,7 @@ export class GroupState {
   /** Moves retries whose time has come to the ready queue; returns how many. */
   promoteDue(now: number): number {
     let n = 0
-    while (this.retry.size > 0 && this.retry.peekDue() <= now) {
+    while (this.retry.size > 0 && this.retry.peekKey() <= now) {
       const [due, seq] = this.retry.pop() as [number, number]
       const f = this.inflight.get(seq)
       if (f && f.state === RETRY && f.dueAt === due) {
@@ -175,7 +124,7 @@ export class GroupState {
   }
 
   nextDue(): number {
-    return this.retry.peekDue()
+    return this.retry.peekKey()
   }
 
   private release(seq: number, f: Inflight): void {

@@ -14,6 +14,7 @@ import { type AppendItem, MessageLog } from './message-log'
 import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
 import { pullMessages } from './pull'
 import { recoverStore } from './recovery'
+import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
 import { createStoreMetrics, type StoreMetrics } from './store-metrics'
 import { readSeqs, Subjects, type SubjectState } from './subjects'
@@ -70,6 +71,15 @@ export class FileMessageStore implements MessageStore {
   /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
   private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
+  /** Wakes nacked messages when their redelivery time comes (between sweeps). */
+  private readonly retryAlarm = new RetryAlarm(
+    () => this.clock.now(),
+    (g, now) => {
+      if (this.closed || this.state.get(g.subject, g.group) !== g) return false
+      if (g.promoteDue(now) > 0) this.notify(g.subject)
+      return true
+    },
+  )
 
   constructor(options: FileMessageStoreOptions = {}) {
     const { clock, logger, registry, io, ...rest } = options
@@ -123,6 +133,7 @@ export class FileMessageStore implements MessageStore {
     })
     const report = await recoverStore(this)
     this.recoveryReport = report
+    for (const g of this.state.all()) this.retryAlarm.watch(g)
     await this.checkpoint()
     this.mlog.startSyncTimer(o.flushIntervalMs)
     this.every(o.sweepIntervalMs, () => this.sweep())
@@ -154,6 +165,7 @@ export class FileMessageStore implements MessageStore {
     if (this.closed) return
     this.ensureOpen()
     for (const t of this.timers) clearInterval(t)
+    this.retryAlarm.close()
     await this.mlog.idle()
     try {
       await this.checkpoint()
@@ -170,6 +182,7 @@ export class FileMessageStore implements MessageStore {
   abandon(): void {
     this.closed = true
     for (const t of this.timers) clearInterval(t)
+    this.retryAlarm.close()
     this.mlog.abandon()
     this.alog.abandon()
   }
@@ -386,6 +399,7 @@ export class FileMessageStore implements MessageStore {
       this.action(ActionType.NACK, subject, group, consumerId, { seqs, dueAts }),
     )
     if (g.promoteDue(now) > 0) this.notify(subject)
+    this.retryAlarm.watch(g)
     await written.catch(() => undefined)
     return affected
   }

@@ -127,7 +127,11 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
   }),
   retentionCheckIntervalMs: integer({ default: 60_000, min: 10, doc: 'How often retention runs' }),
   checkpointIntervalMs: integer({ default: 30_000, min: 10, doc: 'How often a checkpoint is written' }),
-  sweepIntervalMs: integer({ default: 250, min: 1, doc: 'Lease-expiry and retry-due timer period' }),
+  sweepIntervalMs: integer({
+    default: 250,
+    min: 1,
+    doc: 'Lease-expiry timer period (due retries have their own timer; the sweep is their fallback)',
+  }),
   maxScanPerPull: integer({
     default: 10_000,
     min: 1,
