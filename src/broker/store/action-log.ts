@@ -29,7 +29,8 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *     CURSOR   i64 cursor   (creates the group / broadcast consumer, or an operator reset)
  *     REDRIVE  u32 n, n x (i64 firstSeq, u32 count)   dead letters made deliverable again
  *     MARK     (none) written by a checkpoint: replay starts after it
- *     FORGET   (none) the group is removed with all its state (an operator's `forgetGroup`)
+ *     FORGET   (none) the group is removed with all its state (an operator's `forgetGroup`); with the
+ *              BROADCAST flag only consumerId's broadcast cursor is (it stayed idle past broadcastIdleMs)
  */
 export const ActionType = {
   PULL: 1,

@@ -14,6 +14,7 @@ import { MinHeap } from './min-heap'
  * - `dead`: dead letters of this group: seq -> { delivery count, deadAt }; the message stays where
  *   it is in the message log (no copy).
  * - `broadcast`: for broadcast consumption, one cursor per consumer id; nothing is held.
+ *   `broadcastSeen` is when each last pulled (not persisted: on open every one starts afresh, as leases do).
  */
 export const HELD = 0
 export const RETRY = 1
@@ -59,6 +60,7 @@ export class GroupState {
   readonly dead = new Map<number, { dc: number; deadAt: number }>()
   readonly consumers = new Map<string, ConsumerEntry>()
   readonly broadcast = new Map<string, number>()
+  readonly broadcastSeen = new Map<string, number>()
 
   constructor(subject: string, group: string) {
     this.subject = subject
@@ -136,8 +138,10 @@ export class GroupState {
   apply(a: Action): number {
     switch (a.type) {
       case ActionType.CURSOR:
-        if (a.flags & ACTION_FLAG_BROADCAST) this.broadcast.set(a.consumerId, a.cursor)
-        else {
+        if (a.flags & ACTION_FLAG_BROADCAST) {
+          this.broadcast.set(a.consumerId, a.cursor)
+          this.broadcastSeen.set(a.consumerId, a.time)
+        } else {
           this.cursor = a.cursor
           this.created = true
         }
@@ -145,6 +149,7 @@ export class GroupState {
       case ActionType.PULL: {
         if (a.flags & ACTION_FLAG_BROADCAST) {
           if (a.cursor >= 0) this.broadcast.set(a.consumerId, a.cursor)
+          this.broadcastSeen.set(a.consumerId, a.time)
           return 0
         }
         this.created = true
@@ -336,7 +341,11 @@ export class ConsumerState {
 
   apply(a: Action): number {
     if (a.type === ActionType.MARK) return 0
-    if (a.type === ActionType.FORGET) return this.forget(a.subject, a.group) ? 1 : 0
+    if (a.type === ActionType.FORGET) {
+      if (a.flags & ACTION_FLAG_BROADCAST)
+        return this.forgetBroadcast(a.subject, a.group, a.consumerId) ? 1 : 0
+      return this.forget(a.subject, a.group) ? 1 : 0
+    }
     return this.getOrCreate(a.subject, a.group).apply(a)
   }
 
@@ -345,6 +354,19 @@ export class ConsumerState {
     const m = this.groups.get(subject)
     if (!m?.delete(group)) return false
     if (m.size === 0) this.groups.delete(subject)
+    return true
+  }
+
+  /**
+   * Removes one broadcast consumer's cursor. A group left with nothing (broadcast only, no cursor, nothing
+   * in flight) goes too: with no cursor at all its backlog and retention would count from sequence 0.
+   */
+  private forgetBroadcast(subject: string, group: string, consumerId: string): boolean {
+    const g = this.get(subject, group)
+    if (!g?.broadcast.delete(consumerId)) return false
+    g.broadcastSeen.delete(consumerId)
+    if (!g.created && g.broadcast.size === 0 && g.inflight.size === 0 && g.dead.size === 0)
+      this.forget(subject, group)
     return true
   }
 

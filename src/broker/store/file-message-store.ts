@@ -71,6 +71,7 @@ export class FileMessageStore implements MessageStore {
   /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
   private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
+  private nextBroadcastPrune = 0
   /** Wakes nacked messages when their redelivery time comes (between sweeps). */
   private readonly retryAlarm = new RetryAlarm(
     () => this.clock.now(),
@@ -133,7 +134,11 @@ export class FileMessageStore implements MessageStore {
     })
     const report = await recoverStore(this)
     this.recoveryReport = report
-    for (const g of this.state.all()) this.retryAlarm.watch(g)
+    const openedAt = this.clock.now()
+    for (const g of this.state.all()) {
+      this.retryAlarm.watch(g)
+      for (const id of g.broadcast.keys()) g.broadcastSeen.set(id, openedAt)
+    }
     await this.checkpoint()
     this.mlog.startSyncTimer(o.flushIntervalMs)
     this.every(o.sweepIntervalMs, () => this.sweep())
@@ -418,6 +423,29 @@ export class FileMessageStore implements MessageStore {
     const now = this.clock.now()
     for (const g of this.state.all()) this.sweepGroup(g, now)
     this.dedupe.expire(now)
+    const idle = this.options.broadcastIdleMs
+    if (idle > 0 && now >= this.nextBroadcastPrune) {
+      this.nextBroadcastPrune = now + Math.min(idle, 60_000)
+      this.forgetIdleBroadcast(now - idle)
+    }
+  }
+
+  /**
+   * Broadcast cursors of instances that stopped pulling before `before` (usually gone for good: a pod
+   * replaced under a new name) are forgotten, or the group's backlog and retention would count from them
+   * forever. An instance that comes back later starts again at the group's start position.
+   */
+  private forgetIdleBroadcast(before: number): void {
+    for (const g of [...this.state.all()]) {
+      for (const [id, seen] of [...g.broadcastSeen]) {
+        if (seen >= before) continue
+        this.record(this.action(ActionType.FORGET, g.subject, g.group, id, { flags: ACTION_FLAG_BROADCAST }))
+        this.log.info(
+          { subject: g.subject, group: g.group, consumerId: id, idleMs: this.options.broadcastIdleMs },
+          'idle broadcast consumer forgotten',
+        )
+      }
+    }
   }
 
   sweepGroup(g: GroupState, now: number): void {

@@ -35,6 +35,7 @@ export interface MessageStoreOptions {
   retentionCheckIntervalMs: number
   checkpointIntervalMs: number
   sweepIntervalMs: number
+  broadcastIdleMs: number
   maxScanPerPull: number
 }
 
@@ -131,6 +132,11 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
     default: 250,
     min: 1,
     doc: 'Lease-expiry timer period (due retries have their own timer; the sweep is their fallback)',
+  }),
+  broadcastIdleMs: integer({
+    default: 7 * 24 * 3_600_000,
+    min: 0,
+    doc: "A broadcast consumer's cursor is forgotten after this long without a pull (0 = never)",
   }),
   maxScanPerPull: integer({
     default: 10_000,

@@ -25,6 +25,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
   const out = await store.withLock(g, async () => {
     const now = store.clock.now()
     if (o.broadcast) {
+      g.broadcastSeen.set(o.consumerId, now)
       let cursor = g.broadcast.get(o.consumerId)
       if (cursor === undefined) {
         cursor = await store.startCursor(o.subject, o.start, o.startTime)
