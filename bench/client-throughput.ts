@@ -3,7 +3,7 @@
  *
  *   node --import tsx bench/client-throughput.ts [--messages 300000] [--body-bytes 1024] [--fake]
  *     [--window 10000] [--batch-size N] [--linger-ms N] [--pull-batch-size 1000] [--prefetch 4000]
- *     [--rounds 3] [--produce-only] [--no-tuned] [--quick]
+ *     [--rounds 3] [--produce-only] [--no-tuned] [--quick] [--metrics]
  *
  * Options are the SDK defaults except where docs/client.md ("Tuning for throughput") recommends
  * otherwise for a high-volume subject: the consumer pulls 1000 messages at a time with a prefetch of
@@ -16,7 +16,8 @@
  * process with the young-generation size docs/client.md recommends for high-volume clients
  * (TUNED_NODE_FLAGS; metrics named "... (node <flags>)"); `--no-tuned` skips that. The produce phase
  * runs `--rounds` times on one producer; the median round is reported, with the slowest and fastest.
- * The consume phase then reads everything produced. Prints JSON lines:
+ * The consume phase then reads everything produced. `--metrics` gives both providers a prom-client
+ * Registry (docs/client.md, Metrics), to measure what the client's metrics cost. Prints JSON lines:
  *   { "bench": "client-produce", "metric": "throughput", "value": n, "unit": "msgs/s" }
  *   { "bench": "client-produce", "metric": "client-cpu-per-msg", "value": n, "unit": "us" }
  *   { "bench": "client-produce", "metric": "broker-cpu-per-msg", "value": n, "unit": "us" } (its process)
@@ -27,6 +28,7 @@ import { fork, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Registry } from 'prom-client'
 import { Broker } from '../src/broker/broker'
 import { MessageConsumerProvider, MessageProducerProvider } from '../src/client'
 import { silentLogger } from '../src/common/logger'
@@ -122,6 +124,7 @@ const producerOptions: { maxQueueSize: number; batchSize?: number; lingerMs?: nu
   maxQueueSize: arg('window', 10_000),
 }
 const consumerOptions = { pullBatchSize: arg('pull-batch-size', 1_000), prefetch: arg('prefetch', 4_000) }
+const extras = process.argv.includes('--metrics') ? { registry: new Registry() } : {}
 if (process.argv.includes('--batch-size')) producerOptions.batchSize = arg('batch-size', 100)
 if (process.argv.includes('--linger-ms')) producerOptions.lingerMs = arg('linger-ms', 1)
 
@@ -146,6 +149,7 @@ async function main(): Promise<void> {
       appCode: 'bench',
       metaServer: metaUrl,
       ...consumerOptions,
+      ...extras,
     })
     const pc = consumer.getOrCreatePullConsumer(subject, 'bench-warm', { startFrom: 'earliest' })
     await pc.pull(1, 0).catch(() => [])
@@ -155,6 +159,7 @@ async function main(): Promise<void> {
       appCode: 'bench',
       metaServer: metaUrl,
       ...producerOptions,
+      ...extras,
     })
     await producer.init()
     const body = Buffer.alloc(bodyBytes, 0x61)

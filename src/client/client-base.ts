@@ -1,4 +1,15 @@
+import type { Registry } from 'prom-client'
 import { type Logger, silentLogger } from '../common/logger'
+
+/** What the providers take besides their options. */
+export interface ClientExtras {
+  logger?: Logger
+  /**
+   * A prom-client Registry (e.g. prom-client's default `register`) to put the client's metrics on:
+   * `qmq_client_*` (docs/client.md). Without one the client keeps no metrics.
+   */
+  registry?: Registry
+}
 
 /**
  * What MessageProducerProvider and MessageConsumerProvider share before init(): the options as given
@@ -8,11 +19,14 @@ export abstract class ClientBase {
   /** Options as given; init() validates them. */
   protected readonly input: Record<string, unknown>
   protected readonly log: Logger
+  /** Where the client's metrics go (metrics.ts); none without one. */
+  protected readonly registry: Registry | undefined
 
-  protected constructor(options: { logger?: Logger } & object, component: string) {
-    const { logger, ...rest } = options
+  protected constructor(options: ClientExtras & object, component: string) {
+    const { logger, registry, ...rest } = options
     this.input = { ...rest }
     this.log = (logger ?? silentLogger).child({ component })
+    this.registry = registry
   }
 
   /** QMQ setter; call before init(). */

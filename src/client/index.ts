@@ -30,6 +30,7 @@ export { ConsumedMessage, type NackOptions } from './consumer/consumed-message'
 export { PullConsumer, type PullConsumerOptions } from './consumer/pull-consumer'
 
 // Shared
+export type { ClientExtras } from './client-base'
 export type { CommonClientOptions } from './options'
 export { type ErrorCode, isQmqError, QmqError } from '../common/errors'
 export { createLogger, type Logger, type LogLevel } from '../common/logger'

@@ -1,6 +1,5 @@
 import { integer, type OptionsSchema, optionalString, resolveOptions } from '../../common/config'
 import { QmqError } from '../../common/errors'
-import type { Logger } from '../../common/logger'
 import { validateConsumerId } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodeHeartbeatRequest } from '../../common/protocol/commands'
@@ -21,7 +20,7 @@ import {
 } from './decorators'
 import { PullConsumer, type PullConsumerOptions } from './pull-consumer'
 import { type ConsumerContext, Subscription, type SubscriptionSpec } from './subscription'
-import { ClientBase } from '../client-base'
+import { ClientBase, type ClientExtras } from '../client-base'
 
 export interface ConsumerOptions extends CommonClientOptions {
   /** Id of this consumer in its groups (default: clientId, i.e. `hostname@pid@random`). */
@@ -66,7 +65,7 @@ export const consumerSchema: OptionsSchema<ConsumerOptions> = {
   closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'ack flush bound on close (ms)' }),
 }
 
-export type ConsumerInit = Partial<ConsumerOptions> & { logger?: Logger }
+export type ConsumerInit = Partial<ConsumerOptions> & ClientExtras
 
 /**
  * QMQ's MessageConsumerProvider: register decorated instances (or add listeners), start(), close().
@@ -248,6 +247,7 @@ export class MessageConsumerProvider extends ClientBase {
       requestTimeoutMs: opts.requestTimeoutMs,
       ackBatchSize: opts.ackBatchSize,
       log: this.log,
+      registry: this.registry,
     }
     return opts
   }

@@ -3,6 +3,7 @@ import type { RouteGroup } from '../../common/meta/types'
 import { validateGroup, validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
+import { SubscriptionMetrics } from '../metrics'
 import { sleep } from '../retry'
 import { AckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
@@ -35,6 +36,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private readonly wireConsumerId: string
   private arrivals: (() => void)[] = []
   private closed = false
+  private readonly metrics: SubscriptionMetrics | undefined
 
   /** @internal use provider.getOrCreatePullConsumer() */
   constructor(
@@ -46,6 +48,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     validateSubject(subject)
     validateGroup(group)
     this.wireConsumerId = options.isBroadcast ? ctx.instanceName : ctx.consumerId
+    if (ctx.registry !== undefined) this.metrics = new SubscriptionMetrics(ctx.registry, subject, group)
   }
 
   /**
@@ -152,13 +155,15 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       .then(
         (frame) => {
           const acks = this.acksFor(g)
-          readPullAnswer(frame.body, (sequence, deliveryCount, header, bytes) => {
+          const n = readPullAnswer(frame.body, (sequence, deliveryCount, header, bytes) => {
             this.buffered.push(
               new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, g.name, this.group),
             )
           })
+          this.metrics?.pulled(n)
         },
         (err: unknown) => {
+          this.metrics?.pullFailed()
           this.ctx.log.debug({ brokerGroup: g.name, err: toQmqError(err).message }, 'pull failed')
         },
       )

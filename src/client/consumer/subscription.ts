@@ -1,9 +1,11 @@
 import { toQmqError } from '../../common/errors'
+import type { Registry } from 'prom-client'
 import type { Logger } from '../../common/logger'
 import type { RouteGroup } from '../../common/meta/types'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
 import type { ClientRuntime } from '../options'
+import { type ConsumeResult, SubscriptionMetrics } from '../metrics'
 import { Backoff, sleep } from '../retry'
 import { AckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
@@ -34,6 +36,8 @@ export interface ConsumerContext {
   requestTimeoutMs: number
   ackBatchSize: number
   log: Logger
+  /** Where subscriptions and pull consumers put their metrics (metrics.ts), if anywhere. */
+  registry: Registry | undefined
 }
 
 export interface SubscriptionSpec {
@@ -79,6 +83,7 @@ export class Subscription {
   readonly log: Logger
   readonly wireConsumerId: string
   private readonly minPull: number
+  readonly metrics: SubscriptionMetrics | undefined
 
   constructor(
     readonly spec: SubscriptionSpec,
@@ -87,6 +92,14 @@ export class Subscription {
     this.log = ctx.log.child({ subject: spec.subject, consumerGroup: spec.group })
     this.wireConsumerId = spec.broadcast ? ctx.instanceName : ctx.consumerId
     this.minPull = Math.max(1, Math.floor(Math.min(ctx.pullBatchSize, spec.prefetch / PULLS_IN_FLIGHT) / 2))
+    if (ctx.registry !== undefined) {
+      this.metrics = new SubscriptionMetrics(
+        ctx.registry,
+        spec.subject,
+        spec.group,
+        () => this.buffer.length - this.head + this.running,
+      )
+    }
   }
 
   get stopping(): boolean {
@@ -194,17 +207,22 @@ export class Subscription {
       const m = new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, group.name, consumerGroup)
       if (atMostOnce) {
         m.markSettled()
-        if (deliveryCount > 1) return
+        if (deliveryCount > 1) {
+          this.metrics?.consumed('dropped', undefined)
+          return
+        }
       } else if (deliveryCount > maxRetries) {
         this.log.warn(
           { messageId: m.getMessageId(), deliveryCount },
           'message exceeded maxRetries; dead-lettered without running the handler',
         )
         void m.nack({ deadLetter: true })
+        this.metrics?.consumed('dead_letter', undefined)
         return
       }
       this.buffer.push(m)
     })
+    this.metrics?.pulled(n)
     if (n > 0) this.pump()
   }
 
@@ -239,27 +257,31 @@ export class Subscription {
 
   private run(m: ConsumedMessage): void {
     this.running++
+    const started = this.metrics !== undefined ? performance.now() : 0
     let r: unknown
     try {
       r = this.spec.handler(m)
     } catch (err) {
-      this.finish(m, err, true)
+      this.finish(m, err, true, started)
       return
     }
     if (r !== null && typeof r === 'object' && typeof (r as PromiseLike<unknown>).then === 'function') {
       ;(r as PromiseLike<unknown>).then(
-        () => this.finish(m, undefined, false),
-        (err: unknown) => this.finish(m, err, true),
+        () => this.finish(m, undefined, false, started),
+        (err: unknown) => this.finish(m, err, true, started),
       )
-    } else this.finish(m, undefined, false)
+    } else this.finish(m, undefined, false, started)
   }
 
-  private finish(m: ConsumedMessage, err: unknown, failed: boolean): void {
+  /** `started`: performance.now() when the handler was called (only with metrics). */
+  private finish(m: ConsumedMessage, err: unknown, failed: boolean, started: number): void {
     this.running--
+    let result: ConsumeResult = 'ack'
     if (!m.isSettled()) {
       if (!failed) void m.ack()
       else {
         const dead = isNonRetriable(err) || m.getDeliveryCount() >= this.spec.maxRetries
+        result = dead ? 'dead_letter' : 'retry'
         this.log.warn(
           {
             messageId: m.getMessageId(),
@@ -271,12 +293,17 @@ export class Subscription {
         )
         void m.nack({ deadLetter: dead })
       }
-    } else if (failed && this.spec.consumeMostOnce) {
-      this.log.warn(
-        { messageId: m.getMessageId(), err: String(err) },
-        'handler failed (consumeMostOnce: dropped)',
-      )
+    } else if (failed) {
+      // Settled already (by the broker on delivery with consumeMostOnce, or by the handler itself).
+      result = 'dropped'
+      if (this.spec.consumeMostOnce) {
+        this.log.warn(
+          { messageId: m.getMessageId(), err: String(err) },
+          'handler failed (consumeMostOnce: dropped)',
+        )
+      }
     }
+    this.metrics?.consumed(result, (performance.now() - started) / 1000)
     this.pump()
     this.wakeRoom()
     if (this.running === 0 && this.head >= this.buffer.length && this.idleWaiters.length > 0) {
@@ -300,6 +327,7 @@ export class Subscription {
     }
     await Promise.all([...this.acks.values()].map((a) => a.flush(deadline)))
     for (const a of this.acks.values()) a.close()
+    this.metrics?.close()
   }
 }
 
@@ -372,6 +400,7 @@ export class PullLoop {
           this.firstPullDone()
         }
         if (sub.stopping) break
+        sub.metrics?.pullFailed()
         const err = toQmqError(e)
         const wait = backoff.next()
         sub.log.debug({ brokerGroup: this.group.name, err: err.message, retryInMs: wait }, 'pull failed')

@@ -1,6 +1,5 @@
 import { integer, type OptionsSchema, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
-import type { Logger } from '../../common/logger'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
@@ -18,7 +17,8 @@ import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch } from './batch'
 import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
-import { ClientBase } from '../client-base'
+import { ClientBase, type ClientExtras } from '../client-base'
+import { ProducerMetrics } from '../metrics'
 
 /**
  * The producer: QMQ's MessageProducerProvider.
@@ -113,7 +113,7 @@ interface Lane {
   flush: () => void
 }
 
-export type ProducerInit = Partial<ProducerOptions> & { logger?: Logger }
+export type ProducerInit = Partial<ProducerOptions> & ClientExtras
 
 export class MessageProducerProvider extends ClientBase {
   private opts: Readonly<ProducerOptions> | undefined
@@ -135,6 +135,7 @@ export class MessageProducerProvider extends ClientBase {
   private idleWaiters: (() => void)[] = []
   private closing = false
   private closePromise: Promise<void> | undefined
+  private metrics: ProducerMetrics | undefined
 
   constructor(options: ProducerInit = {}) {
     super(options, 'qmq-producer')
@@ -148,6 +149,12 @@ export class MessageProducerProvider extends ClientBase {
     requireMetaServer('producer', opts)
     this.opts = opts
     this.rt = createRuntime(opts, this.log)
+    if (this.registry !== undefined) {
+      this.metrics = new ProducerMetrics(this.registry, {
+        queueSize: () => this.unsettled,
+        openCircuits: () => [...this.breakers].filter(([, b]) => b.state === 'open').map(([g]) => g),
+      })
+    }
   }
 
   /** The id this producer reports (its clientId). */
@@ -205,6 +212,7 @@ export class MessageProducerProvider extends ClientBase {
       await this.flush()
       await closeRuntime(this.rt)
       this.buffers.clear()
+      this.metrics?.close()
     })()
     return this.closePromise
   }
@@ -287,6 +295,7 @@ export class MessageProducerProvider extends ClientBase {
     message: Message,
     listener: MessageSendStateListener | undefined,
   ): Promise<SendResult> {
+    this.metrics?.failed(message instanceof Message ? message.getSubject() : '', err.code)
     const p = Promise.reject(err)
     if (listener !== undefined) {
       p.catch(ignore)
@@ -326,6 +335,7 @@ export class MessageProducerProvider extends ClientBase {
 
   private fail(p: Pending, e: QmqError): void {
     this.unsettled--
+    this.metrics?.failed(p.subject, e.code)
     p.fail(e, this.log)
   }
 
@@ -437,9 +447,14 @@ export class MessageProducerProvider extends ClientBase {
     const minDeadline = batch.reduce((m, p) => Math.min(m, p.deadline), Number.POSITIVE_INFINITY)
     const timeoutMs = Math.max(1, Math.min(opts.requestTimeoutMs, minDeadline - Date.now()))
     let results: { status: number; message: string }[] | undefined
+    const metrics = this.metrics
+    const started = metrics !== undefined ? performance.now() : 0
+    let answered = false
     try {
       const conn = rt.pool.get(group.address)
       const frame = await conn.request(RequestCode.SEND, body, { timeoutMs })
+      answered = true
+      metrics?.request(group.name, true, (performance.now() - started) / 1000)
       // Common case: every record stored; read the statuses without building a result per record.
       if (!allStored(frame.body, batch.length)) results = decodeSendResponse(frame.body)
       if (results !== undefined && results.length !== batch.length) {
@@ -450,6 +465,8 @@ export class MessageProducerProvider extends ClientBase {
       }
     } catch (e) {
       const err = toQmqError(e)
+      if (metrics !== undefined && !answered)
+        metrics.request(group.name, false, (performance.now() - started) / 1000)
       if (err.retriable) breaker.onFailure()
       else breaker.onSuccess() // the group answered; the request itself was wrong
       this.log.debug({ group: group.name, err: err.message, n: batch.length }, 'send failed')
@@ -466,16 +483,19 @@ export class MessageProducerProvider extends ClientBase {
         const p = batch[i] as Pending
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
       }
+      metrics?.sent(lane.subject, batch.length)
       this.wakeIdle()
       return
     }
     const retry: Pending[] = []
     let retryErr: QmqError | undefined
+    let stored = 0
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
       const r = results[i] as { status: number; message: string }
       if (r.status === 0) {
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
+        stored++
         continue
       }
       const err = QmqError.fromStatus(r.status, r.message)
@@ -486,6 +506,7 @@ export class MessageProducerProvider extends ClientBase {
         this.fail(p, this.finalError(p, err))
       }
     }
+    metrics?.sent(lane.subject, stored)
     this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
@@ -521,6 +542,7 @@ export class MessageProducerProvider extends ClientBase {
     }
     this.wakeIdle()
     if (again.length === 0) return
+    this.metrics?.retried(lane.subject, again.length)
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)
