@@ -254,7 +254,12 @@ export class MessageConsumerProvider extends ClientBase {
 
   private async startSubscription(spec: SubscriptionSpec): Promise<void> {
     const sub = new Subscription(spec, this.ctx as ConsumerContext)
-    await sub.start()
+    try {
+      await sub.start()
+    } catch (err) {
+      sub.metrics?.close() // it never ran: nothing else of it to stop
+      throw err
+    }
     this.subscriptions.push(sub)
   }
 
