@@ -439,6 +439,10 @@ export class FileMessageStore implements MessageStore {
     for (const g of [...this.state.all()]) {
       for (const [id, seen] of [...g.broadcastSeen]) {
         if (seen >= before) continue
+        if (!g.broadcast.has(id)) {
+          g.broadcastSeen.delete(id) // stamped by a pull that never got as far as a cursor
+          continue
+        }
         this.record(this.action(ActionType.FORGET, g.subject, g.group, id, { flags: ACTION_FLAG_BROADCAST }))
         this.log.info(
           { subject: g.subject, group: g.group, consumerId: id, idleMs: this.options.broadcastIdleMs },
