@@ -70,6 +70,15 @@ t.test('client metrics - producer and consumer count what they do on the registr
   )
   t.equal(await sample(registry, 'qmq_client_consumer_held_messages', billing), 0)
 
+  // Delayed messages of any subject share one batch lane: each is still counted under its own subject.
+  await Promise.all(
+    ['later-a', 'later-b', 'later-b'].map((subject) =>
+      producer.sendMessage(producer.generateMessage(subject).setDelayTime(new Date(Date.now() + 60_000))),
+    ),
+  )
+  t.equal(await sample(registry, 'qmq_client_sent_messages_total', { subject: 'later-a' }), 1)
+  t.equal(await sample(registry, 'qmq_client_sent_messages_total', { subject: 'later-b' }), 2)
+
   // A second provider on the same registry shares its metrics rather than failing to register them.
   const other = new MessageProducerProvider({ appCode: 'p2', metaServer: cluster.meta.url, registry })
   await other.init()

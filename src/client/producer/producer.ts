@@ -483,19 +483,18 @@ export class MessageProducerProvider extends ClientBase {
         const p = batch[i] as Pending
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
       }
-      metrics?.sent(lane.subject, batch.length)
+      if (metrics !== undefined) this.countSent(metrics, lane, batch)
       this.wakeIdle()
       return
     }
     const retry: Pending[] = []
     let retryErr: QmqError | undefined
-    let stored = 0
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
       const r = results[i] as { status: number; message: string }
       if (r.status === 0) {
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
-        stored++
+        metrics?.sent(p.subject, 1)
         continue
       }
       const err = QmqError.fromStatus(r.status, r.message)
@@ -506,12 +505,17 @@ export class MessageProducerProvider extends ClientBase {
         this.fail(p, this.finalError(p, err))
       }
     }
-    metrics?.sent(lane.subject, stored)
     this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
       this.retryOrFail(lane, retry, undefined, retryErr as QmqError, tried)
     }
+  }
+
+  /** A real-time lane's batch is all of its subject; the one delay lane mixes subjects. */
+  private countSent(metrics: ProducerMetrics, lane: Lane, batch: Pending[]): void {
+    if (lane.kind === 'producer') metrics.sent(lane.subject, batch.length)
+    else for (const p of batch) metrics.sent(p.subject, 1)
   }
 
   private finalError(p: Pending, err: QmqError): QmqError {
@@ -542,7 +546,7 @@ export class MessageProducerProvider extends ClientBase {
     }
     this.wakeIdle()
     if (again.length === 0) return
-    this.metrics?.retried(lane.subject, again.length)
+    if (this.metrics !== undefined) for (const p of again) this.metrics.retried(p.subject, 1)
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)
