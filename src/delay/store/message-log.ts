@@ -4,6 +4,7 @@ import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { DEFAULT_MAX_MESSAGE_BYTES, verifyRecord } from '../../common/record'
 import { writevFullySync } from './buffered-file'
+import { FileWindow } from './file-window'
 
 /**
  * The delay server's message log: every accepted delayed message, in arrival order, in segment files
@@ -128,40 +129,20 @@ export class MessageLog {
     if (size === 0) return 0
     const fd = fs.openSync(file, 'r')
     try {
-      const chunk = 8 * 1024 * 1024
-      let buf = Buffer.allocUnsafe(Math.max(chunk, this.maxMessageBytes * 2))
-      let bufStart = 0 // file position of buf[0]
-      let bufLen = 0
+      const win = new FileWindow(fd, 0, size, Math.max(8 * 1024 * 1024, this.maxMessageBytes * 2))
       let pos = 0 // file position of the next record
       for (;;) {
         if (pos >= size) return size
-        // Make sure the record at pos is in the buffer (its length first, then all of it).
-        const need = (n: number): boolean => {
-          if (pos + n > size) return false
-          if (pos + n <= bufStart + bufLen) return true
-          const keep = bufStart + bufLen - pos
-          if (n > buf.length) {
-            const bigger = Buffer.allocUnsafe(n)
-            buf.copy(bigger, 0, pos - bufStart, pos - bufStart + keep)
-            buf = bigger
-          } else buf.copy(buf, 0, pos - bufStart, pos - bufStart + keep)
-          bufStart = pos
-          bufLen = keep
-          const want = Math.min(buf.length - bufLen, size - (bufStart + bufLen))
-          bufLen += fs.readSync(fd, buf, bufLen, want, bufStart + bufLen)
-          return pos + n <= bufStart + bufLen
-        }
-        if (!need(4)) return pos
-        const length = buf.readUInt32BE(pos - bufStart)
-        if (length > this.maxMessageBytes || !need(Math.max(length, 4))) return pos
+        if (!win.ensure(pos, 4)) return pos
+        const length = win.buf.readUInt32BE(win.at(pos))
+        if (length > this.maxMessageBytes || !win.ensure(pos, Math.max(length, 4))) return pos
+        const at = win.at(pos)
         try {
-          verifyRecord(buf, pos - bufStart, pos - bufStart + length, {
-            maxMessageBytes: this.maxMessageBytes,
-          })
+          verifyRecord(win.buf, at, at + length, { maxMessageBytes: this.maxMessageBytes })
         } catch {
           return pos
         }
-        if (base + pos >= from) onRecord(buf.subarray(pos - bufStart, pos - bufStart + length), base + pos)
+        if (base + pos >= from) onRecord(win.buf.subarray(at, at + length), base + pos)
         pos += length
       }
     } finally {

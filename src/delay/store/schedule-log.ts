@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import { crc32c, crc32cRange } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import { BufferedFile } from './buffered-file'
+import { FileWindow } from './file-window'
 
 /**
  * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
@@ -149,38 +150,25 @@ export class ScheduleLog {
     this.out.flush()
     const end = Math.min(to, this.out.flushed)
     const fd = this.out.open()
-    let buf = Buffer.allocUnsafe(SCAN_CHUNK_BYTES)
-    let bufStart = from
-    let bufLen = 0
+    const win = new FileWindow(fd, from, end, SCAN_CHUNK_BYTES)
     let pos = from
     let count = 0
     let maxMsgOffset = -1
+    let refills = 0
     for (;;) {
       if (pos >= end) break
-      const avail = bufStart + bufLen - pos
-      const need =
-        avail >= 4 ? Math.max(buf.readUInt32BE(pos - bufStart), FRAME_HEADER_BYTES) : FRAME_HEADER_BYTES
+      if (!win.ensure(pos, FRAME_HEADER_BYTES)) break // torn: the header runs past the end
+      const need = Math.max(win.buf.readUInt32BE(win.at(pos)), FRAME_HEADER_BYTES)
       if (need > FRAME_HEADER_BYTES + this.maxMessageBytes) break // a lying length: corrupt
-      if (need > avail) {
-        if (pos + need > end) break // torn: the frame runs past the end of the file
-        // Refill: keep the partial frame, grow the buffer when the frame is larger than it.
-        if (need > buf.length) {
-          const bigger = Buffer.allocUnsafe(need)
-          buf.copy(bigger, 0, pos - bufStart, pos - bufStart + avail)
-          buf = bigger
-        } else buf.copy(buf, 0, pos - bufStart, pos - bufStart + avail)
-        bufStart = pos
-        bufLen = avail
-        const want = Math.min(buf.length - bufLen, end - (bufStart + bufLen))
-        const n = want > 0 ? fs.readSync(fd, buf, bufLen, want, bufStart + bufLen) : 0
-        if (n === 0) break
-        bufLen += n
-        if (yieldEvery) await new Promise((r) => setImmediate(r))
-        continue
+      if (!win.ensure(pos, need)) break // torn: the frame runs past the end of the file
+      if (yieldEvery && win.refills !== refills) {
+        refills = win.refills
+        await new Promise((r) => setImmediate(r))
       }
-      const ok = checkFrame(buf, pos - bufStart, bufLen, this.maxMessageBytes)
+      const buf = win.buf
+      const at = win.at(pos)
+      const ok = checkFrame(buf, at, win.bufLen, this.maxMessageBytes)
       if (ok < 0) break
-      const at = pos - bufStart
       const msgOffset = buf.readUInt32BE(at + 8) * 0x1_0000_0000 + buf.readUInt32BE(at + 12)
       if (msgOffset > maxMsgOffset) maxMsgOffset = msgOffset
       onFrame({ offset: pos, length: ok, msgOffset, frame: buf.subarray(at, at + ok) })
