@@ -274,6 +274,15 @@ t.test('consumer - heartbeats to brokers and registration with the metaserver', 
   t.same(cluster.a.heartbeats[0]?.subjects, ['hb'])
 })
 
+t.test('consumer - a pull consumer keeps its leases with heartbeats too', async (t) => {
+  const { cluster, consumer } = await setup(t, { heartbeatIntervalMs: 100 })
+  const pc = consumer.getOrCreatePullConsumer('held', 'g')
+  await pc.pull(10, 0) // learns its broker groups
+  const heard = (b: typeof cluster.a) => b.heartbeats.some((h) => h.subjects.includes('held'))
+  await until(() => heard(cluster.a) && heard(cluster.b))
+  t.pass('both broker groups hear about the pull consumer')
+})
+
 t.test('consumer - decorator checks its options when the class is defined', async (t) => {
   t.throws(() => QmqConsumer({ subject: 'bad subject', consumerGroup: 'g' }), {
     code: 'QMQ_ERR_SUBJECT_INVALID',

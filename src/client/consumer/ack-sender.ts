@@ -4,6 +4,7 @@ import { RequestCode } from '../../common/protocol/codes'
 import { encodeAckRequest, encodeNackRequest } from '../../common/protocol/commands'
 import { Backoff, sleep } from '../retry'
 import type { Connection } from '../transport/connection'
+import type { ConsumerContext } from './subscription'
 
 /**
  * Sends the acks and nacks of one (broker group, subject, consumer group, consumer) in batches.
@@ -42,6 +43,18 @@ function newBatch(): Batch {
   })
   promise.catch(() => {})
   return { sequences: [], promise, resolve, reject, attempts: 0 }
+}
+
+/**
+ * The ack sender of one broker group for a subscription or pull consumer. `address()` is asked on
+ * every request, so acks follow a broker group whose address changed in the route.
+ */
+export function newAckSender(ctx: ConsumerContext, head: AckHead, address: () => string): AckSender {
+  return new AckSender(() => ctx.rt.pool.get(address()), head, {
+    maxBatch: ctx.ackBatchSize,
+    requestTimeoutMs: ctx.requestTimeoutMs,
+    log: ctx.log,
+  })
 }
 
 /** Batch kind: 'ack', or a nack kind `nack:<deadLetter 0|1>:<retryAfterMs>`. */

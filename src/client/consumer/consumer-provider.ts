@@ -272,20 +272,38 @@ export class MessageConsumerProvider extends ClientBase {
     if (this.metaHeartbeatTimer === undefined) this.scheduleMetaHeartbeat(0)
   }
 
-  /** HEARTBEAT to every broker a subscription pulls from, listing what this consumer holds there. */
+  /**
+   * HEARTBEAT to every broker a subscription or pull consumer pulls from, listing what this consumer
+   * holds there (at-most-once subscriptions hold nothing).
+   */
   private brokerHeartbeats(): void {
     const rt = this.rt as ClientRuntime
     const ctx = this.ctx as ConsumerContext
+    const holders = [
+      ...this.subscriptions
+        .filter((s) => !s.spec.consumeMostOnce)
+        .map((s) => ({
+          subject: s.spec.subject,
+          group: s.spec.group,
+          broadcast: s.spec.broadcast,
+          on: s.brokerGroups,
+        })),
+      ...[...this.pullConsumers.values()].map((p) => ({
+        subject: p.subject,
+        group: p.group,
+        broadcast: p.broadcast,
+        on: p.brokerGroups,
+      })),
+    ]
     const byAddress = new Map<string, { subject: string; group: string; broadcast: boolean }[]>()
-    for (const s of this.subscriptions) {
-      if (s.spec.consumeMostOnce) continue
-      for (const g of s.brokerGroups) {
+    for (const { on, ...sub } of holders) {
+      for (const g of on) {
         let list = byAddress.get(g.address)
         if (list === undefined) {
           list = []
           byAddress.set(g.address, list)
         }
-        list.push({ subject: s.spec.subject, group: s.spec.group, broadcast: s.spec.broadcast })
+        list.push(sub)
       }
     }
     for (const [address, subscriptions] of byAddress) {

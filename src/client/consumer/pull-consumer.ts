@@ -5,7 +5,7 @@ import { RequestCode } from '../../common/protocol/codes'
 import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
 import { SubscriptionMetrics } from '../metrics'
 import { sleep } from '../retry'
-import { AckSender } from './ack-sender'
+import { type AckSender, newAckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
 import { readPullAnswer } from './pull-decode'
 import { type ConsumerContext, PULL_MAX_BYTES } from './subscription'
@@ -36,6 +36,8 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private readonly wireConsumerId: string
   private arrivals: (() => void)[] = []
   private closed = false
+  /** Broker groups pulled from, as the route last named them (heartbeats and acks go there). */
+  private readonly groups = new Map<string, RouteGroup>()
   private readonly metrics: SubscriptionMetrics | undefined
 
   /** @internal use provider.getOrCreatePullConsumer() */
@@ -47,8 +49,17 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   ) {
     validateSubject(subject)
     validateGroup(group)
-    this.wireConsumerId = options.isBroadcast ? ctx.instanceName : ctx.consumerId
+    this.wireConsumerId = this.broadcast ? ctx.instanceName : ctx.consumerId
     if (ctx.registry !== undefined) this.metrics = new SubscriptionMetrics(ctx.registry, subject, group)
+  }
+
+  get broadcast(): boolean {
+    return this.options.isBroadcast === true
+  }
+
+  /** Broker groups this consumer has pulled from (what its heartbeats keep leases on). */
+  get brokerGroups(): RouteGroup[] {
+    return [...this.groups.values()]
   }
 
   /**
@@ -65,6 +76,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     }
     if (this.buffered.length > 0) return this.buffered.splice(0, max)
     const groups = await this.ctx.rt.routes.get('consumer', this.subject, this.group)
+    for (const g of groups) this.groups.set(g.name, g)
     const deadline = Date.now() + timeoutMs
     for (const g of groups) {
       if (!this.inFlight.has(g.name)) this.startPull(g, max, timeoutMs)
@@ -119,15 +131,15 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private acksFor(g: RouteGroup): AckSender {
     let a = this.acks.get(g.name)
     if (a === undefined) {
-      a = new AckSender(
-        () => this.ctx.rt.pool.get(g.address),
+      a = newAckSender(
+        this.ctx,
         {
           subject: this.subject,
           group: this.group,
           consumerId: this.wireConsumerId,
-          broadcast: !!this.options.isBroadcast,
+          broadcast: this.broadcast,
         },
-        { maxBatch: this.ctx.ackBatchSize, requestTimeoutMs: this.ctx.requestTimeoutMs, log: this.ctx.log },
+        () => (this.groups.get(g.name) ?? g).address,
       )
       this.acks.set(g.name, a)
     }
@@ -142,7 +154,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       maxMessages: max,
       maxBytes: PULL_MAX_BYTES,
       timeoutMs: Math.round(timeoutMs),
-      broadcast: !!this.options.isBroadcast,
+      broadcast: this.broadcast,
       atMostOnce: false,
       tagsAll: this.options.tagType === 'all',
       start: this.options.startFrom === 'earliest' ? StartPosition.EARLIEST : StartPosition.LATEST,

@@ -7,7 +7,7 @@ import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../commo
 import type { ClientRuntime } from '../options'
 import { type ConsumeResult, SubscriptionMetrics } from '../metrics'
 import { Backoff, sleep } from '../retry'
-import { AckSender } from './ack-sender'
+import { type AckSender, newAckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
 import { isNonRetriable, type MessageHandler } from './decorators'
 import { readPullAnswer } from './pull-decode'
@@ -142,15 +142,15 @@ export class Subscription {
   acksFor(group: RouteGroup): AckSender {
     let a = this.acks.get(group.name)
     if (a === undefined) {
-      a = new AckSender(
-        () => this.ctx.rt.pool.get((this.loops.get(group.name)?.group ?? group).address),
+      a = newAckSender(
+        this.ctx,
         {
           subject: this.spec.subject,
           group: this.spec.group,
           consumerId: this.wireConsumerId,
           broadcast: this.spec.broadcast,
         },
-        { maxBatch: this.ctx.ackBatchSize, requestTimeoutMs: this.ctx.requestTimeoutMs, log: this.log },
+        () => (this.loops.get(group.name)?.group ?? group).address,
       )
       this.acks.set(group.name, a)
     }
