@@ -67,6 +67,14 @@ export class GroupState {
     this.group = group
   }
 
+  /**
+   * Only broadcast consumers ever used this group: its group cursor never moves (it stays 0), so
+   * backlog, retention and cursor resets go by the consumers' cursors instead.
+   */
+  get broadcastOnly(): boolean {
+    return !this.created && this.broadcast.size > 0
+  }
+
   consumer(id: string, now?: number, leaseMs?: number): ConsumerEntry {
     let c = this.consumers.get(id)
     if (!c) {

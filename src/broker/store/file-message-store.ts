@@ -439,10 +439,6 @@ export class FileMessageStore implements MessageStore {
     for (const g of [...this.state.all()]) {
       for (const [id, seen] of [...g.broadcastSeen]) {
         if (seen >= before) continue
-        if (!g.broadcast.has(id)) {
-          g.broadcastSeen.delete(id) // stamped by a pull that never got as far as a cursor
-          continue
-        }
         this.record(this.action(ActionType.FORGET, g.subject, g.group, id, { flags: ACTION_FLAG_BROADCAST }))
         this.log.info(
           { subject: g.subject, group: g.group, consumerId: id, idleMs: this.options.broadcastIdleMs },
@@ -482,7 +478,7 @@ export class FileMessageStore implements MessageStore {
       const { inFlight, retrying } = g.counts()
       // A broadcast-only group never moves its group cursor: report its slowest consumer's.
       let cursor = g.cursor
-      if (!g.created && g.broadcast.size > 0) cursor = Math.min(...g.broadcast.values())
+      if (g.broadcastOnly) cursor = Math.min(...g.broadcast.values())
       out.push({
         subject: g.subject,
         group: g.group,
@@ -515,7 +511,7 @@ export class FileMessageStore implements MessageStore {
       )
       // A broadcast group has one cursor per consumer id: the reset moves every one of them (and
       // leaves it broadcast-only: its group cursor would never move again, see backlog and retention).
-      if (g.created || g.broadcast.size === 0)
+      if (!g.broadcastOnly)
         written = this.record(this.action(ActionType.CURSOR, subject, group, '', { cursor })).written
       for (const id of [...g.broadcast.keys()]) {
         written = this.record(

@@ -25,7 +25,6 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
   const out = await store.withLock(g, async () => {
     const now = store.clock.now()
     if (o.broadcast) {
-      g.broadcastSeen.set(o.consumerId, now)
       let cursor = g.broadcast.get(o.consumerId)
       if (cursor === undefined) {
         cursor = await store.startCursor(o.subject, o.start, o.startTime)
@@ -36,6 +35,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           }),
         )
       }
+      g.broadcastSeen.set(o.consumerId, now) // every pull, even one that finds nothing new
       const s = store.subjectsIndex.get(o.subject)
       if (!s) return []
       const { picked, next } = await scanNew(store.mlog, s, cursor, limits(store, o, max), o)

@@ -45,7 +45,7 @@ export async function runRetention(store: FileMessageStore): Promise<number> {
       const pending = new Set<number>()
       for (const g of groups.values()) {
         // A broadcast-only group has no group cursor (it stays 0): only its consumers' count.
-        if (g.created || g.broadcast.size === 0) minCursor = Math.min(minCursor, g.cursor)
+        if (!g.broadcastOnly) minCursor = Math.min(minCursor, g.cursor)
         for (const c of g.broadcast.values()) minCursor = Math.min(minCursor, c)
         for (const seq of g.inflight.keys()) if (seq >= prevLow && seq < first) pending.add(seq)
         for (const seq of g.dead.keys()) if (seq >= prevLow && seq < first) pending.add(seq)
