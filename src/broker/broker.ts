@@ -247,7 +247,7 @@ export class Broker {
       this.log.info({ ...this.current }, 'broker listening')
       if (o.adminToken === undefined)
         this.log.warn(
-          'no adminToken configured: cursor resets and dead-letter redrives are not authenticated',
+          'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
         )
       return this.current
     } catch (err) {

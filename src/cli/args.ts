@@ -91,6 +91,27 @@ export function stringFlag(flags: ParsedArgs['flags'], key: string): string | un
   return v
 }
 
+/** A whole-number flag within [min, max], or `fallback` when absent; anything else is a usage error. */
+export function intFlag(
+  flags: ParsedArgs['flags'],
+  key: string,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
+  const raw = stringFlag(flags, key)
+  if (raw === undefined) return fallback
+  const n = Number(raw)
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `from ${min} to ${max}`
+    throw new QmqError(
+      'QMQ_ERR_USAGE',
+      `--${kebabCase(key)} must be a whole number ${range} (got ${JSON.stringify(raw)})`,
+    )
+  }
+  return n
+}
+
 export function listFlag(flags: ParsedArgs['flags'], key: string): string[] {
   const v = flags[key]
   if (v === undefined) return []

@@ -9,7 +9,7 @@ import { type ParsedArgs, stringFlag } from './args'
  * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
  * requests of the TCP protocol). `--metaserver URL` or QMQ_METASERVER picks the metaserver (default
  * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent with admin writes (the metaserver's
- * and the brokers' cursor resets and dead-letter redrives).
+ * and the brokers' cursor resets, dead-letter redrives and forget-group).
  */
 export const DEFAULT_METASERVER_URL = 'http://127.0.0.1:8080'
 const REQUEST_TIMEOUT_MS = 10_000

@@ -138,6 +138,6 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
     doc: 'On close, how long requests in flight may take to answer before sockets are destroyed',
   }),
   adminToken: optionalString({
-    doc: 'Token admin writes (cursor reset, dead-letter redrive) must carry; unset = not checked',
+    doc: 'Token admin writes (cursor reset, dead-letter redrive, forget-group) must carry; unset = not checked',
   }),
 }

@@ -96,13 +96,6 @@ export class DedupeIndex {
     return -1
   }
 
-  /** Adds the key of the record at `pos` (the caller checked with `find` that it is absent). */
-  add(rec: Buffer, pos: number, seq: number, time: number): void {
-    const start = pos + KEY_START
-    const end = DedupeIndex.keyEnd(rec, pos)
-    this.insertKey(rec, start, end, hashBytes(rec, start, end), seq, time)
-  }
-
   private lookup(rec: Buffer, start: number, end: number, h: number): number {
     const mask = this.tMask
     const amask = this.arena.length - 1
@@ -210,7 +203,8 @@ export class DedupeIndex {
       if (cap > 0 && (pos % cap) + len > cap) pos = Math.ceil(pos / cap) * cap
       const oldest = this.head < this.tail ? (this.rKeyOff[this.head & this.ringMask] as number) : pos
       if (cap > 0 && pos + len - oldest <= cap) return pos
-      if (cap < this.maxArena || cap === 0) this.growArena()
+      if (cap < this.maxArena)
+        this.growArena() // maxArena >= 1 MiB, so an empty arena grows
       else this.dropOldest()
     }
   }

@@ -84,7 +84,7 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
       if (offset >= dedupeFrom && f.storedAt >= dedupeLimit) {
         // The first copy wins (a later one was stored when the first had left the window).
         const rec = pos + FRAME_BYTES
-        if (store.dedupe.find(buf, rec) < 0) store.dedupe.add(buf, rec, f.seq, f.storedAt)
+        store.dedupe.findOrAdd(buf, rec, f.seq, f.storedAt)
       }
       if (offset < replayFrom || (offset < M && !rebuild.has(h.subject))) return
       visitReplay(h.subject, f, offset, length)

@@ -7,13 +7,14 @@ import {
   encodeDlqListRequest,
   encodeDlqRedriveRequest,
   encodeForgetGroupRequest,
+  MAX_DLQ_LIST,
   encodeResetCursorRequest,
   ResetPosition,
   type ResetPositionValue,
 } from '../../common/protocol/admin'
 import { RequestCode } from '../../common/protocol/codes'
 import { decodeCountResponse } from '../../common/protocol/commands'
-import { listFlag, parseArgs, stringFlag } from '../args'
+import { intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { CLUSTER_FLAGS_HELP, type ClusterAdmin, withCluster } from '../cluster'
 import { table, time } from '../table'
 import type { Command } from './command'
@@ -266,15 +267,18 @@ export const dlqCommand = adminCommand(
     const subject = need(subjectArg, 'subject', DLQ_USAGE)
     const group = need(stringFlag(flags, 'group'), '--group', DLQ_USAGE)
     const only = stringFlag(flags, 'brokerGroup')
-    const brokers = (await cluster.brokerGroups(subject)).filter((b) => only === undefined || b.name === only)
     const sequences = listFlag(flags, 'sequence').map((s) => {
       const n = Number(s)
       if (!Number.isSafeInteger(n) || n < 0)
         throw new QmqError('QMQ_ERR_USAGE', `--sequence must be a whole number (got ${s})`)
       return n
     })
+    // Usage first: nothing goes on the network for a command line that is wrong.
+    const limit = intFlag(flags, 'limit', action === 'show' ? MAX_DLQ_LIST : 100, 1, MAX_DLQ_LIST)
+    if (action === 'show' && sequences.length === 0)
+      throw new QmqError('QMQ_ERR_USAGE', `dlq show needs --sequence\n${DLQ_USAGE}`)
+    const brokers = (await cluster.brokerGroups(subject)).filter((b) => only === undefined || b.name === only)
     if (action === 'list' || action === 'show') {
-      const limit = Number(stringFlag(flags, 'limit') ?? (action === 'show' ? 10_000 : 100))
       const out: {
         brokerGroup: string
         sequence: number
@@ -309,8 +313,6 @@ export const dlqCommand = adminCommand(
         }
       }
       if (action === 'show') {
-        if (sequences.length === 0)
-          throw new QmqError('QMQ_ERR_USAGE', `dlq show needs --sequence\n${DLQ_USAGE}`)
         print(json, out, () =>
           out.length === 0 ? '(not found)' : out.map((o) => JSON.stringify(o, null, 2)).join('\n'),
         )

@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path'
 import { QmqError } from '../../common/errors'
-import { parseArgs, stringFlag } from '../args'
+import { intFlag, parseArgs, stringFlag } from '../args'
 import { type ChildService, startChildService, stopChildService } from '../child-service'
 import type { Command } from './command'
 
@@ -36,25 +36,6 @@ Options:
   --delay-port N          TCP port of delay-1; delay-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.delayPort}; 0 = any)
   --verbose               show every log line of the services (default: warnings and errors only)
   --json                  print the cluster's addresses as one JSON line once it is up`
-}
-
-function intFlag(
-  flags: Record<string, unknown>,
-  key: string,
-  fallback: number,
-  min: number,
-  max: number,
-): number {
-  const raw = stringFlag(flags as Parameters<typeof stringFlag>[0], key)
-  if (raw === undefined) return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) {
-    throw new QmqError(
-      'QMQ_ERR_USAGE',
-      `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be an integer from ${min} to ${max} (got ${JSON.stringify(raw)})`,
-    )
-  }
-  return n
 }
 
 function portPlus(base: number, k: number): number {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
-import { listFlag, parseArgs, stringFlag } from '../args'
+import { intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { DEFAULT_METASERVER_URL } from '../cluster'
 import { parseDuration } from '../table'
 import type { Command } from './command'
@@ -12,14 +12,6 @@ import type { Command } from './command'
  */
 function metaServerOf(flags: ReturnType<typeof parseArgs>['flags']): string {
   return stringFlag(flags, 'metaserver') ?? process.env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
-}
-
-function positiveInt(raw: string | undefined, fallback: number, what: string): number {
-  if (raw === undefined) return fallback
-  const n = Number(raw)
-  if (!Number.isSafeInteger(n) || n < 1)
-    throw new QmqError('QMQ_ERR_USAGE', `${what} must be a whole number >= 1 (got ${raw})`)
-  return n
 }
 
 const SEND_USAGE =
@@ -46,7 +38,7 @@ Options:
     const { positionals, flags } = parseArgs(argv, { repeatable: ['property', 'tag'] })
     const subject = positionals[0]
     if (subject === undefined) throw new QmqError('QMQ_ERR_USAGE', `missing subject\nUsage: ${SEND_USAGE}`)
-    const count = positiveInt(stringFlag(flags, 'count'), 1, '--count')
+    const count = intFlag(flags, 'count', 1, 1)
     const bodyText = stringFlag(flags, 'body')
     const bodyFile = stringFlag(flags, 'bodyFile')
     if (bodyText !== undefined && bodyFile !== undefined)
@@ -160,7 +152,7 @@ Options:
     const group = stringFlag(flags, 'group')
     if (subject === undefined || group === undefined)
       throw new QmqError('QMQ_ERR_USAGE', `missing subject or --group\nUsage: ${TAIL_USAGE}`)
-    const limit = positiveInt(stringFlag(flags, 'count'), Number.MAX_SAFE_INTEGER, '--count')
+    const limit = intFlag(flags, 'count', Number.MAX_SAFE_INTEGER, 1)
     const from = stringFlag(flags, 'from') ?? 'latest'
     if (from !== 'latest' && from !== 'earliest')
       throw new QmqError('QMQ_ERR_USAGE', `--from must be latest or earliest (got ${from})`)
