@@ -2,12 +2,19 @@ import http from 'node:http'
 import net from 'node:net'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
-import { type Logger, silentLogger } from '../common/logger'
+import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
 import { Dispatcher } from './dispatch/dispatcher'
-import { BrokerSender, MetaRouteProvider, type RouteProvider, type Sender } from './dispatch/sender'
+import {
+  BrokerSender,
+  MetaRouteProvider,
+  parseStaticRoutes,
+  type RouteProvider,
+  type Sender,
+  StaticRouteProvider,
+} from './dispatch/sender'
 import { createDelayMetrics, type DelayMetrics } from './metrics'
 import { type DelayOptions, resolveDelayOptions } from './options'
 import { DelayStore } from './store/delay-store'
@@ -68,7 +75,7 @@ export class DelayServer {
     validateGroup(this.options.group)
     this.deps = deps
     this.clock = deps.clock ?? systemClock
-    this.log = (deps.logger ?? silentLogger).child({ service: 'delay', group: this.options.group })
+    this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
     this.registry =
       deps.registry ?? createRegistry({ defaultLabels: { service: 'delay', group: this.options.group } })
     this.metrics = createDelayMetrics(this.registry, {
@@ -137,6 +144,8 @@ export class DelayServer {
 
     if (o.metaserver !== undefined) this.meta = new MetaClient({ url: o.metaserver })
     let routes = this.deps.routes
+    if (routes === undefined && o.brokers !== undefined)
+      routes = new StaticRouteProvider(parseStaticRoutes(o.brokers))
     if (routes === undefined && this.meta !== undefined) {
       routes = new MetaRouteProvider(this.meta, o.routeTtlMs, `delay:${o.group}`)
     }
@@ -145,7 +154,10 @@ export class DelayServer {
       new BrokerSender({
         routes: routes ?? {
           groups: async () => {
-            throw new QmqError('QMQ_ERR_NO_ROUTE', 'delay server has neither a metaserver nor static routes')
+            throw new QmqError(
+              'QMQ_ERR_NO_ROUTE',
+              'delay server has neither a metaserver nor --brokers routes',
+            )
           },
         },
         timeoutMs: o.sendTimeoutMs,

@@ -1,25 +1,21 @@
 import { optionsFromEnv } from '../common/config'
 import { createLogger } from '../common/logger'
 import { DelayServer } from './delay-server'
-import { parseStaticRoutes, StaticRouteProvider } from './dispatch/sender'
 import { type DelayOptions, delayOptionsSchema } from './options'
 
 /**
  * Runs one delay server in this process, configured from the environment (`QMQ_DELAY_PORT`,
  * `QMQ_DELAY_DATA_DIR`, `QMQ_DELAY_METASERVER`, ... one variable per option of delayOptionsSchema).
- * `QMQ_DELAY_BROKERS=name=host:port,...` gives fixed routes (every subject to those broker groups)
- * instead of, or over, the metaserver's. Used by crash tests and benchmarks; the `qmq delay` command
- * of the CLI is the operator's entry point.
+ * `QMQ_DELAY_BROKERS=name=host:port,...` is the `brokers` option (fixed routes). Used by crash tests
+ * and benchmarks; the `qmq delay` command of the CLI is the operator's entry point.
  *
  * Prints one JSON line on stdout once listening: {"event":"listening","port":N,"httpPort":N}.
  * Logs go to stderr. SIGTERM/SIGINT close cleanly.
  */
 async function main(): Promise<void> {
   const log = createLogger({ level: 'warn', destination: process.stderr })
-  const brokers = process.env.QMQ_DELAY_BROKERS
   const server = new DelayServer(optionsFromEnv(delayOptionsSchema, 'QMQ_DELAY_') as Partial<DelayOptions>, {
     logger: log,
-    ...(brokers ? { routes: new StaticRouteProvider(parseStaticRoutes(brokers)) } : {}),
   })
   await server.start()
   process.stdout.write(

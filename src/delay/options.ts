@@ -34,8 +34,10 @@ export interface DelayOptions {
   /** HTTP port of /metrics and /health; -1 = no HTTP server, 0 = any free port. */
   httpPort: number
   dataDir: string
-  /** Metaserver URL (base or /meta/address); unset = no registration, routes must be injected. */
+  /** Metaserver URL (base or /meta/address); unset = no registration. */
   metaserver: string | undefined
+  /** Fixed routes `name=host:port,...`: every subject goes to these broker groups (over the metaserver's). */
+  brokers: string | undefined
   /** Schedule times later than now + horizonMs are rejected (QMQ_ERR_DELAY_TOO_FAR). */
   horizonMs: number
   /** Width of a schedule-log bucket; fixed once a data dir is used. */
@@ -76,7 +78,10 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
     doc: 'HTTP port of /metrics and /health (-1 = off)',
   }),
   dataDir: string({ default: './data/delay', minLength: 1, doc: 'Directory of the delay logs' }),
-  metaserver: optionalString({ doc: 'Metaserver URL; unset = standalone (routes injected)' }),
+  metaserver: optionalString({ doc: 'Metaserver URL; unset = no registration, routes from --brokers' }),
+  brokers: optionalString({
+    doc: "Fixed routes name=host:port,... : every subject to these broker groups (instead of the metaserver's)",
+  }),
   horizonMs: integer({
     default: DEFAULT_HORIZON_MS,
     min: 1_000,

@@ -3,6 +3,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { ERROR_CODES } from '../../src/common/error-codes'
+import { silentLogger } from '../../src/common/logger'
 import { RequestCode } from '../../src/common/protocol/codes'
 import { DelayServer, type DelayOptions } from '../../src/delay/delay-server'
 import { RawClient } from '../helpers/raw-client'
@@ -36,7 +37,7 @@ async function startServer(
       checkpointIntervalMs: 50,
       ...options,
     },
-    { clock, sender, routes: { groups: async () => [] } },
+    { clock, logger: silentLogger, sender, routes: { groups: async () => [] } },
   )
   await server.start()
   const client = await RawClient.connect(server.port)
@@ -138,7 +139,7 @@ t.test('delay - restart in the middle of a bucket resends only what was not disp
   const first = new FakeSender()
   const a = new DelayServer(
     { port: 0, dataDir: dir, bucketMinutes: 1, loadAheadMs: 10_000, tickMs: 5, checkpointIntervalMs: 50 },
-    { clock, sender: first },
+    { clock, logger: silentLogger, sender: first },
   )
   await a.start()
   const c = await RawClient.connect(a.port)
@@ -216,7 +217,7 @@ t.test('delay - a torn schedule log tail is cut at the last good frame with a re
   const clock = new ManualClock(T0)
   const a = new DelayServer(
     { port: 0, dataDir: dir, bucketMinutes: 1, loadAheadMs: 0 },
-    { clock, sender: new FakeSender() },
+    { clock, logger: silentLogger, sender: new FakeSender() },
   )
   await a.start()
   const c = await RawClient.connect(a.port)
@@ -248,7 +249,7 @@ t.test('delay - a torn message log tail is replayed up to the last good record',
   const clock = new ManualClock(T0)
   const a = new DelayServer(
     { port: 0, dataDir: dir, bucketMinutes: 1, checkpointIntervalMs: 600_000 },
-    { clock, sender: new FakeSender() },
+    { clock, logger: silentLogger, sender: new FakeSender() },
   )
   await a.start()
   const c = await RawClient.connect(a.port)
@@ -272,10 +273,16 @@ t.test('delay - a torn message log tail is replayed up to the last good record',
 t.test('delay - bucket width cannot change on a used data dir; options are checked', async (t) => {
   const dir = dirFor(t)
   const clock = new ManualClock(T0)
-  const a = new DelayServer({ port: 0, dataDir: dir, bucketMinutes: 5 }, { clock, sender: new FakeSender() })
+  const a = new DelayServer(
+    { port: 0, dataDir: dir, bucketMinutes: 5 },
+    { clock, logger: silentLogger, sender: new FakeSender() },
+  )
   await a.start()
   await a.close()
-  const b = new DelayServer({ port: 0, dataDir: dir, bucketMinutes: 10 }, { clock, sender: new FakeSender() })
+  const b = new DelayServer(
+    { port: 0, dataDir: dir, bucketMinutes: 10 },
+    { clock, logger: silentLogger, sender: new FakeSender() },
+  )
   await t.rejects(b.start(), { code: 'QMQ_ERR_CONFIG_INVALID' })
   await b.close()
   t.throws(() => new DelayServer({ bucketMinutes: 61 }), { code: 'QMQ_ERR_CONFIG_INVALID' })
