@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { GroupSnapshot } from './consumer-state'
-import { fsyncDir } from './fs-io'
+import { fsyncDir } from '../../common/durable-file'
 
 /**
  * The checkpoint: `checkpoint/checkpoint.json`, replaced atomically (write `.tmp`, fsync, move the

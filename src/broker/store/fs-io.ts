@@ -34,16 +34,3 @@ export const nodeFsIo: FsIo = {
       fs.ftruncate(fd, length, (err) => (err ? reject(err) : resolve()))
     }),
 }
-
-/** fsyncs a directory so that created, renamed and deleted entries are durable. */
-export function fsyncDir(dir: string): void {
-  let fd: number | undefined
-  try {
-    fd = fs.openSync(dir, 'r')
-    fs.fsyncSync(fd)
-  } catch {
-    // Some filesystems refuse fsync on directories; the rename is still atomic.
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd)
-  }
-}

@@ -1,7 +1,8 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fsError, QmqError } from '../../common/errors'
-import { type FsIo, fsyncDir, nodeFsIo } from './fs-io'
+import { fsyncDir } from '../../common/durable-file'
+import { type FsIo, nodeFsIo } from './fs-io'
 
 /**
  * A generic segmented append-only log of bytes: the building block of the message log, the consume

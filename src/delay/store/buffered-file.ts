@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import { openOrCreateSync } from '../../common/durable-file'
 
 /**
  * The buffers of a partly written `writev`: what is left of `parts` once its first `n` bytes went out.
@@ -64,7 +65,7 @@ export class BufferedFile {
   /** The descriptor, opening (or creating) the file if needed. */
   open(): number {
     if (this.fd < 0) {
-      this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
+      this.fd = openOrCreateSync(this.file)
       if (this.flushedBytes < 0) this.flushedBytes = fs.fstatSync(this.fd).size
     }
     return this.fd

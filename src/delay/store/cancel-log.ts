@@ -1,6 +1,7 @@
 import fs from 'node:fs'
 import { crc32c } from '../../common/crc32c'
 import type { Logger } from '../../common/logger'
+import { openOrCreateSync, writeFileAtomicSync } from '../../common/durable-file'
 
 /**
  * Tombstones of cancelled messages: `cancel.log`, one frame per cancelled id.
@@ -51,15 +52,9 @@ export class CancelLog {
     }
     if (pos < buf.length || expired > 0) {
       // Rewrite with the live tombstones only (atomic: temp file + rename).
-      const tmp = `${this.file}.tmp`
-      const parts = [...this.tombstones].map(([id, at]) => encode(id, at))
-      fs.writeFileSync(tmp, Buffer.concat(parts))
-      const fd = fs.openSync(tmp, 'r+')
-      fs.fsyncSync(fd)
-      fs.closeSync(fd)
-      fs.renameSync(tmp, this.file)
+      writeFileAtomicSync(this.file, Buffer.concat([...this.tombstones].map(([id, at]) => encode(id, at))))
     }
-    this.fd = fs.openSync(this.file, fs.existsSync(this.file) ? 'r+' : 'w+')
+    this.fd = openOrCreateSync(this.file)
     this.size = fs.fstatSync(this.fd).size
   }
 

@@ -19,6 +19,7 @@ import { CancelLog } from './cancel-log'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
+import { writeFileAtomicSync } from '../../common/durable-file'
 
 /**
  * The delay server's storage: message log -> schedule logs (one per time bucket) -> wheel.
@@ -162,7 +163,7 @@ export class DelayStore {
       }
       return
     }
-    writeFileAtomic(file, JSON.stringify({ version: 1, bucketMinutes: this.options.bucketMinutes }))
+    writeFileAtomicSync(file, JSON.stringify({ version: 1, bucketMinutes: this.options.bucketMinutes }))
   }
 
   private readCheckpoint(): number {
@@ -444,7 +445,7 @@ export class DelayStore {
       }
     }
     if (cp !== this.checkpointOffset) {
-      writeFileAtomic(
+      writeFileAtomicSync(
         path.join(this.options.dataDir, CHECKPOINT_FILE),
         JSON.stringify({ messageLogOffset: cp }),
       )
@@ -508,13 +509,4 @@ function insertSorted(arr: number[], v: number): void {
     else hi = mid
   }
   arr.splice(lo, 0, v)
-}
-
-function writeFileAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp`
-  const fd = fs.openSync(tmp, 'w')
-  fs.writeSync(fd, text)
-  fs.fsyncSync(fd)
-  fs.closeSync(fd)
-  fs.renameSync(tmp, file)
 }

@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
+import { fsyncDir, openOrCreateSync } from '../../common/durable-file'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { DEFAULT_MAX_MESSAGE_BYTES, verifyRecord } from '../../common/record'
@@ -113,7 +114,7 @@ export class MessageLog {
     const last = this.bases[this.bases.length - 1] as number
     const lastFile = path.join(this.dir, segmentName(last))
     this.activeBase = last
-    this.fd = fs.openSync(lastFile, fs.existsSync(lastFile) ? 'r+' : 'w+')
+    this.fd = openOrCreateSync(lastFile)
     this.end = last + fs.fstatSync(this.fd).size
     return { truncatedBytes }
   }
@@ -246,6 +247,7 @@ export class MessageLog {
     this.activeBase = this.end
     this.bases.push(this.end)
     this.fd = fs.openSync(path.join(this.dir, segmentName(this.end)), 'w+')
+    fsyncDir(this.dir)
   }
 
   /** Deletes segments that end at or before `offset` (already filed into durable schedule logs). */
