@@ -55,22 +55,17 @@ export class Dispatcher {
   private readonly retries = new Map<string, Retry>()
   private inFlight = 0
   private closed = false
-  private idleWaiters: (() => void)[] = []
   readonly onDue = (due: number, offset: number, slot: number, length: number): void => {
     this.ready.push(due, offset, slot, length)
   }
 
   constructor(private readonly o: DispatcherOptions) {}
 
-  /** Entries waiting: ready + retrying + in flight requests. */
+  /** Entries waiting to be sent: ready + retrying (not those in requests in flight). */
   get backlog(): number {
     let n = this.ready.size
     for (const r of this.retries.values()) n += r.ring.size
     return n
-  }
-
-  get requestsInFlight(): number {
-    return this.inFlight
   }
 
   /** Moves due wheel entries to the ready ring and starts sends. */
@@ -86,7 +81,6 @@ export class Dispatcher {
       if (this.ready.size === 0) break
       this.pumpReady()
     }
-    if (this.inFlight === 0 && this.backlog === 0) this.notifyIdle()
   }
 
   /** Starts one probe/drain batch of a subject whose backoff has passed; true if one was started. */
@@ -223,18 +217,6 @@ export class Dispatcher {
       }
     }
     if (!this.closed) this.pump()
-  }
-
-  /** Resolves when nothing is queued or in flight (tests). */
-  idle(): Promise<void> {
-    if (this.inFlight === 0 && this.backlog === 0) return Promise.resolve()
-    return new Promise((resolve) => this.idleWaiters.push(resolve))
-  }
-
-  private notifyIdle(): void {
-    const w = this.idleWaiters
-    this.idleWaiters = []
-    for (const f of w) f()
   }
 
   /** Stops sending; waits (bounded) for requests in flight to settle so their acks are recorded. */

@@ -5,8 +5,9 @@ import { FRAME_HEADER_BYTES, ScheduleLog } from './schedule-log'
 /**
  * One time bucket: its schedule log, its dispatch log and the counters the store keeps for it.
  *
- * States: 'disk' (only on disk; new frames are only written), 'loading' (the loader is reading frames
- * [0, loadedUpTo) into the wheel; frames appended meanwhile go straight to the wheel too), 'loaded'
+ * States: 'disk' (only on disk; new frames are only written), 'loading' (the loader is reading the
+ * frames present when it started into the wheel; frames appended meanwhile go straight to the wheel),
+ * 'loaded'
  * (every pending frame is in the wheel, the due queue or in flight).
  */
 export type BucketState = 'disk' | 'loading' | 'loaded'
@@ -34,8 +35,6 @@ export class Bucket {
   done = 0
   /** Highest message-log offset filed here (replay skips records at or below it). */
   maxMsgOffset = -1
-  /** Frames below this offset were handed to the wheel by the loader. */
-  loadedUpTo = 0
   /** Has unsynced appends in its schedule or dispatch log. */
   dirty = false
   /** ms the last load took (metrics). */

@@ -12,7 +12,8 @@ import { openOrCreateSync, writeFileAtomicSync } from '../../common/durable-file
  *   16  ...  id          UTF-8 message id
  *
  * Appended and fdatasynced before CANCEL is answered. All tombstones are held in memory (cancels are
- * rare next to sends); a message whose id has a tombstone is never dispatched. At open, tombstones
+ * rare next to sends); a message whose id has a tombstone is not dispatched from then on (one already
+ * in a SEND to its broker still arrives). At open, tombstones
  * older than `keepMs` (the delay horizon plus a margin: every message they could match is gone) are
  * dropped by rewriting the file. A bad frame ends the log (torn tail cut, with a report).
  */

@@ -349,10 +349,6 @@ export class DelayStore {
     return this.wheel.advance(now, onDue, limit)
   }
 
-  bucketAt(slot: number): Bucket | undefined {
-    return this.slots[slot]
-  }
-
   /** Reads frames [offset, offset + length) of a bucket's schedule log (contiguous frames at once). */
   readFrames(slot: number, offset: number, length: number): Buffer {
     const b = this.slots[slot]
@@ -388,7 +384,6 @@ export class DelayStore {
     b.state = 'loading'
     const snapshot = b.schedule.size
     const framesBelow = b.total // frames appended while loading are counted on top
-    b.loadedUpTo = snapshot
     const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
     let d = 0
     let frames = 0
