@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { LATENCY_BUCKETS_SECONDS } from '../common/metrics'
 
 /**
  * Client metrics, on a prom-client Registry the application passes (`registry` option of the
@@ -8,8 +9,6 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
  * provider adds its own probes for the gauges (removed by its close()). Hot paths count per batch or
  * through label-bound children made once, never by labels per message.
  */
-
-const SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 type Probe = (set: (labels: Record<string, string>, value: number) => void) => void
 
@@ -63,7 +62,7 @@ class ClientMetricSet {
       name: 'qmq_client_send_request_duration_seconds',
       help: 'SEND requests (one batch each) from write to answer',
       labelNames: ['broker_group', 'result'],
-      buckets: SECONDS,
+      buckets: [...LATENCY_BUCKETS_SECONDS],
       registers,
     })
     gauge(
@@ -102,7 +101,7 @@ class ClientMetricSet {
       name: 'qmq_client_handler_duration_seconds',
       help: 'Time in the message handler',
       labelNames: ['subject', 'consumer_group'],
-      buckets: SECONDS,
+      buckets: [...LATENCY_BUCKETS_SECONDS],
       registers,
     })
     gauge(
@@ -128,9 +127,20 @@ function metricSet(registry: Registry): ClientMetricSet {
 
 type Inc = { inc(n?: number): void }
 
+function child(cache: Map<string, Inc>, counter: Counter<'subject'>, subject: string): Inc {
+  let c = cache.get(subject)
+  if (c === undefined) {
+    c = counter.labels(subject)
+    if (cache.size < 1_024) cache.set(subject, c)
+  }
+  return c
+}
+
 export class ProducerMetrics {
   private readonly set: ClientMetricSet
+  /** Label-bound children by subject (bounded: beyond it a lookup per call). */
   private readonly sentBy = new Map<string, Inc>()
+  private readonly retriedBy = new Map<string, Inc>()
   private readonly probes: Probe[]
 
   constructor(registry: Registry, probes: { queueSize: () => number; openCircuits: () => Iterable<string> }) {
@@ -146,12 +156,7 @@ export class ProducerMetrics {
   }
 
   sent(subject: string, n: number): void {
-    let c = this.sentBy.get(subject)
-    if (c === undefined) {
-      c = this.set.sent.labels(subject)
-      if (this.sentBy.size < 1_024) this.sentBy.set(subject, c)
-    }
-    c.inc(n)
+    child(this.sentBy, this.set.sent, subject).inc(n)
   }
 
   failed(subject: string, code: string): void {
@@ -159,7 +164,7 @@ export class ProducerMetrics {
   }
 
   retried(subject: string, n: number): void {
-    this.set.sendRetried.inc({ subject }, n)
+    child(this.retriedBy, this.set.sendRetried, subject).inc(n)
   }
 
   request(brokerGroup: string, ok: boolean, seconds: number): void {

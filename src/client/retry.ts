@@ -28,10 +28,6 @@ export class Backoff {
     private readonly random: () => number = Math.random,
   ) {}
 
-  get attempts(): number {
-    return this.attempt
-  }
-
   next(): number {
     return backoffDelay(this.attempt++, this.options, this.random)
   }

@@ -44,6 +44,7 @@ export interface SubscriptionSpec {
   subject: string
   group: string
   handler: MessageHandler
+  /** Where the handler came from (`Class.method`, or `listener`): on every log line of the subscription. */
   name: string
   consumeMostOnce: boolean
   broadcast: boolean
@@ -89,7 +90,7 @@ export class Subscription {
     readonly spec: SubscriptionSpec,
     readonly ctx: ConsumerContext,
   ) {
-    this.log = ctx.log.child({ subject: spec.subject, consumerGroup: spec.group })
+    this.log = ctx.log.child({ subject: spec.subject, consumerGroup: spec.group, handler: spec.name })
     this.wireConsumerId = spec.broadcast ? ctx.instanceName : ctx.consumerId
     this.minPull = Math.max(1, Math.floor(Math.min(ctx.pullBatchSize, spec.prefetch / PULLS_IN_FLIGHT) / 2))
     if (ctx.registry !== undefined) {

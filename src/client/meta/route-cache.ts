@@ -29,7 +29,6 @@ export type RouteListener = (query: RouteQuery, groups: readonly RouteGroup[]) =
 interface Entry {
   query: RouteQuery
   groups: RouteGroup[] | undefined
-  fetchedAt: number
   inflight: Promise<RouteGroup[]> | undefined
 }
 
@@ -114,7 +113,7 @@ export class RouteCache {
     if (entry === undefined) {
       const query: RouteQuery = { subject, kind, clientId: this.options.clientId }
       if (group !== undefined) query.group = group
-      entry = { query, groups: undefined, fetchedAt: 0, inflight: undefined }
+      entry = { query, groups: undefined, inflight: undefined }
       this.entries.set(key, entry)
       this.startTimer()
     }
@@ -145,7 +144,6 @@ export class RouteCache {
     }
     const before = entry.groups
     entry.groups = groups
-    entry.fetchedAt = Date.now()
     if (before !== undefined && !sameGroups(before, groups)) {
       for (const l of this.listeners) {
         try {

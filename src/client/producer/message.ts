@@ -199,11 +199,6 @@ export class Message {
     return this
   }
 
-  /** @internal Sets a reserved property (SDK only). */
-  setReservedProperty(key: string, value: string): void {
-    this.ownProps().set(key, value)
-  }
-
   removeProperty(key: string): boolean {
     this.checkWritable()
     return this.ownProps().delete(key)

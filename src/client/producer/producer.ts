@@ -100,8 +100,22 @@ export interface SendResult {
 
 function ignore(): void {}
 
+/**
+ * Counts `batch` on a per-subject producer metric: at once for a real-time lane (all of one subject),
+ * by message for the one delay lane (it mixes subjects).
+ */
+function count(
+  metrics: ProducerMetrics,
+  kind: 'sent' | 'retried',
+  lane: Lane,
+  batch: readonly Pending[],
+): void {
+  if (batch.length === 0) return
+  if (lane.kind === 'producer') metrics[kind](lane.subject, batch.length)
+  else for (const p of batch) metrics[kind](p.subject, 1)
+}
+
 interface Lane {
-  key: string
   kind: ClientKind
   subject: string
   /** The batch being filled (records written in place at send time). */
@@ -312,7 +326,6 @@ export class MessageProducerProvider extends ClientBase {
 
   private newLane(delayed: boolean, subject: string): Lane {
     const lane: Lane = {
-      key: delayed ? 'delay' : subject,
       kind: delayed ? 'delay-producer' : 'producer',
       subject,
       open: new OpenBatch(this.buffers),
@@ -483,18 +496,19 @@ export class MessageProducerProvider extends ClientBase {
         const p = batch[i] as Pending
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
       }
-      if (metrics !== undefined) this.countSent(metrics, lane, batch)
+      if (metrics !== undefined) count(metrics, 'sent', lane, batch)
       this.wakeIdle()
       return
     }
     const retry: Pending[] = []
+    const stored: Pending[] = []
     let retryErr: QmqError | undefined
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
       const r = results[i] as { status: number; message: string }
       if (r.status === 0) {
         this.succeed(p, { messageId: p.id, subject: p.subject, group: groupName })
-        metrics?.sent(p.subject, 1)
+        stored.push(p)
         continue
       }
       const err = QmqError.fromStatus(r.status, r.message)
@@ -505,17 +519,12 @@ export class MessageProducerProvider extends ClientBase {
         this.fail(p, this.finalError(p, err))
       }
     }
+    if (metrics !== undefined) count(metrics, 'sent', lane, stored)
     this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
       this.retryOrFail(lane, retry, undefined, retryErr as QmqError, tried)
     }
-  }
-
-  /** A real-time lane's batch is all of its subject; the one delay lane mixes subjects. */
-  private countSent(metrics: ProducerMetrics, lane: Lane, batch: Pending[]): void {
-    if (lane.kind === 'producer') metrics.sent(lane.subject, batch.length)
-    else for (const p of batch) metrics.sent(p.subject, 1)
   }
 
   private finalError(p: Pending, err: QmqError): QmqError {
@@ -546,7 +555,7 @@ export class MessageProducerProvider extends ClientBase {
     }
     this.wakeIdle()
     if (again.length === 0) return
-    if (this.metrics !== undefined) for (const p of again) this.metrics.retried(p.subject, 1)
+    if (this.metrics !== undefined) count(this.metrics, 'retried', lane, again)
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)

@@ -18,10 +18,6 @@ export class ConnectionPool {
     return c
   }
 
-  get size(): number {
-    return this.connections.size
-  }
-
   async close(): Promise<void> {
     this.closed = true
     const all = [...this.connections.values()]
