@@ -40,6 +40,9 @@ function serviceCommand<T>(spec: ServiceSpec<T>): Command {
       await new Promise<void>((resolve) => {
         let closing = false
         const stop = (signal: string) => {
+          // The parent going away while we already close cleanly (it signalled us, then exited) is no
+          // reason to cut the close short; a second signal is.
+          if (closing && signal === 'parent exited') return
           if (closing) {
             log.warn({ signal }, 'second signal: exiting without a clean close')
             process.exit(1)
@@ -55,8 +58,8 @@ function serviceCommand<T>(spec: ServiceSpec<T>): Command {
             },
           )
         }
-        process.once('SIGINT', () => stop('SIGINT'))
-        process.once('SIGTERM', () => stop('SIGTERM'))
+        process.on('SIGINT', () => stop('SIGINT'))
+        process.on('SIGTERM', () => stop('SIGTERM'))
         // Started by `qmq dev` with an IPC channel: close when the parent goes away.
         if (process.channel) {
           process.channel.unref()
