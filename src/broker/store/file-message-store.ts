@@ -17,6 +17,7 @@ import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
 import { createStoreMetrics, type StoreMetrics } from './store-metrics'
+import { migrateSubjectDirs } from './subject-dirs'
 import { readSeqs, Subjects, type SubjectState } from './subjects'
 import { tagMask } from './tag-hash'
 import type {
@@ -37,7 +38,7 @@ import type {
  * The broker's file-based MessageStore (see types.ts for the contract, docs/storage.md for the
  * layouts and guarantees). Layout under `dataDir`:
  *   messagelog/<base>.log      message log (message-log.ts)
- *   consumelog/<subject>/...   one consume log per subject (consume-log.ts)
+ *   consumelog/<subject>/...   one consume log per subject (consume-log.ts; names: subject-dirs.ts)
  *   actionlog/<base>.log       consumer progress (action-log.ts, consumer-state.ts)
  *   checkpoint/checkpoint.json (checkpoint.ts)
  */
@@ -104,6 +105,7 @@ export class FileMessageStore implements MessageStore {
     this.opened = true
     const o = this.options
     const ioOpt = this.io ? { io: this.io } : {}
+    migrateSubjectDirs(this.dirs.consume, this.log)
     this.subjectsIndex = new Subjects({
       root: this.dirs.consume,
       entriesPerSegment: o.consumeLogSegmentEntries,
