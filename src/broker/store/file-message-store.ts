@@ -73,6 +73,8 @@ export class FileMessageStore implements MessageStore {
   private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
   private nextBroadcastPrune = 0
+  /** The dedupe window was short at the last sweep (logged once per change). */
+  private dedupeWindowShort = false
   /** Wakes nacked messages when their redelivery time comes (between sweeps). */
   private readonly retryAlarm = new RetryAlarm(
     () => this.clock.now(),
@@ -88,7 +90,9 @@ export class FileMessageStore implements MessageStore {
     this.options = resolveMessageStoreOptions(rest)
     this.clock = clock ?? systemClock
     this.log = (logger ?? silentLogger).child({ component: 'store' })
-    this.metrics = createStoreMetrics(registry)
+    this.metrics = createStoreMetrics(registry, {
+      dedupeWindowSeconds: () => this.dedupe.effectiveWindowMs(this.clock.now()) / 1000,
+    })
     this.io = io
     const root = this.options.dataDir
     this.dirs = {
@@ -120,6 +124,19 @@ export class FileMessageStore implements MessageStore {
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
       observe: (what, s, b) => this.metrics.io(what, s, b),
+      onSyncError: (err, background) => {
+        this.metrics.syncFailed('message')
+        if (background) {
+          this.log.error(
+            { err },
+            'message log: background fdatasync failed; messages acknowledged since the last good one are not known to be on disk (retried every flushIntervalMs)',
+          )
+        } else this.log.error({ err }, 'message log: fdatasync failed; the unsynced batches are rejected')
+      },
+      onFailed: (err) => {
+        this.metrics.failed('message')
+        this.log.error({ err }, 'message log failed closed: appends are refused until the store is reopened')
+      },
       hooks: {
         prepare: (items, storedAt) => this.prepare(items, storedAt),
         rollback: (items, mark) => this.rollback(items, mark),
@@ -132,6 +149,14 @@ export class FileMessageStore implements MessageStore {
       segmentBytes: o.actionLogSegmentBytes,
       flush: o.actionFlush,
       onError: (err) => this.log.error({ err }, 'action log write failed; keeping the actions queued'),
+      onSyncError: () => this.metrics.syncFailed('action'),
+      onFailed: (err) => {
+        this.metrics.failed('action')
+        this.log.error(
+          { err },
+          'action log failed closed: pulls, acks, nacks and group changes are refused until the store is reopened',
+        )
+      },
       ...ioOpt,
     })
     const report = await recoverStore(this)
@@ -152,7 +177,15 @@ export class FileMessageStore implements MessageStore {
     })
     if (o.flush === 'async' || o.actionFlush === 'async') {
       this.every(o.flushIntervalMs, () => {
-        if (o.actionFlush === 'async') this.alog.sync().catch(() => undefined)
+        if (o.actionFlush === 'async') {
+          this.alog.sync().catch((err: unknown) => {
+            this.metrics.syncFailed('action')
+            this.log.error(
+              { err },
+              'action log: background fdatasync failed; consumer progress since the last good one is not known to be on disk (retried every flushIntervalMs)',
+            )
+          })
+        }
       })
     }
     return report
@@ -166,6 +199,12 @@ export class FileMessageStore implements MessageStore {
 
   private ensureOpen(): void {
     if (!this.opened || this.closed) throw new QmqError('QMQ_ERR_STORE_CLOSED')
+  }
+
+  /** For calls that record consumer progress: refused once the action log failed closed. */
+  private ensureProgressWritable(): void {
+    this.ensureOpen()
+    if (this.alog.failed !== undefined) throw this.alog.failed
   }
 
   async close(): Promise<void> {
@@ -348,7 +387,11 @@ export class FileMessageStore implements MessageStore {
 
   /** See MessageStore.pull; the algorithm is in pull.ts. */
   pull(o: PullOptions): Promise<StoredMessage[]> {
-    this.ensureOpen()
+    try {
+      this.ensureProgressWritable()
+    } catch (err) {
+      return Promise.reject(err)
+    }
     return pullMessages(this, o)
   }
 
@@ -359,7 +402,7 @@ export class FileMessageStore implements MessageStore {
     sequences: readonly number[],
     broadcast = false,
   ): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     if (broadcast) return sequences.length
     const g = this.state.get(subject, group)
     if (!g || sequences.length === 0) return 0
@@ -386,7 +429,7 @@ export class FileMessageStore implements MessageStore {
     sequences: readonly number[],
     options: NackOptions = {},
   ): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return 0
     const now = this.clock.now()
@@ -425,11 +468,32 @@ export class FileMessageStore implements MessageStore {
     const now = this.clock.now()
     for (const g of this.state.all()) this.sweepGroup(g, now)
     this.dedupe.expire(now)
+    this.watchDedupeWindow(now)
     const idle = this.options.broadcastIdleMs
     if (idle > 0 && now >= this.nextBroadcastPrune) {
       this.nextBroadcastPrune = now + Math.min(idle, 60_000)
       this.forgetIdleBroadcast(now - idle)
     }
+  }
+
+  /** Logs when the dedupe index stops covering dedupeWindowMs, and when it covers it again. */
+  private watchDedupeWindow(now: number): void {
+    if (!this.dedupe.enabled) return
+    const effectiveWindowMs = this.dedupe.effectiveWindowMs(now)
+    const short = effectiveWindowMs < this.options.dedupeWindowMs
+    if (short && !this.dedupeWindowShort) {
+      this.log.warn(
+        {
+          effectiveWindowMs,
+          dedupeWindowMs: this.options.dedupeWindowMs,
+          cause: this.dedupe.forgottenBy === 'rebuild' ? 'dedupeRebuildMaxBytes' : 'dedupeMaxEntries',
+        },
+        'dedupe window shorter than dedupeWindowMs: ids forgotten early are stored again if resent (qmq_store_dedupe_window_seconds)',
+      )
+    } else if (!short && this.dedupeWindowShort) {
+      this.log.info({ dedupeWindowMs: this.options.dedupeWindowMs }, 'dedupe window whole again')
+    }
+    this.dedupeWindowShort = short
   }
 
   /**
@@ -496,7 +560,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async resetCursor(subject: string, group: string, position: CursorPosition): Promise<void> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.getOrCreate(subject, group)
     let written: Promise<number> | undefined
     await this.withLock(g, async () => {
@@ -560,7 +624,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async redriveDeadLetters(subject: string, group: string, sequences?: readonly number[]): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return 0
     const seqs = (sequences ?? [...g.dead.keys()]).filter((q) => g.dead.has(q)).sort((a, b) => a - b)
@@ -572,7 +636,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async forgetGroup(subject: string, group: string): Promise<boolean> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return false
     return this.withLock(g, async () => {
@@ -606,6 +670,8 @@ export class FileMessageStore implements MessageStore {
   }
 
   private async doCheckpoint(): Promise<void> {
+    // The action log holds a batch it could not cut off: recovery replays it, no checkpoint skips it.
+    if (this.alog.failed !== undefined) throw this.alog.failed
     // Snapshot instant (synchronous): message-log position with the consume-log lengths that match
     // it, the consumer state, and a MARK queued behind every action applied so far.
     const messageLogOffset = this.mlog.committedEnd
