@@ -240,8 +240,15 @@ export class FileMessageStore implements MessageStore {
     if (records.length === 0) return []
     const t0 = process.hrtime.bigint()
     const items: AppendItem[] = new Array(records.length)
+    let subject: string | undefined
     for (let i = 0; i < records.length; i++) {
       const r = records[i] as AppendInput
+      // A new subject's consume log is opened here, where a failure (a directory refused by
+      // claimSubjectDir, mkdir errors) fails this append alone, not the batch it would join.
+      if (r.header.subject !== subject) {
+        subject = r.header.subject
+        this.subjectsIndex.getOrCreate(subject)
+      }
       items[i] = {
         record: r.bytes,
         subject: r.header.subject,

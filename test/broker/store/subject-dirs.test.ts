@@ -124,3 +124,20 @@ t.test('store - a consume-log directory whose marker names another subject is re
   }
   t.ok(isQmqError(error, 'QMQ_ERR_STORE_CORRUPT'), 'refused with QMQ_ERR_STORE_CORRUPT')
 })
+
+t.test('store - an append whose subject directory belongs to another subject fails alone', async (t) => {
+  const dir = t.testdir()
+  const store = await open(dir, { checkpointIntervalMs: 60_000 })
+  t.teardown(() => store.close())
+  // What a case-insensitive file system does with 'Orders' next to 'orders'.
+  fs.mkdirSync(path.join(dir, 'consumelog', 'b'))
+  fs.writeFileSync(path.join(dir, 'consumelog', 'b', 'SUBJECT'), 'B')
+  let error: unknown
+  try {
+    await store.append([rec('b', { body: 'b0' })])
+  } catch (err) {
+    error = err
+  }
+  t.ok(isQmqError(error, 'QMQ_ERR_STORE_CORRUPT'), 'that append is refused with QMQ_ERR_STORE_CORRUPT')
+  t.same(await store.append([rec('a', { body: 'a0' })]), [{ sequence: 0, duplicate: false }], 'others go on')
+})
