@@ -37,8 +37,9 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  * fails, no new batch is formed until the write in flight is back; then every batch not yet synced is
  * cut off the log and rejected, newest first (`hooks.rollback`). When that cut fails too, the rejected
  * batches stay in the file with sequences that were given back: the log fails closed (`failed`): every
- * append is refused with QMQ_ERR_STORE_FAILED until the store is reopened (recovery then finds those
- * batches whole, under their own sequences: rejected messages may come back, no sequence is reused).
+ * append is refused with QMQ_ERR_STORE_FAILED until the store is reopened (recovery then finds what
+ * the failed cut left of those batches under their own sequences: rejected messages may come back, no
+ * sequence is reused).
  */
 export const FRAME_BYTES = 32
 /** Batch buffers: at least this big when allocated; reused up to this size. */
