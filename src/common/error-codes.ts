@@ -160,6 +160,12 @@ export const ERROR_CODES = {
     httpStatus: 409,
     message: 'Consumer group has active consumers',
   },
+  QMQ_ERR_STORE_FAILED: {
+    status: 120,
+    retriable: true,
+    httpStatus: 503,
+    message: 'Store refuses writes after a write it could not undo; reopen it',
+  },
 
   // ---- 150-199: broker server ----
   QMQ_ERR_READ_ONLY: {

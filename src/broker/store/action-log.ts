@@ -1,4 +1,5 @@
 import { crc32c } from '../../common/crc32c'
+import { QmqError } from '../../common/errors'
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
@@ -214,12 +215,20 @@ export interface ActionLogOptions {
   /** Retry delay after a failed write (disk full): queued actions are kept, in order. */
   retryMs?: number
   onError?: (err: unknown) => void
+  /** An fdatasync of a batch ('sync') failed (called before onError). */
+  onSyncError?: (err: unknown) => void
+  /** The log failed closed (see `failed`); called once. */
+  onFailed?: (err: QmqError) => void
 }
 
 /**
  * Batched writer: actions enqueued in the same turn of the event loop are written with one writev
  * (and one fdatasync under flush 'sync'). A failed write keeps the batch at the head of the queue and
  * retries it, so the log never has a gap: whatever is written is a prefix of what was applied.
+ * Under 'sync', a batch whose write succeeded but whose fdatasync failed is cut off the file before
+ * it is retried (written once, never twice: a replay would apply it twice). Retrying only the
+ * fdatasync is not enough: after a failed one the kernel may report pages it dropped as synced. If
+ * that cut fails, the log fails closed (`failed`): every write is refused until the store is reopened.
  */
 export class ActionLog {
   readonly log: SegmentLog
@@ -229,6 +238,8 @@ export class ActionLog {
   private scheduled = false
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
+  /** Set when a batch whose fdatasync failed could not be cut off: nothing is written any more. */
+  failed: QmqError | undefined
 
   constructor(opts: ActionLogOptions) {
     this.opts = opts
@@ -249,6 +260,7 @@ export class ActionLog {
 
   /** Queues an action; resolves with the log's end offset once it is written (and synced for 'sync'). */
   write(a: Action): Promise<number> {
+    if (this.failed !== undefined) return Promise.reject(this.failed)
     return new Promise((resolve, reject) => {
       this.queue.push({ buf: encodeAction(a), waiters: [{ resolve, reject }] })
       this.kick()
@@ -272,7 +284,7 @@ export class ActionLog {
         const batch = this.queue.slice(0, 4096)
         let bytes = 0
         for (const p of batch) bytes += p.buf.length
-        let start: number
+        let start = -1
         try {
           start = await this.log.appendv(
             batch.map((p) => p.buf),
@@ -280,6 +292,16 @@ export class ActionLog {
           )
           if (this.opts.flush === 'sync') await this.log.sync()
         } catch (err) {
+          if (start >= 0) {
+            this.opts.onSyncError?.(err)
+            // Written, not synced: cut it off so that the retry writes it once.
+            try {
+              await this.log.truncate(start)
+            } catch (cutErr) {
+              this.failClosed(cutErr)
+              return
+            }
+          }
           // Keep the batch queued (a retry writes it in order); tell the waiters once.
           for (const p of batch) {
             for (const w of p.waiters) w.reject(err)
@@ -307,8 +329,25 @@ export class ActionLog {
     }
   }
 
+  /** Refuses everything queued and every later write (the log holds a batch it could not cut off). */
+  private failClosed(cutErr: unknown): void {
+    const failed = new QmqError(
+      'QMQ_ERR_STORE_FAILED',
+      `action log: a batch whose fdatasync failed could not be cut off (${
+        cutErr instanceof Error ? cutErr.message : String(cutErr)
+      }); consumer progress is refused until the store is reopened`,
+      { cause: cutErr },
+    )
+    this.failed = failed
+    const queued = this.queue
+    this.queue = []
+    for (const p of queued) for (const w of p.waiters) w.reject(failed)
+    this.opts.onFailed?.(failed)
+  }
+
   /** Writes everything queued now; resolves with the end offset. Throws if a write fails. */
   async drain(): Promise<number> {
+    if (this.failed !== undefined) throw this.failed
     if (this.retryTimer) {
       clearTimeout(this.retryTimer)
       this.retryTimer = undefined

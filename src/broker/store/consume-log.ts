@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { SegmentLog } from './segment-log'
+import { claimSubjectDir } from './subject-dirs'
 
 /**
  * The consume log of one subject: entry N describes the subject's sequence N. Fixed width, so the
@@ -34,11 +34,7 @@ export interface ConsumeEntry {
   tagMask: number
 }
 
-export function subjectDirName(subject: string): string {
-  let enc = encodeURIComponent(subject).replace(/^\./, '%2E')
-  if (enc.length > 180) enc = `h-${createHash('sha256').update(subject).digest('hex')}`
-  return enc
-}
+export { subjectDirName } from './subject-dirs'
 
 export interface ConsumeLogOptions {
   root: string
@@ -61,10 +57,7 @@ export class ConsumeLog {
   constructor(opts: ConsumeLogOptions) {
     this.subject = opts.subject
     this.cacheEntries = opts.cacheEntries
-    const dir = path.join(opts.root, subjectDirName(opts.subject))
-    fs.mkdirSync(dir, { recursive: true })
-    const marker = path.join(dir, 'SUBJECT')
-    if (!fs.existsSync(marker)) fs.writeFileSync(marker, opts.subject)
+    const dir = claimSubjectDir(opts.root, opts.subject)
     this.log = SegmentLog.open({
       dir,
       segmentBytes: opts.entriesPerSegment * ENTRY_BYTES,

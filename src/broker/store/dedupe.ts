@@ -17,7 +17,10 @@
  *   confirmed by comparing bytes, so a collision never makes a new message a "duplicate".
  *
  * Everything grows by doubling, up to `maxEntries` entries (and an arena of maxEntries x 64 bytes,
- * at least 1 MiB); past that the oldest entries are forgotten first.
+ * at least 1 MiB); past that the oldest entries are forgotten first. An entry forgotten before its
+ * window ended (cap, arena, or a rebuild on open that could not reach back: `forgetBefore`) shortens
+ * the window really covered: `effectiveWindowMs(now)` = min(window, now - time of the newest entry
+ * forgotten early). Entries leave in time order, so every id stored after that time is remembered.
  */
 const MIN_RING = 64 * 1024
 const KEY_START = 28
@@ -44,6 +47,10 @@ export class DedupeIndex {
   // Arena: key bytes at absolute positions; physical = position & (arena.length - 1).
   private arena = Buffer.alloc(0)
   private arenaPos = 0
+  /** Time of the newest entry forgotten before its window ended (-Infinity: none). */
+  private forgottenUpTo = Number.NEGATIVE_INFINITY
+  /** Why the last early forgetting happened. */
+  forgottenBy: 'maxEntries' | 'rebuild' | undefined
 
   constructor(windowMs: number, maxEntries: number) {
     this.windowMs = windowMs
@@ -62,6 +69,19 @@ export class DedupeIndex {
 
   get size(): number {
     return this.tail - this.head
+  }
+
+  /** How far back (ms) every id stored is remembered at `now`: the window, unless entries were forgotten early. */
+  effectiveWindowMs(now: number): number {
+    if (!this.enabled) return 0
+    return Math.max(0, Math.min(this.windowMs, now - this.forgottenUpTo))
+  }
+
+  /** Ids stored at or before `time` may be missing (a rebuild on open did not reach back that far). */
+  forgetBefore(time: number): void {
+    if (time <= this.forgottenUpTo) return
+    this.forgottenUpTo = time
+    this.forgottenBy = 'rebuild'
   }
 
   /** Position after the newest entry: `rollbackTo(mark)` removes what was added after it. */
@@ -120,7 +140,7 @@ export class DedupeIndex {
   private insertKey(rec: Buffer, start: number, end: number, h: number, seq: number, time: number): void {
     if (!this.enabled) return
     const len = end - start
-    if (this.tail - this.head >= this.maxEntries) this.dropOldest()
+    if (this.tail - this.head >= this.maxEntries) this.dropOldest(true)
     if (this.tail - this.head > this.ringMask) this.growRing()
     const keyOff = this.reserveArena(len)
     const arena = this.arena
@@ -153,12 +173,19 @@ export class DedupeIndex {
   expire(now: number): void {
     const limit = now - this.windowMs
     while (this.head < this.tail && (this.rTime[this.head & this.ringMask] as number) < limit)
-      this.dropOldest()
+      this.dropOldest(false)
   }
 
-  private dropOldest(): void {
+  /** `early`: for room (cap, arena), not because the window passed. */
+  private dropOldest(early: boolean): void {
     if (this.head >= this.tail) return
     const ri = this.head & this.ringMask
+    if (early) {
+      // An entry already past the window does not shorten it: effectiveWindowMs caps at the window.
+      const time = this.rTime[ri] as number
+      if (time > this.forgottenUpTo) this.forgottenUpTo = time
+      this.forgottenBy = 'maxEntries'
+    }
     this.remove(this.rSlot[ri] as number)
     this.head++
   }
@@ -205,7 +232,7 @@ export class DedupeIndex {
       if (cap > 0 && pos + len - oldest <= cap) return pos
       if (cap < this.maxArena)
         this.growArena() // maxArena >= 1 MiB, so an empty arena grows
-      else this.dropOldest()
+      else this.dropOldest(true)
     }
   }
 

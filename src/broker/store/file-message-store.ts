@@ -17,6 +17,7 @@ import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
 import { createStoreMetrics, type StoreMetrics } from './store-metrics'
+import { migrateSubjectDirs } from './subject-dirs'
 import { readSeqs, Subjects, type SubjectState } from './subjects'
 import { tagMask } from './tag-hash'
 import type {
@@ -37,7 +38,7 @@ import type {
  * The broker's file-based MessageStore (see types.ts for the contract, docs/storage.md for the
  * layouts and guarantees). Layout under `dataDir`:
  *   messagelog/<base>.log      message log (message-log.ts)
- *   consumelog/<subject>/...   one consume log per subject (consume-log.ts)
+ *   consumelog/<subject>/...   one consume log per subject (consume-log.ts; names: subject-dirs.ts)
  *   actionlog/<base>.log       consumer progress (action-log.ts, consumer-state.ts)
  *   checkpoint/checkpoint.json (checkpoint.ts)
  */
@@ -72,6 +73,8 @@ export class FileMessageStore implements MessageStore {
   private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
   private nextBroadcastPrune = 0
+  /** The dedupe window was short at the last sweep (logged once per change). */
+  private dedupeWindowShort = false
   /** Wakes nacked messages when their redelivery time comes (between sweeps). */
   private readonly retryAlarm = new RetryAlarm(
     () => this.clock.now(),
@@ -87,7 +90,9 @@ export class FileMessageStore implements MessageStore {
     this.options = resolveMessageStoreOptions(rest)
     this.clock = clock ?? systemClock
     this.log = (logger ?? silentLogger).child({ component: 'store' })
-    this.metrics = createStoreMetrics(registry)
+    this.metrics = createStoreMetrics(registry, {
+      dedupeWindowSeconds: () => this.dedupe.effectiveWindowMs(this.clock.now()) / 1000,
+    })
     this.io = io
     const root = this.options.dataDir
     this.dirs = {
@@ -104,6 +109,7 @@ export class FileMessageStore implements MessageStore {
     this.opened = true
     const o = this.options
     const ioOpt = this.io ? { io: this.io } : {}
+    migrateSubjectDirs(this.dirs.consume, this.log)
     this.subjectsIndex = new Subjects({
       root: this.dirs.consume,
       entriesPerSegment: o.consumeLogSegmentEntries,
@@ -118,6 +124,19 @@ export class FileMessageStore implements MessageStore {
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
       observe: (what, s, b) => this.metrics.io(what, s, b),
+      onSyncError: (err, background) => {
+        this.metrics.syncFailed('message')
+        if (background) {
+          this.log.error(
+            { err },
+            'message log: background fdatasync failed; messages acknowledged since the last good one are not known to be on disk (retried every flushIntervalMs)',
+          )
+        } else this.log.error({ err }, 'message log: fdatasync failed; the unsynced batches are rejected')
+      },
+      onFailed: (err) => {
+        this.metrics.failed('message')
+        this.log.error({ err }, 'message log failed closed: appends are refused until the store is reopened')
+      },
       hooks: {
         prepare: (items, storedAt) => this.prepare(items, storedAt),
         rollback: (items, mark) => this.rollback(items, mark),
@@ -130,6 +149,14 @@ export class FileMessageStore implements MessageStore {
       segmentBytes: o.actionLogSegmentBytes,
       flush: o.actionFlush,
       onError: (err) => this.log.error({ err }, 'action log write failed; keeping the actions queued'),
+      onSyncError: () => this.metrics.syncFailed('action'),
+      onFailed: (err) => {
+        this.metrics.failed('action')
+        this.log.error(
+          { err },
+          'action log failed closed: pulls, acks, nacks and group changes are refused until the store is reopened',
+        )
+      },
       ...ioOpt,
     })
     const report = await recoverStore(this)
@@ -150,7 +177,15 @@ export class FileMessageStore implements MessageStore {
     })
     if (o.flush === 'async' || o.actionFlush === 'async') {
       this.every(o.flushIntervalMs, () => {
-        if (o.actionFlush === 'async') this.alog.sync().catch(() => undefined)
+        if (o.actionFlush === 'async') {
+          this.alog.sync().catch((err: unknown) => {
+            this.metrics.syncFailed('action')
+            this.log.error(
+              { err },
+              'action log: background fdatasync failed; consumer progress since the last good one is not known to be on disk (retried every flushIntervalMs)',
+            )
+          })
+        }
       })
     }
     return report
@@ -164,6 +199,12 @@ export class FileMessageStore implements MessageStore {
 
   private ensureOpen(): void {
     if (!this.opened || this.closed) throw new QmqError('QMQ_ERR_STORE_CLOSED')
+  }
+
+  /** For calls that record consumer progress: refused once the action log failed closed. */
+  private ensureProgressWritable(): void {
+    this.ensureOpen()
+    if (this.alog.failed !== undefined) throw this.alog.failed
   }
 
   async close(): Promise<void> {
@@ -199,8 +240,15 @@ export class FileMessageStore implements MessageStore {
     if (records.length === 0) return []
     const t0 = process.hrtime.bigint()
     const items: AppendItem[] = new Array(records.length)
+    let subject: string | undefined
     for (let i = 0; i < records.length; i++) {
       const r = records[i] as AppendInput
+      // A new subject's consume log is opened here, where a failure (a directory refused by
+      // claimSubjectDir, mkdir errors) fails this append alone, not the batch it would join.
+      if (r.header.subject !== subject) {
+        subject = r.header.subject
+        this.subjectsIndex.getOrCreate(subject)
+      }
       items[i] = {
         record: r.bytes,
         subject: r.header.subject,
@@ -346,7 +394,11 @@ export class FileMessageStore implements MessageStore {
 
   /** See MessageStore.pull; the algorithm is in pull.ts. */
   pull(o: PullOptions): Promise<StoredMessage[]> {
-    this.ensureOpen()
+    try {
+      this.ensureProgressWritable()
+    } catch (err) {
+      return Promise.reject(err)
+    }
     return pullMessages(this, o)
   }
 
@@ -357,7 +409,7 @@ export class FileMessageStore implements MessageStore {
     sequences: readonly number[],
     broadcast = false,
   ): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     if (broadcast) return sequences.length
     const g = this.state.get(subject, group)
     if (!g || sequences.length === 0) return 0
@@ -384,7 +436,7 @@ export class FileMessageStore implements MessageStore {
     sequences: readonly number[],
     options: NackOptions = {},
   ): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return 0
     const now = this.clock.now()
@@ -423,11 +475,32 @@ export class FileMessageStore implements MessageStore {
     const now = this.clock.now()
     for (const g of this.state.all()) this.sweepGroup(g, now)
     this.dedupe.expire(now)
+    this.watchDedupeWindow(now)
     const idle = this.options.broadcastIdleMs
     if (idle > 0 && now >= this.nextBroadcastPrune) {
       this.nextBroadcastPrune = now + Math.min(idle, 60_000)
       this.forgetIdleBroadcast(now - idle)
     }
+  }
+
+  /** Logs when the dedupe index stops covering dedupeWindowMs, and when it covers it again. */
+  private watchDedupeWindow(now: number): void {
+    if (!this.dedupe.enabled) return
+    const effectiveWindowMs = this.dedupe.effectiveWindowMs(now)
+    const short = effectiveWindowMs < this.options.dedupeWindowMs
+    if (short && !this.dedupeWindowShort) {
+      this.log.warn(
+        {
+          effectiveWindowMs,
+          dedupeWindowMs: this.options.dedupeWindowMs,
+          cause: this.dedupe.forgottenBy === 'rebuild' ? 'dedupeRebuildMaxBytes' : 'dedupeMaxEntries',
+        },
+        'dedupe window shorter than dedupeWindowMs: ids forgotten early are stored again if resent (qmq_store_dedupe_window_seconds)',
+      )
+    } else if (!short && this.dedupeWindowShort) {
+      this.log.info({ dedupeWindowMs: this.options.dedupeWindowMs }, 'dedupe window whole again')
+    }
+    this.dedupeWindowShort = short
   }
 
   /**
@@ -494,7 +567,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async resetCursor(subject: string, group: string, position: CursorPosition): Promise<void> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.getOrCreate(subject, group)
     let written: Promise<number> | undefined
     await this.withLock(g, async () => {
@@ -558,7 +631,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async redriveDeadLetters(subject: string, group: string, sequences?: readonly number[]): Promise<number> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return 0
     const seqs = (sequences ?? [...g.dead.keys()]).filter((q) => g.dead.has(q)).sort((a, b) => a - b)
@@ -570,7 +643,7 @@ export class FileMessageStore implements MessageStore {
   }
 
   async forgetGroup(subject: string, group: string): Promise<boolean> {
-    this.ensureOpen()
+    this.ensureProgressWritable()
     const g = this.state.get(subject, group)
     if (!g) return false
     return this.withLock(g, async () => {
@@ -604,6 +677,8 @@ export class FileMessageStore implements MessageStore {
   }
 
   private async doCheckpoint(): Promise<void> {
+    // The action log holds a batch it could not cut off: recovery replays it, no checkpoint skips it.
+    if (this.alog.failed !== undefined) throw this.alog.failed
     // Snapshot instant (synchronous): message-log position with the consume-log lengths that match
     // it, the consumer state, and a MARK queued behind every action applied so far.
     const messageLogOffset = this.mlog.committedEnd

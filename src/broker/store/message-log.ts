@@ -35,7 +35,11 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  * Batches are acknowledged and made visible (`hooks.committed`) strictly in log order. When a write
  * fails, its batch alone is rejected (the segment log truncates the partial write). When an fdatasync
  * fails, no new batch is formed until the write in flight is back; then every batch not yet synced is
- * cut off the log and rejected, newest first (`hooks.rollback`).
+ * cut off the log and rejected, newest first (`hooks.rollback`). When that cut fails too, the rejected
+ * batches stay in the file with sequences that were given back: the log fails closed (`failed`): every
+ * append is refused with QMQ_ERR_STORE_FAILED until the store is reopened (recovery then finds what
+ * the failed cut left of those batches under their own sequences: rejected messages may come back, no
+ * sequence is reused).
  */
 export const FRAME_BYTES = 32
 /** Batch buffers: at least this big when allocated; reused up to this size. */
@@ -80,6 +84,13 @@ export interface MessageLogOptions {
   hooks: MessageLogHooks
   /** Observes latency of writes and syncs, in seconds. */
   observe?: (what: 'write' | 'sync', seconds: number, bytes: number) => void
+  /**
+   * An fdatasync failed: `background` = the 'async' timer's (the segments stay dirty, the next tick
+   * retries); else a batch's under 'sync' (its batches are rejected).
+   */
+  onSyncError?: (err: unknown, background: boolean) => void
+  /** The log failed closed (see `failed`); called once. */
+  onFailed?: (err: QmqError) => void
 }
 
 interface Request {
@@ -183,6 +194,8 @@ export class MessageLog {
   private syncing: Batch[] | undefined
   /** 'sync': an fdatasync failed; set until every unsynced batch is cut off and rejected. */
   private syncError: { err: unknown } | undefined
+  /** Set when rejected batches could not be cut off the log: appends are refused from then on. */
+  failed: QmqError | undefined
   /** The newest batches as written, for pulls of the hot tail (hot-cache.ts). */
   private readonly hot: HotCache
   /** End of the log known to be on stable storage. */
@@ -234,7 +247,7 @@ export class MessageLog {
   startSyncTimer(intervalMs: number): void {
     if (this.opts.flush !== 'async') return
     this.syncTimer = setInterval(() => {
-      this.syncNow().catch(() => undefined)
+      this.syncNow().catch((err: unknown) => this.opts.onSyncError?.(err, true))
     }, intervalMs)
     this.syncTimer.unref()
   }
@@ -250,6 +263,7 @@ export class MessageLog {
 
   append(items: AppendItem[]): Promise<void> {
     if (this.closed) return Promise.reject(new QmqError('QMQ_ERR_STORE_CLOSED'))
+    if (this.failed !== undefined) return Promise.reject(this.failed)
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ items, resolve, reject })
       // Appends of this turn of the event loop form one batch; while a write is in flight they wait
@@ -290,6 +304,12 @@ export class MessageLog {
 
   /** Forms the next batch from the queue and writes it, unless a write is in flight. */
   private pump(): void {
+    if (this.failed !== undefined && this.queue.length > 0) {
+      // Not formed yet: nothing to roll back.
+      const refused = this.queue
+      this.queue = []
+      for (const r of refused) r.reject(this.failed)
+    }
     while (this.writing === undefined && this.syncError === undefined && this.queue.length > 0) {
       const batch = this.form()
       if (batch.bytes === 0) {
@@ -411,6 +431,7 @@ export class MessageLog {
         this.checkIdle()
       },
       (err: unknown) => {
+        this.opts.onSyncError?.(err, false)
         // The written pages cannot be trusted: every batch not synced yet goes (after the write in
         // flight, if any, is back).
         this.syncError = { err }
@@ -434,7 +455,20 @@ export class MessageLog {
       this.pump()
     }
     if (cut === Number.POSITIVE_INFINITY) done()
-    else this.log.truncate(cut).then(done, done)
+    else
+      this.log.truncate(cut).then(done, (cutErr: unknown) => {
+        // The rejected batches stay in the file: giving their sequences to later batches would make
+        // two messages of one sequence (recovery keeps the first: an acknowledged one would be lost).
+        this.failed = new QmqError(
+          'QMQ_ERR_STORE_FAILED',
+          `message log: batches rejected after a failed fdatasync could not be cut off (${
+            cutErr instanceof Error ? cutErr.message : String(cutErr)
+          }); appends are refused until the store is reopened`,
+          { cause: cutErr },
+        )
+        this.opts.onFailed?.(this.failed)
+        done()
+      })
   }
 
   /** Rolls back and rejects batches (newest first). */

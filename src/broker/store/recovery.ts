@@ -62,12 +62,18 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   // Where the dedupe window starts: the first segment written within the window, then whole
   // segments dropped from the front until at most dedupeRebuildMaxBytes remain to scan.
   let dedupeFrom = Number.POSITIVE_INFINITY
-  if (store.dedupe.enabled && o.dedupeRebuildMaxBytes > 0) {
+  // A segment written within the window but past the limit: its ids are forgotten (the effective
+  // window starts at the first record scanned; see DedupeIndex.forgetBefore).
+  let dedupeShort = false
+  if (store.dedupe.enabled) {
     const segs = mlog.log.segments()
     const end = mlog.log.endOffset
     for (const seg of segs) {
       if (seg.mtimeMs < Date.now() - o.dedupeWindowMs) continue // mtimes are wall-clock
-      if (end - seg.base > o.dedupeRebuildMaxBytes) continue
+      if (end - seg.base > o.dedupeRebuildMaxBytes) {
+        if (seg.size > 0) dedupeShort = true
+        continue
+      }
       dedupeFrom = seg.base
       break
     }
@@ -81,6 +87,10 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     (buf, pos, length, offset) => {
       const f = readFrame(buf, pos)
       const h = readRecordHeader(buf, pos + FRAME_BYTES, { verify: false, end: pos + length })
+      if (dedupeShort && offset >= dedupeFrom) {
+        store.dedupe.forgetBefore(f.storedAt)
+        dedupeShort = false
+      }
       if (offset >= dedupeFrom && f.storedAt >= dedupeLimit) {
         // The first copy wins (a later one was stored when the first had left the window).
         const rec = pos + FRAME_BYTES
@@ -103,6 +113,7 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     s.consume.push(offset + FRAME_BYTES, length - FRAME_BYTES, f.storedAt, f.tagMask)
     replayedRecords++
   }
+  if (dedupeShort) store.dedupe.forgetBefore(now) // nothing scanned at all
   for (const t of truncated) {
     store.log.warn(t, 'message log: dropped a torn or corrupt tail')
   }

@@ -1,4 +1,6 @@
-import { Counter, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+
+export type StoreLogName = 'message' | 'action'
 
 /** The store's Prometheus metrics; all no-ops when no registry is given. */
 export interface StoreMetrics {
@@ -6,6 +8,9 @@ export interface StoreMetrics {
   io(what: 'write' | 'sync', seconds: number, bytes: number): void
   appended(messages: number, duplicates: number): void
   retention(segments: number, bytes: number, unconsumed: number): void
+  syncFailed(log: StoreLogName): void
+  /** The log failed closed (refuses writes until the store is reopened). */
+  failed(log: StoreLogName): void
 }
 
 export const noMetrics: StoreMetrics = {
@@ -13,11 +18,45 @@ export const noMetrics: StoreMetrics = {
   io: () => undefined,
   appended: () => undefined,
   retention: () => undefined,
+  syncFailed: () => undefined,
+  failed: () => undefined,
 }
 
-export function createStoreMetrics(registry: Registry | undefined): StoreMetrics {
+/** Values read when the registry is scraped. */
+export interface StoreProbes {
+  /** Seconds of the dedupe window the index really covers now (DedupeIndex.effectiveWindowMs). */
+  dedupeWindowSeconds(): number
+}
+
+export function createStoreMetrics(registry: Registry | undefined, probes?: StoreProbes): StoreMetrics {
   if (!registry) return noMetrics
   const registers = [registry]
+  const syncErrors = new Counter({
+    name: 'qmq_store_sync_errors_total',
+    help: 'Failed fdatasyncs, by log (message: batches rejected under flush sync, retried under async)',
+    labelNames: ['log'],
+    registers,
+  })
+  const failed = new Gauge({
+    name: 'qmq_store_failed',
+    help: '1 when the log refuses writes after a write it could not undo (until the store is reopened)',
+    labelNames: ['log'],
+    registers,
+  })
+  for (const log of ['message', 'action']) {
+    syncErrors.inc({ log }, 0)
+    failed.set({ log }, 0)
+  }
+  if (probes) {
+    new Gauge({
+      name: 'qmq_store_dedupe_window_seconds',
+      help: 'How far back the dedupe index remembers every id now: dedupeWindowMs unless dedupeMaxEntries or the rebuild limit cut it',
+      registers,
+      collect() {
+        this.set(probes.dedupeWindowSeconds())
+      },
+    })
+  }
   const append = new Histogram({
     name: 'qmq_store_append_seconds',
     help: 'Time from append() to its resolution (includes the shared fdatasync under flush sync)',
@@ -79,5 +118,7 @@ export function createStoreMetrics(registry: Registry | undefined): StoreMetrics
       retBytes.inc(b)
       if (u > 0) unconsumed.inc(u)
     },
+    syncFailed: (log) => syncErrors.inc({ log }),
+    failed: (log) => failed.set({ log }, 1),
   }
 }

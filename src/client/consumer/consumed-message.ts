@@ -23,7 +23,8 @@ export class ConsumedMessage extends Message {
 
   /**
    * @internal From a pulled record whose CRC was verified: `header` is its routing header and `bytes`
-   * the record; properties and body are decoded from `bytes` when first asked for.
+   * the record; properties and body are decoded from `bytes` when first asked for. `maxRetries`: the
+   * subscription's (a nack on delivery number maxRetries or later dead-letters); undefined = the broker's.
    */
   constructor(
     sequence: number,
@@ -33,6 +34,7 @@ export class ConsumedMessage extends Message {
     private readonly acks: AckSender | undefined,
     private readonly brokerGroup: string,
     private readonly consumerGroup: string,
+    private readonly maxRetries?: number,
   ) {
     super(
       {
@@ -73,11 +75,15 @@ export class ConsumedMessage extends Message {
     return this.acks.ack(this.sequence)
   }
 
-  /** Gives the message back for redelivery after a backoff (or dead-letters it with `deadLetter`). */
+  /**
+   * Gives the message back for redelivery after a backoff (or dead-letters it with `deadLetter`). On
+   * delivery number `maxRetries` (of the subscription) or later it is dead-lettered, as a throw is.
+   */
   nack(options: NackOptions = {}): Promise<void> {
     if (this.settled || this.acks === undefined) return Promise.resolve()
     this.settled = true
-    return this.acks.nack(this.sequence, options)
+    const last = this.maxRetries !== undefined && this.getDeliveryCount() >= this.maxRetries
+    return this.acks.nack(this.sequence, last ? { ...options, deadLetter: true } : options)
   }
 
   /** @internal Marks the message settled without sending anything (consume-at-most-once). */

@@ -205,7 +205,16 @@ export class Subscription {
     const consumerGroup = this.spec.group
     const maxRetries = this.spec.maxRetries
     const n = readPullAnswer(body, (sequence, deliveryCount, header, bytes) => {
-      const m = new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, group.name, consumerGroup)
+      const m = new ConsumedMessage(
+        sequence,
+        deliveryCount,
+        header,
+        bytes,
+        acks,
+        group.name,
+        consumerGroup,
+        maxRetries,
+      )
       if (atMostOnce) {
         m.markSettled()
         if (deliveryCount > 1) {
