@@ -6,6 +6,8 @@ export interface StoreMetrics {
   io(what: 'write' | 'sync', seconds: number, bytes: number): void
   appended(messages: number, duplicates: number): void
   retention(segments: number, bytes: number, unconsumed: number): void
+  /** A stored record failed its CRC when read for a pull (counted once per record). */
+  corruptRecord(): void
 }
 
 export const noMetrics: StoreMetrics = {
@@ -13,6 +15,7 @@ export const noMetrics: StoreMetrics = {
   io: () => undefined,
   appended: () => undefined,
   retention: () => undefined,
+  corruptRecord: () => undefined,
 }
 
 export function createStoreMetrics(registry: Registry | undefined): StoreMetrics {
@@ -62,7 +65,13 @@ export function createStoreMetrics(registry: Registry | undefined): StoreMetrics
     help: 'Messages deleted by retention before every consumer group had consumed them',
     registers,
   })
+  const corrupt = new Counter({
+    name: 'qmq_store_corrupt_records_total',
+    help: 'Stored records that failed their CRC when read for consumers (skipped, never served)',
+    registers,
+  })
   return {
+    corruptRecord: () => corrupt.inc(),
     appendSeconds: (s) => append.observe(s),
     io: (what, s, b) => {
       if (what === 'write') {
