@@ -279,8 +279,8 @@ async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): P
     })
   }
   if (messages.length > 0 && conn.isClosed && !req.broadcast && !req.atMostOnce) {
-    // The answer has nowhere to go (the client left while the pull ran): hand its messages back
-    // now rather than after their lease.
+    // The answer has nowhere to go (the connection closed while the pull ran; a half-closed one is
+    // still answered): hand its messages back now rather than after their lease.
     ctx.store.release(
       req.subject,
       req.group,
