@@ -179,3 +179,42 @@ t.test('corrupt record - the SDK isolates one bad record of a PULL answer and na
   await until(() => acked.length >= 2, 5_000, 'the listener acked its good records')
   t.same(unhandled, [], 'no unhandled rejection')
 })
+
+t.test(
+  'corrupt record - a PULL answer with broken framing is dropped without an unhandled rejection',
+  async (t) => {
+    const unhandled = watchUnhandled(t)
+    let pulls = 0
+    const good = encodeRecord({
+      id: 'after',
+      subject: 'frm',
+      createdAt: Date.now(),
+      tags: [],
+      properties: new Map(),
+      body: 'after-body',
+    })
+    const server = await startFrameServer((frame, reply) => {
+      if (frame.code !== RequestCode.PULL) return reply(0)
+      pulls++
+      if (pulls === 1) {
+        const broken = Buffer.concat(encodePullResponse([{ sequence: 1, deliveryCount: 1, record: good }]))
+        broken.writeUInt32BE(0xffff, 4 + 10) // the record's length points past the answer
+        reply(0, broken)
+      } else if (pulls === 2)
+        reply(0, Buffer.concat(encodePullResponse([{ sequence: 2, deliveryCount: 1, record: good }])))
+      else setTimeout(() => reply(0, Buffer.concat(encodePullResponse([]))), 50)
+    })
+    t.teardown(() => server.close())
+    const metaUrl = await metaFor(t, () => server.address)
+    const consumer = new MessageConsumerProvider({ appCode: 'c', metaServer: metaUrl, pullTimeoutMs: 100 })
+    t.teardown(() => consumer.close())
+    const pc = consumer.getOrCreatePullConsumer('frm', 'puller')
+    const got: number[] = []
+    for (let i = 0; i < 20 && got.length === 0; i++)
+      for (const m of await pc.pull(10, 200)) got.push(m.sequence)
+    t.same(got, [2], 'the next answer is taken as usual')
+    // Let any rejection of the dropped answer surface before checking.
+    await new Promise((r) => setTimeout(r, 50))
+    t.same(unhandled, [], 'no unhandled rejection')
+  },
+)
