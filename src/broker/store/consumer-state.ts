@@ -74,7 +74,7 @@ export class GroupState {
   private ready: number[] = []
   private readyHead = 0
   private readonly retry = new MinHeap<number>()
-  private readonly leases = new MinHeap<number>()
+  private leases = new MinHeap<number>()
   readonly dead = new Map<number, { dc: number; deadAt: number }>()
   readonly consumers = new Map<string, ConsumerEntry>()
   readonly broadcast = new Map<string, number>()
@@ -162,6 +162,13 @@ export class GroupState {
     if (f.dueAt === until) return true
     f.dueAt = until
     this.leases.push(until, seq)
+    // Acked messages and extended deadlines leave stale entries until their time: rebuild the heap
+    // from the HELD messages when stale ones dominate, so it stays proportional to what is in flight.
+    if (this.leases.size > 2 * this.inflight.size + 4096) {
+      const fresh = new MinHeap<number>()
+      for (const [s, x] of this.inflight) if (x.state === HELD && x.dueAt > 0) fresh.push(x.dueAt, s)
+      this.leases = fresh
+    }
     return true
   }
 

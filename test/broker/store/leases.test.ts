@@ -114,3 +114,34 @@ t.test('leases - expiries survive a crash; held messages get a fresh lease on op
     'then its (fresh) lease ends like any other',
   )
 })
+
+t.test('leases - the deadline heap stays bounded under hand-outs that are acked at once', async (t) => {
+  const clock = new ManualClock()
+  const store = await open(t.testdir(), { clock, leaseMs: 60_000 })
+  t.teardown(() => store.close())
+  for (let round = 0; round < 30; round++) {
+    await fill(store, 's', 500)
+    const got = await store.pull(pullOpts('s', 'g', 'A', { maxMessages: 500 }))
+    t.equal(
+      await store.ack(
+        's',
+        'g',
+        'A',
+        got.slice(1).map((m) => m.sequence),
+      ),
+      got.length - 1,
+    )
+  }
+  const g = store.state.get('s', 'g')
+  const heap = (g as unknown as { leases: { size: number } }).leases
+  // 15,000 hand-outs; at most 530 in flight at a time (500 + the 30 kept): without compaction the heap
+  // would hold an entry per hand-out until its deadline.
+  t.ok(heap.size <= 2 * 530 + 4097, `heap of ${heap.size} entries after 15000 hand-outs`)
+  clock.advance(60_001)
+  store.sweep()
+  t.equal(
+    (await store.pull(pullOpts('s', 'g', 'B', { maxMessages: 100 }))).length,
+    30,
+    'the unacked ones expire',
+  )
+})
