@@ -93,7 +93,7 @@ class ClientMetricSet {
     })
     this.consumed = new Counter({
       name: 'qmq_client_consumed_messages_total',
-      help: 'Messages consumed, by result: ack (handler returned), retry (nacked), dead_letter, or dropped (failed but already settled: at-most-once)',
+      help: 'Messages consumed, by result: ack (handler returned), retry (nacked), dead_letter, dropped (failed but already settled: at-most-once), or corrupt (a record in a PULL answer failed its CRC: nacked, not handled)',
       labelNames: ['subject', 'consumer_group', 'result'],
       registers,
     })
@@ -178,7 +178,7 @@ export class ProducerMetrics {
 }
 
 /** What became of a consumed message (the `result` label). */
-export type ConsumeResult = 'ack' | 'retry' | 'dead_letter' | 'dropped'
+export type ConsumeResult = 'ack' | 'retry' | 'dead_letter' | 'dropped' | 'corrupt'
 
 /** The metrics of one (subject, consumer group), bound to its labels once. */
 export class SubscriptionMetrics {
@@ -201,6 +201,7 @@ export class SubscriptionMetrics {
       retry: s.consumed.labels({ ...labels, result: 'retry' }),
       dead_letter: s.consumed.labels({ ...labels, result: 'dead_letter' }),
       dropped: s.consumed.labels({ ...labels, result: 'dropped' }),
+      corrupt: s.consumed.labels({ ...labels, result: 'corrupt' }),
     }
     this.handlerH = s.handler.labels(labels)
     if (held !== undefined) {

@@ -41,8 +41,12 @@ type Entry = { sequence: number; deliveryCount: number; header: RecordHeader; by
 
 function read(body: Buffer): Entry[] {
   const out: Entry[] = []
-  readPullAnswer(body, (sequence, deliveryCount, header, bytes) =>
-    out.push({ sequence, deliveryCount, header, bytes }),
+  readPullAnswer(
+    body,
+    (sequence, deliveryCount, header, bytes) => out.push({ sequence, deliveryCount, header, bytes }),
+    (sequence) => {
+      throw new Error(`unexpected bad record ${sequence}`)
+    },
   )
   return out
 }
@@ -60,25 +64,42 @@ t.test('pull decode - entries in order with sequences, delivery counts and heade
   t.equal(read(answer([])).length, 0)
 })
 
-t.test('pull decode - a bad record fails the whole answer before any record is handed on', async (t) => {
-  const body = answer([record(0), record(1)])
-  body[body.length - 1] = (body[body.length - 1] as number) ^ 0xff // last record's body: CRC mismatch
+t.test('pull decode - one bad record is reported on its own; the others are handed on', async (t) => {
+  const body = answer([record(0), record(1), record(2)])
+  const second = 4 + 3 * 10 + encodeRecord(record(0)).length // offset of the second record
+  body[second + 50] = (body[second + 50] as number) ^ 0xff // inside it: CRC mismatch
   const seen: number[] = []
-  t.equal(
-    codeOf(() => readPullAnswer(body, (s) => seen.push(s))),
-    'QMQ_ERR_CRC_MISMATCH',
+  const bad: [number, number, string][] = []
+  const n = readPullAnswer(
+    body,
+    (s) => seen.push(s),
+    (s, dc, err) => bad.push([s, dc, err.code]),
   )
-  t.same(seen, [])
+  t.equal(n, 2)
+  t.same(seen, [2 ** 40, 2 ** 40 + 2])
+  t.same(bad, [[2 ** 40 + 1, 2, 'QMQ_ERR_CRC_MISMATCH']])
+})
+
+t.test('pull decode - broken framing fails the whole answer before any record is handed on', async (t) => {
+  const none = () => {}
   const cut = answer([record(0)]).subarray(0, 40)
   t.equal(
-    codeOf(() => readPullAnswer(cut, () => {})),
+    codeOf(() => readPullAnswer(cut, none, none)),
     'QMQ_ERR_PAYLOAD_MALFORMED',
   )
   const extra = Buffer.concat([answer([record(0)]), Buffer.from([0])])
   t.equal(
-    codeOf(() => readPullAnswer(extra, () => {})),
+    codeOf(() => readPullAnswer(extra, none, none)),
     'QMQ_ERR_PAYLOAD_MALFORMED',
   )
+  const long = answer([record(0), record(1)])
+  long.writeUInt32BE(0xffff, 4 + 2 * 10) // first record's length field points past the answer
+  const seen: number[] = []
+  t.equal(
+    codeOf(() => readPullAnswer(long, (s) => seen.push(s), none)),
+    'QMQ_ERR_PAYLOAD_MALFORMED',
+  )
+  t.same(seen, [])
 })
 
 t.test('pull decode - a consumed message decodes properties and body when asked', async (t) => {

@@ -8,6 +8,7 @@ import {
   decodeNackRequest,
   decodePullRequest,
   encodeCountResponse,
+  encodeHeartbeatResponse,
   encodePullResponse,
   encodeSendResponse,
   type SendResult,
@@ -277,6 +278,17 @@ async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): P
       isAlive: () => !conn.isClosed,
     })
   }
+  if (messages.length > 0 && conn.isClosed && !req.broadcast && !req.atMostOnce) {
+    // The answer has nowhere to go (the connection closed while the pull ran; a half-closed one is
+    // still answered): hand its messages back now rather than after their lease.
+    ctx.store.release(
+      req.subject,
+      req.group,
+      req.consumerId,
+      messages.map((m) => m.sequence),
+    )
+    return EMPTY
+  }
   countPulled(ctx, req.subject, req.group, messages)
   return encodePullResponse(messages)
 }
@@ -318,9 +330,9 @@ async function handleNack(ctx: ServerContext, body: Buffer): Promise<ResponseBod
 
 async function handleHeartbeat(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
   const req = decodeHeartbeatRequest(body)
-  ctx.store.heartbeat(
+  const res = ctx.store.heartbeat(
     req.consumerId,
-    req.subscriptions.map((s) => ({ subject: s.subject, group: s.group })),
+    req.subscriptions.map((s) => ({ subject: s.subject, group: s.group, sequences: s.sequences })),
   )
-  return EMPTY
+  return encodeHeartbeatResponse(res)
 }

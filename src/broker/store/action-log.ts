@@ -16,7 +16,7 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *   0       4     length      u32: whole entry
  *   4       4     crc         u32: CRC32C of bytes [8, length)
  *   8       1     type        u8: ActionType
- *   9       1     flags       u8: bit0 broadcast, bit1 at-most-once
+ *   9       1     flags       u8: bit0 broadcast, bit1 at-most-once, bit2 seqs (EXPIRE with a body)
  *   10      2     reserved    u16: 0
  *   12      8     time        i64: ms since epoch
  *   20            subject     u16 length + UTF-8 (empty for MARK)
@@ -26,7 +26,10 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *     PULL     i64 cursorAfter (-1 = unchanged), u32 n, n x (i64 firstSeq, u32 count)   handed-out ranges
  *     ACK      u32 n, n x (i64 firstSeq, u32 count)
  *     NACK     u32 n, n x (i64 seq, i64 redeliverAt)   redeliverAt -1 = dead-lettered
- *     EXPIRE   (none) the consumer's lease ended: what it held becomes deliverable to its group
+ *     EXPIRE   without the SEQS flag (written before per-message leases): no body; everything
+ *              consumerId held becomes deliverable to its group. With SEQS: u32 n, n x (i64 firstSeq,
+ *              u32 count): the leases of these handed-out messages ended (consumerId '' = whoever
+ *              holds them; else only if that consumer does): each becomes deliverable again
  *     CURSOR   i64 cursor   (creates the group / broadcast consumer, or an operator reset)
  *     REDRIVE  u32 n, n x (i64 firstSeq, u32 count)   dead letters made deliverable again
  *     MARK     (none) written by a checkpoint: replay starts after it
@@ -47,6 +50,8 @@ export type ActionTypeValue = (typeof ActionType)[keyof typeof ActionType]
 
 export const ACTION_FLAG_BROADCAST = 0x01
 export const ACTION_FLAG_AT_MOST_ONCE = 0x02
+/** EXPIRE: the action names the sequences whose lease ended (see the layout above). */
+export const ACTION_FLAG_SEQS = 0x04
 
 export interface Action {
   type: ActionTypeValue
@@ -57,7 +62,7 @@ export interface Action {
   consumerId: string
   /** PULL: cursor after the pull (-1 unchanged); CURSOR: the new cursor. */
   cursor: number
-  /** PULL / ACK / NACK / REDRIVE: the sequences. */
+  /** PULL / ACK / NACK / REDRIVE / EXPIRE with ACTION_FLAG_SEQS: the sequences. */
   seqs: number[]
   /** NACK: redeliver-after per sequence (-1 = dead letter). */
   dueAts?: number[]
@@ -78,6 +83,16 @@ function toRanges(seqs: readonly number[]): number[] {
   return out
 }
 
+/** Whether an entry of this type (and flags) has a body of sequence ranges. */
+function hasRanges(type: number, flags: number): boolean {
+  return (
+    type === ActionType.PULL ||
+    type === ActionType.ACK ||
+    type === ActionType.REDRIVE ||
+    (type === ActionType.EXPIRE && (flags & ACTION_FLAG_SEQS) !== 0)
+  )
+}
+
 export function encodeAction(a: Action): Buffer {
   const subject = Buffer.from(a.subject, 'utf8')
   const group = Buffer.from(a.group, 'utf8')
@@ -93,6 +108,12 @@ export function encodeAction(a: Action): Buffer {
     case ActionType.REDRIVE:
       ranges = toRanges(a.seqs)
       body = 4 + (ranges.length / 2) * 12
+      break
+    case ActionType.EXPIRE:
+      if (a.flags & ACTION_FLAG_SEQS) {
+        ranges = toRanges(a.seqs)
+        body = 4 + (ranges.length / 2) * 12
+      }
       break
     case ActionType.NACK:
       body = 4 + a.seqs.length * 16
@@ -120,7 +141,7 @@ export function encodeAction(a: Action): Buffer {
     writeI64(b, a.cursor, o)
     o += 8
   }
-  if (a.type === ActionType.PULL || a.type === ActionType.ACK || a.type === ActionType.REDRIVE) {
+  if (hasRanges(a.type, a.flags)) {
     b.writeUInt32BE(ranges.length / 2, o)
     o += 4
     for (let i = 0; i < ranges.length; i += 2) {
@@ -180,7 +201,7 @@ export function decodeAction(b: Buffer, pos: number): Action {
     a.cursor = readI64(b, o)
     o += 8
   }
-  if (type === ActionType.PULL || type === ActionType.ACK || type === ActionType.REDRIVE) {
+  if (hasRanges(type, flags)) {
     const n = b.readUInt32BE(o)
     o += 4
     for (let i = 0; i < n; i++) {

@@ -1,4 +1,10 @@
-import { type Action, ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ActionType } from './action-log'
+import {
+  type Action,
+  ACTION_FLAG_AT_MOST_ONCE,
+  ACTION_FLAG_BROADCAST,
+  ACTION_FLAG_SEQS,
+  ActionType,
+} from './action-log'
 import { MinHeap } from './min-heap'
 
 /**
@@ -7,8 +13,14 @@ import { MinHeap } from './min-heap'
  *
  * - `cursor`: next sequence of the subject never handed to this group. Everything below it is either
  *   acked (not stored at all) or listed in `inflight`.
- * - `inflight`: handed out and not acked: seq -> { delivery count, holder, state, redeliverAt }.
+ * - `inflight`: handed out and not acked: seq -> { delivery count, holder, state, dueAt }.
  *   A consumer's pull log is its `held` set (rebuilt from PULL/ACK/NACK/EXPIRE actions).
+ * - `leases`: min-heap of (lease deadline, seq) of HELD messages. Every handed-out message has its
+ *   own deadline (hand-out time + leaseMs), moved only by an explicit extension of that message
+ *   (HEARTBEAT with its sequence, see extend()): pulls and acks no longer renew what a consumer
+ *   holds, so a PULL answer the client never saw comes back after leaseMs. Entries are validated
+ *   when popped (an extension pushes a new entry; the old one no longer matches `dueAt`).
+ *   Deadlines are not persisted: on open every held message gets a fresh lease (refreshLeases).
  * - `ready`: sequences due for redelivery (retry time passed, lease expired, redriven), FIFO.
  * - `retry`: min-heap of (redeliverAt, seq) of nacked messages waiting for their time.
  * - `dead`: dead letters of this group: seq -> { delivery count, deadAt }; the message stays where
@@ -25,12 +37,17 @@ export interface Inflight {
   dc: number
   holder: string | undefined
   state: InflightState
+  /** RETRY: redeliver-after time. HELD: lease deadline (0 = none set yet; not persisted). READY: 0. */
   dueAt: number
 }
 
 export interface ConsumerEntry {
   held: Set<number>
-  /** ms since epoch; not persisted: every consumer gets a fresh lease when the store opens. */
+  /**
+   * ms since epoch: the consumer counts as present (forgetGroup refuses) until then; renewed by its
+   * pulls, acks, nacks and heartbeats. Not persisted: every consumer is present again when the
+   * store opens. The messages it holds have their own deadlines (Inflight.dueAt).
+   */
   leaseUntil: number
 }
 
@@ -57,6 +74,7 @@ export class GroupState {
   private ready: number[] = []
   private readyHead = 0
   private readonly retry = new MinHeap<number>()
+  private leases = new MinHeap<number>()
   readonly dead = new Map<number, { dc: number; deadAt: number }>()
   readonly consumers = new Map<string, ConsumerEntry>()
   readonly broadcast = new Map<string, number>()
@@ -135,6 +153,54 @@ export class GroupState {
 
   nextDue(): number {
     return this.retry.peekKey()
+  }
+
+  /** Sets the lease deadline of a HELD message (hand-out, hand-back, extension); false if not HELD. */
+  lease(seq: number, until: number): boolean {
+    const f = this.inflight.get(seq)
+    if (f === undefined || f.state !== HELD) return false
+    if (f.dueAt === until) return true
+    f.dueAt = until
+    this.leases.push(until, seq)
+    // Acked messages and extended deadlines leave stale entries until their time: rebuild the heap
+    // from the HELD messages when stale ones dominate, so it stays proportional to what is in flight.
+    if (this.leases.size > 2 * this.inflight.size + 4096) {
+      const fresh = new MinHeap<number>()
+      for (const [s, x] of this.inflight) if (x.state === HELD && x.dueAt > 0) fresh.push(x.dueAt, s)
+      this.leases = fresh
+    }
+    return true
+  }
+
+  /**
+   * Extends the leases of messages `consumerId` holds to `until`: exactly `seqs` (others' or
+   * unknown sequences are ignored), or everything it holds when `seqs` is undefined (the HEARTBEAT
+   * of a client from before per-message leases). Returns how many were extended.
+   */
+  extend(consumerId: string, seqs: readonly number[] | undefined, until: number): number {
+    const c = this.consumers.get(consumerId)
+    if (c === undefined || c.held.size === 0) return 0
+    let n = 0
+    for (const s of seqs ?? [...c.held]) {
+      if (this.inflight.get(s)?.holder === consumerId && this.lease(s, until)) n++
+    }
+    return n
+  }
+
+  /** Gives every HELD message the lease deadline `until` (on open: deadlines are not persisted). */
+  refreshLeases(until: number): void {
+    for (const [s, f] of this.inflight) if (f.state === HELD) this.lease(s, until)
+  }
+
+  /** HELD messages whose lease deadline is at or before `now`, by sequence (taken off the heap). */
+  expiredLeases(now: number): number[] {
+    const out: number[] = []
+    while (this.leases.size > 0 && this.leases.peekKey() <= now) {
+      const [due, seq] = this.leases.pop() as [number, number]
+      const f = this.inflight.get(seq)
+      if (f !== undefined && f.state === HELD && f.dueAt === due) out.push(seq)
+    }
+    return out.sort((x, y) => x - y)
   }
 
   private release(seq: number, f: Inflight): void {
@@ -224,6 +290,20 @@ export class GroupState {
         return n
       }
       case ActionType.EXPIRE: {
+        if (a.flags & ACTION_FLAG_SEQS) {
+          let n = 0
+          for (const s of a.seqs) {
+            const f = this.inflight.get(s)
+            if (f === undefined || f.state !== HELD) continue
+            if (a.consumerId !== '' && f.holder !== a.consumerId) continue
+            this.release(s, f)
+            f.state = READY
+            f.dueAt = 0
+            this.pushReady(s)
+            n++
+          }
+          return n
+        }
         const c = this.consumers.get(a.consumerId)
         if (!c) return 0
         const held = [...c.held].sort((x, y) => x - y)
@@ -232,6 +312,7 @@ export class GroupState {
           if (!f) continue
           f.holder = undefined
           f.state = READY
+          f.dueAt = 0
           this.pushReady(s)
         }
         c.held.clear()
@@ -252,14 +333,10 @@ export class GroupState {
     }
   }
 
-  /** Consumers whose lease ended while holding messages. */
-  expiredConsumers(now: number): string[] {
-    const out: string[] = []
-    for (const [id, c] of this.consumers) {
-      if (c.leaseUntil <= now && c.held.size > 0) out.push(id)
-      else if (c.leaseUntil <= now && c.held.size === 0) this.consumers.delete(id)
-    }
-    return out
+  /** Forgets consumers that are no longer present and hold nothing. */
+  pruneIdleConsumers(now: number): void {
+    for (const [id, c] of this.consumers)
+      if (c.leaseUntil <= now && c.held.size === 0) this.consumers.delete(id)
   }
 
   counts(): { inFlight: number; retrying: number } {
@@ -282,7 +359,8 @@ export class GroupState {
           holderIdx.set(f.holder, h)
         }
       }
-      inflight.push(s, f.dc, f.state, f.dueAt, h)
+      // A HELD message's lease deadline is not persisted (refreshLeases on open).
+      inflight.push(s, f.dc, f.state, f.state === HELD ? 0 : f.dueAt, h)
     }
     const dead: number[] = []
     for (const [s, d] of this.dead) dead.push(s, d.dc, d.deadAt)

@@ -5,7 +5,7 @@ import type { Logger } from '../../common/logger'
 import { silentLogger } from '../../common/logger'
 import type { Registry } from '../../common/metrics'
 import { StartPosition } from '../../common/protocol/commands'
-import { type Action, ACTION_FLAG_BROADCAST, ActionLog, ActionType } from './action-log'
+import { type Action, ACTION_FLAG_BROADCAST, ACTION_FLAG_SEQS, ActionLog, ActionType } from './action-log'
 import { writeCheckpoint } from './checkpoint'
 import { ConsumerState, type GroupState } from './consumer-state'
 import { DedupeIndex } from './dedupe'
@@ -27,6 +27,8 @@ import type {
   BacklogInfo,
   CursorPosition,
   DeadLetter,
+  HeartbeatResult,
+  HeartbeatSubscription,
   MessageStore,
   NackOptions,
   PullOptions,
@@ -75,6 +77,8 @@ export class FileMessageStore implements MessageStore {
   private nextBroadcastPrune = 0
   /** The dedupe window was short at the last sweep (logged once per change). */
   private dedupeWindowShort = false
+  /** Message-log offsets of records found corrupt on read (each is logged and counted once). */
+  private readonly corruptSeen = new Set<number>()
   /** Wakes nacked messages when their redelivery time comes (between sweeps). */
   private readonly retryAlarm = new RetryAlarm(
     () => this.clock.now(),
@@ -137,6 +141,7 @@ export class FileMessageStore implements MessageStore {
         this.metrics.failed('message')
         this.log.error({ err }, 'message log failed closed: appends are refused until the store is reopened')
       },
+      onCorrupt: (offset, size) => this.corruptRecord(offset, size),
       hooks: {
         prepare: (items, storedAt) => this.prepare(items, storedAt),
         rollback: (items, mark) => this.rollback(items, mark),
@@ -163,6 +168,8 @@ export class FileMessageStore implements MessageStore {
     this.recoveryReport = report
     const openedAt = this.clock.now()
     for (const g of this.state.all()) {
+      // Lease deadlines are not persisted: every message held before the restart gets a fresh one.
+      g.refreshLeases(openedAt + o.leaseMs)
       this.retryAlarm.watch(g)
       for (const id of g.broadcast.keys()) g.broadcastSeen.set(id, openedAt)
     }
@@ -231,6 +238,18 @@ export class FileMessageStore implements MessageStore {
     this.retryAlarm.close()
     this.mlog.abandon()
     this.alog.abandon()
+  }
+
+  /**
+   * A record read for a pull failed its CRC: it is skipped (never served, as if retention had removed
+   * it; the group's cursor passes it and a redelivery of it is dropped), logged and counted once.
+   */
+  private corruptRecord(offset: number, size: number): void {
+    if (this.corruptSeen.has(offset)) return
+    if (this.corruptSeen.size >= 100_000) this.corruptSeen.clear() // bound; at worst logged again
+    this.corruptSeen.add(offset)
+    this.metrics.corruptRecord()
+    this.log.error({ offset, size }, 'message log: stored record fails its CRC; skipped, not served')
   }
 
   // ---- appends ----
@@ -461,12 +480,35 @@ export class FileMessageStore implements MessageStore {
     return affected
   }
 
-  heartbeat(consumerId: string, subscriptions: readonly { subject: string; group: string }[]): void {
+  heartbeat(consumerId: string, subscriptions: readonly HeartbeatSubscription[]): HeartbeatResult {
     const until = this.clock.now() + this.options.leaseMs
+    let extended = 0
     for (const sub of subscriptions) {
-      const c = this.state.get(sub.subject, sub.group)?.consumers.get(consumerId)
-      if (c) c.leaseUntil = until
+      const g = this.state.get(sub.subject, sub.group)
+      const c = g?.consumers.get(consumerId)
+      if (!g || !c) continue
+      c.leaseUntil = until
+      extended += g.extend(consumerId, sub.sequences, until)
     }
+    return { extended, leaseMs: this.options.leaseMs }
+  }
+
+  /**
+   * Hands messages `consumerId` holds back to its group at once, as if their leases ended (the
+   * server could not deliver the answer that carried them). Returns how many it held.
+   */
+  release(subject: string, group: string, consumerId: string, sequences: readonly number[]): number {
+    this.ensureOpen()
+    const g = this.state.get(subject, group)
+    if (!g || sequences.length === 0) return 0
+    const { affected } = this.record(
+      this.action(ActionType.EXPIRE, subject, group, consumerId, {
+        seqs: [...sequences],
+        flags: ACTION_FLAG_SEQS,
+      }),
+    )
+    if (affected > 0) this.notify(subject)
+    return affected
   }
 
   /** Lease expiry and due retries of every group (the store's timer runs it; tests may call it). */
@@ -523,15 +565,23 @@ export class FileMessageStore implements MessageStore {
 
   sweepGroup(g: GroupState, now: number): void {
     let n = g.promoteDue(now)
-    for (const id of g.expiredConsumers(now)) {
-      const { affected, written } = this.record(this.action(ActionType.EXPIRE, g.subject, g.group, id))
-      written.catch(() => undefined)
+    const expired = g.expiredLeases(now)
+    if (expired.length > 0) {
+      const holders = new Set<string>()
+      for (const s of expired) {
+        const h = g.inflight.get(s)?.holder
+        if (h !== undefined) holders.add(h)
+      }
+      const { affected } = this.record(
+        this.action(ActionType.EXPIRE, g.subject, g.group, '', { seqs: expired, flags: ACTION_FLAG_SEQS }),
+      )
       n += affected
       this.log.info(
-        { subject: g.subject, group: g.group, consumerId: id, messages: affected },
-        'consumer lease expired',
+        { subject: g.subject, group: g.group, consumers: [...holders].slice(0, 10), messages: affected },
+        'message leases expired; redelivering',
       )
     }
+    g.pruneIdleConsumers(now)
     if (n > 0) this.notify(g.subject)
   }
 

@@ -91,6 +91,11 @@ export interface MessageLogOptions {
   onSyncError?: (err: unknown, background: boolean) => void
   /** The log failed closed (see `failed`); called once. */
   onFailed?: (err: QmqError) => void
+  /**
+   * A record read from disk failed its CRC (or its length field disagrees): readMany returns it as
+   * undefined (like a deleted one) so it is never served; this tells the store about it.
+   */
+  onCorrupt?: (offset: number, size: number) => void
 }
 
 interface Request {
@@ -179,6 +184,15 @@ export function readFrame(buf: Buffer, pos: number): FrameFields {
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/** Length field and CRC32C of a record as read back (record.ts layout). */
+function recordIntact(rec: Buffer): boolean {
+  return (
+    rec.length >= MIN_RECORD_BYTES &&
+    rec.readUInt32BE(0) === rec.length &&
+    rec.readUInt32BE(4) === crc32cRange(rec, 8, rec.length)
+  )
+}
 
 export class MessageLog {
   readonly log: SegmentLog
@@ -537,7 +551,13 @@ export class MessageLog {
       for (let k = i; k < j; k++) {
         const n = locs[k] as { offset: number; size: number }
         const rel = n.offset - loc.offset
-        out[k] = rel + n.size <= buf.length ? buf.subarray(rel, rel + n.size) : undefined
+        const rec = rel + n.size <= buf.length ? buf.subarray(rel, rel + n.size) : undefined
+        // Records read from disk are checked before they are served (bit rot after recovery checked
+        // them); hot ones were verified on receipt and never left memory.
+        if (rec !== undefined && !recordIntact(rec)) {
+          this.opts.onCorrupt?.(n.offset, n.size)
+          out[k] = undefined
+        } else out[k] = rec
       }
       i = j
     }

@@ -81,6 +81,8 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
         if (result.length > 0 && bytes >= o.maxBytes) break
         result.push({ subject: o.subject, sequence: held[i] as number, deliveryCount: f.dc, record: rec })
         bytes += rec.length
+        // Handed out again: a fresh lease from now.
+        g.lease(held[i] as number, now + store.options.leaseMs)
       }
       // Held messages removed by retention can never be handed back (so never acked): drop them,
       // or they would stay in flight for as long as this consumer keeps its lease.
@@ -158,6 +160,12 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
         flags: o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0,
       }),
     ).written
+    // Each handed-out message has its own lease deadline: it comes back to the group then unless the
+    // consumer extends exactly it (HEARTBEAT). Nothing else renews it (see consumer-state.ts).
+    if (!o.atMostOnce) {
+      const until = store.clock.now() + store.options.leaseMs
+      for (const seq of seqs) g.lease(seq, until)
+    }
     for (let i = 0; i < redeliver.length; i++) {
       const seq = redeliver[i] as number
       result.push({

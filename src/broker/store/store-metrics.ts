@@ -11,6 +11,8 @@ export interface StoreMetrics {
   syncFailed(log: StoreLogName): void
   /** The log failed closed (refuses writes until the store is reopened). */
   failed(log: StoreLogName): void
+  /** A stored record failed its CRC when read for a pull (counted once per record). */
+  corruptRecord(): void
 }
 
 export const noMetrics: StoreMetrics = {
@@ -20,6 +22,7 @@ export const noMetrics: StoreMetrics = {
   retention: () => undefined,
   syncFailed: () => undefined,
   failed: () => undefined,
+  corruptRecord: () => undefined,
 }
 
 /** Values read when the registry is scraped. */
@@ -101,7 +104,13 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
     help: 'Messages deleted by retention before every consumer group had consumed them',
     registers,
   })
+  const corrupt = new Counter({
+    name: 'qmq_store_corrupt_records_total',
+    help: 'Stored records that failed their CRC when read for consumers (skipped, never served)',
+    registers,
+  })
   return {
+    corruptRecord: () => corrupt.inc(),
     appendSeconds: (s) => append.observe(s),
     io: (what, s, b) => {
       if (what === 'write') {

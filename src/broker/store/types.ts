@@ -105,6 +105,20 @@ export interface RecoveryReport {
 
 export type AvailableListener = (subject: string) => void
 
+export interface HeartbeatSubscription {
+  subject: string
+  group: string
+  /** The held messages to extend; undefined = every message the consumer holds in this group. */
+  sequences?: readonly number[] | undefined
+}
+
+export interface HeartbeatResult {
+  /** Messages whose lease was extended. */
+  extended: number
+  /** The store's lease: a handed-out message not extended for this long is redelivered. */
+  leaseMs: number
+}
+
 export interface MessageStore {
   /** Recovers from disk; must be called (and awaited) before anything else. */
   open(): Promise<RecoveryReport>
@@ -143,8 +157,15 @@ export interface MessageStore {
     options?: NackOptions,
   ): Promise<number>
 
-  /** Extends the leases of a consumer's held messages. */
-  heartbeat(consumerId: string, subscriptions: readonly { subject: string; group: string }[]): void
+  /**
+   * The consumer is still there: extends the lease deadlines of exactly the messages listed per
+   * subscription (those it still holds), or of everything it holds in a subscription listed without
+   * `sequences` (clients from before per-message leases). Pulls and acks do not extend anything.
+   */
+  heartbeat(consumerId: string, subscriptions: readonly HeartbeatSubscription[]): HeartbeatResult
+
+  /** Hands held messages back to their group at once (their answer could not be delivered). */
+  release(subject: string, group: string, consumerId: string, sequences: readonly number[]): number
 
   /**
    * Called when a subject may have something new to pull: appends made durable, a redelivery that

@@ -18,6 +18,11 @@ import type { ConsumerContext } from './subscription'
  *
  * Every ack()/nack() returns the promise of its batch. Those promises always have a handler attached,
  * so ignoring them never causes an unhandled rejection.
+ *
+ * It also keeps the messages this consumer holds from its broker group (`hold()` when a message is
+ * taken from a PULL answer, dropped again on ack/nack): the provider's HEARTBEAT lists exactly those,
+ * and the broker extends the lease of exactly those. A message the SDK never took (a PULL answer that
+ * came too late, or could not be read) is not listed, so the broker redelivers it after its lease.
  */
 export interface AckHead {
   subject: string
@@ -62,6 +67,7 @@ type Kind = string
 
 export class AckSender {
   private readonly open = new Map<Kind, Batch>()
+  private readonly held = new Set<number>()
   private scheduled = false
   private inFlight = 0
   private idleWaiters: (() => void)[] = []
@@ -79,6 +85,16 @@ export class AckSender {
     let n = this.inFlight
     for (const b of this.open.values()) n += b.sequences.length
     return n
+  }
+
+  /** A message was taken from a PULL answer and is held until ack/nack (its lease is extended). */
+  hold(sequence: number): void {
+    if (!this.abort.signal.aborted) this.held.add(sequence)
+  }
+
+  /** The sequences held now (what the next HEARTBEAT extends). */
+  heldSequences(): number[] {
+    return [...this.held]
   }
 
   ack(sequence: number): Promise<void> {
@@ -107,12 +123,14 @@ export class AckSender {
   /** Stops retrying: what is still unconfirmed fails with QMQ_ERR_CLIENT_CLOSED. */
   close(): void {
     this.abort.abort()
+    this.held.clear()
     for (const b of this.open.values()) b.reject(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'ack sender closed'))
     this.open.clear()
     this.maybeIdle()
   }
 
   private add(kind: Kind, sequence: number): Promise<void> {
+    this.held.delete(sequence)
     if (this.abort.signal.aborted) {
       return Promise.reject(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'consumer is closed; cannot ack'))
     }

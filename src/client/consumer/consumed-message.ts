@@ -49,6 +49,8 @@ export class ConsumedMessage extends Message {
       { deliveryCount, readOnly: true, undecoded: bytes },
     )
     this.sequence = sequence
+    // Held (its lease extended by heartbeats) until it is settled.
+    acks?.hold(sequence)
   }
 
   /** The subject's sequence on its broker group. */

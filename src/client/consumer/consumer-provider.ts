@@ -2,7 +2,11 @@ import { integer, type OptionsSchema, optionalString, resolveOptions } from '../
 import { QmqError } from '../../common/errors'
 import { validateConsumerId } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
-import { encodeHeartbeatRequest } from '../../common/protocol/commands'
+import {
+  decodeHeartbeatResponse,
+  encodeHeartbeatRequest,
+  type HeartbeatSubscription,
+} from '../../common/protocol/commands'
 import { defaultInstanceName } from '../client-id'
 import {
   type ClientRuntime,
@@ -43,7 +47,10 @@ export interface ConsumerOptions extends CommonClientOptions {
   ackBatchSize: number
   /** Default maxRetries of subscriptions. */
   maxRetries: number
-  /** HEARTBEAT to every broker this often (keeps the leases of held messages). */
+  /**
+   * HEARTBEAT to every broker this often: it extends the leases of exactly the messages this consumer
+   * holds (more often when a broker's lease is shorter than 3 intervals).
+   */
   heartbeatIntervalMs: number
   /** Bound on close(): waiting for handlers is not bounded, flushing acks is. */
   closeTimeoutMs: number
@@ -85,6 +92,8 @@ export class MessageConsumerProvider extends ClientBase {
   private readonly subscriptions: Subscription[] = []
   private readonly pullConsumers = new Map<string, PullConsumer>()
   private heartbeatTimer: NodeJS.Timeout | undefined
+  /** The shortest message lease a broker announced (HEARTBEAT answers); 0 = none yet. */
+  private brokerLeaseMs = 0
   private metaHeartbeatTimer: NodeJS.Timeout | undefined
   private started = false
   private closePromise: Promise<void> | undefined
@@ -211,7 +220,7 @@ export class MessageConsumerProvider extends ClientBase {
    */
   close(): Promise<void> {
     this.closePromise ??= (async () => {
-      if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
       if (this.metaHeartbeatTimer) clearTimeout(this.metaHeartbeatTimer)
       const rt = this.rt
       if (rt === undefined) return
@@ -265,16 +274,33 @@ export class MessageConsumerProvider extends ClientBase {
 
   private startHeartbeats(): void {
     const o = this.opts as ConsumerOptions
-    if (this.heartbeatTimer === undefined) {
-      this.heartbeatTimer = setInterval(() => this.brokerHeartbeats(), o.heartbeatIntervalMs)
-      this.heartbeatTimer.unref()
-    }
+    // The first one soon: its answer tells the broker's lease (the interval may have to be shorter).
+    if (this.heartbeatTimer === undefined)
+      this.scheduleBrokerHeartbeats(Math.min(o.heartbeatIntervalMs, 1_000))
     if (this.metaHeartbeatTimer === undefined) this.scheduleMetaHeartbeat(0)
   }
 
   /**
-   * HEARTBEAT to every broker a subscription or pull consumer pulls from, listing what this consumer
-   * holds there (at-most-once subscriptions hold nothing).
+   * Heartbeats run every heartbeatIntervalMs, or every third of the shortest lease a broker announced
+   * if that is shorter (a held message's lease is extended at least twice before it would end); at
+   * most 1 s apart until a broker told its lease.
+   */
+  private scheduleBrokerHeartbeats(ms: number): void {
+    if (this.closePromise) return
+    this.heartbeatTimer = setTimeout(() => {
+      this.brokerHeartbeats()
+      const o = this.opts as ConsumerOptions
+      const lease = this.brokerLeaseMs
+      const next = lease > 0 ? Math.max(50, Math.floor(lease / 3)) : 1_000
+      this.scheduleBrokerHeartbeats(Math.min(o.heartbeatIntervalMs, next))
+    }, ms)
+    this.heartbeatTimer.unref()
+  }
+
+  /**
+   * HEARTBEAT to every broker a subscription or pull consumer pulls from, listing exactly the messages
+   * this consumer holds there (received and not settled): the broker extends their leases, and only
+   * theirs. At-most-once subscriptions hold nothing; broadcast consumers hold nothing on the broker.
    */
   private brokerHeartbeats(): void {
     const rt = this.rt as ClientRuntime
@@ -287,23 +313,25 @@ export class MessageConsumerProvider extends ClientBase {
           group: s.spec.group,
           broadcast: s.spec.broadcast,
           on: s.brokerGroups,
+          held: (g: string) => s.heldOn(g),
         })),
       ...[...this.pullConsumers.values()].map((p) => ({
         subject: p.subject,
         group: p.group,
         broadcast: p.broadcast,
         on: p.brokerGroups,
+        held: (g: string) => p.heldOn(g),
       })),
     ]
-    const byAddress = new Map<string, { subject: string; group: string; broadcast: boolean }[]>()
-    for (const { on, ...sub } of holders) {
+    const byAddress = new Map<string, HeartbeatSubscription[]>()
+    for (const { on, held, ...sub } of holders) {
       for (const g of on) {
         let list = byAddress.get(g.address)
         if (list === undefined) {
           list = []
           byAddress.set(g.address, list)
         }
-        list.push(sub)
+        list.push(sub.broadcast ? sub : { ...sub, sequences: held(g.name) })
       }
     }
     for (const [address, subscriptions] of byAddress) {
@@ -319,6 +347,11 @@ export class MessageConsumerProvider extends ClientBase {
           .get(address)
           .request(RequestCode.HEARTBEAT, body, {
             timeoutMs: (this.opts as ConsumerOptions).requestTimeoutMs,
+          })
+          .then((frame) => {
+            const { leaseMs } = decodeHeartbeatResponse(frame.body)
+            if (leaseMs > 0 && (this.brokerLeaseMs === 0 || leaseMs < this.brokerLeaseMs))
+              this.brokerLeaseMs = leaseMs
           })
           .catch((err: unknown) =>
             this.log.debug({ address, err: (err as Error).message }, 'heartbeat failed'),

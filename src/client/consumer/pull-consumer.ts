@@ -24,9 +24,11 @@ export interface PullConsumerOptions {
  * batches and yields messages one by one until the consumer (or its provider) is closed.
  *
  * A pull asks every broker group of the subject at once and returns as soon as one has messages.
- * Messages that arrive from the others afterwards are kept for the next pull (they are held for this
- * consumer by the broker, so call pull() again or close() soon; the broker hands unacked messages
- * to others when the consumer's lease ends).
+ * Messages that arrive from the others afterwards are kept for the next pull. Every message received
+ * and not yet settled (kept for the next pull, or returned and not acked/nacked) is held: the
+ * provider's heartbeats extend its lease on the broker, so settle each one (or close the consumer);
+ * a message the SDK never received (a PULL answer that came after its deadline) is redelivered by
+ * the broker after its lease.
  */
 export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private readonly buffered: ConsumedMessage[] = []
@@ -60,6 +62,11 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   /** Broker groups this consumer has pulled from (what its heartbeats keep leases on). */
   get brokerGroups(): RouteGroup[] {
     return [...this.groups.values()]
+  }
+
+  /** The sequences received from a broker group and not settled yet (what its HEARTBEAT extends). */
+  heldOn(brokerGroup: string): number[] {
+    return this.acks.get(brokerGroup)?.heldSequences() ?? []
   }
 
   /**
@@ -165,15 +172,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       .get(g.address)
       .request(RequestCode.PULL, body, { timeoutMs: timeoutMs + this.ctx.pullRequestMarginMs })
       .then(
-        (frame) => {
-          const acks = this.acksFor(g)
-          const n = readPullAnswer(frame.body, (sequence, deliveryCount, header, bytes) => {
-            this.buffered.push(
-              new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, g.name, this.group),
-            )
-          })
-          this.metrics?.pulled(n)
-        },
+        (frame) => this.take(g, frame.body),
         (err: unknown) => {
           this.metrics?.pullFailed()
           this.ctx.log.debug({ brokerGroup: g.name, err: toQmqError(err).message }, 'pull failed')
@@ -184,6 +183,48 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
         this.wake()
       })
     this.inFlight.set(g.name, p)
+  }
+
+  /**
+   * Takes a PULL answer's messages into the buffer. Never throws: an answer whose framing is broken
+   * is dropped as a whole (logged, counted as a failed pull; the broker redelivers its messages after
+   * their lease, since none is held here), and a single bad record is logged and nacked (the broker
+   * redelivers it, and dead-letters it after its maxRetries) while the others are kept.
+   */
+  private take(g: RouteGroup, body: Buffer): void {
+    const acks = this.acksFor(g)
+    try {
+      const n = readPullAnswer(
+        body,
+        (sequence, deliveryCount, header, bytes) => {
+          this.buffered.push(
+            new ConsumedMessage(sequence, deliveryCount, header, bytes, acks, g.name, this.group),
+          )
+        },
+        (sequence, deliveryCount, err) => {
+          this.ctx.log.error(
+            {
+              subject: this.subject,
+              brokerGroup: g.name,
+              sequence,
+              deliveryCount,
+              err: err.message,
+              code: err.code,
+            },
+            'unreadable record in a PULL answer; nacked for redelivery',
+          )
+          this.metrics?.consumed('corrupt', undefined)
+          acks.nack(sequence).catch(() => {}) // failures are logged by the ack sender
+        },
+      )
+      this.metrics?.pulled(n)
+    } catch (err) {
+      this.metrics?.pullFailed()
+      this.ctx.log.error(
+        { subject: this.subject, brokerGroup: g.name, err: toQmqError(err).message },
+        'malformed PULL answer dropped; its messages come back after their lease',
+      )
+    }
   }
 
   private wake(): void {

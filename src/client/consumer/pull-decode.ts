@@ -1,4 +1,4 @@
-import { QmqError } from '../../common/errors'
+import { QmqError, toQmqError } from '../../common/errors'
 import { PayloadReader } from '../../common/protocol/buffer'
 import { MIN_RECORD_BYTES, type RecordHeader, readRecordHeader } from '../../common/record'
 
@@ -12,7 +12,12 @@ import { MIN_RECORD_BYTES, type RecordHeader, readRecordHeader } from '../../com
  * Unlike `decodePullResponse` it does not decode properties and body: each record's framing and
  * CRC are verified here (end-to-end integrity, as before) and its routing header read; the record
  * bytes (a view into the frame) are handed on, and a ConsumedMessage decodes properties and body
- * only when the handler asks for them. A malformed answer throws before any record is handed on.
+ * only when the handler asks for them.
+ *
+ * An answer whose framing is broken (counts, the entry table, a record's length field out of bounds)
+ * throws before any record is handed on: nothing in it can be trusted. A record that is well
+ * delimited but fails its CRC or header checks is one bad record: it goes to `onBadRecord` (with
+ * its sequence, so the caller can nack it) and the others are handed on as usual.
  */
 const PULL_ENTRY_BYTES = 10
 
@@ -23,13 +28,18 @@ export type OnPulledRecord = (
   bytes: Buffer,
 ) => void
 
-/** Verifies a PULL answer, then calls `onRecord` for each record in order. Returns the count. */
-export function readPullAnswer(body: Buffer, onRecord: OnPulledRecord): number {
+export type OnBadRecord = (sequence: number, deliveryCount: number, err: QmqError) => void
+
+/**
+ * Verifies a PULL answer, then calls `onRecord` for each good record and `onBadRecord` for each
+ * bad one, in order. Returns the number of good records.
+ */
+export function readPullAnswer(body: Buffer, onRecord: OnPulledRecord, onBadRecord: OnBadRecord): number {
   const r = new PayloadReader(body)
   const count = r.count(r.u32('message count'), PULL_ENTRY_BYTES + MIN_RECORD_BYTES, 'message')
   const tableStart = r.offset
   r.view(count * PULL_ENTRY_BYTES, 'PULL entry table')
-  const headers: RecordHeader[] = new Array(count)
+  const headers: (RecordHeader | QmqError)[] = new Array(count)
   const views: Buffer[] = new Array(count)
   const sequences: number[] = new Array(count)
   for (let i = 0; i < count; i++) {
@@ -39,14 +49,27 @@ export function readPullAnswer(body: Buffer, onRecord: OnPulledRecord): number {
     sequences[i] = hi * 0x1_0000_0000 + body.readUInt32BE(o + 4)
     if (r.remaining < 4) throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'PULL answer ends before a record')
     const start = r.offset
-    const bytes = r.view(body.readUInt32BE(start), 'record')
-    headers[i] = readRecordHeader(body, start, { end: start + bytes.length })
+    const length = body.readUInt32BE(start)
+    if (length < MIN_RECORD_BYTES)
+      throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', `record ${i} claims ${length} bytes`)
+    const bytes = r.view(length, 'record')
+    try {
+      headers[i] = readRecordHeader(body, start, { end: start + bytes.length })
+    } catch (err) {
+      headers[i] = toQmqError(err, 'QMQ_ERR_RECORD_MALFORMED')
+    }
     views[i] = bytes
   }
   r.done('PULL response')
+  let good = 0
   for (let i = 0; i < count; i++) {
     const deliveryCount = body.readUInt16BE(tableStart + i * PULL_ENTRY_BYTES + 8)
-    onRecord(sequences[i] as number, deliveryCount, headers[i] as RecordHeader, views[i] as Buffer)
+    const h = headers[i] as RecordHeader | QmqError
+    if (h instanceof QmqError) onBadRecord(sequences[i] as number, deliveryCount, h)
+    else {
+      onRecord(sequences[i] as number, deliveryCount, h, views[i] as Buffer)
+      good++
+    }
   }
-  return count
+  return good
 }

@@ -1,4 +1,4 @@
-import { toQmqError } from '../../common/errors'
+import { type QmqError, toQmqError } from '../../common/errors'
 import type { Registry } from 'prom-client'
 import type { Logger } from '../../common/logger'
 import type { RouteGroup } from '../../common/meta/types'
@@ -197,41 +197,66 @@ export class Subscription {
 
   // ------------------------------------------------------------------ dispatch
 
-  /** Takes a pull's messages (the caller released its reservation first). */
-  /** Verifies a PULL answer and takes its messages; throws (taking none) when the answer is malformed. */
+  /** The sequences this subscription holds from a broker group (what its HEARTBEAT extends). */
+  heldOn(brokerGroup: string): number[] {
+    return this.acks.get(brokerGroup)?.heldSequences() ?? []
+  }
+
+  /**
+   * Verifies a PULL answer and takes its messages (the caller released its reservation first);
+   * throws (taking none) when the answer's framing is broken. A single bad record (CRC) is reported
+   * and nacked (its broker redelivers it, and dead-letters it after maxRetries); the rest go on.
+   */
   deliver(group: RouteGroup, body: Buffer): void {
     const atMostOnce = this.spec.consumeMostOnce
     const acks = atMostOnce ? undefined : this.acksFor(group)
     const consumerGroup = this.spec.group
     const maxRetries = this.spec.maxRetries
-    const n = readPullAnswer(body, (sequence, deliveryCount, header, bytes) => {
-      const m = new ConsumedMessage(
-        sequence,
-        deliveryCount,
-        header,
-        bytes,
-        acks,
-        group.name,
-        consumerGroup,
-        maxRetries,
+    const onBad = (sequence: number, deliveryCount: number, err: QmqError): void => {
+      const dead = deliveryCount >= maxRetries
+      this.log.error(
+        { brokerGroup: group.name, sequence, deliveryCount, err: err.message, code: err.code },
+        atMostOnce
+          ? 'unreadable record in a PULL answer; dropped (consumeMostOnce)'
+          : dead
+            ? 'unreadable record in a PULL answer; dead-lettered'
+            : 'unreadable record in a PULL answer; nacked for redelivery',
       )
-      if (atMostOnce) {
-        m.markSettled()
-        if (deliveryCount > 1) {
-          this.metrics?.consumed('dropped', undefined)
+      this.metrics?.consumed('corrupt', undefined)
+      if (acks !== undefined) acks.nack(sequence, { deadLetter: dead }).catch(() => {}) // logged by the sender
+    }
+    const n = readPullAnswer(
+      body,
+      (sequence, deliveryCount, header, bytes) => {
+        const m = new ConsumedMessage(
+          sequence,
+          deliveryCount,
+          header,
+          bytes,
+          acks,
+          group.name,
+          consumerGroup,
+          maxRetries,
+        )
+        if (atMostOnce) {
+          m.markSettled()
+          if (deliveryCount > 1) {
+            this.metrics?.consumed('dropped', undefined)
+            return
+          }
+        } else if (deliveryCount > maxRetries) {
+          this.log.warn(
+            { messageId: m.getMessageId(), deliveryCount },
+            'message exceeded maxRetries; dead-lettered without running the handler',
+          )
+          void m.nack({ deadLetter: true })
+          this.metrics?.consumed('dead_letter', undefined)
           return
         }
-      } else if (deliveryCount > maxRetries) {
-        this.log.warn(
-          { messageId: m.getMessageId(), deliveryCount },
-          'message exceeded maxRetries; dead-lettered without running the handler',
-        )
-        void m.nack({ deadLetter: true })
-        this.metrics?.consumed('dead_letter', undefined)
-        return
-      }
-      this.buffer.push(m)
-    })
+        this.buffer.push(m)
+      },
+      onBad,
+    )
     this.metrics?.pulled(n)
     if (n > 0) this.pump()
   }

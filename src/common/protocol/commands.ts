@@ -377,23 +377,57 @@ export function decodeCountResponse(body: Buffer): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HEARTBEAT request
+// HEARTBEAT request: the consumer is alive, and extends the leases of the messages it still holds.
 //   str16 consumerId
 //   u16   count
-//   count x (str16 subject, str16 group, u8 flags)   flags bit0 BROADCAST
-// HEARTBEAT response: empty body
+//   count x subscription
+//     str16 subject
+//     str16 group
+//     u8    flags                  bit0 BROADCAST, bit1 HELD (the held list follows)
+//     [HELD] u32 n, n x u64 sequence
+//                                  exactly the messages of this (subject, group) on this broker that
+//                                  the consumer still holds (handlers running, buffered, returned by
+//                                  pull() and not settled): their lease deadlines move to now + leaseMs.
+//                                  Without HELD (clients before per-message leases) every message the
+//                                  consumer holds in the group is extended.
+// HEARTBEAT response
+//   u32   extended                 messages whose lease was extended
+//   u32   leaseMs                  the broker's lease; the client heartbeats well within it
+//   (brokers before per-message leases answer with an empty body)
+export const HEARTBEAT_FLAG_BROADCAST = 0x01
+export const HEARTBEAT_FLAG_HELD = 0x02
+
+export interface HeartbeatSubscription {
+  subject: string
+  group: string
+  broadcast: boolean
+  /** The held messages to extend (HELD flag); undefined = not listed (extend all, old clients). */
+  sequences?: number[] | undefined
+}
+
 export interface HeartbeatRequest {
   consumerId: string
-  subscriptions: { subject: string; group: string; broadcast: boolean }[]
+  subscriptions: HeartbeatSubscription[]
+}
+
+export interface HeartbeatResponse {
+  extended: number
+  /** 0 when the broker did not say (an empty answer). */
+  leaseMs: number
 }
 
 export function encodeHeartbeatRequest(h: HeartbeatRequest): Buffer {
-  const w = new PayloadWriter(64)
+  let n = 0
+  for (const s of h.subscriptions) n += s.sequences?.length ?? 0
+  const w = new PayloadWriter(64 + n * 8)
   w.str16(h.consumerId).u16(h.subscriptions.length)
-  for (const s of h.subscriptions)
+  for (const s of h.subscriptions) {
+    const held = s.sequences !== undefined
     w.str16(s.subject)
       .str16(s.group)
-      .u8(s.broadcast ? 1 : 0)
+      .u8((s.broadcast ? HEARTBEAT_FLAG_BROADCAST : 0) | (held ? HEARTBEAT_FLAG_HELD : 0))
+    if (s.sequences !== undefined) writeSequences(w, s.sequences)
+  }
   return w.finish()
 }
 
@@ -401,14 +435,37 @@ export function decodeHeartbeatRequest(body: Buffer): HeartbeatRequest {
   const r = new PayloadReader(body)
   const consumerId = validateConsumerId(r.str16('consumerId'))
   const count = r.count(r.u16('subscription count'), 5, 'subscription')
-  const subscriptions: HeartbeatRequest['subscriptions'] = []
+  const subscriptions: HeartbeatSubscription[] = []
   for (let i = 0; i < count; i++) {
     const subject = validateSubject(r.str16('subject'))
     const group = validateGroup(r.str16('group'))
-    subscriptions.push({ subject, group, broadcast: (r.u8('flags') & 1) !== 0 })
+    const flags = r.u8('flags')
+    if ((flags & ~(HEARTBEAT_FLAG_BROADCAST | HEARTBEAT_FLAG_HELD)) !== 0) {
+      throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', `unknown HEARTBEAT flags 0x${flags.toString(16)}`)
+    }
+    const sub: HeartbeatSubscription = {
+      subject,
+      group,
+      broadcast: (flags & HEARTBEAT_FLAG_BROADCAST) !== 0,
+    }
+    if (flags & HEARTBEAT_FLAG_HELD) sub.sequences = readSequences(r)
+    subscriptions.push(sub)
   }
   r.done('HEARTBEAT request')
   return { consumerId, subscriptions }
+}
+
+export function encodeHeartbeatResponse(res: HeartbeatResponse): Buffer {
+  return new PayloadWriter(8).u32(res.extended).u32(res.leaseMs).finish()
+}
+
+export function decodeHeartbeatResponse(body: Buffer): HeartbeatResponse {
+  if (body.length === 0) return { extended: 0, leaseMs: 0 }
+  const r = new PayloadReader(body)
+  const extended = r.u32('extended')
+  const leaseMs = r.u32('leaseMs')
+  r.done('HEARTBEAT response')
+  return { extended, leaseMs }
 }
 
 // ---------------------------------------------------------------------------------------------
