@@ -3,7 +3,7 @@ import { ERROR_CODES, QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
-import { validateGroup, validateSubject } from '../common/names'
+import { validateGroup, validateRouteSubject, validateSubject } from '../common/names'
 import { tokenMatches } from '../common/token'
 import type { MetaService } from './service'
 import {
@@ -172,7 +172,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       case META_PATHS.route: {
         setRoute('route')
         if (method !== 'GET') throw methodNotAllowed(method, path)
-        const subject = validateSubject(query.get('subject') ?? undefined)
+        const { subject } = validateRouteSubject(query.get('subject') ?? undefined)
         const kind = parseClientKind(query.get('kind') ?? undefined)
         if (kind === 'consumer') {
           const group = query.get('group')
@@ -261,7 +261,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     const subjectsPrefix = `${META_PATHS.adminSubjects}/`
     if (path.startsWith(subjectsPrefix)) {
       const rest = path.slice(subjectsPrefix.length).split('/')
-      const subject = validateSubject(decodeSegment(rest[0] ?? ''))
+      const { subject } = validateRouteSubject(decodeSegment(rest[0] ?? ''))
       if (rest.length === 1) {
         setRoute('admin_subject')
         if (method !== 'GET') throw methodNotAllowed(method, path)
