@@ -82,6 +82,10 @@ function drainBody(req: IncomingMessage, done: (complete: boolean) => void): voi
     done(true)
     return
   }
+  if (req.destroyed || req.socket.destroyed) {
+    done(false) // the client went away: nothing to drain, nobody to answer
+    return
+  }
   const declared = Number(req.headers['content-length'] ?? 0)
   if (declared > REFUSED_BODY_DRAIN_BYTES) {
     done(false)
