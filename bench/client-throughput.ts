@@ -37,6 +37,9 @@ import { quick } from './common'
 import { Metaserver } from '../src/metaserver/main'
 import { FakeBroker, FakeMetaserver } from '../test/client/helpers/fake-cluster'
 
+/** The bench cluster's secret (metaserver and broker in this process). */
+const CLUSTER_SECRET = 'bench-cluster-secret-0123456789'
+
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`)
   return i >= 0 ? Number(process.argv[i + 1]) : dflt
@@ -56,7 +59,7 @@ async function child(): Promise<void> {
   }
   const dir = mkdtempSync(join(tmpdir(), 'qmq-bench-client-'))
   const meta = new Metaserver(
-    { port: 0, dataDir: join(dir, 'meta'), heartbeatIntervalMs: 200 },
+    { port: 0, dataDir: join(dir, 'meta'), heartbeatIntervalMs: 200, clusterSecret: CLUSTER_SECRET },
     { logger: silentLogger },
   )
   await meta.start()
@@ -68,6 +71,7 @@ async function child(): Promise<void> {
       httpPort: -1,
       dataDir: join(dir, 'broker'),
       metaserver: metaUrl,
+      clusterSecret: CLUSTER_SECRET,
       heartbeatIntervalMs: 200,
     },
     { logger: silentLogger },

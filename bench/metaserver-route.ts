@@ -19,13 +19,19 @@ import { silentLogger } from '../src/common/logger'
 import { MetaClient } from '../src/common/meta/meta-client'
 import { startMetaserver } from '../src/metaserver/main'
 
+/** The bench's own cluster secret (the child metaserver and this client share the source). */
+const CLUSTER_SECRET = 'bench-cluster-secret-0123456789'
+
 const env = (name: string, fallback: number): number => {
   const v = Number(process.env[name])
   return Number.isFinite(v) && v > 0 ? v : fallback
 }
 
 async function serve(dataDir: string): Promise<void> {
-  const m = await startMetaserver({ port: 0, dataDir }, { logger: silentLogger })
+  const m = await startMetaserver(
+    { port: 0, dataDir, clusterSecret: CLUSTER_SECRET },
+    { logger: silentLogger },
+  )
   process.stdout.write(`${JSON.stringify({ url: m.url })}\n`)
   const stop = () => {
     m.close().finally(() => process.exit(0))
@@ -60,7 +66,7 @@ async function main(): Promise<void> {
   const groupCount = env('BENCH_GROUPS', 4)
   const dataDir = mkdtempSync(join(tmpdir(), 'qmq-bench-meta-'))
   const { child, url } = await startChild(dataDir)
-  const client = new MetaClient({ url })
+  const client = new MetaClient({ url, clusterSecret: CLUSTER_SECRET })
   try {
     for (let i = 0; i < groupCount; i++) {
       await client.heartbeat({

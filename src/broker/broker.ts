@@ -4,6 +4,7 @@ import { type OptionsSchema, resolveOptions } from '../common/config'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { missingClusterSecret } from '../common/token'
 import type { ServerLoad } from '../common/meta/types'
 import { createRegistry, type Registry } from '../common/metrics'
 import type { Connection } from './server/connection'
@@ -99,6 +100,8 @@ export class Broker {
 
   constructor(options: Partial<BrokerOptions> | Record<string, unknown> = {}, deps: BrokerDeps = {}) {
     this.options = resolveOptions('broker', brokerOptionsSchema, options)
+    if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined && !deps.metaClient)
+      throw missingClusterSecret('broker', 'the metaserver refuses heartbeats without it')
     this.deps = deps
     this.clock = deps.clock ?? systemClock
     this.registry =
@@ -222,7 +225,9 @@ export class Broker {
 
       this.metaClient =
         this.deps.metaClient ??
-        (o.metaserver !== undefined ? new MetaClient({ url: o.metaserver }) : undefined)
+        (o.metaserver !== undefined
+          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+          : undefined)
       if (this.metaClient !== undefined) {
         this.heartbeat = new MetaHeartbeat(
           this.metaClient,

@@ -121,6 +121,30 @@ export function optionalString(opts: { doc: string; pattern?: RegExp }): OptionS
   }
 }
 
+/** Cluster secrets: visible ASCII without spaces (it travels in an HTTP header), bounded length. */
+export const SECRET_MIN_LENGTH = 16
+export const SECRET_MAX_LENGTH = 1024
+const SECRET_CHARS = /^[\x21-\x7e]*$/
+
+/**
+ * An optional secret (the cluster secret). Its problems never quote the value: option errors are
+ * printed and logged, secrets must not be.
+ */
+export function optionalSecret(opts: { doc: string }): OptionSpec<string | undefined> {
+  return {
+    default: undefined,
+    doc: opts.doc,
+    parse: (raw) => raw,
+    check: (v) => {
+      if (v === undefined) return undefined
+      if (typeof v !== 'string') return `must be a string (got ${v === null ? 'null' : `a ${typeof v}`})`
+      if (v.length < SECRET_MIN_LENGTH || v.length > SECRET_MAX_LENGTH || !SECRET_CHARS.test(v))
+        return `must be ${SECRET_MIN_LENGTH} to ${SECRET_MAX_LENGTH} visible ASCII characters without spaces (got ${v.length} characters; the value is not shown)`
+      return undefined
+    },
+  }
+}
+
 export function oneOf<const V extends string>(opts: {
   default: V
   values: readonly V[]

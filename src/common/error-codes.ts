@@ -224,6 +224,12 @@ export const ERROR_CODES = {
     httpStatus: 503,
     message: 'Metaserver store failed',
   },
+  QMQ_ERR_UNSUPPORTED_MEDIA_TYPE: {
+    status: 207,
+    retriable: false,
+    httpStatus: 415,
+    message: 'Request body must be application/json',
+  },
 
   // ---- 250-299: client SDK ----
   QMQ_ERR_SEND_QUEUE_FULL: { status: 250, retriable: true, httpStatus: 503, message: 'Send queue is full' },

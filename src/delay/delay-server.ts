@@ -4,6 +4,7 @@ import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { missingClusterSecret } from '../common/token'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
 import { Dispatcher } from './dispatch/dispatcher'
@@ -73,6 +74,8 @@ export class DelayServer {
   constructor(options: Partial<DelayOptions> = {}, deps: DelayServerDeps = {}) {
     this.options = resolveDelayOptions(options)
     validateGroup(this.options.group)
+    if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined)
+      throw missingClusterSecret('delay server', 'the metaserver refuses heartbeats without it')
     this.deps = deps
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
@@ -142,7 +145,8 @@ export class DelayServer {
     }
     for (const r of store.recoveryReports) this.log.warn(r, 'recovery dropped data')
 
-    if (o.metaserver !== undefined) this.meta = new MetaClient({ url: o.metaserver })
+    if (o.metaserver !== undefined)
+      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
     let routes = this.deps.routes
     if (routes === undefined && o.brokers !== undefined)
       routes = new StaticRouteProvider(parseStaticRoutes(o.brokers))

@@ -2,6 +2,7 @@ import {
   boolean,
   integer,
   type OptionsSchema,
+  optionalSecret,
   optionalString,
   resolveOptions,
   string,
@@ -36,6 +37,8 @@ export interface DelayOptions {
   dataDir: string
   /** Metaserver URL (base or /meta/address); unset = no registration. */
   metaserver: string | undefined
+  /** Sent with metaserver heartbeats; required with `metaserver`. */
+  clusterSecret: string | undefined
   /** Fixed routes `name=host:port,...`: every subject goes to these broker groups (over the metaserver's). */
   brokers: string | undefined
   /** Schedule times later than now + horizonMs are rejected (QMQ_ERR_DELAY_TOO_FAR). */
@@ -79,6 +82,9 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
   }),
   dataDir: string({ default: './data/delay', minLength: 1, doc: 'Directory of the delay logs' }),
   metaserver: optionalString({ doc: 'Metaserver URL; unset = no registration, routes from --brokers' }),
+  clusterSecret: optionalSecret({
+    doc: "The metaserver's cluster secret, sent with heartbeats (required with --metaserver; never a flag: QMQ_CLUSTER_SECRET or --cluster-secret-file)",
+  }),
   brokers: optionalString({
     doc: "Fixed routes name=host:port,... : every subject to these broker groups (instead of the metaserver's)",
   }),

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net'
 import { QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
+import { validateSubject } from '../common/names'
 import {
   decodeCancelRequest,
   decodeSendRequest,
@@ -101,6 +102,15 @@ function handleFrame(
       try {
         // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
         items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
+        // A subject the brokers would refuse when it is due ('%', whitespace...) is refused now.
+        for (const item of items) {
+          if (item.header === undefined || item.error !== undefined) continue
+          try {
+            validateSubject(item.header.subject)
+          } catch (err) {
+            item.error = toQmqError(err, 'QMQ_ERR_SUBJECT_INVALID')
+          }
+        }
       } catch (err) {
         replyError(f, err)
         return

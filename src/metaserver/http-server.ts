@@ -1,9 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { ERROR_CODES, QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
-import { META_PATHS } from '../common/meta/types'
+import { CLUSTER_SECRET_HEADER, META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
-import { validateGroup, validateSubject } from '../common/names'
+import { validateGroup, validateRouteSubject, validateSubject } from '../common/names'
 import { tokenMatches } from '../common/token'
 import type { MetaService } from './service'
 import {
@@ -25,6 +25,8 @@ export interface HttpContext {
   registry: Registry
   maxBodyBytes: number
   adminToken: string | undefined
+  /** Required on POST /meta/heartbeat, in the CLUSTER_SECRET_HEADER header. */
+  clusterSecret: string
   /** Answer of GET /meta/address. */
   addresses: () => string[]
   startedAt: number
@@ -60,6 +62,66 @@ function decodeSegment(s: string): string {
     throw new QmqError(
       'QMQ_ERR_INVALID_ARGUMENT',
       `path segment ${JSON.stringify(s)} is not valid percent-encoding`,
+    )
+  }
+}
+
+/**
+ * A request refused before its body was read (too large, unauthenticated, not JSON) is answered only
+ * once the rest of its body has been read and dropped, then the connection is closed: closing a socket
+ * with unread bytes makes the kernel reset it, and the client may then lose the answer (what the issue
+ * saw with 10 MB bodies). The drain is bounded; past a bound the answer goes out and the connection is
+ * cut, reset or not (as nginx's lingering close does).
+ */
+export const REFUSED_BODY_DRAIN_BYTES = 64 * 1024 * 1024 // bytes read and dropped at most
+export const REFUSED_BODY_DRAIN_MS = 10_000 // time spent draining at most
+
+/** Calls `done(true)` once the request body is read to its end, `done(false)` past a bound or on error. */
+function drainBody(req: IncomingMessage, done: (complete: boolean) => void): void {
+  if (req.complete || req.readableEnded) {
+    done(true)
+    return
+  }
+  if (req.destroyed || req.socket.destroyed) {
+    done(false) // the client went away: nothing to drain, nobody to answer
+    return
+  }
+  const declared = Number(req.headers['content-length'] ?? 0)
+  if (declared > REFUSED_BODY_DRAIN_BYTES) {
+    done(false)
+    return
+  }
+  let bytes = 0
+  let settled = false
+  const finish = (complete: boolean) => {
+    if (settled) return
+    settled = true
+    clearTimeout(timer)
+    req.off('data', onData)
+    if (!complete) req.pause()
+    done(complete)
+  }
+  const onData = (chunk: Buffer) => {
+    bytes += chunk.length
+    if (bytes > REFUSED_BODY_DRAIN_BYTES) finish(false)
+  }
+  const timer = setTimeout(() => finish(false), REFUSED_BODY_DRAIN_MS)
+  timer.unref()
+  req.on('data', onData)
+  req.once('end', () => finish(true))
+  req.once('error', () => finish(false))
+  req.once('close', () => finish(req.complete))
+  req.resume()
+}
+
+/** JSON endpoints take `application/json` (any case, parameters such as charset allowed) only. */
+function requireJsonType(req: IncomingMessage): void {
+  const type = req.headers['content-type']
+  const media = (type ?? '').split(';')[0]?.trim().toLowerCase()
+  if (media !== 'application/json') {
+    throw new QmqError(
+      'QMQ_ERR_UNSUPPORTED_MEDIA_TYPE',
+      `request body must be sent as content-type application/json (got ${type === undefined ? 'none' : JSON.stringify(type.slice(0, 100))})`,
     )
   }
 }
@@ -113,6 +175,7 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 }
 
 async function readJson(req: IncomingMessage, max: number): Promise<unknown> {
+  requireJsonType(req)
   const buf = await readBody(req, max)
   if (buf.length === 0)
     throw new QmqError('QMQ_ERR_JSON_INVALID', 'request body is empty; a JSON object is expected')
@@ -142,6 +205,19 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     child.inc()
   }
   const tokenBuf = ctx.adminToken === undefined ? undefined : Buffer.from(ctx.adminToken, 'utf8')
+  const secretBuf = Buffer.from(ctx.clusterSecret, 'utf8')
+
+  /** Server heartbeats carry the cluster secret: without it nobody can register or move a group. */
+  function requireClusterSecret(req: IncomingMessage): void {
+    const given = req.headers[CLUSTER_SECRET_HEADER]
+    if (typeof given !== 'string' || given.length === 0) {
+      throw new QmqError(
+        'QMQ_ERR_UNAUTHORIZED',
+        `heartbeats must carry the cluster secret in the ${CLUSTER_SECRET_HEADER} header (give the broker or delay server QMQ_CLUSTER_SECRET or --cluster-secret-file)`,
+      )
+    }
+    if (!tokenMatches(given, secretBuf)) throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'wrong cluster secret')
+  }
 
   function requireAdmin(req: IncomingMessage): void {
     if (tokenBuf === undefined) {
@@ -172,7 +248,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       case META_PATHS.route: {
         setRoute('route')
         if (method !== 'GET') throw methodNotAllowed(method, path)
-        const subject = validateSubject(query.get('subject') ?? undefined)
+        const { subject } = validateRouteSubject(query.get('subject') ?? undefined)
         const kind = parseClientKind(query.get('kind') ?? undefined)
         if (kind === 'consumer') {
           const group = query.get('group')
@@ -188,6 +264,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       case META_PATHS.serverHeartbeat:
         setRoute('heartbeat')
         if (method !== 'POST') throw methodNotAllowed(method, path)
+        requireClusterSecret(req)
         return {
           status: 200,
           body: await svc.heartbeat(parseServerHeartbeat(await readJson(req, ctx.maxBodyBytes))),
@@ -261,7 +338,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     const subjectsPrefix = `${META_PATHS.adminSubjects}/`
     if (path.startsWith(subjectsPrefix)) {
       const rest = path.slice(subjectsPrefix.length).split('/')
-      const subject = validateSubject(decodeSegment(rest[0] ?? ''))
+      const { subject } = validateRouteSubject(decodeSegment(rest[0] ?? ''))
       if (rest.length === 1) {
         setRoute('admin_subject')
         if (method !== 'GET') throw methodNotAllowed(method, path)
@@ -302,6 +379,18 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     res.end(payload)
   }
 
+  /** Sends an answer; one that comes before the whole body was read first drains it (see drainBody). */
+  function answer(req: IncomingMessage, res: ServerResponse, status: number, type: string, payload: string) {
+    if (req.complete) {
+      send(res, status, type, payload, false)
+      return
+    }
+    drainBody(req, (complete) => {
+      send(res, status, type, payload, true)
+      if (!complete) res.on('finish', () => req.socket.destroy())
+    })
+  }
+
   return (req, res) => {
     const url = req.url ?? '/'
     const q = url.indexOf('?')
@@ -311,10 +400,10 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     dispatch(req, path, query, (r) => {
       route = r
     }).then(
-      (answer) => {
-        count(route, answer.status)
-        if ('raw' in answer) send(res, answer.status, answer.contentType, answer.raw, false)
-        else send(res, answer.status, 'application/json', JSON.stringify(answer.body), false)
+      (a) => {
+        count(route, a.status)
+        if ('raw' in a) answer(req, res, a.status, a.contentType, a.raw)
+        else answer(req, res, a.status, 'application/json', JSON.stringify(a.body))
       },
       (err: unknown) => {
         const e = toQmqError(err)
@@ -323,10 +412,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         if (e.code === 'QMQ_ERR_INTERNAL' || e.code === 'QMQ_ERR_METASERVER_STORE') {
           ctx.log.error(err instanceof Error ? err : { err }, `${req.method} ${path} failed`)
         }
-        // A refused body may still be arriving: close the connection rather than read it.
-        const close = e.code === 'QMQ_ERR_BODY_TOO_LARGE'
-        send(res, status, 'application/json', JSON.stringify(e.toJSON()), close)
-        if (close) res.on('finish', () => req.destroy())
+        answer(req, res, status, 'application/json', JSON.stringify(e.toJSON()))
       },
     )
   }

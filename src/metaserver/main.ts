@@ -7,12 +7,17 @@ import { fsError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { createRequestHandler } from './http-server'
-import { type MetaserverOptions, resolveMetaserverOptions } from './options'
+import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { MetaService } from './service'
 import { SqliteMetaStore } from './sqlite-store'
 import type { MetaStore } from './store'
 
-export { metaserverOptionsSchema, resolveMetaserverOptions, type MetaserverOptions } from './options'
+export {
+  metaserverOptionsSchema,
+  resolveMetaserverOptions,
+  type MetaserverOptions,
+  type ResolvedMetaserverOptions,
+} from './options'
 export { MetaService } from './service'
 export { SqliteMetaStore } from './sqlite-store'
 export type { MetaStore } from './store'
@@ -35,7 +40,7 @@ const CLOSE_GRACE_MS = 2_000
  * Options are validated by resolveMetaserverOptions (unknown keys are rejected with hints).
  */
 export class Metaserver {
-  readonly options: Readonly<MetaserverOptions>
+  readonly options: ResolvedMetaserverOptions
   readonly registry: Registry
   readonly log: Logger
   private readonly clock: Clock
@@ -94,6 +99,7 @@ export class Metaserver {
       registry: this.registry,
       maxBodyBytes: o.maxBodyBytes,
       adminToken: o.adminToken,
+      clusterSecret: o.clusterSecret,
       addresses: () => (o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : [this.url]),
       startedAt: Date.now(),
     })

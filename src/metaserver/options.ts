@@ -2,11 +2,13 @@ import {
   boolean,
   integer,
   type OptionsSchema,
+  optionalSecret,
   optionalString,
   resolveOptions,
   string,
   stringList,
 } from '../common/config'
+import { missingClusterSecret } from '../common/token'
 
 export const DEFAULT_METASERVER_PORT = 8080
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 3_000
@@ -22,6 +24,8 @@ export interface MetaserverOptions {
   port: number
   dataDir: string
   adminToken: string | undefined
+  /** Brokers and delay servers send it with their heartbeats; required (see resolveMetaserverOptions). */
+  clusterSecret: string | undefined
   advertisedAddresses: readonly string[]
   heartbeatIntervalMs: number
   heartbeatTimeoutMs: number
@@ -46,6 +50,9 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
   dataDir: string({ default: './data/metaserver', minLength: 1, doc: 'Directory of meta.db (SQLite)' }),
   adminToken: optionalString({
     doc: 'Bearer token required by admin write endpoints; when unset, admin writes are refused',
+  }),
+  clusterSecret: optionalSecret({
+    doc: 'Secret brokers and delay servers authenticate their heartbeats with (required; never a flag: QMQ_CLUSTER_SECRET or --cluster-secret-file)',
   }),
   advertisedAddresses: stringList({
     default: [],
@@ -105,6 +112,19 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
   }),
 }
 
-export function resolveMetaserverOptions(input: unknown = {}): Readonly<MetaserverOptions> {
-  return resolveOptions('metaserver', metaserverOptionsSchema, input)
+/**
+ * Resolves and checks the options. A metaserver without a cluster secret refuses to start: anyone who
+ * can reach it could otherwise register a group or move one's address (issue 12).
+ */
+export function resolveMetaserverOptions(input: unknown = {}): ResolvedMetaserverOptions {
+  const o = resolveOptions('metaserver', metaserverOptionsSchema, input)
+  if (o.clusterSecret === undefined)
+    throw missingClusterSecret(
+      'metaserver',
+      'brokers and delay servers authenticate their heartbeats with it',
+    )
+  return o as ResolvedMetaserverOptions
 }
+
+/** Options after resolveMetaserverOptions: the cluster secret is always there. */
+export type ResolvedMetaserverOptions = Readonly<MetaserverOptions> & { readonly clusterSecret: string }

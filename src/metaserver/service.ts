@@ -17,6 +17,7 @@ import type {
   ServerRole,
   SubjectInfo,
 } from '../common/meta/types'
+import { parseDeadLetterSubject } from '../common/names'
 import type { MetaserverOptions } from './options'
 import { type ClientFilter, ClientRegistry } from './client-registry'
 import type { MetaStore, StoredRoute } from './store'
@@ -32,7 +33,6 @@ import type { MetaStore, StoredRoute } from './store'
  */
 
 const ALL_SUBJECTS = '*'
-const RETRY_PREFIXES = ['%DEAD_RETRY%', '%RETRY%']
 
 interface ServerState {
   role: ServerRole
@@ -58,16 +58,12 @@ export interface LivenessTransition {
   alive: boolean
 }
 
-/** `%DEAD_RETRY%<subject>%<group>` -> `<subject>`; any other subject as it is. */
+/**
+ * `%DEAD_RETRY%<subject>%<group>` -> `<subject>`; any other subject as it is. User subjects and groups
+ * hold no '%' (common/names.ts), so the name splits at its one '%' after the prefix.
+ */
 export function realSubject(subject: string): string {
-  for (const prefix of RETRY_PREFIXES) {
-    if (!subject.startsWith(prefix)) continue
-    const rest = subject.slice(prefix.length)
-    const cut = rest.lastIndexOf('%')
-    const real = cut > 0 ? rest.slice(0, cut) : rest
-    return real.length > 0 ? real : subject
-  }
-  return subject
+  return parseDeadLetterSubject(subject)?.subject ?? subject
 }
 
 export class MetaService {

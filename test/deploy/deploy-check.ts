@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { camelCase, kebabCase, parseArgs } from '../../src/cli/args'
-import { resolveServiceOptions } from '../../src/cli/service-options'
+import { resolveServiceOptions, SECRET_OPTIONS } from '../../src/cli/service-options'
 import { envName, type OptionSpec } from '../../src/common/config'
 import { brokerOptionsSchema } from '../../src/broker/broker'
 import { delayOptionsSchema } from '../../src/delay/options'
@@ -20,8 +20,16 @@ export const SERVICES: Readonly<Record<ServiceName, { schema: AnySchema; envPref
   broker: { schema: brokerOptionsSchema as unknown as AnySchema, envPrefix: 'QMQ_BROKER_' },
   delay: { schema: delayOptionsSchema as unknown as AnySchema, envPrefix: 'QMQ_DELAY_' },
 }
-/** QMQ_* variables read by every service outside its options schema (logger, CRC32C switch). */
-const GENERAL_ENV = new Set(['QMQ_LOG_LEVEL', 'QMQ_CRC32C'])
+/** QMQ_* variables read by every service outside its options schema (logger, CRC32C switch, secrets). */
+const GENERAL_ENV = new Set([
+  'QMQ_LOG_LEVEL',
+  'QMQ_CRC32C',
+  ...Object.values(SECRET_OPTIONS).map((s) => s.env),
+])
+/** Flags of every service outside its schema: the files secrets are read from. */
+const SECRET_FILE_FLAGS = new Set(Object.values(SECRET_OPTIONS).map((s) => s.fileFlag))
+/** What the checker puts for a value it cannot know (from the shell, a Secret): a plausible secret. */
+export const UNKNOWN_VALUE = 'value-known-at-deploy-time'
 
 function isServiceName(name: unknown): name is ServiceName {
   return typeof name === 'string' && Object.hasOwn(SERVICES, name)
@@ -73,7 +81,7 @@ export function checkInvocation(inv: Invocation): CheckedInvocation {
     problems.push(`qmq ${name}: ${(err as Error).message}`)
   }
   for (const key of Object.keys(flags)) {
-    if (key !== 'config' && !Object.hasOwn(schema, key))
+    if (key !== 'config' && !SECRET_FILE_FLAGS.has(key) && !Object.hasOwn(schema, key))
       problems.push(`--${kebabCase(key)} is not an option of qmq ${name}`)
   }
   if (flags.config !== undefined) problems.push('--config: deploy files pass options as flags or env')
@@ -90,6 +98,15 @@ export function checkInvocation(inv: Invocation): CheckedInvocation {
   if (problems.length > 0) return { service: name, options: undefined, problems }
   try {
     const options = resolveServiceOptions(name, schema, flags, envPrefix, { ...inv.env })
+    // Every service of a deployment has a metaserver (or is one): each needs the cluster secret.
+    if (options.clusterSecret === undefined)
+      return {
+        service: name,
+        options: undefined,
+        problems: [
+          'no cluster secret (QMQ_CLUSTER_SECRET or --cluster-secret-file): heartbeats would be refused',
+        ],
+      }
     return { service: name, options, problems }
   } catch (err) {
     return { service: name, options: undefined, problems: [(err as Error).message] }
@@ -167,6 +184,11 @@ export interface Placed {
   options: Readonly<Record<string, unknown>>
 }
 
+/** A compose value made of `${VAR...}` interpolations only is known when compose runs. */
+function fromShell(value: string): string {
+  return /^(\$\{[^}]*\})+$/.test(value) ? UNKNOWN_VALUE : value
+}
+
 export function checkCompose(doc: unknown): { problems: string[]; placed: Placed[] } {
   const problems: string[] = []
   const services = obj(obj(doc).services)
@@ -183,10 +205,13 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
       for (const item of s.environment.map(String)) {
         const eq = item.indexOf('=')
         // `NAME` alone passes the variable through from the shell when set: check its name.
-        env[eq < 0 ? item : item.slice(0, eq)] = eq < 0 ? 'from-the-shell' : item.slice(eq + 1)
+        env[eq < 0 ? item : item.slice(0, eq)] = eq < 0 ? UNKNOWN_VALUE : fromShell(item.slice(eq + 1))
       }
     } else {
-      for (const [k, v] of Object.entries(obj(s.environment))) env[k] = str(v) ?? 'from-the-shell'
+      for (const [k, v] of Object.entries(obj(s.environment))) {
+        const value = str(v)
+        env[k] = value === undefined ? UNKNOWN_VALUE : fromShell(value)
+      }
     }
     const checked = checkInvocation({ argv: command, env })
     for (const p of checked.problems) say(p)
@@ -348,7 +373,7 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
           const value = str(obj(byName('ConfigMap', ref.name)?.data)[String(ref.key)])
           if (value === undefined) say(`${name}: ConfigMap ${String(ref.name)} has no key ${String(ref.key)}`)
           else env[name] = value
-        } else if (from.secretKeyRef !== undefined) env[name] = 'a-secret'
+        } else if (from.secretKeyRef !== undefined) env[name] = UNKNOWN_VALUE
         else say(`${name}: no value`)
       }
       const argv = arr(c.args).map((a) => expand(String(a), 'args'))
@@ -576,7 +601,7 @@ export function checkDockerfile(
 export function checkDocs(text: string): string[] {
   const problems: string[] = []
   const prose = text.replace(/^```[\s\S]*?^```/gm, '')
-  const known = new Set(['config', 'help'])
+  const known = new Set(['config', 'help', ...SECRET_FILE_FLAGS])
   for (const s of Object.values(SERVICES)) for (const k of Object.keys(s.schema)) known.add(k)
   for (const m of prose.matchAll(/`--([a-z][a-z0-9-]*)/g)) {
     if (!known.has(camelCase(m[1] as string)))

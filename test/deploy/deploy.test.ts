@@ -43,7 +43,12 @@ function problemsMatching(problems: readonly string[], re: RegExp): string[] {
 t.test('deploy - the checker resolves a good command line as the CLI would', async (t) => {
   const r = checkInvocation({
     argv: ['broker', '--host', '0.0.0.0', '--http-port=20892', '--data-dir', '/data'],
-    env: { QMQ_BROKER_GROUP: 'qmq-broker-0', QMQ_LOG_LEVEL: 'info', HOME: '/home/node' },
+    env: {
+      QMQ_BROKER_GROUP: 'qmq-broker-0',
+      QMQ_LOG_LEVEL: 'info',
+      QMQ_CLUSTER_SECRET: 'deploy-test-secret-0123',
+      HOME: '/home/node',
+    },
   })
   t.same(r.problems, [])
   t.equal(r.service, 'broker')
@@ -53,6 +58,7 @@ t.test('deploy - the checker resolves a good command line as the CLI would', asy
     httpPort: 20892,
     dataDir: '/data',
     group: 'qmq-broker-0',
+    clusterSecret: 'deploy-test-secret-0123',
   })
 })
 
@@ -79,6 +85,24 @@ t.test('deploy - the checker rejects bad command lines and environments', async 
       ['delay'],
       { QMQ_DELAY_FSYNC: 'maybe' },
       /--fsync \(QMQ_DELAY_FSYNC\): must be true or false/,
+    ],
+    [
+      'no cluster secret',
+      ['metaserver'],
+      {},
+      /no cluster secret \(QMQ_CLUSTER_SECRET or --cluster-secret-file\)/,
+    ],
+    [
+      'secret on the command line',
+      ['broker', '--cluster-secret', 'deploy-test-secret-0123'],
+      {},
+      /--cluster-secret is not accepted/,
+    ],
+    [
+      'secret in a service variable',
+      ['delay'],
+      { QMQ_DELAY_CLUSTER_SECRET: 'deploy-test-secret-0123' },
+      /no cluster secret/,
     ],
   ]
   for (const [name, argv, env, re] of cases) {
@@ -130,8 +154,8 @@ t.test('deploy - the compose checker catches a broken compose file', async (t) =
     ],
     [
       'metaserver port',
-      '- http://metaserver:8080\n    environment:\n      - QMQ_LOG_LEVEL=info\n    ports:\n      - "20801',
-      '- http://metaserver:8081\n    environment:\n      - QMQ_LOG_LEVEL=info\n    ports:\n      - "20801',
+      '- http://metaserver:8080\n    environment:\n      - QMQ_LOG_LEVEL=info\n      - "QMQ_CLUSTER_SECRET',
+      '- http://metaserver:8081\n    environment:\n      - QMQ_LOG_LEVEL=info\n      - "QMQ_CLUSTER_SECRET',
       /delay-1: --metaserver http:\/\/metaserver:8081: the metaserver listens on 8080/,
     ],
     [
@@ -139,6 +163,12 @@ t.test('deploy - the compose checker catches a broken compose file', async (t) =
       '- broker\n      - --group\n      - broker-1\n      - --host\n      - 0.0.0.0',
       '- broker\n      - --group\n      - broker-1\n      - --host\n      - 127.0.0.1',
       /broker-1: --host is "127.0.0.1"/,
+    ],
+    [
+      'no cluster secret',
+      `      - "QMQ_CLUSTER_SECRET=\${QMQ_CLUSTER_SECRET:?set QMQ_CLUSTER_SECRET to the cluster secret, see docs/deploy.md}"\n    ports:\n      - "20801`,
+      '    ports:\n      - "20801',
+      /compose delay-1: no cluster secret/,
     ],
   ]
   for (const [name, from, to, re] of cases) {
@@ -235,6 +265,13 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
       'http://qmq-metaserver:8080',
       'http://qmq-metaserver:80',
       /metaserver URL http:\/\/qmq-metaserver:80 does not reach a metaserver/,
+    ],
+    [
+      'no cluster secret',
+      'delay.yaml',
+      '            - name: QMQ_CLUSTER_SECRET\n              valueFrom:\n                secretKeyRef:\n                  name: qmq-cluster\n                  key: secret\n',
+      '',
+      /StatefulSet qmq-delay: no cluster secret/,
     ],
     [
       'container port',

@@ -4,6 +4,7 @@ import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { DelayServer } from '../../src/delay/delay-server'
 import { Metaserver } from '../../src/metaserver/main'
+import { CLUSTER_SECRET } from '../metaserver/helpers'
 
 /**
  * A whole local cluster in this process, for tests: a metaserver, N broker groups (one master each)
@@ -36,6 +37,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     {
       port: 0,
       dataDir: join(options.dir, 'meta'),
+      clusterSecret: CLUSTER_SECRET,
       heartbeatIntervalMs: 200,
       heartbeatTimeoutMs: 1_500,
     },
@@ -52,6 +54,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         httpPort: -1,
         dataDir: join(options.dir, `broker-${i}`),
         metaserver: metaUrl,
+        clusterSecret: CLUSTER_SECRET,
         heartbeatIntervalMs: 200,
         retryBaseMs: 50,
         retryMaxMs: 2_000,
@@ -70,6 +73,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         port: 0,
         dataDir: join(options.dir, 'delay'),
         metaserver: metaUrl,
+        clusterSecret: CLUSTER_SECRET,
         routeTtlMs: 200,
       },
       { logger: silentLogger },

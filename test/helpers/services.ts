@@ -6,10 +6,13 @@ import {
   startChildService,
   stopChildService,
 } from '../../src/cli/child-service'
+import { CLUSTER_SECRET_ENV } from '../../src/common/token'
+import { CLUSTER_SECRET } from '../metaserver/helpers'
 
 /**
  * Real qmq services as child processes, started through the CLI exactly as an operator would, for
- * end-to-end and crash tests. Every service is stopped (SIGKILL if need be) at teardown.
+ * end-to-end and crash tests. Every service is stopped (SIGKILL if need be) at teardown. Each gets the
+ * test cluster secret through its environment, as `qmq dev` passes it.
  */
 export interface RunningService {
   child: ChildService
@@ -22,7 +25,8 @@ const echo: ChildServiceOptions['onLine'] =
   process.env.QMQ_TEST_VERBOSE === '1' ? (line) => process.stderr.write(`${line}\n`) : undefined
 
 export async function startService(t: Test, name: string, args: string[]): Promise<RunningService> {
-  const child = startChildService(name, args, echo ? { onLine: echo } : {})
+  const env = { [CLUSTER_SECRET_ENV]: CLUSTER_SECRET }
+  const child = startChildService(name, args, echo ? { onLine: echo, env } : { env })
   t.teardown(async () => {
     if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
     await child.exited

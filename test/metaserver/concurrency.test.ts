@@ -5,11 +5,15 @@ import { MetaClient } from '../../src/common/meta/meta-client'
 import type { ServerLoad } from '../../src/common/meta/types'
 import { Metaserver } from '../../src/metaserver/main'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
+import { CLUSTER_SECRET } from './helpers'
 
 async function start(t: Test, dataDir: string, clock: ManualClock) {
-  const server = new Metaserver({ port: 0, dataDir }, { clock, logger: silentLogger })
+  const server = new Metaserver(
+    { port: 0, dataDir, clusterSecret: CLUSTER_SECRET },
+    { clock, logger: silentLogger },
+  )
   await server.start()
-  const client = new MetaClient({ url: server.url, connections: 16 })
+  const client = new MetaClient({ url: server.url, connections: 16, clusterSecret: CLUSTER_SECRET })
   t.teardown(async () => {
     await client.close()
     await server.close()

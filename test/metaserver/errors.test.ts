@@ -5,10 +5,11 @@ import { request } from 'undici'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { Metaserver } from '../../src/metaserver/main'
+import { CLUSTER_SECRET } from './helpers'
 
 async function start(t: Test, extra: Record<string, unknown> = {}) {
   const server = new Metaserver(
-    { port: 0, dataDir: t.testdir(), maxBodyBytes: 4096, ...extra },
+    { port: 0, dataDir: t.testdir(), maxBodyBytes: 4096, clusterSecret: CLUSTER_SECRET, ...extra },
     { logger: silentLogger },
   )
   await server.start()
@@ -31,7 +32,7 @@ async function raw(
   const res = await request(`${base}${path}`, {
     method,
     body,
-    headers: { 'content-type': 'application/json', ...headers },
+    headers: { 'content-type': 'application/json', 'qmq-cluster-secret': CLUSTER_SECRET, ...headers },
   })
   const text = await res.body.text()
   return { status: res.statusCode, body: JSON.parse(text) }
@@ -132,7 +133,7 @@ t.test('metaserver - malformed requests get documented errors', async (t) => {
   t.equal((await raw(s.url, 'GET', '/meta/route?subject=ok&kind=producer')).status, 200)
 })
 
-t.test('metaserver - bodies over maxBodyBytes get 413 without being read whole', async (t) => {
+t.test('metaserver - bodies over maxBodyBytes get 413, dropped not buffered', async (t) => {
   const s = await start(t)
   const big = JSON.stringify({ ...heartbeat, pad: 'x'.repeat(10_000) })
   let r = await raw(s.url, 'POST', '/meta/heartbeat', big)
@@ -150,7 +151,7 @@ t.test('metaserver - admin writes require the configured token', async (t) => {
   const s = await start(t, { adminToken: 's3cret' })
   const ok = new MetaClient({ url: s.url, adminToken: 's3cret' })
   const wrong = new MetaClient({ url: s.url, adminToken: 'guess' })
-  const none = new MetaClient({ url: s.url })
+  const none = new MetaClient({ url: s.url, clusterSecret: CLUSTER_SECRET })
   t.teardown(async () => {
     await ok.close()
     await wrong.close()
@@ -196,7 +197,7 @@ t.test('metaserver - admin writes require the configured token', async (t) => {
 
 t.test('metaserver - without a configured token admin writes are refused', async (t) => {
   const s = await start(t)
-  const c = new MetaClient({ url: s.url, adminToken: 'anything' })
+  const c = new MetaClient({ url: s.url, adminToken: 'anything', clusterSecret: CLUSTER_SECRET })
   t.teardown(() => c.close())
   await c.heartbeat({ group: 'g1', kind: 'broker', role: 'master', address: '127.0.0.1:1' })
   await t.rejects(c.setReadOnly({ group: 'g1', readOnly: true }), {
@@ -210,7 +211,7 @@ t.test('metaserver - a client that leaves mid-body does not hurt the others', as
   const sock = connect(s.port, '127.0.0.1')
   await new Promise<void>((resolve) => sock.once('connect', () => resolve()))
   sock.write(
-    'POST /meta/heartbeat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"gro',
+    `POST /meta/heartbeat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nqmq-cluster-secret: ${CLUSTER_SECRET}\r\ncontent-length: 100\r\n\r\n{"gro`,
   )
   await new Promise((resolve) => setTimeout(resolve, 50))
   sock.destroy()

@@ -4,6 +4,7 @@ import t from 'tap'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { Metaserver } from '../../src/metaserver/main'
+import { CLUSTER_SECRET } from './helpers'
 
 async function listen(server: Server): Promise<string> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -65,19 +66,26 @@ t.test('meta-client - answers over maxResponseBytes and non-JSON answers are ref
 })
 
 t.test('meta-client - discovery URL, then failover between metaservers', async (t) => {
-  const real = new Metaserver({ port: 0, dataDir: t.testdir() }, { logger: silentLogger })
+  const real = new Metaserver(
+    { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET },
+    { logger: silentLogger },
+  )
   await real.start()
   t.teardown(() => real.close())
   const dead = await deadUrl()
   // A discovery metaserver that advertises a dead one first, then the real one.
   const discovery = new Metaserver(
-    { port: 0, dataDir: t.testdir(), advertisedAddresses: [dead, real.url] },
+    { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET, advertisedAddresses: [dead, real.url] },
     { logger: silentLogger },
   )
   await discovery.start()
   t.teardown(() => discovery.close())
 
-  const c = new MetaClient({ url: `${discovery.url}/meta/address`, timeoutMs: 1_000 })
+  const c = new MetaClient({
+    url: `${discovery.url}/meta/address`,
+    timeoutMs: 1_000,
+    clusterSecret: CLUSTER_SECRET,
+  })
   t.teardown(() => c.close())
   await c.heartbeat({ group: 'g1', kind: 'broker', role: 'master', address: '127.0.0.1:20881' })
   t.same(c.knownAddresses, [dead, real.url])
@@ -91,7 +99,10 @@ t.test('meta-client - discovery URL, then failover between metaservers', async (
 })
 
 t.test('meta-client - error answers become QmqErrors with their code', async (t) => {
-  const m = new Metaserver({ port: 0, dataDir: t.testdir() }, { logger: silentLogger })
+  const m = new Metaserver(
+    { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET },
+    { logger: silentLogger },
+  )
   await m.start()
   t.teardown(() => m.close())
   const c = new MetaClient({ url: m.url })

@@ -3,7 +3,7 @@ import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { deadLetterSubject } from '../../src/common/names'
 import { Metaserver, startMetaserver } from '../../src/metaserver/main'
-import { hb, startWithClient } from './helpers'
+import { CLUSTER_SECRET, hb, startWithClient } from './helpers'
 
 function start(t: Test, extra: Record<string, unknown> = {}) {
   return startWithClient(t, { extra })
@@ -288,7 +288,12 @@ t.test('metaserver - /meta/address, /health and /metrics', async (t) => {
   t.match(text, /qmq_metaserver_subjects\{service="metaserver"\} 1/)
 
   const other = new Metaserver(
-    { port: 0, dataDir: t.testdir(), advertisedAddresses: ['http://m1:8080', 'http://m2:8080'] },
+    {
+      port: 0,
+      dataDir: t.testdir(),
+      clusterSecret: CLUSTER_SECRET,
+      advertisedAddresses: ['http://m1:8080', 'http://m2:8080'],
+    },
     { logger: silentLogger },
   )
   await other.start()
@@ -307,7 +312,10 @@ t.test('metaserver - options are validated with precise messages', async (t) => 
     code: 'QMQ_ERR_CONFIG_INVALID',
     message: /port: must be an integer from 0 to 65535[\s\S]*minGroupsPerSubject/,
   })
-  const s = await startMetaserver({ port: 0, dataDir: t.testdir() }, { logger: silentLogger })
+  const s = await startMetaserver(
+    { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET },
+    { logger: silentLogger },
+  )
   t.teardown(() => s.close())
   t.ok(s.port > 0)
   t.equal(s.options.heartbeatTimeoutMs, 10_000)

@@ -1,4 +1,11 @@
-import { integer, oneOf, type OptionsSchema, optionalString, string } from '../../common/config'
+import {
+  integer,
+  oneOf,
+  type OptionsSchema,
+  optionalSecret,
+  optionalString,
+  string,
+} from '../../common/config'
 import { DEFAULT_MAX_FRAME_BYTES } from '../../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
 
@@ -29,6 +36,8 @@ export interface BrokerServerOptions {
   httpPort: number
   dataDir: string
   metaserver: string | undefined
+  /** Sent with metaserver heartbeats; required with `metaserver`. */
+  clusterSecret: string | undefined
   heartbeatIntervalMs: number
   maxFrameBytes: number
   maxMessageBytes: number
@@ -76,6 +85,9 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
   }),
   metaserver: optionalString({
     doc: 'Metaserver URL (http://host:port or http://host:port/meta/address); none = run standalone',
+  }),
+  clusterSecret: optionalSecret({
+    doc: "The metaserver's cluster secret, sent with heartbeats (required with --metaserver; never a flag: QMQ_CLUSTER_SECRET or --cluster-secret-file)",
   }),
   heartbeatIntervalMs: integer({
     default: DEFAULT_HEARTBEAT_INTERVAL_MS,

@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto'
 import { join, resolve } from 'node:path'
 import { QmqError } from '../../common/errors'
+import { CLUSTER_SECRET_ENV } from '../../common/token'
 import { intFlag, parseArgs, stringFlag } from '../args'
 import { type ChildService, startChildService, stopChildService } from '../child-service'
 import type { Command } from './command'
@@ -10,6 +12,10 @@ import type { Command } from './command'
  * --data-dir. Each child reports readiness with its "started" log line, which carries the addresses
  * it bound (so port 0 works). Ctrl-C (or SIGTERM) stops brokers and delay servers first, then the
  * metaserver, each with a clean close.
+ *
+ * The services authenticate to the metaserver with a cluster secret: QMQ_CLUSTER_SECRET when it is set
+ * (so a broker started by hand can join), else a random one made for this run. It reaches the children
+ * through their environment, never their command lines, and is not printed.
  */
 const DEFAULTS = {
   dataDir: './data',
@@ -35,6 +41,9 @@ Options:
   --broker-port N         TCP port of broker-1; broker-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.brokerPort}; 0 = any)
   --delay-port N          TCP port of delay-1; delay-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.delayPort}; 0 = any)
   --verbose               show every log line of the services (default: warnings and errors only)
+
+The services share a cluster secret: QMQ_CLUSTER_SECRET when set (so a broker you start by hand with
+the same variable can join), otherwise a random one for this run.
   --json                  print the cluster's addresses as one JSON line once it is up`
 }
 
@@ -42,9 +51,10 @@ function portPlus(base: number, k: number): number {
   return base === 0 ? 0 : base + k
 }
 
-function startChild(name: string, args: string[], verbose: boolean): ChildService {
+function startChild(name: string, args: string[], verbose: boolean, secret: string): ChildService {
   return startChildService(name, args, {
     startTimeoutMs: START_TIMEOUT_MS,
+    env: { [CLUSTER_SECRET_ENV]: secret },
     onLine: (line, parsed) => {
       const level = typeof parsed?.level === 'string' ? parsed.level : 'warn'
       if (verbose || level === 'warn' || level === 'error' || level === 'fatal')
@@ -83,6 +93,8 @@ export const devCommand: Command = {
     const brokerPort = intFlag(flags, 'brokerPort', DEFAULTS.brokerPort, 0, 65000)
     const delayPort = intFlag(flags, 'delayPort', DEFAULTS.delayPort, 0, 65000)
     const verbose = flags.verbose === true
+    const given = process.env[CLUSTER_SECRET_ENV]
+    const secret = given !== undefined && given !== '' ? given : randomBytes(32).toString('hex')
 
     const children: ChildService[] = []
     let stopping = false
@@ -110,6 +122,7 @@ export const devCommand: Command = {
         'metaserver',
         ['metaserver', '--port', String(metaserverPort), '--data-dir', join(dataDir, 'metaserver')],
         verbose,
+        secret,
       )
       children.push(meta)
       const metaInfo = await Promise.race([meta.started, signalled.then(() => undefined)])
@@ -124,7 +137,7 @@ export const devCommand: Command = {
         const port = portPlus(basePort, 10 * k)
         const args = [kind, '--group', name, '--port', String(port), '--http-port', String(portPlus(port, 1))]
         args.push('--data-dir', join(dataDir, name), '--metaserver', metaUrl)
-        return startChild(name, args, verbose)
+        return startChild(name, args, verbose, secret)
       }
       const services: ChildService[] = [
         ...Array.from({ length: brokers }, (_, k) => group('broker', k, brokerPort)),

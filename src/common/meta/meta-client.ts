@@ -3,6 +3,7 @@ import { isErrorCode } from '../error-codes'
 import { QmqError } from '../errors'
 import {
   type AddressesResponse,
+  CLUSTER_SECRET_HEADER,
   type ClientHeartbeatRequest,
   type ClientHeartbeatResponse,
   type ClientInfo,
@@ -52,6 +53,8 @@ export interface MetaClientOptions {
   url: string
   /** Sent as `Authorization: Bearer <token>` (admin write endpoints need it). */
   adminToken?: string
+  /** The cluster secret, sent with server heartbeats only (brokers and delay servers need it). */
+  clusterSecret?: string
   timeoutMs?: number
   connectTimeoutMs?: number
   maxResponseBytes?: number
@@ -63,6 +66,8 @@ interface CallOptions {
   method: 'GET' | 'POST'
   path: string
   body?: unknown
+  /** Extra request headers. */
+  headers?: Record<string, string>
   /** Which metaserver origin to use; default: the current address list with failover. */
   origin?: string
 }
@@ -99,6 +104,7 @@ export class MetaClient {
   private readonly connections: number
   private readonly addressRefreshMs: number
   private readonly adminToken: string | undefined
+  private readonly clusterSecret: string | undefined
   /** Origin of the discovery URL, when one was given. */
   private readonly discoveryOrigin: string | undefined
   private readonly pools = new Map<string, Pool>()
@@ -127,6 +133,7 @@ export class MetaClient {
     this.connections = options.connections ?? DEFAULT_META_CONNECTIONS
     this.addressRefreshMs = options.addressRefreshMs ?? DEFAULT_META_ADDRESS_REFRESH_MS
     this.adminToken = options.adminToken
+    this.clusterSecret = options.clusterSecret
   }
 
   /** The metaserver base URLs currently in use. */
@@ -167,7 +174,9 @@ export class MetaClient {
 
   /** POST /meta/heartbeat: register or keep alive a broker/delay server. */
   heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse> {
-    return this.call({ method: 'POST', path: META_PATHS.serverHeartbeat, body: req })
+    const headers: Record<string, string> = {}
+    if (this.clusterSecret !== undefined) headers[CLUSTER_SECRET_HEADER] = this.clusterSecret
+    return this.call({ method: 'POST', path: META_PATHS.serverHeartbeat, body: req, headers })
   }
 
   /** GET /meta/route: the groups of a subject for a producer, consumer or delay producer. */
@@ -290,7 +299,7 @@ export class MetaClient {
   }
 
   private async callOnce<T>(origin: string, opts: CallOptions): Promise<T> {
-    const headers: Record<string, string> = { accept: 'application/json' }
+    const headers: Record<string, string> = { accept: 'application/json', ...opts.headers }
     let body: string | undefined
     if (opts.body !== undefined) {
       body = JSON.stringify(opts.body)

@@ -25,6 +25,13 @@ export const META_PATHS = {
   metrics: '/metrics',
 } as const
 
+/**
+ * Header carrying the cluster secret on POST /meta/heartbeat (only there). Not `Authorization`, which
+ * admin writes use for their token: a server credential and an operator credential stay apart.
+ * Proxies in front of a metaserver should keep it out of their logs.
+ */
+export const CLUSTER_SECRET_HEADER = 'qmq-cluster-secret'
+
 /** A broker group holds real-time messages; a delay group holds scheduled ones. */
 export type GroupKind = 'broker' | 'delay'
 export const GROUP_KINDS: readonly GroupKind[] = ['broker', 'delay']
@@ -79,6 +86,7 @@ export interface ServerLoad {
  * POST /meta/heartbeat: a broker or delay server registers itself and stays alive. Sent at start,
  * then every `heartbeatIntervalMs` of the answer; `state: 'offline'` on a clean shutdown takes the
  * group out of routes at once. The first heartbeat of an unknown group creates it: no manual step.
+ * It must carry the cluster secret in CLUSTER_SECRET_HEADER (401 QMQ_ERR_UNAUTHORIZED otherwise).
  */
 export interface ServerHeartbeatRequest {
   group: string

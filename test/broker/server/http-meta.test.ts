@@ -1,7 +1,8 @@
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import type { ServerHeartbeatRequest } from '../../../src/common/meta/types'
+import { CLUSTER_SECRET_HEADER, type ServerHeartbeatRequest } from '../../../src/common/meta/types'
+import { CLUSTER_SECRET } from '../../metaserver/helpers'
 import { RawClient } from '../../helpers/raw-client'
 import { ack, message, pull, send, sendOk } from './ops'
 import { startBroker } from './start-broker'
@@ -35,6 +36,7 @@ t.test(
   'meta - registers, heartbeats, obeys read-only marks, keeps serving when the metaserver is down',
   async (t) => {
     const beats: ServerHeartbeatRequest[] = []
+    const secrets: unknown[] = []
     let readOnly = false
     let down = false
     const meta = createServer((req, res) => {
@@ -49,6 +51,7 @@ t.test(
         }
         const hb = JSON.parse(data) as ServerHeartbeatRequest
         beats.push(hb)
+        secrets.push(req.headers[CLUSTER_SECRET_HEADER])
         res.writeHead(200, { 'content-type': 'application/json' })
         res.end(
           JSON.stringify({
@@ -65,7 +68,12 @@ t.test(
     await new Promise<void>((r) => meta.listen(0, '127.0.0.1', () => r()))
     t.teardown(() => new Promise<void>((r) => meta.close(() => r())))
     const url = `http://127.0.0.1:${(meta.address() as AddressInfo).port}`
-    const b = await startBroker(t, { metaserver: url, group: 'bg1', httpPort: 0 })
+    const b = await startBroker(t, {
+      metaserver: url,
+      clusterSecret: CLUSTER_SECRET,
+      group: 'bg1',
+      httpPort: 0,
+    })
     const c = await RawClient.connect(b.port)
     t.teardown(() => c.destroy())
     await new Promise((r) => setTimeout(r, 350))
@@ -75,6 +83,7 @@ t.test(
     t.equal(beats[0]?.role, 'master')
     t.equal(beats[0]?.address, `127.0.0.1:${b.port}`)
     t.equal(beats[0]?.httpAddress, b.broker.addresses.httpAddress)
+    t.same(new Set(secrets), new Set([CLUSTER_SECRET]), 'every heartbeat carries the cluster secret')
 
     readOnly = true
     await new Promise((r) => setTimeout(r, 250))
