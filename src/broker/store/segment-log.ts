@@ -506,6 +506,42 @@ export class SegmentLog {
     return n === length ? buf : buf.subarray(0, n)
   }
 
+  /**
+   * Writes `buf` over existing bytes from logical `offset` (they may span segments; the log's size
+   * does not change). For derived logs only (the consume logs: recovery rewrites entries it rebuilt);
+   * the caller makes sure no read of those bytes is in flight. Synced by the next `sync()`.
+   */
+  async overwrite(offset: number, buf: Buffer): Promise<void> {
+    if (offset < this.startOffset || offset + buf.length > this.endOffset) {
+      throw new QmqError(
+        'QMQ_ERR_INTERNAL',
+        `overwrite of [${offset}, ${offset + buf.length}) outside [${this.startOffset}, ${this.endOffset})`,
+      )
+    }
+    let done = 0
+    while (done < buf.length) {
+      const seg = this.findSegment(offset + done)
+      if (!seg) throw new QmqError('QMQ_ERR_INTERNAL', `overwrite: offset ${offset + done} is in no segment`)
+      const pos = offset + done - seg.base
+      const len = Math.min(buf.length - done, seg.size - pos)
+      seg.refs++
+      try {
+        let w = 0
+        while (w < len) {
+          const n = await this.io.write(seg.fd, buf.subarray(done + w, done + len), pos + w)
+          if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
+          w += n
+        }
+      } catch (err) {
+        throw fsError(err, `writing ${path.basename(seg.file)}`)
+      } finally {
+        this.release(seg)
+      }
+      seg.dirty = true
+      done += len
+    }
+  }
+
   /** End offset of the segment holding `offset` (for reads that must stay inside one segment). */
   segmentEnd(offset: number): number {
     const seg = this.findSegment(offset)
