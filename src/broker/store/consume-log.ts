@@ -19,9 +19,11 @@ import { SegmentLog } from './segment-log'
  *   12      8     storedAt  i64: ms since epoch
  *   20      4     tagMask   u32: tag bloom bits (tag-hash.ts)
  *
- * A hole stands for a sequence whose message was cut off by recovery (a damaged segment); readers
- * skip it. The log is derived data: recovery truncates it to the last checkpointed length and
- * rebuilds the rest from the message log; a missing or short one is rebuilt from the start.
+ * A hole stands for a sequence whose message recovery found lost in a damaged part of the message
+ * log; readers skip it. The log is derived data: recovery truncates it to the last checkpointed
+ * length and rebuilds the rest from the message log; a missing or short one is rebuilt from the
+ * start; the entries kept are checked against the message log and damaged ones rebuilt in place
+ * (consume-repair.ts).
  * Recent entries stay in memory (`cacheEntries`); older ones are read with positional reads.
  * Entries are pushed only once their message is visible under the flush policy.
  */
