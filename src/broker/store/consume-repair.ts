@@ -110,6 +110,8 @@ export async function checkConsumeLog(
     const after = await nearestGood(consume, b + 1, 1, bad)
     const lo = Math.max(before ? before.offset + before.size : 0, mlog.log.startOffset)
     const hi = after ? after.offset - FRAME_BYTES : logEnd
+    // A run wholly before the log's start had its records deleted by retention: holes, not losses.
+    const retained = hi > mlog.log.startOffset
     const found = new Map<number, { offset: number; size: number; storedAt: number; tagMask: number }>()
     if (lo < hi) {
       const check = (buf: Buffer, pos: number, e: number) => checkFrame(buf, pos, e, maxSize, false)
@@ -155,7 +157,7 @@ export async function checkConsumeLog(
     }
     await consume.rewrite(a, out)
     result.repaired.push({ first: a, last: b, holes: missing })
-    for (let q = a; q <= b; q++) {
+    for (let q = a; q <= b && retained; q++) {
       if (found.has(q) || !bad(q)) continue
       const last = result.lost[result.lost.length - 1]
       if (last && last.last === q - 1) last.last = q

@@ -183,3 +183,30 @@ t.test('recovery - resynchronisation does not trust a frame found inside a messa
     Array.from({ length: 30 }, (_, i) => body(i)).filter((_, i) => i !== 10),
   )
 })
+
+t.test(
+  'recovery - damaged consume-log entries of messages retention deleted: holes, not losses',
+  async (t) => {
+    const dir = t.testdir()
+    const opts = { segmentBytes: 4096, retentionBytes: 2 * 4096 }
+    const store = await open(dir, opts)
+    const big = (i: number) => `r${i}-${'x'.repeat(400)}`
+    for (let i = 0; i < 40; i++) await store.append([rec('r', { body: big(i) })])
+    t.ok((await store.runRetention()) > 0, 'retention deleted segments')
+    const low = store.subjectsIndex.get('r')?.lowSeq as number
+    t.ok(low > 5, `messages below ${low} are gone`)
+    await store.close()
+    const file = path.join(dir, 'consumelog', 'r', '00000000000000000000.log')
+    const log = fs.readFileSync(file)
+    randomBytes(5 * ENTRY_BYTES).copy(log, 0)
+    fs.writeFileSync(file, log)
+    const again = await open(dir, opts)
+    t.teardown(() => again.close())
+    t.match(again.recoveryReport?.repairedConsumeLogs, [{ subject: 'r', first: 0, last: 4, holes: 5 }])
+    t.same(again.recoveryReport?.lostMessages, [], 'retention, not damage, took those messages')
+    t.same(
+      await pullAll(again, 'r'),
+      Array.from({ length: 40 - low }, (_, i) => big(i + low)),
+    )
+  },
+)
