@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
+import { QmqError } from '../../common/errors'
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { SegmentLog } from './segment-log'
@@ -18,9 +19,11 @@ import { claimSubjectDir } from './subject-dirs'
  *   12      8     storedAt  i64: ms since epoch
  *   20      4     tagMask   u32: tag bloom bits (tag-hash.ts)
  *
- * A hole stands for a sequence whose message was cut off by recovery (a damaged segment); readers
- * skip it. The log is derived data: recovery truncates it to the last checkpointed length and
- * rebuilds the rest from the message log; a missing or short one is rebuilt from the start.
+ * A hole stands for a sequence whose message recovery found lost in a damaged part of the message
+ * log; readers skip it. The log is derived data: recovery truncates it to the last checkpointed
+ * length and rebuilds the rest from the message log; a missing or short one is rebuilt from the
+ * start; the entries kept are checked against the message log and damaged ones rebuilt in place
+ * (consume-repair.ts).
  * Recent entries stay in memory (`cacheEntries`); older ones are read with positional reads.
  * Entries are pushed only once their message is visible under the flush policy.
  */
@@ -107,11 +110,7 @@ export class ConsumeLog {
       this.mem.copy(bigger, 0, 0, this.memCount * ENTRY_BYTES)
       this.mem = bigger
     }
-    const o = this.memCount * ENTRY_BYTES
-    writeI64(this.mem, offset, o)
-    this.mem.writeUInt32BE(size, o + 8)
-    writeI64(this.mem, storedAt, o + 12)
-    this.mem.writeUInt32BE(tagMask >>> 0, o + 20)
+    writeEntry(this.mem, this.memCount * ENTRY_BYTES, offset, size, storedAt, tagMask)
     this.memCount++
     return this.memBase + this.memCount - 1
   }
@@ -119,6 +118,26 @@ export class ConsumeLog {
   /** Pushes holes up to (not including) `seq`. */
   fillTo(seq: number): void {
     while (this.nextSeq < seq) this.push(-1, 0, 0, 0)
+  }
+
+  /**
+   * Replaces the existing entries of sequences [seq, seq + buf.length / ENTRY_BYTES) with `buf`
+   * (whole entries), in the files and in memory: recovery's repair of damaged entries. Not for use
+   * while pulls may read them.
+   */
+  async rewrite(seq: number, buf: Buffer): Promise<void> {
+    const count = buf.length / ENTRY_BYTES
+    if (!Number.isInteger(count) || seq < this.startSeq || seq + count > this.nextSeq) {
+      throw new QmqError('QMQ_ERR_INTERNAL', `rewrite of ${count} entries at ${seq} outside the log`)
+    }
+    await this.flushing
+    const fileTo = Math.min(seq + count, this.fileEntries)
+    if (fileTo > seq)
+      await this.log.overwrite(seq * ENTRY_BYTES, buf.subarray(0, (fileTo - seq) * ENTRY_BYTES))
+    const memFrom = Math.max(seq, this.memBase)
+    if (memFrom < seq + count) {
+      buf.copy(this.mem, (memFrom - this.memBase) * ENTRY_BYTES, (memFrom - seq) * ENTRY_BYTES)
+    }
   }
 
   /** Writes in-memory entries that are not in the files yet, then trims memory. */
@@ -196,16 +215,24 @@ export class ConsumeLog {
     return e && e.seq === seq ? e : undefined
   }
 
-  /** First sequence in [startSeq, nextSeq) whose entry satisfies `pred` (monotonic), or nextSeq. */
+  /**
+   * First sequence in [startSeq, nextSeq) whose entry satisfies `pred` (monotonic over the entries
+   * that are not holes), or nextSeq. Holes are passed over: a probe that lands on one decides by the
+   * next entry that is not a hole (holes are rare: damage found by recovery); when only holes are
+   * left up to the bound, the first of them is returned.
+   */
   async search(pred: (e: ConsumeEntry) => boolean): Promise<number> {
     let lo = this.startSeq
     let hi = this.nextSeq
     while (lo < hi) {
       const mid = Math.floor((lo + hi) / 2)
-      const e = await this.entry(mid)
-      // A hole counts as "not yet": holes are rare and sit between valid entries.
-      if (e && e.size > 0 && pred(e)) hi = mid
-      else lo = mid + 1
+      let probe = mid
+      let e = await this.entry(probe)
+      while (e && e.size === 0 && probe + 1 < hi) e = await this.entry(++probe)
+      if (!e || e.size === 0)
+        hi = mid // holes (or nothing) from mid up to hi
+      else if (pred(e)) hi = probe
+      else lo = probe + 1
     }
     return lo
   }
@@ -218,6 +245,21 @@ export class ConsumeLog {
   close(): void {
     this.log.close()
   }
+}
+
+/** Writes one entry at `o` of `buf` (layout above); a hole is (-1, 0, 0, 0). */
+export function writeEntry(
+  buf: Buffer,
+  o: number,
+  offset: number,
+  size: number,
+  storedAt: number,
+  tagMask: number,
+): void {
+  writeI64(buf, offset, o)
+  buf.writeUInt32BE(size, o + 8)
+  writeI64(buf, storedAt, o + 12)
+  buf.writeUInt32BE(tagMask >>> 0, o + 20)
 }
 
 export function decodeEntry(buf: Buffer, o: number, seq: number): ConsumeEntry {

@@ -4,7 +4,13 @@ import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../..
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { HotCache, type HotEntry } from './hot-cache'
-import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
+import {
+  type ScanCheck,
+  type ScanResult,
+  SegmentLog,
+  type SkippedRange,
+  type Truncation,
+} from './segment-log'
 
 /**
  * The message log: every message of every subject in arrival order, in segments of `segmentBytes`.
@@ -119,8 +125,9 @@ interface Batch {
 }
 
 /**
- * Frames the entry at `pos`: frame checksum, bounds, and (unless `recordCrc` is false) the record's
- * own length and CRC32C.
+ * Frames the entry at `pos`: bounds, type, frame checksum, and (unless `recordCrc` is false) the
+ * record's own length and CRC32C. The cheap tests come first: a resynchronising scan (recovery after
+ * damage) calls this at every byte of a damaged range.
  */
 export function checkFrame(
   buf: Buffer,
@@ -131,13 +138,13 @@ export function checkFrame(
 ): ScanResult {
   if (end - pos < FRAME_BYTES) return { kind: 'short' }
   const length = buf.readUInt32BE(pos)
-  if (buf.readUInt32BE(pos + 4) !== crc32cRange(buf, pos + 8, pos + FRAME_BYTES)) {
-    return { kind: 'corrupt', reason: 'frame checksum mismatch' }
-  }
   if (length < FRAME_BYTES + MIN_RECORD_BYTES || length > FRAME_BYTES + maxMessageBytes) {
     return { kind: 'corrupt', reason: `frame length ${length} out of bounds` }
   }
-  if (buf.readUInt8(pos + 8) !== FRAME_TYPE_MESSAGE) return { kind: 'corrupt', reason: 'unknown frame type' }
+  if (buf[pos + 8] !== FRAME_TYPE_MESSAGE) return { kind: 'corrupt', reason: 'unknown frame type' }
+  if (buf.readUInt32BE(pos + 4) !== crc32cRange(buf, pos + 8, pos + FRAME_BYTES)) {
+    return { kind: 'corrupt', reason: 'frame checksum mismatch' }
+  }
   if (end - pos < length) return { kind: 'short' }
   if (!recordCrc) return { kind: 'record', length }
   try {
@@ -238,24 +245,28 @@ export class MessageLog {
   }
 
   /**
-   * Validates from `from`, truncating torn or corrupt tails; visits every valid entry. Record CRCs
-   * are verified from `verifyFrom` on (the checkpoint); before it (a scan that only refills the
+   * Validates from `from`; visits every valid entry. A damaged range followed by valid frames in its
+   * segment is stepped over (resynchronised on the next valid frame) and reported to `onSkip`; a
+   * torn or corrupt tail (nothing valid after it in its segment) is truncated and returned. Record
+   * CRCs are verified from `verifyFrom` on (the checkpoint); before it (a scan that only refills the
    * dedupe index) the frame checksum and bounds are checked.
    */
   async recover(
     from: number,
     visit: (buf: Buffer, pos: number, length: number, offset: number) => void,
     verifyFrom = from,
+    onSkip: (range: SkippedRange) => void = () => undefined,
   ): Promise<Truncation[]> {
-    const max = this.maxMessageBytes
-    const truncations = await this.log.recover(
-      from,
-      (b, p, e, off) => checkFrame(b, p, e, max, off >= verifyFrom),
-      visit,
-    )
+    const truncations = await this.log.recover(from, this.frameCheck(verifyFrom), visit, { onSkip })
     this.durableEnd = this.log.endOffset
     this.committedEnd = this.durableEnd
     return truncations
+  }
+
+  /** `checkFrame` for scans: record CRCs verified from logical offset `verifyFrom` on. */
+  frameCheck(verifyFrom: number): ScanCheck {
+    const max = this.maxMessageBytes
+    return (b, p, e, off) => checkFrame(b, p, e, max, off >= verifyFrom)
   }
 
   startSyncTimer(intervalMs: number): void {

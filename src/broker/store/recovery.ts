@@ -1,9 +1,11 @@
-import { readRecordHeader } from '../../common/record'
+import { MIN_RECORD_BYTES, readRecordHeader } from '../../common/record'
 import { type Checkpoint, loadCheckpoint } from './checkpoint'
 import { ConsumeLog } from './consume-log'
+import { checkConsumeLog, type LostRange } from './consume-repair'
 import { ConsumerState } from './consumer-state'
 import type { FileMessageStore } from './file-message-store'
 import { FRAME_BYTES, readFrame } from './message-log'
+import type { SkippedRange } from './segment-log'
 import type { RecoveryReport } from './types'
 
 /**
@@ -11,10 +13,16 @@ import type { RecoveryReport } from './types'
  * 1. Load the checkpoint (message-log offset M, action-log offset A, consume-log lengths, consumer state).
  * 2. Cut every consume log to its checkpointed length; one that is shorter than that (missing, or
  *    damaged) is rebuilt from the start of the message log.
- * 3. Scan the message log from M (or its start, for rebuilds), verifying every frame and record CRC;
- *    a torn or corrupt tail of a segment is truncated and reported. Each record after M re-creates its
- *    consume-log entry. The same scan, started earlier within the dedupe window (bounded by
- *    dedupeRebuildMaxBytes, whole segments), refills the dedupe index.
+ * 3. Scan the message log from M (or its start, for rebuilds), verifying every frame and record CRC.
+ *    A damaged range is stepped over: the scan resynchronises on the next valid frame and keeps every
+ *    record after it; the range is reported (`skipped`). Only damage after which nothing valid follows
+ *    in its segment (a torn tail) is truncated (`truncated`). Each record after M re-creates its
+ *    consume-log entry; a sequence that later records show was assigned but whose record was lost
+ *    becomes a hole (`lostMessages`). The same scan, started earlier within the dedupe window (bounded
+ *    by dedupeRebuildMaxBytes, whole segments), refills the dedupe index (frame checks only).
+ * 3b. Check each consume log's entries from before M against the message log (consume-repair.ts):
+ *    entries whose record lies in a damaged range become holes (`lostMessages`); damaged entries are
+ *    rebuilt from the message log (`repairedConsumeLogs`).
  * 4. Restore consumer state and replay the action log from A (CRC-checked, torn tail truncated).
  *    Actions that refer to messages lost with an unsynced tail ('async') are clamped away.
  * 5. Every consumer gets a fresh lease from now.
@@ -38,6 +46,8 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   const M = cp?.messageLogOffset ?? 0
   const rebuild = new Set<string>()
   const rebuilt: string[] = []
+  /** Per subject: consume-log length kept from before the replay (the entries checkConsumeLog checks). */
+  const kept = new Map<string, number>()
   const names = new Set([...ConsumeLog.discover(store.dirs.consume), ...Object.keys(cp?.subjects ?? {})])
   for (const name of names) {
     const s = store.subjectsIndex.getOrCreate(name)
@@ -56,6 +66,7 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
       await s.consume.truncate(0)
     } else {
       await s.consume.truncate(expected)
+      kept.set(name, expected)
     }
   }
   const mlog = store.mlog
@@ -82,6 +93,13 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   const scanFrom = Math.min(replayFrom, dedupeFrom)
   let replayedRecords = 0
   const dedupeLimit = now - o.dedupeWindowMs
+  const skipped: SkippedRange[] = []
+  const lostMessages: { subject: string; first: number; last: number }[] = []
+  // Sequences missing before a subject's first record when the scan starts at the log's start went
+  // with retention, not with damage.
+  const retainedFrom = replayFrom <= mlog.log.startOffset && mlog.log.startOffset > 0
+  /** Per subject: end of its last record replayed. */
+  const lastEnd = new Map<string, number>()
   const truncated = await mlog.recover(
     scanFrom,
     (buf, pos, length, offset) => {
@@ -100,6 +118,7 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
       visitReplay(h.subject, f, offset, length)
     },
     replayFrom,
+    (range) => skipped.push(range),
   )
   function visitReplay(
     subject: string,
@@ -109,6 +128,22 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   ): void {
     const s = store.subjectsIndex.getOrCreate(subject)
     if (f.seq < s.consume.nextSeq) return
+    const gap = f.seq - s.consume.nextSeq
+    if (gap > 0 && !(retainedFrom && s.consume.nextSeq === 0)) {
+      // Sequences lost in damage lie between this subject's previous record and this one, each in at
+      // least a minimal frame: a larger jump means this "frame" is not one (resynchronisation landed
+      // on bytes inside a message body that look like a frame). It is ignored.
+      const since = lastEnd.get(subject) ?? (rebuild.has(subject) ? 0 : M)
+      if (gap > (offset - since) / (FRAME_BYTES + MIN_RECORD_BYTES)) {
+        store.log.error(
+          { subject, offset, seq: f.seq, expected: s.consume.nextSeq },
+          'message log: ignored a frame whose sequence cannot follow the records before it',
+        )
+        return
+      }
+      lostMessages.push({ subject, first: s.consume.nextSeq, last: f.seq - 1 })
+    }
+    lastEnd.set(subject, offset + length)
     s.consume.fillTo(f.seq)
     s.consume.push(offset + FRAME_BYTES, length - FRAME_BYTES, f.storedAt, f.tagMask)
     replayedRecords++
@@ -117,6 +152,14 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
   for (const t of truncated) {
     store.log.warn(t, 'message log: dropped a torn or corrupt tail')
   }
+  for (const r of skipped) {
+    store.log.error(r, 'message log: skipped a damaged range; resynchronised on the next valid frame')
+  }
+  const lostRanges: LostRange[] = [
+    ...skipped.map((r) => ({ from: r.logOffset, to: r.logOffset + r.bytes })),
+    ...truncated.map((t) => ({ from: t.logOffset, to: t.logOffset + t.droppedBytes })),
+  ]
+  const repairedConsumeLogs: RecoveryReport['repairedConsumeLogs'] = []
   const logEnd = mlog.log.endOffset
   for (const s of store.subjectsIndex.map.values()) {
     if (logEnd < M && s.consume.nextSeq > 0) {
@@ -129,6 +172,18 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
         )
         await s.consume.truncate(cut)
       }
+    }
+    const upTo = kept.get(s.name) ?? 0
+    if (upTo > s.consume.startSeq) {
+      const checked = await checkConsumeLog(mlog, s.consume, upTo, lostRanges)
+      for (const r of checked.repaired) {
+        repairedConsumeLogs.push({ subject: s.name, ...r })
+        store.log.error(
+          { subject: s.name, ...r },
+          'consume log: damaged entries rebuilt from the message log',
+        )
+      }
+      for (const r of checked.lost) lostMessages.push({ subject: s.name, ...r })
     }
     s.nextSeq = s.consume.nextSeq
     s.lowSeq = s.consume.startSeq
@@ -164,11 +219,22 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     for (const c of g.consumers.values()) c.leaseUntil = now + o.leaseMs
     g.promoteDue(now)
   }
+  lostMessages.sort((a, b) => (a.subject < b.subject ? -1 : a.subject > b.subject ? 1 : a.first - b.first))
+  for (const l of lostMessages) store.log.error(l, 'messages lost to damage in the message log')
   const report: RecoveryReport = {
     checkpoint: loaded.source,
     checkpointProblems: loaded.problems,
     truncated,
+    skipped: skipped.map(({ file, offset, logOffset, bytes, reason }) => ({
+      file,
+      offset,
+      logOffset,
+      bytes,
+      reason,
+    })),
+    lostMessages,
     rebuiltConsumeLogs: rebuilt,
+    repairedConsumeLogs,
     replayedRecords,
     replayedActions,
     durationMs: Date.now() - t0,
@@ -177,7 +243,10 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     {
       checkpoint: cp ? { messageLogOffset: cp.messageLogOffset, actionLogOffset: cp.actionLogOffset } : null,
       truncated: truncated.length,
+      skipped: skipped.length,
+      lostMessages: lostMessages.length,
       rebuiltConsumeLogs: rebuilt.length,
+      repairedConsumeLogs: repairedConsumeLogs.length,
       replayedRecords,
       replayedActions,
       durationMs: report.durationMs,

@@ -22,6 +22,12 @@ import { type FsIo, nodeFsIo } from './fs-io'
  *   completed before it started: the message log writes batch N+1 while batch N is being synced).
  * - A failed write is undone (the file is truncated back to where the batch started) so the log never
  *   holds a partial batch; `endOffset` is unchanged and the next append can retry.
+ * - Segments are reference-counted: every read (and sync) holds its segment from the moment it picks
+ *   the file descriptor until its last byte is in, so a read always reads the file it started on.
+ *   Removing a segment (`deleteOldest`, `deleteBefore`, `truncate`, `close`) takes it out of the log
+ *   and unlinks its file at once (later reads get QMQ_ERR_NOT_FOUND), but its descriptor is closed
+ *   only when the last read holding it is done: never under a read in flight, so a descriptor number
+ *   is never reused by another file while a read may still use it.
  */
 export const SEGMENT_NAME_DIGITS = 20
 const SEGMENT_SUFFIX = '.log'
@@ -47,6 +53,10 @@ interface Segment {
   fd: number
   /** Written bytes not yet covered by an fdatasync. */
   dirty: boolean
+  /** Reads and syncs using `fd` right now (see `hold` / `release`). */
+  refs: number
+  /** Taken out of the log (deleted, cut off, or the log closed): `fd` closes when `refs` drops to 0. */
+  retired: boolean
 }
 
 /** What a scan callback says about the bytes at a position. */
@@ -60,9 +70,63 @@ export interface Truncation {
   file: string
   /** Position in the file where the valid data ends. */
   offset: number
+  /** Logical offset of the first dropped byte (segment base + `offset`). */
+  logOffset: number
   droppedBytes: number
   reason: string
 }
+
+/**
+ * A damaged range inside a segment that a resynchronising scan stepped over: the bytes stay in the
+ * file; the scan went on at the next position where `check` accepted an entry (`logOffset + bytes`).
+ */
+export interface SkippedRange {
+  file: string
+  /** Position in the file of the first damaged byte. */
+  offset: number
+  /** Logical offset of the first damaged byte. */
+  logOffset: number
+  bytes: number
+  /** Why the entry at the first damaged byte was refused. */
+  reason: string
+}
+
+/** Frames (or refuses) the entry at `pos` of `buf` (`buf[pos, end)` are the bytes read so far). */
+export type ScanCheck = (buf: Buffer, pos: number, end: number, offset: number) => ScanResult
+/** Called for each entry `check` accepted: `buf[pos, pos + length)`, at logical `offset`. */
+export type ScanVisit = (buf: Buffer, pos: number, length: number, offset: number) => void
+
+export interface ScanOptions {
+  /**
+   * Resynchronise after damage: step over a bad entry byte by byte until `check` accepts an entry
+   * again, report the range skipped and go on from there (only the part of a segment after which no
+   * entry is accepted counts as its torn tail). Without it, everything from the first bad entry to
+   * the end of its segment is damaged. Only for entries that `check` verifies strongly (a checksum
+   * over the header and the payload): a position inside a payload is taken for an entry only if its
+   * bytes pass every check.
+   */
+  resync?: boolean
+  /** Read size; an entry larger than this is read whole (up to MAX_SCAN_CHUNK_BYTES). */
+  chunkBytes?: number
+}
+
+/** A damaged range found by `scan`. */
+interface Damage {
+  seg: Segment
+  /** Position in the file of the first damaged byte. */
+  pos: number
+  /** Position in the file where the damage ends (the next accepted entry, or the end scanned). */
+  end: number
+  /** True when it runs to the end of the segment: nothing after it was accepted. */
+  toSegmentEnd: boolean
+  reason: string
+}
+
+const DEFAULT_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
+/** Largest entry a scan reads whole; a claimed length beyond this counts as damage. */
+export const MAX_SCAN_CHUNK_BYTES = 256 * 1024 * 1024
+const TORN_REASON = 'torn tail (incomplete record)'
+const SHORT_REASON = 'incomplete entry (its length runs past the valid data)'
 
 export function segmentFileName(base: number): string {
   return `${String(base).padStart(SEGMENT_NAME_DIGITS, '0')}${SEGMENT_SUFFIX}`
@@ -95,7 +159,15 @@ export class SegmentLog {
       const file = path.join(opts.dir, name)
       const fd = fs.openSync(file, 'r+')
       const size = fs.fstatSync(fd).size
-      log.segs.push({ base: Number(name.slice(0, -SEGMENT_SUFFIX.length)), size, file, fd, dirty: false })
+      log.segs.push({
+        base: Number(name.slice(0, -SEGMENT_SUFFIX.length)),
+        size,
+        file,
+        fd,
+        dirty: false,
+        refs: 0,
+        retired: false,
+      })
     }
     return log
   }
@@ -131,69 +203,143 @@ export class SegmentLog {
   }
 
   /**
-   * Scans every segment from logical offset `from`, calling `check` to frame each record and `visit`
-   * for each valid one. At the first bad or incomplete record of a segment, the rest of that segment
-   * is cut off and reported; scanning goes on with the next segment (segments start at record
-   * boundaries). A gap between segments is therefore possible and harmless.
-   * Reads in chunks of `chunkBytes`; a record larger than a chunk is read whole.
+   * Scans every segment from logical offset `from`, calling `check` to frame each entry and `visit`
+   * for each valid one, and repairs what it finds: a segment's damaged tail (a torn or corrupt entry
+   * after which nothing valid follows in that segment) is cut off and returned. Scanning goes on with
+   * the next segment (segments start at entry boundaries), so a gap between segments is possible and
+   * harmless. With `onSkip` the scan resynchronises (see ScanOptions.resync): a damaged range followed
+   * by valid entries in the same segment is stepped over, left in the file, and reported to `onSkip`.
    */
   async recover(
     from: number,
-    check: (buf: Buffer, pos: number, end: number, offset: number) => ScanResult,
-    visit: (buf: Buffer, pos: number, length: number, offset: number) => void,
-    chunkBytes = 8 * 1024 * 1024,
+    check: ScanCheck,
+    visit: ScanVisit,
+    opts: { onSkip?: (range: SkippedRange) => void; chunkBytes?: number } = {},
   ): Promise<Truncation[]> {
     const truncations: Truncation[] = []
-    let chunk = Buffer.allocUnsafe(chunkBytes)
-    for (const seg of this.segs) {
-      if (seg.base + seg.size <= from) continue
-      let filePos = Math.max(0, from - seg.base)
-      let bad: { pos: number; reason: string } | undefined
-      while (filePos < seg.size) {
-        const want = Math.min(chunk.length, seg.size - filePos)
-        const n = await this.readFully(seg.fd, chunk, want, filePos)
-        let pos = 0
-        let needMore = false
-        while (pos < n) {
-          const r = check(chunk, pos, n, seg.base + filePos + pos)
-          if (r.kind === 'record') {
-            visit(chunk, pos, r.length, seg.base + filePos + pos)
-            pos += r.length
-            continue
-          }
-          if (r.kind === 'short' && filePos + n < seg.size) {
-            needMore = true
-            break
-          }
-          bad = {
-            pos: filePos + pos,
-            reason: r.kind === 'short' ? 'torn tail (incomplete record)' : r.reason,
-          }
-          break
-        }
-        if (bad) break
-        if (needMore && pos === 0) {
-          // A record bigger than the chunk: grow the chunk (records are bounded by the max message size).
-          if (chunk.length >= 256 * 1024 * 1024) {
-            bad = { pos: filePos, reason: 'record larger than 256 MiB' }
-            break
-          }
-          chunk = Buffer.allocUnsafe(chunk.length * 2)
-          continue
-        }
-        filePos += pos
+    const damage = await this.scanRange(from, Number.POSITIVE_INFINITY, check, visit, {
+      resync: opts.onSkip !== undefined,
+      ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
+    })
+    for (const d of damage) {
+      if (!d.toSegmentEnd) {
+        opts.onSkip?.(this.skippedRange(d))
+        continue
       }
-      if (bad) {
-        truncations.push({
-          file: path.basename(seg.file),
-          offset: bad.pos,
-          droppedBytes: seg.size - bad.pos,
-          reason: bad.reason,
-        })
-        await this.truncateSegment(seg, bad.pos)
-      }
+      truncations.push({
+        file: path.basename(d.seg.file),
+        offset: d.pos,
+        logOffset: d.seg.base + d.pos,
+        droppedBytes: d.seg.size - d.pos,
+        reason: d.reason,
+      })
+      if (!d.seg.retired) await this.truncateSegment(d.seg, d.pos)
     }
     return truncations
+  }
+
+  /**
+   * Read-only scan of the entries in logical range [from, to) (`from` must be an entry boundary, or
+   * the start of a segment): `visit` is called for each valid one. Returns the damaged ranges met
+   * (see ScanOptions.resync); nothing is changed on disk.
+   */
+  async scan(
+    from: number,
+    to: number,
+    check: ScanCheck,
+    visit: ScanVisit,
+    opts: ScanOptions = {},
+  ): Promise<SkippedRange[]> {
+    const damage = await this.scanRange(from, to, check, visit, opts)
+    return damage.map((d) => this.skippedRange(d))
+  }
+
+  private skippedRange(d: Damage): SkippedRange {
+    return {
+      file: path.basename(d.seg.file),
+      offset: d.pos,
+      logOffset: d.seg.base + d.pos,
+      bytes: d.end - d.pos,
+      reason: d.reason,
+    }
+  }
+
+  /**
+   * The one scanning loop (recovery and read-only scans). Per segment: read a chunk, frame entries
+   * with `check`; an entry cut by the chunk's end is read again from its start (a larger chunk when it
+   * is larger than one). At a bad entry: without resync, the rest of the segment is damage; with it,
+   * the scan steps one byte at a time until `check` accepts an entry, and the bytes stepped over are
+   * one damaged range (one that reaches the end of the segment is its damaged tail).
+   */
+  private async scanRange(
+    from: number,
+    to: number,
+    check: ScanCheck,
+    visit: ScanVisit,
+    opts: ScanOptions,
+  ): Promise<Damage[]> {
+    const out: Damage[] = []
+    let chunk = Buffer.allocUnsafe(opts.chunkBytes ?? DEFAULT_SCAN_CHUNK_BYTES)
+    for (const seg of [...this.segs]) {
+      if (seg.base + seg.size <= from) continue
+      if (seg.base >= to) break
+      if (seg.retired) continue
+      const stop = Math.min(seg.size, to - seg.base)
+      let filePos = Math.max(0, from - seg.base)
+      let bad: { pos: number; reason: string } | undefined
+      seg.refs++
+      try {
+        while (filePos < stop) {
+          const want = Math.min(chunk.length, stop - filePos)
+          const n = await this.readFully(seg.fd, chunk, want, filePos)
+          if (n === 0) break
+          const atEnd = filePos + n >= stop
+          let pos = 0
+          let needMore = false
+          while (pos < n) {
+            const offset = seg.base + filePos + pos
+            const r = check(chunk, pos, n, offset)
+            if (r.kind === 'record') {
+              if (bad) {
+                out.push({ seg, pos: bad.pos, end: filePos + pos, toSegmentEnd: false, reason: bad.reason })
+                bad = undefined
+              }
+              visit(chunk, pos, r.length, offset)
+              pos += r.length
+              continue
+            }
+            if (r.kind === 'short' && !atEnd) {
+              needMore = true
+              break
+            }
+            if (!bad) bad = { pos: filePos + pos, reason: r.kind === 'short' ? SHORT_REASON : r.reason }
+            if (!opts.resync) break
+            pos++
+          }
+          if (bad && !opts.resync) break
+          if (needMore && pos === 0) {
+            // An entry bigger than the chunk: read it whole with a bigger chunk (entries are bounded by
+            // `check`; a claimed length past the cap is damage).
+            if (chunk.length < MAX_SCAN_CHUNK_BYTES) {
+              chunk = Buffer.allocUnsafe(Math.min(chunk.length * 2, MAX_SCAN_CHUNK_BYTES))
+              continue
+            }
+            if (!bad) bad = { pos: filePos, reason: `entry larger than ${MAX_SCAN_CHUNK_BYTES} bytes` }
+            if (!opts.resync) break
+            pos = 1
+          }
+          filePos += pos
+        }
+      } finally {
+        this.release(seg)
+      }
+      if (bad) {
+        const toSegmentEnd = stop === seg.size
+        const reason = toSegmentEnd && bad.reason === SHORT_REASON ? TORN_REASON : bad.reason
+        out.push({ seg, pos: bad.pos, end: stop, toSegmentEnd, reason })
+      }
+    }
+    return out
   }
 
   private async readFully(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
@@ -267,7 +413,7 @@ export class SegmentLog {
     } catch (err) {
       throw fsError(err, `creating ${file}`)
     }
-    const seg: Segment = { base, size: 0, file, fd, dirty: true }
+    const seg: Segment = { base, size: 0, file, fd, dirty: true, refs: 0, retired: false }
     this.segs.push(seg)
     fsyncDir(this.dir)
     return seg
@@ -298,14 +444,18 @@ export class SegmentLog {
   }
 
   private async doSync(): Promise<void> {
-    for (const seg of this.segs) {
-      if (!seg.dirty) continue
+    // A copy: segments may be removed while an fdatasync is in flight (a removed one needs none).
+    for (const seg of [...this.segs]) {
+      if (!seg.dirty || seg.retired) continue
       seg.dirty = false
+      seg.refs++
       try {
         await this.io.fdatasync(seg.fd)
       } catch (err) {
         seg.dirty = true
         throw fsError(err, `syncing ${path.basename(seg.file)}`)
+      } finally {
+        this.release(seg)
       }
     }
   }
@@ -338,10 +488,15 @@ export class SegmentLog {
     if (!seg) throw new QmqError('QMQ_ERR_NOT_FOUND', `offset ${offset} is not in ${this.dir}`)
     const pos = offset - seg.base
     const len = Math.min(length, seg.size - pos)
+    // Held from here (synchronously after the lookup) until the last byte is in: a removal meanwhile
+    // unlinks the file but leaves the descriptor open for this read.
+    seg.refs++
     try {
       return await this.readFully(seg.fd, buf.subarray(bufOffset), len, pos)
     } catch (err) {
       throw fsError(err, `reading ${path.basename(seg.file)}`)
+    } finally {
+      this.release(seg)
     }
   }
 
@@ -349,6 +504,42 @@ export class SegmentLog {
     const buf = Buffer.allocUnsafe(length)
     const n = await this.readInto(offset, buf, 0, length)
     return n === length ? buf : buf.subarray(0, n)
+  }
+
+  /**
+   * Writes `buf` over existing bytes from logical `offset` (they may span segments; the log's size
+   * does not change). For derived logs only (the consume logs: recovery rewrites entries it rebuilt);
+   * the caller makes sure no read of those bytes is in flight. Synced by the next `sync()`.
+   */
+  async overwrite(offset: number, buf: Buffer): Promise<void> {
+    if (offset < this.startOffset || offset + buf.length > this.endOffset) {
+      throw new QmqError(
+        'QMQ_ERR_INTERNAL',
+        `overwrite of [${offset}, ${offset + buf.length}) outside [${this.startOffset}, ${this.endOffset})`,
+      )
+    }
+    let done = 0
+    while (done < buf.length) {
+      const seg = this.findSegment(offset + done)
+      if (!seg) throw new QmqError('QMQ_ERR_INTERNAL', `overwrite: offset ${offset + done} is in no segment`)
+      const pos = offset + done - seg.base
+      const len = Math.min(buf.length - done, seg.size - pos)
+      seg.refs++
+      try {
+        let w = 0
+        while (w < len) {
+          const n = await this.io.write(seg.fd, buf.subarray(done + w, done + len), pos + w)
+          if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
+          w += n
+        }
+      } catch (err) {
+        throw fsError(err, `writing ${path.basename(seg.file)}`)
+      } finally {
+        this.release(seg)
+      }
+      seg.dirty = true
+      done += len
+    }
   }
 
   /** End offset of the segment holding `offset` (for reads that must stay inside one segment). */
@@ -379,16 +570,31 @@ export class SegmentLog {
     if (this.endOffset !== offset || this.segs.length === 0) {
       const file = path.join(this.dir, segmentFileName(offset))
       const fd = fs.openSync(file, 'w+')
-      this.segs.push({ base: offset, size: 0, file, fd, dirty: true })
+      this.segs.push({ base: offset, size: 0, file, fd, dirty: true, refs: 0, retired: false })
       fsyncDir(this.dir)
     }
   }
 
   private dropLast(): void {
     const s = this.segs.pop()
-    if (!s) return
-    fs.closeSync(s.fd)
-    fs.rmSync(s.file, { force: true })
+    if (s) this.retire(s, true)
+  }
+
+  /** Drops a hold on a segment's descriptor; the last one of a retired segment closes it. */
+  private release(seg: Segment): void {
+    seg.refs--
+    if (seg.retired && seg.refs === 0) closeQuietly(seg.fd)
+  }
+
+  /**
+   * A segment taken out of `segs`: its file is unlinked now (when `unlink`), its descriptor closed
+   * now or, while reads hold it, by the last `release`.
+   */
+  private retire(seg: Segment, unlink: boolean): void {
+    if (seg.retired) return
+    seg.retired = true
+    if (unlink) fs.rmSync(seg.file, { force: true })
+    if (seg.refs === 0) closeQuietly(seg.fd)
   }
 
   /** Deletes the oldest segment (never the only / active one). Returns what was deleted. */
@@ -396,8 +602,7 @@ export class SegmentLog {
     if (this.segs.length <= 1) return undefined
     const s = this.segs.shift() as Segment
     const info = { base: s.base, size: s.size, file: s.file, mtimeMs: 0 }
-    fs.closeSync(s.fd)
-    fs.rmSync(s.file, { force: true })
+    this.retire(s, true)
     return info
   }
 
@@ -413,14 +618,17 @@ export class SegmentLog {
     return n
   }
 
+  /** Closes every segment (a read in flight finishes first on its own segment). */
   close(): void {
-    for (const s of this.segs) {
-      try {
-        fs.closeSync(s.fd)
-      } catch {
-        // already closed
-      }
-    }
+    for (const s of this.segs) this.retire(s, false)
     this.segs = []
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd)
+  } catch {
+    // already closed
   }
 }

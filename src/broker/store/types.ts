@@ -92,10 +92,29 @@ export interface RecoveryReport {
   checkpoint: 'current' | 'previous' | 'none'
   /** Why the checkpoints not used could not be (empty when the current one was used). */
   checkpointProblems: string[]
-  /** Message-log bytes dropped from a torn or corrupt tail, per segment file. */
-  truncated: { file: string; offset: number; droppedBytes: number; reason: string }[]
+  /**
+   * Message-log bytes dropped from a torn or corrupt tail (damage after which nothing valid follows
+   * in its segment), per segment file: position in the file, and logical offset.
+   */
+  truncated: { file: string; offset: number; logOffset: number; droppedBytes: number; reason: string }[]
+  /**
+   * Damaged message-log ranges stepped over: recovery resynchronised on the next valid frame and kept
+   * everything after it. The bytes stay in the file; the records in them are lost.
+   */
+  skipped: { file: string; offset: number; logOffset: number; bytes: number; reason: string }[]
+  /**
+   * Sequences whose message was in a damaged range (skipped, or cut off before other records of the
+   * subject): they read as holes. Ranges, per subject.
+   */
+  lostMessages: { subject: string; first: number; last: number }[]
   /** Consume logs rebuilt (missing or short) from the message log. */
   rebuiltConsumeLogs: string[]
+  /**
+   * Consume-log entries found inconsistent with the message log (garbage, or pointing at the wrong
+   * record) and rebuilt from it: sequences [first, last] of a subject; `holes` of them had no record
+   * left in the message log.
+   */
+  repairedConsumeLogs: { subject: string; first: number; last: number; holes: number }[]
   /** Records replayed from the message log after the last checkpoint. */
   replayedRecords: number
   /** Action-log entries replayed after the last checkpoint. */

@@ -104,7 +104,7 @@ t.test('store - torn tail is truncated and reported', async (t) => {
   t.equal(r?.sequence, 9, 'the lost sequence is reused by the next append')
 })
 
-t.test('store - a flipped bit is detected, the damaged part truncated and reported', async (t) => {
+t.test('store - a flipped bit is detected, the damaged record skipped and reported', async (t) => {
   const dir = t.testdir()
   const store = await open(dir)
   for (let i = 0; i < 10; i++) await store.append([rec('flip', { body: `f${i}` })])
@@ -122,13 +122,16 @@ t.test('store - a flipped bit is detected, the damaged part truncated and report
   const again = await open(dir)
   t.teardown(() => again.close())
   const rep = again.recoveryReport
-  t.equal(rep?.truncated.length, 1)
-  t.match(rep?.truncated[0]?.reason, /CRC/)
-  t.equal(rep?.truncated[0]?.offset, pos)
+  t.same(rep?.truncated, [])
+  t.equal(rep?.skipped.length, 1)
+  t.match(rep?.skipped[0]?.reason, /CRC/)
+  t.equal(rep?.skipped[0]?.offset, pos)
+  t.equal(rep?.skipped[0]?.bytes, len)
+  t.same(rep?.lostMessages, [{ subject: 'flip', first: 5, last: 5 }])
   const got = await again.pull(pullOpts('flip', 'g', 'c'))
   t.same(
     got.map((m) => bodyOf(m.record)),
-    ['f0', 'f1', 'f2', 'f3', 'f4'],
+    ['f0', 'f1', 'f2', 'f3', 'f4', 'f6', 'f7', 'f8', 'f9'],
   )
 })
 
