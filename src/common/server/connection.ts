@@ -431,8 +431,11 @@ export class ServerConnection implements BudgetHolder {
         ]),
       )
       this.socket.end()
-      // Keep reading (and dropping) so the peer gets our frame instead of a reset; then make sure it dies.
-      this.socket.resume()
+      // After a protocol error, keep reading (and dropping) so the peer gets our frame instead of a
+      // reset. A slow or flooding client is not read any more (reading what it floods costs CPU); it
+      // normally reads our frame within the linger. Then make sure the socket dies.
+      if (reason === 'protocol') this.socket.resume()
+      else this.socket.pause()
       setTimeout(() => this.socket.destroy(), FATAL_LINGER_MS).unref()
     }
   }
