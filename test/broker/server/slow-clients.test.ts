@@ -186,3 +186,76 @@ t.test('slow clients - PULL answers stop at the write high-water mark', async (t
   })
   t.equal(ids.size, total, 'all messages reached the slow consumer once')
 })
+
+t.test('slow clients - a long poll on a connection over its high-water mark waits its turn', async (t) => {
+  const b = await startBroker(t, {
+    writeHighWaterBytes: 16 * 1024,
+    maxPullBytes: 256 * 1024,
+    maxMessageBytes: 128 * 1024,
+  })
+  const producer = await RawClient.connect(b.port)
+  const fast = await RawClient.connect(b.port)
+  t.teardown(() => {
+    producer.destroy()
+    fast.destroy()
+  })
+  const body = Buffer.alloc(64 * 1024, 0x63)
+  for (let i = 0; i < 200; i += 20) {
+    await sendOk(
+      producer,
+      Array.from({ length: 20 }, (_, j) => message('fill', `f${i + j}`, body)),
+    )
+  }
+  // The slow consumer: a long poll on 'lp' first, then PULLs whose answers it does not read.
+  const slow = connect({ port: b.port, host: '127.0.0.1' })
+  t.teardown(() => slow.destroy())
+  await new Promise((r) => slow.once('connect', r))
+  slow.pause()
+  const lp = encodePullRequest(
+    pullRequest({ subject: 'lp', group: 'gs', consumerId: 'slow', maxMessages: 100, timeoutMs: 20_000 }),
+  )
+  const frames = [encodeFrame({ code: RequestCode.PULL, flags: 0, status: 0, requestId: 1 }, lp)]
+  for (let i = 2; i <= 41; i++) {
+    const req = encodePullRequest(
+      pullRequest({ subject: 'fill', group: 'g', consumerId: 'slow', maxMessages: 5 }),
+    )
+    frames.push(encodeFrame({ code: RequestCode.PULL, flags: 0, status: 0, requestId: i }, req))
+  }
+  slow.write(Buffer.concat(frames))
+  t.ok(
+    await until(
+      async () => (await metricValue(b.broker.registry, 'qmq_broker_write_buffer_bytes')) > 16 * 1024,
+    ),
+    'the slow connection is over its mark',
+  )
+  const fastPoll = pull(fast, {
+    subject: 'lp',
+    group: 'gf',
+    consumerId: 'fast',
+    maxMessages: 100,
+    timeoutMs: 10_000,
+  })
+  await sleep(100)
+  await sendOk(
+    producer,
+    Array.from({ length: 10 }, (_, i) => message('lp', `lp-${i}`)),
+  )
+  t.equal((await fastPoll).length, 10, 'the other group is served at once')
+  const handedToSlow = () =>
+    metricValue(b.broker.registry, 'qmq_broker_in_flight_messages', { subject: 'lp', group: 'gs' })
+  t.equal(await handedToSlow(), 0, 'nothing handed to the blocked connection')
+
+  // It reads again: its long poll is woken once the buffer drains and gets the 10 messages, well before
+  // its 20 s poll timeout.
+  const decoder = new FrameDecoder({ maxFrameBytes: 16 * 1024 * 1024 })
+  const lpAnswer = new Promise<number>((resolve) => {
+    slow.on('data', (chunk: Buffer) => {
+      for (const f of decoder.push(chunk)) {
+        if (f.requestId === 1) resolve(decodePullResponse(f.body).length)
+      }
+    })
+  })
+  slow.resume()
+  const got = await Promise.race([lpAnswer, sleep(15_000).then(() => -1)])
+  t.equal(got, 10, 'the long poll got the messages once its connection drained')
+})
