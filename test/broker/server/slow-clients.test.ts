@@ -259,3 +259,42 @@ t.test('slow clients - a long poll on a connection over its high-water mark wait
   const got = await Promise.race([lpAnswer, sleep(15_000).then(() => -1)])
   t.equal(got, 10, 'the long poll got the messages once its connection drained')
 })
+
+t.test('slow clients - slow-loris clients cannot hold every connection slot', async (t) => {
+  const b = await startBroker(t, { maxConnections: 8, frameTimeoutMs: 500, idleTimeoutMs: 120_000 })
+  const loris: RawClient[] = []
+  let stop = false
+  t.teardown(() => {
+    stop = true
+    for (const c of loris) c.destroy()
+  })
+  for (let i = 0; i < 8; i++) {
+    const c = await RawClient.connect(b.port)
+    loris.push(c)
+    t.equal((await c.request(RequestCode.PING)).status, 0)
+  }
+  // Each trickles one byte every 100 ms of a frame it never finishes; none reconnects.
+  const frame = encodeFrame({ code: RequestCode.PING, flags: 0, status: 0, requestId: 9 }, Buffer.alloc(1000))
+  const trickle = loris.map(async (c) => {
+    for (let i = 0; i < frame.length && !c.isClosed && !stop; i++) {
+      c.writeRaw(frame.subarray(i, i + 1))
+      await sleep(100)
+    }
+  })
+  // A newcomer gets a slot once the slow ones reach their frame deadline.
+  let served = false
+  const end = Date.now() + 10_000
+  while (!served && Date.now() < end) {
+    try {
+      const c = await RawClient.connect(b.port)
+      served = (await c.request(RequestCode.PING)).status === 0
+      c.destroy()
+    } catch {
+      await sleep(100)
+    }
+  }
+  t.ok(served, 'a new client is served')
+  t.ok(await until(() => loris.every((c) => c.isClosed)), 'every slow-loris client was closed')
+  stop = true
+  await Promise.all(trickle)
+})
