@@ -264,7 +264,10 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
   // connection has no room is skipped, and its subject woken again once room opens.
   const answerBytes = Math.max(maxBytes, ctx.limits.maxMessageBytes)
   const onRoom = () => ctx.polls.notify(req.subject)
-  let messages = await conn.withAnswerRoom(frame, answerBytes, () => ctx.store.pull(options))
+  let messages = await conn.withAnswerRoom(frame, answerBytes, () =>
+    // Closed while waiting for room: hand nothing out to a connection that cannot get it.
+    conn.isClosed ? Promise.resolve([]) : ctx.store.pull(options),
+  )
   if (messages.length === 0 && timeoutMs > 0 && !ctx.isClosing() && !conn.isClosed) {
     const again: PullOptions = { ...options, resumeHeld: false }
     // Consumers that see the subject the same way share a view: one empty pull stands for all of them.
