@@ -7,14 +7,15 @@ import { MetaClient } from '../common/meta/meta-client'
 import { missingClusterSecret } from '../common/token'
 import type { ServerLoad } from '../common/meta/types'
 import { createRegistry, type Registry } from '../common/metrics'
-import type { Connection } from './server/connection'
+import { tcpServerOptions } from '../common/server/options'
+import { TcpServer } from '../common/server/tcp-server'
+import { Connection } from './server/connection'
 import { createFrameHandler, type ServerContext } from './server/handlers'
 import { BrokerHttpServer, type BrokerHealth } from './server/http-server'
 import { LongPollRegistry } from './server/long-poll'
 import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
-import { TcpServer } from './server/tcp-server'
 import { createMessageStore } from './store/file-message-store'
 import { type MessageStoreOptions, messageStoreOptionsSchema } from './store/options'
 import type { MessageStore } from './store/types'
@@ -88,7 +89,7 @@ export class Broker {
   private readonly stats = { received: 0 }
   private store: MessageStore | undefined
   private polls = new LongPollRegistry()
-  private tcp: TcpServer | undefined
+  private tcp: TcpServer<Connection> | undefined
   private http: BrokerHttpServer | undefined
   private heartbeat: MetaHeartbeat | undefined
   private metaClient: (HeartbeatClient & { close?(): Promise<void> }) | undefined
@@ -111,6 +112,7 @@ export class Broker {
       backlog: () => this.store?.backlog() ?? [],
       waiters: () => this.polls.waiters,
       connections: () => this.tcp?.connectionCount ?? 0,
+      tcp: () => this.tcp?.stats(),
     })
   }
 
@@ -169,27 +171,20 @@ export class Broker {
         stats: this.stats,
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
       }
-      const tcp = new TcpServer(
-        {
-          host: o.host,
-          port: o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port,
-          maxConnections: o.maxConnections,
-          maxFrameBytes: o.maxFrameBytes,
-          maxInFlight: o.maxInFlightPerConnection,
-          writeHighWaterBytes: o.writeHighWaterBytes,
-          idleTimeoutMs: o.idleTimeoutMs,
-          firstFrameTimeoutMs: o.firstFrameTimeoutMs,
-        },
+      const tcp = new TcpServer<Connection>(
+        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),
         {
           handle: createFrameHandler(ctx),
           onConnection: () => this.metrics.connectionsTotal.inc(),
-          onProtocolError: (_c: Connection, err) => {
+          onProtocolError: (_c, err) => {
             if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
               this.metrics.protocolErrors.inc({ code: err.code })
             }
           },
+          onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
         },
         this.log,
+        (socket, options, hooks, log, budget) => new Connection(socket, options, hooks, log, budget),
       )
       let tcpAddress: AddressInfo
       try {

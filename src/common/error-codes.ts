@@ -138,6 +138,18 @@ export const ERROR_CODES = {
     httpStatus: 429,
     message: 'Too many requests in flight',
   },
+  QMQ_ERR_FRAME_TIMEOUT: {
+    status: 45,
+    retriable: true,
+    httpStatus: 408,
+    message: 'Frame did not complete within the frame deadline',
+  },
+  QMQ_ERR_FRAME_BUDGET: {
+    status: 46,
+    retriable: true,
+    httpStatus: 503,
+    message: 'Server-wide budget for partial frames exhausted',
+  },
 
   // ---- 100-149: broker store ----
   QMQ_ERR_STORE_IO: { status: 100, retriable: true, httpStatus: 503, message: 'Storage write failed' },

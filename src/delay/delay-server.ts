@@ -1,5 +1,4 @@
 import http from 'node:http'
-import net from 'node:net'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
@@ -7,6 +6,8 @@ import { MetaClient } from '../common/meta/meta-client'
 import { missingClusterSecret } from '../common/token'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
+import { tcpServerOptions } from '../common/server/options'
+import { TcpServer } from '../common/server/tcp-server'
 import { Dispatcher } from './dispatch/dispatcher'
 import {
   BrokerSender,
@@ -19,7 +20,7 @@ import {
 import { createDelayMetrics, type DelayMetrics } from './metrics'
 import { type DelayOptions, resolveDelayOptions } from './options'
 import { DelayStore } from './store/delay-store'
-import { handleConnection } from './tcp-handler'
+import { createDelayFrameHandler } from './tcp-handler'
 
 export { delayOptionsSchema, type DelayOptions, resolveDelayOptions } from './options'
 
@@ -42,11 +43,8 @@ export interface DelayServerDeps {
   sender?: Sender
   /** Routes when there is no metaserver, or to override it. */
   routes?: RouteProvider
-  /** Close client connections silent this long (default 5 min). */
-  idleTimeoutMs?: number
 }
 
-const DEFAULT_IDLE_TIMEOUT_MS = 300_000
 const LOADER_INTERVAL_MS = 200
 const DEFAULT_HEARTBEAT_MS = 3_000
 
@@ -57,13 +55,13 @@ export class DelayServer {
   private readonly clock: Clock
   private readonly log: Logger
   private readonly deps: DelayServerDeps
-  private tcp: net.Server | undefined
+  private tcp: TcpServer | undefined
+  private tcpPort = 0
   private httpServer: http.Server | undefined
   private meta: MetaClient | undefined
   private sender: Sender | undefined
   private storeRef: DelayStore | undefined
   private dispatcherRef: Dispatcher | undefined
-  private readonly sockets = new Set<net.Socket>()
   private timers: NodeJS.Timeout[] = []
   private heartbeatTimer: NodeJS.Timeout | undefined
   private loadingNow = false
@@ -84,6 +82,7 @@ export class DelayServer {
     this.metrics = createDelayMetrics(this.registry, {
       store: () => this.storeRef,
       dispatcher: () => this.dispatcherRef,
+      tcp: () => this.tcp?.stats(),
     })
   }
 
@@ -99,8 +98,7 @@ export class DelayServer {
 
   /** The bound TCP port. */
   get port(): number {
-    const a = this.tcp?.address()
-    return typeof a === 'object' && a !== null ? a.port : 0
+    return this.tcpPort
   }
 
   /** `host:port` announced to the metaserver and clients. */
@@ -184,26 +182,24 @@ export class DelayServer {
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
     })
 
-    const tcp = net.createServer((socket) => {
-      this.sockets.add(socket)
-      socket.on('close', () => this.sockets.delete(socket))
-      handleConnection(socket, {
-        store,
-        metrics: this.metrics,
-        log: this.log,
-        maxFrameBytes: o.maxFrameBytes,
-        maxMessageBytes: o.maxMessageBytes,
-        idleTimeoutMs: this.deps.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
-      })
+    // The connection loop shared with the broker (common/server/): in-flight bound, write high-water
+    // mark, first-frame, idle and frame deadlines, partial-frame budget.
+    const handle = createDelayFrameHandler({
+      store,
+      metrics: this.metrics,
+      log: this.log,
+      maxMessageBytes: o.maxMessageBytes,
     })
+    const tcp = new TcpServer(
+      tcpServerOptions(o, o.port),
+      {
+        handle: (frame) => handle(frame),
+        onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+      },
+      this.log,
+    )
+    this.tcpPort = (await tcp.listen()).port
     this.tcp = tcp
-    await new Promise<void>((resolve, reject) => {
-      tcp.once('error', reject)
-      tcp.listen(o.port, o.host, () => {
-        tcp.off('error', reject)
-        resolve()
-      })
-    })
     if (o.httpPort >= 0) await this.startHttp()
 
     this.timers.push(setInterval(() => this.dispatcherRef?.tick(), o.tickMs))
@@ -300,12 +296,8 @@ export class DelayServer {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
-    const tcp = this.tcp
-    if (tcp !== undefined) {
-      const closed = new Promise<void>((resolve) => tcp.close(() => resolve()))
-      for (const s of this.sockets) s.destroy()
-      await closed
-    }
+    // Requests in flight (SENDs being stored) answer first, up to closeTimeoutMs.
+    await this.tcp?.close(this.options.closeTimeoutMs)
     if (this.httpServer !== undefined) {
       const h = this.httpServer
       h.closeAllConnections()

@@ -1,4 +1,6 @@
 import { Counter, Gauge, Histogram, type Registry } from '../common/metrics'
+import { ConnectionMetrics } from '../common/server/metrics'
+import type { TcpServerStats } from '../common/server/tcp-server'
 import type { Dispatcher } from './dispatch/dispatcher'
 import type { DelayStore } from './store/delay-store'
 
@@ -14,6 +16,8 @@ export interface DelayMetrics {
   lateness: Histogram
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
+  /** The connection loop's (shared with the broker): closes by reason, partial-frame and write-buffer bytes. */
+  connectionLoop: ConnectionMetrics
 }
 
 /**
@@ -23,7 +27,11 @@ export interface DelayMetrics {
  */
 export function createDelayMetrics(
   registry: Registry,
-  source: { store: () => DelayStore | undefined; dispatcher: () => Dispatcher | undefined },
+  source: {
+    store: () => DelayStore | undefined
+    dispatcher: () => Dispatcher | undefined
+    tcp?: () => TcpServerStats | undefined
+  },
 ): DelayMetrics {
   const registers = [registry]
   new Gauge({
@@ -55,6 +63,7 @@ export function createDelayMetrics(
     },
   })
   return {
+    connectionLoop: new ConnectionMetrics(registry, 'qmq_delay', source.tcp ?? (() => undefined)),
     received: new Counter({
       name: 'qmq_delay_received_total',
       help: 'Delayed messages received, by result (stored or an error code)',

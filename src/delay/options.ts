@@ -9,6 +9,7 @@ import {
 } from '../common/config'
 import { DEFAULT_MAX_FRAME_BYTES } from '../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../common/record'
+import { type ConnectionLimitOptions, connectionLimitsSchema } from '../common/server/options'
 
 export const DEFAULT_DELAY_PORT = 20801
 export const DEFAULT_HORIZON_MS = 2 * 366 * 24 * 3600 * 1000 // 2 years (of leap years: never shorter)
@@ -24,7 +25,8 @@ export const DEFAULT_RETRY_MAX_MS = 30_000
 export const DEFAULT_SEND_TIMEOUT_MS = 5_000
 export const DEFAULT_ROUTE_TTL_MS = 5_000
 
-export interface DelayOptions {
+/** The connection limits (maxConnections ... closeTimeoutMs) are the broker's: common/server/options.ts. */
+export interface DelayOptions extends ConnectionLimitOptions {
   /** Delay group name registered with the metaserver. */
   group: string
   host: string
@@ -132,6 +134,7 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
     max: 256 * 1024 * 1024,
     doc: 'Largest accepted frame',
   }),
+  ...connectionLimitsSchema,
   dispatchBatch: integer({ default: DEFAULT_DISPATCH_BATCH, min: 1, max: 10_000, doc: 'Records per SEND' }),
   dispatchInFlight: integer({
     default: DEFAULT_DISPATCH_IN_FLIGHT,

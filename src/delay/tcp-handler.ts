@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net'
 import { QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { validateSubject } from '../common/names'
@@ -6,150 +5,69 @@ import {
   decodeCancelRequest,
   decodeSendRequest,
   encodeCancelResponse,
-  encodeErrorBody,
   encodeSendResponse,
 } from '../common/protocol/commands'
 import { RequestCode, requestCodeName } from '../common/protocol/codes'
-import {
-  FLAG_ONEWAY,
-  FLAG_RESPONSE,
-  type Frame,
-  FrameDecoder,
-  encodeFrame,
-  PROTOCOL_VERSION,
-} from '../common/protocol/frame'
+import type { Frame } from '../common/protocol/frame'
+import type { ResponseBody } from '../common/server/connection'
 import type { DelayMetrics } from './metrics'
 import type { DelayStore } from './store/delay-store'
 
 /**
- * One client connection of the delay server: SEND (delayed messages), CANCEL, PING.
- * - Frames are decoded with the size limit checked before buffering; a stream that can no longer be
- *   trusted (bad magic, oversize or malformed frame) gets one error response and is closed.
+ * The delay server's requests: SEND (delayed messages), CANCEL, PING. The connection loop around them
+ * (framing, limits checked before buffering, in-flight bound, write high-water mark, first-frame, idle
+ * and frame deadlines, partial-frame budget) is the one the broker uses: common/server/ (TcpServer,
+ * ServerConnection), set up in delay-server.ts.
  * - A well delimited but bad request (unknown code, unsupported version, malformed payload) gets an
- *   error response; the connection stays.
- * - While the socket's write buffer is over its high-water mark, reading pauses.
- * - A connection silent for `idleTimeoutMs` is closed.
+ *   error response (the handler throws a QmqError); the connection stays.
  */
 export interface HandlerContext {
   store: DelayStore
   metrics: DelayMetrics
   log: Logger
-  maxFrameBytes: number
   maxMessageBytes: number
-  idleTimeoutMs: number
 }
 
-export function handleConnection(socket: Socket, ctx: HandlerContext): void {
-  const decoder = new FrameDecoder({ maxFrameBytes: ctx.maxFrameBytes })
-  socket.setNoDelay(true)
-  socket.setTimeout(ctx.idleTimeoutMs, () => socket.destroy())
-  socket.on('error', (err) => ctx.log.debug({ err }, 'client connection error'))
-  socket.on('drain', () => socket.resume())
+const EMPTY: readonly Buffer[] = []
 
-  const reply = (req: Frame, status: number, body: Buffer): void => {
-    if ((req.flags & FLAG_ONEWAY) !== 0 || socket.destroyed) return
-    const ok = socket.write(
-      encodeFrame({ flags: FLAG_RESPONSE, code: req.code, status, requestId: req.requestId }, body),
-    )
-    if (!ok) socket.pause()
-  }
-  const replyError = (req: Frame, err: unknown): void => {
-    const e = toQmqError(err)
-    reply(req, e.status, encodeErrorBody(e.message))
-  }
-
-  socket.on('data', (chunk: Buffer) => {
-    let frames: Frame[]
-    try {
-      frames = decoder.push(chunk)
-    } catch (err) {
-      const e = toQmqError(err, 'QMQ_ERR_FRAME_MALFORMED')
-      ctx.log.warn({ err: e, remote: socket.remoteAddress }, 'closing connection: untrustworthy stream')
-      socket.end(
-        encodeFrame(
-          { flags: FLAG_RESPONSE, code: 0, status: e.status, requestId: 0 },
-          encodeErrorBody(e.message),
-        ),
-      )
-      return
-    }
-    for (const f of frames) {
-      if ((f.flags & FLAG_RESPONSE) !== 0) continue // we send no requests: ignore stray responses
-      if (f.version !== PROTOCOL_VERSION) {
-        replyError(
-          f,
-          new QmqError('QMQ_ERR_UNSUPPORTED_VERSION', `protocol version ${f.version} is not supported`),
-        )
-        continue
-      }
-      handleFrame(f, ctx, reply, replyError)
-    }
-  })
+export function createDelayFrameHandler(ctx: HandlerContext): (frame: Frame) => Promise<ResponseBody> {
+  return (f) => handleFrame(f, ctx)
 }
 
-function handleFrame(
-  f: Frame,
-  ctx: HandlerContext,
-  reply: (req: Frame, status: number, body: Buffer) => void,
-  replyError: (req: Frame, err: unknown) => void,
-): void {
+async function handleFrame(f: Frame, ctx: HandlerContext): Promise<ResponseBody> {
   switch (f.code) {
     case RequestCode.PING:
-      reply(f, 0, Buffer.alloc(0))
-      return
+      return EMPTY
     case RequestCode.SEND: {
-      let items: ReturnType<typeof decodeSendRequest>
-      try {
-        // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
-        items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
-        // A subject the brokers would refuse when it is due ('%', whitespace...) is refused now.
-        for (const item of items) {
-          if (item.header === undefined || item.error !== undefined) continue
-          try {
-            validateSubject(item.header.subject)
-          } catch (err) {
-            item.error = toQmqError(err, 'QMQ_ERR_SUBJECT_INVALID')
-          }
+      // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
+      const items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
+      // A subject the brokers would refuse when it is due ('%', whitespace...) is refused now.
+      for (const item of items) {
+        if (item.header === undefined || item.error !== undefined) continue
+        try {
+          validateSubject(item.header.subject)
+        } catch (err) {
+          item.error = toQmqError(err, 'QMQ_ERR_SUBJECT_INVALID')
         }
-      } catch (err) {
-        replyError(f, err)
-        return
       }
-      ctx.store.accept(items).then(
-        (results) => {
-          for (const r of results) ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
-          reply(
-            f,
-            0,
-            encodeSendResponse(
-              results.map((r) =>
-                r === undefined ? { status: 0, message: '' } : { status: r.status, message: r.message },
-              ),
-            ),
-          )
-        },
-        (err) => replyError(f, err),
+      const results = await ctx.store.accept(items)
+      for (const r of results) ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
+      return encodeSendResponse(
+        results.map((r) =>
+          r === undefined ? { status: 0, message: '' } : { status: r.status, message: r.message },
+        ),
       )
-      return
     }
     case RequestCode.CANCEL: {
-      try {
-        const ids = decodeCancelRequest(f.body)
-        const res = ctx.store.cancel(ids)
-        for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
-        reply(f, 0, encodeCancelResponse(res))
-      } catch (err) {
-        replyError(f, err)
-      }
-      return
+      const ids = decodeCancelRequest(f.body)
+      const res = ctx.store.cancel(ids)
+      for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
+      return encodeCancelResponse(res)
     }
     default:
-      replyError(
-        f,
-        new QmqError(
-          'QMQ_ERR_UNKNOWN_REQUEST',
-          `request code ${f.code}${requestCodeName(f.code) ? ` (${requestCodeName(f.code)})` : ''} is not served by a delay server`,
-        ),
+      throw new QmqError(
+        'QMQ_ERR_UNKNOWN_REQUEST',
+        `request code ${f.code}${requestCodeName(f.code) ? ` (${requestCodeName(f.code)})` : ''} is not served by a delay server`,
       )
   }
 }

@@ -76,7 +76,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
     case RequestCode.SEND:
       return handleSend(ctx, frame.body)
     case RequestCode.PULL:
-      return handlePull(ctx, frame.body, conn)
+      return handlePull(ctx, frame, conn)
     case RequestCode.ACK:
       return handleAck(ctx, frame.body)
     case RequestCode.NACK:
@@ -237,8 +237,8 @@ function encodeStored(stored: readonly AppendResult[]): Buffer {
   return out
 }
 
-async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
-  const req = decodePullRequest(body)
+async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
+  const req = decodePullRequest(frame.body)
   const maxBytes =
     req.maxBytes === 0 ? ctx.limits.maxPullBytes : Math.min(req.maxBytes, ctx.limits.maxPullBytes)
   const timeoutMs = Math.min(req.timeoutMs, ctx.limits.maxPollMs)
@@ -259,7 +259,16 @@ async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): P
   }
   conn.pulledKeys.add(consumerKey)
   const epochBefore = ctx.polls.epoch(req.subject)
-  let messages = await ctx.store.pull(options)
+  // Write high-water: store reads run under an answer-room reservation of the largest answer they can
+  // make (maxBytes, or one message when that is larger), so a connection's unsent answers stay within
+  // writeHighWaterBytes plus one answer (common/server/connection.ts). A long-poll waiter whose
+  // connection has no room is skipped, and its subject woken again once room opens.
+  const answerBytes = Math.max(maxBytes, ctx.limits.maxMessageBytes)
+  const onRoom = () => ctx.polls.notify(req.subject)
+  let messages = await conn.withAnswerRoom(frame, answerBytes, () =>
+    // Closed while waiting for room: hand nothing out to a connection that cannot get it.
+    conn.isClosed ? Promise.resolve([]) : ctx.store.pull(options),
+  )
   if (messages.length === 0 && timeoutMs > 0 && !ctx.isClosing() && !conn.isClosed) {
     const again: PullOptions = { ...options, resumeHeld: false }
     // Consumers that see the subject the same way share a view: one empty pull stands for all of them.
@@ -274,8 +283,9 @@ async function handlePull(ctx: ServerContext, body: Buffer, conn: Connection): P
       viewKey,
       timeoutMs,
       epochBefore,
-      attempt: () => ctx.store.pull(again),
+      attempt: () => conn.withAnswerRoom(frame, answerBytes, () => ctx.store.pull(again)),
       isAlive: () => !conn.isClosed,
+      isReady: () => conn.hasAnswerRoom(answerBytes, onRoom),
     })
   }
   if (messages.length > 0 && conn.isClosed && !req.broadcast && !req.atMostOnce) {

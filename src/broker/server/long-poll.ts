@@ -24,6 +24,7 @@ interface Waiter {
   viewKey: string
   attempt: PullAttempt
   isAlive: () => boolean
+  isReady: (() => boolean) | undefined
   resolve: (messages: StoredMessage[]) => void
   reject: (err: unknown) => void
   timer: NodeJS.Timeout | undefined
@@ -41,6 +42,12 @@ export interface WaitRequest {
   attempt: PullAttempt
   /** False once the requester's connection is gone: the waiter is dropped without pulling for it. */
   isAlive: () => boolean
+  /**
+   * False while the requester's connection cannot take an answer (write high-water mark): the waiter
+   * is skipped in this pass without counting as an empty pull of its view; the caller notifies the
+   * subject again once it can.
+   */
+  isReady?: () => boolean
 }
 
 export class LongPollRegistry {
@@ -76,6 +83,7 @@ export class LongPollRegistry {
         viewKey: req.viewKey,
         attempt: req.attempt,
         isAlive: req.isAlive,
+        isReady: req.isReady,
         resolve,
         reject,
         timer: undefined,
@@ -152,6 +160,7 @@ export class LongPollRegistry {
             this.settle(w, [])
             continue
           }
+          if (w.isReady !== undefined && !w.isReady()) continue
           w.state = 'pulling'
           let messages: StoredMessage[]
           try {

@@ -1,4 +1,6 @@
 import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import { ConnectionMetrics } from '../../common/server/metrics'
+import type { TcpServerStats } from '../../common/server/tcp-server'
 import type { BacklogInfo } from '../store/types'
 
 /**
@@ -28,10 +30,17 @@ export class BrokerMetrics {
   readonly backlogInFlight: Gauge<'subject' | 'group'>
   readonly backlogRetrying: Gauge<'subject' | 'group'>
   readonly deadLetters: Gauge<'subject' | 'group'>
+  /** The connection loop's: closes by reason, partial-frame and write-buffer bytes. */
+  readonly connectionLoop: ConnectionMetrics
 
   constructor(
     registry: Registry,
-    sources: { backlog: () => BacklogInfo[]; waiters: () => number; connections: () => number },
+    sources: {
+      backlog: () => BacklogInfo[]
+      waiters: () => number
+      connections: () => number
+      tcp: () => TcpServerStats | undefined
+    },
   ) {
     const registers = [registry]
     const sg = ['subject', 'group'] as const
@@ -139,6 +148,7 @@ export class BrokerMetrics {
       labelNames: ['code'],
       registers,
     })
+    this.connectionLoop = new ConnectionMetrics(registry, 'qmq_broker', sources.tcp)
     this.longPollWaiters = new Gauge({
       name: 'qmq_broker_long_poll_waiters',
       help: 'PULL requests waiting for messages',

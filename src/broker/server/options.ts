@@ -8,6 +8,7 @@ import {
 } from '../../common/config'
 import { DEFAULT_MAX_FRAME_BYTES } from '../../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
+import { type ConnectionLimitOptions, connectionLimitsSchema } from '../../common/server/options'
 
 /**
  * Options of the broker's network side (the store has its own; `Broker` takes both, see broker.ts).
@@ -16,17 +17,20 @@ import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
  */
 export const DEFAULT_BROKER_PORT = 20881
 export const DEFAULT_BROKER_HTTP_PORT = 20882
-export const DEFAULT_MAX_IN_FLIGHT = 256 // requests per connection, long polls included
-export const DEFAULT_WRITE_HIGH_WATER_BYTES = 8 * 1024 * 1024 // unsent answers per connection
-export const DEFAULT_IDLE_TIMEOUT_MS = 5 * 60_000
-export const DEFAULT_FIRST_FRAME_TIMEOUT_MS = 10_000
 export const DEFAULT_MAX_POLL_MS = 30_000
 export const DEFAULT_MAX_PULL_BYTES = 4 * 1024 * 1024
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5_000 // until the metaserver says otherwise
-export const DEFAULT_CLOSE_TIMEOUT_MS = 5_000
-export const DEFAULT_MAX_CONNECTIONS = 10_000
+export {
+  DEFAULT_CLOSE_TIMEOUT_MS,
+  DEFAULT_FIRST_FRAME_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_IN_FLIGHT,
+  DEFAULT_WRITE_HIGH_WATER_BYTES,
+} from '../../common/server/options'
 
-export interface BrokerServerOptions {
+/** The connection limits (maxConnections ... closeTimeoutMs) are shared with the delay server. */
+export interface BrokerServerOptions extends ConnectionLimitOptions {
   group: string
   role: 'master' | 'slave'
   host: string
@@ -41,14 +45,8 @@ export interface BrokerServerOptions {
   heartbeatIntervalMs: number
   maxFrameBytes: number
   maxMessageBytes: number
-  maxConnections: number
-  maxInFlightPerConnection: number
-  writeHighWaterBytes: number
-  idleTimeoutMs: number
-  firstFrameTimeoutMs: number
   maxPollMs: number
   maxPullBytes: number
-  closeTimeoutMs: number
   adminToken: string | undefined
 }
 
@@ -107,32 +105,7 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
     max: 512 * 1024 * 1024,
     doc: 'Largest message record accepted',
   }),
-  maxConnections: integer({
-    default: DEFAULT_MAX_CONNECTIONS,
-    min: 1,
-    doc: 'Open connections accepted at once',
-  }),
-  maxInFlightPerConnection: integer({
-    default: DEFAULT_MAX_IN_FLIGHT,
-    min: 1,
-    max: 100_000,
-    doc: 'Requests of one connection handled at once (long polls included); reading pauses beyond',
-  }),
-  writeHighWaterBytes: integer({
-    default: DEFAULT_WRITE_HIGH_WATER_BYTES,
-    min: 16 * 1024,
-    doc: 'Unsent answer bytes of one connection above which its requests stop being read',
-  }),
-  idleTimeoutMs: integer({
-    default: DEFAULT_IDLE_TIMEOUT_MS,
-    min: 0,
-    doc: 'Close a connection silent this long with nothing in flight (0 = never)',
-  }),
-  firstFrameTimeoutMs: integer({
-    default: DEFAULT_FIRST_FRAME_TIMEOUT_MS,
-    min: 0,
-    doc: 'Close a connection that sends no complete frame this long after connecting (0 = never)',
-  }),
+  ...connectionLimitsSchema,
   maxPollMs: integer({
     default: DEFAULT_MAX_POLL_MS,
     min: 0,
@@ -143,11 +116,6 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
     default: DEFAULT_MAX_PULL_BYTES,
     min: 1024,
     doc: 'Server cap on the record bytes of one PULL answer (at least one message is always sent)',
-  }),
-  closeTimeoutMs: integer({
-    default: DEFAULT_CLOSE_TIMEOUT_MS,
-    min: 0,
-    doc: 'On close, how long requests in flight may take to answer before sockets are destroyed',
   }),
   adminToken: optionalString({
     doc: 'Token admin writes (cursor reset, dead-letter redrive, forget-group) must carry; unset = not checked',

@@ -97,9 +97,21 @@ export class FrameDecoder {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
   }
 
-  /** Bytes held waiting for the rest of a frame. */
+  /**
+   * Bytes held waiting for the rest of a frame (after `push` returns: bytes of one partial frame).
+   * Servers count these against their partial-frame budget and frame deadline (common/server/).
+   */
   get pendingBytes(): number {
     return this.buffered
+  }
+
+  /** Drops the bytes of the partial frame held (the connection is being closed); returns how many. */
+  discard(): number {
+    const n = this.buffered
+    this.chunks = []
+    this.buffered = 0
+    this.need = -1
+    return n
   }
 
   /**

@@ -143,3 +143,137 @@ t.test('fuzz - random and truncated frames never disturb a well-behaved client',
   t.same([...received.keys()].sort(), [...expected].sort())
   t.equal((await producer.request(RequestCode.PING)).status, 0, 'the broker still serves')
 })
+
+/**
+ * Slow-loris and partial-frame floods. Documented bound (docs/broker.md): while 24 clients trickle a
+ * frame a byte at a time and 24 others each send 15 MiB of a 16 MiB frame and stall (all reconnecting
+ * soon after they are closed), with a 32 MiB partial-frame budget the test process (broker and clients)
+ * grows by less than 250 MB of RSS; without the budget the stalled frames alone hold 360 MiB.
+ */
+t.test('fuzz - slow-loris and partial-frame floods never disturb a well-behaved client', async (t) => {
+  const budget = 32 * 1024 * 1024
+  const b = await startBroker(t, {
+    maxConnections: 60,
+    frameTimeoutMs: 1_000,
+    maxPartialFrameBytes: budget,
+    idleTimeoutMs: 60_000,
+  })
+  const rssBound = 250 * 1024 * 1024
+  global.gc?.()
+  const baseline = process.memoryUsage().rss
+  let peakRss = baseline
+  const sampler = setInterval(() => {
+    peakRss = Math.max(peakRss, process.memoryUsage().rss)
+  }, 50)
+  t.teardown(() => clearInterval(sampler))
+
+  let stop = false
+  const open = new Set<RawClient>()
+  t.teardown(() => {
+    stop = true
+    for (const c of open) c.destroy()
+  })
+  const attacker = async (flood: boolean) => {
+    const ping = encodeFrame({ code: RequestCode.PING, flags: 0, status: 0, requestId: 1 }, Buffer.alloc(0))
+    const chunk = Buffer.alloc(1024 * 1024, 0x41)
+    const frameBytes = 16 * 1024 * 1024 - 1024
+    while (!stop) {
+      let c: RawClient
+      try {
+        c = await RawClient.connect(b.port)
+      } catch {
+        await new Promise((r) => setTimeout(r, 50))
+        continue
+      }
+      open.add(c)
+      c.writeRaw(ping)
+      c.writeRaw(
+        encodeFrameHeader({ code: RequestCode.SEND, flags: 0, status: 0, requestId: 2 }, frameBytes - 18),
+      )
+      if (flood) {
+        // 15 MiB of the frame, the same buffer written again and again (no memory on this side).
+        for (let i = 0; i < 15 && !c.isClosed; i++) c.writeRaw(chunk)
+      } else {
+        // One byte every 100 ms.
+        while (!c.isClosed && !stop) {
+          c.writeRaw(chunk.subarray(0, 1))
+          await new Promise((r) => setTimeout(r, 100))
+        }
+      }
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 10_000))])
+      c.destroy()
+      open.delete(c)
+      await new Promise((r) => setTimeout(r, flood ? 500 : 50))
+    }
+  }
+  const attackers = [
+    ...Array.from({ length: 24 }, () => attacker(false)),
+    ...Array.from({ length: 24 }, () => attacker(true)),
+  ]
+  const closed = (reason: string) =>
+    b.broker.registry
+      .getSingleMetric('qmq_broker_connections_closed_total')
+      ?.get()
+      .then((m) => m.values.find((v) => v.labels.reason === reason)?.value ?? 0)
+  // Let the floods reach a steady state before the well-behaved clients start.
+  await new Promise((r) => setTimeout(r, 1_500))
+
+  const producer = await RawClient.connect(b.port)
+  const consumer = await RawClient.connect(b.port)
+  t.teardown(() => {
+    producer.destroy()
+    consumer.destroy()
+  })
+  const total = 3000
+  const t0 = Date.now()
+  const received = new Map<string, number>()
+  const consume = (async () => {
+    while (received.size < total) {
+      const msgs = await pull(consumer, {
+        subject: 'good',
+        group: 'g',
+        consumerId: 'c1',
+        maxMessages: 200,
+        timeoutMs: 200,
+      })
+      for (const m of msgs) received.set(m.record.id, (received.get(m.record.id) ?? 0) + 1)
+      if (msgs.length > 0)
+        await ack(consumer, {
+          subject: 'good',
+          group: 'g',
+          consumerId: 'c1',
+          sequences: msgs.map((m) => m.sequence),
+        })
+    }
+  })()
+  for (let i = 0; i < total; i += 100) {
+    await sendOk(
+      producer,
+      Array.from({ length: 100 }, (_, j) => message('good', `m-${i + j}`)),
+    )
+    await new Promise((r) => setTimeout(r, 30))
+  }
+  await consume
+  t.comment(`workload done after ${Date.now() - t0} ms`)
+  // Slow-loris clients live at most about a frame deadline: make sure some reached it.
+  const deadlineEnd = Date.now() + 5_000
+  while (((await closed('frame_timeout')) ?? 0) === 0 && Date.now() < deadlineEnd) {
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  stop = true
+  for (const c of open) c.destroy()
+  await Promise.all(attackers)
+  clearInterval(sampler)
+
+  t.equal(received.size, total, 'every message consumed')
+  t.ok(
+    [...received.values()].every((n) => n === 1),
+    'none twice',
+  )
+  t.notOk(producer.isClosed || consumer.isClosed, 'the well-behaved clients were never closed')
+  t.ok(((await closed('frame_timeout')) ?? 0) > 0, 'slow-loris clients were closed at the frame deadline')
+  t.ok(((await closed('frame_budget')) ?? 0) > 0, 'partial-frame floods were closed by the budget')
+  const growth = peakRss - baseline
+  t.ok(growth < rssBound, `RSS grew by ${Math.round(growth / 1048576)} MB (bound ${rssBound / 1048576} MB)`)
+  t.equal((await producer.request(RequestCode.PING)).status, 0, 'the broker still serves')
+})

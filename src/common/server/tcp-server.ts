@@ -1,0 +1,171 @@
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net'
+import type { QmqError } from '../errors'
+import type { Logger } from '../logger'
+import type { Frame } from '../protocol/frame'
+import {
+  type CloseReason,
+  type ConnectionHooks,
+  type ConnectionOptions,
+  type ResponseBody,
+  ServerConnection,
+} from './connection'
+import { PartialFrameBudget } from './partial-frame-budget'
+
+/**
+ * The TCP listener of a qmq server (the broker's and the delay server's port): accepts sockets, wraps
+ * each in a ServerConnection (or a subclass, `createConnection`), enforces the server-wide limits
+ * (connections, partial-frame budget, frame deadlines) and closes every connection gracefully
+ * (answers in flight first) or by force after a deadline.
+ */
+const CLOSE_GRACE_MS = 500
+/**
+ * Node's stream highWaterMark of accepted sockets; not above the smallest `writeHighWaterBytes` (16 KiB)
+ * so that a socket above a connection's mark has had a write return false and will emit 'drain'.
+ */
+const SOCKET_HIGH_WATER_MARK = 16 * 1024
+
+export interface TcpServerOptions extends ConnectionOptions {
+  host: string
+  port: number
+  maxConnections: number
+  /** Bytes of partial frames held across all connections; raised to maxFrameBytes if smaller. */
+  maxPartialFrameBytes: number
+}
+
+export type ConnectionFactory<C extends ServerConnection> = (
+  socket: Socket,
+  options: ConnectionOptions,
+  hooks: ConnectionHooks,
+  log: Logger,
+  budget: PartialFrameBudget,
+) => C
+
+export interface TcpServerHooks<C extends ServerConnection> {
+  handle(frame: Frame, connection: C): Promise<ResponseBody>
+  onConnection?(connection: C): void
+  onProtocolError?(connection: C, err: QmqError): void
+  /** The server closed a connection for `reason` (a slow, idle or misbehaving client). */
+  onClosedFor?(connection: C, reason: CloseReason): void
+}
+
+export interface TcpServerStats {
+  connections: number
+  /** Bytes held in partial frames across connections (bounded by the budget). */
+  partialFrameBytes: number
+  /** Unsent answer bytes across connections. */
+  writeBufferBytes: number
+  requestsInFlight: number
+  requestsQueued: number
+}
+
+export class TcpServer<C extends ServerConnection = ServerConnection> {
+  private readonly server: Server
+  private readonly connections = new Set<C>()
+  private readonly options: TcpServerOptions
+  private readonly hooks: TcpServerHooks<C>
+  private readonly log: Logger
+  private readonly create: ConnectionFactory<C>
+  private readonly budget: PartialFrameBudget
+  private sweepTimer: NodeJS.Timeout | undefined
+
+  constructor(
+    options: TcpServerOptions,
+    hooks: TcpServerHooks<C>,
+    log: Logger,
+    createConnection?: ConnectionFactory<C>,
+  ) {
+    this.options = options
+    this.hooks = hooks
+    this.log = log
+    this.create =
+      createConnection ?? ((socket, o, h, l, b) => new ServerConnection(socket, o, h, l, b) as unknown as C)
+    this.budget = new PartialFrameBudget(Math.max(options.maxPartialFrameBytes, options.maxFrameBytes))
+    // allowHalfOpen: a client that ends its side still gets the answers of its requests in flight.
+    this.server = createServer(
+      { allowHalfOpen: true, noDelay: true, highWaterMark: SOCKET_HIGH_WATER_MARK },
+      (socket) => this.accept(socket),
+    )
+    this.server.maxConnections = options.maxConnections
+  }
+
+  get connectionCount(): number {
+    return this.connections.size
+  }
+
+  stats(): TcpServerStats {
+    let writeBufferBytes = 0
+    let requestsInFlight = 0
+    let requestsQueued = 0
+    for (const c of this.connections) {
+      writeBufferBytes += c.pendingWriteBytes
+      requestsInFlight += c.requestsInFlight
+      requestsQueued += c.requestsQueued
+    }
+    return {
+      connections: this.connections.size,
+      partialFrameBytes: this.budget.bytes,
+      writeBufferBytes,
+      requestsInFlight,
+      requestsQueued,
+    }
+  }
+
+  listen(): Promise<AddressInfo> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen({ host: this.options.host, port: this.options.port }, () => {
+        this.server.removeListener('error', reject)
+        this.server.on('error', (err) => this.log.error(err, 'tcp server error'))
+        this.startSweep()
+        resolve(this.server.address() as AddressInfo)
+      })
+    })
+  }
+
+  /** Checks frame deadlines a few times per deadline (at most once per second, at least every 25 ms). */
+  private startSweep(): void {
+    const deadline = this.options.frameTimeoutMs
+    if (deadline <= 0 || this.sweepTimer !== undefined) return
+    const every = Math.min(1_000, Math.max(25, Math.floor(deadline / 4)))
+    this.sweepTimer = setInterval(() => {
+      const now = Date.now()
+      for (const c of this.connections) c.checkFrameDeadline(now)
+    }, every)
+    this.sweepTimer.unref()
+  }
+
+  private accept(socket: Socket): void {
+    let conn: C | undefined
+    const hooks: ConnectionHooks = {
+      handle: (frame) => this.hooks.handle(frame, conn as C),
+      onClose: () => {
+        if (conn !== undefined) this.connections.delete(conn)
+      },
+      onError: (_c, err) => this.hooks.onProtocolError?.(conn as C, err),
+      onClosedFor: (_c, reason) => this.hooks.onClosedFor?.(conn as C, reason),
+    }
+    conn = this.create(socket, this.options, hooks, this.log, this.budget)
+    this.connections.add(conn)
+    this.hooks.onConnection?.(conn)
+  }
+
+  /** Stops accepting; lets requests in flight answer (up to `timeoutMs`), then closes every socket. */
+  async close(timeoutMs: number): Promise<void> {
+    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
+    this.sweepTimer = undefined
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()))
+    const conns = [...this.connections]
+    for (const c of conns) c.shutdown()
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs)
+    })
+    await Promise.race([Promise.all(conns.map((c) => c.whenIdle())), deadline])
+    if (timer !== undefined) clearTimeout(timer)
+    // Ended sockets flush their last answers and close; make sure none is left after a short grace.
+    const flushed = Promise.all(conns.map((c) => c.whenClosed()))
+    await Promise.race([flushed, new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())])
+    for (const c of this.connections) c.destroy()
+    await closed
+  }
+}
