@@ -71,14 +71,42 @@ t.test('producer - batches many messages into few SEND requests, spread over gro
   t.ok(cluster.a.stored('bulk').length > 0 && cluster.b.stored('bulk').length > 0, 'both groups used')
 })
 
-t.test('producer - a full send queue fails with a clear error', async (t) => {
-  const { producer } = await setup(t, { maxQueueSize: 5 })
-  const ok = Array.from({ length: 5 }, () => producer.sendMessage(producer.generateMessage('q')))
-  const err = await producer.sendMessage(producer.generateMessage('q')).catch((e: unknown) => e)
-  t.ok(isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL'))
-  t.match((err as Error).message, /maxQueueSize 5/)
-  await Promise.all(ok)
-  await producer.sendMessage(producer.generateMessage('q'))
+t.test('producer - a full send queue makes sendMessage wait for room, first come first served', async (t) => {
+  const { cluster, producer } = await setup(t, { maxQueueSize: 5, lingerMs: 20 })
+  let most = 0
+  const order: number[] = []
+  const sends = Array.from({ length: 23 }, (_, i) => {
+    const r = producer.sendMessage(producer.generateMessage('q').setProperty('i', i))
+    most = Math.max(most, producer.queueSize)
+    void r.then(() => order.push(i))
+    return r
+  })
+  t.equal(producer.queueSize, 5, 'five admitted')
+  t.equal(producer.waitingCount, 18, 'the rest wait')
+  const results = await Promise.all(sends)
+  t.equal(results.length, 23, 'every send succeeded')
+  t.equal(most, 5, 'never more than maxQueueSize admitted')
+  t.same(
+    order,
+    order.slice().sort((a, b) => a - b),
+    'settled in the order sent',
+  )
+  t.equal(cluster.a.stored('q').length + cluster.b.stored('q').length, 23)
+  t.equal(producer.waitingCount, 0)
+})
+
+t.test('producer - a message that waits for room past its deadline fails with QUEUE_FULL', async (t) => {
+  const { cluster, producer } = await setup(t, {
+    maxQueueSize: 1,
+    sendTimeoutMs: 200,
+    firstLookupTimeoutMs: 1_500,
+  })
+  await cluster.meta.stop() // the first route lookup of a new subject now takes firstLookupTimeoutMs
+  const first = producer.sendMessage(producer.generateMessage('q.full')).catch((e: unknown) => e)
+  const err = await producer.sendMessage(producer.generateMessage('q.full')).catch((e: unknown) => e)
+  t.ok(isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL'), `got ${(err as Error).message}`)
+  t.match((err as Error).message, /waited 200 ms .*maxQueueSize 1/)
+  t.ok(isQmqError(await first, 'QMQ_ERR_METASERVER_UNAVAILABLE'), 'the admitted one fails on its own')
 })
 
 t.test('producer - a stopped group: sends fail over to the other and none is lost', async (t) => {
