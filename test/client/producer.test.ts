@@ -1,4 +1,5 @@
-import { createServer, type Socket } from 'node:net'
+import { createServer as createHttpServer } from 'node:http'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isQmqError, type QmqError } from '../../src/common/errors'
 import { MessageProducerProvider } from '../../src/client/producer/producer'
@@ -240,7 +241,7 @@ t.test('producer - not initialized, and closed', async (t) => {
   const p = new MessageProducerProvider()
   await t.rejects(p.sendMessage(p.generateMessage('x')), { code: 'QMQ_ERR_NOT_INITIALIZED' })
   await t.rejects(p.init(), { code: 'QMQ_ERR_CONFIG_INVALID' })
-  const q = new MessageProducerProvider()
+  const q = new MessageProducerProvider({ checkMetaServerOnInit: false })
   q.setAppCode('app')
   q.setMetaServer('http://127.0.0.1:1/meta/address')
   await q.init()
@@ -250,6 +251,31 @@ t.test('producer - not initialized, and closed', async (t) => {
     code: 'QMQ_ERR_CONFIG_INVALID',
     message: /did you mean batchSize/,
   })
+})
+
+t.test('producer - init() fails fast, naming the URL, when the metaserver does not answer', async (t) => {
+  const down = 'http://127.0.0.1:1/meta/address'
+  const p = new MessageProducerProvider({ appCode: 'app', metaServer: down })
+  const err = await p.init().catch((e: unknown) => e)
+  t.ok(isQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE'), String(err))
+  t.match((err as Error).message, down)
+  t.match((err as Error).message, /ECONNREFUSED|connect/i, 'with the cause')
+  await t.rejects(p.sendMessage(p.generateMessage('x')), { code: 'QMQ_ERR_NOT_INITIALIZED' })
+  // a server that is not a metaserver
+  const web = createHttpServer((_req, res) => res.writeHead(404).end('not here'))
+  await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => web.close(() => resolve())))
+  const addr = web.address() as AddressInfo
+  const wrong = `http://127.0.0.1:${addr.port}/meta/address`
+  const w = new MessageProducerProvider({ appCode: 'app', metaServer: wrong })
+  await t.rejects(w.init(), { code: 'QMQ_ERR_METASERVER_UNAVAILABLE', message: wrong })
+  // it comes up later: init() may be called again
+  const cluster = await startFakeCluster()
+  t.teardown(() => cluster.close())
+  const late = new MessageProducerProvider({ appCode: 'app', metaServer: cluster.meta.url })
+  t.teardown(() => late.close())
+  await late.init()
+  t.match((await late.sendMessage(late.generateMessage('x'))).group, /^broker-/)
 })
 
 t.test('producer - close() flushes queued messages before closing', async (t) => {

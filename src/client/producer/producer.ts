@@ -1,4 +1,4 @@
-import { integer, type OptionsSchema, resolveOptions } from '../../common/config'
+import { boolean, integer, type OptionsSchema, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
@@ -15,6 +15,7 @@ import {
 } from '../options'
 import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch, SEND_FAILED } from './batch'
+import { checkMetaServer } from '../meta/check'
 import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
@@ -67,6 +68,12 @@ export interface ProducerOptions extends CommonClientOptions {
   circuitFailureThreshold: number
   /** How long an open circuit breaker keeps a group out. */
   circuitOpenMs: number
+  /**
+   * init() asks the metaserver once and fails at once (QMQ_ERR_METASERVER_UNAVAILABLE, naming the URL
+   * and the cause) when it does not answer. false: start anyway (the first send of each subject then
+   * waits up to firstLookupTimeoutMs for its route).
+   */
+  checkMetaServerOnInit: boolean
 }
 
 export const producerSchema: OptionsSchema<ProducerOptions> = {
@@ -80,6 +87,7 @@ export const producerSchema: OptionsSchema<ProducerOptions> = {
   maxAttempts: integer({ default: 5, min: 1, max: 100, doc: 'sends per message (QMQ sendTryCount)' }),
   circuitFailureThreshold: integer({ default: 20, min: 1, doc: 'failures that open a breaker' }),
   circuitOpenMs: integer({ default: 5_000, min: 1, doc: 'open breaker duration (ms)' }),
+  checkMetaServerOnInit: boolean({ default: true, doc: 'init() fails when the metaserver does not answer' }),
 }
 
 /**
@@ -206,20 +214,44 @@ export class MessageProducerProvider extends ClientBase {
   private idleWaiters: (() => void)[] = []
   private closing = false
   private closePromise: Promise<void> | undefined
+  private initPromise: Promise<void> | undefined
   private metrics: ProducerMetrics | undefined
 
   constructor(options: ProducerInit = {}) {
     super(options, 'qmq-producer')
   }
 
-  /** Checks the options and prepares discovery and connections. Contacts nobody yet. */
-  async init(): Promise<void> {
-    if (this.rt !== undefined) return
-    if (this.closing) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed')
+  /**
+   * Checks the options, asks the metaserver once (see checkMetaServerOnInit) and prepares discovery
+   * and connections (brokers are contacted on the first send). A failed init() may be called again.
+   */
+  init(): Promise<void> {
+    if (this.closing) return Promise.reject(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed'))
+    this.initPromise ??= this.start().catch((err: unknown) => {
+      this.initPromise = undefined
+      throw err
+    })
+    return this.initPromise
+  }
+
+  private async start(): Promise<void> {
     const opts = resolveOptions('producer', producerSchema, this.input)
     requireMetaServer('producer', opts)
+    const rt = createRuntime(opts, this.log)
+    if (opts.checkMetaServerOnInit) {
+      try {
+        await checkMetaServer(rt.meta, opts.metaServer, 'producer')
+      } catch (err) {
+        await closeRuntime(rt)
+        throw err
+      }
+    }
+    if (this.closing) {
+      await closeRuntime(rt)
+      throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed')
+    }
     this.opts = opts
-    this.rt = createRuntime(opts, this.log)
+    this.rt = rt
     if (this.registry !== undefined) {
       this.metrics = new ProducerMetrics(this.registry, {
         queueSize: () => this.unsettled,
