@@ -126,3 +126,28 @@ t.test(
     t.same([...where.entries()], [[m.getMessageId(), [first.state.group]]], 'one copy across all groups')
   },
 )
+
+t.test(
+  'producer duplicates - the window that remains: the group closes the connection before answering',
+  async (t) => {
+    const first = holdFirstSend(60_000)
+    const { cluster, proxies, producer, stored } = await setup(t, first.hold, { requestTimeoutMs: 3_000 })
+    const m = producer.generateMessage('dup.closed').setBody('closed')
+    const sending = producer.sendMessage(m)
+    const end = Date.now() + 10_000
+    while (!proxies.some((p) => p.held === 1)) {
+      if (Date.now() > end) throw new Error('no SEND answer held')
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    const i = cluster.brokers.findIndex((b) => b.options.group === first.state.group)
+    await proxies[i]?.close() // the connection closes unanswered, and the group is unreachable from now on
+    const r = await sending
+    t.not(r.group, first.state.group, 'failed over to the other group')
+    const where = await stored('dup.closed')
+    t.same(
+      where.get(m.getMessageId())?.sort(),
+      ['broker-a', 'broker-b'],
+      'stored by both groups: the documented window (docs/client.md, Duplicates 1)',
+    )
+  },
+)
