@@ -17,6 +17,7 @@ import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch, SEND_FAILED } from './batch'
 import { checkMetaServer } from '../meta/check'
 import { CircuitBreaker } from './circuit-breaker'
+import { type Waiter, WaitQueue } from './send-queue'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
 import { ProducerMetrics } from '../metrics'
@@ -136,14 +137,6 @@ interface Route {
   sticky: string | undefined
 }
 
-/** A message waiting for room in the send queue: encoded alone, `[u32 1][record]` (a SEND body). */
-interface Waiter {
-  p: Pending
-  delayed: boolean
-  /** Sent again after a failure: the group that may hold it (see Route.sticky). */
-  sticky: string | undefined
-}
-
 /**
  * Failures that prove a group cannot take the message now, so it may go to another group even if
  * the group stored an earlier copy: nothing was sent, the connection is gone, or the group said it is
@@ -201,11 +194,8 @@ export class MessageProducerProvider extends ClientBase {
   /** Subjects generateMessage() already validated (bounded). */
   private readonly validSubjects = new Set<string>()
   private unsettled = 0
-  /** Messages waiting for room (FIFO from `waitHead`; deadlines in order, as sendTimeoutMs is fixed). */
-  private waiting: (Waiter | undefined)[] = []
-  private waitHead = 0
-  /** Fires at the first waiter's deadline. */
-  private waitTimer: NodeJS.Timeout | undefined
+  /** Messages waiting for room. */
+  private readonly waiting = new WaitQueue(() => this.onWaitDue())
   private admitting = false
   /** send()'s record plan, reused (planned and written in the same synchronous call). */
   private readonly plan: RecordPlan = newRecordPlan()
@@ -275,7 +265,7 @@ export class MessageProducerProvider extends ClientBase {
 
   /** Messages whose sendMessage() waits for room in the queue (not counted in queueSize). */
   get waitingCount(): number {
-    return this.waiting.length - this.waitHead
+    return this.waiting.size
   }
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */
@@ -391,7 +381,7 @@ export class MessageProducerProvider extends ClientBase {
     const subject = message.getSubject()
     const size = plan.size
     const deadline = Date.now() + opts.sendTimeoutMs
-    if (sticky !== undefined || this.waitHead < this.waiting.length || this.unsettled >= opts.maxQueueSize) {
+    if (sticky !== undefined || this.waiting.size > 0 || this.unsettled >= opts.maxQueueSize) {
       // Waits for room (behind those already waiting), or goes alone to one group: encoded on its own
       // now, as it is now, as a one-record SEND body.
       const buf = Buffer.allocUnsafe(BATCH_HEAD_BYTES + size)
@@ -400,11 +390,8 @@ export class MessageProducerProvider extends ClientBase {
       const p = new Pending(message.getMessageId(), subject, buf, BATCH_HEAD_BYTES, size, deadline)
       this.track(p, message, listener)
       const w: Waiter = { p, delayed, sticky }
-      if (this.waitHead === this.waiting.length && this.unsettled < opts.maxQueueSize) this.admitOne(w)
-      else {
-        this.waiting.push(w)
-        this.armWaitTimer()
-      }
+      if (this.waiting.size === 0 && this.unsettled < opts.maxQueueSize) this.admitOne(w)
+      else this.waiting.push(w)
       return p.promise
     }
     let lane = delayed ? this.delayLane : this.lanes.get(subject)
@@ -501,55 +488,23 @@ export class MessageProducerProvider extends ClientBase {
     this.admitting = true
     try {
       const now = Date.now()
-      while (this.waitHead < this.waiting.length && this.unsettled < opts.maxQueueSize) {
-        const w = this.waiting[this.waitHead] as Waiter
-        this.waiting[this.waitHead++] = undefined
+      while (this.unsettled < opts.maxQueueSize) {
+        const w = this.waiting.shift()
+        if (w === undefined) break
         if (w.p.deadline <= now) this.expire(w)
         else this.admitOne(w)
       }
     } finally {
       this.admitting = false
     }
-    this.compactWaiting()
+    this.waiting.arm()
   }
 
-  private onWaitTimer(): void {
-    this.waitTimer = undefined
+  /** The first waiter's deadline passed: it (and any other due) fails. */
+  private onWaitDue(): void {
     const now = Date.now()
-    while (this.waitHead < this.waiting.length) {
-      const w = this.waiting[this.waitHead] as Waiter
-      if (w.p.deadline > now) break
-      this.waiting[this.waitHead++] = undefined
-      this.expire(w)
-    }
-    this.compactWaiting()
+    for (let w = this.waiting.takeDue(now); w !== undefined; w = this.waiting.takeDue(now)) this.expire(w)
     this.wakeIdle()
-  }
-
-  /**
-   * A timer at the first waiter's deadline. Unref'd: while messages wait, the queue is full, and what
-   * is in it (requests, retry and linger timers) keeps the process alive.
-   */
-  private armWaitTimer(): void {
-    if (this.waitTimer !== undefined || this.waitHead >= this.waiting.length) return
-    const head = this.waiting[this.waitHead] as Waiter
-    this.waitTimer = setTimeout(() => this.onWaitTimer(), Math.max(0, head.p.deadline - Date.now()) + 1)
-    this.waitTimer.unref()
-  }
-
-  private compactWaiting(): void {
-    if (this.waitHead === this.waiting.length) {
-      this.waiting = []
-      this.waitHead = 0
-      if (this.waitTimer !== undefined) clearTimeout(this.waitTimer)
-      this.waitTimer = undefined
-      return
-    }
-    if (this.waitHead > 1024 && this.waitHead * 2 > this.waiting.length) {
-      this.waiting = this.waiting.slice(this.waitHead)
-      this.waitHead = 0
-    }
-    this.armWaitTimer()
   }
 
   /** A waiting message whose deadline passed before there was room. */
@@ -623,8 +578,8 @@ export class MessageProducerProvider extends ClientBase {
    * flush()/close() once nothing is unsettled or waiting.
    */
   private wakeIdle(): void {
-    if (this.waitHead < this.waiting.length) this.admit()
-    if (this.unsettled === 0 && this.waitHead === this.waiting.length && this.idleWaiters.length > 0) {
+    if (this.waiting.size > 0) this.admit()
+    if (this.unsettled === 0 && this.waiting.size === 0 && this.idleWaiters.length > 0) {
       const w = this.idleWaiters
       this.idleWaiters = []
       for (const f of w) f()
