@@ -301,9 +301,9 @@ export class MessageProducerProvider extends ClientBase {
   }
 
   /**
-   * Sends several messages (each as sendMessage() would) and resolves, never rejects, once all are
-   * settled, with one outcome per message in the order given: `{ status: 'fulfilled', value }` or
-   * `{ status: 'rejected', reason }` (a QmqError), as `Promise.allSettled`.
+   * Sends several messages (each as sendMessage() would) and resolves once all are settled, with one
+   * outcome per message in the order given: `{ status: 'fulfilled', value }` or `{ status: 'rejected',
+   * reason }` (a QmqError), as `Promise.allSettled`. It rejects only when not given an array.
    */
   async sendMessages(messages: readonly Message[]): Promise<SendOutcome[]> {
     if (!Array.isArray(messages)) {
