@@ -49,8 +49,8 @@ async function setup(t: T, holdMs: (group: string, answer: Frame) => number, pro
   const producer = new MessageProducerProvider({
     appCode: 'dup-test',
     metaServer: meta.url,
-    requestTimeoutMs: 300,
-    sendTimeoutMs: 5_000,
+    requestTimeoutMs: 1_000,
+    sendTimeoutMs: 10_000,
     ...producerOpts,
   })
   await producer.init()
@@ -68,7 +68,7 @@ async function setup(t: T, holdMs: (group: string, answer: Frame) => number, pro
     }
     return where
   }
-  return { cluster, proxies, producer, stored }
+  return { cluster, proxies, groups, producer, stored }
 }
 
 /** Holds the first SEND answer of whichever group gets one first for `ms`; records which group. */
@@ -85,7 +85,7 @@ function holdFirstSend(ms: number) {
 t.test(
   'producer duplicates - a SEND answer held past the timeout: the retry goes to the same group, stored once',
   async (t) => {
-    const first = holdFirstSend(1_500)
+    const first = holdFirstSend(3_000)
     const { proxies, producer, stored } = await setup(t, first.hold)
     const m = producer.generateMessage('dup.timeout').setBody('once')
     const r = await producer.sendMessage(m)
@@ -111,10 +111,10 @@ t.test('producer duplicates - the same Message sent twice is stored once', async
 t.test(
   'producer duplicates - a Message that failed on a timeout and is sent again goes to the same group',
   async (t) => {
-    const first = holdFirstSend(1_500)
+    const first = holdFirstSend(4_000)
     const { proxies, producer, stored } = await setup(t, first.hold, {
       maxAttempts: 1,
-      sendTimeoutMs: 400,
+      sendTimeoutMs: 1_500,
     })
     const m = producer.generateMessage('dup.again').setBody('again')
     const err = await producer.sendMessage(m).catch((e: unknown) => e)
@@ -151,3 +151,30 @@ t.test(
     )
   },
 )
+
+t.test('producer duplicates - a group that stops answering is left once the route drops it', async (t) => {
+  let silent: string | undefined
+  const { groups, producer, stored } = await setup(
+    t,
+    (group, f) => {
+      if (f.code !== RequestCode.SEND) return 0
+      silent ??= group
+      return group === silent ? 60_000 : 0
+    },
+    { routeRefreshMs: 60_000, requestTimeoutMs: 1_000, sendTimeoutMs: 15_000, maxAttempts: 10 },
+  )
+  const m = producer.generateMessage('dup.dropped').setBody('dropped')
+  const sending = producer.sendMessage(m)
+  const end = Date.now() + 10_000
+  while (silent === undefined) {
+    if (Date.now() > end) throw new Error('no SEND answer held')
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  // The metaserver no longer lists the silent group (as when its heartbeats stop).
+  const g = groups.find((x) => x.routeGroup.name === silent)
+  if (g !== undefined) g.running = false
+  const r = await sending
+  t.not(r.group, silent, 'failed over once the route no longer had the group')
+  const where = await stored('dup.dropped')
+  t.same(where.get(m.getMessageId())?.sort(), ['broker-a', 'broker-b'], 'the silent group had stored it too')
+})
