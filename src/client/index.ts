@@ -10,6 +10,7 @@ export {
   MIN_DELAY_MS,
   type ProducerInit,
   type ProducerOptions,
+  type SendOutcome,
   type SendResult,
 } from './producer/producer'
 export { Message, type PropertyValue, RESERVED_PROPERTY_PREFIX, TimeUnit } from './producer/message'

@@ -1,4 +1,5 @@
-import { createServer, type Socket } from 'node:net'
+import { createServer as createHttpServer } from 'node:http'
+import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
 import { isQmqError, type QmqError } from '../../src/common/errors'
 import { MessageProducerProvider } from '../../src/client/producer/producer'
@@ -71,14 +72,42 @@ t.test('producer - batches many messages into few SEND requests, spread over gro
   t.ok(cluster.a.stored('bulk').length > 0 && cluster.b.stored('bulk').length > 0, 'both groups used')
 })
 
-t.test('producer - a full send queue fails with a clear error', async (t) => {
-  const { producer } = await setup(t, { maxQueueSize: 5 })
-  const ok = Array.from({ length: 5 }, () => producer.sendMessage(producer.generateMessage('q')))
-  const err = await producer.sendMessage(producer.generateMessage('q')).catch((e: unknown) => e)
-  t.ok(isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL'))
-  t.match((err as Error).message, /maxQueueSize 5/)
-  await Promise.all(ok)
-  await producer.sendMessage(producer.generateMessage('q'))
+t.test('producer - a full send queue makes sendMessage wait for room, first come first served', async (t) => {
+  const { cluster, producer } = await setup(t, { maxQueueSize: 5, lingerMs: 20 })
+  let most = 0
+  const order: number[] = []
+  const sends = Array.from({ length: 23 }, (_, i) => {
+    const r = producer.sendMessage(producer.generateMessage('q').setProperty('i', i))
+    most = Math.max(most, producer.queueSize)
+    void r.then(() => order.push(i))
+    return r
+  })
+  t.equal(producer.queueSize, 5, 'five admitted')
+  t.equal(producer.waitingCount, 18, 'the rest wait')
+  const results = await Promise.all(sends)
+  t.equal(results.length, 23, 'every send succeeded')
+  t.equal(most, 5, 'never more than maxQueueSize admitted')
+  t.same(
+    order,
+    order.slice().sort((a, b) => a - b),
+    'settled in the order sent',
+  )
+  t.equal(cluster.a.stored('q').length + cluster.b.stored('q').length, 23)
+  t.equal(producer.waitingCount, 0)
+})
+
+t.test('producer - a message that waits for room past its deadline fails with QUEUE_FULL', async (t) => {
+  const { cluster, producer } = await setup(t, {
+    maxQueueSize: 1,
+    sendTimeoutMs: 200,
+    firstLookupTimeoutMs: 1_500,
+  })
+  await cluster.meta.stop() // the first route lookup of a new subject now takes firstLookupTimeoutMs
+  const first = producer.sendMessage(producer.generateMessage('q.full')).catch((e: unknown) => e)
+  const err = await producer.sendMessage(producer.generateMessage('q.full')).catch((e: unknown) => e)
+  t.ok(isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL'), `got ${(err as Error).message}`)
+  t.match((err as Error).message, /waited 200 ms .*maxQueueSize 1/)
+  t.ok(isQmqError(await first, 'QMQ_ERR_METASERVER_UNAVAILABLE'), 'the admitted one fails on its own')
 })
 
 t.test('producer - a stopped group: sends fail over to the other and none is lost', async (t) => {
@@ -212,7 +241,7 @@ t.test('producer - not initialized, and closed', async (t) => {
   const p = new MessageProducerProvider()
   await t.rejects(p.sendMessage(p.generateMessage('x')), { code: 'QMQ_ERR_NOT_INITIALIZED' })
   await t.rejects(p.init(), { code: 'QMQ_ERR_CONFIG_INVALID' })
-  const q = new MessageProducerProvider()
+  const q = new MessageProducerProvider({ checkMetaServerOnInit: false })
   q.setAppCode('app')
   q.setMetaServer('http://127.0.0.1:1/meta/address')
   await q.init()
@@ -222,6 +251,31 @@ t.test('producer - not initialized, and closed', async (t) => {
     code: 'QMQ_ERR_CONFIG_INVALID',
     message: /did you mean batchSize/,
   })
+})
+
+t.test('producer - init() fails fast, naming the URL, when the metaserver does not answer', async (t) => {
+  const down = 'http://127.0.0.1:1/meta/address'
+  const p = new MessageProducerProvider({ appCode: 'app', metaServer: down })
+  const err = await p.init().catch((e: unknown) => e)
+  t.ok(isQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE'), String(err))
+  t.match((err as Error).message, down)
+  t.match((err as Error).message, /ECONNREFUSED|connect/i, 'with the cause')
+  await t.rejects(p.sendMessage(p.generateMessage('x')), { code: 'QMQ_ERR_NOT_INITIALIZED' })
+  // a server that is not a metaserver
+  const web = createHttpServer((_req, res) => res.writeHead(404).end('not here'))
+  await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => web.close(() => resolve())))
+  const addr = web.address() as AddressInfo
+  const wrong = `http://127.0.0.1:${addr.port}/meta/address`
+  const w = new MessageProducerProvider({ appCode: 'app', metaServer: wrong })
+  await t.rejects(w.init(), { code: 'QMQ_ERR_METASERVER_UNAVAILABLE', message: wrong })
+  // it comes up later: init() may be called again
+  const cluster = await startFakeCluster()
+  t.teardown(() => cluster.close())
+  const late = new MessageProducerProvider({ appCode: 'app', metaServer: cluster.meta.url })
+  t.teardown(() => late.close())
+  await late.init()
+  t.match((await late.sendMessage(late.generateMessage('x'))).group, /^broker-/)
 })
 
 t.test('producer - close() flushes queued messages before closing', async (t) => {

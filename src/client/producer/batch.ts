@@ -27,15 +27,31 @@ function captureExecutor(resolve: (r: SendResult) => void, reject: (e: QmqError)
   nextReject = reject
 }
 
+/** Pending.state: not settled yet, stored by a group, failed for good. */
+export const SEND_PENDING = 0
+export const SEND_STORED = 1
+export const SEND_FAILED = 2
+
+/** Nothing: what a settled Pending points at instead of its batch buffer (recycled by then). */
+const NO_BYTES = Buffer.alloc(0)
+
 /**
  * One accepted message until it settles. It keeps where its encoded record lies and the id, not the
- * Message: the Message (its property map, tags, body) becomes garbage as soon as it is encoded.
+ * Message: the Message (its property map, tags, body) becomes garbage as soon as it is encoded. The
+ * Message keeps its last Pending (`Message.lastSend`), so a second sendMessage() of it is answered from
+ * there (producer.ts); a settled Pending lets go of the batch buffer.
  */
 export class Pending {
   readonly promise: Promise<SendResult>
   readonly resolve: (r: SendResult) => void
   readonly reject: (e: QmqError) => void
   attempts = 0
+  state: typeof SEND_PENDING | typeof SEND_STORED | typeof SEND_FAILED = SEND_PENDING
+  /**
+   * Set when it failed: the group that may hold it nonetheless (a SEND to it went unanswered, e.g.
+   * timed out, and the group was not proven unreachable). Sending the Message again goes there first.
+   */
+  mayBeOn: string | undefined = undefined
   /** QMQ's listener, called on settlement (with the message, kept only then). */
   listener: MessageSendStateListener | undefined = undefined
   message: Message | undefined = undefined
@@ -55,6 +71,8 @@ export class Pending {
   }
 
   succeed(r: SendResult, log: Logger): void {
+    this.state = SEND_STORED
+    this.buf = NO_BYTES
     this.resolve(r)
     const l = this.listener
     if (l === undefined) return
@@ -66,6 +84,8 @@ export class Pending {
   }
 
   fail(e: QmqError, log: Logger): void {
+    this.state = SEND_FAILED
+    this.buf = NO_BYTES
     this.reject(e)
     const l = this.listener
     if (l === undefined) return

@@ -1,6 +1,7 @@
 import { QmqError } from '../../common/errors'
 import { newMessageId } from '../../common/ids'
 import { decodeRecord, MAX_TAG_BYTES, MAX_TAGS, type MessageRecord } from '../../common/record'
+import type { Pending } from './batch'
 
 /** Units of `Message.setDelayTime(n, unit)`, as QMQ's `java.util.concurrent.TimeUnit`. */
 export enum TimeUnit {
@@ -79,6 +80,11 @@ export class Message {
    * copied before the first change.
    */
   protected sharedProperties: boolean
+  /**
+   * @internal The producer's record of this message's last sendMessage() (producer.ts): a message is
+   * stored at most once per send, and a second send of it joins or repeats the first.
+   */
+  lastSend: Pending | undefined
 
   /** Use `producer.generateMessage(subject)`; this constructor is for the SDK and tests. */
   constructor(
@@ -101,6 +107,7 @@ export class Message {
     this.readOnly = options.readOnly ?? false
     this.undecoded = options.undecoded
     this.sharedProperties = options.sharedProperties ?? false
+    this.lastSend = undefined
   }
 
   /** @internal The properties, decoding them first when the message was received lazily. */

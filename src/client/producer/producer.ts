@@ -1,4 +1,4 @@
-import { integer, type OptionsSchema, resolveOptions } from '../../common/config'
+import { boolean, integer, type OptionsSchema, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
@@ -14,8 +14,10 @@ import {
   requireMetaServer,
 } from '../options'
 import { backoffDelay, isRetriable } from '../retry'
-import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch } from './batch'
+import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch, SEND_FAILED } from './batch'
+import { checkMetaServer } from '../meta/check'
 import { CircuitBreaker } from './circuit-breaker'
+import { type Waiter, WaitQueue } from './send-queue'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
 import { ProducerMetrics } from '../metrics'
@@ -29,8 +31,21 @@ import { ProducerMetrics } from '../metrics'
  * its first message. Each batch goes to one of the subject's broker groups
  * (round robin over groups whose circuit breaker is closed); delayed messages go to a delay group.
  * Records refused with a retriable status, and whole batches that failed in transport, are sent again
- * to another group (the broker dedupes by message id, so a resend is safe) until `maxAttempts` or
- * the message's `sendTimeoutMs` deadline. Everything not yet settled counts against `maxQueueSize`.
+ * until `maxAttempts` or the message's `sendTimeoutMs` deadline.
+ *
+ * Duplicates: brokers dedupe by message id, but each group only its own. So a batch whose SEND went
+ * unanswered (a timeout: the group may have stored it) is sent again to that same group, where a
+ * copy already stored is answered as stored and not kept twice; it moves to another group only once
+ * its group is proven unreachable (connection refused or closed, shutting down, read-only, gone from
+ * the route, circuit breaker open). Records the group refused (a status) were not stored: they may go
+ * anywhere. A Message remembers its last send (`Message.lastSend`): sending it again joins that send
+ * (same promise) unless it failed, and then goes to the group that may hold it. docs/client.md
+ * ("Duplicates") states the window that remains.
+ *
+ * Backpressure: at most `maxQueueSize` messages are admitted (encoded into a batch, in flight, or
+ * waiting for a retry). Beyond that sendMessage() encodes the message on its own and waits, first come
+ * first served, until settlements make room; it fails with QMQ_ERR_SEND_QUEUE_FULL only if its send
+ * deadline passes first.
  */
 export interface ProducerOptions extends CommonClientOptions {
   /** Largest number of messages in one SEND request (QMQ's sendBatch). */
@@ -39,7 +54,10 @@ export interface ProducerOptions extends CommonClientOptions {
   batchBytes: number
   /** How long a lane waits for more messages before sending a partial batch (0 = next tick). */
   lingerMs: number
-  /** Messages accepted but not yet settled; beyond it sendMessage fails with QMQ_ERR_SEND_QUEUE_FULL. */
+  /**
+   * Messages admitted and not yet settled; beyond it sendMessage() waits for room (at most until the
+   * message's deadline, then QMQ_ERR_SEND_QUEUE_FULL).
+   */
   maxQueueSize: number
   /** Deadline of one message, from sendMessage() to its last retry. */
   sendTimeoutMs: number
@@ -51,6 +69,12 @@ export interface ProducerOptions extends CommonClientOptions {
   circuitFailureThreshold: number
   /** How long an open circuit breaker keeps a group out. */
   circuitOpenMs: number
+  /**
+   * init() asks the metaserver once and fails at once (QMQ_ERR_METASERVER_UNAVAILABLE, naming the URL
+   * and the cause) when it does not answer. false: start anyway (the first send of each subject then
+   * waits up to firstLookupTimeoutMs for its route).
+   */
+  checkMetaServerOnInit: boolean
 }
 
 export const producerSchema: OptionsSchema<ProducerOptions> = {
@@ -58,12 +82,13 @@ export const producerSchema: OptionsSchema<ProducerOptions> = {
   batchSize: integer({ default: 100, min: 1, max: 10_000, doc: 'messages per SEND request' }),
   batchBytes: integer({ default: 1024 * 1024, min: 1024, max: 12 * 1024 * 1024, doc: 'bytes per SEND' }),
   lingerMs: integer({ default: 1, min: 0, max: 1_000, doc: 'wait for a fuller batch (ms)' }),
-  maxQueueSize: integer({ default: 10_000, min: 1, doc: 'unsettled messages before QUEUE_FULL' }),
+  maxQueueSize: integer({ default: 10_000, min: 1, doc: 'unsettled messages before sends wait for room' }),
   sendTimeoutMs: integer({ default: 10_000, min: 10, doc: 'deadline of one message (ms)' }),
   requestTimeoutMs: integer({ default: 5_000, min: 10, doc: 'deadline of one SEND request (ms)' }),
   maxAttempts: integer({ default: 5, min: 1, max: 100, doc: 'sends per message (QMQ sendTryCount)' }),
   circuitFailureThreshold: integer({ default: 20, min: 1, doc: 'failures that open a breaker' }),
   circuitOpenMs: integer({ default: 5_000, min: 1, doc: 'open breaker duration (ms)' }),
+  checkMetaServerOnInit: boolean({ default: true, doc: 'init() fails when the metaserver does not answer' }),
 }
 
 /**
@@ -97,6 +122,33 @@ export interface SendResult {
   /** The broker or delay group that stored it. */
   group: string
 }
+
+/** One message's outcome in `sendMessages()`: the shape of `Promise.allSettled`, with a typed reason. */
+export type SendOutcome =
+  | { status: 'fulfilled'; value: SendResult }
+  | { status: 'rejected'; reason: QmqError }
+
+/**
+ * Where a batch may go next. `sticky`: the group that may hold the batch already (its SEND there went
+ * unanswered); while set, the batch goes only there. `tried`: groups tried in this round.
+ */
+interface Route {
+  tried: Set<string>
+  sticky: string | undefined
+}
+
+/**
+ * Failures that prove a group cannot take the message now, so it may go to another group even if
+ * the group stored an earlier copy: nothing was sent, the connection is gone, or the group said it is
+ * read-only or shutting down. A timeout proves nothing (the answer may just be late).
+ */
+const UNREACHABLE = new Set([
+  'QMQ_ERR_CONNECTION',
+  'QMQ_ERR_CONNECTION_CLOSED',
+  'QMQ_ERR_READ_ONLY',
+  'QMQ_ERR_SHUTTING_DOWN',
+  'QMQ_ERR_CIRCUIT_OPEN',
+])
 
 function ignore(): void {}
 
@@ -142,6 +194,9 @@ export class MessageProducerProvider extends ClientBase {
   /** Subjects generateMessage() already validated (bounded). */
   private readonly validSubjects = new Set<string>()
   private unsettled = 0
+  /** Messages waiting for room. */
+  private readonly waiting = new WaitQueue(() => this.onWaitDue())
+  private admitting = false
   /** send()'s record plan, reused (planned and written in the same synchronous call). */
   private readonly plan: RecordPlan = newRecordPlan()
   /** Memory of answered batches, for the next ones (shared by the lanes). */
@@ -149,20 +204,44 @@ export class MessageProducerProvider extends ClientBase {
   private idleWaiters: (() => void)[] = []
   private closing = false
   private closePromise: Promise<void> | undefined
+  private initPromise: Promise<void> | undefined
   private metrics: ProducerMetrics | undefined
 
   constructor(options: ProducerInit = {}) {
     super(options, 'qmq-producer')
   }
 
-  /** Checks the options and prepares discovery and connections. Contacts nobody yet. */
-  async init(): Promise<void> {
-    if (this.rt !== undefined) return
-    if (this.closing) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed')
+  /**
+   * Checks the options, asks the metaserver once (see checkMetaServerOnInit) and prepares discovery
+   * and connections (brokers are contacted on the first send). A failed init() may be called again.
+   */
+  init(): Promise<void> {
+    if (this.closing) return Promise.reject(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed'))
+    this.initPromise ??= this.start().catch((err: unknown) => {
+      this.initPromise = undefined
+      throw err
+    })
+    return this.initPromise
+  }
+
+  private async start(): Promise<void> {
     const opts = resolveOptions('producer', producerSchema, this.input)
     requireMetaServer('producer', opts)
+    const rt = createRuntime(opts, this.log)
+    if (opts.checkMetaServerOnInit) {
+      try {
+        await checkMetaServer(rt.meta, opts.metaServer, 'producer')
+      } catch (err) {
+        await closeRuntime(rt)
+        throw err
+      }
+    }
+    if (this.closing) {
+      await closeRuntime(rt)
+      throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed')
+    }
     this.opts = opts
-    this.rt = createRuntime(opts, this.log)
+    this.rt = rt
     if (this.registry !== undefined) {
       this.metrics = new ProducerMetrics(this.registry, {
         queueSize: () => this.unsettled,
@@ -176,9 +255,17 @@ export class MessageProducerProvider extends ClientBase {
     return this.rt?.clientId
   }
 
-  /** Messages accepted and not yet settled (queued, in flight or waiting for a retry). */
+  /**
+   * Messages admitted and not yet settled (in a batch, in flight or waiting for a retry): at most
+   * `maxQueueSize`.
+   */
   get queueSize(): number {
     return this.unsettled
+  }
+
+  /** Messages whose sendMessage() waits for room in the queue (not counted in queueSize). */
+  get waitingCount(): number {
+    return this.waiting.size
   }
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */
@@ -202,16 +289,40 @@ export class MessageProducerProvider extends ClientBase {
    * Sends a message. Resolves once a broker (or delay) group stored it; rejects with a QmqError
    * after the retries are spent. With QMQ's listener, `onSuccess`/`onFailed` are called too and the
    * returned promise may be ignored safely (its rejection is handled).
+   *
+   * When `maxQueueSize` messages are unsettled, the message waits for room (first come, first
+   * served) until its deadline (`sendTimeoutMs` from this call), then fails with
+   * QMQ_ERR_SEND_QUEUE_FULL. A Message is stored once however often it is passed here: while its
+   * send is pending or after it succeeded, this returns that send's promise (nothing is sent again);
+   * after it failed, it is sent again with the same id, to the group that may hold it.
    */
   sendMessage(message: Message, listener?: MessageSendStateListener): Promise<SendResult> {
     return this.send(message, listener)
   }
 
-  /** Sends every queued message now and resolves when all accepted messages are settled. */
+  /**
+   * Sends several messages (each as sendMessage() would) and resolves once all are settled, with one
+   * outcome per message in the order given: `{ status: 'fulfilled', value }` or `{ status: 'rejected',
+   * reason }` (a QmqError), as `Promise.allSettled`. It rejects only when not given an array.
+   */
+  async sendMessages(messages: readonly Message[]): Promise<SendOutcome[]> {
+    if (!Array.isArray(messages)) {
+      throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'sendMessages() takes an array of Messages')
+    }
+    const settled = await Promise.allSettled(messages.map((m: Message) => this.send(m, undefined)))
+    return settled.map((r) =>
+      r.status === 'fulfilled' ? r : { status: 'rejected', reason: toQmqError(r.reason) },
+    )
+  }
+
+  /**
+   * Sends every queued message now and resolves when all accepted messages (those waiting for room
+   * included) are settled.
+   */
   async flush(): Promise<void> {
     for (const lane of this.lanes.values()) this.flushLane(lane)
     if (this.delayLane !== undefined) this.flushLane(this.delayLane)
-    if (this.unsettled === 0) return
+    if (this.unsettled === 0 && this.waitingCount === 0) return
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
   }
 
@@ -252,18 +363,11 @@ export class MessageProducerProvider extends ClientBase {
         listener,
       )
     }
-    if (this.unsettled >= opts.maxQueueSize) {
-      return this.refuse(
-        new QmqError(
-          'QMQ_ERR_SEND_QUEUE_FULL',
-          `send queue is full: ${this.unsettled} messages are not settled yet (maxQueueSize ${opts.maxQueueSize}); ` +
-            'wait for earlier sends or raise maxQueueSize',
-          { details: { maxQueueSize: opts.maxQueueSize } },
-        ),
-        message,
-        listener,
-      )
-    }
+    // Sent before: pending or stored, that send answers (nothing is sent again); failed, it goes again
+    // with the same id, to the group that may hold it.
+    const prev = message.lastSend
+    if (prev !== undefined && prev.state !== SEND_FAILED) return this.join(prev, message, listener)
+    const sticky = prev?.mayBeOn
     const scheduleAt = message.scheduleAtMs()
     const delayed = scheduleAt !== undefined && scheduleAt - Date.now() >= MIN_DELAY_MS
     if (scheduleAt !== undefined && !delayed) message.clearDelay()
@@ -275,32 +379,147 @@ export class MessageProducerProvider extends ClientBase {
       return this.refuse(toQmqError(err, 'QMQ_ERR_INVALID_ARGUMENT'), message, listener)
     }
     const subject = message.getSubject()
+    const size = plan.size
+    const deadline = Date.now() + opts.sendTimeoutMs
+    if (sticky !== undefined || this.waiting.size > 0 || this.unsettled >= opts.maxQueueSize) {
+      // Waits for room (behind those already waiting), or goes alone to one group: encoded on its own
+      // now, as it is now, as a one-record SEND body.
+      const buf = Buffer.allocUnsafe(BATCH_HEAD_BYTES + size)
+      buf.writeUInt32BE(1, 0)
+      writeRecord(plan, record, buf, BATCH_HEAD_BYTES)
+      const p = new Pending(message.getMessageId(), subject, buf, BATCH_HEAD_BYTES, size, deadline)
+      this.track(p, message, listener)
+      const w: Waiter = { p, delayed, sticky }
+      if (this.waiting.size === 0 && this.unsettled < opts.maxQueueSize) this.admitOne(w)
+      else this.waiting.push(w)
+      return p.promise
+    }
     let lane = delayed ? this.delayLane : this.lanes.get(subject)
     if (lane === undefined) lane = this.newLane(delayed, subject)
-    const size = plan.size
-    let open = lane.open
-    // A record that would take the batch past batchBytes starts the next one (a record alone may be
-    // bigger: it goes on its own).
-    if (open.items.length > 0 && open.recordBytes + size > opts.batchBytes) {
-      this.flushLane(lane)
-      open = lane.open
-    }
     // The record is written now, as it is now: changing the message afterwards changes nothing sent.
-    const buf = open.room(size, BATCH_HEAD_BYTES + opts.batchBytes)
-    const offset = open.used
+    const buf = this.roomIn(lane, size)
+    const offset = lane.open.used
     writeRecord(plan, record, buf, offset)
-    open.used = offset + size
-    const p = new Pending(message.getMessageId(), subject, buf, offset, size, Date.now() + opts.sendTimeoutMs)
+    lane.open.used = offset + size
+    const p = new Pending(message.getMessageId(), subject, buf, offset, size, deadline)
+    this.track(p, message, listener)
+    this.unsettled++
+    this.queued(lane, p)
+    return p.promise
+  }
+
+  /** Ties a new send to its message (for a second send of it) and its listener. */
+  private track(p: Pending, message: Message, listener: MessageSendStateListener | undefined): void {
+    message.lastSend = p
     if (listener !== undefined) {
       p.listener = listener
       p.message = message
       p.promise.catch(ignore) // with a listener the promise may be ignored
     }
-    this.unsettled++
+  }
+
+  /** A second send of a message whose first is pending or stored: the first's promise answers it. */
+  private join(
+    prev: Pending,
+    message: Message,
+    listener: MessageSendStateListener | undefined,
+  ): Promise<SendResult> {
+    if (listener !== undefined) {
+      prev.promise.then(
+        () => this.tell(() => listener.onSuccess(message)),
+        (e: QmqError) => this.tell(() => listener.onFailed(message, e)),
+      )
+    }
+    return prev.promise
+  }
+
+  private tell(call: () => void): void {
+    try {
+      call()
+    } catch (e) {
+      this.log.error(e as Error, 'send listener threw')
+    }
+  }
+
+  /**
+   * Room for a record of `size` bytes at `lane.open.used` in the lane's open batch. A record that
+   * would take the batch past batchBytes starts the next one (a record alone may be bigger: it goes
+   * on its own).
+   */
+  private roomIn(lane: Lane, size: number): Buffer {
+    const opts = this.opts as ProducerOptions
+    if (lane.open.items.length > 0 && lane.open.recordBytes + size > opts.batchBytes) this.flushLane(lane)
+    return lane.open.room(size, BATCH_HEAD_BYTES + opts.batchBytes)
+  }
+
+  /** Adds a message whose record was just written to the lane's open batch; sends a full batch. */
+  private queued(lane: Lane, p: Pending): void {
+    const opts = this.opts as ProducerOptions
+    const open = lane.open
     open.items.push(p)
     if (open.items.length >= opts.batchSize || open.recordBytes >= opts.batchBytes) this.flushLane(lane)
     else if (lane.timer === undefined && lane.immediate === undefined) this.scheduleLane(lane)
-    return p.promise
+  }
+
+  /** Admits one waiting message (there is room): into its lane's batch, or alone to a sticky group. */
+  private admitOne(w: Waiter): void {
+    const p = w.p
+    let lane = w.delayed ? this.delayLane : this.lanes.get(p.subject)
+    if (lane === undefined) lane = this.newLane(w.delayed, p.subject)
+    this.unsettled++
+    if (w.sticky !== undefined) {
+      const body = p.buf.subarray(0, BATCH_HEAD_BYTES + p.length)
+      this.dispatch(lane, [p], body, { tried: new Set(), sticky: w.sticky })
+      return
+    }
+    const buf = this.roomIn(lane, p.length)
+    const offset = lane.open.used
+    p.buf.copy(buf, offset, p.offset, p.offset + p.length)
+    lane.open.used = offset + p.length
+    p.buf = buf
+    p.offset = offset
+    this.queued(lane, p)
+  }
+
+  /** Admits waiting messages, oldest first, while there is room; fails those past their deadline. */
+  private admit(): void {
+    const opts = this.opts
+    if (this.admitting || opts === undefined) return
+    this.admitting = true
+    try {
+      const now = Date.now()
+      while (this.unsettled < opts.maxQueueSize) {
+        const w = this.waiting.shift()
+        if (w === undefined) break
+        if (w.p.deadline <= now) this.expire(w)
+        else this.admitOne(w)
+      }
+    } finally {
+      this.admitting = false
+    }
+    this.waiting.arm()
+  }
+
+  /** The first waiter's deadline passed: it (and any other due) fails. */
+  private onWaitDue(): void {
+    const now = Date.now()
+    for (let w = this.waiting.takeDue(now); w !== undefined; w = this.waiting.takeDue(now)) this.expire(w)
+    this.wakeIdle()
+  }
+
+  /** A waiting message whose deadline passed before there was room. */
+  private expire(w: Waiter): void {
+    const opts = this.opts as ProducerOptions
+    const err = new QmqError(
+      'QMQ_ERR_SEND_QUEUE_FULL',
+      `message ${w.p.id} of subject ${w.p.subject} waited ${opts.sendTimeoutMs} ms (sendTimeoutMs) for room in ` +
+        `the send queue: ${this.unsettled} messages unsettled (maxQueueSize ${opts.maxQueueSize}); ` +
+        'send slower or raise maxQueueSize or sendTimeoutMs',
+      { details: { maxQueueSize: opts.maxQueueSize, sendTimeoutMs: opts.sendTimeoutMs } },
+    )
+    w.p.mayBeOn = w.sticky
+    this.metrics?.failed(w.p.subject, err.code)
+    w.p.fail(err, this.log)
   }
 
   /** A send refused before it was queued: a rejected promise, and the listener told (asynchronously). */
@@ -346,15 +565,21 @@ export class MessageProducerProvider extends ClientBase {
     p.succeed(r, this.log)
   }
 
-  private fail(p: Pending, e: QmqError): void {
+  /** `mayBeOn`: the group that may hold it all the same (a sticky route; see Pending.mayBeOn). */
+  private fail(p: Pending, e: QmqError, mayBeOn: string | undefined = undefined): void {
     this.unsettled--
     this.metrics?.failed(p.subject, e.code)
+    p.mayBeOn = mayBeOn
     p.fail(e, this.log)
   }
 
-  /** Wakes flush()/close() once nothing is unsettled (called once per batch, not per message). */
+  /**
+   * Called once per batch settled (not per message): admits messages waiting for room, and wakes
+   * flush()/close() once nothing is unsettled or waiting.
+   */
   private wakeIdle(): void {
-    if (this.unsettled === 0 && this.idleWaiters.length > 0) {
+    if (this.waiting.size > 0) this.admit()
+    if (this.unsettled === 0 && this.waiting.size === 0 && this.idleWaiters.length > 0) {
       const w = this.idleWaiters
       this.idleWaiters = []
       for (const f of w) f()
@@ -375,7 +600,7 @@ export class MessageProducerProvider extends ClientBase {
     lane.immediate = undefined
     if (lane.open.items.length === 0) return
     const { items, body } = lane.open.seal()
-    this.dispatch(lane, items, body, new Set())
+    this.dispatch(lane, items, body, { tried: new Set(), sticky: undefined })
   }
 
   private breaker(group: string): CircuitBreaker {
@@ -388,12 +613,26 @@ export class MessageProducerProvider extends ClientBase {
     return b
   }
 
-  /** Picks a group: round robin over groups with a closed (or probing) breaker, untried ones first. */
-  private pick(
-    lane: Lane,
-    groups: readonly RouteGroup[],
-    tried: ReadonlySet<string>,
-  ): RouteGroup | undefined {
+  /**
+   * Picks a group. A sticky route goes to its group while that group is in the route, writable and
+   * its breaker lets a request through; otherwise the group counts as unreachable and the route stops
+   * being sticky. Else round robin over groups with a closed (or probing) breaker, untried ones first.
+   */
+  private pick(lane: Lane, groups: readonly RouteGroup[], route: Route): RouteGroup | undefined {
+    if (route.sticky !== undefined) {
+      const name = route.sticky
+      const g = groups.find((x) => x.name === name)
+      if (g !== undefined && g.state === 'rw' && this.breaker(name).tryAcquire()) return g
+      this.log.debug(
+        {
+          group: name,
+          why: g === undefined ? 'not in the route' : g.state !== 'rw' ? 'read-only' : 'circuit open',
+        },
+        'send: the group that may hold this batch is unreachable; failing over',
+      )
+      route.sticky = undefined
+    }
+    const tried = route.tried
     const n = groups.length
     for (const allowTried of [false, true]) {
       for (let i = 0; i < n; i++) {
@@ -412,11 +651,11 @@ export class MessageProducerProvider extends ClientBase {
    * Sends a batch to one of its route's groups. With the route cached this happens synchronously, so
    * a full batch reaches the socket while the caller is still producing (no wait for the event loop).
    */
-  private dispatch(lane: Lane, batch: Pending[], body: Buffer, tried: Set<string>): void {
+  private dispatch(lane: Lane, batch: Pending[], body: Buffer, route: Route): void {
     const rt = this.rt as ClientRuntime
     const cached = rt.routes.peek(lane.kind, lane.subject)
     if (cached !== undefined) {
-      void this.sendBatch(lane, batch, body, tried, cached)
+      void this.sendBatch(lane, batch, body, route, cached)
       return
     }
     let lookup: Promise<RouteGroup[]>
@@ -426,11 +665,11 @@ export class MessageProducerProvider extends ClientBase {
       lookup = Promise.reject(err)
     }
     lookup.then(
-      (groups) => this.sendBatch(lane, batch, body, tried, groups),
+      (groups) => this.sendBatch(lane, batch, body, route, groups),
       (err: unknown) => {
         // The first lookup already retried within its own bound (firstLookupTimeoutMs): fail now.
         const e = toQmqError(err)
-        for (const p of batch) this.fail(p, e)
+        for (const p of batch) this.fail(p, e, route.sticky)
         this.wakeIdle()
       },
     )
@@ -441,21 +680,21 @@ export class MessageProducerProvider extends ClientBase {
     batch: Pending[],
     /** The SEND body of exactly `batch`: count, then their records in order. */
     body: Buffer,
-    tried: Set<string>,
+    route: Route,
     groups: readonly RouteGroup[],
   ): Promise<void> {
     const rt = this.rt as ClientRuntime
     const opts = this.opts as ProducerOptions
-    const group = this.pick(lane, groups, tried)
+    const group = this.pick(lane, groups, route)
     if (group === undefined) {
       const err = new QmqError(
         'QMQ_ERR_CIRCUIT_OPEN',
         `every group of subject ${lane.subject} has an open circuit breaker (${groups.map((g) => g.name).join(', ')})`,
       )
-      this.retryOrFail(lane, batch, body, err, tried)
+      this.retryOrFail(lane, batch, body, err, route)
       return
     }
-    tried.add(group.name)
+    route.tried.add(group.name)
     const breaker = this.breaker(group.name)
     const minDeadline = batch.reduce((m, p) => Math.min(m, p.deadline), Number.POSITIVE_INFINITY)
     const timeoutMs = Math.max(1, Math.min(opts.requestTimeoutMs, minDeadline - Date.now()))
@@ -484,7 +723,11 @@ export class MessageProducerProvider extends ClientBase {
       else breaker.onSuccess() // the group answered; the request itself was wrong
       this.log.debug({ group: group.name, err: err.message, n: batch.length }, 'send failed')
       if (err.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
-      this.retryOrFail(lane, batch, body, err, tried)
+      // Unanswered: the group may have stored the batch, so it goes there again (where the broker's
+      // dedupe answers a stored copy as stored) until that group is proven unreachable.
+      if (err.code === 'QMQ_ERR_TIMEOUT') route.sticky = group.name
+      else if (UNREACHABLE.has(err.code)) route.sticky = undefined
+      this.retryOrFail(lane, batch, body, err, route)
       return
     }
     breaker.onSuccess()
@@ -503,6 +746,7 @@ export class MessageProducerProvider extends ClientBase {
     const retry: Pending[] = []
     const stored: Pending[] = []
     let retryErr: QmqError | undefined
+    let unreachable = false
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
       const r = results[i] as { status: number; message: string }
@@ -515,24 +759,32 @@ export class MessageProducerProvider extends ClientBase {
       if (err.retriable) {
         retry.push(p)
         retryErr = err
+        if (UNREACHABLE.has(err.code)) unreachable = true
       } else {
-        this.fail(p, this.finalError(p, err))
+        this.fail(p, this.finalError(p, err), route.sticky)
       }
     }
     if (metrics !== undefined) count(metrics, 'sent', lane, stored)
     this.wakeIdle()
     if (retry.length > 0) {
       if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
-      this.retryOrFail(lane, retry, undefined, retryErr as QmqError, tried)
+      // Refused records were not stored by this group: a sticky route stays on an earlier group that
+      // may hold them, unless this (that) group said it cannot take them.
+      const next: Route = { tried: route.tried, sticky: unreachable ? undefined : route.sticky }
+      this.retryOrFail(lane, retry, undefined, retryErr as QmqError, next)
     }
   }
 
-  private finalError(p: Pending, err: QmqError): QmqError {
-    if (p.attempts <= 1 && !err.retriable) return err
+  private finalError(p: Pending, err: QmqError, mayBeOn?: string): QmqError {
+    if (p.attempts <= 1 && !err.retriable && mayBeOn === undefined) return err
+    const where =
+      mayBeOn === undefined
+        ? ''
+        : ` (group ${mayBeOn} may have stored it: sending the same Message again goes there, where a stored copy is not stored twice)`
     return new QmqError(
       err.code,
-      `message ${p.id} of subject ${p.subject} not sent after ${p.attempts} attempt(s): ${err.message}`,
-      { cause: err, details: { attempts: p.attempts } },
+      `message ${p.id} of subject ${p.subject} not sent after ${p.attempts} attempt(s): ${err.message}${where}`,
+      { cause: err, details: { attempts: p.attempts, mayBeStoredBy: mayBeOn } },
     )
   }
 
@@ -542,7 +794,7 @@ export class MessageProducerProvider extends ClientBase {
     batch: Pending[],
     body: Buffer | undefined,
     err: QmqError,
-    tried: Set<string>,
+    route: Route,
   ): void {
     const opts = this.opts as ProducerOptions
     const now = Date.now()
@@ -550,7 +802,7 @@ export class MessageProducerProvider extends ClientBase {
     for (const p of batch) {
       p.attempts++
       if (!isRetriable(err) || p.attempts >= opts.maxAttempts || now >= p.deadline)
-        this.fail(p, this.finalError(p, err))
+        this.fail(p, this.finalError(p, err, route.sticky), route.sticky)
       else again.push(p)
     }
     this.wakeIdle()
@@ -558,15 +810,31 @@ export class MessageProducerProvider extends ClientBase {
     if (this.metrics !== undefined) count(this.metrics, 'retried', lane, again)
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
-    const untried = groups.some((g) => !tried.has(g.name) && this.breaker(g.name).available)
+    if (route.sticky !== undefined) {
+      // Back to the group that may hold it. After a timeout at once (the wait was the timeout), else
+      // (a refusal) after a backoff. The route is asked for again meanwhile: a group the metaserver
+      // dropped is then seen as unreachable.
+      if (this.rt !== undefined && groups.length > 0)
+        void this.rt.routes.refresh(lane.kind, lane.subject).catch(() => {})
+      if (err.code === 'QMQ_ERR_TIMEOUT') this.dispatch(lane, again, againBody, route)
+      else {
+        const delay = backoffDelay(Math.min(10, (again[0] as Pending).attempts), {
+          initialMs: 20,
+          maxMs: 1_000,
+        })
+        setTimeout(() => this.dispatch(lane, again, againBody, route), delay)
+      }
+      return
+    }
+    const untried = groups.some((g) => !route.tried.has(g.name) && this.breaker(g.name).available)
     if (untried) {
-      this.dispatch(lane, again, againBody, tried)
+      this.dispatch(lane, again, againBody, route)
       return
     }
     // Every group was tried: wait a little, ask for the route again, start a new round.
     const delay = backoffDelay(Math.min(10, (again[0] as Pending).attempts), { initialMs: 20, maxMs: 1_000 })
     if (this.rt !== undefined && groups.length > 0)
       void this.rt.routes.refresh(lane.kind, lane.subject).catch(() => {})
-    setTimeout(() => this.dispatch(lane, again, againBody, new Set()), delay)
+    setTimeout(() => this.dispatch(lane, again, againBody, { tried: new Set(), sticky: undefined }), delay)
   }
 }

@@ -30,6 +30,8 @@ import { Backoff } from '../retry'
  *   requests it held (retriable QMQ_ERR_CONNECTION / QMQ_ERR_CONNECTION_CLOSED) and the next
  *   attempt is allowed only after a jittered, growing backoff; requests made before then fail at once
  *   with QMQ_ERR_CONNECTION, so a producer can fail over to another group instead of waiting.
+ * - The socket keeps the process alive only while requests are outstanding (it is unref'd when idle):
+ *   an idle client does not hold Node up until the broker closes the idle connection.
  */
 export interface ConnectionOptions {
   /** `host:port` */
@@ -114,6 +116,8 @@ export class Connection {
   private retryAt = 0
   private lastError: QmqError | undefined
   private closeWaiters: (() => void)[] = []
+  /** Whether `socket` is ref'd (keeps the event loop alive): exactly while requests are outstanding. */
+  private socketRef = false
 
   constructor(options: ConnectionOptions) {
     this.address = options.address
@@ -202,6 +206,7 @@ export class Connection {
       this.queue.push(p)
       if (this.state === 'idle') this.open()
       else if (this.state === 'open') this.pump()
+      this.updateRef()
     })
   }
 
@@ -214,6 +219,8 @@ export class Connection {
     if (wasSocket === undefined) return Promise.resolve()
     return new Promise((resolve) => {
       this.closeWaiters.push(resolve)
+      // The caller waits for this close: the socket keeps the process up until it is done.
+      wasSocket.ref()
       wasSocket.end()
       // A peer that never answers our FIN must not hold close() forever.
       setTimeout(() => wasSocket.destroy(), 1_000).unref()
@@ -235,6 +242,7 @@ export class Connection {
     this.writable = true
     const socket = connect({ host: this.host, port: this.port, noDelay: true })
     this.socket = socket
+    this.socketRef = true
     this.decoder = new FrameDecoder({ maxFrameBytes: this.maxFrameBytes })
     const connectTimer = setTimeout(() => {
       socket.destroy(
@@ -330,6 +338,7 @@ export class Connection {
       const i = this.queue.indexOf(p, this.queueHead)
       if (i >= 0) this.queue.splice(i, 1)
     }
+    this.updateRef()
     this.settle(
       p,
       undefined,
@@ -414,6 +423,20 @@ export class Connection {
       if (frame.status === 0) this.settle(p, frame, undefined)
       else this.settle(p, undefined, QmqError.fromStatus(frame.status, decodeErrorBody(frame.body)))
     }
-    if (frames.length > 0) this.pump()
+    if (frames.length > 0) {
+      this.pump()
+      this.updateRef()
+    }
+  }
+
+  /** Refs the socket while requests are outstanding, unrefs it when there are none. */
+  private updateRef(): void {
+    const socket = this.socket
+    if (socket === undefined) return
+    const busy = this.outstanding > 0
+    if (busy === this.socketRef) return
+    this.socketRef = busy
+    if (busy) socket.ref()
+    else socket.unref()
   }
 }
