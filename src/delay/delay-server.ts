@@ -1,5 +1,6 @@
 import http from 'node:http'
 import net from 'node:net'
+import type { FsIo } from '../broker/store/fs-io'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
@@ -41,6 +42,8 @@ export interface DelayServerDeps {
   sender?: Sender
   /** Routes when there is no metaserver, or to override it. */
   routes?: RouteProvider
+  /** The store's fs layer for asynchronous fdatasyncs (tests inject I/O faults). */
+  io?: FsIo
   /** Close client connections silent this long (default 5 min). */
   idleTimeoutMs?: number
 }
@@ -126,6 +129,7 @@ export class DelayServer {
       segmentBytes: o.segmentBytes,
       maxMessageBytes: o.maxMessageBytes,
       fsync: o.fsync,
+      io: this.deps.io,
     })
     this.storeRef = store
     store.onLoaded = (start, frames, ms) => {

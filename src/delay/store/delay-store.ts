@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import type { FsIo } from '../../broker/store/fs-io'
 import path from 'node:path'
 import type { Clock } from '../../common/clock'
 import { crc32c, crc32cRange } from '../../common/crc32c'
@@ -53,6 +54,8 @@ export interface DelayStoreOptions {
   segmentBytes: number
   maxMessageBytes: number
   fsync: boolean
+  /** The fs layer of asynchronous fdatasyncs (tests inject faults); default node's. */
+  io?: FsIo | undefined
 }
 
 export interface AcceptItem {
@@ -231,7 +234,15 @@ export class DelayStore {
     let b = this.buckets.get(start)
     if (b !== undefined) return b
     const slot = this.freeSlots.pop() ?? this.slots.length
-    b = new Bucket(this.options.dataDir, start, this.bucketMs, slot, size, this.options.maxMessageBytes)
+    b = new Bucket(
+      this.options.dataDir,
+      start,
+      this.bucketMs,
+      slot,
+      size,
+      this.options.maxMessageBytes,
+      this.options.io,
+    )
     this.slots[slot] = b
     this.buckets.set(start, b)
     if (live && start <= this.clock.now() + this.options.loadAheadMs) {

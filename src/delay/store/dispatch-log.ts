@@ -1,5 +1,6 @@
 import fs from 'node:fs'
 import { crc32cRange } from '../../common/crc32c'
+import type { FsIo } from '../../broker/store/fs-io'
 import { BufferedFile } from './buffered-file'
 
 /**
@@ -20,8 +21,8 @@ export const DISPATCH_ENTRY_BYTES = 12
 export class DispatchLog {
   private readonly out: BufferedFile
 
-  constructor(file: string) {
-    this.out = new BufferedFile(file)
+  constructor(file: string, io?: FsIo) {
+    this.out = new BufferedFile(file, -1, io)
   }
 
   get file(): string {

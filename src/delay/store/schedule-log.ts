@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import type { FsIo } from '../../broker/store/fs-io'
 import { crc32c, crc32cRange } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import { BufferedFile } from './buffered-file'
@@ -77,8 +78,8 @@ export class ScheduleLog {
   private readonly maxMessageBytes: number
   private readonly out: BufferedFile
 
-  constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES) {
-    this.out = new BufferedFile(file, size)
+  constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES, io?: FsIo) {
+    this.out = new BufferedFile(file, size, io)
     this.maxMessageBytes = maxMessageBytes
   }
 

@@ -1,0 +1,67 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import t from 'tap'
+import { ManualClock } from '../../src/common/clock'
+import { delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
+import { delayDir, FaultyIo, startDelay } from './helpers/start-delay'
+
+function checkpointOffset(dir: string): number {
+  if (!fs.existsSync(path.join(dir, 'checkpoint.json'))) return 0
+  return (
+    JSON.parse(fs.readFileSync(path.join(dir, 'checkpoint.json'), 'utf8')) as { messageLogOffset: number }
+  ).messageLogOffset
+}
+
+t.test(
+  'delay - a failed fdatasync of a schedule log keeps it unsynced: the retry syncs it before the checkpoint moves',
+  async (t) => {
+    const { dir, closers } = delayDir(t)
+    const clock = new ManualClock(T0)
+    const faults = new FaultyIo()
+    const sender = new FakeSender()
+    const { server, client } = await startDelay(
+      closers,
+      dir,
+      clock,
+      sender,
+      { checkpointIntervalMs: 600_000, segmentBytes: 64 * 1024 },
+      faults.io,
+    )
+    const before = checkpointOffset(dir)
+    // Enough records (~100 bytes each) to fill several message-log segments, all due in one bucket.
+    for (let k = 0; k < 30; k++) {
+      const res = await send(
+        client,
+        Array.from({ length: 40 }, (_, i) => delayed(`f${k}-${i}`, T0 + 10 * 60_000 + i)),
+      )
+      t.ok(
+        res.every((r) => r.status === 0),
+        `batch ${k} stored`,
+      )
+    }
+    const segmentsBefore = fs.readdirSync(path.join(dir, 'message')).length
+    t.ok(segmentsBefore > 1, `${segmentsBefore} message-log segments`)
+
+    faults.failing = /\.sched$/
+    await t.rejects(server.store.checkpoint(), 'the checkpoint fails with the fdatasync')
+    t.ok(faults.failed.length > 0, 'the schedule log fdatasync failed')
+    t.equal(checkpointOffset(dir), before, 'the checkpoint did not move')
+    t.equal(
+      fs.readdirSync(path.join(dir, 'message')).length,
+      segmentsBefore,
+      'no message-log segment deleted',
+    )
+
+    faults.failing = undefined
+    faults.synced.length = 0
+    await server.store.checkpoint()
+    t.ok(
+      faults.synced.some((f) => f.endsWith('.sched')),
+      'the retry fdatasyncs the schedule log that failed',
+    )
+    t.ok(checkpointOffset(dir) > before, 'then the checkpoint moves')
+    t.ok(fs.readdirSync(path.join(dir, 'message')).length < segmentsBefore, 'and old segments go')
+    clock.set(T0 + 11 * 60_000)
+    await waitFor(() => sender.delivered.length === 1200, 10_000, 'every message delivered')
+  },
+)
