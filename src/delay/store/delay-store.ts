@@ -139,16 +139,11 @@ export class DelayStore {
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
     this.messageLog.onDurable = (bytes, offset) => this.file(bytes, offset, false)
-    const { truncatedBytes } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
+    const { damaged } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
       this.file(bytes, offset, true),
     )
-    if (truncatedBytes > 0) {
-      this.recoveryReports.push({
-        file: MESSAGE_DIR,
-        offset: this.messageLog.endOffset,
-        droppedBytes: truncatedBytes,
-      })
-    }
+    for (const d of damaged)
+      this.recoveryReports.push({ file: MESSAGE_DIR, offset: d.offset, droppedBytes: d.bytes })
     this.filedOffset = Math.max(this.filedOffset, this.messageLog.endOffset)
     await this.checkpoint()
     await this.loadDue()
@@ -198,7 +193,7 @@ export class DelayStore {
         fs.statSync(path.join(dir, `${String(start).padStart(13, '0')}${SCHEDULE_SUFFIX}`)).size,
         false,
       )
-      const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+      const dispatched = b.dispatch.readAll((dropped, at) => this.report(b.dispatch.file, at, dropped))
       let d = 0
       const res = await b.schedule.scan(
         0,
@@ -216,8 +211,10 @@ export class DelayStore {
       )
       b.total = res.count
       b.maxMsgOffset = res.maxMsgOffset
-      if (res.goodBytes < res.fileBytes) {
-        this.report(b.schedule.file, res.goodBytes, res.fileBytes - res.goodBytes)
+      for (const d of res.damaged) this.report(b.schedule.file, d.offset, d.bytes)
+      // A damaged tail (nothing good after it) is cut: appends go on after the last good frame.
+      // Damage inside stays where it is (the frames after it keep their offsets).
+      if (res.goodBytes < res.fileBytes && res.damaged.some((d) => d.offset === res.goodBytes)) {
         b.schedule.truncate(res.goodBytes)
       }
       b.schedule.close()
@@ -395,7 +392,7 @@ export class DelayStore {
     b.state = 'loading'
     const snapshot = b.schedule.size
     const framesBelow = b.total // frames appended while loading are counted on top
-    const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+    const dispatched = b.dispatch.readAll() // its damage was reported by the start scan
     let d = 0
     let frames = 0
     const res = await b.schedule.scan(0, snapshot, (f) => {
@@ -409,10 +406,10 @@ export class DelayStore {
       this.wheel.add(frameScheduleAt(f.frame), f.offset, b.slot, f.length)
       frames++
     })
-    if (res.goodBytes < snapshot) {
-      // Corrupted after the start scan (bit rot): the frames after it cannot be found any more.
-      this.report(b.schedule.file, res.goodBytes, snapshot - res.goodBytes)
-      b.total -= Math.max(0, framesBelow - res.count)
+    if (res.count < framesBelow) {
+      // Damaged after the start scan (bit rot): those frames cannot be sent any more.
+      for (const d of res.damaged) this.report(b.schedule.file, d.offset, d.bytes)
+      b.total -= framesBelow - res.count
     }
     if (this.closed) return
     b.state = 'loaded'
