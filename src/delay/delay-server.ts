@@ -182,6 +182,7 @@ export class DelayServer {
         this.metrics.lateness.observe(Math.max(0, lateMs) / 1000)
       },
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
+      onTickError: () => this.metrics.tickErrors.inc(),
     })
 
     const tcp = net.createServer((socket) => {

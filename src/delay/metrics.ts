@@ -11,6 +11,7 @@ export interface DelayMetrics {
   cancelled: Counter<'result'>
   dispatched: Counter
   dispatchFailures: Counter
+  tickErrors: Counter
   lateness: Histogram
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
@@ -75,6 +76,11 @@ export function createDelayMetrics(
     dispatchFailures: new Counter({
       name: 'qmq_delay_dispatch_failures_total',
       help: 'Messages whose send to a broker failed (each is retried)',
+      registers,
+    }),
+    tickErrors: new Counter({
+      name: 'qmq_delay_tick_errors_total',
+      help: 'Errors a dispatch tick ran into (e.g. reading a schedule log); the tick is retried',
       registers,
     }),
     lateness: new Histogram({

@@ -65,3 +65,25 @@ t.test(
     await waitFor(() => sender.delivered.length === 1200, 10_000, 'every message delivered')
   },
 )
+
+t.test('delay - an I/O error in the dispatch tick is counted and retried, not fatal', async (t) => {
+  const { dir, closers } = delayDir(t)
+  const clock = new ManualClock(T0)
+  const sender = new FakeSender()
+  const { server, client } = await startDelay(closers, dir, clock, sender)
+  await send(client, [delayed('e1', T0 + 1_000), delayed('e2', T0 + 1_000)])
+  const file = path.join(dir, 'schedule', `${String(T0).padStart(13, '0')}.sched`)
+  await waitFor(() => fs.existsSync(file) && fs.statSync(file).size > 0, 5_000, 'the schedule log written')
+  // The frames vanish from under the store: reading them fails (a real read error of a real file).
+  const saved = fs.readFileSync(file)
+  fs.truncateSync(file, 0)
+  clock.set(T0 + 1_000)
+  await waitFor(() => server.dispatcher.tickErrors >= 3, 5_000, 'failing ticks')
+  t.equal(sender.delivered.length, 0, 'nothing sent while the frames cannot be read')
+  fs.writeFileSync(file, saved)
+  await waitFor(() => sender.delivered.length === 2, 5_000, 'delivery once reads work again')
+  t.same(sender.ids(), ['e1', 'e2'])
+  const metrics = await server.registry.metrics()
+  t.match(metrics, /qmq_delay_tick_errors_total\S* [1-9]/, 'counted in the metric')
+  await waitFor(() => server.store.stats().pending === 0, 5_000, 'deliveries recorded')
+})

@@ -32,7 +32,12 @@ export interface DispatcherOptions {
   /** Observed per delivered message: ms from due time to broker ack. */
   onDelivered?: (latenessMs: number) => void
   onFailed?: (subject: string, err: QmqError | Error, records: number) => void
+  /** Called for each error a tick or pump ran into (it is retried at the next tick). */
+  onTickError?: (err: unknown) => void
 }
+
+/** A tick error is logged at most this often (the count is in the tick-error metric). */
+const TICK_ERROR_LOG_MS = 10_000
 
 interface Retry {
   ring: EntryRing
@@ -55,6 +60,10 @@ export class Dispatcher {
   private readonly retries = new Map<string, Retry>()
   private inFlight = 0
   private closed = false
+  /** Errors ticks and pumps ran into (an I/O error reading a schedule log, ...). */
+  tickErrors = 0
+  private tickErrorLoggedAt = Number.NEGATIVE_INFINITY
+  private tickErrorsUnlogged = 0
   readonly onDue = (due: number, offset: number, slot: number, length: number): void => {
     this.ready.push(due, offset, slot, length)
   }
@@ -68,14 +77,48 @@ export class Dispatcher {
     return n
   }
 
-  /** Moves due wheel entries to the ready ring and starts sends. */
+  /**
+   * Moves due wheel entries to the ready ring and starts sends. Never throws (it runs from a timer):
+   * an error (e.g. an I/O error reading a schedule log) is counted, logged (at most every
+   * TICK_ERROR_LOG_MS) and the work is retried at the next tick: entries leave the rings only once
+   * their frames were read.
+   */
   tick(): void {
     if (this.closed) return
-    this.o.store.advance(this.o.clock.now(), this.onDue)
+    try {
+      this.o.store.advance(this.o.clock.now(), this.onDue)
+    } catch (err) {
+      this.tickError(err)
+    }
     this.pump()
   }
 
+  private tickError(err: unknown): void {
+    this.tickErrors++
+    this.o.onTickError?.(err)
+    const now = Date.now()
+    if (now - this.tickErrorLoggedAt < TICK_ERROR_LOG_MS) {
+      this.tickErrorsUnlogged++
+      return
+    }
+    this.o.log.error(
+      { err, errorsSinceLastLog: this.tickErrorsUnlogged },
+      'delay dispatch tick failed; retrying at the next tick',
+    )
+    this.tickErrorLoggedAt = now
+    this.tickErrorsUnlogged = 0
+  }
+
+  /** Starts sends; never throws (see tick()). */
   pump(): void {
+    try {
+      this.pumpUnsafe()
+    } catch (err) {
+      this.tickError(err)
+    }
+  }
+
+  private pumpUnsafe(): void {
     while (!this.closed && this.inFlight < this.o.inFlight) {
       if (this.pumpRetry()) continue
       if (this.ready.size === 0) break
@@ -125,9 +168,14 @@ export class Dispatcher {
     }
   }
 
-  /** Reads the frames of the first n entries of a ring (contiguous frames in one read), skipping cancelled ones. */
+  /**
+   * Reads the frames of the first n entries of a ring (contiguous frames in one read), skipping
+   * cancelled ones. All reads happen before anything is recorded: when one throws, the ring is left as
+   * it was and the same entries are read again later (no cancelled frame is marked twice).
+   */
   private readItems(ring: EntryRing, n: number): Item[] {
     const out: Item[] = []
+    const cancelled: Item[] = []
     let k = 0
     while (k < n) {
       // A run: same bucket, each frame right after the previous one.
@@ -147,14 +195,13 @@ export class Dispatcher {
         const idLen = record.readUInt16BE(28)
         const idBytes = record.subarray(32, 32 + idLen)
         const idHash = crc32c(idBytes)
-        if (this.o.store.isCancelled(idBytes.toString('utf8'))) {
-          this.o.store.markDelivered(slot, ring.offsetAt(m), idHash)
-          continue
-        }
-        out.push({ due: ring.dueAt(m), offset: ring.offsetAt(m), slot, length, record, idHash })
+        const item = { due: ring.dueAt(m), offset: ring.offsetAt(m), slot, length, record, idHash }
+        if (this.o.store.isCancelled(idBytes.toString('utf8'))) cancelled.push(item)
+        else out.push(item)
       }
       k = j
     }
+    for (const it of cancelled) this.o.store.markCancelled(it.slot, it.offset, it.idHash, it.record)
     return out
   }
 

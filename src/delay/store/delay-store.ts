@@ -374,6 +374,11 @@ export class DelayStore {
     this.markDirty(b)
   }
 
+  /** A frame was skipped because its message was cancelled: never send it. */
+  markCancelled(slot: number, offset: number, idHash: number, _record: Buffer): void {
+    this.markDelivered(slot, offset, idHash)
+  }
+
   /** Loads every bucket that starts within the load window (awaits the loads it starts). */
   async loadDue(): Promise<void> {
     const horizon = this.clock.now() + this.options.loadAheadMs
