@@ -81,8 +81,11 @@ function allStored(body: Buffer, expected: number): boolean {
   return o === body.length
 }
 
-/** Messages delayed by less than this are sent as real-time messages (as QMQ). */
-export const MIN_DELAY_MS = 500
+/**
+ * A message due at least this far ahead goes to a delay group; one due now or in the past is sent as
+ * a real-time message. (It was 500, as in QMQ: a 300 ms delay then arrived at once, 300 ms early.)
+ */
+export const MIN_DELAY_MS = 1
 
 /** QMQ's MessageSendStateListener. */
 export interface MessageSendStateListener {
