@@ -123,14 +123,20 @@ function handleFrame(
       return
     }
     case RequestCode.CANCEL: {
+      let ids: string[]
       try {
-        const ids = decodeCancelRequest(f.body)
-        const res = ctx.store.cancel(ids)
-        for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
-        reply(f, 0, encodeCancelResponse(res))
+        ids = decodeCancelRequest(f.body)
       } catch (err) {
         replyError(f, err)
+        return
       }
+      ctx.store.cancel(ids).then(
+        (res) => {
+          for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
+          reply(f, 0, encodeCancelResponse(res))
+        },
+        (err) => replyError(f, err),
+      )
       return
     }
     default:

@@ -2,7 +2,8 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
-import { delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
+import { RequestCode } from '../../src/common/protocol/codes'
+import { cancel, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
 import { delayDir, FaultyIo, startDelay } from './helpers/start-delay'
 
 function checkpointOffset(dir: string): number {
@@ -87,3 +88,67 @@ t.test('delay - an I/O error in the dispatch tick is counted and retried, not fa
   t.match(metrics, /qmq_delay_tick_errors_total\S* [1-9]/, 'counted in the metric')
   await waitFor(() => server.store.stats().pending === 0, 5_000, 'deliveries recorded')
 })
+
+t.test(
+  'delay - CANCEL is group-committed off the event loop, and tombstones go once their bucket is done',
+  async (t) => {
+    const { dir, closers } = delayDir(t)
+    const clock = new ManualClock(T0)
+    const faults = new FaultyIo()
+    const sender = new FakeSender()
+    const { server, client } = await startDelay(
+      closers,
+      dir,
+      clock,
+      sender,
+      { checkpointIntervalMs: 600_000 },
+      faults.io,
+    )
+    const ids = Array.from({ length: 50 }, (_, i) => `c${i}`)
+    await send(client, [...ids.map((id) => delayed(id, T0 + 5_000)), delayed('keep', T0 + 5_000)])
+    // Hold every fdatasync: a CANCEL must not be answered before its tombstone is durable, and the
+    // event loop must keep serving meanwhile.
+    let open = () => {}
+    faults.gate = new Promise<void>((r) => {
+      open = r
+    })
+    let answered = 0
+    const cancels = ids.map((id) =>
+      cancel(client, [id]).then((r) => {
+        answered++
+        return r
+      }),
+    )
+    const ping = await client.request(RequestCode.PING, Buffer.alloc(0))
+    t.equal(ping.status, 0, 'PING answered while the cancels wait for their fdatasync')
+    await new Promise((r) => setTimeout(r, 50))
+    t.equal(answered, 0, 'no CANCEL answered before its fdatasync completed')
+    faults.gate = undefined
+    open()
+    t.same(
+      await Promise.all(cancels),
+      ids.map(() => [true]),
+      'every cancel found its message',
+    )
+    const syncs = faults.synced.filter((f) => f.endsWith('cancel.log')).length
+    t.ok(syncs >= 1 && syncs < ids.length, `group commit: ${syncs} fdatasyncs for ${ids.length} cancels`)
+    t.equal(server.store.cancelStats().tombstones, 50)
+    t.ok(server.store.cancelStats().fileBytes > 0)
+
+    clock.set(T0 + 61_000) // the bucket [T0, T0 + 60 s) is due and over
+    await waitFor(() => sender.delivered.length === 1, 5_000, 'the kept message')
+    await waitFor(() => server.store.stats().pending === 0, 5_000, 'cancelled frames skipped')
+    await server.store.checkpoint() // drops the finished bucket
+    await server.store.cancelsSettled()
+    t.same(server.store.cancelStats(), { tombstones: 0, fileBytes: 0 }, 'tombstones compacted away')
+    t.same(sender.ids(), ['keep'], 'no cancelled message delivered')
+    await (closers.pop() as () => Promise<void>)()
+    t.equal(fs.statSync(path.join(dir, 'cancel.log')).size, 0)
+    const again = new FakeSender()
+    const b = await startDelay(closers, dir, clock, again)
+    t.same(b.server.store.cancelStats().tombstones, 0, 'none after a restart')
+    clock.advance(60_000)
+    await new Promise((r) => setTimeout(r, 100))
+    t.same(again.ids(), [])
+  },
+)

@@ -98,6 +98,8 @@ export class DelayStore {
   private checkpointOffset = 0
   private closed = false
   private checkpointRun: Promise<void> | undefined
+  /** Ids of cancelled frames skipped, by bucket start (their tombstones go when the bucket goes). */
+  private readonly spentCancels = new Map<number, string[]>()
   /** Called after a bucket finished loading: (bucket start, frames loaded, ms). */
   onLoaded: (start: number, frames: number, ms: number) => void = () => {}
   /** Reports of dropped data (torn tails, corrupt frames), for tests and metrics. */
@@ -116,7 +118,7 @@ export class DelayStore {
       maxMessageBytes: options.maxMessageBytes,
       log: options.log,
     })
-    this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log)
+    this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log, options.io)
   }
 
   static async open(options: DelayStoreOptions): Promise<DelayStore> {
@@ -330,9 +332,11 @@ export class DelayStore {
   /**
    * Cancels pending messages by id. Answers per id whether it was pending (as far as the id-hash set
    * tells: a false "true" has probability ~pending/2^32); a tombstone is recorded for every pending
-   * one, durably, and a message with a tombstone is never dispatched.
+   * one, and a message with a tombstone is never dispatched from now on. Resolves once the tombstones
+   * are durable (group commit with other cancels, fdatasync off the event loop).
    */
-  cancel(ids: readonly string[]): boolean[] {
+  async cancel(ids: readonly string[]): Promise<boolean[]> {
+    if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
     const out: boolean[] = []
     const record: string[] = []
     for (const id of ids) {
@@ -341,11 +345,21 @@ export class DelayStore {
       if (pending) record.push(id)
     }
     try {
-      this.cancels.add(record, this.clock.now())
+      await this.cancels.add(record, this.clock.now())
     } catch (err) {
       throw fsError(err, 'cancel log append')
     }
     return out
+  }
+
+  /** Tombstones held and the cancel log's size (tests, metrics). */
+  cancelStats(): { tombstones: number; fileBytes: number } {
+    return { tombstones: this.cancels.live, fileBytes: this.cancels.fileBytes }
+  }
+
+  /** Waits for queued cancel-log writes and compactions (tests). */
+  cancelsSettled(): Promise<void> {
+    return this.cancels.settled()
   }
 
   isCancelled(id: string): boolean {
@@ -375,8 +389,17 @@ export class DelayStore {
   }
 
   /** A frame was skipped because its message was cancelled: never send it. */
-  markCancelled(slot: number, offset: number, idHash: number, _record: Buffer): void {
+  markCancelled(slot: number, offset: number, idHash: number, record: Buffer): void {
+    const b = this.slots[slot]
     this.markDelivered(slot, offset, idHash)
+    if (b === undefined) return
+    const [s, e] = recordIdRange(record, 0)
+    let spent = this.spentCancels.get(b.start)
+    if (spent === undefined) {
+      spent = []
+      this.spentCancels.set(b.start, spent)
+    }
+    spent.push(record.toString('utf8', s, e))
   }
 
   /** Loads every bucket that starts within the load window (awaits the loads it starts). */
@@ -405,7 +428,7 @@ export class DelayStore {
       if (d < dispatched.length && dispatched[d] === f.offset) return
       const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
       if (this.cancels.tombstones.size > 0 && this.cancels.has(f.frame.toString('utf8', s, e))) {
-        this.markDelivered(b.slot, f.offset, crc32cRange(f.frame, s, e))
+        this.markCancelled(b.slot, f.offset, crc32cRange(f.frame, s, e), f.frame.subarray(FRAME_HEADER_BYTES))
         return
       }
       this.wheel.add(frameScheduleAt(f.frame), f.offset, b.slot, f.length)
@@ -467,6 +490,11 @@ export class DelayStore {
   }
 
   private dropBucket(b: Bucket): void {
+    // Its cancelled frames are gone for good: their tombstones can go once no copy is pending.
+    for (const id of this.spentCancels.get(b.start) ?? []) {
+      if (!this.ids.has(crc32c(Buffer.from(id, 'utf8')))) this.cancels.release(id)
+    }
+    this.spentCancels.delete(b.start)
     this.dirty.delete(b)
     b.schedule.remove()
     b.dispatch.remove()
@@ -504,7 +532,7 @@ export class DelayStore {
       b.schedule.close()
       b.dispatch.close()
     }
-    this.cancels.close()
+    await this.cancels.close()
   }
 }
 
