@@ -183,6 +183,7 @@ export class DelayServer {
       },
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
       onTickError: () => this.metrics.tickErrors.inc(),
+      onParked: () => this.metrics.deadLettered.inc(),
     })
 
     const tcp = net.createServer((socket) => {

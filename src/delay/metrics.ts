@@ -12,6 +12,7 @@ export interface DelayMetrics {
   dispatched: Counter
   dispatchFailures: Counter
   tickErrors: Counter
+  deadLettered: Counter
   lateness: Histogram
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
@@ -81,6 +82,11 @@ export function createDelayMetrics(
     tickErrors: new Counter({
       name: 'qmq_delay_tick_errors_total',
       help: 'Errors a dispatch tick ran into (e.g. reading a schedule log); the tick is retried',
+      registers,
+    }),
+    deadLettered: new Counter({
+      name: 'qmq_delay_dead_lettered_total',
+      help: 'Due messages a broker refused for good, parked as dead letters of the delay group',
       registers,
     }),
     lateness: new Histogram({

@@ -2,7 +2,13 @@ import type { Socket } from 'node:net'
 import { QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import {
+  decodeDelayDlqListRequest,
+  decodeDelayDlqRedriveRequest,
+  encodeDelayDlqListResponse,
+} from '../common/protocol/delay-admin'
+import {
   decodeCancelRequest,
+  encodeCountResponse,
   decodeSendRequest,
   encodeCancelResponse,
   encodeErrorBody,
@@ -21,7 +27,8 @@ import type { DelayMetrics } from './metrics'
 import type { DelayStore } from './store/delay-store'
 
 /**
- * One client connection of the delay server: SEND (delayed messages), CANCEL, PING.
+ * One client connection of the delay server: SEND (delayed messages), CANCEL, PING, and the admin
+ * requests of its dead letters (ADMIN_DELAY_DLQ_LIST, ADMIN_DELAY_DLQ_REDRIVE).
  * - Frames are decoded with the size limit checked before buffering; a stream that can no longer be
  *   trusted (bad magic, oversize or malformed frame) gets one error response and is closed.
  * - A well delimited but bad request (unknown code, unsupported version, malformed payload) gets an
@@ -134,6 +141,33 @@ function handleFrame(
         (res) => {
           for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
           reply(f, 0, encodeCancelResponse(res))
+        },
+        (err) => replyError(f, err),
+      )
+      return
+    }
+    case RequestCode.ADMIN_DELAY_DLQ_LIST: {
+      try {
+        const req = decodeDelayDlqListRequest(f.body)
+        const list = ctx.store.listDeadLetters(req.limit, req.afterSequence)
+        reply(f, 0, Buffer.concat(encodeDelayDlqListResponse(list)))
+      } catch (err) {
+        replyError(f, err)
+      }
+      return
+    }
+    case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
+      let req: ReturnType<typeof decodeDelayDlqRedriveRequest>
+      try {
+        req = decodeDelayDlqRedriveRequest(f.body)
+      } catch (err) {
+        replyError(f, err)
+        return
+      }
+      ctx.store.redriveDeadLetters(req.sequences).then(
+        (n) => {
+          if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
+          reply(f, 0, encodeCountResponse(n))
         },
         (err) => replyError(f, err),
       )

@@ -1,6 +1,6 @@
 import type { Clock } from '../../common/clock'
 import { crc32c } from '../../common/crc32c'
-import type { QmqError } from '../../common/errors'
+import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import type { DelayStore } from '../store/delay-store'
 import { FRAME_HEADER_BYTES } from '../store/schedule-log'
@@ -13,12 +13,14 @@ import type { Sender } from './sender'
  *   wheel.advance ─> ready ring ─> pump: read frames (contiguous ones in one read), skip cancelled,
  *   group by subject ─> Sender.send (at most `inFlight` requests) ─> per record:
  *     stored  ─> store.markDelivered (dispatch log), lateness observed
+ *     refused for good (a non-retriable per-record status) ─> parked as a dead letter (store.park)
  *     failed  ─> the subject's retry ring; the subject backs off (exponential, capped, forever)
  *
  * While a subject has entries waiting to be retried, its newly due entries queue behind them (so they
  * keep their order and a down broker is probed by one request at a time, not hammered). When a probe
  * succeeds the backoff resets and the retry ring drains at full speed. Nothing is ever dropped: a
- * message leaves the rings only when a broker acknowledged it or it was cancelled.
+ * message leaves the rings only when a broker acknowledged it, it was cancelled, or it was parked as
+ * a dead letter (listed and redriven with `qmq delay-dlq`).
  */
 export interface DispatcherOptions {
   store: DelayStore
@@ -32,6 +34,8 @@ export interface DispatcherOptions {
   /** Observed per delivered message: ms from due time to broker ack. */
   onDelivered?: (latenessMs: number) => void
   onFailed?: (subject: string, err: QmqError | Error, records: number) => void
+  /** Called for each due message a broker refused for good (parked as a dead letter). */
+  onParked?: (subject: string, err: QmqError) => void
   /** Called for each error a tick or pump ran into (it is retried at the next tick). */
   onTickError?: (err: unknown) => void
 }
@@ -238,6 +242,16 @@ export class Dispatcher {
         this.o.onDelivered?.(now - it.due)
         continue
       }
+      if (results !== undefined && isPermanent(res)) {
+        // Refused for good: retrying cannot help and would hold back the subject's later messages.
+        this.o.store.park(it.slot, it.offset, it.idHash, it.record, res)
+        this.o.onParked?.(subject, res)
+        this.o.log.warn(
+          { subject, err: res, id: recordId(it.record) },
+          'a broker refused a due message for good; parked as a dead letter of the delay group',
+        )
+        continue
+      }
       failed++
       firstErr ??= res
       if (r === undefined) {
@@ -272,6 +286,18 @@ export class Dispatcher {
     const until = Date.now() + timeoutMs
     while (this.inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5))
   }
+}
+
+/**
+ * A per-record answer that retrying cannot change: a non-retriable status (QMQ_ERR_INTERNAL, which
+ * is also what an unknown status from a newer broker maps to, is retried: it is not known to be final).
+ */
+function isPermanent(err: QmqError | Error): err is QmqError {
+  return err instanceof QmqError && !err.retriable && err.code !== 'QMQ_ERR_INTERNAL'
+}
+
+function recordId(record: Buffer): string {
+  return record.toString('utf8', 32, 32 + record.readUInt16BE(28))
 }
 
 /** The subject of a record (record.ts: id at 32, subject after it). */

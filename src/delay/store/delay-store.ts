@@ -16,7 +16,9 @@ import {
   SCHEDULE_DIR,
   SCHEDULE_SUFFIX,
 } from './bucket'
+import { validateSubject } from '../../common/names'
 import { CancelLog } from './cancel-log'
+import { type DeadLetter, DeadLetterLog } from './dead-letters'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
@@ -67,6 +69,7 @@ export interface AcceptItem {
 const META_FILE = 'meta.json'
 const CHECKPOINT_FILE = 'checkpoint.json'
 const CANCEL_FILE = 'cancel.log'
+const DEAD_LETTER_FILE = 'deadletter.log'
 const MESSAGE_DIR = 'message'
 const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
 
@@ -86,6 +89,7 @@ export class DelayStore {
   private readonly clock: Clock
   private readonly messageLog: MessageLog
   private readonly cancels: CancelLog
+  readonly deadLetters: DeadLetterLog
   private readonly ids = new IdHashSet(1 << 16)
   private readonly buckets = new Map<number, Bucket>()
   private readonly slots: (Bucket | undefined)[] = []
@@ -119,6 +123,11 @@ export class DelayStore {
       log: options.log,
     })
     this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log, options.io)
+    this.deadLetters = new DeadLetterLog(
+      path.join(options.dataDir, DEAD_LETTER_FILE),
+      options.log,
+      options.io,
+    )
   }
 
   static async open(options: DelayStoreOptions): Promise<DelayStore> {
@@ -137,6 +146,8 @@ export class DelayStore {
       fs.mkdirSync(d, { recursive: true })
     this.checkMeta()
     this.cancels.open(this.clock.now(), this.options.horizonMs + TOMBSTONE_MARGIN_MS)
+    for (const d of this.deadLetters.open())
+      this.recoveryReports.push({ file: DEAD_LETTER_FILE, offset: d.offset, droppedBytes: d.bytes })
     this.checkpointOffset = this.readCheckpoint()
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
@@ -301,6 +312,13 @@ export class DelayStore {
             `message ${h.id} has no schedule time (DELAYED flag unset)`,
           )
         }
+        try {
+          // As the broker checks it (src/broker/server/handlers.ts): a subject it would refuse is
+          // refused now, not when due. (Record size: decodeSendRequest checks maxMessageBytes.)
+          validateSubject(h.subject)
+        } catch (err) {
+          return err instanceof QmqError ? err : new QmqError('QMQ_ERR_SUBJECT_INVALID', String(err))
+        }
         if (!Number.isSafeInteger(h.scheduleAt) || h.scheduleAt < 0) {
           return new QmqError(
             'QMQ_ERR_SCHEDULE_INVALID',
@@ -388,6 +406,39 @@ export class DelayStore {
     this.markDirty(b)
   }
 
+  /**
+   * A due frame a broker refused for good (a non-retriable status): parked as a dead letter of the
+   * delay group, and never sent again unless redriven.
+   */
+  park(slot: number, offset: number, idHash: number, record: Buffer, err: QmqError): void {
+    this.deadLetters.park(record, err, this.clock.now())
+    this.markDelivered(slot, offset, idHash)
+  }
+
+  /** Dead letters after `afterSeq` with their records (oldest first). */
+  listDeadLetters(limit: number, afterSeq = -1): (DeadLetter & { record: Buffer })[] {
+    return this.deadLetters.list(limit, afterSeq).map((d) => ({ ...d, record: this.deadLetters.record(d) }))
+  }
+
+  /**
+   * Schedules dead letters again (all, or those with the given sequences): each record goes back into
+   * the message log as it is, its time has passed, so it is due at once. Resolves with how many.
+   */
+  async redriveDeadLetters(sequences?: readonly number[]): Promise<number> {
+    if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
+    const chosen =
+      sequences === undefined
+        ? this.deadLetters.list(Number.POSITIVE_INFINITY)
+        : sequences.map((s) => this.deadLetters.get(s)).filter((d) => d !== undefined)
+    const done = await Promise.all(
+      chosen.map(async (d) => {
+        await this.messageLog.append(this.deadLetters.record(d))
+        return this.deadLetters.remove(d.sequence, this.clock.now())
+      }),
+    )
+    return done.filter(Boolean).length
+  }
+
   /** A frame was skipped because its message was cancelled: never send it. */
   markCancelled(slot: number, offset: number, idHash: number, record: Buffer): void {
     const b = this.slots[slot]
@@ -459,6 +510,8 @@ export class DelayStore {
 
   private async runCheckpoint(): Promise<void> {
     const cp = this.filedOffset
+    // Dead letters first: a parked frame's dispatch entry is never durable without its dead letter.
+    await this.deadLetters.syncAsync()
     const dirty = [...this.dirty]
     this.dirty.clear()
     for (const b of dirty) b.dirty = false
@@ -533,6 +586,7 @@ export class DelayStore {
       b.dispatch.close()
     }
     await this.cancels.close()
+    this.deadLetters.close()
   }
 }
 
