@@ -3,6 +3,7 @@ import type { Command } from './commands/command'
 import {
   backlogCommand,
   consumersCommand,
+  delayDlqCommand,
   dlqCommand,
   forgetGroupCommand,
   groupsCommand,
@@ -29,6 +30,7 @@ const COMMANDS: Command[] = [
   resetCursorCommand,
   forgetGroupCommand,
   dlqCommand,
+  delayDlqCommand,
   sendCommand,
   tailCommand,
 ]

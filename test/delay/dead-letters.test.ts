@@ -1,3 +1,6 @@
+import { execFile } from 'node:child_process'
+import path from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { crc32c } from '../../src/common/crc32c'
@@ -12,6 +15,7 @@ import {
 } from '../../src/common/protocol/delay-admin'
 import { encodeRecord } from '../../src/common/record'
 import { DelayServer } from '../../src/delay/delay-server'
+import { Metaserver } from '../../src/metaserver/main'
 import { StaticRouteProvider } from '../../src/delay/dispatch/sender'
 import { RawClient } from '../helpers/raw-client'
 import { delayed, send, T0, waitFor } from './helpers/delay-helpers'
@@ -20,6 +24,7 @@ import { delayDir } from './helpers/start-delay'
 
 /** Due messages a broker refuses for good are parked as dead letters; the rest keep flowing. */
 
+const QMQ_BIN = path.join(__dirname, '..', '..', 'bin', 'qmq.js')
 const TOO_LARGE = ERROR_CODES.QMQ_ERR_MESSAGE_TOO_LARGE.status
 
 /** A record whose subject the SDK would refuse to encode: same length, bytes replaced, CRC fixed. */
@@ -145,3 +150,76 @@ t.test(
     t.same(await list(c.client), [], 'none after a restart either')
   },
 )
+
+t.test('delay - qmq delay-dlq list and redrive', async (t) => {
+  const { dir, closers } = delayDir(t)
+  const metaserver = new Metaserver(
+    { port: 0, dataDir: path.join(dir, 'meta'), heartbeatIntervalMs: 200, heartbeatTimeoutMs: 1_500 },
+    { logger: silentLogger },
+  )
+  await metaserver.start()
+  closers.push(() => metaserver.close())
+  const broker = await new FakeBroker().start()
+  closers.push(() => broker.stop())
+  broker.refuse = (id) => (id.startsWith('bad') ? TOO_LARGE : 0)
+  const server = new DelayServer(
+    {
+      group: 'delay-cli',
+      port: 0,
+      dataDir: path.join(dir, 'delay'),
+      metaserver: `${metaserver.url}/meta/address`,
+      bucketMinutes: 1,
+      tickMs: 5,
+      checkpointIntervalMs: 50,
+    },
+    {
+      logger: silentLogger,
+      routes: new StaticRouteProvider([{ name: 'b1', address: broker.address, state: 'rw' }]),
+    },
+  )
+  await server.start()
+  closers.push(() => server.close())
+  const client = await RawClient.connect(server.port)
+  closers.push(() => client.close())
+  const now = Date.now()
+  await send(client, [delayed('bad1', now + 50), delayed('bad2', now + 50), delayed('good', now + 50)])
+  await waitFor(
+    () => broker.uniqueIds().has('good') && server.store.deadLetters.size === 2,
+    5_000,
+    'dispatch',
+  )
+  const qmq = async (...args: string[]) => {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [QMQ_BIN, ...args, '--metaserver', metaserver.url],
+      { encoding: 'utf8' },
+    )
+    return stdout
+  }
+  const listed = JSON.parse(await qmq('delay-dlq', 'list', '--group', 'delay-cli', '--json')) as {
+    sequence: number
+    id: string
+    error: string
+  }[]
+  t.same(
+    listed.map((d) => ({ sequence: d.sequence, id: d.id, error: d.error })),
+    [
+      { sequence: 1, id: 'bad1', error: 'QMQ_ERR_MESSAGE_TOO_LARGE' },
+      { sequence: 2, id: 'bad2', error: 'QMQ_ERR_MESSAGE_TOO_LARGE' },
+    ],
+  )
+  broker.refuse = undefined
+  t.same(JSON.parse(await qmq('delay-dlq', 'redrive', '--group', 'delay-cli', '--sequence', '2', '--json')), {
+    redriven: 1,
+  })
+  await waitFor(() => broker.uniqueIds().has('bad2'), 5_000, 'bad2 redriven')
+  t.same(JSON.parse(await qmq('delay-dlq', 'redrive', '--group', 'delay-cli', '--all', '--json')), {
+    redriven: 1,
+  })
+  await waitFor(() => broker.uniqueIds().has('bad1'), 5_000, 'bad1 redriven')
+  t.match(await qmq('delay-dlq', 'list', '--group', 'delay-cli'), /no dead letters/)
+  await t.rejects(qmq('delay-dlq', 'redrive', '--group', 'delay-cli'), {
+    code: 2,
+    stderr: /--sequence or --all/,
+  })
+})
