@@ -2,6 +2,7 @@ import { isQmqError } from '../common/errors'
 import type { Command } from './commands/command'
 import {
   backlogCommand,
+  cancelCommand,
   consumersCommand,
   delayDlqCommand,
   dlqCommand,
@@ -31,6 +32,7 @@ const COMMANDS: Command[] = [
   forgetGroupCommand,
   dlqCommand,
   delayDlqCommand,
+  cancelCommand,
   sendCommand,
   tailCommand,
 ]

@@ -1,3 +1,4 @@
+import { cancelDelayed } from '../../client/producer/cancel'
 import { codeForStatus } from '../../common/error-codes'
 import { QmqError } from '../../common/errors'
 import {
@@ -439,4 +440,28 @@ export const delayDlqCommand = adminCommand(
     return 0
   },
   { booleans: ['all'], repeatable: ['sequence'] },
+)
+
+const CANCEL_USAGE = 'qmq cancel <message-id> [<message-id> ...]'
+export const cancelCommand = adminCommand(
+  'cancel',
+  'Cancel pending delayed messages by id, in every alive delay group',
+  CANCEL_USAGE,
+  '',
+  async (cluster, { positionals }, json) => {
+    if (positionals.length === 0) throw new QmqError('QMQ_ERR_USAGE', `missing message id\n${CANCEL_USAGE}`)
+    const answers = await cancelDelayed(
+      { meta: cluster.meta, request: (address, code, body) => cluster.request(address, code, body) },
+      positionals,
+    )
+    const out = positionals.map((id, i) => ({ id, cancelled: answers[i] === true }))
+    print(json, out, () =>
+      out
+        .map(
+          (o) => `${o.id}: ${o.cancelled ? 'cancelled' : 'not pending (unknown, delivered or not delayed)'}`,
+        )
+        .join('\n'),
+    )
+    return out.every((o) => o.cancelled) ? 0 : 1
+  },
 )

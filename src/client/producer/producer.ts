@@ -15,6 +15,7 @@ import {
 } from '../options'
 import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch } from './batch'
+import { cancelDelayed } from './cancel'
 import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
@@ -182,6 +183,18 @@ export class MessageProducerProvider extends ClientBase {
   /** Messages accepted and not yet settled (queued, in flight or waiting for a retry). */
   get queueSize(): number {
     return this.unsettled
+  }
+
+  /**
+   * Cancels a pending delayed message by id (cancel.ts): true when a delay group held it pending (it is
+   * then never delivered), false when none did (unknown, delivered, or not delayed).
+   */
+  async cancel(messageId: string): Promise<boolean> {
+    if (this.rt === undefined)
+      throw new QmqError('QMQ_ERR_NOT_INITIALIZED', 'producer: call init() before cancel()')
+    const rt = this.rt
+    const request = (address: string, code: number, body: Buffer) => rt.pool.get(address).request(code, body)
+    return (await cancelDelayed({ meta: rt.meta, request }, [messageId]))[0] === true
   }
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */
