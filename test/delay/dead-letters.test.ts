@@ -9,7 +9,9 @@ import { silentLogger } from '../../src/common/logger'
 import { RequestCode } from '../../src/common/protocol/codes'
 import { decodeCountResponse } from '../../src/common/protocol/commands'
 import {
+  decodeDelayDlqListRequest,
   decodeDelayDlqListResponse,
+  decodeDelayDlqRedriveRequest,
   encodeDelayDlqListRequest,
   encodeDelayDlqRedriveRequest,
 } from '../../src/common/protocol/delay-admin'
@@ -221,5 +223,24 @@ t.test('delay - qmq delay-dlq list and redrive', async (t) => {
   await t.rejects(qmq('delay-dlq', 'redrive', '--group', 'delay-cli'), {
     code: 2,
     stderr: /--sequence or --all/,
+  })
+})
+
+t.test('delay - dead-letter admin codecs check their input', async (t) => {
+  t.throws(() => decodeDelayDlqListRequest(encodeDelayDlqListRequest({ limit: 0, afterSequence: -1 })), {
+    code: 'QMQ_ERR_INVALID_ARGUMENT',
+  })
+  t.throws(() => decodeDelayDlqListRequest(encodeDelayDlqListRequest({ limit: 5, afterSequence: -2 })), {
+    code: 'QMQ_ERR_INVALID_ARGUMENT',
+  })
+  t.same(decodeDelayDlqRedriveRequest(encodeDelayDlqRedriveRequest({ sequences: [3, 9] })), {
+    sequences: [3, 9],
+  })
+  t.same(decodeDelayDlqRedriveRequest(encodeDelayDlqRedriveRequest({})), { sequences: undefined })
+  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7])), {
+    code: 'QMQ_ERR_INVALID_ARGUMENT',
+  })
+  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([2, 0, 0, 0, 0])), {
+    code: 'QMQ_ERR_PAYLOAD_MALFORMED',
   })
 })

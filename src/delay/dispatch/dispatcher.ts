@@ -289,11 +289,17 @@ export class Dispatcher {
 }
 
 /**
- * A per-record answer that retrying cannot change: a non-retriable status (QMQ_ERR_INTERNAL, which
- * is also what an unknown status from a newer broker maps to, is retried: it is not known to be final).
+ * A per-record answer that retrying cannot change: a non-retriable status about the record. Retried
+ * all the same: QMQ_ERR_INTERNAL (also what an unknown status from a newer broker maps to: not known
+ * to be final) and QMQ_ERR_UNAUTHORIZED (a configuration to fix, not a bad record).
  */
 function isPermanent(err: QmqError | Error): err is QmqError {
-  return err instanceof QmqError && !err.retriable && err.code !== 'QMQ_ERR_INTERNAL'
+  return (
+    err instanceof QmqError &&
+    !err.retriable &&
+    err.code !== 'QMQ_ERR_INTERNAL' &&
+    err.code !== 'QMQ_ERR_UNAUTHORIZED'
+  )
 }
 
 function recordId(record: Buffer): string {
