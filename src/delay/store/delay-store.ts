@@ -104,6 +104,8 @@ export class DelayStore {
   private checkpointRun: Promise<void> | undefined
   /** Ids of cancelled frames skipped, by bucket start (their tombstones go when the bucket goes). */
   private readonly spentCancels = new Map<number, string[]>()
+  /** Dead letters being redriven (their records are on their way into the message log). */
+  private readonly redriving = new Set<number>()
   /** Called after a bucket finished loading: (bucket start, frames loaded, ms). */
   onLoaded: (start: number, frames: number, ms: number) => void = () => {}
   /** Reports of dropped data (torn tails, corrupt frames), for tests and metrics. */
@@ -426,14 +428,20 @@ export class DelayStore {
    */
   async redriveDeadLetters(sequences?: readonly number[]): Promise<number> {
     if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
-    const chosen =
+    const chosen = (
       sequences === undefined
         ? this.deadLetters.list(Number.POSITIVE_INFINITY)
         : sequences.map((s) => this.deadLetters.get(s)).filter((d) => d !== undefined)
+    ).filter((d) => !this.redriving.has(d.sequence)) // a concurrent redrive has it already
+    for (const d of chosen) this.redriving.add(d.sequence)
     const done = await Promise.all(
       chosen.map(async (d) => {
-        await this.messageLog.append(this.deadLetters.record(d))
-        return this.deadLetters.remove(d.sequence, this.clock.now())
+        try {
+          await this.messageLog.append(this.deadLetters.record(d))
+          return this.deadLetters.remove(d.sequence, this.clock.now())
+        } finally {
+          this.redriving.delete(d.sequence)
+        }
       }),
     )
     return done.filter(Boolean).length
