@@ -2,7 +2,9 @@ import { isQmqError } from '../common/errors'
 import type { Command } from './commands/command'
 import {
   backlogCommand,
+  cancelCommand,
   consumersCommand,
+  delayDlqCommand,
   dlqCommand,
   forgetGroupCommand,
   groupsCommand,
@@ -29,6 +31,8 @@ const COMMANDS: Command[] = [
   resetCursorCommand,
   forgetGroupCommand,
   dlqCommand,
+  delayDlqCommand,
+  cancelCommand,
   sendCommand,
   tailCommand,
 ]

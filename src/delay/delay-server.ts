@@ -1,4 +1,5 @@
 import http from 'node:http'
+import type { FsIo } from '../broker/store/fs-io'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
@@ -43,6 +44,8 @@ export interface DelayServerDeps {
   sender?: Sender
   /** Routes when there is no metaserver, or to override it. */
   routes?: RouteProvider
+  /** The store's fs layer for asynchronous fdatasyncs (tests inject I/O faults). */
+  io?: FsIo
 }
 
 const LOADER_INTERVAL_MS = 200
@@ -127,6 +130,7 @@ export class DelayServer {
       segmentBytes: o.segmentBytes,
       maxMessageBytes: o.maxMessageBytes,
       fsync: o.fsync,
+      io: this.deps.io,
     })
     this.storeRef = store
     store.onLoaded = (start, frames, ms) => {
@@ -180,6 +184,8 @@ export class DelayServer {
         this.metrics.lateness.observe(Math.max(0, lateMs) / 1000)
       },
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
+      onTickError: () => this.metrics.tickErrors.inc(),
+      onParked: () => this.metrics.deadLettered.inc(),
     })
 
     // The connection loop shared with the broker (common/server/): in-flight bound, write high-water

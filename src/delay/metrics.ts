@@ -13,6 +13,8 @@ export interface DelayMetrics {
   cancelled: Counter<'result'>
   dispatched: Counter
   dispatchFailures: Counter
+  tickErrors: Counter
+  deadLettered: Counter
   lateness: Histogram
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
@@ -84,6 +86,16 @@ export function createDelayMetrics(
     dispatchFailures: new Counter({
       name: 'qmq_delay_dispatch_failures_total',
       help: 'Messages whose send to a broker failed (each is retried)',
+      registers,
+    }),
+    tickErrors: new Counter({
+      name: 'qmq_delay_tick_errors_total',
+      help: 'Errors a dispatch tick ran into (e.g. reading a schedule log); the tick is retried',
+      registers,
+    }),
+    deadLettered: new Counter({
+      name: 'qmq_delay_dead_lettered_total',
+      help: 'Due messages a broker refused for good, parked as dead letters of the delay group',
       registers,
     }),
     lateness: new Histogram({

@@ -2,7 +2,13 @@ import { QmqError, toQmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { validateSubject } from '../common/names'
 import {
+  decodeDelayDlqListRequest,
+  decodeDelayDlqRedriveRequest,
+  encodeDelayDlqListResponse,
+} from '../common/protocol/delay-admin'
+import {
   decodeCancelRequest,
+  encodeCountResponse,
   decodeSendRequest,
   encodeCancelResponse,
   encodeSendResponse,
@@ -14,7 +20,8 @@ import type { DelayMetrics } from './metrics'
 import type { DelayStore } from './store/delay-store'
 
 /**
- * The delay server's requests: SEND (delayed messages), CANCEL, PING. The connection loop around them
+ * The delay server's requests: SEND (delayed messages), CANCEL, PING, and the admin requests of its
+ * dead letters (ADMIN_DELAY_DLQ_LIST, ADMIN_DELAY_DLQ_REDRIVE). The connection loop around them
  * (framing, limits checked before buffering, in-flight bound, write high-water mark, first-frame, idle
  * and frame deadlines, partial-frame budget) is the one the broker uses: common/server/ (TcpServer,
  * ServerConnection), set up in delay-server.ts.
@@ -60,9 +67,19 @@ async function handleFrame(f: Frame, ctx: HandlerContext): Promise<ResponseBody>
     }
     case RequestCode.CANCEL: {
       const ids = decodeCancelRequest(f.body)
-      const res = ctx.store.cancel(ids)
+      const res = await ctx.store.cancel(ids)
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)
+    }
+    case RequestCode.ADMIN_DELAY_DLQ_LIST: {
+      const req = decodeDelayDlqListRequest(f.body)
+      return encodeDelayDlqListResponse(ctx.store.listDeadLetters(req.limit, req.afterSequence))
+    }
+    case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
+      const req = decodeDelayDlqRedriveRequest(f.body)
+      const n = await ctx.store.redriveDeadLetters(req.sequences)
+      if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
+      return encodeCountResponse(n)
     }
     default:
       throw new QmqError(

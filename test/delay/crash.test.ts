@@ -1,42 +1,9 @@
-import { type ChildProcess, spawn } from 'node:child_process'
-import path from 'node:path'
-import { createInterface } from 'node:readline'
+import type { ChildProcess } from 'node:child_process'
 import t from 'tap'
 import { RawClient } from '../helpers/raw-client'
 import { delayed, send, waitFor } from './helpers/delay-helpers'
+import { startDelayChild as startChild, killChild as kill } from './helpers/delay-child'
 import { FakeBroker } from './helpers/fake-broker'
-
-const MAIN = path.join(__dirname, '..', '..', 'src', 'delay', 'main.ts')
-
-async function startChild(dir: string, brokers: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN], {
-    env: {
-      ...process.env,
-      QMQ_DELAY_PORT: '0',
-      QMQ_DELAY_DATA_DIR: dir,
-      QMQ_DELAY_BUCKET_MINUTES: '1',
-      QMQ_DELAY_CHECKPOINT_INTERVAL_MS: '100',
-      QMQ_DELAY_RETRY_INITIAL_MS: '20',
-      QMQ_DELAY_RETRY_MAX_MS: '200',
-      QMQ_DELAY_BROKERS: brokers,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
-  const port = await new Promise<number>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`delay child exited with ${code}`)))
-    lines.once('line', (line) => resolve((JSON.parse(line) as { port: number }).port))
-  })
-  return { child, port }
-}
-
-function kill(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    child.once('exit', () => resolve())
-    child.kill(signal)
-  })
-}
 
 t.test('delay - a SIGKILLed delay server restarts without losing a message', async (t) => {
   const children: ChildProcess[] = []

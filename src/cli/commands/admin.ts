@@ -1,3 +1,5 @@
+import { cancelDelayed } from '../../client/producer/cancel'
+import { codeForStatus } from '../../common/error-codes'
 import { QmqError } from '../../common/errors'
 import {
   type BacklogEntry,
@@ -13,6 +15,12 @@ import {
   type ResetPositionValue,
 } from '../../common/protocol/admin'
 import { RequestCode } from '../../common/protocol/codes'
+import {
+  decodeDelayDlqListResponse,
+  encodeDelayDlqListRequest,
+  encodeDelayDlqRedriveRequest,
+  MAX_DELAY_DLQ_LIST,
+} from '../../common/protocol/delay-admin'
 import { decodeCountResponse } from '../../common/protocol/commands'
 import { intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { CLUSTER_FLAGS_HELP, type ClusterAdmin, withCluster } from '../cluster'
@@ -364,4 +372,96 @@ export const dlqCommand = adminCommand(
     throw new QmqError('QMQ_ERR_USAGE', `unknown dlq action ${JSON.stringify(action ?? '')}\n${DLQ_USAGE}`)
   },
   { booleans: ['all'], repeatable: ['sequence'] },
+)
+
+const DELAY_DLQ_USAGE = `qmq delay-dlq list --group D [--limit N]
+       qmq delay-dlq redrive --group D (--sequence N ... | --all)`
+export const delayDlqCommand = adminCommand(
+  'delay-dlq',
+  "List and redrive a delay group's dead letters (due messages a broker refused for good)",
+  DELAY_DLQ_USAGE,
+  '  --group D          the delay group\n  --limit N          at most N (default 100)\n  --sequence N       a dead letter by its sequence (repeatable)\n  --all              redrive every dead letter of the delay group',
+  async (cluster, { positionals, flags }, json) => {
+    const [action] = positionals
+    const name = need(stringFlag(flags, 'group'), '--group', DELAY_DLQ_USAGE)
+    const sequences = listFlag(flags, 'sequence').map((s) => {
+      const n = Number(s)
+      if (!Number.isSafeInteger(n) || n < 1)
+        throw new QmqError('QMQ_ERR_USAGE', `--sequence must be a whole number >= 1 (got ${s})`)
+      return n
+    })
+    // Usage first: nothing goes on the network for a command line that is wrong.
+    const limit = intFlag(flags, 'limit', 100, 1, MAX_DELAY_DLQ_LIST)
+    const all = flags.all === true
+    if (action !== 'list' && action !== 'redrive')
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        `unknown delay-dlq action ${JSON.stringify(action ?? '')}\n${DELAY_DLQ_USAGE}`,
+      )
+    if (action === 'redrive' && all === sequences.length > 0)
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        `redrive needs --sequence or --all (one of them)\n${DELAY_DLQ_USAGE}`,
+      )
+    const group = (await cluster.meta.listGroups()).find((g) => g.kind === 'delay' && g.name === name)
+    if (group === undefined || !group.alive || group.address === '')
+      throw new QmqError('QMQ_ERR_NOT_FOUND', `no alive delay group ${name}`)
+    if (action === 'list') {
+      const frame = await cluster.request(
+        group.address,
+        RequestCode.ADMIN_DELAY_DLQ_LIST,
+        encodeDelayDlqListRequest({ limit, afterSequence: -1 }),
+      )
+      const out = decodeDelayDlqListResponse(frame.body).map((d) => ({
+        sequence: d.sequence,
+        id: d.record.id,
+        subject: d.record.subject,
+        scheduleAt: d.record.scheduleAt,
+        parkedAt: d.parkedAt,
+        error: codeForStatus(d.status) ?? String(d.status),
+        message: d.message,
+      }))
+      print(json, out, () =>
+        table(
+          ['SEQUENCE', 'MESSAGE ID', 'SUBJECT', 'DUE AT', 'PARKED AT', 'ERROR'],
+          out.map((o) => [o.sequence, o.id, o.subject, time(o.scheduleAt ?? 0), time(o.parkedAt), o.error]),
+          '(no dead letters)',
+        ),
+      )
+      return 0
+    }
+    const frame = await cluster.request(
+      group.address,
+      RequestCode.ADMIN_DELAY_DLQ_REDRIVE,
+      encodeDelayDlqRedriveRequest({ sequences: all ? undefined : sequences }),
+    )
+    const redriven = decodeCountResponse(frame.body)
+    print(json, { redriven }, () => `redrove ${redriven} dead letter(s) of delay group ${name}`)
+    return 0
+  },
+  { booleans: ['all'], repeatable: ['sequence'] },
+)
+
+const CANCEL_USAGE = 'qmq cancel <message-id> [<message-id> ...]'
+export const cancelCommand = adminCommand(
+  'cancel',
+  'Cancel pending delayed messages by id, in every alive delay group',
+  CANCEL_USAGE,
+  '',
+  async (cluster, { positionals }, json) => {
+    if (positionals.length === 0) throw new QmqError('QMQ_ERR_USAGE', `missing message id\n${CANCEL_USAGE}`)
+    const answers = await cancelDelayed(
+      { meta: cluster.meta, request: (address, code, body) => cluster.request(address, code, body) },
+      positionals,
+    )
+    const out = positionals.map((id, i) => ({ id, cancelled: answers[i] === true }))
+    print(json, out, () =>
+      out
+        .map(
+          (o) => `${o.id}: ${o.cancelled ? 'cancelled' : 'not pending (unknown, delivered or not delayed)'}`,
+        )
+        .join('\n'),
+    )
+    return out.every((o) => o.cancelled) ? 0 : 1
+  },
 )

@@ -16,6 +16,7 @@ import {
 import { backoffDelay, isRetriable } from '../retry'
 import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch, SEND_FAILED } from './batch'
 import { checkMetaServer } from '../meta/check'
+import { cancelDelayed } from './cancel'
 import { CircuitBreaker } from './circuit-breaker'
 import { type Waiter, WaitQueue } from './send-queue'
 import { APP_CODE_PROPERTY, Message } from './message'
@@ -106,8 +107,11 @@ function allStored(body: Buffer, expected: number): boolean {
   return o === body.length
 }
 
-/** Messages delayed by less than this are sent as real-time messages (as QMQ). */
-export const MIN_DELAY_MS = 500
+/**
+ * A message due at least this far ahead goes to a delay group; one due now or in the past is sent as
+ * a real-time message. (It was 500, as in QMQ: a 300 ms delay then arrived at once, 300 ms early.)
+ */
+export const MIN_DELAY_MS = 1
 
 /** QMQ's MessageSendStateListener. */
 export interface MessageSendStateListener {
@@ -266,6 +270,18 @@ export class MessageProducerProvider extends ClientBase {
   /** Messages whose sendMessage() waits for room in the queue (not counted in queueSize). */
   get waitingCount(): number {
     return this.waiting.size
+  }
+
+  /**
+   * Cancels a pending delayed message by id (cancel.ts): true when a delay group held it pending (it is
+   * then never delivered), false when none did (unknown, delivered, or not delayed).
+   */
+  async cancel(messageId: string): Promise<boolean> {
+    if (this.rt === undefined)
+      throw new QmqError('QMQ_ERR_NOT_INITIALIZED', 'producer: call init() before cancel()')
+    const rt = this.rt
+    const request = (address: string, code: number, body: Buffer) => rt.pool.get(address).request(code, body)
+    return (await cancelDelayed({ meta: rt.meta, request }, [messageId]))[0] === true
   }
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */

@@ -24,6 +24,10 @@ export const RequestCode = {
   ADMIN_DLQ_REDRIVE: 23,
   ADMIN_SUBJECTS: 24,
   ADMIN_FORGET_GROUP: 25,
+  /** Delay server: list its dead letters (due messages a broker refused for good). */
+  ADMIN_DELAY_DLQ_LIST: 26,
+  /** Delay server: schedule dead letters again. */
+  ADMIN_DELAY_DLQ_REDRIVE: 27,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -1,6 +1,6 @@
 import type { Clock } from '../../common/clock'
 import { crc32c } from '../../common/crc32c'
-import type { QmqError } from '../../common/errors'
+import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import type { DelayStore } from '../store/delay-store'
 import { FRAME_HEADER_BYTES } from '../store/schedule-log'
@@ -13,12 +13,14 @@ import type { Sender } from './sender'
  *   wheel.advance ─> ready ring ─> pump: read frames (contiguous ones in one read), skip cancelled,
  *   group by subject ─> Sender.send (at most `inFlight` requests) ─> per record:
  *     stored  ─> store.markDelivered (dispatch log), lateness observed
+ *     refused for good (a non-retriable per-record status) ─> parked as a dead letter (store.park)
  *     failed  ─> the subject's retry ring; the subject backs off (exponential, capped, forever)
  *
  * While a subject has entries waiting to be retried, its newly due entries queue behind them (so they
  * keep their order and a down broker is probed by one request at a time, not hammered). When a probe
  * succeeds the backoff resets and the retry ring drains at full speed. Nothing is ever dropped: a
- * message leaves the rings only when a broker acknowledged it or it was cancelled.
+ * message leaves the rings only when a broker acknowledged it, it was cancelled, or it was parked as
+ * a dead letter (listed and redriven with `qmq delay-dlq`).
  */
 export interface DispatcherOptions {
   store: DelayStore
@@ -32,7 +34,14 @@ export interface DispatcherOptions {
   /** Observed per delivered message: ms from due time to broker ack. */
   onDelivered?: (latenessMs: number) => void
   onFailed?: (subject: string, err: QmqError | Error, records: number) => void
+  /** Called for each due message a broker refused for good (parked as a dead letter). */
+  onParked?: (subject: string, err: QmqError) => void
+  /** Called for each error a tick or pump ran into (it is retried at the next tick). */
+  onTickError?: (err: unknown) => void
 }
+
+/** A tick error is logged at most this often (the count is in the tick-error metric). */
+const TICK_ERROR_LOG_MS = 10_000
 
 interface Retry {
   ring: EntryRing
@@ -55,6 +64,10 @@ export class Dispatcher {
   private readonly retries = new Map<string, Retry>()
   private inFlight = 0
   private closed = false
+  /** Errors ticks and pumps ran into (an I/O error reading a schedule log, ...). */
+  tickErrors = 0
+  private tickErrorLoggedAt = Number.NEGATIVE_INFINITY
+  private tickErrorsUnlogged = 0
   readonly onDue = (due: number, offset: number, slot: number, length: number): void => {
     this.ready.push(due, offset, slot, length)
   }
@@ -68,14 +81,48 @@ export class Dispatcher {
     return n
   }
 
-  /** Moves due wheel entries to the ready ring and starts sends. */
+  /**
+   * Moves due wheel entries to the ready ring and starts sends. Never throws (it runs from a timer):
+   * an error (e.g. an I/O error reading a schedule log) is counted, logged (at most every
+   * TICK_ERROR_LOG_MS) and the work is retried at the next tick: entries leave the rings only once
+   * their frames were read.
+   */
   tick(): void {
     if (this.closed) return
-    this.o.store.advance(this.o.clock.now(), this.onDue)
+    try {
+      this.o.store.advance(this.o.clock.now(), this.onDue)
+    } catch (err) {
+      this.tickError(err)
+    }
     this.pump()
   }
 
+  private tickError(err: unknown): void {
+    this.tickErrors++
+    this.o.onTickError?.(err)
+    const now = Date.now()
+    if (now - this.tickErrorLoggedAt < TICK_ERROR_LOG_MS) {
+      this.tickErrorsUnlogged++
+      return
+    }
+    this.o.log.error(
+      { err, errorsSinceLastLog: this.tickErrorsUnlogged },
+      'delay dispatch tick failed; retrying at the next tick',
+    )
+    this.tickErrorLoggedAt = now
+    this.tickErrorsUnlogged = 0
+  }
+
+  /** Starts sends; never throws (see tick()). */
   pump(): void {
+    try {
+      this.pumpUnsafe()
+    } catch (err) {
+      this.tickError(err)
+    }
+  }
+
+  private pumpUnsafe(): void {
     while (!this.closed && this.inFlight < this.o.inFlight) {
       if (this.pumpRetry()) continue
       if (this.ready.size === 0) break
@@ -125,9 +172,14 @@ export class Dispatcher {
     }
   }
 
-  /** Reads the frames of the first n entries of a ring (contiguous frames in one read), skipping cancelled ones. */
+  /**
+   * Reads the frames of the first n entries of a ring (contiguous frames in one read), skipping
+   * cancelled ones. All reads happen before anything is recorded: when one throws, the ring is left as
+   * it was and the same entries are read again later (no cancelled frame is marked twice).
+   */
   private readItems(ring: EntryRing, n: number): Item[] {
     const out: Item[] = []
+    const cancelled: Item[] = []
     let k = 0
     while (k < n) {
       // A run: same bucket, each frame right after the previous one.
@@ -147,14 +199,13 @@ export class Dispatcher {
         const idLen = record.readUInt16BE(28)
         const idBytes = record.subarray(32, 32 + idLen)
         const idHash = crc32c(idBytes)
-        if (this.o.store.isCancelled(idBytes.toString('utf8'))) {
-          this.o.store.markDelivered(slot, ring.offsetAt(m), idHash)
-          continue
-        }
-        out.push({ due: ring.dueAt(m), offset: ring.offsetAt(m), slot, length, record, idHash })
+        const item = { due: ring.dueAt(m), offset: ring.offsetAt(m), slot, length, record, idHash }
+        if (this.o.store.isCancelled(idBytes.toString('utf8'))) cancelled.push(item)
+        else out.push(item)
       }
       k = j
     }
+    for (const it of cancelled) this.o.store.markCancelled(it.slot, it.offset, it.idHash, it.record)
     return out
   }
 
@@ -191,6 +242,16 @@ export class Dispatcher {
         this.o.onDelivered?.(now - it.due)
         continue
       }
+      if (results !== undefined && isPermanent(res)) {
+        // Refused for good: retrying cannot help and would hold back the subject's later messages.
+        this.o.store.park(it.slot, it.offset, it.idHash, it.record, res)
+        this.o.onParked?.(subject, res)
+        this.o.log.warn(
+          { subject, err: res, id: recordId(it.record) },
+          'a broker refused a due message for good; parked as a dead letter of the delay group',
+        )
+        continue
+      }
       failed++
       firstErr ??= res
       if (r === undefined) {
@@ -225,6 +286,24 @@ export class Dispatcher {
     const until = Date.now() + timeoutMs
     while (this.inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5))
   }
+}
+
+/**
+ * A per-record answer that retrying cannot change: a non-retriable status about the record. Retried
+ * all the same: QMQ_ERR_INTERNAL (also what an unknown status from a newer broker maps to: not known
+ * to be final) and QMQ_ERR_UNAUTHORIZED (a configuration to fix, not a bad record).
+ */
+function isPermanent(err: QmqError | Error): err is QmqError {
+  return (
+    err instanceof QmqError &&
+    !err.retriable &&
+    err.code !== 'QMQ_ERR_INTERNAL' &&
+    err.code !== 'QMQ_ERR_UNAUTHORIZED'
+  )
+}
+
+function recordId(record: Buffer): string {
+  return record.toString('utf8', 32, 32 + record.readUInt16BE(28))
 }
 
 /** The subject of a record (record.ts: id at 32, subject after it). */

@@ -1,4 +1,5 @@
 import path from 'node:path'
+import type { FsIo } from '../../broker/store/fs-io'
 import { DispatchLog } from './dispatch-log'
 import { FRAME_HEADER_BYTES, ScheduleLog } from './schedule-log'
 
@@ -47,6 +48,7 @@ export class Bucket {
     slot: number,
     scheduleBytes: number,
     maxMessageBytes: number,
+    io?: FsIo,
   ) {
     this.start = start
     this.end = start + widthMs
@@ -55,8 +57,12 @@ export class Bucket {
       path.join(dataDir, SCHEDULE_DIR, bucketFileName(start, SCHEDULE_SUFFIX)),
       scheduleBytes,
       maxMessageBytes,
+      io,
     )
-    this.dispatch = new DispatchLog(path.join(dataDir, DISPATCH_DIR, bucketFileName(start, DISPATCH_SUFFIX)))
+    this.dispatch = new DispatchLog(
+      path.join(dataDir, DISPATCH_DIR, bucketFileName(start, DISPATCH_SUFFIX)),
+      io,
+    )
   }
 
   get pending(): number {

@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import type { FsIo } from '../../broker/store/fs-io'
 import path from 'node:path'
 import type { Clock } from '../../common/clock'
 import { crc32c, crc32cRange } from '../../common/crc32c'
@@ -15,7 +16,9 @@ import {
   SCHEDULE_DIR,
   SCHEDULE_SUFFIX,
 } from './bucket'
+import { validateSubject } from '../../common/names'
 import { CancelLog } from './cancel-log'
+import { type DeadLetter, DeadLetterLog } from './dead-letters'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
@@ -53,6 +56,8 @@ export interface DelayStoreOptions {
   segmentBytes: number
   maxMessageBytes: number
   fsync: boolean
+  /** The fs layer of asynchronous fdatasyncs (tests inject faults); default node's. */
+  io?: FsIo | undefined
 }
 
 export interface AcceptItem {
@@ -64,6 +69,7 @@ export interface AcceptItem {
 const META_FILE = 'meta.json'
 const CHECKPOINT_FILE = 'checkpoint.json'
 const CANCEL_FILE = 'cancel.log'
+const DEAD_LETTER_FILE = 'deadletter.log'
 const MESSAGE_DIR = 'message'
 const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
 
@@ -83,6 +89,7 @@ export class DelayStore {
   private readonly clock: Clock
   private readonly messageLog: MessageLog
   private readonly cancels: CancelLog
+  readonly deadLetters: DeadLetterLog
   private readonly ids = new IdHashSet(1 << 16)
   private readonly buckets = new Map<number, Bucket>()
   private readonly slots: (Bucket | undefined)[] = []
@@ -95,6 +102,10 @@ export class DelayStore {
   private checkpointOffset = 0
   private closed = false
   private checkpointRun: Promise<void> | undefined
+  /** Ids of cancelled frames skipped, by bucket start (their tombstones go when the bucket goes). */
+  private readonly spentCancels = new Map<number, string[]>()
+  /** Dead letters being redriven (their records are on their way into the message log). */
+  private readonly redriving = new Set<number>()
   /** Called after a bucket finished loading: (bucket start, frames loaded, ms). */
   onLoaded: (start: number, frames: number, ms: number) => void = () => {}
   /** Reports of dropped data (torn tails, corrupt frames), for tests and metrics. */
@@ -113,7 +124,12 @@ export class DelayStore {
       maxMessageBytes: options.maxMessageBytes,
       log: options.log,
     })
-    this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log)
+    this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log, options.io)
+    this.deadLetters = new DeadLetterLog(
+      path.join(options.dataDir, DEAD_LETTER_FILE),
+      options.log,
+      options.io,
+    )
   }
 
   static async open(options: DelayStoreOptions): Promise<DelayStore> {
@@ -132,20 +148,17 @@ export class DelayStore {
       fs.mkdirSync(d, { recursive: true })
     this.checkMeta()
     this.cancels.open(this.clock.now(), this.options.horizonMs + TOMBSTONE_MARGIN_MS)
+    for (const d of this.deadLetters.open())
+      this.recoveryReports.push({ file: DEAD_LETTER_FILE, offset: d.offset, droppedBytes: d.bytes })
     this.checkpointOffset = this.readCheckpoint()
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
     this.messageLog.onDurable = (bytes, offset) => this.file(bytes, offset, false)
-    const { truncatedBytes } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
+    const { damaged } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
       this.file(bytes, offset, true),
     )
-    if (truncatedBytes > 0) {
-      this.recoveryReports.push({
-        file: MESSAGE_DIR,
-        offset: this.messageLog.endOffset,
-        droppedBytes: truncatedBytes,
-      })
-    }
+    for (const d of damaged)
+      this.recoveryReports.push({ file: MESSAGE_DIR, offset: d.offset, droppedBytes: d.bytes })
     this.filedOffset = Math.max(this.filedOffset, this.messageLog.endOffset)
     await this.checkpoint()
     await this.loadDue()
@@ -195,7 +208,7 @@ export class DelayStore {
         fs.statSync(path.join(dir, `${String(start).padStart(13, '0')}${SCHEDULE_SUFFIX}`)).size,
         false,
       )
-      const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+      const dispatched = b.dispatch.readAll((dropped, at) => this.report(b.dispatch.file, at, dropped))
       let d = 0
       const res = await b.schedule.scan(
         0,
@@ -213,8 +226,10 @@ export class DelayStore {
       )
       b.total = res.count
       b.maxMsgOffset = res.maxMsgOffset
-      if (res.goodBytes < res.fileBytes) {
-        this.report(b.schedule.file, res.goodBytes, res.fileBytes - res.goodBytes)
+      for (const d of res.damaged) this.report(b.schedule.file, d.offset, d.bytes)
+      // A damaged tail (nothing good after it) is cut: appends go on after the last good frame.
+      // Damage inside stays where it is (the frames after it keep their offsets).
+      if (res.goodBytes < res.fileBytes && res.damaged.some((d) => d.offset === res.goodBytes)) {
         b.schedule.truncate(res.goodBytes)
       }
       b.schedule.close()
@@ -231,7 +246,15 @@ export class DelayStore {
     let b = this.buckets.get(start)
     if (b !== undefined) return b
     const slot = this.freeSlots.pop() ?? this.slots.length
-    b = new Bucket(this.options.dataDir, start, this.bucketMs, slot, size, this.options.maxMessageBytes)
+    b = new Bucket(
+      this.options.dataDir,
+      start,
+      this.bucketMs,
+      slot,
+      size,
+      this.options.maxMessageBytes,
+      this.options.io,
+    )
     this.slots[slot] = b
     this.buckets.set(start, b)
     if (live && start <= this.clock.now() + this.options.loadAheadMs) {
@@ -291,6 +314,13 @@ export class DelayStore {
             `message ${h.id} has no schedule time (DELAYED flag unset)`,
           )
         }
+        try {
+          // As the broker checks it (src/broker/server/handlers.ts): a subject it would refuse is
+          // refused now, not when due. (Record size: decodeSendRequest checks maxMessageBytes.)
+          validateSubject(h.subject)
+        } catch (err) {
+          return err instanceof QmqError ? err : new QmqError('QMQ_ERR_SUBJECT_INVALID', String(err))
+        }
         if (!Number.isSafeInteger(h.scheduleAt) || h.scheduleAt < 0) {
           return new QmqError(
             'QMQ_ERR_SCHEDULE_INVALID',
@@ -322,9 +352,11 @@ export class DelayStore {
   /**
    * Cancels pending messages by id. Answers per id whether it was pending (as far as the id-hash set
    * tells: a false "true" has probability ~pending/2^32); a tombstone is recorded for every pending
-   * one, durably, and a message with a tombstone is never dispatched.
+   * one, and a message with a tombstone is never dispatched from now on. Resolves once the tombstones
+   * are durable (group commit with other cancels, fdatasync off the event loop).
    */
-  cancel(ids: readonly string[]): boolean[] {
+  async cancel(ids: readonly string[]): Promise<boolean[]> {
+    if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
     const out: boolean[] = []
     const record: string[] = []
     for (const id of ids) {
@@ -333,11 +365,21 @@ export class DelayStore {
       if (pending) record.push(id)
     }
     try {
-      this.cancels.add(record, this.clock.now())
+      await this.cancels.add(record, this.clock.now())
     } catch (err) {
       throw fsError(err, 'cancel log append')
     }
     return out
+  }
+
+  /** Tombstones held and the cancel log's size (tests, metrics). */
+  cancelStats(): { tombstones: number; fileBytes: number } {
+    return { tombstones: this.cancels.live, fileBytes: this.cancels.fileBytes }
+  }
+
+  /** Waits for queued cancel-log writes and compactions (tests). */
+  cancelsSettled(): Promise<void> {
+    return this.cancels.settled()
   }
 
   isCancelled(id: string): boolean {
@@ -366,6 +408,59 @@ export class DelayStore {
     this.markDirty(b)
   }
 
+  /**
+   * A due frame a broker refused for good (a non-retriable status): parked as a dead letter of the
+   * delay group, and never sent again unless redriven.
+   */
+  park(slot: number, offset: number, idHash: number, record: Buffer, err: QmqError): void {
+    this.deadLetters.park(record, err, this.clock.now())
+    this.markDelivered(slot, offset, idHash)
+  }
+
+  /** Dead letters after `afterSeq` with their records (oldest first). */
+  listDeadLetters(limit: number, afterSeq = -1): (DeadLetter & { record: Buffer })[] {
+    return this.deadLetters.list(limit, afterSeq).map((d) => ({ ...d, record: this.deadLetters.record(d) }))
+  }
+
+  /**
+   * Schedules dead letters again (all, or those with the given sequences): each record goes back into
+   * the message log as it is, its time has passed, so it is due at once. Resolves with how many.
+   */
+  async redriveDeadLetters(sequences?: readonly number[]): Promise<number> {
+    if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
+    const chosen = (
+      sequences === undefined
+        ? this.deadLetters.list(Number.POSITIVE_INFINITY)
+        : sequences.map((s) => this.deadLetters.get(s)).filter((d) => d !== undefined)
+    ).filter((d) => !this.redriving.has(d.sequence)) // a concurrent redrive has it already
+    for (const d of chosen) this.redriving.add(d.sequence)
+    const done = await Promise.all(
+      chosen.map(async (d) => {
+        try {
+          await this.messageLog.append(this.deadLetters.record(d))
+          return this.deadLetters.remove(d.sequence, this.clock.now())
+        } finally {
+          this.redriving.delete(d.sequence)
+        }
+      }),
+    )
+    return done.filter(Boolean).length
+  }
+
+  /** A frame was skipped because its message was cancelled: never send it. */
+  markCancelled(slot: number, offset: number, idHash: number, record: Buffer): void {
+    const b = this.slots[slot]
+    this.markDelivered(slot, offset, idHash)
+    if (b === undefined) return
+    const [s, e] = recordIdRange(record, 0)
+    let spent = this.spentCancels.get(b.start)
+    if (spent === undefined) {
+      spent = []
+      this.spentCancels.set(b.start, spent)
+    }
+    spent.push(record.toString('utf8', s, e))
+  }
+
   /** Loads every bucket that starts within the load window (awaits the loads it starts). */
   async loadDue(): Promise<void> {
     const horizon = this.clock.now() + this.options.loadAheadMs
@@ -384,7 +479,7 @@ export class DelayStore {
     b.state = 'loading'
     const snapshot = b.schedule.size
     const framesBelow = b.total // frames appended while loading are counted on top
-    const dispatched = b.dispatch.readAll((dropped) => this.report(b.dispatch.file, -1, dropped))
+    const dispatched = b.dispatch.readAll() // its damage was reported by the start scan
     let d = 0
     let frames = 0
     const res = await b.schedule.scan(0, snapshot, (f) => {
@@ -392,16 +487,16 @@ export class DelayStore {
       if (d < dispatched.length && dispatched[d] === f.offset) return
       const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
       if (this.cancels.tombstones.size > 0 && this.cancels.has(f.frame.toString('utf8', s, e))) {
-        this.markDelivered(b.slot, f.offset, crc32cRange(f.frame, s, e))
+        this.markCancelled(b.slot, f.offset, crc32cRange(f.frame, s, e), f.frame.subarray(FRAME_HEADER_BYTES))
         return
       }
       this.wheel.add(frameScheduleAt(f.frame), f.offset, b.slot, f.length)
       frames++
     })
-    if (res.goodBytes < snapshot) {
-      // Corrupted after the start scan (bit rot): the frames after it cannot be found any more.
-      this.report(b.schedule.file, res.goodBytes, snapshot - res.goodBytes)
-      b.total -= Math.max(0, framesBelow - res.count)
+    if (res.count < framesBelow) {
+      // Damaged after the start scan (bit rot): those frames cannot be sent any more.
+      for (const d of res.damaged) this.report(b.schedule.file, d.offset, d.bytes)
+      b.total -= framesBelow - res.count
     }
     if (this.closed) return
     b.state = 'loaded'
@@ -423,6 +518,8 @@ export class DelayStore {
 
   private async runCheckpoint(): Promise<void> {
     const cp = this.filedOffset
+    // Dead letters first: a parked frame's dispatch entry is never durable without its dead letter.
+    await this.deadLetters.syncAsync()
     const dirty = [...this.dirty]
     this.dirty.clear()
     for (const b of dirty) b.dirty = false
@@ -454,6 +551,11 @@ export class DelayStore {
   }
 
   private dropBucket(b: Bucket): void {
+    // Its cancelled frames are gone for good: their tombstones can go once no copy is pending.
+    for (const id of this.spentCancels.get(b.start) ?? []) {
+      if (!this.ids.has(crc32c(Buffer.from(id, 'utf8')))) this.cancels.release(id)
+    }
+    this.spentCancels.delete(b.start)
     this.dirty.delete(b)
     b.schedule.remove()
     b.dispatch.remove()
@@ -491,7 +593,8 @@ export class DelayStore {
       b.schedule.close()
       b.dispatch.close()
     }
-    this.cancels.close()
+    await this.cancels.close()
+    this.deadLetters.close()
   }
 }
 

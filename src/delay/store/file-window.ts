@@ -52,3 +52,21 @@ export class FileWindow {
     return true
   }
 }
+
+/** Bytes of a log that failed verification and were skipped: [offset, offset + bytes). */
+export interface DamagedRange {
+  offset: number
+  bytes: number
+}
+
+/**
+ * Recovery of a log of self-delimited, checksummed frames after a bad one: the first position in
+ * [from, end) where `check` finds a good frame (`check(pos)` returns its length, or -1), or `end` when
+ * none does. Used to skip exactly the damaged bytes (a flipped byte costs the frame it is in, not every
+ * frame after it). Positions only move forward (the FileWindow contract). A false match needs a
+ * plausible length, header and a matching CRC32C at a wrong position.
+ */
+export function nextGoodFrame(from: number, end: number, check: (pos: number) => number): number {
+  for (let pos = from; pos < end; pos++) if (check(pos) > 0) return pos
+  return end
+}

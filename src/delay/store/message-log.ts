@@ -3,9 +3,14 @@ import path from 'node:path'
 import { fsyncDir, openOrCreateSync } from '../../common/durable-file'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
-import { DEFAULT_MAX_MESSAGE_BYTES, verifyRecord } from '../../common/record'
+import {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  MIN_RECORD_BYTES,
+  RECORD_VERSION,
+  verifyRecord,
+} from '../../common/record'
 import { writevFullySync } from './buffered-file'
-import { FileWindow } from './file-window'
+import { type DamagedRange, FileWindow, nextGoodFrame } from './file-window'
 
 /**
  * The delay server's message log: every accepted delayed message, in arrival order, in segment files
@@ -13,7 +18,8 @@ import { FileWindow } from './file-window'
  *
  * Record layout: the message record itself (common/record.ts), as received. It is self-delimited
  * (u32 length first) and carries a CRC32C over everything after its length and CRC, so it needs no
- * extra framing: recovery runs verifyRecord() over the tail and truncates at the first failure.
+ * extra framing: recovery runs verifyRecord() over every record to replay, skips damaged ones (resyncing on
+ * the next record that verifies) and cuts a torn tail.
  *
  * Group commit: records appended in the same turn of the event loop are written with one writev, then
  * one fdatasync (when `fsync`), then `onDurable` is called synchronously with each record and its
@@ -74,10 +80,17 @@ export class MessageLog {
 
   /**
    * Opens the log and replays every record at or after `from` through `onRecord`, verifying each.
-   * A record that fails verification (torn write, bit rot) ends the log: it and everything after it
-   * are cut off, and what was dropped is logged.
+   * A record that fails verification (bit rot, a torn write) costs exactly its own bytes: the scan
+   * resynchronises on the next record that verifies (nextGoodFrame) and goes on, through every later
+   * segment. Damage with no good record after it at the end of the last segment is a torn tail: cut
+   * off, so appends continue right after the last good record. Damage elsewhere stays in place (later
+   * segments keep their base offsets; nothing can overlap). Every damaged range at or after `from` is
+   * reported (`damaged`, and in `truncatedBytes`, their total).
    */
-  open(from: number, onRecord: (bytes: Buffer, offset: number) => void): { truncatedBytes: number } {
+  open(
+    from: number,
+    onRecord: (bytes: Buffer, offset: number) => void,
+  ): { truncatedBytes: number; damaged: DamagedRange[] } {
     fs.mkdirSync(this.dir, { recursive: true })
     this.bases = fs
       .readdirSync(this.dir)
@@ -86,29 +99,26 @@ export class MessageLog {
       .filter((n) => Number.isSafeInteger(n))
       .sort((a, b) => a - b)
     if (this.bases.length === 0) this.bases.push(Math.max(0, from))
-    let truncatedBytes = 0
-    let cut = false
+    const damaged: DamagedRange[] = []
     for (let s = 0; s < this.bases.length; s++) {
       const base = this.bases[s] as number
       const file = path.join(this.dir, segmentName(base))
-      if (cut) {
-        truncatedBytes += fs.existsSync(file) ? fs.statSync(file).size : 0
-        fs.rmSync(file, { force: true })
-        continue
-      }
-      const size = fs.existsSync(file) ? fs.statSync(file).size : 0
       const next = this.bases[s + 1]
       if (next !== undefined && next <= from) continue // wholly replayed before
-      const good = this.replaySegment(file, base, size, from, onRecord)
-      if (good < size) {
+      const size = fs.existsSync(file) ? fs.statSync(file).size : 0
+      const bad = this.replaySegment(file, base, size, from, onRecord)
+      for (const d of bad) {
+        if (d.offset + d.bytes <= from) continue // below the checkpoint: filed before, nothing lost
+        damaged.push(d)
         this.log.warn(
-          { segment: file, offset: base + good, droppedBytes: size - good },
-          'message log: torn or corrupt record; truncated',
+          { segment: file, offset: d.offset, droppedBytes: d.bytes },
+          'message log: corrupt or torn record skipped',
         )
-        truncatedBytes += size - good
-        fs.truncateSync(file, good)
-        cut = true
-        this.bases = this.bases.slice(0, s + 1)
+      }
+      const last = bad[bad.length - 1]
+      if (next === undefined && last !== undefined && last.offset + last.bytes === base + size) {
+        // Torn tail of the active segment: cut, so the next append follows the last good record.
+        fs.truncateSync(file, last.offset - base)
       }
     }
     const last = this.bases[this.bases.length - 1] as number
@@ -116,36 +126,56 @@ export class MessageLog {
     this.activeBase = last
     this.fd = openOrCreateSync(lastFile)
     this.end = last + fs.fstatSync(this.fd).size
-    return { truncatedBytes }
+    return { truncatedBytes: damaged.reduce((n, d) => n + d.bytes, 0), damaged }
   }
 
-  /** Verifies segment records; returns the length of the good prefix. Calls onRecord for those >= from. */
+  /**
+   * Verifies a segment's records, calling onRecord for the good ones at or after `from`; returns the
+   * damaged ranges (log offsets), in order.
+   */
   private replaySegment(
     file: string,
     base: number,
     size: number,
     from: number,
     onRecord: (bytes: Buffer, offset: number) => void,
-  ): number {
-    if (size === 0) return 0
+  ): DamagedRange[] {
+    const damaged: DamagedRange[] = []
+    if (size === 0) return damaged
     const fd = fs.openSync(file, 'r')
     try {
       const win = new FileWindow(fd, 0, size, Math.max(8 * 1024 * 1024, this.maxMessageBytes * 2))
-      let pos = 0 // file position of the next record
-      for (;;) {
-        if (pos >= size) return size
-        if (!win.ensure(pos, 4)) return pos
-        const length = win.buf.readUInt32BE(win.at(pos))
-        if (length > this.maxMessageBytes || !win.ensure(pos, Math.max(length, 4))) return pos
+      // Length of a record that verifies at file position pos, or -1.
+      const check = (pos: number): number => {
+        if (!win.ensure(pos, 12)) return -1
         const at = win.at(pos)
+        const length = win.buf.readUInt32BE(at)
+        if (length < MIN_RECORD_BYTES || length > this.maxMessageBytes || pos + length > size) return -1
+        if (win.buf[at + 8] !== RECORD_VERSION) return -1
+        if (!win.ensure(pos, length)) return -1
+        const at2 = win.at(pos)
         try {
-          verifyRecord(win.buf, at, at + length, { maxMessageBytes: this.maxMessageBytes })
+          return verifyRecord(win.buf, at2, at2 + length, { maxMessageBytes: this.maxMessageBytes })
         } catch {
-          return pos
+          return -1
         }
-        if (base + pos >= from) onRecord(win.buf.subarray(at, at + length), base + pos)
+      }
+      let pos = 0 // file position of the next record
+      while (pos < size) {
+        const length = check(pos)
+        if (length < 0) {
+          const good = nextGoodFrame(pos + 1, size, check)
+          damaged.push({ offset: base + pos, bytes: good - pos })
+          pos = good
+          continue
+        }
+        const at = win.at(pos)
+        // A copy: the window's buffer is reused by the next read, and the store keeps the record
+        // (buffered in a schedule log until its next flush).
+        if (base + pos >= from) onRecord(Buffer.from(win.buf.subarray(at, at + length)), base + pos)
         pos += length
       }
+      return damaged
     } finally {
       fs.closeSync(fd)
     }

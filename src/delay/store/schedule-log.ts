@@ -1,8 +1,9 @@
 import fs from 'node:fs'
+import type { FsIo } from '../../broker/store/fs-io'
 import { crc32c, crc32cRange } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import { BufferedFile } from './buffered-file'
-import { FileWindow } from './file-window'
+import { type DamagedRange, FileWindow, nextGoodFrame } from './file-window'
 
 /**
  * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
@@ -35,8 +36,10 @@ export interface FrameInfo {
 }
 
 export interface ScanResult {
-  /** Length of the good prefix. */
+  /** End of the last good frame (= where a damaged tail starts; appends go on from there once cut). */
   goodBytes: number
+  /** Frames that failed verification and were skipped (the last may be a torn tail: ends at `fileBytes`). */
+  damaged: DamagedRange[]
   /** Size of the file when scanned. */
   fileBytes: number
   count: number
@@ -77,8 +80,8 @@ export class ScheduleLog {
   private readonly maxMessageBytes: number
   private readonly out: BufferedFile
 
-  constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES) {
-    this.out = new BufferedFile(file, size)
+  constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES, io?: FsIo) {
+    this.out = new BufferedFile(file, size, io)
     this.maxMessageBytes = maxMessageBytes
   }
 
@@ -138,7 +141,8 @@ export class ScheduleLog {
 
   /**
    * Scans frames in [from, to) (to defaults to the flushed size), verifying each; calls onFrame for
-   * the good ones and stops at the first bad one. Async: yields to the event loop between chunks so a
+   * the good ones and skips a bad one (resyncing on the next frame that verifies: damage costs the
+   * damaged frames only, and the good ones keep their offsets, which dispatch logs refer to). Async: yields to the event loop between chunks so a
    * large bucket loads without stalling dispatch.
    */
   async scan(
@@ -155,27 +159,40 @@ export class ScheduleLog {
     let count = 0
     let maxMsgOffset = -1
     let refills = 0
+    let goodBytes = from
+    const damaged: DamagedRange[] = []
+    // Length of a frame that verifies at pos, or -1.
+    const check = (p: number): number => {
+      if (!win.ensure(p, FRAME_HEADER_BYTES)) return -1 // torn: the header runs past the end
+      const need = win.buf.readUInt32BE(win.at(p))
+      if (need < FRAME_HEADER_BYTES + MIN_RECORD_BYTES || need > FRAME_HEADER_BYTES + this.maxMessageBytes)
+        return -1 // a lying length: corrupt
+      if (!win.ensure(p, need)) return -1 // torn: the frame runs past the end of the file
+      return checkFrame(win.buf, win.at(p), win.bufLen, this.maxMessageBytes)
+    }
     for (;;) {
       if (pos >= end) break
-      if (!win.ensure(pos, FRAME_HEADER_BYTES)) break // torn: the header runs past the end
-      const need = Math.max(win.buf.readUInt32BE(win.at(pos)), FRAME_HEADER_BYTES)
-      if (need > FRAME_HEADER_BYTES + this.maxMessageBytes) break // a lying length: corrupt
-      if (!win.ensure(pos, need)) break // torn: the frame runs past the end of the file
+      const ok = check(pos)
       if (yieldEvery && win.refills !== refills) {
         refills = win.refills
         await new Promise((r) => setImmediate(r))
       }
+      if (ok < 0) {
+        const good = nextGoodFrame(pos + 1, end, check)
+        damaged.push({ offset: pos, bytes: good - pos })
+        pos = good
+        continue
+      }
       const buf = win.buf
       const at = win.at(pos)
-      const ok = checkFrame(buf, at, win.bufLen, this.maxMessageBytes)
-      if (ok < 0) break
       const msgOffset = buf.readUInt32BE(at + 8) * 0x1_0000_0000 + buf.readUInt32BE(at + 12)
       if (msgOffset > maxMsgOffset) maxMsgOffset = msgOffset
       onFrame({ offset: pos, length: ok, msgOffset, frame: buf.subarray(at, at + ok) })
       count++
       pos += ok
+      goodBytes = pos
     }
-    return { goodBytes: pos, fileBytes: this.out.flushed, count, maxMsgOffset }
+    return { goodBytes, damaged, fileBytes: this.out.flushed, count, maxMsgOffset }
   }
 
   /** Cuts the file at `length` (recovery of a torn or corrupt tail). */

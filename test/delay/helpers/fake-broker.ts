@@ -6,6 +6,8 @@ import { encodeFrame, FLAG_RESPONSE, FrameDecoder } from '../../../src/common/pr
 /** A stand-in broker for delay tests (not a test file): answers SEND with success and records ids. */
 export class FakeBroker {
   readonly received: { id: string; scheduleAt: number; at: number }[] = []
+  /** Per-record answer: a status to refuse the record with (0 or undefined = store it). */
+  refuse: ((id: string, bytes: number) => number | undefined) | undefined
   private server: net.Server | undefined
   private readonly sockets = new Set<net.Socket>()
   port = 0
@@ -29,10 +31,13 @@ export class FakeBroker {
           }
           const items = decodeSendRequest(f.body)
           const now = Date.now()
-          for (const it of items) {
-            if (it.header) this.received.push({ id: it.header.id, scheduleAt: it.header.scheduleAt, at: now })
-          }
-          const body = encodeSendResponse(items.map(() => ({ status: 0, message: '' })))
+          const results = items.map((it) => {
+            const status = it.header ? (this.refuse?.(it.header.id, it.bytes.length) ?? 0) : 0
+            if (status === 0 && it.header)
+              this.received.push({ id: it.header.id, scheduleAt: it.header.scheduleAt, at: now })
+            return { status, message: status === 0 ? '' : 'refused (test broker)' }
+          })
+          const body = encodeSendResponse(results)
           s.write(
             encodeFrame({ flags: FLAG_RESPONSE, code: f.code, status: 0, requestId: f.requestId }, body),
           )

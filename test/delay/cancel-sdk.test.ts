@@ -1,0 +1,63 @@
+import { execFile } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { type Message, MessageConsumerProvider, MessageProducerProvider, QmqConsumer } from '../../src/client'
+import { startCluster } from '../helpers/cluster'
+import { waitFor } from './helpers/delay-helpers'
+
+const QMQ_BIN = join(__dirname, '..', '..', 'bin', 'qmq.js')
+
+/** producer.cancel(messageId) and `qmq cancel <id>` against a real cluster (in process). */
+t.test('delay - cancel from the SDK and the CLI', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmq-cancel-'))
+  const cluster = await startCluster({ dir, brokers: 1, delay: true })
+  const producer = new MessageProducerProvider()
+  producer.setAppCode('cancel')
+  producer.setMetaServer(cluster.metaUrl)
+  const consumer = new MessageConsumerProvider({
+    appCode: 'cancel',
+    metaServer: cluster.metaUrl,
+    pullTimeoutMs: 200,
+    heartbeatIntervalMs: 500,
+  })
+  t.teardown(async () => {
+    await consumer.close()
+    await producer.close()
+    await cluster.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await t.rejects(producer.cancel('x'), { code: 'QMQ_ERR_NOT_INITIALIZED' })
+  await producer.init()
+  const received: string[] = []
+  class Listener {
+    @QmqConsumer({ subject: 'cancel.me', consumerGroup: 'g' })
+    onMessage(message: Message): void {
+      received.push(message.getMessageId())
+    }
+  }
+  consumer.register(new Listener())
+  await consumer.start()
+
+  const at = new Date(Date.now() + 10_000)
+  const sent = async () => {
+    const m = producer.generateMessage('cancel.me').setDelayTime(at)
+    await producer.sendMessage(m)
+    return m.getMessageId()
+  }
+  const [bySdk, byCli, kept] = [await sent(), await sent(), await sent()]
+  t.equal(await producer.cancel(bySdk), true, 'the SDK cancels a pending message')
+  t.equal(await producer.cancel(bySdk), false, 'a second cancel finds nothing pending')
+  t.equal(await producer.cancel('no-such-message'), false)
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [QMQ_BIN, 'cancel', byCli, '--json', '--metaserver', cluster.metaUrl],
+    { encoding: 'utf8' },
+  )
+  t.same(JSON.parse(stdout), [{ id: byCli, cancelled: true }], 'qmq cancel <id>')
+  await waitFor(() => received.includes(kept), 30_000, 'the message not cancelled')
+  await new Promise((r) => setTimeout(r, 500))
+  t.same(received, [kept], 'cancelled messages are never delivered')
+})
