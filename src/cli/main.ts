@@ -10,6 +10,7 @@ import {
   subjectsCommand,
 } from './commands/admin'
 import { devCommand } from './commands/dev'
+import { outboxWatchdogCommand } from './commands/outbox-watchdog'
 import { sendCommand, tailCommand } from './commands/send-tail'
 import { brokerCommand, delayCommand, metaserverCommand } from './commands/services'
 
@@ -31,6 +32,7 @@ const COMMANDS: Command[] = [
   dlqCommand,
   sendCommand,
   tailCommand,
+  outboxWatchdogCommand,
 ]
 
 function usage(): string {

@@ -19,6 +19,9 @@ import { CircuitBreaker } from './circuit-breaker'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
 import { ProducerMetrics } from '../metrics'
+import { Outbox, type SendOptions, sendArgs } from '../tx/outbox'
+import type { TransactionProvider } from '../tx/provider'
+import type { OutboxOptions } from '../tx/watchdog'
 
 /**
  * The producer: QMQ's MessageProducerProvider.
@@ -137,6 +140,8 @@ export class MessageProducerProvider extends ClientBase {
   /** The one lane of all delayed messages. */
   private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** The transactional outbox (setTransactionProvider), if any. */
+  private outbox: Outbox<object> | undefined
   /** The SDK's properties of every generated message, shared by them until one is changed. */
   private baseProperties: ReadonlyMap<string, string> | undefined
   /** Subjects generateMessage() already validated (bounded). */
@@ -203,8 +208,33 @@ export class MessageProducerProvider extends ClientBase {
    * after the retries are spent. With QMQ's listener, `onSuccess`/`onFailed` are called too and the
    * returned promise may be ignored safely (its rejection is handled).
    */
-  sendMessage(message: Message, listener?: MessageSendStateListener): Promise<SendResult> {
-    return this.send(message, listener)
+  sendMessage(message: Message, listener?: MessageSendStateListener | SendOptions): Promise<SendResult> {
+    const { listener: l, transaction } = sendArgs(listener)
+    if (this.outbox !== undefined) {
+      const written = this.outbox.intercept(message, l, transaction)
+      if (written !== undefined) return written
+    } else if (transaction !== undefined) {
+      const err = new QmqError(
+        'QMQ_ERR_TX_UNKNOWN',
+        'sendMessage got a transaction but no setTransactionProvider()',
+      )
+      return this.refuse(err, message, l)
+    }
+    return this.send(message, l)
+  }
+
+  /**
+   * Makes sendMessage() transactional inside the provider's transactions: the message is written to
+   * the outbox table in the transaction and sent after COMMIT (docs/transactions.md). Also runs the
+   * outbox watchdog, which resends rows a crash left behind.
+   */
+  setTransactionProvider<Tx extends object>(
+    provider: TransactionProvider<Tx>,
+    options: Partial<OutboxOptions> = {},
+  ): void {
+    void this.outbox?.close()
+    const sender = { send: this.send.bind(this), ready: () => this.rt !== undefined && !this.closing }
+    this.outbox = new Outbox(provider, sender, options, this.log, this.registry) as Outbox<object>
   }
 
   /** Sends every queued message now and resolves when all accepted messages are settled. */
@@ -221,6 +251,7 @@ export class MessageProducerProvider extends ClientBase {
    */
   close(): Promise<void> {
     this.closePromise ??= (async () => {
+      await this.outbox?.close()
       this.closing = true
       if (this.rt === undefined) return
       await this.flush()
