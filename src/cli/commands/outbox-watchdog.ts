@@ -85,7 +85,8 @@ Options:
     const { MessageProducerProvider } = require('../../client') as typeof import('../../client')
     const { OutboxWatchdog } =
       require('../../client/tx/watchdog') as typeof import('../../client/tx/watchdog')
-    const logger = createLogger({ level: 'info' })
+    // Logs go to stderr: stdout carries the --once result.
+    const logger = createLogger({ level: 'info', destination: process.stderr })
     const { provider, close } = await openProvider(url, table)
     const producer = new MessageProducerProvider({ appCode: 'qmq-outbox-watchdog', metaServer })
     try {
