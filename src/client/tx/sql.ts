@@ -68,8 +68,9 @@ export function inList(n: number): string {
  *   created_at     ms since the epoch when the row was written; the watchdog takes the oldest first
  *   attempts       failed resends by the watchdog (rows that keep failing are kept, never dropped)
  *   last_error     the last resend failure, for operators
- *   claimed_until  SQLite only: a watchdog's claim on the row until then (ms); 0 = unclaimed.
- *                  PostgreSQL claims with SELECT ... FOR UPDATE SKIP LOCKED instead.
+ *   claimed_until  no watchdog takes the row before then (ms since the epoch; 0 = free): on SQLite a
+ *                  watchdog's claim while it sends; on both, the wait after a failed resend.
+ *                  (PostgreSQL claims with SELECT ... FOR UPDATE SKIP LOCKED instead.)
  *
  * The index on created_at serves the watchdog's "oldest rows first" scan and the age metric.
  */

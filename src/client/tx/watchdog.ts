@@ -8,6 +8,11 @@ import type { OutboxMetrics } from './metrics'
 import type { TransactionProvider } from './provider'
 import { bytes, inList, num, type SqlRow } from './sql'
 
+/** First wait before a failed row is tried again (ms); doubles per attempt. */
+const RETRY_BASE_MS = 1_000
+/** Longest wait before a failed row is tried again (ms). */
+const RETRY_MAX_MS = 5 * 60_000
+
 /** What the outbox sends through: the producer's own send path (never back into an outbox). */
 export interface OutboxSender {
   send(message: Message, listener?: MessageSendStateListener): Promise<SendResult>
@@ -84,7 +89,8 @@ export interface PassResult {
  * - SQLite: a write transaction (BEGIN IMMEDIATE) picks unclaimed rows and sets `claimed_until` to
  *   now + claimMs; the rows are sent outside it; stored ones are deleted, failed ones released. A
  *   claim of a watchdog that died expires.
- * A row whose send keeps failing is kept, its `attempts` and `last_error` updated, counted and logged.
+ * A row whose send keeps failing is kept, its `attempts` and `last_error` updated, counted and logged,
+ * and left alone for a growing while (claimed_until, on both databases) so it does not hold up the rest.
  */
 export class OutboxWatchdog<Tx extends object> {
   private readonly opts: Readonly<OutboxOptions>
@@ -174,14 +180,15 @@ export class OutboxWatchdog<Tx extends object> {
 
   private async passLocked(minAgeMs: number): Promise<PassResult> {
     const p = this.provider
+    const now = Date.now()
     return p.adapter.transaction(async (tx) => {
       const rows = await p.query(
         tx,
-        `SELECT message_id, record, attempts FROM ${p.outboxTable} WHERE created_at <= ?
-         ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED`,
-        [Date.now() - minAgeMs, this.opts.watchdogBatchSize],
+        `SELECT message_id, record, attempts FROM ${p.outboxTable}
+         WHERE created_at <= ? AND claimed_until < ? ORDER BY created_at LIMIT ? FOR UPDATE SKIP LOCKED`,
+        [now - minAgeMs, now, this.opts.watchdogBatchSize],
       )
-      return this.resendRows(rows, tx, false)
+      return this.resendRows(rows, tx)
     })
   }
 
@@ -205,14 +212,16 @@ export class OutboxWatchdog<Tx extends object> {
       }
       return found
     })
-    return this.resendRows(rows, undefined, true)
+    return this.resendRows(rows, undefined)
   }
 
   /** Sends the rows, deletes the stored ones and records the failures (in `tx` when given). */
-  private async resendRows(rows: SqlRow[], tx: Tx | undefined, release: boolean): Promise<PassResult> {
+  private async resendRows(rows: SqlRow[], tx: Tx | undefined): Promise<PassResult> {
     const result: PassResult = { claimed: rows.length, resent: [], failed: [] }
     if (rows.length === 0) return result
     const errors = new Map<string, string>()
+    /** Attempts of each failed row, this one included. */
+    const attempts0 = new Map<string, number>()
     await Promise.all(
       rows.map(async (row) => {
         const id = String(row.message_id)
@@ -223,6 +232,7 @@ export class OutboxWatchdog<Tx extends object> {
           result.failed.push(id)
           errors.set(id, toQmqError(err).message)
           const attempts = num(row.attempts) + 1
+          attempts0.set(id, attempts)
           this.log.warn(
             { messageId: id, attempts, err: toQmqError(err).message },
             'outbox watchdog: resend failed; the row is kept and tried again',
@@ -232,12 +242,15 @@ export class OutboxWatchdog<Tx extends object> {
     )
     const p = this.provider
     await deleteRows(p, tx, result.resent)
+    // A failed row waits before its next try (claimed_until: RETRY_BASE_MS doubling per attempt up to
+    // RETRY_MAX_MS), so rows that keep failing do not hold up the rows behind them.
     for (const id of result.failed) {
+      const attempts = attempts0.get(id) ?? 1
+      const wait = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(20, attempts - 1))
       await p.query(
         tx,
-        `UPDATE ${p.outboxTable} SET attempts = attempts + 1, last_error = ?${release ? ', claimed_until = 0' : ''}
-         WHERE message_id = ?`,
-        [(errors.get(id) ?? '').slice(0, 1_000), id],
+        `UPDATE ${p.outboxTable} SET attempts = attempts + 1, last_error = ?, claimed_until = ? WHERE message_id = ?`,
+        [(errors.get(id) ?? '').slice(0, 1_000), Date.now() + wait, id],
       )
     }
     this.metrics?.resent(result.resent.length)
