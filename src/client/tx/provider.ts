@@ -246,7 +246,10 @@ export class TransactionProvider<Tx extends object = object> {
     else scope.rolledBack()
   }
 
-  /** @internal One statement written with `?` placeholders, in `tx` or on its own. */
+  /**
+   * Runs one statement written with `?` placeholders (turned into $1, $2 for pg) in `tx`, or on its
+   * own when `tx` is undefined; resolves its rows. Values: strings, numbers, Buffers, null.
+   */
   query(tx: Tx | undefined, sql: string, params: readonly SqlParam[]): Promise<SqlRow[]> {
     return this.adapter.query(tx, placeholders(sql, this.style), params)
   }
