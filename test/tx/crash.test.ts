@@ -123,11 +123,18 @@ for (const dialect of ['sqlite', 'postgres'] as Dialect[]) {
         await blackHole(t),
         '5',
       ])
-      const { committed } = JSON.parse(await firstLine(child)) as { committed: string[] }
+      const { committed, deliverAt } = JSON.parse(await firstLine(child)) as {
+        committed: string[]
+        deliverAt: number
+      }
       child.kill('SIGKILL')
       await new Promise((r) => child.once('exit', r))
       t.equal(committed.length, 5)
       t.equal(await outboxRows(db), 5, 'the committed messages wait in the outbox')
+      const delayed = await db.sql(`SELECT deliver_at FROM ${db.provider.outboxTable} WHERE message_id = ?`, [
+        committed[0] as string,
+      ])
+      t.equal(Number(delayed[0]?.deliver_at), deliverAt, 'the delay time is stored with the row')
       t.equal(seen.size, 0, 'nothing was sent by the dead producer')
 
       const r = await watchdogCli(t, db, cluster.metaUrl)

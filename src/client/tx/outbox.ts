@@ -11,9 +11,12 @@ import { deleteRows, messageFromRow, type OutboxOptions, type OutboxSender, Outb
 /** The `group` of the SendResult of a message written to the outbox (not sent yet). */
 export const OUTBOX_GROUP = 'outbox'
 
-/** A message written to the outbox in an open transaction. */
+/** A message sent in an open transaction. */
 interface Written {
   id: string
+  subject: string
+  deliverAt: number | null
+  createdAt: number
   /** The record as written to the row: what is sent after COMMIT. */
   record: Buffer
   /** The caller's message (handed to their listener). */
@@ -23,12 +26,24 @@ interface Written {
 
 function ignore(): void {}
 
+/** The outbox's data in one transaction. */
+interface ScopeData {
+  /** Every message sent in it: sent after COMMIT. */
+  written: Written[]
+  /** Those not INSERTed yet. */
+  unwritten: Written[]
+}
+
+/** Rows per INSERT statement (5 parameters each: well under PostgreSQL's and SQLite's limits). */
+const ROWS_PER_INSERT = 500
+
 /**
  * The producer's side of transactional messages (producer.setTransactionProvider()).
  *
  * sendMessage() inside a transaction of the provider (found through AsyncLocalStorage, or given
- * explicitly) does not send: it encodes the message and INSERTs it into the outbox table on the
- * transaction's connection, and resolves once the row is written (SendResult.group is 'outbox').
+ * explicitly) does not send: it encodes the message, keeps it with the transaction and resolves at
+ * once (SendResult.group is 'outbox'); just before COMMIT the messages are INSERTed into the outbox
+ * table on the transaction's connection (a failed INSERT fails the transaction: rolled back).
  * When the transaction commits, the messages are handed to the producer at once and their rows
  * deleted once stored; when it rolls back, they are dropped with it. A crash between COMMIT and
  * the send leaves the rows: the watchdog (watchdog.ts) sends them later with the same ids.
@@ -48,15 +63,14 @@ export class Outbox<Tx extends object> {
   ) {
     this.metrics = registry === undefined ? undefined : new OutboxMetrics(registry, provider.outboxTable)
     this.watchdog = new OutboxWatchdog(provider, sender, options, log, this.metrics)
-    this.insertSql =
-      `INSERT INTO ${provider.outboxTable} (message_id, subject, record, deliver_at, created_at) ` +
-      'VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING'
+    this.insertSql = `INSERT INTO ${provider.outboxTable} (message_id, subject, record, deliver_at, created_at) VALUES`
     if (options.watchdog !== false) this.watchdog.start()
   }
 
   /**
-   * When the caller is inside a transaction of the provider (or gave one), writes the message to the
-   * outbox in it and returns the promise of that write; otherwise undefined (send as usual).
+   * When the caller is inside a transaction of the provider (or gave one), takes the message into it
+   * (written to the outbox before COMMIT) and returns a resolved SendResult; otherwise undefined (send
+   * as usual).
    */
   intercept(
     message: Message,
@@ -72,12 +86,11 @@ export class Outbox<Tx extends object> {
     }
     if (scope === undefined) return undefined
     const id = message.getMessageId()
-    if (scope.state !== 'open') {
+    if (scope.state !== 'open' || scope.sealed) {
+      const what =
+        scope.state === 'rolledBack' ? 'rolled back' : scope.sealed ? 'committing or committed' : scope.state
       return Promise.reject(
-        new QmqError(
-          'QMQ_ERR_TX_STATE',
-          `message ${id}: the transaction is already ${scope.state === 'committed' ? 'committed' : 'rolled back'}`,
-        ),
+        new QmqError('QMQ_ERR_TX_STATE', `message ${id}: the transaction is already ${what}`),
       )
     }
     let record: Buffer
@@ -86,38 +99,65 @@ export class Outbox<Tx extends object> {
     } catch (err) {
       return Promise.reject(toQmqError(err, 'QMQ_ERR_INVALID_ARGUMENT'))
     }
-    let list = scope.data.get(this) as Written[] | undefined
-    if (list === undefined) {
-      const l: Written[] = []
-      list = l
-      scope.data.set(this, l)
-      scope.onCommit(() => this.afterCommit(l))
+    let data = scope.data.get(this) as ScopeData | undefined
+    if (data === undefined) {
+      const d: ScopeData = { written: [], unwritten: [] }
+      data = d
+      scope.data.set(this, d)
+      scope.onCommit(() => this.afterCommit(d.written))
     }
-    list.push({ id, record, message, listener })
     const subject = message.getSubject()
-    const write = this.provider
-      .query(scope.tx, this.insertSql, [id, subject, record, message.scheduleAtMs() ?? null, Date.now()])
-      .then(
-        (): SendResult => ({ messageId: id, subject, group: OUTBOX_GROUP }),
-        (err: unknown) => {
-          throw new QmqError(
-            'QMQ_ERR_OUTBOX_WRITE',
-            `message ${id}: writing it to ${this.provider.outboxTable} failed: ${(err as Error)?.message ?? err}`,
-            { cause: err },
-          )
-        },
+    const w: Written = {
+      id,
+      subject,
+      deliverAt: message.scheduleAtMs() ?? null,
+      createdAt: Date.now(),
+      record,
+      message,
+      listener,
+    }
+    data.written.push(w)
+    const s = scope
+    const d = data
+    if (d.unwritten.length === 0) s.beforeCommit(() => this.write(s, d))
+    d.unwritten.push(w)
+    return Promise.resolve({ messageId: id, subject, group: OUTBOX_GROUP })
+  }
+
+  /**
+   * INSERTs the messages sent in the transaction, a few hundred rows per statement, just before
+   * COMMIT (one round trip for many messages, instead of one each as they are sent).
+   */
+  private async write(scope: TxScope<Tx>, data: ScopeData): Promise<void> {
+    const rows = data.unwritten
+    data.unwritten = []
+    try {
+      for (let i = 0; i < rows.length; i += ROWS_PER_INSERT) {
+        const chunk = rows.slice(i, i + ROWS_PER_INSERT)
+        const params: (string | number | Buffer | null)[] = []
+        for (const r of chunk) params.push(r.id, r.subject, r.record, r.deliverAt, r.createdAt)
+        await this.provider.query(
+          scope.tx,
+          `${this.insertSql} ${chunk.map(() => '(?, ?, ?, ?, ?)').join(', ')} ON CONFLICT (message_id) DO NOTHING`,
+          params,
+        )
+      }
+    } catch (cause) {
+      const err = new QmqError(
+        'QMQ_ERR_OUTBOX_WRITE',
+        `writing ${rows.length} message(s) to ${this.provider.outboxTable} failed: ${(cause as Error)?.message ?? cause}`,
+        { cause },
       )
-    scope.track(write)
-    if (listener !== undefined) {
-      write.catch((err: QmqError) => {
+      for (const r of rows) {
+        if (r.listener === undefined) continue
         try {
-          listener.onFailed(message, err)
+          r.listener.onFailed(r.message, err)
         } catch (e) {
           this.log.error(e as Error, 'send listener threw')
         }
-      })
+      }
+      throw err
     }
-    return write
   }
 
   /** Sends the messages of a committed transaction, then deletes the rows of those stored. */

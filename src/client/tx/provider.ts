@@ -21,38 +21,37 @@ export interface TransactionProviderOptions {
 }
 
 /**
- * One transaction as the provider follows it: the caller's handle, the outbox writes made in it
- * (waited for before COMMIT: one that failed rolls the transaction back) and what runs after COMMIT.
+ * One transaction as the provider follows it: the caller's handle, what must run in it before
+ * COMMIT (the outbox's INSERT of the messages sent in it: one that fails rolls the transaction
+ * back) and what runs after COMMIT.
  *
- *   open --commit--> committed (hooks run once)
+ *   open --commit--> committed (after-commit hooks run once)
  *        --rollback/throw--> rolledBack (hooks dropped: nothing is sent)
  */
 export class TxScope<Tx extends object> {
   state: 'open' | 'committed' | 'rolledBack' = 'open'
-  private writes: Promise<unknown>[] = []
+  /** Set once the before-commit work ran: nothing more may be added to the transaction. */
+  sealed = false
+  private before: (() => Promise<void>)[] = []
   private hooks: (() => void)[] = []
   /** Per-scope data of the users of the scope (the outbox's list of messages), by owner. */
   readonly data = new Map<object, unknown>()
 
   constructor(readonly tx: Tx) {}
 
-  /** A statement issued in the transaction that must succeed before COMMIT. */
-  track(write: Promise<unknown>): void {
-    write.catch(() => {}) // awaited (and rethrown) by settle()
-    this.writes.push(write)
+  /** Work to do in the transaction before COMMIT (run by settle(), in order). */
+  beforeCommit(fn: () => Promise<void>): void {
+    this.before.push(fn)
   }
 
   onCommit(fn: () => void): void {
     this.hooks.push(fn)
   }
 
-  /** Waits for every tracked write; rethrows the first that failed. */
+  /** Runs the before-commit work (also what it adds meanwhile); rethrows the first failure. */
   async settle(): Promise<void> {
-    while (this.writes.length > 0) {
-      const w = this.writes
-      this.writes = []
-      await Promise.all(w)
-    }
+    for (let fn = this.before.shift(); fn !== undefined; fn = this.before.shift()) await fn()
+    this.sealed = true
   }
 
   /** @internal */
