@@ -6,7 +6,14 @@ import { Message } from '../producer/message'
 import type { MessageSendStateListener, SendResult } from '../producer/producer'
 import { OutboxMetrics } from './metrics'
 import type { TransactionProvider, TxScope } from './provider'
-import { deleteRows, messageFromRow, type OutboxOptions, type OutboxSender, OutboxWatchdog } from './watchdog'
+import {
+  deleteRows,
+  messageFromRow,
+  type OutboxOptions,
+  type OutboxSender,
+  OutboxWatchdog,
+  sendWhenRoom,
+} from './watchdog'
 
 /** The `group` of the SendResult of a message written to the outbox (not sent yet). */
 export const OUTBOX_GROUP = 'outbox'
@@ -173,19 +180,15 @@ export class Outbox<Tx extends object> {
                 'QMQ_ERR_CLIENT_CLOSED',
                 'producer is not running; the watchdog will send it',
               )
-            const l = w.listener
-            await this.sender.send(
-              messageFromRow(w.record),
-              l === undefined
-                ? undefined
-                : { onSuccess: () => l.onSuccess(w.message), onFailed: (_m, e) => l.onFailed(w.message, e) },
-            )
+            await sendWhenRoom(this.sender, messageFromRow(w.record))
             stored.push(w.id)
+            this.tell(w, undefined)
           } catch (err) {
             this.log.warn(
               { messageId: w.id, err: toQmqError(err).message },
               'committed message not sent; its outbox row is kept for the watchdog',
             )
+            this.tell(w, toQmqError(err))
           }
         }),
       )
@@ -200,6 +203,18 @@ export class Outbox<Tx extends object> {
     })()
     this.inflight.add(run)
     void run.finally(() => this.inflight.delete(run)).catch(ignore)
+  }
+
+  /** Calls the listener given to sendMessage (with the caller's message) once its send settled. */
+  private tell(w: Written, err: QmqError | undefined): void {
+    const l = w.listener
+    if (l === undefined) return
+    try {
+      if (err === undefined) l.onSuccess(w.message)
+      else l.onFailed(w.message, err)
+    } catch (e) {
+      this.log.error(e as Error, 'send listener threw')
+    }
   }
 
   /** Resolves when the sends (and row deletions) of committed transactions are done. */

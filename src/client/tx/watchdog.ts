@@ -1,5 +1,5 @@
 import { boolean, integer, type OptionsSchema, resolveOptions } from '../../common/config'
-import { toQmqError } from '../../common/errors'
+import { isQmqError, toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { decodeRecord } from '../../common/record'
 import { Message } from '../producer/message'
@@ -46,6 +46,25 @@ export const outboxSchema: OptionsSchema<OutboxOptions> = {
 
 export function resolveOutboxOptions(input: Partial<OutboxOptions> = {}): Readonly<OutboxOptions> {
   return resolveOptions('outbox', outboxSchema, input)
+}
+
+/** Longest wait for room in a full send queue before a send counts as failed (ms). */
+const QUEUE_FULL_WAIT_MS = 30_000
+
+/**
+ * Sends through `sender`, waiting (10 ms doubling to 200 ms, up to QUEUE_FULL_WAIT_MS) while the
+ * producer's send queue is full: messages that are already committed are not turned away for that.
+ */
+export async function sendWhenRoom(sender: OutboxSender, message: Message): Promise<SendResult> {
+  const end = Date.now() + QUEUE_FULL_WAIT_MS
+  for (let wait = 10; ; wait = Math.min(200, wait * 2)) {
+    try {
+      return await sender.send(message)
+    } catch (err) {
+      if (!isQmqError(err, 'QMQ_ERR_SEND_QUEUE_FULL') || Date.now() + wait >= end) throw err
+      await new Promise((r) => setTimeout(r, wait))
+    }
+  }
 }
 
 /** The message of an outbox row: its record decoded (CRC checked), the same id as first written. */
@@ -226,7 +245,7 @@ export class OutboxWatchdog<Tx extends object> {
       rows.map(async (row) => {
         const id = String(row.message_id)
         try {
-          await this.sender.send(messageFromRow(bytes(row.record)))
+          await sendWhenRoom(this.sender, messageFromRow(bytes(row.record)))
           result.resent.push(id)
         } catch (err) {
           result.failed.push(id)
