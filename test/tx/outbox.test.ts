@@ -102,14 +102,13 @@ for (const dialect of ['sqlite', 'postgres'] as Dialect[]) {
       await tx.commit()
       client.release()
     } else {
-      // SQLite: BEGIN run by the caller on the provider's connection.
-      const conn = db.sqlite
-      if (conn === undefined) throw new Error('no sqlite connection')
-      conn.exec('BEGIN')
-      const tx = db.provider.attach(conn)
-      await tx.run(() => producer.sendMessage(attachedMsg))
-      t.notOk(seen.has(attachedMsg.getMessageId()), 'not sent before COMMIT')
-      await tx.commit()
+      // SQLite: the provider's connection is shared with its own queued work: attach() is refused,
+      // and the handle of transaction() is passed explicitly instead.
+      t.throws(() => db.provider.attach(db.sqlite as object), { code: 'QMQ_ERR_INVALID_ARGUMENT' })
+      await db.provider.transaction(async (tx) => {
+        await producer.sendMessage(attachedMsg, { transaction: tx })
+        t.notOk(seen.has(attachedMsg.getMessageId()), 'not sent before COMMIT')
+      })
     }
     await until(() => seen.size === 2, 15_000, 'both consumed')
     t.ok(seen.has(explicit.getMessageId()) && seen.has(attachedMsg.getMessageId()))

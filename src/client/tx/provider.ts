@@ -195,12 +195,21 @@ export class TransactionProvider<Tx extends object = object> {
   }
 
   /**
-   * Follows a transaction the caller began on `tx` (e.g. after `await client.query('BEGIN')`): end it
-   * with the handle's commit() / rollback() so the messages sent in it leave after COMMIT.
+   * Follows a transaction the caller began on `tx` (e.g. after `await client.query('BEGIN')` on a pg
+   * client): end it with the handle's commit() / rollback() so the messages sent in it leave after
+   * COMMIT. PostgreSQL only (SQLite: use transaction()).
    */
   attach(tx: Tx): AttachedTransaction<Tx> {
     if (tx === null || typeof tx !== 'object') {
       throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'attach() needs the transaction handle (a client)')
+    }
+    if (this.dialect === 'sqlite') {
+      // One SQLite connection is shared by the provider's own work (outbox deletes, watchdog claims),
+      // queued one transaction at a time: a BEGIN the caller runs outside that queue would mix with it.
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        'attach() is for PostgreSQL connections; on SQLite run the transaction with provider.transaction(fn)',
+      )
     }
     const existing = this.scopes.get(tx)
     if (existing !== undefined && existing.state === 'open') {
