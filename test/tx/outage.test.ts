@@ -8,6 +8,27 @@ import { collect, openCluster, openDb, openProducer, outboxRows, stopSharedPostg
  */
 t.teardown(stopSharedPostgres)
 
+t.test(
+  'outage postgres - the server going away during a transaction fails it, not the process',
+  async (t) => {
+    const db = await openDb(t, 'postgres')
+    const pg = db.pg
+    if (pg === undefined) throw new Error('no postgres')
+    const err = await db.provider
+      .transaction(async (tx) => {
+        await db.txSql(tx, `INSERT INTO ${db.orders} (id) VALUES (?)`, ['o-gone'])
+        // The connection is checked out and idle when the server shuts down.
+        await pg.stop()
+        await db.txSql(tx, `INSERT INTO ${db.orders} (id) VALUES (?)`, ['o-gone-2'])
+      })
+      .catch((e: unknown) => e)
+    t.ok(err instanceof Error, `the transaction rejected (${(err as Error).message})`)
+    await pg.start()
+    const rows = await db.sql(`SELECT count(*) AS n FROM ${db.orders}`)
+    t.equal(Number(rows[0]?.n), 0, 'nothing of it was committed')
+  },
+)
+
 t.test('outage postgres - the database down for a while loses nothing and sends nothing extra', async (t) => {
   const cluster = await openCluster(t)
   const db = await openDb(t, 'postgres')

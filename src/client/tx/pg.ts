@@ -11,6 +11,9 @@ export interface PgQueryable {
 /** A checked-out connection of a pool (`pg.PoolClient`). */
 export interface PgPoolClientLike extends PgQueryable {
   release(err?: Error | boolean): void
+  /** pg emits 'error' on a checked-out client whose server went away between queries. */
+  on?(event: 'error', listener: (err: Error) => void): unknown
+  off?(event: 'error', listener: (err: Error) => void): unknown
 }
 
 /** A `pg.Pool`. */
@@ -30,6 +33,13 @@ export function pgAdapter(pool: PgPoolLike): SqlAdapter<PgQueryable> {
     async transaction<T>(fn: (tx: PgQueryable) => Promise<T>): Promise<T> {
       const client = await pool.connect()
       let broken: Error | undefined
+      // While the client is checked out, pg reports a lost server (e.g. shut down between two queries
+      // of the transaction) as an 'error' event on it: without a listener that is an uncaught
+      // exception. The failure also surfaces through the next query; the client is then destroyed.
+      const onError = (err: Error) => {
+        broken ??= err
+      }
+      client.on?.('error', onError)
       try {
         await client.query('BEGIN')
         try {
@@ -46,6 +56,7 @@ export function pgAdapter(pool: PgPoolLike): SqlAdapter<PgQueryable> {
         broken ??= isConnectionError(err) ? (err as Error) : undefined
         throw err
       } finally {
+        client.off?.('error', onError)
         client.release(broken ?? false)
       }
     },
