@@ -206,7 +206,9 @@ export class MessageProducerProvider extends ClientBase {
   /**
    * Sends a message. Resolves once a broker (or delay) group stored it; rejects with a QmqError
    * after the retries are spent. With QMQ's listener, `onSuccess`/`onFailed` are called too and the
-   * returned promise may be ignored safely (its rejection is handled).
+   * returned promise may be ignored safely (its rejection is handled). Inside a transaction of the
+   * transaction provider (or with `{ transaction }`), the message goes to the outbox and leaves after
+   * COMMIT (docs/transactions.md).
    */
   sendMessage(message: Message, listener?: MessageSendStateListener | SendOptions): Promise<SendResult> {
     const { listener: l, transaction } = sendArgs(listener)

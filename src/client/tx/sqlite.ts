@@ -55,6 +55,8 @@ export function sqliteAdapter(db: SqliteDatabaseLike): SqlAdapter<SqliteDatabase
       }
       return serial(run)
     },
+    // `tx` is always this adapter's own connection (transaction() hands it out; attach() is refused
+    // for SQLite), so statements are prepared on `db` and cached.
     query(tx: SqliteDatabaseLike | undefined, sql: string, params: readonly SqlParam[]): Promise<SqlRow[]> {
       const run = async (): Promise<SqlRow[]> => {
         const s = prepared(sql)
