@@ -116,9 +116,21 @@ export async function startPostgres(): Promise<Postgres> {
       rmSync(dir, { recursive: true, force: true })
     },
   }
+  // A test process that dies without its teardown (a crash, tap's timeout) still stops the server.
+  const onExit = () => {
+    if (up) spawnSync(pgCtl, ['-D', data, '-m', 'immediate', 'stop'], { ...(user ?? {}), cwd: '/' })
+    rmSync(dir, { recursive: true, force: true })
+  }
+  process.once('exit', onExit)
+  const close = pg.close
+  pg.close = async () => {
+    process.off('exit', onExit)
+    await close()
+  }
   try {
     await pg.start()
   } catch (err) {
+    process.off('exit', onExit)
     rmSync(dir, { recursive: true, force: true })
     throw err
   }
