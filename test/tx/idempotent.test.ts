@@ -1,5 +1,11 @@
 import t from 'tap'
-import { type ConsumedMessage, IdempotentChecker, type IdempotentOutcome } from '../../src/client'
+import {
+  type ConsumedMessage,
+  IdempotentChecker,
+  type IdempotentOutcome,
+  MessageConsumerProvider,
+  QmqConsumer,
+} from '../../src/client'
 import {
   collect,
   type Dialect,
@@ -112,3 +118,55 @@ for (const dialect of ['sqlite', 'postgres'] as Dialect[]) {
     )
   })
 }
+
+t.test(
+  'idempotent - the @QmqConsumer option runs the decorated handler in the checker transaction',
+  async (t) => {
+    const cluster = await openCluster(t)
+    const db = await openDb(t, 'sqlite')
+    const producer = await openProducer(t, cluster)
+    const checker = new IdempotentChecker(db.provider, { expireIntervalMs: 0 })
+    const inTx: boolean[] = []
+    class Shipping {
+      @QmqConsumer({
+        subject: 'decorated',
+        consumerGroup: 'shipping',
+        idempotent: checker,
+        startFrom: 'earliest',
+      })
+      async onMessage(m: ConsumedMessage): Promise<void> {
+        const tx = db.provider.current()
+        inTx.push(tx !== undefined)
+        if (tx !== undefined)
+          await db.txSql(tx, `INSERT INTO ${db.orders} (id) VALUES (?)`, [m.getMessageId()])
+      }
+    }
+    const consumer = new MessageConsumerProvider({
+      appCode: 'tx-test',
+      metaServer: cluster.metaUrl,
+      pullTimeoutMs: 300,
+    })
+    consumer.register(new Shipping())
+    await consumer.start()
+    t.teardown(() => consumer.close())
+    const m = producer.generateMessage('decorated')
+    await producer.sendMessage(m)
+    await until(
+      async () => {
+        const r = await db.sql(
+          `SELECT count(*) AS n FROM ${db.provider.processedTable} WHERE message_id = ?`,
+          [m.getMessageId()],
+        )
+        return Number(r[0]?.n) === 1
+      },
+      20_000,
+      'processed record',
+    )
+    t.same(inTx, [true], 'the handler ran once, inside the transaction')
+    const rows = await db.sql(`SELECT id FROM ${db.orders}`)
+    t.same(
+      rows.map((r) => r.id),
+      [m.getMessageId()],
+    )
+  },
+)
