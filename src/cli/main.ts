@@ -12,6 +12,7 @@ import {
   subjectsCommand,
 } from './commands/admin'
 import { devCommand } from './commands/dev'
+import { outboxWatchdogCommand } from './commands/outbox-watchdog'
 import { sendCommand, tailCommand } from './commands/send-tail'
 import { brokerCommand, delayCommand, metaserverCommand } from './commands/services'
 
@@ -35,6 +36,7 @@ const COMMANDS: Command[] = [
   cancelCommand,
   sendCommand,
   tailCommand,
+  outboxWatchdogCommand,
 ]
 
 function usage(): string {

@@ -30,6 +30,26 @@ export {
 export { ConsumedMessage, type NackOptions } from './consumer/consumed-message'
 export { PullConsumer, type PullConsumerOptions } from './consumer/pull-consumer'
 
+// Transactional messages and idempotent consumers (docs/transactions.md)
+export {
+  AttachedTransaction,
+  postgresProvider,
+  sqliteProvider,
+  TransactionProvider,
+  type TransactionProviderOptions,
+} from './tx/provider'
+export { OUTBOX_GROUP, type SendOptions } from './tx/outbox'
+export { OutboxWatchdog, type OutboxOptions, type OutboxSender, type PassResult } from './tx/watchdog'
+export {
+  IdempotentChecker,
+  type IdempotentCheckerOptions,
+  type IdempotentOutcome,
+} from './tx/idempotent'
+export type { SqlAdapter, SqlDialect, SqlParam, SqlRow } from './tx/sql'
+export { outboxMigration, processedMigration } from './tx/sql'
+export type { PgPoolClientLike, PgPoolLike, PgQueryable } from './tx/pg'
+export type { SqliteDatabaseLike } from './tx/sqlite'
+
 // Shared
 export type { ClientExtras } from './client-base'
 export type { CommonClientOptions } from './options'

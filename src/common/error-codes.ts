@@ -264,6 +264,25 @@ export const ERROR_CODES = {
     httpStatus: 500,
     message: 'Client is not initialized; call init() first',
   },
+  // 270-289: transactional messages and idempotent consumers (src/client/tx)
+  QMQ_ERR_TX_UNKNOWN: {
+    status: 270,
+    retriable: false,
+    httpStatus: 400,
+    message: 'Transaction was not started or attached through this transaction provider',
+  },
+  QMQ_ERR_TX_STATE: {
+    status: 271,
+    retriable: false,
+    httpStatus: 409,
+    message: 'Transaction is not open (already committed or rolled back)',
+  },
+  QMQ_ERR_OUTBOX_WRITE: {
+    status: 272,
+    retriable: true,
+    httpStatus: 503,
+    message: 'Writing the message to the outbox table failed',
+  },
 
   // ---- 300-349: delay server ----
   QMQ_ERR_NOT_DELAYED: {

@@ -156,7 +156,7 @@ export class MessageConsumerProvider extends ClientBase {
     const spec: SubscriptionSpec = {
       subject,
       group,
-      handler,
+      handler: options.idempotent ? options.idempotent.wrapHandler(handler, group) : handler,
       name,
       consumeMostOnce: !!options.consumeMostOnce,
       broadcast: !!options.isBroadcast,

@@ -23,6 +23,11 @@ export interface QmqConsumerOptions {
   maxRetries?: number
   /** Where a new consumer group starts: 'latest' (default, as QMQ) or 'earliest'. */
   startFrom?: 'latest' | 'earliest'
+  /**
+   * An IdempotentChecker (docs/transactions.md): the handler runs in a database transaction that also
+   * records the message id, and a redelivered message already processed is skipped.
+   */
+  idempotent?: { wrapHandler(handler: MessageHandler, consumerGroup: string): MessageHandler }
 }
 
 /** A message handler: return (or resolve) = ack; throw (or reject) = nack. */

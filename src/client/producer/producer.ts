@@ -22,6 +22,9 @@ import { type Waiter, WaitQueue } from './send-queue'
 import { APP_CODE_PROPERTY, Message } from './message'
 import { ClientBase, type ClientExtras } from '../client-base'
 import { ProducerMetrics } from '../metrics'
+import { Outbox, type SendOptions, sendArgs } from '../tx/outbox'
+import type { TransactionProvider } from '../tx/provider'
+import type { OutboxOptions } from '../tx/watchdog'
 
 /**
  * The producer: QMQ's MessageProducerProvider.
@@ -193,6 +196,8 @@ export class MessageProducerProvider extends ClientBase {
   /** The one lane of all delayed messages. */
   private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** The transactional outbox (setTransactionProvider), if any. */
+  private outbox: Outbox<object> | undefined
   /** The SDK's properties of every generated message, shared by them until one is changed. */
   private baseProperties: ReadonlyMap<string, string> | undefined
   /** Subjects generateMessage() already validated (bounded). */
@@ -304,7 +309,9 @@ export class MessageProducerProvider extends ClientBase {
   /**
    * Sends a message. Resolves once a broker (or delay) group stored it; rejects with a QmqError
    * after the retries are spent. With QMQ's listener, `onSuccess`/`onFailed` are called too and the
-   * returned promise may be ignored safely (its rejection is handled).
+   * returned promise may be ignored safely (its rejection is handled). Inside a transaction of the
+   * transaction provider (or with `{ transaction }`), the message goes to the outbox and leaves after
+   * COMMIT (docs/transactions.md).
    *
    * When `maxQueueSize` messages are unsettled, the message waits for room (first come, first
    * served) until its deadline (`sendTimeoutMs` from this call), then fails with
@@ -312,8 +319,33 @@ export class MessageProducerProvider extends ClientBase {
    * send is pending or after it succeeded, this returns that send's promise (nothing is sent again);
    * after it failed, it is sent again with the same id, to the group that may hold it.
    */
-  sendMessage(message: Message, listener?: MessageSendStateListener): Promise<SendResult> {
-    return this.send(message, listener)
+  sendMessage(message: Message, listener?: MessageSendStateListener | SendOptions): Promise<SendResult> {
+    const { listener: l, transaction } = sendArgs(listener)
+    if (this.outbox !== undefined) {
+      const written = this.outbox.intercept(message, l, transaction)
+      if (written !== undefined) return written
+    } else if (transaction !== undefined) {
+      const err = new QmqError(
+        'QMQ_ERR_TX_UNKNOWN',
+        'sendMessage got a transaction but no setTransactionProvider()',
+      )
+      return this.refuse(err, message, l)
+    }
+    return this.send(message, l)
+  }
+
+  /**
+   * Makes sendMessage() transactional inside the provider's transactions: the message is written to
+   * the outbox table in the transaction and sent after COMMIT (docs/transactions.md). Also runs the
+   * outbox watchdog, which resends rows a crash left behind.
+   */
+  setTransactionProvider<Tx extends object>(
+    provider: TransactionProvider<Tx>,
+    options: Partial<OutboxOptions> = {},
+  ): void {
+    void this.outbox?.close()
+    const sender = { send: this.send.bind(this), ready: () => this.rt !== undefined && !this.closing }
+    this.outbox = new Outbox(provider, sender, options, this.log, this.registry) as Outbox<object>
   }
 
   /**
@@ -325,7 +357,7 @@ export class MessageProducerProvider extends ClientBase {
     if (!Array.isArray(messages)) {
       throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'sendMessages() takes an array of Messages')
     }
-    const settled = await Promise.allSettled(messages.map((m: Message) => this.send(m, undefined)))
+    const settled = await Promise.allSettled(messages.map((m: Message) => this.sendMessage(m)))
     return settled.map((r) =>
       r.status === 'fulfilled' ? r : { status: 'rejected', reason: toQmqError(r.reason) },
     )
@@ -348,6 +380,7 @@ export class MessageProducerProvider extends ClientBase {
    */
   close(): Promise<void> {
     this.closePromise ??= (async () => {
+      await this.outbox?.close()
       this.closing = true
       if (this.rt === undefined) return
       await this.flush()

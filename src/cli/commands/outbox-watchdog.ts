@@ -1,0 +1,119 @@
+import { QmqError } from '../../common/errors'
+import { createLogger } from '../../common/logger'
+import type { TransactionProvider } from '../../client/tx/provider'
+import { intFlag, parseArgs, stringFlag } from '../args'
+import { DEFAULT_METASERVER_URL } from '../cluster'
+import { parseDuration } from '../table'
+import type { Command } from './command'
+
+const USAGE =
+  'qmq outbox-watchdog --db URL [--table qmq_outbox] [--interval 5s] [--min-age 30s] [--batch 100] [--once] [--migrate]'
+
+function duration(flags: ReturnType<typeof parseArgs>['flags'], key: string, fallback: number): number {
+  const raw = stringFlag(flags, key)
+  if (raw === undefined) return fallback
+  const ms = parseDuration(raw)
+  if (ms === undefined)
+    throw new QmqError('QMQ_ERR_USAGE', `--${key} must look like 500ms, 30s or 5m (got ${raw})`)
+  return ms
+}
+
+/**
+ * Opens the database of `--db`: postgres:// or postgresql:// through `pg` (installed by the
+ * application: the SDK does not depend on it), sqlite:PATH or a file path through better-sqlite3.
+ */
+async function openProvider(
+  url: string,
+  table: string,
+): Promise<{ provider: TransactionProvider<object>; close: () => Promise<void> }> {
+  const { postgresProvider, sqliteProvider } =
+    require('../../client/tx/provider') as typeof import('../../client/tx/provider')
+  if (/^postgres(ql)?:\/\//.test(url)) {
+    let pg: typeof import('pg')
+    try {
+      pg = require('pg') as typeof import('pg')
+    } catch {
+      throw new QmqError('QMQ_ERR_USAGE', "a postgres:// --db needs the 'pg' package: npm install pg")
+    }
+    const pool = new pg.Pool({ connectionString: url, max: 2 })
+    pool.on('error', () => {}) // an idle client lost (database restarted): the next pass reconnects
+    return { provider: postgresProvider(pool, { outboxTable: table }), close: () => pool.end() }
+  }
+  const path = url.startsWith('sqlite:') ? url.slice('sqlite:'.length).replace(/^\/\//, '') : url
+  const Database = require('better-sqlite3') as typeof import('better-sqlite3')
+  const db = new Database(path, { fileMustExist: true, timeout: 10_000 })
+  return {
+    provider: sqliteProvider(db, { outboxTable: table }),
+    close: async () => {
+      db.close()
+    },
+  }
+}
+
+export const outboxWatchdogCommand: Command = {
+  name: 'outbox-watchdog',
+  summary: 'Resend the outbox rows an application left behind (transactional messages)',
+  help: () => `Usage: ${USAGE}
+
+Sends the rows of an application's outbox table (docs/transactions.md) that were committed but never
+sent, with their own message ids, and deletes them once stored: for an application that died between
+COMMIT and the send and is not coming back soon. Several watchdogs (and the applications' own) may run
+on one database: rows are claimed, never sent by two at once. Runs until Ctrl-C, or with --once sends
+what is there now and exits (1 when a row could not be sent).
+
+Options:
+  --db URL           postgres://user@host:port/db (needs the 'pg' package) or sqlite:PATH / PATH
+  --table NAME       outbox table (default qmq_outbox)
+  --interval D       between passes (default 5s)
+  --min-age D        rows younger than this are left to their producer (default 30s; --once: 0)
+  --batch N          rows claimed at once (default 100)
+  --once             one drain, print the result, exit
+  --migrate          create the outbox table first if it does not exist
+  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
+  --json             print the --once result as JSON`,
+  run: async (argv) => {
+    const { flags } = parseArgs(argv, { booleans: ['once', 'migrate'] })
+    const url = stringFlag(flags, 'db')
+    if (url === undefined) throw new QmqError('QMQ_ERR_USAGE', `missing --db\nUsage: ${USAGE}`)
+    const table = stringFlag(flags, 'table') ?? 'qmq_outbox'
+    const once = flags.once === true
+    const intervalMs = duration(flags, 'interval', 5_000)
+    const minAgeMs = duration(flags, 'minAge', once ? 0 : 30_000)
+    const batch = intFlag(flags, 'batch', 100, 1)
+    const metaServer = stringFlag(flags, 'metaserver') ?? process.env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
+
+    const { MessageProducerProvider } = require('../../client') as typeof import('../../client')
+    const { OutboxWatchdog } =
+      require('../../client/tx/watchdog') as typeof import('../../client/tx/watchdog')
+    // Logs go to stderr: stdout carries the --once result.
+    const logger = createLogger({ level: 'info', destination: process.stderr })
+    const { provider, close } = await openProvider(url, table)
+    const producer = new MessageProducerProvider({ appCode: 'qmq-outbox-watchdog', metaServer })
+    try {
+      if (flags.migrate === true) await provider.migrate()
+      await producer.init()
+      const watchdog = new OutboxWatchdog(
+        provider,
+        { send: (m) => producer.sendMessage(m), ready: () => true },
+        { watchdogIntervalMs: intervalMs, watchdogMinAgeMs: minAgeMs, watchdogBatchSize: batch },
+        logger.child({ component: 'outbox-watchdog' }),
+      )
+      if (once) {
+        const r = await watchdog.drain(minAgeMs)
+        if (flags.json === true) process.stdout.write(`${JSON.stringify(r)}\n`)
+        else process.stdout.write(`resent ${r.resent.length} rows, ${r.failed.length} failed (kept)\n`)
+        return r.failed.length > 0 ? 1 : 0
+      }
+      watchdog.start()
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve)
+        process.once('SIGTERM', resolve)
+      })
+      await watchdog.stop()
+      return 0
+    } finally {
+      await producer.close()
+      await close()
+    }
+  },
+}
