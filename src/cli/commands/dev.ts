@@ -1,6 +1,5 @@
 import { join, resolve } from 'node:path'
-import { QmqError } from '../../common/errors'
-import { intFlag, parseArgs, stringFlag } from '../args'
+import { type FlagSpec, flagsHelp, intFlag, parseArgs, stringFlag } from '../args'
 import { type ChildService, startChildService, stopChildService } from '../child-service'
 import type { Command } from './command'
 
@@ -21,6 +20,33 @@ const DEFAULTS = {
 }
 const START_TIMEOUT_MS = 30_000
 
+const DEV_FLAGS: readonly FlagSpec[] = [
+  {
+    name: 'data-dir',
+    value: 'DIR',
+    doc: `where every service keeps its data (default: ${DEFAULTS.dataDir})`,
+  },
+  { name: 'brokers', value: 'N', doc: `broker groups broker-1..N (default: ${DEFAULTS.brokers})` },
+  { name: 'delays', value: 'N', doc: `delay groups delay-1..N (default: ${DEFAULTS.delays})` },
+  {
+    name: 'metaserver-port',
+    value: 'N',
+    doc: `metaserver HTTP port (default: ${DEFAULTS.metaserverPort}; 0 = any free port)`,
+  },
+  {
+    name: 'broker-port',
+    value: 'N',
+    doc: `TCP port of broker-1; broker-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.brokerPort}; 0 = any)`,
+  },
+  {
+    name: 'delay-port',
+    value: 'N',
+    doc: `TCP port of delay-1; delay-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.delayPort}; 0 = any)`,
+  },
+  { name: 'verbose', doc: 'show every log line of the services (default: warnings and errors only)' },
+  { name: 'json', doc: "print the cluster's addresses as one JSON line once it is up" },
+]
+
 function help(): string {
   return `Usage: qmq dev [options]
 
@@ -28,14 +54,7 @@ Start a local qmq cluster as separate processes: a metaserver (SQLite), broker g
 groups, with data under --data-dir. Stop it with Ctrl-C.
 
 Options:
-  --data-dir DIR          where every service keeps its data (default: ${DEFAULTS.dataDir})
-  --brokers N             broker groups broker-1..N (default: ${DEFAULTS.brokers})
-  --delays N              delay groups delay-1..N (default: ${DEFAULTS.delays})
-  --metaserver-port N     metaserver HTTP port (default: ${DEFAULTS.metaserverPort}; 0 = any free port)
-  --broker-port N         TCP port of broker-1; broker-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.brokerPort}; 0 = any)
-  --delay-port N          TCP port of delay-1; delay-k uses N + 10(k-1), its HTTP port N+1 (default: ${DEFAULTS.delayPort}; 0 = any)
-  --verbose               show every log line of the services (default: warnings and errors only)
-  --json                  print the cluster's addresses as one JSON line once it is up`
+${flagsHelp(DEV_FLAGS)}`
 }
 
 function portPlus(base: number, k: number): number {
@@ -58,24 +77,7 @@ export const devCommand: Command = {
   summary: 'Start a local cluster (metaserver, 2 broker groups, a delay group) as separate processes',
   help,
   run: async (argv) => {
-    const { flags } = parseArgs(argv, { booleans: ['verbose'] })
-    const known = new Set([
-      'dataDir',
-      'brokers',
-      'delays',
-      'metaserverPort',
-      'brokerPort',
-      'delayPort',
-      'verbose',
-      'json',
-    ])
-    for (const key of Object.keys(flags)) {
-      if (!known.has(key))
-        throw new QmqError(
-          'QMQ_ERR_USAGE',
-          `unknown option --${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} (see qmq dev --help)`,
-        )
-    }
+    const { flags } = parseArgs(argv, { flags: DEV_FLAGS })
     const dataDir = resolve(stringFlag(flags, 'dataDir') ?? DEFAULTS.dataDir)
     const brokers = intFlag(flags, 'brokers', DEFAULTS.brokers, 1, 20)
     const delays = intFlag(flags, 'delays', DEFAULTS.delays, 0, 10)
