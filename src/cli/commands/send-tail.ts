@@ -188,19 +188,42 @@ ${flagsHelp(TAIL_FLAGS)}`,
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
+    // A closed stdout (`qmq tail ... | head -1`) is no crash: stop pulling, and hand back what was
+    // pulled but not printed. A message is acked only once its line was handed to the OS.
+    const out = process.stdout
+    let outputClosed = false
+    const onOutputError = () => {
+      outputClosed = true
+      stop = true
+    }
+    out.on('error', onOutputError)
+    const print = (line: string) =>
+      new Promise<boolean>((resolve) => {
+        if (outputClosed) return resolve(false)
+        out.write(line, (err) => resolve(err == null && !outputClosed))
+      })
     let seen = 0
+    let released = 0
     try {
       while (!stop && seen < limit) {
         const batch = await pull.pull(Math.min(100, limit - seen), 1000)
         for (const m of batch) {
-          seen++
           const d = describe(m)
-          process.stdout.write(
-            flags.json === true
-              ? `${JSON.stringify(d)}\n`
-              : `${d.createdAt} ${d.id} tags=[${(d.tags as string[]).join(',')}] ${JSON.stringify(d.properties)}${d.body === undefined ? '' : ` body=${JSON.stringify(String(d.body).slice(0, 200))}`}\n`,
-          )
-          if (ack) await m.ack()
+          const printed =
+            !outputClosed &&
+            (await print(
+              flags.json === true
+                ? `${JSON.stringify(d)}\n`
+                : `${d.createdAt} ${d.id} tags=[${(d.tags as string[]).join(',')}] ${JSON.stringify(d.properties)}${d.body === undefined ? '' : ` body=${JSON.stringify(String(d.body).slice(0, 200))}`}\n`,
+            ))
+          if (printed) {
+            seen++
+            if (ack) await m.ack()
+          } else {
+            // Back to the group now rather than after its lease.
+            released++
+            void m.nack({ retryAfterMs: 0 })
+          }
         }
       }
     } finally {
@@ -208,6 +231,10 @@ ${flagsHelp(TAIL_FLAGS)}`,
       process.off('SIGTERM', onSignal)
       await consumer.close()
     }
+    if (outputClosed)
+      process.stderr.write(
+        `qmq tail: output closed after ${seen} message(s); released ${released} back to ${group}\n`,
+      )
     return 0
   },
 }
