@@ -107,6 +107,14 @@ export async function run(argv: readonly string[]): Promise<number> {
       // A wrong command line, environment or config file: 2, like other usage errors.
       return err.code === 'QMQ_ERR_USAGE' || err.code === 'QMQ_ERR_CONFIG_INVALID' ? 2 : 1
     }
+    const sys = err as NodeJS.ErrnoException & { port?: number; address?: string }
+    if (sys?.code === 'EADDRINUSE') {
+      // One line, not a stack: `qmq dev` reads it to name its own flag.
+      process.stderr.write(
+        `qmq ${name}: port ${sys.port} in use (${sys.address}:${sys.port}): is another qmq service running? choose another port [QMQ_ERR_PORT_IN_USE]\n`,
+      )
+      return 1
+    }
     process.stderr.write(`qmq ${name}: ${(err as Error)?.stack ?? String(err)}\n`)
     return 1
   }
