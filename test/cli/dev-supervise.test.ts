@@ -17,7 +17,21 @@ t.test('qmq dev - a SIGKILLed broker is restarted on its address; Ctrl-C still s
   const dir = t.testdir()
   const dev = spawn(
     process.execPath,
-    [QMQ_BIN, 'dev', '--data-dir', dir, '--brokers', '1', '--delays', '0', '--metaserver-port', '0', '--broker-port', '0', '--json'],
+    [
+      QMQ_BIN,
+      'dev',
+      '--data-dir',
+      dir,
+      '--brokers',
+      '1',
+      '--delays',
+      '0',
+      '--metaserver-port',
+      '0',
+      '--broker-port',
+      '0',
+      '--json',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   )
   const exited = new Promise<number | null>((r) => dev.once('exit', (code) => r(code)))
@@ -45,7 +59,10 @@ t.test('qmq dev - a SIGKILLed broker is restarted on its address; Ctrl-C still s
     }
   }
   await until('no restart line', () => stderrLines.some((l) => /broker-1 restarted/.test(l)))
-  t.ok(stderrLines.some((l) => /broker-1 exited \(SIGKILL\); restarting in/.test(l)), stderr)
+  t.ok(
+    stderrLines.some((l) => /broker-1 exited \(SIGKILL\); restarting in/.test(l)),
+    stderr,
+  )
   t.equal(dev.exitCode, null, 'qmq dev is still running')
   const meta = new MetaClient({ url: info.metaAddress, timeoutMs: 2_000 })
   t.teardown(() => meta.close())
@@ -64,9 +81,13 @@ t.test('qmq dev - a busy port is a one-line hint and exit 1', async (t) => {
   await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r))
   t.teardown(() => busy.close())
   const port = (busy.address() as { port: number }).port
-  const dev = spawn(process.execPath, [QMQ_BIN, 'dev', '--data-dir', t.testdir(), '--metaserver-port', String(port)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
+  const dev = spawn(
+    process.execPath,
+    [QMQ_BIN, 'dev', '--data-dir', t.testdir(), '--metaserver-port', String(port)],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
   let stderr = ''
   dev.stderr.on('data', (d) => {
     stderr += String(d)

@@ -96,6 +96,7 @@ t.test('@QmqConsumer called in neither shape says how it is used', async (t) => 
   // A legacy decorator on a static method gets the constructor as target.
   class K {
     static m(): void {}
+    n(): void {}
   }
   t.throws(() => decorate(K, 'm', Object.getOwnPropertyDescriptor(K, 'm')), /instance method/)
 })
