@@ -263,6 +263,12 @@ export const ERROR_CODES = {
     httpStatus: 409,
     message: 'A port a service should listen on is in use',
   },
+  QMQ_ERR_DEPENDENCY_MISSING: {
+    status: 352,
+    retriable: false,
+    httpStatus: 500,
+    message: 'An optional dependency this feature needs is not installed',
+  },
 } as const satisfies Record<string, ErrorCodeSpec>
 
 export type ErrorCode = keyof typeof ERROR_CODES
