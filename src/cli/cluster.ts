@@ -3,7 +3,7 @@ import { MetaClient } from '../common/meta/meta-client'
 import type { GroupInfo } from '../common/meta/types'
 import type { Frame } from '../common/protocol/frame'
 import { Connection } from '../client/transport/connection'
-import { type ParsedArgs, stringFlag } from './args'
+import { type FlagSpec, type ParsedArgs, stringFlag } from './args'
 
 /**
  * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
@@ -72,6 +72,19 @@ export async function withCluster<T>(
   }
 }
 
-export const CLUSTER_FLAGS_HELP = `  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --token TOKEN      admin token for metaserver and broker admin writes [QMQ_ADMIN_TOKEN]
-  --json             print JSON instead of a table`
+export const METASERVER_FLAG: FlagSpec = {
+  name: 'metaserver',
+  value: 'URL',
+  doc: `metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]`,
+}
+
+/** The flags of every admin command. */
+export const CLUSTER_FLAGS: readonly FlagSpec[] = [
+  METASERVER_FLAG,
+  {
+    name: 'token',
+    value: 'TOKEN',
+    doc: 'admin token for metaserver and broker admin writes [QMQ_ADMIN_TOKEN]',
+  },
+  { name: 'json', doc: 'print JSON instead of a table' },
+]

@@ -1,4 +1,6 @@
-import { isQmqError } from '../common/errors'
+import { isQmqError, QmqError } from '../common/errors'
+import { isLogLevel, LOG_LEVELS } from '../common/logger'
+import { closest } from './args'
 import type { Command } from './commands/command'
 import {
   backlogCommand,
@@ -20,7 +22,7 @@ import { brokerCommand, delayCommand, metaserverCommand } from './commands/servi
  * `qmq <command> ...`: the entry of the qmq CLI (bin/qmq.js calls main()).
  * Errors are printed as one line with their stable code; usage errors exit 2, others 1.
  */
-const COMMANDS: Command[] = [
+export const COMMANDS: Command[] = [
   devCommand,
   metaserverCommand,
   brokerCommand,
@@ -38,6 +40,38 @@ const COMMANDS: Command[] = [
   tailCommand,
   outboxWatchdogCommand,
 ]
+
+/** QMQ_* variables any command reads; services add their own (Command.envNames). */
+const GLOBAL_ENV = ['QMQ_METASERVER', 'QMQ_ADMIN_TOKEN', 'QMQ_LOG_LEVEL']
+const SERVICE_PREFIXES = ['QMQ_METASERVER_', 'QMQ_BROKER_', 'QMQ_DELAY_']
+
+/**
+ * Refuses an invalid QMQ_LOG_LEVEL and warns (stderr) about a QMQ_* variable that is not one the
+ * command reads but is close to one: a typo would otherwise be silently ignored. Variables of
+ * another service (QMQ_BROKER_* when running `qmq metaserver`, all of them for `qmq dev`, whose
+ * children check their own) are left alone.
+ */
+function checkEnvironment(command: Command, env: NodeJS.ProcessEnv): void {
+  const level = env.QMQ_LOG_LEVEL
+  if (level !== undefined && level.trim() !== '' && !isLogLevel(level.trim().toLowerCase()))
+    throw new QmqError(
+      'QMQ_ERR_USAGE',
+      `QMQ_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')} (got ${JSON.stringify(level)})`,
+    )
+  const own = command.envNames?.() ?? []
+  const known = new Set([...GLOBAL_ENV, ...own])
+  const ownPrefix = own[0]?.slice(0, own[0].indexOf('_', 4) + 1)
+  for (const name of Object.keys(env)) {
+    if (!name.startsWith('QMQ_') || known.has(name)) continue
+    const prefix = SERVICE_PREFIXES.find((p) => name.startsWith(p))
+    if (prefix !== undefined && prefix !== ownPrefix) continue
+    const near = closest(name, known)
+    if (near !== undefined)
+      process.stderr.write(
+        `qmq: warning: ignoring ${name}, not a variable qmq reads (did you mean ${near}?)\n`,
+      )
+  }
+}
 
 function usage(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length)) + 4
@@ -71,11 +105,21 @@ export async function run(argv: readonly string[]): Promise<number> {
     return 0
   }
   try {
+    checkEnvironment(command, process.env)
     return await command.run(rest)
   } catch (err) {
     if (isQmqError(err)) {
       process.stderr.write(`qmq ${name}: ${err.message} [${err.code}]\n`)
-      return err.code === 'QMQ_ERR_USAGE' ? 2 : 1
+      // A wrong command line, environment or config file: 2, like other usage errors.
+      return err.code === 'QMQ_ERR_USAGE' || err.code === 'QMQ_ERR_CONFIG_INVALID' ? 2 : 1
+    }
+    const sys = err as NodeJS.ErrnoException & { port?: number; address?: string }
+    if (sys?.code === 'EADDRINUSE') {
+      // One line, not a stack: `qmq dev` reads it to name its own flag.
+      process.stderr.write(
+        `qmq ${name}: port ${sys.port} in use (${sys.address}:${sys.port}): is another qmq service running? choose another port [QMQ_ERR_PORT_IN_USE]\n`,
+      )
+      return 1
     }
     process.stderr.write(`qmq ${name}: ${(err as Error)?.stack ?? String(err)}\n`)
     return 1

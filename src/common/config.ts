@@ -177,7 +177,7 @@ export function stringList(opts: { default: readonly string[]; doc: string }): O
   }
 }
 
-function editDistance(a: string, b: string): number {
+export function editDistance(a: string, b: string): number {
   const al = a.toLowerCase()
   const bl = b.toLowerCase()
   let prev = Array.from({ length: bl.length + 1 }, (_, i) => i)

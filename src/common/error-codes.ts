@@ -294,6 +294,18 @@ export const ERROR_CODES = {
 
   // ---- 350-399: CLI ----
   QMQ_ERR_USAGE: { status: 350, retriable: false, httpStatus: 400, message: 'Wrong command-line usage' },
+  QMQ_ERR_PORT_IN_USE: {
+    status: 351,
+    retriable: false,
+    httpStatus: 409,
+    message: 'A port a service should listen on is in use',
+  },
+  QMQ_ERR_DEPENDENCY_MISSING: {
+    status: 352,
+    retriable: false,
+    httpStatus: 500,
+    message: 'An optional dependency this feature needs is not installed',
+  },
 } as const satisfies Record<string, ErrorCodeSpec>
 
 export type ErrorCode = keyof typeof ERROR_CODES

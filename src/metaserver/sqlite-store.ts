@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3'
+import type Database from 'better-sqlite3'
 import { QmqError } from '../common/errors'
 import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
 import type {
@@ -92,6 +92,24 @@ function storeError(err: unknown, what: string): QmqError {
   return new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: ${message}`, { cause: err })
 }
 
+/**
+ * better-sqlite3 is an optional peer dependency (a native module, server-only): an application that
+ * only uses the SDK does not install it. It is loaded when a metaserver opens its store.
+ */
+function loadSqlite(): typeof Database {
+  try {
+    return require('better-sqlite3') as typeof Database
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && String(err).includes('better-sqlite3'))
+      throw new QmqError(
+        'QMQ_ERR_DEPENDENCY_MISSING',
+        'the metaserver stores its state in SQLite through better-sqlite3, an optional dependency of qmq that is not installed: npm install better-sqlite3',
+        { cause: err },
+      )
+    throw err
+  }
+}
+
 export class SqliteMetaStore implements MetaStore {
   private readonly db: Database.Database
   private readonly stmts
@@ -99,8 +117,9 @@ export class SqliteMetaStore implements MetaStore {
 
   /** `file` is a path (created if missing) or ':memory:'. */
   constructor(file: string) {
+    const Sqlite = loadSqlite()
     try {
-      this.db = new Database(file)
+      this.db = new Sqlite(file)
       this.db.pragma('journal_mode = WAL')
       this.db.pragma('synchronous = NORMAL')
       this.db.pragma('busy_timeout = 5000')

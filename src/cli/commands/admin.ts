@@ -22,8 +22,8 @@ import {
   MAX_DELAY_DLQ_LIST,
 } from '../../common/protocol/delay-admin'
 import { decodeCountResponse } from '../../common/protocol/commands'
-import { intFlag, listFlag, parseArgs, stringFlag } from '../args'
-import { CLUSTER_FLAGS_HELP, type ClusterAdmin, withCluster } from '../cluster'
+import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
+import { CLUSTER_FLAGS, type ClusterAdmin, withCluster } from '../cluster'
 import { table, time } from '../table'
 import type { Command } from './command'
 
@@ -45,17 +45,17 @@ function adminCommand(
   name: string,
   summary: string,
   usage: string,
-  extraHelp: string,
+  /** The command's own flags; the cluster flags (--metaserver, --token, --json) are added. */
+  ownFlags: readonly FlagSpec[],
   body: (cluster: ClusterAdmin, args: ReturnType<typeof parseArgs>, json: boolean) => Promise<number>,
-  parse: Parameters<typeof parseArgs>[1] = {},
 ): Command {
+  const flags = [...ownFlags, ...CLUSTER_FLAGS]
   return {
     name,
     summary,
-    help: () =>
-      `Usage: ${usage}\n\n${summary}.\n\nOptions:\n${extraHelp ? `${extraHelp}\n` : ''}${CLUSTER_FLAGS_HELP}`,
+    help: () => `Usage: ${usage}\n\n${summary}.\n\nOptions:\n${flagsHelp(flags)}`,
     run: async (argv) => {
-      const args = parseArgs(argv, parse)
+      const args = parseArgs(argv, { flags })
       return withCluster(args.flags, (cluster) => body(cluster, args, args.flags.json === true))
     },
   }
@@ -65,7 +65,7 @@ export const subjectsCommand = adminCommand(
   'subjects',
   'List subjects and the broker groups of their routes',
   'qmq subjects [--json]',
-  '',
+  [],
   async (cluster, _args, json) => {
     const subjects = await cluster.meta.listSubjects()
     print(json, subjects, () =>
@@ -83,7 +83,7 @@ export const groupsCommand = adminCommand(
   'groups',
   'List broker and delay groups with liveness, read-only marks and load',
   'qmq groups [--json]',
-  '',
+  [],
   async (cluster, _args, json) => {
     const groups = await cluster.meta.listGroups()
     print(json, groups, () =>
@@ -109,7 +109,10 @@ export const consumersCommand = adminCommand(
   'consumers',
   'List producers and consumers registered with the metaserver',
   'qmq consumers [--subject S] [--group G] [--json]',
-  '  --subject S        only this subject\n  --group G          only this consumer group',
+  [
+    { name: 'subject', value: 'S', doc: 'only this subject' },
+    { name: 'group', value: 'G', doc: 'only this consumer group' },
+  ],
   async (cluster, { flags }, json) => {
     const subject = stringFlag(flags, 'subject')
     const consumerGroup = stringFlag(flags, 'group')
@@ -140,7 +143,7 @@ export const backlogCommand = adminCommand(
   'backlog',
   'Show the backlog of consumer groups on every broker group: pending, in flight, retrying, dead',
   'qmq backlog [subject] [consumer-group] [--json]',
-  '',
+  [],
   async (cluster, { positionals }, json) => {
     const [subject, group] = positionals
     const brokers = await cluster.brokerGroups(subject)
@@ -202,7 +205,13 @@ export const resetCursorCommand = adminCommand(
   'reset-cursor',
   "Move a consumer group's cursor on every broker group of a subject (messages in flight stay in flight)",
   RESET_USAGE,
-  '  --to WHERE         earliest, latest, an ISO time (2026-11-21T10:00:00Z) or ms since epoch',
+  [
+    {
+      name: 'to',
+      value: 'WHERE',
+      doc: 'earliest, latest, an ISO time (2026-11-21T10:00:00Z) or ms since epoch',
+    },
+  ],
   async (cluster, { positionals, flags }, json) => {
     const subject = need(positionals[0], 'subject', RESET_USAGE)
     const group = need(positionals[1], 'consumer group', RESET_USAGE)
@@ -238,7 +247,7 @@ export const forgetGroupCommand = adminCommand(
   'forget-group',
   'Remove a consumer group (cursor, messages in flight, dead letters) from every broker group; refused while it is in use',
   FORGET_USAGE,
-  '',
+  [],
   async (cluster, { positionals }, json) => {
     const subject = need(positionals[0], 'subject', FORGET_USAGE)
     const group = need(positionals[1], 'consumer group', FORGET_USAGE)
@@ -269,7 +278,13 @@ export const dlqCommand = adminCommand(
   'dlq',
   "List, inspect and redrive a consumer group's dead letters (%DEAD_RETRY%<subject>%<group>)",
   DLQ_USAGE,
-  '  --group G          the consumer group\n  --limit N          at most N per broker group (default 100)\n  --sequence N       a dead letter by its sequence (repeatable)\n  --broker-group B   the broker group holding it (sequences are per broker group)\n  --all              redrive every dead letter of the group',
+  [
+    { name: 'group', value: 'G', doc: 'the consumer group' },
+    { name: 'limit', value: 'N', doc: 'at most N per broker group (default 100)' },
+    { name: 'sequence', value: 'N', repeatable: true, doc: 'a dead letter by its sequence (repeatable)' },
+    { name: 'broker-group', value: 'B', doc: 'the broker group holding it (sequences are per broker group)' },
+    { name: 'all', doc: 'redrive every dead letter of the group' },
+  ],
   async (cluster, { positionals, flags }, json) => {
     const [action, subjectArg] = positionals
     const subject = need(subjectArg, 'subject', DLQ_USAGE)
@@ -371,7 +386,6 @@ export const dlqCommand = adminCommand(
     }
     throw new QmqError('QMQ_ERR_USAGE', `unknown dlq action ${JSON.stringify(action ?? '')}\n${DLQ_USAGE}`)
   },
-  { booleans: ['all'], repeatable: ['sequence'] },
 )
 
 const DELAY_DLQ_USAGE = `qmq delay-dlq list --group D [--limit N]
@@ -380,7 +394,12 @@ export const delayDlqCommand = adminCommand(
   'delay-dlq',
   "List and redrive a delay group's dead letters (due messages a broker refused for good)",
   DELAY_DLQ_USAGE,
-  '  --group D          the delay group\n  --limit N          at most N (default 100)\n  --sequence N       a dead letter by its sequence (repeatable)\n  --all              redrive every dead letter of the delay group',
+  [
+    { name: 'group', value: 'D', doc: 'the delay group' },
+    { name: 'limit', value: 'N', doc: 'at most N (default 100)' },
+    { name: 'sequence', value: 'N', repeatable: true, doc: 'a dead letter by its sequence (repeatable)' },
+    { name: 'all', doc: 'redrive every dead letter of the delay group' },
+  ],
   async (cluster, { positionals, flags }, json) => {
     const [action] = positionals
     const name = need(stringFlag(flags, 'group'), '--group', DELAY_DLQ_USAGE)
@@ -439,7 +458,6 @@ export const delayDlqCommand = adminCommand(
     print(json, { redriven }, () => `redrove ${redriven} dead letter(s) of delay group ${name}`)
     return 0
   },
-  { booleans: ['all'], repeatable: ['sequence'] },
 )
 
 const CANCEL_USAGE = 'qmq cancel <message-id> [<message-id> ...]'
@@ -447,7 +465,7 @@ export const cancelCommand = adminCommand(
   'cancel',
   'Cancel pending delayed messages by id, in every alive delay group',
   CANCEL_USAGE,
-  '',
+  [],
   async (cluster, { positionals }, json) => {
     if (positionals.length === 0) throw new QmqError('QMQ_ERR_USAGE', `missing message id\n${CANCEL_USAGE}`)
     const answers = await cancelDelayed(

@@ -4,4 +4,6 @@ export interface Command {
   summary: string
   help(): string
   run(argv: string[]): Promise<number>
+  /** The service's own QMQ_<SERVICE>_* environment variables (checked for typos by main). */
+  envNames?(): readonly string[]
 }

@@ -1,7 +1,7 @@
 import { QmqError } from '../../common/errors'
 import { createLogger } from '../../common/logger'
 import type { TransactionProvider } from '../../client/tx/provider'
-import { intFlag, parseArgs, stringFlag } from '../args'
+import { type FlagSpec, flagsHelp, intFlag, parseArgs, stringFlag } from '../args'
 import { DEFAULT_METASERVER_URL } from '../cluster'
 import { parseDuration } from '../table'
 import type { Command } from './command'
@@ -50,6 +50,30 @@ async function openProvider(
   }
 }
 
+const FLAGS: readonly FlagSpec[] = [
+  {
+    name: 'db',
+    value: 'URL',
+    doc: "postgres://user@host:port/db (needs the 'pg' package) or sqlite:PATH / PATH",
+  },
+  { name: 'table', value: 'NAME', doc: 'outbox table (default qmq_outbox)' },
+  { name: 'interval', value: 'D', doc: 'between passes (default 5s)' },
+  {
+    name: 'min-age',
+    value: 'D',
+    doc: 'rows younger than this are left to their producer (default 30s; --once: 0)',
+  },
+  { name: 'batch', value: 'N', doc: 'rows claimed at once (default 100)' },
+  { name: 'once', doc: 'one drain, print the result, exit' },
+  { name: 'migrate', doc: 'create the outbox table first if it does not exist' },
+  {
+    name: 'metaserver',
+    value: 'URL',
+    doc: `metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]`,
+  },
+  { name: 'json', doc: 'print the --once result as JSON' },
+]
+
 export const outboxWatchdogCommand: Command = {
   name: 'outbox-watchdog',
   summary: 'Resend the outbox rows an application left behind (transactional messages)',
@@ -62,17 +86,9 @@ on one database: rows are claimed, never sent by two at once. Runs until Ctrl-C,
 what is there now and exits (1 when a row could not be sent).
 
 Options:
-  --db URL           postgres://user@host:port/db (needs the 'pg' package) or sqlite:PATH / PATH
-  --table NAME       outbox table (default qmq_outbox)
-  --interval D       between passes (default 5s)
-  --min-age D        rows younger than this are left to their producer (default 30s; --once: 0)
-  --batch N          rows claimed at once (default 100)
-  --once             one drain, print the result, exit
-  --migrate          create the outbox table first if it does not exist
-  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --json             print the --once result as JSON`,
+${flagsHelp(FLAGS)}`,
   run: async (argv) => {
-    const { flags } = parseArgs(argv, { booleans: ['once', 'migrate'] })
+    const { flags } = parseArgs(argv, { flags: FLAGS })
     const url = stringFlag(flags, 'db')
     if (url === undefined) throw new QmqError('QMQ_ERR_USAGE', `missing --db\nUsage: ${USAGE}`)
     const table = stringFlag(flags, 'table') ?? 'qmq_outbox'

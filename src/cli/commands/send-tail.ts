@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs'
 import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
-import { intFlag, listFlag, parseArgs, stringFlag } from '../args'
-import { DEFAULT_METASERVER_URL } from '../cluster'
+import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
+import { DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
 import { parseDuration } from '../table'
 import type { Command } from './command'
 
@@ -17,6 +17,27 @@ function metaServerOf(flags: ReturnType<typeof parseArgs>['flags']): string {
 const SEND_USAGE =
   'qmq send <subject> [--body TEXT | --body-file FILE] [--property k=v]... [--tag T]... [--delay 30s | --at TIME] [--count N]'
 
+const SEND_FLAGS: readonly FlagSpec[] = [
+  { name: 'body', value: 'TEXT', doc: 'message body (a string)' },
+  { name: 'body-file', value: 'FILE', doc: 'message body read from a file (binary)' },
+  { name: 'property', value: 'K=V', repeatable: true, doc: 'a property (repeatable)' },
+  {
+    name: 'tag',
+    value: 'T',
+    repeatable: true,
+    doc: 'a tag consumers can filter on (repeatable, at most 10)',
+  },
+  { name: 'delay', value: 'DURATION', doc: 'deliver later: 1500ms, 30s, 5m, 2h, 3d (through a delay group)' },
+  { name: 'at', value: 'TIME', doc: 'deliver at an ISO time (through a delay group)' },
+  {
+    name: 'count',
+    value: 'N',
+    doc: 'send N messages (property "n" numbers them); progress goes to stderr',
+  },
+  METASERVER_FLAG,
+  { name: 'json', doc: 'print the result as JSON' },
+]
+
 export const sendCommand: Command = {
   name: 'send',
   summary: 'Send messages to a subject (properties, tags, body, delay)',
@@ -25,17 +46,9 @@ export const sendCommand: Command = {
 Send one message (or --count copies) to a subject through the producer SDK and print its id.
 
 Options:
-  --body TEXT        message body (a string)
-  --body-file FILE   message body read from a file (binary)
-  --property K=V     a property (repeatable)
-  --tag T            a tag consumers can filter on (repeatable, at most 10)
-  --delay DURATION   deliver later: 1500ms, 30s, 5m, 2h, 3d (through a delay group)
-  --at TIME          deliver at an ISO time (through a delay group)
-  --count N          send N messages (property "n" numbers them); progress goes to stderr
-  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --json             print the result as JSON`,
+${flagsHelp(SEND_FLAGS)}`,
   run: async (argv) => {
-    const { positionals, flags } = parseArgs(argv, { repeatable: ['property', 'tag'] })
+    const { positionals, flags } = parseArgs(argv, { flags: SEND_FLAGS })
     const subject = positionals[0]
     if (subject === undefined) throw new QmqError('QMQ_ERR_USAGE', `missing subject\nUsage: ${SEND_USAGE}`)
     const count = intFlag(flags, 'count', 1, 1)
@@ -130,6 +143,18 @@ function describe(m: ConsumedMessage): Record<string, unknown> {
   }
 }
 
+const TAIL_FLAGS: readonly FlagSpec[] = [
+  { name: 'group', value: 'G', doc: 'consumer group (required)' },
+  { name: 'count', value: 'N', doc: 'stop after N messages' },
+  { name: 'from', value: 'WHERE', doc: 'where a NEW group starts: latest (default) or earliest' },
+  {
+    name: 'ack',
+    doc: 'ack each printed message (default); --no-ack: they come back to the group after its lease',
+  },
+  METASERVER_FLAG,
+  { name: 'json', doc: 'one JSON object per message' },
+]
+
 export const tailCommand: Command = {
   name: 'tail',
   summary: 'Print messages of a subject as a consumer group receives them',
@@ -140,14 +165,9 @@ acked (the group moves on): to watch without taking messages from a running grou
 name. Stops after --count messages or on Ctrl-C.
 
 Options:
-  --group G          consumer group (required)
-  --count N          stop after N messages
-  --from WHERE       where a NEW group starts: latest (default) or earliest
-  --no-ack           do not ack: the messages come back to the group after its lease
-  --metaserver URL   metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]
-  --json             one JSON object per message`,
+${flagsHelp(TAIL_FLAGS)}`,
   run: async (argv) => {
-    const { positionals, flags } = parseArgs(argv)
+    const { positionals, flags } = parseArgs(argv, { flags: TAIL_FLAGS })
     const subject = positionals[0]
     const group = stringFlag(flags, 'group')
     if (subject === undefined || group === undefined)
@@ -168,19 +188,42 @@ Options:
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
+    // A closed stdout (`qmq tail ... | head -1`) is no crash: stop pulling, and hand back what was
+    // pulled but not printed. A message is acked only once its line was handed to the OS.
+    const out = process.stdout
+    let outputClosed = false
+    const onOutputError = () => {
+      outputClosed = true
+      stop = true
+    }
+    out.on('error', onOutputError)
+    const print = (line: string) =>
+      new Promise<boolean>((resolve) => {
+        if (outputClosed) return resolve(false)
+        out.write(line, (err) => resolve(err == null && !outputClosed))
+      })
     let seen = 0
+    let released = 0
     try {
       while (!stop && seen < limit) {
         const batch = await pull.pull(Math.min(100, limit - seen), 1000)
         for (const m of batch) {
-          seen++
           const d = describe(m)
-          process.stdout.write(
-            flags.json === true
-              ? `${JSON.stringify(d)}\n`
-              : `${d.createdAt} ${d.id} tags=[${(d.tags as string[]).join(',')}] ${JSON.stringify(d.properties)}${d.body === undefined ? '' : ` body=${JSON.stringify(String(d.body).slice(0, 200))}`}\n`,
-          )
-          if (ack) await m.ack()
+          const printed =
+            !outputClosed &&
+            (await print(
+              flags.json === true
+                ? `${JSON.stringify(d)}\n`
+                : `${d.createdAt} ${d.id} tags=[${(d.tags as string[]).join(',')}] ${JSON.stringify(d.properties)}${d.body === undefined ? '' : ` body=${JSON.stringify(String(d.body).slice(0, 200))}`}\n`,
+            ))
+          if (printed) {
+            seen++
+            if (ack) await m.ack()
+          } else {
+            // Back to the group now rather than after its lease.
+            released++
+            void m.nack({ retryAfterMs: 0 })
+          }
         }
       }
     } finally {
@@ -188,6 +231,10 @@ Options:
       process.off('SIGTERM', onSignal)
       await consumer.close()
     }
+    if (outputClosed)
+      process.stderr.write(
+        `qmq tail: output closed after ${seen} message(s); released ${released} back to ${group}\n`,
+      )
     return 0
   },
 }

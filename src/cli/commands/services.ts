@@ -1,7 +1,8 @@
-import type { OptionsSchema } from '../../common/config'
+import { envName, type OptionSpec, type OptionsSchema } from '../../common/config'
+import { QmqError } from '../../common/errors'
 import { createLogger } from '../../common/logger'
-import { parseArgs } from '../args'
-import { optionsHelp, resolveServiceOptions } from '../service-options'
+import { type FlagSpec, kebabCase, parseArgs } from '../args'
+import { optionsHelp, resolveServiceOptions, SECRET_OPTIONS } from '../service-options'
 import type { Command } from './command'
 
 /**
@@ -24,14 +25,44 @@ interface ServiceSpec<T> {
   describe: (service: Service) => Record<string, unknown>
 }
 
+/**
+ * The flag table of a service: one flag per schema option, the file flag of each secret option (the
+ * secret's own flag is in the table only to be refused with a hint), plus --config and --json.
+ */
+function serviceFlags<T>(schema: OptionsSchema<T>): FlagSpec[] {
+  return [
+    ...Object.entries(SECRET_OPTIONS)
+      .filter(([key]) => Object.hasOwn(schema, key))
+      .map(([key, where]) => ({
+        name: kebabCase(where.fileFlag),
+        value: 'FILE',
+        doc: `file holding the ${kebabCase(key)} (or ${where.env})`,
+      })),
+    ...(Object.entries(schema) as [string, OptionSpec<unknown>][]).map(([key, o]) => ({
+      name: kebabCase(key),
+      value: 'VALUE',
+      negatable: typeof o.default === 'boolean',
+      doc: o.doc,
+    })),
+    { name: 'config', value: 'FILE', doc: 'JSON object of options' },
+    { name: 'json', doc: '(accepted, no effect)' },
+  ]
+}
+
 function serviceCommand<T>(spec: ServiceSpec<T>): Command {
   return {
+    envNames: () => Object.keys(spec.schema()).map((key) => envName(spec.envPrefix, key)),
     name: spec.name,
     summary: spec.summary,
     help: () =>
       `Usage: qmq ${spec.name} [options]\n\n${spec.summary}.\n\nOptions (flag, environment variable, or key of a JSON file given with --config FILE):\n${optionsHelp(spec.schema(), spec.envPrefix)}\n  --config FILE    JSON object of options; flags and environment win over it`,
     run: async (argv) => {
-      const { flags } = parseArgs(argv)
+      const { flags, positionals } = parseArgs(argv, { flags: serviceFlags(spec.schema()) })
+      if (positionals.length > 0)
+        throw new QmqError(
+          'QMQ_ERR_USAGE',
+          `qmq ${spec.name} takes no arguments (got ${positionals.join(' ')})`,
+        )
       const options = resolveServiceOptions(spec.name, spec.schema(), flags, spec.envPrefix)
       const service = spec.create(options)
       const log = createLogger().child({ service: spec.name })

@@ -97,9 +97,42 @@ export function validateConsumerOptions(options: QmqConsumerOptions): void {
   }
 }
 
+/** A handler method as `@QmqConsumer` accepts it. */
+type HandlerMethod<This> = (this: This, message: ConsumedMessage) => unknown
+
 /**
- * Marks a method as the handler of a subject for a consumer group (TC39 standard decorator; no
- * `experimentalDecorators`). Register an instance with `provider.register(instance)`.
+ * What `@QmqConsumer(...)` returns: a decorator usable in both flavours, so the one typing compiles
+ * under either compiler setting (TypeScript picks the overload matching its call shape).
+ */
+export interface QmqConsumerDecorator {
+  /** TC39 standard decorator (TypeScript 5+, no `experimentalDecorators`). */
+  <This extends object>(
+    method: HandlerMethod<This>,
+    context: ClassMethodDecoratorContext<This, HandlerMethod<This>>,
+  ): void
+  /** Legacy decorator (`experimentalDecorators: true`, NestJS's default). */
+  <M extends (message: ConsumedMessage) => unknown>(
+    target: object,
+    propertyKey: string | symbol,
+    descriptor: TypedPropertyDescriptor<M>,
+  ): void
+}
+
+/** Legacy-decorated methods, per class prototype: bound to each instance by consumerBindings(). */
+const legacyBindings = new WeakMap<
+  object,
+  { options: QmqConsumerOptions; method: HandlerMethod<object>; methodName: string }[]
+>()
+
+function isStandardContext(value: unknown): value is ClassMethodDecoratorContext {
+  return typeof value === 'object' && value !== null && typeof (value as { kind?: unknown }).kind === 'string'
+}
+
+/**
+ * Marks a method as the handler of a subject for a consumer group. Works as a TC39 standard
+ * decorator and as a legacy one (`experimentalDecorators`): the call shape tells them apart,
+ * `(value, context)` against `(target, propertyKey, descriptor)`. Register an instance with
+ * `provider.register(instance)`.
  *
  * @example
  * class OrderListener {
@@ -109,36 +142,81 @@ export function validateConsumerOptions(options: QmqConsumerOptions): void {
  *   }
  * }
  */
-export function QmqConsumer(options: QmqConsumerOptions) {
+export function QmqConsumer(options: QmqConsumerOptions): QmqConsumerDecorator {
   validateConsumerOptions(options)
   const frozen: QmqConsumerOptions = Object.freeze({
     ...options,
     tags: options.tags ? [...options.tags] : undefined,
   })
-  return <This extends object>(
-    method: (this: This, message: ConsumedMessage) => unknown,
-    context: ClassMethodDecoratorContext<This, (this: This, message: ConsumedMessage) => unknown>,
-  ): void => {
-    if (context.kind !== 'method' || context.static || context.private) {
-      throw new TypeError('@QmqConsumer goes on public instance methods')
+  return ((first: unknown, second: unknown, third?: unknown): void => {
+    if (isStandardContext(second)) {
+      if (second.kind !== 'method' || second.static || second.private) {
+        throw new TypeError(
+          `@QmqConsumer goes on public instance methods (not on a ${second.static ? 'static ' : ''}${second.private ? 'private ' : ''}${second.kind})`,
+        )
+      }
+      const method = first as HandlerMethod<object>
+      const methodName = String(second.name)
+      second.addInitializer(function (this: unknown) {
+        const self = this as object
+        let list = bindings.get(self)
+        if (list === undefined) {
+          list = []
+          bindings.set(self, list)
+        }
+        list.push({
+          options: frozen,
+          handler: (message) => method.call(self, message),
+          name: `${self.constructor?.name ?? 'Object'}.${methodName}`,
+        })
+      })
+      return
     }
-    const methodName = String(context.name)
-    context.addInitializer(function (this: This) {
-      let list = bindings.get(this)
+    if (
+      (typeof second === 'string' || typeof second === 'symbol') &&
+      typeof third === 'object' &&
+      third !== null
+    ) {
+      const method = (third as PropertyDescriptor).value as unknown
+      if (typeof first === 'function' || typeof method !== 'function') {
+        throw new TypeError(
+          `@QmqConsumer goes on instance methods (${String(second)} is ${typeof first === 'function' ? 'static' : 'not a method'})`,
+        )
+      }
+      const target = first as object
+      let list = legacyBindings.get(target)
       if (list === undefined) {
         list = []
-        bindings.set(this, list)
+        legacyBindings.set(target, list)
       }
-      list.push({
-        options: frozen,
-        handler: (message) => method.call(this, message),
-        name: `${this.constructor?.name ?? 'Object'}.${methodName}`,
-      })
-    })
-  }
+      list.push({ options: frozen, method: method as HandlerMethod<object>, methodName: String(second) })
+      return
+    }
+    throw new TypeError(
+      '@QmqConsumer goes on a class method: it was called neither as a standard decorator (value, context) nor as a legacy one (target, key, descriptor)',
+    )
+  }) as QmqConsumerDecorator
 }
 
 /** The decorated handlers of an instance (empty when it has none). */
 export function consumerBindings(instance: object): readonly ConsumerBinding[] {
-  return bindings.get(instance) ?? []
+  const out = [...(bindings.get(instance) ?? [])]
+  // Legacy decorators recorded on the prototypes of the instance's class chain, base classes first.
+  const protos: object[] = []
+  for (
+    let p = Object.getPrototypeOf(instance) as object | null;
+    p !== null && p !== Object.prototype;
+    p = Object.getPrototypeOf(p) as object | null
+  )
+    protos.unshift(p)
+  for (const proto of protos) {
+    for (const b of legacyBindings.get(proto) ?? []) {
+      out.push({
+        options: b.options,
+        handler: (message) => b.method.call(instance, message),
+        name: `${instance.constructor?.name ?? 'Object'}.${b.methodName}`,
+      })
+    }
+  }
+  return out
 }

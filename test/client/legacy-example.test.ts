@@ -1,0 +1,28 @@
+import { execFile } from 'node:child_process'
+import { resolve } from 'node:path'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { startCluster } from '../helpers/cluster'
+
+// Issue 19 item 6: the legacy-decorator example (NestJS-shaped wiring) runs against a real cluster,
+// compiled with experimentalDecorators: true.
+
+const ROOT = resolve(__dirname, '../..')
+
+t.test('examples/legacy-decorators runs against a cluster', async (t) => {
+  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  t.teardown(() => cluster.close())
+  await cluster.waitAlive('broker', 1)
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [
+      require.resolve('tsx/cli'),
+      '--tsconfig',
+      'examples/legacy-decorators/tsconfig.json',
+      'examples/legacy-decorators/main.ts',
+    ],
+    { cwd: ROOT, env: { ...process.env, QMQ_META: cluster.metaUrl }, timeout: 90_000 },
+  )
+  t.match(stdout, /order 42 /)
+  t.match(stdout, /done\n$/)
+})
