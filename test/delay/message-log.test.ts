@@ -4,7 +4,7 @@ import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
 import type { FsIo } from '../../src/broker/store/fs-io'
-import { delayDir, FaultyIo, fdPath, startDelay } from './helpers/start-delay'
+import { crashBeforeSchedules, delayDir, FaultyIo, fdPath, startDelay } from './helpers/start-delay'
 
 /**
  * The delay server's message log is a SegmentLog (src/broker/store/segment-log.ts): its I/O goes
@@ -12,17 +12,6 @@ import { delayDir, FaultyIo, fdPath, startDelay } from './helpers/start-delay'
  */
 
 const settle = () => new Promise((r) => setTimeout(r, 150))
-
-/** Makes the data dir look like a crash before any schedule log was synced: replay from offset 0. */
-function forgetSchedules(dir: string, message: string): void {
-  fs.rmSync(path.join(dir, 'message'), { recursive: true })
-  fs.renameSync(message, path.join(dir, 'message'))
-  for (const d of ['schedule', 'dispatch']) {
-    fs.rmSync(path.join(dir, d), { recursive: true })
-    fs.mkdirSync(path.join(dir, d))
-  }
-  fs.writeFileSync(path.join(dir, 'checkpoint.json'), JSON.stringify({ messageLogOffset: 0 }))
-}
 
 t.test(
   'delay - a failed fdatasync of the message log refuses the batch and cuts it from the log',
@@ -59,11 +48,7 @@ t.test(
       [0],
       'the next SEND is stored',
     )
-    // A copy of the message log as a crash would leave it.
-    const saved = path.join(dir, 'saved')
-    fs.cpSync(path.join(dir, 'message'), saved, { recursive: true })
-    await (closers.pop() as () => Promise<void>)()
-    forgetSchedules(dir, saved)
+    await crashBeforeSchedules(dir, closers)
 
     const sender = new FakeSender()
     const b = await startDelay(closers, dir, clock, sender)
