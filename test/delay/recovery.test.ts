@@ -4,7 +4,7 @@ import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { encodeRecord } from '../../src/common/record'
 import { delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
-import { delayDir, startDelay } from './helpers/start-delay'
+import { crashBeforeSchedules, delayDir, startDelay } from './helpers/start-delay'
 
 /**
  * Damage in any of the delay server's logs costs exactly the damaged records, reported, and nothing
@@ -49,18 +49,8 @@ t.test(
       )
       t.ok(res.every((r) => r.status === 0))
     }
-    // A crash before the schedule logs were synced: only the message log has the records (a copy
-    // taken while the server runs; a clean close would checkpoint and delete the segments).
-    const saved = path.join(dir, 'saved')
-    fs.cpSync(path.join(dir, 'message'), saved, { recursive: true })
-    await (closers.pop() as () => Promise<void>)()
-    fs.rmSync(path.join(dir, 'message'), { recursive: true })
-    fs.renameSync(saved, path.join(dir, 'message'))
-    for (const d of ['schedule', 'dispatch']) {
-      fs.rmSync(path.join(dir, d), { recursive: true })
-      fs.mkdirSync(path.join(dir, d))
-    }
-    fs.writeFileSync(path.join(dir, 'checkpoint.json'), JSON.stringify({ messageLogOffset: 0 }))
+    // A crash before the schedule logs were synced: only the message log has the records.
+    await crashBeforeSchedules(dir, closers)
     const segments = fs.readdirSync(path.join(dir, 'message')).sort()
     t.ok(segments.length >= 4, `${segments.length} segments`)
     // Damage the first record of the second segment (a byte of its body).

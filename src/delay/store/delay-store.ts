@@ -123,6 +123,7 @@ export class DelayStore {
       fsync: options.fsync,
       maxMessageBytes: options.maxMessageBytes,
       log: options.log,
+      io: options.io,
     })
     this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log, options.io)
     this.deadLetters = new DeadLetterLog(
@@ -154,7 +155,7 @@ export class DelayStore {
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
     this.messageLog.onDurable = (bytes, offset) => this.file(bytes, offset, false)
-    const { damaged } = this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
+    const { damaged } = await this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
       this.file(bytes, offset, true),
     )
     for (const d of damaged)

@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import path from 'node:path'
 import type { Test } from 'tap'
 import type { FsIo } from '../../../src/broker/store/fs-io'
 import { nodeFsIo } from '../../../src/broker/store/fs-io'
@@ -84,4 +85,23 @@ export class FaultyIo {
       this.synced.push(file)
     },
   }
+}
+
+/**
+ * Closes the server (the last closer) after taking a copy of its message log, then makes the data dir
+ * look like a crash before any schedule log was synced: that copy, no schedule or dispatch data, and a
+ * checkpoint at 0 (the whole message log is replayed at the next start). A copy is taken while the
+ * server runs because a clean close would checkpoint and delete the segments.
+ */
+export async function crashBeforeSchedules(dir: string, closers: (() => Promise<void>)[]): Promise<void> {
+  const saved = path.join(dir, 'saved')
+  fs.cpSync(path.join(dir, 'message'), saved, { recursive: true })
+  await (closers.pop() as () => Promise<void>)()
+  fs.rmSync(path.join(dir, 'message'), { recursive: true })
+  fs.renameSync(saved, path.join(dir, 'message'))
+  for (const d of ['schedule', 'dispatch']) {
+    fs.rmSync(path.join(dir, d), { recursive: true })
+    fs.mkdirSync(path.join(dir, d))
+  }
+  fs.writeFileSync(path.join(dir, 'checkpoint.json'), JSON.stringify({ messageLogOffset: 0 }))
 }
