@@ -65,7 +65,7 @@ const PEERS = (process.env.BENCH_PEERS ?? 'qmq,nats,rabbitmq').split(',')
 
 const DURABILITY: Record<string, string> = {
   qmq: "flush 'sync': fdatasync before confirming",
-  nats: 'JetStream file storage, 1 replica: confirms before fsync (syncs in the background by default)',
+  nats: 'JetStream file storage, 1 replica: acks a publish without waiting for an fsync (syncs in the background)',
   rabbitmq: 'quorum queue, publisher confirms: fsync before confirming',
 }
 
@@ -75,6 +75,8 @@ const DURABILITY: Record<string, string> = {
 const TAG = 'QMQ_PEERS_TAG'
 const tempDirs: string[] = []
 const children = new Set<ChildProcess>()
+/** Children being stopped by stopServer (their exit status is then not an error). */
+const stopping = new WeakSet<ChildProcess>()
 
 function tempDir(name: string): string {
   const dir = mkdtempSync(join(tmpdir(), `qmq-peers-${name}-`))
@@ -162,6 +164,7 @@ function spawnServer(
 async function stopServer(child: ChildProcess, graceMs = 10_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return
   const exited = new Promise((r) => child.once('exit', r))
+  stopping.add(child)
   const pid = child.pid
   try {
     process.kill(-pid, 'SIGTERM')
@@ -478,6 +481,7 @@ async function startQmq(): Promise<Driver> {
     },
     async drain(subject, consumers, total) {
       const group = `drain${consumers}`
+      const acks: Promise<Buffer>[] = []
       const clients = await Promise.all(Array.from({ length: consumers }, () => RawClient.connect(port)))
       let handled = 0
       let t1 = 0
@@ -493,12 +497,14 @@ async function startQmq(): Promise<Driver> {
             )
             for (const m of msgs) {
               await sleep(5)
-              await ack(c, subject, group, `d${i}`, [m.sequence])
+              // Not awaited, as NATS and RabbitMQ clients ack: the next message is handled at once.
+              acks.push(ack(c, subject, group, `d${i}`, [m.sequence]))
               if (++handled === total) t1 = performance.now()
             }
           }
         }),
       )
+      await Promise.all(acks)
       for (const c of clients) c.destroy()
       return (t1 - t0) / 1000
     },
@@ -561,6 +567,44 @@ async function startNats(): Promise<Driver> {
       max_ack_pending: maxAckPending,
     })
   }
+  /**
+   * `consumers` connections read the durable consumer `name` (each holding at most `maxMessages`),
+   * one message at a time: `handle`, then ack. Seconds until `total` were handled.
+   */
+  const consumeAll = async (
+    name: string,
+    consumers: number,
+    maxMessages: number,
+    total: number,
+    handle: () => Promise<unknown> | undefined,
+  ): Promise<number> => {
+    const conns = await Promise.all(Array.from({ length: consumers }, conn))
+    const iters = await Promise.all(
+      conns.map(async (nc) =>
+        (await nc.jetstream().consumers.get('BENCH', name)).consume({ max_messages: maxMessages }),
+      ),
+    )
+    let handled = 0
+    let t1 = 0
+    const t0 = performance.now()
+    await new Promise<void>((resolve, reject) => {
+      for (const it of iters)
+        void (async () => {
+          for await (const m of it) {
+            await handle()
+            m.ack()
+            if (++handled === total) {
+              t1 = performance.now()
+              resolve()
+            }
+            if (handled >= total) break
+          }
+        })().catch(reject)
+    })
+    for (const it of iters) it.stop()
+    await Promise.all(conns.map((nc) => nc.drain().catch(() => nc.close())))
+    return (t1 - t0) / 1000
+  }
   return {
     async publish(subject, producers, total) {
       const conns = await Promise.all(Array.from({ length: producers }, conn))
@@ -581,28 +625,7 @@ async function startNats(): Promise<Driver> {
     async consume(subject, consumers, total) {
       const name = `c-${subject}`
       await addConsumer(name, subject, DeliverPolicy.All)
-      const conns = await Promise.all(Array.from({ length: consumers }, conn))
-      let got = 0
-      let t1 = 0
-      const t0 = performance.now()
-      await new Promise<void>((resolve, reject) => {
-        for (const nc of conns) {
-          void (async () => {
-            const c = await nc.jetstream().consumers.get('BENCH', name)
-            const it = await c.consume({ max_messages: WINDOW })
-            for await (const m of it) {
-              m.ack()
-              if (++got === total) {
-                t1 = performance.now()
-                resolve()
-              }
-              if (got >= total) break
-            }
-          })().catch(reject)
-        }
-      })
-      await Promise.all(conns.map((nc) => nc.drain().catch(() => nc.close())))
-      return total / ((t1 - t0) / 1000)
+      return total / (await consumeAll(name, consumers, WINDOW, total, () => undefined))
     },
     async latency(subject, rate, seconds) {
       const total = Math.floor(rate * seconds)
@@ -637,6 +660,7 @@ async function startNats(): Promise<Driver> {
       })
       await Promise.all(pending)
       await Promise.race([consumerLoop, sleep(10_000)])
+      it.stop()
       await cnc.close()
       await pnc.close()
       return { deliver, confirm }
@@ -644,29 +668,7 @@ async function startNats(): Promise<Driver> {
     async drain(subject, consumers, total) {
       const name = `drain${consumers}`
       await addConsumer(name, subject, DeliverPolicy.All)
-      const conns = await Promise.all(Array.from({ length: consumers }, conn))
-      let handled = 0
-      let t1 = 0
-      const t0 = performance.now()
-      await new Promise<void>((resolve, reject) => {
-        for (const nc of conns) {
-          void (async () => {
-            const c = await nc.jetstream().consumers.get('BENCH', name)
-            const it = await c.consume({ max_messages: 5 })
-            for await (const m of it) {
-              await sleep(5)
-              m.ack()
-              if (++handled === total) {
-                t1 = performance.now()
-                resolve()
-              }
-              if (handled >= total) break
-            }
-          })().catch(reject)
-        }
-      })
-      await Promise.all(conns.map((nc) => nc.close()))
-      return (t1 - t0) / 1000
+      return consumeAll(name, consumers, 5, total, () => sleep(5))
     },
     async stop() {
       await admin.close()
