@@ -21,7 +21,7 @@
  * broker, with qmq's figure divided by the best peer's (and qmq's latency divided by the floors).
  * BENCH_PEERS=qmq,nats,rabbitmq picks the brokers.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
+import { type ChildProcess, type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process'
 import {
   closeSync,
   fdatasyncSync,
@@ -154,7 +154,7 @@ function spawnServer(
   })
   child.once('exit', (code, sig) => {
     children.delete(child)
-    if (code !== 0 && code !== null && sig === null)
+    if (!stopping.has(child) && code !== 0 && code !== null && sig === null)
       process.stderr.write(`${cmd} exited with ${code}: ${err}\n`)
   })
   return child
@@ -206,7 +206,7 @@ async function waitFor<T>(what: string, ms: number, fn: () => Promise<T>, child?
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** Installs the Debian packages that provide `binaries` when one is missing. */
+/** Installs Debian's nats-server and rabbitmq-server packages when missing (apt-get, as root). */
 function ensurePackages(): void {
   const need: string[] = []
   if (PEERS.includes('nats') && !existsOnPath('nats-server')) need.push('nats-server')
@@ -214,16 +214,14 @@ function ensurePackages(): void {
     need.push('rabbitmq-server')
   if (need.length === 0) return
   process.stderr.write(`installing ${need.join(' ')} (apt-get)\n`)
-  const opts = {
-    stdio: ['ignore', 'inherit', 'inherit'] as const,
+  // apt's output goes to our stderr: stdout carries only the result lines.
+  const opts: SpawnSyncOptions = {
+    stdio: ['ignore', 2, 'inherit'],
     env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
   }
-  const update = spawnSync('apt-get', ['update'], { ...opts, stdio: ['ignore', 2, 'inherit'] })
+  const update = spawnSync('apt-get', ['update'], opts)
   if (update.status !== 0) throw new Error(`apt-get update failed (${update.status ?? update.error})`)
-  const install = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...need], {
-    ...opts,
-    stdio: ['ignore', 2, 'inherit'],
-  })
+  const install = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...need], opts)
   if (install.status !== 0)
     throw new Error(`apt-get install ${need.join(' ')} failed (${install.status ?? install.error})`)
   // A package's postinst may start a system service: stop it, the peers run alone, started by us.
@@ -438,7 +436,7 @@ async function startQmq(): Promise<Driver> {
       let producing = true
       const consumerLoop = (async () => {
         const acks: Promise<Buffer>[] = []
-        while (deliver.length < total && (producing || deliver.length < total)) {
+        while (deliver.length < total) {
           const msgs = decodePullResponse(
             await consumer.call(
               RequestCode.PULL,
