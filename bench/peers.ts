@@ -120,6 +120,7 @@ function killTagged(): void {
   }
 }
 
+/** Kills what is left of this run's servers and removes their temp dirs (nothing else is running then). */
 function cleanup(): void {
   killTagged()
   for (const d of tempDirs.splice(0)) rmSync(d, { recursive: true, force: true })
@@ -966,6 +967,7 @@ async function runBroker(name: string, round: number): Promise<void> {
       )
   } finally {
     await d.stop()
+    cleanup() // its leftovers (if any) and its data: a full run would otherwise keep GiBs in tmp
   }
 }
 
@@ -1034,7 +1036,7 @@ async function main(): Promise<void> {
     // Each broker alone on the machine, in turn; the floors in the same round.
     for (const name of PEERS) await runBroker(name, round)
     await runFloors()
-    killTagged()
+    cleanup()
   }
   emit()
 }
