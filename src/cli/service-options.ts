@@ -23,7 +23,7 @@ export const SECRET_OPTIONS: Readonly<Record<string, { env: string; fileFlag: st
 const MAX_SECRET_FILE_BYTES = 4096
 
 /** The secret in `path`, without the trailing newline an editor or `echo` leaves. */
-function readSecretFile(flag: string, path: unknown): string {
+export function readSecretFile(flag: string, path: unknown): string {
   if (typeof path !== 'string' || path === '')
     throw new QmqError('QMQ_ERR_USAGE', `${flag} needs a file path`)
   let fd: number | undefined
