@@ -51,13 +51,14 @@ t.test('delay - cancel from the SDK and the CLI', async (t) => {
   consumer.register(new Listener())
   await consumer.start()
 
-  const at = new Date(Date.now() + 15_000)
-  const sent = async () => {
-    const m = producer.generateMessage('cancel.me').setDelayTime(at)
+  // The messages to cancel are due long after the test (a loaded machine can take seconds per qmq
+  // run): a cancel must find them pending. `kept` is due soon and must arrive.
+  const sent = async (inMs: number) => {
+    const m = producer.generateMessage('cancel.me').setDelayTime(new Date(Date.now() + inMs))
     await producer.sendMessage(m)
     return m.getMessageId()
   }
-  const [bySdk, byCli, kept] = [await sent(), await sent(), await sent()]
+  const [bySdk, byCli, kept] = [await sent(600_000), await sent(600_000), await sent(15_000)]
   await withoutSecret.init()
   await wrongSecret.init()
   await t.rejects(withoutSecret.cancel(bySdk), { code: 'QMQ_ERR_UNAUTHORIZED' }, 'no clusterSecret option')
