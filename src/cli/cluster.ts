@@ -3,13 +3,17 @@ import { MetaClient } from '../common/meta/meta-client'
 import type { GroupInfo } from '../common/meta/types'
 import type { Frame } from '../common/protocol/frame'
 import { Connection } from '../client/transport/connection'
+import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG } from '../common/token'
 import { type FlagSpec, type ParsedArgs, stringFlag } from './args'
+import { readSecretFile } from './service-options'
 
 /**
  * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
  * requests of the TCP protocol). `--metaserver URL` or QMQ_METASERVER picks the metaserver (default
  * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent with admin writes (the metaserver's
- * and the brokers' cursor resets, dead-letter redrives and forget-group).
+ * and the brokers' cursor resets, dead-letter redrives and forget-group). The cluster secret, which
+ * the delay servers' CANCEL and dead-letter requests carry, comes from QMQ_CLUSTER_SECRET or
+ * `--cluster-secret-file FILE`, never from a flag with the value (`ps` shows command lines).
  */
 export const DEFAULT_METASERVER_URL = 'http://127.0.0.1:8080'
 const REQUEST_TIMEOUT_MS = 10_000
@@ -18,12 +22,25 @@ export class ClusterAdmin {
   readonly meta: MetaClient
   /** Sent with admin writes; undefined = none given. */
   readonly adminToken: string | undefined
+  /** Sent with the delay servers' CANCEL and dead-letter requests; undefined = none given. */
+  readonly clusterSecret: string | undefined
   private readonly connections = new Map<string, Connection>()
 
   constructor(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv = process.env) {
     const url = stringFlag(flags, 'metaserver') ?? env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
     const adminToken = stringFlag(flags, 'token') ?? env.QMQ_ADMIN_TOKEN
     this.adminToken = adminToken === '' ? undefined : adminToken
+    if (flags.clusterSecret !== undefined)
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        `--cluster-secret is not accepted: every user of the machine can read a command line (ps); set ${CLUSTER_SECRET_ENV} or use ${CLUSTER_SECRET_FILE_FLAG} FILE`,
+      )
+    const secretFile = flags.clusterSecretFile
+    const secret =
+      secretFile !== undefined
+        ? readSecretFile(CLUSTER_SECRET_FILE_FLAG, secretFile)
+        : env[CLUSTER_SECRET_ENV]
+    this.clusterSecret = secret === '' ? undefined : secret
     this.meta = new MetaClient({ url, ...(adminToken ? { adminToken } : {}), timeoutMs: 5_000 })
   }
 
@@ -85,6 +102,11 @@ export const CLUSTER_FLAGS: readonly FlagSpec[] = [
     name: 'token',
     value: 'TOKEN',
     doc: 'admin token for metaserver and broker admin writes [QMQ_ADMIN_TOKEN]',
+  },
+  {
+    name: 'cluster-secret-file',
+    value: 'FILE',
+    doc: 'the cluster secret, for qmq cancel and qmq delay-dlq [QMQ_CLUSTER_SECRET]',
   },
   { name: 'json', doc: 'print JSON instead of a table' },
 ]

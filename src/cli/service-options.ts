@@ -22,8 +22,16 @@ export const SECRET_OPTIONS: Readonly<Record<string, { env: string; fileFlag: st
 }
 const MAX_SECRET_FILE_BYTES = 4096
 
+/**
+ * Options that hold a token and still have their old plain flag (it shows in `ps`: discouraged, kept
+ * working), plus a flag naming a file that holds the value. Both given is a usage error.
+ */
+export const FILE_FLAG_OPTIONS: Readonly<Record<string, string>> = {
+  adminToken: 'adminTokenFile',
+}
+
 /** The secret in `path`, without the trailing newline an editor or `echo` leaves. */
-function readSecretFile(flag: string, path: unknown): string {
+export function readSecretFile(flag: string, path: unknown): string {
   if (typeof path !== 'string' || path === '')
     throw new QmqError('QMQ_ERR_USAGE', `${flag} needs a file path`)
   let fd: number | undefined
@@ -55,6 +63,13 @@ function secretsOf<T>(
   env: NodeJS.ProcessEnv,
 ): Record<string, string> {
   const out: Record<string, string> = {}
+  for (const [key, fileFlag] of Object.entries(FILE_FLAG_OPTIONS)) {
+    if (!Object.hasOwn(schema, key) || flags[fileFlag] === undefined) continue
+    const flag = `--${kebabCase(fileFlag)}`
+    if (flags[key] !== undefined)
+      throw new QmqError('QMQ_ERR_USAGE', `give --${kebabCase(key)} and ${flag} not both (prefer ${flag})`)
+    out[key] = readSecretFile(flag, flags[fileFlag])
+  }
   for (const [key, where] of Object.entries(SECRET_OPTIONS)) {
     if (!Object.hasOwn(schema, key)) continue
     const fileFlag = `--${kebabCase(where.fileFlag)}`
@@ -119,6 +134,9 @@ export function resolveServiceOptions<T>(
     delete (fromEnv as Record<string, unknown>)[key]
     delete fromFlags[where.fileFlag]
   }
+  for (const [key, fileFlag] of Object.entries(FILE_FLAG_OPTIONS)) {
+    if (Object.hasOwn(schema, key)) delete fromFlags[fileFlag]
+  }
   try {
     return resolveOptions(service, schema, { ...fromFile, ...fromEnv, ...fromFlags, ...fromSecrets })
   } catch (err) {
@@ -157,10 +175,20 @@ export function resolveServiceOptions<T>(
 
 /** Help lines for every option of a schema: flag, default, description, environment variable. */
 export function optionsHelp<T>(schema: OptionsSchema<T>, envPrefix: string): string {
-  const rows = (Object.entries(schema) as [string, OptionSpec<unknown>][]).map(([key, spec]) => {
+  const rows = (Object.entries(schema) as [string, OptionSpec<unknown>][]).flatMap(([key, spec]) => {
     const secret = SECRET_OPTIONS[key]
     if (secret !== undefined)
-      return [`  --${kebabCase(secret.fileFlag)} FILE`, `${spec.doc}  [${secret.env}]`] as const
+      return [[`  --${kebabCase(secret.fileFlag)} FILE`, `${spec.doc}  [${secret.env}]`] as const]
+    const fileFlag = FILE_FLAG_OPTIONS[key]
+    const fileRow =
+      fileFlag === undefined
+        ? []
+        : [
+            [
+              `  --${kebabCase(fileFlag)} FILE`,
+              `the same, read from FILE (preferred: a flag shows in ps)`,
+            ] as const,
+          ]
     const def = spec.default
     const shown =
       def === undefined
@@ -170,7 +198,10 @@ export function optionsHelp<T>(schema: OptionsSchema<T>, envPrefix: string): str
             ? ` (default: ${def.join(',')})`
             : ''
           : ` (default: ${String(def)})`
-    return [`  --${kebabCase(key)}`, `${spec.doc}${shown}  [${envName(envPrefix, key)}]`] as const
+    return [
+      [`  --${kebabCase(key)}`, `${spec.doc}${shown}  [${envName(envPrefix, key)}]`] as const,
+      ...fileRow,
+    ]
   })
   const width = Math.max(...rows.map(([f]) => f.length)) + 2
   return rows.map(([f, d]) => `${f.padEnd(width)}${d}`).join('\n')

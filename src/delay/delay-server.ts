@@ -195,11 +195,14 @@ export class DelayServer {
       metrics: this.metrics,
       log: this.log,
       maxMessageBytes: o.maxMessageBytes,
+      clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
     })
+    if (o.clusterSecret === undefined)
+      this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
     const tcp = new TcpServer(
       tcpServerOptions(o, o.port),
       {
-        handle: (frame) => handle(frame),
+        handle: (frame, conn) => handle(frame, conn.remoteAddress),
         onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
       },
       this.log,

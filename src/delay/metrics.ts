@@ -11,6 +11,8 @@ const LOAD_BUCKETS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 export interface DelayMetrics {
   received: Counter<'result'>
   cancelled: Counter<'result'>
+  /** Authenticated requests refused (no or wrong cluster secret), by request name. */
+  unauthorized: Counter<'request'>
   dispatched: Counter
   dispatchFailures: Counter
   tickErrors: Counter
@@ -76,6 +78,12 @@ export function createDelayMetrics(
       name: 'qmq_delay_cancel_requests_total',
       help: 'Message ids asked to be cancelled, by result (cancelled, not_pending)',
       labelNames: ['result'],
+      registers,
+    }),
+    unauthorized: new Counter({
+      name: 'qmq_delay_unauthorized_requests_total',
+      help: 'CANCEL and dead-letter requests refused for a missing or wrong cluster secret, by request',
+      labelNames: ['request'],
       registers,
     }),
     dispatched: new Counter({

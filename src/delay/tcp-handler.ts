@@ -8,6 +8,7 @@ import {
 } from '../common/protocol/delay-admin'
 import {
   decodeCancelRequest,
+  decodeRequestToken,
   encodeCountResponse,
   decodeSendRequest,
   encodeCancelResponse,
@@ -16,6 +17,7 @@ import {
 import { RequestCode, requestCodeName } from '../common/protocol/codes'
 import type { Frame } from '../common/protocol/frame'
 import type { ResponseBody } from '../common/server/connection'
+import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG, tokenMatches } from '../common/token'
 import type { DelayMetrics } from './metrics'
 import type { DelayStore } from './store/delay-store'
 
@@ -27,21 +29,50 @@ import type { DelayStore } from './store/delay-store'
  * ServerConnection), set up in delay-server.ts.
  * - A well delimited but bad request (unknown code, unsupported version, malformed payload) gets an
  *   error response (the handler throws a QmqError); the connection stays.
+ * - CANCEL and the dead-letter requests carry a token (their first field, commands.ts): the delay
+ *   server's cluster secret. It is checked (in constant time) before the rest of the request is
+ *   decoded; a missing or wrong one, or a server without a cluster secret, is answered
+ *   QMQ_ERR_UNAUTHORIZED, changes nothing, is counted and logged with the remote address (never a
+ *   token). SEND and PING are open to whoever reaches the port (keep it private; issue 18).
  */
 export interface HandlerContext {
   store: DelayStore
   metrics: DelayMetrics
   log: Logger
   maxMessageBytes: number
+  /** The cluster secret as UTF-8 bytes; undefined = none configured: authenticated requests are refused. */
+  clusterSecret: Buffer | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
 
-export function createDelayFrameHandler(ctx: HandlerContext): (frame: Frame) => Promise<ResponseBody> {
-  return (f) => handleFrame(f, ctx)
+/** The frame handler; `remote` (host:port of the peer) is only logged, for refused requests. */
+export function createDelayFrameHandler(
+  ctx: HandlerContext,
+): (frame: Frame, remote: string) => Promise<ResponseBody> {
+  return (f, remote) => handleFrame(f, ctx, remote)
 }
 
-async function handleFrame(f: Frame, ctx: HandlerContext): Promise<ResponseBody> {
+/** Throws QMQ_ERR_UNAUTHORIZED unless the request's token is the cluster secret. */
+function authenticate(f: Frame, ctx: HandlerContext, remote: string): void {
+  const token = decodeRequestToken(f.body)
+  const want = ctx.clusterSecret
+  if (want !== undefined && tokenMatches(token, want)) return
+  const request = requestCodeName(f.code) ?? String(f.code)
+  const reason = want === undefined ? 'no_secret_configured' : token === '' ? 'missing' : 'wrong'
+  ctx.metrics.unauthorized.inc({ request })
+  ctx.log.warn({ request, remote, reason }, 'unauthorized request refused')
+  throw new QmqError(
+    'QMQ_ERR_UNAUTHORIZED',
+    want === undefined
+      ? `${request} is refused: this delay server has no cluster secret (${CLUSTER_SECRET_ENV} or ${CLUSTER_SECRET_FILE_FLAG}) to check it against`
+      : token === ''
+        ? `${request} needs the cluster secret (producer option clusterSecret; qmq: ${CLUSTER_SECRET_ENV} or ${CLUSTER_SECRET_FILE_FLAG})`
+        : `wrong cluster secret for ${request}`,
+  )
+}
+
+async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promise<ResponseBody> {
   switch (f.code) {
     case RequestCode.PING:
       return EMPTY
@@ -66,16 +97,19 @@ async function handleFrame(f: Frame, ctx: HandlerContext): Promise<ResponseBody>
       )
     }
     case RequestCode.CANCEL: {
-      const ids = decodeCancelRequest(f.body)
+      authenticate(f, ctx, remote)
+      const { ids } = decodeCancelRequest(f.body)
       const res = await ctx.store.cancel(ids)
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)
     }
     case RequestCode.ADMIN_DELAY_DLQ_LIST: {
+      authenticate(f, ctx, remote)
       const req = decodeDelayDlqListRequest(f.body)
       return encodeDelayDlqListResponse(ctx.store.listDeadLetters(req.limit, req.afterSequence))
     }
     case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
+      authenticate(f, ctx, remote)
       const req = decodeDelayDlqRedriveRequest(f.body)
       const n = await ctx.store.redriveDeadLetters(req.sequences)
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')

@@ -91,3 +91,32 @@ t.test('service options - qmq metaserver without a secret exits with a clear err
   t.not(r.status, 0)
   t.match(r.stderr, /metaserver needs the cluster secret.*QMQ_CLUSTER_SECRET.*--cluster-secret-file/)
 })
+
+t.test('service options - the admin token can come from --admin-token-file (not only a flag)', async (t) => {
+  const dir = t.testdir()
+  const file = join(dir, 'admin-token')
+  writeFileSync(file, 'admin-token-from-a-file\n')
+  for (const [name, schema, prefix] of services.filter(([n]) => n !== 'delay')) {
+    const resolve = (flags: Record<string, string>, env: NodeJS.ProcessEnv = {}) =>
+      resolveServiceOptions(name, schema, flags, prefix, env) as { adminToken?: string }
+    t.equal(
+      resolve({ adminTokenFile: file }, { QMQ_CLUSTER_SECRET: SECRET }).adminToken,
+      'admin-token-from-a-file',
+      `${name}: from the file, without its trailing newline`,
+    )
+    t.equal(
+      resolve({ adminToken: 'on-the-command-line' }, { QMQ_CLUSTER_SECRET: SECRET }).adminToken,
+      'on-the-command-line',
+      `${name}: the flag still works (discouraged)`,
+    )
+    t.throws(() => resolve({ adminToken: 'x', adminTokenFile: file }, { QMQ_CLUSTER_SECRET: SECRET }), {
+      code: 'QMQ_ERR_USAGE',
+      message: /--admin-token and --admin-token-file/,
+    })
+    t.throws(() => resolve({ adminTokenFile: join(dir, 'missing') }, { QMQ_CLUSTER_SECRET: SECRET }), {
+      code: 'QMQ_ERR_CONFIG_INVALID',
+      message: /--admin-token-file .*missing: cannot read it/,
+    })
+    t.match(optionsHelp(schema, prefix), /--admin-token-file FILE/)
+  }
+})

@@ -20,7 +20,7 @@ import { DelayServer } from '../../src/delay/delay-server'
 import { Metaserver } from '../../src/metaserver/main'
 import { StaticRouteProvider } from '../../src/delay/dispatch/sender'
 import { RawClient } from '../helpers/raw-client'
-import { delayed, send, T0, waitFor } from './helpers/delay-helpers'
+import { DELAY_TEST_SECRET, delayed, send, T0, waitFor } from './helpers/delay-helpers'
 import { FakeBroker } from './helpers/fake-broker'
 import { delayDir } from './helpers/start-delay'
 
@@ -40,7 +40,7 @@ function withSubject(record: Buffer, subject: string): Buffer {
 async function list(c: RawClient) {
   const res = await c.request(
     RequestCode.ADMIN_DELAY_DLQ_LIST,
-    encodeDelayDlqListRequest({ limit: 100, afterSequence: -1 }),
+    encodeDelayDlqListRequest({ limit: 100, afterSequence: -1, token: DELAY_TEST_SECRET }),
   )
   if (res.status !== 0) throw new Error(`ADMIN_DELAY_DLQ_LIST failed: ${res.message}`)
   return decodeDelayDlqListResponse(res.body)
@@ -70,6 +70,7 @@ t.test(
           tickMs: 5,
           checkpointIntervalMs: 50,
           retryInitialMs: 10_000,
+          clusterSecret: DELAY_TEST_SECRET,
         },
         {
           clock,
@@ -141,7 +142,7 @@ t.test(
     broker.refuse = undefined
     const r = await b.client.request(
       RequestCode.ADMIN_DELAY_DLQ_REDRIVE,
-      encodeDelayDlqRedriveRequest({ sequences: [1] }),
+      encodeDelayDlqRedriveRequest({ sequences: [1], token: DELAY_TEST_SECRET }),
     )
     t.equal(r.status, 0, r.message)
     t.equal(decodeCountResponse(r.body), 1)
@@ -156,7 +157,13 @@ t.test(
 t.test('delay - qmq delay-dlq list and redrive', async (t) => {
   const { dir, closers } = delayDir(t)
   const metaserver = new Metaserver(
-    { port: 0, dataDir: path.join(dir, 'meta'), heartbeatIntervalMs: 200, heartbeatTimeoutMs: 1_500 },
+    {
+      port: 0,
+      dataDir: path.join(dir, 'meta'),
+      heartbeatIntervalMs: 200,
+      heartbeatTimeoutMs: 1_500,
+      clusterSecret: DELAY_TEST_SECRET,
+    },
     { logger: silentLogger },
   )
   await metaserver.start()
@@ -170,6 +177,7 @@ t.test('delay - qmq delay-dlq list and redrive', async (t) => {
       port: 0,
       dataDir: path.join(dir, 'delay'),
       metaserver: `${metaserver.url}/meta/address`,
+      clusterSecret: DELAY_TEST_SECRET,
       bucketMinutes: 1,
       tickMs: 5,
       checkpointIntervalMs: 50,
@@ -190,14 +198,30 @@ t.test('delay - qmq delay-dlq list and redrive', async (t) => {
     5_000,
     'dispatch',
   )
-  const qmq = async (...args: string[]) => {
+  const qmqWith = async (secret: string | undefined, ...args: string[]) => {
+    const env = { ...process.env }
+    delete env.QMQ_CLUSTER_SECRET
+    if (secret !== undefined) env.QMQ_CLUSTER_SECRET = secret
     const { stdout } = await promisify(execFile)(
       process.execPath,
       [QMQ_BIN, ...args, '--metaserver', metaserver.url],
-      { encoding: 'utf8' },
+      { encoding: 'utf8', env },
     )
     return stdout
   }
+  const qmq = (...args: string[]) => qmqWith(DELAY_TEST_SECRET, ...args)
+  // Without QMQ_CLUSTER_SECRET, or with a wrong one: refused by the delay server, nothing redriven.
+  for (const secret of [undefined, 'a-wrong-cluster-secret-000000']) {
+    await t.rejects(qmqWith(secret, 'delay-dlq', 'list', '--group', 'delay-cli'), {
+      code: 1,
+      stderr: /QMQ_ERR_UNAUTHORIZED/,
+    })
+    await t.rejects(qmqWith(secret, 'delay-dlq', 'redrive', '--group', 'delay-cli', '--all'), {
+      code: 1,
+      stderr: /QMQ_ERR_UNAUTHORIZED/,
+    })
+  }
+  t.equal(server.store.deadLetters.size, 2, 'nothing redriven without the secret')
   const listed = JSON.parse(await qmq('delay-dlq', 'list', '--group', 'delay-cli', '--json')) as {
     sequence: number
     id: string
@@ -235,12 +259,14 @@ t.test('delay - dead-letter admin codecs check their input', async (t) => {
   })
   t.same(decodeDelayDlqRedriveRequest(encodeDelayDlqRedriveRequest({ sequences: [3, 9] })), {
     sequences: [3, 9],
+    token: '',
   })
-  t.same(decodeDelayDlqRedriveRequest(encodeDelayDlqRedriveRequest({})), { sequences: undefined })
-  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7])), {
+  t.same(decodeDelayDlqRedriveRequest(encodeDelayDlqRedriveRequest({})), { sequences: undefined, token: '' })
+  // (the leading 0, 0: an empty token field)
+  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7])), {
     code: 'QMQ_ERR_INVALID_ARGUMENT',
   })
-  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([2, 0, 0, 0, 0])), {
+  t.throws(() => decodeDelayDlqRedriveRequest(Buffer.from([0, 0, 2, 0, 0, 0, 0])), {
     code: 'QMQ_ERR_PAYLOAD_MALFORMED',
   })
 })

@@ -7,7 +7,7 @@ import { silentLogger } from '../../src/common/logger'
 import { RequestCode } from '../../src/common/protocol/codes'
 import { DelayServer, type DelayOptions } from '../../src/delay/delay-server'
 import { RawClient } from '../helpers/raw-client'
-import { cancel, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
+import { cancel, DELAY_TEST_SECRET, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
 
 /** Registers the closing teardown before t.testdir() so servers close before their dir is removed. */
 const closers = new WeakMap<Test, (() => Promise<void>)[]>()
@@ -35,6 +35,7 @@ async function startServer(
       loadAheadMs: 10_000,
       tickMs: 5,
       checkpointIntervalMs: 50,
+      clusterSecret: DELAY_TEST_SECRET,
       ...options,
     },
     { clock, logger: silentLogger, sender, routes: { groups: async () => [] } },

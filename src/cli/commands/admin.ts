@@ -429,7 +429,7 @@ export const delayDlqCommand = adminCommand(
       const frame = await cluster.request(
         group.address,
         RequestCode.ADMIN_DELAY_DLQ_LIST,
-        encodeDelayDlqListRequest({ limit, afterSequence: -1 }),
+        encodeDelayDlqListRequest({ limit, afterSequence: -1, token: cluster.clusterSecret }),
       )
       const out = decodeDelayDlqListResponse(frame.body).map((d) => ({
         sequence: d.sequence,
@@ -452,7 +452,10 @@ export const delayDlqCommand = adminCommand(
     const frame = await cluster.request(
       group.address,
       RequestCode.ADMIN_DELAY_DLQ_REDRIVE,
-      encodeDelayDlqRedriveRequest({ sequences: all ? undefined : sequences }),
+      encodeDelayDlqRedriveRequest({
+        sequences: all ? undefined : sequences,
+        token: cluster.clusterSecret,
+      }),
     )
     const redriven = decodeCountResponse(frame.body)
     print(json, { redriven }, () => `redrove ${redriven} dead letter(s) of delay group ${name}`)
@@ -469,7 +472,11 @@ export const cancelCommand = adminCommand(
   async (cluster, { positionals }, json) => {
     if (positionals.length === 0) throw new QmqError('QMQ_ERR_USAGE', `missing message id\n${CANCEL_USAGE}`)
     const answers = await cancelDelayed(
-      { meta: cluster.meta, request: (address, code, body) => cluster.request(address, code, body) },
+      {
+        meta: cluster.meta,
+        request: (address, code, body) => cluster.request(address, code, body),
+        token: cluster.clusterSecret,
+      },
       positionals,
     )
     const out = positionals.map((id, i) => ({ id, cancelled: answers[i] === true }))

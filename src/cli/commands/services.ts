@@ -2,7 +2,7 @@ import { envName, type OptionSpec, type OptionsSchema } from '../../common/confi
 import { QmqError } from '../../common/errors'
 import { createLogger } from '../../common/logger'
 import { type FlagSpec, kebabCase, parseArgs } from '../args'
-import { optionsHelp, resolveServiceOptions, SECRET_OPTIONS } from '../service-options'
+import { FILE_FLAG_OPTIONS, optionsHelp, resolveServiceOptions, SECRET_OPTIONS } from '../service-options'
 import type { Command } from './command'
 
 /**
@@ -37,6 +37,13 @@ function serviceFlags<T>(schema: OptionsSchema<T>): FlagSpec[] {
         name: kebabCase(where.fileFlag),
         value: 'FILE',
         doc: `file holding the ${kebabCase(key)} (or ${where.env})`,
+      })),
+    ...Object.entries(FILE_FLAG_OPTIONS)
+      .filter(([key]) => Object.hasOwn(schema, key))
+      .map(([key, fileFlag]) => ({
+        name: kebabCase(fileFlag),
+        value: 'FILE',
+        doc: `file holding the ${kebabCase(key)} (instead of --${kebabCase(key)}, which ps shows)`,
       })),
     ...(Object.entries(schema) as [string, OptionSpec<unknown>][]).map(([key, o]) => ({
       name: kebabCase(key),

@@ -19,6 +19,11 @@ export interface CancelDeps {
   meta: Pick<MetaClient, 'listGroups'>
   /** One request to a server (the SDK's connection pool, the CLI's admin connections). */
   request: (address: string, code: number, body: Buffer) => Promise<Frame>
+  /**
+   * The cluster secret: delay servers refuse CANCEL without it (QMQ_ERR_UNAUTHORIZED). Interim, until
+   * issue 18's application credentials replace it.
+   */
+  token: string | undefined
 }
 
 export async function cancelDelayed(deps: CancelDeps, ids: readonly string[]): Promise<boolean[]> {
@@ -40,7 +45,7 @@ export async function cancelDelayed(deps: CancelDeps, ids: readonly string[]): P
     (g) => g.kind === 'delay' && g.alive && g.address !== '',
   )
   if (groups.length === 0) throw new QmqError('QMQ_ERR_NO_ROUTE', 'no alive delay group to cancel in')
-  const body = encodeCancelRequest(ids)
+  const body = encodeCancelRequest(ids, deps.token)
   const answers = await Promise.all(
     groups.map(async (g) =>
       decodeCancelResponse((await deps.request(g.address, RequestCode.CANCEL, body)).body),

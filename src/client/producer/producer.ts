@@ -1,4 +1,4 @@
-import { boolean, integer, type OptionsSchema, resolveOptions } from '../../common/config'
+import { boolean, integer, type OptionsSchema, optionalSecret, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
@@ -79,6 +79,12 @@ export interface ProducerOptions extends CommonClientOptions {
    * waits up to firstLookupTimeoutMs for its route).
    */
   checkMetaServerOnInit: boolean
+  /**
+   * The cluster secret (the one the services share: QMQ_CLUSTER_SECRET), sent with cancel(): delay
+   * servers refuse CANCEL without it (QMQ_ERR_UNAUTHORIZED). Only cancel() uses it; leave it unset in
+   * applications that do not cancel. Interim: issue 18 replaces it with application credentials.
+   */
+  clusterSecret: string | undefined
 }
 
 export const producerSchema: OptionsSchema<ProducerOptions> = {
@@ -93,6 +99,7 @@ export const producerSchema: OptionsSchema<ProducerOptions> = {
   circuitFailureThreshold: integer({ default: 20, min: 1, doc: 'failures that open a breaker' }),
   circuitOpenMs: integer({ default: 5_000, min: 1, doc: 'open breaker duration (ms)' }),
   checkMetaServerOnInit: boolean({ default: true, doc: 'init() fails when the metaserver does not answer' }),
+  clusterSecret: optionalSecret({ doc: 'cluster secret sent with cancel() (interim; issue 18)' }),
 }
 
 /**
@@ -279,14 +286,16 @@ export class MessageProducerProvider extends ClientBase {
 
   /**
    * Cancels a pending delayed message by id (cancel.ts): true when a delay group held it pending (it is
-   * then never delivered), false when none did (unknown, delivered, or not delayed).
+   * then never delivered), false when none did (unknown, delivered, or not delayed). Needs the
+   * `clusterSecret` option (QMQ_ERR_UNAUTHORIZED otherwise).
    */
   async cancel(messageId: string): Promise<boolean> {
     if (this.rt === undefined)
       throw new QmqError('QMQ_ERR_NOT_INITIALIZED', 'producer: call init() before cancel()')
     const rt = this.rt
     const request = (address: string, code: number, body: Buffer) => rt.pool.get(address).request(code, body)
-    return (await cancelDelayed({ meta: rt.meta, request }, [messageId]))[0] === true
+    const token = this.opts?.clusterSecret
+    return (await cancelDelayed({ meta: rt.meta, request, token }, [messageId]))[0] === true
   }
 
   /** A new message for `subject`, with a fresh id. Use a new one for every send. */

@@ -1,3 +1,4 @@
+import { SECRET_MAX_LENGTH } from '../config'
 import { QmqError } from '../errors'
 import { validateConsumerId, validateGroup, validateSubject } from '../names'
 import {
@@ -469,21 +470,58 @@ export function decodeHeartbeatResponse(body: Buffer): HeartbeatResponse {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Token field of the delay server's authenticated requests (CANCEL, ADMIN_DELAY_DLQ_LIST,
+// ADMIN_DELAY_DLQ_REDRIVE): their first field, so a server reads it (and refuses a wrong one) before
+// decoding the rest.
+//   str16 token                    the cluster secret ('' = none); at most MAX_TOKEN_BYTES bytes
+// Interim: the data-path authentication of issue 18 (application credentials) replaces it.
+export const MAX_TOKEN_BYTES = SECRET_MAX_LENGTH
+
+export function writeToken(w: PayloadWriter, token: string | undefined): PayloadWriter {
+  const t = token ?? ''
+  if (Buffer.byteLength(t, 'utf8') > MAX_TOKEN_BYTES)
+    throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `a token is at most ${MAX_TOKEN_BYTES} bytes`)
+  return w.str16(t)
+}
+
+/** Reads the token field; its length is checked against MAX_TOKEN_BYTES before its bytes are read. */
+export function readToken(r: PayloadReader): string {
+  const at = r.offset
+  const len = r.u16('token length')
+  if (len > MAX_TOKEN_BYTES)
+    throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', `token of ${len} bytes (at most ${MAX_TOKEN_BYTES})`)
+  r.offset = at
+  return r.str16('token')
+}
+
+/** The token of an authenticated delay-server request, read alone (the rest is not decoded). */
+export function decodeRequestToken(body: Buffer): string {
+  return readToken(new PayloadReader(body))
+}
+
+// ---------------------------------------------------------------------------------------------
 // CANCEL request (delay server)
+//   str16 token                    the cluster secret (token field above)
 //   u32 count
 //   count x str16 messageId
 // CANCEL response
 //   u32 count
 //   count x u8 cancelled            1 = was pending and is now cancelled; 0 = unknown or already dispatched
-export function encodeCancelRequest(ids: readonly string[]): Buffer {
-  const w = new PayloadWriter(4 + ids.length * 32)
-  w.u32(ids.length)
+export interface CancelRequest {
+  token: string
+  ids: string[]
+}
+
+export function encodeCancelRequest(ids: readonly string[], token?: string): Buffer {
+  const w = new PayloadWriter(8 + ids.length * 32 + (token?.length ?? 0))
+  writeToken(w, token).u32(ids.length)
   for (const id of ids) w.str16(id)
   return w.finish()
 }
 
-export function decodeCancelRequest(body: Buffer): string[] {
+export function decodeCancelRequest(body: Buffer): CancelRequest {
   const r = new PayloadReader(body)
+  const token = readToken(r)
   const count = r.count(r.u32('id count'), 3, 'message id')
   const ids: string[] = []
   for (let i = 0; i < count; i++) {
@@ -494,7 +532,7 @@ export function decodeCancelRequest(body: Buffer): string[] {
     ids.push(id)
   }
   r.done('CANCEL request')
-  return ids
+  return { token, ids }
 }
 
 export function encodeCancelResponse(cancelled: readonly boolean[]): Buffer {

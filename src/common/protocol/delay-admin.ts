@@ -1,16 +1,19 @@
 import { QmqError } from '../errors'
 import { decodeRecord, MIN_RECORD_BYTES, type MessageRecord, type RecordLimits } from '../record'
 import { PayloadReader, PayloadWriter } from './buffer'
+import { readToken, writeToken } from './commands'
 
 /**
  * Payload codecs of the delay server's admin requests (ADMIN_DELAY_DLQ_LIST, ADMIN_DELAY_DLQ_REDRIVE,
  * see codes.ts): the dead letters of a delay group, i.e. due messages a broker refused for good (a
  * non-retriable status: an invalid subject, a record over the broker's size limit, ...). Pure, like
- * admin.ts; primitives in buffer.ts.
+ * admin.ts; primitives in buffer.ts. Both requests start with the token field (commands.ts): the
+ * delay server's cluster secret.
  */
 
 // ---------------------------------------------------------------------------------------------
 // ADMIN_DELAY_DLQ_LIST request
+//   str16 token                    the cluster secret (token field, commands.ts)
 //   u32   limit                    1..MAX_DELAY_DLQ_LIST
 //   i64   afterSequence            list dead letters with a greater sequence; -1 = from the first
 // ADMIN_DELAY_DLQ_LIST response
@@ -23,6 +26,8 @@ export interface DelayDlqListRequest {
   limit: number
   /** -1 = from the first */
   afterSequence: number
+  /** The delay server's cluster secret. */
+  token?: string | undefined
 }
 
 export interface DelayDlqEntry {
@@ -39,11 +44,12 @@ export interface DecodedDelayDlqEntry extends Omit<DelayDlqEntry, 'record'> {
 }
 
 export function encodeDelayDlqListRequest(req: DelayDlqListRequest): Buffer {
-  return new PayloadWriter(16).u32(req.limit).i64(req.afterSequence).finish()
+  return writeToken(new PayloadWriter(32), req.token).u32(req.limit).i64(req.afterSequence).finish()
 }
 
 export function decodeDelayDlqListRequest(body: Buffer): DelayDlqListRequest {
   const r = new PayloadReader(body)
+  const token = readToken(r)
   const limit = r.u32('limit')
   if (limit < 1 || limit > MAX_DELAY_DLQ_LIST) {
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `limit must be 1 to ${MAX_DELAY_DLQ_LIST} (got ${limit})`)
@@ -52,7 +58,7 @@ export function decodeDelayDlqListRequest(body: Buffer): DelayDlqListRequest {
   if (afterSequence < -1)
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `afterSequence must be >= -1 (got ${afterSequence})`)
   r.done('ADMIN_DELAY_DLQ_LIST request')
-  return { limit, afterSequence }
+  return { limit, afterSequence, token }
 }
 
 /** The answer as buffers for writev: [count + entry table, record, record, ...]. */
@@ -87,6 +93,7 @@ export function decodeDelayDlqListResponse(body: Buffer, limits: RecordLimits = 
 
 // ---------------------------------------------------------------------------------------------
 // ADMIN_DELAY_DLQ_REDRIVE request
+//   str16 token                    the cluster secret (token field, commands.ts)
 //   u8    flags                    bit0 ALL: redrive every dead letter; the list is then empty
 //   u32   count
 //   count x u64 sequence
@@ -97,18 +104,23 @@ export const DELAY_REDRIVE_FLAG_ALL = 0x01
 export interface DelayDlqRedriveRequest {
   /** undefined = all */
   sequences?: number[] | undefined
+  /** The delay server's cluster secret. */
+  token?: string | undefined
 }
 
 export function encodeDelayDlqRedriveRequest(req: DelayDlqRedriveRequest): Buffer {
   const seqs = req.sequences ?? []
-  const w = new PayloadWriter(8 + seqs.length * 8)
-  w.u8(req.sequences === undefined ? DELAY_REDRIVE_FLAG_ALL : 0).u32(seqs.length)
+  const w = new PayloadWriter(24 + seqs.length * 8)
+  writeToken(w, req.token)
+    .u8(req.sequences === undefined ? DELAY_REDRIVE_FLAG_ALL : 0)
+    .u32(seqs.length)
   for (const s of seqs) w.u64(s)
   return w.finish()
 }
 
 export function decodeDelayDlqRedriveRequest(body: Buffer): DelayDlqRedriveRequest {
   const r = new PayloadReader(body)
+  const token = readToken(r)
   const flags = r.u8('flags')
   if ((flags & ~DELAY_REDRIVE_FLAG_ALL) !== 0) {
     throw new QmqError(
@@ -123,5 +135,5 @@ export function decodeDelayDlqRedriveRequest(body: Buffer): DelayDlqRedriveReque
   const all = (flags & DELAY_REDRIVE_FLAG_ALL) !== 0
   if (all && sequences.length > 0)
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'ADMIN_DELAY_DLQ_REDRIVE with ALL must not list sequences')
-  return { sequences: all ? undefined : sequences }
+  return { sequences: all ? undefined : sequences, token }
 }

@@ -141,7 +141,7 @@ t.test('commands - ACK, NACK, HEARTBEAT, CANCEL round trip', async (t) => {
   const hb = { consumerId: 'c', subscriptions: [{ subject: 's', group: 'g', broadcast: false }] }
   t.same(decodeHeartbeatRequest(encodeHeartbeatRequest(hb)), hb)
   const ids = ['a', 'bb', 'ccc']
-  t.same(decodeCancelRequest(encodeCancelRequest(ids)), ids)
+  t.same(decodeCancelRequest(encodeCancelRequest(ids, 'secret')), { token: 'secret', ids })
   t.same(decodeCancelResponse(encodeCancelResponse([true, false, true])), [true, false, true])
   t.equal(decodeErrorBody(encodeErrorBody('disk full')), 'disk full')
   t.equal(decodeErrorBody(Buffer.from([0, 0])), '', 'a broken error body decodes to an empty message')

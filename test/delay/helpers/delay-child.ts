@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
+import { DELAY_TEST_SECRET } from './delay-helpers'
 
 /** A delay server as a child process (src/delay/main.ts) for crash tests (not a test file). */
 
@@ -21,6 +22,7 @@ export async function startDelayChild(
       QMQ_DELAY_RETRY_INITIAL_MS: '20',
       QMQ_DELAY_RETRY_MAX_MS: '200',
       QMQ_DELAY_BROKERS: brokers,
+      QMQ_CLUSTER_SECRET: DELAY_TEST_SECRET,
       ...env,
     },
     stdio: ['ignore', 'pipe', 'inherit'],

@@ -15,6 +15,9 @@ import type { RawClient } from '../../helpers/raw-client'
 
 export const T0 = 1_800_000_000_000 // aligned to the minute and the hour
 
+/** The cluster secret of the test delay servers (CANCEL and the dead-letter requests carry it). */
+export const DELAY_TEST_SECRET = 'delay-test-cluster-secret-0123456789'
+
 export function delayed(id: string, scheduleAt: number | undefined, subject = 'order.created'): Buffer {
   return encodeRecord({
     id,
@@ -74,7 +77,7 @@ export async function send(
 }
 
 export async function cancel(client: RawClient, ids: string[]): Promise<boolean[]> {
-  const res = await client.request(RequestCode.CANCEL, encodeCancelRequest(ids))
+  const res = await client.request(RequestCode.CANCEL, encodeCancelRequest(ids, DELAY_TEST_SECRET))
   if (res.status !== 0) throw new Error(`CANCEL failed with status ${res.status}: ${res.message}`)
   return decodeCancelResponse(res.body)
 }

@@ -8,6 +8,7 @@ import { silentLogger } from '../../../src/common/logger'
 import { type DelayOptions, DelayServer } from '../../../src/delay/delay-server'
 import type { Sender } from '../../../src/delay/dispatch/sender'
 import { RawClient } from '../../helpers/raw-client'
+import { DELAY_TEST_SECRET } from './delay-helpers'
 
 /** In-process delay servers for tests (not a test file). */
 
@@ -36,6 +37,7 @@ export async function startDelay(
       loadAheadMs: 10_000,
       tickMs: 5,
       checkpointIntervalMs: 50,
+      clusterSecret: DELAY_TEST_SECRET,
       ...options,
     },
     { clock, logger: silentLogger, sender, routes: { groups: async () => [] }, ...(io ? { io } : {}) },
