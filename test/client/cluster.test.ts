@@ -173,7 +173,14 @@ t.test('cluster - metaserver stopped: produce and consume keep working', async (
 })
 
 t.test('cluster - a throwing handler is retried with growing delays, then dead-lettered', async (t) => {
-  const { cluster, producer, consumer } = await setup(t)
+  // Redelivery delays retryBaseMs * 2^(n-1), jittered +-20%: 200, 400, 800 ms (at least 160, 320, 640).
+  // Each gap between two handler calls is at least its delay (the broker cannot redeliver earlier than
+  // the nack plus its backoff); how much later depends on the load of the machine, so only a generous
+  // upper bound is checked. The third delay's lower bound (640) is above the first's upper (240): the
+  // delays must really grow.
+  const retryBaseMs = 200
+  const jitter = 0.2
+  const { cluster, producer, consumer } = await setup(t, { broker: { retryBaseMs, retryJitter: jitter } })
   const at: number[] = []
   const counts: number[] = []
   class Failing {
@@ -191,10 +198,18 @@ t.test('cluster - a throwing handler is retried with growing delays, then dead-l
     cluster.brokers
       .flatMap((b) => b.messageStore.backlog('fail', 'g'))
       .reduce((n, x) => n + x.deadLettered, 0)
-  await until(() => dead() === 1, 10_000, 'dead letter')
+  await until(() => dead() === 1, 30_000, 'dead letter')
   t.same(counts, [1, 2, 3, 4], 'handled maxRetries times, delivery count growing')
   const gaps = at.slice(1).map((x, i) => x - (at[i] as number))
-  t.ok((gaps[2] as number) > (gaps[0] as number), `growing delays: ${gaps.join(', ')} ms`)
+  gaps.forEach((gap, i) => {
+    const delay = retryBaseMs * 2 ** i
+    // -1: Date.now() has millisecond resolution on both sides.
+    t.ok(
+      gap >= delay * (1 - jitter) - 1,
+      `redelivery ${i + 2} came ${gap} ms later, not before ${delay} ms -20%`,
+    )
+    t.ok(gap < delay * (1 + jitter) + 10_000, `redelivery ${i + 2} came ${gap} ms later, not stuck`)
+  })
 })
 
 t.test('cluster - close() loses no acked work and leaves nothing running', async (t) => {

@@ -6,6 +6,15 @@ import { type Reply, startFrameServer } from './helpers/frame-server'
 
 const echo = (frame: Frame, reply: Reply): void => reply(0, frame.body)
 
+/** Polls `cond` every 5 ms (fixed sleeps are too short on a loaded machine). */
+async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`${what}: not met in ${ms} ms`)
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
 t.test('connection - correlates out-of-order responses by request id', async (t) => {
   const held: { frame: Frame; reply: Reply }[] = []
   const srv = await startFrameServer((frame, reply) => {
@@ -60,13 +69,20 @@ t.test('connection - a request without an answer times out and a late answer is 
     await c.close()
     await srv.close()
   })
+  // Connected first: a request that times out while the connection is still being set up (a slow,
+  // loaded machine) is never written, and there would be no late answer to send.
+  const first = c.request(1, Buffer.from('w'))
+  await until(() => replies.length === 1, 'the server got the first request')
+  replies[0]?.(0, Buffer.from('w'))
+  await first
   await t.rejects(c.request(1, Buffer.from('x'), { timeoutMs: 50 }), { code: 'QMQ_ERR_TIMEOUT' })
   t.equal(c.outstanding, 0)
-  replies[0]?.(0, Buffer.from('late'))
+  await until(() => replies.length === 2, 'the server got the request that timed out')
+  replies[1]?.(0, Buffer.from('late'))
   // the connection still works after a late answer
   const srvReply = c.request(1, Buffer.from('y'))
-  await new Promise((r) => setTimeout(r, 20))
-  replies[1]?.(0, Buffer.from('ok'))
+  await until(() => replies.length === 3, 'the server got the next request')
+  replies[2]?.(0, Buffer.from('ok'))
   t.equal((await srvReply).body.toString(), 'ok')
 })
 

@@ -56,7 +56,14 @@ t.test('local cluster - qmq dev serves a round trip and stops cleanly on SIGINT'
 
   const producer = new MessageProducerProvider({ appCode: 'e2e', metaServer: cluster.metaAddress })
   await producer.init()
-  const consumer = new MessageConsumerProvider({ appCode: 'e2e', metaServer: cluster.metaAddress })
+  // Heartbeats every second (not every third of the broker's 30 s lease): billing stays active on the
+  // brokers while the CLI commands below run, however slow a loaded machine makes them.
+  const consumer = new MessageConsumerProvider({
+    appCode: 'e2e',
+    metaServer: cluster.metaAddress,
+    heartbeatIntervalMs: 1_000,
+  })
+  t.teardown(() => consumer.close())
   await consumer.init()
   const pull = consumer.getOrCreatePullConsumer('e2e.orders', 'billing', { startFrom: 'earliest' })
 
@@ -85,7 +92,6 @@ t.test('local cluster - qmq dev serves a round trip and stops cleanly on SIGINT'
     'every sent message (real-time and delayed) is consumed',
   )
   await producer.close()
-  await consumer.close()
 
   // The operator CLI against the same cluster.
   const qmq = async (...args: string[]) => {
@@ -132,11 +138,12 @@ t.test('local cluster - qmq dev serves a round trip and stops cleanly on SIGINT'
     'billing consumed and acked everything',
   )
   t.match(await qmq('dlq', 'list', 'e2e.orders', '--group', 'billing'), /no dead letters/)
-  // billing's consumer has just closed: its lease still runs, so the group cannot be forgotten yet.
+  // billing's consumer is still open and heartbeating: the group cannot be forgotten.
   await t.rejects(qmq('forget-group', 'e2e.orders', 'billing'), {
     code: 1,
     stderr: /QMQ_ERR_GROUP_ACTIVE/,
   })
+  await consumer.close()
   t.same(
     JSON.parse(await qmq('forget-group', 'e2e.orders', 'nobody', '--json')),
     { subject: 'e2e.orders', group: 'nobody', brokerGroups: [] },

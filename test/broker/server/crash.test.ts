@@ -40,8 +40,10 @@ t.test('crash - a broker killed with SIGKILL mid-stream loses nothing it acknowl
       }
     }
   })
-  // Let it stream for a while, then kill it in the middle of the stream.
-  await new Promise((r) => setTimeout(r, 700))
+  // Let it stream until it has acknowledged a fair amount (polled: a loaded machine is slow to get
+  // there), then kill it in the middle of the stream.
+  const end = Date.now() + 30_000
+  while (acknowledged.size <= 100 && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
   killed = true
   first.child.kill('SIGKILL')
   await Promise.all(produce)
