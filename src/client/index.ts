@@ -10,6 +10,7 @@ export {
   MIN_DELAY_MS,
   type ProducerInit,
   type ProducerOptions,
+  type SendOptions,
   type SendOutcome,
   type SendResult,
 } from './producer/producer'

@@ -264,6 +264,12 @@ export const ERROR_CODES = {
     httpStatus: 500,
     message: 'Client is not initialized; call init() first',
   },
+  QMQ_ERR_ABORTED: {
+    status: 290,
+    retriable: false,
+    httpStatus: 499,
+    message: 'Operation aborted by its AbortSignal',
+  },
 
   // ---- 300-349: delay server ----
   QMQ_ERR_NOT_DELAYED: {

@@ -23,6 +23,11 @@ export interface QmqConsumerOptions {
   maxRetries?: number
   /** Where a new consumer group starts: 'latest' (default, as QMQ) or 'earliest'. */
   startFrom?: 'latest' | 'earliest'
+  /**
+   * A handler still running after this long has its message nacked, and its result is ignored
+   * (default: the provider's `handlerTimeoutMs`; 0 = no limit).
+   */
+  handlerTimeoutMs?: number
 }
 
 /** A message handler: return (or resolve) = ack; throw (or reject) = nack. */
