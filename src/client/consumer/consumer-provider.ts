@@ -215,6 +215,36 @@ export class MessageConsumerProvider extends ClientBase {
     this.startHeartbeats()
   }
 
+  /**
+   * Pauses the subscriptions (push API) of `subject` for `consumerGroup` (default: appCode, as for
+   * broadcast listeners): no more PULLs and no new handler runs; running handlers finish, and messages a
+   * PULL in flight brings wait, held, until resume(). True if a started subscription was paused.
+   * A listener added while started but not yet running is not affected.
+   */
+  pause(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    for (const s of subs) s.pause()
+    return subs.length > 0
+  }
+
+  /** Resumes what pause() paused; true if a paused subscription was found. */
+  resume(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    for (const s of subs) s.resume()
+    return subs.length > 0
+  }
+
+  /** Whether the subscriptions of `subject` for `consumerGroup` are paused. */
+  isPaused(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    return subs.length > 0 && subs.every((s) => s.paused)
+  }
+
+  private subscriptionsOf(subject: string, consumerGroup: string | undefined): Subscription[] {
+    const group = consumerGroup ?? this.opts?.appCode
+    return this.subscriptions.filter((s) => s.spec.subject === subject && s.spec.group === group)
+  }
+
   /** QMQ's pull API: a consumer you call `pull()` on (one per subject and group). */
   getOrCreatePullConsumer(
     subject: string,

@@ -83,6 +83,8 @@ export class Subscription {
   private readonly active = new Map<ConsumedMessage, () => void>()
   /** Set when stop() gave up on the handlers: nothing more is taken or run. */
   private released = false
+  /** pause(): no PULL is sent and no handler started (running ones finish) until resume(). */
+  private pausedFlag = false
   private reserved = 0
   private roomWaiters: (() => void)[] = []
   private idleWaiters: (() => void)[] = []
@@ -112,6 +114,25 @@ export class Subscription {
 
   get stopping(): boolean {
     return this.abort.signal.aborted
+  }
+
+  get paused(): boolean {
+    return this.pausedFlag
+  }
+
+  /**
+   * Stops pulling and starting handlers; running handlers finish. Messages an in-flight PULL brings
+   * afterwards wait in the buffer, held (their leases extended by heartbeats) until resume().
+   */
+  pause(): void {
+    this.pausedFlag = true
+  }
+
+  resume(): void {
+    if (!this.pausedFlag) return
+    this.pausedFlag = false
+    this.pump()
+    this.wakeRoom()
   }
 
   /** Broker groups this subscription pulls from. */
@@ -180,7 +201,7 @@ export class Subscription {
   async reserve(max: number): Promise<number> {
     // A loop takes at most its fair share of the prefetch, so a loop long-polling an idle broker
     // group never starves the loops of busy ones.
-    while (!this.stopping && this.room() < Math.min(this.minPull, max, this.share())) {
+    while (!this.stopping && (this.pausedFlag || this.room() < Math.min(this.minPull, max, this.share()))) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve))
     }
     if (this.stopping) return 0
@@ -196,7 +217,7 @@ export class Subscription {
 
   private wakeRoom(): void {
     if (this.roomWaiters.length === 0) return
-    if (!this.stopping && this.room() < Math.min(this.minPull, this.share())) return
+    if (!this.stopping && (this.pausedFlag || this.room() < Math.min(this.minPull, this.share()))) return
     const w = this.roomWaiters
     this.roomWaiters = []
     for (const f of w) f()
@@ -286,7 +307,12 @@ export class Subscription {
   }
 
   private drain(): void {
-    while (this.running < this.spec.concurrency && this.head < this.buffer.length) {
+    // Paused: nothing new starts, unless stopping (close() runs what is held, as without a pause).
+    while (
+      (!this.pausedFlag || this.stopping) &&
+      this.running < this.spec.concurrency &&
+      this.head < this.buffer.length
+    ) {
       const m = this.buffer[this.head] as ConsumedMessage
       this.buffer[this.head++] = undefined as unknown as ConsumedMessage
       if (this.head === this.buffer.length) {
@@ -402,6 +428,7 @@ export class Subscription {
     this.unsubscribe?.()
     this.abort.abort()
     this.wakeRoom()
+    this.pump() // what a pause kept in the buffer runs now
     const idle = (async () => {
       await Promise.all([...this.loops.values()].map((l) => l.done))
       if (this.running > 0 || this.head < this.buffer.length) {
