@@ -33,6 +33,7 @@ export { PullConsumer, type PullConsumerOptions } from './consumer/pull-consumer
 
 // Shared
 export type { ClientExtras } from './client-base'
+export type { ClientEventMap } from './events'
 export type { CommonClientOptions } from './options'
 export { type ErrorCode, isQmqError, QmqError } from '../common/errors'
 export { createLogger, type Logger, type LogLevel } from '../common/logger'

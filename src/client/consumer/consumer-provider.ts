@@ -310,7 +310,7 @@ export class MessageConsumerProvider extends ClientBase {
     if (this.opts !== undefined) return this.opts
     const opts = resolveOptions('consumer', consumerSchema, this.input)
     requireMetaServer('consumer', opts)
-    const rt = createRuntime(opts, this.log)
+    const rt = createRuntime(opts, this.log, this.emitEvent)
     const consumerId = validateConsumerId(opts.consumerId ?? rt.clientId)
     const instanceName = validateConsumerId(opts.instanceName ?? defaultInstanceName())
     this.opts = opts

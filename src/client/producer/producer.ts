@@ -245,7 +245,7 @@ export class MessageProducerProvider extends ClientBase {
   private async start(): Promise<void> {
     const opts = resolveOptions('producer', producerSchema, this.input)
     requireMetaServer('producer', opts)
-    const rt = createRuntime(opts, this.log)
+    const rt = createRuntime(opts, this.log, this.emitEvent)
     if (opts.checkMetaServerOnInit) {
       try {
         await checkMetaServer(rt.meta, opts.metaServer, 'producer')
@@ -884,6 +884,13 @@ export class MessageProducerProvider extends ClientBase {
     this.wakeIdle()
     if (again.length === 0) return
     if (this.metrics !== undefined) count(this.metrics, 'retried', lane, again)
+    this.emitEvent('retry', {
+      subject: lane.subject,
+      messages: again.length,
+      attempt: (again[0] as Pending).attempts + 1,
+      code: err.code,
+      error: err.message,
+    })
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     if (route.sticky !== undefined) {
