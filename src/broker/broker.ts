@@ -106,7 +106,11 @@ export class Broker {
     this.deps = deps
     this.clock = deps.clock ?? systemClock
     this.registry =
-      deps.registry ?? createRegistry({ defaultLabels: { service: 'broker', group: this.options.group } })
+      deps.registry ??
+      createRegistry({
+        defaultLabels: { service: 'broker', group: this.options.group },
+        processMetrics: true,
+      })
     this.log = (deps.logger ?? createLogger()).child({ service: 'broker', group: this.options.group })
     this.metrics = new BrokerMetrics(this.registry, {
       backlog: () => this.store?.backlog() ?? [],

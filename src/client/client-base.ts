@@ -1,5 +1,7 @@
+import { EventEmitter } from 'node:events'
 import type { Registry } from 'prom-client'
 import { type Logger, silentLogger } from '../common/logger'
+import type { ClientEventMap, ClientEventSink } from './events'
 
 /** What the providers take besides their options. */
 export interface ClientExtras {
@@ -16,6 +18,12 @@ export interface ClientExtras {
  * (checked at init), QMQ's setters for them, and the logger.
  */
 export abstract class ClientBase {
+  /**
+   * Instrumentation events (events.ts): `provider.events.on('connect' | 'disconnect' | 'retry' |
+   * 'routeChange', listener)`. An emitter of its own, not the provider: `addListener` is QMQ's.
+   */
+  readonly events = new EventEmitter<ClientEventMap>()
+
   /** Options as given; init() validates them. */
   protected readonly input: Record<string, unknown>
   protected readonly log: Logger
@@ -27,6 +35,16 @@ export abstract class ClientBase {
     this.input = { ...rest }
     this.log = (logger ?? silentLogger).child({ component })
     this.registry = registry
+  }
+
+  /** Emits an instrumentation event (events.ts); a throwing listener is logged, never propagated. */
+  protected readonly emitEvent: ClientEventSink = (name, ...args) => {
+    if (this.events.listenerCount(name) === 0) return
+    try {
+      ;(this.events.emit as (n: string, ...a: unknown[]) => boolean)(name, ...args)
+    } catch (err) {
+      this.log.error(err as Error, `a '${name}' event listener threw`)
+    }
   }
 
   /** QMQ setter; call before init(). */

@@ -52,6 +52,7 @@ export type { SqliteDatabaseLike } from './tx/sqlite'
 
 // Shared
 export type { ClientExtras } from './client-base'
+export type { ClientEventMap } from './events'
 export type { CommonClientOptions } from './options'
 export { type ErrorCode, isQmqError, QmqError } from '../common/errors'
 export { createLogger, type Logger, type LogLevel } from '../common/logger'

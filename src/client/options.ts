@@ -1,3 +1,4 @@
+import type { ClientEventSink } from './events'
 import { integer, type OptionsSchema, optionalString, string } from '../common/config'
 import { QmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
@@ -63,7 +64,7 @@ export function requireMetaServer(component: string, o: CommonClientOptions): vo
   }
 }
 
-export function createRuntime(o: CommonClientOptions, log: Logger): ClientRuntime {
+export function createRuntime(o: CommonClientOptions, log: Logger, events?: ClientEventSink): ClientRuntime {
   const clientId = o.clientId ?? defaultClientId()
   const meta = new MetaClient({
     url: o.metaServer,
@@ -84,7 +85,18 @@ export function createRuntime(o: CommonClientOptions, log: Logger): ClientRuntim
     reconnectInitialMs: o.reconnectInitialMs,
     reconnectMaxMs: o.reconnectMaxMs,
     logger: log,
+    events,
   })
+  if (events !== undefined) {
+    routes.onChange((q, groups) =>
+      events('routeChange', {
+        kind: q.kind,
+        subject: q.subject,
+        consumerGroup: q.group,
+        groups: groups.map((g) => g.name),
+      }),
+    )
+  }
   return { clientId, meta, routes, pool }
 }
 

@@ -283,6 +283,12 @@ export const ERROR_CODES = {
     httpStatus: 503,
     message: 'Writing the message to the outbox table failed',
   },
+  QMQ_ERR_ABORTED: {
+    status: 290,
+    retriable: false,
+    httpStatus: 499,
+    message: 'Operation aborted by its AbortSignal',
+  },
 
   // ---- 300-349: delay server ----
   QMQ_ERR_NOT_DELAYED: {

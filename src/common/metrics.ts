@@ -9,14 +9,29 @@ export { Counter, Gauge, Histogram, Registry }
 export interface RegistryOptions {
   /** Labels added to every metric of this registry, e.g. { service: 'broker', group: 'g1' }. */
   defaultLabels?: Record<string, string>
-  /** Process metrics (CPU, memory, event-loop lag). On for real services, off for tests. */
+  /**
+   * Node's default process metrics (prom-client's names: `process_cpu_user_seconds_total`,
+   * `nodejs_heap_size_used_bytes`, event-loop lag, ...). On for the services (broker, delay server,
+   * metaserver), off by default.
+   */
   processMetrics?: boolean
 }
+
+/** This build's version (package.json), on every registry as `qmq_build_info{version} 1`. */
+const VERSION = (require('../../package.json') as { version: string }).version
 
 export function createRegistry(options: RegistryOptions = {}): Registry {
   const registry = new Registry()
   if (options.defaultLabels) registry.setDefaultLabels(options.defaultLabels)
-  if (options.processMetrics) collectDefaultMetrics({ register: registry, prefix: 'qmq_process_' })
+  if (options.processMetrics) collectDefaultMetrics({ register: registry })
+  new Gauge({
+    name: 'qmq_build_info',
+    help: 'Always 1; labelled with the version of qmq running',
+    labelNames: ['version', 'node'],
+    registers: [registry],
+  })
+    .labels(VERSION, process.version)
+    .set(1)
   return registry
 }
 

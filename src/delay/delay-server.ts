@@ -81,7 +81,11 @@ export class DelayServer {
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
     this.registry =
-      deps.registry ?? createRegistry({ defaultLabels: { service: 'delay', group: this.options.group } })
+      deps.registry ??
+      createRegistry({
+        defaultLabels: { service: 'delay', group: this.options.group },
+        processMetrics: true,
+      })
     this.metrics = createDelayMetrics(this.registry, {
       store: () => this.storeRef,
       dispatcher: () => this.dispatcherRef,
@@ -221,7 +225,16 @@ export class DelayServer {
     for (const t of this.timers) t.unref()
     this.dispatcherRef.tick()
     if (this.meta !== undefined) await this.heartbeat(true)
-    this.log.info({ address: this.address, dataDir: o.dataDir }, 'delay server started')
+    // Like the brokers' start line: where its /metrics is (when the HTTP server runs).
+    const httpAddress = this.httpServer ? `${this.options.host}:${this.httpPort}` : undefined
+    this.log.info(
+      {
+        address: this.address,
+        dataDir: o.dataDir,
+        ...(httpAddress ? { httpAddress, metrics: `http://${httpAddress}/metrics` } : {}),
+      },
+      'delay server started',
+    )
   }
 
   private loadBuckets(): void {

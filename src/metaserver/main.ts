@@ -57,7 +57,8 @@ export class Metaserver {
     this.options = resolveMetaserverOptions(input)
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'metaserver' })
-    this.registry = deps.registry ?? createRegistry({ defaultLabels: { service: 'metaserver' } })
+    this.registry =
+      deps.registry ?? createRegistry({ defaultLabels: { service: 'metaserver' }, processMetrics: true })
     this.storeGiven = deps.store
   }
 

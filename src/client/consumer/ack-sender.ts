@@ -106,6 +106,17 @@ export class AckSender {
     return this.add(`nack:${options.deadLetter ? 1 : 0}:${retryAfterMs}`, sequence)
   }
 
+  /**
+   * Gives back every message still held (received, not settled) for redelivery right away (a NACK
+   * with retryAfterMs 1, not counted as a handler failure by the SDK): close() releases what it
+   * could not finish, so another consumer gets it now instead of after the lease.
+   */
+  releaseHeld(): number {
+    const held = [...this.held]
+    for (const sequence of held) this.nack(sequence, { retryAfterMs: 1 }).catch(() => {}) // logged
+    return held.length
+  }
+
   /** Sends everything now and resolves once all acks/nacks are confirmed or given up (by `deadline`). */
   async flush(deadline = Number.POSITIVE_INFINITY): Promise<void> {
     this.giveUpAt = deadline

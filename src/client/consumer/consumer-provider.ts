@@ -24,6 +24,7 @@ import {
 } from './decorators'
 import { PullConsumer, type PullConsumerOptions } from './pull-consumer'
 import { type ConsumerContext, Subscription, type SubscriptionSpec } from './subscription'
+import { untilDeadline } from './until-deadline'
 import { ClientBase, type ClientExtras } from '../client-base'
 
 export interface ConsumerOptions extends CommonClientOptions {
@@ -52,8 +53,16 @@ export interface ConsumerOptions extends CommonClientOptions {
    * holds (more often when a broker's lease is shorter than 3 intervals).
    */
   heartbeatIntervalMs: number
-  /** Bound on close(): waiting for handlers is not bounded, flushing acks is. */
+  /**
+   * Bound on close(): handlers get the first 3/4 of it (then the messages still held are released for
+   * redelivery and the handlers' results ignored), flushing acks the rest.
+   */
   closeTimeoutMs: number
+  /**
+   * Default handlerTimeoutMs of subscriptions: a handler running longer has its message nacked (as a
+   * throw) and its result ignored. 0 = no limit.
+   */
+  handlerTimeoutMs: number
 }
 
 export const consumerSchema: OptionsSchema<ConsumerOptions> = {
@@ -69,7 +78,8 @@ export const consumerSchema: OptionsSchema<ConsumerOptions> = {
   ackBatchSize: integer({ default: 2_000, min: 1, max: 100_000, doc: 'sequences per ACK' }),
   maxRetries: integer({ default: 16, min: 1, max: 65_535, doc: 'deliveries before dead letter' }),
   heartbeatIntervalMs: integer({ default: 10_000, min: 100, doc: 'broker heartbeat interval (ms)' }),
-  closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'ack flush bound on close (ms)' }),
+  closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'bound on close (ms)' }),
+  handlerTimeoutMs: integer({ default: 0, min: 0, doc: 'handler time limit (ms; 0 = none)' }),
 }
 
 export type ConsumerInit = Partial<ConsumerOptions> & ClientExtras
@@ -97,6 +107,8 @@ export class MessageConsumerProvider extends ClientBase {
   private metaHeartbeatTimer: NodeJS.Timeout | undefined
   private started = false
   private closePromise: Promise<void> | undefined
+  /** Aborted when a signal given to close() aborts. */
+  private readonly closeAbort = new AbortController()
 
   constructor(options: ConsumerInit = {}) {
     super(options, 'qmq-consumer')
@@ -140,6 +152,13 @@ export class MessageConsumerProvider extends ClientBase {
     const full: QmqConsumerOptions = { ...options, subject }
     if (consumerGroup !== undefined) full.consumerGroup = consumerGroup
     validateConsumerOptions(full)
+    const timeout = options.handlerTimeoutMs
+    if (timeout !== undefined && (!Number.isSafeInteger(timeout) || timeout < 0)) {
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `handlerTimeoutMs of ${subject} must be an integer >= 0 (got ${timeout})`,
+      )
+    }
     const o = this.initSync()
     const group = consumerGroup ?? o.appCode
     if (
@@ -166,6 +185,7 @@ export class MessageConsumerProvider extends ClientBase {
       tagsAll: options.tagType === 'all',
       maxRetries: options.maxRetries ?? o.maxRetries,
       startFrom: options.startFrom ?? 'latest',
+      handlerTimeoutMs: timeout ?? o.handlerTimeoutMs,
     }
     this.specs.push(spec)
     if (this.started)
@@ -189,10 +209,40 @@ export class MessageConsumerProvider extends ClientBase {
     } catch (err) {
       this.started = false
       const subs = this.subscriptions.splice(0)
-      await Promise.all(subs.map((s) => s.stop(Date.now() + 1_000)))
+      await Promise.all(subs.map((s) => s.stop(Date.now() + 1_000, Date.now() + 1_000)))
       throw err
     }
     this.startHeartbeats()
+  }
+
+  /**
+   * Pauses the subscriptions (push API) of `subject` for `consumerGroup` (default: appCode, as for
+   * broadcast listeners): no more PULLs and no new handler runs; running handlers finish, and messages a
+   * PULL in flight brings wait, held, until resume(). True if a started subscription was paused.
+   * A listener added while started but not yet running is not affected.
+   */
+  pause(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    for (const s of subs) s.pause()
+    return subs.length > 0
+  }
+
+  /** Resumes what pause() paused; true if a paused subscription was found. */
+  resume(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    for (const s of subs) s.resume()
+    return subs.length > 0
+  }
+
+  /** Whether the subscriptions of `subject` for `consumerGroup` are paused. */
+  isPaused(subject: string, consumerGroup?: string): boolean {
+    const subs = this.subscriptionsOf(subject, consumerGroup)
+    return subs.length > 0 && subs.every((s) => s.paused)
+  }
+
+  private subscriptionsOf(subject: string, consumerGroup: string | undefined): Subscription[] {
+    const group = consumerGroup ?? this.opts?.appCode
+    return this.subscriptions.filter((s) => s.spec.subject === subject && s.spec.group === group)
   }
 
   /** QMQ's pull API: a consumer you call `pull()` on (one per subject and group). */
@@ -215,24 +265,43 @@ export class MessageConsumerProvider extends ClientBase {
 
   /**
    * Stops pulling, waits for running handlers (and for the messages already pulled to be handled),
-   * flushes acks (bounded by closeTimeoutMs), says goodbye to the metaserver and closes connections.
-   * Nothing is left running afterwards. Idempotent.
+   * flushes acks, says goodbye to the metaserver and closes connections. Resolves within
+   * closeTimeoutMs whatever the handlers do: handlers get the first 3/4 of it; then (or as soon as
+   * `signal` aborts) the messages still held are nacked for redelivery at once and whatever their
+   * handlers do afterwards is ignored. After an abort, the nacks get at most 1 s more. Nothing is left
+   * running afterwards. Idempotent (a later call's signal also cuts the wait short).
    */
-  close(): Promise<void> {
+  close(options: { signal?: AbortSignal } = {}): Promise<void> {
+    const signal = options.signal
+    if (signal !== undefined) {
+      if (signal.aborted) this.closeAbort.abort()
+      else signal.addEventListener('abort', () => this.closeAbort.abort(), { once: true })
+    }
     this.closePromise ??= (async () => {
       if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
       if (this.metaHeartbeatTimer) clearTimeout(this.metaHeartbeatTimer)
       const rt = this.rt
       if (rt === undefined) return
-      const deadline = Date.now() + (this.opts as ConsumerOptions).closeTimeoutMs
+      const total = (this.opts as ConsumerOptions).closeTimeoutMs
+      const start = Date.now()
+      const handlersDeadline = start + Math.floor((total * 3) / 4)
+      const deadline = start + total
+      const abort = this.closeAbort.signal
       await Promise.all([
-        ...this.subscriptions.map((s) => s.stop(deadline)),
-        ...[...this.pullConsumers.values()].map((p) => p.close(deadline)),
+        ...this.subscriptions.map((s) => s.stop(handlersDeadline, deadline, abort)),
+        ...[...this.pullConsumers.values()].map((p) => p.close(deadline, abort)),
       ])
-      await this.metaHeartbeat('offline').catch(() => {})
+      // Goodbye to the metaserver within what is left (it drops this consumer after missed heartbeats
+      // anyway).
+      await untilDeadline(this.metaHeartbeat('offline'), Math.max(deadline, Date.now() + 200), abort)
       await closeRuntime(rt)
     })()
     return this.closePromise
+  }
+
+  /** `await using consumer = new MessageConsumerProvider(...)`: close() at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
   }
 
   // ------------------------------------------------------------------ internals
@@ -241,7 +310,7 @@ export class MessageConsumerProvider extends ClientBase {
     if (this.opts !== undefined) return this.opts
     const opts = resolveOptions('consumer', consumerSchema, this.input)
     requireMetaServer('consumer', opts)
-    const rt = createRuntime(opts, this.log)
+    const rt = createRuntime(opts, this.log, this.emitEvent)
     const consumerId = validateConsumerId(opts.consumerId ?? rt.clientId)
     const instanceName = validateConsumerId(opts.instanceName ?? defaultInstanceName())
     this.opts = opts

@@ -28,6 +28,11 @@ export interface QmqConsumerOptions {
    * records the message id, and a redelivered message already processed is skipped.
    */
   idempotent?: { wrapHandler(handler: MessageHandler, consumerGroup: string): MessageHandler }
+  /**
+   * A handler still running after this long has its message nacked, and its result is ignored
+   * (default: the provider's `handlerTimeoutMs`; 0 = no limit).
+   */
+  handlerTimeoutMs?: number
 }
 
 /** A message handler: return (or resolve) = ack; throw (or reject) = nack. */

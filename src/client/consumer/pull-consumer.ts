@@ -9,6 +9,7 @@ import { type AckSender, newAckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
 import { readPullAnswer } from './pull-decode'
 import { type ConsumerContext, PULL_MAX_BYTES } from './subscription'
+import { untilDeadline } from './until-deadline'
 
 /** Options of `getOrCreatePullConsumer(subject, group, options)`. */
 export interface PullConsumerOptions {
@@ -38,6 +39,8 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private readonly wireConsumerId: string
   private arrivals: (() => void)[] = []
   private closed = false
+  /** Set by close() once it gave back what it held: later PULL answers are not taken. */
+  private released = false
   /** Broker groups pulled from, as the route last named them (heartbeats and acks go there). */
   private readonly groups = new Map<string, RouteGroup>()
   private readonly metrics: SubscriptionMetrics | undefined
@@ -71,10 +74,19 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
 
   /**
    * Up to `max` messages; waits at most `timeoutMs` for the first one (QMQ requires >= 1000 ms; any
-   * value >= 0 works here). Resolves with an empty array when nothing came in time.
+   * value >= 0 works here). Resolves with an empty array when nothing came in time. When `signal`
+   * aborts first, rejects with QMQ_ERR_ABORTED; messages that arrive afterwards from the PULLs still in
+   * flight are kept (held) for the next pull.
    */
-  async pull(max: number, timeoutMs: number): Promise<ConsumedMessage[]> {
+  async pull(
+    max: number,
+    timeoutMs: number,
+    options: { signal?: AbortSignal } = {},
+  ): Promise<ConsumedMessage[]> {
     if (this.closed) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'pull consumer is closed')
+    const signal = options.signal
+    const aborted = (): QmqError => new QmqError('QMQ_ERR_ABORTED', 'pull aborted by its signal')
+    if (signal?.aborted) throw aborted()
     if (!Number.isSafeInteger(max) || max < 1 || max > MAX_PULL_MESSAGES) {
       throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `max must be 1 to ${MAX_PULL_MESSAGES} (got ${max})`)
     }
@@ -83,25 +95,44 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     }
     if (this.buffered.length > 0) return this.buffered.splice(0, max)
     const groups = await this.ctx.rt.routes.get('consumer', this.subject, this.group)
+    if (signal?.aborted) throw aborted()
     for (const g of groups) this.groups.set(g.name, g)
     const deadline = Date.now() + timeoutMs
     for (const g of groups) {
       if (!this.inFlight.has(g.name)) this.startPull(g, max, timeoutMs)
     }
-    while (this.buffered.length === 0 && !this.closed) {
+    const wakeOnAbort = (): void => this.wake()
+    signal?.addEventListener('abort', wakeOnAbort, { once: true })
+    try {
+      await this.waitForArrivals(groups, max, deadline, signal)
+    } finally {
+      signal?.removeEventListener('abort', wakeOnAbort)
+    }
+    if (signal?.aborted) throw aborted()
+    return this.buffered.splice(0, max)
+  }
+
+  /** Waits until messages are buffered, the deadline passed with no pull in flight, or an abort. */
+  private async waitForArrivals(
+    groups: readonly RouteGroup[],
+    max: number,
+    deadline: number,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const stop = signal === undefined ? this.abort.signal : AbortSignal.any([this.abort.signal, signal])
+    while (this.buffered.length === 0 && !this.closed && !stop.aborted) {
       const left = deadline - Date.now()
       if (left <= 0 && this.inFlight.size === 0) break
       if (this.inFlight.size === 0) {
         // every group answered empty before the deadline (e.g. errors): ask again after a pause
-        await sleep(Math.min(left, 100), this.abort.signal)
-        if (Date.now() >= deadline) break
+        await sleep(Math.min(left, 100), stop)
+        if (Date.now() >= deadline || stop.aborted) break
         for (const g of groups) this.startPull(g, max, Math.max(0, deadline - Date.now()))
         continue
       }
       await new Promise<void>((resolve) => this.arrivals.push(resolve))
       if (Date.now() >= deadline && this.buffered.length === 0 && this.inFlight.size === 0) break
     }
-    return this.buffered.splice(0, max)
   }
 
   /** Yields messages until closed; pulls batches of `batchSize` with long polls of `timeoutMs`. */
@@ -124,14 +155,26 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     return this.messages()
   }
 
-  /** Stops pulling, waits for pulls in flight, flushes acks. Messages not yet returned stay unacked. */
-  async close(deadline = Date.now() + 10_000): Promise<void> {
+  /**
+   * Stops pulling, waits for pulls in flight (at most 1 s, and until 3/4 of the way to `deadline`,
+   * or an abort: the broker hands a long poll's messages back itself when the connection closes), then
+   * gives back every message still held (not yet returned, or returned and not settled) for
+   * redelivery at once, and flushes acks and those nacks (bounded by `deadline`; by 1 s after an
+   * abort). Settling a message afterwards fails with QMQ_ERR_CLIENT_CLOSED.
+   */
+  async close(deadline = Date.now() + 10_000, signal?: AbortSignal): Promise<void> {
     if (this.closed) return
     this.closed = true
     this.abort.abort()
     this.wake()
-    await Promise.all(this.inFlight.values())
-    await Promise.all([...this.acks.values()].map((a) => a.flush(deadline)))
+    const now = Date.now()
+    const waitPulls = Math.min(now + 1_000, now + Math.floor(((deadline - now) * 3) / 4))
+    await untilDeadline(Promise.all(this.inFlight.values()), waitPulls, signal)
+    this.released = true
+    for (const m of this.buffered.splice(0)) m.markSettled()
+    for (const a of this.acks.values()) a.releaseHeld()
+    const flushBy = signal?.aborted ? Math.min(deadline, Date.now() + 1_000) : deadline
+    await Promise.all([...this.acks.values()].map((a) => a.flush(flushBy)))
     for (const a of this.acks.values()) a.close()
   }
 
@@ -192,6 +235,8 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
    * redelivers it, and dead-letters it after its maxRetries) while the others are kept.
    */
   private take(g: RouteGroup, body: Buffer): void {
+    // Came after close() released what it held: taken by nobody (the broker redelivers after the lease).
+    if (this.released) return
     const acks = this.acksFor(g)
     try {
       const n = readPullAnswer(

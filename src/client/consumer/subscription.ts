@@ -1,4 +1,5 @@
 import { type QmqError, toQmqError } from '../../common/errors'
+import { untilDeadline } from './until-deadline'
 import type { Registry } from 'prom-client'
 import type { Logger } from '../../common/logger'
 import type { RouteGroup } from '../../common/meta/types'
@@ -54,6 +55,8 @@ export interface SubscriptionSpec {
   tagsAll: boolean
   maxRetries: number
   startFrom: 'latest' | 'earliest'
+  /** A handler running longer has its message nacked and its result ignored; 0 = no limit. */
+  handlerTimeoutMs: number
 }
 
 /**
@@ -76,6 +79,12 @@ export class Subscription {
   private buffer: ConsumedMessage[] = []
   private head = 0
   private running = 0
+  /** The messages whose handler runs now, each with what abandons its run (close past its deadline). */
+  private readonly active = new Map<ConsumedMessage, () => void>()
+  /** Set when stop() gave up on the handlers: nothing more is taken or run. */
+  private released = false
+  /** pause(): no PULL is sent and no handler started (running ones finish) until resume(). */
+  private pausedFlag = false
   private reserved = 0
   private roomWaiters: (() => void)[] = []
   private idleWaiters: (() => void)[] = []
@@ -105,6 +114,25 @@ export class Subscription {
 
   get stopping(): boolean {
     return this.abort.signal.aborted
+  }
+
+  get paused(): boolean {
+    return this.pausedFlag
+  }
+
+  /**
+   * Stops pulling and starting handlers; running handlers finish. Messages an in-flight PULL brings
+   * afterwards wait in the buffer, held (their leases extended by heartbeats) until resume().
+   */
+  pause(): void {
+    this.pausedFlag = true
+  }
+
+  resume(): void {
+    if (!this.pausedFlag) return
+    this.pausedFlag = false
+    this.pump()
+    this.wakeRoom()
   }
 
   /** Broker groups this subscription pulls from. */
@@ -173,7 +201,7 @@ export class Subscription {
   async reserve(max: number): Promise<number> {
     // A loop takes at most its fair share of the prefetch, so a loop long-polling an idle broker
     // group never starves the loops of busy ones.
-    while (!this.stopping && this.room() < Math.min(this.minPull, max, this.share())) {
+    while (!this.stopping && (this.pausedFlag || this.room() < Math.min(this.minPull, max, this.share()))) {
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve))
     }
     if (this.stopping) return 0
@@ -189,7 +217,7 @@ export class Subscription {
 
   private wakeRoom(): void {
     if (this.roomWaiters.length === 0) return
-    if (!this.stopping && this.room() < Math.min(this.minPull, this.share())) return
+    if (!this.stopping && (this.pausedFlag || this.room() < Math.min(this.minPull, this.share()))) return
     const w = this.roomWaiters
     this.roomWaiters = []
     for (const f of w) f()
@@ -208,6 +236,9 @@ export class Subscription {
    * and nacked (its broker redelivers it, and dead-letters it after maxRetries); the rest go on.
    */
   deliver(group: RouteGroup, body: Buffer): void {
+    // After close gave up (a PULL answer that came late): take nothing; not held, the broker hands
+    // these out again after their lease.
+    if (this.released) return
     const atMostOnce = this.spec.consumeMostOnce
     const acks = atMostOnce ? undefined : this.acksFor(group)
     const consumerGroup = this.spec.group
@@ -276,7 +307,12 @@ export class Subscription {
   }
 
   private drain(): void {
-    while (this.running < this.spec.concurrency && this.head < this.buffer.length) {
+    // Paused: nothing new starts, unless stopping (close() runs what is held, as without a pause).
+    while (
+      (!this.pausedFlag || this.stopping) &&
+      this.running < this.spec.concurrency &&
+      this.head < this.buffer.length
+    ) {
       const m = this.buffer[this.head] as ConsumedMessage
       this.buffer[this.head++] = undefined as unknown as ConsumedMessage
       if (this.head === this.buffer.length) {
@@ -290,22 +326,55 @@ export class Subscription {
     }
   }
 
+  /**
+   * Runs the handler of one message. Its run ends once: when the handler settles, when
+   * handlerTimeoutMs passes (the message is nacked; what the handler does later is ignored), or when
+   * stop() abandons it (the message is released); whatever comes after the end is ignored.
+   */
   private run(m: ConsumedMessage): void {
     this.running++
     const started = this.metrics !== undefined ? performance.now() : 0
+    let ended = false
+    let timer: NodeJS.Timeout | undefined
+    const end = (err: unknown, failed: boolean): void => {
+      if (ended) return
+      ended = true
+      if (timer !== undefined) clearTimeout(timer)
+      this.active.delete(m)
+      this.finish(m, err, failed, started)
+    }
+    this.active.set(m, () => {
+      if (ended) return
+      ended = true
+      if (timer !== undefined) clearTimeout(timer)
+      this.active.delete(m)
+      this.running--
+      m.markSettled() // released by stop() (acks.releaseHeld), never acked afterwards
+    })
     let r: unknown
     try {
       r = this.spec.handler(m)
     } catch (err) {
-      this.finish(m, err, true, started)
+      end(err, true)
       return
     }
     if (r !== null && typeof r === 'object' && typeof (r as PromiseLike<unknown>).then === 'function') {
+      const limit = this.spec.handlerTimeoutMs
+      if (limit > 0) {
+        timer = setTimeout(() => {
+          // nacked (or dead-lettered on its last delivery) as a throw is; counted as one
+          end(
+            new Error(`handler timed out after ${limit} ms (handlerTimeoutMs); its result is ignored`),
+            true,
+          )
+        }, limit)
+        timer.unref() // the handler's own work keeps the process alive, not this timer
+      }
       ;(r as PromiseLike<unknown>).then(
-        () => this.finish(m, undefined, false, started),
-        (err: unknown) => this.finish(m, err, true, started),
+        () => end(undefined, false),
+        (err: unknown) => end(err, true),
       )
-    } else this.finish(m, undefined, false, started)
+    } else end(undefined, false)
   }
 
   /** `started`: performance.now() when the handler was called (only with metrics). */
@@ -349,20 +418,50 @@ export class Subscription {
   }
 
   /**
-   * Stops pulling, lets the pulls in flight come back (bounded by the long-poll wait), runs every
-   * message already held through its handler, then flushes acks (bounded by `deadline`).
+   * Stops pulling, lets the pulls in flight come back, runs every message already held through its
+   * handler, then flushes acks (bounded by `flushDeadline`). Waiting for pulls and handlers ends at
+   * `handlersDeadline` or when `signal` aborts, whatever the handlers do: then the messages still
+   * held (running or not started) are released for redelivery at once (acks.releaseHeld) and
+   * whatever their handlers do afterwards is ignored.
    */
-  async stop(deadline: number): Promise<void> {
+  async stop(handlersDeadline: number, flushDeadline: number, signal?: AbortSignal): Promise<void> {
     this.unsubscribe?.()
     this.abort.abort()
     this.wakeRoom()
-    await Promise.all([...this.loops.values()].map((l) => l.done))
-    if (this.running > 0 || this.head < this.buffer.length) {
-      await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
+    this.pump() // what a pause kept in the buffer runs now
+    const idle = (async () => {
+      await Promise.all([...this.loops.values()].map((l) => l.done))
+      if (this.running > 0 || this.head < this.buffer.length) {
+        await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
+      }
+    })()
+    if ((await untilDeadline(idle, handlersDeadline, signal)) !== 'done') {
+      flushDeadline = signal?.aborted ? Math.min(flushDeadline, Date.now() + 1_000) : flushDeadline
+      this.releaseAll()
     }
-    await Promise.all([...this.acks.values()].map((a) => a.flush(deadline)))
+    await Promise.all([...this.acks.values()].map((a) => a.flush(flushDeadline)))
     for (const a of this.acks.values()) a.close()
     this.metrics?.close()
+  }
+
+  /** close() stopped waiting: abandons running handlers and gives every held message back. */
+  private releaseAll(): void {
+    this.released = true
+    const running = this.active.size
+    for (const abandon of [...this.active.values()]) abandon()
+    let buffered = 0
+    for (let i = this.head; i < this.buffer.length; i++) {
+      ;(this.buffer[i] as ConsumedMessage).markSettled()
+      buffered++
+    }
+    this.buffer = []
+    this.head = 0
+    let released = 0
+    for (const a of this.acks.values()) released += a.releaseHeld()
+    this.log.warn(
+      { running, buffered, released },
+      'close: handlers did not finish in time; held messages released for redelivery (later results ignored)',
+    )
   }
 }
 

@@ -14,7 +14,15 @@ import {
   requireMetaServer,
 } from '../options'
 import { backoffDelay, isRetriable } from '../retry'
-import { BATCH_HEAD_BYTES, BatchBufferPool, OpenBatch, Pending, packBatch, SEND_FAILED } from './batch'
+import {
+  BATCH_HEAD_BYTES,
+  BatchBufferPool,
+  OpenBatch,
+  Pending,
+  packBatch,
+  SEND_FAILED,
+  SEND_PENDING,
+} from './batch'
 import { checkMetaServer } from '../meta/check'
 import { cancelDelayed } from './cancel'
 import { CircuitBreaker } from './circuit-breaker'
@@ -130,6 +138,7 @@ export interface MessageSendStateListener {
 }
 
 /** What a successful send resolves with. */
+/** Options of one sendMessage(). */
 export interface SendResult {
   messageId: string
   subject: string
@@ -243,7 +252,7 @@ export class MessageProducerProvider extends ClientBase {
   private async start(): Promise<void> {
     const opts = resolveOptions('producer', producerSchema, this.input)
     requireMetaServer('producer', opts)
-    const rt = createRuntime(opts, this.log)
+    const rt = createRuntime(opts, this.log, this.emitEvent)
     if (opts.checkMetaServerOnInit) {
       try {
         await checkMetaServer(rt.meta, opts.metaServer, 'producer')
@@ -327,9 +336,19 @@ export class MessageProducerProvider extends ClientBase {
    * QMQ_ERR_SEND_QUEUE_FULL. A Message is stored once however often it is passed here: while its
    * send is pending or after it succeeded, this returns that send's promise (nothing is sent again);
    * after it failed, it is sent again with the same id, to the group that may hold it.
+   *
+   * `options.signal` (also accepted in place of the listener): a send whose signal is aborted before it
+   * was admitted to the send queue (already aborted at the call, or while waiting for room) fails with
+   * QMQ_ERR_ABORTED and nothing of it is sent. Once admitted (into a batch that goes to a broker within
+   * the linger time) an abort changes nothing: the message may be stored, and the promise tells how
+   * the send ended, as without a signal.
    */
-  sendMessage(message: Message, listener?: MessageSendStateListener | SendOptions): Promise<SendResult> {
-    const { listener: l, transaction } = sendArgs(listener)
+  sendMessage(
+    message: Message,
+    listener?: MessageSendStateListener | SendOptions,
+    options?: SendOptions,
+  ): Promise<SendResult> {
+    const { listener: l, transaction, signal } = sendArgs(listener, options)
     if (this.outbox !== undefined) {
       const written = this.outbox.intercept(message, l, transaction)
       if (written !== undefined) return written
@@ -340,7 +359,7 @@ export class MessageProducerProvider extends ClientBase {
       )
       return this.refuse(err, message, l)
     }
-    return this.send(message, l)
+    return this.send(message, l, signal)
   }
 
   /**
@@ -383,6 +402,11 @@ export class MessageProducerProvider extends ClientBase {
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve))
   }
 
+  /** `await using producer = new MessageProducerProvider(...)`: close() at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
+
   /**
    * Stops accepting messages, sends what is queued, waits until every accepted message is stored or
    * has failed (bounded by sendTimeoutMs), then closes connections. Idempotent.
@@ -402,7 +426,14 @@ export class MessageProducerProvider extends ClientBase {
 
   // ------------------------------------------------------------------ internals
 
-  private send(message: Message, listener: MessageSendStateListener | undefined): Promise<SendResult> {
+  private send(
+    message: Message,
+    listener: MessageSendStateListener | undefined,
+    signal?: AbortSignal,
+  ): Promise<SendResult> {
+    if (signal?.aborted) {
+      return this.refuse(new QmqError('QMQ_ERR_ABORTED', 'send aborted by its signal'), message, listener)
+    }
     if (this.closing) {
       return this.refuse(new QmqError('QMQ_ERR_CLIENT_CLOSED', 'producer is closed'), message, listener)
     }
@@ -449,7 +480,25 @@ export class MessageProducerProvider extends ClientBase {
       this.track(p, message, listener)
       const w: Waiter = { p, delayed, sticky }
       if (this.waiting.size === 0 && this.unsettled < opts.maxQueueSize) this.admitOne(w)
-      else this.waiting.push(w)
+      else {
+        this.waiting.push(w)
+        if (signal !== undefined) {
+          // Aborted while waiting: fails now; admit() and expiry skip it (no longer pending).
+          const onAbort = (): void => {
+            if (w.admitted || p.state !== SEND_PENDING) return
+            this.metrics?.failed(subject, 'QMQ_ERR_ABORTED')
+            p.fail(
+              new QmqError('QMQ_ERR_ABORTED', 'send aborted by its signal while waiting for room'),
+              this.log,
+            )
+          }
+          signal.addEventListener('abort', onAbort, { once: true })
+          p.promise.then(
+            () => signal.removeEventListener('abort', onAbort),
+            () => signal.removeEventListener('abort', onAbort),
+          )
+        }
+      }
       return p.promise
     }
     let lane = delayed ? this.delayLane : this.lanes.get(subject)
@@ -521,6 +570,7 @@ export class MessageProducerProvider extends ClientBase {
 
   /** Admits one waiting message (there is room): into its lane's batch, or alone to a sticky group. */
   private admitOne(w: Waiter): void {
+    w.admitted = true
     const p = w.p
     let lane = w.delayed ? this.delayLane : this.lanes.get(p.subject)
     if (lane === undefined) lane = this.newLane(w.delayed, p.subject)
@@ -549,6 +599,7 @@ export class MessageProducerProvider extends ClientBase {
       while (this.unsettled < opts.maxQueueSize) {
         const w = this.waiting.shift()
         if (w === undefined) break
+        if (w.p.state !== SEND_PENDING) continue // aborted while waiting
         if (w.p.deadline <= now) this.expire(w)
         else this.admitOne(w)
       }
@@ -567,6 +618,7 @@ export class MessageProducerProvider extends ClientBase {
 
   /** A waiting message whose deadline passed before there was room. */
   private expire(w: Waiter): void {
+    if (w.p.state !== SEND_PENDING) return // aborted while waiting
     const opts = this.opts as ProducerOptions
     const err = new QmqError(
       'QMQ_ERR_SEND_QUEUE_FULL',
@@ -866,6 +918,13 @@ export class MessageProducerProvider extends ClientBase {
     this.wakeIdle()
     if (again.length === 0) return
     if (this.metrics !== undefined) count(this.metrics, 'retried', lane, again)
+    this.emitEvent('retry', {
+      subject: lane.subject,
+      messages: again.length,
+      attempt: (again[0] as Pending).attempts + 1,
+      code: err.code,
+      error: err.message,
+    })
     const againBody = body !== undefined && again.length === batch.length ? body : packBatch(again)
     const groups = this.rt?.routes.peek(lane.kind, lane.subject) ?? []
     if (route.sticky !== undefined) {

@@ -16,6 +16,8 @@ export interface Waiter {
   delayed: boolean
   /** Sent again after a failure: the group that may hold it (see producer.ts, Route.sticky). */
   sticky: string | undefined
+  /** Set once admitted to the queue (an AbortSignal no longer withdraws it). */
+  admitted?: boolean
 }
 
 export class WaitQueue {

@@ -1,3 +1,4 @@
+import type { ClientEventSink } from '../events'
 import { connect, type Socket } from 'node:net'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
@@ -45,6 +46,8 @@ export interface ConnectionOptions {
   reconnectInitialMs?: number
   reconnectMaxMs?: number
   logger?: Logger
+  /** Instrumentation events of the provider (events.ts): connect and disconnect. */
+  events?: ClientEventSink
 }
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 3_000
@@ -119,6 +122,8 @@ export class Connection {
   /** Whether `socket` is ref'd (keeps the event loop alive): exactly while requests are outstanding. */
   private socketRef = false
 
+  private readonly events: ClientEventSink | undefined
+
   constructor(options: ConnectionOptions) {
     this.address = options.address
     const { host, port } = parseAddress(options.address)
@@ -130,6 +135,7 @@ export class Connection {
     this.maxPending = options.maxPending ?? DEFAULT_MAX_PENDING
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.log = (options.logger ?? silentLogger).child({ broker: options.address })
+    this.events = options.events
     this.backoff = new Backoff({
       initialMs: options.reconnectInitialMs ?? DEFAULT_RECONNECT_INITIAL_MS,
       maxMs: options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS,
@@ -259,6 +265,7 @@ export class Connection {
       this.backoff.reset()
       this.lastError = undefined
       this.log.debug('connected')
+      this.events?.('connect', { address: this.address })
       this.pump()
     })
     socket.on('data', (chunk: Buffer) => this.onData(socket, chunk))
@@ -308,6 +315,12 @@ export class Connection {
     const delay = this.backoff.next()
     this.retryAt = Date.now() + delay
     this.log.warn({ err: err.message, retryInMs: delay }, 'connection lost')
+    this.events?.('disconnect', {
+      address: this.address,
+      error: err.message,
+      code: err.code,
+      retryInMs: delay,
+    })
     this.failAll(err)
   }
 

@@ -231,19 +231,37 @@ export class Outbox<Tx extends object> {
 }
 
 /** The second argument of sendMessage() in its transactional form. */
+/** sendMessage()'s options, given in place of the listener or after it. */
 export interface SendOptions {
   /** Send in this transaction (a handle from the provider's transaction() or attach()). */
   transaction?: object
   listener?: MessageSendStateListener
+  /** Withdraws the send while it was not admitted to the send queue (see sendMessage). */
+  signal?: AbortSignal
 }
 
-/** Splits sendMessage()'s second argument: a listener (QMQ's form) or SendOptions. */
-export function sendArgs(arg: MessageSendStateListener | SendOptions | undefined): {
+/**
+ * Splits sendMessage()'s arguments: a listener (QMQ's form) or SendOptions second, and SendOptions
+ * third (after a listener). Options given second win over the third argument's.
+ */
+export function sendArgs(
+  arg: MessageSendStateListener | SendOptions | undefined,
+  more?: SendOptions,
+): {
   listener: MessageSendStateListener | undefined
   transaction: object | undefined
+  signal: AbortSignal | undefined
 } {
   if (arg === undefined || typeof (arg as MessageSendStateListener).onSuccess === 'function')
-    return { listener: arg as MessageSendStateListener | undefined, transaction: undefined }
+    return {
+      listener: (arg as MessageSendStateListener | undefined) ?? more?.listener,
+      transaction: more?.transaction,
+      signal: more?.signal,
+    }
   const o = arg as SendOptions
-  return { listener: o.listener, transaction: o.transaction }
+  return {
+    listener: o.listener ?? more?.listener,
+    transaction: o.transaction ?? more?.transaction,
+    signal: o.signal ?? more?.signal,
+  }
 }
