@@ -1,5 +1,6 @@
 import { isQmqError, QmqError } from '../common/errors'
 import { isLogLevel, LOG_LEVELS } from '../common/logger'
+import { CLUSTER_SECRET_ENV } from '../common/token'
 import { closest } from './args'
 import type { Command } from './commands/command'
 import {
@@ -42,7 +43,7 @@ export const COMMANDS: Command[] = [
 ]
 
 /** QMQ_* variables any command reads; services add their own (Command.envNames). */
-const GLOBAL_ENV = ['QMQ_METASERVER', 'QMQ_ADMIN_TOKEN', 'QMQ_LOG_LEVEL']
+const GLOBAL_ENV = ['QMQ_METASERVER', 'QMQ_ADMIN_TOKEN', 'QMQ_LOG_LEVEL', CLUSTER_SECRET_ENV]
 const SERVICE_PREFIXES = ['QMQ_METASERVER_', 'QMQ_BROKER_', 'QMQ_DELAY_']
 
 /**

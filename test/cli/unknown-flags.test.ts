@@ -86,6 +86,11 @@ t.test('cli - an invalid QMQ_LOG_LEVEL is refused; a mistyped QMQ_* variable is 
     QMQ_BROKER_SEGMNT_BYTES: '1000',
   })
   t.match(svc.err, /QMQ_BROKER_SEGMNT_BYTES.*did you mean QMQ_BROKER_SEGMENT_BYTES\?/)
+  // The cluster secret's variable is shared by every service: never reported as a typo.
+  const delay = await cli(['delay', '--port', 'abc', '--data-dir', t.testdir()], {
+    QMQ_CLUSTER_SECRET: 'a-cluster-secret-of-enough-length',
+  })
+  t.notMatch(delay.err, /QMQ_CLUSTER_SECRET/, 'no warning about QMQ_CLUSTER_SECRET')
 })
 
 t.test('cli args - a flag table drives parsing and help alike', async (t) => {
