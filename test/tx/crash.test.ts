@@ -13,7 +13,7 @@ for (const dialect of ['sqlite', 'postgres'] as Dialect[]) {
   t.test(
     `crash ${dialect} - a producer SIGKILLed between COMMIT and the send: a new process's watchdog delivers its messages with their ids`,
     async (t) => {
-      const cluster = await openCluster(t)
+      const cluster = await openCluster(t, true)
       const db = await openDb(t, dialect)
       const { seen } = await collect(t, cluster, 'order.crash')
       const child = spawnTs(t, join(__dirname, 'fixtures', 'crash-child.ts'), [
