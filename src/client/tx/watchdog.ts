@@ -4,6 +4,7 @@ import type { Logger } from '../../common/logger'
 import { decodeRecord } from '../../common/record'
 import { Message } from '../producer/message'
 import type { MessageSendStateListener, SendResult } from '../producer/producer'
+import { backoffDelay } from '../retry'
 import type { OutboxMetrics } from './metrics'
 import type { TransactionProvider } from './provider'
 import { bytes, inList, num, type SqlRow } from './sql'
@@ -265,7 +266,7 @@ export class OutboxWatchdog<Tx extends object> {
     // RETRY_MAX_MS), so rows that keep failing do not hold up the rows behind them.
     for (const id of result.failed) {
       const attempts = attempts0.get(id) ?? 1
-      const wait = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.min(20, attempts - 1))
+      const wait = backoffDelay(attempts - 1, { initialMs: RETRY_BASE_MS, maxMs: RETRY_MAX_MS, jitter: 0 })
       await p.query(
         tx,
         `UPDATE ${p.outboxTable} SET attempts = attempts + 1, last_error = ?, claimed_until = ? WHERE message_id = ?`,
