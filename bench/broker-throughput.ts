@@ -26,7 +26,7 @@ import {
   StartPosition,
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
-import { quick, report } from './common'
+import { brokerChildPort, quick, report } from './common'
 
 const BENCH = 'broker'
 const flush = process.env.BROKER_FLUSH === 'async' ? 'async' : 'sync'
@@ -58,27 +58,7 @@ function startBroker(dataDir: string): Promise<{ child: ChildProcess; port: numb
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   )
-  return new Promise((resolve, reject) => {
-    let out = ''
-    let started = false
-    child.stdout?.on('data', (d: Buffer) => {
-      // Lines other than the port line (e.g. --trace-gc output) go to our stderr, not to the results.
-      if (started) return void process.stderr.write(d)
-      out += d.toString()
-      for (let nl = out.indexOf('\n'); nl >= 0 && !started; nl = out.indexOf('\n')) {
-        const line = out.slice(0, nl)
-        out = out.slice(nl + 1)
-        if (!line.startsWith('{"port":')) {
-          process.stderr.write(`${line}\n`)
-          continue
-        }
-        started = true
-        if (out.length > 0) process.stderr.write(out)
-        resolve({ child, port: (JSON.parse(line) as { port: number }).port })
-      }
-    })
-    child.once('exit', (code) => reject(new Error(`broker exited with ${code}`)))
-  })
+  return brokerChildPort(child).then((port) => ({ child, port }))
 }
 
 function pullReq(p: Partial<PullRequest> & { subject: string; group: string; consumerId: string }): Buffer {

@@ -1,3 +1,4 @@
+import type { ChildProcess } from 'node:child_process'
 import { cpus, totalmem } from 'node:os'
 
 /** One benchmark result, printed as a JSON line so `bench/run.ts` can collect it into docs/benchmarks.md. */
@@ -31,3 +32,30 @@ export function opsPerSecond(fn: () => number, ms = 1000): number {
 }
 
 export const quick = process.argv.includes('--quick') || process.env.BENCH_QUICK === '1'
+
+/**
+ * The port of a broker started as bench/broker-child.ts: its stdout line `{"port":N}`. Other lines
+ * (before it, or after it such as --trace-gc output) go to our stderr, never to the results.
+ */
+export function brokerChildPort(child: ChildProcess): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let out = ''
+    let started = false
+    child.stdout?.on('data', (d: Buffer) => {
+      if (started) return void process.stderr.write(d)
+      out += d.toString()
+      for (let nl = out.indexOf('\n'); nl >= 0 && !started; nl = out.indexOf('\n')) {
+        const line = out.slice(0, nl)
+        out = out.slice(nl + 1)
+        if (!line.startsWith('{"port":')) {
+          process.stderr.write(`${line}\n`)
+          continue
+        }
+        started = true
+        if (out.length > 0) process.stderr.write(out)
+        resolve((JSON.parse(line) as { port: number }).port)
+      }
+    })
+    child.once('exit', (code) => reject(new Error(`broker exited with ${code}`)))
+  })
+}

@@ -50,7 +50,7 @@ import {
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
-import { quick, report } from './common'
+import { brokerChildPort, quick, report } from './common'
 
 const BENCH = 'peers'
 const MSG_BYTES = 1024
@@ -327,7 +327,7 @@ async function startQmq(): Promise<Driver> {
     {},
     true,
   )
-  const port = await spawnOut(child)
+  const port = await brokerChildPort(child)
   let idSeq = 0
   const record = (subject: string, i: number): Buffer =>
     encodeRecord({
@@ -515,24 +515,6 @@ async function startQmq(): Promise<Driver> {
 function bodyIndex(b: unknown): number {
   if (!Buffer.isBuffer(b)) throw new Error('qmq record without a binary body')
   return b.readUInt32BE(0)
-}
-
-/** The port line `{"port":N}` broker-child.ts prints on stdout. */
-function spawnOut(child: ChildProcess): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let out = ''
-    const onData = (d: Buffer): void => {
-      out += d.toString()
-      const m = out.match(/\{"port":(\d+)\}/)
-      if (m) {
-        child.stdout?.off('data', onData)
-        child.stdout?.resume()
-        resolve(Number(m[1]))
-      }
-    }
-    child.stdout?.on('data', onData)
-    child.once('exit', (code) => reject(new Error(`qmq broker exited with ${code}`)))
-  })
 }
 
 // ---- NATS JetStream: file storage, 1 replica
@@ -843,7 +825,7 @@ const ECHO_SRC = `const s=require('net').createServer(c=>{c.setNoDelay(true);c.p
 async function loopbackFloor(rate: number, seconds: number): Promise<number[]> {
   const dir = tempDir('echo')
   const child = spawnServer(process.execPath, ['-e', ECHO_SRC], dir, {}, true)
-  const port = await spawnOut(child).catch((e: unknown) => {
+  const port = await brokerChildPort(child).catch((e: unknown) => {
     throw new Error(`echo process: ${String(e)}`)
   })
   const sock: Socket = await new Promise((resolve, reject) => {
