@@ -3,6 +3,7 @@ import { MetaClient } from '../common/meta/meta-client'
 import type { GroupInfo } from '../common/meta/types'
 import type { Frame } from '../common/protocol/frame'
 import { Connection } from '../client/transport/connection'
+import { aliveBrokerGroups } from '../client/consumer/reset-cursor'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG } from '../common/token'
 import { type FlagSpec, type ParsedArgs, stringFlag } from './args'
 import { readSecretFile } from './service-options'
@@ -45,19 +46,8 @@ export class ClusterAdmin {
   }
 
   /** Alive broker groups (kind 'broker'), optionally only those of a subject's route. */
-  async brokerGroups(subject?: string): Promise<GroupInfo[]> {
-    const groups = (await this.meta.listGroups()).filter(
-      (g) => g.kind === 'broker' && g.alive && g.address !== '',
-    )
-    if (subject === undefined) return groups
-    let route: string[]
-    try {
-      route = (await this.meta.getSubject(subject)).groups
-    } catch (err) {
-      if (err instanceof QmqError && err.code === 'QMQ_ERR_NOT_FOUND') return []
-      throw err
-    }
-    return groups.filter((g) => route.includes(g.name))
+  brokerGroups(subject?: string): Promise<GroupInfo[]> {
+    return aliveBrokerGroups(this.meta, subject)
   }
 
   /** One admin request to a broker; rejects with the broker's QmqError. */

@@ -29,3 +29,13 @@ export function parseDuration(text: string): number | undefined {
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 'ms') as 'ms']
   return Math.round(n * unit)
 }
+
+/**
+ * `earliest`, `latest`, ms since the epoch or an ISO time (2026-11-21T10:00:00Z): where `qmq tail
+ * --from` starts a new group and `qmq reset-cursor --to` moves one. Undefined when it is none of these.
+ */
+export function parseStartFrom(text: string): 'earliest' | 'latest' | number | undefined {
+  if (text === 'earliest' || text === 'latest') return text
+  const t = /^\d+$/.test(text) ? Number(text) : Date.parse(text)
+  return Number.isSafeInteger(t) && t >= 0 ? t : undefined
+}

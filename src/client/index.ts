@@ -29,6 +29,7 @@ export {
 } from './consumer/decorators'
 export { ConsumedMessage, type NackOptions } from './consumer/consumed-message'
 export { PullConsumer, type PullConsumerOptions } from './consumer/pull-consumer'
+export type { StartFrom } from './consumer/start-from'
 
 // Transactional messages and idempotent consumers (docs/transactions.md)
 export {

@@ -10,9 +10,6 @@ import {
   encodeDlqRedriveRequest,
   encodeForgetGroupRequest,
   MAX_DLQ_LIST,
-  encodeResetCursorRequest,
-  ResetPosition,
-  type ResetPositionValue,
 } from '../../common/protocol/admin'
 import { RequestCode } from '../../common/protocol/codes'
 import {
@@ -24,7 +21,8 @@ import {
 import { decodeCountResponse } from '../../common/protocol/commands'
 import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { CLUSTER_FLAGS, type ClusterAdmin, withCluster } from '../cluster'
-import { table, time } from '../table'
+import { parseStartFrom, table, time } from '../table'
+import { resetCursor } from '../../client/consumer/reset-cursor'
 import type { Command } from './command'
 
 /**
@@ -139,29 +137,83 @@ export const consumersCommand = adminCommand(
   },
 )
 
+/** One consumer group's backlog on one broker group, as `qmq backlog --json` prints it. */
+export type BacklogRow = BacklogEntry & {
+  brokerGroup: string
+  /** Nothing pending, in flight, retrying or dead-lettered: the group has caught up. */
+  empty: boolean
+}
+
+/**
+ * What a consumer group holds over all broker groups, in words: `empty`, or the non-zero ones of
+ * `N ready` (stored, not handed out yet), `N in flight` (held by consumers), `N retrying` (waiting to be
+ * redelivered) and `N dead` (dead letters).
+ */
+export function backlogSummary(rows: readonly BacklogEntry[]): string {
+  let ready = 0
+  let held = 0
+  let retrying = 0
+  let dead = 0
+  for (const r of rows) {
+    ready += r.pending
+    held += r.inFlight - r.retrying // a broker's inFlight counts the ones waiting to be retried too
+    retrying += r.retrying
+    dead += r.deadLettered
+  }
+  const parts = (
+    [
+      [ready, 'ready'],
+      [held, 'in flight'],
+      [retrying, 'retrying'],
+      [dead, 'dead'],
+    ] as const
+  )
+    .filter(([n]) => n > 0)
+    .map(([n, what]) => `${n} ${what}`)
+  return parts.length === 0 ? 'empty' : parts.join(', ')
+}
+
+const BACKLOG_USAGE = 'qmq backlog [subject] [consumer-group] [--json]'
 export const backlogCommand = adminCommand(
   'backlog',
-  'Show the backlog of consumer groups on every broker group: pending, in flight, retrying, dead',
-  'qmq backlog [subject] [consumer-group] [--json]',
+  'Show the backlog of consumer groups on every broker group (pending, in flight, retrying, dead) and, per consumer group, whether it is empty',
+  BACKLOG_USAGE,
   [],
   async (cluster, { positionals }, json) => {
+    if (positionals.length > 2)
+      throw new QmqError('QMQ_ERR_USAGE', `too many arguments\nUsage: ${BACKLOG_USAGE}`)
     const [subject, group] = positionals
     const brokers = await cluster.brokerGroups(subject)
-    const rows: (BacklogEntry & { brokerGroup: string })[] = []
+    const rows: BacklogRow[] = []
     for (const b of brokers) {
       const frame = await cluster.request(
         b.address,
         RequestCode.ADMIN_BACKLOG,
         encodeBacklogRequest({ subject, group }),
       )
-      for (const e of decodeBacklogResponse(frame.body)) rows.push({ brokerGroup: b.name, ...e })
+      for (const e of decodeBacklogResponse(frame.body)) {
+        const empty = e.pending === 0 && e.inFlight === 0 && e.deadLettered === 0
+        rows.push({ brokerGroup: b.name, ...e, empty })
+      }
     }
-    print(json, rows, () =>
-      table(
+    print(json, rows, () => {
+      if (rows.length === 0) {
+        if (group !== undefined)
+          return `no broker group knows consumer group ${group} on ${subject} (it has not consumed yet, or the subject or group is misspelled)`
+        return subject !== undefined ? `(no consumer groups on ${subject})` : '(no consumer groups)'
+      }
+      const byGroup = new Map<string, BacklogRow[]>()
+      for (const r of rows) {
+        const key = `${r.group} on ${r.subject}`
+        byGroup.set(key, [...(byGroup.get(key) ?? []), r])
+      }
+      const summary = [...byGroup].map(([key, rs]) => `${key}: ${backlogSummary(rs)}`)
+      return `${table(
         [
           'BROKER GROUP',
           'SUBJECT',
           'CONSUMER GROUP',
+          'STATE',
           'PENDING',
           'IN FLIGHT',
           'RETRYING',
@@ -173,6 +225,7 @@ export const backlogCommand = adminCommand(
           r.brokerGroup,
           r.subject,
           r.group,
+          r.empty ? 'empty' : 'holding',
           r.pending,
           r.inFlight,
           r.retrying,
@@ -180,25 +233,12 @@ export const backlogCommand = adminCommand(
           r.cursor,
           r.maxSequence,
         ]),
-        '(no consumer groups)',
-      ),
-    )
+        '',
+      )}\n\n${summary.join('\n')}`
+    })
     return 0
   },
 )
-
-function parsePosition(to: string): { position: ResetPositionValue; timeMs: number } {
-  if (to === 'earliest') return { position: ResetPosition.EARLIEST, timeMs: 0 }
-  if (to === 'latest') return { position: ResetPosition.LATEST, timeMs: 0 }
-  const t = /^\d+$/.test(to) ? Number(to) : Date.parse(to)
-  if (!Number.isFinite(t)) {
-    throw new QmqError(
-      'QMQ_ERR_USAGE',
-      `--to must be earliest, latest, an ISO time or ms since epoch (got ${JSON.stringify(to)})`,
-    )
-  }
-  return { position: ResetPosition.TIMESTAMP, timeMs: t }
-}
 
 const RESET_USAGE = 'qmq reset-cursor <subject> <consumer-group> --to earliest|latest|<time>'
 export const resetCursorCommand = adminCommand(
@@ -215,23 +255,26 @@ export const resetCursorCommand = adminCommand(
   async (cluster, { positionals, flags }, json) => {
     const subject = need(positionals[0], 'subject', RESET_USAGE)
     const group = need(positionals[1], 'consumer group', RESET_USAGE)
-    const { position, timeMs } = parsePosition(need(stringFlag(flags, 'to'), '--to', RESET_USAGE))
-    const brokers = await cluster.brokerGroups(subject)
-    if (brokers.length === 0)
-      throw new QmqError('QMQ_ERR_NOT_FOUND', `no alive broker group serves ${subject}`)
-    for (const b of brokers) {
-      await cluster.request(
-        b.address,
-        RequestCode.ADMIN_RESET_CURSOR,
-        encodeResetCursorRequest({ subject, group, position, timeMs, token: cluster.adminToken }),
+    const toText = need(stringFlag(flags, 'to'), '--to', RESET_USAGE)
+    const to = parseStartFrom(toText)
+    if (to === undefined)
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        `--to must be earliest, latest, an ISO time or ms since the epoch (got ${JSON.stringify(toText)})`,
       )
-    }
+    const request = (address: string, code: number, body: Buffer) => cluster.request(address, code, body)
+    const brokerGroups = await resetCursor(
+      { meta: cluster.meta, request, token: cluster.adminToken },
+      subject,
+      group,
+      to,
+    )
     const done = {
       subject,
       group,
-      position: Object.keys(ResetPosition)[position],
-      timeMs,
-      brokerGroups: brokers.map((b) => b.name),
+      position: typeof to === 'number' ? 'TIMESTAMP' : to.toUpperCase(),
+      timeMs: typeof to === 'number' ? to : 0,
+      brokerGroups,
     }
     print(
       json,

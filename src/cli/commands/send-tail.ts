@@ -3,7 +3,7 @@ import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
 import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
-import { parseDuration } from '../table'
+import { parseDuration, parseStartFrom } from '../table'
 import type { Command } from './command'
 
 /**
@@ -128,7 +128,8 @@ ${flagsHelp(SEND_FLAGS)}`,
   },
 }
 
-const TAIL_USAGE = 'qmq tail <subject> --group G [--count N] [--from earliest|latest] [--no-ack] [--json]'
+const TAIL_USAGE =
+  'qmq tail <subject> --group G [--count N] [--from earliest|latest|<time>] [--no-ack] [--json]'
 
 function describe(m: ConsumedMessage): Record<string, unknown> {
   const body = m.getBody()
@@ -146,7 +147,11 @@ function describe(m: ConsumedMessage): Record<string, unknown> {
 const TAIL_FLAGS: readonly FlagSpec[] = [
   { name: 'group', value: 'G', doc: 'consumer group (required)' },
   { name: 'count', value: 'N', doc: 'stop after N messages' },
-  { name: 'from', value: 'WHERE', doc: 'where a NEW group starts: latest (default) or earliest' },
+  {
+    name: 'from',
+    value: 'WHERE',
+    doc: 'where a NEW group starts: latest (default), earliest, or an ISO time / ms since epoch (first message stored at or after it)',
+  },
   {
     name: 'ack',
     doc: 'ack each printed message (default); --no-ack: they come back to the group after its lease',
@@ -173,9 +178,13 @@ ${flagsHelp(TAIL_FLAGS)}`,
     if (subject === undefined || group === undefined)
       throw new QmqError('QMQ_ERR_USAGE', `missing subject or --group\nUsage: ${TAIL_USAGE}`)
     const limit = intFlag(flags, 'count', Number.MAX_SAFE_INTEGER, 1)
-    const from = stringFlag(flags, 'from') ?? 'latest'
-    if (from !== 'latest' && from !== 'earliest')
-      throw new QmqError('QMQ_ERR_USAGE', `--from must be latest or earliest (got ${from})`)
+    const fromText = stringFlag(flags, 'from') ?? 'latest'
+    const from = parseStartFrom(fromText)
+    if (from === undefined)
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        `--from must be latest, earliest, an ISO time or ms since the epoch (got ${fromText})`,
+      )
     const ack = flags.ack !== false
 
     const { MessageConsumerProvider } = require('../../client') as typeof import('../../client')

@@ -24,6 +24,8 @@ import {
 } from './decorators'
 import { PullConsumer, type PullConsumerOptions } from './pull-consumer'
 import { type ConsumerContext, Subscription, type SubscriptionSpec } from './subscription'
+import { resetCursor } from './reset-cursor'
+import type { StartFrom } from './start-from'
 import { untilDeadline } from './until-deadline'
 import { ClientBase, type ClientExtras } from '../client-base'
 
@@ -63,6 +65,11 @@ export interface ConsumerOptions extends CommonClientOptions {
    * throw) and its result ignored. 0 = no limit.
    */
   handlerTimeoutMs: number
+  /**
+   * The brokers' admin token, sent with resetCursor() (QMQ_ERR_UNAUTHORIZED without it when the brokers
+   * have one). Only resetCursor() uses it; leave it unset in applications that do not reset cursors.
+   */
+  adminToken: string | undefined
 }
 
 export const consumerSchema: OptionsSchema<ConsumerOptions> = {
@@ -80,6 +87,7 @@ export const consumerSchema: OptionsSchema<ConsumerOptions> = {
   heartbeatIntervalMs: integer({ default: 10_000, min: 100, doc: 'broker heartbeat interval (ms)' }),
   closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'bound on close (ms)' }),
   handlerTimeoutMs: integer({ default: 0, min: 0, doc: 'handler time limit (ms; 0 = none)' }),
+  adminToken: optionalString({ doc: "brokers' admin token, sent with resetCursor()" }),
 }
 
 export type ConsumerInit = Partial<ConsumerOptions> & ClientExtras
@@ -243,6 +251,30 @@ export class MessageConsumerProvider extends ClientBase {
   private subscriptionsOf(subject: string, consumerGroup: string | undefined): Subscription[] {
     const group = consumerGroup ?? this.opts?.appCode
     return this.subscriptions.filter((s) => s.spec.subject === subject && s.spec.group === group)
+  }
+
+  /**
+   * Moves the cursor of `consumerGroup` on `subject`, on every broker group of its route (an admin
+   * operation: needs the brokers' admin token, the `adminToken` option or `options.adminToken`).
+   * `to`: 'earliest', 'latest', or a time (Date or ms since the epoch): the first message each broker
+   * stored at or after it. The group's running consumers (of any process) get the messages from there
+   * on their next PULL, including ones they had already acked; messages handed out before the reset
+   * stay in flight. Creates the group's cursor if the broker does not know the group yet. Resolves with
+   * the broker groups reset; see reset-cursor.ts for partial failures (a reset is idempotent: retry).
+   */
+  async resetCursor(
+    subject: string,
+    consumerGroup: string,
+    to: StartFrom,
+    options: { adminToken?: string } = {},
+  ): Promise<string[]> {
+    if (this.closePromise) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'consumer provider is closed')
+    const o = this.initSync()
+    const rt = this.rt as ClientRuntime
+    const request = (address: string, code: number, body: Buffer) =>
+      rt.pool.get(address).request(code, body, { timeoutMs: o.requestTimeoutMs })
+    const token = options.adminToken ?? o.adminToken
+    return resetCursor({ meta: rt.meta, request, token }, subject, consumerGroup, to)
   }
 
   /** QMQ's pull API: a consumer you call `pull()` on (one per subject and group). */

@@ -1,6 +1,7 @@
 import { QmqError } from '../../common/errors'
 import { validateGroup, validateSubject } from '../../common/names'
 import type { ConsumedMessage } from './consumed-message'
+import { type StartFrom, startPosition } from './start-from'
 
 /** Options of `@QmqConsumer` (and of `provider.addListener`). */
 export interface QmqConsumerOptions {
@@ -21,8 +22,12 @@ export interface QmqConsumerOptions {
   tagType?: 'any' | 'all'
   /** A message whose handler failed on its maxRetries-th delivery goes to the dead letters. */
   maxRetries?: number
-  /** Where a new consumer group starts: 'latest' (default, as QMQ) or 'earliest'. */
-  startFrom?: 'latest' | 'earliest'
+  /**
+   * Where a NEW consumer group starts (start-from.ts): 'latest' (default, as QMQ), 'earliest', or a
+   * time (Date or ms since the epoch): the first message stored at or after it. A group the broker
+   * already knows keeps its cursor (move it with `resetCursor`).
+   */
+  startFrom?: StartFrom
   /**
    * An IdempotentChecker (docs/transactions.md): the handler runs in a database transaction that also
    * records the message id, and a redelivered message already processed is skipped.
@@ -97,9 +102,7 @@ export function validateConsumerOptions(options: QmqConsumerOptions): void {
   if (options.tagType !== undefined && options.tagType !== 'any' && options.tagType !== 'all') {
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `@QmqConsumer tagType must be 'any' or 'all'`)
   }
-  if (options.startFrom !== undefined && options.startFrom !== 'latest' && options.startFrom !== 'earliest') {
-    throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `@QmqConsumer startFrom must be 'latest' or 'earliest'`)
-  }
+  startPosition(options.startFrom, '@QmqConsumer startFrom')
 }
 
 /** A handler method as `@QmqConsumer` accepts it. */

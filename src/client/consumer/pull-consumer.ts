@@ -2,7 +2,8 @@ import { QmqError, toQmqError } from '../../common/errors'
 import type { RouteGroup } from '../../common/meta/types'
 import { validateGroup, validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
-import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
+import { encodePullRequest, MAX_PULL_MESSAGES } from '../../common/protocol/commands'
+import { type StartFrom, startPosition } from './start-from'
 import { SubscriptionMetrics } from '../metrics'
 import { sleep } from '../retry'
 import { type AckSender, newAckSender } from './ack-sender'
@@ -16,7 +17,8 @@ export interface PullConsumerOptions {
   isBroadcast?: boolean
   tags?: string[]
   tagType?: 'any' | 'all'
-  startFrom?: 'latest' | 'earliest'
+  /** Where the group starts if it is new (start-from.ts): 'latest' (default), 'earliest' or a time. */
+  startFrom?: StartFrom
 }
 
 /**
@@ -54,6 +56,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   ) {
     validateSubject(subject)
     validateGroup(group)
+    startPosition(options.startFrom) // a bad startFrom fails here, not at the first pull
     this.wireConsumerId = this.broadcast ? ctx.instanceName : ctx.consumerId
     if (ctx.registry !== undefined) this.metrics = new SubscriptionMetrics(ctx.registry, subject, group)
   }
@@ -207,8 +210,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
       broadcast: this.broadcast,
       atMostOnce: false,
       tagsAll: this.options.tagType === 'all',
-      start: this.options.startFrom === 'earliest' ? StartPosition.EARLIEST : StartPosition.LATEST,
-      startTime: 0,
+      ...startPosition(this.options.startFrom),
       tags: this.options.tags ?? [],
     })
     const p = this.ctx.rt.pool

@@ -4,7 +4,8 @@ import type { Registry } from 'prom-client'
 import type { Logger } from '../../common/logger'
 import type { RouteGroup } from '../../common/meta/types'
 import { RequestCode } from '../../common/protocol/codes'
-import { encodePullRequest, MAX_PULL_MESSAGES, StartPosition } from '../../common/protocol/commands'
+import { encodePullRequest, MAX_PULL_MESSAGES } from '../../common/protocol/commands'
+import { type StartFrom, startPosition } from './start-from'
 import type { ClientRuntime } from '../options'
 import { type ConsumeResult, SubscriptionMetrics } from '../metrics'
 import { Backoff, sleep } from '../retry'
@@ -54,7 +55,7 @@ export interface SubscriptionSpec {
   tags: string[]
   tagsAll: boolean
   maxRetries: number
-  startFrom: 'latest' | 'earliest'
+  startFrom: StartFrom
   /** A handler running longer has its message nacked and its result ignored; 0 = no limit. */
   handlerTimeoutMs: number
 }
@@ -517,8 +518,7 @@ export class PullLoop {
           broadcast: spec.broadcast,
           atMostOnce: spec.consumeMostOnce,
           tagsAll: spec.tagsAll,
-          start: spec.startFrom === 'earliest' ? StartPosition.EARLIEST : StartPosition.LATEST,
-          startTime: 0,
+          ...startPosition(spec.startFrom),
           tags: spec.tags,
         })
         const frame = await ctx.rt.pool.get(this.group.address).request(RequestCode.PULL, body, {
