@@ -156,8 +156,8 @@ export function segmentFileName(base: number): string {
   return `${String(base).padStart(SEGMENT_NAME_DIGITS, '0')}${SEGMENT_SUFFIX}`
 }
 
-/** Buffered appends with more parts than this are copied into one buffer before the write. */
-const MAX_WRITEV_PARTS = 64
+/** Buffered appends with more parts than this (IOV_MAX) are copied into one buffer before the write. */
+const MAX_WRITEV_PARTS = 1024
 
 export class SegmentLog {
   readonly dir: string
@@ -170,11 +170,12 @@ export class SegmentLog {
   private syncing: Promise<void> | undefined
   private syncAgain: Promise<void> | undefined
   /**
-   * Buffered appends (see `appendBuffered`), one element per entry (a lone part as itself: the
-   * dispatch logs buffer a 12-byte entry per delivered message, so no wrapper object), and their sizes.
+   * Buffered appends (see `appendBuffered`): their parts, flat, and per entry its number of parts and
+   * its bytes (small-integer arrays: no object per entry, as a delay bucket can hold thousands).
    */
-  private buffered: (Buffer | Buffer[])[] = []
-  private bufferedSizes: number[] = []
+  private bufferedParts: Buffer[] = []
+  private entryParts: number[] = []
+  private entrySizes: number[] = []
   private bufferedTotal = 0
 
   private constructor(opts: SegmentLogOptions, single?: string) {
@@ -480,9 +481,12 @@ export class SegmentLog {
   appendBuffered(...parts: Buffer[]): number {
     const offset = this.nextOffset
     let bytes = 0
-    for (const p of parts) bytes += p.length
-    this.buffered.push(parts.length === 1 ? (parts[0] as Buffer) : parts)
-    this.bufferedSizes.push(bytes)
+    for (const p of parts) {
+      bytes += p.length
+      this.bufferedParts.push(p)
+    }
+    this.entryParts.push(parts.length)
+    this.entrySizes.push(bytes)
     this.bufferedTotal += bytes
     return offset
   }
@@ -496,24 +500,26 @@ export class SegmentLog {
   flushSync(): void {
     if (this.bufferedTotal === 0) return
     if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'buffered flush under an append in flight')
-    const entries = this.buffered
-    const sizes = this.bufferedSizes
-    let i = 0
-    while (i < entries.length) {
+    const all = this.bufferedParts
+    const counts = this.entryParts
+    const sizes = this.entrySizes
+    let i = 0 // next entry
+    let k = 0 // its first part
+    while (i < sizes.length) {
       let seg = this.segs[this.segs.length - 1]
       if (!seg || (seg.size > 0 && seg.size + (sizes[i] as number) > this.segmentBytes)) seg = this.roll()
-      let parts: Buffer[] = []
+      // The entries that fit in this segment (all of them in single-file mode).
       let bytes = 0
       let j = i
-      while (j < entries.length) {
+      let m = k
+      while (j < sizes.length) {
         const size = sizes[j] as number
         if (bytes > 0 && seg.size + bytes + size > this.segmentBytes) break
-        const e = entries[j] as Buffer | Buffer[]
-        if (Array.isArray(e)) for (const p of e) parts.push(p)
-        else parts.push(e)
         bytes += size
+        m += counts[j] as number
         j++
       }
+      let parts = k === 0 && m === all.length ? all : all.slice(k, m)
       if (parts.length > MAX_WRITEV_PARTS) parts = [Buffer.concat(parts, bytes)]
       try {
         writevFullySync(seg.fd, parts, bytes, seg.size)
@@ -523,18 +529,25 @@ export class SegmentLog {
         } catch {
           // ignored: reported through the write error; recovery cuts an unacknowledged tail
         }
-        this.buffered = entries.slice(i)
-        this.bufferedSizes = sizes.slice(i)
+        this.bufferedParts = all.slice(k)
+        this.entryParts = counts.slice(i)
+        this.entrySizes = sizes.slice(i)
         this.bufferedTotal = 0
-        for (const n of this.bufferedSizes) this.bufferedTotal += n
+        for (const n of this.entrySizes) this.bufferedTotal += n
         throw fsError(err, `writing ${path.basename(seg.file)}`)
       }
       seg.size += bytes
       seg.dirty = true
       i = j
+      k = m
     }
-    this.buffered = []
-    this.bufferedSizes = []
+    this.dropBuffered()
+  }
+
+  private dropBuffered(): void {
+    this.bufferedParts = []
+    this.entryParts = []
+    this.entrySizes = []
     this.bufferedTotal = 0
   }
 
@@ -838,18 +851,14 @@ export class SegmentLog {
   close(): void {
     for (const s of this.segs) this.retire(s, false)
     this.segs = []
-    this.buffered = []
-    this.bufferedSizes = []
-    this.bufferedTotal = 0
+    this.dropBuffered()
   }
 
   /** Drops buffered appends and deletes every segment file (reads in flight finish first). */
   remove(): void {
     for (const s of this.segs) this.retire(s, true)
     this.segs = []
-    this.buffered = []
-    this.bufferedSizes = []
-    this.bufferedTotal = 0
+    this.dropBuffered()
   }
 }
 
