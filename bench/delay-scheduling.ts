@@ -105,6 +105,13 @@ function rssBytes(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   return m ? Number(m[1]) * 1024 : Number.NaN
 }
 
+/** CPU seconds (user + system) a process has used so far (/proc; clock ticks of 10 ms). */
+function cpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(f[11]) + Number(f[12])) / 100
+}
+
 /** Sends n messages with schedule times from `at(i)`, BATCH per SEND, IN_FLIGHT at once. Returns msgs/s. */
 async function sendAll(port: number, n: number, at: (i: number) => number): Promise<number> {
   const conn = new Connection({ address: `127.0.0.1:${port}`, requestTimeoutMs: 120_000 })
@@ -158,6 +165,7 @@ async function pending(broker: StubBroker): Promise<void> {
   try {
     const now = Date.now()
     const month = 30 * 24 * 3600 * 1000
+    const cpu0 = cpuSeconds(child.pid as number)
     const rate = await sendAll(
       port,
       PENDING,
@@ -165,8 +173,15 @@ async function pending(broker: StubBroker): Promise<void> {
     )
     await new Promise((r) => setTimeout(r, 1_500)) // a checkpoint passes
     const pid = child.pid as number
+    const cpu = cpuSeconds(pid) - cpu0
     report({ bench: 'delay-pending', metric: 'messages', value: PENDING, unit: 'msgs' })
     report({ bench: 'delay-pending', metric: 'send rate', value: Math.round(rate), unit: 'msgs/s' })
+    report({
+      bench: 'delay-pending',
+      metric: 'delay server CPU per stored message',
+      value: +((cpu / PENDING) * 1e6).toFixed(2),
+      unit: 'us',
+    })
     report({
       bench: 'delay-pending',
       metric: 'delay server RSS',
@@ -200,7 +215,10 @@ async function burst(broker: StubBroker): Promise<void> {
     }
     await sendAll(port, BURST, () => due)
     const storedBeforeDue = Date.now() < due
+    await waitUntil(() => Date.now() >= due, due - Date.now() + 1_000)
+    const cpu0 = cpuSeconds(child.pid as number)
     await waitUntil(() => got >= BURST, Math.max(0, due - Date.now()) + 120_000)
+    const cpu = cpuSeconds(child.pid as number) - cpu0
     const drainMs = last - due
     report({ bench: 'delay-burst', metric: 'messages due in one second', value: BURST, unit: 'msgs' })
     report({ bench: 'delay-burst', metric: 'due to last delivery', value: drainMs, unit: 'ms' })
@@ -210,6 +228,12 @@ async function burst(broker: StubBroker): Promise<void> {
       value: Math.round(BURST / (Math.max(1, drainMs) / 1000)),
       unit: 'msgs/s',
       target: '>= 100k msgs/s',
+    })
+    report({
+      bench: 'delay-burst',
+      metric: 'delay server CPU per drained message',
+      value: +((cpu / BURST) * 1e6).toFixed(2),
+      unit: 'us',
     })
     if (!storedBeforeDue || got < BURST) {
       process.stderr.write(`delay-burst: stored before due=${storedBeforeDue}, delivered ${got}/${BURST}\n`)

@@ -55,7 +55,12 @@ t.test(
 
     faults.failing = undefined
     faults.synced.length = 0
+    faults.written.length = 0
     await server.store.checkpoint()
+    t.ok(
+      faults.written.some((f) => f.endsWith('.sched')),
+      'the retry first writes the unsynced schedule-log bytes again (the failed fdatasync may have dropped them)',
+    )
     t.ok(
       faults.synced.some((f) => f.endsWith('.sched')),
       'the retry fdatasyncs the schedule log that failed',

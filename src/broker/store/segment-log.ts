@@ -28,6 +28,20 @@ import { type FsIo, nodeFsIo } from './fs-io'
  *   and unlinks its file at once (later reads get QMQ_ERR_NOT_FOUND), but its descriptor is closed
  *   only when the last read holding it is done: never under a read in flight, so a descriptor number
  *   is never reused by another file while a read may still use it.
+ * - fdatasync failures: `dirty` is set again, and the segment remembers it (`syncFailed`). The kernel
+ *   may have dropped the dirty pages of a failed fdatasync (marking them clean), so a later fdatasync
+ *   that succeeds proves nothing about them: the next `sync()` first writes the bytes since the last
+ *   good sync (`durable`) again, read back from the page cache, and only then syncs.
+ *
+ * Two more ways to use it (the delay server's per-bucket logs):
+ * - Single-file mode (`SegmentLog.openFile`): one segment, base 0, at a path the caller names (so a
+ *   logical offset is a byte position in that file); it never rolls. The file is created by the first
+ *   append (and its directory fsynced), so opening a missing one costs nothing.
+ * - Buffered appends (`appendBuffered`): synchronous, ordered, the offset known at once (the delay
+ *   store files records inside the message log's `onDurable`). Buffered bytes are written by
+ *   `flushSync` (synchronous writes, used for small appends from timers), before a read or scan that
+ *   reaches them, before `appendv`, and by `sync`. A log uses either `appendv` or buffered appends at
+ *   a time: `flushSync` refuses to run under an `appendv` in flight.
  */
 export const SEGMENT_NAME_DIGITS = 20
 const SEGMENT_SUFFIX = '.log'
@@ -36,6 +50,12 @@ export interface SegmentLogOptions {
   dir: string
   /** Size at which the log rolls to a new segment. */
   segmentBytes: number
+  io?: FsIo
+}
+
+export interface SingleFileLogOptions {
+  /** The log's one file (created by the first append when missing). */
+  file: string
   io?: FsIo
 }
 
@@ -53,6 +73,10 @@ interface Segment {
   fd: number
   /** Written bytes not yet covered by an fdatasync. */
   dirty: boolean
+  /** File length covered by the last successful fdatasync (or present at open). */
+  durable: number
+  /** An fdatasync failed since the last good one: rewrite [durable, size) before the next. */
+  syncFailed: boolean
   /** Reads and syncs using `fd` right now (see `hold` / `release`). */
   refs: number
   /** Taken out of the log (deleted, cut off, or the log closed): `fd` closes when `refs` drops to 0. */
@@ -132,19 +156,33 @@ export function segmentFileName(base: number): string {
   return `${String(base).padStart(SEGMENT_NAME_DIGITS, '0')}${SEGMENT_SUFFIX}`
 }
 
+/** Buffered appends with more parts than this (IOV_MAX) are copied into one buffer before the write. */
+const MAX_WRITEV_PARTS = 1024
+
 export class SegmentLog {
   readonly dir: string
   readonly segmentBytes: number
+  /** Single-file mode: the log's one file. */
+  private readonly single: string | undefined
   private readonly io: FsIo
   private segs: Segment[] = []
   private writing = false
   private syncing: Promise<void> | undefined
   private syncAgain: Promise<void> | undefined
+  /**
+   * Buffered appends (see `appendBuffered`): their parts, flat, and per entry its number of parts and
+   * its bytes (small-integer arrays: no object per entry, as a delay bucket can hold thousands).
+   */
+  private bufferedParts: Buffer[] = []
+  private entryParts: number[] = []
+  private entrySizes: number[] = []
+  private bufferedTotal = 0
 
-  private constructor(opts: SegmentLogOptions) {
+  private constructor(opts: SegmentLogOptions, single?: string) {
     this.dir = opts.dir
     this.segmentBytes = opts.segmentBytes
     this.io = opts.io ?? nodeFsIo
+    this.single = single
   }
 
   /** Opens (creating the directory if needed) without reading contents. Call `recover` to validate. */
@@ -159,16 +197,32 @@ export class SegmentLog {
       const file = path.join(opts.dir, name)
       const fd = fs.openSync(file, 'r+')
       const size = fs.fstatSync(fd).size
-      log.segs.push({
-        base: Number(name.slice(0, -SEGMENT_SUFFIX.length)),
-        size,
-        file,
-        fd,
-        dirty: false,
-        refs: 0,
-        retired: false,
-      })
+      log.segs.push(openedSegment(Number(name.slice(0, -SEGMENT_SUFFIX.length)), file, fd, size))
     }
+    return log
+  }
+
+  /**
+   * Single-file mode: a log whose one segment (base 0) is `file`; it never rolls. A missing file is
+   * created by the first append. Call `recover` to validate.
+   */
+  static openFile(opts: SingleFileLogOptions): SegmentLog {
+    const log = new SegmentLog(
+      {
+        dir: path.dirname(opts.file),
+        segmentBytes: Number.MAX_SAFE_INTEGER,
+        ...(opts.io ? { io: opts.io } : {}),
+      },
+      opts.file,
+    )
+    let fd: number
+    try {
+      fd = fs.openSync(opts.file, 'r+')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return log
+      throw fsError(err, `opening ${opts.file}`)
+    }
+    log.segs.push(openedSegment(0, opts.file, fd, fs.fstatSync(fd).size))
     return log
   }
 
@@ -178,10 +232,25 @@ export class SegmentLog {
     return first ? first.base : 0
   }
 
-  /** Logical offset where the next append goes (unless it rolls). */
+  /** Logical offset of the end of the written bytes (buffered appends excluded). */
   get endOffset(): number {
     const last = this.segs[this.segs.length - 1]
     return last ? last.base + last.size : 0
+  }
+
+  /** Logical offset the next buffered append gets: written plus buffered bytes. */
+  get nextOffset(): number {
+    return this.endOffset + this.bufferedTotal
+  }
+
+  /** Bytes appended by `appendBuffered` and not yet written. */
+  get bufferedBytes(): number {
+    return this.bufferedTotal
+  }
+
+  /** Anything buffered, or written and not yet covered by a successful fdatasync. */
+  get unsynced(): boolean {
+    return this.bufferedTotal > 0 || this.segs.some((s) => s.dirty)
   }
 
   get totalBytes(): number {
@@ -278,6 +347,8 @@ export class SegmentLog {
     visit: ScanVisit,
     opts: ScanOptions,
   ): Promise<Damage[]> {
+    // Buffered appends in the range are written first (a scan reads files).
+    if (this.bufferedTotal > 0 && to > this.endOffset && !this.writing) this.flushSync()
     const out: Damage[] = []
     let chunk = Buffer.allocUnsafe(opts.chunkBytes ?? DEFAULT_SCAN_CHUNK_BYTES)
     for (const seg of [...this.segs]) {
@@ -360,6 +431,7 @@ export class SegmentLog {
       throw fsError(err, `truncating ${seg.file}`)
     }
     seg.size = size
+    if (seg.durable > size) seg.durable = size
   }
 
   /**
@@ -369,6 +441,7 @@ export class SegmentLog {
    */
   async appendv(buffers: Buffer[], bytes: number): Promise<number> {
     if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'concurrent appends to one segment log')
+    this.flushSync()
     this.writing = true
     try {
       let seg = this.segs[this.segs.length - 1]
@@ -401,19 +474,128 @@ export class SegmentLog {
     }
   }
 
-  /** Opens a new segment at the current end. */
+  /**
+   * Buffers one entry (its parts written contiguously, never split across segments) and returns its
+   * logical offset at once. Written by `flushSync` (or a read, scan, `appendv` or `sync` that needs it).
+   */
+  appendBuffered(...parts: Buffer[]): number {
+    const offset = this.nextOffset
+    let bytes = 0
+    for (const p of parts) {
+      bytes += p.length
+      this.bufferedParts.push(p)
+    }
+    this.entryParts.push(parts.length)
+    this.entrySizes.push(bytes)
+    this.bufferedTotal += bytes
+    return offset
+  }
+
+  /**
+   * Writes the buffered appends now (synchronous writes; the log rolls between entries as `appendv`
+   * does between batches). On failure the partial write is cut off, the entries not written stay
+   * buffered (their offsets do not change) and the error (QMQ_ERR_DISK_FULL / QMQ_ERR_STORE_IO) is
+   * thrown: the next flush tries them again.
+   */
+  flushSync(): void {
+    if (this.bufferedTotal === 0) return
+    if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'buffered flush under an append in flight')
+    const all = this.bufferedParts
+    const counts = this.entryParts
+    const sizes = this.entrySizes
+    let i = 0 // next entry
+    let k = 0 // its first part
+    while (i < sizes.length) {
+      let seg = this.segs[this.segs.length - 1]
+      if (!seg || (seg.size > 0 && seg.size + (sizes[i] as number) > this.segmentBytes)) seg = this.roll()
+      // The entries that fit in this segment (all of them in single-file mode).
+      let bytes = 0
+      let j = i
+      let m = k
+      while (j < sizes.length) {
+        const size = sizes[j] as number
+        if (bytes > 0 && seg.size + bytes + size > this.segmentBytes) break
+        bytes += size
+        m += counts[j] as number
+        j++
+      }
+      let parts = k === 0 && m === all.length ? all : all.slice(k, m)
+      if (parts.length > MAX_WRITEV_PARTS) parts = [Buffer.concat(parts, bytes)]
+      try {
+        writevFullySync(seg.fd, parts, bytes, seg.size)
+      } catch (err) {
+        try {
+          fs.ftruncateSync(seg.fd, seg.size)
+        } catch {
+          // ignored: reported through the write error; recovery cuts an unacknowledged tail
+        }
+        this.bufferedParts = all.slice(k)
+        this.entryParts = counts.slice(i)
+        this.entrySizes = sizes.slice(i)
+        this.bufferedTotal = 0
+        for (const n of this.entrySizes) this.bufferedTotal += n
+        throw fsError(err, `writing ${path.basename(seg.file)}`)
+      }
+      seg.size += bytes
+      seg.dirty = true
+      i = j
+      k = m
+    }
+    this.dropBuffered()
+  }
+
+  private dropBuffered(): void {
+    this.bufferedParts = []
+    this.entryParts = []
+    this.entrySizes = []
+    this.bufferedTotal = 0
+  }
+
+  /**
+   * Synchronous positional read of exactly `length` bytes at logical `offset` (in one segment),
+   * writing buffered appends first when the range reaches them. Throws QMQ_ERR_NOT_FOUND for an
+   * offset outside the log and QMQ_ERR_STORE_IO when the file holds fewer bytes than the log wrote.
+   */
+  readSync(offset: number, length: number, into?: Buffer): Buffer {
+    if (offset + length > this.endOffset) this.flushSync()
+    const seg = this.findSegment(offset)
+    if (!seg) throw new QmqError('QMQ_ERR_NOT_FOUND', `offset ${offset} is not in ${this.single ?? this.dir}`)
+    const pos = offset - seg.base
+    const buf = into ?? Buffer.allocUnsafe(length)
+    seg.refs++
+    try {
+      let got = 0
+      while (got < length) {
+        const n = fs.readSync(seg.fd, buf, got, length - got, pos + got)
+        if (n === 0) {
+          throw new QmqError(
+            'QMQ_ERR_STORE_IO',
+            `${path.basename(seg.file)} ends before ${pos + length} (${seg.size} bytes written)`,
+          )
+        }
+        got += n
+      }
+    } catch (err) {
+      throw err instanceof QmqError ? err : fsError(err, `reading ${path.basename(seg.file)}`)
+    } finally {
+      this.release(seg)
+    }
+    return buf
+  }
+
+  /** Opens a new segment at the current end (in single-file mode: creates the file, once). */
   roll(): Segment {
     const base = this.endOffset
     const last = this.segs[this.segs.length - 1]
-    if (last && last.size === 0) return last
-    const file = path.join(this.dir, segmentFileName(base))
+    if (last && (last.size === 0 || this.single !== undefined)) return last
+    const file = this.single ?? path.join(this.dir, segmentFileName(base))
     let fd: number
     try {
       fd = fs.openSync(file, 'w+')
     } catch (err) {
       throw fsError(err, `creating ${file}`)
     }
-    const seg: Segment = { base, size: 0, file, fd, dirty: true, refs: 0, retired: false }
+    const seg: Segment = { ...openedSegment(base, file, fd, 0), dirty: true }
     this.segs.push(seg)
     fsyncDir(this.dir)
     return seg
@@ -444,19 +626,45 @@ export class SegmentLog {
   }
 
   private async doSync(): Promise<void> {
+    if (!this.writing) this.flushSync()
     // A copy: segments may be removed while an fdatasync is in flight (a removed one needs none).
     for (const seg of [...this.segs]) {
       if (!seg.dirty || seg.retired) continue
       seg.dirty = false
+      // Writes completed before this point are covered by the fdatasync below.
+      const covered = seg.size
       seg.refs++
       try {
+        if (seg.syncFailed) await this.rewrite(seg, seg.durable, covered)
         await this.io.fdatasync(seg.fd)
+        seg.syncFailed = false
+        if (covered > seg.durable) seg.durable = covered
       } catch (err) {
         seg.dirty = true
+        seg.syncFailed = true
         throw fsError(err, `syncing ${path.basename(seg.file)}`)
       } finally {
         this.release(seg)
       }
+    }
+  }
+
+  /**
+   * Writes bytes [from, to) of a segment again, as read back from the page cache: after a failed
+   * fdatasync the kernel may have marked them clean without writing them (see the class comment).
+   */
+  private async rewrite(seg: Segment, from: number, to: number): Promise<void> {
+    const chunk = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(1, to - from)))
+    for (let pos = from; pos < to; ) {
+      const n = await this.readFully(seg.fd, chunk, Math.min(chunk.length, to - pos), pos)
+      if (n === 0) break
+      let w = 0
+      while (w < n) {
+        const m = await this.io.write(seg.fd, chunk.subarray(w, n), pos + w)
+        if (m === 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
+        w += m
+      }
+      pos += n
     }
   }
 
@@ -538,6 +746,7 @@ export class SegmentLog {
         this.release(seg)
       }
       seg.dirty = true
+      if (pos < seg.durable) seg.durable = pos
       done += len
     }
   }
@@ -560,6 +769,23 @@ export class SegmentLog {
    * segment starts there.
    */
   async truncate(offset: number): Promise<void> {
+    this.flushSync()
+    if (this.single !== undefined) {
+      // One file, base 0: cut it, or create it empty; it cannot start past 0.
+      const seg = this.segs[0]
+      if (seg && seg.size >= offset) {
+        if (seg.size > offset) await this.truncateSegment(seg, offset)
+        return
+      }
+      if (!seg && offset === 0) {
+        this.roll()
+        return
+      }
+      throw new QmqError(
+        'QMQ_ERR_INTERNAL',
+        `truncate of ${this.single} at ${offset}, past its end ${this.endOffset}`,
+      )
+    }
     for (;;) {
       const last = this.segs[this.segs.length - 1]
       if (!last || last.base < offset || (last.base === offset && last.size === 0)) break
@@ -570,7 +796,7 @@ export class SegmentLog {
     if (this.endOffset !== offset || this.segs.length === 0) {
       const file = path.join(this.dir, segmentFileName(offset))
       const fd = fs.openSync(file, 'w+')
-      this.segs.push({ base: offset, size: 0, file, fd, dirty: true, refs: 0, retired: false })
+      this.segs.push({ ...openedSegment(offset, file, fd, 0), dirty: true })
       fsyncDir(this.dir)
     }
   }
@@ -618,10 +844,52 @@ export class SegmentLog {
     return n
   }
 
-  /** Closes every segment (a read in flight finishes first on its own segment). */
+  /**
+   * Closes every segment (a read in flight finishes first on its own segment). Buffered appends not
+   * yet written are dropped: `sync()` first to keep them.
+   */
   close(): void {
     for (const s of this.segs) this.retire(s, false)
     this.segs = []
+    this.dropBuffered()
+  }
+
+  /** Drops buffered appends and deletes every segment file (reads in flight finish first). */
+  remove(): void {
+    for (const s of this.segs) this.retire(s, true)
+    this.segs = []
+    this.dropBuffered()
+  }
+}
+
+function openedSegment(base: number, file: string, fd: number, size: number): Segment {
+  return { base, size, file, fd, dirty: false, durable: size, syncFailed: false, refs: 0, retired: false }
+}
+
+/**
+ * The buffers of a partly written `writev`: what is left of `parts` once its first `n` bytes went out.
+ * Views, no copies.
+ */
+function dropBytes(parts: Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = []
+  for (const p of parts) {
+    if (n >= p.length) {
+      n -= p.length
+      continue
+    }
+    out.push(n > 0 ? p.subarray(n) : p)
+    n = 0
+  }
+  return out
+}
+
+/** Writes all `bytes` of `parts` at `position` (a short writev goes on with what is left). */
+function writevFullySync(fd: number, parts: Buffer[], bytes: number, position: number): void {
+  let written = 0
+  while (written < bytes) {
+    const n = fs.writevSync(fd, written === 0 ? parts : dropBytes(parts, written), position + written)
+    if (n === 0) throw Object.assign(new Error(`short write: ${written} of ${bytes} bytes`), { code: 'EIO' })
+    written += n
   }
 }
 

@@ -1,18 +1,18 @@
-import fs from 'node:fs'
 import type { FsIo } from '../../broker/store/fs-io'
+import { type ScanResult, SegmentLog } from '../../broker/store/segment-log'
 import { crc32c } from '../../common/crc32c'
 import { writeFileAtomicSync } from '../../common/durable-file'
-import type { QmqError } from '../../common/errors'
+import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { MIN_RECORD_BYTES } from '../../common/record'
-import { BufferedFile } from './buffered-file'
-import { type DamagedRange, nextGoodFrame } from './file-window'
+import type { DamagedRange } from './schedule-log'
 
 /**
  * The dead letters of a delay group: due messages a broker refused for good (a non-retriable status:
  * an invalid subject, a record over the broker's size limit, ...). Parked here instead of being retried
  * forever (which held back every later message of their subject); listed and redriven by an operator
- * (`qmq delay-dlq`). `deadletter.log`, append-only frames:
+ * (`qmq delay-dlq`). `deadletter.log`, a SegmentLog in single-file mode (as the schedule logs),
+ * append-only frames:
  *
  *   0   u32  length      whole frame, this field included
  *   4   u32  crc         CRC32C of bytes [8, length)
@@ -33,6 +33,19 @@ import { type DamagedRange, nextGoodFrame } from './file-window'
 const HEADER = 32
 const KIND_PARKED = 1
 const KIND_REMOVED = 2
+/** Largest frame accepted at open (a record of the largest size plus its header and message). */
+const MAX_FRAME_BYTES = 300 * 1024 * 1024
+
+function checkFrame(buf: Buffer, pos: number, end: number): ScanResult {
+  if (end - pos < HEADER) return { kind: 'short' }
+  const length = buf.readUInt32BE(pos)
+  if (length < HEADER || length > MAX_FRAME_BYTES)
+    return { kind: 'corrupt', reason: 'frame length out of bounds' }
+  if (end - pos < length) return { kind: 'short' }
+  if (crc32c(buf.subarray(pos + 8, pos + length)) !== buf.readUInt32BE(pos + 4))
+    return { kind: 'corrupt', reason: 'frame CRC mismatch' }
+  return { kind: 'record', length }
+}
 
 export interface DeadLetter {
   sequence: number
@@ -45,51 +58,60 @@ export interface DeadLetter {
 }
 
 export class DeadLetterLog {
-  private readonly out: BufferedFile
+  private readonly file: string
+  private readonly io: FsIo | undefined
+  private out: SegmentLog | undefined
   private readonly log: Logger
   private readonly entries = new Map<number, DeadLetter>()
   private nextSeq = 1
 
   constructor(file: string, log: Logger, io?: FsIo) {
-    this.out = new BufferedFile(file, -1, io)
+    this.file = file
+    this.io = io
     this.log = log
+  }
+
+  private seg(): SegmentLog {
+    if (this.out === undefined) throw new QmqError('QMQ_ERR_INTERNAL', 'dead-letter log is not open')
+    return this.out
   }
 
   get size(): number {
     return this.entries.size
   }
 
-  /** Reads the file (skipping damaged frames, reported), compacting it when entries were removed. */
-  open(): DamagedRange[] {
-    const file = this.out.file
-    const buf = fs.existsSync(file) ? fs.readFileSync(file) : Buffer.alloc(0)
-    const check = (pos: number): number => {
-      if (pos + HEADER > buf.length) return -1
-      const length = buf.readUInt32BE(pos)
-      if (length < HEADER || pos + length > buf.length) return -1
-      if (crc32c(buf.subarray(pos + 8, pos + length)) !== buf.readUInt32BE(pos + 4)) return -1
-      return length
-    }
+  /**
+   * Reads the file (skipping damaged frames, reported: the scan resynchronises on the next frame that
+   * verifies), compacting it when entries were removed or damaged.
+   */
+  async open(): Promise<DamagedRange[]> {
+    const file = this.file
+    const opts = { file, ...(this.io ? { io: this.io } : {}) }
+    let seg = SegmentLog.openFile(opts)
     const damaged: DamagedRange[] = []
     const frames = new Map<number, Buffer>()
     let removed = 0
-    let pos = 0
-    while (pos < buf.length) {
-      const length = check(pos)
-      if (length < 0) {
-        const good = nextGoodFrame(pos + 1, buf.length, check)
-        damaged.push({ offset: pos, bytes: good - pos })
-        pos = good
-        continue
-      }
-      const seq = buf.readUInt32BE(pos + 12) * 0x1_0000_0000 + buf.readUInt32BE(pos + 16)
-      if (buf[pos + 8] === KIND_PARKED) frames.set(seq, buf.subarray(pos, pos + length))
-      else if (frames.delete(seq)) removed++
-      if (seq >= this.nextSeq) this.nextSeq = seq + 1
-      pos += length
-    }
+    const skipped = await seg.scan(
+      0,
+      seg.endOffset,
+      checkFrame,
+      (buf, pos, length) => {
+        const seq = buf.readUInt32BE(pos + 12) * 0x1_0000_0000 + buf.readUInt32BE(pos + 16)
+        // A copy: the scan's buffer is reused.
+        if (buf[pos + 8] === KIND_PARKED) frames.set(seq, Buffer.from(buf.subarray(pos, pos + length)))
+        else if (frames.delete(seq)) removed++
+        if (seq >= this.nextSeq) this.nextSeq = seq + 1
+      },
+      { resync: true },
+    )
+    for (const r of skipped) damaged.push({ offset: r.logOffset, bytes: r.bytes })
     for (const d of damaged) this.log.warn({ file, ...d }, 'dead-letter log: damaged frame skipped')
-    if (removed > 0 || damaged.length > 0) writeFileAtomicSync(file, Buffer.concat([...frames.values()]))
+    if (removed > 0 || damaged.length > 0) {
+      seg.close()
+      writeFileAtomicSync(file, Buffer.concat([...frames.values()]))
+      seg = SegmentLog.openFile(opts)
+    }
+    this.out = seg
     let at = 0
     for (const [seq, f] of frames) {
       const msgLength = f.readUInt16BE(10)
@@ -111,7 +133,7 @@ export class DeadLetterLog {
     const seq = this.nextSeq++
     const message = Buffer.from(err.message.slice(0, 1000), 'utf8')
     const h = this.header(KIND_PARKED, message.length, seq, now, err.status)
-    const offset = this.out.size
+    const offset = this.seg().nextOffset
     this.append(h, message, record)
     const d: DeadLetter = {
       sequence: seq,
@@ -149,26 +171,20 @@ export class DeadLetterLog {
 
   /** The record of a dead letter (read from the file). */
   record(d: DeadLetter): Buffer {
-    if (d.recordOffset + d.recordLength > this.out.flushed) this.out.flush()
-    const buf = Buffer.allocUnsafe(d.recordLength)
-    const fd = this.out.open()
-    let got = 0
-    while (got < buf.length) {
-      const n = fs.readSync(fd, buf, got, buf.length - got, d.recordOffset + got)
-      if (n === 0)
-        throw new Error(`dead-letter log ${this.out.file} ends before ${d.recordOffset + buf.length}`)
-      got += n
-    }
-    if (buf.length < MIN_RECORD_BYTES) throw new Error(`dead letter ${d.sequence} is too short`)
-    return buf
+    if (d.recordLength < MIN_RECORD_BYTES) throw new Error(`dead letter ${d.sequence} is too short`)
+    return this.seg().readSync(d.recordOffset, d.recordLength)
   }
 
-  syncAsync(): Promise<void> {
-    return this.out.syncAsync()
+  /** Writes buffered frames and fdatasyncs them off the event loop. */
+  sync(): Promise<void> {
+    return this.out === undefined ? Promise.resolve() : this.out.sync()
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    if (this.out === undefined) return
+    await this.out.sync()
     this.out.close()
+    this.out = undefined
   }
 
   private header(kind: number, msgLength: number, seq: number, at: number, status: number): Buffer {
@@ -189,6 +205,6 @@ export class DeadLetterLog {
     let crc = crc32c(h.subarray(8))
     for (const b of rest) crc = crc32c(b, crc)
     h.writeUInt32BE(crc, 4)
-    this.out.append(h, ...rest)
+    this.seg().appendBuffered(h, ...rest)
   }
 }

@@ -149,7 +149,7 @@ export class DelayStore {
       fs.mkdirSync(d, { recursive: true })
     this.checkMeta()
     this.cancels.open(this.clock.now(), this.options.horizonMs + TOMBSTONE_MARGIN_MS)
-    for (const d of this.deadLetters.open())
+    for (const d of await this.deadLetters.open())
       this.recoveryReports.push({ file: DEAD_LETTER_FILE, offset: d.offset, droppedBytes: d.bytes })
     this.checkpointOffset = this.readCheckpoint()
     this.filedOffset = this.checkpointOffset
@@ -209,31 +209,24 @@ export class DelayStore {
         fs.statSync(path.join(dir, `${String(start).padStart(13, '0')}${SCHEDULE_SUFFIX}`)).size,
         false,
       )
-      const dispatched = b.dispatch.readAll((dropped, at) => this.report(b.dispatch.file, at, dropped))
+      const dispatched = await b.dispatch.readAll((dropped, at) => this.report(b.dispatch.file, at, dropped))
       let d = 0
-      const res = await b.schedule.scan(
-        0,
-        Number.POSITIVE_INFINITY,
-        (f) => {
-          while (d < dispatched.length && (dispatched[d] as number) < f.offset) d++
-          if (d < dispatched.length && dispatched[d] === f.offset) {
-            b.done++
-            return
-          }
-          const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
-          this.ids.add(crc32cRange(f.frame, s, e))
-        },
-        false,
-      )
+      // A damaged tail (nothing good after it) is cut: appends go on after the last good frame.
+      // Damage inside stays where it is (the frames after it keep their offsets).
+      const res = await b.schedule.recover((f) => {
+        while (d < dispatched.length && (dispatched[d] as number) < f.offset) d++
+        if (d < dispatched.length && dispatched[d] === f.offset) {
+          b.done++
+          return
+        }
+        const [s, e] = recordIdRange(f.frame, FRAME_HEADER_BYTES)
+        this.ids.add(crc32cRange(f.frame, s, e))
+      })
       b.total = res.count
       b.maxMsgOffset = res.maxMsgOffset
       for (const d of res.damaged) this.report(b.schedule.file, d.offset, d.bytes)
-      // A damaged tail (nothing good after it) is cut: appends go on after the last good frame.
-      // Damage inside stays where it is (the frames after it keep their offsets).
-      if (res.goodBytes < res.fileBytes && res.damaged.some((d) => d.offset === res.goodBytes)) {
-        b.schedule.truncate(res.goodBytes)
-      }
-      b.schedule.close()
+      b.schedule.release()
+      b.dispatch.release()
     }
   }
 
@@ -480,7 +473,7 @@ export class DelayStore {
     b.state = 'loading'
     const snapshot = b.schedule.size
     const framesBelow = b.total // frames appended while loading are counted on top
-    const dispatched = b.dispatch.readAll() // its damage was reported by the start scan
+    const dispatched = await b.dispatch.readAll() // its damage was reported by the start scan
     let d = 0
     let frames = 0
     const res = await b.schedule.scan(0, snapshot, (f) => {
@@ -520,12 +513,12 @@ export class DelayStore {
   private async runCheckpoint(): Promise<void> {
     const cp = this.filedOffset
     // Dead letters first: a parked frame's dispatch entry is never durable without its dead letter.
-    await this.deadLetters.syncAsync()
+    await this.deadLetters.sync()
     const dirty = [...this.dirty]
     this.dirty.clear()
     for (const b of dirty) b.dirty = false
     try {
-      await Promise.all(dirty.map((b) => Promise.all([b.schedule.syncAsync(), b.dispatch.syncAsync()])))
+      await Promise.all(dirty.map((b) => Promise.all([b.schedule.sync(), b.dispatch.sync()])))
     } catch (err) {
       for (const b of dirty) this.markDirty(b)
       throw fsError(err, 'delay checkpoint sync')
@@ -591,11 +584,11 @@ export class DelayStore {
     await this.checkpoint() // may be one that started before the last appends
     await this.checkpoint()
     for (const b of this.buckets.values()) {
-      b.schedule.close()
-      b.dispatch.close()
+      await b.schedule.close()
+      await b.dispatch.close()
     }
     await this.cancels.close()
-    this.deadLetters.close()
+    await this.deadLetters.close()
   }
 }
 

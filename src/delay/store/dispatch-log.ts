@@ -1,11 +1,12 @@
-import fs from 'node:fs'
-import { crc32cRange } from '../../common/crc32c'
 import type { FsIo } from '../../broker/store/fs-io'
-import { BufferedFile } from './buffered-file'
+import { type ScanResult, SegmentLog } from '../../broker/store/segment-log'
+import { crc32cRange } from '../../common/crc32c'
+import type { DamagedRange } from './schedule-log'
 
 /**
  * A dispatch log: which frames of one bucket's schedule log were delivered to a broker (or skipped
- * as cancelled). One file per bucket, `dispatch/<bucket start, 13 digits>.disp`, fixed-width entries:
+ * as cancelled). One file per bucket, `dispatch/<bucket start, 13 digits>.disp` (a SegmentLog in
+ * single-file mode, as the schedule log), fixed-width entries written by `append`:
  *
  *   0  u32  offHi   schedule-log offset of the frame, high 32 bits
  *   4  u32  offLo   ... low 32 bits
@@ -14,49 +15,59 @@ import { BufferedFile } from './buffered-file'
  * An entry is appended only after the broker acknowledged the message. Entries are buffered and
  * written + fdatasynced at each checkpoint: losing the last ones in a crash means those messages are
  * sent again after the restart (at-least-once; the broker's dedupe by message id absorbs them).
- * Reading skips a bad entry (fixed width: exactly that entry is lost, and its message is sent again)
- * and cuts a bad tail (bad entries and a partial one at the end), so appends follow the last good one.
+ * Reading skips a bad entry (entries sit at multiples of 12 bytes: exactly that entry is lost, and its
+ * message is sent again) and cuts a bad tail (bad entries and a partial one at the end), so appends
+ * follow the last good one.
  */
 export const DISPATCH_ENTRY_BYTES = 12
 
+function checkEntry(buf: Buffer, pos: number, end: number, offset: number): ScanResult {
+  if (offset % DISPATCH_ENTRY_BYTES !== 0) return { kind: 'corrupt', reason: 'not at an entry boundary' }
+  if (end - pos < DISPATCH_ENTRY_BYTES) return { kind: 'short' }
+  if (crc32cRange(buf, pos, pos + 8) !== buf.readUInt32BE(pos + 8))
+    return { kind: 'corrupt', reason: 'entry CRC mismatch' }
+  return { kind: 'record', length: DISPATCH_ENTRY_BYTES }
+}
+
 export class DispatchLog {
-  private readonly out: BufferedFile
+  readonly file: string
+  private readonly io: FsIo | undefined
+  private seg: SegmentLog | undefined
 
   constructor(file: string, io?: FsIo) {
-    this.out = new BufferedFile(file, -1, io)
+    this.file = file
+    this.io = io
   }
 
-  get file(): string {
-    return this.out.file
+  private log(): SegmentLog {
+    this.seg ??= SegmentLog.openFile({ file: this.file, ...(this.io ? { io: this.io } : {}) })
+    return this.seg
   }
 
   /**
-   * Every valid dispatched offset, sorted ascending; skips bad entries, cuts a bad tail. `report` gets
-   * each damaged range (file offset, bytes).
+   * Every valid dispatched offset, sorted ascending; skips bad entries, cuts a bad tail (buffered
+   * entries are written first, so they are included). `report` gets each damaged range.
    */
-  readAll(report?: (droppedBytes: number, offset: number) => void): Float64Array {
-    if (!fs.existsSync(this.file)) return new Float64Array(0)
-    const buf = fs.readFileSync(this.file)
-    const n = Math.floor(buf.length / DISPATCH_ENTRY_BYTES)
-    const out = new Float64Array(n)
+  async readAll(report?: (droppedBytes: number, offset: number) => void): Promise<Float64Array> {
+    const log = this.log()
+    let out = new Float64Array(Math.max(16, Math.ceil(log.nextOffset / DISPATCH_ENTRY_BYTES)))
     let k = 0
-    let good = 0 // end of the last good entry
-    let badFrom = -1 // start of the current run of bad entries
-    for (let i = 0; i < n; i++) {
-      const at = i * DISPATCH_ENTRY_BYTES
-      if (crc32cRange(buf, at, at + 8) !== buf.readUInt32BE(at + 8)) {
-        if (badFrom < 0) badFrom = at
-        continue
-      }
-      if (badFrom >= 0) report?.(at - badFrom, badFrom)
-      badFrom = -1
-      out[k++] = buf.readUInt32BE(at) * 0x1_0000_0000 + buf.readUInt32BE(at + 4)
-      good = at + DISPATCH_ENTRY_BYTES
-    }
-    if (good < buf.length) {
-      report?.(buf.length - good, good)
-      this.out.truncate(good)
-    }
+    const damaged: DamagedRange[] = []
+    const cuts = await log.recover(
+      0,
+      checkEntry,
+      (buf, pos) => {
+        if (k === out.length) {
+          const bigger = new Float64Array(out.length * 2)
+          bigger.set(out)
+          out = bigger
+        }
+        out[k++] = buf.readUInt32BE(pos) * 0x1_0000_0000 + buf.readUInt32BE(pos + 4)
+      },
+      { onSkip: (r) => damaged.push({ offset: r.logOffset, bytes: r.bytes }) },
+    )
+    for (const c of cuts) damaged.push({ offset: c.logOffset, bytes: c.droppedBytes })
+    for (const d of damaged) report?.(d.bytes, d.offset)
     return out.subarray(0, k).sort()
   }
 
@@ -65,29 +76,30 @@ export class DispatchLog {
     e.writeUInt32BE(Math.floor(offset / 0x1_0000_0000), 0)
     e.writeUInt32BE(offset >>> 0, 4)
     e.writeUInt32BE(crc32cRange(e, 0, 8), 8)
-    this.out.append(e)
-  }
-
-  /** Writes buffered entries and fdatasyncs them. */
-  sync(): void {
-    this.out.sync()
+    this.log().appendBuffered(e)
   }
 
   /** Writes buffered entries now and fdatasyncs them off the event loop. */
-  syncAsync(): Promise<void> {
-    return this.out.syncAsync()
+  sync(): Promise<void> {
+    return this.seg === undefined ? Promise.resolve() : this.seg.sync()
   }
 
   /** Closes the file descriptor when nothing is unsynced. */
   release(): void {
-    this.out.release()
+    if (this.seg === undefined || this.seg.unsynced) return
+    this.seg.close()
+    this.seg = undefined
   }
 
-  close(): void {
-    this.out.close()
+  async close(): Promise<void> {
+    if (this.seg === undefined) return
+    await this.seg.sync()
+    this.release()
   }
 
   remove(): void {
-    this.out.remove()
+    if (this.seg === undefined) this.log()
+    this.seg?.remove()
+    this.seg = undefined
   }
 }

@@ -8,7 +8,7 @@ import {
   RECORD_VERSION,
   verifyRecord,
 } from '../../common/record'
-import type { DamagedRange } from './file-window'
+import type { DamagedRange } from './schedule-log'
 
 /**
  * The delay server's message log: every accepted delayed message, in arrival order. A thin layer over

@@ -1,25 +1,29 @@
-import fs from 'node:fs'
 import type { FsIo } from '../../broker/store/fs-io'
+import { type ScanResult, SegmentLog, type SkippedRange } from '../../broker/store/segment-log'
 import { crc32c, crc32cRange } from '../../common/crc32c'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
-import { BufferedFile } from './buffered-file'
-import { type DamagedRange, FileWindow, nextGoodFrame } from './file-window'
 
 /**
  * A schedule log: the messages of one time bucket, whole, in the order they were filed. One file per
- * bucket, `schedule/<bucket start, ms since epoch, 13 digits>.sched`. An offset is a byte position in
- * the file; the wheel and the dispatch log refer to messages by it.
+ * bucket, `schedule/<bucket start, ms since epoch, 13 digits>.sched`: a SegmentLog in single-file mode
+ * (recovery, CRC checks, fsync of the file and its directory, rewrite after a failed fdatasync,
+ * reference-counted descriptors), so an offset is a byte position in the file; the wheel and the
+ * dispatch log refer to messages by it.
  *
- * Frame layout (big-endian):
+ * Frame layout (big-endian), written by `append`:
  *   0   u32  length      whole frame, this field included (= 16 + record length)
  *   4   u32  crc         CRC32C of bytes [8, length)
  *   8   u32  msgHi       message-log offset of the record, high 32 bits
  *   12  u32  msgLo       ... low 32 bits  (replay skips records a bucket already holds)
  *   16  ...  record      the message record as received (common/record.ts), its own CRC included
  *
- * Appends are buffered in memory and written by flush() (when the buffer passes FLUSH_BYTES, before a
- * read that needs them, and at each checkpoint); sync() makes them durable. The message log is the
- * durable copy until then: the replay checkpoint only moves past a record once its bucket is synced.
+ * Appends are buffered (SegmentLog.appendBuffered: synchronous, the offset known at once) and written
+ * when the buffer passes FLUSH_BYTES, before a read that needs them, and at each checkpoint; sync()
+ * makes them durable. The message log is the durable copy until then: the replay checkpoint only moves
+ * past a record once its bucket is synced.
+ *
+ * The descriptor is opened on first use and can be released (`release`) while nothing is unsynced:
+ * a month of hourly buckets would otherwise hold ~1,500 descriptors.
  */
 export const FRAME_HEADER_BYTES = 16
 const FLUSH_BYTES = 64 * 1024
@@ -35,13 +39,15 @@ export interface FrameInfo {
   frame: Buffer
 }
 
-export interface ScanResult {
-  /** End of the last good frame (= where a damaged tail starts; appends go on from there once cut). */
-  goodBytes: number
-  /** Frames that failed verification and were skipped (the last may be a torn tail: ends at `fileBytes`). */
+/** Bytes of a log that failed verification and were skipped: [offset, offset + bytes). */
+export interface DamagedRange {
+  offset: number
+  bytes: number
+}
+
+export interface FrameScan {
+  /** Frames that failed verification and were skipped (at recovery a damaged tail is also cut). */
   damaged: DamagedRange[]
-  /** Size of the file when scanned. */
-  fileBytes: number
   count: number
   maxMsgOffset: number
 }
@@ -55,157 +61,160 @@ export function encodeFrameHeader(record: Buffer, msgOffset: number): Buffer {
   return h
 }
 
-/** Checks the frame at `pos` of `buf` (within `end`); returns its length or -1 when it is bad. */
-export function checkFrame(buf: Buffer, pos: number, end: number, maxMessageBytes: number): number {
-  if (end - pos < FRAME_HEADER_BYTES + MIN_RECORD_BYTES) return -1
+/** Frames and verifies the frame at `pos` of `buf[.., end)`. The cheap tests first (resync calls it at every byte). */
+export function checkFrame(buf: Buffer, pos: number, end: number, maxMessageBytes: number): ScanResult {
+  if (end - pos < FRAME_HEADER_BYTES) return { kind: 'short' }
   const length = buf.readUInt32BE(pos)
   if (length < FRAME_HEADER_BYTES + MIN_RECORD_BYTES || length > FRAME_HEADER_BYTES + maxMessageBytes)
-    return -1
-  if (pos + length > end) return -1
-  const crc = crc32c(buf.subarray(pos + 8, pos + length))
-  if (crc !== buf.readUInt32BE(pos + 4)) return -1
+    return { kind: 'corrupt', reason: `frame length ${length} out of bounds` }
+  if (end - pos < length) return { kind: 'short' }
+  if (crc32c(buf.subarray(pos + 8, pos + length)) !== buf.readUInt32BE(pos + 4))
+    return { kind: 'corrupt', reason: 'frame CRC mismatch' }
   try {
     if (
       verifyRecord(buf, pos + FRAME_HEADER_BYTES, pos + length, { maxMessageBytes }) !==
       length - FRAME_HEADER_BYTES
     )
-      return -1
-  } catch {
-    return -1
+      return { kind: 'corrupt', reason: 'record length mismatch' }
+  } catch (err) {
+    return { kind: 'corrupt', reason: err instanceof Error ? err.message : String(err) }
   }
-  return length
+  return { kind: 'record', length }
 }
 
 export class ScheduleLog {
+  readonly file: string
   private readonly maxMessageBytes: number
-  private readonly out: BufferedFile
+  private readonly io: FsIo | undefined
+  private seg: SegmentLog | undefined
+  /** The size while the log is released (-1: unknown, read at the next open). */
+  private releasedSize: number
 
   constructor(file: string, size: number, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES, io?: FsIo) {
-    this.out = new BufferedFile(file, size, io)
+    this.file = file
+    this.releasedSize = size
     this.maxMessageBytes = maxMessageBytes
+    this.io = io
   }
 
-  get file(): string {
-    return this.out.file
+  private log(): SegmentLog {
+    this.seg ??= SegmentLog.openFile({ file: this.file, ...(this.io ? { io: this.io } : {}) })
+    return this.seg
   }
 
-  /** Logical size: flushed plus buffered bytes (the offset the next frame gets). */
+  /** Logical size: written plus buffered bytes (the offset the next frame gets). */
   get size(): number {
-    return this.out.size
+    if (this.seg === undefined && this.releasedSize >= 0) return this.releasedSize
+    return this.log().nextOffset
   }
 
   /** Buffers a frame; returns its offset and length. */
   append(record: Buffer, msgOffset: number): { offset: number; length: number } {
-    const offset = this.size
+    const log = this.log()
     const header = encodeFrameHeader(record, msgOffset)
-    this.out.append(header, record)
-    if (this.out.bufferedBytes >= FLUSH_BYTES) this.out.flush()
+    const offset = log.appendBuffered(header, record)
+    if (log.bufferedBytes >= FLUSH_BYTES) {
+      try {
+        log.flushSync()
+      } catch {
+        // The frame is buffered (filed): the next flush writes it, and the checkpoint's sync (which
+        // fails and keeps the replay checkpoint where it is until it succeeds) reports the error.
+      }
+    }
     return { offset, length: header.length + record.length }
   }
 
-  flush(): void {
-    this.out.flush()
-  }
-
-  /** Flushes and fdatasyncs if anything was appended since the last sync. */
-  sync(): void {
-    this.out.sync()
-  }
-
-  /**
-   * Flushes now and fdatasyncs off the event loop. Frames appended while the sync runs are not
-   * covered by it (they keep the log dirty for the next one).
-   */
-  syncAsync(): Promise<void> {
-    return this.out.syncAsync()
+  /** Writes the buffered frames, fdatasyncs off the event loop (see SegmentLog.sync). */
+  sync(): Promise<void> {
+    return this.seg === undefined ? Promise.resolve() : this.seg.sync()
   }
 
   /** Closes the file descriptor when nothing is unsynced (it is reopened on the next append or read). */
   release(): void {
-    this.out.release()
+    if (this.seg === undefined || this.seg.unsynced) return
+    this.releasedSize = this.seg.nextOffset
+    this.seg.close()
+    this.seg = undefined
   }
 
-  /** Reads `length` bytes at `offset` (flushing first if they are still buffered). */
-  read(offset: number, length: number, into?: Buffer): Buffer {
-    if (offset + length > this.out.flushed) this.out.flush()
-    const buf = into ?? Buffer.allocUnsafe(length)
-    let got = 0
-    const fd = this.out.open()
-    while (got < length) {
-      const n = fs.readSync(fd, buf, got, length - got, offset + got)
-      if (n === 0) throw new Error(`schedule log ${this.file} ends before ${offset + length}`)
-      got += n
-    }
-    return buf
+  /** Reads `length` bytes at `offset` (writing them first if they are still buffered). */
+  read(offset: number, length: number): Buffer {
+    return this.log().readSync(offset, length)
   }
 
   /**
-   * Scans frames in [from, to) (to defaults to the flushed size), verifying each; calls onFrame for
-   * the good ones and skips a bad one (resyncing on the next frame that verifies: damage costs the
-   * damaged frames only, and the good ones keep their offsets, which dispatch logs refer to). Async: yields to the event loop between chunks so a
-   * large bucket loads without stalling dispatch.
+   * Start of the server: verifies every frame, calls onFrame for the good ones and skips a bad one
+   * (resyncing on the next frame that verifies: damage costs the damaged frames only, and the good ones
+   * keep their offsets, which dispatch logs refer to); a damaged tail is cut, so appends follow the
+   * last good frame.
    */
-  async scan(
-    from: number,
-    to: number,
-    onFrame: (f: FrameInfo) => void,
-    yieldEvery = true,
-  ): Promise<ScanResult> {
-    this.out.flush()
-    const end = Math.min(to, this.out.flushed)
-    const fd = this.out.open()
-    const win = new FileWindow(fd, from, end, SCAN_CHUNK_BYTES)
-    let pos = from
+  async recover(onFrame: (f: FrameInfo) => void): Promise<FrameScan> {
+    const damaged: DamagedRange[] = []
+    const res = this.counter(onFrame)
+    const cuts = await this.log().recover(0, this.check, res.visit, {
+      onSkip: (r) => damaged.push({ offset: r.logOffset, bytes: r.bytes }),
+      chunkBytes: SCAN_CHUNK_BYTES,
+    })
+    for (const c of cuts) damaged.push({ offset: c.logOffset, bytes: c.droppedBytes })
+    damaged.sort((a, b) => a.offset - b.offset)
+    return { damaged, count: res.count(), maxMsgOffset: res.max() }
+  }
+
+  /** Read-only scan of the frames in [from, to) (a bucket load), skipping damaged ones (resync). */
+  async scan(from: number, to: number, onFrame: (f: FrameInfo) => void): Promise<FrameScan> {
+    const log = this.log()
+    const res = this.counter(onFrame)
+    const skipped: SkippedRange[] = await log.scan(
+      from,
+      Math.min(to, log.nextOffset),
+      this.check,
+      res.visit,
+      {
+        resync: true,
+        chunkBytes: SCAN_CHUNK_BYTES,
+      },
+    )
+    return {
+      damaged: skipped.map((r) => ({ offset: r.logOffset, bytes: r.bytes })),
+      count: res.count(),
+      maxMsgOffset: res.max(),
+    }
+  }
+
+  private readonly check = (buf: Buffer, pos: number, end: number): ScanResult =>
+    checkFrame(buf, pos, end, this.maxMessageBytes)
+
+  private counter(onFrame: (f: FrameInfo) => void): {
+    visit: (buf: Buffer, pos: number, length: number, offset: number) => void
+    count: () => number
+    max: () => number
+  } {
     let count = 0
     let maxMsgOffset = -1
-    let refills = 0
-    let goodBytes = from
-    const damaged: DamagedRange[] = []
-    // Length of a frame that verifies at pos, or -1.
-    const check = (p: number): number => {
-      if (!win.ensure(p, FRAME_HEADER_BYTES)) return -1 // torn: the header runs past the end
-      const need = win.buf.readUInt32BE(win.at(p))
-      if (need < FRAME_HEADER_BYTES + MIN_RECORD_BYTES || need > FRAME_HEADER_BYTES + this.maxMessageBytes)
-        return -1 // a lying length: corrupt
-      if (!win.ensure(p, need)) return -1 // torn: the frame runs past the end of the file
-      return checkFrame(win.buf, win.at(p), win.bufLen, this.maxMessageBytes)
+    return {
+      visit: (buf, pos, length, offset) => {
+        const msgOffset = buf.readUInt32BE(pos + 8) * 0x1_0000_0000 + buf.readUInt32BE(pos + 12)
+        if (msgOffset > maxMsgOffset) maxMsgOffset = msgOffset
+        count++
+        onFrame({ offset, length, msgOffset, frame: buf.subarray(pos, pos + length) })
+      },
+      count: () => count,
+      max: () => maxMsgOffset,
     }
-    for (;;) {
-      if (pos >= end) break
-      const ok = check(pos)
-      if (yieldEvery && win.refills !== refills) {
-        refills = win.refills
-        await new Promise((r) => setImmediate(r))
-      }
-      if (ok < 0) {
-        const good = nextGoodFrame(pos + 1, end, check)
-        damaged.push({ offset: pos, bytes: good - pos })
-        pos = good
-        continue
-      }
-      const buf = win.buf
-      const at = win.at(pos)
-      const msgOffset = buf.readUInt32BE(at + 8) * 0x1_0000_0000 + buf.readUInt32BE(at + 12)
-      if (msgOffset > maxMsgOffset) maxMsgOffset = msgOffset
-      onFrame({ offset: pos, length: ok, msgOffset, frame: buf.subarray(at, at + ok) })
-      count++
-      pos += ok
-      goodBytes = pos
-    }
-    return { goodBytes, damaged, fileBytes: this.out.flushed, count, maxMsgOffset }
   }
 
-  /** Cuts the file at `length` (recovery of a torn or corrupt tail). */
-  truncate(length: number): void {
-    this.out.truncate(length)
-  }
-
-  close(): void {
-    this.out.close()
+  /** Syncs what is unsynced, then closes. */
+  async close(): Promise<void> {
+    if (this.seg === undefined) return
+    await this.seg.sync()
+    this.release()
   }
 
   /** Closes and deletes the file. */
   remove(): void {
-    this.out.remove()
+    if (this.seg === undefined) this.log()
+    this.seg?.remove()
+    this.seg = undefined
+    this.releasedSize = 0
   }
 }

@@ -66,16 +66,22 @@ export function fdPath(fd: number): string {
 
 /**
  * An fs layer whose fdatasync fails with EIO for files matching `failing` while it is set, and
- * records every fdatasync that succeeded (by path). The broker store's fault-injection seam (FsIo).
+ * records every fdatasync that succeeded and every positional write (by path). The broker store's fault-injection seam (FsIo).
  */
 export class FaultyIo {
   failing: RegExp | undefined
   readonly synced: string[] = []
   readonly failed: string[] = []
+  /** Files of every positional `write` through the layer (rewrites after a failed fdatasync). */
+  readonly written: string[] = []
   /** While set, every fdatasync waits for it (to observe what happens meanwhile). */
   gate: Promise<void> | undefined
   readonly io: FsIo = {
     ...nodeFsIo,
+    write: (fd, buffer, position) => {
+      this.written.push(fdPath(fd))
+      return nodeFsIo.write(fd, buffer, position)
+    },
     fdatasync: async (fd) => {
       const file = fdPath(fd)
       if (this.gate) await this.gate
