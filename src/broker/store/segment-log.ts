@@ -184,6 +184,12 @@ export class SegmentLog {
     return last ? last.base + last.size : 0
   }
 
+  /** Base offset of the last (active) segment; 0 when there is none yet. */
+  get activeBase(): number {
+    const last = this.segs[this.segs.length - 1]
+    return last ? last.base : 0
+  }
+
   get totalBytes(): number {
     let n = 0
     for (const s of this.segs) n += s.size
