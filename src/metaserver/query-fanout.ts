@@ -6,10 +6,14 @@ import type { Frame } from '../common/protocol/frame'
 import {
   decodeQueryAnswer,
   encodeQueryRequest,
+  type FanoutError,
   type HistoryAnswer,
+  type HistoryResult,
   type HistorySeries,
   type ListAnswer,
+  type ListResult,
   type MessageAnswer,
+  type MessageResult,
   type MessageView,
   type QueryRequest,
   type TraceEventView,
@@ -23,12 +27,6 @@ import { mergeHistory } from '../broker/store/history'
  */
 export const QUERY_FANOUT_TIMEOUT_MS = 5_000
 const MAX_CONNECTIONS = 1_000
-
-export interface FanoutError {
-  group: string
-  code: string
-  message: string
-}
 
 export interface QueryFanoutOptions {
   /** Every group the metaserver knows (alive or not). */
@@ -44,23 +42,6 @@ interface Target {
   name: string
   kind: 'broker' | 'delay'
   address: string
-}
-
-export interface MessageResult extends MessageAnswer {
-  id: string
-  found: boolean
-  errors: FanoutError[]
-}
-
-export interface ListResult extends ListAnswer {
-  nextCursor?: string
-  errors: FanoutError[]
-}
-
-export interface HistoryResult extends HistoryAnswer {
-  from: number
-  to: number
-  errors: FanoutError[]
 }
 
 export class QueryFanout {

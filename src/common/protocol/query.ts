@@ -116,6 +116,35 @@ export interface HistoryAnswer {
   truncated: boolean
 }
 
+// ---- the metaserver's HTTP answers (docs/query.md), merged from every group asked ----
+
+/** A broker or delay group that did not answer. */
+export interface FanoutError {
+  group: string
+  code: string
+  message: string
+}
+
+/** GET /admin/messages/:id */
+export interface MessageResult extends MessageAnswer {
+  id: string
+  found: boolean
+  errors: FanoutError[]
+}
+
+/** GET /admin/messages?subject= or ?key= */
+export interface ListResult extends ListAnswer {
+  nextCursor?: string
+  errors: FanoutError[]
+}
+
+/** GET /admin/history */
+export interface HistoryResult extends HistoryAnswer {
+  from: number
+  to: number
+  errors: FanoutError[]
+}
+
 export function encodeQueryRequest(req: QueryRequest): Buffer {
   return Buffer.from(JSON.stringify(req), 'utf8')
 }
