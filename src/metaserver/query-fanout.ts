@@ -4,6 +4,7 @@ import type { GroupInfo } from '../common/meta/types'
 import { RequestCode } from '../common/protocol/codes'
 import type { Frame } from '../common/protocol/frame'
 import {
+  compareEvents,
   decodeQueryAnswer,
   encodeQueryRequest,
   type FanoutError,
@@ -127,7 +128,7 @@ export class QueryFanout {
       events.push(...answer.events)
     }
     // Stable: ties keep server order (answers are sorted by server name).
-    events.sort((a, b) => a.time - b.time)
+    events.sort(compareEvents)
     return { id, found: messages.length > 0 || events.length > 0, messages, events, errors }
   }
 

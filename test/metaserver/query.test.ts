@@ -198,3 +198,64 @@ t.test(
     t.equal(missing.found, false)
   },
 )
+
+t.test(
+  'query - a delayed message: scheduled and dispatched by the delay group, then delivered',
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'qmq-query-delay-'))
+    const cluster = await startCluster({ dir, brokers: 1, delay: true })
+    const producer = new MessageProducerProvider({ appCode: 'shop', metaServer: cluster.metaUrl })
+    await producer.init()
+    const consumer = new MessageConsumerProvider({
+      appCode: 'billing-app',
+      metaServer: cluster.metaUrl,
+      pullTimeoutMs: 300,
+      heartbeatIntervalMs: 300,
+    })
+    t.teardown(async () => {
+      await consumer.close()
+      await producer.close()
+      await cluster.close()
+      rmSync(dir, { recursive: true, force: true })
+    })
+    let got = 0
+    consumer.addListener(
+      'order.later',
+      'billing',
+      () => {
+        got++
+      },
+      { startFrom: 'earliest' },
+    )
+    await consumer.start()
+    const m = producer.generateMessage('order.later')
+    m.setDelayTime(new Date(Date.now() + 800))
+    await producer.sendMessage(m)
+    const id = m.getMessageId()
+    const pending = await cluster.meta.getMessage(id)
+    t.match(pending.events, [{ type: 'scheduled', server: 'delay-1', subject: 'order.later' }])
+    t.ok((pending.events[0]?.scheduleAt ?? 0) > Date.now() - 1000)
+    await until(async () => (got > 0 ? true : undefined), 'the delivery')
+    const r = await until(async () => {
+      const a = await cluster.meta.getMessage(id)
+      return a.events.some((e) => e.type === 'acked') ? a : undefined
+    }, 'the ack')
+    t.same(
+      r.events.map((e) => e.type).filter((x) => x !== 'sent'),
+      ['scheduled', 'dispatched', 'stored', 'delivered', 'acked'],
+    )
+    t.equal(r.messages[0]?.server, 'broker-a')
+    const h = await cluster.meta.history({ subject: 'order.later', server: 'delay-1' })
+    const pts = h.series.flatMap((s) => s.points)
+    t.equal(
+      pts.reduce((n, p) => n + p.produced, 0),
+      1,
+      'delay group: scheduled',
+    )
+    t.equal(
+      pts.reduce((n, p) => n + p.delivered, 0),
+      1,
+      'delay group: dispatched',
+    )
+  },
+)

@@ -353,6 +353,9 @@ export class FileMessageStore implements MessageStore {
     let last: SubjectState | undefined
     // Subjects of the batch, in order of first appearance (usually one).
     const touched: SubjectState[] = []
+    /** Per touched subject: messages and bytes stored (per-minute history). */
+    const counts: number[] = []
+    const bytes: number[] = []
     for (const it of items) {
       if (it.skip) continue
       let s = last
@@ -363,13 +366,19 @@ export class FileMessageStore implements MessageStore {
       }
       s.consume.push(it.offset, it.record.length, it.storedAt, it.tagMask)
       this.index?.addMessage(it.record, it.offset, it.storedAt, it.seq)
-      if (this.history) {
-        this.history.add(it.subject, '', 'produced')
-        this.history.add(it.subject, '', 'bytes', it.record.length)
-      }
+      const k = touched.indexOf(s)
+      counts[k] = (counts[k] ?? 0) + 1
+      bytes[k] = (bytes[k] ?? 0) + it.record.length
       stored++
     }
     this.metrics.appended(stored, items.length - stored)
+    if (this.history) {
+      for (let k = 0; k < touched.length; k++) {
+        const name = (touched[k] as SubjectState).name
+        this.history.add(name, '', 'produced', counts[k] ?? 0)
+        this.history.add(name, '', 'bytes', bytes[k] ?? 0)
+      }
+    }
     for (const s of touched) {
       s.consume.flush().catch((err) => this.log.warn({ err, subject: s.name }, 'consume log write failed'))
       this.notify(s.name)

@@ -7,6 +7,7 @@ import {
   splitKeys,
 } from '../../common/record'
 import {
+  compareEvents,
   type ConsumerView,
   type HistoryAnswer,
   type ListAnswer,
@@ -153,19 +154,22 @@ async function findMessage(store: FileMessageStore, id: string): Promise<Message
     if (rec.id !== id) continue // a hash collision
     const v = messageView(server, 'broker', rec, e.extra, e.time, true)
     // Dead letters and progress of each consumer group (the live state; the trace has the history).
+    // The state first: the trace read after it holds every event that led to it (events are queued
+    // synchronously with the state change they record).
+    const views = consumerViews(store, rec.subject, e.extra)
     const dc = new Map<string, number>()
     const trace = await traceEvents(store, rec.subject, e.extra)
     for (const t of trace) {
       if (t.consumerGroup !== undefined && t.deliveryCount !== undefined)
         dc.set(t.consumerGroup, Math.max(dc.get(t.consumerGroup) ?? 0, t.deliveryCount))
     }
-    v.consumers = consumerViews(store, rec.subject, e.extra).map((c) =>
+    v.consumers = views.map((c) =>
       c.state === 'acked' ? { ...c, deliveryCount: dc.get(c.consumerGroup) ?? 0 } : c,
     )
     out.messages.push(v)
     out.events.push(...storedEvents(server, v), ...trace)
   }
-  out.events.sort((a, b) => a.time - b.time)
+  out.events.sort(compareEvents)
   return out
 }
 

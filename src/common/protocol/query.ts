@@ -88,6 +88,26 @@ export type TraceEventType =
   | 'dead'
   | 'redriven'
 
+/** Order of events at the same ms (a message's life goes this way). */
+const EVENT_RANK: Record<TraceEventType, number> = {
+  sent: 0,
+  scheduled: 1,
+  dispatched: 2,
+  stored: 3,
+  delivered: 4,
+  released: 5,
+  expired: 6,
+  nacked: 7,
+  acked: 8,
+  dead: 9,
+  redriven: 10,
+}
+
+/** Sorts a timeline: by time, then by the usual order of a message's life. */
+export function compareEvents(a: TraceEventView, b: TraceEventView): number {
+  return a.time - b.time || EVENT_RANK[a.type] - EVENT_RANK[b.type]
+}
+
 export interface TraceEventView {
   time: number
   type: TraceEventType
@@ -98,6 +118,8 @@ export interface TraceEventView {
   consumer?: string
   deliveryCount?: number
   retryAt?: number
+  /** scheduled (delay server): when it is due */
+  scheduleAt?: number
   appCode?: string
   host?: string
 }
