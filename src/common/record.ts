@@ -627,5 +627,6 @@ export function findRecordProperty(
 /** The business keys of a `qmq_keys` property value. */
 export function splitKeys(value: string | undefined): string[] {
   if (value === undefined || value === '') return []
+  if (!value.includes(KEY_SEPARATOR)) return [value]
   return value.split(KEY_SEPARATOR).filter((k) => k.length > 0)
 }

@@ -6,7 +6,7 @@ import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { findRecordProperty, KEYS_PROPERTY, RECORD_FIXED_BYTES, splitKeys } from '../../common/record'
 import type { FsIo } from './fs-io'
-import { readI64, writeI64 } from './i64'
+import { readI64 } from './i64'
 import { type ScanResult, SegmentLog, segmentFileName } from './segment-log'
 
 /**
@@ -130,13 +130,33 @@ export interface TraceInput {
   retryAt?: number
 }
 
-export function fnv1a(buf: Uint8Array): number {
+export function fnv1a(buf: Uint8Array, start = 0, end = buf.length): number {
   let h = 0x811c9dc5
-  for (let i = 0; i < buf.length; i++) {
+  for (let i = start; i < end; i++) {
     h ^= buf[i] as number
     h = Math.imul(h, 0x01000193)
   }
   return h >>> 0
+}
+
+/** Where keyInto encodes keys (no allocation per entry); a key longer than this takes a fresh buffer. */
+let scratch = Buffer.allocUnsafe(4096)
+
+/** Encodes keyBytes(kind, key, sequence) into the scratch buffer; returns its length. */
+function keyInto(kind: IndexKindValue, key: string, sequence: number): number {
+  const need = 3 * key.length + 32
+  if (need > scratch.length) scratch = Buffer.allocUnsafe(need)
+  if (kind === IndexKind.MESSAGE) return scratch.write(key, 0, 'utf8')
+  if (kind === IndexKind.KEY) {
+    scratch[0] = 0x6b // 'k'
+    scratch[1] = 0
+    return 2 + scratch.write(key, 2, 'utf8')
+  }
+  scratch[0] = 0x74 // 't'
+  scratch[1] = 0
+  let n = 2 + scratch.write(key, 2, 'utf8')
+  scratch[n++] = 0
+  return n + scratch.write(String(sequence), n, 'latin1')
 }
 
 /** The bytes hashed for a key of each kind (message ids as they are, so records hash in place). */
@@ -173,10 +193,10 @@ function encodeEntry(
   b[o + 11] = d
   put32(b, h1, o + 12)
   put32(b, h2, o + 16)
-  writeI64(b, time, o + 20)
-  writeI64(b, ref, o + 28)
+  putI64(b, time, o + 20)
+  putI64(b, ref, o + 28)
   put32(b, refSize, o + 36)
-  writeI64(b, extra, o + 40)
+  putI64(b, extra, o + 40)
   let p = o + ENTRY_FIXED_BYTES
   p = putStr16(b, subject, p)
   p = putStr16(b, group, p)
@@ -192,6 +212,12 @@ function put32(b: Buffer, v: number, o: number): void {
   b[o + 1] = v >>> 16
   b[o + 2] = v >>> 8
   b[o + 3] = v
+}
+
+function putI64(b: Buffer, v: number, o: number): void {
+  const hi = Math.floor(v / 0x1_0000_0000)
+  put32(b, hi | 0, o)
+  put32(b, v - hi * 0x1_0000_0000, o + 4)
 }
 
 function putStr16(b: Buffer, s: string, p: number): number {
@@ -456,11 +482,11 @@ export class IndexLog {
   addMessage(record: Buffer, recordOffset: number, storedAt: number, sequence: number): void {
     if (this.closed) return
     const idLength = record.readUInt16BE(28)
-    const id = record.subarray(RECORD_FIXED_BYTES, RECORD_FIXED_BYTES + idLength)
+    const idEnd = RECORD_FIXED_BYTES + idLength
     let b = this.room(ENTRY_FIXED_BYTES + 6)
     let o = this.chunkPos
-    let h1 = crc32c(id)
-    let h2 = fnv1a(id)
+    let h1 = crc32cRange(record, RECORD_FIXED_BYTES, idEnd)
+    let h2 = fnv1a(record, RECORD_FIXED_BYTES, idEnd)
     let n = encodeEntry(
       b,
       o,
@@ -487,9 +513,9 @@ export class IndexLog {
     const value = findRecordProperty(record, p, record.length, KEYS_PROPERTY)
     if (value === undefined) return
     for (const key of splitKeys(value)) {
-      const kb = keyBytes(IndexKind.KEY, key)
-      h1 = crc32c(kb)
-      h2 = fnv1a(kb)
+      const kn = keyInto(IndexKind.KEY, key, 0)
+      h1 = crc32cRange(scratch, 0, kn)
+      h2 = fnv1a(scratch, 0, kn)
       b = this.room(ENTRY_FIXED_BYTES + 6)
       o = this.chunkPos
       n = encodeEntry(
@@ -515,9 +541,9 @@ export class IndexLog {
   /** Records one event of a message's life. */
   addTrace(t: TraceInput): void {
     if (this.closed) return
-    const kb = keyBytes(IndexKind.TRACE, t.key ?? t.subject, t.sequence)
-    const h1 = crc32c(kb)
-    const h2 = fnv1a(kb)
+    const kn = keyInto(IndexKind.TRACE, t.key ?? t.subject, t.sequence)
+    const h1 = crc32cRange(scratch, 0, kn)
+    const h2 = fnv1a(scratch, 0, kn)
     const b = this.room(entryRoom(t.subject, t.group, t.consumer))
     const n = encodeEntry(
       b,
