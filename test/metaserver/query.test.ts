@@ -259,3 +259,48 @@ t.test(
     )
   },
 )
+
+t.test('query - after retention removed a segment on a real broker', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmq-query-retention-'))
+  const cluster = await startCluster({
+    dir,
+    brokers: 1,
+    broker: {
+      segmentBytes: 16 * 1024,
+      retentionBytes: 40 * 1024,
+      retentionCheckIntervalMs: 50,
+      indexSegmentBytes: 4096,
+    },
+  })
+  const producer = new MessageProducerProvider({ appCode: 'shop', metaServer: cluster.metaUrl })
+  await producer.init()
+  t.teardown(async () => {
+    await producer.close()
+    await cluster.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const ids: string[] = []
+  for (let i = 0; i < 120; i++) {
+    const m = producer.generateMessage('logs.big')
+    m.setKeys(`k-${i}`)
+    m.setBody('x'.repeat(1000))
+    await producer.sendMessage(m)
+    ids.push(m.getMessageId())
+    if (i % 20 === 19) await new Promise((r) => setTimeout(r, 20)) // segment mtimes apart
+  }
+  const first = ids[0] as string
+  const last = ids[ids.length - 1] as string
+  await until(
+    async () => ((await cluster.meta.getMessage(first)).found ? undefined : true),
+    'retention of the first',
+  )
+  t.equal((await cluster.meta.getMessage(last)).found, true, 'the newest is still found')
+  t.same((await cluster.meta.listMessages({ key: 'k-0' })).messages, [], 'its key finds nothing')
+  t.equal((await cluster.meta.listMessages({ key: 'k-119' })).messages.length, 1)
+  const listed = await cluster.meta.listMessages({ subject: 'logs.big', limit: 500 })
+  t.ok(
+    listed.messages.length < 120 && listed.messages.length > 0,
+    `time query lists what is left (${listed.messages.length})`,
+  )
+  t.equal(listed.messages[0]?.id, last)
+})
