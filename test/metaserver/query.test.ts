@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { Connection } from '../../src/client/transport/connection'
 import { MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
@@ -9,6 +11,8 @@ import { RequestCode } from '../../src/common/protocol/codes'
 import type { MessageResult } from '../../src/common/protocol/query'
 import { formatMessage } from '../../src/cli/commands/message'
 import { startCluster } from '../helpers/cluster'
+
+const execFileAsync = promisify(execFile)
 
 /**
  * Message query, lifecycle trace and history over a real local cluster (metaserver + 2 broker
@@ -102,6 +106,25 @@ t.test(
     t.match(one.events[2], { consumerGroup: 'billing', deliveryCount: 1, server: m?.server })
     t.type(one.events[2]?.consumer, 'string')
     t.match(formatMessage(one), /delivered .*group billing .*delivery #1/)
+    // The CLI, as a process: the timeline and --json.
+    const cli = (args: string[]) =>
+      execFileAsync(process.execPath, [
+        join(__dirname, '../../bin/qmq.js'),
+        ...args,
+        '--metaserver',
+        cluster.metaUrl,
+      ])
+    const text = await cli(['message', first])
+    t.match(text.stdout, /timeline:\n.*sent .*app shop/s)
+    t.match(text.stdout, /acked/)
+    const json = JSON.parse((await cli(['message', first, '--json'])).stdout) as MessageResult
+    t.same(
+      json.events.map((e) => e.type),
+      ['sent', 'stored', 'delivered', 'acked'],
+    )
+    await t.rejects(cli(['message', 'no-such-id']), { code: 1 }, 'exit 1 when not found')
+    const keyed = await cli(['messages', '--key', 'order-3', '--json'])
+    t.equal((JSON.parse(keyed.stdout) as { messages: unknown[] }).messages.length, 3)
 
     // The poison message: nacked, then dead after maxRetries; an operator redrives it.
     const dead = await until(async () => {
