@@ -174,6 +174,7 @@ export class Broker {
         isClosing: () => this.state === 'closing',
         stats: this.stats,
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
+        group: o.group,
       }
       const tcp = new TcpServer<Connection>(
         tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),

@@ -15,6 +15,7 @@ import {
   subjectsCommand,
 } from './commands/admin'
 import { devCommand } from './commands/dev'
+import { historyCommand, messageCommand, messagesCommand } from './commands/message'
 import { outboxWatchdogCommand } from './commands/outbox-watchdog'
 import { sendCommand, tailCommand } from './commands/send-tail'
 import { brokerCommand, delayCommand, metaserverCommand } from './commands/services'
@@ -37,6 +38,9 @@ export const COMMANDS: Command[] = [
   dlqCommand,
   delayDlqCommand,
   cancelCommand,
+  messageCommand,
+  messagesCommand,
+  historyCommand,
   sendCommand,
   tailCommand,
   outboxWatchdogCommand,

@@ -580,3 +580,53 @@ export function decodeRecord(
     body,
   }
 }
+
+/** Property that carries the producer's business keys (`message.setKeys`), joined by KEY_SEPARATOR. */
+export const KEYS_PROPERTY = 'qmq_keys'
+/** Property that carries the producer's host name (set by the SDK). */
+export const HOST_PROPERTY = 'qmq_host'
+/** Property that carries the producer's appCode (set by the SDK). */
+export const APP_CODE_PROPERTY = 'qmq_appCode'
+export const KEY_SEPARATOR = ' '
+export const MAX_KEYS = 16
+export const MAX_KEY_BYTES = 128
+
+/**
+ * The value of property `key` of a stored record that starts at `offset` and whose properties block
+ * starts at `propsAt` (absolute; RecordHeader.propertiesOffset + offset), or undefined when absent.
+ * Never throws: a malformed block answers undefined (the record was verified when it was received).
+ * Compares key bytes without decoding the others (the broker's index calls it for every record).
+ */
+export function findRecordProperty(
+  buf: Buffer,
+  propsAt: number,
+  end: number,
+  key: string,
+): string | undefined {
+  if (propsAt + 6 > end) return undefined
+  const propsEnd = Math.min(end, propsAt + 4 + buf.readUInt32BE(propsAt))
+  const count = buf.readUInt16BE(propsAt + 4)
+  let o = propsAt + 6
+  for (let i = 0; i < count; i++) {
+    if (o + 2 > propsEnd) return undefined
+    const kn = buf.readUInt16BE(o)
+    o += 2
+    if (o + kn + 4 > propsEnd) return undefined
+    let match = kn === key.length
+    for (let j = 0; match && j < kn; j++) if (buf[o + j] !== key.charCodeAt(j)) match = false
+    o += kn
+    const vn = buf.readUInt32BE(o)
+    o += 4
+    if (o + vn > propsEnd) return undefined
+    if (match) return buf.toString('utf8', o, o + vn)
+    o += vn
+  }
+  return undefined
+}
+
+/** The business keys of a `qmq_keys` property value. */
+export function splitKeys(value: string | undefined): string[] {
+  if (value === undefined || value === '') return []
+  if (!value.includes(KEY_SEPARATOR)) return [value]
+  return value.split(KEY_SEPARATOR).filter((k) => k.length > 0)
+}

@@ -1,3 +1,4 @@
+import { DelayTrace } from './trace'
 import http from 'node:http'
 import type { FsIo } from '../broker/store/fs-io'
 import { type Clock, systemClock } from '../common/clock'
@@ -64,6 +65,7 @@ export class DelayServer {
   private meta: MetaClient | undefined
   private sender: Sender | undefined
   private storeRef: DelayStore | undefined
+  private trace: DelayTrace | undefined
   private dispatcherRef: Dispatcher | undefined
   private timers: NodeJS.Timeout[] = []
   private heartbeatTimer: NodeJS.Timeout | undefined
@@ -137,6 +139,8 @@ export class DelayServer {
       io: this.deps.io,
     })
     this.storeRef = store
+    const trace = await DelayTrace.open({ dataDir: o.dataDir, now: () => this.clock.now(), log: this.log })
+    this.trace = trace
     store.onLoaded = (start, frames, ms) => {
       this.metrics.bucketLoad.observe(ms / 1000)
       if (++this.loadLabels > 48) {
@@ -183,13 +187,17 @@ export class DelayServer {
       inFlight: o.dispatchInFlight,
       retryInitialMs: o.retryInitialMs,
       retryMaxMs: o.retryMaxMs,
-      onDelivered: (lateMs) => {
+      onDelivered: (lateMs, record, sentAt) => {
+        trace.dispatched(record, sentAt)
         this.metrics.dispatched.inc()
         this.metrics.lateness.observe(Math.max(0, lateMs) / 1000)
       },
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),
       onTickError: () => this.metrics.tickErrors.inc(),
-      onParked: () => this.metrics.deadLettered.inc(),
+      onParked: (_subject, _err, record) => {
+        trace.parked(record)
+        this.metrics.deadLettered.inc()
+      },
     })
 
     // The connection loop shared with the broker (common/server/): in-flight bound, write high-water
@@ -200,6 +208,8 @@ export class DelayServer {
       log: this.log,
       maxMessageBytes: o.maxMessageBytes,
       clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
+      trace,
+      group: o.group,
     })
     if (o.clusterSecret === undefined)
       this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
@@ -328,6 +338,7 @@ export class DelayServer {
     await this.dispatcherRef?.close()
     await this.sender?.close()
     await this.storeRef?.close()
+    await this.trace?.close()
     if (this.meta !== undefined) {
       await this.meta
         .heartbeat({

@@ -19,6 +19,8 @@ import type { Frame } from '../common/protocol/frame'
 import type { ResponseBody } from '../common/server/connection'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG, tokenMatches } from '../common/token'
 import type { DelayMetrics } from './metrics'
+import { decodeQueryRequest, encodeQueryAnswer } from '../common/protocol/query'
+import type { DelayTrace } from './trace'
 import type { DelayStore } from './store/delay-store'
 
 /**
@@ -42,6 +44,10 @@ export interface HandlerContext {
   maxMessageBytes: number
   /** The cluster secret as UTF-8 bytes; undefined = none configured: authenticated requests are refused. */
   clusterSecret: Buffer | undefined
+  /** Trace and per-minute counts (undefined = not recorded). */
+  trace?: DelayTrace | undefined
+  /** The delay group's name (reported in ADMIN_QUERY answers). */
+  group: string
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -89,7 +95,12 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
         }
       }
       const results = await ctx.store.accept(items)
-      for (const r of results) ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
+      for (let i = 0; i < results.length; i++) {
+        const r = results[i]
+        ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
+        const it = items[i]
+        if (r === undefined && it?.header !== undefined) ctx.trace?.scheduled(it.bytes, it.header.scheduleAt)
+      }
       return encodeSendResponse(
         results.map((r) =>
           r === undefined ? { status: 0, message: '' } : { status: r.status, message: r.message },
@@ -102,6 +113,15 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
       const res = await ctx.store.cancel(ids)
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)
+    }
+    case RequestCode.ADMIN_QUERY: {
+      const req = decodeQueryRequest(f.body)
+      const answer = ctx.trace
+        ? await ctx.trace.query(req, ctx.group)
+        : req.op === 'history'
+          ? { series: [], truncated: false }
+          : { messages: [], events: [] }
+      return encodeQueryAnswer(answer)
     }
     case RequestCode.ADMIN_DELAY_DLQ_LIST: {
       authenticate(f, ctx, remote)

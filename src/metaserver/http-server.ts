@@ -5,6 +5,8 @@ import { CLUSTER_SECRET_HEADER, META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
 import { validateGroup, validateRouteSubject, validateSubject } from '../common/names'
 import { tokenMatches } from '../common/token'
+import type { QueryFanout } from './query-fanout'
+import { handleQueryRoute, type QueryRouteName } from './query-routes'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -30,6 +32,8 @@ export interface HttpContext {
   /** Answer of GET /meta/address. */
   addresses: () => string[]
   startedAt: number
+  /** Message query, trace and history (docs/query.md); undefined = those routes answer 404. */
+  fanout?: QueryFanout
 }
 
 type Answer = { status: number; body: unknown } | { status: number; raw: string; contentType: string }
@@ -49,6 +53,7 @@ type RouteName =
   | 'admin_consumers'
   | 'health'
   | 'metrics'
+  | QueryRouteName
   | 'unknown'
 
 function methodNotAllowed(method: string, path: string): QmqError {
@@ -360,6 +365,10 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         if (method !== 'GET') throw methodNotAllowed(method, path)
         return { status: 200, body: svc.getGroup(validateGroup(decodeSegment(rest[0] ?? ''))) }
       }
+    }
+    if (ctx.fanout !== undefined) {
+      const a = await handleQueryRoute(ctx.fanout, method, path, query, setRoute, decodeSegment)
+      if (a !== undefined) return a
     }
     setRoute('unknown')
     throw new QmqError('QMQ_ERR_NOT_FOUND', `no such endpoint: ${method} ${path}`)

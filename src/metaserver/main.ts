@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
+import { QueryFanout } from './query-fanout'
 import { MetaService } from './service'
 import { SqliteMetaStore } from './sqlite-store'
 import type { MetaStore } from './store'
@@ -47,6 +48,7 @@ export class Metaserver {
   private readonly storeGiven: MetaStore | undefined
   private store: MetaStore | undefined
   private svc: MetaService | undefined
+  private fanout: QueryFanout | undefined
   private server: Server | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
@@ -94,7 +96,18 @@ export class Metaserver {
     await svc.load()
     this.registerMetrics(svc)
 
+    this.fanout = new QueryFanout({
+      groups: () => svc.listGroups(),
+      routeOf: (subject) => {
+        try {
+          return svc.getSubject(subject).groups
+        } catch {
+          return undefined
+        }
+      },
+    })
     const handler = createRequestHandler({
+      fanout: this.fanout,
       service: svc,
       log: this.log,
       registry: this.registry,
@@ -225,6 +238,7 @@ export class Metaserver {
           setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS).unref()
         })
       }
+      await this.fanout?.close()
       await this.store?.close()
       this.log.info('metaserver stopped')
     })()

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os'
 import { createServer as createHttpServer } from 'node:http'
 import { type AddressInfo, createServer, type Socket } from 'node:net'
 import t from 'tap'
@@ -415,11 +416,29 @@ t.test("producer - generated messages share the SDK properties, never one anothe
   t.notOk(m2.hasProperty('a'))
   t.equal(m2.getStringProperty('qmq_appCode'), 'test-app')
   const m3 = producer.generateMessage('shared')
-  t.same([...m3.getProperties()], [['qmq_appCode', 'test-app']])
+  t.same(
+    [...m3.getProperties()],
+    [
+      ['qmq_appCode', 'test-app'],
+      ['qmq_host', hostname()],
+    ],
+  )
   await Promise.all([m1, m2, m3].map((m) => producer.sendMessage(m)))
   const stored = new Map(
     [...cluster.a.stored('shared'), ...cluster.b.stored('shared')].map((r) => [r.id, r.properties]),
   )
-  t.same([...(stored.get(m1.getMessageId()) ?? [])], [['a', '1']])
-  t.same([...(stored.get(m2.getMessageId()) ?? [])], [['qmq_appCode', 'test-app']])
+  t.same(
+    [...(stored.get(m1.getMessageId()) ?? [])],
+    [
+      ['qmq_host', hostname()],
+      ['a', '1'],
+    ],
+  )
+  t.same(
+    [...(stored.get(m2.getMessageId()) ?? [])],
+    [
+      ['qmq_appCode', 'test-app'],
+      ['qmq_host', hostname()],
+    ],
+  )
 })

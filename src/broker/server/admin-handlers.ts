@@ -11,6 +11,7 @@ import {
   ResetPosition,
 } from '../../common/protocol/admin'
 import { RequestCode } from '../../common/protocol/codes'
+import { decodeQueryRequest, encodeQueryAnswer } from '../../common/protocol/query'
 import { encodeCountResponse } from '../../common/protocol/commands'
 import { tokenMatches } from '../../common/token'
 import type { CursorPosition } from '../store/types'
@@ -41,6 +42,15 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     case RequestCode.ADMIN_SUBJECTS: {
       if (body.length !== 0) throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'ADMIN_SUBJECTS takes no body')
       return encodeSubjectsResponse(ctx.store.subjects())
+    }
+    case RequestCode.ADMIN_QUERY: {
+      const req = decodeQueryRequest(body)
+      const answer = ctx.store.query
+        ? await ctx.store.query(req, ctx.group)
+        : req.op === 'history'
+          ? { series: [], truncated: false }
+          : { messages: [], events: [] }
+      return encodeQueryAnswer(answer)
     }
     case RequestCode.ADMIN_BACKLOG: {
       const req = decodeBacklogRequest(body)

@@ -42,6 +42,8 @@ export interface ServerContext {
   stats: { received: number }
   /** The token admin writes must carry (UTF-8); undefined = not checked. */
   adminToken: Buffer | undefined
+  /** The broker group's name (reported in ADMIN_QUERY answers). */
+  group: string
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -89,6 +91,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
     case RequestCode.ADMIN_DLQ_REDRIVE:
     case RequestCode.ADMIN_SUBJECTS:
     case RequestCode.ADMIN_FORGET_GROUP:
+    case RequestCode.ADMIN_QUERY:
       return handleAdmin(ctx, frame.code, frame.body)
     default: {
       const known = requestCodeName(frame.code)

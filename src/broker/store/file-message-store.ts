@@ -10,9 +10,13 @@ import { writeCheckpoint } from './checkpoint'
 import { ConsumerState, type GroupState } from './consumer-state'
 import { DedupeIndex } from './dedupe'
 import type { FsIo } from './fs-io'
-import { type AppendItem, MessageLog } from './message-log'
+import { History } from './history'
+import { IndexLog, TraceEvent, type TraceEventValue } from './index-log'
+import { type AppendItem, FRAME_BYTES, MessageLog, readFrame } from './message-log'
 import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
 import { pullMessages } from './pull'
+import { answerQuery } from './query'
+import type { HistoryAnswer, ListAnswer, MessageAnswer, QueryRequest } from '../../common/protocol/query'
 import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
@@ -58,11 +62,17 @@ export class FileMessageStore implements MessageStore {
   readonly log: Logger
   readonly metrics: StoreMetrics
   readonly io: FsIo | undefined
-  readonly dirs: { message: string; consume: string; action: string; checkpoint: string }
+  readonly dirs: { message: string; consume: string; action: string; checkpoint: string; history: string }
   mlog!: MessageLog
   alog!: ActionLog
   subjectsIndex!: Subjects
   state = new ConsumerState()
+  /** Message index and lifecycle trace (undefined with `indexes: false`). */
+  index: IndexLog | undefined
+  /** Per-minute counts (undefined with historyRetentionMs 0). */
+  history: History | undefined
+  /** This store's name in traces (the broker group); set by the broker. */
+  serverName = ''
   readonly dedupe: DedupeIndex
   recoveryReport: RecoveryReport | undefined
   private listeners = new Set<AvailableListener>()
@@ -104,6 +114,7 @@ export class FileMessageStore implements MessageStore {
       consume: path.join(root, 'consumelog'),
       action: path.join(root, 'actionlog'),
       checkpoint: path.join(root, 'checkpoint'),
+      history: path.join(root, 'history'),
     }
     this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
   }
@@ -166,6 +177,16 @@ export class FileMessageStore implements MessageStore {
     })
     const report = await recoverStore(this)
     this.recoveryReport = report
+    if (o.indexes) this.index = await openIndex(this)
+    if (o.historyRetentionMs > 0) {
+      this.history = await History.open({
+        dir: this.dirs.history,
+        now: () => this.clock.now(),
+        log: this.log,
+        retentionMs: o.historyRetentionMs,
+        ...ioOpt,
+      })
+    }
     const openedAt = this.clock.now()
     for (const g of this.state.all()) {
       // Lease deadlines are not persisted: every message held before the restart gets a fresh one.
@@ -229,6 +250,8 @@ export class FileMessageStore implements MessageStore {
     await this.mlog.close()
     await this.alog.close()
     this.subjectsIndex.close()
+    await this.index?.close()
+    await this.history?.close()
   }
 
   /** Stops everything without flushing, syncing or checkpointing: what a crash leaves (tests, benchmarks). */
@@ -238,6 +261,8 @@ export class FileMessageStore implements MessageStore {
     this.retryAlarm.close()
     this.mlog.abandon()
     this.alog.abandon()
+    this.index?.abandon()
+    this.history?.abandon()
   }
 
   /**
@@ -328,6 +353,9 @@ export class FileMessageStore implements MessageStore {
     let last: SubjectState | undefined
     // Subjects of the batch, in order of first appearance (usually one).
     const touched: SubjectState[] = []
+    /** Per touched subject: messages and bytes stored (per-minute history). */
+    const counts: number[] = []
+    const bytes: number[] = []
     for (const it of items) {
       if (it.skip) continue
       let s = last
@@ -337,9 +365,20 @@ export class FileMessageStore implements MessageStore {
         if (!touched.includes(s)) touched.push(s)
       }
       s.consume.push(it.offset, it.record.length, it.storedAt, it.tagMask)
+      this.index?.addMessage(it.record, it.offset, it.storedAt, it.seq)
+      const k = touched.indexOf(s)
+      counts[k] = (counts[k] ?? 0) + 1
+      bytes[k] = (bytes[k] ?? 0) + it.record.length
       stored++
     }
     this.metrics.appended(stored, items.length - stored)
+    if (this.history) {
+      for (let k = 0; k < touched.length; k++) {
+        const name = (touched[k] as SubjectState).name
+        this.history.add(name, '', 'produced', counts[k] ?? 0)
+        this.history.add(name, '', 'bytes', bytes[k] ?? 0)
+      }
+    }
     for (const s of touched) {
       s.consume.flush().catch((err) => this.log.warn({ err, subject: s.name }, 'consume log write failed'))
       this.notify(s.name)
@@ -418,7 +457,40 @@ export class FileMessageStore implements MessageStore {
     } catch (err) {
       return Promise.reject(err)
     }
-    return pullMessages(this, o)
+    const p = pullMessages(this, o)
+    if (!this.index && !this.history) return p
+    return p.then((msgs) => {
+      const now = this.clock.now()
+      for (const m of msgs) {
+        this.trace(TraceEvent.DELIVERED, o.subject, o.group, m.sequence, o.consumerId, m.deliveryCount, now)
+      }
+      return msgs
+    })
+  }
+
+  /** Records one lifecycle event in the index and the per-minute counts. */
+  trace(
+    event: TraceEventValue,
+    subject: string,
+    group: string,
+    sequence: number,
+    consumer: string,
+    deliveryCount: number,
+    time: number,
+    retryAt?: number,
+  ): void {
+    this.index?.addTrace({
+      event,
+      subject,
+      group,
+      sequence,
+      consumer,
+      deliveryCount,
+      time,
+      ...(retryAt !== undefined ? { retryAt } : {}),
+    })
+    const field = HISTORY_FIELD[event]
+    if (field !== undefined) this.history?.add(subject, group, field)
   }
 
   async ack(
@@ -433,7 +505,12 @@ export class FileMessageStore implements MessageStore {
     const g = this.state.get(subject, group)
     if (!g || sequences.length === 0) return 0
     const c = g.consumers.get(consumerId)
-    if (c) c.leaseUntil = this.clock.now() + this.options.leaseMs
+    const now = this.clock.now()
+    if (c) c.leaseUntil = now + this.options.leaseMs
+    for (const seq of sequences) {
+      const f = g.inflight.get(seq)
+      if (f) this.trace(TraceEvent.ACKED, subject, group, seq, consumerId, f.dc, now)
+    }
     const { affected, written } = this.record(
       this.action(ActionType.ACK, subject, group, consumerId, { seqs: [...sequences] }),
     )
@@ -468,7 +545,10 @@ export class FileMessageStore implements MessageStore {
       if (!f || f.holder !== consumerId) continue
       seqs.push(seq)
       const dead = options.deadLetter === true || f.dc >= this.options.maxRetries
-      dueAts.push(dead ? -1 : now + (options.retryAfterMs ?? this.backoffMs(f.dc)))
+      const dueAt = dead ? -1 : now + (options.retryAfterMs ?? this.backoffMs(f.dc))
+      dueAts.push(dueAt)
+      this.trace(TraceEvent.NACKED, subject, group, seq, consumerId, f.dc, now, dead ? undefined : dueAt)
+      if (dead) this.trace(TraceEvent.DEAD, subject, group, seq, consumerId, f.dc, now)
     }
     if (seqs.length === 0) return 0
     const { affected, written } = this.record(
@@ -501,6 +581,12 @@ export class FileMessageStore implements MessageStore {
     this.ensureOpen()
     const g = this.state.get(subject, group)
     if (!g || sequences.length === 0) return 0
+    const now = this.clock.now()
+    for (const seq of sequences) {
+      const f = g.inflight.get(seq)
+      if (f && f.holder === consumerId)
+        this.trace(TraceEvent.RELEASED, subject, group, seq, consumerId, f.dc, now)
+    }
     const { affected } = this.record(
       this.action(ActionType.EXPIRE, subject, group, consumerId, {
         seqs: [...sequences],
@@ -569,8 +655,10 @@ export class FileMessageStore implements MessageStore {
     if (expired.length > 0) {
       const holders = new Set<string>()
       for (const s of expired) {
-        const h = g.inflight.get(s)?.holder
+        const f = g.inflight.get(s)
+        const h = f?.holder
         if (h !== undefined) holders.add(h)
+        this.trace(TraceEvent.EXPIRED, g.subject, g.group, s, h ?? '', f?.dc ?? 0, now)
       }
       const { affected } = this.record(
         this.action(ActionType.EXPIRE, g.subject, g.group, '', { seqs: expired, flags: ACTION_FLAG_SEQS }),
@@ -686,6 +774,9 @@ export class FileMessageStore implements MessageStore {
     if (!g) return 0
     const seqs = (sequences ?? [...g.dead.keys()]).filter((q) => g.dead.has(q)).sort((a, b) => a - b)
     if (seqs.length === 0) return 0
+    const now = this.clock.now()
+    for (const seq of seqs)
+      this.trace(TraceEvent.REDRIVEN, subject, group, seq, '', g.dead.get(seq)?.dc ?? 0, now)
     const { affected, written } = this.record(this.action(ActionType.REDRIVE, subject, group, '', { seqs }))
     await written.catch(() => undefined)
     this.notify(subject)
@@ -714,6 +805,14 @@ export class FileMessageStore implements MessageStore {
     })
   }
 
+  // ---- query ----
+
+  query(req: QueryRequest, server: string): Promise<MessageAnswer | ListAnswer | HistoryAnswer> {
+    this.ensureOpen()
+    this.serverName = server
+    return answerQuery(this, req)
+  }
+
   // ---- checkpoints and retention ----
 
   /** Writes a checkpoint now (also run by a timer and on close). */
@@ -740,6 +839,7 @@ export class FileMessageStore implements MessageStore {
     for (const s of this.subjectsIndex.map.values()) await s.consume.sync()
     const actionLogOffset = await mark
     await this.alog.sync()
+    await this.index?.sync()
     await writeCheckpoint(this.dirs.checkpoint, {
       version: 1,
       createdAt: this.clock.now(),
@@ -762,6 +862,57 @@ export class FileMessageStore implements MessageStore {
     }
     return this.retaining
   }
+}
+
+const HISTORY_FIELD: Record<number, 'delivered' | 'acked' | 'nacked' | 'expired' | 'dead' | undefined> = {
+  [TraceEvent.DELIVERED]: 'delivered',
+  [TraceEvent.ACKED]: 'acked',
+  [TraceEvent.NACKED]: 'nacked',
+  [TraceEvent.EXPIRED]: 'expired',
+  [TraceEvent.DEAD]: 'dead',
+}
+
+/**
+ * Opens the index log and indexes what the message log holds past it (after a crash, or when the
+ * index is new or was deleted): every record from the index's `coveredEnd` to the log's end.
+ */
+async function openIndex(store: FileMessageStore): Promise<IndexLog> {
+  const t0 = Date.now()
+  const index = await IndexLog.open({
+    dataDir: store.options.dataDir,
+    segmentBytes: store.options.indexSegmentBytes,
+    log: store.log,
+    ...(store.io ? { io: store.io } : {}),
+  })
+  const mlog = store.mlog.log
+  const from = Math.max(index.coveredEnd, mlog.startOffset)
+  const end = mlog.endOffset
+  if (from < end) {
+    let n = 0
+    await mlog.scan(
+      from,
+      end,
+      store.mlog.frameCheck(end),
+      (buf, pos, length, offset) => {
+        const f = readFrame(buf, pos)
+        // A copy: the scan reuses its buffer; the index keeps nothing of it but the hashes it computes.
+        index.addMessage(
+          buf.subarray(pos + FRAME_BYTES, pos + length),
+          offset + FRAME_BYTES,
+          f.storedAt,
+          f.seq,
+        )
+        n++
+      },
+      { resync: true },
+    )
+    await index.flush()
+    store.log.info(
+      { messages: n, from, end, ms: Date.now() - t0 },
+      'index: messages indexed from the message log',
+    )
+  }
+  return index
 }
 
 export function createMessageStore(options: FileMessageStoreOptions = {}): FileMessageStore {

@@ -1,4 +1,12 @@
-import { integer, number, type OptionsSchema, oneOf, resolveOptions, string } from '../../common/config'
+import {
+  boolean,
+  integer,
+  number,
+  type OptionsSchema,
+  oneOf,
+  resolveOptions,
+  string,
+} from '../../common/config'
 
 export const DEFAULT_SEGMENT_BYTES = 128 * 1024 * 1024 // 128 MiB per message-log segment
 export const DEFAULT_FLUSH_INTERVAL_MS = 200 // 'async': fdatasync period
@@ -37,6 +45,11 @@ export interface MessageStoreOptions {
   sweepIntervalMs: number
   broadcastIdleMs: number
   maxScanPerPull: number
+  /** Index messages by id and business key and record their lifecycle (index-log.ts). */
+  indexes: boolean
+  indexSegmentBytes: number
+  /** Per-minute counts kept (history.ts); 0 = none. */
+  historyRetentionMs: number
 }
 
 export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
@@ -142,6 +155,20 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
     default: 10_000,
     min: 1,
     doc: 'Consume-log entries a tag-filtered pull examines at most',
+  }),
+  indexes: boolean({
+    default: true,
+    doc: 'Index messages by id and business key and record their lifecycle (qmq message <id>)',
+  }),
+  indexSegmentBytes: integer({
+    default: 16 * 1024 * 1024,
+    min: 4096,
+    doc: 'Index-log segment size (the active one is indexed in memory)',
+  }),
+  historyRetentionMs: integer({
+    default: 25 * 3_600_000,
+    min: 0,
+    doc: 'Per-minute counts (qmq history) are kept this long (0 = not recorded)',
   }),
 }
 

@@ -1,4 +1,5 @@
 import type { FileMessageStore } from './file-message-store'
+import { FRAME_BYTES, readFrame } from './message-log'
 
 /**
  * Retention: deletes whole message-log segments, oldest first, never the active (last) one, while
@@ -33,6 +34,18 @@ export async function runRetention(store: FileMessageStore): Promise<number> {
   if (deleted === 0) return 0
   const start = log.startOffset
   store.mlog.evictBefore(start)
+  if (store.index) {
+    // Index segments written before the oldest retained message go with the message segments.
+    let firstStoredAt = Date.now()
+    try {
+      const head = await log.read(start, FRAME_BYTES)
+      if (head.length === FRAME_BYTES) firstStoredAt = readFrame(head, 0).storedAt
+    } catch {
+      // the log is empty past `start`: everything before now can go
+    }
+    const n = store.index.retain(firstStoredAt)
+    if (n > 0) store.log.info({ segments: n }, 'retention deleted index segments')
+  }
   let unconsumed = 0
   for (const s of store.subjectsIndex.map.values()) {
     const prevLow = s.lowSeq

@@ -253,6 +253,12 @@ export class SegmentLog {
     return this.bufferedTotal > 0 || this.segs.some((s) => s.dirty)
   }
 
+  /** Base offset of the last (active) segment; 0 when there is none yet. */
+  get activeBase(): number {
+    const last = this.segs[this.segs.length - 1]
+    return last ? last.base : 0
+  }
+
   get totalBytes(): number {
     let n = 0
     for (const s of this.segs) n += s.size

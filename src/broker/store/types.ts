@@ -1,3 +1,4 @@
+import type { HistoryAnswer, ListAnswer, MessageAnswer, QueryRequest } from '../../common/protocol/query'
 import type { QmqError } from '../../common/errors'
 import type { BacklogEntry } from '../../common/protocol/admin'
 import type { StartPositionValue } from '../../common/protocol/commands'
@@ -141,6 +142,11 @@ export interface HeartbeatResult {
 export interface MessageStore {
   /** Recovers from disk; must be called (and awaited) before anything else. */
   open(): Promise<RecoveryReport>
+  /**
+   * Message query, lifecycle trace and per-minute counts (ADMIN_QUERY, docs/query.md); `server` is
+   * the broker group's name, reported in the answers. Optional: a store without it answers nothing.
+   */
+  query?(req: QueryRequest, server: string): Promise<MessageAnswer | ListAnswer | HistoryAnswer>
   /** Flushes, writes a checkpoint and closes files. Later calls fail with QMQ_ERR_STORE_CLOSED. */
   close(): Promise<void>
 

@@ -29,17 +29,17 @@ import type { Command } from './command'
  * Operator commands: what the metaserver knows (subjects, groups, consumers) and what the brokers
  * hold (backlog, cursors, dead letters). Tables for people, `--json` for scripts.
  */
-function print(json: boolean, value: unknown, text: () => string): void {
+export function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text()}\n`)
 }
 
-function need(value: string | undefined, what: string, usage: string): string {
+export function need(value: string | undefined, what: string, usage: string): string {
   if (value === undefined || value.length === 0)
     throw new QmqError('QMQ_ERR_USAGE', `missing ${what}\n${usage}`)
   return value
 }
 
-function adminCommand(
+export function adminCommand(
   name: string,
   summary: string,
   usage: string,

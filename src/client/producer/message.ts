@@ -1,6 +1,16 @@
 import { QmqError } from '../../common/errors'
 import { newMessageId } from '../../common/ids'
-import { decodeRecord, MAX_TAG_BYTES, MAX_TAGS, type MessageRecord } from '../../common/record'
+import {
+  decodeRecord,
+  KEY_SEPARATOR,
+  KEYS_PROPERTY,
+  MAX_KEY_BYTES,
+  MAX_KEYS,
+  MAX_TAG_BYTES,
+  MAX_TAGS,
+  type MessageRecord,
+  splitKeys,
+} from '../../common/record'
 import type { Pending } from './batch'
 
 /** Units of `Message.setDelayTime(n, unit)`, as QMQ's `java.util.concurrent.TimeUnit`. */
@@ -22,8 +32,7 @@ const UNIT_MS: Record<TimeUnit, number> = {
 
 /** Property keys starting with this are the SDK's own (QMQ's `qmq_appCode`, ...); users may not set them. */
 export const RESERVED_PROPERTY_PREFIX = 'qmq_'
-/** Property that carries the producer's appCode. */
-export const APP_CODE_PROPERTY = 'qmq_appCode'
+export { APP_CODE_PROPERTY } from '../../common/record'
 
 /** A value `setProperty` accepts. Everything is stored as a string, as in QMQ. */
 export type PropertyValue = string | number | bigint | boolean | Date
@@ -204,6 +213,36 @@ export class Message {
     }
     this.ownProps().set(key, toPropertyString(key, value))
     return this
+  }
+
+  /**
+   * Sets the message's business keys (QMQ/RocketMQ "keys": an order number, a user id...): the broker
+   * indexes them, so `qmq messages --key K` and the console find the message by any of them. At most
+   * MAX_KEYS keys of 1 to MAX_KEY_BYTES bytes, without spaces; replaces earlier keys. Stored in the
+   * `qmq_keys` property.
+   */
+  setKeys(...keys: string[]): this {
+    this.checkWritable()
+    if (keys.length > MAX_KEYS) {
+      throw new QmqError('QMQ_ERR_PROPERTY_INVALID', `${keys.length} keys; at most ${MAX_KEYS}`)
+    }
+    for (const k of keys) {
+      const n = typeof k === 'string' ? Buffer.byteLength(k, 'utf8') : 0
+      if (n === 0 || n > MAX_KEY_BYTES || k.includes(KEY_SEPARATOR)) {
+        throw new QmqError(
+          'QMQ_ERR_PROPERTY_INVALID',
+          `key ${JSON.stringify(k)} must be 1 to ${MAX_KEY_BYTES} bytes without spaces`,
+        )
+      }
+    }
+    if (keys.length === 0) this.ownProps().delete(KEYS_PROPERTY)
+    else this.ownProps().set(KEYS_PROPERTY, [...new Set(keys)].join(KEY_SEPARATOR))
+    return this
+  }
+
+  /** The business keys set with setKeys (or by the producer of a received message). */
+  getKeys(): string[] {
+    return splitKeys(this.props().get(KEYS_PROPERTY))
   }
 
   removeProperty(key: string): boolean {

@@ -1,10 +1,11 @@
+import { hostname } from 'node:os'
 import { boolean, integer, type OptionsSchema, optionalSecret, resolveOptions } from '../../common/config'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientKind, RouteGroup } from '../../common/meta/types'
 import { validateSubject } from '../../common/names'
 import { RequestCode } from '../../common/protocol/codes'
 import { decodeSendResponse } from '../../common/protocol/commands'
-import { newRecordPlan, planRecord, type RecordPlan, writeRecord } from '../../common/record'
+import { HOST_PROPERTY, newRecordPlan, planRecord, type RecordPlan, writeRecord } from '../../common/record'
 import {
   type ClientRuntime,
   type CommonClientOptions,
@@ -318,7 +319,11 @@ export class MessageProducerProvider extends ClientBase {
     if (typeof appCode !== 'string' || appCode.length === 0) return Message.create(subject)
     let base = this.baseProperties
     if (base === undefined || base.get(APP_CODE_PROPERTY) !== appCode) {
-      base = new Map([[APP_CODE_PROPERTY, appCode]])
+      // The producer's identity, for the lifecycle trace (docs/query.md): its appCode and host.
+      base = new Map([
+        [APP_CODE_PROPERTY, appCode],
+        [HOST_PROPERTY, hostname()],
+      ])
       this.baseProperties = base
     }
     return Message.create(subject, base)

@@ -24,6 +24,8 @@ import {
   type SubjectsResponse,
 } from './types'
 
+import type { HistoryResult, ListResult, MessageResult } from '../protocol/query'
+
 /**
  * Typed HTTP client of the metaserver API (docs/metaserver-api.md), on undici keep-alive pools.
  * Used by brokers and delay servers (heartbeats), the SDK (routes, client heartbeats) and the CLI.
@@ -237,6 +239,39 @@ export class MetaClient {
     const q = params.toString()
     const path = q.length > 0 ? `${META_PATHS.adminConsumers}?${q}` : META_PATHS.adminConsumers
     return (await this.call<ConsumersResponse>({ method: 'GET', path })).consumers
+  }
+
+  /** GET /admin/messages/:id: one message, where it stands and its trace (docs/query.md). */
+  getMessage(id: string, subject?: string): Promise<MessageResult> {
+    const q = subject !== undefined ? `?${new URLSearchParams({ subject })}` : ''
+    return this.call({ method: 'GET', path: `/admin/messages/${encodeURIComponent(id)}${q}` })
+  }
+
+  /** GET /admin/messages?subject=|key=: messages by subject and time, or by business key, newest first. */
+  listMessages(q: {
+    subject?: string
+    key?: string
+    from?: number
+    to?: number
+    limit?: number
+    cursor?: string
+  }): Promise<ListResult> {
+    const params = new URLSearchParams()
+    for (const [k, v] of Object.entries(q)) if (v !== undefined) params.set(k, String(v))
+    return this.call({ method: 'GET', path: `/admin/messages?${params}` })
+  }
+
+  /** GET /admin/history: per-minute counts. */
+  history(q: {
+    subject?: string
+    consumerGroup?: string
+    server?: string
+    from?: number
+    to?: number
+  }): Promise<HistoryResult> {
+    const params = new URLSearchParams()
+    for (const [k, v] of Object.entries(q)) if (v !== undefined) params.set(k, String(v))
+    return this.call({ method: 'GET', path: `/admin/history?${params}` })
   }
 
   health(): Promise<HealthResponse> {

@@ -28,6 +28,8 @@ export const RequestCode = {
   ADMIN_DELAY_DLQ_LIST: 26,
   /** Delay server: schedule dead letters again. */
   ADMIN_DELAY_DLQ_REDRIVE: 27,
+  /** Broker and delay server: message query, lifecycle trace, per-minute counts (JSON; query.ts). */
+  ADMIN_QUERY: 28,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -32,10 +32,11 @@ export interface DispatcherOptions {
   retryInitialMs: number
   retryMaxMs: number
   /** Observed per delivered message: ms from due time to broker ack. */
-  onDelivered?: (latenessMs: number) => void
+  /** A due message was stored by a broker group (`record`: its bytes, for the trace). */
+  onDelivered?: (latenessMs: number, record: Buffer, sentAt: number) => void
   onFailed?: (subject: string, err: QmqError | Error, records: number) => void
   /** Called for each due message a broker refused for good (parked as a dead letter). */
-  onParked?: (subject: string, err: QmqError) => void
+  onParked?: (subject: string, err: QmqError, record: Buffer) => void
   /** Called for each error a tick or pump ran into (it is retried at the next tick). */
   onTickError?: (err: unknown) => void
 }
@@ -211,14 +212,15 @@ export class Dispatcher {
 
   private start(subject: string, items: Item[]): void {
     this.inFlight++
+    const sentAt = this.o.clock.now()
     this.o.sender
       .send(
         subject,
         items.map((it) => it.record),
       )
       .then(
-        (results) => this.finish(subject, items, results, undefined),
-        (err: QmqError | Error) => this.finish(subject, items, undefined, err),
+        (results) => this.finish(subject, items, results, undefined, sentAt),
+        (err: QmqError | Error) => this.finish(subject, items, undefined, err, sentAt),
       )
       .catch((err: unknown) => this.o.log.error({ err }, 'dispatcher bookkeeping failed'))
   }
@@ -228,6 +230,7 @@ export class Dispatcher {
     items: Item[],
     results: (QmqError | undefined)[] | undefined,
     err: QmqError | Error | undefined,
+    sentAt: number,
   ): void {
     this.inFlight--
     const now = this.o.clock.now()
@@ -239,13 +242,13 @@ export class Dispatcher {
       const res = results === undefined ? err : results[i]
       if (res === undefined) {
         this.o.store.markDelivered(it.slot, it.offset, it.idHash)
-        this.o.onDelivered?.(now - it.due)
+        this.o.onDelivered?.(now - it.due, it.record, sentAt)
         continue
       }
       if (results !== undefined && isPermanent(res)) {
         // Refused for good: retrying cannot help and would hold back the subject's later messages.
         this.o.store.park(it.slot, it.offset, it.idHash, it.record, res)
-        this.o.onParked?.(subject, res)
+        this.o.onParked?.(subject, res, it.record)
         this.o.log.warn(
           { subject, err: res, id: recordId(it.record) },
           'a broker refused a due message for good; parked as a dead letter of the delay group',
