@@ -170,6 +170,7 @@ export class FileMessageStore implements MessageStore {
     for (const g of this.state.all()) {
       // Lease deadlines are not persisted: every message held before the restart gets a fresh one.
       g.refreshLeases(openedAt + o.leaseMs)
+      for (const q of g.keys.values()) q.since = openedAt // not persisted: blocked since the restart
       this.retryAlarm.watch(g)
       for (const id of g.broadcast.keys()) g.broadcastSeen.set(id, openedAt)
     }
@@ -598,7 +599,9 @@ export class FileMessageStore implements MessageStore {
       if (group !== undefined && g.group !== group) continue
       const s = this.subjectsIndex.get(g.subject)
       const next = s ? s.consume.nextSeq : 0
-      const { inFlight, retrying } = g.counts()
+      const { inFlight, retrying, waiting } = g.counts()
+      const { keysBlocked, oldestBlockedSince } = g.blockedKeys()
+      const now = this.clock.now()
       // A broadcast-only group never moves its group cursor: report its slowest consumer's.
       let cursor = g.cursor
       if (g.broadcastOnly) cursor = Math.min(...g.broadcast.values())
@@ -611,6 +614,9 @@ export class FileMessageStore implements MessageStore {
         deadLettered: g.dead.size,
         maxSequence: next - 1,
         cursor,
+        waiting,
+        keysBlocked,
+        oldestBlockedMs: keysBlocked > 0 ? Math.max(0, now - oldestBlockedSince) : 0,
       })
     }
     return out
