@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import {
   type ConsumedMessage,
@@ -10,6 +12,8 @@ import {
 } from '../../src/client'
 import { ORDER_SLOTS, orderSlot, slotGroupOrder } from '../../src/client/producer/producer'
 import { startCluster } from '../helpers/cluster'
+
+const QMQ_BIN = join(__dirname, '..', '..', 'bin', 'qmq.js')
 
 /**
  * Ordered messages end to end (docs/client.md "Ordered messages"): a metaserver, two broker groups,
@@ -46,7 +50,7 @@ t.test('ordered - slots and their group order are stable and spread keys', async
 
 t.test('ordered - a failing key is retried in place while the other keys flow', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qmq-ordered-'))
-  const cluster = await startCluster({ dir, broker: { retryBaseMs: 100, retryMaxMs: 200 } })
+  const cluster = await startCluster({ dir, broker: { retryBaseMs: 100, retryMaxMs: 200, maxRetries: 1000 } })
   const producer = new MessageProducerProvider({ appCode: 'p', metaServer: cluster.metaUrl })
   await producer.init()
   const consumers = [0, 1, 2].map(
@@ -111,6 +115,33 @@ t.test('ordered - a failing key is retried in place while the other keys flow', 
     for (const e of b.messageStore.backlog('ordered.s', 'g')) blocked += e.keysBlocked ?? 0
   }
   t.equal(blocked, 1, 'the backlog shows one key blocked')
+  // The operator sees it too: `qmq backlog` shows the blocked key and how long it has been blocked.
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    [QMQ_BIN, 'backlog', 'ordered.s', 'g', '--metaserver', cluster.metaUrl, '--json'],
+    { encoding: 'utf8' },
+  )
+  const rows = JSON.parse(stdout) as { keysBlocked: number; oldestBlockedMs: number; waiting: number }[]
+  t.equal(
+    rows.reduce((n, r) => n + r.keysBlocked, 0),
+    1,
+    'qmq backlog: one key blocked',
+  )
+  t.equal(
+    rows.reduce((n, r) => n + r.waiting, 0),
+    4,
+    'qmq backlog: its 4 later messages wait',
+  )
+  t.ok(
+    rows.some((r) => r.oldestBlockedMs > 0),
+    'qmq backlog: the age of the oldest blocked key',
+  )
+  const table = await promisify(execFile)(
+    process.execPath,
+    [QMQ_BIN, 'backlog', 'ordered.s', 'g', '--metaserver', cluster.metaUrl],
+    { encoding: 'utf8' },
+  )
+  t.match(table.stdout, /KEYS BLOCKED\s+OLDEST BLOCKED/)
   badFails = false
   await until(() => (seen.get('bad')?.length ?? 0) >= 5, 15_000, 'the failing key drained')
   t.same(seen.get('bad'), [0, 1, 2, 3, 4], 'then the failing key goes on, in order')

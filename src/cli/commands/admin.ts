@@ -141,7 +141,7 @@ export const consumersCommand = adminCommand(
 
 export const backlogCommand = adminCommand(
   'backlog',
-  'Show the backlog of consumer groups on every broker group: pending, in flight, retrying, dead',
+  'Show the backlog of consumer groups on every broker group: pending, in flight, retrying, dead, ordered keys blocked',
   'qmq backlog [subject] [consumer-group] [--json]',
   [],
   async (cluster, { positionals }, json) => {
@@ -168,6 +168,8 @@ export const backlogCommand = adminCommand(
           'DEAD',
           'CURSOR',
           'MAX SEQ',
+          'KEYS BLOCKED',
+          'OLDEST BLOCKED',
         ],
         rows.map((r) => [
           r.brokerGroup,
@@ -179,6 +181,8 @@ export const backlogCommand = adminCommand(
           r.deadLettered,
           r.cursor,
           r.maxSequence,
+          r.keysBlocked ?? 0,
+          blockedAge(r.oldestBlockedMs ?? 0),
         ]),
         '(no consumer groups)',
       ),
@@ -186,6 +190,14 @@ export const backlogCommand = adminCommand(
     return 0
   },
 )
+
+/** The oldest blocked key's age for the backlog table: '-' when no key is blocked, else 1.5s, 12m, 3.2h. */
+function blockedAge(ms: number): string {
+  if (ms <= 0) return '-'
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
+  if (ms < 3_600_000) return `${Math.round(ms / 60_000)}m`
+  return `${(ms / 3_600_000).toFixed(1)}h`
+}
 
 function parsePosition(to: string): { position: ResetPositionValue; timeMs: number } {
   if (to === 'earliest') return { position: ResetPosition.EARLIEST, timeMs: 0 }
