@@ -102,6 +102,8 @@ export class GroupState {
   readonly broadcast = new Map<string, number>()
   readonly broadcastSeen = new Map<string, number>()
   readonly keys = new Map<string, KeyQueue>()
+  /** Counts keyed messages made deliverable by the settling of their predecessor (the store notifies). */
+  keyReleases = 0
 
   constructor(subject: string, group: string) {
     this.subject = subject
@@ -271,6 +273,7 @@ export class GroupState {
     if (f !== undefined && f.state === WAITING) {
       f.state = READY
       this.pushReady(next)
+      this.keyReleases++
     }
   }
 

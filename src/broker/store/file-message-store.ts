@@ -435,9 +435,12 @@ export class FileMessageStore implements MessageStore {
     if (!g || sequences.length === 0) return 0
     const c = g.consumers.get(consumerId)
     if (c) c.leaseUntil = this.clock.now() + this.options.leaseMs
+    const releases = g.keyReleases
     const { affected, written } = this.record(
       this.action(ActionType.ACK, subject, group, consumerId, { seqs: [...sequences] }),
     )
+    // Ordered messages: the next message of an acked key is deliverable now (long polls wake).
+    if (g.keyReleases !== releases) this.notify(subject)
     await written.catch(() => undefined)
     return affected
   }
@@ -472,10 +475,11 @@ export class FileMessageStore implements MessageStore {
       dueAts.push(dead ? -1 : now + (options.retryAfterMs ?? this.backoffMs(f.dc)))
     }
     if (seqs.length === 0) return 0
+    const releases = g.keyReleases
     const { affected, written } = this.record(
       this.action(ActionType.NACK, subject, group, consumerId, { seqs, dueAts }),
     )
-    if (g.promoteDue(now) > 0) this.notify(subject)
+    if (g.promoteDue(now) > 0 || g.keyReleases !== releases) this.notify(subject)
     this.retryAlarm.watch(g)
     await written.catch(() => undefined)
     return affected

@@ -80,7 +80,10 @@ t.test('ordered - one message of a key at a time; other keys and unkeyed message
     retried.map((m) => [bodyOf(m.record), m.deliveryCount]),
     [['a0', 2]],
   )
+  const woken: string[] = []
+  store.onAvailable((subject) => woken.push(subject))
   await store.ack('s', 'g', 'c2', [0])
+  t.same(woken, ['s'], 'the ack that releases a1 wakes long polls')
   t.same(bodies(await store.pull(pullOpts('s', 'g', 'c1'))), ['a1'])
   // Dead-lettering the head releases the next one too.
   t.equal(await store.nack('s', 'g', 'c1', [2], { deadLetter: true }), 1)
