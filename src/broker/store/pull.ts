@@ -6,6 +6,9 @@ import type { FileMessageStore } from './file-message-store'
 import { readSeqs, scanNew } from './subjects'
 import type { PullOptions, StoredMessage } from './types'
 
+/** Records a scan reads at a time once it met keyed messages that wait (their key is busy). */
+const READ_AHEAD = 256
+
 /** The order key of a stored record (its framing was verified on receipt); undefined when unkeyed. */
 function orderKeyOf(record: Buffer): string | undefined {
   try {
@@ -161,18 +164,20 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
         const taken = new Set<number>([...result.map((m) => m.sequence), ...redeliver])
         let from = g.cursor
         let examined = 0
-        let freshBytes = 0
+        let handedBytes = 0 // waiting records take no room in the answer
         let handed = 0 // provisional: the decision is taken again before the PULL is recorded
         const heads = new Set<string>()
         for (;;) {
-          const budget = limits(store, o, room - handed, o.maxBytes - bytes - freshBytes)
+          // Past a first scan that met waiting messages, read ahead (the room is checked again below).
+          const want = handed === fresh.length ? room - handed : Math.max(room - handed, READ_AHEAD)
+          const budget = limits(store, o, want, o.maxBytes - bytes - handedBytes)
           const scanned = await scanNew(store.mlog, s, from, budget, o)
           const picked = taken.size > 0 ? scanned.picked.filter((p) => !taken.has(p.seq)) : scanned.picked
           fresh = fresh.length > 0 ? fresh.concat(picked) : picked
           for (const p of picked) {
-            freshBytes += p.record.length
             if (!o.atMostOnce && waits(g, p.record, heads)) continue
             handed++
+            handedBytes += p.record.length
           }
           examined += scanned.next - from
           if (scanned.next !== g.cursor) next = scanned.next
@@ -182,7 +187,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
             picked.length === 0 ||
             from >= s.consume.nextSeq ||
             examined >= store.options.maxScanPerPull ||
-            bytes + freshBytes >= o.maxBytes
+            bytes + handedBytes >= o.maxBytes
           )
             break
         }
@@ -201,28 +206,46 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
     }
     // Order keys, decided now (synchronously with the PULL's application below: acks that came while
     // the scan awaited are seen). A keyed message goes out only as its key's head; the others wait.
+    // The scan may have read past the room (looking for keys that are free): the pull stops at the
+    // first record it has no room for, and the cursor stays there (that record and the ones after it
+    // are scanned again by the next pull).
     let keyed: [number, string][] | undefined
     if (!o.atMostOnce && fresh.length > 0) {
-      let out: { seq: number; record: Buffer }[] | undefined
+      const capacity = max - redeliver.length - result.length
+      const out: { seq: number; record: Buffer }[] = []
       const heads = new Set<string>()
+      let outBytes = 0
+      let cut = -1
       for (let i = 0; i < fresh.length; i++) {
         const f = fresh[i] as { seq: number; record: Buffer }
         const key = orderKeyOf(f.record)
-        if (key === undefined) {
-          out?.push(f)
-          continue
+        let waits = false
+        if (key !== undefined) {
+          if (g.inflight.has(f.seq))
+            waits = true // met again after a cursor reset: in its key's queue
+          else {
+            const q = g.keys.get(key)
+            waits = (q !== undefined && q.head < q.seqs.length) || heads.has(key)
+          }
         }
-        out ??= fresh.slice(0, i)
-        keyed ??= []
-        keyed.push([f.seq, key])
-        if (g.inflight.has(f.seq)) continue // met again after a cursor reset: in its key's queue
-        const q = g.keys.get(key)
-        if ((q !== undefined && q.head < q.seqs.length) || heads.has(key)) continue // waits
-        heads.add(key)
-        // Past this pull's room (the scan read ahead for blocked keys): made deliverable instead.
-        if (out.length + redeliver.length + result.length < max) out.push(f)
+        if (!waits && (out.length >= capacity || (out.length > 0 && bytes + outBytes >= o.maxBytes))) {
+          cut = i
+          break
+        }
+        if (key !== undefined) {
+          keyed ??= []
+          keyed.push([f.seq, key])
+          if (waits) continue
+          heads.add(key)
+        }
+        out.push(f)
+        outBytes += f.record.length
       }
-      if (out !== undefined) fresh = out
+      if (cut >= 0) {
+        const at = (fresh[cut] as { seq: number }).seq
+        next = at !== g.cursor ? at : -1
+      }
+      fresh = out
     }
     const seqs = [...redeliver, ...fresh.map((f) => f.seq)]
     if (seqs.length === 0 && next < 0) return result
