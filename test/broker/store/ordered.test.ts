@@ -163,6 +163,24 @@ t.test('ordered - key queues survive a clean restart and a crash', async (t) => 
   }
 })
 
+t.test('ordered - a cursor reset re-reads keyed messages into their key order', async (t) => {
+  const store = await open(t.testdir())
+  t.teardown(() => store.close())
+  await store.append([keyed('s', 'a', 'a0'), keyed('s', 'a', 'a1'), keyed('s', 'a', 'a2')])
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['a0'])
+  await store.ack('s', 'g', 'c', [0])
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['a1'])
+  await store.resetCursor('s', 'g', { kind: 'earliest' })
+  // a1 is still out: a0 (acked, read again) waits behind it, a2 too; nothing goes out twice at once.
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), [])
+  await store.ack('s', 'g', 'c', [1])
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['a2'])
+  await store.ack('s', 'g', 'c', [2])
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['a0'], 'the re-read one last')
+  await store.ack('s', 'g', 'c', [0])
+  t.match(store.backlog('s', 'g')[0], { inFlight: 0, waiting: 0, keysBlocked: 0 })
+})
+
 t.test('ordered - backlog reports the oldest blocked key', async (t) => {
   const clock = new ManualClock()
   const store = await open(t.testdir(), { clock })
