@@ -181,6 +181,50 @@ t.test('ordered - a cursor reset re-reads keyed messages into their key order', 
   t.match(store.backlog('s', 'g')[0], { inFlight: 0, waiting: 0, keysBlocked: 0 })
 })
 
+t.test('ordered - bulk redeliveries read the right records across consume-log segments', async (t) => {
+  // readSeqs reads runs of entries at once: small segments and a small memory cache make its reads
+  // clip at segment and memory boundaries.
+  const clock = new ManualClock()
+  const store = await open(t.testdir(), {
+    clock,
+    consumeLogSegmentEntries: 16,
+    consumeLogCacheEntries: 8,
+    retryBaseMs: 10,
+    retryJitter: 0,
+  })
+  t.teardown(() => store.close())
+  const n = 300
+  await store.append(Array.from({ length: n }, (_, i) => keyed('s', `k${i % 150}`, `m${i}`)))
+  const first = await store.pull(pullOpts('s', 'g', 'c', { maxMessages: 1000 }))
+  t.equal(first.length, 150, 'one message per key')
+  await store.ack(
+    's',
+    'g',
+    'c',
+    first.map((m) => m.sequence),
+  )
+  const second = await store.pull(pullOpts('s', 'g', 'c', { maxMessages: 1000 }))
+  t.same(
+    second.map((m) => bodyOf(m.record)),
+    second.map((m) => `m${m.sequence}`),
+    'every record read is the one of its sequence',
+  )
+  t.equal(second.length, 150)
+  await store.nack(
+    's',
+    'g',
+    'c',
+    [...second.map((m) => m.sequence)].filter((q) => q % 3 === 0),
+  )
+  clock.advance(50)
+  const third = await store.pull(pullOpts('s', 'g', 'c', { maxMessages: 1000 }))
+  t.same(
+    third.map((m) => bodyOf(m.record)),
+    third.map((m) => `m${m.sequence}`),
+  )
+  t.equal(third.length, 50, 'the retried ones')
+})
+
 t.test('ordered - backlog reports the oldest blocked key', async (t) => {
   const clock = new ManualClock()
   const store = await open(t.testdir(), { clock })
