@@ -12,7 +12,8 @@ import { MAX_SUBJECT_BYTES, validateSubject } from './names'
  *   4       4     crc            u32: CRC32C of bytes [8, length)
  *   8       1     version        u8: RECORD_VERSION (1)
  *   9       1     flags          u8: bit0 DELAYED (scheduleAt is set), bit1 HAS_BODY, bit2 BODY_UTF8
- *                                    (the body was given as a string); other bits must be 0
+ *                                    (the body was given as a string), bit3 ORDER_KEY (an order key
+ *                                    follows the tags); other bits must be 0
  *   10      1     tagCount       u8: 0..MAX_TAGS
  *   11      1     reserved       u8: 0
  *   12      8     createdAt      i64: ms since the Unix epoch
@@ -22,12 +23,16 @@ import { MAX_SUBJECT_BYTES, validateSubject } from './names'
  *   32            id             UTF-8
  *                 subject        UTF-8
  *                 tags           tagCount x (u16 length 1..MAX_TAG_BYTES, UTF-8)
+ *                 orderKey       only with ORDER_KEY: u16 length 1..MAX_ORDER_KEY_BYTES, UTF-8
  *                 propsLength    u32: bytes of the properties block that follows
  *                 properties     u16 count 0..MAX_PROPERTIES, count x (u16 keyLength, key, u32 valueLength, value)
  *                 bodyLength     u32 (0 when there is no body)
  *                 body           bytes
  *
- * Everything a broker routes and filters on (subject, tags, schedule time) sits before the
+ * A record without an order key is byte for byte what it was before order keys existed (the field
+ * is absent, not empty); a broker from before order keys refuses a keyed record (unknown flag).
+ *
+ * Everything a broker routes and filters on (subject, tags, order key, schedule time) sits before the
  * properties, so `readRecordHeader()` gets it without touching properties or body.
  * The delivery count is not part of the record: it belongs to (consumer group, delivery), so the
  * PULL answer carries it next to each record (see protocol/commands.ts).
@@ -40,7 +45,9 @@ export const MIN_RECORD_BYTES = RECORD_FIXED_BYTES + 2 + 4 + 2 + 4
 export const FLAG_DELAYED = 0x01
 export const FLAG_HAS_BODY = 0x02
 export const FLAG_BODY_UTF8 = 0x04
-const KNOWN_RECORD_FLAGS = FLAG_DELAYED | FLAG_HAS_BODY | FLAG_BODY_UTF8
+/** The record carries an order key (per-key ordered delivery; docs/client.md "Ordered messages"). */
+export const FLAG_ORDER_KEY = 0x08
+const KNOWN_RECORD_FLAGS = FLAG_DELAYED | FLAG_HAS_BODY | FLAG_BODY_UTF8 | FLAG_ORDER_KEY
 
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024 // 4 MiB, whole record
 export const MAX_ID_BYTES = 128
@@ -48,6 +55,7 @@ export const MAX_TAGS = 10
 export const MAX_TAG_BYTES = 128
 export const MAX_PROPERTIES = 256
 export const MAX_PROPERTY_KEY_BYTES = 256
+export const MAX_ORDER_KEY_BYTES = 256
 
 /** A message as a record holds it. */
 export interface MessageRecord {
@@ -58,6 +66,8 @@ export interface MessageRecord {
   /** ms since epoch; undefined for a real-time message */
   scheduleAt?: number | undefined
   tags: string[]
+  /** Messages of a subject with the same order key reach each consumer group one at a time, in order. */
+  orderKey?: string | undefined
   properties: Map<string, string>
   /**
    * A string when the producer gave a string, a Buffer when binary, undefined when there is none.
@@ -77,6 +87,8 @@ export interface RecordHeader {
   id: string
   subject: string
   tags: string[]
+  /** The order key, when the record has one (FLAG_ORDER_KEY). */
+  orderKey?: string | undefined
   /** Offset (relative to the record start) of the propsLength field. */
   propertiesOffset: number
 }
@@ -163,13 +175,24 @@ export interface RecordPlan {
   /** Bytes of the properties block (count + entries), the value of propsLength. */
   propsBytes: number
   bodyBytes: number
+  /** UTF-8 length of the order key; 0 when there is none. */
+  orderKeyBytes: number
   /** UTF-8 lengths: each tag's, then each property's key and value, in iteration order. */
   lens: number[]
 }
 
 /** A fresh plan to hand to `planRecord` for reuse (a hot loop then allocates no plan per record). */
 export function newRecordPlan(): RecordPlan {
-  return { size: 0, flags: 0, idBytes: 0, subjectBytes: 0, propsBytes: 0, bodyBytes: 0, lens: [] }
+  return {
+    size: 0,
+    flags: 0,
+    idBytes: 0,
+    subjectBytes: 0,
+    propsBytes: 0,
+    bodyBytes: 0,
+    orderKeyBytes: 0,
+    lens: [],
+  }
 }
 
 // The last subject that passed validateSubject and its UTF-8 length: producers send run after run of
@@ -213,6 +236,18 @@ export function planRecord(msg: MessageRecord, limits: RecordLimits = {}, into?:
     }
     lens.push(n)
     size += 2 + n
+  }
+  const orderKey = msg.orderKey
+  let orderKeyBytes = 0
+  if (orderKey !== undefined) {
+    orderKeyBytes = typeof orderKey === 'string' ? utf8Length(orderKey) : 0
+    if (orderKeyBytes === 0 || orderKeyBytes > MAX_ORDER_KEY_BYTES) {
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `order key is ${orderKeyBytes} bytes; it must be 1 to ${MAX_ORDER_KEY_BYTES}`,
+      )
+    }
+    size += 2 + orderKeyBytes
   }
   if (msg.properties.size > MAX_PROPERTIES) {
     throw new QmqError(
@@ -258,7 +293,9 @@ export function planRecord(msg: MessageRecord, limits: RecordLimits = {}, into?:
   plan.flags =
     (delayed ? FLAG_DELAYED : 0) |
     (body !== undefined ? FLAG_HAS_BODY : 0) |
-    (bodyIsString ? FLAG_BODY_UTF8 : 0)
+    (bodyIsString ? FLAG_BODY_UTF8 : 0) |
+    (orderKey !== undefined ? FLAG_ORDER_KEY : 0)
+  plan.orderKeyBytes = orderKeyBytes
   plan.idBytes = idBytes
   plan.subjectBytes = subjectBytes
   plan.propsBytes = propsBytes
@@ -300,6 +337,11 @@ export function writeRecord(plan: RecordPlan, msg: MessageRecord, target: Buffer
     put16(buf, n, o)
     o += 2
     o += writeUtf8(buf, tags[i] as string, o, n)
+  }
+  if (plan.flags & FLAG_ORDER_KEY) {
+    put16(buf, plan.orderKeyBytes, o)
+    o += 2
+    o += writeUtf8(buf, msg.orderKey as string, o, plan.orderKeyBytes)
   }
   put32(buf, plan.propsBytes, o)
   o += 4
@@ -442,7 +484,13 @@ export function readRecordHeader(
     tags.push(tag)
     o = next
   }
-  return { length, flags, createdAt, scheduleAt, id, subject, tags, propertiesOffset: o - offset }
+  let orderKey: string | undefined
+  if (flags & FLAG_ORDER_KEY) {
+    const [key, next] = readStr16(buf, o, limit, 'order key', MAX_ORDER_KEY_BYTES)
+    orderKey = key
+    o = next
+  }
+  return { length, flags, createdAt, scheduleAt, id, subject, tags, orderKey, propertiesOffset: o - offset }
 }
 
 /**
@@ -505,6 +553,7 @@ export function readRecordRouting(
   const subjectLength = bytes.readUInt16BE(30)
   if (
     (flags & ~KNOWN_RECORD_FLAGS) !== 0 ||
+    (flags & FLAG_ORDER_KEY) !== 0 ||
     bytes[10] !== 0 ||
     idLength === 0 ||
     idLength > MAX_ID_BYTES ||
@@ -576,6 +625,7 @@ export function decodeRecord(
     createdAt: h.createdAt,
     scheduleAt: h.flags & FLAG_DELAYED ? h.scheduleAt : undefined,
     tags: h.tags,
+    ...(h.orderKey !== undefined ? { orderKey: h.orderKey } : {}),
     properties,
     body,
   }
@@ -629,4 +679,18 @@ export function splitKeys(value: string | undefined): string[] {
   if (value === undefined || value === '') return []
   if (!value.includes(KEY_SEPARATOR)) return [value]
   return value.split(KEY_SEPARATOR).filter((k) => k.length > 0)
+}
+
+/**
+ * The order key of a stored record whose framing was verified (a pull's scan): undefined without
+ * FLAG_ORDER_KEY, after one byte test (the common case costs nothing more). Walks id, subject and tags
+ * to the key without decoding them; bounds-checked like readRecordHeader.
+ */
+export function readOrderKey(buf: Buffer): string | undefined {
+  if (((buf[9] as number) & FLAG_ORDER_KEY) === 0) return undefined
+  const limit = buf.readUInt32BE(0)
+  let o = RECORD_FIXED_BYTES + buf.readUInt16BE(28) + buf.readUInt16BE(30)
+  const tagCount = buf[10] as number
+  for (let i = 0; i < tagCount && o + 2 <= limit; i++) o += 2 + buf.readUInt16BE(o)
+  return readStr16(buf, o, Math.min(limit, buf.length), 'order key', MAX_ORDER_KEY_BYTES)[0]
 }

@@ -5,10 +5,12 @@ import {
   decodeRecord,
   encodeRecord,
   FLAG_DELAYED,
+  FLAG_ORDER_KEY,
   MAX_TAGS,
   type MessageRecord,
   newRecordPlan,
   planRecord,
+  readOrderKey,
   readRecordHeader,
   readRecordRouting,
   RECORD_FIXED_BYTES,
@@ -283,3 +285,27 @@ t.test(
     t.throws(() => readRecordRouting(bad), { code: 'QMQ_ERR_CRC_MISMATCH' })
   },
 )
+
+t.test('record - an order key round-trips; records without one keep their bytes', async (t) => {
+  const base: MessageRecord = {
+    id: 'id-1',
+    subject: 'order.events',
+    createdAt: 1_700_000_000_000,
+    tags: ['red'],
+    properties: new Map([['k', 'v']]),
+    body: 'hello',
+  }
+  const plain = encodeRecord(base)
+  t.notOk((plain[9] as number) & FLAG_ORDER_KEY, 'no flag without a key')
+  t.equal(readOrderKey(plain), undefined)
+  const keyed = encodeRecord({ ...base, orderKey: 'order-42é' })
+  t.equal(keyed.length, plain.length + 2 + Buffer.byteLength('order-42é'), 'u16 length + UTF-8 key')
+  t.ok((keyed[9] as number) & FLAG_ORDER_KEY)
+  t.same(decodeRecord(keyed), { ...base, scheduleAt: undefined, orderKey: 'order-42é' })
+  t.equal(readRecordHeader(keyed).orderKey, 'order-42é')
+  t.equal(readRecordRouting(keyed).orderKey, 'order-42é', 'the broker routing path reads it too')
+  t.equal(readOrderKey(keyed), 'order-42é')
+  t.equal(decodeRecord(plain).orderKey, undefined)
+  t.throws(() => encodeRecord({ ...base, orderKey: '' }), { code: 'QMQ_ERR_INVALID_ARGUMENT' })
+  t.throws(() => encodeRecord({ ...base, orderKey: 'x'.repeat(257) }), { code: 'QMQ_ERR_INVALID_ARGUMENT' })
+})

@@ -16,14 +16,19 @@ import { type ScanResult, SegmentLog, type Truncation } from './segment-log'
  *   0       4     length      u32: whole entry
  *   4       4     crc         u32: CRC32C of bytes [8, length)
  *   8       1     type        u8: ActionType
- *   9       1     flags       u8: bit0 broadcast, bit1 at-most-once, bit2 seqs (EXPIRE with a body)
+ *   9       1     flags       u8: bit0 broadcast, bit1 at-most-once, bit2 seqs (EXPIRE with a body),
+ *                                 bit3 keys (PULL followed by its keyed messages)
  *   10      2     reserved    u16: 0
  *   12      8     time        i64: ms since epoch
  *   20            subject     u16 length + UTF-8 (empty for MARK)
  *                 group       u16 length + UTF-8
  *                 consumerId  u16 length + UTF-8 (empty when not about one consumer)
  *                 body, by type:
- *     PULL     i64 cursorAfter (-1 = unchanged), u32 n, n x (i64 firstSeq, u32 count)   handed-out ranges
+ *     PULL     i64 cursorAfter (-1 = unchanged), u32 n, n x (i64 firstSeq, u32 count)   handed-out ranges;
+ *              with the KEYS flag then u32 k, k x (i64 seq, u16 keyLength, key UTF-8): the messages
+ *              with an order key that the cursor passed in this pull, in sequence order. Each joins
+ *              its key's queue (consumer-state.ts): the first of a key with nothing unsettled is the
+ *              key's head (handed out here if listed above, else deliverable), the others wait
  *     ACK      u32 n, n x (i64 firstSeq, u32 count)
  *     NACK     u32 n, n x (i64 seq, i64 redeliverAt)   redeliverAt -1 = dead-lettered
  *     EXPIRE   without the SEQS flag (written before per-message leases): no body; everything
@@ -52,6 +57,8 @@ export const ACTION_FLAG_BROADCAST = 0x01
 export const ACTION_FLAG_AT_MOST_ONCE = 0x02
 /** EXPIRE: the action names the sequences whose lease ended (see the layout above). */
 export const ACTION_FLAG_SEQS = 0x04
+/** PULL: the entry lists the keyed messages its cursor passed (see the layout above). */
+export const ACTION_FLAG_KEYS = 0x08
 
 export interface Action {
   type: ActionTypeValue
@@ -66,6 +73,8 @@ export interface Action {
   seqs: number[]
   /** NACK: redeliver-after per sequence (-1 = dead letter). */
   dueAts?: number[]
+  /** PULL with ACTION_FLAG_KEYS: the keyed messages the cursor passed, [seq, order key], by sequence. */
+  keyed?: [number, string][]
 }
 
 const HEADER_BYTES = 20
@@ -124,6 +133,12 @@ export function encodeAction(a: Action): Buffer {
     default:
       body = 0
   }
+  let keyBufs: Buffer[] | undefined
+  if (a.type === ActionType.PULL && a.flags & ACTION_FLAG_KEYS) {
+    keyBufs = (a.keyed ?? []).map(([, k]) => Buffer.from(k, 'utf8'))
+    body += 4
+    for (const k of keyBufs) body += 10 + k.length
+  }
   const length = HEADER_BYTES + 6 + subject.length + group.length + consumer.length + body
   const b = Buffer.allocUnsafe(length)
   b.writeUInt32BE(length, 0)
@@ -157,6 +172,18 @@ export function encodeAction(a: Action): Buffer {
       writeI64(b, a.seqs[i] as number, o)
       writeI64(b, due[i] ?? -1, o + 8)
       o += 16
+    }
+  }
+  if (keyBufs !== undefined) {
+    const keyed = a.keyed ?? []
+    b.writeUInt32BE(keyBufs.length, o)
+    o += 4
+    for (let i = 0; i < keyBufs.length; i++) {
+      const k = keyBufs[i] as Buffer
+      writeI64(b, (keyed[i] as [number, string])[0], o)
+      b.writeUInt16BE(k.length, o + 8)
+      k.copy(b, o + 10)
+      o += 10 + k.length
     }
   }
   b.writeUInt32BE(crc32c(b.subarray(8, length)), 4)
@@ -209,6 +236,17 @@ export function decodeAction(b: Buffer, pos: number): Action {
       const count = b.readUInt32BE(o + 8)
       o += 12
       for (let k = 0; k < count; k++) a.seqs.push(first + k)
+    }
+    if (type === ActionType.PULL && flags & ACTION_FLAG_KEYS) {
+      const k = b.readUInt32BE(o)
+      o += 4
+      a.keyed = []
+      for (let i = 0; i < k; i++) {
+        const seq = readI64(b, o)
+        const n = b.readUInt16BE(o + 8)
+        a.keyed.push([seq, b.toString('utf8', o + 10, o + 10 + n)])
+        o += 10 + n
+      }
     }
   } else if (type === ActionType.NACK) {
     const n = b.readUInt32BE(o)

@@ -2,6 +2,7 @@ import {
   type Action,
   ACTION_FLAG_AT_MOST_ONCE,
   ACTION_FLAG_BROADCAST,
+  ACTION_FLAG_KEYS,
   ACTION_FLAG_SEQS,
   ActionType,
 } from './action-log'
@@ -25,13 +26,22 @@ import { MinHeap } from './min-heap'
  * - `retry`: min-heap of (redeliverAt, seq) of nacked messages waiting for their time.
  * - `dead`: dead letters of this group: seq -> { delivery count, deadAt }; the message stays where
  *   it is in the message log (no copy).
+ * - `keys`: ordered messages (records with an order key). For each key with an unsettled message, the
+ *   queue of its unsettled sequences in the order the cursor passed them. Invariant: only the queue's
+ *   head may be HELD, RETRY or READY; every other entry is WAITING (in `inflight`, no holder, never
+ *   handed out). When the head is settled (acked, dead-lettered, dropped) the next one becomes READY:
+ *   a key's messages go out one at a time, in order, and a retry stays in place (RETRY keeps the head).
+ *   Keys are not persisted apart from the PULL actions that list keyed messages and the snapshot's
+ *   `keyed`: the queues are rebuilt from the inflight entries (rebuildKeys) on restore.
  * - `broadcast`: for broadcast consumption, one cursor per consumer id; nothing is held.
  *   `broadcastSeen` is when each last pulled (not persisted: on open every one starts afresh, as leases do).
  */
 export const HELD = 0
 export const RETRY = 1
 export const READY = 2
-export type InflightState = typeof HELD | typeof RETRY | typeof READY
+/** A keyed message behind an unsettled earlier one of its key: never handed out yet (dc 0). */
+export const WAITING = 3
+export type InflightState = typeof HELD | typeof RETRY | typeof READY | typeof WAITING
 
 export interface Inflight {
   dc: number
@@ -39,6 +49,16 @@ export interface Inflight {
   state: InflightState
   /** RETRY: redeliver-after time. HELD: lease deadline (0 = none set yet; not persisted). READY: 0. */
   dueAt: number
+  /** The order key of a keyed message (see `keys`); undefined for the others. */
+  key: string | undefined
+}
+
+/** The unsettled messages of one order key: `seqs[head..]`, the head first. */
+export interface KeyQueue {
+  seqs: number[]
+  head: number
+  /** When the current head became the head (action time; the open time after a restart). */
+  since: number
 }
 
 export interface ConsumerEntry {
@@ -62,6 +82,8 @@ export interface GroupSnapshot {
   /** Flattened [seq, dc, deadAt] */
   dead: number[]
   broadcast: [string, number][]
+  /** [seq, order key] of keyed inflight entries (absent in checkpoints from before order keys). */
+  keyed?: [number, string][]
 }
 
 export class GroupState {
@@ -79,6 +101,9 @@ export class GroupState {
   readonly consumers = new Map<string, ConsumerEntry>()
   readonly broadcast = new Map<string, number>()
   readonly broadcastSeen = new Map<string, number>()
+  readonly keys = new Map<string, KeyQueue>()
+  /** Counts keyed messages made deliverable by the settling of their predecessor (the store notifies). */
+  keyReleases = 0
 
   constructor(subject: string, group: string) {
     this.subject = subject
@@ -203,6 +228,108 @@ export class GroupState {
     return out.sort((x, y) => x - y)
   }
 
+  /**
+   * A keyed message the cursor passed joins its key's queue: the head when the key has nothing
+   * unsettled (READY: the PULL that lists it hands it out, or queues it for delivery), else WAITING.
+   */
+  private enqueueKeyed(seq: number, key: string, time: number): boolean {
+    if (this.inflight.has(seq)) return false // a cursor reset met it again: in its key's queue already
+    const q = this.keys.get(key)
+    if (q !== undefined && q.head < q.seqs.length) {
+      q.seqs.push(seq)
+      this.inflight.set(seq, { dc: 0, holder: undefined, state: WAITING, dueAt: 0, key })
+      return false
+    }
+    this.keys.set(key, { seqs: [seq], head: 0, since: time })
+    // Queued for delivery by the PULL's application unless that PULL hands it out (no stale entry).
+    this.inflight.set(seq, { dc: 0, holder: undefined, state: READY, dueAt: 0, key })
+    return true
+  }
+
+  /**
+   * A keyed message left `inflight` (acked, dead-lettered, dropped): it leaves its key's queue and,
+   * when it was the head, the next one becomes deliverable (READY).
+   */
+  private settleKeyed(seq: number, key: string, time: number): void {
+    const q = this.keys.get(key)
+    if (q === undefined) return
+    if (q.seqs[q.head] !== seq) {
+      const i = q.seqs.indexOf(seq, q.head)
+      if (i >= 0) q.seqs.splice(i, 1) // not the head (retention dropped a waiting one): rare
+      return
+    }
+    q.head++
+    if (q.head >= q.seqs.length) {
+      this.keys.delete(key)
+      return
+    }
+    if (q.head > 64 && q.head * 2 > q.seqs.length) {
+      q.seqs = q.seqs.slice(q.head)
+      q.head = 0
+    }
+    q.since = time
+    const next = q.seqs[q.head] as number
+    const f = this.inflight.get(next)
+    if (f !== undefined && f.state === WAITING) {
+      f.state = READY
+      this.pushReady(next)
+      this.keyReleases++
+    }
+  }
+
+  /** Removes an inflight entry (keeping the key queues whole); for recovery and retention. */
+  drop(seq: number, time: number): void {
+    const f = this.inflight.get(seq)
+    if (f === undefined) return
+    this.release(seq, f)
+    this.inflight.delete(seq)
+    if (f.key !== undefined) this.settleKeyed(seq, f.key, time)
+  }
+
+  /**
+   * Rebuilds the key queues from the inflight entries (after a restore or recovery): per key, the
+   * entry already out (HELD, RETRY, READY) first, then the waiting ones by sequence; a key left with
+   * only waiting entries gets its first one deliverable.
+   */
+  rebuildKeys(time: number): void {
+    this.keys.clear()
+    const byKey = new Map<string, number[]>()
+    for (const [s, f] of this.inflight) {
+      if (f.key === undefined) continue
+      let l = byKey.get(f.key)
+      if (l === undefined) {
+        l = []
+        byKey.set(f.key, l)
+      }
+      l.push(s)
+    }
+    for (const [key, seqs] of byKey) {
+      seqs.sort((x, y) => {
+        const wx = this.inflight.get(x)?.state === WAITING ? 1 : 0
+        const wy = this.inflight.get(y)?.state === WAITING ? 1 : 0
+        return wx - wy || x - y
+      })
+      this.keys.set(key, { seqs, head: 0, since: time })
+      const first = this.inflight.get(seqs[0] as number)
+      if (first !== undefined && first.state === WAITING) {
+        first.state = READY
+        this.pushReady(seqs[0] as number)
+      }
+    }
+  }
+
+  /** Keys with messages waiting behind their head, and when the longest-blocked head became one. */
+  blockedKeys(): { keysBlocked: number; oldestBlockedSince: number } {
+    let keysBlocked = 0
+    let oldestBlockedSince = 0
+    for (const q of this.keys.values()) {
+      if (q.seqs.length - q.head < 2) continue
+      keysBlocked++
+      if (oldestBlockedSince === 0 || q.since < oldestBlockedSince) oldestBlockedSince = q.since
+    }
+    return { keysBlocked, oldestBlockedSince }
+  }
+
   private release(seq: number, f: Inflight): void {
     if (f.holder !== undefined) this.consumers.get(f.holder)?.held.delete(seq)
     f.holder = undefined
@@ -230,13 +357,19 @@ export class GroupState {
         if (a.cursor >= 0) this.cursor = a.cursor
         // A dead letter handed out again (a cursor reset re-read it) is no longer dead.
         if (this.dead.size > 0) for (const s of a.seqs) this.dead.delete(s)
+        let heads: number[] | undefined
+        if (a.flags & ACTION_FLAG_KEYS && a.keyed !== undefined) {
+          if (this.dead.size > 0) for (const [s] of a.keyed) this.dead.delete(s)
+          for (const [s, key] of a.keyed) {
+            if (!this.enqueueKeyed(s, key, a.time)) continue
+            heads ??= []
+            heads.push(s)
+          }
+        }
         if (a.flags & ACTION_FLAG_AT_MOST_ONCE) {
           for (const s of a.seqs) {
             const f = this.inflight.get(s)
-            if (f) {
-              this.release(s, f)
-              this.inflight.delete(s)
-            }
+            if (f) this.drop(s, a.time)
           }
           return a.seqs.length
         }
@@ -250,10 +383,13 @@ export class GroupState {
             f.state = HELD
             f.dueAt = 0
           } else {
-            this.inflight.set(s, { dc: 1, holder: a.consumerId, state: HELD, dueAt: 0 })
+            this.inflight.set(s, { dc: 1, holder: a.consumerId, state: HELD, dueAt: 0, key: undefined })
           }
           c.held.add(s)
         }
+        // Heads the pull passed without handing them out (past its room): deliverable next.
+        if (heads !== undefined)
+          for (const s of heads) if (this.inflight.get(s)?.state === READY) this.pushReady(s)
         return a.seqs.length
       }
       case ActionType.ACK: {
@@ -262,9 +398,12 @@ export class GroupState {
           const f = this.inflight.get(s)
           if (!f) continue
           if (f.holder === a.consumerId) n++
-          else if (f.holder !== undefined) continue // held by another consumer now: its ack counts
+          else if (f.holder !== undefined)
+            continue // held by another consumer now: its ack counts
+          else if (f.state === WAITING && a.consumerId !== '') continue // never handed out
           this.release(s, f)
           this.inflight.delete(s)
+          if (f.key !== undefined) this.settleKeyed(s, f.key, a.time)
         }
         return n
       }
@@ -281,6 +420,7 @@ export class GroupState {
           if (d < 0) {
             this.inflight.delete(s)
             this.dead.set(s, { dc: f.dc, deadAt: a.time })
+            if (f.key !== undefined) this.settleKeyed(s, f.key, a.time)
           } else {
             f.state = RETRY
             f.dueAt = d
@@ -322,7 +462,9 @@ export class GroupState {
         let n = 0
         for (const s of a.seqs) {
           if (!this.dead.delete(s)) continue
-          this.inflight.set(s, { dc: 0, holder: undefined, state: READY, dueAt: 0 })
+          // A redriven dead letter is delivered on its own, outside its key's order (its successors
+          // went on when it died).
+          this.inflight.set(s, { dc: 0, holder: undefined, state: READY, dueAt: 0, key: undefined })
           this.pushReady(s)
           n++
         }
@@ -339,17 +481,24 @@ export class GroupState {
       if (c.leaseUntil <= now && c.held.size === 0) this.consumers.delete(id)
   }
 
-  counts(): { inFlight: number; retrying: number } {
+  /** In flight counts every message passed by the cursor and not settled, WAITING ones included. */
+  counts(): { inFlight: number; retrying: number; waiting: number } {
     let retrying = 0
-    for (const f of this.inflight.values()) if (f.state === RETRY) retrying++
-    return { inFlight: this.inflight.size, retrying }
+    let waiting = 0
+    for (const f of this.inflight.values()) {
+      if (f.state === RETRY) retrying++
+      else if (f.state === WAITING) waiting++
+    }
+    return { inFlight: this.inflight.size, retrying, waiting }
   }
 
   snapshot(): GroupSnapshot {
     const holders: string[] = []
     const holderIdx = new Map<string, number>()
     const inflight: number[] = []
+    const keyed: [number, string][] = []
     for (const [s, f] of this.inflight) {
+      if (f.key !== undefined) keyed.push([s, f.key])
       let h = -1
       if (f.holder !== undefined) {
         h = holderIdx.get(f.holder) ?? -1
@@ -373,6 +522,7 @@ export class GroupState {
       holders,
       dead,
       broadcast: [...this.broadcast],
+      ...(keyed.length > 0 ? { keyed } : {}),
     }
   }
 
@@ -386,7 +536,13 @@ export class GroupState {
       const h = fl[i + 4] as number
       const holder = h >= 0 ? snap.holders[h] : undefined
       const state = fl[i + 2] as InflightState
-      const f: Inflight = { dc: fl[i + 1] as number, holder, state, dueAt: fl[i + 3] as number }
+      const f: Inflight = {
+        dc: fl[i + 1] as number,
+        holder,
+        state,
+        dueAt: fl[i + 3] as number,
+        key: undefined,
+      }
       g.inflight.set(seq, f)
       if (holder !== undefined) g.consumer(holder).held.add(seq)
       if (state === READY) g.pushReady(seq)
@@ -399,6 +555,13 @@ export class GroupState {
       })
     }
     for (const [id, c] of snap.broadcast) g.broadcast.set(id, c)
+    if (snap.keyed !== undefined) {
+      for (const [s, key] of snap.keyed) {
+        const f = g.inflight.get(s)
+        if (f !== undefined) f.key = key
+      }
+      g.rebuildKeys(0)
+    }
     return g
   }
 }

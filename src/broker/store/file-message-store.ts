@@ -191,6 +191,7 @@ export class FileMessageStore implements MessageStore {
     for (const g of this.state.all()) {
       // Lease deadlines are not persisted: every message held before the restart gets a fresh one.
       g.refreshLeases(openedAt + o.leaseMs)
+      for (const q of g.keys.values()) q.since = openedAt // not persisted: blocked since the restart
       this.retryAlarm.watch(g)
       for (const id of g.broadcast.keys()) g.broadcastSeen.set(id, openedAt)
     }
@@ -511,9 +512,12 @@ export class FileMessageStore implements MessageStore {
       const f = g.inflight.get(seq)
       if (f) this.trace(TraceEvent.ACKED, subject, group, seq, consumerId, f.dc, now)
     }
+    const releases = g.keyReleases
     const { affected, written } = this.record(
       this.action(ActionType.ACK, subject, group, consumerId, { seqs: [...sequences] }),
     )
+    // Ordered messages: the next message of an acked key is deliverable now (long polls wake).
+    if (g.keyReleases !== releases) this.notify(subject)
     await written.catch(() => undefined)
     return affected
   }
@@ -551,10 +555,11 @@ export class FileMessageStore implements MessageStore {
       if (dead) this.trace(TraceEvent.DEAD, subject, group, seq, consumerId, f.dc, now)
     }
     if (seqs.length === 0) return 0
+    const releases = g.keyReleases
     const { affected, written } = this.record(
       this.action(ActionType.NACK, subject, group, consumerId, { seqs, dueAts }),
     )
-    if (g.promoteDue(now) > 0) this.notify(subject)
+    if (g.promoteDue(now) > 0 || g.keyReleases !== releases) this.notify(subject)
     this.retryAlarm.watch(g)
     await written.catch(() => undefined)
     return affected
@@ -686,7 +691,9 @@ export class FileMessageStore implements MessageStore {
       if (group !== undefined && g.group !== group) continue
       const s = this.subjectsIndex.get(g.subject)
       const next = s ? s.consume.nextSeq : 0
-      const { inFlight, retrying } = g.counts()
+      const { inFlight, retrying, waiting } = g.counts()
+      const { keysBlocked, oldestBlockedSince } = g.blockedKeys()
+      const now = this.clock.now()
       // A broadcast-only group never moves its group cursor: report its slowest consumer's.
       let cursor = g.cursor
       if (g.broadcastOnly) cursor = Math.min(...g.broadcast.values())
@@ -699,6 +706,9 @@ export class FileMessageStore implements MessageStore {
         deadLettered: g.dead.size,
         maxSequence: next - 1,
         cursor,
+        waiting,
+        keysBlocked,
+        oldestBlockedMs: keysBlocked > 0 ? Math.max(0, now - oldestBlockedSince) : 0,
       })
     }
     return out

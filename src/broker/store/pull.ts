@@ -1,9 +1,35 @@
 import { validateConsumerId, validateGroup, validateSubject } from '../../common/names'
-import { ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ActionType } from './action-log'
-import { HELD, READY } from './consumer-state'
+import { readOrderKey } from '../../common/record'
+import { ACTION_FLAG_AT_MOST_ONCE, ACTION_FLAG_BROADCAST, ACTION_FLAG_KEYS, ActionType } from './action-log'
+import { type GroupState, HELD, READY } from './consumer-state'
 import type { FileMessageStore } from './file-message-store'
 import { readSeqs, scanNew } from './subjects'
 import type { PullOptions, StoredMessage } from './types'
+
+/** Records a scan reads at a time once it met keyed messages that wait (their key is busy). */
+const READ_AHEAD = 256
+
+/** The order key of a stored record (its framing was verified on receipt); undefined when unkeyed. */
+function orderKeyOf(record: Buffer): string | undefined {
+  try {
+    return readOrderKey(record)
+  } catch {
+    return undefined // damaged past its CRC check: delivered unordered rather than never
+  }
+}
+
+/**
+ * Whether a scanned record would be passed over for its key (provisional, for the scan loop): keyed,
+ * and its key has an unsettled message or a head among the records scanned before (`heads`).
+ */
+function waits(g: GroupState, record: Buffer, heads: Set<string>): boolean {
+  const key = orderKeyOf(record)
+  if (key === undefined) return false
+  const q = g.keys.get(key)
+  if ((q !== undefined && q.head < q.seqs.length) || heads.has(key)) return true
+  heads.add(key)
+  return false
+}
 
 function limits(store: FileMessageStore, o: PullOptions, max: number, maxBytes = o.maxBytes) {
   return { maxMessages: max, maxBytes: Math.max(1, maxBytes), maxScan: store.options.maxScanPerPull }
@@ -128,15 +154,43 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
             store.record(store.action(ActionType.ACK, o.subject, o.group, '', { seqs: gone }))
         }
       }
-      // 3. New messages from the group's cursor.
+      // 3. New messages from the group's cursor. Keyed messages whose key has an unsettled message
+      // are passed over (they wait in their key's queue): while a scan finds only those, it goes on,
+      // up to maxScanPerPull entries, so one blocked key never makes a pull come back empty early.
       const room = max - result.length - redeliver.length
       if (s && room > 0 && bytes < o.maxBytes) {
-        const scanned = await scanNew(store.mlog, s, g.cursor, limits(store, o, room, o.maxBytes - bytes), o)
         // After a cursor reset the scan can meet messages this pull already hands out (held and resumed,
         // or due for redelivery): each goes out once, by the earlier path.
         const taken = new Set<number>([...result.map((m) => m.sequence), ...redeliver])
-        fresh = taken.size > 0 ? scanned.picked.filter((p) => !taken.has(p.seq)) : scanned.picked
-        if (scanned.next !== g.cursor) next = scanned.next
+        let from = g.cursor
+        let examined = 0
+        let handedBytes = 0 // waiting records take no room in the answer
+        let handed = 0 // provisional: the decision is taken again before the PULL is recorded
+        const heads = new Set<string>()
+        for (;;) {
+          // Past a first scan that met waiting messages, read ahead (the room is checked again below).
+          const want = handed === fresh.length ? room - handed : Math.max(room - handed, READ_AHEAD)
+          const budget = limits(store, o, want, o.maxBytes - bytes - handedBytes)
+          const scanned = await scanNew(store.mlog, s, from, budget, o)
+          const picked = taken.size > 0 ? scanned.picked.filter((p) => !taken.has(p.seq)) : scanned.picked
+          fresh = fresh.length > 0 ? fresh.concat(picked) : picked
+          for (const p of picked) {
+            if (!o.atMostOnce && waits(g, p.record, heads)) continue
+            handed++
+            handedBytes += p.record.length
+          }
+          examined += scanned.next - from
+          if (scanned.next !== g.cursor) next = scanned.next
+          from = scanned.next
+          if (
+            handed >= room ||
+            picked.length === 0 ||
+            from >= s.consume.nextSeq ||
+            examined >= store.options.maxScanPerPull ||
+            bytes + handedBytes >= o.maxBytes
+          )
+            break
+        }
       }
     } catch (err) {
       g.unpopReady(unrecorded.filter((q) => g.inflight.get(q)?.state === READY))
@@ -150,6 +204,49 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
       redeliver.splice(i, 1)
       redeliverRecs.splice(i, 1)
     }
+    // Order keys, decided now (synchronously with the PULL's application below: acks that came while
+    // the scan awaited are seen). A keyed message goes out only as its key's head; the others wait.
+    // The scan may have read past the room (looking for keys that are free): the pull stops at the
+    // first record it has no room for, and the cursor stays there (that record and the ones after it
+    // are scanned again by the next pull).
+    let keyed: [number, string][] | undefined
+    if (!o.atMostOnce && fresh.length > 0) {
+      const capacity = max - redeliver.length - result.length
+      const out: { seq: number; record: Buffer }[] = []
+      const heads = new Set<string>()
+      let outBytes = 0
+      let cut = -1
+      for (let i = 0; i < fresh.length; i++) {
+        const f = fresh[i] as { seq: number; record: Buffer }
+        const key = orderKeyOf(f.record)
+        let waits = false
+        if (key !== undefined) {
+          if (g.inflight.has(f.seq))
+            waits = true // met again after a cursor reset: in its key's queue
+          else {
+            const q = g.keys.get(key)
+            waits = (q !== undefined && q.head < q.seqs.length) || heads.has(key)
+          }
+        }
+        if (!waits && (out.length >= capacity || (out.length > 0 && bytes + outBytes >= o.maxBytes))) {
+          cut = i
+          break
+        }
+        if (key !== undefined) {
+          keyed ??= []
+          keyed.push([f.seq, key])
+          if (waits) continue
+          heads.add(key)
+        }
+        out.push(f)
+        outBytes += f.record.length
+      }
+      if (cut >= 0) {
+        const at = (fresh[cut] as { seq: number }).seq
+        next = at !== g.cursor ? at : -1
+      }
+      fresh = out
+    }
     const seqs = [...redeliver, ...fresh.map((f) => f.seq)]
     if (seqs.length === 0 && next < 0) return result
     const dcs = seqs.map((seq) => (g.inflight.get(seq)?.dc ?? 0) + 1)
@@ -157,9 +254,15 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
       store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
         cursor: next,
         seqs,
-        flags: o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0,
+        flags: (o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0) | (keyed !== undefined ? ACTION_FLAG_KEYS : 0),
+        ...(keyed !== undefined ? { keyed } : {}),
       }),
     ).written
+    // Everything passed over and nothing handed out: more may wait past the cursor (a long poll
+    // would otherwise sleep until the next append).
+    if (seqs.length === 0 && s !== undefined && g.cursor < s.consume.nextSeq) {
+      setImmediate(() => store.notify(o.subject))
+    }
     // Each handed-out message has its own lease deadline: it comes back to the group then unless the
     // consumer extends exactly it (HEARTBEAT). Nothing else renews it (see consumer-state.ts).
     if (!o.atMostOnce) {

@@ -207,11 +207,9 @@ export async function recoverStore(store: FileMessageStore): Promise<RecoveryRep
     const next = store.subjectsIndex.get(g.subject)?.consume.nextSeq ?? 0
     if (g.cursor > next) g.cursor = next
     for (const [id, c] of g.broadcast) if (c > next) g.broadcast.set(id, next)
-    for (const [seq, f] of g.inflight) {
-      if (seq < next) continue
-      if (f.holder !== undefined) g.consumers.get(f.holder)?.held.delete(seq)
-      g.inflight.delete(seq)
-    }
+    for (const seq of [...g.inflight.keys()]) if (seq >= next) g.drop(seq, now)
+    // Order-key queues from the inflight entries (their head times start now).
+    g.rebuildKeys(now)
     // Dead letters past the log end were lost with its tail; those below lowSeq lost their message
     // to retention (which prunes them live too).
     const low = store.subjectsIndex.get(g.subject)?.lowSeq ?? 0

@@ -1,5 +1,5 @@
 import { readRecordHeader } from '../../common/record'
-import { ConsumeLog, type ConsumeEntry } from './consume-log'
+import { ConsumeLog, type ConsumeEntry, decodeEntry, ENTRY_BYTES } from './consume-log'
 import type { FsIo } from './fs-io'
 import type { MessageLog } from './message-log'
 import { maskMayMatch, tagBits, tagsMatch } from './tag-hash'
@@ -138,16 +138,43 @@ export async function scanNew(
   return { picked, next: cursor }
 }
 
-/** Records of given sequences (redeliveries, dead letters); undefined where the message is gone. */
+/** Widest run of consume-log entries readSeqs reads at once for sequences close together (24 KiB). */
+const RUN_SPAN = 1024
+
+/**
+ * Records of given sequences (redeliveries, ordered messages made deliverable, dead letters);
+ * undefined where the message is gone. Sequences close together are looked up with one consume-log
+ * read per run (redeliveries come in bulk: a thousand heads of ordered keys after one ack) rather
+ * than one per sequence.
+ */
 export async function readSeqs(
   mlog: MessageLog,
   s: SubjectState,
   seqs: readonly number[],
 ): Promise<(Buffer | undefined)[]> {
-  const entries: ({ offset: number; size: number } | undefined)[] = []
-  for (const seq of seqs) {
-    const e = seq >= s.lowSeq ? await s.consume.entry(seq) : undefined
-    entries.push(e && e.size > 0 ? e : undefined)
+  const entries: ({ offset: number; size: number } | undefined)[] = new Array(seqs.length).fill(undefined)
+  const order: number[] = []
+  for (let i = 0; i < seqs.length; i++) if ((seqs[i] as number) >= s.lowSeq) order.push(i)
+  order.sort((a, b) => (seqs[a] as number) - (seqs[b] as number))
+  for (let k = 0; k < order.length; ) {
+    const first = seqs[order[k] as number] as number
+    let j = k
+    while (j + 1 < order.length && (seqs[order[j + 1] as number] as number) - first < RUN_SPAN) j++
+    const last = seqs[order[j] as number] as number
+    // One read of the run; it may come back clipped (a segment or memory boundary): the sequences it
+    // does not cover are read one by one.
+    const run = j > k ? await s.consume.readRaw(first, last - first + 1) : undefined
+    for (let m = k; m <= j; m++) {
+      const i = order[m] as number
+      const q = seqs[i] as number
+      const at = run !== undefined ? (q - run.seq) * ENTRY_BYTES : -1
+      const e =
+        at >= 0 && run !== undefined && at + ENTRY_BYTES <= run.buf.length
+          ? decodeEntry(run.buf, at, q)
+          : await s.consume.entry(q)
+      entries[i] = e && e.size > 0 ? e : undefined
+    }
+    k = j + 1
   }
   const present = entries.filter((e): e is { offset: number; size: number } => e !== undefined)
   const recs = await mlog.readMany(present)

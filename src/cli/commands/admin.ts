@@ -176,7 +176,7 @@ export function backlogSummary(rows: readonly BacklogEntry[]): string {
 const BACKLOG_USAGE = 'qmq backlog [subject] [consumer-group] [--json]'
 export const backlogCommand = adminCommand(
   'backlog',
-  'Show the backlog of consumer groups on every broker group (pending, in flight, retrying, dead) and, per consumer group, whether it is empty',
+  'Show the backlog of consumer groups on every broker group (pending, in flight, retrying, dead, ordered keys blocked) and, per consumer group, whether it is empty',
   BACKLOG_USAGE,
   [],
   async (cluster, { positionals }, json) => {
@@ -220,6 +220,8 @@ export const backlogCommand = adminCommand(
           'DEAD',
           'CURSOR',
           'MAX SEQ',
+          'KEYS BLOCKED',
+          'OLDEST BLOCKED',
         ],
         rows.map((r) => [
           r.brokerGroup,
@@ -232,6 +234,8 @@ export const backlogCommand = adminCommand(
           r.deadLettered,
           r.cursor,
           r.maxSequence,
+          r.keysBlocked ?? 0,
+          blockedAge(r.oldestBlockedMs ?? 0),
         ]),
         '',
       )}\n\n${summary.join('\n')}`
@@ -239,6 +243,14 @@ export const backlogCommand = adminCommand(
     return 0
   },
 )
+
+/** The oldest blocked key's age for the backlog table: '-' when no key is blocked, else 1.5s, 12m, 3.2h. */
+function blockedAge(ms: number): string {
+  if (ms <= 0) return '-'
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`
+  if (ms < 3_600_000) return `${Math.round(ms / 60_000)}m`
+  return `${(ms / 3_600_000).toFixed(1)}h`
+}
 
 const RESET_USAGE = 'qmq reset-cursor <subject> <consumer-group> --to earliest|latest|<time>'
 export const resetCursorCommand = adminCommand(

@@ -43,6 +43,7 @@ export class ConsumedMessage extends Message {
         createdAt: header.createdAt,
         scheduleAt: header.flags & FLAG_DELAYED ? header.scheduleAt : undefined,
         tags: header.tags,
+        orderKey: header.orderKey,
         properties: NOT_DECODED,
         body: undefined,
       },

@@ -87,6 +87,13 @@ export class Subscription {
   /** pause(): no PULL is sent and no handler started (running ones finish) until resume(). */
   private pausedFlag = false
   private reserved = 0
+  /**
+   * Broadcast and consume-at-most-once subscriptions (the broker does not hold back a key's next
+   * message for them): per order key with a handler running, the messages of that key waiting for it,
+   * in order. Clustering subscriptions never have two messages of a key at once (the broker's order).
+   */
+  private readonly keyed = new Map<string, ConsumedMessage[]>()
+  private deferred = 0
   private roomWaiters: (() => void)[] = []
   private idleWaiters: (() => void)[] = []
   private unsubscribe: (() => void) | undefined
@@ -195,7 +202,9 @@ export class Subscription {
   }
 
   room(): number {
-    return this.spec.prefetch - (this.buffer.length - this.head) - this.running - this.reserved
+    return (
+      this.spec.prefetch - (this.buffer.length - this.head) - this.running - this.deferred - this.reserved
+    )
   }
 
   /** Reserves up to `max` messages of room, waiting until at least half a batch is free. 0 = stopping. */
@@ -323,8 +332,42 @@ export class Subscription {
         this.buffer = this.buffer.slice(this.head)
         this.head = 0
       }
+      if (this.serializesKeys) {
+        const key = m.getOrderKey()
+        if (key !== undefined) {
+          const waiting = this.keyed.get(key)
+          if (waiting !== undefined) {
+            waiting.push(m) // runs when the key's running handler ends (nextOfKey)
+            this.deferred++
+            continue
+          }
+          this.keyed.set(key, [])
+        }
+      }
       this.run(m)
     }
+  }
+
+  private get serializesKeys(): boolean {
+    return this.spec.broadcast || this.spec.consumeMostOnce
+  }
+
+  /** A handler of `m` ended: the next message of its key, if one waits, runs now (in order). */
+  private nextOfKey(m: ConsumedMessage): void {
+    if (!this.serializesKeys) return
+    const key = m.getOrderKey()
+    if (key === undefined) return
+    const waiting = this.keyed.get(key)
+    const next = waiting?.shift()
+    if (next === undefined) {
+      this.keyed.delete(key)
+      return
+    }
+    // Next turn, not here: a run of synchronous handlers would recurse once per waiting message.
+    queueMicrotask(() => {
+      this.deferred--
+      if (!this.released) this.run(next)
+    })
   }
 
   /**
@@ -381,6 +424,7 @@ export class Subscription {
   /** `started`: performance.now() when the handler was called (only with metrics). */
   private finish(m: ConsumedMessage, err: unknown, failed: boolean, started: number): void {
     this.running--
+    this.nextOfKey(m)
     let result: ConsumeResult = 'ack'
     if (!m.isSettled()) {
       if (!failed) void m.ack()

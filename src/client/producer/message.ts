@@ -6,6 +6,7 @@ import {
   KEYS_PROPERTY,
   MAX_KEY_BYTES,
   MAX_KEYS,
+  MAX_ORDER_KEY_BYTES,
   MAX_TAG_BYTES,
   MAX_TAGS,
   type MessageRecord,
@@ -73,6 +74,7 @@ export class Message {
   /** @internal */ protected readonly createdAt: number
   /** @internal */ protected scheduleAt: number | undefined
   /** @internal */ protected readonly tags: string[]
+  /** @internal */ protected orderKey: string | undefined
   /** @internal Use props(): a received message decodes it on first use. */
   protected properties: Map<string, string>
   /** @internal Use bodyValue(): a received message decodes it on first use. */
@@ -110,6 +112,7 @@ export class Message {
     this.createdAt = record.createdAt
     this.scheduleAt = record.scheduleAt
     this.tags = record.tags
+    this.orderKey = record.orderKey
     this.properties = record.properties
     this.body = record.body
     this.deliveryCount = options.deliveryCount ?? 0
@@ -352,6 +355,28 @@ export class Message {
     return this.tags
   }
 
+  // ------------------------------------------------------------------ order
+
+  /**
+   * Orders this message after the earlier ones of its subject with the same key: each consumer group
+   * gets the messages of one key one at a time, in the order they were sent (the next only after the
+   * previous one was acked or dead-lettered), while other keys flow on. 1 to 256 bytes of UTF-8.
+   * Delayed messages are not ordered by send time (docs/client.md "Ordered messages").
+   */
+  setOrderKey(key: string): this {
+    this.checkWritable()
+    if (typeof key !== 'string' || key.length === 0 || Buffer.byteLength(key) > MAX_ORDER_KEY_BYTES) {
+      throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `order key must be 1 to ${MAX_ORDER_KEY_BYTES} bytes`)
+    }
+    this.orderKey = key
+    return this
+  }
+
+  /** The order key set with setOrderKey(); undefined for an unordered message. */
+  getOrderKey(): string | undefined {
+    return this.orderKey
+  }
+
   // ------------------------------------------------------------------ delay
 
   /**
@@ -402,6 +427,7 @@ export class Message {
       createdAt: this.createdAt,
       scheduleAt: this.scheduleAt,
       tags: this.tags,
+      orderKey: this.orderKey,
       properties: this.props(),
       body: this.bodyValue(),
     }
@@ -424,6 +450,7 @@ export class Message {
       createdTime: this.createdAt,
       scheduleReceiveTime: this.scheduleAt,
       tags: this.tags,
+      ...(this.orderKey !== undefined ? { orderKey: this.orderKey } : {}),
       properties: Object.fromEntries(this.props()),
       deliveryCount: this.deliveryCount,
     }

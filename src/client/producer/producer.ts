@@ -55,6 +55,14 @@ import type { OutboxOptions } from '../tx/watchdog'
  * (same promise) unless it failed, and then goes to the group that may hold it. docs/client.md
  * ("Duplicates") states the window that remains.
  *
+ * Ordered messages (an order key): a keyed message goes to the lane of its key's slot (ORDER_SLOTS
+ * slots per subject, by a hash of the key). A slot's lane keeps at most one batch in flight, so its
+ * messages reach the broker in the order they were sent, retries included; and it sends to one group,
+ * the first of the subject's groups in the slot's rendezvous order (a hash of slot and group name, the
+ * same in every producer) that is reachable: a key stays on its group while that group is reachable,
+ * moves to the next in its order when it is not, and comes back when it is again. docs/client.md
+ * ("Ordered messages") states what a move means for the order.
+ *
  * Backpressure: at most `maxQueueSize` messages are admitted (encoded into a batch, in flight, or
  * waiting for a retry). Beyond that sendMessage() encodes the message on its own and waits, first come
  * first served, until settlements make room; it fails with QMQ_ERR_SEND_QUEUE_FULL only if its send
@@ -176,6 +184,11 @@ const UNREACHABLE = new Set([
 
 function ignore(): void {}
 
+/** The lanes map's key of a keyed lane (real-time lanes are keyed by their subject alone). */
+function laneKey(subject: string, slot: number): string {
+  return `${subject}\u0000${slot}`
+}
+
 /**
  * Counts `batch` on a per-subject producer metric: at once for a real-time lane (all of one subject),
  * by message for the one delay lane (it mixes subjects).
@@ -191,9 +204,42 @@ function count(
   else for (const p of batch) metrics[kind](p.subject, 1)
 }
 
+/**
+ * Order-key slots per subject: keys hash to a slot, a slot to a group. Part of the contract between
+ * producers (every producer must send a key to the same group): never change it.
+ */
+export const ORDER_SLOTS = 64
+
+/** FNV-1a 32-bit of a string's UTF-16 code units (stable across processes and versions). */
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < s.length; i++) {
+    h ^= s.charCodeAt(i)
+    h = Math.imul(h, 0x01000193) >>> 0
+  }
+  return h >>> 0
+}
+
+/** The slot of an order key. */
+export function orderSlot(key: string): number {
+  return fnv1a(key) % ORDER_SLOTS
+}
+
+/** The groups in a slot's rendezvous order (highest score first, name breaks ties): its preference. */
+export function slotGroupOrder<G extends { name: string }>(slot: number, groups: readonly G[]): G[] {
+  const scored = groups.map((g) => ({ g, score: fnv1a(`${slot}/${g.name}`) }))
+  scored.sort((a, b) => b.score - a.score || (a.g.name < b.g.name ? -1 : 1))
+  return scored.map((x) => x.g)
+}
+
 interface Lane {
   kind: ClientKind
   subject: string
+  /** The order-key slot of a keyed lane; -1 for the others. */
+  slot: number
+  /** Keyed lane: a batch is in flight (the next ones wait in `queued`, in order). */
+  busy: boolean
+  queued: { items: Pending[]; body: Buffer }[]
   /** The batch being filled (records written in place at send time). */
   open: OpenBatch
   timer: NodeJS.Timeout | undefined
@@ -475,6 +521,8 @@ export class MessageProducerProvider extends ClientBase {
     const subject = message.getSubject()
     const size = plan.size
     const deadline = Date.now() + opts.sendTimeoutMs
+    const key = delayed ? undefined : message.getOrderKey()
+    const slot = key === undefined ? -1 : orderSlot(key)
     if (sticky !== undefined || this.waiting.size > 0 || this.unsettled >= opts.maxQueueSize) {
       // Waits for room (behind those already waiting), or goes alone to one group: encoded on its own
       // now, as it is now, as a one-record SEND body.
@@ -483,7 +531,7 @@ export class MessageProducerProvider extends ClientBase {
       writeRecord(plan, record, buf, BATCH_HEAD_BYTES)
       const p = new Pending(message.getMessageId(), subject, buf, BATCH_HEAD_BYTES, size, deadline)
       this.track(p, message, listener)
-      const w: Waiter = { p, delayed, sticky }
+      const w: Waiter = { p, delayed, sticky, slot }
       if (this.waiting.size === 0 && this.unsettled < opts.maxQueueSize) this.admitOne(w)
       else {
         this.waiting.push(w)
@@ -506,8 +554,8 @@ export class MessageProducerProvider extends ClientBase {
       }
       return p.promise
     }
-    let lane = delayed ? this.delayLane : this.lanes.get(subject)
-    if (lane === undefined) lane = this.newLane(delayed, subject)
+    let lane = delayed ? this.delayLane : this.lanes.get(slot < 0 ? subject : laneKey(subject, slot))
+    if (lane === undefined) lane = this.newLane(delayed, subject, slot)
     // The record is written now, as it is now: changing the message afterwards changes nothing sent.
     const buf = this.roomIn(lane, size)
     const offset = lane.open.used
@@ -577,8 +625,10 @@ export class MessageProducerProvider extends ClientBase {
   private admitOne(w: Waiter): void {
     w.admitted = true
     const p = w.p
-    let lane = w.delayed ? this.delayLane : this.lanes.get(p.subject)
-    if (lane === undefined) lane = this.newLane(w.delayed, p.subject)
+    let lane = w.delayed
+      ? this.delayLane
+      : this.lanes.get(w.slot < 0 ? p.subject : laneKey(p.subject, w.slot))
+    if (lane === undefined) lane = this.newLane(w.delayed, p.subject, w.slot)
     this.unsettled++
     if (w.sticky !== undefined) {
       const body = p.buf.subarray(0, BATCH_HEAD_BYTES + p.length)
@@ -658,10 +708,13 @@ export class MessageProducerProvider extends ClientBase {
     return p
   }
 
-  private newLane(delayed: boolean, subject: string): Lane {
+  private newLane(delayed: boolean, subject: string, slot = -1): Lane {
     const lane: Lane = {
       kind: delayed ? 'delay-producer' : 'producer',
       subject,
+      slot: delayed ? -1 : slot,
+      busy: false,
+      queued: [],
       open: new OpenBatch(this.buffers),
       timer: undefined,
       immediate: undefined,
@@ -669,7 +722,7 @@ export class MessageProducerProvider extends ClientBase {
       flush: () => this.flushLane(lane),
     }
     if (delayed) this.delayLane = lane
-    else this.lanes.set(subject, lane)
+    else this.lanes.set(lane.slot < 0 ? subject : laneKey(subject, lane.slot), lane)
     return lane
   }
 
@@ -715,6 +768,22 @@ export class MessageProducerProvider extends ClientBase {
     lane.immediate = undefined
     if (lane.open.items.length === 0) return
     const { items, body } = lane.open.seal()
+    if (lane.slot < 0) this.dispatch(lane, items, body, { tried: new Set(), sticky: undefined })
+    else if (lane.busy) lane.queued.push({ items, body })
+    else this.dispatchInOrder(lane, items, body)
+  }
+
+  /**
+   * A keyed lane's batch: the lane's next batch leaves only once every message of this one is settled
+   * (stored, or failed for good), so retries never let a later message of a key overtake an earlier one.
+   */
+  private dispatchInOrder(lane: Lane, items: Pending[], body: Buffer): void {
+    lane.busy = true
+    void Promise.allSettled(items.map((p) => p.promise)).then(() => {
+      lane.busy = false
+      const next = lane.queued.shift()
+      if (next !== undefined) this.dispatchInOrder(lane, next.items, next.body)
+    })
     this.dispatch(lane, items, body, { tried: new Set(), sticky: undefined })
   }
 
@@ -748,6 +817,17 @@ export class MessageProducerProvider extends ClientBase {
       route.sticky = undefined
     }
     const tried = route.tried
+    if (lane.slot >= 0) {
+      // A keyed lane: the first reachable group in the slot's rendezvous order (untried ones first).
+      const order = slotGroupOrder(lane.slot, groups)
+      for (const allowTried of [false, true]) {
+        for (const g of order) {
+          if (!allowTried && tried.has(g.name)) continue
+          if (this.breaker(g.name).tryAcquire()) return g
+        }
+      }
+      return undefined
+    }
     const n = groups.length
     for (const allowTried of [false, true]) {
       for (let i = 0; i < n; i++) {

@@ -16,6 +16,8 @@ export interface Waiter {
   delayed: boolean
   /** Sent again after a failure: the group that may hold it (see producer.ts, Route.sticky). */
   sticky: string | undefined
+  /** The order-key slot of a keyed message (producer.ts, orderSlot), -1 when unkeyed or delayed. */
+  slot: number
   /** Set once admitted to the queue (an AbortSignal no longer withdraws it). */
   admitted?: boolean
 }

@@ -39,11 +39,16 @@ export function decodeSubjectsResponse(body: Buffer): string[] {
 //   u32 count
 //   count x (str16 subject, str16 group,
 //            u64 pending           stored after the group's cursor, not yet handed to anyone
-//            u64 inFlight          handed out, not acked (includes retrying)
+//            u64 inFlight          passed by the cursor, not acked (includes retrying and waiting)
 //            u64 retrying          waiting for their redeliver-after time
 //            u64 deadLettered
 //            u64 maxSequence       last sequence of the subject
 //            u64 cursor)           next sequence the group hands out
+//   count x (u64 waiting           keyed messages waiting behind an earlier one of their order key
+//            u64 keysBlocked       order keys with waiting messages
+//            u64 oldestBlockedMs)  age of the longest-blocked key's head, ms (0 = none)
+//   The second table (ordered messages) is absent in answers of brokers from before them; a decoder
+//   takes its absence as zeros. Same entry order as the first.
 export interface BacklogRequest {
   /** undefined = every subject */
   subject?: string | undefined
@@ -57,7 +62,10 @@ export interface BacklogEntry {
   group: string
   /** Messages stored after the group's cursor (not yet handed to anyone). */
   pending: number
-  /** Handed out and not yet acked (including those waiting for redelivery). */
+  /**
+   * Passed by the cursor and not yet acked: handed out, waiting for redelivery, and keyed messages
+   * waiting for an earlier message of their order key (`waiting`).
+   */
   inFlight: number
   /** Waiting for their redeliver-after time. */
   retrying: number
@@ -65,6 +73,12 @@ export interface BacklogEntry {
   /** Last sequence of the subject, and the group's cursor (next sequence to hand out). */
   maxSequence: number
   cursor: number
+  /** Keyed messages waiting behind an unsettled earlier message of their order key (in inFlight). */
+  waiting?: number
+  /** Order keys with messages waiting behind their head. */
+  keysBlocked?: number
+  /** How long the longest-blocked key's head has been its head, in ms (0 when none is blocked). */
+  oldestBlockedMs?: number
 }
 
 export function encodeBacklogRequest(req: BacklogRequest): Buffer {
@@ -95,6 +109,13 @@ export function encodeBacklogResponse(entries: readonly BacklogEntry[]): Buffer 
     w.u64(clampU64(e.pending)).u64(clampU64(e.inFlight)).u64(clampU64(e.retrying))
     w.u64(clampU64(e.deadLettered)).u64(clampU64(e.maxSequence)).u64(clampU64(e.cursor))
   }
+  // Ordered messages (appended after the entries, so the entries keep their layout): one triple per
+  // entry, in the same order.
+  for (const e of entries) {
+    w.u64(clampU64(e.waiting ?? 0))
+      .u64(clampU64(e.keysBlocked ?? 0))
+      .u64(clampU64(e.oldestBlockedMs ?? 0))
+  }
   return w.finish()
 }
 
@@ -113,6 +134,14 @@ export function decodeBacklogResponse(body: Buffer): BacklogEntry[] {
       maxSequence: r.u64('maxSequence'),
       cursor: r.u64('cursor'),
     })
+  }
+  // A broker from before ordered messages ends here.
+  if (r.remaining > 0) {
+    for (const e of out) {
+      e.waiting = r.u64('waiting')
+      e.keysBlocked = r.u64('keysBlocked')
+      e.oldestBlockedMs = r.u64('oldestBlockedMs')
+    }
   }
   r.done('ADMIN_BACKLOG response')
   return out
