@@ -4,7 +4,13 @@ import { crc32c, crc32cRange } from '../../common/crc32c'
 import { writeFileAtomicSync } from '../../common/durable-file'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
-import { FLAG_ORDER_KEY, findRecordProperty, KEYS_PROPERTY, RECORD_FIXED_BYTES, splitKeys } from '../../common/record'
+import {
+  FLAG_ORDER_KEY,
+  findRecordProperty,
+  KEYS_PROPERTY,
+  RECORD_FIXED_BYTES,
+  splitKeys,
+} from '../../common/record'
 import type { FsIo } from './fs-io'
 import { readI64 } from './i64'
 import { type ScanResult, SegmentLog, segmentFileName } from './segment-log'
@@ -510,7 +516,8 @@ export class IndexLog {
     let p = RECORD_FIXED_BYTES + idLength + record.readUInt16BE(30)
     const tags = record[10] as number
     for (let i = 0; i < tags && p + 2 <= record.length; i++) p += 2 + record.readUInt16BE(p)
-    if (((record[9] as number) & FLAG_ORDER_KEY) !== 0 && p + 2 <= record.length) p += 2 + record.readUInt16BE(p)
+    if (((record[9] as number) & FLAG_ORDER_KEY) !== 0 && p + 2 <= record.length)
+      p += 2 + record.readUInt16BE(p)
     const value = findRecordProperty(record, p, record.length, KEYS_PROPERTY)
     if (value === undefined) return
     for (const key of splitKeys(value)) {

@@ -152,3 +152,30 @@ t.test('query - retention removes messages and their index segments', async (t) 
   const runs = fs.readdirSync(path.join(dir, 'indexrun'))
   t.equal(runs.length, indexSegsAfter - 1, 'one run per sealed index segment left')
 })
+
+t.test(
+  'query - a message with an order key is found by its business keys (properties follow the order key)',
+  async (t) => {
+    const s = await open(t.testdir(), {})
+    const properties = new Map<string, string>([[KEYS_PROPERTY, 'order-42 user-7']])
+    const bytes = encodeRecord({
+      id: 'k-1',
+      subject: 'orders',
+      createdAt: Date.now() - 5,
+      tags: ['paid'],
+      orderKey: 'order-42',
+      properties,
+      body: 'keyed',
+    })
+    await s.append([{ bytes, header: readRecordHeader(bytes) }])
+    for (const key of ['order-42', 'user-7']) {
+      const a = await byKey(s, key, 'orders')
+      t.same(
+        a.messages.map((m) => m.id),
+        ['k-1'],
+        `found by ${key}`,
+      )
+    }
+    await s.close()
+  },
+)
