@@ -27,7 +27,7 @@ import type {
  */
 
 /** Key of the advisory lock held while migrating ("qmqmeta" in ASCII, as an int8). */
-const MIGRATION_LOCK_KEY = '0x716d716d657461'
+const MIGRATION_LOCK_KEY = '31927006302401633'
 const INT8_OID = 20
 const POOL_MAX = 10
 const CONNECT_TIMEOUT_MS = 3_000
