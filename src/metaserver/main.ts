@@ -31,6 +31,11 @@ export interface MetaserverDeps {
   /** Replaces the SQLite store at `dataDir/meta.db` (e.g. a shared PostgreSQL store). */
   store?: MetaStore
   registry?: Registry
+  /**
+   * Measure the store's clock and keep times on it (default true). Tests that drive time with a
+   * ManualClock across restarts set false: their clock is then the only one.
+   */
+  storeClock?: boolean
 }
 
 /** Liveness sweep and client expiry run this often (ms): transitions are logged within it. */
@@ -53,6 +58,7 @@ export class Metaserver {
   readonly log: Logger
   private readonly clock: Clock
   private readonly storeGiven: MetaStore | undefined
+  private readonly storeClock: boolean
   private store: MetaStore | undefined
   private svc: MetaService | undefined
   private server: Server | undefined
@@ -73,6 +79,7 @@ export class Metaserver {
     this.registry =
       deps.registry ?? createRegistry({ defaultLabels: { service: 'metaserver' }, processMetrics: true })
     this.storeGiven = deps.store
+    this.storeClock = deps.storeClock ?? true
   }
 
   /** The service (for in-process tests and the web console). */
@@ -104,7 +111,7 @@ export class Metaserver {
       this.store = new SqliteMetaStore(join(o.dataDir, 'meta.db'))
     }
     const store = this.store
-    const svc = new MetaService(o, store, this.clock, this.log)
+    const svc = new MetaService(o, store, this.clock, this.log, this.storeClock)
     this.svc = svc
     try {
       await svc.load()

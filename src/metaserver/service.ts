@@ -108,6 +108,8 @@ export class MetaService {
     private readonly store: MetaStore,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** Keep times on the store's clock (see now()); false: on `clock` alone. */
+    private readonly storeClock = true,
   ) {
     this.clients = new ClientRegistry(options, store, log)
   }
@@ -151,6 +153,7 @@ export class MetaService {
   }
 
   private async measureClockOffset(): Promise<void> {
+    if (!this.storeClock) return
     this.clockOffset = await this.stored(() => this.store.clockOffsetMs(this.clock.now()))
     this.clockOffsetAt = Date.now()
     if (Math.abs(this.clockOffset) > 1_000)

@@ -55,6 +55,22 @@ export async function freshLocation(t: Test, kind: StoreKind): Promise<StoreLoca
   return { kind, dataDir: t.testdir(), store: kind === 'postgres' ? await freshDatabase() : undefined }
 }
 
+const byDir = new Map<string, Promise<StoreLocation>>()
+
+/** The location of `kind` for a test directory: the same dataDir always gets the same database. */
+export function locationFor(t: Test, kind: StoreKind, dataDir: string): Promise<StoreLocation> {
+  let l = byDir.get(`${kind}:${dataDir}`)
+  if (l === undefined) {
+    l =
+      kind === 'postgres'
+        ? freshDatabase().then((store) => ({ kind, dataDir, store }))
+        : Promise.resolve({ kind, dataDir, store: undefined })
+    byDir.set(`${kind}:${dataDir}`, l)
+  }
+  void t
+  return l
+}
+
 /** Metaserver options of a location. */
 export function locationOptions(l: StoreLocation): Record<string, unknown> {
   return l.store === undefined ? { dataDir: l.dataDir } : { dataDir: l.dataDir, store: l.store }
@@ -91,7 +107,7 @@ export async function startWithClient(
       heartbeatTimeoutMs: HEARTBEAT_TIMEOUT_MS,
       ...options.extra,
     },
-    { clock, logger: silentLogger },
+    { clock, logger: silentLogger, storeClock: false },
   )
   await server.start()
   const client = new MetaClient({ url: server.url, adminToken: TOKEN, clusterSecret: CLUSTER_SECRET })
