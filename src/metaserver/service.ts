@@ -211,10 +211,13 @@ export class MetaService {
   async refresh(): Promise<void> {
     if (Date.now() - this.clockOffsetAt >= CLOCK_OFFSET_REFRESH_MS) await this.measureClockOffset()
     const snap = await this.stored(() => this.store.loadAll())
+    const added: GroupState[] = []
     for (const g of snap.groups) {
       const mine = this.groups.get(g.name)
       if (mine === undefined) {
-        this.groups.set(g.name, { ...g, servers: new Map(), wasAlive: false })
+        const state = { ...g, servers: new Map(), wasAlive: false }
+        this.groups.set(g.name, state)
+        added.push(state)
       } else if (mine.kind === g.kind) mine.load = g.load
     }
     for (const s of snap.servers) {
@@ -233,6 +236,10 @@ export class MetaService {
     this.readOnly.clear()
     for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
     this.clients.merge(snap.clients)
+    // A group new to us starts as the store decided it, else as its stored last-seen says (not a
+    // transition); the next sweep decides any difference.
+    const now = this.now()
+    for (const g of added) g.wasAlive = this.isAlive(g, now)
     for (const l of snap.liveness) {
       const g = this.groups.get(l.group)
       if (g !== undefined) g.wasAlive = l.alive
@@ -605,8 +612,14 @@ export class MetaService {
     return g
   }
 
+  /** requireGroup, after a refresh when the group is new to us and another metaserver may know it. */
+  private async requireSharedGroup(name: string): Promise<GroupState> {
+    if (!this.groups.has(name) && this.store.shared) await this.refresh()
+    return this.requireGroup(name)
+  }
+
   async extendSubject(subject: string, group: string): Promise<SubjectInfo> {
-    const g = this.requireGroup(group)
+    const g = await this.requireSharedGroup(group)
     if (g.kind !== 'broker') {
       throw new QmqError(
         'QMQ_ERR_INVALID_ARGUMENT',
@@ -622,7 +635,7 @@ export class MetaService {
     subject: string | undefined,
     readOnly: boolean,
   ): Promise<ReadOnlySetting[]> {
-    this.requireGroup(group)
+    await this.requireSharedGroup(group)
     const target = subject === undefined || subject === '' ? ALL_SUBJECTS : subject
     const now = this.now()
     await this.stored(() => this.store.setReadOnly(group, target, readOnly, now))
