@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
-import { fsError } from '../common/errors'
+import { fsError, QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { createRequestHandler } from './http-server'
@@ -101,7 +101,14 @@ export class Metaserver {
   async start(): Promise<{ port: number; url: string }> {
     const o = this.options
     if (this.storeGiven !== undefined) this.store = this.storeGiven
-    else if (o.store !== undefined && o.store !== '') this.store = await PostgresMetaStore.open(o.store)
+    else if (o.store !== undefined && o.store !== '') {
+      if (!/^postgres(ql)?:\/\//.test(o.store))
+        throw new QmqError(
+          'QMQ_ERR_CONFIG_INVALID',
+          'metaserver store must be a postgres:// or postgresql:// URL (unset for SQLite in dataDir)',
+        )
+      this.store = await PostgresMetaStore.open(o.store)
+    }
     else {
       try {
         mkdirSync(o.dataDir, { recursive: true })

@@ -8,7 +8,6 @@ import {
   string,
   stringList,
 } from '../common/config'
-import { QmqError } from '../common/errors'
 import { missingClusterSecret } from '../common/token'
 
 export const DEFAULT_METASERVER_PORT = 8080
@@ -127,11 +126,6 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
  */
 export function resolveMetaserverOptions(input: unknown = {}): ResolvedMetaserverOptions {
   const o = resolveOptions('metaserver', metaserverOptionsSchema, input)
-  if (o.store !== undefined && o.store !== '' && !/^postgres(ql)?:\/\//.test(o.store))
-    throw new QmqError(
-      'QMQ_ERR_CONFIG_INVALID',
-      'metaserver store must be a postgres:// or postgresql:// URL (unset for SQLite in dataDir)',
-    )
   if (o.clusterSecret === undefined)
     throw missingClusterSecret(
       'metaserver',
