@@ -108,8 +108,7 @@ export class Metaserver {
           'metaserver store must be a postgres:// or postgresql:// URL (unset for SQLite in dataDir)',
         )
       this.store = await PostgresMetaStore.open(o.store)
-    }
-    else {
+    } else {
       try {
         mkdirSync(o.dataDir, { recursive: true })
       } catch (err) {
