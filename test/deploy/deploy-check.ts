@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { camelCase, kebabCase, parseArgs } from '../../src/cli/args'
-import { resolveServiceOptions, SECRET_OPTIONS } from '../../src/cli/service-options'
+import { FILE_FLAG_OPTIONS, resolveServiceOptions, SECRET_OPTIONS } from '../../src/cli/service-options'
 import { envName, type OptionSpec } from '../../src/common/config'
 import { brokerOptionsSchema } from '../../src/broker/broker'
 import { delayOptionsSchema } from '../../src/delay/options'
@@ -27,7 +27,10 @@ const GENERAL_ENV = new Set([
   ...Object.values(SECRET_OPTIONS).map((s) => s.env),
 ])
 /** Flags of every service outside its schema: the files secrets are read from. */
-const SECRET_FILE_FLAGS = new Set(Object.values(SECRET_OPTIONS).map((s) => s.fileFlag))
+const SECRET_FILE_FLAGS = new Set([
+  ...Object.values(SECRET_OPTIONS).map((s) => s.fileFlag),
+  ...Object.values(FILE_FLAG_OPTIONS),
+])
 /** What the checker puts for a value it cannot know (from the shell, a Secret): a plausible secret. */
 export const UNKNOWN_VALUE = 'value-known-at-deploy-time'
 /** What a fieldRef status.podIP stands for in the checks. */
