@@ -294,13 +294,20 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
       const meta = p.options.metaserver
       if (typeof meta !== 'string') say('no --metaserver: it would run standalone')
       else {
-        const url = new URL(meta)
-        const target = placed.get(url.hostname)
-        if (target?.service !== 'metaserver') say(`--metaserver ${meta} is not a metaserver of this file`)
-        else if (Number(url.port || 80) !== target.options.port)
-          say(`--metaserver ${meta}: the metaserver listens on ${String(target.options.port)}`)
-        if (obj(obj(obj(services[name]).depends_on)[url.hostname]).condition !== 'service_healthy')
-          say(`does not wait for ${url.hostname} to be healthy`)
+        // Several comma-separated URLs: each must be a metaserver of this file; the service waits
+        // for the first one to be healthy (any one is enough to start).
+        for (const [i, one] of meta.split(',').entries()) {
+          const url = new URL(one.trim())
+          const target = placed.get(url.hostname)
+          if (target?.service !== 'metaserver') say(`--metaserver ${one} is not a metaserver of this file`)
+          else if (Number(url.port || 80) !== target.options.port)
+            say(`--metaserver ${one}: the metaserver listens on ${String(target.options.port)}`)
+          if (
+            i === 0 &&
+            obj(obj(obj(services[name]).depends_on)[url.hostname]).condition !== 'service_healthy'
+          )
+            say(`does not wait for ${url.hostname} to be healthy`)
+        }
       }
     }
     const adv = advertised(p.service, p.options)
@@ -508,11 +515,14 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
       const meta = p.options.metaserver
       if (typeof meta !== 'string') say('no metaserver URL: it would run standalone')
       else {
-        const url = new URL(meta)
-        const r = reach(url.hostname, Number(url.port || 80))
-        const target = placed.find((q) => q.workload === r?.w)
-        if (target?.service !== 'metaserver' || r?.port !== target.options.port)
-          say(`metaserver URL ${meta} does not reach a metaserver`)
+        // Several comma-separated URLs: each must reach a metaserver.
+        for (const one of meta.split(',').map((u) => u.trim())) {
+          const url = new URL(one)
+          const r = reach(url.hostname, Number(url.port || 80))
+          const target = placed.find((q) => q.workload === r?.w)
+          if (target?.service !== 'metaserver' || r?.port !== target.options.port)
+            say(`metaserver URL ${one} does not reach a metaserver`)
+        }
       }
     }
   }
