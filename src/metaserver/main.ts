@@ -260,6 +260,14 @@ export class Metaserver {
         this.inc(svc.assignments)
       },
     })
+    new Gauge({
+      name: 'qmq_metaserver_store_up',
+      help: '1 while the metadata store answers, 0 while it is unreachable (routes from memory, changes refused)',
+      registers,
+      collect() {
+        this.set(svc.storeDown ? 0 : 1)
+      },
+    })
     this.transitions = new Counter({
       name: 'qmq_metaserver_group_transitions_total',
       help: 'Group liveness changes seen by the sweep, by new state',

@@ -98,6 +98,8 @@ export class MetaService {
   private clockOffsetAt = 0
   /** Set while store calls fail (see the class comment). */
   private storeDownSince: number | undefined
+  /** When the last outage ended (Date.now()); see holdingLiveness(). */
+  private storeBackAt = 0
   /** Live metaservers sharing the store, as last read (GET /meta/address). */
   private metaservers: StoredMetaserver[] = []
   /** Counters read by metrics. */
@@ -119,6 +121,11 @@ export class MetaService {
     return this.clock.now() + this.clockOffset
   }
 
+  /** 'sqlite' or 'postgres'. */
+  get storeKind(): string {
+    return this.store.kind
+  }
+
   /** True while the store is unreachable (changes are refused, routes come from memory). */
   get storeDown(): boolean {
     return this.storeDownSince !== undefined
@@ -134,6 +141,7 @@ export class MetaService {
           'metadata store reachable again: changes accepted',
         )
         this.storeDownSince = undefined
+        this.storeBackAt = Date.now()
       }
       return out
     } catch (err) {
@@ -282,7 +290,18 @@ export class MetaService {
    * (its heartbeats may go to another metaserver, which cannot tell us without the store).
    */
   private inRoutes(g: GroupState, now: number): boolean {
-    return this.isAlive(g, now) || (this.storeDownSince !== undefined && g.wasAlive)
+    return this.isAlive(g, now) || (this.holdingLiveness() && g.wasAlive)
+  }
+
+  /**
+   * True while the store is down and for heartbeatTimeoutMs after it is back: heartbeats that other
+   * metaservers could not write during the outage need that long to reach the store again, so no group
+   * is declared dead (or left out of routes) from times the outage made stale.
+   */
+  private holdingLiveness(): boolean {
+    return (
+      this.storeDownSince !== undefined || Date.now() - this.storeBackAt < this.options.heartbeatTimeoutMs
+    )
   }
 
   isGroupAlive(name: string): boolean {
@@ -299,9 +318,10 @@ export class MetaService {
   async sweepLiveness(): Promise<LivenessTransition[]> {
     const now = this.now()
     const out: LivenessTransition[] = []
+    const holding = this.holdingLiveness()
     for (const g of this.groups.values()) {
       const alive = this.isAlive(g, now)
-      if (alive === g.wasAlive) continue
+      if (alive === g.wasAlive || (holding && !alive)) continue
       let d: Awaited<ReturnType<MetaStore['decideLiveness']>>
       try {
         d = await this.stored(() =>

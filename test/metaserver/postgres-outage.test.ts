@@ -99,7 +99,9 @@ t.test('postgres outage - routes answered from memory, changes refused then acce
       )
     }
     const health = await cluster.meta.health()
-    t.equal(health.groupsAlive, 2)
+    t.match(health, { groupsAlive: 2, store: 'postgres', storeDown: true }, 'health says the store is down')
+    const metrics = await (await fetch(`${cluster.metaserver.url}/metrics`)).text()
+    t.match(metrics, /qmq_metaserver_store_up\{service="metaserver"\} 0/)
   } finally {
     await pg.start()
   }
@@ -122,6 +124,7 @@ t.test('postgres outage - routes answered from memory, changes refused then acce
       'every metaserver recovered',
     )
   }
+  t.match(await cluster.meta.health(), { storeDown: false })
   await sleep(1_000)
   running = false
   await load

@@ -290,7 +290,14 @@ t.test('metaserver - /meta/address, /health and /metrics', async (t) => {
   t.same(await client.getAddresses(), [server.url])
   await client.heartbeat(hb('a', 1001))
   await client.route({ subject: 's', kind: 'producer' })
-  t.match(await client.health(), { status: 'ok', groups: 1, groupsAlive: 1, subjects: 1 })
+  t.match(await client.health(), {
+    status: 'ok',
+    groups: 1,
+    groupsAlive: 1,
+    subjects: 1,
+    store: 'sqlite',
+    storeDown: false,
+  })
   const res = await fetch(`${server.url}/metrics`)
   const text = await res.text()
   t.match(text, /qmq_metaserver_http_requests_total\{route="route",status="200"/)
