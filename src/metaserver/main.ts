@@ -66,6 +66,7 @@ export class Metaserver {
   private reloadTimer: NodeJS.Timeout | undefined
   private beatTimer: NodeJS.Timeout | undefined
   private sweeping = false
+  private beating = false
   /** This metaserver's row in the store's metaservers table. */
   private readonly id = randomUUID()
   private startedAt = 0
@@ -161,9 +162,18 @@ export class Metaserver {
     this.sweepTimer.unref()
     const reloadMs = o.reloadIntervalMs > 0 ? o.reloadIntervalMs : store.shared ? DEFAULT_SHARED_RELOAD_MS : 0
     if (reloadMs > 0) {
+      let reloading = false
       this.reloadTimer = setInterval(() => {
-        // A failure is logged once per outage by the service; the next reload tries again.
-        svc.refresh().catch(() => {})
+        // One at a time (a slow or unreachable database must not pile them up). A failure is logged
+        // once per outage by the service; the next reload tries again.
+        if (reloading) return
+        reloading = true
+        svc
+          .refresh()
+          .catch(() => {})
+          .finally(() => {
+            reloading = false
+          })
       }, reloadMs)
       this.reloadTimer.unref()
     }
@@ -190,10 +200,14 @@ export class Metaserver {
   /** Writes this metaserver's row and reads the live ones (the timer calls it; tests may too). */
   async beat(): Promise<void> {
     const svc = this.svc
-    if (svc === undefined || this.closing !== undefined) return
+    if (svc === undefined || this.closing !== undefined || this.beating) return
+    this.beating = true
     await svc
       .beat({ id: this.id, url: this.selfUrl, startedAt: this.startedAt, lastSeenAt: 0 }, META_TTL_MS)
       .catch(() => {}) // the store down: logged once by the service; the last list stays
+      .finally(() => {
+        this.beating = false
+      })
   }
 
   /** Runs the liveness sweep and client expiry once (the timer calls it; tests may too). */

@@ -1,4 +1,4 @@
-import tap, { type Test } from 'tap'
+import type { Test } from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
@@ -30,7 +30,10 @@ let databases = 0
 export function sharedPostgres(): Promise<Postgres> {
   if (postgres === undefined) {
     postgres = startPostgres()
-    tap.teardown(async () => (await postgres)?.close())
+    // tap is loaded here, not at the top: bench/ imports these helpers (through test/helpers/cluster.ts)
+    // and must not start a TAP run.
+    const { t: root } = require('tap') as typeof import('tap')
+    root.teardown(async () => (await postgres)?.close())
   }
   return postgres
 }
