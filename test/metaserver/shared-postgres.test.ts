@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
@@ -5,6 +7,7 @@ import { MetaClient } from '../../src/common/meta/meta-client'
 import type { ServerLoad } from '../../src/common/meta/types'
 import { Metaserver } from '../../src/metaserver/main'
 import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
+import { startService } from '../helpers/services'
 import { CLUSTER_SECRET, freshDatabase, HEARTBEAT_TIMEOUT_MS, hb, TOKEN } from './helpers'
 
 /**
@@ -191,5 +194,48 @@ t.test(
       urls.slice(1).sort(),
       'a closed metaserver leaves the list',
     )
+  },
+)
+
+t.test(
+  'shared postgres - qmq metaserver --store-file: two processes list each other, a stopped one leaves',
+  async (t) => {
+    // A password in the URL: it must reach PostgreSQL (trust auth ignores it) and never the start line.
+    const url = (await freshDatabase()).replace('postgresql://postgres@', 'postgresql://postgres:s3cret@')
+    const dir = t.testdir()
+    const file = join(dir, 'store-url')
+    writeFileSync(file, `${url}\n`)
+    const start = () =>
+      startService(t, 'metaserver', [
+        'metaserver',
+        '--port',
+        '0',
+        '--store-file',
+        file,
+        '--data-dir',
+        join(dir, 'unused'),
+      ])
+    const m1 = await start()
+    const m2 = await start()
+    t.notMatch(JSON.stringify(m1.info), /s3cret/, 'the start line hides the password')
+    t.match(m1.info.store, /postgres:\*\*\*@/)
+    const c = new MetaClient({
+      url: `${m1.address}/meta/address,${m2.address}/meta/address`,
+      timeoutMs: 2_000,
+    })
+    t.teardown(() => c.close())
+    const until = async (want: string[]) => {
+      const end = Date.now() + 15_000
+      for (;;) {
+        const got = (await c.getAddresses()).sort()
+        if (JSON.stringify(got) === JSON.stringify([...want].sort())) return got
+        if (Date.now() > end) return got
+        await new Promise((r) => setTimeout(r, 200))
+      }
+    }
+    t.same(await until([m1.address, m2.address]), [m1.address, m2.address].sort(), 'both listed')
+    m2.child.proc.kill('SIGTERM')
+    await m2.child.exited
+    t.same(await until([m1.address]), [m1.address], 'a cleanly stopped metaserver leaves the list')
   },
 )
