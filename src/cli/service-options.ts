@@ -28,6 +28,7 @@ const MAX_SECRET_FILE_BYTES = 4096
  */
 export const FILE_FLAG_OPTIONS: Readonly<Record<string, string>> = {
   adminToken: 'adminTokenFile',
+  store: 'storeFile',
 }
 
 /** The secret in `path`, without the trailing newline an editor or `echo` leaves. */

@@ -297,6 +297,8 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
             groupsAlive: c.alive.broker + c.alive.delay,
             groups: c.groups.broker + c.groups.delay,
             subjects: c.subjects,
+            store: svc.storeKind,
+            storeDown: svc.storeDown,
           },
         }
       }

@@ -1,15 +1,17 @@
+import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
-import { fsError } from '../common/errors'
+import { fsError, QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { QueryFanout } from './query-fanout'
 import { MetaService } from './service'
+import { PostgresMetaStore, redactUrl } from './postgres-store'
 import { SqliteMetaStore } from './sqlite-store'
 import type { MetaStore } from './store'
 
@@ -20,6 +22,7 @@ export {
   type ResolvedMetaserverOptions,
 } from './options'
 export { MetaService } from './service'
+export { PostgresMetaStore } from './postgres-store'
 export { SqliteMetaStore } from './sqlite-store'
 export type { MetaStore } from './store'
 
@@ -29,10 +32,20 @@ export interface MetaserverDeps {
   /** Replaces the SQLite store at `dataDir/meta.db` (e.g. a shared PostgreSQL store). */
   store?: MetaStore
   registry?: Registry
+  /**
+   * Measure the store's clock and keep times on it (default true). Tests that drive time with a
+   * ManualClock across restarts set false: their clock is then the only one.
+   */
+  storeClock?: boolean
 }
 
 /** Liveness sweep and client expiry run this often (ms): transitions are logged within it. */
 const SWEEP_INTERVAL_MAX_MS = 1_000
+/** A metaserver writes its row in the store this often (ms); rows older than META_TTL_MS are not listed. */
+const META_BEAT_MS = 2_000
+const META_TTL_MS = 3 * META_BEAT_MS
+/** reloadIntervalMs 0 with a shared store means this (ms). */
+const DEFAULT_SHARED_RELOAD_MS = 1_000
 /** close() waits this long (ms) for requests in flight before cutting connections. */
 const CLOSE_GRACE_MS = 2_000
 
@@ -46,12 +59,19 @@ export class Metaserver {
   readonly log: Logger
   private readonly clock: Clock
   private readonly storeGiven: MetaStore | undefined
+  private readonly storeClock: boolean
   private store: MetaStore | undefined
   private svc: MetaService | undefined
   private fanout: QueryFanout | undefined
   private server: Server | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
+  private beatTimer: NodeJS.Timeout | undefined
+  private sweeping = false
+  private beating = false
+  /** This metaserver's row in the store's metaservers table. */
+  private readonly id = randomUUID()
+  private startedAt = 0
   private boundPort = 0
   private closing: Promise<void> | undefined
 
@@ -62,6 +82,7 @@ export class Metaserver {
     this.registry =
       deps.registry ?? createRegistry({ defaultLabels: { service: 'metaserver' }, processMetrics: true })
     this.storeGiven = deps.store
+    this.storeClock = deps.storeClock ?? true
   }
 
   /** The service (for in-process tests and the web console). */
@@ -83,7 +104,14 @@ export class Metaserver {
   async start(): Promise<{ port: number; url: string }> {
     const o = this.options
     if (this.storeGiven !== undefined) this.store = this.storeGiven
-    else {
+    else if (o.store !== undefined && o.store !== '') {
+      if (!/^postgres(ql)?:\/\//.test(o.store))
+        throw new QmqError(
+          'QMQ_ERR_CONFIG_INVALID',
+          'metaserver store must be a postgres:// or postgresql:// URL (unset for SQLite in dataDir)',
+        )
+      this.store = await PostgresMetaStore.open(o.store)
+    } else {
       try {
         mkdirSync(o.dataDir, { recursive: true })
       } catch (err) {
@@ -91,9 +119,15 @@ export class Metaserver {
       }
       this.store = new SqliteMetaStore(join(o.dataDir, 'meta.db'))
     }
-    const svc = new MetaService(o, this.store, this.clock, this.log)
+    const store = this.store
+    const svc = new MetaService(o, store, this.clock, this.log, this.storeClock)
     this.svc = svc
-    await svc.load()
+    try {
+      await svc.load()
+    } catch (err) {
+      await store.close()
+      throw err
+    }
     this.registerMetrics(svc)
 
     this.fanout = new QueryFanout({
@@ -114,7 +148,8 @@ export class Metaserver {
       maxBodyBytes: o.maxBodyBytes,
       adminToken: o.adminToken,
       clusterSecret: o.clusterSecret,
-      addresses: () => (o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : [this.url]),
+      addresses: () =>
+        o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : svc.metaserverUrls(this.selfUrl),
       startedAt: Date.now(),
     })
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 30_000 }, handler)
@@ -131,23 +166,38 @@ export class Metaserver {
     })
     this.boundPort = (server.address() as AddressInfo).port
 
+    this.startedAt = svc.now()
+    await this.beat()
+    this.beatTimer = setInterval(() => void this.beat(), META_BEAT_MS)
+    this.beatTimer.unref()
     const sweepMs = Math.max(10, Math.min(SWEEP_INTERVAL_MAX_MS, Math.floor(o.heartbeatTimeoutMs / 4)))
-    this.sweepTimer = setInterval(() => this.sweep(), sweepMs)
+    this.sweepTimer = setInterval(() => void this.sweep(), sweepMs)
     this.sweepTimer.unref()
-    if (o.reloadIntervalMs > 0) {
+    const reloadMs = o.reloadIntervalMs > 0 ? o.reloadIntervalMs : store.shared ? DEFAULT_SHARED_RELOAD_MS : 0
+    if (reloadMs > 0) {
+      let reloading = false
       this.reloadTimer = setInterval(() => {
+        // One at a time (a slow or unreachable database must not pile them up). A failure is logged
+        // once per outage by the service; the next reload tries again.
+        if (reloading) return
+        reloading = true
         svc
           .refresh()
-          .catch((err: unknown) =>
-            this.log.error(err instanceof Error ? err : { err }, 'reload from store failed'),
-          )
-      }, o.reloadIntervalMs)
+          .catch(() => {})
+          .finally(() => {
+            reloading = false
+          })
+      }, reloadMs)
       this.reloadTimer.unref()
     }
     if (o.adminToken === undefined)
       this.log.warn('no adminToken configured: admin write endpoints are refused')
     this.log.info(
-      { url: this.url, dataDir: o.dataDir, heartbeatTimeoutMs: o.heartbeatTimeoutMs },
+      {
+        url: this.url,
+        store: store.kind === 'postgres' && o.store !== undefined ? redactUrl(o.store) : o.dataDir,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+      },
       'metaserver started',
     )
     return { port: this.boundPort, url: this.url }
@@ -155,15 +205,36 @@ export class Metaserver {
 
   private transitions: Counter<'to'> | undefined
 
+  /** The URL this metaserver registers in the store (advertisedUrl, else its bound address). */
+  get selfUrl(): string {
+    return this.options.advertisedUrl ?? this.url
+  }
+
+  /** Writes this metaserver's row and reads the live ones (the timer calls it; tests may too). */
+  async beat(): Promise<void> {
+    const svc = this.svc
+    if (svc === undefined || this.closing !== undefined || this.beating) return
+    this.beating = true
+    await svc
+      .beat({ id: this.id, url: this.selfUrl, startedAt: this.startedAt, lastSeenAt: 0 }, META_TTL_MS)
+      .catch(() => {}) // the store down: logged once by the service; the last list stays
+      .finally(() => {
+        this.beating = false
+      })
+  }
+
   /** Runs the liveness sweep and client expiry once (the timer calls it; tests may too). */
   async sweep(): Promise<void> {
     const svc = this.svc
-    if (svc === undefined) return
-    for (const t of svc.sweepLiveness()) this.transitions?.inc({ to: t.alive ? 'alive' : 'dead' })
+    if (svc === undefined || this.sweeping) return
+    this.sweeping = true
     try {
+      for (const t of await svc.sweepLiveness()) this.transitions?.inc({ to: t.alive ? 'alive' : 'dead' })
       await svc.expireClients()
     } catch (err) {
-      this.log.error(err instanceof Error ? err : { err }, 'client expiry failed')
+      if (!svc.storeDown) this.log.error(err instanceof Error ? err : { err }, 'sweep failed')
+    } finally {
+      this.sweeping = false
     }
   }
 
@@ -216,6 +287,14 @@ export class Metaserver {
         this.inc(svc.assignments)
       },
     })
+    new Gauge({
+      name: 'qmq_metaserver_store_up',
+      help: '1 while the metadata store answers, 0 while it is unreachable (routes from memory, changes refused)',
+      registers,
+      collect() {
+        this.set(svc.storeDown ? 0 : 1)
+      },
+    })
     this.transitions = new Counter({
       name: 'qmq_metaserver_group_transitions_total',
       help: 'Group liveness changes seen by the sweep, by new state',
@@ -229,6 +308,7 @@ export class Metaserver {
     this.closing = (async () => {
       if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
       if (this.reloadTimer !== undefined) clearInterval(this.reloadTimer)
+      if (this.beatTimer !== undefined) clearInterval(this.beatTimer)
       const server = this.server
       if (server !== undefined) {
         await new Promise<void>((resolve) => {
@@ -238,6 +318,7 @@ export class Metaserver {
           setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS).unref()
         })
       }
+      await this.svc?.leave(this.id).catch(() => {}) // else it drops out of the list after META_TTL_MS
       await this.fanout?.close()
       await this.store?.close()
       this.log.info('metaserver stopped')

@@ -23,6 +23,8 @@ export interface MetaserverOptions {
   host: string
   port: number
   dataDir: string
+  store: string | undefined
+  advertisedUrl: string | undefined
   adminToken: string | undefined
   /** Brokers and delay servers send it with their heartbeats; required (see resolveMetaserverOptions). */
   clusterSecret: string | undefined
@@ -48,6 +50,12 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     doc: 'HTTP port (0 = any free port)',
   }),
   dataDir: string({ default: './data/metaserver', minLength: 1, doc: 'Directory of meta.db (SQLite)' }),
+  store: optionalString({
+    doc: 'Metadata store: a postgres:// URL (any number of metaservers may share the database), or unset for SQLite at dataDir/meta.db; a URL with a password is better given with --store-file or QMQ_METASERVER_STORE',
+  }),
+  advertisedUrl: optionalString({
+    doc: 'This metaserver base URL as clients reach it, registered in the store for GET /meta/address (default: the bound address)',
+  }),
   adminToken: optionalString({
     doc: 'Bearer token required by admin write endpoints; when unset, admin writes are refused',
   }),
@@ -56,7 +64,7 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
   }),
   advertisedAddresses: stringList({
     default: [],
-    doc: 'Metaserver base URLs answered by GET /meta/address (empty = this server own address)',
+    doc: 'Metaserver base URLs answered by GET /meta/address (empty = the live metaservers registered in the store)',
   }),
   heartbeatIntervalMs: integer({
     default: DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -108,7 +116,7 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     default: 0,
     min: 0,
     max: 3_600_000,
-    doc: 'Reload routes, marks and last-seen times from the store this often (0 = never); set it when several metaservers share one store',
+    doc: 'Reload routes, marks and last-seen times from the store this often (0 = default: never for SQLite, every 1000 ms for a shared PostgreSQL store)',
   }),
 }
 

@@ -20,7 +20,10 @@ import type {
 import { parseDeadLetterSubject } from '../common/names'
 import type { MetaserverOptions } from './options'
 import { type ClientFilter, ClientRegistry } from './client-registry'
-import type { MetaStore, StoredRoute } from './store'
+import type { MetaStore, StoredMetaserver, StoredRoute } from './store'
+
+/** The store-clock offset is measured again at most this often (ms, local time). */
+const CLOCK_OFFSET_REFRESH_MS = 60_000
 
 /**
  * The metaserver's logic: group registry and liveness, subject placement, routes, read-only marks,
@@ -30,6 +33,19 @@ import type { MetaStore, StoredRoute } from './store'
  * Liveness is computed, never stored as a flag: alive = lastSeen(master) > 0 and
  * now - lastSeen(master) <= heartbeatTimeoutMs. Last-seen times are persisted, so a restarted
  * metaserver knows at once which groups died while it was down.
+ *
+ * Several metaservers may share one store (PostgreSQL). Then every decision is the store's, made by
+ * compare-and-set or an atomic insert: placement (assignRouteIfAbsent), route changes (updateRoute),
+ * liveness transitions (decideLiveness: one metaserver logs and counts each), read-only marks (rows).
+ * Memory is a cache of the store refreshed every reloadIntervalMs. Times are on the store's clock:
+ * `now()` adds the measured offset of the store's clock to the local one, so metaservers whose clocks
+ * are apart agree on who is alive.
+ *
+ * The store down: routes are answered from memory, groups alive at the last decision stay in routes
+ * (their heartbeats may be going to another metaserver that cannot tell us), heartbeats that only
+ * refresh a last-seen time are answered, and every change (placement, route change, read-only mark,
+ * new group) is refused with QMQ_ERR_METASERVER_STORE (retriable). The first store call that succeeds
+ * again ends the outage.
  */
 
 const ALL_SUBJECTS = '*'
@@ -77,6 +93,15 @@ export class MetaService {
   /** Placement in flight per subject, so concurrent first lookups share one. */
   private readonly pendingAssign = new Map<string, Promise<StoredRoute>>()
   private delayRotation = 0
+  /** Store clock minus local clock (ms); see now(). */
+  private clockOffset = 0
+  private clockOffsetAt = 0
+  /** Set while store calls fail (see the class comment). */
+  private storeDownSince: number | undefined
+  /** When the last outage ended (Date.now()); see holdingLiveness(). */
+  private storeBackAt = 0
+  /** Live metaservers sharing the store, as last read (GET /meta/address). */
+  private metaservers: StoredMetaserver[] = []
   /** Counters read by metrics. */
   assignments = 0
 
@@ -85,12 +110,70 @@ export class MetaService {
     private readonly store: MetaStore,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** Keep times on the store's clock (see now()); false: on `clock` alone. */
+    private readonly storeClock = true,
   ) {
     this.clients = new ClientRegistry(options, store, log)
   }
 
+  /** Now on the store's clock (ms). */
+  now(): number {
+    return this.clock.now() + this.clockOffset
+  }
+
+  /** 'sqlite' or 'postgres'. */
+  get storeKind(): string {
+    return this.store.kind
+  }
+
+  /** True while the store is unreachable (changes are refused, routes come from memory). */
+  get storeDown(): boolean {
+    return this.storeDownSince !== undefined
+  }
+
+  /** Runs a store call, tracking outages: the first failure and the recovery are logged once. */
+  private async stored<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      const out = await call()
+      if (this.storeDownSince !== undefined) {
+        this.log.info(
+          { store: this.store.kind, downMs: Date.now() - this.storeDownSince },
+          'metadata store reachable again: changes accepted',
+        )
+        this.storeDownSince = undefined
+        this.storeBackAt = Date.now()
+      }
+      return out
+    } catch (err) {
+      if (
+        err instanceof QmqError &&
+        err.code === 'QMQ_ERR_METASERVER_STORE' &&
+        this.storeDownSince === undefined
+      ) {
+        this.storeDownSince = Date.now()
+        this.log.error(
+          { store: this.store.kind, err: err.message },
+          'metadata store unreachable: answering routes from memory, refusing changes',
+        )
+      }
+      throw err
+    }
+  }
+
+  private async measureClockOffset(): Promise<void> {
+    if (!this.storeClock) return
+    this.clockOffset = await this.stored(() => this.store.clockOffsetMs(this.clock.now()))
+    this.clockOffsetAt = Date.now()
+    if (Math.abs(this.clockOffset) > 1_000)
+      this.log.warn(
+        { offsetMs: this.clockOffset },
+        'this clock is apart from the store clock: times and liveness use the store clock',
+      )
+  }
+
   /** Builds the in-memory view from the store. */
   async load(): Promise<void> {
+    await this.measureClockOffset()
     const snap = await this.store.loadAll()
     for (const g of snap.groups) {
       this.groups.set(g.name, {
@@ -110,9 +193,11 @@ export class MetaService {
     for (const r of snap.routes) this.setRoute(r)
     for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
     this.clients.merge(snap.clients)
-    const now = this.clock.now()
+    const decided = new Map(snap.liveness.map((l) => [l.group, l.alive]))
+    const now = this.now()
     for (const g of this.groups.values()) {
-      g.wasAlive = this.isAlive(g, now)
+      // The decided state: a transition since then is found (and decided once) by the next sweep.
+      g.wasAlive = decided.get(g.name) ?? this.isAlive(g, now)
       const lastSeen = g.servers.get('master')?.lastSeenAt ?? 0
       this.log.info(
         {
@@ -132,11 +217,15 @@ export class MetaService {
    * the later of ours and the stored one (a heartbeat to any metaserver keeps a group alive for all).
    */
   async refresh(): Promise<void> {
-    const snap = await this.store.loadAll()
+    if (Date.now() - this.clockOffsetAt >= CLOCK_OFFSET_REFRESH_MS) await this.measureClockOffset()
+    const snap = await this.stored(() => this.store.loadAll())
+    const added: GroupState[] = []
     for (const g of snap.groups) {
       const mine = this.groups.get(g.name)
       if (mine === undefined) {
-        this.groups.set(g.name, { ...g, servers: new Map(), wasAlive: false })
+        const state = { ...g, servers: new Map(), wasAlive: false }
+        this.groups.set(g.name, state)
+        added.push(state)
       } else if (mine.kind === g.kind) mine.load = g.load
     }
     for (const s of snap.servers) {
@@ -155,6 +244,34 @@ export class MetaService {
     this.readOnly.clear()
     for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
     this.clients.merge(snap.clients)
+    // A group new to us starts as the store decided it, else as its stored last-seen says (not a
+    // transition); the next sweep decides any difference.
+    const now = this.now()
+    for (const g of added) g.wasAlive = this.isAlive(g, now)
+    for (const l of snap.liveness) {
+      const g = this.groups.get(l.group)
+      if (g !== undefined) g.wasAlive = l.alive
+    }
+  }
+
+  // ---------------------------------------------------------------- metaservers
+
+  /** Writes this metaserver's row and reads the live ones (GET /meta/address). */
+  async beat(self: StoredMetaserver, ttlMs: number): Promise<void> {
+    const now = this.now()
+    await this.stored(() => this.store.registerMetaserver({ ...self, lastSeenAt: now }))
+    this.metaservers = await this.stored(() => this.store.listMetaservers(now - ttlMs))
+  }
+
+  /** URLs of the live metaservers sharing the store, `self` always among them. */
+  metaserverUrls(self: string): string[] {
+    const urls = this.metaservers.map((m) => m.url)
+    if (!urls.includes(self)) urls.unshift(self)
+    return [...new Set(urls)]
+  }
+
+  leave(id: string): Promise<void> {
+    return this.store.removeMetaserver(id)
   }
 
   // ---------------------------------------------------------------- liveness
@@ -168,23 +285,63 @@ export class MetaService {
     )
   }
 
-  isGroupAlive(name: string): boolean {
-    const g = this.groups.get(name)
-    return g !== undefined && this.isAlive(g, this.clock.now())
+  /**
+   * Alive for routes: heartbeats seen in time, or, while the store is down, alive at the last decision
+   * (its heartbeats may go to another metaserver, which cannot tell us without the store).
+   */
+  private inRoutes(g: GroupState, now: number): boolean {
+    return this.isAlive(g, now) || (this.holdingLiveness() && g.wasAlive)
   }
 
-  /** Finds groups whose liveness changed since the last sweep (logged, counted by the caller). */
-  sweepLiveness(): LivenessTransition[] {
-    const now = this.clock.now()
+  /**
+   * True while the store is down and for heartbeatTimeoutMs after it is back: heartbeats that other
+   * metaservers could not write during the outage need that long to reach the store again, so no group
+   * is declared dead (or left out of routes) from times the outage made stale.
+   */
+  private holdingLiveness(): boolean {
+    return (
+      this.storeDownSince !== undefined || Date.now() - this.storeBackAt < this.options.heartbeatTimeoutMs
+    )
+  }
+
+  isGroupAlive(name: string): boolean {
+    const g = this.groups.get(name)
+    return g !== undefined && this.inRoutes(g, this.now())
+  }
+
+  /**
+   * Finds groups whose liveness changed since the last decision and decides each transition in the
+   * store (compare-and-set): of several metaservers sweeping at once, one gets each transition (it is
+   * returned, logged and counted there only). A dead decision refused because another metaserver heard
+   * the master recently brings that last-seen time into memory. The store down: nothing is decided.
+   */
+  async sweepLiveness(): Promise<LivenessTransition[]> {
+    const now = this.now()
     const out: LivenessTransition[] = []
+    const holding = this.holdingLiveness()
     for (const g of this.groups.values()) {
       const alive = this.isAlive(g, now)
-      if (alive === g.wasAlive) continue
-      g.wasAlive = alive
+      if (alive === g.wasAlive || (holding && !alive)) continue
+      let d: Awaited<ReturnType<MetaStore['decideLiveness']>>
+      try {
+        d = await this.stored(() =>
+          this.store.decideLiveness(g.name, alive, now, now - this.options.heartbeatTimeoutMs),
+        )
+      } catch (err) {
+        if (err instanceof QmqError && err.code === 'QMQ_ERR_METASERVER_STORE') return out
+        throw err
+      }
+      g.wasAlive = d.alive
+      const master = g.servers.get('master')
+      if (master !== undefined && d.masterLastSeenAt > master.lastSeenAt) {
+        master.lastSeenAt = d.masterLastSeenAt
+        master.persistedAt = Math.max(master.persistedAt, d.masterLastSeenAt)
+      }
+      if (!d.changed) continue
       out.push({ group: g.name, alive })
       if (alive) this.log.info({ group: g.name }, 'group is alive again: back in routes')
       else {
-        const lastSeen = g.servers.get('master')?.lastSeenAt ?? 0
+        const lastSeen = master?.lastSeenAt ?? 0
         this.log.warn(
           { group: g.name, lastSeenAgoMs: now - lastSeen },
           'group heartbeats stopped: out of routes',
@@ -195,7 +352,7 @@ export class MetaService {
   }
 
   async heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse> {
-    const now = this.clock.now()
+    const now = this.now()
     let g = this.groups.get(req.group)
     if (g !== undefined && g.kind !== req.kind) {
       throw new QmqError(
@@ -245,17 +402,27 @@ export class MetaService {
     if (isNew) g.wasAlive = this.isAlive(g, now) // registration is not a liveness transition
     if (offline) this.log.info({ group: g.name, role: req.role }, 'server went offline')
     if (changed || offline || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
-      await this.store.recordHeartbeat(
-        { name: g.name, kind: g.kind, firstSeenAt: g.firstSeenAt, load: g.load },
-        {
-          group: g.name,
-          role: req.role,
-          address: server.address,
-          httpAddress: server.httpAddress,
-          lastSeenAt: server.lastSeenAt,
-        },
-      )
-      server.persistedAt = server.lastSeenAt
+      const srv = server
+      try {
+        await this.stored(() =>
+          this.store.recordHeartbeat(
+            { name: g.name, kind: g.kind, firstSeenAt: g.firstSeenAt, load: g.load },
+            {
+              group: g.name,
+              role: req.role,
+              address: srv.address,
+              httpAddress: srv.httpAddress,
+              lastSeenAt: srv.lastSeenAt,
+            },
+          ),
+        )
+        server.persistedAt = server.lastSeenAt
+      } catch (err) {
+        // A heartbeat that only refreshes a last-seen time is answered with the store down (memory
+        // keeps the group alive; the time is written by a later heartbeat); a change is refused.
+        if (changed || offline || !(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_STORE')
+          throw err
+      }
     }
     const marks = this.readOnly.get(g.name)
     return {
@@ -297,7 +464,7 @@ export class MetaService {
   private placementCandidates(exclude: readonly string[], now: number): string[] {
     const out: GroupState[] = []
     for (const g of this.groups.values()) {
-      if (g.kind !== 'broker' || exclude.includes(g.name) || !this.isAlive(g, now)) continue
+      if (g.kind !== 'broker' || exclude.includes(g.name) || !this.inRoutes(g, now)) continue
       if (this.readOnly.get(g.name)?.has(ALL_SUBJECTS)) continue
       out.push(g)
     }
@@ -324,7 +491,7 @@ export class MetaService {
   }
 
   private async assign(subject: string): Promise<StoredRoute> {
-    const now = this.clock.now()
+    const now = this.now()
     const chosen = this.placementCandidates([], now).slice(0, this.options.minGroupsPerSubject)
     if (chosen.length === 0) {
       throw new QmqError(
@@ -335,7 +502,7 @@ export class MetaService {
         },
       )
     }
-    const stored = await this.store.assignRouteIfAbsent(subject, chosen, now)
+    const stored = await this.stored(() => this.store.assignRouteIfAbsent(subject, chosen, now))
     this.setRoute(stored)
     this.assignments++
     this.log.info({ subject, groups: stored.groups }, 'subject placed')
@@ -352,18 +519,15 @@ export class MetaService {
     for (let attempt = 0; attempt < 5; attempt++) {
       const extra = pick(route).filter((g) => !route.groups.includes(g))
       if (extra.length === 0) return route
-      const updated = await this.store.updateRoute(
-        subject,
-        [...route.groups, ...extra],
-        route.version,
-        this.clock.now(),
-      )
+      const next = [...route.groups, ...extra]
+      const version = route.version
+      const updated = await this.stored(() => this.store.updateRoute(subject, next, version, this.now()))
       if (updated !== undefined) {
         this.setRoute(updated)
         this.log.info({ subject, added: extra, groups: updated.groups, why }, 'route extended')
         return updated
       }
-      const fresh = await this.store.getRoute(subject)
+      const fresh = await this.stored(() => this.store.getRoute(subject))
       if (fresh === undefined) break
       this.setRoute(fresh)
       route = fresh
@@ -373,7 +537,7 @@ export class MetaService {
 
   /** Answers a route query; see RouteQuery in common/meta/types.ts. */
   async route(subject: string, kind: ClientKind): Promise<RouteResponse> {
-    const now = this.clock.now()
+    const now = this.now()
     if (kind === 'delay-producer') return this.delayRoute(subject, now)
     const routeSubject = realSubject(subject)
     let route = await this.ensureRoute(routeSubject)
@@ -418,7 +582,7 @@ export class MetaService {
     const out: RouteGroup[] = []
     for (const name of route.groups) {
       const g = this.groups.get(name)
-      if (g === undefined || !this.isAlive(g, now)) continue
+      if (g === undefined || !this.inRoutes(g, now)) continue
       const readOnly = this.isReadOnly(name, route.subject)
       if (readOnly && kind === 'producer') continue
       out.push(this.routeGroup(g, readOnly ? 'r' : 'rw'))
@@ -436,7 +600,7 @@ export class MetaService {
   private delayRoute(subject: string, now: number): RouteResponse {
     const alive: GroupState[] = []
     for (const g of this.groups.values()) {
-      if (g.kind === 'delay' && this.isAlive(g, now) && !this.isReadOnly(g.name, subject)) alive.push(g)
+      if (g.kind === 'delay' && this.inRoutes(g, now) && !this.isReadOnly(g.name, subject)) alive.push(g)
     }
     if (alive.length === 0) {
       throw new QmqError('QMQ_ERR_NO_ROUTE', 'no alive writable delay group', { details: { subject } })
@@ -468,8 +632,14 @@ export class MetaService {
     return g
   }
 
+  /** requireGroup, after a refresh when the group is new to us and another metaserver may know it. */
+  private async requireSharedGroup(name: string): Promise<GroupState> {
+    if (!this.groups.has(name) && this.store.shared) await this.refresh()
+    return this.requireGroup(name)
+  }
+
   async extendSubject(subject: string, group: string): Promise<SubjectInfo> {
-    const g = this.requireGroup(group)
+    const g = await this.requireSharedGroup(group)
     if (g.kind !== 'broker') {
       throw new QmqError(
         'QMQ_ERR_INVALID_ARGUMENT',
@@ -485,10 +655,10 @@ export class MetaService {
     subject: string | undefined,
     readOnly: boolean,
   ): Promise<ReadOnlySetting[]> {
-    this.requireGroup(group)
+    await this.requireSharedGroup(group)
     const target = subject === undefined || subject === '' ? ALL_SUBJECTS : subject
-    const now = this.clock.now()
-    await this.store.setReadOnly(group, target, readOnly, now)
+    const now = this.now()
+    await this.stored(() => this.store.setReadOnly(group, target, readOnly, now))
     const marks = this.readOnlyOf(group)
     if (readOnly) {
       if (!marks.has(target)) marks.set(target, now)
@@ -535,7 +705,7 @@ export class MetaService {
       name: g.name,
       kind: g.kind,
       address: master?.address ?? '',
-      alive: this.isAlive(g, now),
+      alive: this.inRoutes(g, now),
       lastSeenAt: master?.lastSeenAt ?? 0,
       firstSeenAt: g.firstSeenAt,
       readOnly: marks?.has(ALL_SUBJECTS) ?? false,
@@ -558,14 +728,14 @@ export class MetaService {
   }
 
   listGroups(): GroupInfo[] {
-    const now = this.clock.now()
+    const now = this.now()
     return [...this.groups.values()]
       .map((g) => this.groupInfo(g, now))
       .sort((a, b) => (a.name < b.name ? -1 : 1))
   }
 
   getGroup(name: string): GroupInfo {
-    return this.groupInfo(this.requireGroup(name), this.clock.now())
+    return this.groupInfo(this.requireGroup(name), this.now())
   }
 
   counts(): {
@@ -574,12 +744,12 @@ export class MetaService {
     subjects: number
     clients: number
   } {
-    const now = this.clock.now()
+    const now = this.now()
     const groups = { broker: 0, delay: 0 }
     const alive = { broker: 0, delay: 0 }
     for (const g of this.groups.values()) {
       groups[g.kind]++
-      if (this.isAlive(g, now)) alive[g.kind]++
+      if (this.inRoutes(g, now)) alive[g.kind]++
     }
     return { groups, alive, subjects: this.routes.size, clients: this.clients.countOnline(now) }
   }
@@ -587,8 +757,13 @@ export class MetaService {
   // ---------------------------------------------------------------- clients
 
   async clientHeartbeat(req: ClientHeartbeatRequest): Promise<ClientHeartbeatResponse> {
-    const now = this.clock.now()
-    await this.clients.record(req, now)
+    const now = this.now()
+    try {
+      await this.stored(() => this.clients.record(req, now))
+    } catch (err) {
+      // The registry is informational: the store down, memory still has the entry.
+      if (!(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_STORE') throw err
+    }
     const routes: RouteResponse[] = []
     if (req.includeRoutes === true && req.state !== 'offline') {
       const seen = new Set<string>()
@@ -612,10 +787,10 @@ export class MetaService {
 
   /** Drops client entries silent for clientTimeoutMs; answers how many. */
   expireClients(): Promise<number> {
-    return this.clients.expire(this.clock.now())
+    return this.stored(() => this.clients.expire(this.now()))
   }
 
   listClients(filter: ClientFilter): ClientInfo[] {
-    return this.clients.list(filter, this.clock.now())
+    return this.clients.list(filter, this.now())
   }
 }

@@ -9,7 +9,11 @@ import type {
   StoredReadOnly,
   StoredRoute,
   StoredServer,
+  LivenessDecision,
+  StoredLiveness,
+  StoredMetaserver,
 } from './store'
+import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
 /**
  * MetaStore on better-sqlite3 (one file, WAL mode). Every method runs synchronously inside the
@@ -17,42 +21,9 @@ import type {
  * atomic; they are written as SQL a PostgreSQL store can mirror (INSERT ... ON CONFLICT DO NOTHING,
  * UPDATE ... WHERE version = ?).
  *
- * Schema version 1:
- *   schema_version(version)
- *   groups(name PK, kind 'broker'|'delay', first_seen_at, load_json, updated_at)
- *   servers(group_name, role 'master'|'slave', address 'host:port', http_address, last_seen_at; PK(group_name, role))
- *   subject_routes(subject PK, groups_json '["g1","g2"]', version, created_at, updated_at)
- *   readonly_settings(group_name, subject ('*' = all); PK(group_name, subject), created_at)
- *   clients(client_id, kind, subject, consumer_group ('' for producers), app_code, last_seen_at;
- *           PK(client_id, kind, subject, consumer_group))
+ * The schema and its migrations are in schema.ts (shared with the PostgreSQL store).
  */
-export const SQLITE_SCHEMA_VERSION = 1
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS groups (
-  name TEXT PRIMARY KEY, kind TEXT NOT NULL, first_seen_at INTEGER NOT NULL,
-  load_json TEXT NOT NULL DEFAULT '{}', updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS servers (
-  group_name TEXT NOT NULL, role TEXT NOT NULL, address TEXT NOT NULL, http_address TEXT,
-  last_seen_at INTEGER NOT NULL, PRIMARY KEY (group_name, role)
-);
-CREATE TABLE IF NOT EXISTS subject_routes (
-  subject TEXT PRIMARY KEY, groups_json TEXT NOT NULL, version INTEGER NOT NULL,
-  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS readonly_settings (
-  group_name TEXT NOT NULL, subject TEXT NOT NULL, created_at INTEGER NOT NULL,
-  PRIMARY KEY (group_name, subject)
-);
-CREATE TABLE IF NOT EXISTS clients (
-  client_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, consumer_group TEXT NOT NULL,
-  app_code TEXT NOT NULL, last_seen_at INTEGER NOT NULL,
-  PRIMARY KEY (client_id, kind, subject, consumer_group)
-);
-CREATE INDEX IF NOT EXISTS clients_last_seen ON clients (last_seen_at);
-`
+export const SQLITE_SCHEMA_VERSION = SCHEMA_VERSION
 
 interface RouteRow {
   subject: string
@@ -123,18 +94,7 @@ export class SqliteMetaStore implements MetaStore {
       this.db.pragma('journal_mode = WAL')
       this.db.pragma('synchronous = NORMAL')
       this.db.pragma('busy_timeout = 5000')
-      this.db.exec(SCHEMA)
-      const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
-        v: number | null
-      }
-      if (row.v === null)
-        this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SQLITE_SCHEMA_VERSION)
-      else if (row.v > SQLITE_SCHEMA_VERSION) {
-        throw new QmqError(
-          'QMQ_ERR_METASERVER_STORE',
-          `${file} has schema version ${row.v}, newer than this metaserver's ${SQLITE_SCHEMA_VERSION}; upgrade qmq`,
-        )
-      }
+      this.migrate(file)
     } catch (err) {
       throw storeError(err, `cannot open metaserver database ${file}`)
     }
@@ -156,7 +116,9 @@ export class SqliteMetaStore implements MetaStore {
       upsertServer: db.prepare(
         `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
-           http_address = excluded.http_address, last_seen_at = excluded.last_seen_at`,
+           http_address = excluded.http_address,
+           last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                               ELSE MAX(servers.last_seen_at, excluded.last_seen_at) END`,
       ),
       getRoute: db.prepare(
         'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes WHERE subject = ?',
@@ -175,13 +137,59 @@ export class SqliteMetaStore implements MetaStore {
       upsertClient: db.prepare(
         `INSERT INTO clients (client_id, kind, subject, consumer_group, app_code, last_seen_at) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (client_id, kind, subject, consumer_group) DO UPDATE SET
-           app_code = excluded.app_code, last_seen_at = excluded.last_seen_at`,
+           app_code = excluded.app_code, last_seen_at = MAX(clients.last_seen_at, excluded.last_seen_at)`,
       ),
       deleteClient: db.prepare(
         'DELETE FROM clients WHERE client_id = ? AND kind = ? AND subject = ? AND consumer_group = ?',
       ),
       expireClients: db.prepare('DELETE FROM clients WHERE last_seen_at < ?'),
+      allLiveness: db.prepare('SELECT group_name, alive, version, changed_at FROM group_liveness'),
+      getLiveness: db.prepare('SELECT alive, version FROM group_liveness WHERE group_name = ?'),
+      upsertLiveness: db.prepare(
+        `INSERT INTO group_liveness (group_name, alive, version, changed_at) VALUES (?, ?, 1, ?)
+         ON CONFLICT (group_name) DO UPDATE SET alive = excluded.alive, version = version + 1,
+           changed_at = excluded.changed_at`,
+      ),
+      masterLastSeen: db.prepare("SELECT last_seen_at FROM servers WHERE group_name = ? AND role = 'master'"),
+      upsertMetaserver: db.prepare(
+        `INSERT INTO metaservers (id, url, started_at, last_seen_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET url = excluded.url, last_seen_at = excluded.last_seen_at`,
+      ),
+      liveMetaservers: db.prepare(
+        'SELECT id, url, started_at, last_seen_at FROM metaservers WHERE last_seen_at > ? ORDER BY started_at, id',
+      ),
+      deleteMetaserver: db.prepare('DELETE FROM metaservers WHERE id = ?'),
     }
+  }
+
+  /** Applies the pending migrations of schema.ts, each in its own transaction with its version row. */
+  private migrate(file: string): void {
+    this.db
+      .transaction(() => {
+        this.db.exec(VERSION_TABLE)
+        const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
+          v: number | null
+        }
+        const current = row.v ?? 0
+        if (current > SCHEMA_VERSION) {
+          throw new QmqError(
+            'QMQ_ERR_METASERVER_STORE',
+            `${file} has schema version ${current}, newer than this metaserver's ${SCHEMA_VERSION}; upgrade qmq`,
+          )
+        }
+        for (const m of pendingMigrations(current)) {
+          this.db.exec(m.sql.sqlite)
+          this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(m.version)
+        }
+      })
+      .immediate()
+  }
+
+  readonly kind = 'sqlite'
+  readonly shared = false
+
+  clockOffsetMs(): Promise<number> {
+    return Promise.resolve(0)
   }
 
   private run<T>(what: string, fn: () => T): Promise<T> {
@@ -247,7 +255,17 @@ export class SqliteMetaStore implements MetaStore {
           lastSeenAt: r.last_seen_at,
         }),
       )
-      return { groups, servers, routes, readOnly, clients }
+      const liveness = (
+        s.allLiveness.all() as { group_name: string; alive: number; version: number; changed_at: number }[]
+      ).map(
+        (r): StoredLiveness => ({
+          group: r.group_name,
+          alive: r.alive !== 0,
+          version: r.version,
+          changedAt: r.changed_at,
+        }),
+      )
+      return { groups, servers, routes, readOnly, clients, liveness }
     })
   }
 
@@ -333,6 +351,52 @@ export class SqliteMetaStore implements MetaStore {
 
   deleteClientsSeenBefore(before: number): Promise<number> {
     return this.run('expire clients', () => this.stmts.expireClients.run(before).changes)
+  }
+
+  decideLiveness(group: string, alive: boolean, now: number, deadBefore: number): Promise<LivenessDecision> {
+    return this.run(`decide liveness of ${group}`, () =>
+      this.db
+        .transaction((): LivenessDecision => {
+          const s = this.stmts
+          const seen = s.masterLastSeen.get(group) as { last_seen_at: number } | undefined
+          const masterLastSeenAt = seen?.last_seen_at ?? 0
+          const cur = s.getLiveness.get(group) as { alive: number; version: number } | undefined
+          const curAlive = cur === undefined ? undefined : cur.alive !== 0
+          const version = cur?.version ?? 0
+          if (curAlive === alive) return { changed: false, alive, version, masterLastSeenAt }
+          // A dead decision needs the stored master silent too (another metaserver may have heard it).
+          if (!alive && masterLastSeenAt > deadBefore)
+            return { changed: false, alive: curAlive ?? true, version, masterLastSeenAt }
+          s.upsertLiveness.run(group, alive ? 1 : 0, now)
+          return { changed: true, alive, version: (cur?.version ?? 0) + 1, masterLastSeenAt }
+        })
+        .immediate(),
+    )
+  }
+
+  registerMetaserver(m: StoredMetaserver): Promise<void> {
+    return this.run('register metaserver', () => {
+      this.stmts.upsertMetaserver.run(m.id, m.url, m.startedAt, m.lastSeenAt)
+    })
+  }
+
+  listMetaservers(seenAfter: number): Promise<StoredMetaserver[]> {
+    return this.run('list metaservers', () =>
+      (
+        this.stmts.liveMetaservers.all(seenAfter) as {
+          id: string
+          url: string
+          started_at: number
+          last_seen_at: number
+        }[]
+      ).map((r) => ({ id: r.id, url: r.url, startedAt: r.started_at, lastSeenAt: r.last_seen_at })),
+    )
+  }
+
+  removeMetaserver(id: string): Promise<void> {
+    return this.run('remove metaserver', () => {
+      this.stmts.deleteMetaserver.run(id)
+    })
   }
 
   close(): Promise<void> {

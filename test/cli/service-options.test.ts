@@ -120,3 +120,19 @@ t.test('service options - the admin token can come from --admin-token-file (not 
     t.match(optionsHelp(schema, prefix), /--admin-token-file FILE/)
   }
 })
+
+t.test('service options - the metaserver store URL from --store-file or QMQ_METASERVER_STORE', async (t) => {
+  const dir = t.testdir()
+  const file = join(dir, 'store-url')
+  writeFileSync(file, 'postgresql://qmq:pw@db:5432/qmq\n')
+  const resolve = (flags: Record<string, string>, env: NodeJS.ProcessEnv = {}) =>
+    resolveServiceOptions('metaserver', metaserverOptionsSchema, flags, 'QMQ_METASERVER_', {
+      QMQ_CLUSTER_SECRET: SECRET,
+      ...env,
+    }) as { store?: string }
+  t.equal(resolve({ storeFile: file }).store, 'postgresql://qmq:pw@db:5432/qmq', 'from the file')
+  t.equal(resolve({}, { QMQ_METASERVER_STORE: 'postgres://x@y/z' }).store, 'postgres://x@y/z', 'from the env')
+  t.equal(resolve({}).store, undefined, 'unset: SQLite')
+  t.throws(() => resolve({ store: 'postgres://a@b/c', storeFile: file }), { code: 'QMQ_ERR_USAGE' })
+  t.match(optionsHelp(metaserverOptionsSchema, 'QMQ_METASERVER_'), /--store-file FILE/)
+})

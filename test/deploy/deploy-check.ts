@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { camelCase, kebabCase, parseArgs } from '../../src/cli/args'
-import { resolveServiceOptions, SECRET_OPTIONS } from '../../src/cli/service-options'
+import { FILE_FLAG_OPTIONS, resolveServiceOptions, SECRET_OPTIONS } from '../../src/cli/service-options'
 import { envName, type OptionSpec } from '../../src/common/config'
 import { brokerOptionsSchema } from '../../src/broker/broker'
 import { delayOptionsSchema } from '../../src/delay/options'
@@ -27,9 +27,14 @@ const GENERAL_ENV = new Set([
   ...Object.values(SECRET_OPTIONS).map((s) => s.env),
 ])
 /** Flags of every service outside its schema: the files secrets are read from. */
-const SECRET_FILE_FLAGS = new Set(Object.values(SECRET_OPTIONS).map((s) => s.fileFlag))
+const SECRET_FILE_FLAGS = new Set([
+  ...Object.values(SECRET_OPTIONS).map((s) => s.fileFlag),
+  ...Object.values(FILE_FLAG_OPTIONS),
+])
 /** What the checker puts for a value it cannot know (from the shell, a Secret): a plausible secret. */
 export const UNKNOWN_VALUE = 'value-known-at-deploy-time'
+/** What a fieldRef status.podIP stands for in the checks. */
+export const SAMPLE_POD_IP = '10.244.0.17'
 
 function isServiceName(name: unknown): name is ServiceName {
   return typeof name === 'string' && Object.hasOwn(SERVICES, name)
@@ -148,8 +153,11 @@ function advertised(service: ServiceName, o: Readonly<Record<string, unknown>>):
     if (m === null) return `--advertised-address ${o.advertisedAddress} is not host:port`
     return [[m[1] as string, Number(m[2])]]
   }
-  const urls = o.advertisedAddresses as readonly string[]
-  if (urls.length === 0) return 'no --advertised-addresses: it would answer http://0.0.0.0:port'
+  const listed = o.advertisedAddresses as readonly string[]
+  // On a shared store, each metaserver registers its --advertised-url and /meta/address lists them.
+  const urls = listed.length > 0 ? listed : typeof o.advertisedUrl === 'string' ? [o.advertisedUrl] : []
+  if (urls.length === 0)
+    return 'no --advertised-addresses or --advertised-url: it would answer http://0.0.0.0:port'
   return urls.map((u) => {
     const url = new URL(u)
     return [url.hostname, Number(url.port || 80)]
@@ -199,6 +207,8 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
   for (const [name, raw] of Object.entries(services)) {
     const s = obj(raw)
     const say = (p: string) => problems.push(`compose ${name}: ${p}`)
+    // Other images (a PostgreSQL for the metaservers' store) are not qmq services.
+    if (s.image !== undefined && !String(s.image).startsWith('qmq')) continue
     const command = typeof s.command === 'string' ? s.command.split(/\s+/) : arr(s.command).map(String)
     const env: Record<string, string> = {}
     if (Array.isArray(s.environment)) {
@@ -251,13 +261,16 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
 
     const dataDir = o.dataDir as string
     let dataVolume: string | undefined
+    // A metaserver on a shared store (PostgreSQL) keeps nothing in its data dir.
+    const needsVolume = !(service === 'metaserver' && o.store !== undefined)
     for (const v of arr(s.volumes)) {
       const [source, target] = typeof v === 'string' ? v.split(':') : [str(obj(v).source), str(obj(v).target)]
       if (target === undefined || source === undefined) continue
       if (dataDir === target || dataDir.startsWith(`${target}/`)) dataVolume = source
     }
-    if (dataVolume === undefined) say(`no volume mounted at its data dir ${dataDir}`)
-    else if (!declaredVolumes.has(dataVolume)) say(`volume ${dataVolume} is not a declared named volume`)
+    if (dataVolume === undefined) {
+      if (needsVolume) say(`no volume mounted at its data dir ${dataDir}`)
+    } else if (!declaredVolumes.has(dataVolume)) say(`volume ${dataVolume} is not a declared named volume`)
     else {
       const other = usedVolumes.get(dataVolume)
       if (other !== undefined) say(`shares volume ${dataVolume} with ${other}`)
@@ -281,13 +294,20 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
       const meta = p.options.metaserver
       if (typeof meta !== 'string') say('no --metaserver: it would run standalone')
       else {
-        const url = new URL(meta)
-        const target = placed.get(url.hostname)
-        if (target?.service !== 'metaserver') say(`--metaserver ${meta} is not a metaserver of this file`)
-        else if (Number(url.port || 80) !== target.options.port)
-          say(`--metaserver ${meta}: the metaserver listens on ${String(target.options.port)}`)
-        if (obj(obj(obj(services[name]).depends_on)[url.hostname]).condition !== 'service_healthy')
-          say(`does not wait for ${url.hostname} to be healthy`)
+        // Several comma-separated URLs: each must be a metaserver of this file; the service waits
+        // for the first one to be healthy (any one is enough to start).
+        for (const [i, one] of meta.split(',').entries()) {
+          const url = new URL(one.trim())
+          const target = placed.get(url.hostname)
+          if (target?.service !== 'metaserver') say(`--metaserver ${one} is not a metaserver of this file`)
+          else if (Number(url.port || 80) !== target.options.port)
+            say(`--metaserver ${one}: the metaserver listens on ${String(target.options.port)}`)
+          if (
+            i === 0 &&
+            obj(obj(obj(services[name]).depends_on)[url.hostname]).condition !== 'service_healthy'
+          )
+            say(`does not wait for ${url.hostname} to be healthy`)
+        }
       }
     }
     const adv = advertised(p.service, p.options)
@@ -367,6 +387,7 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
           const path = obj(from.fieldRef).fieldPath
           if (path === 'metadata.name') env[name] = w.pod
           else if (path === 'metadata.namespace') env[name] = SAMPLE_NAMESPACE
+          else if (path === 'status.podIP') env[name] = SAMPLE_POD_IP
           else say(`${name}: unexpected fieldRef ${String(path)}`)
         } else if (from.configMapKeyRef !== undefined) {
           const ref = obj(from.configMapKeyRef)
@@ -409,7 +430,15 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
       const mount = arr(c.volumeMounts)
         .map(obj)
         .find((m) => m.mountPath === dataDir || dataDir.startsWith(`${String(m.mountPath)}/`))
-      if (mount === undefined) say(`nothing is mounted at its data dir ${dataDir}`)
+      if (service === 'metaserver' && o.store !== undefined) {
+        // A shared store (PostgreSQL): no volume, several replicas, rolling updates.
+        if (mount !== undefined) say('a metaserver on a shared store keeps nothing on a volume')
+        if (typeof spec.replicas !== 'number' || spec.replicas < 2)
+          say('a metaserver on a shared store runs 2 or more replicas')
+        if (obj(spec.strategy).type === 'Recreate') say('a metaserver on a shared store rolls, not Recreate')
+        if (o.advertisedUrl === undefined && arr(o.advertisedAddresses).length === 0)
+          say('each replica must register a URL others reach (advertisedUrl from the pod IP)')
+      } else if (mount === undefined) say(`nothing is mounted at its data dir ${dataDir}`)
       else if (w.kind === 'StatefulSet') {
         const templates = arr(spec.volumeClaimTemplates).map((t) => obj(obj(t).metadata).name)
         if (!templates.includes(mount.name)) say(`${dataDir} is not a volumeClaimTemplate's volume`)
@@ -470,6 +499,12 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
     if (typeof adv === 'string') say(adv)
     else
       for (const [host, port] of adv) {
+        if (host === SAMPLE_POD_IP) {
+          // The pod's own address (fieldRef status.podIP) reaches it: only the port can be wrong.
+          if (port !== p.options.port)
+            say(`advertises its pod IP with port ${port}, not its port ${String(p.options.port)}`)
+          continue
+        }
         const r = reach(host, port)
         if (r?.w !== p.workload || r.port !== p.options.port)
           say(`advertises ${host}:${port}, which does not reach its port ${String(p.options.port)}`)
@@ -480,11 +515,14 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
       const meta = p.options.metaserver
       if (typeof meta !== 'string') say('no metaserver URL: it would run standalone')
       else {
-        const url = new URL(meta)
-        const r = reach(url.hostname, Number(url.port || 80))
-        const target = placed.find((q) => q.workload === r?.w)
-        if (target?.service !== 'metaserver' || r?.port !== target.options.port)
-          say(`metaserver URL ${meta} does not reach a metaserver`)
+        // Several comma-separated URLs: each must reach a metaserver.
+        for (const one of meta.split(',').map((u) => u.trim())) {
+          const url = new URL(one)
+          const r = reach(url.hostname, Number(url.port || 80))
+          const target = placed.find((q) => q.workload === r?.w)
+          if (target?.service !== 'metaserver' || r?.port !== target.options.port)
+            say(`metaserver URL ${one} does not reach a metaserver`)
+        }
       }
     }
   }

@@ -124,6 +124,17 @@ t.test(
   },
 )
 
+t.test('deploy - compose.postgres.yaml: two metaservers on one PostgreSQL, groups find both', async (t) => {
+  const { problems, placed } = checkCompose(yamlDoc(readText(ROOT, 'deploy', 'compose.postgres.yaml')))
+  t.same(problems, [])
+  t.same(
+    placed.map((p) => `${p.service} ${String(p.options.group ?? '')}`),
+    ['metaserver ', 'metaserver ', 'broker broker-1', 'broker broker-2', 'delay delay-1'],
+  )
+  for (const p of placed.filter((x) => x.service === 'metaserver'))
+    t.match(p.options.store, /^value-known-at-deploy-time$|^postgresql:/, `${p.where} on the shared store`)
+})
+
 t.test('deploy - the compose checker catches a broken compose file', async (t) => {
   const text = readText(ROOT, 'deploy', 'compose.yaml')
   const cases: [string, string, string, RegExp][] = [
@@ -188,6 +199,84 @@ t.test('deploy - k8s manifests pass real flags and env, probe /health, keep data
   ])
   t.same(checkKustomization(yamlDoc(readText(K8S, 'kustomization.yaml')), readdirSync(K8S)), [])
 })
+
+type Json = unknown
+/** Applies one RFC 6902 operation (replace, add with '-' append, remove) to `doc`, in place. */
+function jsonPatch(doc: Json, op: { op: string; path: string; value?: Json }): void {
+  const keys = op.path.split('/').slice(1)
+  const last = keys.pop() as string
+  let at = doc as Record<string, Json>
+  for (const k of keys) {
+    const next = at[k]
+    if (next === undefined || next === null || typeof next !== 'object') throw new Error(`no ${op.path}`)
+    at = next as Record<string, Json>
+  }
+  if (op.op === 'remove') {
+    if (!(last in at)) throw new Error(`remove: no ${op.path}`)
+    delete at[last]
+  } else if (op.op === 'add' && last === '-') (at as unknown as Json[]).push(op.value)
+  else if (op.op === 'replace' || op.op === 'add') {
+    if (op.op === 'replace' && !(last in at)) throw new Error(`replace: no ${op.path}`)
+    at[last] = op.value
+  } else throw new Error(`unsupported op ${op.op}`)
+}
+
+/**
+ * The documents `kubectl apply -k <overlay>` would apply, for overlays made of `resources: [..]` and
+ * patches that are either RFC 6902 lists (with a target) or `$patch: delete` of a whole document.
+ */
+function buildOverlay(dir: string): unknown[] {
+  const k = yamlDoc(readText(dir, 'kustomization.yaml')) as {
+    resources: string[]
+    patches: { path: string; target?: { kind: string; name: string } }[]
+  }
+  t.same(k.resources, ['..'], 'the overlay is the base plus patches')
+  let docs = k8sText().flatMap(yamlDocs) as { kind: string; metadata: { name: string } }[]
+  for (const p of k.patches) {
+    const patch = yamlDoc(readText(dir, p.path))
+    if (Array.isArray(patch)) {
+      const target = docs.find((d) => d.kind === p.target?.kind && d.metadata.name === p.target?.name)
+      if (target === undefined) throw new Error(`${p.path}: target not in the base`)
+      for (const op of patch) jsonPatch(target, op as { op: string; path: string; value?: Json })
+    } else {
+      const del = patch as { $patch?: string; kind: string; metadata: { name: string } }
+      if (del.$patch !== 'delete') throw new Error(`${p.path}: only $patch: delete is supported here`)
+      const before = docs.length
+      docs = docs.filter((d) => !(d.kind === del.kind && d.metadata.name === del.metadata.name))
+      if (docs.length !== before - 1) throw new Error(`${p.path}: deletes nothing`)
+    }
+  }
+  return docs
+}
+
+t.test(
+  'deploy - k8s/postgres overlay: metaserver Deployment of 2 replicas on the PostgreSQL Secret',
+  async (t) => {
+    const docs = buildOverlay(join(K8S, 'postgres'))
+    const { problems, placed } = checkKubernetes(docs)
+    t.same(problems, [])
+    const meta = placed.find((p) => p.service === 'metaserver')
+    t.equal(meta?.options.store, 'value-known-at-deploy-time', 'store URL from the Secret')
+    t.equal(meta?.options.advertisedUrl, 'http://10.244.0.17:8080', 'each replica registers its pod IP')
+    t.notOk(
+      docs.some(
+        (d) =>
+          (d as { kind: string }).kind === 'PersistentVolumeClaim' &&
+          JSON.stringify(d).includes('metaserver'),
+      ),
+      'no metaserver volume',
+    )
+    // the checker refuses a shared-store metaserver left at one replica
+    const one = structuredClone(docs) as {
+      kind: string
+      metadata: { name: string }
+      spec: { replicas: number }
+    }[]
+    const d = one.find((x) => x.kind === 'Deployment' && x.metadata.name === 'qmq-metaserver')
+    if (d !== undefined) d.spec.replicas = 1
+    t.match(checkKubernetes(one).problems.join('; '), /runs 2 or more replicas/)
+  },
+)
 
 t.test('deploy - the k8s checker catches broken manifests', async (t) => {
   const file = (name: string) => readText(K8S, name)

@@ -7,7 +7,8 @@ import { Metaserver } from '../../src/metaserver/main'
 import { CLUSTER_SECRET } from '../metaserver/helpers'
 
 /**
- * A whole local cluster in this process, for tests: a metaserver, N broker groups (one master each)
+ * A whole local cluster in this process, for tests: one metaserver (or several on a shared
+ * PostgreSQL store), N broker groups (one master each)
  * and optionally one delay group, all on OS-chosen ports under `dir`, registered and alive when
  * startCluster() resolves. Timings are shortened (heartbeats every 200 ms, a silent group leaves
  * routes after 1.5 s, nack backoff from 50 ms).
@@ -18,10 +19,16 @@ export interface ClusterOptions {
   delay?: boolean
   /** Extra broker options (e.g. { retryBaseMs: 20 }). */
   broker?: Record<string, unknown>
+  /** The metaservers' store: a postgres:// URL (default: SQLite under `dir`). */
+  metaStore?: string
+  /** How many metaservers (default 1; more than one needs `metaStore`). */
+  metaservers?: number
 }
 
 export interface Cluster {
   metaserver: Metaserver
+  /** Every metaserver (the first is `metaserver`). */
+  metaservers: Metaserver[]
   brokers: Broker[]
   delay: DelayServer | undefined
   /** The discovery URL clients are configured with. */
@@ -33,17 +40,25 @@ export interface Cluster {
 }
 
 export async function startCluster(options: ClusterOptions): Promise<Cluster> {
-  const metaserver = new Metaserver(
-    {
-      port: 0,
-      dataDir: join(options.dir, 'meta'),
-      clusterSecret: CLUSTER_SECRET,
-      heartbeatIntervalMs: 200,
-      heartbeatTimeoutMs: 1_500,
-    },
-    { logger: silentLogger },
-  )
-  await metaserver.start()
+  const metaservers: Metaserver[] = []
+  for (let i = 0; i < (options.metaservers ?? 1); i++) {
+    const m = new Metaserver(
+      {
+        port: 0,
+        dataDir: join(options.dir, 'meta'),
+        ...(options.metaStore === undefined ? {} : { store: options.metaStore }),
+        clusterSecret: CLUSTER_SECRET,
+        heartbeatIntervalMs: 200,
+        heartbeatTimeoutMs: 1_500,
+      },
+      { logger: silentLogger },
+    )
+    await m.start()
+    metaservers.push(m)
+  }
+  // Every metaserver registered: the first one's /meta/address lists them all.
+  await Promise.all(metaservers.map((m) => m.beat()))
+  const metaserver = metaservers[0] as Metaserver
   const metaUrl = `${metaserver.url}/meta/address`
   const brokers: Broker[] = []
   for (let i = 0; i < (options.brokers ?? 2); i++) {
@@ -83,6 +98,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const meta = new MetaClient({ url: metaUrl, timeoutMs: 1_000 })
   const cluster: Cluster = {
     metaserver,
+    metaservers,
     brokers,
     delay,
     metaUrl,
@@ -100,7 +116,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       await meta.close()
       if (delay) await delay.close()
       await Promise.all(brokers.map((b) => (b.isRunning ? b.close() : undefined)))
-      await metaserver.close()
+      for (const m of metaservers) await m.close()
     },
   }
   await cluster.waitAlive('broker', brokers.length)

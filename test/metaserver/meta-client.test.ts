@@ -98,6 +98,38 @@ t.test('meta-client - discovery URL, then failover between metaservers', async (
   t.equal((await discovery.service.listGroups()).length, 0)
 })
 
+t.test(
+  'meta-client - several comma-separated URLs: the first contact has no single point of failure',
+  async (t) => {
+    const real = new Metaserver(
+      { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET },
+      { logger: silentLogger },
+    )
+    await real.start()
+    t.teardown(() => real.close())
+    const dead = await deadUrl()
+    // discovery URLs: the first is down, the second answers (the list holds the real metaserver)
+    const d = new MetaClient({
+      url: `${dead}/meta/address, ${real.url}/meta/address`,
+      timeoutMs: 1_000,
+      clusterSecret: CLUSTER_SECRET,
+    })
+    t.teardown(() => d.close())
+    await d.heartbeat({ group: 'g1', kind: 'broker', role: 'master', address: '127.0.0.1:20881' })
+    t.same(d.knownAddresses, [real.url], 'learnt from the second discovery URL')
+    // base URLs: the first is down, calls go to the second
+    const b = new MetaClient({ url: `${dead},${real.url}`, timeoutMs: 1_000 })
+    t.teardown(() => b.close())
+    t.same(
+      (await b.route({ subject: 's', kind: 'producer' })).groups.map((g) => g.name),
+      ['g1'],
+    )
+    t.throws(() => new MetaClient({ url: `${dead},${real.url}/meta/address` }), {
+      code: 'QMQ_ERR_INVALID_ARGUMENT',
+    })
+  },
+)
+
 t.test('meta-client - error answers become QmqErrors with their code', async (t) => {
   const m = new Metaserver(
     { port: 0, dataDir: t.testdir(), clusterSecret: CLUSTER_SECRET },

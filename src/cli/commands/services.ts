@@ -121,7 +121,14 @@ export const metaserverCommand = serviceCommand({
   },
   describe: (s) => {
     const m = s as import('../../metaserver/main').Metaserver
-    return { url: m.url, metaAddress: `${m.url}/meta/address`, dataDir: m.options.dataDir }
+    const { redactUrl } =
+      require('../../metaserver/postgres-store') as typeof import('../../metaserver/postgres-store')
+    const store = m.options.store
+    return {
+      url: m.url,
+      metaAddress: `${m.url}/meta/address`,
+      ...(store === undefined || store === '' ? { dataDir: m.options.dataDir } : { store: redactUrl(store) }),
+    }
   },
 })
 

@@ -51,6 +51,8 @@ export interface MetaClientOptions {
    * Either a metaserver base URL (`http://127.0.0.1:8080`) or the discovery URL
    * (`http://lb:8080/meta/address`). With the discovery URL, the client asks it for the list of
    * metaservers first and again at most every `addressRefreshMs` or when all of them fail.
+   * Several comma-separated URLs of one kind (`http://m1:8080/meta/address,http://m2:8080/meta/address`)
+   * remove the single point of failure of the first contact: each is tried in turn.
    */
   url: string
   /** Sent as `Authorization: Bearer <token>` (admin write endpoints need it). */
@@ -107,8 +109,9 @@ export class MetaClient {
   private readonly addressRefreshMs: number
   private readonly adminToken: string | undefined
   private readonly clusterSecret: string | undefined
-  /** Origin of the discovery URL, when one was given. */
-  private readonly discoveryOrigin: string | undefined
+  /** Origins of the discovery URLs, when given (tried in turn). */
+  private readonly discoveryOrigins: string[]
+  private discoveryCurrent = 0
   private readonly pools = new Map<string, Pool>()
   private addresses: string[]
   private current = 0
@@ -116,16 +119,28 @@ export class MetaClient {
   private closed = false
 
   constructor(options: MetaClientOptions) {
-    const path = (() => {
+    const urls = options.url
+      .split(',')
+      .map((u) => u.trim())
+      .filter((u) => u.length > 0)
+    if (urls.length === 0) urls.push(options.url)
+    const isDiscovery = (url: string): boolean => {
       try {
-        return new URL(options.url.includes('://') ? options.url : `http://${options.url}`).pathname
+        const path = new URL(url.includes('://') ? url : `http://${url}`).pathname
+        return path.replace(/\/+$/, '') === META_PATHS.address
       } catch {
-        return '/'
+        return false
       }
-    })()
-    const origin = normalizeBase(options.url)
-    this.discoveryOrigin = path.replace(/\/+$/, '') === META_PATHS.address ? origin : undefined
-    this.addresses = [origin]
+    }
+    const origins = [...new Set(urls.map(normalizeBase))]
+    const discovery = urls.map(isDiscovery)
+    if (discovery.some((d) => d !== discovery[0]))
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `metaserver URLs ${JSON.stringify(options.url)} mix discovery (/meta/address) and base URLs`,
+      )
+    this.discoveryOrigins = discovery[0] === true ? origins : []
+    this.addresses = origins
     this.timeoutMs = options.timeoutMs ?? DEFAULT_META_TIMEOUT_MS
     this.connectTimeoutMs = Math.min(
       options.connectTimeoutMs ?? DEFAULT_META_CONNECT_TIMEOUT_MS,
@@ -143,16 +158,28 @@ export class MetaClient {
     return this.addresses
   }
 
-  /** GET /meta/address on the discovery URL (or the configured metaserver): the metaservers to use. */
+  /**
+   * GET /meta/address on a discovery URL (each in turn from the last that answered, or the current
+   * metaserver without one): the metaservers to use.
+   */
   async getAddresses(): Promise<string[]> {
-    const res = await this.call<AddressesResponse>({
-      method: 'GET',
-      path: META_PATHS.address,
-      origin: this.discoveryOrigin ?? this.addresses[this.current],
-    })
-    if (!Array.isArray(res.addresses))
-      throw unavailable(this.discoveryOrigin ?? '', 'address answer has no list')
-    return res.addresses
+    const from = this.discoveryOrigins.length > 0 ? this.discoveryOrigins : [this.addresses[this.current]]
+    const start = this.discoveryOrigins.length > 0 ? this.discoveryCurrent : 0
+    let lastErr: unknown
+    for (let attempt = 0; attempt < from.length; attempt++) {
+      const index = (start + attempt) % from.length
+      const origin = from[index] as string
+      try {
+        const res = await this.call<AddressesResponse>({ method: 'GET', path: META_PATHS.address, origin })
+        if (!Array.isArray(res.addresses)) throw unavailable(origin, 'address answer has no list')
+        if (this.discoveryOrigins.length > 0) this.discoveryCurrent = index
+        return res.addresses
+      } catch (err) {
+        if (!(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_UNAVAILABLE') throw err
+        lastErr = err
+      }
+    }
+    throw lastErr
   }
 
   /** Asks the discovery URL again and switches to the answered metaservers. */
@@ -307,7 +334,7 @@ export class MetaClient {
     if (this.closed) throw new QmqError('QMQ_ERR_CLIENT_CLOSED', 'metaserver client is closed')
     if (opts.origin !== undefined) return this.callOnce<T>(opts.origin, opts)
     if (
-      this.discoveryOrigin !== undefined &&
+      this.discoveryOrigins.length > 0 &&
       (this.addressesFetchedAt === 0 || Date.now() - this.addressesFetchedAt > this.addressRefreshMs)
     ) {
       // A failed discovery keeps the last known list (clients keep working on what they had).
@@ -329,7 +356,7 @@ export class MetaClient {
         lastErr = err
       }
     }
-    if (this.discoveryOrigin !== undefined) this.addressesFetchedAt = 0 // ask discovery again next time
+    if (this.discoveryOrigins.length > 0) this.addressesFetchedAt = 0 // ask discovery again next time
     throw lastErr ?? unavailable('(none)', 'no metaserver address')
   }
 

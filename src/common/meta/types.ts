@@ -289,4 +289,8 @@ export interface HealthResponse {
   groupsAlive: number
   groups: number
   subjects: number
+  /** 'sqlite' or 'postgres' (metaservers since issue 15). */
+  store?: string
+  /** True while the store is unreachable: routes come from memory, changes are refused. */
+  storeDown?: boolean
 }

@@ -1,0 +1,447 @@
+import type { Pool, PoolClient, QueryResultRow } from 'pg'
+import { QmqError } from '../common/errors'
+import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
+import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
+import type {
+  LivenessDecision,
+  MetaSnapshot,
+  MetaStore,
+  StoredClient,
+  StoredGroup,
+  StoredMetaserver,
+  StoredRoute,
+  StoredServer,
+} from './store'
+
+/**
+ * MetaStore on PostgreSQL through `pg` (node-postgres) with a pool, shared by any number of
+ * metaservers. Every decision is one statement or one transaction in the database, never a read in
+ * one metaserver's memory followed by a write:
+ * - placement: `INSERT ... ON CONFLICT (subject) DO NOTHING`, then a read in a new statement (READ
+ *   COMMITTED: a concurrent insert that won is committed and visible by then);
+ * - route changes: `UPDATE ... WHERE version = $expected` (compare-and-set);
+ * - liveness: one upsert whose `WHERE alive <> excluded.alive` is re-checked on the newest row version
+ *   when two metaservers race, so exactly one of them changes it;
+ * - migrations: under a transaction-scoped advisory lock, so metaservers starting together migrate once.
+ * BIGINT columns (ms times) are read as JS numbers (exact below 2^53).
+ */
+
+/** Key of the advisory lock held while migrating ("qmqmeta" in ASCII, as an int8). */
+const MIGRATION_LOCK_KEY = '31927006302401633'
+const INT8_OID = 20
+const POOL_MAX = 10
+const CONNECT_TIMEOUT_MS = 3_000
+/** A statement running longer than this fails (the database is stuck or gone): answers stay bounded. */
+const STATEMENT_TIMEOUT_MS = 5_000
+
+function storeError(err: unknown, what: string): QmqError {
+  if (err instanceof QmqError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: ${message}`, { cause: err })
+}
+
+/** `pg` is an optional peer dependency, loaded when a metaserver opens a PostgreSQL store. */
+function loadPg(): typeof import('pg') {
+  try {
+    return require('pg') as typeof import('pg')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' && String(err).includes("'pg'"))
+      throw new QmqError(
+        'QMQ_ERR_DEPENDENCY_MISSING',
+        'a postgres:// metaserver store needs the pg package, an optional dependency of qmq that is not installed: npm install pg',
+        { cause: err },
+      )
+    throw err
+  }
+}
+
+function parseJson<T>(json: string, fallback: T, ok: (v: unknown) => boolean): T {
+  try {
+    const v: unknown = JSON.parse(json)
+    return ok(v) ? (v as T) : fallback
+  } catch {
+    return fallback
+  }
+}
+
+function parseGroups(json: string): string[] {
+  return parseJson<unknown[]>(json, [], Array.isArray).filter((x): x is string => typeof x === 'string')
+}
+
+interface RouteRow {
+  subject: string
+  groups_json: string
+  version: number
+  created_at: number
+  updated_at: number
+}
+
+function toRoute(row: RouteRow): StoredRoute {
+  return {
+    subject: row.subject,
+    groups: parseGroups(row.groups_json),
+    version: row.version,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  }
+}
+
+/** Hides the password of a connection URL (for logs and errors). */
+export function redactUrl(url: string): string {
+  return url.replace(/(\/\/[^:/@]*:)[^@]*@/, '$1***@')
+}
+
+export class PostgresMetaStore implements MetaStore {
+  readonly kind = 'postgres'
+  readonly shared = true
+  private readonly pool: Pool
+  private closed = false
+
+  private constructor(pool: Pool) {
+    this.pool = pool
+  }
+
+  /** Connects, creates or migrates the schema, and answers the store. */
+  static async open(url: string): Promise<PostgresMetaStore> {
+    const pg = loadPg()
+    const pool = new pg.Pool({
+      connectionString: url,
+      max: POOL_MAX,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      statement_timeout: STATEMENT_TIMEOUT_MS,
+      application_name: 'qmq-metaserver',
+      types: {
+        getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+          oid === INT8_OID
+            ? (v: string) => Number(v)
+            : pg.types.getTypeParser(oid, format ?? 'text')) as typeof pg.types.getTypeParser,
+      },
+    })
+    // An idle client losing its connection (the database restarted) is not fatal: the next query
+    // opens a new one. Without a listener the pool's 'error' would crash the process.
+    pool.on('error', () => {})
+    const store = new PostgresMetaStore(pool)
+    try {
+      await store.migrate()
+    } catch (err) {
+      await pool.end().catch(() => {})
+      throw storeError(err, `cannot open metaserver database ${redactUrl(url)}`)
+    }
+    return store
+  }
+
+  private async migrate(): Promise<void> {
+    await this.tx(async (c) => {
+      await c.query(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK_KEY})`)
+      await c.query(VERSION_TABLE)
+      const r = await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_version')
+      const current = r.rows[0]?.v ?? 0
+      if (current > SCHEMA_VERSION) {
+        throw new QmqError(
+          'QMQ_ERR_METASERVER_STORE',
+          `the database has schema version ${current}, newer than this metaserver's ${SCHEMA_VERSION}; upgrade qmq`,
+        )
+      }
+      for (const m of pendingMigrations(current)) {
+        await c.query(m.sql.postgres)
+        await c.query('INSERT INTO schema_version (version) VALUES ($1)', [m.version])
+      }
+    })
+  }
+
+  private async q<R extends QueryResultRow>(what: string, sql: string, params: unknown[] = []): Promise<R[]> {
+    if (this.closed) throw new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: store is closed`)
+    try {
+      return (await this.pool.query<R>(sql, params)).rows
+    } catch (err) {
+      throw storeError(err, what)
+    }
+  }
+
+  private async tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect()
+    let broken = false
+    try {
+      await c.query('BEGIN')
+      const out = await fn(c)
+      await c.query('COMMIT')
+      return out
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {
+        broken = true
+      })
+      throw err
+    } finally {
+      c.release(broken)
+    }
+  }
+
+  async clockOffsetMs(localNow: number): Promise<number> {
+    const before = localNow
+    const started = Date.now()
+    const rows = await this.q<{ now: number }>(
+      'read database clock',
+      'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now',
+    )
+    const rtt = Date.now() - started
+    return Math.round((rows[0]?.now ?? before) - (before + rtt / 2))
+  }
+
+  async loadAll(): Promise<MetaSnapshot> {
+    if (this.closed) throw new QmqError('QMQ_ERR_METASERVER_STORE', 'load metadata: store is closed')
+    try {
+      // One REPEATABLE READ transaction: the tables are read at one instant.
+      return await this.tx(async (c) => {
+        await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        const groups = (
+          await c.query<{ name: string; kind: string; first_seen_at: number; load_json: string }>(
+            'SELECT name, kind, first_seen_at, load_json FROM groups',
+          )
+        ).rows.map(
+          (r): StoredGroup => ({
+            name: r.name,
+            kind: r.kind as GroupKind,
+            firstSeenAt: r.first_seen_at,
+            load: parseJson<ServerLoad>(
+              r.load_json,
+              {},
+              (v) => v !== null && typeof v === 'object' && !Array.isArray(v),
+            ),
+          }),
+        )
+        const servers = (
+          await c.query<{
+            group_name: string
+            role: string
+            address: string
+            http_address: string | null
+            last_seen_at: number
+          }>('SELECT group_name, role, address, http_address, last_seen_at FROM servers')
+        ).rows.map(
+          (r): StoredServer => ({
+            group: r.group_name,
+            role: r.role as ServerRole,
+            address: r.address,
+            httpAddress: r.http_address ?? undefined,
+            lastSeenAt: r.last_seen_at,
+          }),
+        )
+        const routes = (
+          await c.query<RouteRow>(
+            'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes',
+          )
+        ).rows.map(toRoute)
+        const readOnly = (
+          await c.query<{ group_name: string; subject: string; created_at: number }>(
+            'SELECT group_name, subject, created_at FROM readonly_settings',
+          )
+        ).rows.map((r) => ({ group: r.group_name, subject: r.subject, createdAt: r.created_at }))
+        const clients = (
+          await c.query<{
+            client_id: string
+            kind: string
+            subject: string
+            consumer_group: string
+            app_code: string
+            last_seen_at: number
+          }>('SELECT client_id, kind, subject, consumer_group, app_code, last_seen_at FROM clients')
+        ).rows.map(
+          (r): StoredClient => ({
+            clientId: r.client_id,
+            kind: r.kind as ClientKind,
+            subject: r.subject,
+            consumerGroup: r.consumer_group,
+            appCode: r.app_code,
+            lastSeenAt: r.last_seen_at,
+          }),
+        )
+        const liveness = (
+          await c.query<{ group_name: string; alive: boolean; version: number; changed_at: number }>(
+            'SELECT group_name, alive, version, changed_at FROM group_liveness',
+          )
+        ).rows.map((r) => ({
+          group: r.group_name,
+          alive: r.alive,
+          version: r.version,
+          changedAt: r.changed_at,
+        }))
+        return { groups, servers, routes, readOnly, clients, liveness }
+      })
+    } catch (err) {
+      throw storeError(err, 'load metadata')
+    }
+  }
+
+  async recordHeartbeat(group: StoredGroup, server: StoredServer): Promise<void> {
+    // One statement (two CTE parts) is one transaction without a BEGIN/COMMIT round trip.
+    await this.q(
+      `record heartbeat of ${group.name}`,
+      `WITH g AS (
+         INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET load_json = excluded.load_json, updated_at = excluded.updated_at
+       )
+       INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ($1, $6, $7, $8, $5)
+       ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+         http_address = excluded.http_address,
+         last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                             ELSE GREATEST(servers.last_seen_at, excluded.last_seen_at) END`,
+      [
+        group.name,
+        group.kind,
+        group.firstSeenAt,
+        JSON.stringify(group.load),
+        server.lastSeenAt,
+        server.role,
+        server.address,
+        server.httpAddress ?? null,
+      ],
+    )
+  }
+
+  async getRoute(subject: string): Promise<StoredRoute | undefined> {
+    const rows = await this.q<RouteRow>(
+      `read route of ${subject}`,
+      'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes WHERE subject = $1',
+      [subject],
+    )
+    return rows[0] === undefined ? undefined : toRoute(rows[0])
+  }
+
+  async assignRouteIfAbsent(subject: string, groups: readonly string[], now: number): Promise<StoredRoute> {
+    await this.q(
+      `assign route of ${subject}`,
+      `INSERT INTO subject_routes (subject, groups_json, version, created_at, updated_at) VALUES ($1, $2, 1, $3, $3)
+       ON CONFLICT (subject) DO NOTHING`,
+      [subject, JSON.stringify(groups), now],
+    )
+    const route = await this.getRoute(subject)
+    if (route === undefined)
+      throw new QmqError('QMQ_ERR_METASERVER_STORE', `route of ${subject} vanished after its insert`)
+    return route
+  }
+
+  async updateRoute(
+    subject: string,
+    groups: readonly string[],
+    expectedVersion: number,
+    now: number,
+  ): Promise<StoredRoute | undefined> {
+    const rows = await this.q<RouteRow>(
+      `update route of ${subject}`,
+      `UPDATE subject_routes SET groups_json = $1, version = version + 1, updated_at = $2
+       WHERE subject = $3 AND version = $4
+       RETURNING subject, groups_json, version, created_at, updated_at`,
+      [JSON.stringify(groups), now, subject, expectedVersion],
+    )
+    return rows[0] === undefined ? undefined : toRoute(rows[0])
+  }
+
+  async setReadOnly(group: string, subject: string, readOnly: boolean, now: number): Promise<void> {
+    if (readOnly)
+      await this.q(
+        `set read-only of ${group}`,
+        'INSERT INTO readonly_settings (group_name, subject, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
+        [group, subject, now],
+      )
+    else
+      await this.q(
+        `clear read-only of ${group}`,
+        'DELETE FROM readonly_settings WHERE group_name = $1 AND subject = $2',
+        [group, subject],
+      )
+  }
+
+  async upsertClient(c: StoredClient): Promise<void> {
+    await this.q(
+      `record client ${c.clientId}`,
+      `INSERT INTO clients (client_id, kind, subject, consumer_group, app_code, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (client_id, kind, subject, consumer_group) DO UPDATE SET
+         app_code = excluded.app_code, last_seen_at = GREATEST(clients.last_seen_at, excluded.last_seen_at)`,
+      [c.clientId, c.kind, c.subject, c.consumerGroup, c.appCode, c.lastSeenAt],
+    )
+  }
+
+  async deleteClient(
+    c: Pick<StoredClient, 'clientId' | 'kind' | 'subject' | 'consumerGroup'>,
+  ): Promise<void> {
+    await this.q(
+      `delete client ${c.clientId}`,
+      'DELETE FROM clients WHERE client_id = $1 AND kind = $2 AND subject = $3 AND consumer_group = $4',
+      [c.clientId, c.kind, c.subject, c.consumerGroup],
+    )
+  }
+
+  async deleteClientsSeenBefore(before: number): Promise<number> {
+    const rows = await this.q<{ n: number }>(
+      'expire clients',
+      'WITH d AS (DELETE FROM clients WHERE last_seen_at < $1 RETURNING 1) SELECT COUNT(*)::int AS n FROM d',
+      [before],
+    )
+    return rows[0]?.n ?? 0
+  }
+
+  async decideLiveness(
+    group: string,
+    alive: boolean,
+    now: number,
+    deadBefore: number,
+  ): Promise<LivenessDecision> {
+    // The upsert's WHERE is evaluated again on the newest row version when another metaserver's
+    // upsert of the same group committed first (READ COMMITTED), so only one of them changes it.
+    const changed = await this.q<{ version: number }>(
+      `decide liveness of ${group}`,
+      `INSERT INTO group_liveness AS l (group_name, alive, version, changed_at)
+       SELECT $1, $2, 1, $3
+       WHERE $2 OR NOT EXISTS (
+         SELECT 1 FROM servers WHERE group_name = $1 AND role = 'master' AND last_seen_at > $4)
+       ON CONFLICT (group_name) DO UPDATE SET alive = excluded.alive, version = l.version + 1,
+         changed_at = excluded.changed_at
+       WHERE l.alive <> excluded.alive
+       RETURNING version`,
+      [group, alive, now, deadBefore],
+    )
+    const state = await this.q<{ alive: boolean | null; version: number | null; seen: number | null }>(
+      `read liveness of ${group}`,
+      `SELECT (SELECT alive FROM group_liveness WHERE group_name = $1) AS alive,
+              (SELECT version FROM group_liveness WHERE group_name = $1) AS version,
+              (SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master') AS seen`,
+      [group],
+    )
+    const s = state[0]
+    const won = changed[0]
+    return {
+      changed: won !== undefined,
+      alive: won !== undefined ? alive : (s?.alive ?? true),
+      version: won?.version ?? s?.version ?? 0,
+      masterLastSeenAt: s?.seen ?? 0,
+    }
+  }
+
+  async registerMetaserver(m: StoredMetaserver): Promise<void> {
+    await this.q(
+      'register metaserver',
+      `INSERT INTO metaservers (id, url, started_at, last_seen_at) VALUES ($1, $2, $3, $4)
+       ON CONFLICT (id) DO UPDATE SET url = excluded.url, last_seen_at = excluded.last_seen_at`,
+      [m.id, m.url, m.startedAt, m.lastSeenAt],
+    )
+  }
+
+  async listMetaservers(seenAfter: number): Promise<StoredMetaserver[]> {
+    const rows = await this.q<{ id: string; url: string; started_at: number; last_seen_at: number }>(
+      'list metaservers',
+      'SELECT id, url, started_at, last_seen_at FROM metaservers WHERE last_seen_at > $1 ORDER BY started_at, id',
+      [seenAfter],
+    )
+    return rows.map((r) => ({ id: r.id, url: r.url, startedAt: r.started_at, lastSeenAt: r.last_seen_at }))
+  }
+
+  async removeMetaserver(id: string): Promise<void> {
+    await this.q('remove metaserver', 'DELETE FROM metaservers WHERE id = $1', [id])
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool.end().catch(() => {})
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The metaserver's schema history, one list of migrations for both stores: entry N brings a database
+ * from version N-1 to N. The SQLite and PostgreSQL texts of a migration differ only in column types
+ * (SQLite INTEGER/TEXT, PostgreSQL BIGINT/TEXT/BOOLEAN); tables, keys and meanings are the same.
+ * `schema_version(version)` holds one row per applied migration; a store refuses to open a database
+ * whose highest version is newer than the last entry here (a newer qmq wrote it).
+ *
+ * Version 1 (issue 5):
+ *   groups(name PK, kind 'broker'|'delay', first_seen_at, load_json, updated_at)
+ *   servers(group_name, role 'master'|'slave', address 'host:port', http_address, last_seen_at; PK(group_name, role))
+ *   subject_routes(subject PK, groups_json '["g1","g2"]', version, created_at, updated_at)
+ *   readonly_settings(group_name, subject ('*' = all); PK(group_name, subject), created_at)
+ *   clients(client_id, kind, subject, consumer_group ('' for producers), app_code, last_seen_at;
+ *           PK(client_id, kind, subject, consumer_group))
+ * Version 2 (issue 15, several metaservers on one store):
+ *   group_liveness(group_name PK, alive, version (grows by one per decided transition), changed_at)
+ *   metaservers(id PK, url, started_at, last_seen_at): the metaservers sharing the store
+ * All times are ms since the epoch (the store's clock, see store.ts).
+ */
+
+export type Dialect = 'sqlite' | 'postgres'
+
+interface Migration {
+  version: number
+  sql: Record<Dialect, string>
+}
+
+function both(sql: string): Record<Dialect, string> {
+  return {
+    sqlite: sql.replaceAll('{INT64}', 'INTEGER').replaceAll('{BOOL}', 'INTEGER'),
+    postgres: sql.replaceAll('{INT64}', 'BIGINT').replaceAll('{BOOL}', 'BOOLEAN'),
+  }
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    sql: both(`
+CREATE TABLE IF NOT EXISTS groups (
+  name TEXT PRIMARY KEY, kind TEXT NOT NULL, first_seen_at {INT64} NOT NULL,
+  load_json TEXT NOT NULL DEFAULT '{}', updated_at {INT64} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS servers (
+  group_name TEXT NOT NULL, role TEXT NOT NULL, address TEXT NOT NULL, http_address TEXT,
+  last_seen_at {INT64} NOT NULL, PRIMARY KEY (group_name, role)
+);
+CREATE TABLE IF NOT EXISTS subject_routes (
+  subject TEXT PRIMARY KEY, groups_json TEXT NOT NULL, version INTEGER NOT NULL,
+  created_at {INT64} NOT NULL, updated_at {INT64} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS readonly_settings (
+  group_name TEXT NOT NULL, subject TEXT NOT NULL, created_at {INT64} NOT NULL,
+  PRIMARY KEY (group_name, subject)
+);
+CREATE TABLE IF NOT EXISTS clients (
+  client_id TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, consumer_group TEXT NOT NULL,
+  app_code TEXT NOT NULL, last_seen_at {INT64} NOT NULL,
+  PRIMARY KEY (client_id, kind, subject, consumer_group)
+);
+CREATE INDEX IF NOT EXISTS clients_last_seen ON clients (last_seen_at);
+`),
+  },
+  {
+    version: 2,
+    sql: both(`
+CREATE TABLE IF NOT EXISTS group_liveness (
+  group_name TEXT PRIMARY KEY, alive {BOOL} NOT NULL, version INTEGER NOT NULL, changed_at {INT64} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metaservers (
+  id TEXT PRIMARY KEY, url TEXT NOT NULL, started_at {INT64} NOT NULL, last_seen_at {INT64} NOT NULL
+);
+`),
+  },
+]
+
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0
+
+export const VERSION_TABLE = 'CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)'
+
+/** The migrations a database at `current` still needs. */
+export function pendingMigrations(current: number): Migration[] {
+  return MIGRATIONS.filter((m) => m.version > current)
+}

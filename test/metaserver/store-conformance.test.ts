@@ -1,0 +1,161 @@
+import t, { type Test } from 'tap'
+import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
+import { SCHEMA_VERSION } from '../../src/metaserver/schema'
+import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
+import type { MetaStore, StoredGroup, StoredServer } from '../../src/metaserver/store'
+import { freshDatabase, STORE_KINDS, type StoreKind } from './helpers'
+
+/**
+ * The MetaStore contract (store.ts), checked on every implementation with the same cases. Several
+ * handles on one database stand for several metaservers sharing it. A method added to MetaStore gets
+ * its case here.
+ */
+
+/** Opens `n` handles on one fresh database of `kind`; closed at teardown. */
+async function openShared(t: Test, kind: StoreKind, n: number): Promise<MetaStore[]> {
+  const stores: MetaStore[] = []
+  if (kind === 'sqlite') {
+    const file = `${t.testdir()}/meta.db`
+    for (let i = 0; i < n; i++) stores.push(new SqliteMetaStore(file))
+  } else {
+    const url = await freshDatabase()
+    // Opened at once: concurrent migrations of an empty database must not collide.
+    stores.push(...(await Promise.all(Array.from({ length: n }, () => PostgresMetaStore.open(url)))))
+  }
+  t.teardown(() => Promise.all(stores.map((s) => s.close())))
+  return stores
+}
+
+function group(name: string, load: StoredGroup['load'] = {}): StoredGroup {
+  return { name, kind: 'broker', firstSeenAt: 100, load }
+}
+
+function master(g: string, lastSeenAt: number, port = 1000): StoredServer {
+  return { group: g, role: 'master', address: `127.0.0.1:${port}`, httpAddress: undefined, lastSeenAt }
+}
+
+for (const kind of STORE_KINDS) {
+  t.test(`store [${kind}] - schema created once at the current version, reopened as it is`, async (t) => {
+    const [a, b, c] = await openShared(t, kind, 3)
+    const snap = await a!.loadAll()
+    t.same(snap, { groups: [], servers: [], routes: [], readOnly: [], clients: [], liveness: [] })
+    await b!.assignRouteIfAbsent('s', ['g1'], 1)
+    t.same((await c!.getRoute('s'))?.groups, ['g1'])
+    t.equal(SCHEMA_VERSION, 2)
+  })
+
+  t.test(`store [${kind}] - placement: concurrent assignments store one route`, async (t) => {
+    const stores = await openShared(t, kind, 3)
+    for (let round = 0; round < 10; round++) {
+      const subject = `s.${round}`
+      const answers = await Promise.all(
+        stores.flatMap((s, i) => [
+          s.assignRouteIfAbsent(subject, [`a${i}`, `b${i}`], 10 + i),
+          s.assignRouteIfAbsent(subject, [`c${i}`], 20 + i),
+        ]),
+      )
+      const first = answers[0]!
+      t.equal(first.version, 1)
+      for (const r of answers) t.same(r, first, `${subject}: one stored route for every caller`)
+    }
+  })
+
+  t.test(`store [${kind}] - updateRoute is a compare-and-set on version`, async (t) => {
+    const [s1, s2] = await openShared(t, kind, 2)
+    const r1 = await s1!.assignRouteIfAbsent('s', ['a', 'b'], 1)
+    t.same(await s2!.assignRouteIfAbsent('s', ['c', 'd'], 2), r1)
+    const tries = await Promise.all([
+      s1!.updateRoute('s', ['a', 'b', 'c'], 1, 3),
+      s2!.updateRoute('s', ['a', 'b', 'd'], 1, 3),
+    ])
+    t.equal(tries.filter((r) => r !== undefined).length, 1, 'one of two racing updates wins')
+    const won = tries.find((r) => r !== undefined)
+    t.equal(won?.version, 2)
+    t.same(await s1!.getRoute('s'), won)
+    t.equal(await s1!.updateRoute('missing', ['a'], 1, 5), undefined)
+  })
+
+  t.test(`store [${kind}] - heartbeats: last-seen never goes back, offline sets 0`, async (t) => {
+    const [s1, s2] = await openShared(t, kind, 2)
+    await s1!.recordHeartbeat(group('g', { backlog: 3 }), master('g', 5_000))
+    await s2!.recordHeartbeat(group('g', { backlog: 4 }), master('g', 4_000, 1001))
+    let snap = await s1!.loadAll()
+    t.same(snap.groups, [group('g', { backlog: 4 })])
+    t.same(
+      snap.servers,
+      [{ ...master('g', 5_000, 1001) }],
+      'an older time from a slower metaserver is ignored',
+    )
+    await s2!.recordHeartbeat(group('g'), master('g', 0, 1001))
+    snap = await s1!.loadAll()
+    t.equal(snap.servers[0]?.lastSeenAt, 0, 'offline')
+  })
+
+  t.test(`store [${kind}] - liveness: each transition decided once among racing callers`, async (t) => {
+    const stores = await openShared(t, kind, 3)
+    await stores[0]!.recordHeartbeat(group('g'), master('g', 1_000))
+    // dead is refused while the stored master last-seen is recent
+    const refused = await stores[1]!.decideLiveness('g', false, 2_000, 500)
+    t.same(refused, { changed: false, alive: true, version: 0, masterLastSeenAt: 1_000 })
+    let version = 0
+    for (const alive of [false, true, false, true]) {
+      const ds = await Promise.all(stores.map((s) => s.decideLiveness('g', alive, 3_000, 2_000)))
+      t.equal(ds.filter((d) => d.changed).length, 1, `one caller decides alive=${alive}`)
+      version++
+      for (const d of ds) {
+        t.equal(d.alive, alive)
+        t.equal(d.version, version)
+      }
+    }
+    const snap = await stores[2]!.loadAll()
+    t.same(snap.liveness, [{ group: 'g', alive: true, version: 4, changedAt: 3_000 }])
+  })
+
+  t.test(`store [${kind}] - read-only marks, clients, metaservers`, async (t) => {
+    const [s1, s2] = await openShared(t, kind, 2)
+    await Promise.all([s1!.setReadOnly('g', '*', true, 1), s2!.setReadOnly('g', '*', true, 2)])
+    await s1!.setReadOnly('g', 'x', true, 3)
+    await s2!.setReadOnly('g', 'x', false, 4)
+    t.same(
+      (await s1!.loadAll()).readOnly.map((r) => [r.group, r.subject]),
+      [['g', '*']],
+    )
+
+    const c = { clientId: 'c1', kind: 'consumer' as const, subject: 's', consumerGroup: 'cg', appCode: '' }
+    await s1!.upsertClient({ ...c, lastSeenAt: 100 })
+    await s2!.upsertClient({ ...c, lastSeenAt: 50 })
+    await s2!.upsertClient({ ...c, clientId: 'c2', lastSeenAt: 10 })
+    t.same((await s1!.loadAll()).clients.map((x) => [x.clientId, x.lastSeenAt]).sort(), [
+      ['c1', 100],
+      ['c2', 10],
+    ])
+    t.equal(await s1!.deleteClientsSeenBefore(20), 1)
+    await s2!.deleteClient(c)
+    t.same((await s1!.loadAll()).clients, [])
+
+    await s1!.registerMetaserver({ id: 'm1', url: 'http://a:1', startedAt: 10, lastSeenAt: 100 })
+    await s2!.registerMetaserver({ id: 'm2', url: 'http://b:1', startedAt: 20, lastSeenAt: 100 })
+    await s2!.registerMetaserver({ id: 'm3', url: 'http://c:1', startedAt: 5, lastSeenAt: 40 })
+    t.same(
+      (await s1!.listMetaservers(50)).map((m) => m.url),
+      ['http://a:1', 'http://b:1'],
+      'live ones, oldest start first',
+    )
+    await s1!.removeMetaserver('m1')
+    t.same(
+      (await s2!.listMetaservers(0)).map((m) => m.id),
+      ['m3', 'm2'],
+    )
+    const offset = await s1!.clockOffsetMs(Date.now())
+    t.ok(Math.abs(offset) < 2_000, `store clock offset ${offset} ms`)
+  })
+}
+
+t.test('store [postgres] - a closed or unreachable store fails with a retriable code', async (t) => {
+  const [s] = await openShared(t, 'postgres', 1)
+  await s!.close()
+  await t.rejects(s!.getRoute('s'), { code: 'QMQ_ERR_METASERVER_STORE' })
+  await t.rejects(PostgresMetaStore.open('postgresql://postgres@127.0.0.1:1/none'), {
+    code: 'QMQ_ERR_METASERVER_STORE',
+  })
+})
