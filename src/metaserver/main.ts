@@ -6,6 +6,7 @@ import { type Clock, systemClock } from '../common/clock'
 import { fsError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
+import { ConsoleApi } from './console/api'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { MetaService } from './service'
@@ -47,6 +48,7 @@ export class Metaserver {
   private readonly storeGiven: MetaStore | undefined
   private store: MetaStore | undefined
   private svc: MetaService | undefined
+  private consoleApi: ConsoleApi | undefined
   private server: Server | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
@@ -93,6 +95,7 @@ export class Metaserver {
     this.svc = svc
     await svc.load()
     this.registerMetrics(svc)
+    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now())
 
     const handler = createRequestHandler({
       service: svc,
@@ -103,6 +106,7 @@ export class Metaserver {
       clusterSecret: o.clusterSecret,
       addresses: () => (o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : [this.url]),
       startedAt: Date.now(),
+      console: this.consoleApi,
     })
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 30_000 }, handler)
     this.server = server
@@ -225,6 +229,7 @@ export class Metaserver {
           setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS).unref()
         })
       }
+      await this.consoleApi?.close()
       await this.store?.close()
       this.log.info('metaserver stopped')
     })()

@@ -36,6 +36,8 @@ export interface MetaserverOptions {
   extendOnOutage: boolean
   maxBodyBytes: number
   reloadIntervalMs: number
+  /** Serve the web console at /console (docs/console.md). */
+  console: boolean
 }
 
 /** The CLI maps `--data-dir` / `QMQ_METASERVER_DATA_DIR` etc. onto these keys (config.optionsFromEnv). */
@@ -109,6 +111,10 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     min: 0,
     max: 3_600_000,
     doc: 'Reload routes, marks and last-seen times from the store this often (0 = never); set it when several metaservers share one store',
+  }),
+  console: boolean({
+    default: true,
+    doc: 'Serve the web console at /console on the HTTP port (false = off: /console answers 404)',
   }),
 }
 

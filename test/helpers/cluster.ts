@@ -18,6 +18,8 @@ export interface ClusterOptions {
   delay?: boolean
   /** Extra broker options (e.g. { retryBaseMs: 20 }). */
   broker?: Record<string, unknown>
+  /** Extra metaserver options (e.g. { adminToken }). */
+  metaserver?: Record<string, unknown>
 }
 
 export interface Cluster {
@@ -40,6 +42,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       clusterSecret: CLUSTER_SECRET,
       heartbeatIntervalMs: 200,
       heartbeatTimeoutMs: 1_500,
+      ...options.metaserver,
     },
     { logger: silentLogger },
   )

@@ -28,6 +28,8 @@ export const RequestCode = {
   ADMIN_DELAY_DLQ_LIST: 26,
   /** Delay server: schedule dead letters again. */
   ADMIN_DELAY_DLQ_REDRIVE: 27,
+  /** Delay server: messages stored and not yet delivered, per schedule bucket (the web console). */
+  ADMIN_DELAY_PENDING: 28,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -1,0 +1,120 @@
+import { adminAction } from '../admin'
+import { api, type DeadLetterRow } from '../api'
+import { h, link, notice, route, table, time } from '../dom'
+
+function inspect(d: DeadLetterRow): HTMLElement {
+  return h(
+    'details',
+    { 'data-testid': 'dead-letter-details' },
+    h('summary', {}, 'inspect'),
+    h(
+      'div',
+      {},
+      `created ${time(d.createdAt)} · body ${d.bodyBytes} bytes${d.bodyTruncated ? ' (cut)' : ''}`,
+    ),
+    h('pre', { 'data-testid': 'dead-letter-properties' }, JSON.stringify(d.properties, null, 2)),
+    h('pre', { 'data-testid': 'dead-letter-body' }, d.body ?? '(no body)'),
+  )
+}
+
+export async function deadLettersPage(
+  main: HTMLElement,
+  params: URLSearchParams,
+  go: (hash: string) => void,
+): Promise<void> {
+  const subject = params.get('subject') ?? ''
+  const group = params.get('group') ?? ''
+  const s = h('input', {
+    placeholder: 'subject',
+    value: subject,
+    'data-testid': 'dlq-subject',
+    'aria-label': 'subject',
+  })
+  const g = h('input', {
+    placeholder: 'consumer group',
+    value: group,
+    'data-testid': 'dlq-group',
+    'aria-label': 'consumer group',
+  })
+  main.append(
+    h('h1', {}, 'Dead letters'),
+    h(
+      'form',
+      {
+        class: 'toolbar',
+        onsubmit: (ev: Event) => {
+          ev.preventDefault()
+          go(route('dead-letters', { subject: s.value.trim(), group: g.value.trim() }))
+        },
+      },
+      s,
+      g,
+      h('button', { type: 'submit', 'data-testid': 'dlq-show' }, 'Show'),
+    ),
+  )
+  if (subject === '' || group === '') {
+    main.append(
+      notice(
+        'info',
+        'Pick a subject and a consumer group (the consumer groups page links to the groups with dead letters).',
+      ),
+    )
+    return
+  }
+  const out = h('div', { 'data-testid': 'action-result' })
+  const list = await api.deadLetters(subject, group, 200)
+  const redrive = (d: DeadLetterRow) => {
+    const b = h('button', { class: 'primary', 'data-testid': 'redrive-button' }, 'Redrive')
+    b.addEventListener('click', async () => {
+      b.disabled = true
+      const ok = await adminAction(out, `Redriving ${d.id}`, async () => {
+        const r = await api.redrive(subject, group, d.brokerGroup, [d.sequence])
+        return `Redrove ${r.redriven} dead letter(s): ${d.id} goes back to ${group}.`
+      })
+      if (!ok) b.disabled = false
+      else b.closest('tr')?.classList.add('muted')
+    })
+    return b
+  }
+  const all = h('button', { class: 'danger', 'data-testid': 'redrive-all' }, 'Redrive all')
+  all.addEventListener('click', async () => {
+    if (!window.confirm(`Redrive every dead letter of ${group} on ${subject}?`)) return
+    await adminAction(out, 'Redriving all', async () => {
+      const r = await api.redriveAll(subject, group)
+      return `Redrove ${r.redriven} dead letter(s) of ${group} on ${subject}.`
+    })
+  })
+  main.append(
+    h(
+      'p',
+      {},
+      `%DEAD_RETRY%${subject}%${group} on ${list.brokerGroups.join(', ') || 'no alive broker group'} · `,
+      link(route('subject', { subject }), 'subject'),
+    ),
+    out,
+    h('div', { class: 'toolbar' }, all),
+    table<DeadLetterRow>(
+      [
+        { title: 'Message id', cell: (d) => link(route('messages', { id: d.id }), d.id, 'dead-letter-id') },
+        { title: 'Broker group', cell: (d) => d.brokerGroup },
+        { title: 'Seq', num: true, cell: (d) => d.sequence },
+        { title: 'Deliveries', num: true, cell: (d) => d.deliveryCount },
+        { title: 'Dead at', cell: (d) => time(d.deadAt) },
+        {
+          title: 'Tags',
+          cell: (d) =>
+            h(
+              'span',
+              { class: 'tags' },
+              d.tags.map((t) => h('span', {}, t)),
+            ),
+        },
+        { title: 'Inspect', cell: (d) => inspect(d) },
+        { title: 'Redrive (admin)', cell: (d) => redrive(d) },
+      ],
+      list.items,
+      'No dead letters.',
+      'dead-letters-table',
+    ),
+  )
+}
