@@ -1,10 +1,4 @@
-import type {
-  ConsoleFeatures,
-  ConsumerGroupRow,
-  DeadLetterRow,
-  DelayGroupRow,
-  Page,
-} from '../../src/metaserver/console/api'
+import type { ConsumerGroupRow, DeadLetterRow, DelayGroupRow, Page } from '../../src/metaserver/console/api'
 import type { ClientInfo, GroupInfo, SubjectInfo } from '../../src/common/meta/types'
 
 /**
@@ -88,7 +82,6 @@ export interface Overview {
     clients: number
   }
   serverTime: number
-  features: ConsoleFeatures
 }
 
 export const api = {

@@ -84,12 +84,6 @@ export interface DeadLetterRow {
   bodyBytes: number
 }
 
-/** What the console can show beyond the base pages (the message query and history APIs). */
-export interface ConsoleFeatures {
-  messageQuery: boolean
-  history: boolean
-}
-
 export interface DelayGroupRow {
   name: string
   alive: boolean
@@ -179,13 +173,11 @@ export class ConsoleApi {
     groups: GroupInfo[]
     counts: ReturnType<MetaService['counts']>
     serverTime: number
-    features: ConsoleFeatures
   } {
     return {
       groups: this.service.listGroups(),
       counts: this.service.counts(),
       serverTime: this.now(),
-      features: { messageQuery: false, history: false },
     }
   }
 
