@@ -5,8 +5,6 @@ import { CLUSTER_SECRET_HEADER, META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
 import { validateGroup, validateRouteSubject, validateSubject } from '../common/names'
 import { tokenMatches } from '../common/token'
-import type { ConsoleApi } from './console/api'
-import { CONSOLE_PREFIX, handleConsole } from './console/routes'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -15,6 +13,8 @@ import {
   parseReadOnly,
   parseServerHeartbeat,
 } from './validate'
+import type { ConsoleApi } from './console/api'
+import { CONSOLE_PREFIX, handleConsole } from './console/routes'
 
 /**
  * HTTP routing of the metaserver (docs/metaserver-api.md). No framework: a switch on the path.
@@ -24,6 +24,8 @@ import {
 export interface HttpContext {
   service: MetaService
   log: Logger
+  /** The web console's data (undefined = the console is off: /console answers 404). */
+  console?: ConsoleApi | undefined
   registry: Registry
   maxBodyBytes: number
   adminToken: string | undefined
@@ -32,8 +34,6 @@ export interface HttpContext {
   /** Answer of GET /meta/address. */
   addresses: () => string[]
   startedAt: number
-  /** The web console's data (undefined = the console is off: /console answers 404). */
-  console?: ConsoleApi | undefined
 }
 
 type Answer =
@@ -43,6 +43,8 @@ type Answer =
 /** Route label for metrics: a fixed set, never the raw path. */
 type RouteName =
   | 'address'
+  | 'console_page'
+  | 'console_api'
   | 'route'
   | 'heartbeat'
   | 'client_heartbeat'
@@ -55,8 +57,6 @@ type RouteName =
   | 'admin_consumers'
   | 'health'
   | 'metrics'
-  | 'console_page'
-  | 'console_api'
   | 'unknown'
 
 function methodNotAllowed(method: string, path: string): QmqError {

@@ -45,10 +45,10 @@ export class Metaserver {
   readonly registry: Registry
   readonly log: Logger
   private readonly clock: Clock
+  private consoleApi: ConsoleApi | undefined
   private readonly storeGiven: MetaStore | undefined
   private store: MetaStore | undefined
   private svc: MetaService | undefined
-  private consoleApi: ConsoleApi | undefined
   private server: Server | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
@@ -93,9 +93,9 @@ export class Metaserver {
     }
     const svc = new MetaService(o, this.store, this.clock, this.log)
     this.svc = svc
+    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now())
     await svc.load()
     this.registerMetrics(svc)
-    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now())
 
     const handler = createRequestHandler({
       service: svc,
@@ -220,6 +220,8 @@ export class Metaserver {
     this.closing = (async () => {
       if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
       if (this.reloadTimer !== undefined) clearInterval(this.reloadTimer)
+      // The console's broker connections first: its requests in flight fail fast instead of waiting.
+      await this.consoleApi?.close()
       const server = this.server
       if (server !== undefined) {
         await new Promise<void>((resolve) => {
@@ -229,7 +231,6 @@ export class Metaserver {
           setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS).unref()
         })
       }
-      await this.consoleApi?.close()
       await this.store?.close()
       this.log.info('metaserver stopped')
     })()

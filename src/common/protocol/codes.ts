@@ -29,7 +29,7 @@ export const RequestCode = {
   /** Delay server: schedule dead letters again. */
   ADMIN_DELAY_DLQ_REDRIVE: 27,
   /** Delay server: messages stored and not yet delivered, per schedule bucket (the web console). */
-  ADMIN_DELAY_PENDING: 28,
+  ADMIN_DELAY_PENDING: 29,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode
