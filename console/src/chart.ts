@@ -66,13 +66,14 @@ export function chart(title: string, labels: string[], series: Series[], testid?
   return h(
     'div',
     { class: 'chart', 'data-testid': testid },
-    h(
-      'div',
-      {},
-      h('strong', {}, title),
-      ' ',
-      h('span', { class: 'legend' }, series.map((s) => `■ ${s.name}  `).join('')),
-    ),
+    h('div', {}, h('strong', {}, title), ' ', series.map(legend)),
     root,
   )
+}
+
+/** A legend entry: a swatch in the series' colour (an SVG attribute, not an inline style) and its name. */
+function legend(s: Series): HTMLElement {
+  const sw = svg('svg', { width: 10, height: 10, viewBox: '0 0 10 10', 'aria-hidden': 'true' })
+  sw.appendChild(svg('rect', { width: 10, height: 10, fill: s.color }))
+  return h('span', { class: 'legend' }, sw, ` ${s.name} `)
 }
