@@ -25,10 +25,10 @@ t.test(
     const svc = cluster.metaserver.service
     let started = Date.now()
     for (let i = 0; i < N; i++) {
-    await svc.route(`scale.subject.${String(i).padStart(5, '0')}`, 'producer')
-    // Let heartbeats in: the store is synchronous, and a silent broker group would leave the routes.
-    if (i % 200 === 0) await new Promise((r) => setImmediate(r))
-  }
+      await svc.route(`scale.subject.${String(i).padStart(5, '0')}`, 'producer')
+      // Let heartbeats in: the store is synchronous, and a silent broker group would leave the routes.
+      if (i % 200 === 0) await new Promise((r) => setImmediate(r))
+    }
     t.comment(`${N} subjects routed in ${Date.now() - started} ms`)
     // 10,000 consumer groups of one subject on the broker (a cursor reset creates a group).
     const store = cluster.brokers[0]!.messageStore
