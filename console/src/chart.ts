@@ -42,7 +42,7 @@ export function chart(title: string, labels: string[], series: Series[], testid?
   root.appendChild(maxLabel)
   if (series.length === 1) {
     const s = series[0]!
-    const bw = Math.max(1, ((W - PAD) / n) * 0.7)
+    const bw = Math.min(40, Math.max(1, ((W - PAD) / n) * 0.7))
     s.values.forEach((v, i) => {
       const r = svg('rect', { x: x(i) - bw / 2, y: y(v), width: bw, height: H - PAD - y(v), fill: s.color })
       const t = svg('title', {})

@@ -165,6 +165,37 @@ t.test('console - every page in a real browser against a live cluster', async (t
     await shot('subject')
   })
 
+  await t.test('messages: find a produced message by id and see its deliveries', async (t) => {
+    // The query API (docs/query.md) may be missing from this metaserver: the page must then say so.
+    const probe = await fetch(`${cluster.metaserver.url}/admin/history?subject=x&from=0&to=60000`)
+    await probe.arrayBuffer()
+    const queryApi = probe.status !== 404
+    t.comment(queryApi ? 'the metaserver serves the query API' : 'the metaserver has no query API')
+    // A message billing had and acked: the first one it pulled.
+    const id = ackedIds[0] ?? ''
+    await open(`#/messages?id=${encodeURIComponent(id)}`, 'messages')
+    if (!queryApi) {
+      t.ok(await page.getByTestId('query-unavailable').isVisible(), 'the page says the query API is missing')
+      await shot('messages')
+      return
+    }
+    await page.getByTestId('trace').waitFor()
+    const types = await page
+      .getByTestId('trace-event')
+      .evaluateAll((els) => els.map((e) => e.getAttribute('data-type')))
+    t.ok(types.includes('stored'), `stored in the timeline (${types.join(', ')})`)
+    t.ok(types.includes('delivered'), 'a delivery in the timeline')
+    t.ok(types.includes('acked'), 'the ack in the timeline')
+    const trace = await page.getByTestId('trace').innerText()
+    t.match(trace, /delivered · group billing/, 'delivered to billing')
+    const consumers = await page.getByTestId('message-consumers').innerText()
+    t.match(consumers, /billing\s+acked\s+1/, 'acked by billing after 1 delivery, in the consumers table')
+    await shot('messages')
+    // By business key and by subject.
+    await open('#/messages?subject=console.orders', 'messages')
+    t.ok((await page.getByTestId('message-link').count()) >= 20, 'the subject lists its messages')
+  })
+
   await t.test(
     'consumer groups: backlog, cursor reset refused without the token, done with it',
     async (t) => {
@@ -230,37 +261,6 @@ t.test('console - every page in a real browser against a live cluster', async (t
     t.equal(again.length, 1, 'the redriven message is delivered to the group again')
     t.ok(deadIds.includes(again[0]?.getMessageId() ?? ''), 'with its message id')
     await again[0]?.ack()
-  })
-
-  await t.test('messages: find a produced message by id and see its deliveries', async (t) => {
-    // The query API (docs/query.md) may be missing from this metaserver: the page must then say so.
-    const probe = await fetch(`${cluster.metaserver.url}/admin/history?subject=x&from=0&to=60000`)
-    await probe.arrayBuffer()
-    const queryApi = probe.status !== 404
-    t.comment(queryApi ? 'the metaserver serves the query API' : 'the metaserver has no query API')
-    // A message billing had and acked: the first one it pulled.
-    const id = ackedIds[0] ?? ''
-    await open(`#/messages?id=${encodeURIComponent(id)}`, 'messages')
-    if (!queryApi) {
-      t.ok(await page.getByTestId('query-unavailable').isVisible(), 'the page says the query API is missing')
-      await shot('messages')
-      return
-    }
-    await page.getByTestId('trace').waitFor()
-    const types = await page
-      .getByTestId('trace-event')
-      .evaluateAll((els) => els.map((e) => e.getAttribute('data-type')))
-    t.ok(types.includes('stored'), `stored in the timeline (${types.join(', ')})`)
-    t.ok(types.includes('delivered'), 'a delivery in the timeline')
-    t.ok(types.includes('acked'), 'the ack in the timeline')
-    const trace = await page.getByTestId('trace').innerText()
-    t.match(trace, /delivered · group billing/, 'delivered to billing')
-    const consumers = await page.getByTestId('message-consumers').innerText()
-    t.match(consumers, /billing/, 'the billing group in the consumers table')
-    await shot('messages')
-    // By business key and by subject.
-    await open('#/messages?subject=console.orders', 'messages')
-    t.ok((await page.getByTestId('message-link').count()) >= 20, 'the subject lists its messages')
   })
 
   await t.test('delay groups: pending messages by hour', async (t) => {

@@ -25,14 +25,7 @@ function group(g: DelayGroupRow): HTMLElement {
       ` · ${num(g.pending)} pending`,
     ),
     g.error !== undefined ? notice('error', `No answer from ${g.name}: ${g.error}`) : null,
-    buckets.length > 0
-      ? chart(
-          'Pending messages by hour (due time)',
-          buckets.map((b) => new Date(b.start).toISOString().slice(5, 13).replace('T', ' ')),
-          [{ name: 'pending', color: '#2458d6', values: buckets.map((b) => b.pending) }],
-          'delay-chart',
-        )
-      : null,
+    buckets.length > 0 ? hoursChart(buckets) : null,
     table(
       [
         { title: 'Hour (due, UTC)', cell: (b: { start: number }) => time(b.start) },
@@ -42,5 +35,34 @@ function group(g: DelayGroupRow): HTMLElement {
       'Nothing pending.',
       'delay-buckets-table',
     ),
+  )
+}
+
+const HOUR = 3_600_000
+/** Hours charted one by one from the current hour; later buckets are summed into one last bar. */
+export const CHART_HOURS = 48
+
+/** Pending messages per hour of due time, from this hour on (past-due buckets count in the first). */
+function hoursChart(buckets: { start: number; pending: number }[]): HTMLElement {
+  const first = Math.floor(Date.now() / HOUR) * HOUR
+  const last = Math.max(first, ...buckets.map((b) => b.start))
+  const hours = Math.min(CHART_HOURS, Math.floor((last - first) / HOUR) + 1)
+  const values = new Array<number>(hours).fill(0)
+  let later = 0
+  for (const b of buckets) {
+    const i = Math.max(0, Math.floor((b.start - first) / HOUR))
+    if (i < hours) values[i] = (values[i] ?? 0) + b.pending
+    else later += b.pending
+  }
+  const labels = values.map((_, i) => new Date(first + i * HOUR).toISOString().slice(5, 13).replace('T', ' '))
+  if (later > 0) {
+    labels.push('later')
+    values.push(later)
+  }
+  return chart(
+    'Pending messages by hour of due time (UTC)',
+    labels,
+    [{ name: 'pending', color: '#2458d6', values }],
+    'delay-chart',
   )
 }

@@ -47,7 +47,10 @@ export async function historySection(q: { subject: string; group?: string }): Pr
     'div',
     { 'data-testid': 'history-charts' },
     answer.errors.length > 0
-      ? notice('error', `No history from ${answer.errors.map((e) => `${e.group} (${e.message})`).join(', ')}`)
+      ? notice(
+          'unavailable',
+          `No history from ${answer.errors.map((e) => `${e.group} (${e.message})`).join(', ')}`,
+        )
       : null,
     chart(
       `Produced per minute, last ${HISTORY_HOURS} h (UTC)`,

@@ -23,7 +23,7 @@ function groupErrors(errors: GroupError[]): HTMLElement | null {
   return errors.length === 0
     ? null
     : notice(
-        'error',
+        'unavailable',
         `Not answered by ${errors.map((e) => `${e.group} (${e.code}: ${e.message})`).join('; ')}: the answer is partial.`,
         'query-errors',
       )
