@@ -113,11 +113,13 @@ export const api = {
       group,
       to,
     }),
-  deadLetters: (subject: string, group: string, limit: number) =>
+  /** `after`: per broker group, list after this sequence (the next page). */
+  deadLetters: (subject: string, group: string, limit: number, after: Record<string, number> = {}) =>
     call<{ items: DeadLetterRow[]; brokerGroups: string[] }>('GET', 'dead-letters', {
       subject,
       group,
       limit,
+      ...Object.fromEntries(Object.entries(after).map(([b, seq]) => [`after.${b}`, seq])),
     }),
   redrive: (subject: string, group: string, brokerGroup: string, sequences: number[]) =>
     call<{ redriven: number }>('POST', 'redrive', undefined, { subject, group, brokerGroup, sequences }),

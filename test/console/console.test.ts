@@ -253,6 +253,17 @@ t.test('console - every page in a real browser against a live cluster', async (t
       'inspected',
     )
     await shot('dead-letters')
+    // Paging: each broker group lists after its own sequence (the page's "Next" link).
+    type Listed = { items: { id: string; brokerGroup: string; sequence: number }[] }
+    const dlq = `${base}api/dead-letters?subject=console.payments&group=audit`
+    const all = (await (await fetch(dlq)).json()) as Listed
+    const first = all.items[0]!
+    const rest = (await (await fetch(`${dlq}&after.${first.brokerGroup}=${first.sequence}`)).json()) as Listed
+    t.same(
+      rest.items.map((d) => d.id),
+      all.items.filter((d) => d.id !== first.id).map((d) => d.id),
+      'a page after a sequence leaves it out',
+    )
     await page.getByTestId('redrive-button').first().click()
     await page.getByTestId('action-ok').waitFor()
     t.match(await page.getByTestId('action-ok').innerText(), /Redrove 1/)

@@ -17,6 +17,9 @@ function inspect(d: DeadLetterRow): HTMLElement {
   )
 }
 
+/** Dead letters listed per broker group and page. */
+const PAGE = 100
+
 export async function deadLettersPage(
   main: HTMLElement,
   params: URLSearchParams,
@@ -62,7 +65,17 @@ export async function deadLettersPage(
     return
   }
   const out = h('div', { 'data-testid': 'action-result' })
-  const list = await api.deadLetters(subject, group, 200)
+  // Paging: each broker group lists after its own last sequence (`after.<broker group>` in the address).
+  const after: Record<string, number> = {}
+  for (const [k, v] of params) if (k.startsWith('after.')) after[k.slice(6)] = Number(v)
+  const list = await api.deadLetters(subject, group, PAGE, after)
+  const next: Record<string, number> = { ...after }
+  let more = false
+  for (const b of list.brokerGroups) {
+    const mine = list.items.filter((d) => d.brokerGroup === b)
+    if (mine.length === PAGE) more = true
+    if (mine.length > 0) next[b] = Math.max(...mine.map((d) => d.sequence))
+  }
   const redrive = (d: DeadLetterRow) => {
     const b = h('button', { class: 'primary', 'data-testid': 'redrive-button' }, 'Redrive')
     b.addEventListener('click', async () => {
@@ -116,5 +129,23 @@ export async function deadLettersPage(
       'No dead letters.',
       'dead-letters-table',
     ),
+    more || Object.keys(after).length > 0
+      ? h(
+          'div',
+          { class: 'pager' },
+          Object.keys(after).length > 0 ? link(route('dead-letters', { subject, group }), '« First') : null,
+          more
+            ? link(
+                route('dead-letters', {
+                  subject,
+                  group,
+                  ...Object.fromEntries(Object.entries(next).map(([b, seq]) => [`after.${b}`, seq])),
+                }),
+                'Next ›',
+                'dlq-next',
+              )
+            : null,
+        )
+      : '',
   )
 }
