@@ -100,12 +100,13 @@ export const api = {
         subject,
       },
     ),
-  consumerGroups: (q: string, offset: number, limit: number, fresh: boolean) =>
+  consumerGroups: (q: string, offset: number, limit: number, fresh: boolean, withDead = false) =>
     call<Page<ConsumerGroupRow>>('GET', 'consumer-groups', {
       q,
       offset,
       limit,
       fresh: fresh ? 1 : undefined,
+      dead: withDead ? 1 : undefined,
     }),
   resetCursor: (subject: string, group: string, to: string | number) =>
     call<{ brokerGroups: string[]; position: string }>('POST', 'reset-cursor', undefined, {

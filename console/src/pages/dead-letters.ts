@@ -1,6 +1,6 @@
 import { adminAction } from '../admin'
-import { api, type DeadLetterRow } from '../api'
-import { h, link, notice, route, table, time } from '../dom'
+import { api, type ConsumerGroupRow, type DeadLetterRow } from '../api'
+import { h, link, num, pager, route, table, time } from '../dom'
 
 function inspect(d: DeadLetterRow): HTMLElement {
   return h(
@@ -56,10 +56,25 @@ export async function deadLettersPage(
     ),
   )
   if (subject === '' || group === '') {
+    // The groups that have dead letters, to pick from.
+    const offset = Number(params.get('offset') ?? 0) || 0
+    const page = await api.consumerGroups('', offset, 50, offset === 0, true)
     main.append(
-      notice(
-        'info',
-        'Pick a subject and a consumer group (the consumer groups page links to the groups with dead letters).',
+      h('h2', {}, 'Consumer groups with dead letters'),
+      pager(page.total, page.offset, page.limit, (o) => go(route('dead-letters', { offset: o }))),
+      table<ConsumerGroupRow>(
+        [
+          { title: 'Subject', cell: (g) => g.subject },
+          {
+            title: 'Consumer group',
+            cell: (g) =>
+              link(route('dead-letters', { subject: g.subject, group: g.group }), g.group, 'dlq-group-link'),
+          },
+          { title: 'Dead', num: true, cell: (g) => num(g.deadLettered) },
+        ],
+        page.items,
+        'No consumer group has dead letters.',
+        'dlq-groups-table',
       ),
     )
     return

@@ -255,7 +255,10 @@ export class ConsoleApi {
     )
   }
 
-  async consumerGroups(p: PageQuery & { fresh?: boolean }): Promise<Page<ConsumerGroupRow>> {
+  /** `withDead`: only groups that have dead letters. */
+  async consumerGroups(
+    p: PageQuery & { fresh?: boolean; withDead?: boolean },
+  ): Promise<Page<ConsumerGroupRow>> {
     const now = this.now()
     const cached = this.backlogCache
     let rows: Promise<ConsumerGroupRow[]>
@@ -269,7 +272,9 @@ export class ConsoleApi {
     }
     const q = p.q.toLowerCase()
     const all = (await rows).filter(
-      (r) => q === '' || r.subject.toLowerCase().includes(q) || r.group.toLowerCase().includes(q),
+      (r) =>
+        (q === '' || r.subject.toLowerCase().includes(q) || r.group.toLowerCase().includes(q)) &&
+        (p.withDead !== true || r.deadLettered > 0),
     )
     return page(all, p)
   }

@@ -10,7 +10,8 @@ import { loadConsoleAssets } from './assets'
  *   GET  /console/api/overview          groups (roles, liveness, load) and counts
  *   GET  /console/api/subjects          ?q=&offset=&limit=   paged, searched by substring
  *   GET  /console/api/subject           ?subject=S           route, clients, consumer groups' backlog
- *   GET  /console/api/consumer-groups   ?q=&offset=&limit=&fresh=1   backlog summed over broker groups
+ *   GET  /console/api/consumer-groups   ?q=&offset=&limit=&fresh=1&dead=1   backlog summed over broker
+ *                                       groups (dead=1: only groups with dead letters)
  *   POST /console/api/reset-cursor      {subject, group, to}                     admin token
  *   GET  /console/api/dead-letters      ?subject=&group=&limit=
  *   POST /console/api/redrive           {subject, group, brokerGroup, sequences} | {subject, group, all}
@@ -114,7 +115,11 @@ export async function handleConsole(
         get()
         return {
           status: 200,
-          body: await api.consumerGroups({ ...pageQuery(query), fresh: query.get('fresh') === '1' }),
+          body: await api.consumerGroups({
+            ...pageQuery(query),
+            fresh: query.get('fresh') === '1',
+            withDead: query.get('dead') === '1',
+          }),
         }
       case 'dead-letters': {
         get()
