@@ -42,6 +42,8 @@ export interface TraceEvent {
   consumer?: string
   deliveryCount?: number
   retryAt?: number
+  /** scheduled (delay group): when it is due */
+  scheduleAt?: number
   appCode?: string
   host?: string
 }
@@ -129,6 +131,6 @@ export const query = {
   ) => get<MessageList>('/admin/messages', { subject, from, to, limit, cursor }),
   byKey: (key: string, subject: string | undefined, limit: number) =>
     get<MessageList>('/admin/messages', { key, subject, limit }),
-  history: (p: { subject?: string; consumerGroup?: string; from: number; to: number }) =>
+  history: (p: { subject?: string; consumerGroup?: string; server?: string; from: number; to: number }) =>
     get<HistoryAnswer>('/admin/history', p),
 }

@@ -1,6 +1,7 @@
 import { api, type DelayGroupRow } from '../api'
 import { chart } from '../chart'
 import { h, notice, num, table, time } from '../dom'
+import { delayHistorySection } from './history'
 
 export async function delayPage(main: HTMLElement): Promise<void> {
   const { groups } = await api.delayGroups()
@@ -9,7 +10,11 @@ export async function delayPage(main: HTMLElement): Promise<void> {
     main.append(notice('info', 'No delay group has registered.', 'delay-empty'))
     return
   }
-  for (const g of groups) main.append(group(g))
+  for (const g of groups) {
+    main.append(group(g))
+    const history = g.alive ? await delayHistorySection(g.name) : null
+    if (history !== null) main.append(history)
+  }
 }
 
 function group(g: DelayGroupRow): HTMLElement {

@@ -78,3 +78,45 @@ export async function historySection(q: { subject: string; group?: string }): Pr
     ),
   )
 }
+
+/**
+ * Per-minute counts of one delay group over the last hours (GET /admin/history?server=<group>):
+ * scheduled (its `produced`), dispatched to a broker (`delivered`), parked as dead letters (`dead`).
+ */
+export async function delayHistorySection(group: string): Promise<HTMLElement | null> {
+  const f = await features()
+  if (!f.history) return null
+  const to = Math.ceil(Date.now() / MINUTE) * MINUTE
+  const from = to - HISTORY_HOURS * 60 * MINUTE
+  let answer: Awaited<ReturnType<typeof query.history>>
+  try {
+    answer = await query.history({ server: group, from, to })
+  } catch (err) {
+    return notice('error', `History of ${group}: ${err instanceof Error ? err.message : String(err)}`)
+  }
+  const labels: string[] = []
+  const index = new Map<number, number>()
+  for (let m = from; m < to; m += MINUTE) {
+    index.set(m, labels.length)
+    labels.push(new Date(m).toISOString().slice(11, 16))
+  }
+  const sum = (k: 'produced' | 'delivered' | 'dead') => {
+    const out = new Array<number>(labels.length).fill(0)
+    for (const s of answer.series)
+      for (const p of s.points) {
+        const i = index.get(p.minute)
+        if (i !== undefined) out[i] = (out[i] ?? 0) + p[k]
+      }
+    return out
+  }
+  return chart(
+    `Per minute, last ${HISTORY_HOURS} h (UTC)`,
+    labels,
+    [
+      { name: 'scheduled', color: '#2458d6', values: sum('produced') },
+      { name: 'dispatched', color: '#067647', values: sum('delivered') },
+      { name: 'dead', color: '#c4320a', values: sum('dead') },
+    ],
+    'delay-history',
+  )
+}

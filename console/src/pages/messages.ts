@@ -36,6 +36,7 @@ function describe(e: TraceEvent): string {
   if (e.consumer) parts.push(`consumer ${e.consumer}`)
   if (e.deliveryCount !== undefined) parts.push(`delivery ${e.deliveryCount}`)
   if (e.retryAt !== undefined) parts.push(`retry at ${time(e.retryAt)}`)
+  if (e.scheduleAt !== undefined) parts.push(`due ${time(e.scheduleAt)}`)
   parts.push(`on ${e.server}`)
   if (e.sequence !== undefined && e.sequence >= 0) parts.push(`seq ${e.sequence}`)
   return parts.join(' · ')
