@@ -191,7 +191,11 @@ t.test('console - every page in a real browser against a live cluster', async (t
     const consumers = await page.getByTestId('message-consumers').innerText()
     t.match(consumers, /billing\s+acked\s+1/, 'acked by billing after 1 delivery, in the consumers table')
     await shot('messages')
-    // By business key and by subject.
+    // The delayed message: scheduled by the delay group, due in 3 hours.
+    await open(`#/messages?id=${encodeURIComponent(later.getMessageId())}`, 'messages')
+    await page.getByTestId('trace').waitFor()
+    t.match(await page.getByTestId('trace').innerText(), /scheduled .*on delay-1/, 'scheduled on delay-1')
+    // By subject, newest first.
     await open('#/messages?subject=console.orders', 'messages')
     t.ok((await page.getByTestId('message-link').count()) >= 20, 'the subject lists its messages')
   })
