@@ -4,7 +4,9 @@ import { validateSubject } from '../common/names'
 import {
   decodeDelayDlqListRequest,
   decodeDelayDlqRedriveRequest,
+  decodeDelayPendingRequest,
   encodeDelayDlqListResponse,
+  encodeDelayPendingResponse,
 } from '../common/protocol/delay-admin'
 import {
   decodeCancelRequest,
@@ -134,6 +136,12 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
       const n = await ctx.store.redriveDeadLetters(req.sequences)
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
       return encodeCountResponse(n)
+    }
+    case RequestCode.ADMIN_DELAY_PENDING: {
+      authenticate(f, ctx, remote)
+      decodeDelayPendingRequest(f.body)
+      const buckets = ctx.store.pendingByBucket().map(([start, pending]) => ({ start, pending }))
+      return encodeDelayPendingResponse(buckets.sort((a, b) => a.start - b.start))
     }
     default:
       throw new QmqError(

@@ -15,6 +15,8 @@ import {
   parseReadOnly,
   parseServerHeartbeat,
 } from './validate'
+import type { ConsoleApi } from './console/api'
+import { CONSOLE_PREFIX, handleConsole } from './console/routes'
 
 /**
  * HTTP routing of the metaserver (docs/metaserver-api.md). No framework: a switch on the path.
@@ -24,6 +26,8 @@ import {
 export interface HttpContext {
   service: MetaService
   log: Logger
+  /** The web console's data (undefined = the console is off: /console answers 404). */
+  console?: ConsoleApi | undefined
   registry: Registry
   maxBodyBytes: number
   adminToken: string | undefined
@@ -36,11 +40,15 @@ export interface HttpContext {
   fanout?: QueryFanout
 }
 
-type Answer = { status: number; body: unknown } | { status: number; raw: string; contentType: string }
+type Answer =
+  | { status: number; body: unknown }
+  | { status: number; raw: string | Buffer; contentType: string; headers?: Record<string, string> }
 
 /** Route label for metrics: a fixed set, never the raw path. */
 type RouteName =
   | 'address'
+  | 'console_page'
+  | 'console_api'
   | 'route'
   | 'heartbeat'
   | 'client_heartbeat'
@@ -224,7 +232,8 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     if (!tokenMatches(given, secretBuf)) throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'wrong cluster secret')
   }
 
-  function requireAdmin(req: IncomingMessage): void {
+  /** Answers the token given, once it is the admin token. */
+  function requireAdmin(req: IncomingMessage): string {
     if (tokenBuf === undefined) {
       throw new QmqError(
         'QMQ_ERR_UNAUTHORIZED',
@@ -233,12 +242,14 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     }
     const header = req.headers.authorization ?? ''
     const m = /^Bearer\s+(.+)$/i.exec(header)
-    if (!tokenMatches(m?.[1]?.trim(), tokenBuf)) {
+    const given = m?.[1]?.trim()
+    if (given === undefined || !tokenMatches(given, tokenBuf)) {
       throw new QmqError(
         'QMQ_ERR_UNAUTHORIZED',
         m === null ? 'missing "Authorization: Bearer <token>" header' : 'wrong admin token',
       )
     }
+    return given
   }
 
   async function dispatch(
@@ -249,6 +260,24 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
   ): Promise<Answer> {
     const method = req.method ?? 'GET'
     const svc = ctx.service
+    if (ctx.console !== undefined && (path === CONSOLE_PREFIX || path.startsWith(`${CONSOLE_PREFIX}/`))) {
+      const api = path.startsWith(`${CONSOLE_PREFIX}/api/`)
+      setRoute(api ? 'console_api' : 'console_page')
+      const a = await handleConsole(
+        { api: ctx.console, requireAdmin, readJson: (r) => readJson(r, ctx.maxBodyBytes) },
+        req,
+        path,
+        query,
+      )
+      if (a.raw !== undefined)
+        return {
+          status: a.status,
+          raw: a.raw,
+          contentType: a.contentType ?? 'application/octet-stream',
+          ...(a.headers ? { headers: a.headers } : {}),
+        }
+      return { status: a.status, body: a.body }
+    }
     switch (path) {
       case META_PATHS.route: {
         setRoute('route')
@@ -380,10 +409,12 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     res: ServerResponse,
     status: number,
     contentType: string,
-    payload: string,
+    payload: string | Buffer,
     close: boolean,
+    headers?: Record<string, string>,
   ): void {
     res.statusCode = status
+    if (headers !== undefined) for (const [k, v] of Object.entries(headers)) res.setHeader(k, v)
     res.setHeader('content-type', contentType)
     res.setHeader('content-length', Buffer.byteLength(payload))
     if (close) res.setHeader('connection', 'close')
@@ -391,13 +422,20 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
   }
 
   /** Sends an answer; one that comes before the whole body was read first drains it (see drainBody). */
-  function answer(req: IncomingMessage, res: ServerResponse, status: number, type: string, payload: string) {
+  function answer(
+    req: IncomingMessage,
+    res: ServerResponse,
+    status: number,
+    type: string,
+    payload: string | Buffer,
+    headers?: Record<string, string>,
+  ) {
     if (req.complete) {
-      send(res, status, type, payload, false)
+      send(res, status, type, payload, false, headers)
       return
     }
     drainBody(req, (complete) => {
-      send(res, status, type, payload, true)
+      send(res, status, type, payload, true, headers)
       if (!complete) res.on('finish', () => req.socket.destroy())
     })
   }
@@ -413,7 +451,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     }).then(
       (a) => {
         count(route, a.status)
-        if ('raw' in a) answer(req, res, a.status, a.contentType, a.raw)
+        if ('raw' in a) answer(req, res, a.status, a.contentType, a.raw, a.headers)
         else answer(req, res, a.status, 'application/json', JSON.stringify(a.body))
       },
       (err: unknown) => {

@@ -7,6 +7,7 @@ import { type Clock, systemClock } from '../common/clock'
 import { fsError, QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
+import { ConsoleApi } from './console/api'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { QueryFanout } from './query-fanout'
@@ -58,6 +59,7 @@ export class Metaserver {
   readonly registry: Registry
   readonly log: Logger
   private readonly clock: Clock
+  private consoleApi: ConsoleApi | undefined
   private readonly storeGiven: MetaStore | undefined
   private readonly storeClock: boolean
   private store: MetaStore | undefined
@@ -122,6 +124,7 @@ export class Metaserver {
     const store = this.store
     const svc = new MetaService(o, store, this.clock, this.log, this.storeClock)
     this.svc = svc
+    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now())
     try {
       await svc.load()
     } catch (err) {
@@ -151,6 +154,7 @@ export class Metaserver {
       addresses: () =>
         o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : svc.metaserverUrls(this.selfUrl),
       startedAt: Date.now(),
+      console: this.consoleApi,
     })
     const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 30_000 }, handler)
     this.server = server
@@ -309,6 +313,8 @@ export class Metaserver {
       if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
       if (this.reloadTimer !== undefined) clearInterval(this.reloadTimer)
       if (this.beatTimer !== undefined) clearInterval(this.beatTimer)
+      // The console's broker connections first: its requests in flight fail fast instead of waiting.
+      await this.consoleApi?.close()
       const server = this.server
       if (server !== undefined) {
         await new Promise<void>((resolve) => {

@@ -38,6 +38,8 @@ export interface MetaserverOptions {
   extendOnOutage: boolean
   maxBodyBytes: number
   reloadIntervalMs: number
+  /** Serve the web console at /console (docs/console.md). */
+  console: boolean
 }
 
 /** The CLI maps `--data-dir` / `QMQ_METASERVER_DATA_DIR` etc. onto these keys (config.optionsFromEnv). */
@@ -117,6 +119,10 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     min: 0,
     max: 3_600_000,
     doc: 'Reload routes, marks and last-seen times from the store this often (0 = default: never for SQLite, every 1000 ms for a shared PostgreSQL store)',
+  }),
+  console: boolean({
+    default: true,
+    doc: 'Serve the web console at /console on the HTTP port (false = off: /console answers 404)',
   }),
 }
 

@@ -23,6 +23,8 @@ export interface ClusterOptions {
   metaStore?: string
   /** How many metaservers (default 1; more than one needs `metaStore`). */
   metaservers?: number
+  /** Extra metaserver options (e.g. { adminToken }). */
+  metaserver?: Record<string, unknown>
 }
 
 export interface Cluster {
@@ -50,6 +52,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
         clusterSecret: CLUSTER_SECRET,
         heartbeatIntervalMs: 200,
         heartbeatTimeoutMs: 1_500,
+        ...options.metaserver,
       },
       { logger: silentLogger },
     )

@@ -280,6 +280,7 @@ export const devCommand: Command = {
         const lines = [
           'qmq local cluster is up:',
           `  metaserver   ${metaUrl}   (clients use ${cluster.metaAddress})`,
+          `  console      ${metaUrl}/console/`,
           ...cluster.brokers.map(
             (b) => `  ${String(b.group).padEnd(12)} ${b.address}   metrics ${b.httpAddress ?? '-'}`,
           ),

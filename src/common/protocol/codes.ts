@@ -30,6 +30,8 @@ export const RequestCode = {
   ADMIN_DELAY_DLQ_REDRIVE: 27,
   /** Broker and delay server: message query, lifecycle trace, per-minute counts (JSON; query.ts). */
   ADMIN_QUERY: 28,
+  /** Delay server: messages stored and not yet delivered, per schedule bucket (the web console). */
+  ADMIN_DELAY_PENDING: 29,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -137,3 +137,42 @@ export function decodeDelayDlqRedriveRequest(body: Buffer): DelayDlqRedriveReque
     throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'ADMIN_DELAY_DLQ_REDRIVE with ALL must not list sequences')
   return { sequences: all ? undefined : sequences, token }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ADMIN_DELAY_PENDING request
+//   str16 token                    the cluster secret (token field, commands.ts)
+// ADMIN_DELAY_PENDING response
+//   u32   count                    one per schedule bucket the server holds, oldest first
+//   count x (i64 bucketStart       ms since epoch (buckets are scheduleBucketMs wide, default 1 h)
+//            u64 pending)          messages stored in it and not yet delivered
+export interface DelayPendingBucket {
+  start: number
+  pending: number
+}
+
+export function encodeDelayPendingRequest(token: string | undefined): Buffer {
+  return writeToken(new PayloadWriter(16), token).finish()
+}
+
+export function decodeDelayPendingRequest(body: Buffer): { token: string | undefined } {
+  const r = new PayloadReader(body)
+  const token = readToken(r)
+  r.done('ADMIN_DELAY_PENDING request')
+  return { token }
+}
+
+export function encodeDelayPendingResponse(buckets: readonly DelayPendingBucket[]): Buffer {
+  const w = new PayloadWriter(4 + buckets.length * 16)
+  w.u32(buckets.length)
+  for (const b of buckets) w.i64(b.start).u64(Math.max(0, b.pending))
+  return w.finish()
+}
+
+export function decodeDelayPendingResponse(body: Buffer): DelayPendingBucket[] {
+  const r = new PayloadReader(body)
+  const count = r.count(r.u32('bucket count'), 16, 'bucket')
+  const out: DelayPendingBucket[] = []
+  for (let i = 0; i < count; i++) out.push({ start: r.i64('bucketStart'), pending: r.u64('pending') })
+  r.done('ADMIN_DELAY_PENDING response')
+  return out
+}

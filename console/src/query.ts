@@ -1,0 +1,136 @@
+import { ApiError } from './api'
+
+/**
+ * The metaserver's message query and history API (docs/query.md): GET /admin/messages/:id,
+ * /admin/messages?subject=|key=, /admin/history. Plain reads of the same origin, no token.
+ */
+export interface ConsumerView {
+  consumerGroup: string
+  state: 'pending' | 'inFlight' | 'retrying' | 'acked' | 'dead'
+  deliveryCount: number
+  holder?: string
+  retryAt?: number
+}
+
+export interface MessageView {
+  server: string
+  kind: 'broker' | 'delay'
+  id: string
+  subject: string
+  sequence: number
+  createdAt: number
+  storedAt: number
+  scheduleAt?: number
+  tags: string[]
+  keys: string[]
+  appCode?: string
+  host?: string
+  properties: Record<string, string>
+  bodyBytes: number
+  body?: string
+  bodyEncoding?: 'utf8' | 'base64'
+  consumers?: ConsumerView[]
+}
+
+export interface TraceEvent {
+  time: number
+  type: string
+  server: string
+  subject: string
+  sequence?: number
+  consumerGroup?: string
+  consumer?: string
+  deliveryCount?: number
+  retryAt?: number
+  /** scheduled (delay group): when it is due */
+  scheduleAt?: number
+  appCode?: string
+  host?: string
+}
+
+export interface GroupError {
+  group: string
+  code: string
+  message: string
+}
+
+export interface MessageAnswer {
+  id: string
+  found: boolean
+  messages: MessageView[]
+  events: TraceEvent[]
+  errors: GroupError[]
+}
+
+export interface MessageList {
+  messages: MessageView[]
+  nextCursor?: string
+  errors: GroupError[]
+}
+
+export interface HistoryPoint {
+  minute: number
+  produced: number
+  delivered: number
+  acked: number
+  nacked: number
+  expired: number
+  dead: number
+  bytes: number
+}
+
+export interface HistoryAnswer {
+  from: number
+  to: number
+  series: { subject: string; consumerGroup: string; points: HistoryPoint[] }[]
+  truncated: boolean
+  errors: GroupError[]
+}
+
+async function get<T>(path: string, params: Record<string, string | number | undefined> = {}): Promise<T> {
+  const q = new URLSearchParams()
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') q.set(k, String(v))
+  const res = await fetch(`${path}${q.size > 0 ? `?${q}` : ''}`, {
+    headers: { accept: 'application/json' },
+    credentials: 'omit',
+    cache: 'no-store',
+  })
+  const text = await res.text()
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new ApiError(res.status, 'QMQ_ERR_INTERNAL', `the metaserver answered ${res.status} with no JSON`)
+  }
+  if (!res.ok) {
+    const e = json as { code?: string; message?: string }
+    throw new ApiError(res.status, e.code ?? 'QMQ_ERR_INTERNAL', e.message ?? `HTTP ${res.status}`)
+  }
+  return json as T
+}
+
+/** True when the answer says the endpoint does not exist (a metaserver without the query API). */
+export function isMissingEndpoint(err: unknown): boolean {
+  return (
+    err instanceof ApiError &&
+    err.status === 404 &&
+    err.code === 'QMQ_ERR_NOT_FOUND' &&
+    err.message.startsWith('no such endpoint')
+  )
+}
+
+export const query = {
+  message: (id: string, subject?: string) =>
+    get<MessageAnswer>(`/admin/messages/${encodeURIComponent(id)}`, { subject }),
+  bySubject: (
+    subject: string,
+    from: number | undefined,
+    to: number | undefined,
+    limit: number,
+    cursor?: string,
+  ) => get<MessageList>('/admin/messages', { subject, from, to, limit, cursor }),
+  byKey: (key: string, subject: string | undefined, limit: number) =>
+    get<MessageList>('/admin/messages', { key, subject, limit }),
+  history: (p: { subject?: string; consumerGroup?: string; server?: string; from: number; to: number }) =>
+    get<HistoryAnswer>('/admin/history', p),
+}
