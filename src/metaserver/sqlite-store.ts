@@ -89,13 +89,17 @@ export class SqliteMetaStore implements MetaStore {
   /** `file` is a path (created if missing) or ':memory:'. */
   constructor(file: string) {
     const Sqlite = loadSqlite()
+    let opened: Database.Database | undefined
     try {
-      this.db = new Sqlite(file)
-      this.db.pragma('journal_mode = WAL')
-      this.db.pragma('synchronous = NORMAL')
-      this.db.pragma('busy_timeout = 5000')
+      opened = new Sqlite(file)
+      this.db = opened
+      opened.pragma('journal_mode = WAL')
+      opened.pragma('synchronous = NORMAL')
+      opened.pragma('busy_timeout = 5000')
       this.migrate(file)
     } catch (err) {
+      // A database refused (newer schema, not a database) is closed, not left open.
+      opened?.close()
       throw storeError(err, `cannot open metaserver database ${file}`)
     }
     const db = this.db

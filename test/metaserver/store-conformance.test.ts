@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
-import { SCHEMA_VERSION } from '../../src/metaserver/schema'
+import { MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE } from '../../src/metaserver/schema'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
 import type { MetaStore, StoredGroup, StoredServer } from '../../src/metaserver/store'
 import { freshDatabase, STORE_KINDS, type StoreKind } from './helpers'
@@ -159,3 +159,67 @@ t.test('store [postgres] - a closed or unreachable store fails with a retriable 
     code: 'QMQ_ERR_METASERVER_STORE',
   })
 })
+
+/** Prepares a database of `kind` as an older metaserver left it: migrations up to `version` only. */
+async function seedAt(
+  t: Test,
+  kind: StoreKind,
+  version: number,
+  extraSql: string[],
+): Promise<() => Promise<MetaStore>> {
+  const sql = [
+    VERSION_TABLE,
+    ...MIGRATIONS.filter((m) => m.version <= version).flatMap((m) => [
+      m.sql[kind],
+      `INSERT INTO schema_version (version) VALUES (${m.version})`,
+    ]),
+    ...extraSql,
+  ]
+  if (kind === 'sqlite') {
+    const file = `${t.testdir()}/meta.db`
+    const Database = require('better-sqlite3') as typeof import('better-sqlite3')
+    const db = new Database(file)
+    for (const s of sql) db.exec(s)
+    db.close()
+    return async () => new SqliteMetaStore(file)
+  }
+  const url = await freshDatabase()
+  const { Client } = await import('pg')
+  const c = new Client({ connectionString: url })
+  await c.connect()
+  for (const s of sql) await c.query(s)
+  await c.end()
+  return () => PostgresMetaStore.open(url)
+}
+
+for (const kind of STORE_KINDS) {
+  t.test(`store [${kind}] - a version 1 database is migrated on open, its routes kept`, async (t) => {
+    const open = await seedAt(t, kind, 1, [
+      `INSERT INTO subject_routes (subject, groups_json, version, created_at, updated_at) VALUES ('old', '["a","b"]', 3, 1, 2)`,
+    ])
+    const s = await open()
+    t.teardown(() => s.close())
+    t.same(await s.getRoute('old'), {
+      subject: 'old',
+      groups: ['a', 'b'],
+      version: 3,
+      createdAt: 1,
+      updatedAt: 2,
+    })
+    t.same(await s.decideLiveness('a', false, 10, 5), {
+      changed: true,
+      alive: false,
+      version: 1,
+      masterLastSeenAt: 0,
+    })
+    await s.registerMetaserver({ id: 'm', url: 'http://m', startedAt: 1, lastSeenAt: 2 })
+    t.equal((await s.listMetaservers(0)).length, 1, 'version 2 tables exist')
+  })
+
+  t.test(`store [${kind}] - a database newer than this metaserver is refused`, async (t) => {
+    const open = await seedAt(t, kind, SCHEMA_VERSION, [
+      `INSERT INTO schema_version (version) VALUES (${SCHEMA_VERSION + 1})`,
+    ])
+    await t.rejects(open(), { code: 'QMQ_ERR_METASERVER_STORE', message: /newer than this metaserver/ })
+  })
+}
