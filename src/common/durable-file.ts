@@ -14,6 +14,36 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** fsyncDir off the event loop (for paths where a synchronous fsync would stall other work). */
+export async function fsyncDirAsync(dir: string): Promise<void> {
+  let fh: fs.promises.FileHandle | undefined
+  try {
+    fh = await fs.promises.open(dir, 'r')
+    await fh.sync()
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename is still atomic.
+  } finally {
+    await fh?.close().catch(() => undefined)
+  }
+}
+
+/**
+ * Replaces `file` with `data`, atomically and durably, off the event loop: temp file, fdatasync,
+ * rename, fsync of the directory. Callers serialize writes of one file.
+ */
+export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
+  const tmp = `${file}.tmp`
+  const fh = await fs.promises.open(tmp, 'w')
+  try {
+    await fh.writeFile(data)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+  await fs.promises.rename(tmp, file)
+  await fsyncDirAsync(path.dirname(file))
+}
+
 /**
  * Opens `file` for reading and writing, creating it if missing; a new file's directory entry is made
  * durable at once (fsyncDir), so data later fdatasynced into it cannot vanish with its name.

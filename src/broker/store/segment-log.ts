@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { fsError, QmqError } from '../../common/errors'
-import { fsyncDir } from '../../common/durable-file'
+import { fsyncDir, fsyncDirAsync } from '../../common/durable-file'
 import { type FsIo, nodeFsIo } from './fs-io'
 
 /**
@@ -169,6 +169,8 @@ export class SegmentLog {
   private writing = false
   private syncing: Promise<void> | undefined
   private syncAgain: Promise<void> | undefined
+  /** A segment file was created since the last sync: the directory is fsynced before its data. */
+  private dirUnsynced = false
   /**
    * Buffered appends (see `appendBuffered`): their parts, flat, and per entry its number of parts and
    * its bytes (small-integer arrays: no object per entry, as a delay bucket can hold thousands).
@@ -603,7 +605,9 @@ export class SegmentLog {
     }
     const seg: Segment = { ...openedSegment(base, file, fd, 0), dirty: true }
     this.segs.push(seg)
-    fsyncDir(this.dir)
+    // The new name becomes durable with the next sync (before any of its data counts as durable):
+    // an fsync of the directory here would stall the event loop of every writer (timers included).
+    this.dirUnsynced = true
     return seg
   }
 
@@ -633,6 +637,10 @@ export class SegmentLog {
 
   private async doSync(): Promise<void> {
     if (!this.writing) this.flushSync()
+    if (this.dirUnsynced) {
+      this.dirUnsynced = false
+      await fsyncDirAsync(this.dir)
+    }
     // A copy: segments may be removed while an fdatasync is in flight (a removed one needs none).
     for (const seg of [...this.segs]) {
       if (!seg.dirty || seg.retired) continue

@@ -22,7 +22,7 @@ import { type DeadLetter, DeadLetterLog } from './dead-letters'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
-import { writeFileAtomicSync } from '../../common/durable-file'
+import { writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
 
 /**
  * The delay server's storage: message log -> schedule logs (one per time bucket) -> wheel.
@@ -531,7 +531,8 @@ export class DelayStore {
       }
     }
     if (cp !== this.checkpointOffset) {
-      writeFileAtomicSync(
+      // Off the event loop: a synchronous fsync here stalled dispatch (and every timer) at each checkpoint.
+      await writeFileAtomic(
         path.join(this.options.dataDir, CHECKPOINT_FILE),
         JSON.stringify({ messageLogOffset: cp }),
       )

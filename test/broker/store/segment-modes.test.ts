@@ -191,3 +191,23 @@ for (const mode of ['appendv', 'buffered'] as const) {
     },
   )
 }
+
+t.test('segment log - a failed buffered write keeps its entries buffered, with their offsets', async (t) => {
+  // /dev/full: every write fails with ENOSPC (a real device, no mock).
+  const log = SegmentLog.openFile({ file: '/dev/full' })
+  t.teardown(() => log.close())
+  const a = log.appendBuffered(entry('one'))
+  const b = log.appendBuffered(entry('two'))
+  const buffered = log.bufferedBytes
+  t.throws(() => log.flushSync(), { code: 'QMQ_ERR_DISK_FULL' }, 'the write error, as a store error')
+  t.equal(log.bufferedBytes, buffered, 'nothing dropped')
+  t.equal(log.endOffset, 0, 'nothing counted as written')
+  t.equal(
+    log.appendBuffered(entry('three')),
+    b + entry('two').length,
+    'offsets unchanged: the next entry follows',
+  )
+  t.equal(a, 0)
+  await t.rejects(log.sync(), { code: 'QMQ_ERR_DISK_FULL' }, 'a sync reports it too')
+  t.ok(log.unsynced, 'still unsynced')
+})
