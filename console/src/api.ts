@@ -1,4 +1,10 @@
-import type { ConsumerGroupRow, DeadLetterRow, DelayGroupRow, Page } from '../../src/metaserver/console/api'
+import type {
+  ConsumerGroupRow,
+  DeadLetterRow,
+  DelayGroupRow,
+  GroupError,
+  Page,
+} from '../../src/metaserver/console/api'
 import type { ClientInfo, GroupInfo, SubjectInfo } from '../../src/common/meta/types'
 
 /**
@@ -6,7 +12,16 @@ import type { ClientInfo, GroupInfo, SubjectInfo } from '../../src/common/meta/t
  * sessionStorage (this tab only, gone when it closes) and travels only in the Authorization header
  * of admin writes: never in an address, never in a query string.
  */
-export type { ConsumerGroupRow, DeadLetterRow, DelayGroupRow, Page, ClientInfo, GroupInfo, SubjectInfo }
+export type {
+  GroupError,
+  ConsumerGroupRow,
+  DeadLetterRow,
+  DelayGroupRow,
+  Page,
+  ClientInfo,
+  GroupInfo,
+  SubjectInfo,
+}
 
 const TOKEN_KEY = 'qmq.console.adminToken'
 
@@ -93,15 +108,16 @@ export const api = {
       limit,
     }),
   subject: (subject: string) =>
-    call<{ subject: SubjectInfo; clients: ClientInfo[]; consumerGroups: ConsumerGroupRow[] }>(
-      'GET',
-      'subject',
-      {
-        subject,
-      },
-    ),
+    call<{
+      subject: SubjectInfo
+      clients: ClientInfo[]
+      consumerGroups: ConsumerGroupRow[]
+      errors: GroupError[]
+    }>('GET', 'subject', {
+      subject,
+    }),
   consumerGroups: (q: string, offset: number, limit: number, fresh: boolean, withDead = false) =>
-    call<Page<ConsumerGroupRow>>('GET', 'consumer-groups', {
+    call<Page<ConsumerGroupRow> & { errors: GroupError[] }>('GET', 'consumer-groups', {
       q,
       offset,
       limit,
@@ -116,7 +132,7 @@ export const api = {
     }),
   /** `after`: per broker group, list after this sequence (the next page). */
   deadLetters: (subject: string, group: string, limit: number, after: Record<string, number> = {}) =>
-    call<{ items: DeadLetterRow[]; brokerGroups: string[] }>('GET', 'dead-letters', {
+    call<{ items: DeadLetterRow[]; brokerGroups: string[]; errors: GroupError[] }>('GET', 'dead-letters', {
       subject,
       group,
       limit,

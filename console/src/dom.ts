@@ -142,3 +142,13 @@ export function route(path: string, params: Record<string, string | number | und
   const s = q.toString()
   return `#/${path}${s ? `?${s}` : ''}`
 }
+
+/** An amber notice naming the groups that did not answer (the page shows what the others said). */
+export function partial(errors: { group: string; code: string; message: string }[]): HTMLElement | string {
+  if (errors.length === 0) return ''
+  return notice(
+    'unavailable',
+    `Not answered by ${errors.map((e) => `${e.group} (${e.code}: ${e.message})`).join('; ')}: what follows is partial.`,
+    'partial-answer',
+  )
+}

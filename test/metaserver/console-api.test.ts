@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { ERROR_CODES } from '../../src/common/error-codes'
+import { CLUSTER_SECRET_HEADER } from '../../src/common/meta/types'
 import { RequestCode } from '../../src/common/protocol/codes'
 import { decodeDelayPendingResponse, encodeDelayPendingRequest } from '../../src/common/protocol/delay-admin'
 import { parseResetTarget } from '../../src/metaserver/console/api'
@@ -105,6 +106,33 @@ t.test('console api - admin writes, refusals, files, delay pending', async (t) =
   t.same(decodeDelayPendingResponse(served.body), [], 'nothing pending yet')
   const groups = await fetch(`${base}/api/delay-groups`)
   t.match(await groups.json(), { groups: [{ name: 'delay-1', alive: true, pending: 0, buckets: [] }] })
+})
+
+t.test('console api - a broker group that does not answer is named; the others are shown', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmq-console-api-'))
+  const cluster = await startCluster({ dir, brokers: 1 })
+  t.teardown(async () => {
+    await cluster.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+  await cluster.brokers[0]!.messageStore.resetCursor('api.orders', 'g1', { kind: 'earliest' })
+  // A group that registers with an address nobody listens on (alive until its heartbeats stop).
+  const hb = await fetch(`${cluster.metaserver.url}/meta/heartbeat`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', [CLUSTER_SECRET_HEADER]: CLUSTER_SECRET },
+    body: JSON.stringify({ group: 'broker-z', kind: 'broker', role: 'master', address: '127.0.0.1:1' }),
+  })
+  t.equal(hb.status, 200)
+  await hb.arrayBuffer()
+  const r = await fetch(`${cluster.metaserver.url}/console/api/consumer-groups?fresh=1`)
+  t.equal(r.status, 200)
+  const body = (await r.json()) as { total: number; errors: { group: string; code: string }[] }
+  t.equal(body.total, 1, 'the answering broker group counted')
+  t.same(
+    body.errors.map((e) => e.group),
+    ['broker-z'],
+    `the silent one named (${body.errors.map((e) => e.code).join()})`,
+  )
 })
 
 t.test('console api - admin writes are refused when the metaserver has no admin token', async (t) => {

@@ -1,6 +1,6 @@
 import { adminAction } from '../admin'
 import { api, type ConsumerGroupRow, type DeadLetterRow } from '../api'
-import { h, link, num, pager, route, table, time } from '../dom'
+import { h, link, num, pager, route, table, time, partial } from '../dom'
 
 function inspect(d: DeadLetterRow): HTMLElement {
   return h(
@@ -61,6 +61,7 @@ export async function deadLettersPage(
     const page = await api.consumerGroups('', offset, 50, offset === 0, true)
     main.append(
       h('h2', {}, 'Consumer groups with dead letters'),
+      partial(page.errors),
       pager(page.total, page.offset, page.limit, (o) => go(route('dead-letters', { offset: o }))),
       table<ConsumerGroupRow>(
         [
@@ -120,6 +121,7 @@ export async function deadLettersPage(
       link(route('subject', { subject }), 'subject'),
     ),
     out,
+    partial(list.errors),
     h('div', { class: 'toolbar' }, all),
     table<DeadLetterRow>(
       [

@@ -1,6 +1,6 @@
 import { adminAction } from '../admin'
 import { api, type ConsumerGroupRow } from '../api'
-import { h, link, num, pager, route, table } from '../dom'
+import { h, link, num, pager, route, table, partial } from '../dom'
 
 const PAGE = 50
 
@@ -76,6 +76,7 @@ export async function groupsPage(
       ),
     ),
     out,
+    partial(page.errors),
     pager(page.total, page.offset, page.limit, (o) => go(route('groups', { q, offset: o }))),
     table<ConsumerGroupRow>(
       [

@@ -1,5 +1,5 @@
 import { api, type ClientInfo, type ConsumerGroupRow, type SubjectInfo } from '../api'
-import { ago, h, link, num, pager, route, table, time } from '../dom'
+import { ago, h, link, num, pager, route, table, time, partial } from '../dom'
 import { historySection } from './history'
 
 const PAGE = 50
@@ -67,6 +67,7 @@ export async function subjectPage(main: HTMLElement, params: URLSearchParams): P
     h('h2', {}, 'Last hours, per minute'),
     await historySection({ subject }),
     h('h2', {}, 'Consumer groups'),
+    partial(d.errors),
     table<ConsumerGroupRow>(
       [
         { title: 'Group', cell: (g) => link(route('groups', { q: g.group }), g.group) },

@@ -1,5 +1,5 @@
 import { Connection } from '../../client/transport/connection'
-import { QmqError } from '../../common/errors'
+import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientInfo, GroupInfo, SubjectInfo } from '../../common/meta/types'
 import { validateGroup, validateSubject } from '../../common/names'
 import {
@@ -49,6 +49,31 @@ export interface Page<T> {
   offset: number
   limit: number
   items: T[]
+}
+
+/** A broker or delay group that did not answer (the rest of the answer is still good). */
+export interface GroupError {
+  group: string
+  code: string
+  message: string
+}
+
+/** Runs `fn` on every group at once; answers what succeeded, and who failed with what. */
+async function fanout<T>(
+  groups: readonly GroupInfo[],
+  fn: (g: GroupInfo) => Promise<T>,
+): Promise<{ values: T[]; errors: GroupError[] }> {
+  const settled = await Promise.allSettled(groups.map(fn))
+  const values: T[] = []
+  const errors: GroupError[] = []
+  settled.forEach((s, i) => {
+    if (s.status === 'fulfilled') values.push(s.value)
+    else {
+      const e = toQmqError(s.reason)
+      errors.push({ group: groups[i]?.name ?? '', code: e.code, message: e.message })
+    }
+  })
+  return { values, errors }
 }
 
 export interface PageQuery {
@@ -129,7 +154,9 @@ export function parseResetTarget(to: unknown): { position: ResetPositionValue; t
 
 export class ConsoleApi {
   private readonly connections = new Map<string, Connection>()
-  private backlogCache: { at: number; rows: Promise<ConsumerGroupRow[]> } | undefined
+  private backlogCache:
+    | { at: number; rows: Promise<{ rows: ConsumerGroupRow[]; errors: GroupError[] }> }
+    | undefined
   private closed = false
 
   constructor(
@@ -199,28 +226,27 @@ export class ConsoleApi {
     subject: SubjectInfo
     clients: ClientInfo[]
     consumerGroups: ConsumerGroupRow[]
+    errors: GroupError[]
   }> {
     const info = this.service.getSubject(validateSubject(subject))
     const clients = this.service.listClients({ subject: info.subject })
-    const rows = await this.collectBacklog(info.subject, this.brokersOf(info.subject))
-    return { subject: info, clients, consumerGroups: rows }
+    const { rows, errors } = await this.collectBacklog(info.subject, this.brokersOf(info.subject))
+    return { subject: info, clients, consumerGroups: rows, errors }
   }
 
   /** Backlog of every (subject, group) on every alive broker, summed per (subject, group). */
   private async collectBacklog(
     subject: string | undefined,
     brokers: GroupInfo[],
-  ): Promise<ConsumerGroupRow[]> {
-    const answers = await Promise.all(
-      brokers.map(async (b) => {
-        const frame = await this.request(
-          b.address,
-          RequestCode.ADMIN_BACKLOG,
-          encodeBacklogRequest({ subject }),
-        )
-        return decodeBacklogResponse(frame.body).map((e) => ({ ...e, brokerGroup: b.name }))
-      }),
-    )
+  ): Promise<{ rows: ConsumerGroupRow[]; errors: GroupError[] }> {
+    const { values: answers, errors } = await fanout(brokers, async (b) => {
+      const frame = await this.request(
+        b.address,
+        RequestCode.ADMIN_BACKLOG,
+        encodeBacklogRequest({ subject }),
+      )
+      return decodeBacklogResponse(frame.body).map((e) => ({ ...e, brokerGroup: b.name }))
+    })
     const online = new Map<string, number>()
     for (const c of this.service.listClients(subject === undefined ? { kind: 'consumer' } : { subject })) {
       if (!c.online || c.consumerGroup === '') continue
@@ -250,18 +276,19 @@ export class ConsoleApi {
       row.deadLettered += e.deadLettered
       row.brokers.push(e)
     }
-    return [...rows.values()].sort((a, b) =>
+    const sorted = [...rows.values()].sort((a, b) =>
       a.subject === b.subject ? (a.group < b.group ? -1 : 1) : a.subject < b.subject ? -1 : 1,
     )
+    return { rows: sorted, errors }
   }
 
   /** `withDead`: only groups that have dead letters. */
   async consumerGroups(
     p: PageQuery & { fresh?: boolean; withDead?: boolean },
-  ): Promise<Page<ConsumerGroupRow>> {
+  ): Promise<Page<ConsumerGroupRow> & { errors: GroupError[] }> {
     const now = this.now()
     const cached = this.backlogCache
-    let rows: Promise<ConsumerGroupRow[]>
+    let rows: Promise<{ rows: ConsumerGroupRow[]; errors: GroupError[] }>
     if (cached !== undefined && p.fresh !== true && now - cached.at < BACKLOG_CACHE_MS) rows = cached.rows
     else {
       rows = this.collectBacklog(undefined, this.aliveGroups('broker'))
@@ -271,12 +298,13 @@ export class ConsoleApi {
       })
     }
     const q = p.q.toLowerCase()
-    const all = (await rows).filter(
+    const answer = await rows
+    const all = answer.rows.filter(
       (r) =>
         (q === '' || r.subject.toLowerCase().includes(q) || r.group.toLowerCase().includes(q)) &&
         (p.withDead !== true || r.deadLettered > 0),
     )
-    return page(all, p)
+    return { ...page(all, p), errors: answer.errors }
   }
 
   async resetCursor(
@@ -309,48 +337,47 @@ export class ConsoleApi {
     limit: number
     /** Per broker group: list after this sequence. */
     after: Record<string, number>
-  }): Promise<{ items: DeadLetterRow[]; brokerGroups: string[] }> {
+  }): Promise<{ items: DeadLetterRow[]; brokerGroups: string[]; errors: GroupError[] }> {
     const subject = validateSubject(q.subject)
     const group = validateGroup(q.group)
     const brokers = this.brokersOf(subject)
-    const lists = await Promise.all(
-      brokers.map(async (b) => {
-        const frame = await this.request(
-          b.address,
-          RequestCode.ADMIN_DLQ_LIST,
-          encodeDlqListRequest({ subject, group, limit: q.limit, afterSequence: q.after[b.name] ?? -1 }),
-        )
-        return decodeDlqListResponse(frame.body).map((d): DeadLetterRow => {
-          const body = d.record.body
-          let text: string | undefined
-          let bytes = 0
-          if (typeof body === 'string') {
-            text = body
-            bytes = Buffer.byteLength(body)
-          } else if (body !== undefined) {
-            text = `base64:${body.toString('base64')}`
-            bytes = body.length
-          }
-          const cut = text !== undefined && text.length > BODY_PREVIEW_CHARS
-          return {
-            brokerGroup: b.name,
-            sequence: d.sequence,
-            deliveryCount: d.deliveryCount,
-            deadAt: d.deadAt,
-            id: d.record.id,
-            createdAt: d.record.createdAt,
-            tags: d.record.tags,
-            properties: Object.fromEntries(d.record.properties),
-            body: cut ? text?.slice(0, BODY_PREVIEW_CHARS) : text,
-            bodyTruncated: cut,
-            bodyBytes: bytes,
-          }
-        })
-      }),
-    )
+    const { values: lists, errors } = await fanout(brokers, async (b) => {
+      const frame = await this.request(
+        b.address,
+        RequestCode.ADMIN_DLQ_LIST,
+        encodeDlqListRequest({ subject, group, limit: q.limit, afterSequence: q.after[b.name] ?? -1 }),
+      )
+      return decodeDlqListResponse(frame.body).map((d): DeadLetterRow => {
+        const body = d.record.body
+        let text: string | undefined
+        let bytes = 0
+        if (typeof body === 'string') {
+          text = body
+          bytes = Buffer.byteLength(body)
+        } else if (body !== undefined) {
+          text = `base64:${body.toString('base64')}`
+          bytes = body.length
+        }
+        const cut = text !== undefined && text.length > BODY_PREVIEW_CHARS
+        return {
+          brokerGroup: b.name,
+          sequence: d.sequence,
+          deliveryCount: d.deliveryCount,
+          deadAt: d.deadAt,
+          id: d.record.id,
+          createdAt: d.record.createdAt,
+          tags: d.record.tags,
+          properties: Object.fromEntries(d.record.properties),
+          body: cut ? text?.slice(0, BODY_PREVIEW_CHARS) : text,
+          bodyTruncated: cut,
+          bodyBytes: bytes,
+        }
+      })
+    })
     return {
       items: lists.flat().sort((a, b) => b.deadAt - a.deadAt),
       brokerGroups: brokers.map((b) => b.name),
+      errors,
     }
   }
 
