@@ -4,6 +4,7 @@ import { type OptionsSchema, resolveOptions } from '../common/config'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { checkTlsOptions, clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
 import { missingClusterSecret } from '../common/token'
 import type { ServerLoad } from '../common/meta/types'
 import { createRegistry, type Registry } from '../common/metrics'
@@ -98,9 +99,11 @@ export class Broker {
   private startedAt = 0
   private boundPort: number | undefined
   private current: BrokerAddresses | undefined
+  private tls: ServerTls | undefined
 
   constructor(options: Partial<BrokerOptions> | Record<string, unknown> = {}, deps: BrokerDeps = {}) {
     this.options = resolveOptions('broker', brokerOptionsSchema, options)
+    checkTlsOptions('broker', this.options)
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined && !deps.metaClient)
       throw missingClusterSecret('broker', 'the metaserver refuses heartbeats without it')
     this.deps = deps
@@ -175,8 +178,12 @@ export class Broker {
         stats: this.stats,
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
       }
+      if (tlsEnabled(o) && this.tls === undefined) {
+        this.tls = new ServerTls(o, this.log)
+        this.tls.watch()
+      }
       const tcp = new TcpServer<Connection>(
-        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),
+        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port, this.tls),
         {
           handle: createFrameHandler(ctx),
           onConnection: () => this.metrics.connectionsTotal.inc(),
@@ -206,7 +213,7 @@ export class Broker {
       let httpPort: number | undefined
       let httpAddress: string | undefined
       if (o.httpPort >= 0) {
-        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log)
+        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log, this.tls)
         const addr = await http.listen(o.httpHost, o.httpPort)
         this.http = http
         httpPort = addr.port
@@ -225,7 +232,7 @@ export class Broker {
       this.metaClient =
         this.deps.metaClient ??
         (o.metaserver !== undefined
-          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
           : undefined)
       if (this.metaClient !== undefined) {
         this.heartbeat = new MetaHeartbeat(
@@ -322,6 +329,8 @@ export class Broker {
       this.unsubscribe = undefined
       if (this.store !== undefined) await this.store.close()
       this.store = undefined
+      this.tls?.close()
+      this.tls = undefined
     } finally {
       this.current = undefined
       this.state = 'stopped'

@@ -1,9 +1,11 @@
 import http from 'node:http'
+import https from 'node:https'
 import type { FsIo } from '../broker/store/fs-io'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
 import { missingClusterSecret } from '../common/token'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
@@ -61,6 +63,7 @@ export class DelayServer {
   private tcp: TcpServer | undefined
   private tcpPort = 0
   private httpServer: http.Server | undefined
+  private tls: ServerTls | undefined
   private meta: MetaClient | undefined
   private sender: Sender | undefined
   private storeRef: DelayStore | undefined
@@ -152,7 +155,11 @@ export class DelayServer {
     for (const r of store.recoveryReports) this.log.warn(r, 'recovery dropped data')
 
     if (o.metaserver !== undefined)
-      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
+    if (tlsEnabled(o)) {
+      this.tls = new ServerTls(o, this.log)
+      this.tls.watch()
+    }
     let routes = this.deps.routes
     if (routes === undefined && o.brokers !== undefined)
       routes = new StaticRouteProvider(parseStaticRoutes(o.brokers))
@@ -173,6 +180,7 @@ export class DelayServer {
         timeoutMs: o.sendTimeoutMs,
         log: this.log,
         maxFrameBytes: o.maxFrameBytes,
+        ...clientTlsOf(o),
       })
     this.dispatcherRef = new Dispatcher({
       store,
@@ -204,7 +212,7 @@ export class DelayServer {
     if (o.clusterSecret === undefined)
       this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
     const tcp = new TcpServer(
-      tcpServerOptions(o, o.port),
+      tcpServerOptions(o, o.port, this.tls),
       {
         handle: (frame, conn) => handle(frame, conn.remoteAddress),
         onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
@@ -274,7 +282,7 @@ export class DelayServer {
   }
 
   private async startHttp(): Promise<void> {
-    const server = http.createServer((req, res) => {
+    const handler: http.RequestListener = (req, res) => {
       const url = req.url ?? '/'
       if (req.method === 'GET' && url.startsWith('/metrics')) {
         renderMetrics(this.registry).then(
@@ -297,7 +305,15 @@ export class DelayServer {
       }
       res.writeHead(404, { 'content-type': 'application/json' })
       res.end(JSON.stringify(new QmqError('QMQ_ERR_NOT_FOUND', `no such path ${url}`).toJSON()))
-    })
+    }
+    const tls = this.tls
+    let server: http.Server
+    if (tls === undefined) server = http.createServer(handler)
+    else {
+      const s = https.createServer(tls.options(), handler)
+      tls.attach(s)
+      server = s
+    }
     this.httpServer = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -328,6 +344,7 @@ export class DelayServer {
     await this.dispatcherRef?.close()
     await this.sender?.close()
     await this.storeRef?.close()
+    this.tls?.close()
     if (this.meta !== undefined) {
       await this.meta
         .heartbeat({

@@ -1,11 +1,13 @@
 import { mkdirSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
 import { fsError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
+import { ServerTls, tlsEnabled } from '../common/tls'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { MetaService } from './service'
@@ -48,6 +50,7 @@ export class Metaserver {
   private store: MetaStore | undefined
   private svc: MetaService | undefined
   private server: Server | undefined
+  private tls: ServerTls | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
   private boundPort = 0
@@ -75,7 +78,7 @@ export class Metaserver {
   /** This server's own base URL. */
   get url(): string {
     const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host
-    return `http://${host}:${this.boundPort}`
+    return `${tlsEnabled(this.options) ? 'https' : 'http'}://${host}:${this.boundPort}`
   }
 
   async start(): Promise<{ port: number; url: string }> {
@@ -104,7 +107,17 @@ export class Metaserver {
       addresses: () => (o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : [this.url]),
       startedAt: Date.now(),
     })
-    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 30_000 }, handler)
+    const httpOptions = { keepAliveTimeout: 30_000, requestTimeout: 30_000 }
+    let server: Server
+    if (!tlsEnabled(o)) server = createServer(httpOptions, handler)
+    else {
+      const tls = new ServerTls(o, this.log)
+      const s = createHttpsServer({ ...httpOptions, ...tls.options() }, handler)
+      tls.attach(s)
+      tls.watch()
+      this.tls = tls
+      server = s
+    }
     this.server = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -226,6 +239,7 @@ export class Metaserver {
         })
       }
       await this.store?.close()
+      this.tls?.close()
       this.log.info('metaserver stopped')
     })()
     return this.closing

@@ -9,6 +9,7 @@ import {
 import { DEFAULT_MAX_FRAME_BYTES } from '../../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
 import { type ConnectionLimitOptions, connectionLimitsSchema } from '../../common/server/options'
+import { type TlsFileOptions, tlsFileSchema } from '../../common/tls'
 
 /**
  * Options of the broker's network side (the store has its own; `Broker` takes both, see broker.ts).
@@ -30,7 +31,7 @@ export {
 } from '../../common/server/options'
 
 /** The connection limits (maxConnections ... closeTimeoutMs) are shared with the delay server. */
-export interface BrokerServerOptions extends ConnectionLimitOptions {
+export interface BrokerServerOptions extends ConnectionLimitOptions, TlsFileOptions {
   group: string
   role: 'master' | 'slave'
   host: string
@@ -120,4 +121,5 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
   adminToken: optionalString({
     doc: 'Token admin writes (cursor reset, dead-letter redrive, forget-group) must carry; unset = not checked',
   }),
+  ...tlsFileSchema,
 }

@@ -1,5 +1,6 @@
 import type { ClientEventSink } from '../events'
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { silentLogger } from '../../common/logger'
@@ -12,6 +13,7 @@ import {
   HEADER_BYTES,
   writeFrameHeader,
 } from '../../common/protocol/frame'
+import { type ClientTlsOptions, tlsConnectOptions } from '../../common/tls'
 import { Backoff } from '../retry'
 
 /**
@@ -48,6 +50,12 @@ export interface ConnectionOptions {
   logger?: Logger
   /** Instrumentation events of the provider (events.ts): connect and disconnect. */
   events?: ClientEventSink
+  /**
+   * Talk TLS (servers started with a certificate): the connection counts as open once the handshake
+   * is done; a refused handshake (untrusted certificate, no client certificate under mTLS) fails the
+   * requests it held with QMQ_ERR_CONNECTION like a refused connect.
+   */
+  tls?: ClientTlsOptions
 }
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 3_000
@@ -102,6 +110,7 @@ export class Connection {
   private readonly maxFrameBytes: number
   private readonly log: Logger
   private readonly backoff: Backoff
+  private readonly tls: ClientTlsOptions | undefined
 
   private state: State = 'idle'
   private socket: Socket | undefined
@@ -136,6 +145,7 @@ export class Connection {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.log = (options.logger ?? silentLogger).child({ broker: options.address })
     this.events = options.events
+    this.tls = options.tls
     this.backoff = new Backoff({
       initialMs: options.reconnectInitialMs ?? DEFAULT_RECONNECT_INITIAL_MS,
       maxMs: options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS,
@@ -246,7 +256,11 @@ export class Connection {
   private open(): void {
     this.state = 'connecting'
     this.writable = true
-    const socket = connect({ host: this.host, port: this.port, noDelay: true })
+    const socket =
+      this.tls === undefined
+        ? connect({ host: this.host, port: this.port, noDelay: true })
+        : tlsConnect(tlsConnectOptions(this.host, this.port, this.tls))
+    if (this.tls !== undefined) socket.setNoDelay(true)
     this.socket = socket
     this.socketRef = true
     this.decoder = new FrameDecoder({ maxFrameBytes: this.maxFrameBytes })
@@ -258,7 +272,7 @@ export class Connection {
         ),
       )
     }, this.connectTimeoutMs)
-    socket.once('connect', () => {
+    socket.once(this.tls === undefined ? 'connect' : 'secureConnect', () => {
       clearTimeout(connectTimer)
       if (this.socket !== socket) return
       this.state = 'open'

@@ -1,6 +1,7 @@
 import { Pool } from 'undici'
 import { isErrorCode } from '../error-codes'
 import { QmqError } from '../errors'
+import type { ClientTlsOptions } from '../tls'
 import {
   type AddressesResponse,
   CLUSTER_SECRET_HEADER,
@@ -60,6 +61,8 @@ export interface MetaClientOptions {
   maxResponseBytes?: number
   connections?: number
   addressRefreshMs?: number
+  /** For https metaservers: the CA to trust, and a client certificate when they require one (mTLS). */
+  tls?: ClientTlsOptions
 }
 
 interface CallOptions {
@@ -105,6 +108,7 @@ export class MetaClient {
   private readonly addressRefreshMs: number
   private readonly adminToken: string | undefined
   private readonly clusterSecret: string | undefined
+  private readonly tls: ClientTlsOptions | undefined
   /** Origin of the discovery URL, when one was given. */
   private readonly discoveryOrigin: string | undefined
   private readonly pools = new Map<string, Pool>()
@@ -134,6 +138,7 @@ export class MetaClient {
     this.addressRefreshMs = options.addressRefreshMs ?? DEFAULT_META_ADDRESS_REFRESH_MS
     this.adminToken = options.adminToken
     this.clusterSecret = options.clusterSecret
+    this.tls = options.tls
   }
 
   /** The metaserver base URLs currently in use. */
@@ -259,7 +264,7 @@ export class MetaClient {
         connections: this.connections,
         pipelining: 1,
         keepAliveTimeout: 30_000,
-        connect: { timeout: this.connectTimeoutMs },
+        connect: { timeout: this.connectTimeoutMs, ...(this.tls ?? {}) },
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs,
       })

@@ -2,6 +2,7 @@ import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import type { MetaClient } from '../../common/meta/meta-client'
 import type { RouteGroup } from '../../common/meta/types'
+import type { ClientTlsOptions } from '../../common/tls'
 import { decodeSendResponse, encodeSendRequest } from '../../common/protocol/commands'
 import { RequestCode } from '../../common/protocol/codes'
 import { Connection } from '../../client/transport/connection'
@@ -79,6 +80,8 @@ export interface BrokerSenderOptions {
   timeoutMs: number
   log: Logger
   maxFrameBytes?: number
+  /** TLS towards the brokers (the delay server's own files: its CA, its certificate as client certificate). */
+  tls?: ClientTlsOptions
 }
 
 /**
@@ -105,6 +108,7 @@ export class BrokerSender implements Sender {
         reconnectMaxMs: 2_000,
         maxFrameBytes: this.options.maxFrameBytes,
         logger: this.options.log,
+        ...(this.options.tls !== undefined ? { tls: this.options.tls } : {}),
       })
       this.conns.set(address, c)
     }
