@@ -4,6 +4,8 @@ import type { GroupInfo } from '../common/meta/types'
 import type { Frame } from '../common/protocol/frame'
 import { Connection } from '../client/transport/connection'
 import { type ClientTlsOptions, clientTlsFromFiles } from '../common/tls'
+import { CLUSTER_APP } from '../common/auth/credentials'
+import type { AuthRequest } from '../common/protocol/auth'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG } from '../common/token'
 import { type FlagSpec, type ParsedArgs, stringFlag } from './args'
 import { readSecretFile } from './service-options'
@@ -28,6 +30,11 @@ export class ClusterAdmin {
   private readonly connections = new Map<string, Connection>()
   /** TLS towards the metaserver (https URLs) and the brokers; undefined = plain TCP. */
   readonly tls: ClientTlsOptions | undefined
+  /**
+   * AUTH of the broker and delay connections (servers with --auth): QMQ_APP_CODE with its token
+   * (--app-token-file or QMQ_APP_TOKEN), else the cluster secret when one is given.
+   */
+  readonly auth: AuthRequest | undefined
 
   constructor(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv = process.env) {
     const url = stringFlag(flags, 'metaserver') ?? env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
@@ -45,6 +52,21 @@ export class ClusterAdmin {
         : env[CLUSTER_SECRET_ENV]
     this.clusterSecret = secret === '' ? undefined : secret
     this.tls = cliTls(flags, env)
+    const appCode = stringFlag(flags, 'appCode') ?? (env.QMQ_APP_CODE || undefined)
+    const tokenFile = stringFlag(flags, 'appTokenFile')
+    const appToken =
+      tokenFile !== undefined ? readSecretFile('--app-token-file', tokenFile) : env.QMQ_APP_TOKEN || undefined
+    if ((appCode === undefined) !== (appToken === undefined))
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        '--app-code (QMQ_APP_CODE) and its token (--app-token-file or QMQ_APP_TOKEN) go together',
+      )
+    this.auth =
+      appCode !== undefined && appToken !== undefined
+        ? { appCode, token: appToken }
+        : this.clusterSecret !== undefined
+          ? { appCode: CLUSTER_APP, token: this.clusterSecret }
+          : undefined
     this.meta = new MetaClient({
       url,
       ...(adminToken ? { adminToken } : {}),
@@ -77,6 +99,7 @@ export class ClusterAdmin {
         address,
         requestTimeoutMs: REQUEST_TIMEOUT_MS,
         ...(this.tls !== undefined ? { tls: this.tls } : {}),
+        ...(this.auth !== undefined ? { auth: this.auth } : {}),
       })
       this.connections.set(address, c)
     }
@@ -129,6 +152,12 @@ export const CLUSTER_FLAGS: readonly FlagSpec[] = [
     doc: 'PEM client certificate, for servers that require one [QMQ_TLS_CERT_FILE]',
   },
   { name: 'tls-key-file', value: 'FILE', doc: 'PEM key of --tls-cert-file [QMQ_TLS_KEY_FILE]' },
+  {
+    name: 'app-code',
+    value: 'APP',
+    doc: 'application to authenticate as to brokers and delay servers [QMQ_APP_CODE]',
+  },
+  { name: 'app-token-file', value: 'FILE', doc: 'the token of --app-code [QMQ_APP_TOKEN]' },
   { name: 'json', doc: 'print JSON instead of a table' },
 ]
 

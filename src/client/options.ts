@@ -1,5 +1,12 @@
 import type { ClientEventSink } from './events'
-import { integer, type OptionSpec, type OptionsSchema, optionalString, string } from '../common/config'
+import {
+  integer,
+  type OptionSpec,
+  type OptionsSchema,
+  optionalSecret,
+  optionalString,
+  string,
+} from '../common/config'
 import { QmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
@@ -33,6 +40,12 @@ export interface CommonClientOptions {
    * with Node's default trust. Unset = plain TCP.
    */
   tls: ClientTlsOptions | true | undefined
+  /**
+   * The application's token (from `qmq auth create`), sent with appCode in the first frame of every
+   * connection to brokers and delay servers that require authentication. Read it from a file or an
+   * environment variable, never put it in code or on a command line.
+   */
+  token: string | undefined
 }
 
 const TLS_KEYS = new Set(['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
@@ -67,6 +80,7 @@ export const commonClientSchema: OptionsSchema<CommonClientOptions> = {
   reconnectInitialMs: integer({ default: 100, min: 1, doc: 'first reconnect backoff (ms)' }),
   reconnectMaxMs: integer({ default: 10_000, min: 1, doc: 'largest reconnect backoff (ms)' }),
   tls: clientTlsSpec,
+  token: optionalSecret({ doc: "the application's token (qmq auth create)" }),
 }
 
 /** What a started client holds: one metaserver client, one route cache, one connection per server. */
@@ -117,6 +131,7 @@ export function createRuntime(o: CommonClientOptions, log: Logger, events?: Clie
     logger: log,
     events,
     ...(tls !== undefined ? { tls } : {}),
+    ...(o.token !== undefined ? { auth: { appCode: o.appCode, token: o.token } } : {}),
   })
   if (events !== undefined) {
     routes.onChange((q, groups) =>

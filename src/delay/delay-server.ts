@@ -6,6 +6,9 @@ import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
 import { clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
+import { CLUSTER_APP, CredentialCache } from '../common/auth/credentials'
+import { CredentialRefresher } from '../common/auth/refresher'
+import { AuthGate } from '../common/server/auth-gate'
 import { missingClusterSecret } from '../common/token'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
@@ -64,6 +67,7 @@ export class DelayServer {
   private tcpPort = 0
   private httpServer: http.Server | undefined
   private tls: ServerTls | undefined
+  private refresher: CredentialRefresher | undefined
   private meta: MetaClient | undefined
   private sender: Sender | undefined
   private storeRef: DelayStore | undefined
@@ -80,6 +84,11 @@ export class DelayServer {
     validateGroup(this.options.group)
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined)
       throw missingClusterSecret('delay server', 'the metaserver refuses heartbeats without it')
+    if (this.options.auth && this.options.metaserver === undefined)
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'Invalid delay options:\n  - auth: needs --metaserver and the cluster secret (the credentials come from the metaserver)',
+      )
     this.deps = deps
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
@@ -181,6 +190,7 @@ export class DelayServer {
         log: this.log,
         maxFrameBytes: o.maxFrameBytes,
         ...clientTlsOf(o),
+        ...(o.clusterSecret !== undefined ? { auth: { appCode: CLUSTER_APP, token: o.clusterSecret } } : {}),
       })
     this.dispatcherRef = new Dispatcher({
       store,
@@ -208,14 +218,28 @@ export class DelayServer {
       log: this.log,
       maxMessageBytes: o.maxMessageBytes,
       clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
+      auth: undefined,
     })
+    let gate: AuthGate | undefined
+    if (o.auth && this.meta !== undefined) {
+      gate = new AuthGate(
+        new CredentialCache(o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8')),
+        this.log,
+        this.registry,
+        'qmq_delay',
+      )
+      handle.context.auth = gate
+      this.refresher = new CredentialRefresher(this.meta, gate.cache, o.authRefreshMs, this.log)
+      await this.refresher.start()
+    }
     if (o.clusterSecret === undefined)
       this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
     const tcp = new TcpServer(
       tcpServerOptions(o, o.port, this.tls),
       {
-        handle: (frame, conn) => handle(frame, conn.remoteAddress),
+        handle: gate === undefined ? handle.handle : gate.wrap(handle.handle),
         onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+        onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
       },
       this.log,
     )
@@ -333,6 +357,7 @@ export class DelayServer {
   private async doClose(): Promise<void> {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    this.refresher?.stop()
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
     // Requests in flight (SENDs being stored) answer first, up to closeTimeoutMs.
     await this.tcp?.close(this.options.closeTimeoutMs)

@@ -16,7 +16,8 @@ import {
 } from '../common/protocol/commands'
 import { RequestCode, requestCodeName } from '../common/protocol/codes'
 import type { Frame } from '../common/protocol/frame'
-import type { ResponseBody } from '../common/server/connection'
+import type { AuthGate } from '../common/server/auth-gate'
+import type { ResponseBody, ServerConnection } from '../common/server/connection'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG, tokenMatches } from '../common/token'
 import type { DelayMetrics } from './metrics'
 import type { DelayStore } from './store/delay-store'
@@ -42,19 +43,29 @@ export interface HandlerContext {
   maxMessageBytes: number
   /** The cluster secret as UTF-8 bytes; undefined = none configured: authenticated requests are refused. */
   clusterSecret: Buffer | undefined
+  /** Application authentication and permissions (`auth` on; set after creation); undefined = open port. */
+  auth: AuthGate | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
 
-/** The frame handler; `remote` (host:port of the peer) is only logged, for refused requests. */
-export function createDelayFrameHandler(
-  ctx: HandlerContext,
-): (frame: Frame, remote: string) => Promise<ResponseBody> {
-  return (f, remote) => handleFrame(f, ctx, remote)
+/** The frame handler and its context (whose `auth` the server sets once its gate exists). */
+export function createDelayFrameHandler(ctx: HandlerContext): {
+  handle: (frame: Frame, conn: ServerConnection) => Promise<ResponseBody>
+  context: HandlerContext
+} {
+  return { handle: (f, conn) => handleFrame(f, ctx, conn), context: ctx }
 }
 
-/** Throws QMQ_ERR_UNAUTHORIZED unless the request's token is the cluster secret. */
-function authenticate(f: Frame, ctx: HandlerContext, remote: string): void {
+/**
+ * CANCEL and the dead-letter requests: with auth on, a server of the cluster or an app with an admin
+ * grant on '*' needs nothing more; anyone else (and everyone with auth off) must carry the cluster
+ * secret as the request's token (the interim scheme of issue 12).
+ */
+function authenticate(f: Frame, ctx: HandlerContext, conn: ServerConnection): void {
+  const p = conn.principal
+  if (ctx.auth !== undefined && p !== undefined && ctx.auth.cache.mayAdmin(p, undefined)) return
+  const remote = conn.remoteAddress
   const token = decodeRequestToken(f.body)
   const want = ctx.clusterSecret
   if (want !== undefined && tokenMatches(token, want)) return
@@ -72,10 +83,13 @@ function authenticate(f: Frame, ctx: HandlerContext, remote: string): void {
   )
 }
 
-async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promise<ResponseBody> {
+async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection): Promise<ResponseBody> {
   switch (f.code) {
     case RequestCode.PING:
       return EMPTY
+    case RequestCode.AUTH:
+      return EMPTY // auth off (the AuthGate answers it otherwise): accepted and ignored
+
     case RequestCode.SEND: {
       // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
       const items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
@@ -86,7 +100,10 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
           validateSubject(item.header.subject)
         } catch (err) {
           item.error = toQmqError(err, 'QMQ_ERR_SUBJECT_INVALID')
+          continue
         }
+        const denied = ctx.auth?.produceError(conn, 'SEND', item.header.subject)
+        if (denied !== undefined) item.error = denied
       }
       const results = await ctx.store.accept(items)
       for (const r of results) ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
@@ -97,19 +114,19 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
       )
     }
     case RequestCode.CANCEL: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const { ids } = decodeCancelRequest(f.body)
       const res = await ctx.store.cancel(ids)
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)
     }
     case RequestCode.ADMIN_DELAY_DLQ_LIST: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const req = decodeDelayDlqListRequest(f.body)
       return encodeDelayDlqListResponse(ctx.store.listDeadLetters(req.limit, req.afterSequence))
     }
     case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const req = decodeDelayDlqRedriveRequest(f.body)
       const n = await ctx.store.redriveDeadLetters(req.sequences)
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')

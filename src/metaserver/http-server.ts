@@ -5,6 +5,9 @@ import { CLUSTER_SECRET_HEADER, META_PATHS } from '../common/meta/types'
 import { Counter, renderMetrics, type Registry } from '../common/metrics'
 import { validateGroup, validateRouteSubject, validateSubject } from '../common/names'
 import { tokenMatches } from '../common/token'
+import type { Clock } from '../common/clock'
+import type { AppCredentialStore } from './app-store'
+import { type AuthRouteName, handleAuthRoute } from './auth-routes'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -30,6 +33,9 @@ export interface HttpContext {
   /** Answer of GET /meta/address. */
   addresses: () => string[]
   startedAt: number
+  /** Application credentials (auth-routes.ts); undefined = the store keeps none. */
+  apps?: AppCredentialStore | undefined
+  clock?: Clock
 }
 
 type Answer = { status: number; body: unknown } | { status: number; raw: string; contentType: string }
@@ -49,6 +55,7 @@ type RouteName =
   | 'admin_consumers'
   | 'health'
   | 'metrics'
+  | AuthRouteName
   | 'unknown'
 
 function methodNotAllowed(method: string, path: string): QmqError {
@@ -361,6 +368,20 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         return { status: 200, body: svc.getGroup(validateGroup(decodeSegment(rest[0] ?? ''))) }
       }
     }
+    const auth = await handleAuthRoute(
+      {
+        apps: ctx.apps,
+        clock: ctx.clock ?? { now: () => Date.now() },
+        log: ctx.log,
+        readJson: (r) => readJson(r, ctx.maxBodyBytes),
+        requireAdmin,
+        requireClusterSecret,
+      },
+      req,
+      path,
+      setRoute,
+    )
+    if (auth !== undefined) return auth
     setRoute('unknown')
     throw new QmqError('QMQ_ERR_NOT_FOUND', `no such endpoint: ${method} ${path}`)
   }

@@ -104,6 +104,8 @@ export class Metaserver {
       maxBodyBytes: o.maxBodyBytes,
       adminToken: o.adminToken,
       clusterSecret: o.clusterSecret,
+      apps: this.store.apps,
+      clock: this.clock,
       addresses: () => (o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : [this.url]),
       startedAt: Date.now(),
     })

@@ -10,6 +10,7 @@ import type {
   StoredRoute,
   StoredServer,
 } from './store'
+import { APP_CREDENTIALS_MIGRATION, type AppCredentialStore, SqliteAppStore } from './app-store'
 
 /**
  * MetaStore on better-sqlite3 (one file, WAL mode). Every method runs synchronously inside the
@@ -26,7 +27,14 @@ import type {
  *   clients(client_id, kind, subject, consumer_group ('' for producers), app_code, last_seen_at;
  *           PK(client_id, kind, subject, consumer_group))
  */
-export const SQLITE_SCHEMA_VERSION = 1
+export const SQLITE_SCHEMA_VERSION = 2
+
+/**
+ * Migrations: version N's SQL, run in order on a database at a lower version (each in a transaction
+ * with its schema_version update). A new database gets SCHEMA (version 1), then every migration.
+ *   2: app_credentials (app-store.ts; issue 18)
+ */
+const MIGRATIONS: ReadonlyMap<number, string> = new Map([[2, APP_CREDENTIALS_MIGRATION]])
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -114,6 +122,8 @@ export class SqliteMetaStore implements MetaStore {
   private readonly db: Database.Database
   private readonly stmts
   private closed = false
+  /** Application credentials (app-store.ts). */
+  readonly apps: AppCredentialStore
 
   /** `file` is a path (created if missing) or ':memory:'. */
   constructor(file: string) {
@@ -127,18 +137,26 @@ export class SqliteMetaStore implements MetaStore {
       const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
         v: number | null
       }
-      if (row.v === null)
-        this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SQLITE_SCHEMA_VERSION)
-      else if (row.v > SQLITE_SCHEMA_VERSION) {
+      if (row.v === null) this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(1)
+      if (row.v !== null && row.v > SQLITE_SCHEMA_VERSION) {
         throw new QmqError(
           'QMQ_ERR_METASERVER_STORE',
           `${file} has schema version ${row.v}, newer than this metaserver's ${SQLITE_SCHEMA_VERSION}; upgrade qmq`,
         )
       }
+      for (let v = (row.v ?? 1) + 1; v <= SQLITE_SCHEMA_VERSION; v++) {
+        const sql = MIGRATIONS.get(v)
+        if (sql === undefined) continue
+        this.db.transaction(() => {
+          this.db.exec(sql)
+          this.db.prepare('UPDATE schema_version SET version = ?').run(v)
+        })()
+      }
     } catch (err) {
       throw storeError(err, `cannot open metaserver database ${file}`)
     }
     const db = this.db
+    this.apps = new SqliteAppStore(db, (what, fn) => this.run(what, fn))
     this.stmts = {
       allGroups: db.prepare('SELECT name, kind, first_seen_at, load_json FROM groups'),
       allServers: db.prepare('SELECT group_name, role, address, http_address, last_seen_at FROM servers'),

@@ -1,4 +1,5 @@
 import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
+import type { AppCredentialStore } from './app-store'
 
 /**
  * The metaserver's persistent state, behind an interface so that a PostgreSQL store can later let
@@ -85,4 +86,6 @@ export interface MetaStore {
   /** Deletes client entries last seen before `before`; answers how many. */
   deleteClientsSeenBefore(before: number): Promise<number>
   close(): Promise<void>
+  /** Application credentials (issue 18), when this store keeps them (app-store.ts). */
+  readonly apps?: AppCredentialStore
 }

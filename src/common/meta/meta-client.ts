@@ -1,5 +1,7 @@
 import { Pool } from 'undici'
 import { isErrorCode } from '../error-codes'
+import type { AppCredential } from '../auth/credentials'
+import type { Grant } from '../auth/grants'
 import { QmqError } from '../errors'
 import type { ClientTlsOptions } from '../tls'
 import {
@@ -73,6 +75,16 @@ interface CallOptions {
   headers?: Record<string, string>
   /** Which metaserver origin to use; default: the current address list with failover. */
   origin?: string
+}
+
+/** An application as GET /admin/apps lists it (never a token or its hash). */
+export interface AppInfo {
+  appCode: string
+  grants: Grant[]
+  /** Valid tokens (2 during a rotation with keepPrevious). */
+  tokens: number
+  createdAt: number
+  updatedAt: number
 }
 
 function normalizeBase(url: string): string {
@@ -242,6 +254,54 @@ export class MetaClient {
     const q = params.toString()
     const path = q.length > 0 ? `${META_PATHS.adminConsumers}?${q}` : META_PATHS.adminConsumers
     return (await this.call<ConsumersResponse>({ method: 'GET', path })).consumers
+  }
+
+  /** GET /meta/credentials (servers, with the cluster secret): every app's token hashes and grants. */
+  credentials(): Promise<{ apps: AppCredential[] }> {
+    const headers: Record<string, string> = {}
+    if (this.clusterSecret !== undefined) headers[CLUSTER_SECRET_HEADER] = this.clusterSecret
+    return this.call({ method: 'GET', path: '/meta/credentials', headers })
+  }
+
+  async listApps(): Promise<AppInfo[]> {
+    return (await this.call<{ apps: AppInfo[] }>({ method: 'GET', path: '/admin/apps' })).apps
+  }
+
+  /** Creates an app; its token is in the answer and nowhere else. Needs the admin token. */
+  createApp(
+    appCode: string,
+    grants: readonly Grant[] = [],
+  ): Promise<{ appCode: string; token: string; grants: Grant[] }> {
+    return this.call({ method: 'POST', path: '/admin/apps', body: { appCode, grants } })
+  }
+
+  /** A new token (the old one stops working, unless keepPrevious). Needs the admin token. */
+  rotateApp(appCode: string, keepPrevious = false): Promise<{ appCode: string; token: string }> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/rotate`,
+      body: { keepPrevious },
+    })
+  }
+
+  grantApp(appCode: string, grant: Grant): Promise<AppInfo> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/grant`,
+      body: grant,
+    })
+  }
+
+  revokeApp(appCode: string, grant: Grant): Promise<AppInfo> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/revoke`,
+      body: grant,
+    })
+  }
+
+  deleteApp(appCode: string): Promise<{ deleted: boolean }> {
+    return this.call({ method: 'POST', path: `/admin/apps/${encodeURIComponent(appCode)}/delete`, body: {} })
   }
 
   health(): Promise<HealthResponse> {

@@ -3,6 +3,7 @@ import type { Logger } from '../../common/logger'
 import type { MetaClient } from '../../common/meta/meta-client'
 import type { RouteGroup } from '../../common/meta/types'
 import type { ClientTlsOptions } from '../../common/tls'
+import type { AuthRequest } from '../../common/protocol/auth'
 import { decodeSendResponse, encodeSendRequest } from '../../common/protocol/commands'
 import { RequestCode } from '../../common/protocol/codes'
 import { Connection } from '../../client/transport/connection'
@@ -82,6 +83,8 @@ export interface BrokerSenderOptions {
   maxFrameBytes?: number
   /** TLS towards the brokers (the delay server's own files: its CA, its certificate as client certificate). */
   tls?: ClientTlsOptions
+  /** Sent as AUTH on each connection (the cluster secret as CLUSTER_APP: brokers with auth on need it). */
+  auth?: AuthRequest
 }
 
 /**
@@ -109,6 +112,7 @@ export class BrokerSender implements Sender {
         maxFrameBytes: this.options.maxFrameBytes,
         logger: this.options.log,
         ...(this.options.tls !== undefined ? { tls: this.options.tls } : {}),
+        ...(this.options.auth !== undefined ? { auth: this.options.auth } : {}),
       })
       this.conns.set(address, c)
     }
