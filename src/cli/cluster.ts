@@ -171,7 +171,7 @@ export function cliTls(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv): Clie
   const tlsKeyFile = stringFlag(flags, 'tlsKeyFile') ?? (env.QMQ_TLS_KEY_FILE || undefined)
   if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined))
     throw new QmqError('QMQ_ERR_USAGE', '--tls-cert-file and --tls-key-file go together')
-  const files = clientTlsFromFiles({ tlsCaFile, tlsCertFile, tlsKeyFile })
+  const files = clientTlsFromFiles({ tlsCaFile, tlsCertFile, tlsKeyFile, tlsRequireClientCert: false })
   if (files !== undefined) return files
   return flags.tls === true || env.QMQ_TLS === '1' || env.QMQ_TLS === 'true' ? {} : undefined
 }

@@ -1,7 +1,7 @@
 import { readFileSync, unwatchFile, watchFile } from 'node:fs'
 import type { Server as HttpsServer } from 'node:https'
 import type { ConnectionOptions as TlsConnectOptions, Server as TlsServer, TlsOptions } from 'node:tls'
-import { type OptionsSchema, optionalString } from './config'
+import { boolean, type OptionsSchema, optionalString } from './config'
 import { QmqError } from './errors'
 import type { Logger } from './logger'
 
@@ -12,9 +12,10 @@ import type { Logger } from './logger'
  * brokers): `tlsCaFile` is what it trusts, its certificate is what it shows when a peer asks for one.
  *
  * - `tlsCertFile` + `tlsKeyFile` (PEM) turn TLS on; one without the other is a configuration error.
- * - `tlsCaFile` (PEM, may hold several certificates): the authorities of client certificates. When set,
- *   every listener requires a client certificate signed by one of them (mTLS): a client without one is
- *   refused during the handshake, before any qmq frame is read.
+ * - `tlsCaFile` (PEM, may hold several certificates): the authorities this service trusts as a client
+ *   (a private CA). With `tlsRequireClientCert`, every listener also requires a client certificate
+ *   signed by one of them (mTLS): a client without one is refused during the handshake, before any qmq
+ *   frame is read.
  * - Reload without a restart: the files are polled (fs.watchFile, every `TLS_WATCH_INTERVAL_MS`) and
  *   re-read on SIGHUP; a change is applied with `server.setSecureContext()` to every listener. New
  *   connections get the new certificate, open ones keep theirs. A file that cannot be read or a key that
@@ -26,6 +27,7 @@ export interface TlsFileOptions {
   tlsCertFile: string | undefined
   tlsKeyFile: string | undefined
   tlsCaFile: string | undefined
+  tlsRequireClientCert: boolean
 }
 
 export const tlsFileSchema: OptionsSchema<TlsFileOptions> = {
@@ -34,7 +36,11 @@ export const tlsFileSchema: OptionsSchema<TlsFileOptions> = {
   }),
   tlsKeyFile: optionalString({ doc: 'PEM private key of --tls-cert-file' }),
   tlsCaFile: optionalString({
-    doc: 'PEM CA bundle: peers this service trusts; on a listener it requires client certificates signed by it (mTLS)',
+    doc: 'PEM CA bundle this service trusts: the certificates of its peers (metaserver, brokers) and, with --tls-require-client-cert, of its clients',
+  }),
+  tlsRequireClientCert: boolean({
+    default: false,
+    doc: 'mTLS: every listener requires a client certificate signed by --tls-ca-file',
   }),
 }
 
@@ -42,8 +48,10 @@ export const tlsFileSchema: OptionsSchema<TlsFileOptions> = {
 export function tlsProblems(o: TlsFileOptions): string[] {
   if ((o.tlsCertFile === undefined) !== (o.tlsKeyFile === undefined))
     return ['tlsCertFile and tlsKeyFile go together (both or neither)']
-  if (o.tlsCaFile !== undefined && o.tlsCertFile === undefined)
-    return ['tlsCaFile needs tlsCertFile and tlsKeyFile (client certificates are asked for on TLS listeners)']
+  if (o.tlsRequireClientCert && (o.tlsCaFile === undefined || o.tlsCertFile === undefined))
+    return [
+      'tlsRequireClientCert needs tlsCaFile (the CA of client certificates) and tlsCertFile + tlsKeyFile',
+    ]
   return []
 }
 
@@ -74,7 +82,7 @@ export function serverTlsOptions(o: TlsFileOptions): TlsOptions {
     key: readPem('tlsKeyFile', o.tlsKeyFile),
     minVersion: 'TLSv1.2',
   }
-  if (o.tlsCaFile !== undefined) {
+  if (o.tlsRequireClientCert && o.tlsCaFile !== undefined) {
     out.ca = readPem('tlsCaFile', o.tlsCaFile)
     out.requestCert = true
     out.rejectUnauthorized = true
@@ -98,6 +106,7 @@ export interface ClientTlsOptions {
 /** The client side of a service's TLS files: trust the CA, show its own certificate. */
 export function clientTlsFromFiles(o: TlsFileOptions): ClientTlsOptions | undefined {
   if (!tlsEnabled(o) && o.tlsCaFile === undefined) return undefined
+  // A service with TLS listeners talks TLS to its peers too (they share the cluster's setup).
   const out: ClientTlsOptions = {}
   if (o.tlsCaFile !== undefined) out.ca = readPem('tlsCaFile', o.tlsCaFile)
   if (o.tlsCertFile !== undefined && o.tlsKeyFile !== undefined) {

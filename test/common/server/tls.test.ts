@@ -109,6 +109,7 @@ t.test(
       tlsCertFile: leaf.cert,
       tlsKeyFile: leaf.key,
       tlsCaFile: ca.cert,
+      tlsRequireClientCert: true,
     })
     const caPem = readFileSync(ca.cert)
     t.equal(
