@@ -34,7 +34,10 @@ import type { DelayStore } from './store/delay-store'
  *   server's cluster secret. It is checked (in constant time) before the rest of the request is
  *   decoded; a missing or wrong one, or a server without a cluster secret, is answered
  *   QMQ_ERR_UNAUTHORIZED, changes nothing, is counted and logged with the remote address (never a
- *   token). SEND and PING are open to whoever reaches the port (keep it private; issue 18).
+ *   token). With `auth` on (docs/security.md) an app with an `admin *` grant needs no token for them.
+ * - With `auth` on, the AuthGate (common/server/auth-gate.ts) answers AUTH and requires it before
+ *   anything but PING; SEND needs a `produce` grant per record's subject. With auth off, SEND and
+ *   PING are open to whoever reaches the port, and AUTH is accepted and ignored.
  */
 export interface HandlerContext {
   store: DelayStore

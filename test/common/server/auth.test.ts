@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { Broker } from '../../../src/broker/broker'
+import { MessageProducerProvider } from '../../../src/client/producer/producer'
 import { Connection } from '../../../src/client/transport/connection'
 import { CLUSTER_APP } from '../../../src/common/auth/credentials'
 import { silentLogger } from '../../../src/common/logger'
@@ -319,3 +320,37 @@ t.test(
     )
   },
 )
+
+t.test('auth - the SDK producer sends with its appCode and token; without one it is refused', async (t) => {
+  const c = await cluster(t)
+  // The broker registers with the metaserver before producers can get a route.
+  await eventually(async () => (await c.admin.listGroups()).some((g) => g.kind === 'broker' && g.alive))
+  const withToken = new MessageProducerProvider({
+    appCode: 'orders-producer',
+    metaServer: c.meta.url,
+    token: c.producer.token,
+  })
+  await withToken.init()
+  const without = new MessageProducerProvider({
+    appCode: 'orders-producer',
+    metaServer: c.meta.url,
+    maxAttempts: 1,
+  })
+  await without.init()
+  t.teardown(async () => {
+    await withToken.close()
+    await without.close()
+  })
+  const sent = await withToken.sendMessage(withToken.generateMessage('orders.sdk'))
+  t.ok(sent, 'sent with the token')
+  await t.rejects(
+    withToken.sendMessage(withToken.generateMessage('payments.sdk')),
+    { code: 'QMQ_ERR_FORBIDDEN' },
+    'a subject without a grant',
+  )
+  await t.rejects(
+    without.sendMessage(without.generateMessage('orders.sdk')),
+    { code: 'QMQ_ERR_UNAUTHORIZED' },
+    'no token',
+  )
+})

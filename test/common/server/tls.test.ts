@@ -8,6 +8,7 @@ import { silentLogger } from '../../../src/common/logger'
 import { MetaClient } from '../../../src/common/meta/meta-client'
 import { RequestCode } from '../../../src/common/protocol/codes'
 import type { ClientTlsOptions } from '../../../src/common/tls'
+import { DelayServer } from '../../../src/delay/delay-server'
 import { Metaserver } from '../../../src/metaserver/main'
 import { startBroker } from '../../broker/server/start-broker'
 import { makeCa, opensslAvailable } from '../../helpers/certs'
@@ -205,4 +206,18 @@ t.test('tls - the metaserver serves HTTPS; MetaClient and heartbeats go over it'
     { code: 'QMQ_ERR_METASERVER_UNAVAILABLE' },
     'an untrusted certificate is refused',
   )
+})
+
+t.test('tls - the delay server TCP port speaks TLS; a plain client is refused', async (t) => {
+  const dir = t.testdir()
+  const ca = makeCa(dir)
+  const leaf = ca.issue('delay')
+  const delay = new DelayServer(
+    { port: 0, httpPort: -1, dataDir: join(dir, 'delay'), tlsCertFile: leaf.cert, tlsKeyFile: leaf.key },
+    { logger: silentLogger },
+  )
+  await delay.start()
+  t.teardown(() => delay.close())
+  t.equal(await ping(client(t, delay.port, { ca: readFileSync(ca.cert) })), 'ok', 'PING over TLS')
+  t.not(await ping(client(t, delay.port)), 'ok', 'plain TCP is refused')
 })
