@@ -4,6 +4,10 @@ import { type OptionsSchema, resolveOptions } from '../common/config'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { checkTlsOptions, clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
+import { CredentialCache } from '../common/auth/credentials'
+import { CredentialRefresher, type CredentialSource } from '../common/auth/refresher'
+import { AuthGate } from '../common/server/auth-gate'
 import { missingClusterSecret } from '../common/token'
 import type { ServerLoad } from '../common/meta/types'
 import { createRegistry, type Registry } from '../common/metrics'
@@ -62,6 +66,8 @@ export interface BrokerDeps {
   createStore?: (ctx: StoreFactoryContext) => MessageStore
   /** Metaserver client; default: a MetaClient on `options.metaserver` when set. */
   metaClient?: HeartbeatClient & { close?(): Promise<void> }
+  /** Where application credentials come from with `auth`; default: the metaserver client. */
+  credentials?: CredentialSource
 }
 
 function defaultStore(ctx: StoreFactoryContext): MessageStore {
@@ -98,9 +104,23 @@ export class Broker {
   private startedAt = 0
   private boundPort: number | undefined
   private current: BrokerAddresses | undefined
+  private tls: ServerTls | undefined
+  /** Kept across restarts (its metrics are registered once). */
+  private authGate: AuthGate | undefined
+  private refresher: CredentialRefresher | undefined
 
   constructor(options: Partial<BrokerOptions> | Record<string, unknown> = {}, deps: BrokerDeps = {}) {
     this.options = resolveOptions('broker', brokerOptionsSchema, options)
+    checkTlsOptions('broker', this.options)
+    if (
+      this.options.auth &&
+      (this.options.metaserver === undefined || this.options.clusterSecret === undefined) &&
+      !deps.credentials
+    )
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'Invalid broker options:\n  - auth: needs --metaserver and the cluster secret (the credentials come from the metaserver)',
+      )
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined && !deps.metaClient)
       throw missingClusterSecret('broker', 'the metaserver refuses heartbeats without it')
     this.deps = deps
@@ -175,11 +195,29 @@ export class Broker {
         stats: this.stats,
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
         group: o.group,
+        auth: undefined,
+      }
+      if (o.auth) {
+        this.authGate ??= new AuthGate(
+          new CredentialCache(
+            o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
+          ),
+          this.log,
+          this.registry,
+          'qmq_broker',
+        )
+        ctx.auth = this.authGate
+      }
+      const frameHandler = createFrameHandler(ctx)
+      if (tlsEnabled(o) && this.tls === undefined) {
+        this.tls = new ServerTls(o, this.log)
+        this.tls.watch()
       }
       const tcp = new TcpServer<Connection>(
-        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),
+        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port, this.tls),
         {
-          handle: createFrameHandler(ctx),
+          handle: ctx.auth === undefined ? frameHandler : ctx.auth.wrap(frameHandler),
+          onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
           onConnection: () => this.metrics.connectionsTotal.inc(),
           onProtocolError: (_c, err) => {
             if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
@@ -207,7 +245,7 @@ export class Broker {
       let httpPort: number | undefined
       let httpAddress: string | undefined
       if (o.httpPort >= 0) {
-        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log)
+        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log, this.tls)
         const addr = await http.listen(o.httpHost, o.httpPort)
         this.http = http
         httpPort = addr.port
@@ -226,8 +264,14 @@ export class Broker {
       this.metaClient =
         this.deps.metaClient ??
         (o.metaserver !== undefined
-          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
           : undefined)
+      const source: CredentialSource | undefined =
+        this.deps.credentials ?? (this.metaClient instanceof MetaClient ? this.metaClient : undefined)
+      if (this.authGate !== undefined && source !== undefined) {
+        this.refresher = new CredentialRefresher(source, this.authGate.cache, o.authRefreshMs, this.log)
+        await this.refresher.start()
+      }
       if (this.metaClient !== undefined) {
         this.heartbeat = new MetaHeartbeat(
           this.metaClient,
@@ -311,6 +355,8 @@ export class Broker {
     this.state = 'closing'
     try {
       this.polls.close()
+      this.refresher?.stop()
+      this.refresher = undefined
       if (this.tcp !== undefined) await this.tcp.close(this.options.closeTimeoutMs)
       this.tcp = undefined
       if (this.heartbeat !== undefined) await this.heartbeat.stop()
@@ -323,6 +369,8 @@ export class Broker {
       this.unsubscribe = undefined
       if (this.store !== undefined) await this.store.close()
       this.store = undefined
+      this.tls?.close()
+      this.tls = undefined
     } finally {
       this.current = undefined
       this.state = 'stopped'

@@ -4,6 +4,9 @@ import type { GroupInfo } from '../common/meta/types'
 import type { Frame } from '../common/protocol/frame'
 import { Connection } from '../client/transport/connection'
 import { aliveBrokerGroups } from '../client/consumer/reset-cursor'
+import { type ClientTlsOptions, clientTlsFromFiles } from '../common/tls'
+import { CLUSTER_APP } from '../common/auth/credentials'
+import type { AuthRequest } from '../common/protocol/auth'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG } from '../common/token'
 import { type FlagSpec, type ParsedArgs, stringFlag } from './args'
 import { readSecretFile } from './service-options'
@@ -26,6 +29,13 @@ export class ClusterAdmin {
   /** Sent with the delay servers' CANCEL and dead-letter requests; undefined = none given. */
   readonly clusterSecret: string | undefined
   private readonly connections = new Map<string, Connection>()
+  /** TLS towards the metaserver (https URLs) and the brokers; undefined = plain TCP. */
+  readonly tls: ClientTlsOptions | undefined
+  /**
+   * AUTH of the broker and delay connections (servers with --auth): QMQ_APP_CODE with its token
+   * (--app-token-file or QMQ_APP_TOKEN), else the cluster secret when one is given.
+   */
+  readonly auth: AuthRequest | undefined
 
   constructor(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv = process.env) {
     const url = stringFlag(flags, 'metaserver') ?? env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
@@ -42,7 +52,28 @@ export class ClusterAdmin {
         ? readSecretFile(CLUSTER_SECRET_FILE_FLAG, secretFile)
         : env[CLUSTER_SECRET_ENV]
     this.clusterSecret = secret === '' ? undefined : secret
-    this.meta = new MetaClient({ url, ...(adminToken ? { adminToken } : {}), timeoutMs: 5_000 })
+    this.tls = cliTls(flags, env)
+    const appCode = stringFlag(flags, 'appCode') ?? (env.QMQ_APP_CODE || undefined)
+    const tokenFile = stringFlag(flags, 'appTokenFile')
+    const appToken =
+      tokenFile !== undefined ? readSecretFile('--app-token-file', tokenFile) : env.QMQ_APP_TOKEN || undefined
+    if ((appCode === undefined) !== (appToken === undefined))
+      throw new QmqError(
+        'QMQ_ERR_USAGE',
+        '--app-code (QMQ_APP_CODE) and its token (--app-token-file or QMQ_APP_TOKEN) go together',
+      )
+    this.auth =
+      appCode !== undefined && appToken !== undefined
+        ? { appCode, token: appToken }
+        : this.clusterSecret !== undefined
+          ? { appCode: CLUSTER_APP, token: this.clusterSecret }
+          : undefined
+    this.meta = new MetaClient({
+      url,
+      ...(adminToken ? { adminToken } : {}),
+      timeoutMs: 5_000,
+      ...(this.tls !== undefined ? { tls: this.tls } : {}),
+    })
   }
 
   /** Alive broker groups (kind 'broker'), optionally only those of a subject's route. */
@@ -54,7 +85,12 @@ export class ClusterAdmin {
   request(address: string, code: number, body: Buffer | readonly Buffer[]): Promise<Frame> {
     let c = this.connections.get(address)
     if (c === undefined) {
-      c = new Connection({ address, requestTimeoutMs: REQUEST_TIMEOUT_MS })
+      c = new Connection({
+        address,
+        requestTimeoutMs: REQUEST_TIMEOUT_MS,
+        ...(this.tls !== undefined ? { tls: this.tls } : {}),
+        ...(this.auth !== undefined ? { auth: this.auth } : {}),
+      })
       this.connections.set(address, c)
     }
     return c.request(code, body)
@@ -98,5 +134,34 @@ export const CLUSTER_FLAGS: readonly FlagSpec[] = [
     value: 'FILE',
     doc: 'the cluster secret, for qmq cancel and qmq delay-dlq [QMQ_CLUSTER_SECRET]',
   },
+  { name: 'tls', doc: 'talk TLS to brokers and delay servers (implied by the --tls-*-file flags) [QMQ_TLS]' },
+  { name: 'tls-ca-file', value: 'FILE', doc: 'PEM CA bundle to trust [QMQ_TLS_CA_FILE]' },
+  {
+    name: 'tls-cert-file',
+    value: 'FILE',
+    doc: 'PEM client certificate, for servers that require one [QMQ_TLS_CERT_FILE]',
+  },
+  { name: 'tls-key-file', value: 'FILE', doc: 'PEM key of --tls-cert-file [QMQ_TLS_KEY_FILE]' },
+  {
+    name: 'app-code',
+    value: 'APP',
+    doc: 'application to authenticate as to brokers and delay servers [QMQ_APP_CODE]',
+  },
+  { name: 'app-token-file', value: 'FILE', doc: 'the token of --app-code [QMQ_APP_TOKEN]' },
   { name: 'json', doc: 'print JSON instead of a table' },
 ]
+
+/**
+ * The CLI's TLS client options: `--tls-ca-file`, `--tls-cert-file`, `--tls-key-file` (or
+ * QMQ_TLS_CA_FILE...); `--tls` / QMQ_TLS=1 alone = TLS with Node's default trust. None = plain TCP.
+ */
+export function cliTls(flags: ParsedArgs['flags'], env: NodeJS.ProcessEnv): ClientTlsOptions | undefined {
+  const tlsCaFile = stringFlag(flags, 'tlsCaFile') ?? (env.QMQ_TLS_CA_FILE || undefined)
+  const tlsCertFile = stringFlag(flags, 'tlsCertFile') ?? (env.QMQ_TLS_CERT_FILE || undefined)
+  const tlsKeyFile = stringFlag(flags, 'tlsKeyFile') ?? (env.QMQ_TLS_KEY_FILE || undefined)
+  if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined))
+    throw new QmqError('QMQ_ERR_USAGE', '--tls-cert-file and --tls-key-file go together')
+  const files = clientTlsFromFiles({ tlsCaFile, tlsCertFile, tlsKeyFile, tlsRequireClientCert: false })
+  if (files !== undefined) return files
+  return flags.tls === true || env.QMQ_TLS === '1' || env.QMQ_TLS === 'true' ? {} : undefined
+}

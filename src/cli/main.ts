@@ -14,6 +14,7 @@ import {
   resetCursorCommand,
   subjectsCommand,
 } from './commands/admin'
+import { authCommand } from './commands/auth'
 import { devCommand } from './commands/dev'
 import { historyCommand, messageCommand, messagesCommand } from './commands/message'
 import { outboxWatchdogCommand } from './commands/outbox-watchdog'
@@ -44,10 +45,22 @@ export const COMMANDS: Command[] = [
   sendCommand,
   tailCommand,
   outboxWatchdogCommand,
+  authCommand,
 ]
 
 /** QMQ_* variables any command reads; services add their own (Command.envNames). */
-const GLOBAL_ENV = ['QMQ_METASERVER', 'QMQ_ADMIN_TOKEN', 'QMQ_LOG_LEVEL', CLUSTER_SECRET_ENV]
+const GLOBAL_ENV = [
+  'QMQ_METASERVER',
+  'QMQ_ADMIN_TOKEN',
+  'QMQ_LOG_LEVEL',
+  CLUSTER_SECRET_ENV,
+  'QMQ_TLS',
+  'QMQ_TLS_CA_FILE',
+  'QMQ_TLS_CERT_FILE',
+  'QMQ_TLS_KEY_FILE',
+  'QMQ_APP_CODE',
+  'QMQ_APP_TOKEN',
+]
 const SERVICE_PREFIXES = ['QMQ_METASERVER_', 'QMQ_BROKER_', 'QMQ_DELAY_']
 
 /**

@@ -1,8 +1,16 @@
 import type { ClientEventSink } from './events'
-import { integer, type OptionsSchema, optionalString, string } from '../common/config'
+import {
+  integer,
+  type OptionSpec,
+  type OptionsSchema,
+  optionalSecret,
+  optionalString,
+  string,
+} from '../common/config'
 import { QmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import type { ClientTlsOptions } from '../common/tls'
 import { defaultClientId } from './client-id'
 import { RouteCache } from './meta/route-cache'
 import { ConnectionPool } from './transport/connection-pool'
@@ -26,6 +34,38 @@ export interface CommonClientOptions {
   maxInFlightPerConnection: number
   reconnectInitialMs: number
   reconnectMaxMs: number
+  /**
+   * TLS towards brokers and delay servers (and an https metaserver): `{ ca, cert, key }` as PEM
+   * strings or Buffers (cert + key for servers that require client certificates), or `true` for TLS
+   * with Node's default trust. Unset = plain TCP.
+   */
+  tls: ClientTlsOptions | true | undefined
+  /**
+   * The application's token (from `qmq auth create`), sent with appCode in the first frame of every
+   * connection to brokers and delay servers that require authentication. Read it from a file or an
+   * environment variable, never put it in code or on a command line.
+   */
+  token: string | undefined
+}
+
+const TLS_KEYS = new Set(['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'])
+
+const clientTlsSpec: OptionSpec<ClientTlsOptions | true | undefined> = {
+  default: undefined,
+  doc: 'TLS: true, or { ca, cert, key, servername, rejectUnauthorized }',
+  parse: (raw) => (raw === 'true' ? true : raw),
+  check: (v) => {
+    if (v === undefined || v === true) return undefined
+    if (v === null || typeof v !== 'object' || Array.isArray(v))
+      return 'must be true or an object { ca, cert, key, servername, rejectUnauthorized }'
+    for (const [k, x] of Object.entries(v)) {
+      if (!TLS_KEYS.has(k))
+        return `has an unknown key ${JSON.stringify(k)} (known: ${[...TLS_KEYS].join(', ')})`
+      if (k === 'rejectUnauthorized' ? typeof x !== 'boolean' : typeof x !== 'string' && !Buffer.isBuffer(x))
+        return `.${k} must be ${k === 'rejectUnauthorized' ? 'a boolean' : 'a PEM string or Buffer'}`
+    }
+    return undefined
+  },
 }
 
 export const commonClientSchema: OptionsSchema<CommonClientOptions> = {
@@ -39,6 +79,8 @@ export const commonClientSchema: OptionsSchema<CommonClientOptions> = {
   maxInFlightPerConnection: integer({ default: 1_024, min: 1, doc: 'requests on the wire per connection' }),
   reconnectInitialMs: integer({ default: 100, min: 1, doc: 'first reconnect backoff (ms)' }),
   reconnectMaxMs: integer({ default: 10_000, min: 1, doc: 'largest reconnect backoff (ms)' }),
+  tls: clientTlsSpec,
+  token: optionalSecret({ doc: "the application's token (qmq auth create)" }),
 }
 
 /** What a started client holds: one metaserver client, one route cache, one connection per server. */
@@ -66,7 +108,9 @@ export function requireMetaServer(component: string, o: CommonClientOptions): vo
 
 export function createRuntime(o: CommonClientOptions, log: Logger, events?: ClientEventSink): ClientRuntime {
   const clientId = o.clientId ?? defaultClientId()
+  const tls = o.tls === true ? {} : o.tls
   const meta = new MetaClient({
+    ...(tls !== undefined ? { tls } : {}),
     url: o.metaServer,
     timeoutMs: Math.min(o.metaTimeoutMs, o.firstLookupTimeoutMs),
     connectTimeoutMs: Math.min(1_000, o.metaTimeoutMs),
@@ -86,6 +130,8 @@ export function createRuntime(o: CommonClientOptions, log: Logger, events?: Clie
     reconnectMaxMs: o.reconnectMaxMs,
     logger: log,
     events,
+    ...(tls !== undefined ? { tls } : {}),
+    ...(o.token !== undefined ? { auth: { appCode: o.appCode, token: o.token } } : {}),
   })
   if (events !== undefined) {
     routes.onChange((q, groups) =>

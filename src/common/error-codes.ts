@@ -150,6 +150,12 @@ export const ERROR_CODES = {
     httpStatus: 503,
     message: 'Server-wide budget for partial frames exhausted',
   },
+  QMQ_ERR_FORBIDDEN: {
+    status: 60,
+    retriable: false,
+    httpStatus: 403,
+    message: 'The application is not allowed to do this',
+  },
 
   // ---- 100-149: broker store ----
   QMQ_ERR_STORE_IO: { status: 100, retriable: true, httpStatus: 503, message: 'Storage write failed' },

@@ -1,10 +1,15 @@
 import { DelayTrace } from './trace'
 import http from 'node:http'
+import https from 'node:https'
 import type { FsIo } from '../broker/store/fs-io'
 import { type Clock, systemClock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
+import { clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
+import { CLUSTER_APP, CredentialCache } from '../common/auth/credentials'
+import { CredentialRefresher } from '../common/auth/refresher'
+import { AuthGate } from '../common/server/auth-gate'
 import { missingClusterSecret } from '../common/token'
 import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
@@ -62,6 +67,8 @@ export class DelayServer {
   private tcp: TcpServer | undefined
   private tcpPort = 0
   private httpServer: http.Server | undefined
+  private tls: ServerTls | undefined
+  private refresher: CredentialRefresher | undefined
   private meta: MetaClient | undefined
   private sender: Sender | undefined
   private storeRef: DelayStore | undefined
@@ -79,6 +86,11 @@ export class DelayServer {
     validateGroup(this.options.group)
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined)
       throw missingClusterSecret('delay server', 'the metaserver refuses heartbeats without it')
+    if (this.options.auth && this.options.metaserver === undefined)
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'Invalid delay options:\n  - auth: needs --metaserver and the cluster secret (the credentials come from the metaserver)',
+      )
     this.deps = deps
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
@@ -156,7 +168,11 @@ export class DelayServer {
     for (const r of store.recoveryReports) this.log.warn(r, 'recovery dropped data')
 
     if (o.metaserver !== undefined)
-      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
+    if (tlsEnabled(o)) {
+      this.tls = new ServerTls(o, this.log)
+      this.tls.watch()
+    }
     let routes = this.deps.routes
     if (routes === undefined && o.brokers !== undefined)
       routes = new StaticRouteProvider(parseStaticRoutes(o.brokers))
@@ -177,6 +193,8 @@ export class DelayServer {
         timeoutMs: o.sendTimeoutMs,
         log: this.log,
         maxFrameBytes: o.maxFrameBytes,
+        ...clientTlsOf(o),
+        ...(o.clusterSecret !== undefined ? { auth: { appCode: CLUSTER_APP, token: o.clusterSecret } } : {}),
       })
     this.dispatcherRef = new Dispatcher({
       store,
@@ -210,14 +228,28 @@ export class DelayServer {
       clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       trace,
       group: o.group,
+      auth: undefined,
     })
+    let gate: AuthGate | undefined
+    if (o.auth && this.meta !== undefined) {
+      gate = new AuthGate(
+        new CredentialCache(o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8')),
+        this.log,
+        this.registry,
+        'qmq_delay',
+      )
+      handle.context.auth = gate
+      this.refresher = new CredentialRefresher(this.meta, gate.cache, o.authRefreshMs, this.log)
+      await this.refresher.start()
+    }
     if (o.clusterSecret === undefined)
       this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
     const tcp = new TcpServer(
-      tcpServerOptions(o, o.port),
+      tcpServerOptions(o, o.port, this.tls),
       {
-        handle: (frame, conn) => handle(frame, conn.remoteAddress),
+        handle: gate === undefined ? handle.handle : gate.wrap(handle.handle),
         onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+        onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
       },
       this.log,
     )
@@ -284,7 +316,7 @@ export class DelayServer {
   }
 
   private async startHttp(): Promise<void> {
-    const server = http.createServer((req, res) => {
+    const handler: http.RequestListener = (req, res) => {
       const url = req.url ?? '/'
       if (req.method === 'GET' && url.startsWith('/metrics')) {
         renderMetrics(this.registry).then(
@@ -307,7 +339,15 @@ export class DelayServer {
       }
       res.writeHead(404, { 'content-type': 'application/json' })
       res.end(JSON.stringify(new QmqError('QMQ_ERR_NOT_FOUND', `no such path ${url}`).toJSON()))
-    })
+    }
+    const tls = this.tls
+    let server: http.Server
+    if (tls === undefined) server = http.createServer(handler)
+    else {
+      const s = https.createServer(tls.options(), handler)
+      tls.attach(s)
+      server = s
+    }
     this.httpServer = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -327,6 +367,7 @@ export class DelayServer {
   private async doClose(): Promise<void> {
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    this.refresher?.stop()
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
     // Requests in flight (SENDs being stored) answer first, up to closeTimeoutMs.
     await this.tcp?.close(this.options.closeTimeoutMs)
@@ -339,6 +380,7 @@ export class DelayServer {
     await this.sender?.close()
     await this.storeRef?.close()
     await this.trace?.close()
+    this.tls?.close()
     if (this.meta !== undefined) {
       await this.meta
         .heartbeat({

@@ -10,6 +10,8 @@ import {
 import { DEFAULT_MAX_FRAME_BYTES } from '../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../common/record'
 import { type ConnectionLimitOptions, connectionLimitsSchema } from '../common/server/options'
+import { checkTlsOptions, type TlsFileOptions, tlsFileSchema } from '../common/tls'
+import { type AuthOptions, authOptionsSchema } from '../common/auth/options'
 
 export const DEFAULT_DELAY_PORT = 20801
 export const DEFAULT_HORIZON_MS = 2 * 366 * 24 * 3600 * 1000 // 2 years (of leap years: never shorter)
@@ -26,7 +28,7 @@ export const DEFAULT_SEND_TIMEOUT_MS = 5_000
 export const DEFAULT_ROUTE_TTL_MS = 5_000
 
 /** The connection limits (maxConnections ... closeTimeoutMs) are the broker's: common/server/options.ts. */
-export interface DelayOptions extends ConnectionLimitOptions {
+export interface DelayOptions extends ConnectionLimitOptions, TlsFileOptions, AuthOptions {
   /** Delay group name registered with the metaserver. */
   group: string
   host: string
@@ -170,8 +172,12 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
     default: true,
     doc: 'fdatasync the message log before acknowledging (false: acknowledged after the write)',
   }),
+  ...tlsFileSchema,
+  ...authOptionsSchema,
 }
 
 export function resolveDelayOptions(input: unknown = {}): Readonly<DelayOptions> {
-  return resolveOptions('delay', delayOptionsSchema, input)
+  const o = resolveOptions('delay', delayOptionsSchema, input)
+  checkTlsOptions('delay', o)
+  return o
 }

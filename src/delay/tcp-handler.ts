@@ -18,7 +18,8 @@ import {
 } from '../common/protocol/commands'
 import { RequestCode, requestCodeName } from '../common/protocol/codes'
 import type { Frame } from '../common/protocol/frame'
-import type { ResponseBody } from '../common/server/connection'
+import type { AuthGate } from '../common/server/auth-gate'
+import type { ResponseBody, ServerConnection } from '../common/server/connection'
 import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_FILE_FLAG, tokenMatches } from '../common/token'
 import type { DelayMetrics } from './metrics'
 import { decodeQueryRequest, encodeQueryAnswer } from '../common/protocol/query'
@@ -37,7 +38,10 @@ import type { DelayStore } from './store/delay-store'
  *   server's cluster secret. It is checked (in constant time) before the rest of the request is
  *   decoded; a missing or wrong one, or a server without a cluster secret, is answered
  *   QMQ_ERR_UNAUTHORIZED, changes nothing, is counted and logged with the remote address (never a
- *   token). SEND and PING are open to whoever reaches the port (keep it private; issue 18).
+ *   token). With `auth` on (docs/security.md) an app with an `admin *` grant needs no token for them.
+ * - With `auth` on, the AuthGate (common/server/auth-gate.ts) answers AUTH and requires it before
+ *   anything but PING; SEND needs a `produce` grant per record's subject. With auth off, SEND and
+ *   PING are open to whoever reaches the port, and AUTH is accepted and ignored.
  */
 export interface HandlerContext {
   store: DelayStore
@@ -50,19 +54,29 @@ export interface HandlerContext {
   trace?: DelayTrace | undefined
   /** The delay group's name (reported in ADMIN_QUERY answers). */
   group: string
+  /** Application authentication and permissions (`auth` on; set after creation); undefined = open port. */
+  auth: AuthGate | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
 
-/** The frame handler; `remote` (host:port of the peer) is only logged, for refused requests. */
-export function createDelayFrameHandler(
-  ctx: HandlerContext,
-): (frame: Frame, remote: string) => Promise<ResponseBody> {
-  return (f, remote) => handleFrame(f, ctx, remote)
+/** The frame handler and its context (whose `auth` the server sets once its gate exists). */
+export function createDelayFrameHandler(ctx: HandlerContext): {
+  handle: (frame: Frame, conn: ServerConnection) => Promise<ResponseBody>
+  context: HandlerContext
+} {
+  return { handle: (f, conn) => handleFrame(f, ctx, conn), context: ctx }
 }
 
-/** Throws QMQ_ERR_UNAUTHORIZED unless the request's token is the cluster secret. */
-function authenticate(f: Frame, ctx: HandlerContext, remote: string): void {
+/**
+ * CANCEL and the dead-letter requests: with auth on, a server of the cluster or an app with an admin
+ * grant on '*' needs nothing more; anyone else (and everyone with auth off) must carry the cluster
+ * secret as the request's token (the interim scheme of issue 12).
+ */
+function authenticate(f: Frame, ctx: HandlerContext, conn: ServerConnection): void {
+  const p = conn.principal
+  if (ctx.auth !== undefined && p !== undefined && ctx.auth.cache.mayAdmin(p, undefined)) return
+  const remote = conn.remoteAddress
   const token = decodeRequestToken(f.body)
   const want = ctx.clusterSecret
   if (want !== undefined && tokenMatches(token, want)) return
@@ -80,10 +94,13 @@ function authenticate(f: Frame, ctx: HandlerContext, remote: string): void {
   )
 }
 
-async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promise<ResponseBody> {
+async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection): Promise<ResponseBody> {
   switch (f.code) {
     case RequestCode.PING:
       return EMPTY
+    case RequestCode.AUTH:
+      return EMPTY // auth off (the AuthGate answers it otherwise): accepted and ignored
+
     case RequestCode.SEND: {
       // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
       const items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
@@ -94,7 +111,10 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
           validateSubject(item.header.subject)
         } catch (err) {
           item.error = toQmqError(err, 'QMQ_ERR_SUBJECT_INVALID')
+          continue
         }
+        const denied = ctx.auth?.produceError(conn, 'SEND', item.header.subject)
+        if (denied !== undefined) item.error = denied
       }
       const results = await ctx.store.accept(items)
       for (let i = 0; i < results.length; i++) {
@@ -110,7 +130,7 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
       )
     }
     case RequestCode.CANCEL: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const { ids } = decodeCancelRequest(f.body)
       const res = await ctx.store.cancel(ids)
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
@@ -126,19 +146,19 @@ async function handleFrame(f: Frame, ctx: HandlerContext, remote: string): Promi
       return encodeQueryAnswer(answer)
     }
     case RequestCode.ADMIN_DELAY_DLQ_LIST: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const req = decodeDelayDlqListRequest(f.body)
       return encodeDelayDlqListResponse(ctx.store.listDeadLetters(req.limit, req.afterSequence))
     }
     case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       const req = decodeDelayDlqRedriveRequest(f.body)
       const n = await ctx.store.redriveDeadLetters(req.sequences)
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
       return encodeCountResponse(n)
     }
     case RequestCode.ADMIN_DELAY_PENDING: {
-      authenticate(f, ctx, remote)
+      authenticate(f, ctx, conn)
       decodeDelayPendingRequest(f.body)
       const buckets = ctx.store.pendingByBucket().map(([start, pending]) => ({ start, pending }))
       return encodeDelayPendingResponse(buckets.sort((a, b) => a.start - b.start))

@@ -7,6 +7,9 @@ import { validateGroup, validateRouteSubject, validateSubject } from '../common/
 import { tokenMatches } from '../common/token'
 import type { QueryFanout } from './query-fanout'
 import { handleQueryRoute, type QueryRouteName } from './query-routes'
+import type { Clock } from '../common/clock'
+import type { AppCredentialStore } from './app-store'
+import { type AuthRouteName, handleAuthRoute } from './auth-routes'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -38,6 +41,9 @@ export interface HttpContext {
   startedAt: number
   /** Message query, trace and history (docs/query.md); undefined = those routes answer 404. */
   fanout?: QueryFanout
+  /** Application credentials (auth-routes.ts); undefined = the store keeps none. */
+  apps?: AppCredentialStore | undefined
+  clock?: Clock
 }
 
 type Answer =
@@ -62,6 +68,7 @@ type RouteName =
   | 'health'
   | 'metrics'
   | QueryRouteName
+  | AuthRouteName
   | 'unknown'
 
 function methodNotAllowed(method: string, path: string): QmqError {
@@ -401,6 +408,20 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       const a = await handleQueryRoute(ctx.fanout, method, path, query, setRoute, decodeSegment)
       if (a !== undefined) return a
     }
+    const auth = await handleAuthRoute(
+      {
+        apps: ctx.apps,
+        clock: ctx.clock ?? { now: () => Date.now() },
+        log: ctx.log,
+        readJson: (r) => readJson(r, ctx.maxBodyBytes),
+        requireAdmin,
+        requireClusterSecret,
+      },
+      req,
+      path,
+      setRoute,
+    )
+    if (auth !== undefined) return auth
     setRoute('unknown')
     throw new QmqError('QMQ_ERR_NOT_FOUND', `no such endpoint: ${method} ${path}`)
   }

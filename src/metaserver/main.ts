@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
@@ -8,6 +9,7 @@ import { fsError, QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { ConsoleApi } from './console/api'
+import { ServerTls, tlsEnabled } from '../common/tls'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { QueryFanout } from './query-fanout'
@@ -66,6 +68,7 @@ export class Metaserver {
   private svc: MetaService | undefined
   private fanout: QueryFanout | undefined
   private server: Server | undefined
+  private tls: ServerTls | undefined
   private sweepTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
   private beatTimer: NodeJS.Timeout | undefined
@@ -100,7 +103,7 @@ export class Metaserver {
   /** This server's own base URL. */
   get url(): string {
     const host = this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host
-    return `http://${host}:${this.boundPort}`
+    return `${tlsEnabled(this.options) ? 'https' : 'http'}://${host}:${this.boundPort}`
   }
 
   async start(): Promise<{ port: number; url: string }> {
@@ -151,12 +154,24 @@ export class Metaserver {
       maxBodyBytes: o.maxBodyBytes,
       adminToken: o.adminToken,
       clusterSecret: o.clusterSecret,
+      apps: this.store.apps,
+      clock: this.clock,
       addresses: () =>
         o.advertisedAddresses.length > 0 ? [...o.advertisedAddresses] : svc.metaserverUrls(this.selfUrl),
       startedAt: Date.now(),
       console: this.consoleApi,
     })
-    const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 30_000 }, handler)
+    const httpOptions = { keepAliveTimeout: 30_000, requestTimeout: 30_000 }
+    let server: Server
+    if (!tlsEnabled(o)) server = createServer(httpOptions, handler)
+    else {
+      const tls = new ServerTls(o, this.log)
+      const s = createHttpsServer({ ...httpOptions, ...tls.options() }, handler)
+      tls.attach(s)
+      tls.watch()
+      this.tls = tls
+      server = s
+    }
     this.server = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -327,6 +342,7 @@ export class Metaserver {
       await this.svc?.leave(this.id).catch(() => {}) // else it drops out of the list after META_TTL_MS
       await this.fanout?.close()
       await this.store?.close()
+      this.tls?.close()
       this.log.info('metaserver stopped')
     })()
     return this.closing

@@ -8,6 +8,7 @@ import {
   string,
   stringList,
 } from '../common/config'
+import { checkTlsOptions, type TlsFileOptions, tlsFileSchema } from '../common/tls'
 import { missingClusterSecret } from '../common/token'
 
 export const DEFAULT_METASERVER_PORT = 8080
@@ -19,7 +20,7 @@ export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
 export const DEFAULT_MIN_GROUPS_PER_SUBJECT = 2
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 // 1 MiB
 
-export interface MetaserverOptions {
+export interface MetaserverOptions extends TlsFileOptions {
   host: string
   port: number
   dataDir: string
@@ -124,6 +125,7 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     default: true,
     doc: 'Serve the web console at /console on the HTTP port (false = off: /console answers 404)',
   }),
+  ...tlsFileSchema,
 }
 
 /**
@@ -132,6 +134,7 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
  */
 export function resolveMetaserverOptions(input: unknown = {}): ResolvedMetaserverOptions {
   const o = resolveOptions('metaserver', metaserverOptionsSchema, input)
+  checkTlsOptions('metaserver', o)
   if (o.clusterSecret === undefined)
     throw missingClusterSecret(
       'metaserver',

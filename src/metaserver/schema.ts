@@ -15,6 +15,9 @@
  * Version 2 (issue 15, several metaservers on one store):
  *   group_liveness(group_name PK, alive, version (grows by one per decided transition), changed_at)
  *   metaservers(id PK, url, started_at, last_seen_at): the metaservers sharing the store
+ * Version 3 (issue 18, application credentials; app-store.ts reads and writes it):
+ *   app_credentials(app_code PK, token_hashes_json '["<sha256 hex>",...]',
+ *                   grants_json '[{"action":"produce","subject":"order.*"},...]', created_at, updated_at)
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -68,6 +71,15 @@ CREATE TABLE IF NOT EXISTS group_liveness (
 );
 CREATE TABLE IF NOT EXISTS metaservers (
   id TEXT PRIMARY KEY, url TEXT NOT NULL, started_at {INT64} NOT NULL, last_seen_at {INT64} NOT NULL
+);
+`),
+  },
+  {
+    version: 3,
+    sql: both(`
+CREATE TABLE IF NOT EXISTS app_credentials (
+  app_code TEXT PRIMARY KEY, token_hashes_json TEXT NOT NULL, grants_json TEXT NOT NULL,
+  created_at {INT64} NOT NULL, updated_at {INT64} NOT NULL
 );
 `),
   },

@@ -13,6 +13,7 @@ import type {
   StoredLiveness,
   StoredMetaserver,
 } from './store'
+import { type AppCredentialStore, SqliteAppStore } from './app-store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
 /**
@@ -85,6 +86,8 @@ export class SqliteMetaStore implements MetaStore {
   private readonly db: Database.Database
   private readonly stmts
   private closed = false
+  /** Application credentials (app-store.ts). */
+  readonly apps: AppCredentialStore
 
   /** `file` is a path (created if missing) or ':memory:'. */
   constructor(file: string) {
@@ -103,6 +106,7 @@ export class SqliteMetaStore implements MetaStore {
       throw storeError(err, `cannot open metaserver database ${file}`)
     }
     const db = this.db
+    this.apps = new SqliteAppStore(db, (what, fn) => this.run(what, fn))
     this.stmts = {
       allGroups: db.prepare('SELECT name, kind, first_seen_at, load_json FROM groups'),
       allServers: db.prepare('SELECT group_name, role, address, http_address, last_seen_at FROM servers'),

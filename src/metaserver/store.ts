@@ -1,4 +1,5 @@
 import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
+import type { AppCredentialStore } from './app-store'
 
 /**
  * The metaserver's persistent state, behind one interface with two implementations: SqliteMetaStore
@@ -137,4 +138,6 @@ export interface MetaStore {
   listMetaservers(seenAfter: number): Promise<StoredMetaserver[]>
   removeMetaserver(id: string): Promise<void>
   close(): Promise<void>
+  /** Application credentials (issue 18), when this store keeps them (app-store.ts). */
+  readonly apps?: AppCredentialStore
 }

@@ -165,9 +165,9 @@ t.test('deploy - the compose checker catches a broken compose file', async (t) =
     ],
     [
       'metaserver port',
-      '- http://metaserver:8080\n    environment:\n      - QMQ_LOG_LEVEL=info\n      - "QMQ_CLUSTER_SECRET',
-      '- http://metaserver:8081\n    environment:\n      - QMQ_LOG_LEVEL=info\n      - "QMQ_CLUSTER_SECRET',
-      /delay-1: --metaserver http:\/\/metaserver:8081: the metaserver listens on 8080/,
+      '- https://metaserver:8080\n      - --tls-cert-file\n      - /certs/tls.crt\n      - --tls-key-file\n      - /certs/tls.key\n      - --tls-ca-file\n      - /certs/ca.crt\n      - --auth\n      - "true"\n    environment:\n      - QMQ_LOG_LEVEL=info\n      # The health checks below (node fetch) trust the cluster\'s CA.\n      - NODE_EXTRA_CA_CERTS=/certs/ca.crt\n      - "QMQ_CLUSTER_SECRET',
+      '- https://metaserver:8081\n      - --tls-cert-file\n      - /certs/tls.crt\n      - --tls-key-file\n      - /certs/tls.key\n      - --tls-ca-file\n      - /certs/ca.crt\n      - --auth\n      - "true"\n    environment:\n      - QMQ_LOG_LEVEL=info\n      # The health checks below (node fetch) trust the cluster\'s CA.\n      - NODE_EXTRA_CA_CERTS=/certs/ca.crt\n      - "QMQ_CLUSTER_SECRET',
+      /delay-1: --metaserver https:\/\/metaserver:8081: the metaserver listens on 8080/,
     ],
     [
       'bind address',
@@ -351,9 +351,9 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
     [
       'metaserver url',
       'configmap.yaml',
-      'http://qmq-metaserver:8080',
-      'http://qmq-metaserver:80',
-      /metaserver URL http:\/\/qmq-metaserver:80 does not reach a metaserver/,
+      'https://qmq-metaserver:8080',
+      'https://qmq-metaserver:80',
+      /metaserver URL https:\/\/qmq-metaserver:80 does not reach a metaserver/,
     ],
     [
       'no cluster secret',

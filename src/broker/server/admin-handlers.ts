@@ -10,8 +10,9 @@ import {
   encodeSubjectsResponse,
   ResetPosition,
 } from '../../common/protocol/admin'
-import { RequestCode } from '../../common/protocol/codes'
+import { RequestCode, requestCodeName } from '../../common/protocol/codes'
 import { decodeQueryRequest, encodeQueryAnswer } from '../../common/protocol/query'
+import type { ServerConnection } from '../../common/server/connection'
 import { encodeCountResponse } from '../../common/protocol/commands'
 import { tokenMatches } from '../../common/token'
 import type { CursorPosition } from '../store/types'
@@ -37,14 +38,25 @@ function requireAdminToken(ctx: ServerContext, given: string | undefined, what: 
 }
 
 /** Admin requests (codes 20-29); wire grammar in src/common/protocol/admin.ts. */
-export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer): Promise<ResponseBody> {
+export async function handleAdmin(
+  ctx: ServerContext,
+  code: number,
+  body: Buffer,
+  conn: ServerConnection,
+): Promise<ResponseBody> {
+  // With auth on, each admin request needs an admin grant on its subject (cluster-wide ones on '*').
+  const admin = (subject: string | undefined) =>
+    ctx.auth?.admin(conn, requestCodeName(code) ?? String(code), subject)
   switch (code) {
     case RequestCode.ADMIN_SUBJECTS: {
+      admin(undefined)
       if (body.length !== 0) throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'ADMIN_SUBJECTS takes no body')
       return encodeSubjectsResponse(ctx.store.subjects())
     }
     case RequestCode.ADMIN_QUERY: {
       const req = decodeQueryRequest(body)
+      // Reads of one subject need an admin grant on it; by id or across subjects, a cluster-wide one.
+      admin('subject' in req && typeof req.subject === 'string' ? req.subject : undefined)
       const answer = ctx.store.query
         ? await ctx.store.query(req, ctx.group)
         : req.op === 'history'
@@ -54,10 +66,12 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_BACKLOG: {
       const req = decodeBacklogRequest(body)
+      admin(req.subject)
       return encodeBacklogResponse(ctx.store.backlog(req.subject, req.group))
     }
     case RequestCode.ADMIN_RESET_CURSOR: {
       const req = decodeResetCursorRequest(body)
+      admin(req.subject)
       requireAdminToken(ctx, req.token, 'a cursor reset')
       const position: CursorPosition =
         req.position === ResetPosition.EARLIEST
@@ -72,6 +86,7 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_DLQ_LIST: {
       const req = decodeDlqListRequest(body)
+      admin(req.subject)
       const list = await ctx.store.listDeadLetters(req.subject, req.group, {
         limit: req.limit,
         afterSequence: req.afterSequence < 0 ? undefined : req.afterSequence,
@@ -80,6 +95,7 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_DLQ_REDRIVE: {
       const req = decodeDlqRedriveRequest(body)
+      admin(req.subject)
       requireAdminToken(ctx, req.token, 'a dead-letter redrive')
       const n = await ctx.store.redriveDeadLetters(req.subject, req.group, req.sequences)
       if (n > 0) {
@@ -91,6 +107,7 @@ export async function handleAdmin(ctx: ServerContext, code: number, body: Buffer
     }
     case RequestCode.ADMIN_FORGET_GROUP: {
       const req = decodeForgetGroupRequest(body)
+      admin(req.subject)
       requireAdminToken(ctx, req.token, 'forgetting a consumer group')
       const forgotten = await ctx.store.forgetGroup(req.subject, req.group)
       if (forgotten)

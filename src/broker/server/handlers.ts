@@ -20,6 +20,7 @@ import type { Connection, ResponseBody } from './connection'
 import type { LongPollRegistry } from './long-poll'
 import type { BrokerMetrics } from './metrics'
 import { decodeSend } from './send-decoder'
+import type { AuthGate } from '../../common/server/auth-gate'
 
 /** What request handlers need from the broker; one per Broker instance. */
 export interface ServerContext {
@@ -44,6 +45,8 @@ export interface ServerContext {
   adminToken: Buffer | undefined
   /** The broker group's name (reported in ADMIN_QUERY answers). */
   group: string
+  /** Application authentication and permissions (`auth` on); undefined = open port. */
+  auth: AuthGate | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -75,16 +78,20 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
   switch (frame.code) {
     case RequestCode.PING:
       return Promise.resolve(EMPTY)
+    case RequestCode.AUTH:
+      // Reached only with auth off (the AuthGate answers it otherwise): accepted and ignored, so a
+      // client configured with a token talks to any broker.
+      return Promise.resolve(EMPTY)
     case RequestCode.SEND:
-      return handleSend(ctx, frame.body)
+      return handleSend(ctx, frame.body, conn)
     case RequestCode.PULL:
       return handlePull(ctx, frame, conn)
     case RequestCode.ACK:
-      return handleAck(ctx, frame.body)
+      return handleAck(ctx, frame.body, conn)
     case RequestCode.NACK:
-      return handleNack(ctx, frame.body)
+      return handleNack(ctx, frame.body, conn)
     case RequestCode.HEARTBEAT:
-      return handleHeartbeat(ctx, frame.body)
+      return handleHeartbeat(ctx, frame.body, conn)
     case RequestCode.ADMIN_BACKLOG:
     case RequestCode.ADMIN_RESET_CURSOR:
     case RequestCode.ADMIN_DLQ_LIST:
@@ -92,7 +99,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
     case RequestCode.ADMIN_SUBJECTS:
     case RequestCode.ADMIN_FORGET_GROUP:
     case RequestCode.ADMIN_QUERY:
-      return handleAdmin(ctx, frame.code, frame.body)
+      return handleAdmin(ctx, frame.code, frame.body, conn)
     default: {
       const known = requestCodeName(frame.code)
       throw new QmqError(
@@ -110,7 +117,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
 // full, I/O) gives every good record of the batch that retriable status: nothing of it was stored.
 // Per record this allocates the record's view, its routing header and the store's input (send-decoder.ts); the answer of
 // a batch whose records were all stored is written without a result object per record.
-async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   if (ctx.isClosing()) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
   const {
     count,
@@ -128,7 +135,7 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
     const subject = (inputs[j] as AppendInput).header.subject
     if (subject === checked) continue
     checked = subject
-    if (!subjectOk(ctx, subject)) {
+    if (!subjectOk(ctx, subject, conn)) {
       refused = true
       break
     }
@@ -138,10 +145,17 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
     if (errors === undefined) errors = new Array(count)
     const kept: AppendInput[] = []
     let j = 0
+    // One check (and one refusal logged) per run of a subject, not per record.
+    let lastSubject: string | undefined
+    let lastErr: QmqError | undefined
     for (let i = 0; i < count; i++) {
       if (errors[i] !== undefined) continue
       const input = inputs[j++] as AppendInput
-      const err = subjectError(ctx, input.header.subject)
+      if (input.header.subject !== lastSubject) {
+        lastSubject = input.header.subject
+        lastErr = subjectError(ctx, lastSubject, conn)
+      }
+      const err = lastErr
       if (err === undefined) kept.push(input)
       else errors[i] = err
     }
@@ -177,16 +191,22 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
   return encodeSendResponse(results)
 }
 
-function subjectOk(ctx: ServerContext, subject: string): boolean {
-  return subjectError(ctx, subject) === undefined
+function subjectOk(ctx: ServerContext, subject: string, conn: Connection): boolean {
+  if (ctx.auth !== undefined && !ctx.auth.cache.mayProduce(conn.principal ?? NOBODY, subject)) return false
+  return subjectError(ctx, subject, conn) === undefined
 }
 
-function subjectError(ctx: ServerContext, subject: string): QmqError | undefined {
+const NOBODY = { appCode: '', cluster: false, tokenHash: '' }
+
+function subjectError(ctx: ServerContext, subject: string, conn: Connection): QmqError | undefined {
   try {
     validateSubject(subject)
   } catch (e) {
     return toQmqError(e, 'QMQ_ERR_SUBJECT_INVALID')
   }
+  // Permission per record (other records of the request still go on); counted and logged.
+  const denied = ctx.auth?.produceError(conn, 'SEND', subject)
+  if (denied !== undefined) return denied
   if (ctx.readOnly.all || ctx.readOnly.subjects.has(subject))
     return new QmqError('QMQ_ERR_READ_ONLY', `this broker group is read-only for ${subject}`)
   return undefined
@@ -242,6 +262,7 @@ function encodeStored(stored: readonly AppendResult[]): Buffer {
 
 async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
   const req = decodePullRequest(frame.body)
+  ctx.auth?.consume(conn, 'PULL', req.subject, req.group)
   const maxBytes =
     req.maxBytes === 0 ? ctx.limits.maxPullBytes : Math.min(req.maxBytes, ctx.limits.maxPullBytes)
   const timeoutMs = Math.min(req.timeoutMs, ctx.limits.maxPollMs)
@@ -320,15 +341,17 @@ function countPulled(ctx: ServerContext, subject: string, group: string, message
   if (redelivered > 0) ctx.metrics.redelivered.inc(labels, redelivered)
 }
 
-async function handleAck(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+async function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   const req = decodeAckRequest(body)
+  ctx.auth?.consume(conn, 'ACK', req.subject, req.group)
   const n = await ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast)
   if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, group: req.group }, n)
   return encodeCountResponse(n)
 }
 
-async function handleNack(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+async function handleNack(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   const req = decodeNackRequest(body)
+  ctx.auth?.consume(conn, 'NACK', req.subject, req.group)
   const n = await ctx.store.nack(req.subject, req.group, req.consumerId, req.sequences, {
     retryAfterMs: req.retryAfterMs > 0 ? req.retryAfterMs : undefined,
     deadLetter: req.deadLetter,
@@ -341,8 +364,10 @@ async function handleNack(ctx: ServerContext, body: Buffer): Promise<ResponseBod
   return encodeCountResponse(n)
 }
 
-async function handleHeartbeat(ctx: ServerContext, body: Buffer): Promise<ResponseBody> {
+async function handleHeartbeat(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   const req = decodeHeartbeatRequest(body)
+  if (ctx.auth !== undefined)
+    for (const s of req.subscriptions) ctx.auth.consume(conn, 'HEARTBEAT', s.subject, s.group)
   const res = ctx.store.heartbeat(
     req.consumerId,
     req.subscriptions.map((s) => ({ subject: s.subject, group: s.group, sequences: s.sequences })),

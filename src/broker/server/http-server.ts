@@ -1,7 +1,9 @@
-import { createServer, type Server } from 'node:http'
+import { createServer, type RequestListener, type Server } from 'node:http'
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import type { Logger } from '../../common/logger'
 import { type Registry, renderMetrics } from '../../common/metrics'
+import type { ServerTls } from '../../common/tls'
 
 /**
  * The broker's HTTP port: `GET /metrics` (Prometheus text) and `GET /health` (JSON). Nothing else.
@@ -21,10 +23,13 @@ export interface BrokerHealth {
 export class BrokerHttpServer {
   private readonly server: Server
   private readonly log: Logger
+  private readonly tls: ServerTls | undefined
 
-  constructor(registry: Registry, health: () => BrokerHealth, log: Logger) {
+  /** With `tls`: HTTPS with the broker's certificate (reloaded with it). */
+  constructor(registry: Registry, health: () => BrokerHealth, log: Logger, tls?: ServerTls) {
     this.log = log
-    this.server = createServer((req, res) => {
+    this.tls = tls
+    const handler: RequestListener = (req, res) => {
       const path = (req.url ?? '/').split('?')[0]
       if (req.method !== 'GET' && req.method !== 'HEAD') {
         res.writeHead(405, { 'content-type': 'application/json', allow: 'GET' })
@@ -53,7 +58,13 @@ export class BrokerHttpServer {
       }
       res.writeHead(404, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ code: 'QMQ_ERR_NOT_FOUND', status: 27, message: `no route ${path}` }))
-    })
+    }
+    if (tls === undefined) this.server = createServer(handler)
+    else {
+      const server = createHttpsServer(tls.options(), handler)
+      tls.attach(server)
+      this.server = server
+    }
     this.server.keepAliveTimeout = 5_000
   }
 
@@ -68,6 +79,7 @@ export class BrokerHttpServer {
   }
 
   close(): Promise<void> {
+    this.tls?.detach(this.server as HttpsServer)
     return new Promise((resolve) => {
       this.server.close(() => resolve())
       this.server.closeAllConnections()

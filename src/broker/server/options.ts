@@ -9,6 +9,8 @@ import {
 import { DEFAULT_MAX_FRAME_BYTES } from '../../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../../common/record'
 import { type ConnectionLimitOptions, connectionLimitsSchema } from '../../common/server/options'
+import { type TlsFileOptions, tlsFileSchema } from '../../common/tls'
+import { type AuthOptions, authOptionsSchema } from '../../common/auth/options'
 
 /**
  * Options of the broker's network side (the store has its own; `Broker` takes both, see broker.ts).
@@ -30,7 +32,7 @@ export {
 } from '../../common/server/options'
 
 /** The connection limits (maxConnections ... closeTimeoutMs) are shared with the delay server. */
-export interface BrokerServerOptions extends ConnectionLimitOptions {
+export interface BrokerServerOptions extends ConnectionLimitOptions, TlsFileOptions, AuthOptions {
   group: string
   role: 'master' | 'slave'
   host: string
@@ -120,4 +122,6 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
   adminToken: optionalString({
     doc: 'Token admin writes (cursor reset, dead-letter redrive, forget-group) must carry; unset = not checked',
   }),
+  ...tlsFileSchema,
+  ...authOptionsSchema,
 }

@@ -260,6 +260,9 @@ export const devCommand: Command = {
       const cluster = {
         metaAddress: `${metaUrl}/meta/address`,
         metaserver: metaUrl,
+        /** `qmq dev` is for local development: no TLS, no application authentication. */
+        auth: false,
+        tls: false,
         metaserverPid: meta.child.proc.pid,
         dataDir,
         brokers: infos.slice(0, brokers).map((i, k) => ({
@@ -288,6 +291,8 @@ export const devCommand: Command = {
             (d) => `  ${String(d.group).padEnd(12)} ${d.address}   metrics port ${d.httpPort ?? '-'}`,
           ),
           `  data         ${dataDir}`,
+          'Local development only: plain TCP/HTTP on loopback, no TLS and no application authentication',
+          '(anyone on this machine can produce and consume). See docs/security.md for a secured cluster.',
           'Press Ctrl-C to stop.',
         ]
         process.stdout.write(`${lines.join('\n')}\n`)

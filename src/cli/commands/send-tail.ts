@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
 import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
-import { DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
+import { cliTls, DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
 import { parseDuration, parseStartFrom } from '../table'
 import type { Command } from './command'
 
@@ -10,6 +10,21 @@ import type { Command } from './command'
  * `qmq send` and `qmq tail`: produce and watch messages from the command line through the SDK, as
  * an application would. They use the metaserver given by --metaserver / QMQ_METASERVER.
  */
+/**
+ * The client identity and TLS of qmq send / tail: QMQ_APP_CODE + QMQ_APP_TOKEN for servers started with
+ * --auth (default appCode qmq-cli), and the QMQ_TLS* variables (cluster.ts cliTls).
+ */
+function clientOf(flags: ReturnType<typeof parseArgs>['flags']): Record<string, unknown> {
+  const env = process.env
+  const tls = cliTls(flags, env)
+  return {
+    appCode: env.QMQ_APP_CODE || 'qmq-cli',
+    metaServer: metaServerOf(flags),
+    ...(env.QMQ_APP_TOKEN ? { token: env.QMQ_APP_TOKEN } : {}),
+    ...(tls !== undefined ? { tls } : {}),
+  }
+}
+
 function metaServerOf(flags: ReturnType<typeof parseArgs>['flags']): string {
   return stringFlag(flags, 'metaserver') ?? process.env.QMQ_METASERVER ?? DEFAULT_METASERVER_URL
 }
@@ -85,7 +100,7 @@ ${flagsHelp(SEND_FLAGS)}`,
     }
 
     const { MessageProducerProvider } = require('../../client') as typeof import('../../client')
-    const producer = new MessageProducerProvider({ appCode: 'qmq-cli', metaServer: metaServerOf(flags) })
+    const producer = new MessageProducerProvider(clientOf(flags))
     await producer.init()
     const ids: string[] = []
     let done = 0
@@ -188,7 +203,7 @@ ${flagsHelp(TAIL_FLAGS)}`,
     const ack = flags.ack !== false
 
     const { MessageConsumerProvider } = require('../../client') as typeof import('../../client')
-    const consumer = new MessageConsumerProvider({ appCode: 'qmq-cli', metaServer: metaServerOf(flags) })
+    const consumer = new MessageConsumerProvider(clientOf(flags))
     await consumer.init()
     const pull = consumer.getOrCreatePullConsumer(subject, group, { startFrom: from })
     let stop = false

@@ -1,5 +1,6 @@
 import type { ClientEventSink } from '../events'
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { silentLogger } from '../../common/logger'
@@ -12,7 +13,10 @@ import {
   HEADER_BYTES,
   writeFrameHeader,
 } from '../../common/protocol/frame'
+import { type ClientTlsOptions, tlsConnectOptions } from '../../common/tls'
 import { Backoff } from '../retry'
+import { type AuthRequest, encodeAuthRequest } from '../../common/protocol/auth'
+import { RequestCode } from '../../common/protocol/codes'
 
 /**
  * One multiplexed TCP connection to a broker or delay server.
@@ -48,6 +52,19 @@ export interface ConnectionOptions {
   logger?: Logger
   /** Instrumentation events of the provider (events.ts): connect and disconnect. */
   events?: ClientEventSink
+  /**
+   * Talk TLS (servers started with a certificate): the connection counts as open once the handshake
+   * is done; a refused handshake (untrusted certificate, no client certificate under mTLS) fails the
+   * requests it held with QMQ_ERR_CONNECTION like a refused connect.
+   */
+  tls?: ClientTlsOptions
+  /**
+   * The credential sent in an AUTH frame first on every new socket (servers with `auth` on require
+   * it; others accept and ignore it). A refused AUTH fails the requests the socket held with the
+   * server's error (QMQ_ERR_UNAUTHORIZED) and closes it; QMQ_ERR_BUSY (credentials not loaded yet)
+   * is retried on the next connect.
+   */
+  auth?: AuthRequest
 }
 
 export const DEFAULT_CONNECT_TIMEOUT_MS = 3_000
@@ -102,6 +119,8 @@ export class Connection {
   private readonly maxFrameBytes: number
   private readonly log: Logger
   private readonly backoff: Backoff
+  private readonly tls: ClientTlsOptions | undefined
+  private readonly authBody: Buffer | undefined
 
   private state: State = 'idle'
   private socket: Socket | undefined
@@ -136,6 +155,8 @@ export class Connection {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
     this.log = (options.logger ?? silentLogger).child({ broker: options.address })
     this.events = options.events
+    this.tls = options.tls
+    this.authBody = options.auth === undefined ? undefined : encodeAuthRequest(options.auth)
     this.backoff = new Backoff({
       initialMs: options.reconnectInitialMs ?? DEFAULT_RECONNECT_INITIAL_MS,
       maxMs: options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS,
@@ -246,7 +267,11 @@ export class Connection {
   private open(): void {
     this.state = 'connecting'
     this.writable = true
-    const socket = connect({ host: this.host, port: this.port, noDelay: true })
+    const socket =
+      this.tls === undefined
+        ? connect({ host: this.host, port: this.port, noDelay: true })
+        : tlsConnect(tlsConnectOptions(this.host, this.port, this.tls))
+    if (this.tls !== undefined) socket.setNoDelay(true)
     this.socket = socket
     this.socketRef = true
     this.decoder = new FrameDecoder({ maxFrameBytes: this.maxFrameBytes })
@@ -258,7 +283,7 @@ export class Connection {
         ),
       )
     }, this.connectTimeoutMs)
-    socket.once('connect', () => {
+    socket.once(this.tls === undefined ? 'connect' : 'secureConnect', () => {
       clearTimeout(connectTimer)
       if (this.socket !== socket) return
       this.state = 'open'
@@ -266,6 +291,7 @@ export class Connection {
       this.lastError = undefined
       this.log.debug('connected')
       this.events?.('connect', { address: this.address })
+      if (this.authBody !== undefined) this.sendAuth(socket, this.authBody)
       this.pump()
     })
     socket.on('data', (chunk: Buffer) => this.onData(socket, chunk))
@@ -289,6 +315,28 @@ export class Connection {
       clearTimeout(connectTimer)
       this.onClose(socket)
     })
+  }
+
+  /** Puts the AUTH frame ahead of every queued request of this socket (see ConnectionOptions.auth). */
+  private sendAuth(socket: Socket, body: Buffer): void {
+    const p: Pending = {
+      id: this.allocateId(),
+      code: RequestCode.AUTH,
+      parts: [body],
+      bodyLength: body.length,
+      resolve: () => {},
+      reject: (err) => {
+        if (this.socket !== socket || err.code === 'QMQ_ERR_CLIENT_CLOSED') return
+        this.log.warn({ code: err.code, err: err.message }, 'authentication refused; closing the connection')
+        this.lastError = err
+        socket.destroy()
+      },
+      timer: undefined,
+      sent: false,
+      settled: false,
+    }
+    p.timer = setTimeout(() => this.timeout(p, this.requestTimeoutMs), this.requestTimeoutMs)
+    this.queue.splice(this.queueHead, 0, p)
   }
 
   private onClose(socket: Socket): void {

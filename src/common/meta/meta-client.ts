@@ -1,6 +1,9 @@
 import { Pool } from 'undici'
 import { isErrorCode } from '../error-codes'
+import type { AppCredential } from '../auth/credentials'
+import type { Grant } from '../auth/grants'
 import { QmqError } from '../errors'
+import type { ClientTlsOptions } from '../tls'
 import {
   type AddressesResponse,
   CLUSTER_SECRET_HEADER,
@@ -64,6 +67,8 @@ export interface MetaClientOptions {
   maxResponseBytes?: number
   connections?: number
   addressRefreshMs?: number
+  /** For https metaservers: the CA to trust, and a client certificate when they require one (mTLS). */
+  tls?: ClientTlsOptions
 }
 
 interface CallOptions {
@@ -74,6 +79,16 @@ interface CallOptions {
   headers?: Record<string, string>
   /** Which metaserver origin to use; default: the current address list with failover. */
   origin?: string
+}
+
+/** An application as GET /admin/apps lists it (never a token or its hash). */
+export interface AppInfo {
+  appCode: string
+  grants: Grant[]
+  /** Valid tokens (2 during a rotation with keepPrevious). */
+  tokens: number
+  createdAt: number
+  updatedAt: number
 }
 
 function normalizeBase(url: string): string {
@@ -109,6 +124,7 @@ export class MetaClient {
   private readonly addressRefreshMs: number
   private readonly adminToken: string | undefined
   private readonly clusterSecret: string | undefined
+  private readonly tls: ClientTlsOptions | undefined
   /** Origins of the discovery URLs, when given (tried in turn). */
   private readonly discoveryOrigins: string[]
   private discoveryCurrent = 0
@@ -151,6 +167,7 @@ export class MetaClient {
     this.addressRefreshMs = options.addressRefreshMs ?? DEFAULT_META_ADDRESS_REFRESH_MS
     this.adminToken = options.adminToken
     this.clusterSecret = options.clusterSecret
+    this.tls = options.tls
   }
 
   /** The metaserver base URLs currently in use. */
@@ -301,6 +318,54 @@ export class MetaClient {
     return this.call({ method: 'GET', path: `/admin/history?${params}` })
   }
 
+  /** GET /meta/credentials (servers, with the cluster secret): every app's token hashes and grants. */
+  credentials(): Promise<{ apps: AppCredential[] }> {
+    const headers: Record<string, string> = {}
+    if (this.clusterSecret !== undefined) headers[CLUSTER_SECRET_HEADER] = this.clusterSecret
+    return this.call({ method: 'GET', path: '/meta/credentials', headers })
+  }
+
+  async listApps(): Promise<AppInfo[]> {
+    return (await this.call<{ apps: AppInfo[] }>({ method: 'GET', path: '/admin/apps' })).apps
+  }
+
+  /** Creates an app; its token is in the answer and nowhere else. Needs the admin token. */
+  createApp(
+    appCode: string,
+    grants: readonly Grant[] = [],
+  ): Promise<{ appCode: string; token: string; grants: Grant[] }> {
+    return this.call({ method: 'POST', path: '/admin/apps', body: { appCode, grants } })
+  }
+
+  /** A new token (the old one stops working, unless keepPrevious). Needs the admin token. */
+  rotateApp(appCode: string, keepPrevious = false): Promise<{ appCode: string; token: string }> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/rotate`,
+      body: { keepPrevious },
+    })
+  }
+
+  grantApp(appCode: string, grant: Grant): Promise<AppInfo> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/grant`,
+      body: grant,
+    })
+  }
+
+  revokeApp(appCode: string, grant: Grant): Promise<AppInfo> {
+    return this.call({
+      method: 'POST',
+      path: `/admin/apps/${encodeURIComponent(appCode)}/revoke`,
+      body: grant,
+    })
+  }
+
+  deleteApp(appCode: string): Promise<{ deleted: boolean }> {
+    return this.call({ method: 'POST', path: `/admin/apps/${encodeURIComponent(appCode)}/delete`, body: {} })
+  }
+
   health(): Promise<HealthResponse> {
     return this.call({ method: 'GET', path: META_PATHS.health })
   }
@@ -321,7 +386,7 @@ export class MetaClient {
         connections: this.connections,
         pipelining: 1,
         keepAliveTimeout: 30_000,
-        connect: { timeout: this.connectTimeoutMs },
+        connect: { timeout: this.connectTimeoutMs, ...(this.tls ?? {}) },
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs,
       })

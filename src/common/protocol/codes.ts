@@ -17,6 +17,8 @@ export const RequestCode = {
   CANCEL: 6,
   /** Round trip with an empty body; answers at once (liveness probes, latency checks). */
   PING: 7,
+  /** The connection's credential (appCode + token); first frame when the server requires auth. */
+  AUTH: 8,
 
   ADMIN_BACKLOG: 20,
   ADMIN_RESET_CURSOR: 21,

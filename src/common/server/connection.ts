@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net'
+import type { Principal } from '../auth/credentials'
 import { QmqError, toQmqError } from '../errors'
 import type { Logger } from '../logger'
 import { encodeErrorBody } from '../protocol/commands'
@@ -83,6 +84,8 @@ let nextConnectionId = 1
 export class ServerConnection implements BudgetHolder {
   readonly id = nextConnectionId++
   readonly remoteAddress: string
+  /** Who the connection authenticated as (AUTH; server/auth-gate.ts); undefined = nobody yet. */
+  principal: Principal | undefined = undefined
   private readonly socket: Socket
   private readonly options: ConnectionOptions
   private readonly hooks: ConnectionHooks

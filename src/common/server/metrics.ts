@@ -9,6 +9,8 @@ import type { TcpServerStats } from './tcp-server'
  */
 export class ConnectionMetrics {
   readonly closed: Counter<'reason'>
+  /** TLS handshakes that failed (no or an untrusted client certificate, a plain-TCP client...). */
+  readonly tlsHandshakeFailures: Counter
 
   constructor(registry: Registry, prefix: string, stats: () => TcpServerStats | undefined) {
     const registers = [registry]
@@ -16,6 +18,11 @@ export class ConnectionMetrics {
       name: `${prefix}_connections_closed_total`,
       help: 'Connections closed by the server, by reason (first_frame, idle, frame_timeout, frame_budget, protocol)',
       labelNames: ['reason'],
+      registers,
+    })
+    this.tlsHandshakeFailures = new Counter({
+      name: `${prefix}_tls_handshake_failures_total`,
+      help: 'TLS handshakes that failed (no or an untrusted client certificate, plain TCP on a TLS port)',
       registers,
     })
     const gauge = (name: string, help: string, pick: (s: TcpServerStats) => number) =>

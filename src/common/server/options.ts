@@ -1,4 +1,5 @@
 import { integer, type OptionsSchema } from '../config'
+import type { ServerTls } from '../tls'
 import type { TcpServerOptions } from './tcp-server'
 
 /**
@@ -73,8 +74,10 @@ export const connectionLimitsSchema: OptionsSchema<ConnectionLimitOptions> = {
 export function tcpServerOptions(
   o: ConnectionLimitOptions & { host: string; maxFrameBytes: number },
   port: number,
+  tls?: ServerTls,
 ): TcpServerOptions {
   return {
+    ...(tls !== undefined ? { tls } : {}),
     host: o.host,
     port,
     maxConnections: o.maxConnections,

@@ -1,7 +1,9 @@
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net'
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls'
 import type { QmqError } from '../errors'
 import type { Logger } from '../logger'
 import type { Frame } from '../protocol/frame'
+import type { ServerTls } from '../tls'
 import {
   type CloseReason,
   type ConnectionHooks,
@@ -30,6 +32,13 @@ export interface TcpServerOptions extends ConnectionOptions {
   maxConnections: number
   /** Bytes of partial frames held across all connections; raised to maxFrameBytes if smaller. */
   maxPartialFrameBytes: number
+  /**
+   * TLS (common/tls.ts): the same frames inside a TLS session. A connection becomes a ServerConnection
+   * once its handshake is done; a failed handshake (no or a wrong client certificate under mTLS, a
+   * plain-TCP client) is reported to `onTlsError` and never reaches the connection loop. The handshake
+   * must finish within firstFrameTimeoutMs (10 s when that is 0).
+   */
+  tls?: ServerTls
 }
 
 export type ConnectionFactory<C extends ServerConnection> = (
@@ -46,6 +55,8 @@ export interface TcpServerHooks<C extends ServerConnection> {
   onProtocolError?(connection: C, err: QmqError): void
   /** The server closed a connection for `reason` (a slow, idle or misbehaving client). */
   onClosedFor?(connection: C, reason: CloseReason): void
+  /** A TLS handshake failed (TLS listeners only). */
+  onTlsError?(err: Error, remoteAddress: string): void
 }
 
 export interface TcpServerStats {
@@ -60,6 +71,7 @@ export interface TcpServerStats {
 
 export class TcpServer<C extends ServerConnection = ServerConnection> {
   private readonly server: Server
+  private readonly tlsServer: TlsServer | undefined
   private readonly connections = new Set<C>()
   private readonly options: TcpServerOptions
   private readonly hooks: TcpServerHooks<C>
@@ -81,10 +93,35 @@ export class TcpServer<C extends ServerConnection = ServerConnection> {
       createConnection ?? ((socket, o, h, l, b) => new ServerConnection(socket, o, h, l, b) as unknown as C)
     this.budget = new PartialFrameBudget(Math.max(options.maxPartialFrameBytes, options.maxFrameBytes))
     // allowHalfOpen: a client that ends its side still gets the answers of its requests in flight.
-    this.server = createServer(
-      { allowHalfOpen: true, noDelay: true, highWaterMark: SOCKET_HIGH_WATER_MARK },
-      (socket) => this.accept(socket),
-    )
+    const netOptions = { allowHalfOpen: true, noDelay: true, highWaterMark: SOCKET_HIGH_WATER_MARK }
+    const tls = options.tls
+    if (tls === undefined) this.server = createServer(netOptions, (socket) => this.accept(socket))
+    else {
+      // Not half-open during the handshake: a client that gives up on it (it refused our certificate)
+      // ends its side, and a half-open TLS socket would then wait for ever. Half-open once secure.
+      const server = createTlsServer(
+        {
+          ...netOptions,
+          allowHalfOpen: false,
+          ...tls.options(),
+          handshakeTimeout: options.firstFrameTimeoutMs > 0 ? options.firstFrameTimeoutMs : 10_000,
+        },
+        (socket) => {
+          socket.allowHalfOpen = true
+          this.accept(socket)
+        },
+      )
+      server.on('tlsClientError', (err, socket) => {
+        const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`
+        this.log.info({ err: err.message, remote }, 'TLS handshake failed')
+        this.hooks.onTlsError?.(err, remote)
+        // With a 'tlsClientError' listener Node leaves the socket open: close it here.
+        socket.destroy()
+      })
+      tls.attach(server)
+      this.server = server
+      this.tlsServer = server
+    }
     this.server.maxConnections = options.maxConnections
   }
 
@@ -167,5 +204,6 @@ export class TcpServer<C extends ServerConnection = ServerConnection> {
     await Promise.race([flushed, new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())])
     for (const c of this.connections) c.destroy()
     await closed
+    if (this.tlsServer !== undefined) this.options.tls?.detach(this.tlsServer)
   }
 }

@@ -2,6 +2,8 @@ import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import type { MetaClient } from '../../common/meta/meta-client'
 import type { RouteGroup } from '../../common/meta/types'
+import type { ClientTlsOptions } from '../../common/tls'
+import type { AuthRequest } from '../../common/protocol/auth'
 import { decodeSendResponse, encodeSendRequest } from '../../common/protocol/commands'
 import { RequestCode } from '../../common/protocol/codes'
 import { Connection } from '../../client/transport/connection'
@@ -79,6 +81,10 @@ export interface BrokerSenderOptions {
   timeoutMs: number
   log: Logger
   maxFrameBytes?: number
+  /** TLS towards the brokers (the delay server's own files: its CA, its certificate as client certificate). */
+  tls?: ClientTlsOptions
+  /** Sent as AUTH on each connection (the cluster secret as CLUSTER_APP: brokers with auth on need it). */
+  auth?: AuthRequest
 }
 
 /**
@@ -105,6 +111,8 @@ export class BrokerSender implements Sender {
         reconnectMaxMs: 2_000,
         maxFrameBytes: this.options.maxFrameBytes,
         logger: this.options.log,
+        ...(this.options.tls !== undefined ? { tls: this.options.tls } : {}),
+        ...(this.options.auth !== undefined ? { auth: this.options.auth } : {}),
       })
       this.conns.set(address, c)
     }
