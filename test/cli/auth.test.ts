@@ -7,7 +7,7 @@ import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { Metaserver } from '../../src/metaserver/main'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
-import { SCHEMA_VERSION } from '../../src/metaserver/schema'
+import { MIGRATIONS, SCHEMA_VERSION } from '../../src/metaserver/schema'
 import { CLUSTER_SECRET, TOKEN } from '../metaserver/helpers'
 
 /** `qmq auth` against a real metaserver, run in this process with stdout and stderr captured. */
@@ -117,7 +117,10 @@ t.test('sqlite store - a schema 1 database is migrated to the latest (3: app_cre
   const file = join(t.testdir(), 'meta.db')
   const Sqlite = require('better-sqlite3') as typeof import('better-sqlite3')
   const db = new Sqlite(file)
-  db.exec('CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);')
+  // A database as version 1 of the schema left it.
+  db.exec(
+    `${MIGRATIONS[0]?.sql.sqlite}; CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);`,
+  )
   db.close()
   const store = new SqliteMetaStore(file)
   t.teardown(() => store.close())
