@@ -5,8 +5,8 @@ import { type Grant, validateGrant } from '../common/auth/grants'
 /**
  * Where the metaserver keeps application credentials (issue 18): per appCode the SHA-256 hashes of its
  * tokens (never a token) and its grants. Both stores keep them (SqliteAppStore, PostgresAppStore below,
- * on the same table); a MetaStore exposes its one as `apps`. A MetaStore without `apps` would make the
- * credential endpoints answer QMQ_ERR_NOT_FOUND and servers with `auth` on refuse every application.
+ * on the same table); a MetaStore exposes its one as `apps` (required: without it the credential
+ * endpoints would answer QMQ_ERR_NOT_FOUND and servers with `auth` on refuse every application).
  * test/metaserver/store-conformance.test.ts checks both on the same cases.
  */
 export interface StoredApp extends AppCredential {

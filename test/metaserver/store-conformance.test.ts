@@ -36,10 +36,9 @@ function master(g: string, lastSeenAt: number, port = 1000): StoredServer {
 }
 
 function appsOf(t: Test, s: MetaStore | undefined): AppCredentialStore {
-  const apps = s?.apps
-  if (apps === undefined) throw new Error(`a ${s?.kind} store without application credentials`)
-  t.pass(`${s?.kind} store keeps application credentials`)
-  return apps
+  if (s === undefined) throw new Error('no store')
+  t.ok(s.apps, `${s.kind} store keeps application credentials`)
+  return s.apps
 }
 
 function app(appCode: string, tokenHashes: string[], at: number): StoredApp {
@@ -232,8 +231,8 @@ t.test('store [postgres] - a closed or unreachable store fails with a retriable 
   const [s] = await openShared(t, 'postgres', 1)
   await s!.close()
   await t.rejects(s!.getRoute('s'), { code: 'QMQ_ERR_METASERVER_STORE' })
-  await t.rejects(s!.apps!.insertApp(app('a', ['h'], 1)), { code: 'QMQ_ERR_METASERVER_STORE' })
-  await t.rejects(s!.apps!.listApps(), { code: 'QMQ_ERR_METASERVER_STORE' })
+  await t.rejects(s!.apps.insertApp(app('a', ['h'], 1)), { code: 'QMQ_ERR_METASERVER_STORE' })
+  await t.rejects(s!.apps.listApps(), { code: 'QMQ_ERR_METASERVER_STORE' })
   await t.rejects(PostgresMetaStore.open('postgresql://postgres@127.0.0.1:1/none'), {
     code: 'QMQ_ERR_METASERVER_STORE',
   })
