@@ -4,9 +4,10 @@ import { type Grant, validateGrant } from '../common/auth/grants'
 
 /**
  * Where the metaserver keeps application credentials (issue 18): per appCode the SHA-256 hashes of its
- * tokens (never a token) and its grants. Kept apart from MetaStore so another store (PostgreSQL) can
- * add it on its own: a MetaStore exposes one as its optional `apps`; without it the credential
- * endpoints answer QMQ_ERR_NOT_FOUND and servers with `auth` on refuse every application.
+ * tokens (never a token) and its grants. Both stores keep them (SqliteAppStore, PostgresAppStore below,
+ * on the same table); a MetaStore exposes its one as `apps` (required: without it the credential
+ * endpoints would answer QMQ_ERR_NOT_FOUND and servers with `auth` on refuse every application).
+ * test/metaserver/store-conformance.test.ts checks both on the same cases.
  */
 export interface StoredApp extends AppCredential {
   createdAt: number
@@ -25,7 +26,7 @@ export interface AppCredentialStore {
 
 /** The table is created by schema.ts migration 3 (both stores); its layout is described there. */
 
-interface AppRow {
+export interface AppRow {
   app_code: string
   token_hashes_json: string
   grants_json: string
@@ -118,5 +119,69 @@ export class SqliteAppStore implements AppCredentialStore {
 
   deleteApp(appCode: string): Promise<boolean> {
     return this.run('delete app', () => this.stmts.delete.run(appCode).changes === 1)
+  }
+}
+
+/** The PostgreSQL store's query function: runs one statement on its pool, errors -> QmqError. */
+export type PostgresQuery = <R extends Pick<AppRow, 'app_code'>>(
+  what: string,
+  sql: string,
+  params?: unknown[],
+) => Promise<R[]>
+
+const PG_COLS = 'app_code, token_hashes_json, grants_json, created_at, updated_at'
+
+/**
+ * AppCredentialStore on PostgreSQL, through the PostgresMetaStore's pool and error wrapper (a closed
+ * store or a database outage fails with the retriable QMQ_ERR_METASERVER_STORE like its other writes).
+ * Each call is one statement: the insert is `ON CONFLICT (app_code) DO NOTHING RETURNING`, so of several
+ * metaservers creating the same appCode at once exactly one gets true; update and delete answer
+ * whether a row matched. BIGINT times are read as numbers (the pool's int8 parser).
+ */
+export class PostgresAppStore implements AppCredentialStore {
+  constructor(private readonly q: PostgresQuery) {}
+
+  async listApps(): Promise<StoredApp[]> {
+    return (
+      await this.q<AppRow>('list apps', `SELECT ${PG_COLS} FROM app_credentials ORDER BY app_code`)
+    ).map(toApp)
+  }
+
+  async getApp(appCode: string): Promise<StoredApp | undefined> {
+    const rows = await this.q<AppRow>(
+      `get app ${appCode}`,
+      `SELECT ${PG_COLS} FROM app_credentials WHERE app_code = $1`,
+      [appCode],
+    )
+    return rows[0] === undefined ? undefined : toApp(rows[0])
+  }
+
+  async insertApp(a: StoredApp): Promise<boolean> {
+    const rows = await this.q<Pick<AppRow, 'app_code'>>(
+      `create app ${a.appCode}`,
+      `INSERT INTO app_credentials (${PG_COLS}) VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (app_code) DO NOTHING RETURNING app_code`,
+      [a.appCode, JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.createdAt, a.updatedAt],
+    )
+    return rows.length === 1
+  }
+
+  async updateApp(a: StoredApp): Promise<boolean> {
+    const rows = await this.q<Pick<AppRow, 'app_code'>>(
+      `update app ${a.appCode}`,
+      `UPDATE app_credentials SET token_hashes_json = $1, grants_json = $2, updated_at = $3
+       WHERE app_code = $4 RETURNING app_code`,
+      [JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.updatedAt, a.appCode],
+    )
+    return rows.length === 1
+  }
+
+  async deleteApp(appCode: string): Promise<boolean> {
+    const rows = await this.q<Pick<AppRow, 'app_code'>>(
+      `delete app ${appCode}`,
+      'DELETE FROM app_credentials WHERE app_code = $1 RETURNING app_code',
+      [appCode],
+    )
+    return rows.length === 1
   }
 }

@@ -1,5 +1,6 @@
 import type { Pool, PoolClient, QueryResultRow } from 'pg'
 import { QmqError } from '../common/errors'
+import { type AppCredentialStore, PostgresAppStore } from './app-store'
 import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
@@ -96,9 +97,12 @@ export class PostgresMetaStore implements MetaStore {
   readonly shared = true
   private readonly pool: Pool
   private closed = false
+  /** Application credentials (issue 18), on this store's pool and error wrapper. */
+  readonly apps: AppCredentialStore
 
   private constructor(pool: Pool) {
     this.pool = pool
+    this.apps = new PostgresAppStore((what, sql, params) => this.q(what, sql, params))
   }
 
   /** Connects, creates or migrates the schema, and answers the store. */

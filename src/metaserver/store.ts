@@ -138,6 +138,6 @@ export interface MetaStore {
   listMetaservers(seenAfter: number): Promise<StoredMetaserver[]>
   removeMetaserver(id: string): Promise<void>
   close(): Promise<void>
-  /** Application credentials (issue 18), when this store keeps them (app-store.ts). */
-  readonly apps?: AppCredentialStore
+  /** Application credentials (issue 18, app-store.ts): every store keeps them. */
+  readonly apps: AppCredentialStore
 }

@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
 import { run } from '../../src/cli/main'
@@ -7,8 +7,15 @@ import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { Metaserver } from '../../src/metaserver/main'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
-import { MIGRATIONS, SCHEMA_VERSION } from '../../src/metaserver/schema'
-import { CLUSTER_SECRET, TOKEN } from '../metaserver/helpers'
+import { MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE } from '../../src/metaserver/schema'
+import {
+  CLUSTER_SECRET,
+  freshLocation,
+  locationOptions,
+  STORE_KINDS,
+  type StoreLocation,
+  TOKEN,
+} from '../metaserver/helpers'
 
 /** `qmq auth` against a real metaserver, run in this process with stdout and stderr captured. */
 async function cli(
@@ -44,83 +51,107 @@ async function cli(
   }
 }
 
-t.test('cli - qmq auth create, grant, revoke, rotate, list, delete; tokens stored hashed', async (t) => {
-  const dir = t.testdir()
-  const meta = new Metaserver(
-    { port: 0, dataDir: join(dir, 'meta'), adminToken: TOKEN, clusterSecret: CLUSTER_SECRET },
-    { logger: silentLogger },
-  )
-  await meta.start()
-  t.teardown(() => meta.close())
-  const env = { QMQ_METASERVER: meta.url, QMQ_ADMIN_TOKEN: TOKEN }
+/** Everything the store holds of the credentials, as bytes: the SQLite file, or PostgreSQL's rows. */
+async function storedBytes(l: StoreLocation): Promise<Buffer> {
+  if (l.store === undefined) {
+    // WAL mode: recent writes are in meta.db-wal until a checkpoint
+    const files = ['meta.db', 'meta.db-wal'].map((f) => join(l.dataDir, f)).filter((f) => existsSync(f))
+    return Buffer.concat(files.map((f) => readFileSync(f)))
+  }
+  const { Client } = await import('pg')
+  const c = new Client({ connectionString: l.store })
+  await c.connect()
+  try {
+    const r = await c.query<{ row: string }>('SELECT app_credentials::text AS row FROM app_credentials')
+    if (r.rows.length === 0) throw new Error('no credentials stored in PostgreSQL')
+    return Buffer.from(r.rows.map((x) => x.row).join('\n'))
+  } finally {
+    await c.end()
+  }
+}
 
-  const created = await cli(['auth', 'create', 'billing', '--consume', 'orders.*', '--group', 'billing'], env)
-  t.equal(created.code, 0, created.err)
-  const token = created.out.trim()
-  t.match(token, /^qmq_[A-Za-z0-9_-]{43}$/, 'the token is printed once on stdout')
+for (const kind of STORE_KINDS)
+  t.test(
+    `cli [${kind}] - qmq auth create, grant, revoke, rotate, list, delete; tokens stored hashed`,
+    async (t) => {
+      const dir = t.testdir()
+      const location = await freshLocation(t, kind)
+      location.dataDir = join(dir, 'meta')
+      const meta = new Metaserver(
+        { port: 0, ...locationOptions(location), adminToken: TOKEN, clusterSecret: CLUSTER_SECRET },
+        { logger: silentLogger },
+      )
+      await meta.start()
+      t.teardown(() => meta.close())
+      const env = { QMQ_METASERVER: meta.url, QMQ_ADMIN_TOKEN: TOKEN }
 
-  const file = join(dir, 'ops.token')
-  const ops = await cli(['auth', 'create', 'ops', '--admin', '*', '--token-file', file], env)
-  t.equal(ops.code, 0, ops.err)
-  t.equal(ops.out, '', 'with --token-file nothing is printed')
-  t.equal(statSync(file).mode & 0o777, 0o600, 'the token file is private')
+      const created = await cli(
+        ['auth', 'create', 'billing', '--consume', 'orders.*', '--group', 'billing'],
+        env,
+      )
+      t.equal(created.code, 0, created.err)
+      const token = created.out.trim()
+      t.match(token, /^qmq_[A-Za-z0-9_-]{43}$/, 'the token is printed once on stdout')
 
-  t.equal((await cli(['auth', 'grant', 'billing', '--produce', 'refunds'], env)).code, 0)
-  t.equal(
-    (await cli(['auth', 'revoke', 'billing', '--consume', 'orders.*', '--group', 'billing'], env)).code,
-    0,
-  )
-  const list = await cli(['auth', 'list', '--json'], env)
-  const apps = JSON.parse(list.out) as { appCode: string; grants: unknown[]; tokens: number }[]
-  t.same(
-    apps.map((a) => [a.appCode, a.grants, a.tokens]),
-    [
-      ['billing', [{ action: 'produce', subject: 'refunds' }], 1],
-      ['ops', [{ action: 'admin', subject: '*' }], 1],
-    ],
-  )
-  t.notMatch(list.out, token.slice(4), 'list never shows a token')
+      const file = join(dir, 'ops.token')
+      const ops = await cli(['auth', 'create', 'ops', '--admin', '*', '--token-file', file], env)
+      t.equal(ops.code, 0, ops.err)
+      t.equal(ops.out, '', 'with --token-file nothing is printed')
+      t.equal(statSync(file).mode & 0o777, 0o600, 'the token file is private')
 
-  const rotated = await cli(['auth', 'rotate', 'billing', '--keep-previous'], env)
-  t.equal(rotated.code, 0, rotated.err)
-  const server = new MetaClient({ url: meta.url, clusterSecret: CLUSTER_SECRET })
-  t.teardown(() => server.close())
-  const creds = await server.credentials()
-  const billing = creds.apps.find((a) => a.appCode === 'billing')
-  t.same(
-    billing?.tokenHashes,
-    [hashToken(token), hashToken(rotated.out.trim())],
-    'hashes only, previous kept',
-  )
-  t.equal(
-    readFileSync(join(dir, 'meta', 'meta.db')).includes(Buffer.from(token)),
-    false,
-    'no token in the database',
-  )
+      t.equal((await cli(['auth', 'grant', 'billing', '--produce', 'refunds'], env)).code, 0)
+      t.equal(
+        (await cli(['auth', 'revoke', 'billing', '--consume', 'orders.*', '--group', 'billing'], env)).code,
+        0,
+      )
+      const list = await cli(['auth', 'list', '--json'], env)
+      const apps = JSON.parse(list.out) as { appCode: string; grants: unknown[]; tokens: number }[]
+      t.same(
+        apps.map((a) => [a.appCode, a.grants, a.tokens]),
+        [
+          ['billing', [{ action: 'produce', subject: 'refunds' }], 1],
+          ['ops', [{ action: 'admin', subject: '*' }], 1],
+        ],
+      )
+      t.notMatch(list.out, token.slice(4), 'list never shows a token')
 
-  const noSecret = new MetaClient({ url: meta.url })
-  t.teardown(() => noSecret.close())
-  await t.rejects(
-    noSecret.credentials(),
-    { code: 'QMQ_ERR_UNAUTHORIZED' },
-    'credentials need the cluster secret',
+      const rotated = await cli(['auth', 'rotate', 'billing', '--keep-previous'], env)
+      t.equal(rotated.code, 0, rotated.err)
+      const server = new MetaClient({ url: meta.url, clusterSecret: CLUSTER_SECRET })
+      t.teardown(() => server.close())
+      const creds = await server.credentials()
+      const billing = creds.apps.find((a) => a.appCode === 'billing')
+      t.same(
+        billing?.tokenHashes,
+        [hashToken(token), hashToken(rotated.out.trim())],
+        'hashes only, previous kept',
+      )
+      const stored = await storedBytes(location)
+      t.ok(stored.includes(Buffer.from(hashToken(token))), `the ${kind} store holds the hash`)
+      t.equal(stored.includes(Buffer.from(token)), false, 'no token in the database')
+
+      const noSecret = new MetaClient({ url: meta.url })
+      t.teardown(() => noSecret.close())
+      await t.rejects(
+        noSecret.credentials(),
+        { code: 'QMQ_ERR_UNAUTHORIZED' },
+        'credentials need the cluster secret',
+      )
+      const noToken = await cli(['auth', 'create', 'x'], { QMQ_METASERVER: meta.url, QMQ_ADMIN_TOKEN: '' })
+      t.equal(noToken.code, 1)
+      t.match(noToken.err, /QMQ_ERR_UNAUTHORIZED/)
+      t.equal((await cli(['auth', 'create', 'bad app'], env)).code, 1, 'an invalid appCode is refused')
+      t.equal((await cli(['auth', 'delete', 'ops'], env)).code, 0)
+      t.equal((await cli(['auth', 'frobnicate'], env)).code, 2)
+    },
   )
-  const noToken = await cli(['auth', 'create', 'x'], { QMQ_METASERVER: meta.url, QMQ_ADMIN_TOKEN: '' })
-  t.equal(noToken.code, 1)
-  t.match(noToken.err, /QMQ_ERR_UNAUTHORIZED/)
-  t.equal((await cli(['auth', 'create', 'bad app'], env)).code, 1, 'an invalid appCode is refused')
-  t.equal((await cli(['auth', 'delete', 'ops'], env)).code, 0)
-  t.equal((await cli(['auth', 'frobnicate'], env)).code, 2)
-})
 
 t.test('sqlite store - a schema 1 database is migrated to the latest (3: app_credentials)', async (t) => {
   const file = join(t.testdir(), 'meta.db')
   const Sqlite = require('better-sqlite3') as typeof import('better-sqlite3')
   const db = new Sqlite(file)
-  // A database as version 1 of the schema left it.
-  db.exec(
-    `${MIGRATIONS[0]?.sql.sqlite}; CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);`,
-  )
+  // as a version 1 metaserver left it: its tables and one schema_version row
+  db.exec(`${VERSION_TABLE}; ${MIGRATIONS[0]!.sql.sqlite}; INSERT INTO schema_version VALUES (1);`)
   db.close()
   const store = new SqliteMetaStore(file)
   t.teardown(() => store.close())

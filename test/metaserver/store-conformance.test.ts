@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
 import { MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE } from '../../src/metaserver/schema'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
+import type { AppCredentialStore, StoredApp } from '../../src/metaserver/app-store'
 import type { MetaStore, StoredGroup, StoredServer } from '../../src/metaserver/store'
 import { freshDatabase, STORE_KINDS, type StoreKind } from './helpers'
 
@@ -34,6 +35,22 @@ function master(g: string, lastSeenAt: number, port = 1000): StoredServer {
   return { group: g, role: 'master', address: `127.0.0.1:${port}`, httpAddress: undefined, lastSeenAt }
 }
 
+function appsOf(t: Test, s: MetaStore | undefined): AppCredentialStore {
+  if (s === undefined) throw new Error('no store')
+  t.ok(s.apps, `${s.kind} store keeps application credentials`)
+  return s.apps
+}
+
+function app(appCode: string, tokenHashes: string[], at: number): StoredApp {
+  return {
+    appCode,
+    tokenHashes,
+    grants: [{ action: 'produce', subject: `${appCode}.*` }],
+    createdAt: at,
+    updatedAt: at,
+  }
+}
+
 for (const kind of STORE_KINDS) {
   t.test(`store [${kind}] - schema created once at the current version, reopened as it is`, async (t) => {
     const [a, b, c] = await openShared(t, kind, 3)
@@ -41,7 +58,7 @@ for (const kind of STORE_KINDS) {
     t.same(snap, { groups: [], servers: [], routes: [], readOnly: [], clients: [], liveness: [] })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 2)
+    t.equal(SCHEMA_VERSION, 3)
   })
 
   t.test(`store [${kind}] - placement: concurrent assignments store one route`, async (t) => {
@@ -149,16 +166,101 @@ for (const kind of STORE_KINDS) {
     const offset = await s1!.clockOffsetMs(Date.now())
     t.ok(Math.abs(offset) < 2_000, `store clock offset ${offset} ms`)
   })
+
+  t.test(`store [${kind}] - application credentials: insert if absent, update, delete, list`, async (t) => {
+    const [s1, s2] = await openShared(t, kind, 2)
+    const a1 = appsOf(t, s1)
+    const a2 = appsOf(t, s2)
+    t.same(await a1.listApps(), [])
+    t.equal(await a1.getApp('billing'), undefined)
+    t.equal(await a1.insertApp(app('billing', ['h1'], 1_000)), true)
+    t.equal(await a2.insertApp(app('billing', ['other'], 2_000)), false, 'an existing appCode is kept')
+    t.same(await a2.getApp('billing'), app('billing', ['h1'], 1_000))
+    t.equal(await a2.insertApp(app('audit', [], 3_000)), true)
+    t.same(
+      (await a1.listApps()).map((a) => a.appCode),
+      ['audit', 'billing'],
+      'ordered by appCode',
+    )
+
+    const rotated: StoredApp = {
+      ...app('billing', ['h1', 'h2'], 1_000),
+      grants: [
+        { action: 'consume', subject: 'orders.*', group: 'billing' },
+        { action: 'admin', subject: '*' },
+      ],
+      updatedAt: 4_000,
+    }
+    t.equal(await a2.updateApp(rotated), true)
+    t.same(await a1.getApp('billing'), rotated, 'hashes and grants replaced, createdAt kept')
+    t.equal(await a1.updateApp(app('missing', ['h'], 5_000)), false, 'update of an absent app')
+    t.equal(await a1.getApp('missing'), undefined, 'update does not create')
+
+    t.equal(await a1.deleteApp('billing'), true)
+    t.equal(await a2.deleteApp('billing'), false, 'already deleted')
+    t.same(
+      (await a2.listApps()).map((a) => a.appCode),
+      ['audit'],
+    )
+  })
+
+  t.test(`store [${kind}] - application credentials: racing creates of one appCode, one wins`, async (t) => {
+    const stores = await openShared(t, kind, 2)
+    const apps = stores.map((s) => appsOf(t, s))
+    for (let round = 0; round < 10; round++) {
+      const code = `app${round}`
+      const tries = await Promise.all(
+        apps.flatMap((a, i) => [
+          a.insertApp(app(code, [`h${i}a`], 10 + i)),
+          a.insertApp(app(code, [`h${i}b`], 20 + i)),
+        ]),
+      )
+      t.equal(tries.filter((won) => won).length, 1, `${code}: exactly one insert wins`)
+      const winner = tries.indexOf(true)
+      const stored = await apps[1]!.getApp(code)
+      t.same(
+        stored?.tokenHashes,
+        [`h${Math.floor(winner / 2)}${winner % 2 === 0 ? 'a' : 'b'}`],
+        `${code}: the winner's hashes are stored`,
+      )
+    }
+  })
 }
 
 t.test('store [postgres] - a closed or unreachable store fails with a retriable code', async (t) => {
   const [s] = await openShared(t, 'postgres', 1)
   await s!.close()
   await t.rejects(s!.getRoute('s'), { code: 'QMQ_ERR_METASERVER_STORE' })
+  await t.rejects(s!.apps.insertApp(app('a', ['h'], 1)), { code: 'QMQ_ERR_METASERVER_STORE' })
+  await t.rejects(s!.apps.listApps(), { code: 'QMQ_ERR_METASERVER_STORE' })
   await t.rejects(PostgresMetaStore.open('postgresql://postgres@127.0.0.1:1/none'), {
     code: 'QMQ_ERR_METASERVER_STORE',
   })
 })
+
+t.test(
+  'store [postgres] - application credentials: a database outage fails with a retriable code',
+  async (t) => {
+    const url = await freshDatabase()
+    const s = await PostgresMetaStore.open(url)
+    t.teardown(() => s.close())
+    const apps = appsOf(t, s)
+    t.equal(await apps.insertApp(app('a', ['h'], 1)), true)
+    // The database goes away under the store's pooled connections (they are terminated).
+    const { Client } = await import('pg')
+    const admin = new Client({ connectionString: url.replace(/\/[^/]+$/, '/postgres') })
+    await admin.connect()
+    await admin.query(`DROP DATABASE ${new URL(url).pathname.slice(1)} WITH (FORCE)`)
+    await admin.end()
+    const calls: (() => Promise<unknown>)[] = [
+      () => apps.insertApp(app('b', ['h'], 2)),
+      () => apps.updateApp(app('a', ['h2'], 2)),
+      () => apps.deleteApp('a'),
+      () => apps.listApps(),
+    ]
+    for (const call of calls) await t.rejects(call(), { code: 'QMQ_ERR_METASERVER_STORE' })
+  },
+)
 
 /** Prepares a database of `kind` as an older metaserver left it: migrations up to `version` only. */
 async function seedAt(
@@ -214,6 +316,7 @@ for (const kind of STORE_KINDS) {
     })
     await s.registerMetaserver({ id: 'm', url: 'http://m', startedAt: 1, lastSeenAt: 2 })
     t.equal((await s.listMetaservers(0)).length, 1, 'version 2 tables exist')
+    t.equal(await appsOf(t, s).insertApp(app('a', ['h'], 1)), true, 'version 3 table exists')
   })
 
   t.test(`store [${kind}] - a database newer than this metaserver is refused`, async (t) => {
