@@ -1,7 +1,9 @@
 import type { AddressInfo } from 'node:net'
+import path from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
 import { type OptionsSchema, resolveOptions } from '../common/config'
 import { QmqError } from '../common/errors'
+import { RequestCode } from '../common/protocol/codes'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
 import { missingClusterSecret } from '../common/token'
@@ -9,14 +11,18 @@ import type { ServerLoad } from '../common/meta/types'
 import { createRegistry, type Registry } from '../common/metrics'
 import { tcpServerOptions } from '../common/server/options'
 import { TcpServer } from '../common/server/tcp-server'
-import { Connection } from './server/connection'
+import type { Frame } from '../common/protocol/frame'
+import { Connection, type ResponseBody } from './server/connection'
 import { createFrameHandler, type ServerContext } from './server/handlers'
-import { BrokerHttpServer, type BrokerHealth } from './server/http-server'
+import { BrokerHttpServer, type BrokerHealth, type ReplicationHealth } from './server/http-server'
 import { LongPollRegistry } from './server/long-poll'
 import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
-import { createMessageStore } from './store/file-message-store'
+import { ReplicationFollower } from './replication/follower'
+import { ReplicationSource } from './replication/source'
+import { checkpointPath } from './store/checkpoint'
+import { createMessageStore, FileMessageStore } from './store/file-message-store'
 import { type MessageStoreOptions, messageStoreOptionsSchema } from './store/options'
 import type { MessageStore } from './store/types'
 
@@ -61,11 +67,25 @@ export interface BrokerDeps {
   /** Opens the store on the data dir (called on every start); default: the file store (src/broker/store). */
   createStore?: (ctx: StoreFactoryContext) => MessageStore
   /** Metaserver client; default: a MetaClient on `options.metaserver` when set. */
-  metaClient?: HeartbeatClient & { close?(): Promise<void> }
+  metaClient?: BrokerMetaClient
+}
+
+/** What the broker asks the metaserver: heartbeats, and (a slave) where its group's master is. */
+export type BrokerMetaClient = HeartbeatClient & {
+  close?(): Promise<void>
+  getGroup?(name: string): Promise<{ address: string; alive: boolean }>
 }
 
 function defaultStore(ctx: StoreFactoryContext): MessageStore {
   return createMessageStore({ ...ctx.options, clock: ctx.clock, logger: ctx.logger, registry: ctx.registry })
+}
+
+const NO_BODY: readonly Buffer[] = []
+
+/** A slave's TCP port: PING answers (liveness probes), everything else is refused. */
+function slaveFrameHandler(frame: Frame): Promise<ResponseBody> {
+  if (frame.code === RequestCode.PING) return Promise.resolve(NO_BODY)
+  return Promise.reject(new QmqError('QMQ_ERR_NOT_MASTER'))
 }
 
 export interface BrokerAddresses {
@@ -92,7 +112,9 @@ export class Broker {
   private tcp: TcpServer<Connection> | undefined
   private http: BrokerHttpServer | undefined
   private heartbeat: MetaHeartbeat | undefined
-  private metaClient: (HeartbeatClient & { close?(): Promise<void> }) | undefined
+  private metaClient: BrokerMetaClient | undefined
+  private replication: ReplicationSource | undefined
+  private follower: ReplicationFollower | undefined
   private unsubscribe: (() => void) | undefined
   private state: 'stopped' | 'starting' | 'running' | 'closing' = 'stopped'
   private startedAt = 0
@@ -150,6 +172,7 @@ export class Broker {
       for (const m of this.registry.getMetricsAsArray()) {
         if (m.name.startsWith('qmq_store_')) this.registry.removeSingleMetric(m.name)
       }
+      if (o.role === 'slave') return await this.startSlave()
       const createStore = this.deps.createStore ?? defaultStore
       const store = createStore({
         options: storeOptionsOf(o),
@@ -163,6 +186,25 @@ export class Broker {
       this.polls = new LongPollRegistry()
       const polls = this.polls
       this.unsubscribe = store.onAvailable((subject) => polls.notify(subject))
+      const fileStore = store instanceof FileMessageStore ? store : undefined
+      if (fileStore !== undefined) {
+        this.replication ??= new ReplicationSource(
+          {
+            mode: o.replication,
+            ackTimeoutMs: o.replicationAckTimeoutMs,
+            inSyncLagMs: o.replicationInSyncLagMs,
+            degradedWrites: o.degradedWrites,
+            stateDir: path.join(o.dataDir, 'replication'),
+            epoch: () => 0,
+          },
+          this.log,
+        )
+        this.replication.attach({
+          message: fileStore.mlog.log,
+          action: fileStore.alog.log,
+          checkpointFile: checkpointPath(fileStore.dirs.checkpoint),
+        })
+      }
 
       const ctx: ServerContext = {
         store,
@@ -174,91 +216,153 @@ export class Broker {
         isClosing: () => this.state === 'closing',
         stats: this.stats,
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
+        replication: fileStore === undefined ? undefined : this.replication,
+        messageLogEnd: () => fileStore?.mlog.log.endOffset ?? 0,
+        clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       }
-      const tcp = new TcpServer<Connection>(
-        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),
-        {
-          handle: createFrameHandler(ctx),
-          onConnection: () => this.metrics.connectionsTotal.inc(),
-          onProtocolError: (_c, err) => {
-            if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
-              this.metrics.protocolErrors.inc({ code: err.code })
-            }
-          },
-          onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
-        },
-        this.log,
-        (socket, options, hooks, log, budget) => new Connection(socket, options, hooks, log, budget),
-      )
-      let tcpAddress: AddressInfo
-      try {
-        tcpAddress = await tcp.listen()
-      } catch (err) {
-        if (o.port !== 0 || this.boundPort === undefined) throw err
-        // The previous port was taken meanwhile: any free port will do.
-        this.boundPort = undefined
-        return await this.retryStartOnAnyPort(store, err)
-      }
-      this.tcp = tcp
-      this.boundPort = tcpAddress.port
-      const host = o.advertisedHost ?? (o.host === '0.0.0.0' || o.host === '::' ? '127.0.0.1' : o.host)
-
-      let httpPort: number | undefined
-      let httpAddress: string | undefined
-      if (o.httpPort >= 0) {
-        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log)
-        const addr = await http.listen(o.httpHost, o.httpPort)
-        this.http = http
-        httpPort = addr.port
-        // Announce an address others can reach: a wildcard bind is reached through the advertised host.
-        const wildcard = o.httpHost === '0.0.0.0' || o.httpHost === '::'
-        httpAddress = `${wildcard ? host : o.httpHost}:${addr.port}`
-      }
-      this.current = {
-        address: `${host}:${tcpAddress.port}`,
-        host,
-        port: tcpAddress.port,
-        httpPort,
-        httpAddress,
-      }
-
-      this.metaClient =
-        this.deps.metaClient ??
-        (o.metaserver !== undefined
-          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
-          : undefined)
-      if (this.metaClient !== undefined) {
-        this.heartbeat = new MetaHeartbeat(
-          this.metaClient,
-          {
-            group: o.group,
-            role: o.role,
-            address: this.current.address,
-            httpAddress,
-            intervalMs: o.heartbeatIntervalMs,
-            load: () => this.load(),
-            onReadOnly: (all, subjects) => {
-              this.readOnly.all = all
-              this.readOnly.subjects = new Set(subjects)
-            },
-          },
-          this.log,
-        )
-        this.heartbeat.start()
-      }
-      this.startedAt = Date.now()
-      this.state = 'running'
-      this.log.info({ ...this.current }, 'broker listening')
-      if (o.adminToken === undefined)
-        this.log.warn(
-          'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
-        )
-      return this.current
+      return await this.listen(createFrameHandler(ctx), store)
     } catch (err) {
       this.state = 'running'
       await this.close().catch(() => {})
       throw err
     }
+  }
+
+  /**
+   * A slave: no store is opened (nothing is served from it); the master's logs are copied into the
+   * data dir (replication/follower.ts). The TCP port answers PING and refuses everything else with
+   * QMQ_ERR_NOT_MASTER; the slave registers with the metaserver as the group's slave.
+   */
+  private async startSlave(): Promise<BrokerAddresses> {
+    const o = this.options
+    if (o.clusterSecret === undefined)
+      throw missingClusterSecret('broker', 'a slave authenticates to its master with it')
+    if (o.masterAddress === undefined && o.metaserver === undefined && this.deps.metaClient === undefined)
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'a slave needs --metaserver (or --master-address) to find its master',
+      )
+    const addresses = await this.listen(slaveFrameHandler, undefined)
+    const follower = new ReplicationFollower(
+      {
+        dataDir: o.dataDir,
+        slaveId: addresses.address,
+        clusterSecret: o.clusterSecret,
+        findMaster: () => this.findMaster(),
+        maxMessageBytes: o.maxMessageBytes,
+        fetchBytes: o.replicationFetchBytes,
+        fetchWaitMs: o.replicationFetchWaitMs,
+        retryMs: Math.min(1_000, o.heartbeatIntervalMs),
+        checkpointIntervalMs: storeOptionsOf(o).checkpointIntervalMs,
+        maxFrameBytes: o.maxFrameBytes,
+      },
+      this.log,
+    )
+    await follower.start()
+    this.follower = follower
+    return addresses
+  }
+
+  /** Where the group's master is: the configured address, or the metaserver's answer. */
+  private async findMaster(): Promise<string | undefined> {
+    const o = this.options
+    if (o.masterAddress !== undefined) return o.masterAddress
+    const meta = this.metaClient
+    if (meta?.getGroup === undefined) return undefined
+    try {
+      const g = await meta.getGroup(o.group)
+      return g.alive && g.address !== '' && g.address !== this.current?.address ? g.address : undefined
+    } catch (err) {
+      this.log.warn({ err: String(err) }, 'slave: cannot ask the metaserver for the master')
+      return undefined
+    }
+  }
+
+  /** Listens (TCP, then HTTP), registers with the metaserver; the broker is then running. */
+  private async listen(
+    handle: (frame: Frame, conn: Connection) => Promise<ResponseBody>,
+    store: MessageStore | undefined,
+  ): Promise<BrokerAddresses> {
+    const o = this.options
+    const tcp = new TcpServer<Connection>(
+      tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port),
+      {
+        handle,
+        onConnection: () => this.metrics.connectionsTotal.inc(),
+        onProtocolError: (_c, err) => {
+          if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
+            this.metrics.protocolErrors.inc({ code: err.code })
+          }
+        },
+        onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+      },
+      this.log,
+      (socket, options, hooks, log, budget) => new Connection(socket, options, hooks, log, budget),
+    )
+    let tcpAddress: AddressInfo
+    try {
+      tcpAddress = await tcp.listen()
+    } catch (err) {
+      if (o.port !== 0 || this.boundPort === undefined || store === undefined) throw err
+      // The previous port was taken meanwhile: any free port will do.
+      this.boundPort = undefined
+      return await this.retryStartOnAnyPort(store, err)
+    }
+    this.tcp = tcp
+    this.boundPort = tcpAddress.port
+    const host = o.advertisedHost ?? (o.host === '0.0.0.0' || o.host === '::' ? '127.0.0.1' : o.host)
+
+    let httpPort: number | undefined
+    let httpAddress: string | undefined
+    if (o.httpPort >= 0) {
+      const http = new BrokerHttpServer(this.registry, () => this.health(), this.log)
+      const addr = await http.listen(o.httpHost, o.httpPort)
+      this.http = http
+      httpPort = addr.port
+      // Announce an address others can reach: a wildcard bind is reached through the advertised host.
+      const wildcard = o.httpHost === '0.0.0.0' || o.httpHost === '::'
+      httpAddress = `${wildcard ? host : o.httpHost}:${addr.port}`
+    }
+    this.current = {
+      address: `${host}:${tcpAddress.port}`,
+      host,
+      port: tcpAddress.port,
+      httpPort,
+      httpAddress,
+    }
+
+    this.metaClient =
+      this.deps.metaClient ??
+      (o.metaserver !== undefined
+        ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret })
+        : undefined)
+    if (this.metaClient !== undefined) {
+      this.heartbeat = new MetaHeartbeat(
+        this.metaClient,
+        {
+          group: o.group,
+          role: o.role,
+          address: this.current.address,
+          httpAddress,
+          intervalMs: o.heartbeatIntervalMs,
+          load: () => this.load(),
+          onReadOnly: (all, subjects) => {
+            this.readOnly.all = all
+            this.readOnly.subjects = new Set(subjects)
+          },
+        },
+        this.log,
+      )
+      this.heartbeat.start()
+    }
+    this.startedAt = Date.now()
+    this.state = 'running'
+    this.log.info({ ...this.current, role: o.role }, 'broker listening')
+    if (o.adminToken === undefined && o.role === 'master')
+      this.log.warn(
+        'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
+      )
+    return this.current
   }
 
   private async retryStartOnAnyPort(store: MessageStore, cause: unknown): Promise<BrokerAddresses> {
@@ -298,6 +402,21 @@ export class Broker {
         lastHeartbeatOkAt: this.heartbeat?.lastOkAt ?? 0,
         lastError: this.heartbeat?.lastError,
       },
+      replication: this.replicationStatus(),
+    }
+  }
+
+  /** Replication as this broker sees it: a master's slaves, or a slave's progress. */
+  replicationStatus(): ReplicationHealth {
+    if (this.follower !== undefined) return { role: 'slave', slave: this.follower.status() }
+    const r = this.replication
+    return {
+      role: this.options.role,
+      mode: this.options.replication,
+      requiresSlave: r?.requiresSlave ?? false,
+      degraded: r?.degraded ?? false,
+      inSync: r?.anyInSync() ?? false,
+      slaves: r?.status() ?? [],
     }
   }
 
@@ -310,6 +429,10 @@ export class Broker {
     this.state = 'closing'
     try {
       this.polls.close()
+      // SENDs waiting for a slave fail (retriable; producers resend them), parked fetches answer.
+      this.replication?.detach()
+      if (this.follower !== undefined) await this.follower.close()
+      this.follower = undefined
       if (this.tcp !== undefined) await this.tcp.close(this.options.closeTimeoutMs)
       this.tcp = undefined
       if (this.heartbeat !== undefined) await this.heartbeat.stop()

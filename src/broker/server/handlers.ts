@@ -7,6 +7,7 @@ import {
   decodeHeartbeatRequest,
   decodeNackRequest,
   decodePullRequest,
+  decodeRequestToken,
   encodeCountResponse,
   encodeHeartbeatResponse,
   encodePullResponse,
@@ -14,6 +15,13 @@ import {
   type SendResult,
 } from '../../common/protocol/commands'
 import type { Frame } from '../../common/protocol/frame'
+import {
+  decodeFetchRequest,
+  encodeCheckpointResponse,
+  encodeFetchResponse,
+} from '../../common/protocol/replication'
+import { tokenMatches } from '../../common/token'
+import type { ReplicationSource } from '../replication/source'
 import type { AppendInput, AppendResult, MessageStore, PullOptions, StoredMessage } from '../store/types'
 import { handleAdmin } from './admin-handlers'
 import type { Connection, ResponseBody } from './connection'
@@ -42,6 +50,12 @@ export interface ServerContext {
   stats: { received: number }
   /** The token admin writes must carry (UTF-8); undefined = not checked. */
   adminToken: Buffer | undefined
+  /** Master side of replication (slaves' fetches, `sync` acknowledgements). */
+  replication: ReplicationSource | undefined
+  /** The message log's end now (what a SEND just stored ends before), for `sync` waits. */
+  messageLogEnd: () => number
+  /** The cluster secret slaves authenticate with (UTF-8); undefined = replication refused. */
+  clusterSecret: Buffer | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -83,6 +97,9 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
       return handleNack(ctx, frame.body)
     case RequestCode.HEARTBEAT:
       return handleHeartbeat(ctx, frame.body)
+    case RequestCode.REPL_FETCH:
+    case RequestCode.REPL_CHECKPOINT:
+      return handleReplication(ctx, frame)
     case RequestCode.ADMIN_BACKLOG:
     case RequestCode.ADMIN_RESET_CURSOR:
     case RequestCode.ADMIN_DLQ_LIST:
@@ -152,7 +169,10 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
   if (inputs.length > 0) {
     const started = process.hrtime.bigint()
     try {
+      // Under 'sync' replication: refused without an in-sync slave, answered once one holds it.
+      ctx.replication?.checkWritable()
       stored = await ctx.store.append(inputs)
+      if (ctx.replication !== undefined) await ctx.replication.waitReplicated(ctx.messageLogEnd())
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       countReceived(ctx, inputs, stored)
     } catch (e) {
@@ -235,6 +255,18 @@ function encodeStored(stored: readonly AppendResult[]): Buffer {
     else o += 4
   }
   return out
+}
+
+// REPL_FETCH / REPL_CHECKPOINT (common/protocol/replication.ts): the cluster secret comes first and
+// is checked before anything else is decoded.
+async function handleReplication(ctx: ServerContext, frame: Frame): Promise<ResponseBody> {
+  const token = decodeRequestToken(frame.body)
+  if (ctx.clusterSecret === undefined || !tokenMatches(token, ctx.clusterSecret))
+    throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'replication needs the cluster secret')
+  const source = ctx.replication
+  if (source === undefined) throw new QmqError('QMQ_ERR_NOT_MASTER', 'this broker serves no slaves')
+  if (frame.code === RequestCode.REPL_CHECKPOINT) return encodeCheckpointResponse(source.checkpoint())
+  return encodeFetchResponse(await source.fetch(decodeFetchRequest(frame.body)))
 }
 
 async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {

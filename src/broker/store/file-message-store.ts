@@ -1,4 +1,3 @@
-import path from 'node:path'
 import { type Clock, systemClock } from '../../common/clock'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
@@ -17,6 +16,7 @@ import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
 import { createStoreMetrics, type StoreMetrics } from './store-metrics'
+import { storeDirs } from './store-dirs'
 import { migrateSubjectDirs } from './subject-dirs'
 import { readSeqs, Subjects, type SubjectState } from './subjects'
 import { tagMask } from './tag-hash'
@@ -99,12 +99,7 @@ export class FileMessageStore implements MessageStore {
     })
     this.io = io
     const root = this.options.dataDir
-    this.dirs = {
-      message: path.join(root, 'messagelog'),
-      consume: path.join(root, 'consumelog'),
-      action: path.join(root, 'actionlog'),
-      checkpoint: path.join(root, 'checkpoint'),
-    }
+    this.dirs = storeDirs(root)
     this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
   }
 
