@@ -7,8 +7,8 @@ import { RequestCode } from '../common/protocol/codes'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
 import { missingClusterSecret } from '../common/token'
-import type { ServerLoad } from '../common/meta/types'
-import { createRegistry, type Registry } from '../common/metrics'
+import type { ServerHeartbeatResponse, ServerLoad, ServerReplication } from '../common/meta/types'
+import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { tcpServerOptions } from '../common/server/options'
 import { TcpServer } from '../common/server/tcp-server'
 import type { Frame } from '../common/protocol/frame'
@@ -19,6 +19,7 @@ import { LongPollRegistry } from './server/long-poll'
 import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
+import { type EpochState, readEpochs, writeEpochs } from './replication/epochs'
 import { ReplicationFollower } from './replication/follower'
 import { ReplicationSource } from './replication/source'
 import { checkpointPath } from './store/checkpoint'
@@ -115,6 +116,15 @@ export class Broker {
   private metaClient: BrokerMetaClient | undefined
   private replication: ReplicationSource | undefined
   private follower: ReplicationFollower | undefined
+  /** The role now: the configured one until the metaserver promotes or demotes this broker. */
+  private role: 'master' | 'slave'
+  private epochs: EpochState = { epoch: 0, history: [] }
+  /** A master of a replicated group acknowledges writes until then (its metaserver lease). */
+  private leaseUntil = 0
+  /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
+  private promotedTo: number | undefined
+  private switching: Promise<void> | undefined
+  private roleChanges: Counter<'to'> | undefined
   private unsubscribe: (() => void) | undefined
   private state: 'stopped' | 'starting' | 'running' | 'closing' = 'stopped'
   private startedAt = 0
@@ -123,6 +133,7 @@ export class Broker {
 
   constructor(options: Partial<BrokerOptions> | Record<string, unknown> = {}, deps: BrokerDeps = {}) {
     this.options = resolveOptions('broker', brokerOptionsSchema, options)
+    this.role = this.options.role
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined && !deps.metaClient)
       throw missingClusterSecret('broker', 'the metaserver refuses heartbeats without it')
     this.deps = deps
@@ -139,6 +150,71 @@ export class Broker {
       waiters: () => this.polls.waiters,
       connections: () => this.tcp?.connectionCount ?? 0,
       tcp: () => this.tcp?.stats(),
+    })
+    this.registerReplicationMetrics()
+  }
+
+  /** Replication gauges (docs/replication.md): collected from the live state at each scrape. */
+  private registerReplicationMetrics(): void {
+    const registers = [this.registry]
+    const self = this
+    new Gauge({
+      name: 'qmq_replication_epoch',
+      help: 'Epoch this broker acts in (grows with every promotion in its group)',
+      registers,
+      collect() {
+        this.set(self.epochs.epoch)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_is_master',
+      help: '1 while this broker is its group master, 0 while it is a slave',
+      registers,
+      collect() {
+        this.set(self.role === 'master' ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_in_sync_slaves',
+      help: 'Master: slaves in sync now',
+      registers,
+      collect() {
+        this.set(self.replication?.status().filter((x) => x.inSync).length ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_lag_bytes',
+      help: 'Bytes a slave is behind its master (a master: per slave; a slave: its own copies)',
+      labelNames: ['slave'],
+      registers,
+      collect() {
+        this.reset()
+        const f = self.follower?.status()
+        if (f !== undefined) {
+          const lag =
+            Math.max(0, f.masterMessageEnd - f.messageOffset) +
+            Math.max(0, f.masterActionEnd - f.actionOffset)
+          this.set({ slave: self.current?.address ?? 'self' }, lag)
+          return
+        }
+        for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagBytes)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_lag_seconds',
+      help: 'How long a slave has not held everything its master had (a master: per slave)',
+      labelNames: ['slave'],
+      registers,
+      collect() {
+        this.reset()
+        for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagMs / 1000)
+      },
+    })
+    this.roleChanges = new Counter({
+      name: 'qmq_replication_role_changes_total',
+      help: 'Promotions and demotions of this broker by the metaserver, by new role',
+      labelNames: ['to'],
+      registers,
     })
   }
 
@@ -172,7 +248,9 @@ export class Broker {
       for (const m of this.registry.getMetricsAsArray()) {
         if (m.name.startsWith('qmq_store_')) this.registry.removeSingleMetric(m.name)
       }
-      if (o.role === 'slave') return await this.startSlave()
+      this.epochs = readEpochs(o.dataDir)
+      this.leaseUntil = 0
+      if (this.role === 'slave') return await this.startSlave()
       const createStore = this.deps.createStore ?? defaultStore
       const store = createStore({
         options: storeOptionsOf(o),
@@ -187,6 +265,21 @@ export class Broker {
       const polls = this.polls
       this.unsubscribe = store.onAvailable((subject) => polls.notify(subject))
       const fileStore = store instanceof FileMessageStore ? store : undefined
+      if (this.promotedTo !== undefined && fileStore !== undefined) {
+        // The new epoch begins where the copied logs end after recovery (epochs.ts).
+        const start = {
+          epoch: this.promotedTo,
+          messageOffset: fileStore.recoveredEnds?.message ?? fileStore.mlog.log.endOffset,
+          actionOffset: fileStore.recoveredEnds?.action ?? fileStore.alog.log.endOffset,
+        }
+        this.epochs = {
+          epoch: this.promotedTo,
+          history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
+        }
+        writeEpochs(o.dataDir, this.epochs)
+        this.log.warn({ ...start }, 'promoted: this broker is the master of a new epoch')
+      }
+      this.promotedTo = undefined
       if (fileStore !== undefined) {
         this.replication ??= new ReplicationSource(
           {
@@ -195,7 +288,8 @@ export class Broker {
             inSyncLagMs: o.replicationInSyncLagMs,
             degradedWrites: o.degradedWrites,
             stateDir: path.join(o.dataDir, 'replication'),
-            epoch: () => 0,
+            epoch: () => this.epochs.epoch,
+            history: () => this.epochs.history,
           },
           this.log,
         )
@@ -218,6 +312,7 @@ export class Broker {
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
         replication: fileStore === undefined ? undefined : this.replication,
         messageLogEnd: () => fileStore?.mlog.log.endOffset ?? 0,
+        checkLease: () => this.checkLease(),
         clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       }
       return await this.listen(createFrameHandler(ctx), store)
@@ -255,6 +350,7 @@ export class Broker {
         retryMs: Math.min(1_000, o.heartbeatIntervalMs),
         checkpointIntervalMs: storeOptionsOf(o).checkpointIntervalMs,
         maxFrameBytes: o.maxFrameBytes,
+        epoch: this.epochs.epoch,
       },
       this.log,
     )
@@ -341,7 +437,7 @@ export class Broker {
         this.metaClient,
         {
           group: o.group,
-          role: o.role,
+          role: this.role,
           address: this.current.address,
           httpAddress,
           intervalMs: o.heartbeatIntervalMs,
@@ -350,6 +446,8 @@ export class Broker {
             this.readOnly.all = all
             this.readOnly.subjects = new Set(subjects)
           },
+          replication: () => this.replicationReport(),
+          onAnswer: (res, sentAt) => this.onMetaAnswer(res, sentAt),
         },
         this.log,
       )
@@ -357,8 +455,8 @@ export class Broker {
     }
     this.startedAt = Date.now()
     this.state = 'running'
-    this.log.info({ ...this.current, role: o.role }, 'broker listening')
-    if (o.adminToken === undefined && o.role === 'master')
+    this.log.info({ ...this.current, role: this.role, epoch: this.epochs.epoch }, 'broker listening')
+    if (o.adminToken === undefined && this.role === 'master')
       this.log.warn(
         'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
       )
@@ -391,7 +489,7 @@ export class Broker {
     return {
       status: this.state === 'running' ? 'ok' : 'closing',
       group: this.options.group,
-      role: this.options.role,
+      role: this.role,
       address: this.current?.address ?? '',
       uptimeMs: this.startedAt === 0 ? 0 : Date.now() - this.startedAt,
       connections: this.tcp?.connectionCount ?? 0,
@@ -406,12 +504,86 @@ export class Broker {
     }
   }
 
+  /** What this broker tells the metaserver about replication with each heartbeat. */
+  private replicationReport(): ServerReplication | undefined {
+    if (this.follower !== undefined) {
+      const f = this.follower.status()
+      return {
+        epoch: this.epochs.epoch,
+        messageOffset: f.messageOffset,
+        actionOffset: f.actionOffset,
+        lagBytes:
+          Math.max(0, f.masterMessageEnd - f.messageOffset) + Math.max(0, f.masterActionEnd - f.actionOffset),
+      }
+    }
+    const store = this.store
+    const r = this.replication
+    if (!(store instanceof FileMessageStore) || r === undefined) return undefined
+    return {
+      epoch: this.epochs.epoch,
+      messageOffset: store.mlog.log.endOffset,
+      actionOffset: store.alog.log.endOffset,
+      inSyncSlaves: r
+        .status()
+        .filter((s) => s.inSync)
+        .map((s) => s.id),
+      replicated: r.hasSlaves,
+    }
+  }
+
+  /** A replicated master stops acknowledging writes when its metaserver lease runs out (fencing). */
+  private checkLease(): void {
+    if (this.heartbeat === undefined || this.role !== 'master') return
+    if (!(this.replication?.hasSlaves === true || this.epochs.epoch > 0)) return
+    if (Date.now() <= this.leaseUntil) return
+    throw new QmqError(
+      'QMQ_ERR_NOT_MASTER',
+      'this master cannot renew its lease with the metaserver: it acknowledges no writes (a slave may be promoted)',
+    )
+  }
+
+  /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
+  private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    if (this.state !== 'running' || this.switching !== undefined) return
+    const role = res.role ?? this.role
+    if (role === this.role) {
+      if (role === 'master')
+        this.leaseUntil = res.leaseMs === undefined ? Number.POSITIVE_INFINITY : sentAt + res.leaseMs
+      return
+    }
+    this.leaseUntil = 0
+    const epoch = res.epoch ?? this.epochs.epoch
+    this.switching = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.switchRole(role, epoch))
+      .catch((err: unknown) => this.log.error({ err: String(err) }, 'role change failed'))
+      .finally(() => {
+        this.switching = undefined
+      })
+  }
+
+  /** Restarts in the role the metaserver gave (same data dir, same port; stays in its group). */
+  private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
+    this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this broker's role")
+    await this.close({ offline: false })
+    this.roleChanges?.inc({ to: role })
+    this.role = role
+    if (role === 'master') this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+    await this.start()
+  }
+
+  /** The role now ('master' or 'slave'; the metaserver may change it). */
+  get currentRole(): 'master' | 'slave' {
+    return this.role
+  }
+
   /** Replication as this broker sees it: a master's slaves, or a slave's progress. */
   replicationStatus(): ReplicationHealth {
-    if (this.follower !== undefined) return { role: 'slave', slave: this.follower.status() }
+    if (this.follower !== undefined)
+      return { role: 'slave', epoch: this.epochs.epoch, slave: this.follower.status() }
     const r = this.replication
     return {
-      role: this.options.role,
+      role: this.role,
+      epoch: this.epochs.epoch,
       mode: this.options.replication,
       requiresSlave: r?.requiresSlave ?? false,
       degraded: r?.degraded ?? false,
@@ -424,7 +596,7 @@ export class Broker {
    * Graceful close: refuses new SENDs, answers waiting long polls with an empty list, lets requests in
    * flight finish (up to closeTimeoutMs), says 'offline' to the metaserver, then closes the store.
    */
-  async close(): Promise<void> {
+  async close(opts: { offline?: boolean } = {}): Promise<void> {
     if (this.state === 'stopped' || this.state === 'closing') return
     this.state = 'closing'
     try {
@@ -435,7 +607,7 @@ export class Broker {
       this.follower = undefined
       if (this.tcp !== undefined) await this.tcp.close(this.options.closeTimeoutMs)
       this.tcp = undefined
-      if (this.heartbeat !== undefined) await this.heartbeat.stop()
+      if (this.heartbeat !== undefined) await this.heartbeat.stop(opts.offline ?? true)
       this.heartbeat = undefined
       if (this.metaClient !== undefined && this.deps.metaClient === undefined) await this.metaClient.close?.()
       this.metaClient = undefined

@@ -141,12 +141,18 @@ export class Metaserver {
   }
 
   private transitions: Counter<'to'> | undefined
+  private failovers: Counter<'group'> | undefined
 
   /** Runs the liveness sweep and client expiry once (the timer calls it; tests may too). */
   async sweep(): Promise<void> {
     const svc = this.svc
     if (svc === undefined) return
     for (const t of svc.sweepLiveness()) this.transitions?.inc({ to: t.alive ? 'alive' : 'dead' })
+    try {
+      for (const group of await svc.sweepFailover()) this.failovers?.inc({ group })
+    } catch (err) {
+      this.log.error(err instanceof Error ? err : { err }, 'failover sweep failed')
+    }
     try {
       await svc.expireClients()
     } catch (err) {
@@ -202,6 +208,12 @@ export class Metaserver {
         this.reset()
         this.inc(svc.assignments)
       },
+    })
+    this.failovers = new Counter({
+      name: 'qmq_metaserver_failovers_total',
+      help: 'Slaves promoted to master (automatic and qmq failover), by group',
+      labelNames: ['group'],
+      registers,
     })
     this.transitions = new Counter({
       name: 'qmq_metaserver_group_transitions_total',

@@ -25,8 +25,10 @@ import type {
  *   readonly_settings(group_name, subject ('*' = all); PK(group_name, subject), created_at)
  *   clients(client_id, kind, subject, consumer_group ('' for producers), app_code, last_seen_at;
  *           PK(client_id, kind, subject, consumer_group))
+ * Schema version 2 (replication, issue 14) adds:
+ *   group_epochs(group_name PK, epoch, failovers, updated_at)   absent row = epoch 0
  */
-export const SQLITE_SCHEMA_VERSION = 1
+export const SQLITE_SCHEMA_VERSION = 2
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -52,6 +54,9 @@ CREATE TABLE IF NOT EXISTS clients (
   PRIMARY KEY (client_id, kind, subject, consumer_group)
 );
 CREATE INDEX IF NOT EXISTS clients_last_seen ON clients (last_seen_at);
+CREATE TABLE IF NOT EXISTS group_epochs (
+  group_name TEXT PRIMARY KEY, epoch INTEGER NOT NULL, failovers INTEGER NOT NULL, updated_at INTEGER NOT NULL
+);
 `
 
 interface RouteRow {
@@ -127,7 +132,8 @@ export class SqliteMetaStore implements MetaStore {
       const row = this.db.prepare('SELECT MAX(version) AS v FROM schema_version').get() as {
         v: number | null
       }
-      if (row.v === null)
+      // Version 1 -> 2 only adds a table (CREATE IF NOT EXISTS above): recording the version migrates.
+      if (row.v === null || row.v < SQLITE_SCHEMA_VERSION)
         this.db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(SQLITE_SCHEMA_VERSION)
       else if (row.v > SQLITE_SCHEMA_VERSION) {
         throw new QmqError(
@@ -181,6 +187,14 @@ export class SqliteMetaStore implements MetaStore {
         'DELETE FROM clients WHERE client_id = ? AND kind = ? AND subject = ? AND consumer_group = ?',
       ),
       expireClients: db.prepare('DELETE FROM clients WHERE last_seen_at < ?'),
+      allEpochs: db.prepare('SELECT group_name, epoch, failovers, updated_at FROM group_epochs'),
+      insertEpoch: db.prepare(
+        'INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES (?, 0, 0, ?) ON CONFLICT DO NOTHING',
+      ),
+      casEpoch: db.prepare(
+        'UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = ? WHERE group_name = ? AND epoch = ?',
+      ),
+      deleteSlave: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'slave'"),
     }
   }
 
@@ -247,7 +261,10 @@ export class SqliteMetaStore implements MetaStore {
           lastSeenAt: r.last_seen_at,
         }),
       )
-      return { groups, servers, routes, readOnly, clients }
+      const epochs = (
+        s.allEpochs.all() as { group_name: string; epoch: number; failovers: number; updated_at: number }[]
+      ).map((r) => ({ group: r.group_name, epoch: r.epoch, failovers: r.failovers, updatedAt: r.updated_at }))
+      return { epochs, groups, servers, routes, readOnly, clients }
     })
   }
 
@@ -333,6 +350,26 @@ export class SqliteMetaStore implements MetaStore {
 
   deleteClientsSeenBefore(before: number): Promise<number> {
     return this.run('expire clients', () => this.stmts.expireClients.run(before).changes)
+  }
+
+  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean> {
+    return this.run(`promote a slave of ${group}`, () =>
+      this.db
+        .transaction(() => {
+          this.stmts.insertEpoch.run(group, now)
+          if (this.stmts.casEpoch.run(now, group, expectedEpoch).changes === 0) return false
+          this.stmts.upsertServer.run(
+            group,
+            'master',
+            master.address,
+            master.httpAddress ?? null,
+            master.lastSeenAt,
+          )
+          this.stmts.deleteSlave.run(group)
+          return true
+        })
+        .immediate(),
+    )
   }
 
   close(): Promise<void> {

@@ -56,7 +56,17 @@ export interface StoredClient {
   lastSeenAt: number
 }
 
+/** A replicated group's epoch (issue 14): absent until its first promotion (epoch 0). */
+export interface StoredEpoch {
+  group: string
+  epoch: number
+  /** Promotions so far. */
+  failovers: number
+  updatedAt: number
+}
+
 export interface MetaSnapshot {
+  epochs: StoredEpoch[]
   groups: StoredGroup[]
   servers: StoredServer[]
   routes: StoredRoute[]
@@ -84,5 +94,12 @@ export interface MetaStore {
   deleteClient(key: Pick<StoredClient, 'clientId' | 'kind' | 'subject' | 'consumerGroup'>): Promise<void>
   /** Deletes client entries last seen before `before`; answers how many. */
   deleteClientsSeenBefore(before: number): Promise<number>
+  /**
+   * Replication (issue 14): promotes `master` (the group's slave) in one transaction: a
+   * compare-and-set of the group's epoch from `expectedEpoch` to `expectedEpoch + 1` (failovers + 1),
+   * the master row replaced by `master`, the slave row deleted. False (nothing changed) when the stored
+   * epoch is not `expectedEpoch` (another metaserver promoted first).
+   */
+  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean>
   close(): Promise<void>
 }

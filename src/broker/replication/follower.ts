@@ -17,6 +17,7 @@ import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/check
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
+import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
 
 /**
  * The slave's side of replication: copies its master's message log and action log into the same
@@ -47,6 +48,8 @@ export interface FollowerOptions {
   /** How often the master's checkpoint is installed. */
   checkpointIntervalMs: number
   maxFrameBytes: number
+  /** The epoch this data dir last acted in (epochs.ts). */
+  epoch: number
 }
 
 export interface FollowerStatus {
@@ -59,12 +62,16 @@ export interface FollowerStatus {
   masterMessageEnd: number
   masterActionEnd: number
   lastFetchAt: number
+  /** When both copies last held everything the master had (0 = never). */
+  caughtUpAt: number
   epoch: number
   lastError: string | undefined
 }
 
 interface LogCopy {
   kind: ReplicatedLogValue
+  /** The epoch this copy follows: adopted from the master once it needs no cut (source.ts). */
+  epoch: number
   log: SegmentLog
   masterStart: number
   masterEnd: number
@@ -81,9 +88,11 @@ export class ReplicationFollower {
   private loops: Promise<void>[] = []
   private sleepers = new Set<() => void>()
   private lastFetchAt = 0
+  private caughtUpAt = 0
   private epoch = 0
   private lastError: string | undefined
   private installed: Checkpoint | undefined
+  private history: EpochStart[] = []
 
   constructor(opts: FollowerOptions, log: Logger) {
     this.opts = opts
@@ -108,9 +117,11 @@ export class ReplicationFollower {
       for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
     }
     this.copies = [
-      { kind: 0, log: message, masterStart: 0, masterEnd: 0 },
-      { kind: 1, log: action, masterStart: 0, masterEnd: 0 },
+      { kind: 0, epoch: this.opts.epoch, log: message, masterStart: 0, masterEnd: 0 },
+      { kind: 1, epoch: this.opts.epoch, log: action, masterStart: 0, masterEnd: 0 },
     ]
+    this.epoch = this.opts.epoch
+    this.history = readEpochs(this.opts.dataDir).history
     this.installed = loadCheckpoint(this.dirs.checkpoint).checkpoint
     if (
       this.installed !== undefined &&
@@ -152,6 +163,7 @@ export class ReplicationFollower {
       masterMessageEnd: m?.masterEnd ?? 0,
       masterActionEnd: a?.masterEnd ?? 0,
       lastFetchAt: this.lastFetchAt,
+      caughtUpAt: this.caughtUpAt,
       epoch: this.epoch,
       lastError: this.lastError,
     }
@@ -202,14 +214,13 @@ export class ReplicationFollower {
             offset: copy.log.endOffset,
             maxBytes: this.opts.fetchBytes,
             waitMs: this.opts.fetchWaitMs,
-            epoch: this.epoch,
+            epoch: copy.epoch,
           }),
         )
         if (!this.running) return
         const res = decodeFetchResponse(frame.body)
         this.lastFetchAt = Date.now()
         this.lastError = undefined
-        this.epoch = res.epoch
         copy.masterStart = res.start
         copy.masterEnd = res.end
         const log = copy.log
@@ -221,6 +232,7 @@ export class ReplicationFollower {
             )
             await log.truncate(Math.max(res.offset, log.startOffset))
             await log.sync()
+            this.dropCheckpointPast()
           }
           continue
         }
@@ -235,7 +247,11 @@ export class ReplicationFollower {
           await log.sync()
           continue
         }
-        if (res.data.length === 0) continue
+        if (res.epoch > copy.epoch) this.adoptEpoch(copy, res.epoch, res.history)
+        if (res.data.length === 0) {
+          this.noteCaughtUp()
+          continue
+        }
         if (res.segmentBase > log.endOffset) await log.truncate(res.segmentBase) // a gap on the master
         if (res.offset !== log.endOffset)
           throw new QmqError(
@@ -244,11 +260,55 @@ export class ReplicationFollower {
           )
         await log.appendCopied(res.segmentBase, res.data)
         await log.sync()
+        this.noteCaughtUp()
       } catch (err) {
         if (!this.running) return
         await this.dropConnection(err)
       }
     }
+  }
+
+  private noteCaughtUp(): void {
+    const [m, a] = this.copies ?? []
+    if (
+      m !== undefined &&
+      a !== undefined &&
+      m.log.endOffset >= m.masterEnd &&
+      a.log.endOffset >= a.masterEnd
+    )
+      this.caughtUpAt = Date.now()
+  }
+
+  /**
+   * A copy that needed no cut follows the master's epoch; once both do, the data dir records the
+   * epoch and the master's history (it is this dir's history if it is promoted).
+   */
+  private adoptEpoch(copy: LogCopy, epoch: number, history: Buffer): void {
+    copy.epoch = epoch
+    if (history.length > 0) {
+      try {
+        const parsed: unknown = JSON.parse(history.toString('utf8'))
+        if (Array.isArray(parsed)) this.history = parsed.filter(isEpochStart)
+      } catch {
+        this.log.warn('slave: the master sent an unreadable epoch history')
+      }
+    }
+    const [m, a] = this.copies ?? []
+    if (m?.epoch === epoch && a?.epoch === epoch && epoch > this.epoch) {
+      this.epoch = epoch
+      writeEpochs(this.opts.dataDir, { epoch, history: this.history })
+      this.log.info({ epoch }, 'slave: following the master of a new epoch')
+    }
+  }
+
+  /** A checkpoint naming bytes this copy no longer holds goes (the master's next one replaces it). */
+  private dropCheckpointPast(): void {
+    const [m, a] = this.copies ?? []
+    const cp = this.installed ?? loadCheckpoint(this.dirs.checkpoint).checkpoint
+    if (cp === undefined || m === undefined || a === undefined) return
+    if (cp.messageLogOffset <= m.log.endOffset && cp.actionLogOffset <= a.log.endOffset) return
+    fs.rmSync(this.dirs.checkpoint, { recursive: true, force: true })
+    this.installed = undefined
   }
 
   /** Installs the master's checkpoint once the copies hold what it names; then follows its retention. */

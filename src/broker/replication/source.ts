@@ -11,6 +11,7 @@ import {
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
 import type { SegmentLog } from '../store/segment-log'
+import { divergencePoint, type EpochStart } from './epochs'
 
 /**
  * The master's side of replication: answers slaves' REPL_FETCH requests from its own logs, tracks
@@ -43,8 +44,9 @@ export interface ReplicationSourceOptions {
   degradedWrites: boolean
   /** Where the list of known slaves is kept (`<dataDir>/replication`). */
   stateDir: string
-  /** The group's epoch, carried on every answer. */
+  /** The group's epoch, carried on every answer, and where each epoch began (epochs.ts). */
   epoch: () => number
+  history: () => readonly EpochStart[]
   now?: () => number
 }
 
@@ -230,6 +232,7 @@ export class ReplicationSource {
     const logs = this.logs
     if (logs === undefined || this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
     const seg = req.log === 0 ? logs.message : logs.action
+    const epoch = this.opts.epoch()
     const answer = (
       kind: FetchResponse['kind'],
       offset: number,
@@ -244,8 +247,31 @@ export class ReplicationSource {
         end: seg.endOffset,
         offset,
         segmentBase,
-        epoch: this.opts.epoch(),
+        epoch,
         data,
+        history: req.epoch < epoch ? Buffer.from(JSON.stringify(this.opts.history())) : EMPTY,
+      }
+    }
+    if (req.epoch > epoch) {
+      // A slave of a later epoch asks an earlier master: this master lost its place.
+      throw new QmqError('QMQ_ERR_NOT_MASTER', `this master is at epoch ${epoch}; the slave at ${req.epoch}`)
+    }
+    if (req.epoch < epoch) {
+      // A copy from an earlier epoch (a former master): what it holds past the next epoch's start
+      // was never acknowledged under sync; it cuts it first.
+      const cut = divergencePoint(this.opts.history(), req.epoch, REPLICATED_LOG_NAMES[req.log])
+      if (cut !== undefined && req.offset > cut) {
+        this.log.warn(
+          {
+            slave: slave.id,
+            log: REPLICATED_LOG_NAMES[req.log],
+            slaveEnd: req.offset,
+            cut,
+            epoch: req.epoch,
+          },
+          'slave from an earlier epoch holds records past its end: it cuts them',
+        )
+        return answer(FetchKind.TRUNCATE, cut)
       }
     }
     if (progress.mustCut !== undefined) {

@@ -54,6 +54,8 @@ export interface ServerContext {
   replication: ReplicationSource | undefined
   /** The message log's end now (what a SEND just stored ends before), for `sync` waits. */
   messageLogEnd: () => number
+  /** Throws QMQ_ERR_NOT_MASTER when a replicated master's metaserver lease ran out (fencing). */
+  checkLease: () => void
   /** The cluster secret slaves authenticate with (UTF-8); undefined = replication refused. */
   clusterSecret: Buffer | undefined
 }
@@ -170,9 +172,12 @@ async function handleSend(ctx: ServerContext, body: Buffer): Promise<ResponseBod
     const started = process.hrtime.bigint()
     try {
       // Under 'sync' replication: refused without an in-sync slave, answered once one holds it.
+      ctx.checkLease()
       ctx.replication?.checkWritable()
       stored = await ctx.store.append(inputs)
       if (ctx.replication !== undefined) await ctx.replication.waitReplicated(ctx.messageLogEnd())
+      // Acknowledged only under a valid lease: never while a slave may have been promoted.
+      ctx.checkLease()
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       countReceived(ctx, inputs, stored)
     } catch (e) {

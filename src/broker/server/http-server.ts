@@ -25,6 +25,7 @@ export interface BrokerHealth {
 export type ReplicationHealth =
   | {
       role: 'master' | 'slave'
+      epoch: number
       mode: 'sync' | 'async'
       /** 'sync' with a known slave: SENDs wait for one. */
       requiresSlave: boolean
@@ -33,7 +34,7 @@ export type ReplicationHealth =
       inSync: boolean
       slaves: SlaveStatus[]
     }
-  | { role: 'slave'; slave: FollowerStatus }
+  | { role: 'slave'; epoch: number; slave: FollowerStatus }
 
 export class BrokerHttpServer {
   private readonly server: Server

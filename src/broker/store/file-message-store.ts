@@ -65,6 +65,8 @@ export class FileMessageStore implements MessageStore {
   state = new ConsumerState()
   readonly dedupe: DedupeIndex
   recoveryReport: RecoveryReport | undefined
+  /** Ends of the message and action logs right after recovery, before open() wrote anything (replication epochs). */
+  recoveredEnds: { message: number; action: number } | undefined
   private listeners = new Set<AvailableListener>()
   private timers: NodeJS.Timeout[] = []
   private opened = false
@@ -161,6 +163,7 @@ export class FileMessageStore implements MessageStore {
     })
     const report = await recoverStore(this)
     this.recoveryReport = report
+    this.recoveredEnds = { message: this.mlog.log.endOffset, action: this.alog.log.endOffset }
     const openedAt = this.clock.now()
     for (const g of this.state.all()) {
       // Lease deadlines are not persisted: every message held before the restart gets a fresh one.

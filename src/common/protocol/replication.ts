@@ -30,7 +30,11 @@ import { PayloadReader, PayloadWriter } from './buffer'
  *                            its copy and starts again at this offset (= start)
  *   i64   segmentBase        DATA: base of the master segment `data` lies in (never spans two)
  *   i64   epoch              the master's epoch
- *   bytes32 data             DATA: whole records (possibly none: nothing new within waitMs)
+ *   bytes32 data             DATA: the bytes (possibly none: nothing new within waitMs); a chunk may
+ *                            end inside a record (the next fetch continues it)
+ *   bytes32 history          when the slave's epoch is older than the master's: the master's epoch
+ *                            history (JSON array of {epoch, messageOffset, actionOffset}, see
+ *                            broker/replication/epochs.ts), which the slave adopts; else empty
  *
  * REPL_CHECKPOINT request
  *   str16 token
@@ -102,13 +106,15 @@ export interface FetchResponse {
   segmentBase: number
   epoch: number
   data: Buffer
+  history: Buffer
 }
 
 /** The response as a header and the data (sent as they are: no copy of the log bytes). */
 export function encodeFetchResponse(f: FetchResponse): Buffer[] {
   const w = new PayloadWriter(48)
   w.u8(f.kind).i64(f.start).i64(f.end).i64(f.offset).i64(f.segmentBase).i64(f.epoch).u32(f.data.length)
-  return [w.finish(), f.data]
+  const tail = new PayloadWriter(4 + f.history.length).bytes32(f.history).finish()
+  return [w.finish(), f.data, tail]
 }
 
 /** `data` is a view of `body` (no copy); its length is checked against the body before use. */
@@ -123,10 +129,11 @@ export function decodeFetchResponse(body: Buffer): FetchResponse {
   const segmentBase = r.i64('segmentBase')
   const epoch = r.i64('epoch')
   const data = r.bytes32('data')
+  const history = r.bytes32('history')
   r.done('REPL_FETCH response')
   if (start < 0 || end < start || offset < 0 || segmentBase < 0 || segmentBase > offset)
     throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'inconsistent REPL_FETCH offsets')
-  return { kind, start, end, offset, segmentBase, epoch, data }
+  return { kind, start, end, offset, segmentBase, epoch, data, history }
 }
 
 export function encodeCheckpointRequest(token: string): Buffer {
