@@ -124,6 +124,8 @@ export class Broker {
   /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
+  /** close() was called: a role change in progress does not start the broker again. */
+  private closeRequested = false
   private roleChanges: Counter<'to'> | undefined
   private unsubscribe: (() => void) | undefined
   private state: 'stopped' | 'starting' | 'running' | 'closing' = 'stopped'
@@ -242,6 +244,7 @@ export class Broker {
   async start(): Promise<BrokerAddresses> {
     if (this.state !== 'stopped') throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `broker is ${this.state}`)
     this.state = 'starting'
+    this.closeRequested = false
     const o = this.options
     try {
       // The store registers its metrics on every open: drop those of a previous run (restart).
@@ -318,7 +321,7 @@ export class Broker {
       return await this.listen(createFrameHandler(ctx), store)
     } catch (err) {
       this.state = 'running'
-      await this.close().catch(() => {})
+      await this.shutdown({}).catch(() => {})
       throw err
     }
   }
@@ -544,7 +547,7 @@ export class Broker {
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
-    if (this.state !== 'running' || this.switching !== undefined) return
+    if (this.state !== 'running' || this.switching !== undefined || this.closeRequested) return
     const role = res.role ?? this.role
     if (role === this.role) {
       if (role === 'master')
@@ -564,10 +567,11 @@ export class Broker {
   /** Restarts in the role the metaserver gave (same data dir, same port; stays in its group). */
   private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
     this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this broker's role")
-    await this.close({ offline: false })
+    await this.shutdown({ offline: false })
     this.roleChanges?.inc({ to: role })
     this.role = role
     if (role === 'master') this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+    if (this.closeRequested) return // closed meanwhile: the new role applies at the next start()
     await this.start()
   }
 
@@ -597,6 +601,13 @@ export class Broker {
    * flight finish (up to closeTimeoutMs), says 'offline' to the metaserver, then closes the store.
    */
   async close(opts: { offline?: boolean } = {}): Promise<void> {
+    // A role change in progress finishes first (it restarts the broker), then this close stops it.
+    this.closeRequested = true
+    if (this.switching !== undefined) await this.switching
+    return this.shutdown(opts)
+  }
+
+  private async shutdown(opts: { offline?: boolean }): Promise<void> {
     if (this.state === 'stopped' || this.state === 'closing') return
     this.state = 'closing'
     try {
