@@ -6,6 +6,7 @@ import { CLUSTER_SECRET } from '../metaserver/helpers'
 import { kill9, portOf, type RunningService, startMetaserver, startService } from '../helpers/services'
 
 /**
+ * `npm run test:faults` (about 1.5 min; not part of `npm test`).
  * Replication across real processes started through the CLI (issue 14), one broker group of a master
  * and a slave:
  * - 4 producers send and 4 consumers consume while the master is SIGKILLed: every acknowledged message
@@ -216,5 +217,93 @@ t.test(
       return [...acked].every((id) => consumed.has(id))
     })
     t.pass(`all ${acked.size} acknowledged messages consumed`)
+  },
+)
+
+t.test(
+  'replication - master and slave SIGKILLed in turn, with restarts: nothing acknowledged is lost',
+  async (t) => {
+    const dir = t.testdir()
+    const meta = await startMetaserver(t, dir)
+    const admin = new MetaClient({ url: meta.address, clusterSecret: CLUSTER_SECRET })
+    t.teardown(() => admin.close())
+    const nodes: Record<'a' | 'b', RunningService> = {
+      a: await startService(t, 'a', brokerArgs(dir, 'a', meta.address, 'master')),
+      b: await startService(t, 'b', brokerArgs(dir, 'b', meta.address, 'slave')),
+    }
+    const masterIs = async (name: 'a' | 'b'): Promise<boolean> => {
+      const g = await admin.getGroup('g1').catch(() => undefined)
+      const other = nodes[name === 'a' ? 'b' : 'a'].address
+      const m = g?.servers.find((s) => s.role === 'master')
+      return (
+        g?.alive === true &&
+        m?.address === nodes[name].address &&
+        m.replication?.inSyncSlaves?.includes(other) === true
+      )
+    }
+    await until('a is master with b in sync', () => masterIs('a'))
+    const metaServer = `${meta.address}/meta/address`
+    const producer = new MessageProducerProvider({ ...CLIENT, metaServer })
+    await producer.init()
+    t.teardown(() => producer.close())
+    const acked = new Set<string>()
+    let stop = false
+    const loop = (async () => {
+      while (!stop) {
+        const batch = Array.from({ length: 20 }, () => producer.generateMessage(SUBJECT))
+        const results = await Promise.allSettled(batch.map((m) => producer.sendMessage(m)))
+        results.forEach((r, i) => {
+          if (r.status === 'fulfilled') acked.add((batch[i] as (typeof batch)[number]).getMessageId())
+        })
+        if (results.every((r) => r.status === 'rejected')) await new Promise((r) => setTimeout(r, 100))
+      }
+    })()
+    for (const [victim, survivor] of [
+      ['a', 'b'],
+      ['b', 'a'],
+    ] as const) {
+      const before = acked.size
+      await until(`traffic before killing ${victim}`, () => acked.size >= before + 200)
+      const port = portOf(nodes[victim])
+      await kill9(nodes[victim])
+      await until(
+        `${survivor} promoted and acknowledging`,
+        async () => {
+          const g = await admin.getGroup('g1').catch(() => undefined)
+          return g?.address === nodes[survivor].address && g.alive
+        },
+        30_000,
+      )
+      nodes[victim] = await startService(t, victim, brokerArgs(dir, victim, meta.address, 'master', port))
+      await until(`${victim} rejoined in sync`, () => masterIs(survivor), 30_000)
+    }
+    const before = acked.size
+    await until('traffic after both failovers', () => acked.size >= before + 200)
+    stop = true
+    await loop
+    const consumer = new MessageConsumerProvider({ ...CLIENT, metaServer })
+    await consumer.init()
+    t.teardown(() => consumer.close())
+    const pc = consumer.getOrCreatePullConsumer(SUBJECT, 'audit', { startFrom: 'earliest' })
+    const consumed = new Set<string>()
+    await until(
+      'every acknowledged message consumed',
+      async () => {
+        for (const m of await pc.pull(500, 300)) {
+          consumed.add(m.getMessageId())
+          await m.ack()
+        }
+        return [...acked].every((id) => consumed.has(id))
+      },
+      60_000,
+    ).catch((err: unknown) => t.comment(String(err)))
+    const missing = [...acked].filter((id) => !consumed.has(id))
+    t.same(
+      missing.length,
+      0,
+      `every acknowledged message is consumed (${acked.size} acknowledged, two failovers)`,
+    )
+    const g = await admin.getGroup('g1')
+    t.equal(g.epoch, 2, 'epoch 2 after two promotions')
   },
 )
