@@ -5,6 +5,7 @@
  *   slave, as a ratio to the same run against a master alone (target >= 0.6);
  * - slave catch-up rate: a fresh slave copies a master's backlog (REPL_BENCH_BACKLOG_BYTES, default
  *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s).
+ * Knobs: REPL_BENCH_BACKLOG_BYTES, REPL_BENCH_FETCH_BYTES (the slave's replicationFetchBytes).
  * Not measured here yet: publish-to-deliver p99 added by replication, failover time (the e2e test
  * test/e2e/replication-kill.test.ts prints kill-to-first-acknowledged-send).
  */
@@ -152,7 +153,12 @@ async function main(): Promise<void> {
     fill.destroy()
     const target = logBytes(join(root, 'alone'))
     const started = performance.now()
-    await startBroker(join(root, 'catchup'), { role: 'slave', masterAddress: `127.0.0.1:${alonePort}` })
+    const fetchBytes = process.env.REPL_BENCH_FETCH_BYTES
+    await startBroker(join(root, 'catchup'), {
+      role: 'slave',
+      masterAddress: `127.0.0.1:${alonePort}`,
+      ...(fetchBytes === undefined ? {} : { replicationFetchBytes: Number(fetchBytes) }),
+    })
     await until(() => logBytes(join(root, 'catchup')) >= target, 600_000)
     const seconds = (performance.now() - started) / 1000
     report({
