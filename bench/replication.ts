@@ -7,7 +7,7 @@
  *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s).
  * Knobs: REPL_BENCH_BACKLOG_BYTES, REPL_BENCH_FETCH_BYTES (the slave's replicationFetchBytes).
  * Not measured here yet: publish-to-deliver p99 added by replication, failover time (the e2e test
- * test/e2e/replication-kill.test.ts prints kill-to-first-acknowledged-send).
+ * test/e2e/replication-kill.fault.ts prints kill-to-first-acknowledged-send).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
