@@ -1,7 +1,9 @@
 import type { AddressInfo } from 'node:net'
+import path from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
 import { type OptionsSchema, resolveOptions } from '../common/config'
 import { QmqError } from '../common/errors'
+import { RequestCode } from '../common/protocol/codes'
 import { createLogger, type Logger } from '../common/logger'
 import { MetaClient } from '../common/meta/meta-client'
 import { checkTlsOptions, clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
@@ -9,18 +11,23 @@ import { CredentialCache } from '../common/auth/credentials'
 import { CredentialRefresher, type CredentialSource } from '../common/auth/refresher'
 import { AuthGate } from '../common/server/auth-gate'
 import { missingClusterSecret } from '../common/token'
-import type { ServerLoad } from '../common/meta/types'
-import { createRegistry, type Registry } from '../common/metrics'
+import type { ServerHeartbeatResponse, ServerLoad, ServerReplication } from '../common/meta/types'
+import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { tcpServerOptions } from '../common/server/options'
 import { TcpServer } from '../common/server/tcp-server'
-import { Connection } from './server/connection'
+import type { Frame } from '../common/protocol/frame'
+import { Connection, type ResponseBody } from './server/connection'
 import { createFrameHandler, type ServerContext } from './server/handlers'
-import { BrokerHttpServer, type BrokerHealth } from './server/http-server'
+import { BrokerHttpServer, type BrokerHealth, type ReplicationHealth } from './server/http-server'
 import { LongPollRegistry } from './server/long-poll'
 import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
-import { createMessageStore } from './store/file-message-store'
+import { type EpochState, readEpochs, writeEpochs } from './replication/epochs'
+import { ReplicationFollower } from './replication/follower'
+import { ReplicationSource } from './replication/source'
+import { checkpointPath } from './store/checkpoint'
+import { createMessageStore, FileMessageStore } from './store/file-message-store'
 import { type MessageStoreOptions, messageStoreOptionsSchema } from './store/options'
 import type { MessageStore } from './store/types'
 
@@ -65,13 +72,27 @@ export interface BrokerDeps {
   /** Opens the store on the data dir (called on every start); default: the file store (src/broker/store). */
   createStore?: (ctx: StoreFactoryContext) => MessageStore
   /** Metaserver client; default: a MetaClient on `options.metaserver` when set. */
-  metaClient?: HeartbeatClient & { close?(): Promise<void> }
+  metaClient?: BrokerMetaClient
   /** Where application credentials come from with `auth`; default: the metaserver client. */
   credentials?: CredentialSource
 }
 
+/** What the broker asks the metaserver: heartbeats, and (a slave) where its group's master is. */
+export type BrokerMetaClient = HeartbeatClient & {
+  close?(): Promise<void>
+  getGroup?(name: string): Promise<{ address: string; alive: boolean }>
+}
+
 function defaultStore(ctx: StoreFactoryContext): MessageStore {
   return createMessageStore({ ...ctx.options, clock: ctx.clock, logger: ctx.logger, registry: ctx.registry })
+}
+
+const NO_BODY: readonly Buffer[] = []
+
+/** A slave's TCP port: PING answers (liveness probes), everything else is refused. */
+function slaveFrameHandler(frame: Frame): Promise<ResponseBody> {
+  if (frame.code === RequestCode.PING) return Promise.resolve(NO_BODY)
+  return Promise.reject(new QmqError('QMQ_ERR_NOT_MASTER'))
 }
 
 export interface BrokerAddresses {
@@ -98,7 +119,20 @@ export class Broker {
   private tcp: TcpServer<Connection> | undefined
   private http: BrokerHttpServer | undefined
   private heartbeat: MetaHeartbeat | undefined
-  private metaClient: (HeartbeatClient & { close?(): Promise<void> }) | undefined
+  private metaClient: BrokerMetaClient | undefined
+  private replication: ReplicationSource | undefined
+  private follower: ReplicationFollower | undefined
+  /** The role now: the configured one until the metaserver promotes or demotes this broker. */
+  private role: 'master' | 'slave'
+  private epochs: EpochState = { epoch: 0, history: [] }
+  /** A master of a replicated group acknowledges writes until then (its metaserver lease). */
+  private leaseUntil = 0
+  /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
+  private promotedTo: number | undefined
+  private switching: Promise<void> | undefined
+  /** close() was called: a role change in progress does not start the broker again. */
+  private closeRequested = false
+  private roleChanges: Counter<'to'> | undefined
   private unsubscribe: (() => void) | undefined
   private state: 'stopped' | 'starting' | 'running' | 'closing' = 'stopped'
   private startedAt = 0
@@ -121,6 +155,7 @@ export class Broker {
         'QMQ_ERR_CONFIG_INVALID',
         'Invalid broker options:\n  - auth: needs --metaserver and the cluster secret (the credentials come from the metaserver)',
       )
+    this.role = this.options.role
     if (this.options.metaserver !== undefined && this.options.clusterSecret === undefined && !deps.metaClient)
       throw missingClusterSecret('broker', 'the metaserver refuses heartbeats without it')
     this.deps = deps
@@ -137,6 +172,71 @@ export class Broker {
       waiters: () => this.polls.waiters,
       connections: () => this.tcp?.connectionCount ?? 0,
       tcp: () => this.tcp?.stats(),
+    })
+    this.registerReplicationMetrics()
+  }
+
+  /** Replication gauges (docs/replication.md): collected from the live state at each scrape. */
+  private registerReplicationMetrics(): void {
+    const registers = [this.registry]
+    const self = this
+    new Gauge({
+      name: 'qmq_replication_epoch',
+      help: 'Epoch this broker acts in (grows with every promotion in its group)',
+      registers,
+      collect() {
+        this.set(self.epochs.epoch)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_is_master',
+      help: '1 while this broker is its group master, 0 while it is a slave',
+      registers,
+      collect() {
+        this.set(self.role === 'master' ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_in_sync_slaves',
+      help: 'Master: slaves in sync now',
+      registers,
+      collect() {
+        this.set(self.replication?.status().filter((x) => x.inSync).length ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_lag_bytes',
+      help: 'Bytes a slave is behind its master (a master: per slave; a slave: its own copies)',
+      labelNames: ['slave'],
+      registers,
+      collect() {
+        this.reset()
+        const f = self.follower?.status()
+        if (f !== undefined) {
+          const lag =
+            Math.max(0, f.masterMessageEnd - f.messageOffset) +
+            Math.max(0, f.masterActionEnd - f.actionOffset)
+          this.set({ slave: self.current?.address ?? 'self' }, lag)
+          return
+        }
+        for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagBytes)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_lag_seconds',
+      help: 'How long a slave has not held everything its master had (a master: per slave)',
+      labelNames: ['slave'],
+      registers,
+      collect() {
+        this.reset()
+        for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagMs / 1000)
+      },
+    })
+    this.roleChanges = new Counter({
+      name: 'qmq_replication_role_changes_total',
+      help: 'Promotions and demotions of this broker by the metaserver, by new role',
+      labelNames: ['to'],
+      registers,
     })
   }
 
@@ -164,12 +264,16 @@ export class Broker {
   async start(): Promise<BrokerAddresses> {
     if (this.state !== 'stopped') throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `broker is ${this.state}`)
     this.state = 'starting'
+    this.closeRequested = false
     const o = this.options
     try {
       // The store registers its metrics on every open: drop those of a previous run (restart).
       for (const m of this.registry.getMetricsAsArray()) {
         if (m.name.startsWith('qmq_store_')) this.registry.removeSingleMetric(m.name)
       }
+      this.epochs = readEpochs(o.dataDir)
+      this.leaseUntil = 0
+      if (this.role === 'slave') return await this.startSlave()
       const createStore = this.deps.createStore ?? defaultStore
       const store = createStore({
         options: storeOptionsOf(o),
@@ -183,6 +287,41 @@ export class Broker {
       this.polls = new LongPollRegistry()
       const polls = this.polls
       this.unsubscribe = store.onAvailable((subject) => polls.notify(subject))
+      const fileStore = store instanceof FileMessageStore ? store : undefined
+      if (this.promotedTo !== undefined && fileStore !== undefined) {
+        // The new epoch begins where the copied logs end after recovery (epochs.ts).
+        const start = {
+          epoch: this.promotedTo,
+          messageOffset: fileStore.recoveredEnds?.message ?? fileStore.mlog.log.endOffset,
+          actionOffset: fileStore.recoveredEnds?.action ?? fileStore.alog.log.endOffset,
+        }
+        this.epochs = {
+          epoch: this.promotedTo,
+          history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
+        }
+        writeEpochs(o.dataDir, this.epochs)
+        this.log.warn({ ...start }, 'promoted: this broker is the master of a new epoch')
+      }
+      this.promotedTo = undefined
+      if (fileStore !== undefined) {
+        this.replication ??= new ReplicationSource(
+          {
+            mode: o.replication,
+            ackTimeoutMs: o.replicationAckTimeoutMs,
+            inSyncLagMs: o.replicationInSyncLagMs,
+            degradedWrites: o.degradedWrites,
+            stateDir: path.join(o.dataDir, 'replication'),
+            epoch: () => this.epochs.epoch,
+            history: () => this.epochs.history,
+          },
+          this.log,
+        )
+        this.replication.attach({
+          message: fileStore.mlog.log,
+          action: fileStore.alog.log,
+          checkpointFile: checkpointPath(fileStore.dirs.checkpoint),
+        })
+      }
 
       const ctx: ServerContext = {
         store,
@@ -196,6 +335,10 @@ export class Broker {
         adminToken: o.adminToken === undefined ? undefined : Buffer.from(o.adminToken, 'utf8'),
         group: o.group,
         auth: undefined,
+        replication: fileStore === undefined ? undefined : this.replication,
+        messageLogEnd: () => fileStore?.mlog.log.endOffset ?? 0,
+        checkLease: () => this.checkLease(),
+        clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       }
       if (o.auth) {
         this.authGate ??= new AuthGate(
@@ -209,101 +352,163 @@ export class Broker {
         ctx.auth = this.authGate
       }
       const frameHandler = createFrameHandler(ctx)
-      if (tlsEnabled(o) && this.tls === undefined) {
-        this.tls = new ServerTls(o, this.log)
-        this.tls.watch()
-      }
-      const tcp = new TcpServer<Connection>(
-        tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port, this.tls),
-        {
-          handle: ctx.auth === undefined ? frameHandler : ctx.auth.wrap(frameHandler),
-          onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
-          onConnection: () => this.metrics.connectionsTotal.inc(),
-          onProtocolError: (_c, err) => {
-            if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
-              this.metrics.protocolErrors.inc({ code: err.code })
-            }
-          },
-          onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
-        },
-        this.log,
-        (socket, options, hooks, log, budget) => new Connection(socket, options, hooks, log, budget),
-      )
-      let tcpAddress: AddressInfo
-      try {
-        tcpAddress = await tcp.listen()
-      } catch (err) {
-        if (o.port !== 0 || this.boundPort === undefined) throw err
-        // The previous port was taken meanwhile: any free port will do.
-        this.boundPort = undefined
-        return await this.retryStartOnAnyPort(store, err)
-      }
-      this.tcp = tcp
-      this.boundPort = tcpAddress.port
-      const host = o.advertisedHost ?? (o.host === '0.0.0.0' || o.host === '::' ? '127.0.0.1' : o.host)
-
-      let httpPort: number | undefined
-      let httpAddress: string | undefined
-      if (o.httpPort >= 0) {
-        const http = new BrokerHttpServer(this.registry, () => this.health(), this.log, this.tls)
-        const addr = await http.listen(o.httpHost, o.httpPort)
-        this.http = http
-        httpPort = addr.port
-        // Announce an address others can reach: a wildcard bind is reached through the advertised host.
-        const wildcard = o.httpHost === '0.0.0.0' || o.httpHost === '::'
-        httpAddress = `${wildcard ? host : o.httpHost}:${addr.port}`
-      }
-      this.current = {
-        address: `${host}:${tcpAddress.port}`,
-        host,
-        port: tcpAddress.port,
-        httpPort,
-        httpAddress,
-      }
-
-      this.metaClient =
-        this.deps.metaClient ??
-        (o.metaserver !== undefined
-          ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
-          : undefined)
-      const source: CredentialSource | undefined =
-        this.deps.credentials ?? (this.metaClient instanceof MetaClient ? this.metaClient : undefined)
-      if (this.authGate !== undefined && source !== undefined) {
-        this.refresher = new CredentialRefresher(source, this.authGate.cache, o.authRefreshMs, this.log)
-        await this.refresher.start()
-      }
-      if (this.metaClient !== undefined) {
-        this.heartbeat = new MetaHeartbeat(
-          this.metaClient,
-          {
-            group: o.group,
-            role: o.role,
-            address: this.current.address,
-            httpAddress,
-            intervalMs: o.heartbeatIntervalMs,
-            load: () => this.load(),
-            onReadOnly: (all, subjects) => {
-              this.readOnly.all = all
-              this.readOnly.subjects = new Set(subjects)
-            },
-          },
-          this.log,
-        )
-        this.heartbeat.start()
-      }
-      this.startedAt = Date.now()
-      this.state = 'running'
-      this.log.info({ ...this.current }, 'broker listening')
-      if (o.adminToken === undefined)
-        this.log.warn(
-          'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
-        )
-      return this.current
+      return await this.listen(ctx.auth === undefined ? frameHandler : ctx.auth.wrap(frameHandler), store)
     } catch (err) {
       this.state = 'running'
-      await this.close().catch(() => {})
+      await this.shutdown({}).catch(() => {})
       throw err
     }
+  }
+
+  /**
+   * A slave: no store is opened (nothing is served from it); the master's logs are copied into the
+   * data dir (replication/follower.ts). The TCP port answers PING and refuses everything else with
+   * QMQ_ERR_NOT_MASTER; the slave registers with the metaserver as the group's slave.
+   */
+  private async startSlave(): Promise<BrokerAddresses> {
+    const o = this.options
+    if (o.clusterSecret === undefined)
+      throw missingClusterSecret('broker', 'a slave authenticates to its master with it')
+    if (o.masterAddress === undefined && o.metaserver === undefined && this.deps.metaClient === undefined)
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'a slave needs --metaserver (or --master-address) to find its master',
+      )
+    const addresses = await this.listen(slaveFrameHandler, undefined)
+    const follower = new ReplicationFollower(
+      {
+        dataDir: o.dataDir,
+        slaveId: addresses.address,
+        clusterSecret: o.clusterSecret,
+        findMaster: () => this.findMaster(),
+        maxMessageBytes: o.maxMessageBytes,
+        fetchBytes: o.replicationFetchBytes,
+        fetchWaitMs: o.replicationFetchWaitMs,
+        retryMs: Math.min(1_000, o.heartbeatIntervalMs),
+        checkpointIntervalMs: storeOptionsOf(o).checkpointIntervalMs,
+        maxFrameBytes: o.maxFrameBytes,
+        epoch: this.epochs.epoch,
+      },
+      this.log,
+    )
+    await follower.start()
+    this.follower = follower
+    return addresses
+  }
+
+  /** Where the group's master is: the configured address, or the metaserver's answer. */
+  private async findMaster(): Promise<string | undefined> {
+    const o = this.options
+    if (o.masterAddress !== undefined) return o.masterAddress
+    const meta = this.metaClient
+    if (meta?.getGroup === undefined) return undefined
+    try {
+      const g = await meta.getGroup(o.group)
+      return g.alive && g.address !== '' && g.address !== this.current?.address ? g.address : undefined
+    } catch (err) {
+      this.log.warn({ err: String(err) }, 'slave: cannot ask the metaserver for the master')
+      return undefined
+    }
+  }
+
+  /** Listens (TCP, then HTTP), registers with the metaserver; the broker is then running. */
+  private async listen(
+    handle: (frame: Frame, conn: Connection) => Promise<ResponseBody>,
+    store: MessageStore | undefined,
+  ): Promise<BrokerAddresses> {
+    const o = this.options
+    if (tlsEnabled(o) && this.tls === undefined) {
+      this.tls = new ServerTls(o, this.log)
+      this.tls.watch()
+    }
+    const tcp = new TcpServer<Connection>(
+      tcpServerOptions(o, o.port === 0 && this.boundPort !== undefined ? this.boundPort : o.port, this.tls),
+      {
+        handle,
+        onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
+        onConnection: () => this.metrics.connectionsTotal.inc(),
+        onProtocolError: (_c, err) => {
+          if (err.code === 'QMQ_ERR_BAD_MAGIC' || err.code === 'QMQ_ERR_FRAME_TOO_LARGE') {
+            this.metrics.protocolErrors.inc({ code: err.code })
+          }
+        },
+        onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+      },
+      this.log,
+      (socket, options, hooks, log, budget) => new Connection(socket, options, hooks, log, budget),
+    )
+    let tcpAddress: AddressInfo
+    try {
+      tcpAddress = await tcp.listen()
+    } catch (err) {
+      if (o.port !== 0 || this.boundPort === undefined || store === undefined) throw err
+      // The previous port was taken meanwhile: any free port will do.
+      this.boundPort = undefined
+      return await this.retryStartOnAnyPort(store, err)
+    }
+    this.tcp = tcp
+    this.boundPort = tcpAddress.port
+    const host = o.advertisedHost ?? (o.host === '0.0.0.0' || o.host === '::' ? '127.0.0.1' : o.host)
+
+    let httpPort: number | undefined
+    let httpAddress: string | undefined
+    if (o.httpPort >= 0) {
+      const http = new BrokerHttpServer(this.registry, () => this.health(), this.log, this.tls)
+      const addr = await http.listen(o.httpHost, o.httpPort)
+      this.http = http
+      httpPort = addr.port
+      // Announce an address others can reach: a wildcard bind is reached through the advertised host.
+      const wildcard = o.httpHost === '0.0.0.0' || o.httpHost === '::'
+      httpAddress = `${wildcard ? host : o.httpHost}:${addr.port}`
+    }
+    this.current = {
+      address: `${host}:${tcpAddress.port}`,
+      host,
+      port: tcpAddress.port,
+      httpPort,
+      httpAddress,
+    }
+
+    this.metaClient =
+      this.deps.metaClient ??
+      (o.metaserver !== undefined
+        ? new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
+        : undefined)
+    const source: CredentialSource | undefined =
+      this.deps.credentials ?? (this.metaClient instanceof MetaClient ? this.metaClient : undefined)
+    if (this.authGate !== undefined && source !== undefined && this.refresher === undefined) {
+      this.refresher = new CredentialRefresher(source, this.authGate.cache, o.authRefreshMs, this.log)
+      await this.refresher.start()
+    }
+    if (this.metaClient !== undefined) {
+      this.heartbeat = new MetaHeartbeat(
+        this.metaClient,
+        {
+          group: o.group,
+          role: this.role,
+          address: this.current.address,
+          httpAddress,
+          intervalMs: o.heartbeatIntervalMs,
+          load: () => this.load(),
+          onReadOnly: (all, subjects) => {
+            this.readOnly.all = all
+            this.readOnly.subjects = new Set(subjects)
+          },
+          replication: () => this.replicationReport(),
+          onAnswer: (res, sentAt) => this.onMetaAnswer(res, sentAt),
+        },
+        this.log,
+      )
+      this.heartbeat.start()
+    }
+    this.startedAt = Date.now()
+    this.state = 'running'
+    this.log.info({ ...this.current, role: this.role, epoch: this.epochs.epoch }, 'broker listening')
+    if (o.adminToken === undefined && this.role === 'master')
+      this.log.warn(
+        'no adminToken configured: cursor resets, dead-letter redrives and forget-group are not authenticated',
+      )
+    return this.current
   }
 
   private async retryStartOnAnyPort(store: MessageStore, cause: unknown): Promise<BrokerAddresses> {
@@ -332,7 +537,7 @@ export class Broker {
     return {
       status: this.state === 'running' ? 'ok' : 'closing',
       group: this.options.group,
-      role: this.options.role,
+      role: this.role,
       address: this.current?.address ?? '',
       uptimeMs: this.startedAt === 0 ? 0 : Date.now() - this.startedAt,
       connections: this.tcp?.connectionCount ?? 0,
@@ -343,6 +548,96 @@ export class Broker {
         lastHeartbeatOkAt: this.heartbeat?.lastOkAt ?? 0,
         lastError: this.heartbeat?.lastError,
       },
+      replication: this.replicationStatus(),
+    }
+  }
+
+  /** What this broker tells the metaserver about replication with each heartbeat. */
+  private replicationReport(): ServerReplication | undefined {
+    if (this.follower !== undefined) {
+      const f = this.follower.status()
+      return {
+        epoch: this.epochs.epoch,
+        messageOffset: f.messageOffset,
+        actionOffset: f.actionOffset,
+        lagBytes:
+          Math.max(0, f.masterMessageEnd - f.messageOffset) + Math.max(0, f.masterActionEnd - f.actionOffset),
+      }
+    }
+    const store = this.store
+    const r = this.replication
+    if (!(store instanceof FileMessageStore) || r === undefined) return undefined
+    return {
+      epoch: this.epochs.epoch,
+      messageOffset: store.mlog.log.endOffset,
+      actionOffset: store.alog.log.endOffset,
+      inSyncSlaves: r
+        .status()
+        .filter((s) => s.inSync)
+        .map((s) => s.id),
+      replicated: r.hasSlaves,
+    }
+  }
+
+  /** A replicated master stops acknowledging writes when its metaserver lease runs out (fencing). */
+  private checkLease(): void {
+    if (this.heartbeat === undefined || this.role !== 'master') return
+    if (!(this.replication?.hasSlaves === true || this.epochs.epoch > 0)) return
+    if (Date.now() <= this.leaseUntil) return
+    throw new QmqError(
+      'QMQ_ERR_NOT_MASTER',
+      'this master cannot renew its lease with the metaserver: it acknowledges no writes (a slave may be promoted)',
+    )
+  }
+
+  /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
+  private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    if (this.state !== 'running' || this.switching !== undefined || this.closeRequested) return
+    const role = res.role ?? this.role
+    if (role === this.role) {
+      if (role === 'master')
+        this.leaseUntil = res.leaseMs === undefined ? Number.POSITIVE_INFINITY : sentAt + res.leaseMs
+      return
+    }
+    this.leaseUntil = 0
+    const epoch = res.epoch ?? this.epochs.epoch
+    this.switching = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.switchRole(role, epoch))
+      .catch((err: unknown) => this.log.error({ err: String(err) }, 'role change failed'))
+      .finally(() => {
+        this.switching = undefined
+      })
+  }
+
+  /** Restarts in the role the metaserver gave (same data dir, same port; stays in its group). */
+  private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
+    this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this broker's role")
+    await this.shutdown({ offline: false })
+    this.roleChanges?.inc({ to: role })
+    this.role = role
+    if (role === 'master') this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+    if (this.closeRequested) return // closed meanwhile: the new role applies at the next start()
+    await this.start()
+  }
+
+  /** The role now ('master' or 'slave'; the metaserver may change it). */
+  get currentRole(): 'master' | 'slave' {
+    return this.role
+  }
+
+  /** Replication as this broker sees it: a master's slaves, or a slave's progress. */
+  replicationStatus(): ReplicationHealth {
+    if (this.follower !== undefined)
+      return { role: 'slave', epoch: this.epochs.epoch, slave: this.follower.status() }
+    const r = this.replication
+    return {
+      role: this.role,
+      epoch: this.epochs.epoch,
+      mode: this.options.replication,
+      requiresSlave: r?.requiresSlave ?? false,
+      degraded: r?.degraded ?? false,
+      inSync: r?.anyInSync() ?? false,
+      slaves: r?.status() ?? [],
     }
   }
 
@@ -350,16 +645,27 @@ export class Broker {
    * Graceful close: refuses new SENDs, answers waiting long polls with an empty list, lets requests in
    * flight finish (up to closeTimeoutMs), says 'offline' to the metaserver, then closes the store.
    */
-  async close(): Promise<void> {
+  async close(opts: { offline?: boolean } = {}): Promise<void> {
+    // A role change in progress finishes first (it restarts the broker), then this close stops it.
+    this.closeRequested = true
+    if (this.switching !== undefined) await this.switching
+    return this.shutdown(opts)
+  }
+
+  private async shutdown(opts: { offline?: boolean }): Promise<void> {
     if (this.state === 'stopped' || this.state === 'closing') return
     this.state = 'closing'
     try {
       this.polls.close()
       this.refresher?.stop()
       this.refresher = undefined
+      // SENDs waiting for a slave fail (retriable; producers resend them), parked fetches answer.
+      this.replication?.detach()
+      if (this.follower !== undefined) await this.follower.close()
+      this.follower = undefined
       if (this.tcp !== undefined) await this.tcp.close(this.options.closeTimeoutMs)
       this.tcp = undefined
-      if (this.heartbeat !== undefined) await this.heartbeat.stop()
+      if (this.heartbeat !== undefined) await this.heartbeat.stop(opts.offline ?? true)
       this.heartbeat = undefined
       if (this.metaClient !== undefined && this.deps.metaClient === undefined) await this.metaClient.close?.()
       this.metaClient = undefined

@@ -305,6 +305,25 @@ export const ERROR_CODES = {
   },
 
   // ---- 350-399: CLI ----
+  // 400-449: replication (src/broker/replication)
+  QMQ_ERR_NOT_MASTER: {
+    status: 400,
+    retriable: true,
+    httpStatus: 503,
+    message: 'This server is a slave of its group: it serves no producer or consumer',
+  },
+  QMQ_ERR_NO_IN_SYNC_SLAVE: {
+    status: 401,
+    retriable: true,
+    httpStatus: 503,
+    message: 'No slave of the group is in sync: writes are refused under sync replication',
+  },
+  QMQ_ERR_REPLICATION_TIMEOUT: {
+    status: 402,
+    retriable: true,
+    httpStatus: 504,
+    message: 'No in-sync slave confirmed the records in time; resend them (same ids)',
+  },
   QMQ_ERR_USAGE: { status: 350, retriable: false, httpStatus: 400, message: 'Wrong command-line usage' },
   QMQ_ERR_PORT_IN_USE: {
     status: 351,

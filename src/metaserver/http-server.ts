@@ -62,6 +62,7 @@ type RouteName =
   | 'admin_subject'
   | 'admin_subject_groups'
   | 'admin_groups'
+  | 'admin_group_failover'
   | 'admin_group'
   | 'admin_readonly'
   | 'admin_consumers'
@@ -402,6 +403,12 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         setRoute('admin_group')
         if (method !== 'GET') throw methodNotAllowed(method, path)
         return { status: 200, body: svc.getGroup(validateGroup(decodeSegment(rest[0] ?? ''))) }
+      }
+      if (rest.length === 2 && rest[1] === 'failover') {
+        setRoute('admin_group_failover')
+        if (method !== 'POST') throw methodNotAllowed(method, path)
+        requireAdmin(req)
+        return { status: 200, body: svc.failover(validateGroup(decodeSegment(rest[0] ?? ''))) }
       }
     }
     if (ctx.fanout !== undefined) {

@@ -223,6 +223,7 @@ export class Metaserver {
   }
 
   private transitions: Counter<'to'> | undefined
+  private failovers: Counter<'group'> | undefined
 
   /** The URL this metaserver registers in the store (advertisedUrl, else its bound address). */
   get selfUrl(): string {
@@ -247,6 +248,11 @@ export class Metaserver {
     const svc = this.svc
     if (svc === undefined || this.sweeping) return
     this.sweeping = true
+    try {
+      for (const group of await svc.sweepFailover()) this.failovers?.inc({ group })
+    } catch (err) {
+      this.log.error(err instanceof Error ? err : { err }, 'failover sweep failed')
+    }
     try {
       for (const t of await svc.sweepLiveness()) this.transitions?.inc({ to: t.alive ? 'alive' : 'dead' })
       await svc.expireClients()
@@ -313,6 +319,12 @@ export class Metaserver {
       collect() {
         this.set(svc.storeDown ? 0 : 1)
       },
+    })
+    this.failovers = new Counter({
+      name: 'qmq_metaserver_failovers_total',
+      help: 'Slaves promoted to master (automatic and qmq failover), by group',
+      labelNames: ['group'],
+      registers,
     })
     this.transitions = new Counter({
       name: 'qmq_metaserver_group_transitions_total',

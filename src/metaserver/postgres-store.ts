@@ -269,7 +269,17 @@ export class PostgresMetaStore implements MetaStore {
           version: r.version,
           changedAt: r.changed_at,
         }))
-        return { groups, servers, routes, readOnly, clients, liveness }
+        const epochs = (
+          await c.query<{ group_name: string; epoch: number; failovers: number; updated_at: number }>(
+            'SELECT group_name, epoch, failovers, updated_at FROM group_epochs',
+          )
+        ).rows.map((r) => ({
+          group: r.group_name,
+          epoch: r.epoch,
+          failovers: r.failovers,
+          updatedAt: r.updated_at,
+        }))
+        return { epochs, groups, servers, routes, readOnly, clients, liveness }
       })
     } catch (err) {
       throw storeError(err, 'load metadata')
@@ -418,6 +428,38 @@ export class PostgresMetaStore implements MetaStore {
       alive: won !== undefined ? alive : (s?.alive ?? true),
       version: won?.version ?? s?.version ?? 0,
       masterLastSeenAt: s?.seen ?? 0,
+    }
+  }
+
+  async promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean> {
+    if (this.closed)
+      throw new QmqError('QMQ_ERR_METASERVER_STORE', `promote a slave of ${group}: store is closed`)
+    try {
+      return await this.tx(async (c) => {
+        await c.query(
+          `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ($1, 0, 0, $2)
+           ON CONFLICT (group_name) DO NOTHING`,
+          [group, now],
+        )
+        // Compare-and-set: under READ COMMITTED a concurrent promotion's committed update is seen by
+        // this WHERE (re-evaluated on the newest row version), so only one metaserver moves the epoch.
+        const moved = await c.query(
+          `UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = $1
+           WHERE group_name = $2 AND epoch = $3`,
+          [now, group, expectedEpoch],
+        )
+        if (moved.rowCount !== 1) return false
+        await c.query(
+          `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ($1, 'master', $2, $3, $4)
+           ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+             http_address = excluded.http_address, last_seen_at = excluded.last_seen_at`,
+          [group, master.address, master.httpAddress ?? null, master.lastSeenAt],
+        )
+        await c.query(`DELETE FROM servers WHERE group_name = $1 AND role = 'slave'`, [group])
+        return true
+      })
+    } catch (err) {
+      throw storeError(err, `promote a slave of ${group}`)
     }
   }
 

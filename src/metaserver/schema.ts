@@ -18,6 +18,8 @@
  * Version 3 (issue 18, application credentials; app-store.ts reads and writes it):
  *   app_credentials(app_code PK, token_hashes_json '["<sha256 hex>",...]',
  *                   grants_json '[{"action":"produce","subject":"order.*"},...]', created_at, updated_at)
+ * Version 4 (issue 14, replication):
+ *   group_epochs(group_name PK, epoch, failovers, updated_at)   absent row = epoch 0
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -80,6 +82,14 @@ CREATE TABLE IF NOT EXISTS metaservers (
 CREATE TABLE IF NOT EXISTS app_credentials (
   app_code TEXT PRIMARY KEY, token_hashes_json TEXT NOT NULL, grants_json TEXT NOT NULL,
   created_at {INT64} NOT NULL, updated_at {INT64} NOT NULL
+);
+`),
+  },
+  {
+    version: 4,
+    sql: both(`
+CREATE TABLE IF NOT EXISTS group_epochs (
+  group_name TEXT PRIMARY KEY, epoch {INT64} NOT NULL, failovers {INT64} NOT NULL, updated_at {INT64} NOT NULL
 );
 `),
   },

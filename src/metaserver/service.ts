@@ -14,13 +14,14 @@ import type {
   ServerHeartbeatRequest,
   ServerHeartbeatResponse,
   ServerLoad,
+  ServerReplication,
   ServerRole,
   SubjectInfo,
 } from '../common/meta/types'
 import { parseDeadLetterSubject } from '../common/names'
 import type { MetaserverOptions } from './options'
 import { type ClientFilter, ClientRegistry } from './client-registry'
-import type { MetaStore, StoredMetaserver, StoredRoute } from './store'
+import type { MetaStore, StoredMetaserver, StoredRoute, StoredServer } from './store'
 
 /** The store-clock offset is measured again at most this often (ms, local time). */
 const CLOCK_OFFSET_REFRESH_MS = 60_000
@@ -57,6 +58,8 @@ interface ServerState {
   lastSeenAt: number
   /** lastSeenAt as last written to the store. */
   persistedAt: number
+  /** Its last replication report (brokers of replicated groups). */
+  replication?: ServerReplication
 }
 
 interface GroupState {
@@ -67,6 +70,18 @@ interface GroupState {
   servers: Map<ServerRole, ServerState>
   /** Alive as last observed by the sweep (for transition logs and metrics). */
   wasAlive: boolean
+  // Replication (issue 14; docs/replication.md):
+  /** Grows with every promotion (stored with a compare-and-set). */
+  epoch: number
+  failovers: number
+  /** The master reported a slave: it holds a lease, and its group fails over. */
+  replicated: boolean
+  /** The slaves the master last reported in sync (only these are promoted). */
+  inSync: string[]
+  /** `qmq failover`: the master was told to step down at this time (promotion after its lease). */
+  stepDownAt: number | undefined
+  /** Logged once per outage: the master is gone and no slave can be promoted. */
+  stuckLogged: boolean
 }
 
 export interface LivenessTransition {
@@ -80,6 +95,13 @@ export interface LivenessTransition {
  */
 export function realSubject(subject: string): string {
   return parseDeadLetterSubject(subject)?.subject ?? subject
+}
+
+function newReplicationState(): Pick<
+  GroupState,
+  'epoch' | 'failovers' | 'replicated' | 'inSync' | 'stepDownAt' | 'stuckLogged'
+> {
+  return { epoch: 0, failovers: 0, replicated: false, inSync: [], stepDownAt: undefined, stuckLogged: false }
 }
 
 export class MetaService {
@@ -183,7 +205,15 @@ export class MetaService {
         load: g.load,
         servers: new Map(),
         wasAlive: false,
+        ...newReplicationState(),
       })
+    }
+    for (const e of snap.epochs) {
+      const g = this.groups.get(e.group)
+      if (g === undefined) continue
+      g.epoch = e.epoch
+      g.failovers = e.failovers
+      g.replicated = true
     }
     for (const s of snap.servers) {
       const g = this.groups.get(s.group)
@@ -223,10 +253,20 @@ export class MetaService {
     for (const g of snap.groups) {
       const mine = this.groups.get(g.name)
       if (mine === undefined) {
-        const state = { ...g, servers: new Map(), wasAlive: false }
+        const state = { ...g, servers: new Map(), wasAlive: false, ...newReplicationState() }
         this.groups.set(g.name, state)
         added.push(state)
       } else if (mine.kind === g.kind) mine.load = g.load
+    }
+    for (const e of snap.epochs) {
+      const g = this.groups.get(e.group)
+      if (g === undefined || e.epoch <= g.epoch) continue
+      // Another metaserver promoted: its master row (below) is the one to believe.
+      g.epoch = e.epoch
+      g.failovers = e.failovers
+      g.replicated = true
+      g.servers.delete('master')
+      g.servers.delete('slave')
     }
     for (const s of snap.servers) {
       const g = this.groups.get(s.group)
@@ -363,7 +403,15 @@ export class MetaService {
     let changed = false
     const isNew = g === undefined
     if (g === undefined) {
-      g = { name: req.group, kind: req.kind, firstSeenAt: now, load: {}, servers: new Map(), wasAlive: false }
+      g = {
+        name: req.group,
+        kind: req.kind,
+        firstSeenAt: now,
+        load: {},
+        servers: new Map(),
+        wasAlive: false,
+        ...newReplicationState(),
+      }
       this.groups.set(req.group, g)
       changed = true
       this.log.info(
@@ -374,20 +422,21 @@ export class MetaService {
     if (req.load !== undefined) g.load = req.load
     const offline = req.state === 'offline'
     const wasAlive = this.isAlive(g, now)
-    let server = g.servers.get(req.role)
+    const role = this.roleOf(g, req, now)
+    let server = g.servers.get(role)
     if (server === undefined) {
       server = {
-        role: req.role,
+        role,
         address: req.address,
         httpAddress: req.httpAddress,
         lastSeenAt: 0,
         persistedAt: -1,
       }
-      g.servers.set(req.role, server)
+      g.servers.set(role, server)
       changed = true
     }
     if (server.address !== req.address || server.httpAddress !== req.httpAddress) {
-      if (server.address !== req.address && req.role === 'master' && wasAlive) {
+      if (server.address !== req.address && role === 'master' && wasAlive) {
         this.log.warn(
           { group: g.name, from: server.address, to: req.address },
           'master address changed while alive',
@@ -398,9 +447,17 @@ export class MetaService {
       changed = true
     }
     server.lastSeenAt = offline ? 0 : now
-    if (req.role === 'master' && wasAlive !== this.isAlive(g, now)) changed = true
+    if (req.replication !== undefined) {
+      server.replication = req.replication
+      // Only a broker acting as master reports its in-sync slaves (a stepped-down one no longer does).
+      if (role === 'master' && req.role === 'master') {
+        g.inSync = req.replication.inSyncSlaves ?? []
+        if (req.replication.replicated === true) g.replicated = true
+      }
+    }
+    if (role === 'master' && wasAlive !== this.isAlive(g, now)) changed = true
     if (isNew) g.wasAlive = this.isAlive(g, now) // registration is not a liveness transition
-    if (offline) this.log.info({ group: g.name, role: req.role }, 'server went offline')
+    if (offline) this.log.info({ group: g.name, role }, 'server went offline')
     if (changed || offline || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
       const srv = server
       try {
@@ -409,7 +466,7 @@ export class MetaService {
             { name: g.name, kind: g.kind, firstSeenAt: g.firstSeenAt, load: g.load },
             {
               group: g.name,
-              role: req.role,
+              role,
               address: srv.address,
               httpAddress: srv.httpAddress,
               lastSeenAt: srv.lastSeenAt,
@@ -432,7 +489,123 @@ export class MetaService {
       readOnly: marks?.has(ALL_SUBJECTS) ?? false,
       readOnlySubjects: marks === undefined ? [] : [...marks.keys()].filter((s) => s !== ALL_SUBJECTS),
       serverTime: now,
+      // A master told to step down (`qmq failover`) hears 'slave' and gets no lease.
+      role: role === 'master' && g.stepDownAt !== undefined ? 'slave' : role,
+      epoch: g.epoch,
+      masterAddress: this.isAlive(g, now) ? (g.servers.get('master')?.address ?? '') : '',
+      leaseMs: this.leaseMs,
     }
+  }
+
+  /** How long a replicated master may acknowledge writes after a heartbeat it sent: before a promotion. */
+  get leaseMs(): number {
+    return Math.floor(this.options.heartbeatTimeoutMs / 2)
+  }
+
+  /**
+   * The role a heartbeating broker has, whatever it believes: the recorded master's address is the
+   * master (a promoted slave learns it from the answer); another server claiming to be master of a
+   * replicated group whose master is alive is its slave (a former master coming back). An unreplicated
+   * group keeps the old rule: a master heartbeating from a new address replaces the old one.
+   */
+  private roleOf(g: GroupState, req: ServerHeartbeatRequest, now: number): ServerRole {
+    const master = g.servers.get('master')
+    if (g.kind !== 'broker' || master === undefined) return req.role
+    if (req.address === master.address) return 'master'
+    if (req.role === 'master' && (g.replicated || g.epoch > 0) && this.serverAlive(master, now)) {
+      if (req.state !== 'offline')
+        this.log.warn(
+          { group: g.name, address: req.address, master: master.address, epoch: g.epoch },
+          'a former master is back: it joins as a slave',
+        )
+      return 'slave'
+    }
+    return req.role
+  }
+
+  private serverAlive(s: ServerState, now: number): boolean {
+    return s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs
+  }
+
+  /**
+   * Promotes slaves (issue 14): a replicated group whose master is silent past heartbeatTimeoutMs
+   * (its lease, half that, ran out before), or that was told to step down (`qmq failover`) a lease
+   * ago, gets its in-sync slave as master, with the next epoch (a compare-and-set in the store:
+   * among several metaservers one promotion wins). Returns the groups promoted.
+   */
+  async sweepFailover(): Promise<string[]> {
+    const now = this.clock.now()
+    const promoted: string[] = []
+    for (const g of this.groups.values()) {
+      if (g.kind !== 'broker' || !(g.replicated || g.epoch > 0)) continue
+      const master = g.servers.get('master')
+      const stepDownDue = g.stepDownAt !== undefined && now - g.stepDownAt > this.leaseMs
+      const masterGone = master === undefined || !this.serverAlive(master, now)
+      if (!masterGone && !stepDownDue) {
+        g.stuckLogged = false
+        continue
+      }
+      const slave = g.servers.get('slave')
+      if (slave === undefined || !this.serverAlive(slave, now) || !g.inSync.includes(slave.address)) {
+        if (!g.stuckLogged && masterGone)
+          this.log.error(
+            { group: g.name, slave: slave?.address, inSync: g.inSync },
+            'master is gone and no in-sync slave is alive to promote',
+          )
+        g.stuckLogged = true
+        continue
+      }
+      const next: StoredServer = {
+        group: g.name,
+        role: 'master',
+        address: slave.address,
+        httpAddress: slave.httpAddress,
+        lastSeenAt: slave.lastSeenAt,
+      }
+      if (!(await this.store.promote(g.name, g.epoch, next, now))) {
+        this.log.warn({ group: g.name, epoch: g.epoch }, 'promotion lost a race: reloading')
+        await this.refresh()
+        continue
+      }
+      g.epoch++
+      g.failovers++
+      g.servers.set('master', { ...slave, role: 'master' })
+      g.servers.delete('slave')
+      g.inSync = []
+      g.stepDownAt = undefined
+      g.stuckLogged = false
+      this.log.warn(
+        {
+          group: g.name,
+          epoch: g.epoch,
+          master: slave.address,
+          former: master?.address,
+          manual: stepDownDue,
+        },
+        'promoted the in-sync slave to master',
+      )
+      promoted.push(g.name)
+    }
+    return promoted
+  }
+
+  /**
+   * `qmq failover <group>`: the master is told to step down on its next heartbeat (it stops
+   * acknowledging writes and rejoins as a slave); the in-sync slave is promoted once the master's
+   * lease has run out.
+   */
+  failover(name: string): GroupInfo {
+    const now = this.clock.now()
+    const g = this.groups.get(name)
+    if (g === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no group ${JSON.stringify(name)}`)
+    const slave = g.servers.get('slave')
+    if (g.kind !== 'broker' || slave === undefined || !this.serverAlive(slave, now))
+      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
+    if (!g.inSync.includes(slave.address))
+      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `the slave of ${name} (${slave.address}) is not in sync`)
+    g.stepDownAt ??= now
+    this.log.warn({ group: name, slave: slave.address }, 'failover asked: the master steps down')
+    return this.groupInfo(g, now)
   }
 
   // ---------------------------------------------------------------- routes and placement
@@ -720,8 +893,11 @@ export class MetaService {
           alive: s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs,
         }
         if (s.httpAddress !== undefined) out.httpAddress = s.httpAddress
+        if (s.replication !== undefined) out.replication = s.replication
         return out
       }),
+      epoch: g.epoch,
+      failovers: g.failovers,
     }
     if (master?.httpAddress !== undefined) info.httpAddress = master.httpAddress
     return info

@@ -167,6 +167,14 @@ export class SqliteMetaStore implements MetaStore {
         'SELECT id, url, started_at, last_seen_at FROM metaservers WHERE last_seen_at > ? ORDER BY started_at, id',
       ),
       deleteMetaserver: db.prepare('DELETE FROM metaservers WHERE id = ?'),
+      allEpochs: db.prepare('SELECT group_name, epoch, failovers, updated_at FROM group_epochs'),
+      insertEpoch: db.prepare(
+        'INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES (?, 0, 0, ?) ON CONFLICT DO NOTHING',
+      ),
+      casEpoch: db.prepare(
+        'UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = ? WHERE group_name = ? AND epoch = ?',
+      ),
+      deleteSlave: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'slave'"),
     }
   }
 
@@ -273,7 +281,10 @@ export class SqliteMetaStore implements MetaStore {
           changedAt: r.changed_at,
         }),
       )
-      return { groups, servers, routes, readOnly, clients, liveness }
+      const epochs = (
+        s.allEpochs.all() as { group_name: string; epoch: number; failovers: number; updated_at: number }[]
+      ).map((r) => ({ group: r.group_name, epoch: r.epoch, failovers: r.failovers, updatedAt: r.updated_at }))
+      return { epochs, groups, servers, routes, readOnly, clients, liveness }
     })
   }
 
@@ -377,6 +388,26 @@ export class SqliteMetaStore implements MetaStore {
             return { changed: false, alive: curAlive ?? true, version, masterLastSeenAt }
           s.upsertLiveness.run(group, alive ? 1 : 0, now)
           return { changed: true, alive, version: (cur?.version ?? 0) + 1, masterLastSeenAt }
+        })
+        .immediate(),
+    )
+  }
+
+  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean> {
+    return this.run(`promote a slave of ${group}`, () =>
+      this.db
+        .transaction(() => {
+          this.stmts.insertEpoch.run(group, now)
+          if (this.stmts.casEpoch.run(now, group, expectedEpoch).changes === 0) return false
+          this.stmts.upsertServer.run(
+            group,
+            'master',
+            master.address,
+            master.httpAddress ?? null,
+            master.lastSeenAt,
+          )
+          this.stmts.deleteSlave.run(group)
+          return true
         })
         .immediate(),
     )

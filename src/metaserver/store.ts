@@ -92,7 +92,17 @@ export interface StoredClient {
   lastSeenAt: number
 }
 
+/** A replicated group's epoch (issue 14): absent until its first promotion (epoch 0). */
+export interface StoredEpoch {
+  group: string
+  epoch: number
+  /** Promotions so far. */
+  failovers: number
+  updatedAt: number
+}
+
 export interface MetaSnapshot {
+  epochs: StoredEpoch[]
   groups: StoredGroup[]
   servers: StoredServer[]
   routes: StoredRoute[]
@@ -137,6 +147,13 @@ export interface MetaStore {
   /** Metaservers last seen after `seenAfter`, oldest start first. */
   listMetaservers(seenAfter: number): Promise<StoredMetaserver[]>
   removeMetaserver(id: string): Promise<void>
+  /**
+   * Replication (issue 14): promotes `master` (the group's slave) in one transaction: a
+   * compare-and-set of the group's epoch from `expectedEpoch` to `expectedEpoch + 1` (failovers + 1),
+   * the master row replaced by `master`, the slave row deleted. False (nothing changed) when the stored
+   * epoch is not `expectedEpoch` (another metaserver promoted first).
+   */
+  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean>
   close(): Promise<void>
   /** Application credentials (issue 18, app-store.ts): every store keeps them. */
   readonly apps: AppCredentialStore

@@ -8,6 +8,7 @@ import {
   type ReadOnlyRequest,
   SERVER_ROLES,
   type ServerHeartbeatRequest,
+  type ServerReplication,
   type ServerLoad,
 } from '../common/meta/types'
 import { validateConsumerId, validateGroup, validateSubject } from '../common/names'
@@ -104,6 +105,42 @@ function load(obj: Json): ServerLoad | undefined {
   return out
 }
 
+/** A broker's replication report (issue 14): offsets, and a master's in-sync slaves (at most 16). */
+function replication(obj: Json): ServerReplication | undefined {
+  const v = obj.replication
+  if (v === undefined || v === null) return undefined
+  const o = requireObjectField(v, 'replication')
+  const int = (key: string, required: boolean): number | undefined => {
+    const n = o[key]
+    if (n === undefined || n === null) {
+      if (required) throw invalid(`replication.${key} is required`)
+      return undefined
+    }
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0)
+      throw invalid(`replication.${key} must be an integer >= 0 (got ${show(n)})`)
+    return n
+  }
+  const out: ServerReplication = {
+    epoch: int('epoch', true) as number,
+    messageOffset: int('messageOffset', true) as number,
+    actionOffset: int('actionOffset', true) as number,
+  }
+  const lagBytes = int('lagBytes', false)
+  if (lagBytes !== undefined) out.lagBytes = lagBytes
+  const lagMs = int('lagMs', false)
+  if (lagMs !== undefined) out.lagMs = lagMs
+  if (o.replicated !== undefined) {
+    if (typeof o.replicated !== 'boolean') throw invalid('replication.replicated must be a boolean')
+    out.replicated = o.replicated
+  }
+  if (o.inSyncSlaves !== undefined) {
+    if (!Array.isArray(o.inSyncSlaves) || o.inSyncSlaves.length > 16)
+      throw invalid('replication.inSyncSlaves must be an array of at most 16 addresses')
+    out.inSyncSlaves = o.inSyncSlaves.map((a, i) => validateAddress(a, `replication.inSyncSlaves[${i}]`))
+  }
+  return out
+}
+
 function requireObjectField(v: unknown, field: string): Json {
   if (v === null || typeof v !== 'object' || Array.isArray(v))
     throw invalid(`${field} must be an object (got ${show(v)})`)
@@ -127,6 +164,8 @@ export function parseServerHeartbeat(body: unknown): ServerHeartbeatRequest {
   if (http !== undefined) req.httpAddress = http
   const l = load(o)
   if (l !== undefined) req.load = l
+  const r = replication(o)
+  if (r !== undefined) req.replication = r
   return req
 }
 

@@ -288,8 +288,9 @@ export function checkCompose(doc: unknown): { problems: string[]; placed: Placed
   for (const [name, p] of placed) {
     const say = (m: string) => problems.push(`compose ${name}: ${m}`)
     if (p.service !== 'metaserver') {
-      const key = `${p.service} ${String(p.options.group)}`
-      if (groups.has(key)) say(`${key} is also the group of ${groups.get(key)}`)
+      // A group is one master and its slaves (docs/replication.md): two of one role is a mistake.
+      const key = `${p.service} ${String(p.options.group)} ${String(p.options.role ?? 'master')}`
+      if (groups.has(key)) say(`${key} is also the group and role of ${groups.get(key)}`)
       groups.set(key, name)
       const meta = p.options.metaserver
       if (typeof meta !== 'string') say('no --metaserver: it would run standalone')

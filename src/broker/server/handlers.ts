@@ -7,6 +7,7 @@ import {
   decodeHeartbeatRequest,
   decodeNackRequest,
   decodePullRequest,
+  decodeRequestToken,
   encodeCountResponse,
   encodeHeartbeatResponse,
   encodePullResponse,
@@ -14,6 +15,13 @@ import {
   type SendResult,
 } from '../../common/protocol/commands'
 import type { Frame } from '../../common/protocol/frame'
+import {
+  decodeFetchRequest,
+  encodeCheckpointResponse,
+  encodeFetchResponse,
+} from '../../common/protocol/replication'
+import { tokenMatches } from '../../common/token'
+import type { ReplicationSource } from '../replication/source'
 import type { AppendInput, AppendResult, MessageStore, PullOptions, StoredMessage } from '../store/types'
 import { handleAdmin } from './admin-handlers'
 import type { Connection, ResponseBody } from './connection'
@@ -47,6 +55,14 @@ export interface ServerContext {
   group: string
   /** Application authentication and permissions (`auth` on); undefined = open port. */
   auth: AuthGate | undefined
+  /** Master side of replication (slaves' fetches, `sync` acknowledgements). */
+  replication: ReplicationSource | undefined
+  /** The message log's end now (what a SEND just stored ends before), for `sync` waits. */
+  messageLogEnd: () => number
+  /** Throws QMQ_ERR_NOT_MASTER when a replicated master's metaserver lease ran out (fencing). */
+  checkLease: () => void
+  /** The cluster secret slaves authenticate with (UTF-8); undefined = replication refused. */
+  clusterSecret: Buffer | undefined
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -92,6 +108,9 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
       return handleNack(ctx, frame.body, conn)
     case RequestCode.HEARTBEAT:
       return handleHeartbeat(ctx, frame.body, conn)
+    case RequestCode.REPL_FETCH:
+    case RequestCode.REPL_CHECKPOINT:
+      return handleReplication(ctx, frame)
     case RequestCode.ADMIN_BACKLOG:
     case RequestCode.ADMIN_RESET_CURSOR:
     case RequestCode.ADMIN_DLQ_LIST:
@@ -169,7 +188,13 @@ async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): P
   if (inputs.length > 0) {
     const started = process.hrtime.bigint()
     try {
+      // Under 'sync' replication: refused without an in-sync slave, answered once one holds it.
+      ctx.checkLease()
+      ctx.replication?.checkWritable()
       stored = await ctx.store.append(inputs)
+      if (ctx.replication !== undefined) await ctx.replication.waitReplicated(ctx.messageLogEnd())
+      // Acknowledged only under a valid lease: never while a slave may have been promoted.
+      ctx.checkLease()
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       countReceived(ctx, inputs, stored)
     } catch (e) {
@@ -258,6 +283,18 @@ function encodeStored(stored: readonly AppendResult[]): Buffer {
     else o += 4
   }
   return out
+}
+
+// REPL_FETCH / REPL_CHECKPOINT (common/protocol/replication.ts): the cluster secret comes first and
+// is checked before anything else is decoded.
+async function handleReplication(ctx: ServerContext, frame: Frame): Promise<ResponseBody> {
+  const token = decodeRequestToken(frame.body)
+  if (ctx.clusterSecret === undefined || !tokenMatches(token, ctx.clusterSecret))
+    throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'replication needs the cluster secret')
+  const source = ctx.replication
+  if (source === undefined) throw new QmqError('QMQ_ERR_NOT_MASTER', 'this broker serves no slaves')
+  if (frame.code === RequestCode.REPL_CHECKPOINT) return encodeCheckpointResponse(source.checkpoint())
+  return encodeFetchResponse(await source.fetch(decodeFetchRequest(frame.body)))
 }
 
 async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {

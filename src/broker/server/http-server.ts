@@ -1,3 +1,5 @@
+import type { FollowerStatus } from '../replication/follower'
+import type { SlaveStatus } from '../replication/source'
 import { createServer, type RequestListener, type Server } from 'node:http'
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
@@ -18,7 +20,23 @@ export interface BrokerHealth {
   subjects: number
   longPollWaiters: number
   metaserver: { configured: boolean; lastHeartbeatOkAt: number; lastError: string | undefined }
+  replication: ReplicationHealth
 }
+
+/** /health's `replication`: a master's view of its slaves, or a slave's progress. */
+export type ReplicationHealth =
+  | {
+      role: 'master' | 'slave'
+      epoch: number
+      mode: 'sync' | 'async'
+      /** 'sync' with a known slave: SENDs wait for one. */
+      requiresSlave: boolean
+      /** Writing alone under 'sync' (degradedWrites). */
+      degraded: boolean
+      inSync: boolean
+      slaves: SlaveStatus[]
+    }
+  | { role: 'slave'; epoch: number; slave: FollowerStatus }
 
 export class BrokerHttpServer {
   private readonly server: Server

@@ -1,6 +1,11 @@
 import { toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
-import type { ServerHeartbeatRequest, ServerHeartbeatResponse, ServerLoad } from '../../common/meta/types'
+import type {
+  ServerHeartbeatRequest,
+  ServerHeartbeatResponse,
+  ServerLoad,
+  ServerReplication,
+} from '../../common/meta/types'
 
 /**
  * Registers the broker with the metaserver and keeps it alive: a heartbeat at start, then every
@@ -23,6 +28,10 @@ export interface MetaHeartbeatOptions {
   intervalMs: number
   load: () => ServerLoad
   onReadOnly: (all: boolean, subjects: readonly string[]) => void
+  /** Replication report sent with each heartbeat (replicated groups). */
+  replication?: () => ServerReplication | undefined
+  /** Every answer, with the time its heartbeat was sent (a master's lease runs from then). */
+  onAnswer?: (res: ServerHeartbeatResponse, sentAt: number) => void
 }
 
 export class MetaHeartbeat {
@@ -69,11 +78,14 @@ export class MetaHeartbeat {
       load: this.options.load(),
     }
     if (this.options.httpAddress !== undefined) req.httpAddress = this.options.httpAddress
+    const replication = this.options.replication?.()
+    if (replication !== undefined) req.replication = replication
     return req
   }
 
   private async send(state: 'online' | 'offline'): Promise<void> {
     try {
+      const sentAt = Date.now()
       const res = await this.client.heartbeat(this.request(state))
       this.lastOkAt = Date.now()
       this.lastError = undefined
@@ -86,6 +98,7 @@ export class MetaHeartbeat {
         res.readOnly === true,
         Array.isArray(res.readOnlySubjects) ? res.readOnlySubjects : [],
       )
+      if (state === 'online') this.options.onAnswer?.(res, sentAt)
     } catch (err) {
       const e = toQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE')
       this.lastError = e.message
@@ -95,12 +108,15 @@ export class MetaHeartbeat {
     }
   }
 
-  /** Stops the loop and sends one 'offline' heartbeat (errors ignored). */
-  async stop(): Promise<void> {
+  /**
+   * Stops the loop and sends one 'offline' heartbeat (errors ignored) unless `offline` is false (a
+   * broker changing role: it stays in its group).
+   */
+  async stop(offline = true): Promise<void> {
     if (this.stopped) return
     this.stopped = true
     if (this.timer !== undefined) clearTimeout(this.timer)
     if (this.inFlight !== undefined) await this.inFlight
-    await this.send('offline')
+    if (offline) await this.send('offline')
   }
 }

@@ -1,4 +1,5 @@
 import {
+  boolean,
   integer,
   oneOf,
   type OptionsSchema,
@@ -22,6 +23,10 @@ export const DEFAULT_BROKER_HTTP_PORT = 20882
 export const DEFAULT_MAX_POLL_MS = 30_000
 export const DEFAULT_MAX_PULL_BYTES = 4 * 1024 * 1024
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 5_000 // until the metaserver says otherwise
+export const DEFAULT_REPLICATION_ACK_TIMEOUT_MS = 5_000
+export const DEFAULT_REPLICATION_IN_SYNC_LAG_MS = 3_000
+export const DEFAULT_REPLICATION_FETCH_WAIT_MS = 1_000
+export const DEFAULT_REPLICATION_FETCH_BYTES = 4 * 1024 * 1024
 export {
   DEFAULT_CLOSE_TIMEOUT_MS,
   DEFAULT_FIRST_FRAME_TIMEOUT_MS,
@@ -50,6 +55,16 @@ export interface BrokerServerOptions extends ConnectionLimitOptions, TlsFileOpti
   maxPollMs: number
   maxPullBytes: number
   adminToken: string | undefined
+  /** Master: 'sync' holds a SEND's answer until a slave has its records durably; 'async' does not. */
+  replication: 'sync' | 'async'
+  replicationAckTimeoutMs: number
+  replicationInSyncLagMs: number
+  /** Master under 'sync' with no in-sync slave: keep acknowledging alone (degraded) instead of refusing. */
+  degradedWrites: boolean
+  /** Slave: the master's `host:port`; default: asked from the metaserver. */
+  masterAddress: string | undefined
+  replicationFetchWaitMs: number
+  replicationFetchBytes: number
 }
 
 const NAME = /^[^\s/\\%]+$/
@@ -124,4 +139,40 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
   }),
   ...tlsFileSchema,
   ...authOptionsSchema,
+  replication: oneOf({
+    default: 'sync',
+    values: ['sync', 'async'],
+    doc: "Once the group has a slave: 'sync' answers a SEND when a slave holds it durably, 'async' when the master does",
+  }),
+  replicationAckTimeoutMs: integer({
+    default: DEFAULT_REPLICATION_ACK_TIMEOUT_MS,
+    min: 10,
+    max: 600_000,
+    doc: "Under 'sync', how long a SEND waits for a slave's acknowledgement (then a retriable error)",
+  }),
+  replicationInSyncLagMs: integer({
+    default: DEFAULT_REPLICATION_IN_SYNC_LAG_MS,
+    min: 10,
+    max: 600_000,
+    doc: 'A slave that has not caught up with the master within this long is out of sync',
+  }),
+  degradedWrites: boolean({
+    default: false,
+    doc: "Under 'sync' with no in-sync slave, keep acknowledging on the master alone (degraded) instead of refusing writes",
+  }),
+  masterAddress: optionalString({
+    doc: "Slave: the master's host:port (default: asked from the metaserver)",
+  }),
+  replicationFetchWaitMs: integer({
+    default: DEFAULT_REPLICATION_FETCH_WAIT_MS,
+    min: 1,
+    max: 60_000,
+    doc: 'Slave: how long a fetch waits on the master for new records',
+  }),
+  replicationFetchBytes: integer({
+    default: DEFAULT_REPLICATION_FETCH_BYTES,
+    min: 4096,
+    max: 8 * 1024 * 1024,
+    doc: 'Slave: bytes asked for per fetch',
+  }),
 }

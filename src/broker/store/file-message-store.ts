@@ -1,4 +1,3 @@
-import path from 'node:path'
 import { type Clock, systemClock } from '../../common/clock'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
@@ -21,6 +20,7 @@ import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
 import { runRetention } from './retention'
 import { createStoreMetrics, type StoreMetrics } from './store-metrics'
+import { storeDirs } from './store-dirs'
 import { migrateSubjectDirs } from './subject-dirs'
 import { readSeqs, Subjects, type SubjectState } from './subjects'
 import { tagMask } from './tag-hash'
@@ -75,6 +75,8 @@ export class FileMessageStore implements MessageStore {
   serverName = ''
   readonly dedupe: DedupeIndex
   recoveryReport: RecoveryReport | undefined
+  /** Ends of the message and action logs right after recovery, before open() wrote anything (replication epochs). */
+  recoveredEnds: { message: number; action: number } | undefined
   private listeners = new Set<AvailableListener>()
   private timers: NodeJS.Timeout[] = []
   private opened = false
@@ -109,13 +111,7 @@ export class FileMessageStore implements MessageStore {
     })
     this.io = io
     const root = this.options.dataDir
-    this.dirs = {
-      message: path.join(root, 'messagelog'),
-      consume: path.join(root, 'consumelog'),
-      action: path.join(root, 'actionlog'),
-      checkpoint: path.join(root, 'checkpoint'),
-      history: path.join(root, 'history'),
-    }
+    this.dirs = storeDirs(root)
     this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
   }
 
@@ -187,6 +183,7 @@ export class FileMessageStore implements MessageStore {
         ...ioOpt,
       })
     }
+    this.recoveredEnds = { message: this.mlog.log.endOffset, action: this.alog.log.endOffset }
     const openedAt = this.clock.now()
     for (const g of this.state.all()) {
       // Lease deadlines are not persisted: every message held before the restart gets a fresh one.

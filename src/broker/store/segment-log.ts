@@ -152,6 +152,14 @@ export const MAX_SCAN_CHUNK_BYTES = 256 * 1024 * 1024
 const TORN_REASON = 'torn tail (incomplete record)'
 const SHORT_REASON = 'incomplete entry (its length runs past the valid data)'
 
+/** Observer of a log's growth and cuts (replication ships what was appended, re-ships what was cut). */
+export interface SegmentLogListener {
+  /** A batch was written: the log now ends at `end`. */
+  appended?(end: number): void
+  /** The log was cut at `offset` (a failed fdatasync's batches, a torn tail). */
+  truncated?(offset: number): void
+}
+
 export function segmentFileName(base: number): string {
   return `${String(base).padStart(SEGMENT_NAME_DIGITS, '0')}${SEGMENT_SUFFIX}`
 }
@@ -179,6 +187,8 @@ export class SegmentLog {
   private entryParts: number[] = []
   private entrySizes: number[] = []
   private bufferedTotal = 0
+  /** Replication (src/broker/replication): told of every append and every cut of the log's end. */
+  private readonly listeners = new Set<SegmentLogListener>()
 
   private constructor(opts: SegmentLogOptions, single?: string) {
     this.dir = opts.dir
@@ -447,13 +457,17 @@ export class SegmentLog {
    * byte. On failure the partial write is undone and the error (QMQ_ERR_DISK_FULL / QMQ_ERR_STORE_IO)
    * is thrown.
    */
-  async appendv(buffers: Buffer[], bytes: number): Promise<number> {
+  appendv(buffers: Buffer[], bytes: number): Promise<number> {
+    return this.appendBatch(buffers, bytes, true)
+  }
+
+  private async appendBatch(buffers: Buffer[], bytes: number, mayRoll: boolean): Promise<number> {
     if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'concurrent appends to one segment log')
     this.flushSync()
     this.writing = true
     try {
       let seg = this.segs[this.segs.length - 1]
-      if (!seg || (seg.size > 0 && seg.size + bytes > this.segmentBytes)) seg = this.roll()
+      if (!seg || (mayRoll && seg.size > 0 && seg.size + bytes > this.segmentBytes)) seg = this.roll()
       const start = seg.size
       try {
         let n = await this.io.writev(seg.fd, buffers, start)
@@ -476,6 +490,7 @@ export class SegmentLog {
       }
       seg.size = start + bytes
       seg.dirty = true
+      if (this.listeners.size > 0) for (const l of this.listeners) l.appended?.(seg.base + seg.size)
       return seg.base + start
     } finally {
       this.writing = false
@@ -591,6 +606,34 @@ export class SegmentLog {
     return buf
   }
 
+  /** Observes appends and cuts; returns the function that stops it. */
+  listen(listener: SegmentLogListener): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  /**
+   * A slave's append of bytes copied from its master (src/broker/replication/follower.ts): they go
+   * at logical offset `endOffset`, into a segment whose base is the master's `segmentBase`, so the
+   * slave's segments start and end where the master's do (records never span segments on either
+   * side). A new segment starts exactly when the master's did (`segmentBase === endOffset` while the
+   * last segment holds data); the log never rolls on its own size. The caller checked that
+   * `segmentBase <= endOffset` and that the bytes continue the log.
+   */
+  async appendCopied(segmentBase: number, data: Buffer): Promise<number> {
+    if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'concurrent appends to one segment log')
+    const last = this.segs[this.segs.length - 1]
+    if (last === undefined || (segmentBase === this.endOffset && last.size > 0 && last.base < segmentBase)) {
+      this.roll()
+    } else if (segmentBase > last.base + last.size || segmentBase < last.base) {
+      throw new QmqError(
+        'QMQ_ERR_INTERNAL',
+        `copied bytes of segment ${segmentBase} do not continue segment ${last.base} (${last.size} bytes)`,
+      )
+    }
+    return this.appendBatch([data], data.length, false)
+  }
+
   /** Opens a new segment at the current end (in single-file mode: creates the file, once). */
   roll(): Segment {
     const base = this.endOffset
@@ -694,6 +737,12 @@ export class SegmentLog {
       else return s
     }
     return undefined
+  }
+
+  /** The retained segment holding `offset` (an empty last segment holds its base), if any. */
+  segmentAt(offset: number): { base: number; end: number } | undefined {
+    const seg = this.findSegment(offset)
+    return seg === undefined ? undefined : { base: seg.base, end: seg.base + seg.size }
   }
 
   /** Whether `offset` lies in a retained segment. */
@@ -813,6 +862,7 @@ export class SegmentLog {
       this.segs.push({ ...openedSegment(offset, file, fd, 0), dirty: true })
       fsyncDir(this.dir)
     }
+    for (const l of this.listeners) l.truncated?.(offset)
   }
 
   private dropLast(): void {

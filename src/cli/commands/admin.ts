@@ -79,25 +79,67 @@ export const subjectsCommand = adminCommand(
 
 export const groupsCommand = adminCommand(
   'groups',
-  'List broker and delay groups with liveness, read-only marks and load',
+  'List broker and delay groups with liveness, read-only marks, load and replication (master, slave, epoch, lag, in-sync)',
   'qmq groups [--json]',
   [],
   async (cluster, _args, json) => {
     const groups = await cluster.meta.listGroups()
     print(json, groups, () =>
       table(
-        ['GROUP', 'KIND', 'ADDRESS', 'ALIVE', 'READ-ONLY', 'SUBJECTS', 'LAST SEEN'],
-        groups.map((g) => [
-          g.name,
-          g.kind,
-          g.address || '-',
-          g.alive ? 'yes' : 'NO',
-          g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
-          g.subjects,
-          time(g.lastSeenAt),
-        ]),
+        [
+          'GROUP',
+          'KIND',
+          'MASTER',
+          'ALIVE',
+          'SLAVE',
+          'EPOCH',
+          'LAG',
+          'IN-SYNC',
+          'READ-ONLY',
+          'SUBJECTS',
+          'LAST SEEN',
+        ],
+        groups.map((g) => {
+          const master = g.servers.find((s) => s.role === 'master')
+          const slave = g.servers.find((s) => s.role === 'slave' && s.alive)
+          const lag = slave?.replication
+          return [
+            g.name,
+            g.kind,
+            g.address || '-',
+            g.alive ? 'yes' : 'NO',
+            slave?.address ?? '-',
+            g.epoch ?? 0,
+            lag === undefined ? '-' : `${lag.lagBytes ?? 0} B / ${lag.lagMs ?? 0} ms`,
+            slave === undefined
+              ? '-'
+              : master?.replication?.inSyncSlaves?.includes(slave.address) === true
+                ? 'yes'
+                : 'NO',
+            g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
+            g.subjects,
+            time(g.lastSeenAt),
+          ]
+        }),
         '(no groups have registered)',
       ),
+    )
+    return 0
+  },
+)
+
+export const failoverCommand = adminCommand(
+  'failover',
+  "Switch a broker group over to its in-sync slave: the master steps down (acknowledges no more writes, rejoins as the slave) and the slave is promoted once the master's lease ran out",
+  'qmq failover <group> [--json]',
+  [],
+  async (cluster, { positionals }, json) => {
+    const name = need(positionals[0], 'group', 'qmq failover <group>')
+    const g = await cluster.meta.failover(name)
+    print(
+      json,
+      g,
+      () => `${name}: the master (${g.address}) steps down; its in-sync slave is promoted within the lease`,
     )
     return 0
   },

@@ -46,6 +46,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   /** Broker groups pulled from, as the route last named them (heartbeats and acks go there). */
   private readonly groups = new Map<string, RouteGroup>()
   private readonly metrics: SubscriptionMetrics | undefined
+  private readonly unsubscribe: () => void
 
   /** @internal use provider.getOrCreatePullConsumer() */
   constructor(
@@ -59,6 +60,12 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     startPosition(options.startFrom) // a bad startFrom fails here, not at the first pull
     this.wireConsumerId = this.broadcast ? ctx.instanceName : ctx.consumerId
     if (ctx.registry !== undefined) this.metrics = new SubscriptionMetrics(ctx.registry, subject, group)
+    // A broker group's address changes on a failover (issue 14): acks and heartbeats of messages held
+    // from it follow at once, also while the application is not pulling (e.g. awaiting an ack).
+    this.unsubscribe = ctx.rt.routes.onChange((q, groups) => {
+      if (q.kind !== 'consumer' || q.subject !== subject || q.group !== group) return
+      for (const g of groups) if (this.groups.has(g.name)) this.groups.set(g.name, g)
+    })
   }
 
   get broadcast(): boolean {
@@ -168,6 +175,7 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   async close(deadline = Date.now() + 10_000, signal?: AbortSignal): Promise<void> {
     if (this.closed) return
     this.closed = true
+    this.unsubscribe()
     this.abort.abort()
     this.wake()
     const now = Date.now()

@@ -259,6 +259,8 @@ export class MessageProducerProvider extends ClientBase {
   /** The one lane of all delayed messages. */
   private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** The address each group's breaker was made for. */
+  private readonly breakerAddresses = new Map<string, string>()
   /** The transactional outbox (setTransactionProvider), if any. */
   private outbox: Outbox<object> | undefined
   /** The SDK's properties of every generated message, shared by them until one is changed. */
@@ -787,9 +789,15 @@ export class MessageProducerProvider extends ClientBase {
     this.dispatch(lane, items, body, { tried: new Set(), sticky: undefined })
   }
 
-  private breaker(group: string): CircuitBreaker {
+  /**
+   * The circuit breaker of a group at its current address: a group whose master moved (a failover,
+   * issue 14) starts with a closed breaker, so producers go to the promoted master at once.
+   */
+  private breaker(group: string, address: string): CircuitBreaker {
     let b = this.breakers.get(group)
+    if (b !== undefined && this.breakerAddresses.get(group) !== address) b = undefined
     if (b === undefined) {
+      this.breakerAddresses.set(group, address)
       const o = this.opts as ProducerOptions
       b = new CircuitBreaker({ failureThreshold: o.circuitFailureThreshold, openMs: o.circuitOpenMs })
       this.breakers.set(group, b)
@@ -806,7 +814,7 @@ export class MessageProducerProvider extends ClientBase {
     if (route.sticky !== undefined) {
       const name = route.sticky
       const g = groups.find((x) => x.name === name)
-      if (g !== undefined && g.state === 'rw' && this.breaker(name).tryAcquire()) return g
+      if (g !== undefined && g.state === 'rw' && this.breaker(name, g.address).tryAcquire()) return g
       this.log.debug(
         {
           group: name,
@@ -823,7 +831,7 @@ export class MessageProducerProvider extends ClientBase {
       for (const allowTried of [false, true]) {
         for (const g of order) {
           if (!allowTried && tried.has(g.name)) continue
-          if (this.breaker(g.name).tryAcquire()) return g
+          if (this.breaker(g.name, g.address).tryAcquire()) return g
         }
       }
       return undefined
@@ -833,7 +841,7 @@ export class MessageProducerProvider extends ClientBase {
       for (let i = 0; i < n; i++) {
         const g = groups[(lane.next + i) % n] as RouteGroup
         if (!allowTried && tried.has(g.name)) continue
-        if (this.breaker(g.name).tryAcquire()) {
+        if (this.breaker(g.name, g.address).tryAcquire()) {
           lane.next = (lane.next + i + 1) % 1_000_000
           return g
         }
@@ -890,7 +898,7 @@ export class MessageProducerProvider extends ClientBase {
       return
     }
     route.tried.add(group.name)
-    const breaker = this.breaker(group.name)
+    const breaker = this.breaker(group.name, group.address)
     const minDeadline = batch.reduce((m, p) => Math.min(m, p.deadline), Number.POSITIVE_INFINITY)
     const timeoutMs = Math.max(1, Math.min(opts.requestTimeoutMs, minDeadline - Date.now()))
     let results: { status: number; message: string }[] | undefined
@@ -1028,7 +1036,7 @@ export class MessageProducerProvider extends ClientBase {
       }
       return
     }
-    const untried = groups.some((g) => !route.tried.has(g.name) && this.breaker(g.name).available)
+    const untried = groups.some((g) => !route.tried.has(g.name) && this.breaker(g.name, g.address).available)
     if (untried) {
       this.dispatch(lane, again, againBody, route)
       return

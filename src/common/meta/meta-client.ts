@@ -263,6 +263,17 @@ export class MetaClient {
     return this.call({ method: 'GET', path: `${META_PATHS.adminGroups}/${encodeURIComponent(name)}` })
   }
 
+  /**
+   * `qmq failover`: the group's master steps down and its in-sync slave is promoted once the master's
+   * lease ran out (docs/replication.md). Needs the token.
+   */
+  failover(name: string): Promise<GroupInfo> {
+    return this.call({
+      method: 'POST',
+      path: `${META_PATHS.adminGroups}/${encodeURIComponent(name)}/failover`,
+    })
+  }
+
   async listReadOnly(): Promise<ReadOnlySetting[]> {
     return (await this.call<ReadOnlyResponse>({ method: 'GET', path: META_PATHS.adminReadOnly })).settings
   }

@@ -99,6 +99,24 @@ export interface ServerHeartbeatRequest {
   /** Default 'online'. */
   state?: 'online' | 'offline'
   load?: ServerLoad
+  /** A broker's replication state (groups with slaves; docs/replication.md). */
+  replication?: ServerReplication
+}
+
+/** What a broker reports about replication with each heartbeat. */
+export interface ServerReplication {
+  /** The epoch it acts in (0 = the group's first master). */
+  epoch: number
+  /** Durable ends of its message and action logs (a slave: of its copies). */
+  messageOffset: number
+  actionOffset: number
+  /** A master: the addresses of its slaves that are in sync now. */
+  inSyncSlaves?: string[]
+  /** A master: it has (had) a slave, so it holds a lease and fails over (docs/replication.md). */
+  replicated?: boolean
+  /** A slave: bytes behind its master, and since when it has not held everything. */
+  lagBytes?: number
+  lagMs?: number
 }
 
 export interface ServerHeartbeatResponse {
@@ -113,6 +131,20 @@ export interface ServerHeartbeatResponse {
   readOnlySubjects: string[]
   /** The metaserver's clock, for skew diagnostics. */
   serverTime: number
+  /**
+   * The role the metaserver gives this server (a promoted slave is told 'master', a returning former
+   * master 'slave'); absent from older metaservers (keep the configured role).
+   */
+  role?: ServerRole
+  /** The group's epoch (grows with every promotion). */
+  epoch?: number
+  /** The group's master `host:port` ('' = none alive). */
+  masterAddress?: string
+  /**
+   * A master of a replicated group may acknowledge writes for this long after it sent this heartbeat
+   * (shorter than heartbeatTimeoutMs: it stops before a slave can be promoted).
+   */
+  leaseMs?: number
 }
 
 // ---------------------------------------------------------------- routes
@@ -199,6 +231,8 @@ export interface ServerInfo {
   httpAddress?: string
   lastSeenAt: number
   alive: boolean
+  /** Its last replication report (brokers of replicated groups). */
+  replication?: ServerReplication
 }
 
 /** GET /admin/groups -> { groups: GroupInfo[] }; GET /admin/groups/:name -> GroupInfo */
@@ -221,6 +255,10 @@ export interface GroupInfo {
   subjects: number
   load: ServerLoad
   servers: ServerInfo[]
+  /** Grows with every promotion of a slave (0 = its first master). */
+  epoch: number
+  /** Promotions so far (automatic and `qmq failover`). */
+  failovers: number
 }
 
 export interface GroupsResponse {

@@ -1,6 +1,6 @@
 /**
  * Request codes (frame header `code`). Append-only: a code is never reused for another request.
- * 1-19: data path (broker and delay server), 20-49: admin, 50-99: replication (later).
+ * 1-19: data path (broker and delay server), 20-49: admin, 50-99: replication.
  */
 export const RequestCode = {
   /** Append records. Broker: real-time (and due) messages; delay server: delayed messages. */
@@ -34,6 +34,11 @@ export const RequestCode = {
   ADMIN_QUERY: 28,
   /** Delay server: messages stored and not yet delivered, per schedule bucket (the web console). */
   ADMIN_DELAY_PENDING: 29,
+
+  /** Slave -> master: the next bytes of one of the master's logs (replication.ts). */
+  REPL_FETCH: 50,
+  /** Slave -> master: the master's latest store checkpoint (replication.ts). */
+  REPL_CHECKPOINT: 51,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -1,0 +1,357 @@
+import fs from 'node:fs'
+import { Connection } from '../../client/transport/connection'
+import { QmqError, toQmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import { RequestCode } from '../../common/protocol/codes'
+import {
+  decodeCheckpointResponse,
+  decodeFetchResponse,
+  encodeCheckpointRequest,
+  encodeFetchRequest,
+  FetchKind,
+  REPLICATED_LOG_NAMES,
+  type ReplicatedLogValue,
+} from '../../common/protocol/replication'
+import { checkAction } from '../store/action-log'
+import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/checkpoint'
+import { checkFrame } from '../store/message-log'
+import { type ScanCheck, SegmentLog } from '../store/segment-log'
+import { storeDirs } from '../store/store-dirs'
+import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
+
+/**
+ * The slave's side of replication: copies its master's message log and action log into the same
+ * directories the file store uses (store-dirs.ts), byte for byte, at the same offsets and with the
+ * same segment boundaries, through the one segmented log (segment-log.ts `appendCopied`), and
+ * fdatasyncs each copy before asking for more: the offset it asks from next is its acknowledgement
+ * (see common/protocol/replication.ts). It also installs the master's checkpoint once both logs reach
+ * the offsets it names, and then deletes what the master's retention deleted.
+ *
+ * Everything derived (consume logs, consumer state, dedupe index) is rebuilt from these logs and the
+ * checkpoint by the store's ordinary recovery when the slave is opened as a master (promotion); a
+ * slave therefore deletes any consume logs at start (a former master's may point past what it keeps).
+ */
+export interface FollowerOptions {
+  dataDir: string
+  /** The slave's advertised `host:port` (its identity on the master). */
+  slaveId: string
+  clusterSecret: string
+  /** Where the master is now (`host:port`), or undefined when not known yet. */
+  findMaster: () => Promise<string | undefined>
+  maxMessageBytes: number
+  /** Bytes asked for per fetch. */
+  fetchBytes: number
+  /** How long a fetch waits on the master for new bytes. */
+  fetchWaitMs: number
+  /** Wait after a failed fetch or master lookup. */
+  retryMs: number
+  /** How often the master's checkpoint is installed. */
+  checkpointIntervalMs: number
+  maxFrameBytes: number
+  /** The epoch this data dir last acted in (epochs.ts). */
+  epoch: number
+}
+
+export interface FollowerStatus {
+  master: string | undefined
+  connected: boolean
+  /** Durable ends of the copies. */
+  messageOffset: number
+  actionOffset: number
+  /** The master's log ends as of its last answer. */
+  masterMessageEnd: number
+  masterActionEnd: number
+  lastFetchAt: number
+  /** When both copies last held everything the master had (0 = never). */
+  caughtUpAt: number
+  epoch: number
+  lastError: string | undefined
+}
+
+interface LogCopy {
+  kind: ReplicatedLogValue
+  /** The epoch this copy follows: adopted from the master once it needs no cut (source.ts). */
+  epoch: number
+  log: SegmentLog
+  masterStart: number
+  masterEnd: number
+}
+
+export class ReplicationFollower {
+  private readonly opts: FollowerOptions
+  private readonly log: Logger
+  private readonly dirs: ReturnType<typeof storeDirs>
+  private copies: [LogCopy, LogCopy] | undefined
+  private master: string | undefined
+  private conn: Connection | undefined
+  private running = false
+  private loops: Promise<void>[] = []
+  private sleepers = new Set<() => void>()
+  private lastFetchAt = 0
+  private caughtUpAt = 0
+  private epoch = 0
+  private lastError: string | undefined
+  private installed: Checkpoint | undefined
+  private history: EpochStart[] = []
+
+  constructor(opts: FollowerOptions, log: Logger) {
+    this.opts = opts
+    this.log = log.child({ component: 'replication' })
+    this.dirs = storeDirs(opts.dataDir)
+  }
+
+  /** Opens the copies (cutting torn tails), then starts copying in the background. */
+  async start(): Promise<void> {
+    if (this.running) return
+    // Consume logs are the master's business (rebuilt from the message log on promotion).
+    fs.rmSync(this.dirs.consume, { recursive: true, force: true })
+    const message = SegmentLog.open({ dir: this.dirs.message, segmentBytes: Number.MAX_SAFE_INTEGER })
+    const action = SegmentLog.open({ dir: this.dirs.action, segmentBytes: Number.MAX_SAFE_INTEGER })
+    const max = this.opts.maxMessageBytes
+    const frameCheck: ScanCheck = (b, p, e) => checkFrame(b, p, e, max, true)
+    for (const [name, log, check] of [
+      ['message', message, frameCheck],
+      ['action', action, checkAction],
+    ] as const) {
+      const cuts = await log.recover(log.startOffset, check, () => undefined)
+      for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
+    }
+    this.copies = [
+      { kind: 0, epoch: this.opts.epoch, log: message, masterStart: 0, masterEnd: 0 },
+      { kind: 1, epoch: this.opts.epoch, log: action, masterStart: 0, masterEnd: 0 },
+    ]
+    this.epoch = this.opts.epoch
+    this.history = readEpochs(this.opts.dataDir).history
+    this.installed = loadCheckpoint(this.dirs.checkpoint).checkpoint
+    if (
+      this.installed !== undefined &&
+      (this.installed.messageLogOffset > message.endOffset ||
+        this.installed.actionLogOffset > action.endOffset)
+    ) {
+      // A checkpoint naming bytes this copy lost (a former master's tail): the master's replaces it.
+      this.log.warn('slave: local checkpoint is ahead of the copied logs; dropped until the master sends one')
+      fs.rmSync(this.dirs.checkpoint, { recursive: true, force: true })
+      this.installed = undefined
+    }
+    this.running = true
+    this.loops = [this.copyLoop(this.copies[0]), this.copyLoop(this.copies[1]), this.checkpointLoop()]
+  }
+
+  /** Stops copying; what was copied stays (and is what a promotion recovers from). */
+  async close(): Promise<void> {
+    if (!this.running) return
+    this.running = false
+    for (const wake of [...this.sleepers]) wake()
+    const conn = this.conn
+    this.conn = undefined
+    await conn?.close()
+    await Promise.allSettled(this.loops)
+    this.loops = []
+    if (this.copies !== undefined) {
+      for (const c of this.copies) c.log.close()
+      this.copies = undefined
+    }
+  }
+
+  status(): FollowerStatus {
+    const [m, a] = this.copies ?? []
+    return {
+      master: this.master,
+      connected: this.conn?.connected ?? false,
+      messageOffset: m?.log.endOffset ?? 0,
+      actionOffset: a?.log.endOffset ?? 0,
+      masterMessageEnd: m?.masterEnd ?? 0,
+      masterActionEnd: a?.masterEnd ?? 0,
+      lastFetchAt: this.lastFetchAt,
+      caughtUpAt: this.caughtUpAt,
+      epoch: this.epoch,
+      lastError: this.lastError,
+    }
+  }
+
+  private async connection(): Promise<Connection | undefined> {
+    if (this.conn !== undefined) return this.conn
+    const master = await this.opts.findMaster()
+    if (master === undefined || !this.running) return undefined
+    if (master !== this.master) this.log.info({ master }, 'slave: following master')
+    this.master = master
+    this.conn = new Connection({
+      address: master,
+      requestTimeoutMs: this.opts.fetchWaitMs + 10_000,
+      maxFrameBytes: this.opts.maxFrameBytes,
+      reconnectMaxMs: this.opts.retryMs,
+    })
+    return this.conn
+  }
+
+  /** A failed request: the master may have moved; look it up again before the next one. */
+  private async dropConnection(err: unknown): Promise<void> {
+    const e = toQmqError(err)
+    if (e.message !== this.lastError)
+      this.log.warn({ err: e.message, master: this.master }, 'slave: fetch failed')
+    this.lastError = e.message
+    const conn = this.conn
+    this.conn = undefined
+    await conn?.close()
+    await this.sleep(this.opts.retryMs)
+  }
+
+  private async copyLoop(copy: LogCopy): Promise<void> {
+    const name = REPLICATED_LOG_NAMES[copy.kind]
+    while (this.running) {
+      try {
+        const conn = await this.connection()
+        if (conn === undefined) {
+          await this.sleep(this.opts.retryMs)
+          continue
+        }
+        const frame = await conn.request(
+          RequestCode.REPL_FETCH,
+          encodeFetchRequest({
+            token: this.opts.clusterSecret,
+            slaveId: this.opts.slaveId,
+            log: copy.kind,
+            offset: copy.log.endOffset,
+            maxBytes: this.opts.fetchBytes,
+            waitMs: this.opts.fetchWaitMs,
+            epoch: copy.epoch,
+          }),
+        )
+        if (!this.running) return
+        const res = decodeFetchResponse(frame.body)
+        this.lastFetchAt = Date.now()
+        this.lastError = undefined
+        copy.masterStart = res.start
+        copy.masterEnd = res.end
+        const log = copy.log
+        if (res.kind === FetchKind.TRUNCATE) {
+          if (res.offset < log.endOffset) {
+            this.log.warn(
+              { log: name, from: log.endOffset, to: res.offset },
+              'slave: cutting the copy back to the master',
+            )
+            await log.truncate(Math.max(res.offset, log.startOffset))
+            await log.sync()
+            this.dropCheckpointPast()
+          }
+          continue
+        }
+        if (res.kind === FetchKind.RESET) {
+          this.log.warn(
+            { log: name, held: log.endOffset, masterStart: res.start },
+            'slave: the master no longer holds what follows this copy; copying again from its start',
+          )
+          await log.truncate(log.startOffset)
+          await log.truncate(res.offset)
+          log.deleteBefore(res.offset)
+          await log.sync()
+          continue
+        }
+        if (res.epoch > copy.epoch) this.adoptEpoch(copy, res.epoch, res.history)
+        if (res.data.length === 0) {
+          this.noteCaughtUp()
+          continue
+        }
+        if (res.segmentBase > log.endOffset) await log.truncate(res.segmentBase) // a gap on the master
+        if (res.offset !== log.endOffset)
+          throw new QmqError(
+            'QMQ_ERR_INTERNAL',
+            `master sent ${name} bytes at ${res.offset}, copy ends at ${log.endOffset}`,
+          )
+        await log.appendCopied(res.segmentBase, res.data)
+        await log.sync()
+        this.noteCaughtUp()
+      } catch (err) {
+        if (!this.running) return
+        await this.dropConnection(err)
+      }
+    }
+  }
+
+  private noteCaughtUp(): void {
+    const [m, a] = this.copies ?? []
+    if (
+      m !== undefined &&
+      a !== undefined &&
+      m.log.endOffset >= m.masterEnd &&
+      a.log.endOffset >= a.masterEnd
+    )
+      this.caughtUpAt = Date.now()
+  }
+
+  /**
+   * A copy that needed no cut follows the master's epoch; once both do, the data dir records the
+   * epoch and the master's history (it is this dir's history if it is promoted).
+   */
+  private adoptEpoch(copy: LogCopy, epoch: number, history: Buffer): void {
+    copy.epoch = epoch
+    if (history.length > 0) {
+      try {
+        const parsed: unknown = JSON.parse(history.toString('utf8'))
+        if (Array.isArray(parsed)) this.history = parsed.filter(isEpochStart)
+      } catch {
+        this.log.warn('slave: the master sent an unreadable epoch history')
+      }
+    }
+    const [m, a] = this.copies ?? []
+    if (m?.epoch === epoch && a?.epoch === epoch && epoch > this.epoch) {
+      this.epoch = epoch
+      writeEpochs(this.opts.dataDir, { epoch, history: this.history })
+      this.log.info({ epoch }, 'slave: following the master of a new epoch')
+    }
+  }
+
+  /** A checkpoint naming bytes this copy no longer holds goes (the master's next one replaces it). */
+  private dropCheckpointPast(): void {
+    const [m, a] = this.copies ?? []
+    const cp = this.installed ?? loadCheckpoint(this.dirs.checkpoint).checkpoint
+    if (cp === undefined || m === undefined || a === undefined) return
+    if (cp.messageLogOffset <= m.log.endOffset && cp.actionLogOffset <= a.log.endOffset) return
+    fs.rmSync(this.dirs.checkpoint, { recursive: true, force: true })
+    this.installed = undefined
+  }
+
+  /** Installs the master's checkpoint once the copies hold what it names; then follows its retention. */
+  private async checkpointLoop(): Promise<void> {
+    while (this.running) {
+      await this.sleep(this.opts.checkpointIntervalMs)
+      if (!this.running) return
+      try {
+        const conn = this.conn
+        const copies = this.copies
+        if (conn === undefined || copies === undefined) continue
+        const frame = await conn.request(
+          RequestCode.REPL_CHECKPOINT,
+          encodeCheckpointRequest(this.opts.clusterSecret),
+        )
+        const raw = decodeCheckpointResponse(frame.body)
+        if (raw.length === 0) continue
+        const cp = JSON.parse(raw.toString('utf8')) as Checkpoint
+        const [m, a] = copies
+        if (cp.messageLogOffset > m.log.endOffset || cp.actionLogOffset > a.log.endOffset) continue
+        if (this.installed !== undefined && cp.createdAt <= this.installed.createdAt) continue
+        const previous = this.installed
+        await writeCheckpoint(this.dirs.checkpoint, cp)
+        this.installed = cp
+        // As the master: message segments go with its retention, actions before the previous
+        // checkpoint are no longer needed (that one is recovery's fallback).
+        if (m.masterStart > m.log.startOffset) m.log.deleteBefore(m.masterStart)
+        if (previous !== undefined) a.log.deleteBefore(Math.min(previous.actionLogOffset, a.masterStart))
+      } catch (err) {
+        this.log.warn({ err: toQmqError(err).message }, 'slave: installing the master checkpoint failed')
+      }
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = () => {
+        clearTimeout(timer)
+        this.sleepers.delete(wake)
+        resolve()
+      }
+      const timer = setTimeout(wake, ms)
+      this.sleepers.add(wake)
+    })
+  }
+}

@@ -1,0 +1,430 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import { writeFileAtomicSync } from '../../common/durable-file'
+import { QmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
+import {
+  type FetchRequest,
+  type FetchResponse,
+  FetchKind,
+  REPLICATED_LOG_NAMES,
+  type ReplicatedLogValue,
+} from '../../common/protocol/replication'
+import type { SegmentLog } from '../store/segment-log'
+import { divergencePoint, type EpochStart } from './epochs'
+
+/**
+ * The master's side of replication: answers slaves' REPL_FETCH requests from its own logs, tracks
+ * what each slave holds durably, and (under `sync`) holds a SEND's answer until a slave has it.
+ *
+ * Invariants:
+ * - A slave's fetch offset is its acknowledgement: everything before it is written and fdatasynced
+ *   on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
+ *   acknowledgement reaches the log end as it was when the SEND's records were stored.
+ * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
+ *   fdatasyncs overlap. When the master cuts its log (a failed fdatasync rejects its unsynced
+ *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to
+ *   cut too (TRUNCATE) on its next fetch, and its acknowledgements past the cut count for nothing
+ *   until it did: new records written at the same offsets are never released by stale copies.
+ * - A slave is in sync while it fetched within `inSyncLagMs` and, within that time, acknowledged
+ *   everything the master had when it last answered it.
+ * - The first slave seen is remembered in `<dataDir>/replication/slaves.json`: from then on the
+ *   group has a slave, and `sync` refuses writes without an in-sync one (unless `degradedWrites`),
+ *   also right after a master restart, before the slave reconnected.
+ */
+export type ReplicationMode = 'sync' | 'async'
+
+export interface ReplicationSourceOptions {
+  mode: ReplicationMode
+  /** A SEND under `sync` waits this long for a slave's acknowledgement. */
+  ackTimeoutMs: number
+  /** A slave that has not caught up within this long is out of sync. */
+  inSyncLagMs: number
+  /** `sync` with no in-sync slave: keep acknowledging on the master alone (reported as degraded). */
+  degradedWrites: boolean
+  /** Where the list of known slaves is kept (`<dataDir>/replication`). */
+  stateDir: string
+  /** The group's epoch, carried on every answer, and where each epoch began (epochs.ts). */
+  epoch: () => number
+  history: () => readonly EpochStart[]
+  now?: () => number
+}
+
+export interface ReplicatedLogs {
+  message: SegmentLog
+  action: SegmentLog
+  /** The store's checkpoint file (checkpoint.json), served to slaves. */
+  checkpointFile: string
+}
+
+interface LogProgress {
+  /** Durable end on the slave (its last fetch offset); -1 = never fetched. */
+  acked: number
+  /** When the slave last held everything the master had when it answered it. */
+  caughtUpAt: number
+  /** End of the master's log when it last answered this slave, and when. */
+  answeredEnd: number
+  answeredAt: number
+  /** The master cut its log here since the slave last fetched: the slave must cut too. */
+  mustCut: number | undefined
+}
+
+export interface SlaveStatus {
+  id: string
+  lastFetchAt: number
+  inSync: boolean
+  /** Durable ends on the slave. */
+  messageOffset: number
+  actionOffset: number
+  /** Bytes the slave is behind the master's log ends. */
+  lagBytes: number
+  /** How long since the slave last held everything the master had (0 = now). */
+  lagMs: number
+}
+
+interface SlaveState {
+  id: string
+  lastFetchAt: number
+  logs: [LogProgress, LogProgress]
+}
+
+interface Waiter {
+  end: number
+  resolve: () => void
+  reject: (err: QmqError) => void
+  timer: NodeJS.Timeout
+}
+
+interface Parked {
+  log: ReplicatedLogValue
+  offset: number
+  wake: () => void
+}
+
+const SLAVES_FILE = 'slaves.json'
+
+export class ReplicationSource {
+  private readonly opts: ReplicationSourceOptions
+  private readonly log: Logger
+  private readonly now: () => number
+  private readonly slaves = new Map<string, SlaveState>()
+  private readonly known: Set<string>
+  private logs: ReplicatedLogs | undefined
+  private unlisten: (() => void)[] = []
+  private waiters: Waiter[] = []
+  private parked = new Set<Parked>()
+  private closed = false
+
+  constructor(opts: ReplicationSourceOptions, log: Logger) {
+    this.opts = opts
+    this.log = log.child({ component: 'replication' })
+    this.now = opts.now ?? Date.now
+    this.known = new Set(readKnownSlaves(opts.stateDir))
+  }
+
+  get mode(): ReplicationMode {
+    return this.opts.mode
+  }
+
+  /** The group has (had) a slave: `sync` applies. */
+  get hasSlaves(): boolean {
+    return this.known.size > 0
+  }
+
+  /** Starts serving the logs of an opened store (called on every store open). */
+  attach(logs: ReplicatedLogs): void {
+    this.detach()
+    this.closed = false
+    this.logs = logs
+    const kinds: [ReplicatedLogValue, SegmentLog][] = [
+      [0, logs.message],
+      [1, logs.action],
+    ]
+    for (const [kind, seg] of kinds) {
+      this.unlisten.push(
+        seg.listen({
+          appended: () => this.wake(kind),
+          truncated: (offset) => this.cut(kind, offset),
+        }),
+      )
+    }
+  }
+
+  /** Stops serving (store closing): parked fetches answer empty, waiting SENDs fail (retriable). */
+  detach(): void {
+    for (const u of this.unlisten) u()
+    this.unlisten = []
+    this.logs = undefined
+    for (const p of [...this.parked]) p.wake()
+    const waiters = this.waiters
+    this.waiters = []
+    for (const w of waiters) {
+      clearTimeout(w.timer)
+      w.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
+    }
+  }
+
+  close(): void {
+    this.closed = true
+    this.detach()
+  }
+
+  /** Writes need a slave's acknowledgement (`sync` with a slave, not degraded to the master alone). */
+  get requiresSlave(): boolean {
+    return this.opts.mode === 'sync' && this.hasSlaves
+  }
+
+  /** True while `sync` writes go on without an in-sync slave (`degradedWrites`). */
+  get degraded(): boolean {
+    return this.requiresSlave && this.opts.degradedWrites && !this.anyInSync()
+  }
+
+  /**
+   * Before a SEND is stored: under `sync` with no in-sync slave, refuses it (retriable) unless the
+   * group may write alone.
+   */
+  checkWritable(): void {
+    if (!this.requiresSlave || this.opts.degradedWrites || this.anyInSync()) return
+    throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE')
+  }
+
+  /**
+   * After a SEND's records were stored (the message log ended at `end` once they were): resolves
+   * when a slave holds them durably; under `async`, without a slave, or degraded, at once.
+   */
+  waitReplicated(end: number): Promise<void> {
+    if (!this.requiresSlave) return Promise.resolve()
+    for (const s of this.slaves.values())
+      if (s.logs[0].mustCut === undefined && s.logs[0].acked >= end) return Promise.resolve()
+    if (this.opts.degradedWrites && !this.anyInSync()) return Promise.resolve()
+    if (this.logs === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = {
+        end,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.waiters = this.waiters.filter((x) => x !== w)
+          reject(new QmqError('QMQ_ERR_REPLICATION_TIMEOUT'))
+        }, this.opts.ackTimeoutMs),
+      }
+      this.waiters.push(w)
+    })
+  }
+
+  /** The master's checkpoint file, for a slave that starts (or fell behind the action log's start). */
+  checkpoint(): Buffer {
+    const file = this.logs?.checkpointFile
+    if (file === undefined) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+    try {
+      return fs.readFileSync(file)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0)
+      throw err
+    }
+  }
+
+  /** Answers one REPL_FETCH (the token was checked by the caller). */
+  async fetch(req: FetchRequest): Promise<FetchResponse> {
+    const now = this.now()
+    const slave = this.slave(req.slaveId, now)
+    const progress = slave.logs[req.log]
+    const logs = this.logs
+    if (logs === undefined || this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+    const seg = req.log === 0 ? logs.message : logs.action
+    const epoch = this.opts.epoch()
+    const answer = (
+      kind: FetchResponse['kind'],
+      offset: number,
+      segmentBase = offset,
+      data: Buffer = EMPTY,
+    ): FetchResponse => {
+      progress.answeredEnd = seg.endOffset
+      progress.answeredAt = this.now()
+      return {
+        kind,
+        start: seg.startOffset,
+        end: seg.endOffset,
+        offset,
+        segmentBase,
+        epoch,
+        data,
+        history: req.epoch < epoch ? Buffer.from(JSON.stringify(this.opts.history())) : EMPTY,
+      }
+    }
+    if (req.epoch > epoch) {
+      // A slave of a later epoch asks an earlier master: this master lost its place.
+      throw new QmqError('QMQ_ERR_NOT_MASTER', `this master is at epoch ${epoch}; the slave at ${req.epoch}`)
+    }
+    if (req.epoch < epoch) {
+      // A copy from an earlier epoch (a former master): what it holds past the next epoch's start
+      // was never acknowledged under sync; it cuts it first.
+      const cut = divergencePoint(this.opts.history(), req.epoch, REPLICATED_LOG_NAMES[req.log])
+      if (cut !== undefined && req.offset > cut) {
+        this.log.warn(
+          {
+            slave: slave.id,
+            log: REPLICATED_LOG_NAMES[req.log],
+            slaveEnd: req.offset,
+            cut,
+            epoch: req.epoch,
+          },
+          'slave from an earlier epoch holds records past its end: it cuts them',
+        )
+        return answer(FetchKind.TRUNCATE, cut)
+      }
+    }
+    if (progress.mustCut !== undefined) {
+      const cut = progress.mustCut
+      progress.mustCut = undefined
+      if (req.offset > cut) {
+        this.log.warn({ slave: slave.id, log: REPLICATED_LOG_NAMES[req.log], cut }, 'slave must cut its log')
+        return answer(FetchKind.TRUNCATE, cut)
+      }
+    }
+    if (req.offset > seg.endOffset) {
+      // The slave holds more than the master (the master lost an unsynced tail): it cuts back.
+      this.log.warn(
+        { slave: slave.id, log: REPLICATED_LOG_NAMES[req.log], slaveEnd: req.offset, end: seg.endOffset },
+        'slave is ahead of the master; telling it to cut',
+      )
+      return answer(FetchKind.TRUNCATE, seg.endOffset)
+    }
+    this.acknowledge(slave, req.log, req.offset, now)
+    if (req.offset < seg.startOffset) return answer(FetchKind.RESET, seg.startOffset)
+    if (req.offset === seg.endOffset && req.waitMs > 0) {
+      await this.park(req.log, req.offset, req.waitMs)
+      if (this.logs !== logs) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+      if (seg.endOffset < req.offset) return answer(FetchKind.TRUNCATE, seg.endOffset)
+    }
+    if (req.offset >= seg.endOffset) return answer(FetchKind.DATA, req.offset)
+    let at = seg.segmentAt(req.offset)
+    let offset = req.offset
+    if (at === undefined || at.end === offset) {
+      // In a gap between segments (recovery may leave one): go on at the next segment.
+      offset = seg.nextSegmentBase(req.offset + 1)
+      at = seg.segmentAt(offset)
+      if (at === undefined || offset >= seg.endOffset) return answer(FetchKind.DATA, req.offset)
+    }
+    const length = Math.min(req.maxBytes, at.end - offset)
+    const data = await seg.read(offset, length)
+    return answer(FetchKind.DATA, offset, at.base, data)
+  }
+
+  /** Every slave seen since start, with its progress. */
+  status(): SlaveStatus[] {
+    const now = this.now()
+    const logs = this.logs
+    const out: SlaveStatus[] = []
+    for (const s of this.slaves.values()) {
+      const [m, a] = s.logs
+      const lagBytes =
+        logs === undefined
+          ? 0
+          : Math.max(0, logs.message.endOffset - Math.max(m.acked, 0)) +
+            Math.max(0, logs.action.endOffset - Math.max(a.acked, 0))
+      out.push({
+        id: s.id,
+        lastFetchAt: s.lastFetchAt,
+        inSync: this.inSync(s, now),
+        messageOffset: m.acked,
+        actionOffset: a.acked,
+        lagBytes,
+        lagMs: lagBytes === 0 ? 0 : Math.max(0, now - Math.min(m.caughtUpAt, a.caughtUpAt)),
+      })
+    }
+    return out
+  }
+
+  anyInSync(): boolean {
+    const now = this.now()
+    for (const s of this.slaves.values()) if (this.inSync(s, now)) return true
+    return false
+  }
+
+  private inSync(s: SlaveState, now: number): boolean {
+    const lag = this.opts.inSyncLagMs
+    return now - s.lastFetchAt <= lag && now - s.logs[0].caughtUpAt <= lag && s.logs[0].mustCut === undefined
+  }
+
+  private slave(id: string, now: number): SlaveState {
+    let s = this.slaves.get(id)
+    if (s === undefined) {
+      s = { id, lastFetchAt: now, logs: [newProgress(), newProgress()] }
+      this.slaves.set(id, s)
+      this.log.info({ slave: id }, 'slave connected')
+      if (!this.known.has(id)) {
+        this.known.add(id)
+        writeKnownSlaves(this.opts.stateDir, [...this.known])
+      }
+    }
+    s.lastFetchAt = now
+    return s
+  }
+
+  private acknowledge(s: SlaveState, log: ReplicatedLogValue, offset: number, now: number): void {
+    const p = s.logs[log]
+    p.acked = offset
+    if (offset >= p.answeredEnd) p.caughtUpAt = p.answeredAt > 0 ? Math.max(p.caughtUpAt, p.answeredAt) : now
+    const end = log === 0 ? this.logs?.message.endOffset : this.logs?.action.endOffset
+    if (end !== undefined && offset >= end) p.caughtUpAt = now
+    if (log !== 0 || this.waiters.length === 0) return
+    const keep: Waiter[] = []
+    for (const w of this.waiters) {
+      if (w.end <= offset) {
+        clearTimeout(w.timer)
+        w.resolve()
+      } else keep.push(w)
+    }
+    this.waiters = keep
+  }
+
+  private cut(log: ReplicatedLogValue, offset: number): void {
+    for (const s of this.slaves.values()) {
+      const p = s.logs[log]
+      p.mustCut = p.mustCut === undefined ? offset : Math.min(p.mustCut, offset)
+      if (p.acked > offset) p.acked = offset
+    }
+  }
+
+  private park(log: ReplicatedLogValue, offset: number, waitMs: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const p: Parked = {
+        log,
+        offset,
+        wake: () => {
+          clearTimeout(timer)
+          this.parked.delete(p)
+          resolve()
+        },
+      }
+      const timer = setTimeout(p.wake, waitMs)
+      this.parked.add(p)
+    })
+  }
+
+  private wake(log: ReplicatedLogValue): void {
+    for (const p of [...this.parked]) if (p.log === log) p.wake()
+  }
+}
+
+const EMPTY: Buffer = Buffer.alloc(0)
+
+function newProgress(): LogProgress {
+  return { acked: -1, caughtUpAt: 0, answeredEnd: 0, answeredAt: 0, mustCut: undefined }
+}
+
+// <dataDir>/replication/slaves.json: { "version": 1, "slaves": ["host:port", ...] }
+function readKnownSlaves(dir: string): string[] {
+  try {
+    const parsed = JSON.parse(fs.readFileSync(path.join(dir, SLAVES_FILE), 'utf8')) as { slaves?: unknown }
+    return Array.isArray(parsed.slaves) ? parsed.slaves.filter((s): s is string => typeof s === 'string') : []
+  } catch {
+    return []
+  }
+}
+
+function writeKnownSlaves(dir: string, slaves: string[]): void {
+  fs.mkdirSync(dir, { recursive: true })
+  writeFileAtomicSync(path.join(dir, SLAVES_FILE), `${JSON.stringify({ version: 1, slaves })}\n`)
+}

@@ -1,0 +1,231 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import type { Test } from 'tap'
+import t from 'tap'
+import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { writeEpochs } from '../../../src/broker/replication/epochs'
+import { silentLogger } from '../../../src/common/logger'
+import { MetaClient } from '../../../src/common/meta/meta-client'
+import { Metaserver } from '../../../src/metaserver/main'
+import { RawClient } from '../../helpers/raw-client'
+import { ack, message, pull, sendOk } from '../server/ops'
+
+const SECRET = 'failover-test-cluster-secret-0123'
+const TOKEN = 'failover-admin-token'
+
+const FAST: Partial<BrokerOptions> = {
+  port: 0,
+  httpPort: -1,
+  clusterSecret: SECRET,
+  heartbeatIntervalMs: 100,
+  replicationInSyncLagMs: 1_500,
+  replicationAckTimeoutMs: 3_000,
+  replicationFetchWaitMs: 100,
+  checkpointIntervalMs: 200,
+  segmentBytes: 16 * 1024,
+}
+
+function freshDir(t: Test): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-failover-'))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+async function until(
+  what: string,
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs = 15_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+function broker(t: Test, extra: Partial<BrokerOptions>): Broker {
+  const b = new Broker({ ...FAST, dataDir: freshDir(t), ...extra }, { logger: silentLogger })
+  t.teardown(() => b.close())
+  return b
+}
+
+function ends(b: Broker): { m: number; a: number } {
+  const s = b.messageStore as unknown as {
+    mlog: { log: { endOffset: number } }
+    alog: { log: { endOffset: number } }
+  }
+  return { m: s.mlog.log.endOffset, a: s.alog.log.endOffset }
+}
+
+function caughtUp(master: Broker, slave: Broker): boolean {
+  const s = slave.replicationStatus()
+  if (!('slave' in s) || !master.isRunning || master.currentRole !== 'master') return false
+  const e = ends(master)
+  return s.slave.messageOffset === e.m && s.slave.actionOffset === e.a
+}
+
+/**
+ * The copy holds the master's bytes: equal, or (the master's active segment, which a checkpoint timer
+ * may have grown since the copy caught up) a prefix of them.
+ */
+function samePrefix(master: Buffer, copy: Buffer | undefined): boolean {
+  return copy !== undefined && copy.length <= master.length && master.subarray(0, copy.length).equals(copy)
+}
+
+function segmentFiles(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>()
+  for (const name of fs.readdirSync(dir).sort()) out.set(name, fs.readFileSync(path.join(dir, name)))
+  return out
+}
+
+t.test(
+  'failover - a silent master is replaced by its in-sync slave, then rejoins as its slave',
+  async (t) => {
+    const meta = new Metaserver(
+      {
+        port: 0,
+        dataDir: freshDir(t),
+        adminToken: TOKEN,
+        clusterSecret: SECRET,
+        heartbeatIntervalMs: 100,
+        heartbeatTimeoutMs: 3_000,
+      },
+      { logger: silentLogger },
+    )
+    await meta.start()
+    t.teardown(() => meta.close())
+    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
+    t.teardown(() => admin.close())
+
+    const a = broker(t, { group: 'g1', metaserver: meta.url })
+    const b = broker(t, { group: 'g1', role: 'slave', metaserver: meta.url })
+    await a.start()
+    await b.start()
+    await until('slave caught up', () => caughtUp(a, b))
+
+    const ca = await RawClient.connect(a.addresses.port)
+    for (let i = 0; i < 20; i++) await sendOk(ca, [message('orders', `m-${i}`, Buffer.alloc(500, i))])
+    const got = await pull(ca, { subject: 'orders', group: 'cg', consumerId: 'c1', maxMessages: 8 })
+    await ack(ca, { subject: 'orders', group: 'cg', consumerId: 'c1', sequences: got.map((x) => x.sequence) })
+    await ca.close()
+    await until('slave caught up', () => caughtUp(a, b))
+    await until('metaserver knows the slave is in sync', async () => {
+      const g = await admin.getGroup('g1')
+      const master = g.servers.find((s) => s.role === 'master')
+      return master?.replication?.inSyncSlaves?.includes(b.addresses.address) === true
+    })
+
+    // The master goes silent (no 'offline'): after the heartbeat timeout the slave is promoted.
+    const oldAddress = a.addresses.address
+    await a.close({ offline: false })
+    await until('slave promoted', () => b.isRunning && b.currentRole === 'master')
+    const g = await admin.getGroup('g1')
+    t.equal(g.epoch, 1, 'epoch 1')
+    t.equal(g.failovers, 1)
+    t.equal(g.address, b.addresses.address, 'routes point at the promoted slave')
+
+    const cb = await RawClient.connect(b.addresses.port)
+    t.teardown(() => cb.close())
+    const rest = await pull(cb, { subject: 'orders', group: 'cg', consumerId: 'c2', maxMessages: 100 })
+    t.same(
+      rest.map((x) => x.record.id),
+      Array.from({ length: 12 }, (_, i) => `m-${i + 8}`),
+      'consumers continue from the replicated position',
+    )
+    await sendOk(cb, [message('orders', 'after-failover')])
+
+    // The former master comes back: it is told it is a slave and follows the new master.
+    await a.start()
+    await until('former master rejoined as slave', () => a.isRunning && a.currentRole === 'slave')
+    t.not(a.addresses.address, '', 'listening again')
+    t.equal(a.addresses.address, oldAddress, 'same address')
+    await until('former master caught up', () => caughtUp(b, a))
+    for (const dir of ['messagelog', 'actionlog']) {
+      const x = segmentFiles(path.join(b.options.dataDir, dir))
+      const y = segmentFiles(path.join(a.options.dataDir, dir))
+      t.same([...y.keys()], [...x.keys()], `${dir}: same segments`)
+      for (const [name, bytes] of x) t.ok(samePrefix(bytes, y.get(name)), `${dir}/${name}: same bytes`)
+    }
+
+    // Manual switch-over back: the master steps down, the in-sync slave is promoted after the lease.
+    await until('metaserver knows the new slave is in sync', async () => {
+      const g2 = await admin.getGroup('g1')
+      const master = g2.servers.find((s) => s.role === 'master')
+      return master?.replication?.inSyncSlaves?.includes(a.addresses.address) === true
+    })
+    await admin.failover('g1')
+    await until('switched over', () => a.currentRole === 'master' && a.isRunning && b.currentRole === 'slave')
+    const g3 = await admin.getGroup('g1')
+    t.equal(g3.epoch, 2)
+    t.equal(g3.address, a.addresses.address)
+    const ca2 = await RawClient.connect(a.addresses.port)
+    t.teardown(() => ca2.close())
+    await until('slave back in sync', () => caughtUp(a, b))
+    // Retriable refusals (a slave briefly out of sync on a loaded machine) are retried, as producers do.
+    await until('a write acknowledged after the switch-over', () =>
+      sendOk(ca2, [message('orders', 'after-switch-over')]).then(
+        () => true,
+        () => false,
+      ),
+    )
+  },
+)
+
+t.test(
+  'failover - a former master cuts what it holds past the new epoch, then copies the new master',
+  async (t) => {
+    // X writes alone; Y starts from a copy of X's data dir, is promoted (epoch 1) and writes other
+    // records; X had written records Y never got. X then follows Y: it must cut them.
+    const x = broker(t, {})
+    await x.start()
+    const cx = await RawClient.connect(x.addresses.port)
+    for (let i = 0; i < 10; i++) await sendOk(cx, [message('s', `common-${i}`, Buffer.alloc(300, i))])
+    await cx.close()
+    await x.close()
+    const yDir = freshDir(t)
+    fs.cpSync(x.options.dataDir, yDir, { recursive: true })
+    await x.start()
+    const cx2 = await RawClient.connect(x.addresses.port)
+    for (let i = 0; i < 5; i++) await sendOk(cx2, [message('s', `lost-${i}`, Buffer.alloc(700, i))])
+    await cx2.close()
+    await x.close()
+
+    const yEnds = (() => {
+      const m = fs
+        .readdirSync(path.join(yDir, 'messagelog'))
+        .reduce((n, f) => n + fs.statSync(path.join(yDir, 'messagelog', f)).size, 0)
+      const a = fs
+        .readdirSync(path.join(yDir, 'actionlog'))
+        .reduce((n, f) => n + fs.statSync(path.join(yDir, 'actionlog', f)).size, 0)
+      return { m, a }
+    })()
+    writeEpochs(yDir, { epoch: 1, history: [{ epoch: 1, messageOffset: yEnds.m, actionOffset: yEnds.a }] })
+    const y = broker(t, { dataDir: yDir })
+    await y.start()
+    const cy = await RawClient.connect(y.addresses.port)
+    t.teardown(() => cy.close())
+    for (let i = 0; i < 3; i++) await sendOk(cy, [message('s', `new-${i}`)])
+
+    const xs = broker(t, { dataDir: x.options.dataDir, role: 'slave', masterAddress: y.addresses.address })
+    await xs.start()
+    await until('former master caught up', () => caughtUp(y, xs))
+    for (const dir of ['messagelog', 'actionlog']) {
+      const a = segmentFiles(path.join(yDir, dir))
+      const b = segmentFiles(path.join(x.options.dataDir, dir))
+      t.same([...b.keys()], [...a.keys()], `${dir}: same segments`)
+      for (const [name, bytes] of a) t.ok(samePrefix(bytes, b.get(name)), `${dir}/${name}: same bytes`)
+    }
+    await xs.close()
+    // Opened as a master, the former master has the common and the new records, not its lost tail.
+    const xm = broker(t, { dataDir: x.options.dataDir })
+    await xm.start()
+    const cm = await RawClient.connect(xm.addresses.port)
+    t.teardown(() => cm.close())
+    const all = await pull(cm, { subject: 's', group: 'g', consumerId: 'c', maxMessages: 100 })
+    t.same(
+      all.map((m) => m.record.id),
+      [...Array.from({ length: 10 }, (_, i) => `common-${i}`), 'new-0', 'new-1', 'new-2'],
+    )
+  },
+)
