@@ -55,10 +55,39 @@ for (const kind of STORE_KINDS) {
   t.test(`store [${kind}] - schema created once at the current version, reopened as it is`, async (t) => {
     const [a, b, c] = await openShared(t, kind, 3)
     const snap = await a!.loadAll()
-    t.same(snap, { groups: [], servers: [], routes: [], readOnly: [], clients: [], liveness: [] })
+    t.same(snap, { epochs: [], groups: [], servers: [], routes: [], readOnly: [], clients: [], liveness: [] })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 3)
+    t.equal(SCHEMA_VERSION, 4)
+  })
+
+  t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
+    const stores = await openShared(t, kind, 3)
+    const now = 1_000
+    const server = (i: number) => ({
+      group: 'g',
+      role: 'master' as const,
+      address: `10.0.0.${i}:20881`,
+      httpAddress: undefined,
+      lastSeenAt: now,
+    })
+    await stores[0]!.recordHeartbeat(
+      { name: 'g', kind: 'broker', firstSeenAt: now, load: {} },
+      { group: 'g', role: 'slave', address: '10.0.0.9:20881', httpAddress: undefined, lastSeenAt: now },
+    )
+    for (let epoch = 0; epoch < 3; epoch++) {
+      const won = await Promise.all(stores.map((s, i) => s.promote('g', epoch, server(i), now + epoch)))
+      t.equal(won.filter(Boolean).length, 1, `epoch ${epoch} -> ${epoch + 1}: one promotion`)
+      const snap = await stores[1]!.loadAll()
+      t.match(snap.epochs, [{ group: 'g', epoch: epoch + 1, failovers: epoch + 1 }])
+      const winner = won.indexOf(true)
+      t.same(
+        snap.servers.filter((s) => s.group === 'g').map((s) => [s.role, s.address]),
+        [['master', server(winner).address]],
+        'the winner is master, the slave row is gone',
+      )
+    }
+    t.equal(await stores[2]!.promote('g', 0, server(2), now), false, 'a stale epoch changes nothing')
   })
 
   t.test(`store [${kind}] - placement: concurrent assignments store one route`, async (t) => {

@@ -46,6 +46,7 @@ function sameAsReference(t: Test, b: Buffer, limits = {}): void {
         id: h.id,
         subject: h.subject,
         tags: h.tags,
+        orderKey: h.orderKey,
         propertiesOffset: h.propertiesOffset,
       },
       r.header,
