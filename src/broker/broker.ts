@@ -534,8 +534,14 @@ export class Broker {
   }
 
   private health(): BrokerHealth {
+    const failure = this.state === 'running' ? this.store?.failure?.() : undefined
     return {
-      status: this.state === 'running' ? 'ok' : 'closing',
+      status: this.state !== 'running' ? 'closing' : failure !== undefined ? 'failed' : 'ok',
+      ...(failure !== undefined
+        ? { reason: `${failure.code}: the ${failure.log} log failed closed: ${failure.message}` }
+        : this.state !== 'running'
+          ? { reason: `broker is ${this.state}` }
+          : {}),
       group: this.options.group,
       role: this.role,
       address: this.current?.address ?? '',

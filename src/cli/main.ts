@@ -1,7 +1,8 @@
+import { envName } from '../common/config'
 import { isQmqError, QmqError } from '../common/errors'
 import { isLogLevel, LOG_LEVELS } from '../common/logger'
 import { CLUSTER_SECRET_ENV } from '../common/token'
-import { closest } from './args'
+import { closest, kebabCase } from './args'
 import type { Command } from './commands/command'
 import {
   backlogCommand,
@@ -21,6 +22,7 @@ import { historyCommand, messageCommand, messagesCommand } from './commands/mess
 import { outboxWatchdogCommand } from './commands/outbox-watchdog'
 import { sendCommand, tailCommand } from './commands/send-tail'
 import { brokerCommand, delayCommand, metaserverCommand } from './commands/services'
+import { SECRET_OPTIONS } from './service-options'
 
 /**
  * `qmq <command> ...`: the entry of the qmq CLI (bin/qmq.js calls main()).
@@ -85,6 +87,16 @@ function checkEnvironment(command: Command, env: NodeJS.ProcessEnv): void {
     if (!name.startsWith('QMQ_') || known.has(name)) continue
     const prefix = SERVICE_PREFIXES.find((p) => name.startsWith(p))
     if (prefix !== undefined && prefix !== ownPrefix) continue
+    const secret = Object.entries(SECRET_OPTIONS).find(
+      ([key]) => prefix !== undefined && name === envName(prefix, key),
+    )
+    if (secret !== undefined) {
+      const [, where] = secret
+      process.stderr.write(
+        `qmq: warning: ignoring ${name}: a secret is read only from ${where.env} (the same for every service) or --${kebabCase(where.fileFlag)} FILE\n`,
+      )
+      continue
+    }
     const near = closest(name, known)
     if (near !== undefined)
       process.stderr.write(

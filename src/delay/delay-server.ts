@@ -333,8 +333,13 @@ export class DelayServer {
       }
       if (req.method === 'GET' && url.startsWith('/health')) {
         const stats = this.storeRef?.stats()
-        res.writeHead(200, { 'content-type': 'application/json' })
-        res.end(JSON.stringify({ status: 'ok', group: this.options.group, address: this.address, ...stats }))
+        const failure = this.storeRef?.failure()
+        const status = failure !== undefined ? 'failed' : 'ok'
+        const reason = failure !== undefined ? { reason: `${failure.code}: ${failure.message}` } : {}
+        res.writeHead(failure !== undefined ? 503 : 200, { 'content-type': 'application/json' })
+        res.end(
+          JSON.stringify({ status, ...reason, group: this.options.group, address: this.address, ...stats }),
+        )
         return
       }
       res.writeHead(404, { 'content-type': 'application/json' })

@@ -80,3 +80,42 @@ t.test('cli tail - a closed stdout ends tail cleanly and releases the unprinted 
   t.equal(got.size, 50 - printed, 'the unprinted messages came back within 10 s')
   t.notOk(got.has(firstId), 'the printed message was acked')
 })
+
+t.test('cli tail - a closed stdout ends tail even when no further message comes', async (t) => {
+  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  t.teardown(() => cluster.close())
+  await cluster.waitAlive('broker', 1)
+  const producer = new MessageProducerProvider({ appCode: 'p', metaServer: cluster.metaUrl })
+  t.teardown(() => producer.close())
+  await producer.init()
+  await producer.sendMessage(producer.generateMessage('tail.idle'))
+
+  // A real shell pipe (what users run), not the socket pair spawn's 'pipe' gives: `head -1` reads one
+  // line and exits, closing the read end; nothing more is ever sent to the subject.
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`
+  const tail = [process.execPath, QMQ_BIN, 'tail', 'tail.idle', '--group', 'g', '--from', 'earliest']
+  const script = `${[...tail, '--metaserver', cluster.metaUrl].map(q).join(' ')} | head -1`
+  const child = spawn('sh', ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => {
+    stdout += String(d)
+  })
+  child.stderr.on('data', (d) => {
+    stderr += String(d)
+  })
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)))
+  // Before the fix tail waited for the next message to notice, i.e. forever here; the bound is
+  // generous for a loaded machine (it ends within about a second of the first line).
+  let killed = false
+  const timer = setTimeout(() => {
+    killed = true
+    process.kill(-(child.pid as number), 'SIGKILL') // the shell and the pipeline it started
+  }, 30_000)
+  await exited
+  clearTimeout(timer)
+  t.equal(stdout.split('\n').filter((l) => l !== '').length, 1, 'head printed the first line')
+  t.notOk(killed, `the pipeline ended by itself, not killed (stderr: ${stderr})`)
+  t.match(stderr, /output closed after 1 message/, 'tail says its output closed')
+  t.notMatch(stderr, /EPIPE|at .*\.js/, 'no stack trace')
+})

@@ -93,6 +93,33 @@ t.test('cli - an invalid QMQ_LOG_LEVEL is refused; a mistyped QMQ_* variable is 
   t.notMatch(delay.err, /QMQ_CLUSTER_SECRET/, 'no warning about QMQ_CLUSTER_SECRET')
 })
 
+t.test(
+  'cli - QMQ_<SERVICE>_CLUSTER_SECRET is not listed as read, and setting it is warned about',
+  async (t) => {
+    const command = COMMANDS.find((c) => c.name === 'broker')
+    t.notOk(
+      command?.envNames?.().includes('QMQ_BROKER_CLUSTER_SECRET'),
+      'not among the variables broker reads',
+    )
+    t.ok(command?.envNames?.().includes('QMQ_BROKER_SEGMENT_BYTES'), 'its other options are')
+    for (const [service, variable] of [
+      ['broker', 'QMQ_BROKER_CLUSTER_SECRET'],
+      ['delay', 'QMQ_DELAY_CLUSTER_SECRET'],
+      ['metaserver', 'QMQ_METASERVER_CLUSTER_SECRET'],
+    ] as const) {
+      const r = await cli([service, '--port', 'abc', '--data-dir', t.testdir()], {
+        [variable]: 'a-cluster-secret-of-enough-length',
+      })
+      t.equal(r.code, 2, `${service}: the bad --port still fails`)
+      t.match(
+        r.err,
+        new RegExp(`warning: ignoring ${variable}: a secret is read only from QMQ_CLUSTER_SECRET`),
+        `${service}: says ${variable} is ignored and where the secret is read from`,
+      )
+    }
+  },
+)
+
 t.test('cli args - a flag table drives parsing and help alike', async (t) => {
   const table = [
     { name: 'delay', value: 'DURATION', doc: 'deliver later' },

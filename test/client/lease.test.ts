@@ -1,5 +1,11 @@
 import t, { type Test } from 'tap'
-import { type ConsumedMessage, MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
+import {
+  type ConsumedMessage,
+  type ConsumerInit,
+  MessageConsumerProvider,
+  MessageProducerProvider,
+} from '../../src/client'
+import { createLogger } from '../../src/common/logger'
 import { RequestCode } from '../../src/common/protocol/codes'
 import { FLAG_RESPONSE } from '../../src/common/protocol/frame'
 import { startBroker } from '../broker/server/start-broker'
@@ -34,7 +40,7 @@ function isNonEmptyPull(f: { flags: number; code: number; status: number; body: 
   )
 }
 
-async function setup(t: Test, holdFirstAnswerMs: number) {
+async function setup(t: Test, holdFirstAnswerMs: number, consumerExtras: Partial<ConsumerInit> = {}) {
   const { broker, port } = await startBroker(t, { leaseMs: LEASE_MS })
   let held: number | undefined // when the proxy held the answer (the broker handed the message out)
   const proxy = await startFrameProxy({ host: '127.0.0.1', port }, (f) => {
@@ -53,6 +59,7 @@ async function setup(t: Test, holdFirstAnswerMs: number) {
     // With an answer to hold, the client gives up on a PULL after 300 ms. Otherwise the default margin:
     // on a loaded machine an answer later than 300 ms would be dropped and its message redelivered.
     pullRequestMarginMs: holdFirstAnswerMs > 0 ? 100 : 5_000,
+    ...consumerExtras,
   })
   t.teardown(async () => {
     await consumer.close()
@@ -127,3 +134,36 @@ t.test('lease - a pull-API message held past leaseMs stays with its caller until
   await (got[0] as ConsumedMessage).ack()
   t.match(broker.messageStore.backlog('lease.pull', 'g')[0], { inFlight: 0 })
 })
+
+t.test(
+  'lease - a pull-API message held unsettled past maxHoldMs is no longer extended: redelivered',
+  async (t) => {
+    const warnings: Record<string, unknown>[] = []
+    const logger = createLogger({
+      level: 'warn',
+      env: false,
+      destination: { write: (s: string) => warnings.push(JSON.parse(s) as Record<string, unknown>) },
+    })
+    const { broker, producer, consumer } = await setup(t, 0, { maxHoldMs: 1_000, logger })
+    const pc = consumer.getOrCreatePullConsumer('lease.maxhold', 'g', { startFrom: 'earliest' })
+    await pc.pull(1, 0) // creates the group
+    const sent = producer.generateMessage('lease.maxhold')
+    await producer.sendMessage(sent)
+    let got: ConsumedMessage[] = []
+    for (let i = 0; i < 20 && got.length === 0; i++) got = await pc.pull(1, 500)
+    t.equal(got.length, 1)
+    t.equal(got[0]?.getDeliveryCount(), 1)
+    // Never settled: after maxHoldMs the heartbeats stop extending it, so it comes back after its lease
+    // (a generous bound for a loaded machine; a message extended forever fails it).
+    let again: ConsumedMessage[] = []
+    const end = Date.now() + LEASE_MS + 15_000
+    while (again.length === 0 && Date.now() < end) again = await pc.pull(1, 500)
+    t.equal(again.length, 1, 'redelivered')
+    t.equal(again[0]?.getMessageId(), sent.getMessageId())
+    t.equal(again[0]?.getDeliveryCount(), 2, 'second delivery')
+    const warned = warnings.filter((w) => String(w.msg).includes('maxHoldMs'))
+    t.equal(warned.length, 1, 'one warning')
+    await (again[0] as ConsumedMessage).ack()
+    t.match(broker.messageStore.backlog('lease.maxhold', 'g')[0], { inFlight: 0 })
+  },
+)

@@ -11,7 +11,10 @@ import type { ServerTls } from '../../common/tls'
  * The broker's HTTP port: `GET /metrics` (Prometheus text) and `GET /health` (JSON). Nothing else.
  */
 export interface BrokerHealth {
-  status: 'ok' | 'closing'
+  /** 'failed': the store failed closed (writes refused until restarted); /health answers 503 unless 'ok'. */
+  status: 'ok' | 'closing' | 'failed'
+  /** Why the status is not 'ok' ('failed': the store's error code and message). */
+  reason?: string
   group: string
   role: string
   address: string

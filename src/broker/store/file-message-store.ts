@@ -38,6 +38,7 @@ import type {
   PullOptions,
   RecoveryReport,
   StoredMessage,
+  StoreFailure,
 } from './types'
 
 /**
@@ -225,6 +226,15 @@ export class FileMessageStore implements MessageStore {
 
   private ensureOpen(): void {
     if (!this.opened || this.closed) throw new QmqError('QMQ_ERR_STORE_CLOSED')
+  }
+
+  failure(): StoreFailure | undefined {
+    // The logs are assigned during open(): undefined before.
+    const m = this.mlog?.failed
+    if (m !== undefined) return { log: 'message', code: m.code, message: m.message }
+    const a = this.alog?.failed
+    if (a !== undefined) return { log: 'action', code: a.code, message: a.message }
+    return undefined
   }
 
   /** For calls that record consumer progress: refused once the action log failed closed. */

@@ -139,7 +139,20 @@ export interface HeartbeatResult {
   leaseMs: number
 }
 
+/** Why a store refuses writes until it is reopened (a log failed closed, docs/broker.md). */
+export interface StoreFailure {
+  /** The log that failed closed. */
+  log: 'message' | 'action'
+  code: string
+  message: string
+}
+
 export interface MessageStore {
+  /**
+   * Set once a log failed closed (writes refused until the store is reopened): the broker's /health
+   * then answers 503 with it. Optional: a store without it is never reported failed.
+   */
+  failure?(): StoreFailure | undefined
   /** Recovers from disk; must be called (and awaited) before anything else. */
   open(): Promise<RecoveryReport>
   /**

@@ -3,6 +3,7 @@ import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
 import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
 import { cliTls, DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
+import { watchStdoutReader } from '../stdout-reader'
 import { parseDuration, parseStartFrom } from '../table'
 import type { Command } from './command'
 
@@ -207,8 +208,11 @@ ${flagsHelp(TAIL_FLAGS)}`,
     await consumer.init()
     const pull = consumer.getOrCreatePullConsumer(subject, group, { startFrom: from })
     let stop = false
+    // Ends a pull waiting for messages at once (Ctrl-C, or the reader of stdout went away).
+    const stopping = new AbortController()
     const onSignal = () => {
       stop = true
+      stopping.abort()
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
@@ -219,8 +223,11 @@ ${flagsHelp(TAIL_FLAGS)}`,
     const onOutputError = () => {
       outputClosed = true
       stop = true
+      stopping.abort()
     }
     out.on('error', onOutputError)
+    // A write notices a closed pipe (EPIPE) only when a message comes: watch for it meanwhile.
+    const unwatch = watchStdoutReader(onOutputError)
     const print = (line: string) =>
       new Promise<boolean>((resolve) => {
         if (outputClosed) return resolve(false)
@@ -230,7 +237,13 @@ ${flagsHelp(TAIL_FLAGS)}`,
     let released = 0
     try {
       while (!stop && seen < limit) {
-        const batch = await pull.pull(Math.min(100, limit - seen), 1000)
+        let batch: ConsumedMessage[]
+        try {
+          batch = await pull.pull(Math.min(100, limit - seen), 1000, { signal: stopping.signal })
+        } catch (err) {
+          if (stopping.signal.aborted) break // what a pull in flight brings is released by close()
+          throw err
+        }
         for (const m of batch) {
           const d = describe(m)
           const printed =
@@ -251,6 +264,7 @@ ${flagsHelp(TAIL_FLAGS)}`,
         }
       }
     } finally {
+      unwatch()
       process.off('SIGINT', onSignal)
       process.off('SIGTERM', onSignal)
       await consumer.close()

@@ -58,7 +58,11 @@ function serviceFlags<T>(schema: OptionsSchema<T>): FlagSpec[] {
 
 function serviceCommand<T>(spec: ServiceSpec<T>): Command {
   return {
-    envNames: () => Object.keys(spec.schema()).map((key) => envName(spec.envPrefix, key)),
+    // Secrets have no QMQ_<SERVICE>_ variable (only the shared one, in main.ts's GLOBAL_ENV): not listed.
+    envNames: () =>
+      Object.keys(spec.schema())
+        .filter((key) => !Object.hasOwn(SECRET_OPTIONS, key))
+        .map((key) => envName(spec.envPrefix, key)),
     name: spec.name,
     summary: spec.summary,
     help: () =>

@@ -67,7 +67,8 @@ type Kind = string
 
 export class AckSender {
   private readonly open = new Map<Kind, Batch>()
-  private readonly held = new Set<number>()
+  /** Held sequence -> when it was taken (Date.now()). */
+  private readonly held = new Map<number, number>()
   private scheduled = false
   private inFlight = 0
   private idleWaiters: (() => void)[] = []
@@ -89,12 +90,25 @@ export class AckSender {
 
   /** A message was taken from a PULL answer and is held until ack/nack (its lease is extended). */
   hold(sequence: number): void {
-    if (!this.abort.signal.aborted) this.held.add(sequence)
+    if (!this.abort.signal.aborted) this.held.set(sequence, Date.now())
   }
 
-  /** The sequences held now (what the next HEARTBEAT extends). */
-  heldSequences(): number[] {
-    return [...this.held]
+  /**
+   * The sequences held now (what the next HEARTBEAT extends). With `maxHoldMs` > 0, those held longer
+   * are dropped (no longer extended: the broker redelivers them after their lease; a later ack/nack of
+   * one is still sent) and counted in `expired`.
+   */
+  heldSequences(maxHoldMs = 0): { sequences: number[]; expired: number } {
+    const sequences: number[] = []
+    let expired = 0
+    const oldest = maxHoldMs > 0 ? Date.now() - maxHoldMs : Number.NEGATIVE_INFINITY
+    for (const [sequence, at] of this.held) {
+      if (at < oldest) {
+        this.held.delete(sequence)
+        expired++
+      } else sequences.push(sequence)
+    }
+    return { sequences, expired }
   }
 
   ack(sequence: number): Promise<void> {
@@ -112,7 +126,7 @@ export class AckSender {
    * could not finish, so another consumer gets it now instead of after the lease.
    */
   releaseHeld(): number {
-    const held = [...this.held]
+    const held = [...this.held.keys()]
     for (const sequence of held) this.nack(sequence, { retryAfterMs: 1 }).catch(() => {}) // logged
     return held.length
   }

@@ -56,6 +56,13 @@ export interface ConsumerOptions extends CommonClientOptions {
    */
   heartbeatIntervalMs: number
   /**
+   * Longest time a pull consumer's message is kept leased while the application holds it unsettled
+   * (neither acked nor nacked): heartbeats stop extending it after this, so the broker redelivers it
+   * once its lease ends (a warning is logged once per pull consumer). 0 = no limit. Listener
+   * subscriptions and broadcast consumers are not capped (use handlerTimeoutMs).
+   */
+  maxHoldMs: number
+  /**
    * Bound on close(): handlers get the first 3/4 of it (then the messages still held are released for
    * redelivery and the handlers' results ignored), flushing acks the rest.
    */
@@ -85,6 +92,11 @@ export const consumerSchema: OptionsSchema<ConsumerOptions> = {
   ackBatchSize: integer({ default: 2_000, min: 1, max: 100_000, doc: 'sequences per ACK' }),
   maxRetries: integer({ default: 16, min: 1, max: 65_535, doc: 'deliveries before dead letter' }),
   heartbeatIntervalMs: integer({ default: 10_000, min: 100, doc: 'broker heartbeat interval (ms)' }),
+  maxHoldMs: integer({
+    default: 300_000,
+    min: 0,
+    doc: 'pull consumers: leases of unsettled messages kept (ms; 0 = no limit)',
+  }),
   closeTimeoutMs: integer({ default: 10_000, min: 10, doc: 'bound on close (ms)' }),
   handlerTimeoutMs: integer({ default: 0, min: 0, doc: 'handler time limit (ms; 0 = none)' }),
   adminToken: optionalString({ doc: "brokers' admin token, sent with resetCursor()" }),
@@ -356,6 +368,7 @@ export class MessageConsumerProvider extends ClientBase {
       pullRequestMarginMs: opts.pullRequestMarginMs,
       requestTimeoutMs: opts.requestTimeoutMs,
       ackBatchSize: opts.ackBatchSize,
+      maxHoldMs: opts.maxHoldMs,
       log: this.log,
       registry: this.registry,
     }

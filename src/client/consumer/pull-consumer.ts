@@ -47,6 +47,8 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
   private readonly groups = new Map<string, RouteGroup>()
   private readonly metrics: SubscriptionMetrics | undefined
   private readonly unsubscribe: () => void
+  /** The maxHoldMs warning was logged (once per pull consumer). */
+  private warnedHold = false
 
   /** @internal use provider.getOrCreatePullConsumer() */
   constructor(
@@ -77,9 +79,23 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
     return [...this.groups.values()]
   }
 
-  /** The sequences received from a broker group and not settled yet (what its HEARTBEAT extends). */
+  /**
+   * The sequences received from a broker group and not settled yet (what its HEARTBEAT extends),
+   * except those held longer than maxHoldMs: those are dropped, so the broker redelivers them after
+   * their lease (an application that pulls and never settles does not pin messages forever).
+   */
   heldOn(brokerGroup: string): number[] {
-    return this.acks.get(brokerGroup)?.heldSequences() ?? []
+    const a = this.acks.get(brokerGroup)
+    if (a === undefined) return []
+    const { sequences, expired } = a.heldSequences(this.broadcast ? 0 : this.ctx.maxHoldMs)
+    if (expired > 0 && !this.warnedHold) {
+      this.warnedHold = true
+      this.ctx.log.warn(
+        { subject: this.subject, group: this.group, expired, maxHoldMs: this.ctx.maxHoldMs },
+        'pull consumer: messages held unsettled longer than maxHoldMs are no longer extended; the broker redelivers them after their lease (ack or nack every pulled message)',
+      )
+    }
+    return sequences
   }
 
   /**

@@ -37,6 +37,8 @@ export interface ConsumerContext {
   pullRequestMarginMs: number
   requestTimeoutMs: number
   ackBatchSize: number
+  /** Pull consumers: a message held unsettled longer is no longer extended by heartbeats (0 = no limit). */
+  maxHoldMs: number
   log: Logger
   /** Where subscriptions and pull consumers put their metrics (metrics.ts), if anywhere. */
   registry: Registry | undefined
@@ -237,7 +239,7 @@ export class Subscription {
 
   /** The sequences this subscription holds from a broker group (what its HEARTBEAT extends). */
   heldOn(brokerGroup: string): number[] {
-    return this.acks.get(brokerGroup)?.heldSequences() ?? []
+    return this.acks.get(brokerGroup)?.heldSequences().sequences ?? []
   }
 
   /**

@@ -566,6 +566,11 @@ export class DelayStore {
     return out
   }
 
+  /** Set once the message log failed closed (SENDs refused until restarted); /health answers 503. */
+  failure(): QmqError | undefined {
+    return this.messageLog.failure
+  }
+
   stats(): StoreStats {
     let pending = 0
     for (const b of this.buckets.values()) pending += b.pending

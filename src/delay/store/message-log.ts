@@ -83,6 +83,11 @@ export class MessageLog {
     this.maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
   }
 
+  /** Set once the log failed closed (appends refused until the delay server is restarted). */
+  get failure(): QmqError | undefined {
+    return this.failed
+  }
+
   get endOffset(): number {
     return this.seg?.endOffset ?? 0
   }
