@@ -20,6 +20,9 @@
  * Figures are medians over the rounds (3 by default, BENCH_ROUNDS); every figure is reported for each
  * broker, with qmq's figure divided by the best peer's (and qmq's latency divided by the floors).
  * BENCH_PEERS=qmq,nats,rabbitmq picks the brokers.
+ * BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios, BENCH_PEERS_RATES the latency
+ * scenario's rates; QMQ_BROKER_LOOP_STATS=1 shows the qmq broker's event-loop delay and store
+ * histograms (bench/broker-child.ts) on stderr.
  */
 import { type ChildProcess, type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process'
 import {
@@ -59,9 +62,14 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3))
 const N = Number(process.env.BENCH_PEERS_MESSAGES ?? (quick ? 5_000 : 50_000))
 const LAT_SECONDS = quick ? 1 : 4
 const DRAIN = quick ? 100 : 800
-const RATES = [2_000, 10_000]
+/** BENCH_PEERS_RATES=2000,10000: the fixed rates of the latency scenario (msgs/s). */
+const RATES = (process.env.BENCH_PEERS_RATES ?? '2000,10000').split(',').map(Number)
 const DRAIN_CONSUMERS = [1, 2, 4, 8]
 const PEERS = (process.env.BENCH_PEERS ?? 'qmq,nats,rabbitmq').split(',')
+/** BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios (all by default). */
+const PARTS = (process.env.BENCH_PEERS_PARTS ?? 'publish,consume,latency,drain').split(',')
+/** QMQ_BROKER_LOOP_STATS=1: the qmq broker prints its event-loop delay and histograms at exit. */
+const LOOP_STATS = process.env.QMQ_BROKER_LOOP_STATS === '1'
 
 const DURABILITY: Record<string, string> = {
   qmq: "flush 'sync': fdatasync before confirming",
@@ -152,6 +160,8 @@ function spawnServer(
   let err = ''
   child.stderr?.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-4000)
+    // The qmq broker's event-loop delay and stage histograms (bench/broker-child.ts) on request.
+    if (LOOP_STATS) process.stderr.write(d)
   })
   child.once('exit', (code, sig) => {
     children.delete(child)
@@ -920,11 +930,15 @@ async function runBroker(name: string, round: number): Promise<void> {
   const d = await (STARTERS[name] as () => Promise<Driver>)()
   try {
     const tp = (m: string, v: number) => record(m, name, v, 'msgs/s', true)
-    tp('publish, 1 producer', await d.publish('p1', 1, N))
-    tp('publish, 4 producers', await d.publish('p4', 4, N))
-    tp('consume from backlog, 1 consumer', await d.consume('p1', 1, N))
-    tp('consume from backlog, 4 consumers', await d.consume('p4', 4, N))
-    for (const rate of RATES) {
+    if (PARTS.includes('publish') || PARTS.includes('consume')) {
+      tp('publish, 1 producer', await d.publish('p1', 1, N))
+      tp('publish, 4 producers', await d.publish('p4', 4, N))
+    }
+    if (PARTS.includes('consume')) {
+      tp('consume from backlog, 1 consumer', await d.consume('p1', 1, N))
+      tp('consume from backlog, 4 consumers', await d.consume('p4', 4, N))
+    }
+    for (const rate of PARTS.includes('latency') ? RATES : []) {
       const k = `${rate / 1000}k msgs/s`
       const { deliver, confirm } = await d.latency(`lat${rate}`, rate, LAT_SECONDS)
       const expected = Math.floor(rate * LAT_SECONDS)
@@ -935,6 +949,7 @@ async function runBroker(name: string, round: number): Promise<void> {
       record(`publish-to-deliver p999 at ${k}`, name, pct(deliver, 0.999), 'ms', false)
       record(`confirm p50 at ${k}`, name, pct(confirm, 0.5), 'ms', false)
     }
+    if (!PARTS.includes('drain')) return
     if (name !== 'rabbitmq') {
       // One backlog read by one consumer group per consumer count (RabbitMQ fills a queue per count).
       await d.publish('drain', 1, DRAIN)
