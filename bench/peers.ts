@@ -53,7 +53,7 @@ import {
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
-import { brokerChildPort, quick, report } from './common'
+import { BROKER_THREADPOOL_SIZE, brokerChildPort, quick, report } from './common'
 
 const BENCH = 'peers'
 const MSG_BYTES = 1024
@@ -334,7 +334,8 @@ async function startQmq(): Promise<Driver> {
       JSON.stringify({ flush: 'sync' }),
     ],
     dir,
-    {},
+    // The threadpool size bin/qmq.js gives a broker (unless UV_THREADPOOL_SIZE is set).
+    { UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? BROKER_THREADPOOL_SIZE },
     true,
   )
   const port = await brokerChildPort(child)
