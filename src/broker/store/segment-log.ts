@@ -53,6 +53,11 @@ interface Segment {
   fd: number
   /** Written bytes not yet covered by an fdatasync. */
   dirty: boolean
+  /**
+   * The newest fdatasync of `fd` in flight, if any. While `dirty` is false every completed write was
+   * done before it started, so it covers them all: a sync finding the segment clean waits for it.
+   */
+  syncing?: Promise<void> | undefined
   /** Reads and syncs using `fd` right now (see `hold` / `release`). */
   refs: number
   /** Taken out of the log (deleted, cut off, or the log closed): `fd` closes when `refs` drops to 0. */
@@ -420,8 +425,9 @@ export class SegmentLog {
   }
 
   /**
-   * fdatasyncs every segment with unsynced writes. Syncs never overlap: a call made while one is in
-   * flight waits for it and then shares one more sync (the running one may have started before the
+   * fdatasyncs every segment with unsynced writes. Calls of `sync()` never overlap one another (they
+   * may overlap `syncOverlapping()`): a call made while one is in flight waits for it and then shares
+   * one more sync (the running one may have started before the
    * caller's writes completed), so a resolved `sync()` always covers every write completed before it
    * was called.
    */
@@ -443,21 +449,43 @@ export class SegmentLog {
     return this.syncAgain
   }
 
+  /**
+   * fdatasyncs every segment with unsynced writes without waiting for syncs in flight (unlike
+   * `sync()`, several may run at once): on return every write completed before the call is on stable
+   * storage. A segment with no new writes but an fdatasync in flight (which then covers all its
+   * completed writes) is waited for, not synced again. The message log's group commit overlaps its
+   * fdatasyncs with this and orders their acknowledgements itself (message-log.ts).
+   */
+  syncOverlapping(): Promise<void> {
+    return this.doSync()
+  }
+
   private async doSync(): Promise<void> {
     // A copy: segments may be removed while an fdatasync is in flight (a removed one needs none).
     for (const seg of [...this.segs]) {
-      if (!seg.dirty || seg.retired) continue
-      seg.dirty = false
-      seg.refs++
-      try {
-        await this.io.fdatasync(seg.fd)
-      } catch (err) {
-        seg.dirty = true
-        throw fsError(err, `syncing ${path.basename(seg.file)}`)
-      } finally {
-        this.release(seg)
-      }
+      if (seg.retired) continue
+      if (seg.dirty) await this.syncSegment(seg)
+      else if (seg.syncing !== undefined) await seg.syncing
     }
+  }
+
+  private syncSegment(seg: Segment): Promise<void> {
+    seg.dirty = false
+    seg.refs++
+    const done: Promise<void> = this.io.fdatasync(seg.fd).then(
+      () => {
+        if (seg.syncing === done) seg.syncing = undefined
+        this.release(seg)
+      },
+      (err: unknown) => {
+        if (seg.syncing === done) seg.syncing = undefined
+        seg.dirty = true
+        this.release(seg)
+        throw fsError(err, `syncing ${path.basename(seg.file)}`)
+      },
+    )
+    seg.syncing = done
+    return done
   }
 
   private findSegment(offset: number): Segment | undefined {
