@@ -530,6 +530,12 @@ function bodyIndex(b: unknown): number {
 
 // ---- NATS JetStream: file storage, 1 replica
 
+/**
+ * Deadline of one JetStream publish: well above the client's 5 s default, which a publish missed on a
+ * loaded shared machine (the run then failed instead of reporting a slow figure).
+ */
+const JS_TIMEOUT_MS = 60_000
+
 async function startNats(): Promise<Driver> {
   const dir = tempDir('nats')
   const port = await freePort()
@@ -604,7 +610,7 @@ async function startNats(): Promise<Driver> {
       const t0 = performance.now()
       await Promise.all(
         conns.map((nc) => {
-          const js = nc.jetstream()
+          const js = nc.jetstream({ timeout: JS_TIMEOUT_MS })
           return windowed(per, WINDOW, (i, done) => {
             js.publish(subj(subject), body(i)).then(() => done(), done)
           })
@@ -624,7 +630,7 @@ async function startNats(): Promise<Driver> {
       await addConsumer(`lat-${subject}`, subject, DeliverPolicy.New)
       const pnc = await conn()
       const cnc = await conn()
-      const js = pnc.jetstream()
+      const js = pnc.jetstream({ timeout: JS_TIMEOUT_MS })
       const sentAt = new Float64Array(total)
       const deliver: number[] = []
       const confirm: number[] = []
