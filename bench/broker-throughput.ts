@@ -26,7 +26,7 @@ import {
   StartPosition,
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
-import { brokerChildPort, quick, report } from './common'
+import { brokerChildEnv, brokerChildPort, quick, report } from './common'
 
 const BENCH = 'broker'
 const flush = process.env.BROKER_FLUSH === 'async' ? 'async' : 'sync'
@@ -56,7 +56,7 @@ function startBroker(dataDir: string): Promise<{ child: ChildProcess; port: numb
       dataDir,
       JSON.stringify({ flush }),
     ],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { stdio: ['ignore', 'pipe', 'inherit'], env: brokerChildEnv() },
   )
   return brokerChildPort(child).then((port) => ({ child, port }))
 }

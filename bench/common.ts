@@ -34,6 +34,17 @@ export function opsPerSecond(fn: () => number, ms = 1000): number {
 export const quick = process.argv.includes('--quick') || process.env.BENCH_QUICK === '1'
 
 /**
+ * libuv threadpool size of the broker processes the benchmarks spawn: what bin/qmq.js gives a broker
+ * started by the CLI (the variable must be in the environment the process starts with).
+ */
+export const BROKER_THREADPOOL_SIZE = '16'
+
+/** The environment of a spawned broker process: ours, plus the CLI's threadpool size unless set. */
+export function brokerChildEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return { UV_THREADPOOL_SIZE: BROKER_THREADPOOL_SIZE, ...process.env, ...extra }
+}
+
+/**
  * The port of a broker started as bench/broker-child.ts: its stdout line `{"port":N}`. Other lines
  * (before it, or after it such as --trace-gc output) go to our stderr, never to the results.
  */

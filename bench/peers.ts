@@ -20,6 +20,9 @@
  * Figures are medians over the rounds (3 by default, BENCH_ROUNDS); every figure is reported for each
  * broker, with qmq's figure divided by the best peer's (and qmq's latency divided by the floors).
  * BENCH_PEERS=qmq,nats,rabbitmq picks the brokers.
+ * BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios, BENCH_PEERS_RATES the latency
+ * scenario's rates; QMQ_BROKER_LOOP_STATS=1 shows the qmq broker's event-loop delay and store
+ * histograms (bench/broker-child.ts) on stderr.
  */
 import { type ChildProcess, type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process'
 import {
@@ -50,7 +53,7 @@ import {
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
-import { brokerChildPort, quick, report } from './common'
+import { BROKER_THREADPOOL_SIZE, brokerChildPort, quick, report } from './common'
 
 const BENCH = 'peers'
 const MSG_BYTES = 1024
@@ -59,9 +62,14 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (quick ? 1 : 3))
 const N = Number(process.env.BENCH_PEERS_MESSAGES ?? (quick ? 5_000 : 50_000))
 const LAT_SECONDS = quick ? 1 : 4
 const DRAIN = quick ? 100 : 800
-const RATES = [2_000, 10_000]
+/** BENCH_PEERS_RATES=2000,10000: the fixed rates of the latency scenario (msgs/s). */
+const RATES = (process.env.BENCH_PEERS_RATES ?? '2000,10000').split(',').map(Number)
 const DRAIN_CONSUMERS = [1, 2, 4, 8]
 const PEERS = (process.env.BENCH_PEERS ?? 'qmq,nats,rabbitmq').split(',')
+/** BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios (all by default). */
+const PARTS = (process.env.BENCH_PEERS_PARTS ?? 'publish,consume,latency,drain').split(',')
+/** QMQ_BROKER_LOOP_STATS=1: the qmq broker prints its event-loop delay and histograms at exit. */
+const LOOP_STATS = process.env.QMQ_BROKER_LOOP_STATS === '1'
 
 const DURABILITY: Record<string, string> = {
   qmq: "flush 'sync': fdatasync before confirming",
@@ -152,6 +160,8 @@ function spawnServer(
   let err = ''
   child.stderr?.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-4000)
+    // The qmq broker's event-loop delay and stage histograms (bench/broker-child.ts) on request.
+    if (LOOP_STATS) process.stderr.write(d)
   })
   child.once('exit', (code, sig) => {
     children.delete(child)
@@ -324,7 +334,8 @@ async function startQmq(): Promise<Driver> {
       JSON.stringify({ flush: 'sync' }),
     ],
     dir,
-    {},
+    // The threadpool size bin/qmq.js gives a broker (unless UV_THREADPOOL_SIZE is set).
+    { UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? BROKER_THREADPOOL_SIZE },
     true,
   )
   const port = await brokerChildPort(child)
@@ -519,6 +530,12 @@ function bodyIndex(b: unknown): number {
 
 // ---- NATS JetStream: file storage, 1 replica
 
+/**
+ * Deadline of one JetStream publish: well above the client's 5 s default, which a publish missed on a
+ * loaded shared machine (the run then failed instead of reporting a slow figure).
+ */
+const JS_TIMEOUT_MS = 60_000
+
 async function startNats(): Promise<Driver> {
   const dir = tempDir('nats')
   const port = await freePort()
@@ -593,7 +610,7 @@ async function startNats(): Promise<Driver> {
       const t0 = performance.now()
       await Promise.all(
         conns.map((nc) => {
-          const js = nc.jetstream()
+          const js = nc.jetstream({ timeout: JS_TIMEOUT_MS })
           return windowed(per, WINDOW, (i, done) => {
             js.publish(subj(subject), body(i)).then(() => done(), done)
           })
@@ -613,7 +630,7 @@ async function startNats(): Promise<Driver> {
       await addConsumer(`lat-${subject}`, subject, DeliverPolicy.New)
       const pnc = await conn()
       const cnc = await conn()
-      const js = pnc.jetstream()
+      const js = pnc.jetstream({ timeout: JS_TIMEOUT_MS })
       const sentAt = new Float64Array(total)
       const deliver: number[] = []
       const confirm: number[] = []
@@ -920,11 +937,15 @@ async function runBroker(name: string, round: number): Promise<void> {
   const d = await (STARTERS[name] as () => Promise<Driver>)()
   try {
     const tp = (m: string, v: number) => record(m, name, v, 'msgs/s', true)
-    tp('publish, 1 producer', await d.publish('p1', 1, N))
-    tp('publish, 4 producers', await d.publish('p4', 4, N))
-    tp('consume from backlog, 1 consumer', await d.consume('p1', 1, N))
-    tp('consume from backlog, 4 consumers', await d.consume('p4', 4, N))
-    for (const rate of RATES) {
+    if (PARTS.includes('publish') || PARTS.includes('consume')) {
+      tp('publish, 1 producer', await d.publish('p1', 1, N))
+      tp('publish, 4 producers', await d.publish('p4', 4, N))
+    }
+    if (PARTS.includes('consume')) {
+      tp('consume from backlog, 1 consumer', await d.consume('p1', 1, N))
+      tp('consume from backlog, 4 consumers', await d.consume('p4', 4, N))
+    }
+    for (const rate of PARTS.includes('latency') ? RATES : []) {
       const k = `${rate / 1000}k msgs/s`
       const { deliver, confirm } = await d.latency(`lat${rate}`, rate, LAT_SECONDS)
       const expected = Math.floor(rate * LAT_SECONDS)
@@ -935,6 +956,7 @@ async function runBroker(name: string, round: number): Promise<void> {
       record(`publish-to-deliver p999 at ${k}`, name, pct(deliver, 0.999), 'ms', false)
       record(`confirm p50 at ${k}`, name, pct(confirm, 0.5), 'ms', false)
     }
+    if (!PARTS.includes('drain')) return
     if (name !== 'rabbitmq') {
       // One backlog read by one consumer group per consumer count (RabbitMQ fills a queue per count).
       await d.publish('drain', 1, DRAIN)

@@ -34,20 +34,30 @@ import {
  * batch's write completes, laid out in one buffer (frame headers and copies of the records) and
  * written as one piece. One write is in flight at a time, so batches grow with load.
  * - 'async': a batch is acknowledged right after its write (a timer syncs every `flushIntervalMs`).
- * - 'sync': writes and fdatasyncs overlap. While batch N's fdatasync is in flight, batch N+1 is formed
- *   and written; when the fdatasync returns, the batches whose writes completed before it started are
- *   acknowledged (in log order) and one fdatasync starts for every batch written meanwhile. A batch is
- *   never acknowledged (nor visible to pulls) before an fdatasync that started after its write ended.
+ * - 'sync': writes and fdatasyncs overlap, and so do fdatasyncs (up to MAX_SYNCS_IN_FLIGHT). When a
+ *   write completes, an fdatasync starts at once for every batch written since the last one started,
+ *   even while earlier ones are in flight: a batch does not wait for an fdatasync that cannot cover
+ *   it to finish before its own starts (measured on a loaded ext4 VM: median write-to-durable 1.75 ms
+ *   with up to 4 in flight vs 3.76 ms one at a time). Each fdatasync's batches are acknowledged when
+ *   it and every earlier one have returned, in log order. A batch is never acknowledged (nor visible
+ *   to pulls) before an fdatasync that started after its write ended.
  * Batches are acknowledged and made visible (`hooks.committed`) strictly in log order. When a write
  * fails, its batch alone is rejected (the segment log truncates the partial write). When an fdatasync
- * fails, no new batch is formed until the write in flight is back; then every batch not yet synced is
- * cut off the log and rejected, newest first (`hooks.rollback`). When that cut fails too, the rejected
- * batches stay in the file with sequences that were given back: the log fails closed (`failed`): every
- * append is refused with QMQ_ERR_STORE_FAILED until the store is reopened (recovery then finds what
+ * fails, no new batch is formed until the write in flight is back; then every batch not yet
+ * acknowledged (also those of other fdatasyncs in flight or returned after it: a success following a
+ * failure on the same file proves nothing) is cut off the log and rejected, newest first
+ * (`hooks.rollback`); the results of fdatasyncs still in flight then are ignored. When that cut fails
+ * too, the rejected batches stay in the file with sequences that were given back: the log fails
+ * closed (`failed`): every append is refused with QMQ_ERR_STORE_FAILED until the store is reopened (recovery then finds what
  * the failed cut left of those batches under their own sequences: rejected messages may come back, no
  * sequence is reused).
  */
 export const FRAME_BYTES = 32
+/**
+ * 'sync': fdatasyncs of the message log in flight at once (each covers the batches written since the
+ * previous one started). They run on libuv's threadpool, which bin/qmq.js sizes at 16 threads.
+ */
+const MAX_SYNCS_IN_FLIGHT = 4
 /** Batch buffers: at least this big when allocated; reused up to this size. */
 const MIN_BATCH_BUFFER_BYTES = 256 * 1024
 const MAX_RECYCLED_BATCH_BYTES = 16 * 1024 * 1024
@@ -108,6 +118,13 @@ interface Request {
   items: AppendItem[]
   resolve: () => void
   reject: (err: unknown) => void
+}
+
+/** 'sync': one fdatasync of the message log and the batches it covers. */
+interface SyncGroup {
+  batches: Batch[]
+  /** The fdatasync returned successfully. */
+  done: boolean
 }
 
 /** A formed batch, from its formation to its acknowledgement. */
@@ -211,8 +228,8 @@ export class MessageLog {
   private writing: Batch | undefined
   /** 'async': written, not yet acknowledged. 'sync': written, not covered by an fdatasync yet. */
   private written: Batch[] = []
-  /** 'sync': the batches the fdatasync in flight covers. */
-  private syncing: Batch[] | undefined
+  /** 'sync': the fdatasyncs in flight or returned but not acknowledged yet, in the order they started. */
+  private syncs: SyncGroup[] = []
   /** 'sync': an fdatasync failed; set until every unsynced batch is cut off and rejected. */
   private syncError: { err: unknown } | undefined
   /** Set when rejected batches could not be cut off the log: appends are refused from then on. */
@@ -315,7 +332,7 @@ export class MessageLog {
       this.queue.length === 0 &&
       this.writing === undefined &&
       this.written.length === 0 &&
-      this.syncing === undefined &&
+      this.syncs.length === 0 &&
       this.syncError === undefined
     )
   }
@@ -434,37 +451,55 @@ export class MessageLog {
     for (const b of done) this.ack(b)
   }
 
-  /** 'sync': one fdatasync for every batch written so far, unless one is in flight. */
+  /**
+   * 'sync': one fdatasync for every batch written since the last one started, unless
+   * MAX_SYNCS_IN_FLIGHT are in flight (the next write completion or returning fdatasync starts it).
+   */
   private startSync(): void {
-    if (this.syncing !== undefined || this.syncError !== undefined || this.written.length === 0) return
-    const covered = this.written
+    if (this.syncError !== undefined || this.written.length === 0) return
+    if (this.syncs.length >= MAX_SYNCS_IN_FLIGHT) return
+    const group: SyncGroup = { batches: this.written, done: false }
     this.written = []
-    this.syncing = covered
+    this.syncs.push(group)
     let bytes = 0
-    for (const b of covered) bytes += b.bytes
+    for (const b of group.batches) bytes += b.bytes
     const t0 = process.hrtime.bigint()
-    this.log.sync().then(
+    this.log.syncOverlapping().then(
       () => {
         this.opts.observe?.('sync', Number(process.hrtime.bigint() - t0) / 1e9, bytes)
-        this.syncing = undefined
-        for (const b of covered) {
-          const end = b.start + b.bytes
-          if (end > this.durableEnd) this.durableEnd = end
-          this.ack(b)
-        }
+        // Not in `syncs` any more: its batches were rejected after another fdatasync failed.
+        if (!this.syncs.includes(group)) return
+        group.done = true
+        this.ackSynced()
         this.startSync()
         this.checkIdle()
       },
       (err: unknown) => {
         this.opts.onSyncError?.(err, false)
-        // The written pages cannot be trusted: every batch not synced yet goes (after the write in
-        // flight, if any, is back).
+        if (!this.syncs.includes(group)) return
+        // The written pages cannot be trusted: every batch not acknowledged yet goes (after the
+        // write in flight, if any, is back), also those of fdatasyncs that returned after this one
+        // started or are still in flight (their results are ignored from now on).
         this.syncError = { err }
-        this.written = [...covered, ...this.written]
-        this.syncing = undefined
+        const unacked: Batch[] = []
+        for (const g of this.syncs) for (const b of g.batches) unacked.push(b)
+        this.written = [...unacked, ...this.written]
+        this.syncs = []
         if (this.writing === undefined) this.failUnsynced()
       },
     )
+  }
+
+  /** 'sync': acknowledges, in log order, the batches of the leading fdatasyncs that returned. */
+  private ackSynced(): void {
+    while (this.syncs.length > 0 && (this.syncs[0] as SyncGroup).done) {
+      const group = this.syncs.shift() as SyncGroup
+      for (const b of group.batches) {
+        const end = b.start + b.bytes
+        if (end > this.durableEnd) this.durableEnd = end
+        this.ack(b)
+      }
+    }
   }
 
   /** After a failed fdatasync: cuts every written, unsynced batch off the log and rejects them. */

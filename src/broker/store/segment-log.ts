@@ -77,6 +77,13 @@ interface Segment {
   durable: number
   /** An fdatasync failed since the last good one: rewrite [durable, size) before the next. */
   syncFailed: boolean
+  /** Failed fdatasyncs so far: a sync that saw one fail while it ran does not clear `syncFailed`. */
+  failures: number
+  /**
+   * The newest fdatasync of `fd` in flight, if any. While `dirty` is false every completed write was
+   * done before it started, so it covers them all: a sync finding the segment clean waits for it.
+   */
+  syncing?: Promise<void> | undefined
   /** Reads and syncs using `fd` right now (see `hold` / `release`). */
   refs: number
   /** Taken out of the log (deleted, cut off, or the log closed): `fd` closes when `refs` drops to 0. */
@@ -179,6 +186,8 @@ export class SegmentLog {
   private syncAgain: Promise<void> | undefined
   /** A segment file was created since the last sync: the directory is fsynced before its data. */
   private dirUnsynced = false
+  /** The directory fsync in flight, awaited by every sync that starts meanwhile. */
+  private dirSyncing: Promise<void> | undefined
   /**
    * Buffered appends (see `appendBuffered`): their parts, flat, and per entry its number of parts and
    * its bytes (small-integer arrays: no object per entry, as a delay bucket can hold thousands).
@@ -655,8 +664,9 @@ export class SegmentLog {
   }
 
   /**
-   * fdatasyncs every segment with unsynced writes. Syncs never overlap: a call made while one is in
-   * flight waits for it and then shares one more sync (the running one may have started before the
+   * fdatasyncs every segment with unsynced writes. Calls of `sync()` never overlap one another (they
+   * may overlap `syncOverlapping()`): a call made while one is in flight waits for it and then shares
+   * one more sync (the running one may have started before the
    * caller's writes completed), so a resolved `sync()` always covers every write completed before it
    * was called.
    */
@@ -678,32 +688,78 @@ export class SegmentLog {
     return this.syncAgain
   }
 
+  /**
+   * fdatasyncs every segment with unsynced writes without waiting for syncs in flight (unlike
+   * `sync()`, several may run at once): on return every write completed before the call is on stable
+   * storage. A segment with no new writes but an fdatasync in flight (which then covers all its
+   * completed writes) is waited for, not synced again. The message log's group commit overlaps its
+   * fdatasyncs with this and orders their acknowledgements itself (message-log.ts).
+   */
+  syncOverlapping(): Promise<void> {
+    return this.doSync()
+  }
+
   private async doSync(): Promise<void> {
     if (!this.writing) this.flushSync()
+    // Overlapping syncs share the directory's fsync: none counts a new segment durable before it ends.
     if (this.dirUnsynced) {
       this.dirUnsynced = false
-      await fsyncDirAsync(this.dir)
+      const dirSync: Promise<void> = fsyncDirAsync(this.dir).then(
+        () => {
+          if (this.dirSyncing === dirSync) this.dirSyncing = undefined
+        },
+        (err: unknown) => {
+          if (this.dirSyncing === dirSync) this.dirSyncing = undefined
+          this.dirUnsynced = true
+          throw err
+        },
+      )
+      this.dirSyncing = dirSync
     }
+    if (this.dirSyncing !== undefined) await this.dirSyncing
     // A copy: segments may be removed while an fdatasync is in flight (a removed one needs none).
     for (const seg of [...this.segs]) {
-      if (!seg.dirty || seg.retired) continue
-      seg.dirty = false
-      // Writes completed before this point are covered by the fdatasync below.
-      const covered = seg.size
-      seg.refs++
-      try {
-        if (seg.syncFailed) await this.rewrite(seg, seg.durable, covered)
-        await this.io.fdatasync(seg.fd)
-        seg.syncFailed = false
-        if (covered > seg.durable) seg.durable = covered
-      } catch (err) {
+      if (seg.retired) continue
+      if (seg.dirty) await this.syncSegment(seg)
+      else if (seg.syncing !== undefined) await seg.syncing
+    }
+  }
+
+  /**
+   * One fdatasync of a segment (several may be in flight: syncOverlapping). It covers the writes
+   * completed before it started (`covered`). After a failed one the bytes since the last good sync
+   * are written again first (the kernel may have dropped them: see the class comment); a success
+   * clears that need only when no sync failed while it ran.
+   */
+  private syncSegment(seg: Segment): Promise<void> {
+    seg.dirty = false
+    const covered = seg.size
+    const failuresBefore = seg.failures
+    seg.refs++
+    const run = async (): Promise<void> => {
+      if (seg.syncFailed) await this.rewrite(seg, seg.durable, covered)
+      await this.io.fdatasync(seg.fd)
+    }
+    const done: Promise<void> = run().then(
+      () => {
+        if (seg.syncing === done) seg.syncing = undefined
+        if (seg.failures === failuresBefore) {
+          seg.syncFailed = false
+          if (covered > seg.durable) seg.durable = covered
+        }
+        this.release(seg)
+      },
+      (err: unknown) => {
+        if (seg.syncing === done) seg.syncing = undefined
         seg.dirty = true
         seg.syncFailed = true
-        throw fsError(err, `syncing ${path.basename(seg.file)}`)
-      } finally {
+        seg.failures++
         this.release(seg)
-      }
-    }
+        throw fsError(err, `syncing ${path.basename(seg.file)}`)
+      },
+    )
+    seg.syncing = done
+    return done
   }
 
   /**
@@ -927,7 +983,18 @@ export class SegmentLog {
 }
 
 function openedSegment(base: number, file: string, fd: number, size: number): Segment {
-  return { base, size, file, fd, dirty: false, durable: size, syncFailed: false, refs: 0, retired: false }
+  return {
+    base,
+    size,
+    file,
+    fd,
+    dirty: false,
+    durable: size,
+    syncFailed: false,
+    failures: 0,
+    refs: 0,
+    retired: false,
+  }
 }
 
 /**

@@ -8,7 +8,7 @@ import { bodyOf, open, pullOpts, rec } from './helpers'
 
 /**
  * The pipelined group commit of the message log under flush 'sync': batch N+1 is written while batch
- * N's fdatasync runs, and nothing is acknowledged (or visible to pulls) before an fdatasync that
+ * N's fdatasync runs (and gets its own fdatasync at once, overlapping N's), and nothing is acknowledged (or visible to pulls) before an fdatasync that
  * started after its write completed. The message log's fdatasyncs are held by the test and released
  * (or failed) one at a time.
  */
@@ -169,6 +169,71 @@ t.test(
       again.map((m) => bodyOf(m.record)),
       ['kept', 'A2', 'C'],
       'nothing of the rejected batches survives a restart',
+    )
+  },
+)
+
+t.test(
+  "store - 'sync': a batch written during an fdatasync gets its own at once; acknowledgements stay in log order",
+  async (t) => {
+    const dir = t.testdir()
+    const { state, io } = gatedIo()
+    const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
+    t.teardown(() => store.close().catch(() => undefined))
+    state.gate = true
+    const order: string[] = []
+    const a = track(store.append([rec('gc', { id: 'a', body: 'A' })]).finally(() => order.push('a')))
+    await until(() => state.held.length === 1, 'the first fdatasync')
+    const b = track(store.append([rec('gc', { id: 'b', body: 'B' })]).finally(() => order.push('b')))
+    // Batch 2's fdatasync starts while batch 1's is still in flight (it does not wait for it).
+    await until(() => state.held.length === 2, "batch 2's fdatasync, overlapping batch 1's")
+    // The later fdatasync returns first: batch 2 is durable but waits for batch 1 (log order).
+    ;(state.held[1] as Held).release()
+    await new Promise((r) => setTimeout(r, 20))
+    t.equal(b.done, false, 'batch 2 not acknowledged before batch 1')
+    t.same(await store.pull(pullOpts('gc', 'g', 'c1')), [], 'nothing visible before batch 1 is durable')
+    ;(state.held[0] as Held).release()
+    await until(() => a.done && b.done, 'both acknowledged')
+    t.same(order, ['a', 'b'], 'in log order')
+    t.same(b.value, [{ sequence: 1, duplicate: false }])
+    state.gate = false
+    const seen = await store.pull(pullOpts('gc', 'g', 'c1'))
+    t.same(
+      seen.map((m) => bodyOf(m.record)),
+      ['A', 'B'],
+    )
+  },
+)
+
+t.test(
+  "store - 'sync': a failed fdatasync also rejects a later batch whose own fdatasync returned",
+  async (t) => {
+    const dir = t.testdir()
+    const { state, io } = gatedIo()
+    const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
+    t.teardown(() => store.close().catch(() => undefined))
+    t.same(await store.append([rec('gc', { id: 'keep', body: 'kept' })]), [{ sequence: 0, duplicate: false }])
+    state.gate = true
+    const a = track(store.append([rec('gc', { id: 'a', body: 'A' })]))
+    await until(() => state.held.length === 1, 'the first fdatasync')
+    const b = track(store.append([rec('gc', { id: 'b', body: 'B' })]))
+    await until(() => state.held.length === 2, 'the second fdatasync')
+    ;(state.held[1] as Held).release()
+    await new Promise((r) => setTimeout(r, 20))
+    t.equal(b.done, false, 'batch 2 waits for batch 1')
+    state.gate = false // the truncation that follows syncs too
+    ;(state.held[0] as Held).fail(
+      Object.assign(new Error('EIO: injected fdatasync failure'), { code: 'EIO' }),
+    )
+    await until(() => a.done && b.done, 'both batches settled')
+    t.ok(isQmqError(a.error) && a.error.code === 'QMQ_ERR_STORE_IO', 'batch 1 rejected')
+    // A success after a failure on the same file proves nothing: batch 2 goes too.
+    t.ok(isQmqError(b.error) && b.error.code === 'QMQ_ERR_STORE_IO', 'batch 2 rejected')
+    t.same(await store.append([rec('gc', { id: 'c', body: 'C' })]), [{ sequence: 1, duplicate: false }])
+    const seen = await store.pull(pullOpts('gc', 'g', 'c1'))
+    t.same(
+      seen.map((m) => bodyOf(m.record)),
+      ['kept', 'C'],
     )
   },
 )
