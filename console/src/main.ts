@@ -78,16 +78,21 @@ function showTokenState(): void {
 
 const form = document.getElementById('token-form') as HTMLFormElement
 const input = document.getElementById('token-input') as HTMLInputElement
+/** The messages page shows bodies only with the token: it is drawn again when the token changes. */
+function tokenChanged(): void {
+  showTokenState()
+  if (parseHash().path === 'messages') void render()
+}
 form.addEventListener('submit', (ev) => {
   ev.preventDefault()
   const v = input.value.trim()
   setToken(v === '' ? undefined : v)
   input.value = ''
-  showTokenState()
+  tokenChanged()
 })
 document.getElementById('token-clear')?.addEventListener('click', () => {
   setToken(undefined)
-  showTokenState()
+  tokenChanged()
 })
 
 window.addEventListener('hashchange', () => void render())

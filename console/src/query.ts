@@ -1,8 +1,10 @@
-import { ApiError } from './api'
+import { ApiError, getToken } from './api'
 
 /**
  * The metaserver's message query and history API (docs/query.md): GET /admin/messages/:id,
- * /admin/messages?subject=|key=, /admin/history. Plain reads of the same origin, no token.
+ * /admin/messages?subject=|key=, /admin/history. Reads of the same origin; the admin token, when
+ * the console holds one, goes along (Authorization header only): a metaserver with an admin token
+ * shows message bodies and properties only to it (`bodyWithheld` otherwise).
  */
 export interface ConsumerView {
   consumerGroup: string
@@ -25,10 +27,13 @@ export interface MessageView {
   keys: string[]
   appCode?: string
   host?: string
-  properties: Record<string, string>
+  /** Absent when withheld. */
+  properties?: Record<string, string>
   bodyBytes: number
   body?: string
   bodyEncoding?: 'utf8' | 'base64'
+  /** The metaserver left body and properties out: the request did not carry its admin token. */
+  bodyWithheld?: true
   consumers?: ConsumerView[]
 }
 
@@ -90,8 +95,11 @@ export interface HistoryAnswer {
 async function get<T>(path: string, params: Record<string, string | number | undefined> = {}): Promise<T> {
   const q = new URLSearchParams()
   for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') q.set(k, String(v))
+  const headers: Record<string, string> = { accept: 'application/json' }
+  const token = getToken()
+  if (token !== undefined) headers.authorization = `Bearer ${token}`
   const res = await fetch(`${path}${q.size > 0 ? `?${q}` : ''}`, {
-    headers: { accept: 'application/json' },
+    headers,
     credentials: 'omit',
     cache: 'no-store',
   })

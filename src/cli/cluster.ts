@@ -15,7 +15,8 @@ import { readSecretFile } from './service-options'
  * What the admin commands talk to: the metaserver (HTTP, through MetaClient) and brokers (the admin
  * requests of the TCP protocol). `--metaserver URL` or QMQ_METASERVER picks the metaserver (default
  * http://127.0.0.1:8080); `--token` or QMQ_ADMIN_TOKEN is sent with admin writes (the metaserver's
- * and the brokers' cursor resets, dead-letter redrives and forget-group). The cluster secret, which
+ * and the brokers' cursor resets, dead-letter redrives and forget-group) and with message queries (a metaserver with an admin token
+ * shows bodies and properties only to it). The cluster secret, which
  * the delay servers' CANCEL and dead-letter requests carry, comes from QMQ_CLUSTER_SECRET or
  * `--cluster-secret-file FILE`, never from a flag with the value (`ps` shows command lines).
  */
@@ -127,7 +128,7 @@ export const CLUSTER_FLAGS: readonly FlagSpec[] = [
   {
     name: 'token',
     value: 'TOKEN',
-    doc: 'admin token for metaserver and broker admin writes [QMQ_ADMIN_TOKEN]',
+    doc: 'admin token for metaserver and broker admin writes, and message bodies in queries [QMQ_ADMIN_TOKEN]',
   },
   {
     name: 'cluster-secret-file',

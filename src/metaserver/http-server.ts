@@ -260,6 +260,18 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
     return given
   }
 
+  /**
+   * Whether a read may see message bodies and properties: always without an admin token configured
+   * (as before it existed), else only with it. No Authorization header = no (the view says
+   * bodyWithheld); a wrong token is refused like on the admin writes, so a mistyped one is noticed.
+   */
+  function mayReadBodies(req: IncomingMessage): boolean {
+    if (tokenBuf === undefined) return true
+    if (req.headers.authorization === undefined) return false
+    requireAdmin(req)
+    return true
+  }
+
   async function dispatch(
     req: IncomingMessage,
     path: string,
@@ -412,7 +424,9 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       }
     }
     if (ctx.fanout !== undefined) {
-      const a = await handleQueryRoute(ctx.fanout, method, path, query, setRoute, decodeSegment)
+      const a = await handleQueryRoute(ctx.fanout, method, path, query, setRoute, decodeSegment, () =>
+        mayReadBodies(req),
+      )
       if (a !== undefined) return a
     }
     const auth = await handleAuthRoute(

@@ -1,11 +1,13 @@
 import { QmqError } from '../common/errors'
 import { validateGroup, validateRouteSubject } from '../common/names'
-import { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT } from '../common/protocol/query'
+import { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, type MessageView } from '../common/protocol/query'
 import type { QueryFanout } from './query-fanout'
 
 /**
  * HTTP routes of message query, trace and history (docs/query.md): reads, open like the other admin
- * reads. Answers `undefined` for a path that is not one of them.
+ * reads, except message bodies and properties: with an admin token configured, the metaserver hands
+ * them only to requests carrying it (`mayReadBodies`, asked only on these routes). Answers `undefined` for a path
+ * that is not one of them.
  */
 export const QUERY_PATHS = {
   messages: '/admin/messages',
@@ -44,6 +46,20 @@ function optSubject(q: URLSearchParams): string | undefined {
   return s === null || s === '' ? undefined : validateRouteSubject(s).subject
 }
 
+/**
+ * A view without what the producer put in the message (body, its encoding, properties): what an
+ * unauthenticated reader of a metaserver with an admin token gets. Ids, keys, tags, sizes, the app
+ * and host that sent it and the trace stay (the same reader sees them in the console's lists).
+ */
+export function withholdBody(m: MessageView): MessageView {
+  const { body: _b, bodyEncoding: _e, properties: _p, ...rest } = m
+  return { ...rest, bodyWithheld: true }
+}
+
+function withheld<T extends { messages: MessageView[] }>(r: T, bodies: boolean): T {
+  return bodies ? r : { ...r, messages: r.messages.map(withholdBody) }
+}
+
 export async function handleQueryRoute(
   fanout: QueryFanout,
   method: string,
@@ -51,6 +67,7 @@ export async function handleQueryRoute(
   query: URLSearchParams,
   setRoute: (r: QueryRouteName) => void,
   decodeSegment: (s: string) => string,
+  mayReadBodies: () => boolean,
 ): Promise<{ status: number; body: unknown } | undefined> {
   const isMessages = path === QUERY_PATHS.messages
   const isOne = path.startsWith(`${QUERY_PATHS.messages}/`)
@@ -60,11 +77,12 @@ export async function handleQueryRoute(
   if (method !== 'GET')
     throw new QmqError('QMQ_ERR_METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}`)
   const now = Date.now()
+  const bodies = isHistory || mayReadBodies()
   if (isOne) {
     const id = decodeSegment(path.slice(QUERY_PATHS.messages.length + 1))
     if (id === '' || id.includes('/') || Buffer.byteLength(id) > 128)
       throw bad('message id must be 1 to 128 bytes')
-    return { status: 200, body: await fanout.message(id, optSubject(query)) }
+    return { status: 200, body: withheld(await fanout.message(id, optSubject(query)), bodies) }
   }
   if (isMessages) {
     const key = query.get('key')
@@ -72,7 +90,7 @@ export async function handleQueryRoute(
     if (key !== null && key !== '') {
       if (Buffer.byteLength(key) > 128 || key.includes(' '))
         throw bad('key must be 1 to 128 bytes without spaces')
-      return { status: 200, body: await fanout.key(key, limit(query), subject) }
+      return { status: 200, body: withheld(await fanout.key(key, limit(query), subject), bodies) }
     }
     if (subject === undefined) throw bad('give subject (with from, to) or key')
     const to = time(query, 'to', now)
@@ -81,12 +99,15 @@ export async function handleQueryRoute(
     const cursor = query.get('cursor')
     return {
       status: 200,
-      body: await fanout.list(
-        subject,
-        from,
-        to,
-        limit(query),
-        cursor === null || cursor === '' ? undefined : cursor,
+      body: withheld(
+        await fanout.list(
+          subject,
+          from,
+          to,
+          limit(query),
+          cursor === null || cursor === '' ? undefined : cursor,
+        ),
+        bodies,
       ),
     }
   }

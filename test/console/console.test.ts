@@ -81,6 +81,12 @@ t.test('console - every page in a real browser against a live cluster', async (t
       dead++
     }
   }
+  // An invoice found by its business key; its body and properties only with the admin token.
+  const invoice = producer.generateMessage('console.invoices')
+  invoice.setKeys('invoice-7')
+  invoice.setProperty('customer', 'c-secret-42')
+  invoice.setBody('secret invoice body')
+  await producer.sendMessage(invoice)
   // A delayed message, due in 3 hours (the delay page's hour buckets).
   const later = producer.generateMessage('console.reminders')
   later.setDelayTime(3, TimeUnit.HOURS)
@@ -190,6 +196,12 @@ t.test('console - every page in a real browser against a live cluster', async (t
     t.match(trace, /delivered · group billing/, 'delivered to billing')
     const consumers = await page.getByTestId('message-consumers').innerText()
     t.match(consumers, /billing\s+acked\s+1/, 'acked by billing after 1 delivery, in the consumers table')
+    t.match(
+      await page.getByTestId('body-withheld').first().innerText(),
+      /hidden: enter the admin token/,
+      'no token yet: body and properties hidden',
+    )
+    t.equal(await page.getByTestId('message-body').count(), 0, 'no body shown')
     await shot('messages')
     // The delayed message: scheduled by the delay group, due in 3 hours.
     await open(`#/messages?id=${encodeURIComponent(later.getMessageId())}`, 'messages')
@@ -245,6 +257,48 @@ t.test('console - every page in a real browser against a live cluster', async (t
       await shot('consumer-groups')
     },
   )
+
+  await t.test('messages: found by business key, the body shown only with the token', async (t) => {
+    const probe = await fetch(`${cluster.metaserver.url}/admin/messages?key=invoice-7`)
+    await probe.arrayBuffer()
+    if (probe.status === 404) {
+      t.comment('the metaserver has no query API')
+      return
+    }
+    await page.getByTestId('token-clear').click()
+    t.equal(await page.getByTestId('token-state').innerText(), 'no admin token')
+    await open('#/messages', 'messages')
+    await page.getByTestId('message-key').fill('invoice-7')
+    await page.getByTestId('message-key').press('Enter')
+    await page.waitForURL(/key=invoice-7/)
+    await page.locator('[data-testid="page-messages"][data-loading="false"]').waitFor()
+    t.same(
+      await page.getByTestId('message-link').allInnerTexts(),
+      [invoice.getMessageId()],
+      'found by its key',
+    )
+    await page.getByTestId('message-link').click()
+    await page.waitForURL(/id=/)
+    await page.locator('[data-testid="page-messages"][data-loading="false"]').waitFor()
+    t.match(await page.getByTestId('message-view').innerText(), /keys invoice-7/)
+    t.match(
+      await page.getByTestId('body-withheld').innerText(),
+      /hidden: enter the admin token/,
+      'without the token: hidden',
+    )
+    t.notMatch(await page.locator('#main').innerText(), /secret/, 'nothing of body or properties on the page')
+    await page.getByTestId('token-input').fill(TOKEN)
+    await page.getByTestId('token-save').click()
+    await page.getByTestId('message-body').waitFor({ state: 'attached' })
+    t.equal(await page.getByTestId('body-withheld').count(), 0)
+    t.equal(
+      await page.getByTestId('message-body').textContent(),
+      'secret invoice body',
+      'with the token: the body',
+    )
+    t.match(await page.getByTestId('message-properties').textContent(), /c-secret-42/, 'and the properties')
+    await shot('message-with-token')
+  })
 
   await t.test('dead letters: browse, inspect, redrive', async (t) => {
     // Without a group picked: the groups that have dead letters.

@@ -8,7 +8,7 @@ import { Connection } from '../../src/client/transport/connection'
 import { MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
 import { encodeDlqRedriveRequest } from '../../src/common/protocol/admin'
 import { RequestCode } from '../../src/common/protocol/codes'
-import type { MessageResult } from '../../src/common/protocol/query'
+import type { ListResult, MessageResult } from '../../src/common/protocol/query'
 import { formatMessage } from '../../src/cli/commands/message'
 import { startCluster } from '../helpers/cluster'
 
@@ -96,7 +96,7 @@ t.test(
       host: hostname(),
       keys: ['order-0', 'n-0'],
     })
-    t.equal(m?.properties.i, '0')
+    t.equal(m?.properties?.i, '0')
     t.match(m?.consumers, [{ consumerGroup: 'billing', state: 'acked', deliveryCount: 1 }])
     t.same(
       one.events.map((e) => e.type),
@@ -282,6 +282,105 @@ t.test(
     )
   },
 )
+
+t.test(
+  'query - with an admin token configured, bodies and properties only to requests carrying it',
+  async (t) => {
+    const TOKEN = 'query-admin-token-0123456789'
+    const dir = mkdtempSync(join(tmpdir(), 'qmq-query-token-'))
+    const cluster = await startCluster({ dir, brokers: 1, metaserver: { adminToken: TOKEN } })
+    const producer = new MessageProducerProvider({ appCode: 'shop', metaServer: cluster.metaUrl })
+    await producer.init()
+    t.teardown(async () => {
+      await producer.close()
+      await cluster.close()
+      rmSync(dir, { recursive: true, force: true })
+    })
+    const m = producer.generateMessage('card.charged')
+    m.setKeys('invoice-42')
+    m.setProperty('pan', '4111-secret')
+    m.setBody('the secret body')
+    await producer.sendMessage(m)
+    const id = m.getMessageId()
+    const base = cluster.metaserver.url
+    const get = async (path: string, headers: Record<string, string> = {}) => {
+      const r = await fetch(`${base}${path}`, { headers })
+      return { status: r.status, body: (await r.json()) as MessageResult & ListResult }
+    }
+    const bearer = { authorization: `Bearer ${TOKEN}` }
+    const paths = [
+      `/admin/messages/${encodeURIComponent(id)}`,
+      '/admin/messages?key=invoice-42',
+      '/admin/messages?subject=card.charged',
+    ]
+    for (const path of paths) {
+      const open = await get(path)
+      t.equal(open.status, 200, `${path}: answered without the token`)
+      const v = open.body.messages[0]
+      t.match(v, { id, keys: ['invoice-42'], bodyBytes: 15, bodyWithheld: true }, `${path}: metadata`)
+      t.equal(v?.body, undefined, `${path}: no body without the token`)
+      t.equal(v?.properties, undefined, `${path}: no properties without the token`)
+      t.notMatch(JSON.stringify(open.body), /secret/, `${path}: nothing of them anywhere`)
+      const full = await get(path, bearer)
+      // Lists carry properties; the body comes with the message by id (docs/query.md).
+      t.match(full.body.messages[0], {
+        id,
+        properties: { pan: '4111-secret' },
+        ...(path === paths[0] ? { body: 'the secret body' } : {}),
+      })
+      t.equal(full.body.messages[0]?.bodyWithheld, undefined, `${path}: the body with the token`)
+      const wrong = await get(path, { authorization: 'Bearer not-the-token-000000' })
+      t.match(
+        wrong,
+        { status: 401, body: { code: 'QMQ_ERR_UNAUTHORIZED' } },
+        `${path}: a wrong token is refused`,
+      )
+    }
+    const trace = await get(paths[0] as string)
+    t.ok(
+      trace.body.events.some((e) => e.type === 'stored'),
+      'the trace stays visible without the token',
+    )
+    // The CLI sends the token it has (--token / QMQ_ADMIN_TOKEN).
+    const cli = (args: string[], env: Record<string, string> = {}) =>
+      execFileAsync(
+        process.execPath,
+        [join(__dirname, '../../bin/qmq.js'), ...args, '--metaserver', cluster.metaUrl],
+        { env: { ...process.env, QMQ_ADMIN_TOKEN: '', ...env } },
+      )
+    const withheld = await cli(['message', id])
+    t.match(withheld.stdout, /body withheld/, 'the CLI says the body was withheld')
+    const withheldJson = JSON.parse((await cli(['message', id, '--json'])).stdout) as MessageResult
+    t.equal(withheldJson.messages[0]?.bodyWithheld, true)
+    const shown = JSON.parse(
+      (await cli(['message', id, '--json'], { QMQ_ADMIN_TOKEN: TOKEN })).stdout,
+    ) as MessageResult
+    t.equal(shown.messages[0]?.body, 'the secret body', 'the CLI with QMQ_ADMIN_TOKEN gets the body')
+    const keyed = JSON.parse(
+      (await cli(['messages', '--key', 'invoice-42', '--json', '--token', TOKEN])).stdout,
+    ) as ListResult
+    t.match(keyed.messages[0]?.properties, { pan: '4111-secret' }, 'and with --token')
+  },
+)
+
+t.test('query - without an admin token configured, bodies stay open reads', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qmq-query-notoken-'))
+  const cluster = await startCluster({ dir, brokers: 1 })
+  const producer = new MessageProducerProvider({ appCode: 'shop', metaServer: cluster.metaUrl })
+  await producer.init()
+  t.teardown(async () => {
+    await producer.close()
+    await cluster.close()
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const m = producer.generateMessage('dev.notes')
+  m.setBody('plain')
+  await producer.sendMessage(m)
+  const r = await fetch(`${cluster.metaserver.url}/admin/messages/${encodeURIComponent(m.getMessageId())}`)
+  const a = (await r.json()) as MessageResult
+  t.match(a.messages[0], { body: 'plain' })
+  t.equal(a.messages[0]?.bodyWithheld, undefined)
+})
 
 t.test('query - after retention removed a segment on a real broker', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'qmq-query-retention-'))

@@ -109,17 +109,23 @@ function messageCard(m: MessageView): HTMLElement {
           'No consumer group has this subject yet.',
           'message-consumers',
         ),
-    h(
-      'details',
-      {},
-      h(
-        'summary',
-        {},
-        `properties, body (${m.bodyBytes} bytes${m.bodyEncoding === 'base64' ? ', binary: base64' : ''})`,
-      ),
-      h('pre', {}, JSON.stringify(m.properties, null, 2)),
-      h('pre', { 'data-testid': 'message-body' }, m.body ?? '(no body)'),
-    ),
+    m.bodyWithheld === true
+      ? notice(
+          'info',
+          `Properties and body (${m.bodyBytes} bytes) hidden: enter the admin token at the top right to see them.`,
+          'body-withheld',
+        )
+      : h(
+          'details',
+          { 'data-testid': 'message-details' },
+          h(
+            'summary',
+            {},
+            `properties, body (${m.bodyBytes} bytes${m.bodyEncoding === 'base64' ? ', binary: base64' : ''})`,
+          ),
+          h('pre', { 'data-testid': 'message-properties' }, JSON.stringify(m.properties ?? {}, null, 2)),
+          h('pre', { 'data-testid': 'message-body' }, m.body ?? '(no body)'),
+        ),
   )
 }
 

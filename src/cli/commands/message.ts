@@ -41,6 +41,10 @@ export function formatMessage(r: MessageResult): string {
       `${m.bodyBytes} body bytes`,
     ].filter((x) => x !== undefined)
     lines.push(`  ${extra.join('  ')}`)
+    if (m.bodyWithheld === true)
+      lines.push(
+        '  body withheld: the metaserver shows bodies and properties only with the admin token (--token or QMQ_ADMIN_TOKEN)',
+      )
     if (m.consumers && m.consumers.length > 0) {
       lines.push(
         table(

@@ -68,10 +68,16 @@ export interface MessageView {
   keys: string[]
   appCode?: string
   host?: string
-  properties: Record<string, string>
+  /** Absent when withheld (see bodyWithheld). */
+  properties?: Record<string, string>
   bodyBytes: number
   body?: string
   bodyEncoding?: 'utf8' | 'base64'
+  /**
+   * Set by the metaserver when it has an admin token and the request did not carry it: body,
+   * bodyEncoding and properties are left out (docs/query.md). Brokers never set it.
+   */
+  bodyWithheld?: true
   consumers?: ConsumerView[]
 }
 
