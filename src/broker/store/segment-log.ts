@@ -735,6 +735,7 @@ export class SegmentLog {
     seg.dirty = false
     const covered = seg.size
     const failuresBefore = seg.failures
+    const durableBefore = seg.durable
     seg.refs++
     const run = async (): Promise<void> => {
       if (seg.syncFailed) await this.rewrite(seg, seg.durable, covered)
@@ -754,6 +755,9 @@ export class SegmentLog {
         seg.dirty = true
         seg.syncFailed = true
         seg.failures++
+        // A sync that overlapped this one may have succeeded without writing what this one lost (the
+        // kernel reports a writeback error to one fdatasync of the file): rewrite from before it.
+        if (durableBefore < seg.durable) seg.durable = durableBefore
         this.release(seg)
         throw fsError(err, `syncing ${path.basename(seg.file)}`)
       },

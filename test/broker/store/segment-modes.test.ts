@@ -192,6 +192,55 @@ for (const mode of ['appendv', 'buffered'] as const) {
   )
 }
 
+t.test('segment log - an overlapping sync that succeeds does not hide one that failed', async (t) => {
+  let calls = 0
+  let failFirst: (() => void) | undefined
+  const writes: { position: number; bytes: number }[] = []
+  const io: FsIo = {
+    ...nodeFsIo,
+    write: (fd, buffer, position) => {
+      writes.push({ position, bytes: buffer.length })
+      return nodeFsIo.write(fd, buffer, position)
+    },
+    fdatasync: async (fd) => {
+      calls++
+      if (calls === 2) {
+        // The first overlapping sync: held, then failed after the second one succeeded.
+        await new Promise<void>((resolve) => {
+          failFirst = resolve
+        })
+        throw Object.assign(new Error('EIO: injected fdatasync failure'), { code: 'EIO' })
+      }
+      await nodeFsIo.fdatasync(fd)
+    },
+  }
+  const log = SegmentLog.open({ dir: path.join(t.testdir(), 'log'), segmentBytes: 1 << 20, io })
+  t.teardown(() => log.close())
+  const add = async (p: string) => {
+    const e = entry(p)
+    await log.appendv([e], e.length)
+  }
+  await add('first')
+  await log.sync()
+  const durable = log.nextOffset
+  await add('second')
+  const a = log.syncOverlapping()
+  await add('third')
+  await log.syncOverlapping()
+  const end = log.nextOffset
+  failFirst?.()
+  await t.rejects(a, { code: 'QMQ_ERR_STORE_IO' }, 'the first sync fails after the second succeeded')
+  t.ok(log.unsynced, 'still unsynced')
+  writes.length = 0
+  await log.sync()
+  t.same(
+    writes,
+    [{ position: durable, bytes: end - durable }],
+    'the next sync rewrites from the last good one',
+  )
+  t.same(await payloads(log), ['first', 'second', 'third'])
+})
+
 t.test('segment log - a failed buffered write keeps its entries buffered, with their offsets', async (t) => {
   // /dev/full: every write fails with ENOSPC (a real device, no mock).
   const log = SegmentLog.openFile({ file: '/dev/full' })
