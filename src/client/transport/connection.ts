@@ -61,8 +61,9 @@ export interface ConnectionOptions {
   /**
    * The credential sent in an AUTH frame first on every new socket (servers with `auth` on require
    * it; others accept and ignore it). A refused AUTH fails the requests the socket held with the
-   * server's error (QMQ_ERR_UNAUTHORIZED) and closes it; QMQ_ERR_BUSY (credentials not loaded yet)
-   * is retried on the next connect.
+   * server's error (QMQ_ERR_UNAUTHORIZED) and closes it; a server that does not know AUTH (older
+   * version, QMQ_ERR_UNKNOWN_REQUEST) is talked to as one with auth off; QMQ_ERR_BUSY (credentials
+   * not loaded yet) is retried on the next connect.
    */
   auth?: AuthRequest
 }
@@ -327,6 +328,12 @@ export class Connection {
       resolve: () => {},
       reject: (err) => {
         if (this.socket !== socket || err.code === 'QMQ_ERR_CLIENT_CLOSED') return
+        // A server older than AUTH (a rolling upgrade) does not know the request: it has no auth to
+        // satisfy, so the socket goes on as with a server whose auth is off.
+        if (err.code === 'QMQ_ERR_UNKNOWN_REQUEST') {
+          this.log.debug('the server does not know AUTH (an older version): going on without it')
+          return
+        }
         this.log.warn({ code: err.code, err: err.message }, 'authentication refused; closing the connection')
         this.lastError = err
         socket.destroy()
