@@ -77,6 +77,20 @@ t.test('postgres outage - routes answered from memory, changes refused then acce
     }
   })()
   await until(async () => received.size >= 20, 15_000, 'messages flowing before the outage')
+  // Every metaserver has loaded the routes (a reload each reloadIntervalMs): the outage must find
+  // them in memory, not a metaserver that never heard of them.
+  const knows = (m: (typeof cluster.metaservers)[number], subject: string) => {
+    try {
+      return m.service.getSubject(subject).groups.length > 0
+    } catch {
+      return false
+    }
+  }
+  await until(
+    async () => cluster.metaservers.every((m) => SUBJECTS.every((s) => knows(m, s))),
+    10_000,
+    'every metaserver knows the routes',
+  )
 
   await pg.stop()
   t.teardown(() => pg.start().catch(() => {})) // never leave the shared server down for later tests
