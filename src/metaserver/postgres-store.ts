@@ -431,7 +431,13 @@ export class PostgresMetaStore implements MetaStore {
     }
   }
 
-  async promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean> {
+  async promote(
+    group: string,
+    expectedEpoch: number,
+    master: StoredServer,
+    now: number,
+    deadBefore: number,
+  ): Promise<boolean> {
     if (this.closed)
       throw new QmqError('QMQ_ERR_METASERVER_STORE', `promote a slave of ${group}: store is closed`)
     try {
@@ -441,6 +447,14 @@ export class PostgresMetaStore implements MetaStore {
            ON CONFLICT (group_name) DO NOTHING`,
           [group, now],
         )
+        // The stored master heard after deadBefore (maybe by another metaserver) is alive. FOR UPDATE:
+        // a heartbeat upserting the row concurrently waits for this transaction, or is read here.
+        const seen = await c.query<{ last_seen_at: number }>(
+          `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master' FOR UPDATE`,
+          [group],
+        )
+        const seenAt = seen.rows[0]?.last_seen_at
+        if (seenAt !== undefined && seenAt > deadBefore) return false
         // Compare-and-set: under READ COMMITTED a concurrent promotion's committed update is seen by
         // this WHERE (re-evaluated on the newest row version), so only one metaserver moves the epoch.
         const moved = await c.query(

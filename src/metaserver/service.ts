@@ -532,10 +532,14 @@ export class MetaService {
    * (its lease, half that, ran out before), or that was told to step down (`qmq failover`) a lease
    * ago, gets its in-sync slave as master, with the next epoch (a compare-and-set in the store:
    * among several metaservers one promotion wins). Returns the groups promoted.
+   * Nothing is promoted while liveness is held (holdingLiveness(): the store down or just back, so
+   * last-seen times in memory may be stale while the master heartbeats to another metaserver), and the
+   * store refuses a promotion for a silent master whose stored last-seen is recent (two masters).
    */
   async sweepFailover(): Promise<string[]> {
-    const now = this.clock.now()
+    const now = this.now()
     const promoted: string[] = []
+    if (this.holdingLiveness()) return promoted
     for (const g of this.groups.values()) {
       if (g.kind !== 'broker' || !(g.replicated || g.epoch > 0)) continue
       const master = g.servers.get('master')
@@ -562,7 +566,11 @@ export class MetaService {
         httpAddress: slave.httpAddress,
         lastSeenAt: slave.lastSeenAt,
       }
-      if (!(await this.store.promote(g.name, g.epoch, next, now))) {
+      // A step-down (`qmq failover`) is asked of a live master that keeps heartbeating (as a slave-to-be);
+      // its safety is the lease that ran out, so its last-seen does not count against it. Otherwise the
+      // master must be silent in the store too (no metaserver heard it within heartbeatTimeoutMs).
+      const deadBefore = stepDownDue ? Number.MAX_SAFE_INTEGER : now - this.options.heartbeatTimeoutMs
+      if (!(await this.store.promote(g.name, g.epoch, next, now, deadBefore))) {
         this.log.warn({ group: g.name, epoch: g.epoch }, 'promotion lost a race: reloading')
         await this.refresh()
         continue
@@ -595,7 +603,7 @@ export class MetaService {
    * lease has run out.
    */
   failover(name: string): GroupInfo {
-    const now = this.clock.now()
+    const now = this.now()
     const g = this.groups.get(name)
     if (g === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no group ${JSON.stringify(name)}`)
     const slave = g.servers.get('slave')

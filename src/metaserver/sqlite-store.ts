@@ -393,10 +393,19 @@ export class SqliteMetaStore implements MetaStore {
     )
   }
 
-  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean> {
+  promote(
+    group: string,
+    expectedEpoch: number,
+    master: StoredServer,
+    now: number,
+    deadBefore: number,
+  ): Promise<boolean> {
     return this.run(`promote a slave of ${group}`, () =>
       this.db
         .transaction(() => {
+          // The stored master heard after deadBefore (maybe by another metaserver): it is alive.
+          const seen = this.stmts.masterLastSeen.get(group) as { last_seen_at: number } | undefined
+          if ((seen?.last_seen_at ?? 0) > deadBefore) return false
           this.stmts.insertEpoch.run(group, now)
           if (this.stmts.casEpoch.run(now, group, expectedEpoch).changes === 0) return false
           this.stmts.upsertServer.run(

@@ -151,9 +151,17 @@ export interface MetaStore {
    * Replication (issue 14): promotes `master` (the group's slave) in one transaction: a
    * compare-and-set of the group's epoch from `expectedEpoch` to `expectedEpoch + 1` (failovers + 1),
    * the master row replaced by `master`, the slave row deleted. False (nothing changed) when the stored
-   * epoch is not `expectedEpoch` (another metaserver promoted first).
+   * epoch is not `expectedEpoch` (another metaserver promoted first), or when the stored master
+   * row's last-seen is after `deadBefore` (another metaserver heard the master recently: promoting
+   * would make two masters), checked in the same transaction.
    */
-  promote(group: string, expectedEpoch: number, master: StoredServer, now: number): Promise<boolean>
+  promote(
+    group: string,
+    expectedEpoch: number,
+    master: StoredServer,
+    now: number,
+    deadBefore: number,
+  ): Promise<boolean>
   close(): Promise<void>
   /** Application credentials (issue 18, app-store.ts): every store keeps them. */
   readonly apps: AppCredentialStore

@@ -76,7 +76,9 @@ for (const kind of STORE_KINDS) {
       { group: 'g', role: 'slave', address: '10.0.0.9:20881', httpAddress: undefined, lastSeenAt: now },
     )
     for (let epoch = 0; epoch < 3; epoch++) {
-      const won = await Promise.all(stores.map((s, i) => s.promote('g', epoch, server(i), now + epoch)))
+      const won = await Promise.all(
+        stores.map((s, i) => s.promote('g', epoch, server(i), now + epoch, now + epoch)),
+      )
       t.equal(won.filter(Boolean).length, 1, `epoch ${epoch} -> ${epoch + 1}: one promotion`)
       const snap = await stores[1]!.loadAll()
       t.match(snap.epochs, [{ group: 'g', epoch: epoch + 1, failovers: epoch + 1 }])
@@ -87,8 +89,46 @@ for (const kind of STORE_KINDS) {
         'the winner is master, the slave row is gone',
       )
     }
-    t.equal(await stores[2]!.promote('g', 0, server(2), now), false, 'a stale epoch changes nothing')
+    t.equal(await stores[2]!.promote('g', 0, server(2), now, now), false, 'a stale epoch changes nothing')
   })
+
+  t.test(
+    `store [${kind}] - promote: refused while the stored master was seen after deadBefore`,
+    async (t) => {
+      const [a, b] = await openShared(t, kind, 2)
+      const slave: StoredServer = { ...master('g', 1_000, 2000), role: 'slave' }
+      await a!.recordHeartbeat(group('g'), master('g', 1_000))
+      await a!.recordHeartbeat(group('g'), slave)
+      // Another metaserver heard the master at 5_000 (after deadBefore 4_000): no promotion.
+      await b!.recordHeartbeat(group('g'), master('g', 5_000))
+      const next: StoredServer = { ...slave, role: 'master', lastSeenAt: 6_000 }
+      t.equal(await a!.promote('g', 0, next, 6_000, 4_000), false, 'a master heard recently is not replaced')
+      let snap = await b!.loadAll()
+      t.same(
+        snap.epochs.filter((e) => e.group === 'g' && e.epoch > 0),
+        [],
+        'the epoch did not move',
+      )
+      t.same(
+        snap.servers
+          .filter((s) => s.group === 'g')
+          .map((s) => [s.role, s.address])
+          .sort(),
+        [
+          ['master', '127.0.0.1:1000'],
+          ['slave', '127.0.0.1:2000'],
+        ],
+        'master and slave rows unchanged',
+      )
+      t.equal(await a!.promote('g', 0, next, 6_000, 5_000), true, 'silent since deadBefore: promoted')
+      snap = await b!.loadAll()
+      t.match(snap.epochs, [{ group: 'g', epoch: 1, failovers: 1 }])
+      t.same(
+        snap.servers.filter((s) => s.group === 'g').map((s) => [s.role, s.address]),
+        [['master', '127.0.0.1:2000']],
+      )
+    },
+  )
 
   t.test(`store [${kind}] - placement: concurrent assignments store one route`, async (t) => {
     const stores = await openShared(t, kind, 3)

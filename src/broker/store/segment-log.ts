@@ -746,7 +746,9 @@ export class SegmentLog {
         if (seg.syncing === done) seg.syncing = undefined
         if (seg.failures === failuresBefore) {
           seg.syncFailed = false
-          if (covered > seg.durable) seg.durable = covered
+          // The segment may have been truncated while this sync ran: durable never passes its size.
+          const upTo = Math.min(covered, seg.size)
+          if (upTo > seg.durable) seg.durable = upTo
         }
         this.release(seg)
       },

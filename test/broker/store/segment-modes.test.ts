@@ -260,3 +260,55 @@ t.test('segment log - a failed buffered write keeps its entries buffered, with t
   await t.rejects(log.sync(), { code: 'QMQ_ERR_DISK_FULL' }, 'a sync reports it too')
   t.ok(log.unsynced, 'still unsynced')
 })
+
+t.test('segment log - a sync that ends after a truncation does not count past the cut', async (t) => {
+  let hold: Promise<void> | undefined
+  let release: (() => void) | undefined
+  let failNext = false
+  const writes: { position: number; bytes: number }[] = []
+  const io: FsIo = {
+    ...nodeFsIo,
+    write: (fd, buffer, position) => {
+      writes.push({ position, bytes: buffer.length })
+      return nodeFsIo.write(fd, buffer, position)
+    },
+    fdatasync: async (fd) => {
+      if (hold !== undefined) {
+        const h = hold
+        hold = undefined
+        await h
+      }
+      if (failNext) {
+        failNext = false
+        throw Object.assign(new Error('EIO: injected fdatasync failure'), { code: 'EIO' })
+      }
+      await nodeFsIo.fdatasync(fd)
+    },
+  }
+  const log = SegmentLog.open({ dir: path.join(t.testdir(), 'log'), segmentBytes: 1 << 20, io })
+  t.teardown(() => log.close())
+  const add = async (p: string) => {
+    const e = entry(p)
+    await log.appendv([e], e.length)
+  }
+  await add('first')
+  await log.sync()
+  const cut = log.nextOffset
+  await add('second, a long one')
+  await add('third, a long one too')
+  hold = new Promise<void>((resolve) => {
+    release = resolve
+  })
+  const a = log.syncOverlapping()
+  await log.truncate(cut)
+  release?.()
+  await a
+  await add('4th')
+  const end = log.nextOffset
+  failNext = true
+  await t.rejects(log.sync(), { code: 'QMQ_ERR_STORE_IO' }, 'a sync after the cut fails')
+  writes.length = 0
+  await log.sync()
+  t.same(writes, [{ position: cut, bytes: end - cut }], 'the next sync rewrites from the cut')
+  t.same(await payloads(log), ['first', '4th'])
+})
