@@ -1,4 +1,5 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { get as httpsGet } from 'node:https'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
@@ -17,10 +18,22 @@ import { makeCa } from '../helpers/certs'
 import { CLUSTER_SECRET, TOKEN } from './helpers'
 
 /**
- * The metaserver's query fan-out to a broker with TLS and `auth` on: the metaserver connects with the
+ * The metaserver's query fan-out (and the console's) to a broker with TLS and `auth` on: the metaserver connects with the
  * client side of its TLS files and authenticates as the cluster app (before, it spoke plain TCP
  * without AUTH and every broker answer was an error).
  */
+function getJson(url: string, ca: Buffer): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    httpsGet(url, { ca }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) }),
+      )
+    }).on('error', reject)
+  })
+}
+
 t.test('query - fan-out to a broker with TLS and auth on', async (t) => {
   // Not t.testdir(): that is removed before teardowns run.
   const dir = mkdtempSync(join(tmpdir(), 'qmq-query-tls-'))
@@ -28,7 +41,14 @@ t.test('query - fan-out to a broker with TLS and auth on', async (t) => {
   const leaf = ca.issue('server')
   const tls = { tlsCertFile: leaf.cert, tlsKeyFile: leaf.key, tlsCaFile: ca.cert }
   const meta = new Metaserver(
-    { ...tls, port: 0, dataDir: join(dir, 'meta'), adminToken: TOKEN, clusterSecret: CLUSTER_SECRET },
+    {
+      ...tls,
+      port: 0,
+      dataDir: join(dir, 'meta'),
+      adminToken: TOKEN,
+      clusterSecret: CLUSTER_SECRET,
+      console: true,
+    },
     { logger: silentLogger },
   )
   await meta.start()
@@ -78,4 +98,9 @@ t.test('query - fan-out to a broker with TLS and auth on', async (t) => {
   t.equal(last?.found, true, 'the broker answered the metaserver over TLS with AUTH')
   t.same(last?.errors, [], 'no broker failed')
   t.match(last?.messages, [{ id: 'tls-auth-1', subject: 'orders.paid' }])
+
+  // The console's fan-out (its own connections) too.
+  const groups = await getJson(`${meta.url}/console/api/consumer-groups?fresh=1`, trust.ca)
+  t.equal(groups.status, 200)
+  t.same((groups.body as { errors: unknown[] }).errors, [], 'the console reached the broker')
 })
