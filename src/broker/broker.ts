@@ -388,6 +388,7 @@ export class Broker {
         checkpointIntervalMs: storeOptionsOf(o).checkpointIntervalMs,
         maxFrameBytes: o.maxFrameBytes,
         epoch: this.epochs.epoch,
+        ...clientTlsOf(o),
       },
       this.log,
     )

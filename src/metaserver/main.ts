@@ -5,11 +5,12 @@ import { createServer as createHttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Clock, systemClock } from '../common/clock'
+import { CLUSTER_APP } from '../common/auth/credentials'
 import { fsError, QmqError } from '../common/errors'
 import { createLogger, type Logger } from '../common/logger'
 import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics'
 import { ConsoleApi } from './console/api'
-import { ServerTls, tlsEnabled } from '../common/tls'
+import { clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
 import { createRequestHandler } from './http-server'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { QueryFanout } from './query-fanout'
@@ -127,7 +128,10 @@ export class Metaserver {
     const store = this.store
     const svc = new MetaService(o, store, this.clock, this.log, this.storeClock)
     this.svc = svc
-    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now())
+    // The metaserver's connections to brokers and delay servers (console, query fan-out) use the client
+    // side of its TLS files and authenticate as the cluster app.
+    const peerTls = clientTlsOf(o).tls
+    if (o.console) this.consoleApi = new ConsoleApi(svc, o.clusterSecret, () => this.clock.now(), peerTls)
     try {
       await svc.load()
     } catch (err) {
@@ -137,6 +141,8 @@ export class Metaserver {
     this.registerMetrics(svc)
 
     this.fanout = new QueryFanout({
+      tls: peerTls,
+      auth: { appCode: CLUSTER_APP, token: o.clusterSecret },
       groups: () => svc.listGroups(),
       routeOf: (subject) => {
         try {

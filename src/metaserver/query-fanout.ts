@@ -1,4 +1,5 @@
 import { Connection } from '../client/transport/connection'
+import type { AuthRequest } from '../common/protocol/auth'
 import { QmqError, toQmqError } from '../common/errors'
 import type { GroupInfo } from '../common/meta/types'
 import { RequestCode } from '../common/protocol/codes'
@@ -20,6 +21,7 @@ import {
   type TraceEventView,
 } from '../common/protocol/query'
 import { mergeHistory } from '../broker/store/history'
+import type { ClientTlsOptions } from '../common/tls'
 
 /**
  * The metaserver's side of message query, trace and history (docs/query.md): asks every alive broker
@@ -35,6 +37,10 @@ export interface QueryFanoutOptions {
   /** The broker groups of a subject's route; undefined when the subject has none. */
   routeOf: (subject: string) => string[] | undefined
   timeoutMs?: number
+  /** TLS towards brokers and delay servers (the metaserver's client side of its TLS files). */
+  tls?: ClientTlsOptions | undefined
+  /** AUTH sent first on every connection (the cluster app and secret), for servers with auth on. */
+  auth?: AuthRequest | undefined
   /** Sends one request (tests inject; default: a kept Connection per address). */
   request?: (address: string, code: number, body: Buffer) => Promise<Frame>
 }
@@ -65,7 +71,13 @@ export class QueryFanout {
           oldest[1].close().catch(() => undefined)
         }
       }
-      c = new Connection({ address, requestTimeoutMs: this.timeoutMs, connectTimeoutMs: this.timeoutMs })
+      c = new Connection({
+        address,
+        requestTimeoutMs: this.timeoutMs,
+        connectTimeoutMs: this.timeoutMs,
+        ...(this.opts.tls !== undefined ? { tls: this.opts.tls } : {}),
+        ...(this.opts.auth !== undefined ? { auth: this.opts.auth } : {}),
+      })
       this.connections.set(address, c)
     }
     return c

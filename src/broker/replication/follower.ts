@@ -1,8 +1,10 @@
 import fs from 'node:fs'
 import { Connection } from '../../client/transport/connection'
+import { CLUSTER_APP } from '../../common/auth/credentials'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { RequestCode } from '../../common/protocol/codes'
+import type { ClientTlsOptions } from '../../common/tls'
 import {
   decodeCheckpointResponse,
   decodeFetchResponse,
@@ -50,6 +52,8 @@ export interface FollowerOptions {
   maxFrameBytes: number
   /** The epoch this data dir last acted in (epochs.ts). */
   epoch: number
+  /** TLS towards the master (the broker's client side of its TLS files); undefined: plain TCP. */
+  tls?: ClientTlsOptions | undefined
 }
 
 export interface FollowerStatus {
@@ -180,6 +184,10 @@ export class ReplicationFollower {
       requestTimeoutMs: this.opts.fetchWaitMs + 10_000,
       maxFrameBytes: this.opts.maxFrameBytes,
       reconnectMaxMs: this.opts.retryMs,
+      ...(this.opts.tls !== undefined ? { tls: this.opts.tls } : {}),
+      // The master's AuthGate (auth on) refuses REPL_FETCH without an AUTH first: servers
+      // authenticate to each other as the cluster app with the cluster secret.
+      auth: { appCode: CLUSTER_APP, token: this.opts.clusterSecret },
     })
     return this.conn
   }

@@ -1,4 +1,5 @@
 import { Connection } from '../../client/transport/connection'
+import { CLUSTER_APP } from '../../common/auth/credentials'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { ClientInfo, GroupInfo, SubjectInfo } from '../../common/meta/types'
 import { validateGroup, validateSubject } from '../../common/names'
@@ -22,6 +23,7 @@ import {
   encodeDelayPendingRequest,
 } from '../../common/protocol/delay-admin'
 import type { Frame } from '../../common/protocol/frame'
+import type { ClientTlsOptions } from '../../common/tls'
 import type { MetaService } from '../service'
 
 /**
@@ -164,6 +166,8 @@ export class ConsoleApi {
     /** Sent to delay servers, whose admin requests carry the cluster secret. */
     private readonly clusterSecret: string,
     private readonly now: () => number = Date.now,
+    /** TLS towards brokers and delay servers (the metaserver's client side of its TLS files). */
+    private readonly tls: ClientTlsOptions | undefined = undefined,
   ) {}
 
   private request(address: string, code: number, body: Buffer): Promise<Frame> {
@@ -174,6 +178,9 @@ export class ConsoleApi {
         address,
         requestTimeoutMs: FANOUT_TIMEOUT_MS,
         connectTimeoutMs: FANOUT_TIMEOUT_MS,
+        ...(this.tls !== undefined ? { tls: this.tls } : {}),
+        // Brokers and delay servers with auth on take requests only after an AUTH: the cluster app.
+        auth: { appCode: CLUSTER_APP, token: this.clusterSecret },
       })
       this.connections.set(address, c)
     }

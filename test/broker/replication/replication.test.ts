@@ -4,10 +4,15 @@ import path from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { Connection } from '../../../src/client/transport/connection'
+import { CLUSTER_APP } from '../../../src/common/auth/credentials'
 import { ERROR_CODES } from '../../../src/common/error-codes'
 import { silentLogger } from '../../../src/common/logger'
 import { RequestCode } from '../../../src/common/protocol/codes'
+import { decodeSendResponse, encodeSendRequest } from '../../../src/common/protocol/commands'
 import { encodeFetchRequest } from '../../../src/common/protocol/replication'
+import { encodeRecord } from '../../../src/common/record'
+import { makeCa } from '../../helpers/certs'
 import { RawClient } from '../../helpers/raw-client'
 import { ack, message, pull, send, sendOk } from '../server/ops'
 
@@ -228,4 +233,48 @@ t.test('replication - fetches need the cluster secret', async (t) => {
   )
   t.equal(res.status, ERROR_CODES.QMQ_ERR_UNAUTHORIZED.status)
   t.notOk(fs.existsSync(path.join(m.dataDir, 'replication', 'slaves.json')), 'no slave recorded')
+})
+
+t.test('replication - a slave follows a master with TLS and auth on (cluster app over TLS)', async (t) => {
+  const dir = freshDir(t)
+  const ca = makeCa(dir)
+  const leaf = ca.issue('broker')
+  const tls = { tlsCertFile: leaf.cert, tlsKeyFile: leaf.key, tlsCaFile: ca.cert }
+  // Only the cluster app (checked against the cluster secret) is known: no metaserver.
+  const credentials = { credentials: async () => ({ apps: [] }) }
+  const mDir = freshDir(t)
+  const master = new Broker(
+    { ...BASE, ...tls, auth: true, dataDir: mDir },
+    { logger: silentLogger, credentials },
+  )
+  const { port, address } = await master.start()
+  t.teardown(() => master.close())
+  const c = new Connection({
+    address: `127.0.0.1:${port}`,
+    requestTimeoutMs: 5_000,
+    tls: { ca: fs.readFileSync(ca.cert) },
+    auth: { appCode: CLUSTER_APP, token: SECRET },
+  })
+  t.teardown(() => c.close())
+  // Written before the slave exists (no slave yet: plain writes).
+  for (let i = 0; i < 20; i++) {
+    const f = await c.request(
+      RequestCode.SEND,
+      encodeSendRequest([encodeRecord(message('orders', `tls-${i}`, Buffer.alloc(900, i)))]),
+    )
+    t.same(decodeSendResponse(f.body), [{ status: 0, message: '' }])
+  }
+  const slave = new Broker(
+    { ...BASE, ...tls, auth: true, role: 'slave', masterAddress: address, dataDir: freshDir(t) },
+    { logger: silentLogger, credentials },
+  )
+  await slave.start()
+  t.teardown(() => slave.close())
+  await until('slave caught up over TLS with auth', () => {
+    const s = slave.replicationStatus()
+    return 'slave' in s && s.slave.messageOffset > 0 && slaveCaughtUp(master, slave)
+  })
+  t.ok(inSync(master), 'the master sees an in-sync slave')
+  const s = slave.replicationStatus()
+  t.ok('slave' in s && s.slave.lastError === undefined, 'no fetch failed')
 })
