@@ -6,91 +6,23 @@ import { ApiError, getToken } from './api'
  * the console holds one, goes along (Authorization header only): a metaserver with an admin token
  * shows message bodies and properties only to it (`bodyWithheld` otherwise).
  */
-export interface ConsumerView {
-  consumerGroup: string
-  state: 'pending' | 'inFlight' | 'retrying' | 'acked' | 'dead'
-  deliveryCount: number
-  holder?: string
-  retryAt?: number
-}
+// The answers' types are the server's own (type-only: nothing of src/ enters the bundle).
+export type {
+  ConsumerView,
+  FanoutError as GroupError,
+  HistoryPoint,
+  HistoryResult as HistoryAnswer,
+  ListResult as MessageList,
+  MessageResult as MessageAnswer,
+  MessageView,
+  TraceEventView as TraceEvent,
+} from '../../src/common/protocol/query'
 
-export interface MessageView {
-  server: string
-  kind: 'broker' | 'delay'
-  id: string
-  subject: string
-  sequence: number
-  createdAt: number
-  storedAt: number
-  scheduleAt?: number
-  tags: string[]
-  keys: string[]
-  appCode?: string
-  host?: string
-  /** Absent when withheld. */
-  properties?: Record<string, string>
-  bodyBytes: number
-  body?: string
-  bodyEncoding?: 'utf8' | 'base64'
-  /** The metaserver left body and properties out: the request did not carry its admin token. */
-  bodyWithheld?: true
-  consumers?: ConsumerView[]
-}
-
-export interface TraceEvent {
-  time: number
-  type: string
-  server: string
-  subject: string
-  sequence?: number
-  consumerGroup?: string
-  consumer?: string
-  deliveryCount?: number
-  retryAt?: number
-  /** scheduled (delay group): when it is due */
-  scheduleAt?: number
-  appCode?: string
-  host?: string
-}
-
-export interface GroupError {
-  group: string
-  code: string
-  message: string
-}
-
-export interface MessageAnswer {
-  id: string
-  found: boolean
-  messages: MessageView[]
-  events: TraceEvent[]
-  errors: GroupError[]
-}
-
-export interface MessageList {
-  messages: MessageView[]
-  nextCursor?: string
-  errors: GroupError[]
-}
-
-export interface HistoryPoint {
-  minute: number
-  produced: number
-  delivered: number
-  acked: number
-  nacked: number
-  expired: number
-  dead: number
-  bytes: number
-}
-
-export interface HistoryAnswer {
-  from: number
-  to: number
-  series: { subject: string; consumerGroup: string; points: HistoryPoint[] }[]
-  truncated: boolean
-  errors: GroupError[]
-}
+import type {
+  HistoryResult as HistoryAnswer,
+  ListResult as MessageList,
+  MessageResult as MessageAnswer,
+} from '../../src/common/protocol/query'
 
 async function get<T>(path: string, params: Record<string, string | number | undefined> = {}): Promise<T> {
   const q = new URLSearchParams()
