@@ -1,7 +1,23 @@
 import type { Pool, PoolClient, QueryResultRow } from 'pg'
 import { QmqError } from '../common/errors'
 import { type AppCredentialStore, PostgresAppStore } from './app-store'
-import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
+import {
+  type ClientRow,
+  type EpochRow,
+  type GroupRow,
+  type LivenessRow,
+  type ReadOnlyRow,
+  type RouteRow,
+  type ServerRow,
+  storeError,
+  toClient,
+  toEpoch,
+  toGroup,
+  toLiveness,
+  toReadOnly,
+  toRoute,
+  toServer,
+} from './rows'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
   LivenessDecision,
@@ -35,12 +51,6 @@ const CONNECT_TIMEOUT_MS = 3_000
 /** A statement running longer than this fails (the database is stuck or gone): answers stay bounded. */
 const STATEMENT_TIMEOUT_MS = 5_000
 
-function storeError(err: unknown, what: string): QmqError {
-  if (err instanceof QmqError) return err
-  const message = err instanceof Error ? err.message : String(err)
-  return new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: ${message}`, { cause: err })
-}
-
 /** `pg` is an optional peer dependency, loaded when a metaserver opens a PostgreSQL store. */
 function loadPg(): typeof import('pg') {
   try {
@@ -53,37 +63,6 @@ function loadPg(): typeof import('pg') {
         { cause: err },
       )
     throw err
-  }
-}
-
-function parseJson<T>(json: string, fallback: T, ok: (v: unknown) => boolean): T {
-  try {
-    const v: unknown = JSON.parse(json)
-    return ok(v) ? (v as T) : fallback
-  } catch {
-    return fallback
-  }
-}
-
-function parseGroups(json: string): string[] {
-  return parseJson<unknown[]>(json, [], Array.isArray).filter((x): x is string => typeof x === 'string')
-}
-
-interface RouteRow {
-  subject: string
-  groups_json: string
-  version: number
-  created_at: number
-  updated_at: number
-}
-
-function toRoute(row: RouteRow): StoredRoute {
-  return {
-    subject: row.subject,
-    groups: parseGroups(row.groups_json),
-    version: row.version,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
   }
 }
 
@@ -198,87 +177,32 @@ export class PostgresMetaStore implements MetaStore {
       return await this.tx(async (c) => {
         await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY')
         const groups = (
-          await c.query<{ name: string; kind: string; first_seen_at: number; load_json: string }>(
-            'SELECT name, kind, first_seen_at, load_json FROM groups',
-          )
-        ).rows.map(
-          (r): StoredGroup => ({
-            name: r.name,
-            kind: r.kind as GroupKind,
-            firstSeenAt: r.first_seen_at,
-            load: parseJson<ServerLoad>(
-              r.load_json,
-              {},
-              (v) => v !== null && typeof v === 'object' && !Array.isArray(v),
-            ),
-          }),
-        )
+          await c.query<GroupRow>('SELECT name, kind, first_seen_at, load_json FROM groups')
+        ).rows.map(toGroup)
         const servers = (
-          await c.query<{
-            group_name: string
-            role: string
-            address: string
-            http_address: string | null
-            last_seen_at: number
-          }>('SELECT group_name, role, address, http_address, last_seen_at FROM servers')
-        ).rows.map(
-          (r): StoredServer => ({
-            group: r.group_name,
-            role: r.role as ServerRole,
-            address: r.address,
-            httpAddress: r.http_address ?? undefined,
-            lastSeenAt: r.last_seen_at,
-          }),
-        )
+          await c.query<ServerRow>(
+            'SELECT group_name, role, address, http_address, last_seen_at FROM servers',
+          )
+        ).rows.map(toServer)
         const routes = (
           await c.query<RouteRow>(
             'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes',
           )
         ).rows.map(toRoute)
         const readOnly = (
-          await c.query<{ group_name: string; subject: string; created_at: number }>(
-            'SELECT group_name, subject, created_at FROM readonly_settings',
-          )
-        ).rows.map((r) => ({ group: r.group_name, subject: r.subject, createdAt: r.created_at }))
+          await c.query<ReadOnlyRow>('SELECT group_name, subject, created_at FROM readonly_settings')
+        ).rows.map(toReadOnly)
         const clients = (
-          await c.query<{
-            client_id: string
-            kind: string
-            subject: string
-            consumer_group: string
-            app_code: string
-            last_seen_at: number
-          }>('SELECT client_id, kind, subject, consumer_group, app_code, last_seen_at FROM clients')
-        ).rows.map(
-          (r): StoredClient => ({
-            clientId: r.client_id,
-            kind: r.kind as ClientKind,
-            subject: r.subject,
-            consumerGroup: r.consumer_group,
-            appCode: r.app_code,
-            lastSeenAt: r.last_seen_at,
-          }),
-        )
+          await c.query<ClientRow>(
+            'SELECT client_id, kind, subject, consumer_group, app_code, last_seen_at FROM clients',
+          )
+        ).rows.map(toClient)
         const liveness = (
-          await c.query<{ group_name: string; alive: boolean; version: number; changed_at: number }>(
-            'SELECT group_name, alive, version, changed_at FROM group_liveness',
-          )
-        ).rows.map((r) => ({
-          group: r.group_name,
-          alive: r.alive,
-          version: r.version,
-          changedAt: r.changed_at,
-        }))
+          await c.query<LivenessRow>('SELECT group_name, alive, version, changed_at FROM group_liveness')
+        ).rows.map(toLiveness)
         const epochs = (
-          await c.query<{ group_name: string; epoch: number; failovers: number; updated_at: number }>(
-            'SELECT group_name, epoch, failovers, updated_at FROM group_epochs',
-          )
-        ).rows.map((r) => ({
-          group: r.group_name,
-          epoch: r.epoch,
-          failovers: r.failovers,
-          updatedAt: r.updated_at,
-        }))
+          await c.query<EpochRow>('SELECT group_name, epoch, failovers, updated_at FROM group_epochs')
+        ).rows.map(toEpoch)
         return { epochs, groups, servers, routes, readOnly, clients, liveness }
       })
     } catch (err) {

@@ -1,19 +1,33 @@
 import type Database from 'better-sqlite3'
 import { QmqError } from '../common/errors'
-import type { ClientKind, GroupKind, ServerLoad, ServerRole } from '../common/meta/types'
 import type {
   MetaSnapshot,
   MetaStore,
   StoredClient,
   StoredGroup,
-  StoredReadOnly,
   StoredRoute,
   StoredServer,
   LivenessDecision,
-  StoredLiveness,
   StoredMetaserver,
 } from './store'
 import { type AppCredentialStore, SqliteAppStore } from './app-store'
+import {
+  type ClientRow,
+  type EpochRow,
+  type GroupRow,
+  type LivenessRow,
+  type ReadOnlyRow,
+  type RouteRow,
+  type ServerRow,
+  storeError,
+  toClient,
+  toEpoch,
+  toGroup,
+  toLiveness,
+  toReadOnly,
+  toRoute,
+  toServer,
+} from './rows'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
 /**
@@ -25,44 +39,6 @@ import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
  * The schema and its migrations are in schema.ts (shared with the PostgreSQL store).
  */
 export const SQLITE_SCHEMA_VERSION = SCHEMA_VERSION
-
-interface RouteRow {
-  subject: string
-  groups_json: string
-  version: number
-  created_at: number
-  updated_at: number
-}
-
-function parseGroups(json: string): string[] {
-  const v: unknown = JSON.parse(json)
-  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []
-}
-
-function toRoute(row: RouteRow): StoredRoute {
-  return {
-    subject: row.subject,
-    groups: parseGroups(row.groups_json),
-    version: row.version,
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  }
-}
-
-function parseLoad(json: string): ServerLoad {
-  try {
-    const v: unknown = JSON.parse(json)
-    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as ServerLoad) : {}
-  } catch {
-    return {}
-  }
-}
-
-function storeError(err: unknown, what: string): QmqError {
-  if (err instanceof QmqError) return err
-  const message = err instanceof Error ? err.message : String(err)
-  return new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: ${message}`, { cause: err })
-}
 
 /**
  * better-sqlite3 is an optional peer dependency (a native module, server-only): an application that
@@ -221,69 +197,13 @@ export class SqliteMetaStore implements MetaStore {
   loadAll(): Promise<MetaSnapshot> {
     return this.run('load metadata', () => {
       const s = this.stmts
-      const groups = (
-        s.allGroups.all() as { name: string; kind: string; first_seen_at: number; load_json: string }[]
-      ).map(
-        (r): StoredGroup => ({
-          name: r.name,
-          kind: r.kind as GroupKind,
-          firstSeenAt: r.first_seen_at,
-          load: parseLoad(r.load_json),
-        }),
-      )
-      const servers = (
-        s.allServers.all() as {
-          group_name: string
-          role: string
-          address: string
-          http_address: string | null
-          last_seen_at: number
-        }[]
-      ).map(
-        (r): StoredServer => ({
-          group: r.group_name,
-          role: r.role as ServerRole,
-          address: r.address,
-          httpAddress: r.http_address ?? undefined,
-          lastSeenAt: r.last_seen_at,
-        }),
-      )
+      const groups = (s.allGroups.all() as GroupRow[]).map(toGroup)
+      const servers = (s.allServers.all() as ServerRow[]).map(toServer)
       const routes = (s.allRoutes.all() as RouteRow[]).map(toRoute)
-      const readOnly = (
-        s.allReadOnly.all() as { group_name: string; subject: string; created_at: number }[]
-      ).map((r): StoredReadOnly => ({ group: r.group_name, subject: r.subject, createdAt: r.created_at }))
-      const clients = (
-        s.allClients.all() as {
-          client_id: string
-          kind: string
-          subject: string
-          consumer_group: string
-          app_code: string
-          last_seen_at: number
-        }[]
-      ).map(
-        (r): StoredClient => ({
-          clientId: r.client_id,
-          kind: r.kind as ClientKind,
-          subject: r.subject,
-          consumerGroup: r.consumer_group,
-          appCode: r.app_code,
-          lastSeenAt: r.last_seen_at,
-        }),
-      )
-      const liveness = (
-        s.allLiveness.all() as { group_name: string; alive: number; version: number; changed_at: number }[]
-      ).map(
-        (r): StoredLiveness => ({
-          group: r.group_name,
-          alive: r.alive !== 0,
-          version: r.version,
-          changedAt: r.changed_at,
-        }),
-      )
-      const epochs = (
-        s.allEpochs.all() as { group_name: string; epoch: number; failovers: number; updated_at: number }[]
-      ).map((r) => ({ group: r.group_name, epoch: r.epoch, failovers: r.failovers, updatedAt: r.updated_at }))
+      const readOnly = (s.allReadOnly.all() as ReadOnlyRow[]).map(toReadOnly)
+      const clients = (s.allClients.all() as ClientRow[]).map(toClient)
+      const liveness = (s.allLiveness.all() as LivenessRow[]).map(toLiveness)
+      const epochs = (s.allEpochs.all() as EpochRow[]).map(toEpoch)
       return { epochs, groups, servers, routes, readOnly, clients, liveness }
     })
   }
