@@ -10,7 +10,7 @@ import type { ClientInfo, GroupInfo, SubjectInfo } from '../../src/common/meta/t
 /**
  * The console's calls to the metaserver (/console/api/*, same origin). The admin token lives in
  * sessionStorage (this tab only, gone when it closes) and travels only in the Authorization header
- * of admin writes: never in an address, never in a query string.
+ * of admin writes and of the reads that show message bodies: never in an address, never in a query string.
  */
 export type {
   GroupError,
@@ -58,12 +58,14 @@ async function call<T>(
   path: string,
   params?: Record<string, string | number | undefined>,
   body?: unknown,
+  /** Send the admin token on a read too (reads that show message bodies and properties with it). */
+  withToken = false,
 ): Promise<T> {
   const q = new URLSearchParams()
   for (const [k, v] of Object.entries(params ?? {})) if (v !== undefined && v !== '') q.set(k, String(v))
   const headers: Record<string, string> = { accept: 'application/json' }
-  if (method === 'POST') {
-    headers['content-type'] = 'application/json'
+  if (method === 'POST') headers['content-type'] = 'application/json'
+  if (method === 'POST' || withToken) {
     const token = getToken()
     if (token !== undefined) headers.authorization = `Bearer ${token}`
   }
@@ -132,12 +134,18 @@ export const api = {
     }),
   /** `after`: per broker group, list after this sequence (the next page). */
   deadLetters: (subject: string, group: string, limit: number, after: Record<string, number> = {}) =>
-    call<{ items: DeadLetterRow[]; brokerGroups: string[]; errors: GroupError[] }>('GET', 'dead-letters', {
-      subject,
-      group,
-      limit,
-      ...Object.fromEntries(Object.entries(after).map(([b, seq]) => [`after.${b}`, seq])),
-    }),
+    call<{ items: DeadLetterRow[]; brokerGroups: string[]; errors: GroupError[] }>(
+      'GET',
+      'dead-letters',
+      {
+        subject,
+        group,
+        limit,
+        ...Object.fromEntries(Object.entries(after).map(([b, seq]) => [`after.${b}`, seq])),
+      },
+      undefined,
+      true,
+    ),
   redrive: (subject: string, group: string, brokerGroup: string, sequences: number[]) =>
     call<{ redriven: number }>('POST', 'redrive', undefined, { subject, group, brokerGroup, sequences }),
   redriveAll: (subject: string, group: string) =>

@@ -284,7 +284,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       const api = path.startsWith(`${CONSOLE_PREFIX}/api/`)
       setRoute(api ? 'console_api' : 'console_page')
       const a = await handleConsole(
-        { api: ctx.console, requireAdmin, readJson: (r) => readJson(r, ctx.maxBodyBytes) },
+        { api: ctx.console, requireAdmin, mayReadBodies, readJson: (r) => readJson(r, ctx.maxBodyBytes) },
         req,
         path,
         query,

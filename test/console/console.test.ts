@@ -300,6 +300,27 @@ t.test('console - every page in a real browser against a live cluster', async (t
     await shot('message-with-token')
   })
 
+  await t.test('dead letters: properties and bodies only with the admin token', async (t) => {
+    const dlq = `${base}api/dead-letters?subject=console.payments&group=audit`
+    type Row = { id: string; properties?: Record<string, string>; body?: string; bodyWithheld?: boolean }
+    const bare = (await (await fetch(dlq)).json()) as { items: Row[] }
+    t.equal(bare.items.length, deadIds.length, 'listed without the token')
+    t.ok(
+      bare.items.every((d) => d.bodyWithheld === true && d.properties === undefined && d.body === undefined),
+      'without the token: no properties, no body',
+    )
+    const wrong = await fetch(dlq, { headers: { authorization: 'Bearer not-the-token-000000' } })
+    await wrong.arrayBuffer()
+    t.equal(wrong.status, 401, 'a wrong token is refused')
+    const full = (await (await fetch(dlq, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as {
+      items: Row[]
+    }
+    t.ok(
+      full.items.every((d) => d.bodyWithheld === undefined && d.properties !== undefined),
+      'with the token: properties and bodies',
+    )
+  })
+
   await t.test('dead letters: browse, inspect, redrive', async (t) => {
     // Without a group picked: the groups that have dead letters.
     await open('#/dead-letters', 'dead-letters')

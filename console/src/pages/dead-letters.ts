@@ -1,6 +1,6 @@
 import { adminAction } from '../admin'
 import { api, type ConsumerGroupRow, type DeadLetterRow } from '../api'
-import { h, link, num, pager, route, table, time, partial } from '../dom'
+import { h, link, notice, num, pager, route, table, time, partial } from '../dom'
 
 function inspect(d: DeadLetterRow): HTMLElement {
   return h(
@@ -12,8 +12,18 @@ function inspect(d: DeadLetterRow): HTMLElement {
       {},
       `created ${time(d.createdAt)} · body ${d.bodyBytes} bytes${d.bodyTruncated ? ' (cut)' : ''}`,
     ),
-    h('pre', { 'data-testid': 'dead-letter-properties' }, JSON.stringify(d.properties, null, 2)),
-    h('pre', { 'data-testid': 'dead-letter-body' }, d.body ?? '(no body)'),
+    ...(d.bodyWithheld === true
+      ? [
+          notice(
+            'info',
+            'Properties and body hidden: enter the admin token at the top right to see them.',
+            'dead-letter-withheld',
+          ),
+        ]
+      : [
+          h('pre', { 'data-testid': 'dead-letter-properties' }, JSON.stringify(d.properties, null, 2)),
+          h('pre', { 'data-testid': 'dead-letter-body' }, d.body ?? '(no body)'),
+        ]),
   )
 }
 

@@ -104,11 +104,17 @@ export interface DeadLetterRow {
   id: string
   createdAt: number
   tags: string[]
-  properties: Record<string, string>
-  /** Text body (cut at BODY_PREVIEW_CHARS), `base64:...` for a binary one, undefined for none. */
-  body: string | undefined
+  /** Absent when withheld (see bodyWithheld). */
+  properties?: Record<string, string>
+  /** Text body (cut at BODY_PREVIEW_CHARS), `base64:...` for a binary one, undefined for none or withheld. */
+  body?: string | undefined
   bodyTruncated: boolean
   bodyBytes: number
+  /**
+   * Set when the metaserver has an admin token and the request did not carry it: properties and body
+   * are left out (as the query API does), only their size is said.
+   */
+  bodyWithheld?: true
 }
 
 export interface DelayGroupRow {
@@ -344,6 +350,8 @@ export class ConsoleApi {
     limit: number
     /** Per broker group: list after this sequence. */
     after: Record<string, number>
+    /** Whether properties and bodies may be shown (the admin token, when one is configured). */
+    withBodies: boolean
   }): Promise<{ items: DeadLetterRow[]; brokerGroups: string[]; errors: GroupError[] }> {
     const subject = validateSubject(q.subject)
     const group = validateGroup(q.group)
@@ -366,7 +374,7 @@ export class ConsoleApi {
           bytes = body.length
         }
         const cut = text !== undefined && text.length > BODY_PREVIEW_CHARS
-        return {
+        const row: DeadLetterRow = {
           brokerGroup: b.name,
           sequence: d.sequence,
           deliveryCount: d.deliveryCount,
@@ -374,10 +382,14 @@ export class ConsoleApi {
           id: d.record.id,
           createdAt: d.record.createdAt,
           tags: d.record.tags,
+          bodyTruncated: q.withBodies && cut,
+          bodyBytes: bytes,
+        }
+        if (!q.withBodies) return { ...row, bodyWithheld: true }
+        return {
+          ...row,
           properties: Object.fromEntries(d.record.properties),
           body: cut ? text?.slice(0, BODY_PREVIEW_CHARS) : text,
-          bodyTruncated: cut,
-          bodyBytes: bytes,
         }
       })
     })

@@ -13,7 +13,8 @@ import { loadConsoleAssets } from './assets'
  *   GET  /console/api/consumer-groups   ?q=&offset=&limit=&fresh=1&dead=1   backlog summed over broker
  *                                       groups (dead=1: only groups with dead letters)
  *   POST /console/api/reset-cursor      {subject, group, to}                     admin token
- *   GET  /console/api/dead-letters      ?subject=&group=&limit=
+ *   GET  /console/api/dead-letters      ?subject=&group=&limit=   properties and bodies only with the
+ *                                       admin token when one is configured (bodyWithheld otherwise)
  *   POST /console/api/redrive           {subject, group, brokerGroup, sequences} | {subject, group, all}
  *                                                                                 admin token
  *   GET  /console/api/delay-groups      pending delayed messages per hour bucket, per delay group
@@ -34,6 +35,8 @@ export interface ConsoleRouteDeps {
   api: ConsoleApi
   /** Throws QMQ_ERR_UNAUTHORIZED unless the request carries the admin token; answers it. */
   requireAdmin(req: IncomingMessage): string
+  /** Whether the request may see message bodies and properties (throws on a wrong admin token). */
+  mayReadBodies(req: IncomingMessage): boolean
   readJson(req: IncomingMessage): Promise<unknown>
 }
 
@@ -138,6 +141,7 @@ export async function handleConsole(
             group: required(query, 'group'),
             limit: intParam(query, 'limit', DEFAULT_PAGE, 1, MAX_PAGE),
             after,
+            withBodies: deps.mayReadBodies(req),
           }),
         }
       }
