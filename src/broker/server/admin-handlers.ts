@@ -99,7 +99,7 @@ export async function handleAdmin(
       requireAdminToken(ctx, req.token, 'a dead-letter redrive')
       const n = await ctx.store.redriveDeadLetters(req.subject, req.group, req.sequences)
       if (n > 0) {
-        ctx.metrics.redriven.inc({ subject: req.subject, group: req.group }, n)
+        ctx.metrics.redriven.inc({ subject: req.subject, consumer_group: req.group }, n)
         ctx.log.info({ subject: req.subject, group: req.group, redriven: n }, 'dead letters redriven')
         ctx.polls.notify(req.subject)
       }

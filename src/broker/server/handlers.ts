@@ -372,7 +372,7 @@ function countPulled(ctx: ServerContext, subject: string, group: string, message
     bytes += m.record.length
     if (m.deliveryCount > 1) redelivered++
   }
-  const labels = { subject, group }
+  const labels = { subject, consumer_group: group }
   ctx.metrics.pulled.inc(labels, messages.length)
   ctx.metrics.pulledBytes.inc(labels, bytes)
   if (redelivered > 0) ctx.metrics.redelivered.inc(labels, redelivered)
@@ -382,7 +382,7 @@ async function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Pr
   const req = decodeAckRequest(body)
   ctx.auth?.consume(conn, 'ACK', req.subject, req.group)
   const n = await ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast)
-  if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, group: req.group }, n)
+  if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, consumer_group: req.group }, n)
   return encodeCountResponse(n)
 }
 
@@ -394,7 +394,7 @@ async function handleNack(ctx: ServerContext, body: Buffer, conn: Connection): P
     deadLetter: req.deadLetter,
   })
   if (n > 0) {
-    const labels = { subject: req.subject, group: req.group }
+    const labels = { subject: req.subject, consumer_group: req.group }
     ctx.metrics.nacked.inc(labels, n)
     if (req.deadLetter) ctx.metrics.deadLetteredByNack.inc(labels, n)
   }

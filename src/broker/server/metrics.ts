@@ -12,13 +12,13 @@ export class BrokerMetrics {
   readonly receivedBytes: Counter<'subject'>
   readonly duplicates: Counter<'subject'>
   readonly rejected: Counter<'code'>
-  readonly pulled: Counter<'subject' | 'group'>
-  readonly pulledBytes: Counter<'subject' | 'group'>
-  readonly redelivered: Counter<'subject' | 'group'>
-  readonly acked: Counter<'subject' | 'group'>
-  readonly nacked: Counter<'subject' | 'group'>
-  readonly deadLetteredByNack: Counter<'subject' | 'group'>
-  readonly redriven: Counter<'subject' | 'group'>
+  readonly pulled: Counter<'subject' | 'consumer_group'>
+  readonly pulledBytes: Counter<'subject' | 'consumer_group'>
+  readonly redelivered: Counter<'subject' | 'consumer_group'>
+  readonly acked: Counter<'subject' | 'consumer_group'>
+  readonly nacked: Counter<'subject' | 'consumer_group'>
+  readonly deadLetteredByNack: Counter<'subject' | 'consumer_group'>
+  readonly redriven: Counter<'subject' | 'consumer_group'>
   readonly requests: Counter<'request' | 'status'>
   readonly requestSeconds: Histogram<'request'>
   readonly appendSeconds: Histogram
@@ -26,10 +26,10 @@ export class BrokerMetrics {
   readonly connectionsTotal: Counter
   readonly protocolErrors: Counter<'code'>
   readonly longPollWaiters: Gauge
-  readonly backlogPending: Gauge<'subject' | 'group'>
-  readonly backlogInFlight: Gauge<'subject' | 'group'>
-  readonly backlogRetrying: Gauge<'subject' | 'group'>
-  readonly deadLetters: Gauge<'subject' | 'group'>
+  readonly backlogPending: Gauge<'subject' | 'consumer_group'>
+  readonly backlogInFlight: Gauge<'subject' | 'consumer_group'>
+  readonly backlogRetrying: Gauge<'subject' | 'consumer_group'>
+  readonly deadLetters: Gauge<'subject' | 'consumer_group'>
   /** The connection loop's: closes by reason, partial-frame and write-buffer bytes. */
   readonly connectionLoop: ConnectionMetrics
 
@@ -43,7 +43,9 @@ export class BrokerMetrics {
     },
   ) {
     const registers = [registry]
-    const sg = ['subject', 'group'] as const
+    // The consumer group is `consumer_group`: `group` is every broker metric's default label (the broker
+    // group), which a metric label of the same name would silently replace.
+    const sg = ['subject', 'consumer_group'] as const
     this.received = new Counter({
       name: 'qmq_broker_messages_received_total',
       help: 'Messages stored (duplicates excluded)',
@@ -180,7 +182,7 @@ export class BrokerMetrics {
         registers,
         collect() {
           this.reset()
-          for (const b of backlog()) this.set({ subject: b.subject, group: b.group }, pick(b))
+          for (const b of backlog()) this.set({ subject: b.subject, consumer_group: b.group }, pick(b))
         },
       })
     this.backlogPending = backlogGauge(

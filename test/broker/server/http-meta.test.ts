@@ -23,6 +23,17 @@ t.test('http - /metrics and /health', async (t) => {
   t.match(metrics, /qmq_broker_connections\{[^}]*\} 1/)
   t.match(metrics, /qmq_broker_append_seconds_bucket/)
   t.match(metrics, /qmq_broker_long_poll_waiters/)
+  // Consumer-group metrics keep the broker group's default label beside the consumer group's.
+  const brokerGroup = b.broker.options.group
+  for (const name of [
+    'qmq_broker_messages_pulled_total',
+    'qmq_broker_messages_acked_total',
+    'qmq_broker_in_flight_messages',
+  ]) {
+    const line = metrics.split('\n').find((l) => l.startsWith(`${name}{`))
+    t.match(line, new RegExp(`group="${brokerGroup}"`), `${name} names the broker group`)
+    t.match(line, /consumer_group="g"/, `${name} names the consumer group`)
+  }
   t.match(metrics, /qmq_store_fsync_seconds_bucket/, 'the store shares the registry')
   const health = await fetch(`http://127.0.0.1:${httpPort}/health`)
   t.equal(health.status, 200)
