@@ -102,6 +102,8 @@ export class GroupState {
   readonly broadcast = new Map<string, number>()
   readonly broadcastSeen = new Map<string, number>()
   readonly keys = new Map<string, KeyQueue>()
+  /** Entries in all key queues (Σ seqs.length - head): `waiting` is this less one head per key. */
+  private queued = 0
   /** Counts keyed messages made deliverable by the settling of their predecessor (the store notifies). */
   keyReleases = 0
 
@@ -228,6 +230,11 @@ export class GroupState {
     return out.sort((x, y) => x - y)
   }
 
+  /** Keyed messages passed over and waiting behind their key's head (WAITING entries), in O(1). */
+  get waiting(): number {
+    return this.queued - this.keys.size
+  }
+
   /**
    * A keyed message the cursor passed joins its key's queue: the head when the key has nothing
    * unsettled (READY: the PULL that lists it hands it out, or queues it for delivery), else WAITING.
@@ -237,10 +244,12 @@ export class GroupState {
     const q = this.keys.get(key)
     if (q !== undefined && q.head < q.seqs.length) {
       q.seqs.push(seq)
+      this.queued++
       this.inflight.set(seq, { dc: 0, holder: undefined, state: WAITING, dueAt: 0, key })
       return false
     }
     this.keys.set(key, { seqs: [seq], head: 0, since: time })
+    this.queued++
     // Queued for delivery by the PULL's application unless that PULL hands it out (no stale entry).
     this.inflight.set(seq, { dc: 0, holder: undefined, state: READY, dueAt: 0, key })
     return true
@@ -255,10 +264,14 @@ export class GroupState {
     if (q === undefined) return
     if (q.seqs[q.head] !== seq) {
       const i = q.seqs.indexOf(seq, q.head)
-      if (i >= 0) q.seqs.splice(i, 1) // not the head (retention dropped a waiting one): rare
+      if (i >= 0) {
+        q.seqs.splice(i, 1) // not the head (retention dropped a waiting one): rare
+        this.queued--
+      }
       return
     }
     q.head++
+    this.queued--
     if (q.head >= q.seqs.length) {
       this.keys.delete(key)
       return
@@ -293,6 +306,7 @@ export class GroupState {
    */
   rebuildKeys(time: number): void {
     this.keys.clear()
+    this.queued = 0
     const byKey = new Map<string, number[]>()
     for (const [s, f] of this.inflight) {
       if (f.key === undefined) continue
@@ -310,6 +324,7 @@ export class GroupState {
         return wx - wy || x - y
       })
       this.keys.set(key, { seqs, head: 0, since: time })
+      this.queued += seqs.length
       const first = this.inflight.get(seqs[0] as number)
       if (first !== undefined && first.state === WAITING) {
         first.state = READY

@@ -44,6 +44,7 @@ export interface MessageStoreOptions {
   checkpointIntervalMs: number
   sweepIntervalMs: number
   broadcastIdleMs: number
+  maxWaitingKeyed: number
   maxScanPerPull: number
   /** Index messages by id and business key and record their lifecycle (index-log.ts). */
   indexes: boolean
@@ -150,6 +151,11 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
     default: 7 * 24 * 3_600_000,
     min: 0,
     doc: "A broadcast consumer's cursor is forgotten after this long without a pull (0 = never)",
+  }),
+  maxWaitingKeyed: integer({
+    default: 100_000,
+    min: 1,
+    doc: 'Ordered messages one consumer group passes over (waiting behind an unsettled message of their key) at most; past it the group stops at the next one until some settle',
   }),
   maxScanPerPull: integer({
     default: 10_000,

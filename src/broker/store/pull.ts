@@ -216,6 +216,9 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
       const heads = new Set<string>()
       let outBytes = 0
       let cut = -1
+      // Passed-over keyed messages cost memory until their key moves: past maxWaitingKeyed the cursor
+      // stops at the next one that would wait (the group's later messages wait too) until some settle.
+      let waitRoom = store.options.maxWaitingKeyed - g.waiting
       for (let i = 0; i < fresh.length; i++) {
         const f = fresh[i] as { seq: number; record: Buffer }
         const key = orderKeyOf(f.record)
@@ -229,6 +232,10 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           }
         }
         if (!waits && (out.length >= capacity || (out.length > 0 && bytes + outBytes >= o.maxBytes))) {
+          cut = i
+          break
+        }
+        if (waits && !g.inflight.has(f.seq) && waitRoom-- <= 0) {
           cut = i
           break
         }

@@ -120,6 +120,37 @@ t.test('ordered - a blocked backlog is scanned past within one pull', async (t) 
   t.match(store.backlog('s', 'g')[0], { waiting: 599, keysBlocked: 1, inFlight: 601 })
 })
 
+t.test('ordered - waiting messages are bounded: the group stops, then goes on in order', async (t) => {
+  const store = await open(t.testdir(), { maxWaitingKeyed: 5 })
+  t.teardown(() => store.close())
+  await store.append(Array.from({ length: 20 }, (_, i) => keyed('s', 'hot', `hot${i}`)))
+  await store.append([keyed('s', undefined, 'u0'), keyed('s', 'cold', 'cold0')])
+  t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['hot0'], 'the head goes out')
+  const state = store.state.get('s', 'g')
+  t.equal(state?.waiting, 5, 'five passed over, no more')
+  t.match(store.backlog('s', 'g')[0], { waiting: 5, pending: 16 })
+  t.same(await store.pull(pullOpts('s', 'g', 'c2')), [], 'the cursor stops at the sixth')
+  // Settling the head lets one more in: the key still goes in order, and everything arrives.
+  const got: string[] = ['hot0']
+  let seq = 0
+  for (let i = 0; i < 40 && got.length < 22; i++) {
+    await store.ack('s', 'g', 'c', [seq])
+    const next = await store.pull(pullOpts('s', 'g', 'c'))
+    t.ok((state?.waiting ?? 0) <= 5, 'never more than the bound waits')
+    for (const m of next) {
+      got.push(bodyOf(m.record))
+      if (bodyOf(m.record).startsWith('hot')) seq = m.sequence
+      else await store.ack('s', 'g', 'c', [m.sequence])
+    }
+  }
+  t.same(
+    got.filter((b) => b.startsWith('hot')),
+    Array.from({ length: 20 }, (_, i) => `hot${i}`),
+    'the key in order',
+  )
+  t.ok(got.includes('u0') && got.includes('cold0'), 'the messages behind it too')
+})
+
 t.test('ordered - key queues survive a clean restart and a crash', async (t) => {
   for (const how of ['close', 'crash'] as const) {
     const dir = t.testdir()
@@ -275,6 +306,8 @@ async function property(dir: string, seed: number, total: number): Promise<strin
     retryBaseMs: 50,
     retryMaxMs: 200,
     maxRetries: 100,
+    // Half the runs with a small bound on passed-over keyed messages (the group stops at it).
+    maxWaitingKeyed: seed % 2 === 0 ? 100_000 : 3 + Math.floor(rand() * 10),
     flush: 'async' as const,
     actionFlush: 'async' as const,
   }
@@ -332,6 +365,12 @@ async function property(dir: string, seed: number, total: number): Promise<strin
       const mine = held.get(`${g}/${c}`) ?? new Map<number, string>()
       held.set(`${g}/${c}`, mine)
       const got = await store.pull(pullOpts('s', g, c, { maxMessages: 1 + Math.floor(rand() * 20) }))
+      const gs = store.state.get('s', g)
+      if (gs !== undefined) {
+        if (gs.waiting !== gs.counts().waiting)
+          fail(`${g}: waiting ${gs.waiting} != ${gs.counts().waiting} counted`)
+        if (gs.waiting > opts.maxWaitingKeyed) fail(`${g}: ${gs.waiting} waiting, over the bound`)
+      }
       for (const m of got) {
         const body = bodyOf(m.record)
         const k = keyOfBody.get(body)
