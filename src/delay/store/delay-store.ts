@@ -72,6 +72,12 @@ const CANCEL_FILE = 'cancel.log'
 const DEAD_LETTER_FILE = 'deadletter.log'
 const MESSAGE_DIR = 'message'
 const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
+/**
+ * Bytes of frames all buckets may buffer together before the store writes every bucket's buffered
+ * frames (each bucket also writes its own at 64 KiB). Without it, sends spread over a month of hourly
+ * buckets kept up to 64 KiB per bucket, ~45 MiB in all, in memory until the checkpoint.
+ */
+const BUFFERED_FRAME_BYTES = 4 * 1024 * 1024
 
 export interface StoreStats {
   buckets: number
@@ -100,6 +106,8 @@ export class DelayStore {
   /** Every message-log record below this offset is filed in a schedule log (maybe not yet synced). */
   private filedOffset = 0
   private checkpointOffset = 0
+  /** Frame bytes filed since every bucket last wrote its buffer (an upper bound of what is buffered). */
+  private filedSinceFlush = 0
   private closed = false
   private checkpointRun: Promise<void> | undefined
   /** Ids of cancelled frames skipped, by bucket start (their tombstones go when the bucket goes). */
@@ -278,6 +286,12 @@ export class DelayStore {
     const [s, e] = recordIdRange(bytes, 0)
     this.ids.add(crc32cRange(bytes, s, e))
     if (b.state !== 'disk') this.wheel.add(scheduleAt, offset, b.slot, length)
+    this.filedSinceFlush += length
+    if (this.filedSinceFlush >= BUFFERED_FRAME_BYTES) {
+      // Every bucket holding buffered frames is dirty (marked at its append, until its checkpoint sync).
+      for (const d of this.dirty) d.schedule.flush()
+      this.filedSinceFlush = 0
+    }
   }
 
   private markDirty(b: Bucket): void {

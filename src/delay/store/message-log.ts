@@ -122,9 +122,9 @@ export class MessageLog {
     const cuts = await seg.recover(
       from,
       (b, p, e) => checkRecord(b, p, e, max),
-      // A copy: the scan's buffer is reused, and the store keeps the record (buffered in a schedule
-      // log until its next flush).
-      (b, p, length, offset) => onRecord(Buffer.from(b.subarray(p, p + length)), offset),
+      // A view into the scan's buffer, which is reused: onRecord must not keep it (the store copies
+      // the record into its schedule-log frame).
+      (b, p, length, offset) => onRecord(b.subarray(p, p + length), offset),
       { onSkip: (r) => report(r.file, r.logOffset, r.bytes) },
     )
     for (const c of cuts) report(c.file, c.logOffset, c.droppedBytes)

@@ -18,8 +18,11 @@ import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../..
  *   16  ...  record      the message record as received (common/record.ts), its own CRC included
  *
  * Appends are buffered (SegmentLog.appendBuffered: synchronous, the offset known at once) and written
- * when the buffer passes FLUSH_BYTES, before a read that needs them, and at each checkpoint; sync()
- * makes them durable. The message log is the durable copy until then: the replay checkpoint only moves
+ * when the buffer passes FLUSH_BYTES, when the store flushes every bucket (`flush`: it bounds what all
+ * buckets buffer together, see delay-store.ts), before a read that needs them, and at each checkpoint;
+ * sync() makes them durable. A buffered frame is one copy of its header and record (one Buffer from
+ * Node's pool): not a view into the SEND request it came in, which would keep that whole request
+ * (~1,000 records) alive until the last of the buckets it spread over wrote its frames. The message log is the durable copy until then: the replay checkpoint only moves
  * past a record once its bucket is synced.
  *
  * The descriptor is opened on first use and can be released (`release`) while nothing is unsynced:
@@ -52,13 +55,15 @@ export interface FrameScan {
   maxMsgOffset: number
 }
 
-export function encodeFrameHeader(record: Buffer, msgOffset: number): Buffer {
-  const h = Buffer.allocUnsafe(FRAME_HEADER_BYTES)
-  h.writeUInt32BE(FRAME_HEADER_BYTES + record.length, 0)
-  h.writeUInt32BE(Math.floor(msgOffset / 0x1_0000_0000), 8)
-  h.writeUInt32BE(msgOffset >>> 0, 12)
-  h.writeUInt32BE(crc32c(record, crc32cRange(h, 8, 16)), 4)
-  return h
+/** The whole frame (layout above: header and a copy of the record) in one buffer. */
+export function encodeScheduleFrame(record: Buffer, msgOffset: number): Buffer {
+  const f = Buffer.allocUnsafe(FRAME_HEADER_BYTES + record.length)
+  f.writeUInt32BE(FRAME_HEADER_BYTES + record.length, 0)
+  f.writeUInt32BE(Math.floor(msgOffset / 0x1_0000_0000), 8)
+  f.writeUInt32BE(msgOffset >>> 0, 12)
+  record.copy(f, FRAME_HEADER_BYTES)
+  f.writeUInt32BE(crc32cRange(f, 8, f.length), 4)
+  return f
 }
 
 /** Frames and verifies the frame at `pos` of `buf[.., end)`. The cheap tests first (resync calls it at every byte). */
@@ -108,20 +113,28 @@ export class ScheduleLog {
     return this.log().nextOffset
   }
 
-  /** Buffers a frame; returns its offset and length. */
+  /** Buffers a frame (a copy of `record`: see the class comment); returns its offset and length. */
   append(record: Buffer, msgOffset: number): { offset: number; length: number } {
     const log = this.log()
-    const header = encodeFrameHeader(record, msgOffset)
-    const offset = log.appendBuffered(header, record)
-    if (log.bufferedBytes >= FLUSH_BYTES) {
-      try {
-        log.flushSync()
-      } catch {
-        // The frame is buffered (filed): the next flush writes it, and the checkpoint's sync (which
-        // fails and keeps the replay checkpoint where it is until it succeeds) reports the error.
-      }
+    const frame = encodeScheduleFrame(record, msgOffset)
+    const offset = log.appendBuffered(frame)
+    if (log.bufferedBytes >= FLUSH_BYTES) this.flush()
+    return { offset, length: frame.length }
+  }
+
+  /** Bytes appended and not yet written. */
+  get bufferedBytes(): number {
+    return this.seg?.bufferedBytes ?? 0
+  }
+
+  /** Writes the buffered frames now (synchronous write). */
+  flush(): void {
+    try {
+      this.seg?.flushSync()
+    } catch {
+      // The frames stay buffered (filed): the next flush writes them, and the checkpoint's sync (which
+      // fails and keeps the replay checkpoint where it is until it succeeds) reports the error.
     }
-    return { offset, length: header.length + record.length }
   }
 
   /** Writes the buffered frames, fdatasyncs off the event loop (see SegmentLog.sync). */
