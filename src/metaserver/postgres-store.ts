@@ -276,7 +276,8 @@ export class PostgresMetaStore implements MetaStore {
         [group.name, group.kind, group.firstSeenAt, JSON.stringify(group.load), server.lastSeenAt],
       )
       const stored = await epochOf(c, group.name)
-      if (stored > epoch) return { written: false, epoch: stored, replication: await replicationOf(c, group.name) }
+      if (stored > epoch)
+        return { written: false, epoch: stored, replication: await replicationOf(c, group.name) }
       if (server.role === 'master') {
         await c.query(
           `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch)
@@ -287,7 +288,10 @@ export class PostgresMetaStore implements MetaStore {
                                  ELSE GREATEST(servers.last_seen_at, excluded.last_seen_at) END`,
           [server.group, server.address, server.httpAddress ?? null, server.lastSeenAt, stored],
         )
-        await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [server.group, server.address])
+        await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [
+          server.group,
+          server.address,
+        ])
         if (report !== undefined)
           // A report replaces an older one only; a step-down is kept within its epoch.
           await c.query(
@@ -453,7 +457,9 @@ export class PostgresMetaStore implements MetaStore {
         `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master'`,
         [group],
       )
-      const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [group])
+      const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [
+        group,
+      ])
       const choice = choosePromotion(req, {
         epoch: await epochOf(c, group),
         masterLastSeenAt: seen.rows[0]?.last_seen_at ?? 0,

@@ -545,14 +545,17 @@ export class MetaService {
       if (role === 'master' && req.role === 'master' && !offline) {
         report = { replicated: rep.replicated === true, inSync: rep.inSyncSlaves ?? [] }
         reportChanged =
-          report.replicated !== g.replicated || g.inSyncEpoch !== g.epoch || !sameList(report.inSync, g.inSync)
+          report.replicated !== g.replicated ||
+          g.inSyncEpoch !== g.epoch ||
+          !sameList(report.inSync, g.inSync)
         g.replicated = report.replicated
         g.inSync = report.inSync
         g.inSyncEpoch = g.epoch
         g.reportedAt = now
       }
       if (role === 'slave') {
-        offsetsChanged = server.messageOffset !== rep.messageOffset || server.actionOffset !== rep.actionOffset
+        offsetsChanged =
+          server.messageOffset !== rep.messageOffset || server.actionOffset !== rep.actionOffset
         server.messageOffset = rep.messageOffset
         server.actionOffset = rep.actionOffset
       }
@@ -588,7 +591,10 @@ export class MetaService {
         )
         if (!written.written) {
           // Another metaserver promoted a slave since our last reload: answer from its state.
-          this.log.info({ group: g.name, epoch: g.epoch, stored: written.epoch }, 'newer epoch in the store: reloading')
+          this.log.info(
+            { group: g.name, epoch: g.epoch, stored: written.epoch },
+            'newer epoch in the store: reloading',
+          )
           await this.refresh()
           if (retry) return this.heartbeat(req, false)
           throw new QmqError('QMQ_ERR_METASERVER_STORE', `group ${g.name} changed epoch during its heartbeat`)
@@ -710,7 +716,10 @@ export class MetaService {
       if ('refused' in result) {
         // 'epoch': another metaserver promoted; else the store knows better than memory (a master
         // heard by another metaserver, a newer report): reload either way.
-        this.log.warn({ group: g.name, epoch: g.epoch, refused: result.refused }, 'promotion refused by the store: reloading')
+        this.log.warn(
+          { group: g.name, epoch: g.epoch, refused: result.refused },
+          'promotion refused by the store: reloading',
+        )
         await this.refresh()
         continue
       }
@@ -751,8 +760,7 @@ export class MetaService {
     const g = await this.requireSharedGroup(name)
     const now = this.now()
     const alive = [...g.slaves.values()].filter((s) => this.serverAlive(s, now))
-    if (alive.length === 0)
-      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
+    if (alive.length === 0) throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
     if (this.promotable(g, now).length === 0)
       throw new QmqError(
         'QMQ_ERR_NO_IN_SYNC_SLAVE',

@@ -302,11 +302,24 @@ export class SqliteMetaStore implements MetaStore {
       this.db
         .transaction((): HeartbeatResult => {
           const s = this.stmts
-          s.upsertGroup.run(group.name, group.kind, group.firstSeenAt, JSON.stringify(group.load), server.lastSeenAt)
+          s.upsertGroup.run(
+            group.name,
+            group.kind,
+            group.firstSeenAt,
+            JSON.stringify(group.load),
+            server.lastSeenAt,
+          )
           const stored = this.epochOf(group.name)
-          if (stored > epoch) return { written: false, epoch: stored, replication: this.replicationOf(group.name) }
+          if (stored > epoch)
+            return { written: false, epoch: stored, replication: this.replicationOf(group.name) }
           if (server.role === 'master') {
-            s.upsertServer.run(server.group, server.address, server.httpAddress ?? null, server.lastSeenAt, stored)
+            s.upsertServer.run(
+              server.group,
+              server.address,
+              server.httpAddress ?? null,
+              server.lastSeenAt,
+              stored,
+            )
             s.deleteSlave.run(server.group, server.address)
             if (report !== undefined)
               s.upsertReport.run(

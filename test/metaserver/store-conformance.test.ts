@@ -92,7 +92,13 @@ for (const kind of STORE_KINDS) {
       at += 10_000
       for (const [i, a] of others.entries())
         await s0.recordHeartbeat(group('g'), { ...server(a, 'slave', 100 * i), lastSeenAt: at }, epoch)
-      const req = { group: 'g', expectedEpoch: epoch, now: at, deadBefore: at - 5_000, slaveSeenAfter: at - 5_000 }
+      const req = {
+        group: 'g',
+        expectedEpoch: epoch,
+        now: at,
+        deadBefore: at - 5_000,
+        slaveSeenAfter: at - 5_000,
+      }
       const results = await Promise.all(stores.map((s) => s.promote(req)))
       const won = results.filter((r) => 'promoted' in r)
       t.equal(won.length, 1, `epoch ${epoch} -> ${epoch + 1}: one promotion`)
@@ -118,7 +124,9 @@ for (const kind of STORE_KINDS) {
         others.filter((a) => a !== promoted.address).sort(),
         'its slave row is gone, the other slaves stay',
       )
-      t.match(snap.replication, [{ group: 'g', replicated: true, epoch: epoch + 1, inSync: [], stepDownAt: undefined }])
+      t.match(snap.replication, [
+        { group: 'g', replicated: true, epoch: epoch + 1, inSync: [], stepDownAt: undefined },
+      ])
       masterAddress = promoted.address
       at += 1
     }
@@ -148,10 +156,21 @@ for (const kind of STORE_KINDS) {
       replicated: true,
       inSync: ['s:1', 's:3'],
     })
-    t.same(await b!.promote(req(10_000, 1_000)), { refused: 'master-alive' }, 'the master was heard after deadBefore')
+    t.same(
+      await b!.promote(req(10_000, 1_000)),
+      { refused: 'master-alive' },
+      'the master was heard after deadBefore',
+    )
     let snap = await b!.loadAll()
     t.same(snap.replication, [
-      { group: 'g', replicated: true, epoch: 0, inSync: ['s:1', 's:3'], reportedAt: 2_000, stepDownAt: undefined },
+      {
+        group: 'g',
+        replicated: true,
+        epoch: 0,
+        inSync: ['s:1', 's:3'],
+        reportedAt: 2_000,
+        stepDownAt: undefined,
+      },
     ])
     // An older report (a slower metaserver) does not replace it.
     await b!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_500 }, 0, {
@@ -164,14 +183,11 @@ for (const kind of STORE_KINDS) {
     const r = await b!.promote(req(10_000, 5_000))
     t.match(r, { promoted: { group: 'g', role: 'master', address: 's:1', messageOffset: 500 } })
     snap = await a!.loadAll()
-    t.same(
-      snap.servers.map((x) => [x.role, x.address]).sort(),
-      [
-        ['master', 's:1'],
-        ['slave', 's:2'],
-        ['slave', 's:3'],
-      ],
-    )
+    t.same(snap.servers.map((x) => [x.role, x.address]).sort(), [
+      ['master', 's:1'],
+      ['slave', 's:2'],
+      ['slave', 's:3'],
+    ])
   })
 
   t.test(`store [${kind}] - heartbeats of an older epoch do not replace the promoted master`, async (t) => {
@@ -182,14 +198,25 @@ for (const kind of STORE_KINDS) {
     })
     await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 10), lastSeenAt: 9_000 }, 0)
     t.match(
-      await b!.promote({ group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }),
+      await b!.promote({
+        group: 'g',
+        expectedEpoch: 0,
+        now: 10_000,
+        deadBefore: 5_000,
+        slaveSeenAfter: 5_000,
+      }),
       { promoted: { address: 's:1' } },
     )
     // A metaserver that has not reloaded yet hears the former master claiming to be master.
-    const stale = await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 11_000 }, 0, {
-      replicated: true,
-      inSync: ['s:9'],
-    })
+    const stale = await a!.recordHeartbeat(
+      group('g'),
+      { ...server('m:1', 'master'), lastSeenAt: 11_000 },
+      0,
+      {
+        replicated: true,
+        inSync: ['s:9'],
+      },
+    )
     t.match(stale, { written: false, epoch: 1, replication: { epoch: 1, inSync: [] } })
     const snap = await b!.loadAll()
     t.same(
@@ -198,34 +225,56 @@ for (const kind of STORE_KINDS) {
       'master row, slave rows and report unchanged',
     )
     t.same(snap.replication[0]?.inSync, [])
-    const fresh = await a!.recordHeartbeat(group('g'), { ...server('m:1', 'slave', 5), lastSeenAt: 11_000 }, 1)
+    const fresh = await a!.recordHeartbeat(
+      group('g'),
+      { ...server('m:1', 'slave', 5), lastSeenAt: 11_000 },
+      1,
+    )
     t.match(fresh, { written: true, epoch: 1 })
   })
 
-  t.test(`store [${kind}] - step-down: stored after the master's last heartbeat, then promotes`, async (t) => {
-    const [a, b] = await openShared(t, kind, 2)
-    t.equal(await a!.setStepDown('g', 100), undefined, 'no replication state: nothing to step down')
-    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 5_000 }, 0, {
-      replicated: true,
-      inSync: ['s:1'],
-    })
-    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 10), lastSeenAt: 5_000 }, 0)
-    // Asked at 4_000 on a clock behind the heartbeat's: stored at the heartbeat's time.
-    t.match(await b!.setStepDown('g', 4_000), { stepDownAt: 5_000 })
-    t.match(await a!.setStepDown('g', 7_000), { stepDownAt: 5_000 }, 'an earlier step-down is kept')
-    const hb = await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 6_000 }, 0, {
-      replicated: true,
-      inSync: ['s:1'],
-    })
-    t.match(hb, { written: true, replication: { stepDownAt: 5_000 } }, 'the master\'s next heartbeat sees it')
-    const req = { group: 'g', expectedEpoch: 0, now: 6_000, deadBefore: 1_000, slaveSeenAfter: 1_000 }
-    t.same(await b!.promote({ ...req, stepDownBefore: 4_999 }), { refused: 'master-alive' }, 'lease not run out')
-    t.same(await b!.setStepDown('g', undefined), { group: 'g', replicated: true, epoch: 0, inSync: ['s:1'], reportedAt: 6_000, stepDownAt: undefined })
-    t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')
-    await a!.setStepDown('g', 6_000)
-    t.match(await b!.promote({ ...req, stepDownBefore: 6_000 }), { promoted: { address: 's:1' } })
-    t.match((await a!.loadAll()).replication, [{ epoch: 1, stepDownAt: undefined }])
-  })
+  t.test(
+    `store [${kind}] - step-down: stored after the master's last heartbeat, then promotes`,
+    async (t) => {
+      const [a, b] = await openShared(t, kind, 2)
+      t.equal(await a!.setStepDown('g', 100), undefined, 'no replication state: nothing to step down')
+      await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 5_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1'],
+      })
+      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 10), lastSeenAt: 5_000 }, 0)
+      // Asked at 4_000 on a clock behind the heartbeat's: stored at the heartbeat's time.
+      t.match(await b!.setStepDown('g', 4_000), { stepDownAt: 5_000 })
+      t.match(await a!.setStepDown('g', 7_000), { stepDownAt: 5_000 }, 'an earlier step-down is kept')
+      const hb = await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 6_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1'],
+      })
+      t.match(
+        hb,
+        { written: true, replication: { stepDownAt: 5_000 } },
+        "the master's next heartbeat sees it",
+      )
+      const req = { group: 'g', expectedEpoch: 0, now: 6_000, deadBefore: 1_000, slaveSeenAfter: 1_000 }
+      t.same(
+        await b!.promote({ ...req, stepDownBefore: 4_999 }),
+        { refused: 'master-alive' },
+        'lease not run out',
+      )
+      t.same(await b!.setStepDown('g', undefined), {
+        group: 'g',
+        replicated: true,
+        epoch: 0,
+        inSync: ['s:1'],
+        reportedAt: 6_000,
+        stepDownAt: undefined,
+      })
+      t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')
+      await a!.setStepDown('g', 6_000)
+      t.match(await b!.promote({ ...req, stepDownBefore: 6_000 }), { promoted: { address: 's:1' } })
+      t.match((await a!.loadAll()).replication, [{ epoch: 1, stepDownAt: undefined }])
+    },
+  )
 
   t.test(`store [${kind}] - placement: concurrent assignments store one route`, async (t) => {
     const stores = await openShared(t, kind, 3)
@@ -497,11 +546,22 @@ for (const kind of STORE_KINDS) {
     const snap = await s.loadAll()
     t.same(snap.servers, [
       { group: 'g', role: 'master', address: 'm:1', httpAddress: undefined, lastSeenAt: 50 },
-      { group: 'g', role: 'slave', address: 's:1', httpAddress: 'h:1', lastSeenAt: 40, messageOffset: 0, actionOffset: 0 },
+      {
+        group: 'g',
+        role: 'slave',
+        address: 's:1',
+        httpAddress: 'h:1',
+        lastSeenAt: 40,
+        messageOffset: 0,
+        actionOffset: 0,
+      },
     ])
     t.same(snap.replication, [])
     // The master row carries the group's epoch: a heartbeat written in epoch 2 replaces it.
-    t.match(await s.recordHeartbeat(group('g'), { ...master('g', 60), address: 'm:1' }, 2), { written: true, epoch: 2 })
+    t.match(await s.recordHeartbeat(group('g'), { ...master('g', 60), address: 'm:1' }, 2), {
+      written: true,
+      epoch: 2,
+    })
     t.match(await s.recordHeartbeat(group('g'), master('g', 70), 1), { written: false, epoch: 2 })
   })
 
