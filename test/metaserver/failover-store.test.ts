@@ -19,7 +19,7 @@ import { CLUSTER_SECRET, freshDatabase } from './helpers'
 const TIMEOUT_MS = 10_000
 const MASTER = '127.0.0.1:1001'
 
-function options(t: Test) {
+function options() {
   return resolveMetaserverOptions({
     // Not t.testdir(): called again it empties the directory (the SQLite file of a restart).
     dataDir: tmpdir(),
@@ -49,7 +49,7 @@ function slaveHb(address: string, offset = 400): ServerHeartbeatRequest {
 }
 
 async function service(t: Test, store: MetaStore, clock: ManualClock): Promise<MetaService> {
-  const svc = new MetaService(options(t), store, clock, silentLogger, false)
+  const svc = new MetaService(options(), store, clock, silentLogger, false)
   await svc.load()
   return svc
 }
