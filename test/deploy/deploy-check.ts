@@ -466,7 +466,9 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
           .map(obj)
           .filter((e) => obj(obj(e.valueFrom).fieldRef).fieldPath === POD_INDEX_FIELD)
           .map((e) => String(e.name))
-        const byIndex = indexVars.some((v) => new RegExp(`^[a-z0-9-]+\\$\\(${v}\\)$`).test(String(ref?.value)))
+        const byIndex = indexVars.some((v) =>
+          new RegExp(`^[a-z0-9-]+\\$\\(${v}\\)$`).test(String(ref?.value)),
+        )
         if (obj(obj(ref?.valueFrom).fieldRef).fieldPath !== 'metadata.name' && !byIndex)
           say(
             `${groupVar} must come from the pod name (fieldRef metadata.name) or be <prefix>$(VAR) of the pod-index label`,
@@ -561,7 +563,10 @@ const POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
 /** True when pods of `a` may never run on a node with pods of `b` (required anti-affinity, either side). */
 function keptApart(a: Workload, b: Workload, podLabels: (w: Workload) => Obj): boolean {
   const repels = (x: Workload, y: Workload) =>
-    arr(obj(obj(obj(obj(obj(x.doc.spec).template).spec).affinity).podAntiAffinity).requiredDuringSchedulingIgnoredDuringExecution)
+    arr(
+      obj(obj(obj(obj(obj(x.doc.spec).template).spec).affinity).podAntiAffinity)
+        .requiredDuringSchedulingIgnoredDuringExecution,
+    )
       .map(obj)
       .some(
         (term) =>
