@@ -48,7 +48,7 @@ function slaveHb(address: string, offset = 400): ServerHeartbeatRequest {
   }
 }
 
-async function service(t: Test, store: MetaStore, clock: ManualClock): Promise<MetaService> {
+async function service(store: MetaStore, clock: ManualClock): Promise<MetaService> {
   const svc = new MetaService(options(), store, clock, silentLogger, false)
   await svc.load()
   return svc
@@ -58,7 +58,7 @@ async function postgresPair(t: Test, clock: ManualClock): Promise<[MetaService, 
   const url = await freshDatabase()
   const [sa, sb] = await Promise.all([PostgresMetaStore.open(url), PostgresMetaStore.open(url)])
   t.teardown(() => Promise.all([sa.close(), sb.close()]))
-  return [await service(t, sa, clock), await service(t, sb, clock)]
+  return [await service(sa, clock), await service(sb, clock)]
 }
 
 t.test('two metaservers on PostgreSQL: the master reported to A, only B is left: B promotes', async (t) => {
@@ -112,7 +112,7 @@ t.test('a metaserver restarted while the master is down promotes from the store 
   const clock = new ManualClock()
   const file = `${t.testdir()}/meta.db`
   const first = new SqliteMetaStore(file)
-  const a = await service(t, first, clock)
+  const a = await service(first, clock)
   await a.heartbeat(masterHb(['127.0.0.1:1002']))
   await a.heartbeat(slaveHb('127.0.0.1:1002'))
   await first.close()
@@ -120,7 +120,7 @@ t.test('a metaserver restarted while the master is down promotes from the store 
   clock.advance(TIMEOUT_MS + 1)
   const second = new SqliteMetaStore(file)
   t.teardown(() => second.close())
-  const restarted = await service(t, second, clock)
+  const restarted = await service(second, clock)
   await restarted.heartbeat(slaveHb('127.0.0.1:1002'))
   t.same(await restarted.sweepFailover(), ['g'], 'the in-sync slave is promoted')
   t.match(restarted.getGroup('g'), { epoch: 1, address: '127.0.0.1:1002' })
@@ -130,7 +130,7 @@ t.test('several slaves: the in-sync one with the most data is promoted, the othe
   const clock = new ManualClock()
   const store = new SqliteMetaStore(`${t.testdir()}/meta.db`)
   t.teardown(() => store.close())
-  const svc = await service(t, store, clock)
+  const svc = await service(store, clock)
   await svc.heartbeat(masterHb(['127.0.0.1:1002', '127.0.0.1:1003']))
   await svc.heartbeat(slaveHb('127.0.0.1:1002', 300))
   await svc.heartbeat(slaveHb('127.0.0.1:1003', 450))
@@ -165,4 +165,34 @@ t.test('several slaves: the in-sync one with the most data is promoted, the othe
   // The former master comes back claiming to be master: a slave of the new one.
   t.match(await svc.heartbeat(masterHb([])), { role: 'slave', epoch: 1 })
   t.equal(svc.getGroup('g').servers.filter((s) => s.role === 'slave').length, 3)
+})
+
+t.test('a `qmq failover` whose slave fell out of sync before the lease ran out is cancelled', async (t) => {
+  const clock = new ManualClock()
+  const store = new SqliteMetaStore(`${t.testdir()}/meta.db`)
+  t.teardown(() => store.close())
+  const svc = await service(store, clock)
+  await svc.heartbeat(masterHb(['127.0.0.1:1002']))
+  await svc.heartbeat(slaveHb('127.0.0.1:1002'))
+  await svc.failover('g')
+  t.equal((await svc.heartbeat(masterHb(['127.0.0.1:1002']))).role, 'slave', 'told to step down')
+  // The slave stops heartbeating; the stepped-down master still does (as a slave-to-be).
+  for (let i = 0; i < 4; i++) {
+    clock.advance(3_000)
+    await svc.heartbeat({
+      ...slaveHb(MASTER),
+      replication: { epoch: 0, messageOffset: 500, actionOffset: 50 },
+    })
+  }
+  t.same(await svc.sweepFailover(), [], 'no slave to promote')
+  const back = await svc.heartbeat({
+    ...slaveHb(MASTER),
+    replication: { epoch: 0, messageOffset: 500, actionOffset: 50 },
+  })
+  t.match(back, { role: 'master', epoch: 0 }, 'the master is told to be master again')
+  t.match(
+    (await store.loadAll()).replication,
+    [{ stepDownAt: undefined }],
+    'the step-down is cleared in the store',
+  )
 })
