@@ -17,6 +17,9 @@ import type { AppCredentialStore } from './app-store'
  * - `decideLiveness` is a compare-and-set on the stored liveness of a group: of several metaservers
  *   deciding the same transition at once, exactly one gets `changed: true` (and the liveness version
  *   grows by one). A "dead" decision is refused while the stored master last-seen is recent.
+ * - `promote` decides from stored rows only (promotion.ts), one transaction per group: of several
+ *   metaservers promoting at once one wins. `recordHeartbeat` writes no master row or report for a
+ *   caller whose epoch is older than the stored one (a promotion it has not reloaded yet).
  * - Times are milliseconds since the epoch on the store's clock: a metaserver adds `clockOffsetMs()`
  *   to its own clock before writing or comparing them, so metaservers with clocks apart agree.
  * - Errors are QmqError QMQ_ERR_METASERVER_STORE (retriable): the database may come back.
