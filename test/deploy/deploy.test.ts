@@ -129,7 +129,7 @@ t.test('deploy - compose.postgres.yaml: two metaservers on one PostgreSQL, group
   t.same(problems, [])
   t.same(
     placed.map((p) => `${p.service} ${String(p.options.group ?? '')}`),
-    ['metaserver ', 'metaserver ', 'broker broker-1', 'broker broker-2', 'delay delay-1'],
+    ['metaserver ', 'metaserver ', 'broker broker-1', 'broker broker-1', 'broker broker-2', 'delay delay-1'],
   )
   for (const p of placed.filter((x) => x.service === 'metaserver'))
     t.match(p.options.store, /^value-known-at-deploy-time$|^postgresql:/, `${p.where} on the shared store`)
