@@ -358,6 +358,7 @@ export class MetaService {
         mine.httpAddress = s.httpAddress
         if (s.messageOffset !== undefined) mine.messageOffset = s.messageOffset
         if (s.actionOffset !== undefined) mine.actionOffset = s.actionOffset
+        if (s.role === 'master') g.slaves.delete(s.address)
       }
     }
     for (const r of snap.replication) {
