@@ -173,6 +173,13 @@ export class PostgresMetaStore implements MetaStore {
   private async tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect()
     let broken = false
+    // The connection lost while checked out (the database stopped between two statements) emits
+    // 'error' on the client: without a listener that is an uncaught exception. The statement in
+    // flight fails by itself; the client is discarded on release.
+    const onError = () => {
+      broken = true
+    }
+    c.on('error', onError)
     try {
       await c.query('BEGIN')
       const out = await fn(c)
@@ -184,6 +191,7 @@ export class PostgresMetaStore implements MetaStore {
       })
       throw err
     } finally {
+      c.off('error', onError)
       c.release(broken)
     }
   }
