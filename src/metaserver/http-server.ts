@@ -420,7 +420,7 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         setRoute('admin_group_failover')
         if (method !== 'POST') throw methodNotAllowed(method, path)
         requireAdmin(req)
-        return { status: 200, body: svc.failover(validateGroup(decodeSegment(rest[0] ?? ''))) }
+        return { status: 200, body: await svc.failover(validateGroup(decodeSegment(rest[0] ?? ''))) }
       }
     }
     if (ctx.fanout !== undefined) {

@@ -7,20 +7,30 @@ import {
   type GroupRow,
   type LivenessRow,
   type ReadOnlyRow,
+  type ReplicationRow,
   type RouteRow,
   type ServerRow,
+  type SlaveRow,
   storeError,
   toClient,
   toEpoch,
   toGroup,
   toLiveness,
   toReadOnly,
+  toReplication,
   toRoute,
   toServer,
+  toSlave,
 } from './rows'
+import { choosePromotion } from './promotion'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
+  HeartbeatResult,
   LivenessDecision,
+  PromoteRequest,
+  PromoteResult,
+  ReplicationReport,
+  StoredReplication,
   MetaSnapshot,
   MetaStore,
   StoredClient,
@@ -39,6 +49,9 @@ import type {
  * - route changes: `UPDATE ... WHERE version = $expected` (compare-and-set);
  * - liveness: one upsert whose `WHERE alive <> excluded.alive` is re-checked on the newest row version
  *   when two metaservers race, so exactly one of them changes it;
+ * - heartbeats and promotions of a group: transactions that first lock the group's `groups` row (the
+ *   heartbeat's upsert, the promotion's SELECT ... FOR UPDATE), so a promotion sees every heartbeat
+ *   committed before it and a heartbeat after it reads the new epoch;
  * - migrations: under a transaction-scoped advisory lock, so metaservers starting together migrate once.
  * BIGINT columns (ms times) are read as JS numbers (exact below 2^53).
  */
@@ -64,6 +77,22 @@ function loadPg(): typeof import('pg') {
       )
     throw err
   }
+}
+
+const SLAVE_COLUMNS = 'group_name, address, http_address, last_seen_at, message_offset, action_offset'
+const REPLICATION_COLUMNS = 'group_name, replicated, epoch, in_sync_json, reported_at, step_down_at'
+
+async function epochOf(c: PoolClient, group: string): Promise<number> {
+  const r = await c.query<{ epoch: number }>('SELECT epoch FROM group_epochs WHERE group_name = $1', [group])
+  return r.rows[0]?.epoch ?? 0
+}
+
+async function replicationOf(c: PoolClient, group: string): Promise<StoredReplication | undefined> {
+  const r = await c.query<ReplicationRow>(
+    `SELECT ${REPLICATION_COLUMNS} FROM group_replication WHERE group_name = $1`,
+    [group],
+  )
+  return r.rows[0] === undefined ? undefined : toReplication(r.rows[0])
 }
 
 /** Hides the password of a connection URL (for logs and errors). */
@@ -144,6 +173,13 @@ export class PostgresMetaStore implements MetaStore {
   private async tx<T>(fn: (c: PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect()
     let broken = false
+    // The connection lost while checked out (the database stopped between two statements) emits
+    // 'error' on the client: without a listener that is an uncaught exception. The statement in
+    // flight fails by itself; the client is discarded on release.
+    const onError = () => {
+      broken = true
+    }
+    c.on('error', onError)
     try {
       await c.query('BEGIN')
       const out = await fn(c)
@@ -155,6 +191,7 @@ export class PostgresMetaStore implements MetaStore {
       })
       throw err
     } finally {
+      c.off('error', onError)
       c.release(broken)
     }
   }
@@ -203,37 +240,100 @@ export class PostgresMetaStore implements MetaStore {
         const epochs = (
           await c.query<EpochRow>('SELECT group_name, epoch, failovers, updated_at FROM group_epochs')
         ).rows.map(toEpoch)
-        return { epochs, groups, servers, routes, readOnly, clients, liveness }
+        const slaves = (await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves`)).rows.map(toSlave)
+        const replication = (
+          await c.query<ReplicationRow>(`SELECT ${REPLICATION_COLUMNS} FROM group_replication`)
+        ).rows.map(toReplication)
+        return {
+          replication,
+          epochs,
+          groups,
+          servers: [...servers, ...slaves],
+          routes,
+          readOnly,
+          clients,
+          liveness,
+        }
       })
     } catch (err) {
       throw storeError(err, 'load metadata')
     }
   }
 
-  async recordHeartbeat(group: StoredGroup, server: StoredServer): Promise<void> {
-    // One statement (two CTE parts) is one transaction without a BEGIN/COMMIT round trip.
-    await this.q(
-      `record heartbeat of ${group.name}`,
-      `WITH g AS (
-         INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (name) DO UPDATE SET load_json = excluded.load_json, updated_at = excluded.updated_at
-       )
-       INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ($1, $6, $7, $8, $5)
-       ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
-         http_address = excluded.http_address,
-         last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
-                             ELSE GREATEST(servers.last_seen_at, excluded.last_seen_at) END`,
-      [
-        group.name,
-        group.kind,
-        group.firstSeenAt,
-        JSON.stringify(group.load),
-        server.lastSeenAt,
-        server.role,
-        server.address,
-        server.httpAddress ?? null,
-      ],
-    )
+  /** A transaction wrapped as the store's errors (closed store, database failures). */
+  private async txStored<T>(what: string, fn: (c: PoolClient) => Promise<T>): Promise<T> {
+    if (this.closed) throw new QmqError('QMQ_ERR_METASERVER_STORE', `${what}: store is closed`)
+    try {
+      return await this.tx(fn)
+    } catch (err) {
+      throw storeError(err, what)
+    }
+  }
+
+  async recordHeartbeat(
+    group: StoredGroup,
+    server: StoredServer,
+    epoch: number,
+    report?: ReplicationReport,
+  ): Promise<HeartbeatResult> {
+    return this.txStored(`record heartbeat of ${group.name}`, async (c) => {
+      // Locks the group's row until commit: a promotion of the group waits for this transaction.
+      await c.query(
+        `INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET load_json = excluded.load_json, updated_at = excluded.updated_at`,
+        [group.name, group.kind, group.firstSeenAt, JSON.stringify(group.load), server.lastSeenAt],
+      )
+      const stored = await epochOf(c, group.name)
+      if (stored > epoch)
+        return { written: false, epoch: stored, replication: await replicationOf(c, group.name) }
+      if (server.role === 'master') {
+        await c.query(
+          `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch)
+           VALUES ($1, 'master', $2, $3, $4, $5)
+           ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+             http_address = excluded.http_address, epoch = excluded.epoch,
+             last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                                 ELSE GREATEST(servers.last_seen_at, excluded.last_seen_at) END`,
+          [server.group, server.address, server.httpAddress ?? null, server.lastSeenAt, stored],
+        )
+        await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [
+          server.group,
+          server.address,
+        ])
+        if (report !== undefined)
+          // A report replaces an older one only; a step-down is kept within its epoch.
+          await c.query(
+            `INSERT INTO group_replication AS r (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
+             VALUES ($1, $2, $3, $4, $5, NULL)
+             ON CONFLICT (group_name) DO UPDATE SET replicated = excluded.replicated, epoch = excluded.epoch,
+               in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at,
+               step_down_at = CASE WHEN r.epoch < excluded.epoch THEN NULL ELSE r.step_down_at END
+             WHERE r.epoch < excluded.epoch OR (r.epoch = excluded.epoch AND r.reported_at <= excluded.reported_at)`,
+            [server.group, report.replicated, stored, JSON.stringify(report.inSync), server.lastSeenAt],
+          )
+      } else {
+        // A slave's offsets are those of its newest report (they go back when it truncates).
+        await c.query(
+          `INSERT INTO slaves AS s (${SLAVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
+             last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                                 ELSE GREATEST(s.last_seen_at, excluded.last_seen_at) END,
+             message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
+                                   THEN excluded.message_offset ELSE s.message_offset END,
+             action_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
+                                  THEN excluded.action_offset ELSE s.action_offset END`,
+          [
+            server.group,
+            server.address,
+            server.httpAddress ?? null,
+            server.lastSeenAt,
+            server.messageOffset ?? 0,
+            server.actionOffset ?? 0,
+          ],
+        )
+      }
+      return { written: true, epoch: stored, replication: await replicationOf(c, group.name) }
+    })
   }
 
   async getRoute(subject: string): Promise<StoredRoute | undefined> {
@@ -355,50 +455,74 @@ export class PostgresMetaStore implements MetaStore {
     }
   }
 
-  async promote(
-    group: string,
-    expectedEpoch: number,
-    master: StoredServer,
-    now: number,
-    deadBefore: number,
-  ): Promise<boolean> {
-    if (this.closed)
-      throw new QmqError('QMQ_ERR_METASERVER_STORE', `promote a slave of ${group}: store is closed`)
-    try {
-      return await this.tx(async (c) => {
-        await c.query(
-          `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ($1, 0, 0, $2)
-           ON CONFLICT (group_name) DO NOTHING`,
-          [group, now],
-        )
-        // The stored master heard after deadBefore (maybe by another metaserver) is alive. FOR UPDATE:
-        // a heartbeat upserting the row concurrently waits for this transaction, or is read here.
-        const seen = await c.query<{ last_seen_at: number }>(
-          `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master' FOR UPDATE`,
-          [group],
-        )
-        const seenAt = seen.rows[0]?.last_seen_at
-        if (seenAt !== undefined && seenAt > deadBefore) return false
-        // Compare-and-set: under READ COMMITTED a concurrent promotion's committed update is seen by
-        // this WHERE (re-evaluated on the newest row version), so only one metaserver moves the epoch.
-        const moved = await c.query(
-          `UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = $1
-           WHERE group_name = $2 AND epoch = $3`,
-          [now, group, expectedEpoch],
-        )
-        if (moved.rowCount !== 1) return false
-        await c.query(
-          `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ($1, 'master', $2, $3, $4)
-           ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
-             http_address = excluded.http_address, last_seen_at = excluded.last_seen_at`,
-          [group, master.address, master.httpAddress ?? null, master.lastSeenAt],
-        )
-        await c.query(`DELETE FROM servers WHERE group_name = $1 AND role = 'slave'`, [group])
-        return true
+  async promote(req: PromoteRequest): Promise<PromoteResult> {
+    const { group, now } = req
+    return this.txStored(`promote a slave of ${group}`, async (c) => {
+      // The group's row first: heartbeats of the group (which lock it with their upsert) and other
+      // promotions wait, so what is read below stays true until commit.
+      await c.query('SELECT 1 FROM groups WHERE name = $1 FOR UPDATE', [group])
+      const seen = await c.query<{ last_seen_at: number }>(
+        `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master'`,
+        [group],
+      )
+      const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [
+        group,
+      ])
+      const choice = choosePromotion(req, {
+        epoch: await epochOf(c, group),
+        masterLastSeenAt: seen.rows[0]?.last_seen_at ?? 0,
+        replication: await replicationOf(c, group),
+        slaves: slaves.rows.map(toSlave),
       })
-    } catch (err) {
-      throw storeError(err, `promote a slave of ${group}`)
-    }
+      if (!('slave' in choice)) return choice
+      await c.query(
+        `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ($1, 0, 0, $2)
+         ON CONFLICT (group_name) DO NOTHING`,
+        [group, now],
+      )
+      // Compare-and-set (the group lock above already serializes promotions of one group).
+      const moved = await c.query(
+        `UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = $1
+         WHERE group_name = $2 AND epoch = $3`,
+        [now, group, req.expectedEpoch],
+      )
+      if (moved.rowCount !== 1) return { refused: 'epoch' as const }
+      const next = req.expectedEpoch + 1
+      const slave = choice.slave
+      await c.query(
+        `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch)
+         VALUES ($1, 'master', $2, $3, $4, $5)
+         ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+           http_address = excluded.http_address, last_seen_at = excluded.last_seen_at, epoch = excluded.epoch`,
+        [group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next],
+      )
+      await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [group, slave.address])
+      await c.query(
+        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
+         VALUES ($1, TRUE, $2, '[]', $3, NULL)
+         ON CONFLICT (group_name) DO UPDATE SET replicated = TRUE, epoch = excluded.epoch, in_sync_json = '[]',
+           reported_at = excluded.reported_at, step_down_at = NULL`,
+        [group, next, now],
+      )
+      return { promoted: { ...slave, role: 'master' as const } }
+    })
+  }
+
+  async setStepDown(group: string, at: number | undefined): Promise<StoredReplication | undefined> {
+    return this.txStored(`set step-down of ${group}`, async (c) => {
+      // After every heartbeat answered so far (they lock the group's row): see store.ts.
+      await c.query('SELECT 1 FROM groups WHERE name = $1 FOR UPDATE', [group])
+      if (at === undefined)
+        await c.query('UPDATE group_replication SET step_down_at = NULL WHERE group_name = $1', [group])
+      else
+        await c.query(
+          `UPDATE group_replication SET step_down_at = COALESCE(step_down_at, GREATEST($1::bigint, COALESCE(
+             (SELECT last_seen_at FROM servers WHERE group_name = $2 AND role = 'master'), 0)))
+           WHERE group_name = $2`,
+          [at, group],
+        )
+      return replicationOf(c, group)
+    })
   }
 
   async registerMetaserver(m: StoredMetaserver): Promise<void> {

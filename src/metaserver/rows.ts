@@ -6,6 +6,7 @@ import type {
   StoredGroup,
   StoredLiveness,
   StoredReadOnly,
+  StoredReplication,
   StoredRoute,
   StoredServer,
 } from './store'
@@ -146,4 +147,45 @@ export interface EpochRow {
 
 export function toEpoch(r: EpochRow): StoredEpoch {
   return { group: r.group_name, epoch: r.epoch, failovers: r.failovers, updatedAt: r.updated_at }
+}
+
+export interface SlaveRow {
+  group_name: string
+  address: string
+  http_address: string | null
+  last_seen_at: number
+  message_offset: number
+  action_offset: number
+}
+
+export function toSlave(r: SlaveRow): StoredServer {
+  return {
+    group: r.group_name,
+    role: 'slave',
+    address: r.address,
+    httpAddress: r.http_address ?? undefined,
+    lastSeenAt: r.last_seen_at,
+    messageOffset: r.message_offset,
+    actionOffset: r.action_offset,
+  }
+}
+
+export interface ReplicationRow {
+  group_name: string
+  replicated: boolean | number
+  epoch: number
+  in_sync_json: string
+  reported_at: number
+  step_down_at: number | null
+}
+
+export function toReplication(r: ReplicationRow): StoredReplication {
+  return {
+    group: r.group_name,
+    replicated: r.replicated === true || r.replicated === 1,
+    epoch: r.epoch,
+    inSync: parseGroups(r.in_sync_json),
+    reportedAt: r.reported_at,
+    stepDownAt: r.step_down_at ?? undefined,
+  }
 }

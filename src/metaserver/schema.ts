@@ -20,6 +20,15 @@
  *                   grants_json '[{"action":"produce","subject":"order.*"},...]', created_at, updated_at)
  * Version 4 (issue 14, replication):
  *   group_epochs(group_name PK, epoch, failovers, updated_at)   absent row = epoch 0
+ * Version 5 (issue 14 review: what a promotion needs is in the store, so any metaserver decides it):
+ *   servers gains epoch: the group epoch its master row was written in (a master row is never
+ *     overwritten by a heartbeat written in an older epoch: another metaserver promoted meanwhile)
+ *   slaves(group_name, address 'host:port', http_address, last_seen_at, message_offset, action_offset;
+ *          PK(group_name, address))   every slave of a group; the offsets are the durable ends of its
+ *          copies as it last reported them. The 'slave' rows of servers move here; servers keeps masters.
+ *   group_replication(group_name PK, replicated, epoch, in_sync_json '["host:port",...]', reported_at,
+ *          step_down_at (NULL = none))   the master's last report: it has slaves (it holds a lease and
+ *          fails over), which slaves were in sync, in which epoch and when; and a `qmq failover` asked.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -90,6 +99,24 @@ CREATE TABLE IF NOT EXISTS app_credentials (
     sql: both(`
 CREATE TABLE IF NOT EXISTS group_epochs (
   group_name TEXT PRIMARY KEY, epoch {INT64} NOT NULL, failovers {INT64} NOT NULL, updated_at {INT64} NOT NULL
+);
+`),
+  },
+  {
+    version: 5,
+    sql: both(`
+ALTER TABLE servers ADD COLUMN epoch {INT64} NOT NULL DEFAULT 0;
+UPDATE servers SET epoch = COALESCE((SELECT e.epoch FROM group_epochs e WHERE e.group_name = servers.group_name), 0);
+CREATE TABLE IF NOT EXISTS slaves (
+  group_name TEXT NOT NULL, address TEXT NOT NULL, http_address TEXT, last_seen_at {INT64} NOT NULL,
+  message_offset {INT64} NOT NULL, action_offset {INT64} NOT NULL, PRIMARY KEY (group_name, address)
+);
+INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset)
+  SELECT group_name, address, http_address, last_seen_at, 0, 0 FROM servers WHERE role = 'slave';
+DELETE FROM servers WHERE role = 'slave';
+CREATE TABLE IF NOT EXISTS group_replication (
+  group_name TEXT PRIMARY KEY, replicated {BOOL} NOT NULL, epoch {INT64} NOT NULL, in_sync_json TEXT NOT NULL,
+  reported_at {INT64} NOT NULL, step_down_at {INT64}
 );
 `),
   },

@@ -21,7 +21,15 @@ import type {
 import { parseDeadLetterSubject } from '../common/names'
 import type { MetaserverOptions } from './options'
 import { type ClientFilter, ClientRegistry } from './client-registry'
-import type { MetaStore, StoredMetaserver, StoredRoute, StoredServer } from './store'
+import { byMostData } from './promotion'
+import type {
+  MetaStore,
+  ReplicationReport,
+  StoredMetaserver,
+  StoredReplication,
+  StoredRoute,
+  StoredServer,
+} from './store'
 
 /** The store-clock offset is measured again at most this often (ms, local time). */
 const CLOCK_OFFSET_REFRESH_MS = 60_000
@@ -60,6 +68,9 @@ interface ServerState {
   persistedAt: number
   /** Its last replication report (brokers of replicated groups). */
   replication?: ServerReplication
+  /** A slave: the durable ends of its copies, as last reported (stored: promotion takes the most). */
+  messageOffset?: number
+  actionOffset?: number
 }
 
 interface GroupState {
@@ -67,17 +78,25 @@ interface GroupState {
   kind: GroupKind
   firstSeenAt: number
   load: ServerLoad
-  servers: Map<ServerRole, ServerState>
+  /** The group's one master (absent until one heartbeated). */
+  master: ServerState | undefined
+  /** Its slaves by address (issue 14: any number). */
+  slaves: Map<string, ServerState>
   /** Alive as last observed by the sweep (for transition logs and metrics). */
   wasAlive: boolean
   // Replication (issue 14; docs/replication.md):
   /** Grows with every promotion (stored with a compare-and-set). */
   epoch: number
   failovers: number
+  // The master's last report and a step-down are kept in the store too (group_replication), so that
+  // any metaserver, or one restarted while the master is down, promotes from them.
   /** The master reported a slave: it holds a lease, and its group fails over. */
   replicated: boolean
-  /** The slaves the master last reported in sync (only these are promoted). */
+  /** The slaves the master last reported in sync (only these are promoted), in epoch inSyncEpoch. */
   inSync: string[]
+  inSyncEpoch: number
+  /** When the master reported inSync (the store keeps the newest report). */
+  reportedAt: number
   /** `qmq failover`: the master was told to step down at this time (promotion after its lease). */
   stepDownAt: number | undefined
   /** Logged once per outage: the master is gone and no slave can be promoted. */
@@ -99,9 +118,66 @@ export function realSubject(subject: string): string {
 
 function newReplicationState(): Pick<
   GroupState,
-  'epoch' | 'failovers' | 'replicated' | 'inSync' | 'stepDownAt' | 'stuckLogged'
+  | 'master'
+  | 'slaves'
+  | 'epoch'
+  | 'failovers'
+  | 'replicated'
+  | 'inSync'
+  | 'inSyncEpoch'
+  | 'reportedAt'
+  | 'stepDownAt'
+  | 'stuckLogged'
 > {
-  return { epoch: 0, failovers: 0, replicated: false, inSync: [], stepDownAt: undefined, stuckLogged: false }
+  return {
+    master: undefined,
+    slaves: new Map(),
+    epoch: 0,
+    failovers: 0,
+    replicated: false,
+    inSync: [],
+    inSyncEpoch: 0,
+    reportedAt: 0,
+    stepDownAt: undefined,
+    stuckLogged: false,
+  }
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+function serverState(s: StoredServer): ServerState {
+  const out: ServerState = {
+    role: s.role,
+    address: s.address,
+    httpAddress: s.httpAddress,
+    lastSeenAt: s.lastSeenAt,
+    persistedAt: s.lastSeenAt,
+  }
+  if (s.messageOffset !== undefined) out.messageOffset = s.messageOffset
+  if (s.actionOffset !== undefined) out.actionOffset = s.actionOffset
+  return out
+}
+
+/** Puts a stored server into a group's memory (the master, or one of its slaves). */
+function placeServer(g: GroupState, s: ServerState): void {
+  if (s.role === 'master') {
+    g.master = s
+    g.slaves.delete(s.address)
+  } else if (g.master?.address !== s.address) g.slaves.set(s.address, s)
+}
+
+/** Takes the stored replication state unless memory holds a newer report (a step-down: as stored). */
+function applyReplication(g: GroupState, r: StoredReplication | undefined): void {
+  if (r === undefined) return
+  if (r.epoch > g.inSyncEpoch || (r.epoch === g.inSyncEpoch && r.reportedAt >= g.reportedAt)) {
+    g.replicated = r.replicated
+    g.inSync = r.inSync
+    g.inSyncEpoch = r.epoch
+    g.reportedAt = r.reportedAt
+  }
+  if (r.epoch >= g.epoch) g.stepDownAt = r.stepDownAt
 }
 
 export class MetaService {
@@ -203,7 +279,6 @@ export class MetaService {
         kind: g.kind,
         firstSeenAt: g.firstSeenAt,
         load: g.load,
-        servers: new Map(),
         wasAlive: false,
         ...newReplicationState(),
       })
@@ -217,8 +292,11 @@ export class MetaService {
     }
     for (const s of snap.servers) {
       const g = this.groups.get(s.group)
-      if (g === undefined) continue
-      g.servers.set(s.role, { ...s, persistedAt: s.lastSeenAt })
+      if (g !== undefined) placeServer(g, serverState(s))
+    }
+    for (const r of snap.replication) {
+      const g = this.groups.get(r.group)
+      if (g !== undefined) applyReplication(g, r)
     }
     for (const r of snap.routes) this.setRoute(r)
     for (const r of snap.readOnly) this.readOnlyOf(r.group).set(r.subject, r.createdAt)
@@ -228,7 +306,7 @@ export class MetaService {
     for (const g of this.groups.values()) {
       // The decided state: a transition since then is found (and decided once) by the next sweep.
       g.wasAlive = decided.get(g.name) ?? this.isAlive(g, now)
-      const lastSeen = g.servers.get('master')?.lastSeenAt ?? 0
+      const lastSeen = g.master?.lastSeenAt ?? 0
       this.log.info(
         {
           group: g.name,
@@ -253,7 +331,7 @@ export class MetaService {
     for (const g of snap.groups) {
       const mine = this.groups.get(g.name)
       if (mine === undefined) {
-        const state = { ...g, servers: new Map(), wasAlive: false, ...newReplicationState() }
+        const state: GroupState = { ...g, wasAlive: false, ...newReplicationState() }
         this.groups.set(g.name, state)
         added.push(state)
       } else if (mine.kind === g.kind) mine.load = g.load
@@ -261,24 +339,31 @@ export class MetaService {
     for (const e of snap.epochs) {
       const g = this.groups.get(e.group)
       if (g === undefined || e.epoch <= g.epoch) continue
-      // Another metaserver promoted: its master row (below) is the one to believe.
+      // Another metaserver promoted: its master and slave rows (below) are the ones to believe.
       g.epoch = e.epoch
       g.failovers = e.failovers
       g.replicated = true
-      g.servers.delete('master')
-      g.servers.delete('slave')
+      g.master = undefined
+      g.slaves.clear()
     }
     for (const s of snap.servers) {
       const g = this.groups.get(s.group)
       if (g === undefined) continue
-      const mine = g.servers.get(s.role)
-      if (mine === undefined) g.servers.set(s.role, { ...s, persistedAt: s.lastSeenAt })
+      const mine = s.role === 'master' ? g.master : g.slaves.get(s.address)
+      if (mine === undefined) placeServer(g, serverState(s))
       else if (s.lastSeenAt > mine.lastSeenAt) {
         mine.lastSeenAt = s.lastSeenAt
         mine.persistedAt = Math.max(mine.persistedAt, s.lastSeenAt)
         mine.address = s.address
         mine.httpAddress = s.httpAddress
+        if (s.messageOffset !== undefined) mine.messageOffset = s.messageOffset
+        if (s.actionOffset !== undefined) mine.actionOffset = s.actionOffset
+        if (s.role === 'master') g.slaves.delete(s.address)
       }
+    }
+    for (const r of snap.replication) {
+      const g = this.groups.get(r.group)
+      if (g !== undefined) applyReplication(g, r)
     }
     for (const r of snap.routes) this.setRoute(r)
     this.readOnly.clear()
@@ -317,7 +402,7 @@ export class MetaService {
   // ---------------------------------------------------------------- liveness
 
   private isAlive(g: GroupState, now: number): boolean {
-    const master = g.servers.get('master')
+    const master = g.master
     return (
       master !== undefined &&
       master.lastSeenAt > 0 &&
@@ -372,7 +457,7 @@ export class MetaService {
         throw err
       }
       g.wasAlive = d.alive
-      const master = g.servers.get('master')
+      const master = g.master
       if (master !== undefined && d.masterLastSeenAt > master.lastSeenAt) {
         master.lastSeenAt = d.masterLastSeenAt
         master.persistedAt = Math.max(master.persistedAt, d.masterLastSeenAt)
@@ -391,7 +476,11 @@ export class MetaService {
     return out
   }
 
-  async heartbeat(req: ServerHeartbeatRequest): Promise<ServerHeartbeatResponse> {
+  /**
+   * A broker's or delay server's heartbeat. `retry`: once, after the store said another metaserver
+   * promoted meanwhile (the answer is then made from the reloaded state).
+   */
+  async heartbeat(req: ServerHeartbeatRequest, retry = true): Promise<ServerHeartbeatResponse> {
     const now = this.now()
     let g = this.groups.get(req.group)
     if (g !== undefined && g.kind !== req.kind) {
@@ -408,7 +497,6 @@ export class MetaService {
         kind: req.kind,
         firstSeenAt: now,
         load: {},
-        servers: new Map(),
         wasAlive: false,
         ...newReplicationState(),
       }
@@ -423,7 +511,7 @@ export class MetaService {
     const offline = req.state === 'offline'
     const wasAlive = this.isAlive(g, now)
     const role = this.roleOf(g, req, now)
-    let server = g.servers.get(role)
+    let server = role === 'master' ? g.master : g.slaves.get(req.address)
     if (server === undefined) {
       server = {
         role,
@@ -432,7 +520,7 @@ export class MetaService {
         lastSeenAt: 0,
         persistedAt: -1,
       }
-      g.servers.set(role, server)
+      placeServer(g, server)
       changed = true
     }
     if (server.address !== req.address || server.httpAddress !== req.httpAddress) {
@@ -444,41 +532,80 @@ export class MetaService {
       }
       server.address = req.address
       server.httpAddress = req.httpAddress
+      if (role === 'master') g.slaves.delete(req.address)
       changed = true
     }
     server.lastSeenAt = offline ? 0 : now
-    if (req.replication !== undefined) {
-      server.replication = req.replication
-      // Only a broker acting as master reports its in-sync slaves (a stepped-down one no longer does).
-      if (role === 'master' && req.role === 'master') {
-        g.inSync = req.replication.inSyncSlaves ?? []
-        if (req.replication.replicated === true) g.replicated = true
+    let report: ReplicationReport | undefined
+    let reportChanged = false
+    let offsetsChanged = false
+    const rep = req.replication
+    if (rep !== undefined) {
+      server.replication = rep
+      // Only a server acting as master reports its in-sync slaves (a stepped-down one no longer does).
+      if (role === 'master' && req.role === 'master' && !offline) {
+        report = { replicated: rep.replicated === true, inSync: rep.inSyncSlaves ?? [] }
+        reportChanged =
+          report.replicated !== g.replicated ||
+          g.inSyncEpoch !== g.epoch ||
+          !sameList(report.inSync, g.inSync)
+        g.replicated = report.replicated
+        g.inSync = report.inSync
+        g.inSyncEpoch = g.epoch
+        g.reportedAt = now
+      }
+      if (role === 'slave') {
+        offsetsChanged =
+          server.messageOffset !== rep.messageOffset || server.actionOffset !== rep.actionOffset
+        server.messageOffset = rep.messageOffset
+        server.actionOffset = rep.actionOffset
       }
     }
     if (role === 'master' && wasAlive !== this.isAlive(g, now)) changed = true
     if (isNew) g.wasAlive = this.isAlive(g, now) // registration is not a liveness transition
     if (offline) this.log.info({ group: g.name, role }, 'server went offline')
-    if (changed || offline || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
+    // A replicated master's heartbeat renews its lease: with a shared store it is written every time
+    // (other metaservers judge the master by the stored last-seen, and its answer must see a step-down
+    // stored by another metaserver), and never answered when it could not be written.
+    const fenced = role === 'master' && (g.replicated || g.epoch > 0) && !offline
+    const mustWrite = changed || offline || reportChanged || (fenced && this.store.shared)
+    if (mustWrite || offsetsChanged || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
       const srv = server
+      const group = g
       try {
-        await this.stored(() =>
+        const written = await this.stored(() =>
           this.store.recordHeartbeat(
-            { name: g.name, kind: g.kind, firstSeenAt: g.firstSeenAt, load: g.load },
+            { name: group.name, kind: group.kind, firstSeenAt: group.firstSeenAt, load: group.load },
             {
-              group: g.name,
+              group: group.name,
               role,
               address: srv.address,
               httpAddress: srv.httpAddress,
               lastSeenAt: srv.lastSeenAt,
+              ...(role === 'slave'
+                ? { messageOffset: srv.messageOffset ?? 0, actionOffset: srv.actionOffset ?? 0 }
+                : {}),
             },
+            group.epoch,
+            report,
           ),
         )
+        if (!written.written) {
+          // Another metaserver promoted a slave since our last reload: answer from its state.
+          this.log.info(
+            { group: g.name, epoch: g.epoch, stored: written.epoch },
+            'newer epoch in the store: reloading',
+          )
+          await this.refresh()
+          if (retry) return this.heartbeat(req, false)
+          throw new QmqError('QMQ_ERR_METASERVER_STORE', `group ${g.name} changed epoch during its heartbeat`)
+        }
         server.persistedAt = server.lastSeenAt
+        applyReplication(g, written.replication)
       } catch (err) {
         // A heartbeat that only refreshes a last-seen time is answered with the store down (memory
         // keeps the group alive; the time is written by a later heartbeat); a change is refused.
-        if (changed || offline || !(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_STORE')
-          throw err
+        if (mustWrite || !(err instanceof QmqError) || err.code !== 'QMQ_ERR_METASERVER_STORE') throw err
       }
     }
     const marks = this.readOnly.get(g.name)
@@ -492,7 +619,7 @@ export class MetaService {
       // A master told to step down (`qmq failover`) hears 'slave' and gets no lease.
       role: role === 'master' && g.stepDownAt !== undefined ? 'slave' : role,
       epoch: g.epoch,
-      masterAddress: this.isAlive(g, now) ? (g.servers.get('master')?.address ?? '') : '',
+      masterAddress: this.isAlive(g, now) ? (g.master?.address ?? '') : '',
       leaseMs: this.leaseMs,
     }
   }
@@ -503,14 +630,15 @@ export class MetaService {
   }
 
   /**
-   * The role a heartbeating broker has, whatever it believes: the recorded master's address is the
+   * The role a heartbeating server has, whatever it believes: the recorded master's address is the
    * master (a promoted slave learns it from the answer); another server claiming to be master of a
    * replicated group whose master is alive is its slave (a former master coming back). An unreplicated
-   * group keeps the old rule: a master heartbeating from a new address replaces the old one.
+   * group keeps the old rule: a master heartbeating from a new address replaces the old one. The same
+   * for broker and delay groups: a group is replicated once its master reports a slave.
    */
   private roleOf(g: GroupState, req: ServerHeartbeatRequest, now: number): ServerRole {
-    const master = g.servers.get('master')
-    if (g.kind !== 'broker' || master === undefined) return req.role
+    const master = g.master
+    if (master === undefined) return req.role
     if (req.address === master.address) return 'master'
     if (req.role === 'master' && (g.replicated || g.epoch > 0) && this.serverAlive(master, now)) {
       if (req.state !== 'offline')
@@ -527,59 +655,84 @@ export class MetaService {
     return s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs
   }
 
+  /** The slaves that may be promoted as memory knows them: alive, in sync in this epoch; most data first. */
+  private promotable(g: GroupState, now: number): ServerState[] {
+    if (g.inSyncEpoch !== g.epoch) return []
+    return [...g.slaves.values()]
+      .filter((s) => this.serverAlive(s, now) && g.inSync.includes(s.address))
+      .sort((a, b) => byMostData({ ...a, group: g.name }, { ...b, group: g.name }))
+  }
+
   /**
    * Promotes slaves (issue 14): a replicated group whose master is silent past heartbeatTimeoutMs
    * (its lease, half that, ran out before), or that was told to step down (`qmq failover`) a lease
-   * ago, gets its in-sync slave as master, with the next epoch (a compare-and-set in the store:
-   * among several metaservers one promotion wins). Returns the groups promoted.
+   * ago, gets its in-sync slave with the most data as master, with the next epoch. Memory only says
+   * when to try: the store decides whether and which slave from its own rows (store.promote, one
+   * transaction: the epoch compare-and-set, the master silent in the store, the in-sync report of this
+   * epoch, the slaves' stored offsets), so any metaserver sharing it, or one restarted while the master
+   * is down, promotes the same way. Returns the groups promoted.
    * Nothing is promoted while liveness is held (holdingLiveness(): the store down or just back, so
-   * last-seen times in memory may be stale while the master heartbeats to another metaserver), and the
-   * store refuses a promotion for a silent master whose stored last-seen is recent (two masters).
+   * last-seen times in memory may be stale while the master heartbeats to another metaserver).
    */
   async sweepFailover(): Promise<string[]> {
     const now = this.now()
     const promoted: string[] = []
     if (this.holdingLiveness()) return promoted
     for (const g of this.groups.values()) {
-      if (g.kind !== 'broker' || !(g.replicated || g.epoch > 0)) continue
-      const master = g.servers.get('master')
+      if (!(g.replicated || g.epoch > 0)) continue
+      const master = g.master
       const stepDownDue = g.stepDownAt !== undefined && now - g.stepDownAt > this.leaseMs
       const masterGone = master === undefined || !this.serverAlive(master, now)
       if (!masterGone && !stepDownDue) {
         g.stuckLogged = false
         continue
       }
-      const slave = g.servers.get('slave')
-      if (slave === undefined || !this.serverAlive(slave, now) || !g.inSync.includes(slave.address)) {
-        if (!g.stuckLogged && masterGone)
+      if (this.promotable(g, now).length === 0) {
+        if (!masterGone) {
+          // A step-down with no slave left to take over: the master is told to be master again.
+          const r = await this.stored(() => this.store.setStepDown(g.name, undefined))
+          g.stepDownAt = r?.stepDownAt
+          this.log.error({ group: g.name, inSync: g.inSync }, 'failover cancelled: no alive in-sync slave')
+          continue
+        }
+        if (!g.stuckLogged)
           this.log.error(
-            { group: g.name, slave: slave?.address, inSync: g.inSync },
+            { group: g.name, slaves: [...g.slaves.keys()], inSync: g.inSync },
             'master is gone and no in-sync slave is alive to promote',
           )
         g.stuckLogged = true
         continue
       }
-      const next: StoredServer = {
-        group: g.name,
-        role: 'master',
-        address: slave.address,
-        httpAddress: slave.httpAddress,
-        lastSeenAt: slave.lastSeenAt,
-      }
-      // A step-down (`qmq failover`) is asked of a live master that keeps heartbeating (as a slave-to-be);
-      // its safety is the lease that ran out, so its last-seen does not count against it. Otherwise the
-      // master must be silent in the store too (no metaserver heard it within heartbeatTimeoutMs).
-      const deadBefore = stepDownDue ? Number.MAX_SAFE_INTEGER : now - this.options.heartbeatTimeoutMs
-      if (!(await this.store.promote(g.name, g.epoch, next, now, deadBefore))) {
-        this.log.warn({ group: g.name, epoch: g.epoch }, 'promotion lost a race: reloading')
+      const timeout = this.options.heartbeatTimeoutMs
+      const result = await this.stored(() =>
+        this.store.promote({
+          group: g.name,
+          expectedEpoch: g.epoch,
+          now,
+          deadBefore: now - timeout,
+          ...(stepDownDue ? { stepDownBefore: now - this.leaseMs } : {}),
+          slaveSeenAfter: now - timeout,
+        }),
+      )
+      if ('refused' in result) {
+        // 'epoch': another metaserver promoted; else the store knows better than memory (a master
+        // heard by another metaserver, a newer report): reload either way.
+        this.log.warn(
+          { group: g.name, epoch: g.epoch, refused: result.refused },
+          'promotion refused by the store: reloading',
+        )
         await this.refresh()
         continue
       }
+      const slave = result.promoted
+      const former = g.master?.address
       g.epoch++
       g.failovers++
-      g.servers.set('master', { ...slave, role: 'master' })
-      g.servers.delete('slave')
+      g.slaves.delete(slave.address)
+      g.master = { ...serverState(slave), role: 'master' }
       g.inSync = []
+      g.inSyncEpoch = g.epoch
+      g.reportedAt = now
       g.stepDownAt = undefined
       g.stuckLogged = false
       this.log.warn(
@@ -587,8 +740,9 @@ export class MetaService {
           group: g.name,
           epoch: g.epoch,
           master: slave.address,
-          former: master?.address,
+          former,
           manual: stepDownDue,
+          messageOffset: slave.messageOffset,
         },
         'promoted the in-sync slave to master',
       )
@@ -600,20 +754,25 @@ export class MetaService {
   /**
    * `qmq failover <group>`: the master is told to step down on its next heartbeat (it stops
    * acknowledging writes and rejoins as a slave); the in-sync slave is promoted once the master's
-   * lease has run out.
+   * lease has run out. The step-down is stored: whichever metaserver the master heartbeats to tells
+   * it, and whichever sweeps promotes.
    */
-  failover(name: string): GroupInfo {
+  async failover(name: string): Promise<GroupInfo> {
+    const g = await this.requireSharedGroup(name)
     const now = this.now()
-    const g = this.groups.get(name)
-    if (g === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no group ${JSON.stringify(name)}`)
-    const slave = g.servers.get('slave')
-    if (g.kind !== 'broker' || slave === undefined || !this.serverAlive(slave, now))
-      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
-    if (!g.inSync.includes(slave.address))
-      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `the slave of ${name} (${slave.address}) is not in sync`)
-    g.stepDownAt ??= now
-    this.log.warn({ group: name, slave: slave.address }, 'failover asked: the master steps down')
-    return this.groupInfo(g, now)
+    const alive = [...g.slaves.values()].filter((s) => this.serverAlive(s, now))
+    if (alive.length === 0) throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
+    if (this.promotable(g, now).length === 0)
+      throw new QmqError(
+        'QMQ_ERR_NO_IN_SYNC_SLAVE',
+        `no slave of ${name} (${alive.map((s) => s.address).join(', ')}) is in sync`,
+      )
+    const r = await this.stored(() => this.store.setStepDown(g.name, now))
+    if (r?.stepDownAt === undefined)
+      throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `the store holds no replication report of ${name}`)
+    g.stepDownAt = r.stepDownAt
+    this.log.warn({ group: name, inSync: g.inSync }, 'failover asked: the master steps down')
+    return this.groupInfo(g, this.now())
   }
 
   // ---------------------------------------------------------------- routes and placement
@@ -772,7 +931,7 @@ export class MetaService {
   }
 
   private routeGroup(g: GroupState, state: 'rw' | 'r'): RouteGroup {
-    const master = g.servers.get('master')
+    const master = g.master
     const rg: RouteGroup = { name: g.name, address: master?.address ?? '', state }
     if (master?.httpAddress !== undefined) rg.httpAddress = master.httpAddress
     return rg
@@ -880,7 +1039,8 @@ export class MetaService {
   }
 
   private groupInfo(g: GroupState, now: number): GroupInfo {
-    const master = g.servers.get('master')
+    const master = g.master
+    const slaves = [...g.slaves.values()].sort((a, b) => (a.address < b.address ? -1 : 1))
     const marks = this.readOnly.get(g.name)
     const info: GroupInfo = {
       name: g.name,
@@ -893,7 +1053,7 @@ export class MetaService {
       readOnlySubjects: marks === undefined ? [] : [...marks.keys()].filter((s) => s !== ALL_SUBJECTS),
       subjects: this.subjectCounts.get(g.name) ?? 0,
       load: g.load,
-      servers: [...g.servers.values()].map((s) => {
+      servers: [...(master === undefined ? [] : [master]), ...slaves].map((s) => {
         const out: GroupInfo['servers'][number] = {
           role: s.role,
           address: s.address,

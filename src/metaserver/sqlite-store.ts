@@ -9,6 +9,11 @@ import type {
   StoredServer,
   LivenessDecision,
   StoredMetaserver,
+  HeartbeatResult,
+  PromoteRequest,
+  PromoteResult,
+  ReplicationReport,
+  StoredReplication,
 } from './store'
 import { type AppCredentialStore, SqliteAppStore } from './app-store'
 import {
@@ -17,17 +22,22 @@ import {
   type GroupRow,
   type LivenessRow,
   type ReadOnlyRow,
+  type ReplicationRow,
   type RouteRow,
   type ServerRow,
+  type SlaveRow,
   storeError,
   toClient,
   toEpoch,
   toGroup,
   toLiveness,
   toReadOnly,
+  toReplication,
   toRoute,
   toServer,
+  toSlave,
 } from './rows'
+import { choosePromotion } from './promotion'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
 /**
@@ -98,12 +108,67 @@ export class SqliteMetaStore implements MetaStore {
          ON CONFLICT (name) DO UPDATE SET load_json = excluded.load_json, updated_at = excluded.updated_at`,
       ),
       upsertServer: db.prepare(
-        `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES (?, ?, ?, ?, ?)
+        `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch) VALUES (?, 'master', ?, ?, ?, ?)
          ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
-           http_address = excluded.http_address,
+           http_address = excluded.http_address, epoch = excluded.epoch,
            last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
                                ELSE MAX(servers.last_seen_at, excluded.last_seen_at) END`,
       ),
+      promotedMaster: db.prepare(
+        `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch) VALUES (?, 'master', ?, ?, ?, ?)
+         ON CONFLICT (group_name, role) DO UPDATE SET address = excluded.address,
+           http_address = excluded.http_address, epoch = excluded.epoch, last_seen_at = excluded.last_seen_at`,
+      ),
+      // A slave's offsets are those of its newest report (they go back when it truncates).
+      upsertSlave: db.prepare(
+        `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
+           last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                               ELSE MAX(slaves.last_seen_at, excluded.last_seen_at) END,
+           message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
+                                 THEN excluded.message_offset ELSE slaves.message_offset END,
+           action_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
+                                THEN excluded.action_offset ELSE slaves.action_offset END`,
+      ),
+      allSlaves: db.prepare(
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset FROM slaves',
+      ),
+      slavesOf: db.prepare(
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset FROM slaves WHERE group_name = ?',
+      ),
+      deleteSlave: db.prepare('DELETE FROM slaves WHERE group_name = ? AND address = ?'),
+      getEpoch: db.prepare('SELECT epoch FROM group_epochs WHERE group_name = ?'),
+      allReplication: db.prepare(
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, step_down_at FROM group_replication',
+      ),
+      getReplication: db.prepare(
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, step_down_at FROM group_replication WHERE group_name = ?',
+      ),
+      // A report replaces an older one only (lower epoch, or same epoch and not later); a step-down is
+      // kept within its epoch.
+      upsertReport: db.prepare(
+        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
+         VALUES (?, ?, ?, ?, ?, NULL)
+         ON CONFLICT (group_name) DO UPDATE SET replicated = excluded.replicated, epoch = excluded.epoch,
+           in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at,
+           step_down_at = CASE WHEN group_replication.epoch < excluded.epoch THEN NULL
+                               ELSE group_replication.step_down_at END
+         WHERE group_replication.epoch < excluded.epoch
+            OR (group_replication.epoch = excluded.epoch AND group_replication.reported_at <= excluded.reported_at)`,
+      ),
+      newEpochReplication: db.prepare(
+        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
+         VALUES (?, 1, ?, '[]', ?, NULL)
+         ON CONFLICT (group_name) DO UPDATE SET replicated = 1, epoch = excluded.epoch, in_sync_json = '[]',
+           reported_at = excluded.reported_at, step_down_at = NULL`,
+      ),
+      setStepDown: db.prepare(
+        `UPDATE group_replication SET step_down_at = COALESCE(step_down_at, MAX(?, COALESCE(
+           (SELECT last_seen_at FROM servers WHERE group_name = group_replication.group_name AND role = 'master'), 0)))
+         WHERE group_name = ?`,
+      ),
+      clearStepDown: db.prepare('UPDATE group_replication SET step_down_at = NULL WHERE group_name = ?'),
       getRoute: db.prepare(
         'SELECT subject, groups_json, version, created_at, updated_at FROM subject_routes WHERE subject = ?',
       ),
@@ -150,7 +215,6 @@ export class SqliteMetaStore implements MetaStore {
       casEpoch: db.prepare(
         'UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = ? WHERE group_name = ? AND epoch = ?',
       ),
-      deleteSlave: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'slave'"),
     }
   }
 
@@ -204,29 +268,81 @@ export class SqliteMetaStore implements MetaStore {
       const clients = (s.allClients.all() as ClientRow[]).map(toClient)
       const liveness = (s.allLiveness.all() as LivenessRow[]).map(toLiveness)
       const epochs = (s.allEpochs.all() as EpochRow[]).map(toEpoch)
-      return { epochs, groups, servers, routes, readOnly, clients, liveness }
+      const slaves = (s.allSlaves.all() as SlaveRow[]).map(toSlave)
+      const replication = (s.allReplication.all() as ReplicationRow[]).map(toReplication)
+      return {
+        replication,
+        epochs,
+        groups,
+        servers: [...servers, ...slaves],
+        routes,
+        readOnly,
+        clients,
+        liveness,
+      }
     })
   }
 
-  recordHeartbeat(group: StoredGroup, server: StoredServer): Promise<void> {
-    return this.run(`record heartbeat of ${group.name}`, () => {
-      this.db.transaction(() => {
-        this.stmts.upsertGroup.run(
-          group.name,
-          group.kind,
-          group.firstSeenAt,
-          JSON.stringify(group.load),
-          server.lastSeenAt,
-        )
-        this.stmts.upsertServer.run(
-          server.group,
-          server.role,
-          server.address,
-          server.httpAddress ?? null,
-          server.lastSeenAt,
-        )
-      })()
-    })
+  private replicationOf(group: string): StoredReplication | undefined {
+    const row = this.stmts.getReplication.get(group) as ReplicationRow | undefined
+    return row === undefined ? undefined : toReplication(row)
+  }
+
+  private epochOf(group: string): number {
+    return (this.stmts.getEpoch.get(group) as { epoch: number } | undefined)?.epoch ?? 0
+  }
+
+  recordHeartbeat(
+    group: StoredGroup,
+    server: StoredServer,
+    epoch: number,
+    report?: ReplicationReport,
+  ): Promise<HeartbeatResult> {
+    return this.run(`record heartbeat of ${group.name}`, () =>
+      this.db
+        .transaction((): HeartbeatResult => {
+          const s = this.stmts
+          s.upsertGroup.run(
+            group.name,
+            group.kind,
+            group.firstSeenAt,
+            JSON.stringify(group.load),
+            server.lastSeenAt,
+          )
+          const stored = this.epochOf(group.name)
+          if (stored > epoch)
+            return { written: false, epoch: stored, replication: this.replicationOf(group.name) }
+          if (server.role === 'master') {
+            s.upsertServer.run(
+              server.group,
+              server.address,
+              server.httpAddress ?? null,
+              server.lastSeenAt,
+              stored,
+            )
+            s.deleteSlave.run(server.group, server.address)
+            if (report !== undefined)
+              s.upsertReport.run(
+                server.group,
+                report.replicated ? 1 : 0,
+                stored,
+                JSON.stringify(report.inSync),
+                server.lastSeenAt,
+              )
+          } else {
+            s.upsertSlave.run(
+              server.group,
+              server.address,
+              server.httpAddress ?? null,
+              server.lastSeenAt,
+              server.messageOffset ?? 0,
+              server.actionOffset ?? 0,
+            )
+          }
+          return { written: true, epoch: stored, replication: this.replicationOf(group.name) }
+        })
+        .immediate(),
+    )
   }
 
   getRoute(subject: string): Promise<StoredRoute | undefined> {
@@ -313,30 +429,40 @@ export class SqliteMetaStore implements MetaStore {
     )
   }
 
-  promote(
-    group: string,
-    expectedEpoch: number,
-    master: StoredServer,
-    now: number,
-    deadBefore: number,
-  ): Promise<boolean> {
+  promote(req: PromoteRequest): Promise<PromoteResult> {
+    const { group, now } = req
     return this.run(`promote a slave of ${group}`, () =>
       this.db
+        .transaction((): PromoteResult => {
+          const s = this.stmts
+          const seen = s.masterLastSeen.get(group) as { last_seen_at: number } | undefined
+          const choice = choosePromotion(req, {
+            epoch: this.epochOf(group),
+            masterLastSeenAt: seen?.last_seen_at ?? 0,
+            replication: this.replicationOf(group),
+            slaves: (s.slavesOf.all(group) as SlaveRow[]).map(toSlave),
+          })
+          if (!('slave' in choice)) return choice
+          s.insertEpoch.run(group, now)
+          if (s.casEpoch.run(now, group, req.expectedEpoch).changes === 0) return { refused: 'epoch' }
+          const next = req.expectedEpoch + 1
+          const slave = choice.slave
+          s.promotedMaster.run(group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next)
+          s.deleteSlave.run(group, slave.address)
+          s.newEpochReplication.run(group, next, now)
+          return { promoted: { ...slave, role: 'master' } }
+        })
+        .immediate(),
+    )
+  }
+
+  setStepDown(group: string, at: number | undefined): Promise<StoredReplication | undefined> {
+    return this.run(`set step-down of ${group}`, () =>
+      this.db
         .transaction(() => {
-          // The stored master heard after deadBefore (maybe by another metaserver): it is alive.
-          const seen = this.stmts.masterLastSeen.get(group) as { last_seen_at: number } | undefined
-          if ((seen?.last_seen_at ?? 0) > deadBefore) return false
-          this.stmts.insertEpoch.run(group, now)
-          if (this.stmts.casEpoch.run(now, group, expectedEpoch).changes === 0) return false
-          this.stmts.upsertServer.run(
-            group,
-            'master',
-            master.address,
-            master.httpAddress ?? null,
-            master.lastSeenAt,
-          )
-          this.stmts.deleteSlave.run(group)
-          return true
+          if (at === undefined) this.stmts.clearStepDown.run(group)
+          else this.stmts.setStepDown.run(at, group)
+          return this.replicationOf(group)
         })
         .immediate(),
     )

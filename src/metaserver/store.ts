@@ -17,6 +17,9 @@ import type { AppCredentialStore } from './app-store'
  * - `decideLiveness` is a compare-and-set on the stored liveness of a group: of several metaservers
  *   deciding the same transition at once, exactly one gets `changed: true` (and the liveness version
  *   grows by one). A "dead" decision is refused while the stored master last-seen is recent.
+ * - `promote` decides from stored rows only (promotion.ts), one transaction per group: of several
+ *   metaservers promoting at once one wins. `recordHeartbeat` writes no master row or report for a
+ *   caller whose epoch is older than the stored one (a promotion it has not reloaded yet).
  * - Times are milliseconds since the epoch on the store's clock: a metaserver adds `clockOffsetMs()`
  *   to its own clock before writing or comparing them, so metaservers with clocks apart agree.
  * - Errors are QmqError QMQ_ERR_METASERVER_STORE (retriable): the database may come back.
@@ -64,6 +67,9 @@ export interface StoredServer {
   httpAddress: string | undefined
   /** Last heartbeat; 0 after a clean 'offline'. */
   lastSeenAt: number
+  /** A slave: the durable ends of its copies (message log, action log) as it last reported them. */
+  messageOffset?: number
+  actionOffset?: number
 }
 
 export interface StoredRoute {
@@ -101,7 +107,70 @@ export interface StoredEpoch {
   updatedAt: number
 }
 
+/**
+ * A replicated group's state that a promotion needs (issue 14), as its master last reported it and
+ * `qmq failover` asked; absent for a group whose master never reported a slave.
+ */
+export interface StoredReplication {
+  group: string
+  /** The master has (had) a slave: it holds a lease and the group fails over. */
+  replicated: boolean
+  /** The group epoch the report was made in: only a report of the current epoch names promotable slaves. */
+  epoch: number
+  /** The slaves (`host:port`) the master reported in sync. */
+  inSync: string[]
+  reportedAt: number
+  /** `qmq failover` asked the master to step down at this time; undefined: not asked. */
+  stepDownAt: number | undefined
+}
+
+/** A master's replication report, written with its heartbeat. */
+export interface ReplicationReport {
+  replicated: boolean
+  inSync: string[]
+}
+
+export interface HeartbeatResult {
+  /**
+   * False when the group's stored epoch is newer than the caller's (another metaserver promoted a
+   * slave meanwhile): the server row and report were not written (the group's load was).
+   */
+  written: boolean
+  /** The group's stored epoch (0 before its first promotion). */
+  epoch: number
+  /** The group's stored replication state after the write (a step-down asked elsewhere shows here). */
+  replication: StoredReplication | undefined
+}
+
+export interface PromoteRequest {
+  group: string
+  /** The stored epoch must be this; a promotion moves it to expectedEpoch + 1. */
+  expectedEpoch: number
+  now: number
+  /** The stored master must be silent: last seen at or before this (any metaserver may have heard it). */
+  deadBefore: number
+  /**
+   * Or: a step-down (`qmq failover`) stored at or before this (the master's lease ran out since) is
+   * enough, whatever the master's last-seen (it keeps heartbeating, as a slave-to-be).
+   */
+  stepDownBefore?: number
+  /** A slave is promotable only when its stored last-seen is after this. */
+  slaveSeenAfter: number
+}
+
+export type PromoteResult =
+  | { promoted: StoredServer }
+  | {
+      /**
+       * 'epoch': another metaserver promoted first; 'master-alive': the master was heard after
+       * deadBefore (and no step-down is due); 'no-in-sync-slave': no alive slave that the master
+       * reported in sync in this epoch.
+       */
+      refused: 'epoch' | 'master-alive' | 'no-in-sync-slave'
+    }
+
 export interface MetaSnapshot {
+  replication: StoredReplication[]
   epochs: StoredEpoch[]
   groups: StoredGroup[]
   servers: StoredServer[]
@@ -120,8 +189,20 @@ export interface MetaStore {
   clockOffsetMs(localNow: number): Promise<number>
   /** Everything, to build the in-memory view at start (and to refresh it from a shared store). */
   loadAll(): Promise<MetaSnapshot>
-  /** Upserts a group (its load) and one of its servers (address, last seen), in one transaction. */
-  recordHeartbeat(group: StoredGroup, server: StoredServer): Promise<void>
+  /**
+   * Upserts a group (its load) and one of its servers (address, last seen; a slave's offsets), and a
+   * master's replication `report`, in one transaction. `epoch` is the group epoch the caller believes:
+   * when the stored one is newer, only the load is written (see HeartbeatResult). A master row is the
+   * group's one master (a new address replaces it); a slave row is one of its slaves (by address).
+   * A report older than the stored one (lower epoch, or same epoch and earlier `server.lastSeenAt`)
+   * does not replace it; a stored step-down is kept.
+   */
+  recordHeartbeat(
+    group: StoredGroup,
+    server: StoredServer,
+    epoch: number,
+    report?: ReplicationReport,
+  ): Promise<HeartbeatResult>
   getRoute(subject: string): Promise<StoredRoute | undefined>
   /** Stores `groups` as the subject's route unless it has one; answers the stored route either way. */
   assignRouteIfAbsent(subject: string, groups: readonly string[], now: number): Promise<StoredRoute>
@@ -148,20 +229,23 @@ export interface MetaStore {
   listMetaservers(seenAfter: number): Promise<StoredMetaserver[]>
   removeMetaserver(id: string): Promise<void>
   /**
-   * Replication (issue 14): promotes `master` (the group's slave) in one transaction: a
-   * compare-and-set of the group's epoch from `expectedEpoch` to `expectedEpoch + 1` (failovers + 1),
-   * the master row replaced by `master`, the slave row deleted. False (nothing changed) when the stored
-   * epoch is not `expectedEpoch` (another metaserver promoted first), or when the stored master
-   * row's last-seen is after `deadBefore` (another metaserver heard the master recently: promoting
-   * would make two masters), checked in the same transaction.
+   * Replication (issue 14): decides and makes a promotion in one transaction, from the stored state
+   * only (promotion.ts: choosePromotion): the stored epoch must be `expectedEpoch`, the stored master
+   * silent since `deadBefore` (or a step-down due, see PromoteRequest), and the slave promoted is the
+   * alive one the master reported in sync in this epoch with the most data (offsets). Then the epoch
+   * moves by one (failovers + 1), the master row becomes that slave (the other slaves stay), its slave
+   * row is deleted and the replication state starts the new epoch (no in-sync slave, no step-down).
+   * Among several metaservers racing, one promotion per epoch wins; the others are refused 'epoch'.
    */
-  promote(
-    group: string,
-    expectedEpoch: number,
-    master: StoredServer,
-    now: number,
-    deadBefore: number,
-  ): Promise<boolean>
+  promote(req: PromoteRequest): Promise<PromoteResult>
+  /**
+   * `qmq failover`: stores a step-down of the group's master at `at`, or at the stored master's
+   * last-seen when that is later (so it is after every heartbeat of the master answered as master:
+   * its lease runs out leaseMs after the step-down, whichever metaserver it heartbeats to); an earlier
+   * stored step-down is kept; undefined clears it. Answers the stored replication state (undefined:
+   * the group has none).
+   */
+  setStepDown(group: string, at: number | undefined): Promise<StoredReplication | undefined>
   close(): Promise<void>
   /** Application credentials (issue 18, app-store.ts): every store keeps them. */
   readonly apps: AppCredentialStore

@@ -387,6 +387,7 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
         else if (from.fieldRef !== undefined) {
           const path = obj(from.fieldRef).fieldPath
           if (path === 'metadata.name') env[name] = w.pod
+          else if (path === POD_INDEX_FIELD) env[name] = '0'
           else if (path === 'metadata.namespace') env[name] = SAMPLE_NAMESPACE
           else if (path === 'status.podIP') env[name] = SAMPLE_POD_IP
           else say(`${name}: unexpected fieldRef ${String(path)}`)
@@ -459,8 +460,19 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
         const ref = arr(c.env)
           .map(obj)
           .find((e) => e.name === groupVar)
-        if (obj(obj(ref?.valueFrom).fieldRef).fieldPath !== 'metadata.name')
-          say(`${groupVar} must come from the pod name (fieldRef metadata.name)`)
+        // One group per pod ordinal: the pod name, or a fixed prefix and the pod-index label (the pod
+        // N of a master StatefulSet and of its slave StatefulSet are one group).
+        const indexVars = arr(c.env)
+          .map(obj)
+          .filter((e) => obj(obj(e.valueFrom).fieldRef).fieldPath === POD_INDEX_FIELD)
+          .map((e) => String(e.name))
+        const byIndex = indexVars.some((v) =>
+          new RegExp(`^[a-z0-9-]+\\$\\(${v}\\)$`).test(String(ref?.value)),
+        )
+        if (obj(obj(ref?.valueFrom).fieldRef).fieldPath !== 'metadata.name' && !byIndex)
+          say(
+            `${groupVar} must come from the pod name (fieldRef metadata.name) or be <prefix>$(VAR) of the pod-index label`,
+          )
       }
     }
   }
@@ -536,12 +548,59 @@ export function checkKubernetes(docs: readonly unknown[]): { problems: string[];
         if (containerPort(containersOf(w)[0] ?? {}, sp.targetPort ?? sp.port) === undefined)
           problems.push(`Service ${name}: port ${String(sp.port)} targets no container port of ${w.name}`)
   }
+  problems.push(...checkPairs(placed, podLabels))
   for (const w of workloads.filter((w) => w.kind === 'StatefulSet')) {
     const svc = byName('Service', obj(w.doc.spec).serviceName)
     if (obj(svc?.spec).clusterIP !== 'None')
       problems.push(`StatefulSet ${w.name}: serviceName must be a headless Service of these manifests`)
   }
   return { problems, placed }
+}
+
+/** The label a StatefulSet puts on each pod: its ordinal (Kubernetes >= 1.28). */
+const POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
+
+/** True when pods of `a` may never run on a node with pods of `b` (required anti-affinity, either side). */
+function keptApart(a: Workload, b: Workload, podLabels: (w: Workload) => Obj): boolean {
+  const repels = (x: Workload, y: Workload) =>
+    arr(
+      obj(obj(obj(obj(obj(x.doc.spec).template).spec).affinity).podAntiAffinity)
+        .requiredDuringSchedulingIgnoredDuringExecution,
+    )
+      .map(obj)
+      .some(
+        (term) =>
+          term.topologyKey === 'kubernetes.io/hostname' &&
+          labelsMatch(obj(obj(term.labelSelector).matchLabels), podLabels(y)),
+      )
+  return repels(a, b) || repels(b, a)
+}
+
+/**
+ * Every broker group is a master and a slave (issue 14) whose pods never share a node: the slave in
+ * another workload started with --role slave under the same group name, kept apart by anti-affinity.
+ * (Delay groups: once `qmq delay` has --role.)
+ */
+function checkPairs(
+  placed: readonly (Placed & { workload: Workload })[],
+  podLabels: (w: Workload) => Obj,
+): string[] {
+  const problems: string[] = []
+  const brokers = placed.filter((p) => p.service === 'broker')
+  for (const m of brokers.filter((p) => (p.options.role ?? 'master') === 'master')) {
+    const slaves = brokers.filter((p) => p.options.role === 'slave' && p.options.group === m.options.group)
+    const group = String(m.options.group)
+    if (slaves.length === 0) problems.push(`${m.where}: broker group ${group} has no slave (--role slave)`)
+    for (const sl of slaves) {
+      if (sl.workload === m.workload)
+        problems.push(`${m.where}: the slave of ${group} is in the master's workload`)
+      else if (!keptApart(m.workload, sl.workload, podLabels))
+        problems.push(
+          `${m.where}: the master and slave of ${group} may share a node (no required podAntiAffinity on kubernetes.io/hostname)`,
+        )
+    }
+  }
+  return problems
 }
 
 /** kustomization.yaml must list exactly the other YAML files of its directory. */

@@ -129,7 +129,7 @@ t.test('deploy - compose.postgres.yaml: two metaservers on one PostgreSQL, group
   t.same(problems, [])
   t.same(
     placed.map((p) => `${p.service} ${String(p.options.group ?? '')}`),
-    ['metaserver ', 'metaserver ', 'broker broker-1', 'broker broker-2', 'delay delay-1'],
+    ['metaserver ', 'metaserver ', 'broker broker-1', 'broker broker-1', 'broker broker-2', 'delay delay-1'],
   )
   for (const p of placed.filter((x) => x.service === 'metaserver'))
     t.match(p.options.store, /^value-known-at-deploy-time$|^postgresql:/, `${p.where} on the shared store`)
@@ -195,8 +195,18 @@ t.test('deploy - k8s manifests pass real flags and env, probe /health, keep data
   t.same(placed.map((p) => `${p.where} ${p.service}`).sort(), [
     'Deployment qmq-metaserver metaserver',
     'StatefulSet qmq-broker broker',
+    'StatefulSet qmq-broker-slave broker',
     'StatefulSet qmq-delay delay',
   ])
+  // Every broker group is a master and a slave, as the real CLI parses them.
+  const brokers = placed.filter((p) => p.service === 'broker')
+  t.same(
+    brokers.map((p) => [p.where, p.options.group, p.options.role ?? 'master', p.options.advertisedHost]),
+    [
+      ['StatefulSet qmq-broker', 'qmq-broker-0', 'master', 'qmq-broker-0.qmq-broker.default.svc'],
+      ['StatefulSet qmq-broker-slave', 'qmq-broker-0', 'slave', 'qmq-broker-slave-0.qmq-broker.default.svc'],
+    ],
+  )
   t.same(checkKustomization(yamlDoc(readText(K8S, 'kustomization.yaml')), readdirSync(K8S)), [])
 })
 
@@ -330,16 +340,23 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
     [
       'group name',
       'broker.yaml',
-      'name: QMQ_BROKER_GROUP\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.name',
+      'name: QMQ_BROKER_GROUP\n              value: qmq-broker-$(POD_INDEX)',
       'name: QMQ_BROKER_GROUP\n              value: broker-1',
       /QMQ_BROKER_GROUP must come from the pod name/,
     ],
     [
       'advertised host',
       'broker.yaml',
-      'value: $(QMQ_BROKER_GROUP).qmq-broker.',
-      'value: $(QMQ_BROKER_GROUP).qmq-delay.',
+      'value: $(POD_NAME).qmq-broker.',
+      'value: $(POD_NAME).qmq-delay.',
       /advertises qmq-broker-0.qmq-delay.default.svc:20881, which does not reach/,
+    ],
+    [
+      'slave started as master',
+      'broker.yaml',
+      '            - --role\n            - slave\n',
+      '',
+      /broker group qmq-broker-0 has no slave/,
     ],
     [
       'env order',
@@ -375,6 +392,16 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
     const { problems } = checkKubernetes(docs)
     t.ok(problemsMatching(problems, re).length > 0, `${name}: ${problems.join('; ')}`)
   }
+  // Both copies' anti-affinity on zones only: master and slave of a group may share a node.
+  const together = file('broker.yaml').replaceAll(
+    'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: kubernetes.io/hostname',
+    'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: topology.kubernetes.io/zone',
+  )
+  t.not(together, file('broker.yaml'))
+  t.match(
+    checkKubernetes([together, ...others('broker.yaml')].flatMap(yamlDocs)).problems.join('; '),
+    /the master and slave of qmq-broker-0 may share a node/,
+  )
   t.same(checkKustomization({ resources: ['broker.yaml', 'gone.yaml'] }, ['broker.yaml', 'delay.yaml']), [
     'kustomization: delay.yaml is not listed',
     'kustomization: gone.yaml does not exist',

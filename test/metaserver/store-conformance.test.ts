@@ -35,6 +35,12 @@ function master(g: string, lastSeenAt: number, port = 1000): StoredServer {
   return { group: g, role: 'master', address: `127.0.0.1:${port}`, httpAddress: undefined, lastSeenAt }
 }
 
+/** A server of group 'g'; a slave with `offset` as both of its offsets. */
+function server(address: string, role: 'master' | 'slave', offset = 0): StoredServer {
+  const out: StoredServer = { group: 'g', role, address, httpAddress: undefined, lastSeenAt: 0 }
+  return role === 'slave' ? { ...out, messageOffset: offset, actionOffset: offset } : out
+}
+
 function appsOf(t: Test, s: MetaStore | undefined): AppCredentialStore {
   if (s === undefined) throw new Error('no store')
   t.ok(s.apps, `${s.kind} store keeps application credentials`)
@@ -55,78 +61,218 @@ for (const kind of STORE_KINDS) {
   t.test(`store [${kind}] - schema created once at the current version, reopened as it is`, async (t) => {
     const [a, b, c] = await openShared(t, kind, 3)
     const snap = await a!.loadAll()
-    t.same(snap, { epochs: [], groups: [], servers: [], routes: [], readOnly: [], clients: [], liveness: [] })
+    t.same(snap, {
+      replication: [],
+      epochs: [],
+      groups: [],
+      servers: [],
+      routes: [],
+      readOnly: [],
+      clients: [],
+      liveness: [],
+    })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 4)
+    t.equal(SCHEMA_VERSION, 5)
   })
 
   t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
     const stores = await openShared(t, kind, 3)
-    const now = 1_000
-    const server = (i: number) => ({
-      group: 'g',
-      role: 'master' as const,
-      address: `10.0.0.${i}:20881`,
-      httpAddress: undefined,
-      lastSeenAt: now,
-    })
-    await stores[0]!.recordHeartbeat(
-      { name: 'g', kind: 'broker', firstSeenAt: now, load: {} },
-      { group: 'g', role: 'slave', address: '10.0.0.9:20881', httpAddress: undefined, lastSeenAt: now },
-    )
+    const s0 = stores[0]!
+    const addresses = ['10.0.0.1:20881', '10.0.0.2:20881', '10.0.0.3:20881', '10.0.0.4:20881']
+    let masterAddress = addresses[0]!
+    let at = 1_000
     for (let epoch = 0; epoch < 3; epoch++) {
-      const won = await Promise.all(
-        stores.map((s, i) => s.promote('g', epoch, server(i), now + epoch, now + epoch)),
+      // The master reports every other server in sync; they heartbeat as its slaves.
+      const others = addresses.filter((a) => a !== masterAddress)
+      await s0.recordHeartbeat(group('g'), { ...server(masterAddress, 'master'), lastSeenAt: at }, epoch, {
+        replicated: true,
+        inSync: others,
+      })
+      at += 10_000
+      for (const [i, a] of others.entries())
+        await s0.recordHeartbeat(group('g'), { ...server(a, 'slave', 100 * i), lastSeenAt: at }, epoch)
+      const req = {
+        group: 'g',
+        expectedEpoch: epoch,
+        now: at,
+        deadBefore: at - 5_000,
+        slaveSeenAfter: at - 5_000,
+      }
+      const results = await Promise.all(stores.map((s) => s.promote(req)))
+      const won = results.filter((r) => 'promoted' in r)
+      t.equal(won.length, 1, `epoch ${epoch} -> ${epoch + 1}: one promotion`)
+      t.same(
+        results.filter((r) => 'refused' in r),
+        [{ refused: 'epoch' }, { refused: 'epoch' }],
+        'the others lost the compare-and-set',
       )
-      t.equal(won.filter(Boolean).length, 1, `epoch ${epoch} -> ${epoch + 1}: one promotion`)
+      const promoted = (won[0] as { promoted: StoredServer }).promoted
+      t.equal(promoted.address, others[others.length - 1], 'the in-sync slave with the most data')
       const snap = await stores[1]!.loadAll()
       t.match(snap.epochs, [{ group: 'g', epoch: epoch + 1, failovers: epoch + 1 }])
-      const winner = won.indexOf(true)
       t.same(
-        snap.servers.filter((s) => s.group === 'g').map((s) => [s.role, s.address]),
-        [['master', server(winner).address]],
-        'the winner is master, the slave row is gone',
-      )
-    }
-    t.equal(await stores[2]!.promote('g', 0, server(2), now, now), false, 'a stale epoch changes nothing')
-  })
-
-  t.test(
-    `store [${kind}] - promote: refused while the stored master was seen after deadBefore`,
-    async (t) => {
-      const [a, b] = await openShared(t, kind, 2)
-      const slave: StoredServer = { ...master('g', 1_000, 2000), role: 'slave' }
-      await a!.recordHeartbeat(group('g'), master('g', 1_000))
-      await a!.recordHeartbeat(group('g'), slave)
-      // Another metaserver heard the master at 5_000 (after deadBefore 4_000): no promotion.
-      await b!.recordHeartbeat(group('g'), master('g', 5_000))
-      const next: StoredServer = { ...slave, role: 'master', lastSeenAt: 6_000 }
-      t.equal(await a!.promote('g', 0, next, 6_000, 4_000), false, 'a master heard recently is not replaced')
-      let snap = await b!.loadAll()
-      t.same(
-        snap.epochs.filter((e) => e.group === 'g' && e.epoch > 0),
-        [],
-        'the epoch did not move',
+        snap.servers.filter((x) => x.role === 'master').map((x) => [x.address, x.lastSeenAt]),
+        [[promoted.address, at]],
+        'the winner is master',
       )
       t.same(
         snap.servers
-          .filter((s) => s.group === 'g')
-          .map((s) => [s.role, s.address])
+          .filter((x) => x.role === 'slave')
+          .map((x) => x.address)
           .sort(),
-        [
-          ['master', '127.0.0.1:1000'],
-          ['slave', '127.0.0.1:2000'],
-        ],
-        'master and slave rows unchanged',
+        others.filter((a) => a !== promoted.address).sort(),
+        'its slave row is gone, the other slaves stay',
       )
-      t.equal(await a!.promote('g', 0, next, 6_000, 5_000), true, 'silent since deadBefore: promoted')
-      snap = await b!.loadAll()
-      t.match(snap.epochs, [{ group: 'g', epoch: 1, failovers: 1 }])
+      t.match(snap.replication, [
+        { group: 'g', replicated: true, epoch: epoch + 1, inSync: [], stepDownAt: undefined },
+      ])
+      masterAddress = promoted.address
+      at += 1
+    }
+    t.same(
+      await stores[2]!.promote({ group: 'g', expectedEpoch: 0, now: at, deadBefore: at, slaveSeenAfter: 0 }),
+      { refused: 'epoch' },
+      'a stale epoch changes nothing',
+    )
+  })
+
+  t.test(`store [${kind}] - promote: decided from the stored report, slaves and master`, async (t) => {
+    const [a, b] = await openShared(t, kind, 2)
+    const req = (now: number, deadBefore: number) => ({
+      group: 'g',
+      expectedEpoch: 0,
+      now,
+      deadBefore,
+      slaveSeenAfter: now - 5_000,
+    })
+    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0)
+    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 500), lastSeenAt: 9_000 }, 0)
+    await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 900), lastSeenAt: 9_000 }, 0)
+    await a!.recordHeartbeat(group('g'), { ...server('s:3', 'slave', 999), lastSeenAt: 1_000 }, 0)
+    t.same(await b!.promote(req(10_000, 5_000)), { refused: 'no-in-sync-slave' }, 'no report: no promotion')
+    // The report comes with a master heartbeat to one metaserver; another one promotes from the store.
+    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 2_000 }, 0, {
+      replicated: true,
+      inSync: ['s:1', 's:3'],
+    })
+    t.same(
+      await b!.promote(req(10_000, 1_000)),
+      { refused: 'master-alive' },
+      'the master was heard after deadBefore',
+    )
+    let snap = await b!.loadAll()
+    t.same(snap.replication, [
+      {
+        group: 'g',
+        replicated: true,
+        epoch: 0,
+        inSync: ['s:1', 's:3'],
+        reportedAt: 2_000,
+        stepDownAt: undefined,
+      },
+    ])
+    // An older report (a slower metaserver) does not replace it.
+    await b!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_500 }, 0, {
+      replicated: true,
+      inSync: ['s:2'],
+    })
+    snap = await a!.loadAll()
+    t.same(snap.replication[0]?.inSync, ['s:1', 's:3'], 'the newest report is kept')
+    // s:2 has more data but is not in sync; s:3 is in sync but silent: s:1 is promoted.
+    const r = await b!.promote(req(10_000, 5_000))
+    t.match(r, { promoted: { group: 'g', role: 'master', address: 's:1', messageOffset: 500 } })
+    snap = await a!.loadAll()
+    t.same(snap.servers.map((x) => [x.role, x.address]).sort(), [
+      ['master', 's:1'],
+      ['slave', 's:2'],
+      ['slave', 's:3'],
+    ])
+  })
+
+  t.test(`store [${kind}] - heartbeats of an older epoch do not replace the promoted master`, async (t) => {
+    const [a, b] = await openShared(t, kind, 2)
+    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
+      replicated: true,
+      inSync: ['s:1'],
+    })
+    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 10), lastSeenAt: 9_000 }, 0)
+    t.match(
+      await b!.promote({
+        group: 'g',
+        expectedEpoch: 0,
+        now: 10_000,
+        deadBefore: 5_000,
+        slaveSeenAfter: 5_000,
+      }),
+      { promoted: { address: 's:1' } },
+    )
+    // A metaserver that has not reloaded yet hears the former master claiming to be master.
+    const stale = await a!.recordHeartbeat(
+      group('g'),
+      { ...server('m:1', 'master'), lastSeenAt: 11_000 },
+      0,
+      {
+        replicated: true,
+        inSync: ['s:9'],
+      },
+    )
+    t.match(stale, { written: false, epoch: 1, replication: { epoch: 1, inSync: [] } })
+    const snap = await b!.loadAll()
+    t.same(
+      snap.servers.map((x) => [x.role, x.address, x.lastSeenAt]),
+      [['master', 's:1', 9_000]],
+      'master row, slave rows and report unchanged',
+    )
+    t.same(snap.replication[0]?.inSync, [])
+    const fresh = await a!.recordHeartbeat(
+      group('g'),
+      { ...server('m:1', 'slave', 5), lastSeenAt: 11_000 },
+      1,
+    )
+    t.match(fresh, { written: true, epoch: 1 })
+  })
+
+  t.test(
+    `store [${kind}] - step-down: stored after the master's last heartbeat, then promotes`,
+    async (t) => {
+      const [a, b] = await openShared(t, kind, 2)
+      t.equal(await a!.setStepDown('g', 100), undefined, 'no replication state: nothing to step down')
+      await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 5_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1'],
+      })
+      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 10), lastSeenAt: 5_000 }, 0)
+      // Asked at 4_000 on a clock behind the heartbeat's: stored at the heartbeat's time.
+      t.match(await b!.setStepDown('g', 4_000), { stepDownAt: 5_000 })
+      t.match(await a!.setStepDown('g', 7_000), { stepDownAt: 5_000 }, 'an earlier step-down is kept')
+      const hb = await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 6_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1'],
+      })
+      t.match(
+        hb,
+        { written: true, replication: { stepDownAt: 5_000 } },
+        "the master's next heartbeat sees it",
+      )
+      const req = { group: 'g', expectedEpoch: 0, now: 6_000, deadBefore: 1_000, slaveSeenAfter: 1_000 }
       t.same(
-        snap.servers.filter((s) => s.group === 'g').map((s) => [s.role, s.address]),
-        [['master', '127.0.0.1:2000']],
+        await b!.promote({ ...req, stepDownBefore: 4_999 }),
+        { refused: 'master-alive' },
+        'lease not run out',
       )
+      t.same(await b!.setStepDown('g', undefined), {
+        group: 'g',
+        replicated: true,
+        epoch: 0,
+        inSync: ['s:1'],
+        reportedAt: 6_000,
+        stepDownAt: undefined,
+      })
+      t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')
+      await a!.setStepDown('g', 6_000)
+      t.match(await b!.promote({ ...req, stepDownBefore: 6_000 }), { promoted: { address: 's:1' } })
+      t.match((await a!.loadAll()).replication, [{ epoch: 1, stepDownAt: undefined }])
     },
   )
 
@@ -163,8 +309,8 @@ for (const kind of STORE_KINDS) {
 
   t.test(`store [${kind}] - heartbeats: last-seen never goes back, offline sets 0`, async (t) => {
     const [s1, s2] = await openShared(t, kind, 2)
-    await s1!.recordHeartbeat(group('g', { backlog: 3 }), master('g', 5_000))
-    await s2!.recordHeartbeat(group('g', { backlog: 4 }), master('g', 4_000, 1001))
+    await s1!.recordHeartbeat(group('g', { backlog: 3 }), master('g', 5_000), 0)
+    await s2!.recordHeartbeat(group('g', { backlog: 4 }), master('g', 4_000, 1001), 0)
     let snap = await s1!.loadAll()
     t.same(snap.groups, [group('g', { backlog: 4 })])
     t.same(
@@ -172,14 +318,14 @@ for (const kind of STORE_KINDS) {
       [{ ...master('g', 5_000, 1001) }],
       'an older time from a slower metaserver is ignored',
     )
-    await s2!.recordHeartbeat(group('g'), master('g', 0, 1001))
+    await s2!.recordHeartbeat(group('g'), master('g', 0, 1001), 0)
     snap = await s1!.loadAll()
     t.equal(snap.servers[0]?.lastSeenAt, 0, 'offline')
   })
 
   t.test(`store [${kind}] - liveness: each transition decided once among racing callers`, async (t) => {
     const stores = await openShared(t, kind, 3)
-    await stores[0]!.recordHeartbeat(group('g'), master('g', 1_000))
+    await stores[0]!.recordHeartbeat(group('g'), master('g', 1_000), 0)
     // dead is refused while the stored master last-seen is recent
     const refused = await stores[1]!.decideLiveness('g', false, 2_000, 500)
     t.same(refused, { changed: false, alive: true, version: 0, masterLastSeenAt: 1_000 })
@@ -386,6 +532,37 @@ for (const kind of STORE_KINDS) {
     await s.registerMetaserver({ id: 'm', url: 'http://m', startedAt: 1, lastSeenAt: 2 })
     t.equal((await s.listMetaservers(0)).length, 1, 'version 2 tables exist')
     t.equal(await appsOf(t, s).insertApp(app('a', ['h'], 1)), true, 'version 3 table exists')
+  })
+
+  t.test(`store [${kind}] - a version 4 database: its slave rows move to the slaves table`, async (t) => {
+    const open = await seedAt(t, kind, 4, [
+      `INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES ('g', 'broker', 1, '{}', 1)`,
+      `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ('g', 'master', 'm:1', NULL, 50)`,
+      `INSERT INTO servers (group_name, role, address, http_address, last_seen_at) VALUES ('g', 'slave', 's:1', 'h:1', 40)`,
+      `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ('g', 2, 2, 30)`,
+    ])
+    const s = await open()
+    t.teardown(() => s.close())
+    const snap = await s.loadAll()
+    t.same(snap.servers, [
+      { group: 'g', role: 'master', address: 'm:1', httpAddress: undefined, lastSeenAt: 50 },
+      {
+        group: 'g',
+        role: 'slave',
+        address: 's:1',
+        httpAddress: 'h:1',
+        lastSeenAt: 40,
+        messageOffset: 0,
+        actionOffset: 0,
+      },
+    ])
+    t.same(snap.replication, [])
+    // The master row carries the group's epoch: a heartbeat written in epoch 2 replaces it.
+    t.match(await s.recordHeartbeat(group('g'), { ...master('g', 60), address: 'm:1' }, 2), {
+      written: true,
+      epoch: 2,
+    })
+    t.match(await s.recordHeartbeat(group('g'), master('g', 70), 1), { written: false, epoch: 2 })
   })
 
   t.test(`store [${kind}] - a database newer than this metaserver is refused`, async (t) => {

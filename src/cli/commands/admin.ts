@@ -101,21 +101,29 @@ export const groupsCommand = adminCommand(
         ],
         groups.map((g) => {
           const master = g.servers.find((s) => s.role === 'master')
-          const slave = g.servers.find((s) => s.role === 'slave' && s.alive)
-          const lag = slave?.replication
+          // Every alive slave; LAG is the largest, IN-SYNC how many the master reports in sync.
+          const slaves = g.servers.filter((s) => s.role === 'slave' && s.alive)
+          const lags = slaves.flatMap((s) => (s.replication === undefined ? [] : [s.replication]))
+          const inSync = slaves.filter(
+            (s) => master?.replication?.inSyncSlaves?.includes(s.address) === true,
+          ).length
           return [
             g.name,
             g.kind,
             g.address || '-',
             g.alive ? 'yes' : 'NO',
-            slave?.address ?? '-',
+            slaves.length === 0 ? '-' : slaves.map((s) => s.address).join(','),
             g.epoch ?? 0,
-            lag === undefined ? '-' : `${lag.lagBytes ?? 0} B / ${lag.lagMs ?? 0} ms`,
-            slave === undefined
+            lags.length === 0
               ? '-'
-              : master?.replication?.inSyncSlaves?.includes(slave.address) === true
+              : `${Math.max(...lags.map((l) => l.lagBytes ?? 0))} B / ${Math.max(...lags.map((l) => l.lagMs ?? 0))} ms`,
+            slaves.length === 0
+              ? '-'
+              : inSync === slaves.length
                 ? 'yes'
-                : 'NO',
+                : inSync === 0
+                  ? 'NO'
+                  : `${inSync}/${slaves.length}`,
             g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
             g.subjects,
             time(g.lastSeenAt),

@@ -229,3 +229,79 @@ t.test(
     )
   },
 )
+
+t.test('failover - with two slaves, one is promoted and the other follows it', async (t) => {
+  const meta = new Metaserver(
+    {
+      port: 0,
+      dataDir: freshDir(t),
+      adminToken: TOKEN,
+      clusterSecret: SECRET,
+      heartbeatIntervalMs: 100,
+      heartbeatTimeoutMs: 3_000,
+    },
+    { logger: silentLogger },
+  )
+  await meta.start()
+  t.teardown(() => meta.close())
+  const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
+  t.teardown(() => admin.close())
+
+  const a = broker(t, { group: 'g2', metaserver: meta.url })
+  const b = broker(t, { group: 'g2', role: 'slave', metaserver: meta.url })
+  const c = broker(t, { group: 'g2', role: 'slave', metaserver: meta.url })
+  await a.start()
+  await b.start()
+  await c.start()
+  await until('both slaves caught up', () => caughtUp(a, b) && caughtUp(a, c))
+  const ca = await RawClient.connect(a.addresses.port)
+  for (let i = 0; i < 10; i++) await sendOk(ca, [message('orders', `m-${i}`, Buffer.alloc(400, i))])
+  await ca.close()
+  await until('both slaves caught up', () => caughtUp(a, b) && caughtUp(a, c))
+  await until('the metaserver knows both slaves are in sync', async () => {
+    const g = await admin.getGroup('g2')
+    const master = g.servers.find((s) => s.role === 'master')
+    const inSync = master?.replication?.inSyncSlaves ?? []
+    return (
+      g.servers.filter((s) => s.role === 'slave').length === 2 &&
+      inSync.includes(b.addresses.address) &&
+      inSync.includes(c.addresses.address)
+    )
+  })
+
+  const former = a.addresses.address
+  await a.close({ offline: false })
+  await until(
+    'one slave promoted',
+    () => (b.isRunning && b.currentRole === 'master') || (c.isRunning && c.currentRole === 'master'),
+  )
+  const [next, other] = b.currentRole === 'master' ? [b, c] : [c, b]
+  const g = await admin.getGroup('g2')
+  t.equal(g.epoch, 1)
+  t.equal(g.address, next.addresses.address, 'routes point at the promoted slave')
+  t.not(g.address, former)
+  t.same(
+    g.servers
+      .filter((s) => s.role === 'slave')
+      .map((s) => s.address)
+      .sort(),
+    [other.addresses.address],
+    'the other slave stays listed (the former master is gone from the group until it returns)',
+  )
+  t.equal(other.currentRole, 'slave', 'the other slave stays a slave')
+
+  const cn = await RawClient.connect(next.addresses.port)
+  t.teardown(() => cn.close())
+  await until('a write acknowledged by the new master', () =>
+    sendOk(cn, [message('orders', 'after-failover')]).then(
+      () => true,
+      () => false,
+    ),
+  )
+  await until('the other slave follows the new master', () => caughtUp(next, other))
+  const all = await pull(cn, { subject: 'orders', group: 'cg', consumerId: 'c1', maxMessages: 100 })
+  t.same(
+    all.map((m) => m.record.id),
+    [...Array.from({ length: 10 }, (_, i) => `m-${i}`), 'after-failover'],
+  )
+})

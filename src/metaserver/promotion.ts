@@ -1,0 +1,50 @@
+import type { PromoteRequest, PromoteResult, StoredReplication, StoredServer } from './store'
+
+/**
+ * The promotion rule (issue 14; docs/replication.md), one implementation for both stores: each reads
+ * the group's rows inside its promotion transaction (with the group locked against heartbeats and
+ * other promotions) and asks this which slave to promote, if any.
+ */
+
+/** A group's stored rows as a promotion transaction read them. */
+export interface PromotionState {
+  /** The stored epoch (0 without a group_epochs row). */
+  epoch: number
+  /** The stored master's last-seen (0 without a master row, or after its clean 'offline'). */
+  masterLastSeenAt: number
+  replication: StoredReplication | undefined
+  slaves: StoredServer[]
+}
+
+/** More data first: the message log's durable end, then the action log's; then by address (stable). */
+export function byMostData(a: StoredServer, b: StoredServer): number {
+  return (
+    (b.messageOffset ?? 0) - (a.messageOffset ?? 0) ||
+    (b.actionOffset ?? 0) - (a.actionOffset ?? 0) ||
+    (a.address < b.address ? -1 : a.address > b.address ? 1 : 0)
+  )
+}
+
+/**
+ * The slave to promote, or why none: the epoch must be the expected one; the master silent since
+ * deadBefore unless a step-down stored at or before stepDownBefore is due; the candidates are the
+ * slaves seen after slaveSeenAfter that the master's report of this very epoch names in sync, and the
+ * one with the most data wins (under `sync` with several slaves a SEND waits for one of them only:
+ * the one holding the most holds every acknowledged record).
+ */
+export function choosePromotion(
+  req: PromoteRequest,
+  state: PromotionState,
+): { slave: StoredServer } | Extract<PromoteResult, { refused: string }> {
+  if (state.epoch !== req.expectedEpoch) return { refused: 'epoch' }
+  const r = state.replication
+  const stepDownDue =
+    req.stepDownBefore !== undefined && r?.stepDownAt !== undefined && r.stepDownAt <= req.stepDownBefore
+  if (!stepDownDue && state.masterLastSeenAt > req.deadBefore) return { refused: 'master-alive' }
+  if (r === undefined || r.epoch !== state.epoch) return { refused: 'no-in-sync-slave' }
+  const candidates = state.slaves
+    .filter((s) => s.lastSeenAt > req.slaveSeenAfter && r.inSync.includes(s.address))
+    .sort(byMostData)
+  const best = candidates[0]
+  return best === undefined ? { refused: 'no-in-sync-slave' } : { slave: best }
+}
