@@ -1,7 +1,7 @@
 /**
  * Not a test by itself: the producer process of test/e2e/replication-partition.fault.ts, started in a
  * network namespace (`ip netns exec NS node --import tsx partition-producer.ts CONFIG`). It sends
- * batches of fresh messages to EVERY broker address it is given, each on its own lane and connection,
+ * batches of fresh messages to EVERY broker address it is given, on `lanes` lanes (connections) each,
  * whatever the metaserver says the master is, so that any broker willing to acknowledge a write gets
  * the chance to. It never resends: a refused or unanswered batch is dropped (it may still be stored:
  * that is the unacknowledged tail the test expects a former master to truncate).
@@ -9,7 +9,7 @@
  * stdout, one JSON object per line (the test's record of what was acknowledged, by whom, when):
  *   {"ready":true}
  *   {"ack":"<broker host:port>","t0":<ms sent>,"t1":<ms answered>,"ids":["<id>",...]}
- *   {"refused":"<broker>","t1":<ms>,"n":<records>,"status":<status>,"message":"..."}   (first of a run)
+ *   {"refused":"<broker>","t1":<ms>,"status":<status>,"message":"..."}  (status -1: no answer)
  *   {"done":true}                                                 (after SIGTERM, lanes drained)
  * t0/t1 are Date.now() of this process (same machine clock as the test's). A broker decided an ack
  * somewhere in [t0, t1].
@@ -24,6 +24,8 @@ interface ProducerConfig {
   brokers: string[]
   subject: string
   batch: number
+  /** Batches in flight per broker, each on its own connection. */
+  lanes: number
   /** Pause between two batches of a lane (ms). */
   pauseMs: number
   /** A batch not answered within this long is given up and its connection dropped. */
@@ -55,7 +57,18 @@ async function lane(broker: string): Promise<void> {
   const host = broker.slice(0, colon)
   const port = Number(broker.slice(colon + 1))
   let client: RawClient | undefined
+  // A refusal is printed when it differs from the previous one, or 500 ms after the last printed one.
   let lastRefusal = ''
+  let lastPrinted = 0
+  const refused = (line: { status: number; message: string }) => {
+    const key = `${line.status} ${line.message}`
+    const t1 = Date.now()
+    if (key !== lastRefusal || t1 - lastPrinted >= 500) {
+      out({ refused: broker, t1, ...line })
+      lastPrinted = t1
+    }
+    lastRefusal = key
+  }
   while (!stopping) {
     try {
       client ??= await withTimeout(RawClient.connect(port, host), config.requestTimeoutMs)
@@ -86,24 +99,13 @@ async function lane(broker: string): Promise<void> {
       }
       if (acked.length < ids.length) {
         const refusal = results.find((r) => r.status !== 0) ?? { status: res.status, message: res.message }
-        const key = `${refusal.status} ${refusal.message}`
-        if (key !== lastRefusal)
-          out({
-            refused: broker,
-            t1,
-            n: ids.length - acked.length,
-            status: refusal.status,
-            message: refusal.message,
-          })
-        lastRefusal = key
+        refused({ status: refusal.status, message: refusal.message })
         await sleep(100)
       }
     } catch (err) {
       client?.destroy()
       client = undefined
-      const key = String(err)
-      if (key !== lastRefusal) out({ refused: broker, t1: Date.now(), status: -1, message: key })
-      lastRefusal = key
+      refused({ status: -1, message: String(err) })
       await sleep(100)
     }
     await sleep(config.pauseMs)
@@ -111,7 +113,7 @@ async function lane(broker: string): Promise<void> {
   client?.destroy()
 }
 
-const lanes = config.brokers.map((b) => lane(b))
+const lanes = config.brokers.flatMap((b) => Array.from({ length: config.lanes }, () => lane(b)))
 process.on('SIGTERM', () => {
   stopping = true
   void Promise.all(lanes).then(() => {
