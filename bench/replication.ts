@@ -4,7 +4,7 @@
  * - produce throughput with 4 producers (batches of 100, 8 in flight each) to a master with a 'sync'
  *   slave, as a ratio to the same run against a master alone (target >= 0.6);
  * - slave catch-up rate: a fresh slave copies a master's backlog (REPL_BENCH_BACKLOG_BYTES, default
- *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s).
+ *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s);
  * - publish-to-deliver latency at a fixed rate (REPL_BENCH_RATE, default 2k msgs/s; a long-polling
  *   consumer on the master, bench/latency-common.ts) against the master alone and against the master
  *   with a 'sync' slave, in alternating rounds of the same run (3 rounds of 5 s; --quick 1 of 2 s):
@@ -14,7 +14,11 @@
  *   through the CLI (bin/qmq.js, as an operator would), an SDK producer (default options) sending all
  *   the time; the master is SIGKILLed, and the time to the first acknowledgement of a message sent
  *   after the kill is measured; the killed broker is restarted (it rejoins as the slave), and the new
- *   master is killed in turn: 5 kills (--quick 2), median, lowest and highest.
+ *   master is killed in turn: 5 kills (--quick 2), median, lowest and highest. Split, to tell the
+ *   SDK's share from the servers': the medians of kill to the metaserver routing to the successor,
+ *   and of kill to the successor acknowledging a SEND sent straight to its address.
+ * The master with the slave runs with in-sync lag and ack timeout of 60 s: on a loaded machine a
+ * starved slave slows its writes down (what is measured) instead of having them refused.
  * Knobs: REPL_BENCH_BACKLOG_BYTES, REPL_BENCH_FETCH_BYTES (the slave's replicationFetchBytes),
  * REPL_BENCH_RATE, REPL_BENCH_PARTS (produce,latency,catchup,failover; default all).
  */

@@ -12,7 +12,7 @@ import { freeSubnet, NetnsLab } from '../helpers/netns'
 import { type RunningService, startService } from '../helpers/services'
 
 /**
- * `npm run test:faults` (about 1 min; needs root and iproute2: it FAILS, with the reason, where
+ * `npm run test:faults` (about 1.5 min; needs root and iproute2: it FAILS, with the reason, where
  * `ip netns add` does not work). Issue 14's partition test: a broker group's master is cut off from
  * the metaserver and its slave but stays reachable by one producer.
  *
