@@ -25,7 +25,7 @@ import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
 import { type EpochState, readEpochs, writeEpochs } from './replication/epochs'
 import { ReplicationFollower } from './replication/follower'
-import { ReplicationSource } from './replication/source'
+import { forgetKnownSlaves, ReplicationSource } from './replication/source'
 import { checkpointPath } from './store/checkpoint'
 import { createMessageStore, FileMessageStore } from './store/file-message-store'
 import { type MessageStoreOptions, messageStoreOptionsSchema } from './store/options'
@@ -300,6 +300,10 @@ export class Broker {
           history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
         }
         writeEpochs(o.dataDir, this.epochs)
+        // The slaves it knew in an earlier term as master are not its slaves now (source.ts).
+        forgetKnownSlaves(path.join(o.dataDir, 'replication'))
+        this.replication?.close()
+        this.replication = undefined
         this.log.warn({ ...start }, 'promoted: this broker is the master of a new epoch')
       }
       this.promotedTo = undefined

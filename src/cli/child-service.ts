@@ -29,6 +29,11 @@ export interface ChildServiceOptions {
   onLine?: (line: string, parsed: Record<string, unknown> | undefined) => void
   env?: NodeJS.ProcessEnv
   startTimeoutMs?: number
+  /**
+   * A command the service is started through, which then runs node itself: `['ip', 'netns', 'exec',
+   * 'ns1']` runs it in a network namespace. It must exec node (same pid), so that signals reach it.
+   */
+  launcher?: readonly string[]
 }
 
 export function startChildService(
@@ -38,7 +43,8 @@ export function startChildService(
 ): ChildService {
   const service = args[0] ?? name
   const startedMsg = `${service} started`
-  const proc = spawn(process.execPath, [QMQ_BIN, ...args], {
+  const command = [...(options.launcher ?? []), process.execPath, QMQ_BIN, ...args]
+  const proc = spawn(command[0] ?? process.execPath, command.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
     detached: true,
     env: { ...process.env, QMQ_LOG_LEVEL: process.env.QMQ_LOG_LEVEL ?? 'info', ...options.env },

@@ -24,9 +24,19 @@ export interface RunningService {
 const echo: ChildServiceOptions['onLine'] =
   process.env.QMQ_TEST_VERBOSE === '1' ? (line) => process.stderr.write(`${line}\n`) : undefined
 
-export async function startService(t: Test, name: string, args: string[]): Promise<RunningService> {
+/** `launcher`: a command prefix to run it through (`ip netns exec NS`: in a network namespace). */
+export async function startService(
+  t: Test,
+  name: string,
+  args: string[],
+  launcher?: readonly string[],
+): Promise<RunningService> {
   const env = { [CLUSTER_SECRET_ENV]: CLUSTER_SECRET }
-  const child = startChildService(name, args, echo ? { onLine: echo, env } : { env })
+  const child = startChildService(name, args, {
+    env,
+    ...(echo ? { onLine: echo } : {}),
+    ...(launcher ? { launcher } : {}),
+  })
   t.teardown(async () => {
     if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
     await child.exited

@@ -424,6 +424,15 @@ function readKnownSlaves(dir: string): string[] {
   }
 }
 
+/**
+ * A broker promoted to master begins its term with no known slave: those it remembers from an earlier
+ * term as master are not its slaves now (one of them became the master it replaces), and until one
+ * fetches from it, it writes alone (docs/replication.md, Failover).
+ */
+export function forgetKnownSlaves(dir: string): void {
+  if (readKnownSlaves(dir).length > 0) writeKnownSlaves(dir, [])
+}
+
 function writeKnownSlaves(dir: string, slaves: string[]): void {
   fs.mkdirSync(dir, { recursive: true })
   writeFileAtomicSync(path.join(dir, SLAVES_FILE), `${JSON.stringify({ version: 1, slaves })}\n`)

@@ -173,6 +173,67 @@ t.test(
 )
 
 t.test(
+  'failover - a broker promoted again writes alone: the slave it knew as master before is not its slave now',
+  async (t) => {
+    // A (master, slave B) goes silent: B is promoted. A rejoins as B's slave. B goes silent: A is
+    // promoted again, while B is still away. A remembered B as its slave from its first term; the
+    // new term starts with no slave (as a first promotion does), so 'sync' writes go on alone
+    // instead of being refused (QMQ_ERR_NO_IN_SYNC_SLAVE) until B returns.
+    const meta = new Metaserver(
+      {
+        port: 0,
+        dataDir: freshDir(t),
+        adminToken: TOKEN,
+        clusterSecret: SECRET,
+        heartbeatIntervalMs: 100,
+        heartbeatTimeoutMs: 3_000,
+      },
+      { logger: silentLogger },
+    )
+    await meta.start()
+    t.teardown(() => meta.close())
+    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
+    t.teardown(() => admin.close())
+    const inSync = async (master: Broker, slave: Broker) => {
+      const g = await admin.getGroup('g1')
+      const m = g.servers.find((s) => s.role === 'master')
+      return (
+        m?.address === master.addresses.address &&
+        m.replication?.inSyncSlaves?.includes(slave.addresses.address) === true
+      )
+    }
+    const a = broker(t, { group: 'g1', metaserver: meta.url })
+    const b = broker(t, { group: 'g1', role: 'slave', metaserver: meta.url })
+    await a.start()
+    await b.start()
+    await until('B in sync with A', () => caughtUp(a, b) && inSync(a, b))
+    const ca = await RawClient.connect(a.addresses.port)
+    await sendOk(ca, [message('orders', 'first-term')])
+    await ca.close()
+
+    await a.close({ offline: false })
+    await until('B promoted', () => b.isRunning && b.currentRole === 'master')
+    await a.start()
+    await until('A rejoined as the slave of B, in sync', async () => {
+      return a.currentRole === 'slave' && caughtUp(b, a) && (await inSync(b, a))
+    })
+
+    await b.close({ offline: false })
+    await until('A promoted again', () => a.isRunning && a.currentRole === 'master')
+    t.equal((await admin.getGroup('g1')).epoch, 2, 'epoch 2')
+    const ca2 = await RawClient.connect(a.addresses.port)
+    t.teardown(() => ca2.close())
+    await sendOk(ca2, [message('orders', 'second-term')])
+    t.pass('acknowledged by the promoted broker with its former slave away')
+    const got = await pull(ca2, { subject: 'orders', group: 'cg', consumerId: 'c', maxMessages: 10 })
+    t.same(
+      got.map((m) => m.record.id),
+      ['first-term', 'second-term'],
+    )
+  },
+)
+
+t.test(
   'failover - a former master cuts what it holds past the new epoch, then copies the new master',
   async (t) => {
     // X writes alone; Y starts from a copy of X's data dir, is promoted (epoch 1) and writes other
