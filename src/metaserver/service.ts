@@ -510,7 +510,7 @@ export class MetaService {
    */
   private roleOf(g: GroupState, req: ServerHeartbeatRequest, now: number): ServerRole {
     const master = g.servers.get('master')
-    if (g.kind !== 'broker' || master === undefined) return req.role
+    if (master === undefined) return req.role
     if (req.address === master.address) return 'master'
     if (req.role === 'master' && (g.replicated || g.epoch > 0) && this.serverAlive(master, now)) {
       if (req.state !== 'offline')
@@ -541,7 +541,7 @@ export class MetaService {
     const promoted: string[] = []
     if (this.holdingLiveness()) return promoted
     for (const g of this.groups.values()) {
-      if (g.kind !== 'broker' || !(g.replicated || g.epoch > 0)) continue
+      if (!(g.replicated || g.epoch > 0)) continue
       const master = g.servers.get('master')
       const stepDownDue = g.stepDownAt !== undefined && now - g.stepDownAt > this.leaseMs
       const masterGone = master === undefined || !this.serverAlive(master, now)
@@ -607,7 +607,7 @@ export class MetaService {
     const g = this.groups.get(name)
     if (g === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no group ${JSON.stringify(name)}`)
     const slave = g.servers.get('slave')
-    if (g.kind !== 'broker' || slave === undefined || !this.serverAlive(slave, now))
+    if (slave === undefined || !this.serverAlive(slave, now))
       throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `group ${name} has no alive slave`)
     if (!g.inSync.includes(slave.address))
       throw new QmqError('QMQ_ERR_NO_IN_SYNC_SLAVE', `the slave of ${name} (${slave.address}) is not in sync`)
