@@ -434,7 +434,7 @@ export class DelayServer {
     this.handlerContext = context
     this.masterHandle = handle
 
-    this.timers.push(setInterval(() => this.dispatcherRef?.tick(), o.tickMs))
+    this.timers.push(setInterval(() => this.tick(), o.tickMs))
     this.timers.push(setInterval(() => this.loadBuckets(), LOADER_INTERVAL_MS))
     this.timers.push(
       setInterval(() => {
@@ -442,7 +442,26 @@ export class DelayServer {
       }, o.checkpointIntervalMs),
     )
     for (const t of this.timers) t.unref()
+    this.tick()
+  }
+
+  /**
+   * Dispatches due messages, only while this server may act as master: a replicated master that does
+   * not hold its lease (a former master back before the metaserver demoted it, or one cut off) sends
+   * nothing; the promoted slave may hold tombstones of cancels it never saw.
+   */
+  private tick(): void {
+    if (this.dispatcherRef === undefined || !this.holdsLease()) return
     this.dispatcherRef.tick()
+  }
+
+  private holdsLease(): boolean {
+    try {
+      this.checkLease()
+      return true
+    } catch {
+      return false
+    }
   }
 
   /** Stops dispatching and closes the store (a master told to step down, or closing). */
@@ -535,7 +554,7 @@ export class DelayServer {
 
   /** A replicated master stops acknowledging writes when its metaserver lease runs out (fencing). */
   private checkLease(): void {
-    if (this.heartbeatLoop === undefined || this.role !== 'master') return
+    if (this.meta === undefined || this.role !== 'master') return
     this.lease.check(this.replication?.hasSlaves === true || this.epochs.epoch > 0)
   }
 
