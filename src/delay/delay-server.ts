@@ -583,6 +583,9 @@ export class DelayServer {
 
   /** What this delay server tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
+    // Closing: the sources are detached and would report no slave in sync, which would stop the
+    // metaserver from promoting the slave when this master goes away.
+    if (this.closing !== undefined) return undefined
     const f = this.follower?.status()
     if (f !== undefined) {
       return {
