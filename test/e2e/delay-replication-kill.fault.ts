@@ -1,4 +1,8 @@
+import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { QMQ_BIN } from '../../src/cli/child-service'
+import { CLUSTER_SECRET_ENV } from '../../src/common/token'
 import t from 'tap'
 import { MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
 import { MetaClient } from '../../src/common/meta/meta-client'
@@ -77,6 +81,18 @@ t.test(
       return m?.replication?.inSyncSlaves?.includes(slave) === true
     }
     await until('the delay master reports its slave in sync', slaveInSync(b.address))
+    // Operators see it: `qmq groups` shows the delay group's master, its slave and that it is in sync.
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [QMQ_BIN, 'groups', '--metaserver', meta.address],
+      { encoding: 'utf8', env: { ...process.env, [CLUSTER_SECRET_ENV]: CLUSTER_SECRET } },
+    )
+    const line = stdout.split('\n').find((l) => l.startsWith('d1 ')) ?? ''
+    t.match(
+      line,
+      new RegExp(`d1\\s+delay\\s+${a.address}\\s+yes\\s+${b.address}\\s+0\\s.*\\syes\\s`),
+      'qmq groups: d1 master, slave, in sync',
+    )
 
     const metaServer = `${meta.address}/meta/address`
     /** id -> schedule time, for every SEND acknowledged. */
