@@ -10,6 +10,12 @@ import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
 import type { Sender } from '../../src/delay/dispatch/sender'
 import { Metaserver } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
+import { encodeCancelRequest, encodeSendRequest } from '../../src/common/protocol/commands'
+import { RequestCode } from '../../src/common/protocol/codes'
+import { ERROR_CODES } from '../../src/common/error-codes'
+import { encodeFileRequest } from '../../src/delay/replication/wire'
+
+const errorStatus = (code: keyof typeof ERROR_CODES): number => ERROR_CODES[code].status
 import { cancel, DELAY_TEST_SECRET, delayed, send } from './helpers/delay-helpers'
 
 /**
@@ -245,5 +251,43 @@ t.test(
     const sb2 = files(path.join(bDir, 'schedule'))
     for (const [name, bytes] of files(path.join(aDir, 'schedule')))
       t.ok(prefixOf(sb2.get(name), bytes), `schedule/${name} copied from the new master`)
+  },
+)
+
+t.test(
+  'delay replication - requests need the cluster secret, name only derived files, and a slave serves nobody',
+  async (t) => {
+    const dir = t.testdir()
+    const a = server(t, path.join(dir, 'a'), new RecordingSender('a'), {})
+    await a.start()
+    const c = await RawClient.connect(a.port)
+    t.teardown(() => c.close())
+    const file = (token: string, name: string) =>
+      c.request(
+        RequestCode.DELAY_REPL_FILE,
+        encodeFileRequest({ token, slaveId: 'x:1', name, offset: 0, maxBytes: 1024 }),
+      )
+    const wrong = await file('not-the-secret', 'deadletter.log')
+    t.equal(wrong.status, errorStatus('QMQ_ERR_UNAUTHORIZED'), 'a wrong secret is refused')
+    for (const name of ['../meta.json', 'checkpoint.json', 'schedule/../../x.sched', '/etc/passwd']) {
+      const res = await file(DELAY_TEST_SECRET, name)
+      t.equal(res.status, errorStatus('QMQ_ERR_PAYLOAD_MALFORMED'), `${name} is not served`)
+    }
+    const ok = await file(DELAY_TEST_SECRET, 'deadletter.log')
+    t.equal(ok.status, 0, 'a derived file is served')
+
+    // A slave (pointed at the master directly): SEND and CANCEL are refused with the retriable NOT_MASTER.
+    const b = server(t, path.join(dir, 'b'), new RecordingSender('b'), {
+      role: 'slave',
+      masterAddress: a.address,
+    })
+    await b.start()
+    const cb = await RawClient.connect(b.port)
+    t.teardown(() => cb.close())
+    t.equal((await cb.request(RequestCode.PING)).status, 0, 'a slave answers PING')
+    const sendRes = await cb.request(RequestCode.SEND, encodeSendRequest([delayed('x', Date.now() + 5_000)]))
+    t.equal(sendRes.status, errorStatus('QMQ_ERR_NOT_MASTER'), 'a slave refuses SEND')
+    const cancelRes = await cb.request(RequestCode.CANCEL, encodeCancelRequest(['x'], DELAY_TEST_SECRET))
+    t.equal(cancelRes.status, errorStatus('QMQ_ERR_NOT_MASTER'), 'a slave refuses CANCEL')
   },
 )
