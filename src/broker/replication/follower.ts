@@ -170,11 +170,6 @@ export class ReplicationFollower {
     return this.copies?.find((c) => c.kind === kind)?.log.endOffset ?? 0
   }
 
-  /** The master's first retained byte of log `kind`, as of its last answer. */
-  masterStart(kind: ReplicatedLogValue): number {
-    return this.copies?.find((c) => c.kind === kind)?.masterStart ?? 0
-  }
-
   /** Deletes the copy's segments wholly below `offset` (a side loop following the master's retention). */
   deleteCopyBefore(kind: ReplicatedLogValue, offset: number): void {
     this.copies?.find((c) => c.kind === kind)?.log.deleteBefore(offset)
@@ -182,11 +177,15 @@ export class ReplicationFollower {
 
   /**
    * One request to the master on the follower's connection (side loops). Throws when there is no
-   * master to ask, or the request failed (the connection is then dropped and looked up again).
+   * master to ask or the request failed (the connection is then dropped and looked up again), after
+   * waiting `retryMs`: a side loop may retry at once.
    */
   async request(code: number, body: Buffer): Promise<Buffer> {
     const conn = await this.connection()
-    if (conn === undefined) throw new QmqError('QMQ_ERR_NOT_MASTER', 'no master known yet')
+    if (conn === undefined) {
+      await this.sleep(this.opts.retryMs)
+      throw new QmqError('QMQ_ERR_NOT_MASTER', 'no master known yet')
+    }
     try {
       return (await conn.request(code, body)).body
     } catch (err) {
