@@ -151,12 +151,17 @@ t.test(
     )
     await until('a checkpoint past them', () => (a.store.replicaManifest?.checkpoint ?? 0) > 0)
 
-    const b = server(t, bDir, sb, { group: 'd1', role: 'slave', metaserver: meta.url })
+    const b = server(t, bDir, sb, { group: 'd1', role: 'slave', metaserver: meta.url, httpPort: 0 })
     await b.start()
     t.equal(b.currentRole, 'slave')
     await until('slave in sync', () => inSync(admin, 'd1', b.address))
-    const health = b.replicationStatus()
-    t.equal(health.role, 'slave', '/health role of the slave')
+    const health = async () =>
+      (await (await fetch(`http://127.0.0.1:${b.httpPort}/health`)).json()) as {
+        role: string
+        replication: { role: string }
+      }
+    t.equal((await health()).role, 'slave', '/health role of the slave')
+    t.equal((await health()).replication.role, 'slave', '/health replication of the slave')
 
     // Under sync (the default once the group has a slave): acknowledged once the slave holds them.
     const later: Buffer[] = []
@@ -208,7 +213,7 @@ t.test(
     const g = await admin.getGroup('d1')
     t.equal(g.epoch, 1, 'epoch 1')
     t.equal(g.address, b.address, 'routes point at the promoted slave')
-    t.equal(b.replicationStatus().role, 'master', '/health role of the promoted slave')
+    t.equal((await health()).role, 'master', '/health role of the promoted slave')
     t.ok(promotedAt - killedAt < 10_000, `promoted ${promotedAt - killedAt} ms after the master went silent`)
 
     const expected = [...early, ...later]
