@@ -98,6 +98,7 @@ t.test(
     /** id -> schedule time, for every SEND acknowledged. */
     const acked = new Map<string, number>()
     const cancelled = new Set<string>()
+    const unknown = new Set<string>()
     const received = new Map<string, number>()
     let early = 0
     let stop = false
@@ -148,8 +149,10 @@ t.test(
         // Cancel one of them when it is still far from due (an acknowledged cancel must hold).
         const far = batch.find((m) => (m.getScheduleReceiveTime()?.getTime() ?? 0) > Date.now() + 5_000)
         if (far !== undefined && acked.has(far.getMessageId())) {
-          const ok = await p.cancel(far.getMessageId()).catch(() => false)
-          if (ok) cancelled.add(far.getMessageId())
+          const ok = await p.cancel(far.getMessageId()).catch(() => undefined)
+          // A cancel that failed (its group unreachable during the failover) has an unknown outcome.
+          if (ok === undefined) unknown.add(far.getMessageId())
+          if (ok === true) cancelled.add(far.getMessageId())
         }
         if (results.every((r) => r.status === 'rejected')) await new Promise((r) => setTimeout(r, 100))
         await new Promise((r) => setTimeout(r, 50))
@@ -176,7 +179,7 @@ t.test(
     await Promise.all(produceLoops)
 
     const lastDue = Math.max(...acked.values())
-    const expected = () => [...acked.keys()].filter((id) => !cancelled.has(id))
+    const expected = () => [...acked.keys()].filter((id) => !cancelled.has(id) && !unknown.has(id))
     await until(
       'every acknowledged, uncancelled delayed message consumed',
       () => expected().every((id) => received.has(id)),
@@ -189,6 +192,10 @@ t.test(
 
     const missing = expected().filter((id) => !received.has(id))
     if (missing.length > 0) t.comment(`missing ${missing.length}: ${missing.slice(0, 5).join(' ')}`)
+    const unknownDelivered = [...unknown].filter((id) => received.has(id)).length
+    t.comment(
+      `${unknown.size} cancels failed (outcome unknown); ${unknownDelivered} of those messages were delivered`,
+    )
     t.equal(missing.length, 0, `every acknowledged pending message delivered (${acked.size} acknowledged)`)
     t.equal(early, 0, 'none delivered early')
     const cancelledDelivered = [...cancelled].filter((id) => received.has(id))
@@ -205,7 +212,7 @@ t.test(
     a = await startService(t, 'da', delayArgs(dir, 'da', meta.address, 'master', portOf(a)))
     await until('the former master rejoined as an in-sync slave', slaveInSync(a.address), 30_000)
     t.comment(
-      `acknowledged ${acked.size}, cancelled ${cancelled.size}, received ${received.size}, promoted after ${promotedAt - killedAt} ms, worst lateness ${worst} ms`,
+      `acknowledged ${acked.size}, cancelled ${cancelled.size} (${unknown.size} cancels failed), received ${received.size}, promoted after ${promotedAt - killedAt} ms, worst lateness ${worst} ms`,
     )
   },
 )
