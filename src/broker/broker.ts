@@ -26,6 +26,7 @@ import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/op
 import { type EpochState, readEpochs, writeEpochs } from './replication/epochs'
 import { ReplicationFollower } from './replication/follower'
 import { forgetKnownSlaves, ReplicationSource } from './replication/source'
+import { MasterLease } from './replication/lease'
 import { checkpointPath } from './store/checkpoint'
 import { createMessageStore, FileMessageStore } from './store/file-message-store'
 import { type MessageStoreOptions, messageStoreOptionsSchema } from './store/options'
@@ -125,8 +126,8 @@ export class Broker {
   /** The role now: the configured one until the metaserver promotes or demotes this broker. */
   private role: 'master' | 'slave'
   private epochs: EpochState = { epoch: 0, history: [] }
-  /** A master of a replicated group acknowledges writes until then (its metaserver lease). */
-  private leaseUntil = 0
+  /** A master of a replicated group acknowledges writes while it holds its metaserver lease. */
+  private readonly lease = new MasterLease()
   /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -272,7 +273,7 @@ export class Broker {
         if (m.name.startsWith('qmq_store_')) this.registry.removeSingleMetric(m.name)
       }
       this.epochs = readEpochs(o.dataDir)
-      this.leaseUntil = 0
+      this.lease.revoke()
       if (this.role === 'slave') return await this.startSlave()
       const createStore = this.deps.createStore ?? defaultStore
       const store = createStore({
@@ -504,7 +505,7 @@ export class Broker {
         },
         this.log,
       )
-      this.heartbeat.start()
+      void this.heartbeat.start()
     }
     this.startedAt = Date.now()
     this.state = 'running'
@@ -593,24 +594,14 @@ export class Broker {
   /** A replicated master stops acknowledging writes when its metaserver lease runs out (fencing). */
   private checkLease(): void {
     if (this.heartbeat === undefined || this.role !== 'master') return
-    if (!(this.replication?.hasSlaves === true || this.epochs.epoch > 0)) return
-    if (Date.now() <= this.leaseUntil) return
-    throw new QmqError(
-      'QMQ_ERR_NOT_MASTER',
-      'this master cannot renew its lease with the metaserver: it acknowledges no writes (a slave may be promoted)',
-    )
+    this.lease.check(this.replication?.hasSlaves === true || this.epochs.epoch > 0)
   }
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
     if (this.state !== 'running' || this.switching !== undefined || this.closeRequested) return
-    const role = res.role ?? this.role
-    if (role === this.role) {
-      if (role === 'master')
-        this.leaseUntil = res.leaseMs === undefined ? Number.POSITIVE_INFINITY : sentAt + res.leaseMs
-      return
-    }
-    this.leaseUntil = 0
+    const role = this.lease.answer(res, sentAt, this.role)
+    if (role === undefined) return
     const epoch = res.epoch ?? this.epochs.epoch
     this.switching = new Promise<void>((resolve) => setImmediate(resolve))
       .then(() => this.switchRole(role, epoch))

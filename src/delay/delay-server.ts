@@ -27,7 +27,36 @@ import {
 import { createDelayMetrics, type DelayMetrics } from './metrics'
 import { type DelayOptions, resolveDelayOptions } from './options'
 import { DelayStore } from './store/delay-store'
-import { createDelayFrameHandler } from './tcp-handler'
+import { createDelayFrameHandler, type HandlerContext } from './tcp-handler'
+import path from 'node:path'
+import { Counter, Gauge } from 'prom-client'
+import { type EpochState, readEpochs, writeEpochs } from '../broker/replication/epochs'
+import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
+import { MasterLease } from '../broker/replication/lease'
+import { type SlaveStatus, ReplicationSource } from '../broker/replication/source'
+import { MetaHeartbeat } from '../broker/server/meta-heartbeat'
+import type { ServerHeartbeatResponse, ServerReplication } from '../common/meta/types'
+import { RequestCode } from '../common/protocol/codes'
+import type { Frame } from '../common/protocol/frame'
+import type { ResponseBody, ServerConnection } from '../common/server/connection'
+import { type DelayMirrorStatus, DelayMirror, forgetMirror } from './replication/mirror'
+import { DelayReplicationSource } from './replication/source'
+import { MESSAGE_DIR, TOMBSTONE_MARGIN_MS } from './store/delay-store'
+import { checkRecord } from './store/message-log'
+
+/** /health's `replication`: a master's view of its slaves, or a slave's progress. */
+export type DelayReplicationHealth =
+  | {
+      role: 'master' | 'slave'
+      epoch: number
+      mode: 'sync' | 'async'
+      requiresSlave: boolean
+      degraded: boolean
+      inSync: boolean
+      /** Per slave, besides its message-log copy: the checkpoint whose files it holds (-1: none). */
+      slaves: (SlaveStatus & { checkpoint: number })[]
+    }
+  | { role: 'slave'; epoch: number; slave: FollowerStatus; copy: DelayMirrorStatus | undefined }
 
 export { delayOptionsSchema, type DelayOptions, resolveDelayOptions } from './options'
 
@@ -75,7 +104,22 @@ export class DelayServer {
   private trace: DelayTrace | undefined
   private dispatcherRef: Dispatcher | undefined
   private timers: NodeJS.Timeout[] = []
-  private heartbeatTimer: NodeJS.Timeout | undefined
+  private heartbeatLoop: MetaHeartbeat | undefined
+  private gate: AuthGate | undefined
+  private handlerContext: HandlerContext | undefined
+  private masterHandle: ((f: Frame, c: ServerConnection) => Promise<ResponseBody>) | undefined
+  /** The role now: the configured one until the metaserver promotes or demotes this server. */
+  private role: 'master' | 'slave'
+  private epochs: EpochState = { epoch: 0, history: [] }
+  private readonly lease = new MasterLease()
+  /** Promoted to this epoch: recorded (with the message log's end) once the store is open. */
+  private promotedTo: number | undefined
+  private switching: Promise<void> | undefined
+  private replication: ReplicationSource | undefined
+  private delayReplication: DelayReplicationSource | undefined
+  private follower: ReplicationFollower | undefined
+  private mirror: DelayMirror | undefined
+  private readonly roleChanges: Counter<'to'>
   private loadingNow = false
   private started = false
   private closing: Promise<void> | undefined
@@ -92,6 +136,7 @@ export class DelayServer {
         'Invalid delay options:\n  - auth: needs --metaserver and the cluster secret (the credentials come from the metaserver)',
       )
     this.deps = deps
+    this.role = this.options.role
     this.clock = deps.clock ?? systemClock
     this.log = (deps.logger ?? createLogger()).child({ service: 'delay', group: this.options.group })
     this.registry =
@@ -104,6 +149,50 @@ export class DelayServer {
       store: () => this.storeRef,
       dispatcher: () => this.dispatcherRef,
       tcp: () => this.tcp?.stats(),
+    })
+    this.roleChanges = this.registerReplicationMetrics()
+  }
+
+  /** Replication gauges (the broker's names, docs/replication.md), read from the live state at each scrape. */
+  private registerReplicationMetrics(): Counter<'to'> {
+    const registers = [this.registry]
+    const self = this
+    new Gauge({
+      name: 'qmq_replication_epoch',
+      help: 'Epoch this server acts in (grows with every promotion in its group)',
+      registers,
+      collect() {
+        this.set(self.epochs.epoch)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_is_master',
+      help: '1 while this server is its group master, 0 while it is a slave',
+      registers,
+      collect() {
+        this.set(self.role === 'master' ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'qmq_replication_lag_bytes',
+      help: 'Message-log bytes a slave is behind its master (a master: per slave)',
+      labelNames: ['slave'],
+      registers,
+      collect() {
+        this.reset()
+        const f = self.follower?.status()
+        if (f !== undefined) {
+          this.set({ slave: self.address }, Math.max(0, f.masterMessageEnd - f.messageOffset))
+          return
+        }
+        for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagBytes)
+      },
+    })
+    return new Counter({
+      name: 'qmq_replication_role_changes_total',
+      help: 'Promotions and demotions of this server by the metaserver, by new role',
+      labelNames: ['to'],
+      registers,
     })
   }
 
@@ -136,6 +225,82 @@ export class DelayServer {
     if (this.started) throw new QmqError('QMQ_ERR_INTERNAL', 'delay server already started')
     this.started = true
     const o = this.options
+    if (o.role === 'slave' && o.clusterSecret === undefined)
+      throw missingClusterSecret('delay server', 'a slave authenticates to its master with it')
+    if (o.role === 'slave' && o.masterAddress === undefined && o.metaserver === undefined)
+      throw new QmqError(
+        'QMQ_ERR_CONFIG_INVALID',
+        'a slave needs --metaserver (or --master-address) to find its master',
+      )
+    if (o.metaserver !== undefined)
+      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
+    if (tlsEnabled(o)) {
+      this.tls = new ServerTls(o, this.log)
+      this.tls.watch()
+    }
+    if (this.role === 'master') await this.openMaster()
+
+    // The connection loop shared with the broker (common/server/): in-flight bound, write high-water
+    // mark, first-frame, idle and frame deadlines, partial-frame budget. The handler is the role's.
+    const handle = (f: Frame, c: ServerConnection) => this.handle(f, c)
+    if (o.auth && this.meta !== undefined) {
+      this.gate = new AuthGate(
+        new CredentialCache(o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8')),
+        this.log,
+        this.registry,
+        'qmq_delay',
+      )
+      if (this.handlerContext !== undefined) this.handlerContext.auth = this.gate
+      this.refresher = new CredentialRefresher(this.meta, this.gate.cache, o.authRefreshMs, this.log)
+      await this.refresher.start()
+    }
+    if (o.clusterSecret === undefined)
+      this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
+    const gate = this.gate
+    const tcp = new TcpServer(
+      tcpServerOptions(o, o.port, this.tls),
+      {
+        handle: gate === undefined ? handle : gate.wrap(handle),
+        onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
+        onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
+      },
+      this.log,
+    )
+    this.tcpPort = (await tcp.listen()).port
+    this.tcp = tcp
+    if (o.httpPort >= 0) await this.startHttp()
+    if (this.role === 'slave') await this.openSlave()
+    if (this.meta !== undefined) await this.startHeartbeat()
+    // Like the brokers' start line: where its /metrics is (when the HTTP server runs).
+    const httpAddress = this.httpServer ? `${this.options.host}:${this.httpPort}` : undefined
+    this.log.info(
+      {
+        address: this.address,
+        dataDir: o.dataDir,
+        role: this.role,
+        epoch: this.epochs.epoch,
+        ...(httpAddress ? { httpAddress, metrics: `http://${httpAddress}/metrics` } : {}),
+      },
+      'delay server started',
+    )
+  }
+
+  /** The role's request handler: a slave answers PING and refuses the rest (retriable). */
+  private handle(f: Frame, c: ServerConnection): Promise<ResponseBody> {
+    const h = this.masterHandle
+    if (h !== undefined) return h(f, c)
+    if (f.code === RequestCode.PING) return Promise.resolve([])
+    return Promise.reject(new QmqError('QMQ_ERR_NOT_MASTER', 'this delay server is a slave'))
+  }
+
+  /**
+   * Opens the store and starts dispatching (a master, or a slave the metaserver promoted: the store's
+   * ordinary recovery replays the copied message log from the adopted checkpoint).
+   */
+  private async openMaster(): Promise<void> {
+    const o = this.options
+    this.epochs = readEpochs(o.dataDir)
+    forgetMirror(o.dataDir)
     const store = await DelayStore.open({
       dataDir: o.dataDir,
       clock: this.clock,
@@ -151,6 +316,46 @@ export class DelayServer {
       io: this.deps.io,
     })
     this.storeRef = store
+    if (this.promotedTo !== undefined) {
+      // The new epoch begins where the copied message log ends after recovery (broker/replication/epochs.ts).
+      const start = {
+        epoch: this.promotedTo,
+        messageOffset: store.messageSegmentLog?.endOffset ?? 0,
+        actionOffset: 0,
+      }
+      this.epochs = {
+        epoch: this.promotedTo,
+        history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
+      }
+      writeEpochs(o.dataDir, this.epochs)
+      this.log.warn({ ...start }, 'promoted: this delay server is the master of a new epoch')
+      this.promotedTo = undefined
+    }
+    const segLog = store.messageSegmentLog
+    if (segLog !== undefined) {
+      this.replication ??= new ReplicationSource(
+        {
+          mode: o.replication,
+          ackTimeoutMs: o.replicationAckTimeoutMs,
+          inSyncLagMs: o.replicationInSyncLagMs,
+          degradedWrites: o.degradedWrites,
+          stateDir: path.join(o.dataDir, 'replication'),
+          epoch: () => this.epochs.epoch,
+          history: () => this.epochs.history,
+          slaveReady: (id) => this.delayReplication?.ready(id) ?? false,
+        },
+        this.log,
+      )
+      this.delayReplication ??= new DelayReplicationSource({
+        logs: this.replication,
+        dataDir: o.dataDir,
+        bucketMinutes: o.bucketMinutes,
+        inSyncLagMs: o.replicationInSyncLagMs,
+        ackTimeoutMs: o.replicationAckTimeoutMs,
+      })
+      this.replication.attach({ message: segLog, checkpointFile: path.join(o.dataDir, 'checkpoint.json') })
+      this.delayReplication.attach(store)
+    }
     const trace = await DelayTrace.open({ dataDir: o.dataDir, now: () => this.clock.now(), log: this.log })
     this.trace = trace
     store.onLoaded = (start, frames, ms) => {
@@ -167,12 +372,6 @@ export class DelayServer {
     }
     for (const r of store.recoveryReports) this.log.warn(r, 'recovery dropped data')
 
-    if (o.metaserver !== undefined)
-      this.meta = new MetaClient({ url: o.metaserver, clusterSecret: o.clusterSecret, ...clientTlsOf(o) })
-    if (tlsEnabled(o)) {
-      this.tls = new ServerTls(o, this.log)
-      this.tls.watch()
-    }
     let routes = this.deps.routes
     if (routes === undefined && o.brokers !== undefined)
       routes = new StaticRouteProvider(parseStaticRoutes(o.brokers))
@@ -217,10 +416,7 @@ export class DelayServer {
         this.metrics.deadLettered.inc()
       },
     })
-
-    // The connection loop shared with the broker (common/server/): in-flight bound, write high-water
-    // mark, first-frame, idle and frame deadlines, partial-frame budget.
-    const handle = createDelayFrameHandler({
+    const { handle, context } = createDelayFrameHandler({
       store,
       metrics: this.metrics,
       log: this.log,
@@ -228,36 +424,17 @@ export class DelayServer {
       clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       trace,
       group: o.group,
-      auth: undefined,
+      auth: this.gate,
+      replication:
+        this.replication !== undefined && this.delayReplication !== undefined
+          ? { logs: this.replication, delay: this.delayReplication }
+          : undefined,
+      checkLease: () => this.checkLease(),
     })
-    let gate: AuthGate | undefined
-    if (o.auth && this.meta !== undefined) {
-      gate = new AuthGate(
-        new CredentialCache(o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8')),
-        this.log,
-        this.registry,
-        'qmq_delay',
-      )
-      handle.context.auth = gate
-      this.refresher = new CredentialRefresher(this.meta, gate.cache, o.authRefreshMs, this.log)
-      await this.refresher.start()
-    }
-    if (o.clusterSecret === undefined)
-      this.log.warn('no clusterSecret configured: CANCEL and the dead-letter requests are refused')
-    const tcp = new TcpServer(
-      tcpServerOptions(o, o.port, this.tls),
-      {
-        handle: gate === undefined ? handle.handle : gate.wrap(handle.handle),
-        onClosedFor: (_c, reason) => this.metrics.connectionLoop.countClose(reason),
-        onTlsError: () => this.metrics.connectionLoop.tlsHandshakeFailures.inc(),
-      },
-      this.log,
-    )
-    this.tcpPort = (await tcp.listen()).port
-    this.tcp = tcp
-    if (o.httpPort >= 0) await this.startHttp()
+    this.handlerContext = context
+    this.masterHandle = handle
 
-    this.timers.push(setInterval(() => this.dispatcherRef?.tick(), o.tickMs))
+    this.timers.push(setInterval(() => this.tick(), o.tickMs))
     this.timers.push(setInterval(() => this.loadBuckets(), LOADER_INTERVAL_MS))
     this.timers.push(
       setInterval(() => {
@@ -265,18 +442,227 @@ export class DelayServer {
       }, o.checkpointIntervalMs),
     )
     for (const t of this.timers) t.unref()
+    this.tick()
+  }
+
+  /**
+   * Dispatches due messages, only while this server may act as master: a replicated master that does
+   * not hold its lease (a former master back before the metaserver demoted it, or one cut off) sends
+   * nothing; the promoted slave may hold tombstones of cancels it never saw.
+   */
+  private tick(): void {
+    if (this.dispatcherRef === undefined || !this.holdsLease()) return
     this.dispatcherRef.tick()
-    if (this.meta !== undefined) await this.heartbeat(true)
-    // Like the brokers' start line: where its /metrics is (when the HTTP server runs).
-    const httpAddress = this.httpServer ? `${this.options.host}:${this.httpPort}` : undefined
-    this.log.info(
+  }
+
+  private holdsLease(): boolean {
+    try {
+      this.checkLease()
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /** Stops dispatching and closes the store (a master told to step down, or closing). */
+  private async closeMaster(): Promise<void> {
+    this.masterHandle = undefined
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    this.replication?.detach()
+    this.delayReplication?.detach()
+    await this.dispatcherRef?.close()
+    this.dispatcherRef = undefined
+    await this.sender?.close()
+    this.sender = undefined
+    await this.storeRef?.close()
+    this.storeRef = undefined
+    await this.trace?.close()
+    this.trace = undefined
+  }
+
+  /** A slave: no store is opened; the master's message log and derived files are copied (replication/). */
+  private async openSlave(): Promise<void> {
+    const o = this.options
+    this.epochs = readEpochs(o.dataDir)
+    const secret = o.clusterSecret as string
+    const mirror = new DelayMirror({
+      dataDir: o.dataDir,
+      slaveId: this.address,
+      clusterSecret: secret,
+      bucketMinutes: o.bucketMinutes,
+      intervalMs: Math.min(1_000, o.checkpointIntervalMs),
+      waitMs: o.replicationFetchWaitMs,
+      chunkBytes: o.replicationFetchBytes,
+      tombstoneKeepMs: o.horizonMs + TOMBSTONE_MARGIN_MS,
+      log: this.log,
+    })
+    mirror.prepare()
+    const max = o.maxMessageBytes
+    const follower = new ReplicationFollower(
       {
-        address: this.address,
         dataDir: o.dataDir,
-        ...(httpAddress ? { httpAddress, metrics: `http://${httpAddress}/metrics` } : {}),
+        slaveId: this.address,
+        clusterSecret: secret,
+        findMaster: () => this.findMaster(),
+        maxMessageBytes: max,
+        fetchBytes: o.replicationFetchBytes,
+        fetchWaitMs: o.replicationFetchWaitMs,
+        retryMs: 1_000,
+        checkpointIntervalMs: o.checkpointIntervalMs,
+        maxFrameBytes: o.maxFrameBytes,
+        epoch: this.epochs.epoch,
+        ...clientTlsOf(o),
+        layout: {
+          logs: [
+            {
+              kind: 0,
+              dir: path.join(o.dataDir, MESSAGE_DIR),
+              check: (b, p, e) => checkRecord(b, p, e, max),
+            },
+          ],
+          sideLoop: (f) => mirror.run(f),
+        },
       },
-      'delay server started',
+      this.log,
     )
+    await follower.start()
+    this.follower = follower
+    this.mirror = mirror
+  }
+
+  private async closeSlave(): Promise<void> {
+    await this.follower?.close()
+    this.follower = undefined
+    this.mirror = undefined
+  }
+
+  /** Where the group's master is: the configured address, or the metaserver's answer. */
+  private async findMaster(): Promise<string | undefined> {
+    const o = this.options
+    if (o.masterAddress !== undefined) return o.masterAddress
+    const meta = this.meta
+    if (meta === undefined) return undefined
+    try {
+      const g = await meta.getGroup(o.group)
+      return g.alive && g.address !== '' && g.address !== this.address ? g.address : undefined
+    } catch (err) {
+      this.log.warn({ err: String(err) }, 'slave: cannot ask the metaserver for the master')
+      return undefined
+    }
+  }
+
+  /** A replicated master stops acknowledging writes when its metaserver lease runs out (fencing). */
+  private checkLease(): void {
+    if (this.meta === undefined || this.role !== 'master') return
+    this.lease.check(this.replication?.hasSlaves === true || this.epochs.epoch > 0)
+  }
+
+  private async startHeartbeat(): Promise<void> {
+    const meta = this.meta
+    if (meta === undefined) return
+    const hb = new MetaHeartbeat(
+      meta,
+      {
+        group: this.options.group,
+        kind: 'delay',
+        role: this.role,
+        address: this.address,
+        httpAddress: this.httpServer ? `${this.options.host}:${this.httpPort}` : undefined,
+        intervalMs: DEFAULT_HEARTBEAT_MS,
+        load: () => ({ backlog: this.storeRef?.stats().pending ?? 0 }),
+        onReadOnly: () => {},
+        replication: () => this.replicationReport(),
+        onAnswer: (res, sentAt) => this.onMetaAnswer(res, sentAt),
+      },
+      this.log,
+    )
+    this.heartbeatLoop = hb
+    await hb.start()
+  }
+
+  /** What this delay server tells the metaserver about replication with each heartbeat. */
+  private replicationReport(): ServerReplication | undefined {
+    // Closing: the sources are detached and would report no slave in sync, which would stop the
+    // metaserver from promoting the slave when this master goes away.
+    if (this.closing !== undefined) return undefined
+    const f = this.follower?.status()
+    if (f !== undefined) {
+      return {
+        epoch: this.epochs.epoch,
+        messageOffset: f.messageOffset,
+        actionOffset: 0,
+        lagBytes: Math.max(0, f.masterMessageEnd - f.messageOffset),
+      }
+    }
+    const r = this.replication
+    if (r === undefined || this.storeRef === undefined) return undefined
+    return {
+      epoch: this.epochs.epoch,
+      messageOffset: this.storeRef.messageSegmentLog?.endOffset ?? 0,
+      actionOffset: 0,
+      inSyncSlaves: r
+        .status()
+        .filter((s) => s.inSync)
+        .map((s) => s.id),
+      replicated: r.hasSlaves,
+    }
+  }
+
+  /** The metaserver's answer: renews a master's lease, or promotes / demotes this delay server. */
+  private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    if (this.closing !== undefined || this.switching !== undefined) return
+    const role = this.lease.answer(res, sentAt, this.role)
+    if (role === undefined) return
+    const epoch = res.epoch ?? this.epochs.epoch
+    this.switching = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.switchRole(role, epoch))
+      .catch((err: unknown) => this.log.error({ err: String(err) }, 'role change failed'))
+      .finally(() => {
+        this.switching = undefined
+      })
+  }
+
+  /** Changes role in place (same ports, same data dir, same group). */
+  private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
+    this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this delay server's role")
+    await this.heartbeatLoop?.stop(false)
+    this.heartbeatLoop = undefined
+    if (this.role === 'master') await this.closeMaster()
+    else await this.closeSlave()
+    this.role = role
+    this.roleChanges.inc({ to: role })
+    if (this.closing !== undefined) return
+    if (role === 'master') {
+      this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+      await this.openMaster()
+    } else await this.openSlave()
+    await this.startHeartbeat()
+  }
+
+  /** The role now ('master' or 'slave'; the metaserver may change it). */
+  get currentRole(): 'master' | 'slave' {
+    return this.role
+  }
+
+  /** Replication as this delay server sees it: a master's slaves, or a slave's progress (/health). */
+  replicationStatus(): DelayReplicationHealth {
+    const f = this.follower?.status()
+    if (f !== undefined)
+      return { role: 'slave', epoch: this.epochs.epoch, slave: f, copy: this.mirror?.status() }
+    const r = this.replication
+    return {
+      role: this.role,
+      epoch: this.epochs.epoch,
+      mode: this.options.replication,
+      requiresSlave: r?.requiresSlave ?? false,
+      degraded: r?.degraded ?? false,
+      inSync: r?.anyInSync() ?? false,
+      slaves: (r?.status() ?? []).map((s) => ({
+        ...s,
+        checkpoint: this.delayReplication?.adoptedBy(s.id) ?? -1,
+      })),
+    }
   }
 
   private loadBuckets(): void {
@@ -288,31 +674,6 @@ export class DelayServer {
       .finally(() => {
         this.loadingNow = false
       })
-  }
-
-  /** Sends one heartbeat and schedules the next. The first one failing does not stop the start. */
-  private async heartbeat(first = false): Promise<void> {
-    const meta = this.meta
-    if (meta === undefined || this.closing !== undefined) return
-    let nextMs = DEFAULT_HEARTBEAT_MS
-    try {
-      const stats = this.storeRef?.stats()
-      const res = await meta.heartbeat({
-        group: this.options.group,
-        kind: 'delay',
-        role: 'master',
-        address: this.address,
-        ...(this.httpServer ? { httpAddress: `${this.options.host}:${this.httpPort}` } : {}),
-        load: { backlog: stats?.pending ?? 0 },
-      })
-      nextMs = res.heartbeatIntervalMs
-    } catch (err) {
-      nextMs = 1_000
-      this.log[first ? 'warn' : 'debug']({ err }, 'metaserver heartbeat failed')
-    }
-    if (this.closing !== undefined) return
-    this.heartbeatTimer = setTimeout(() => void this.heartbeat(), nextMs)
-    this.heartbeatTimer.unref()
   }
 
   private async startHttp(): Promise<void> {
@@ -338,7 +699,15 @@ export class DelayServer {
         const reason = failure !== undefined ? { reason: `${failure.code}: ${failure.message}` } : {}
         res.writeHead(failure !== undefined ? 503 : 200, { 'content-type': 'application/json' })
         res.end(
-          JSON.stringify({ status, ...reason, group: this.options.group, address: this.address, ...stats }),
+          JSON.stringify({
+            status,
+            ...reason,
+            group: this.options.group,
+            address: this.address,
+            role: this.role,
+            ...stats,
+            replication: this.replicationStatus(),
+          }),
         )
         return
       }
@@ -364,16 +733,19 @@ export class DelayServer {
   }
 
   /** Stops taking requests, lets in-flight dispatches settle, syncs everything. Idempotent. */
-  close(): Promise<void> {
-    this.closing ??= this.doClose()
+  close(opts: { offline?: boolean } = {}): Promise<void> {
+    this.closing ??= this.doClose(opts.offline ?? true)
     return this.closing
   }
 
-  private async doClose(): Promise<void> {
+  private async doClose(offline: boolean): Promise<void> {
+    if (this.switching !== undefined) await this.switching
     for (const t of this.timers) clearInterval(t)
     this.timers = []
     this.refresher?.stop()
-    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer)
+    // SENDs waiting for a slave fail (retriable), parked replication requests answer.
+    this.replication?.detach()
+    this.delayReplication?.detach()
     // Requests in flight (SENDs being stored) answer first, up to closeTimeoutMs.
     await this.tcp?.close(this.options.closeTimeoutMs)
     if (this.httpServer !== undefined) {
@@ -381,23 +753,13 @@ export class DelayServer {
       h.closeAllConnections()
       await new Promise<void>((resolve) => h.close(() => resolve()))
     }
-    await this.dispatcherRef?.close()
-    await this.sender?.close()
-    await this.storeRef?.close()
-    await this.trace?.close()
+    await this.closeSlave()
+    await this.closeMaster()
     this.tls?.close()
-    if (this.meta !== undefined) {
-      await this.meta
-        .heartbeat({
-          group: this.options.group,
-          kind: 'delay',
-          role: 'master',
-          address: this.address,
-          state: 'offline',
-        })
-        .catch(() => {})
-      await this.meta.close()
-    }
+    // One 'offline' heartbeat takes the group out of routes at once (unless `offline: false`: tests
+    // of a master gone silent).
+    await this.heartbeatLoop?.stop(offline)
+    await this.meta?.close()
     this.log.info('delay server closed')
   }
 }

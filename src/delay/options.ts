@@ -12,6 +12,10 @@ import { DEFAULT_MAX_MESSAGE_BYTES } from '../common/record'
 import { type ConnectionLimitOptions, connectionLimitsSchema } from '../common/server/options'
 import { checkTlsOptions, type TlsFileOptions, tlsFileSchema } from '../common/tls'
 import { type AuthOptions, authOptionsSchema } from '../common/auth/options'
+import {
+  type BrokerServerOptions as BrokerOptions,
+  brokerServerOptionsSchema as brokerOptionsSchema,
+} from '../broker/server/options'
 
 export const DEFAULT_DELAY_PORT = 20801
 export const DEFAULT_HORIZON_MS = 2 * 366 * 24 * 3600 * 1000 // 2 years (of leap years: never shorter)
@@ -27,8 +31,25 @@ export const DEFAULT_RETRY_MAX_MS = 30_000
 export const DEFAULT_SEND_TIMEOUT_MS = 5_000
 export const DEFAULT_ROUTE_TTL_MS = 5_000
 
+/** Replication options: the broker's, with the same meanings and defaults (docs/replication.md). */
+export type DelayReplicationOptions = Pick<
+  BrokerOptions,
+  | 'role'
+  | 'replication'
+  | 'replicationAckTimeoutMs'
+  | 'replicationInSyncLagMs'
+  | 'degradedWrites'
+  | 'masterAddress'
+  | 'replicationFetchWaitMs'
+  | 'replicationFetchBytes'
+>
+
 /** The connection limits (maxConnections ... closeTimeoutMs) are the broker's: common/server/options.ts. */
-export interface DelayOptions extends ConnectionLimitOptions, TlsFileOptions, AuthOptions {
+export interface DelayOptions
+  extends ConnectionLimitOptions,
+    TlsFileOptions,
+    AuthOptions,
+    DelayReplicationOptions {
   /** Delay group name registered with the metaserver. */
   group: string
   host: string
@@ -174,6 +195,17 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
   }),
   ...tlsFileSchema,
   ...authOptionsSchema,
+  role: {
+    ...brokerOptionsSchema.role,
+    doc: 'Role inside the delay group (a slave copies its master: docs/replication.md)',
+  },
+  replication: brokerOptionsSchema.replication,
+  replicationAckTimeoutMs: brokerOptionsSchema.replicationAckTimeoutMs,
+  replicationInSyncLagMs: brokerOptionsSchema.replicationInSyncLagMs,
+  degradedWrites: brokerOptionsSchema.degradedWrites,
+  masterAddress: brokerOptionsSchema.masterAddress,
+  replicationFetchWaitMs: brokerOptionsSchema.replicationFetchWaitMs,
+  replicationFetchBytes: brokerOptionsSchema.replicationFetchBytes,
 }
 
 export function resolveDelayOptions(input: unknown = {}): Readonly<DelayOptions> {

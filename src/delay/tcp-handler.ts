@@ -25,6 +25,17 @@ import type { DelayMetrics } from './metrics'
 import { decodeQueryRequest, encodeQueryAnswer } from '../common/protocol/query'
 import type { DelayTrace } from './trace'
 import type { DelayStore } from './store/delay-store'
+import type { ReplicationSource } from '../broker/replication/source'
+import { decodeFetchRequest, encodeFetchResponse, ReplicatedLog } from '../common/protocol/replication'
+import type { DelayReplicationSource } from './replication/source'
+import {
+  decodeCancelsRequest,
+  decodeFileRequest,
+  decodeManifestRequest,
+  encodeCancelsResponse,
+  encodeFileResponse,
+  encodeManifestResponse,
+} from './replication/wire'
 
 /**
  * The delay server's requests: SEND (delayed messages), CANCEL, PING, and the admin requests of its
@@ -56,6 +67,16 @@ export interface HandlerContext {
   group: string
   /** Application authentication and permissions (`auth` on; set after creation); undefined = open port. */
   auth: AuthGate | undefined
+  /** The master's side of replication (docs/replication.md); undefined: slaves are refused. */
+  replication?: DelayReplication | undefined
+  /** Throws QMQ_ERR_NOT_MASTER when a replicated master lost its metaserver lease (fencing). */
+  checkLease?: (() => void) | undefined
+}
+
+/** The generic source (message log, `sync` acknowledgements) and the delay-specific one. */
+export interface DelayReplication {
+  logs: ReplicationSource
+  delay: DelayReplicationSource
 }
 
 const EMPTY: readonly Buffer[] = []
@@ -102,6 +123,10 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       return EMPTY // auth off (the AuthGate answers it otherwise): accepted and ignored
 
     case RequestCode.SEND: {
+      // Fencing and `sync` (as the broker's SEND): refused without the lease or an in-sync slave,
+      // answered once a slave holds the records durably.
+      ctx.checkLease?.()
+      ctx.replication?.logs.checkWritable()
       // The frame body is a view into a socket chunk: copy it once, as the store keeps the records.
       const items = decodeSendRequest(Buffer.from(f.body), { maxMessageBytes: ctx.maxMessageBytes })
       // A subject the brokers would refuse when it is due ('%', whitespace...) is refused now.
@@ -117,6 +142,10 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
         if (denied !== undefined) item.error = denied
       }
       const results = await ctx.store.accept(items)
+      if (ctx.replication !== undefined && results.some((r) => r === undefined)) {
+        await ctx.replication.logs.waitReplicated(ctx.store.messageSegmentLog?.endOffset ?? 0)
+        ctx.checkLease?.()
+      }
       for (let i = 0; i < results.length; i++) {
         const r = results[i]
         ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
@@ -132,7 +161,19 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
     case RequestCode.CANCEL: {
       authenticate(f, ctx, conn)
       const { ids } = decodeCancelRequest(f.body)
+      ctx.checkLease?.()
+      ctx.replication?.logs.checkWritable()
       const res = await ctx.store.cancel(ids)
+      const repl = ctx.replication
+      if (repl !== undefined) {
+        // A cancel is a write: under `sync` answered once a slave holds its tombstone durably.
+        const seq = repl.delay.cancelled(
+          ids.filter((_id, i) => res[i] === true),
+          Date.now(),
+        )
+        await repl.delay.waitCancelled(seq)
+        ctx.checkLease?.()
+      }
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)
     }
@@ -153,7 +194,11 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
     case RequestCode.ADMIN_DELAY_DLQ_REDRIVE: {
       authenticate(f, ctx, conn)
       const req = decodeDelayDlqRedriveRequest(f.body)
+      ctx.checkLease?.()
+      ctx.replication?.logs.checkWritable()
       const n = await ctx.store.redriveDeadLetters(req.sequences)
+      if (n > 0 && ctx.replication !== undefined)
+        await ctx.replication.logs.waitReplicated(ctx.store.messageSegmentLog?.endOffset ?? 0)
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
       return encodeCountResponse(n)
     }
@@ -163,10 +208,41 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       const buckets = ctx.store.pendingByBucket().map(([start, pending]) => ({ start, pending }))
       return encodeDelayPendingResponse(buckets.sort((a, b) => a.start - b.start))
     }
+    case RequestCode.REPL_FETCH:
+    case RequestCode.DELAY_REPL_MANIFEST:
+    case RequestCode.DELAY_REPL_FILE:
+    case RequestCode.DELAY_REPL_CANCELS:
+      return handleReplication(f, ctx)
     default:
       throw new QmqError(
         'QMQ_ERR_UNKNOWN_REQUEST',
         `request code ${f.code}${requestCodeName(f.code) ? ` (${requestCodeName(f.code)})` : ''} is not served by a delay server`,
       )
+  }
+}
+
+/**
+ * A slave's requests (docs/replication.md): the cluster secret comes first and is checked (in
+ * constant time) before anything else is decoded.
+ */
+async function handleReplication(f: Frame, ctx: HandlerContext): Promise<ResponseBody> {
+  const token = decodeRequestToken(f.body)
+  if (ctx.clusterSecret === undefined || !tokenMatches(token, ctx.clusterSecret))
+    throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'replication needs the cluster secret')
+  const repl = ctx.replication
+  if (repl === undefined) throw new QmqError('QMQ_ERR_NOT_MASTER', 'this delay server serves no slaves')
+  switch (f.code) {
+    case RequestCode.REPL_FETCH: {
+      const req = decodeFetchRequest(f.body)
+      if (req.log !== ReplicatedLog.MESSAGE)
+        throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', 'a delay server replicates its message log only')
+      return encodeFetchResponse(await repl.logs.fetch(req))
+    }
+    case RequestCode.DELAY_REPL_MANIFEST:
+      return encodeManifestResponse(repl.delay.manifest(decodeManifestRequest(f.body)))
+    case RequestCode.DELAY_REPL_FILE:
+      return encodeFileResponse(await repl.delay.file(decodeFileRequest(f.body)))
+    default:
+      return encodeCancelsResponse(await repl.delay.cancels(decodeCancelsRequest(f.body)))
   }
 }

@@ -54,6 +54,20 @@ export interface FollowerOptions {
   epoch: number
   /** TLS towards the master (the broker's client side of its TLS files); undefined: plain TCP. */
   tls?: ClientTlsOptions | undefined
+  /** What is copied; default the broker's (message and action logs, its checkpoint). */
+  layout?: FollowerLayout | undefined
+}
+
+/**
+ * What a follower copies besides the generic part (log copies, epochs, the connection): the broker's
+ * layout is its message and action logs plus its checkpoint (`checkpointLoop`); the delay server's
+ * (src/delay/replication/) is its message log plus its derived files, copied by its own side loop.
+ */
+export interface FollowerLayout {
+  /** The logs copied byte for byte, each a SegmentLog directory, checked with `check` at start. */
+  logs: readonly { kind: ReplicatedLogValue; dir: string; check: ScanCheck }[]
+  /** Runs beside the copy loops while the follower runs (on its connection: `request`). */
+  sideLoop(follower: ReplicationFollower): Promise<void>
 }
 
 export interface FollowerStatus {
@@ -85,7 +99,7 @@ export class ReplicationFollower {
   private readonly opts: FollowerOptions
   private readonly log: Logger
   private readonly dirs: ReturnType<typeof storeDirs>
-  private copies: [LogCopy, LogCopy] | undefined
+  private copies: LogCopy[] | undefined
   private master: string | undefined
   private conn: Connection | undefined
   private running = false
@@ -107,38 +121,82 @@ export class ReplicationFollower {
   /** Opens the copies (cutting torn tails), then starts copying in the background. */
   async start(): Promise<void> {
     if (this.running) return
+    const layout = this.opts.layout
     // Consume logs are the master's business (rebuilt from the message log on promotion).
-    fs.rmSync(this.dirs.consume, { recursive: true, force: true })
-    const message = SegmentLog.open({ dir: this.dirs.message, segmentBytes: Number.MAX_SAFE_INTEGER })
-    const action = SegmentLog.open({ dir: this.dirs.action, segmentBytes: Number.MAX_SAFE_INTEGER })
+    if (layout === undefined) fs.rmSync(this.dirs.consume, { recursive: true, force: true })
     const max = this.opts.maxMessageBytes
-    const frameCheck: ScanCheck = (b, p, e) => checkFrame(b, p, e, max, true)
-    for (const [name, log, check] of [
-      ['message', message, frameCheck],
-      ['action', action, checkAction],
-    ] as const) {
-      const cuts = await log.recover(log.startOffset, check, () => undefined)
-      for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
-    }
-    this.copies = [
-      { kind: 0, epoch: this.opts.epoch, log: message, masterStart: 0, masterEnd: 0 },
-      { kind: 1, epoch: this.opts.epoch, log: action, masterStart: 0, masterEnd: 0 },
+    const specs = layout?.logs ?? [
+      { kind: 0, dir: this.dirs.message, check: (b, p, e) => checkFrame(b, p, e, max, true) },
+      { kind: 1, dir: this.dirs.action, check: checkAction },
     ]
+    const copies: LogCopy[] = []
+    for (const spec of specs) {
+      const log = SegmentLog.open({ dir: spec.dir, segmentBytes: Number.MAX_SAFE_INTEGER })
+      const cuts = await log.recover(log.startOffset, spec.check, () => undefined)
+      const name = REPLICATED_LOG_NAMES[spec.kind]
+      for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
+      copies.push({ kind: spec.kind, epoch: this.opts.epoch, log, masterStart: 0, masterEnd: 0 })
+    }
+    this.copies = copies
     this.epoch = this.opts.epoch
     this.history = readEpochs(this.opts.dataDir).history
+    this.running = true
+    if (layout !== undefined) {
+      this.loops = [...copies.map((c) => this.copyLoop(c)), layout.sideLoop(this)]
+      return
+    }
+    const [message, action] = copies as [LogCopy, LogCopy]
     this.installed = loadCheckpoint(this.dirs.checkpoint).checkpoint
     if (
       this.installed !== undefined &&
-      (this.installed.messageLogOffset > message.endOffset ||
-        this.installed.actionLogOffset > action.endOffset)
+      (this.installed.messageLogOffset > message.log.endOffset ||
+        this.installed.actionLogOffset > action.log.endOffset)
     ) {
       // A checkpoint naming bytes this copy lost (a former master's tail): the master's replaces it.
       this.log.warn('slave: local checkpoint is ahead of the copied logs; dropped until the master sends one')
       fs.rmSync(this.dirs.checkpoint, { recursive: true, force: true })
       this.installed = undefined
     }
-    this.running = true
-    this.loops = [this.copyLoop(this.copies[0]), this.copyLoop(this.copies[1]), this.checkpointLoop()]
+    this.loops = [this.copyLoop(message), this.copyLoop(action), this.checkpointLoop()]
+  }
+
+  /** Running (a side loop stops when this turns false). */
+  get active(): boolean {
+    return this.running
+  }
+
+  /** Durable end of the copy of log `kind` (0 when it is not copied). */
+  copyEnd(kind: ReplicatedLogValue): number {
+    return this.copies?.find((c) => c.kind === kind)?.log.endOffset ?? 0
+  }
+
+  /** Deletes the copy's segments wholly below `offset` (a side loop following the master's retention). */
+  deleteCopyBefore(kind: ReplicatedLogValue, offset: number): void {
+    this.copies?.find((c) => c.kind === kind)?.log.deleteBefore(offset)
+  }
+
+  /**
+   * One request to the master on the follower's connection (side loops). Throws when there is no
+   * master to ask or the request failed (the connection is then dropped and looked up again), after
+   * waiting `retryMs`: a side loop may retry at once.
+   */
+  async request(code: number, body: Buffer): Promise<Buffer> {
+    const conn = await this.connection()
+    if (conn === undefined) {
+      await this.sleep(this.opts.retryMs)
+      throw new QmqError('QMQ_ERR_NOT_MASTER', 'no master known yet')
+    }
+    try {
+      return (await conn.request(code, body)).body
+    } catch (err) {
+      if (this.running) await this.dropConnection(err)
+      throw err
+    }
+  }
+
+  /** Waits `ms`, or less when the follower closes. */
+  pause(ms: number): Promise<void> {
+    return this.sleep(ms)
   }
 
   /** Stops copying; what was copied stays (and is what a promotion recovers from). */
@@ -158,7 +216,8 @@ export class ReplicationFollower {
   }
 
   status(): FollowerStatus {
-    const [m, a] = this.copies ?? []
+    const m = this.copies?.find((c) => c.kind === 0)
+    const a = this.copies?.find((c) => c.kind === 1)
     return {
       master: this.master,
       connected: this.conn?.connected ?? false,
@@ -277,14 +336,8 @@ export class ReplicationFollower {
   }
 
   private noteCaughtUp(): void {
-    const [m, a] = this.copies ?? []
-    if (
-      m !== undefined &&
-      a !== undefined &&
-      m.log.endOffset >= m.masterEnd &&
-      a.log.endOffset >= a.masterEnd
-    )
-      this.caughtUpAt = Date.now()
+    const copies = this.copies ?? []
+    if (copies.length > 0 && copies.every((c) => c.log.endOffset >= c.masterEnd)) this.caughtUpAt = Date.now()
   }
 
   /**
@@ -301,8 +354,8 @@ export class ReplicationFollower {
         this.log.warn('slave: the master sent an unreadable epoch history')
       }
     }
-    const [m, a] = this.copies ?? []
-    if (m?.epoch === epoch && a?.epoch === epoch && epoch > this.epoch) {
+    const copies = this.copies ?? []
+    if (copies.every((c) => c.epoch === epoch) && epoch > this.epoch) {
       this.epoch = epoch
       writeEpochs(this.opts.dataDir, { epoch, history: this.history })
       this.log.info({ epoch }, 'slave: following the master of a new epoch')
@@ -311,6 +364,7 @@ export class ReplicationFollower {
 
   /** A checkpoint naming bytes this copy no longer holds goes (the master's next one replaces it). */
   private dropCheckpointPast(): void {
+    if (this.opts.layout !== undefined) return // the layout's side loop keeps its own checkpoint
     const [m, a] = this.copies ?? []
     const cp = this.installed ?? loadCheckpoint(this.dirs.checkpoint).checkpoint
     if (cp === undefined || m === undefined || a === undefined) return
@@ -335,7 +389,7 @@ export class ReplicationFollower {
         const raw = decodeCheckpointResponse(frame.body)
         if (raw.length === 0) continue
         const cp = JSON.parse(raw.toString('utf8')) as Checkpoint
-        const [m, a] = copies
+        const [m, a] = copies as [LogCopy, LogCopy]
         if (cp.messageLogOffset > m.log.endOffset || cp.actionLogOffset > a.log.endOffset) continue
         if (this.installed !== undefined && cp.createdAt <= this.installed.createdAt) continue
         const previous = this.installed

@@ -48,11 +48,17 @@ export interface ReplicationSourceOptions {
   epoch: () => number
   history: () => readonly EpochStart[]
   now?: () => number
+  /**
+   * Beyond its log copies: whether a slave holds what it needs to be promoted (the delay server's
+   * slave must also hold the derived files of a checkpoint, src/delay/replication/). Default: yes.
+   */
+  slaveReady?: (slaveId: string) => boolean
 }
 
 export interface ReplicatedLogs {
   message: SegmentLog
-  action: SegmentLog
+  /** The broker's action log; a delay server replicates its message log alone. */
+  action?: SegmentLog | undefined
   /** The store's checkpoint file (checkpoint.json), served to slaves. */
   checkpointFile: string
 }
@@ -136,10 +142,8 @@ export class ReplicationSource {
     this.detach()
     this.closed = false
     this.logs = logs
-    const kinds: [ReplicatedLogValue, SegmentLog][] = [
-      [0, logs.message],
-      [1, logs.action],
-    ]
+    const kinds: [ReplicatedLogValue, SegmentLog][] = [[0, logs.message]]
+    if (logs.action !== undefined) kinds.push([1, logs.action])
     for (const [kind, seg] of kinds) {
       this.unlisten.push(
         seg.listen({
@@ -232,6 +236,11 @@ export class ReplicationSource {
     const logs = this.logs
     if (logs === undefined || this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
     const seg = req.log === 0 ? logs.message : logs.action
+    if (seg === undefined)
+      throw new QmqError(
+        'QMQ_ERR_INVALID_ARGUMENT',
+        `this master has no ${REPLICATED_LOG_NAMES[req.log]} log`,
+      )
     const epoch = this.opts.epoch()
     const answer = (
       kind: FetchResponse['kind'],
@@ -322,7 +331,7 @@ export class ReplicationSource {
         logs === undefined
           ? 0
           : Math.max(0, logs.message.endOffset - Math.max(m.acked, 0)) +
-            Math.max(0, logs.action.endOffset - Math.max(a.acked, 0))
+            Math.max(0, (logs.action?.endOffset ?? 0) - Math.max(a.acked, 0))
       out.push({
         id: s.id,
         lastFetchAt: s.lastFetchAt,
@@ -330,7 +339,13 @@ export class ReplicationSource {
         messageOffset: m.acked,
         actionOffset: a.acked,
         lagBytes,
-        lagMs: lagBytes === 0 ? 0 : Math.max(0, now - Math.min(m.caughtUpAt, a.caughtUpAt)),
+        lagMs:
+          lagBytes === 0
+            ? 0
+            : Math.max(
+                0,
+                now - (logs?.action === undefined ? m.caughtUpAt : Math.min(m.caughtUpAt, a.caughtUpAt)),
+              ),
       })
     }
     return out
@@ -344,7 +359,12 @@ export class ReplicationSource {
 
   private inSync(s: SlaveState, now: number): boolean {
     const lag = this.opts.inSyncLagMs
-    return now - s.lastFetchAt <= lag && now - s.logs[0].caughtUpAt <= lag && s.logs[0].mustCut === undefined
+    return (
+      now - s.lastFetchAt <= lag &&
+      now - s.logs[0].caughtUpAt <= lag &&
+      s.logs[0].mustCut === undefined &&
+      (this.opts.slaveReady?.(s.id) ?? true)
+    )
   }
 
   private slave(id: string, now: number): SlaveState {
@@ -366,7 +386,7 @@ export class ReplicationSource {
     const p = s.logs[log]
     p.acked = offset
     if (offset >= p.answeredEnd) p.caughtUpAt = p.answeredAt > 0 ? Math.max(p.caughtUpAt, p.answeredAt) : now
-    const end = log === 0 ? this.logs?.message.endOffset : this.logs?.action.endOffset
+    const end = log === 0 ? this.logs?.message.endOffset : this.logs?.action?.endOffset
     if (end !== undefined && offset >= end) p.caughtUpAt = now
     if (log !== 0 || this.waiters.length === 0) return
     const keep: Waiter[] = []

@@ -5,6 +5,7 @@ import type {
   ServerHeartbeatResponse,
   ServerLoad,
   ServerReplication,
+  GroupKind,
 } from '../../common/meta/types'
 
 /**
@@ -22,6 +23,8 @@ export interface HeartbeatClient {
 
 export interface MetaHeartbeatOptions {
   group: string
+  /** The group's kind (default 'broker'; the delay server heartbeats through this too). */
+  kind?: GroupKind | undefined
   role: 'master' | 'slave'
   address: string
   httpAddress: string | undefined
@@ -53,25 +56,27 @@ export class MetaHeartbeat {
     this.log = log.child({ component: 'meta-heartbeat' })
   }
 
-  /** Sends the first heartbeat (without waiting for it to succeed) and starts the loop. */
-  start(): void {
-    this.tick()
+  /** Sends the first heartbeat and starts the loop; the promise settles once the first one did. */
+  start(): Promise<void> {
+    return this.tick()
   }
 
-  private tick(): void {
-    if (this.stopped) return
-    this.inFlight = this.send('online').finally(() => {
+  private tick(): Promise<void> {
+    if (this.stopped) return Promise.resolve()
+    const sent = this.send('online')
+    this.inFlight = sent.finally(() => {
       this.inFlight = undefined
       if (this.stopped) return
-      this.timer = setTimeout(() => this.tick(), this.intervalMs)
+      this.timer = setTimeout(() => void this.tick(), this.intervalMs)
       this.timer.unref()
     })
+    return sent
   }
 
   private request(state: 'online' | 'offline'): ServerHeartbeatRequest {
     const req: ServerHeartbeatRequest = {
       group: this.options.group,
-      kind: 'broker',
+      kind: this.options.kind ?? 'broker',
       role: this.options.role,
       address: this.options.address,
       state,

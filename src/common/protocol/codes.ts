@@ -39,6 +39,12 @@ export const RequestCode = {
   REPL_FETCH: 50,
   /** Slave -> master: the master's latest store checkpoint (replication.ts). */
   REPL_CHECKPOINT: 51,
+  /** Delay slave -> master: the derived files of its last checkpoint (src/delay/replication/wire.ts). */
+  DELAY_REPL_MANIFEST: 52,
+  /** Delay slave -> master: bytes of one derived file (schedule, dispatch, dead-letter log). */
+  DELAY_REPL_FILE: 53,
+  /** Delay slave -> master: cancels after a sequence (acknowledges those before it). */
+  DELAY_REPL_CANCELS: 54,
 } as const
 
 export type RequestCodeName = keyof typeof RequestCode

@@ -36,6 +36,8 @@ export class Bucket {
   done = 0
   /** Highest message-log offset filed here (replay skips records at or below it). */
   maxMsgOffset = -1
+  /** Message-log offset of its first frame (-1: none yet): who this bucket is, for a slave's copy. */
+  firstMsgOffset = -1
   /** Has unsynced appends in its schedule or dispatch log. */
   dirty = false
   /** ms the last load took (metrics). */

@@ -21,6 +21,7 @@ import { CancelLog } from './cancel-log'
 import { type DeadLetter, DeadLetterLog } from './dead-letters'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
+import type { SegmentLog } from '../../broker/store/segment-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
 import { writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
 
@@ -70,14 +71,28 @@ const META_FILE = 'meta.json'
 const CHECKPOINT_FILE = 'checkpoint.json'
 const CANCEL_FILE = 'cancel.log'
 const DEAD_LETTER_FILE = 'deadletter.log'
-const MESSAGE_DIR = 'message'
-const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
+export const MESSAGE_DIR = 'message'
+export const TOMBSTONE_MARGIN_MS = 24 * 3600 * 1000
 /**
  * Bytes of frames all buckets may buffer together before the store writes every bucket's buffered
  * frames (each bucket also writes its own at 64 KiB). Without it, sends spread over a month of hourly
  * buckets kept up to 64 KiB per bucket, ~45 MiB in all, in memory until the checkpoint.
  */
 const BUFFERED_FRAME_BYTES = 4 * 1024 * 1024
+
+/**
+ * What a slave copies to hold a checkpoint (src/delay/replication/): the checkpoint's message-log
+ * offset and the sizes of the derived files that cover every record below it, captured when the
+ * checkpoint's run starts (the sizes its syncs make durable) and published once they are durable.
+ * A bucket is named by its start and told apart from an earlier bucket of the same start (dropped and
+ * recreated) by the message-log offset of its first frame.
+ */
+export interface ReplicaManifest {
+  checkpoint: number
+  deadLetterBytes: number
+  /** [start, firstMsgOffset, scheduleBytes, dispatchBytes] per bucket. */
+  buckets: [number, number, number, number][]
+}
 
 export interface StoreStats {
   buckets: number
@@ -116,6 +131,8 @@ export class DelayStore {
   private readonly redriving = new Set<number>()
   /** Called after a bucket finished loading: (bucket start, frames loaded, ms). */
   onLoaded: (start: number, frames: number, ms: number) => void = () => {}
+  /** The last durable checkpoint's manifest (replication). */
+  replicaManifest: ReplicaManifest | undefined
   /** Reports of dropped data (torn tails, corrupt frames), for tests and metrics. */
   readonly recoveryReports: { file: string; offset: number; droppedBytes: number }[] = []
 
@@ -222,6 +239,7 @@ export class DelayStore {
       // A damaged tail (nothing good after it) is cut: appends go on after the last good frame.
       // Damage inside stays where it is (the frames after it keep their offsets).
       const res = await b.schedule.recover((f) => {
+        if (b.firstMsgOffset < 0) b.firstMsgOffset = f.msgOffset
         while (d < dispatched.length && (dispatched[d] as number) < f.offset) d++
         if (d < dispatched.length && dispatched[d] === f.offset) {
           b.done++
@@ -280,6 +298,7 @@ export class DelayStore {
     const b = this.bucket(this.bucketStart(scheduleAt))
     if (replay && msgOffset <= b.maxMsgOffset) return
     const { offset, length } = b.schedule.append(bytes, msgOffset)
+    if (b.firstMsgOffset < 0) b.firstMsgOffset = msgOffset
     b.total++
     b.maxMsgOffset = msgOffset
     this.markDirty(b)
@@ -388,6 +407,16 @@ export class DelayStore {
   /** Waits for queued cancel-log writes and compactions (tests). */
   cancelsSettled(): Promise<void> {
     return this.cancels.settled()
+  }
+
+  /** Live tombstones, id -> cancelled at (a slave's first copy of them). */
+  cancelTombstones(): ReadonlyMap<string, number> {
+    return this.cancels.tombstones
+  }
+
+  /** The message log's segmented log (replication), once open. */
+  get messageSegmentLog(): SegmentLog | undefined {
+    return this.messageLog.segmentLog
   }
 
   isCancelled(id: string): boolean {
@@ -526,6 +555,17 @@ export class DelayStore {
 
   private async runCheckpoint(): Promise<void> {
     const cp = this.filedOffset
+    // Captured now: these sizes are what the syncs below make durable (appends go on meanwhile).
+    const manifest: ReplicaManifest = {
+      checkpoint: cp,
+      deadLetterBytes: this.deadLetters.size,
+      buckets: [...this.buckets.values()].map((b) => [
+        b.start,
+        b.firstMsgOffset,
+        b.schedule.size,
+        b.dispatch.size,
+      ]),
+    }
     // Dead letters first: a parked frame's dispatch entry is never durable without its dead letter.
     await this.deadLetters.sync()
     const dirty = [...this.dirty]
@@ -553,6 +593,7 @@ export class DelayStore {
       this.checkpointOffset = cp
       this.messageLog.deleteBefore(cp)
     }
+    this.replicaManifest = manifest
     const now = this.clock.now()
     for (const b of this.buckets.values()) {
       if (b.state === 'loaded' && b.pending === 0 && b.end <= now) this.dropBucket(b)

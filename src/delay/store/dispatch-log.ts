@@ -1,3 +1,4 @@
+import fs from 'node:fs'
 import type { FsIo } from '../../broker/store/fs-io'
 import { type ScanResult, SegmentLog } from '../../broker/store/segment-log'
 import { crc32cRange } from '../../common/crc32c'
@@ -33,6 +34,8 @@ export class DispatchLog {
   readonly file: string
   private readonly io: FsIo | undefined
   private seg: SegmentLog | undefined
+  /** Size of the file while its descriptor is released (nothing unsynced then). */
+  private releasedSize = -1
 
   constructor(file: string, io?: FsIo) {
     this.file = file
@@ -71,7 +74,21 @@ export class DispatchLog {
     return out.subarray(0, k).sort()
   }
 
+  /** Logical size: written plus buffered entries (without opening a released file). */
+  get size(): number {
+    if (this.seg !== undefined) return this.seg.nextOffset
+    if (this.releasedSize < 0) {
+      try {
+        this.releasedSize = fs.statSync(this.file).size
+      } catch {
+        this.releasedSize = 0
+      }
+    }
+    return this.releasedSize
+  }
+
   append(offset: number): void {
+    this.releasedSize = -1
     const e = Buffer.allocUnsafe(DISPATCH_ENTRY_BYTES)
     e.writeUInt32BE(Math.floor(offset / 0x1_0000_0000), 0)
     e.writeUInt32BE(offset >>> 0, 4)
@@ -87,6 +104,7 @@ export class DispatchLog {
   /** Closes the file descriptor when nothing is unsynced. */
   release(): void {
     if (this.seg === undefined || this.seg.unsynced) return
+    this.releasedSize = this.seg.nextOffset
     this.seg.close()
     this.seg = undefined
   }

@@ -92,6 +92,11 @@ export class MessageLog {
     return this.seg?.endOffset ?? 0
   }
 
+  /** The open segmented log (replication ships it byte for byte: src/delay/replication/). */
+  get segmentLog(): SegmentLog | undefined {
+    return this.seg
+  }
+
   /**
    * Opens the log and replays every record at or after `from` (the checkpoint, a record boundary)
    * through `onRecord`. A record that fails verification costs exactly its own bytes: the scan
