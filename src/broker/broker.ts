@@ -336,7 +336,6 @@ export class Broker {
         group: o.group,
         auth: undefined,
         replication: fileStore === undefined ? undefined : this.replication,
-        messageLogEnd: () => fileStore?.mlog.log.endOffset ?? 0,
         checkLease: () => this.checkLease(),
         clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       }

@@ -20,7 +20,8 @@ import { divergencePoint, type EpochStart } from './epochs'
  * Invariants:
  * - A slave's fetch offset is its acknowledgement: everything before it is written and fdatasynced
  *   on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
- *   acknowledgement reaches the log end as it was when the SEND's records were stored.
+ *   acknowledgement reaches the end of that SEND's own records (AppendResult.end; not the log's end,
+ *   which later SENDs move on while this one waits).
  * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
  *   fdatasyncs overlap. When the master cuts its log (a failed fdatasync rejects its unsynced
  *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to
@@ -189,7 +190,7 @@ export class ReplicationSource {
   }
 
   /**
-   * After a SEND's records were stored (the message log ended at `end` once they were): resolves
+   * After a SEND's records were stored (the last of them ends at message-log offset `end`): resolves
    * when a slave holds them durably; under `async`, without a slave, or degraded, at once.
    */
   waitReplicated(end: number): Promise<void> {

@@ -309,6 +309,7 @@ export class FileMessageStore implements MessageStore {
         skip: false,
         offset: -1,
         storedAt: 0,
+        end: -1,
       }
     }
     await this.mlog.append(items)
@@ -316,7 +317,7 @@ export class FileMessageStore implements MessageStore {
     const out: AppendResult[] = new Array(items.length)
     for (let i = 0; i < items.length; i++) {
       const it = items[i] as AppendItem
-      out[i] = { sequence: it.seq, duplicate: it.skip }
+      out[i] = { sequence: it.seq, duplicate: it.skip, end: it.end }
     }
     return out
   }
