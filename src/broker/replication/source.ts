@@ -27,6 +27,9 @@ import { divergencePoint, type EpochStart } from './epochs'
  *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to
  *   cut too (TRUNCATE) on its next fetch, and its acknowledgements past the cut count for nothing
  *   until it did: new records written at the same offsets are never released by stale copies.
+ *   The same after a restart, when the master knows nothing of what it shipped before: a slave's
+ *   first fetch of a log past the end the store opened with (recovery may have cut an unsynced tail
+ *   the slave had copied) is answered TRUNCATE to that end.
  * - A slave is in sync while it fetched within `inSyncLagMs` and, within that time, acknowledged
  *   everything the master had when it last answered it.
  * - The first slave seen is remembered in `<dataDir>/replication/slaves.json`: from then on the
@@ -68,6 +71,13 @@ interface LogProgress {
   answeredAt: number
   /** The master cut its log here since the slave last fetched: the slave must cut too. */
   mustCut: number | undefined
+  /**
+   * The slave fetched this log since the logs were attached (store opened). Until it did, whatever it
+   * holds past `openedEnds` came from an earlier run of this master (or of another): bytes this
+   * master may have lost (an unsynced tail cut by recovery after a crash) and since written again
+   * differently. Its first fetch past that point is answered TRUNCATE.
+   */
+  verified: boolean
 }
 
 export interface SlaveStatus {
@@ -115,6 +125,11 @@ export class ReplicationSource {
   private waiters: Waiter[] = []
   private parked = new Set<Parked>()
   private closed = false
+  /**
+   * Per log: its end when the store was opened (after recovery), lowered by every cut since. A slave
+   * holds nothing past it that this run of the master shipped until it fetched once (`verified`).
+   */
+  private openedEnds: [number, number] = [0, 0]
 
   constructor(opts: ReplicationSourceOptions, log: Logger) {
     this.opts = opts
@@ -137,6 +152,10 @@ export class ReplicationSource {
     this.detach()
     this.closed = false
     this.logs = logs
+    // Progress seen by an earlier run (before a restart or role change) proves nothing now: each slave
+    // starts over with its next fetch (and is told to cut what it holds past these ends).
+    this.slaves.clear()
+    this.openedEnds = [logs.message.endOffset, logs.action.endOffset]
     const kinds: [ReplicatedLogValue, SegmentLog][] = [
       [0, logs.message],
       [1, logs.action],
@@ -283,6 +302,20 @@ export class ReplicationSource {
         return answer(FetchKind.TRUNCATE, cut)
       }
     }
+    if (!progress.verified) {
+      const opened = this.openedEnds[req.log]
+      if (req.offset > opened) {
+        // Copied from an earlier run of this master: what it holds past the end this run started
+        // from (after recovery) may be a tail this master lost, and new records may have been
+        // written at those offsets since; it cuts back before copying on.
+        this.log.warn(
+          { slave: slave.id, log: REPLICATED_LOG_NAMES[req.log], slaveEnd: req.offset, cut: opened },
+          'slave holds more than this master had when its store opened: it cuts back',
+        )
+        return answer(FetchKind.TRUNCATE, opened)
+      }
+      progress.verified = true
+    }
     if (req.offset > seg.endOffset) {
       // The slave holds more than the master (the master lost an unsynced tail): it cuts back.
       this.log.warn(
@@ -296,6 +329,12 @@ export class ReplicationSource {
     if (req.offset === seg.endOffset && req.waitMs > 0) {
       await this.park(req.log, req.offset, req.waitMs)
       if (this.logs !== logs) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+      const cut = progress.mustCut
+      if (cut !== undefined && req.offset > cut) {
+        // Cut while parked (and possibly written again past the slave's end): never splice.
+        progress.mustCut = undefined
+        return answer(FetchKind.TRUNCATE, cut)
+      }
       if (seg.endOffset < req.offset) return answer(FetchKind.TRUNCATE, seg.endOffset)
     }
     if (req.offset >= seg.endOffset) return answer(FetchKind.DATA, req.offset)
@@ -381,6 +420,7 @@ export class ReplicationSource {
   }
 
   private cut(log: ReplicatedLogValue, offset: number): void {
+    if (offset < this.openedEnds[log]) this.openedEnds[log] = offset
     for (const s of this.slaves.values()) {
       const p = s.logs[log]
       p.mustCut = p.mustCut === undefined ? offset : Math.min(p.mustCut, offset)
@@ -412,7 +452,7 @@ export class ReplicationSource {
 const EMPTY: Buffer = Buffer.alloc(0)
 
 function newProgress(): LogProgress {
-  return { acked: -1, caughtUpAt: 0, answeredEnd: 0, answeredAt: 0, mustCut: undefined }
+  return { acked: -1, caughtUpAt: 0, answeredEnd: 0, answeredAt: 0, mustCut: undefined, verified: false }
 }
 
 // <dataDir>/replication/slaves.json: { "version": 1, "slaves": ["host:port", ...] }

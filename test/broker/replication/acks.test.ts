@@ -16,7 +16,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
-import { message, send } from '../server/ops'
+import { message, pull, send } from '../server/ops'
 
 /**
  * What a master counts as a slave's acknowledgement. The slave here is this test, speaking REPL_FETCH
@@ -151,3 +151,91 @@ t.test('replication acks - a sync SEND waits for its own records, not for later 
   await fetchAt(slave, 0, e2)
   t.same(await second, [{ status: 0, message: '' }], 'answered once the slave holds it too')
 })
+
+/** Cuts a stopped broker's message log at `offset` (what a crash leaves when its tail was unsynced). */
+function cutMessageLog(dataDir: string, offset: number): void {
+  const dir = path.join(dataDir, 'messagelog')
+  for (const name of fs.readdirSync(dir)) {
+    const base = Number(name.replace(/\.log$/, ''))
+    const file = path.join(dir, name)
+    if (base >= offset && base > 0) fs.rmSync(file)
+    else if (fs.statSync(file).size > offset - base) fs.truncateSync(file, offset - base)
+  }
+}
+
+function segmentFiles(dir: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>()
+  for (const name of fs.readdirSync(dir).sort()) out.set(name, fs.readFileSync(path.join(dir, name)))
+  return out
+}
+
+function ends(b: Broker): { m: number; a: number } {
+  const s = b.messageStore as FileMessageStore
+  return { m: s.mlog.log.endOffset, a: s.alog.log.endOffset }
+}
+
+function caughtUp(master: Broker, slave: Broker): boolean {
+  const s = slave.replicationStatus()
+  if (!('slave' in s)) return false
+  const e = ends(master)
+  return s.slave.messageOffset === e.m && s.slave.actionOffset === e.a
+}
+
+t.test(
+  'replication acks - a master restarted with a shorter log makes the slave cut back before copying on',
+  async (t) => {
+    const mDir = freshDir(t)
+    const sDir = freshDir(t)
+    const opts = { ...BASE, replication: 'async' as const, replicationFetchWaitMs: 100 }
+    const master = new Broker({ ...opts, dataDir: mDir }, { logger: silentLogger })
+    t.teardown(() => master.close())
+    const { port, address } = await master.start()
+    const slave = new Broker(
+      { ...opts, dataDir: sDir, role: 'slave', masterAddress: address },
+      { logger: silentLogger },
+    )
+    t.teardown(() => slave.close())
+    await slave.start()
+    const c = await RawClient.connect(port)
+    for (let i = 0; i < 3; i++) await send(c, [message('s', `kept-${i}`, Buffer.alloc(200, i))])
+    const synced = ends(master).m
+    for (let i = 0; i < 2; i++) await send(c, [message('s', `lost-${i}`, Buffer.alloc(100, i))])
+    await until('slave caught up', () => caughtUp(master, slave))
+    const slaveHeld = ends(master).m
+    await c.close()
+    await slave.close()
+    // The master crashes; its last two records were never fdatasynced and are gone after restart.
+    ;(master.messageStore as FileMessageStore).abandon()
+    await master.close()
+    cutMessageLog(mDir, synced)
+
+    const { port: port2 } = await master.start()
+    t.equal(ends(master).m, synced, 'the restarted master has the shorter log')
+    const c2 = await RawClient.connect(port2)
+    t.teardown(() => c2.close())
+    // Written at the offsets the slave's copy of the lost records occupies, and past its end.
+    for (let i = 0; i < 3; i++) await send(c2, [message('s', `new-${i}`, Buffer.alloc(400, 9 - i))])
+    t.ok(ends(master).m > slaveHeld, "the master's log passes the slave's copy")
+
+    await slave.start()
+    await until('slave caught up again', () => caughtUp(master, slave))
+    await slave.close()
+    const a = segmentFiles(path.join(mDir, 'messagelog'))
+    const b = segmentFiles(path.join(sDir, 'messagelog'))
+    t.same([...b.keys()], [...a.keys()], 'same segments')
+    for (const [name, bytes] of a) t.ok(b.get(name)?.equals(bytes), `messagelog/${name}: same bytes`)
+
+    // Opened as a master, the copy holds the kept and the new records, not the lost ones.
+    await master.close()
+    const promoted = new Broker({ ...opts, dataDir: sDir }, { logger: silentLogger })
+    t.teardown(() => promoted.close())
+    const { port: port3 } = await promoted.start()
+    const pc = await RawClient.connect(port3)
+    t.teardown(() => pc.close())
+    const got = await pull(pc, { subject: 's', group: 'g', consumerId: 'c', maxMessages: 100 })
+    t.same(
+      got.map((m) => m.record.id),
+      ['kept-0', 'kept-1', 'kept-2', 'new-0', 'new-1', 'new-2'],
+    )
+  },
+)
