@@ -15,6 +15,7 @@ import {
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
 import { checkAction } from '../store/action-log'
+import { indexDirs } from '../store/index-log'
 import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/checkpoint'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
@@ -31,7 +32,8 @@ import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs
  *
  * Everything derived (consume logs, consumer state, dedupe index) is rebuilt from these logs and the
  * checkpoint by the store's ordinary recovery when the slave is opened as a master (promotion); a
- * slave therefore deletes any consume logs at start (a former master's may point past what it keeps).
+ * slave therefore deletes any consume logs at start (a former master's may point past what it keeps),
+ * and so its message index, trace and per-minute counts (the promoted store rebuilds the index).
  */
 export interface FollowerOptions {
   dataDir: string
@@ -107,8 +109,19 @@ export class ReplicationFollower {
   /** Opens the copies (cutting torn tails), then starts copying in the background. */
   async start(): Promise<void> {
     if (this.running) return
-    // Consume logs are the master's business (rebuilt from the message log on promotion).
+    // Consume logs are the master's business (rebuilt from the message log on promotion). So are the
+    // message index with its lifecycle trace and the per-minute counts: a data dir that was a master
+    // holds them for its own log, which this copy may cut (a tail past the new epoch, or one the
+    // master lost) and fill again at the same offsets and sequences. Kept, they would point at
+    // records that are gone, miss the copied ones (the index resumes from its own end) and give new
+    // messages the trace of old ones. A promoted slave builds its index from the copied log.
     fs.rmSync(this.dirs.consume, { recursive: true, force: true })
+    const index = indexDirs(this.opts.dataDir)
+    for (const dir of [index.log, index.runs, this.dirs.history]) {
+      if (!fs.existsSync(dir)) continue
+      this.log.warn({ dir }, 'slave: dropping what this data dir held as a master (rebuilt on promotion)')
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
     const message = SegmentLog.open({ dir: this.dirs.message, segmentBytes: Number.MAX_SAFE_INTEGER })
     const action = SegmentLog.open({ dir: this.dirs.action, segmentBytes: Number.MAX_SAFE_INTEGER })
     const max = this.opts.maxMessageBytes
