@@ -8,14 +8,14 @@ let counter = 0
 
 export function rec(
   subject: string,
-  opts: { id?: string; tags?: string[]; body?: string | Buffer } = {},
+  opts: { id?: string; tags?: string[]; body?: string | Buffer; properties?: Record<string, string> } = {},
 ): AppendInput {
   const bytes = encodeRecord({
     id: opts.id ?? `id-${process.pid}-${++counter}`,
     subject,
     createdAt: 1_700_000_000_000,
     tags: opts.tags ?? [],
-    properties: new Map(),
+    properties: new Map(Object.entries(opts.properties ?? {})),
     body: opts.body ?? `body ${counter}`,
   })
   return { bytes, header: readRecordHeader(bytes) }
