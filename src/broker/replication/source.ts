@@ -7,6 +7,7 @@ import {
   type FetchRequest,
   type FetchResponse,
   FetchKind,
+  fetchAcked,
   REPLICATED_LOG_NAMES,
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
@@ -18,8 +19,8 @@ import { divergencePoint, type EpochStart } from './epochs'
  * what each slave holds durably, and (under `sync`) holds a SEND's answer until a slave has it.
  *
  * Invariants:
- * - A slave's fetch offset is its acknowledgement: everything before it is written and fdatasynced
- *   on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
+ * - A slave's acknowledgement (a fetch's `acked`, else its offset; common/protocol/replication.ts):
+ *   everything before it is written and fdatasynced on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
  *   acknowledgement reaches the end of that SEND's own records (AppendResult.end; not the log's end,
  *   which later SENDs move on while this one waits).
  * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
@@ -62,7 +63,7 @@ export interface ReplicatedLogs {
 }
 
 interface LogProgress {
-  /** Durable end on the slave (its last fetch offset); -1 = never fetched. */
+  /** Durable end on the slave (its last acknowledgement); -1 = never fetched. */
   acked: number
   /** When the slave last held everything the master had when it answered it. */
   caughtUpAt: number
@@ -324,7 +325,7 @@ export class ReplicationSource {
       )
       return answer(FetchKind.TRUNCATE, seg.endOffset)
     }
-    this.acknowledge(slave, req.log, req.offset, now)
+    this.acknowledge(slave, req.log, fetchAcked(req), now)
     if (req.offset < seg.startOffset) return answer(FetchKind.RESET, seg.startOffset)
     if (req.offset === seg.endOffset && req.waitMs > 0) {
       await this.park(req.log, req.offset, req.waitMs)

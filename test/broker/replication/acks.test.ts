@@ -10,6 +10,7 @@ import { createMessageStore, type FileMessageStore } from '../../../src/broker/s
 import { silentLogger } from '../../../src/common/logger'
 import { RequestCode } from '../../../src/common/protocol/codes'
 import {
+  decodeFetchRequest,
   decodeFetchResponse,
   encodeFetchRequest,
   type FetchResponse,
@@ -61,7 +62,7 @@ async function fetchAt(
   c: RawClient,
   log: ReplicatedLogValue,
   offset: number,
-  opts: { slaveId?: string; epoch?: number; waitMs?: number } = {},
+  opts: { slaveId?: string; epoch?: number; waitMs?: number; acked?: number } = {},
 ): Promise<FetchResponse> {
   const body = await c.call(
     RequestCode.REPL_FETCH,
@@ -73,6 +74,7 @@ async function fetchAt(
       maxBytes: 1024 * 1024,
       waitMs: opts.waitMs ?? 0,
       epoch: opts.epoch ?? 0,
+      acked: opts.acked,
     }),
   )
   return decodeFetchResponse(body)
@@ -142,13 +144,14 @@ t.test('replication acks - a sync SEND waits for its own records, not for later 
   void second.then(() => {
     secondDone = true
   })
-  // The slave holds the first SEND's records (not the second's): the first is answered.
-  await fetchAt(slave, 0, e1)
+  // The slave wrote both SENDs' records (a pipelined fetch asks past them) but holds only the
+  // first's durably (`acked`): the first is answered, not the second.
+  await fetchAt(slave, 0, e2, { acked: e1 })
   await until('the first SEND answered', () => firstDone, 3_000).catch(() => {})
   t.ok(firstDone, 'the first SEND is answered once a slave holds its own records')
   t.notOk(secondDone, 'the second SEND still waits: the slave does not hold it')
   t.same(await first, [{ status: 0, message: '' }])
-  await fetchAt(slave, 0, e2)
+  await fetchAt(slave, 0, e2, { acked: e2 })
   t.same(await second, [{ status: 0, message: '' }], 'answered once the slave holds it too')
 })
 
@@ -237,5 +240,62 @@ t.test(
       got.map((m) => m.record.id),
       ['kept-0', 'kept-1', 'kept-2', 'new-0', 'new-1', 'new-2'],
     )
+  },
+)
+
+t.test('replication acks - acked travels as an optional trailing field of REPL_FETCH', async (t) => {
+  const base = { token: 'x', slaveId: 'h:1', log: 0 as const, offset: 500, maxBytes: 10, waitMs: 0, epoch: 2 }
+  const plain = encodeFetchRequest(base)
+  t.equal(decodeFetchRequest(plain).acked, undefined, 'absent: the offset is the acknowledgement')
+  t.equal(encodeFetchRequest({ ...base, acked: 500 }).length, plain.length, 'not sent when equal to offset')
+  const piped = encodeFetchRequest({ ...base, acked: 300 })
+  t.equal(piped.length, plain.length + 8, 'one i64 at the end; the fields before it unchanged')
+  t.same(piped.subarray(0, plain.length), plain)
+  t.equal(decodeFetchRequest(piped).acked, 300)
+  t.throws(() => decodeFetchRequest(encodeFetchRequest({ ...base, acked: 501 })), /acked/)
+})
+
+t.test(
+  'replication acks - a slave copies a backlog of many chunks byte for byte (pipelined fetches)',
+  async (t) => {
+    const mDir = freshDir(t)
+    const sDir = freshDir(t)
+    const master = new Broker({ ...BASE, dataDir: mDir, segmentBytes: 64 * 1024 }, { logger: silentLogger })
+    t.teardown(() => master.close())
+    const { port, address } = await master.start()
+    const c = await RawClient.connect(port)
+    t.teardown(() => c.close())
+    for (let i = 0; i < 40; i++) {
+      await send(
+        c,
+        Array.from({ length: 10 }, (_, j) => message('s', `b-${i}-${j}`, Buffer.alloc(900, i + j))),
+      )
+    }
+    const slave = new Broker(
+      {
+        ...BASE,
+        dataDir: sDir,
+        role: 'slave',
+        masterAddress: address,
+        replicationFetchBytes: 8 * 1024,
+        replicationFetchWaitMs: 100,
+      },
+      { logger: silentLogger },
+    )
+    t.teardown(() => slave.close())
+    await slave.start()
+    await until('slave caught up', () => caughtUp(master, slave), 30_000)
+    await until('the master counts it all durable (the next fetch acknowledges the last chunk)', () => {
+      const st = master.replicationStatus()
+      return 'slaves' in st && st.slaves.some((x) => x.messageOffset === ends(master).m)
+    })
+    await slave.close()
+    for (const dir of ['messagelog', 'actionlog']) {
+      const a = segmentFiles(path.join(mDir, dir))
+      const b = segmentFiles(path.join(sDir, dir))
+      t.same([...b.keys()], [...a.keys()], `${dir}: same segments`)
+      for (const [name, bytes] of b)
+        t.ok(a.get(name)?.subarray(0, bytes.length).equals(bytes), `${dir}/${name}`)
+    }
   },
 )
