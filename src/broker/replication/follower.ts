@@ -27,8 +27,9 @@ import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs
  * directories the file store uses (store-dirs.ts), byte for byte, at the same offsets and with the
  * same segment boundaries, through the one segmented log (segment-log.ts `appendCopied`), and
  * fdatasyncs each copy; what is fdatasynced is its acknowledgement (`acked` of the next fetch, see
- * common/protocol/replication.ts; while catching up the next fetch overlaps the write and fdatasync). It also installs the master's checkpoint once both logs reach
- * the offsets it names, and then deletes what the master's retention deleted.
+ * common/protocol/replication.ts; while catching up, the next fetch overlaps the write and fdatasync).
+ * It also installs the master's checkpoint once both logs reach the offsets it names, and then deletes
+ * what the master's retention deleted.
  *
  * Everything derived (consume logs, consumer state, dedupe index) is rebuilt from these logs and the
  * checkpoint by the store's ordinary recovery when the slave is opened as a master (promotion); a

@@ -20,9 +20,9 @@ import { divergencePoint, type EpochStart } from './epochs'
  *
  * Invariants:
  * - A slave's acknowledgement (a fetch's `acked`, else its offset; common/protocol/replication.ts):
- *   everything before it is written and fdatasynced on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
- *   acknowledgement reaches the end of that SEND's own records (AppendResult.end; not the log's end,
- *   which later SENDs move on while this one waits).
+ *   everything before it is written and fdatasynced on the slave. A SEND waiting under `sync` is
+ *   released by the first slave whose message-log acknowledgement reaches the end of that SEND's own
+ *   records (AppendResult.end; not the log's end, which later SENDs move on while this one waits).
  * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
  *   fdatasyncs overlap. When the master cuts its log (a failed fdatasync rejects its unsynced
  *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to

@@ -299,3 +299,75 @@ t.test(
     }
   },
 )
+
+t.test(
+  'replication acks - a fetch parked while the master cuts its log is told to cut, not given spliced bytes',
+  async (t) => {
+    // The master's next message-log fdatasync is held, then fails: the batch is rejected and cut off.
+    let hold: Promise<void> | undefined
+    let release = () => {}
+    const eio = Object.assign(new Error('EIO: injected fdatasync failure'), { code: 'EIO' })
+    const io: FsIo = {
+      ...nodeFsIo,
+      fdatasync: async (fd) => {
+        if (hold !== undefined && pathOf(fd).includes('/messagelog/')) {
+          await hold
+          throw eio
+        }
+        return nodeFsIo.fdatasync(fd)
+      },
+    }
+    let store: FileMessageStore | undefined
+    const broker = new Broker(
+      { ...BASE, flush: 'sync', replication: 'async', dataDir: freshDir(t) },
+      {
+        logger: silentLogger,
+        createStore: (ctx) => {
+          store = createMessageStore({
+            ...ctx.options,
+            clock: ctx.clock,
+            logger: ctx.logger,
+            registry: ctx.registry,
+            io,
+          })
+          return store
+        },
+      },
+    )
+    const { port } = await broker.start()
+    t.teardown(() => broker.close())
+    const end = () => (store as FileMessageStore).mlog.log.endOffset
+    const slave = await RawClient.connect(port)
+    t.teardown(() => slave.close())
+    const p = await RawClient.connect(port)
+    t.teardown(() => p.close())
+    await send(p, [message('s', 'before')])
+    const e0 = end()
+    t.equal((await fetchAt(slave, 0, 0)).data.length, e0, 'the slave copied everything')
+    await fetchAt(slave, 0, e0)
+
+    hold = new Promise<void>((r) => {
+      release = r
+    })
+    const lost = send(p, [message('s', 'lost', Buffer.alloc(100, 1))])
+    await until('the doomed batch written', () => end() > e0)
+    const e1 = end()
+    const copied = await fetchAt(slave, 0, e0)
+    t.equal(copied.data.length, e1 - e0, 'the slave copied it before the master synced it')
+    // The slave's next fetch waits at its end; meanwhile the master cuts and writes a longer record.
+    const parked = fetchAt(slave, 0, e1, { waitMs: 5_000 })
+    await new Promise((r) => setTimeout(r, 50))
+    const h = hold
+    hold = undefined
+    release()
+    await h
+    const [r] = await lost
+    t.not(r?.status, 0, 'the batch whose fdatasync failed is refused')
+    await until('the master cut its log', () => end() === e0)
+    await send(p, [message('s', 'after', Buffer.alloc(400, 2))])
+    t.ok(end() > e1, "the master's new record passes the slave's end")
+    const res = await parked
+    t.equal(res.kind, 1, 'TRUNCATE')
+    t.equal(res.offset, e0, 'to where the master cut')
+  },
+)
