@@ -320,6 +320,7 @@ export class Broker {
           message: fileStore.mlog.log,
           action: fileStore.alog.log,
           checkpointFile: checkpointPath(fileStore.dirs.checkpoint),
+          recoveredEnds: fileStore.recoveredEnds,
         })
       }
 

@@ -60,6 +60,11 @@ export interface ReplicatedLogs {
   action: SegmentLog
   /** The store's checkpoint file (checkpoint.json), served to slaves. */
   checkpointFile: string
+  /**
+   * The logs' ends right after recovery, before the store wrote anything (its first checkpoint adds
+   * a MARK to the action log); default: their ends now.
+   */
+  recoveredEnds?: { message: number; action: number } | undefined
 }
 
 interface LogProgress {
@@ -127,7 +132,7 @@ export class ReplicationSource {
   private parked = new Set<Parked>()
   private closed = false
   /**
-   * Per log: its end when the store was opened (after recovery), lowered by every cut since. A slave
+   * Per log: its end right after the store's recovery, lowered by every cut since. A slave
    * holds nothing past it that this run of the master shipped until it fetched once (`verified`).
    */
   private openedEnds: [number, number] = [0, 0]
@@ -156,7 +161,10 @@ export class ReplicationSource {
     // Progress seen by an earlier run (before a restart or role change) proves nothing now: each slave
     // starts over with its next fetch (and is told to cut what it holds past these ends).
     this.slaves.clear()
-    this.openedEnds = [logs.message.endOffset, logs.action.endOffset]
+    this.openedEnds = [
+      logs.recoveredEnds?.message ?? logs.message.endOffset,
+      logs.recoveredEnds?.action ?? logs.action.endOffset,
+    ]
     const kinds: [ReplicatedLogValue, SegmentLog][] = [
       [0, logs.message],
       [1, logs.action],

@@ -17,7 +17,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
-import { message, pull, send } from '../server/ops'
+import { ack, message, pull, send } from '../server/ops'
 
 /**
  * What a master counts as a slave's acknowledgement. The slave here is this test, speaking REPL_FETCH
@@ -155,9 +155,8 @@ t.test('replication acks - a sync SEND waits for its own records, not for later 
   t.same(await second, [{ status: 0, message: '' }], 'answered once the slave holds it too')
 })
 
-/** Cuts a stopped broker's message log at `offset` (what a crash leaves when its tail was unsynced). */
-function cutMessageLog(dataDir: string, offset: number): void {
-  const dir = path.join(dataDir, 'messagelog')
+/** Cuts a stopped broker's log at `offset` (what a crash leaves when its tail was unsynced). */
+function cutLog(dir: string, offset: number): void {
   for (const name of fs.readdirSync(dir)) {
     const base = Number(name.replace(/\.log$/, ''))
     const file = path.join(dir, name)
@@ -202,7 +201,12 @@ t.test(
     const c = await RawClient.connect(port)
     for (let i = 0; i < 3; i++) await send(c, [message('s', `kept-${i}`, Buffer.alloc(200, i))])
     const synced = ends(master).m
+    const syncedActions = ends(master).a
     for (let i = 0; i < 2; i++) await send(c, [message('s', `lost-${i}`, Buffer.alloc(100, i))])
+    // Consumer progress the master loses too (its action log's tail).
+    const held = await pull(c, { subject: 's', group: 'g0', consumerId: 'c0', maxMessages: 2 })
+    await ack(c, { subject: 's', group: 'g0', consumerId: 'c0', sequences: held.map((m) => m.sequence) })
+    t.ok(ends(master).a > syncedActions, 'actions written')
     await until('slave caught up', () => caughtUp(master, slave))
     const slaveHeld = ends(master).m
     await c.close()
@@ -210,7 +214,8 @@ t.test(
     // The master crashes; its last two records were never fdatasynced and are gone after restart.
     ;(master.messageStore as FileMessageStore).abandon()
     await master.close()
-    cutMessageLog(mDir, synced)
+    cutLog(path.join(mDir, 'messagelog'), synced)
+    cutLog(path.join(mDir, 'actionlog'), syncedActions)
 
     const { port: port2 } = await master.start()
     t.equal(ends(master).m, synced, 'the restarted master has the shorter log')
@@ -223,10 +228,13 @@ t.test(
     await slave.start()
     await until('slave caught up again', () => caughtUp(master, slave))
     await slave.close()
-    const a = segmentFiles(path.join(mDir, 'messagelog'))
-    const b = segmentFiles(path.join(sDir, 'messagelog'))
-    t.same([...b.keys()], [...a.keys()], 'same segments')
-    for (const [name, bytes] of a) t.ok(b.get(name)?.equals(bytes), `messagelog/${name}: same bytes`)
+    for (const dir of ['messagelog', 'actionlog']) {
+      const a = segmentFiles(path.join(mDir, dir))
+      const b = segmentFiles(path.join(sDir, dir))
+      t.same([...b.keys()], [...a.keys()], `${dir}: same segments`)
+      for (const [name, bytes] of b)
+        t.ok(a.get(name)?.subarray(0, bytes.length).equals(bytes), `${dir}/${name}: same bytes`)
+    }
 
     // Opened as a master, the copy holds the kept and the new records, not the lost ones.
     await master.close()
