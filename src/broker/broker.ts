@@ -325,6 +325,7 @@ export class Broker {
           message: fileStore.mlog.log,
           action: fileStore.alog.log,
           checkpointFile: checkpointPath(fileStore.dirs.checkpoint),
+          recoveredEnds: fileStore.recoveredEnds,
         })
       }
 
@@ -341,7 +342,6 @@ export class Broker {
         group: o.group,
         auth: undefined,
         replication: fileStore === undefined ? undefined : this.replication,
-        messageLogEnd: () => fileStore?.mlog.log.endOffset ?? 0,
         checkLease: () => this.checkLease(),
         clusterSecret: o.clusterSecret === undefined ? undefined : Buffer.from(o.clusterSecret, 'utf8'),
       }

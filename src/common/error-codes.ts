@@ -178,6 +178,12 @@ export const ERROR_CODES = {
     httpStatus: 409,
     message: 'Consumer group has active consumers',
   },
+  QMQ_ERR_INDEX_BUILDING: {
+    status: 105,
+    retriable: true,
+    httpStatus: 503,
+    message: 'The message index is being built (after a promotion or a lost index); retry the query',
+  },
   QMQ_ERR_STORE_FAILED: {
     status: 120,
     retriable: true,

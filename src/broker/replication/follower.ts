@@ -15,6 +15,7 @@ import {
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
 import { checkAction } from '../store/action-log'
+import { indexDirs } from '../store/index-log'
 import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/checkpoint'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
@@ -25,13 +26,15 @@ import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs
  * The slave's side of replication: copies its master's message log and action log into the same
  * directories the file store uses (store-dirs.ts), byte for byte, at the same offsets and with the
  * same segment boundaries, through the one segmented log (segment-log.ts `appendCopied`), and
- * fdatasyncs each copy before asking for more: the offset it asks from next is its acknowledgement
- * (see common/protocol/replication.ts). It also installs the master's checkpoint once both logs reach
- * the offsets it names, and then deletes what the master's retention deleted.
+ * fdatasyncs each copy; what is fdatasynced is its acknowledgement (`acked` of the next fetch, see
+ * common/protocol/replication.ts; while catching up, the next fetch overlaps the write and fdatasync).
+ * It also installs the master's checkpoint once both logs reach the offsets it names, and then deletes
+ * what the master's retention deleted.
  *
  * Everything derived (consume logs, consumer state, dedupe index) is rebuilt from these logs and the
  * checkpoint by the store's ordinary recovery when the slave is opened as a master (promotion); a
- * slave therefore deletes any consume logs at start (a former master's may point past what it keeps).
+ * slave therefore deletes any consume logs at start (a former master's may point past what it keeps),
+ * and so its message index, trace and per-minute counts (the promoted store rebuilds the index).
  */
 export interface FollowerOptions {
   dataDir: string
@@ -91,6 +94,8 @@ interface LogCopy {
   /** The epoch this copy follows: adopted from the master once it needs no cut (source.ts). */
   epoch: number
   log: SegmentLog
+  /** End of what is written and fdatasynced (the acknowledgement; the log may hold more, syncing). */
+  durable: number
   masterStart: number
   masterEnd: number
 }
@@ -110,6 +115,8 @@ export class ReplicationFollower {
   private epoch = 0
   private lastError: string | undefined
   private installed: Checkpoint | undefined
+  /** Fetches carry `acked` and overlap the write of the previous chunk (off for a master predating it). */
+  private pipelining = true
   private history: EpochStart[] = []
 
   constructor(opts: FollowerOptions, log: Logger) {
@@ -122,8 +129,21 @@ export class ReplicationFollower {
   async start(): Promise<void> {
     if (this.running) return
     const layout = this.opts.layout
-    // Consume logs are the master's business (rebuilt from the message log on promotion).
-    if (layout === undefined) fs.rmSync(this.dirs.consume, { recursive: true, force: true })
+    if (layout === undefined) {
+      // Consume logs are the master's business (rebuilt from the message log on promotion). So are the
+      // message index with its lifecycle trace and the per-minute counts: a data dir that was a master
+      // holds them for its own log, which this copy may cut (a tail past the new epoch, or one the
+      // master lost) and fill again at the same offsets and sequences. Kept, they would point at
+      // records that are gone, miss the copied ones (the index resumes from its own end) and give new
+      // messages the trace of old ones. A promoted slave builds its index from the copied log.
+      fs.rmSync(this.dirs.consume, { recursive: true, force: true })
+      const index = indexDirs(this.opts.dataDir)
+      for (const dir of [index.log, index.runs, this.dirs.history]) {
+        if (!fs.existsSync(dir)) continue
+        this.log.warn({ dir }, 'slave: dropping what this data dir held as a master (rebuilt on promotion)')
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    }
     const max = this.opts.maxMessageBytes
     const specs = layout?.logs ?? [
       { kind: 0, dir: this.dirs.message, check: (b, p, e) => checkFrame(b, p, e, max, true) },
@@ -135,7 +155,14 @@ export class ReplicationFollower {
       const cuts = await log.recover(log.startOffset, spec.check, () => undefined)
       const name = REPLICATED_LOG_NAMES[spec.kind]
       for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
-      copies.push({ kind: spec.kind, epoch: this.opts.epoch, log, masterStart: 0, masterEnd: 0 })
+      copies.push({
+        kind: spec.kind,
+        epoch: this.opts.epoch,
+        log,
+        durable: log.endOffset,
+        masterStart: 0,
+        masterEnd: 0,
+      })
     }
     this.copies = copies
     this.epoch = this.opts.epoch
@@ -167,7 +194,7 @@ export class ReplicationFollower {
 
   /** Durable end of the copy of log `kind` (0 when it is not copied). */
   copyEnd(kind: ReplicatedLogValue): number {
-    return this.copies?.find((c) => c.kind === kind)?.log.endOffset ?? 0
+    return this.copies?.find((c) => c.kind === kind)?.durable ?? 0
   }
 
   /** Deletes the copy's segments wholly below `offset` (a side loop following the master's retention). */
@@ -221,8 +248,8 @@ export class ReplicationFollower {
     return {
       master: this.master,
       connected: this.conn?.connected ?? false,
-      messageOffset: m?.log.endOffset ?? 0,
-      actionOffset: a?.log.endOffset ?? 0,
+      messageOffset: m?.durable ?? 0,
+      actionOffset: a?.durable ?? 0,
       masterMessageEnd: m?.masterEnd ?? 0,
       masterActionEnd: a?.masterEnd ?? 0,
       lastFetchAt: this.lastFetchAt,
@@ -263,81 +290,134 @@ export class ReplicationFollower {
     await this.sleep(this.opts.retryMs)
   }
 
+  /**
+   * Copies one log. While the master has more than one chunk beyond what it sent (catching up), the
+   * next fetch is sent while the previous chunk is written and fdatasynced: `offset` asks past it,
+   * `acked` says what is durable (common/protocol/replication.ts). At the master's end it writes and
+   * syncs first, then asks, so a `sync` SEND is acknowledged with the next fetch, not one later.
+   * Writes stay in order: a chunk is written only once the previous one is synced.
+   */
   private async copyLoop(copy: LogCopy): Promise<void> {
     const name = REPLICATED_LOG_NAMES[copy.kind]
-    while (this.running) {
-      try {
-        const conn = await this.connection()
-        if (conn === undefined) {
-          await this.sleep(this.opts.retryMs)
-          continue
-        }
-        const frame = await conn.request(
-          RequestCode.REPL_FETCH,
-          encodeFetchRequest({
-            token: this.opts.clusterSecret,
-            slaveId: this.opts.slaveId,
-            log: copy.kind,
-            offset: copy.log.endOffset,
-            maxBytes: this.opts.fetchBytes,
-            waitMs: this.opts.fetchWaitMs,
-            epoch: copy.epoch,
-          }),
-        )
-        if (!this.running) return
-        const res = decodeFetchResponse(frame.body)
-        this.lastFetchAt = Date.now()
-        this.lastError = undefined
-        copy.masterStart = res.start
-        copy.masterEnd = res.end
-        const log = copy.log
-        if (res.kind === FetchKind.TRUNCATE) {
-          if (res.offset < log.endOffset) {
-            this.log.warn(
-              { log: name, from: log.endOffset, to: res.offset },
-              'slave: cutting the copy back to the master',
-            )
-            await log.truncate(Math.max(res.offset, log.startOffset))
-            await log.sync()
-            this.dropCheckpointPast()
-          }
-          continue
-        }
-        if (res.kind === FetchKind.RESET) {
-          this.log.warn(
-            { log: name, held: log.endOffset, masterStart: res.start },
-            'slave: the master no longer holds what follows this copy; copying again from its start',
-          )
-          await log.truncate(log.startOffset)
-          await log.truncate(res.offset)
-          log.deleteBefore(res.offset)
-          await log.sync()
-          continue
-        }
-        if (res.epoch > copy.epoch) this.adoptEpoch(copy, res.epoch, res.history)
-        if (res.data.length === 0) {
-          this.noteCaughtUp()
-          continue
-        }
-        if (res.segmentBase > log.endOffset) await log.truncate(res.segmentBase) // a gap on the master
-        if (res.offset !== log.endOffset)
-          throw new QmqError(
-            'QMQ_ERR_INTERNAL',
-            `master sent ${name} bytes at ${res.offset}, copy ends at ${log.endOffset}`,
-          )
-        await log.appendCopied(res.segmentBase, res.data)
-        await log.sync()
-        this.noteCaughtUp()
-      } catch (err) {
-        if (!this.running) return
-        await this.dropConnection(err)
-      }
+    const log = copy.log
+    /** Write and fdatasync of the last chunk received, when one is in progress. */
+    let writing: Promise<void> | undefined
+    /** Next byte to ask for: the log's end plus the chunk being written. */
+    let wanted = log.endOffset
+    const settle = async () => {
+      const w = writing
+      writing = undefined
+      if (w !== undefined) await w
     }
+    try {
+      while (this.running) {
+        try {
+          const conn = await this.connection()
+          if (conn === undefined) {
+            await this.sleep(this.opts.retryMs)
+            continue
+          }
+          const frame = await conn.request(
+            RequestCode.REPL_FETCH,
+            encodeFetchRequest({
+              token: this.opts.clusterSecret,
+              slaveId: this.opts.slaveId,
+              log: copy.kind,
+              offset: wanted,
+              maxBytes: this.opts.fetchBytes,
+              waitMs: this.opts.fetchWaitMs,
+              epoch: copy.epoch,
+              acked: this.pipelining ? copy.durable : undefined,
+            }),
+          )
+          if (!this.running) return
+          const res = decodeFetchResponse(frame.body)
+          this.lastFetchAt = Date.now()
+          this.lastError = undefined
+          copy.masterStart = res.start
+          copy.masterEnd = res.end
+          if (res.kind === FetchKind.TRUNCATE) {
+            await settle()
+            if (res.offset < log.endOffset) {
+              this.log.warn(
+                { log: name, from: log.endOffset, to: res.offset },
+                'slave: cutting the copy back to the master',
+              )
+              await log.truncate(Math.max(res.offset, log.startOffset))
+              await log.sync()
+              copy.durable = log.endOffset
+              this.dropCheckpointPast()
+            }
+            wanted = log.endOffset
+            continue
+          }
+          if (res.kind === FetchKind.RESET) {
+            await settle()
+            this.log.warn(
+              { log: name, held: log.endOffset, masterStart: res.start },
+              'slave: the master no longer holds what follows this copy; copying again from its start',
+            )
+            await log.truncate(log.startOffset)
+            await log.truncate(res.offset)
+            log.deleteBefore(res.offset)
+            await log.sync()
+            copy.durable = log.endOffset
+            wanted = log.endOffset
+            continue
+          }
+          if (res.epoch > copy.epoch) this.adoptEpoch(copy, res.epoch, res.history)
+          if (res.data.length === 0) {
+            await settle()
+            this.noteCaughtUp()
+            continue
+          }
+          // A gap between the master's segments: the chunk starts at the next segment.
+          const at = res.segmentBase > wanted ? res.segmentBase : wanted
+          if (res.offset !== at)
+            throw new QmqError(
+              'QMQ_ERR_INTERNAL',
+              `master sent ${name} bytes at ${res.offset}, asked for ${at}`,
+            )
+          await settle()
+          const end = res.offset + res.data.length
+          writing = this.writeChunk(copy, res.segmentBase, res.data)
+          writing.catch(() => {}) // handled where it is awaited (settle), possibly after the next fetch
+          wanted = end
+          // Caught up with what the master has: sync before asking (the ask acknowledges it).
+          if (!this.pipelining || end >= res.end) await settle()
+        } catch (err) {
+          if (!this.running) return
+          if (this.pipelining && err instanceof QmqError && err.code === 'QMQ_ERR_PAYLOAD_MALFORMED') {
+            // A master that predates `acked` refuses it (trailing bytes): ask one chunk at a time.
+            this.pipelining = false
+            this.log.warn(
+              { err: err.message },
+              'slave: the master refuses pipelined fetches; one chunk at a time',
+            )
+          }
+          await settle().catch(() => {})
+          wanted = log.endOffset
+          await this.dropConnection(err)
+        }
+      }
+    } finally {
+      await settle().catch(() => {})
+    }
+  }
+
+  /** Writes one copied chunk (a gap on the master first) and fdatasyncs it; then it counts as durable. */
+  private async writeChunk(copy: LogCopy, segmentBase: number, data: Buffer): Promise<void> {
+    const log = copy.log
+    if (segmentBase > log.endOffset) await log.truncate(segmentBase)
+    await log.appendCopied(segmentBase, data)
+    await log.sync()
+    copy.durable = log.endOffset
+    this.noteCaughtUp()
   }
 
   private noteCaughtUp(): void {
     const copies = this.copies ?? []
-    if (copies.length > 0 && copies.every((c) => c.log.endOffset >= c.masterEnd)) this.caughtUpAt = Date.now()
+    if (copies.length > 0 && copies.every((c) => c.durable >= c.masterEnd)) this.caughtUpAt = Date.now()
   }
 
   /**
@@ -390,7 +470,7 @@ export class ReplicationFollower {
         if (raw.length === 0) continue
         const cp = JSON.parse(raw.toString('utf8')) as Checkpoint
         const [m, a] = copies as [LogCopy, LogCopy]
-        if (cp.messageLogOffset > m.log.endOffset || cp.actionLogOffset > a.log.endOffset) continue
+        if (cp.messageLogOffset > m.durable || cp.actionLogOffset > a.durable) continue
         if (this.installed !== undefined && cp.createdAt <= this.installed.createdAt) continue
         const previous = this.installed
         await writeCheckpoint(this.dirs.checkpoint, cp)

@@ -7,6 +7,7 @@ import {
   type FetchRequest,
   type FetchResponse,
   FetchKind,
+  fetchAcked,
   REPLICATED_LOG_NAMES,
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
@@ -18,14 +19,18 @@ import { divergencePoint, type EpochStart } from './epochs'
  * what each slave holds durably, and (under `sync`) holds a SEND's answer until a slave has it.
  *
  * Invariants:
- * - A slave's fetch offset is its acknowledgement: everything before it is written and fdatasynced
- *   on the slave. A SEND waiting under `sync` is released by the first slave whose message-log
- *   acknowledgement reaches the log end as it was when the SEND's records were stored.
+ * - A slave's acknowledgement (a fetch's `acked`, else its offset; common/protocol/replication.ts):
+ *   everything before it is written and fdatasynced on the slave. A SEND waiting under `sync` is
+ *   released by the first slave whose message-log acknowledgement reaches the end of that SEND's own
+ *   records (AppendResult.end; not the log's end, which later SENDs move on while this one waits).
  * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
  *   fdatasyncs overlap. When the master cuts its log (a failed fdatasync rejects its unsynced
  *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to
  *   cut too (TRUNCATE) on its next fetch, and its acknowledgements past the cut count for nothing
  *   until it did: new records written at the same offsets are never released by stale copies.
+ *   The same after a restart, when the master knows nothing of what it shipped before: a slave's
+ *   first fetch of a log past the end the store opened with (recovery may have cut an unsynced tail
+ *   the slave had copied) is answered TRUNCATE to that end.
  * - A slave is in sync while it fetched within `inSyncLagMs` and, within that time, acknowledged
  *   everything the master had when it last answered it.
  * - The first slave seen is remembered in `<dataDir>/replication/slaves.json`: from then on the
@@ -61,10 +66,15 @@ export interface ReplicatedLogs {
   action?: SegmentLog | undefined
   /** The store's checkpoint file (checkpoint.json), served to slaves. */
   checkpointFile: string
+  /**
+   * The logs' ends right after recovery, before the store wrote anything (its first checkpoint adds
+   * a MARK to the action log); default: their ends now.
+   */
+  recoveredEnds?: { message: number; action: number } | undefined
 }
 
 interface LogProgress {
-  /** Durable end on the slave (its last fetch offset); -1 = never fetched. */
+  /** Durable end on the slave (its last acknowledgement); -1 = never fetched. */
   acked: number
   /** When the slave last held everything the master had when it answered it. */
   caughtUpAt: number
@@ -73,6 +83,13 @@ interface LogProgress {
   answeredAt: number
   /** The master cut its log here since the slave last fetched: the slave must cut too. */
   mustCut: number | undefined
+  /**
+   * The slave fetched this log since the logs were attached (store opened). Until it did, whatever it
+   * holds past `openedEnds` came from an earlier run of this master (or of another): bytes this
+   * master may have lost (an unsynced tail cut by recovery after a crash) and since written again
+   * differently. Its first fetch past that point is answered TRUNCATE.
+   */
+  verified: boolean
 }
 
 export interface SlaveStatus {
@@ -120,6 +137,11 @@ export class ReplicationSource {
   private waiters: Waiter[] = []
   private parked = new Set<Parked>()
   private closed = false
+  /**
+   * Per log: its end right after the store's recovery, lowered by every cut since. A slave
+   * holds nothing past it that this run of the master shipped until it fetched once (`verified`).
+   */
+  private openedEnds: [number, number] = [0, 0]
 
   constructor(opts: ReplicationSourceOptions, log: Logger) {
     this.opts = opts
@@ -142,6 +164,13 @@ export class ReplicationSource {
     this.detach()
     this.closed = false
     this.logs = logs
+    // Progress seen by an earlier run (before a restart or role change) proves nothing now: each slave
+    // starts over with its next fetch (and is told to cut what it holds past these ends).
+    this.slaves.clear()
+    this.openedEnds = [
+      logs.recoveredEnds?.message ?? logs.message.endOffset,
+      logs.recoveredEnds?.action ?? logs.action?.endOffset ?? 0,
+    ]
     const kinds: [ReplicatedLogValue, SegmentLog][] = [[0, logs.message]]
     if (logs.action !== undefined) kinds.push([1, logs.action])
     for (const [kind, seg] of kinds) {
@@ -193,7 +222,7 @@ export class ReplicationSource {
   }
 
   /**
-   * After a SEND's records were stored (the message log ended at `end` once they were): resolves
+   * After a SEND's records were stored (the last of them ends at message-log offset `end`): resolves
    * when a slave holds them durably; under `async`, without a slave, or degraded, at once.
    */
   waitReplicated(end: number): Promise<void> {
@@ -291,6 +320,20 @@ export class ReplicationSource {
         return answer(FetchKind.TRUNCATE, cut)
       }
     }
+    if (!progress.verified) {
+      const opened = this.openedEnds[req.log]
+      if (req.offset > opened) {
+        // Copied from an earlier run of this master: what it holds past the end this run started
+        // from (after recovery) may be a tail this master lost, and new records may have been
+        // written at those offsets since; it cuts back before copying on.
+        this.log.warn(
+          { slave: slave.id, log: REPLICATED_LOG_NAMES[req.log], slaveEnd: req.offset, cut: opened },
+          'slave holds more than this master had when its store opened: it cuts back',
+        )
+        return answer(FetchKind.TRUNCATE, opened)
+      }
+      progress.verified = true
+    }
     if (req.offset > seg.endOffset) {
       // The slave holds more than the master (the master lost an unsynced tail): it cuts back.
       this.log.warn(
@@ -299,11 +342,17 @@ export class ReplicationSource {
       )
       return answer(FetchKind.TRUNCATE, seg.endOffset)
     }
-    this.acknowledge(slave, req.log, req.offset, now)
+    this.acknowledge(slave, req.log, fetchAcked(req), now)
     if (req.offset < seg.startOffset) return answer(FetchKind.RESET, seg.startOffset)
     if (req.offset === seg.endOffset && req.waitMs > 0) {
       await this.park(req.log, req.offset, req.waitMs)
       if (this.logs !== logs) throw new QmqError('QMQ_ERR_SHUTTING_DOWN')
+      const cut = progress.mustCut
+      if (cut !== undefined && req.offset > cut) {
+        // Cut while parked (and possibly written again past the slave's end): never splice.
+        progress.mustCut = undefined
+        return answer(FetchKind.TRUNCATE, cut)
+      }
       if (seg.endOffset < req.offset) return answer(FetchKind.TRUNCATE, seg.endOffset)
     }
     if (req.offset >= seg.endOffset) return answer(FetchKind.DATA, req.offset)
@@ -400,6 +449,7 @@ export class ReplicationSource {
   }
 
   private cut(log: ReplicatedLogValue, offset: number): void {
+    if (offset < this.openedEnds[log]) this.openedEnds[log] = offset
     for (const s of this.slaves.values()) {
       const p = s.logs[log]
       p.mustCut = p.mustCut === undefined ? offset : Math.min(p.mustCut, offset)
@@ -431,7 +481,7 @@ export class ReplicationSource {
 const EMPTY: Buffer = Buffer.alloc(0)
 
 function newProgress(): LogProgress {
-  return { acked: -1, caughtUpAt: 0, answeredEnd: 0, answeredAt: 0, mustCut: undefined }
+  return { acked: -1, caughtUpAt: 0, answeredEnd: 0, answeredAt: 0, mustCut: undefined, verified: false }
 }
 
 // <dataDir>/replication/slaves.json: { "version": 1, "slaves": ["host:port", ...] }

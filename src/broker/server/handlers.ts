@@ -57,8 +57,6 @@ export interface ServerContext {
   auth: AuthGate | undefined
   /** Master side of replication (slaves' fetches, `sync` acknowledgements). */
   replication: ReplicationSource | undefined
-  /** The message log's end now (what a SEND just stored ends before), for `sync` waits. */
-  messageLogEnd: () => number
   /** Throws QMQ_ERR_NOT_MASTER when a replicated master's metaserver lease ran out (fencing). */
   checkLease: () => void
   /** The cluster secret slaves authenticate with (UTF-8); undefined = replication refused. */
@@ -192,7 +190,8 @@ async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): P
       ctx.checkLease()
       ctx.replication?.checkWritable()
       stored = await ctx.store.append(inputs)
-      if (ctx.replication !== undefined) await ctx.replication.waitReplicated(ctx.messageLogEnd())
+      // Its own records' end: later SENDs' records (written meanwhile) are not waited for.
+      if (ctx.replication !== undefined) await ctx.replication.waitReplicated(storedEnd(stored))
       // Acknowledged only under a valid lease: never while a slave may have been promoted.
       ctx.checkLease()
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
@@ -238,6 +237,13 @@ function subjectError(ctx: ServerContext, subject: string, conn: Connection): Qm
 }
 
 /** Counters per run of one subject (a labelled inc costs a label hash: once per run, not per record). */
+/** The message-log offset a slave must hold for every record of a SEND (AppendResult.end). */
+function storedEnd(stored: readonly AppendResult[]): number {
+  let end = 0
+  for (const r of stored) if (r.end > end) end = r.end
+  return end
+}
+
 function countReceived(ctx: ServerContext, inputs: readonly AppendInput[], stored: readonly AppendResult[]) {
   let runSubject = ''
   let runMessages = 0

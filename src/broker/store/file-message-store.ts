@@ -10,8 +10,9 @@ import { ConsumerState, type GroupState } from './consumer-state'
 import { DedupeIndex } from './dedupe'
 import type { FsIo } from './fs-io'
 import { History } from './history'
+import { IndexBuild } from './index-build'
 import { IndexLog, TraceEvent, type TraceEventValue } from './index-log'
-import { type AppendItem, FRAME_BYTES, MessageLog, readFrame } from './message-log'
+import { type AppendItem, MessageLog } from './message-log'
 import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
 import { pullMessages } from './pull'
 import { answerQuery } from './query'
@@ -70,6 +71,8 @@ export class FileMessageStore implements MessageStore {
   state = new ConsumerState()
   /** Message index and lifecycle trace (undefined with `indexes: false`). */
   index: IndexLog | undefined
+  /** Indexes what the message log holds past the index, in the background, after open. */
+  private indexBuild: IndexBuild | undefined
   /** Per-minute counts (undefined with historyRetentionMs 0). */
   history: History | undefined
   /** This store's name in traces (the broker group); set by the broker. */
@@ -174,7 +177,16 @@ export class FileMessageStore implements MessageStore {
     })
     const report = await recoverStore(this)
     this.recoveryReport = report
-    if (o.indexes) this.index = await openIndex(this)
+    if (o.indexes) {
+      this.index = await IndexLog.open({
+        dataDir: o.dataDir,
+        segmentBytes: o.indexSegmentBytes,
+        log: this.log,
+        ...ioOpt,
+      })
+      // What the log holds past the index (all of it on a promoted slave) is indexed in the background.
+      this.indexBuild = new IndexBuild(this.index, this.mlog, this.log)
+    }
     if (o.historyRetentionMs > 0) {
       this.history = await History.open({
         dir: this.dirs.history,
@@ -247,6 +259,7 @@ export class FileMessageStore implements MessageStore {
     if (this.closed) return
     this.ensureOpen()
     for (const t of this.timers) clearInterval(t)
+    await this.indexBuild?.stop()
     this.retryAlarm.close()
     await this.mlog.idle()
     try {
@@ -266,6 +279,7 @@ export class FileMessageStore implements MessageStore {
   abandon(): void {
     this.closed = true
     for (const t of this.timers) clearInterval(t)
+    void this.indexBuild?.stop()
     this.retryAlarm.close()
     this.mlog.abandon()
     this.alog.abandon()
@@ -309,6 +323,7 @@ export class FileMessageStore implements MessageStore {
         skip: false,
         offset: -1,
         storedAt: 0,
+        end: -1,
       }
     }
     await this.mlog.append(items)
@@ -316,7 +331,7 @@ export class FileMessageStore implements MessageStore {
     const out: AppendResult[] = new Array(items.length)
     for (let i = 0; i < items.length; i++) {
       const it = items[i] as AppendItem
-      out[i] = { sequence: it.seq, duplicate: it.skip }
+      out[i] = { sequence: it.seq, duplicate: it.skip, end: it.end }
     }
     return out
   }
@@ -357,6 +372,8 @@ export class FileMessageStore implements MessageStore {
   }
 
   private committed(items: AppendItem[]): void {
+    // While the index is being built, the build indexes these records too, in log order.
+    const indexLive = this.indexBuild?.live !== false
     let stored = 0
     let last: SubjectState | undefined
     // Subjects of the batch, in order of first appearance (usually one).
@@ -373,7 +390,7 @@ export class FileMessageStore implements MessageStore {
         if (!touched.includes(s)) touched.push(s)
       }
       s.consume.push(it.offset, it.record.length, it.storedAt, it.tagMask)
-      this.index?.addMessage(it.record, it.offset, it.storedAt, it.seq)
+      if (indexLive) this.index?.addMessage(it.record, it.offset, it.storedAt, it.seq)
       const k = touched.indexOf(s)
       counts[k] = (counts[k] ?? 0) + 1
       bytes[k] = (bytes[k] ?? 0) + it.record.length
@@ -824,6 +841,15 @@ export class FileMessageStore implements MessageStore {
 
   // ---- query ----
 
+  /**
+   * The message index does not cover the whole log yet (built in the background after open): lookups
+   * by id or key may miss messages; 0..1 = how much of the retained log it covers.
+   */
+  get indexBuilding(): { covered: number } | undefined {
+    const b = this.indexBuild
+    return b === undefined || b.live ? undefined : { covered: b.covered }
+  }
+
   query(req: QueryRequest, server: string): Promise<MessageAnswer | ListAnswer | HistoryAnswer> {
     this.ensureOpen()
     this.serverName = server
@@ -887,49 +913,6 @@ const HISTORY_FIELD: Record<number, 'delivered' | 'acked' | 'nacked' | 'expired'
   [TraceEvent.NACKED]: 'nacked',
   [TraceEvent.EXPIRED]: 'expired',
   [TraceEvent.DEAD]: 'dead',
-}
-
-/**
- * Opens the index log and indexes what the message log holds past it (after a crash, or when the
- * index is new or was deleted): every record from the index's `coveredEnd` to the log's end.
- */
-async function openIndex(store: FileMessageStore): Promise<IndexLog> {
-  const t0 = Date.now()
-  const index = await IndexLog.open({
-    dataDir: store.options.dataDir,
-    segmentBytes: store.options.indexSegmentBytes,
-    log: store.log,
-    ...(store.io ? { io: store.io } : {}),
-  })
-  const mlog = store.mlog.log
-  const from = Math.max(index.coveredEnd, mlog.startOffset)
-  const end = mlog.endOffset
-  if (from < end) {
-    let n = 0
-    await mlog.scan(
-      from,
-      end,
-      store.mlog.frameCheck(end),
-      (buf, pos, length, offset) => {
-        const f = readFrame(buf, pos)
-        // A copy: the scan reuses its buffer; the index keeps nothing of it but the hashes it computes.
-        index.addMessage(
-          buf.subarray(pos + FRAME_BYTES, pos + length),
-          offset + FRAME_BYTES,
-          f.storedAt,
-          f.seq,
-        )
-        n++
-      },
-      { resync: true },
-    )
-    await index.flush()
-    store.log.info(
-      { messages: n, from, end, ms: Date.now() - t0 },
-      'index: messages indexed from the message log',
-    )
-  }
-  return index
 }
 
 export function createMessageStore(options: FileMessageStoreOptions = {}): FileMessageStore {

@@ -312,6 +312,11 @@ class ActiveHashes {
   }
 }
 
+/** The index's directories under a data dir (a slave drops them: replication/follower.ts). */
+export function indexDirs(dataDir: string): { log: string; runs: string } {
+  return { log: path.join(dataDir, 'indexlog'), runs: path.join(dataDir, 'indexrun') }
+}
+
 export interface IndexLogOptions {
   /** Parent directory: `indexlog/` and `indexrun/` are made in it. */
   dataDir: string
@@ -343,12 +348,13 @@ export class IndexLog {
   coveredEnd = 0
 
   private constructor(opts: IndexLogOptions) {
+    const dirs = indexDirs(opts.dataDir)
     this.log = SegmentLog.open({
-      dir: path.join(opts.dataDir, 'indexlog'),
+      dir: dirs.log,
       segmentBytes: opts.segmentBytes,
       ...(opts.io ? { io: opts.io } : {}),
     })
-    this.runDir = path.join(opts.dataDir, 'indexrun')
+    this.runDir = dirs.runs
     fs.mkdirSync(this.runDir, { recursive: true })
     this.logger = opts.log
   }

@@ -75,6 +75,12 @@ export interface AppendItem {
   /** Set when written: logical offset of the record (frame offset + FRAME_BYTES). */
   offset: number
   storedAt: number
+  /**
+   * Set when acknowledged: the log offset up to which the log must be durable for this item to be:
+   * the end of its record, or for a duplicate the end of its batch (its first copy lies before that).
+   * What a SEND waits for under `sync` replication (replication/source.ts).
+   */
+  end: number
 }
 
 export interface MessageLogHooks {
@@ -546,6 +552,8 @@ export class MessageLog {
       this.cache(b)
       this.committedEnd = b.start + b.bytes
     }
+    const batchEnd = b.start + b.bytes
+    for (const it of b.items) it.end = it.skip ? batchEnd : it.offset + it.record.length
     this.opts.hooks.committed(b.items)
     for (const r of b.reqs) r.resolve()
   }

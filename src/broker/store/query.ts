@@ -1,3 +1,4 @@
+import { QmqError } from '../../common/errors'
 import {
   APP_CODE_PROPERTY,
   decodeRecord,
@@ -169,8 +170,23 @@ async function findMessage(store: FileMessageStore, id: string): Promise<Message
     out.messages.push(v)
     out.events.push(...storedEvents(server, v), ...trace)
   }
+  // Not found (yet): the index may not cover the message's record while it is being built.
+  if (out.messages.length === 0) refuseWhileBuilding(store)
   out.events.sort(compareEvents)
   return out
+}
+
+/**
+ * While the index is built in the background (index-build.ts) a lookup may miss records: answers
+ * that could be incomplete are refused with a retriable code instead.
+ */
+function refuseWhileBuilding(store: FileMessageStore): void {
+  const b = store.indexBuilding
+  if (b === undefined) return
+  throw new QmqError(
+    'QMQ_ERR_INDEX_BUILDING',
+    `the message index is being built: it covers ${Math.floor(b.covered * 100)}% of the message log; retry the query`,
+  )
 }
 
 /** The lifecycle events recorded for (subject, sequence), oldest first. */
@@ -243,6 +259,8 @@ async function findByKey(
   limit: number,
 ): Promise<ListAnswer> {
   if (!store.index) return { messages: [] }
+  // Newest first, up to `limit`: what a partial index finds may not be that.
+  refuseWhileBuilding(store)
   const entries = await store.index.lookup(IndexKind.KEY, keyBytes(IndexKind.KEY, key))
   const out: MessageView[] = []
   const seen = new Set<number>()

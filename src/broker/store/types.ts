@@ -26,6 +26,12 @@ export interface AppendResult {
   sequence: number
   /** True when the id was already stored within the dedupe window: nothing new was written. */
   duplicate: boolean
+  /**
+   * Message-log offset the store must hold durably for this record to be kept: the end of the record
+   * (of the batch it was answered in, for a duplicate). A SEND under `sync` replication waits until a
+   * slave holds its records' largest `end`, not the log's end (which later SENDs move on).
+   */
+  end: number
 }
 
 /** One message handed to a consumer. */

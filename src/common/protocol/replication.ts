@@ -9,17 +9,22 @@ import { PayloadReader, PayloadWriter } from './buffer'
  *
  * The slave copies the master's logs byte for byte, at the same logical offsets and with the same
  * segment boundaries (segment-log.ts `appendCopied`), so every offset a checkpoint or a consume log
- * holds means the same bytes on both. The offset a slave asks from is also its acknowledgement: it
- * asks for the bytes after offset X only once everything before X is written and fdatasynced.
+ * holds means the same bytes on both. The slave's acknowledgement is `acked` when present, else the
+ * offset it asks from: everything before it is written and fdatasynced on the slave. A slave that
+ * catches up pipelines (asks for the next chunk while it writes and fdatasyncs the previous one):
+ * it then asks from past what it holds durably and sends `acked`.
  *
  * REPL_FETCH request
  *   str16 token              the cluster secret
  *   str16 slaveId            the slave's advertised `host:port` (who it is, for in-sync tracking)
  *   u8    log                0 = message log, 1 = action log (ReplicatedLog)
- *   i64   offset             next byte wanted = the slave's durable end of that log
+ *   i64   offset             next byte wanted: the end of what the slave wrote (or is writing)
  *   u32   maxBytes           at most this many bytes of data (the master caps it further)
  *   u32   waitMs             when there is nothing after `offset` yet, wait up to this long
  *   i64   epoch              the epoch the slave follows (0 = none yet)
+ *   [i64  acked]             optional (added later; absent = `offset`): the slave's durable end of
+ *                            that log, <= offset. Masters that predate it refuse a request that
+ *                            carries it (QMQ_ERR_PAYLOAD_MALFORMED): the slave then stops pipelining
  * REPL_FETCH response
  *   u8    kind               0 DATA, 1 TRUNCATE, 2 RESET (FetchKind)
  *   i64   start              first retained byte of the master's log
@@ -64,12 +69,22 @@ export interface FetchRequest {
   maxBytes: number
   waitMs: number
   epoch: number
+  /** The slave's durable end (its acknowledgement) when it differs from `offset`; absent = `offset`. */
+  acked?: number | undefined
 }
 
 export function encodeFetchRequest(f: FetchRequest): Buffer {
-  const w = new PayloadWriter(64 + f.token.length + f.slaveId.length)
+  const w = new PayloadWriter(72 + f.token.length + f.slaveId.length)
   writeToken(w, f.token)
-  return w.str16(f.slaveId).u8(f.log).i64(f.offset).u32(f.maxBytes).u32(f.waitMs).i64(f.epoch).finish()
+  w.str16(f.slaveId).u8(f.log).i64(f.offset).u32(f.maxBytes).u32(f.waitMs).i64(f.epoch)
+  // Sent only when it says something: a request without it reaches masters that predate it.
+  if (f.acked !== undefined && f.acked !== f.offset) w.i64(f.acked)
+  return w.finish()
+}
+
+/** The slave's acknowledgement carried by a fetch: `acked`, or `offset` when absent. */
+export function fetchAcked(f: FetchRequest): number {
+  return f.acked ?? f.offset
 }
 
 export function decodeFetchRequest(body: Buffer): FetchRequest {
@@ -85,9 +100,13 @@ export function decodeFetchRequest(body: Buffer): FetchRequest {
   const maxBytes = r.u32('maxBytes')
   const waitMs = r.u32('waitMs')
   const epoch = r.i64('epoch')
+  const acked = r.remaining > 0 ? r.i64('acked') : undefined
   r.done('REPL_FETCH request')
   if (offset < 0 || epoch < 0) throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'negative offset or epoch')
+  if (acked !== undefined && (acked < 0 || acked > offset))
+    throw new QmqError('QMQ_ERR_PAYLOAD_MALFORMED', 'acked must be between 0 and offset')
   return {
+    ...(acked !== undefined ? { acked } : {}),
     token,
     slaveId,
     log,

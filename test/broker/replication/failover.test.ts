@@ -133,7 +133,14 @@ t.test(
       Array.from({ length: 12 }, (_, i) => `m-${i + 8}`),
       'consumers continue from the replicated position',
     )
-    await sendOk(cb, [message('orders', 'after-failover')])
+    // The promoted master acknowledges writes once its first heartbeat answer gave it a lease; a
+    // refusal before that is retriable (producers resend).
+    await until('a write acknowledged after the failover', () =>
+      sendOk(cb, [message('orders', 'after-failover')]).then(
+        () => true,
+        () => false,
+      ),
+    )
 
     // The former master comes back: it is told it is a slave and follows the new master.
     await a.start()

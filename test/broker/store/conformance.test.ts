@@ -1,7 +1,8 @@
 import t from 'tap'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
+import type { AppendResult } from '../../../src/broker/store/types'
 import { ManualClock } from '../../../src/common/clock'
-import { bodyOf, open, pullOpts, rec } from './helpers'
+import { bodyOf, open, pullOpts, rec, sd } from './helpers'
 
 /**
  * The store's contract under every flush policy: the real FileMessageStore on temp dirs, for each of
@@ -43,14 +44,20 @@ for (const policy of POLICIES) {
       t.teardown(() => store.close())
       const r1 = await store.append([rec('a', { id: 'x', body: 'a0' }), rec('b', { body: 'b0' })])
       const r2 = await store.append([rec('a', { body: 'a1' }), rec('a', { id: 'x', body: 'a0 again' })])
-      t.same(r1, [
+      t.same(sd(r1), [
         { sequence: 0, duplicate: false },
         { sequence: 0, duplicate: false },
       ])
-      t.same(r2, [
+      t.same(sd(r2), [
         { sequence: 1, duplicate: false },
         { sequence: 0, duplicate: true },
       ])
+      // Each record's end in the message log; a duplicate's covers its first copy.
+      const [a0, b0] = r1 as [AppendResult, AppendResult]
+      const [a1, dup] = r2 as [AppendResult, AppendResult]
+      t.ok(a0.end > 0 && b0.end > a0.end && a1.end > b0.end, 'ends grow in log order')
+      t.equal(a1.end, store.mlog.log.endOffset, 'the last record ends the log')
+      t.ok(dup.end >= a0.end, "a duplicate's end covers its first copy")
       const got = await store.pull(pullOpts('a', 'g', 'c'))
       t.same(seqs(got), [0, 1])
       t.same(bodies(got), ['a0', 'a1'])
@@ -156,8 +163,12 @@ for (const policy of POLICIES) {
       t.match(store.backlog('s', 'g'), [{ inFlight: 1, deadLettered: 1, cursor: 3, pending: 1 }])
       t.same(seqs(await store.pull(pullOpts('s', 'g', 'c', { resumeHeld: true }))), [2, 3])
       // The dedupe index was refilled from the message log.
-      t.same(await store.append([rec('s', { id: 'k3', body: 'resent' })]), [{ sequence: 3, duplicate: true }])
-      t.same(await store.append([rec('s', { id: 'k4', body: 'm4' })]), [{ sequence: 4, duplicate: false }])
+      t.same(sd(await store.append([rec('s', { id: 'k3', body: 'resent' })])), [
+        { sequence: 3, duplicate: true },
+      ])
+      t.same(sd(await store.append([rec('s', { id: 'k4', body: 'm4' })])), [
+        { sequence: 4, duplicate: false },
+      ])
     })
 
     t.test('dedupe across a clean reopen; a new id after it continues the sequence', async (t) => {
@@ -168,10 +179,12 @@ for (const policy of POLICIES) {
       await store.close()
       store = await open(dir, base(clock))
       t.teardown(() => store.close())
-      t.same(await store.append([rec('s', { id: 'one', body: '1 again' })]), [
+      t.same(sd(await store.append([rec('s', { id: 'one', body: '1 again' })])), [
         { sequence: 0, duplicate: true },
       ])
-      t.same(await store.append([rec('s', { id: 'two', body: '2' })]), [{ sequence: 1, duplicate: false }])
+      t.same(sd(await store.append([rec('s', { id: 'two', body: '2' })])), [
+        { sequence: 1, duplicate: false },
+      ])
       t.same(bodies(await store.pull(pullOpts('s', 'g', 'c'))), ['1', '2'])
     })
   })

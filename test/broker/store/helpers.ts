@@ -2,20 +2,20 @@ import type { ManualClock } from '../../../src/common/clock'
 import { decodeRecord, encodeRecord, readRecordHeader } from '../../../src/common/record'
 import { type FileMessageStoreOptions, openMessageStore } from '../../../src/broker/store'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
-import type { AppendInput, PullOptions } from '../../../src/broker/store/types'
+import type { AppendInput, AppendResult, PullOptions } from '../../../src/broker/store/types'
 
 let counter = 0
 
 export function rec(
   subject: string,
-  opts: { id?: string; tags?: string[]; body?: string | Buffer } = {},
+  opts: { id?: string; tags?: string[]; body?: string | Buffer; properties?: Record<string, string> } = {},
 ): AppendInput {
   const bytes = encodeRecord({
     id: opts.id ?? `id-${process.pid}-${++counter}`,
     subject,
     createdAt: 1_700_000_000_000,
     tags: opts.tags ?? [],
-    properties: new Map(),
+    properties: new Map(Object.entries(opts.properties ?? {})),
     body: opts.body ?? `body ${counter}`,
   })
   return { bytes, header: readRecordHeader(bytes) }
@@ -52,4 +52,9 @@ export async function open(
   extra: FileMessageStoreOptions & { clock?: ManualClock } = {},
 ): Promise<FileMessageStore> {
   return openMessageStore({ dataDir, segmentBytes: 64 * 1024, ...extra })
+}
+
+/** Append results without their log offsets (`end`), for comparing sequences and duplicates. */
+export function sd(results: readonly AppendResult[]): { sequence: number; duplicate: boolean }[] {
+  return results.map((r) => ({ sequence: r.sequence, duplicate: r.duplicate }))
 }

@@ -3,7 +3,7 @@ import path from 'node:path'
 import t from 'tap'
 import { ManualClock } from '../../../src/common/clock'
 import { createRegistry } from '../../../src/common/metrics'
-import { bodyOf, open, pullOpts, rec } from './helpers'
+import { bodyOf, open, pullOpts, rec, sd } from './helpers'
 
 t.test('store - a message id seen within the window is stored once, also after a reopen', async (t) => {
   const dir = t.testdir()
@@ -15,22 +15,34 @@ t.test('store - a message id seen within the window is stored once, also after a
     rec('d', { id: 'x3' }),
     rec('d', { id: 'x3' }),
   ])
-  t.same(first, [
+  t.same(sd(first), [
     { sequence: 0, duplicate: false },
     { sequence: 1, duplicate: false },
   ])
-  t.same(again, [
+  t.same(sd(again), [
     { sequence: 0, duplicate: true },
     { sequence: 2, duplicate: false },
     { sequence: 2, duplicate: true },
   ])
-  t.same(await store.append([rec('other', { id: 'x1' })]), [{ sequence: 0, duplicate: false }], 'per subject')
+  t.same(
+    sd(await store.append([rec('other', { id: 'x1' })])),
+    [{ sequence: 0, duplicate: false }],
+    'per subject',
+  )
   store.abandon()
   store = await open(dir, { clock, dedupeWindowMs: 60_000 })
-  t.same(await store.append([rec('d', { id: 'x2' })]), [{ sequence: 1, duplicate: true }], 'rebuilt on open')
+  t.same(
+    sd(await store.append([rec('d', { id: 'x2' })])),
+    [{ sequence: 1, duplicate: true }],
+    'rebuilt on open',
+  )
   clock.advance(60_001)
   store.sweep()
-  t.same(await store.append([rec('d', { id: 'x2' })]), [{ sequence: 3, duplicate: false }], 'window passed')
+  t.same(
+    sd(await store.append([rec('d', { id: 'x2' })])),
+    [{ sequence: 3, duplicate: false }],
+    'window passed',
+  )
   const got = await store.pull(pullOpts('d', 'g', 'c'))
   t.same(
     got.map((m) => m.sequence),
