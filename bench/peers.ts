@@ -24,7 +24,8 @@
  * BENCH_PEERS=qmq,nats,rabbitmq picks the brokers.
  * BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios, BENCH_PEERS_RATES the latency
  * scenario's rates; QMQ_BROKER_LOOP_STATS=1 shows the qmq broker's event-loop delay and store
- * histograms (bench/broker-child.ts) on stderr.
+ * histograms (bench/broker-child.ts) on stderr; QMQ_BROKER_NODE_ARGS gives the qmq broker node flags
+ * (e.g. --trace-gc, --cpu-prof; their output goes to stderr or files, never to the results).
  */
 import { type ChildProcess, type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process'
 import {
@@ -328,7 +329,15 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
   const dir = tempDir('qmq')
   const child = spawnServer(
     process.execPath,
-    ['--import', 'tsx', join(__dirname, 'broker-child.ts'), join(dir, 'data'), JSON.stringify({ flush })],
+    [
+      // QMQ_BROKER_NODE_ARGS="--trace-gc" or "--cpu-prof --cpu-prof-dir=/tmp/prof": the broker's node flags.
+      ...(process.env.QMQ_BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''),
+      '--import',
+      'tsx',
+      join(__dirname, 'broker-child.ts'),
+      join(dir, 'data'),
+      JSON.stringify({ flush }),
+    ],
     dir,
     // The threadpool size bin/qmq.js gives a broker (unless UV_THREADPOOL_SIZE is set).
     { UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? BROKER_THREADPOOL_SIZE },
