@@ -6,6 +6,9 @@
  *   overwrites the next 1 KiB inside it: the file size and its block map do not change;
  * - sparse: the file was only ftruncate'd to its size beforehand: no size change, but every new
  *   block is allocated by the write (a metadata change, as for grow).
+ * - grow, 2 threadpool hops: as grow, with fs.write then fs.fdatasync on libuv's threadpool, as the
+ *   store does (each hop: a thread wakes, then the event loop);
+ * - grow, O_DSYNC, 1 threadpool hop: a file opened with O_DSYNC, one fs.write (durable on return).
  * The modes alternate in blocks of BLOCK appends so neighbours on a shared machine load them alike.
  * Knobs: BENCH_PREALLOC_APPENDS (per mode, 3000; --quick 600), BENCH_DIR.
  */
@@ -20,20 +23,36 @@ const APPENDS = Number(process.env.BENCH_PREALLOC_APPENDS ?? (quick ? 600 : 3000
 const BLOCK = 100
 const FILE_BYTES = (APPENDS + BLOCK) * MSG
 
-type Mode = 'grow' | 'zeroed' | 'sparse'
-const MODES: Mode[] = ['grow', 'zeroed', 'sparse']
+type Mode = 'grow' | 'zeroed' | 'sparse' | 'grow, 2 threadpool hops' | 'grow, O_DSYNC, 1 threadpool hop'
+const MODES: Mode[] = [
+  'grow',
+  'zeroed',
+  'sparse',
+  'grow, 2 threadpool hops',
+  'grow, O_DSYNC, 1 threadpool hop',
+]
+
+const writeAsync = (fd: number, buf: Buffer, pos: number) =>
+  new Promise<void>((resolve, reject) =>
+    fs.write(fd, buf, 0, buf.length, pos, (e) => (e ? reject(e) : resolve())),
+  )
+const fdatasyncAsync = (fd: number) =>
+  new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())))
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.floor(s.length * p))] ?? Number.NaN
 }
 
-function main(): void {
+async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(process.env.BENCH_DIR ?? tmpdir(), 'qmq-prealloc-'))
   try {
     const fds = new Map<Mode, number>()
     for (const m of MODES) {
-      const fd = fs.openSync(path.join(dir, m), 'w+')
+      const flags = m.includes('O_DSYNC')
+        ? fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_DSYNC
+        : 'w+'
+      const fd = fs.openSync(path.join(dir, m.replace(/\W+/g, '-')), flags)
       if (m === 'zeroed') {
         const zeros = Buffer.alloc(1024 * 1024)
         for (let pos = 0; pos < FILE_BYTES; pos += zeros.length) fs.writeSync(fd, zeros, 0, zeros.length, pos)
@@ -52,8 +71,14 @@ function main(): void {
         let p = pos.get(m) as number
         for (let i = 0; i < BLOCK; i++) {
           const t = performance.now()
-          fs.writeSync(fd, buf, 0, MSG, p)
-          fs.fdatasyncSync(fd)
+          if (m === 'grow, 2 threadpool hops') {
+            await writeAsync(fd, buf, p)
+            await fdatasyncAsync(fd)
+          } else if (m === 'grow, O_DSYNC, 1 threadpool hop') await writeAsync(fd, buf, p)
+          else {
+            fs.writeSync(fd, buf, 0, MSG, p)
+            fs.fdatasyncSync(fd)
+          }
           out.push(performance.now() - t)
           p += MSG
         }
@@ -89,4 +114,4 @@ function main(): void {
   }
 }
 
-main()
+void main()

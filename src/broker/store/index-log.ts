@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { crc32c, crc32cRange } from '../../common/crc32c'
 import { fsyncDirAsync } from '../../common/durable-file'
@@ -455,33 +456,25 @@ export class IndexLog {
   private async writeRun(base: number, h: ActiveHashes): Promise<Run> {
     const n = h.n
     // Sorted by h1 (entries with equal h1 in log order): runs are scanned by h1, matched on (h1, h2).
-    // A native sort of h1 * 2^21 + index (exact in a double) instead of a comparator: ~10x faster.
-    const order = new Uint32Array(n)
-    if (n < 2 ** 21) {
-      const keys = new Float64Array(n)
-      for (let i = 0; i < n; i++) keys[i] = (h.h1[i] as number) * 2 ** 21 + i
-      keys.sort()
-      for (let i = 0; i < n; i++) order[i] = (keys[i] as number) % 2 ** 21
-    } else {
-      for (let i = 0; i < n; i++) order[i] = i
-      order.sort((a, b) => (h.h1[a] as number) - (h.h1[b] as number) || a - b)
-    }
+    const order = orderByH1(h.h1, n)
     const fenceCount = Math.ceil(n / FENCE_STEP)
-    const buf = Buffer.alloc(RUN_HEADER_BYTES + fenceCount * 4 + n * RUN_ENTRY_BYTES)
+    const entriesAt = RUN_HEADER_BYTES + fenceCount * 4
+    // Buffer.alloc never hands out a slice of the shared pool: byteOffset 0, so the entries (at a
+    // multiple of 4) can be filled as 32-bit words, then turned big-endian at once (swap32, native):
+    // 3 typed-array stores per entry instead of 3 writeUInt32BE calls (~20x faster on 200k entries).
+    const buf = Buffer.alloc(entriesAt + n * RUN_ENTRY_BYTES)
+    const words = new Uint32Array(buf.buffer, buf.byteOffset + entriesAt, n * 3)
     const fence = new Uint32Array(fenceCount)
-    let o = RUN_HEADER_BYTES + fenceCount * 4
-    for (let i = 0; i < n; i++) {
+    for (let i = 0, w = 0; i < n; i++, w += 3) {
       const k = order[i] as number
       const h1 = h.h1[k] as number
-      if (i % FENCE_STEP === 0) {
-        fence[i / FENCE_STEP] = h1
-        buf.writeUInt32BE(h1, RUN_HEADER_BYTES + (i / FENCE_STEP) * 4)
-      }
-      buf.writeUInt32BE(h1, o)
-      buf.writeUInt32BE(h.h2[k] as number, o + 4)
-      buf.writeUInt32BE((h.off[k] as number) - base, o + 8)
-      o += RUN_ENTRY_BYTES
+      if (i % FENCE_STEP === 0) fence[i / FENCE_STEP] = h1
+      words[w] = h1
+      words[w + 1] = h.h2[k] as number
+      words[w + 2] = (h.off[k] as number) - base
     }
+    if (LITTLE_ENDIAN && n > 0) buf.subarray(entriesAt).swap32()
+    for (let j = 0; j < fenceCount; j++) buf.writeUInt32BE(fence[j] as number, RUN_HEADER_BYTES + j * 4)
     buf.writeUInt32BE(RUN_MAGIC, 0)
     buf.writeUInt32BE(n, 4)
     buf.writeUInt32BE(FENCE_STEP, 8)
@@ -810,6 +803,36 @@ export class IndexLog {
 }
 
 let tmpSeq = 0
+
+const LITTLE_ENDIAN = os.endianness() === 'LE'
+
+/**
+ * Indexes 0..n-1 ordered by h1[i], equal h1 in index order (log order): a stable LSD radix sort in
+ * two passes of 16 bits. A native sort of doubles (h1 * 2^21 + i) took ~10x longer on 200k entries,
+ * all of it on the event loop when a segment is sealed.
+ */
+export function orderByH1(h1: Uint32Array, n: number): Uint32Array {
+  const low = new Uint32Array(n)
+  const out = new Uint32Array(n)
+  const count = new Uint32Array(65537)
+  for (let i = 0; i < n; i++) (count[((h1[i] as number) & 0xffff) + 1] as number)++
+  for (let j = 0; j < 65536; j++) count[j + 1] = (count[j + 1] as number) + (count[j] as number)
+  for (let i = 0; i < n; i++) {
+    const b = (h1[i] as number) & 0xffff
+    low[count[b] as number] = i
+    count[b] = (count[b] as number) + 1
+  }
+  count.fill(0)
+  for (let i = 0; i < n; i++) (count[((h1[i] as number) >>> 16) + 1] as number)++
+  for (let j = 0; j < 65536; j++) count[j + 1] = (count[j + 1] as number) + (count[j] as number)
+  for (let i = 0; i < n; i++) {
+    const k = low[i] as number
+    const b = (h1[k] as number) >>> 16
+    out[count[b] as number] = k
+    count[b] = (count[b] as number) + 1
+  }
+  return out
+}
 
 /**
  * Replaces a run file atomically and durably (temp file, fdatasync, rename, directory fsync), off the

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { IndexKind, IndexLog, keyBytes, TraceEvent } from '../../../src/broker/store/index-log'
+import { IndexKind, IndexLog, keyBytes, orderByH1, TraceEvent } from '../../../src/broker/store/index-log'
 import { silentLogger } from '../../../src/common/logger'
 
 // A sealed index segment's run (its hashes sorted, a few MiB for a 16 MiB segment) is written off the
@@ -98,3 +98,16 @@ t.test(
     await index.close()
   },
 )
+
+t.test('index run: entries ordered by h1, equal h1 in log order (radix sort)', async (t) => {
+  for (const n of [0, 1, 2, 1000, 70_000]) {
+    const h1 = new Uint32Array(n)
+    // Few distinct values (many ties), spread over both 16-bit halves.
+    for (let i = 0; i < n; i++) h1[i] = ((Math.random() * 50) | 0) * 0x01010101 + (i % 3 === 0 ? 0x10000 : 0)
+    const got = orderByH1(h1, n)
+    const want = Array.from({ length: n }, (_, i) => i).sort(
+      (a, b) => (h1[a] as number) - (h1[b] as number) || a - b,
+    )
+    t.same(Array.from(got), want, `${n} entries`)
+  }
+})
