@@ -104,7 +104,7 @@ t.test('index run: entries ordered by h1, equal h1 in log order (radix sort)', a
     const h1 = new Uint32Array(n)
     // Few distinct values (many ties), spread over both 16-bit halves.
     for (let i = 0; i < n; i++) h1[i] = ((Math.random() * 50) | 0) * 0x01010101 + (i % 3 === 0 ? 0x10000 : 0)
-    const got = orderByH1(h1, n)
+    const got = await orderByH1(h1, n)
     const want = Array.from({ length: n }, (_, i) => i).sort(
       (a, b) => (h1[a] as number) - (h1[b] as number) || a - b,
     )
