@@ -3,13 +3,15 @@
  * data dir given as the first argument (options as JSON in the second), prints `{"port":N}` and runs
  * until SIGTERM/SIGKILL. Without arguments it exits at once (so bench/run.ts skips it cheaply).
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import fs from 'node:fs'
+import { createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { Broker } from '../src/broker/broker'
 import { silentLogger } from '../src/common/logger'
 
 /**
  * QMQ_BROKER_LOOP_STATS=1: at exit, prints to stderr one JSON line with the broker's event-loop delay
- * percentiles (ms) and the store's fdatasync/append latency histograms (diagnosis of latency tails).
+ * percentiles (ms), its own share of them without the wait for a CPU (see watchStalls), its GC
+ * pauses, and the store's fdatasync/append latency histograms (diagnosis of latency tails).
  */
 const loopStats = process.env.QMQ_BROKER_LOOP_STATS === '1'
 
@@ -21,6 +23,8 @@ async function main(): Promise<void> {
   const { port } = await broker.start()
   const h = loopStats ? monitorEventLoopDelay({ resolution: 1 }) : undefined
   h?.enable()
+  const stalls = loopStats ? watchStalls() : undefined
+  const gc = loopStats ? watchGc() : undefined
   process.stdout.write(`${JSON.stringify({ port })}\n`)
   const stop = async () => {
     if (h !== undefined) {
@@ -43,6 +47,9 @@ async function main(): Promise<void> {
             p999: ms(h.percentile(99.9)),
             max: ms(h.max),
           },
+          // The same without the time the thread waited for a CPU (the machine's load), per 2 ms tick.
+          brokerOwnStallMs: stalls?.(),
+          gcPauseMs: gc?.(),
           hist,
         })}\n`,
       )
@@ -54,6 +61,88 @@ async function main(): Promise<void> {
   }
   process.on('SIGTERM', () => void stop())
   process.on('SIGINT', () => void stop())
+}
+
+/**
+ * The main thread's own share of the event-loop delay, apart from the machine's load: every 2 ms a
+ * timer reads the thread's /proc schedstat (Linux: time run on a CPU, time runnable but waiting for
+ * one). A tick's delay minus its wait for a CPU is what the process itself stalled (JS, GC, a
+ * synchronous syscall, a lock), the same whatever the neighbours do. With QMQ_BROKER_STALL_LOG=1 each
+ * stall of 10 ms or more is printed as it ends, on stdout like --trace-gc's lines, so they interleave:
+ *   stall at <ms since start>: <ms> (cpu <ms>, runqueue <ms>, blocked <ms>)
+ * (blocked: slept, e.g. in a synchronous fsync or on a lock held by a thread that waits for a CPU).
+ */
+function watchStalls(): () => Record<string, number> {
+  const EVERY_MS = 2
+  const log = process.env.QMQ_BROKER_STALL_LOG === '1'
+  let fd: number | undefined
+  try {
+    fd = fs.openSync(`/proc/${process.pid}/task/${process.pid}/schedstat`, 'r')
+  } catch {
+    // not Linux: the runqueue share reads as 0
+  }
+  const buf = Buffer.alloc(128)
+  const sched = (): [number, number] => {
+    if (fd === undefined) return [0, 0]
+    const n = fs.readSync(fd, buf, 0, buf.length, 0)
+    const [run, wait] = buf.toString('latin1', 0, n).split(' ')
+    return [Number(run) / 1e6, Number(wait) / 1e6]
+  }
+  const own = createHistogram()
+  let ownMax = 0
+  let queuedTotal = 0
+  let last = performance.now()
+  let [run0, wait0] = sched()
+  const t = setInterval(() => {
+    const now = performance.now()
+    const [run, wait] = sched()
+    const late = Math.max(0, now - last - EVERY_MS)
+    const queued = wait - wait0
+    queuedTotal += queued
+    const self = Math.max(0, late - queued)
+    own.record(Math.max(1, Math.round(self * 1000)))
+    if (self > ownMax) ownMax = self
+    if (log && late >= 10) {
+      const cpu = run - run0
+      process.stdout.write(
+        `stall at ${(now - late).toFixed(0)} ms: ${late.toFixed(1)} ms (cpu ${cpu.toFixed(1)}, runqueue ${queued.toFixed(1)}, blocked ${(now - last - cpu - queued).toFixed(1)})\n`,
+      )
+    }
+    last = now
+    run0 = run
+    wait0 = wait
+  }, EVERY_MS)
+  t.unref()
+  return () => {
+    clearInterval(t)
+    const ms = (us: number) => +(us / 1000).toFixed(2)
+    return {
+      p50: ms(own.percentile(50)),
+      p99: ms(own.percentile(99)),
+      p999: ms(own.percentile(99.9)),
+      max: +ownMax.toFixed(2),
+      runqueueTotalMs: Math.round(queuedTotal),
+    }
+  }
+}
+
+/** GC pauses of the main thread (perf_hooks 'gc' entries): count, total, max, p99 in ms. */
+function watchGc(): () => Record<string, number> {
+  const d: number[] = []
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) d.push(e.duration)
+  })
+  obs.observe({ entryTypes: ['gc'] })
+  return () => {
+    obs.disconnect()
+    const s = [...d].sort((a, b) => a - b)
+    return {
+      count: s.length,
+      totalMs: +s.reduce((a, b) => a + b, 0).toFixed(1),
+      p99: +(s[Math.floor(s.length * 0.99)] ?? 0).toFixed(2),
+      max: +(s[s.length - 1] ?? 0).toFixed(2),
+    }
+  }
 }
 
 main().catch((err) => {

@@ -1,7 +1,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import type { GroupSnapshot } from './consumer-state'
-import { fsyncDir } from '../../common/durable-file'
+import { fsyncDirAsync } from '../../common/durable-file'
 
 /**
  * The checkpoint: `checkpoint/checkpoint.json`, replaced atomically (write `.tmp`, fsync, move the
@@ -78,7 +78,9 @@ export function loadCheckpoint(dir: string): LoadedCheckpoint {
 }
 
 export async function writeCheckpoint(dir: string, cp: Checkpoint): Promise<void> {
-  fs.mkdirSync(dir, { recursive: true })
+  // Every step off the event loop (a checkpoint runs while the broker serves: a synchronous fsync of
+  // the directory stalled every connection for as long as the disk took).
+  await fs.promises.mkdir(dir, { recursive: true })
   const file = checkpointPath(dir)
   const tmp = `${file}.tmp`
   const fh = await fs.promises.open(tmp, 'w')
@@ -89,7 +91,11 @@ export async function writeCheckpoint(dir: string, cp: Checkpoint): Promise<void
     await fh.close()
   }
   // The current one becomes the previous one (recovery's fallback), then the new one takes its place.
-  if (fs.existsSync(file)) await fs.promises.rename(file, previousCheckpointPath(dir))
+  try {
+    await fs.promises.rename(file, previousCheckpointPath(dir))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
   await fs.promises.rename(tmp, file)
-  fsyncDir(dir)
+  await fsyncDirAsync(dir)
 }

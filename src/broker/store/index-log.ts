@@ -1,7 +1,8 @@
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { crc32c, crc32cRange } from '../../common/crc32c'
-import { writeFileAtomicSync } from '../../common/durable-file'
+import { fsyncDirAsync } from '../../common/durable-file'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import {
@@ -330,6 +331,13 @@ export class IndexLog {
   private readonly runDir: string
   private readonly logger: Logger
   private runs: Run[] = []
+  /**
+   * Sealed segments whose run is being written (see `seal`): their hashes stay searchable here until
+   * the run is in `runs`; one whose write failed stays here (in memory) until the next open rebuilds it.
+   */
+  private sealing: { base: number; hashes: ActiveHashes }[] = []
+  /** Run writes in flight (also of segments deleted meanwhile): `sealed()` waits for them. */
+  private runWrites = new Set<Promise<void>>()
   private active = new ActiveHashes()
   /** Queued entries and their hashes, written by the next flush. */
   /** Filled parts of earlier chunks, then the current chunk up to `chunkPos`: what the next flush writes. */
@@ -445,47 +453,50 @@ export class IndexLog {
     return this.writeRun(base, hashes)
   }
 
-  private writeRun(base: number, h: ActiveHashes): Run {
+  /**
+   * Writes the run of a sealed segment's hashes: sorted and laid out here (CPU only), written off the
+   * event loop (temp file, fdatasync, rename, directory fsync: the run of a segment of 16 MiB is a few
+   * MiB, and a synchronous write with its fsyncs stalled every connection of the broker for tens of ms
+   * on a busy disk). A run that is missing or incomplete after a crash is rebuilt at open.
+   */
+  private async writeRun(base: number, h: ActiveHashes): Promise<Run> {
     const n = h.n
     // Sorted by h1 (entries with equal h1 in log order): runs are scanned by h1, matched on (h1, h2).
-    // A native sort of h1 * 2^21 + index (exact in a double) instead of a comparator: ~10x faster.
-    const order = new Uint32Array(n)
-    if (n < 2 ** 21) {
-      const keys = new Float64Array(n)
-      for (let i = 0; i < n; i++) keys[i] = (h.h1[i] as number) * 2 ** 21 + i
-      keys.sort()
-      for (let i = 0; i < n; i++) order[i] = (keys[i] as number) % 2 ** 21
-    } else {
-      for (let i = 0; i < n; i++) order[i] = i
-      order.sort((a, b) => (h.h1[a] as number) - (h.h1[b] as number) || a - b)
-    }
+    const order = await orderByH1(h.h1, n)
     const fenceCount = Math.ceil(n / FENCE_STEP)
-    const buf = Buffer.alloc(RUN_HEADER_BYTES + fenceCount * 4 + n * RUN_ENTRY_BYTES)
+    const entriesAt = RUN_HEADER_BYTES + fenceCount * 4
+    // Buffer.alloc never hands out a slice of the shared pool: byteOffset 0, so the entries (at a
+    // multiple of 4) can be filled as 32-bit words, then turned big-endian at once (swap32, native):
+    // 3 typed-array stores per entry instead of 3 writeUInt32BE calls (~20x faster on 200k entries).
+    const buf = Buffer.alloc(entriesAt + n * RUN_ENTRY_BYTES)
+    const words = new Uint32Array(buf.buffer, buf.byteOffset + entriesAt, n * 3)
     const fence = new Uint32Array(fenceCount)
-    let o = RUN_HEADER_BYTES + fenceCount * 4
-    for (let i = 0; i < n; i++) {
-      const k = order[i] as number
-      const h1 = h.h1[k] as number
-      if (i % FENCE_STEP === 0) {
-        fence[i / FENCE_STEP] = h1
-        buf.writeUInt32BE(h1, RUN_HEADER_BYTES + (i / FENCE_STEP) * 4)
+    await sliced(n, (from, to) => {
+      for (let i = from, w = from * 3; i < to; i++, w += 3) {
+        const k = order[i] as number
+        const h1 = h.h1[k] as number
+        if (i % FENCE_STEP === 0) fence[i / FENCE_STEP] = h1
+        words[w] = h1
+        words[w + 1] = h.h2[k] as number
+        words[w + 2] = (h.off[k] as number) - base
       }
-      buf.writeUInt32BE(h1, o)
-      buf.writeUInt32BE(h.h2[k] as number, o + 4)
-      buf.writeUInt32BE((h.off[k] as number) - base, o + 8)
-      o += RUN_ENTRY_BYTES
-    }
+    })
+    if (LITTLE_ENDIAN && n > 0) buf.subarray(entriesAt).swap32()
+    for (let j = 0; j < fenceCount; j++) buf.writeUInt32BE(fence[j] as number, RUN_HEADER_BYTES + j * 4)
     buf.writeUInt32BE(RUN_MAGIC, 0)
     buf.writeUInt32BE(n, 4)
     buf.writeUInt32BE(FENCE_STEP, 8)
     buf.writeUInt32BE(crc32cRange(buf, RUN_HEADER_BYTES, RUN_HEADER_BYTES + fenceCount * 4), 12)
     const file = this.runFile(base)
     try {
-      writeFileAtomicSync(file, buf)
+      await writeRunFile(file, buf)
+      const fd = await new Promise<number>((resolve, reject) => {
+        fs.open(file, 'r', (err, fd) => (err ? reject(err) : resolve(fd)))
+      })
+      return { base, file, fd, count: n, fence }
     } catch (err) {
       throw fsError(err, `writing ${file}`)
     }
-    return { base, file, fd: fs.openSync(file, 'r'), count: n, fence }
   }
 
   // ---- writing ----
@@ -630,7 +641,7 @@ export class IndexLog {
       const after = this.log.activeBase
       if (hadSegment && after !== before && this.active.n > 0) {
         // The log rolled: the previous segment is sealed; its hashes go to a run file.
-        this.runs.push(this.writeRun(before, this.active))
+        this.seal(before, this.active)
         this.active = new ActiveHashes()
       }
       let off = start
@@ -642,6 +653,40 @@ export class IndexLog {
       this.flushing = undefined
     })
     return this.flushing
+  }
+
+  /**
+   * Writes the run of the sealed segment at `base` in the background (flushes go on meanwhile):
+   * lookups search `hashes` until the run is in `runs`.
+   */
+  private seal(base: number, hashes: ActiveHashes): void {
+    const entry = { base, hashes }
+    const done: Promise<void> = this.writeRun(base, hashes).then(
+      (run) => {
+        if (!this.sealing.includes(entry)) {
+          // Deleted by retention, or the index closed, while it was written.
+          closeQuietly(run.fd)
+          if (!this.closed) fs.rmSync(run.file, { force: true })
+          return
+        }
+        this.sealing.splice(this.sealing.indexOf(entry), 1)
+        this.runs.push(run)
+        this.runs.sort((a, b) => a.base - b.base)
+      },
+      (err: unknown) => {
+        // The hashes stay in memory (lookups still find the segment's entries); the next open
+        // finds no usable run and rebuilds it.
+        this.logger.warn({ err, base }, 'index run write failed; kept in memory')
+      },
+    )
+    this.sealing.push(entry)
+    this.runWrites.add(done)
+    void done.finally(() => this.runWrites.delete(done))
+  }
+
+  /** Resolves when every run write started so far has ended (written, or failed and kept in memory). */
+  async sealed(): Promise<void> {
+    while (this.runWrites.size > 0) await Promise.all([...this.runWrites])
   }
 
   async sync(): Promise<void> {
@@ -658,8 +703,10 @@ export class IndexLog {
     const h2 = fnv1a(kb)
     const offsets: number[] = []
     for (const run of [...this.runs]) await this.searchRun(run, h1, h2, offsets)
-    const a = this.active
-    for (let i = 0; i < a.n; i++) if (a.h1[i] === h1 && a.h2[i] === h2) offsets.push(a.off[i] as number)
+    for (const a of [...this.sealing.map((e) => e.hashes), this.active])
+      for (let i = 0; i < a.n; i++) if (a.h1[i] === h1 && a.h2[i] === h2) offsets.push(a.off[i] as number)
+    // Oldest first: index-log offsets grow with time (runs and sealed segments may finish out of order).
+    offsets.sort((x, y) => x - y)
     const out: IndexEntry[] = []
     for (const off of offsets) {
       const e = await this.readEntry(off)
@@ -720,6 +767,8 @@ export class IndexLog {
     for (const s of this.log.segments()) {
       if (s.base === this.log.activeBase || s.mtimeMs >= time) break
       this.log.deleteOldest()
+      // A run still being written is closed and removed when its write ends (see `seal`).
+      this.sealing = this.sealing.filter((e) => e.base !== s.base)
       const k = this.runs.findIndex((r) => r.base === s.base)
       if (k >= 0) {
         const r = this.runs[k] as Run
@@ -733,14 +782,16 @@ export class IndexLog {
   }
 
   get segmentCount(): number {
-    return this.runs.length + 1
+    return this.runs.length + this.sealing.length + 1
   }
 
   async close(): Promise<void> {
     try {
       await this.sync()
+      await this.sealed()
     } finally {
       this.closed = true
+      this.sealing = []
       for (const r of this.runs) closeQuietly(r.fd)
       this.runs = []
       this.log.close()
@@ -752,10 +803,89 @@ export class IndexLog {
     this.closed = true
     this.pending = []
     this.pendingBytes = 0
+    this.sealing = []
     for (const r of this.runs) closeQuietly(r.fd)
     this.runs = []
     this.log.close()
   }
+}
+
+let tmpSeq = 0
+
+const LITTLE_ENDIAN = os.endianness() === 'LE'
+
+/** Entries handled per turn of the event loop while a run is built (a few ms of work). */
+const SLICE = 32 * 1024
+
+/** Runs `body` over [0, n) in slices of SLICE, letting the event loop run between them. */
+async function sliced(n: number, body: (from: number, to: number) => void): Promise<void> {
+  for (let from = 0; from < n; from += SLICE) {
+    if (from > 0) await new Promise<void>((resolve) => setImmediate(resolve))
+    body(from, Math.min(n, from + SLICE))
+  }
+}
+
+/**
+ * Indexes 0..n-1 ordered by h1[i], equal h1 in index order (log order): a stable LSD radix sort in
+ * two passes of 16 bits, in slices (see `sliced`). A native sort of doubles (h1 * 2^21 + i) took
+ * 0.1-0.5 s of the event loop for a sealed 16 MiB segment (~240k entries) on a loaded 2-core VM.
+ */
+export async function orderByH1(h1: Uint32Array, n: number): Promise<Uint32Array> {
+  const low = new Uint32Array(n)
+  const out = new Uint32Array(n)
+  const count = new Uint32Array(65537)
+  const pass = async (
+    digit: (v: number) => number,
+    read: (i: number) => number,
+    into: Uint32Array,
+  ): Promise<void> => {
+    count.fill(0)
+    await sliced(n, (from, to) => {
+      // The histogram does not depend on the order read: h1 in index order.
+      for (let i = from; i < to; i++) {
+        const b = digit(h1[i] as number) + 1
+        count[b] = (count[b] as number) + 1
+      }
+    })
+    for (let j = 0; j < 65536; j++) count[j + 1] = (count[j + 1] as number) + (count[j] as number)
+    await sliced(n, (from, to) => {
+      for (let i = from; i < to; i++) {
+        const k = read(i)
+        const b = digit(h1[k] as number)
+        into[count[b] as number] = k
+        count[b] = (count[b] as number) + 1
+      }
+    })
+  }
+  await pass(
+    (v) => v & 0xffff,
+    (i) => i,
+    low,
+  )
+  await pass(
+    (v) => v >>> 16,
+    (i) => low[i] as number,
+    out,
+  )
+  return out
+}
+
+/**
+ * Replaces a run file atomically and durably (temp file, fdatasync, rename, directory fsync), off the
+ * event loop. The temp name is unique: a run may be written again (rebuilt at open) while an earlier
+ * write of it is still going on (a store abandoned in a test, as a crash would leave it).
+ */
+async function writeRunFile(file: string, data: Buffer): Promise<void> {
+  const tmp = `${file}.${process.pid}-${++tmpSeq}.tmp`
+  const fh = await fs.promises.open(tmp, 'w')
+  try {
+    await fh.writeFile(data)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+  await fs.promises.rename(tmp, file)
+  await fsyncDirAsync(path.dirname(file))
 }
 
 function readAt(fd: number, buf: Buffer, length: number, position: number): Promise<number> {

@@ -108,6 +108,7 @@ t.test(
       t.equal(sum('orders', 'billing', 'dead'), 1)
     }
     await check('live')
+    await s.index?.sealed() // runs are written in the background
     t.ok(fs.readdirSync(path.join(dir, 'indexrun')).length > 0, 'sealed index segments have runs')
     await s.close()
     s = await open(dir, opts)
@@ -149,6 +150,7 @@ t.test('query - retention removes messages and their index segments', async (t) 
   t.equal((await byId(s, 'r-59')).messages.length, 1, 'a retained one is')
   const indexSegsAfter = s.index?.log.segments().length ?? 0
   t.ok(indexSegsAfter < indexSegsBefore, `index segments removed (${indexSegsBefore} -> ${indexSegsAfter})`)
+  await s.index?.sealed() // runs are written in the background
   const runs = fs.readdirSync(path.join(dir, 'indexrun'))
   t.equal(runs.length, indexSegsAfter - 1, 'one run per sealed index segment left')
 })
