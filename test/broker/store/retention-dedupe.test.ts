@@ -25,7 +25,7 @@ t.test('store - a message id seen within the window is stored once, also after a
     { sequence: 2, duplicate: true },
   ])
   t.same(await store.append([rec('other', { id: 'x1' })]), [{ sequence: 0, duplicate: false }], 'per subject')
-  store.abandon()
+  await store.abandon()
   store = await open(dir, { clock, dedupeWindowMs: 60_000 })
   t.same(await store.append([rec('d', { id: 'x2' })]), [{ sequence: 1, duplicate: true }], 'rebuilt on open')
   clock.advance(60_001)
