@@ -279,8 +279,8 @@ export class FileMessageStore implements MessageStore {
     this.mlog.abandon()
     const settling: Promise<unknown>[] = [this.alog.abandon()]
     for (const s of this.subjectsIndex.map.values()) settling.push(s.consume.abandon())
-    this.index?.abandon()
-    this.history?.abandon()
+    if (this.index) settling.push(this.index.abandon())
+    if (this.history) settling.push(this.history.abandon())
     if (this.checkpointing) settling.push(this.checkpointing)
     return Promise.allSettled(settling).then(() => undefined)
   }

@@ -4,6 +4,7 @@ import t from 'tap'
 import { ManualClock } from '../../../src/common/clock'
 import { encodeRecord, readRecordHeader } from '../../../src/common/record'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
+import { type FsIo, nodeFsIo } from '../../../src/broker/store/fs-io'
 import type { AppendInput } from '../../../src/broker/store/types'
 import {
   type Action,
@@ -168,10 +169,9 @@ t.test(
   'ordered - a crashed store (abandon) writes nothing more; the reopened one reads what it left',
   async (t) => {
     // The property test below crashes the store (abandon) and reopens the directory at once. The old
-    // store went on writing what it had queued (the action log's batch, scheduled for the next turn)
-    // into files the new one had already sized and read: the new one then wrote over it, and state
-    // built from what the old one wrote late came back at a later recovery (messages the group never
-    // saw acked counted as settled). A kill -9 writes nothing after it.
+    // store went on writing what it had queued (the action log's batch, written on the next turn of
+    // the event loop) into files the reopened one had already sized and read, and wrote over. A kill -9
+    // writes nothing after it.
     const dir = t.testdir()
     const opts = { flush: 'async', actionFlush: 'async' } as const
     const store = await open(dir, opts)
@@ -197,6 +197,40 @@ t.test(
     t.match(again.backlog('s', 'g')[0], { waiting: 1, inFlight: 3 })
   },
 )
+
+t.test('ordered - a crashed store closes no descriptor under a write in flight', async (t) => {
+  // The property test's lost messages: abandon() closed the index log's descriptor while its write
+  // was in flight. The store reopened at once got that number for one of its files (its message log)
+  // and the index bytes landed there: its recovery cut the log at them and the messages from there on
+  // were gone (the group drained without them). A kill -9 leaves no write to land anywhere.
+  const dir = t.testdir()
+  let gate: Promise<void> | undefined
+  const io: FsIo = {
+    ...nodeFsIo,
+    writev: async (fd, buffers, position) => {
+      if (gate !== undefined) await gate
+      return nodeFsIo.writev(fd, buffers, position)
+    },
+  }
+  const store = await open(dir, { io })
+  await store.append([keyed('s', 'a', 'a0'), keyed('s', undefined, 'u0')])
+  t.equal((await store.pull(pullOpts('s', 'g', 'c'))).length, 2) // index entries queued (DELIVERED)
+  let release = (): void => undefined
+  gate = new Promise((r) => {
+    release = r
+  })
+  const flushed = store.index?.flush() // its write waits at the gate: in flight
+  t.ok(flushed, 'the index is on (the default)')
+  const crashed = store.abandon()
+  // The next file opened takes the lowest free descriptor number (as the reopened store's files did).
+  const victim = path.join(dir, 'opened-after-the-crash')
+  const fd = fs.openSync(victim, 'w+')
+  release()
+  await flushed?.catch(() => undefined)
+  await crashed
+  fs.closeSync(fd)
+  t.equal(fs.statSync(victim).size, 0, 'the write in flight did not land in a file opened after the crash')
+})
 
 t.test('ordered - key queues survive a clean restart and a crash', async (t) => {
   for (const how of ['close', 'crash'] as const) {
