@@ -37,7 +37,7 @@ async function main(): Promise<void> {
     const store = await openMessageStore(storeOptions(dir))
     const pool = new RecordPool('subject-0', 4096)
     for (let i = 0; i < Math.ceil(Number(tailArg) / 1024); i += 256) await store.append(pool.take(256))
-    store.abandon()
+    await store.abandon()
     process.stdout.write('{"ms":0,"replayed":0}\n')
     process.exit(0)
   }

@@ -297,6 +297,8 @@ export class ActionLog {
   private scheduled = false
   private retryTimer: NodeJS.Timeout | undefined
   private closed = false
+  /** abandon(): nothing more is written, not even what is queued (a crash). */
+  private abandoned = false
   /** Set when a batch whose fdatasync failed could not be cut off: nothing is written any more. */
   failed: QmqError | undefined
 
@@ -339,7 +341,7 @@ export class ActionLog {
     if (this.running) return
     this.running = true
     try {
-      while (this.queue.length > 0) {
+      while (this.queue.length > 0 && !this.abandoned) {
         const batch = this.queue.slice(0, 4096)
         let bytes = 0
         for (const p of batch) bytes += p.buf.length
@@ -433,8 +435,20 @@ export class ActionLog {
     this.log.close()
   }
 
-  abandon(): void {
+  /**
+   * Stops as a crash does: nothing queued is written (its waiters are rejected with
+   * QMQ_ERR_STORE_CLOSED) and no write starts any more. Resolves once the write in flight, if any,
+   * is over: from then on the files hold what a restarted process would find.
+   */
+  async abandon(): Promise<void> {
     this.closed = true
+    this.abandoned = true
     if (this.retryTimer) clearTimeout(this.retryTimer)
+    this.retryTimer = undefined
+    const queued = this.queue
+    this.queue = []
+    const closed = new QmqError('QMQ_ERR_STORE_CLOSED')
+    for (const p of queued) for (const w of p.waiters) w.reject(closed)
+    while (this.running) await new Promise((r) => setImmediate(r))
   }
 }

@@ -56,6 +56,8 @@ export class ConsumeLog {
   private memBase: number
   private memCount = 0
   private flushing: Promise<void> | undefined
+  /** abandon(): no write starts any more (a crash). */
+  private abandoned = false
 
   constructor(opts: ConsumeLogOptions) {
     this.subject = opts.subject
@@ -142,6 +144,7 @@ export class ConsumeLog {
 
   /** Writes in-memory entries that are not in the files yet, then trims memory. */
   flush(): Promise<void> {
+    if (this.abandoned) return Promise.resolve()
     if (!this.flushing) {
       this.flushing = this.doFlush().finally(() => {
         this.flushing = undefined
@@ -151,7 +154,7 @@ export class ConsumeLog {
   }
 
   private async doFlush(): Promise<void> {
-    for (;;) {
+    while (!this.abandoned) {
       const fileEnd = this.fileEntries
       const end = this.nextSeq
       if (fileEnd >= end) break
@@ -240,6 +243,15 @@ export class ConsumeLog {
   /** Deletes whole segments holding only sequences below `seq`. */
   deleteBefore(seq: number): void {
     this.log.deleteBefore(seq * ENTRY_BYTES)
+  }
+
+  /**
+   * Stops as a crash does: no write starts any more (entries only in memory stay unwritten).
+   * Resolves once the write in flight, if any, is over.
+   */
+  async abandon(): Promise<void> {
+    this.abandoned = true
+    await this.flushing?.catch(() => undefined)
   }
 
   close(): void {

@@ -87,6 +87,8 @@ export class FileMessageStore implements MessageStore {
   private closed = false
   private locks = new WeakMap<GroupState, Promise<unknown>>()
   private checkpointing: Promise<void> | undefined
+  /** abandon() was called: nothing may be written any more. */
+  private abandoned = false
   /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
   private previousActionLogOffset = 0
   private retaining: Promise<number> | undefined
@@ -275,16 +277,26 @@ export class FileMessageStore implements MessageStore {
     await this.history?.close()
   }
 
-  /** Stops everything without flushing, syncing or checkpointing: what a crash leaves (tests, benchmarks). */
-  abandon(): void {
+  /**
+   * Stops everything without flushing, syncing or checkpointing: what a crash leaves (tests,
+   * benchmarks). From the call on, no write starts: actions queued for the action log, consume-log
+   * entries still in memory and a checkpoint under way are never written (a kill -9 writes nothing
+   * either). Resolves once the writes already in flight are over; a test that reopens the directory
+   * awaits it, or the old store's last writes could land in files the new one has already read.
+   */
+  abandon(): Promise<void> {
     this.closed = true
+    this.abandoned = true
     for (const t of this.timers) clearInterval(t)
     void this.indexBuild?.stop()
     this.retryAlarm.close()
     this.mlog.abandon()
-    this.alog.abandon()
-    this.index?.abandon()
-    this.history?.abandon()
+    const settling: Promise<unknown>[] = [this.alog.abandon()]
+    for (const s of this.subjectsIndex.map.values()) settling.push(s.consume.abandon())
+    if (this.index) settling.push(this.index.abandon())
+    if (this.history) settling.push(this.history.abandon())
+    if (this.checkpointing) settling.push(this.checkpointing)
+    return Promise.allSettled(settling).then(() => undefined)
   }
 
   /**
@@ -883,6 +895,7 @@ export class FileMessageStore implements MessageStore {
     const actionLogOffset = await mark
     await this.alog.sync()
     await this.index?.sync()
+    if (this.abandoned) return // a crash meanwhile: no checkpoint, nothing deleted
     await writeCheckpoint(this.dirs.checkpoint, {
       version: 1,
       createdAt: this.clock.now(),

@@ -278,10 +278,14 @@ export class History {
     this.seglog.close()
   }
 
-  /** Stops without writing (a crash; tests). */
-  abandon(): void {
+  /**
+   * Stops without writing (a crash; tests). The log is closed once the write in flight is over (see
+   * IndexLog.abandon: a descriptor closed under a write hands the write to the next file opened).
+   */
+  async abandon(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
     this.closed = true
+    await this.writing
     this.seglog.close()
   }
 }

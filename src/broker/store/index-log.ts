@@ -798,12 +798,18 @@ export class IndexLog {
     }
   }
 
-  /** Stops without writing what is queued (a crash; tests). */
-  abandon(): void {
+  /**
+   * Stops without writing what is queued (a crash; tests). The descriptors are closed only once the
+   * write in flight is over: closed under it, their numbers went to the next files opened (a store
+   * reopened on the directory) and the write landed in one of those (its message log).
+   */
+  async abandon(): Promise<void> {
     this.closed = true
     this.pending = []
     this.pendingBytes = 0
     this.sealing = []
+    await this.flushing?.catch(() => undefined)
+    await this.sealed() // a run written in the background: closed, not installed (sealing is empty)
     for (const r of this.runs) closeQuietly(r.fd)
     this.runs = []
     this.log.close()

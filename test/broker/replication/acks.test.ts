@@ -212,7 +212,7 @@ t.test(
     await c.close()
     await slave.close()
     // The master crashes; its last two records were never fdatasynced and are gone after restart.
-    ;(master.messageStore as FileMessageStore).abandon()
+    await (master.messageStore as FileMessageStore).abandon()
     await master.close()
     cutLog(path.join(mDir, 'messagelog'), synced)
     cutLog(path.join(mDir, 'actionlog'), syncedActions)

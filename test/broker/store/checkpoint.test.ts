@@ -59,7 +59,7 @@ for (const damage of ['corrupt', 'missing'] as const) {
     let store = await open(dir, opts(clock))
     await buildState(store)
     t.ok(store.alog.log.startOffset > 0, 'checkpoints deleted old action-log segments')
-    store.abandon()
+    await store.abandon()
     // Reference: a clean reopen of a copy of the same files.
     const copy = `${dir}-copy`
     fs.cpSync(dir, copy, { recursive: true })
@@ -67,7 +67,7 @@ for (const damage of ['corrupt', 'missing'] as const) {
     const clean = await open(copy, opts(clock))
     t.equal(clean.recoveryReport?.checkpoint, 'current')
     const expected = await stateOf(clean)
-    clean.abandon()
+    await clean.abandon()
 
     const file = path.join(dir, 'checkpoint', 'checkpoint.json')
     if (damage === 'corrupt') fs.writeFileSync(file, '{"version":1,"messageLogOff')

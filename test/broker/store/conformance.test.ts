@@ -156,7 +156,7 @@ for (const policy of POLICIES) {
       // An at-least-once pull answers before its hand-out is written: wait for the writes.
       await store.alog.drain()
       await store.mlog.idle()
-      store.abandon()
+      await store.abandon()
       store = await open(dir, base(clock))
       t.teardown(() => store.close())
       t.same(store.recoveryReport?.truncated, [], 'nothing torn')

@@ -92,7 +92,7 @@ t.test(
     await store.nack('s', 'g', 'c', [0])
     t.match(store.backlog('s', 'g')[0], { retrying: 1, inFlight: 1 })
     // Crash: the retry state and the count come back from checkpoint + action log.
-    store.abandon()
+    await store.abandon()
     store = await open(dir, opts)
     clock.advance(1999)
     t.same(await store.pull(pullOpts('s', 'g', 'c')), [], 'second backoff is 2 s')

@@ -92,7 +92,7 @@ t.test(
       [[0, 1]],
     )
     await until(() => faults.sync.actionlog === 0 && store.alog.pendingCount === 0, 'the retried write')
-    store.abandon() // a crash: the replay of the action log rebuilds the state
+    await store.abandon() // a crash: the replay of the action log rebuilds the state
     store = await open(dir, { actionFlush: 'sync', checkpointIntervalMs: 3_600_000 })
     t.teardown(() => store.close())
     const held = await store.pull(pullOpts('s', 'g', 'c', { resumeHeld: true }))
@@ -142,7 +142,7 @@ t.test(
       seen.map((m) => bodyOf(m.record)),
       ['kept'],
     )
-    store.abandon() // a crash: recovery scans the message log, rejected batch included
+    await store.abandon() // a crash: recovery scans the message log, rejected batch included
 
     store = await open(dir, { checkpointIntervalMs: 3_600_000 })
     t.teardown(() => store.close())

@@ -44,7 +44,7 @@ t.test('store - forgetGroup removes a group once its consumers are gone, and sta
 
   // Replayed from the action log after a crash (no checkpoint since), and after a checkpoint.
   await store.alog.drain()
-  store.abandon()
+  await store.abandon()
   store = await open(dir, opts)
   t.same(
     store.backlog('s').map((b) => b.group),

@@ -146,7 +146,7 @@ t.test('index build - a crash in the middle of a build resumes it with no gap', 
   await store.mlog.idle()
   await store.index?.flush()
   t.ok(store.indexBuilding !== undefined, 'the process dies in the middle of the build')
-  store.abandon()
+  await store.abandon()
   store = await open(dir, { segmentBytes: 16 * 1024 })
   t.teardown(() => store.close())
   await until('index built', () => store.indexBuilding === undefined)

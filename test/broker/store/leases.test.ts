@@ -84,7 +84,7 @@ t.test('leases - expiries survive a crash; held messages get a fresh lease on op
   clock.advance(600)
   store.sweep() // 0 and 1 expire (EXPIRE action); 2 is still held
   await store.alog.drain()
-  store.abandon()
+  await store.abandon()
 
   clock.advance(5_000) // longer than the lease: 2 keeps its hand-out only through the fresh lease
   const again = await open(dir, { clock, leaseMs: 1000 })

@@ -36,7 +36,7 @@ t.test('store - crash without close loses nothing resolved under flush sync', as
     appends.push(store.append([rec('crash', { body: `m${i}` })]))
   }
   await Promise.all(appends)
-  store.abandon() // no flush, no checkpoint, no close
+  await store.abandon() // no flush, no checkpoint, no close
   const again = await open(dir)
   t.teardown(() => again.close())
   t.equal(again.recoveryReport?.replayedRecords, 300)
@@ -108,7 +108,7 @@ t.test('store - a flipped bit is detected, the damaged record skipped and report
   const dir = t.testdir()
   const store = await open(dir)
   for (let i = 0; i < 10; i++) await store.append([rec('flip', { body: `f${i}` })])
-  store.abandon()
+  await store.abandon()
   // Recovery verifies from the checkpoint on: remove it so the whole log is verified.
   fs.rmSync(path.join(dir, 'checkpoint'), { recursive: true })
   const seg = path.join(dir, 'messagelog', fs.readdirSync(path.join(dir, 'messagelog')).sort()[0] as string)

@@ -118,7 +118,7 @@ t.test(
     // A crash before the index was written, and an index lost altogether: rebuilt from the message log.
     s = await open(dir, opts)
     await s.append([keyed('orders', 'late-1', ['late'])])
-    s.abandon()
+    await s.abandon()
     s = await open(dir, opts)
     t.equal((await byId(s, 'late-1')).messages.length, 1, 'indexed after a crash')
     await s.close()

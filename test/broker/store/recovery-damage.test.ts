@@ -42,7 +42,7 @@ for (const [damage, apply] of Object.entries(damages)) {
     const dir = t.testdir()
     const store = await open(dir, { checkpointIntervalMs: 600_000 })
     for (let i = 0; i < N; i++) await store.append([rec('d', { body: body(i) })])
-    store.abandon() // a crash: recovery scans (and verifies) everything after the checkpoint at 0
+    await store.abandon() // a crash: recovery scans (and verifies) everything after the checkpoint at 0
     const { file, buf, starts } = frames(dir)
     const pos = starts[DAMAGED] as number
     const len = buf.readUInt32BE(pos)
@@ -88,7 +88,7 @@ t.test('recovery - damage with no valid record after it is a torn tail, still cu
   const dir = t.testdir()
   const store = await open(dir, { checkpointIntervalMs: 600_000 })
   for (let i = 0; i < 10; i++) await store.append([rec('d', { body: body(i) })])
-  store.abandon()
+  await store.abandon()
   const { file, buf, starts } = frames(dir)
   const pos = starts[9] as number
   damages['eight flipped bytes of a frame header']?.(buf, pos)
@@ -170,7 +170,7 @@ t.test('recovery - resynchronisation does not trust a frame found inside a messa
   for (let i = 0; i < 30; i++) {
     await store.append([rec('d', { body: i === 10 ? Buffer.concat([Buffer.from('x'), forged]) : body(i) })])
   }
-  store.abandon()
+  await store.abandon()
   const { file, buf, starts } = frames(dir)
   damages['eight flipped bytes of a frame header']?.(buf, starts[10] as number)
   fs.writeFileSync(file, buf)

@@ -29,7 +29,7 @@ t.test('store - a message id seen within the window is stored once, also after a
     [{ sequence: 0, duplicate: false }],
     'per subject',
   )
-  store.abandon()
+  await store.abandon()
   store = await open(dir, { clock, dedupeWindowMs: 60_000 })
   t.same(
     sd(await store.append([rec('d', { id: 'x2' })])),

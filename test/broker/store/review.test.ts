@@ -157,7 +157,7 @@ t.test('store review - a dead letter handed out again by a cursor reset is no lo
   t.same(await store.listDeadLetters('s', 'g'), [], 'consumed: not listed as dead')
   t.equal(await store.redriveDeadLetters('s', 'g'), 0, 'nothing to redrive')
   t.match(store.backlog('s', 'g')[0], { deadLettered: 0, inFlight: 0 })
-  store.abandon()
+  await store.abandon()
   store = await open(dir)
   t.teardown(() => store.close())
   t.match(store.backlog('s', 'g')[0], { deadLettered: 0, inFlight: 0 }, 'the same after a crash')
@@ -201,7 +201,7 @@ t.test(
     // The broadcast pull answered before its hand-out was written (at-least-once pulls do not wait):
     // the crash comes once everything applied is in the action log.
     await store.alog.drain()
-    store.abandon()
+    await store.abandon()
     store = await open(dir, opts)
     t.teardown(() => store.close())
     t.same(store.backlog('s'), before.backlog, 'same backlog (group and broadcast)')
