@@ -172,7 +172,10 @@ async function relay(t: Test, target: number) {
     for (const s of open) s.destroy()
     server.close()
   })
-  return { address: `127.0.0.1:${port}`, open, cut: () => [...open].forEach((s) => s.destroy()) }
+  const cut = () => {
+    for (const s of [...open]) s.destroy()
+  }
+  return { address: `127.0.0.1:${port}`, open, cut }
 }
 
 t.test('follower - its loops share one connection, also after the master moves', async (t) => {
