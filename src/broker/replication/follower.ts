@@ -74,6 +74,14 @@ export interface FollowerLayout {
   logs: readonly { kind: ReplicatedLogValue; dir: string; check: ScanCheck }[]
   /** Runs beside the copy loops while the follower runs (on its connection: `request`). */
   sideLoop(follower: ReplicationFollower): Promise<void>
+  /**
+   * The copy of log `kind` was cut back to `offset` (the master's TRUNCATE or RESET, or a chunk that
+   * failed to sync): what the layout derived from bytes past it may be another master's. Synchronous,
+   * called before the copy asks for anything more.
+   */
+  onCut?(kind: ReplicatedLogValue, offset: number): void
+  /** The follower now follows another master (another address, or a new epoch) than before. */
+  onMasterChange?(master: string | undefined, epoch: number): void
 }
 
 export interface FollowerStatus {
@@ -286,7 +294,10 @@ export class ReplicationFollower {
   private async connect(): Promise<Connection | undefined> {
     const master = await this.opts.findMaster()
     if (master === undefined || !this.running) return undefined
-    if (master !== this.master) this.log.info({ master }, 'slave: following master')
+    if (master !== this.master) {
+      this.log.info({ master }, 'slave: following master')
+      if (this.master !== undefined) this.opts.layout?.onMasterChange?.(master, this.epoch)
+    }
     this.master = master
     this.conn = new Connection({
       address: master,
@@ -353,6 +364,7 @@ export class ReplicationFollower {
             await log.truncate(copy.durable)
             await log.sync()
             wanted = log.endOffset
+            this.opts.layout?.onCut?.(copy.kind, copy.durable)
           }
           conn = await this.connection()
           if (conn === undefined) {
@@ -389,6 +401,7 @@ export class ReplicationFollower {
               await log.sync()
               copy.durable = log.endOffset
               this.dropCheckpointPast()
+              this.opts.layout?.onCut?.(copy.kind, log.endOffset)
             }
             wanted = log.endOffset
             continue
@@ -404,6 +417,7 @@ export class ReplicationFollower {
             log.deleteBefore(res.offset)
             await log.sync()
             copy.durable = log.endOffset
+            this.opts.layout?.onCut?.(copy.kind, log.endOffset)
             wanted = log.endOffset
             continue
           }
@@ -479,6 +493,7 @@ export class ReplicationFollower {
     const copies = this.copies ?? []
     if (copies.every((c) => c.epoch === epoch) && epoch > this.epoch) {
       this.epoch = epoch
+      this.opts.layout?.onMasterChange?.(this.master, epoch)
       writeEpochs(this.opts.dataDir, { epoch, history: this.history })
       this.log.info({ epoch }, 'slave: following the master of a new epoch')
     }
