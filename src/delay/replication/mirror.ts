@@ -441,6 +441,13 @@ export class DelayMirror {
       } catch (err) {
         if (!f.active) return
         this.lastError = toQmqError(err).message
+        // The master moves its snapshot on as it answers a page: after a lost answer or a page not
+        // written here, asking for the next page would skip this one's tombstones (cancelled messages
+        // delivered after a promotion). Another run id makes the master start the snapshot over.
+        if (snapshot) {
+          runId = ''
+          snapshot = false
+        }
         // follower.request dropped the connection and waited; a failed local write waits here.
         if (!(err instanceof QmqError)) await f.pause(1_000)
       }
