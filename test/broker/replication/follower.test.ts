@@ -7,6 +7,7 @@ import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
 import { type FollowerOptions, ReplicationFollower } from '../../../src/broker/replication/follower'
 import { type FsIo, nodeFsIo } from '../../../src/broker/store'
+import { checkFrame } from '../../../src/broker/store/message-log'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
 import { message, sendOk } from '../server/ops'
@@ -89,50 +90,57 @@ function messageLogBytes(dataDir: string): Buffer {
   )
 }
 
+/**
+ * The copy's message-log fdatasync fails once, after the first good one. Like the kernel after a
+ * writeback error, it drops what was written since the last good sync: those bytes read back as zeros
+ * (what is on disk), and a later fdatasync succeeds without them.
+ */
+function failOneSync(): { io: FsIo; failures: () => number } {
+  const pending = new Map<number, { from: number; to: number }>()
+  const note = (fd: number, position: number, n: number) => {
+    const p = pending.get(fd)
+    pending.set(fd, {
+      from: Math.min(p?.from ?? position, position),
+      to: Math.max(p?.to ?? 0, position + n),
+    })
+  }
+  let goodSyncs = 0
+  let failed = 0
+  const io: FsIo = {
+    ...nodeFsIo,
+    writev: async (fd, buffers, position) => {
+      const n = await nodeFsIo.writev(fd, buffers, position)
+      note(fd, position, n)
+      return n
+    },
+    write: async (fd, buffer, position) => {
+      const n = await nodeFsIo.write(fd, buffer, position)
+      note(fd, position, n)
+      return n
+    },
+    fdatasync: async (fd) => {
+      const p = pending.get(fd)
+      if (failed === 0 && goodSyncs >= 1 && p !== undefined && pathOf(fd).includes('/messagelog/')) {
+        failed++
+        pending.delete(fd)
+        await nodeFsIo.write(fd, Buffer.alloc(p.to - p.from), p.from)
+        throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })
+      }
+      await nodeFsIo.fdatasync(fd)
+      pending.delete(fd)
+      if (pathOf(fd).includes('/messagelog/')) goodSyncs++
+    },
+  }
+  return { io, failures: () => failed }
+}
+
 t.test(
   'follower - a chunk whose fdatasync failed is copied again, never acknowledged as it is',
   async (t) => {
     const m = await startMaster(t)
     for (let i = 0; i < 30; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
 
-    // The copy's message-log fdatasync fails once, after the first good one. Like the kernel after a
-    // writeback error, it drops what was written since the last good sync: those bytes read back as
-    // zeros (what is on disk), and a later fdatasync succeeds without them.
-    const pending = new Map<number, { from: number; to: number }>()
-    const note = (fd: number, position: number, n: number) => {
-      const p = pending.get(fd)
-      pending.set(fd, {
-        from: Math.min(p?.from ?? position, position),
-        to: Math.max(p?.to ?? 0, position + n),
-      })
-    }
-    let goodSyncs = 0
-    let failed = 0
-    const io: FsIo = {
-      ...nodeFsIo,
-      writev: async (fd, buffers, position) => {
-        const n = await nodeFsIo.writev(fd, buffers, position)
-        note(fd, position, n)
-        return n
-      },
-      write: async (fd, buffer, position) => {
-        const n = await nodeFsIo.write(fd, buffer, position)
-        note(fd, position, n)
-        return n
-      },
-      fdatasync: async (fd) => {
-        const p = pending.get(fd)
-        if (failed === 0 && goodSyncs >= 1 && p !== undefined && pathOf(fd).includes('/messagelog/')) {
-          failed++
-          pending.delete(fd)
-          await nodeFsIo.write(fd, Buffer.alloc(p.to - p.from), p.from)
-          throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })
-        }
-        await nodeFsIo.fdatasync(fd)
-        pending.delete(fd)
-        if (pathOf(fd).includes('/messagelog/')) goodSyncs++
-      },
-    }
+    const { io, failures } = failOneSync()
     const dataDir = freshDir(t)
     const follower = new ReplicationFollower(
       { ...followerOptions(dataDir, async () => m.address), io },
@@ -141,7 +149,7 @@ t.test(
     await follower.start()
     t.teardown(() => follower.close())
     await until('the copy caught up', () => follower.status().messageOffset === m.mend())
-    t.equal(failed, 1, 'one fdatasync failed')
+    t.equal(failures(), 1, 'one fdatasync failed')
     await follower.close()
     const master = messageLogBytes(m.dataDir)
     const copy = messageLogBytes(dataDir)
@@ -207,4 +215,42 @@ t.test('follower - its loops share one connection, also after the master moves',
   await follower.close()
   await until('connections closed', () => r.open.size === 0, 2_000).catch(() => {})
   t.equal(r.open.size, 0, 'no connection left open after close')
+})
+
+t.test('follower - a layout is told of a cut of its copy (a chunk that failed to sync)', async (t) => {
+  const m = await startMaster(t)
+  for (let i = 0; i < 30; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
+  const { io, failures } = failOneSync()
+  const dataDir = freshDir(t)
+  const cuts: [number, number][] = []
+  const follower = new ReplicationFollower(
+    {
+      ...followerOptions(dataDir, async () => m.address),
+      io,
+      layout: {
+        logs: [
+          {
+            kind: 0,
+            dir: path.join(dataDir, 'messagelog'),
+            check: (b, p, e) => checkFrame(b, p, e, 1024 * 1024, true),
+          },
+        ],
+        sideLoop: async () => {},
+        onCut: (kind, offset) => {
+          cuts.push([kind, offset])
+        },
+      },
+    },
+    silentLogger,
+  )
+  await follower.start()
+  t.teardown(() => follower.close())
+  await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+  t.equal(failures(), 1)
+  t.equal(cuts.length, 1, 'one cut reported')
+  const [kind, offset] = cuts[0] as [number, number]
+  t.equal(kind, 0)
+  t.ok(offset > 0 && offset < m.mend(), 'at the durable end before the failed chunk')
+  await follower.close()
+  t.ok(messageLogBytes(dataDir).equals(messageLogBytes(m.dataDir)), 'the copy holds the master bytes')
 })
