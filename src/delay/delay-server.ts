@@ -522,6 +522,8 @@ export class DelayServer {
             },
           ],
           sideLoop: (f) => mirror.run(f),
+          onCut: (kind, offset) => mirror.onCut(kind, offset),
+          onMasterChange: (master, epoch) => mirror.onMasterChange(master, epoch),
         },
       },
       this.log,

@@ -17,6 +17,7 @@ import {
 import { checkAction } from '../store/action-log'
 import { indexDirs } from '../store/index-log'
 import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/checkpoint'
+import type { FsIo } from '../store/fs-io'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
@@ -59,6 +60,8 @@ export interface FollowerOptions {
   tls?: ClientTlsOptions | undefined
   /** What is copied; default the broker's (message and action logs, its checkpoint). */
   layout?: FollowerLayout | undefined
+  /** The copies' file I/O (tests inject faults); default node's. */
+  io?: FsIo | undefined
 }
 
 /**
@@ -71,6 +74,14 @@ export interface FollowerLayout {
   logs: readonly { kind: ReplicatedLogValue; dir: string; check: ScanCheck }[]
   /** Runs beside the copy loops while the follower runs (on its connection: `request`). */
   sideLoop(follower: ReplicationFollower): Promise<void>
+  /**
+   * The copy of log `kind` was cut back to `offset` (the master's TRUNCATE or RESET, or a chunk that
+   * failed to sync): what the layout derived from bytes past it may be another master's. Synchronous,
+   * called before the copy asks for anything more.
+   */
+  onCut?(kind: ReplicatedLogValue, offset: number): void
+  /** The follower now follows another master (another address, or a new epoch) than before. */
+  onMasterChange?(master: string | undefined, epoch: number): void
 }
 
 export interface FollowerStatus {
@@ -107,6 +118,11 @@ export class ReplicationFollower {
   private copies: LogCopy[] | undefined
   private master: string | undefined
   private conn: Connection | undefined
+  /**
+   * The lookup of the master and its connection, while one runs: every loop asking for a connection
+   * meanwhile waits for this one (each making its own would leave all but the last open, unowned).
+   */
+  private connecting: Promise<Connection | undefined> | undefined
   private running = false
   private loops: Promise<void>[] = []
   private sleepers = new Set<() => void>()
@@ -151,7 +167,11 @@ export class ReplicationFollower {
     ]
     const copies: LogCopy[] = []
     for (const spec of specs) {
-      const log = SegmentLog.open({ dir: spec.dir, segmentBytes: Number.MAX_SAFE_INTEGER })
+      const log = SegmentLog.open({
+        dir: spec.dir,
+        segmentBytes: Number.MAX_SAFE_INTEGER,
+        ...(this.opts.io !== undefined ? { io: this.opts.io } : {}),
+      })
       const cuts = await log.recover(log.startOffset, spec.check, () => undefined)
       const name = REPLICATED_LOG_NAMES[spec.kind]
       for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
@@ -216,7 +236,7 @@ export class ReplicationFollower {
     try {
       return (await conn.request(code, body)).body
     } catch (err) {
-      if (this.running) await this.dropConnection(err)
+      if (this.running) await this.dropConnection(err, conn)
       throw err
     }
   }
@@ -259,11 +279,25 @@ export class ReplicationFollower {
     }
   }
 
-  private async connection(): Promise<Connection | undefined> {
-    if (this.conn !== undefined) return this.conn
+  /** The connection to the master, looked up and opened once for all loops asking at the same time. */
+  private connection(): Promise<Connection | undefined> {
+    if (this.conn !== undefined) return Promise.resolve(this.conn)
+    if (this.connecting === undefined) {
+      const connecting = this.connect().finally(() => {
+        if (this.connecting === connecting) this.connecting = undefined
+      })
+      this.connecting = connecting
+    }
+    return this.connecting
+  }
+
+  private async connect(): Promise<Connection | undefined> {
     const master = await this.opts.findMaster()
     if (master === undefined || !this.running) return undefined
-    if (master !== this.master) this.log.info({ master }, 'slave: following master')
+    if (master !== this.master) {
+      this.log.info({ master }, 'slave: following master')
+      if (this.master !== undefined) this.opts.layout?.onMasterChange?.(master, this.epoch)
+    }
     this.master = master
     this.conn = new Connection({
       address: master,
@@ -278,15 +312,18 @@ export class ReplicationFollower {
     return this.conn
   }
 
-  /** A failed request: the master may have moved; look it up again before the next one. */
-  private async dropConnection(err: unknown): Promise<void> {
+  /**
+   * A failed request on `failed`: the master may have moved; look it up again before the next one.
+   * Only `failed` is dropped: another loop may already have dropped it and opened a newer connection,
+   * which stays.
+   */
+  private async dropConnection(err: unknown, failed: Connection | undefined): Promise<void> {
     const e = toQmqError(err)
     if (e.message !== this.lastError)
       this.log.warn({ err: e.message, master: this.master }, 'slave: fetch failed')
     this.lastError = e.message
-    const conn = this.conn
-    this.conn = undefined
-    await conn?.close()
+    if (failed !== undefined && this.conn === failed) this.conn = undefined
+    await failed?.close()
     await this.sleep(this.opts.retryMs)
   }
 
@@ -309,10 +346,27 @@ export class ReplicationFollower {
       writing = undefined
       if (w !== undefined) await w
     }
+    /** The connection of the last request (the one to drop when it fails). */
+    let conn: Connection | undefined
     try {
       while (this.running) {
+        conn = undefined
         try {
-          const conn = await this.connection()
+          // A chunk whose write or fdatasync failed is cut off before anything more is copied: the
+          // kernel may have dropped its pages (marked clean, never written), so a later good fdatasync
+          // would acknowledge bytes that are not on disk. Cut back to what is durable, as the master's
+          // store cuts its log on a failed fdatasync, and ask for the rest again.
+          if (writing === undefined && log.endOffset > copy.durable) {
+            this.log.warn(
+              { log: name, from: log.endOffset, to: copy.durable },
+              'slave: cutting a chunk that failed to sync; copying it again',
+            )
+            await log.truncate(copy.durable)
+            await log.sync()
+            wanted = log.endOffset
+            this.opts.layout?.onCut?.(copy.kind, copy.durable)
+          }
+          conn = await this.connection()
           if (conn === undefined) {
             await this.sleep(this.opts.retryMs)
             continue
@@ -347,6 +401,7 @@ export class ReplicationFollower {
               await log.sync()
               copy.durable = log.endOffset
               this.dropCheckpointPast()
+              this.opts.layout?.onCut?.(copy.kind, log.endOffset)
             }
             wanted = log.endOffset
             continue
@@ -362,6 +417,7 @@ export class ReplicationFollower {
             log.deleteBefore(res.offset)
             await log.sync()
             copy.durable = log.endOffset
+            this.opts.layout?.onCut?.(copy.kind, log.endOffset)
             wanted = log.endOffset
             continue
           }
@@ -397,7 +453,7 @@ export class ReplicationFollower {
           }
           await settle().catch(() => {})
           wanted = log.endOffset
-          await this.dropConnection(err)
+          await this.dropConnection(err, conn)
         }
       }
     } finally {
@@ -437,6 +493,7 @@ export class ReplicationFollower {
     const copies = this.copies ?? []
     if (copies.every((c) => c.epoch === epoch) && epoch > this.epoch) {
       this.epoch = epoch
+      this.opts.layout?.onMasterChange?.(this.master, epoch)
       writeEpochs(this.opts.dataDir, { epoch, history: this.history })
       this.log.info({ epoch }, 'slave: following the master of a new epoch')
     }

@@ -103,6 +103,10 @@ export class DelayMirror {
   private adoptedAt = 0
   private cancelSeq = -1
   private lastError: string | undefined
+  /** Bumped by `forget`: a round that started before it records and adopts nothing. */
+  private generation = 0
+  /** A round is copying (its files may hold what a cut or another master makes wrong). */
+  private copying = false
 
   constructor(opts: DelayMirrorOptions) {
     this.opts = opts
@@ -125,11 +129,7 @@ export class DelayMirror {
       this.log.warn(
         'slave: no copy recorded in this data dir; its derived files are dropped and copied again',
       )
-      for (const d of [SCHEDULE_DIR, DISPATCH_DIR]) {
-        for (const f of fs.readdirSync(path.join(dir, d))) fs.rmSync(path.join(dir, d, f), { force: true })
-      }
-      fs.rmSync(path.join(dir, DEAD_LETTER_FILE), { force: true })
-      fs.rmSync(path.join(dir, CHECKPOINT_FILE), { force: true })
+      this.dropDerived()
     } else {
       this.state = recorded
       // Bytes copied after the last recorded round go (copied again): every file is cut to its record.
@@ -152,6 +152,49 @@ export class DelayMirror {
     const cancels = new CancelLog(path.join(dir, 'cancel.log'), this.log)
     cancels.open(Date.now(), this.opts.tombstoneKeepMs)
     this.cancels = cancels
+  }
+
+  /**
+   * The follower cut the message-log copy back to `offset`. An adopted checkpoint past it names
+   * records this copy no longer holds, and the copied files hold them: the next master may write other
+   * records at those offsets, which a promoted replay starting at the checkpoint would skip. A round
+   * copying meanwhile may be copying such records. Either way everything derived is dropped and copied
+   * again from the master followed now.
+   */
+  onCut(kind: number, offset: number): void {
+    if (kind !== 0) return
+    if (offset >= this.state.checkpoint && !this.copying) return
+    this.forget(`the message-log copy was cut back to ${offset} (checkpoint ${this.state.checkpoint})`)
+  }
+
+  /**
+   * The follower follows another master: the files copied so far (and those of a round in progress)
+   * are another master's, compared by sizes and first offsets that the new one need not share.
+   */
+  onMasterChange(master: string | undefined, epoch: number): void {
+    if (this.state.checkpoint < 0 && !this.copying && this.state.buckets.size === 0) return
+    this.forget(`following another master (${master ?? 'unknown'}, epoch ${epoch})`)
+  }
+
+  /** Drops what this dir recorded, adopted and copied (as `prepare` does with no recorded copy). */
+  private forget(why: string): void {
+    this.log.warn({ why }, 'slave: dropping the copied derived files; they are copied again')
+    this.generation++
+    this.state = { runId: '', checkpoint: -1, deadLetterBytes: 0, buckets: new Map() }
+    // The record first: a restart meanwhile drops whatever is left (prepare), never adopts it.
+    fs.rmSync(path.join(this.opts.dataDir, 'replication', MIRROR_FILE), { force: true })
+    this.dropDerived()
+  }
+
+  /** Deletes the adopted checkpoint and every copied derived file (not the cancel log). */
+  private dropDerived(): void {
+    const dir = this.opts.dataDir
+    fs.rmSync(path.join(dir, CHECKPOINT_FILE), { force: true })
+    for (const d of [SCHEDULE_DIR, DISPATCH_DIR]) {
+      if (!fs.existsSync(path.join(dir, d))) continue
+      for (const f of fs.readdirSync(path.join(dir, d))) fs.rmSync(path.join(dir, d, f), { force: true })
+    }
+    fs.rmSync(path.join(dir, DEAD_LETTER_FILE), { force: true })
   }
 
   /** The follower's side loop: rounds and cancels until it stops; then the cancel log is closed. */
@@ -192,6 +235,7 @@ export class DelayMirror {
   private async roundLoop(f: ReplicationFollower): Promise<void> {
     while (f.active) {
       try {
+        this.copying = true
         await this.round(f)
         this.lastError = undefined
       } catch (err) {
@@ -200,6 +244,8 @@ export class DelayMirror {
         if (e.message !== this.lastError)
           this.log.warn({ err: e.message }, 'slave: copying the derived files failed')
         this.lastError = e.message
+      } finally {
+        this.copying = false
       }
       await f.pause(this.opts.intervalMs)
     }
@@ -207,6 +253,9 @@ export class DelayMirror {
 
   private async round(f: ReplicationFollower): Promise<void> {
     const o = this.opts
+    const generation = this.generation
+    /** Nothing dropped meanwhile (`forget`): this round's files are still the ones to record. */
+    const current = () => f.active && this.generation === generation
     const res = decodeManifestResponse(
       await f.request(
         RequestCode.DELAY_REPL_MANIFEST,
@@ -222,6 +271,7 @@ export class DelayMirror {
     this.masterCheckpoint = m.checkpoint
     // Copied files must only hold records the copied message log holds (see the class comment).
     if (f.copyEnd(0) < m.checkpoint || !f.active) return
+    if (!current()) return
     if (m.checkpoint === this.state.checkpoint && res.runId === this.state.runId && this.same(m)) {
       this.adoptedAt = Date.now()
       return
@@ -234,10 +284,11 @@ export class DelayMirror {
     } else {
       await this.copyRange(f, DEAD_LETTER_FILE, dl, this.state.deadLetterBytes, m.deadLetterBytes)
     }
+    if (!current()) return
     this.state.deadLetterBytes = m.deadLetterBytes
     const listed = new Set<number>()
     for (const [start, first, sched, disp] of m.buckets) {
-      if (!f.active) return
+      if (!current()) return
       listed.add(start)
       const sName = `${SCHEDULE_DIR}/${bucketFileName(start, SCHEDULE_SUFFIX)}`
       const dName = `${DISPATCH_DIR}/${bucketFileName(start, DISPATCH_SUFFIX)}`
@@ -250,14 +301,17 @@ export class DelayMirror {
         this.state.buckets.set(start, held)
       }
       const s = await this.copyRange(f, sName, path.join(dir, sName), held[1], sched)
+      if (!current()) return
       if (s < 0) continue // dropped on the master meanwhile: gone from its next manifest
       held[1] = s
       const d = await this.copyRange(f, dName, path.join(dir, dName), held[2], disp)
+      if (!current()) return
       if (d >= 0) held[2] = d
     }
     await fsyncDirAsync(path.join(dir, SCHEDULE_DIR))
     await fsyncDirAsync(path.join(dir, DISPATCH_DIR))
-    if (!f.active) return
+    // Checked again: the copy may have been cut below the checkpoint while the files were copied.
+    if (!current() || f.copyEnd(0) < m.checkpoint) return
     // Everything the checkpoint covers is durable here: record it, then adopt it.
     const dropped = [...this.state.buckets.keys()].filter((s) => !listed.has(s))
     for (const s of dropped) this.state.buckets.delete(s)
@@ -265,6 +319,11 @@ export class DelayMirror {
     this.state.checkpoint = m.checkpoint
     await writeState(dir, this.state)
     await writeFileAtomic(path.join(dir, CHECKPOINT_FILE), JSON.stringify({ messageLogOffset: m.checkpoint }))
+    if (this.generation !== generation) {
+      // A cut or another master while the record was written: it must not stay.
+      this.forget('the copy changed while its round was recorded')
+      return
+    }
     for (const s of dropped) {
       fs.rmSync(path.join(dir, SCHEDULE_DIR, bucketFileName(s, SCHEDULE_SUFFIX)), { force: true })
       fs.rmSync(path.join(dir, DISPATCH_DIR, bucketFileName(s, DISPATCH_SUFFIX)), { force: true })
@@ -382,6 +441,13 @@ export class DelayMirror {
       } catch (err) {
         if (!f.active) return
         this.lastError = toQmqError(err).message
+        // The master moves its snapshot on as it answers a page: after a lost answer or a page not
+        // written here, asking for the next page would skip this one's tombstones (cancelled messages
+        // delivered after a promotion). Another run id makes the master start the snapshot over.
+        if (snapshot) {
+          runId = ''
+          snapshot = false
+        }
         // follower.request dropped the connection and waited; a failed local write waits here.
         if (!(err instanceof QmqError)) await f.pause(1_000)
       }
