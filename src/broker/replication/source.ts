@@ -16,13 +16,20 @@ import { divergencePoint, type EpochStart } from './epochs'
 
 /**
  * The master's side of replication: answers slaves' REPL_FETCH requests from its own logs, tracks
- * what each slave holds durably, and (under `sync`) holds a SEND's answer until a slave has it.
+ * what each slave holds durably, and (under `sync`) holds a SEND's answer until every in-sync slave
+ * has it.
  *
  * Invariants:
  * - A slave's acknowledgement (a fetch's `acked`, else its offset; common/protocol/replication.ts):
  *   everything before it is written and fdatasynced on the slave. A SEND waiting under `sync` is
- *   released by the first slave whose message-log acknowledgement reaches the end of that SEND's own
- *   records (AppendResult.end; not the log's end, which later SENDs move on while this one waits).
+ *   released once at least one slave is in sync and every in-sync slave's message-log acknowledgement
+ *   reaches the end of that SEND's own records (AppendResult.end; not the log's end, which later SENDs
+ *   move on while this one waits). An out-of-sync slave's acknowledgement counts for nothing: the
+ *   metaserver promotes only slaves the master reports in sync (the report is `status()`'s `inSync`,
+ *   this very predicate), and "most data" ranks by the message log alone, so the rule that keeps
+ *   every acknowledged write (a delay group's CANCELs too) across a promotion is: every candidate
+ *   holds it. `committed` (the highest end released) keeps it true as slaves come and go: a slave
+ *   enters the in-sync set only once it holds everything released so far.
  * - Bytes are shipped as soon as they are written (before the master's own fdatasync), so the two
  *   fdatasyncs overlap. When the master cuts its log (a failed fdatasync rejects its unsynced
  *   batches; segment-log.ts `truncated`), every slave that may hold bytes past the cut is told to
@@ -31,8 +38,9 @@ import { divergencePoint, type EpochStart } from './epochs'
  *   The same after a restart, when the master knows nothing of what it shipped before: a slave's
  *   first fetch of a log past the end the store opened with (recovery may have cut an unsynced tail
  *   the slave had copied) is answered TRUNCATE to that end.
- * - A slave is in sync while it fetched within `inSyncLagMs` and, within that time, acknowledged
- *   everything the master had when it last answered it.
+ * - A slave is in sync while it fetched within `inSyncLagMs`, within that time acknowledged
+ *   everything the master had when it last answered it, has no cut pending, holds at least
+ *   `committed`, and (`slaveReady`) whatever else promotion needs.
  * - The first slave seen is remembered in `<dataDir>/replication/slaves.json`: from then on the
  *   group has a slave, and `sync` refuses writes without an in-sync one (unless `degradedWrites`),
  *   also right after a master restart, before the slave reconnected.
@@ -142,6 +150,13 @@ export class ReplicationSource {
    * holds nothing past it that this run of the master shipped until it fetched once (`verified`).
    */
   private openedEnds: [number, number] = [0, 0]
+  /**
+   * The highest message-log end a `sync` SEND was acknowledged at (released to its producer) in this
+   * run, lowered by a cut: every in-sync slave holds it.
+   */
+  private committed = 0
+  /** Wakes waiting SENDs when a lagging in-sync slave drops out of sync (the others may hold them). */
+  private recheckTimer: NodeJS.Timeout | undefined
 
   constructor(opts: ReplicationSourceOptions, log: Logger) {
     this.opts = opts
@@ -167,6 +182,7 @@ export class ReplicationSource {
     // Progress seen by an earlier run (before a restart or role change) proves nothing now: each slave
     // starts over with its next fetch (and is told to cut what it holds past these ends).
     this.slaves.clear()
+    this.committed = 0
     this.openedEnds = [
       logs.recoveredEnds?.message ?? logs.message.endOffset,
       logs.recoveredEnds?.action ?? logs.action?.endOffset ?? 0,
@@ -188,6 +204,8 @@ export class ReplicationSource {
     for (const u of this.unlisten) u()
     this.unlisten = []
     this.logs = undefined
+    if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
+    this.recheckTimer = undefined
     for (const p of [...this.parked]) p.wake()
     const waiters = this.waiters
     this.waiters = []
@@ -223,13 +241,20 @@ export class ReplicationSource {
 
   /**
    * After a SEND's records were stored (the last of them ends at message-log offset `end`): resolves
-   * when a slave holds them durably; under `async`, without a slave, or degraded, at once.
+   * when every in-sync slave (at least one) holds them durably; under `async`, without a slave, or
+   * degraded, at once.
    */
   waitReplicated(end: number): Promise<void> {
     if (!this.requiresSlave) return Promise.resolve()
-    for (const s of this.slaves.values())
-      if (s.logs[0].mustCut === undefined && s.logs[0].acked >= end) return Promise.resolve()
-    if (this.opts.degradedWrites && !this.anyInSync()) return Promise.resolve()
+    const now = this.now()
+    if (end <= this.safeEnd(now)) {
+      this.commit(end)
+      return Promise.resolve()
+    }
+    if (this.opts.degradedWrites && !this.anyInSync()) {
+      this.commit(end)
+      return Promise.resolve()
+    }
     if (this.logs === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = {
@@ -242,7 +267,27 @@ export class ReplicationSource {
         }, this.opts.ackTimeoutMs),
       }
       this.waiters.push(w)
+      this.scheduleRecheck(now)
     })
+  }
+
+  /**
+   * The slaves a `sync` write waits for, and the ones the master reports in sync to the metaserver
+   * (`status()`): one predicate, so that no slave counts for acknowledgements without being reported.
+   */
+  inSyncSlaves(): string[] {
+    const now = this.now()
+    const out: string[] = []
+    for (const s of this.slaves.values()) if (this.inSync(s, now)) out.push(s.id)
+    return out
+  }
+
+  /**
+   * Re-evaluates waiting SENDs after something `slaveReady` depends on changed (the delay source:
+   * a slave adopted a checkpoint or acknowledged cancels).
+   */
+  recheck(): void {
+    this.release(this.now())
   }
 
   /** The master's checkpoint file, for a slave that starts (or fell behind the action log's start). */
@@ -412,7 +457,63 @@ export class ReplicationSource {
       now - s.lastFetchAt <= lag &&
       now - s.logs[0].caughtUpAt <= lag &&
       s.logs[0].mustCut === undefined &&
+      s.logs[0].acked >= this.committed &&
       (this.opts.slaveReady?.(s.id) ?? true)
+    )
+  }
+
+  /** The message-log end every in-sync slave holds durably; -1 with no slave in sync. */
+  private safeEnd(now: number): number {
+    let end = -1
+    for (const s of this.slaves.values()) {
+      if (!this.inSync(s, now)) continue
+      end = end < 0 ? s.logs[0].acked : Math.min(end, s.logs[0].acked)
+    }
+    return end
+  }
+
+  private commit(end: number): void {
+    if (end > this.committed) this.committed = end
+  }
+
+  /** Releases the waiting SENDs every in-sync slave holds. */
+  private release(now: number): void {
+    if (this.waiters.length === 0) return
+    const safe = this.safeEnd(now)
+    const keep: Waiter[] = []
+    for (const w of this.waiters) {
+      if (w.end <= safe) {
+        clearTimeout(w.timer)
+        this.commit(w.end)
+        w.resolve()
+      } else keep.push(w)
+    }
+    this.waiters = keep
+    this.scheduleRecheck(now)
+  }
+
+  /**
+   * While SENDs wait on an in-sync slave that holds less than they need, wakes when that slave would
+   * drop out of sync (it stopped fetching or catching up): the others may then release them.
+   */
+  private scheduleRecheck(now: number): void {
+    if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
+    this.recheckTimer = undefined
+    if (this.waiters.length === 0) return
+    let lowest = Number.POSITIVE_INFINITY
+    for (const w of this.waiters) lowest = Math.min(lowest, w.end)
+    let at = Number.POSITIVE_INFINITY
+    for (const s of this.slaves.values()) {
+      if (s.logs[0].acked >= lowest || !this.inSync(s, now)) continue
+      at = Math.min(at, Math.min(s.lastFetchAt, s.logs[0].caughtUpAt) + this.opts.inSyncLagMs + 1)
+    }
+    if (at === Number.POSITIVE_INFINITY) return
+    this.recheckTimer = setTimeout(
+      () => {
+        this.recheckTimer = undefined
+        this.release(this.now())
+      },
+      Math.max(1, at - now),
     )
   }
 
@@ -437,19 +538,15 @@ export class ReplicationSource {
     if (offset >= p.answeredEnd) p.caughtUpAt = p.answeredAt > 0 ? Math.max(p.caughtUpAt, p.answeredAt) : now
     const end = log === 0 ? this.logs?.message.endOffset : this.logs?.action?.endOffset
     if (end !== undefined && offset >= end) p.caughtUpAt = now
-    if (log !== 0 || this.waiters.length === 0) return
-    const keep: Waiter[] = []
-    for (const w of this.waiters) {
-      if (w.end <= offset) {
-        clearTimeout(w.timer)
-        w.resolve()
-      } else keep.push(w)
-    }
-    this.waiters = keep
+    // Any log: an acknowledgement moves this slave's in-sync state (and its message-log one may
+    // release SENDs).
+    this.release(now)
   }
 
   private cut(log: ReplicatedLogValue, offset: number): void {
     if (offset < this.openedEnds[log]) this.openedEnds[log] = offset
+    // What was cut was never acknowledged to a producer past its own fdatasync; no slave need hold it.
+    if (log === 0 && offset < this.committed) this.committed = offset
     for (const s of this.slaves.values()) {
       const p = s.logs[log]
       p.mustCut = p.mustCut === undefined ? offset : Math.min(p.mustCut, offset)

@@ -17,8 +17,8 @@ import {
 
 /**
  * The delay master's side of replication, beside the generic ReplicationSource (broker/replication/
- * source.ts) that ships its message log byte for byte and holds a SEND under `sync` until a slave has
- * its records durably:
+ * source.ts) that ships its message log byte for byte and holds a SEND under `sync` until every
+ * in-sync slave has its records durably:
  *
  * - Derived files. `manifest` answers the store's last checkpoint manifest (delay-store.ts
  *   ReplicaManifest); `file` answers bytes of a schedule, dispatch or dead-letter file. The slave copies
@@ -26,13 +26,16 @@ import {
  *   under one identity), then adopts the checkpoint.
  * - Cancels. Each cancel this master records gets a sequence number in this run (`runId`); a slave
  *   long-polls the cancels after the sequence it holds durably (its acknowledgement). Under `sync` a
- *   CANCEL is answered once a slave acknowledged it (`waitCancelled`), as a SEND is. A slave of another
+ *   CANCEL is answered once every in-sync slave (at least one) acknowledged it (`waitCancelled`), as a
+ *   SEND is: promotion ranks slaves by their message logs, not their cancels, so each candidate must
+ *   hold every acknowledged cancel. A slave enters the in-sync set only holding every cancel
+ *   acknowledged so far (`committed`). A slave of another
  *   run, or one that fell out of the ring of recent cancels, first reads every live tombstone (a
  *   snapshot, in pages) and then the cancels after the snapshot's sequence.
  * - In sync (`ready`, the generic source's slaveReady): besides its message-log copy being caught up,
  *   a slave must hold a checkpoint at or past the master's first retained message-log byte (so the
  *   copied files and the copied message log together hold every pending message) and have caught up
- *   with the cancels within the in-sync lag.
+ *   with the cancels within the in-sync lag, holding at least `committed`.
  */
 export interface DelayReplicationOptions {
   /** The generic source (its mode, in-sync lag and known slaves apply). */
@@ -74,6 +77,10 @@ export class DelayReplicationSource {
   private readonly slaves = new Map<string, SlaveCancels>()
   private waiters: Waiter[] = []
   private parked = new Set<() => void>()
+  /** The highest cancel sequence acknowledged under `sync` in this run: every in-sync slave holds it. */
+  private committed = 0
+  /** While CANCELs wait: re-evaluates them as slaves drop out of sync (the others may hold them). */
+  private recheckTimer: NodeJS.Timeout | undefined
 
   constructor(opts: DelayReplicationOptions) {
     this.opts = opts
@@ -86,6 +93,8 @@ export class DelayReplicationSource {
 
   detach(): void {
     this.store = undefined
+    if (this.recheckTimer !== undefined) clearInterval(this.recheckTimer)
+    this.recheckTimer = undefined
     for (const wake of [...this.parked]) wake()
     const waiters = this.waiters
     this.waiters = []
@@ -101,7 +110,7 @@ export class DelayReplicationSource {
     const start = this.store?.messageSegmentLog?.startOffset
     if (s === undefined || start === undefined) return false
     const cancelsOk = s.acked >= this.seq || this.now() - s.caughtUpAt <= this.opts.inSyncLagMs
-    return s.adopted >= start && cancelsOk
+    return s.adopted >= start && cancelsOk && s.acked >= this.committed
   }
 
   /** The checkpoint each slave holds (health). */
@@ -113,6 +122,9 @@ export class DelayReplicationSource {
     const manifest = this.store?.replicaManifest
     if (manifest === undefined) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'no delay store open')
     this.slave(req.slaveId).adopted = req.adopted
+    // The slave may have become ready (in sync): waiting SENDs and CANCELs may now count on it.
+    this.opts.logs.recheck()
+    this.release()
     return { runId: this.runId, bucketMinutes: this.opts.bucketMinutes, manifest }
   }
 
@@ -151,12 +163,17 @@ export class DelayReplicationSource {
     return this.seq
   }
 
-  /** Under `sync` with a slave: resolves once a slave holds the cancels up to `seq` durably. */
+  /**
+   * Under `sync` with a slave: resolves once every in-sync slave (at least one) holds the cancels up
+   * to `seq` durably; degraded, at once.
+   */
   waitCancelled(seq: number): Promise<void> {
     const logs = this.opts.logs
     if (!logs.requiresSlave) return Promise.resolve()
-    for (const s of this.slaves.values()) if (s.acked >= seq) return Promise.resolve()
-    if (logs.degraded) return Promise.resolve()
+    if (seq <= this.safeSeq() || logs.degraded) {
+      if (seq > this.committed) this.committed = seq
+      return Promise.resolve()
+    }
     if (this.store === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = {
@@ -169,7 +186,41 @@ export class DelayReplicationSource {
         }, this.opts.ackTimeoutMs),
       }
       this.waiters.push(w)
+      if (this.recheckTimer === undefined) {
+        const every = Math.min(250, Math.max(10, Math.floor(this.opts.inSyncLagMs / 4)))
+        this.recheckTimer = setInterval(() => this.release(), every)
+      }
     })
+  }
+
+  /** The cancel sequence every in-sync slave holds durably; -1 with no slave in sync. */
+  private safeSeq(): number {
+    let safe = -1
+    for (const id of this.opts.logs.inSyncSlaves()) {
+      const acked = this.slaves.get(id)?.acked ?? -1
+      safe = safe < 0 ? acked : Math.min(safe, acked)
+    }
+    return safe
+  }
+
+  /** Releases the waiting CANCELs every in-sync slave holds. */
+  private release(): void {
+    if (this.waiters.length > 0) {
+      const safe = this.safeSeq()
+      const keep: Waiter[] = []
+      for (const w of this.waiters) {
+        if (w.seq <= safe) {
+          clearTimeout(w.timer)
+          if (w.seq > this.committed) this.committed = w.seq
+          w.resolve()
+        } else keep.push(w)
+      }
+      this.waiters = keep
+    }
+    if (this.waiters.length === 0 && this.recheckTimer !== undefined) {
+      clearInterval(this.recheckTimer)
+      this.recheckTimer = undefined
+    }
   }
 
   async cancels(req: CancelsRequest): Promise<CancelsResponse> {
@@ -227,15 +278,9 @@ export class DelayReplicationSource {
   private acknowledge(s: SlaveCancels, after: number): void {
     s.acked = after
     if (after >= this.seq) s.caughtUpAt = this.now()
-    if (this.waiters.length === 0) return
-    const keep: Waiter[] = []
-    for (const w of this.waiters) {
-      if (w.seq <= after) {
-        clearTimeout(w.timer)
-        w.resolve()
-      } else keep.push(w)
-    }
-    this.waiters = keep
+    // The slave's readiness (its in-sync state) may have changed: SENDs and CANCELs may now be held.
+    this.opts.logs.recheck()
+    this.release()
   }
 
   private slave(id: string): SlaveCancels {
