@@ -29,8 +29,8 @@ export function byMostData(a: StoredServer, b: StoredServer): number {
  * The slave to promote, or why none: the epoch must be the expected one; the master silent since
  * deadBefore unless a step-down stored at or before stepDownBefore is due; the candidates are the
  * slaves seen after slaveSeenAfter that the master's report of this very epoch names in sync, and the
- * one with the most data wins (under `sync` with several slaves a SEND waits for one of them only:
- * the one holding the most holds every acknowledged record).
+ * one with the most data wins (under `sync` a SEND waits for every slave the master counts in sync,
+ * so any of them holds every acknowledged record; the most data keeps the most unacknowledged tail).
  */
 export function choosePromotion(
   req: PromoteRequest,
