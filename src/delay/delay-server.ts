@@ -33,7 +33,7 @@ import { Counter, Gauge } from 'prom-client'
 import { type EpochState, readEpochs, writeEpochs } from '../broker/replication/epochs'
 import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
 import { MasterLease } from '../broker/replication/lease'
-import { type SlaveStatus, ReplicationSource } from '../broker/replication/source'
+import { forgetKnownSlaves, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
 import { MetaHeartbeat } from '../broker/server/meta-heartbeat'
 import type { ServerHeartbeatResponse, ServerReplication } from '../common/meta/types'
 import { RequestCode } from '../common/protocol/codes'
@@ -328,6 +328,15 @@ export class DelayServer {
         history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
       }
       writeEpochs(o.dataDir, this.epochs)
+      // A new term starts with no known slave and a new run (as the broker's, broker.ts): the slaves
+      // it knew in an earlier term as master are not its slaves now (one of them became the master it
+      // replaces), and the cancel sequence, ring and slaves' adopted checkpoints of that term are not
+      // this one's; a new runId tells the slaves to copy the cancels and the dead-letter log afresh.
+      forgetKnownSlaves(path.join(o.dataDir, 'replication'))
+      this.replication?.close()
+      this.replication = undefined
+      this.delayReplication?.detach()
+      this.delayReplication = undefined
       this.log.warn({ ...start }, 'promoted: this delay server is the master of a new epoch')
       this.promotedTo = undefined
     }
