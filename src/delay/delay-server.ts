@@ -535,7 +535,14 @@ export class DelayServer {
       },
       this.log,
     )
-    await follower.start()
+    try {
+      await follower.start()
+    } catch (err) {
+      // Its side loop (which closes the cancel log prepare() opened) never ran, or stopped with it.
+      await follower.close().catch(() => {})
+      await mirror.close()
+      throw err
+    }
     this.follower = follower
     this.mirror = mirror
   }
@@ -639,14 +646,31 @@ export class DelayServer {
     this.heartbeatLoop = undefined
     if (this.role === 'master') await this.closeMaster()
     else await this.closeSlave()
+    const from = this.role
+    const epochs = this.epochs
     this.role = role
     this.roleChanges.inc({ to: role })
     if (this.closing !== undefined) return
-    if (role === 'master') {
-      this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
-      await this.openMaster()
-    } else await this.openSlave()
-    await this.startHeartbeat()
+    try {
+      if (role === 'master') {
+        this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+        await this.openMaster()
+      } else await this.openSlave()
+    } catch (err) {
+      // Half open: close what did open, and act in the former role again (serving nobody) so that
+      // the metaserver's next answer asks for the change again: a retry each heartbeat.
+      // The retry promotes to the same epoch (openMaster rewrites the epoch file's entry for it).
+      this.promotedTo = undefined
+      this.epochs = epochs
+      await (role === 'master' ? this.closeMaster() : this.closeSlave()).catch((e: unknown) =>
+        this.log.error({ err: String(e) }, 'closing after a failed role change failed'),
+      )
+      this.role = from
+      throw err
+    } finally {
+      // The heartbeat goes on whatever happened: without it this server would be a silent zombie.
+      if (this.closing === undefined) await this.startHeartbeat()
+    }
   }
 
   /** The role now ('master' or 'slave'; the metaserver may change it). */
