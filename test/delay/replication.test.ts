@@ -357,3 +357,41 @@ t.test(
     await a2.close()
   },
 )
+
+t.test('delay replication - a role change that fails keeps the heartbeat going and is retried', async (t) => {
+  // A (master, slave B) goes silent; B is promoted. A comes back claiming to be master and is told to
+  // follow B, but its copy cannot start (its meta.json names other buckets). It must keep
+  // heartbeating (not go silent) and try again with the metaserver's next answers: once the cause
+  // is gone it follows B.
+  const { meta, admin } = await startMeta(t)
+  const aDir = t.testdir()
+  fs.mkdirSync(aDir, { recursive: true })
+  const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
+  fs.rmSync(bDir, { recursive: true, force: true }) // an interrupted run's
+  fs.mkdirSync(bDir, { recursive: true })
+  t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))
+  const a = server(t, aDir, new RecordingSender('a'), { group: 'd3', metaserver: meta.url })
+  await a.start()
+  const b = server(t, bDir, new RecordingSender('b'), { group: 'd3', role: 'slave', metaserver: meta.url })
+  await b.start()
+  await until('B in sync with A', () => inSync(admin, 'd3', b.address))
+  await a.close({ offline: false })
+  await until('B promoted', () => b.currentRole === 'master')
+
+  const a2 = server(t, aDir, new RecordingSender('a'), { group: 'd3', metaserver: meta.url })
+  await a2.start() // the first heartbeat's answer (follow B) is being acted on
+  const metaFile = path.join(aDir, 'meta.json')
+  const good = fs.readFileSync(metaFile)
+  fs.writeFileSync(metaFile, JSON.stringify({ version: 1, bucketMinutes: 7 }))
+  await new Promise((r) => setTimeout(r, 1_500)) // several heartbeats: each retry fails
+  const seen = async () => {
+    const g = await admin.getGroup('d3')
+    return g.servers.find((s) => s.address === a2.address)?.lastSeenAt ?? 0
+  }
+  const before = await seen()
+  await until('A still heartbeats', async () => (await seen()) > before, 5_000)
+  fs.writeFileSync(metaFile, good)
+  await until('A follows B once it can', () => a2.currentRole === 'slave' && inSync(admin, 'd3', a2.address))
+  t.pass('A rejoined as the slave of B')
+  await a2.close()
+})
