@@ -33,7 +33,7 @@ import { Counter, Gauge } from 'prom-client'
 import { type EpochState, readEpochs, writeEpochs } from '../broker/replication/epochs'
 import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
 import { MasterLease } from '../broker/replication/lease'
-import { type SlaveStatus, ReplicationSource } from '../broker/replication/source'
+import { forgetKnownSlaves, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
 import { MetaHeartbeat } from '../broker/server/meta-heartbeat'
 import type { ServerHeartbeatResponse, ServerReplication } from '../common/meta/types'
 import { RequestCode } from '../common/protocol/codes'
@@ -328,6 +328,15 @@ export class DelayServer {
         history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
       }
       writeEpochs(o.dataDir, this.epochs)
+      // A new term starts with no known slave and a new run (as the broker's, broker.ts): the slaves
+      // it knew in an earlier term as master are not its slaves now (one of them became the master it
+      // replaces), and the cancel sequence, ring and slaves' adopted checkpoints of that term are not
+      // this one's; a new runId tells the slaves to copy the cancels and the dead-letter log afresh.
+      forgetKnownSlaves(path.join(o.dataDir, 'replication'))
+      this.replication?.close()
+      this.replication = undefined
+      this.delayReplication?.detach()
+      this.delayReplication = undefined
       this.log.warn({ ...start }, 'promoted: this delay server is the master of a new epoch')
       this.promotedTo = undefined
     }
@@ -528,7 +537,14 @@ export class DelayServer {
       },
       this.log,
     )
-    await follower.start()
+    try {
+      await follower.start()
+    } catch (err) {
+      // Its side loop (which closes the cancel log prepare() opened) never ran, or stopped with it.
+      await follower.close().catch(() => {})
+      await mirror.close()
+      throw err
+    }
     this.follower = follower
     this.mirror = mirror
   }
@@ -632,14 +648,31 @@ export class DelayServer {
     this.heartbeatLoop = undefined
     if (this.role === 'master') await this.closeMaster()
     else await this.closeSlave()
+    const from = this.role
+    const epochs = this.epochs
     this.role = role
     this.roleChanges.inc({ to: role })
     if (this.closing !== undefined) return
-    if (role === 'master') {
-      this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
-      await this.openMaster()
-    } else await this.openSlave()
-    await this.startHeartbeat()
+    try {
+      if (role === 'master') {
+        this.promotedTo = Math.max(epoch, this.epochs.epoch + 1)
+        await this.openMaster()
+      } else await this.openSlave()
+    } catch (err) {
+      // Half open: close what did open, and act in the former role again (serving nobody) so that
+      // the metaserver's next answer asks for the change again: a retry each heartbeat.
+      // The retry promotes to the same epoch (openMaster rewrites the epoch file's entry for it).
+      this.promotedTo = undefined
+      this.epochs = epochs
+      await (role === 'master' ? this.closeMaster() : this.closeSlave()).catch((e: unknown) =>
+        this.log.error({ err: String(e) }, 'closing after a failed role change failed'),
+      )
+      this.role = from
+      throw err
+    } finally {
+      // The heartbeat goes on whatever happened: without it this server would be a silent zombie.
+      if (this.closing === undefined) await this.startHeartbeat()
+    }
   }
 
   /** The role now ('master' or 'slave'; the metaserver may change it). */

@@ -141,9 +141,11 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
         const denied = ctx.auth?.produceError(conn, 'SEND', item.header.subject)
         if (denied !== undefined) item.error = denied
       }
-      const results = await ctx.store.accept(items)
+      const { results, end } = await ctx.store.accept(items)
       if (ctx.replication !== undefined && results.some((r) => r === undefined)) {
-        await ctx.replication.logs.waitReplicated(ctx.store.messageSegmentLog?.endOffset ?? 0)
+        // Its own records' end: not the log's, which may hold other requests' records still being
+        // written, or end past offsets a failed fdatasync cut (written again only by later SENDs).
+        await ctx.replication.logs.waitReplicated(end)
         ctx.checkLease?.()
       }
       for (let i = 0; i < results.length; i++) {
@@ -196,9 +198,12 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       const req = decodeDelayDlqRedriveRequest(f.body)
       ctx.checkLease?.()
       ctx.replication?.logs.checkWritable()
-      const n = await ctx.store.redriveDeadLetters(req.sequences)
-      if (n > 0 && ctx.replication !== undefined)
-        await ctx.replication.logs.waitReplicated(ctx.store.messageSegmentLog?.endOffset ?? 0)
+      const { count: n, end } = await ctx.store.redriveDeadLetters(req.sequences)
+      if (n > 0 && ctx.replication !== undefined) {
+        // As SEND: its own records' end, and no answer from a master fenced meanwhile.
+        await ctx.replication.logs.waitReplicated(end)
+        ctx.checkLease?.()
+      }
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
       return encodeCountResponse(n)
     }

@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
+import { decodeSendRequest, encodeSendRequest } from '../../src/common/protocol/commands'
 import { delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
 import type { FsIo } from '../../src/broker/store/fs-io'
 import { crashBeforeSchedules, delayDir, FaultyIo, fdPath, startDelay } from './helpers/start-delay'
@@ -77,3 +78,30 @@ t.test('delay - a message log written as bare records (the format of earlier ver
   await waitFor(() => sender.delivered.length >= 3, 10_000, 'three deliveries')
   t.same(sender.ids().sort(), ['old1', 'old2', 'old3'])
 })
+
+t.test(
+  "delay - a SEND's records end where its own records end, not the log: what sync replication waits for",
+  async (t) => {
+    const { dir, closers } = delayDir(t)
+    const clock = new ManualClock(T0)
+    const a = await startDelay(closers, dir, clock, new FakeSender(), { checkpointIntervalMs: 600_000 })
+    const store = a.server.store
+    const items = (...ids: string[]) =>
+      decodeSendRequest(Buffer.concat(encodeSendRequest(ids.map((id) => delayed(id, T0 + 5_000)))))
+    const start = store.messageSegmentLog?.endOffset ?? -1
+    // Two requests in one group-commit batch: the first one's records end before the second's.
+    const [first, second] = await Promise.all([store.accept(items('a1', 'a2')), store.accept(items('b1'))])
+    const logEnd = store.messageSegmentLog?.endOffset ?? -1
+    const [a1, a2] = items('a1', 'a2').map((i) => i.bytes.length)
+    t.same(first?.results, [undefined, undefined])
+    t.equal(first?.end, start + (a1 ?? 0) + (a2 ?? 0), "the first request's own end")
+    t.equal(second?.end, logEnd, "the second request's records are the batch's last")
+    t.ok((first?.end ?? 0) < logEnd, 'the first request does not wait for the second one')
+    const tooFar = decodeSendRequest(
+      Buffer.concat(encodeSendRequest([delayed('far', T0 + 10 * 365 * 86_400_000)])),
+    )
+    const none = await store.accept(tooFar)
+    t.equal(none.results[0]?.code, 'QMQ_ERR_DELAY_TOO_FAR')
+    t.equal(none.end, 0, 'nothing stored: no end to wait for')
+  },
+)

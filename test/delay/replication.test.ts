@@ -296,3 +296,102 @@ t.test(
     t.equal(cancelRes.status, errorStatus('QMQ_ERR_NOT_MASTER'), 'a slave refuses CANCEL')
   },
 )
+
+t.test(
+  'delay replication - a delay server promoted again writes alone: the slave it knew as master before is not its slave now',
+  async (t) => {
+    // A (master, slave B) goes silent: B is promoted. A comes back and follows B. B goes silent: A is
+    // promoted again while B is away. A remembered B as its slave from its first term; the new term
+    // starts with no slave (as a first promotion does), so under `sync` SEND and CANCEL go on alone
+    // instead of being refused (QMQ_ERR_NO_IN_SYNC_SLAVE) until B returns.
+    const { meta, admin } = await startMeta(t)
+    const aDir = t.testdir()
+    fs.mkdirSync(aDir, { recursive: true })
+    const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
+    fs.rmSync(bDir, { recursive: true, force: true }) // an interrupted run's
+    fs.mkdirSync(bDir, { recursive: true })
+    t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))
+    const sa = new RecordingSender('a')
+    const a = server(t, aDir, sa, { group: 'd2', metaserver: meta.url })
+    await a.start()
+    const b = server(t, bDir, new RecordingSender('b'), { group: 'd2', role: 'slave', metaserver: meta.url })
+    await b.start()
+    await until('B in sync with A', () => inSync(admin, 'd2', b.address))
+    const ca = await RawClient.connect(a.port)
+    const far = Date.now() + 60_000
+    t.same(
+      (await send(ca, [delayed('first-term', far)])).map((r) => r.status),
+      [0],
+    )
+    await ca.close()
+
+    await a.close({ offline: false })
+    await until('B promoted', () => b.currentRole === 'master')
+    const a2 = server(t, aDir, sa, { group: 'd2', metaserver: meta.url })
+    await a2.start()
+    await until('A rejoined as the slave of B', () => a2.currentRole === 'slave')
+    await until('A in sync with B', () => inSync(admin, 'd2', a2.address))
+
+    await b.close({ offline: false })
+    await until('A promoted again', async () => {
+      const g = await admin.getGroup('d2')
+      return a2.currentRole === 'master' && g.address === a2.address && g.epoch === 2
+    })
+    const c = await RawClient.connect(a2.port)
+    t.teardown(() => c.close())
+    // Its lease comes with the answer to its first heartbeat as master: until then NOT_MASTER.
+    await until('the promoted master holds its lease', async () => {
+      const res = await c.request(RequestCode.SEND, encodeSendRequest([delayed('probe', far)]))
+      return res.status !== errorStatus('QMQ_ERR_NOT_MASTER')
+    })
+    t.same(
+      (await send(c, [delayed('second-term', far), delayed('to-cancel', far)])).map((r) => r.status),
+      [0, 0],
+      'SEND acknowledged by the promoted master with its former slave away',
+    )
+    t.same(await cancel(c, ['to-cancel', 'first-term']), [true, true], 'CANCEL acknowledged too')
+    const r = a2.replicationStatus()
+    t.same('slaves' in r ? r.slaves.map((s) => s.id) : undefined, [], 'no slave known in the new term')
+    // Closed here, before its data dir goes (it checkpoints as it closes).
+    await c.close()
+    await a2.close()
+  },
+)
+
+t.test('delay replication - a role change that fails keeps the heartbeat going and is retried', async (t) => {
+  // A (master, slave B) goes silent; B is promoted. A comes back claiming to be master and is told to
+  // follow B, but its copy cannot start (its meta.json names other buckets). It must keep
+  // heartbeating (not go silent) and try again with the metaserver's next answers: once the cause
+  // is gone it follows B.
+  const { meta, admin } = await startMeta(t)
+  const aDir = t.testdir()
+  fs.mkdirSync(aDir, { recursive: true })
+  const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
+  fs.rmSync(bDir, { recursive: true, force: true }) // an interrupted run's
+  fs.mkdirSync(bDir, { recursive: true })
+  t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))
+  const a = server(t, aDir, new RecordingSender('a'), { group: 'd3', metaserver: meta.url })
+  await a.start()
+  const b = server(t, bDir, new RecordingSender('b'), { group: 'd3', role: 'slave', metaserver: meta.url })
+  await b.start()
+  await until('B in sync with A', () => inSync(admin, 'd3', b.address))
+  await a.close({ offline: false })
+  await until('B promoted', () => b.currentRole === 'master')
+
+  const a2 = server(t, aDir, new RecordingSender('a'), { group: 'd3', metaserver: meta.url })
+  await a2.start() // the first heartbeat's answer (follow B) is being acted on
+  const metaFile = path.join(aDir, 'meta.json')
+  const good = fs.readFileSync(metaFile)
+  fs.writeFileSync(metaFile, JSON.stringify({ version: 1, bucketMinutes: 7 }))
+  await new Promise((r) => setTimeout(r, 1_500)) // several heartbeats: each retry fails
+  const seen = async () => {
+    const g = await admin.getGroup('d3')
+    return g.servers.find((s) => s.address === a2.address)?.lastSeenAt ?? 0
+  }
+  const before = await seen()
+  await until('A still heartbeats', async () => (await seen()) > before, 5_000)
+  fs.writeFileSync(metaFile, good)
+  await until('A follows B once it can', () => a2.currentRole === 'slave' && inSync(admin, 'd3', a2.address))
+  t.pass('A rejoined as the slave of B')
+  await a2.close()
+})

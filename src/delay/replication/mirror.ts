@@ -207,6 +207,12 @@ export class DelayMirror {
     }
   }
 
+  /** Closes the cancel log prepare() opened, when run() never will (the follower failed to start). */
+  async close(): Promise<void> {
+    await this.cancels?.close()
+    this.cancels = undefined
+  }
+
   status(): DelayMirrorStatus {
     return {
       checkpoint: this.state.checkpoint,

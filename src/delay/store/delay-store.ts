@@ -325,11 +325,14 @@ export class DelayStore {
    * Errors: the item's own decode error; QMQ_ERR_NOT_DELAYED without a schedule time;
    * QMQ_ERR_SCHEDULE_INVALID for a negative time; QMQ_ERR_DELAY_TOO_FAR beyond now + horizonMs;
    * store errors (QMQ_ERR_DISK_FULL, QMQ_ERR_STORE_IO, retriable) when the write fails.
+   * `end`: the message-log offset just past the last of these records stored (0: none), what a `sync`
+   * SEND waits for a slave to hold.
    */
-  accept(items: readonly AcceptItem[]): Promise<(QmqError | undefined)[]> {
+  async accept(items: readonly AcceptItem[]): Promise<{ results: (QmqError | undefined)[]; end: number }> {
     const now = this.clock.now()
     const limit = now + this.options.horizonMs
-    return Promise.all(
+    let end = 0
+    const results = await Promise.all(
       items.map(async (item): Promise<QmqError | undefined> => {
         if (this.closed) return new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
         if (item.error) return item.error
@@ -367,13 +370,15 @@ export class DelayStore {
           )
         }
         try {
-          await this.messageLog.append(item.bytes)
+          const at = await this.messageLog.append(item.bytes)
+          end = Math.max(end, at.end)
           return undefined
         } catch (err) {
           return err instanceof QmqError ? err : fsError(err, 'delay message log append')
         }
       }),
     )
+    return { results, end }
   }
 
   /**
@@ -461,9 +466,10 @@ export class DelayStore {
 
   /**
    * Schedules dead letters again (all, or those with the given sequences): each record goes back into
-   * the message log as it is, its time has passed, so it is due at once. Resolves with how many.
+   * the message log as it is, its time has passed, so it is due at once. Resolves with how many, and
+   * the message-log offset just past the last record written (0: none; what `sync` waits for).
    */
-  async redriveDeadLetters(sequences?: readonly number[]): Promise<number> {
+  async redriveDeadLetters(sequences?: readonly number[]): Promise<{ count: number; end: number }> {
     if (this.closed) throw new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
     const chosen = (
       sequences === undefined
@@ -471,17 +477,19 @@ export class DelayStore {
         : sequences.map((s) => this.deadLetters.get(s)).filter((d) => d !== undefined)
     ).filter((d) => !this.redriving.has(d.sequence)) // a concurrent redrive has it already
     for (const d of chosen) this.redriving.add(d.sequence)
+    let end = 0
     const done = await Promise.all(
       chosen.map(async (d) => {
         try {
-          await this.messageLog.append(this.deadLetters.record(d))
+          const at = await this.messageLog.append(this.deadLetters.record(d))
+          end = Math.max(end, at.end)
           return this.deadLetters.remove(d.sequence, this.clock.now())
         } finally {
           this.redriving.delete(d.sequence)
         }
       }),
     )
-    return done.filter(Boolean).length
+    return { count: done.filter(Boolean).length, end }
   }
 
   /** A frame was skipped because its message was cancelled: never send it. */

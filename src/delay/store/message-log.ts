@@ -39,9 +39,16 @@ export interface MessageLogOptions {
   io?: FsIo | undefined
 }
 
+/** Where an appended record lies in the log: [offset, end). */
+export interface AppendedRecord {
+  offset: number
+  /** The offset just past the record: what a `sync` write waits for a slave to hold (not the log's end). */
+  end: number
+}
+
 interface Pending {
   bytes: Buffer
-  resolve: (offset: number) => void
+  resolve: (at: AppendedRecord) => void
   reject: (err: unknown) => void
 }
 
@@ -138,8 +145,12 @@ export class MessageLog {
     return { truncatedBytes: damaged.reduce((n, d) => n + d.bytes, 0), damaged }
   }
 
-  /** Appends a verified record; resolves with its offset once durable and filed (onDurable). */
-  append(bytes: Buffer): Promise<number> {
+  /**
+   * Appends a verified record; resolves with its offset and end once durable and filed (onDurable).
+   * Its end, not the log's: by then the log may hold later batches, or (a later batch's fdatasync
+   * failed and it was cut) end at offsets that will be written again.
+   */
+  append(bytes: Buffer): Promise<AppendedRecord> {
     return new Promise((resolve, reject) => {
       if (this.closed || !this.seg) {
         reject(fsError(new Error('message log is closed'), 'append'))
@@ -188,7 +199,7 @@ export class MessageLog {
       for (const p of batch) {
         try {
           this.onDurable(p.bytes, offset)
-          p.resolve(offset)
+          p.resolve({ offset, end: offset + p.bytes.length })
         } catch (e) {
           p.reject(e)
         }
