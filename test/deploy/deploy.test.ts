@@ -119,7 +119,14 @@ t.test(
     t.same(problems, [])
     t.same(
       placed.map((p) => `${p.service} ${String(p.options.group ?? '')}`),
-      ['metaserver ', 'broker broker-1', 'broker broker-1', 'broker broker-2', 'delay delay-1', 'delay delay-1'],
+      [
+        'metaserver ',
+        'broker broker-1',
+        'broker broker-1',
+        'broker broker-2',
+        'delay delay-1',
+        'delay delay-1',
+      ],
     )
   },
 )
