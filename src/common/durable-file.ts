@@ -29,10 +29,14 @@ export async function fsyncDirAsync(dir: string): Promise<void> {
 
 /**
  * Replaces `file` with `data`, atomically and durably, off the event loop: temp file, fdatasync,
- * rename, fsync of the directory. Callers serialize writes of one file.
+ * rename, fsync of the directory. Callers serialize writes of one file, or give each write its own
+ * temp name (`tmp`).
  */
-export async function writeFileAtomic(file: string, data: string | Buffer): Promise<void> {
-  const tmp = `${file}.tmp`
+export async function writeFileAtomic(
+  file: string,
+  data: string | Buffer,
+  tmp = `${file}.tmp`,
+): Promise<void> {
   const fh = await fs.promises.open(tmp, 'w')
   try {
     await fh.writeFile(data)

@@ -2,7 +2,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { crc32c, crc32cRange } from '../../common/crc32c'
-import { fsyncDirAsync } from '../../common/durable-file'
+import { writeFileAtomic } from '../../common/durable-file'
 import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import {
@@ -881,17 +881,8 @@ export async function orderByH1(h1: Uint32Array, n: number): Promise<Uint32Array
  * event loop. The temp name is unique: a run may be written again (rebuilt at open) while an earlier
  * write of it is still going on (a store abandoned in a test, as a crash would leave it).
  */
-async function writeRunFile(file: string, data: Buffer): Promise<void> {
-  const tmp = `${file}.${process.pid}-${++tmpSeq}.tmp`
-  const fh = await fs.promises.open(tmp, 'w')
-  try {
-    await fh.writeFile(data)
-    await fh.datasync()
-  } finally {
-    await fh.close()
-  }
-  await fs.promises.rename(tmp, file)
-  await fsyncDirAsync(path.dirname(file))
+function writeRunFile(file: string, data: Buffer): Promise<void> {
+  return writeFileAtomic(file, data, `${file}.${process.pid}-${++tmpSeq}.tmp`)
 }
 
 function readAt(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
