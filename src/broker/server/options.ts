@@ -142,7 +142,7 @@ export const brokerServerOptionsSchema: OptionsSchema<BrokerServerOptions> = {
   replication: oneOf({
     default: 'sync',
     values: ['sync', 'async'],
-    doc: "Once the group has a slave: 'sync' answers a SEND when a slave holds it durably, 'async' when the master does",
+    doc: "Once the group has a slave: 'sync' answers a SEND when every in-sync slave holds it durably, 'async' when the master does",
   }),
   replicationAckTimeoutMs: integer({
     default: DEFAULT_REPLICATION_ACK_TIMEOUT_MS,
