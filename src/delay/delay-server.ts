@@ -630,15 +630,17 @@ export class DelayServer {
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this delay server. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
     if (this.closing !== undefined || this.switching !== undefined) return
-    const role = this.lease.answer(res, sentAt, this.role)
-    if (role === undefined) return
-    const epoch = res.epoch ?? this.epochs.epoch
-    this.switching = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.switchRole(role, epoch))
-      .catch((err: unknown) => this.log.error({ err: String(err) }, 'role change failed'))
-      .finally(() => {
+    this.switching = this.lease.changeRole(
+      res,
+      sentAt,
+      this.role,
+      this.epochs.epoch,
+      (role, epoch) => this.switchRole(role, epoch),
+      this.log,
+      () => {
         this.switching = undefined
-      })
+      },
+    )
   }
 
   /** Changes role in place (same ports, same data dir, same group). */

@@ -1,4 +1,5 @@
 import { QmqError } from '../../common/errors'
+import type { Logger } from '../../common/logger'
 import type { ServerHeartbeatResponse } from '../../common/meta/types'
 
 /**
@@ -29,6 +30,30 @@ export class MasterLease {
     }
     this.until = 0
     return given
+  }
+
+  /**
+   * Applies a heartbeat answer (answer()) and, when the metaserver gives another role, starts the
+   * change on the next turn of the event loop (not inside the heartbeat's own callback): `switchRole`
+   * with the answer's epoch (else `epoch`), its failure logged. Returns the change in progress (the
+   * caller holds it so that one runs at a time, and forgets it in `done`), or undefined.
+   */
+  changeRole(
+    res: ServerHeartbeatResponse,
+    sentAt: number,
+    role: 'master' | 'slave',
+    epoch: number,
+    switchRole: (role: 'master' | 'slave', epoch: number) => Promise<void>,
+    log: Logger,
+    done: () => void,
+  ): Promise<void> | undefined {
+    const next = this.answer(res, sentAt, role)
+    if (next === undefined) return undefined
+    const at = res.epoch ?? epoch
+    return new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => switchRole(next, at))
+      .catch((err: unknown) => log.error({ err: String(err) }, 'role change failed'))
+      .finally(done)
   }
 
   revoke(): void {
