@@ -52,6 +52,8 @@ import type {
  */
 export interface FileMessageStoreOptions extends Partial<MessageStoreOptions> {
   clock?: Clock
+  /** Source of the retry jitter, in [0, 1); defaults to Math.random (tests pass a seeded one to replay). */
+  random?: () => number
   logger?: Logger
   registry?: Registry
   /** Fault injection for tests; defaults to node:fs. */
@@ -61,6 +63,7 @@ export interface FileMessageStoreOptions extends Partial<MessageStoreOptions> {
 export class FileMessageStore implements MessageStore {
   readonly options: Readonly<MessageStoreOptions>
   readonly clock: Clock
+  private readonly random: () => number
   readonly log: Logger
   readonly metrics: StoreMetrics
   readonly io: FsIo | undefined
@@ -108,9 +111,10 @@ export class FileMessageStore implements MessageStore {
   )
 
   constructor(options: FileMessageStoreOptions = {}) {
-    const { clock, logger, registry, io, ...rest } = options
+    const { clock, random, logger, registry, io, ...rest } = options
     this.options = resolveMessageStoreOptions(rest)
     this.clock = clock ?? systemClock
+    this.random = random ?? Math.random
     this.log = (logger ?? silentLogger).child({ component: 'store' })
     this.metrics = createStoreMetrics(registry, {
       dedupeWindowSeconds: () => this.dedupe.effectiveWindowMs(this.clock.now()) / 1000,
@@ -562,7 +566,7 @@ export class FileMessageStore implements MessageStore {
   backoffMs(dc: number): number {
     const o = this.options
     const base = Math.min(o.retryBaseMs * 2 ** Math.max(0, dc - 1), o.retryMaxMs)
-    return Math.max(0, Math.round(base * (1 + o.retryJitter * (2 * Math.random() - 1))))
+    return Math.max(0, Math.round(base * (1 + o.retryJitter * (2 * this.random() - 1))))
   }
 
   async nack(

@@ -220,3 +220,23 @@ t.test('store - maxMessages and maxBytes bound a pull', async (t) => {
   t.equal((await store.pull(pullOpts('s', 'g', 'c', { maxBytes: 1 }))).length, 1, 'at least one message')
   t.equal((await store.pull(pullOpts('s', 'g', 'c'))).length, 6)
 })
+
+t.test(
+  'store - the retry backoff doubles, caps, and draws its jitter from the given random source',
+  async (t) => {
+    const draws = [0, 0.5, 0.999]
+    let i = 0
+    const store = await open(t.testdir(), {
+      retryBaseMs: 1000,
+      retryMaxMs: 3000,
+      retryJitter: 0.5,
+      random: () => draws[i++ % draws.length] as number,
+    })
+    t.teardown(() => store.close())
+    // min(1000 x 2^(dc-1), 3000) x (1 + 0.5 x (2r - 1)), r cycling 0, 0.5, 0.999
+    t.equal(store.backoffMs(1), 500)
+    t.equal(store.backoffMs(2), 2000)
+    t.equal(store.backoffMs(3), 4497)
+    t.equal(store.backoffMs(9), 1500, 'capped at retryMaxMs before the jitter')
+  },
+)
