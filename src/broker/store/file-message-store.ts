@@ -178,6 +178,13 @@ export class FileMessageStore implements MessageStore {
       ...ioOpt,
     })
     const report = await recoverStore(this)
+    // Subjects recovery found without a marker (their directory was created, the marker lost).
+    const markers: Promise<void>[] = []
+    for (const s of this.subjectsIndex.map.values()) {
+      const m = s.consume.markerDurable()
+      if (m !== undefined) markers.push(m)
+    }
+    await Promise.all(markers)
     this.recoveryReport = report
     if (o.indexes) {
       this.index = await IndexLog.open({
@@ -319,13 +326,17 @@ export class FileMessageStore implements MessageStore {
     const t0 = process.hrtime.bigint()
     const items: AppendItem[] = new Array(records.length)
     let subject: string | undefined
+    /** New subjects' SUBJECT markers being written: awaited before the records join a batch. */
+    let markers: Promise<void>[] | undefined
     for (let i = 0; i < records.length; i++) {
       const r = records[i] as AppendInput
       // A new subject's consume log is opened here, where a failure (a directory refused by
-      // claimSubjectDir, mkdir errors) fails this append alone, not the batch it would join.
+      // claimSubjectDir, mkdir errors, its marker's write) fails this append alone, not the batch it
+      // would join.
       if (r.header.subject !== subject) {
         subject = r.header.subject
-        this.subjectsIndex.getOrCreate(subject)
+        const marker = this.subjectsIndex.getOrCreate(subject).consume.markerDurable()
+        if (marker !== undefined) (markers ??= []).push(marker)
       }
       items[i] = {
         record: r.bytes,
@@ -338,6 +349,9 @@ export class FileMessageStore implements MessageStore {
         end: -1,
       }
     }
+    // A subject's first record is acknowledged only once its marker is durable (subject-dirs.ts).
+    // Appends of a subject whose marker is in flight all wait for it, so they keep their order.
+    if (markers !== undefined) await Promise.all(markers)
     await this.mlog.append(items)
     this.metrics.appendSeconds(Number(process.hrtime.bigint() - t0) / 1e9)
     const out: AppendResult[] = new Array(items.length)
