@@ -336,7 +336,10 @@ export class FileMessageStore implements MessageStore {
       if (r.header.subject !== subject) {
         subject = r.header.subject
         const marker = this.subjectsIndex.getOrCreate(subject).consume.markerDurable()
-        if (marker !== undefined) (markers ??= []).push(marker)
+        if (marker !== undefined) {
+          markers ??= []
+          markers.push(marker)
+        }
       }
       items[i] = {
         record: r.bytes,
