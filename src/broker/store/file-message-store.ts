@@ -87,6 +87,8 @@ export class FileMessageStore implements MessageStore {
   private closed = false
   private locks = new WeakMap<GroupState, Promise<unknown>>()
   private checkpointing: Promise<void> | undefined
+  /** Appends made while a new subject's marker is written wait for this (in order); see `append`. */
+  private appendGate: Promise<void> | undefined
   /** abandon() was called: nothing may be written any more. */
   private abandoned = false
   /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
@@ -353,8 +355,21 @@ export class FileMessageStore implements MessageStore {
       }
     }
     // A subject's first record is acknowledged only once its marker is durable (subject-dirs.ts).
-    // Appends of a subject whose marker is in flight all wait for it, so they keep their order.
-    if (markers !== undefined) await Promise.all(markers)
+    // While one is written, later appends (of any subject) queue behind it: appends join batches in
+    // the order they were made.
+    if (markers !== undefined || this.appendGate !== undefined) {
+      const ready = Promise.all([this.appendGate, ...(markers ?? [])])
+      // A failed marker fails its own append only.
+      const gate: Promise<void> = ready.then(
+        () => undefined,
+        () => undefined,
+      )
+      this.appendGate = gate
+      void gate.then(() => {
+        if (this.appendGate === gate) this.appendGate = undefined
+      })
+      await ready
+    }
     await this.mlog.append(items)
     this.metrics.appendSeconds(Number(process.hrtime.bigint() - t0) / 1e9)
     const out: AppendResult[] = new Array(items.length)
