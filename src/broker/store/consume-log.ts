@@ -58,11 +58,15 @@ export class ConsumeLog {
   private flushing: Promise<void> | undefined
   /** abandon(): no write starts any more (a crash). */
   private abandoned = false
+  /** Writes the directory's SUBJECT marker; cleared once it is durable (subject-dirs.ts). */
+  private writeMarker: (() => Promise<void>) | undefined
+  private markerWriting: Promise<void> | undefined
 
   constructor(opts: ConsumeLogOptions) {
     this.subject = opts.subject
     this.cacheEntries = opts.cacheEntries
-    const dir = claimSubjectDir(opts.root, opts.subject)
+    const { dir, writeMarker } = claimSubjectDir(opts.root, opts.subject)
+    this.writeMarker = writeMarker
     this.log = SegmentLog.open({
       dir,
       segmentBytes: opts.entriesPerSegment * ENTRY_BYTES,
@@ -70,6 +74,30 @@ export class ConsumeLog {
     })
     this.mem = Buffer.allocUnsafe(1024 * ENTRY_BYTES)
     this.memBase = this.fileEntries
+  }
+
+  /**
+   * Undefined once the directory's SUBJECT marker is durable (at once for an existing subject);
+   * else the write of the marker in flight, started by the first call. A failed write rejects the
+   * callers waiting for it and is tried again by the next call.
+   */
+  markerDurable(): Promise<void> | undefined {
+    const write = this.writeMarker
+    if (write === undefined) return undefined
+    if (this.markerWriting === undefined) {
+      this.markerWriting = write().then(
+        () => {
+          // Runs before any caller's continuation: a later call finds the marker durable.
+          this.writeMarker = undefined
+          this.markerWriting = undefined
+        },
+        (err: unknown) => {
+          this.markerWriting = undefined
+          throw err
+        },
+      )
+    }
+    return this.markerWriting
   }
 
   /** Subjects found under `root` (from their SUBJECT files). */

@@ -90,6 +90,8 @@ export class FileMessageStore implements MessageStore {
   private closed = false
   private locks = new WeakMap<GroupState, Promise<unknown>>()
   private checkpointing: Promise<void> | undefined
+  /** Appends made while a new subject's marker is written wait for this (in order); see `append`. */
+  private appendGate: Promise<void> | undefined
   /** abandon() was called: nothing may be written any more. */
   private abandoned = false
   /** Action-log offset of the last checkpoint written (what the next one may delete up to). */
@@ -182,6 +184,13 @@ export class FileMessageStore implements MessageStore {
       ...ioOpt,
     })
     const report = await recoverStore(this)
+    // Subjects recovery found without a marker (their directory was created, the marker lost).
+    const markers: Promise<void>[] = []
+    for (const s of this.subjectsIndex.map.values()) {
+      const m = s.consume.markerDurable()
+      if (m !== undefined) markers.push(m)
+    }
+    await Promise.all(markers)
     this.recoveryReport = report
     if (o.indexes) {
       this.index = await IndexLog.open({
@@ -323,13 +332,20 @@ export class FileMessageStore implements MessageStore {
     const t0 = process.hrtime.bigint()
     const items: AppendItem[] = new Array(records.length)
     let subject: string | undefined
+    /** New subjects' SUBJECT markers being written: awaited before the records join a batch. */
+    let markers: Promise<void>[] | undefined
     for (let i = 0; i < records.length; i++) {
       const r = records[i] as AppendInput
       // A new subject's consume log is opened here, where a failure (a directory refused by
-      // claimSubjectDir, mkdir errors) fails this append alone, not the batch it would join.
+      // claimSubjectDir, mkdir errors, its marker's write) fails this append alone, not the batch it
+      // would join.
       if (r.header.subject !== subject) {
         subject = r.header.subject
-        this.subjectsIndex.getOrCreate(subject)
+        const marker = this.subjectsIndex.getOrCreate(subject).consume.markerDurable()
+        if (marker !== undefined) {
+          markers ??= []
+          markers.push(marker)
+        }
       }
       items[i] = {
         record: r.bytes,
@@ -341,6 +357,22 @@ export class FileMessageStore implements MessageStore {
         storedAt: 0,
         end: -1,
       }
+    }
+    // A subject's first record is acknowledged only once its marker is durable (subject-dirs.ts).
+    // While one is written, later appends (of any subject) queue behind it: appends join batches in
+    // the order they were made.
+    if (markers !== undefined || this.appendGate !== undefined) {
+      const ready = Promise.all([this.appendGate, ...(markers ?? [])])
+      // A failed marker fails its own append only.
+      const gate: Promise<void> = ready.then(
+        () => undefined,
+        () => undefined,
+      )
+      this.appendGate = gate
+      void gate.then(() => {
+        if (this.appendGate === gate) this.appendGate = undefined
+      })
+      await ready
     }
     await this.mlog.append(items)
     this.metrics.appendSeconds(Number(process.hrtime.bigint() - t0) / 1e9)

@@ -230,6 +230,8 @@ export class MessageLog {
   private queue: Request[] = []
   private scheduled = false
   private closed = false
+  /** abandon() was called: no batch is formed, written or synced any more (a crash). */
+  private abandoned = false
   /** The batch whose write is in flight. */
   private writing: Batch | undefined
   /** 'async': written, not yet acknowledged. 'sync': written, not covered by an fdatasync yet. */
@@ -352,6 +354,18 @@ export class MessageLog {
 
   /** Forms the next batch from the queue and writes it, unless a write is in flight. */
   private pump(): void {
+    if (this.abandoned) {
+      // Nothing is written after abandon(): appends still queued are refused, not formed.
+      const refused = this.queue
+      this.queue = []
+      for (const r of refused) r.reject(new QmqError('QMQ_ERR_STORE_CLOSED'))
+      // Written, no fdatasync started: never acknowledged (fdatasyncs in flight still settle theirs).
+      const unsynced = this.written
+      this.written = []
+      if (unsynced.length > 0) this.reject(unsynced, new QmqError('QMQ_ERR_STORE_CLOSED'))
+      this.checkIdle()
+      return
+    }
     if (this.failed !== undefined && this.queue.length > 0) {
       // Not formed yet: nothing to roll back.
       const refused = this.queue
@@ -462,7 +476,7 @@ export class MessageLog {
    * MAX_SYNCS_IN_FLIGHT are in flight (the next write completion or returning fdatasync starts it).
    */
   private startSync(): void {
-    if (this.syncError !== undefined || this.written.length === 0) return
+    if (this.syncError !== undefined || this.written.length === 0 || this.abandoned) return
     if (this.syncs.length >= MAX_SYNCS_IN_FLIGHT) return
     const group: SyncGroup = { batches: this.written, done: false }
     this.written = []
@@ -663,6 +677,10 @@ export class MessageLog {
   /** Stops without syncing or waiting: what a crash leaves behind (tests). */
   abandon(): void {
     this.closed = true
+    this.abandoned = true
     if (this.syncTimer) clearInterval(this.syncTimer)
+    // Queued appends are refused now; the write in flight, if any, finishes (its batch is then
+    // refused by `pump` if it was never synced: no fdatasync starts after abandon()).
+    this.pump()
   }
 }

@@ -478,6 +478,9 @@ export class SegmentLog {
       let seg = this.segs[this.segs.length - 1]
       if (!seg || (mayRoll && seg.size > 0 && seg.size + bytes > this.segmentBytes)) seg = this.roll()
       const start = seg.size
+      // Held until the write is back: a segment retired meanwhile (closed, cut off by `truncate`,
+      // removed) keeps its descriptor open, so the write never lands in a file that reused its number.
+      seg.refs++
       try {
         let n = await this.io.writev(seg.fd, buffers, start)
         // A short write (the disk filled up mid-batch): write the rest to get the real error.
@@ -491,11 +494,20 @@ export class SegmentLog {
         // Undo whatever part of the batch reached the file. If even that fails, the next recover
         // (on open) cuts the unacknowledged tail.
         try {
-          await this.io.ftruncate(seg.fd, start)
+          if (!seg.retired) await this.io.ftruncate(seg.fd, start)
         } catch {
           // ignored: reported through the write error
         }
         throw fsError(err, `writing ${path.basename(seg.file)}`)
+      } finally {
+        this.release(seg)
+      }
+      if (seg.retired) {
+        // Taken out of the log during the write (closed, or cut off and unlinked): not appended.
+        throw new QmqError(
+          'QMQ_ERR_STORE_CLOSED',
+          `${path.basename(seg.file)} was closed or removed while a write to it was in flight`,
+        )
       }
       seg.size = start + bytes
       seg.dirty = true

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { fsyncDir, writeFileAtomicSync } from '../../common/durable-file'
-import { QmqError } from '../../common/errors'
+import { fsyncDir, fsyncDirAsync, writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
+import { fsError, QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 
 /**
@@ -31,11 +31,24 @@ export function subjectDirName(subject: string): string {
   return `${HASHED_PREFIX}${createHash('sha256').update(subject).digest('hex')}`
 }
 
+export interface SubjectDir {
+  dir: string
+  /**
+   * Set when the directory has no SUBJECT marker yet: writes it (temp file, fdatasync, rename, fsync
+   * of the subject's directory, then of `root` for the directory's own name), off the event loop.
+   * Until it has resolved, nothing of the subject may be acknowledged (the store awaits it before a
+   * new subject's first append joins a batch): a crash must not leave acknowledged records of a
+   * subject whose consume-log directory names no subject.
+   */
+  writeMarker: (() => Promise<void>) | undefined
+}
+
 /**
- * The directory of `subject`'s consume log, created with its SUBJECT marker if missing. A directory
- * whose marker names another subject is refused (QMQ_ERR_STORE_CORRUPT) rather than shared.
+ * The directory of `subject`'s consume log, created if missing (the marker is written by the
+ * returned `writeMarker`). A directory whose marker names another subject is refused
+ * (QMQ_ERR_STORE_CORRUPT) rather than shared.
  */
-export function claimSubjectDir(root: string, subject: string): string {
+export function claimSubjectDir(root: string, subject: string): SubjectDir {
   const dir = path.join(root, subjectDirName(subject))
   fs.mkdirSync(dir, { recursive: true })
   const marker = path.join(dir, MARKER_FILE)
@@ -46,14 +59,24 @@ export function claimSubjectDir(root: string, subject: string): string {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
   // Empty: a marker torn by a crash while it was written (before layout 2 it was not atomic).
-  if (found === '') writeFileAtomicSync(marker, subject)
-  else if (found !== subject) {
+  if (found === '') {
+    const writeMarker = async (): Promise<void> => {
+      try {
+        await writeFileAtomic(marker, subject)
+      } catch (err) {
+        throw fsError(err, `writing ${marker}`)
+      }
+      await fsyncDirAsync(root)
+    }
+    return { dir, writeMarker }
+  }
+  if (found !== subject) {
     throw new QmqError(
       'QMQ_ERR_STORE_CORRUPT',
       `consume-log directory ${dir} belongs to subject ${JSON.stringify(found)}, not ${JSON.stringify(subject)}`,
     )
   }
-  return dir
+  return { dir, writeMarker: undefined }
 }
 
 /**
