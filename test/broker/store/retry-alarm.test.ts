@@ -1,3 +1,4 @@
+import { ManualClock } from '../../../src/common/clock'
 import t from 'tap'
 import { MinHeap } from '../../../src/broker/store/min-heap'
 import { bodyOf, open, pullOpts, rec } from './helpers'
@@ -52,17 +53,22 @@ t.test(
 
 t.test('store - retries waiting when the store closed are announced on time after it reopens', async (t) => {
   const dir = t.testdir()
-  const first = await open(dir, { sweepIntervalMs: 3_600_000 })
+  // The store's clock stands still until the listener is in place: on a loaded machine reopening can
+  // take longer than the retry delay, and the alarm would then announce it before anyone listened.
+  const clock = new ManualClock()
+  const first = await open(dir, { clock, sweepIntervalMs: 3_600_000 })
   await first.append([rec('s', { body: 'later' })])
   await first.pull(pullOpts('s', 'g', 'c'))
   await first.nack('s', 'g', 'c', [0], { retryAfterMs: 400 })
   await first.close()
-  const store = await open(dir, { sweepIntervalMs: 3_600_000 })
+  const store = await open(dir, { clock, sweepIntervalMs: 3_600_000 })
   t.teardown(() => store.close())
   let woken = false
   store.onAvailable(() => {
     woken = true
   })
+  t.equal((await store.pull(pullOpts('s', 'g', 'c'))).length, 0, 'not due yet')
+  clock.advance(400)
   const end = Date.now() + 10_000
   while (!woken && Date.now() < end) await new Promise((r) => setTimeout(r, 20))
   t.ok(woken, 'listeners hear about the due retry')
