@@ -23,7 +23,7 @@
  * REPL_BENCH_RATE, REPL_BENCH_PARTS (produce,latency,catchup,failover; default all).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type ChildService, startChildService } from '../src/cli/child-service'
@@ -54,10 +54,33 @@ function record(subject: string): Buffer {
 
 const children: ChildProcess[] = []
 
-async function startBroker(dataDir: string, extra: Record<string, unknown>): Promise<number> {
+/**
+ * REPL_BENCH_CPU_PROF=<dir>: the catch-up part's master and slave write V8 CPU profiles there (at
+ * their exit, SIGTERM).
+ */
+const CPU_PROF_DIR = process.env.REPL_BENCH_CPU_PROF
+
+/** CPU seconds a child process has used so far, user and system (Linux /proc). */
+function cpuTimes(pid: number | undefined): { user: number; sys: number } {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // Fields 14 and 15 of stat (utime, stime), in clock ticks (100 per second on Linux).
+    return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 }
+  } catch {
+    return { user: Number.NaN, sys: Number.NaN }
+  }
+}
+
+async function startBroker(
+  dataDir: string,
+  extra: Record<string, unknown>,
+  nodeArgs: string[] = [],
+): Promise<number> {
   const child = spawn(
     process.execPath,
     [
+      ...nodeArgs,
       '--import',
       'tsx',
       join(__dirname, 'broker-child.ts'),
@@ -434,15 +457,52 @@ async function main(): Promise<void> {
       }
       fill.destroy()
       const target = logBytes(join(root, 'alone'))
+      let masterPort = alonePort
+      let master = children[0]
+      if (CPU_PROF_DIR !== undefined) {
+        // A master of its own for the profile (without the fill): the same data dir, restarted.
+        master?.kill('SIGTERM')
+        await new Promise((r) => master?.once('exit', r))
+        masterPort = await startBroker(join(root, 'alone'), {}, [
+          '--cpu-prof',
+          '--cpu-prof-dir',
+          CPU_PROF_DIR,
+        ])
+        master = children[children.length - 1]
+      }
+      const masterCpu0 = cpuTimes(master?.pid)
       const started = performance.now()
       const fetchBytes = process.env.REPL_BENCH_FETCH_BYTES
-      await startBroker(join(root, 'catchup'), {
-        role: 'slave',
-        masterAddress: `127.0.0.1:${alonePort}`,
-        ...(fetchBytes === undefined ? {} : { replicationFetchBytes: Number(fetchBytes) }),
-      })
+      await startBroker(
+        join(root, 'catchup'),
+        {
+          role: 'slave',
+          masterAddress: `127.0.0.1:${masterPort}`,
+          ...(fetchBytes === undefined ? {} : { replicationFetchBytes: Number(fetchBytes) }),
+        },
+        CPU_PROF_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR],
+      )
+      const slave = children[children.length - 1]
+      // The slave's CPU from its first answer on (not its start: module loading, store open).
+      const slaveCpu0 = cpuTimes(slave?.pid)
+      const copied0 = logBytes(join(root, 'catchup'))
+      const copyStarted = performance.now()
       await until(() => logBytes(join(root, 'catchup')) >= target, 600_000)
-      const seconds = (performance.now() - started) / 1000
+      const now = performance.now()
+      const seconds = (now - started) / 1000
+      const gib = (target - copied0) / 2 ** 30
+      const perGiB = (pid: number | undefined, t0: { user: number; sys: number }) => {
+        const t = cpuTimes(pid)
+        return { user: (t.user - t0.user) / gib, sys: (t.sys - t0.sys) / gib }
+      }
+      const m = perGiB(master?.pid, masterCpu0)
+      const sl = perGiB(slave?.pid, slaveCpu0)
+      const masterCpu = m.user + m.sys
+      const slaveCpu = sl.user + sl.sys
+      const f2 = (n: number) => n.toFixed(2)
+      process.stderr.write(
+        `  catch-up: ${target} bytes in ${seconds.toFixed(2)} s (${((target - copied0) / 1e6 / ((now - copyStarted) / 1000)).toFixed(1)} MB/s after the slave's start); CPU s/GiB master ${f2(m.user)} user + ${f2(m.sys)} sys, slave ${f2(sl.user)} user + ${f2(sl.sys)} sys\n`,
+      )
       report({
         bench: BENCH,
         metric: `slave catch-up of a ${Math.round(target / 2 ** 20)} MiB backlog (process start included)`,
@@ -450,6 +510,25 @@ async function main(): Promise<void> {
         unit: 'MB/s',
         target: '>= 150',
       })
+      report({
+        bench: BENCH,
+        metric: 'slave catch-up: master CPU per GiB copied',
+        value: +masterCpu.toFixed(2),
+        unit: 'CPU s/GiB',
+      })
+      report({
+        bench: BENCH,
+        metric: 'slave catch-up: slave CPU per GiB copied',
+        value: +slaveCpu.toFixed(2),
+        unit: 'CPU s/GiB',
+      })
+      if (CPU_PROF_DIR !== undefined) {
+        // SIGTERM: the processes exit cleanly and write their profiles.
+        const exits = [master, slave].map((c) => new Promise((r) => c?.once('exit', r)))
+        master?.kill('SIGTERM')
+        slave?.kill('SIGTERM')
+        await Promise.all(exits)
+      }
     }
     // The brokers above are done with: the failover part runs on its own.
     for (const c of children.splice(0)) c.kill('SIGKILL')
