@@ -2,9 +2,11 @@
  * Replication benchmark (issue 14), brokers in their own processes (bench/broker-child.ts), 1 KiB
  * messages, flush 'sync':
  * - produce throughput with 4 producers (batches of 100, 8 in flight each) to a master with a 'sync'
- *   slave, as a ratio to the same run against a master alone (target >= 0.6);
+ *   slave, as a ratio to the same run against a master alone (target >= 0.6): 3 rounds of each
+ *   (--quick 1), alternated, the median of the rounds' ratios;
  * - slave catch-up rate: a fresh slave copies a master's backlog (REPL_BENCH_BACKLOG_BYTES, default
- *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s);
+ *   1 GiB; 64 MiB with --quick) (target >= 150 MB/s), and the CPU seconds master and slave spend
+ *   per GiB copied (steadier than the rate on a shared machine);
  * - publish-to-deliver latency at a fixed rate (REPL_BENCH_RATE, default 2k msgs/s; a long-polling
  *   consumer on the master, bench/latency-common.ts) against the master alone and against the master
  *   with a 'sync' slave, in alternating rounds of the same run (3 rounds of 5 s; --quick 1 of 2 s):
@@ -23,15 +25,15 @@
  * REPL_BENCH_RATE, REPL_BENCH_PARTS (produce,latency,catchup,failover; default all).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type ChildService, startChildService } from '../src/cli/child-service'
+import type { ChildService } from '../src/cli/child-service'
 import { MessageProducerProvider } from '../src/client'
 import { MetaClient } from '../src/common/meta/meta-client'
 import { encodeRecord } from '../src/common/record'
-import { CLUSTER_SECRET_ENV } from '../src/common/token'
 import { RawClient } from '../test/helpers/raw-client'
+import { launchService, metaserverArgs, replicatedBrokerArgs } from '../test/helpers/services'
 import { brokerChildPort, quick, report } from './common'
 import { latency, percentile, sendBatch } from './latency-common'
 
@@ -54,10 +56,33 @@ function record(subject: string): Buffer {
 
 const children: ChildProcess[] = []
 
-async function startBroker(dataDir: string, extra: Record<string, unknown>): Promise<number> {
+/**
+ * REPL_BENCH_CPU_PROF=<dir>: the catch-up part's master and slave write V8 CPU profiles there (at
+ * their exit, SIGTERM).
+ */
+const CPU_PROF_DIR = process.env.REPL_BENCH_CPU_PROF
+
+/** CPU seconds a child process has used so far, user and system (Linux /proc). */
+function cpuTimes(pid: number | undefined): { user: number; sys: number } {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // Fields 14 and 15 of stat (utime, stime), in clock ticks (100 per second on Linux).
+    return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 }
+  } catch {
+    return { user: Number.NaN, sys: Number.NaN }
+  }
+}
+
+async function startBroker(
+  dataDir: string,
+  extra: Record<string, unknown>,
+  nodeArgs: string[] = [],
+): Promise<number> {
   const child = spawn(
     process.execPath,
     [
+      ...nodeArgs,
       '--import',
       'tsx',
       join(__dirname, 'broker-child.ts'),
@@ -155,7 +180,7 @@ function medianRound<T extends { p99: number }>(rounds: T[]): T {
 
 /**
  * Failover time over `kills` SIGKILLs of the group's master (ms each): see the file's comment.
- * Services through the CLI, as test/e2e/replication-kill.fault.ts starts them.
+ * Services through the CLI, started as test/e2e/replication-kill.fault.ts starts them (test/helpers/services.ts).
  */
 interface Failover {
   /** Kill to the SDK producer's first acknowledgement of a message sent after the kill (ms). */
@@ -168,48 +193,19 @@ interface Failover {
 
 async function failovers(root: string, kills: number): Promise<Failover[]> {
   const services: ChildService[] = []
-  const env = { [CLUSTER_SECRET_ENV]: SECRET }
   const start = async (name: string, args: string[]) => {
-    const child = startChildService(name, args, { env, startTimeoutMs: 60_000 })
-    services.push(child)
-    const info = await child.started
-    return { child, address: String(info.url ?? info.address) }
+    const s = await launchService(name, args, { secret: SECRET, startTimeoutMs: 60_000 })
+    services.push(s.child)
+    return s
   }
   let producer: MessageProducerProvider | undefined
   let admin: MetaClient | undefined
   let sending = true
   const lanes: Promise<void>[] = []
   try {
-    const meta = await start('metaserver', [
-      'metaserver',
-      '--port',
-      '0',
-      '--data-dir',
-      join(root, 'fo-meta'),
-      '--heartbeat-timeout-ms',
-      '3000',
-      '--heartbeat-interval-ms',
-      '500',
-    ])
-    const brokerArgs = (name: string, role: 'master' | 'slave', port: number) => [
-      'broker',
-      '--group',
-      'g1',
-      '--role',
-      role,
-      '--port',
-      String(port),
-      '--data-dir',
-      join(root, `fo-${name}`),
-      '--metaserver',
-      meta.address,
-      '--http-port',
-      '-1',
-      '--replication-fetch-wait-ms',
-      '200',
-      '--replication-in-sync-lag-ms',
-      '1500',
-    ]
+    const meta = await start('metaserver', metaserverArgs(join(root, 'fo-meta')))
+    const brokerArgs = (name: string, role: 'master' | 'slave', port: number) =>
+      replicatedBrokerArgs(root, `fo-${name}`, meta.address, role, port)
     const nodes = {
       a: await start('a', brokerArgs('a', 'master', 0)),
       b: await start('b', brokerArgs('b', 'slave', 0)),
@@ -323,7 +319,8 @@ async function failovers(root: string, kills: number): Promise<Failover[]> {
 async function main(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'qmq-bench-repl-'))
   try {
-    const perProducer = quick ? 5_000 : 50_000
+    // Per producer and round (3 rounds of each, alternated; --quick: 1).
+    const perProducer = quick ? 5_000 : 25_000
     // A master alone, and a master with a 'sync' slave.
     const alonePort = await startBroker(join(root, 'alone'), {})
     // Generous in-sync lag and ack timeout: on a loaded machine a starved slave must slow the
@@ -395,25 +392,44 @@ async function main(): Promise<void> {
       })
     }
     if (PARTS.includes('produce')) {
-      const alone = await produce(alonePort, 4, perProducer)
-      await writable(mPort)
-      const synced = await produce(mPort, 4, perProducer)
+      // Rounds alternating the master alone and the master with the slave, so that a drift of the
+      // machine's load weighs on both alike; the ratio is the median of the rounds' own ratios.
+      const rounds = quick ? 1 : 3
+      const alone: number[] = []
+      const synced: number[] = []
+      const ratios: number[] = []
+      for (let r = 0; r < rounds; r++) {
+        const round: Record<string, number> = {}
+        for (const which of r % 2 === 0 ? ['alone', 'sync'] : ['sync', 'alone']) {
+          if (which === 'sync') await writable(mPort)
+          round[which] = await produce(which === 'alone' ? alonePort : mPort, 4, perProducer)
+        }
+        const a = round.alone as number
+        const sy = round.sync as number
+        alone.push(a)
+        synced.push(sy)
+        ratios.push(sy / a)
+        process.stderr.write(
+          `  produce round ${r + 1}: alone ${Math.round(a)}, sync slave ${Math.round(sy)} msgs/s (ratio ${(sy / a).toFixed(2)})\n`,
+        )
+      }
+      const median = (v: number[]) => [...v].sort((x, y) => x - y)[Math.floor((v.length - 1) / 2)] as number
       report({
         bench: BENCH,
-        metric: 'produce 4 producers, master alone',
-        value: Math.round(alone),
+        metric: `produce 4 producers, master alone (median of ${rounds} rounds)`,
+        value: Math.round(median(alone)),
         unit: 'msgs/s',
       })
       report({
         bench: BENCH,
-        metric: 'produce 4 producers, sync slave',
-        value: Math.round(synced),
+        metric: `produce 4 producers, sync slave (median of ${rounds} rounds)`,
+        value: Math.round(median(synced)),
         unit: 'msgs/s',
       })
       report({
         bench: BENCH,
-        metric: 'produce ratio sync slave / alone',
-        value: +(synced / alone).toFixed(2),
+        metric: `produce ratio sync slave / alone (median of ${rounds} alternated rounds)`,
+        value: +median(ratios).toFixed(2),
         unit: 'ratio',
         target: '>= 0.6',
       })
@@ -434,15 +450,52 @@ async function main(): Promise<void> {
       }
       fill.destroy()
       const target = logBytes(join(root, 'alone'))
+      let masterPort = alonePort
+      let master = children[0]
+      if (CPU_PROF_DIR !== undefined) {
+        // A master of its own for the profile (without the fill): the same data dir, restarted.
+        master?.kill('SIGTERM')
+        await new Promise((r) => master?.once('exit', r))
+        masterPort = await startBroker(join(root, 'alone'), {}, [
+          '--cpu-prof',
+          '--cpu-prof-dir',
+          CPU_PROF_DIR,
+        ])
+        master = children[children.length - 1]
+      }
+      const masterCpu0 = cpuTimes(master?.pid)
       const started = performance.now()
       const fetchBytes = process.env.REPL_BENCH_FETCH_BYTES
-      await startBroker(join(root, 'catchup'), {
-        role: 'slave',
-        masterAddress: `127.0.0.1:${alonePort}`,
-        ...(fetchBytes === undefined ? {} : { replicationFetchBytes: Number(fetchBytes) }),
-      })
+      await startBroker(
+        join(root, 'catchup'),
+        {
+          role: 'slave',
+          masterAddress: `127.0.0.1:${masterPort}`,
+          ...(fetchBytes === undefined ? {} : { replicationFetchBytes: Number(fetchBytes) }),
+        },
+        CPU_PROF_DIR === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR],
+      )
+      const slave = children[children.length - 1]
+      // The slave's CPU from its first answer on (not its start: module loading, store open).
+      const slaveCpu0 = cpuTimes(slave?.pid)
+      const copied0 = logBytes(join(root, 'catchup'))
+      const copyStarted = performance.now()
       await until(() => logBytes(join(root, 'catchup')) >= target, 600_000)
-      const seconds = (performance.now() - started) / 1000
+      const now = performance.now()
+      const seconds = (now - started) / 1000
+      const gib = (target - copied0) / 2 ** 30
+      const perGiB = (pid: number | undefined, t0: { user: number; sys: number }) => {
+        const t = cpuTimes(pid)
+        return { user: (t.user - t0.user) / gib, sys: (t.sys - t0.sys) / gib }
+      }
+      const m = perGiB(master?.pid, masterCpu0)
+      const sl = perGiB(slave?.pid, slaveCpu0)
+      const masterCpu = m.user + m.sys
+      const slaveCpu = sl.user + sl.sys
+      const f2 = (n: number) => n.toFixed(2)
+      process.stderr.write(
+        `  catch-up: ${target} bytes in ${seconds.toFixed(2)} s (${((target - copied0) / 1e6 / ((now - copyStarted) / 1000)).toFixed(1)} MB/s after the slave's start); CPU s/GiB master ${f2(m.user)} user + ${f2(m.sys)} sys, slave ${f2(sl.user)} user + ${f2(sl.sys)} sys\n`,
+      )
       report({
         bench: BENCH,
         metric: `slave catch-up of a ${Math.round(target / 2 ** 20)} MiB backlog (process start included)`,
@@ -450,6 +503,25 @@ async function main(): Promise<void> {
         unit: 'MB/s',
         target: '>= 150',
       })
+      report({
+        bench: BENCH,
+        metric: 'slave catch-up: master CPU per GiB copied',
+        value: +masterCpu.toFixed(2),
+        unit: 'CPU s/GiB',
+      })
+      report({
+        bench: BENCH,
+        metric: 'slave catch-up: slave CPU per GiB copied',
+        value: +slaveCpu.toFixed(2),
+        unit: 'CPU s/GiB',
+      })
+      if (CPU_PROF_DIR !== undefined) {
+        // SIGTERM: the processes exit cleanly and write their profiles.
+        const exits = [master, slave].map((c) => new Promise((r) => c?.once('exit', r)))
+        master?.kill('SIGTERM')
+        slave?.kill('SIGTERM')
+        await Promise.all(exits)
+      }
     }
     // The brokers above are done with: the failover part runs on its own.
     for (const c of children.splice(0)) c.kill('SIGKILL')

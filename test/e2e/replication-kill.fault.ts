@@ -1,9 +1,15 @@
-import { join } from 'node:path'
 import t from 'tap'
 import { MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { CLUSTER_SECRET } from '../metaserver/helpers'
-import { kill9, portOf, type RunningService, startMetaserver, startService } from '../helpers/services'
+import {
+  kill9,
+  portOf,
+  type RunningService,
+  replicatedBrokerArgs as brokerArgs,
+  startMetaserver,
+  startService,
+} from '../helpers/services'
 
 /**
  * `npm run test:faults` (about 1.5 min; not part of `npm test`).
@@ -18,28 +24,6 @@ import { kill9, portOf, type RunningService, startMetaserver, startService } fro
 const HEARTBEAT_TIMEOUT_MS = 3_000 // startMetaserver's
 const CLIENT = { appCode: 'repl-kill', routeRefreshMs: 300, firstLookupTimeoutMs: 5_000 }
 const SUBJECT = 'repl.orders'
-
-function brokerArgs(dir: string, name: string, meta: string, role: 'master' | 'slave', port = 0): string[] {
-  return [
-    'broker',
-    '--group',
-    'g1',
-    '--role',
-    role,
-    '--port',
-    String(port),
-    '--data-dir',
-    join(dir, name),
-    '--metaserver',
-    meta,
-    '--http-port',
-    '-1',
-    '--replication-fetch-wait-ms',
-    '200',
-    '--replication-in-sync-lag-ms',
-    '1500',
-  ]
-}
 
 async function until(
   what: string,

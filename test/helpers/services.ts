@@ -24,40 +24,110 @@ export interface RunningService {
 const echo: ChildServiceOptions['onLine'] =
   process.env.QMQ_TEST_VERBOSE === '1' ? (line) => process.stderr.write(`${line}\n`) : undefined
 
-/** `launcher`: a command prefix to run it through (`ip netns exec NS`: in a network namespace). */
+interface LaunchOptions {
+  /** The cluster secret it gets in its environment (default the tests'). */
+  secret?: string
+  /** A command prefix to run it through (`ip netns exec NS`: in a network namespace). */
+  launcher?: readonly string[] | undefined
+  startTimeoutMs?: number
+}
+
+function spawnService(name: string, args: string[], options: LaunchOptions): ChildService {
+  return startChildService(name, args, {
+    env: { [CLUSTER_SECRET_ENV]: options.secret ?? CLUSTER_SECRET },
+    ...(echo ? { onLine: echo } : {}),
+    ...(options.launcher ? { launcher: options.launcher } : {}),
+    ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
+  })
+}
+
+async function started(child: ChildService): Promise<RunningService> {
+  const info = await child.started
+  return { child, info, address: String(info.url ?? info.address) }
+}
+
+/**
+ * Starts one service through the CLI and resolves once it reported its address. No teardown: the
+ * caller kills it (bench/replication.ts; tests use `startService`).
+ */
+export async function launchService(
+  name: string,
+  args: string[],
+  options: LaunchOptions = {},
+): Promise<RunningService> {
+  const child = spawnService(name, args, options)
+  try {
+    return await started(child)
+  } catch (err) {
+    if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
+    throw err
+  }
+}
+
+/** Starts one service through the CLI, stopped (SIGKILL if need be) at the test's teardown. */
 export async function startService(
   t: Test,
   name: string,
   args: string[],
   launcher?: readonly string[],
 ): Promise<RunningService> {
-  const env = { [CLUSTER_SECRET_ENV]: CLUSTER_SECRET }
-  const child = startChildService(name, args, {
-    env,
-    ...(echo ? { onLine: echo } : {}),
-    ...(launcher ? { launcher } : {}),
-  })
+  const child = spawnService(name, args, { launcher })
   t.teardown(async () => {
     if (child.proc.exitCode === null && child.proc.signalCode === null) child.proc.kill('SIGKILL')
     await child.exited
   })
-  const info = await child.started
-  const address = String(info.url ?? info.address)
-  return { child, info, address }
+  return started(child)
 }
 
-export async function startMetaserver(t: Test, dataDir: string, port = 0): Promise<RunningService> {
-  return startService(t, 'metaserver', [
+/** A metaserver's CLI arguments: heartbeats every 500 ms, a group silent for 3 s is failed over. */
+export function metaserverArgs(dataDir: string, port = 0): string[] {
+  return [
     'metaserver',
     '--port',
     String(port),
     '--data-dir',
-    join(dataDir, 'metaserver'),
+    dataDir,
     '--heartbeat-timeout-ms',
     '3000',
     '--heartbeat-interval-ms',
     '500',
-  ])
+  ]
+}
+
+export async function startMetaserver(t: Test, dataDir: string, port = 0): Promise<RunningService> {
+  return startService(t, 'metaserver', metaserverArgs(join(dataDir, 'metaserver'), port))
+}
+
+/**
+ * CLI arguments of broker `name` of replicated group g1 (data dir `<dir>/<name>`): fetches wait
+ * 200 ms, a slave is out of sync after 1.5 s (test/e2e/replication-kill.fault.ts, bench/replication.ts).
+ */
+export function replicatedBrokerArgs(
+  dir: string,
+  name: string,
+  meta: string,
+  role: 'master' | 'slave',
+  port = 0,
+): string[] {
+  return [
+    'broker',
+    '--group',
+    'g1',
+    '--role',
+    role,
+    '--port',
+    String(port),
+    '--data-dir',
+    join(dir, name),
+    '--metaserver',
+    meta,
+    '--http-port',
+    '-1',
+    '--replication-fetch-wait-ms',
+    '200',
+    '--replication-in-sync-lag-ms',
+    '1500',
+  ]
 }
 
 async function startGroup(

@@ -329,23 +329,21 @@ export class ReplicationFollower {
 
   /**
    * Copies one log. While the master has more than one chunk beyond what it sent (catching up), the
-   * next fetch is sent while the previous chunk is written and fdatasynced: `offset` asks past it,
-   * `acked` says what is durable (common/protocol/replication.ts). At the master's end it writes and
-   * syncs first, then asks, so a `sync` SEND is acknowledged with the next fetch, not one later.
-   * Writes stay in order: a chunk is written only once the previous one is synced.
+   * next fetch is sent while the previous chunk is written: `offset` asks past it, `acked` says what
+   * is durable (common/protocol/replication.ts). Chunks are fdatasynced in the background, in groups
+   * (ChunkWriter), so a catching-up copy is not held to one fdatasync per chunk. At the master's end it
+   * writes and syncs first, then asks, so a `sync` SEND is acknowledged with the next fetch, not one
+   * later.
    */
   private async copyLoop(copy: LogCopy): Promise<void> {
     const name = REPLICATED_LOG_NAMES[copy.kind]
     const log = copy.log
-    /** Write and fdatasync of the last chunk received, when one is in progress. */
-    let writing: Promise<void> | undefined
+    const writer = new ChunkWriter(copy, () => this.noteCaughtUp())
+    // Written but not yet fdatasynced: at most this much before the loop waits for a sync (a disk
+    // slower than the network would otherwise fill the page cache with dirty bytes).
+    const maxUnsynced = UNSYNCED_FETCHES * this.opts.fetchBytes
     /** Next byte to ask for: the log's end plus the chunk being written. */
     let wanted = log.endOffset
-    const settle = async () => {
-      const w = writing
-      writing = undefined
-      if (w !== undefined) await w
-    }
     /** The connection of the last request (the one to drop when it fails). */
     let conn: Connection | undefined
     try {
@@ -356,13 +354,15 @@ export class ReplicationFollower {
           // kernel may have dropped its pages (marked clean, never written), so a later good fdatasync
           // would acknowledge bytes that are not on disk. Cut back to what is durable, as the master's
           // store cuts its log on a failed fdatasync, and ask for the rest again.
-          if (writing === undefined && log.endOffset > copy.durable) {
+          if (writer.failure !== undefined) {
+            await writer.drain()
             this.log.warn(
               { log: name, from: log.endOffset, to: copy.durable },
               'slave: cutting a chunk that failed to sync; copying it again',
             )
             await log.truncate(copy.durable)
             await log.sync()
+            writer.failure = undefined
             wanted = log.endOffset
             this.opts.layout?.onCut?.(copy.kind, copy.durable)
           }
@@ -391,7 +391,7 @@ export class ReplicationFollower {
           copy.masterStart = res.start
           copy.masterEnd = res.end
           if (res.kind === FetchKind.TRUNCATE) {
-            await settle()
+            await writer.synced()
             if (res.offset < log.endOffset) {
               this.log.warn(
                 { log: name, from: log.endOffset, to: res.offset },
@@ -407,7 +407,7 @@ export class ReplicationFollower {
             continue
           }
           if (res.kind === FetchKind.RESET) {
-            await settle()
+            await writer.synced()
             this.log.warn(
               { log: name, held: log.endOffset, masterStart: res.start },
               'slave: the master no longer holds what follows this copy; copying again from its start',
@@ -423,7 +423,7 @@ export class ReplicationFollower {
           }
           if (res.epoch > copy.epoch) this.adoptEpoch(copy, res.epoch, res.history)
           if (res.data.length === 0) {
-            await settle()
+            await writer.synced()
             this.noteCaughtUp()
             continue
           }
@@ -434,13 +434,14 @@ export class ReplicationFollower {
               'QMQ_ERR_INTERNAL',
               `master sent ${name} bytes at ${res.offset}, asked for ${at}`,
             )
-          await settle()
+          // Writes stay in order: this chunk is written once the previous one is (synced or not).
+          await writer.written()
           const end = res.offset + res.data.length
-          writing = this.writeChunk(copy, res.segmentBase, res.data)
-          writing.catch(() => {}) // handled where it is awaited (settle), possibly after the next fetch
+          writer.write(res.segmentBase, res.data)
           wanted = end
           // Caught up with what the master has: sync before asking (the ask acknowledges it).
-          if (!this.pipelining || end >= res.end) await settle()
+          if (!this.pipelining || end >= res.end) await writer.synced()
+          else if (log.endOffset - copy.durable > maxUnsynced) await writer.synced()
         } catch (err) {
           if (!this.running) return
           if (this.pipelining && err instanceof QmqError && err.code === 'QMQ_ERR_PAYLOAD_MALFORMED') {
@@ -451,24 +452,14 @@ export class ReplicationFollower {
               'slave: the master refuses pipelined fetches; one chunk at a time',
             )
           }
-          await settle().catch(() => {})
+          await writer.drain()
           wanted = log.endOffset
           await this.dropConnection(err, conn)
         }
       }
     } finally {
-      await settle().catch(() => {})
+      await writer.drain()
     }
-  }
-
-  /** Writes one copied chunk (a gap on the master first) and fdatasyncs it; then it counts as durable. */
-  private async writeChunk(copy: LogCopy, segmentBase: number, data: Buffer): Promise<void> {
-    const log = copy.log
-    if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-    await log.appendCopied(segmentBase, data)
-    await log.sync()
-    copy.durable = log.endOffset
-    this.noteCaughtUp()
   }
 
   private noteCaughtUp(): void {
@@ -552,5 +543,79 @@ export class ReplicationFollower {
       const timer = setTimeout(wake, ms)
       this.sleepers.add(wake)
     })
+  }
+}
+
+/** A catching-up copy holds at most this many fetches' bytes written and not yet fdatasynced. */
+const UNSYNCED_FETCHES = 8
+
+/**
+ * Writes one copy's chunks in order and fdatasyncs them in the background. A chunk is written as soon
+ * as the previous one is written (not synced), and its fdatasync is `SegmentLog.sync()`, which shares
+ * one fdatasync among the calls made while one runs: the disk's sync latency is paid once per group
+ * of chunks, not once per chunk (with a 4 MiB chunk per fdatasync the copy could not go faster than
+ * the disk syncs 4 MiB writes one after the other).
+ *
+ * Invariant: `copy.durable` (the acknowledgement the next fetch carries) only moves to the end of the
+ * log as it was when a `sync()` that then succeeded was called; SegmentLog.sync covers every write
+ * completed before its call. After a failed write or fdatasync, `failure` is set and nothing moves
+ * `durable` any more (a later good fdatasync may not cover pages the kernel dropped) until the loop
+ * cut the copy back to `durable` and cleared it.
+ */
+class ChunkWriter {
+  /** The write of the last chunk queued, and the fdatasync after it: both always resolve. */
+  private lastWrite: Promise<void> = Promise.resolve()
+  private lastSync: Promise<void> = Promise.resolve()
+  failure: unknown = undefined
+
+  constructor(
+    private readonly copy: LogCopy,
+    private readonly onDurable: () => void,
+  ) {}
+
+  /** Queues one chunk (a gap on the master first): written once the previous chunk is, then synced. */
+  write(segmentBase: number, data: Buffer): void {
+    const log = this.copy.log
+    this.lastWrite = this.lastWrite.then(async () => {
+      if (this.failure !== undefined) return
+      try {
+        if (segmentBase > log.endOffset) await log.truncate(segmentBase)
+        await log.appendCopied(segmentBase, data)
+      } catch (err) {
+        this.failure ??= err
+        return
+      }
+      const end = log.endOffset
+      // Later calls of sync() resolve no earlier than this one: the last one set is the last to end.
+      this.lastSync = log.sync().then(
+        () => {
+          if (this.failure !== undefined || end <= this.copy.durable) return
+          this.copy.durable = end
+          this.onDurable()
+        },
+        (err: unknown) => {
+          this.failure ??= err
+        },
+      )
+    })
+  }
+
+  /** Resolves once every chunk queued is written (not synced); throws a failure so far. */
+  async written(): Promise<void> {
+    await this.lastWrite
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  /** Resolves once every chunk queued is written and fdatasynced; throws a failure so far. */
+  async synced(): Promise<void> {
+    await this.lastWrite
+    await this.lastSync
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  /** Waits for everything queued, whatever the outcome (the loop then looks at `failure`). */
+  async drain(): Promise<void> {
+    await this.lastWrite
+    await this.lastSync
   }
 }
