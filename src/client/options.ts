@@ -78,7 +78,7 @@ export const commonClientSchema: OptionsSchema<CommonClientOptions> = {
   connectTimeoutMs: integer({ default: 3_000, min: 10, doc: 'TCP connect timeout (ms)' }),
   maxInFlightPerConnection: integer({ default: 1_024, min: 1, doc: 'requests on the wire per connection' }),
   reconnectInitialMs: integer({ default: 100, min: 1, doc: 'first reconnect backoff (ms)' }),
-  reconnectMaxMs: integer({ default: 10_000, min: 1, doc: 'largest reconnect backoff (ms)' }),
+  reconnectMaxMs: integer({ default: 1_000, min: 1, doc: 'largest reconnect backoff (ms)' }),
   tls: clientTlsSpec,
   token: optionalSecret({ doc: "the application's token (qmq auth create)" }),
 }
@@ -132,6 +132,14 @@ export function createRuntime(o: CommonClientOptions, log: Logger, events?: Clie
     events,
     ...(tls !== undefined ? { tls } : {}),
     ...(o.token !== undefined ? { auth: { appCode: o.appCode, token: o.token } } : {}),
+  })
+  // A group routed to a new address (a failover promoted its slave, issue 14): the connection to
+  // that address is tried at once, whatever backoff earlier failures there left (a former master
+  // back on its address as a slave, and now promoted again).
+  routes.onChange((_q, groups, before) => {
+    for (const g of groups) {
+      if (!before.some((b) => b.name === g.name && b.address === g.address)) pool.resetBackoff(g.address)
+    }
   })
   if (events !== undefined) {
     routes.onChange((q, groups) =>

@@ -20,6 +20,12 @@ export function backoffDelay(attempt: number, options: BackoffOptions, random: (
   return Math.round(base * (1 - jitter * random()))
 }
 
+/**
+ * Longest wait of the consumer's pull and ack retries (and the default reconnectMaxMs): a server back
+ * after a restart or a failover (issue 14) is used again within about this long.
+ */
+export const RETRY_MAX_MS = 1_000
+
 /** A stateful backoff: `next()` grows, `reset()` after a success. */
 export class Backoff {
   private attempt = 0

@@ -2,7 +2,7 @@ import { QmqError, toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { RequestCode } from '../../common/protocol/codes'
 import { encodeAckRequest, encodeNackRequest } from '../../common/protocol/commands'
-import { Backoff, sleep } from '../retry'
+import { Backoff, RETRY_MAX_MS, sleep } from '../retry'
 import type { Connection } from '../transport/connection'
 import type { ConsumerContext } from './subscription'
 
@@ -192,7 +192,7 @@ export class AckSender {
   }
 
   private async attempt(kind: Kind, b: Batch): Promise<void> {
-    const backoff = new Backoff({ initialMs: 100, maxMs: 5_000 })
+    const backoff = new Backoff({ initialMs: 100, maxMs: RETRY_MAX_MS })
     for (;;) {
       b.attempts++
       try {

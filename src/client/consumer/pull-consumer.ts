@@ -153,7 +153,9 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
         // every group answered empty before the deadline (e.g. errors): ask again after a pause
         await sleep(Math.min(left, 100), stop)
         if (Date.now() >= deadline || stop.aborted) break
-        for (const g of groups) this.startPull(g, max, Math.max(0, deadline - Date.now()))
+        // At the groups' latest addresses (a failover may have moved one meanwhile).
+        for (const g of groups)
+          this.startPull(this.groups.get(g.name) ?? g, max, Math.max(0, deadline - Date.now()))
         continue
       }
       await new Promise<void>((resolve) => this.arrivals.push(resolve))
@@ -245,6 +247,9 @@ export class PullConsumer implements AsyncIterable<ConsumedMessage> {
         (err: unknown) => {
           this.metrics?.pullFailed()
           this.ctx.log.debug({ brokerGroup: g.name, err: toQmqError(err).message }, 'pull failed')
+          // The group may have moved (a failover): the next pulls go where the metaserver says now.
+          if (!this.closed)
+            void this.ctx.rt.routes.refresh('consumer', this.subject, this.group).catch(() => {})
         },
       )
       .finally(() => {

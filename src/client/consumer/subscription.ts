@@ -8,7 +8,7 @@ import { encodePullRequest, MAX_PULL_MESSAGES } from '../../common/protocol/comm
 import { type StartFrom, startPosition } from './start-from'
 import type { ClientRuntime } from '../options'
 import { type ConsumeResult, SubscriptionMetrics } from '../metrics'
-import { Backoff, sleep } from '../retry'
+import { Backoff, RETRY_MAX_MS, sleep } from '../retry'
 import { type AckSender, newAckSender } from './ack-sender'
 import { ConsumedMessage } from './consumed-message'
 import { isNonRetriable, type MessageHandler } from './decorators'
@@ -169,7 +169,7 @@ export class Subscription {
     for (const g of groups) {
       const loop = this.loops.get(g.name)
       if (loop !== undefined) {
-        loop.group = g
+        loop.moveTo(g)
         continue
       }
       const l = new PullLoop(this, g)
@@ -521,6 +521,8 @@ export class PullLoop {
   /** Settles after the first pull came back (or failed). */
   readonly firstPull: Promise<void>
   private firstPullDone: () => void = () => {}
+  /** Ends the workers' waits after failed pulls (the group moved: pull from its new address now). */
+  private wake = new AbortController()
 
   constructor(
     private readonly sub: Subscription,
@@ -529,6 +531,15 @@ export class PullLoop {
     this.firstPull = new Promise((resolve) => {
       this.firstPullDone = resolve
     })
+  }
+
+  /** The route's latest word on this group: a new address (a failover) ends the backoff waits. */
+  moveTo(g: RouteGroup): void {
+    const moved = g.address !== this.group.address
+    this.group = g
+    if (!moved) return
+    this.wake.abort()
+    this.wake = new AbortController()
   }
 
   start(): void {
@@ -547,7 +558,7 @@ export class PullLoop {
   private async run(): Promise<void> {
     const { sub } = this
     const { ctx, spec } = sub
-    const backoff = new Backoff({ initialMs: 100, maxMs: 5_000 })
+    const backoff = new Backoff({ initialMs: 100, maxMs: RETRY_MAX_MS })
     let first = true
     while (!sub.stopping) {
       const n = await sub.reserve(Math.min(ctx.pullBatchSize, MAX_PULL_MESSAGES))
@@ -584,7 +595,14 @@ export class PullLoop {
         const err = toQmqError(e)
         const wait = backoff.next()
         sub.log.debug({ brokerGroup: this.group.name, err: err.message, retryInMs: wait }, 'pull failed')
-        await sleep(wait, sub.abort.signal)
+        // The group may have moved (a failover): ask the metaserver (at most a few times a second);
+        // a new address ends this wait (moveTo).
+        const from = this.group.address
+        void ctx.rt.routes.refresh('consumer', spec.subject, spec.group).catch(() => {})
+        if (this.group.address === from) {
+          await sleep(wait, AbortSignal.any([sub.abort.signal, this.wake.signal]))
+        }
+        if (this.group.address !== from) backoff.reset()
         continue
       }
       backoff.reset()

@@ -9,8 +9,12 @@ import { Backoff, isRetriable, sleep } from '../retry'
  * Routes from the metaserver, cached per (kind, subject, consumer group).
  *
  * - A cached route is answered at once; every `refreshIntervalMs` all cached routes are asked for
- *   again in the background (and `refresh()` forces it, e.g. after a send failed). A failed refresh
- *   keeps the cached route: with the metaserver down, clients keep working on what they know.
+ *   again in the background, and `refresh()` asks at once when a client finds a group unreachable
+ *   (a failover moves its master: clients follow as soon as the metaserver routes the new one). A
+ *   route is asked for at most once per `minRefreshGapMs`: refreshes wanted sooner join one made at
+ *   the end of the gap, so any number of failing sends costs the metaserver a few requests a second.
+ *   A failed refresh keeps the cached route: with the metaserver down, clients keep working on what
+ *   they know.
  * - The first lookup of a route retries retriable failures with backoff for at most
  *   `firstLookupTimeoutMs`, then fails with a clear QmqError (QMQ_ERR_METASERVER_UNAVAILABLE or
  *   QMQ_ERR_NO_ROUTE) naming the subject: it never hangs.
@@ -21,15 +25,28 @@ export interface RouteCacheOptions {
   clientId: string
   refreshIntervalMs: number
   firstLookupTimeoutMs: number
+  /** Least time between two lookups of one route (default MIN_REFRESH_GAP_MS). */
+  minRefreshGapMs?: number
   logger?: Logger
 }
 
-export type RouteListener = (query: RouteQuery, groups: readonly RouteGroup[]) => void
+export const MIN_REFRESH_GAP_MS = 200
+
+/** `before`: the route's groups until this change. */
+export type RouteListener = (
+  query: RouteQuery,
+  groups: readonly RouteGroup[],
+  before: readonly RouteGroup[],
+) => void
 
 interface Entry {
   query: RouteQuery
   groups: RouteGroup[] | undefined
   inflight: Promise<RouteGroup[]> | undefined
+  /** When the last lookup of this route started (ms since epoch; 0: never). */
+  askedAt: number
+  /** A refresh waiting for the end of the gap (joined by the refreshes wanted meanwhile). */
+  delayed: Promise<RouteGroup[]> | undefined
 }
 
 function sameGroups(a: readonly RouteGroup[], b: readonly RouteGroup[]): boolean {
@@ -48,6 +65,8 @@ export class RouteCache {
   private readonly log: Logger
   private readonly abort = new AbortController()
   private timer: NodeJS.Timeout | undefined
+  /** Refreshes waiting for the end of their gap: close() ends the waits. */
+  private readonly waits = new Map<() => void, NodeJS.Timeout>()
   private closed = false
 
   constructor(private readonly options: RouteCacheOptions) {
@@ -74,13 +93,32 @@ export class RouteCache {
   }
 
   /**
-   * Asks the metaserver again now. Resolves with the new groups, or the cached ones when the
-   * metaserver cannot answer (never rejects once a route is cached).
+   * Asks the metaserver again: now, or at the end of the route's minRefreshGapMs (one lookup in
+   * flight or waiting per route; callers meanwhile share it). Resolves with the new groups, or the
+   * cached ones when the metaserver cannot answer (never rejects once a route is cached).
    */
   refresh(kind: ClientKind, subject: string, group?: string): Promise<RouteGroup[]> {
     const entry = this.entry(kind, subject, group)
     if (entry.groups === undefined) return this.get(kind, subject, group)
-    entry.inflight ??= this.fetch(entry)
+    if (entry.inflight !== undefined) return entry.inflight
+    if (entry.delayed !== undefined) return entry.delayed
+    const wait = entry.askedAt + (this.options.minRefreshGapMs ?? MIN_REFRESH_GAP_MS) - Date.now()
+    if (wait > 0) {
+      entry.delayed = new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.waits.delete(resolve)
+          resolve()
+        }, wait)
+        timer.unref()
+        this.waits.set(resolve, timer)
+      }).then(() => {
+        entry.delayed = undefined
+        if (this.closed) return entry.groups as RouteGroup[]
+        return this.refresh(kind, subject, group)
+      })
+      return entry.delayed
+    }
+    entry.inflight = this.fetch(entry)
       .catch((err: unknown) => {
         this.log.debug({ err: (err as Error).message, subject }, 'route refresh failed; keeping cached route')
         return entry.groups as RouteGroup[]
@@ -102,6 +140,11 @@ export class RouteCache {
     this.abort.abort()
     if (this.timer !== undefined) clearInterval(this.timer)
     this.timer = undefined
+    for (const [resolve, timer] of this.waits) {
+      clearTimeout(timer)
+      resolve()
+    }
+    this.waits.clear()
   }
 
   // ------------------------------------------------------------------ internals
@@ -113,7 +156,7 @@ export class RouteCache {
     if (entry === undefined) {
       const query: RouteQuery = { subject, kind, clientId: this.options.clientId }
       if (group !== undefined) query.group = group
-      entry = { query, groups: undefined, inflight: undefined }
+      entry = { query, groups: undefined, inflight: undefined, askedAt: 0, delayed: undefined }
       this.entries.set(key, entry)
       this.startTimer()
     }
@@ -134,6 +177,7 @@ export class RouteCache {
   }
 
   private async fetch(entry: Entry): Promise<RouteGroup[]> {
+    entry.askedAt = Date.now()
     const res = await this.options.meta.route(entry.query)
     const groups = Array.isArray(res.groups) ? res.groups : []
     if (groups.length === 0) {
@@ -147,7 +191,7 @@ export class RouteCache {
     if (before !== undefined && !sameGroups(before, groups)) {
       for (const l of this.listeners) {
         try {
-          l(entry.query, groups)
+          l(entry.query, groups, before)
         } catch (err) {
           this.log.error(err as Error, 'route listener failed')
         }

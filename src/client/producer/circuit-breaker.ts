@@ -48,6 +48,11 @@ export class CircuitBreaker {
     this.probing = false
   }
 
+  /** The request taken by tryAcquire() ended with no verdict (it was never sent): frees the probe slot. */
+  release(): void {
+    this.probing = false
+  }
+
   onFailure(): void {
     this.probing = false
     if (this.opened) {

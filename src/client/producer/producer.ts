@@ -25,6 +25,7 @@ import {
   SEND_PENDING,
 } from './batch'
 import { checkMetaServer } from '../meta/check'
+import { RouteCache } from '../meta/route-cache'
 import { cancelDelayed } from './cancel'
 import { CircuitBreaker } from './circuit-breaker'
 import { type Waiter, WaitQueue } from './send-queue'
@@ -180,7 +181,19 @@ const UNREACHABLE = new Set([
   'QMQ_ERR_READ_ONLY',
   'QMQ_ERR_SHUTTING_DOWN',
   'QMQ_ERR_CIRCUIT_OPEN',
+  // A slave (or a master whose lease ran out, issue 14) stores nothing from producers.
+  'QMQ_ERR_NOT_MASTER',
 ])
+
+/**
+ * A request its connection refused without sending it (the connection waits `retryInMs` before its
+ * next connect attempt): not an attempt of the message, which waits that long, or for a new route.
+ */
+function notSentFor(err: QmqError): number | undefined {
+  if (err.code !== 'QMQ_ERR_CONNECTION' || err.details?.notSent !== true) return undefined
+  const ms = err.details.retryInMs
+  return typeof ms === 'number' ? ms : 0
+}
 
 function ignore(): void {}
 
@@ -259,6 +272,8 @@ export class MessageProducerProvider extends ClientBase {
   /** The one lane of all delayed messages. */
   private delayLane: Lane | undefined
   private readonly breakers = new Map<string, CircuitBreaker>()
+  /** Retries waiting for their delay, by route key (RouteCache.key): see park(). */
+  private readonly parked = new Map<string, Map<NodeJS.Timeout, () => void>>()
   /** The address each group's breaker was made for. */
   private readonly breakerAddresses = new Map<string, string>()
   /** The transactional outbox (setTransactionProvider), if any. */
@@ -316,6 +331,9 @@ export class MessageProducerProvider extends ClientBase {
     }
     this.opts = opts
     this.rt = rt
+    rt.routes.onChange((q) => {
+      if (q.kind === 'producer' || q.kind === 'delay-producer') this.unpark(RouteCache.key(q.kind, q.subject))
+    })
     if (this.registry !== undefined) {
       this.metrics = new ProducerMetrics(this.registry, {
         queueSize: () => this.unsettled,
@@ -922,10 +940,13 @@ export class MessageProducerProvider extends ClientBase {
       const err = toQmqError(e)
       if (metrics !== undefined && !answered)
         metrics.request(group.name, false, (performance.now() - started) / 1000)
-      if (err.retriable) breaker.onFailure()
+      // A request its connection did not send (waiting to reconnect) tells the breaker nothing new.
+      if (notSentFor(err) !== undefined) breaker.release()
+      else if (err.retriable) breaker.onFailure()
       else breaker.onSuccess() // the group answered; the request itself was wrong
       this.log.debug({ group: group.name, err: err.message, n: batch.length }, 'send failed')
-      if (err.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
+      // The group may have moved (a failover): ask where it is now (at most a few times a second).
+      if (UNREACHABLE.has(err.code)) void rt.routes.refresh(lane.kind, lane.subject)
       // Unanswered: the group may have stored the batch, so it goes there again (where the broker's
       // dedupe answers a stored copy as stored) until that group is proven unreachable.
       if (err.code === 'QMQ_ERR_TIMEOUT') route.sticky = group.name
@@ -970,7 +991,7 @@ export class MessageProducerProvider extends ClientBase {
     if (metrics !== undefined) count(metrics, 'sent', lane, stored)
     this.wakeIdle()
     if (retry.length > 0) {
-      if (retryErr?.code === 'QMQ_ERR_READ_ONLY') void rt.routes.refresh(lane.kind, lane.subject)
+      if (unreachable) void rt.routes.refresh(lane.kind, lane.subject)
       // Refused records were not stored by this group: a sticky route stays on an earlier group that
       // may hold them, unless this (that) group said it cannot take them.
       const next: Route = { tried: route.tried, sticky: unreachable ? undefined : route.sticky }
@@ -1002,8 +1023,9 @@ export class MessageProducerProvider extends ClientBase {
     const opts = this.opts as ProducerOptions
     const now = Date.now()
     const again: Pending[] = []
+    const notSent = notSentFor(err)
     for (const p of batch) {
-      p.attempts++
+      if (notSent === undefined) p.attempts++
       if (!isRetriable(err) || p.attempts >= opts.maxAttempts || now >= p.deadline)
         this.fail(p, this.finalError(p, err, route.sticky), route.sticky)
       else again.push(p)
@@ -1032,7 +1054,9 @@ export class MessageProducerProvider extends ClientBase {
           initialMs: 20,
           maxMs: 1_000,
         })
-        setTimeout(() => this.dispatch(lane, again, againBody, route), delay)
+        this.park(lane, Math.max(delay, Math.min(notSent ?? 0, 1_000)), () =>
+          this.dispatch(lane, again, againBody, route),
+        )
       }
       return
     }
@@ -1045,6 +1069,39 @@ export class MessageProducerProvider extends ClientBase {
     const delay = backoffDelay(Math.min(10, (again[0] as Pending).attempts), { initialMs: 20, maxMs: 1_000 })
     if (this.rt !== undefined && groups.length > 0)
       void this.rt.routes.refresh(lane.kind, lane.subject).catch(() => {})
-    setTimeout(() => this.dispatch(lane, again, againBody, { tried: new Set(), sticky: undefined }), delay)
+    this.park(lane, Math.max(delay, Math.min(notSent ?? 0, 1_000)), () =>
+      this.dispatch(lane, again, againBody, { tried: new Set(), sticky: undefined }),
+    )
+  }
+
+  /**
+   * Runs `retry` after `delay`, or as soon as the lane's route changes (a failover routed its group
+   * to a promoted master: the batch goes there at once, not at the end of a wait meant for the old one).
+   */
+  private park(lane: Lane, delay: number, retry: () => void): void {
+    const key = RouteCache.key(lane.kind, lane.subject)
+    let waiting = this.parked.get(key)
+    if (waiting === undefined) {
+      waiting = new Map()
+      this.parked.set(key, waiting)
+    }
+    const set = waiting
+    const timer = setTimeout(() => {
+      set.delete(timer)
+      retry()
+    }, delay)
+    set.set(timer, retry)
+  }
+
+  /** Sends the retries parked on a route now (it changed). */
+  private unpark(key: string): void {
+    const waiting = this.parked.get(key)
+    if (waiting === undefined || waiting.size === 0) return
+    const due = [...waiting]
+    waiting.clear()
+    for (const [timer, retry] of due) {
+      clearTimeout(timer)
+      retry()
+    }
   }
 }

@@ -18,6 +18,11 @@ export class ConnectionPool {
     return c
   }
 
+  /** Connection.resetBackoff() of the connection to `address`, if there is one. */
+  resetBackoff(address: string): void {
+    this.connections.get(address)?.resetBackoff()
+  }
+
   async close(): Promise<void> {
     this.closed = true
     const all = [...this.connections.values()]

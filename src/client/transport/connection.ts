@@ -14,7 +14,7 @@ import {
   writeFrameHeader,
 } from '../../common/protocol/frame'
 import { type ClientTlsOptions, tlsConnectOptions } from '../../common/tls'
-import { Backoff } from '../retry'
+import { Backoff, RETRY_MAX_MS } from '../retry'
 import { type AuthRequest, encodeAuthRequest } from '../../common/protocol/auth'
 import { RequestCode } from '../../common/protocol/codes'
 
@@ -35,6 +35,10 @@ import { RequestCode } from '../../common/protocol/codes'
  *   requests it held (retriable QMQ_ERR_CONNECTION / QMQ_ERR_CONNECTION_CLOSED) and the next
  *   attempt is allowed only after a jittered, growing backoff; requests made before then fail at once
  *   with QMQ_ERR_CONNECTION, so a producer can fail over to another group instead of waiting.
+ *   The backoff grows only over failures that follow each other: a first attempt made long after the
+ *   last one was allowed (more than `reconnectMaxMs` later) starts from `reconnectInitialMs` again,
+ *   and `resetBackoff()` (the metaserver now routes a group to this address: a promoted master, a
+ *   restarted broker) allows the next attempt at once and starts the backoff over.
  * - The socket keeps the process alive only while requests are outstanding (it is unref'd when idle):
  *   an idle client does not hold Node up until the broker closes the idle connection.
  */
@@ -73,7 +77,7 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 export const DEFAULT_MAX_IN_FLIGHT = 1_024
 export const DEFAULT_MAX_PENDING = 100_000
 export const DEFAULT_RECONNECT_INITIAL_MS = 100
-export const DEFAULT_RECONNECT_MAX_MS = 10_000
+export const DEFAULT_RECONNECT_MAX_MS = RETRY_MAX_MS
 /** Frames waiting to be written are written at once (not at the end of the turn) from this size on. */
 export const WRITE_THROUGH_BYTES = 64 * 1024
 /** Buffers smaller than this are coalesced (copied) into one before they are written. */
@@ -120,6 +124,7 @@ export class Connection {
   private readonly maxFrameBytes: number
   private readonly log: Logger
   private readonly backoff: Backoff
+  private readonly reconnectMaxMs: number
   private readonly tls: ClientTlsOptions | undefined
   private readonly authBody: Buffer | undefined
 
@@ -158,9 +163,10 @@ export class Connection {
     this.events = options.events
     this.tls = options.tls
     this.authBody = options.auth === undefined ? undefined : encodeAuthRequest(options.auth)
+    this.reconnectMaxMs = options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS
     this.backoff = new Backoff({
       initialMs: options.reconnectInitialMs ?? DEFAULT_RECONNECT_INITIAL_MS,
-      maxMs: options.reconnectMaxMs ?? DEFAULT_RECONNECT_MAX_MS,
+      maxMs: this.reconnectMaxMs,
     })
   }
 
@@ -191,7 +197,11 @@ export class Connection {
             'QMQ_ERR_CONNECTION',
             `not connected to ${this.address}; next attempt in ${this.retryAt - Date.now()} ms` +
               (this.lastError ? ` (last error: ${this.lastError.message})` : ''),
-            { cause: this.lastError, details: { address: this.address } },
+            // notSent: the request never left this client (producers do not count it as an attempt).
+            {
+              cause: this.lastError,
+              details: { address: this.address, notSent: true, retryInMs: this.retryAt - Date.now() },
+            },
           ),
         )
         return
@@ -232,10 +242,24 @@ export class Connection {
       const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs
       p.timer = setTimeout(() => this.timeout(p, timeoutMs), timeoutMs)
       this.queue.push(p)
-      if (this.state === 'idle') this.open()
-      else if (this.state === 'open') this.pump()
+      if (this.state === 'idle') {
+        // Failures long ago (this address was left alone meanwhile) say nothing about it now.
+        if (this.retryAt !== 0 && Date.now() - this.retryAt > this.reconnectMaxMs) this.backoff.reset()
+        this.open()
+      } else if (this.state === 'open') this.pump()
       this.updateRef()
     })
+  }
+
+  /**
+   * Allows the next connect attempt at once and starts the backoff over: the caller learnt that the
+   * server at this address is (or is about to be) serving, e.g. the metaserver routes a promoted
+   * master here. An open or connecting connection is left as it is.
+   */
+  resetBackoff(): void {
+    if (this.state !== 'idle') return
+    this.backoff.reset()
+    this.retryAt = 0
   }
 
   /** Fails everything outstanding and closes the socket. Idempotent. */
