@@ -220,7 +220,12 @@ t.test('deploy - k8s manifests pass real flags and env, probe /health, keep data
     delays.map((p) => [p.where, p.options.group, p.options.role ?? 'master', p.options.advertisedAddress]),
     [
       ['StatefulSet qmq-delay', 'qmq-delay-0', 'master', 'qmq-delay-0.qmq-delay.default.svc:20801'],
-      ['StatefulSet qmq-delay-slave', 'qmq-delay-0', 'slave', 'qmq-delay-slave-0.qmq-delay.default.svc:20801'],
+      [
+        'StatefulSet qmq-delay-slave',
+        'qmq-delay-0',
+        'slave',
+        'qmq-delay-slave-0.qmq-delay.default.svc:20801',
+      ],
     ],
   )
   // The pair is configured alike: TLS, authentication and the cluster secret on both copies.
