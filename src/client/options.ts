@@ -112,6 +112,8 @@ export function createRuntime(o: CommonClientOptions, log: Logger, events?: Clie
   const meta = new MetaClient({
     ...(tls !== undefined ? { tls } : {}),
     url: o.metaServer,
+    // Route lookups and client heartbeats carry the app's credential (a metaserver with auth needs it).
+    ...(o.token !== undefined ? { auth: { appCode: o.appCode, token: o.token } } : {}),
     timeoutMs: Math.min(o.metaTimeoutMs, o.firstLookupTimeoutMs),
     connectTimeoutMs: Math.min(1_000, o.metaTimeoutMs),
     connections: 2,
