@@ -42,8 +42,9 @@ export interface CommonClientOptions {
   tls: ClientTlsOptions | true | undefined
   /**
    * The application's token (from `qmq auth create`), sent with appCode in the first frame of every
-   * connection to brokers and delay servers that require authentication. Read it from a file or an
-   * environment variable, never put it in code or on a command line.
+   * connection to brokers and delay servers that require authentication, and with the metaserver route
+   * lookups and client heartbeats (a metaserver with `auth` requires it there). Read it from a file or
+   * an environment variable, never put it in code or on a command line.
    */
   token: string | undefined
 }
