@@ -72,6 +72,7 @@ export class ClusterAdmin {
     this.meta = new MetaClient({
       url,
       ...(adminToken ? { adminToken } : {}),
+      ...(this.auth !== undefined ? { auth: this.auth } : {}),
       timeoutMs: 5_000,
       ...(this.tls !== undefined ? { tls: this.tls } : {}),
     })

@@ -42,8 +42,9 @@ export interface CommonClientOptions {
   tls: ClientTlsOptions | true | undefined
   /**
    * The application's token (from `qmq auth create`), sent with appCode in the first frame of every
-   * connection to brokers and delay servers that require authentication. Read it from a file or an
-   * environment variable, never put it in code or on a command line.
+   * connection to brokers and delay servers that require authentication, and with the metaserver route
+   * lookups and client heartbeats (a metaserver with `auth` requires it there). Read it from a file or
+   * an environment variable, never put it in code or on a command line.
    */
   token: string | undefined
 }
@@ -112,6 +113,8 @@ export function createRuntime(o: CommonClientOptions, log: Logger, events?: Clie
   const meta = new MetaClient({
     ...(tls !== undefined ? { tls } : {}),
     url: o.metaServer,
+    // Route lookups and client heartbeats carry the app's credential (a metaserver with auth needs it).
+    ...(o.token !== undefined ? { auth: { appCode: o.appCode, token: o.token } } : {}),
     timeoutMs: Math.min(o.metaTimeoutMs, o.firstLookupTimeoutMs),
     connectTimeoutMs: Math.min(1_000, o.metaTimeoutMs),
     connections: 2,

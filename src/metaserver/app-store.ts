@@ -1,6 +1,7 @@
 import type Database from 'better-sqlite3'
 import type { AppCredential } from '../common/auth/credentials'
 import { type Grant, validateGrant } from '../common/auth/grants'
+import { QmqError } from '../common/errors'
 
 /**
  * Where the metaserver keeps application credentials (issue 18): per appCode the SHA-256 hashes of its
@@ -12,19 +13,57 @@ import { type Grant, validateGrant } from '../common/auth/grants'
 export interface StoredApp extends AppCredential {
   createdAt: number
   updatedAt: number
+  /** The row's version when it was read: 0 when created, one more with every update (schema.ts v6). */
+  version: number
 }
+
+/** An app to create (its version is 0). */
+export type NewApp = Omit<StoredApp, 'version'>
 
 export interface AppCredentialStore {
   listApps(): Promise<StoredApp[]>
   getApp(appCode: string): Promise<StoredApp | undefined>
   /** Inserts; false when the appCode exists already (nothing changed). */
-  insertApp(app: StoredApp): Promise<boolean>
-  /** Replaces token hashes and grants of an existing app; false when there is none. */
+  insertApp(app: NewApp): Promise<boolean>
+  /**
+   * Compare-and-set: replaces token hashes, grants and updatedAt of the app only if its row is still at
+   * `app.version` (the version read), and makes it `app.version + 1`. False when nothing was written:
+   * the app is gone or another change came first (read it again: changeApp below).
+   */
   updateApp(app: StoredApp): Promise<boolean>
   deleteApp(appCode: string): Promise<boolean>
 }
 
-/** The table is created by schema.ts migration 3 (both stores); its layout is described there. */
+/** How often changeApp redoes a change whose row changed under it before it gives up (retriable). */
+export const CHANGE_APP_ATTEMPTS = 16
+
+/**
+ * Read-modify-write of one app without losing a concurrent change (`qmq auth grant`, `revoke`,
+ * `rotate`, on one metaserver or several sharing a store): applies `change` to `first` (the app as
+ * read) and writes it with updateApp's compare-and-set; when another change came first, reads the app
+ * again and applies `change` to it. `change` must be a function of the app it is given only (it may
+ * throw: nothing is written). Answers the app as written (its new version). Throws QMQ_ERR_NOT_FOUND
+ * when the app was deleted meanwhile, QMQ_ERR_BUSY (retriable) after CHANGE_APP_ATTEMPTS lost races.
+ */
+export async function changeApp(
+  store: AppCredentialStore,
+  first: StoredApp,
+  change: (app: StoredApp) => Omit<StoredApp, 'version'>,
+): Promise<StoredApp> {
+  let app: StoredApp | undefined = first
+  for (let attempt = 0; attempt < CHANGE_APP_ATTEMPTS; attempt++) {
+    if (app === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no app ${first.appCode}`)
+    const next = { ...change(app), appCode: app.appCode, version: app.version }
+    if (await store.updateApp(next)) return { ...next, version: app.version + 1 }
+    app = await store.getApp(first.appCode)
+  }
+  throw new QmqError(
+    'QMQ_ERR_BUSY',
+    `app ${first.appCode} was changed by ${CHANGE_APP_ATTEMPTS} other changes while this one was made; retry`,
+  )
+}
+
+/** The table is created by schema.ts migration 3 (both stores), its version column by 6; layouts there. */
 
 export interface AppRow {
   app_code: string
@@ -32,6 +71,7 @@ export interface AppRow {
   grants_json: string
   created_at: number
   updated_at: number
+  version: number
 }
 
 function parseList(json: string): unknown[] {
@@ -58,6 +98,7 @@ function toApp(r: AppRow): StoredApp {
     grants,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+    version: r.version,
   }
 }
 
@@ -70,14 +111,17 @@ export class SqliteAppStore implements AppCredentialStore {
     private readonly run: <T>(what: string, fn: () => T) => Promise<T>,
   ) {
     const cols = 'app_code, token_hashes_json, grants_json, created_at, updated_at'
+    const read = `${cols}, version`
     this.stmts = {
-      all: db.prepare(`SELECT ${cols} FROM app_credentials ORDER BY app_code`),
-      get: db.prepare(`SELECT ${cols} FROM app_credentials WHERE app_code = ?`),
+      all: db.prepare(`SELECT ${read} FROM app_credentials ORDER BY app_code`),
+      get: db.prepare(`SELECT ${read} FROM app_credentials WHERE app_code = ?`),
       insert: db.prepare(
         `INSERT INTO app_credentials (${cols}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_code) DO NOTHING`,
       ),
+      // Compare-and-set on version (see updateApp in AppCredentialStore).
       update: db.prepare(
-        'UPDATE app_credentials SET token_hashes_json = ?, grants_json = ?, updated_at = ? WHERE app_code = ?',
+        `UPDATE app_credentials SET token_hashes_json = ?, grants_json = ?, updated_at = ?, version = version + 1
+         WHERE app_code = ? AND version = ?`,
       ),
       delete: db.prepare('DELETE FROM app_credentials WHERE app_code = ?'),
     }
@@ -94,7 +138,7 @@ export class SqliteAppStore implements AppCredentialStore {
     })
   }
 
-  insertApp(a: StoredApp): Promise<boolean> {
+  insertApp(a: NewApp): Promise<boolean> {
     return this.run(
       'create app',
       () =>
@@ -112,8 +156,13 @@ export class SqliteAppStore implements AppCredentialStore {
     return this.run(
       'update app',
       () =>
-        this.stmts.update.run(JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.updatedAt, a.appCode)
-          .changes === 1,
+        this.stmts.update.run(
+          JSON.stringify(a.tokenHashes),
+          JSON.stringify(a.grants),
+          a.updatedAt,
+          a.appCode,
+          a.version,
+        ).changes === 1,
     )
   }
 
@@ -130,33 +179,35 @@ export type PostgresQuery = <R extends Pick<AppRow, 'app_code'>>(
 ) => Promise<R[]>
 
 const PG_COLS = 'app_code, token_hashes_json, grants_json, created_at, updated_at'
+const PG_READ = `${PG_COLS}, version`
 
 /**
  * AppCredentialStore on PostgreSQL, through the PostgresMetaStore's pool and error wrapper (a closed
  * store or a database outage fails with the retriable QMQ_ERR_METASERVER_STORE like its other writes).
  * Each call is one statement: the insert is `ON CONFLICT (app_code) DO NOTHING RETURNING`, so of several
- * metaservers creating the same appCode at once exactly one gets true; update and delete answer
- * whether a row matched. BIGINT times are read as numbers (the pool's int8 parser).
+ * metaservers creating the same appCode at once exactly one gets true; update (compare-and-set on
+ * version: one statement, so under READ COMMITTED a concurrent update makes it match no row once the
+ * other commits) and delete answer whether a row matched. BIGINT times are read as numbers (the pool's int8 parser).
  */
 export class PostgresAppStore implements AppCredentialStore {
   constructor(private readonly q: PostgresQuery) {}
 
   async listApps(): Promise<StoredApp[]> {
     return (
-      await this.q<AppRow>('list apps', `SELECT ${PG_COLS} FROM app_credentials ORDER BY app_code`)
+      await this.q<AppRow>('list apps', `SELECT ${PG_READ} FROM app_credentials ORDER BY app_code`)
     ).map(toApp)
   }
 
   async getApp(appCode: string): Promise<StoredApp | undefined> {
     const rows = await this.q<AppRow>(
       `get app ${appCode}`,
-      `SELECT ${PG_COLS} FROM app_credentials WHERE app_code = $1`,
+      `SELECT ${PG_READ} FROM app_credentials WHERE app_code = $1`,
       [appCode],
     )
     return rows[0] === undefined ? undefined : toApp(rows[0])
   }
 
-  async insertApp(a: StoredApp): Promise<boolean> {
+  async insertApp(a: NewApp): Promise<boolean> {
     const rows = await this.q<Pick<AppRow, 'app_code'>>(
       `create app ${a.appCode}`,
       `INSERT INTO app_credentials (${PG_COLS}) VALUES ($1, $2, $3, $4, $5)
@@ -169,9 +220,9 @@ export class PostgresAppStore implements AppCredentialStore {
   async updateApp(a: StoredApp): Promise<boolean> {
     const rows = await this.q<Pick<AppRow, 'app_code'>>(
       `update app ${a.appCode}`,
-      `UPDATE app_credentials SET token_hashes_json = $1, grants_json = $2, updated_at = $3
-       WHERE app_code = $4 RETURNING app_code`,
-      [JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.updatedAt, a.appCode],
+      `UPDATE app_credentials SET token_hashes_json = $1, grants_json = $2, updated_at = $3,
+       version = version + 1 WHERE app_code = $4 AND version = $5 RETURNING app_code`,
+      [JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.updatedAt, a.appCode, a.version],
     )
     return rows.length === 1
   }

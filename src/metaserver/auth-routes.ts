@@ -4,7 +4,7 @@ import { type Grant, sameGrant, validateGrant } from '../common/auth/grants'
 import type { Clock } from '../common/clock'
 import { QmqError } from '../common/errors'
 import type { Logger } from '../common/logger'
-import type { AppCredentialStore, StoredApp } from './app-store'
+import { type AppCredentialStore, changeApp, type NewApp, type StoredApp } from './app-store'
 
 /**
  * The credential endpoints of the metaserver (docs/metaserver-api.md, docs/security.md):
@@ -103,7 +103,7 @@ export async function handleAuthRoute(
     const grants: Grant[] = []
     for (const g of raw.map(validateGrant)) if (!grants.some((x) => sameGrant(x, g))) grants.push(g)
     const token = generateToken()
-    const app: StoredApp = {
+    const app: NewApp = {
       appCode,
       tokenHashes: [hashToken(token)],
       grants,
@@ -131,30 +131,37 @@ export async function handleAuthRoute(
   const app = await store.getApp(appCode)
   if (app === undefined) throw new QmqError('QMQ_ERR_NOT_FOUND', `no app ${appCode}`)
   switch (action) {
+    // Read-modify-write under compare-and-set (changeApp): the change is redone on the app as it is
+    // now when another change of it came first, so none is lost.
     case 'rotate': {
       const body = objectBody(await ctx.readJson(req))
       const token = generateToken()
-      const keep = body.keepPrevious === true ? app.tokenHashes.slice(-1) : []
-      await store.updateApp({ ...app, tokenHashes: [...keep, hashToken(token)], updatedAt: now })
-      ctx.log.info({ app: appCode, keptPrevious: keep.length > 0 }, 'app token rotated')
+      const keepPrevious = body.keepPrevious === true
+      await changeApp(store, app, (a) => ({
+        ...a,
+        tokenHashes: [...(keepPrevious ? a.tokenHashes.slice(-1) : []), hashToken(token)],
+        updatedAt: now,
+      }))
+      ctx.log.info({ app: appCode, keptPrevious: keepPrevious }, 'app token rotated')
       return { status: 200, body: { appCode, token } }
     }
     case 'grant':
     case 'revoke': {
       const g = validateGrant(objectBody(await ctx.readJson(req)))
-      const has = app.grants.some((x) => sameGrant(x, g))
-      let grants = app.grants
-      if (action === 'grant' && !has) {
-        if (grants.length >= MAX_GRANTS)
-          throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `an app has at most ${MAX_GRANTS} grants`)
-        grants = [...grants, g]
-      }
-      if (action === 'revoke') {
-        if (!has) throw new QmqError('QMQ_ERR_NOT_FOUND', `app ${appCode} has no such grant`)
-        grants = grants.filter((x) => !sameGrant(x, g))
-      }
-      const next = { ...app, grants, updatedAt: now }
-      await store.updateApp(next)
+      const next = await changeApp(store, app, (a) => {
+        const has = a.grants.some((x) => sameGrant(x, g))
+        let grants = a.grants
+        if (action === 'grant' && !has) {
+          if (grants.length >= MAX_GRANTS)
+            throw new QmqError('QMQ_ERR_INVALID_ARGUMENT', `an app has at most ${MAX_GRANTS} grants`)
+          grants = [...grants, g]
+        }
+        if (action === 'revoke') {
+          if (!has) throw new QmqError('QMQ_ERR_NOT_FOUND', `app ${appCode} has no such grant`)
+          grants = grants.filter((x) => !sameGrant(x, g))
+        }
+        return { ...a, grants, updatedAt: now }
+      })
       ctx.log.info(
         { app: appCode, action, grant: g },
         `app permission ${action === 'grant' ? 'granted' : 'revoked'}`,

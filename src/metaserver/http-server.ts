@@ -10,6 +10,7 @@ import { handleQueryRoute, type QueryRouteName } from './query-routes'
 import type { Clock } from '../common/clock'
 import type { AppCredentialStore } from './app-store'
 import { type AuthRouteName, handleAuthRoute } from './auth-routes'
+import type { ClientAuth } from './client-auth'
 import type { MetaService } from './service'
 import {
   parseClientHeartbeat,
@@ -44,6 +45,8 @@ export interface HttpContext {
   /** Application credentials (auth-routes.ts); undefined = the store keeps none. */
   apps?: AppCredentialStore | undefined
   clock?: Clock
+  /** `auth` on: route lookups and client heartbeats need a credential (client-auth.ts); undefined = open. */
+  clientAuth?: ClientAuth | undefined
 }
 
 type Answer =
@@ -313,6 +316,10 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
             )
           validateGroup(group)
         }
+        if (ctx.clientAuth !== undefined) {
+          const p = await ctx.clientAuth.authenticate(req)
+          ctx.clientAuth.checkRoute(p, kind, subject, query.get('group') ?? undefined)
+        }
         return { status: 200, body: await svc.route(subject, kind) }
       }
       case META_PATHS.serverHeartbeat:
@@ -326,9 +333,12 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       case META_PATHS.clientHeartbeat:
         setRoute('client_heartbeat')
         if (method !== 'POST') throw methodNotAllowed(method, path)
-        return {
-          status: 200,
-          body: await svc.clientHeartbeat(parseClientHeartbeat(await readJson(req, ctx.maxBodyBytes))),
+        {
+          // Authenticated before the body is read: a refusal drains it (see drainBody).
+          const p = await ctx.clientAuth?.authenticate(req)
+          const hb = parseClientHeartbeat(await readJson(req, ctx.maxBodyBytes))
+          if (p !== undefined) ctx.clientAuth?.checkHeartbeat(p, hb)
+          return { status: 200, body: await svc.clientHeartbeat(hb) }
         }
       case META_PATHS.address:
         setRoute('address')
@@ -442,7 +452,11 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
       path,
       setRoute,
     )
-    if (auth !== undefined) return auth
+    if (auth !== undefined) {
+      // An app changed here is known to the client endpoints at once (client-auth.ts).
+      if (req.method === 'POST') await ctx.clientAuth?.reload()
+      return auth
+    }
     setRoute('unknown')
     throw new QmqError('QMQ_ERR_NOT_FOUND', `no such endpoint: ${method} ${path}`)
   }

@@ -12,6 +12,7 @@ import { Counter, createRegistry, Gauge, type Registry } from '../common/metrics
 import { ConsoleApi } from './console/api'
 import { clientTlsOf, ServerTls, tlsEnabled } from '../common/tls'
 import { createRequestHandler } from './http-server'
+import { ClientAuth } from './client-auth'
 import { type ResolvedMetaserverOptions, resolveMetaserverOptions } from './options'
 import { QueryFanout } from './query-fanout'
 import { MetaService } from './service'
@@ -68,6 +69,7 @@ export class Metaserver {
   private store: MetaStore | undefined
   private svc: MetaService | undefined
   private fanout: QueryFanout | undefined
+  private clientAuth: ClientAuth | undefined
   private server: Server | undefined
   private tls: ServerTls | undefined
   private sweepTimer: NodeJS.Timeout | undefined
@@ -152,7 +154,12 @@ export class Metaserver {
         }
       },
     })
+    if (o.auth) {
+      this.clientAuth = new ClientAuth(this.store.apps, o.clusterSecret, o.authRefreshMs, this.log)
+      await this.clientAuth.start()
+    }
     const handler = createRequestHandler({
+      clientAuth: this.clientAuth,
       fanout: this.fanout,
       service: svc,
       log: this.log,
@@ -346,6 +353,7 @@ export class Metaserver {
       if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer)
       if (this.reloadTimer !== undefined) clearInterval(this.reloadTimer)
       if (this.beatTimer !== undefined) clearInterval(this.beatTimer)
+      this.clientAuth?.stop()
       // The console's broker connections first: its requests in flight fail fast instead of waiting.
       await this.consoleApi?.close()
       const server = this.server

@@ -9,6 +9,7 @@ import {
   stringList,
 } from '../common/config'
 import { checkTlsOptions, type TlsFileOptions, tlsFileSchema } from '../common/tls'
+import { type AuthOptions, authOptionsSchema } from '../common/auth/options'
 import { missingClusterSecret } from '../common/token'
 
 export const DEFAULT_METASERVER_PORT = 8080
@@ -20,7 +21,7 @@ export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
 export const DEFAULT_MIN_GROUPS_PER_SUBJECT = 2
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 // 1 MiB
 
-export interface MetaserverOptions extends TlsFileOptions {
+export interface MetaserverOptions extends TlsFileOptions, AuthOptions {
   host: string
   port: number
   dataDir: string
@@ -126,6 +127,15 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     doc: 'Serve the web console at /console on the HTTP port (false = off: /console answers 404)',
   }),
   ...tlsFileSchema,
+  // Route lookups and client heartbeats need an application credential (client-auth.ts).
+  auth: {
+    ...authOptionsSchema.auth,
+    doc: 'Require an application credential (appCode + token) or the cluster secret on route lookups and client heartbeats, and check the app grants the subject (docs/security.md)',
+  },
+  authRefreshMs: {
+    ...authOptionsSchema.authRefreshMs,
+    doc: 'How often the credentials used by auth are reloaded from the store (revocations take effect within it)',
+  },
 }
 
 /**

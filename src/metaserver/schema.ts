@@ -29,6 +29,9 @@
  *   group_replication(group_name PK, replicated, epoch, in_sync_json '["host:port",...]', reported_at,
  *          step_down_at (NULL = none))   the master's last report: it has slaves (it holds a lease and
  *          fails over), which slaves were in sync, in which epoch and when; and a `qmq failover` asked.
+ * Version 6 (issue 18 review: `qmq auth` grant/revoke/rotate are compare-and-set, app-store.ts):
+ *   app_credentials gains version: grows by one with every update of the row; an update applies only
+ *     to the version it read (UPDATE ... WHERE version = <read>), so two changes at once never lose one.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -118,6 +121,12 @@ CREATE TABLE IF NOT EXISTS group_replication (
   group_name TEXT PRIMARY KEY, replicated {BOOL} NOT NULL, epoch {INT64} NOT NULL, in_sync_json TEXT NOT NULL,
   reported_at {INT64} NOT NULL, step_down_at {INT64}
 );
+`),
+  },
+  {
+    version: 6,
+    sql: both(`
+ALTER TABLE app_credentials ADD COLUMN version {INT64} NOT NULL DEFAULT 0;
 `),
   },
 ]

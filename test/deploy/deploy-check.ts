@@ -577,27 +577,29 @@ function keptApart(a: Workload, b: Workload, podLabels: (w: Workload) => Obj): b
 }
 
 /**
- * Every broker group is a master and a slave (issue 14) whose pods never share a node: the slave in
- * another workload started with --role slave under the same group name, kept apart by anti-affinity.
- * (Delay groups: once `qmq delay` has --role.)
+ * Every broker group and every delay group is a master and a slave (issue 14) whose pods never share
+ * a node: the slave in another workload started with --role slave under the same group name (of the
+ * same kind), kept apart by anti-affinity.
  */
 function checkPairs(
   placed: readonly (Placed & { workload: Workload })[],
   podLabels: (w: Workload) => Obj,
 ): string[] {
   const problems: string[] = []
-  const brokers = placed.filter((p) => p.service === 'broker')
-  for (const m of brokers.filter((p) => (p.options.role ?? 'master') === 'master')) {
-    const slaves = brokers.filter((p) => p.options.role === 'slave' && p.options.group === m.options.group)
-    const group = String(m.options.group)
-    if (slaves.length === 0) problems.push(`${m.where}: broker group ${group} has no slave (--role slave)`)
-    for (const sl of slaves) {
-      if (sl.workload === m.workload)
-        problems.push(`${m.where}: the slave of ${group} is in the master's workload`)
-      else if (!keptApart(m.workload, sl.workload, podLabels))
-        problems.push(
-          `${m.where}: the master and slave of ${group} may share a node (no required podAntiAffinity on kubernetes.io/hostname)`,
-        )
+  for (const kind of ['broker', 'delay'] as const) {
+    const servers = placed.filter((p) => p.service === kind)
+    for (const m of servers.filter((p) => (p.options.role ?? 'master') === 'master')) {
+      const slaves = servers.filter((p) => p.options.role === 'slave' && p.options.group === m.options.group)
+      const group = String(m.options.group)
+      if (slaves.length === 0) problems.push(`${m.where}: ${kind} group ${group} has no slave (--role slave)`)
+      for (const sl of slaves) {
+        if (sl.workload === m.workload)
+          problems.push(`${m.where}: the slave of ${kind} group ${group} is in the master's workload`)
+        else if (!keptApart(m.workload, sl.workload, podLabels))
+          problems.push(
+            `${m.where}: the master and slave of ${kind} group ${group} may share a node (no required podAntiAffinity on kubernetes.io/hostname)`,
+          )
+      }
     }
   }
   return problems

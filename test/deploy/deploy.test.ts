@@ -204,8 +204,9 @@ t.test('deploy - k8s manifests pass real flags and env, probe /health, keep data
     'StatefulSet qmq-broker broker',
     'StatefulSet qmq-broker-slave broker',
     'StatefulSet qmq-delay delay',
+    'StatefulSet qmq-delay-slave delay',
   ])
-  // Every broker group is a master and a slave, as the real CLI parses them.
+  // Every broker group and every delay group is a master and a slave, as the real CLI parses them.
   const brokers = placed.filter((p) => p.service === 'broker')
   t.same(
     brokers.map((p) => [p.where, p.options.group, p.options.role ?? 'master', p.options.advertisedHost]),
@@ -214,6 +215,22 @@ t.test('deploy - k8s manifests pass real flags and env, probe /health, keep data
       ['StatefulSet qmq-broker-slave', 'qmq-broker-0', 'slave', 'qmq-broker-slave-0.qmq-broker.default.svc'],
     ],
   )
+  const delays = placed.filter((p) => p.service === 'delay')
+  t.same(
+    delays.map((p) => [p.where, p.options.group, p.options.role ?? 'master', p.options.advertisedAddress]),
+    [
+      ['StatefulSet qmq-delay', 'qmq-delay-0', 'master', 'qmq-delay-0.qmq-delay.default.svc:20801'],
+      [
+        'StatefulSet qmq-delay-slave',
+        'qmq-delay-0',
+        'slave',
+        'qmq-delay-slave-0.qmq-delay.default.svc:20801',
+      ],
+    ],
+  )
+  // The pair is configured alike: TLS, authentication and the cluster secret on both copies.
+  for (const p of [...brokers, ...delays])
+    t.match(p.options, { auth: true, tlsCertFile: '/certs/tls.crt', tlsCaFile: '/certs/ca.crt' }, p.where)
   t.same(checkKustomization(yamlDoc(readText(K8S, 'kustomization.yaml')), readdirSync(K8S)), [])
 })
 
@@ -366,9 +383,16 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
       /broker group qmq-broker-0 has no slave/,
     ],
     [
+      'delay slave started as master',
+      'delay.yaml',
+      '            - --role\n            - slave\n',
+      '',
+      /delay group qmq-delay-0 has no slave/,
+    ],
+    [
       'env order',
       'delay.yaml',
-      '$(QMQ_DELAY_GROUP).qmq-delay',
+      '$(POD_NAME).qmq-delay',
       '$(QMQ_DELAY_METASERVER).qmq-delay',
       /refers to \$\(QMQ_DELAY_METASERVER\), not defined before it/,
     ],
@@ -400,15 +424,20 @@ t.test('deploy - the k8s checker catches broken manifests', async (t) => {
     t.ok(problemsMatching(problems, re).length > 0, `${name}: ${problems.join('; ')}`)
   }
   // Both copies' anti-affinity on zones only: master and slave of a group may share a node.
-  const together = file('broker.yaml').replaceAll(
-    'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: kubernetes.io/hostname',
-    'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: topology.kubernetes.io/zone',
-  )
-  t.not(together, file('broker.yaml'))
-  t.match(
-    checkKubernetes([together, ...others('broker.yaml')].flatMap(yamlDocs)).problems.join('; '),
-    /the master and slave of qmq-broker-0 may share a node/,
-  )
+  for (const [target, group] of [
+    ['broker.yaml', 'broker group qmq-broker-0'],
+    ['delay.yaml', 'delay group qmq-delay-0'],
+  ] as const) {
+    const together = file(target).replaceAll(
+      'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: kubernetes.io/hostname',
+      'requiredDuringSchedulingIgnoredDuringExecution:\n            - topologyKey: topology.kubernetes.io/zone',
+    )
+    t.not(together, file(target))
+    t.match(
+      checkKubernetes([together, ...others(target)].flatMap(yamlDocs)).problems.join('; '),
+      new RegExp(`the master and slave of ${group} may share a node`),
+    )
+  }
   t.same(checkKustomization({ resources: ['broker.yaml', 'gone.yaml'] }, ['broker.yaml', 'delay.yaml']), [
     'kustomization: delay.yaml is not listed',
     'kustomization: gone.yaml does not exist',

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
 import { MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE } from '../../src/metaserver/schema'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
-import type { AppCredentialStore, StoredApp } from '../../src/metaserver/app-store'
+import { type AppCredentialStore, changeApp, type StoredApp } from '../../src/metaserver/app-store'
 import type { MetaStore, StoredGroup, StoredServer } from '../../src/metaserver/store'
 import { freshDatabase, STORE_KINDS, type StoreKind } from './helpers'
 
@@ -54,6 +54,7 @@ function app(appCode: string, tokenHashes: string[], at: number): StoredApp {
     grants: [{ action: 'produce', subject: `${appCode}.*` }],
     createdAt: at,
     updatedAt: at,
+    version: 0,
   }
 }
 
@@ -73,7 +74,7 @@ for (const kind of STORE_KINDS) {
     })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 5)
+    t.equal(SCHEMA_VERSION, 6)
   })
 
   t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
@@ -407,7 +408,11 @@ for (const kind of STORE_KINDS) {
       updatedAt: 4_000,
     }
     t.equal(await a2.updateApp(rotated), true)
-    t.same(await a1.getApp('billing'), rotated, 'hashes and grants replaced, createdAt kept')
+    t.same(
+      await a1.getApp('billing'),
+      { ...rotated, version: 1 },
+      'hashes and grants replaced, createdAt kept, version + 1',
+    )
     t.equal(await a1.updateApp(app('missing', ['h'], 5_000)), false, 'update of an absent app')
     t.equal(await a1.getApp('missing'), undefined, 'update does not create')
 
@@ -418,6 +423,65 @@ for (const kind of STORE_KINDS) {
       ['audit'],
     )
   })
+
+  t.test(
+    `store [${kind}] - application credentials: an update applies to the version read only`,
+    async (t) => {
+      const [s1, s2] = await openShared(t, kind, 2)
+      const a1 = appsOf(t, s1)
+      const a2 = appsOf(t, s2)
+      await a1.insertApp(app('billing', ['h1'], 1_000))
+      // Two metaservers read the app at once, each adds a grant.
+      const read1 = (await a1.getApp('billing'))!
+      const read2 = (await a2.getApp('billing'))!
+      t.equal(read1.version, 0)
+      const g1 = { action: 'admin' as const, subject: 'one' }
+      const g2 = { action: 'admin' as const, subject: 'two' }
+      t.equal(
+        await a1.updateApp({ ...read1, grants: [...read1.grants, g1], updatedAt: 2_000 }),
+        true,
+        'first',
+      )
+      t.equal(
+        await a2.updateApp({ ...read2, grants: [...read2.grants, g2], updatedAt: 3_000 }),
+        false,
+        'the second, from a stale read, writes nothing',
+      )
+      const now = (await a2.getApp('billing'))!
+      t.same([now.grants.at(-1), now.version, now.updatedAt], [g1, 1, 2_000], 'the first change is kept')
+      t.equal(await a2.updateApp({ ...now, grants: [...now.grants, g2], updatedAt: 3_000 }), true, 'redone')
+      t.same((await a1.getApp('billing'))?.grants.slice(1), [g1, g2])
+
+      // changeApp redoes the change on the new row: concurrent changes through both handles all stick.
+      const subjects = Array.from({ length: 10 }, (_, i) => `s${i}`)
+      await Promise.all(
+        subjects.map(async (subject, i) => {
+          const store = i % 2 === 0 ? a1 : a2
+          const first = (await store.getApp('billing'))!
+          return changeApp(store, first, (a) => ({
+            ...a,
+            grants: [...a.grants, { action: 'produce', subject }],
+          }))
+        }),
+      )
+      const last = (await a1.getApp('billing'))!
+      t.same(
+        last.grants
+          .slice(3)
+          .map((g) => g.subject)
+          .sort(),
+        subjects,
+        'every change stuck',
+      )
+      t.equal(last.version, 2 + subjects.length, 'one version per change')
+      await a1.deleteApp('billing')
+      await t.rejects(
+        changeApp(a1, last, (a) => a),
+        { code: 'QMQ_ERR_NOT_FOUND' },
+        'a deleted app',
+      )
+    },
+  )
 
   t.test(`store [${kind}] - application credentials: racing creates of one appCode, one wins`, async (t) => {
     const stores = await openShared(t, kind, 2)

@@ -6,6 +6,8 @@ import { QmqError } from '../errors'
 import type { ClientTlsOptions } from '../tls'
 import {
   type AddressesResponse,
+  APP_CODE_HEADER,
+  APP_TOKEN_HEADER,
   CLUSTER_SECRET_HEADER,
   type ClientHeartbeatRequest,
   type ClientHeartbeatResponse,
@@ -60,8 +62,16 @@ export interface MetaClientOptions {
   url: string
   /** Sent as `Authorization: Bearer <token>` (admin write endpoints need it). */
   adminToken?: string
-  /** The cluster secret, sent with server heartbeats only (brokers and delay servers need it). */
+  /**
+   * The cluster secret, sent with server heartbeats (brokers and delay servers need it) and with route
+   * lookups and client heartbeats (a metaserver with `auth` on takes it for a server's credential).
+   */
   clusterSecret?: string
+  /**
+   * An application's credential (SDK options appCode + token), sent with route lookups and client
+   * heartbeats only: a metaserver with `auth` on refuses those without one (docs/security.md).
+   */
+  auth?: { appCode: string; token: string }
   timeoutMs?: number
   connectTimeoutMs?: number
   maxResponseBytes?: number
@@ -124,6 +134,7 @@ export class MetaClient {
   private readonly addressRefreshMs: number
   private readonly adminToken: string | undefined
   private readonly clusterSecret: string | undefined
+  private readonly auth: { appCode: string; token: string } | undefined
   private readonly tls: ClientTlsOptions | undefined
   /** Origins of the discovery URLs, when given (tried in turn). */
   private readonly discoveryOrigins: string[]
@@ -167,6 +178,7 @@ export class MetaClient {
     this.addressRefreshMs = options.addressRefreshMs ?? DEFAULT_META_ADDRESS_REFRESH_MS
     this.adminToken = options.adminToken
     this.clusterSecret = options.clusterSecret
+    this.auth = options.auth
     this.tls = options.tls
   }
 
@@ -230,12 +242,29 @@ export class MetaClient {
     const params = new URLSearchParams({ subject: query.subject, kind: query.kind })
     if (query.group !== undefined) params.set('group', query.group)
     if (query.clientId !== undefined) params.set('clientId', query.clientId)
-    return this.call({ method: 'GET', path: `${META_PATHS.route}?${params.toString()}` })
+    return this.call({
+      method: 'GET',
+      path: `${META_PATHS.route}?${params.toString()}`,
+      headers: this.clientCredentialHeaders(),
+    })
   }
 
   /** POST /meta/client/heartbeat: a producer/consumer is online (or offline) for some subjects. */
   clientHeartbeat(req: ClientHeartbeatRequest): Promise<ClientHeartbeatResponse> {
-    return this.call({ method: 'POST', path: META_PATHS.clientHeartbeat, body: req })
+    return this.call({
+      method: 'POST',
+      path: META_PATHS.clientHeartbeat,
+      body: req,
+      headers: this.clientCredentialHeaders(),
+    })
+  }
+
+  /** The credential of route lookups and client heartbeats: the app's, else the cluster secret. */
+  private clientCredentialHeaders(): Record<string, string> {
+    if (this.auth !== undefined)
+      return { [APP_CODE_HEADER]: this.auth.appCode, [APP_TOKEN_HEADER]: this.auth.token }
+    if (this.clusterSecret !== undefined) return { [CLUSTER_SECRET_HEADER]: this.clusterSecret }
+    return {}
   }
 
   async listSubjects(): Promise<SubjectInfo[]> {

@@ -32,6 +32,15 @@ export const META_PATHS = {
  */
 export const CLUSTER_SECRET_HEADER = 'qmq-cluster-secret'
 
+/**
+ * Headers carrying an application's credential (appCode, and its token from `qmq auth create`) on
+ * GET /meta/route and POST /meta/client/heartbeat, which a metaserver with `auth` on refuses without
+ * one (or the cluster secret, for servers). Like CLUSTER_SECRET_HEADER, not `Authorization`. Proxies in
+ * front of a metaserver should keep the token header out of their logs.
+ */
+export const APP_CODE_HEADER = 'qmq-app-code'
+export const APP_TOKEN_HEADER = 'qmq-app-token'
+
 /** A broker group holds real-time messages; a delay group holds scheduled ones. */
 export type GroupKind = 'broker' | 'delay'
 export const GROUP_KINDS: readonly GroupKind[] = ['broker', 'delay']

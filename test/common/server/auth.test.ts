@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { Broker } from '../../../src/broker/broker'
+import { MessageConsumerProvider } from '../../../src/client/consumer/consumer-provider'
 import { MessageProducerProvider } from '../../../src/client/producer/producer'
 import { Connection } from '../../../src/client/transport/connection'
 import { CLUSTER_APP } from '../../../src/common/auth/credentials'
@@ -37,7 +38,15 @@ async function cluster(t: Test) {
   // Not t.testdir(): that is removed before teardowns run, and the delay server syncs on close.
   const dir = mkdtempSync(join(tmpdir(), 'qmq-auth-'))
   const meta = new Metaserver(
-    { port: 0, dataDir: join(dir, 'meta'), adminToken: TOKEN, clusterSecret: CLUSTER_SECRET },
+    {
+      port: 0,
+      dataDir: join(dir, 'meta'),
+      adminToken: TOKEN,
+      clusterSecret: CLUSTER_SECRET,
+      // Route lookups and client heartbeats need the app's credential too.
+      auth: true,
+      authRefreshMs: REFRESH_MS,
+    },
     { logger: silentLogger },
   )
   await meta.start()
@@ -354,3 +363,45 @@ t.test('auth - the SDK producer sends with its appCode and token; without one it
     'no token',
   )
 })
+
+t.test(
+  'auth - SDK producer and consumer work end to end with auth on everywhere (metaserver included)',
+  async (t) => {
+    const c = await cluster(t)
+    await eventually(async () => (await c.admin.listGroups()).some((g) => g.kind === 'broker' && g.alive))
+    const producer = new MessageProducerProvider({
+      appCode: 'orders-producer',
+      metaServer: c.meta.url,
+      token: c.producer.token,
+    })
+    await producer.init()
+    const consumer = new MessageConsumerProvider({
+      appCode: 'orders-consumer',
+      metaServer: c.meta.url,
+      token: c.consumer.token,
+      pullTimeoutMs: 200,
+    })
+    const got: string[] = []
+    consumer.addListener('orders.e2e', 'billing', (m) => {
+      got.push(m.getStringProperty('n') ?? '')
+    })
+    await consumer.start()
+    t.teardown(async () => {
+      await consumer.close()
+      await producer.close()
+    })
+    for (let i = 0; i < 20; i++)
+      await producer.sendMessage(producer.generateMessage('orders.e2e').setProperty('n', `m${i}`))
+    t.ok(await eventually(async () => got.length >= 20, 10_000), 'every message consumed')
+    t.same(new Set(got).size, 20)
+    // The consumer's heartbeats reached the metaserver under its own app.
+    t.ok(
+      await eventually(async () =>
+        (await c.admin.listConsumers({ subject: 'orders.e2e' })).some(
+          (x) => x.appCode === 'orders-consumer' && x.consumerGroup === 'billing',
+        ),
+      ),
+      'the consumer is listed under its app',
+    )
+  },
+)
