@@ -32,8 +32,8 @@ export const DEFAULT_RETRY_MAX_MS = 30_000
 export const DEFAULT_SEND_TIMEOUT_MS = 5_000
 export const DEFAULT_ROUTE_TTL_MS = 5_000
 /**
- * Ids the dedupe window holds at most (the broker's default is 2M): ~100 bytes each with typical ids
- * and subjects (docs/delay.md "Duplicates"), ~55 MB when full: inside the RSS target at 10M pending.
+ * Ids the dedupe window holds at most (the broker's default is 2M): ~120 bytes each with SDK ids
+ * (docs/delay.md "Duplicates"), 57 MB when full: inside the RSS target at 10M pending.
  */
 export const DEFAULT_DELAY_DEDUPE_MAX_ENTRIES = 500_000
 export const DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES = 256 * 1024 * 1024

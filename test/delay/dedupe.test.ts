@@ -147,6 +147,26 @@ t.test('delay dedupe - the window is rebuilt after a restart; a cancelled id sta
   t.equal(count(sender, 'k'), 0, 'a cancelled id sent again is not delivered')
 })
 
+t.test('delay dedupe - message-log segments kept for the window go once it passed', async (t) => {
+  const { dir, closers } = delayDir(t)
+  const clock = new ManualClock(T0)
+  const { server, client } = await startDelay(closers, dir, clock, new FakeSender(), {
+    segmentBytes: 64 * 1024,
+    dedupeWindowMs: 60_000,
+  })
+  await sendFillers(client, 'f', T0 + 40_000)
+  await server.store.checkpoint()
+  await server.store.checkpoint()
+  const segments = () => fs.readdirSync(path.join(dir, 'message')).length
+  t.ok(segments() > 1, 'kept past the checkpoint within the window')
+  // Segment mtimes (wall clock) say when they were written: two windows ago.
+  const old = Date.now() / 1000 - 120
+  for (const f of fs.readdirSync(path.join(dir, 'message')))
+    fs.utimesSync(path.join(dir, 'message', f), old, old)
+  await server.store.checkpoint()
+  t.equal(segments(), 1, 'only the active segment is left')
+})
+
 async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient }> {
   const meta = new Metaserver(
     {

@@ -5,7 +5,7 @@ import type { SegmentInfo } from '../../broker/store/segment-log'
 
 /**
  * The delay server's dedupe window: a SEND of a message id (with its subject) already stored within
- * `windowMs` is answered as stored and not written again, as the broker's (docs/storage.md "Dedupe").
+ * `windowMs` is answered as stored and not written again, as the broker's (docs/storage.md, "Dedupe").
  * The index is the broker's DedupeIndex (same key: the record's (subject, id) bytes, same bounds:
  * `maxEntries`, arena), its "sequence" here the message-log offset just past the first copy's record
  * (what a `sync` answer to the duplicate waits for a slave to hold, as the first copy's did).
@@ -78,14 +78,15 @@ export class DelayDedupe {
   /** Tracks a write of `rec` until it settles (`stored` has added it to the index by then). */
   track<T extends { end: number }>(rec: Buffer, write: Promise<T>): Promise<T> {
     const key = keyOf(rec)
-    const done = write.then(
-      (a) => a.end,
-      () => -1,
+    const settle = (end: number): number => {
+      if (this.inflight.get(key) === done) this.inflight.delete(key)
+      return end
+    }
+    const done: Promise<number> = write.then(
+      (a) => settle(a.end),
+      () => settle(-1),
     )
     this.inflight.set(key, done)
-    void done.then(() => {
-      if (this.inflight.get(key) === done) this.inflight.delete(key)
-    })
     return write
   }
 
