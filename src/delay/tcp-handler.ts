@@ -157,8 +157,11 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
           ctx.trace?.scheduled(it.bytes, it.header.scheduleAt)
       }
       return encodeSendResponse(
-        results.map((r) =>
-          r === undefined ? { status: 0, message: '' } : { status: r.status, message: r.message },
+        // As the broker answers: a duplicate is status 0 with the message `duplicate`.
+        results.map((r, i) =>
+          r === undefined
+            ? { status: 0, message: duplicate[i] === true ? 'duplicate' : '' }
+            : { status: r.status, message: r.message },
         ),
       )
     }

@@ -48,7 +48,11 @@ t.test('delay dedupe - the same id sent again is stored and delivered once', asy
   t.teardown(() => other.close())
   const ok = (rs: { status: number }[]) => rs.map((r) => r.status)
   t.same(ok(await send(client, [delayed('a', T0 + 1_000)])), [0])
-  t.same(ok(await send(client, [delayed('a', T0 + 1_000)])), [0], 'a resend is acknowledged')
+  t.same(
+    await send(client, [delayed('a', T0 + 1_000)]),
+    [{ status: 0, message: 'duplicate' }],
+    'a resend is acknowledged',
+  )
   t.same(
     ok(await send(client, [delayed('b', T0 + 1_000), delayed('b', T0 + 1_000)])),
     [0, 0],
