@@ -43,6 +43,9 @@ export class DelayDedupe {
   readonly options: DelayDedupeOptions
   /** Keys of copies being written -> the end of the copy once durable (-1: its write failed). */
   private readonly inflight = new Map<string, Promise<number>>()
+  /** The key `check` computed for the record it last found nowhere (`track` of it reuses it). */
+  private lastRec: Buffer | undefined
+  private lastKey = ''
   // Rebuild state (open): segments as they were before recovery, the scan's segment, the last time.
   private segs: SegmentInfo[] = []
   private segAt = 0
@@ -72,12 +75,18 @@ export class DelayDedupe {
     this.index.expire(now)
     const end = this.index.find(rec, 0)
     if (end >= 0) return end
-    return this.inflight.get(keyOf(rec)) ?? -1
+    const key = keyOf(rec)
+    const writing = this.inflight.get(key)
+    if (writing !== undefined) return writing
+    this.lastRec = rec
+    this.lastKey = key
+    return -1
   }
 
   /** Tracks a write of `rec` until it settles (`stored` has added it to the index by then). */
   track<T extends { end: number }>(rec: Buffer, write: Promise<T>): Promise<T> {
-    const key = keyOf(rec)
+    const key = rec === this.lastRec ? this.lastKey : keyOf(rec)
+    this.lastRec = undefined
     const settle = (end: number): number => {
       if (this.inflight.get(key) === done) this.inflight.delete(key)
       return end
