@@ -43,6 +43,7 @@ import { type DelayMirrorStatus, DelayMirror, forgetMirror } from './replication
 import { DelayReplicationSource } from './replication/source'
 import { MESSAGE_DIR, TOMBSTONE_MARGIN_MS } from './store/delay-store'
 import { checkRecord } from './store/message-log'
+import { copyKeepFrom, type DelayDedupeOptions } from './store/dedupe-window'
 
 /** /health's `replication`: a master's view of its slaves, or a slave's progress. */
 export type DelayReplicationHealth =
@@ -314,6 +315,7 @@ export class DelayServer {
       maxMessageBytes: o.maxMessageBytes,
       fsync: o.fsync,
       io: this.deps.io,
+      dedupe: this.dedupeOptions(),
     })
     this.storeRef = store
     if (this.promotedTo !== undefined) {
@@ -490,6 +492,15 @@ export class DelayServer {
     this.trace = undefined
   }
 
+  private dedupeOptions(): DelayDedupeOptions {
+    const o = this.options
+    return {
+      windowMs: o.dedupeWindowMs,
+      maxEntries: o.dedupeMaxEntries,
+      rebuildMaxBytes: o.dedupeRebuildMaxBytes,
+    }
+  }
+
   /** A slave: no store is opened; the master's message log and derived files are copied (replication/). */
   private async openSlave(): Promise<void> {
     const o = this.options
@@ -504,6 +515,8 @@ export class DelayServer {
       waitMs: o.replicationFetchWaitMs,
       chunkBytes: o.replicationFetchBytes,
       tombstoneKeepMs: o.horizonMs + TOMBSTONE_MARGIN_MS,
+      // The store's retention: the segments that rebuild the dedupe window stay (dedupe-window.ts).
+      messageKeepFrom: (cp) => copyKeepFrom(this.dedupeOptions(), path.join(o.dataDir, MESSAGE_DIR), cp),
       log: this.log,
     })
     mirror.prepare()

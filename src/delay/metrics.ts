@@ -66,11 +66,28 @@ export function createDelayMetrics(
       this.set(source.dispatcher()?.backlog ?? 0)
     },
   })
+  new Gauge({
+    name: 'qmq_delay_dedupe_window_seconds',
+    help: 'How far back the dedupe window remembers every id now: dedupeWindowMs unless dedupeMaxEntries or the rebuild limit cut it',
+    registers,
+    collect() {
+      const store = source.store()
+      this.set(store === undefined ? 0 : store.dedupe.windowSeconds(store.options.clock.now()))
+    },
+  })
+  new Gauge({
+    name: 'qmq_delay_dedupe_entries',
+    help: 'Ids held by the dedupe window',
+    registers,
+    collect() {
+      this.set(source.store()?.dedupe.index.size ?? 0)
+    },
+  })
   return {
     connectionLoop: new ConnectionMetrics(registry, 'qmq_delay', source.tcp ?? (() => undefined)),
     received: new Counter({
       name: 'qmq_delay_received_total',
-      help: 'Delayed messages received, by result (stored or an error code)',
+      help: 'Delayed messages received, by result (stored, duplicate: within the dedupe window, not stored again; or an error code)',
       labelNames: ['result'],
       registers,
     }),

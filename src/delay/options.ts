@@ -7,6 +7,7 @@ import {
   resolveOptions,
   string,
 } from '../common/config'
+import { DEFAULT_DEDUPE_WINDOW_MS } from '../broker/store/options'
 import { DEFAULT_MAX_FRAME_BYTES } from '../common/protocol/frame'
 import { DEFAULT_MAX_MESSAGE_BYTES } from '../common/record'
 import { type ConnectionLimitOptions, connectionLimitsSchema } from '../common/server/options'
@@ -30,6 +31,12 @@ export const DEFAULT_RETRY_INITIAL_MS = 200
 export const DEFAULT_RETRY_MAX_MS = 30_000
 export const DEFAULT_SEND_TIMEOUT_MS = 5_000
 export const DEFAULT_ROUTE_TTL_MS = 5_000
+/**
+ * Ids the dedupe window holds at most (the broker's default is 2M): ~120 bytes each with SDK ids
+ * (docs/delay.md "Duplicates"), 57 MB when full: inside the RSS target at 10M pending.
+ */
+export const DEFAULT_DELAY_DEDUPE_MAX_ENTRIES = 500_000
+export const DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES = 256 * 1024 * 1024
 
 /** Replication options: the broker's, with the same meanings and defaults (docs/replication.md). */
 export type DelayReplicationOptions = Pick<
@@ -86,6 +93,12 @@ export interface DelayOptions
   routeTtlMs: number
   /** fdatasync the message log before acknowledging a SEND (group commit). */
   fsync: boolean
+  /** A message id (with its subject) stored this recently is stored once (0 = off): the broker's option. */
+  dedupeWindowMs: number
+  /** Cap of remembered ids (oldest forgotten first); lower than the broker's default (memory target). */
+  dedupeMaxEntries: number
+  /** Message-log bytes scanned on open to rebuild the dedupe window (and kept past the checkpoint for it). */
+  dedupeRebuildMaxBytes: number
 }
 
 export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
@@ -192,6 +205,22 @@ export const delayOptionsSchema: OptionsSchema<DelayOptions> = {
   fsync: boolean({
     default: true,
     doc: 'fdatasync the message log before acknowledging (false: acknowledged after the write)',
+  }),
+  dedupeWindowMs: integer({
+    default: DEFAULT_DEDUPE_WINDOW_MS,
+    min: 0,
+    doc: 'A message id SENT again this recently is stored once (0 = off)',
+  }),
+  dedupeMaxEntries: integer({
+    default: DEFAULT_DELAY_DEDUPE_MAX_ENTRIES,
+    min: 0,
+    max: 2 ** 30,
+    doc: 'Cap of remembered ids (oldest forgotten first)',
+  }),
+  dedupeRebuildMaxBytes: integer({
+    default: DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES,
+    min: 0,
+    doc: 'Message-log bytes scanned on open to rebuild the dedupe window',
   }),
   ...tlsFileSchema,
   ...authOptionsSchema,

@@ -141,7 +141,7 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
         const denied = ctx.auth?.produceError(conn, 'SEND', item.header.subject)
         if (denied !== undefined) item.error = denied
       }
-      const { results, end } = await ctx.store.accept(items)
+      const { results, end, duplicate } = await ctx.store.accept(items)
       if (ctx.replication !== undefined && results.some((r) => r === undefined)) {
         // Its own records' end: not the log's, which may hold other requests' records still being
         // written, or end past offsets a failed fdatasync cut (written again only by later SENDs).
@@ -150,13 +150,18 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       }
       for (let i = 0; i < results.length; i++) {
         const r = results[i]
-        ctx.metrics.received.inc({ result: r === undefined ? 'stored' : r.code })
+        const dup = duplicate[i] === true
+        ctx.metrics.received.inc({ result: r !== undefined ? r.code : dup ? 'duplicate' : 'stored' })
         const it = items[i]
-        if (r === undefined && it?.header !== undefined) ctx.trace?.scheduled(it.bytes, it.header.scheduleAt)
+        if (r === undefined && !dup && it?.header !== undefined)
+          ctx.trace?.scheduled(it.bytes, it.header.scheduleAt)
       }
       return encodeSendResponse(
-        results.map((r) =>
-          r === undefined ? { status: 0, message: '' } : { status: r.status, message: r.message },
+        // As the broker answers: a duplicate is status 0 with the message `duplicate`.
+        results.map((r, i) =>
+          r === undefined
+            ? { status: 0, message: duplicate[i] === true ? 'duplicate' : '' }
+            : { status: r.status, message: r.message },
         ),
       )
     }

@@ -60,6 +60,11 @@ export interface DelayMirrorOptions {
   chunkBytes: number
   /** Tombstones older than this are dropped at open (the store's rule). */
   tombstoneKeepMs: number
+  /**
+   * Where the message-log copy may be cut after adopting `checkpoint` (default: the checkpoint): the
+   * store's rule, which keeps the segments that rebuild its dedupe window (store/dedupe-window.ts).
+   */
+  messageKeepFrom?: ((checkpoint: number) => number) | undefined
   log: Logger
 }
 
@@ -334,7 +339,7 @@ export class DelayMirror {
       fs.rmSync(path.join(dir, SCHEDULE_DIR, bucketFileName(s, SCHEDULE_SUFFIX)), { force: true })
       fs.rmSync(path.join(dir, DISPATCH_DIR, bucketFileName(s, DISPATCH_SUFFIX)), { force: true })
     }
-    f.deleteCopyBefore(0, m.checkpoint)
+    f.deleteCopyBefore(0, this.opts.messageKeepFrom?.(m.checkpoint) ?? m.checkpoint)
     this.adoptedAt = Date.now()
   }
 

@@ -19,6 +19,9 @@ import {
 import { validateSubject } from '../../common/names'
 import { CancelLog } from './cancel-log'
 import { type DeadLetter, DeadLetterLog } from './dead-letters'
+import { DEFAULT_DEDUPE_WINDOW_MS } from '../../broker/store/options'
+import { DEFAULT_DELAY_DEDUPE_MAX_ENTRIES, DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES } from '../options'
+import { type DelayDedupeOptions, DelayDedupe } from './dedupe-window'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import type { SegmentLog } from '../../broker/store/segment-log'
@@ -44,6 +47,10 @@ import { writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
  *
  * Pending ids: a multiset of 32-bit id hashes (IdHashSet) answers CANCEL; it is rebuilt at start by
  * scanning every schedule log (which also verifies every frame's CRC and cuts bad tails).
+ *
+ * Dedupe: a SEND of an id stored within the dedupe window is answered as stored and not written again
+ * (dedupe-window.ts); the message-log segments that rebuild the window on open are kept past the
+ * checkpoint.
  */
 export interface DelayStoreOptions {
   dataDir: string
@@ -59,6 +66,8 @@ export interface DelayStoreOptions {
   fsync: boolean
   /** The fs layer of asynchronous fdatasyncs (tests inject faults); default node's. */
   io?: FsIo | undefined
+  /** The dedupe window by message id (dedupe-window.ts); default the broker's defaults, delay cap. */
+  dedupe?: DelayDedupeOptions | undefined
 }
 
 export interface AcceptItem {
@@ -112,6 +121,7 @@ export class DelayStore {
   private readonly cancels: CancelLog
   readonly deadLetters: DeadLetterLog
   private readonly ids = new IdHashSet(1 << 16)
+  readonly dedupe: DelayDedupe
   private readonly buckets = new Map<number, Bucket>()
   private readonly slots: (Bucket | undefined)[] = []
   private readonly freeSlots: number[] = []
@@ -151,6 +161,13 @@ export class DelayStore {
       io: options.io,
     })
     this.cancels = new CancelLog(path.join(options.dataDir, CANCEL_FILE), options.log, options.io)
+    this.dedupe = new DelayDedupe(
+      options.dedupe ?? {
+        windowMs: DEFAULT_DEDUPE_WINDOW_MS,
+        maxEntries: DEFAULT_DELAY_DEDUPE_MAX_ENTRIES,
+        rebuildMaxBytes: DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES,
+      },
+    )
     this.deadLetters = new DeadLetterLog(
       path.join(options.dataDir, DEAD_LETTER_FILE),
       options.log,
@@ -179,10 +196,35 @@ export class DelayStore {
     this.checkpointOffset = this.readCheckpoint()
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
-    this.messageLog.onDurable = (bytes, offset) => this.file(bytes, offset, false)
-    const { damaged } = await this.messageLog.open(this.checkpointOffset, (bytes, offset) =>
-      this.file(bytes, offset, true),
+    this.messageLog.onDurable = (bytes, offset) => {
+      this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
+      this.file(bytes, offset, false)
+    }
+    const now = this.clock.now()
+    const cp = this.checkpointOffset
+    const { damaged } = await this.messageLog.open(
+      cp,
+      (bytes, offset) => {
+        this.dedupe.rebuildRecord(bytes, 0, bytes.length, offset)
+        this.file(bytes, offset, true)
+      },
+      async (log, check) => {
+        // The dedupe window's records below the checkpoint (those after it come with the replay).
+        const from = this.dedupe.beginRebuild(log.segments(), log.endOffset, now)
+        const to = Math.min(cp, log.endOffset)
+        if (from < to)
+          await log.scan(
+            from,
+            to,
+            check,
+            (b, p, length, offset) => this.dedupe.rebuildRecord(b, p, length, offset),
+            {
+              resync: true,
+            },
+          )
+      },
     )
+    this.dedupe.endRebuild(now)
     for (const d of damaged)
       this.recoveryReports.push({ file: MESSAGE_DIR, offset: d.offset, droppedBytes: d.bytes })
     this.filedOffset = Math.max(this.filedOffset, this.messageLog.endOffset)
@@ -326,14 +368,20 @@ export class DelayStore {
    * QMQ_ERR_SCHEDULE_INVALID for a negative time; QMQ_ERR_DELAY_TOO_FAR beyond now + horizonMs;
    * store errors (QMQ_ERR_DISK_FULL, QMQ_ERR_STORE_IO, retriable) when the write fails.
    * `end`: the message-log offset just past the last of these records stored (0: none), what a `sync`
-   * SEND waits for a slave to hold.
+   * SEND waits for a slave to hold. A record whose (subject, id) was stored within the dedupe window
+   * is not written again: its result is undefined (stored), `duplicate[i]` is true, and `end` covers
+   * the first copy.
    */
-  async accept(items: readonly AcceptItem[]): Promise<{ results: (QmqError | undefined)[]; end: number }> {
+  async accept(
+    items: readonly AcceptItem[],
+  ): Promise<{ results: (QmqError | undefined)[]; end: number; duplicate: boolean[] }> {
     const now = this.clock.now()
     const limit = now + this.options.horizonMs
     let end = 0
+    const duplicate = items.map(() => false)
+    const dedupe = this.dedupe.enabled ? this.dedupe : undefined
     const results = await Promise.all(
-      items.map(async (item): Promise<QmqError | undefined> => {
+      items.map(async (item, i): Promise<QmqError | undefined> => {
         if (this.closed) return new QmqError('QMQ_ERR_SHUTTING_DOWN', 'delay server is closing')
         if (item.error) return item.error
         const h = item.header
@@ -370,7 +418,21 @@ export class DelayStore {
           )
         }
         try {
-          const at = await this.messageLog.append(item.bytes)
+          if (dedupe !== undefined) {
+            let first = dedupe.check(item.bytes, now)
+            // A copy in flight: a duplicate once it is durable; if its write failed, look again.
+            while (typeof first !== 'number') {
+              const e = await first
+              first = e >= 0 ? e : dedupe.check(item.bytes, this.clock.now())
+            }
+            if (first >= 0) {
+              duplicate[i] = true
+              end = Math.max(end, first)
+              return undefined
+            }
+          }
+          const write = this.messageLog.append(item.bytes)
+          const at = await (dedupe !== undefined ? dedupe.track(item.bytes, write) : write)
           end = Math.max(end, at.end)
           return undefined
         } catch (err) {
@@ -378,7 +440,7 @@ export class DelayStore {
         }
       }),
     )
-    return { results, end }
+    return { results, end, duplicate }
   }
 
   /**
@@ -599,13 +661,21 @@ export class DelayStore {
         JSON.stringify({ messageLogOffset: cp }),
       )
       this.checkpointOffset = cp
-      this.messageLog.deleteBefore(cp)
     }
+    this.deleteMessageSegments()
     this.replicaManifest = manifest
     const now = this.clock.now()
     for (const b of this.buckets.values()) {
       if (b.state === 'loaded' && b.pending === 0 && b.end <= now) this.dropBucket(b)
     }
+  }
+
+  /** Message-log segments below the checkpoint go, except those that rebuild the dedupe window. */
+  private deleteMessageSegments(): void {
+    const log = this.messageLog.segmentLog
+    if (log === undefined) return
+    const keep = this.dedupe.keepFrom(log.segments(), log.endOffset)
+    this.messageLog.deleteBefore(Math.min(this.checkpointOffset, keep))
   }
 
   private dropBucket(b: Bucket): void {

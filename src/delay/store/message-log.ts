@@ -1,5 +1,5 @@
 import type { FsIo } from '../../broker/store/fs-io'
-import { type ScanResult, SegmentLog } from '../../broker/store/segment-log'
+import { type ScanCheck, type ScanResult, SegmentLog } from '../../broker/store/segment-log'
 import { fsError, QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import {
@@ -111,10 +111,13 @@ export class MessageLog {
    * with nothing good after it in its segment is cut off (a torn tail). Every damaged range is
    * reported (`damaged`, and in `truncatedBytes` their total). When the log ends before `from` (it was
    * lost or removed), appends start at `from`, so no offset at or below the checkpoint is reused.
+   * `before(log, check)` runs once the segments are open, before that replay (read-only scans of the
+   * records below `from`: the dedupe window's rebuild).
    */
   async open(
     from: number,
     onRecord: (bytes: Buffer, offset: number) => void,
+    before?: (log: SegmentLog, check: ScanCheck) => Promise<void>,
   ): Promise<{ truncatedBytes: number; damaged: DamagedRange[] }> {
     const seg = SegmentLog.open({
       dir: this.opts.dir,
@@ -131,9 +134,11 @@ export class MessageLog {
       )
     }
     const max = this.maxMessageBytes
+    const check: ScanCheck = (b, p, e) => checkRecord(b, p, e, max)
+    await before?.(seg, check)
     const cuts = await seg.recover(
       from,
-      (b, p, e) => checkRecord(b, p, e, max),
+      check,
       // A view into the scan's buffer, which is reused: onRecord must not keep it (the store copies
       // the record into its schedule-log frame).
       (b, p, length, offset) => onRecord(b.subarray(p, p + length), offset),

@@ -1,0 +1,220 @@
+import fs from 'node:fs'
+import path from 'node:path'
+import { DedupeIndex } from '../../broker/store/dedupe'
+import type { SegmentInfo } from '../../broker/store/segment-log'
+
+/**
+ * The delay server's dedupe window: a SEND of a message id (with its subject) already stored within
+ * `windowMs` is answered as stored and not written again, as the broker's (docs/storage.md, "Dedupe").
+ * The index is the broker's DedupeIndex (same key: the record's (subject, id) bytes, same bounds:
+ * `maxEntries`, arena), its "sequence" here the message-log offset just past the first copy's record
+ * (what a `sync` answer to the duplicate waits for a slave to hold, as the first copy's did).
+ *
+ * An id enters the index once its record is durable (`stored`, from the message log's onDurable). A
+ * copy being written meanwhile is tracked by key (`track`): a second SEND of it waits for that write,
+ * and is a duplicate if it succeeded, else is written itself. So a failed write never leaves an id
+ * behind that was not stored.
+ *
+ * Rebuilt on open from the tail of the message log, like the broker's: the segments written within the
+ * window (segment mtimes, wall clock), cut to at most `rebuildMaxBytes` from the end (whole segments).
+ * A delay record has no storage time: a record's time is estimated as its createdAt clamped into the
+ * interval its segment was written in (after the previous segment's mtime, at or before its own). The
+ * store keeps those segments (`keepFrom`) even when the checkpoint is past them, and a slave keeps them
+ * in its copy, so a promoted slave's window holds what was replicated.
+ */
+export interface DelayDedupeOptions {
+  windowMs: number
+  maxEntries: number
+  rebuildMaxBytes: number
+}
+
+/** A record's dedupe key: bytes [28, 32 + idLength + subjectLength) (DedupeIndex's key). */
+function keyOf(rec: Buffer): string {
+  return rec.toString('latin1', 28, DedupeIndex.keyEnd(rec, 0))
+}
+
+/** createdAt (record offset 12, i64 ms). */
+function createdAt(rec: Buffer, pos: number): number {
+  return rec.readInt32BE(pos + 12) * 0x1_0000_0000 + rec.readUInt32BE(pos + 16)
+}
+
+export class DelayDedupe {
+  readonly index: DedupeIndex
+  readonly options: DelayDedupeOptions
+  /** Keys of copies being written -> the end of the copy once durable (-1: its write failed). */
+  private readonly inflight = new Map<string, Promise<number>>()
+  /** The key `check` computed for the record it last found nowhere (`track` of it reuses it). */
+  private lastRec: Buffer | undefined
+  private lastKey = ''
+  // Rebuild state (open): segments as they were before recovery, the scan's segment, the last time.
+  private segs: SegmentInfo[] = []
+  private segAt = 0
+  private from = Number.POSITIVE_INFINITY
+  private short = false
+  private lastTime = Number.NEGATIVE_INFINITY
+  private limit = 0
+  /** Store clock minus wall clock at the rebuild (0 in production; tests run a manual clock). */
+  private skew = 0
+
+  constructor(options: DelayDedupeOptions) {
+    this.options = options
+    this.index = new DedupeIndex(options.windowMs, options.maxEntries)
+  }
+
+  get enabled(): boolean {
+    return this.index.enabled
+  }
+
+  /**
+   * The end of the stored copy of `rec`'s (subject, id) within the window; -1: none, the caller writes
+   * it and calls `track` before yielding (so a second copy checked meanwhile finds it in flight); a
+   * promise of the end of a copy being written (-1: that write failed, check again). `rec` must have
+   * passed record verification (its key lengths lie within it).
+   */
+  check(rec: Buffer, now: number): number | Promise<number> {
+    this.index.expire(now)
+    const end = this.index.find(rec, 0)
+    if (end >= 0) return end
+    const key = keyOf(rec)
+    const writing = this.inflight.get(key)
+    if (writing !== undefined) return writing
+    this.lastRec = rec
+    this.lastKey = key
+    return -1
+  }
+
+  /** Tracks a write of `rec` until it settles (`stored` has added it to the index by then). */
+  track<T extends { end: number }>(rec: Buffer, write: Promise<T>): Promise<T> {
+    const key = rec === this.lastRec ? this.lastKey : keyOf(rec)
+    this.lastRec = undefined
+    const settle = (end: number): number => {
+      if (this.inflight.get(key) === done) this.inflight.delete(key)
+      return end
+    }
+    const done: Promise<number> = write.then(
+      (a) => settle(a.end),
+      () => settle(-1),
+    )
+    this.inflight.set(key, done)
+    return write
+  }
+
+  /** A record is durable at [offset, end): remembered from `now`. */
+  stored(rec: Buffer, end: number, now: number): void {
+    if (!this.enabled) return
+    this.index.expire(now)
+    this.index.findOrAdd(rec, 0, end, now)
+  }
+
+  /** Seconds every id stored is remembered now (the window, unless the cap or the rebuild cut it). */
+  windowSeconds(now: number): number {
+    return this.index.effectiveWindowMs(now) / 1000
+  }
+
+  /** Message-log offset below which segments may be deleted (the checkpoint permitting). */
+  keepFrom(segs: readonly SegmentTimes[], end: number): number {
+    return dedupeRebuildStart(this.options, segs, end, Date.now()).from
+  }
+
+  /** Starts the rebuild on open: returns the offset to scan from (+Infinity: nothing to scan). */
+  beginRebuild(segs: SegmentInfo[], end: number, now: number): number {
+    this.segs = segs
+    this.segAt = 0
+    const wallNow = Date.now()
+    const { from, short } = dedupeRebuildStart(this.options, segs, end, wallNow)
+    this.skew = now - wallNow
+    this.from = from
+    this.short = short
+    this.limit = now - this.options.windowMs
+    return from
+  }
+
+  /** A record met by the rebuild scan (in offset order): `buf[pos, pos + length)` at `offset`. */
+  rebuildRecord(buf: Buffer, pos: number, length: number, offset: number): void {
+    if (offset < this.from) return
+    const segs = this.segs
+    while (this.segAt + 1 < segs.length && (segs[this.segAt + 1] as SegmentInfo).base <= offset) this.segAt++
+    const seg = segs[this.segAt]
+    const lo =
+      this.segAt > 0 ? (segs[this.segAt - 1] as SegmentInfo).mtimeMs + this.skew : Number.NEGATIVE_INFINITY
+    const hi = seg !== undefined && seg.mtimeMs > 0 ? seg.mtimeMs + this.skew : Number.POSITIVE_INFINITY
+    // Entries must enter in time order (they leave from the oldest).
+    const time = Math.max(this.lastTime, Math.min(hi, Math.max(lo, createdAt(buf, pos))))
+    this.lastTime = time
+    if (this.short) {
+      // Ids stored before the first record scanned may be missing.
+      this.index.forgetBefore(time)
+      this.short = false
+    }
+    if (time < this.limit) return
+    // The first copy wins (a later one was stored when the first had left the window).
+    this.index.findOrAdd(buf, pos, offset + length, time)
+  }
+
+  /** Ends the rebuild (`now`: nothing was scanned while the window was cut short). */
+  endRebuild(now: number): void {
+    if (this.short) this.index.forgetBefore(now)
+    this.short = false
+    this.segs = []
+  }
+}
+
+export type SegmentTimes = Pick<SegmentInfo, 'base' | 'size' | 'mtimeMs'>
+
+/**
+ * The first message-log offset the rebuild on open reads (+Infinity: none): the base of the first
+ * segment written within the window (`wallNow`: segment mtimes are wall clock), whole segments
+ * dropped from the front until at most rebuildMaxBytes remain (`short`: a segment written within the
+ * window was dropped so). Segments before it are not needed.
+ */
+export function dedupeRebuildStart(
+  o: DelayDedupeOptions,
+  segs: readonly SegmentTimes[],
+  end: number,
+  wallNow: number,
+): { from: number; short: boolean } {
+  let short = false
+  if (o.windowMs <= 0 || o.maxEntries <= 0) return { from: Number.POSITIVE_INFINITY, short }
+  for (const seg of segs) {
+    if (seg.mtimeMs < wallNow - o.windowMs) continue
+    if (end - seg.base > o.rebuildMaxBytes) {
+      if (seg.size > 0) short = true
+      continue
+    }
+    return { from: seg.base, short }
+  }
+  return { from: Number.POSITIVE_INFINITY, short }
+}
+
+/**
+ * Where a slave may cut its message-log copy (in `dir`) after adopting `checkpoint`: the store's rule
+ * (DelayStore keeps the same segments), so a promoted slave rebuilds the window the master had.
+ */
+export function copyKeepFrom(o: DelayDedupeOptions, dir: string, checkpoint: number): number {
+  const segs = segmentsOnDisk(dir)
+  const last = segs[segs.length - 1]
+  const end = last === undefined ? 0 : last.base + last.size
+  return Math.min(checkpoint, dedupeRebuildStart(o, segs, end, Date.now()).from)
+}
+
+/** Message-log segments in `dir` as SegmentLog names them (a slave's copy, read from disk). */
+export function segmentsOnDisk(dir: string): SegmentTimes[] {
+  const out: SegmentTimes[] = []
+  let names: string[]
+  try {
+    names = fs.readdirSync(dir)
+  } catch {
+    return out
+  }
+  for (const name of names) {
+    const m = /^(\d{20})\.log$/.exec(name)
+    if (m === null) continue
+    try {
+      const st = fs.statSync(path.join(dir, name))
+      out.push({ base: Number(m[1]), size: st.size, mtimeMs: st.mtimeMs })
+    } catch {
+      // deleted meanwhile
+    }
+  }
+  return out.sort((a, b) => a.base - b.base)
+}
