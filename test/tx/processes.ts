@@ -39,6 +39,7 @@ export function watchdogCli(
   db: TestDb,
   metaUrl: string,
   extra: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
 ): Promise<{ code: number; out: string }> {
   const run = spawn(
     process.execPath,
@@ -55,7 +56,7 @@ export function watchdogCli(
       '--json',
       ...extra,
     ],
-    { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] },
   )
   t.teardown(() => {
     if (run.exitCode === null) run.kill('SIGKILL')

@@ -2,7 +2,7 @@ import { QmqError } from '../../common/errors'
 import { createLogger } from '../../common/logger'
 import type { TransactionProvider } from '../../client/tx/provider'
 import { type FlagSpec, flagsHelp, intFlag, parseArgs, stringFlag } from '../args'
-import { DEFAULT_METASERVER_URL } from '../cluster'
+import { CLUSTER_FLAGS, cliTls, DEFAULT_METASERVER_URL } from '../cluster'
 import { parseDuration } from '../table'
 import type { Command } from './command'
 
@@ -72,6 +72,8 @@ const FLAGS: readonly FlagSpec[] = [
     doc: `metaserver base or /meta/address URL (default ${DEFAULT_METASERVER_URL}) [QMQ_METASERVER]`,
   },
   { name: 'json', doc: 'print the --once result as JSON' },
+  // TLS towards the metaserver and the brokers, as the admin commands take it.
+  ...CLUSTER_FLAGS.filter((f) => f.name.startsWith('tls')),
 ]
 
 export const outboxWatchdogCommand: Command = {
@@ -84,6 +86,9 @@ sent, with their own message ids, and deletes them once stored: for an applicati
 COMMIT and the send and is not coming back soon. Several watchdogs (and the applications' own) may run
 on one database: rows are claimed, never sent by two at once. Runs until Ctrl-C, or with --once sends
 what is there now and exits (1 when a row could not be sent).
+
+Against servers started with --auth, run it as the application whose outbox it drains: QMQ_APP_CODE and
+QMQ_APP_TOKEN (the app needs the produce grant of the rows' subjects). TLS: the --tls* flags below.
 
 Options:
 ${flagsHelp(FLAGS)}`,
@@ -103,8 +108,19 @@ ${flagsHelp(FLAGS)}`,
       require('../../client/tx/watchdog') as typeof import('../../client/tx/watchdog')
     // Logs go to stderr: stdout carries the --once result.
     const logger = createLogger({ level: 'info', destination: process.stderr })
+    // With --auth servers the rows are sent as the application whose outbox this is: QMQ_APP_CODE
+    // and QMQ_APP_TOKEN (its produce grant covers the subjects).
+    const env = process.env
+    if ((env.QMQ_APP_TOKEN || undefined) !== undefined && !env.QMQ_APP_CODE)
+      throw new QmqError('QMQ_ERR_USAGE', 'QMQ_APP_TOKEN needs QMQ_APP_CODE (the application it belongs to)')
+    const tls = cliTls(flags, env)
     const { provider, close } = await openProvider(url, table)
-    const producer = new MessageProducerProvider({ appCode: 'qmq-outbox-watchdog', metaServer })
+    const producer = new MessageProducerProvider({
+      appCode: env.QMQ_APP_CODE || 'qmq-outbox-watchdog',
+      metaServer,
+      ...(env.QMQ_APP_TOKEN ? { token: env.QMQ_APP_TOKEN } : {}),
+      ...(tls !== undefined ? { tls } : {}),
+    })
     try {
       if (flags.migrate === true) await provider.migrate()
       await producer.init()
