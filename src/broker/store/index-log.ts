@@ -349,7 +349,9 @@ export class IndexLog {
   private pendingH2: number[] = []
   private pendingLen: number[] = []
   private pendingBytes = 0
+  /** The write in flight, and the one queued after it (see `flush`). */
   private flushing: Promise<void> | undefined
+  private nextWrite: Promise<void> | undefined
   private scheduled = false
   private closed = false
   /** Message-log offset up to which MESSAGE entries were queued (see the invariants above). */
@@ -616,10 +618,30 @@ export class IndexLog {
     }
   }
 
-  /** Writes every queued entry (one writev per turn); resolves when they are written. */
-  async flush(): Promise<void> {
-    while (this.flushing) await this.flushing
-    if (this.pendingBytes === 0 || this.closed) return
+  /**
+   * Writes every entry queued so far; resolves when they are written. One write is in flight at a
+   * time: what is queued meanwhile goes in the next one, which every caller of that time shares (a
+   * caller waits for at most the write in flight and the next; waiting in a loop per caller piled up
+   * one waiter per busy turn of the event loop, each woken by every write).
+   */
+  flush(): Promise<void> {
+    if (this.nextWrite) return this.nextWrite
+    const inFlight = this.flushing
+    if (!inFlight) return this.write()
+    if (this.pendingBytes === 0) return inFlight
+    const next = inFlight
+      .catch(() => undefined)
+      .then(() => {
+        this.nextWrite = undefined
+        return this.write()
+      })
+    this.nextWrite = next
+    return next
+  }
+
+  /** Starts the write of every queued entry (none in flight); resolves when it is written. */
+  private write(): Promise<void> {
+    if (this.pendingBytes === 0 || this.closed) return Promise.resolve()
     if (this.chunkPos > this.chunkStart)
       this.pending.push(this.chunk.subarray(this.chunkStart, this.chunkPos))
     // The rest of the current chunk stays in use: the written part is never written to again.
@@ -634,7 +656,7 @@ export class IndexLog {
     this.pendingH2 = []
     this.pendingLen = []
     this.pendingBytes = 0
-    this.flushing = (async () => {
+    const written = (async () => {
       const before = this.log.activeBase
       const hadSegment = this.log.endOffset > 0 || this.active.n > 0
       const start = await this.log.appendv(bufs, bytes)
@@ -650,9 +672,10 @@ export class IndexLog {
         off += lens[i] as number
       }
     })().finally(() => {
-      this.flushing = undefined
+      if (this.flushing === written) this.flushing = undefined
     })
-    return this.flushing
+    this.flushing = written
+    return written
   }
 
   /**
