@@ -642,10 +642,10 @@ export const MAX_KEYS = 16
 export const MAX_KEY_BYTES = 128
 
 /**
- * The value of property `key` of a stored record that starts at `offset` and whose properties block
- * starts at `propsAt` (absolute; RecordHeader.propertiesOffset + offset), or undefined when absent.
- * Never throws: a malformed block answers undefined (the record was verified when it was received).
- * Compares key bytes without decoding the others (the broker's index calls it for every record).
+ * The value of property `key` (ASCII) of a stored record that starts at `offset` and whose
+ * properties block starts at `propsAt` (absolute; RecordHeader.propertiesOffset + offset), or
+ * undefined when absent. Never throws: a malformed block answers undefined (the record was verified
+ * when it was received).
  */
 export function findRecordProperty(
   buf: Buffer,
@@ -653,25 +653,35 @@ export function findRecordProperty(
   end: number,
   key: string,
 ): string | undefined {
-  if (propsAt + 6 > end) return undefined
+  const at = findRecordPropertyAt(buf, propsAt, end, key)
+  return at < 0 ? undefined : buf.toString('utf8', at, at + buf.readUInt32BE(at - 4))
+}
+
+/**
+ * Where the value of property `key` (ASCII) starts in `buf` (its byte length is the u32 before it),
+ * or -1, as findRecordProperty finds it. Compares key bytes without decoding the others and decodes
+ * nothing: the broker's index calls it for every record and hashes the value's bytes in place.
+ */
+export function findRecordPropertyAt(buf: Buffer, propsAt: number, end: number, key: string): number {
+  if (propsAt + 6 > end) return -1
   const propsEnd = Math.min(end, propsAt + 4 + buf.readUInt32BE(propsAt))
   const count = buf.readUInt16BE(propsAt + 4)
   let o = propsAt + 6
   for (let i = 0; i < count; i++) {
-    if (o + 2 > propsEnd) return undefined
+    if (o + 2 > propsEnd) return -1
     const kn = buf.readUInt16BE(o)
     o += 2
-    if (o + kn + 4 > propsEnd) return undefined
+    if (o + kn + 4 > propsEnd) return -1
     let match = kn === key.length
     for (let j = 0; match && j < kn; j++) if (buf[o + j] !== key.charCodeAt(j)) match = false
     o += kn
     const vn = buf.readUInt32BE(o)
     o += 4
-    if (o + vn > propsEnd) return undefined
-    if (match) return buf.toString('utf8', o, o + vn)
+    if (o + vn > propsEnd) return -1
+    if (match) return o
     o += vn
   }
-  return undefined
+  return -1
 }
 
 /** The business keys of a `qmq_keys` property value. */

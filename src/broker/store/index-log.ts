@@ -7,7 +7,7 @@ import { fsError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import {
   FLAG_ORDER_KEY,
-  findRecordProperty,
+  findRecordPropertyAt,
   KEYS_PROPERTY,
   RECORD_FIXED_BYTES,
   splitKeys,
@@ -26,7 +26,7 @@ import { type ScanResult, SegmentLog, segmentFileName } from './segment-log'
  *                          so a lookup costs one fence search in memory and one or two positional reads
  *                          per segment; the active segment's hashes are held in memory (typed arrays)
  *
- * Entry layout (big-endian), written by `encodeEntry`:
+ * Entry layout (big-endian), written by `IndexLog.refEntry` (MESSAGE, KEY) and `IndexLog.addTrace`:
  *
  *   offset  size  field
  *   0       4     length         u32: whole entry
@@ -99,6 +99,8 @@ export const TRACE_EVENT_NAMES: Record<number, string> = {
 }
 
 export const ENTRY_FIXED_BYTES = 48
+/** A MESSAGE or KEY entry: the fixed part and three empty str16. */
+const REF_ENTRY_BYTES = ENTRY_FIXED_BYTES + 6
 const RUN_MAGIC = 0x51495231 // 'QIR1'
 const RUN_HEADER_BYTES = 16
 const RUN_ENTRY_BYTES = 12
@@ -137,8 +139,8 @@ export interface TraceInput {
   retryAt?: number
 }
 
-export function fnv1a(buf: Uint8Array, start = 0, end = buf.length): number {
-  let h = 0x811c9dc5
+export function fnv1a(buf: Uint8Array, start = 0, end = buf.length, seed = FNV_OFFSET): number {
+  let h = seed
   for (let i = start; i < end; i++) {
     h ^= buf[i] as number
     h = Math.imul(h, 0x01000193)
@@ -146,24 +148,23 @@ export function fnv1a(buf: Uint8Array, start = 0, end = buf.length): number {
   return h >>> 0
 }
 
+const FNV_OFFSET = 0x811c9dc5
+/** KEY entries hash `k\u0000` + the key (keyBytes): the hashes of that prefix, continued over a key's bytes. */
+const KEY_PREFIX = Buffer.from('k\u0000', 'latin1')
+const KEY_PREFIX_CRC = crc32c(KEY_PREFIX)
+const KEY_PREFIX_FNV = fnv1a(KEY_PREFIX)
+const SPACE = 0x20 // KEY_SEPARATOR
+
 /** Where keyInto encodes keys (no allocation per entry); a key longer than this takes a fresh buffer. */
 let scratch = Buffer.allocUnsafe(4096)
 
-/** Encodes keyBytes(kind, key, sequence) into the scratch buffer; returns its length. */
-function keyInto(kind: IndexKindValue, key: string, sequence: number): number {
-  const need = 3 * key.length + 32
+/** Encodes keyBytes(KEY, key) into the scratch buffer; returns its length. */
+function keyInto(key: string): number {
+  const need = 3 * key.length + 2
   if (need > scratch.length) scratch = Buffer.allocUnsafe(need)
-  if (kind === IndexKind.MESSAGE) return scratch.write(key, 0, 'utf8')
-  if (kind === IndexKind.KEY) {
-    scratch[0] = 0x6b // 'k'
-    scratch[1] = 0
-    return 2 + scratch.write(key, 2, 'utf8')
-  }
-  scratch[0] = 0x74 // 't'
+  scratch[0] = 0x6b // 'k'
   scratch[1] = 0
-  let n = 2 + scratch.write(key, 2, 'utf8')
-  scratch[n++] = 0
-  return n + scratch.write(String(sequence), n, 'latin1')
+  return 2 + scratch.write(key, 2, 'utf8')
 }
 
 /** The bytes hashed for a key of each kind (message ids as they are, so records hash in place). */
@@ -173,45 +174,36 @@ export function keyBytes(kind: IndexKindValue, key: string, sequence = 0): Buffe
   return Buffer.from(`t\u0000${key}\u0000${sequence}`, 'utf8')
 }
 
-/**
- * Writes one entry at `o` of `b` (room checked by the caller: ENTRY_FIXED_BYTES + 6 + the strings'
- * UTF-8 bytes); returns its length. Byte stores by hand: this runs for every stored message.
- */
-function encodeEntry(
-  b: Buffer,
-  o: number,
-  kind: number,
-  event: number,
-  dc: number,
-  h1: number,
-  h2: number,
-  time: number,
-  ref: number,
-  refSize: number,
-  extra: number,
-  subject: string,
-  group: string,
-  consumer: string,
-): number {
-  b[o + 8] = kind
-  b[o + 9] = event
-  const d = Math.min(dc, 0xffff)
-  b[o + 10] = d >>> 8
-  b[o + 11] = d
-  put32(b, h1, o + 12)
-  put32(b, h2, o + 16)
-  putI64(b, time, o + 20)
-  putI64(b, ref, o + 28)
-  put32(b, refSize, o + 36)
-  putI64(b, extra, o + 40)
-  let p = o + ENTRY_FIXED_BYTES
-  p = putStr16(b, subject, p)
-  p = putStr16(b, group, p)
-  p = putStr16(b, consumer, p)
-  const len = p - o
-  put32(b, len, o)
-  put32(b, crc32cRange(b, o + 8, p), o + 4)
-  return len
+/** A trace's key hashed up to its sequence, and its three str16 encoded (see IndexLog.addTrace). */
+interface TraceKey {
+  key: string
+  subject: string
+  group: string
+  consumer: string
+  /** CRC32C and FNV-1a of keyBytes(TRACE, key, ...) up to the sequence's digits. */
+  crc: number
+  fnv: number
+  strs: Buffer
+}
+
+/** Where sequenceDigits writes. */
+const digits = Buffer.alloc(32)
+
+/** Writes String(sequence) into `digits` (latin1, as keyInto); returns its length. */
+function sequenceDigits(sequence: number): number {
+  if (!Number.isSafeInteger(sequence) || sequence < 0) return digits.write(String(sequence), 0, 'latin1')
+  let n = 0
+  let v = sequence
+  do {
+    digits[n++] = 0x30 + (v % 10)
+    v = Math.floor(v / 10)
+  } while (v > 0)
+  for (let i = 0, j = n - 1; i < j; i++, j--) {
+    const c = digits[i] as number
+    digits[i] = digits[j] as number
+    digits[j] = c
+  }
+  return n
 }
 
 function put32(b: Buffer, v: number, o: number): void {
@@ -288,28 +280,58 @@ interface Run {
   fence: Uint32Array
 }
 
-/** Growable parallel arrays of the active segment's (h1, h2, offset). */
+/**
+ * Growable parallel arrays of (h1, h2, offset): the active segment's entries, and the entries queued
+ * for the next write (offset: where the entry starts in the queued bytes).
+ */
 class ActiveHashes {
-  h1 = new Uint32Array(1024)
-  h2 = new Uint32Array(1024)
-  off = new Float64Array(1024)
+  h1: Uint32Array
+  h2: Uint32Array
+  off: Float64Array
   n = 0
 
+  constructor(capacity = 1024) {
+    this.h1 = new Uint32Array(capacity)
+    this.h2 = new Uint32Array(capacity)
+    this.off = new Float64Array(capacity)
+  }
+
+  get capacity(): number {
+    return this.h1.length
+  }
+
   push(h1: number, h2: number, off: number): void {
-    if (this.n === this.h1.length) {
-      const grow = <T extends Uint32Array | Float64Array>(a: T, make: (n: number) => T): T => {
-        const b = make(a.length * 2)
-        b.set(a)
-        return b
-      }
-      this.h1 = grow(this.h1, (n) => new Uint32Array(n))
-      this.h2 = grow(this.h2, (n) => new Uint32Array(n))
-      this.off = grow(this.off, (n) => new Float64Array(n))
-    }
+    if (this.n === this.h1.length) this.grow(this.n + 1)
     this.h1[this.n] = h1
     this.h2[this.n] = h2
     this.off[this.n] = off
     this.n++
+  }
+
+  /** Appends every entry of `q` with `base` added to its offset. */
+  append(q: ActiveHashes, base: number): void {
+    const n = this.n
+    if (n + q.n > this.h1.length) this.grow(n + q.n)
+    this.h1.set(q.h1.subarray(0, q.n), n)
+    this.h2.set(q.h2.subarray(0, q.n), n)
+    const off = this.off
+    const qoff = q.off
+    for (let i = 0; i < q.n; i++) off[n + i] = (qoff[i] as number) + base
+    this.n = n + q.n
+  }
+
+  private grow(need: number): void {
+    let cap = this.h1.length * 2
+    while (cap < need) cap *= 2
+    const h1 = new Uint32Array(cap)
+    const h2 = new Uint32Array(cap)
+    const off = new Float64Array(cap)
+    h1.set(this.h1.subarray(0, this.n))
+    h2.set(this.h2.subarray(0, this.n))
+    off.set(this.off.subarray(0, this.n))
+    this.h1 = h1
+    this.h2 = h2
+    this.off = off
   }
 }
 
@@ -339,17 +361,19 @@ export class IndexLog {
   /** Run writes in flight (also of segments deleted meanwhile): `sealed()` waits for them. */
   private runWrites = new Set<Promise<void>>()
   private active = new ActiveHashes()
-  /** Queued entries and their hashes, written by the next flush. */
-  /** Filled parts of earlier chunks, then the current chunk up to `chunkPos`: what the next flush writes. */
+  /** Filled parts of earlier chunks, then the current chunk up to `chunkPos`: what the next write writes. */
   private pending: Buffer[] = []
   private chunk: Buffer = Buffer.allocUnsafe(CHUNK_BYTES)
   private chunkStart = 0
   private chunkPos = 0
-  private pendingH1: number[] = []
-  private pendingH2: number[] = []
-  private pendingLen: number[] = []
+  /** The queued entries' hashes; offsets relative to the first queued byte. */
+  private queue = new ActiveHashes()
+  /** The arrays of the last written queue, reused for the next (no allocation per write). */
+  private spareQueue: ActiveHashes | undefined
   private pendingBytes = 0
+  /** The write in flight, and the one queued after it (see `flush`). */
   private flushing: Promise<void> | undefined
+  private nextWrite: Promise<void> | undefined
   private scheduled = false
   private closed = false
   /** Message-log offset up to which MESSAGE entries were queued (see the invariants above). */
@@ -462,7 +486,9 @@ export class IndexLog {
   private async writeRun(base: number, h: ActiveHashes): Promise<Run> {
     const n = h.n
     // Sorted by h1 (entries with equal h1 in log order): runs are scanned by h1, matched on (h1, h2).
-    const order = await orderByH1(h.h1, n)
+    const rel = new Uint32Array(n)
+    for (let i = 0; i < n; i++) rel[i] = (h.off[i] as number) - base
+    const sorted = await sortByH1(h.h1, h.h2, rel, n)
     const fenceCount = Math.ceil(n / FENCE_STEP)
     const entriesAt = RUN_HEADER_BYTES + fenceCount * 4
     // Buffer.alloc never hands out a slice of the shared pool: byteOffset 0, so the entries (at a
@@ -472,13 +498,13 @@ export class IndexLog {
     const words = new Uint32Array(buf.buffer, buf.byteOffset + entriesAt, n * 3)
     const fence = new Uint32Array(fenceCount)
     await sliced(n, (from, to) => {
+      const { h1, a: h2, b: off } = sorted
       for (let i = from, w = from * 3; i < to; i++, w += 3) {
-        const k = order[i] as number
-        const h1 = h.h1[k] as number
-        if (i % FENCE_STEP === 0) fence[i / FENCE_STEP] = h1
-        words[w] = h1
-        words[w + 1] = h.h2[k] as number
-        words[w + 2] = (h.off[k] as number) - base
+        const v = h1[i] as number
+        if (i % FENCE_STEP === 0) fence[i / FENCE_STEP] = v
+        words[w] = v
+        words[w + 1] = h2[i] as number
+        words[w + 2] = off[i] as number
       }
     })
     if (LITTLE_ENDIAN && n > 0) buf.subarray(entriesAt).swap32()
@@ -501,92 +527,162 @@ export class IndexLog {
 
   // ---- writing ----
 
-  /** Indexes a stored record (by id, and by each business key of its qmq_keys property). */
+  /**
+   * Indexes a stored record: by id, and by each business key of its qmq_keys property. The keys are
+   * hashed from the record's bytes in place, nothing decoded; a value with non-ASCII bytes takes the
+   * string path (decoded, split and encoded again, so that bytes that are not valid UTF-8 hash as the
+   * query's string does).
+   */
   addMessage(record: Buffer, recordOffset: number, storedAt: number, sequence: number): void {
     if (this.closed) return
-    const idLength = record.readUInt16BE(28)
-    const idEnd = RECORD_FIXED_BYTES + idLength
-    let b = this.room(ENTRY_FIXED_BYTES + 6)
-    let o = this.chunkPos
-    let h1 = crc32cRange(record, RECORD_FIXED_BYTES, idEnd)
-    let h2 = fnv1a(record, RECORD_FIXED_BYTES, idEnd)
-    let n = encodeEntry(
-      b,
-      o,
+    const size = record.length
+    const idEnd = RECORD_FIXED_BYTES + record.readUInt16BE(28)
+    this.refEntry(
       IndexKind.MESSAGE,
-      0,
-      0,
-      h1,
-      h2,
+      crc32cRange(record, RECORD_FIXED_BYTES, idEnd),
+      fnv1a(record, RECORD_FIXED_BYTES, idEnd),
       storedAt,
       recordOffset,
-      record.length,
+      size,
       sequence,
-      '',
-      '',
-      '',
     )
-    this.queued(h1, h2, n)
-    const end = recordOffset + record.length
+    const end = recordOffset + size
     if (end > this.coveredEnd) this.coveredEnd = end
     // Properties follow the id, the subject, the tags and the order key (when FLAG_ORDER_KEY is set).
-    let p = RECORD_FIXED_BYTES + idLength + record.readUInt16BE(30)
+    let p = idEnd + record.readUInt16BE(30)
     const tags = record[10] as number
-    for (let i = 0; i < tags && p + 2 <= record.length; i++) p += 2 + record.readUInt16BE(p)
-    if (((record[9] as number) & FLAG_ORDER_KEY) !== 0 && p + 2 <= record.length)
-      p += 2 + record.readUInt16BE(p)
-    const value = findRecordProperty(record, p, record.length, KEYS_PROPERTY)
-    if (value === undefined) return
-    for (const key of splitKeys(value)) {
-      const kn = keyInto(IndexKind.KEY, key, 0)
-      h1 = crc32cRange(scratch, 0, kn)
-      h2 = fnv1a(scratch, 0, kn)
-      b = this.room(ENTRY_FIXED_BYTES + 6)
-      o = this.chunkPos
-      n = encodeEntry(
-        b,
-        o,
-        IndexKind.KEY,
-        0,
-        0,
-        h1,
-        h2,
-        storedAt,
-        recordOffset,
-        record.length,
-        sequence,
-        '',
-        '',
-        '',
-      )
-      this.queued(h1, h2, n)
+    for (let i = 0; i < tags && p + 2 <= size; i++) p += 2 + record.readUInt16BE(p)
+    if (((record[9] as number) & FLAG_ORDER_KEY) !== 0 && p + 2 <= size) p += 2 + record.readUInt16BE(p)
+    const at = findRecordPropertyAt(record, p, size, KEYS_PROPERTY)
+    if (at < 0) return
+    const valueEnd = at + record.readUInt32BE(at - 4)
+    for (let i = at; i < valueEnd; i++) {
+      if ((record[i] as number) >= 0x80) {
+        for (const key of splitKeys(record.toString('utf8', at, valueEnd))) {
+          const kn = keyInto(key)
+          const h1 = crc32cRange(scratch, 0, kn)
+          const h2 = fnv1a(scratch, 0, kn)
+          this.refEntry(IndexKind.KEY, h1, h2, storedAt, recordOffset, size, sequence)
+        }
+        return
+      }
+    }
+    // ASCII: the keys are the runs between spaces (splitKeys), hashed after the prefix of keyBytes.
+    for (let k = at; k < valueEnd; ) {
+      let e = k
+      while (e < valueEnd && record[e] !== SPACE) e++
+      if (e > k) {
+        const h1 = crc32cRange(record, k, e, KEY_PREFIX_CRC)
+        const h2 = fnv1a(record, k, e, KEY_PREFIX_FNV)
+        this.refEntry(IndexKind.KEY, h1, h2, storedAt, recordOffset, size, sequence)
+      }
+      k = e + 1
     }
   }
 
-  /** Records one event of a message's life. */
+  /**
+   * Queues a MESSAGE or KEY entry (three empty strings). Byte stores by hand: this runs for every
+   * stored message and key.
+   */
+  private refEntry(
+    kind: number,
+    h1: number,
+    h2: number,
+    time: number,
+    ref: number,
+    refSize: number,
+    extra: number,
+  ): void {
+    const len = REF_ENTRY_BYTES
+    const b = this.room(len)
+    const o = this.chunkPos
+    put32(b, len, o)
+    b[o + 8] = kind
+    b[o + 9] = 0
+    b[o + 10] = 0
+    b[o + 11] = 0
+    put32(b, h1, o + 12)
+    put32(b, h2, o + 16)
+    putI64(b, time, o + 20)
+    putI64(b, ref, o + 28)
+    put32(b, refSize, o + 36)
+    putI64(b, extra, o + 40)
+    for (let i = o + ENTRY_FIXED_BYTES; i < o + len; i++) b[i] = 0
+    put32(b, crc32cRange(b, o + 8, o + len), o + 4)
+    this.queued(h1, h2, len)
+  }
+
+  /**
+   * Records one event of a message's life. The events of a pull's answer or an ack share their
+   * subject, group, consumer and key: those are encoded and hashed once (`traceFor`), and each entry
+   * copies the encoded strings and hashes only its sequence's digits after them.
+   */
   addTrace(t: TraceInput): void {
     if (this.closed) return
-    const kn = keyInto(IndexKind.TRACE, t.key ?? t.subject, t.sequence)
-    const h1 = crc32cRange(scratch, 0, kn)
-    const h2 = fnv1a(scratch, 0, kn)
-    const b = this.room(entryRoom(t.subject, t.group, t.consumer))
-    const n = encodeEntry(
-      b,
-      this.chunkPos,
-      IndexKind.TRACE,
-      t.event,
-      t.deliveryCount,
-      h1,
-      h2,
-      t.time,
-      t.sequence,
-      0,
-      t.retryAt ?? 0,
-      t.subject,
-      t.group,
-      t.consumer,
-    )
-    this.queued(h1, h2, n)
+    const tk = this.traceFor(t.key ?? t.subject, t.subject, t.group, t.consumer)
+    const dn = sequenceDigits(t.sequence)
+    const h1 = crc32cRange(digits, 0, dn, tk.crc)
+    const h2 = fnv1a(digits, 0, dn, tk.fnv)
+    const strs = tk.strs
+    const len = ENTRY_FIXED_BYTES + strs.length
+    const b = this.room(len)
+    const o = this.chunkPos
+    put32(b, len, o)
+    b[o + 8] = IndexKind.TRACE
+    b[o + 9] = t.event
+    const d = Math.min(t.deliveryCount, 0xffff)
+    b[o + 10] = d >>> 8
+    b[o + 11] = d
+    put32(b, h1, o + 12)
+    put32(b, h2, o + 16)
+    putI64(b, t.time, o + 20)
+    putI64(b, t.sequence, o + 28)
+    put32(b, 0, o + 36)
+    putI64(b, t.retryAt ?? 0, o + 40)
+    const p = o + ENTRY_FIXED_BYTES
+    for (let i = 0; i < strs.length; i++) b[p + i] = strs[i] as number
+    put32(b, crc32cRange(b, o + 8, o + len), o + 4)
+    this.queued(h1, h2, len)
+  }
+
+  /** The last trace's key, strings and their encoding (see addTrace). */
+  private lastTrace: TraceKey = {
+    key: '',
+    subject: '',
+    group: '',
+    consumer: '',
+    crc: 0,
+    fnv: 0,
+    strs: Buffer.alloc(6),
+  }
+
+  private traceFor(key: string, subject: string, group: string, consumer: string): TraceKey {
+    const last = this.lastTrace
+    if (last.key === key && last.subject === subject && last.group === group && last.consumer === consumer)
+      return last
+    // keyBytes(TRACE, key, sequence) up to the sequence: 't' 0 key 0
+    const need = 3 * key.length + 3
+    if (need > scratch.length) scratch = Buffer.allocUnsafe(need)
+    scratch[0] = 0x74 // 't'
+    scratch[1] = 0
+    let n = 2 + scratch.write(key, 2, 'utf8')
+    scratch[n++] = 0
+    const room = entryRoom(subject, group, consumer) - ENTRY_FIXED_BYTES
+    const strs = Buffer.allocUnsafe(room)
+    let p = putStr16(strs, subject, 0)
+    p = putStr16(strs, group, p)
+    p = putStr16(strs, consumer, p)
+    const next: TraceKey = {
+      key,
+      subject,
+      group,
+      consumer,
+      crc: crc32cRange(scratch, 0, n),
+      fnv: fnv1a(scratch, 0, n),
+      strs: strs.subarray(0, p),
+    }
+    this.lastTrace = next
+    return next
   }
 
   /** The chunk to encode the next entry into, with at least `bytes` free at `chunkPos`. */
@@ -601,40 +697,58 @@ export class IndexLog {
     return this.chunk
   }
 
+  /** Accounts an entry of `len` bytes just encoded at `chunkPos`; a write follows in the next turn. */
   private queued(h1: number, h2: number, len: number): void {
+    this.queue.push(h1, h2, this.pendingBytes)
     this.chunkPos += len
-    this.pendingH1.push(h1)
-    this.pendingH2.push(h2)
-    this.pendingLen.push(len)
     this.pendingBytes += len
     if (!this.scheduled) {
       this.scheduled = true
-      setImmediate(() => {
-        this.scheduled = false
-        this.flush().catch((err) => this.logger.warn({ err }, 'index log write failed'))
-      })
+      setImmediate(this.flushSoon)
     }
   }
 
-  /** Writes every queued entry (one writev per turn); resolves when they are written. */
-  async flush(): Promise<void> {
-    while (this.flushing) await this.flushing
-    if (this.pendingBytes === 0 || this.closed) return
+  private readonly flushSoon = (): void => {
+    this.scheduled = false
+    this.flush().catch((err) => this.logger.warn({ err }, 'index log write failed'))
+  }
+
+  /**
+   * Writes every entry queued so far; resolves when they are written. One write is in flight at a
+   * time: what is queued meanwhile goes in the next one, which every caller of that time shares (a
+   * caller waits for at most the write in flight and the next; waiting in a loop per caller piled up
+   * one waiter per busy turn of the event loop, each woken by every write).
+   */
+  flush(): Promise<void> {
+    if (this.nextWrite) return this.nextWrite
+    const inFlight = this.flushing
+    if (!inFlight) return this.write()
+    if (this.pendingBytes === 0) return inFlight
+    const next = inFlight
+      .catch(() => undefined)
+      .then(() => {
+        this.nextWrite = undefined
+        return this.write()
+      })
+    this.nextWrite = next
+    return next
+  }
+
+  /** Starts the write of every queued entry (none in flight); resolves when it is written. */
+  private write(): Promise<void> {
+    if (this.pendingBytes === 0 || this.closed) return Promise.resolve()
     if (this.chunkPos > this.chunkStart)
       this.pending.push(this.chunk.subarray(this.chunkStart, this.chunkPos))
     // The rest of the current chunk stays in use: the written part is never written to again.
     this.chunkStart = this.chunkPos
     const bufs = this.pending
-    const h1s = this.pendingH1
-    const h2s = this.pendingH2
-    const lens = this.pendingLen
+    const q = this.queue
     const bytes = this.pendingBytes
     this.pending = []
-    this.pendingH1 = []
-    this.pendingH2 = []
-    this.pendingLen = []
+    this.queue = this.spareQueue ?? new ActiveHashes(q.capacity)
+    this.spareQueue = undefined
     this.pendingBytes = 0
-    this.flushing = (async () => {
+    const written = (async () => {
       const before = this.log.activeBase
       const hadSegment = this.log.endOffset > 0 || this.active.n > 0
       const start = await this.log.appendv(bufs, bytes)
@@ -642,17 +756,17 @@ export class IndexLog {
       if (hadSegment && after !== before && this.active.n > 0) {
         // The log rolled: the previous segment is sealed; its hashes go to a run file.
         this.seal(before, this.active)
-        this.active = new ActiveHashes()
+        // As large as the last one: a segment's hashes are not grown from 1024 again.
+        this.active = new ActiveHashes(this.active.capacity)
       }
-      let off = start
-      for (let i = 0; i < lens.length; i++) {
-        this.active.push(h1s[i] as number, h2s[i] as number, off)
-        off += lens[i] as number
-      }
+      this.active.append(q, start)
+      q.n = 0
+      this.spareQueue = q
     })().finally(() => {
-      this.flushing = undefined
+      if (this.flushing === written) this.flushing = undefined
     })
-    return this.flushing
+    this.flushing = written
+    return written
   }
 
   /**
@@ -806,6 +920,7 @@ export class IndexLog {
   async abandon(): Promise<void> {
     this.closed = true
     this.pending = []
+    this.queue.n = 0
     this.pendingBytes = 0
     this.sealing = []
     await this.flushing?.catch(() => undefined)
@@ -831,49 +946,70 @@ async function sliced(n: number, body: (from: number, to: number) => void): Prom
   }
 }
 
-/**
- * Indexes 0..n-1 ordered by h1[i], equal h1 in index order (log order): a stable LSD radix sort in
- * two passes of 16 bits, in slices (see `sliced`). A native sort of doubles (h1 * 2^21 + i) took
- * 0.1-0.5 s of the event loop for a sealed 16 MiB segment (~240k entries) on a loaded 2-core VM.
- */
+/** Indexes 0..n-1 ordered by h1[i], equal h1 in index order (log order): see sortByH1. */
 export async function orderByH1(h1: Uint32Array, n: number): Promise<Uint32Array> {
-  const low = new Uint32Array(n)
-  const out = new Uint32Array(n)
-  const count = new Uint32Array(65537)
-  const pass = async (
-    digit: (v: number) => number,
-    read: (i: number) => number,
-    into: Uint32Array,
-  ): Promise<void> => {
-    count.fill(0)
+  const iota = new Uint32Array(n)
+  for (let i = 0; i < n; i++) iota[i] = i
+  return (await sortByH1(h1, iota, iota, n)).a
+}
+
+const RADIX_BITS = 11
+const RADIX_MASK = (1 << RADIX_BITS) - 1
+
+/**
+ * The first n entries of (h1, a, b) ordered by h1, equal h1 in index order (log order), in new
+ * arrays: a stable LSD radix sort in three passes of 11 bits that moves the values themselves, in
+ * slices (see `sliced`). A native sort of doubles (h1 * 2^21 + i) took 0.1-0.5 s of the event loop
+ * for a sealed 16 MiB segment (~240k entries) on a loaded 2-core VM; two passes of 16 bits over
+ * indexes, then a gather of the entries through them, 130-250 ns per entry (65536 buckets and the
+ * gather miss the caches on every entry; 2048 buckets stay in them).
+ */
+export async function sortByH1(
+  h1: Uint32Array,
+  a: Uint32Array,
+  b: Uint32Array,
+  n: number,
+): Promise<{ h1: Uint32Array; a: Uint32Array; b: Uint32Array }> {
+  const counts = [0, 1, 2].map(() => new Uint32Array(RADIX_MASK + 2))
+  const [c0, c1, c2] = counts as [Uint32Array, Uint32Array, Uint32Array]
+  await sliced(n, (from, to) => {
+    for (let i = from; i < to; i++) {
+      const v = h1[i] as number
+      const d0 = (v & RADIX_MASK) + 1
+      const d1 = ((v >>> RADIX_BITS) & RADIX_MASK) + 1
+      const d2 = (v >>> (2 * RADIX_BITS)) + 1
+      c0[d0] = (c0[d0] as number) + 1
+      c1[d1] = (c1[d1] as number) + 1
+      c2[d2] = (c2[d2] as number) + 1
+    }
+  })
+  for (const c of counts)
+    for (let j = 0; j <= RADIX_MASK; j++) c[j + 1] = (c[j + 1] as number) + (c[j] as number)
+  let src = { h1, a, b }
+  // Pass 1 writes into fresh arrays (the inputs are left as they are), later passes ping-pong.
+  const x = { h1: new Uint32Array(n), a: new Uint32Array(n), b: new Uint32Array(n) }
+  const y = { h1: new Uint32Array(n), a: new Uint32Array(n), b: new Uint32Array(n) }
+  for (let pass = 0; pass < 3; pass++) {
+    const count = counts[pass] as Uint32Array
+    const shift = pass * RADIX_BITS
+    const from_ = src
+    const dst = pass === 1 ? y : x
     await sliced(n, (from, to) => {
-      // The histogram does not depend on the order read: h1 in index order.
+      const { h1: sh, a: sa, b: sb } = from_
+      const { h1: dh, a: da, b: db } = dst
       for (let i = from; i < to; i++) {
-        const b = digit(h1[i] as number) + 1
-        count[b] = (count[b] as number) + 1
+        const v = sh[i] as number
+        const d = (v >>> shift) & RADIX_MASK
+        const at = count[d] as number
+        count[d] = at + 1
+        dh[at] = v
+        da[at] = sa[i] as number
+        db[at] = sb[i] as number
       }
     })
-    for (let j = 0; j < 65536; j++) count[j + 1] = (count[j + 1] as number) + (count[j] as number)
-    await sliced(n, (from, to) => {
-      for (let i = from; i < to; i++) {
-        const k = read(i)
-        const b = digit(h1[k] as number)
-        into[count[b] as number] = k
-        count[b] = (count[b] as number) + 1
-      }
-    })
+    src = dst
   }
-  await pass(
-    (v) => v & 0xffff,
-    (i) => i,
-    low,
-  )
-  await pass(
-    (v) => v >>> 16,
-    (i) => low[i] as number,
-    out,
-  )
-  return out
+  return src
 }
 
 /**

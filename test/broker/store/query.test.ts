@@ -181,3 +181,59 @@ t.test(
     await s.close()
   },
 )
+
+t.test(
+  'query - one batch of many records with business keys, order keys and tags: found by id and by each key after a reopen',
+  async (t) => {
+    // The index hashes ids and keys from the records' bytes in place (index-log.ts addMessage): ASCII
+    // keys split at spaces, a value with non-ASCII bytes through the decoded string, keys longer than
+    // the JS/native CRC threshold (48 bytes), order keys and tags before the properties.
+    const dir = t.testdir()
+    let s = await open(dir, { indexSegmentBytes: 8192 })
+    const long = 'L'.repeat(70)
+    const keysOf = (i: number): string[] =>
+      i % 5 === 0 ? [`grüße-${i}`, `k-${i}`] : i % 7 === 0 ? [`${long}-${i}`] : [`k-${i}`, `shared-${i % 40}`]
+    const ins: AppendInput[] = []
+    for (let i = 0; i < 300; i++) {
+      const properties = new Map<string, string>([['qmq_appCode', 'shop']])
+      // Extra spaces around and between keys: no empty key is indexed.
+      properties.set(KEYS_PROPERTY, i % 2 === 0 ? keysOf(i).join(' ') : ` ${keysOf(i).join('  ')} `)
+      const bytes = encodeRecord({
+        id: i % 11 === 0 ? `ïd-${i}` : `id-${i}`,
+        subject: 'orders',
+        createdAt: Date.now(),
+        tags: i % 3 === 0 ? ['red', 'big'] : [],
+        ...(i % 4 === 0 ? { orderKey: `customer-${i % 9}` } : {}),
+        properties,
+        body: `b${i}`,
+      })
+      ins.push({ bytes, header: readRecordHeader(bytes) })
+    }
+    await s.append(ins)
+    const check = async (label: string) => {
+      for (let i = 0; i < 300; i++) {
+        const id = i % 11 === 0 ? `ïd-${i}` : `id-${i}`
+        const a = await byId(s, id)
+        t.equal(a.messages.length, 1, `${label}: ${id} found by id`)
+        t.same(a.messages[0]?.keys, keysOf(i), `${label}: ${id} keys`)
+        for (const k of keysOf(i)) {
+          const l = await byKey(s, k)
+          if (!l.messages.some((m) => m.sequence === i)) t.fail(`${label}: ${id} not found by key ${k}`)
+        }
+      }
+      const shared = await byKey(s, 'shared-1')
+      const want = [...Array(300).keys()].filter((i) => i % 5 !== 0 && i % 7 !== 0 && i % 40 === 1)
+      t.same(
+        shared.messages.map((m) => m.sequence).sort((x, y) => x - y),
+        want,
+        `${label}: a key shared by many records finds each once`,
+      )
+      t.same((await byKey(s, '')).messages, [], `${label}: no empty key`)
+    }
+    await check('live')
+    await s.close()
+    s = await open(dir, { indexSegmentBytes: 8192 })
+    await check('reopened')
+    await s.close()
+  },
+)
