@@ -112,6 +112,8 @@ export class DelayServer {
   private role: 'master' | 'slave'
   private epochs: EpochState = { epoch: 0, history: [] }
   private readonly lease = new MasterLease()
+  /** The in-sync set of the heartbeat in flight (heartbeats go one at a time). */
+  private sentInSync: string[] | undefined
   /** Promoted to this epoch: recorded (with the message log's end) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -352,6 +354,7 @@ export class DelayServer {
           epoch: () => this.epochs.epoch,
           history: () => this.epochs.history,
           slaveReady: (id) => this.delayReplication?.ready(id) ?? false,
+          requestReport: () => this.heartbeatLoop?.reportNow(),
         },
         this.log,
       )
@@ -614,21 +617,26 @@ export class DelayServer {
       }
     }
     const r = this.replication
+    this.sentInSync = undefined
     if (r === undefined || this.storeRef === undefined) return undefined
+    this.sentInSync = r.reportInSync()
     return {
       epoch: this.epochs.epoch,
       messageOffset: this.storeRef.messageSegmentLog?.endOffset ?? 0,
       actionOffset: 0,
-      inSyncSlaves: r
-        .status()
-        .filter((s) => s.inSync)
-        .map((s) => s.id),
+      inSyncSlaves: this.sentInSync,
       replicated: r.hasSlaves,
     }
   }
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this delay server. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    // The metaserver stored the in-sync set this heartbeat carried (it answers a master only then):
+    // slaves that left it are no longer waited for (ReplicationSource.reportAccepted).
+    const sent = this.sentInSync
+    this.sentInSync = undefined
+    if (sent !== undefined && this.role === 'master' && (res.role ?? 'master') === 'master')
+      this.replication?.reportAccepted(sent)
     if (this.closing !== undefined || this.switching !== undefined) return
     this.switching = this.lease.changeRole(
       res,

@@ -85,6 +85,9 @@ export class DelayReplicationSource {
   constructor(opts: DelayReplicationOptions) {
     this.opts = opts
     this.now = opts.now ?? Date.now
+    // A slave that left the in-sync set stops being counted once the metaserver stored a report
+    // without it: CANCELs waiting on it go on. (Both sources live and die together.)
+    opts.logs.onCountedChange(() => this.release())
   }
 
   attach(store: DelayStore): void {
@@ -170,7 +173,7 @@ export class DelayReplicationSource {
   waitCancelled(seq: number): Promise<void> {
     const logs = this.opts.logs
     if (!logs.requiresSlave) return Promise.resolve()
-    if (seq <= this.safeSeq() || logs.degraded) {
+    if (logs.degraded || seq <= this.safeSeq()) {
       if (seq > this.committed) this.committed = seq
       return Promise.resolve()
     }
@@ -193,20 +196,22 @@ export class DelayReplicationSource {
     })
   }
 
-  /** The cancel sequence every in-sync slave holds durably; -1 with no slave in sync. */
+  /**
+   * The cancel sequence every counted slave (the in-sync ones, and those the metaserver may still
+   * hold in sync: ReplicationSource.countedSlaves) holds durably; -1 with no slave in sync.
+   */
   private safeSeq(): number {
-    let safe = -1
-    for (const id of this.opts.logs.inSyncSlaves()) {
-      const acked = this.slaves.get(id)?.acked ?? -1
-      safe = safe < 0 ? acked : Math.min(safe, acked)
-    }
+    const logs = this.opts.logs
+    if (!logs.anyInSync()) return -1
+    let safe = Number.POSITIVE_INFINITY
+    for (const id of logs.countedSlaves()) safe = Math.min(safe, this.slaves.get(id)?.acked ?? -1)
     return safe
   }
 
   /** Releases the waiting CANCELs every in-sync slave holds. */
   private release(): void {
     if (this.waiters.length > 0) {
-      const safe = this.safeSeq()
+      const safe = this.opts.logs.degraded ? Number.POSITIVE_INFINITY : this.safeSeq()
       const keep: Waiter[] = []
       for (const w of this.waiters) {
         if (w.seq <= safe) {
@@ -217,6 +222,7 @@ export class DelayReplicationSource {
       }
       this.waiters = keep
     }
+    if (this.waiters.length > 0) this.opts.logs.reportIfLeaving()
     if (this.waiters.length === 0 && this.recheckTimer !== undefined) {
       clearInterval(this.recheckTimer)
       this.recheckTimer = undefined
