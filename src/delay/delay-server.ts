@@ -653,6 +653,7 @@ export class DelayServer {
 
   /** Changes role in place (same ports, same data dir, same group). */
   private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
+    this.refuseUnsafePromotion(role)
     this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this delay server's role")
     await this.heartbeatLoop?.stop(false)
     this.heartbeatLoop = undefined
@@ -683,6 +684,28 @@ export class DelayServer {
       // The heartbeat goes on whatever happened: without it this server would be a silent zombie.
       if (this.closing === undefined) await this.startHeartbeat()
     }
+  }
+
+  /**
+   * A slave holding no adopted checkpoint (it dropped its copy of the derived files, mirror.ts
+   * `forget`, and has not adopted one since) whose message-log copy no longer starts at 0 would lose
+   * every pending message below that start as a master. Its master counts it out of sync as soon as
+   * it hears of the drop, and it tells it at once; this refuses a promotion decided before the
+   * metaserver stored that (the change is asked again with each heartbeat answer).
+   */
+  private refuseUnsafePromotion(role: 'master' | 'slave'): void {
+    if (role !== 'master' || this.role !== 'slave' || this.follower === undefined) return
+    const start = this.follower.copyStart(0)
+    const adopted = this.mirror?.status().checkpoint ?? -1
+    if (adopted >= 0 || start === 0) return
+    this.log.error(
+      { messageLogStart: start },
+      'promotion refused: this slave holds no checkpoint of the derived files and its message-log copy starts past 0; as master it would lose pending messages',
+    )
+    throw new QmqError(
+      'QMQ_ERR_NO_IN_SYNC_SLAVE',
+      `this slave holds no checkpoint and its message-log copy starts at ${start}: it cannot be promoted`,
+    )
   }
 
   /** The role now ('master' or 'slave'; the metaserver may change it). */
