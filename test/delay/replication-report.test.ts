@@ -26,7 +26,7 @@ const FAST: Partial<DelayOptions> = {
   checkpointIntervalMs: 100,
   replication: 'sync',
   replicationFetchWaitMs: 50,
-  replicationInSyncLagMs: 300,
+  replicationInSyncLagMs: 1_000,
   replicationAckTimeoutMs: 10_000,
 }
 
@@ -95,7 +95,7 @@ t.test(
     )
 
     await b.close({ offline: false })
-    const deadline = Date.now() + 2_500
+    const deadline = Date.now() + 3_000
     let acked = 0
     let early = 0
     for (let i = 0; Date.now() < deadline; i++) {
@@ -116,6 +116,6 @@ t.test(
       'no SEND or CANCEL acknowledged while the metaserver could still promote the stalled slave',
     )
     t.ok(acked > 0, `writes go on once the report without it is stored (${acked} acknowledged)`)
-    t.same(stored(), [a.address], 'the stored in-sync set is the remaining slave')
+    t.notOk(stored()?.includes(b.address), 'the stored in-sync set no longer names the stalled slave')
   },
 )
