@@ -29,6 +29,10 @@
  *   group_replication(group_name PK, replicated, epoch, in_sync_json '["host:port",...]', reported_at,
  *          step_down_at (NULL = none))   the master's last report: it has slaves (it holds a lease and
  *          fails over), which slaves were in sync, in which epoch and when; and a `qmq failover` asked.
+ * Version 6 (slaves gone for good expire):
+ *   slaves gains heard_at: its last heartbeat, 'offline' ones included (last_seen_at is 0 after
+ *     those); a row not heard from for the metaserver's slaveExpiryMs is deleted. Rows already there
+ *     start at their last_seen_at, or (offline ones) at the newest master last-seen.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -118,6 +122,14 @@ CREATE TABLE IF NOT EXISTS group_replication (
   group_name TEXT PRIMARY KEY, replicated {BOOL} NOT NULL, epoch {INT64} NOT NULL, in_sync_json TEXT NOT NULL,
   reported_at {INT64} NOT NULL, step_down_at {INT64}
 );
+`),
+  },
+  {
+    version: 6,
+    sql: both(`
+ALTER TABLE slaves ADD COLUMN heard_at {INT64} NOT NULL DEFAULT 0;
+UPDATE slaves SET heard_at = CASE WHEN last_seen_at > 0 THEN last_seen_at
+  ELSE COALESCE((SELECT MAX(m.last_seen_at) FROM servers m), 0) END;
 `),
   },
 ]
