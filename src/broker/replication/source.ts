@@ -12,6 +12,7 @@ import {
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
 import type { SegmentLog } from '../store/segment-log'
+import { AckWaiters } from './ack-waiters'
 import { divergencePoint, type EpochStart } from './epochs'
 
 /**
@@ -124,13 +125,6 @@ interface SlaveState {
   logs: [LogProgress, LogProgress]
 }
 
-interface Waiter {
-  end: number
-  resolve: () => void
-  reject: (err: QmqError) => void
-  timer: NodeJS.Timeout
-}
-
 interface Parked {
   log: ReplicatedLogValue
   offset: number
@@ -147,7 +141,8 @@ export class ReplicationSource {
   private readonly known: Set<string>
   private logs: ReplicatedLogs | undefined
   private unlisten: (() => void)[] = []
-  private waiters: Waiter[] = []
+  /** SENDs waiting under `sync`, by the end of their records in the message log. */
+  private readonly waiters: AckWaiters
   private parked = new Set<Parked>()
   private closed = false
   /**
@@ -179,6 +174,7 @@ export class ReplicationSource {
     this.opts = opts
     this.log = log.child({ component: 'replication' })
     this.now = opts.now ?? Date.now
+    this.waiters = new AckWaiters(opts.ackTimeoutMs)
     this.known = new Set(readKnownSlaves(opts.stateDir))
   }
 
@@ -224,12 +220,7 @@ export class ReplicationSource {
     if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
     this.recheckTimer = undefined
     for (const p of [...this.parked]) p.wake()
-    const waiters = this.waiters
-    this.waiters = []
-    for (const w of waiters) {
-      clearTimeout(w.timer)
-      w.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    }
+    this.waiters.rejectAll(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
   }
 
   close(): void {
@@ -276,20 +267,10 @@ export class ReplicationSource {
       return Promise.resolve()
     }
     if (this.logs === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    return new Promise<void>((resolve, reject) => {
-      const w: Waiter = {
-        end,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.waiters = this.waiters.filter((x) => x !== w)
-          reject(new QmqError('QMQ_ERR_REPLICATION_TIMEOUT'))
-        }, this.opts.ackTimeoutMs),
-      }
-      this.waiters.push(w)
-      this.scheduleRecheck(now)
-      this.reportIfLeaving(now)
-    })
+    const waiting = this.waiters.wait(end)
+    this.scheduleRecheck(now)
+    this.reportIfLeaving(now)
+    return waiting
   }
 
   /**
@@ -567,19 +548,11 @@ export class ReplicationSource {
    * alone), and asks for a report when a leaving slave holds the others back.
    */
   private release(now: number): void {
-    if (this.waiters.length === 0) return
+    if (this.waiters.size === 0) return
     const safe = this.opts.degradedWrites && this.alone(now) ? Number.POSITIVE_INFINITY : this.safeEnd(now)
-    const keep: Waiter[] = []
-    for (const w of this.waiters) {
-      if (w.end <= safe) {
-        clearTimeout(w.timer)
-        this.commit(w.end)
-        w.resolve()
-      } else keep.push(w)
-    }
-    this.waiters = keep
+    this.commit(this.waiters.release(safe))
     this.scheduleRecheck(now)
-    if (keep.length > 0) this.reportIfLeaving(now)
+    if (this.waiters.size > 0) this.reportIfLeaving(now)
   }
 
   /**
@@ -600,9 +573,8 @@ export class ReplicationSource {
   private scheduleRecheck(now: number): void {
     if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
     this.recheckTimer = undefined
-    if (this.waiters.length === 0) return
-    let lowest = Number.POSITIVE_INFINITY
-    for (const w of this.waiters) lowest = Math.min(lowest, w.end)
+    if (this.waiters.size === 0) return
+    const lowest = this.waiters.lowest()
     let at = Number.POSITIVE_INFINITY
     for (const s of this.slaves.values()) {
       if (s.logs[0].acked >= lowest || !this.inSync(s, now)) continue
