@@ -569,6 +569,7 @@ export class Broker {
 
   /** What this broker tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
+    this.sentInSync = undefined
     if (this.follower !== undefined) {
       const f = this.follower.status()
       return {
@@ -581,7 +582,6 @@ export class Broker {
     }
     const store = this.store
     const r = this.replication
-    this.sentInSync = undefined
     if (!(store instanceof FileMessageStore) || r === undefined) return undefined
     this.sentInSync = r.reportInSync()
     return {

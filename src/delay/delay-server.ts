@@ -604,6 +604,7 @@ export class DelayServer {
 
   /** What this delay server tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
+    this.sentInSync = undefined
     // Closing: the sources are detached and would report no slave in sync, which would stop the
     // metaserver from promoting the slave when this master goes away.
     if (this.closing !== undefined) return undefined
@@ -617,7 +618,6 @@ export class DelayServer {
       }
     }
     const r = this.replication
-    this.sentInSync = undefined
     if (r === undefined || this.storeRef === undefined) return undefined
     this.sentInSync = r.reportInSync()
     return {

@@ -166,7 +166,7 @@ const REMOVE_SLAVE_USAGE = 'qmq remove-slave <group> <host:port> [--json]'
 
 export const removeSlaveCommand = adminCommand(
   'remove-slave',
-  "Forget a slave of a broker or delay group that is gone for good (refused while it is alive); unheard-of slaves also leave after the metaserver's slaveExpiryMs",
+  "Forget a slave of a broker or delay group that is gone for good (refused while it is alive); slaves not heard from also leave after the metaserver's slaveExpiryMs",
   REMOVE_SLAVE_USAGE,
   [],
   async (cluster, { positionals }, json) => {
