@@ -128,6 +128,8 @@ export class Broker {
   private epochs: EpochState = { epoch: 0, history: [] }
   /** A master of a replicated group acknowledges writes while it holds its metaserver lease. */
   private readonly lease = new MasterLease()
+  /** The in-sync set of the heartbeat in flight (heartbeats go one at a time). */
+  private sentInSync: string[] | undefined
   /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -318,6 +320,7 @@ export class Broker {
             stateDir: path.join(o.dataDir, 'replication'),
             epoch: () => this.epochs.epoch,
             history: () => this.epochs.history,
+            requestReport: () => this.heartbeat?.reportNow(),
           },
           this.log,
         )
@@ -566,6 +569,7 @@ export class Broker {
 
   /** What this broker tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
+    this.sentInSync = undefined
     if (this.follower !== undefined) {
       const f = this.follower.status()
       return {
@@ -579,14 +583,12 @@ export class Broker {
     const store = this.store
     const r = this.replication
     if (!(store instanceof FileMessageStore) || r === undefined) return undefined
+    this.sentInSync = r.reportInSync()
     return {
       epoch: this.epochs.epoch,
       messageOffset: store.mlog.log.endOffset,
       actionOffset: store.alog.log.endOffset,
-      inSyncSlaves: r
-        .status()
-        .filter((s) => s.inSync)
-        .map((s) => s.id),
+      inSyncSlaves: this.sentInSync,
       replicated: r.hasSlaves,
     }
   }
@@ -599,6 +601,12 @@ export class Broker {
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    // The metaserver stored the in-sync set this heartbeat carried (it answers a master only then):
+    // slaves that left it are no longer waited for (ReplicationSource.reportAccepted).
+    const sent = this.sentInSync
+    this.sentInSync = undefined
+    if (sent !== undefined && this.role === 'master' && (res.role ?? 'master') === 'master')
+      this.replication?.reportAccepted(sent)
     if (this.state !== 'running' || this.switching !== undefined || this.closeRequested) return
     this.switching = this.lease.changeRole(
       res,

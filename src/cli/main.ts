@@ -13,6 +13,7 @@ import {
   failoverCommand,
   forgetGroupCommand,
   groupsCommand,
+  removeSlaveCommand,
   resetCursorCommand,
   subjectsCommand,
 } from './commands/admin'
@@ -36,6 +37,7 @@ export const COMMANDS: Command[] = [
   subjectsCommand,
   groupsCommand,
   failoverCommand,
+  removeSlaveCommand,
   consumersCommand,
   backlogCommand,
   resetCursorCommand,

@@ -113,6 +113,8 @@ export class DelayServer {
   private role: 'master' | 'slave'
   private epochs: EpochState = { epoch: 0, history: [] }
   private readonly lease = new MasterLease()
+  /** The in-sync set of the heartbeat in flight (heartbeats go one at a time). */
+  private sentInSync: string[] | undefined
   /** Promoted to this epoch: recorded (with the message log's end) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -354,6 +356,7 @@ export class DelayServer {
           epoch: () => this.epochs.epoch,
           history: () => this.epochs.history,
           slaveReady: (id) => this.delayReplication?.ready(id) ?? false,
+          requestReport: () => this.heartbeatLoop?.reportNow(),
         },
         this.log,
       )
@@ -614,6 +617,7 @@ export class DelayServer {
 
   /** What this delay server tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
+    this.sentInSync = undefined
     // Closing: the sources are detached and would report no slave in sync, which would stop the
     // metaserver from promoting the slave when this master goes away.
     if (this.closing !== undefined) return undefined
@@ -628,20 +632,24 @@ export class DelayServer {
     }
     const r = this.replication
     if (r === undefined || this.storeRef === undefined) return undefined
+    this.sentInSync = r.reportInSync()
     return {
       epoch: this.epochs.epoch,
       messageOffset: this.storeRef.messageSegmentLog?.endOffset ?? 0,
       actionOffset: 0,
-      inSyncSlaves: r
-        .status()
-        .filter((s) => s.inSync)
-        .map((s) => s.id),
+      inSyncSlaves: this.sentInSync,
       replicated: r.hasSlaves,
     }
   }
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this delay server. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
+    // The metaserver stored the in-sync set this heartbeat carried (it answers a master only then):
+    // slaves that left it are no longer waited for (ReplicationSource.reportAccepted).
+    const sent = this.sentInSync
+    this.sentInSync = undefined
+    if (sent !== undefined && this.role === 'master' && (res.role ?? 'master') === 'master')
+      this.replication?.reportAccepted(sent)
     if (this.closing !== undefined || this.switching !== undefined) return
     this.switching = this.lease.changeRole(
       res,
@@ -658,6 +666,7 @@ export class DelayServer {
 
   /** Changes role in place (same ports, same data dir, same group). */
   private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
+    this.refuseUnsafePromotion(role)
     this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this delay server's role")
     await this.heartbeatLoop?.stop(false)
     this.heartbeatLoop = undefined
@@ -688,6 +697,28 @@ export class DelayServer {
       // The heartbeat goes on whatever happened: without it this server would be a silent zombie.
       if (this.closing === undefined) await this.startHeartbeat()
     }
+  }
+
+  /**
+   * A slave holding no adopted checkpoint (it dropped its copy of the derived files, mirror.ts
+   * `forget`, and has not adopted one since) whose message-log copy no longer starts at 0 would lose
+   * every pending message below that start as a master. Its master counts it out of sync as soon as
+   * it hears of the drop, and it tells it at once; this refuses a promotion decided before the
+   * metaserver stored that (the change is asked again with each heartbeat answer).
+   */
+  private refuseUnsafePromotion(role: 'master' | 'slave'): void {
+    if (role !== 'master' || this.role !== 'slave' || this.follower === undefined) return
+    const start = this.follower.copyStart(0)
+    const adopted = this.mirror?.status().checkpoint ?? -1
+    if (adopted >= 0 || start === 0) return
+    this.log.error(
+      { messageLogStart: start },
+      'promotion refused: this slave holds no checkpoint of the derived files and its message-log copy starts past 0; as master it would lose pending messages',
+    )
+    throw new QmqError(
+      'QMQ_ERR_NO_IN_SYNC_SLAVE',
+      `this slave holds no checkpoint and its message-log copy starts at ${start}: it cannot be promoted`,
+    )
   }
 
   /** The role now ('master' or 'slave'; the metaserver may change it). */

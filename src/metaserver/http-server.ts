@@ -66,6 +66,7 @@ type RouteName =
   | 'admin_subject_groups'
   | 'admin_groups'
   | 'admin_group_failover'
+  | 'admin_group_slave'
   | 'admin_group'
   | 'admin_readonly'
   | 'admin_consumers'
@@ -431,6 +432,13 @@ export function createRequestHandler(ctx: HttpContext): (req: IncomingMessage, r
         if (method !== 'POST') throw methodNotAllowed(method, path)
         requireAdmin(req)
         return { status: 200, body: await svc.failover(validateGroup(decodeSegment(rest[0] ?? ''))) }
+      }
+      if (rest.length === 3 && rest[1] === 'slaves') {
+        setRoute('admin_group_slave')
+        if (method !== 'DELETE') throw methodNotAllowed(method, path)
+        requireAdmin(req)
+        const group = validateGroup(decodeSegment(rest[0] ?? ''))
+        return { status: 200, body: await svc.removeSlave(group, decodeSegment(rest[2] ?? '')) }
       }
     }
     if (ctx.fanout !== undefined) {

@@ -269,6 +269,7 @@ export class Metaserver {
     try {
       for (const t of await svc.sweepLiveness()) this.transitions?.inc({ to: t.alive ? 'alive' : 'dead' })
       await svc.expireClients()
+      await svc.expireSlaves()
     } catch (err) {
       if (!svc.storeDown) this.log.error(err instanceof Error ? err : { err }, 'sweep failed')
     } finally {

@@ -18,6 +18,8 @@ export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 10_000
 export const DEFAULT_LAST_SEEN_WRITE_INTERVAL_MS = 1_000
 export const DEFAULT_CLIENT_HEARTBEAT_INTERVAL_MS = 20_000
 export const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
+/** Slaves gone for good leave `qmq groups` after this (10 minutes). */
+export const DEFAULT_SLAVE_EXPIRY_MS = 600_000
 export const DEFAULT_MIN_GROUPS_PER_SUBJECT = 2
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024 // 1 MiB
 
@@ -36,6 +38,7 @@ export interface MetaserverOptions extends TlsFileOptions, AuthOptions {
   lastSeenWriteIntervalMs: number
   clientHeartbeatIntervalMs: number
   clientTimeoutMs: number
+  slaveExpiryMs: number
   minGroupsPerSubject: number
   extendOnOutage: boolean
   maxBodyBytes: number
@@ -99,6 +102,12 @@ export const metaserverOptionsSchema: OptionsSchema<MetaserverOptions> = {
     min: 20,
     max: 3_600_000,
     doc: 'A client entry silent this long is dropped from the registry',
+  }),
+  slaveExpiryMs: integer({
+    default: DEFAULT_SLAVE_EXPIRY_MS,
+    min: 0,
+    max: 30 * 24 * 3_600_000,
+    doc: 'A slave not heard from this long (gone for good) is removed from its group (0 = never; never less than 2 x heartbeatTimeoutMs + lastSeenWriteIntervalMs)',
   }),
   minGroupsPerSubject: integer({
     default: DEFAULT_MIN_GROUPS_PER_SUBJECT,

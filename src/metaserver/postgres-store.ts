@@ -38,6 +38,7 @@ import type {
   StoredMetaserver,
   StoredRoute,
   StoredServer,
+  SlaveKey,
 } from './store'
 
 /**
@@ -79,7 +80,8 @@ function loadPg(): typeof import('pg') {
   }
 }
 
-const SLAVE_COLUMNS = 'group_name, address, http_address, last_seen_at, message_offset, action_offset'
+const SLAVE_COLUMNS =
+  'group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at'
 const REPLICATION_COLUMNS = 'group_name, replicated, epoch, in_sync_json, reported_at, step_down_at'
 
 async function epochOf(c: PoolClient, group: string): Promise<number> {
@@ -314,8 +316,9 @@ export class PostgresMetaStore implements MetaStore {
       } else {
         // A slave's offsets are those of its newest report (they go back when it truncates).
         await c.query(
-          `INSERT INTO slaves AS s (${SLAVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+          `INSERT INTO slaves AS s (${SLAVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
+             heard_at = GREATEST(s.heard_at, excluded.heard_at),
              last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
                                  ELSE GREATEST(s.last_seen_at, excluded.last_seen_at) END,
              message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
@@ -329,6 +332,7 @@ export class PostgresMetaStore implements MetaStore {
             server.lastSeenAt,
             server.messageOffset ?? 0,
             server.actionOffset ?? 0,
+            server.heardAt ?? server.lastSeenAt,
           ],
         )
       }
@@ -541,6 +545,35 @@ export class PostgresMetaStore implements MetaStore {
       [seenAfter],
     )
     return rows.map((r) => ({ id: r.id, url: r.url, startedAt: r.started_at, lastSeenAt: r.last_seen_at }))
+  }
+
+  async expireSlaves(heardBefore: number): Promise<SlaveKey[]> {
+    const rows = await this.q<{ group_name: string; address: string }>(
+      'expire slaves',
+      'DELETE FROM slaves WHERE heard_at < $1 RETURNING group_name, address',
+      [heardBefore],
+    )
+    return rows.map((r) => ({ group: r.group_name, address: r.address }))
+  }
+
+  async removeSlave(
+    group: string,
+    address: string,
+    seenBefore: number,
+  ): Promise<'removed' | 'alive' | 'unknown'> {
+    const rows = await this.q<{ deleted: boolean }>(
+      `remove slave ${address} of ${group}`,
+      `WITH d AS (DELETE FROM slaves WHERE group_name = $1 AND address = $2 AND last_seen_at < $3 RETURNING 1)
+       SELECT EXISTS (SELECT 1 FROM d) AS deleted`,
+      [group, address, seenBefore],
+    )
+    if (rows[0]?.deleted === true) return 'removed'
+    const seen = await this.q<{ n: number }>(
+      `remove slave ${address} of ${group}`,
+      'SELECT COUNT(*)::int AS n FROM slaves WHERE group_name = $1 AND address = $2',
+      [group, address],
+    )
+    return (seen[0]?.n ?? 0) > 0 ? 'alive' : 'unknown'
   }
 
   async removeMetaserver(id: string): Promise<void> {

@@ -156,6 +156,7 @@ export interface SlaveRow {
   last_seen_at: number
   message_offset: number
   action_offset: number
+  heard_at: number
 }
 
 export function toSlave(r: SlaveRow): StoredServer {
@@ -167,6 +168,7 @@ export function toSlave(r: SlaveRow): StoredServer {
     lastSeenAt: r.last_seen_at,
     messageOffset: r.message_offset,
     actionOffset: r.action_offset,
+    heardAt: r.heard_at,
   }
 }
 

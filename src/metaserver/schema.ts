@@ -32,6 +32,10 @@
  * Version 6 (issue 18 review: `qmq auth` grant/revoke/rotate are compare-and-set, app-store.ts):
  *   app_credentials gains version: grows by one with every update of the row; an update applies only
  *     to the version it read (UPDATE ... WHERE version = <read>), so two changes at once never lose one.
+ * Version 7 (slaves gone for good expire):
+ *   slaves gains heard_at: its last heartbeat, 'offline' ones included (last_seen_at is 0 after
+ *     those); a row not heard from for the metaserver's slaveExpiryMs is deleted. Rows already there
+ *     start at their last_seen_at, or (offline ones) at the newest master last-seen.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -127,6 +131,14 @@ CREATE TABLE IF NOT EXISTS group_replication (
     version: 6,
     sql: both(`
 ALTER TABLE app_credentials ADD COLUMN version {INT64} NOT NULL DEFAULT 0;
+`),
+  },
+  {
+    version: 7,
+    sql: both(`
+ALTER TABLE slaves ADD COLUMN heard_at {INT64} NOT NULL DEFAULT 0;
+UPDATE slaves SET heard_at = CASE WHEN last_seen_at > 0 THEN last_seen_at
+  ELSE COALESCE((SELECT MAX(m.last_seen_at) FROM servers m), 0) END;
 `),
   },
 ]

@@ -25,6 +25,7 @@ import { byMostData } from './promotion'
 import type {
   MetaStore,
   ReplicationReport,
+  SlaveKey,
   StoredMetaserver,
   StoredReplication,
   StoredRoute,
@@ -71,6 +72,8 @@ interface ServerState {
   /** A slave: the durable ends of its copies, as last reported (stored: promotion takes the most). */
   messageOffset?: number
   actionOffset?: number
+  /** A slave: its last heartbeat, an 'offline' one included (expiry after slaveExpiryMs). */
+  heardAt?: number
 }
 
 interface GroupState {
@@ -157,6 +160,7 @@ function serverState(s: StoredServer): ServerState {
   }
   if (s.messageOffset !== undefined) out.messageOffset = s.messageOffset
   if (s.actionOffset !== undefined) out.actionOffset = s.actionOffset
+  if (s.heardAt !== undefined) out.heardAt = s.heardAt
   return out
 }
 
@@ -360,6 +364,17 @@ export class MetaService {
         if (s.actionOffset !== undefined) mine.actionOffset = s.actionOffset
         if (s.role === 'master') g.slaves.delete(s.address)
       }
+      if (mine !== undefined && s.heardAt !== undefined && s.heardAt > (mine.heardAt ?? 0))
+        mine.heardAt = s.heardAt
+    }
+    // A slave row another metaserver deleted (expired, or `qmq remove-slave`) goes from memory too;
+    // one never written yet (persistedAt -1: its first heartbeat here is being stored) stays.
+    const storedSlaves = new Set(
+      snap.servers.filter((s) => s.role === 'slave').map((s) => `${s.group}\u0000${s.address}`),
+    )
+    for (const g of this.groups.values()) {
+      for (const [address, s] of g.slaves)
+        if (s.persistedAt >= 0 && !storedSlaves.has(`${g.name}\u0000${address}`)) g.slaves.delete(address)
     }
     for (const r of snap.replication) {
       const g = this.groups.get(r.group)
@@ -536,6 +551,7 @@ export class MetaService {
       changed = true
     }
     server.lastSeenAt = offline ? 0 : now
+    if (role === 'slave') server.heardAt = now
     let report: ReplicationReport | undefined
     let reportChanged = false
     let offsetsChanged = false
@@ -583,7 +599,11 @@ export class MetaService {
               httpAddress: srv.httpAddress,
               lastSeenAt: srv.lastSeenAt,
               ...(role === 'slave'
-                ? { messageOffset: srv.messageOffset ?? 0, actionOffset: srv.actionOffset ?? 0 }
+                ? {
+                    messageOffset: srv.messageOffset ?? 0,
+                    actionOffset: srv.actionOffset ?? 0,
+                    heardAt: srv.heardAt ?? now,
+                  }
                 : {}),
             },
             group.epoch,
@@ -1060,6 +1080,7 @@ export class MetaService {
           lastSeenAt: s.lastSeenAt,
           alive: s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs,
         }
+        if (s.heardAt !== undefined) out.lastHeardAt = s.heardAt
         if (s.httpAddress !== undefined) out.httpAddress = s.httpAddress
         if (s.replication !== undefined) out.replication = s.replication
         return out
@@ -1127,6 +1148,45 @@ export class MetaService {
       routes,
       serverTime: now,
     }
+  }
+
+  /**
+   * Deletes the slaves not heard from for slaveExpiryMs (0: never), in the store and in memory:
+   * gone for good, they would stay listed (not alive) forever. Answers them.
+   */
+  async expireSlaves(): Promise<SlaveKey[]> {
+    const o = this.options
+    if (o.slaveExpiryMs <= 0) return []
+    // A live slave's heard-at is written at least every lastSeenWriteIntervalMs: never expire sooner.
+    const expiry = Math.max(o.slaveExpiryMs, 2 * o.heartbeatTimeoutMs + o.lastSeenWriteIntervalMs)
+    const gone = await this.stored(() => this.store.expireSlaves(this.now() - expiry))
+    for (const k of gone) {
+      this.groups.get(k.group)?.slaves.delete(k.address)
+      this.log.info({ group: k.group, slave: k.address, expiryMs: expiry }, 'slave not heard from: removed')
+    }
+    return gone
+  }
+
+  /**
+   * `qmq remove-slave` (admin): forgets a slave that is not alive (one alive would come back with its
+   * next heartbeat: QMQ_ERR_GROUP_ACTIVE). Answers the group.
+   */
+  async removeSlave(name: string, address: string): Promise<GroupInfo> {
+    const g = this.requireGroup(name)
+    const now = this.now()
+    const mine = g.slaves.get(address)
+    if (mine !== undefined && this.serverAlive(mine, now))
+      throw new QmqError('QMQ_ERR_GROUP_ACTIVE', `slave ${address} of ${name} is alive: stop it first`)
+    const res = await this.stored(() =>
+      this.store.removeSlave(name, address, now - this.options.heartbeatTimeoutMs),
+    )
+    if (res === 'alive')
+      throw new QmqError('QMQ_ERR_GROUP_ACTIVE', `slave ${address} of ${name} is alive: stop it first`)
+    if (res === 'unknown' && mine === undefined)
+      throw new QmqError('QMQ_ERR_NOT_FOUND', `group ${name} has no slave ${address}`)
+    g.slaves.delete(address)
+    this.log.warn({ group: name, slave: address }, 'slave removed by an admin')
+    return this.groupInfo(g, now)
   }
 
   /** Drops client entries silent for clientTimeoutMs; answers how many. */

@@ -14,6 +14,7 @@ import type {
   PromoteResult,
   ReplicationReport,
   StoredReplication,
+  SlaveKey,
 } from './store'
 import { type AppCredentialStore, SqliteAppStore } from './app-store'
 import {
@@ -121,9 +122,10 @@ export class SqliteMetaStore implements MetaStore {
       ),
       // A slave's offsets are those of its newest report (they go back when it truncates).
       upsertSlave: db.prepare(
-        `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset)
-         VALUES (?, ?, ?, ?, ?, ?)
+        `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
+           heard_at = MAX(slaves.heard_at, excluded.heard_at),
            last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
                                ELSE MAX(slaves.last_seen_at, excluded.last_seen_at) END,
            message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
@@ -132,11 +134,13 @@ export class SqliteMetaStore implements MetaStore {
                                 THEN excluded.action_offset ELSE slaves.action_offset END`,
       ),
       allSlaves: db.prepare(
-        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset FROM slaves',
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at FROM slaves',
       ),
       slavesOf: db.prepare(
-        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset FROM slaves WHERE group_name = ?',
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at FROM slaves WHERE group_name = ?',
       ),
+      expireSlaves: db.prepare('DELETE FROM slaves WHERE heard_at < ? RETURNING group_name, address'),
+      slaveSeen: db.prepare('SELECT last_seen_at FROM slaves WHERE group_name = ? AND address = ?'),
       deleteSlave: db.prepare('DELETE FROM slaves WHERE group_name = ? AND address = ?'),
       getEpoch: db.prepare('SELECT epoch FROM group_epochs WHERE group_name = ?'),
       allReplication: db.prepare(
@@ -337,6 +341,7 @@ export class SqliteMetaStore implements MetaStore {
               server.lastSeenAt,
               server.messageOffset ?? 0,
               server.actionOffset ?? 0,
+              server.heardAt ?? server.lastSeenAt,
             )
           }
           return { written: true, epoch: stored, replication: this.replicationOf(group.name) }
@@ -484,6 +489,29 @@ export class SqliteMetaStore implements MetaStore {
           last_seen_at: number
         }[]
       ).map((r) => ({ id: r.id, url: r.url, startedAt: r.started_at, lastSeenAt: r.last_seen_at })),
+    )
+  }
+
+  expireSlaves(heardBefore: number): Promise<SlaveKey[]> {
+    return this.run('expire slaves', () =>
+      (this.stmts.expireSlaves.all(heardBefore) as { group_name: string; address: string }[]).map((r) => ({
+        group: r.group_name,
+        address: r.address,
+      })),
+    )
+  }
+
+  removeSlave(group: string, address: string, seenBefore: number): Promise<'removed' | 'alive' | 'unknown'> {
+    return this.run(`remove slave ${address} of ${group}`, () =>
+      this.db
+        .transaction((): 'removed' | 'alive' | 'unknown' => {
+          const row = this.stmts.slaveSeen.get(group, address) as { last_seen_at: number } | undefined
+          if (row === undefined) return 'unknown'
+          if (row.last_seen_at >= seenBefore) return 'alive'
+          this.stmts.deleteSlave.run(group, address)
+          return 'removed'
+        })
+        .immediate(),
     )
   }
 

@@ -70,6 +70,14 @@ export interface StoredServer {
   /** A slave: the durable ends of its copies (message log, action log) as it last reported them. */
   messageOffset?: number
   actionOffset?: number
+  /** A slave: its last heartbeat, an 'offline' one included (expiry, `expireSlaves`). */
+  heardAt?: number
+}
+
+/** A slave row deleted (expired or removed by an admin). */
+export interface SlaveKey {
+  group: string
+  address: string
 }
 
 export interface StoredRoute {
@@ -246,6 +254,13 @@ export interface MetaStore {
    * the group has none).
    */
   setStepDown(group: string, at: number | undefined): Promise<StoredReplication | undefined>
+  /** Deletes the slave rows last heard from before `heardBefore` (gone for good); answers them. */
+  expireSlaves(heardBefore: number): Promise<SlaveKey[]>
+  /**
+   * `qmq remove-slave`: deletes one slave row unless it heartbeated at or after `seenBefore` (it is
+   * alive: it would come back with its next heartbeat). 'unknown': no such row.
+   */
+  removeSlave(group: string, address: string, seenBefore: number): Promise<'removed' | 'alive' | 'unknown'>
   close(): Promise<void>
   /** Application credentials (issue 18, app-store.ts): every store keeps them. */
   readonly apps: AppCredentialStore

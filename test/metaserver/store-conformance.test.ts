@@ -74,7 +74,7 @@ for (const kind of STORE_KINDS) {
     })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 6)
+    t.equal(SCHEMA_VERSION, 7)
   })
 
   t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
@@ -322,6 +322,49 @@ for (const kind of STORE_KINDS) {
     await s2!.recordHeartbeat(group('g'), master('g', 0, 1001), 0)
     snap = await s1!.loadAll()
     t.equal(snap.servers[0]?.lastSeenAt, 0, 'offline')
+  })
+
+  t.test(`store [${kind}] - slaves: heard-at survives offline; expiry and removal`, async (t) => {
+    const [s1, s2] = await openShared(t, kind, 2)
+    const slave = (address: string, lastSeenAt: number, heardAt: number): StoredServer => ({
+      ...server(address, 'slave', 7),
+      lastSeenAt,
+      heardAt,
+    })
+    const slaves = async () =>
+      (await s1!.loadAll()).servers
+        .filter((s) => s.role === 'slave')
+        .map((s) => [s.address, s.lastSeenAt, s.heardAt])
+        .sort()
+    await s1!.recordHeartbeat(group('g'), master('g', 5_000), 0)
+    await s1!.recordHeartbeat(group('g'), slave('s:1', 1_000, 1_000), 0)
+    await s1!.recordHeartbeat(group('g'), slave('s:1', 0, 2_000), 0)
+    await s2!.recordHeartbeat(group('g'), slave('s:2', 4_000, 4_000), 0)
+    await s2!.recordHeartbeat(group('g'), slave('s:2', 3_500, 3_500), 0)
+    t.same(
+      await slaves(),
+      [
+        ['s:1', 0, 2_000],
+        ['s:2', 4_000, 4_000],
+      ],
+      "an 'offline' slave keeps when it was heard; an older time from a slower metaserver is ignored",
+    )
+    t.same(await s2!.expireSlaves(2_000), [], 'none heard from before 2000')
+    t.same(
+      await s2!.expireSlaves(3_000),
+      [{ group: 'g', address: 's:1' }],
+      'the one not heard from since 2000',
+    )
+    t.same(await slaves(), [['s:2', 4_000, 4_000]])
+    t.equal(await s1!.removeSlave('g', 's:2', 4_000), 'alive', 'seen at or after the bound: refused')
+    t.equal(await s1!.removeSlave('g', 's:2', 4_001), 'removed')
+    t.equal(await s2!.removeSlave('g', 's:2', 4_001), 'unknown', 'gone')
+    t.same(await slaves(), [])
+    t.same(
+      (await s1!.loadAll()).servers.map((s) => s.role),
+      ['master'],
+      'the master row is not touched',
+    )
   })
 
   t.test(`store [${kind}] - liveness: each transition decided once among racing callers`, async (t) => {
@@ -618,6 +661,7 @@ for (const kind of STORE_KINDS) {
         lastSeenAt: 40,
         messageOffset: 0,
         actionOffset: 0,
+        heardAt: 40,
       },
     ])
     t.same(snap.replication, [])
@@ -627,6 +671,29 @@ for (const kind of STORE_KINDS) {
       epoch: 2,
     })
     t.match(await s.recordHeartbeat(group('g'), master('g', 70), 1), { written: false, epoch: 2 })
+  })
+
+  t.test(`store [${kind}] - a version 5 database: slave rows get a heard-at`, async (t) => {
+    const open = await seedAt(t, kind, 5, [
+      `INSERT INTO groups (name, kind, first_seen_at, load_json, updated_at) VALUES ('g', 'broker', 1, '{}', 1)`,
+      `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch) VALUES ('g', 'master', 'm:1', NULL, 50, 0)`,
+      `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset) VALUES ('g', 's:1', NULL, 40, 1, 1)`,
+      `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset) VALUES ('g', 's:2', NULL, 0, 2, 2)`,
+    ])
+    const s = await open()
+    t.teardown(() => s.close())
+    const slaves = (await s.loadAll()).servers
+      .filter((x) => x.role === 'slave')
+      .map((x) => [x.address, x.heardAt])
+      .sort()
+    t.same(
+      slaves,
+      [
+        ['s:1', 40],
+        ['s:2', 50],
+      ],
+      "its last-seen; an 'offline' one: the newest master last-seen",
+    )
   })
 
   t.test(`store [${kind}] - a database newer than this metaserver is refused`, async (t) => {

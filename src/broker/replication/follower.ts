@@ -217,6 +217,11 @@ export class ReplicationFollower {
     return this.copies?.find((c) => c.kind === kind)?.durable ?? 0
   }
 
+  /** The first byte the copy of a log holds (0 without a copy). */
+  copyStart(kind: ReplicatedLogValue): number {
+    return this.copies?.find((c) => c.kind === kind)?.log.startOffset ?? 0
+  }
+
   /** Deletes the copy's segments wholly below `offset` (a side loop following the master's retention). */
   deleteCopyBefore(kind: ReplicatedLogValue, offset: number): void {
     this.copies?.find((c) => c.kind === kind)?.log.deleteBefore(offset)

@@ -12,6 +12,7 @@ import {
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
 import type { SegmentLog } from '../store/segment-log'
+import { AckWaiters } from './ack-waiters'
 import { divergencePoint, type EpochStart } from './epochs'
 
 /**
@@ -66,6 +67,11 @@ export interface ReplicationSourceOptions {
    * slave must also hold the derived files of a checkpoint, src/delay/replication/). Default: yes.
    */
   slaveReady?: (slaveId: string) => boolean
+  /**
+   * Asks for a heartbeat now (MetaHeartbeat.reportNow): a slave left the in-sync set while writes
+   * wait, and they go on only once a report without it was accepted (`reportAccepted`).
+   */
+  requestReport?: () => void
 }
 
 export interface ReplicatedLogs {
@@ -119,13 +125,6 @@ interface SlaveState {
   logs: [LogProgress, LogProgress]
 }
 
-interface Waiter {
-  end: number
-  resolve: () => void
-  reject: (err: QmqError) => void
-  timer: NodeJS.Timeout
-}
-
 interface Parked {
   log: ReplicatedLogValue
   offset: number
@@ -142,7 +141,8 @@ export class ReplicationSource {
   private readonly known: Set<string>
   private logs: ReplicatedLogs | undefined
   private unlisten: (() => void)[] = []
-  private waiters: Waiter[] = []
+  /** SENDs waiting under `sync`, by the end of their records in the message log. */
+  private readonly waiters: AckWaiters
   private parked = new Set<Parked>()
   private closed = false
   /**
@@ -157,11 +157,24 @@ export class ReplicationSource {
   private committed = 0
   /** Wakes waiting SENDs when a lagging in-sync slave drops out of sync (the others may hold them). */
   private recheckTimer: NodeJS.Timeout | undefined
+  /**
+   * What the metaserver may hold as this master's in-sync set (the slaves it may promote): the set of
+   * the last heartbeat it accepted (`reported`), and every set sent since whose heartbeat failed
+   * (`unconfirmed`: it may have been stored all the same). A slave in either that is out of sync now
+   * (`leaving`) is still counted for acknowledgements: writes wait for it until a report without it
+   * was accepted. Kept across `attach` (the metaserver's view does not change with a store reopen).
+   */
+  private reported = new Set<string>()
+  private unconfirmed = new Set<string>()
+  /** The leaving set a report was last asked for (`requestReport`), to ask once per change. */
+  private reportAskedFor = ''
+  private readonly countedListeners = new Set<() => void>()
 
   constructor(opts: ReplicationSourceOptions, log: Logger) {
     this.opts = opts
     this.log = log.child({ component: 'replication' })
     this.now = opts.now ?? Date.now
+    this.waiters = new AckWaiters(opts.ackTimeoutMs)
     this.known = new Set(readKnownSlaves(opts.stateDir))
   }
 
@@ -207,12 +220,7 @@ export class ReplicationSource {
     if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
     this.recheckTimer = undefined
     for (const p of [...this.parked]) p.wake()
-    const waiters = this.waiters
-    this.waiters = []
-    for (const w of waiters) {
-      clearTimeout(w.timer)
-      w.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    }
+    this.waiters.rejectAll(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
   }
 
   close(): void {
@@ -225,9 +233,12 @@ export class ReplicationSource {
     return this.opts.mode === 'sync' && this.hasSlaves
   }
 
-  /** True while `sync` writes go on without an in-sync slave (`degradedWrites`). */
+  /**
+   * True while `sync` writes go on without an in-sync slave (`degradedWrites`): none is in sync and
+   * the metaserver holds none in sync either (a slave that just left is waited for until it does).
+   */
   get degraded(): boolean {
-    return this.requiresSlave && this.opts.degradedWrites && !this.anyInSync()
+    return this.requiresSlave && this.opts.degradedWrites && this.alone(this.now())
   }
 
   /**
@@ -251,24 +262,15 @@ export class ReplicationSource {
       this.commit(end)
       return Promise.resolve()
     }
-    if (this.opts.degradedWrites && !this.anyInSync()) {
+    if (this.opts.degradedWrites && this.alone(now)) {
       this.commit(end)
       return Promise.resolve()
     }
     if (this.logs === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    return new Promise<void>((resolve, reject) => {
-      const w: Waiter = {
-        end,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.waiters = this.waiters.filter((x) => x !== w)
-          reject(new QmqError('QMQ_ERR_REPLICATION_TIMEOUT'))
-        }, this.opts.ackTimeoutMs),
-      }
-      this.waiters.push(w)
-      this.scheduleRecheck(now)
-    })
+    const waiting = this.waiters.wait(end)
+    this.scheduleRecheck(now)
+    this.reportIfLeaving(now)
+    return waiting
   }
 
   /**
@@ -280,6 +282,44 @@ export class ReplicationSource {
     const out: string[] = []
     for (const s of this.slaves.values()) if (this.inSync(s, now)) out.push(s.id)
     return out
+  }
+
+  /**
+   * Every slave an acknowledgement needs: the in-sync ones, and those that left the in-sync set since
+   * the metaserver last accepted a report naming them (it may still promote them).
+   */
+  countedSlaves(): string[] {
+    const now = this.now()
+    return [...this.inSyncSlaves(), ...this.leaving(now)]
+  }
+
+  /**
+   * The in-sync set for a heartbeat about to be sent; once its answer came (this server still master),
+   * the caller passes the same list to `reportAccepted`.
+   */
+  reportInSync(): string[] {
+    const ids = this.inSyncSlaves()
+    for (const id of ids) this.unconfirmed.add(id)
+    return ids
+  }
+
+  /**
+   * The metaserver stored `ids` as this master's in-sync set (its heartbeat was answered: a master's
+   * report is stored before the answer, service.ts heartbeat). Heartbeats go one at a time, so no
+   * later report is pending: slaves outside `ids` that left the set are no longer waited for.
+   */
+  reportAccepted(ids: readonly string[]): void {
+    this.reported = new Set(ids)
+    this.unconfirmed.clear()
+    this.reportAskedFor = ''
+    this.release(this.now())
+    for (const l of this.countedListeners) l()
+  }
+
+  /** Calls `fn` whenever a slave stops being counted (`reportAccepted`); returns its removal. */
+  onCountedChange(fn: () => void): () => void {
+    this.countedListeners.add(fn)
+    return () => this.countedListeners.delete(fn)
   }
 
   /**
@@ -451,6 +491,27 @@ export class ReplicationSource {
     return false
   }
 
+  /**
+   * Slaves the metaserver may still hold in sync (`reported`, `unconfirmed`) that are out of sync now:
+   * acknowledgements wait for them too.
+   */
+  private leaving(now: number): string[] {
+    const out: string[] = []
+    for (const set of [this.reported, this.unconfirmed]) {
+      for (const id of set) {
+        if (out.includes(id)) continue
+        const s = this.slaves.get(id)
+        if (s === undefined || !this.inSync(s, now)) out.push(id)
+      }
+    }
+    return out
+  }
+
+  /** No slave is in sync, nor may the metaserver hold one in sync: degraded writes go on alone. */
+  private alone(now: number): boolean {
+    return !this.anyInSync() && this.leaving(now).length === 0
+  }
+
   private inSync(s: SlaveState, now: number): boolean {
     const lag = this.opts.inSyncLagMs
     return (
@@ -462,13 +523,19 @@ export class ReplicationSource {
     )
   }
 
-  /** The message-log end every in-sync slave holds durably; -1 with no slave in sync. */
+  /**
+   * The message-log end every counted slave holds durably (the in-sync ones and the `leaving` ones);
+   * -1 with no slave in sync. A leaving slave this run knows nothing of (slaves are forgotten on
+   * `attach`) holds nothing as far as this run knows.
+   */
   private safeEnd(now: number): number {
     let end = -1
     for (const s of this.slaves.values()) {
       if (!this.inSync(s, now)) continue
       end = end < 0 ? s.logs[0].acked : Math.min(end, s.logs[0].acked)
     }
+    if (end < 0) return end
+    for (const id of this.leaving(now)) end = Math.min(end, this.slaves.get(id)?.logs[0].acked ?? -1)
     return end
   }
 
@@ -476,20 +543,27 @@ export class ReplicationSource {
     if (end > this.committed) this.committed = end
   }
 
-  /** Releases the waiting SENDs every in-sync slave holds. */
+  /**
+   * Releases the waiting SENDs every counted slave holds (all of them once degraded writes go on
+   * alone), and asks for a report when a leaving slave holds the others back.
+   */
   private release(now: number): void {
-    if (this.waiters.length === 0) return
-    const safe = this.safeEnd(now)
-    const keep: Waiter[] = []
-    for (const w of this.waiters) {
-      if (w.end <= safe) {
-        clearTimeout(w.timer)
-        this.commit(w.end)
-        w.resolve()
-      } else keep.push(w)
-    }
-    this.waiters = keep
+    if (this.waiters.size === 0) return
+    const safe = this.opts.degradedWrites && this.alone(now) ? Number.POSITIVE_INFINITY : this.safeEnd(now)
+    this.commit(this.waiters.release(safe))
     this.scheduleRecheck(now)
+    if (this.waiters.size > 0) this.reportIfLeaving(now)
+  }
+
+  /**
+   * While writes wait (SENDs here, a delay group's CANCELs too), a slave that left the in-sync set is
+   * reported at once (`requestReport`, once per change) rather than at the next heartbeat.
+   */
+  reportIfLeaving(now = this.now()): void {
+    const leaving = this.leaving(now).sort().join(',')
+    if (leaving === '' || leaving === this.reportAskedFor) return
+    this.reportAskedFor = leaving
+    this.opts.requestReport?.()
   }
 
   /**
@@ -499,9 +573,8 @@ export class ReplicationSource {
   private scheduleRecheck(now: number): void {
     if (this.recheckTimer !== undefined) clearTimeout(this.recheckTimer)
     this.recheckTimer = undefined
-    if (this.waiters.length === 0) return
-    let lowest = Number.POSITIVE_INFINITY
-    for (const w of this.waiters) lowest = Math.min(lowest, w.end)
+    if (this.waiters.size === 0) return
+    const lowest = this.waiters.lowest()
     let at = Number.POSITIVE_INFINITY
     for (const s of this.slaves.values()) {
       if (s.logs[0].acked >= lowest || !this.inSync(s, now)) continue

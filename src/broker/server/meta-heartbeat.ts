@@ -46,6 +46,8 @@ export class MetaHeartbeat {
   private stopped = false
   private inFlight: Promise<void> | undefined
   private failing = false
+  /** reportNow() was called while a heartbeat was in flight: the next one goes at once. */
+  private soon = false
   lastOkAt = 0
   lastError: string | undefined
 
@@ -61,13 +63,29 @@ export class MetaHeartbeat {
     return this.tick()
   }
 
+  /**
+   * Sends the next heartbeat now (right after the one in flight, if any) instead of at the next tick:
+   * a master's in-sync set shrank and writes wait until the metaserver stored the smaller one.
+   */
+  reportNow(): void {
+    if (this.stopped) return
+    if (this.inFlight !== undefined) {
+      this.soon = true
+      return
+    }
+    if (this.timer !== undefined) clearTimeout(this.timer)
+    this.timer = undefined
+    void this.tick()
+  }
+
   private tick(): Promise<void> {
     if (this.stopped) return Promise.resolve()
+    this.soon = false
     const sent = this.send('online')
     this.inFlight = sent.finally(() => {
       this.inFlight = undefined
       if (this.stopped) return
-      this.timer = setTimeout(() => void this.tick(), this.intervalMs)
+      this.timer = setTimeout(() => void this.tick(), this.soon ? 0 : this.intervalMs)
       this.timer.unref()
     })
     return sent

@@ -101,8 +101,12 @@ export const groupsCommand = adminCommand(
         ],
         groups.map((g) => {
           const master = g.servers.find((s) => s.role === 'master')
-          // Every alive slave; LAG is the largest, IN-SYNC how many the master reports in sync.
+          // Every alive slave; LAG is the largest, IN-SYNC how many the master reports in sync. Slaves
+          // not alive are listed after them with the time since they were last heard from (they
+          // leave the list after the metaserver's slaveExpiryMs, or with `qmq remove-slave`).
           const slaves = g.servers.filter((s) => s.role === 'slave' && s.alive)
+          const down = g.servers.filter((s) => s.role === 'slave' && !s.alive)
+          const now = Date.now()
           const lags = slaves.flatMap((s) => (s.replication === undefined ? [] : [s.replication]))
           const inSync = slaves.filter(
             (s) => master?.replication?.inSyncSlaves?.includes(s.address) === true,
@@ -112,7 +116,12 @@ export const groupsCommand = adminCommand(
             g.kind,
             g.address || '-',
             g.alive ? 'yes' : 'NO',
-            slaves.length === 0 ? '-' : slaves.map((s) => s.address).join(','),
+            slaves.length + down.length === 0
+              ? '-'
+              : [
+                  ...slaves.map((s) => s.address),
+                  ...down.map((s) => `${s.address} (down, heard ${ago(now, s.lastHeardAt ?? s.lastSeenAt)})`),
+                ].join(','),
             g.epoch ?? 0,
             lags.length === 0
               ? '-'
@@ -152,6 +161,31 @@ export const failoverCommand = adminCommand(
     return 0
   },
 )
+
+const REMOVE_SLAVE_USAGE = 'qmq remove-slave <group> <host:port> [--json]'
+
+export const removeSlaveCommand = adminCommand(
+  'remove-slave',
+  "Forget a slave of a broker or delay group that is gone for good (refused while it is alive); slaves not heard from also leave after the metaserver's slaveExpiryMs",
+  REMOVE_SLAVE_USAGE,
+  [],
+  async (cluster, { positionals }, json) => {
+    const name = need(positionals[0], 'group', REMOVE_SLAVE_USAGE)
+    const address = need(positionals[1], 'slave address', REMOVE_SLAVE_USAGE)
+    const g = await cluster.meta.removeSlave(name, address)
+    print(json, g, () => `${name}: slave ${address} removed`)
+    return 0
+  },
+)
+
+/** "12s ago", "5m ago", "3h ago"; "never" for 0. */
+function ago(now: number, at: number): string {
+  if (at <= 0) return 'never'
+  const s = Math.max(0, Math.round((now - at) / 1000))
+  if (s < 120) return `${s}s ago`
+  if (s < 7200) return `${Math.round(s / 60)}m ago`
+  return `${Math.round(s / 3600)}h ago`
+}
 
 export const consumersCommand = adminCommand(
   'consumers',

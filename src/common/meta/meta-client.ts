@@ -82,7 +82,7 @@ export interface MetaClientOptions {
 }
 
 interface CallOptions {
-  method: 'GET' | 'POST'
+  method: 'GET' | 'POST' | 'DELETE'
   path: string
   body?: unknown
   /** Extra request headers. */
@@ -300,6 +300,17 @@ export class MetaClient {
     return this.call({
       method: 'POST',
       path: `${META_PATHS.adminGroups}/${encodeURIComponent(name)}/failover`,
+    })
+  }
+
+  /**
+   * `qmq remove-slave`: forgets a slave of the group that is gone for good (refused while it is
+   * alive). Needs the token.
+   */
+  removeSlave(group: string, address: string): Promise<GroupInfo> {
+    return this.call({
+      method: 'DELETE',
+      path: `${META_PATHS.adminGroups}/${encodeURIComponent(group)}/slaves/${encodeURIComponent(address)}`,
     })
   }
 

@@ -239,6 +239,8 @@ export interface ServerInfo {
   address: string
   httpAddress?: string
   lastSeenAt: number
+  /** A slave: its last heartbeat, an 'offline' one included (lastSeenAt is 0 after those). */
+  lastHeardAt?: number
   alive: boolean
   /** Its last replication report (brokers of replicated groups). */
   replication?: ServerReplication

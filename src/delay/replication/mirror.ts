@@ -112,6 +112,13 @@ export class DelayMirror {
   private generation = 0
   /** A round is copying (its files may hold what a cut or another master makes wrong). */
   private copying = false
+  /**
+   * The copy was dropped (`forget`): the next round starts at once, so that its manifest request
+   * (adopted -1) tells the master this slave holds no checkpoint now. Until the master heard it, it may
+   * still count this slave in sync and the metaserver may still promote it (docs/replication.md).
+   */
+  private roundSoon = false
+  private wakeRound: (() => void) | undefined
 
   constructor(opts: DelayMirrorOptions) {
     this.opts = opts
@@ -189,6 +196,8 @@ export class DelayMirror {
     // The record first: a restart meanwhile drops whatever is left (prepare), never adopts it.
     fs.rmSync(path.join(this.opts.dataDir, 'replication', MIRROR_FILE), { force: true })
     this.dropDerived()
+    this.roundSoon = true
+    this.wakeRound?.()
   }
 
   /** Deletes the adopted checkpoint and every copied derived file (not the cancel log). */
@@ -246,6 +255,7 @@ export class DelayMirror {
   private async roundLoop(f: ReplicationFollower): Promise<void> {
     while (f.active) {
       try {
+        this.roundSoon = false
         this.copying = true
         await this.round(f)
         this.lastError = undefined
@@ -258,7 +268,14 @@ export class DelayMirror {
       } finally {
         this.copying = false
       }
-      await f.pause(this.opts.intervalMs)
+      if (this.roundSoon) continue
+      await Promise.race([
+        f.pause(this.opts.intervalMs),
+        new Promise<void>((resolve) => {
+          this.wakeRound = resolve
+        }),
+      ])
+      this.wakeRound = undefined
     }
   }
 

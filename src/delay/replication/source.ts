@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
+import { AckWaiters } from '../../broker/replication/ack-waiters'
 import type { ReplicationSource } from '../../broker/replication/source'
 import { QmqError } from '../../common/errors'
 import type { DelayStore } from '../store/delay-store'
@@ -56,13 +57,6 @@ interface SlaveCancels {
   snapshot: { entries: CancelEntry[]; pos: number; seq: number } | undefined
 }
 
-interface Waiter {
-  seq: number
-  resolve: () => void
-  reject: (err: QmqError) => void
-  timer: NodeJS.Timeout
-}
-
 /** Recent cancels kept for slaves that reconnect (older ones: a snapshot). */
 const RING_ENTRIES = 100_000
 const SNAPSHOT_PAGE_ENTRIES = 50_000
@@ -75,7 +69,8 @@ export class DelayReplicationSource {
   private seq = 0
   private ring: (CancelEntry & { seq: number })[] = []
   private readonly slaves = new Map<string, SlaveCancels>()
-  private waiters: Waiter[] = []
+  /** CANCELs waiting under `sync`, by cancel sequence. */
+  private readonly waiters: AckWaiters
   private parked = new Set<() => void>()
   /** The highest cancel sequence acknowledged under `sync` in this run: every in-sync slave holds it. */
   private committed = 0
@@ -85,6 +80,10 @@ export class DelayReplicationSource {
   constructor(opts: DelayReplicationOptions) {
     this.opts = opts
     this.now = opts.now ?? Date.now
+    this.waiters = new AckWaiters(opts.ackTimeoutMs)
+    // A slave that left the in-sync set stops being counted once the metaserver stored a report
+    // without it: CANCELs waiting on it go on. (Both sources live and die together.)
+    opts.logs.onCountedChange(() => this.release())
   }
 
   attach(store: DelayStore): void {
@@ -96,12 +95,7 @@ export class DelayReplicationSource {
     if (this.recheckTimer !== undefined) clearInterval(this.recheckTimer)
     this.recheckTimer = undefined
     for (const wake of [...this.parked]) wake()
-    const waiters = this.waiters
-    this.waiters = []
-    for (const w of waiters) {
-      clearTimeout(w.timer)
-      w.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    }
+    this.waiters.rejectAll(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
   }
 
   /** A slave may be promoted (see the class comment). */
@@ -170,54 +164,39 @@ export class DelayReplicationSource {
   waitCancelled(seq: number): Promise<void> {
     const logs = this.opts.logs
     if (!logs.requiresSlave) return Promise.resolve()
-    if (seq <= this.safeSeq() || logs.degraded) {
+    if (logs.degraded || seq <= this.safeSeq()) {
       if (seq > this.committed) this.committed = seq
       return Promise.resolve()
     }
     if (this.store === undefined) return Promise.reject(new QmqError('QMQ_ERR_SHUTTING_DOWN'))
-    return new Promise<void>((resolve, reject) => {
-      const w: Waiter = {
-        seq,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.waiters = this.waiters.filter((x) => x !== w)
-          reject(new QmqError('QMQ_ERR_REPLICATION_TIMEOUT'))
-        }, this.opts.ackTimeoutMs),
-      }
-      this.waiters.push(w)
-      if (this.recheckTimer === undefined) {
-        const every = Math.min(250, Math.max(10, Math.floor(this.opts.inSyncLagMs / 4)))
-        this.recheckTimer = setInterval(() => this.release(), every)
-      }
-    })
+    const waiting = this.waiters.wait(seq)
+    if (this.recheckTimer === undefined) {
+      const every = Math.min(250, Math.max(10, Math.floor(this.opts.inSyncLagMs / 4)))
+      this.recheckTimer = setInterval(() => this.release(), every)
+    }
+    return waiting
   }
 
-  /** The cancel sequence every in-sync slave holds durably; -1 with no slave in sync. */
+  /**
+   * The cancel sequence every counted slave (the in-sync ones, and those the metaserver may still
+   * hold in sync: ReplicationSource.countedSlaves) holds durably; -1 with no slave in sync.
+   */
   private safeSeq(): number {
-    let safe = -1
-    for (const id of this.opts.logs.inSyncSlaves()) {
-      const acked = this.slaves.get(id)?.acked ?? -1
-      safe = safe < 0 ? acked : Math.min(safe, acked)
-    }
+    const logs = this.opts.logs
+    if (!logs.anyInSync()) return -1
+    let safe = Number.POSITIVE_INFINITY
+    for (const id of logs.countedSlaves()) safe = Math.min(safe, this.slaves.get(id)?.acked ?? -1)
     return safe
   }
 
   /** Releases the waiting CANCELs every in-sync slave holds. */
   private release(): void {
-    if (this.waiters.length > 0) {
-      const safe = this.safeSeq()
-      const keep: Waiter[] = []
-      for (const w of this.waiters) {
-        if (w.seq <= safe) {
-          clearTimeout(w.timer)
-          if (w.seq > this.committed) this.committed = w.seq
-          w.resolve()
-        } else keep.push(w)
-      }
-      this.waiters = keep
+    if (this.waiters.size > 0) {
+      const safe = this.opts.logs.degraded ? Number.POSITIVE_INFINITY : this.safeSeq()
+      this.committed = Math.max(this.committed, this.waiters.release(safe))
     }
-    if (this.waiters.length === 0 && this.recheckTimer !== undefined) {
+    if (this.waiters.size > 0) this.opts.logs.reportIfLeaving()
+    if (this.waiters.size === 0 && this.recheckTimer !== undefined) {
       clearInterval(this.recheckTimer)
       this.recheckTimer = undefined
     }
