@@ -1,6 +1,7 @@
 import t from 'tap'
 import { isQmqError } from '../../src/common/errors'
-import type { Frame } from '../../src/common/protocol/frame'
+import { createServer } from 'node:net'
+import { encodeFrame, FLAG_RESPONSE, type Frame, FrameDecoder } from '../../src/common/protocol/frame'
 import { Connection } from '../../src/client/transport/connection'
 import { type Reply, startFrameServer } from './helpers/frame-server'
 
@@ -169,4 +170,55 @@ t.test('connection - an undecodable answer closes the connection', async (t) => 
     await srv.close()
   })
   await t.rejects(c.request(1, Buffer.alloc(0)), { code: 'QMQ_ERR_BAD_MAGIC' })
+})
+
+t.test('connection - large answers read in place and small ones between them arrive intact', async (t) => {
+  const bodyOf = (id: number): Buffer => {
+    // Request ids 1, 4, 7, ... get 1.5 MiB answers, the others a few bytes.
+    const b = Buffer.allocUnsafe(id % 3 === 1 ? 1_500_000 + id : 3 + id)
+    for (let i = 0; i < b.length; i++) b[i] = (i * 31 + id) & 0xff
+    return b
+  }
+  // The server writes its answers in pieces of 1 to 70 000 bytes, piece boundaries anywhere
+  // (inside headers, several frames in one piece), with pauses so they arrive as separate reads.
+  const server = createServer((socket) => {
+    socket.on('error', () => {})
+    const decoder = new FrameDecoder()
+    socket.on('data', async (chunk) => {
+      const answers = decoder
+        .push(chunk)
+        .map((f) =>
+          encodeFrame(
+            { flags: FLAG_RESPONSE, code: f.code, status: 0, requestId: f.requestId },
+            bodyOf(f.requestId),
+          ),
+        )
+      const stream = Buffer.concat(answers)
+      let o = 0
+      let n = 0
+      while (o < stream.length && !socket.destroyed) {
+        const k = 1 + ((n * 7919) % 70_000)
+        socket.write(stream.subarray(o, o + k))
+        o += k
+        if (++n % 16 === 0) await new Promise((r) => setTimeout(r, 1))
+      }
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const addr = server.address()
+  if (addr === null || typeof addr === 'string') throw new Error('no address')
+  const c = new Connection({ address: `127.0.0.1:${addr.port}`, requestTimeoutMs: 60_000 })
+  t.teardown(async () => {
+    await c.close()
+    await new Promise((r) => server.close(r))
+  })
+  const frames = await Promise.all(Array.from({ length: 12 }, () => c.request(7, Buffer.from('q'))))
+  for (const f of frames) {
+    const want = bodyOf(f.requestId)
+    if (!f.body.equals(want)) t.fail(`answer ${f.requestId} (${want.length} bytes) differs`)
+  }
+  t.same(
+    frames.map((f) => f.body.length),
+    frames.map((f) => bodyOf(f.requestId).length),
+  )
 })

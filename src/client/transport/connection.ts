@@ -82,6 +82,12 @@ export const DEFAULT_RECONNECT_MAX_MS = RETRY_MAX_MS
 export const WRITE_THROUGH_BYTES = 64 * 1024
 /** Buffers smaller than this are coalesced (copied) into one before they are written. */
 export const COALESCE_BELOW_BYTES = 4 * 1024
+/** Answers from this size on are assembled in their final buffer (FrameDecoder `assembleFrom`). */
+export const ASSEMBLE_FROM_BYTES = 256 * 1024
+/** Socket reads go into slabs of this size (what Node allocates per read by default)... */
+const SLAB_BYTES = 64 * 1024
+/** ...and a new slab is taken when less than this is left of the current one. */
+const SLAB_MIN_READ_BYTES = 16 * 1024
 
 export interface RequestOptions {
   timeoutMs?: number
@@ -292,14 +298,47 @@ export class Connection {
   private open(): void {
     this.state = 'connecting'
     this.writable = true
-    const socket =
-      this.tls === undefined
-        ? connect({ host: this.host, port: this.port, noDelay: true })
-        : tlsConnect(tlsConnectOptions(this.host, this.port, this.tls))
-    if (this.tls !== undefined) socket.setNoDelay(true)
+    const decoder = new FrameDecoder({ maxFrameBytes: this.maxFrameBytes, assembleFrom: ASSEMBLE_FROM_BYTES })
+    this.decoder = decoder
+    // Plain TCP reads through `onread` into buffers chosen here, per socket: the unfilled rest of a
+    // large frame being assembled (the kernel writes its body in place: no copy), else the unused
+    // tail of the current slab, else a new slab. Bytes read into a slab are never overwritten (the
+    // frames decoded from them are views into it): a slab is filled front to back, never reused.
+    // TLS sockets take no `onread` and go through 'data'.
+    let slab = Buffer.allocUnsafe(0)
+    let slabUsed = 0
+    let intoSlab = false
+    const nextReadBuffer = (): Uint8Array => {
+      const target = decoder.readTarget()
+      intoSlab = target === undefined
+      if (target !== undefined) return target
+      if (slab.length - slabUsed < SLAB_MIN_READ_BYTES) {
+        slab = Buffer.allocUnsafe(SLAB_BYTES)
+        slabUsed = 0
+      }
+      return slab.subarray(slabUsed)
+    }
+    let socket: Socket
+    if (this.tls === undefined) {
+      socket = connect({
+        host: this.host,
+        port: this.port,
+        noDelay: true,
+        onread: {
+          buffer: nextReadBuffer,
+          callback: (nread: number, buf: Uint8Array): boolean => {
+            if (intoSlab) slabUsed += nread
+            this.onData(socket, Buffer.from(buf.buffer, buf.byteOffset, nread))
+            return true
+          },
+        },
+      })
+    } else {
+      socket = tlsConnect(tlsConnectOptions(this.host, this.port, this.tls))
+      socket.setNoDelay(true)
+    }
     this.socket = socket
     this.socketRef = true
-    this.decoder = new FrameDecoder({ maxFrameBytes: this.maxFrameBytes })
     const connectTimer = setTimeout(() => {
       socket.destroy(
         new QmqError(
@@ -319,7 +358,7 @@ export class Connection {
       if (this.authBody !== undefined) this.sendAuth(socket, this.authBody)
       this.pump()
     })
-    socket.on('data', (chunk: Buffer) => this.onData(socket, chunk))
+    if (this.tls !== undefined) socket.on('data', (chunk: Buffer) => this.onData(socket, chunk))
     socket.on('drain', () => {
       if (this.socket !== socket) return
       this.writable = true

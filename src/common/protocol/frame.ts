@@ -84,6 +84,13 @@ export function encodeFrame(
  * frames completed by it, in order. A frame lying inside one chunk is returned as a view (no copy);
  * one spanning chunks is copied once into a buffer of exactly its size, allocated only after its
  * length passed the limit check.
+ *
+ * Large frames (`assembleFrom`, off by default) get that buffer as soon as their header is in: each
+ * later chunk is copied straight into it while it is still in the CPU cache, no list of chunks is
+ * kept, and `readTarget()` offers the rest of it as the socket's next read buffer (the kernel then
+ * writes the body in place and `push` copies nothing). Only for peers trusted with an allocation of
+ * the size they announce (the client side): a server keeps it off, so a partial frame holds no more
+ * memory than the bytes received, which its partial-frame budget counts.
  */
 export class FrameDecoder {
   private readonly maxFrameBytes: number
@@ -92,9 +99,24 @@ export class FrameDecoder {
   /** Total frame size (incl. length field) of the frame being assembled, once its length is known. */
   private need = -1
   private failed: QmqError | undefined
+  private readonly assembleFrom: number
+  /**
+   * The final buffer (`need` bytes) of the large frame being assembled; its first `buffered` bytes
+   * are filled and `chunks` is empty meanwhile.
+   */
+  private assembly: Buffer | undefined
 
-  constructor(options: { maxFrameBytes?: number } = {}) {
+  constructor(options: { maxFrameBytes?: number; assembleFrom?: number } = {}) {
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+    this.assembleFrom = options.assembleFrom ?? Number.POSITIVE_INFINITY
+  }
+
+  /**
+   * While a large frame is being assembled: the unfilled rest of its buffer, to be read into and then
+   * passed to `push` (bytes already in place are not copied again). Undefined otherwise.
+   */
+  readTarget(): Buffer | undefined {
+    return this.assembly?.subarray(this.buffered)
   }
 
   /**
@@ -109,6 +131,7 @@ export class FrameDecoder {
   discard(): number {
     const n = this.buffered
     this.chunks = []
+    this.assembly = undefined
     this.buffered = 0
     this.need = -1
     return n
@@ -122,9 +145,26 @@ export class FrameDecoder {
     if (this.failed) throw this.failed
     const frames: Frame[] = []
     if (chunk.length === 0) return frames
-    this.chunks.push(chunk)
-    this.buffered += chunk.length
     try {
+      let taken = 0
+      const target = this.assembly
+      if (target !== undefined) {
+        const k = Math.min(chunk.length, target.length - this.buffered)
+        taken = k
+        const inPlace =
+          chunk.buffer === target.buffer && chunk.byteOffset === target.byteOffset + this.buffered
+        if (!inPlace) chunk.copy(target, this.buffered, 0, k)
+        this.buffered += k
+        if (this.buffered < target.length) return frames
+        this.assembly = undefined
+        this.buffered = 0
+        this.need = -1
+        frames.push(frameOf(target))
+        if (k === chunk.length) return frames
+      }
+      const rest = taken === 0 ? chunk : chunk.subarray(taken)
+      this.chunks.push(rest)
+      this.buffered += rest.length
       for (;;) {
         if (this.need < 0) {
           // Need the length and magic before anything else (8 bytes).
@@ -160,27 +200,29 @@ export class FrameDecoder {
           }
           this.need = total
         }
-        if (this.buffered < this.need) break
+        if (this.buffered < this.need) {
+          // What is buffered is all of this frame (earlier frames were taken): from here on it is
+          // assembled in its final buffer.
+          if (this.need >= this.assembleFrom) {
+            const assembly = Buffer.allocUnsafe(this.need)
+            let filled = 0
+            for (const c of this.chunks) {
+              c.copy(assembly, filled)
+              filled += c.length
+            }
+            this.chunks = []
+            this.assembly = assembly
+          }
+          break
+        }
         const bytes = this.take(this.need)
         this.need = -1
-        const flags = bytes.readUInt8(9)
-        if ((flags & ~KNOWN_FLAGS) !== 0) {
-          throw new QmqError('QMQ_ERR_FRAME_MALFORMED', `unknown frame flags 0x${flags.toString(16)}`, {
-            details: { flags },
-          })
-        }
-        frames.push({
-          version: bytes.readUInt8(8),
-          flags,
-          code: bytes.readUInt16BE(10),
-          status: bytes.readUInt16BE(12),
-          requestId: bytes.readUInt32BE(14),
-          body: bytes.subarray(HEADER_BYTES),
-        })
+        frames.push(frameOf(bytes))
       }
     } catch (err) {
       this.failed = err as QmqError
       this.chunks = []
+      this.assembly = undefined
       this.buffered = 0
       throw err
     }
@@ -222,5 +264,23 @@ export class FrameDecoder {
       else this.chunks[0] = c.subarray(k)
     }
     return out
+  }
+}
+
+/** The frame in `bytes` (exactly one whole frame, length field included). */
+function frameOf(bytes: Buffer): Frame {
+  const flags = bytes.readUInt8(9)
+  if ((flags & ~KNOWN_FLAGS) !== 0) {
+    throw new QmqError('QMQ_ERR_FRAME_MALFORMED', `unknown frame flags 0x${flags.toString(16)}`, {
+      details: { flags },
+    })
+  }
+  return {
+    version: bytes.readUInt8(8),
+    flags,
+    code: bytes.readUInt16BE(10),
+    status: bytes.readUInt16BE(12),
+    requestId: bytes.readUInt32BE(14),
+    body: bytes.subarray(HEADER_BYTES),
   }
 }

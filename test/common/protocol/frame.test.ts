@@ -154,3 +154,99 @@ t.test('frame - random garbage never throws anything but a QmqError', async (t) 
   }
   t.pass('only typed errors')
 })
+
+/** Frames of 0 to 3000 bytes with large ones (40 to 300 KiB bodies) among them. */
+function mixedFrames(n: number, rand: () => number): Buffer[] {
+  const small = sampleFrames(n, rand)
+  const out: Buffer[] = []
+  for (let i = 0; i < small.length; i++) {
+    out.push(small[i] as Buffer)
+    if (i % 4 === 1) {
+      const body = Buffer.allocUnsafe(40_000 + Math.floor(rand() * 260_000))
+      for (let j = 0; j < body.length; j += 97) body[j] = Math.floor(rand() * 256)
+      out.push(encodeFrame({ flags: FLAG_RESPONSE, code: 9, status: 0, requestId: 1_000_000 + i }, body))
+    }
+  }
+  return out
+}
+
+t.test('frame - large frames assembled in their final buffer decode as without assembly', async (t) => {
+  const rand = prng(7)
+  const frames = mixedFrames(24, rand)
+  const stream = Buffer.concat(frames)
+  const whole = new FrameDecoder().push(stream).map(summary)
+  t.equal(whole.length, frames.length)
+  let maxPending = 0
+  for (const assembleFrom of [HEADER_BYTES, 1024, 64 * 1024]) {
+    for (let round = 0; round < 8; round++) {
+      const d = new FrameDecoder({ assembleFrom })
+      const out: ReturnType<typeof summary>[] = []
+      let o = 0
+      // Round 0: 1 to 10 byte chunks (a frame's header split too); then socket-like and large chunks,
+      // several frames per chunk included.
+      const most = round === 0 ? 10 : round < 4 ? 65_536 : 400_000
+      while (o < stream.length) {
+        const n = 1 + Math.floor(rand() * most)
+        for (const f of d.push(stream.subarray(o, o + n))) out.push(summary(f))
+        o += n
+        maxPending = Math.max(maxPending, d.pendingBytes)
+      }
+      if (JSON.stringify(out) !== JSON.stringify(whole))
+        t.fail(`assembleFrom ${assembleFrom} round ${round} differs`)
+      t.equal(d.pendingBytes, 0)
+    }
+  }
+  t.pass('every chunking agrees')
+  t.ok(maxPending < 301_000, 'pendingBytes counts what is held of one frame')
+})
+
+t.test('frame - readTarget: bytes read into the assembly buffer are used in place', async (t) => {
+  const body = Buffer.alloc(300_000, 0xab)
+  const big = encodeFrame({ flags: FLAG_RESPONSE, code: 3, status: 0, requestId: 5 }, body)
+  const small = encodeFrame({ flags: FLAG_RESPONSE, code: 4, status: 0, requestId: 6 }, Buffer.from('x'))
+  const stream = Buffer.concat([big, small])
+  const d = new FrameDecoder({ assembleFrom: 256 * 1024 })
+  t.equal(d.readTarget(), undefined, 'nothing to assemble yet')
+  t.same(d.push(stream.subarray(0, 1000)), [])
+  let o = 1000
+  let frames: Frame[] = []
+  let target = d.readTarget()
+  t.equal(target?.length, big.length - 1000, 'the rest of the large frame')
+  while (target !== undefined) {
+    // A "socket read" of at most 50 000 bytes into the target, as onread does.
+    const n = Math.min(50_000, target.length)
+    stream.copy(target, 0, o, o + n)
+    o += n
+    frames = d.push(target.subarray(0, n))
+    t.equal(d.pendingBytes, frames.length > 0 ? 0 : o)
+    target = d.readTarget()
+  }
+  t.equal(frames.length, 1)
+  t.equal(o, big.length, 'reads never cross the frame end')
+  t.ok((frames[0] as Frame).body.equals(body))
+  t.same(d.push(stream.subarray(o)).map(summary), [
+    summary({ ...(frames[0] as Frame), code: 4, requestId: 6, body: Buffer.from('x') }),
+  ])
+})
+
+t.test('frame - an oversize frame is refused before anything is allocated for it', async (t) => {
+  const d = new FrameDecoder({ maxFrameBytes: 100_000, assembleFrom: 0 })
+  const head = encodeFrameHeader({ flags: FLAG_RESPONSE, code: 1, status: 0, requestId: 1 }, 200_000)
+  t.throws(() => d.push(head.subarray(0, 8)), { code: 'QMQ_ERR_FRAME_TOO_LARGE' })
+  t.equal(d.readTarget(), undefined, 'no assembly buffer')
+  t.equal(d.pendingBytes, 0)
+  t.throws(() => d.push(Buffer.alloc(10)), { code: 'QMQ_ERR_FRAME_TOO_LARGE' }, 'and stays failed')
+  // Bad flags on an assembled frame fail the stream as on any other frame.
+  const bad = encodeFrame({ flags: 0x80, code: 1, status: 0, requestId: 1 }, Buffer.alloc(5000))
+  const d2 = new FrameDecoder({ assembleFrom: 1024 })
+  d2.push(bad.subarray(0, 100))
+  t.ok(d2.readTarget() !== undefined)
+  t.throws(() => d2.push(bad.subarray(100)), { code: 'QMQ_ERR_FRAME_MALFORMED' })
+  t.equal(d2.readTarget(), undefined)
+  // discard() drops an assembly in progress.
+  const d3 = new FrameDecoder({ assembleFrom: 1024 })
+  d3.push(bad.subarray(0, 100))
+  t.equal(d3.discard(), 100)
+  t.equal(d3.readTarget(), undefined)
+  t.equal(d3.pendingBytes, 0)
+})
