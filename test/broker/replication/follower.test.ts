@@ -96,7 +96,12 @@ function messageLogBytes(dataDir: string): Buffer {
  * writeback error, it drops what was written since the last good sync: those bytes read back as zeros
  * (what is on disk), and a later fdatasync succeeds without them.
  */
-function failOneSync(): { io: FsIo; failures: () => number } {
+/**
+ * An FsIo whose first message-log fdatasync after `arm()` fails, and zeroes what it would have made
+ * durable (as a lost page cache would). Armed by the test once the backlog is copied: how many syncs
+ * the backlog takes depends on how the chunks and the grouped syncs interleave (machine load).
+ */
+function failOneSync(): { io: FsIo; failures: () => number; arm: () => void } {
   const pending = new Map<number, { from: number; to: number }>()
   const note = (fd: number, position: number, n: number) => {
     const p = pending.get(fd)
@@ -105,7 +110,7 @@ function failOneSync(): { io: FsIo; failures: () => number } {
       to: Math.max(p?.to ?? 0, position + n),
     })
   }
-  let goodSyncs = 0
+  let armed = false
   let failed = 0
   const io: FsIo = {
     ...nodeFsIo,
@@ -121,7 +126,7 @@ function failOneSync(): { io: FsIo; failures: () => number } {
     },
     fdatasync: async (fd) => {
       const p = pending.get(fd)
-      if (failed === 0 && goodSyncs >= 1 && p !== undefined && pathOf(fd).includes('/messagelog/')) {
+      if (failed === 0 && armed && p !== undefined && pathOf(fd).includes('/messagelog/')) {
         failed++
         pending.delete(fd)
         await nodeFsIo.write(fd, Buffer.alloc(p.to - p.from), p.from)
@@ -129,10 +134,15 @@ function failOneSync(): { io: FsIo; failures: () => number } {
       }
       await nodeFsIo.fdatasync(fd)
       pending.delete(fd)
-      if (pathOf(fd).includes('/messagelog/')) goodSyncs++
     },
   }
-  return { io, failures: () => failed }
+  return {
+    io,
+    failures: () => failed,
+    arm: () => {
+      armed = true
+    },
+  }
 }
 
 t.test(
@@ -141,7 +151,7 @@ t.test(
     const m = await startMaster(t)
     for (let i = 0; i < 30; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
 
-    const { io, failures } = failOneSync()
+    const { io, failures, arm } = failOneSync()
     const dataDir = freshDir(t)
     const follower = new ReplicationFollower(
       { ...followerOptions(dataDir, async () => m.address), io },
@@ -149,9 +159,9 @@ t.test(
     )
     await follower.start()
     t.teardown(() => follower.close())
-    // The copy's first fdatasync (of the backlog: it writes chunks while a sync runs) is good; the
-    // next one, of records sent now, fails.
+    // The backlog's fdatasyncs are good; the first one of records sent after it fails.
     await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+    arm()
     for (let i = 30; i < 60; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
     await until('the copy caught up again', () => follower.status().messageOffset === m.mend())
     t.equal(failures(), 1, 'one fdatasync failed')
@@ -270,7 +280,7 @@ t.test('follower - its loops share one connection, also after the master moves',
 t.test('follower - a layout is told of a cut of its copy (a chunk that failed to sync)', async (t) => {
   const m = await startMaster(t)
   for (let i = 0; i < 30; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
-  const { io, failures } = failOneSync()
+  const { io, failures, arm } = failOneSync()
   const dataDir = freshDir(t)
   const cuts: [number, number][] = []
   const follower = new ReplicationFollower(
@@ -296,6 +306,7 @@ t.test('follower - a layout is told of a cut of its copy (a chunk that failed to
   await follower.start()
   t.teardown(() => follower.close())
   await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+  arm()
   const before = m.mend()
   for (let i = 30; i < 60; i++) await sendOk(m.c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
   await until('the copy caught up again', () => follower.status().messageOffset === m.mend())
