@@ -559,16 +559,16 @@ export class MetaService {
     if (rep !== undefined) {
       server.replication = rep
       // Only a server acting as master reports its in-sync slaves (a stepped-down one no longer does).
+      // Memory takes the report only once it is stored (below): memory is the last STORED report, so a
+      // report differing from it is written before the heartbeat is answered, also when an earlier
+      // write of the same report failed. The answer tells the master its set was accepted (it stops
+      // waiting for a slave that left it), and promotion picks from the stored report.
       if (role === 'master' && req.role === 'master' && !offline) {
         report = { replicated: rep.replicated === true, inSync: rep.inSyncSlaves ?? [] }
         reportChanged =
           report.replicated !== g.replicated ||
           g.inSyncEpoch !== g.epoch ||
           !sameList(report.inSync, g.inSync)
-        g.replicated = report.replicated
-        g.inSync = report.inSync
-        g.inSyncEpoch = g.epoch
-        g.reportedAt = now
       }
       if (role === 'slave') {
         offsetsChanged =
@@ -621,6 +621,12 @@ export class MetaService {
           throw new QmqError('QMQ_ERR_METASERVER_STORE', `group ${g.name} changed epoch during its heartbeat`)
         }
         server.persistedAt = server.lastSeenAt
+        if (report !== undefined) {
+          g.replicated = report.replicated
+          g.inSync = report.inSync
+          g.inSyncEpoch = g.epoch
+          g.reportedAt = now
+        }
         applyReplication(g, written.replication)
       } catch (err) {
         // A heartbeat that only refreshes a last-seen time is answered with the store down (memory

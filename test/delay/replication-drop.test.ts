@@ -84,7 +84,9 @@ t.test(
   async (t) => {
     const server = (extra: Partial<DelayOptions>) => {
       const s = new DelayServer(
-        { ...BASE, dataDir: freshDir(t), segmentBytes: 65_536, ...extra },
+        // No dedupe window: a slave keeps message-log segments past its checkpoint for it (the copy
+        // would still start at 0), while this test needs a copy whose start moved past 0.
+        { ...BASE, dataDir: freshDir(t), segmentBytes: 65_536, dedupeWindowMs: 0, ...extra },
         { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
       )
       t.teardown(() => s.close())
@@ -114,5 +116,41 @@ t.test(
       .switchRole
     await t.rejects(promote.call(b, 'master', 1), { code: 'QMQ_ERR_NO_IN_SYNC_SLAVE' }, 'promotion refused')
     t.equal(b.currentRole, 'slave', 'still a slave')
+  },
+)
+
+t.test(
+  'delay mirror drop - repeated drops (a failing disk) run one round at once, then back off',
+  async (t) => {
+    const server = (extra: Partial<DelayOptions>) => {
+      const s = new DelayServer(
+        { ...BASE, dataDir: freshDir(t), ...extra },
+        { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
+      )
+      t.teardown(() => s.close())
+      return s
+    }
+    const m = server({ checkpointIntervalMs: 100 })
+    await m.start()
+    // Manifest rounds every second (min(1 s, checkpointIntervalMs)).
+    const b = server({ role: 'slave', masterAddress: m.address, checkpointIntervalMs: 10_000 })
+    await b.start()
+    const seen = () => {
+      const r = m.replicationStatus()
+      return 'slaves' in r ? r.slaves.find((s) => s.id === b.address) : undefined
+    }
+    await until('the slave in sync, holding a checkpoint', () => seen()?.inSync === true)
+    const mirror = (b as unknown as { mirror: DelayMirror }).mirror
+    const before = mirror.roundsStarted
+    // A drop every 20 ms for 2.5 s: before, each one started a full round at once.
+    const end = Date.now() + 2_500
+    while (Date.now() < end) {
+      mirror.onMasterChange(m.address, 0)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    const rounds = mirror.roundsStarted - before
+    t.ok(rounds <= 4, `${rounds} full rounds during 2.5 s of drops every 20 ms (rounds are 1000 ms apart)`)
+    t.equal(seen()?.inSync, false, 'the master counts the slave out of sync meanwhile')
+    await until('in sync again once the drops stopped', () => seen()?.inSync === true)
   },
 )

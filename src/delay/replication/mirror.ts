@@ -93,6 +93,8 @@ export const MIRROR_FILE = 'delay-mirror.json'
 const DEAD_LETTER_FILE = 'deadletter.log'
 const CHECKPOINT_FILE = 'checkpoint.json'
 const META_FILE = 'meta.json'
+/** The longest wait before a full round while drops repeat (roundLoop). */
+const MAX_DROP_BACKOFF_MS = 60_000
 
 /** The data dir becomes the master's own: a later start as slave copies everything again. */
 export function forgetMirror(dataDir: string): void {
@@ -118,6 +120,10 @@ export class DelayMirror {
    * still count this slave in sync and the metaserver may still promote it (docs/replication.md).
    */
   private roundSoon = false
+  /** The wait before the full round after the next drop (0: at once); see roundLoop. */
+  private dropBackoffMs = 0
+  /** Counted by tests: full rounds started. */
+  roundsStarted = 0
   private wakeRound: (() => void) | undefined
 
   constructor(opts: DelayMirrorOptions) {
@@ -256,6 +262,7 @@ export class DelayMirror {
     while (f.active) {
       try {
         this.roundSoon = false
+        this.roundsStarted++
         this.copying = true
         await this.round(f)
         this.lastError = undefined
@@ -268,14 +275,41 @@ export class DelayMirror {
       } finally {
         this.copying = false
       }
-      if (this.roundSoon) continue
-      await Promise.race([
-        f.pause(this.opts.intervalMs),
-        new Promise<void>((resolve) => {
-          this.wakeRound = resolve
-        }),
-      ])
-      this.wakeRound = undefined
+      if (!this.roundSoon) {
+        await Promise.race([
+          f.pause(this.opts.intervalMs),
+          new Promise<void>((resolve) => {
+            this.wakeRound = resolve
+          }),
+        ])
+        this.wakeRound = undefined
+        if (!this.roundSoon) {
+          this.dropBackoffMs = 0 // a round interval without a drop
+          continue
+        }
+      }
+      // Dropped: one full round at once; while drops repeat (a failing disk: each failed sync cuts the
+      // copy), the master is told at once that this slave holds no checkpoint, and the next full round
+      // waits a round interval, doubling up to MAX_DROP_BACKOFF_MS.
+      const wait = this.dropBackoffMs
+      this.dropBackoffMs = Math.min(Math.max(2 * wait, this.opts.intervalMs), MAX_DROP_BACKOFF_MS)
+      if (wait === 0) continue
+      await this.tellDropped(f)
+      await f.pause(wait)
+    }
+  }
+
+  /** A manifest request alone (adopted -1 after a drop): the master counts this slave out of sync. */
+  private async tellDropped(f: ReplicationFollower): Promise<void> {
+    const o = this.opts
+    try {
+      await f.request(
+        RequestCode.DELAY_REPL_MANIFEST,
+        encodeManifestRequest({ token: o.clusterSecret, slaveId: o.slaveId, adopted: this.state.checkpoint }),
+      )
+    } catch (err) {
+      if (f.active)
+        this.log.warn({ err: toQmqError(err).message }, 'slave: telling the master of a drop failed')
     }
   }
 
