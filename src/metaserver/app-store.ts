@@ -13,11 +13,15 @@ import { QmqError } from '../common/errors'
 export interface StoredApp extends AppCredential {
   createdAt: number
   updatedAt: number
-  /** The row's version when it was read: 0 when created, one more with every update (schema.ts v6). */
+  /**
+   * The row's version when it was read (schema.ts v6): one more with every update. A created row starts
+   * above every version a deleted row of the same appCode had (the stores below say how), so a change
+   * read from a deleted app never matches the app created again under its code.
+   */
   version: number
 }
 
-/** An app to create (its version is 0). */
+/** An app to create (the store picks its first version). */
 export type NewApp = Omit<StoredApp, 'version'>
 
 export interface AppCredentialStore {
@@ -63,7 +67,16 @@ export async function changeApp(
   )
 }
 
-/** The table is created by schema.ts migration 3 (both stores), its version column by 6; layouts there. */
+/**
+ * The table is created by schema.ts migration 3 (both stores), its version column by 6; layouts there.
+ *
+ * Versions are never reused for an appCode, without a column or table of their own: SQLite keeps a
+ * floor in the database header's `user_version` (unused otherwise: schema_version tracks migrations),
+ * raised by a delete to the deleted row's version + 1, and a created row starts at it; PostgreSQL starts
+ * a created row at `txid_current()`, its transaction's 64-bit id, which is above the ids of every
+ * earlier write and so above the deleted row's version (at most its creating id + one per update, each
+ * update being a later transaction).
+ */
 
 export interface AppRow {
   app_code: string
@@ -116,16 +129,42 @@ export class SqliteAppStore implements AppCredentialStore {
       all: db.prepare(`SELECT ${read} FROM app_credentials ORDER BY app_code`),
       get: db.prepare(`SELECT ${read} FROM app_credentials WHERE app_code = ?`),
       insert: db.prepare(
-        `INSERT INTO app_credentials (${cols}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (app_code) DO NOTHING`,
+        `INSERT INTO app_credentials (${read}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_code) DO NOTHING`,
       ),
       // Compare-and-set on version (see updateApp in AppCredentialStore).
       update: db.prepare(
         `UPDATE app_credentials SET token_hashes_json = ?, grants_json = ?, updated_at = ?, version = version + 1
          WHERE app_code = ? AND version = ?`,
       ),
-      delete: db.prepare('DELETE FROM app_credentials WHERE app_code = ?'),
+      delete: db.prepare('DELETE FROM app_credentials WHERE app_code = ? RETURNING version'),
     }
+    // One transaction each (IMMEDIATE: the floor is read and written under the write lock).
+    this.insertTx = db.transaction((a: NewApp): boolean => {
+      const floor = db.pragma('user_version', { simple: true }) as number
+      return (
+        this.stmts.insert.run(
+          a.appCode,
+          JSON.stringify(a.tokenHashes),
+          JSON.stringify(a.grants),
+          a.createdAt,
+          a.updatedAt,
+          floor,
+        ).changes === 1
+      )
+    })
+    this.deleteTx = db.transaction((appCode: string): boolean => {
+      const row = this.stmts.delete.get(appCode) as { version: number } | undefined
+      if (row === undefined) return false
+      const floor = db.pragma('user_version', { simple: true }) as number
+      // An integer of ours (PRAGMA takes no parameters); user_version is a signed 32-bit field.
+      const next = Math.trunc(row.version) + 1
+      if (next > floor && next <= 0x7fff_ffff) db.pragma(`user_version = ${next}`)
+      return true
+    })
   }
+
+  private readonly insertTx: Database.Transaction<(a: NewApp) => boolean>
+  private readonly deleteTx: Database.Transaction<(appCode: string) => boolean>
 
   listApps(): Promise<StoredApp[]> {
     return this.run('list apps', () => (this.stmts.all.all() as AppRow[]).map(toApp))
@@ -139,17 +178,7 @@ export class SqliteAppStore implements AppCredentialStore {
   }
 
   insertApp(a: NewApp): Promise<boolean> {
-    return this.run(
-      'create app',
-      () =>
-        this.stmts.insert.run(
-          a.appCode,
-          JSON.stringify(a.tokenHashes),
-          JSON.stringify(a.grants),
-          a.createdAt,
-          a.updatedAt,
-        ).changes === 1,
-    )
+    return this.run('create app', () => this.insertTx.immediate(a))
   }
 
   updateApp(a: StoredApp): Promise<boolean> {
@@ -167,7 +196,7 @@ export class SqliteAppStore implements AppCredentialStore {
   }
 
   deleteApp(appCode: string): Promise<boolean> {
-    return this.run('delete app', () => this.stmts.delete.run(appCode).changes === 1)
+    return this.run('delete app', () => this.deleteTx.immediate(appCode))
   }
 }
 
@@ -210,7 +239,7 @@ export class PostgresAppStore implements AppCredentialStore {
   async insertApp(a: NewApp): Promise<boolean> {
     const rows = await this.q<Pick<AppRow, 'app_code'>>(
       `create app ${a.appCode}`,
-      `INSERT INTO app_credentials (${PG_COLS}) VALUES ($1, $2, $3, $4, $5)
+      `INSERT INTO app_credentials (${PG_READ}) VALUES ($1, $2, $3, $4, $5, txid_current())
        ON CONFLICT (app_code) DO NOTHING RETURNING app_code`,
       [a.appCode, JSON.stringify(a.tokenHashes), JSON.stringify(a.grants), a.createdAt, a.updatedAt],
     )

@@ -32,6 +32,9 @@
  * Version 6 (issue 18 review: `qmq auth` grant/revoke/rotate are compare-and-set, app-store.ts):
  *   app_credentials gains version: grows by one with every update of the row; an update applies only
  *     to the version it read (UPDATE ... WHERE version = <read>), so two changes at once never lose one.
+ *     A created row starts above every version of a deleted row of its appCode (app-store.ts: SQLite's
+ *     header user_version, PostgreSQL's txid_current()), so a change read before a delete and
+ *     re-create never applies to the new app.
  * Version 7 (slaves gone for good expire):
  *   slaves gains heard_at: its last heartbeat, 'offline' ones included (last_seen_at is 0 after
  *     those); a row not heard from for the metaserver's slaveExpiryMs is deleted. Rows already there

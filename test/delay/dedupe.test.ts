@@ -8,6 +8,7 @@ import { MetaClient } from '../../src/common/meta/meta-client'
 import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
 import { Metaserver } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
+import { bucketFileName } from '../../src/delay/store/bucket'
 import { cancel, DELAY_TEST_SECRET, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
 import { delayDir, startDelay } from './helpers/start-delay'
 
@@ -106,6 +107,38 @@ t.test('delay dedupe - an id sent again after the window is a new message', asyn
   clock.set(T0 + 8_000)
   await waitFor(() => count(off, 'z') === 2, 5_000, 'window off: stored twice')
 })
+
+t.test(
+  'delay dedupe - a SEND refused because its record could not be filed is stored by the resend',
+  async (t) => {
+    const { dir, closers } = delayDir(t)
+    const clock = new ManualClock(T0)
+    const sender = new FakeSender()
+    const { client } = await startDelay(closers, dir, clock, sender)
+    const due = T0 + 90_000
+    // Filing opens the new bucket's schedule log: a directory in its place makes that open fail (EISDIR)
+    // after the record is durable in the message log.
+    const sched = path.join(dir, 'schedule', bucketFileName(T0 + 60_000, '.sched'))
+    fs.mkdirSync(sched)
+    const [refused] = await send(client, [delayed('lost', due)])
+    t.not(refused?.status, 0, 'the SEND is refused')
+    fs.rmdirSync(sched)
+    t.same(
+      await send(client, [delayed('lost', due)]),
+      [{ status: 0, message: '' }],
+      'the resend is stored, not a duplicate',
+    )
+    t.same(
+      await send(client, [delayed('lost', due)]),
+      [{ status: 0, message: 'duplicate' }],
+      'then in the window',
+    )
+    clock.set(due + 1_000)
+    await waitFor(() => count(sender, 'lost') >= 1, 5_000, 'the resend delivered')
+    await new Promise((r) => setTimeout(r, 200))
+    t.equal(count(sender, 'lost'), 1, 'delivered once')
+  },
+)
 
 t.test('delay dedupe - the window is rebuilt after a restart; a cancelled id stays cancelled', async (t) => {
   const { dir, closers } = delayDir(t)

@@ -434,7 +434,8 @@ for (const kind of STORE_KINDS) {
     t.equal(await a1.getApp('billing'), undefined)
     t.equal(await a1.insertApp(app('billing', ['h1'], 1_000)), true)
     t.equal(await a2.insertApp(app('billing', ['other'], 2_000)), false, 'an existing appCode is kept')
-    t.same(await a2.getApp('billing'), app('billing', ['h1'], 1_000))
+    const created = (await a2.getApp('billing'))!
+    t.same(created, { ...app('billing', ['h1'], 1_000), version: created.version })
     t.equal(await a2.insertApp(app('audit', [], 3_000)), true)
     t.same(
       (await a1.listApps()).map((a) => a.appCode),
@@ -444,6 +445,7 @@ for (const kind of STORE_KINDS) {
 
     const rotated: StoredApp = {
       ...app('billing', ['h1', 'h2'], 1_000),
+      version: created.version,
       grants: [
         { action: 'consume', subject: 'orders.*', group: 'billing' },
         { action: 'admin', subject: '*' },
@@ -453,7 +455,7 @@ for (const kind of STORE_KINDS) {
     t.equal(await a2.updateApp(rotated), true)
     t.same(
       await a1.getApp('billing'),
-      { ...rotated, version: 1 },
+      { ...rotated, version: created.version + 1 },
       'hashes and grants replaced, createdAt kept, version + 1',
     )
     t.equal(await a1.updateApp(app('missing', ['h'], 5_000)), false, 'update of an absent app')
@@ -477,7 +479,7 @@ for (const kind of STORE_KINDS) {
       // Two metaservers read the app at once, each adds a grant.
       const read1 = (await a1.getApp('billing'))!
       const read2 = (await a2.getApp('billing'))!
-      t.equal(read1.version, 0)
+      t.equal(read2.version, read1.version)
       const g1 = { action: 'admin' as const, subject: 'one' }
       const g2 = { action: 'admin' as const, subject: 'two' }
       t.equal(
@@ -491,7 +493,11 @@ for (const kind of STORE_KINDS) {
         'the second, from a stale read, writes nothing',
       )
       const now = (await a2.getApp('billing'))!
-      t.same([now.grants.at(-1), now.version, now.updatedAt], [g1, 1, 2_000], 'the first change is kept')
+      t.same(
+        [now.grants.at(-1), now.version, now.updatedAt],
+        [g1, read1.version + 1, 2_000],
+        'the first change is kept',
+      )
       t.equal(await a2.updateApp({ ...now, grants: [...now.grants, g2], updatedAt: 3_000 }), true, 'redone')
       t.same((await a1.getApp('billing'))?.grants.slice(1), [g1, g2])
 
@@ -516,13 +522,45 @@ for (const kind of STORE_KINDS) {
         subjects,
         'every change stuck',
       )
-      t.equal(last.version, 2 + subjects.length, 'one version per change')
+      t.equal(last.version, read1.version + 2 + subjects.length, 'one version per change')
       await a1.deleteApp('billing')
       await t.rejects(
         changeApp(a1, last, (a) => a),
         { code: 'QMQ_ERR_NOT_FOUND' },
         'a deleted app',
       )
+    },
+  )
+
+  t.test(
+    `store [${kind}] - application credentials: a change read before a delete and re-create does not apply`,
+    async (t) => {
+      const [s1, s2] = await openShared(t, kind, 2)
+      const a1 = appsOf(t, s1)
+      const a2 = appsOf(t, s2)
+      for (const updates of [0, 1, 3]) {
+        const code = `recreated${updates}`
+        await a1.insertApp(app(code, ['old'], 1_000))
+        for (let i = 0; i < updates; i++) {
+          const cur = (await a1.getApp(code))!
+          t.equal(await a1.updateApp({ ...cur, updatedAt: 1_001 + i }), true)
+        }
+        // A grant/revoke/rotate of the old app reads it, the app is deleted and created again (new token)
+        // on the other metaserver, with as many changes, then the stale change writes.
+        const stale = (await a1.getApp(code))!
+        t.equal(await a2.deleteApp(code), true)
+        t.equal(await a2.insertApp(app(code, ['new'], 1_000)), true)
+        for (let i = 0; i < updates; i++) {
+          const cur = (await a2.getApp(code))!
+          t.equal(await a2.updateApp({ ...cur, updatedAt: 1_001 + i }), true)
+        }
+        t.equal(
+          await a1.updateApp({ ...stale, tokenHashes: [...stale.tokenHashes, 'rotated'] }),
+          false,
+          `${code}: the stale update writes nothing`,
+        )
+        t.same((await a1.getApp(code))?.tokenHashes, ['new'], `${code}: the old token does not come back`)
+      }
     },
   )
 

@@ -197,8 +197,12 @@ export class DelayStore {
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
     this.messageLog.onDurable = (bytes, offset) => {
-      this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
+      // Filed first: a record file() throws on (its bucket's schedule log cannot be opened) is refused
+      // to the producer, so its id must not enter the window, or the resend would be answered
+      // "duplicate" and never stored. (The refused record stays in the message log, unfiled: filedOffset
+      // passes it; a replay from before it, a restart soon after or a promoted slave, may still file it.)
       this.file(bytes, offset, false)
+      this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
     }
     const now = this.clock.now()
     const cp = this.checkpointOffset
