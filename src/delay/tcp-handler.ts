@@ -26,6 +26,7 @@ import { decodeQueryRequest, encodeQueryAnswer } from '../common/protocol/query'
 import type { DelayTrace } from './trace'
 import type { DelayStore } from './store/delay-store'
 import type { ReplicationSource } from '../broker/replication/source'
+import { storedUnconfirmed } from '../broker/replication/ack-waiters'
 import { decodeFetchRequest, encodeFetchResponse, ReplicatedLog } from '../common/protocol/replication'
 import type { DelayReplicationSource } from './replication/source'
 import {
@@ -145,8 +146,13 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       if (ctx.replication !== undefined && results.some((r) => r === undefined)) {
         // Its own records' end: not the log's, which may hold other requests' records still being
         // written, or end past offsets a failed fdatasync cut (written again only by later SENDs).
-        await ctx.replication.logs.waitReplicated(end)
-        ctx.checkLease?.()
+        try {
+          await ctx.replication.logs.waitReplicated(end)
+          ctx.checkLease?.()
+        } catch (e) {
+          // Stored, outcome uncertain (as the broker's SEND): never NOT_MASTER, which moves the batch.
+          throw storedUnconfirmed(e)
+        }
       }
       for (let i = 0; i < results.length; i++) {
         const r = results[i]
@@ -206,8 +212,13 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       const { count: n, end } = await ctx.store.redriveDeadLetters(req.sequences)
       if (n > 0 && ctx.replication !== undefined) {
         // As SEND: its own records' end, and no answer from a master fenced meanwhile.
-        await ctx.replication.logs.waitReplicated(end)
-        ctx.checkLease?.()
+        try {
+          await ctx.replication.logs.waitReplicated(end)
+          ctx.checkLease?.()
+        } catch (e) {
+          // Stored, outcome uncertain (as the broker's SEND): never NOT_MASTER, which moves the batch.
+          throw storedUnconfirmed(e)
+        }
       }
       if (n > 0) ctx.log.info({ redriven: n }, 'delay dead letters redriven')
       return encodeCountResponse(n)

@@ -1,4 +1,4 @@
-import { QmqError } from '../../common/errors'
+import { QmqError, toQmqError } from '../../common/errors'
 
 interface Waiter {
   target: number
@@ -72,4 +72,22 @@ export class AckWaiters {
       w.reject(err)
     }
   }
+}
+
+/**
+ * The answer to a producer write that is in this master's log but was not confirmed: the wait for a
+ * slave timed out or failed, or the lease ran out meanwhile (the check before answering). The records
+ * may still be delivered (by this master, or by a promoted slave that copied them), so the answer is
+ * QMQ_ERR_REPLICATION_TIMEOUT whatever the cause: the SDK resends them to this same group with the
+ * same ids (dedupe answers a stored copy as stored), never to another group. QMQ_ERR_NOT_MASTER is
+ * only ever answered before storing (nothing stored: the SDK may move the batch).
+ */
+export function storedUnconfirmed(err: unknown): QmqError {
+  const cause = toQmqError(err)
+  if (cause.code === 'QMQ_ERR_REPLICATION_TIMEOUT') return cause
+  return new QmqError(
+    'QMQ_ERR_REPLICATION_TIMEOUT',
+    `stored by this master but not confirmed (${cause.message}); resend to the same group with the same ids`,
+    { cause },
+  )
 }

@@ -22,6 +22,7 @@ import {
 } from '../../common/protocol/replication'
 import { tokenMatches } from '../../common/token'
 import type { ReplicationSource } from '../replication/source'
+import { storedUnconfirmed } from '../replication/ack-waiters'
 import type { AppendInput, AppendResult, MessageStore, PullOptions, StoredMessage } from '../store/types'
 import { handleAdmin } from './admin-handlers'
 import type { Connection, ResponseBody } from './connection'
@@ -190,10 +191,15 @@ async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): P
       ctx.checkLease()
       ctx.replication?.checkWritable()
       stored = await ctx.store.append(inputs)
-      // Its own records' end: later SENDs' records (written meanwhile) are not waited for.
-      if (ctx.replication !== undefined) await ctx.replication.waitReplicated(storedEnd(stored))
-      // Acknowledged only under a valid lease: never while a slave may have been promoted.
-      ctx.checkLease()
+      try {
+        // Its own records' end: later SENDs' records (written meanwhile) are not waited for.
+        if (ctx.replication !== undefined) await ctx.replication.waitReplicated(storedEnd(stored))
+        // Acknowledged only under a valid lease: never while a slave may have been promoted.
+        ctx.checkLease()
+      } catch (e) {
+        // Stored, outcome uncertain: never NOT_MASTER here (that answer lets the SDK move the batch).
+        throw storedUnconfirmed(e)
+      }
       ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
       countReceived(ctx, inputs, stored)
     } catch (e) {

@@ -181,9 +181,17 @@ const UNREACHABLE = new Set([
   'QMQ_ERR_READ_ONLY',
   'QMQ_ERR_SHUTTING_DOWN',
   'QMQ_ERR_CIRCUIT_OPEN',
-  // A slave (or a master whose lease ran out, issue 14) stores nothing from producers.
+  // A slave (or a master whose lease ran out, issue 14) stores nothing from producers: servers answer
+  // it only before storing (after storing they answer STORED_THERE).
   'QMQ_ERR_NOT_MASTER',
 ])
+
+/**
+ * The group stored the records but could not confirm them (no slave confirmed them in time, or the
+ * master's lease ran out meanwhile): they may be delivered all the same, so the batch goes to that
+ * group again with the same ids (as after a timeout), never to another group.
+ */
+const STORED_THERE = 'QMQ_ERR_REPLICATION_TIMEOUT'
 
 /**
  * A request its connection refused without sending it (the connection waits `retryInMs` before its
@@ -942,14 +950,17 @@ export class MessageProducerProvider extends ClientBase {
         metrics.request(group.name, false, (performance.now() - started) / 1000)
       // A request its connection did not send (waiting to reconnect) tells the breaker nothing new.
       if (notSentFor(err) !== undefined) breaker.release()
+      // The group answered (as a per-record answer would, below): it stays reachable for the resend.
+      else if (err.code === STORED_THERE) breaker.onSuccess()
       else if (err.retriable) breaker.onFailure()
       else breaker.onSuccess() // the group answered; the request itself was wrong
       this.log.debug({ group: group.name, err: err.message, n: batch.length }, 'send failed')
       // The group may have moved (a failover): ask where it is now (at most a few times a second).
       if (UNREACHABLE.has(err.code)) void rt.routes.refresh(lane.kind, lane.subject)
       // Unanswered: the group may have stored the batch, so it goes there again (where the broker's
-      // dedupe answers a stored copy as stored) until that group is proven unreachable.
-      if (err.code === 'QMQ_ERR_TIMEOUT') route.sticky = group.name
+      // dedupe answers a stored copy as stored) until that group is proven unreachable. So does a
+      // batch the group stored without confirming it.
+      if (err.code === 'QMQ_ERR_TIMEOUT' || err.code === STORED_THERE) route.sticky = group.name
       else if (UNREACHABLE.has(err.code)) route.sticky = undefined
       this.retryOrFail(lane, batch, body, err, route)
       return
@@ -970,6 +981,7 @@ export class MessageProducerProvider extends ClientBase {
     const retry: Pending[] = []
     const stored: Pending[] = []
     let retryErr: QmqError | undefined
+    let storedErr: QmqError | undefined
     let unreachable = false
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i] as Pending
@@ -983,6 +995,7 @@ export class MessageProducerProvider extends ClientBase {
       if (err.retriable) {
         retry.push(p)
         retryErr = err
+        if (err.code === STORED_THERE) storedErr = err
         if (UNREACHABLE.has(err.code)) unreachable = true
       } else {
         this.fail(p, this.finalError(p, err), route.sticky)
@@ -993,9 +1006,11 @@ export class MessageProducerProvider extends ClientBase {
     if (retry.length > 0) {
       if (unreachable) void rt.routes.refresh(lane.kind, lane.subject)
       // Refused records were not stored by this group: a sticky route stays on an earlier group that
-      // may hold them, unless this (that) group said it cannot take them.
-      const next: Route = { tried: route.tried, sticky: unreachable ? undefined : route.sticky }
-      this.retryOrFail(lane, retry, undefined, retryErr as QmqError, next)
+      // may hold them, unless this (that) group said it cannot take them. Records this group stored
+      // unconfirmed make the route sticky to it (the one answer holds one error for the whole batch).
+      const sticky = storedErr !== undefined ? groupName : unreachable ? undefined : route.sticky
+      const next: Route = { tried: route.tried, sticky }
+      this.retryOrFail(lane, retry, undefined, (storedErr ?? retryErr) as QmqError, next)
     }
   }
 
