@@ -23,9 +23,9 @@ import { LongPollRegistry } from './server/long-poll'
 import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
-import { type EpochState, readEpochs, writeEpochs } from './replication/epochs'
+import { type EpochState, readEpochs } from './replication/epochs'
 import { ReplicationFollower } from './replication/follower'
-import { forgetKnownSlaves, ReplicationSource } from './replication/source'
+import { beginMasterTerm, ReplicationSource } from './replication/source'
 import { MasterLease } from './replication/lease'
 import { checkpointPath } from './store/checkpoint'
 import { createMessageStore, FileMessageStore } from './store/file-message-store'
@@ -298,13 +298,7 @@ export class Broker {
           messageOffset: fileStore.recoveredEnds?.message ?? fileStore.mlog.log.endOffset,
           actionOffset: fileStore.recoveredEnds?.action ?? fileStore.alog.log.endOffset,
         }
-        this.epochs = {
-          epoch: this.promotedTo,
-          history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
-        }
-        writeEpochs(o.dataDir, this.epochs)
-        // The slaves it knew in an earlier term as master are not its slaves now (source.ts).
-        forgetKnownSlaves(path.join(o.dataDir, 'replication'))
+        this.epochs = beginMasterTerm(o.dataDir, this.epochs, start)
         this.replication?.close()
         this.replication = undefined
         this.log.warn({ ...start }, 'promoted: this broker is the master of a new epoch')

@@ -30,10 +30,10 @@ import { DelayStore } from './store/delay-store'
 import { createDelayFrameHandler, type HandlerContext } from './tcp-handler'
 import path from 'node:path'
 import { Counter, Gauge } from 'prom-client'
-import { type EpochState, readEpochs, writeEpochs } from '../broker/replication/epochs'
+import { type EpochState, readEpochs } from '../broker/replication/epochs'
 import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
 import { MasterLease } from '../broker/replication/lease'
-import { forgetKnownSlaves, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
+import { beginMasterTerm, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
 import { MetaHeartbeat } from '../broker/server/meta-heartbeat'
 import type { ServerHeartbeatResponse, ServerReplication } from '../common/meta/types'
 import { RequestCode } from '../common/protocol/codes'
@@ -327,16 +327,10 @@ export class DelayServer {
         messageOffset: store.messageSegmentLog?.endOffset ?? 0,
         actionOffset: 0,
       }
-      this.epochs = {
-        epoch: this.promotedTo,
-        history: [...this.epochs.history.filter((h) => h.epoch < start.epoch), start],
-      }
-      writeEpochs(o.dataDir, this.epochs)
-      // A new term starts with no known slave and a new run (as the broker's, broker.ts): the slaves
-      // it knew in an earlier term as master are not its slaves now (one of them became the master it
-      // replaces), and the cancel sequence, ring and slaves' adopted checkpoints of that term are not
-      // this one's; a new runId tells the slaves to copy the cancels and the dead-letter log afresh.
-      forgetKnownSlaves(path.join(o.dataDir, 'replication'))
+      // A new term starts with no known slave and a new run (as the broker's, broker.ts): the cancel
+      // sequence, ring and slaves' adopted checkpoints of an earlier term are not this one's; a new
+      // runId tells the slaves to copy the cancels and the dead-letter log afresh.
+      this.epochs = beginMasterTerm(o.dataDir, this.epochs, start)
       this.replication?.close()
       this.replication = undefined
       this.delayReplication?.detach()

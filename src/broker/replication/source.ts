@@ -13,7 +13,7 @@ import {
 } from '../../common/protocol/replication'
 import type { SegmentLog } from '../store/segment-log'
 import { AckWaiters } from './ack-waiters'
-import { divergencePoint, type EpochStart } from './epochs'
+import { divergencePoint, type EpochStart, type EpochState, epochsDir, writeEpochs } from './epochs'
 
 /**
  * The master's side of replication: answers slaves' REPL_FETCH requests from its own logs, tracks
@@ -671,6 +671,21 @@ function readKnownSlaves(dir: string): string[] {
  */
 export function forgetKnownSlaves(dir: string): void {
   if (readKnownSlaves(dir).length > 0) writeKnownSlaves(dir, [])
+}
+
+/**
+ * A promoted server's first step as master (broker and delay server): records in the data dir's epoch
+ * history where its epoch begins (the ends of its copied logs after recovery, epochs.ts) and forgets
+ * the slaves of an earlier term (forgetKnownSlaves). Returns the new history.
+ */
+export function beginMasterTerm(dataDir: string, epochs: EpochState, start: EpochStart): EpochState {
+  const next = {
+    epoch: start.epoch,
+    history: [...epochs.history.filter((h) => h.epoch < start.epoch), start],
+  }
+  writeEpochs(dataDir, next)
+  forgetKnownSlaves(epochsDir(dataDir))
+  return next
 }
 
 function writeKnownSlaves(dir: string, slaves: string[]): void {
