@@ -154,6 +154,24 @@ export const CLUSTER_FLAGS: readonly FlagSpec[] = [
 ]
 
 /**
+ * The SDK identity and TLS of a command that sends or consumes as an application (qmq send / tail,
+ * qmq outbox-watchdog): QMQ_APP_CODE (else `defaultAppCode`) with QMQ_APP_TOKEN for servers started
+ * with --auth, and the --tls* flags / QMQ_TLS* variables (cliTls).
+ */
+export function sdkIdentity(
+  flags: ParsedArgs['flags'],
+  env: NodeJS.ProcessEnv,
+  defaultAppCode: string,
+): { appCode: string; token?: string; tls?: ClientTlsOptions } {
+  const tls = cliTls(flags, env)
+  return {
+    appCode: env.QMQ_APP_CODE || defaultAppCode,
+    ...(env.QMQ_APP_TOKEN ? { token: env.QMQ_APP_TOKEN } : {}),
+    ...(tls !== undefined ? { tls } : {}),
+  }
+}
+
+/**
  * The CLI's TLS client options: `--tls-ca-file`, `--tls-cert-file`, `--tls-key-file` (or
  * QMQ_TLS_CA_FILE...); `--tls` / QMQ_TLS=1 alone = TLS with Node's default trust. None = plain TCP.
  */

@@ -2,7 +2,7 @@ import { QmqError } from '../../common/errors'
 import { createLogger } from '../../common/logger'
 import type { TransactionProvider } from '../../client/tx/provider'
 import { type FlagSpec, flagsHelp, intFlag, parseArgs, stringFlag } from '../args'
-import { CLUSTER_FLAGS, cliTls, DEFAULT_METASERVER_URL } from '../cluster'
+import { CLUSTER_FLAGS, DEFAULT_METASERVER_URL, sdkIdentity } from '../cluster'
 import { parseDuration } from '../table'
 import type { Command } from './command'
 
@@ -110,17 +110,11 @@ ${flagsHelp(FLAGS)}`,
     const logger = createLogger({ level: 'info', destination: process.stderr })
     // With --auth servers the rows are sent as the application whose outbox this is: QMQ_APP_CODE
     // and QMQ_APP_TOKEN (its produce grant covers the subjects).
-    const env = process.env
-    if ((env.QMQ_APP_TOKEN || undefined) !== undefined && !env.QMQ_APP_CODE)
+    if (process.env.QMQ_APP_TOKEN && !process.env.QMQ_APP_CODE)
       throw new QmqError('QMQ_ERR_USAGE', 'QMQ_APP_TOKEN needs QMQ_APP_CODE (the application it belongs to)')
-    const tls = cliTls(flags, env)
+    const identity = sdkIdentity(flags, process.env, 'qmq-outbox-watchdog')
     const { provider, close } = await openProvider(url, table)
-    const producer = new MessageProducerProvider({
-      appCode: env.QMQ_APP_CODE || 'qmq-outbox-watchdog',
-      metaServer,
-      ...(env.QMQ_APP_TOKEN ? { token: env.QMQ_APP_TOKEN } : {}),
-      ...(tls !== undefined ? { tls } : {}),
-    })
+    const producer = new MessageProducerProvider({ ...identity, metaServer })
     try {
       if (flags.migrate === true) await provider.migrate()
       await producer.init()

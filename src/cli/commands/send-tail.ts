@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { QmqError } from '../../common/errors'
 import type { ConsumedMessage } from '../../client/consumer/consumed-message'
 import { type FlagSpec, flagsHelp, intFlag, listFlag, parseArgs, stringFlag } from '../args'
-import { cliTls, DEFAULT_METASERVER_URL, METASERVER_FLAG } from '../cluster'
+import { DEFAULT_METASERVER_URL, METASERVER_FLAG, sdkIdentity } from '../cluster'
 import { watchStdoutReader } from '../stdout-reader'
 import { parseDuration, parseStartFrom } from '../table'
 import type { Command } from './command'
@@ -11,19 +11,9 @@ import type { Command } from './command'
  * `qmq send` and `qmq tail`: produce and watch messages from the command line through the SDK, as
  * an application would. They use the metaserver given by --metaserver / QMQ_METASERVER.
  */
-/**
- * The client identity and TLS of qmq send / tail: QMQ_APP_CODE + QMQ_APP_TOKEN for servers started with
- * --auth (default appCode qmq-cli), and the QMQ_TLS* variables (cluster.ts cliTls).
- */
+/** The client options of qmq send / tail: default appCode qmq-cli (cluster.ts sdkIdentity). */
 function clientOf(flags: ReturnType<typeof parseArgs>['flags']): Record<string, unknown> {
-  const env = process.env
-  const tls = cliTls(flags, env)
-  return {
-    appCode: env.QMQ_APP_CODE || 'qmq-cli',
-    metaServer: metaServerOf(flags),
-    ...(env.QMQ_APP_TOKEN ? { token: env.QMQ_APP_TOKEN } : {}),
-    ...(tls !== undefined ? { tls } : {}),
-  }
+  return { ...sdkIdentity(flags, process.env, 'qmq-cli'), metaServer: metaServerOf(flags) }
 }
 
 function metaServerOf(flags: ReturnType<typeof parseArgs>['flags']): string {
