@@ -10,6 +10,7 @@ import { Metaserver } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
 import { bucketFileName } from '../../src/delay/store/bucket'
 import { cancel, DELAY_TEST_SECRET, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
+import { FAST_REPLICATION } from './helpers/replication-helpers'
 import { delayDir, startDelay } from './helpers/start-delay'
 
 /**
@@ -240,19 +241,10 @@ t.test('delay dedupe - a promoted slave knows the ids its master stored', async 
   const server = (dir: string, sender: FakeSender, extra: Partial<DelayOptions>): DelayServer => {
     const s = new DelayServer(
       {
-        port: 0,
+        ...FAST_REPLICATION,
         dataDir: dir,
         group: 'dd1',
         metaserver: meta.url,
-        clusterSecret: DELAY_TEST_SECRET,
-        bucketMinutes: 1,
-        loadAheadMs: 10_000,
-        tickMs: 5,
-        checkpointIntervalMs: 100,
-        replicationFetchWaitMs: 100,
-        replicationInSyncLagMs: 1_500,
-        replicationAckTimeoutMs: 3_000,
-        segmentBytes: 64 * 1024,
         ...extra,
       },
       { logger: silentLogger, sender, routes: { groups: async () => [] } },

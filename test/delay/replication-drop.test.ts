@@ -1,6 +1,3 @@
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { silentLogger } from '../../src/common/logger'
@@ -9,6 +6,7 @@ import type { ReplicationFollower } from '../../src/broker/replication/follower'
 import type { DelayMirror } from '../../src/delay/replication/mirror'
 import { RawClient } from '../helpers/raw-client'
 import { DELAY_TEST_SECRET, delayed, FakeSender, send } from './helpers/delay-helpers'
+import { freshDir, slaveSeenBy, until } from './helpers/replication-helpers'
 
 /**
  * A delay slave that drops its copy of the derived files (its message-log copy cut below the adopted
@@ -27,42 +25,37 @@ const BASE: Partial<DelayOptions> = {
   replicationAckTimeoutMs: 10_000,
 }
 
-function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-delay-drop-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+function server(t: Test, extra: Partial<DelayOptions>): DelayServer {
+  const s = new DelayServer(
+    { ...BASE, dataDir: freshDir(t, 'delay-drop'), ...extra },
+    { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
+  )
+  t.teardown(() => s.close())
+  return s
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 5))
-  }
+/** A master checkpointing every 100 ms and its slave in sync (manifest rounds every second). */
+async function inSyncPair(t: Test): Promise<{
+  m: DelayServer
+  b: DelayServer
+  seen: () => ReturnType<typeof slaveSeenBy>
+  mirror: DelayMirror
+}> {
+  const m = server(t, { checkpointIntervalMs: 100 })
+  await m.start()
+  // Manifest rounds every second (min(1 s, checkpointIntervalMs)).
+  const b = server(t, { role: 'slave', masterAddress: m.address, checkpointIntervalMs: 10_000 })
+  await b.start()
+  const seen = () => slaveSeenBy(m, b)
+  await until('the slave in sync, holding a checkpoint', () => seen()?.inSync === true)
+  const mirror = (b as unknown as { mirror: DelayMirror }).mirror
+  return { m, b, seen, mirror }
 }
 
 t.test(
   'delay mirror drop - the slave is out of sync at once, until it adopted a checkpoint again',
   async (t) => {
-    const server = (extra: Partial<DelayOptions>) => {
-      const s = new DelayServer(
-        { ...BASE, dataDir: freshDir(t), ...extra },
-        { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
-      )
-      t.teardown(() => s.close())
-      return s
-    }
-    const m = server({ checkpointIntervalMs: 100 })
-    await m.start()
-    // Manifest rounds every second (min(1 s, checkpointIntervalMs)).
-    const b = server({ role: 'slave', masterAddress: m.address, checkpointIntervalMs: 10_000 })
-    await b.start()
-    const seen = () => {
-      const r = m.replicationStatus()
-      return 'slaves' in r ? r.slaves.find((s) => s.id === b.address) : undefined
-    }
-    await until('the slave in sync, holding a checkpoint', () => seen()?.inSync === true)
-    const mirror = (b as unknown as { mirror: DelayMirror }).mirror
+    const { m, seen, mirror } = await inSyncPair(t)
     // Right after a round: the next one is a second away.
     const last = mirror.status().adoptedAt
     await until('a round', () => mirror.status().adoptedAt !== last)
@@ -82,20 +75,13 @@ t.test(
 t.test(
   'delay mirror drop - a slave holding no checkpoint and a cut message log refuses promotion',
   async (t) => {
-    const server = (extra: Partial<DelayOptions>) => {
-      const s = new DelayServer(
-        // No dedupe window: a slave keeps message-log segments past its checkpoint for it (the copy
-        // would still start at 0), while this test needs a copy whose start moved past 0.
-        { ...BASE, dataDir: freshDir(t), segmentBytes: 65_536, dedupeWindowMs: 0, ...extra },
-        { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
-      )
-      t.teardown(() => s.close())
-      return s
-    }
+    // No dedupe window: a slave keeps message-log segments past its checkpoint for it (the copy
+    // would still start at 0), while this test needs a copy whose start moved past 0.
+    const cut = { segmentBytes: 65_536, dedupeWindowMs: 0 }
     // async: these writes need not wait for the slave (its rounds trail the master's checkpoints).
-    const m = server({ checkpointIntervalMs: 100, replication: 'async' })
+    const m = server(t, { ...cut, checkpointIntervalMs: 100, replication: 'async' })
     await m.start()
-    const b = server({ role: 'slave', masterAddress: m.address, checkpointIntervalMs: 100 })
+    const b = server(t, { ...cut, role: 'slave', masterAddress: m.address, checkpointIntervalMs: 100 })
     await b.start()
     const producer = await RawClient.connect(m.port)
     t.teardown(() => producer.close())
@@ -122,25 +108,7 @@ t.test(
 t.test(
   'delay mirror drop - repeated drops (a failing disk) run one round at once, then back off',
   async (t) => {
-    const server = (extra: Partial<DelayOptions>) => {
-      const s = new DelayServer(
-        { ...BASE, dataDir: freshDir(t), ...extra },
-        { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
-      )
-      t.teardown(() => s.close())
-      return s
-    }
-    const m = server({ checkpointIntervalMs: 100 })
-    await m.start()
-    // Manifest rounds every second (min(1 s, checkpointIntervalMs)).
-    const b = server({ role: 'slave', masterAddress: m.address, checkpointIntervalMs: 10_000 })
-    await b.start()
-    const seen = () => {
-      const r = m.replicationStatus()
-      return 'slaves' in r ? r.slaves.find((s) => s.id === b.address) : undefined
-    }
-    await until('the slave in sync, holding a checkpoint', () => seen()?.inSync === true)
-    const mirror = (b as unknown as { mirror: DelayMirror }).mirror
+    const { m, seen, mirror } = await inSyncPair(t)
     const before = mirror.roundsStarted
     // A drop every 20 ms for 2.5 s: before, each one started a full round at once.
     const end = Date.now() + 2_500

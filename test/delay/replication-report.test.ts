@@ -1,13 +1,11 @@
-import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import type { Test } from 'tap'
 import t from 'tap'
 import { silentLogger } from '../../src/common/logger'
 import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
 import { Metaserver, SqliteMetaStore } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
 import { cancel, DELAY_TEST_SECRET, delayed, FakeSender, send } from './helpers/delay-helpers'
+import { freshDir as freshDirNamed, until as untilEvery } from './helpers/replication-helpers'
 
 /**
  * The delay group's side of the in-sync report rule (docs/replication.md, "Which acknowledgements
@@ -30,19 +28,8 @@ const FAST: Partial<DelayOptions> = {
   replicationAckTimeoutMs: 10_000,
 }
 
-function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-delay-report-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
-}
-
-async function until(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
-}
+const freshDir = (t: Parameters<typeof freshDirNamed>[0]) => freshDirNamed(t, 'delay-report')
+const until = (what: string, cond: () => boolean, timeoutMs = 20_000) => untilEvery(what, cond, timeoutMs, 20)
 
 t.test(
   'delay in-sync report - SENDs and CANCELs wait for a leaving slave until the metaserver stored a report without it',

@@ -17,6 +17,7 @@ import { encodeFileRequest } from '../../src/delay/replication/wire'
 
 const errorStatus = (code: keyof typeof ERROR_CODES): number => ERROR_CODES[code].status
 import { cancel, DELAY_TEST_SECRET, delayed, send } from './helpers/delay-helpers'
+import { FAST_REPLICATION, slaveDirBeside, until as untilEvery } from './helpers/replication-helpers'
 
 /**
  * Delay-group replication (docs/replication.md), in process: a slave delay server copies its master's
@@ -41,30 +42,8 @@ class RecordingSender implements Sender {
   async close(): Promise<void> {}
 }
 
-async function until(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
-}
-
-const FAST: Partial<DelayOptions> = {
-  port: 0,
-  clusterSecret: DELAY_TEST_SECRET,
-  bucketMinutes: 1,
-  loadAheadMs: 10_000,
-  tickMs: 5,
-  checkpointIntervalMs: 100,
-  replicationFetchWaitMs: 100,
-  replicationInSyncLagMs: 1_500,
-  replicationAckTimeoutMs: 3_000,
-  segmentBytes: 64 * 1024,
-}
+const until = (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000) =>
+  untilEvery(what, cond, timeoutMs, 25)
 
 async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient }> {
   const meta = new Metaserver(
@@ -89,7 +68,7 @@ async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient
 
 function server(t: Test, dir: string, sender: Sender, extra: Partial<DelayOptions>): DelayServer {
   const s = new DelayServer(
-    { ...FAST, dataDir: dir, ...extra },
+    { ...FAST_REPLICATION, dataDir: dir, ...extra },
     {
       logger: process.env.DEBUG_REPL
         ? createLogger({ level: 'info', destination: process.stderr })
@@ -131,9 +110,7 @@ t.test(
     const { meta, admin } = await startMeta(t)
     const aDir = t.testdir()
     fs.mkdirSync(aDir, { recursive: true })
-    const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
-    fs.mkdirSync(bDir, { recursive: true })
-    t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))
+    const bDir = slaveDirBeside(t, aDir)
     const sa = new RecordingSender('a')
     const sb = new RecordingSender('b')
     const a = server(t, aDir, sa, { group: 'd1', metaserver: meta.url })
@@ -307,10 +284,7 @@ t.test(
     const { meta, admin } = await startMeta(t)
     const aDir = t.testdir()
     fs.mkdirSync(aDir, { recursive: true })
-    const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
-    fs.rmSync(bDir, { recursive: true, force: true }) // an interrupted run's
-    fs.mkdirSync(bDir, { recursive: true })
-    t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))
+    const bDir = slaveDirBeside(t, aDir)
     const sa = new RecordingSender('a')
     const a = server(t, aDir, sa, { group: 'd2', metaserver: meta.url })
     await a.start()

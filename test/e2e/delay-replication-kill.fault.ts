@@ -1,5 +1,4 @@
 import { execFile } from 'node:child_process'
-import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { QMQ_BIN } from '../../src/cli/child-service'
 import { CLUSTER_SECRET_ENV } from '../../src/common/token'
@@ -13,7 +12,9 @@ import {
   type RunningService,
   startBroker,
   startMetaserver,
+  replicatedDelayArgs as delayArgs,
   startService,
+  until,
 } from '../helpers/services'
 
 /**
@@ -28,42 +29,6 @@ import {
 const HEARTBEAT_TIMEOUT_MS = 3_000 // startMetaserver's
 const CLIENT = { appCode: 'delay-repl-kill', routeRefreshMs: 300, firstLookupTimeoutMs: 5_000 }
 const SUBJECT = 'delay.repl.orders'
-
-function delayArgs(dir: string, name: string, meta: string, role: 'master' | 'slave', port = 0): string[] {
-  return [
-    'delay',
-    '--group',
-    'd1',
-    '--role',
-    role,
-    '--port',
-    String(port),
-    '--data-dir',
-    join(dir, name),
-    '--metaserver',
-    meta,
-    '--bucket-minutes',
-    '1',
-    '--checkpoint-interval-ms',
-    '500',
-    '--replication-fetch-wait-ms',
-    '200',
-    '--replication-in-sync-lag-ms',
-    '1500',
-  ]
-}
-
-async function until(
-  what: string,
-  cond: () => Promise<boolean> | boolean,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 t.test(
   'delay replication - SIGKILL of the delay master: the promoted slave delivers every pending message on time',

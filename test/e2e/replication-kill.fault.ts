@@ -9,6 +9,7 @@ import {
   replicatedBrokerArgs as brokerArgs,
   startMetaserver,
   startService,
+  until,
 } from '../helpers/services'
 
 /**
@@ -24,18 +25,6 @@ import {
 const HEARTBEAT_TIMEOUT_MS = 3_000 // startMetaserver's
 const CLIENT = { appCode: 'repl-kill', routeRefreshMs: 300, firstLookupTimeoutMs: 5_000 }
 const SUBJECT = 'repl.orders'
-
-async function until(
-  what: string,
-  cond: () => Promise<boolean> | boolean,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
-}
 
 t.test('replication - SIGKILL of the master under load loses no acknowledged message', async (t) => {
   const dir = t.testdir()

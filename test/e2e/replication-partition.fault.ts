@@ -9,7 +9,7 @@ import { MetaClient } from '../../src/common/meta/meta-client'
 import type { GroupInfo } from '../../src/common/meta/types'
 import { CLUSTER_SECRET } from '../metaserver/helpers'
 import { freeSubnet, NetnsLab } from '../helpers/netns'
-import { type RunningService, startService } from '../helpers/services'
+import { type RunningService, startService, until } from '../helpers/services'
 
 /**
  * `npm run test:faults` (about 1.5 min; needs root and iproute2: it FAILS, with the reason, where
@@ -61,18 +61,6 @@ interface Refusal {
   t1: number
   status: number
   message: string
-}
-
-async function until(
-  what: string,
-  cond: () => Promise<boolean> | boolean,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 100))
-  }
 }
 
 /** Every file of a log directory, by name (segment files), with its bytes. */

@@ -99,6 +99,40 @@ export async function startMetaserver(t: Test, dataDir: string, port = 0): Promi
 }
 
 /**
+ * CLI arguments of a replicated `kind` server `name` of group `group` (data dir `<dir>/<name>`):
+ * fetches wait 200 ms, a slave is out of sync after 1.5 s; `extra` goes before those two.
+ */
+function replicatedArgs(
+  kind: 'broker' | 'delay',
+  group: string,
+  dir: string,
+  name: string,
+  meta: string,
+  role: 'master' | 'slave',
+  port: number,
+  extra: string[],
+): string[] {
+  return [
+    kind,
+    '--group',
+    group,
+    '--role',
+    role,
+    '--port',
+    String(port),
+    '--data-dir',
+    join(dir, name),
+    '--metaserver',
+    meta,
+    ...extra,
+    '--replication-fetch-wait-ms',
+    '200',
+    '--replication-in-sync-lag-ms',
+    '1500',
+  ]
+}
+
+/**
  * CLI arguments of broker `name` of replicated group g1 (data dir `<dir>/<name>`): fetches wait
  * 200 ms, a slave is out of sync after 1.5 s (test/e2e/replication-kill.fault.ts, bench/replication.ts).
  */
@@ -109,25 +143,40 @@ export function replicatedBrokerArgs(
   role: 'master' | 'slave',
   port = 0,
 ): string[] {
-  return [
-    'broker',
-    '--group',
-    'g1',
-    '--role',
-    role,
-    '--port',
-    String(port),
-    '--data-dir',
-    join(dir, name),
-    '--metaserver',
-    meta,
-    '--http-port',
-    '-1',
-    '--replication-fetch-wait-ms',
-    '200',
-    '--replication-in-sync-lag-ms',
-    '1500',
-  ]
+  return replicatedArgs('broker', 'g1', dir, name, meta, role, port, ['--http-port', '-1'])
+}
+
+/**
+ * CLI arguments of delay server `name` of replicated delay group d1 (data dir `<dir>/<name>`): as
+ * replicatedBrokerArgs, with 1-minute buckets and a checkpoint every 500 ms
+ * (test/e2e/delay-replication-kill.fault.ts).
+ */
+export function replicatedDelayArgs(
+  dir: string,
+  name: string,
+  meta: string,
+  role: 'master' | 'slave',
+  port = 0,
+): string[] {
+  return replicatedArgs('delay', 'd1', dir, name, meta, role, port, [
+    '--bucket-minutes',
+    '1',
+    '--checkpoint-interval-ms',
+    '500',
+  ])
+}
+
+/** Polls `cond` every 100 ms until it holds; throws `timed out waiting for <what>` after `timeoutMs`. */
+export async function until(
+  what: string,
+  cond: () => Promise<boolean> | boolean,
+  timeoutMs = 20_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
 }
 
 async function startGroup(
