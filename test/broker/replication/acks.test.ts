@@ -1,5 +1,4 @@
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
@@ -17,6 +16,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil } from '../../helpers/replication'
 import { ack, message, pull, send } from '../server/ops'
 
 /**
@@ -36,9 +36,7 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-acks-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-acks-')
 }
 
 function pathOf(fd: number): string {
@@ -49,12 +47,8 @@ function pathOf(fd: number): string {
   }
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 10)
 }
 
 /** A hand-driven slave: one REPL_FETCH at a time, claiming `offset` as its durable end. */
