@@ -51,6 +51,37 @@ function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs =
   return waitUntil(what, cond, timeoutMs, 10)
 }
 
+/**
+ * A master whose store does its file I/O through `io` (to hold or fail fdatasyncs), stopped at the
+ * test's teardown; `end` is its message log's end offset.
+ */
+async function startWithIo(
+  t: Test,
+  extra: Partial<BrokerOptions>,
+  io: FsIo,
+): Promise<{ port: number; end: () => number }> {
+  let store: FileMessageStore | undefined
+  const broker = new Broker(
+    { ...BASE, ...extra, dataDir: freshDir(t) },
+    {
+      logger: silentLogger,
+      createStore: (ctx) => {
+        store = createMessageStore({
+          ...ctx.options,
+          clock: ctx.clock,
+          logger: ctx.logger,
+          registry: ctx.registry,
+          io,
+        })
+        return store
+      },
+    },
+  )
+  const { port } = await broker.start()
+  t.teardown(() => broker.close())
+  return { port, end: () => (store as FileMessageStore).mlog.log.endOffset }
+}
+
 /** A hand-driven slave: one REPL_FETCH at a time, claiming `offset` as its durable end. */
 async function fetchAt(
   c: RawClient,
@@ -86,26 +117,7 @@ t.test('replication acks - a sync SEND waits for its own records, not for later 
       return nodeFsIo.fdatasync(fd)
     },
   }
-  let store: FileMessageStore | undefined
-  const broker = new Broker(
-    { ...BASE, flush: 'sync', dataDir: freshDir(t) },
-    {
-      logger: silentLogger,
-      createStore: (ctx) => {
-        store = createMessageStore({
-          ...ctx.options,
-          clock: ctx.clock,
-          logger: ctx.logger,
-          registry: ctx.registry,
-          io,
-        })
-        return store
-      },
-    },
-  )
-  const { port } = await broker.start()
-  t.teardown(() => broker.close())
-  const end = () => (store as FileMessageStore).mlog.log.endOffset
+  const { port, end } = await startWithIo(t, { flush: 'sync' }, io)
 
   const slave = await RawClient.connect(port)
   t.teardown(() => slave.close())
@@ -319,26 +331,7 @@ t.test(
         return nodeFsIo.fdatasync(fd)
       },
     }
-    let store: FileMessageStore | undefined
-    const broker = new Broker(
-      { ...BASE, flush: 'sync', replication: 'async', dataDir: freshDir(t) },
-      {
-        logger: silentLogger,
-        createStore: (ctx) => {
-          store = createMessageStore({
-            ...ctx.options,
-            clock: ctx.clock,
-            logger: ctx.logger,
-            registry: ctx.registry,
-            io,
-          })
-          return store
-        },
-      },
-    )
-    const { port } = await broker.start()
-    t.teardown(() => broker.close())
-    const end = () => (store as FileMessageStore).mlog.log.endOffset
+    const { port, end } = await startWithIo(t, { flush: 'sync', replication: 'async' }, io)
     const slave = await RawClient.connect(port)
     t.teardown(() => slave.close())
     const p = await RawClient.connect(port)
