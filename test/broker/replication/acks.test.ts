@@ -1,5 +1,4 @@
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
@@ -17,6 +16,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil } from '../../helpers/replication'
 import { ack, message, pull, send } from '../server/ops'
 
 /**
@@ -36,9 +36,7 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-acks-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-acks-')
 }
 
 function pathOf(fd: number): string {
@@ -49,12 +47,39 @@ function pathOf(fd: number): string {
   }
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 10)
+}
+
+/**
+ * A master whose store does its file I/O through `io` (to hold or fail fdatasyncs), stopped at the
+ * test's teardown; `end` is its message log's end offset.
+ */
+async function startWithIo(
+  t: Test,
+  extra: Partial<BrokerOptions>,
+  io: FsIo,
+): Promise<{ port: number; end: () => number }> {
+  let store: FileMessageStore | undefined
+  const broker = new Broker(
+    { ...BASE, ...extra, dataDir: freshDir(t) },
+    {
+      logger: silentLogger,
+      createStore: (ctx) => {
+        store = createMessageStore({
+          ...ctx.options,
+          clock: ctx.clock,
+          logger: ctx.logger,
+          registry: ctx.registry,
+          io,
+        })
+        return store
+      },
+    },
+  )
+  const { port } = await broker.start()
+  t.teardown(() => broker.close())
+  return { port, end: () => (store as FileMessageStore).mlog.log.endOffset }
 }
 
 /** A hand-driven slave: one REPL_FETCH at a time, claiming `offset` as its durable end. */
@@ -92,26 +117,7 @@ t.test('replication acks - a sync SEND waits for its own records, not for later 
       return nodeFsIo.fdatasync(fd)
     },
   }
-  let store: FileMessageStore | undefined
-  const broker = new Broker(
-    { ...BASE, flush: 'sync', dataDir: freshDir(t) },
-    {
-      logger: silentLogger,
-      createStore: (ctx) => {
-        store = createMessageStore({
-          ...ctx.options,
-          clock: ctx.clock,
-          logger: ctx.logger,
-          registry: ctx.registry,
-          io,
-        })
-        return store
-      },
-    },
-  )
-  const { port } = await broker.start()
-  t.teardown(() => broker.close())
-  const end = () => (store as FileMessageStore).mlog.log.endOffset
+  const { port, end } = await startWithIo(t, { flush: 'sync' }, io)
 
   const slave = await RawClient.connect(port)
   t.teardown(() => slave.close())
@@ -325,26 +331,7 @@ t.test(
         return nodeFsIo.fdatasync(fd)
       },
     }
-    let store: FileMessageStore | undefined
-    const broker = new Broker(
-      { ...BASE, flush: 'sync', replication: 'async', dataDir: freshDir(t) },
-      {
-        logger: silentLogger,
-        createStore: (ctx) => {
-          store = createMessageStore({
-            ...ctx.options,
-            clock: ctx.clock,
-            logger: ctx.logger,
-            registry: ctx.registry,
-            io,
-          })
-          return store
-        },
-      },
-    )
-    const { port } = await broker.start()
-    t.teardown(() => broker.close())
-    const end = () => (store as FileMessageStore).mlog.log.endOffset
+    const { port, end } = await startWithIo(t, { flush: 'sync', replication: 'async' }, io)
     const slave = await RawClient.connect(port)
     t.teardown(() => slave.close())
     const p = await RawClient.connect(port)

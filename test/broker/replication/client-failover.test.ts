@@ -1,14 +1,10 @@
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
 import { type Message, MessageConsumerProvider, MessageProducerProvider } from '../../../src/client'
 import { silentLogger } from '../../../src/common/logger'
-import { MetaClient } from '../../../src/common/meta/meta-client'
-import { Metaserver } from '../../../src/metaserver/main'
 import { RawClient } from '../../helpers/raw-client'
+import { startReplicationMetaserver, tempDir, waitUntil } from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -39,35 +35,20 @@ const FAST: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-client-failover-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-client-failover-')
 }
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 10)
 }
 
 t.test('client failover - producer and consumer follow the promoted master at once', async (t) => {
-  const meta = new Metaserver(
-    {
-      port: 0,
-      dataDir: freshDir(t),
-      adminToken: TOKEN,
-      clusterSecret: SECRET,
-      heartbeatIntervalMs: 100,
-      heartbeatTimeoutMs: 3_000,
-    },
-    { logger: silentLogger },
-  )
-  await meta.start()
-  t.teardown(() => meta.close())
-  const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-  t.teardown(() => admin.close())
+  const { meta, admin } = await startReplicationMetaserver(t, {
+    dataDir: freshDir(t),
+    clusterSecret: SECRET,
+    adminToken: TOKEN,
+    heartbeatTimeoutMs: 3_000,
+  })
   const nodes = {
     a: new Broker(
       { ...FAST, dataDir: freshDir(t), group: 'g1', metaserver: meta.url },

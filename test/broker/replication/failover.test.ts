@@ -1,14 +1,11 @@
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
-import { writeEpochs } from '../../../src/broker/replication/epochs'
 import { silentLogger } from '../../../src/common/logger'
-import { MetaClient } from '../../../src/common/meta/meta-client'
-import { Metaserver } from '../../../src/metaserver/main'
 import { RawClient } from '../../helpers/raw-client'
+import { startReplicationMetaserver, tempDir, waitUntil, writeEpochOneAtEnd } from '../../helpers/replication'
 import { ack, message, pull, sendOk } from '../server/ops'
 
 const SECRET = 'failover-test-cluster-secret-0123'
@@ -27,21 +24,11 @@ const FAST: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-failover-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-failover-')
 }
 
-async function until(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 15_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 25)
 }
 
 function broker(t: Test, extra: Partial<BrokerOptions>): Broker {
@@ -82,21 +69,12 @@ function segmentFiles(dir: string): Map<string, Buffer> {
 t.test(
   'failover - a silent master is replaced by its in-sync slave, then rejoins as its slave',
   async (t) => {
-    const meta = new Metaserver(
-      {
-        port: 0,
-        dataDir: freshDir(t),
-        adminToken: TOKEN,
-        clusterSecret: SECRET,
-        heartbeatIntervalMs: 100,
-        heartbeatTimeoutMs: 3_000,
-      },
-      { logger: silentLogger },
-    )
-    await meta.start()
-    t.teardown(() => meta.close())
-    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-    t.teardown(() => admin.close())
+    const { meta, admin } = await startReplicationMetaserver(t, {
+      dataDir: freshDir(t),
+      clusterSecret: SECRET,
+      adminToken: TOKEN,
+      heartbeatTimeoutMs: 3_000,
+    })
 
     const a = broker(t, { group: 'g1', metaserver: meta.url })
     const b = broker(t, { group: 'g1', role: 'slave', metaserver: meta.url })
@@ -186,21 +164,12 @@ t.test(
     // promoted again, while B is still away. A remembered B as its slave from its first term; the
     // new term starts with no slave (as a first promotion does), so 'sync' writes go on alone
     // instead of being refused (QMQ_ERR_NO_IN_SYNC_SLAVE) until B returns.
-    const meta = new Metaserver(
-      {
-        port: 0,
-        dataDir: freshDir(t),
-        adminToken: TOKEN,
-        clusterSecret: SECRET,
-        heartbeatIntervalMs: 100,
-        heartbeatTimeoutMs: 3_000,
-      },
-      { logger: silentLogger },
-    )
-    await meta.start()
-    t.teardown(() => meta.close())
-    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-    t.teardown(() => admin.close())
+    const { meta, admin } = await startReplicationMetaserver(t, {
+      dataDir: freshDir(t),
+      clusterSecret: SECRET,
+      adminToken: TOKEN,
+      heartbeatTimeoutMs: 3_000,
+    })
     const inSync = async (master: Broker, slave: Broker) => {
       const g = await admin.getGroup('g1')
       const m = g.servers.find((s) => s.role === 'master')
@@ -259,16 +228,7 @@ t.test(
     await cx2.close()
     await x.close()
 
-    const yEnds = (() => {
-      const m = fs
-        .readdirSync(path.join(yDir, 'messagelog'))
-        .reduce((n, f) => n + fs.statSync(path.join(yDir, 'messagelog', f)).size, 0)
-      const a = fs
-        .readdirSync(path.join(yDir, 'actionlog'))
-        .reduce((n, f) => n + fs.statSync(path.join(yDir, 'actionlog', f)).size, 0)
-      return { m, a }
-    })()
-    writeEpochs(yDir, { epoch: 1, history: [{ epoch: 1, messageOffset: yEnds.m, actionOffset: yEnds.a }] })
+    writeEpochOneAtEnd(yDir)
     const y = broker(t, { dataDir: yDir })
     await y.start()
     const cy = await RawClient.connect(y.addresses.port)
@@ -299,21 +259,12 @@ t.test(
 )
 
 t.test('failover - with two slaves, one is promoted and the other follows it', async (t) => {
-  const meta = new Metaserver(
-    {
-      port: 0,
-      dataDir: freshDir(t),
-      adminToken: TOKEN,
-      clusterSecret: SECRET,
-      heartbeatIntervalMs: 100,
-      heartbeatTimeoutMs: 3_000,
-    },
-    { logger: silentLogger },
-  )
-  await meta.start()
-  t.teardown(() => meta.close())
-  const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-  t.teardown(() => admin.close())
+  const { meta, admin } = await startReplicationMetaserver(t, {
+    dataDir: freshDir(t),
+    clusterSecret: SECRET,
+    adminToken: TOKEN,
+    heartbeatTimeoutMs: 3_000,
+  })
 
   const a = broker(t, { group: 'g2', metaserver: meta.url })
   const b = broker(t, { group: 'g2', role: 'slave', metaserver: meta.url })

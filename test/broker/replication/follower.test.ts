@@ -1,6 +1,5 @@
 import fs from 'node:fs'
 import net from 'node:net'
-import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
@@ -10,6 +9,7 @@ import { type FsIo, nodeFsIo } from '../../../src/broker/store'
 import { checkFrame } from '../../../src/broker/store/message-log'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil } from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -32,17 +32,11 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-follower-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-follower-')
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 10)
 }
 
 function pathOf(fd: number): string {

@@ -1,6 +1,3 @@
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
@@ -14,6 +11,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir } from '../../helpers/replication'
 import { message, send } from '../server/ops'
 
 /**
@@ -36,9 +34,7 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-insync-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-insync-')
 }
 
 async function fetchAt(

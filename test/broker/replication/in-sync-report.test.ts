@@ -1,5 +1,3 @@
-import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
@@ -7,6 +5,7 @@ import { Broker, type BrokerOptions } from '../../../src/broker/broker'
 import { silentLogger } from '../../../src/common/logger'
 import { Metaserver, SqliteMetaStore } from '../../../src/metaserver/main'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil } from '../../helpers/replication'
 import { message, send } from '../server/ops'
 
 /**
@@ -33,17 +32,11 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-report-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-report-')
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 20)
 }
 
 /** A metaserver whose store records (and holds for HOLD_MS) every master report of group g1. */

@@ -1,15 +1,13 @@
 import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
-import { writeEpochs } from '../../../src/broker/replication/epochs'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
 import { isQmqError } from '../../../src/common/errors'
 import { silentLogger } from '../../../src/common/logger'
 import type { HistoryAnswer, MessageAnswer } from '../../../src/common/protocol/query'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil, writeEpochOneAtEnd } from '../../helpers/replication'
 import { ack, message, pull, sendOk } from '../server/ops'
 
 /** What a data dir that was a master serves after it was a slave and is promoted again. */
@@ -26,17 +24,11 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-promo-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-promo-')
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 20)
 }
 
 function broker(t: Test, extra: Partial<BrokerOptions>): Broker {
@@ -54,10 +46,6 @@ function caughtUp(master: Broker, slave: Broker): boolean {
   if (!('slave' in s)) return false
   const m = store(master)
   return s.slave.messageOffset === m.mlog.log.endOffset && s.slave.actionOffset === m.alog.log.endOffset
-}
-
-function dirBytes(dir: string): number {
-  return fs.readdirSync(dir).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0)
 }
 
 /** Query by id, retried while the promoted store builds its index (QMQ_ERR_INDEX_BUILDING). */
@@ -95,9 +83,7 @@ t.test(
     await cx2.close()
     await x.close()
 
-    const m = dirBytes(path.join(yDir, 'messagelog'))
-    const a = dirBytes(path.join(yDir, 'actionlog'))
-    writeEpochs(yDir, { epoch: 1, history: [{ epoch: 1, messageOffset: m, actionOffset: a }] })
+    writeEpochOneAtEnd(yDir)
     const y = broker(t, { dataDir: yDir })
     await y.start()
     const cy = await RawClient.connect(y.addresses.port)

@@ -1,5 +1,4 @@
 import fs from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -14,6 +13,7 @@ import { encodeFetchRequest } from '../../../src/common/protocol/replication'
 import { encodeRecord } from '../../../src/common/record'
 import { makeCa } from '../../helpers/certs'
 import { RawClient } from '../../helpers/raw-client'
+import { tempDir, waitUntil } from '../../helpers/replication'
 import { ack, message, pull, send, sendOk } from '../server/ops'
 
 const SECRET = 'replication-test-secret'
@@ -52,9 +52,7 @@ async function startSlave(t: Test, masterAddress: string, extra: Partial<BrokerO
 
 /** One data dir per broker (t.testdir() is one per test). */
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-repl-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-repl-')
 }
 
 function inSync(b: Broker): boolean {
@@ -62,12 +60,8 @@ function inSync(b: Broker): boolean {
   return 'inSync' in s && s.inSync
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 20)
 }
 
 function slaveCaughtUp(master: Broker, slave: Broker): boolean {

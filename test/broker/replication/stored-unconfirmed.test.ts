@@ -1,6 +1,3 @@
-import fs from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
 import { Broker, type BrokerOptions } from '../../../src/broker/broker'
@@ -8,7 +5,6 @@ import type { FileMessageStore } from '../../../src/broker/store/file-message-st
 import { MessageProducerProvider } from '../../../src/client'
 import { ERROR_CODES } from '../../../src/common/error-codes'
 import { silentLogger } from '../../../src/common/logger'
-import { MetaClient } from '../../../src/common/meta/meta-client'
 import { RequestCode } from '../../../src/common/protocol/codes'
 import {
   decodeFetchResponse,
@@ -16,8 +12,8 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { decodeRecord } from '../../../src/common/record'
-import { Metaserver } from '../../../src/metaserver/main'
 import { RawClient } from '../../helpers/raw-client'
+import { startReplicationMetaserver, tempDir, waitUntil } from '../../helpers/replication'
 import { message, send } from '../server/ops'
 import { pullOpts } from '../store/helpers'
 
@@ -41,21 +37,11 @@ const BASE: Partial<BrokerOptions> = {
 }
 
 function freshDir(t: Test): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-stored-unconfirmed-'))
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
-  return dir
+  return tempDir(t, 'qmq-stored-unconfirmed-')
 }
 
-async function until(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
+function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  return waitUntil(what, cond, timeoutMs, 10)
 }
 
 /** A hand-driven slave's REPL_FETCH, claiming `offset` as its durable end. */
@@ -91,21 +77,12 @@ async function storedIds(broker: Broker, subject: string): Promise<string[]> {
 t.test(
   'stored unconfirmed - the SDK resends to the group that stored the batch, not to another',
   async (t) => {
-    const meta = new Metaserver(
-      {
-        port: 0,
-        dataDir: freshDir(t),
-        adminToken: TOKEN,
-        clusterSecret: SECRET,
-        heartbeatIntervalMs: 100,
-        heartbeatTimeoutMs: 5_000,
-      },
-      { logger: silentLogger },
-    )
-    await meta.start()
-    t.teardown(() => meta.close())
-    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-    t.teardown(() => admin.close())
+    const { meta, admin } = await startReplicationMetaserver(t, {
+      dataDir: freshDir(t),
+      clusterSecret: SECRET,
+      adminToken: TOKEN,
+      heartbeatTimeoutMs: 5_000,
+    })
     // g1: a sync master whose only slave is this test (it stops fetching); g2: an unreplicated group.
     const g1 = new Broker(
       { ...BASE, dataDir: freshDir(t), group: 'g1', replication: 'sync', metaserver: meta.url },
@@ -193,19 +170,12 @@ t.test(
   'stored unconfirmed - a lease lost while a SEND waited for its slave is not answered NOT_MASTER',
   async (t) => {
     // A lease of 500 ms (heartbeatTimeoutMs / 2): it runs out once the metaserver is gone.
-    const meta = new Metaserver(
-      {
-        port: 0,
-        dataDir: freshDir(t),
-        adminToken: TOKEN,
-        clusterSecret: SECRET,
-        heartbeatIntervalMs: 100,
-        heartbeatTimeoutMs: 1_000,
-      },
-      { logger: silentLogger },
-    )
-    await meta.start()
-    t.teardown(() => meta.close())
+    const { meta, admin } = await startReplicationMetaserver(t, {
+      dataDir: freshDir(t),
+      clusterSecret: SECRET,
+      adminToken: TOKEN,
+      heartbeatTimeoutMs: 1_000,
+    })
     const g1 = new Broker(
       {
         ...BASE,
@@ -225,8 +195,6 @@ t.test(
     await fetchAt(slave, 1, 0)
     const producer = await RawClient.connect(port)
     t.teardown(() => producer.close())
-    const admin = new MetaClient({ url: meta.url, adminToken: TOKEN, clusterSecret: SECRET })
-    t.teardown(() => admin.close())
     await until(
       'g1 routed (its lease held)',
       async () => (await admin.getGroup('g1').catch(() => undefined))?.alive === true,
