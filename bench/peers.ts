@@ -17,6 +17,8 @@
  *   figure's ratio is to the peers' 4-producer publish);
  * - publish-to-deliver latency at a fixed 2k and 10k msgs/s (p50, p99, p999) and confirm latency p50;
  * - backlog drain with a 5 ms handler (each consumer holds at most 5 messages) for 1, 2, 4, 8 consumers.
+ * Each throughput and latency row also gets the server's CPU per message (user + system time of every
+ * process carrying the server's tag, before and after the scenario, over its messages).
  * Floors in the same run: two bare Node processes echoing 1 KiB messages over loopback at the same
  * rates (round trip: two hops, as publish-to-deliver), and 1 KiB write + fdatasync alone.
  * Figures are medians over the rounds (3 by default, BENCH_ROUNDS); every figure is reported for each
