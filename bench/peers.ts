@@ -17,6 +17,8 @@
  *   figure's ratio is to the peers' 4-producer publish);
  * - publish-to-deliver latency at a fixed 2k and 10k msgs/s (p50, p99, p999) and confirm latency p50;
  * - backlog drain with a 5 ms handler (each consumer holds at most 5 messages) for 1, 2, 4, 8 consumers.
+ * Each throughput and latency row also gets the server's CPU per message (user + system time of every
+ * process carrying the server's tag, before and after the scenario, over its messages).
  * Floors in the same run: two bare Node processes echoing 1 KiB messages over loopback at the same
  * rates (round trip: two hops, as publish-to-deliver), and 1 KiB write + fdatasync alone.
  * Figures are medians over the rounds (3 by default, BENCH_ROUNDS); every figure is reported for each
@@ -129,6 +131,42 @@ function killTagged(): void {
       }
     }
   }
+}
+
+/** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ, 100 on Linux). */
+const CLK_TCK = (() => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' })
+  const n = Number(r.stdout?.trim())
+  return Number.isFinite(n) && n > 0 ? n : 100
+})()
+
+/**
+ * CPU time (user + system, ms) used so far by every live process tagged with `dir`: a server and all
+ * of its threads and helper processes (RabbitMQ's beam.smp and epmd; NATS; the qmq broker and its
+ * threadpool). Read before and after a scenario, the difference divided by the messages is the
+ * server's CPU per message: steadier than a rate on a shared machine (a wait for a CPU costs none).
+ */
+function serverCpuMs(dir: string): number {
+  const tag = `${TAG}=${dir}`
+  let ticks = 0
+  let pids: string[] = []
+  try {
+    pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p))
+  } catch {
+    return Number.NaN // not Linux
+  }
+  for (const pid of pids) {
+    try {
+      if (!readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0').includes(tag)) continue
+      // pid (comm) state ppid ...: utime and stime are the 12th and 13th fields after comm's ')'.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      ticks += Number(f[11]) + Number(f[12])
+    } catch {
+      // exited meanwhile, or not ours to read
+    }
+  }
+  return (ticks * 1000) / CLK_TCK
 }
 
 /** Kills what is left of this run's servers and removes their temp dirs (nothing else is running then). */
@@ -257,6 +295,8 @@ interface LatencyResult {
 }
 
 interface Driver {
+  /** The server's temp dir: every process of the server carries it as its tag (see serverCpuMs). */
+  dir: string
   /** Publishes `total` messages to `subject` from `producers` connections; msgs/s. */
   publish(subject: string, producers: number, total: number): Promise<number>
   /** `consumers` connections of one consumer group read and ack `total` messages of `subject`; msgs/s. */
@@ -379,6 +419,7 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
   const LANES = 4
   const BATCH = WINDOW / LANES
   return {
+    dir,
     async publish(subject, producers, total) {
       const clients = await Promise.all(Array.from({ length: producers }, () => RawClient.connect(port)))
       const per = Math.ceil(total / producers)
@@ -609,6 +650,7 @@ async function startNats(): Promise<Driver> {
     return (t1 - t0) / 1000
   }
   return {
+    dir,
     async publish(subject, producers, total) {
       const conns = await Promise.all(Array.from({ length: producers }, conn))
       const per = Math.ceil(total / producers)
@@ -753,6 +795,7 @@ async function startRabbit(): Promise<Driver> {
     return (t1 - t0) / 1000
   }
   return {
+    dir,
     async publish(subject, producers, total) {
       await queue(subject)
       const conns = await Promise.all(Array.from({ length: producers }, conn))
@@ -944,18 +987,28 @@ async function runBroker(name: string, round: number): Promise<void> {
   process.stderr.write(`round ${round + 1}: ${name} (${DURABILITY[name]})\n`)
   const d = await (STARTERS[name] as () => Promise<Driver>)()
   try {
-    const tp = (m: string, v: number) => record(m, name, v, 'msgs/s', true)
+    /** Runs a throughput scenario of `total` messages: its rate, and the server's CPU per message. */
+    const tp = async (m: string, total: number, run: () => Promise<number>): Promise<void> => {
+      const cpu0 = serverCpuMs(d.dir)
+      const rate = await run()
+      const cpu = serverCpuMs(d.dir) - cpu0
+      record(m, name, rate, 'msgs/s', true)
+      if (Number.isFinite(cpu))
+        record(`${m}: server CPU per message`, name, (cpu * 1000) / total, 'us', false)
+    }
     if (PARTS.includes('publish') || PARTS.includes('consume')) {
-      tp('publish, 1 producer', await d.publish('p1', 1, N))
-      tp('publish, 4 producers', await d.publish('p4', 4, N))
+      await tp('publish, 1 producer', N, () => d.publish('p1', 1, N))
+      await tp('publish, 4 producers', N, () => d.publish('p4', 4, N))
     }
     if (PARTS.includes('consume')) {
-      tp('consume from backlog, 1 consumer', await d.consume('p1', 1, N))
-      tp('consume from backlog, 4 consumers', await d.consume('p4', 4, N))
+      await tp('consume from backlog, 1 consumer', N, () => d.consume('p1', 1, N))
+      await tp('consume from backlog, 4 consumers', N, () => d.consume('p4', 4, N))
     }
     for (const rate of PARTS.includes('latency') ? RATES : []) {
       const k = `${rate / 1000}k msgs/s`
+      const cpu0 = serverCpuMs(d.dir)
       const { deliver, confirm } = await d.latency(`lat${rate}`, rate, LAT_SECONDS)
+      const cpu = serverCpuMs(d.dir) - cpu0
       const expected = Math.floor(rate * LAT_SECONDS)
       if (deliver.length < expected)
         throw new Error(`${name}: ${deliver.length} of ${expected} messages delivered`)
@@ -963,6 +1016,15 @@ async function runBroker(name: string, round: number): Promise<void> {
       record(`publish-to-deliver p99 at ${k}`, name, pct(deliver, 0.99), 'ms', false)
       record(`publish-to-deliver p999 at ${k}`, name, pct(deliver, 0.999), 'ms', false)
       record(`confirm p50 at ${k}`, name, pct(confirm, 0.5), 'ms', false)
+      // At a fixed rate this includes the server's idle work (timers, polling) over the run.
+      if (Number.isFinite(cpu))
+        record(
+          `publish-to-deliver at ${k}: server CPU per message`,
+          name,
+          (cpu * 1000) / expected,
+          'us',
+          false,
+        )
     }
     if (name === 'qmq' && PARTS.includes('publish')) {
       // The same publish with flush 'async' (acknowledged after the write, fdatasync every
@@ -971,8 +1033,8 @@ async function runBroker(name: string, round: number): Promise<void> {
       // 1 producer first, as on the 'sync' broker (the same JIT warm-up before the 4-producer row).
       const a = await startQmq('async')
       try {
-        tp("publish, 1 producer, qmq flush 'async'", await a.publish('pa1', 1, N))
-        tp(ASYNC_METRIC, await a.publish('pa4', 4, N))
+        record("publish, 1 producer, qmq flush 'async'", name, await a.publish('pa1', 1, N), 'msgs/s', true)
+        record(ASYNC_METRIC, name, await a.publish('pa4', 4, N), 'msgs/s', true)
       } finally {
         await a.stop()
       }
