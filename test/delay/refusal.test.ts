@@ -2,8 +2,14 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { ManualClock } from '../../src/common/clock'
+import { silentLogger } from '../../src/common/logger'
+import { MetaClient } from '../../src/common/meta/meta-client'
+import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
 import { bucketFileName } from '../../src/delay/store/bucket'
-import { delayed, FakeSender, send, sleep, T0, waitFor } from './helpers/delay-helpers'
+import { Metaserver } from '../../src/metaserver/main'
+import { RawClient } from '../helpers/raw-client'
+import { DELAY_TEST_SECRET, delayed, FakeSender, send, sleep, T0, waitFor } from './helpers/delay-helpers'
+import { FAST_REPLICATION, freshDir, slaveDirBeside, until } from './helpers/replication-helpers'
 import { crashBeforeSchedules, delayDir, startDelay } from './helpers/start-delay'
 
 /**
@@ -92,4 +98,76 @@ t.test('delay refusal - the window rebuilt after a clean restart does not hold a
   await waitFor(() => count(sender, 'gone') === 1 && count(sender, 'other') === 1, 5_000, 'deliveries')
   await sleep(200)
   t.same([count(sender, 'gone'), count(sender, 'other')], [1, 1])
+})
+
+t.test('delay refusal - a promoted slave does not schedule a record its master refused', async (t) => {
+  const meta = new Metaserver(
+    {
+      port: 0,
+      dataDir: t.testdir(),
+      adminToken: 'delay-refusal-admin',
+      clusterSecret: DELAY_TEST_SECRET,
+      heartbeatIntervalMs: 100,
+      heartbeatTimeoutMs: 2_000,
+    },
+    { logger: silentLogger },
+  )
+  await meta.start()
+  const admin = new MetaClient({
+    url: meta.url,
+    adminToken: 'delay-refusal-admin',
+    clusterSecret: DELAY_TEST_SECRET,
+  })
+  t.teardown(async () => {
+    await admin.close()
+    await meta.close()
+  })
+  const aDir = freshDir(t, 'delay-refusal')
+  const bDir = slaveDirBeside(t, aDir)
+  const sa = new FakeSender()
+  const sb = new FakeSender()
+  const server = (dir: string, sender: FakeSender, extra: Partial<DelayOptions>): DelayServer => {
+    const s = new DelayServer(
+      { ...FAST_REPLICATION, dataDir: dir, group: 'rf1', metaserver: meta.url, ...extra },
+      { logger: silentLogger, sender, routes: { groups: async () => [] } },
+    )
+    t.teardown(() => s.close())
+    return s
+  }
+  // No checkpoint after the start: the slave adopts none past the refused records, and its replay on
+  // promotion reads them.
+  const a = server(aDir, sa, { checkpointIntervalMs: 600_000 })
+  await a.start()
+  const b = server(bDir, sb, { role: 'slave' })
+  await b.start()
+  await until('slave in sync', async () => {
+    const g = await admin.getGroup('rf1')
+    return g.servers.find((s) => s.role === 'master')?.replication?.inSyncSlaves?.includes(b.address) === true
+  })
+  const ca = await RawClient.connect(a.port)
+  t.teardown(() => ca.close())
+  const due = Date.now() + 3_000
+  const repair = breakBucket(aDir, Math.floor(due / 60_000) * 60_000)
+  const refused = await send(ca, [delayed('lost', due), delayed('gone', due)])
+  t.ok(
+    refused.every((r) => r.status !== 0),
+    'both refused',
+  )
+  repair()
+  t.same(
+    (await send(ca, [delayed('lost', due), delayed('kept', due)])).map((r) => r.status),
+    [0, 0],
+    'the resend and another stored (under sync: the slave holds them)',
+  )
+  await ca.close()
+  await a.close({ offline: false })
+  await waitFor(() => b.currentRole === 'master', 20_000, 'slave promoted')
+  const total = (id: string) => count(sa, id) + count(sb, id)
+  await waitFor(() => total('lost') >= 1 && total('kept') >= 1, 20_000, 'deliveries')
+  await sleep(300)
+  t.same(
+    ['lost', 'kept', 'gone'].map(total),
+    [1, 1, 0],
+    'the refused copies are not delivered by the promoted slave',
+  )
 })

@@ -382,14 +382,16 @@ export class DelayStore {
    * `end`: the message-log offset just past the last of these records stored (0: none), what a `sync`
    * SEND waits for a slave to hold. A record whose (subject, id) was stored within the dedupe window
    * is not written again: its result is undefined (stored), `duplicate[i]` is true, and `end` covers
-   * the first copy.
+   * the first copy. `refusedEnd` (0: none): past the refusal markers of records refused after their
+   * write (message-log.ts), what a `sync` SEND also waits for before answering the refusals.
    */
   async accept(
     items: readonly AcceptItem[],
-  ): Promise<{ results: (QmqError | undefined)[]; end: number; duplicate: boolean[] }> {
+  ): Promise<{ results: (QmqError | undefined)[]; end: number; duplicate: boolean[]; refusedEnd: number }> {
     const now = this.clock.now()
     const limit = now + this.options.horizonMs
     let end = 0
+    let refusedEnd = 0
     const duplicate = items.map(() => false)
     const dedupe = this.dedupe.enabled ? this.dedupe : undefined
     const results = await Promise.all(
@@ -438,6 +440,8 @@ export class DelayStore {
             while (first === DedupeIndex.PENDING) {
               await this.messageLog.settled()
               first = dedupe.check(item.bytes, this.clock.now())
+              if (first === DedupeIndex.PENDING && this.messageLog.idle)
+                throw new QmqError('QMQ_ERR_INTERNAL', 'dedupe entry pending with no write under way')
             }
             if (first >= 0) {
               duplicate[i] = true
@@ -452,11 +456,14 @@ export class DelayStore {
           end = Math.max(end, at.end)
           return undefined
         } catch (err) {
+          // Refused after the write: the refusal marker naming it must reach a slave before the
+          // answer (one promoted without it would schedule the record).
+          if (this.messageLog.refusalEnd > 0) refusedEnd = Math.max(refusedEnd, this.messageLog.refusalEnd)
           return err instanceof QmqError ? err : fsError(err, 'delay message log append')
         }
       }),
     )
-    return { results, end, duplicate }
+    return { results, end, duplicate, refusedEnd }
   }
 
   /**

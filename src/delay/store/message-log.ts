@@ -192,6 +192,8 @@ export class MessageLog {
   onDurable: DurableCallback = () => {}
   /** Called with the tag of every appended record that is not stored (write failed, or refused). */
   onFailed: (tag: number) => void = () => {}
+  /** The end of the last refusal marker written (0: none): what a refusal waits for a slave to hold. */
+  refusalEnd = 0
   /** The newest append: settles after every record appended before it (batches are serial). */
   private last: Promise<AppendedRecord> | undefined
 
@@ -301,6 +303,11 @@ export class MessageLog {
     return p
   }
 
+  /** Nothing queued or being written. */
+  get idle(): boolean {
+    return !this.writing && this.queue.length === 0
+  }
+
   /** Resolves once every record appended so far has been stored or refused. */
   settled(): Promise<void> {
     const last = this.last
@@ -390,6 +397,7 @@ export class MessageLog {
           throw err
         }
       }
+      this.refusalEnd = seg.endOffset
     } catch (err) {
       this.opts.log.error(
         { err, offsets: refused.map((r) => r.offset) },
