@@ -142,16 +142,20 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
         const denied = ctx.auth?.produceError(conn, 'SEND', item.header.subject)
         if (denied !== undefined) item.error = denied
       }
-      const { results, end, duplicate } = await ctx.store.accept(items)
-      if (ctx.replication !== undefined && results.some((r) => r === undefined)) {
+      const { results, end, duplicate, refusedEnd } = await ctx.store.accept(items)
+      const stored = results.some((r) => r === undefined)
+      if (ctx.replication !== undefined && (stored || refusedEnd > 0)) {
         // Its own records' end: not the log's, which may hold other requests' records still being
         // written, or end past offsets a failed fdatasync cut (written again only by later SENDs).
+        // A record refused after its write: its refusal marker's end too (a slave promoted without
+        // the marker would schedule it).
         try {
-          await ctx.replication.logs.waitReplicated(end)
+          await ctx.replication.logs.waitReplicated(Math.max(end, refusedEnd))
           ctx.checkLease?.()
         } catch (e) {
           // Stored, outcome uncertain (as the broker's SEND): never NOT_MASTER, which moves the batch.
-          throw storedUnconfirmed(e)
+          // Nothing stored: the refusals stand (their markers may not have reached a slave).
+          if (stored) throw storedUnconfirmed(e)
         }
       }
       for (let i = 0; i < results.length; i++) {

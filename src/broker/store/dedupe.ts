@@ -16,6 +16,13 @@
  * - an **arena**: the key bytes, a ring buffer in the same order as the entries. A hash match is
  *   confirmed by comparing bytes, so a collision never makes a new message a "duplicate".
  *
+ * Entries whose write is under way (the delay store's, which learns a record's sequence, its
+ * message-log end, only once the record is durable) are added with the sequence PENDING and settled
+ * later by entry number (`settle`, or `discard` when the write failed); a discarded entry, like one
+ * `forget` names, stays in the ring until it leaves in order but no lookup finds it. Entry numbers
+ * (`mark` before the add) are never reused while entries are only added and expired; `rollbackTo`
+ * (the broker's, whose batches are serial) reuses them, so the two are not mixed on one index.
+ *
  * Everything grows by doubling, up to `maxEntries` entries (and an arena of maxEntries x 64 bytes,
  * at least 1 MiB); past that the oldest entries are forgotten first. An entry forgotten before its
  * window ended (cap, arena, or a rebuild on open that could not reach back: `forgetBefore`) shortens
@@ -24,8 +31,12 @@
  */
 const MIN_RING = 64 * 1024
 const KEY_START = 28
+/** The sequence of an entry no lookup finds (discarded or forgotten). */
+const DELETED = -1
 
 export class DedupeIndex {
+  /** The sequence of an entry whose write is under way: `find` returns it; `settle` replaces it. */
+  static readonly PENDING = -2
   private readonly windowMs: number
   private readonly maxEntries: number
   private readonly maxRing: number
@@ -94,14 +105,48 @@ export class DedupeIndex {
     return pos + 32 + rec.readUInt16BE(pos + 28) + rec.readUInt16BE(pos + 30)
   }
 
-  /** Sequence stored for the key of the record at `pos`, or -1. */
+  /** Sequence stored for the key of the record at `pos` (PENDING: its write is under way), or -1. */
   find(rec: Buffer, pos: number): number {
     if (this.tail === this.head) return -1
     return this.lookup(rec, pos + KEY_START, DedupeIndex.keyEnd(rec, pos), hashOf(rec, pos))
   }
 
+  /** The pending entry number `entry` (`mark` before its add) was stored: its sequence is `seq`. */
+  settle(entry: number, seq: number): void {
+    if (entry < this.head || entry >= this.tail) return // left already
+    const ri = entry & this.ringMask
+    if (this.rSeq[ri] === DedupeIndex.PENDING) this.rSeq[ri] = seq
+  }
+
+  /** The pending entry number `entry` was not stored: no lookup finds it any more. */
+  discard(entry: number): void {
+    this.settle(entry, DELETED)
+  }
+
+  /** The entry of key bytes `buf[start, end)` with sequence `seq` (if any) is found by no lookup any more. */
+  forget(buf: Buffer, start: number, end: number, seq: number): void {
+    if (this.tail === this.head) return
+    const h = hashBytes(buf, start, end)
+    const mask = this.tMask
+    const amask = this.arena.length - 1
+    const len = end - start
+    const tab = this.tab
+    const hs = h | 0
+    for (let i = h & mask; ; i = (i + 1) & mask) {
+      const ref = tab[2 * i] as number
+      if (ref === 0) return
+      const ri = ref - 1
+      if (tab[2 * i + 1] !== hs || this.rKeyLen[ri] !== len || this.rSeq[ri] !== seq) continue
+      const off = (this.rKeyOff[ri] as number) & amask
+      if (this.arena.compare(buf, start, end, off, off + len) === 0) {
+        this.rSeq[ri] = DELETED
+        return
+      }
+    }
+  }
+
   /**
-   * The sequence stored for the key of the record at `pos`; when there is none, adds it with `seq`
+   * The sequence stored for the key of the record at `pos` (or PENDING); when there is none, adds it with `seq`
    * and returns -1 (one hash, one probe).
    */
   findOrAdd(rec: Buffer, pos: number, seq: number, time: number): number {
@@ -110,7 +155,7 @@ export class DedupeIndex {
     const h = hashBytes(rec, start, end)
     if (this.tail !== this.head) {
       const found = this.lookup(rec, start, end, h)
-      if (found >= 0) return found
+      if (found !== -1) return found // a sequence, or PENDING
     }
     this.insertKey(rec, start, end, h, seq, time)
     return -1
@@ -128,9 +173,10 @@ export class DedupeIndex {
       if (ref === 0) return -1
       if (tab[2 * i + 1] === hs) {
         const ri = ref - 1
-        if (this.rKeyLen[ri] === len) {
+        const seq = this.rSeq[ri] as number
+        if (this.rKeyLen[ri] === len && seq !== DELETED) {
           const off = (this.rKeyOff[ri] as number) & amask
-          if (this.arena.compare(rec, start, end, off, off + len) === 0) return this.rSeq[ri] as number
+          if (this.arena.compare(rec, start, end, off, off + len) === 0) return seq
         }
       }
       i = (i + 1) & mask

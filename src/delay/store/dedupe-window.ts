@@ -2,6 +2,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { DedupeIndex } from '../../broker/store/dedupe'
 import type { SegmentInfo } from '../../broker/store/segment-log'
+import { isControlRecord, readRefusals } from './message-log'
 
 /**
  * The delay server's dedupe window: a SEND of a message id (with its subject) already stored within
@@ -10,10 +11,12 @@ import type { SegmentInfo } from '../../broker/store/segment-log'
  * `maxEntries`, arena), its "sequence" here the message-log offset just past the first copy's record
  * (what a `sync` answer to the duplicate waits for a slave to hold, as the first copy's did).
  *
- * An id enters the index once its record is durable (`stored`, from the message log's onDurable). A
- * copy being written meanwhile is tracked by key (`track`): a second SEND of it waits for that write,
- * and is a duplicate if it succeeded, else is written itself. So a failed write never leaves an id
- * behind that was not stored.
+ * An id enters the index when its SEND is checked, as a PENDING entry (DedupeIndex), settled with its
+ * end once the record is durable (`settle`, from the message log's onDurable) or discarded when its
+ * write failed or the record was refused (`discard`). A second SEND of it meanwhile finds the entry
+ * pending: it waits for the writes queued before it and checks again (a duplicate if the first copy
+ * was stored, else it is written itself). So a failed write never leaves an id behind that was not
+ * stored, and the in-flight state costs nothing but the entry's sequence field.
  *
  * Rebuilt on open from the tail of the message log, like the broker's: the segments written within the
  * window (segment mtimes, wall clock), cut to at most `rebuildMaxBytes` from the end (whole segments).
@@ -28,11 +31,6 @@ export interface DelayDedupeOptions {
   rebuildMaxBytes: number
 }
 
-/** A record's dedupe key: bytes [28, 32 + idLength + subjectLength) (DedupeIndex's key). */
-function keyOf(rec: Buffer): string {
-  return rec.toString('latin1', 28, DedupeIndex.keyEnd(rec, 0))
-}
-
 /** createdAt (record offset 12, i64 ms). */
 function createdAt(rec: Buffer, pos: number): number {
   return rec.readInt32BE(pos + 12) * 0x1_0000_0000 + rec.readUInt32BE(pos + 16)
@@ -41,11 +39,8 @@ function createdAt(rec: Buffer, pos: number): number {
 export class DelayDedupe {
   readonly index: DedupeIndex
   readonly options: DelayDedupeOptions
-  /** Keys of copies being written -> the end of the copy once durable (-1: its write failed). */
-  private readonly inflight = new Map<string, Promise<number>>()
-  /** The key `check` computed for the record it last found nowhere (`track` of it reuses it). */
-  private lastRec: Buffer | undefined
-  private lastKey = ''
+  /** Entry number of the pending entry the last `check` that returned -1 added. */
+  added = -1
   // Rebuild state (open): segments as they were before recovery, the scan's segment, the last time.
   private segs: SegmentInfo[] = []
   private segAt = 0
@@ -66,40 +61,30 @@ export class DelayDedupe {
   }
 
   /**
-   * The end of the stored copy of `rec`'s (subject, id) within the window; -1: none, the caller writes
-   * it and calls `track` before yielding (so a second copy checked meanwhile finds it in flight); a
-   * promise of the end of a copy being written (-1: that write failed, check again). `rec` must have
-   * passed record verification (its key lengths lie within it).
+   * The end of the stored copy of `rec`'s (subject, id) within the window; DedupeIndex.PENDING: a copy
+   * is being written (wait for the writes queued so far, then check again); -1: none, `rec` entered
+   * the window pending as entry `added`: the caller writes it at once (before yielding) and has it
+   * settled or discarded. `rec` must have passed record verification (its key lengths lie within it).
    */
-  check(rec: Buffer, now: number): number | Promise<number> {
+  check(rec: Buffer, now: number): number {
     this.index.expire(now)
-    const end = this.index.find(rec, 0)
-    if (end >= 0) return end
-    const key = keyOf(rec)
-    const writing = this.inflight.get(key)
-    if (writing !== undefined) return writing
-    this.lastRec = rec
-    this.lastKey = key
-    return -1
+    const mark = this.index.mark
+    const found = this.index.findOrAdd(rec, 0, DedupeIndex.PENDING, now)
+    if (found === -1) this.added = mark
+    return found
   }
 
-  /** Tracks a write of `rec` until it settles (`stored` has added it to the index by then). */
-  track<T extends { end: number }>(rec: Buffer, write: Promise<T>): Promise<T> {
-    const key = rec === this.lastRec ? this.lastKey : keyOf(rec)
-    this.lastRec = undefined
-    const settle = (end: number): number => {
-      if (this.inflight.get(key) === done) this.inflight.delete(key)
-      return end
-    }
-    const done: Promise<number> = write.then(
-      (a) => settle(a.end),
-      () => settle(-1),
-    )
-    this.inflight.set(key, done)
-    return write
+  /** The pending entry `entry` (from `check`) is durable, its record ending at `end`. */
+  settle(entry: number, end: number): void {
+    this.index.settle(entry, end)
   }
 
-  /** A record is durable at [offset, end): remembered from `now`. */
+  /** The pending entry `entry` was not stored (write failed, or refused): no SEND finds it. */
+  discard(entry: number): void {
+    this.index.discard(entry)
+  }
+
+  /** A durable record that no `check` added (a redriven dead letter): remembered from `now`. */
   stored(rec: Buffer, end: number, now: number): void {
     if (!this.enabled) return
     this.index.expire(now)
@@ -132,6 +117,13 @@ export class DelayDedupe {
   /** A record met by the rebuild scan (in offset order): `buf[pos, pos + length)` at `offset`. */
   rebuildRecord(buf: Buffer, pos: number, length: number, offset: number): void {
     if (offset < this.from) return
+    if (isControlRecord(buf, pos)) {
+      // A refusal marker (message-log.ts): the records it names were refused, their ids not stored.
+      readRefusals(buf, pos, length, (_offset, end, keyStart, keyEnd) =>
+        this.index.forget(buf, keyStart, keyEnd, end),
+      )
+      return
+    }
     const segs = this.segs
     while (this.segAt + 1 < segs.length && (segs[this.segAt + 1] as SegmentInfo).base <= offset) this.segAt++
     const seg = segs[this.segAt]

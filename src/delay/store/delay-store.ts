@@ -22,6 +22,7 @@ import { type DeadLetter, DeadLetterLog } from './dead-letters'
 import { DEFAULT_DEDUPE_WINDOW_MS } from '../../broker/store/options'
 import { DEFAULT_DELAY_DEDUPE_MAX_ENTRIES, DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTES } from '../options'
 import { type DelayDedupeOptions, DelayDedupe } from './dedupe-window'
+import { DedupeIndex } from '../../broker/store/dedupe'
 import { IdHashSet } from './id-hash-set'
 import { MessageLog } from './message-log'
 import type { SegmentLog } from '../../broker/store/segment-log'
@@ -196,13 +197,18 @@ export class DelayStore {
     this.checkpointOffset = this.readCheckpoint()
     this.filedOffset = this.checkpointOffset
     await this.scanBuckets()
-    this.messageLog.onDurable = (bytes, offset) => {
+    this.messageLog.onDurable = (bytes, offset, entry) => {
       // Filed first: a record file() throws on (its bucket's schedule log cannot be opened) is refused
-      // to the producer, so its id must not enter the window, or the resend would be answered
-      // "duplicate" and never stored. (The refused record stays in the message log, unfiled: filedOffset
-      // passes it; a replay from before it, a restart soon after or a promoted slave, may still file it.)
+      // to the producer, so its id must not stay in the window, or the resend would be answered
+      // "duplicate" and never stored (onFailed discards it). The refused record stays in the message
+      // log, unfiled (filedOffset passes it); the refusal marker the log writes before the answer
+      // keeps every replay (a restart, a promoted slave) from filing it.
       this.file(bytes, offset, false)
-      this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
+      if (entry >= 0) this.dedupe.settle(entry, offset + bytes.length)
+      else this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
+    }
+    this.messageLog.onFailed = (entry) => {
+      if (entry >= 0) this.dedupe.discard(entry)
     }
     const now = this.clock.now()
     const cp = this.checkpointOffset
@@ -227,6 +233,8 @@ export class DelayStore {
             },
           )
       },
+      // Refusal markers: the ids they name leave the window (their records are not replayed).
+      (b, p, length, offset) => this.dedupe.rebuildRecord(b, p, length, offset),
     )
     this.dedupe.endRebuild(now)
     for (const d of damaged)
@@ -374,14 +382,16 @@ export class DelayStore {
    * `end`: the message-log offset just past the last of these records stored (0: none), what a `sync`
    * SEND waits for a slave to hold. A record whose (subject, id) was stored within the dedupe window
    * is not written again: its result is undefined (stored), `duplicate[i]` is true, and `end` covers
-   * the first copy.
+   * the first copy. `refusedEnd` (0: none): past the refusal markers of records refused after their
+   * write (message-log.ts), what a `sync` SEND also waits for before answering the refusals.
    */
   async accept(
     items: readonly AcceptItem[],
-  ): Promise<{ results: (QmqError | undefined)[]; end: number; duplicate: boolean[] }> {
+  ): Promise<{ results: (QmqError | undefined)[]; end: number; duplicate: boolean[]; refusedEnd: number }> {
     const now = this.clock.now()
     const limit = now + this.options.horizonMs
     let end = 0
+    let refusedEnd = 0
     const duplicate = items.map(() => false)
     const dedupe = this.dedupe.enabled ? this.dedupe : undefined
     const results = await Promise.all(
@@ -422,29 +432,38 @@ export class DelayStore {
           )
         }
         try {
+          let entry = -1
           if (dedupe !== undefined) {
             let first = dedupe.check(item.bytes, now)
-            // A copy in flight: a duplicate once it is durable; if its write failed, look again.
-            while (typeof first !== 'number') {
-              const e = await first
-              first = e >= 0 ? e : dedupe.check(item.bytes, this.clock.now())
+            // A copy in flight: once the writes queued before this check have settled, it was stored
+            // (a duplicate) or discarded (then this one enters the window and is written).
+            while (first === DedupeIndex.PENDING) {
+              await this.messageLog.settled()
+              first = dedupe.check(item.bytes, this.clock.now())
+              if (first === DedupeIndex.PENDING && this.messageLog.idle)
+                throw new QmqError('QMQ_ERR_INTERNAL', 'dedupe entry pending with no write under way')
             }
             if (first >= 0) {
               duplicate[i] = true
               end = Math.max(end, first)
               return undefined
             }
+            entry = dedupe.added
           }
-          const write = this.messageLog.append(item.bytes)
-          const at = await (dedupe !== undefined ? dedupe.track(item.bytes, write) : write)
+          // No await between the check and the append: the pending entry is settled or discarded
+          // through the message log's callbacks (onDurable, onFailed).
+          const at = await this.messageLog.append(item.bytes, entry)
           end = Math.max(end, at.end)
           return undefined
         } catch (err) {
+          // Refused after the write: the refusal marker naming it must reach a slave before the
+          // answer (one promoted without it would schedule the record).
+          if (this.messageLog.refusalEnd > 0) refusedEnd = Math.max(refusedEnd, this.messageLog.refusalEnd)
           return err instanceof QmqError ? err : fsError(err, 'delay message log append')
         }
       }),
     )
-    return { results, end, duplicate }
+    return { results, end, duplicate, refusedEnd }
   }
 
   /**

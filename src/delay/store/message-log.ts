@@ -4,6 +4,8 @@ import { fsError, QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
+  encodeRecord,
+  FLAG_DELAYED,
   MIN_RECORD_BYTES,
   RECORD_VERSION,
   verifyRecord,
@@ -29,6 +31,11 @@ import type { DamagedRange } from './schedule-log'
  * record is never replayed); when even the cut fails, the log refuses every later append until it is
  * reopened (recovery then replays what the failed cut left: a refused message may be delivered, none
  * acknowledged is lost).
+ *
+ * Refusals: a record that is durable but that `onDurable` throws on (the store could not file it) is
+ * refused to its producer; before that answer a refusal marker naming it is appended and made durable
+ * (`writeRefusals`, layout there), and `open` never replays a record a marker names. When the marker
+ * itself cannot be written the refusal stands, logged: a replay may then still file that record.
  */
 export interface MessageLogOptions {
   dir: string
@@ -48,11 +55,108 @@ export interface AppendedRecord {
 
 interface Pending {
   bytes: Buffer
+  /** The caller's tag (the store: the record's pending dedupe entry, -1: none). */
+  tag: number
   resolve: (at: AppendedRecord) => void
   reject: (err: unknown) => void
 }
 
-export type DurableCallback = (bytes: Buffer, offset: number) => void
+export type DurableCallback = (bytes: Buffer, offset: number, tag: number) => void
+
+/** Subject of a refusal marker (a record without the DELAYED flag: never a delayed message). */
+export const REFUSAL_SUBJECT = 'qmq.delay.refused'
+
+/** A durable record refused to its producer: [offset, offset + length), its dedupe key in `bytes`. */
+export interface RefusedRecord {
+  bytes: Buffer
+  offset: number
+}
+
+/**
+ * Refusal markers, as `writeRefusals` appends them. A marker is a message record (common/record.ts,
+ * so it frames and verifies as any record of the log, and a slave copies it as one) WITHOUT the
+ * DELAYED flag (every record the store accepts has it), subject REFUSAL_SUBJECT, id `refused`,
+ * createdAt = when written, no tags, no properties; its body lists the refused records:
+ *
+ *   per record:  offset  u64 (BE)   message-log offset of the refused record
+ *                length  u32        its length (offset + length: its end, the dedupe window's sequence)
+ *                key     idLength u16, subjectLength u16, id, subject: the record's bytes [28, 32 +
+ *                        idLength + subjectLength) (its dedupe key, DedupeIndex)
+ *
+ * A marker always lies after the records it names (it is written once they are durable). Markers are
+ * split to stay within maxMessageBytes. Data dirs written before markers existed hold none.
+ */
+export function encodeRefusals(refused: readonly RefusedRecord[], maxMessageBytes: number): Buffer[] {
+  const out: Buffer[] = []
+  const room = maxMessageBytes - 256 // the record's fixed part, id, subject and length fields
+  let parts: Buffer[] = []
+  let size = 0
+  const emit = () => {
+    if (parts.length === 0) return
+    out.push(
+      encodeRecord({
+        id: 'refused',
+        subject: REFUSAL_SUBJECT,
+        createdAt: Date.now(),
+        tags: [],
+        properties: new Map(),
+        body: Buffer.concat(parts, size),
+      }),
+    )
+    parts = []
+    size = 0
+  }
+  for (const r of refused) {
+    const keyEnd = 32 + r.bytes.readUInt16BE(28) + r.bytes.readUInt16BE(30)
+    const entry = Buffer.allocUnsafe(12 + keyEnd - 28)
+    entry.writeUInt32BE(Math.floor(r.offset / 0x1_0000_0000), 0)
+    entry.writeUInt32BE(r.offset >>> 0, 4)
+    entry.writeUInt32BE(r.bytes.length, 8)
+    r.bytes.copy(entry, 12, 28, keyEnd)
+    if (size + entry.length > room) emit()
+    parts.push(entry)
+    size += entry.length
+  }
+  emit()
+  return out
+}
+
+/** Whether the (verified) record at `pos` is no delayed message: a refusal marker or unknown. */
+export function isControlRecord(buf: Buffer, pos: number): boolean {
+  return ((buf[pos + 9] as number) & FLAG_DELAYED) === 0
+}
+
+/**
+ * Calls `each(offset, end, keyStart, keyEnd)` for every record the refusal marker at `buf[pos, pos +
+ * length)` names (the key is `buf[keyStart, keyEnd)`); does nothing for a record that is no marker.
+ */
+export function readRefusals(
+  buf: Buffer,
+  pos: number,
+  length: number,
+  each: (offset: number, end: number, keyStart: number, keyEnd: number) => void,
+): void {
+  if (!isControlRecord(buf, pos)) return
+  const idLength = buf.readUInt16BE(pos + 28)
+  const subjectLength = buf.readUInt16BE(pos + 30)
+  const subjectAt = pos + 32 + idLength
+  if (buf.toString('utf8', subjectAt, subjectAt + subjectLength) !== REFUSAL_SUBJECT) return
+  // No tags, no order key, no properties (as written): propsLength u32, count u16, bodyLength u32.
+  let p = subjectAt + subjectLength
+  p += 4 + buf.readUInt32BE(p)
+  const bodyLength = buf.readUInt32BE(p)
+  p += 4
+  const end = Math.min(p + bodyLength, pos + length)
+  while (p + 16 <= end) {
+    const offset = buf.readUInt32BE(p) * 0x1_0000_0000 + buf.readUInt32BE(p + 4)
+    const recLength = buf.readUInt32BE(p + 8)
+    const keyStart = p + 12
+    const keyEnd = keyStart + 4 + buf.readUInt16BE(keyStart) + buf.readUInt16BE(keyStart + 2)
+    if (keyEnd > end) return
+    each(offset, offset + recLength, keyStart, keyEnd)
+    p = keyEnd
+  }
+}
 
 /** Frames (and verifies) the bare record at `pos`. The cheap tests first: resync calls it at every byte. */
 export function checkRecord(buf: Buffer, pos: number, end: number, maxMessageBytes: number): ScanResult {
@@ -73,6 +177,8 @@ export function checkRecord(buf: Buffer, pos: number, end: number, maxMessageByt
   return { kind: 'record', length }
 }
 
+const noop = (): void => {}
+
 export class MessageLog {
   private readonly opts: MessageLogOptions
   private readonly maxMessageBytes: number
@@ -84,6 +190,12 @@ export class MessageLog {
   /** A failed batch could not be cut off the log: appends are refused until reopened. */
   private failed: QmqError | undefined
   onDurable: DurableCallback = () => {}
+  /** Called with the tag of every appended record that is not stored (write failed, or refused). */
+  onFailed: (tag: number) => void = () => {}
+  /** The end of the last refusal marker written (0: none): what a refusal waits for a slave to hold. */
+  refusalEnd = 0
+  /** The newest append: settles after every record appended before it (batches are serial). */
+  private last: Promise<AppendedRecord> | undefined
 
   constructor(options: MessageLogOptions) {
     this.opts = options
@@ -112,12 +224,14 @@ export class MessageLog {
    * reported (`damaged`, and in `truncatedBytes` their total). When the log ends before `from` (it was
    * lost or removed), appends start at `from`, so no offset at or below the checkpoint is reused.
    * `before(log, check)` runs once the segments are open, before that replay (read-only scans of the
-   * records below `from`: the dedupe window's rebuild).
+   * records below `from`: the dedupe window's rebuild). Records no refusal marker names go to
+   * `onRecord`; the markers themselves (and any other record without the DELAYED flag) to `onControl`.
    */
   async open(
     from: number,
     onRecord: (bytes: Buffer, offset: number) => void,
     before?: (log: SegmentLog, check: ScanCheck) => Promise<void>,
+    onControl?: (buf: Buffer, pos: number, length: number, offset: number) => void,
   ): Promise<{ truncatedBytes: number; damaged: DamagedRange[] }> {
     const seg = SegmentLog.open({
       dir: this.opts.dir,
@@ -136,12 +250,26 @@ export class MessageLog {
     const max = this.maxMessageBytes
     const check: ScanCheck = (b, p, e) => checkRecord(b, p, e, max)
     await before?.(seg, check)
+    // The records refusal markers name: a marker comes after what it names, so they are gathered
+    // first (the replay from the checkpoint is short: what was written since the last checkpoint).
+    const refused = new Set<number>()
+    if (from < seg.endOffset)
+      await seg.scan(
+        from,
+        seg.endOffset,
+        check,
+        (b, p, length) => readRefusals(b, p, length, (offset) => refused.add(offset)),
+        { resync: true },
+      )
     const cuts = await seg.recover(
       from,
       check,
       // A view into the scan's buffer, which is reused: onRecord must not keep it (the store copies
-      // the record into its schedule-log frame).
-      (b, p, length, offset) => onRecord(b.subarray(p, p + length), offset),
+      // the record into its schedule-log frame). Markers and the records they name are not replayed.
+      (b, p, length, offset) => {
+        if (isControlRecord(b, p)) onControl?.(b, p, length, offset)
+        else if (refused.size === 0 || !refused.has(offset)) onRecord(b.subarray(p, p + length), offset)
+      },
       { onSkip: (r) => report(r.file, r.logOffset, r.bytes) },
     )
     for (const c of cuts) report(c.file, c.logOffset, c.droppedBytes)
@@ -153,21 +281,37 @@ export class MessageLog {
   /**
    * Appends a verified record; resolves with its offset and end once durable and filed (onDurable).
    * Its end, not the log's: by then the log may hold later batches, or (a later batch's fdatasync
-   * failed and it was cut) end at offsets that will be written again.
+   * failed and it was cut) end at offsets that will be written again. `tag` comes back to onDurable,
+   * or to onFailed (synchronously, before the rejection) when the record is not stored.
    */
-  append(bytes: Buffer): Promise<AppendedRecord> {
-    return new Promise((resolve, reject) => {
+  append(bytes: Buffer, tag = -1): Promise<AppendedRecord> {
+    const p = new Promise<AppendedRecord>((resolve, reject) => {
       if (this.closed || !this.seg) {
+        this.onFailed(tag)
         reject(fsError(new Error('message log is closed'), 'append'))
         return
       }
       if (this.failed) {
+        this.onFailed(tag)
         reject(this.failed)
         return
       }
-      this.queue.push({ bytes, resolve, reject })
+      this.queue.push({ bytes, tag, resolve, reject })
       this.next()
     })
+    this.last = p
+    return p
+  }
+
+  /** Nothing queued or being written. */
+  get idle(): boolean {
+    return !this.writing && this.queue.length === 0
+  }
+
+  /** Resolves once every record appended so far has been stored or refused. */
+  settled(): Promise<void> {
+    const last = this.last
+    return last === undefined ? Promise.resolve() : last.then(noop, noop)
   }
 
   private next(): void {
@@ -201,21 +345,64 @@ export class MessageLog {
         }
       }
       let offset = start
+      const refused: { p: Pending; offset: number; err: unknown }[] = []
       for (const p of batch) {
         try {
-          this.onDurable(p.bytes, offset)
+          this.onDurable(p.bytes, offset, p.tag)
           p.resolve({ offset, end: offset + p.bytes.length })
-        } catch (e) {
-          p.reject(e)
+        } catch (err) {
+          refused.push({ p, offset, err })
         }
         offset += p.bytes.length
       }
+      if (refused.length > 0) {
+        await this.writeRefusals(seg, refused)
+        for (const r of refused) {
+          this.onFailed(r.p.tag)
+          r.p.reject(r.err)
+        }
+      }
     } catch (err) {
       const e = err instanceof QmqError ? err : fsError(err, 'message log write')
-      for (const p of batch) p.reject(e)
+      for (const p of batch) {
+        this.onFailed(p.tag) // no-op for records already stored
+        p.reject(e)
+      }
     } finally {
       this.writing = false
       this.next()
+    }
+  }
+
+  /**
+   * Appends (and syncs) refusal markers (layout: `encodeRefusals`) naming durable records about to be
+   * refused, so no replay files them. Never throws: without its marker a refusal still stands.
+   */
+  private async writeRefusals(seg: SegmentLog, refused: { p: Pending; offset: number }[]): Promise<void> {
+    const markers = encodeRefusals(
+      refused.map((r) => ({ bytes: r.p.bytes, offset: r.offset })),
+      this.maxMessageBytes,
+    )
+    try {
+      if (this.failed) throw this.failed
+      const start = await seg.appendv(
+        markers,
+        markers.reduce((n, m) => n + m.length, 0),
+      )
+      if (this.opts.fsync) {
+        try {
+          await seg.sync()
+        } catch (err) {
+          await this.cut(seg, start)
+          throw err
+        }
+      }
+      this.refusalEnd = seg.endOffset
+    } catch (err) {
+      this.opts.log.error(
+        { err, offsets: refused.map((r) => r.offset) },
+        'message log: refusal marker not written; a restart may still schedule these refused records',
+      )
     }
   }
 

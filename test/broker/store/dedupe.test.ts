@@ -92,3 +92,35 @@ t.test('dedupe - every byte of the key counts in the hash (whole words and the 1
   }
   t.not(hashBytes(Buffer.from('ab'), 0, 1), hashBytes(Buffer.from('ab'), 0, 2), 'length counts')
 })
+
+t.test('dedupe - pending entries: settled, discarded, forgotten; entry numbers stay valid', async (t) => {
+  const d = new DedupeIndex(60_000, 1000)
+  const a = d.mark
+  t.equal(d.findOrAdd(rec('s', 'a'), 0, DedupeIndex.PENDING, 0), -1, 'added pending')
+  t.equal(d.findOrAdd(rec('s', 'a'), 0, 5, 0), DedupeIndex.PENDING, 'a second copy finds it pending')
+  t.equal(d.size, 1, 'and adds nothing')
+  d.settle(a, 40)
+  t.equal(d.find(rec('s', 'a'), 0), 40, 'settled')
+  d.discard(a)
+  t.equal(d.find(rec('s', 'a'), 0), 40, 'a settled entry is not discarded')
+  const b = d.mark
+  d.findOrAdd(rec('s', 'b'), 0, DedupeIndex.PENDING, 0)
+  d.discard(b)
+  t.equal(d.find(rec('s', 'b'), 0), -1, 'discarded: found by no lookup')
+  t.equal(d.findOrAdd(rec('s', 'b'), 0, 77, 0), -1, 'so the next copy is added')
+  t.equal(d.find(rec('s', 'b'), 0), 77)
+  // forget: by key bytes and sequence (the delay store's refusal markers).
+  const r = rec('s', 'b')
+  d.forget(r, 28, DedupeIndex.keyEnd(r, 0), 76)
+  t.equal(d.find(r, 0), 77, 'another sequence: kept')
+  d.forget(r, 28, DedupeIndex.keyEnd(r, 0), 77)
+  t.equal(d.find(r, 0), -1, 'forgotten')
+  // An entry that left (cap) before it settles: settle is a no-op.
+  const small = new DedupeIndex(60_000, 1)
+  const first = small.mark
+  small.findOrAdd(rec('s', 'x'), 0, DedupeIndex.PENDING, 0)
+  small.findOrAdd(rec('s', 'y'), 0, 1, 0)
+  small.settle(first, 9)
+  t.equal(small.find(rec('s', 'x'), 0), -1)
+  t.equal(small.find(rec('s', 'y'), 0), 1)
+})
