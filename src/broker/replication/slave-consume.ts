@@ -66,6 +66,8 @@ export class SlaveConsumeLogs {
   /** Every operation, in order; never rejects. */
   private chain: Promise<void> = Promise.resolve()
   private flushFailure: unknown = undefined
+  /** The copy's start when consume-log segments before it were last deleted. */
+  private retainedFrom = -1
 
   constructor(opts: SlaveConsumeOptions, log: Logger) {
     this.opts = opts
@@ -158,11 +160,13 @@ export class SlaveConsumeLogs {
       }
       if (this.flushFailure !== undefined) throw this.flushFailure
       const start = mlog.startOffset
+      const retain = start > this.retainedFrom
       for (const c of this.logs.values()) {
         await c.markerDurable()
         await c.sync()
-        c.deleteBefore(await c.search((e) => e.offset >= start))
+        if (retain) c.deleteBefore(await c.search((e) => e.offset >= start))
       }
+      this.retainedFrom = start
     })
   }
 
