@@ -94,9 +94,7 @@ async function build(messages: number): Promise<string> {
   await c.close()
   const m = master.messageStore as FileMessageStore
   const end = m.mlog.log.endOffset
-  await until(
-    () => loadCheckpoint(path.join(slaveDir, 'checkpoint')).checkpoint?.messageLogOffset === end,
-  )
+  await until(() => loadCheckpoint(path.join(slaveDir, 'checkpoint')).checkpoint?.messageLogOffset === end)
   await slave.close()
   await master.close()
   fs.rmSync(masterDir, { recursive: true, force: true })
