@@ -243,30 +243,59 @@ export class SlaveConsumeLogs {
     }
   }
 
-  /** Dispatches the whole frames of message-log bytes `data` written at `offset`. */
+  /** Dispatches the whole frames of message-log bytes `written` at `offset`. */
   private async feed(offset: number, written: Buffer): Promise<void> {
     if (this.stopped) return
     const seen = this.pos + this.carry.length
     if (offset + written.length <= seen) return // read from the file already
-    const data = offset < seen ? written.subarray(seen - offset) : written
+    let data = offset < seen ? written.subarray(seen - offset) : written
     if (offset > seen) {
       // A new segment after a gap (frames never span segments): a partial frame before it is a torn
       // segment end the master's recovery stepped over too.
       this.pos = offset
       this.carry = EMPTY
     }
-    const buf = this.carry.length > 0 ? Buffer.concat([this.carry, data]) : data
     const touched = new Set<ConsumeLog>()
+    if (this.carry.length > 0) {
+      // The frame the carry starts, completed from the chunk's first bytes (not the whole chunk
+      // appended to the carry: that would copy every byte once more).
+      const head = this.carry.length >= 4 ? this.carry : Buffer.concat([this.carry, data.subarray(0, 4)])
+      const length = head.length >= 4 ? head.readUInt32BE(0) : FRAME_BYTES
+      const bounded = Math.min(length, FRAME_BYTES + this.opts.maxMessageBytes)
+      const take = Math.min(data.length, Math.max(bounded - this.carry.length, FRAME_BYTES))
+      const frame = Buffer.concat([this.carry, data.subarray(0, take)])
+      const used = await this.parse(frame, this.pos, touched)
+      if (used === 0) {
+        this.carry = frame // still short: a frame longer than the chunk
+        this.flushTouched(touched)
+        return
+      }
+      data = data.subarray(used - this.carry.length)
+      this.pos += used
+      this.carry = EMPTY
+    }
+    const used = await this.parse(data, this.pos, touched)
+    this.pos += used
+    // Copied: a slice would keep the whole chunk in memory.
+    this.carry = used < data.length ? Buffer.from(data.subarray(used)) : EMPTY
+    this.flushTouched(touched)
+  }
+
+  /**
+   * Pushes the entries of the whole frames at the start of `buf` (its first byte at message-log
+   * offset `base`); returns the bytes they take. Throws at a frame that does not read.
+   */
+  private async parse(buf: Buffer, base: number, touched: Set<ConsumeLog>): Promise<number> {
     const max = this.opts.maxMessageBytes
     let p = 0
     for (;;) {
       const r = checkFrame(buf, p, buf.length, max, false)
-      if (r.kind === 'short') break
+      if (r.kind === 'short') return p
       if (r.kind === 'corrupt') {
         // Not resynchronised here (recovery does that): the consume logs go (see `run`).
         throw new QmqError(
           'QMQ_ERR_STORE_CORRUPT',
-          `unreadable frame at message-log offset ${this.pos + p}: ${r.reason}`,
+          `unreadable frame at message-log offset ${base + p}: ${r.reason}`,
         )
       }
       const f = readFrame(buf, p)
@@ -278,14 +307,14 @@ export class SlaveConsumeLogs {
           await c.truncate(f.seq)
           c.deleteBefore(f.seq)
         } else c.fillTo(f.seq)
-        c.push(this.pos + p + FRAME_BYTES, r.length - FRAME_BYTES, f.storedAt, f.tagMask)
+        c.push(base + p + FRAME_BYTES, r.length - FRAME_BYTES, f.storedAt, f.tagMask)
         touched.add(c)
       }
       p += r.length
     }
-    this.pos += p
-    // Copied: a slice would keep the whole chunk in memory.
-    this.carry = p < buf.length ? Buffer.from(buf.subarray(p)) : EMPTY
+  }
+
+  private flushTouched(touched: Set<ConsumeLog>): void {
     for (const c of touched) {
       c.flush().catch((err: unknown) => {
         this.flushFailure ??= err
