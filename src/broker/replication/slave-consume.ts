@@ -115,16 +115,19 @@ export class SlaveConsumeLogs {
   cut(offset: number): Promise<void> {
     return this.run(async () => {
       const mlog = this.mlog
-      if (mlog === undefined || offset >= this.pos + this.carry.length) return
-      if (offset >= this.pos) {
-        this.carry = Buffer.from(this.carry.subarray(0, offset - this.pos))
-        return
-      }
+      if (mlog === undefined) return
       if (mlog.startOffset >= mlog.endOffset) {
-        // Nothing left below the cut (RESET): the next frames may be another master's history.
+        // Nothing left (RESET: the master's log starts past this copy's end): the entries held point
+        // at nothing, and each subject starts again at its first sequence copied (not after holes
+        // for every sequence the master's retention deleted meanwhile).
         this.dropAll()
         this.pos = mlog.endOffset
         this.carry = EMPTY
+        return
+      }
+      if (offset >= this.pos + this.carry.length) return
+      if (offset >= this.pos) {
+        this.carry = Buffer.from(this.carry.subarray(0, offset - this.pos))
         return
       }
       for (const c of this.logs.values()) {

@@ -55,11 +55,12 @@ async function copy(
   consume: SlaveConsumeLogs,
   bytes: Buffer,
   sizes: number[],
+  segmentBase = 0,
 ): Promise<void> {
   let i = 0
   for (let o = mlog.endOffset; o < bytes.length; i++) {
     const data = bytes.subarray(o, Math.min(bytes.length, o + (sizes[i % sizes.length] as number)))
-    const at = await mlog.appendCopied(0, Buffer.from(data))
+    const at = await mlog.appendCopied(segmentBase, Buffer.from(data))
     consume.written(at, data)
     o += data.length
   }
@@ -131,4 +132,41 @@ t.test('consume logs from chunks cut anywhere equal the store own, also after a 
   await copy(mlog, consume, otherBytes, [4097, 2, 1, 900])
   await consume.close()
   t.same(consumeFiles(slave), consumeFiles(other), 'same entries as the other master wrote')
+})
+
+t.test('after a RESET each subject starts at its first sequence copied, without holes', async (t) => {
+  const master = tempDir(t, 'qmq-slave-consume-master-')
+  await masterLog(master, 0, 600)
+  const bytes = logBytes(path.join(master, 'messagelog'))
+  // Frame boundaries of the master's log (the length field of each frame).
+  const frames: number[] = []
+  for (let o = 0; o < bytes.length; o += bytes.readUInt32BE(o)) frames.push(o)
+  const slave = tempDir(t, 'qmq-slave-consume-slave-')
+  const mlog = SegmentLog.open({ dir: path.join(slave, 'messagelog'), segmentBytes: Number.MAX_SAFE_INTEGER })
+  t.teardown(() => mlog.close())
+  const consume = new SlaveConsumeLogs(
+    { root: path.join(slave, 'consumelog'), maxMessageBytes: 1024 * 1024, entriesPerSegment: 100 },
+    silentLogger,
+  )
+  await consume.open(mlog, undefined)
+  // The slave holds the first 100 frames; the master's log now starts at frame 400 (retention).
+  await copy(mlog, consume, bytes.subarray(0, frames[100]), [777])
+  const start = frames[400] as number
+  await mlog.truncate(mlog.startOffset)
+  await mlog.truncate(start)
+  mlog.deleteBefore(start)
+  await consume.cut(start)
+  await copy(mlog, consume, bytes, [1000, 3], start)
+  await consume.close()
+  const mine = consumeFiles(slave)
+  const theirs = consumeFiles(master)
+  for (const s of SUBJECTS) {
+    const first = SUBJECTS.indexOf(s) // the records' subjects cycle: frame j is subject j % 3, seq j / 3
+    const seq = Math.floor((400 - first + 2) / 3)
+    t.same(mine[s], theirs[s]?.subarray(seq * 24), `${s}: the master's entries from sequence ${seq}`)
+  }
+  // Nothing before: the consume log's files start at the first sequence copied.
+  const dir = path.join(slave, 'consumelog', subjectDirName('a'))
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.log'))
+  t.equal(Math.min(...files.map((f) => Number.parseInt(f, 10))), Math.ceil(400 / 3) * 24)
 })
