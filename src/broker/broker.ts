@@ -388,6 +388,7 @@ export class Broker {
         fetchWaitMs: o.replicationFetchWaitMs,
         retryMs: Math.min(1_000, o.heartbeatIntervalMs),
         checkpointIntervalMs: storeOptionsOf(o).checkpointIntervalMs,
+        consumeLogSegmentEntries: storeOptionsOf(o).consumeLogSegmentEntries,
         maxFrameBytes: o.maxFrameBytes,
         epoch: this.epochs.epoch,
         ...clientTlsOf(o),

@@ -22,6 +22,7 @@ import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
 import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
+import { SlaveConsumeLogs } from './slave-consume'
 
 /**
  * The slave's side of replication: copies its master's message log and action log into the same
@@ -32,10 +33,11 @@ import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs
  * It also installs the master's checkpoint once both logs reach the offsets it names, and then deletes
  * what the master's retention deleted.
  *
- * Everything derived (consume logs, consumer state, dedupe index) is rebuilt from these logs and the
- * checkpoint by the store's ordinary recovery when the slave is opened as a master (promotion); a
- * slave therefore deletes any consume logs at start (a former master's may point past what it keeps),
- * and so its message index, trace and per-minute counts (the promoted store rebuilds the index).
+ * The consume logs are kept current from the copied message log (slave-consume.ts), so that the
+ * store's ordinary recovery, when the slave is opened as a master (promotion), replays only what
+ * follows the installed checkpoint; everything else derived (consumer state, dedupe index) is rebuilt
+ * from these logs and the checkpoint by that recovery. A slave deletes its message index, trace and
+ * per-minute counts at start (the promoted store rebuilds the index).
  */
 export interface FollowerOptions {
   dataDir: string
@@ -62,6 +64,8 @@ export interface FollowerOptions {
   layout?: FollowerLayout | undefined
   /** The copies' file I/O (tests inject faults); default node's. */
   io?: FsIo | undefined
+  /** Entries per consume-log segment (the store's `consumeLogSegmentEntries`); default 1,000,000. */
+  consumeLogSegmentEntries?: number | undefined
 }
 
 /**
@@ -134,6 +138,8 @@ export class ReplicationFollower {
   /** Fetches carry `acked` and overlap the write of the previous chunk (off for a master predating it). */
   private pipelining = true
   private history: EpochStart[] = []
+  /** The broker layout's consume logs, kept current from the message-log copy (slave-consume.ts). */
+  private consume: SlaveConsumeLogs | undefined
 
   constructor(opts: FollowerOptions, log: Logger) {
     this.opts = opts
@@ -146,13 +152,12 @@ export class ReplicationFollower {
     if (this.running) return
     const layout = this.opts.layout
     if (layout === undefined) {
-      // Consume logs are the master's business (rebuilt from the message log on promotion). So are the
-      // message index with its lifecycle trace and the per-minute counts: a data dir that was a master
-      // holds them for its own log, which this copy may cut (a tail past the new epoch, or one the
-      // master lost) and fill again at the same offsets and sequences. Kept, they would point at
-      // records that are gone, miss the copied ones (the index resumes from its own end) and give new
-      // messages the trace of old ones. A promoted slave builds its index from the copied log.
-      fs.rmSync(this.dirs.consume, { recursive: true, force: true })
+      // The message index with its lifecycle trace and the per-minute counts are the master's
+      // business: a data dir that was a master holds them for its own log, which this copy may cut (a
+      // tail past the new epoch, or one the master lost) and fill again at the same offsets and
+      // sequences. Kept, they would point at records that are gone, miss the copied ones (the index
+      // resumes from its own end) and give new messages the trace of old ones. A promoted slave builds
+      // its index from the copied log. (Consume logs are kept, and cut with the copy: slave-consume.ts.)
       const index = indexDirs(this.opts.dataDir)
       for (const dir of [index.log, index.runs, this.dirs.history]) {
         if (!fs.existsSync(dir)) continue
@@ -204,6 +209,18 @@ export class ReplicationFollower {
       fs.rmSync(this.dirs.checkpoint, { recursive: true, force: true })
       this.installed = undefined
     }
+    // --- slave consume logs (slave-consume.ts) ---
+    this.consume = new SlaveConsumeLogs(
+      {
+        root: this.dirs.consume,
+        maxMessageBytes: max,
+        entriesPerSegment: this.opts.consumeLogSegmentEntries ?? 1_000_000,
+        io: this.opts.io,
+      },
+      this.log,
+    )
+    await this.consume.open(message.log, this.installed)
+    // ---
     this.loops = [this.copyLoop(message), this.copyLoop(action), this.checkpointLoop()]
   }
 
@@ -261,6 +278,8 @@ export class ReplicationFollower {
     await conn?.close()
     await Promise.allSettled(this.loops)
     this.loops = []
+    await this.consume?.close()
+    this.consume = undefined
     if (this.copies !== undefined) {
       for (const c of this.copies) c.log.close()
       this.copies = undefined
@@ -343,7 +362,8 @@ export class ReplicationFollower {
   private async copyLoop(copy: LogCopy): Promise<void> {
     const name = REPLICATED_LOG_NAMES[copy.kind]
     const log = copy.log
-    const writer = new ChunkWriter(copy, () => this.noteCaughtUp())
+    const consume = copy.kind === 0 ? this.consume : undefined
+    const writer = new ChunkWriter(copy, () => this.noteCaughtUp(), consume)
     // Written but not yet fdatasynced: at most this much before the loop waits for a sync (a disk
     // slower than the network would otherwise fill the page cache with dirty bytes).
     const maxUnsynced = UNSYNCED_FETCHES * this.opts.fetchBytes
@@ -369,7 +389,7 @@ export class ReplicationFollower {
             await log.sync()
             writer.failure = undefined
             wanted = log.endOffset
-            this.opts.layout?.onCut?.(copy.kind, copy.durable)
+            await this.cutDerived(copy.kind, copy.durable)
           }
           conn = await this.connection()
           if (conn === undefined) {
@@ -406,7 +426,7 @@ export class ReplicationFollower {
               await log.sync()
               copy.durable = log.endOffset
               this.dropCheckpointPast()
-              this.opts.layout?.onCut?.(copy.kind, log.endOffset)
+              await this.cutDerived(copy.kind, log.endOffset)
             }
             wanted = log.endOffset
             continue
@@ -422,7 +442,7 @@ export class ReplicationFollower {
             log.deleteBefore(res.offset)
             await log.sync()
             copy.durable = log.endOffset
-            this.opts.layout?.onCut?.(copy.kind, log.endOffset)
+            await this.cutDerived(copy.kind, log.endOffset)
             wanted = log.endOffset
             continue
           }
@@ -465,6 +485,12 @@ export class ReplicationFollower {
     } finally {
       await writer.drain()
     }
+  }
+
+  /** What was derived from the copy of log `kind` past `offset` goes (the copy was cut there). */
+  private async cutDerived(kind: ReplicatedLogValue, offset: number): Promise<void> {
+    this.opts.layout?.onCut?.(kind, offset)
+    if (kind === 0) await this.consume?.cut(offset)
   }
 
   private noteCaughtUp(): void {
@@ -526,6 +552,7 @@ export class ReplicationFollower {
         if (cp.messageLogOffset > m.durable || cp.actionLogOffset > a.durable) continue
         if (this.installed !== undefined && cp.createdAt <= this.installed.createdAt) continue
         const previous = this.installed
+        await this.consume?.beforeInstall(cp)
         await writeCheckpoint(this.dirs.checkpoint, cp)
         this.installed = cp
         // As the master: message segments go with its retention, actions before the previous
@@ -576,6 +603,8 @@ class ChunkWriter {
   constructor(
     private readonly copy: LogCopy,
     private readonly onDurable: () => void,
+    /** The message log's consume logs: told of each chunk once written (slave-consume.ts). */
+    private readonly consume?: SlaveConsumeLogs | undefined,
   ) {}
 
   /** Queues one chunk (a gap on the master first): written once the previous chunk is, then synced. */
@@ -585,7 +614,8 @@ class ChunkWriter {
       if (this.failure !== undefined) return
       try {
         if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-        await log.appendCopied(segmentBase, data)
+        const at = await log.appendCopied(segmentBase, data)
+        this.consume?.written(at, data)
       } catch (err) {
         this.failure ??= err
         return

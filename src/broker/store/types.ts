@@ -122,6 +122,11 @@ export interface RecoveryReport {
    * left in the message log.
    */
   repairedConsumeLogs: { subject: string; first: number; last: number; holes: number }[]
+  /**
+   * Message-log offset the consume-log replay started at: the checkpoint's, or the log's start when a
+   * consume log was missing or short (or there was no checkpoint) and had to be rebuilt.
+   */
+  replayedFrom: number
   /** Records replayed from the message log after the last checkpoint. */
   replayedRecords: number
   /** Action-log entries replayed after the last checkpoint. */
