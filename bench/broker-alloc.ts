@@ -3,8 +3,10 @@
  * (scavenges) per 10k messages, over loopback with 1 KiB messages and the broker in its own process
  * (flush 'sync'). Unlike a latency tail on a shared machine these figures barely move between runs:
  * they are what makes the broker's GC pauses rarer or more frequent (issue 21).
- * Phases, after a warm-up: idle (bytes per second with nothing to do), publish + deliver + ack at a
- * fixed 2k msgs/s with a long-polling consumer, publish with 1 producer (batches of 100, 8 in
+ * Phases, after a warm-up: idle (bytes per second with nothing to do), one message at a time (SEND
+ * of one record, delivered to a waiting long poll, ACK: deterministic per-request costs), publish +
+ * deliver + ack at a fixed 2k msgs/s with a long-polling consumer (what the latency benchmarks run;
+ * its batching depends on timing, so its figure moves by about 10% between runs), publish with 1 producer (batches of 100, 8 in
  * flight), and consume that backlog with 1 consumer (pull 1000 + ack).
  * Knobs: BENCH_QUICK=1 for a short run; QMQ_BROKER_HEAP_SAMPLE=<prefix> writes each phase's sampled
  * allocation sites (<prefix>.<n>.heapprofile, see bench/broker-child.ts); BROKER_NODE_ARGS.
@@ -14,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { extname, join } from 'node:path'
 import { RequestCode } from '../src/common/protocol/codes'
-import { encodeAckRequest } from '../src/common/protocol/commands'
+import { encodeAckRequest, StartPosition } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
 import { brokerChildEnv, brokerChildPort, quick, report } from './common'
@@ -27,6 +29,7 @@ interface Alloc {
   scavenges: number
   markCompacts: number
   gcMs: number
+  requests: number
 }
 
 function startBroker(
@@ -36,9 +39,9 @@ function startBroker(
     process.execPath,
     [
       ...(process.env.BROKER_NODE_ARGS ?? '').split(' ').filter((a) => a !== ''),
-      '--import',
-      'tsx',
-      // broker-child.js when run from a tsc build (line numbers of the heap profiles then match).
+      // broker-child.js when run from a tsc build: what an installed broker runs (dist/), without
+      // tsx's transform (its keepNames wraps every function made at run time in a defineProperty call).
+      ...(extname(__filename) === '.ts' ? ['--import', 'tsx'] : []),
       join(__dirname, `broker-child${extname(__filename)}`),
       dataDir,
       JSON.stringify({ flush: 'sync' }),
@@ -111,6 +114,38 @@ async function consume(port: number, subject: string, total: number): Promise<vo
   c.destroy()
 }
 
+/**
+ * One message at a time, `total` times: SEND of one record, delivered to a consumer that long-polls
+ * (its PULL waits), ACK answered, then the next. Every message costs exactly one SEND, one PULL and
+ * one ACK: the per-request part of the fixed-rate scenario without its timing-dependent batching.
+ */
+async function pingPong(port: number, subject: string, total: number): Promise<void> {
+  const producer = await RawClient.connect(port)
+  const consumer = await RawClient.connect(port)
+  const pull = (timeoutMs: number) =>
+    consumer.call(
+      RequestCode.PULL,
+      pullReq({ subject, group: 'pp', consumerId: 'c', timeoutMs, start: StartPosition.LATEST }),
+    )
+  await pull(0) // the group starts at the end of the subject
+  const records = Array.from({ length: total }, () => record(subject))
+  for (const r of records) {
+    const polled = pull(500)
+    // The PULL is waiting before the SEND goes out (a PULL reaches the broker first on its connection).
+    await new Promise((resolve) => setImmediate(resolve))
+    await sendBatch(producer, [r])
+    const body = await polled
+    if (body.readUInt32BE(0) !== 1) throw new Error('ping-pong: expected one message per pull')
+    const sequences = [body.readUInt32BE(4) * 0x1_0000_0000 + body.readUInt32BE(8)]
+    await consumer.call(
+      RequestCode.ACK,
+      encodeAckRequest({ subject, group: 'pp', consumerId: 'c', broadcast: false, sequences }),
+    )
+  }
+  producer.destroy()
+  consumer.destroy()
+}
+
 function perMessage(metric: string, a: Alloc, messages: number): void {
   report({
     bench: BENCH,
@@ -137,6 +172,7 @@ async function main(): Promise<void> {
     await latency(port, 2000, 2)
     await produce(port, 'warm', 10_000)
     await consume(port, 'warm', 10_000)
+    await pingPong(port, 'pp', 500)
     await snapshot()
     await new Promise((r) => setTimeout(r, seconds * 1000))
     const idle = await snapshot()
@@ -146,6 +182,9 @@ async function main(): Promise<void> {
       value: Math.round(idle.bytes / seconds),
       unit: 'B',
     })
+    const one = quick ? 2000 : 5000
+    await pingPong(port, 'pp', one)
+    perMessage('one message at a time (SEND 1, long-poll PULL, ACK)', await snapshot(), one)
     await latency(port, 2000, seconds)
     perMessage('publish + deliver + ack at 2k msgs/s', await snapshot(), 2000 * seconds)
     await produce(port, 'p1', n)

@@ -27,7 +27,7 @@ async function main(): Promise<void> {
   h?.enable()
   const stalls = loopStats ? watchStalls() : undefined
   const gc = loopStats ? watchGc() : undefined
-  if (process.env.QMQ_BROKER_ALLOC_STATS === '1') watchAllocation()
+  if (process.env.QMQ_BROKER_ALLOC_STATS === '1') watchAllocation(broker)
   process.stdout.write(`${JSON.stringify({ port })}\n`)
   const stop = async () => {
     if (h !== undefined) {
@@ -150,15 +150,23 @@ function watchGc(): () => Record<string, number> {
 
 /**
  * QMQ_BROKER_ALLOC_STATS=1: on each SIGUSR2, prints on stdout one line
- *   {"alloc":{"bytes":B,"scavenges":S,"markCompacts":M,"gcMs":T}}
+ *   {"alloc":{"bytes":B,"scavenges":S,"markCompacts":M,"gcMs":T,"requests":R}}
  * for the interval since the previous SIGUSR2 (or the start): B bytes allocated on the JS heap (the
  * sum over the GCs of the used size before each one minus the used size after the previous one, plus
  * the growth since the last one), the number of young- and old-generation collections and their
- * pauses (bench/broker-alloc.ts divides these by the messages of a phase). Buffer contents outside the
+ * pauses, and the requests answered (bench/broker-alloc.ts divides these by the messages of a phase;
+ * reading the request count allocates a little, counted in the next interval). Buffer contents outside the
  * heap are not in B. With QMQ_BROKER_HEAP_SAMPLE=<prefix> it also writes the interval's sampled
  * allocation sites, garbage included, to <prefix>.<n>.heapprofile (the DevTools format).
  */
-function watchAllocation(): void {
+function watchAllocation(broker: Broker): void {
+  const requests = async () => {
+    const m = await broker.registry.getSingleMetric('qmq_broker_requests_total')?.get()
+    let n = 0
+    for (const v of m?.values ?? []) n += v.value
+    return n
+  }
+  let requestsBefore = 0
   let profiler = new GCProfiler()
   profiler.start()
   let lastUsed = process.memoryUsage().heapUsed
@@ -166,7 +174,7 @@ function watchAllocation(): void {
   const session = samplePrefix === undefined ? undefined : new Session()
   const startSampling = () =>
     session?.post('HeapProfiler.startSampling', {
-      samplingInterval: 1024,
+      samplingInterval: 4096,
       includeObjectsCollectedByMajorGC: true,
       includeObjectsCollectedByMinorGC: true,
     })
@@ -196,9 +204,11 @@ function watchAllocation(): void {
       if (err === null) fs.writeFileSync(`${samplePrefix}.${n}.heapprofile`, JSON.stringify(res.profile))
       startSampling()
     })
-    process.stdout.write(
-      `${JSON.stringify({ alloc: { bytes, scavenges, markCompacts, gcMs: +gcMs.toFixed(1) } })}\n`,
-    )
+    void requests().then((n) => {
+      const alloc = { bytes, scavenges, markCompacts, gcMs: +gcMs.toFixed(1), requests: n - requestsBefore }
+      requestsBefore = n
+      process.stdout.write(`${JSON.stringify({ alloc })}\n`)
+    })
   })
 }
 
