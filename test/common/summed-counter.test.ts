@@ -15,7 +15,11 @@ t.test('increments are summed per label set and read through every prom-client p
   c.inc({ subject: 'a', consumer_group: 'g' })
   c.inc({ subject: 'a', consumer_group: 'h' }, 5)
   c.inc({ subject: 'b', consumer_group: 'g' }, 0)
-  const values = (await c.counter.get()).values.map((v) => [v.labels.subject, v.labels.consumer_group, v.value])
+  const values = (await c.counter.get()).values.map((v) => [
+    v.labels.subject,
+    v.labels.consumer_group,
+    v.value,
+  ])
   t.same(values.sort(), [
     ['a', 'g', 3],
     ['a', 'h', 5],

@@ -179,7 +179,10 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           fresh = fresh.length > 0 ? fresh.concat(picked) : picked
           for (const p of picked) {
             const key = o.atMostOnce ? undefined : orderKeyOf(p.record)
-            if (key !== undefined && waits(g, key, (heads ??= new Set()))) continue
+            if (key !== undefined) {
+              heads ??= new Set()
+              if (waits(g, key, heads)) continue
+            }
             handed++
             handedBytes += p.record.length
           }
