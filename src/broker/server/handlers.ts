@@ -422,12 +422,14 @@ function countPulled(ctx: ServerContext, subject: string, group: string, message
   if (redelivered > 0) ctx.metrics.redelivered.inc(labels, redelivered)
 }
 
-async function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
+// Not async (one per ACK): route() runs it inside the frame handler's try, so a throw is its answer.
+function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   const req = decodeAckRequest(body)
   ctx.auth?.consume(conn, 'ACK', req.subject, req.group)
-  const n = await ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast)
-  if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, consumer_group: req.group }, n)
-  return encodeCountResponse(n)
+  return ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast).then((n) => {
+    if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, consumer_group: req.group }, n)
+    return encodeCountResponse(n)
+  })
 }
 
 async function handleNack(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {

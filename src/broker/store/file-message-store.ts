@@ -589,17 +589,32 @@ export class FileMessageStore implements MessageStore {
     if (field !== undefined) this.history?.add(subject, group, field)
   }
 
-  async ack(
+  ack(
     subject: string,
     group: string,
     consumerId: string,
     sequences: readonly number[],
     broadcast = false,
   ): Promise<number> {
+    // Not an async function (one per ACK): a throw still becomes the rejection.
+    try {
+      return this.ackNow(subject, group, consumerId, sequences, broadcast)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  private ackNow(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    broadcast: boolean,
+  ): Promise<number> {
     this.ensureProgressWritable()
-    if (broadcast) return sequences.length
+    if (broadcast) return Promise.resolve(sequences.length)
     const g = this.state.get(subject, group)
-    if (!g || sequences.length === 0) return 0
+    if (!g || sequences.length === 0) return Promise.resolve(0)
     const c = g.consumers.get(consumerId)
     const now = this.clock.now()
     if (c) c.leaseUntil = now + this.options.leaseMs
@@ -613,8 +628,9 @@ export class FileMessageStore implements MessageStore {
     )
     // Ordered messages: the next message of an acked key is deliverable now (long polls wake).
     if (g.keyReleases !== releases) this.notify(subject)
-    await written.catch(() => undefined)
-    return affected
+    // Answered once written; a failed write stays queued (retried in order) and answers too.
+    const answer = () => affected
+    return written.then(answer, answer)
   }
 
   /** Redeliver-after delay for a message delivered `dc` times: doubling from retryBaseMs, capped, jittered. */
