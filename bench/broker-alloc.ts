@@ -3,7 +3,8 @@
  * (scavenges) per 10k messages, over loopback with 1 KiB messages and the broker in its own process
  * (flush 'sync'). Unlike a latency tail on a shared machine these figures barely move between runs:
  * they are what makes the broker's GC pauses rarer or more frequent (issue 21).
- * Phases, after a warm-up: idle (bytes per second with nothing to do), one message at a time (SEND
+ * Phases, after a warm-up: idle (bytes per second with nothing to do), bytes per request of each kind
+ * (PING, SEND of one record, PULL of one message + ACK, empty PULL), one message at a time (SEND
  * of one record, delivered to a waiting long poll, ACK: deterministic per-request costs), publish +
  * deliver + ack at a fixed 2k msgs/s with a long-polling consumer (what the latency benchmarks run;
  * its batching depends on timing, so its figure moves by about 10% between runs), publish with 1 producer (batches of 100, 8 in
@@ -146,6 +147,52 @@ async function pingPong(port: number, subject: string, total: number): Promise<v
   consumer.destroy()
 }
 
+/**
+ * Bytes per request of each kind, one request at a time on one connection: PING (the connection
+ * loop and frame handler alone), SEND of one record, PULL of one message (no wait) then its ACK, and
+ * a PULL that finds nothing.
+ */
+async function perRequest(port: number, snapshot: () => Promise<Alloc>, n: number): Promise<void> {
+  const c = await RawClient.connect(port)
+  // 'rq-none' never gets a message: its PULL finds nothing (and does not wait).
+  const pull = (subject: string) =>
+    c.call(
+      RequestCode.PULL,
+      pullReq({ subject, group: 'g', consumerId: 'c', maxMessages: 1, start: StartPosition.LATEST }),
+    )
+  await pull('rq')
+  await pull('rq-none')
+  const kinds: [string, () => Promise<unknown>][] = [
+    ['PING', () => c.call(RequestCode.PING)],
+    ['SEND of 1 record', () => sendBatch(c, [record('rq')])],
+    [
+      'PULL of 1 message + its ACK',
+      async () => {
+        const body = await pull('rq')
+        const sequences = [body.readUInt32BE(4) * 0x1_0000_0000 + body.readUInt32BE(8)]
+        await c.call(
+          RequestCode.ACK,
+          encodeAckRequest({ subject: 'rq', group: 'g', consumerId: 'c', broadcast: false, sequences }),
+        )
+      },
+    ],
+    ['PULL finding nothing', () => pull('rq-none')],
+  ]
+  for (const [name, request] of kinds) {
+    for (let i = 0; i < 200; i++) await request()
+    await snapshot()
+    for (let i = 0; i < n; i++) await request()
+    const a = await snapshot()
+    report({
+      bench: BENCH,
+      metric: `${name}: heap bytes allocated per request`,
+      value: Math.round(a.bytes / n),
+      unit: 'B',
+    })
+  }
+  c.destroy()
+}
+
 function perMessage(metric: string, a: Alloc, messages: number): void {
   report({
     bench: BENCH,
@@ -182,6 +229,8 @@ async function main(): Promise<void> {
       value: Math.round(idle.bytes / seconds),
       unit: 'B',
     })
+    await perRequest(port, snapshot, quick ? 1000 : 3000)
+    await snapshot()
     const one = quick ? 2000 : 5000
     await pingPong(port, 'pp', one)
     perMessage('one message at a time (SEND 1, long-poll PULL, ACK)', await snapshot(), one)
