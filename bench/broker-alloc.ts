@@ -211,7 +211,11 @@ function perMessage(metric: string, a: Alloc, messages: number): void {
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'qmq-bench-alloc-'))
-  const { child, port, snapshot } = await startBroker(join(dir, 'data'))
+  const started = await startBroker(join(dir, 'data')).catch((err: unknown) => {
+    rmSync(dir, { recursive: true, force: true })
+    throw err
+  })
+  const { child, port, snapshot } = started
   try {
     const seconds = quick ? 3 : 10
     const n = quick ? 20_000 : 100_000
