@@ -4,7 +4,9 @@
  * until SIGTERM/SIGKILL. Without arguments it exits at once (so bench/run.ts skips it cheaply).
  */
 import fs from 'node:fs'
+import { Session } from 'node:inspector'
 import { createHistogram, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
+import { GCProfiler } from 'node:v8'
 import { Broker } from '../src/broker/broker'
 import { silentLogger } from '../src/common/logger'
 
@@ -25,6 +27,7 @@ async function main(): Promise<void> {
   h?.enable()
   const stalls = loopStats ? watchStalls() : undefined
   const gc = loopStats ? watchGc() : undefined
+  if (process.env.QMQ_BROKER_ALLOC_STATS === '1') watchAllocation(broker)
   process.stdout.write(`${JSON.stringify({ port })}\n`)
   const stop = async () => {
     if (h !== undefined) {
@@ -143,6 +146,70 @@ function watchGc(): () => Record<string, number> {
       max: +(s[s.length - 1] ?? 0).toFixed(2),
     }
   }
+}
+
+/**
+ * QMQ_BROKER_ALLOC_STATS=1: on each SIGUSR2, prints on stdout one line
+ *   {"alloc":{"bytes":B,"scavenges":S,"markCompacts":M,"gcMs":T,"requests":R}}
+ * for the interval since the previous SIGUSR2 (or the start): B bytes allocated on the JS heap (the
+ * sum over the GCs of the used size before each one minus the used size after the previous one, plus
+ * the growth since the last one), the number of young- and old-generation collections and their
+ * pauses, and the requests answered (bench/broker-alloc.ts divides these by the messages of a phase;
+ * reading the request count allocates a little, counted in the next interval). Buffer contents outside the
+ * heap are not in B. With QMQ_BROKER_HEAP_SAMPLE=<prefix> it also writes the interval's sampled
+ * allocation sites, garbage included, to <prefix>.<n>.heapprofile (the DevTools format).
+ */
+function watchAllocation(broker: Broker): void {
+  const requests = async () => {
+    const m = await broker.registry.getSingleMetric('qmq_broker_requests_total')?.get()
+    let n = 0
+    for (const v of m?.values ?? []) n += v.value
+    return n
+  }
+  let requestsBefore = 0
+  let profiler = new GCProfiler()
+  profiler.start()
+  let lastUsed = process.memoryUsage().heapUsed
+  const samplePrefix = process.env.QMQ_BROKER_HEAP_SAMPLE
+  const session = samplePrefix === undefined ? undefined : new Session()
+  const startSampling = () =>
+    session?.post('HeapProfiler.startSampling', {
+      samplingInterval: 4096,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    })
+  session?.connect()
+  startSampling()
+  let intervals = 0
+  process.on('SIGUSR2', () => {
+    const { statistics } = profiler.stop()
+    let bytes = 0
+    let scavenges = 0
+    let markCompacts = 0
+    let gcMs = 0
+    for (const s of statistics) {
+      bytes += s.beforeGC.heapStatistics.usedHeapSize - lastUsed
+      lastUsed = s.afterGC.heapStatistics.usedHeapSize
+      if (s.gcType === 'Scavenge' || s.gcType === 'MinorMarkCompact') scavenges++
+      else if (s.gcType === 'MarkSweepCompact') markCompacts++
+      gcMs += s.cost / 1000
+    }
+    const used = process.memoryUsage().heapUsed
+    bytes += used - lastUsed
+    lastUsed = used
+    profiler = new GCProfiler()
+    profiler.start()
+    const n = ++intervals
+    session?.post('HeapProfiler.stopSampling', (err, res) => {
+      if (err === null) fs.writeFileSync(`${samplePrefix}.${n}.heapprofile`, JSON.stringify(res.profile))
+      startSampling()
+    })
+    void requests().then((n) => {
+      const alloc = { bytes, scavenges, markCompacts, gcMs: +gcMs.toFixed(1), requests: n - requestsBefore }
+      requestsBefore = n
+      process.stdout.write(`${JSON.stringify({ alloc })}\n`)
+    })
+  })
 }
 
 main().catch((err) => {

@@ -12,4 +12,17 @@ export class Connection extends ServerConnection {
    * on a new connection asks the store to hand back what it still holds (resumeHeld).
    */
   readonly pulledKeys = new Set<string>()
+  /** The last consumer that pulled here: its next pull (the usual one) needs no key string. */
+  private lastPulled: { subject: string; group: string; consumerId: string } | undefined
+
+  /** Records that a consumer pulls on this connection; true when it had pulled here before. */
+  markPulled(subject: string, group: string, consumerId: string): boolean {
+    const last = this.lastPulled
+    if (last?.subject === subject && last.group === group && last.consumerId === consumerId) return true
+    const key = `${subject}\u0000${group}\u0000${consumerId}`
+    const had = this.pulledKeys.has(key)
+    this.pulledKeys.add(key)
+    this.lastPulled = { subject, group, consumerId }
+    return had
+  }
 }

@@ -71,22 +71,56 @@ const DUPLICATE: SendResult = { status: 0, message: 'duplicate' }
 export function createFrameHandler(
   ctx: ServerContext,
 ): (frame: Frame, conn: Connection) => Promise<ResponseBody> {
-  return async (frame, conn) => {
-    const started = process.hrtime.bigint()
-    const name = requestCodeName(frame.code) ?? 'UNKNOWN'
-    let status = 0
+  // Not an async function: one then() per request instead of an async frame and its await.
+  return (frame, conn) => {
+    const started = performance.now()
+    let answer: Promise<ResponseBody>
     try {
-      return await route(ctx, frame, conn)
+      answer = route(ctx, frame, conn)
     } catch (err) {
-      const qerr = toQmqError(err)
-      status = qerr.status
-      ctx.metrics.protocolErrors.inc({ code: qerr.code })
-      throw qerr
-    } finally {
-      ctx.metrics.requests.inc({ request: name, status: String(status) })
-      ctx.metrics.requestSeconds.observe({ request: name }, Number(process.hrtime.bigint() - started) / 1e9)
+      answer = Promise.reject(err)
     }
+    return answer.then(
+      (body) => {
+        countRequest(ctx, frame.code, 0, started)
+        return body
+      },
+      (err: unknown) => {
+        const qerr = toQmqError(err)
+        ctx.metrics.protocolErrors.inc({ code: qerr.code })
+        countRequest(ctx, frame.code, qerr.status, started)
+        throw qerr
+      },
+    )
   }
+}
+
+function countRequest(ctx: ServerContext, code: number, status: number, started: number): void {
+  const labels = requestLabels(code)
+  const request = labels.seconds.request
+  ctx.metrics.requests.inc(status === 0 ? labels.ok : { request, status: String(status) })
+  ctx.metrics.requestSeconds.observe(labels.seconds, (performance.now() - started) / 1000)
+}
+
+interface RequestLabels {
+  /** The request-seconds histogram's labels. */
+  seconds: { request: string }
+  /** The requests counter's labels when answered with status 0. */
+  ok: { request: string; status: string }
+}
+
+/** Label objects per request code (and one for every unknown code), made once, not per request. */
+const requestLabelsByCode = new Map<number, RequestLabels>()
+
+function requestLabels(code: number): RequestLabels {
+  const known = requestCodeName(code) === undefined ? -1 : code
+  let labels = requestLabelsByCode.get(known)
+  if (labels === undefined) {
+    const request = requestCodeName(code) ?? 'UNKNOWN'
+    labels = { seconds: { request }, ok: { request, status: '0' } }
+    requestLabelsByCode.set(known, labels)
+  }
+  return labels
 }
 
 function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
@@ -315,7 +349,6 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
   const maxBytes =
     req.maxBytes === 0 ? ctx.limits.maxPullBytes : Math.min(req.maxBytes, ctx.limits.maxPullBytes)
   const timeoutMs = Math.min(req.timeoutMs, ctx.limits.maxPollMs)
-  const consumerKey = `${req.subject}\u0000${req.group}\u0000${req.consumerId}`
   const options: PullOptions = {
     subject: req.subject,
     group: req.group,
@@ -328,9 +361,8 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
     tagsAll: req.tagsAll,
     start: req.start,
     startTime: req.startTime,
-    resumeHeld: !conn.pulledKeys.has(consumerKey),
+    resumeHeld: !conn.markPulled(req.subject, req.group, req.consumerId),
   }
-  conn.pulledKeys.add(consumerKey)
   const epochBefore = ctx.polls.epoch(req.subject)
   // Write high-water: store reads run under an answer-room reservation of the largest answer they can
   // make (maxBytes, or one message when that is larger), so a connection's unsent answers stay within
@@ -390,12 +422,14 @@ function countPulled(ctx: ServerContext, subject: string, group: string, message
   if (redelivered > 0) ctx.metrics.redelivered.inc(labels, redelivered)
 }
 
-async function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
+// Not async (one per ACK): route() runs it inside the frame handler's try, so a throw is its answer.
+function handleAck(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {
   const req = decodeAckRequest(body)
   ctx.auth?.consume(conn, 'ACK', req.subject, req.group)
-  const n = await ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast)
-  if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, consumer_group: req.group }, n)
-  return encodeCountResponse(n)
+  return ctx.store.ack(req.subject, req.group, req.consumerId, req.sequences, req.broadcast).then((n) => {
+    if (n > 0) ctx.metrics.acked.inc({ subject: req.subject, consumer_group: req.group }, n)
+    return encodeCountResponse(n)
+  })
 }
 
 async function handleNack(ctx: ServerContext, body: Buffer, conn: Connection): Promise<ResponseBody> {

@@ -1,25 +1,33 @@
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  LATENCY_BUCKETS_SECONDS,
+  type Registry,
+  SummedCounter,
+} from '../../common/metrics'
 import { ConnectionMetrics } from '../../common/server/metrics'
 import type { TcpServerStats } from '../../common/server/tcp-server'
 import type { BacklogInfo } from '../store/types'
 
 /**
  * The broker server's Prometheus metrics, all on the broker instance's own registry.
- * Counters count messages (not requests) unless the name says otherwise.
+ * Counters count messages (not requests) unless the name says otherwise. Those incremented per
+ * request are SummedCounters (no prom-client label hash per inc; summed into the series when read).
  */
 export class BrokerMetrics {
-  readonly received: Counter<'subject'>
-  readonly receivedBytes: Counter<'subject'>
-  readonly duplicates: Counter<'subject'>
+  readonly received: SummedCounter<'subject'>
+  readonly receivedBytes: SummedCounter<'subject'>
+  readonly duplicates: SummedCounter<'subject'>
   readonly rejected: Counter<'code'>
-  readonly pulled: Counter<'subject' | 'consumer_group'>
-  readonly pulledBytes: Counter<'subject' | 'consumer_group'>
-  readonly redelivered: Counter<'subject' | 'consumer_group'>
-  readonly acked: Counter<'subject' | 'consumer_group'>
+  readonly pulled: SummedCounter<'subject' | 'consumer_group'>
+  readonly pulledBytes: SummedCounter<'subject' | 'consumer_group'>
+  readonly redelivered: SummedCounter<'subject' | 'consumer_group'>
+  readonly acked: SummedCounter<'subject' | 'consumer_group'>
   readonly nacked: Counter<'subject' | 'consumer_group'>
   readonly deadLetteredByNack: Counter<'subject' | 'consumer_group'>
   readonly redriven: Counter<'subject' | 'consumer_group'>
-  readonly requests: Counter<'request' | 'status'>
+  readonly requests: SummedCounter<'request' | 'status'>
   readonly requestSeconds: Histogram<'request'>
   readonly appendSeconds: Histogram
   readonly connections: Gauge
@@ -46,19 +54,19 @@ export class BrokerMetrics {
     // The consumer group is `consumer_group`: `group` is every broker metric's default label (the broker
     // group), which a metric label of the same name would silently replace.
     const sg = ['subject', 'consumer_group'] as const
-    this.received = new Counter({
+    this.received = new SummedCounter({
       name: 'qmq_broker_messages_received_total',
       help: 'Messages stored (duplicates excluded)',
       labelNames: ['subject'],
       registers,
     })
-    this.receivedBytes = new Counter({
+    this.receivedBytes = new SummedCounter({
       name: 'qmq_broker_bytes_received_total',
       help: 'Record bytes stored (duplicates excluded)',
       labelNames: ['subject'],
       registers,
     })
-    this.duplicates = new Counter({
+    this.duplicates = new SummedCounter({
       name: 'qmq_broker_messages_duplicate_total',
       help: 'Messages received again within the dedupe window (stored once)',
       labelNames: ['subject'],
@@ -70,25 +78,25 @@ export class BrokerMetrics {
       labelNames: ['code'],
       registers,
     })
-    this.pulled = new Counter({
+    this.pulled = new SummedCounter({
       name: 'qmq_broker_messages_pulled_total',
       help: 'Messages handed to consumers (redeliveries included)',
       labelNames: sg,
       registers,
     })
-    this.pulledBytes = new Counter({
+    this.pulledBytes = new SummedCounter({
       name: 'qmq_broker_bytes_pulled_total',
       help: 'Record bytes handed to consumers',
       labelNames: sg,
       registers,
     })
-    this.redelivered = new Counter({
+    this.redelivered = new SummedCounter({
       name: 'qmq_broker_messages_redelivered_total',
       help: 'Messages handed out with a delivery count above 1',
       labelNames: sg,
       registers,
     })
-    this.acked = new Counter({
+    this.acked = new SummedCounter({
       name: 'qmq_broker_messages_acked_total',
       help: 'Messages acked',
       labelNames: sg,
@@ -112,7 +120,7 @@ export class BrokerMetrics {
       labelNames: sg,
       registers,
     })
-    this.requests = new Counter({
+    this.requests = new SummedCounter({
       name: 'qmq_broker_requests_total',
       help: 'Requests answered, by request and status (0 = ok)',
       labelNames: ['request', 'status'],

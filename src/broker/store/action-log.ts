@@ -328,6 +328,16 @@ export class ActionLog {
     })
   }
 
+  /**
+   * Queues an action no caller waits for (a hand-out, an expiry): as `write` without the promise. Its
+   * failures reach `onError` and its batch is retried in order, as for every write.
+   */
+  enqueue(a: Action): void {
+    if (this.failed !== undefined) return
+    this.queue.push({ buf: encodeAction(a), waiters: [] })
+    this.kick()
+  }
+
   private kick(): void {
     if (this.running || this.scheduled || this.retryTimer || this.closed) return
     this.scheduled = true

@@ -11,7 +11,7 @@ import { DedupeIndex } from './dedupe'
 import type { FsIo } from './fs-io'
 import { History } from './history'
 import { IndexBuild } from './index-build'
-import { IndexLog, TraceEvent, type TraceEventValue } from './index-log'
+import { IndexLog, TraceEvent, type TraceEventValue, type TraceInput } from './index-log'
 import { type AppendItem, MessageLog } from './message-log'
 import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
 import { pullMessages } from './pull'
@@ -102,6 +102,16 @@ export class FileMessageStore implements MessageStore {
   private dedupeWindowShort = false
   /** Message-log offsets of records found corrupt on read (each is logged and counted once). */
   private readonly corruptSeen = new Set<number>()
+  private readonly traceScratch: TraceInput = {
+    event: TraceEvent.DELIVERED,
+    subject: '',
+    group: '',
+    sequence: 0,
+    consumer: '',
+    deliveryCount: 0,
+    time: 0,
+    retryAt: undefined,
+  }
   /** Wakes nacked messages when their redelivery time comes (between sweeps). */
   private readonly retryAlarm = new RetryAlarm(
     () => this.clock.now(),
@@ -495,6 +505,16 @@ export class FileMessageStore implements MessageStore {
     return { affected, written }
   }
 
+  /**
+   * `record` for callers that do not wait for the write (at-least-once hand-outs, expiries): no
+   * promise per action. Returns the number of messages affected.
+   */
+  recordUnawaited(a: Action): number {
+    const affected = this.state.apply(a)
+    this.alog.enqueue(a)
+    return affected
+  }
+
   action(
     type: Action['type'],
     subject: string,
@@ -552,31 +572,49 @@ export class FileMessageStore implements MessageStore {
     time: number,
     retryAt?: number,
   ): void {
-    this.index?.addTrace({
-      event,
-      subject,
-      group,
-      sequence,
-      consumer,
-      deliveryCount,
-      time,
-      ...(retryAt !== undefined ? { retryAt } : {}),
-    })
+    if (this.index !== undefined) {
+      // One object for every trace: addTrace encodes it at once and keeps nothing of it.
+      const t = this.traceScratch
+      t.event = event
+      t.subject = subject
+      t.group = group
+      t.sequence = sequence
+      t.consumer = consumer
+      t.deliveryCount = deliveryCount
+      t.time = time
+      t.retryAt = retryAt
+      this.index.addTrace(t)
+    }
     const field = HISTORY_FIELD[event]
     if (field !== undefined) this.history?.add(subject, group, field)
   }
 
-  async ack(
+  ack(
     subject: string,
     group: string,
     consumerId: string,
     sequences: readonly number[],
     broadcast = false,
   ): Promise<number> {
+    // Not an async function (one per ACK): a throw still becomes the rejection.
+    try {
+      return this.ackNow(subject, group, consumerId, sequences, broadcast)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
+
+  private ackNow(
+    subject: string,
+    group: string,
+    consumerId: string,
+    sequences: readonly number[],
+    broadcast: boolean,
+  ): Promise<number> {
     this.ensureProgressWritable()
-    if (broadcast) return sequences.length
+    if (broadcast) return Promise.resolve(sequences.length)
     const g = this.state.get(subject, group)
-    if (!g || sequences.length === 0) return 0
+    if (!g || sequences.length === 0) return Promise.resolve(0)
     const c = g.consumers.get(consumerId)
     const now = this.clock.now()
     if (c) c.leaseUntil = now + this.options.leaseMs
@@ -590,8 +628,9 @@ export class FileMessageStore implements MessageStore {
     )
     // Ordered messages: the next message of an acked key is deliverable now (long polls wake).
     if (g.keyReleases !== releases) this.notify(subject)
-    await written.catch(() => undefined)
-    return affected
+    // Answered once written; a failed write stays queued (retried in order) and answers too.
+    const answer = () => affected
+    return written.then(answer, answer)
   }
 
   /** Redeliver-after delay for a message delivered `dc` times: doubling from retryBaseMs, capped, jittered. */

@@ -19,12 +19,10 @@ function orderKeyOf(record: Buffer): string | undefined {
 }
 
 /**
- * Whether a scanned record would be passed over for its key (provisional, for the scan loop): keyed,
- * and its key has an unsettled message or a head among the records scanned before (`heads`).
+ * Whether a scanned record of order key `key` would be passed over (provisional, for the scan loop):
+ * its key has an unsettled message or a head among the records scanned before (`heads`).
  */
-function waits(g: GroupState, record: Buffer, heads: Set<string>): boolean {
-  const key = orderKeyOf(record)
-  if (key === undefined) return false
+function waits(g: GroupState, key: string, heads: Set<string>): boolean {
   const q = g.keys.get(key)
   if ((q !== undefined && q.head < q.seqs.length) || heads.has(key)) return true
   heads.add(key)
@@ -161,21 +159,30 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
       if (s && room > 0 && bytes < o.maxBytes) {
         // After a cursor reset the scan can meet messages this pull already hands out (held and resumed,
         // or due for redelivery): each goes out once, by the earlier path.
-        const taken = new Set<number>([...result.map((m) => m.sequence), ...redeliver])
+        // (Made only when something was: most pulls hand out new messages alone.)
+        const taken =
+          result.length + redeliver.length > 0
+            ? new Set<number>([...result.map((m) => m.sequence), ...redeliver])
+            : undefined
         let from = g.cursor
         let examined = 0
         let handedBytes = 0 // waiting records take no room in the answer
         let handed = 0 // provisional: the decision is taken again before the PULL is recorded
-        const heads = new Set<string>()
+        let heads: Set<string> | undefined // keys met in this scan (made at the first keyed record)
         for (;;) {
           // Past a first scan that met waiting messages, read ahead (the room is checked again below).
           const want = handed === fresh.length ? room - handed : Math.max(room - handed, READ_AHEAD)
           const budget = limits(store, o, want, o.maxBytes - bytes - handedBytes)
           const scanned = await scanNew(store.mlog, s, from, budget, o)
-          const picked = taken.size > 0 ? scanned.picked.filter((p) => !taken.has(p.seq)) : scanned.picked
+          const picked =
+            taken === undefined ? scanned.picked : scanned.picked.filter((p) => !taken.has(p.seq))
           fresh = fresh.length > 0 ? fresh.concat(picked) : picked
           for (const p of picked) {
-            if (!o.atMostOnce && waits(g, p.record, heads)) continue
+            const key = o.atMostOnce ? undefined : orderKeyOf(p.record)
+            if (key !== undefined) {
+              heads ??= new Set()
+              if (waits(g, key, heads)) continue
+            }
             handed++
             handedBytes += p.record.length
           }
@@ -213,7 +220,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
     if (!o.atMostOnce && fresh.length > 0) {
       const capacity = max - redeliver.length - result.length
       const out: { seq: number; record: Buffer }[] = []
-      const heads = new Set<string>()
+      let heads: Set<string> | undefined // keys given out by this pull (made at the first keyed one)
       let outBytes = 0
       let cut = -1
       // Passed-over keyed messages cost memory until their key moves: past maxWaitingKeyed the cursor
@@ -228,7 +235,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
             waits = true // met again after a cursor reset: in its key's queue
           else {
             const q = g.keys.get(key)
-            waits = (q !== undefined && q.head < q.seqs.length) || heads.has(key)
+            waits = (q !== undefined && q.head < q.seqs.length) || heads?.has(key) === true
           }
         }
         if (!waits && (out.length >= capacity || (out.length > 0 && bytes + outBytes >= o.maxBytes))) {
@@ -243,6 +250,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           keyed ??= []
           keyed.push([f.seq, key])
           if (waits) continue
+          heads ??= new Set()
           heads.add(key)
         }
         out.push(f)
@@ -257,14 +265,15 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
     const seqs = [...redeliver, ...fresh.map((f) => f.seq)]
     if (seqs.length === 0 && next < 0) return result
     const dcs = seqs.map((seq) => (g.inflight.get(seq)?.dc ?? 0) + 1)
-    written = store.record(
-      store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
-        cursor: next,
-        seqs,
-        flags: (o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0) | (keyed !== undefined ? ACTION_FLAG_KEYS : 0),
-        ...(keyed !== undefined ? { keyed } : {}),
-      }),
-    ).written
+    const pulled = store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
+      cursor: next,
+      seqs,
+      flags: (o.atMostOnce ? ACTION_FLAG_AT_MOST_ONCE : 0) | (keyed !== undefined ? ACTION_FLAG_KEYS : 0),
+      ...(keyed !== undefined ? { keyed } : {}),
+    })
+    // Only an at-most-once answer waits for the write (below).
+    if (o.atMostOnce) written = store.record(pulled).written
+    else store.recordUnawaited(pulled)
     // Everything passed over and nothing handed out: more may wait past the cursor (a long poll
     // would otherwise sleep until the next append).
     if (seqs.length === 0 && s !== undefined && g.cursor < s.consume.nextSeq) {

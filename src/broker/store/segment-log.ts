@@ -711,8 +711,33 @@ export class SegmentLog {
     return this.doSync()
   }
 
-  private async doSync(): Promise<void> {
-    if (!this.writing) this.flushSync()
+  private doSync(): Promise<void> {
+    try {
+      if (!this.writing) this.flushSync()
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    // The usual case, without an async frame or a copy of the segment list (this runs for every
+    // fdatasync of every log): no directory fsync due, and only the last segment may need one.
+    if (!this.dirUnsynced && this.dirSyncing === undefined) {
+      const n = this.segs.length
+      let earlierNeed = false
+      for (let i = 0; i < n - 1 && !earlierNeed; i++) {
+        const seg = this.segs[i] as Segment
+        earlierNeed = !seg.retired && (seg.dirty || seg.syncing !== undefined)
+      }
+      const last = this.segs[n - 1]
+      if (!earlierNeed) {
+        if (last === undefined || last.retired) return Promise.resolve()
+        if (last.dirty) return this.syncSegment(last)
+        return last.syncing ?? Promise.resolve()
+      }
+    }
+    return this.syncAll()
+  }
+
+  /** doSync's general case: the directory's fsync first, then every segment in turn. */
+  private async syncAll(): Promise<void> {
     // Overlapping syncs share the directory's fsync: none counts a new segment durable before it ends.
     if (this.dirUnsynced) {
       this.dirUnsynced = false
@@ -749,11 +774,15 @@ export class SegmentLog {
     const failuresBefore = seg.failures
     const durableBefore = seg.durable
     seg.refs++
-    const run = async (): Promise<void> => {
-      if (seg.syncFailed) await this.rewrite(seg, seg.durable, covered)
-      await this.io.fdatasync(seg.fd)
+    let run: Promise<void>
+    try {
+      run = seg.syncFailed
+        ? this.rewrite(seg, seg.durable, covered).then(() => this.io.fdatasync(seg.fd))
+        : this.io.fdatasync(seg.fd)
+    } catch (err) {
+      run = Promise.reject(err)
     }
-    const done: Promise<void> = run().then(
+    const done: Promise<void> = run.then(
       () => {
         if (seg.syncing === done) seg.syncing = undefined
         if (seg.failures === failuresBefore) {

@@ -249,9 +249,12 @@ export class FrameDecoder {
     this.buffered -= n
     const first = this.chunks[0] as Buffer
     if (first.length >= n) {
-      if (first.length === n) this.chunks.shift()
-      else this.chunks[0] = first.subarray(n)
-      return first.subarray(0, n)
+      if (first.length > n) {
+        this.chunks[0] = first.subarray(n)
+        return first.subarray(0, n)
+      }
+      this.chunks.shift()
+      return first // a chunk holding exactly the frame (the usual request): no view made
     }
     const out = Buffer.allocUnsafe(n)
     let filled = 0

@@ -4,6 +4,7 @@ import { QmqError, toQmqError } from '../errors'
 import type { Logger } from '../logger'
 import { encodeErrorBody } from '../protocol/commands'
 import {
+  encodeFrame,
   encodeFrameHeader,
   FLAG_ONEWAY,
   FLAG_RESPONSE,
@@ -78,6 +79,9 @@ export interface ConnectionHooks {
 }
 
 const FATAL_LINGER_MS = 1_000
+
+/** Answers up to this long are copied behind their header and written as one piece. */
+const SMALL_ANSWER_BYTES = 512
 
 let nextConnectionId = 1
 
@@ -315,13 +319,6 @@ export class ServerConnection implements BudgetHolder {
   }
 
   private write(frame: Frame, status: number, body: ResponseBody): void {
-    const parts = Buffer.isBuffer(body) ? [body] : body
-    let length = 0
-    for (const p of parts) length += p.length
-    const header = encodeFrameHeader(
-      { code: frame.code, flags: FLAG_RESPONSE, status, requestId: frame.requestId },
-      length,
-    )
     const s = this.socket
     // Answers finished in the same turn of the event loop (one fdatasync acknowledges many SENDs of a
     // connection; one wake answers many long polls) leave in one writev: the socket stays corked
@@ -329,13 +326,29 @@ export class ServerConnection implements BudgetHolder {
     if (!this.corked) {
       this.corked = true
       s.cork()
-      process.nextTick(() => {
-        this.corked = false
-        s.uncork()
-      })
+      process.nextTick(this.uncork)
     }
-    s.write(header)
-    for (const p of parts) if (p.length > 0) s.write(p)
+    const header = { code: frame.code, flags: FLAG_RESPONSE, status, requestId: frame.requestId }
+    if (Buffer.isBuffer(body)) {
+      // A small answer (SEND and ACK results, errors, empty PULLs) goes as one piece with its header:
+      // one buffered chunk instead of two.
+      if (body.length <= SMALL_ANSWER_BYTES) s.write(encodeFrame(header, body))
+      else {
+        s.write(encodeFrameHeader(header, body.length))
+        s.write(body)
+      }
+      return
+    }
+    let length = 0
+    for (const p of body) length += p.length
+    s.write(encodeFrameHeader(header, length))
+    for (const p of body) if (p.length > 0) s.write(p)
+  }
+
+  /** Ends the corking of `write` (made once: a closure per answer was garbage). */
+  private readonly uncork = (): void => {
+    this.corked = false
+    this.socket.uncork()
   }
 
   /** Pauses reading while over the in-flight cap or the write high-water mark; resumes otherwise. */
