@@ -76,6 +76,14 @@ export class SummedCounter<T extends string> {
         return collect?.call(this)
       },
     })
+    // A reset (the counter's, or the registry's resetMetrics) forgets the pending sums and the label
+    // sets too: a set's series comes back (at 0) on its next inc, as with prom-client alone.
+    const reset = this.counter.reset.bind(this.counter)
+    this.counter.reset = () => {
+      this.root.clear()
+      this.sums.length = 0
+      reset()
+    }
   }
 
   inc(labels: Labels<T>, value = 1): void {

@@ -63,3 +63,25 @@ t.test('a counter without labels, and the errors prom-client gives', async (t) =
   t.match(await registry.metrics(), /^test_collect_total\{code="a"\} 1$/m)
   t.equal(collected, 1, "the configuration's own collect still runs")
 })
+
+t.test('a reset clears pending sums and label sets, as prom-client does', async (t) => {
+  const registry = createRegistry()
+  const c = new SummedCounter({
+    name: 'test_reset_total',
+    help: 'test',
+    labelNames: ['code'],
+    registers: [registry],
+  })
+  c.inc({ code: 'a' }, 5)
+  registry.resetMetrics()
+  t.same((await c.counter.get()).values, [], 'nothing counted before the reset survives it')
+  c.inc({ code: 'b' }, 0)
+  c.inc({ code: 'a' }, 2)
+  c.counter.reset()
+  c.inc({ code: 'b' }, 0)
+  t.same(
+    (await c.counter.get()).values.map((v) => [v.labels.code, v.value]),
+    [['b', 0]],
+    'a label set known before the reset comes back on its next inc',
+  )
+})
