@@ -816,9 +816,13 @@ export class IndexLog {
     const h1 = crc32c(kb)
     const h2 = fnv1a(kb)
     const offsets: number[] = []
-    for (const run of [...this.runs]) await this.searchRun(run, h1, h2, offsets)
+    // One view of where each segment's hashes are, taken at once: a run written meanwhile moves its
+    // segment from `sealing` to `runs`, so looking at `sealing` only after awaiting the runs' reads
+    // missed the entries of a segment whose run completed during them.
+    const runs = [...this.runs]
     for (const a of [...this.sealing.map((e) => e.hashes), this.active])
       for (let i = 0; i < a.n; i++) if (a.h1[i] === h1 && a.h2[i] === h2) offsets.push(a.off[i] as number)
+    for (const run of runs) await this.searchRun(run, h1, h2, offsets)
     // Oldest first: index-log offsets grow with time (runs and sealed segments may finish out of order).
     offsets.sort((x, y) => x - y)
     const out: IndexEntry[] = []

@@ -111,3 +111,37 @@ t.test('index run: entries ordered by h1, equal h1 in log order (radix sort)', a
     t.same(Array.from(got), want, `${n} entries`)
   }
 })
+
+t.test('index run: a lookup running while a run completes still finds its segment', async (t) => {
+  // Regression: lookup awaited the runs' reads before looking at the segments still being sealed, so
+  // a segment whose run completed in between was in neither view and its entries were missed.
+  const dir = t.testdir()
+  const index = await IndexLog.open({ dataDir: dir, segmentBytes: 4096, log: silentLogger })
+  let misses = 0
+  let lookups = 0
+  let seq = 0
+  for (let round = 0; round < 40; round++) {
+    const first = seq
+    // Fill until the log rolls: the segment holding `first` is then being sealed (its run in flight).
+    const segments = index.log.segments().length
+    while (index.log.segments().length === segments) {
+      index.addTrace(trace(seq++))
+      await index.flush()
+    }
+    const sealed = index.sealed()
+    let done = false
+    void sealed.then(() => {
+      done = true
+    })
+    // Lookups overlapping the run's completion (each also reads the older runs).
+    while (!done) {
+      lookups++
+      if ((await found(index, first)).length !== 1) misses++
+    }
+    lookups++
+    if ((await found(index, first)).length !== 1) misses++
+  }
+  t.ok(lookups > 40, `lookups overlapped run writes (${lookups})`)
+  t.equal(misses, 0, 'no lookup missed an entry of a segment being sealed')
+  await index.close()
+})
