@@ -1,0 +1,119 @@
+import { QmqError } from '../../common/errors'
+import { Counter, type Registry } from '../../common/metrics'
+import type { ScanCheck } from '../store/segment-log'
+
+/**
+ * Verifies what a slave receives before it writes a byte of it: every entry of a chunk must pass the
+ * copied log's own check (the one its recovery uses: frame checksum, record CRC32C, bounds). Chunks
+ * are byte ranges of the master's file, so an entry may begin in one chunk and end in a later one: the
+ * complete entries are handed out to be written, the begun one is held here (in memory, never
+ * written) until the chunks that complete it arrived, and is verified whole then.
+ *
+ * A chunk holding an entry that fails its check is refused whole (`ChunkRefused`): nothing of it is
+ * handed out, not even the good entries before the bad one, and what was held is dropped; the caller
+ * asks again from `ChunkRefused.offset`. So a slave's copy only ever holds entries that verified.
+ *
+ * Cost: one check per entry over bytes already in memory (CRC32C is native, several GB/s); held bytes
+ * are joined with the next chunks only when their total doubled since the last attempt (or the chunk
+ * is the last one the master has), so an entry larger than a chunk costs O(its size) of copying.
+ */
+export class ChunkVerifier {
+  private parts: Buffer[] = []
+  private bytes = 0
+  private at = 0
+  /** Held bytes are joined and checked again once there are this many (or the chunk is final). */
+  private tryAt = 0
+
+  constructor(private readonly check: ScanCheck) {}
+
+  /** Bytes held back (an entry begun and not yet complete). */
+  get held(): number {
+    return this.bytes
+  }
+
+  /** Drops what is held (the copy was cut, the fetch failed, or the master changed). */
+  reset(): void {
+    this.parts = []
+    this.bytes = 0
+    this.tryAt = 0
+  }
+
+  /**
+   * `data` is the master's bytes at `offset`, right after what is held (if anything). Returns the
+   * verified complete entries to write at `offset - held` (empty when none completed yet). `final`:
+   * nothing follows these bytes in the master's file now (its end), so an incomplete entry at the end
+   * is damage, not a chunk boundary. Throws ChunkRefused when an entry fails its check.
+   */
+  push(offset: number, data: Buffer, final: boolean): Buffer {
+    if (this.bytes === 0) {
+      this.at = offset
+    } else if (offset !== this.at + this.bytes) {
+      const at = this.at
+      this.reset()
+      throw new ChunkRefused(at, 'an entry is cut by a gap in the master log', data)
+    }
+    this.parts.push(data)
+    this.bytes += data.length
+    if (!final && this.bytes < this.tryAt) return EMPTY
+    const buf = this.parts.length === 1 ? data : Buffer.concat(this.parts, this.bytes)
+    const start = this.at
+    let pos = 0
+    while (pos < buf.length) {
+      const r = this.check(buf, pos, buf.length, start + pos)
+      if (r.kind === 'record') {
+        pos += r.length
+        continue
+      }
+      if (r.kind === 'corrupt' || final) {
+        this.reset()
+        throw new ChunkRefused(
+          start,
+          r.kind === 'corrupt'
+            ? `${r.reason} at offset ${start + pos}`
+            : `incomplete entry at offset ${start + pos}, the end of the master's bytes`,
+          buf,
+        )
+      }
+      break
+    }
+    if (pos === buf.length) {
+      this.reset()
+      return buf
+    }
+    // An entry begun: held (a copy when small, so a large chunk is not kept alive for its tail).
+    const rest = buf.length - pos
+    const tail = rest * 4 < buf.length ? Buffer.from(buf.subarray(pos)) : buf.subarray(pos)
+    this.parts = [tail]
+    this.bytes = rest
+    this.at = start + pos
+    this.tryAt = rest * 2
+    return buf.subarray(0, pos)
+  }
+}
+
+/** A chunk refused by ChunkVerifier: ask again from `offset`. `bytes` are the refused bytes. */
+export class ChunkRefused extends QmqError {
+  constructor(
+    readonly offset: number,
+    reason: string,
+    readonly bytes: Buffer,
+  ) {
+    super('QMQ_ERR_STORE_CORRUPT', `replicated chunk refused: ${reason}`)
+  }
+}
+
+const EMPTY: Buffer = Buffer.alloc(0)
+
+/**
+ * `qmq_replication_refused_chunks_total{log, outcome}` (broker and delay slaves): chunks refused by
+ * ChunkVerifier; outcome `refetched` (asked again), or `copied_damaged` (the same bytes refused
+ * repeatedly: the master's stored damage, copied as it is).
+ */
+export function refusedChunksCounter(registers: Registry[]): Counter<'log' | 'outcome'> {
+  return new Counter({
+    name: 'qmq_replication_refused_chunks_total',
+    help: 'Slave: received chunks that failed verification, by log and what was done (refetched, copied_damaged)',
+    labelNames: ['log', 'outcome'],
+    registers,
+  })
+}
