@@ -369,7 +369,7 @@ export class ReplicationFollower {
     /** Refusals in a row (the backoff), and of the very same bytes (damage stored on the master). */
     let refusedInRow = 0
     let sameRefusals = 0
-    let lastRefused = ''    // Written but not yet fdatasynced: at most this much before the loop waits for a sync (a disk
+    let lastRefused = '' // Written but not yet fdatasynced: at most this much before the loop waits for a sync (a disk
     // slower than the network would otherwise fill the page cache with dirty bytes).
     const maxUnsynced = UNSYNCED_FETCHES * this.opts.fetchBytes
     /** Next byte to ask for: the log's end plus the chunk being written. */
