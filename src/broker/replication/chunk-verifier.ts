@@ -23,6 +23,11 @@ export class ChunkVerifier {
   private at = 0
   /** Held bytes are joined and checked again once there are this many (or the chunk is final). */
   private tryAt = 0
+  /**
+   * After `acceptDamaged`: the bytes are the master's damaged range until an entry verifies again;
+   * they are handed out as they are (a resynchronising scan's steps) instead of refused.
+   */
+  private resyncing = false
 
   constructor(private readonly check: ScanCheck) {}
 
@@ -36,6 +41,7 @@ export class ChunkVerifier {
     this.parts = []
     this.bytes = 0
     this.tryAt = 0
+    this.resyncing = false
   }
 
   /**
@@ -49,8 +55,9 @@ export class ChunkVerifier {
       this.at = offset
     } else if (offset !== this.at + this.bytes) {
       const at = this.at
+      const held = this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.bytes)
       this.reset()
-      throw new ChunkRefused(at, 'an entry is cut by a gap in the master log', data)
+      throw new ChunkRefused(at, at, 'an entry is cut by the end of its segment in the master log', held)
     }
     this.parts.push(data)
     this.bytes += data.length
@@ -58,7 +65,20 @@ export class ChunkVerifier {
     const buf = this.parts.length === 1 ? data : Buffer.concat(this.parts, this.bytes)
     const start = this.at
     let pos = 0
-    while (pos < buf.length) {
+    if (this.resyncing) {
+      // Inside the master's damaged range: step byte by byte to the next entry that verifies (an
+      // entry that may verify once more bytes came is decided with them).
+      while (pos < buf.length) {
+        const r = this.check(buf, pos, buf.length, start + pos)
+        if (r.kind === 'record') {
+          this.resyncing = false
+          break
+        }
+        if (r.kind === 'short' && !final) break
+        pos++
+      }
+    }
+    while (!this.resyncing && pos < buf.length) {
       const r = this.check(buf, pos, buf.length, start + pos)
       if (r.kind === 'record') {
         pos += r.length
@@ -68,6 +88,7 @@ export class ChunkVerifier {
         this.reset()
         throw new ChunkRefused(
           start,
+          start + pos,
           r.kind === 'corrupt'
             ? `${r.reason} at offset ${start + pos}`
             : `incomplete entry at offset ${start + pos}, the end of the master's bytes`,
@@ -77,7 +98,9 @@ export class ChunkVerifier {
       break
     }
     if (pos === buf.length) {
+      const resyncing = this.resyncing
       this.reset()
+      this.resyncing = resyncing
       return buf
     }
     // An entry begun: held (a copy when small, so a large chunk is not kept alive for its tail).
@@ -89,12 +112,41 @@ export class ChunkVerifier {
     this.tryAt = rest * 2
     return buf.subarray(0, pos)
   }
+
+  /**
+   * `refused` (the last refusal) is judged to be the master's stored damage, not a fault on the way:
+   * returns what to write at `refused.offset` as it is, the bad entry and what follows it up to the
+   * next position where an entry verifies (the damaged range, as a resynchronising scan steps over
+   * it), then the verified entries after it; a begun last entry is held as usual. `final` as `push`.
+   */
+  acceptDamaged(refused: ChunkRefused, final: boolean): Buffer {
+    this.reset()
+    const buf = refused.bytes
+    const start = refused.offset
+    const pos = Math.min(buf.length, refused.badAt - start + 1)
+    this.resyncing = true
+    if (pos >= buf.length) return buf
+    try {
+      const rest = this.push(start + pos, buf.subarray(pos), final)
+      return rest.length === 0 ? buf.subarray(0, pos) : Buffer.concat([buf.subarray(0, pos), rest])
+    } catch {
+      // More damage after good entries: up to the first damaged byte; the rest is fetched again (and
+      // stepped over from there, resyncing).
+      this.reset()
+      this.resyncing = true
+      return buf.subarray(0, pos)
+    }
+  }
 }
 
-/** A chunk refused by ChunkVerifier: ask again from `offset`. `bytes` are the refused bytes. */
+/**
+ * A chunk refused by ChunkVerifier: ask again from `offset`. `bytes` are the refused bytes (from
+ * `offset`), `badAt` the log offset of the entry that failed.
+ */
 export class ChunkRefused extends QmqError {
   constructor(
     readonly offset: number,
+    readonly badAt: number,
     reason: string,
     readonly bytes: Buffer,
   ) {

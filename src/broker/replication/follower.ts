@@ -486,16 +486,17 @@ export class ReplicationFollower {
               // they are, so the copy stays the master's byte for byte and a promoted slave's
               // recovery steps over the same range; refusing for ever would leave the group without
               // a slave.
+              const asHeld = verifier.acceptDamaged(err, end >= res.end)
               this.log.error(
-                { log: name, offset: err.offset, bytes: err.bytes.length, reason: err.message },
+                { log: name, offset: err.badAt, copied: asHeld.length, reason: err.message },
                 'slave: the master holds these damaged bytes; copying them as they are',
               )
               this.opts.onChunkRefused?.(name, true)
               sameRefusals = 0
               lastRefused = ''
               await writer.written()
-              writer.write(heldBase, err.bytes)
-              wanted = err.offset + err.bytes.length
+              writer.write(heldBase, asHeld)
+              wanted = err.offset + asHeld.length + verifier.held
               continue
             }
             this.opts.onChunkRefused?.(name, false)

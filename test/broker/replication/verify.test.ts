@@ -58,8 +58,8 @@ function followerOptions(dataDir: string, address: string): FollowerOptions {
 }
 
 /** A master whose message-log reads pass through `io`; `mend` is its message log's end. */
-async function startMaster(t: Test, io: FsIo) {
-  const dataDir = tempDir(t, 'qmq-repl-verify-')
+async function startMaster(t: Test, io: FsIo, dir?: string) {
+  const dataDir = dir ?? tempDir(t, 'qmq-repl-verify-')
   let end = () => 0
   const broker = new Broker(
     { ...BASE, dataDir },
@@ -174,3 +174,49 @@ t.test('verify - a slave never writes bytes damaged on the way, and catches up o
   )
   t.ok(copy.equals(master), 'the copy is the master log byte for byte')
 })
+
+t.test(
+  'verify - damage stored in the master log (stepped over by its recovery) is copied as it is',
+  async (t) => {
+    const dataDir = tempDir(t, 'qmq-repl-verify-damaged-')
+    const first = new Broker({ ...BASE, dataDir }, { logger: silentLogger })
+    const { port } = await first.start()
+    const c = await RawClient.connect(port)
+    for (let i = 0; i < 20; i++) await sendOk(c, [message('orders', `m-${i}`, Buffer.alloc(700, i + 1))])
+    await c.close()
+    await first.close()
+    // A byte of a record body in the middle of the log rots on disk.
+    const segDir = path.join(dataDir, 'messagelog')
+    const seg = path.join(segDir, fs.readdirSync(segDir).sort()[0] as string)
+    const bytes = fs.readFileSync(seg)
+    const at = Math.floor(bytes.length / 2)
+    bytes[at] = (bytes[at] as number) ^ 0x01
+    fs.writeFileSync(seg, bytes)
+    const m = await startMaster(t, nodeFsIo, dataDir)
+    await sendOk(m.c, [message('orders', 'after', Buffer.alloc(700, 0x7f))])
+
+    const refused: string[] = []
+    const copyDir = tempDir(t, 'qmq-repl-verify-damaged-slave-')
+    const follower = new ReplicationFollower(
+      {
+        ...followerOptions(copyDir, m.address),
+        onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
+      },
+      silentLogger,
+    )
+    await follower.start()
+    t.teardown(() => follower.close())
+    await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+    await follower.close()
+    const fromMessageLog = refused.filter((r) => r.startsWith('message'))
+    t.equal(fromMessageLog.at(-1), 'message:true', 'copied as the master holds it in the end')
+    t.equal(
+      fromMessageLog.filter((r) => r === 'message:true').length,
+      1,
+      'once: the copy resyncs past the damage',
+    )
+    t.ok(fromMessageLog.length >= 3, 'after the same bytes were refused repeatedly')
+    const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(seg)))
+    t.ok(copy.equals(fs.readFileSync(seg)), 'the copy is the master log byte for byte, damage included')
+  },
+)
