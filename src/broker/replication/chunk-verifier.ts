@@ -57,7 +57,7 @@ export class ChunkVerifier {
       const at = this.at
       const held = this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.bytes)
       this.reset()
-      throw new ChunkRefused(at, at, 'an entry is cut by the end of its segment in the master log', held)
+      throw new ChunkRefused(at, at, 'an entry is cut by the end of its segment in the master log', held, true)
     }
     this.parts.push(data)
     this.bytes += data.length
@@ -127,7 +127,7 @@ export class ChunkVerifier {
     this.resyncing = true
     if (pos >= buf.length) return buf
     try {
-      const rest = this.push(start + pos, buf.subarray(pos), final)
+      const rest = this.push(start + pos, buf.subarray(pos), final || refused.segmentEnd)
       return rest.length === 0 ? buf.subarray(0, pos) : Buffer.concat([buf.subarray(0, pos), rest])
     } catch {
       // More damage after good entries: up to the first damaged byte; the rest is fetched again (and
@@ -149,6 +149,8 @@ export class ChunkRefused extends QmqError {
     readonly badAt: number,
     reason: string,
     readonly bytes: Buffer,
+    /** The bytes end their segment in the master's log (nothing follows them there). */
+    readonly segmentEnd = false,
   ) {
     super('QMQ_ERR_STORE_CORRUPT', `replicated chunk refused: ${reason}`)
   }
