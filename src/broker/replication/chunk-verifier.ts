@@ -1,6 +1,6 @@
 import { QmqError } from '../../common/errors'
 import { Counter, type Registry } from '../../common/metrics'
-import type { ScanCheck } from '../store/segment-log'
+import type { ScanCheck, ScanResult } from '../store/segment-log'
 
 /**
  * Verifies what a slave receives before it writes a byte of it: every entry of a chunk must pass the
@@ -46,71 +46,126 @@ export class ChunkVerifier {
 
   /**
    * `data` is the master's bytes at `offset`, right after what is held (if anything). Returns the
-   * verified complete entries to write at `offset - held` (empty when none completed yet). `final`:
-   * nothing follows these bytes in the master's file now (its end), so an incomplete entry at the end
-   * is damage, not a chunk boundary. Throws ChunkRefused when an entry fails its check.
+   * verified complete entries to write at `offset - held`, in pieces written one after the other
+   * (none when no entry completed yet). `final`: nothing follows these bytes in the master's file now
+   * (its end), so an incomplete entry at the end is damage, not a chunk boundary. Throws ChunkRefused
+   * when an entry fails its check.
    */
-  push(offset: number, data: Buffer, final: boolean): Buffer {
-    if (this.bytes === 0) {
-      this.at = offset
-    } else if (offset !== this.at + this.bytes) {
+  push(offset: number, data: Buffer, final: boolean): Buffer[] {
+    if (this.bytes > 0 && offset !== this.at + this.bytes) {
       const at = this.at
-      const held = this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.bytes)
+      const held = this.joinHeld()
       this.reset()
-      throw new ChunkRefused(at, at, 'an entry is cut by the end of its segment in the master log', held, true)
+      throw new ChunkRefused(
+        at,
+        at,
+        'an entry is cut by the end of its segment in the master log',
+        held,
+        true,
+      )
     }
-    this.parts.push(data)
-    this.bytes += data.length
-    if (!final && this.bytes < this.tryAt) return EMPTY
-    const buf = this.parts.length === 1 ? data : Buffer.concat(this.parts, this.bytes)
-    const start = this.at
-    let pos = 0
-    if (this.resyncing) {
-      // Inside the master's damaged range: step byte by byte to the next entry that verifies (an
-      // entry that may verify once more bytes came is decided with them).
-      while (pos < buf.length) {
-        const r = this.check(buf, pos, buf.length, start + pos)
+    if (this.bytes > 0 && !final && this.bytes + data.length < this.tryAt)
+      return this.hold(data, this.at, false)
+    if (this.bytes > 0 && !this.resyncing) {
+      // The held entry is completed with as few of `data`'s bytes as it needs (doubling), not by
+      // copying the whole chunk behind it; the rest of `data` is verified in place.
+      const at = this.at
+      const held = this.bytes
+      let k = Math.min(data.length, Math.max(held, 4096))
+      for (;;) {
+        const joined = Buffer.concat([...this.parts, data.subarray(0, k)], held + k)
+        const r = this.check(joined, 0, joined.length, at)
+        // (Held bytes may also hold complete entries, held while waiting to try: the general path.)
+        if (r.kind === 'record' && r.length <= held) break
         if (r.kind === 'record') {
-          this.resyncing = false
-          break
+          const entry = joined.subarray(0, r.length)
+          this.reset()
+          try {
+            return [entry, ...this.verify(at + r.length, data.subarray(r.length - held), final)]
+          } catch (err) {
+            if (!(err instanceof ChunkRefused)) throw err
+            // Refused whole: the completed entry is not handed out either.
+            throw new ChunkRefused(at, err.badAt, err.reason, Buffer.concat([entry, err.bytes]))
+          }
         }
-        if (r.kind === 'short' && !final) break
-        pos++
+        if (r.kind === 'corrupt' || (k === data.length && final)) {
+          const bytes = Buffer.concat([...this.parts, data], held + data.length)
+          this.reset()
+          throw new ChunkRefused(at, at, refusal(r, at), bytes)
+        }
+        if (k === data.length) return this.hold(data)
+        k = Math.min(data.length, k * 2)
       }
     }
-    while (!this.resyncing && pos < buf.length) {
+    if (this.bytes === 0) this.at = offset
+    this.parts.push(data)
+    this.bytes += data.length
+    if (!final && this.bytes < this.tryAt) return []
+    const buf = this.joinHeld()
+    const start = this.at
+    let pos = 0
+    // Inside the master's damaged range (after acceptDamaged): step byte by byte to the next entry
+    // that verifies (an entry that may verify once more bytes came is decided with them).
+    while (this.resyncing && pos < buf.length) {
       const r = this.check(buf, pos, buf.length, start + pos)
+      if (r.kind === 'record') {
+        this.resyncing = false
+        break
+      }
+      if (r.kind === 'short' && !final) break
+      pos++
+    }
+    const resyncing = this.resyncing
+    this.reset()
+    if (resyncing) {
+      this.resyncing = true
+      if (pos < buf.length) this.hold(buf.subarray(pos), start + pos)
+      return pos === 0 ? [] : [buf.subarray(0, pos)]
+    }
+    const rest = this.verify(start + pos, buf.subarray(pos), final)
+    return pos === 0 ? rest : [buf.subarray(0, pos), ...rest]
+  }
+
+  /**
+   * Verifies `buf` (at `offset`, nothing held) in place: its complete entries are returned, a begun
+   * last one is held. Throws ChunkRefused (holding nothing) at a bad entry.
+   */
+  private verify(offset: number, buf: Buffer, final: boolean): Buffer[] {
+    let pos = 0
+    while (pos < buf.length) {
+      const r = this.check(buf, pos, buf.length, offset + pos)
       if (r.kind === 'record') {
         pos += r.length
         continue
       }
       if (r.kind === 'corrupt' || final) {
         this.reset()
-        throw new ChunkRefused(
-          start,
-          start + pos,
-          r.kind === 'corrupt'
-            ? `${r.reason} at offset ${start + pos}`
-            : `incomplete entry at offset ${start + pos}, the end of the master's bytes`,
-          buf,
-        )
+        throw new ChunkRefused(offset, offset + pos, refusal(r, offset + pos), buf)
       }
       break
     }
-    if (pos === buf.length) {
-      const resyncing = this.resyncing
-      this.reset()
-      this.resyncing = resyncing
-      return buf
+    if (pos < buf.length) {
+      // An entry begun: held (a copy when small, so a large chunk is not kept alive for its tail).
+      const rest = buf.length - pos
+      this.hold(rest * 4 < buf.length ? Buffer.from(buf.subarray(pos)) : buf.subarray(pos), offset + pos)
     }
-    // An entry begun: held (a copy when small, so a large chunk is not kept alive for its tail).
-    const rest = buf.length - pos
-    const tail = rest * 4 < buf.length ? Buffer.from(buf.subarray(pos)) : buf.subarray(pos)
-    this.parts = [tail]
-    this.bytes = rest
-    this.at = start + pos
-    this.tryAt = rest * 2
-    return buf.subarray(0, pos)
+    return pos === 0 ? [] : [buf.subarray(0, pos)]
+  }
+
+  /**
+   * Holds `data` after what is held (or from `at` when nothing is); returns no pieces. `tried`: the
+   * held bytes were just checked (the next try waits until they doubled).
+   */
+  private hold(data: Buffer, at = this.at, tried = true): Buffer[] {
+    if (this.bytes === 0) this.at = at
+    this.parts.push(data)
+    this.bytes += data.length
+    if (tried) this.tryAt = this.bytes * 2
+    return []
+  }
+
+  private joinHeld(): Buffer {
+    return this.parts.length === 1 ? (this.parts[0] as Buffer) : Buffer.concat(this.parts, this.bytes)
   }
 
   /**
@@ -119,22 +174,21 @@ export class ChunkVerifier {
    * next position where an entry verifies (the damaged range, as a resynchronising scan steps over
    * it), then the verified entries after it; a begun last entry is held as usual. `final` as `push`.
    */
-  acceptDamaged(refused: ChunkRefused, final: boolean): Buffer {
+  acceptDamaged(refused: ChunkRefused, final: boolean): Buffer[] {
     this.reset()
     const buf = refused.bytes
     const start = refused.offset
     const pos = Math.min(buf.length, refused.badAt - start + 1)
     this.resyncing = true
-    if (pos >= buf.length) return buf
+    if (pos >= buf.length) return [buf]
     try {
-      const rest = this.push(start + pos, buf.subarray(pos), final || refused.segmentEnd)
-      return rest.length === 0 ? buf.subarray(0, pos) : Buffer.concat([buf.subarray(0, pos), rest])
+      return [buf.subarray(0, pos), ...this.push(start + pos, buf.subarray(pos), final || refused.segmentEnd)]
     } catch {
       // More damage after good entries: up to the first damaged byte; the rest is fetched again (and
       // stepped over from there, resyncing).
       this.reset()
       this.resyncing = true
-      return buf.subarray(0, pos)
+      return [buf.subarray(0, pos)]
     }
   }
 }
@@ -147,7 +201,7 @@ export class ChunkRefused extends QmqError {
   constructor(
     readonly offset: number,
     readonly badAt: number,
-    reason: string,
+    readonly reason: string,
     readonly bytes: Buffer,
     /** The bytes end their segment in the master's log (nothing follows them there). */
     readonly segmentEnd = false,
@@ -156,7 +210,11 @@ export class ChunkRefused extends QmqError {
   }
 }
 
-const EMPTY: Buffer = Buffer.alloc(0)
+function refusal(r: ScanResult, at: number): string {
+  return r.kind === 'corrupt'
+    ? `${r.reason} at offset ${at}`
+    : `incomplete entry at offset ${at}, the end of the master's bytes`
+}
 
 /**
  * `qmq_replication_refused_chunks_total{log, outcome}` (broker and delay slaves): chunks refused by

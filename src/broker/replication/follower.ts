@@ -468,7 +468,7 @@ export class ReplicationFollower {
               `master sent ${name} bytes at ${res.offset}, asked for ${at}`,
             )
           const end = res.offset + res.data.length
-          let good: Buffer
+          let good: Buffer[]
           try {
             if (verifier.held === 0) heldBase = res.segmentBase
             good = verifier.push(res.offset, res.data, end >= res.end)
@@ -487,8 +487,9 @@ export class ReplicationFollower {
               // recovery steps over the same range; refusing for ever would leave the group without
               // a slave.
               const asHeld = verifier.acceptDamaged(err, end >= res.end)
+              const copied = asHeld.reduce((n, b) => n + b.length, 0)
               this.log.error(
-                { log: name, offset: err.badAt, copied: asHeld.length, reason: err.message },
+                { log: name, offset: err.badAt, copied, reason: err.message },
                 'slave: the master holds these damaged bytes; copying them as they are',
               )
               this.opts.onChunkRefused?.(name, true)
@@ -496,7 +497,7 @@ export class ReplicationFollower {
               lastRefused = ''
               await writer.written()
               writer.write(heldBase, asHeld)
-              wanted = err.offset + asHeld.length + verifier.held
+              wanted = err.offset + copied + verifier.held
               continue
             }
             this.opts.onChunkRefused?.(name, false)
@@ -513,6 +514,7 @@ export class ReplicationFollower {
           lastRefused = ''
           wanted = end
           if (good.length > 0) {
+            // The pieces are contiguous: a completed held entry, then this chunk's entries.
             // Writes stay in order: this chunk is written once the previous one is (synced or not).
             await writer.written()
             writer.write(res.segmentBase, good)
@@ -658,14 +660,17 @@ class ChunkWriter {
     private readonly onDurable: () => void,
   ) {}
 
-  /** Queues one chunk (a gap on the master first): written once the previous chunk is, then synced. */
-  write(segmentBase: number, data: Buffer): void {
+  /**
+   * Queues one chunk's verified pieces, contiguous (a gap on the master first): written once the
+   * previous chunk is, then synced.
+   */
+  write(segmentBase: number, pieces: readonly Buffer[]): void {
     const log = this.copy.log
     this.lastWrite = this.lastWrite.then(async () => {
       if (this.failure !== undefined) return
       try {
         if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-        await log.appendCopied(segmentBase, data)
+        for (const data of pieces) await log.appendCopied(segmentBase, data)
       } catch (err) {
         this.failure ??= err
         return

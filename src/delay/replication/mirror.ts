@@ -461,7 +461,7 @@ export class DelayMirror {
             'QMQ_ERR_INTERNAL',
             `the master's ${name} is shorter (${res.size}) than its manifest says (${to})`,
           )
-        let good: Buffer
+        let good: Buffer[]
         try {
           good = verifier.push(at, res.data, at + res.data.length >= to)
         } catch (err) {
@@ -471,12 +471,14 @@ export class DelayMirror {
           }
           throw err
         }
-        let w = 0
-        while (w < good.length) {
-          const { bytesWritten } = await fh.write(good, w, good.length - w, written + w)
-          w += bytesWritten
+        for (const piece of good) {
+          let w = 0
+          while (w < piece.length) {
+            const { bytesWritten } = await fh.write(piece, w, piece.length - w, written + w)
+            w += bytesWritten
+          }
+          written += piece.length
         }
-        written += good.length
         at += res.data.length
       }
       await fh.datasync()
