@@ -24,6 +24,7 @@ import { type HeartbeatClient, MetaHeartbeat } from './server/meta-heartbeat'
 import { BrokerMetrics } from './server/metrics'
 import { type BrokerServerOptions, brokerServerOptionsSchema } from './server/options'
 import { type EpochState, readEpochs } from './replication/epochs'
+import { refusedChunksCounter } from './replication/chunk-verifier'
 import { ReplicationFollower } from './replication/follower'
 import { beginMasterTerm, ReplicationSource } from './replication/source'
 import { MasterLease } from './replication/lease'
@@ -136,6 +137,7 @@ export class Broker {
   /** close() was called: a role change in progress does not start the broker again. */
   private closeRequested = false
   private roleChanges: Counter<'to'> | undefined
+  private refusedChunks: Counter<'log' | 'outcome'> | undefined
   private unsubscribe: (() => void) | undefined
   private state: 'stopped' | 'starting' | 'running' | 'closing' = 'stopped'
   private startedAt = 0
@@ -235,6 +237,7 @@ export class Broker {
         for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagMs / 1000)
       },
     })
+    this.refusedChunks = refusedChunksCounter(registers)
     this.roleChanges = new Counter({
       name: 'qmq_replication_role_changes_total',
       help: 'Promotions and demotions of this broker by the metaserver, by new role',
@@ -392,6 +395,8 @@ export class Broker {
         maxFrameBytes: o.maxFrameBytes,
         epoch: this.epochs.epoch,
         ...clientTlsOf(o),
+        onChunkRefused: (log, copied) =>
+          this.refusedChunks?.inc({ log, outcome: copied ? 'copied_damaged' : 'refetched' }),
       },
       this.log,
     )

@@ -254,6 +254,12 @@ export const ERROR_CODES = {
     httpStatus: 415,
     message: 'Request body must be application/json',
   },
+  QMQ_ERR_STALE_REPORT: {
+    status: 208,
+    retriable: false,
+    httpStatus: 409,
+    message: 'Heartbeat report is older than the one the metaserver holds',
+  },
 
   // ---- 250-299: client SDK ----
   QMQ_ERR_SEND_QUEUE_FULL: { status: 250, retriable: true, httpStatus: 503, message: 'Send queue is full' },

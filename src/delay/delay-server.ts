@@ -31,6 +31,7 @@ import { createDelayFrameHandler, type HandlerContext } from './tcp-handler'
 import path from 'node:path'
 import { Counter, Gauge } from 'prom-client'
 import { type EpochState, readEpochs } from '../broker/replication/epochs'
+import { refusedChunksCounter } from '../broker/replication/chunk-verifier'
 import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
 import { MasterLease } from '../broker/replication/lease'
 import { beginMasterTerm, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
@@ -123,6 +124,7 @@ export class DelayServer {
   private follower: ReplicationFollower | undefined
   private mirror: DelayMirror | undefined
   private readonly roleChanges: Counter<'to'>
+  private refusedChunks: Counter<'log' | 'outcome'> | undefined
   private loadingNow = false
   private started = false
   private closing: Promise<void> | undefined
@@ -191,6 +193,7 @@ export class DelayServer {
         for (const x of self.replication?.status() ?? []) this.set({ slave: x.id }, x.lagBytes)
       },
     })
+    this.refusedChunks = refusedChunksCounter(registers)
     return new Counter({
       name: 'qmq_replication_role_changes_total',
       help: 'Promotions and demotions of this server by the metaserver, by new role',
@@ -508,6 +511,8 @@ export class DelayServer {
       slaveId: this.address,
       clusterSecret: secret,
       bucketMinutes: o.bucketMinutes,
+      maxMessageBytes: o.maxMessageBytes,
+      onChunkRefused: (file) => this.refusedChunks?.inc({ log: file, outcome: 'refetched' }),
       intervalMs: Math.min(1_000, o.checkpointIntervalMs),
       waitMs: o.replicationFetchWaitMs,
       chunkBytes: o.replicationFetchBytes,
@@ -532,6 +537,8 @@ export class DelayServer {
         maxFrameBytes: o.maxFrameBytes,
         epoch: this.epochs.epoch,
         ...clientTlsOf(o),
+        onChunkRefused: (log, copied) =>
+          this.refusedChunks?.inc({ log, outcome: copied ? 'copied_damaged' : 'refetched' }),
         layout: {
           logs: [
             {

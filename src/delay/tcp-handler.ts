@@ -188,8 +188,14 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
           ids.filter((_id, i) => res[i] === true),
           Date.now(),
         )
-        await repl.delay.waitCancelled(seq)
-        ctx.checkLease?.()
+        try {
+          await repl.delay.waitCancelled(seq)
+          ctx.checkLease?.()
+        } catch (e) {
+          // Stored (tombstones written), outcome uncertain: as SEND, never NOT_MASTER after storing.
+          // REPLICATION_TIMEOUT makes the SDK resend to the same group (a cancel is idempotent).
+          throw storedUnconfirmed(e)
+        }
       }
       for (const c of res) ctx.metrics.cancelled.inc({ result: c ? 'cancelled' : 'not_pending' })
       return encodeCancelResponse(res)

@@ -23,6 +23,7 @@ import {
   toSlave,
 } from './rows'
 import { choosePromotion } from './promotion'
+import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
   HeartbeatResult,
@@ -82,7 +83,8 @@ function loadPg(): typeof import('pg') {
 
 const SLAVE_COLUMNS =
   'group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at'
-const REPLICATION_COLUMNS = 'group_name, replicated, epoch, in_sync_json, reported_at, step_down_at'
+const REPLICATION_COLUMNS =
+  'group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at'
 
 async function epochOf(c: PoolClient, group: string): Promise<number> {
   const r = await c.query<{ epoch: number }>('SELECT epoch FROM group_epochs WHERE group_name = $1', [group])
@@ -288,6 +290,12 @@ export class PostgresMetaStore implements MetaStore {
       const stored = await epochOf(c, group.name)
       if (stored > epoch)
         return { written: false, epoch: stored, replication: await replicationOf(c, group.name) }
+      if (server.role === 'master' && report !== undefined) {
+        // The group's row is locked (above): no other report is written meanwhile.
+        const current = await replicationOf(c, group.name)
+        if (staleReport(current, stored, report))
+          return { written: true, epoch: stored, replication: current, staleReport: true }
+      }
       if (server.role === 'master') {
         await c.query(
           `INSERT INTO servers (group_name, role, address, http_address, last_seen_at, epoch)
@@ -305,13 +313,22 @@ export class PostgresMetaStore implements MetaStore {
         if (report !== undefined)
           // A report replaces an older one only; a step-down is kept within its epoch.
           await c.query(
-            `INSERT INTO group_replication AS r (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
-             VALUES ($1, $2, $3, $4, $5, NULL)
+            `INSERT INTO group_replication AS r (group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)
              ON CONFLICT (group_name) DO UPDATE SET replicated = excluded.replicated, epoch = excluded.epoch,
-               in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at,
+               in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at, report_seq = excluded.report_seq,
                step_down_at = CASE WHEN r.epoch < excluded.epoch THEN NULL ELSE r.step_down_at END
-             WHERE r.epoch < excluded.epoch OR (r.epoch = excluded.epoch AND r.reported_at <= excluded.reported_at)`,
-            [server.group, report.replicated, stored, JSON.stringify(report.inSync), server.lastSeenAt],
+             WHERE r.epoch < excluded.epoch OR (r.epoch = excluded.epoch AND CASE
+               WHEN r.report_seq > 0 AND excluded.report_seq > 0 THEN r.report_seq <= excluded.report_seq
+               ELSE r.reported_at <= excluded.reported_at END)`,
+            [
+              server.group,
+              report.replicated,
+              stored,
+              JSON.stringify(report.inSync),
+              server.lastSeenAt,
+              report.seq ?? 0,
+            ],
           )
       } else {
         // A slave's offsets are those of its newest report (they go back when it truncates).
@@ -505,7 +522,7 @@ export class PostgresMetaStore implements MetaStore {
         `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
          VALUES ($1, TRUE, $2, '[]', $3, NULL)
          ON CONFLICT (group_name) DO UPDATE SET replicated = TRUE, epoch = excluded.epoch, in_sync_json = '[]',
-           reported_at = excluded.reported_at, step_down_at = NULL`,
+           reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL`,
         [group, next, now],
       )
       return { promoted: { ...slave, role: 'master' as const } }

@@ -178,6 +178,7 @@ export interface ReplicationRow {
   epoch: number
   in_sync_json: string
   reported_at: number
+  report_seq: number
   step_down_at: number | null
 }
 
@@ -188,6 +189,7 @@ export function toReplication(r: ReplicationRow): StoredReplication {
     epoch: r.epoch,
     inSync: parseGroups(r.in_sync_json),
     reportedAt: r.reported_at,
+    reportSeq: Number(r.report_seq),
     stepDownAt: r.step_down_at ?? undefined,
   }
 }

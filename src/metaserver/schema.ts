@@ -39,6 +39,9 @@
  *   slaves gains heard_at: its last heartbeat, 'offline' ones included (last_seen_at is 0 after
  *     those); a row not heard from for the metaserver's slaveExpiryMs is deleted. Rows already there
  *     start at their last_seen_at, or (offline ones) at the newest master last-seen.
+ * Version 8 (in-sync reports are ordered):
+ *   group_replication gains report_seq: the master's reportSeq of the stored report (0: none sent; a
+ *     new epoch starts at 0). A report of the same epoch with a lower reportSeq is refused.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -142,6 +145,12 @@ ALTER TABLE app_credentials ADD COLUMN version {INT64} NOT NULL DEFAULT 0;
 ALTER TABLE slaves ADD COLUMN heard_at {INT64} NOT NULL DEFAULT 0;
 UPDATE slaves SET heard_at = CASE WHEN last_seen_at > 0 THEN last_seen_at
   ELSE COALESCE((SELECT MAX(m.last_seen_at) FROM servers m), 0) END;
+`),
+  },
+  {
+    version: 8,
+    sql: both(`
+ALTER TABLE group_replication ADD COLUMN report_seq {INT64} NOT NULL DEFAULT 0;
 `),
   },
 ]

@@ -100,6 +100,8 @@ interface GroupState {
   inSyncEpoch: number
   /** When the master reported inSync (the store keeps the newest report). */
   reportedAt: number
+  /** The master's reportSeq of that report (0: none sent); an older one of the epoch is refused. */
+  reportSeq: number
   /** `qmq failover`: the master was told to step down at this time (promotion after its lease). */
   stepDownAt: number | undefined
   /** Logged once per outage: the master is gone and no slave can be promoted. */
@@ -129,6 +131,7 @@ function newReplicationState(): Pick<
   | 'inSync'
   | 'inSyncEpoch'
   | 'reportedAt'
+  | 'reportSeq'
   | 'stepDownAt'
   | 'stuckLogged'
 > {
@@ -141,9 +144,17 @@ function newReplicationState(): Pick<
     inSync: [],
     inSyncEpoch: 0,
     reportedAt: 0,
+    reportSeq: 0,
     stepDownAt: undefined,
     stuckLogged: false,
   }
+}
+
+function staleReportError(seq: number, stored: number): QmqError {
+  return new QmqError(
+    'QMQ_ERR_STALE_REPORT',
+    `in-sync report ${seq} is older than the stored report ${stored}: refused (a late retry)`,
+  )
 }
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {
@@ -175,11 +186,13 @@ function placeServer(g: GroupState, s: ServerState): void {
 /** Takes the stored replication state unless memory holds a newer report (a step-down: as stored). */
 function applyReplication(g: GroupState, r: StoredReplication | undefined): void {
   if (r === undefined) return
-  if (r.epoch > g.inSyncEpoch || (r.epoch === g.inSyncEpoch && r.reportedAt >= g.reportedAt)) {
+  const newer = r.reportSeq > 0 && g.reportSeq > 0 ? r.reportSeq >= g.reportSeq : r.reportedAt >= g.reportedAt
+  if (r.epoch > g.inSyncEpoch || (r.epoch === g.inSyncEpoch && newer)) {
     g.replicated = r.replicated
     g.inSync = r.inSync
     g.inSyncEpoch = r.epoch
     g.reportedAt = r.reportedAt
+    g.reportSeq = r.reportSeq
   }
   if (r.epoch >= g.epoch) g.stepDownAt = r.stepDownAt
 }
@@ -526,6 +539,14 @@ export class MetaService {
     const offline = req.state === 'offline'
     const wasAlive = this.isAlive(g, now)
     const role = this.roleOf(g, req, now)
+    // A late retry of an older heartbeat of the master (its report older than the one stored in this
+    // epoch) is refused before anything changes: it must not bring back a larger in-sync set, nor
+    // renew a lease (the master sent newer heartbeats since). Another metaserver may have stored a
+    // newer one: the store checks again (HeartbeatResult.staleReport).
+    const seq = req.replication?.reportSeq ?? 0
+    if (role === 'master' && req.role === 'master' && !offline && seq > 0) {
+      if (g.inSyncEpoch === g.epoch && g.reportSeq > seq) throw staleReportError(seq, g.reportSeq)
+    }
     let server = role === 'master' ? g.master : g.slaves.get(req.address)
     if (server === undefined) {
       server = {
@@ -550,6 +571,8 @@ export class MetaService {
       if (role === 'master') g.slaves.delete(req.address)
       changed = true
     }
+    /** Restored when the store refuses the heartbeat as a stale report (another metaserver's newer one). */
+    const before = { lastSeenAt: server.lastSeenAt, replication: server.replication }
     server.lastSeenAt = offline ? 0 : now
     if (role === 'slave') server.heardAt = now
     let report: ReplicationReport | undefined
@@ -564,7 +587,11 @@ export class MetaService {
       // write of the same report failed. The answer tells the master its set was accepted (it stops
       // waiting for a slave that left it), and promotion picks from the stored report.
       if (role === 'master' && req.role === 'master' && !offline) {
-        report = { replicated: rep.replicated === true, inSync: rep.inSyncSlaves ?? [] }
+        report = {
+          replicated: rep.replicated === true,
+          inSync: rep.inSyncSlaves ?? [],
+          seq: rep.reportSeq ?? 0,
+        }
         reportChanged =
           report.replicated !== g.replicated ||
           g.inSyncEpoch !== g.epoch ||
@@ -610,6 +637,13 @@ export class MetaService {
             report,
           ),
         )
+        if (written.staleReport === true) {
+          // Another metaserver stored a newer report of this master: refused, nothing written.
+          server.lastSeenAt = before.lastSeenAt
+          server.replication = before.replication
+          applyReplication(g, written.replication)
+          throw staleReportError(report?.seq ?? 0, written.replication?.reportSeq ?? 0)
+        }
         if (!written.written) {
           // Another metaserver promoted a slave since our last reload: answer from its state.
           this.log.info(
@@ -626,6 +660,7 @@ export class MetaService {
           g.inSync = report.inSync
           g.inSyncEpoch = g.epoch
           g.reportedAt = now
+          g.reportSeq = report.seq ?? 0
         }
         applyReplication(g, written.replication)
       } catch (err) {
@@ -759,6 +794,7 @@ export class MetaService {
       g.inSync = []
       g.inSyncEpoch = g.epoch
       g.reportedAt = now
+      g.reportSeq = 0
       g.stepDownAt = undefined
       g.stuckLogged = false
       this.log.warn(

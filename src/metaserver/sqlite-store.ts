@@ -39,6 +39,7 @@ import {
   toSlave,
 } from './rows'
 import { choosePromotion } from './promotion'
+import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
 /**
@@ -144,28 +145,31 @@ export class SqliteMetaStore implements MetaStore {
       deleteSlave: db.prepare('DELETE FROM slaves WHERE group_name = ? AND address = ?'),
       getEpoch: db.prepare('SELECT epoch FROM group_epochs WHERE group_name = ?'),
       allReplication: db.prepare(
-        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, step_down_at FROM group_replication',
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at FROM group_replication',
       ),
       getReplication: db.prepare(
-        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, step_down_at FROM group_replication WHERE group_name = ?',
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at FROM group_replication WHERE group_name = ?',
       ),
-      // A report replaces an older one only (lower epoch, or same epoch and not later); a step-down is
-      // kept within its epoch.
+      // A report replaces an older one only (lower epoch, or same epoch and not older: by reportSeq when
+      // both have one, else by arrival); a step-down is kept within its epoch.
       upsertReport: db.prepare(
-        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
-         VALUES (?, ?, ?, ?, ?, NULL)
+        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at)
+         VALUES (?, ?, ?, ?, ?, ?, NULL)
          ON CONFLICT (group_name) DO UPDATE SET replicated = excluded.replicated, epoch = excluded.epoch,
-           in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at,
+           in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at, report_seq = excluded.report_seq,
            step_down_at = CASE WHEN group_replication.epoch < excluded.epoch THEN NULL
                                ELSE group_replication.step_down_at END
          WHERE group_replication.epoch < excluded.epoch
-            OR (group_replication.epoch = excluded.epoch AND group_replication.reported_at <= excluded.reported_at)`,
+            OR (group_replication.epoch = excluded.epoch AND CASE
+                  WHEN group_replication.report_seq > 0 AND excluded.report_seq > 0
+                  THEN group_replication.report_seq <= excluded.report_seq
+                  ELSE group_replication.reported_at <= excluded.reported_at END)`,
       ),
       newEpochReplication: db.prepare(
         `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
          VALUES (?, 1, ?, '[]', ?, NULL)
          ON CONFLICT (group_name) DO UPDATE SET replicated = 1, epoch = excluded.epoch, in_sync_json = '[]',
-           reported_at = excluded.reported_at, step_down_at = NULL`,
+           reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL`,
       ),
       setStepDown: db.prepare(
         `UPDATE group_replication SET step_down_at = COALESCE(step_down_at, MAX(?, COALESCE(
@@ -316,6 +320,11 @@ export class SqliteMetaStore implements MetaStore {
           const stored = this.epochOf(group.name)
           if (stored > epoch)
             return { written: false, epoch: stored, replication: this.replicationOf(group.name) }
+          if (server.role === 'master' && report !== undefined) {
+            const current = this.replicationOf(group.name)
+            if (staleReport(current, stored, report))
+              return { written: true, epoch: stored, replication: current, staleReport: true }
+          }
           if (server.role === 'master') {
             s.upsertServer.run(
               server.group,
@@ -332,6 +341,7 @@ export class SqliteMetaStore implements MetaStore {
                 stored,
                 JSON.stringify(report.inSync),
                 server.lastSeenAt,
+                report.seq ?? 0,
               )
           } else {
             s.upsertSlave.run(

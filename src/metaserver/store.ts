@@ -128,6 +128,8 @@ export interface StoredReplication {
   /** The slaves (`host:port`) the master reported in sync. */
   inSync: string[]
   reportedAt: number
+  /** The master's order of the report (ServerReplication.reportSeq); 0: it sent none. */
+  reportSeq: number
   /** `qmq failover` asked the master to step down at this time; undefined: not asked. */
   stepDownAt: number | undefined
 }
@@ -136,6 +138,25 @@ export interface StoredReplication {
 export interface ReplicationReport {
   replicated: boolean
   inSync: string[]
+  /** ServerReplication.reportSeq; 0 or absent: the master sent none (ordered by arrival then). */
+  seq?: number
+}
+
+/**
+ * `report` is older than `stored` (the same epoch, a lower reportSeq): it must not replace it. Reports
+ * without a reportSeq (older servers) are never refused.
+ */
+export function staleReport(
+  stored: StoredReplication | undefined,
+  epoch: number,
+  report: ReplicationReport,
+): boolean {
+  return (
+    stored !== undefined &&
+    stored.epoch === epoch &&
+    (report.seq ?? 0) > 0 &&
+    stored.reportSeq > (report.seq ?? 0)
+  )
 }
 
 export interface HeartbeatResult {
@@ -148,6 +169,8 @@ export interface HeartbeatResult {
   epoch: number
   /** The group's stored replication state after the write (a step-down asked elsewhere shows here). */
   replication: StoredReplication | undefined
+  /** The report was older than the stored one (`staleReport`): nothing was written. */
+  staleReport?: boolean
 }
 
 export interface PromoteRequest {

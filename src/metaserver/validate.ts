@@ -133,6 +133,8 @@ function replication(obj: Json): ServerReplication | undefined {
     if (typeof o.replicated !== 'boolean') throw invalid('replication.replicated must be a boolean')
     out.replicated = o.replicated
   }
+  const reportSeq = int('reportSeq', false)
+  if (reportSeq !== undefined) out.reportSeq = reportSeq
   if (o.inSyncSlaves !== undefined) {
     if (!Array.isArray(o.inSyncSlaves) || o.inSyncSlaves.length > 16)
       throw invalid('replication.inSyncSlaves must be an array of at most 16 addresses')

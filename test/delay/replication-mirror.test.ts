@@ -52,6 +52,7 @@ function mirror(dir: string): DelayMirror {
     waitMs: 100,
     chunkBytes: 4096,
     tombstoneKeepMs: 60_000,
+    maxMessageBytes: 1024 * 1024,
     log: silentLogger,
   })
 }

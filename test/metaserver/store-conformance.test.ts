@@ -74,7 +74,7 @@ for (const kind of STORE_KINDS) {
     })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 7)
+    t.equal(SCHEMA_VERSION, 8)
   })
 
   t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
@@ -170,6 +170,7 @@ for (const kind of STORE_KINDS) {
         epoch: 0,
         inSync: ['s:1', 's:3'],
         reportedAt: 2_000,
+        reportSeq: 0,
         stepDownAt: undefined,
       },
     ])
@@ -268,6 +269,7 @@ for (const kind of STORE_KINDS) {
         epoch: 0,
         inSync: ['s:1'],
         reportedAt: 6_000,
+        reportSeq: 0,
         stepDownAt: undefined,
       })
       t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')

@@ -14,6 +14,7 @@ import {
   REPLICATED_LOG_NAMES,
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
+import { crc32c } from '../../common/crc32c'
 import { checkAction } from '../store/action-log'
 import { indexDirs } from '../store/index-log'
 import { type Checkpoint, loadCheckpoint, writeCheckpoint } from '../store/checkpoint'
@@ -21,6 +22,7 @@ import type { FsIo } from '../store/fs-io'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
+import { ChunkRefused, ChunkVerifier } from './chunk-verifier'
 import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
 import { SlaveConsumeLogs } from './slave-consume'
 
@@ -66,6 +68,11 @@ export interface FollowerOptions {
   io?: FsIo | undefined
   /** Entries per consume-log segment (the store's `consumeLogSegmentEntries`); default 1,000,000. */
   consumeLogSegmentEntries?: number | undefined
+  /**
+   * A received chunk failed verification and was refused (`copied`: refused the same way
+   * DAMAGE_REPEATS times, it was then copied as the master holds it). For the metrics.
+   */
+  onChunkRefused?: ((log: 'message' | 'action', copied: boolean) => void) | undefined
 }
 
 /**
@@ -74,7 +81,10 @@ export interface FollowerOptions {
  * (src/delay/replication/) is its message log plus its derived files, copied by its own side loop.
  */
 export interface FollowerLayout {
-  /** The logs copied byte for byte, each a SegmentLog directory, checked with `check` at start. */
+  /**
+   * The logs copied byte for byte, each a SegmentLog directory, checked with `check` at start and
+   * every received chunk before it is written (chunk-verifier.ts).
+   */
   logs: readonly { kind: ReplicatedLogValue; dir: string; check: ScanCheck }[]
   /** Runs beside the copy loops while the follower runs (on its connection: `request`). */
   sideLoop(follower: ReplicationFollower): Promise<void>
@@ -102,10 +112,14 @@ export interface FollowerStatus {
   caughtUpAt: number
   epoch: number
   lastError: string | undefined
+  /** Chunks refused since start because an entry failed its check (chunk-verifier.ts). */
+  refusedChunks: number
 }
 
 interface LogCopy {
   kind: ReplicatedLogValue
+  /** The log's entry check: every received chunk passes it before it is written. */
+  check: ScanCheck
   /** The epoch this copy follows: adopted from the master once it needs no cut (source.ts). */
   epoch: number
   log: SegmentLog
@@ -140,6 +154,7 @@ export class ReplicationFollower {
   private history: EpochStart[] = []
   /** The broker layout's consume logs, kept current from the message-log copy (slave-consume.ts). */
   private consume: SlaveConsumeLogs | undefined
+  private refusedChunks = 0
 
   constructor(opts: FollowerOptions, log: Logger) {
     this.opts = opts
@@ -182,6 +197,7 @@ export class ReplicationFollower {
       for (const c of cuts) this.log.warn({ log: name, ...c }, 'slave copy: dropped a torn tail')
       copies.push({
         kind: spec.kind,
+        check: spec.check,
         epoch: this.opts.epoch,
         log,
         durable: log.endOffset,
@@ -300,6 +316,7 @@ export class ReplicationFollower {
       caughtUpAt: this.caughtUpAt,
       epoch: this.epoch,
       lastError: this.lastError,
+      refusedChunks: this.refusedChunks,
     }
   }
 
@@ -364,6 +381,15 @@ export class ReplicationFollower {
     const log = copy.log
     const consume = copy.kind === 0 ? this.consume : undefined
     const writer = new ChunkWriter(copy, () => this.noteCaughtUp(), consume)
+    // Every chunk is verified before a byte of it is written; an entry it begins is held until the
+    // chunks that complete it came (`wanted` is past the held bytes, the log's end before them).
+    const verifier = new ChunkVerifier(copy.check)
+    /** The master segment the held bytes are in. */
+    let heldBase = 0
+    /** Refusals in a row (the backoff), and of the very same bytes (damage stored on the master). */
+    let refusedInRow = 0
+    let sameRefusals = 0
+    let lastRefused = ''
     // Written but not yet fdatasynced: at most this much before the loop waits for a sync (a disk
     // slower than the network would otherwise fill the page cache with dirty bytes).
     const maxUnsynced = UNSYNCED_FETCHES * this.opts.fetchBytes
@@ -388,6 +414,7 @@ export class ReplicationFollower {
             await log.truncate(copy.durable)
             await log.sync()
             writer.failure = undefined
+            verifier.reset()
             wanted = log.endOffset
             await this.cutDerived(copy.kind, copy.durable)
           }
@@ -416,6 +443,7 @@ export class ReplicationFollower {
           copy.masterStart = res.start
           copy.masterEnd = res.end
           if (res.kind === FetchKind.TRUNCATE) {
+            verifier.reset()
             await writer.synced()
             if (res.offset < log.endOffset) {
               this.log.warn(
@@ -432,6 +460,7 @@ export class ReplicationFollower {
             continue
           }
           if (res.kind === FetchKind.RESET) {
+            verifier.reset()
             await writer.synced()
             this.log.warn(
               { log: name, held: log.endOffset, masterStart: res.start },
@@ -459,11 +488,58 @@ export class ReplicationFollower {
               'QMQ_ERR_INTERNAL',
               `master sent ${name} bytes at ${res.offset}, asked for ${at}`,
             )
-          // Writes stay in order: this chunk is written once the previous one is (synced or not).
-          await writer.written()
           const end = res.offset + res.data.length
-          writer.write(res.segmentBase, res.data)
+          let good: Buffer[]
+          try {
+            if (verifier.held === 0) heldBase = res.segmentBase
+            good = verifier.push(res.offset, res.data, end >= res.end)
+          } catch (err) {
+            if (!(err instanceof ChunkRefused)) throw err
+            refusedInRow++
+            this.refusedChunks++
+            const key = `${err.offset}:${err.bytes.length}:${crc32c(err.bytes)}`
+            sameRefusals = key === lastRefused ? sameRefusals + 1 : 1
+            lastRefused = key
+            this.lastError = err.message
+            if (sameRefusals >= DAMAGE_REPEATS) {
+              // The very same bytes refused again and again: not a fault on the way but the master's
+              // stored bytes (a range its recovery stepped over keeps its place in the log). Copied as
+              // they are, so the copy stays the master's byte for byte and a promoted slave's
+              // recovery steps over the same range; refusing for ever would leave the group without
+              // a slave.
+              const asHeld = verifier.acceptDamaged(err, end >= res.end)
+              const copied = asHeld.reduce((n, b) => n + b.length, 0)
+              this.log.error(
+                { log: name, offset: err.badAt, copied, reason: err.message },
+                'slave: the master holds these damaged bytes; copying them as they are',
+              )
+              this.opts.onChunkRefused?.(name, true)
+              sameRefusals = 0
+              lastRefused = ''
+              await writer.written()
+              writer.write(heldBase, asHeld)
+              wanted = err.offset + copied + verifier.held
+              continue
+            }
+            this.opts.onChunkRefused?.(name, false)
+            this.log.warn(
+              { log: name, offset: err.offset, master: this.master, refusedInRow, reason: err.message },
+              'slave: refused a chunk that failed verification; fetching it again',
+            )
+            wanted = err.offset
+            await this.sleep(Math.min(this.opts.retryMs * 2 ** (refusedInRow - 1), 16 * this.opts.retryMs))
+            continue
+          }
+          refusedInRow = 0
+          sameRefusals = 0
+          lastRefused = ''
           wanted = end
+          if (good.length > 0) {
+            // The pieces are contiguous: a completed held entry, then this chunk's entries.
+            // Writes stay in order: this chunk is written once the previous one is (synced or not).
+            await writer.written()
+            writer.write(res.segmentBase, good)
+          }
           // Caught up with what the master has: sync before asking (the ask acknowledges it).
           if (!this.pipelining || end >= res.end) await writer.synced()
           else if (log.endOffset - copy.durable > maxUnsynced) await writer.synced()
@@ -478,6 +554,7 @@ export class ReplicationFollower {
             )
           }
           await writer.drain()
+          verifier.reset()
           wanted = log.endOffset
           await this.dropConnection(err, conn)
         }
@@ -578,6 +655,12 @@ export class ReplicationFollower {
   }
 }
 
+/**
+ * The same bytes (same offset, length and CRC32C) refused this many times in a row are the master's
+ * stored bytes, not a fault on the way: they are copied as they are (logged as an error, counted).
+ */
+const DAMAGE_REPEATS = 3
+
 /** A catching-up copy holds at most this many fetches' bytes written and not yet fdatasynced. */
 const UNSYNCED_FETCHES = 8
 
@@ -607,15 +690,20 @@ class ChunkWriter {
     private readonly consume?: SlaveConsumeLogs | undefined,
   ) {}
 
-  /** Queues one chunk (a gap on the master first): written once the previous chunk is, then synced. */
-  write(segmentBase: number, data: Buffer): void {
+  /**
+   * Queues one chunk's verified pieces, contiguous (a gap on the master first): written once the
+   * previous chunk is, then synced.
+   */
+  write(segmentBase: number, pieces: readonly Buffer[]): void {
     const log = this.copy.log
     this.lastWrite = this.lastWrite.then(async () => {
       if (this.failure !== undefined) return
       try {
         if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-        const at = await log.appendCopied(segmentBase, data)
-        this.consume?.written(at, data)
+        for (const data of pieces) {
+          const at = await log.appendCopied(segmentBase, data)
+          this.consume?.written(at, data)
+        }
       } catch (err) {
         this.failure ??= err
         return

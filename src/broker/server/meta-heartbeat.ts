@@ -48,6 +48,10 @@ export class MetaHeartbeat {
   private failing = false
   /** reportNow() was called while a heartbeat was in flight: the next one goes at once. */
   private soon = false
+  /** The last `reportSeq` sent (ServerReplication.reportSeq). */
+  private reportSeq = 0
+  /** How far `reportSeq` jumps after this server's own report was refused as stale (doubles). */
+  private staleJump = 0
   lastOkAt = 0
   lastError: string | undefined
 
@@ -102,7 +106,14 @@ export class MetaHeartbeat {
     }
     if (this.options.httpAddress !== undefined) req.httpAddress = this.options.httpAddress
     const replication = this.options.replication?.()
-    if (replication !== undefined) req.replication = replication
+    if (replication !== undefined) {
+      if (replication.inSyncSlaves !== undefined) {
+        // A master's report: later than every one before it (a retry of this request keeps it).
+        this.reportSeq = Math.max(Date.now(), this.reportSeq + 1)
+        replication.reportSeq = this.reportSeq
+      }
+      req.replication = replication
+    }
     return req
   }
 
@@ -112,6 +123,7 @@ export class MetaHeartbeat {
       const res = await this.client.heartbeat(this.request(state))
       this.lastOkAt = Date.now()
       this.lastError = undefined
+      this.staleJump = 0
       if (this.failing) this.log.info('metaserver reachable again')
       this.failing = false
       if (Number.isFinite(res.heartbeatIntervalMs) && res.heartbeatIntervalMs > 0) {
@@ -125,6 +137,14 @@ export class MetaHeartbeat {
     } catch (err) {
       const e = toQmqError(err, 'QMQ_ERR_METASERVER_UNAVAILABLE')
       this.lastError = e.message
+      if (e.code === 'QMQ_ERR_STALE_REPORT' && state === 'online') {
+        // This very report, the newest this process made, is older than one the metaserver stored:
+        // an earlier run of this server reported with a clock ahead of this one's. Jump ahead (1 s,
+        // then doubling) and report again at once until it is accepted.
+        this.staleJump = this.staleJump === 0 ? 1_000 : this.staleJump * 2
+        this.reportSeq += this.staleJump
+        this.soon = true
+      }
       if (!this.failing)
         this.log.warn({ code: e.code, reason: e.message }, 'metaserver heartbeat failed; still serving')
       this.failing = true

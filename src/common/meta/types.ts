@@ -123,6 +123,13 @@ export interface ServerReplication {
   inSyncSlaves?: string[]
   /** A master: it has (had) a slave, so it holds a lease and fails over (docs/replication.md). */
   replicated?: boolean
+  /**
+   * A master: orders its reports (grows with every heartbeat it builds, across restarts too: the
+   * larger of the wall clock in ms and the previous one plus 1). A report older than the one the
+   * metaserver stored in the same epoch is refused (QMQ_ERR_STALE_REPORT): a late retry of an older
+   * heartbeat never replaces a newer in-sync set. Absent (older servers): ordered by arrival.
+   */
+  reportSeq?: number
   /** A slave: bytes behind its master, and since when it has not held everything. */
   lagBytes?: number
   lagMs?: number

@@ -1,12 +1,17 @@
 import fs from 'node:fs'
 import path from 'node:path'
+import { ChunkRefused, ChunkVerifier } from '../../broker/replication/chunk-verifier'
 import type { ReplicationFollower } from '../../broker/replication/follower'
+import type { ScanCheck } from '../../broker/store/segment-log'
 import { fsyncDirAsync, writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { RequestCode } from '../../common/protocol/codes'
 import { bucketFileName, DISPATCH_DIR, DISPATCH_SUFFIX, SCHEDULE_DIR, SCHEDULE_SUFFIX } from '../store/bucket'
 import { CancelLog } from '../store/cancel-log'
+import { checkFrame as checkDeadLetter } from '../store/dead-letters'
+import { checkEntry as checkDispatchEntry } from '../store/dispatch-log'
+import { checkFrame as checkScheduleFrame } from '../store/schedule-log'
 import type { ReplicaManifest } from '../store/delay-store'
 import {
   CancelsKind,
@@ -65,6 +70,10 @@ export interface DelayMirrorOptions {
    * store's rule, which keeps the segments that rebuild its dedupe window (store/dedupe-window.ts).
    */
   messageKeepFrom?: ((checkpoint: number) => number) | undefined
+  /** Bounds the schedule logs' records (their check). */
+  maxMessageBytes: number
+  /** A received chunk of a derived file failed verification and was refused (the metrics). */
+  onChunkRefused?: ((file: 'dead_letters' | 'schedule' | 'dispatch') => void) | undefined
   log: Logger
 }
 
@@ -418,6 +427,10 @@ export class DelayMirror {
     to: number,
   ): Promise<number> {
     if (from === to && (to === 0 || fs.existsSync(file))) return to
+    const [kind, check] = this.fileCheck(name)
+    // Every chunk is verified before it is written (chunk-verifier.ts): a refused one fails the round,
+    // which is tried again after the round interval; what the round wrote is all verified.
+    const verifier = new ChunkVerifier(check)
     const fh = await fs.promises.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT)
     try {
       if (from > to) {
@@ -427,6 +440,8 @@ export class DelayMirror {
       }
       await fh.truncate(from)
       let at = from
+      /** End of what is written (`at` less what the verifier holds). */
+      let written = from
       while (at < to) {
         const res = decodeFileResponse(
           await f.request(
@@ -446,10 +461,23 @@ export class DelayMirror {
             'QMQ_ERR_INTERNAL',
             `the master's ${name} is shorter (${res.size}) than its manifest says (${to})`,
           )
-        let w = 0
-        while (w < res.data.length) {
-          const { bytesWritten } = await fh.write(res.data, w, res.data.length - w, at + w)
-          w += bytesWritten
+        let good: Buffer[]
+        try {
+          good = verifier.push(at, res.data, at + res.data.length >= to)
+        } catch (err) {
+          if (err instanceof ChunkRefused) {
+            this.opts.onChunkRefused?.(kind)
+            this.log.warn({ file: name, offset: err.offset, reason: err.message }, 'slave: refused a chunk')
+          }
+          throw err
+        }
+        for (const piece of good) {
+          let w = 0
+          while (w < piece.length) {
+            const { bytesWritten } = await fh.write(piece, w, piece.length - w, written + w)
+            w += bytesWritten
+          }
+          written += piece.length
         }
         at += res.data.length
       }
@@ -458,6 +486,14 @@ export class DelayMirror {
     } finally {
       await fh.close()
     }
+  }
+
+  /** The check of a copied file's entries (its store's own), by its name on the master. */
+  private fileCheck(name: string): ['dead_letters' | 'schedule' | 'dispatch', ScanCheck] {
+    if (name === DEAD_LETTER_FILE) return ['dead_letters', checkDeadLetter]
+    if (name.startsWith(`${DISPATCH_DIR}/`)) return ['dispatch', checkDispatchEntry]
+    const max = this.opts.maxMessageBytes
+    return ['schedule', (b, p, e) => checkScheduleFrame(b, p, e, max)]
   }
 
   /** Replaces `file` with the master's [0, size) (temp file, fdatasync, rename). */

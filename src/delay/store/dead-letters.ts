@@ -36,7 +36,8 @@ const KIND_REMOVED = 2
 /** Largest frame accepted at open (a record of the largest size plus its header and message). */
 const MAX_FRAME_BYTES = 300 * 1024 * 1024
 
-function checkFrame(buf: Buffer, pos: number, end: number): ScanResult {
+/** Checks the frame at `pos` (also a replicated chunk's, src/delay/replication/mirror.ts). */
+export function checkFrame(buf: Buffer, pos: number, end: number): ScanResult {
   if (end - pos < HEADER) return { kind: 'short' }
   const length = buf.readUInt32BE(pos)
   if (length < HEADER || length > MAX_FRAME_BYTES)

@@ -22,7 +22,8 @@ import type { DamagedRange } from './schedule-log'
  */
 export const DISPATCH_ENTRY_BYTES = 12
 
-function checkEntry(buf: Buffer, pos: number, end: number, offset: number): ScanResult {
+/** Checks the entry at file offset `offset` (also a replicated chunk's, src/delay/replication/mirror.ts). */
+export function checkEntry(buf: Buffer, pos: number, end: number, offset: number): ScanResult {
   if (offset % DISPATCH_ENTRY_BYTES !== 0) return { kind: 'corrupt', reason: 'not at an entry boundary' }
   if (end - pos < DISPATCH_ENTRY_BYTES) return { kind: 'short' }
   if (crc32cRange(buf, pos, pos + 8) !== buf.readUInt32BE(pos + 8))
