@@ -435,10 +435,14 @@ export class DelayStore {
           let entry = -1
           if (dedupe !== undefined) {
             let first = dedupe.check(item.bytes, now)
-            // A copy in flight: once the writes queued before this check have settled, it was stored
-            // (a duplicate) or discarded (then this one enters the window and is written).
+            // A copy in flight: once the batches holding the writes queued before this check are done
+            // (refusal markers included), it was stored (a duplicate) or discarded (then this one
+            // enters the window and is written). A copy added after that wait (another request's,
+            // itself found discarded) means one more wait; each one lets the event loop run, so a
+            // waiter never spins while the write it waits for cannot make progress.
             while (first === DedupeIndex.PENDING) {
               await this.messageLog.settled()
+              await new Promise<void>((r) => setImmediate(r))
               first = dedupe.check(item.bytes, this.clock.now())
               if (first === DedupeIndex.PENDING && this.messageLog.idle)
                 throw new QmqError('QMQ_ERR_INTERNAL', 'dedupe entry pending with no write under way')
