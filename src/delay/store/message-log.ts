@@ -121,6 +121,17 @@ export function encodeRefusals(refused: readonly RefusedRecord[], maxMessageByte
   return out
 }
 
+/** Whether the (verified) record at `pos` is a refusal marker (`encodeRefusals`). */
+export function isRefusalMarker(buf: Buffer, pos: number): boolean {
+  if (!isControlRecord(buf, pos)) return false
+  const subjectAt = pos + 32 + buf.readUInt16BE(pos + 28)
+  const subjectLength = buf.readUInt16BE(pos + 30)
+  return (
+    subjectLength === REFUSAL_SUBJECT.length &&
+    buf.toString('utf8', subjectAt, subjectAt + subjectLength) === REFUSAL_SUBJECT
+  )
+}
+
 /** Whether the (verified) record at `pos` is no delayed message: a refusal marker or unknown. */
 export function isControlRecord(buf: Buffer, pos: number): boolean {
   return ((buf[pos + 9] as number) & FLAG_DELAYED) === 0
@@ -188,6 +199,11 @@ export class MessageLog {
   /** A failed batch could not be cut off the log: appends are refused until reopened. */
   private failed: QmqError | undefined
   onDurable: DurableCallback = () => {}
+  /**
+   * Called (synchronously) before refusal markers are appended; when it throws, none is written (as
+   * when their write fails). The store makes its data dir format 2 there (data-meta.ts).
+   */
+  beforeRefusals: () => void = () => {}
   /** Called with the tag of every appended record that is not stored (write failed, or refused). */
   onFailed: (tag: number) => void = () => {}
   /** The end of the last refusal marker written (0: none): what a refusal waits for a slave to hold. */
@@ -405,6 +421,7 @@ export class MessageLog {
     )
     try {
       if (this.failed) throw this.failed
+      this.beforeRefusals()
       const start = await seg.appendv(
         markers,
         markers.reduce((n, m) => n + m.length, 0),
