@@ -154,8 +154,11 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
           ctx.checkLease?.()
         } catch (e) {
           // Stored, outcome uncertain (as the broker's SEND): never NOT_MASTER, which moves the batch.
-          // Nothing stored: the refusals stand (their markers may not have reached a slave).
+          // Nothing stored but refused after a write: uncertain too, not a definite refusal (a slave
+          // promoted without the refusal marker would schedule the record, and a producer told
+          // "refused" may send it to another group). The SDK resends to this group; dedupe answers.
           if (stored) throw storedUnconfirmed(e)
+          throw refusalUnconfirmed(e)
         }
       }
       for (let i = 0; i < results.length; i++) {
@@ -276,4 +279,17 @@ async function handleReplication(f: Frame, ctx: HandlerContext): Promise<Respons
     default:
       return encodeCancelsResponse(await repl.delay.cancels(decodeCancelsRequest(f.body)))
   }
+}
+
+/**
+ * A SEND whose records were refused after their write, whose refusal markers no slave confirmed:
+ * QMQ_ERR_REPLICATION_TIMEOUT (resend to the same group with the same ids), as for stored records.
+ */
+function refusalUnconfirmed(err: unknown): QmqError {
+  const cause = toQmqError(err)
+  return new QmqError(
+    'QMQ_ERR_REPLICATION_TIMEOUT',
+    `refused by this master after its write, but the refusal was not confirmed by a slave (${cause.message}); resend to the same group with the same ids`,
+    { cause },
+  )
 }

@@ -19,11 +19,18 @@
  * Entries whose write is under way (the delay store's, which learns a record's sequence, its
  * message-log end, only once the record is durable) are added with the sequence PENDING and settled
  * later by entry number (`settle`, or `discard` when the write failed); a discarded entry, like one
- * `forget` names, stays in the ring until it leaves in order but no lookup finds it. Entry numbers
+ * `forget` names, stays in the ring until it leaves in order but no lookup finds it. A PENDING entry
+ * never leaves: neither the window (`expire` stops at it) nor room (cap, arena: the ring and arena
+ * grow past their bounds while the oldest entry is pending, which lasts one write) drops it, or a
+ * second copy sent during the write would be written too. Deleted entries (discarded, forgotten) do
+ * not count toward `maxEntries` (`deleted`), so a run of failed writes does not shorten the window;
+ * the ring holds at most 2 x maxEntries entries in all (more only while the oldest is pending). Their
+ * keys still take arena space, so a long run of them can make the arena cap drop live entries early
+ * (counted in effectiveWindowMs as any early drop). Entry numbers
  * (`mark` before the add) are never reused while entries are only added and expired; `rollbackTo`
  * (the broker's, whose batches are serial) reuses them, so the two are not mixed on one index.
  *
- * Everything grows by doubling, up to `maxEntries` entries (and an arena of maxEntries x 64 bytes,
+ * Everything grows by doubling, up to `maxEntries` entries a lookup can find (and an arena of maxEntries x 64 bytes,
  * at least 1 MiB); past that the oldest entries are forgotten first. An entry forgotten before its
  * window ended (cap, arena, or a rebuild on open that could not reach back: `forgetBefore`) shortens
  * the window really covered: `effectiveWindowMs(now)` = min(window, now - time of the newest entry
@@ -39,7 +46,6 @@ export class DedupeIndex {
   static readonly PENDING = -2
   private readonly windowMs: number
   private readonly maxEntries: number
-  private readonly maxRing: number
   private readonly maxArena: number
   // Ring of entries: absolute entry numbers [head, tail); index = number & ringMask.
   private ringMask = -1
@@ -51,6 +57,8 @@ export class DedupeIndex {
   private rSlot = new Int32Array(0)
   private head = 0
   private tail = 0
+  /** Entries in [head, tail) with the sequence DELETED (no lookup finds them). */
+  private deleted = 0
   // Table: slot i holds [2i] ring index + 1 (0 = empty) and [2i + 1] the hash (side by side: one
   // cache line per probe).
   private tMask = -1
@@ -66,9 +74,6 @@ export class DedupeIndex {
   constructor(windowMs: number, maxEntries: number) {
     this.windowMs = windowMs
     this.maxEntries = maxEntries
-    let r = MIN_RING
-    while (r < maxEntries && r < 2 ** 30) r *= 2
-    this.maxRing = r
     let a = 1024 * 1024
     while (a < Math.min(maxEntries * 64, 2 ** 30)) a *= 2
     this.maxArena = a
@@ -113,9 +118,12 @@ export class DedupeIndex {
 
   /** The pending entry number `entry` (`mark` before its add) was stored: its sequence is `seq`. */
   settle(entry: number, seq: number): void {
-    if (entry < this.head || entry >= this.tail) return // left already
+    // Left already: its ring slot may hold a newer entry now (the ring reuses slots).
+    if (entry < this.head || entry >= this.tail) return
     const ri = entry & this.ringMask
-    if (this.rSeq[ri] === DedupeIndex.PENDING) this.rSeq[ri] = seq
+    if (this.rSeq[ri] !== DedupeIndex.PENDING) return
+    this.rSeq[ri] = seq
+    if (seq === DELETED) this.deleted++
   }
 
   /** The pending entry number `entry` was not stored: no lookup finds it any more. */
@@ -140,6 +148,7 @@ export class DedupeIndex {
       const off = (this.rKeyOff[ri] as number) & amask
       if (this.arena.compare(buf, start, end, off, off + len) === 0) {
         this.rSeq[ri] = DELETED
+        this.deleted++
         return
       }
     }
@@ -186,7 +195,12 @@ export class DedupeIndex {
   private insertKey(rec: Buffer, start: number, end: number, h: number, seq: number, time: number): void {
     if (!this.enabled) return
     const len = end - start
-    if (this.tail - this.head >= this.maxEntries) this.dropOldest(true)
+    // The cap counts the entries a lookup can find (and pending ones); deleted ones up to as many more.
+    while (
+      (this.tail - this.head - this.deleted >= this.maxEntries ||
+        this.tail - this.head >= 2 * this.maxEntries) &&
+      this.dropOldest(true)
+    ) {}
     if (this.tail - this.head > this.ringMask) this.growRing()
     const keyOff = this.reserveArena(len)
     const arena = this.arena
@@ -210,30 +224,42 @@ export class DedupeIndex {
     while (this.tail > Math.max(mark, this.head)) {
       this.tail--
       const ri = this.tail & this.ringMask
+      if (this.rSeq[ri] === DELETED) this.deleted--
       this.remove(this.rSlot[ri] as number)
       this.arenaPos = this.rKeyOff[ri] as number
     }
   }
 
-  /** Forgets entries older than the window. */
+  /** Forgets entries older than the window (up to the oldest pending one). */
   expire(now: number): void {
     const limit = now - this.windowMs
-    while (this.head < this.tail && (this.rTime[this.head & this.ringMask] as number) < limit)
+    while (
+      this.head < this.tail &&
+      (this.rTime[this.head & this.ringMask] as number) < limit &&
       this.dropOldest(false)
+    ) {}
   }
 
-  /** `early`: for room (cap, arena), not because the window passed. */
-  private dropOldest(early: boolean): void {
-    if (this.head >= this.tail) return
+  /**
+   * Drops the oldest entry unless it is pending; false when nothing was dropped. `early`: for room
+   * (cap, arena), not because the window passed.
+   */
+  private dropOldest(early: boolean): boolean {
+    if (this.head >= this.tail) return false
     const ri = this.head & this.ringMask
-    if (early) {
+    const seq = this.rSeq[ri] as number
+    if (seq === DedupeIndex.PENDING) return false
+    if (seq === DELETED) this.deleted--
+    else if (early) {
       // An entry already past the window does not shorten it: effectiveWindowMs caps at the window.
+      // (Nor does a deleted one: no lookup found it anyway.)
       const time = this.rTime[ri] as number
       if (time > this.forgottenUpTo) this.forgottenUpTo = time
       this.forgottenBy = 'maxEntries'
     }
     this.remove(this.rSlot[ri] as number)
     this.head++
+    return true
   }
 
   private insert(ri: number, h: number): void {
@@ -276,9 +302,9 @@ export class DedupeIndex {
       if (cap > 0 && (pos % cap) + len > cap) pos = Math.ceil(pos / cap) * cap
       const oldest = this.head < this.tail ? (this.rKeyOff[this.head & this.ringMask] as number) : pos
       if (cap > 0 && pos + len - oldest <= cap) return pos
-      if (cap < this.maxArena)
-        this.growArena() // maxArena >= 1 MiB, so an empty arena grows
-      else this.dropOldest(true)
+      // maxArena >= 1 MiB, so an empty arena grows; past maxArena only while the oldest is pending.
+      if (cap >= this.maxArena && this.dropOldest(true)) continue
+      this.growArena()
     }
   }
 
@@ -297,7 +323,8 @@ export class DedupeIndex {
   }
 
   private growRing(): void {
-    const size = this.ringMask < 0 ? MIN_RING : Math.min((this.ringMask + 1) * 2, this.maxRing)
+    // Grows only when full: its size is bounded by insertKey's cap (2 x maxEntries in all).
+    const size = this.ringMask < 0 ? MIN_RING : (this.ringMask + 1) * 2
     const oldMask = this.ringMask
     const hash = new Uint32Array(size)
     const seq = new Float64Array(size)

@@ -3,7 +3,8 @@ import path from 'node:path'
 import { ChunkRefused, ChunkVerifier } from '../../broker/replication/chunk-verifier'
 import type { ReplicationFollower } from '../../broker/replication/follower'
 import type { ScanCheck } from '../../broker/store/segment-log'
-import { fsyncDirAsync, writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
+import { fsyncDirAsync, writeFileAtomic } from '../../common/durable-file'
+import { checkDataMeta, META_VERSION_MARKERS } from '../store/data-meta'
 import { QmqError, toQmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
 import { RequestCode } from '../../common/protocol/codes'
@@ -101,7 +102,6 @@ interface State {
 export const MIRROR_FILE = 'delay-mirror.json'
 const DEAD_LETTER_FILE = 'deadletter.log'
 const CHECKPOINT_FILE = 'checkpoint.json'
-const META_FILE = 'meta.json'
 /** The longest wait before a full round while drops repeat (roundLoop). */
 const MAX_DROP_BACKOFF_MS = 60_000
 
@@ -253,18 +253,12 @@ export class DelayMirror {
     }
   }
 
+  /**
+   * A slave's data dir is format 2 (data-meta.ts): the log it copies may receive refusal markers at
+   * any time, and an older version must not open it and deliver them.
+   */
   private checkMeta(): void {
-    const file = path.join(this.opts.dataDir, META_FILE)
-    if (fs.existsSync(file)) {
-      const meta = JSON.parse(fs.readFileSync(file, 'utf8')) as { bucketMinutes?: number }
-      if (meta.bucketMinutes !== this.opts.bucketMinutes)
-        throw new QmqError(
-          'QMQ_ERR_CONFIG_INVALID',
-          `bucketMinutes is ${this.opts.bucketMinutes} but the data dir ${this.opts.dataDir} was written with ${meta.bucketMinutes}`,
-        )
-      return
-    }
-    writeFileAtomicSync(file, JSON.stringify({ version: 1, bucketMinutes: this.opts.bucketMinutes }))
+    checkDataMeta(this.opts.dataDir, this.opts.bucketMinutes, META_VERSION_MARKERS)
   }
 
   private async roundLoop(f: ReplicationFollower): Promise<void> {

@@ -24,10 +24,11 @@ import { DEFAULT_DELAY_DEDUPE_MAX_ENTRIES, DEFAULT_DELAY_DEDUPE_REBUILD_MAX_BYTE
 import { type DelayDedupeOptions, DelayDedupe } from './dedupe-window'
 import { DedupeIndex } from '../../broker/store/dedupe'
 import { IdHashSet } from './id-hash-set'
-import { MessageLog } from './message-log'
+import { isRefusalMarker, MessageLog } from './message-log'
 import type { SegmentLog } from '../../broker/store/segment-log'
 import { FRAME_HEADER_BYTES } from './schedule-log'
-import { writeFileAtomic, writeFileAtomicSync } from '../../common/durable-file'
+import { writeFileAtomic } from '../../common/durable-file'
+import { checkDataMeta, META_VERSION_MARKERS } from './data-meta'
 
 /**
  * The delay server's storage: message log -> schedule logs (one per time bucket) -> wheel.
@@ -77,7 +78,6 @@ export interface AcceptItem {
   error?: QmqError | undefined
 }
 
-const META_FILE = 'meta.json'
 const CHECKPOINT_FILE = 'checkpoint.json'
 const CANCEL_FILE = 'cancel.log'
 const DEAD_LETTER_FILE = 'deadletter.log'
@@ -135,6 +135,8 @@ export class DelayStore {
   /** Frame bytes filed since every bucket last wrote its buffer (an upper bound of what is buffered). */
   private filedSinceFlush = 0
   private closed = false
+  /** meta.json's format version (data-meta.ts): 2 once refusal markers may be in the message log. */
+  private metaVersion = 1
   private checkpointRun: Promise<void> | undefined
   /** Ids of cancelled frames skipped, by bucket start (their tombstones go when the bucket goes). */
   private readonly spentCancels = new Map<number, string[]>()
@@ -207,6 +209,7 @@ export class DelayStore {
       if (entry >= 0) this.dedupe.settle(entry, offset + bytes.length)
       else this.dedupe.stored(bytes, offset + bytes.length, this.clock.now())
     }
+    this.messageLog.beforeRefusals = () => this.markersAllowed()
     this.messageLog.onFailed = (entry) => {
       if (entry >= 0) this.dedupe.discard(entry)
     }
@@ -233,8 +236,12 @@ export class DelayStore {
             },
           )
       },
-      // Refusal markers: the ids they name leave the window (their records are not replayed).
-      (b, p, length, offset) => this.dedupe.rebuildRecord(b, p, length, offset),
+      // Refusal markers: the ids they name leave the window (their records are not replayed). A
+      // marker met here (a copy of a data dir, a slave's log) makes the data dir format 2 too.
+      (b, p, length, offset) => {
+        if (isRefusalMarker(b, p)) this.markersAllowed()
+        this.dedupe.rebuildRecord(b, p, length, offset)
+      },
     )
     this.dedupe.endRebuild(now)
     for (const d of damaged)
@@ -245,18 +252,13 @@ export class DelayStore {
   }
 
   private checkMeta(): void {
-    const file = path.join(this.options.dataDir, META_FILE)
-    if (fs.existsSync(file)) {
-      const meta = JSON.parse(fs.readFileSync(file, 'utf8')) as { bucketMinutes?: number }
-      if (meta.bucketMinutes !== this.options.bucketMinutes) {
-        throw new QmqError(
-          'QMQ_ERR_CONFIG_INVALID',
-          `bucketMinutes is ${this.options.bucketMinutes} but the data dir ${this.options.dataDir} was written with ${meta.bucketMinutes}; it cannot change once used`,
-        )
-      }
-      return
-    }
-    writeFileAtomicSync(file, JSON.stringify({ version: 1, bucketMinutes: this.options.bucketMinutes }))
+    this.metaVersion = checkDataMeta(this.options.dataDir, this.options.bucketMinutes)
+  }
+
+  /** Before a refusal marker is first in this data dir (data-meta.ts): older versions then refuse it. */
+  private markersAllowed(): void {
+    if (this.metaVersion >= META_VERSION_MARKERS) return
+    this.metaVersion = checkDataMeta(this.options.dataDir, this.options.bucketMinutes, META_VERSION_MARKERS)
   }
 
   private readCheckpoint(): number {
@@ -435,10 +437,14 @@ export class DelayStore {
           let entry = -1
           if (dedupe !== undefined) {
             let first = dedupe.check(item.bytes, now)
-            // A copy in flight: once the writes queued before this check have settled, it was stored
-            // (a duplicate) or discarded (then this one enters the window and is written).
+            // A copy in flight: once the batches holding the writes queued before this check are done
+            // (refusal markers included), it was stored (a duplicate) or discarded (then this one
+            // enters the window and is written). A copy added after that wait (another request's,
+            // itself found discarded) means one more wait; each one lets the event loop run, so a
+            // waiter never spins while the write it waits for cannot make progress.
             while (first === DedupeIndex.PENDING) {
               await this.messageLog.settled()
+              await new Promise<void>((r) => setImmediate(r))
               first = dedupe.check(item.bytes, this.clock.now())
               if (first === DedupeIndex.PENDING && this.messageLog.idle)
                 throw new QmqError('QMQ_ERR_INTERNAL', 'dedupe entry pending with no write under way')

@@ -121,6 +121,17 @@ export function encodeRefusals(refused: readonly RefusedRecord[], maxMessageByte
   return out
 }
 
+/** Whether the (verified) record at `pos` is a refusal marker (`encodeRefusals`). */
+export function isRefusalMarker(buf: Buffer, pos: number): boolean {
+  if (!isControlRecord(buf, pos)) return false
+  const subjectAt = pos + 32 + buf.readUInt16BE(pos + 28)
+  const subjectLength = buf.readUInt16BE(pos + 30)
+  return (
+    subjectLength === REFUSAL_SUBJECT.length &&
+    buf.toString('utf8', subjectAt, subjectAt + subjectLength) === REFUSAL_SUBJECT
+  )
+}
+
 /** Whether the (verified) record at `pos` is no delayed message: a refusal marker or unknown. */
 export function isControlRecord(buf: Buffer, pos: number): boolean {
   return ((buf[pos + 9] as number) & FLAG_DELAYED) === 0
@@ -177,8 +188,6 @@ export function checkRecord(buf: Buffer, pos: number, end: number, maxMessageByt
   return { kind: 'record', length }
 }
 
-const noop = (): void => {}
-
 export class MessageLog {
   private readonly opts: MessageLogOptions
   private readonly maxMessageBytes: number
@@ -190,12 +199,24 @@ export class MessageLog {
   /** A failed batch could not be cut off the log: appends are refused until reopened. */
   private failed: QmqError | undefined
   onDurable: DurableCallback = () => {}
+  /**
+   * Called (synchronously) before refusal markers are appended; when it throws, none is written (as
+   * when their write fails). The store makes its data dir format 2 there (data-meta.ts).
+   */
+  beforeRefusals: () => void = () => {}
   /** Called with the tag of every appended record that is not stored (write failed, or refused). */
   onFailed: (tag: number) => void = () => {}
   /** The end of the last refusal marker written (0: none): what a refusal waits for a slave to hold. */
   refusalEnd = 0
-  /** The newest append: settles after every record appended before it (batches are serial). */
-  private last: Promise<AppendedRecord> | undefined
+  /**
+   * Records appended so far (`appended`) and records whose batch is done (`done`): stored or refused,
+   * refusal markers written, onDurable/onFailed called. Queued records are numbered in order, so
+   * `done >= n` means every record appended before the n-th one is done too (batches are serial).
+   */
+  private appended = 0
+  private done = 0
+  /** `settled()` callers: resolved once `done` reaches their target. */
+  private waiters: { target: number; resolve: () => void }[] = []
 
   constructor(options: MessageLogOptions) {
     this.opts = options
@@ -297,9 +318,9 @@ export class MessageLog {
         return
       }
       this.queue.push({ bytes, tag, resolve, reject })
+      this.appended++
       this.next()
     })
-    this.last = p
     return p
   }
 
@@ -308,10 +329,16 @@ export class MessageLog {
     return !this.writing && this.queue.length === 0
   }
 
-  /** Resolves once every record appended so far has been stored or refused. */
+  /**
+   * Resolves once every record appended so far has been stored or refused, and each batch holding one
+   * is done: refusal markers written, every record's onDurable or onFailed called. (Not once the newest
+   * record's promise settled: a stored record of a batch is answered before the refusal markers of the
+   * others are written, and a waiter re-checking then would find their dedupe entries still pending.)
+   */
   settled(): Promise<void> {
-    const last = this.last
-    return last === undefined ? Promise.resolve() : last.then(noop, noop)
+    const target = this.appended
+    if (this.done >= target) return Promise.resolve()
+    return new Promise((resolve) => this.waiters.push({ target, resolve }))
   }
 
   private next(): void {
@@ -370,6 +397,15 @@ export class MessageLog {
       }
     } finally {
       this.writing = false
+      this.done += batch.length
+      if (this.waiters.length > 0) {
+        const waiting = this.waiters
+        this.waiters = []
+        for (const w of waiting) {
+          if (this.done >= w.target) w.resolve()
+          else this.waiters.push(w)
+        }
+      }
       this.next()
     }
   }
@@ -385,6 +421,7 @@ export class MessageLog {
     )
     try {
       if (this.failed) throw this.failed
+      this.beforeRefusals()
       const start = await seg.appendv(
         markers,
         markers.reduce((n, m) => n + m.length, 0),

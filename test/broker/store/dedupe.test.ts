@@ -115,12 +115,60 @@ t.test('dedupe - pending entries: settled, discarded, forgotten; entry numbers s
   t.equal(d.find(r, 0), 77, 'another sequence: kept')
   d.forget(r, 28, DedupeIndex.keyEnd(r, 0), 77)
   t.equal(d.find(r, 0), -1, 'forgotten')
-  // An entry that left (cap) before it settles: settle is a no-op.
-  const small = new DedupeIndex(60_000, 1)
-  const first = small.mark
-  small.findOrAdd(rec('s', 'x'), 0, DedupeIndex.PENDING, 0)
-  small.findOrAdd(rec('s', 'y'), 0, 1, 0)
-  small.settle(first, 9)
-  t.equal(small.find(rec('s', 'x'), 0), -1)
-  t.equal(small.find(rec('s', 'y'), 0), 1)
+})
+
+t.test(
+  'dedupe - settle/discard of an entry that left does not touch the entry reusing its ring slot',
+  async (t) => {
+    const d = new DedupeIndex(1000, 1_000_000)
+    const first = d.mark
+    d.findOrAdd(rec('s', 'gone'), 0, DedupeIndex.PENDING, 0)
+    d.settle(first, 3)
+    d.expire(5000) // it leaves: head = first + 1
+    t.equal(d.find(rec('s', 'gone'), 0), -1, 'left with the window')
+    // The ring starts at 64 Ki slots: entry first + 65536 lands in the slot `first` had.
+    for (let i = 1; i < 65_536; i++) d.findOrAdd(rec('s', `k${i}`), 0, i, 5000)
+    const reuse = d.mark
+    t.equal(reuse, first + 65_536)
+    d.findOrAdd(rec('s', 'new'), 0, DedupeIndex.PENDING, 5000)
+    d.discard(first) // a late (repeated) discard of the entry that left
+    t.equal(d.find(rec('s', 'new'), 0), DedupeIndex.PENDING, 'the pending entry in its slot is untouched')
+    d.settle(first, 9)
+    t.equal(d.find(rec('s', 'new'), 0), DedupeIndex.PENDING, 'by a late settle neither')
+    d.settle(reuse, 11)
+    t.equal(d.find(rec('s', 'new'), 0), 11, 'its own settle works')
+  },
+)
+
+t.test('dedupe - a pending entry is neither expired nor dropped for room', async (t) => {
+  const d = new DedupeIndex(1000, 4)
+  const p = d.mark
+  d.findOrAdd(rec('s', 'p'), 0, DedupeIndex.PENDING, 0)
+  d.expire(10_000)
+  t.equal(d.find(rec('s', 'p'), 0), DedupeIndex.PENDING, 'not expired')
+  for (let i = 0; i < 10; i++) d.findOrAdd(rec('s', `k${i}`), 0, i, 10_000)
+  t.equal(d.find(rec('s', 'p'), 0), DedupeIndex.PENDING, 'not dropped by the cap')
+  t.equal(d.findOrAdd(rec('s', 'p'), 0, 99, 10_000), DedupeIndex.PENDING, 'a second copy still finds it')
+  d.settle(p, 50)
+  t.equal(d.find(rec('s', 'p'), 0), 50)
+  d.findOrAdd(rec('s', 'after'), 0, 100, 10_000)
+  t.equal(d.size, 4, 'back within the cap once it settled')
+  t.equal(d.find(rec('s', 'k9'), 0), 9, 'the newest kept')
+  t.equal(d.find(rec('s', 'after'), 0), 100)
+})
+
+t.test('dedupe - discarded entries do not count toward maxEntries', async (t) => {
+  const d = new DedupeIndex(60_000, 4)
+  d.findOrAdd(rec('s', 'kept'), 0, 1, 0)
+  for (let i = 0; i < 3; i++) {
+    const e = d.mark
+    d.findOrAdd(rec('s', `failed${i}`), 0, DedupeIndex.PENDING, 1)
+    d.discard(e)
+  }
+  d.findOrAdd(rec('s', 'next'), 0, 2, 2)
+  t.equal(d.find(rec('s', 'kept'), 0), 1, 'a run of failed writes does not push out a stored id')
+  t.equal(d.effectiveWindowMs(3), 60_000, 'nor shortens the window')
+  for (let i = 0; i < 3; i++) d.findOrAdd(rec('s', `more${i}`), 0, 3 + i, 3)
+  t.equal(d.find(rec('s', 'kept'), 0), -1, 'the cap still holds for stored ids')
+  t.equal(d.find(rec('s', 'more2'), 0), 5)
 })

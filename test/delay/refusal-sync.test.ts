@@ -1,0 +1,53 @@
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import t from 'tap'
+import { codeForStatus } from '../../src/common/error-codes'
+import { silentLogger } from '../../src/common/logger'
+import { RequestCode } from '../../src/common/protocol/codes'
+import { decodeSendResponse, encodeSendRequest } from '../../src/common/protocol/commands'
+import { DelayServer } from '../../src/delay/delay-server'
+import { bucketFileName } from '../../src/delay/store/bucket'
+import { RawClient } from '../helpers/raw-client'
+import { DELAY_TEST_SECRET, delayed, FakeSender } from './helpers/delay-helpers'
+import { catchUp } from './helpers/fake-slave'
+
+/**
+ * Under `sync`, a SEND whose records were all refused after their write (their refusal markers were
+ * written) but whose markers no slave confirmed is answered QMQ_ERR_REPLICATION_TIMEOUT (outcome
+ * uncertain: the SDK resends to the same group), not a definite refusal: a slave promoted without the
+ * marker would schedule the record, and a producer told "refused" may send it elsewhere (twice).
+ */
+t.test('delay refusal - unconfirmed refusal markers under sync answer outcome uncertain', async (t) => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-delay-refusal-sync-'))
+  const dataDir = path.join(root, 'master')
+  const m = new DelayServer(
+    {
+      port: 0,
+      dataDir,
+      clusterSecret: DELAY_TEST_SECRET,
+      bucketMinutes: 1,
+      checkpointIntervalMs: 600_000,
+      replication: 'sync',
+      replicationInSyncLagMs: 60_000,
+      replicationAckTimeoutMs: 300,
+    },
+    { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
+  )
+  t.teardown(async () => {
+    await m.close()
+    fs.rmSync(root, { recursive: true, force: true })
+  })
+  await m.start()
+  const slave = await RawClient.connect(m.port)
+  const producer = await RawClient.connect(m.port)
+  t.teardown(() => slave.close())
+  t.teardown(() => producer.close())
+  // An in-sync slave that then stops fetching: nothing written after this is confirmed.
+  await catchUp(slave, 's:1', 0)
+  const due = Date.now() + 3_600_000
+  fs.mkdirSync(path.join(dataDir, 'schedule', bucketFileName(Math.floor(due / 60_000) * 60_000, '.sched')))
+  const res = await producer.request(RequestCode.SEND, encodeSendRequest([delayed('gone', due)]))
+  const answer = res.status === 0 ? decodeSendResponse(res.body) : res.message
+  t.equal(codeForStatus(res.status), 'QMQ_ERR_REPLICATION_TIMEOUT', `answered ${JSON.stringify(answer)}`)
+})
