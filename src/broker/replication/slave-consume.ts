@@ -6,7 +6,7 @@ import type { Checkpoint } from '../store/checkpoint'
 import { ConsumeLog } from '../store/consume-log'
 import type { FsIo } from '../store/fs-io'
 import { readI64 } from '../store/i64'
-import { checkFrame, FRAME_BYTES } from '../store/message-log'
+import { FRAME_BYTES, frameHeaderFault } from '../store/message-log'
 import type { SegmentLog } from '../store/segment-log'
 import { migrateSubjectDirs } from '../store/subject-dirs'
 
@@ -331,19 +331,22 @@ export class SlaveConsumeLogs {
     const max = this.opts.maxMessageBytes
     let p = 0
     for (;;) {
-      const r = checkFrame(buf, p, buf.length, max, false)
-      if (r.kind === 'short') return p
-      if (r.kind === 'corrupt') {
+      // checkFrame's tests without the record's CRC (as checkFrame(..., false)), allocating nothing.
+      if (buf.length - p < FRAME_BYTES) return p
+      const fault = frameHeaderFault(buf, p, max)
+      if (fault !== undefined) {
         // Not resynchronised here (recovery does that): the consume logs go (see `run`).
         throw new QmqError(
           'QMQ_ERR_STORE_CORRUPT',
-          `unreadable frame at message-log offset ${base + p}: ${r.reason}`,
+          `unreadable frame at message-log offset ${base + p}: ${fault}`,
         )
       }
+      const length = buf.readUInt32BE(p)
+      if (buf.length - p < length) return p
       // Frame fields (message-log.ts layout) read in place; of the record, only the subject's bytes
       // (checked as readRecordHeader checks them, decoded only for a subject not seen lately).
       const seq = readI64(buf, p + 16)
-      const at = recordSubjectAt(buf, p + FRAME_BYTES, p + r.length)
+      const at = recordSubjectAt(buf, p + FRAME_BYTES, p + length)
       const c = this.subjectLog(buf, at, buf.readUInt16BE(p + FRAME_BYTES + 30))
       if (seq >= c.nextSeq) {
         if (c.nextSeq === 0 && seq > 0) {
@@ -351,10 +354,10 @@ export class SlaveConsumeLogs {
           await c.truncate(seq)
           c.deleteBefore(seq)
         } else c.fillTo(seq)
-        c.push(base + p + FRAME_BYTES, r.length - FRAME_BYTES, readI64(buf, p + 24), buf.readUInt32BE(p + 12))
+        c.push(base + p + FRAME_BYTES, length - FRAME_BYTES, readI64(buf, p + 24), buf.readUInt32BE(p + 12))
         touched.add(c)
       }
-      p += r.length
+      p += length
     }
   }
 
