@@ -494,6 +494,53 @@ export function readRecordHeader(
 }
 
 /**
+ * Where the subject of the record at `offset` starts in `buf`: its UTF-8 bytes are
+ * [at, at + buf.readUInt16BE(offset + 30)) (the layout above: fixed part, id, subject). For a reader
+ * that needs nothing else and compares those bytes before decoding them (a broker slave dispatching
+ * its copy of the message log, replication/slave-consume.ts, decodes a subject only when it differs
+ * from those it has seen). Checks exactly what readRecordHeader checks with `verify: false` (length
+ * within [offset, end), flags, id and subject lengths, every tag's and the order key's length within
+ * the record), walking the tags and order key without decoding them; on a violation throws
+ * readRecordHeader's own error. The CRC is not checked.
+ */
+export function recordSubjectAt(buf: Buffer, offset: number, end: number): number {
+  if (end - offset >= MIN_RECORD_BYTES) {
+    const length = buf.readUInt32BE(offset)
+    const limit = offset + length
+    const flags = buf[offset + 9] as number
+    const tagCount = buf[offset + 10] as number
+    const idLength = buf.readUInt16BE(offset + 28)
+    const subjectLength = buf.readUInt16BE(offset + 30)
+    const at = offset + RECORD_FIXED_BYTES + idLength
+    let o = at + subjectLength
+    let ok =
+      length >= MIN_RECORD_BYTES &&
+      limit <= end &&
+      (flags & ~KNOWN_RECORD_FLAGS) === 0 &&
+      tagCount <= MAX_TAGS &&
+      idLength !== 0 &&
+      idLength <= MAX_ID_BYTES &&
+      subjectLength !== 0 &&
+      subjectLength <= MAX_SUBJECT_BYTES &&
+      o <= limit
+    for (let i = 0; ok && i < tagCount; i++) {
+      const n = o + 2 <= limit ? buf.readUInt16BE(o) : 0
+      ok = n !== 0 && n <= MAX_TAG_BYTES && o + 2 + n <= limit
+      o += 2 + n
+    }
+    if (ok && (flags & FLAG_ORDER_KEY) !== 0) {
+      const n = o + 2 <= limit ? buf.readUInt16BE(o) : 0
+      ok = n !== 0 && n <= MAX_ORDER_KEY_BYTES && o + 2 + n <= limit
+    }
+    if (ok) return at
+  }
+  // Out of bounds somewhere: readRecordHeader throws what it finds (the same error as ever).
+  readRecordHeader(buf, offset, { verify: false, end })
+  // Not reached (the checks above are readRecordHeader's): the layout's answer all the same.
+  return offset + RECORD_FIXED_BYTES + buf.readUInt16BE(offset + 28)
+}
+
+/**
  * The routing header of a record whose subject is decoded and whose id and times are read from the
  * bytes only when asked (readRecordRouting). Holds the record's bytes.
  */

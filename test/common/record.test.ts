@@ -14,6 +14,7 @@ import {
   readRecordHeader,
   readRecordRouting,
   RECORD_FIXED_BYTES,
+  recordSubjectAt,
   verifyRecord,
   writeRecord,
 } from '../../src/common/record'
@@ -283,6 +284,54 @@ t.test(
     const bad = encodeRecord({ ...sample(), tags: [] })
     bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1
     t.throws(() => readRecordRouting(bad), { code: 'QMQ_ERR_CRC_MISMATCH' })
+  },
+)
+
+/** What readRecordHeader (verify false) or recordSubjectAt answers: the subject, or the error thrown. */
+function outcome(read: () => string): string {
+  try {
+    return `subject ${read()}`
+  } catch (err) {
+    return err instanceof QmqError ? `${err.code}: ${err.message}` : `error ${String(err)}`
+  }
+}
+
+t.test(
+  'record - recordSubjectAt finds the subject readRecordHeader decodes, and fails where it fails',
+  async (t) => {
+    const rand = prng(4242)
+    let damaged = 0
+    for (let i = 0; i < 3000; i++) {
+      const m = randomMessage(rand)
+      if (i % 4 === 0) m.orderKey = `key-${i}é`
+      const rec = encodeRecord(m)
+      // At an offset inside a larger buffer, with bytes after it (a frame in a chunk).
+      const pad = Math.floor(rand() * 40)
+      const buf = Buffer.concat([Buffer.alloc(pad, 0xee), rec, Buffer.alloc(Math.floor(rand() * 3), 0xee)])
+      const h = readRecordHeader(buf, pad, { verify: false, end: pad + rec.length })
+      const at = recordSubjectAt(buf, pad, pad + rec.length)
+      if (buf.toString('utf8', at, at + buf.readUInt16BE(pad + 30)) !== h.subject) {
+        t.fail(`record ${i}: subject differs`)
+        return
+      }
+      // Damage a byte of the header (length, flags, counts, lengths, id, subject, tags, order key) or
+      // cut the bytes short: both readers answer alike (the same subject, or the same error).
+      const bad = Buffer.from(buf)
+      const o = pad + Math.floor(rand() * h.propertiesOffset)
+      bad[o] = i % 2 === 0 ? Math.floor(rand() * 256) : (bad[o] as number) ^ (1 << Math.floor(rand() * 8))
+      const end = i % 7 === 0 ? pad + Math.floor(rand() * rec.length) : pad + rec.length
+      const want = outcome(() => readRecordHeader(bad, pad, { verify: false, end }).subject)
+      const got = outcome(() => {
+        const s = recordSubjectAt(bad, pad, end)
+        return bad.toString('utf8', s, s + bad.readUInt16BE(pad + 30))
+      })
+      if (got !== want) {
+        t.fail(`record ${i}, byte ${o - pad} damaged, end ${end - pad}: ${got} instead of ${want}`)
+        return
+      }
+      if (!want.startsWith('subject ')) damaged++
+    }
+    t.ok(damaged > 300, `${damaged} damaged records refused alike`)
   },
 )
 

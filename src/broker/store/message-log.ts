@@ -148,6 +148,22 @@ interface Batch {
 }
 
 /**
+ * What is wrong with the frame header at `pos` (FRAME_BYTES of `buf` there): its length out of bounds,
+ * its type, its checksum; undefined when it reads. checkFrame's first tests, allocating nothing when
+ * the header reads: a loop over frames that needs no ScanResult (replication/slave-consume.ts) calls
+ * it directly.
+ */
+export function frameHeaderFault(buf: Buffer, pos: number, maxMessageBytes: number): string | undefined {
+  const length = buf.readUInt32BE(pos)
+  if (length < FRAME_BYTES + MIN_RECORD_BYTES || length > FRAME_BYTES + maxMessageBytes)
+    return `frame length ${length} out of bounds`
+  if (buf[pos + 8] !== FRAME_TYPE_MESSAGE) return 'unknown frame type'
+  if (buf.readUInt32BE(pos + 4) !== crc32cRange(buf, pos + 8, pos + FRAME_BYTES))
+    return 'frame checksum mismatch'
+  return undefined
+}
+
+/**
  * Frames the entry at `pos`: bounds, type, frame checksum, and (unless `recordCrc` is false) the
  * record's own length and CRC32C. The cheap tests come first: a resynchronising scan (recovery after
  * damage) calls this at every byte of a damaged range.
@@ -160,14 +176,9 @@ export function checkFrame(
   recordCrc = true,
 ): ScanResult {
   if (end - pos < FRAME_BYTES) return { kind: 'short' }
+  const fault = frameHeaderFault(buf, pos, maxMessageBytes)
+  if (fault !== undefined) return { kind: 'corrupt', reason: fault }
   const length = buf.readUInt32BE(pos)
-  if (length < FRAME_BYTES + MIN_RECORD_BYTES || length > FRAME_BYTES + maxMessageBytes) {
-    return { kind: 'corrupt', reason: `frame length ${length} out of bounds` }
-  }
-  if (buf[pos + 8] !== FRAME_TYPE_MESSAGE) return { kind: 'corrupt', reason: 'unknown frame type' }
-  if (buf.readUInt32BE(pos + 4) !== crc32cRange(buf, pos + 8, pos + FRAME_BYTES)) {
-    return { kind: 'corrupt', reason: 'frame checksum mismatch' }
-  }
   if (end - pos < length) return { kind: 'short' }
   if (!recordCrc) return { kind: 'record', length }
   try {

@@ -18,14 +18,20 @@ import { tempDir } from '../../helpers/replication'
 
 const SUBJECTS = ['a', 'b.c', 'd']
 
-async function masterLog(dir: string, from: number, count: number): Promise<void> {
+/** Record j's subject: SUBJECTS in turn unless `subjectOf` says otherwise. */
+async function masterLog(
+  dir: string,
+  from: number,
+  count: number,
+  subjectOf = (j: number) => SUBJECTS[j % SUBJECTS.length] as string,
+): Promise<void> {
   const store = await openMessageStore({ dataDir: dir, flush: 'async', checkpointIntervalMs: 3_600_000 })
   for (let i = from; i < from + count; i += 50) {
     const batch = []
     for (let j = i; j < Math.min(from + count, i + 50); j++) {
       const bytes = encodeRecord({
         id: `id-${j}`,
-        subject: SUBJECTS[j % SUBJECTS.length] as string,
+        subject: subjectOf(j),
         createdAt: Date.now(),
         tags: [`t${j % 4}`],
         properties: new Map(),
@@ -43,9 +49,9 @@ function logBytes(dir: string): Buffer {
   return Buffer.concat(files.sort().map((f) => fs.readFileSync(path.join(dir, f))))
 }
 
-function consumeFiles(dataDir: string): Record<string, Buffer> {
+function consumeFiles(dataDir: string, subjects = SUBJECTS): Record<string, Buffer> {
   const out: Record<string, Buffer> = {}
-  for (const s of SUBJECTS) out[s] = logBytes(path.join(dataDir, 'consumelog', subjectDirName(s)))
+  for (const s of subjects) out[s] = logBytes(path.join(dataDir, 'consumelog', subjectDirName(s)))
   return out
 }
 
@@ -170,3 +176,49 @@ t.test('after a RESET each subject starts at its first sequence copied, without 
   const files = fs.readdirSync(dir).filter((f) => f.endsWith('.log'))
   t.equal(Math.min(...files.map((f) => Number.parseInt(f, 10))), Math.ceil(400 / 3) * 24)
 })
+
+t.test(
+  'many subjects in turn (more than it remembers by their bytes) get the store own entries',
+  async (t) => {
+    // Same lengths differing in one byte, non-ASCII ones, a prefix of another: 12 subjects in turn.
+    const subjects = [
+      's.a0',
+      's.a1',
+      's.b0',
+      's.é',
+      's.è',
+      's.a',
+      's.a00',
+      'x',
+      'y',
+      'zz',
+      'orders.created',
+      'ü',
+    ]
+    const master = tempDir(t, 'qmq-slave-consume-master-')
+    // Runs of a few subjects (remembered), then all of them in turn (more than are remembered).
+    await masterLog(
+      master,
+      0,
+      900,
+      (j) => subjects[j < 450 ? (j % 3) + 3 * Math.floor(j / 150) : j % 12] as string,
+    )
+    const bytes = logBytes(path.join(master, 'messagelog'))
+    const slave = tempDir(t, 'qmq-slave-consume-slave-')
+    const mlog = SegmentLog.open({
+      dir: path.join(slave, 'messagelog'),
+      segmentBytes: Number.MAX_SAFE_INTEGER,
+    })
+    t.teardown(() => mlog.close())
+    const consume = new SlaveConsumeLogs(
+      { root: path.join(slave, 'consumelog'), maxMessageBytes: 1024 * 1024, entriesPerSegment: 100 },
+      silentLogger,
+    )
+    await consume.open(mlog, undefined)
+    await copy(mlog, consume, bytes, [70_000, 13, 2049])
+    await consume.close()
+    const theirs = consumeFiles(master, subjects)
+    for (const s of subjects) t.ok((theirs[s]?.length ?? 0) > 0, `${s} has entries`)
+    t.same(consumeFiles(slave, subjects), theirs, 'same entries as the store wrote')
+  },
+)
