@@ -122,8 +122,19 @@ export class ChunkVerifier {
       if (pos < buf.length) this.hold(buf.subarray(pos), start + pos)
       return pos === 0 ? [] : [buf.subarray(0, pos)]
     }
-    const rest = this.verify(start + pos, buf.subarray(pos), final)
-    return pos === 0 ? rest : [buf.subarray(0, pos), ...rest]
+    if (pos === 0) return this.verify(start, buf, final)
+    let rest: Buffer[]
+    try {
+      rest = this.verify(start + pos, buf.subarray(pos), final)
+    } catch (err) {
+      if (!(err instanceof ChunkRefused)) throw err
+      // Resynchronised in this push, then a bad entry: nothing of it is handed out, so it is refused
+      // from `start` (not from the entry that verified: the stepped-over bytes before it would be
+      // skipped and the copy shifted off the master's offsets), still resynchronising.
+      this.resyncing = true
+      throw new ChunkRefused(start, err.badAt, err.reason, buf, err.segmentEnd)
+    }
+    return [buf.subarray(0, pos), ...rest]
   }
 
   /**

@@ -88,3 +88,41 @@ t.test('chunk verifier - damage accepted as the master holds it is stepped over'
   const rest = Buffer.concat(v.push(2 * one + 50, bad.subarray(2 * one + 50), true))
   t.ok(Buffer.concat([written, rest]).equals(bad), 'the rest verifies again')
 })
+
+t.test(
+  'chunk verifier - a refusal right after resynchronising keeps the copy on the master offsets',
+  async (t) => {
+    // Review finding: after acceptDamaged, a push that stepped over the rest of the damaged range, found
+    // an entry that verifies and then a bad one was refused from that entry: the stepped-over bytes were
+    // never handed out and the follower, asking again from there, wrote the master's bytes at offsets
+    // that many bytes lower. Toy entries: [n][n payload bytes], valid when every payload byte is 0xaa.
+    const v = new ChunkVerifier((b, p, e) => {
+      const n = b[p] as number
+      if (n === 0) return { kind: 'corrupt', reason: 'zero length' }
+      if (p + 1 + n > e) return { kind: 'short' }
+      for (let i = p + 1; i <= p + n; i++)
+        if (b[i] !== 0xaa) return { kind: 'corrupt', reason: 'bad payload' }
+      return { kind: 'record', length: 1 + n }
+    })
+    let refused: ChunkRefused | undefined
+    try {
+      v.push(0, Buffer.from([1, 0xaa, 0, 0]), false)
+    } catch (err) {
+      refused = err as ChunkRefused
+    }
+    t.ok(refused, 'the damaged entry is refused')
+    const written = Buffer.concat(v.acceptDamaged(refused as ChunkRefused, false))
+    t.equal(written.length, 4, 'copied as the master holds it, through the end of the chunk')
+    const next = Buffer.from([0, 0, 1, 0xaa, 1, 0xbb])
+    let again: ChunkRefused | undefined
+    try {
+      v.push(4, next, false)
+    } catch (err) {
+      again = err as ChunkRefused
+    }
+    t.ok(again instanceof ChunkRefused, 'the bad entry after the damaged range is refused')
+    t.equal(again?.offset, 4, 'asked again from where the copy ends, not past the stepped-over bytes')
+    const fixed = Buffer.from([0, 0, 1, 0xaa, 1, 0xaa])
+    t.ok(Buffer.concat(v.push(4, fixed, true)).equals(fixed), 'fetched again, every byte is handed out')
+  },
+)
