@@ -516,6 +516,10 @@ export class ReplicationFollower {
               this.opts.onChunkRefused?.(name, true)
               sameRefusals = 0
               lastRefused = ''
+              if (copy.kind === 0)
+                this.consume?.abandon(
+                  `damaged message-log bytes copied as the master holds them at ${err.badAt}`,
+                )
               await writer.written()
               writer.write(heldBase, asHeld)
               wanted = err.offset + copied + verifier.held

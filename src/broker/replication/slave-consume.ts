@@ -6,7 +6,7 @@ import type { Checkpoint } from '../store/checkpoint'
 import { ConsumeLog } from '../store/consume-log'
 import type { FsIo } from '../store/fs-io'
 import { readI64 } from '../store/i64'
-import { FRAME_BYTES, frameHeaderFault } from '../store/message-log'
+import { checkFrame, FRAME_BYTES, frameHeaderFault } from '../store/message-log'
 import type { SegmentLog } from '../store/segment-log'
 import { migrateSubjectDirs } from '../store/subject-dirs'
 
@@ -124,7 +124,19 @@ export class SlaveConsumeLogs {
 
   /** A chunk of message-log bytes was written at `offset` (called in log order; not waited for). */
   written(offset: number, data: Buffer): void {
-    void this.run(() => this.feed(offset, data))
+    void this.run(() => this.feed(offset, data, false))
+  }
+
+  /**
+   * Bytes about to be copied unverified (the master's stored damage, chunk-verifier.ts
+   * `acceptDamaged`): a damaged frame whose header still reads could be filed under the wrong subject,
+   * so the consume logs are dropped and the dispatch stops until the slave restarts (its rebuild from
+   * the file checks every record; a promotion's recovery steps over the damage).
+   */
+  abandon(reason: string): void {
+    void this.run(async () => {
+      throw new QmqError('QMQ_ERR_STORE_CORRUPT', reason)
+    })
   }
 
   /** The copy was cut at `offset`: entries of records past it go, durably, before this resolves. */
@@ -279,14 +291,18 @@ export class SlaveConsumeLogs {
       while (at < s.base + s.size && !this.stopped) {
         const data = await mlog.read(at, Math.min(READ_BYTES, s.base + s.size - at))
         if (data.length === 0) break
-        await this.feed(at, data)
+        await this.feed(at, data, true)
         at += data.length
       }
     }
   }
 
-  /** Dispatches the whole frames of message-log bytes `written` at `offset`. */
-  private async feed(offset: number, written: Buffer): Promise<void> {
+  /**
+   * Dispatches the whole frames of message-log bytes `written` at `offset`. `verify`: check each
+   * record's CRC too (bytes read from the file; chunks handed to `written` were verified before they
+   * were written).
+   */
+  private async feed(offset: number, written: Buffer, verify: boolean): Promise<void> {
     if (this.stopped) return
     const seen = this.pos + this.carry.length
     if (offset + written.length <= seen) return // read from the file already
@@ -306,7 +322,7 @@ export class SlaveConsumeLogs {
       const bounded = Math.min(length, FRAME_BYTES + this.opts.maxMessageBytes)
       const take = Math.min(data.length, Math.max(bounded - this.carry.length, FRAME_BYTES))
       const frame = Buffer.concat([this.carry, data.subarray(0, take)])
-      const used = await this.parse(frame, this.pos, touched)
+      const used = await this.parse(frame, this.pos, touched, verify)
       if (used === 0) {
         this.carry = frame // still short: a frame longer than the chunk
         this.flushTouched(touched)
@@ -316,7 +332,7 @@ export class SlaveConsumeLogs {
       this.pos += used
       this.carry = EMPTY
     }
-    const used = await this.parse(data, this.pos, touched)
+    const used = await this.parse(data, this.pos, touched, verify)
     this.pos += used
     // Copied: a slice would keep the whole chunk in memory.
     this.carry = used < data.length ? Buffer.from(data.subarray(used)) : EMPTY
@@ -327,7 +343,7 @@ export class SlaveConsumeLogs {
    * Pushes the entries of the whole frames at the start of `buf` (its first byte at message-log
    * offset `base`); returns the bytes they take. Throws at a frame that does not read.
    */
-  private async parse(buf: Buffer, base: number, touched: Set<ConsumeLog>): Promise<number> {
+  private async parse(buf: Buffer, base: number, touched: Set<ConsumeLog>, verify: boolean): Promise<number> {
     const max = this.opts.maxMessageBytes
     let p = 0
     for (;;) {
@@ -343,6 +359,14 @@ export class SlaveConsumeLogs {
       }
       const length = buf.readUInt32BE(p)
       if (buf.length - p < length) return p
+      if (verify) {
+        const r = checkFrame(buf, p, p + length, max, true)
+        if (r.kind !== 'record')
+          throw new QmqError(
+            'QMQ_ERR_STORE_CORRUPT',
+            `unreadable record at message-log offset ${base + p}: ${r.kind === 'corrupt' ? r.reason : 'short'}`,
+          )
+      }
       // Frame fields (message-log.ts layout) read in place; of the record, only the subject's bytes
       // (checked as readRecordHeader checks them, decoded only for a subject not seen lately).
       const seq = readI64(buf, p + 16)

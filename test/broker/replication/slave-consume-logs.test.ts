@@ -222,3 +222,36 @@ t.test(
     t.same(consumeFiles(slave, subjects), theirs, 'same entries as the store wrote')
   },
 )
+
+t.test('a damaged record whose frame header still reads is not filed under another subject', async (t) => {
+  // Review finding: bytes copied unverified (the master's stored damage) or read back from the file at
+  // a restart were parsed with the frame header's checks only: a flipped subject byte ("q.1" -> "q.3")
+  // filed the record, and holes up to its sequence, into q.3's consume log.
+  const master = tempDir(t, 'qmq-slave-consume-damaged-')
+  await masterLog(master, 0, 40, (j) => (j % 2 === 0 ? 'q.1' : 'q.3'))
+  const bytes = Buffer.from(logBytes(path.join(master, 'messagelog')))
+  // The 31st frame (a q.1 record, sequence 15) gets q.3's subject; its record CRC no longer matches.
+  let p = 0
+  for (let i = 0; i < 30; i++) p += bytes.readUInt32BE(p)
+  const s = bytes.indexOf('q.1', p + 32)
+  t.ok(s > p, 'found the subject bytes')
+  bytes[s + 2] = '3'.charCodeAt(0)
+  const slave = tempDir(t, 'qmq-slave-consume-damaged-slave-')
+  const mlog = SegmentLog.open({ dir: path.join(slave, 'messagelog'), segmentBytes: Number.MAX_SAFE_INTEGER })
+  t.teardown(() => mlog.close())
+  await mlog.appendCopied(0, bytes)
+  // A slave restarted with this copy rebuilds its consume logs by reading the file.
+  const consume = new SlaveConsumeLogs(
+    { root: path.join(slave, 'consumelog'), maxMessageBytes: 1024 * 1024, entriesPerSegment: 100 },
+    silentLogger,
+  )
+  await consume.open(mlog, undefined)
+  await consume.close()
+  const files = consumeFiles(slave, ['q.1', 'q.3'])
+  t.equal(
+    files['q.3']?.length ?? 0,
+    0,
+    "q.3's consume log holds nothing: the logs were dropped at the damage",
+  )
+  t.equal(files['q.1']?.length ?? 0, 0, 'and q.1 too (a promotion rebuilds both with recovery checks)')
+})
