@@ -359,19 +359,11 @@ export class MessageLog {
       if (this.failed) throw this.failed
       let bytes = 0
       for (const p of batch) bytes += p.bytes.length
-      const start = await seg.appendv(
+      let offset = await this.appendDurable(
+        seg,
         batch.map((p) => p.bytes),
         bytes,
       )
-      if (this.opts.fsync) {
-        try {
-          await seg.sync()
-        } catch (err) {
-          await this.cut(seg, start)
-          throw err
-        }
-      }
-      let offset = start
       const refused: { p: Pending; offset: number; err: unknown }[] = []
       for (const p of batch) {
         try {
@@ -411,6 +403,23 @@ export class MessageLog {
   }
 
   /**
+   * Appends `parts` as one write and, under `fsync`, syncs them; a failed sync cuts them off again
+   * (nothing of them stays for a replay). Returns the offset of their first byte.
+   */
+  private async appendDurable(seg: SegmentLog, parts: Buffer[], bytes: number): Promise<number> {
+    const start = await seg.appendv(parts, bytes)
+    if (this.opts.fsync) {
+      try {
+        await seg.sync()
+      } catch (err) {
+        await this.cut(seg, start)
+        throw err
+      }
+    }
+    return start
+  }
+
+  /**
    * Appends (and syncs) refusal markers (layout: `encodeRefusals`) naming durable records about to be
    * refused, so no replay files them. Never throws: without its marker a refusal still stands.
    */
@@ -422,18 +431,11 @@ export class MessageLog {
     try {
       if (this.failed) throw this.failed
       this.beforeRefusals()
-      const start = await seg.appendv(
+      await this.appendDurable(
+        seg,
         markers,
         markers.reduce((n, m) => n + m.length, 0),
       )
-      if (this.opts.fsync) {
-        try {
-          await seg.sync()
-        } catch (err) {
-          await this.cut(seg, start)
-          throw err
-        }
-      }
       this.refusalEnd = seg.endOffset
     } catch (err) {
       this.opts.log.error(
