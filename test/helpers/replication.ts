@@ -2,7 +2,9 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
+import type { BrokerOptions } from '../../src/broker/broker'
 import { writeEpochs } from '../../src/broker/replication/epochs'
+import type { FollowerOptions } from '../../src/broker/replication/follower'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import { Metaserver } from '../../src/metaserver/main'
@@ -85,4 +87,46 @@ export function writeEpochOneAtEnd(dataDir: string): void {
   const m = dirBytes(path.join(dataDir, 'messagelog'))
   const a = dirBytes(path.join(dataDir, 'actionlog'))
   writeEpochs(dataDir, { epoch: 1, history: [{ epoch: 1, messageOffset: m, actionOffset: a }] })
+}
+
+/**
+ * Broker options the in-process replication tests start from (then `options`): port 0, no HTTP port,
+ * the test's cluster secret, a slave in sync for 60 s of lag, 10 s for a slave's ack, no timed
+ * checkpoint.
+ */
+export function replicationTestBroker(
+  secret: string,
+  options: Partial<BrokerOptions> = {},
+): Partial<BrokerOptions> {
+  return {
+    port: 0,
+    httpPort: -1,
+    clusterSecret: secret,
+    replicationInSyncLagMs: 60_000,
+    replicationAckTimeoutMs: 10_000,
+    checkpointIntervalMs: 3_600_000,
+    ...options,
+  }
+}
+
+/** Options of a ReplicationFollower driven directly by a test: 4 KiB fetches, no timed checkpoint. */
+export function testFollowerOptions(
+  dataDir: string,
+  secret: string,
+  findMaster: () => Promise<string | undefined>,
+  retryMs: number,
+): FollowerOptions {
+  return {
+    dataDir,
+    slaveId: 'test-slave:1',
+    clusterSecret: secret,
+    findMaster,
+    maxMessageBytes: 1024 * 1024,
+    fetchBytes: 4096,
+    fetchWaitMs: 100,
+    retryMs,
+    checkpointIntervalMs: 3_600_000,
+    maxFrameBytes: 16 * 1024 * 1024,
+    epoch: 0,
+  }
 }

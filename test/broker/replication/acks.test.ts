@@ -16,7 +16,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
-import { tempDir, waitUntil } from '../../helpers/replication'
+import { replicationTestBroker, tempDir, waitUntil } from '../../helpers/replication'
 import { ack, message, pull, send } from '../server/ops'
 
 /**
@@ -26,14 +26,7 @@ import { ack, message, pull, send } from '../server/ops'
 
 const SECRET = 'replication-acks-test-secret'
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
-  replicationInSyncLagMs: 60_000,
-  replicationAckTimeoutMs: 10_000,
-  checkpointIntervalMs: 3_600_000,
-}
+const BASE = replicationTestBroker(SECRET)
 
 function freshDir(t: Test): string {
   return tempDir(t, 'qmq-repl-acks-')

@@ -3,13 +3,13 @@ import net from 'node:net'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
-import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { Broker } from '../../../src/broker/broker'
 import { type FollowerOptions, ReplicationFollower } from '../../../src/broker/replication/follower'
 import { type FsIo, nodeFsIo } from '../../../src/broker/store'
 import { checkFrame } from '../../../src/broker/store/message-log'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
-import { tempDir, waitUntil } from '../../helpers/replication'
+import { replicationTestBroker, tempDir, testFollowerOptions, waitUntil } from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -20,16 +20,10 @@ import { message, sendOk } from '../server/ops'
 
 const SECRET = 'replication-follower-test-secret'
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
-  replicationInSyncLagMs: 60_000,
-  replicationAckTimeoutMs: 10_000,
-  checkpointIntervalMs: 3_600_000,
+const BASE = replicationTestBroker(SECRET, {
   // Writes succeed without a slave: the test writes before the follower starts.
   degradedWrites: true,
-}
+})
 
 function freshDir(t: Test): string {
   return tempDir(t, 'qmq-repl-follower-')
@@ -60,19 +54,7 @@ async function startMaster(t: Test) {
 }
 
 function followerOptions(dataDir: string, findMaster: () => Promise<string | undefined>): FollowerOptions {
-  return {
-    dataDir,
-    slaveId: 'test-slave:1',
-    clusterSecret: SECRET,
-    findMaster,
-    maxMessageBytes: 1024 * 1024,
-    fetchBytes: 4096,
-    fetchWaitMs: 100,
-    retryMs: 50,
-    checkpointIntervalMs: 3_600_000,
-    maxFrameBytes: 16 * 1024 * 1024,
-    epoch: 0,
-  }
+  return testFollowerOptions(dataDir, SECRET, findMaster, 50)
 }
 
 function messageLogBytes(dataDir: string): Buffer {

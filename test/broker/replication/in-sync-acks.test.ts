@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import t from 'tap'
-import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { Broker } from '../../../src/broker/broker'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
 import { silentLogger } from '../../../src/common/logger'
 import { RequestCode } from '../../../src/common/protocol/codes'
@@ -11,7 +11,7 @@ import {
   type ReplicatedLogValue,
 } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
-import { tempDir } from '../../helpers/replication'
+import { replicationTestBroker, tempDir } from '../../helpers/replication'
 import { message, send } from '../server/ops'
 
 /**
@@ -23,15 +23,9 @@ import { message, send } from '../server/ops'
 
 const SECRET = 'replication-in-sync-acks-test-secret'
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
+const BASE = replicationTestBroker(SECRET, {
   replication: 'sync',
-  replicationInSyncLagMs: 60_000,
-  replicationAckTimeoutMs: 10_000,
-  checkpointIntervalMs: 3_600_000,
-}
+})
 
 function freshDir(t: Test): string {
   return tempDir(t, 'qmq-repl-insync-')

@@ -8,7 +8,7 @@ import type { ConsumeEntry } from '../../../src/broker/store/consume-log'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
-import { tempDir, waitUntil, writeEpochOneAtEnd } from '../../helpers/replication'
+import { replicationTestBroker, tempDir, waitUntil, writeEpochOneAtEnd } from '../../helpers/replication'
 import { message, pull, sendOk } from '../server/ops'
 
 /**
@@ -21,17 +21,12 @@ import { message, pull, sendOk } from '../server/ops'
 const SECRET = 'replication-slave-consume-test-secret'
 const SUBJECTS = ['orders', 'payments', 'audit.log', 'émoji-✓']
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
-  replicationInSyncLagMs: 60_000,
-  replicationAckTimeoutMs: 10_000,
+const BASE = replicationTestBroker(SECRET, {
   replicationFetchWaitMs: 100,
   checkpointIntervalMs: 200,
   // The master writes before and while the slave is away.
   degradedWrites: true,
-}
+})
 
 function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   return waitUntil(what, cond, timeoutMs, 20)

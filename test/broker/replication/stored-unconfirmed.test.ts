@@ -1,6 +1,6 @@
 import type { Test } from 'tap'
 import t from 'tap'
-import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { Broker } from '../../../src/broker/broker'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
 import { MessageProducerProvider } from '../../../src/client'
 import { ERROR_CODES } from '../../../src/common/error-codes'
@@ -13,7 +13,12 @@ import {
 } from '../../../src/common/protocol/replication'
 import { decodeRecord } from '../../../src/common/record'
 import { RawClient } from '../../helpers/raw-client'
-import { startReplicationMetaserver, tempDir, waitUntil } from '../../helpers/replication'
+import {
+  replicationTestBroker,
+  startReplicationMetaserver,
+  tempDir,
+  waitUntil,
+} from '../../helpers/replication'
 import { message, send } from '../server/ops'
 import { pullOpts } from '../store/helpers'
 
@@ -26,15 +31,10 @@ import { pullOpts } from '../store/helpers'
 const SECRET = 'stored-unconfirmed-cluster-secret'
 const TOKEN = 'stored-unconfirmed-admin-token'
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
+const BASE = replicationTestBroker(SECRET, {
   heartbeatIntervalMs: 100,
-  replicationInSyncLagMs: 60_000,
   replicationAckTimeoutMs: 300,
-  checkpointIntervalMs: 3_600_000,
-}
+})
 
 function freshDir(t: Test): string {
   return tempDir(t, 'qmq-stored-unconfirmed-')

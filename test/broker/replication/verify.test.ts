@@ -2,13 +2,13 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
-import { Broker, type BrokerOptions } from '../../../src/broker/broker'
+import { Broker } from '../../../src/broker/broker'
 import { type FollowerOptions, ReplicationFollower } from '../../../src/broker/replication/follower'
 import { type FsIo, nodeFsIo } from '../../../src/broker/store'
 import { createMessageStore } from '../../../src/broker/store/file-message-store'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
-import { tempDir, waitUntil } from '../../helpers/replication'
+import { replicationTestBroker, tempDir, testFollowerOptions, waitUntil } from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -19,15 +19,9 @@ import { message, sendOk } from '../server/ops'
 
 const SECRET = 'replication-verify-test-secret'
 
-const BASE: Partial<BrokerOptions> = {
-  port: 0,
-  httpPort: -1,
-  clusterSecret: SECRET,
-  replicationInSyncLagMs: 60_000,
-  replicationAckTimeoutMs: 10_000,
-  checkpointIntervalMs: 3_600_000,
+const BASE = replicationTestBroker(SECRET, {
   degradedWrites: true,
-}
+})
 
 function pathOf(fd: number): string {
   try {
@@ -42,19 +36,7 @@ function until(what: string, cond: () => boolean | Promise<boolean>, timeoutMs =
 }
 
 function followerOptions(dataDir: string, address: string): FollowerOptions {
-  return {
-    dataDir,
-    slaveId: 'test-slave:1',
-    clusterSecret: SECRET,
-    findMaster: async () => address,
-    maxMessageBytes: 1024 * 1024,
-    fetchBytes: 4096,
-    fetchWaitMs: 100,
-    retryMs: 20,
-    checkpointIntervalMs: 3_600_000,
-    maxFrameBytes: 16 * 1024 * 1024,
-    epoch: 0,
-  }
+  return testFollowerOptions(dataDir, SECRET, async () => address, 20)
 }
 
 /** A master whose message-log reads pass through `io`; `mend` is its message log's end. */
