@@ -5,23 +5,12 @@ import t from 'tap'
 import { ERROR_CODES } from '../../src/common/error-codes'
 import { silentLogger } from '../../src/common/logger'
 import { RequestCode } from '../../src/common/protocol/codes'
-import {
-  decodeFetchResponse,
-  encodeFetchRequest,
-  type FetchResponse,
-} from '../../src/common/protocol/replication'
 import { DelayServer } from '../../src/delay/delay-server'
 import { encodeCancelRequest, encodeSendRequest } from '../../src/common/protocol/commands'
-import {
-  type CancelsResponse,
-  decodeCancelsResponse,
-  decodeManifestResponse,
-  encodeCancelsRequest,
-  encodeManifestRequest,
-} from '../../src/delay/replication/wire'
 import { RawClient } from '../helpers/raw-client'
 import { startReplicationMetaserver } from '../helpers/replication'
 import { DELAY_TEST_SECRET, delayed, FakeSender, send, sleep } from './helpers/delay-helpers'
+import { adopt, cancels, fetch } from './helpers/fake-slave'
 import { until } from './helpers/replication-helpers'
 
 /**
@@ -33,40 +22,6 @@ import { until } from './helpers/replication-helpers'
 
 const SLAVE = 'hand-slave:1'
 const errorStatus = (code: keyof typeof ERROR_CODES): number => ERROR_CODES[code].status
-
-async function fetch(c: RawClient, offset: number, acked?: number): Promise<FetchResponse> {
-  return decodeFetchResponse(
-    await c.call(
-      RequestCode.REPL_FETCH,
-      encodeFetchRequest({
-        token: DELAY_TEST_SECRET,
-        slaveId: SLAVE,
-        log: 0,
-        offset,
-        maxBytes: 1024 * 1024,
-        waitMs: 0,
-        epoch: 0,
-        acked,
-      }),
-    ),
-  )
-}
-
-async function cancels(c: RawClient, runId: string, after: number): Promise<CancelsResponse> {
-  return decodeCancelsResponse(
-    await c.call(
-      RequestCode.DELAY_REPL_CANCELS,
-      encodeCancelsRequest({
-        token: DELAY_TEST_SECRET,
-        slaveId: SLAVE,
-        runId,
-        after,
-        snapshot: false,
-        waitMs: 0,
-      }),
-    ),
-  )
-}
 
 t.test(
   'delay CANCEL - a cancel stored before the lease ran out is answered REPLICATION_TIMEOUT',
@@ -105,26 +60,21 @@ t.test(
     t.teardown(() => probe.close())
 
     // The hand-driven slave holds everything: the message log, a checkpoint, every cancel.
-    const start = await fetch(slave, 0)
-    await fetch(slave, start.end)
-    decodeManifestResponse(
-      await slave.call(
-        RequestCode.DELAY_REPL_MANIFEST,
-        encodeManifestRequest({ token: DELAY_TEST_SECRET, slaveId: SLAVE, adopted: 0 }),
-      ),
-    )
-    const snap = await cancels(slave, '', 0)
+    const start = await fetch(slave, SLAVE, 0)
+    await fetch(slave, SLAVE, start.end)
+    await adopt(slave, SLAVE)
+    const snap = await cancels(slave, SLAVE, '', 0)
     const runId = snap.runId
-    await cancels(slave, runId, snap.seq)
+    await cancels(slave, SLAVE, runId, snap.seq)
 
     // A pending message, acknowledged by the slave.
     const sent = send(producer, [delayed('c1', Date.now() + 3_600_000)])
     let end = start.end
     while (end === start.end) {
       await sleep(5)
-      end = (await fetch(slave, 0)).end
+      end = (await fetch(slave, SLAVE, 0)).end
     }
-    await fetch(slave, end, end)
+    await fetch(slave, SLAVE, end, end)
     t.same(await sent, [{ status: 0, message: '' }], 'the SEND is acknowledged')
 
     // The CANCEL is stored and waits for the slave's acknowledgement of its tombstone.
@@ -132,7 +82,7 @@ t.test(
     let seq = snap.seq
     while (seq === snap.seq) {
       await sleep(5)
-      seq = (await cancels(slave, runId, snap.seq)).seq
+      seq = (await cancels(slave, SLAVE, runId, snap.seq)).seq
     }
     // Meanwhile the master loses its metaserver, and with it its lease.
     await meta.close()
@@ -144,7 +94,7 @@ t.test(
     )
     t.equal(refused.status, errorStatus('QMQ_ERR_NOT_MASTER'), 'a new SEND is refused before storing')
     // The slave acknowledges the tombstone: the CANCEL's wait ends, after its lease ran out.
-    await cancels(slave, runId, seq)
+    await cancels(slave, SLAVE, runId, seq)
     const res = await cancelled
     t.equal(
       res.status,
