@@ -347,26 +347,28 @@ export class SlaveConsumeLogs {
     const max = this.opts.maxMessageBytes
     let p = 0
     for (;;) {
-      // checkFrame's tests without the record's CRC (as checkFrame(..., false)), allocating nothing.
       if (buf.length - p < FRAME_BYTES) return p
-      const fault = frameHeaderFault(buf, p, max)
-      if (fault !== undefined) {
-        // Not resynchronised here (recovery does that): the consume logs go (see `run`).
-        throw new QmqError(
-          'QMQ_ERR_STORE_CORRUPT',
-          `unreadable frame at message-log offset ${base + p}: ${fault}`,
-        )
+      // Not resynchronised here (recovery does that): a frame that does not read drops the consume
+      // logs (see `run`). Read from the file: the whole frame is checked (checkFrame, record CRC
+      // included); handed to `written`: its header (frameHeaderFault, allocating nothing).
+      if (verify) {
+        const r = checkFrame(buf, p, buf.length, max, true)
+        if (r.kind === 'short') return p
+        if (r.kind === 'corrupt')
+          throw new QmqError(
+            'QMQ_ERR_STORE_CORRUPT',
+            `unreadable record at message-log offset ${base + p}: ${r.reason}`,
+          )
+      } else {
+        const fault = frameHeaderFault(buf, p, max)
+        if (fault !== undefined)
+          throw new QmqError(
+            'QMQ_ERR_STORE_CORRUPT',
+            `unreadable frame at message-log offset ${base + p}: ${fault}`,
+          )
       }
       const length = buf.readUInt32BE(p)
       if (buf.length - p < length) return p
-      if (verify) {
-        const r = checkFrame(buf, p, p + length, max, true)
-        if (r.kind !== 'record')
-          throw new QmqError(
-            'QMQ_ERR_STORE_CORRUPT',
-            `unreadable record at message-log offset ${base + p}: ${r.kind === 'corrupt' ? r.reason : 'short'}`,
-          )
-      }
       // Frame fields (message-log.ts layout) read in place; of the record, only the subject's bytes
       // (checked as readRecordHeader checks them, decoded only for a subject not seen lately).
       const seq = readI64(buf, p + 16)
