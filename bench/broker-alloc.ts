@@ -20,7 +20,7 @@ import { RequestCode } from '../src/common/protocol/codes'
 import { encodeAckRequest, StartPosition } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
-import { brokerChildEnv, brokerChildPort, quick, report } from './common'
+import { brokerChildEnv, brokerChildPort, quick, report, stopBrokerChild } from './common'
 import { LATENCY_BODY, latency, pullReq, sendBatch } from './latency-common'
 
 const BENCH = 'broker-alloc'
@@ -245,11 +245,7 @@ async function main(): Promise<void> {
     await consume(port, 'p1', n)
     perMessage('consume from backlog, 1 consumer', await snapshot(), n)
   } finally {
-    const exited = new Promise((r) => child.once('exit', r))
-    child.kill('SIGTERM')
-    const killer = setTimeout(() => child.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(killer)
+    await stopBrokerChild(child)
     rmSync(dir, { recursive: true, force: true })
   }
 }

@@ -17,7 +17,7 @@ import { RawClient } from '../test/helpers/raw-client'
 import { RequestCode } from '../src/common/protocol/codes'
 import { decodePullResponse, encodeAckRequest } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
-import { brokerChildEnv, brokerChildPort, quick, report } from './common'
+import { brokerChildEnv, brokerChildPort, quick, report, stopBrokerChild } from './common'
 import { LATENCY_BODY, latency, percentile, pullReq, sendBatch } from './latency-common'
 
 const BENCH = 'broker'
@@ -291,12 +291,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    // A graceful stop (so that `NODE_OPTIONS=--cpu-prof` can write the broker's profile), SIGKILL if slow.
-    const exited = new Promise((r) => child.once('exit', r))
-    child.kill('SIGTERM')
-    const killer = setTimeout(() => child.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(killer)
+    await stopBrokerChild(child)
     rmSync(dir, { recursive: true, force: true })
   }
 }

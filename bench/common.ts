@@ -70,3 +70,16 @@ export function brokerChildPort(child: ChildProcess): Promise<number> {
     child.once('exit', (code) => reject(new Error(`broker exited with ${code}`)))
   })
 }
+
+/**
+ * Stops a broker child gracefully (SIGTERM, so `--cpu-prof` or the loop stats can be written), with
+ * SIGKILL after `graceMs`; resolves once it has exited.
+ */
+export async function stopBrokerChild(child: ChildProcess, graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((r) => child.once('exit', r))
+  child.kill('SIGTERM')
+  const killer = setTimeout(() => child.kill('SIGKILL'), graceMs)
+  await exited
+  clearTimeout(killer)
+}

@@ -22,7 +22,7 @@ import {
 } from '../src/common/protocol/commands'
 import { encodeRecord } from '../src/common/record'
 import { RawClient } from '../test/helpers/raw-client'
-import { brokerChildPort, quick, report } from './common'
+import { brokerChildPort, quick, report, stopBrokerChild } from './common'
 
 const BENCH = 'ordered'
 const BODY = Buffer.alloc(1024 - 90, 0x61)
@@ -181,11 +181,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
-    const exited = new Promise((r) => child.once('exit', r))
-    child.kill('SIGTERM')
-    const killer = setTimeout(() => child.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(killer)
+    await stopBrokerChild(child)
     rmSync(dir, { recursive: true, force: true })
   }
 }
