@@ -2,11 +2,12 @@ import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
 import t from 'tap'
+import { startReplicationMetaserver } from '../helpers/replication'
 import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
-import { MetaClient } from '../../src/common/meta/meta-client'
+import type { MetaClient } from '../../src/common/meta/meta-client'
 import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
-import { Metaserver } from '../../src/metaserver/main'
+import type { Metaserver } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
 import { bucketFileName } from '../../src/delay/store/bucket'
 import { cancel, DELAY_TEST_SECRET, delayed, FakeSender, send, T0, waitFor } from './helpers/delay-helpers'
@@ -206,26 +207,11 @@ t.test('delay dedupe - message-log segments kept for the window go once it passe
 })
 
 async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient }> {
-  const meta = new Metaserver(
-    {
-      port: 0,
-      dataDir: t.testdir(),
-      adminToken: 'delay-dedupe-admin',
-      clusterSecret: DELAY_TEST_SECRET,
-      heartbeatIntervalMs: 100,
-      heartbeatTimeoutMs: 2_000,
-    },
-    { logger: silentLogger },
-  )
-  await meta.start()
-  const admin = new MetaClient({
-    url: meta.url,
-    adminToken: 'delay-dedupe-admin',
+  const { meta, admin } = await startReplicationMetaserver(t, {
+    dataDir: t.testdir(),
     clusterSecret: DELAY_TEST_SECRET,
-  })
-  t.teardown(async () => {
-    await admin.close()
-    await meta.close()
+    adminToken: 'delay-dedupe-admin',
+    heartbeatTimeoutMs: 2_000,
   })
   return { meta, admin }
 }

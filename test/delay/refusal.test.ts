@@ -1,12 +1,11 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
+import { startReplicationMetaserver } from '../helpers/replication'
 import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
-import { MetaClient } from '../../src/common/meta/meta-client'
 import { type DelayOptions, DelayServer } from '../../src/delay/delay-server'
 import { bucketFileName } from '../../src/delay/store/bucket'
-import { Metaserver } from '../../src/metaserver/main'
 import { RawClient } from '../helpers/raw-client'
 import { DELAY_TEST_SECRET, delayed, FakeSender, send, sleep, T0, waitFor } from './helpers/delay-helpers'
 import { FAST_REPLICATION, freshDir, slaveDirBeside, until } from './helpers/replication-helpers'
@@ -101,26 +100,11 @@ t.test('delay refusal - the window rebuilt after a clean restart does not hold a
 })
 
 t.test('delay refusal - a promoted slave does not schedule a record its master refused', async (t) => {
-  const meta = new Metaserver(
-    {
-      port: 0,
-      dataDir: t.testdir(),
-      adminToken: 'delay-refusal-admin',
-      clusterSecret: DELAY_TEST_SECRET,
-      heartbeatIntervalMs: 100,
-      heartbeatTimeoutMs: 2_000,
-    },
-    { logger: silentLogger },
-  )
-  await meta.start()
-  const admin = new MetaClient({
-    url: meta.url,
-    adminToken: 'delay-refusal-admin',
+  const { meta, admin } = await startReplicationMetaserver(t, {
+    dataDir: t.testdir(),
     clusterSecret: DELAY_TEST_SECRET,
-  })
-  t.teardown(async () => {
-    await admin.close()
-    await meta.close()
+    adminToken: 'delay-refusal-admin',
+    heartbeatTimeoutMs: 2_000,
   })
   const aDir = freshDir(t, 'delay-refusal')
   const bDir = slaveDirBeside(t, aDir)
