@@ -114,9 +114,27 @@ t.test('commands - PULL request and response round trip', async (t) => {
     deliveryCount: i + 1,
     record: encodeRecord(m),
   }))
-  const parts = encodePullResponse(entries)
+  // Records in separate memory (copied apart): one part each, not copied.
+  const apart = entries.map((e) => ({ ...e, record: Buffer.from(e.record) }))
+  const parts = encodePullResponse(apart)
   t.equal(parts.length, 6, 'one table buffer, then the stored records as they are')
-  t.equal(parts[1], entries[0]?.record, 'records are not copied')
+  t.equal(parts[1], apart[0]?.record, 'records are not copied')
+  t.same(Buffer.concat(parts.slice(1)), Buffer.concat(apart.map((e) => e.record)))
+  // Records back to back in one buffer (a batch read from the log): one view over all of them,
+  // not a copy; a record elsewhere starts a new part.
+  const batch = Buffer.concat(entries.map((e) => e.record))
+  const views: Buffer[] = []
+  for (let at = 0, i = 0; i < entries.length; i++) {
+    const n = (entries[i] as { record: Buffer }).record.length
+    views.push(batch.subarray(at, at + n))
+    at += n
+  }
+  const adjacent = entries.map((e, i) => ({ ...e, record: i === 3 ? Buffer.from(e.record) : (views[i] as Buffer) }))
+  const joinedParts = encodePullResponse(adjacent)
+  t.equal(joinedParts.length, 4, 'table, records 0-2 as one view, record 3, record 4')
+  t.equal(joinedParts[1]?.buffer, batch.buffer, 'the joined view shares the batch memory')
+  t.equal(joinedParts[1]?.length, (views[0]?.length ?? 0) + (views[1]?.length ?? 0) + (views[2]?.length ?? 0))
+  t.same(decodePullResponse(Buffer.concat(joinedParts)), decodePullResponse(Buffer.concat(parts)))
   const back = decodePullResponse(Buffer.concat(parts))
   t.same(
     back.map((m) => [m.sequence, m.deliveryCount, m.record.id]),
