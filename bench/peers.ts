@@ -27,7 +27,8 @@
  * BENCH_PEERS_PARTS=publish,consume,latency,drain picks the scenarios, BENCH_PEERS_RATES the latency
  * scenario's rates; QMQ_BROKER_LOOP_STATS=1 shows the qmq broker's event-loop delay and store
  * histograms (bench/broker-child.ts) on stderr; QMQ_BROKER_NODE_ARGS gives the qmq broker node flags
- * (e.g. --trace-gc, --cpu-prof; their output goes to stderr or files, never to the results).
+ * (e.g. --trace-gc, --cpu-prof; their output goes to stderr or files, never to the results);
+ * QMQ_BROKER_OPTIONS='{"indexes":false}' adds broker options (experiments only: a recorded run uses none).
  */
 import { type ChildProcess, type SpawnSyncOptions, spawn, spawnSync } from 'node:child_process'
 import {
@@ -376,7 +377,8 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
       'tsx',
       join(__dirname, 'broker-child.ts'),
       join(dir, 'data'),
-      JSON.stringify({ flush }),
+      // QMQ_BROKER_OPTIONS='{"indexes":false}': more broker options (experiments; never in a recorded run).
+      JSON.stringify({ ...JSON.parse(process.env.QMQ_BROKER_OPTIONS ?? '{}'), flush }),
     ],
     dir,
     // The threadpool size bin/qmq.js gives a broker (unless UV_THREADPOOL_SIZE is set).
@@ -384,6 +386,8 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
     true,
   )
   const port = await brokerChildPort(child)
+  // Answer bodies as views of the read chunks, as the SDK reads them (no copy per answer).
+  const connectRaw = () => RawClient.connect(port, '127.0.0.1', { copyBodies: false })
   let idSeq = 0
   const record = (subject: string, i: number): Buffer =>
     encodeRecord({
@@ -421,7 +425,7 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
   return {
     dir,
     async publish(subject, producers, total) {
-      const clients = await Promise.all(Array.from({ length: producers }, () => RawClient.connect(port)))
+      const clients = await Promise.all(Array.from({ length: producers }, () => connectRaw()))
       const per = Math.ceil(total / producers)
       const batches = clients.map(() => {
         const out: Buffer[][] = []
@@ -445,7 +449,7 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
       return rate
     },
     async consume(subject, consumers, total) {
-      const clients = await Promise.all(Array.from({ length: consumers }, () => RawClient.connect(port)))
+      const clients = await Promise.all(Array.from({ length: consumers }, () => connectRaw()))
       const group = `g-${subject}`
       let got = 0
       let t1 = 0
@@ -479,8 +483,8 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
     },
     async latency(subject, rate, seconds) {
       const total = Math.floor(rate * seconds)
-      const producer = await RawClient.connect(port)
-      const consumer = await RawClient.connect(port)
+      const producer = await connectRaw()
+      const consumer = await connectRaw()
       const group = 'lat'
       // Create the group at the end of the subject before producing.
       await consumer.call(
@@ -538,7 +542,7 @@ async function startQmq(flush: 'sync' | 'async' = 'sync'): Promise<Driver> {
     async drain(subject, consumers, total) {
       const group = `drain${consumers}`
       const acks: Promise<Buffer>[] = []
-      const clients = await Promise.all(Array.from({ length: consumers }, () => RawClient.connect(port)))
+      const clients = await Promise.all(Array.from({ length: consumers }, () => connectRaw()))
       let handled = 0
       let t1 = 0
       const t0 = performance.now()

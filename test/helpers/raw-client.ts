@@ -29,7 +29,12 @@ export class RawClient {
   readonly unsolicited: Frame[] = []
   readonly closed: Promise<void>
 
-  private constructor(socket: Socket) {
+  /**
+   * `copyBodies: false` hands out answer bodies as views of the socket's read chunks (Node allocates a
+   * fresh chunk per read, so a view stays valid), as the SDK does: benchmarks use it so the harness
+   * does not copy every answer. Tests keep the default (a body independent of its neighbours).
+   */
+  private constructor(socket: Socket, copyBodies: boolean) {
     this.socket = socket
     socket.on('data', (chunk: Buffer) => {
       let frames: Frame[]
@@ -50,7 +55,7 @@ export class RawClient {
           status: f.status,
           code: f.code,
           requestId: f.requestId,
-          body: Buffer.from(f.body),
+          body: copyBodies ? Buffer.from(f.body) : f.body,
           message: f.status === 0 ? '' : decodeErrorBody(f.body),
         })
       }
@@ -68,12 +73,12 @@ export class RawClient {
     })
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  static connect(port: number, host = '127.0.0.1', opts: { copyBodies?: boolean } = {}): Promise<RawClient> {
     return new Promise((resolve, reject) => {
       const socket = connect({ port, host, noDelay: true })
       socket.once('connect', () => {
         socket.removeListener('error', reject)
-        resolve(new RawClient(socket))
+        resolve(new RawClient(socket, opts.copyBodies ?? true))
       })
       socket.once('error', reject)
     })
