@@ -27,6 +27,7 @@ import { type EpochState, readEpochs } from './replication/epochs'
 import { refusedChunksCounter } from './replication/chunk-verifier'
 import { ReplicationFollower } from './replication/follower'
 import { beginMasterTerm, ReplicationSource } from './replication/source'
+import { InSyncReport } from './replication/in-sync-report'
 import { MasterLease } from './replication/lease'
 import { checkpointPath } from './store/checkpoint'
 import { createMessageStore, FileMessageStore } from './store/file-message-store'
@@ -129,8 +130,8 @@ export class Broker {
   private epochs: EpochState = { epoch: 0, history: [] }
   /** A master of a replicated group acknowledges writes while it holds its metaserver lease. */
   private readonly lease = new MasterLease()
-  /** The in-sync set of the heartbeat in flight (heartbeats go one at a time). */
-  private sentInSync: string[] | undefined
+  /** The in-sync set of the heartbeat in flight, handed to the source once answered. */
+  private readonly inSyncReport = new InSyncReport()
   /** Promoted to this epoch: recorded (with the log ends) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -569,7 +570,7 @@ export class Broker {
 
   /** What this broker tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
-    this.sentInSync = undefined
+    this.inSyncReport.clear()
     if (this.follower !== undefined) {
       const f = this.follower.status()
       return {
@@ -583,12 +584,12 @@ export class Broker {
     const store = this.store
     const r = this.replication
     if (!(store instanceof FileMessageStore) || r === undefined) return undefined
-    this.sentInSync = r.reportInSync()
+    const inSyncSlaves = this.inSyncReport.report(r)
     return {
       epoch: this.epochs.epoch,
       messageOffset: store.mlog.log.endOffset,
       actionOffset: store.alog.log.endOffset,
-      inSyncSlaves: this.sentInSync,
+      inSyncSlaves,
       replicated: r.hasSlaves,
     }
   }
@@ -601,12 +602,7 @@ export class Broker {
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this broker. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
-    // The metaserver stored the in-sync set this heartbeat carried (it answers a master only then):
-    // slaves that left it are no longer waited for (ReplicationSource.reportAccepted).
-    const sent = this.sentInSync
-    this.sentInSync = undefined
-    if (sent !== undefined && this.role === 'master' && (res.role ?? 'master') === 'master')
-      this.replication?.reportAccepted(sent)
+    this.inSyncReport.accepted(res, this.role, this.replication)
     if (this.state !== 'running' || this.switching !== undefined || this.closeRequested) return
     this.switching = this.lease.changeRole(
       res,

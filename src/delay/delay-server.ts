@@ -33,6 +33,7 @@ import { Counter, Gauge } from 'prom-client'
 import { type EpochState, readEpochs } from '../broker/replication/epochs'
 import { refusedChunksCounter } from '../broker/replication/chunk-verifier'
 import { type FollowerStatus, ReplicationFollower } from '../broker/replication/follower'
+import { InSyncReport } from '../broker/replication/in-sync-report'
 import { MasterLease } from '../broker/replication/lease'
 import { beginMasterTerm, type SlaveStatus, ReplicationSource } from '../broker/replication/source'
 import { MetaHeartbeat } from '../broker/server/meta-heartbeat'
@@ -114,8 +115,8 @@ export class DelayServer {
   private role: 'master' | 'slave'
   private epochs: EpochState = { epoch: 0, history: [] }
   private readonly lease = new MasterLease()
-  /** The in-sync set of the heartbeat in flight (heartbeats go one at a time). */
-  private sentInSync: string[] | undefined
+  /** The in-sync set of the heartbeat in flight, handed to the source once answered. */
+  private readonly inSyncReport = new InSyncReport()
   /** Promoted to this epoch: recorded (with the message log's end) once the store is open. */
   private promotedTo: number | undefined
   private switching: Promise<void> | undefined
@@ -618,7 +619,7 @@ export class DelayServer {
 
   /** What this delay server tells the metaserver about replication with each heartbeat. */
   private replicationReport(): ServerReplication | undefined {
-    this.sentInSync = undefined
+    this.inSyncReport.clear()
     // Closing: the sources are detached and would report no slave in sync, which would stop the
     // metaserver from promoting the slave when this master goes away.
     if (this.closing !== undefined) return undefined
@@ -633,24 +634,19 @@ export class DelayServer {
     }
     const r = this.replication
     if (r === undefined || this.storeRef === undefined) return undefined
-    this.sentInSync = r.reportInSync()
+    const inSyncSlaves = this.inSyncReport.report(r)
     return {
       epoch: this.epochs.epoch,
       messageOffset: this.storeRef.messageSegmentLog?.endOffset ?? 0,
       actionOffset: 0,
-      inSyncSlaves: this.sentInSync,
+      inSyncSlaves,
       replicated: r.hasSlaves,
     }
   }
 
   /** The metaserver's answer: renews a master's lease, or promotes / demotes this delay server. */
   private onMetaAnswer(res: ServerHeartbeatResponse, sentAt: number): void {
-    // The metaserver stored the in-sync set this heartbeat carried (it answers a master only then):
-    // slaves that left it are no longer waited for (ReplicationSource.reportAccepted).
-    const sent = this.sentInSync
-    this.sentInSync = undefined
-    if (sent !== undefined && this.role === 'master' && (res.role ?? 'master') === 'master')
-      this.replication?.reportAccepted(sent)
+    this.inSyncReport.accepted(res, this.role, this.replication)
     if (this.closing !== undefined || this.switching !== undefined) return
     this.switching = this.lease.changeRole(
       res,

@@ -12,7 +12,7 @@ import {
   RECORD_FIXED_BYTES,
   splitKeys,
 } from '../../common/record'
-import type { FsIo } from './fs-io'
+import { type FsIo, nodeFsIo } from './fs-io'
 import { readI64 } from './i64'
 import { type ScanResult, SegmentLog, segmentFileName } from './segment-log'
 
@@ -63,7 +63,9 @@ import { type ScanResult, SegmentLog, segmentFileName } from './segment-log'
  *   record's id, the property, the trace's subject and sequence). An entry may be present twice (a
  *   rebuild after a crash): callers dedupe by `ref`.
  * - Retention removes whole sealed segments written before the oldest retained message (`retain`);
- *   a run file goes with its segment.
+ *   a run file goes with its segment. A lookup holds the runs it reads (`Run.refs`): a run removed
+ *   under it is unlinked at once, its descriptor closed by the last lookup holding it (as SegmentLog
+ *   does with its segments), so a lookup during retention finds the segment or cleanly does not.
  */
 export const IndexKind = { MESSAGE: 1, KEY: 2, TRACE: 3 } as const
 export type IndexKindValue = (typeof IndexKind)[keyof typeof IndexKind]
@@ -278,6 +280,24 @@ interface Run {
   fd: number
   count: number
   fence: Uint32Array
+  /** Lookups reading `fd` right now (see `lookup`). */
+  refs: number
+  /** Taken out of `runs` (retention, close): `fd` closes when `refs` drops to 0. */
+  retired: boolean
+}
+
+/** Takes a run out of use: its file is removed now (when `unlink`), its descriptor closed now or by the last lookup holding it. */
+function retireRun(run: Run, unlink: boolean): void {
+  if (run.retired) return
+  run.retired = true
+  if (unlink) fs.rmSync(run.file, { force: true })
+  if (run.refs === 0) closeQuietly(run.fd)
+}
+
+/** Drops a lookup's hold on a run; the last one of a retired run closes its descriptor. */
+function releaseRun(run: Run): void {
+  run.refs--
+  if (run.retired && run.refs === 0) closeQuietly(run.fd)
 }
 
 /**
@@ -352,6 +372,8 @@ export class IndexLog {
   readonly log: SegmentLog
   private readonly runDir: string
   private readonly logger: Logger
+  /** What run files are read through (the store's fault-injection seam; SegmentLog reads through it too). */
+  private readonly io: FsIo
   private runs: Run[] = []
   /**
    * Sealed segments whose run is being written (see `seal`): their hashes stay searchable here until
@@ -389,6 +411,7 @@ export class IndexLog {
     this.runDir = dirs.runs
     fs.mkdirSync(this.runDir, { recursive: true })
     this.logger = opts.log
+    this.io = opts.io ?? nodeFsIo
   }
 
   /**
@@ -460,7 +483,7 @@ export class IndexLog {
       if (size !== RUN_HEADER_BYTES + fenceBuf.length + count * RUN_ENTRY_BYTES) throw new Error('bad size')
       const fence = new Uint32Array(fenceCount)
       for (let i = 0; i < fenceCount; i++) fence[i] = fenceBuf.readUInt32BE(i * 4)
-      return { base, file, fd, count, fence }
+      return { base, file, fd, count, fence, refs: 0, retired: false }
     } catch (err) {
       fs.closeSync(fd)
       this.logger.warn({ file, err: String(err) }, 'index run unusable; rebuilding it from its segment')
@@ -519,7 +542,7 @@ export class IndexLog {
       const fd = await new Promise<number>((resolve, reject) => {
         fs.open(file, 'r', (err, fd) => (err ? reject(err) : resolve(fd)))
       })
-      return { base, file, fd, count: n, fence }
+      return { base, file, fd, count: n, fence, refs: 0, retired: false }
     } catch (err) {
       throw fsError(err, `writing ${file}`)
     }
@@ -818,11 +841,19 @@ export class IndexLog {
     const offsets: number[] = []
     // One view of where each segment's hashes are, taken at once: a run written meanwhile moves its
     // segment from `sealing` to `runs`, so looking at `sealing` only after awaiting the runs' reads
-    // missed the entries of a segment whose run completed during them.
+    // missed the entries of a segment whose run completed during them. The runs of that view are held
+    // until read: retention (or close) removing one meanwhile leaves its descriptor open for this
+    // lookup (closed under it, the read failed with EBADF, or read another file given its number).
+    // The entries of a removed segment are then not read (readEntry): cleanly not found.
     const runs = [...this.runs]
-    for (const a of [...this.sealing.map((e) => e.hashes), this.active])
-      for (let i = 0; i < a.n; i++) if (a.h1[i] === h1 && a.h2[i] === h2) offsets.push(a.off[i] as number)
-    for (const run of runs) await this.searchRun(run, h1, h2, offsets)
+    for (const run of runs) run.refs++
+    try {
+      for (const a of [...this.sealing.map((e) => e.hashes), this.active])
+        for (let i = 0; i < a.n; i++) if (a.h1[i] === h1 && a.h2[i] === h2) offsets.push(a.off[i] as number)
+      for (const run of runs) await this.searchRun(run, h1, h2, offsets)
+    } finally {
+      for (const run of runs) releaseRun(run)
+    }
     // Oldest first: index-log offsets grow with time (runs and sealed segments may finish out of order).
     offsets.sort((x, y) => x - y)
     const out: IndexEntry[] = []
@@ -848,7 +879,7 @@ export class IndexLog {
     const chunk = Buffer.allocUnsafe(FENCE_STEP * 2 * RUN_ENTRY_BYTES)
     while (i < run.count) {
       const n = Math.min(FENCE_STEP * 2, run.count - i)
-      const got = await readAt(run.fd, chunk, n * RUN_ENTRY_BYTES, entriesAt + i * RUN_ENTRY_BYTES)
+      const got = await this.io.read(run.fd, chunk, 0, n * RUN_ENTRY_BYTES, entriesAt + i * RUN_ENTRY_BYTES)
       if (got < n * RUN_ENTRY_BYTES) return
       for (let k = 0; k < n; k++) {
         const e1 = chunk.readUInt32BE(k * RUN_ENTRY_BYTES)
@@ -891,8 +922,7 @@ export class IndexLog {
       if (k >= 0) {
         const r = this.runs[k] as Run
         this.runs.splice(k, 1)
-        closeQuietly(r.fd)
-        fs.rmSync(r.file, { force: true })
+        retireRun(r, true) // a lookup reading it closes it when done (see `lookup`)
       }
       n++
     }
@@ -910,7 +940,7 @@ export class IndexLog {
     } finally {
       this.closed = true
       this.sealing = []
-      for (const r of this.runs) closeQuietly(r.fd)
+      for (const r of this.runs) retireRun(r, false)
       this.runs = []
       this.log.close()
     }
@@ -929,7 +959,7 @@ export class IndexLog {
     this.sealing = []
     await this.flushing?.catch(() => undefined)
     await this.sealed() // a run written in the background: closed, not installed (sealing is empty)
-    for (const r of this.runs) closeQuietly(r.fd)
+    for (const r of this.runs) retireRun(r, false)
     this.runs = []
     this.log.close()
   }
@@ -1023,12 +1053,6 @@ export async function sortByH1(
  */
 function writeRunFile(file: string, data: Buffer): Promise<void> {
   return writeFileAtomic(file, data, `${file}.${process.pid}-${++tmpSeq}.tmp`)
-}
-
-function readAt(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.read(fd, buf, 0, length, position, (err, n) => (err ? reject(err) : resolve(n)))
-  })
 }
 
 function closeQuietly(fd: number): void {

@@ -433,6 +433,8 @@ export class DelayStore {
             },
           )
         }
+        // The end of the refusal marker naming this record, when refused after its write (0: none).
+        let markerEnd = 0
         try {
           let entry = -1
           if (dedupe !== undefined) {
@@ -458,13 +460,17 @@ export class DelayStore {
           }
           // No await between the check and the append: the pending entry is settled or discarded
           // through the message log's callbacks (onDurable, onFailed).
-          const at = await this.messageLog.append(item.bytes, entry)
+          const at = await this.messageLog.append(item.bytes, entry, (e) => {
+            markerEnd = e
+          })
           end = Math.max(end, at.end)
           return undefined
         } catch (err) {
           // Refused after the write: the refusal marker naming it must reach a slave before the
-          // answer (one promoted without it would schedule the record).
-          if (this.messageLog.refusalEnd > 0) refusedEnd = Math.max(refusedEnd, this.messageLog.refusalEnd)
+          // answer (one promoted without it would schedule the record). Only its own marker: a write
+          // that failed (nothing of it stored) waits for nothing and is answered its own error, not
+          // held on the replication of a marker some earlier refusal wrote.
+          if (markerEnd > 0) refusedEnd = Math.max(refusedEnd, markerEnd)
           return err instanceof QmqError ? err : fsError(err, 'delay message log append')
         }
       }),

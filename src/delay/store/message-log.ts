@@ -59,6 +59,7 @@ interface Pending {
   tag: number
   resolve: (at: AppendedRecord) => void
   reject: (err: unknown) => void
+  onRefused: ((markerEnd: number) => void) | undefined
 }
 
 export type DurableCallback = (bytes: Buffer, offset: number, tag: number) => void
@@ -206,8 +207,6 @@ export class MessageLog {
   beforeRefusals: () => void = () => {}
   /** Called with the tag of every appended record that is not stored (write failed, or refused). */
   onFailed: (tag: number) => void = () => {}
-  /** The end of the last refusal marker written (0: none): what a refusal waits for a slave to hold. */
-  refusalEnd = 0
   /**
    * Records appended so far (`appended`) and records whose batch is done (`done`): stored or refused,
    * refusal markers written, onDurable/onFailed called. Queued records are numbered in order, so
@@ -303,9 +302,12 @@ export class MessageLog {
    * Appends a verified record; resolves with its offset and end once durable and filed (onDurable).
    * Its end, not the log's: by then the log may hold later batches, or (a later batch's fdatasync
    * failed and it was cut) end at offsets that will be written again. `tag` comes back to onDurable,
-   * or to onFailed (synchronously, before the rejection) when the record is not stored.
+   * or to onFailed (synchronously, before the rejection) when the record is not stored. `onRefused`
+   * is called (synchronously, before the rejection) only for a record refused after its write
+   * (onDurable threw on it), with the end of the refusal marker naming it (0: the marker could not be
+   * written); a record whose write failed is rejected without it.
    */
-  append(bytes: Buffer, tag = -1): Promise<AppendedRecord> {
+  append(bytes: Buffer, tag = -1, onRefused?: (markerEnd: number) => void): Promise<AppendedRecord> {
     const p = new Promise<AppendedRecord>((resolve, reject) => {
       if (this.closed || !this.seg) {
         this.onFailed(tag)
@@ -317,7 +319,7 @@ export class MessageLog {
         reject(this.failed)
         return
       }
-      this.queue.push({ bytes, tag, resolve, reject })
+      this.queue.push({ bytes, tag, resolve, reject, onRefused })
       this.appended++
       this.next()
     })
@@ -375,9 +377,10 @@ export class MessageLog {
         offset += p.bytes.length
       }
       if (refused.length > 0) {
-        await this.writeRefusals(seg, refused)
+        const markerEnd = await this.writeRefusals(seg, refused)
         for (const r of refused) {
           this.onFailed(r.p.tag)
+          r.p.onRefused?.(markerEnd)
           r.p.reject(r.err)
         }
       }
@@ -421,9 +424,10 @@ export class MessageLog {
 
   /**
    * Appends (and syncs) refusal markers (layout: `encodeRefusals`) naming durable records about to be
-   * refused, so no replay files them. Never throws: without its marker a refusal still stands.
+   * refused, so no replay files them. Returns the end of the markers, 0 when they could not be
+   * written. Never throws: without its marker a refusal still stands.
    */
-  private async writeRefusals(seg: SegmentLog, refused: { p: Pending; offset: number }[]): Promise<void> {
+  private async writeRefusals(seg: SegmentLog, refused: { p: Pending; offset: number }[]): Promise<number> {
     const markers = encodeRefusals(
       refused.map((r) => ({ bytes: r.p.bytes, offset: r.offset })),
       this.maxMessageBytes,
@@ -436,12 +440,13 @@ export class MessageLog {
         markers,
         markers.reduce((n, m) => n + m.length, 0),
       )
-      this.refusalEnd = seg.endOffset
+      return seg.endOffset
     } catch (err) {
       this.opts.log.error(
         { err, offsets: refused.map((r) => r.offset) },
         'message log: refusal marker not written; a restart may still schedule these refused records',
       )
+      return 0
     }
   }
 

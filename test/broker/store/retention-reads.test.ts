@@ -2,8 +2,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { type FsIo, nodeFsIo } from '../../../src/broker/store/fs-io'
+import { IndexKind, IndexLog, keyBytes, TraceEvent } from '../../../src/broker/store/index-log'
 import { SegmentLog } from '../../../src/broker/store/segment-log'
 import type { StoredMessage } from '../../../src/broker/store/types'
+import { silentLogger } from '../../../src/common/logger'
 import { bodyOf, open, pullOpts, rec } from './helpers'
 
 /**
@@ -222,5 +224,60 @@ t.test('store - a pull started before retention deleted its consume-log segment'
     got.filter((m) => safeBody(m.record) !== body(m.sequence)).map((m) => [m.sequence, safeBody(m.record)]),
     [],
     'every message is the one of its sequence (no foreign entries)',
+  )
+})
+
+t.test('index log - a lookup reading a run file when retention removes its segment', async (t) => {
+  // Regression: retention closed a run file's descriptor under a lookup reading it, and the lookup
+  // failed (EBADF); a trace or id query right at a retention pass answered an error.
+  const dir = t.testdir()
+  const gate = gatedIo()
+  const index = await IndexLog.open({ dataDir: dir, segmentBytes: 4096, io: gate.io, log: silentLogger })
+  t.teardown(() => index.close())
+  const trace = (i: number) => ({
+    event: TraceEvent.DELIVERED,
+    subject: 'orders',
+    sequence: i,
+    group: 'billing',
+    consumer: 'c1',
+    deliveryCount: 1,
+    time: 1_700_000_000_000 + i,
+  })
+  for (let i = 0; i < 300; i++) {
+    index.addTrace(trace(i))
+    if (i % 10 === 9) await index.flush()
+  }
+  await index.flush()
+  await index.sealed()
+  const runs = path.join(dir, 'indexrun')
+  const firstRun = path.join(runs, fs.readdirSync(runs).sort()[0] as string)
+  t.ok(index.segmentCount > 2, `sealed segments with runs (${index.segmentCount})`)
+  const lookup = (seq: number) => index.lookup(IndexKind.TRACE, keyBytes(IndexKind.TRACE, 'orders', seq))
+  t.same(
+    (await lookup(0)).map((e) => e.ref),
+    [0],
+    'found in the first run before retention',
+  )
+  gate.park()
+  const racing = lookup(0)
+  await until(() => gate.parkedCount() > 0, 'the lookup to read a run file')
+  gate.stopParking()
+  t.ok(index.retain(Date.now() + 60_000) > 0, 'retention removed sealed segments under the read')
+  t.notOk(fs.existsSync(firstRun), 'the run file is unlinked at once')
+  t.equal(fdsOn(firstRun), 1, 'and stays open for the lookup reading it')
+  gate.release()
+  let got: number[] = [-1]
+  await t.resolves(
+    (async () => {
+      got = (await racing).map((e) => e.ref)
+    })(),
+    'no EBADF',
+  )
+  t.same(got, [], 'the removed segment is cleanly not found')
+  t.equal(fdsOn(firstRun), 0, 'the lookup closed the removed run file')
+  t.same(
+    (await lookup(299)).map((e) => e.ref),
+    [299],
+    'the active segment is still found',
   )
 })
