@@ -1,3 +1,4 @@
+import { testDir } from '../helpers/testdir'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
@@ -208,7 +209,7 @@ t.test('delay dedupe - message-log segments kept for the window go once it passe
 
 async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient }> {
   const { meta, admin } = await startReplicationMetaserver(t, {
-    dataDir: t.testdir(),
+    dataDir: testDir(t),
     clusterSecret: DELAY_TEST_SECRET,
     adminToken: 'delay-dedupe-admin',
     heartbeatTimeoutMs: 2_000,
@@ -218,7 +219,7 @@ async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient
 
 t.test('delay dedupe - a promoted slave knows the ids its master stored', async (t) => {
   const { meta, admin } = await startMeta(t)
-  const aDir = t.testdir()
+  const aDir = testDir(t)
   const bDir = `${aDir}-slave`
   fs.mkdirSync(bDir, { recursive: true })
   t.teardown(() => fs.rmSync(bDir, { recursive: true, force: true }))

@@ -1,3 +1,4 @@
+import { testDir } from '../helpers/testdir'
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
@@ -101,7 +102,7 @@ t.test('delay refusal - the window rebuilt after a clean restart does not hold a
 
 t.test('delay refusal - a promoted slave does not schedule a record its master refused', async (t) => {
   const { meta, admin } = await startReplicationMetaserver(t, {
-    dataDir: t.testdir(),
+    dataDir: testDir(t),
     clusterSecret: DELAY_TEST_SECRET,
     adminToken: 'delay-refusal-admin',
     heartbeatTimeoutMs: 2_000,

@@ -1,3 +1,4 @@
+import { testDir } from '../helpers/testdir'
 import fs from 'node:fs'
 import path from 'node:path'
 import type { Test } from 'tap'
@@ -49,7 +50,7 @@ async function startMeta(t: Test): Promise<{ meta: Metaserver; admin: MetaClient
   const meta = new Metaserver(
     {
       port: 0,
-      dataDir: t.testdir(),
+      dataDir: testDir(t),
       adminToken: TOKEN,
       clusterSecret: DELAY_TEST_SECRET,
       heartbeatIntervalMs: 100,
@@ -108,7 +109,7 @@ t.test(
   'delay replication - the slave holds a copy; promoted, it delivers every pending message',
   async (t) => {
     const { meta, admin } = await startMeta(t)
-    const aDir = t.testdir()
+    const aDir = testDir(t)
     fs.mkdirSync(aDir, { recursive: true })
     const bDir = slaveDirBeside(t, aDir)
     const sa = new RecordingSender('a')
@@ -239,7 +240,7 @@ t.test(
 t.test(
   'delay replication - requests need the cluster secret, name only derived files, and a slave serves nobody',
   async (t) => {
-    const dir = t.testdir()
+    const dir = testDir(t)
     const a = server(t, path.join(dir, 'a'), new RecordingSender('a'), {})
     await a.start()
     const c = await RawClient.connect(a.port)
@@ -282,7 +283,7 @@ t.test(
     // starts with no slave (as a first promotion does), so under `sync` SEND and CANCEL go on alone
     // instead of being refused (QMQ_ERR_NO_IN_SYNC_SLAVE) until B returns.
     const { meta, admin } = await startMeta(t)
-    const aDir = t.testdir()
+    const aDir = testDir(t)
     fs.mkdirSync(aDir, { recursive: true })
     const bDir = slaveDirBeside(t, aDir)
     const sa = new RecordingSender('a')
@@ -338,7 +339,7 @@ t.test('delay replication - a role change that fails keeps the heartbeat going a
   // heartbeating (not go silent) and try again with the metaserver's next answers: once the cause
   // is gone it follows B.
   const { meta, admin } = await startMeta(t)
-  const aDir = t.testdir()
+  const aDir = testDir(t)
   fs.mkdirSync(aDir, { recursive: true })
   const bDir = path.join(path.dirname(aDir), `${path.basename(aDir)}-slave`)
   fs.rmSync(bDir, { recursive: true, force: true }) // an interrupted run's
