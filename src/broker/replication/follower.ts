@@ -495,9 +495,14 @@ export class ReplicationFollower {
           try {
             if (verifier.held === 0) heldBase = res.segmentBase
             pieces = verifier.push(res.offset, res.data, end >= res.end)
-            refusedInRow = 0
-            sameRefusals = 0
-            lastRefused = ''
+            if (pieces.length > 0) {
+              // The copy moved on. (A chunk only held, its entry begun, proves nothing: a damaged
+              // entry claiming more bytes than a fetch is held over several before it is refused, and
+              // must still count as refused again, or it is fetched for ever.)
+              refusedInRow = 0
+              sameRefusals = 0
+              lastRefused = ''
+            }
             wanted = end
           } catch (err) {
             if (!(err instanceof ChunkRefused)) throw err

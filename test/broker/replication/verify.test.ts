@@ -24,6 +24,8 @@ import { message, sendOk } from '../server/ops'
  */
 
 const SECRET = 'replication-verify-test-secret'
+/** Bytes of the frame of a 700-byte message `m-<i>` (i < 10) of topic `orders`. */
+const FRAME = 783
 
 const BASE = replicationTestBroker(SECRET, {
   degradedWrites: true,
@@ -165,10 +167,10 @@ t.test('verify - a slave never writes bytes damaged on the way, and catches up o
 
 /**
  * A master whose message log holds damage its recovery stepped over (kept in place): 20 records of
- * 700 bytes written, then one byte flipped at each of `at` (offsets in the segment file), restarted.
+ * 700 bytes written (the first ten FRAME bytes each), `damage` done to the segment's bytes, restarted.
  * Returns it with the damaged segment's path.
  */
-async function startDamagedMaster(t: Test, at: (segmentBytes: number) => number[]) {
+async function startDamagedMaster(t: Test, damage: (segment: Buffer) => void) {
   const dataDir = tempDir(t, 'qmq-repl-verify-damaged-')
   const first = new Broker({ ...BASE, dataDir }, { logger: silentLogger })
   const { port } = await first.start()
@@ -179,7 +181,8 @@ async function startDamagedMaster(t: Test, at: (segmentBytes: number) => number[
   const segDir = path.join(dataDir, 'messagelog')
   const seg = path.join(segDir, fs.readdirSync(segDir).sort()[0] as string)
   const bytes = fs.readFileSync(seg)
-  for (const i of at(bytes.length)) bytes[i] = (bytes[i] as number) ^ 0x01
+  t.equal(bytes.readUInt32BE(FRAME), FRAME, 'records are FRAME bytes apart')
+  damage(bytes)
   fs.writeFileSync(seg, bytes)
   const m = await startMaster(t, nodeFsIo, dataDir)
   await sendOk(m.c, [message('orders', 'after', Buffer.alloc(700, 0x7f))])
@@ -190,7 +193,7 @@ t.test(
   'verify - damage stored in the master log (stepped over by its recovery) is copied as it is',
   async (t) => {
     // A byte of a record body in the middle of the log rots on disk.
-    const m = await startDamagedMaster(t, (n) => [Math.floor(n / 2)])
+    const m = await startDamagedMaster(t, (b) => flip(b, Math.floor(b.length / 2), 0x01))
     const seg = m.seg
 
     const refused: string[] = []
@@ -216,6 +219,45 @@ t.test(
     t.ok(fromMessageLog.length >= 3, 'after the same bytes were refused repeatedly')
     const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(seg)))
     t.ok(copy.equals(fs.readFileSync(seg)), 'the copy is the master log byte for byte, damage included')
+  },
+)
+
+function flip(b: Buffer, at: number, mask: number): void {
+  b[at] = (b[at] as number) ^ mask
+}
+
+t.test(
+  'verify - two damaged ranges in one fetch window, one claiming more than a fetch, are both copied as they are',
+  async (t) => {
+    // Review finding: a damaged entry whose length field claims more bytes than one fetch is held
+    // over several fetches before it is refused, and each of those fetches (holding, handing nothing
+    // out) counted as a good chunk and restarted the count of identical refusals: the slave fetched
+    // the same damaged range again for ever. Here in one 4 KiB window: the length of the fifth record
+    // (claiming 8 KiB more) and a body byte of the seventh.
+    const m = await startDamagedMaster(t, (b) => {
+      flip(b, 4 * FRAME + 2, 0x20)
+      flip(b, 6 * FRAME + 400, 0x01)
+    })
+    const refused: string[] = []
+    const copyDir = tempDir(t, 'qmq-repl-verify-two-damages-slave-')
+    const follower = new ReplicationFollower(
+      {
+        ...followerOptions(copyDir, m.address),
+        onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
+      },
+      silentLogger,
+    )
+    await follower.start()
+    t.teardown(() => follower.close())
+    await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+    await follower.close()
+    const copied = refused.filter((r) => r === 'message:true').length
+    t.equal(copied, 2, 'each damaged range copied as the master holds it, once')
+    const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(m.seg)))
+    t.ok(
+      copy.equals(fs.readFileSync(m.seg)),
+      'the copy is the master log byte for byte, both damages included',
+    )
   },
 )
 
@@ -313,7 +355,7 @@ t.test(
     // Review finding: the copy of the master's damaged bytes skipped the "sync before asking" step of
     // the one-chunk-at-a-time mode, so the next fetch's offset (an old master's acknowledgement)
     // acknowledged bytes still unsynced on the slave.
-    const m = await startDamagedMaster(t, (n) => [Math.floor(n / 2)])
+    const m = await startDamagedMaster(t, (b) => flip(b, Math.floor(b.length / 2), 0x01))
     // The ends of the master's records (the damage is in a record body: every length reads). A fetch
     // acknowledges every record that ends at or before its offset (a begun entry the slave holds in
     // memory, not yet written, puts the offset inside a record: not acknowledged).
