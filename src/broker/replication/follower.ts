@@ -22,7 +22,7 @@ import type { FsIo } from '../store/fs-io'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
-import { ChunkRefused, ChunkVerifier } from './chunk-verifier'
+import { type ChunkPiece, ChunkRefused, ChunkVerifier } from './chunk-verifier'
 import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
 import { SlaveConsumeLogs } from './slave-consume'
 
@@ -490,7 +490,7 @@ export class ReplicationFollower {
             )
           const end = res.offset + res.data.length
           /** What to write (contiguous, in the master segment `base`): verified, or damage as held. */
-          let pieces: Buffer[]
+          let pieces: ChunkPiece[]
           let base = res.segmentBase
           try {
             if (verifier.held === 0) heldBase = res.segmentBase
@@ -527,7 +527,7 @@ export class ReplicationFollower {
             // they are, so the copy stays the master's byte for byte and a promoted slave's recovery
             // steps over the same range; refusing for ever would leave the group without a slave.
             pieces = verifier.acceptDamaged(err, end >= res.end)
-            const copied = pieces.reduce((n, b) => n + b.length, 0)
+            const copied = pieces.reduce((n, p) => n + p.data.length, 0)
             this.log.error(
               { log: name, offset: err.badAt, copied, reason: err.message },
               'slave: the master holds these damaged bytes; copying them as they are',
@@ -535,10 +535,7 @@ export class ReplicationFollower {
             this.opts.onChunkRefused?.(name, true)
             sameRefusals = 0
             lastRefused = ''
-            if (copy.kind === 0)
-              this.consume?.abandon(
-                `damaged message-log bytes copied as the master holds them at ${err.badAt}`,
-              )
+            // (Unverified pieces: ChunkWriter stops the consume logs before it writes them.)
             base = heldBase
             wanted = err.offset + copied + verifier.held
           }
@@ -697,23 +694,30 @@ class ChunkWriter {
   constructor(
     private readonly copy: LogCopy,
     private readonly onDurable: () => void,
-    /** The message log's consume logs: told of each chunk once written (slave-consume.ts). */
+    /**
+     * The message log's consume logs (slave-consume.ts): told of each verified piece once written,
+     * and stopped before the first unverified one is (the only place they learn of either).
+     */
     private readonly consume?: SlaveConsumeLogs | undefined,
   ) {}
 
   /**
-   * Queues one chunk's verified pieces, contiguous (a gap on the master first): written once the
-   * previous chunk is, then synced.
+   * Queues one chunk's pieces (ChunkVerifier's), contiguous (a gap on the master first): written once
+   * the previous chunk is, then synced.
    */
-  write(segmentBase: number, pieces: readonly Buffer[]): void {
+  write(segmentBase: number, pieces: readonly ChunkPiece[]): void {
     const log = this.copy.log
     this.lastWrite = this.lastWrite.then(async () => {
       if (this.failure !== undefined) return
       try {
         if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-        for (const data of pieces) {
+        for (const { data, verified } of pieces) {
+          if (!verified)
+            this.consume?.abandon(
+              `damaged message-log bytes copied as the master holds them at ${log.endOffset}`,
+            )
           const at = await log.appendCopied(segmentBase, data)
-          this.consume?.written(at, data)
+          if (verified) this.consume?.written(at, data)
         }
       } catch (err) {
         this.failure ??= err

@@ -136,9 +136,10 @@ export class SlaveConsumeLogs {
 
   /**
    * Bytes about to be copied unverified (the master's stored damage, chunk-verifier.ts
-   * `acceptDamaged`): a damaged frame whose header still reads could be filed under the wrong subject,
-   * so the consume logs are dropped and the dispatch stops until the slave restarts (its rebuild from
-   * the file checks every record; a promotion's recovery steps over the damage).
+   * `acceptDamaged`; the follower's ChunkWriter calls this before it writes an unverified piece): a
+   * damaged frame whose header still reads could be filed under the wrong subject, so the consume logs
+   * are dropped and the dispatch stops until the slave restarts (its rebuild from the file checks every
+   * record; a promotion's recovery steps over the damage).
    */
   abandon(reason: string): void {
     void this.run(async () => {

@@ -219,8 +219,22 @@ t.test(
     t.ok(fromMessageLog.length >= 3, 'after the same bytes were refused repeatedly')
     const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(seg)))
     t.ok(copy.equals(fs.readFileSync(seg)), 'the copy is the master log byte for byte, damage included')
+    t.equal(
+      consumeLogBytes(path.join(copyDir, 'consumelog')),
+      0,
+      'the consume logs were dropped before the damaged bytes were copied (a promotion rebuilds them)',
+    )
   },
 )
+
+/** Bytes of the consume logs' files under `dir`, a consumelog/ (its layout marker left out). */
+function consumeLogBytes(dir: string): number {
+  if (!fs.existsSync(dir)) return 0
+  let n = 0
+  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile() && e.parentPath !== dir) n += fs.statSync(path.join(e.parentPath, e.name)).size
+  return n
+}
 
 function flip(b: Buffer, at: number, mask: number): void {
   b[at] = (b[at] as number) ^ mask
