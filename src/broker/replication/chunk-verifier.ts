@@ -17,6 +17,16 @@ import type { ScanCheck, ScanResult } from '../store/segment-log'
  * are joined with the next chunks only when their total doubled since the last attempt (or the chunk
  * is the last one the master has), so an entry larger than a chunk costs O(its size) of copying.
  */
+/**
+ * Bytes to write, in order, as ChunkVerifier hands them out: `verified`, whole entries from an entry
+ * boundary, each of which passed the check; else the master's damaged range, as `acceptDamaged` and
+ * the resynchronising scan after it step over it (nothing about them is known).
+ */
+export interface ChunkPiece {
+  data: Buffer
+  verified: boolean
+}
+
 export class ChunkVerifier {
   private parts: Buffer[] = []
   private bytes = 0
@@ -47,11 +57,12 @@ export class ChunkVerifier {
   /**
    * `data` is the master's bytes at `offset`, right after what is held (if anything). Returns the
    * verified complete entries to write at `offset - held`, in pieces written one after the other
-   * (none when no entry completed yet). `final`: nothing follows these bytes in the master's file now
+   * (none when no entry completed yet; after `acceptDamaged`, the rest of the damaged range stepped
+   * over comes first, unverified). `final`: nothing follows these bytes in the master's file now
    * (its end), so an incomplete entry at the end is damage, not a chunk boundary. Throws ChunkRefused
    * when an entry fails its check.
    */
-  push(offset: number, data: Buffer, final: boolean): Buffer[] {
+  push(offset: number, data: Buffer, final: boolean): ChunkPiece[] {
     if (this.bytes > 0 && offset !== this.at + this.bytes) {
       const at = this.at
       const held = this.joinHeld()
@@ -81,7 +92,10 @@ export class ChunkVerifier {
           const entry = joined.subarray(0, r.length)
           this.reset()
           try {
-            return [entry, ...this.verify(at + r.length, data.subarray(r.length - held), final)]
+            return [
+              { data: entry, verified: true },
+              ...this.verify(at + r.length, data.subarray(r.length - held), final),
+            ]
           } catch (err) {
             if (!(err instanceof ChunkRefused)) throw err
             // Refused whole: the completed entry is not handed out either.
@@ -120,10 +134,10 @@ export class ChunkVerifier {
     if (resyncing) {
       this.resyncing = true
       if (pos < buf.length) this.hold(buf.subarray(pos), start + pos)
-      return pos === 0 ? [] : [buf.subarray(0, pos)]
+      return pos === 0 ? [] : [{ data: buf.subarray(0, pos), verified: false }]
     }
     if (pos === 0) return this.verify(start, buf, final)
-    let rest: Buffer[]
+    let rest: ChunkPiece[]
     try {
       rest = this.verify(start + pos, buf.subarray(pos), final)
     } catch (err) {
@@ -134,14 +148,14 @@ export class ChunkVerifier {
       this.resyncing = true
       throw new ChunkRefused(start, err.badAt, err.reason, buf, err.segmentEnd)
     }
-    return [buf.subarray(0, pos), ...rest]
+    return [{ data: buf.subarray(0, pos), verified: false }, ...rest]
   }
 
   /**
    * Verifies `buf` (at `offset`, nothing held) in place: its complete entries are returned, a begun
    * last one is held. Throws ChunkRefused (holding nothing) at a bad entry.
    */
-  private verify(offset: number, buf: Buffer, final: boolean): Buffer[] {
+  private verify(offset: number, buf: Buffer, final: boolean): ChunkPiece[] {
     let pos = 0
     while (pos < buf.length) {
       const r = this.check(buf, pos, buf.length, offset + pos)
@@ -160,14 +174,14 @@ export class ChunkVerifier {
       const rest = buf.length - pos
       this.hold(rest * 4 < buf.length ? Buffer.from(buf.subarray(pos)) : buf.subarray(pos), offset + pos)
     }
-    return pos === 0 ? [] : [buf.subarray(0, pos)]
+    return pos === 0 ? [] : [{ data: buf.subarray(0, pos), verified: true }]
   }
 
   /**
    * Holds `data` after what is held (or from `at` when nothing is); returns no pieces. `tried`: the
    * held bytes were just checked (the next try waits until they doubled).
    */
-  private hold(data: Buffer, at = this.at, tried = true): Buffer[] {
+  private hold(data: Buffer, at = this.at, tried = true): ChunkPiece[] {
     if (this.bytes === 0) this.at = at
     this.parts.push(data)
     this.bytes += data.length
@@ -183,23 +197,25 @@ export class ChunkVerifier {
    * `refused` (the last refusal) is judged to be the master's stored damage, not a fault on the way:
    * returns what to write at `refused.offset` as it is, the bad entry and what follows it up to the
    * next position where an entry verifies (the damaged range, as a resynchronising scan steps over
-   * it), then the verified entries after it; a begun last entry is held as usual. `final` as `push`.
+   * it: unverified pieces), then the verified entries after it; a begun last entry is held as usual.
+   * `final` as `push`.
    */
-  acceptDamaged(refused: ChunkRefused, final: boolean): Buffer[] {
+  acceptDamaged(refused: ChunkRefused, final: boolean): ChunkPiece[] {
     this.reset()
     const buf = refused.bytes
     const start = refused.offset
     const pos = Math.min(buf.length, refused.badAt - start + 1)
     this.resyncing = true
-    if (pos >= buf.length) return [buf]
+    const damaged = { data: buf.subarray(0, pos), verified: false }
+    if (pos >= buf.length) return [damaged]
     try {
-      return [buf.subarray(0, pos), ...this.push(start + pos, buf.subarray(pos), final || refused.segmentEnd)]
+      return [damaged, ...this.push(start + pos, buf.subarray(pos), final || refused.segmentEnd)]
     } catch {
       // More damage after good entries: up to the first damaged byte; the rest is fetched again (and
       // stepped over from there, resyncing).
       this.reset()
       this.resyncing = true
-      return [buf.subarray(0, pos)]
+      return [damaged]
     }
   }
 }

@@ -22,7 +22,7 @@ import type { FsIo } from '../store/fs-io'
 import { checkFrame } from '../store/message-log'
 import { type ScanCheck, SegmentLog } from '../store/segment-log'
 import { storeDirs } from '../store/store-dirs'
-import { ChunkRefused, ChunkVerifier } from './chunk-verifier'
+import { type ChunkPiece, ChunkRefused, ChunkVerifier } from './chunk-verifier'
 import { type EpochStart, isEpochStart, readEpochs, writeEpochs } from './epochs'
 import { SlaveConsumeLogs } from './slave-consume'
 
@@ -489,10 +489,21 @@ export class ReplicationFollower {
               `master sent ${name} bytes at ${res.offset}, asked for ${at}`,
             )
           const end = res.offset + res.data.length
-          let good: Buffer[]
+          /** What to write (contiguous, in the master segment `base`): verified, or damage as held. */
+          let pieces: ChunkPiece[]
+          let base = res.segmentBase
           try {
             if (verifier.held === 0) heldBase = res.segmentBase
-            good = verifier.push(res.offset, res.data, end >= res.end)
+            pieces = verifier.push(res.offset, res.data, end >= res.end)
+            if (pieces.length > 0) {
+              // The copy moved on. (A chunk only held, its entry begun, proves nothing: a damaged
+              // entry claiming more bytes than a fetch is held over several before it is refused, and
+              // must still count as refused again, or it is fetched for ever.)
+              refusedInRow = 0
+              sameRefusals = 0
+              lastRefused = ''
+            }
+            wanted = end
           } catch (err) {
             if (!(err instanceof ChunkRefused)) throw err
             refusedInRow++
@@ -501,51 +512,44 @@ export class ReplicationFollower {
             sameRefusals = key === lastRefused ? sameRefusals + 1 : 1
             lastRefused = key
             this.lastError = err.message
-            if (sameRefusals >= DAMAGE_REPEATS) {
-              // The very same bytes refused again and again: not a fault on the way but the master's
-              // stored bytes (a range its recovery stepped over keeps its place in the log). Copied as
-              // they are, so the copy stays the master's byte for byte and a promoted slave's
-              // recovery steps over the same range; refusing for ever would leave the group without
-              // a slave.
-              const asHeld = verifier.acceptDamaged(err, end >= res.end)
-              const copied = asHeld.reduce((n, b) => n + b.length, 0)
-              this.log.error(
-                { log: name, offset: err.badAt, copied, reason: err.message },
-                'slave: the master holds these damaged bytes; copying them as they are',
+            if (sameRefusals < DAMAGE_REPEATS) {
+              this.opts.onChunkRefused?.(name, false)
+              this.log.warn(
+                { log: name, offset: err.offset, master: this.master, refusedInRow, reason: err.message },
+                'slave: refused a chunk that failed verification; fetching it again',
               )
-              this.opts.onChunkRefused?.(name, true)
-              sameRefusals = 0
-              lastRefused = ''
-              if (copy.kind === 0)
-                this.consume?.abandon(
-                  `damaged message-log bytes copied as the master holds them at ${err.badAt}`,
-                )
-              await writer.written()
-              writer.write(heldBase, asHeld)
-              wanted = err.offset + copied + verifier.held
+              wanted = err.offset
+              await this.sleep(Math.min(this.opts.retryMs * 2 ** (refusedInRow - 1), 16 * this.opts.retryMs))
               continue
             }
-            this.opts.onChunkRefused?.(name, false)
-            this.log.warn(
-              { log: name, offset: err.offset, master: this.master, refusedInRow, reason: err.message },
-              'slave: refused a chunk that failed verification; fetching it again',
+            // The very same bytes refused again and again: not a fault on the way but the master's
+            // stored bytes (a range its recovery stepped over keeps its place in the log). Copied as
+            // they are, so the copy stays the master's byte for byte and a promoted slave's recovery
+            // steps over the same range; refusing for ever would leave the group without a slave.
+            pieces = verifier.acceptDamaged(err, end >= res.end)
+            const copied = pieces.reduce((n, p) => n + p.data.length, 0)
+            this.log.error(
+              { log: name, offset: err.badAt, copied, reason: err.message },
+              'slave: the master holds these damaged bytes; copying them as they are',
             )
-            wanted = err.offset
-            await this.sleep(Math.min(this.opts.retryMs * 2 ** (refusedInRow - 1), 16 * this.opts.retryMs))
-            continue
+            this.opts.onChunkRefused?.(name, true)
+            sameRefusals = 0
+            lastRefused = ''
+            // (Unverified pieces: ChunkWriter stops the consume logs before it writes them.)
+            base = heldBase
+            wanted = err.offset + copied + verifier.held
           }
-          refusedInRow = 0
-          sameRefusals = 0
-          lastRefused = ''
-          wanted = end
-          if (good.length > 0) {
+          if (pieces.length > 0) {
             // The pieces are contiguous: a completed held entry, then this chunk's entries.
             // Writes stay in order: this chunk is written once the previous one is (synced or not).
             await writer.written()
-            writer.write(res.segmentBase, good)
+            writer.write(base, pieces)
           }
-          // Caught up with what the master has: sync before asking (the ask acknowledges it).
-          if (!this.pipelining || end >= res.end) await writer.synced()
+          // The next fetch acknowledges: without `acked` (a master predating it) its offset does, so
+          // what was written is synced before asking; so it is when caught up with the master (a
+          // `sync` SEND is then acknowledged by the next fetch, not one later). The same for the
+          // master's damaged bytes copied as they are.
+          if (!this.pipelining || wanted >= res.end) await writer.synced()
           else if (log.endOffset - copy.durable > maxUnsynced) await writer.synced()
         } catch (err) {
           if (!this.running) return
@@ -690,23 +694,30 @@ class ChunkWriter {
   constructor(
     private readonly copy: LogCopy,
     private readonly onDurable: () => void,
-    /** The message log's consume logs: told of each chunk once written (slave-consume.ts). */
+    /**
+     * The message log's consume logs (slave-consume.ts): told of each verified piece once written,
+     * and stopped before the first unverified one is (the only place they learn of either).
+     */
     private readonly consume?: SlaveConsumeLogs | undefined,
   ) {}
 
   /**
-   * Queues one chunk's verified pieces, contiguous (a gap on the master first): written once the
-   * previous chunk is, then synced.
+   * Queues one chunk's pieces (ChunkVerifier's), contiguous (a gap on the master first): written once
+   * the previous chunk is, then synced.
    */
-  write(segmentBase: number, pieces: readonly Buffer[]): void {
+  write(segmentBase: number, pieces: readonly ChunkPiece[]): void {
     const log = this.copy.log
     this.lastWrite = this.lastWrite.then(async () => {
       if (this.failure !== undefined) return
       try {
         if (segmentBase > log.endOffset) await log.truncate(segmentBase)
-        for (const data of pieces) {
+        for (const { data, verified } of pieces) {
+          if (!verified)
+            this.consume?.abandon(
+              `damaged message-log bytes copied as the master holds them at ${log.endOffset}`,
+            )
           const at = await log.appendCopied(segmentBase, data)
-          this.consume?.written(at, data)
+          if (verified) this.consume?.written(at, data)
         }
       } catch (err) {
         this.failure ??= err

@@ -150,10 +150,9 @@ interface Batch {
 /**
  * What is wrong with the frame header at `pos` (FRAME_BYTES of `buf` there): its length out of bounds,
  * its type, its checksum; undefined when it reads. checkFrame's first tests, allocating nothing when
- * the header reads: a loop over frames that needs no ScanResult (replication/slave-consume.ts) calls
- * it directly.
+ * the header reads.
  */
-export function frameHeaderFault(buf: Buffer, pos: number, maxMessageBytes: number): string | undefined {
+function frameHeaderFault(buf: Buffer, pos: number, maxMessageBytes: number): string | undefined {
   const length = buf.readUInt32BE(pos)
   if (length < FRAME_BYTES + MIN_RECORD_BYTES || length > FRAME_BYTES + maxMessageBytes)
     return `frame length ${length} out of bounds`

@@ -1,6 +1,6 @@
 import fs from 'node:fs'
 import path from 'node:path'
-import { ChunkRefused, ChunkVerifier } from '../../broker/replication/chunk-verifier'
+import { type ChunkPiece, ChunkRefused, ChunkVerifier } from '../../broker/replication/chunk-verifier'
 import type { ReplicationFollower } from '../../broker/replication/follower'
 import type { ScanCheck } from '../../broker/store/segment-log'
 import { fsyncDirAsync, writeFileAtomic } from '../../common/durable-file'
@@ -455,7 +455,7 @@ export class DelayMirror {
             'QMQ_ERR_INTERNAL',
             `the master's ${name} is shorter (${res.size}) than its manifest says (${to})`,
           )
-        let good: Buffer[]
+        let good: ChunkPiece[]
         try {
           good = verifier.push(at, res.data, at + res.data.length >= to)
         } catch (err) {
@@ -465,7 +465,8 @@ export class DelayMirror {
           }
           throw err
         }
-        for (const piece of good) {
+        // (All verified: without acceptDamaged, no piece is anything else.)
+        for (const { data: piece } of good) {
           let w = 0
           while (w < piece.length) {
             const { bytesWritten } = await fh.write(piece, w, piece.length - w, written + w)

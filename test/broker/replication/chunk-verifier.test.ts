@@ -1,5 +1,5 @@
 import t from 'tap'
-import { ChunkRefused, ChunkVerifier } from '../../../src/broker/replication/chunk-verifier'
+import { type ChunkPiece, ChunkRefused, ChunkVerifier } from '../../../src/broker/replication/chunk-verifier'
 import { checkFrame, FRAME_BYTES, writeFrameHeader } from '../../../src/broker/store/message-log'
 import { encodeRecord } from '../../../src/common/record'
 
@@ -20,6 +20,11 @@ function frame(i: number, bodyBytes: number): Buffer {
   return f
 }
 
+/** The bytes of pieces handed out, in order. */
+function bytes(pieces: ChunkPiece[]): Buffer {
+  return Buffer.concat(pieces.map((p) => p.data))
+}
+
 const verifier = () => new ChunkVerifier((b, p, e) => checkFrame(b, p, e, 1024 * 1024, true))
 
 /** Feeds `log` in chunks of `size`; returns what was handed out to write, in order. */
@@ -27,7 +32,10 @@ function feed(v: ChunkVerifier, log: Buffer, size: number): Buffer {
   const out: Buffer[] = []
   for (let o = 0; o < log.length; o += size) {
     const c = log.subarray(o, Math.min(log.length, o + size))
-    out.push(...v.push(o, c, o + c.length >= log.length))
+    for (const p of v.push(o, c, o + c.length >= log.length)) {
+      if (!p.verified) throw new Error(`unverified piece at ${o}`)
+      out.push(p.data)
+    }
   }
   return Buffer.concat(out)
 }
@@ -40,7 +48,7 @@ t.test('chunk verifier - entries cut by chunk ends are held until complete', asy
     t.equal(v.held, 0)
   }
   const v = verifier()
-  const first = Buffer.concat(v.push(0, log.subarray(0, 900), false))
+  const first = bytes(v.push(0, log.subarray(0, 900), false))
   t.equal(first.length, frame(1, 700).length, 'only the complete entry')
   t.equal(v.held, 900 - first.length, 'the begun one is held')
 })
@@ -57,11 +65,11 @@ t.test('chunk verifier - a chunk with a bad entry is refused whole', async (t) =
   t.equal(refused.offset, 0, 'asked again from the start of the chunk')
   t.equal(refused.badAt, second, 'the bad entry')
   t.equal(v.held, 0, 'nothing held, nothing handed out (not even the good first entry)')
-  t.ok(Buffer.concat(v.push(0, log, true)).equals(log), 'the good bytes fetched again pass')
+  t.ok(bytes(v.push(0, log, true)).equals(log), 'the good bytes fetched again pass')
 
   // A begun entry held from an earlier chunk is refused with the chunk that completes it badly.
   const w = verifier()
-  t.equal(Buffer.concat(w.push(0, log.subarray(0, second + 100), false)).length, second)
+  t.equal(bytes(w.push(0, log.subarray(0, second + 100), false)).length, second)
   t.throws(() => w.push(second + 100, bad.subarray(second + 100), true), { code: 'QMQ_ERR_STORE_CORRUPT' })
   t.equal(w.held, 0)
 
@@ -82,11 +90,17 @@ t.test('chunk verifier - damage accepted as the master holds it is stepped over'
     refused = err as ChunkRefused
   }
   t.ok(refused)
-  const written = Buffer.concat(v.acceptDamaged(refused as ChunkRefused, false))
+  const damaged = v.acceptDamaged(refused as ChunkRefused, false)
+  const written = bytes(damaged)
   t.equal(written.length, 2 * one, 'the first entry and the damaged one, to the next entry that verifies')
+  t.ok(
+    damaged.every((p) => !p.verified),
+    'handed out unverified (the consume logs stop before them)',
+  )
   t.equal(v.held, 50, 'the begun third entry is held')
-  const rest = Buffer.concat(v.push(2 * one + 50, bad.subarray(2 * one + 50), true))
-  t.ok(Buffer.concat([written, rest]).equals(bad), 'the rest verifies again')
+  const after = v.push(2 * one + 50, bad.subarray(2 * one + 50), true)
+  t.ok(after.length > 0 && after.every((p) => p.verified), 'what follows is verified entries again')
+  t.ok(Buffer.concat([written, bytes(after)]).equals(bad), 'the rest verifies again')
 })
 
 t.test(
@@ -111,7 +125,7 @@ t.test(
       refused = err as ChunkRefused
     }
     t.ok(refused, 'the damaged entry is refused')
-    const written = Buffer.concat(v.acceptDamaged(refused as ChunkRefused, false))
+    const written = bytes(v.acceptDamaged(refused as ChunkRefused, false))
     t.equal(written.length, 4, 'copied as the master holds it, through the end of the chunk')
     const next = Buffer.from([0, 0, 1, 0xaa, 1, 0xbb])
     let again: ChunkRefused | undefined
@@ -123,6 +137,6 @@ t.test(
     t.ok(again instanceof ChunkRefused, 'the bad entry after the damaged range is refused')
     t.equal(again?.offset, 4, 'asked again from where the copy ends, not past the stepped-over bytes')
     const fixed = Buffer.from([0, 0, 1, 0xaa, 1, 0xaa])
-    t.ok(Buffer.concat(v.push(4, fixed, true)).equals(fixed), 'fetched again, every byte is handed out')
+    t.ok(bytes(v.push(4, fixed, true)).equals(fixed), 'fetched again, every byte is handed out')
   },
 )
