@@ -1,4 +1,11 @@
-import { Counter, Gauge, Histogram, type Registry } from '../common/metrics'
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  type HistogramSeries,
+  type Registry,
+  SummedHistogram,
+} from '../common/metrics'
 import { ConnectionMetrics } from '../common/server/metrics'
 import type { TcpServerStats } from '../common/server/tcp-server'
 import type { Dispatcher } from './dispatch/dispatcher'
@@ -17,7 +24,8 @@ export interface DelayMetrics {
   dispatchFailures: Counter
   tickErrors: Counter
   deadLettered: Counter
-  lateness: Histogram
+  /** Observed per dispatched message: a SummedHistogram's one series (no allocation per observation). */
+  lateness: HistogramSeries
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
   /** The connection loop's (shared with the broker): closes by reason, partial-frame and write-buffer bytes. */
@@ -123,12 +131,12 @@ export function createDelayMetrics(
       help: 'Due messages a broker refused for good, parked as dead letters of the delay group',
       registers,
     }),
-    lateness: new Histogram({
+    lateness: new SummedHistogram({
       name: 'qmq_delay_dispatch_lateness_seconds',
       help: 'Time from a message due time to the broker acknowledging it',
       buckets: LATENESS_BUCKETS,
       registers,
-    }),
+    }).labels({}),
     bucketLoad: new Histogram({
       name: 'qmq_delay_bucket_load_seconds',
       help: 'Time to load a schedule bucket index into the wheel',

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import { Counter, Gauge, LATENCY_BUCKETS_SECONDS, type Registry, SummedHistogram } from '../../common/metrics'
 
 export type StoreLogName = 'message' | 'action'
 
@@ -60,24 +60,24 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
       },
     })
   }
-  const append = new Histogram({
+  const append = new SummedHistogram({
     name: 'qmq_store_append_seconds',
     help: 'Time from append() to its resolution (includes the shared fdatasync under flush sync)',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
-  const write = new Histogram({
+  }).labels({})
+  const write = new SummedHistogram({
     name: 'qmq_store_write_seconds',
     help: 'Duration of one group-commit writev of the message log',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
-  const fsync = new Histogram({
+  }).labels({})
+  const fsync = new SummedHistogram({
     name: 'qmq_store_fsync_seconds',
     help: 'Duration of one fdatasync of the message log',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
+  }).labels({})
   const bytes = new Counter({
     name: 'qmq_store_written_bytes_total',
     help: 'Message-log bytes written',
