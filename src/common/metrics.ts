@@ -5,7 +5,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
  * brokers in one test process, or two tests in a row, never share counters.
  */
 export { Counter, Gauge, Histogram, Registry }
-export { type HistogramSeries, SummedCounter, SummedHistogram } from './summed-metrics'
+export { type HistogramSeries, NO_LABELS, SummedCounter, SummedHistogram } from './summed-metrics'
 
 export interface RegistryOptions {
   /** Labels added to every metric of this registry, e.g. { service: 'broker', group: 'g1' }. */

@@ -59,6 +59,9 @@ class LabelSetIndex<T extends string, V> {
   }
 }
 
+/** The label set of a metric without labels, for `inc` and `labels` (one object, not one per call). */
+export const NO_LABELS: Labels<never> = Object.freeze({})
+
 /** One label set's increments not yet handed to prom-client. */
 interface PendingSum<T extends string> {
   labels: Labels<T>

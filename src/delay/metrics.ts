@@ -4,6 +4,7 @@ import {
   Histogram,
   type HistogramSeries,
   type Registry,
+  SummedCounter,
   SummedHistogram,
 } from '../common/metrics'
 import { ConnectionMetrics } from '../common/server/metrics'
@@ -16,11 +17,12 @@ const LATENESS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 
 const LOAD_BUCKETS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
 export interface DelayMetrics {
-  received: Counter<'result'>
+  /** Counted per record (SummedCounters: see src/common/summed-metrics.ts). */
+  received: SummedCounter<'result'>
   cancelled: Counter<'result'>
   /** Authenticated requests refused (no or wrong cluster secret), by request name. */
   unauthorized: Counter<'request'>
-  dispatched: Counter
+  dispatched: SummedCounter<never>
   dispatchFailures: Counter
   tickErrors: Counter
   deadLettered: Counter
@@ -93,7 +95,7 @@ export function createDelayMetrics(
   })
   return {
     connectionLoop: new ConnectionMetrics(registry, 'qmq_delay', source.tcp ?? (() => undefined)),
-    received: new Counter({
+    received: new SummedCounter({
       name: 'qmq_delay_received_total',
       help: 'Delayed messages received, by result (stored, duplicate: within the dedupe window, not stored again; or an error code)',
       labelNames: ['result'],
@@ -111,7 +113,7 @@ export function createDelayMetrics(
       labelNames: ['request'],
       registers,
     }),
-    dispatched: new Counter({
+    dispatched: new SummedCounter({
       name: 'qmq_delay_dispatched_total',
       help: 'Messages delivered to a broker (acknowledged)',
       registers,

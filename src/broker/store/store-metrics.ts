@@ -1,4 +1,12 @@
-import { Counter, Gauge, LATENCY_BUCKETS_SECONDS, type Registry, SummedHistogram } from '../../common/metrics'
+import {
+  Counter,
+  Gauge,
+  LATENCY_BUCKETS_SECONDS,
+  NO_LABELS,
+  type Registry,
+  SummedCounter,
+  SummedHistogram,
+} from '../../common/metrics'
 
 export type StoreLogName = 'message' | 'action'
 
@@ -78,13 +86,14 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
   }).labels({})
-  const bytes = new Counter({
+  // Counted per write or append batch: summed outside prom-client (no labels object per inc).
+  const bytes = new SummedCounter({
     name: 'qmq_store_written_bytes_total',
     help: 'Message-log bytes written',
     registers,
   })
-  const messages = new Counter({ name: 'qmq_store_messages_total', help: 'Messages stored', registers })
-  const dups = new Counter({
+  const messages = new SummedCounter({ name: 'qmq_store_messages_total', help: 'Messages stored', registers })
+  const dups = new SummedCounter({
     name: 'qmq_store_duplicates_total',
     help: 'Appends answered from the dedupe window (not stored again)',
     registers,
@@ -115,12 +124,12 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
     io: (what, s, b) => {
       if (what === 'write') {
         write.observe(s)
-        bytes.inc(b)
+        bytes.inc(NO_LABELS, b)
       } else fsync.observe(s)
     },
     appended: (m, d) => {
-      if (m > 0) messages.inc(m)
-      if (d > 0) dups.inc(d)
+      if (m > 0) messages.inc(NO_LABELS, m)
+      if (d > 0) dups.inc(NO_LABELS, d)
     },
     retention: (segs, b, u) => {
       retSegments.inc(segs)
