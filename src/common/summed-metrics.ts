@@ -209,6 +209,11 @@ export class SummedHistogram<T extends string> {
   private readonly observed: SummedSeries<T>[] = []
   /** Series by their labels object (the one prom-client's entry keeps after `zero`). */
   private readonly byLabels = new Map<object, SummedSeries<T>>()
+  /**
+   * Series by their label values as strings: prom-client's series identity (`{ code: 1 }` and
+   * `{ code: '1' }` are one series), which the index, keyed by the values themselves, is not.
+   */
+  private readonly byKey = new Map<string, SummedSeries<T>>()
 
   constructor(config: HistogramConfiguration<T>) {
     if (config.enableExemplars) throw new TypeError('SummedHistogram keeps no exemplars')
@@ -240,7 +245,7 @@ export class SummedHistogram<T extends string> {
       const labels = (
         typeof args[0] === 'object' ? args[0] : Object.fromEntries(this.names.map((n, i) => [n, args[i]]))
       ) as Labels<T>
-      const s = this.index.get(labels)
+      const s = this.byKey.get(this.key(labels))
       if (s === undefined || s.count === 0) return
       s.clear()
       this.observed.splice(this.observed.indexOf(s), 1)
@@ -252,12 +257,22 @@ export class SummedHistogram<T extends string> {
     let s = this.index.get(labels)
     if (s === undefined) {
       this.histogram.labels(labels) // validates the label names as prom-client's observe would
-      const own = { ...labels }
-      s = new SummedSeries(own, this.bounds, this.observed)
+      const key = this.key(labels)
+      s = this.byKey.get(key)
+      if (s === undefined) {
+        const own = { ...labels }
+        s = new SummedSeries(own, this.bounds, this.observed)
+        this.byKey.set(key, s)
+        this.byLabels.set(own, s)
+      }
       this.index.set(labels, s)
-      this.byLabels.set(own, s)
     }
     return s
+  }
+
+  /** The label values as prom-client identifies a series (an absent value and `undefined` alike). */
+  private key(labels: Labels<T>): string {
+    return JSON.stringify(this.names.map((n) => (labels[n] === undefined ? null : String(labels[n]))))
   }
 
   /** `labels(labels).observe(value)`: a lookup per call, nothing allocated once the set is known. */

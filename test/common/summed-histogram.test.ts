@@ -68,6 +68,22 @@ t.test('two labels, a series resolved before it is observed, default buckets', a
   t.equal(await summedRegistry.metrics(), await plainRegistry.metrics())
 })
 
+t.test('a number and its string are one series, as in prom-client', async (t) => {
+  const { summed, plain, summedRegistry, plainRegistry } = pair(['status'])
+  const asNumber = summed.labels({ status: 5 })
+  for (const v of VALUES) {
+    asNumber.observe(v)
+    plain.observe({ status: 5 }, v)
+    summed.observe({ status: '5' }, v / 7)
+    plain.observe({ status: '5' }, v / 7)
+  }
+  t.equal(summed.labels({ status: '5' }), asNumber)
+  t.equal(await summedRegistry.metrics(), await plainRegistry.metrics())
+  summed.histogram.remove('5')
+  plain.remove('5')
+  t.equal(await summedRegistry.metrics(), await plainRegistry.metrics(), 'removed by either spelling')
+})
+
 t.test('no labels: the zero series from the start, as prom-client', async (t) => {
   const { summed, plain, summedRegistry, plainRegistry } = pair([])
   t.equal(await summedRegistry.metrics(), await plainRegistry.metrics())
