@@ -8,7 +8,8 @@
  * of one record, delivered to a waiting long poll, ACK: deterministic per-request costs), publish +
  * deliver + ack at a fixed 2k msgs/s with a long-polling consumer (what the latency benchmarks run;
  * its batching depends on timing, so its figure moves by about 10% between runs), publish with 1 producer (batches of 100, 8 in
- * flight), and consume that backlog with 1 consumer (pull 1000 + ack).
+ * flight), and consume that backlog with 1 consumer (pull 1000 + ack). Each per-message phase also gives
+ * the broker's CPU time per message (all its threads; unlike the bytes, it moves with the load).
  * Knobs: BENCH_QUICK=1 for a short run; QMQ_BROKER_HEAP_SAMPLE=<prefix> writes each phase's sampled
  * allocation sites (<prefix>.<n>.heapprofile, see bench/broker-child.ts); BROKER_NODE_ARGS.
  */
@@ -30,6 +31,8 @@ interface Alloc {
   scavenges: number
   markCompacts: number
   gcMs: number
+  /** The broker process's CPU time (user + system), microseconds. */
+  cpuUs: number
   requests: number
 }
 
@@ -205,6 +208,12 @@ function perMessage(metric: string, a: Alloc, messages: number): void {
     metric: `${metric}: scavenges per 10k messages`,
     value: +((a.scavenges * 10_000) / messages).toFixed(1),
     unit: 'GCs',
+  })
+  report({
+    bench: BENCH,
+    metric: `${metric}: broker CPU per message`,
+    value: +(a.cpuUs / messages).toFixed(1),
+    unit: 'us',
   })
   process.stderr.write(`${metric}: ${JSON.stringify({ messages, ...a })}\n`)
 }

@@ -150,11 +150,12 @@ function watchGc(): () => Record<string, number> {
 
 /**
  * QMQ_BROKER_ALLOC_STATS=1: on each SIGUSR2, prints on stdout one line
- *   {"alloc":{"bytes":B,"scavenges":S,"markCompacts":M,"gcMs":T,"requests":R}}
+ *   {"alloc":{"bytes":B,"scavenges":S,"markCompacts":M,"gcMs":T,"cpuUs":C,"requests":R}}
  * for the interval since the previous SIGUSR2 (or the start): B bytes allocated on the JS heap (the
  * sum over the GCs of the used size before each one minus the used size after the previous one, plus
  * the growth since the last one), the number of young- and old-generation collections and their
- * pauses, and the requests answered (bench/broker-alloc.ts divides these by the messages of a phase;
+ * pauses, the process's CPU time (user + system, all threads: the threadpool's writes and fdatasyncs
+ * too), and the requests answered (bench/broker-alloc.ts divides these by the messages of a phase;
  * reading the request count allocates a little, counted in the next interval). Buffer contents outside the
  * heap are not in B. With QMQ_BROKER_HEAP_SAMPLE=<prefix> it also writes the interval's sampled
  * allocation sites, garbage included, to <prefix>.<n>.heapprofile (the DevTools format).
@@ -170,6 +171,7 @@ function watchAllocation(broker: Broker): void {
   let profiler = new GCProfiler()
   profiler.start()
   let lastUsed = process.memoryUsage().heapUsed
+  let cpuBefore = process.cpuUsage()
   const samplePrefix = process.env.QMQ_BROKER_HEAP_SAMPLE
   const session = samplePrefix === undefined ? undefined : new Session()
   const startSampling = () =>
@@ -183,6 +185,8 @@ function watchAllocation(broker: Broker): void {
   let intervals = 0
   process.on('SIGUSR2', () => {
     const { statistics } = profiler.stop()
+    const cpu = process.cpuUsage(cpuBefore)
+    cpuBefore = process.cpuUsage()
     let bytes = 0
     let scavenges = 0
     let markCompacts = 0
@@ -205,7 +209,15 @@ function watchAllocation(broker: Broker): void {
       startSampling()
     })
     void requests().then((n) => {
-      const alloc = { bytes, scavenges, markCompacts, gcMs: +gcMs.toFixed(1), requests: n - requestsBefore }
+      const cpuUs = cpu.user + cpu.system
+      const alloc = {
+        bytes,
+        scavenges,
+        markCompacts,
+        gcMs: +gcMs.toFixed(1),
+        cpuUs,
+        requests: n - requestsBefore,
+      }
       requestsBefore = n
       process.stdout.write(`${JSON.stringify({ alloc })}\n`)
     })

@@ -1,5 +1,5 @@
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
-import { LATENCY_BUCKETS_SECONDS } from '../common/metrics'
+import { Counter, Gauge, type Registry } from 'prom-client'
+import { type HistogramSeries, LATENCY_BUCKETS_SECONDS, SummedHistogram } from '../common/metrics'
 
 /**
  * Client metrics, on a prom-client Registry the application passes (`registry` option of the
@@ -7,7 +7,8 @@ import { LATENCY_BUCKETS_SECONDS } from '../common/metrics'
  *
  * Several providers may share a registry: the metric objects are made once per registry and every
  * provider adds its own probes for the gauges (removed by its close()). Hot paths count per batch or
- * through label-bound children made once, never by labels per message.
+ * through label-bound children made once, never by labels per message; the histograms are
+ * SummedHistograms (an observation allocates nothing; handed to prom-client when read).
  */
 
 type Probe = (set: (labels: Record<string, string>, value: number) => void) => void
@@ -32,11 +33,11 @@ class ClientMetricSet {
   readonly sent: Counter<'subject'>
   readonly sendFailed: Counter<'subject' | 'code'>
   readonly sendRetried: Counter<'subject'>
-  readonly sendRequest: Histogram<'broker_group' | 'result'>
+  readonly sendRequest: SummedHistogram<'broker_group' | 'result'>
   readonly pulled: Counter<'subject' | 'consumer_group'>
   readonly pullFailed: Counter<'subject' | 'consumer_group'>
   readonly consumed: Counter<'subject' | 'consumer_group' | 'result'>
-  readonly handler: Histogram<'subject' | 'consumer_group'>
+  readonly handler: SummedHistogram<'subject' | 'consumer_group'>
 
   constructor(r: Registry) {
     const registers = [r]
@@ -58,7 +59,7 @@ class ClientMetricSet {
       labelNames: ['subject'],
       registers,
     })
-    this.sendRequest = new Histogram({
+    this.sendRequest = new SummedHistogram({
       name: 'qmq_client_send_request_duration_seconds',
       help: 'SEND requests (one batch each) from write to answer',
       labelNames: ['broker_group', 'result'],
@@ -97,7 +98,7 @@ class ClientMetricSet {
       labelNames: ['subject', 'consumer_group', 'result'],
       registers,
     })
-    this.handler = new Histogram({
+    this.handler = new SummedHistogram({
       name: 'qmq_client_handler_duration_seconds',
       help: 'Time in the message handler',
       labelNames: ['subject', 'consumer_group'],
@@ -141,6 +142,8 @@ export class ProducerMetrics {
   /** Label-bound children by subject (bounded: beyond it a lookup per call). */
   private readonly sentBy = new Map<string, Inc>()
   private readonly retriedBy = new Map<string, Inc>()
+  /** The send-request series of a broker group, by result (bounded as the children above). */
+  private readonly requestsBy = new Map<string, { ok: HistogramSeries; error: HistogramSeries }>()
   private readonly probes: Probe[]
 
   constructor(registry: Registry, probes: { queueSize: () => number; openCircuits: () => Iterable<string> }) {
@@ -168,7 +171,16 @@ export class ProducerMetrics {
   }
 
   request(brokerGroup: string, ok: boolean, seconds: number): void {
-    this.set.sendRequest.observe({ broker_group: brokerGroup, result: ok ? 'ok' : 'error' }, seconds)
+    let series = this.requestsBy.get(brokerGroup)
+    if (series === undefined) {
+      const h = this.set.sendRequest
+      series = {
+        ok: h.labels({ broker_group: brokerGroup, result: 'ok' }),
+        error: h.labels({ broker_group: brokerGroup, result: 'error' }),
+      }
+      if (this.requestsBy.size < 1_024) this.requestsBy.set(brokerGroup, series)
+    }
+    ;(ok ? series.ok : series.error).observe(seconds)
   }
 
   close(): void {
@@ -185,7 +197,7 @@ export class SubscriptionMetrics {
   private readonly pulledC: Inc
   private readonly pullFailedC: Inc
   private readonly results: Record<ConsumeResult, Inc>
-  private readonly handlerH: { observe(v: number): void }
+  private readonly handlerH: HistogramSeries
   private readonly set: ClientMetricSet
   private probe: Probe | undefined
 

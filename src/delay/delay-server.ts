@@ -11,7 +11,7 @@ import { CLUSTER_APP, CredentialCache } from '../common/auth/credentials'
 import { CredentialRefresher } from '../common/auth/refresher'
 import { AuthGate } from '../common/server/auth-gate'
 import { missingClusterSecret } from '../common/token'
-import { createRegistry, type Registry, renderMetrics } from '../common/metrics'
+import { createRegistry, NO_LABELS, type Registry, renderMetrics } from '../common/metrics'
 import { validateGroup } from '../common/names'
 import { tcpServerOptions } from '../common/server/options'
 import { TcpServer } from '../common/server/tcp-server'
@@ -418,7 +418,7 @@ export class DelayServer {
       retryMaxMs: o.retryMaxMs,
       onDelivered: (lateMs, record, sentAt) => {
         trace.dispatched(record, sentAt)
-        this.metrics.dispatched.inc()
+        this.metrics.dispatched.inc(NO_LABELS)
         this.metrics.lateness.observe(Math.max(0, lateMs) / 1000)
       },
       onFailed: (_subject, _err, n) => this.metrics.dispatchFailures.inc(n),

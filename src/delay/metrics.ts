@@ -1,4 +1,12 @@
-import { Counter, Gauge, Histogram, type Registry } from '../common/metrics'
+import {
+  Counter,
+  Gauge,
+  Histogram,
+  type HistogramSeries,
+  type Registry,
+  SummedCounter,
+  SummedHistogram,
+} from '../common/metrics'
 import { ConnectionMetrics } from '../common/server/metrics'
 import type { TcpServerStats } from '../common/server/tcp-server'
 import type { Dispatcher } from './dispatch/dispatcher'
@@ -9,15 +17,17 @@ const LATENESS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 
 const LOAD_BUCKETS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
 export interface DelayMetrics {
-  received: Counter<'result'>
+  /** Counted per record (SummedCounters: see src/common/summed-metrics.ts). */
+  received: SummedCounter<'result'>
   cancelled: Counter<'result'>
   /** Authenticated requests refused (no or wrong cluster secret), by request name. */
   unauthorized: Counter<'request'>
-  dispatched: Counter
+  dispatched: SummedCounter<never>
   dispatchFailures: Counter
   tickErrors: Counter
   deadLettered: Counter
-  lateness: Histogram
+  /** Observed per dispatched message: a SummedHistogram's one series (no allocation per observation). */
+  lateness: HistogramSeries
   bucketLoad: Histogram
   bucketLoadLast: Gauge<'bucket'>
   /** The connection loop's (shared with the broker): closes by reason, partial-frame and write-buffer bytes. */
@@ -85,7 +95,7 @@ export function createDelayMetrics(
   })
   return {
     connectionLoop: new ConnectionMetrics(registry, 'qmq_delay', source.tcp ?? (() => undefined)),
-    received: new Counter({
+    received: new SummedCounter({
       name: 'qmq_delay_received_total',
       help: 'Delayed messages received, by result (stored, duplicate: within the dedupe window, not stored again; or an error code)',
       labelNames: ['result'],
@@ -103,7 +113,7 @@ export function createDelayMetrics(
       labelNames: ['request'],
       registers,
     }),
-    dispatched: new Counter({
+    dispatched: new SummedCounter({
       name: 'qmq_delay_dispatched_total',
       help: 'Messages delivered to a broker (acknowledged)',
       registers,
@@ -123,12 +133,12 @@ export function createDelayMetrics(
       help: 'Due messages a broker refused for good, parked as dead letters of the delay group',
       registers,
     }),
-    lateness: new Histogram({
+    lateness: new SummedHistogram({
       name: 'qmq_delay_dispatch_lateness_seconds',
       help: 'Time from a message due time to the broker acknowledging it',
       buckets: LATENESS_BUCKETS,
       registers,
-    }),
+    }).labels({}),
     bucketLoad: new Histogram({
       name: 'qmq_delay_bucket_load_seconds',
       help: 'Time to load a schedule bucket index into the wheel',

@@ -81,6 +81,9 @@ export interface DelayReplication {
 }
 
 const EMPTY: readonly Buffer[] = []
+/** `qmq_delay_received_total` label sets counted per record, made once. */
+const STORED = { result: 'stored' }
+const DUPLICATE = { result: 'duplicate' }
 
 /** The frame handler and its context (whose `auth` the server sets once its gate exists). */
 export function createDelayFrameHandler(ctx: HandlerContext): {
@@ -164,7 +167,7 @@ async function handleFrame(f: Frame, ctx: HandlerContext, conn: ServerConnection
       for (let i = 0; i < results.length; i++) {
         const r = results[i]
         const dup = duplicate[i] === true
-        ctx.metrics.received.inc({ result: r !== undefined ? r.code : dup ? 'duplicate' : 'stored' })
+        ctx.metrics.received.inc(r !== undefined ? { result: r.code } : dup ? DUPLICATE : STORED)
         const it = items[i]
         if (r === undefined && !dup && it?.header !== undefined)
           ctx.trace?.scheduled(it.bytes, it.header.scheduleAt)

@@ -219,7 +219,7 @@ async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): P
   let stored: AppendResult[] = []
   let storeError: QmqError | undefined
   if (inputs.length > 0) {
-    const started = process.hrtime.bigint()
+    const started = performance.now()
     try {
       // Under 'sync' replication: refused without an in-sync slave, answered once one holds it.
       ctx.checkLease()
@@ -234,7 +234,7 @@ async function handleSend(ctx: ServerContext, body: Buffer, conn: Connection): P
         // Stored, outcome uncertain: never NOT_MASTER here (that answer lets the SDK move the batch).
         throw storedUnconfirmed(e)
       }
-      ctx.metrics.appendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9)
+      ctx.metrics.appendSeconds.observe((performance.now() - started) / 1000)
       countReceived(ctx, inputs, stored)
     } catch (e) {
       storeError = toQmqError(e, 'QMQ_ERR_STORE_IO')

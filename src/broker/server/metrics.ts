@@ -1,10 +1,11 @@
 import {
   Counter,
   Gauge,
-  Histogram,
+  type HistogramSeries,
   LATENCY_BUCKETS_SECONDS,
   type Registry,
   SummedCounter,
+  SummedHistogram,
 } from '../../common/metrics'
 import { ConnectionMetrics } from '../../common/server/metrics'
 import type { TcpServerStats } from '../../common/server/tcp-server'
@@ -13,7 +14,8 @@ import type { BacklogInfo } from '../store/types'
 /**
  * The broker server's Prometheus metrics, all on the broker instance's own registry.
  * Counters count messages (not requests) unless the name says otherwise. Those incremented per
- * request are SummedCounters (no prom-client label hash per inc; summed into the series when read).
+ * request are SummedCounters, and the histograms SummedHistograms (no prom-client label hash or
+ * objects per inc or observation; handed to the prom-client series when read).
  */
 export class BrokerMetrics {
   readonly received: SummedCounter<'subject'>
@@ -28,8 +30,9 @@ export class BrokerMetrics {
   readonly deadLetteredByNack: Counter<'subject' | 'consumer_group'>
   readonly redriven: Counter<'subject' | 'consumer_group'>
   readonly requests: SummedCounter<'request' | 'status'>
-  readonly requestSeconds: Histogram<'request'>
-  readonly appendSeconds: Histogram
+  readonly requestSeconds: SummedHistogram<'request'>
+  /** The one series of `qmq_broker_append_seconds` (no labels). */
+  readonly appendSeconds: HistogramSeries
   readonly connections: Gauge
   readonly connectionsTotal: Counter
   readonly protocolErrors: Counter<'code'>
@@ -126,19 +129,19 @@ export class BrokerMetrics {
       labelNames: ['request', 'status'],
       registers,
     })
-    this.requestSeconds = new Histogram({
+    this.requestSeconds = new SummedHistogram({
       name: 'qmq_broker_request_seconds',
       help: 'Time to answer a request (long polls included)',
       labelNames: ['request'],
       buckets: [...LATENCY_BUCKETS_SECONDS],
       registers,
     })
-    this.appendSeconds = new Histogram({
+    this.appendSeconds = new SummedHistogram({
       name: 'qmq_broker_append_seconds',
       help: 'Time for the store to make a SEND batch durable (write + shared fsync under flush sync)',
       buckets: [...LATENCY_BUCKETS_SECONDS],
       registers,
-    })
+    }).labels({})
     this.connections = new Gauge({
       name: 'qmq_broker_connections',
       help: 'Open client connections',

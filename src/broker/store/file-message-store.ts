@@ -339,7 +339,7 @@ export class FileMessageStore implements MessageStore {
   async append(records: readonly AppendInput[]): Promise<AppendResult[]> {
     this.ensureOpen()
     if (records.length === 0) return []
-    const t0 = process.hrtime.bigint()
+    const t0 = performance.now()
     const items: AppendItem[] = new Array(records.length)
     let subject: string | undefined
     /** New subjects' SUBJECT markers being written: awaited before the records join a batch. */
@@ -385,7 +385,7 @@ export class FileMessageStore implements MessageStore {
       await ready
     }
     await this.mlog.append(items)
-    this.metrics.appendSeconds(Number(process.hrtime.bigint() - t0) / 1e9)
+    this.metrics.appendSeconds((performance.now() - t0) / 1000)
     const out: AppendResult[] = new Array(items.length)
     for (let i = 0; i < items.length; i++) {
       const it = items[i] as AppendItem

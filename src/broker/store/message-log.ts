@@ -315,9 +315,9 @@ export class MessageLog {
   /** fdatasync now (the async-mode timer, close, checkpoints). */
   async syncNow(): Promise<void> {
     const end = this.log.endOffset
-    const t0 = process.hrtime.bigint()
+    const t0 = performance.now()
     await this.log.sync()
-    this.opts.observe?.('sync', Number(process.hrtime.bigint() - t0) / 1e9, 0)
+    this.opts.observe?.('sync', (performance.now() - t0) / 1000, 0)
     if (end > this.durableEnd) this.durableEnd = end
   }
 
@@ -447,7 +447,7 @@ export class MessageLog {
   }
 
   private async write(batch: Batch): Promise<void> {
-    const t0 = process.hrtime.bigint()
+    const t0 = performance.now()
     try {
       batch.start = await this.log.appendv([batch.data], batch.bytes)
     } catch (err) {
@@ -458,7 +458,7 @@ export class MessageLog {
       else this.pump()
       return
     }
-    this.opts.observe?.('write', Number(process.hrtime.bigint() - t0) / 1e9, batch.bytes)
+    this.opts.observe?.('write', (performance.now() - t0) / 1000, batch.bytes)
     this.recycleBatchBuffer(batch)
     let off = batch.start
     for (const it of batch.items) {
@@ -493,10 +493,10 @@ export class MessageLog {
     this.syncs.push(group)
     let bytes = 0
     for (const b of group.batches) bytes += b.bytes
-    const t0 = process.hrtime.bigint()
+    const t0 = performance.now()
     this.log.syncOverlapping().then(
       () => {
-        this.opts.observe?.('sync', Number(process.hrtime.bigint() - t0) / 1e9, bytes)
+        this.opts.observe?.('sync', (performance.now() - t0) / 1000, bytes)
         // Not in `syncs` any more: its batches were rejected after another fdatasync failed.
         if (!this.syncs.includes(group)) return
         group.done = true

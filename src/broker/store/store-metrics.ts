@@ -1,4 +1,12 @@
-import { Counter, Gauge, Histogram, LATENCY_BUCKETS_SECONDS, type Registry } from '../../common/metrics'
+import {
+  Counter,
+  Gauge,
+  LATENCY_BUCKETS_SECONDS,
+  NO_LABELS,
+  type Registry,
+  SummedCounter,
+  SummedHistogram,
+} from '../../common/metrics'
 
 export type StoreLogName = 'message' | 'action'
 
@@ -60,31 +68,32 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
       },
     })
   }
-  const append = new Histogram({
+  const append = new SummedHistogram({
     name: 'qmq_store_append_seconds',
     help: 'Time from append() to its resolution (includes the shared fdatasync under flush sync)',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
-  const write = new Histogram({
+  }).labels({})
+  const write = new SummedHistogram({
     name: 'qmq_store_write_seconds',
     help: 'Duration of one group-commit writev of the message log',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
-  const fsync = new Histogram({
+  }).labels({})
+  const fsync = new SummedHistogram({
     name: 'qmq_store_fsync_seconds',
     help: 'Duration of one fdatasync of the message log',
     buckets: [...LATENCY_BUCKETS_SECONDS],
     registers,
-  })
-  const bytes = new Counter({
+  }).labels({})
+  // Counted per write or append batch: summed outside prom-client (no labels object per inc).
+  const bytes = new SummedCounter({
     name: 'qmq_store_written_bytes_total',
     help: 'Message-log bytes written',
     registers,
   })
-  const messages = new Counter({ name: 'qmq_store_messages_total', help: 'Messages stored', registers })
-  const dups = new Counter({
+  const messages = new SummedCounter({ name: 'qmq_store_messages_total', help: 'Messages stored', registers })
+  const dups = new SummedCounter({
     name: 'qmq_store_duplicates_total',
     help: 'Appends answered from the dedupe window (not stored again)',
     registers,
@@ -115,12 +124,12 @@ export function createStoreMetrics(registry: Registry | undefined, probes?: Stor
     io: (what, s, b) => {
       if (what === 'write') {
         write.observe(s)
-        bytes.inc(b)
+        bytes.inc(NO_LABELS, b)
       } else fsync.observe(s)
     },
     appended: (m, d) => {
-      if (m > 0) messages.inc(m)
-      if (d > 0) dups.inc(d)
+      if (m > 0) messages.inc(NO_LABELS, m)
+      if (d > 0) dups.inc(NO_LABELS, d)
     },
     retention: (segs, b, u) => {
       retSegments.inc(segs)

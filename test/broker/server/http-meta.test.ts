@@ -35,6 +35,18 @@ t.test('http - /metrics and /health', async (t) => {
     t.match(line, /consumer_group="g"/, `${name} names the consumer group`)
   }
   t.match(metrics, /qmq_store_fsync_seconds_bucket/, 'the store shares the registry')
+  // The histograms (SummedHistograms, handed to prom-client when scraped): one observation per
+  // request and per SEND batch, the +Inf bucket equal to the count.
+  for (const [series, n] of [
+    ['qmq_broker_request_seconds_count{[^}]*request="SEND"[^}]*}', 1],
+    ['qmq_broker_request_seconds_bucket{le="\\+Inf",[^}]*request="PULL"[^}]*}', 1],
+    ['qmq_broker_request_seconds_count{[^}]*request="ACK"[^}]*}', 1],
+    ['qmq_broker_append_seconds_count{[^}]*}', 1],
+    ['qmq_broker_append_seconds_bucket{le="\\+Inf",[^}]*}', 1],
+    ['qmq_store_append_seconds_count{[^}]*}', 1],
+  ] as const)
+    t.match(metrics, new RegExp(`^${series} ${n}$`, 'm'), series)
+  t.match(metrics, /^qmq_store_fsync_seconds_count\{[^}]*\} [1-9]/m, 'fsyncs observed')
   const health = await fetch(`http://127.0.0.1:${httpPort}/health`)
   t.equal(health.status, 200)
   const body = (await health.json()) as { status: string; subjects: number }
