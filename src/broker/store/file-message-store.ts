@@ -153,6 +153,7 @@ export class FileMessageStore implements MessageStore {
       dir: this.dirs.message,
       segmentBytes: o.segmentBytes,
       flush: o.flush,
+      prezeroBytes: o.prezeroBytes,
       hotCacheBytes: o.hotCacheBytes,
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),

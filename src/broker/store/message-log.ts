@@ -99,6 +99,12 @@ export interface MessageLogOptions {
   dir: string
   segmentBytes: number
   flush: 'sync' | 'async'
+  /**
+   * Zeros kept written and fdatasynced ahead of the active segment's end (segment-log.ts): an append
+   * overwrites them, so its fdatasync commits no size change or block allocation. 0 = none. Either
+   * way recovery reads a clean end followed by zeros as the log's end (a frame of zeros is refused).
+   */
+  prezeroBytes?: number
   hotCacheBytes: number
   maxMessageBytes?: number
   now: () => number
@@ -270,6 +276,8 @@ export class MessageLog {
     this.log = SegmentLog.open({
       dir: opts.dir,
       segmentBytes: opts.segmentBytes,
+      prezeroBytes: opts.prezeroBytes ?? 0,
+      zeroTailIsEnd: true,
       ...(opts.io ? { io: opts.io } : {}),
     })
     this.durableEnd = this.log.endOffset
