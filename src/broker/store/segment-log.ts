@@ -49,12 +49,13 @@ import { type FsIo, nodeFsIo } from './fs-io'
  * active segment keeps up to `prezeroBytes` of zeros ahead of its logical end, written and
  * fdatasynced in the background in chunks (`zeroAhead`) and overwritten by later appends. Invariants:
  * - `seg.size` is the LOGICAL size (every read, scan, `segments()`, `totalBytes`, replication and
- *   retention use it); `seg.fileEnd` is the file's length. Every byte in [size, fileEnd) is zero
- *   (or a hole), in every segment, at all times (an append in flight writes only its own bytes).
- * - One extension at a time, only on the active segment, only at [fileEnd, fileEnd + chunk), never
- *   past `segmentBytes`; `fileEnd` moves to its end once its zeros are written AND fdatasynced. An
- *   append that would write past `fileEnd` first waits for the extension in flight (it never writes
- *   bytes the zeroer is writing), and no extension starts while such an append is in flight.
+ *   retention use it); `seg.fileEnd` is where the file's zeros are known to end (its length, or
+ *   less after a failed extension). Every byte of a file past its segment's `size` is zero (or a
+ *   hole), in every segment, at all times (an append in flight writes only its own bytes).
+ * - One extension at a time, only on the active segment, never past `segmentBytes`, starting at
+ *   or past both `fileEnd` and the end of the append in flight; `fileEnd` moves to its end once its
+ *   zeros are written AND fdatasynced. An append that would write past the start of the extension in
+ *   flight first waits for it: the two never write the same bytes.
  * - A segment that stops being active (roll), a cut (`truncate`, a failed append's undo, recovery's
  *   cut of a damaged tail) cuts the file at the logical end (ftruncate): sealed segments keep file
  *   length == logical length, and no stale byte ever lies past a logical end.
@@ -268,7 +269,7 @@ export class SegmentLog {
   private readonly prezeroChunkBytes: number
   private readonly zeroTailIsEnd: boolean
   /** The extension of the zeroed tail in flight (never rejects), and its segment. */
-  private zeroing: { seg: Segment; done: Promise<void> } | undefined
+  private zeroing: { seg: Segment; from: number; done: Promise<void> } | undefined
   /** Operations changing a file's length in progress: no extension starts (`pauseZeroing`). */
   private zeroHold = 0
   /** After a failed extension the zeroer rests until then (ms since epoch). */
@@ -600,6 +601,17 @@ export class SegmentLog {
     if (seg.durable > size) seg.durable = size
   }
 
+  /** Resolves when no extension of the zeroed tail is in flight (tests, benchmarks). */
+  async zeroingIdle(): Promise<void> {
+    while (this.zeroing !== undefined) await this.zeroing.done
+  }
+
+  /** Length of the active segment's file (its logical size plus its zeroed tail). */
+  get activeFileBytes(): number {
+    const last = this.segs[this.segs.length - 1]
+    return last ? last.fileEnd : 0
+  }
+
   /**
    * Waits for the extension of a zeroed tail in flight, if any, and keeps new ones from starting
    * until the caller drops `zeroHold` (in a `finally`): for a change of a file's length.
@@ -619,11 +631,12 @@ export class SegmentLog {
     await this.pauseZeroing()
     try {
       if (seg.retired) return
+      // Untouched by the zeroer (which may leave zeros past `fileEnd`): nothing past its end.
+      if (seg.zeroFd === undefined && seg.fileEnd === seg.size) return
       if (seg.zeroFd !== undefined) {
         closeQuietly(seg.zeroFd)
         seg.zeroFd = undefined
       }
-      if (seg.fileEnd === seg.size) return
       await this.io.ftruncate(seg.fd, seg.size)
       seg.fileEnd = seg.size
       seg.dirty = true
@@ -637,21 +650,24 @@ export class SegmentLog {
   /**
    * Extends the active segment's zeroed tail by one chunk in the background when it is below half of
    * `prezeroBytes` (or, `filling`, below all of it: the chunks of one refill follow each other).
-   * Never past `segmentBytes`, never while an append that writes past `fileEnd` is in flight (it
-   * waits for this one instead), one at a time. Written and fdatasynced through `zeroFd`; `fileEnd`
-   * moves once both are done. After a failure (a full disk) what was written is cut off and the
-   * zeroer rests PREZERO_REST_MS; appends do not care (they grow the file as without it).
+   * One at a time, never past `segmentBytes`, written and fdatasynced through `zeroFd`; `fileEnd`
+   * moves to its end once both are done. It starts at `fileEnd`, or (a fresh segment, a tail used up)
+   * a quarter chunk past the end of the append in flight, leaving a hole the next appends fill as they
+   * would without zeroing: they need not wait for it. An append that would write past its start
+   * waits for it (appendBatch). After a failure (a full disk) the zeroer rests PREZERO_REST_MS; what
+   * it wrote stays (zeros past `fileEnd`: cut by the seal or a truncation); appends do not care.
    */
   private zeroAhead(filling = false): void {
     if (this.prezeroBytes <= 0 || this.zeroing !== undefined || this.zeroHold > 0) return
     const seg = this.segs[this.segs.length - 1]
     if (seg === undefined || seg.retired) return
-    if (this.writeSeg === seg && this.writeEnd > seg.fileEnd) return
     const limit = Math.min(seg.size + this.prezeroBytes, this.segmentBytes)
-    if (seg.fileEnd >= limit) return
     if (!filling && seg.fileEnd - seg.size >= this.prezeroBytes / 2) return
     if (this.zeroRestUntil > 0 && Date.now() < this.zeroRestUntil) return
-    const from = seg.fileEnd
+    const front = this.writeSeg === seg ? Math.max(seg.size, this.writeEnd) : seg.size
+    const lead = Math.ceil(this.prezeroChunkBytes / 4)
+    const from = seg.fileEnd >= front + lead ? seg.fileEnd : front + lead
+    if (from >= limit) return
     const bytes = Math.min(this.prezeroChunkBytes, limit - from)
     seg.refs++
     const done = this.extend(seg, from, bytes).then(
@@ -665,7 +681,7 @@ export class SegmentLog {
         } else this.zeroRestUntil = Date.now() + PREZERO_REST_MS
       },
     )
-    this.zeroing = { seg, done }
+    this.zeroing = { seg, from, done }
   }
 
   /** Writes and fdatasyncs `bytes` zeros at `from` of `seg` (zeroAhead); false when it failed. */
@@ -682,12 +698,7 @@ export class SegmentLog {
       await this.io.fdatasync(fd)
       return true
     } catch {
-      // Back to where the zeroed tail ended (nothing else writes past it meanwhile).
-      try {
-        if (!seg.retired) await this.io.ftruncate(seg.fd, seg.fileEnd)
-      } catch {
-        // the bytes past fileEnd are zeros or holes anyway
-      }
+      // Not cut back here: an append may be writing past `fileEnd` meanwhile (zeroAhead).
       return false
     }
   }
@@ -718,7 +729,7 @@ export class SegmentLog {
       // this write waits for the one in flight before writing past it: never the same bytes at once.
       this.writeSeg = seg
       this.writeEnd = seg.size + bytes
-      if (this.writeEnd > seg.fileEnd && this.zeroing?.seg === seg) {
+      if (this.zeroing?.seg === seg && this.writeEnd > this.zeroing.from) {
         await this.zeroing.done
         if (seg.retired) throw changedUnder(seg)
       }
@@ -866,6 +877,13 @@ export class SegmentLog {
     const seg = this.findSegment(offset)
     if (!seg) throw new QmqError('QMQ_ERR_NOT_FOUND', `offset ${offset} is not in ${this.single ?? this.dir}`)
     const pos = offset - seg.base
+    // Never past the logical end (a zeroed tail lies beyond it in the file).
+    if (pos + length > seg.size) {
+      throw new QmqError(
+        'QMQ_ERR_STORE_IO',
+        `${path.basename(seg.file)} ends before ${pos + length} (${seg.size} bytes written)`,
+      )
+    }
     const buf = into ?? Buffer.allocUnsafe(length)
     seg.refs++
     try {
