@@ -80,7 +80,10 @@ export interface SegmentLogOptions {
    * comment); 0 or absent = none.
    */
   prezeroBytes?: number
-  /** Size of one background extension of the zeroed tail (default 1 MiB, at most `prezeroBytes`). */
+  /**
+   * Size of one background extension of the zeroed tail (default 1 MiB; at most `prezeroBytes` and
+   * an eighth of `segmentBytes`).
+   */
   prezeroChunkBytes?: number
   /**
    * Recovery takes an entry boundary followed only by zeros to the end of the file for the segment's
@@ -284,9 +287,14 @@ export class SegmentLog {
     this.io = opts.io ?? nodeFsIo
     this.single = single
     this.prezeroBytes = single === undefined ? Math.max(0, opts.prezeroBytes ?? 0) : 0
+    // At most an eighth of a segment (small test segments get a zeroed tail too).
     this.prezeroChunkBytes = Math.max(
       1,
-      Math.min(opts.prezeroChunkBytes ?? DEFAULT_PREZERO_CHUNK_BYTES, this.prezeroBytes),
+      Math.min(
+        opts.prezeroChunkBytes ?? DEFAULT_PREZERO_CHUNK_BYTES,
+        this.prezeroBytes,
+        Math.floor(opts.segmentBytes / 8),
+      ),
     )
     this.zeroTailIsEnd = opts.zeroTailIsEnd ?? this.prezeroBytes > 0
   }
