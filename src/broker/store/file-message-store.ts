@@ -315,7 +315,8 @@ export class FileMessageStore implements MessageStore {
     void this.indexBuild?.stop()
     this.retryAlarm.close()
     this.mlog.abandon()
-    const settling: Promise<unknown>[] = [this.alog.abandon()]
+    // The zero write in flight lands before the files can be opened again (segment-log.ts).
+    const settling: Promise<unknown>[] = [this.alog.abandon(), this.mlog.log.stopZeroing()]
     for (const s of this.subjectsIndex.map.values()) settling.push(s.consume.abandon())
     if (this.index) settling.push(this.index.abandon())
     if (this.history) settling.push(this.history.abandon())

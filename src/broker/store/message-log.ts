@@ -689,6 +689,8 @@ export class MessageLog {
     if (this.syncTimer) clearInterval(this.syncTimer)
     await this.idle()
     await this.syncNow().catch(() => undefined)
+    // Its files may be opened again at once (a reopen, a master turned slave): no late zero write.
+    await this.log.stopZeroing()
     this.log.close()
     this.hot.clear()
   }
@@ -697,6 +699,7 @@ export class MessageLog {
   abandon(): void {
     this.closed = true
     this.abandoned = true
+    void this.log.stopZeroing() // FileMessageStore.abandon waits for the extension in flight
     if (this.syncTimer) clearInterval(this.syncTimer)
     // Queued appends are refused now; the write in flight, if any, finishes (its batch is then
     // refused by `pump` if it was never synced: no fdatasync starts after abandon()).

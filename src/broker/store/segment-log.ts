@@ -273,6 +273,8 @@ export class SegmentLog {
   private readonly zeroTailIsEnd: boolean
   /** The extension of the zeroed tail in flight (never rejects), and its segment. */
   private zeroing: { seg: Segment; from: number; done: Promise<void> } | undefined
+  /** `stopZeroing` or `close` was called. */
+  private zeroStopped = false
   /** Operations changing a file's length in progress: no extension starts (`pauseZeroing`). */
   private zeroHold = 0
   /** After a failed extension the zeroer rests until then (ms since epoch). */
@@ -614,6 +616,16 @@ export class SegmentLog {
     while (this.zeroing !== undefined) await this.zeroing.done
   }
 
+  /**
+   * No extension of the zeroed tail starts any more; resolves when the one in flight is done. Before
+   * the files are handed to another log in this process (a store closed, or abandoned as by a crash,
+   * and opened again; a master turned slave): a late zero write must not land on their bytes.
+   */
+  stopZeroing(): Promise<void> {
+    this.zeroStopped = true
+    return this.zeroingIdle()
+  }
+
   /** Length of the active segment's file (its logical size plus its zeroed tail). */
   get activeFileBytes(): number {
     const last = this.segs[this.segs.length - 1]
@@ -666,7 +678,7 @@ export class SegmentLog {
    * it wrote stays (zeros past `fileEnd`: cut by the seal or a truncation); appends do not care.
    */
   private zeroAhead(filling = false): void {
-    if (this.prezeroBytes <= 0 || this.zeroing !== undefined || this.zeroHold > 0) return
+    if (this.prezeroBytes <= 0 || this.zeroing !== undefined || this.zeroHold > 0 || this.zeroStopped) return
     const seg = this.segs[this.segs.length - 1]
     if (seg === undefined || seg.retired) return
     const limit = Math.min(seg.size + this.prezeroBytes, this.segmentBytes)
@@ -678,17 +690,15 @@ export class SegmentLog {
     if (from >= limit) return
     const bytes = Math.min(this.prezeroChunkBytes, limit - from)
     seg.refs++
-    const done = this.extend(seg, from, bytes).then(
-      (ok) => {
-        this.zeroing = undefined
-        this.release(seg)
-        if (seg.retired) return
-        if (ok) {
-          if (from + bytes > seg.fileEnd) seg.fileEnd = from + bytes
-          this.zeroAhead(true)
-        } else this.zeroRestUntil = Date.now() + PREZERO_REST_MS
-      },
-    )
+    const done = this.extend(seg, from, bytes).then((ok) => {
+      this.zeroing = undefined
+      this.release(seg)
+      if (seg.retired) return
+      if (ok) {
+        if (from + bytes > seg.fileEnd) seg.fileEnd = from + bytes
+        this.zeroAhead(true)
+      } else this.zeroRestUntil = Date.now() + PREZERO_REST_MS
+    })
     this.zeroing = { seg, from, done }
   }
 
@@ -1306,6 +1316,7 @@ export class SegmentLog {
    * yet written are dropped: `sync()` first to keep them.
    */
   close(): void {
+    this.zeroStopped = true
     for (const s of this.segs) this.retire(s, false)
     this.segs = []
     this.dropBuffered()
@@ -1313,6 +1324,7 @@ export class SegmentLog {
 
   /** Drops buffered appends and deletes every segment file (reads in flight finish first). */
   remove(): void {
+    this.zeroStopped = true
     for (const s of this.segs) this.retire(s, true)
     this.segs = []
     this.dropBuffered()

@@ -14,7 +14,8 @@ function frames(dir: string): { file: string; buf: Buffer; starts: number[] } {
   const buf = fs.readFileSync(file)
   const starts: number[] = []
   // The zeroed tail past the last frame (segment-log.ts) reads as length 0.
-  for (let pos = 0; pos < buf.length && buf.readUInt32BE(pos) > 0; pos += buf.readUInt32BE(pos)) starts.push(pos)
+  for (let pos = 0; pos < buf.length && buf.readUInt32BE(pos) > 0; pos += buf.readUInt32BE(pos))
+    starts.push(pos)
   return { file, buf, starts }
 }
 
