@@ -1,14 +1,15 @@
 /**
  * The message log's zeroed tail (`prezeroBytes`, segment-log.ts), on and off, in one run: 1 KiB
  * appends to a real store (flush 'sync') at RATE msgs/s (a 1 ms timer), append-to-acknowledgement
- * latency p50 / p99 per mode. Two stores, one per mode, each in its own directory; the modes
+ * latency p50 / p99 per mode, and the fdatasyncs of the message log's appends (timed around the
+ * store's FsIo, on the descriptors appends write through: not the zeroer's). Two stores, one per mode, each in its own directory; the modes
  * alternate in slices of SLICE_MS so neighbours on a shared machine load them alike; the first slice
  * of each store (the zeroer's first fill) is not counted. The load average is reported with them.
  * Knobs: BENCH_PREZERO_ROUNDS (10; --quick 3), BENCH_PREZERO_RATE (2000), BENCH_DIR.
  */
 import fs from 'node:fs'
 import os from 'node:os'
-import { openMessageStore } from '../src/broker/store'
+import { type FsIo, nodeFsIo, openMessageStore } from '../src/broker/store'
 import type { FileMessageStore } from '../src/broker/store/file-message-store'
 import { BROKER_THREADPOOL_SIZE, quick, report } from './common'
 import { RecordPool, tmpDir } from './store-common'
@@ -53,11 +54,33 @@ async function slice(store: FileMessageStore, pool: RecordPool): Promise<number[
   return out
 }
 
+/** Times the fdatasyncs of descriptors that appends write to (writev: the zeroer uses write). */
+function timedIo(): { io: FsIo; syncs: number[]; counting: { on: boolean } } {
+  const appendFds = new Set<number>()
+  const syncs: number[] = []
+  const counting = { on: false }
+  const io: FsIo = {
+    ...nodeFsIo,
+    writev: (fd, buffers, position) => {
+      appendFds.add(fd)
+      return nodeFsIo.writev(fd, buffers, position)
+    },
+    fdatasync: async (fd) => {
+      if (!appendFds.has(fd) || !counting.on) return nodeFsIo.fdatasync(fd)
+      const t0 = performance.now()
+      await nodeFsIo.fdatasync(fd)
+      syncs.push(performance.now() - t0)
+    },
+  }
+  return { io, syncs, counting }
+}
+
 async function main(): Promise<void> {
   const dirs: string[] = []
   const stores: FileMessageStore[] = []
+  const timed = MODES.map(() => timedIo())
   try {
-    for (const m of MODES) {
+    for (const [i, m] of MODES.entries()) {
       const dir = tmpDir('prezero')
       dirs.push(dir)
       stores.push(
@@ -66,6 +89,7 @@ async function main(): Promise<void> {
           flush: 'sync',
           prezeroBytes: m.prezeroBytes,
           checkpointIntervalMs: 600_000,
+          io: (timed[i] as ReturnType<typeof timedIo>).io,
         }),
       )
     }
@@ -74,7 +98,10 @@ async function main(): Promise<void> {
     const loads: number[] = []
     for (let round = 0; round <= ROUNDS; round++) {
       for (let i = 0; i < MODES.length; i++) {
+        const t = timed[i] as ReturnType<typeof timedIo>
+        t.counting.on = round > 0
         const got = await slice(stores[i] as FileMessageStore, pool)
+        t.counting.on = false
         if (round > 0) (samples[i] as number[]).push(...got)
       }
       loads.push(os.loadavg()[0] as number)
@@ -94,6 +121,17 @@ async function main(): Promise<void> {
         value: +pct(s, 0.99).toFixed(3),
         unit: 'ms',
       })
+      const syncs = (timed[i] as ReturnType<typeof timedIo>).syncs
+      for (const [p, label] of [
+        [0.5, 'p50'],
+        [0.99, 'p99'],
+      ] as const)
+        report({
+          bench: BENCH,
+          metric: `message-log fdatasync (${syncs.length}), ${m.name}: ${label}`,
+          value: +pct(syncs, p).toFixed(3),
+          unit: 'ms',
+        })
       if (i === 0) {
         for (const [p, label] of [
           [0.5, 'p50'],
