@@ -109,7 +109,10 @@ interface Segment {
   base: number
   /** Logical size: the bytes appended. */
   size: number
-  /** Length of the file: `size` plus its zeroed tail (every byte in [size, fileEnd) is zero). */
+  /**
+   * Where the file's synced zeros end: `size` plus its zeroed tail (the file may be longer after a
+   * failed extension: every byte past `size` is zero or a hole either way).
+   */
   fileEnd: number
   /** The zeroer's own descriptor (see the class comment), opened by its first extension. */
   zeroFd: number | undefined
