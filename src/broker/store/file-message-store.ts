@@ -153,6 +153,7 @@ export class FileMessageStore implements MessageStore {
       dir: this.dirs.message,
       segmentBytes: o.segmentBytes,
       flush: o.flush,
+      prezeroBytes: o.prezeroBytes,
       hotCacheBytes: o.hotCacheBytes,
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
@@ -314,7 +315,8 @@ export class FileMessageStore implements MessageStore {
     void this.indexBuild?.stop()
     this.retryAlarm.close()
     this.mlog.abandon()
-    const settling: Promise<unknown>[] = [this.alog.abandon()]
+    // The zero write in flight lands before the files can be opened again (segment-log.ts).
+    const settling: Promise<unknown>[] = [this.alog.abandon(), this.mlog.log.stopZeroing()]
     for (const s of this.subjectsIndex.map.values()) settling.push(s.consume.abandon())
     if (this.index) settling.push(this.index.abandon())
     if (this.history) settling.push(this.history.abandon())
