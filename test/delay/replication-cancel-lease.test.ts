@@ -86,8 +86,17 @@ t.test(
     }
     // Meanwhile the master loses its metaserver, and with it its lease.
     await meta.close()
-    // Its lease (half the metaserver's 1 s heartbeat timeout) ran out well before this.
-    await sleep(2_000)
+    // Its lease (half the metaserver's 1 s heartbeat timeout) runs out: the check every write makes
+    // before storing refuses from then on.
+    const leaseHeld = (): boolean => {
+      try {
+        ;(m as unknown as { checkLease(): void }).checkLease()
+        return true
+      } catch {
+        return false
+      }
+    }
+    await until('the lease ran out', () => !leaseHeld(), 10_000)
     const refused = await probe.request(
       RequestCode.SEND,
       encodeSendRequest([delayed('probe', Date.now() + 3_600_000)]),
