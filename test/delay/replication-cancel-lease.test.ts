@@ -8,7 +8,7 @@ import { RequestCode } from '../../src/common/protocol/codes'
 import { DelayServer } from '../../src/delay/delay-server'
 import { encodeCancelRequest, encodeSendRequest } from '../../src/common/protocol/commands'
 import { RawClient } from '../helpers/raw-client'
-import { startReplicationMetaserver } from '../helpers/replication'
+import { holdsLease, startReplicationMetaserver } from '../helpers/replication'
 import { DELAY_TEST_SECRET, delayed, FakeSender, send, sleep } from './helpers/delay-helpers'
 import { adopt, cancels, fetch } from './helpers/fake-slave'
 import { until } from './helpers/replication-helpers'
@@ -88,15 +88,7 @@ t.test(
     await meta.close()
     // Its lease (half the metaserver's 1 s heartbeat timeout) runs out: the check every write makes
     // before storing refuses from then on.
-    const leaseHeld = (): boolean => {
-      try {
-        ;(m as unknown as { checkLease(): void }).checkLease()
-        return true
-      } catch {
-        return false
-      }
-    }
-    await until('the lease ran out', () => !leaseHeld(), 10_000)
+    await until('the lease ran out', () => !holdsLease(m), 10_000)
     const refused = await probe.request(
       RequestCode.SEND,
       encodeSendRequest([delayed('probe', Date.now() + 3_600_000)]),
