@@ -9,6 +9,7 @@ import { encodeSendRequest } from '../../src/common/protocol/commands'
 import { encodeFrame, encodeFrameHeader, FrameDecoder } from '../../src/common/protocol/frame'
 import { DelayServer, type DelayOptions } from '../../src/delay/delay-server'
 import { RawClient } from '../helpers/raw-client'
+import { settleWithin } from '../helpers/settle'
 import { delayed, FakeSender, send, T0 } from './helpers/delay-helpers'
 
 /** The delay server's TCP port runs the shared connection loop (common/server): its limits, tested here. */
@@ -96,7 +97,11 @@ t.test('delay connections - a frame trickled a byte at a time is closed at the f
     if (!c.isClosed && sent < frame.length) c.writeRaw(frame.subarray(sent, ++sent))
   }, 100)
   t.teardown(() => clearInterval(timer))
-  const outcome = await Promise.race([c.closed.then(() => 'closed'), sleep(10_000).then(() => 'open')])
+  const outcome = await settleWithin(
+    c.closed.then(() => 'closed'),
+    10_000,
+    'open',
+  )
   clearInterval(timer)
   t.equal(outcome, 'closed')
   t.ok(sent < frame.length, `closed mid-frame (${sent} of ${frame.length} bytes)`)

@@ -8,7 +8,7 @@ import { RequestCode } from '../../src/common/protocol/codes'
 import { DelayServer } from '../../src/delay/delay-server'
 import { encodeCancelRequest, encodeSendRequest } from '../../src/common/protocol/commands'
 import { RawClient } from '../helpers/raw-client'
-import { startReplicationMetaserver } from '../helpers/replication'
+import { holdsLease, startReplicationMetaserver } from '../helpers/replication'
 import { DELAY_TEST_SECRET, delayed, FakeSender, send, sleep } from './helpers/delay-helpers'
 import { adopt, cancels, fetch } from './helpers/fake-slave'
 import { until } from './helpers/replication-helpers'
@@ -86,8 +86,9 @@ t.test(
     }
     // Meanwhile the master loses its metaserver, and with it its lease.
     await meta.close()
-    // Its lease (half the metaserver's 1 s heartbeat timeout) ran out well before this.
-    await sleep(2_000)
+    // Its lease (half the metaserver's 1 s heartbeat timeout) runs out: the check every write makes
+    // before storing refuses from then on.
+    await until('the lease ran out', () => !holdsLease(m), 10_000)
     const refused = await probe.request(
       RequestCode.SEND,
       encodeSendRequest([delayed('probe', Date.now() + 3_600_000)]),

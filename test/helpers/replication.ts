@@ -2,11 +2,12 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Test } from 'tap'
-import type { BrokerOptions } from '../../src/broker/broker'
+import type { Broker, BrokerOptions } from '../../src/broker/broker'
 import { writeEpochs } from '../../src/broker/replication/epochs'
 import type { FollowerOptions } from '../../src/broker/replication/follower'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
+import type { DelayServer } from '../../src/delay/delay-server'
 import { Metaserver } from '../../src/metaserver/main'
 
 /**
@@ -20,6 +21,19 @@ export function tempDir(t: Test, prefix: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   return dir
+}
+
+/**
+ * Whether a replicated master (broker or delay server) still holds its metaserver lease: the check it
+ * makes before storing any write passes (it throws QMQ_ERR_NOT_MASTER once the lease ran out).
+ */
+export function holdsLease(server: Broker | DelayServer): boolean {
+  try {
+    ;(server as unknown as { checkLease(): void }).checkLease()
+    return true
+  } catch {
+    return false
+  }
 }
 
 /** Polls `cond` every `pollMs` until it holds; throws `timed out waiting for <what>` after `timeoutMs`. */

@@ -14,6 +14,7 @@ import {
 import { decodeRecord } from '../../../src/common/record'
 import { RawClient } from '../../helpers/raw-client'
 import {
+  holdsLease,
   replicationTestBroker,
   startReplicationMetaserver,
   tempDir,
@@ -205,7 +206,7 @@ t.test(
     const answer = send(producer, [message('lease', 'stored-then-lease-lost')])
     await until('the SEND stored', () => mlog() > before)
     await meta.close() // no heartbeat is answered any more: the lease runs out
-    await new Promise((r) => setTimeout(r, 1_200))
+    await until('the lease ran out', () => !holdsLease(g1))
     await fetchAt(slave, 0, mlog()) // the slave now holds the records: the wait ends, the lease is gone
     const [r] = await answer
     t.equal(r?.status, ERROR_CODES.QMQ_ERR_REPLICATION_TIMEOUT.status, `stored, unconfirmed: ${r?.message}`)

@@ -5,6 +5,7 @@ import { RequestCode } from '../../../src/common/protocol/codes'
 import { encodePullRequest } from '../../../src/common/protocol/commands'
 import { encodeFrame, encodeFrameHeader, FRAME_MAGIC, FrameDecoder } from '../../../src/common/protocol/frame'
 import { RawClient } from '../../helpers/raw-client'
+import { settleWithin } from '../../helpers/settle'
 import { pullRequest } from './ops'
 import { startBroker } from './start-broker'
 
@@ -120,10 +121,11 @@ t.test('connection - a client that says nothing is closed after the first-frame 
   t.teardown(() => socket.destroy())
   // Half a header, then silence.
   socket.write(Buffer.from([0, 0, 0, 20, (FRAME_MAGIC >>> 24) & 0xff]))
-  const outcome = await Promise.race([
+  const outcome = await settleWithin(
     new Promise((resolve) => socket.on('close', () => resolve('closed'))),
-    new Promise((resolve) => setTimeout(() => resolve('still open'), 3_000)),
-  ])
+    3_000,
+    'still open',
+  )
   t.equal(outcome, 'closed', 'closed by the server')
 })
 

@@ -6,6 +6,7 @@ import { encodeFrame, encodeFrameHeader } from '../../../src/common/protocol/fra
 import { encodeRecord } from '../../../src/common/record'
 import { prng } from '../../helpers/messages'
 import { RawClient } from '../../helpers/raw-client'
+import { settleWithin } from '../../helpers/settle'
 import { ack, message, pull, pullRequest, sendOk } from './ops'
 import { startBroker } from './start-broker'
 
@@ -204,7 +205,7 @@ t.test('fuzz - slow-loris and partial-frame floods never disturb a well-behaved 
         }
         if (!stop) slowClosed++
       }
-      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 10_000))])
+      await settleWithin(c.closed, 10_000, undefined)
       c.destroy()
       open.delete(c)
       await new Promise((r) => setTimeout(r, flood ? 500 : 50))

@@ -6,6 +6,7 @@ import { RequestCode } from '../../../src/common/protocol/codes'
 import { decodePullResponse, encodePullRequest } from '../../../src/common/protocol/commands'
 import { encodeFrame, encodeFrameHeader, FrameDecoder } from '../../../src/common/protocol/frame'
 import { RawClient } from '../../helpers/raw-client'
+import { settleWithin } from '../../helpers/settle'
 import { ack, message, pull, pullRequest, sendOk } from './ops'
 import { startBroker } from './start-broker'
 
@@ -44,7 +45,11 @@ t.test('slow clients - a frame trickled a byte at a time is closed at the frame 
     if (!c.isClosed && sent < frame.length) c.writeRaw(frame.subarray(sent, ++sent))
   }, 100)
   t.teardown(() => clearInterval(timer))
-  const outcome = await Promise.race([c.closed.then(() => 'closed'), sleep(10_000).then(() => 'open')])
+  const outcome = await settleWithin(
+    c.closed.then(() => 'closed'),
+    10_000,
+    'open',
+  )
   clearInterval(timer)
   t.equal(outcome, 'closed', 'closed by the broker')
   t.ok(sent < frame.length, `closed mid-frame (${sent} of ${frame.length} bytes sent)`)
@@ -256,7 +261,7 @@ t.test('slow clients - a long poll on a connection over its high-water mark wait
     })
   })
   slow.resume()
-  const got = await Promise.race([lpAnswer, sleep(15_000).then(() => -1)])
+  const got = await settleWithin(lpAnswer, 15_000, -1)
   t.equal(got, 10, 'the long poll got the messages once its connection drained')
 })
 
