@@ -129,7 +129,10 @@ t.test('commands - PULL request and response round trip', async (t) => {
     views.push(batch.subarray(at, at + n))
     at += n
   }
-  const adjacent = entries.map((e, i) => ({ ...e, record: i === 3 ? Buffer.from(e.record) : (views[i] as Buffer) }))
+  const adjacent = entries.map((e, i) => ({
+    ...e,
+    record: i === 3 ? Buffer.from(e.record) : (views[i] as Buffer),
+  }))
   const joinedParts = encodePullResponse(adjacent)
   t.equal(joinedParts.length, 4, 'table, records 0-2 as one view, record 3, record 4')
   t.equal(joinedParts[1]?.buffer, batch.buffer, 'the joined view shares the batch memory')
