@@ -94,40 +94,11 @@ function dirBytes(dir: string): number {
 }
 
 /**
- * The frames of a message-log segment file: its bytes up to where its frames end, without the zeroed
- * tail the active segment keeps past its data (src/broker/store/segment-log.ts). Frames are walked by
- * their length fields; a length of 0 (zeros) or one running past the file ends them.
- */
-export function messageLogData(file: Buffer): Buffer {
-  let pos = 0
-  while (pos + 4 <= file.length) {
-    const length = file.readUInt32BE(pos)
-    if (length === 0 || pos + length > file.length) break
-    pos += length
-  }
-  return file.subarray(0, pos)
-}
-
-/** The data of every segment file of a message-log directory, by name (see messageLogData). */
-export function messageLogFiles(dir: string): Map<string, Buffer> {
-  const out = new Map<string, Buffer>()
-  if (!fs.existsSync(dir)) return out
-  for (const name of fs.readdirSync(dir).sort())
-    out.set(name, messageLogData(fs.readFileSync(path.join(dir, name))))
-  return out
-}
-
-/** The data of a message-log directory, its segments one after the other (see messageLogData). */
-export function messageLogBytes(dir: string): Buffer {
-  return Buffer.concat([...messageLogFiles(dir).values()])
-}
-
-/**
  * Marks a (copied, closed) broker data dir as master of epoch 1 from the end of its logs: opened, it
  * writes past what it holds as a promoted master would.
  */
 export function writeEpochOneAtEnd(dataDir: string): void {
-  const m = messageLogBytes(path.join(dataDir, 'messagelog')).length
+  const m = dirBytes(path.join(dataDir, 'messagelog'))
   const a = dirBytes(path.join(dataDir, 'actionlog'))
   writeEpochs(dataDir, { epoch: 1, history: [{ epoch: 1, messageOffset: m, actionOffset: a }] })
 }

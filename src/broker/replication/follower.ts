@@ -190,9 +190,6 @@ export class ReplicationFollower {
       const log = SegmentLog.open({
         dir: spec.dir,
         segmentBytes: Number.MAX_SAFE_INTEGER,
-        // A data dir that was a master: its message log's active segment may end in zeros (its zeroed
-        // tail, segment-log.ts), its clean end, cut by recover.
-        zeroTailIsEnd: layout === undefined && spec.kind === 0,
         ...(this.opts.io !== undefined ? { io: this.opts.io } : {}),
       })
       const cuts = await log.recover(log.startOffset, spec.check, () => undefined)

@@ -153,7 +153,6 @@ export class FileMessageStore implements MessageStore {
       dir: this.dirs.message,
       segmentBytes: o.segmentBytes,
       flush: o.flush,
-      prezeroBytes: o.prezeroBytes,
       hotCacheBytes: o.hotCacheBytes,
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
@@ -315,8 +314,7 @@ export class FileMessageStore implements MessageStore {
     void this.indexBuild?.stop()
     this.retryAlarm.close()
     this.mlog.abandon()
-    // The zero write in flight lands before the files can be opened again (segment-log.ts).
-    const settling: Promise<unknown>[] = [this.alog.abandon(), this.mlog.log.stopZeroing()]
+    const settling: Promise<unknown>[] = [this.alog.abandon()]
     for (const s of this.subjectsIndex.map.values()) settling.push(s.consume.abandon())
     if (this.index) settling.push(this.index.abandon())
     if (this.history) settling.push(this.history.abandon())

@@ -99,12 +99,6 @@ export interface MessageLogOptions {
   dir: string
   segmentBytes: number
   flush: 'sync' | 'async'
-  /**
-   * Zeros kept written and fdatasynced ahead of the active segment's end (segment-log.ts): an append
-   * overwrites them, so its fdatasync commits no size change or block allocation. 0 = none. Either
-   * way recovery reads a clean end followed by zeros as the log's end (a frame of zeros is refused).
-   */
-  prezeroBytes?: number
   hotCacheBytes: number
   maxMessageBytes?: number
   now: () => number
@@ -275,8 +269,6 @@ export class MessageLog {
     this.log = SegmentLog.open({
       dir: opts.dir,
       segmentBytes: opts.segmentBytes,
-      prezeroBytes: opts.prezeroBytes ?? 0,
-      zeroTailIsEnd: true,
       ...(opts.io ? { io: opts.io } : {}),
     })
     this.durableEnd = this.log.endOffset
@@ -688,8 +680,6 @@ export class MessageLog {
     if (this.syncTimer) clearInterval(this.syncTimer)
     await this.idle()
     await this.syncNow().catch(() => undefined)
-    // Its files may be opened again at once (a reopen, a master turned slave): no late zero write.
-    await this.log.stopZeroing()
     this.log.close()
     this.hot.clear()
   }
@@ -698,7 +688,6 @@ export class MessageLog {
   abandon(): void {
     this.closed = true
     this.abandoned = true
-    void this.log.stopZeroing() // FileMessageStore.abandon waits for the extension in flight
     if (this.syncTimer) clearInterval(this.syncTimer)
     // Queued appends are refused now; the write in flight, if any, finishes (its batch is then
     // refused by `pump` if it was never synced: no fdatasync starts after abandon()).

@@ -16,8 +16,6 @@ export const DEFAULT_RETRY_MAX_MS = 600_000 // 10 min
 export const DEFAULT_MAX_RETRIES = 16
 export const DEFAULT_DEDUPE_WINDOW_MS = 600_000 // 10 min
 export const DEFAULT_RETENTION_MS = 72 * 3600_000 // 72 h, as QMQ
-/** Zeros kept ahead of the message log's active segment (segment-log.ts, docs/storage.md). */
-export const DEFAULT_PREZERO_BYTES = 8 * 1024 * 1024
 
 export interface MessageStoreOptions {
   /** Root directory: messagelog/, consumelog/, actionlog/, checkpoint/ live under it. */
@@ -27,8 +25,6 @@ export interface MessageStoreOptions {
   /** Action-log (consumer progress) flush policy; see docs/storage.md. */
   actionFlush: 'sync' | 'async'
   segmentBytes: number
-  /** Zeroed tail kept ahead of the message log's active segment (0 = none); see docs/storage.md. */
-  prezeroBytes: number
   actionLogSegmentBytes: number
   consumeLogSegmentEntries: number
   consumeLogCacheEntries: number
@@ -76,11 +72,6 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
     doc: "Consumer-progress writes: 'sync' fdatasyncs each batch; 'async' syncs every flushIntervalMs",
   }),
   segmentBytes: integer({ default: DEFAULT_SEGMENT_BYTES, min: 4096, doc: 'Message-log segment size' }),
-  prezeroBytes: integer({
-    default: DEFAULT_PREZERO_BYTES,
-    min: 0,
-    doc: "Zeros kept written and synced ahead of the message log's end, so an append's fdatasync commits no file growth (0 = off)",
-  }),
   actionLogSegmentBytes: integer({ default: 64 * 1024 * 1024, min: 4096, doc: 'Action-log segment size' }),
   consumeLogSegmentEntries: integer({
     default: 1_000_000,

@@ -42,30 +42,6 @@ import { type FsIo, nodeFsIo } from './fs-io'
  *   `flushSync` (synchronous writes, used for small appends from timers), before a read or scan that
  *   reaches them, before `appendv`, and by `sync`. A log uses either `appendv` or buffered appends at
  *   a time: `flushSync` refuses to run under an `appendv` in flight.
- *
- * Zeroed tail (`prezeroBytes`, opt-in: the broker's message log only). An append that grows its file
- * makes its fdatasync commit a journal transaction (size change, block allocation) which also waits
- * for other files' ordered data; overwriting blocks that already hold synced zeros needs none. So the
- * active segment keeps up to `prezeroBytes` of zeros ahead of its logical end, written and
- * fdatasynced in the background in chunks (`zeroAhead`) and overwritten by later appends. Invariants:
- * - `seg.size` is the LOGICAL size (every read, scan, `segments()`, `totalBytes`, replication and
- *   retention use it); `seg.fileEnd` is where the file's zeros are known to end (its length, or
- *   less after a failed extension). Every byte of a file past its segment's `size` is zero (or a
- *   hole), in every segment, at all times (an append in flight writes only its own bytes).
- * - One extension at a time, only on the active segment, never past `segmentBytes`, starting at
- *   or past both `fileEnd` and the end of the append in flight; `fileEnd` moves to its end once its
- *   zeros are written AND fdatasynced. An append that would write past the start of the extension in
- *   flight first waits for it: the two never write the same bytes.
- * - A segment that stops being active (roll), a cut (`truncate`, a failed append's undo, recovery's
- *   cut of a damaged tail) cuts the file at the logical end (ftruncate): sealed segments keep file
- *   length == logical length, and no stale byte ever lies past a logical end.
- * - Recovery (`zeroTailIsEnd`, implied by `prezeroBytes`): a segment's data ends where the scan meets
- *   an entry boundary followed only by zeros to the end of the file: that is its clean end, not a
- *   truncation. The log's `check` must refuse an entry of zeros. Damage followed by non-zero bytes is
- *   damage as before (cut, which also drops those bytes). The last segment keeps its zeros when the log
- *   zeroes ahead; any other zero tail is cut.
- * - The zeroer writes and syncs through a descriptor of its own (`zeroFd`): an fdatasync reports a
- *   writeback error once per open file, so its fdatasyncs never take an error meant for the segment's.
  */
 export const SEGMENT_NAME_DIGITS = 20
 const SEGMENT_SUFFIX = '.log'
@@ -75,21 +51,6 @@ export interface SegmentLogOptions {
   /** Size at which the log rolls to a new segment. */
   segmentBytes: number
   io?: FsIo
-  /**
-   * Zeros kept written and fdatasynced ahead of the active segment's logical end (see the class
-   * comment); 0 or absent = none.
-   */
-  prezeroBytes?: number
-  /**
-   * Size of one background extension of the zeroed tail (default 1 MiB; at most `prezeroBytes` and
-   * an eighth of `segmentBytes`).
-   */
-  prezeroChunkBytes?: number
-  /**
-   * Recovery takes an entry boundary followed only by zeros to the end of the file for the segment's
-   * clean end (default: true when `prezeroBytes` > 0). `check` must refuse an entry of zeros.
-   */
-  zeroTailIsEnd?: boolean
 }
 
 export interface SingleFileLogOptions {
@@ -107,15 +68,7 @@ export interface SegmentInfo {
 
 interface Segment {
   base: number
-  /** Logical size: the bytes appended. */
   size: number
-  /**
-   * Where the file's synced zeros end: `size` plus its zeroed tail (the file may be longer after a
-   * failed extension: every byte past `size` is zero or a hole either way).
-   */
-  fileEnd: number
-  /** The zeroer's own descriptor (see the class comment), opened by its first extension. */
-  zeroFd: number | undefined
   file: string
   fd: number
   /** Written bytes not yet covered by an fdatasync. */
@@ -188,22 +141,6 @@ export interface ScanOptions {
   chunkBytes?: number
 }
 
-/** scanRange's options: ScanOptions, and where to report clean ends followed by zeros. */
-interface ScanRangeOptions extends ScanOptions {
-  /**
-   * Read a segment's bytes that are all zeros to the end of its file as no entry: a scan meeting them
-   * at an entry boundary ends the segment there (reported here, not as damage); damage running into
-   * them ends there.
-   */
-  zeroTails?: ZeroTail[]
-}
-
-/** A segment whose entries end at `pos`, followed only by zeros to the end of its file. */
-interface ZeroTail {
-  seg: Segment
-  pos: number
-}
-
 /** A damaged range found by `scan`. */
 interface Damage {
   seg: Segment
@@ -217,15 +154,6 @@ interface Damage {
 }
 
 const DEFAULT_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
-const DEFAULT_PREZERO_CHUNK_BYTES = 1024 * 1024
-/** After a failed extension of a zeroed tail (a full disk), the zeroer rests this long. */
-const PREZERO_REST_MS = 1000
-/** Zeros for the zeroer's writes and recovery's zero test (never written to). */
-let zeroBuffer = Buffer.alloc(0)
-function zeros(bytes: number): Buffer {
-  if (zeroBuffer.length < bytes) zeroBuffer = Buffer.alloc(bytes)
-  return zeroBuffer.subarray(0, bytes)
-}
 /** Largest entry a scan reads whole; a claimed length beyond this counts as damage. */
 export const MAX_SCAN_CHUNK_BYTES = 256 * 1024 * 1024
 const TORN_REASON = 'torn tail (incomplete record)'
@@ -270,38 +198,12 @@ export class SegmentLog {
   private bufferedTotal = 0
   /** Replication (src/broker/replication): told of every append and every cut of the log's end. */
   private readonly listeners = new Set<SegmentLogListener>()
-  /** Zeroed tail (see the class comment): target size, chunk size, recovery's reading of zeros. */
-  private readonly prezeroBytes: number
-  private readonly prezeroChunkBytes: number
-  private readonly zeroTailIsEnd: boolean
-  /** The extension of the zeroed tail in flight (never rejects), and its segment. */
-  private zeroing: { seg: Segment; from: number; done: Promise<void> } | undefined
-  /** `stopZeroing` or `close` was called. */
-  private zeroStopped = false
-  /** Operations changing a file's length in progress: no extension starts (`pauseZeroing`). */
-  private zeroHold = 0
-  /** After a failed extension the zeroer rests until then (ms since epoch). */
-  private zeroRestUntil = 0
-  /** The append in flight: its segment and the position its bytes end at (see `zeroAhead`). */
-  private writeSeg: Segment | undefined
-  private writeEnd = 0
 
   private constructor(opts: SegmentLogOptions, single?: string) {
     this.dir = opts.dir
     this.segmentBytes = opts.segmentBytes
     this.io = opts.io ?? nodeFsIo
     this.single = single
-    this.prezeroBytes = single === undefined ? Math.max(0, opts.prezeroBytes ?? 0) : 0
-    // At most an eighth of a segment (small test segments get a zeroed tail too).
-    this.prezeroChunkBytes = Math.max(
-      1,
-      Math.min(
-        opts.prezeroChunkBytes ?? DEFAULT_PREZERO_CHUNK_BYTES,
-        this.prezeroBytes,
-        Math.floor(opts.segmentBytes / 8),
-      ),
-    )
-    this.zeroTailIsEnd = opts.zeroTailIsEnd ?? this.prezeroBytes > 0
   }
 
   /** Opens (creating the directory if needed) without reading contents. Call `recover` to validate. */
@@ -411,11 +313,9 @@ export class SegmentLog {
     opts: { onSkip?: (range: SkippedRange) => void; chunkBytes?: number } = {},
   ): Promise<Truncation[]> {
     const truncations: Truncation[] = []
-    const zeroTails: ZeroTail[] = []
     const damage = await this.scanRange(from, Number.POSITIVE_INFINITY, check, visit, {
       resync: opts.onSkip !== undefined,
       ...(opts.chunkBytes !== undefined ? { chunkBytes: opts.chunkBytes } : {}),
-      ...(this.zeroTailIsEnd ? { zeroTails } : {}),
     })
     for (const d of damage) {
       if (!d.toSegmentEnd) {
@@ -426,24 +326,11 @@ export class SegmentLog {
         file: path.basename(d.seg.file),
         offset: d.pos,
         logOffset: d.seg.base + d.pos,
-        droppedBytes: d.end - d.pos,
+        droppedBytes: d.seg.size - d.pos,
         reason: d.reason,
       })
-      // The cut also drops whatever followed the damage (zeros, or stale bytes past a lost page).
       if (!d.seg.retired) await this.truncateSegment(d.seg, d.pos)
     }
-    // Clean ends followed by zeros: the last segment keeps its zeros as its zeroed tail when the log
-    // zeroes ahead (they were read back as zeros: an append over them needs no other care); any
-    // other is cut (sealed segments keep file length == logical length).
-    const last = this.segs[this.segs.length - 1]
-    for (const z of zeroTails) {
-      if (z.seg.retired) continue
-      if (z.seg === last && this.prezeroBytes > 0) {
-        z.seg.size = z.pos
-        if (z.seg.durable > z.pos) z.seg.durable = z.pos
-      } else await this.truncateSegment(z.seg, z.pos)
-    }
-    this.zeroAhead()
     return truncations
   }
 
@@ -485,7 +372,7 @@ export class SegmentLog {
     to: number,
     check: ScanCheck,
     visit: ScanVisit,
-    opts: ScanRangeOptions,
+    opts: ScanOptions,
   ): Promise<Damage[]> {
     // Buffered appends in the range are written first (a scan reads files).
     if (this.bufferedTotal > 0 && to > this.endOffset && !this.writing) this.flushSync()
@@ -498,14 +385,9 @@ export class SegmentLog {
       const stop = Math.min(seg.size, to - seg.base)
       let filePos = Math.max(0, from - seg.base)
       let bad: { pos: number; reason: string } | undefined
-      /** Where the zeros that run to the end of the file begin (zeroTails only). */
-      let zeroFrom = Number.POSITIVE_INFINITY
-      /** The entry boundary at which the scan met those zeros, if it did. */
-      let zerosAt = -1
       seg.refs++
       try {
-        if (opts.zeroTails !== undefined && stop === seg.size) zeroFrom = await this.zerosFrom(seg, filePos)
-        while (filePos < stop && zerosAt < 0) {
+        while (filePos < stop) {
           const want = Math.min(chunk.length, stop - filePos)
           const n = await this.readFully(seg.fd, chunk, want, filePos)
           if (n === 0) break
@@ -513,11 +395,6 @@ export class SegmentLog {
           let pos = 0
           let needMore = false
           while (pos < n) {
-            if (filePos + pos >= zeroFrom) {
-              // Only zeros from here to the end of the file: no entry starts here.
-              zerosAt = filePos + pos
-              break
-            }
             const offset = seg.base + filePos + pos
             const r = check(chunk, pos, n, offset)
             if (r.kind === 'record') {
@@ -537,7 +414,7 @@ export class SegmentLog {
             if (!opts.resync) break
             pos++
           }
-          if (zerosAt >= 0 || (bad && !opts.resync)) break
+          if (bad && !opts.resync) break
           if (needMore && pos === 0) {
             // An entry bigger than the chunk: read it whole with a bigger chunk (entries are bounded by
             // `check`; a claimed length past the cap is damage).
@@ -557,35 +434,10 @@ export class SegmentLog {
       if (bad) {
         const toSegmentEnd = stop === seg.size
         const reason = toSegmentEnd && bad.reason === SHORT_REASON ? TORN_REASON : bad.reason
-        out.push({ seg, pos: bad.pos, end: Math.min(stop, zeroFrom), toSegmentEnd, reason })
-      } else if (zerosAt >= 0) opts.zeroTails?.push({ seg, pos: zerosAt })
+        out.push({ seg, pos: bad.pos, end: stop, toSegmentEnd, reason })
+      }
     }
     return out
-  }
-
-  /**
-   * The position in `seg` from which its file holds only zeros up to `seg.size` (its length, before
-   * recovery), read backwards from the end; not below `from`.
-   */
-  private async zerosFrom(seg: Segment, from: number): Promise<number> {
-    const BLOCK = 4096
-    const buf = Buffer.allocUnsafe(Math.min(1024 * 1024, Math.max(BLOCK, seg.size - from)))
-    let end = seg.size
-    while (end > from) {
-      const start = Math.max(from, end - buf.length)
-      const n = await this.readFully(seg.fd, buf, end - start, start)
-      if (n < end - start) return end // the file is shorter than expected: no zero tail to rely on
-      // Whole blocks compared natively, from the end; the last one with a non-zero byte byte by byte.
-      for (let b = n; b > 0; b -= BLOCK) {
-        const a = Math.max(0, b - BLOCK)
-        if (buf.subarray(a, b).equals(zeros(b - a))) continue
-        let i = b - 1
-        while (buf[i] === 0) i--
-        return start + i + 1
-      }
-      end = start
-    }
-    return from
   }
 
   private async readFully(fd: number, buf: Buffer, length: number, position: number): Promise<number> {
@@ -598,130 +450,15 @@ export class SegmentLog {
     return done
   }
 
-  /** Cuts a segment's file at `size` (its zeroed tail too), durably; `size` becomes its logical size. */
   private async truncateSegment(seg: Segment, size: number): Promise<void> {
-    await this.pauseZeroing()
     try {
       await this.io.ftruncate(seg.fd, size)
       await this.io.fdatasync(seg.fd)
     } catch (err) {
       throw fsError(err, `truncating ${seg.file}`)
-    } finally {
-      this.zeroHold--
     }
     seg.size = size
-    seg.fileEnd = size
     if (seg.durable > size) seg.durable = size
-  }
-
-  /** Resolves when no extension of the zeroed tail is in flight (tests, benchmarks). */
-  async zeroingIdle(): Promise<void> {
-    while (this.zeroing !== undefined) await this.zeroing.done
-  }
-
-  /**
-   * No extension of the zeroed tail starts any more; resolves when the one in flight is done. Before
-   * the files are handed to another log in this process (a store closed, or abandoned as by a crash,
-   * and opened again; a master turned slave): a late zero write must not land on their bytes.
-   */
-  stopZeroing(): Promise<void> {
-    this.zeroStopped = true
-    return this.zeroingIdle()
-  }
-
-  /** Length of the active segment's file (its logical size plus its zeroed tail). */
-  get activeFileBytes(): number {
-    const last = this.segs[this.segs.length - 1]
-    return last ? last.fileEnd : 0
-  }
-
-  /**
-   * Waits for the extension of a zeroed tail in flight, if any, and keeps new ones from starting
-   * until the caller drops `zeroHold` (in a `finally`): for a change of a file's length.
-   */
-  private async pauseZeroing(): Promise<void> {
-    this.zeroHold++
-    while (this.zeroing !== undefined) await this.zeroing.done
-  }
-
-  /**
-   * A segment stops being active (the log rolls past it): its zeroed tail is cut (after the extension
-   * in flight, if any) so its file length is its logical size. Synced with the segment's next sync
-   * (it is marked dirty): a sync that counts later bytes durable covers the cut. When the cut fails
-   * the zeros stay (harmless: reads stop at `size`; recovery cuts them).
-   */
-  private async seal(seg: Segment): Promise<void> {
-    await this.pauseZeroing()
-    try {
-      if (seg.retired) return
-      // Untouched by the zeroer (which may leave zeros past `fileEnd`): nothing past its end.
-      if (seg.zeroFd === undefined && seg.fileEnd === seg.size) return
-      if (seg.zeroFd !== undefined) {
-        closeQuietly(seg.zeroFd)
-        seg.zeroFd = undefined
-      }
-      await this.io.ftruncate(seg.fd, seg.size)
-      seg.fileEnd = seg.size
-      seg.dirty = true
-    } catch {
-      // see above
-    } finally {
-      this.zeroHold--
-    }
-  }
-
-  /**
-   * Extends the active segment's zeroed tail by one chunk in the background when it is below half of
-   * `prezeroBytes` (or, `filling`, below all of it: the chunks of one refill follow each other).
-   * One at a time, never past `segmentBytes`, written and fdatasynced through `zeroFd`; `fileEnd`
-   * moves to its end once both are done. It starts at `fileEnd`, or (a fresh segment, a tail used up)
-   * a quarter chunk past the end of the append in flight, leaving a hole the next appends fill as they
-   * would without zeroing: they need not wait for it. An append that would write past its start
-   * waits for it (appendBatch). After a failure (a full disk) the zeroer rests PREZERO_REST_MS; what
-   * it wrote stays (zeros past `fileEnd`: cut by the seal or a truncation); appends do not care.
-   */
-  private zeroAhead(filling = false): void {
-    if (this.prezeroBytes <= 0 || this.zeroing !== undefined || this.zeroHold > 0 || this.zeroStopped) return
-    const seg = this.segs[this.segs.length - 1]
-    if (seg === undefined || seg.retired) return
-    const limit = Math.min(seg.size + this.prezeroBytes, this.segmentBytes)
-    if (!filling && seg.fileEnd - seg.size >= this.prezeroBytes / 2) return
-    if (this.zeroRestUntil > 0 && Date.now() < this.zeroRestUntil) return
-    const front = this.writeSeg === seg ? Math.max(seg.size, this.writeEnd) : seg.size
-    const lead = Math.ceil(this.prezeroChunkBytes / 4)
-    const from = seg.fileEnd >= front + lead ? seg.fileEnd : front + lead
-    if (from >= limit) return
-    const bytes = Math.min(this.prezeroChunkBytes, limit - from)
-    seg.refs++
-    const done = this.extend(seg, from, bytes).then((ok) => {
-      this.zeroing = undefined
-      this.release(seg)
-      if (seg.retired) return
-      if (ok) {
-        if (from + bytes > seg.fileEnd) seg.fileEnd = from + bytes
-        this.zeroAhead(true)
-      } else this.zeroRestUntil = Date.now() + PREZERO_REST_MS
-    })
-    this.zeroing = { seg, from, done }
-  }
-
-  /** Writes and fdatasyncs `bytes` zeros at `from` of `seg` (zeroAhead); false when it failed. */
-  private async extend(seg: Segment, from: number, bytes: number): Promise<boolean> {
-    try {
-      if (seg.zeroFd === undefined) seg.zeroFd = fs.openSync(seg.file, 'r+')
-      const fd = seg.zeroFd
-      const buf = zeros(bytes)
-      for (let w = 0; w < bytes; ) {
-        const n = await this.io.write(fd, buf.subarray(w), from + w)
-        if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' })
-        w += n
-      }
-      await this.io.fdatasync(fd)
-      return true
-    } catch {
-      // Not cut back here: an append may be writing past `fileEnd` meanwhile (zeroAhead).
-      return false
-    }
   }
 
   /**
@@ -739,21 +476,7 @@ export class SegmentLog {
     this.writing = true
     try {
       let seg = this.segs[this.segs.length - 1]
-      if (!seg || (mayRoll && seg.size > 0 && seg.size + bytes > this.segmentBytes)) {
-        if (seg !== undefined && this.prezeroBytes > 0) {
-          await this.seal(seg)
-          if (seg.retired || this.segs[this.segs.length - 1] !== seg) throw changedUnder(seg)
-        }
-        seg = this.roll()
-      }
-      // No extension of the zeroed tail starts while this write runs past its end (zeroAhead), and
-      // this write waits for the one in flight before writing past it: never the same bytes at once.
-      this.writeSeg = seg
-      this.writeEnd = seg.size + bytes
-      if (this.zeroing?.seg === seg && this.writeEnd > this.zeroing.from) {
-        await this.zeroing.done
-        if (seg.retired) throw changedUnder(seg)
-      }
+      if (!seg || (mayRoll && seg.size > 0 && seg.size + bytes > this.segmentBytes)) seg = this.roll()
       const start = seg.size
       // Held until the write is back: a segment retired meanwhile (closed, cut off by `truncate`,
       // removed) keeps its descriptor open, so the write never lands in a file that reused its number.
@@ -770,22 +493,10 @@ export class SegmentLog {
       } catch (err) {
         // Undo whatever part of the batch reached the file. If even that fails, the next recover
         // (on open) cuts the unacknowledged tail.
-        // With a zeroed tail the cut takes it too (after the extension in flight): zeroAhead makes it
-        // again.
-        let paused = false
         try {
-          if (!seg.retired) {
-            if (this.prezeroBytes > 0) {
-              paused = true
-              await this.pauseZeroing()
-            }
-            await this.io.ftruncate(seg.fd, start)
-            seg.fileEnd = start
-          }
+          if (!seg.retired) await this.io.ftruncate(seg.fd, start)
         } catch {
           // ignored: reported through the write error
-        } finally {
-          if (paused) this.zeroHold--
         }
         throw fsError(err, `writing ${path.basename(seg.file)}`)
       } finally {
@@ -799,14 +510,11 @@ export class SegmentLog {
         )
       }
       seg.size = start + bytes
-      if (seg.size > seg.fileEnd) seg.fileEnd = seg.size
       seg.dirty = true
       if (this.listeners.size > 0) for (const l of this.listeners) l.appended?.(seg.base + seg.size)
       return seg.base + start
     } finally {
       this.writing = false
-      this.writeSeg = undefined
-      this.zeroAhead()
     }
   }
 
@@ -815,7 +523,6 @@ export class SegmentLog {
    * logical offset at once. Written by `flushSync` (or a read, scan, `appendv` or `sync` that needs it).
    */
   appendBuffered(...parts: Buffer[]): number {
-    if (this.prezeroBytes > 0) throw new QmqError('QMQ_ERR_INTERNAL', 'buffered appends to a zeroing log')
     const offset = this.nextOffset
     let bytes = 0
     for (const p of parts) {
@@ -898,13 +605,6 @@ export class SegmentLog {
     const seg = this.findSegment(offset)
     if (!seg) throw new QmqError('QMQ_ERR_NOT_FOUND', `offset ${offset} is not in ${this.single ?? this.dir}`)
     const pos = offset - seg.base
-    // Never past the logical end (a zeroed tail lies beyond it in the file).
-    if (pos + length > seg.size) {
-      throw new QmqError(
-        'QMQ_ERR_STORE_IO',
-        `${path.basename(seg.file)} ends before ${pos + length} (${seg.size} bytes written)`,
-      )
-    }
     const buf = into ?? Buffer.allocUnsafe(length)
     seg.refs++
     try {
@@ -943,7 +643,6 @@ export class SegmentLog {
    */
   async appendCopied(segmentBase: number, data: Buffer): Promise<number> {
     if (this.writing) throw new QmqError('QMQ_ERR_INTERNAL', 'concurrent appends to one segment log')
-    if (this.prezeroBytes > 0) throw new QmqError('QMQ_ERR_INTERNAL', 'copied appends to a zeroing log')
     const last = this.segs[this.segs.length - 1]
     if (last === undefined || (segmentBase === this.endOffset && last.size > 0 && last.base < segmentBase)) {
       this.roll()
@@ -1261,14 +960,12 @@ export class SegmentLog {
     const last = this.segs[this.segs.length - 1]
     if (last && last.base + last.size > offset) await this.truncateSegment(last, offset - last.base)
     if (this.endOffset !== offset || this.segs.length === 0) {
-      if (last !== undefined && this.prezeroBytes > 0) await this.seal(last)
       const file = path.join(this.dir, segmentFileName(offset))
       const fd = fs.openSync(file, 'w+')
       this.segs.push({ ...openedSegment(offset, file, fd, 0), dirty: true })
       fsyncDir(this.dir)
     }
     for (const l of this.listeners) l.truncated?.(offset)
-    this.zeroAhead()
   }
 
   private dropLast(): void {
@@ -1279,7 +976,7 @@ export class SegmentLog {
   /** Drops a hold on a segment's descriptor; the last one of a retired segment closes it. */
   private release(seg: Segment): void {
     seg.refs--
-    if (seg.retired && seg.refs === 0) closeSegment(seg)
+    if (seg.retired && seg.refs === 0) closeQuietly(seg.fd)
   }
 
   /**
@@ -1290,7 +987,7 @@ export class SegmentLog {
     if (seg.retired) return
     seg.retired = true
     if (unlink) fs.rmSync(seg.file, { force: true })
-    if (seg.refs === 0) closeSegment(seg)
+    if (seg.refs === 0) closeQuietly(seg.fd)
   }
 
   /** Deletes the oldest segment (never the only / active one). Returns what was deleted. */
@@ -1319,7 +1016,6 @@ export class SegmentLog {
    * yet written are dropped: `sync()` first to keep them.
    */
   close(): void {
-    this.zeroStopped = true
     for (const s of this.segs) this.retire(s, false)
     this.segs = []
     this.dropBuffered()
@@ -1327,7 +1023,6 @@ export class SegmentLog {
 
   /** Drops buffered appends and deletes every segment file (reads in flight finish first). */
   remove(): void {
-    this.zeroStopped = true
     for (const s of this.segs) this.retire(s, true)
     this.segs = []
     this.dropBuffered()
@@ -1338,8 +1033,6 @@ function openedSegment(base: number, file: string, fd: number, size: number): Se
   return {
     base,
     size,
-    fileEnd: size,
-    zeroFd: undefined,
     file,
     fd,
     dirty: false,
@@ -1376,20 +1069,6 @@ function writevFullySync(fd: number, parts: Buffer[], bytes: number, position: n
     if (n === 0) throw Object.assign(new Error(`short write: ${written} of ${bytes} bytes`), { code: 'EIO' })
     written += n
   }
-}
-
-/** An append found its segment taken out of the log (closed, cut off) while it waited. */
-function changedUnder(seg: Segment): QmqError {
-  return new QmqError(
-    'QMQ_ERR_STORE_CLOSED',
-    `${path.basename(seg.file)} was closed or cut off while an append to it was waiting`,
-  )
-}
-
-function closeSegment(seg: Segment): void {
-  closeQuietly(seg.fd)
-  if (seg.zeroFd !== undefined) closeQuietly(seg.zeroFd)
-  seg.zeroFd = undefined
 }
 
 function closeQuietly(fd: number): void {

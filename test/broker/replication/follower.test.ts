@@ -9,13 +9,7 @@ import { type FsIo, nodeFsIo } from '../../../src/broker/store'
 import { checkFrame } from '../../../src/broker/store/message-log'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
-import {
-  messageLogBytes as messageLogDirBytes,
-  replicationTestBroker,
-  tempDir,
-  testFollowerOptions,
-  waitUntil,
-} from '../../helpers/replication'
+import { replicationTestBroker, tempDir, testFollowerOptions, waitUntil } from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -63,9 +57,14 @@ function followerOptions(dataDir: string, findMaster: () => Promise<string | und
   return testFollowerOptions(dataDir, SECRET, findMaster, 50)
 }
 
-/** The frames of a data dir's message log (a master's active segment keeps a zeroed tail past them). */
 function messageLogBytes(dataDir: string): Buffer {
-  return messageLogDirBytes(path.join(dataDir, 'messagelog'))
+  const dir = path.join(dataDir, 'messagelog')
+  return Buffer.concat(
+    fs
+      .readdirSync(dir)
+      .sort()
+      .map((f) => fs.readFileSync(path.join(dir, f))),
+  )
 }
 
 /**

@@ -7,7 +7,7 @@ import { SegmentLog } from '../../../src/broker/store/segment-log'
 import { subjectDirName } from '../../../src/broker/store/subject-dirs'
 import { silentLogger } from '../../../src/common/logger'
 import { encodeRecord, readRecordHeader } from '../../../src/common/record'
-import { messageLogBytes, tempDir } from '../../helpers/replication'
+import { tempDir } from '../../helpers/replication'
 
 /**
  * The slave's consume logs (replication/slave-consume.ts) against a store's own: the bytes of a real
@@ -75,7 +75,7 @@ async function copy(
 t.test('consume logs from chunks cut anywhere equal the store own, also after a cut', async (t) => {
   const master = tempDir(t, 'qmq-slave-consume-master-')
   await masterLog(master, 0, 600)
-  const bytes = messageLogBytes(path.join(master, 'messagelog'))
+  const bytes = logBytes(path.join(master, 'messagelog'))
   const slave = tempDir(t, 'qmq-slave-consume-slave-')
   const mlog = SegmentLog.open({ dir: path.join(slave, 'messagelog'), segmentBytes: Number.MAX_SAFE_INTEGER })
   t.teardown(() => mlog.close())
@@ -124,7 +124,7 @@ t.test('consume logs from chunks cut anywhere equal the store own, also after a 
   await otherLog.truncate(frameEnd)
   otherLog.close()
   await masterLog(other, 10_000, 200)
-  const otherBytes = messageLogBytes(path.join(other, 'messagelog'))
+  const otherBytes = logBytes(path.join(other, 'messagelog'))
 
   consume = new SlaveConsumeLogs(
     { root: consumeRoot, maxMessageBytes: 1024 * 1024, entriesPerSegment: 100 },
@@ -143,7 +143,7 @@ t.test('consume logs from chunks cut anywhere equal the store own, also after a 
 t.test('after a RESET each subject starts at its first sequence copied, without holes', async (t) => {
   const master = tempDir(t, 'qmq-slave-consume-master-')
   await masterLog(master, 0, 600)
-  const bytes = messageLogBytes(path.join(master, 'messagelog'))
+  const bytes = logBytes(path.join(master, 'messagelog'))
   // Frame boundaries of the master's log (the length field of each frame).
   const frames: number[] = []
   for (let o = 0; o < bytes.length; o += bytes.readUInt32BE(o)) frames.push(o)
@@ -203,7 +203,7 @@ t.test(
       900,
       (j) => subjects[j < 450 ? (j % 3) + 3 * Math.floor(j / 150) : j % 12] as string,
     )
-    const bytes = messageLogBytes(path.join(master, 'messagelog'))
+    const bytes = logBytes(path.join(master, 'messagelog'))
     const slave = tempDir(t, 'qmq-slave-consume-slave-')
     const mlog = SegmentLog.open({
       dir: path.join(slave, 'messagelog'),
@@ -229,7 +229,7 @@ t.test('a damaged record whose frame header still reads is not filed under anoth
   // filed the record, and holes up to its sequence, into q.3's consume log.
   const master = tempDir(t, 'qmq-slave-consume-damaged-')
   await masterLog(master, 0, 40, (j) => (j % 2 === 0 ? 'q.1' : 'q.3'))
-  const bytes = Buffer.from(messageLogBytes(path.join(master, 'messagelog')))
+  const bytes = Buffer.from(logBytes(path.join(master, 'messagelog')))
   // The 31st frame (a q.1 record, sequence 15) gets q.3's subject; its record CRC no longer matches.
   let p = 0
   for (let i = 0; i < 30; i++) p += bytes.readUInt32BE(p)

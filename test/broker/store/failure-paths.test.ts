@@ -25,10 +25,7 @@ function logOf(fd: number): string {
 
 const eio = (what: string) => Object.assign(new Error(`EIO: injected ${what} failure`), { code: 'EIO' })
 
-/**
- * Fails the next `n` fdatasyncs / ftruncates of one log. The stores using it run without a zeroed
- * tail (prezeroBytes 0): the zeroer's fdatasyncs of the message log would take the faults.
- */
+/** Fails the next `n` fdatasyncs / ftruncates of one log. */
 function faultyIo() {
   const faults = {
     sync: { messagelog: 0, actionlog: 0 } as Record<LogName, number>,
@@ -84,7 +81,6 @@ t.test(
     const { faults, io } = faultyIo()
     let store: FileMessageStore = await open(dir, {
       io,
-      prezeroBytes: 0,
       actionFlush: 'sync',
       checkpointIntervalMs: 3_600_000,
     })
@@ -115,13 +111,7 @@ t.test(
     const { faults, io } = faultyIo()
     const registry = createRegistry()
     const { lines, logger } = capture()
-    let store: FileMessageStore = await open(dir, {
-      io,
-      prezeroBytes: 0,
-      registry,
-      logger,
-      checkpointIntervalMs: 3_600_000,
-    })
+    let store: FileMessageStore = await open(dir, { io, registry, logger, checkpointIntervalMs: 3_600_000 })
     const acked = new Map<number, string>()
     const [first] = await store.append([rec('s', { id: 'keep', body: 'kept' })])
     acked.set(first?.sequence as number, 'kept')
@@ -179,7 +169,6 @@ t.test(
     const { lines, logger } = capture()
     let store: FileMessageStore = await open(dir, {
       io,
-      prezeroBytes: 0,
       registry,
       logger,
       actionFlush: 'sync',
@@ -222,7 +211,6 @@ t.test("store - flush 'async': background fdatasync errors are logged and counte
   const { lines, logger } = capture()
   const store = await open(dir, {
     io,
-    prezeroBytes: 0,
     registry,
     logger,
     flush: 'async',

@@ -11,8 +11,6 @@ import { bodyOf, open, pullOpts, rec, sd } from './helpers'
  * started after its write completed. The message log's fdatasyncs are held by the test and released
  * (or failed) one at a time.
  */
-// The stores with the gated io run without a zeroed tail (prezeroBytes 0): the gate would hold the
-// zeroer's fdatasyncs too (the same file), and the test counts and releases the message log's.
 function isMessageLog(fd: number): boolean {
   try {
     return fs.readlinkSync(`/proc/self/fd/${fd}`).includes('/messagelog/')
@@ -75,7 +73,7 @@ t.test(
   async (t) => {
     const dir = t.testdir()
     const { state, io } = gatedIo()
-    const store = await open(dir, { io, prezeroBytes: 0, checkpointIntervalMs: 60_000 })
+    const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
     t.teardown(() => store.close().catch(() => undefined))
     state.gate = true
     const writes0 = state.writes
@@ -128,7 +126,7 @@ t.test(
   async (t) => {
     const dir = t.testdir()
     const { state, io } = gatedIo()
-    let store = await open(dir, { io, prezeroBytes: 0, checkpointIntervalMs: 60_000 })
+    let store = await open(dir, { io, checkpointIntervalMs: 60_000 })
     t.same(sd(await store.append([rec('gc', { id: 'keep', body: 'kept' })])), [
       { sequence: 0, duplicate: false },
     ])
@@ -181,7 +179,7 @@ t.test(
   async (t) => {
     const dir = t.testdir()
     const { state, io } = gatedIo()
-    const store = await open(dir, { io, prezeroBytes: 0, checkpointIntervalMs: 60_000 })
+    const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
     t.teardown(() => store.close().catch(() => undefined))
     state.gate = true
     const order: string[] = []
@@ -213,7 +211,7 @@ t.test(
   async (t) => {
     const dir = t.testdir()
     const { state, io } = gatedIo()
-    const store = await open(dir, { io, prezeroBytes: 0, checkpointIntervalMs: 60_000 })
+    const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
     t.teardown(() => store.close().catch(() => undefined))
     t.same(sd(await store.append([rec('gc', { id: 'keep', body: 'kept' })])), [
       { sequence: 0, duplicate: false },
@@ -246,7 +244,7 @@ t.test(
 t.test("store - 'sync': a failed write rejects only its batch; the batch being synced is kept", async (t) => {
   const dir = t.testdir()
   const { state, io } = gatedIo()
-  const store = await open(dir, { io, prezeroBytes: 0, checkpointIntervalMs: 60_000 })
+  const store = await open(dir, { io, checkpointIntervalMs: 60_000 })
   t.teardown(() => store.close().catch(() => undefined))
   state.gate = true
   const a = track(store.append([rec('gc', { id: 'a', body: 'A' })]))

@@ -13,9 +13,7 @@ function frames(dir: string): { file: string; buf: Buffer; starts: number[] } {
   const file = path.join(dir, 'messagelog', names[0] as string)
   const buf = fs.readFileSync(file)
   const starts: number[] = []
-  // The zeroed tail past the last frame (segment-log.ts) reads as length 0.
-  for (let pos = 0; pos < buf.length && buf.readUInt32BE(pos) > 0; pos += buf.readUInt32BE(pos))
-    starts.push(pos)
+  for (let pos = 0; pos < buf.length; pos += buf.readUInt32BE(pos)) starts.push(pos)
   return { file, buf, starts }
 }
 
@@ -97,19 +95,10 @@ t.test('recovery - damage with no valid record after it is a torn tail, still cu
   fs.writeFileSync(file, buf)
   const again = await open(dir)
   t.teardown(() => again.close())
-  // The damaged frame is the last one: the zeroed tail after it is not counted as dropped.
-  t.match(again.recoveryReport?.truncated, [{ offset: pos, droppedBytes: buf.readUInt32BE(pos) }])
+  t.match(again.recoveryReport?.truncated, [{ offset: pos, droppedBytes: buf.length - pos }])
   t.same(again.recoveryReport?.skipped, [])
   t.same(again.recoveryReport?.lostMessages, [], 'nothing after it shows a lost sequence')
-  t.equal(again.mlog.log.endOffset, pos, 'the log ends at the damage')
-  // Cut there: only zeros follow (the zeroed tail made again, segment-log.ts).
-  t.ok(
-    fs
-      .readFileSync(file)
-      .subarray(pos)
-      .every((b) => b === 0),
-    'the file is cut at the damage',
-  )
+  t.equal(fs.statSync(file).size, pos, 'the file is cut at the damage')
   t.same(
     await pullAll(again, 'd'),
     Array.from({ length: 9 }, (_, i) => body(i)),
