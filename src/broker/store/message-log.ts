@@ -452,7 +452,18 @@ export class MessageLog {
       batch.start = await this.log.appendv([batch.data], batch.bytes)
     } catch (err) {
       this.writing = undefined
-      // Only this batch (the newest) is affected: the segment log cut its partial write.
+      // Only this batch (the newest) is affected: the segment log cut its partial write. If it could
+      // not, the next batch would be written over those bytes and its sequences would follow records
+      // a recovery may keep (as after a failed fdatasync's cut, failUnsynced): appends stop.
+      const left = this.log.partialLeft
+      if (left !== undefined && this.failed === undefined) {
+        this.failed = new QmqError(
+          'QMQ_ERR_STORE_FAILED',
+          `message log: a failed write could not be cut off (${left.message}); appends are refused until the store is reopened`,
+          { cause: left },
+        )
+        this.opts.onFailed?.(this.failed)
+      }
       this.reject([batch], err)
       if (this.syncError !== undefined) this.failUnsynced()
       else this.pump()

@@ -198,6 +198,11 @@ export class SegmentLog {
   private bufferedTotal = 0
   /** Replication (src/broker/replication): told of every append and every cut of the log's end. */
   private readonly listeners = new Set<SegmentLogListener>()
+  /**
+   * Set once a failed write's partial bytes could not be cut off (the ftruncate failed too): they sit
+   * in the active segment past the log's end until a recovery (on open) deals with them.
+   */
+  partialLeft: QmqError | undefined
 
   private constructor(opts: SegmentLogOptions, single?: string) {
     this.dir = opts.dir
@@ -491,12 +496,14 @@ export class SegmentLog {
           n += m
         }
       } catch (err) {
-        // Undo whatever part of the batch reached the file. If even that fails, the next recover
-        // (on open) cuts the unacknowledged tail.
+        // Undo whatever part of the batch reached the file. If even that fails, the bytes stay past
+        // the log's end (`partialLeft`): the next append would write over them from the same offset,
+        // and the records of a longer failed batch would outlive a shorter one there (a recovery
+        // would take them for data). A log that cannot tolerate that stops appending (message-log.ts).
         try {
           if (!seg.retired) await this.io.ftruncate(seg.fd, start)
-        } catch {
-          // ignored: reported through the write error
+        } catch (cutErr) {
+          this.partialLeft ??= fsError(cutErr, `cutting a failed write off ${path.basename(seg.file)}`)
         }
         throw fsError(err, `writing ${path.basename(seg.file)}`)
       } finally {

@@ -25,13 +25,17 @@ function logOf(fd: number): string {
 
 const eio = (what: string) => Object.assign(new Error(`EIO: injected ${what} failure`), { code: 'EIO' })
 
-/** Fails the next `n` fdatasyncs / ftruncates of one log. */
+/**
+ * Fails the next `n` fdatasyncs / ftruncates of one log; `torn`: the next `n` writevs write their first
+ * half, then fail (a disk that failed mid-batch).
+ */
 function faultyIo() {
   const faults = {
     sync: { messagelog: 0, actionlog: 0 } as Record<LogName, number>,
     truncate: { messagelog: 0, actionlog: 0 } as Record<LogName, number>,
+    torn: { messagelog: 0, actionlog: 0 } as Record<LogName, number>,
   }
-  const take = (kind: 'sync' | 'truncate', fd: number): boolean => {
+  const take = (kind: 'sync' | 'truncate' | 'torn', fd: number): boolean => {
     const path = logOf(fd)
     for (const log of ['messagelog', 'actionlog'] as const) {
       if (path.includes(`/${log}/`) && faults[kind][log] > 0) {
@@ -46,6 +50,12 @@ function faultyIo() {
     fdatasync: (fd) => (take('sync', fd) ? Promise.reject(eio('fdatasync')) : nodeFsIo.fdatasync(fd)),
     ftruncate: (fd, len) =>
       take('truncate', fd) ? Promise.reject(eio('ftruncate')) : nodeFsIo.ftruncate(fd, len),
+    writev: async (fd, buffers, position) => {
+      if (!take('torn', fd)) return nodeFsIo.writev(fd, buffers, position)
+      const all = Buffer.concat(buffers)
+      await nodeFsIo.write(fd, all.subarray(0, all.length >> 1), position)
+      throw eio('writev (half written)')
+    },
   }
   return { faults, io }
 }
@@ -155,6 +165,54 @@ t.test(
       all.every((m) => ['kept', 'rejected'].includes(bodyOf(m.record))),
       'at most the rejected message comes back (maybe stored), nothing else',
     )
+    const [again] = await store.append([rec('s', { body: 'after reopen' })])
+    t.equal(again?.sequence, all.length, 'appends work again after a reopen, sequences continue')
+  },
+)
+
+t.test(
+  'store - when a failed write cannot be cut off, appends stop instead of writing over its records',
+  async (t) => {
+    const dir = t.testdir()
+    const { faults, io } = faultyIo()
+    const registry = createRegistry()
+    const { lines, logger } = capture()
+    let store: FileMessageStore = await open(dir, { io, registry, logger, checkpointIntervalMs: 3_600_000 })
+    const acked = new Map<number, string>()
+    const [first] = await store.append([rec('s', { id: 'keep', body: 'kept' })])
+    acked.set(first?.sequence as number, 'kept')
+
+    // A batch of four: half of it reaches the file (two whole records), then the write fails and so
+    // does the cut that should undo it.
+    faults.torn.messagelog = 1
+    faults.truncate.messagelog = 1
+    const failed = ['f1', 'f2', 'f3', 'f4'].map((body) => rec('s', { id: body, body }))
+    await t.rejects(store.append(failed), { code: 'QMQ_ERR_STORE_IO' })
+    t.equal(faults.truncate.messagelog, 0, 'the cut was tried and failed')
+
+    // A shorter batch written over those bytes would leave the failed batch's later records after
+    // it, where a recovery finds them: refused instead.
+    try {
+      const [r] = await store.append([rec('s', { body: 'after' })])
+      acked.set(r?.sequence as number, 'after')
+      t.fail(`append acknowledged with sequence ${r?.sequence}`)
+    } catch (err) {
+      t.ok(isQmqError(err, 'QMQ_ERR_STORE_FAILED'), 'refused with QMQ_ERR_STORE_FAILED')
+    }
+    t.equal(await metricValue(registry, 'qmq_store_failed', { log: 'message' }), 1, 'qmq_store_failed 1')
+    t.ok(
+      lines.some((l) => l.level === 'error' && /refus/i.test(String(l.msg))),
+      'an error line says appends are refused',
+    )
+    await store.abandon() // a crash
+
+    store = await open(dir, { checkpointIntervalMs: 3_600_000 })
+    t.teardown(() => store.close())
+    const all = await store.pull(pullOpts('s', 'fresh', 'c'))
+    const bySeq = new Map(all.map((m) => [m.sequence, bodyOf(m.record)]))
+    for (const [seq, body] of acked)
+      t.equal(bySeq.get(seq), body, `acknowledged ${body} kept sequence ${seq}`)
+    t.equal(new Set(all.map((m) => m.sequence)).size, all.length, 'no sequence twice')
     const [again] = await store.append([rec('s', { body: 'after reopen' })])
     t.equal(again?.sequence, all.length, 'appends work again after a reopen, sequences continue')
   },
