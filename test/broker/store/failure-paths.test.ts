@@ -1,4 +1,5 @@
 import fs from 'node:fs'
+import type { Test } from 'tap'
 import t from 'tap'
 import type { FsIo } from '../../../src/broker/store'
 import { nodeFsIo } from '../../../src/broker/store'
@@ -84,6 +85,50 @@ function capture() {
   return { lines, logger }
 }
 
+/**
+ * After the message log failed closed: every append is refused with QMQ_ERR_STORE_FAILED (one that
+ * is acknowledged anyway goes into `acked`), with an error line and qmq_store_failed{log="message"} 1.
+ */
+async function appendsRefused(
+  t: Test,
+  store: FileMessageStore,
+  registry: Registry,
+  lines: Record<string, unknown>[],
+  acked: Map<number, string>,
+  bodies: string[],
+): Promise<void> {
+  for (const body of bodies) {
+    try {
+      const [r] = await store.append([rec('s', { body })])
+      acked.set(r?.sequence as number, body)
+      t.fail(`append of ${body} acknowledged with sequence ${r?.sequence}`)
+    } catch (err) {
+      t.ok(isQmqError(err, 'QMQ_ERR_STORE_FAILED'), `${body}: refused with QMQ_ERR_STORE_FAILED`)
+    }
+  }
+  t.equal(await metricValue(registry, 'qmq_store_failed', { log: 'message' }), 1, 'qmq_store_failed 1')
+  t.ok(
+    lines.some((l) => l.level === 'error' && /refus/i.test(String(l.msg))),
+    'an error line says appends are refused',
+  )
+}
+
+/**
+ * Reopens `dir` after a crash: every acknowledged message kept its sequence, no sequence twice, and
+ * appends go on after the last one. Returns the bodies the reopened store holds.
+ */
+async function reopenedKeeps(t: Test, dir: string, acked: Map<number, string>): Promise<string[]> {
+  const store = await open(dir, { checkpointIntervalMs: 3_600_000 })
+  t.teardown(() => store.close())
+  const all = await store.pull(pullOpts('s', 'fresh', 'c'))
+  const bySeq = new Map(all.map((m) => [m.sequence, bodyOf(m.record)]))
+  for (const [seq, body] of acked) t.equal(bySeq.get(seq), body, `acknowledged ${body} kept sequence ${seq}`)
+  t.equal(new Set(all.map((m) => m.sequence)).size, all.length, 'no sequence twice')
+  const [again] = await store.append([rec('s', { body: 'after reopen' })])
+  t.equal(again?.sequence, all.length, 'appends work again after a reopen, sequences continue')
+  return all.map((m) => bodyOf(m.record))
+}
+
 t.test(
   "store - actionFlush 'sync': a failed fdatasync after a good write does not write the batch twice",
   async (t) => {
@@ -121,7 +166,7 @@ t.test(
     const { faults, io } = faultyIo()
     const registry = createRegistry()
     const { lines, logger } = capture()
-    let store: FileMessageStore = await open(dir, { io, registry, logger, checkpointIntervalMs: 3_600_000 })
+    const store: FileMessageStore = await open(dir, { io, registry, logger, checkpointIntervalMs: 3_600_000 })
     const acked = new Map<number, string>()
     const [first] = await store.append([rec('s', { id: 'keep', body: 'kept' })])
     acked.set(first?.sequence as number, 'kept')
@@ -132,20 +177,7 @@ t.test(
     t.equal(faults.truncate.messagelog, 0, 'the cut was tried and failed')
 
     // Everything after that: refused, with a stable code, a log line and a metric.
-    for (const body of ['after-1', 'after-2']) {
-      try {
-        const [r] = await store.append([rec('s', { body })])
-        acked.set(r?.sequence as number, body)
-        t.fail(`append of ${body} acknowledged with sequence ${r?.sequence}`)
-      } catch (err) {
-        t.ok(isQmqError(err, 'QMQ_ERR_STORE_FAILED'), `${body}: refused with QMQ_ERR_STORE_FAILED`)
-      }
-    }
-    t.equal(await metricValue(registry, 'qmq_store_failed', { log: 'message' }), 1, 'qmq_store_failed 1')
-    t.ok(
-      lines.some((l) => l.level === 'error' && /refus/i.test(String(l.msg))),
-      'an error line says appends are refused',
-    )
+    await appendsRefused(t, store, registry, lines, acked, ['after-1', 'after-2'])
     // Consumers keep working from what was stored.
     const seen = await store.pull(pullOpts('s', 'g', 'c'))
     t.same(
@@ -153,20 +185,11 @@ t.test(
       ['kept'],
     )
     await store.abandon() // a crash: recovery scans the message log, rejected batch included
-
-    store = await open(dir, { checkpointIntervalMs: 3_600_000 })
-    t.teardown(() => store.close())
-    const all = await store.pull(pullOpts('s', 'fresh', 'c'))
-    const bySeq = new Map(all.map((m) => [m.sequence, bodyOf(m.record)]))
-    for (const [seq, body] of acked)
-      t.equal(bySeq.get(seq), body, `acknowledged ${body} kept sequence ${seq}`)
-    t.equal(new Set(all.map((m) => m.sequence)).size, all.length, 'no sequence twice')
+    const bodies = await reopenedKeeps(t, dir, acked)
     t.ok(
-      all.every((m) => ['kept', 'rejected'].includes(bodyOf(m.record))),
+      bodies.every((b) => ['kept', 'rejected', 'after reopen'].includes(b)),
       'at most the rejected message comes back (maybe stored), nothing else',
     )
-    const [again] = await store.append([rec('s', { body: 'after reopen' })])
-    t.equal(again?.sequence, all.length, 'appends work again after a reopen, sequences continue')
   },
 )
 
@@ -177,7 +200,12 @@ t.test(
     const { faults, io } = faultyIo()
     const registry = createRegistry()
     const { lines, logger } = capture()
-    let store: FileMessageStore = await open(dir, { io, registry, logger, checkpointIntervalMs: 3_600_000 })
+    const store: FileMessageStore = await open(dir, {
+      io,
+      registry,
+      logger,
+      checkpointIntervalMs: 3_600_000,
+    })
     const acked = new Map<number, string>()
     const [first] = await store.append([rec('s', { id: 'keep', body: 'kept' })])
     acked.set(first?.sequence as number, 'kept')
@@ -192,29 +220,9 @@ t.test(
 
     // A shorter batch written over those bytes would leave the failed batch's later records after
     // it, where a recovery finds them: refused instead.
-    try {
-      const [r] = await store.append([rec('s', { body: 'after' })])
-      acked.set(r?.sequence as number, 'after')
-      t.fail(`append acknowledged with sequence ${r?.sequence}`)
-    } catch (err) {
-      t.ok(isQmqError(err, 'QMQ_ERR_STORE_FAILED'), 'refused with QMQ_ERR_STORE_FAILED')
-    }
-    t.equal(await metricValue(registry, 'qmq_store_failed', { log: 'message' }), 1, 'qmq_store_failed 1')
-    t.ok(
-      lines.some((l) => l.level === 'error' && /refus/i.test(String(l.msg))),
-      'an error line says appends are refused',
-    )
+    await appendsRefused(t, store, registry, lines, acked, ['after'])
     await store.abandon() // a crash
-
-    store = await open(dir, { checkpointIntervalMs: 3_600_000 })
-    t.teardown(() => store.close())
-    const all = await store.pull(pullOpts('s', 'fresh', 'c'))
-    const bySeq = new Map(all.map((m) => [m.sequence, bodyOf(m.record)]))
-    for (const [seq, body] of acked)
-      t.equal(bySeq.get(seq), body, `acknowledged ${body} kept sequence ${seq}`)
-    t.equal(new Set(all.map((m) => m.sequence)).size, all.length, 'no sequence twice')
-    const [again] = await store.append([rec('s', { body: 'after reopen' })])
-    t.equal(again?.sequence, all.length, 'appends work again after a reopen, sequences continue')
+    await reopenedKeeps(t, dir, acked)
   },
 )
 
