@@ -1,6 +1,7 @@
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import type { Test } from 'tap'
 import t from 'tap'
 import { type FsIo, nodeFsIo } from '../../src/broker/store/fs-io'
 import { codeForStatus } from '../../src/common/error-codes'
@@ -20,7 +21,11 @@ import { fdPath } from './helpers/start-delay'
  * uncertain: the SDK resends to the same group), not a definite refusal: a slave promoted without the
  * marker would schedule the record, and a producer told "refused" may send it elsewhere (twice).
  */
-t.test('delay refusal - unconfirmed refusal markers under sync answer outcome uncertain', async (t) => {
+/**
+ * A delay master under `sync` with one slave that caught up and then stopped fetching (nothing written
+ * after this is confirmed), and a producer connection. `io`: the store's file I/O (fault injection).
+ */
+async function stalledSyncMaster(t: Test, io?: FsIo): Promise<{ dataDir: string; producer: RawClient }> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-delay-refusal-sync-'))
   const dataDir = path.join(root, 'master')
   const m = new DelayServer(
@@ -34,7 +39,12 @@ t.test('delay refusal - unconfirmed refusal markers under sync answer outcome un
       replicationInSyncLagMs: 60_000,
       replicationAckTimeoutMs: 300,
     },
-    { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] } },
+    {
+      logger: silentLogger,
+      sender: new FakeSender(),
+      routes: { groups: async () => [] },
+      ...(io !== undefined ? { io } : {}),
+    },
   )
   t.teardown(async () => {
     await m.close()
@@ -45,8 +55,13 @@ t.test('delay refusal - unconfirmed refusal markers under sync answer outcome un
   const producer = await RawClient.connect(m.port)
   t.teardown(() => slave.close())
   t.teardown(() => producer.close())
-  // An in-sync slave that then stops fetching: nothing written after this is confirmed.
   await catchUp(slave, 's:1', 0)
+  return { dataDir, producer }
+}
+
+t.test('delay refusal - unconfirmed refusal markers under sync answer outcome uncertain', async (t) => {
+  // An in-sync slave that then stops fetching: nothing written after this is confirmed.
+  const { dataDir, producer } = await stalledSyncMaster(t)
   const due = Date.now() + 3_600_000
   fs.mkdirSync(path.join(dataDir, 'schedule', bucketFileName(Math.floor(due / 60_000) * 60_000, '.sched')))
   const res = await producer.request(RequestCode.SEND, encodeSendRequest([delayed('gone', due)]))
@@ -58,8 +73,6 @@ t.test('delay refusal - after a refusal marker, a failed write is answered its o
   // Regression: once any refusal marker had been written, every failed SEND waited for that marker to
   // be replicated as if its own record had been refused after its write: a plain write failure was
   // answered QMQ_ERR_REPLICATION_TIMEOUT (the marker unconfirmed) instead of its own code.
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'qmq-delay-refusal-sync-'))
-  const dataDir = path.join(root, 'master')
   let failWrites = false
   const io: FsIo = {
     ...nodeFsIo,
@@ -70,30 +83,8 @@ t.test('delay refusal - after a refusal marker, a failed write is answered its o
           )
         : nodeFsIo.writev(fd, buffers, position),
   }
-  const m = new DelayServer(
-    {
-      port: 0,
-      dataDir,
-      clusterSecret: DELAY_TEST_SECRET,
-      bucketMinutes: 1,
-      checkpointIntervalMs: 600_000,
-      replication: 'sync',
-      replicationInSyncLagMs: 60_000,
-      replicationAckTimeoutMs: 300,
-    },
-    { logger: silentLogger, sender: new FakeSender(), routes: { groups: async () => [] }, io },
-  )
-  t.teardown(async () => {
-    await m.close()
-    fs.rmSync(root, { recursive: true, force: true })
-  })
-  await m.start()
-  const slave = await RawClient.connect(m.port)
-  const producer = await RawClient.connect(m.port)
-  t.teardown(() => slave.close())
-  t.teardown(() => producer.close())
   // An in-sync slave that then stops fetching: the refusal marker written next stays unconfirmed.
-  await catchUp(slave, 's:1', 0)
+  const { dataDir, producer } = await stalledSyncMaster(t, io)
   const code = async (id: string, due: number) => {
     const res = await producer.request(RequestCode.SEND, encodeSendRequest([delayed(id, due)]))
     if (res.status !== 0) return codeForStatus(res.status)
