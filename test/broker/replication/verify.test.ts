@@ -189,6 +189,40 @@ async function startDamagedMaster(t: Test, damage: (segment: Buffer) => void) {
   return { ...m, seg }
 }
 
+/**
+ * Copies master `m` into a fresh slave dir through a follower (of `address`, default the master's;
+ * `extra` follower options) until the copy reached the master's message-log end. Returns the chunk
+ * refusals it reported (`<log>:<copied as it is>`), the copy of the master's first segment and the
+ * slave's data dir.
+ */
+async function copyToSlave(
+  t: Test,
+  m: { address: string; seg: string; mend: () => number },
+  name: string,
+  extra: Partial<FollowerOptions> = {},
+  address = m.address,
+): Promise<{ refused: string[]; copy: Buffer; copyDir: string }> {
+  const refused: string[] = []
+  const copyDir = tempDir(t, `qmq-repl-verify-${name}-slave-`)
+  const follower = new ReplicationFollower(
+    {
+      ...followerOptions(copyDir, address),
+      ...extra,
+      onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
+    },
+    silentLogger,
+  )
+  await follower.start()
+  t.teardown(() => follower.close())
+  await until('the copy caught up', () => follower.status().messageOffset === m.mend())
+  await follower.close()
+  return {
+    refused,
+    copy: fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(m.seg))),
+    copyDir,
+  }
+}
+
 t.test(
   'verify - damage stored in the master log (stepped over by its recovery) is copied as it is',
   async (t) => {
@@ -196,19 +230,7 @@ t.test(
     const m = await startDamagedMaster(t, (b) => flip(b, Math.floor(b.length / 2), 0x01))
     const seg = m.seg
 
-    const refused: string[] = []
-    const copyDir = tempDir(t, 'qmq-repl-verify-damaged-slave-')
-    const follower = new ReplicationFollower(
-      {
-        ...followerOptions(copyDir, m.address),
-        onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
-      },
-      silentLogger,
-    )
-    await follower.start()
-    t.teardown(() => follower.close())
-    await until('the copy caught up', () => follower.status().messageOffset === m.mend())
-    await follower.close()
+    const { refused, copy, copyDir } = await copyToSlave(t, m, 'damaged')
     const fromMessageLog = refused.filter((r) => r.startsWith('message'))
     t.equal(fromMessageLog.at(-1), 'message:true', 'copied as the master holds it in the end')
     t.equal(
@@ -217,7 +239,6 @@ t.test(
       'once: the copy resyncs past the damage',
     )
     t.ok(fromMessageLog.length >= 3, 'after the same bytes were refused repeatedly')
-    const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(seg)))
     t.ok(copy.equals(fs.readFileSync(seg)), 'the copy is the master log byte for byte, damage included')
     t.equal(
       consumeLogBytes(path.join(copyDir, 'consumelog')),
@@ -252,22 +273,9 @@ t.test(
       flip(b, 4 * FRAME + 2, 0x20)
       flip(b, 6 * FRAME + 400, 0x01)
     })
-    const refused: string[] = []
-    const copyDir = tempDir(t, 'qmq-repl-verify-two-damages-slave-')
-    const follower = new ReplicationFollower(
-      {
-        ...followerOptions(copyDir, m.address),
-        onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
-      },
-      silentLogger,
-    )
-    await follower.start()
-    t.teardown(() => follower.close())
-    await until('the copy caught up', () => follower.status().messageOffset === m.mend())
-    await follower.close()
+    const { refused, copy } = await copyToSlave(t, m, 'two-damages')
     const copied = refused.filter((r) => r === 'message:true').length
     t.equal(copied, 2, 'each damaged range copied as the master holds it, once')
-    const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(m.seg)))
     t.ok(
       copy.equals(fs.readFileSync(m.seg)),
       'the copy is the master log byte for byte, both damages included',
@@ -384,24 +392,10 @@ t.test(
       if (f.log === 0 && unsynced.length > 0)
         early.push(`asked from ${f.offset} (records ending ${unsynced.join()}), synced to ${synced}`)
     })
-    const refused: string[] = []
-    const copyDir = tempDir(t, 'qmq-repl-verify-old-master-slave-')
-    const follower = new ReplicationFollower(
-      {
-        ...followerOptions(copyDir, proxy.address),
-        io: disk.io,
-        onChunkRefused: (log, copied) => refused.push(`${log}:${copied}`),
-      },
-      silentLogger,
-    )
-    await follower.start()
-    t.teardown(() => follower.close())
-    await until('the copy caught up', () => follower.status().messageOffset === m.mend())
-    await follower.close()
+    const { refused, copy } = await copyToSlave(t, m, 'old-master', { io: disk.io }, proxy.address)
     t.ok(proxy.refusedAcked() >= 1, 'the slave first sent `acked`, refused by the old master')
     t.ok(refused.includes('message:true'), 'the damaged bytes were copied as the master holds them')
     t.same(early, [], 'every fetch acknowledged only bytes fdatasynced on the slave')
-    const copy = fs.readFileSync(path.join(copyDir, 'messagelog', path.basename(m.seg)))
     t.ok(copy.equals(fs.readFileSync(m.seg)), 'the copy is the master log byte for byte')
   },
 )
