@@ -3,6 +3,7 @@ import { decodeRecord, encodeRecord, readRecordHeader } from '../../../src/commo
 import { type FileMessageStoreOptions, openMessageStore } from '../../../src/broker/store'
 import type { FileMessageStore } from '../../../src/broker/store/file-message-store'
 import type { AppendInput, AppendResult, PullOptions } from '../../../src/broker/store/types'
+import { TraceEvent } from '../../../src/broker/store/index-log'
 
 let counter = 0
 
@@ -57,4 +58,17 @@ export async function open(
 /** Append results without their log offsets (`end`), for comparing sequences and duplicates. */
 export function sd(results: readonly AppendResult[]): { sequence: number; duplicate: boolean }[] {
   return results.map((r) => ({ sequence: r.sequence, duplicate: r.duplicate }))
+}
+
+/** The index trace of sequence `i` the index-log tests add: orders / billing / c1, delivered once. */
+export function deliveredTrace(i: number) {
+  return {
+    event: TraceEvent.DELIVERED,
+    subject: 'orders',
+    sequence: i,
+    group: 'billing',
+    consumer: 'c1',
+    deliveryCount: 1,
+    time: 1_700_000_000_000 + i,
+  }
 }

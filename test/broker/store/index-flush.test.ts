@@ -1,8 +1,9 @@
 import t from 'tap'
 import type { FsIo } from '../../../src/broker/store/fs-io'
 import { nodeFsIo } from '../../../src/broker/store/fs-io'
-import { IndexKind, IndexLog, keyBytes, TraceEvent } from '../../../src/broker/store/index-log'
+import { IndexKind, IndexLog, keyBytes } from '../../../src/broker/store/index-log'
 import { silentLogger } from '../../../src/common/logger'
+import { deliveredTrace } from './helpers'
 
 // The index log is written by one write at a time. Every turn of the event loop that queues entries
 // schedules a flush; each of those used to wait in a loop (`while (flushing) await flushing`) and go
@@ -10,15 +11,7 @@ import { silentLogger } from '../../../src/common/logger'
 // (one per turn while a write was in flight), each woke on every write, and a flush called by a
 // lookup waited for as many writes as there were waiters ahead of it.
 
-const trace = (i: number) => ({
-  event: TraceEvent.DELIVERED,
-  subject: 'orders',
-  sequence: i,
-  group: 'billing',
-  consumer: 'c1',
-  deliveryCount: 1,
-  time: 1_700_000_000_000 + i,
-})
+const trace = deliveredTrace
 
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve))
 

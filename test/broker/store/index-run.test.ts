@@ -1,22 +1,15 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
-import { IndexKind, IndexLog, keyBytes, orderByH1, TraceEvent } from '../../../src/broker/store/index-log'
+import { IndexKind, IndexLog, keyBytes, orderByH1 } from '../../../src/broker/store/index-log'
 import { silentLogger } from '../../../src/common/logger'
+import { deliveredTrace } from './helpers'
 
 // A sealed index segment's run (its hashes sorted, a few MiB for a 16 MiB segment) is written off the
 // event loop: it used to be written with synchronous writes and fsyncs inside the flush that rolled
 // the segment, stalling every connection of the broker for tens of ms on a busy disk.
 
-const trace = (i: number) => ({
-  event: TraceEvent.DELIVERED,
-  subject: 'orders',
-  sequence: i,
-  group: 'billing',
-  consumer: 'c1',
-  deliveryCount: 1,
-  time: 1_700_000_000_000 + i,
-})
+const trace = deliveredTrace
 
 async function fill(index: IndexLog, from: number, to: number): Promise<void> {
   for (let i = from; i < to; i++) {

@@ -2,11 +2,11 @@ import fs from 'node:fs'
 import path from 'node:path'
 import t from 'tap'
 import { type FsIo, nodeFsIo } from '../../../src/broker/store/fs-io'
-import { IndexKind, IndexLog, keyBytes, TraceEvent } from '../../../src/broker/store/index-log'
+import { IndexKind, IndexLog, keyBytes } from '../../../src/broker/store/index-log'
 import { SegmentLog } from '../../../src/broker/store/segment-log'
 import type { StoredMessage } from '../../../src/broker/store/types'
 import { silentLogger } from '../../../src/common/logger'
-import { bodyOf, open, pullOpts, rec } from './helpers'
+import { bodyOf, open, pullOpts, rec, deliveredTrace } from './helpers'
 
 /**
  * Reads that were issued before retention (or a truncate) removed their segment. A gate parks reads
@@ -234,15 +234,7 @@ t.test('index log - a lookup reading a run file when retention removes its segme
   const gate = gatedIo()
   const index = await IndexLog.open({ dataDir: dir, segmentBytes: 4096, io: gate.io, log: silentLogger })
   t.teardown(() => index.close())
-  const trace = (i: number) => ({
-    event: TraceEvent.DELIVERED,
-    subject: 'orders',
-    sequence: i,
-    group: 'billing',
-    consumer: 'c1',
-    deliveryCount: 1,
-    time: 1_700_000_000_000 + i,
-  })
+  const trace = deliveredTrace
   for (let i = 0; i < 300; i++) {
     index.addTrace(trace(i))
     if (i % 10 === 9) await index.flush()
