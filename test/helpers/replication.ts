@@ -5,6 +5,7 @@ import type { Test } from 'tap'
 import type { Broker, BrokerOptions } from '../../src/broker/broker'
 import { writeEpochs } from '../../src/broker/replication/epochs'
 import type { FollowerOptions } from '../../src/broker/replication/follower'
+import { type FsIo, nodeFsIo } from '../../src/broker/store/fs-io'
 import { silentLogger } from '../../src/common/logger'
 import { MetaClient } from '../../src/common/meta/meta-client'
 import type { DelayServer } from '../../src/delay/delay-server'
@@ -142,5 +143,25 @@ export function testFollowerOptions(
     checkpointIntervalMs: 3_600_000,
     maxFrameBytes: 16 * 1024 * 1024,
     epoch: 0,
+  }
+}
+
+/**
+ * The store's file I/O, telling `note` of every completed write (writev and write: descriptor,
+ * position, bytes written); spread it and override what else a test needs (its fdatasync).
+ */
+export function writeObservingIo(note: (fd: number, position: number, n: number) => void): FsIo {
+  return {
+    ...nodeFsIo,
+    writev: async (fd, buffers, position) => {
+      const n = await nodeFsIo.writev(fd, buffers, position)
+      note(fd, position, n)
+      return n
+    },
+    write: async (fd, buffer, position) => {
+      const n = await nodeFsIo.write(fd, buffer, position)
+      note(fd, position, n)
+      return n
+    },
   }
 }

@@ -9,7 +9,13 @@ import { type FsIo, nodeFsIo } from '../../../src/broker/store'
 import { checkFrame } from '../../../src/broker/store/message-log'
 import { silentLogger } from '../../../src/common/logger'
 import { RawClient } from '../../helpers/raw-client'
-import { replicationTestBroker, tempDir, testFollowerOptions, waitUntil } from '../../helpers/replication'
+import {
+  replicationTestBroker,
+  tempDir,
+  testFollowerOptions,
+  waitUntil,
+  writeObservingIo,
+} from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -89,17 +95,7 @@ function failOneSync(): { io: FsIo; failures: () => number; arm: () => void } {
   let armed = false
   let failed = 0
   const io: FsIo = {
-    ...nodeFsIo,
-    writev: async (fd, buffers, position) => {
-      const n = await nodeFsIo.writev(fd, buffers, position)
-      note(fd, position, n)
-      return n
-    },
-    write: async (fd, buffer, position) => {
-      const n = await nodeFsIo.write(fd, buffer, position)
-      note(fd, position, n)
-      return n
-    },
+    ...writeObservingIo(note),
     fdatasync: async (fd) => {
       const p = pending.get(fd)
       if (failed === 0 && armed && p !== undefined && pathOf(fd).includes('/messagelog/')) {

@@ -14,7 +14,13 @@ import { encodeErrorBody } from '../../../src/common/protocol/commands'
 import { encodeFrame, FLAG_RESPONSE, FrameDecoder } from '../../../src/common/protocol/frame'
 import { decodeFetchRequest, type FetchRequest } from '../../../src/common/protocol/replication'
 import { RawClient } from '../../helpers/raw-client'
-import { replicationTestBroker, tempDir, testFollowerOptions, waitUntil } from '../../helpers/replication'
+import {
+  replicationTestBroker,
+  tempDir,
+  testFollowerOptions,
+  waitUntil,
+  writeObservingIo,
+} from '../../helpers/replication'
 import { message, sendOk } from '../server/ops'
 
 /**
@@ -349,17 +355,7 @@ function slowSyncIo(): { io: FsIo; synced: () => number } {
     ends.set(fd, Math.max(ends.get(fd) ?? 0, end))
   }
   const io: FsIo = {
-    ...nodeFsIo,
-    writev: async (fd, buffers, position) => {
-      const n = await nodeFsIo.writev(fd, buffers, position)
-      note(fd, position, n)
-      return n
-    },
-    write: async (fd, buffer, position) => {
-      const n = await nodeFsIo.write(fd, buffer, position)
-      note(fd, position, n)
-      return n
-    },
+    ...writeObservingIo(note),
     fdatasync: async (fd) => {
       const end = ends.get(fd)
       if (end === undefined) return nodeFsIo.fdatasync(fd)
