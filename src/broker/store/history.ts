@@ -92,6 +92,8 @@ export class History {
   private current = new Map<string, Counts>()
   private timer: NodeJS.Timeout | undefined
   private writing: Promise<void> = Promise.resolve()
+  /** Minutes handed to `writing` so far: a query retries when one was handed over during its scan. */
+  private minutesQueued = 0
   private closed = false
 
   private constructor(opts: HistoryOptions) {
@@ -151,6 +153,7 @@ export class History {
     const minute = this.minute
     const series = this.current
     this.current = new Map()
+    this.minutesQueued++
     const bufs: Buffer[] = []
     let bytes = 0
     for (const [key, c] of series) {
@@ -197,7 +200,27 @@ export class History {
 
   /** Per-minute sums in [from, to), the current minute included. */
   async query(q: HistoryQuery): Promise<{ series: HistorySeries[]; truncated: boolean }> {
-    await this.writing
+    // A minute handed to the write queue while the scan runs is neither in the scanned range nor in
+    // `current` any more: the answer would miss it. So the scan starts once every queued minute is on
+    // disk and is done again if a minute was queued meanwhile (at most once a minute under traffic).
+    for (let attempt = 1; ; attempt++) {
+      this.tick()
+      let w: Promise<void>
+      do {
+        w = this.writing
+        await w
+      } while (w !== this.writing)
+      const queued = this.minutesQueued
+      const answer = await this.queryOnce(q)
+      if (queued === this.minutesQueued || attempt >= 3) return answer()
+    }
+  }
+
+  /**
+   * Scans the log up to its end at the call; the returned function adds the minute in memory, to be
+   * called synchronously once the caller knows no minute was queued during the scan.
+   */
+  private async queryOnce(q: HistoryQuery): Promise<() => { series: HistorySeries[]; truncated: boolean }> {
     const maxSeries = q.maxSeries ?? MAX_QUERY_SERIES
     const out = new Map<string, Map<number, HistoryPoint>>()
     let truncated = false
@@ -243,24 +266,25 @@ export class History {
         })
       })
     }
-    this.tick()
-    for (const [key, c] of this.current) {
-      const cut = key.indexOf('\u0000')
-      take(key.slice(0, cut), key.slice(cut + 1), this.minute, c)
+    return () => {
+      for (const [key, c] of this.current) {
+        const cut = key.indexOf('\u0000')
+        take(key.slice(0, cut), key.slice(cut + 1), this.minute, c)
+      }
+      const series: HistorySeries[] = []
+      for (const [key, pts] of out) {
+        const cut = key.indexOf('\u0000')
+        series.push({
+          subject: key.slice(0, cut),
+          consumerGroup: key.slice(cut + 1),
+          points: [...pts.values()].sort((a, b) => a.minute - b.minute),
+        })
+      }
+      series.sort(
+        (a, b) => a.subject.localeCompare(b.subject) || a.consumerGroup.localeCompare(b.consumerGroup),
+      )
+      return { series, truncated }
     }
-    const series: HistorySeries[] = []
-    for (const [key, pts] of out) {
-      const cut = key.indexOf('\u0000')
-      series.push({
-        subject: key.slice(0, cut),
-        consumerGroup: key.slice(cut + 1),
-        points: [...pts.values()].sort((a, b) => a.minute - b.minute),
-      })
-    }
-    series.sort(
-      (a, b) => a.subject.localeCompare(b.subject) || a.consumerGroup.localeCompare(b.consumerGroup),
-    )
-    return { series, truncated }
   }
 
   /** Writes the minute in progress and closes. */
