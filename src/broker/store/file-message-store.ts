@@ -1,3 +1,4 @@
+import { ReadBufferPool } from './read-pool'
 import { type Clock, systemClock } from '../../common/clock'
 import { QmqError } from '../../common/errors'
 import type { Logger } from '../../common/logger'
@@ -81,6 +82,8 @@ export class FileMessageStore implements MessageStore {
   /** This store's name in traces (the broker group); set by the broker. */
   serverName = ''
   readonly dedupe: DedupeIndex
+  /** Buffers of pulls' disk reads and the replication source's fetch reads (read-pool.ts). */
+  readonly readPool: ReadBufferPool
   recoveryReport: RecoveryReport | undefined
   /** Ends of the message and action logs right after recovery, before open() wrote anything (replication epochs). */
   recoveredEnds: { message: number; action: number } | undefined
@@ -135,6 +138,7 @@ export class FileMessageStore implements MessageStore {
     const root = this.options.dataDir
     this.dirs = storeDirs(root)
     this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
+    this.readPool = new ReadBufferPool(this.options.readPoolBytes)
   }
 
   async open(): Promise<RecoveryReport> {
@@ -154,6 +158,7 @@ export class FileMessageStore implements MessageStore {
       segmentBytes: o.segmentBytes,
       flush: o.flush,
       hotCacheBytes: o.hotCacheBytes,
+      readPool: this.readPool,
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
       observe: (what, s, b) => this.metrics.io(what, s, b),

@@ -1,3 +1,4 @@
+import type { ReadHold } from './read-pool'
 import { readRecordHeader } from '../../common/record'
 import { ConsumeLog, type ConsumeEntry, decodeEntry, ENTRY_BYTES } from './consume-log'
 import type { FsIo } from './fs-io'
@@ -84,6 +85,7 @@ export async function scanNew(
   from: number,
   limits: { maxMessages: number; maxBytes: number; maxScan: number },
   filter: ScanFilter,
+  hold?: ReadHold,
 ): Promise<{ picked: Picked[]; next: number }> {
   const picked: Picked[] = []
   let cursor = Math.max(from, s.lowSeq)
@@ -110,7 +112,7 @@ export async function scanNew(
       if (candidates.length >= room) break
       if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) candidates.push(e)
     }
-    const records = await mlog.readMany(candidates)
+    const records = await mlog.readMany(candidates, hold)
     let ci = 0
     let stop = false
     for (const e of entries) {
@@ -151,6 +153,7 @@ export async function readSeqs(
   mlog: MessageLog,
   s: SubjectState,
   seqs: readonly number[],
+  hold?: ReadHold,
 ): Promise<(Buffer | undefined)[]> {
   const entries: ({ offset: number; size: number } | undefined)[] = new Array(seqs.length).fill(undefined)
   const order: number[] = []
@@ -177,7 +180,7 @@ export async function readSeqs(
     k = j + 1
   }
   const present = entries.filter((e): e is { offset: number; size: number } => e !== undefined)
-  const recs = await mlog.readMany(present)
+  const recs = await mlog.readMany(present, hold)
   const out: (Buffer | undefined)[] = []
   let k = 0
   for (const e of entries) out.push(e ? recs[k++] : undefined)

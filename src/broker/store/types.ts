@@ -1,3 +1,4 @@
+import type { ReadHold } from './read-pool'
 import type { HistoryAnswer, ListAnswer, MessageAnswer, QueryRequest } from '../../common/protocol/query'
 import type { QmqError } from '../../common/errors'
 import type { BacklogEntry } from '../../common/protocol/admin'
@@ -66,6 +67,11 @@ export interface PullOptions {
    * not expired) are handed back first, before anything new.
    */
   resumeHeld?: boolean
+  /**
+   * Owner of the read-pool buffers the answer's records view (read-pool.ts); the caller releases it
+   * once the records are no longer read (the answer written). Without it, records are in fresh memory.
+   */
+  hold?: ReadHold
 }
 
 export interface NackOptions {
