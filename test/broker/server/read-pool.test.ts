@@ -1,7 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
 import { RequestCode } from '../../../src/common/protocol/codes'
-import { decodePullResponse, encodePullRequest, type PulledMessage } from '../../../src/common/protocol/commands'
+import {
+  decodePullResponse,
+  encodePullRequest,
+  type PulledMessage,
+} from '../../../src/common/protocol/commands'
 import {
   decodeFetchResponse,
   encodeFetchRequest,
@@ -189,7 +193,9 @@ t.test('read pool - REPL_FETCH answers queued behind slow slaves carry the log b
     })
   const probe = await RawClient.connect(b.port)
   t.teardown(() => probe.destroy())
-  const epoch = decodeFetchResponse(await probe.call(RequestCode.REPL_FETCH, fetchBody('probe', end, 0))).epoch
+  const epoch = decodeFetchResponse(
+    await probe.call(RequestCode.REPL_FETCH, fetchBody('probe', end, 0)),
+  ).epoch
 
   const problems: string[] = []
   let chunks = 0
@@ -234,7 +240,10 @@ t.test('read pool - REPL_FETCH answers queued behind slow slaves carry the log b
   t.same(problems, [], 'every chunk as in the log')
   const perPass = Math.ceil((end - log.startOffset) / CHUNK)
   t.equal(chunks, perPass * (2 * 4 + 2 * 3), 'every chunk checked')
-  t.ok(pool.stats.reused > 0 && pool.stats.fresh > 3, `reused ${pool.stats.reused}, fresh ${pool.stats.fresh}`)
+  t.ok(
+    pool.stats.reused > 0 && pool.stats.fresh > 3,
+    `reused ${pool.stats.reused}, fresh ${pool.stats.fresh}`,
+  )
   t.ok(await until(() => pool.stats.inUse === 0), `every buffer released (${pool.stats.inUse} held)`)
   t.equal(pool.stats.overReleased, 0, 'none released twice')
 })
