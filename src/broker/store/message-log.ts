@@ -1,10 +1,10 @@
-import type { ReadBufferPool, ReadHold } from './read-pool'
 import { crc32cRange } from '../../common/crc32c'
 import { QmqError } from '../../common/errors'
 import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../../common/record'
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { HotCache, type HotEntry } from './hot-cache'
+import type { ReadBufferPool, ReadHold } from './read-pool'
 import {
   type ScanCheck,
   type ScanResult,

@@ -1,8 +1,8 @@
-import type { ReadHold } from './read-pool'
 import { readRecordHeader } from '../../common/record'
 import { ConsumeLog, type ConsumeEntry, decodeEntry, ENTRY_BYTES } from './consume-log'
 import type { FsIo } from './fs-io'
 import type { MessageLog } from './message-log'
+import type { ReadHold } from './read-pool'
 import { maskMayMatch, tagBits, tagsMatch } from './tag-hash'
 
 /** One subject: its consume log and the next sequence to assign (ahead of the log while a batch is in flight). */

@@ -1,9 +1,9 @@
-import type { ReadHold } from './read-pool'
 import type { HistoryAnswer, ListAnswer, MessageAnswer, QueryRequest } from '../../common/protocol/query'
 import type { QmqError } from '../../common/errors'
 import type { BacklogEntry } from '../../common/protocol/admin'
 import type { StartPositionValue } from '../../common/protocol/commands'
 import type { RecordHeader } from '../../common/record'
+import type { ReadHold } from './read-pool'
 
 /**
  * The broker's storage contract: what the broker server (src/broker/server) may ask of the store.
