@@ -105,12 +105,18 @@ export async function scanNew(
       : Math.min(limits.maxMessages - picked.length, end - cursor)
     const entries = await s.consume.read(cursor, Math.min(want, limits.maxScan - scanned))
     if (entries.length === 0) break
-    // Candidates after the mask check, at most what is still wanted (+ slack for false positives).
+    // Candidates after the mask check, at most what is still wanted (+ slack for false positives),
+    // in count and in bytes (the entry's size is its record's length): records read past the answer's
+    // byte limit would only be dropped, and pooled read buffers stay held until the answer is written.
     const room = limits.maxMessages - picked.length + (filtered ? 8 : 0)
     const candidates: ConsumeEntry[] = []
+    let candidateBytes = bytes
     for (const e of entries) {
-      if (candidates.length >= room) break
-      if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) candidates.push(e)
+      if (candidates.length >= room || candidateBytes >= limits.maxBytes) break
+      if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) {
+        candidates.push(e)
+        candidateBytes += e.size
+      }
     }
     const records = await mlog.readMany(candidates, hold)
     let ci = 0
