@@ -7,7 +7,8 @@
  * Targets: >= 150k msgs/s produced with 4 producers, >= 150k msgs/s consumed, p99 < 5 ms at 10k msgs/s,
  * 16 consumers drain >= 12x faster than one.
  * Knobs: BENCH_QUICK=1 (or --quick) for a short run; BROKER_FLUSH=async to compare; BENCH_PARTS
- * (produce,consume,latency,drain); BROKER_NODE_ARGS (node flags of the broker process, e.g. --cpu-prof).
+ * (produce,consume,latency,drain); BROKER_NODE_ARGS (node flags of the broker process, e.g. --cpu-prof);
+ * BENCH_PHASE_MARKS=1 marks each phase's start and end on stderr (with --trace-gc: GCs per phase).
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -193,9 +194,13 @@ async function phase(
   run: () => Promise<number>,
   target?: string,
 ): Promise<void> {
+  // With BROKER_NODE_ARGS=--trace-gc the broker's GC lines (forwarded to stderr) fall between these
+  // marks: GC counts per phase.
+  if (process.env.BENCH_PHASE_MARKS === '1') process.stderr.write(`# phase start: ${metric}\n`)
   const before = cpuMs(child.pid)
   const rate = await run()
   const after = cpuMs(child.pid)
+  if (process.env.BENCH_PHASE_MARKS === '1') process.stderr.write(`# phase end: ${metric}\n`)
   report({ bench: BENCH, metric, value: Math.round(rate), unit: 'msgs/s', ...(target ? { target } : {}) })
   if (before !== undefined && after !== undefined)
     report({

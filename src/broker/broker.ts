@@ -327,6 +327,7 @@ export class Broker {
           action: fileStore.alog.log,
           checkpointFile: checkpointPath(fileStore.dirs.checkpoint),
           recoveredEnds: fileStore.recoveredEnds,
+          readPool: fileStore.readPool,
         })
       }
 

@@ -11,6 +11,7 @@ import {
   REPLICATED_LOG_NAMES,
   type ReplicatedLogValue,
 } from '../../common/protocol/replication'
+import type { ReadBufferPool, ReadHold } from '../store/read-pool'
 import type { SegmentLog } from '../store/segment-log'
 import { AckWaiters } from './ack-waiters'
 import { divergencePoint, type EpochStart, type EpochState, epochsDir, writeEpochs } from './epochs'
@@ -85,6 +86,8 @@ export interface ReplicatedLogs {
    * a MARK to the action log); default: their ends now.
    */
   recoveredEnds?: { message: number; action: number } | undefined
+  /** Buffers fetches read into when the caller passes a ReadHold (read-pool.ts); none = fresh ones. */
+  readPool?: ReadBufferPool | undefined
 }
 
 interface LogProgress {
@@ -342,8 +345,11 @@ export class ReplicationSource {
     }
   }
 
-  /** Answers one REPL_FETCH (the token was checked by the caller). */
-  async fetch(req: FetchRequest): Promise<FetchResponse> {
+  /**
+   * Answers one REPL_FETCH (the token was checked by the caller). With `hold`, the answer's data may
+   * be read into a buffer of the logs' read pool owned by `hold` (valid until it is released).
+   */
+  async fetch(req: FetchRequest, hold?: ReadHold): Promise<FetchResponse> {
     const now = this.now()
     const slave = this.slave(req.slaveId, now)
     const progress = slave.logs[req.log]
@@ -450,7 +456,13 @@ export class ReplicationSource {
       if (at === undefined || offset >= seg.endOffset) return answer(FetchKind.DATA, req.offset)
     }
     const length = Math.min(req.maxBytes, at.end - offset)
-    const data = await seg.read(offset, length)
+    const pooled = hold === undefined ? undefined : logs.readPool?.take(length)
+    let data: Buffer
+    if (pooled === undefined) data = await seg.read(offset, length)
+    else {
+      hold?.add(pooled) // held from here: released with the hold even if the read fails
+      data = pooled.buf.subarray(0, await seg.readInto(offset, pooled.buf, 0, length))
+    }
     return answer(FetchKind.DATA, offset, at.base, data)
   }
 

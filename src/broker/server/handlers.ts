@@ -23,6 +23,7 @@ import {
 import { tokenMatches } from '../../common/token'
 import type { ReplicationSource } from '../replication/source'
 import { storedUnconfirmed } from '../replication/ack-waiters'
+import { ReadHold } from '../store/read-pool'
 import type { AppendInput, AppendResult, MessageStore, PullOptions, StoredMessage } from '../store/types'
 import { handleAdmin } from './admin-handlers'
 import type { Connection, ResponseBody } from './connection'
@@ -143,7 +144,7 @@ function route(ctx: ServerContext, frame: Frame, conn: Connection): Promise<Resp
       return handleHeartbeat(ctx, frame.body, conn)
     case RequestCode.REPL_FETCH:
     case RequestCode.REPL_CHECKPOINT:
-      return handleReplication(ctx, frame)
+      return handleReplication(ctx, frame, conn)
     case RequestCode.ADMIN_BACKLOG:
     case RequestCode.ADMIN_RESET_CURSOR:
     case RequestCode.ADMIN_DLQ_LIST:
@@ -333,19 +334,32 @@ function encodeStored(stored: readonly AppendResult[]): Buffer {
 
 // REPL_FETCH / REPL_CHECKPOINT (common/protocol/replication.ts): the cluster secret comes first and
 // is checked before anything else is decoded.
-async function handleReplication(ctx: ServerContext, frame: Frame): Promise<ResponseBody> {
+async function handleReplication(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
   const token = decodeRequestToken(frame.body)
   if (ctx.clusterSecret === undefined || !tokenMatches(token, ctx.clusterSecret))
     throw new QmqError('QMQ_ERR_UNAUTHORIZED', 'replication needs the cluster secret')
   const source = ctx.replication
   if (source === undefined) throw new QmqError('QMQ_ERR_NOT_MASTER', 'this broker serves no slaves')
   if (frame.code === RequestCode.REPL_CHECKPOINT) return encodeCheckpointResponse(source.checkpoint())
-  return encodeFetchResponse(await source.fetch(decodeFetchRequest(frame.body)))
+  // The data may be a read-pool buffer: it goes back once the answer is written.
+  const hold = new ReadHold()
+  conn.afterWrite(frame, () => hold.release())
+  return encodeFetchResponse(await source.fetch(decodeFetchRequest(frame.body), hold))
 }
 
 async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): Promise<ResponseBody> {
   const req = decodePullRequest(frame.body)
   ctx.auth?.consume(conn, 'PULL', req.subject, req.group)
+  // The records may view read-pool buffers (store/read-pool.ts): they go back once the socket is done
+  // with the answer, or at once when it is not written (an error answer, a closed connection).
+  const hold = new ReadHold()
+  conn.afterWrite(frame, () => hold.release())
+  // A long-poll attempt that hands out nothing gives back what it read at once (its wait may be long).
+  const pullHeld = async (o: PullOptions): Promise<StoredMessage[]> => {
+    const got = await ctx.store.pull(o)
+    if (got.length === 0) hold.release()
+    return got
+  }
   const maxBytes =
     req.maxBytes === 0 ? ctx.limits.maxPullBytes : Math.min(req.maxBytes, ctx.limits.maxPullBytes)
   const timeoutMs = Math.min(req.timeoutMs, ctx.limits.maxPollMs)
@@ -362,6 +376,7 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
     start: req.start,
     startTime: req.startTime,
     resumeHeld: !conn.markPulled(req.subject, req.group, req.consumerId),
+    hold,
   }
   const epochBefore = ctx.polls.epoch(req.subject)
   // Write high-water: store reads run under an answer-room reservation of the largest answer they can
@@ -372,7 +387,7 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
   const onRoom = () => ctx.polls.notify(req.subject)
   let messages = await conn.withAnswerRoom(frame, answerBytes, () =>
     // Closed while waiting for room: hand nothing out to a connection that cannot get it.
-    conn.isClosed ? Promise.resolve([]) : ctx.store.pull(options),
+    conn.isClosed ? Promise.resolve([]) : pullHeld(options),
   )
   if (messages.length === 0 && timeoutMs > 0 && !ctx.isClosing() && !conn.isClosed) {
     const again: PullOptions = { ...options, resumeHeld: false }
@@ -388,7 +403,7 @@ async function handlePull(ctx: ServerContext, frame: Frame, conn: Connection): P
       viewKey,
       timeoutMs,
       epochBefore,
-      attempt: () => conn.withAnswerRoom(frame, answerBytes, () => ctx.store.pull(again)),
+      attempt: () => conn.withAnswerRoom(frame, answerBytes, () => pullHeld(again)),
       isAlive: () => !conn.isClosed,
       isReady: () => conn.hasAnswerRoom(answerBytes, onRoom),
     })

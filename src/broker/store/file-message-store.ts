@@ -16,6 +16,7 @@ import { type AppendItem, MessageLog } from './message-log'
 import { type MessageStoreOptions, resolveMessageStoreOptions } from './options'
 import { pullMessages } from './pull'
 import { answerQuery } from './query'
+import { ReadBufferPool } from './read-pool'
 import type { HistoryAnswer, ListAnswer, MessageAnswer, QueryRequest } from '../../common/protocol/query'
 import { recoverStore } from './recovery'
 import { RetryAlarm } from './retry-alarm'
@@ -81,6 +82,8 @@ export class FileMessageStore implements MessageStore {
   /** This store's name in traces (the broker group); set by the broker. */
   serverName = ''
   readonly dedupe: DedupeIndex
+  /** Buffers of pulls' disk reads and the replication source's fetch reads (read-pool.ts). */
+  readonly readPool: ReadBufferPool
   recoveryReport: RecoveryReport | undefined
   /** Ends of the message and action logs right after recovery, before open() wrote anything (replication epochs). */
   recoveredEnds: { message: number; action: number } | undefined
@@ -135,6 +138,7 @@ export class FileMessageStore implements MessageStore {
     const root = this.options.dataDir
     this.dirs = storeDirs(root)
     this.dedupe = new DedupeIndex(this.options.dedupeWindowMs, this.options.dedupeMaxEntries)
+    this.readPool = new ReadBufferPool(this.options.readPoolBytes)
   }
 
   async open(): Promise<RecoveryReport> {
@@ -154,6 +158,7 @@ export class FileMessageStore implements MessageStore {
       segmentBytes: o.segmentBytes,
       flush: o.flush,
       hotCacheBytes: o.hotCacheBytes,
+      readPool: this.readPool,
       maxMessageBytes: o.maxMessageBytes,
       now: () => this.clock.now(),
       observe: (what, s, b) => this.metrics.io(what, s, b),

@@ -4,6 +4,7 @@ import { DEFAULT_MAX_MESSAGE_BYTES, MIN_RECORD_BYTES, verifyRecord } from '../..
 import type { FsIo } from './fs-io'
 import { readI64, writeI64 } from './i64'
 import { HotCache, type HotEntry } from './hot-cache'
+import type { ReadBufferPool, ReadHold } from './read-pool'
 import {
   type ScanCheck,
   type ScanResult,
@@ -118,6 +119,8 @@ export interface MessageLogOptions {
    * undefined (like a deleted one) so it is never served; this tells the store about it.
    */
   onCorrupt?: (offset: number, size: number) => void
+  /** Buffers for reads whose records are sent as views (readMany with a ReadHold); none = fresh ones. */
+  readPool?: ReadBufferPool
 }
 
 interface Request {
@@ -606,8 +609,14 @@ export class MessageLog {
    * Reads records by (record offset, size). Hot ones come from memory; the others with positional
    * reads, neighbours coalesced into one read (a subject's messages usually sit close together).
    * A record whose segment was deleted comes back as undefined.
+   *
+   * With `hold`, the memory the records view (disk reads, copies out of the hot cache) may come from
+   * the read pool and is owned by `hold`: the records are valid until it is released.
    */
-  async readMany(locs: readonly { offset: number; size: number }[]): Promise<(Buffer | undefined)[]> {
+  async readMany(
+    locs: readonly { offset: number; size: number }[],
+    hold?: ReadHold,
+  ): Promise<(Buffer | undefined)[]> {
     const out: (Buffer | undefined)[] = new Array(locs.length)
     const MAX_SPAN = 4 * 1024 * 1024
     const MAX_GAP = 64 * 1024
@@ -617,7 +626,7 @@ export class MessageLog {
       const loc = locs[i] as { offset: number; size: number }
       const hot = this.hot.get(loc.offset, loc.size)
       if (hot) {
-        i = this.copyHot(locs, i, hot, out)
+        i = this.copyHot(locs, i, hot, out, hold)
         continue
       }
       if (loc.offset < start || !this.log.contains(loc.offset)) {
@@ -636,7 +645,7 @@ export class MessageLog {
         end = n.offset + n.size
         j++
       }
-      const buf = await this.log.read(loc.offset, end - loc.offset)
+      const buf = await this.readSpan(loc.offset, end - loc.offset, hold)
       for (let k = i; k < j; k++) {
         const n = locs[k] as { offset: number; size: number }
         const rel = n.offset - loc.offset
@@ -653,6 +662,15 @@ export class MessageLog {
     return out
   }
 
+  /** Reads `length` bytes at `offset` into a pooled buffer owned by `hold` when there is one. */
+  private async readSpan(offset: number, length: number, hold: ReadHold | undefined): Promise<Buffer> {
+    const pooled = hold === undefined ? undefined : this.opts.readPool?.take(length)
+    if (pooled === undefined) return this.log.read(offset, length)
+    ;(hold as ReadHold).add(pooled) // held from here: released with the hold even if the read fails
+    const n = await this.log.readInto(offset, pooled.buf, 0, length)
+    return pooled.buf.subarray(0, n)
+  }
+
   /**
    * Copies the hot record `first` (at `locs[i]`) and the hot records right after it out of the ring
    * into one new buffer: the ring's space is reused once a batch is reclaimed, while a caller may keep
@@ -663,6 +681,7 @@ export class MessageLog {
     i: number,
     first: Buffer,
     out: (Buffer | undefined)[],
+    hold: ReadHold | undefined,
   ): number {
     const views = [first]
     let total = first.length
@@ -674,7 +693,9 @@ export class MessageLog {
       views.push(v)
       total += v.length
     }
-    const copy = Buffer.allocUnsafe(total)
+    const pooled = hold === undefined ? undefined : this.opts.readPool?.take(total)
+    if (pooled !== undefined) hold?.add(pooled)
+    const copy = pooled?.buf ?? Buffer.allocUnsafe(total)
     let o = 0
     for (let k = 0; k < views.length; k++) {
       const v = views[k] as Buffer

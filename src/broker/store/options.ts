@@ -29,6 +29,8 @@ export interface MessageStoreOptions {
   consumeLogSegmentEntries: number
   consumeLogCacheEntries: number
   hotCacheBytes: number
+  /** Read buffers kept free for reuse (read-pool.ts); 0 = every read into fresh memory. */
+  readPoolBytes: number
   maxMessageBytes: number
   leaseMs: number
   retryBaseMs: number
@@ -87,6 +89,11 @@ export const messageStoreOptionsSchema: OptionsSchema<MessageStoreOptions> = {
     default: 64 * 1024 * 1024,
     min: 0,
     doc: 'Recent records kept in memory for pulls',
+  }),
+  readPoolBytes: integer({
+    default: 32 * 1024 * 1024,
+    min: 0,
+    doc: 'Read buffers kept for reuse by pulls read from disk and replication fetches (0 = none)',
   }),
   maxMessageBytes: integer({
     default: 4 * 1024 * 1024,

@@ -62,7 +62,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
       g.broadcastSeen.set(o.consumerId, now) // every pull, even one that finds nothing new
       const s = store.subjectsIndex.get(o.subject)
       if (!s) return []
-      const { picked, next } = await scanNew(store.mlog, s, cursor, limits(store, o, max), o)
+      const { picked, next } = await scanNew(store.mlog, s, cursor, limits(store, o, max), o, o.hold)
       if (next !== cursor) {
         written = store.record(
           store.action(ActionType.PULL, o.subject, o.group, o.consumerId, {
@@ -90,7 +90,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
     // 1. What this consumer still holds (it reconnected): handed back, no new delivery.
     if (o.resumeHeld && s && consumer.held.size > 0) {
       const held = [...consumer.held].sort((a, b) => a - b).slice(0, max)
-      const recs = await readSeqs(store.mlog, s, held)
+      const recs = await readSeqs(store.mlog, s, held, o.hold)
       const gone: number[] = []
       for (let i = 0; i < held.length; i++) {
         const rec = recs[i]
@@ -130,7 +130,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
         }
         unrecorded = popped
         if (popped.length > 0) {
-          const recs = await readSeqs(store.mlog, s, popped)
+          const recs = await readSeqs(store.mlog, s, popped, o.hold)
           const gone: number[] = []
           const back: number[] = []
           for (let i = 0; i < popped.length; i++) {
@@ -173,7 +173,7 @@ export async function pullMessages(store: FileMessageStore, o: PullOptions): Pro
           // Past a first scan that met waiting messages, read ahead (the room is checked again below).
           const want = handed === fresh.length ? room - handed : Math.max(room - handed, READ_AHEAD)
           const budget = limits(store, o, want, o.maxBytes - bytes - handedBytes)
-          const scanned = await scanNew(store.mlog, s, from, budget, o)
+          const scanned = await scanNew(store.mlog, s, from, budget, o, o.hold)
           const picked =
             taken === undefined ? scanned.picked : scanned.picked.filter((p) => !taken.has(p.seq))
           fresh = fresh.length > 0 ? fresh.concat(picked) : picked

@@ -2,6 +2,7 @@ import { readRecordHeader } from '../../common/record'
 import { ConsumeLog, type ConsumeEntry, decodeEntry, ENTRY_BYTES } from './consume-log'
 import type { FsIo } from './fs-io'
 import type { MessageLog } from './message-log'
+import type { ReadHold } from './read-pool'
 import { maskMayMatch, tagBits, tagsMatch } from './tag-hash'
 
 /** One subject: its consume log and the next sequence to assign (ahead of the log while a batch is in flight). */
@@ -84,6 +85,7 @@ export async function scanNew(
   from: number,
   limits: { maxMessages: number; maxBytes: number; maxScan: number },
   filter: ScanFilter,
+  hold?: ReadHold,
 ): Promise<{ picked: Picked[]; next: number }> {
   const picked: Picked[] = []
   let cursor = Math.max(from, s.lowSeq)
@@ -103,14 +105,20 @@ export async function scanNew(
       : Math.min(limits.maxMessages - picked.length, end - cursor)
     const entries = await s.consume.read(cursor, Math.min(want, limits.maxScan - scanned))
     if (entries.length === 0) break
-    // Candidates after the mask check, at most what is still wanted (+ slack for false positives).
+    // Candidates after the mask check, at most what is still wanted (+ slack for false positives),
+    // in count and in bytes (the entry's size is its record's length): records read past the answer's
+    // byte limit would only be dropped, and pooled read buffers stay held until the answer is written.
     const room = limits.maxMessages - picked.length + (filtered ? 8 : 0)
     const candidates: ConsumeEntry[] = []
+    let candidateBytes = bytes
     for (const e of entries) {
-      if (candidates.length >= room) break
-      if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) candidates.push(e)
+      if (candidates.length >= room || candidateBytes >= limits.maxBytes) break
+      if (e.size > 0 && maskMayMatch(e.tagMask, bits, filter.tagsAll)) {
+        candidates.push(e)
+        candidateBytes += e.size
+      }
     }
-    const records = await mlog.readMany(candidates)
+    const records = await mlog.readMany(candidates, hold)
     let ci = 0
     let stop = false
     for (const e of entries) {
@@ -151,6 +159,7 @@ export async function readSeqs(
   mlog: MessageLog,
   s: SubjectState,
   seqs: readonly number[],
+  hold?: ReadHold,
 ): Promise<(Buffer | undefined)[]> {
   const entries: ({ offset: number; size: number } | undefined)[] = new Array(seqs.length).fill(undefined)
   const order: number[] = []
@@ -177,7 +186,7 @@ export async function readSeqs(
     k = j + 1
   }
   const present = entries.filter((e): e is { offset: number; size: number } => e !== undefined)
-  const recs = await mlog.readMany(present)
+  const recs = await mlog.readMany(present, hold)
   const out: (Buffer | undefined)[] = []
   let k = 0
   for (const e of entries) out.push(e ? recs[k++] : undefined)

@@ -3,6 +3,7 @@ import type { QmqError } from '../../common/errors'
 import type { BacklogEntry } from '../../common/protocol/admin'
 import type { StartPositionValue } from '../../common/protocol/commands'
 import type { RecordHeader } from '../../common/record'
+import type { ReadHold } from './read-pool'
 
 /**
  * The broker's storage contract: what the broker server (src/broker/server) may ask of the store.
@@ -66,6 +67,11 @@ export interface PullOptions {
    * not expired) are handed back first, before anything new.
    */
   resumeHeld?: boolean
+  /**
+   * Owner of the read-pool buffers the answer's records view (read-pool.ts); the caller releases it
+   * once the records are no longer read (the answer written). Without it, records are in fresh memory.
+   */
+  hold?: ReadHold
 }
 
 export interface NackOptions {

@@ -35,6 +35,14 @@ import type { BudgetHolder, PartialFrameBudget } from './partial-frame-budget'
  *   one reservation (plus small answers: SEND/ACK results). A reservation is released when its answer
  *   is written (it then counts in `writableLength`) or when the read found nothing.
  *
+ * Write completion (`afterWrite`): an answer's body parts are written as views, not copies (a PULL's
+ * records, a REPL_FETCH's data). A handler whose answer views memory it wants back (read buffers of a
+ * pool) attaches a release to its frame; it is called exactly once: from the write callback of the
+ * answer's last chunk (the socket has handed every byte of the answer to the kernel: writes complete
+ * in order, and a corked batch completes as one writev), at once when no answer is written (an error
+ * answer, which references none of the handler's memory; a one-way frame; a closed connection), or
+ * at the latest when the socket closes (the handle is closed then: nothing of it is read any more).
+ *
  * Slow clients:
  * - Frame deadline: a frame must complete within `frameTimeoutMs` of its first byte, whatever trickles
  *   in meanwhile (each byte resets the idle timer, not this deadline). Checked by the server's sweep
@@ -113,6 +121,10 @@ export class ServerConnection implements BudgetHolder {
   private reserved = 0
   private readonly reservations = new Map<Frame, number>()
   private readonly roomWaiters = new Set<() => void>()
+  /** Releases attached to frames in flight (`afterWrite`), until their answer is written. */
+  private readonly releases = new Map<Frame, () => void>()
+  /** Releases of answers written whose write callback has not fired yet (called on close). */
+  private readonly unwritten = new Set<() => void>()
   private readonly idlePromiseWaiters: (() => void)[] = []
   private readonly closePromise: Promise<void>
   private resolveClosed: () => void = () => {}
@@ -274,12 +286,12 @@ export class ServerConnection implements BudgetHolder {
       answer = Promise.reject(err)
     }
     answer.then(
-      (body) => this.finish(frame, 0, body),
+      (body) => this.finish(frame, 0, body, true),
       (err: unknown) => {
         const qerr = toQmqError(err)
         if (qerr.code === 'QMQ_ERR_INTERNAL') this.log.error(qerr, 'request failed')
         this.hooks.onError?.(this, qerr)
-        this.finish(frame, qerr.status, encodeErrorBody(qerr.message))
+        this.finish(frame, qerr.status, encodeErrorBody(qerr.message), false)
       },
     )
   }
@@ -297,9 +309,37 @@ export class ServerConnection implements BudgetHolder {
     return this.hooks.handle(frame)
   }
 
-  private finish(frame: Frame, status: number, body: ResponseBody): void {
+  /**
+   * Calls `release` exactly once when the socket is done with the answer to `frame` (see the class
+   * comment). To be called by the frame's handler before its answer settles; a second release
+   * attached to the same frame runs after the first.
+   */
+  afterWrite(frame: Frame, release: () => void): void {
+    const before = this.releases.get(frame)
+    this.releases.set(
+      frame,
+      before === undefined
+        ? release
+        : () => {
+            before()
+            release()
+          },
+    )
+  }
+
+  /** `viewsBody`: the answer is the handler's (it may view memory released by `afterWrite`). */
+  private finish(frame: Frame, status: number, body: ResponseBody, viewsBody: boolean): void {
     this.inFlight--
-    if (!this.closed && (frame.flags & FLAG_ONEWAY) === 0) this.write(frame, status, body)
+    let release = this.releases.get(frame)
+    if (release !== undefined) {
+      this.releases.delete(frame)
+      if (!viewsBody) {
+        release()
+        release = undefined
+      }
+    }
+    if (!this.closed && (frame.flags & FLAG_ONEWAY) === 0) this.write(frame, status, body, release)
+    else release?.()
     // Written: the answer now counts in writableLength instead of its reservation.
     this.release(frame)
     if (this.inFlight === 0) {
@@ -318,7 +358,7 @@ export class ServerConnection implements BudgetHolder {
     this.updateFlow()
   }
 
-  private write(frame: Frame, status: number, body: ResponseBody): void {
+  private write(frame: Frame, status: number, body: ResponseBody, release?: () => void): void {
     const s = this.socket
     // Answers finished in the same turn of the event loop (one fdatasync acknowledges many SENDs of a
     // connection; one wake answers many long polls) leave in one writev: the socket stays corked
@@ -329,20 +369,46 @@ export class ServerConnection implements BudgetHolder {
       process.nextTick(this.uncork)
     }
     const header = { code: frame.code, flags: FLAG_RESPONSE, status, requestId: frame.requestId }
+    const done = release === undefined ? undefined : this.onceWritten(release)
     if (Buffer.isBuffer(body)) {
       // A small answer (SEND and ACK results, errors, empty PULLs) goes as one piece with its header:
       // one buffered chunk instead of two.
-      if (body.length <= SMALL_ANSWER_BYTES) s.write(encodeFrame(header, body))
+      if (body.length <= SMALL_ANSWER_BYTES) s.write(encodeFrame(header, body), done)
       else {
         s.write(encodeFrameHeader(header, body.length))
-        s.write(body)
+        s.write(body, done)
       }
       return
     }
     let length = 0
-    for (const p of body) length += p.length
-    s.write(encodeFrameHeader(header, length))
-    for (const p of body) if (p.length > 0) s.write(p)
+    let last = -1
+    for (let i = 0; i < body.length; i++) {
+      const n = (body[i] as Buffer).length
+      length += n
+      if (n > 0) last = i
+    }
+    // The write callback goes on the answer's last chunk: chunks complete in the order written.
+    s.write(encodeFrameHeader(header, length), last < 0 ? done : undefined)
+    for (let i = 0; i <= last; i++) {
+      const p = body[i] as Buffer
+      if (p.length > 0) s.write(p, i === last ? done : undefined)
+    }
+  }
+
+  /**
+   * The write callback that calls `release`: once, whether the write succeeded or failed (a failed
+   * write is given up: its bytes are not read again), or earlier from `onClose`.
+   */
+  private onceWritten(release: () => void): () => void {
+    let called = false
+    const once = (): void => {
+      if (called) return
+      called = true
+      this.unwritten.delete(once)
+      release()
+    }
+    this.unwritten.add(once)
+    return once
   }
 
   /** Ends the corking of `write` (made once: a closure per answer was garbage). */
@@ -503,6 +569,9 @@ export class ServerConnection implements BudgetHolder {
     this.queued.length = 0
     this.dropPartial()
     this.wakeRoomWaiters()
+    // The handle is closed: the socket reads no answer's bytes any more (its write callbacks normally
+    // ran before this, with an error for writes it gave up).
+    for (const release of [...this.unwritten]) release()
     this.hooks.onClose(this)
     this.resolveClosed()
   }

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { ManualClock } from '../../../src/common/clock'
 import { StartPosition } from '../../../src/common/protocol/commands'
+import { type FsIo, nodeFsIo } from '../../../src/broker/store/fs-io'
 import { bodyOf, open, pullOpts, rec } from './helpers'
 
 async function fill(store: Awaited<ReturnType<typeof open>>, subject: string, n: number): Promise<void> {
@@ -219,6 +220,29 @@ t.test('store - maxMessages and maxBytes bound a pull', async (t) => {
   t.equal((await store.pull(pullOpts('s', 'g', 'c', { maxMessages: 3 }))).length, 3)
   t.equal((await store.pull(pullOpts('s', 'g', 'c', { maxBytes: 1 }))).length, 1, 'at least one message')
   t.equal((await store.pull(pullOpts('s', 'g', 'c'))).length, 6)
+})
+
+t.test('store - a pull reads from disk no more records than its byte limit takes', async (t) => {
+  let readBytes = 0
+  const io: FsIo = {
+    ...nodeFsIo,
+    read: async (fd, buf, off, len, pos) => {
+      const n = await nodeFsIo.read(fd, buf, off, len, pos)
+      readBytes += n
+      return n
+    },
+  }
+  const store = await open(t.testdir(), { io, hotCacheBytes: 0, segmentBytes: 16 * 1024 * 1024 })
+  t.teardown(() => store.close())
+  const body = Buffer.alloc(64 * 1024, 0x61)
+  await store.append(Array.from({ length: 40 }, () => rec('s', { body })))
+  readBytes = 0
+  const got = await store.pull(pullOpts('s', 'g', 'c', { maxBytes: 2 * body.length + 1 }))
+  t.equal(got.length, 2, 'the record that crosses the limit is the last one')
+  t.ok(
+    readBytes < 3 * body.length,
+    `read ${readBytes} bytes for two records of ${body.length} (not the next ones of the 40)`,
+  )
 })
 
 t.test(
