@@ -1,4 +1,11 @@
-import type { PromoteRequest, PromoteResult, StoredReplication, StoredServer } from './store'
+import type {
+  AbandonRequest,
+  AbandonResult,
+  PromoteRequest,
+  PromoteResult,
+  StoredReplication,
+  StoredServer,
+} from './store'
 
 /**
  * The promotion rule (issue 14; docs/replication.md), one implementation for both stores: each reads
@@ -28,8 +35,8 @@ export function byMostData(a: StoredServer, b: StoredServer): number {
 /**
  * The slave to promote, or why none: the epoch must be the expected one; the master silent since
  * deadBefore unless a step-down stored at or before stepDownBefore is due; the candidates are the
- * slaves seen after slaveSeenAfter that the master's report of this very epoch names in sync, and the
- * one with the most data wins (under `sync` a SEND waits for every slave the master counts in sync,
+ * slaves seen after slaveSeenAfter that the master's report of this very epoch names in sync and that
+ * did not say they cannot be promoted (StoredServer.notPromotable), and the one with the most data wins (under `sync` a SEND waits for every slave the master counts in sync,
  * so any of them holds every acknowledged record; the most data keeps the most unacknowledged tail).
  */
 export function choosePromotion(
@@ -43,8 +50,32 @@ export function choosePromotion(
   if (!stepDownDue && state.masterLastSeenAt > req.deadBefore) return { refused: 'master-alive' }
   if (r === undefined || r.epoch !== state.epoch) return { refused: 'no-in-sync-slave' }
   const candidates = state.slaves
-    .filter((s) => s.lastSeenAt > req.slaveSeenAfter && r.inSync.includes(s.address))
+    .filter(
+      (s) =>
+        s.lastSeenAt > req.slaveSeenAfter && r.inSync.includes(s.address) && s.notPromotable === undefined,
+    )
     .sort(byMostData)
   const best = candidates[0]
   return best === undefined ? { refused: 'no-in-sync-slave' } : { slave: best }
+}
+
+/** The in-sync set a promotion leaves for abandonPromotion: the others of the set it chose from. */
+export function priorInSync(state: PromotionState, promoted: string): string[] {
+  return (state.replication?.inSync ?? []).filter((a) => a !== promoted)
+}
+
+/**
+ * Whether a refused promotion may be given up (store.abandonPromotion), from the stored epoch and
+ * master row; undefined: it may, and the new epoch's in-sync set is the answer's `inSync`.
+ */
+export function chooseAbandon(
+  req: AbandonRequest,
+  storedEpoch: number,
+  masterAddress: string | undefined,
+  replication: StoredReplication | undefined,
+): Extract<AbandonResult, { refused: string }> | { inSync: string[] } {
+  if (storedEpoch !== req.epoch) return { refused: 'epoch' }
+  if (masterAddress !== req.slave.address) return { refused: 'not-master' }
+  const prior = replication?.epoch === req.epoch ? (replication.priorInSync ?? []) : []
+  return { inSync: prior.filter((a) => a !== req.slave.address) }
 }
