@@ -1,4 +1,7 @@
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
+import { QMQ_BIN } from '../../src/cli/child-service'
 import { ManualClock } from '../../src/common/clock'
 import { silentLogger } from '../../src/common/logger'
 import type { ServerHeartbeatRequest } from '../../src/common/meta/types'
@@ -7,7 +10,7 @@ import { PostgresMetaStore } from '../../src/metaserver/postgres-store'
 import { MetaService } from '../../src/metaserver/service'
 import { SqliteMetaStore } from '../../src/metaserver/sqlite-store'
 import type { MetaStore } from '../../src/metaserver/store'
-import { CLUSTER_SECRET, freshDatabase } from './helpers'
+import { CLUSTER_SECRET, freshDatabase, startWithClient } from './helpers'
 
 /**
  * A slave that cannot be promoted (a delay slave holding no checkpoint whose message-log copy starts
@@ -205,4 +208,32 @@ t.test('two metaservers on PostgreSQL: the refusal heard by B, A reloads and pro
   t.match(a.getGroup('d'), { epoch: 3, address: B })
   await b.refresh()
   t.match(b.getGroup('d'), { epoch: 3, address: B })
+})
+
+t.test('over HTTP: the field is validated, GroupInfo and `qmq groups` show why', async (t) => {
+  const { server, client } = await startWithClient(t)
+  await client.heartbeat(masterHb([A, B]))
+  await client.heartbeat(slaveHb(A, 500, { promotable: false }))
+  await client.heartbeat(slaveHb(B, 400))
+  const g = await client.getGroup('d')
+  t.match(
+    g.servers.find((s) => s.address === A),
+    { role: 'slave', notPromotable: CANNOT, replication: { promotable: false } },
+  )
+  t.equal(g.servers.find((s) => s.address === B)?.notPromotable, undefined)
+  const bad = slaveHb(A, 500)
+  await t.rejects(
+    client.heartbeat({
+      ...bad,
+      replication: { ...bad.replication!, promotable: 'no' as unknown as boolean },
+    }),
+    { code: 'QMQ_ERR_INVALID_ARGUMENT' },
+  )
+  const out = (
+    await promisify(execFile)(process.execPath, [QMQ_BIN, 'groups', '--metaserver', server.url], {
+      timeout: 60_000,
+    })
+  ).stdout
+  t.match(out, `${A} (NOT PROMOTABLE)`, '`qmq groups` marks it')
+  t.match(out, `d: slave ${A} cannot be promoted: ${CANNOT}`, 'and says why')
 })
