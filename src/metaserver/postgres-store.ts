@@ -22,7 +22,7 @@ import {
   toServer,
   toSlave,
 } from './rows'
-import { chooseAbandon, choosePromotion, priorInSync } from './promotion'
+import { chooseAbandon, choosePromotion } from './promotion'
 import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
@@ -499,8 +499,8 @@ export class PostgresMetaStore implements MetaStore {
       // The group's row first: heartbeats of the group (which lock it with their upsert) and other
       // promotions wait, so what is read below stays true until commit.
       await c.query('SELECT 1 FROM groups WHERE name = $1 FOR UPDATE', [group])
-      const seen = await c.query<{ last_seen_at: number }>(
-        `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master'`,
+      const seen = await c.query<{ last_seen_at: number; address: string }>(
+        `SELECT last_seen_at, address FROM servers WHERE group_name = $1 AND role = 'master'`,
         [group],
       )
       const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [
@@ -509,6 +509,7 @@ export class PostgresMetaStore implements MetaStore {
       const state = {
         epoch: await epochOf(c, group),
         masterLastSeenAt: seen.rows[0]?.last_seen_at ?? 0,
+        masterAddress: seen.rows[0]?.address,
         replication: await replicationOf(c, group),
         slaves: slaves.rows.map(toSlave),
       }
@@ -536,13 +537,7 @@ export class PostgresMetaStore implements MetaStore {
         [group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next],
       )
       await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [group, slave.address])
-      await c.query(NEW_EPOCH_REPLICATION, [
-        group,
-        next,
-        '[]',
-        now,
-        JSON.stringify(priorInSync(state, slave.address)),
-      ])
+      await c.query(NEW_EPOCH_REPLICATION, [group, next, '[]', now, JSON.stringify(choice.priorInSync)])
       return { promoted: { ...slave, role: 'master' as const } }
     })
   }

@@ -19,6 +19,8 @@ export interface PromotionState {
   epoch: number
   /** The stored master's last-seen (0 without a master row, or after its clean 'offline'). */
   masterLastSeenAt: number
+  /** The stored master's address (undefined without a master row). */
+  masterAddress?: string
   replication: StoredReplication | undefined
   slaves: StoredServer[]
 }
@@ -42,7 +44,7 @@ export function byMostData(a: StoredServer, b: StoredServer): number {
 export function choosePromotion(
   req: PromoteRequest,
   state: PromotionState,
-): { slave: StoredServer } | Extract<PromoteResult, { refused: string }> {
+): { slave: StoredServer; priorInSync: string[] } | Extract<PromoteResult, { refused: string }> {
   if (state.epoch !== req.expectedEpoch) return { refused: 'epoch' }
   const r = state.replication
   const stepDownDue =
@@ -56,12 +58,14 @@ export function choosePromotion(
     )
     .sort(byMostData)
   const best = candidates[0]
-  return best === undefined ? { refused: 'no-in-sync-slave' } : { slave: best }
-}
-
-/** The in-sync set a promotion leaves for abandonPromotion: the others of the set it chose from. */
-export function priorInSync(state: PromotionState, promoted: string): string[] {
-  return (state.replication?.inSync ?? []).filter((a) => a !== promoted)
+  if (best === undefined) return { refused: 'no-in-sync-slave' }
+  // Should the promoted slave refuse (abandonPromotion), these are in sync in the next epoch: the other
+  // candidates' peers in the report, and a master that stepped down (`qmq failover`: it stopped
+  // acknowledging when told, and heartbeats on as a slave, holding everything it acknowledged).
+  const prior = r.inSync.filter((a) => a !== best.address)
+  if (stepDownDue && state.masterAddress !== undefined && !prior.includes(state.masterAddress))
+    prior.push(state.masterAddress)
+  return { slave: best, priorInSync: prior }
 }
 
 /**

@@ -40,7 +40,7 @@ import {
   toServer,
   toSlave,
 } from './rows'
-import { chooseAbandon, choosePromotion, priorInSync } from './promotion'
+import { chooseAbandon, choosePromotion } from './promotion'
 import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
@@ -214,7 +214,9 @@ export class SqliteMetaStore implements MetaStore {
          ON CONFLICT (group_name) DO UPDATE SET alive = excluded.alive, version = version + 1,
            changed_at = excluded.changed_at`,
       ),
-      masterLastSeen: db.prepare("SELECT last_seen_at FROM servers WHERE group_name = ? AND role = 'master'"),
+      masterLastSeen: db.prepare(
+        "SELECT last_seen_at, address FROM servers WHERE group_name = ? AND role = 'master'",
+      ),
       masterAddress: db.prepare("SELECT address FROM servers WHERE group_name = ? AND role = 'master'"),
       deleteMaster: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'master'"),
       upsertMetaserver: db.prepare(
@@ -463,10 +465,11 @@ export class SqliteMetaStore implements MetaStore {
       this.db
         .transaction((): PromoteResult => {
           const s = this.stmts
-          const seen = s.masterLastSeen.get(group) as { last_seen_at: number } | undefined
+          const seen = s.masterLastSeen.get(group) as { last_seen_at: number; address: string } | undefined
           const state = {
             epoch: this.epochOf(group),
             masterLastSeenAt: seen?.last_seen_at ?? 0,
+            masterAddress: seen?.address,
             replication: this.replicationOf(group),
             slaves: (s.slavesOf.all(group) as SlaveRow[]).map(toSlave),
           }
@@ -478,7 +481,7 @@ export class SqliteMetaStore implements MetaStore {
           const slave = choice.slave
           s.promotedMaster.run(group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next)
           s.deleteSlave.run(group, slave.address)
-          s.newEpochReplication.run(group, next, '[]', now, JSON.stringify(priorInSync(state, slave.address)))
+          s.newEpochReplication.run(group, next, '[]', now, JSON.stringify(choice.priorInSync))
           return { promoted: { ...slave, role: 'master' } }
         })
         .immediate(),

@@ -176,6 +176,27 @@ t.test('a refused promotion, no other slave: the former master comes back and se
   })
 })
 
+t.test('`qmq failover` whose slave refuses: the stepped-down master is promoted back', async (t) => {
+  const clock = new ManualClock()
+  const { svc } = await sqliteService(t, clock)
+  await svc.heartbeat(masterHb([A]))
+  await svc.heartbeat(slaveHb(A, 500))
+  await svc.failover('d')
+  t.equal((await svc.heartbeat(masterHb([A]))).role, 'slave', 'the master steps down')
+  const stepped = () => slaveHb(MASTER, 500) // it heartbeats on as a slave
+  clock.advance(TIMEOUT_MS / 2 + 1)
+  await svc.heartbeat(stepped())
+  await svc.heartbeat(slaveHb(A, 500))
+  t.same(await svc.sweepFailover(), ['d'], 'A is promoted after the lease')
+  t.match(await svc.heartbeat(stepped()), { role: 'slave', epoch: 1 }, 'the former master: a slave of A')
+  await svc.heartbeat(slaveHb(A, 500, { promotable: false, refusedEpoch: 1 }))
+  t.match(svc.getGroup('d'), { epoch: 2, address: '' }, 'A refused: epoch 1 given up')
+  await svc.heartbeat(stepped())
+  t.same(await svc.sweepFailover(), ['d'], 'the former master (it holds everything) is promoted')
+  t.match(svc.getGroup('d'), { epoch: 3, address: MASTER })
+  t.match(await svc.heartbeat(stepped()), { role: 'master', epoch: 3 })
+})
+
 t.test('a refusal of an epoch already superseded changes nothing', async (t) => {
   const clock = new ManualClock()
   const { svc } = await sqliteService(t, clock)
