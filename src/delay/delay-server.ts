@@ -596,7 +596,13 @@ export class DelayServer {
     if (meta === undefined) return undefined
     try {
       const g = await meta.getGroup(o.group)
-      return g.alive && g.address !== '' && g.address !== this.address ? g.address : undefined
+      if (!g.alive || g.address === '' || g.address === this.address) return undefined
+      // A promoted slave that has not taken the role yet still reports as a slave (no in-sync set):
+      // following it would drop this slave's copy of the derived files (mirror.ts onMasterChange), and
+      // should it refuse the promotion, this slave could not be promoted in its place. Wait for it.
+      const master = g.servers.find((s) => s.role === 'master' && s.address === g.address)
+      if (master?.replication !== undefined && master.replication.inSyncSlaves === undefined) return undefined
+      return g.address
     } catch (err) {
       this.log.warn({ err: String(err) }, 'slave: cannot ask the metaserver for the master')
       return undefined

@@ -877,8 +877,15 @@ export class MetaService {
       const former = g.master?.address
       g.epoch++
       g.failovers++
+      // Its last report stays listed (a slave's, without inSyncSlaves) until it heartbeats as master:
+      // followers tell a master that has not taken the role yet from one that serves (GroupInfo).
+      const report = g.slaves.get(slave.address)?.replication
       g.slaves.delete(slave.address)
-      g.master = { ...serverState(slave), role: 'master' }
+      g.master = {
+        ...serverState(slave),
+        role: 'master',
+        ...(report !== undefined ? { replication: report } : {}),
+      }
       g.inSync = []
       g.inSyncEpoch = g.epoch
       g.reportedAt = now
