@@ -59,7 +59,17 @@ export type DelayReplicationHealth =
       /** Per slave, besides its message-log copy: the checkpoint whose files it holds (-1: none). */
       slaves: (SlaveStatus & { checkpoint: number })[]
     }
-  | { role: 'slave'; epoch: number; slave: FollowerStatus; copy: DelayMirrorStatus | undefined }
+  | {
+      role: 'slave'
+      epoch: number
+      slave: FollowerStatus
+      copy: DelayMirrorStatus | undefined
+      /** False while a promotion would lose data (refused); the reason in `notPromotableReason`. */
+      promotable: boolean
+      notPromotableReason?: string
+      /** The highest epoch whose promotion it refused (0: none). */
+      refusedEpoch: number
+    }
 
 export { delayOptionsSchema, type DelayOptions, resolveDelayOptions } from './options'
 
@@ -119,6 +129,11 @@ export class DelayServer {
   private readonly inSyncReport = new InSyncReport()
   /** Promoted to this epoch: recorded (with the message log's end) once the store is open. */
   private promotedTo: number | undefined
+  /**
+   * The highest epoch whose promotion this server refused (0: none). It never serves that epoch or an
+   * earlier one afterwards, and says so in its heartbeats, so the metaserver may give the epoch up.
+   */
+  private refusedEpoch = 0
   private switching: Promise<void> | undefined
   private replication: ReplicationSource | undefined
   private delayReplication: DelayReplicationSource | undefined
@@ -581,7 +596,13 @@ export class DelayServer {
     if (meta === undefined) return undefined
     try {
       const g = await meta.getGroup(o.group)
-      return g.alive && g.address !== '' && g.address !== this.address ? g.address : undefined
+      if (!g.alive || g.address === '' || g.address === this.address) return undefined
+      // A promoted slave that has not taken the role yet still reports as a slave (no in-sync set):
+      // following it would drop this slave's copy of the derived files (mirror.ts onMasterChange), and
+      // should it refuse the promotion, this slave could not be promoted in its place. Wait for it.
+      const master = g.servers.find((s) => s.role === 'master' && s.address === g.address)
+      if (master?.replication !== undefined && master.replication.inSyncSlaves === undefined) return undefined
+      return g.address
     } catch (err) {
       this.log.warn({ err: String(err) }, 'slave: cannot ask the metaserver for the master')
       return undefined
@@ -625,11 +646,14 @@ export class DelayServer {
     if (this.closing !== undefined) return undefined
     const f = this.follower?.status()
     if (f !== undefined) {
+      const blocker = this.promotionBlocker()
       return {
         epoch: this.epochs.epoch,
         messageOffset: f.messageOffset,
         actionOffset: 0,
         lagBytes: Math.max(0, f.masterMessageEnd - f.messageOffset),
+        ...(blocker !== undefined ? { promotable: false, notPromotableReason: blocker } : {}),
+        ...(this.refusedEpoch > 0 ? { refusedEpoch: this.refusedEpoch } : {}),
       }
     }
     const r = this.replication
@@ -663,7 +687,7 @@ export class DelayServer {
 
   /** Changes role in place (same ports, same data dir, same group). */
   private async switchRole(role: 'master' | 'slave', epoch: number): Promise<void> {
-    this.refuseUnsafePromotion(role)
+    this.refuseUnsafePromotion(role, epoch)
     this.log.warn({ from: this.role, to: role, epoch }, "the metaserver changed this delay server's role")
     await this.heartbeatLoop?.stop(false)
     this.heartbeatLoop = undefined
@@ -697,24 +721,43 @@ export class DelayServer {
   }
 
   /**
-   * A slave holding no adopted checkpoint (it dropped its copy of the derived files, mirror.ts
-   * `forget`, and has not adopted one since) whose message-log copy no longer starts at 0 would lose
-   * every pending message below that start as a master. Its master counts it out of sync as soon as
-   * it hears of the drop, and it tells it at once; this refuses a promotion decided before the
-   * metaserver stored that (the change is asked again with each heartbeat answer).
+   * Why this slave cannot be promoted now, or undefined. A slave holding no adopted checkpoint (it
+   * dropped its copy of the derived files, mirror.ts `forget`, and has not adopted one since) whose
+   * message-log copy no longer starts at 0 would lose every pending message below that start as a
+   * master. It says so with every heartbeat (ServerReplication.promotable false), and the metaserver
+   * promotes no slave that says so; its master also counts it out of sync as soon as it hears of the
+   * drop.
    */
-  private refuseUnsafePromotion(role: 'master' | 'slave'): void {
-    if (role !== 'master' || this.role !== 'slave' || this.follower === undefined) return
+  private promotionBlocker(): string | undefined {
+    if (this.role !== 'slave' || this.follower === undefined) return undefined
     const start = this.follower.copyStart(0)
     const adopted = this.mirror?.status().checkpoint ?? -1
-    if (adopted >= 0 || start === 0) return
-    this.log.error(
-      { messageLogStart: start },
-      'promotion refused: this slave holds no checkpoint of the derived files and its message-log copy starts past 0; as master it would lose pending messages',
-    )
+    if (adopted >= 0 || start === 0) return undefined
+    return `holds no checkpoint of the derived files and its message-log copy starts at ${start}: as master it would lose pending messages`
+  }
+
+  /**
+   * Refuses a promotion decided before the metaserver heard promotionBlocker() (a race), and for good
+   * any promotion to an epoch refused before: the refused epoch goes out with the next heartbeat
+   * (sent at once), and the metaserver then gives that epoch up (docs/replication.md, "A promotion
+   * refused"). A later answer of that epoch (a metaserver that has not reloaded yet) is refused too,
+   * so this server never serves an epoch the metaserver may have given to another.
+   */
+  private refuseUnsafePromotion(role: 'master' | 'slave', epoch: number): void {
+    if (role !== 'master' || this.role !== 'slave') return
+    const blocker =
+      this.refusedEpoch > 0 && epoch <= this.refusedEpoch
+        ? `refused epoch ${this.refusedEpoch} already`
+        : this.promotionBlocker()
+    if (blocker === undefined) return
+    // An epoch above this server's own is a promotion's (an older metaserver sends none: the
+    // server's own epoch stands in, and refusing it for good would refuse that metaserver forever).
+    if (epoch > this.epochs.epoch) this.refusedEpoch = Math.max(this.refusedEpoch, epoch)
+    this.log.error({ epoch, reason: blocker }, `promotion refused: this slave ${blocker}`)
+    this.heartbeatLoop?.reportNow()
     throw new QmqError(
       'QMQ_ERR_NO_IN_SYNC_SLAVE',
-      `this slave holds no checkpoint and its message-log copy starts at ${start}: it cannot be promoted`,
+      `this slave cannot be promoted to epoch ${epoch}: it ${blocker}`,
     )
   }
 
@@ -726,8 +769,18 @@ export class DelayServer {
   /** Replication as this delay server sees it: a master's slaves, or a slave's progress (/health). */
   replicationStatus(): DelayReplicationHealth {
     const f = this.follower?.status()
-    if (f !== undefined)
-      return { role: 'slave', epoch: this.epochs.epoch, slave: f, copy: this.mirror?.status() }
+    if (f !== undefined) {
+      const blocker = this.promotionBlocker()
+      return {
+        role: 'slave',
+        epoch: this.epochs.epoch,
+        slave: f,
+        copy: this.mirror?.status(),
+        promotable: blocker === undefined,
+        ...(blocker !== undefined ? { notPromotableReason: blocker } : {}),
+        refusedEpoch: this.refusedEpoch,
+      }
+    }
     const r = this.replication
     return {
       role: this.role,

@@ -22,10 +22,12 @@ import {
   toServer,
   toSlave,
 } from './rows'
-import { choosePromotion } from './promotion'
+import { chooseAbandon, choosePromotion } from './promotion'
 import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 import type {
+  AbandonRequest,
+  AbandonResult,
   HeartbeatResult,
   LivenessDecision,
   PromoteRequest,
@@ -82,9 +84,46 @@ function loadPg(): typeof import('pg') {
 }
 
 const SLAVE_COLUMNS =
-  'group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at'
+  'group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at, not_promotable'
 const REPLICATION_COLUMNS =
-  'group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at'
+  'group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at, prior_in_sync_json'
+
+/**
+ * Upserts a slave row ($1..$8 in SLAVE_COLUMNS order): its offsets and notPromotable are those of its
+ * newest report (they go back when it truncates).
+ */
+const UPSERT_SLAVE = `INSERT INTO slaves AS s (${SLAVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+  ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
+    heard_at = GREATEST(s.heard_at, excluded.heard_at),
+    last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
+                        ELSE GREATEST(s.last_seen_at, excluded.last_seen_at) END,
+    message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
+                          THEN excluded.message_offset ELSE s.message_offset END,
+    action_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
+                         THEN excluded.action_offset ELSE s.action_offset END,
+    not_promotable = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
+                          THEN excluded.not_promotable ELSE s.not_promotable END`
+
+function slaveParams(group: string, slave: StoredServer): unknown[] {
+  return [
+    group,
+    slave.address,
+    slave.httpAddress ?? null,
+    slave.lastSeenAt,
+    slave.messageOffset ?? 0,
+    slave.actionOffset ?? 0,
+    slave.heardAt ?? slave.lastSeenAt,
+    slave.notPromotable ?? null,
+  ]
+}
+
+/** A new epoch's replication state (see sqlite-store.ts newEpochReplication): $1 group, $2 epoch, $3 in-sync, $4 now, $5 prior. */
+const NEW_EPOCH_REPLICATION = `INSERT INTO group_replication
+    (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at, prior_in_sync_json)
+  VALUES ($1, TRUE, $2, $3, $4, NULL, $5)
+  ON CONFLICT (group_name) DO UPDATE SET replicated = TRUE, epoch = excluded.epoch,
+    in_sync_json = excluded.in_sync_json, reported_at = excluded.reported_at, report_seq = 0,
+    step_down_at = NULL, prior_in_sync_json = excluded.prior_in_sync_json`
 
 async function epochOf(c: PoolClient, group: string): Promise<number> {
   const r = await c.query<{ epoch: number }>('SELECT epoch FROM group_epochs WHERE group_name = $1', [group])
@@ -330,29 +369,7 @@ export class PostgresMetaStore implements MetaStore {
               report.seq ?? 0,
             ],
           )
-      } else {
-        // A slave's offsets are those of its newest report (they go back when it truncates).
-        await c.query(
-          `INSERT INTO slaves AS s (${SLAVE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
-             heard_at = GREATEST(s.heard_at, excluded.heard_at),
-             last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
-                                 ELSE GREATEST(s.last_seen_at, excluded.last_seen_at) END,
-             message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
-                                   THEN excluded.message_offset ELSE s.message_offset END,
-             action_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= s.last_seen_at
-                                  THEN excluded.action_offset ELSE s.action_offset END`,
-          [
-            server.group,
-            server.address,
-            server.httpAddress ?? null,
-            server.lastSeenAt,
-            server.messageOffset ?? 0,
-            server.actionOffset ?? 0,
-            server.heardAt ?? server.lastSeenAt,
-          ],
-        )
-      }
+      } else await c.query(UPSERT_SLAVE, slaveParams(server.group, server))
       return { written: true, epoch: stored, replication: await replicationOf(c, group.name) }
     })
   }
@@ -482,19 +499,21 @@ export class PostgresMetaStore implements MetaStore {
       // The group's row first: heartbeats of the group (which lock it with their upsert) and other
       // promotions wait, so what is read below stays true until commit.
       await c.query('SELECT 1 FROM groups WHERE name = $1 FOR UPDATE', [group])
-      const seen = await c.query<{ last_seen_at: number }>(
-        `SELECT last_seen_at FROM servers WHERE group_name = $1 AND role = 'master'`,
+      const seen = await c.query<{ last_seen_at: number; address: string }>(
+        `SELECT last_seen_at, address FROM servers WHERE group_name = $1 AND role = 'master'`,
         [group],
       )
       const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [
         group,
       ])
-      const choice = choosePromotion(req, {
+      const state = {
         epoch: await epochOf(c, group),
         masterLastSeenAt: seen.rows[0]?.last_seen_at ?? 0,
+        masterAddress: seen.rows[0]?.address,
         replication: await replicationOf(c, group),
         slaves: slaves.rows.map(toSlave),
-      })
+      }
+      const choice = choosePromotion(req, state)
       if (!('slave' in choice)) return choice
       await c.query(
         `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ($1, 0, 0, $2)
@@ -518,14 +537,37 @@ export class PostgresMetaStore implements MetaStore {
         [group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next],
       )
       await c.query('DELETE FROM slaves WHERE group_name = $1 AND address = $2', [group, slave.address])
-      await c.query(
-        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
-         VALUES ($1, TRUE, $2, '[]', $3, NULL)
-         ON CONFLICT (group_name) DO UPDATE SET replicated = TRUE, epoch = excluded.epoch, in_sync_json = '[]',
-           reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL`,
-        [group, next, now],
-      )
+      await c.query(NEW_EPOCH_REPLICATION, [group, next, '[]', now, JSON.stringify(choice.priorInSync)])
       return { promoted: { ...slave, role: 'master' as const } }
+    })
+  }
+
+  async abandonPromotion(req: AbandonRequest): Promise<AbandonResult> {
+    const { group, now, slave } = req
+    return this.txStored(`abandon the promotion of ${slave.address} in ${group}`, async (c) => {
+      // The group's row first, as promote() does: heartbeats and promotions of the group wait.
+      await c.query('SELECT 1 FROM groups WHERE name = $1 FOR UPDATE', [group])
+      const master = await c.query<{ address: string }>(
+        `SELECT address FROM servers WHERE group_name = $1 AND role = 'master'`,
+        [group],
+      )
+      const choice = chooseAbandon(
+        req,
+        await epochOf(c, group),
+        master.rows[0]?.address,
+        await replicationOf(c, group),
+      )
+      if ('refused' in choice) return choice
+      const moved = await c.query(
+        'UPDATE group_epochs SET epoch = epoch + 1, updated_at = $1 WHERE group_name = $2 AND epoch = $3',
+        [now, group, req.epoch],
+      )
+      if (moved.rowCount !== 1) return { refused: 'epoch' as const }
+      const next = req.epoch + 1
+      await c.query(`DELETE FROM servers WHERE group_name = $1 AND role = 'master'`, [group])
+      await c.query(UPSERT_SLAVE, slaveParams(group, slave))
+      await c.query(NEW_EPOCH_REPLICATION, [group, next, JSON.stringify(choice.inSync), now, '[]'])
+      return { abandoned: next }
     })
   }
 

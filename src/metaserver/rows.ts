@@ -157,10 +157,11 @@ export interface SlaveRow {
   message_offset: number
   action_offset: number
   heard_at: number
+  not_promotable: string | null
 }
 
 export function toSlave(r: SlaveRow): StoredServer {
-  return {
+  const out: StoredServer = {
     group: r.group_name,
     role: 'slave',
     address: r.address,
@@ -170,6 +171,8 @@ export function toSlave(r: SlaveRow): StoredServer {
     actionOffset: r.action_offset,
     heardAt: r.heard_at,
   }
+  if (r.not_promotable !== null) out.notPromotable = r.not_promotable
+  return out
 }
 
 export interface ReplicationRow {
@@ -180,6 +183,7 @@ export interface ReplicationRow {
   reported_at: number
   report_seq: number
   step_down_at: number | null
+  prior_in_sync_json: string
 }
 
 export function toReplication(r: ReplicationRow): StoredReplication {
@@ -191,5 +195,6 @@ export function toReplication(r: ReplicationRow): StoredReplication {
     reportedAt: r.reported_at,
     reportSeq: Number(r.report_seq),
     stepDownAt: r.step_down_at ?? undefined,
+    priorInSync: parseGroups(r.prior_in_sync_json),
   }
 }

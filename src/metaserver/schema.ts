@@ -42,6 +42,12 @@
  * Version 8 (in-sync reports are ordered):
  *   group_replication gains report_seq: the master's reportSeq of the stored report (0: none sent; a
  *     new epoch starts at 0). A report of the same epoch with a lower reportSeq is refused.
+ * Version 9 (a promotion refused by the promoted slave):
+ *   slaves gains not_promotable: NULL, or why the slave said (its newest heartbeat) it cannot be
+ *     promoted; such a slave is never promoted.
+ *   group_replication gains prior_in_sync_json '["host:port",...]': set by a promotion, the other
+ *     slaves of the in-sync set it chose from; they become the in-sync set of the next epoch when the
+ *     promoted slave refuses (abandonPromotion). '[]' otherwise.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 
@@ -151,6 +157,13 @@ UPDATE slaves SET heard_at = CASE WHEN last_seen_at > 0 THEN last_seen_at
     version: 8,
     sql: both(`
 ALTER TABLE group_replication ADD COLUMN report_seq {INT64} NOT NULL DEFAULT 0;
+`),
+  },
+  {
+    version: 9,
+    sql: both(`
+ALTER TABLE slaves ADD COLUMN not_promotable TEXT;
+ALTER TABLE group_replication ADD COLUMN prior_in_sync_json TEXT NOT NULL DEFAULT '[]';
 `),
   },
 ]

@@ -74,6 +74,8 @@ interface ServerState {
   actionOffset?: number
   /** A slave: its last heartbeat, an 'offline' one included (expiry after slaveExpiryMs). */
   heardAt?: number
+  /** A slave that said it cannot be promoted (stored): why. Never promoted while set. */
+  notPromotable?: string
 }
 
 interface GroupState {
@@ -172,7 +174,13 @@ function serverState(s: StoredServer): ServerState {
   if (s.messageOffset !== undefined) out.messageOffset = s.messageOffset
   if (s.actionOffset !== undefined) out.actionOffset = s.actionOffset
   if (s.heardAt !== undefined) out.heardAt = s.heardAt
+  if (s.notPromotable !== undefined) out.notPromotable = s.notPromotable
   return out
+}
+
+/** A slave's heartbeat report: why it cannot be promoted, or undefined (promotable; older servers). */
+function notPromotableOf(rep: ServerReplication): string | undefined {
+  return rep.promotable === false ? (rep.notPromotableReason ?? 'the slave refuses promotion') : undefined
 }
 
 /** Puts a stored server into a group's memory (the master, or one of its slaves). */
@@ -375,6 +383,7 @@ export class MetaService {
         mine.httpAddress = s.httpAddress
         if (s.messageOffset !== undefined) mine.messageOffset = s.messageOffset
         if (s.actionOffset !== undefined) mine.actionOffset = s.actionOffset
+        if (s.role === 'slave') mine.notPromotable = s.notPromotable
         if (s.role === 'master') g.slaves.delete(s.address)
       }
       if (mine !== undefined && s.heardAt !== undefined && s.heardAt > (mine.heardAt ?? 0))
@@ -535,6 +544,10 @@ export class MetaService {
         'new group registered',
       )
     }
+    if (this.refusedPromotion(g, req)) {
+      await this.abandonPromotion(g, req, now)
+      g = this.groups.get(req.group) ?? g
+    }
     if (req.load !== undefined) g.load = req.load
     const offline = req.state === 'offline'
     const wasAlive = this.isAlive(g, now)
@@ -602,6 +615,18 @@ export class MetaService {
           server.messageOffset !== rep.messageOffset || server.actionOffset !== rep.actionOffset
         server.messageOffset = rep.messageOffset
         server.actionOffset = rep.actionOffset
+        // Stored before the answer (a change must be written: the store promotes from its rows).
+        const notPromotable = notPromotableOf(rep)
+        if (notPromotable !== server.notPromotable) {
+          changed = true
+          if (notPromotable !== undefined)
+            this.log.warn(
+              { group: g.name, slave: server.address, reason: notPromotable },
+              'slave says it cannot be promoted: it is not a promotion candidate until it says otherwise',
+            )
+          else this.log.info({ group: g.name, slave: server.address }, 'slave can be promoted again')
+        }
+        server.notPromotable = notPromotable
       }
     }
     if (role === 'master' && wasAlive !== this.isAlive(g, now)) changed = true
@@ -630,6 +655,7 @@ export class MetaService {
                     messageOffset: srv.messageOffset ?? 0,
                     actionOffset: srv.actionOffset ?? 0,
                     heardAt: srv.heardAt ?? now,
+                    ...(srv.notPromotable !== undefined ? { notPromotable: srv.notPromotable } : {}),
                   }
                 : {}),
             },
@@ -716,11 +742,73 @@ export class MetaService {
     return s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs
   }
 
-  /** The slaves that may be promoted as memory knows them: alive, in sync in this epoch; most data first. */
+  /**
+   * The heartbeat of the server recorded as the master of the group's epoch, which says it refused
+   * that promotion (it acts as a slave and will never serve the epoch: ServerReplication.refusedEpoch).
+   * An older server never says so (it keeps refusing, as before).
+   */
+  private refusedPromotion(g: GroupState, req: ServerHeartbeatRequest): boolean {
+    return (
+      g.epoch > 0 &&
+      req.role === 'slave' &&
+      g.master?.address === req.address &&
+      (req.replication?.refusedEpoch ?? 0) >= g.epoch
+    )
+  }
+
+  /**
+   * Gives up the epoch whose promoted slave refused it (store.abandonPromotion): the group gets the
+   * next epoch with no master, the refusing server is stored as a slave that cannot be promoted, and
+   * the slaves that were in sync with it when it was chosen are in sync in the new epoch (nothing was
+   * written in the refused one). The next sweep promotes one of them, or, with none, the former
+   * master coming back takes the group over (roleOf: no master). Memory is reloaded from the store.
+   */
+  private async abandonPromotion(g: GroupState, req: ServerHeartbeatRequest, now: number): Promise<void> {
+    const rep = req.replication
+    const slave: StoredServer = {
+      group: g.name,
+      role: 'slave',
+      address: req.address,
+      httpAddress: req.httpAddress,
+      lastSeenAt: req.state === 'offline' ? 0 : now,
+      messageOffset: rep?.messageOffset ?? 0,
+      actionOffset: rep?.actionOffset ?? 0,
+      heardAt: now,
+      notPromotable:
+        (rep === undefined ? undefined : notPromotableOf(rep)) ?? `refused promotion to epoch ${g.epoch}`,
+    }
+    const res = await this.stored(() =>
+      this.store.abandonPromotion({ group: g.name, epoch: g.epoch, now, slave }),
+    )
+    if ('abandoned' in res)
+      this.log.error(
+        {
+          group: g.name,
+          refusedEpoch: g.epoch,
+          epoch: res.abandoned,
+          slave: req.address,
+          reason: slave.notPromotable,
+        },
+        'the promoted slave refused its promotion: epoch given up, the group has no master until another slave is promoted or the former master is back',
+      )
+    else
+      this.log.info(
+        { group: g.name, epoch: g.epoch, refused: res.refused },
+        'a refused promotion was already given up or superseded: reloading',
+      )
+    await this.refresh()
+  }
+
+  /**
+   * The slaves that may be promoted as memory knows them: alive, in sync in this epoch, not saying
+   * they cannot be promoted; most data first.
+   */
   private promotable(g: GroupState, now: number): ServerState[] {
     if (g.inSyncEpoch !== g.epoch) return []
     return [...g.slaves.values()]
-      .filter((s) => this.serverAlive(s, now) && g.inSync.includes(s.address))
+      .filter(
+        (s) => this.serverAlive(s, now) && g.inSync.includes(s.address) && s.notPromotable === undefined,
+      )
       .sort((a, b) => byMostData({ ...a, group: g.name }, { ...b, group: g.name }))
   }
 
@@ -789,8 +877,15 @@ export class MetaService {
       const former = g.master?.address
       g.epoch++
       g.failovers++
+      // Its last report stays listed (a slave's, without inSyncSlaves) until it heartbeats as master:
+      // followers tell a master that has not taken the role yet from one that serves (GroupInfo).
+      const report = g.slaves.get(slave.address)?.replication
       g.slaves.delete(slave.address)
-      g.master = { ...serverState(slave), role: 'master' }
+      g.master = {
+        ...serverState(slave),
+        role: 'master',
+        ...(report !== undefined ? { replication: report } : {}),
+      }
       g.inSync = []
       g.inSyncEpoch = g.epoch
       g.reportedAt = now
@@ -1123,6 +1218,7 @@ export class MetaService {
           alive: s.lastSeenAt > 0 && now - s.lastSeenAt <= this.options.heartbeatTimeoutMs,
         }
         if (s.heardAt !== undefined) out.lastHeardAt = s.heardAt
+        if (s.notPromotable !== undefined) out.notPromotable = s.notPromotable
         if (s.httpAddress !== undefined) out.httpAddress = s.httpAddress
         if (s.replication !== undefined) out.replication = s.replication
         return out

@@ -1,6 +1,8 @@
 import type Database from 'better-sqlite3'
 import { QmqError } from '../common/errors'
 import type {
+  AbandonRequest,
+  AbandonResult,
   MetaSnapshot,
   MetaStore,
   StoredClient,
@@ -38,7 +40,7 @@ import {
   toServer,
   toSlave,
 } from './rows'
-import { choosePromotion } from './promotion'
+import { chooseAbandon, choosePromotion } from './promotion'
 import { staleReport } from './store'
 import { pendingMigrations, SCHEMA_VERSION, VERSION_TABLE } from './schema'
 
@@ -123,8 +125,8 @@ export class SqliteMetaStore implements MetaStore {
       ),
       // A slave's offsets are those of its newest report (they go back when it truncates).
       upsertSlave: db.prepare(
-        `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO slaves (group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at, not_promotable)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (group_name, address) DO UPDATE SET http_address = excluded.http_address,
            heard_at = MAX(slaves.heard_at, excluded.heard_at),
            last_seen_at = CASE WHEN excluded.last_seen_at = 0 THEN 0
@@ -132,23 +134,25 @@ export class SqliteMetaStore implements MetaStore {
            message_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
                                  THEN excluded.message_offset ELSE slaves.message_offset END,
            action_offset = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
-                                THEN excluded.action_offset ELSE slaves.action_offset END`,
+                                THEN excluded.action_offset ELSE slaves.action_offset END,
+           not_promotable = CASE WHEN excluded.last_seen_at = 0 OR excluded.last_seen_at >= slaves.last_seen_at
+                                 THEN excluded.not_promotable ELSE slaves.not_promotable END`,
       ),
       allSlaves: db.prepare(
-        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at FROM slaves',
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at, not_promotable FROM slaves',
       ),
       slavesOf: db.prepare(
-        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at FROM slaves WHERE group_name = ?',
+        'SELECT group_name, address, http_address, last_seen_at, message_offset, action_offset, heard_at, not_promotable FROM slaves WHERE group_name = ?',
       ),
       expireSlaves: db.prepare('DELETE FROM slaves WHERE heard_at < ? RETURNING group_name, address'),
       slaveSeen: db.prepare('SELECT last_seen_at FROM slaves WHERE group_name = ? AND address = ?'),
       deleteSlave: db.prepare('DELETE FROM slaves WHERE group_name = ? AND address = ?'),
       getEpoch: db.prepare('SELECT epoch FROM group_epochs WHERE group_name = ?'),
       allReplication: db.prepare(
-        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at FROM group_replication',
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at, prior_in_sync_json FROM group_replication',
       ),
       getReplication: db.prepare(
-        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at FROM group_replication WHERE group_name = ?',
+        'SELECT group_name, replicated, epoch, in_sync_json, reported_at, report_seq, step_down_at, prior_in_sync_json FROM group_replication WHERE group_name = ?',
       ),
       // A report replaces an older one only (lower epoch, or same epoch and not older: by reportSeq when
       // both have one, else by arrival); a step-down is kept within its epoch.
@@ -165,11 +169,14 @@ export class SqliteMetaStore implements MetaStore {
                   THEN group_replication.report_seq <= excluded.report_seq
                   ELSE group_replication.reported_at <= excluded.reported_at END)`,
       ),
+      // A new epoch's replication state: `in_sync_json` is '[]' after a promotion (prior_in_sync_json
+      // the others of the set it chose from), the prior set after an abandoned one ('[]' then).
       newEpochReplication: db.prepare(
-        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at)
-         VALUES (?, 1, ?, '[]', ?, NULL)
-         ON CONFLICT (group_name) DO UPDATE SET replicated = 1, epoch = excluded.epoch, in_sync_json = '[]',
-           reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL`,
+        `INSERT INTO group_replication (group_name, replicated, epoch, in_sync_json, reported_at, step_down_at, prior_in_sync_json)
+         VALUES (?, 1, ?, ?, ?, NULL, ?)
+         ON CONFLICT (group_name) DO UPDATE SET replicated = 1, epoch = excluded.epoch, in_sync_json = excluded.in_sync_json,
+           reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL,
+           prior_in_sync_json = excluded.prior_in_sync_json`,
       ),
       setStepDown: db.prepare(
         `UPDATE group_replication SET step_down_at = COALESCE(step_down_at, MAX(?, COALESCE(
@@ -207,7 +214,11 @@ export class SqliteMetaStore implements MetaStore {
          ON CONFLICT (group_name) DO UPDATE SET alive = excluded.alive, version = version + 1,
            changed_at = excluded.changed_at`,
       ),
-      masterLastSeen: db.prepare("SELECT last_seen_at FROM servers WHERE group_name = ? AND role = 'master'"),
+      masterLastSeen: db.prepare(
+        "SELECT last_seen_at, address FROM servers WHERE group_name = ? AND role = 'master'",
+      ),
+      masterAddress: db.prepare("SELECT address FROM servers WHERE group_name = ? AND role = 'master'"),
+      deleteMaster: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'master'"),
       upsertMetaserver: db.prepare(
         `INSERT INTO metaservers (id, url, started_at, last_seen_at) VALUES (?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET url = excluded.url, last_seen_at = excluded.last_seen_at`,
@@ -222,6 +233,9 @@ export class SqliteMetaStore implements MetaStore {
       ),
       casEpoch: db.prepare(
         'UPDATE group_epochs SET epoch = epoch + 1, failovers = failovers + 1, updated_at = ? WHERE group_name = ? AND epoch = ?',
+      ),
+      abandonEpoch: db.prepare(
+        'UPDATE group_epochs SET epoch = epoch + 1, updated_at = ? WHERE group_name = ? AND epoch = ?',
       ),
     }
   }
@@ -352,6 +366,7 @@ export class SqliteMetaStore implements MetaStore {
               server.messageOffset ?? 0,
               server.actionOffset ?? 0,
               server.heardAt ?? server.lastSeenAt,
+              server.notPromotable ?? null,
             )
           }
           return { written: true, epoch: stored, replication: this.replicationOf(group.name) }
@@ -450,13 +465,15 @@ export class SqliteMetaStore implements MetaStore {
       this.db
         .transaction((): PromoteResult => {
           const s = this.stmts
-          const seen = s.masterLastSeen.get(group) as { last_seen_at: number } | undefined
-          const choice = choosePromotion(req, {
+          const seen = s.masterLastSeen.get(group) as { last_seen_at: number; address: string } | undefined
+          const state = {
             epoch: this.epochOf(group),
             masterLastSeenAt: seen?.last_seen_at ?? 0,
+            masterAddress: seen?.address,
             replication: this.replicationOf(group),
             slaves: (s.slavesOf.all(group) as SlaveRow[]).map(toSlave),
-          })
+          }
+          const choice = choosePromotion(req, state)
           if (!('slave' in choice)) return choice
           s.insertEpoch.run(group, now)
           if (s.casEpoch.run(now, group, req.expectedEpoch).changes === 0) return { refused: 'epoch' }
@@ -464,8 +481,37 @@ export class SqliteMetaStore implements MetaStore {
           const slave = choice.slave
           s.promotedMaster.run(group, slave.address, slave.httpAddress ?? null, slave.lastSeenAt, next)
           s.deleteSlave.run(group, slave.address)
-          s.newEpochReplication.run(group, next, now)
+          s.newEpochReplication.run(group, next, '[]', now, JSON.stringify(choice.priorInSync))
           return { promoted: { ...slave, role: 'master' } }
+        })
+        .immediate(),
+    )
+  }
+
+  abandonPromotion(req: AbandonRequest): Promise<AbandonResult> {
+    const { group, now, slave } = req
+    return this.run(`abandon the promotion of ${slave.address} in ${group}`, () =>
+      this.db
+        .transaction((): AbandonResult => {
+          const s = this.stmts
+          const master = s.masterAddress.get(group) as { address: string } | undefined
+          const choice = chooseAbandon(req, this.epochOf(group), master?.address, this.replicationOf(group))
+          if ('refused' in choice) return choice
+          if (s.abandonEpoch.run(now, group, req.epoch).changes === 0) return { refused: 'epoch' }
+          const next = req.epoch + 1
+          s.deleteMaster.run(group)
+          s.upsertSlave.run(
+            group,
+            slave.address,
+            slave.httpAddress ?? null,
+            slave.lastSeenAt,
+            slave.messageOffset ?? 0,
+            slave.actionOffset ?? 0,
+            slave.heardAt ?? slave.lastSeenAt,
+            slave.notPromotable ?? null,
+          )
+          s.newEpochReplication.run(group, next, JSON.stringify(choice.inSync), now, '[]')
+          return { abandoned: next }
         })
         .immediate(),
     )

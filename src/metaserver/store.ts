@@ -72,6 +72,11 @@ export interface StoredServer {
   actionOffset?: number
   /** A slave: its last heartbeat, an 'offline' one included (expiry, `expireSlaves`). */
   heardAt?: number
+  /**
+   * A slave that said, in its newest heartbeat, it cannot be promoted (ServerReplication.promotable
+   * false): why. Such a slave is never promoted (promotion.ts). Absent: promotable.
+   */
+  notPromotable?: string
 }
 
 /** A slave row deleted (expired or removed by an admin). */
@@ -132,6 +137,12 @@ export interface StoredReplication {
   reportSeq: number
   /** `qmq failover` asked the master to step down at this time; undefined: not asked. */
   stepDownAt: number | undefined
+  /**
+   * Set by a promotion: the other slaves of the in-sync set it chose from (they hold everything of
+   * the former epoch). Should the promoted slave refuse (abandonPromotion), they are the in-sync set
+   * of the next epoch, since nothing was written in the refused one. Absent or []: none.
+   */
+  priorInSync?: string[]
 }
 
 /** A master's replication report, written with its heartbeat. */
@@ -198,6 +209,29 @@ export type PromoteResult =
        * reported in sync in this epoch.
        */
       refused: 'epoch' | 'master-alive' | 'no-in-sync-slave'
+    }
+
+/**
+ * The master recorded for `epoch` (the slave promoted to it) said it refused that promotion and
+ * will never serve that epoch (ServerReplication.refusedEpoch): the epoch is given up.
+ */
+export interface AbandonRequest {
+  group: string
+  /** The stored epoch must be this, and its master row `slave.address`. */
+  epoch: number
+  now: number
+  /** The refusing server's row as a slave (its offsets, times, and notPromotable). */
+  slave: StoredServer
+}
+
+export type AbandonResult =
+  | {
+      /** The group's epoch now (epoch + 1): no master, the prior in-sync set in sync in it. */
+      abandoned: number
+    }
+  | {
+      /** 'epoch': the stored epoch moved on; 'not-master': the epoch's master row is another server. */
+      refused: 'epoch' | 'not-master'
     }
 
 export interface MetaSnapshot {
@@ -269,6 +303,16 @@ export interface MetaStore {
    * Among several metaservers racing, one promotion per epoch wins; the others are refused 'epoch'.
    */
   promote(req: PromoteRequest): Promise<PromoteResult>
+  /**
+   * A promotion refused by the promoted slave (AbandonRequest), in one transaction: the stored epoch
+   * must be `epoch` and its master row the refusing server. Then the epoch moves by one (failovers
+   * unchanged: nothing was served in the refused epoch, so the new one continues the epoch before
+   * it), the master row is deleted (the group has no master: the next sweep promotes another slave,
+   * or the former master coming back takes the group over), the refusing server is stored as a slave
+   * (with its notPromotable reason), and the replication state starts the new epoch with the
+   * promotion's prior in-sync set (StoredReplication.priorInSync) as its in-sync set.
+   */
+  abandonPromotion(req: AbandonRequest): Promise<AbandonResult>
   /**
    * `qmq failover`: stores a step-down of the group's master at `at`, or at the stored master's
    * last-seen when that is later (so it is after every heartbeat of the master answered as master:

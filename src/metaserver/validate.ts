@@ -135,6 +135,17 @@ function replication(obj: Json): ServerReplication | undefined {
   }
   const reportSeq = int('reportSeq', false)
   if (reportSeq !== undefined) out.reportSeq = reportSeq
+  if (o.promotable !== undefined) {
+    if (typeof o.promotable !== 'boolean') throw invalid('replication.promotable must be a boolean')
+    out.promotable = o.promotable
+  }
+  if (o.notPromotableReason !== undefined) {
+    if (typeof o.notPromotableReason !== 'string' || o.notPromotableReason.length > 500)
+      throw invalid('replication.notPromotableReason must be a string of at most 500 characters')
+    out.notPromotableReason = o.notPromotableReason
+  }
+  const refusedEpoch = int('refusedEpoch', false)
+  if (refusedEpoch !== undefined) out.refusedEpoch = refusedEpoch
   if (o.inSyncSlaves !== undefined) {
     if (!Array.isArray(o.inSyncSlaves) || o.inSyncSlaves.length > 16)
       throw invalid('replication.inSyncSlaves must be an array of at most 16 addresses')

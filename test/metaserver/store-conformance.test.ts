@@ -74,7 +74,7 @@ for (const kind of STORE_KINDS) {
     })
     await b!.assignRouteIfAbsent('s', ['g1'], 1)
     t.same((await c!.getRoute('s'))?.groups, ['g1'])
-    t.equal(SCHEMA_VERSION, 8)
+    t.equal(SCHEMA_VERSION, 9)
   })
 
   t.test(`store [${kind}] - promote: racing promotions of one epoch, one wins`, async (t) => {
@@ -172,6 +172,7 @@ for (const kind of STORE_KINDS) {
         reportedAt: 2_000,
         reportSeq: 0,
         stepDownAt: undefined,
+        priorInSync: [],
       },
     ])
     // An older report (a slower metaserver) does not replace it.
@@ -191,6 +192,87 @@ for (const kind of STORE_KINDS) {
       ['slave', 's:3'],
     ])
   })
+
+  t.test(
+    `store [${kind}] - a slave that cannot be promoted is skipped; a refused promotion is given up`,
+    async (t) => {
+      const [a, b] = await openShared(t, kind, 2)
+      const req = (expectedEpoch: number, now: number) => ({
+        group: 'g',
+        expectedEpoch,
+        now,
+        deadBefore: now - 5_000,
+        slaveSeenAfter: now - 5_000,
+      })
+      await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1', 's:2', 's:3'],
+      })
+      const cannot = 'holds no checkpoint'
+      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
+      await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
+      await a!.recordHeartbeat(
+        group('g'),
+        { ...server('s:3', 'slave', 999), lastSeenAt: 9_000, notPromotable: cannot },
+        0,
+      )
+      t.match(
+        (await b!.loadAll()).servers.find((x) => x.address === 's:3'),
+        { notPromotable: cannot },
+        'stored with the slave',
+      )
+      // s:3 has the most data but said it cannot be promoted: s:1 is.
+      t.match(await b!.promote(req(0, 10_000)), { promoted: { address: 's:1' } })
+      t.match((await a!.loadAll()).replication, [{ epoch: 1, inSync: [], priorInSync: ['s:2', 's:3'] }])
+      const refuser = {
+        ...server('s:1', 'slave', 900),
+        lastSeenAt: 10_500,
+        heardAt: 10_500,
+        notPromotable: cannot,
+      }
+      t.same(
+        await a!.abandonPromotion({ group: 'g', epoch: 0, now: 10_500, slave: refuser }),
+        { refused: 'epoch' },
+        'only the current epoch',
+      )
+      t.same(
+        await a!.abandonPromotion({
+          group: 'g',
+          epoch: 1,
+          now: 10_500,
+          slave: { ...refuser, address: 's:2' },
+        }),
+        { refused: 'not-master' },
+        "only the epoch's master",
+      )
+      const results = await Promise.all(
+        [a, b].map((s) => s!.abandonPromotion({ group: 'g', epoch: 1, now: 10_500, slave: refuser })),
+      )
+      t.same(
+        results.map((r) => ('abandoned' in r ? r.abandoned : r.refused)).sort(),
+        [2, 'epoch'],
+        'racing metaservers: one gives the epoch up',
+      )
+      let snap = await b!.loadAll()
+      t.match(snap.epochs, [{ group: 'g', epoch: 2, failovers: 1 }], 'a new epoch; no failover counted')
+      t.same(
+        snap.servers.map((x) => [x.role, x.address, x.notPromotable]).sort(),
+        [
+          ['slave', 's:1', cannot],
+          ['slave', 's:2', undefined],
+          ['slave', 's:3', cannot],
+        ],
+        'no master; the refusing server is a slave that cannot be promoted',
+      )
+      t.match(snap.replication, [{ epoch: 2, inSync: ['s:2', 's:3'], priorInSync: [], reportSeq: 0 }])
+      // The next promotion: s:2 (in sync, promotable), at epoch 3.
+      t.match(await a!.promote(req(2, 11_000)), { promoted: { address: 's:2' } })
+      // A slave saying it can be promoted again (its newest heartbeat) is a candidate again.
+      await a!.recordHeartbeat(group('g'), { ...server('s:3', 'slave', 999), lastSeenAt: 11_500 }, 3)
+      snap = await b!.loadAll()
+      t.equal(snap.servers.find((x) => x.address === 's:3')?.notPromotable, undefined, 'cleared')
+    },
+  )
 
   t.test(`store [${kind}] - heartbeats of an older epoch do not replace the promoted master`, async (t) => {
     const [a, b] = await openShared(t, kind, 2)
@@ -271,6 +353,7 @@ for (const kind of STORE_KINDS) {
         reportedAt: 6_000,
         reportSeq: 0,
         stepDownAt: undefined,
+        priorInSync: [],
       })
       t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')
       await a!.setStepDown('g', 6_000)

@@ -84,62 +84,77 @@ export const groupsCommand = adminCommand(
   [],
   async (cluster, _args, json) => {
     const groups = await cluster.meta.listGroups()
-    print(json, groups, () =>
-      table(
-        [
-          'GROUP',
-          'KIND',
-          'MASTER',
-          'ALIVE',
-          'SLAVE',
-          'EPOCH',
-          'LAG',
-          'IN-SYNC',
-          'READ-ONLY',
-          'SUBJECTS',
-          'LAST SEEN',
-        ],
-        groups.map((g) => {
-          const master = g.servers.find((s) => s.role === 'master')
-          // Every alive slave; LAG is the largest, IN-SYNC how many the master reports in sync. Slaves
-          // not alive are listed after them with the time since they were last heard from (they
-          // leave the list after the metaserver's slaveExpiryMs, or with `qmq remove-slave`).
-          const slaves = g.servers.filter((s) => s.role === 'slave' && s.alive)
-          const down = g.servers.filter((s) => s.role === 'slave' && !s.alive)
-          const now = Date.now()
-          const lags = slaves.flatMap((s) => (s.replication === undefined ? [] : [s.replication]))
-          const inSync = slaves.filter(
-            (s) => master?.replication?.inSyncSlaves?.includes(s.address) === true,
-          ).length
-          return [
-            g.name,
-            g.kind,
-            g.address || '-',
-            g.alive ? 'yes' : 'NO',
-            slaves.length + down.length === 0
-              ? '-'
-              : [
-                  ...slaves.map((s) => s.address),
-                  ...down.map((s) => `${s.address} (down, heard ${ago(now, s.lastHeardAt ?? s.lastSeenAt)})`),
-                ].join(','),
-            g.epoch ?? 0,
-            lags.length === 0
-              ? '-'
-              : `${Math.max(...lags.map((l) => l.lagBytes ?? 0))} B / ${Math.max(...lags.map((l) => l.lagMs ?? 0))} ms`,
-            slaves.length === 0
-              ? '-'
-              : inSync === slaves.length
-                ? 'yes'
-                : inSync === 0
-                  ? 'NO'
-                  : `${inSync}/${slaves.length}`,
-            g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
-            g.subjects,
-            time(g.lastSeenAt),
-          ]
-        }),
-        '(no groups have registered)',
+    // A slave that said it cannot be promoted is marked in SLAVE; why is listed under the table.
+    const notPromotable = groups.flatMap((g) =>
+      g.servers.flatMap((s) =>
+        s.role === 'slave' && s.notPromotable !== undefined
+          ? [`${g.name}: slave ${s.address} cannot be promoted: ${s.notPromotable}`]
+          : [],
       ),
+    )
+    print(json, groups, () =>
+      [
+        table(
+          [
+            'GROUP',
+            'KIND',
+            'MASTER',
+            'ALIVE',
+            'SLAVE',
+            'EPOCH',
+            'LAG',
+            'IN-SYNC',
+            'READ-ONLY',
+            'SUBJECTS',
+            'LAST SEEN',
+          ],
+          groups.map((g) => {
+            const master = g.servers.find((s) => s.role === 'master')
+            // Every alive slave; LAG is the largest, IN-SYNC how many the master reports in sync. Slaves
+            // not alive are listed after them with the time since they were last heard from (they
+            // leave the list after the metaserver's slaveExpiryMs, or with `qmq remove-slave`).
+            const slaves = g.servers.filter((s) => s.role === 'slave' && s.alive)
+            const down = g.servers.filter((s) => s.role === 'slave' && !s.alive)
+            const now = Date.now()
+            const lags = slaves.flatMap((s) => (s.replication === undefined ? [] : [s.replication]))
+            const inSync = slaves.filter(
+              (s) => master?.replication?.inSyncSlaves?.includes(s.address) === true,
+            ).length
+            return [
+              g.name,
+              g.kind,
+              g.address || '-',
+              g.alive ? 'yes' : 'NO',
+              slaves.length + down.length === 0
+                ? '-'
+                : [
+                    ...slaves.map((s) =>
+                      s.notPromotable !== undefined ? `${s.address} (NOT PROMOTABLE)` : s.address,
+                    ),
+                    ...down.map(
+                      (s) => `${s.address} (down, heard ${ago(now, s.lastHeardAt ?? s.lastSeenAt)})`,
+                    ),
+                  ].join(','),
+              g.epoch ?? 0,
+              lags.length === 0
+                ? '-'
+                : `${Math.max(...lags.map((l) => l.lagBytes ?? 0))} B / ${Math.max(...lags.map((l) => l.lagMs ?? 0))} ms`,
+              slaves.length === 0
+                ? '-'
+                : inSync === slaves.length
+                  ? 'yes'
+                  : inSync === 0
+                    ? 'NO'
+                    : `${inSync}/${slaves.length}`,
+              g.readOnly ? 'all' : g.readOnlySubjects.length > 0 ? g.readOnlySubjects.join(',') : 'no',
+              g.subjects,
+              time(g.lastSeenAt),
+            ]
+          }),
+          '(no groups have registered)',
+        ),
+        ...notPromotable,
+      ].join('\n'),
     )
     return 0
   },

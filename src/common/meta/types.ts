@@ -133,6 +133,18 @@ export interface ServerReplication {
   /** A slave: bytes behind its master, and since when it has not held everything. */
   lagBytes?: number
   lagMs?: number
+  /**
+   * A slave: false when it cannot be promoted now (it would lose data as master), with the reason in
+   * `notPromotableReason`; the metaserver then never promotes it. Absent (older servers): promotable.
+   */
+  promotable?: boolean
+  notPromotableReason?: string
+  /**
+   * A slave: the highest epoch it refused to be promoted to. It never serves that epoch afterwards
+   * (it refuses it for good), so a metaserver that recorded it as that epoch's master may give the
+   * epoch up (docs/replication.md, "A promotion refused").
+   */
+  refusedEpoch?: number
 }
 
 export interface ServerHeartbeatResponse {
@@ -251,6 +263,8 @@ export interface ServerInfo {
   alive: boolean
   /** Its last replication report (brokers of replicated groups). */
   replication?: ServerReplication
+  /** A slave that said it cannot be promoted (its reason, as stored); absent: promotable. */
+  notPromotable?: string
 }
 
 /** GET /admin/groups -> { groups: GroupInfo[] }; GET /admin/groups/:name -> GroupInfo */
