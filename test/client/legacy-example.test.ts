@@ -3,6 +3,7 @@ import { resolve } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { startCluster } from '../helpers/cluster'
+import { testDir } from '../helpers/testdir'
 
 // Issue 19 item 6: the legacy-decorator example (NestJS-shaped wiring) runs against a real cluster,
 // compiled with experimentalDecorators: true.
@@ -10,7 +11,7 @@ import { startCluster } from '../helpers/cluster'
 const ROOT = resolve(__dirname, '../..')
 
 t.test('examples/legacy-decorators runs against a cluster', async (t) => {
-  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  const cluster = await startCluster({ dir: testDir(t), brokers: 1 })
   t.teardown(() => cluster.close())
   await cluster.waitAlive('broker', 1)
   const { stdout } = await promisify(execFile)(
