@@ -5,6 +5,7 @@ import { MessageConsumerProvider, MessageProducerProvider } from '../../src/clie
 import { QMQ_BIN } from '../../src/cli/child-service'
 import { backlogSummary } from '../../src/cli/commands/admin'
 import { startCluster } from '../helpers/cluster'
+import { testDir } from '../helpers/testdir'
 
 // Issue 19 item 10: `qmq backlog` tells an empty consumer group from one holding messages, over a real
 // cluster: group `done` consumed everything, group `busy` holds 3 ready, 1 in flight, 1 retrying and
@@ -13,7 +14,7 @@ import { startCluster } from '../helpers/cluster'
 const SUBJECT = 'backlog.orders'
 
 t.test('qmq backlog - empty groups and groups holding messages', async (t) => {
-  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  const cluster = await startCluster({ dir: testDir(t), brokers: 1 })
   t.teardown(() => cluster.close())
   await cluster.waitAlive('broker', 1)
   const producer = new MessageProducerProvider({ appCode: 'p', metaServer: cluster.metaUrl })

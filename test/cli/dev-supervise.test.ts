@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline'
 import t from 'tap'
 import { QMQ_BIN } from '../../src/cli/child-service'
 import { MetaClient } from '../../src/common/meta/meta-client'
+import { testDir } from '../helpers/testdir'
 
 // Issue 19 item 9: `qmq dev` restarts a service that dies (only Ctrl-C stops the cluster), and a busy
 // port is a one-line hint naming the flag to change, not a stack trace.
@@ -14,7 +15,7 @@ interface DevInfo {
 }
 
 t.test('qmq dev - a SIGKILLed broker is restarted on its address; Ctrl-C still stops all', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const dev = spawn(
     process.execPath,
     [
@@ -83,7 +84,7 @@ t.test('qmq dev - a busy port is a one-line hint and exit 1', async (t) => {
   const port = (busy.address() as { port: number }).port
   const dev = spawn(
     process.execPath,
-    [QMQ_BIN, 'dev', '--data-dir', t.testdir(), '--metaserver-port', String(port)],
+    [QMQ_BIN, 'dev', '--data-dir', testDir(t), '--metaserver-port', String(port)],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },

@@ -4,12 +4,13 @@ import t from 'tap'
 import { MessageConsumerProvider, MessageProducerProvider } from '../../src/client'
 import { QMQ_BIN } from '../../src/cli/child-service'
 import { startCluster } from '../helpers/cluster'
+import { testDir } from '../helpers/testdir'
 
 // Issue 19 item 4: `qmq tail ... | head -1` must not crash with EPIPE nor keep 49 messages leased:
 // a closed stdout ends the command cleanly, and what it pulled but did not print goes back to the group.
 
 t.test('cli tail - a closed stdout ends tail cleanly and releases the unprinted messages', async (t) => {
-  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  const cluster = await startCluster({ dir: testDir(t), brokers: 1 })
   t.teardown(() => cluster.close())
   await cluster.waitAlive('broker', 1)
   const producer = new MessageProducerProvider({ appCode: 'p', metaServer: cluster.metaUrl })
@@ -82,7 +83,7 @@ t.test('cli tail - a closed stdout ends tail cleanly and releases the unprinted 
 })
 
 t.test('cli tail - a closed stdout ends tail even when no further message comes', async (t) => {
-  const cluster = await startCluster({ dir: t.testdir(), brokers: 1 })
+  const cluster = await startCluster({ dir: testDir(t), brokers: 1 })
   t.teardown(() => cluster.close())
   await cluster.waitAlive('broker', 1)
   const producer = new MessageProducerProvider({ appCode: 'p', metaServer: cluster.metaUrl })

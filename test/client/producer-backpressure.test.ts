@@ -13,7 +13,17 @@ type T = { teardown: (fn: () => unknown) => void }
 async function setup(t: T) {
   const dir = mkdtempSync(join(tmpdir(), 'qmq-bp-'))
   const cluster = await startCluster({ dir, brokers: 2 })
-  const producer = new MessageProducerProvider({ appCode: 'bp-test', metaServer: cluster.metaUrl })
+  // Deadlines far beyond the loop's duration on a loaded machine: backpressure is about how the loop
+  // waits, not how fast the cluster stores. With the defaults (10 s per message from its call, 5 s per
+  // request) 50k messages need 5k/s end to end: on a loaded 2-core machine the loop took 14-19 s and
+  // its last messages failed with QMQ_ERR_SEND_QUEUE_FULL / QMQ_ERR_TIMEOUT (a deadline's documented
+  // outcomes, docs/client.md), then QMQ_ERR_CIRCUIT_OPEN.
+  const producer = new MessageProducerProvider({
+    appCode: 'bp-test',
+    metaServer: cluster.metaUrl,
+    sendTimeoutMs: 150_000,
+    requestTimeoutMs: 60_000,
+  })
   await producer.init()
   t.teardown(async () => {
     await producer.close()

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { MessageConsumerProvider, MessageProducerProvider, TimeUnit } from '../../src/client'
 import { kill9, portOf, startBroker, startDelay, startMetaserver } from '../helpers/services'
+import { testDir } from '../helpers/testdir'
 
 /**
  * Crash tests across real processes started through the CLI. In each, every message whose send
@@ -35,7 +36,7 @@ async function consumeAll(
 }
 
 t.test('faults - a broker SIGKILLed during a produce run loses nothing it acknowledged', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const meta = await startMetaserver(t, dir)
   const b1 = await startBroker(t, dir, 'broker-1', meta.address)
   await startBroker(t, dir, 'broker-2', meta.address)
@@ -73,7 +74,7 @@ t.test('faults - a broker SIGKILLed during a produce run loses nothing it acknow
 })
 
 t.test('faults - with the metaserver stopped, produce and consume go on from cached routes', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const meta = await startMetaserver(t, dir)
   await startBroker(t, dir, 'broker-1', meta.address)
   await startBroker(t, dir, 'broker-2', meta.address)
@@ -119,7 +120,7 @@ t.test('faults - with the metaserver stopped, produce and consume go on from cac
 t.test(
   'faults - a delay server SIGKILLed with messages pending delivers them all after a restart',
   async (t) => {
-    const dir = t.testdir()
+    const dir = testDir(t)
     const meta = await startMetaserver(t, dir)
     await startBroker(t, dir, 'broker-1', meta.address)
     await startBroker(t, dir, 'broker-2', meta.address)

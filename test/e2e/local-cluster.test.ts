@@ -4,13 +4,14 @@ import { createInterface } from 'node:readline'
 import t from 'tap'
 import { QMQ_BIN } from '../../src/cli/child-service'
 import { MessageConsumerProvider, MessageProducerProvider, TimeUnit } from '../../src/client'
+import { testDir } from '../helpers/testdir'
 
 /**
  * The README's first command: `npm start` (= `qmq dev`) starts a whole local cluster as separate
  * processes, serves a produce/consume round trip (real-time and delayed), and stops cleanly on Ctrl-C.
  */
 t.test('local cluster - qmq dev serves a round trip and stops cleanly on SIGINT', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const dev = spawn(
     process.execPath,
     [

@@ -200,8 +200,14 @@ export class TcpServer<C extends ServerConnection = ServerConnection> {
     await Promise.race([Promise.all(conns.map((c) => c.whenIdle())), deadline])
     if (timer !== undefined) clearTimeout(timer)
     // Ended sockets flush their last answers and close; make sure none is left after a short grace.
+    // The grace timer keeps the process alive: a socket that never closes by itself (one closed for
+    // its frame deadline or the budget is not read any more, so its peer's end goes unseen) keeps
+    // nothing alive, and with an unref'd timer the process could exit here, before the caller's
+    // close (the store's) ran.
     const flushed = Promise.all(conns.map((c) => c.whenClosed()))
-    await Promise.race([flushed, new Promise((r) => setTimeout(r, CLOSE_GRACE_MS).unref())])
+    let grace: NodeJS.Timeout | undefined
+    await Promise.race([flushed, new Promise<void>((r) => (grace = setTimeout(r, CLOSE_GRACE_MS)))])
+    clearTimeout(grace)
     for (const c of this.connections) c.destroy()
     await closed
     if (this.tlsServer !== undefined) this.options.tls?.detach(this.tlsServer)

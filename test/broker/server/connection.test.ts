@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process'
 import { connect } from 'node:net'
+import { join } from 'node:path'
 import t from 'tap'
 import { ERROR_CODES } from '../../../src/common/error-codes'
 import { RequestCode } from '../../../src/common/protocol/codes'
@@ -142,3 +144,24 @@ t.test('connection - a ONEWAY request gets no answer', async (t) => {
   ])
   t.equal(raced, 'silent')
 })
+
+t.test(
+  'connection - close() completes with a connection closed for its frame deadline still open',
+  async (t) => {
+    // In a child process whose event loop nothing else keeps alive (fixtures/close-after-frame-timeout.ts):
+    // before the fix the close's grace timer was unref'd and the process exited inside broker.close()
+    // (code 0, nothing printed, the store never closed).
+    const script = join(__dirname, 'fixtures', 'close-after-frame-timeout.ts')
+    const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = execFile(
+        process.execPath,
+        ['--import', 'tsx', script],
+        // Without tap's NODE_OPTIONS (its process-info hook keeps the child's event loop alive).
+        { timeout: 60_000, env: { ...process.env, NODE_OPTIONS: '' } },
+        (_e, stdout, stderr) => resolve({ code: child.exitCode, stdout, stderr }),
+      )
+    })
+    t.equal(out.stdout, 'closed\n', `broker.close() resolved before the process ended ${out.stderr}`)
+    t.equal(out.code, 0)
+  },
+)

@@ -2,6 +2,7 @@ import t from 'tap'
 import { type ChildService, startChildService } from '../../../src/cli/child-service'
 import { RawClient } from '../../helpers/raw-client'
 import { ack, message, pull, send } from './ops'
+import { testDir } from '../../helpers/testdir'
 
 /** A broker in its own process, started as an operator would (`qmq broker`), on `dataDir`. */
 async function spawnBroker(dataDir: string): Promise<{ child: ChildService['proc']; port: number }> {
@@ -19,7 +20,7 @@ async function spawnBroker(dataDir: string): Promise<{ child: ChildService['proc
 }
 
 t.test('crash - a broker killed with SIGKILL mid-stream loses nothing it acknowledged', async (t) => {
-  const dataDir = t.testdir()
+  const dataDir = testDir(t)
   const first = await spawnBroker(dataDir)
   t.teardown(() => {
     first.child.kill('SIGKILL')

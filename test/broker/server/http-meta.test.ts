@@ -4,6 +4,7 @@ import t from 'tap'
 import { CLUSTER_SECRET_HEADER, type ServerHeartbeatRequest } from '../../../src/common/meta/types'
 import { CLUSTER_SECRET } from '../../metaserver/helpers'
 import { RawClient } from '../../helpers/raw-client'
+import { waitUntil } from '../../helpers/replication'
 import { ack, message, pull, send, sendOk } from './ops'
 import { startBroker } from './start-broker'
 
@@ -62,6 +63,7 @@ t.test(
     const secrets: unknown[] = []
     let readOnly = false
     let down = false
+    let refusedBeats = 0
     const meta = createServer((req, res) => {
       let data = ''
       req.on('data', (d) => {
@@ -69,6 +71,7 @@ t.test(
       })
       req.on('end', () => {
         if (down) {
+          refusedBeats++
           res.writeHead(503).end()
           return
         }
@@ -99,7 +102,13 @@ t.test(
     })
     const c = await RawClient.connect(b.port)
     t.teardown(() => c.destroy())
-    await new Promise((r) => setTimeout(r, 350))
+    // Heartbeats go one after the other: once heartbeat n + 2 arrived, the broker applied the answer
+    // to n + 1 (polled, not slept for: a loaded machine stretches the 100 ms between them).
+    const answered = (what: string) => {
+      const n = beats.length
+      return waitUntil(what, () => beats.length >= n + 2, 10_000, 10)
+    }
+    await answered('heartbeats')
     t.ok(beats.length >= 2, `heartbeats: ${beats.length}`)
     t.equal(beats[0]?.group, 'bg1')
     t.equal(beats[0]?.kind, 'broker')
@@ -109,14 +118,15 @@ t.test(
     t.same(new Set(secrets), new Set([CLUSTER_SECRET]), 'every heartbeat carries the cluster secret')
 
     readOnly = true
-    await new Promise((r) => setTimeout(r, 250))
+    await answered('a heartbeat answered read-only')
     const refused = await send(c, [message('s', 'ro')])
     t.equal(refused[0]?.status, 150, 'QMQ_ERR_READ_ONLY')
     readOnly = false
-    await new Promise((r) => setTimeout(r, 250))
+    await answered('a heartbeat answered writable')
 
     down = true
-    await new Promise((r) => setTimeout(r, 250))
+    const refusedBefore = refusedBeats
+    await waitUntil('two heartbeats refused', () => refusedBeats >= refusedBefore + 2, 10_000, 10)
     await sendOk(c, [message('s', 'still')])
     t.equal(
       (await pull(c, { subject: 's', group: 'g', consumerId: 'c' }))[0]?.record.id,

@@ -1,6 +1,7 @@
 import type { Test } from 'tap'
 import { silentLogger } from '../../../src/common/logger'
 import { Broker, type BrokerDeps, type BrokerOptions } from '../../../src/broker/broker'
+import { testDir } from '../../helpers/testdir'
 
 export interface StartedBroker {
   broker: Broker
@@ -13,7 +14,8 @@ export async function startBroker(
   options: Partial<BrokerOptions> = {},
   deps: Partial<BrokerDeps> = {},
 ): Promise<StartedBroker> {
-  const dataDir = options.dataDir ?? t.testdir()
+  // testDir: tap removes a plain t.testdir() before the teardown below closes the broker writing in it.
+  const dataDir = options.dataDir ?? testDir(t)
   const broker = new Broker({ port: 0, httpPort: -1, ...options, dataDir }, { logger: silentLogger, ...deps })
   const { port } = await broker.start()
   t.teardown(() => broker.close())

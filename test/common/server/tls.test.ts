@@ -13,6 +13,7 @@ import { Metaserver } from '../../../src/metaserver/main'
 import { startBroker } from '../../broker/server/start-broker'
 import { makeCa, opensslAvailable } from '../../helpers/certs'
 import { CLUSTER_SECRET } from '../../metaserver/helpers'
+import { testDir } from '../../helpers/testdir'
 
 /**
  * TLS on every listener, over real sockets with certificates made by `openssl` in the test dir: the
@@ -65,7 +66,7 @@ function httpsGet(
 t.test(
   'tls - broker TCP and HTTPS ports speak TLS; plain TCP and untrusted certificates are refused',
   async (t) => {
-    const dir = t.testdir()
+    const dir = testDir(t)
     const ca = makeCa(dir)
     const leaf = ca.issue('broker')
     const { broker, port } = await startBroker(t, {
@@ -99,7 +100,7 @@ t.test(
 t.test(
   'tls - mTLS: a client without a certificate signed by the CA is refused at the handshake',
   async (t) => {
-    const dir = t.testdir()
+    const dir = testDir(t)
     const ca = makeCa(dir)
     const other = makeCa(dir, 'other-ca')
     const leaf = ca.issue('broker')
@@ -130,7 +131,7 @@ t.test(
 )
 
 t.test('tls - certificates are reloaded while connections stay open', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const ca1 = makeCa(dir, 'ca1')
   const ca2 = makeCa(dir, 'ca2')
   const first = ca1.issue('first')
@@ -175,7 +176,7 @@ t.test('tls - certificates are reloaded while connections stay open', async (t) 
 })
 
 t.test('tls - the metaserver serves HTTPS; MetaClient and heartbeats go over it', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const ca = makeCa(dir)
   const leaf = ca.issue('meta')
   const meta = new Metaserver(
@@ -209,7 +210,7 @@ t.test('tls - the metaserver serves HTTPS; MetaClient and heartbeats go over it'
 })
 
 t.test('tls - the delay server TCP port speaks TLS; a plain client is refused', async (t) => {
-  const dir = t.testdir()
+  const dir = testDir(t)
   const ca = makeCa(dir)
   const leaf = ca.issue('delay')
   const delay = new DelayServer(
