@@ -11,6 +11,7 @@ import {
   type RouteRow,
   type ServerRow,
   type SlaveRow,
+  SERVED_MARK,
   storeError,
   toClient,
   toEpoch,
@@ -369,6 +370,11 @@ export class PostgresMetaStore implements MetaStore {
               report.seq ?? 0,
             ],
           )
+        await c.query(
+          `UPDATE group_replication SET prior_in_sync_json = '${SERVED_MARK}'
+           WHERE group_name = $1 AND epoch = $2 AND prior_in_sync_json <> '${SERVED_MARK}'`,
+          [server.group, stored],
+        )
       } else await c.query(UPSERT_SLAVE, slaveParams(server.group, server))
       return { written: true, epoch: stored, replication: await replicationOf(c, group.name) }
     })

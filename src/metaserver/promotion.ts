@@ -80,6 +80,7 @@ export function chooseAbandon(
 ): Extract<AbandonResult, { refused: string }> | { inSync: string[] } {
   if (storedEpoch !== req.epoch) return { refused: 'epoch' }
   if (masterAddress !== req.slave.address) return { refused: 'not-master' }
+  if (replication?.epoch === req.epoch && replication.served === true) return { refused: 'served' }
   const prior = replication?.epoch === req.epoch ? (replication.priorInSync ?? []) : []
   return { inSync: prior.filter((a) => a !== req.slave.address) }
 }

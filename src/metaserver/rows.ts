@@ -32,6 +32,12 @@ export function parseJson<T>(json: string, fallback: T, ok: (v: unknown) => bool
   }
 }
 
+/**
+ * group_replication.prior_in_sync_json once a master heartbeated as master in the row's epoch
+ * (StoredReplication.served): set by every master heartbeat, replaced by the next promotion.
+ */
+export const SERVED_MARK = 'null'
+
 function parseGroups(json: string): string[] {
   return parseJson<unknown[]>(json, [], Array.isArray).filter((x): x is string => typeof x === 'string')
 }
@@ -196,5 +202,6 @@ export function toReplication(r: ReplicationRow): StoredReplication {
     reportSeq: Number(r.report_seq),
     stepDownAt: r.step_down_at ?? undefined,
     priorInSync: parseGroups(r.prior_in_sync_json),
+    ...(r.prior_in_sync_json === SERVED_MARK ? { served: true } : {}),
   }
 }

@@ -207,6 +207,8 @@ function applyReplication(g: GroupState, r: StoredReplication | undefined): void
 
 export class MetaService {
   private readonly groups = new Map<string, GroupState>()
+  /** Per group, an epoch whose refusal the store would not give up (served): not asked again. */
+  private readonly servedRefusals = new Map<string, number>()
   private readonly routes = new Map<string, StoredRoute>()
   /** group -> subjects it is read-only for ('*' = all), with the time of the mark. */
   private readonly readOnly = new Map<string, Map<string, number>>()
@@ -752,7 +754,8 @@ export class MetaService {
       g.epoch > 0 &&
       req.role === 'slave' &&
       g.master?.address === req.address &&
-      (req.replication?.refusedEpoch ?? 0) >= g.epoch
+      (req.replication?.refusedEpoch ?? 0) >= g.epoch &&
+      this.servedRefusals.get(g.name) !== g.epoch
     )
   }
 
@@ -791,7 +794,14 @@ export class MetaService {
         },
         'the promoted slave refused its promotion: epoch given up, the group has no master until another slave is promoted or the former master is back',
       )
-    else
+    else if (res.refused === 'served') {
+      // Not asked again in this epoch (each heartbeat of the refuser would reload the store).
+      this.servedRefusals.set(g.name, g.epoch)
+      this.log.error(
+        { group: g.name, epoch: g.epoch, slave: req.address },
+        'the master of this epoch heartbeats as a slave that cannot serve it, but the epoch was served: not given up (its in-sync set may lag); an operator must act (docs/replication.md "A promotion refused")',
+      )
+    } else
       this.log.info(
         { group: g.name, epoch: g.epoch, refused: res.refused },
         'a refused promotion was already given up or superseded: reloading',

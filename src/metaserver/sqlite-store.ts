@@ -35,6 +35,7 @@ import {
   toGroup,
   toLiveness,
   toReadOnly,
+  SERVED_MARK,
   toReplication,
   toRoute,
   toServer,
@@ -177,6 +178,11 @@ export class SqliteMetaStore implements MetaStore {
          ON CONFLICT (group_name) DO UPDATE SET replicated = 1, epoch = excluded.epoch, in_sync_json = excluded.in_sync_json,
            reported_at = excluded.reported_at, report_seq = 0, step_down_at = NULL,
            prior_in_sync_json = excluded.prior_in_sync_json`,
+      ),
+      // A master heartbeat: its epoch was served (rows.ts SERVED_MARK); no write when already marked.
+      markServed: db.prepare(
+        `UPDATE group_replication SET prior_in_sync_json = '${SERVED_MARK}'
+         WHERE group_name = ? AND epoch = ? AND prior_in_sync_json <> '${SERVED_MARK}'`,
       ),
       setStepDown: db.prepare(
         `UPDATE group_replication SET step_down_at = COALESCE(step_down_at, MAX(?, COALESCE(
@@ -357,6 +363,7 @@ export class SqliteMetaStore implements MetaStore {
                 server.lastSeenAt,
                 report.seq ?? 0,
               )
+            s.markServed.run(server.group, stored)
           } else {
             s.upsertSlave.run(
               server.group,

@@ -143,6 +143,12 @@ export interface StoredReplication {
    * of the next epoch, since nothing was written in the refused one. Absent or []: none.
    */
   priorInSync?: string[]
+  /**
+   * A master heartbeated as master in this epoch (stored as prior_in_sync_json 'null'): the epoch was
+   * served, so a later refusal of it cannot be given up (writes were acknowledged in it; the prior
+   * in-sync set no longer holds everything).
+   */
+  served?: boolean
 }
 
 /** A master's replication report, written with its heartbeat. */
@@ -230,8 +236,11 @@ export type AbandonResult =
       abandoned: number
     }
   | {
-      /** 'epoch': the stored epoch moved on; 'not-master': the epoch's master row is another server. */
-      refused: 'epoch' | 'not-master'
+      /**
+       * 'epoch': the stored epoch moved on; 'not-master': the epoch's master row is another server;
+       * 'served': a master served the epoch (StoredReplication.served).
+       */
+      refused: 'epoch' | 'not-master' | 'served'
     }
 
 export interface MetaSnapshot {

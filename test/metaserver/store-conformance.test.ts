@@ -173,6 +173,7 @@ for (const kind of STORE_KINDS) {
         reportSeq: 0,
         stepDownAt: undefined,
         priorInSync: [],
+        served: true,
       },
     ])
     // An older report (a slower metaserver) does not replace it.
@@ -274,6 +275,43 @@ for (const kind of STORE_KINDS) {
     },
   )
 
+  t.test(`store [${kind}] - an epoch a master served is not given up by a later refusal`, async (t) => {
+    const [a, b] = await openShared(t, kind, 2)
+    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
+      replicated: true,
+      inSync: ['s:1', 's:2'],
+    })
+    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
+    await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
+    const promote = { group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }
+    t.match(await b!.promote(promote), { promoted: { address: 's:1' } })
+    t.match((await a!.loadAll()).replication, [{ epoch: 1, priorInSync: ['s:2'] }])
+    // s:1 takes the role and serves epoch 1 (its in-sync set is empty now: s:2 lags behind it).
+    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 11_000 }, 1, {
+      replicated: true,
+      inSync: [],
+    })
+    t.match((await b!.loadAll()).replication, [{ epoch: 1, served: true }], 'the epoch was served')
+    // Much later it heartbeats as a slave that refuses epoch 1 (restarted with --role slave, say).
+    const refuser = {
+      ...server('s:1', 'slave', 5_000),
+      lastSeenAt: 20_000,
+      heardAt: 20_000,
+      notPromotable: 'holds no checkpoint',
+    }
+    t.same(
+      await a!.abandonPromotion({ group: 'g', epoch: 1, now: 20_000, slave: refuser }),
+      { refused: 'served' },
+      'not given up: s:2, in sync when s:1 was chosen, lacks what s:1 acknowledged since',
+    )
+    const snap = await b!.loadAll()
+    t.match(snap.epochs, [{ group: 'g', epoch: 1 }], 'the epoch stays')
+    t.same(snap.replication[0]?.inSync, [], 's:2 is not made in sync')
+    // The next promotion sets a fresh prior set (the mark is replaced).
+    await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 21_000 }, 1)
+    t.match(await a!.loadAll(), { replication: [{ epoch: 1, served: true }] })
+  })
+
   t.test(`store [${kind}] - heartbeats of an older epoch do not replace the promoted master`, async (t) => {
     const [a, b] = await openShared(t, kind, 2)
     await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
@@ -354,6 +392,7 @@ for (const kind of STORE_KINDS) {
         reportSeq: 0,
         stepDownAt: undefined,
         priorInSync: [],
+        served: true,
       })
       t.same(await b!.promote({ ...req, stepDownBefore: 6_000 }), { refused: 'master-alive' }, 'cleared')
       await a!.setStepDown('g', 6_000)
