@@ -271,19 +271,7 @@ export class History {
         const cut = key.indexOf('\u0000')
         take(key.slice(0, cut), key.slice(cut + 1), this.minute, c)
       }
-      const series: HistorySeries[] = []
-      for (const [key, pts] of out) {
-        const cut = key.indexOf('\u0000')
-        series.push({
-          subject: key.slice(0, cut),
-          consumerGroup: key.slice(cut + 1),
-          points: [...pts.values()].sort((a, b) => a.minute - b.minute),
-        })
-      }
-      series.sort(
-        (a, b) => a.subject.localeCompare(b.subject) || a.consumerGroup.localeCompare(b.consumerGroup),
-      )
-      return { series, truncated }
+      return { series: seriesOf(out), truncated }
     }
   }
 
@@ -332,6 +320,11 @@ export function mergeHistory(parts: readonly HistorySeries[][]): HistorySeries[]
       }
     }
   }
+  return seriesOf(out)
+}
+
+/** Points per `subject\0group` key as series: points by minute, series by subject then group. */
+function seriesOf(out: Map<string, Map<number, HistoryPoint>>): HistorySeries[] {
   const series: HistorySeries[] = []
   for (const [key, pts] of out) {
     const cut = key.indexOf('\u0000')
