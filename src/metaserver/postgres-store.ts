@@ -370,11 +370,13 @@ export class PostgresMetaStore implements MetaStore {
               report.seq ?? 0,
             ],
           )
-        await c.query(
-          `UPDATE group_replication SET prior_in_sync_json = '${SERVED_MARK}'
-           WHERE group_name = $1 AND epoch = $2 AND prior_in_sync_json <> '${SERVED_MARK}'`,
-          [server.group, stored],
-        )
+        // Only a heartbeat the server sent as master carries a report (see sqlite-store.ts).
+        if (report !== undefined)
+          await c.query(
+            `UPDATE group_replication SET prior_in_sync_json = '${SERVED_MARK}'
+             WHERE group_name = $1 AND epoch = $2 AND prior_in_sync_json <> '${SERVED_MARK}'`,
+            [server.group, stored],
+          )
       } else await c.query(UPSERT_SLAVE, slaveParams(server.group, server))
       return { written: true, epoch: stored, replication: await replicationOf(c, group.name) }
     })

@@ -209,6 +209,8 @@ export class MetaService {
   private readonly groups = new Map<string, GroupState>()
   /** Per group, an epoch whose refusal the store would not give up (served): not asked again. */
   private readonly servedRefusals = new Map<string, number>()
+  /** Per group, the epoch this metaserver stored a master's report in (the store marked it served). */
+  private readonly servedMarked = new Map<string, number>()
   private readonly routes = new Map<string, StoredRoute>()
   /** group -> subjects it is read-only for ('*' = all), with the time of the mark. */
   private readonly readOnly = new Map<string, Map<string, number>>()
@@ -638,7 +640,10 @@ export class MetaService {
     // (other metaservers judge the master by the stored last-seen, and its answer must see a step-down
     // stored by another metaserver), and never answered when it could not be written.
     const fenced = role === 'master' && (g.replicated || g.epoch > 0) && !offline
-    const mustWrite = changed || offline || reportChanged || (fenced && this.store.shared)
+    // The first report of a master in an epoch marks the epoch served in the store (abandonPromotion
+    // never gives up a served epoch): written before the answer that gives it a lease.
+    const servedUnmarked = report !== undefined && this.servedMarked.get(g.name) !== g.epoch
+    const mustWrite = changed || offline || reportChanged || servedUnmarked || (fenced && this.store.shared)
     if (mustWrite || offsetsChanged || now - server.persistedAt >= this.options.lastSeenWriteIntervalMs) {
       const srv = server
       const group = g
@@ -684,6 +689,7 @@ export class MetaService {
         }
         server.persistedAt = server.lastSeenAt
         if (report !== undefined) {
+          this.servedMarked.set(g.name, g.epoch)
           g.replicated = report.replicated
           g.inSync = report.inSync
           g.inSyncEpoch = g.epoch

@@ -363,7 +363,9 @@ export class SqliteMetaStore implements MetaStore {
                 server.lastSeenAt,
                 report.seq ?? 0,
               )
-            s.markServed.run(server.group, stored)
+            // Only a heartbeat the server sent as master carries a report: the promoted slave's own
+            // heartbeats (stored with role master once it is the recorded master) do not mark.
+            if (report !== undefined) s.markServed.run(server.group, stored)
           } else {
             s.upsertSlave.run(
               server.group,

@@ -286,6 +286,10 @@ for (const kind of STORE_KINDS) {
     const promote = { group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }
     t.match(await b!.promote(promote), { promoted: { address: 's:1' } })
     t.match((await a!.loadAll()).replication, [{ epoch: 1, priorInSync: ['s:2'] }])
+    // Its heartbeat that learns of the promotion (sent as a slave; the metaserver stores it with the
+    // recorded master's role, without a report) does not mark the epoch served.
+    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 10_100 }, 1)
+    t.equal((await b!.loadAll()).replication[0]?.served, undefined, 'not served before it reports as master')
     // s:1 takes the role and serves epoch 1 (its in-sync set is empty now: s:2 lags behind it).
     await a!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 11_000 }, 1, {
       replicated: true,
@@ -307,10 +311,42 @@ for (const kind of STORE_KINDS) {
     const snap = await b!.loadAll()
     t.match(snap.epochs, [{ group: 'g', epoch: 1 }], 'the epoch stays')
     t.same(snap.replication[0]?.inSync, [], 's:2 is not made in sync')
-    // The next promotion sets a fresh prior set (the mark is replaced).
+    // A slave's heartbeat does not clear the mark.
     await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 21_000 }, 1)
     t.match(await a!.loadAll(), { replication: [{ epoch: 1, served: true }] })
   })
+
+  t.test(
+    `store [${kind}] - a promoted slave's heartbeats without a report leave its refusal possible`,
+    async (t) => {
+      const [a, b] = await openShared(t, kind, 2)
+      await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
+        replicated: true,
+        inSync: ['s:1', 's:2'],
+      })
+      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
+      await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
+      const promote = { group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }
+      t.match(await b!.promote(promote), { promoted: { address: 's:1' } })
+      // As the metaserver stores them: the recorded master's role, no report (it never served).
+      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 10_100 }, 1)
+      await b!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 0 }, 1)
+      const refuser = {
+        ...server('s:1', 'slave', 900),
+        lastSeenAt: 10_200,
+        heardAt: 10_200,
+        notPromotable: 'x',
+      }
+      t.same(await a!.abandonPromotion({ group: 'g', epoch: 1, now: 10_200, slave: refuser }), {
+        abandoned: 2,
+      })
+      t.match(
+        (await b!.loadAll()).replication,
+        [{ epoch: 2, inSync: ['s:2'] }],
+        's:2 is in sync in the next epoch',
+      )
+    },
+  )
 
   t.test(`store [${kind}] - heartbeats of an older epoch do not replace the promoted master`, async (t) => {
     const [a, b] = await openShared(t, kind, 2)
