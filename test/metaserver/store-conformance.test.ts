@@ -275,16 +275,21 @@ for (const kind of STORE_KINDS) {
     },
   )
 
-  t.test(`store [${kind}] - an epoch a master served is not given up by a later refusal`, async (t) => {
-    const [a, b] = await openShared(t, kind, 2)
-    await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
+  /** m:1 reports s:1 and s:2 in sync, then dies; s:1 (more data) is promoted to epoch 1. */
+  const promoteS1 = async (t: Test, a: MetaStore, b: MetaStore): Promise<void> => {
+    await a.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
       replicated: true,
       inSync: ['s:1', 's:2'],
     })
-    await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
-    await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
+    await a.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
+    await a.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
     const promote = { group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }
-    t.match(await b!.promote(promote), { promoted: { address: 's:1' } })
+    t.match(await b.promote(promote), { promoted: { address: 's:1' } })
+  }
+
+  t.test(`store [${kind}] - an epoch a master served is not given up by a later refusal`, async (t) => {
+    const [a, b] = await openShared(t, kind, 2)
+    await promoteS1(t, a!, b!)
     t.match((await a!.loadAll()).replication, [{ epoch: 1, priorInSync: ['s:2'] }])
     // Its heartbeat that learns of the promotion (sent as a slave; the metaserver stores it with the
     // recorded master's role, without a report) does not mark the epoch served.
@@ -320,14 +325,7 @@ for (const kind of STORE_KINDS) {
     `store [${kind}] - a promoted slave's heartbeats without a report leave its refusal possible`,
     async (t) => {
       const [a, b] = await openShared(t, kind, 2)
-      await a!.recordHeartbeat(group('g'), { ...server('m:1', 'master'), lastSeenAt: 1_000 }, 0, {
-        replicated: true,
-        inSync: ['s:1', 's:2'],
-      })
-      await a!.recordHeartbeat(group('g'), { ...server('s:1', 'slave', 900), lastSeenAt: 9_000 }, 0)
-      await a!.recordHeartbeat(group('g'), { ...server('s:2', 'slave', 800), lastSeenAt: 9_000 }, 0)
-      const promote = { group: 'g', expectedEpoch: 0, now: 10_000, deadBefore: 5_000, slaveSeenAfter: 5_000 }
-      t.match(await b!.promote(promote), { promoted: { address: 's:1' } })
+      await promoteS1(t, a!, b!)
       // As the metaserver stores them: the recorded master's role, no report (it never served).
       await a!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 10_100 }, 1)
       await b!.recordHeartbeat(group('g'), { ...server('s:1', 'master'), lastSeenAt: 0 }, 1)
