@@ -514,14 +514,13 @@ export class PostgresMetaStore implements MetaStore {
       const slaves = await c.query<SlaveRow>(`SELECT ${SLAVE_COLUMNS} FROM slaves WHERE group_name = $1`, [
         group,
       ])
-      const state = {
+      const choice = choosePromotion(req, {
         epoch: await epochOf(c, group),
         masterLastSeenAt: seen.rows[0]?.last_seen_at ?? 0,
         masterAddress: seen.rows[0]?.address,
         replication: await replicationOf(c, group),
         slaves: slaves.rows.map(toSlave),
-      }
-      const choice = choosePromotion(req, state)
+      })
       if (!('slave' in choice)) return choice
       await c.query(
         `INSERT INTO group_epochs (group_name, epoch, failovers, updated_at) VALUES ($1, 0, 0, $2)

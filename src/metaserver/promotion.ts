@@ -70,7 +70,8 @@ export function choosePromotion(
 
 /**
  * Whether a refused promotion may be given up (store.abandonPromotion), from the stored epoch and
- * master row; undefined: it may, and the new epoch's in-sync set is the answer's `inSync`.
+ * master row, and whether the epoch was served: `{ inSync }` when it may (the new epoch's in-sync
+ * set), `{ refused }` when not.
  */
 export function chooseAbandon(
   req: AbandonRequest,

@@ -223,7 +223,6 @@ export class SqliteMetaStore implements MetaStore {
       masterLastSeen: db.prepare(
         "SELECT last_seen_at, address FROM servers WHERE group_name = ? AND role = 'master'",
       ),
-      masterAddress: db.prepare("SELECT address FROM servers WHERE group_name = ? AND role = 'master'"),
       deleteMaster: db.prepare("DELETE FROM servers WHERE group_name = ? AND role = 'master'"),
       upsertMetaserver: db.prepare(
         `INSERT INTO metaservers (id, url, started_at, last_seen_at) VALUES (?, ?, ?, ?)
@@ -475,14 +474,13 @@ export class SqliteMetaStore implements MetaStore {
         .transaction((): PromoteResult => {
           const s = this.stmts
           const seen = s.masterLastSeen.get(group) as { last_seen_at: number; address: string } | undefined
-          const state = {
+          const choice = choosePromotion(req, {
             epoch: this.epochOf(group),
             masterLastSeenAt: seen?.last_seen_at ?? 0,
             masterAddress: seen?.address,
             replication: this.replicationOf(group),
             slaves: (s.slavesOf.all(group) as SlaveRow[]).map(toSlave),
-          }
-          const choice = choosePromotion(req, state)
+          })
           if (!('slave' in choice)) return choice
           s.insertEpoch.run(group, now)
           if (s.casEpoch.run(now, group, req.expectedEpoch).changes === 0) return { refused: 'epoch' }
@@ -503,7 +501,7 @@ export class SqliteMetaStore implements MetaStore {
       this.db
         .transaction((): AbandonResult => {
           const s = this.stmts
-          const master = s.masterAddress.get(group) as { address: string } | undefined
+          const master = s.masterLastSeen.get(group) as { address: string } | undefined
           const choice = chooseAbandon(req, this.epochOf(group), master?.address, this.replicationOf(group))
           if ('refused' in choice) return choice
           if (s.abandonEpoch.run(now, group, req.epoch).changes === 0) return { refused: 'epoch' }
