@@ -5,13 +5,13 @@
  * that drives mark-compact GCs; a buffer of this pool is written to again only once nothing reads it.
  *
  * Ownership (the invariant that keeps consumers from being sent wrong bytes):
- * - `take` hands out a buffer with one reference, owned by the `ReadHold` of the request that reads
- *   into it; the request's views (records, fetch data) are only valid while the hold has it.
+ * - `take` hands out a buffer owned by the `ReadHold` of the request that reads into it (one owner);
+ *   the request's views (records, fetch data) are only valid while the hold has it.
  * - The hold is released once the socket is done with the answer that views it (ServerConnection's
  *   `afterWrite`: the write callback, an error answer, the close), or earlier for a read whose views
  *   go nowhere (a long-poll attempt that found nothing).
- * - A buffer goes back to the free lists only when its last reference is released (`retain` adds one
- *   for each further holder). Released too often, it is dropped, never handed out twice.
+ * - A buffer goes back to the free lists on its release; released twice, the second is counted and
+ *   ignored, so it is never handed out twice.
  * - The pool bounds what it keeps free (bytes and count); buffers in use are not bounded: when no free
  *   buffer of the size fits, a fresh one is made, as without a pool, and kept on its return if there
  *   is room (else left to the GC).
@@ -32,7 +32,7 @@ export interface ReadPoolStats {
   fresh: number
   /** Buffers returned but not kept (the free lists were full). */
   dropped: number
-  /** Releases past a buffer's last reference (a bug: counted, ignored). */
+  /** Releases of a buffer already released (a bug: counted, ignored). */
   overReleased: number
   /** Buffers handed out and not released yet. */
   inUse: number
@@ -40,7 +40,7 @@ export interface ReadPoolStats {
 
 export class PooledBuffer {
   readonly buf: Buffer
-  private refs = 1
+  private released = false
   private readonly pool: ReadBufferPool
 
   constructor(pool: ReadBufferPool, buf: Buffer) {
@@ -48,18 +48,13 @@ export class PooledBuffer {
     this.buf = buf
   }
 
-  /** One more holder: the buffer goes back only once each holder released it. */
-  retain(): void {
-    if (this.refs <= 0) throw new Error('read buffer retained after its release')
-    this.refs++
-  }
-
   release(): void {
-    if (this.refs <= 0) {
+    if (this.released) {
       this.pool.stats.overReleased++
       return
     }
-    if (--this.refs === 0) this.pool.giveBack(this.buf)
+    this.released = true
+    this.pool.giveBack(this.buf)
   }
 }
 
@@ -156,10 +151,6 @@ export class ReadHold {
 
   add(b: PooledBuffer): void {
     this.held.push(b)
-  }
-
-  get size(): number {
-    return this.held.length
   }
 
   /** Releases every buffer taken so far: views of them must not be used after this. */
