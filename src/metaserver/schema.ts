@@ -47,7 +47,8 @@
  *     promoted; such a slave is never promoted.
  *   group_replication gains prior_in_sync_json '["host:port",...]': set by a promotion, the other
  *     slaves of the in-sync set it chose from; they become the in-sync set of the next epoch when the
- *     promoted slave refuses (abandonPromotion). '[]' otherwise.
+ *     promoted slave refuses (abandonPromotion). 'null' (rows.ts SERVED_MARK) once a master's report
+ *     was stored in the epoch (served: never given up); '[]' otherwise.
  * All times are ms since the epoch (the store's clock, see store.ts).
  */
 

@@ -79,7 +79,7 @@ export const subjectsCommand = adminCommand(
 
 export const groupsCommand = adminCommand(
   'groups',
-  'List broker and delay groups with liveness, read-only marks, load and replication (master, slave, epoch, lag, in-sync)',
+  'List broker and delay groups with liveness, read-only marks, load and replication (master, slave, epoch, lag, in-sync; slaves that cannot be promoted marked, with why)',
   'qmq groups [--json]',
   [],
   async (cluster, _args, json) => {
